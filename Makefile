@@ -1,0 +1,39 @@
+# One entry point for humans and CI. `make demo` and `make test` create .venv and
+# install everything they need on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.statekit-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck pytest bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml adapters/flask-statekit/pyproject.toml adapters/django-statekit/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+	$(PY) -m pip install --quiet --disable-pip-version-check \
+		-e '.[all,embedded]' -e ./adapters/flask-statekit -e ./adapters/django-statekit \
+		--group dev
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/statekit dev -- $(PY) -m examples.flask_app
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache build dist

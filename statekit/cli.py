@@ -1,0 +1,137 @@
+"""The ``statekit`` command.
+
+Each sub-command lives in the module of the capability it belongs to and is imported
+only when called, so ``statekit --help`` is fast and a missing extra only affects the
+command that needs it. A sub-command is a function ``main(argv) -> exit status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .errors import StatekitError
+
+__all__ = ["COMMANDS", "dev", "main"]
+
+#: command -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dev": ("statekit.cli:dev", "start a private Redis and S3 endpoint; print their URLs"),
+    "serve": ("statekit.gunicorn:serve_main", "run a WSGI app on gunicorn with drain and reload"),
+    "reload": ("statekit.gunicorn:reload_main", "zero-downtime reload of a running 'statekit serve'"),
+    "broadcast": ("statekit.broadcast:main", "run a broadcaster's jobs (module:broadcaster)"),
+    "migrate-uploads": ("statekit.migrate:main", "copy a local uploads directory to a blob store"),
+    "phoenix": ("statekit.phoenix:main", "certify an app stateless: load, kills, reloads, report"),
+    "audit": ("statekit.audit:main", "find per-process state in a codebase (static check)"),
+}
+
+
+def _load(target: str) -> object:
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: statekit COMMAND [ARGS...]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<16} {text}")
+        print("\n'statekit COMMAND --help' tells more.")
+        return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"statekit {__version__}")
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        print(f"statekit: unknown command {args[0]!r}; see 'statekit --help'", file=sys.stderr)
+        return 2
+    func = _load(entry[0])
+    try:
+        return int(func(args[1:]) or 0)  # type: ignore[operator]
+    except StatekitError as e:
+        print(f"statekit {args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def dev(argv: Sequence[str]) -> int:
+    """``statekit dev [-- COMMAND ...]``: start a private Redis and S3 endpoint.
+
+    Prints their URLs and an environment block to paste, then waits for Ctrl-C or
+    SIGTERM and stops both. With a command after ``--``, runs it with the variables
+    set and stops the servers when it exits (or on SIGTERM, after stopping it).
+    """
+    from .embedded import RedisServer, S3Server
+
+    parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__)
+    parser.add_argument("--bucket", default="statekit", help="bucket to create (default statekit)")
+    parser.add_argument("--redis-port", type=int, default=0)
+    parser.add_argument("--s3-port", type=int, default=0)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="command to run (after --)")
+    opts = parser.parse_args(list(argv))
+    command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
+
+    stop = threading.Event()
+    child: list[subprocess.Popen[bytes]] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        for proc in child:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    redis_srv = RedisServer(port=opts.redis_port)
+    s3_srv = S3Server(opts.bucket, port=opts.s3_port)
+    try:
+        redis_srv.start()
+        s3_srv.start()
+        env = {
+            "STATEKIT_REDIS_URL": redis_srv.url,
+            "STATEKIT_BLOBS_URL": s3_srv.url,
+        }
+        print(f"Redis    {redis_srv.url}  ({redis_srv.binary.line}, pid {redis_srv.pid})")
+        print(f"S3       {s3_srv.endpoint_url}  bucket {opts.bucket!r} (moto, pid {s3_srv.pid})")
+        print("\n# paste into your shell:")
+        for k, v in env.items():
+            print(f"export {k}={shlex.quote(v)}")
+        sys.stdout.flush()
+        if command:
+            proc = subprocess.Popen(command, env={**os.environ, **env})  # noqa: S603
+            child.append(proc)
+            while proc.poll() is None and not stop.is_set():
+                stop.wait(0.2)
+            try:
+                status = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                status = proc.wait()
+            return 0 if stop.is_set() else status
+        print("\nPress Ctrl-C to stop.", flush=True)
+        while not stop.wait(1):
+            if not (redis_srv.running and s3_srv.running):
+                print("statekit dev: a server exited unexpectedly", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        s3_srv.stop()
+        redis_srv.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        print("statekit dev: servers stopped", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""Settings from URLs and the environment (12-factor), validated with clear errors.
+
+A backend is named by a URL; its scheme picks the backend and its query string sets
+options, each checked against a typed table (the way redis-py's ``parse_url`` does)::
+
+    redis://[[user]:password@]host[:port][/db][?socket_timeout=0.5&max_connections=50]
+    rediss://...                              TLS; ssl_cert_reqs, ssl_ca_certs
+    unix:///run/redis.sock[?db=0]
+    redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]
+    redis+cluster://[:password@]h1:p1,h2:p2
+    memory://[name]                           one process only: for your unit tests
+    s3://[key:secret@]bucket[/prefix]?endpoint_url=http://127.0.0.1:9000&region=eu-west-1
+    file:///shared/volume/path
+
+:func:`parse_url` returns a :class:`BackendURL`; every malformed URL or option raises
+:class:`~statekit.errors.ConfigError` naming the bad part. :class:`Settings` reads the
+``STATEKIT_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_SOCKET_TIMEOUT",
+    "BackendURL",
+    "Settings",
+    "parse_size",
+    "parse_url",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_SOCKET_TIMEOUT = 1.0
+
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"})
+SCHEMES = REDIS_SCHEMES | {"memory", "s3", "file"}
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    def conv(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"option {name}={raw!r} is not a number") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise ConfigError(f"option {name}={raw!r} must be a positive number of seconds")
+        return value
+
+    return conv
+
+
+def _int_range(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def conv(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"option {name}={raw!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"option {name}={raw!r} must be between {lo} and {hi}")
+        return value
+
+    return conv
+
+
+def _choice(name: str, *choices: str) -> Callable[[str], str]:
+    def conv(raw: str) -> str:
+        if raw not in choices:
+            raise ConfigError(f"option {name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
+
+    return conv
+
+
+def _boolean(name: str) -> Callable[[str], bool]:
+    def conv(raw: str) -> bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {name}={raw!r} must be true or false")
+
+    return conv
+
+
+def _text(name: str) -> Callable[[str], str]:
+    def conv(raw: str) -> str:
+        if not raw:
+            raise ConfigError(f"option {name} is empty")
+        return raw
+
+    return conv
+
+
+def _http_url(name: str) -> Callable[[str], str]:
+    def conv(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"option {name}={raw!r} must be an http(s):// URL with a host")
+        return raw
+
+    return conv
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+               "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
+               "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
+               "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
+
+
+def parse_size(raw: str | int, *, name: str = "size") -> int:
+    """Parse ``"10MiB"``, ``"5 MB"``, ``"1048576"`` or an int into a byte count."""
+    if isinstance(raw, int):
+        if raw < 0:
+            raise ConfigError(f"{name}={raw!r} must not be negative")
+        return raw
+    m = _SIZE_RE.match(raw)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ConfigError(f"{name}={raw!r} is not a size (examples: 1048576, 10MiB, 5MB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def _size(name: str) -> Callable[[str], int]:
+    return lambda raw: parse_size(raw, name=f"option {name}")
+
+
+_REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "db": _int_range("db", 0, 1_000_000),
+    "socket_timeout": _positive_float("socket_timeout"),
+    "socket_connect_timeout": _positive_float("socket_connect_timeout"),
+    "health_check_interval": _int_range("health_check_interval", 0, 86_400),
+    "max_connections": _int_range("max_connections", 1, 1_000_000),
+    "retries": _int_range("retries", 0, 100),
+    "retry_backoff_cap": _positive_float("retry_backoff_cap"),
+    "client_name": _text("client_name"),
+    "protocol": lambda raw: int(_choice("protocol", "2", "3")(raw)),
+    "ssl_cert_reqs": _choice("ssl_cert_reqs", "none", "optional", "required"),
+    "ssl_ca_certs": _text("ssl_ca_certs"),
+    "ssl_certfile": _text("ssl_certfile"),
+    "ssl_keyfile": _text("ssl_keyfile"),
+    "sentinel_password": _text("sentinel_password"),
+    "username": _text("username"),
+    "password": _text("password"),
+}
+_SSL_ONLY = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+
+_S3_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "endpoint_url": _http_url("endpoint_url"),
+    "region": _text("region"),
+    "addressing_style": _choice("addressing_style", "auto", "path", "virtual"),
+    "connect_timeout": _positive_float("connect_timeout"),
+    "read_timeout": _positive_float("read_timeout"),
+    "retries": _int_range("retries", 0, 20),
+    "multipart_threshold": _size("multipart_threshold"),
+    "part_size": _size("part_size"),
+    "max_concurrency": _int_range("max_concurrency", 1, 64),
+    "profile": _text("profile"),
+    "checksum": _choice("checksum", "sha256", "none"),
+    "conditional_writes": _boolean("conditional_writes"),
+}
+
+_FILE_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "fsync": _boolean("fsync"),
+    "file_mode": lambda raw: int(raw, 8) if re.fullmatch(r"0?[0-7]{3}", raw) else _bad_mode(raw),
+}
+
+
+def _bad_mode(raw: str) -> int:
+    raise ConfigError(f"option file_mode={raw!r} must be an octal mode such as 0640")
+
+
+_MEMORY_OPTIONS: dict[str, Callable[[str], Any]] = {}
+
+_OPTION_TABLES = {
+    "redis": _REDIS_OPTIONS, "rediss": _REDIS_OPTIONS, "unix": _REDIS_OPTIONS,
+    "redis+sentinel": _REDIS_OPTIONS, "redis+cluster": _REDIS_OPTIONS,
+    "s3": _S3_OPTIONS, "file": _FILE_OPTIONS, "memory": _MEMORY_OPTIONS,
+}
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class BackendURL:
+    """A parsed, validated backend URL.
+
+    ``kind`` is ``"redis"`` for every Redis scheme, else the scheme itself.
+    ``hosts`` lists ``(host, port)`` pairs (several for sentinel and cluster);
+    ``path`` is the socket path (``unix``) or directory (``file``); ``bucket`` and
+    ``prefix`` are set for ``s3``; ``name`` for ``memory``; ``service`` for
+    sentinel. ``options`` holds the typed query options.
+    """
+
+    scheme: str
+    raw: str = field(repr=False)
+    hosts: tuple[tuple[str, int], ...] = ()
+    db: int = 0
+    path: str = ""
+    service: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    name: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "redis" if self.scheme in REDIS_SCHEMES else self.scheme
+
+    def redacted(self) -> str:
+        """The URL with any password replaced by ``***`` (for logs and errors)."""
+        return _redact(self.raw)
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+
+
+def _parse_hosts(netloc: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
+    hosts: list[tuple[str, int]] = []
+    for part in netloc.split(","):
+        part = part.strip()
+        if not part:
+            raise ConfigError(f"empty host in {_redact(url)!r}")
+        if part.startswith("["):
+            end = part.find("]")
+            if end < 0:
+                raise ConfigError(f"unclosed IPv6 bracket in host {part!r} of {_redact(url)!r}")
+            host, rest = part[1:end], part[end + 1 :]
+            port_text = rest[1:] if rest.startswith(":") else ""
+            if rest and not rest.startswith(":"):
+                raise ConfigError(f"bad host {part!r} in {_redact(url)!r}")
+        else:
+            host, _, port_text = part.partition(":")
+        if not host:
+            raise ConfigError(f"empty host in {_redact(url)!r}")
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ConfigError(f"port {port_text!r} of host {host!r} is not a port number (1-65535)")
+            port = int(port_text)
+        else:
+            port = default_port
+        hosts.append((host, port))
+    return tuple(hosts)
+
+
+def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
+    table = _OPTION_TABLES[scheme]
+    options: dict[str, Any] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ConfigError(f"malformed query string {query!r} in {_redact(url)!r}") from None
+    for key, value in pairs:
+        if key not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise ConfigError(f"unknown option {key!r} for {scheme}:// URLs (known: {known})")
+        if key in options:
+            raise ConfigError(f"option {key!r} given twice in {_redact(url)!r}")
+        if key in _SSL_ONLY and scheme != "rediss":
+            raise ConfigError(f"option {key!r} needs a rediss:// URL, not {scheme}://")
+        options[key] = table[key](value)
+    return options
+
+
+def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
+    """Parse and validate a backend URL.
+
+    :param kinds: the backend kinds the caller accepts (``"redis"``, ``"s3"``,
+        ``"file"``, ``"memory"``); another kind is a :class:`ConfigError`.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError("backend URL is empty")
+    url = url.strip()
+    if "://" not in url:
+        raise ConfigError(f"{_redact(url)!r} is not a URL: expected scheme://..., e.g. redis://127.0.0.1:6379/0")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"unknown URL scheme {scheme!r} in {_redact(url)!r}; known: {', '.join(sorted(SCHEMES))}"
+        )
+    kind = "redis" if scheme in REDIS_SCHEMES else scheme
+    if kinds is not None and kind not in kinds:
+        raise ConfigError(f"a {scheme}:// URL cannot be used here; expected one of: {', '.join(kinds)}")
+    rest, _, query = url.split("://", 1)[1].partition("?")
+    netloc, _, tail = rest.partition("/")
+    path_part = "/" + tail
+    if "#" in url:
+        raise ConfigError(f"fragments ('#...') are not allowed in {_redact(url)!r}")
+    options = _parse_options(scheme, query, url)
+
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, sep, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if sep else None
+        if not sep and username is not None:  # redis://secret@host means a password
+            username, password = None, username
+    username = options.pop("username", username)
+    password = options.pop("password", password)
+
+    if kind == "redis":
+        return _parse_redis(scheme, url, netloc, path_part, options, username, password)
+    if scheme == "s3":
+        if not netloc:
+            raise ConfigError(f"s3 URL {_redact(url)!r} names no bucket: s3://bucket/prefix")
+        if not _BUCKET_RE.match(netloc) or ".." in netloc:
+            raise ConfigError(f"{netloc!r} is not a valid S3 bucket name (3-63 chars: a-z 0-9 . -)")
+        prefix = unquote(path_part.strip("/"))
+        if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or "\\" in prefix):
+            raise ConfigError(f"S3 prefix {prefix!r} has an empty, '.' or '..' segment")
+        return BackendURL(scheme, url, bucket=netloc, prefix=prefix, username=username,
+                          password=password, options=options)
+    if scheme == "file":
+        if netloc and netloc != "localhost":
+            raise ConfigError(
+                f"file URL {_redact(url)!r} names host {netloc!r}; use file:///absolute/path"
+            )
+        path = unquote(path_part)
+        if not path.startswith("/") or path == "/":
+            raise ConfigError(f"file URL {url!r} needs an absolute directory path other than /")
+        if "\x00" in path:
+            raise ConfigError("file URL path contains a NUL byte")
+        return BackendURL(scheme, url, path=os.path.normpath(path), options=options)
+    # memory
+    name = unquote(netloc + path_part.rstrip("/"))
+    return BackendURL(scheme, url, name=name.strip("/") or "default", options=options)
+
+
+def _parse_redis(
+    scheme: str,
+    url: str,
+    netloc: str,
+    path_part: str,
+    options: dict[str, Any],
+    username: str | None,
+    password: str | None,
+) -> BackendURL:
+    db = options.pop("db", None)
+    segments = [s for s in path_part.split("/") if s]
+    service = ""
+    if scheme == "unix":
+        if netloc:
+            raise ConfigError(f"unix URL {url!r} must be unix:///path/to/socket (three slashes)")
+        path = unquote(path_part)
+        if path in ("", "/"):
+            raise ConfigError(f"unix URL {url!r} names no socket path")
+        return BackendURL(scheme, url, path=path, db=db or 0, username=username,
+                          password=password, options=options)
+    if not netloc:
+        raise ConfigError(f"{scheme} URL {_redact(url)!r} names no host")
+    hosts = _parse_hosts(netloc, 26379 if scheme == "redis+sentinel" else 6379, url)
+    if scheme == "redis+sentinel":
+        if not segments:
+            raise ConfigError(
+                f"sentinel URL {_redact(url)!r} names no service: redis+sentinel://h1:p1,h2:p2/service/db"
+            )
+        service = unquote(segments.pop(0))
+    elif scheme in ("redis", "rediss") and len(hosts) > 1:
+        raise ConfigError(
+            f"{scheme} URL {_redact(url)!r} lists several hosts; use redis+cluster:// or redis+sentinel://"
+        )
+    if segments:
+        if len(segments) > 1 or not segments[0].isdigit():
+            raise ConfigError(f"database {'/'.join(segments)!r} in {_redact(url)!r} is not a number")
+        if db is not None:
+            raise ConfigError(f"database given twice (path and ?db=) in {_redact(url)!r}")
+        db = int(segments[0])
+    if scheme == "redis+cluster" and db:
+        raise ConfigError("Redis Cluster has only database 0")
+    return BackendURL(scheme, url, hosts=hosts, db=db or 0, service=service,
+                      username=username, password=password, options=options)
+
+
+def _env_list(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """statekit's settings, most often read from the environment.
+
+    ===========================  =====================================================
+    ``STATEKIT_REDIS_URL``       Redis for cache, sessions and broadcast
+    ``STATEKIT_CACHE_URL``       cache backend (defaults to ``STATEKIT_REDIS_URL``)
+    ``STATEKIT_SESSION_URL``     session backend (defaults to ``STATEKIT_REDIS_URL``)
+    ``STATEKIT_BROADCAST_URL``   broadcast backend (defaults to ``STATEKIT_REDIS_URL``)
+    ``STATEKIT_BLOBS_URL``       ``s3://``, ``file://`` or ``memory://`` blob store
+    ``STATEKIT_SECRET_KEYS``     comma-separated signing keys, newest first
+    ``STATEKIT_KEY_PREFIX``      prefix of every Redis key statekit writes
+    ===========================  =====================================================
+    """
+
+    redis_url: str | None = None
+    cache_url: str | None = None
+    session_url: str | None = None
+    broadcast_url: str | None = None
+    blobs_url: str | None = None
+    secret_keys: tuple[str, ...] = ()
+    key_prefix: str = "statekit"
+
+    def __post_init__(self) -> None:
+        for name in ("redis_url", "cache_url", "session_url", "broadcast_url"):
+            value = getattr(self, name)
+            if value is not None:
+                parse_url(value, kinds=("redis", "memory"))
+        if self.blobs_url is not None:
+            parse_url(self.blobs_url, kinds=("s3", "file", "memory"))
+        if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.key_prefix):
+            raise ConfigError(
+                f"key prefix {self.key_prefix!r} must be 1-64 chars of letters, digits, _ . : -"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``STATEKIT_*`` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        redis_url = env.get("STATEKIT_REDIS_URL") or None
+        return cls(
+            redis_url=redis_url,
+            cache_url=env.get("STATEKIT_CACHE_URL") or redis_url,
+            session_url=env.get("STATEKIT_SESSION_URL") or redis_url,
+            broadcast_url=env.get("STATEKIT_BROADCAST_URL") or redis_url,
+            blobs_url=env.get("STATEKIT_BLOBS_URL") or None,
+            secret_keys=_env_list(env.get("STATEKIT_SECRET_KEYS")),
+            key_prefix=env.get("STATEKIT_KEY_PREFIX") or "statekit",
+        )
+
+    def require(self, name: str) -> str:
+        """Return the setting *name* or raise a :class:`ConfigError` naming the
+        environment variable that sets it."""
+        value = getattr(self, name)
+        if not value:
+            raise ConfigError(f"{name} is not configured: set STATEKIT_{name.upper()}")
+        return str(value)

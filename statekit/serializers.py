@@ -1,0 +1,327 @@
+"""Safe codecs for values that leave the process.
+
+* :class:`JSONSerializer` (the default) — JSON with tagged types, so ``bytes``,
+  ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``, ``tuple``,
+  ``set``, ``frozenset`` and dicts with non-string keys come back as they went in.
+* :class:`MsgpackSerializer` — the same types through msgpack ext codes; smaller and
+  faster for binary-heavy values (``pip install 'statekit[msgpack]'``).
+* :class:`SignedPickleSerializer` — for frameworks that must store arbitrary objects
+  (Django's ``cache_page``). Every payload carries an HMAC-SHA256 signature that is
+  checked, in constant time, against each configured key *before* any unpickling. A
+  payload that fails verification raises :class:`~statekit.errors.SignatureError`
+  and is never executed.
+
+Plain, unsigned pickle is not offered: a Redis dump, a replica or a shared cache is
+not a trust boundary, and unpickling attacker-controlled bytes runs their code.
+
+Every codec raises :class:`~statekit.errors.SerializationError` naming the type it
+cannot encode, and the same error (never anything else) for bytes it cannot decode.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import json
+import pickle  # noqa: S403 - only behind an HMAC check, see SignedPickleSerializer
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import ConfigError, SerializationError, SignatureError
+
+__all__ = [
+    "JSONSerializer",
+    "MsgpackSerializer",
+    "Serializer",
+    "SignedPickleSerializer",
+    "get_serializer",
+]
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """What a codec provides. ``name`` identifies it in settings and metrics."""
+
+    name: str
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+def _describe(value: Any) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+# -- JSON ---------------------------------------------------------------------------
+
+_TAG = "\x00"  # a dict {"\x00": [tag, payload]} is a tagged value
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _tag(value: Any) -> Any:
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is list:
+        return [_tag(v) for v in value]
+    if t is dict:
+        if _TAG in value or not all(type(k) is str for k in value):
+            return {_TAG: ["m", [[_tag(k), _tag(v)] for k, v in value.items()]]}
+        return {k: _tag(v) for k, v in value.items()}
+    if t is tuple:
+        return {_TAG: ["t", [_tag(v) for v in value]]}
+    if t is bytes or t is bytearray:
+        return {_TAG: ["b", base64.b64encode(value).decode("ascii")]}
+    if t is dt.datetime:
+        return {_TAG: ["dt", value.isoformat()]}
+    if t is dt.date:
+        return {_TAG: ["d", value.isoformat()]}
+    if t is dt.time:
+        return {_TAG: ["tm", value.isoformat()]}
+    if t is dt.timedelta:
+        return {_TAG: ["td", [value.days, value.seconds, value.microseconds]]}
+    if t is decimal.Decimal:
+        return {_TAG: ["dec", str(value)]}
+    if t is uuid.UUID:
+        return {_TAG: ["u", value.hex]}
+    if t is set:
+        return {_TAG: ["s", [_tag(v) for v in value]]}
+    if t is frozenset:
+        return {_TAG: ["fs", [_tag(v) for v in value]]}
+    raise SerializationError(f"cannot serialize a value of type {_describe(value)!r} with the json codec")
+
+
+def _pairs(payload: list[list[Any]]) -> dict[Any, Any]:
+    return {k: v for k, v in payload}
+
+
+_UNTAG: dict[str, Callable[[Any], Any]] = {
+    "m": _pairs,
+    "t": tuple,
+    "b": lambda p: base64.b64decode(p, validate=True),
+    "dt": dt.datetime.fromisoformat,
+    "d": dt.date.fromisoformat,
+    "tm": dt.time.fromisoformat,
+    "td": lambda p: dt.timedelta(days=p[0], seconds=p[1], microseconds=p[2]),
+    "dec": decimal.Decimal,
+    "u": uuid.UUID,
+    "s": set,
+    "fs": frozenset,
+}
+
+
+def _untag_hook(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and _TAG in obj:
+        tag, payload = obj[_TAG]
+        return _UNTAG[tag](payload)
+    return obj
+
+
+class JSONSerializer:
+    """JSON with tagged types (the default codec).
+
+    Integers are written as their decimal text, so Redis ``INCRBY`` works on values
+    this codec stored. Timezone-aware datetimes keep their UTC offset (a ``ZoneInfo``
+    comes back as a fixed offset; the instant is the same)."""
+
+    name = "json"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return json.dumps(
+                _tag(value), separators=(",", ":"), ensure_ascii=False
+            ).encode("utf-8")
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, RecursionError) as e:
+            raise SerializationError(
+                f"cannot serialize a value of type {_describe(value)!r} with the json codec: {e}"
+            ) from e
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return json.loads(data, object_hook=_untag_hook)
+        except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation) as e:
+            raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
+
+
+# -- msgpack ------------------------------------------------------------------------
+
+_EXT_CODES = {
+    dt.datetime: 1, dt.date: 2, dt.time: 3, decimal.Decimal: 4, uuid.UUID: 5,
+    tuple: 6, set: 7, frozenset: 8, dt.timedelta: 9,
+}
+
+
+class MsgpackSerializer:
+    """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError as e:
+            raise ConfigError(
+                "the msgpack codec needs msgpack: pip install 'statekit[msgpack]'"
+            ) from e
+        self._msgpack = msgpack
+
+    def _default(self, value: Any) -> Any:
+        m = self._msgpack
+        t = type(value)
+        code = _EXT_CODES.get(t)
+        if code is None:
+            if t is bytearray:
+                return bytes(value)
+            raise SerializationError(
+                f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec"
+            )
+        if t in (tuple, set, frozenset):
+            body = self._pack(list(value))
+        elif t is uuid.UUID:
+            body = value.bytes
+        elif t is dt.timedelta:
+            body = self._pack([value.days, value.seconds, value.microseconds])
+        else:
+            body = (str(value) if t is decimal.Decimal else value.isoformat()).encode()
+        return m.ExtType(code, body)
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code in (6, 7, 8):
+            items = self._unpack(data)
+            return (tuple, set, frozenset)[code - 6](items)
+        if code == 5:
+            return uuid.UUID(bytes=data)
+        if code == 9:
+            d, s, us = self._unpack(data)
+            return dt.timedelta(days=d, seconds=s, microseconds=us)
+        text = data.decode()
+        if code == 1:
+            return dt.datetime.fromisoformat(text)
+        if code == 2:
+            return dt.date.fromisoformat(text)
+        if code == 3:
+            return dt.time.fromisoformat(text)
+        if code == 4:
+            return decimal.Decimal(text)
+        raise SerializationError(f"unknown msgpack ext code {code}")
+
+    def _pack(self, value: Any) -> bytes:
+        packed: bytes = self._msgpack.packb(
+            value, default=self._default, strict_types=True, use_bin_type=True
+        )
+        return packed
+
+    def _unpack(self, data: bytes) -> Any:
+        return self._msgpack.unpackb(
+            data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True
+        )
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return self._pack(value)
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, OverflowError) as e:
+            raise SerializationError(
+                f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec: {e}"
+            ) from e
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._unpack(data)
+        except SerializationError:
+            raise
+        except Exception as e:  # msgpack raises a family of its own errors and ValueError
+            raise SerializationError(
+                f"the msgpack codec refused a payload of {len(data)} bytes"
+            ) from e
+
+
+# -- signed pickle ------------------------------------------------------------------
+
+_SIG_LEN = 32
+_SALT = b"statekit.signed-pickle.v1"
+
+
+def _derive(key: str | bytes) -> bytes:
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return hmac.new(raw, _SALT, hashlib.sha256).digest()
+
+
+class SignedPickleSerializer:
+    """Pickle behind an HMAC-SHA256 signature, for objects JSON cannot carry.
+
+    :param keys: secret keys, newest first. The newest signs; every key verifies, so
+        keys can be rotated by prepending a new one and dropping the oldest later.
+
+    The signature covers the whole pickle and is verified before ``pickle.loads`` is
+    called. Anyone who can write to the store but does not hold a key cannot make a
+    payload this codec will unpickle. Anyone who *does* hold a key can run code in
+    every process that reads the store: treat the keys like the app's secret key.
+    """
+
+    name = "signed-pickle"
+
+    def __init__(self, keys: Iterable[str | bytes], *, protocol: int = pickle.HIGHEST_PROTOCOL):
+        keys = [k for k in keys if k]
+        if not keys:
+            raise ConfigError("the signed-pickle codec needs at least one secret key")
+        self._keys = [_derive(k) for k in keys]
+        self._protocol = protocol
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            body = pickle.dumps(value, protocol=self._protocol)
+        except Exception as e:  # pickle raises PicklingError, TypeError, AttributeError ...
+            raise SerializationError(
+                f"cannot serialize a value of type {_describe(value)!r} with the signed-pickle codec: {e}"
+            ) from e
+        return hmac.new(self._keys[0], body, hashlib.sha256).digest() + body
+
+    def loads(self, data: bytes) -> Any:
+        data = bytes(data)
+        if len(data) <= _SIG_LEN:
+            raise SignatureError("signed-pickle payload is too short to carry a signature")
+        sig, body = data[:_SIG_LEN], data[_SIG_LEN:]
+        for key in self._keys:
+            if hmac.compare_digest(sig, hmac.new(key, body, hashlib.sha256).digest()):
+                try:
+                    return pickle.loads(body)  # noqa: S301 - verified above
+                except Exception as e:
+                    raise SerializationError("signed-pickle payload could not be unpickled") from e
+        raise SignatureError("signed-pickle payload failed signature verification; not unpickled")
+
+
+def get_serializer(
+    spec: str | Serializer | None = None, *, secret_keys: Iterable[str | bytes] | None = None
+) -> Serializer:
+    """Return a codec from a name (``"json"``, ``"msgpack"``, ``"signed-pickle"``) or
+    pass a ready one through. ``None`` means JSON."""
+    if spec is None or spec == "json":
+        return JSONSerializer()
+    if not isinstance(spec, str):
+        if isinstance(spec, Serializer):
+            return spec
+        raise ConfigError(f"not a serializer: {spec!r} (needs name, dumps and loads)")
+    if spec == "msgpack":
+        return MsgpackSerializer()
+    if spec == "signed-pickle":
+        if not secret_keys:
+            raise ConfigError(
+                "the signed-pickle codec needs secret keys (STATEKIT_SECRET_KEYS or secret_keys=)"
+            )
+        return SignedPickleSerializer(secret_keys)
+    if spec == "pickle":
+        raise ConfigError(
+            "unsigned pickle is not offered: a store writer could run code in your processes; "
+            "use 'signed-pickle' with secret keys"
+        )
+    raise ConfigError(f"unknown serializer {spec!r}; choose json, msgpack or signed-pickle")
