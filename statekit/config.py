@@ -102,8 +102,13 @@ def _text(name: str) -> Callable[[str], str]:
 
 def _http_url(name: str) -> Callable[[str], str]:
     def conv(raw: str) -> str:
-        parts = urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(raw)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            ok = False
+        if not ok:
             raise ConfigError(f"option {name}={raw!r} must be an http(s):// URL with a host")
         return raw
 
@@ -133,8 +138,10 @@ def _size(name: str) -> Callable[[str], int]:
     return lambda raw: parse_size(raw, name=f"option {name}")
 
 
+_MAX_DB = 1_000_000
+
 _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "db": _int_range("db", 0, 1_000_000),
+    "db": _int_range("db", 0, _MAX_DB),
     "socket_timeout": _positive_float("socket_timeout"),
     "socket_connect_timeout": _positive_float("socket_connect_timeout"),
     "health_check_interval": _int_range("health_check_interval", 0, 86_400),
@@ -226,6 +233,11 @@ def _redact(url: str) -> str:
     return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_hosts(netloc: str, default_port: int, url: str) -> tuple[tuple[str, int], ...]:
     hosts: list[tuple[str, int]] = []
     for part in netloc.split(","):
@@ -245,7 +257,7 @@ def _parse_hosts(netloc: str, default_port: int, url: str) -> tuple[tuple[str, i
         if not host:
             raise ConfigError(f"empty host in {_redact(url)!r}")
         if port_text:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            if not _is_number(port_text) or not 0 < int(port_text) < 65536:
                 raise ConfigError(f"port {port_text!r} of host {host!r} is not a port number (1-65535)")
             port = int(port_text)
         else:
@@ -372,8 +384,10 @@ def _parse_redis(
             f"{scheme} URL {_redact(url)!r} lists several hosts; use redis+cluster:// or redis+sentinel://"
         )
     if segments:
-        if len(segments) > 1 or not segments[0].isdigit():
+        if len(segments) > 1 or not _is_number(segments[0]):
             raise ConfigError(f"database {'/'.join(segments)!r} in {_redact(url)!r} is not a number")
+        if int(segments[0]) > _MAX_DB:
+            raise ConfigError(f"database {segments[0]!r} in {_redact(url)!r} must be between 0 and {_MAX_DB}")
         if db is not None:
             raise ConfigError(f"database given twice (path and ?db=) in {_redact(url)!r}")
         db = int(segments[0])
