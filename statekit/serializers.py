@@ -147,7 +147,7 @@ class JSONSerializer:
     def loads(self, data: bytes) -> Any:
         try:
             return json.loads(data, object_hook=_untag_hook)
-        except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation) as e:
+        except Exception as e:  # a crafted tag payload can raise Overflow/Attribute/RecursionError
             raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
 
 
