@@ -1,0 +1,503 @@
+"""Process lifecycle: a drain state shared by a master and its workers, liveness and
+readiness endpoints, and the WSGI middleware that drains.
+
+The pattern: when a process is told to stop (SIGTERM), it first *drains* — its
+readiness endpoint answers 503 and every response carries ``Connection: close`` so a
+load balancer stops sending it work and retries elsewhere — then stops accepting,
+lets in-flight requests finish, and exits.
+
+* :class:`DrainState` is a small anonymous shared-memory block (``mmap``). Created in
+  a master process before it forks, every worker sees the same drain flag, and each
+  worker counts its requests in its own slot so the master can report them. Created
+  anywhere else (a dev server, a unit test), it is simply process-local.
+* :class:`Lifecycle` holds the endpoint paths, the drain mode and the readiness checks
+  (Redis and S3 reachable within a small time budget).
+* :class:`LifecycleMiddleware` wraps a WSGI app: it answers ``/healthz`` and
+  ``/readyz`` itself and, while draining, either answers new requests
+  ``503 + Retry-After`` before the app runs (mode ``reject``) or keeps serving until
+  the pre-stop delay ends (mode ``serve``).
+
+Nothing here connects to anything at import or construction time.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings, parse_url
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = [
+    "DRAIN_MODES",
+    "DrainState",
+    "Lifecycle",
+    "LifecycleMiddleware",
+    "SlotInfo",
+    "get_drain_state",
+    "redis_check",
+    "s3_check",
+    "set_drain_state",
+]
+
+DRAIN_MODES = ("reject", "serve")
+
+_MAGIC = b"SKLC"
+_HEADER = struct.Struct("<4sIIIddQ")  # magic, draining, mode, pad, drain_started, serve_until, spare
+_HEADER_SIZE = 64
+_SLOT = struct.Struct("<qqqqqqdd")  # pid, state, in_flight, started, completed, rejected, forked, ready
+_SLOT_SIZE = 64
+
+#: slot states
+FREE, BOOTING, READY, EXITED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """What one worker's slot says (read by the master)."""
+
+    pid: int
+    state: int
+    in_flight: int
+    started: int
+    completed: int
+    rejected: int
+    forked_at: float
+    ready_at: float
+
+
+class DrainState:
+    """The drain flag and per-worker request counters, in anonymous shared memory.
+
+    Create it in the master *before* forking: the mapping is ``MAP_SHARED``, so the
+    flag the master sets is seen by every worker at its next request, with no
+    syscall. Each worker writes only its own slot (``slot``, set after fork) and the
+    master only reads slots, so no cross-process lock is needed; a worker killed with
+    SIGKILL cannot leave a lock held. Within a process a :class:`threading.Lock`
+    guards the read-modify-write of counters (threaded workers).
+
+    :param slots: how many worker slots to reserve (the master needs one per live
+        worker plus replacements during a rolling reload).
+    :param mode: ``"reject"`` or ``"serve"`` (see :class:`LifecycleMiddleware`).
+    """
+
+    def __init__(self, slots: int = 1, *, mode: str = "reject") -> None:
+        if mode not in DRAIN_MODES:
+            raise ConfigError(f"drain mode {mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        if not 1 <= slots <= 4096:
+            raise ConfigError(f"slots={slots!r} must be between 1 and 4096")
+        self.slots = slots
+        self.slot = 0
+        self._map = mmap.mmap(-1, _HEADER_SIZE + slots * _SLOT_SIZE)
+        self._lock = threading.Lock()
+        _HEADER.pack_into(self._map, 0, _MAGIC, 0, DRAIN_MODES.index(mode), 0, 0.0, 0.0, 0)
+        self.reset_slot(0, pid=os.getpid(), state=READY)
+
+    # -- drain flag -------------------------------------------------------------
+
+    def _header(self) -> tuple[Any, ...]:
+        return _HEADER.unpack_from(self._map, 0)
+
+    @property
+    def draining(self) -> bool:
+        """Whether the process (group) is draining. Cheap: one shared-memory read."""
+        return bool(self._header()[1])
+
+    @property
+    def mode(self) -> str:
+        return DRAIN_MODES[self._header()[2]]
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in DRAIN_MODES:
+            raise ConfigError(f"drain mode {value!r} must be one of {', '.join(DRAIN_MODES)}")
+        with self._lock:
+            h = list(self._header())
+            h[2] = DRAIN_MODES.index(value)
+            _HEADER.pack_into(self._map, 0, *h)
+
+    @property
+    def drain_started(self) -> float:
+        """``time.time()`` when draining began, 0.0 if not draining."""
+        return float(self._header()[4])
+
+    def start_drain(self, serve_for: float = 0.0) -> None:
+        """Start draining (idempotent). In mode ``serve``, new requests are still
+        served for *serve_for* seconds (the pre-stop delay); in mode ``reject`` they
+        are refused at once."""
+        with self._lock:
+            h = list(self._header())
+            if h[1]:
+                return
+            now = time.time()
+            h[1], h[4], h[5] = 1, now, now + max(serve_for, 0.0)
+            _HEADER.pack_into(self._map, 0, *h)
+
+    def stop_drain(self) -> None:
+        """Clear the flag (tests; a drain that was called off)."""
+        with self._lock:
+            h = list(self._header())
+            h[1], h[4], h[5] = 0, 0.0, 0.0
+            _HEADER.pack_into(self._map, 0, *h)
+
+    def accepting(self, mode: str | None = None) -> bool:
+        """Whether a new request should run the app now."""
+        h = self._header()
+        if not h[1]:
+            return True
+        if (mode or DRAIN_MODES[h[2]]) == "serve":
+            return time.time() < float(h[5])
+        return False
+
+    # -- slots ------------------------------------------------------------------
+
+    def _slot_offset(self, index: int) -> int:
+        if not 0 <= index < self.slots:
+            raise IndexError(f"slot {index} out of range (0..{self.slots - 1})")
+        return _HEADER_SIZE + index * _SLOT_SIZE
+
+    def slot_info(self, index: int) -> SlotInfo:
+        return SlotInfo(*_SLOT.unpack_from(self._map, self._slot_offset(index)))
+
+    def reset_slot(self, index: int, *, pid: int = 0, state: int = FREE, forked_at: float = 0.0) -> None:
+        _SLOT.pack_into(self._map, self._slot_offset(index), pid, state, 0, 0, 0, 0, forked_at, 0.0)
+
+    def _update(self, index: int, add: Mapping[str, int] = {}, put: Mapping[str, float] = {}) -> None:  # noqa: B006
+        off = self._slot_offset(index)
+        with self._lock:
+            values = list(_SLOT.unpack_from(self._map, off))
+            for name, delta in add.items():
+                values[_FIELDS[name]] += delta
+            for name, value in put.items():
+                values[_FIELDS[name]] = value
+            _SLOT.pack_into(self._map, off, *values)
+
+    def bind(self, index: int) -> None:
+        """In a freshly forked worker: use slot *index* and record our pid."""
+        self.slot = index
+        self._lock = threading.Lock()
+        self._update(index, put={"pid": os.getpid(), "state": BOOTING})
+
+    def mark_ready(self) -> None:
+        """The worker loaded the app and is about to accept requests."""
+        self._update(self.slot, put={"state": READY, "ready_at": time.time()})
+
+    def mark_exited(self) -> None:
+        """The worker is exiting on its own (not killed)."""
+        self._update(self.slot, put={"state": EXITED})
+
+    def request_started(self) -> None:
+        self._update(self.slot, add={"in_flight": 1, "started": 1})
+
+    def request_finished(self) -> None:
+        self._update(self.slot, add={"in_flight": -1, "completed": 1})
+
+    def request_rejected(self) -> None:
+        self._update(self.slot, add={"rejected": 1})
+
+    def totals(self) -> dict[str, int]:
+        """Sums over the slots in use: ``in_flight``, ``started``, ``completed``, ``rejected``."""
+        out = dict.fromkeys(("in_flight", "started", "completed", "rejected"), 0)
+        for i in range(self.slots):
+            info = self.slot_info(i)
+            if info.state != FREE:
+                for k in out:
+                    out[k] += getattr(info, k)
+        return out
+
+
+_FIELDS = {"pid": 0, "state": 1, "in_flight": 2, "started": 3, "completed": 4, "rejected": 5,
+           "forked_at": 6, "ready_at": 7}
+
+_state: DrainState | None = None
+_state_lock = threading.Lock()
+
+
+def get_drain_state() -> DrainState:
+    """This process's drain state: the one a gunicorn master installed before forking,
+    else a process-local one created on first use."""
+    global _state
+    if _state is None:
+        with _state_lock:
+            if _state is None:
+                _state = DrainState()
+    return _state
+
+
+def set_drain_state(state: DrainState | None) -> None:
+    """Install *state* as this process's drain state (the master does this before
+    forking; ``None`` resets to a fresh process-local one on next use)."""
+    global _state
+    _state = state
+
+
+# -- readiness checks ---------------------------------------------------------
+
+Check = Callable[[float], object]
+
+
+def redis_check(url: str) -> Check:
+    """A readiness check that PINGs the Redis at *url* within the budget it is given."""
+
+    def check(timeout: float) -> object:
+        from .backends.redis import get_client, translate_errors
+
+        client = get_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retries=0)
+        with translate_errors("readiness check"):
+            return client.ping()
+
+    return check
+
+
+_s3_clients: dict[tuple[int, str], Any] = {}
+
+
+def s3_check(url: str) -> Check:
+    """A readiness check that sends ``HeadBucket`` for an ``s3://`` URL (or checks a
+    ``file://`` directory is writable) within the budget it is given."""
+    parsed = parse_url(url, kinds=("s3", "file", "memory"))
+
+    def check(timeout: float) -> object:
+        if parsed.scheme == "memory":
+            return True
+        if parsed.scheme == "file":
+            if not os.access(parsed.path, os.W_OK | os.X_OK):
+                raise OSError(f"{parsed.path} is not a writable directory")
+            return True
+        from .backends import require
+
+        boto3 = require("boto3", feature="s3:// URLs")
+        from botocore.config import Config
+
+        key = (os.getpid(), url)
+        client = _s3_clients.get(key)
+        if client is None:
+            opts = parsed.options
+            client = _s3_clients[key] = boto3.client(
+                "s3",
+                endpoint_url=opts.get("endpoint_url"),
+                region_name=opts.get("region"),
+                aws_access_key_id=parsed.username,
+                aws_secret_access_key=parsed.password,
+                config=Config(connect_timeout=timeout, read_timeout=timeout,
+                              retries={"max_attempts": 1}),
+            )
+        return client.head_bucket(Bucket=parsed.bucket)
+
+    return check
+
+
+def _checks_from_settings(settings: Settings) -> dict[str, Check]:
+    checks: dict[str, Check] = {}
+    seen: set[str] = set()
+    for name in ("redis_url", "cache_url", "session_url", "broadcast_url"):
+        url = getattr(settings, name)
+        if url and url not in seen and parse_url(url).kind == "redis":
+            seen.add(url)
+            checks["redis" if len(seen) == 1 else f"redis:{name[:-4]}"] = redis_check(url)
+    if settings.blobs_url and parse_url(settings.blobs_url).kind != "memory":
+        checks["blobs"] = s3_check(settings.blobs_url)
+    return checks
+
+
+# -- lifecycle and middleware ---------------------------------------------------
+
+
+class Lifecycle:
+    """Endpoints, drain mode and readiness checks for one app.
+
+    :param settings: when given, readiness checks for its Redis URLs and blob store
+        are added (reachable within *budget*).
+    :param checks: more checks, ``name -> callable(timeout)``; a check passes when it
+        returns without raising.
+    :param mode: ``"reject"`` or ``"serve"``; ``None`` follows the drain state (which
+        ``statekit serve --drain-mode`` sets).
+    :param budget: seconds the readiness endpoint may spend on all checks (they run
+        concurrently); a check still running after it counts as failed.
+    :param cache_ttl: readiness results are reused this long, so probes from many
+        load balancers do not multiply the load on Redis.
+    :param drain: the drain state; default: :func:`get_drain_state` at request time.
+
+    Readiness is 503 while draining (without running checks) or when any check
+    fails; liveness is 200 whenever the process can answer, draining or not, so an
+    orchestrator does not kill a process that is finishing its requests.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        checks: Mapping[str, Check] | None = None,
+        health_path: str = "/healthz",
+        ready_path: str = "/readyz",
+        mode: str | None = None,
+        budget: float = 0.5,
+        retry_after: int = 1,
+        cache_ttl: float = 1.0,
+        drain: DrainState | None = None,
+    ) -> None:
+        if mode is not None and mode not in DRAIN_MODES:
+            raise ConfigError(f"drain mode {mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        for p in (health_path, ready_path):
+            if not p.startswith("/"):
+                raise ConfigError(f"endpoint path {p!r} must start with '/'")
+        if not budget > 0:
+            raise ConfigError(f"readiness budget {budget!r} must be a positive number of seconds")
+        self.health_path = health_path
+        self.ready_path = ready_path
+        self.mode = mode
+        self.budget = budget
+        self.retry_after = int(retry_after)
+        self.cache_ttl = cache_ttl
+        self.checks: dict[str, Check] = _checks_from_settings(settings) if settings else {}
+        self.checks.update(checks or {})
+        self._drain = drain
+        self._executor: tuple[int, ThreadPoolExecutor] | None = None
+        self._cached: tuple[float, bool, dict[str, str]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def drain(self) -> DrainState:
+        return self._drain if self._drain is not None else get_drain_state()
+
+    def add_check(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    def _pool(self) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        if self._executor is None or self._executor[0] != pid:  # a fork gets its own threads
+            self._executor = (pid, ThreadPoolExecutor(max_workers=4, thread_name_prefix="statekit-ready"))
+        return self._executor[1]
+
+    def run_checks(self) -> tuple[bool, dict[str, str]]:
+        """Run every check concurrently within :attr:`budget`; ``(all ok, name -> "ok"
+        or the error)``. Results are cached for :attr:`cache_ttl` seconds."""
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < self.cache_ttl:
+            return cached[1], cached[2]
+        with self._lock:
+            futures = {name: self._pool().submit(check, self.budget) for name, check in self.checks.items()}
+            deadline = time.monotonic() + self.budget
+            results: dict[str, str] = {}
+            for name, fut in futures.items():
+                try:
+                    fut.result(timeout=max(deadline - time.monotonic(), 0.0))
+                    results[name] = "ok"
+                except FutureTimeout:
+                    results[name] = f"no answer within {self.budget:g}s"
+                except Exception as e:
+                    results[name] = f"{type(e).__name__}: {e}"[:200]
+            ok = all(v == "ok" for v in results.values())
+            self._cached = (time.monotonic(), ok, results)
+            return ok, results
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, JSON body)`` of the readiness endpoint."""
+        if self.drain.draining:
+            return 503, {"status": "draining"}
+        ok, results = self.run_checks()
+        return (200 if ok else 503), {"status": "ready" if ok else "unavailable", "checks": results}
+
+    def liveness(self) -> tuple[int, dict[str, Any]]:
+        return 200, {"status": "ok", "draining": self.drain.draining}
+
+    def wrap(self, app: WSGIApplication) -> LifecycleMiddleware:
+        return LifecycleMiddleware(app, self)
+
+
+def _json_response(start_response: StartResponse, status: int, body: Mapping[str, Any],
+                   extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    data = json.dumps(body, sort_keys=True).encode()
+    reason = {200: "OK", 503: "Service Unavailable"}.get(status, "")
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+               ("Cache-Control", "no-store"), *(extra or [])]
+    start_response(f"{status} {reason}", headers)
+    return [data]
+
+
+def _may_send_connection_header(environ: WSGIEnvironment) -> bool:
+    # wsgiref (Django's runserver) refuses hop-by-hop headers from the app; gunicorn
+    # drops them and closes through statekit's pre_request hook instead.
+    return not str(environ.get("SERVER_SOFTWARE", "")).startswith("WSGIServer")
+
+
+class _Finished:
+    """Wraps the app's response iterable to count the request as finished when the
+    server closes it (PEP 3333), however the response ended."""
+
+    def __init__(self, it: Iterable[bytes], done: Callable[[], None]) -> None:
+        self._it = it
+        self._done: Callable[[], None] | None = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._it)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._it, "close", None)
+            if close is not None:
+                close()
+        finally:
+            done, self._done = self._done, None
+            if done is not None:
+                done()
+
+
+class LifecycleMiddleware:
+    """WSGI middleware: health endpoints, request accounting and draining.
+
+    While the drain state is set, every response gets ``Connection: close``; in mode
+    ``reject`` a new request is answered ``503`` with ``Retry-After`` and the header
+    ``X-Statekit-Drain: reject`` *before the app runs* (so a proxy may retry it on
+    another instance even when it is a POST); in mode ``serve`` the app keeps serving
+    until the pre-stop delay ends, then rejects the same way.
+
+    Thread-safe; counts requests in this process's drain-state slot.
+    """
+
+    def __init__(self, app: WSGIApplication, lifecycle: Lifecycle | None = None) -> None:
+        self.app = app
+        self.lifecycle = lifecycle or Lifecycle()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        lc = self.lifecycle
+        path = environ.get("PATH_INFO", "")
+        if path == lc.health_path:
+            return _json_response(start_response, *lc.liveness())
+        if path == lc.ready_path:
+            return _json_response(start_response, *lc.readiness())
+        state = lc.drain
+        if state.draining and not state.accepting(lc.mode):
+            state.request_rejected()
+            extra = [("Retry-After", str(lc.retry_after)), ("X-Statekit-Drain", "reject")]
+            if _may_send_connection_header(environ):
+                extra.append(("Connection", "close"))
+            return _json_response(start_response, 503, {"status": "draining"}, extra)
+
+        def drain_aware_start_response(status: str, headers: list[tuple[str, str]],
+                                       exc_info: Any = None) -> Callable[[bytes], object]:
+            if state.draining and _may_send_connection_header(environ):
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"]
+                headers.append(("Connection", "close"))
+            return start_response(status, headers, exc_info)
+
+        state.request_started()
+        try:
+            result = self.app(environ, drain_aware_start_response)
+        except BaseException:
+            state.request_finished()
+            raise
+        return _Finished(result, state.request_finished)
