@@ -1,0 +1,331 @@
+"""Broadcast, in one process: SharedValue, the subscriber, the scripts, the scheduler.
+
+The multi-process acceptance tests (two broadcasters x four workers, SIGKILL,
+SIGSTOP, Redis restart) are in test_broadcast_cluster.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from statekit import _subscriber
+from statekit.broadcast import Broadcaster, SharedValue, current_run, load_broadcaster, state_key
+from statekit.embedded import RedisServer
+from statekit.errors import ConfigError, InvalidKey, StaleToken
+
+pytestmark = pytest.mark.redis
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = cond()
+        if result:
+            return result
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    # each test its own prefix: hubs (one per process and backend) outlive a test
+    return "t" + str(abs(hash(request.node.nodeid)) % 10**8)
+
+
+@pytest.fixture
+def broadcasters() -> Iterator[list[Broadcaster]]:
+    made: list[Broadcaster] = []
+    yield made
+    for b in made:
+        b.stop(5)
+
+
+def test_late_worker_sees_retained_value_on_first_get(redis_url: str, prefix: str) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    assert b.publish("users_count", 41) == 1
+    assert b.publish("users_count", 42) == 2
+    sv = SharedValue("users_count", default=0, url=redis_url, key_prefix=prefix)
+    assert sv.get() == 42
+    assert sv.version == 2
+    assert sv.age is not None and not sv.is_stale
+
+
+def test_default_until_published(redis_url: str, prefix: str) -> None:
+    sv = SharedValue("nothing_yet", default="n/a", max_age=5, url=redis_url, key_prefix=prefix)
+    assert sv.get() == "n/a"
+    assert sv.version == 0
+    assert sv.updated_at is None and sv.age is None
+    assert sv.is_stale
+
+
+def test_publish_fans_out_to_local_copy(redis_url: str, prefix: str) -> None:
+    sv = SharedValue("motd", default=None, url=redis_url, key_prefix=prefix)
+    assert sv.get() is None
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    for i in range(1, 6):
+        version = b.publish("motd", {"text": f"hello {i}", "n": (i, i)})
+        wait_for(lambda v=version: sv.version == v, what=f"version {version}")
+        assert sv.get() == {"text": f"hello {i}", "n": (i, i)}
+
+
+def test_two_values_same_name_one_subscriber(redis_url: str, prefix: str) -> None:
+    a = SharedValue("x", url=redis_url, key_prefix=prefix)
+    c = SharedValue("x", url=redis_url, key_prefix=prefix)
+    a.get(), c.get()
+    Broadcaster(redis_url, key_prefix=prefix).publish("x", 7)
+    wait_for(lambda: a.get() == 7 and c.get() == 7, what="both copies updated")
+    assert a._hub is c._hub
+    threads = [t for t in threading.enumerate() if t.name == "statekit-broadcast-subscriber"]
+    hubs = {id(h) for h in _subscriber._hubs.values()}
+    assert len(threads) == len(hubs)  # one thread per backend in this process
+
+
+def test_max_age_marks_stale(redis_url: str, prefix: str) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("v", 1)
+    sv = SharedValue("v", url=redis_url, key_prefix=prefix, max_age=0.05)
+    assert sv.get() == 1
+    wait_for(lambda: sv.is_stale, what="stale")
+
+
+def test_stale_token_is_refused_and_changes_nothing(redis_url: str, prefix: str) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("fenced", "first")
+    client = b._client
+    client.set(state_key(prefix, "fenced") + ":fence", 5)
+    with pytest.raises(StaleToken):
+        b.publish("fenced", "stale", token=4)
+    assert b.retained("fenced") == (1, "first")
+    assert b.publish("fenced", "current", token=5) == 2
+    assert b.retained("fenced") == (2, "current")
+
+
+def test_invalid_names_and_options(redis_url: str) -> None:
+    with pytest.raises(InvalidKey):
+        SharedValue("has space", url=redis_url)
+    with pytest.raises(ConfigError):
+        SharedValue("ok", url=redis_url, max_age=0)
+    b = Broadcaster(redis_url)
+    with pytest.raises(ConfigError):
+        b.every(0)
+    b.every(1, name="dup")(lambda: 1)
+    with pytest.raises(ConfigError):
+        b.every(1, name="dup")(lambda: 2)
+    with pytest.raises(ConfigError):
+        SharedValue("x", url="s3://bucket")
+    with pytest.raises(ConfigError):
+        load_broadcaster("no_colon")
+    with pytest.raises(ConfigError):
+        load_broadcaster("statekit.broadcast:Job")
+
+
+def test_no_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATEKIT_REDIS_URL", raising=False)
+    monkeypatch.delenv("STATEKIT_BROADCAST_URL", raising=False)
+    with pytest.raises(ConfigError, match="STATEKIT_BROADCAST_URL"):
+        SharedValue("x")
+
+
+def test_env_url_is_used(monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix: str) -> None:
+    monkeypatch.setenv("STATEKIT_REDIS_URL", redis_url)
+    monkeypatch.setenv("STATEKIT_KEY_PREFIX", prefix)
+    Broadcaster().publish("from_env", "yes")
+    assert SharedValue("from_env").get() == "yes"
+
+
+def test_scheduler_computes_each_slot_once_across_two_broadcasters(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    slots: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    for i in range(2):
+        b = Broadcaster(redis_url, key_prefix=prefix)
+        broadcasters.append(b)
+
+        def compute(i: int = i) -> int:
+            run = current_run()
+            assert run is not None
+            with lock:
+                slots.append((run.slot, i))
+                return len(slots)
+
+        b.every(0.2, name="tick", lease=1.0)(compute)
+    sv = SharedValue("tick", default=0, url=redis_url, key_prefix=prefix)
+    for b in broadcasters:
+        b.start()
+        b.start()  # idempotent
+    wait_for(lambda: len(slots) >= 6, what="six computations")
+    for b in broadcasters:
+        b.stop(5)
+    assert not any(b.running for b in broadcasters)
+    seen = [s for s, _ in slots]
+    assert len(seen) == len(set(seen)), slots
+    assert sum(b.counters.get("computes") for b in broadcasters) == len(slots)
+    final = broadcasters[0].retained("tick")
+    assert final is not None
+    wait_for(lambda: sv.version == final[0], what="final version seen")
+    assert sv.get() == final[1]
+    assert current_run() is None
+
+
+def test_stop_releases_the_lease_so_another_takes_over(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    who: list[str] = []
+    a = Broadcaster(redis_url, key_prefix=prefix)
+    c = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters += [a, c]
+    a.every(0.1, name="job", lease=30)(lambda: who.append("a") or "a")
+    c.every(0.1, name="job", lease=30)(lambda: who.append("c") or "c")
+    a.start()
+    wait_for(lambda: "a" in who, what="a computes")
+    c.start()
+    a.stop(5)
+    wait_for(lambda: "c" in who, what="c takes over long before the 30 s lease expires")
+    assert c.counters.get("leader_acquired") == 1
+
+
+def test_paused_leader_publish_is_refused(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    old = Broadcaster(redis_url, key_prefix=prefix)
+    new = Broadcaster(redis_url, key_prefix=prefix)
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "old"
+
+    old.every(0.1, name="job", lease=0.2, timeout=30)(slow)
+    new.every(0.1, name="job", lease=0.2, timeout=30)(lambda: "new")
+    old.run_pending()  # claims and starts computing; then "pauses": no renewals
+    assert started.wait(5)
+    wait_for(lambda: new.run_pending() and new.retained("job") is not None, what="new leader publishes")
+    release.set()
+    wait_for(lambda: old.counters.get("stale_tokens") == 1, what="old publish refused")
+    assert new.retained("job") == (1, "new")
+    assert old.counters.get("publishes") == 0
+
+
+def test_compute_error_and_timeout_keep_last_good_value(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(b)
+    b.publish("bad", "good")
+    b.publish("slow", "good")
+    gate = threading.Event()
+    b.every(0.1, name="bad")(lambda: 1 / 0)
+    b.every(0.1, name="slow", timeout=0.05)(lambda: gate.wait(5) and "late")
+    b.every(0.1, name="unencodable")(lambda: object())
+    b.start()
+    wait_for(lambda: b.counters.get("compute_errors") >= 3 and b.counters.get("timeouts") >= 1,
+             what="errors and a timeout counted")
+    gate.set()
+    b.stop(5)
+    assert b.retained("bad") == (1, "good")
+    assert b.retained("slow") == (1, "good")
+    assert b.retained("unencodable") is None
+    assert "ZeroDivisionError" in caplog.text
+
+
+def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str) -> None:
+    sv = SharedValue("resync", default=0, url=redis_url, key_prefix=prefix)
+    assert sv.get() == 0
+    hub = sv._hub
+    assert hub is not None
+    wait_for(hub.connected.is_set, what="subscriber connected")
+    # a value retained without a message: only a re-read after reconnect can find it
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("resync", 1)
+    wait_for(lambda: sv.get() == 1, what="first publish")
+    client = b._client
+    client.hset(state_key(prefix, "resync"), mapping={"version": 2, "data": b"2"})
+    assert sv.get() == 1
+    resyncs = hub.counters.get("resyncs")
+    client.client_kill_filter(_type="pubsub")
+    wait_for(lambda: hub.counters.get("resyncs") > resyncs, what="resync after reconnect")
+    wait_for(lambda: sv.get() == 2, what="missed update applied")
+    assert sv.version == 2
+
+
+def test_redis_restart_workers_show_next_value(prefix: str) -> None:
+    with RedisServer() as srv:
+        b = Broadcaster(srv.url, key_prefix=prefix)
+        b.publish("n", 1)
+        b.publish("n", 2)
+        sv = SharedValue("n", url=srv.url, key_prefix=prefix)
+        assert sv.get() == 2
+        srv.restart()  # data lost: versions start again
+        wait_for(lambda: sv._hub is not None and sv._hub.connected.is_set(), what="reconnected")
+        assert sv.get() == 2  # the last good value stays while nothing is retained
+        b.publish("n", 3)
+        wait_for(lambda: sv.get() == 3, what="value after restart")
+        assert sv.version == 1
+        late = SharedValue("n", url=srv.url, key_prefix=prefix)
+        assert late.get() == 3
+
+
+def test_redis_down_on_first_get_returns_default_then_fills_in(prefix: str) -> None:
+    with RedisServer() as srv:
+        url = srv.url
+        srv.kill()
+        sv = SharedValue("later", default="d", url=url, key_prefix=prefix)
+        assert sv.get() == "d"
+        srv.start()
+        Broadcaster(url, key_prefix=prefix).publish("later", "v")
+        wait_for(lambda: sv.get() == "v", what="filled in after Redis came back")
+
+
+def _child(url: str, prefix: str, conn: Any) -> None:
+    from statekit import broadcast
+
+    sv = [v for v in broadcast._values if v.name == "forked"][0]
+    b = [x for x in broadcast._broadcasters if x.prefix == prefix][0]
+    report = {"unloaded_at_start": sv._value is broadcast._UNLOADED, "running": b.running,
+              "hubs": len(_subscriber._hubs)}
+    report["value"] = sv.get()
+    report["own_hub"] = len(_subscriber._hubs) == 1
+    conn.send(report)
+    version = conn.recv()
+    wait_for(lambda: sv.version == version, what="child update")
+    conn.send(sv.get())
+
+
+def test_forked_child_starts_its_own_subscriber(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(b)
+    b.every(3600, name="hourly")(lambda: 1)
+    b.publish("forked", "parent")
+    sv = SharedValue("forked", url=redis_url, key_prefix=prefix)
+    assert sv.get() == "parent"
+    b.start()
+    ctx = multiprocessing.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(redis_url, prefix, child_conn))
+    proc.start()
+    try:
+        report = parent_conn.recv()
+        assert report == {"unloaded_at_start": True, "running": False, "hubs": 0,
+                          "value": "parent", "own_hub": True}
+        version = b.publish("forked", "update")
+        parent_conn.send(version)
+        assert parent_conn.poll(10)
+        assert parent_conn.recv() == "update"
+        wait_for(lambda: sv.get() == "update", what="parent update")
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    assert proc.exitcode == 0
+    assert b.running
