@@ -1,0 +1,571 @@
+"""``statekit audit PATH``: find per-process state in a codebase, statically.
+
+The check reads source files with :mod:`ast` and never imports them, so it is safe
+to run on any checkout (CI, pre-commit). Each finding names one stateful habit and
+links to the section of ``docs/migration.md`` that replaces it:
+
+=======  ==========================================================================
+SK101    an uploaded file (``FileStorage.save``) written to a local path in a handler
+SK102    ``open(..., "wb")`` (or another write mode) in a request handler
+SK103    Django stores files on the local disk (``FileSystemStorage`` / ``MEDIA_ROOT``)
+SK201    Flask-Session keeps sessions in local files or process memory
+SK202    Django ``SESSION_ENGINE`` is file-based or a cache backed by process memory
+SK301    a module-level dict/list/set is written from a request handler
+SK302    ``global`` in a request handler
+SK303    ``lru_cache``/``cache`` on a function that queries a database
+SK304    Django ``CACHES`` backend local to one process or machine (locmem, file)
+SK401    a timer, thread or scheduler started at import (once per worker process)
+SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory)
+SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
+=======  ==========================================================================
+
+Heuristics, not proofs: a handler is a function with a route decorator
+(``@app.route``, ``@bp.post``...), a function or method taking ``request`` first, or
+a ``get``/``post``/... method of a class; functions of the same module it calls by
+name count as part of it. Silence one line with ``# statekit: ignore`` (or
+``# statekit: ignore[SK301]``); skip paths with a ``.statekitignore`` file (one glob
+per line, relative to its directory, like ``.gitignore``). Paths named on the command
+line are always checked.
+
+Exit status: 0 when nothing is found, 1 when something is (for CI), 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+__all__ = ["RULES", "Finding", "audit_paths", "audit_source", "main"]
+
+GUIDE = "docs/migration.md"
+
+#: code -> (guide section, short title)
+RULES: dict[str, tuple[str, str]] = {
+    "SK101": ("local-upload-folder", "upload saved to a local path"),
+    "SK102": ("local-upload-folder", "local file written in a request handler"),
+    "SK103": ("local-upload-folder", "Django files on the local disk"),
+    "SK201": ("sessions-in-files-or-memory", "Flask-Session in local files or memory"),
+    "SK202": ("sessions-in-files-or-memory", "Django sessions in local files or memory"),
+    "SK301": ("module-level-cache", "module-level container written from a handler"),
+    "SK302": ("module-level-cache", "global in a request handler"),
+    "SK303": ("module-level-cache", "lru_cache on a database query"),
+    "SK304": ("module-level-cache", "Django cache local to one process"),
+    "SK401": ("per-worker-scheduled-computation", "timer started at import"),
+    "SK402": ("per-worker-scheduled-computation", "timer started per worker"),
+    "SK501": ("sticky-sessions", "sticky sessions"),
+}
+
+_SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "env", "node_modules", "__pycache__", ".tox",
+              ".nox", ".mypy_cache", ".ruff_cache", ".pytest_cache", "build", "dist", "site-packages"}
+_HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
+_ROUTE_DECORATORS = _HTTP_METHODS | {"route", "before_request", "after_request", "errorhandler",
+                                     "api_view", "require_POST", "require_GET", "require_http_methods",
+                                     "login_required", "websocket"}
+_MUTATORS = {"append", "extend", "insert", "update", "setdefault", "add", "pop", "popitem", "remove",
+             "discard", "clear", "appendleft", "__setitem__"}
+_CONTAINER_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"}
+_DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", "fetchmany", "scalar",
+             "scalars", "query", "raw", "cursor"}
+_THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
+                   "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
+_PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready"}
+_CACHE_DECORATORS = {"lru_cache", "cache"}
+_IGNORE_RE = re.compile(r"#\s*statekit:\s*ignore(?:\[([A-Z0-9, ]+)\])?")
+_STICKY_RE = re.compile(
+    r"^\s*(ip_hash\s*;|sticky\b|hash\s+\$(?:cookie_|remote_addr)|balance\s+source\b|"
+    r"cookie\s+\S+\s+insert\b|appsession\b)"
+)
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    """One habit found: where, which rule, and what to read."""
+
+    path: str
+    line: int
+    code: str
+    message: str
+
+    @property
+    def doc(self) -> str:
+        return f"{GUIDE}#{RULES[self.code][0]}"
+
+    def format(self) -> str:
+        return f"{self.path}:{self.line}: {self.code} {self.message} ({self.doc})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "doc": self.doc}
+
+
+def _name(node: ast.AST) -> str:
+    """The last dotted part of a name or attribute (``functools.lru_cache`` -> ``lru_cache``)."""
+    if isinstance(node, ast.Call):
+        return _name(node.func)
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return ""
+
+
+def _const_str(node: ast.AST | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+_Func = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+class _Module:
+    """The facts about one module the rules need."""
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.tree = tree
+        self.functions: dict[str, _Func] = {}
+        self.handlers: list[tuple[_Func, str]] = []  # (function, why)
+        self.containers: dict[str, int] = {}  # module-level mutable container -> line
+        self.thread_names: set[str] = set()  # names bound to Thread/Timer/scheduler objects
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.functions[node.name] = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+                targets: list[ast.expr] = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        if self._is_container(node.value):
+                            self.containers[t.id] = node.lineno
+        for any_node in ast.walk(tree):
+            if (isinstance(any_node, ast.Assign) and isinstance(any_node.value, ast.Call)
+                    and _name(any_node.value) in _THREAD_CLASSES):
+                self.thread_names.update(t.id for t in any_node.targets if isinstance(t, ast.Name))
+            if isinstance(any_node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                why = self._handler_reason(any_node)
+                if why:
+                    self.handlers.append((any_node, why))
+            elif isinstance(any_node, ast.ClassDef):
+                for item in any_node.body:
+                    if (isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                            and item.name in _HTTP_METHODS
+                            and not any(h is item for h, _ in self.handlers)):
+                        self.handlers.append((item, f"view method {any_node.name}.{item.name}"))
+
+    @staticmethod
+    def _is_container(value: ast.AST) -> bool:
+        if isinstance(value, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
+            return True
+        return isinstance(value, ast.Call) and _name(value) in _CONTAINER_CALLS
+
+    @staticmethod
+    def _handler_reason(func: _Func) -> str:
+        for dec in func.decorator_list:
+            if _name(dec) in _ROUTE_DECORATORS:
+                return f"handler {func.name}()"
+        args = func.args.posonlyargs + func.args.args
+        names = [a.arg for a in args]
+        if names[:1] == ["request"] or names[:2] == ["self", "request"]:
+            return f"view {func.name}()"
+        return ""
+
+    def handler_scope(self) -> dict[int, tuple[_Func, str]]:
+        """Handlers plus the module functions they call by name, transitively."""
+        scope: dict[int, tuple[_Func, str]] = {id(f): (f, why) for f, why in self.handlers}
+        todo = [f for f, _ in self.handlers]
+        while todo:
+            func = todo.pop()
+            for node in ast.walk(func):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    callee = self.functions.get(node.func.id)
+                    if callee is not None and id(callee) not in scope:
+                        scope[id(callee)] = (callee, f"{callee.name}() called from {func.name}()")
+                        todo.append(callee)
+        return scope
+
+
+def _locals_of(func: _Func) -> set[str]:
+    names = {a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs}
+    declared_global: set[str] = set()
+    for node in ast.walk(func):
+        if isinstance(node, ast.Global):
+            declared_global.update(node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names - declared_global
+
+
+def _is_local_path(node: ast.AST) -> bool:
+    """Whether an argument looks like a filesystem path (not a Django ``save()`` flag)."""
+    if isinstance(node, (ast.JoinedStr, ast.Constant)) and not isinstance(getattr(node, "value", ""), bool):
+        return isinstance(node, ast.JoinedStr) or isinstance(node.value, str)
+    if isinstance(node, ast.Call):
+        return _name(node) in {"join", "Path", "abspath", "realpath", "safe_join", "joinpath"}
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return True
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        text = _name(node).lower()
+        return any(w in text for w in ("path", "dest", "folder", "dir", "upload", "target"))
+    return False
+
+
+def _write_mode(call: ast.Call) -> str | None:
+    mode: ast.AST | None = call.args[1] if len(call.args) > 1 else None
+    for kw in call.keywords:
+        if kw.arg == "mode":
+            mode = kw.value
+    text = _const_str(mode)
+    return text if text and any(c in text for c in "wax") else None
+
+
+def _check_handlers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
+    for func, why in mod.handler_scope().values():
+        local = _locals_of(func)
+        for node in ast.walk(func):
+            if isinstance(node, ast.Global):
+                out.append((node.lineno, "SK302",
+                            f"`global {', '.join(node.names)}` in {why}: each worker process has its own "
+                            "copy, lost on restart"))
+            elif isinstance(node, ast.Call):
+                fname = _name(node)
+                if (fname == "save" and isinstance(node.func, ast.Attribute) and node.args
+                        and _is_local_path(node.args[0])):
+                    out.append((node.lineno, "SK101",
+                                f"uploaded file saved to a local path in {why}: only this machine has it, "
+                                "and a new container starts without it"))
+                elif fname == "open" and isinstance(node.func, ast.Name) and _write_mode(node):
+                    out.append((node.lineno, "SK102",
+                                f"open(..., {_write_mode(node)!r}) in {why}: the file stays on this machine"))
+                elif fname in ("write_bytes", "write_text") and isinstance(node.func, ast.Attribute):
+                    out.append((node.lineno, "SK102",
+                                f"Path.{fname}() in {why}: the file stays on this machine"))
+                elif (fname in _MUTATORS and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name)):
+                    if _mutated(node.func.value.id, mod, local):
+                        _report_write(mod, node.func.value.id, node.lineno, why, out)
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                for t in targets:
+                    if (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
+                            and _mutated(t.value.id, mod, local)):
+                        _report_write(mod, t.value.id, node.lineno, why, out)
+
+
+def _mutated(name: str, mod: _Module, local: set[str]) -> bool:
+    return name in mod.containers and name not in local
+
+
+def _report_write(mod: _Module, name: str, line: int, why: str, out: list[tuple[int, str, str]]) -> None:
+    out.append((line, "SK301",
+                f"module-level {name!r} (line {mod.containers[name]}) is written in {why}: every worker "
+                "has a different copy, lost on restart"))
+
+
+def _check_cached_queries(mod: _Module, out: list[tuple[int, str, str]]) -> None:
+    for node in ast.walk(mod.tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        decorator = next((d for d in node.decorator_list if _name(d) in _CACHE_DECORATORS), None)
+        if decorator is None:
+            continue
+        queries = any(
+            (isinstance(n, ast.Call) and _name(n) in _DB_CALLS)
+            or (isinstance(n, ast.Attribute) and n.attr == "objects")
+            for n in ast.walk(node)
+        )
+        if queries:
+            out.append((decorator.lineno, "SK303",
+                        f"@{_name(decorator)} on {node.name}() which queries a database: each worker "
+                        "keeps its own copy and never sees changes"))
+
+
+def _starts_thread(call: ast.Call, mod: _Module) -> bool:
+    if _name(call) != "start" or not isinstance(call.func, ast.Attribute):
+        return False
+    target = call.func.value
+    if isinstance(target, ast.Call):
+        return _name(target) in _THREAD_CLASSES
+    return isinstance(target, ast.Name) and (target.id in mod.thread_names or "sched" in target.id.lower())
+
+
+def _thread_starts(body: Iterable[ast.AST], mod: _Module) -> Iterator[ast.Call]:
+    for stmt in body:
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Call) and _starts_thread(n, mod):
+                yield n
+            elif (isinstance(n, ast.Call) and _name(n) == "every"
+                    and _name(getattr(n.func, "value", n)) == "schedule"):
+                yield n
+
+
+def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
+    top = [s for s in mod.tree.body
+           if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    for call in _thread_starts(top, mod):
+        out.append((call.lineno, "SK401",
+                    "background timer/thread started at import: every worker process runs its own copy "
+                    "(N workers, N computations per interval)"))
+    called_at_import = {
+        n.func.id for s in top for n in ast.walk(s)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in mod.functions
+    }
+    for name in sorted(called_at_import):
+        for call in _thread_starts(mod.functions[name].body, mod):
+            out.append((call.lineno, "SK401",
+                        f"background timer/thread started by {name}(), called at import: every worker "
+                        "process runs its own copy"))
+    for node in ast.walk(mod.tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in _PER_WORKER_FUNCS:
+            for call in _thread_starts(node.body, mod):
+                out.append((call.lineno, "SK402",
+                            f"background timer/thread started in {node.name}(): once per worker (or per "
+                            "app), not once per cluster"))
+
+
+def _config_pairs(tree: ast.Module) -> Iterator[tuple[str, ast.AST, int]]:
+    """``(KEY, value node, line)`` for settings written as ``KEY = v``, ``x["KEY"] = v``,
+    ``x.update(KEY=v)`` or ``{"KEY": v}``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name) and t.id.isupper():
+                    yield t.id, node.value, node.lineno
+                elif isinstance(t, ast.Subscript) and _const_str(t.slice):
+                    yield str(_const_str(t.slice)), node.value, node.lineno
+        elif isinstance(node, ast.Call) and _name(node) in ("update", "from_mapping", "setdefault"):
+            for kw in node.keywords:
+                if kw.arg and kw.arg.isupper():
+                    yield kw.arg, kw.value, kw.value.lineno
+            if _name(node) == "setdefault" and len(node.args) == 2 and _const_str(node.args[0]):
+                yield str(_const_str(node.args[0])), node.args[1], node.lineno
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values, strict=True):
+                key = _const_str(k)
+                if key and key.isupper() and key.startswith(("SESSION_", "STORAGES", "CACHES")):
+                    yield key, v, v.lineno
+
+
+def _dict_get(node: ast.AST | None, key: str) -> ast.AST | None:
+    if isinstance(node, ast.Dict):
+        for k, v in zip(node.keys, node.values, strict=True):
+            if _const_str(k) == key:
+                return v
+    return None
+
+
+def _check_settings(tree: ast.Module, out: list[tuple[int, str, str]]) -> None:
+    pairs: dict[str, tuple[ast.AST, int]] = {}
+    for key, value, line in _config_pairs(tree):
+        pairs.setdefault(key, (value, line))
+    if "SESSION_TYPE" in pairs:
+        value, line = pairs["SESSION_TYPE"]
+        kind = _const_str(value)
+        if kind == "filesystem":
+            out.append((line, "SK201", "Flask-Session SESSION_TYPE 'filesystem': sessions are files on one "
+                                       "machine, gone when it is replaced"))
+        elif kind == "cachelib":
+            backend = pairs.get("SESSION_CACHELIB")
+            cls = _name(backend[0]) if backend else "FileSystemCache"
+            if cls in ("SimpleCache", "FileSystemCache"):
+                where = "one worker's memory" if cls == "SimpleCache" else "files on one machine"
+                out.append((backend[1] if backend else line, "SK201",
+                            f"Flask-Session cachelib {cls}: sessions live in {where}; users are logged out "
+                            "by the next worker or restart"))
+    caches = pairs.get("CACHES")
+    if "SESSION_ENGINE" in pairs:
+        value, line = pairs["SESSION_ENGINE"]
+        engine = _const_str(value) or ""
+        if engine.endswith(".file"):
+            out.append((line, "SK202", f"SESSION_ENGINE {engine!r}: sessions are files on one machine"))
+        elif engine.endswith((".cache", ".cached_db")):
+            alias_node = pairs.get("SESSION_CACHE_ALIAS")
+            alias = (_const_str(alias_node[0]) if alias_node else None) or "default"
+            session_cache = _const_str(_dict_get(_dict_get(caches[0] if caches else None, alias), "BACKEND"))
+            if session_cache is None or "locmem" in session_cache or "filebased" in session_cache:
+                out.append((line, "SK202",
+                            f"SESSION_ENGINE {engine!r} on cache {alias!r} "
+                            f"({session_cache or 'LocMemCache, the default'}): sessions live in one process"))
+    if caches is not None:
+        cache_map = caches[0]
+        if isinstance(cache_map, ast.Dict):
+            for k, v in zip(cache_map.keys, cache_map.values, strict=True):
+                cache_backend = _const_str(_dict_get(v, "BACKEND")) or ""
+                if "locmem" in cache_backend.lower() or "filebased" in cache_backend.lower():
+                    out.append((v.lineno, "SK304",
+                                f"cache {_const_str(k)!r} uses {cache_backend.rsplit('.', 1)[-1]}: every "
+                                "process (or machine) has its own, different copy"))
+    storages = pairs.get("STORAGES")
+    if storages is not None:
+        backend_node = _dict_get(_dict_get(storages[0], "default"), "BACKEND")
+        if (_const_str(backend_node) or "").endswith("FileSystemStorage"):
+            out.append((getattr(backend_node, "lineno", storages[1]), "SK103",
+                        "STORAGES default is FileSystemStorage: uploads stay on one machine"))
+    elif "DEFAULT_FILE_STORAGE" in pairs:
+        value, line = pairs["DEFAULT_FILE_STORAGE"]
+        if (_const_str(value) or "").endswith("FileSystemStorage"):
+            out.append((line, "SK103",
+                        "DEFAULT_FILE_STORAGE is FileSystemStorage: uploads stay on one machine"))
+    elif "MEDIA_ROOT" in pairs and "INSTALLED_APPS" in pairs:
+        out.append((pairs["MEDIA_ROOT"][1], "SK103",
+                    "MEDIA_ROOT without STORAGES: Django's default FileSystemStorage keeps uploads on one "
+                    "machine"))
+
+
+def _ignored(lines: Sequence[str], line: int, code: str) -> bool:
+    if not 0 < line <= len(lines):
+        return False
+    m = _IGNORE_RE.search(lines[line - 1])
+    if m is None:
+        return False
+    return m.group(1) is None or code in {c.strip() for c in m.group(1).split(",")}
+
+
+def audit_source(source: str, path: str = "<string>") -> list[Finding]:
+    """Findings for one Python source text (parsed, never run).
+
+    :raises SyntaxError: when *source* is not valid Python.
+    """
+    tree = ast.parse(source, filename=path)
+    mod = _Module(tree)
+    raw: list[tuple[int, str, str]] = []
+    _check_handlers(mod, raw)
+    _check_cached_queries(mod, raw)
+    _check_timers(mod, raw)
+    _check_settings(tree, raw)
+    lines = source.splitlines()
+    found = sorted({Finding(path, line, code, msg) for line, code, msg in raw
+                    if not _ignored(lines, line, code)})
+    # one SK301 per container and handler: the first write is enough to point at
+    seen: set[str] = set()
+    unique = []
+    for f in found:
+        if f.code == "SK301":
+            if f.message in seen:
+                continue
+            seen.add(f.message)
+        unique.append(f)
+    return unique
+
+
+def audit_config(text: str, path: str) -> list[Finding]:
+    """Findings for a load balancer config (nginx, HAProxy): sticky sessions."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        code_part = line.split("#", 1)[0]
+        m = _STICKY_RE.match(code_part)
+        if m:
+            out.append(Finding(path, n, "SK501",
+                               f"sticky sessions ({m.group(1).strip().rstrip(';')}): users are pinned to one "
+                               "instance and lose their state when it goes away"))
+    return out
+
+
+def _is_config(name: str) -> bool:
+    return name.endswith((".conf", ".conf.template", ".cfg")) and ("nginx" in name or "haproxy" in name
+                                                                   or name.endswith(".conf")
+                                                                   or name.endswith(".conf.template"))
+
+
+def _read_ignore(directory: str) -> list[str]:
+    try:
+        with open(os.path.join(directory, ".statekitignore"), encoding="utf-8") as f:
+            return [p.strip() for p in f if p.strip() and not p.lstrip().startswith("#")]
+    except OSError:
+        return []
+
+
+def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    for pat in patterns:
+        pat = pat.rstrip("/")
+        if fnmatch.fnmatch(rel, pat.lstrip("/")) or ("/" not in pat and fnmatch.fnmatch(base, pat)):
+            return True
+    return False
+
+
+def _walk(root: str) -> Iterator[str]:
+    """Files under *root*, honouring ``.statekitignore`` files and skipping virtualenvs."""
+    rules: list[tuple[str, list[str]]] = []  # (directory, patterns)
+    for dirpath, dirnames, filenames in os.walk(root):
+        rules = [(d, p) for d, p in rules if dirpath == d or dirpath.startswith(d + os.sep)]
+        patterns = _read_ignore(dirpath)
+        if patterns:
+            rules.append((dirpath, patterns))
+
+        def skipped(full: str, rules: list[tuple[str, list[str]]] = rules) -> bool:
+            return any(_matches(os.path.relpath(full, d).replace(os.sep, "/"), p) for d, p in rules)
+
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d not in _SKIP_DIRS and not d.endswith(".egg-info") and not skipped(os.path.join(dirpath, d))
+        )
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            if (name.endswith(".py") or _is_config(name)) and not skipped(full):
+                yield full
+
+
+def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None) -> list[Finding]:
+    """Findings for files and directories (recursively). Unparsable files are
+    skipped and described in *errors*."""
+    found: list[Finding] = []
+    for root in paths:
+        files = [root] if os.path.isfile(root) else list(_walk(root))
+        for path in files:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                if errors is not None:
+                    errors.append(f"{path}: cannot read: {e}")
+                continue
+            if path.endswith(".py"):
+                try:
+                    found.extend(audit_source(text, path))
+                except SyntaxError as e:
+                    if errors is not None:
+                        errors.append(f"{path}:{e.lineno}: cannot parse: {e.msg}")
+            else:
+                found.extend(audit_config(text, path))
+    return sorted(set(found))
+
+
+def main(argv: Sequence[str]) -> int:
+    """``statekit audit [PATH ...] [--format text|json] [--select CODES] [--ignore CODES]``."""
+    parser = argparse.ArgumentParser(
+        prog="statekit audit",
+        description="Find per-process state (local uploads, file/memory sessions, module-level caches, "
+                    "per-worker timers, sticky sessions) without importing the code.",
+        epilog="Codes: " + ", ".join(f"{c} {t}" for c, (_, t) in RULES.items()),
+    )
+    parser.add_argument("paths", nargs="*", default=["."], metavar="PATH")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--select", default="", help="only these codes or prefixes (SK1,SK301)")
+    parser.add_argument("--ignore", default="", help="skip these codes or prefixes")
+    opts = parser.parse_args(list(argv))
+    for p in opts.paths:
+        if not os.path.exists(p):
+            print(f"statekit audit: {p}: no such file or directory", file=sys.stderr)
+            return 2
+    select = [c.strip() for c in opts.select.split(",") if c.strip()]
+    ignore = [c.strip() for c in opts.ignore.split(",") if c.strip()]
+    errors: list[str] = []
+    found = [
+        f for f in audit_paths(opts.paths, errors=errors)
+        if (not select or f.code.startswith(tuple(select)))
+        and not (ignore and f.code.startswith(tuple(ignore)))
+    ]
+    for e in errors:
+        print(f"statekit audit: {e}", file=sys.stderr)
+    if opts.format == "json":
+        print(json.dumps([f.as_dict() for f in found], indent=2))
+    else:
+        for f in found:
+            print(f.format())
+        n = len(found)
+        print(f"{n} finding{'s' if n != 1 else ''}" + (" — see docs/migration.md" if n else ""),
+              file=sys.stderr)
+    return 1 if found else 0
