@@ -1,4 +1,6 @@
-"""The per-process subscriber behind :class:`statekit.broadcast.SharedValue`.
+"""The worker side of broadcast: :class:`SharedValue` and the per-process subscriber.
+
+Public names are re-exported by :mod:`statekit.broadcast`; import them from there.
 
 One :class:`Hub` per process and Redis backend holds every shared value of that
 backend and runs ONE daemon thread that pattern-subscribes to all of their channels
@@ -23,20 +25,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from .backends.redis import translate_errors
-from .errors import BackendUnavailable
+from .backends.redis import get_client, translate_errors
+from .config import Settings, parse_url
+from .errors import BackendUnavailable, ConfigError, InvalidKey
 from .metrics import Counters
+from .serializers import Serializer, get_serializer
 
-if TYPE_CHECKING:
-    from .broadcast import SharedValue
+__all__ = [
+    "Hub",
+    "Record",
+    "SharedValue",
+    "get_hub",
+    "parse_message",
+    "reset_after_fork",
+    "state_key",
+]
 
-__all__ = ["Hub", "Record", "get_hub", "parse_message", "reset_after_fork"]
+T = TypeVar("T")
 
 log = logging.getLogger("statekit.broadcast")
 
@@ -46,6 +58,44 @@ PING_EVERY = 5.0
 PING_TIMEOUT = 3.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_UNLOADED: Any = object()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidKey(f"shared value name {name!r} must be 1-128 chars of letters, digits, _ . : -")
+    return name
+
+
+def state_key(prefix: str, name: str) -> str:
+    """The Redis hash that retains the value of *name*."""
+    return f"{prefix}:bc:{{{name}}}"
+
+
+def _channel(prefix: str, name: str) -> str:
+    return f"{prefix}:broadcast:{name}"
+
+
+def _resolve(url: str | None, client: Any, key_prefix: str | None) -> tuple[Any, Any, str]:
+    """``(hub key, client factory, prefix)`` from a URL, a ready client or the env."""
+    settings = Settings.from_env()
+    prefix = key_prefix or settings.key_prefix
+    if client is not None:
+        return id(client), (lambda: client), prefix
+    if url is None:
+        url = settings.broadcast_url
+        if not url:
+            raise ConfigError(
+                "no broadcast backend: pass url= or client=, or set STATEKIT_BROADCAST_URL "
+                "(or STATEKIT_REDIS_URL)"
+            )
+    parse_url(url, kinds=("redis",))  # fail at construction, not on first get()
+    return url, (lambda: get_client(url)), prefix
+
+
 
 
 class Record(NamedTuple):
@@ -97,8 +147,6 @@ class Hub:
 
         :raises BackendUnavailable: Redis did not answer within its timeout.
         """
-        from .broadcast import state_key
-
         names = list(names)
         if not names:
             return {}
@@ -123,12 +171,14 @@ class Hub:
 
     def resync(self) -> None:
         """Re-read the retained value of every registered name."""
-        with self.lock:
-            names = [n for n, vs in self._values.items() if len(vs)]
-        records = self.read(names)
+        records = self.read(self._live_names())
         self.counters.incr("resyncs")
         for name, record in records.items():
             self.offer(name, record)
+
+    def _live_names(self) -> list[str]:
+        with self.lock:
+            return [n for n, vs in self._values.items() if len(vs)]
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the subscriber thread (tests; a process normally keeps it to exit)."""
@@ -170,9 +220,16 @@ class Hub:
                         self.connected.set()
                         backoff = BACKOFF_MIN
             except (redis.RedisError, OSError, BackendUnavailable) as e:
+                was_connected = self.connected.is_set()
                 self.connected.clear()
                 self.counters.incr("reconnects")
-                log.warning("broadcast subscriber lost Redis (%s); reconnecting in %.2fs", e, backoff)
+                with self.lock:
+                    if not any(len(vs) for vs in self._values.values()):
+                        self._thread = None  # every value is gone: nothing to keep current
+                        return
+                (log.warning if was_connected else log.debug)(
+                    "broadcast subscriber lost Redis (%s); reconnecting in %.2fs", e, backoff
+                )
                 self._stop.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
                 backoff = min(backoff * 2, BACKOFF_MAX)
             except Exception:  # a bug must not kill the thread
@@ -215,7 +272,151 @@ def get_hub(key: Any, prefix: str, client_factory: Any) -> Hub:
 
 
 def reset_after_fork() -> None:
-    """Forget every hub (runs in a forked child; see the module docstring)."""
+    """Forget every hub and unload every value (runs in a forked child; see the
+    module docstring)."""
     global _hubs_lock
     _hubs_lock = threading.Lock()
     _hubs.clear()
+    for value in list(_values):
+        value._reset()
+
+
+_values: weakref.WeakSet[SharedValue[Any]] = weakref.WeakSet()
+
+
+class SharedValue(Generic[T]):
+    """A value every worker process sees, kept current by one subscriber thread.
+
+    :param name: the value's name (``Broadcaster.every(..., name=)`` publishes it).
+    :param default: returned until anything was ever published.
+    :param max_age: seconds after which :attr:`is_stale` turns true.
+    :param url: Redis URL; ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param serializer: codec of the published values (JSON by default); must match
+        the broadcaster's.
+
+    :meth:`get` is a local attribute read once loaded. The first call (or the first
+    use of any property) reads the retained value from Redis, so a worker that starts
+    after the last publish shows it at once, and registers the value with the
+    process's subscriber. Updates are applied by that thread; readers never block on
+    it. If Redis is down on first use, :meth:`get` returns *default* (after the
+    client's timeout) and the subscriber fills the value in when Redis is back.
+    Thread-safe; after ``fork`` the child starts with an unloaded value and its own
+    subscriber.
+    """
+
+    __slots__ = (
+        "__weakref__", "_epoch", "_hub", "_hub_key", "_make_client", "_prefix", "_serializer",
+        "_updated_at", "_value", "_version", "default", "max_age", "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        default: T | None = None,
+        *,
+        max_age: float | None = None,
+        url: str | None = None,
+        client: Any = None,
+        serializer: str | Serializer | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        self.name = _check_name(name)
+        self.default = default
+        if max_age is not None and not max_age > 0:
+            raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
+        self.max_age = max_age
+        self._hub_key, self._make_client, self._prefix = _resolve(url, client, key_prefix)
+        self._serializer = get_serializer(serializer)
+        self._reset()
+        _values.add(self)
+
+    def _reset(self) -> None:
+        self._hub: Hub | None = None
+        self._epoch = b""
+        self._version = 0
+        self._updated_at: float | None = None
+        self._value = _UNLOADED
+
+    def get(self) -> T:
+        """The current value (the local copy; *default* if nothing was published)."""
+        value = self._value
+        if value is _UNLOADED:
+            return self._load()
+        return value  # type: ignore[no-any-return]
+
+    def _load(self) -> T:
+        hub = get_hub(self._hub_key, self._prefix, self._make_client)
+        self._hub = hub
+        hub.register(self)
+        try:
+            record = hub.read([self.name]).get(self.name)
+        except BackendUnavailable as e:
+            log.warning("shared value %r: retained value not readable (%s); using default", self.name, e)
+            hub.counters.incr("errors")
+            record = None
+        with hub.lock:
+            if record is not None:
+                self._offer(record)
+            if self._value is _UNLOADED:
+                self._value = self.default
+        return self._value  # type: ignore[no-any-return]
+
+    def _offer(self, record: Record) -> bool:
+        """Apply *record* if it is newer (caller holds the hub lock)."""
+        if record.epoch == self._epoch and record.version <= self._version:
+            return False
+        try:
+            value = self._serializer.loads(record.payload)
+        except Exception as e:  # SerializationError, or a bad custom codec
+            log.warning("shared value %r: version %d not decodable: %s", self.name, record.version, e)
+            return False
+        self._epoch = record.epoch
+        self._version = record.version
+        self._updated_at = record.updated_ms / 1000.0
+        self._value = value
+        return True
+
+    def refresh(self) -> T:
+        """Read the retained value from Redis now (normally never needed).
+
+        :raises BackendUnavailable: Redis did not answer.
+        """
+        if self._value is _UNLOADED:
+            return self._load()
+        hub = self._hub
+        assert hub is not None
+        record = hub.read([self.name]).get(self.name)
+        if record is not None:
+            with hub.lock:
+                self._offer(record)
+        return self._value  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> int:
+        """Version of the local copy: 0 before anything was published, then +1 per
+        publish (it starts again at 1 if Redis lost its data)."""
+        self.get()
+        return self._version
+
+    @property
+    def updated_at(self) -> float | None:
+        """Unix time of the publish the local copy comes from (``None``: default)."""
+        self.get()
+        return self._updated_at
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since that publish (``None`` while showing the default)."""
+        updated = self.updated_at
+        return None if updated is None else max(0.0, time.time() - updated)
+
+    @property
+    def is_stale(self) -> bool:
+        """True while showing the default, or when older than *max_age*."""
+        age = self.age
+        return age is None or (self.max_age is not None and age > self.max_age)
+
+    def __repr__(self) -> str:
+        shown = "<unloaded>" if self._value is _UNLOADED else repr(self._value)
+        return f"<SharedValue {self.name!r} v{self._version} {shown}>"

@@ -61,7 +61,6 @@ import inspect
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -71,13 +70,12 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import _subscriber
-from ._subscriber import Record
-from .backends.redis import get_client, translate_errors
-from .config import Settings, parse_url
-from .errors import BackendUnavailable, BroadcastError, ConfigError, InvalidKey, StaleToken
+from ._subscriber import SharedValue, _channel, _check_name, _resolve, state_key
+from .backends.redis import translate_errors
+from .errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from .metrics import Counters
 from .serializers import Serializer, get_serializer
 
@@ -97,42 +95,6 @@ log = logging.getLogger("statekit.broadcast")
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[[], Any])
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-_UNLOADED: Any = object()
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise InvalidKey(f"shared value name {name!r} must be 1-128 chars of letters, digits, _ . : -")
-    return name
-
-
-def state_key(prefix: str, name: str) -> str:
-    """The Redis hash that retains the value of *name*."""
-    return f"{prefix}:bc:{{{name}}}"
-
-
-def _channel(prefix: str, name: str) -> str:
-    return f"{prefix}:broadcast:{name}"
-
-
-def _resolve(url: str | None, client: Any, key_prefix: str | None) -> tuple[Any, Any, str]:
-    """``(hub key, client factory, prefix)`` from a URL, a ready client or the env."""
-    settings = Settings.from_env()
-    prefix = key_prefix or settings.key_prefix
-    if client is not None:
-        return id(client), (lambda: client), prefix
-    if url is None:
-        url = settings.broadcast_url
-        if not url:
-            raise ConfigError(
-                "no broadcast backend: pass url= or client=, or set STATEKIT_BROADCAST_URL "
-                "(or STATEKIT_REDIS_URL)"
-            )
-    parse_url(url, kinds=("redis",))  # fail at construction, not on first get()
-    return url, (lambda: get_client(url)), prefix
-
 
 # -- Lua ------------------------------------------------------------------------------
 
@@ -192,149 +154,6 @@ redis.call('HSET', KEYS[1], 'data', ARGV[2], 'updated_at', ARGV[3])
 redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. version .. ' ' .. ARGV[3] .. ' ' .. ARGV[2])
 return {version, epoch}
 """
-
-
-# -- worker side ----------------------------------------------------------------------
-
-_values: weakref.WeakSet[SharedValue[Any]] = weakref.WeakSet()
-
-
-class SharedValue(Generic[T]):
-    """A value every worker process sees, kept current by one subscriber thread.
-
-    :param name: the value's name (``Broadcaster.every(..., name=)`` publishes it).
-    :param default: returned until anything was ever published.
-    :param max_age: seconds after which :attr:`is_stale` turns true.
-    :param url: Redis URL; ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
-    :param client: a ready redis-py client instead of a URL.
-    :param serializer: codec of the published values (JSON by default); must match
-        the broadcaster's.
-
-    :meth:`get` is a local attribute read once loaded. The first call (or the first
-    use of any property) reads the retained value from Redis, so a worker that starts
-    after the last publish shows it at once, and registers the value with the
-    process's subscriber. Updates are applied by that thread; readers never block on
-    it. If Redis is down on first use, :meth:`get` returns *default* (after the
-    client's timeout) and the subscriber fills the value in when Redis is back.
-    Thread-safe; after ``fork`` the child starts with an unloaded value and its own
-    subscriber.
-    """
-
-    __slots__ = (
-        "__weakref__", "_epoch", "_hub", "_hub_key", "_make_client", "_prefix", "_serializer",
-        "_updated_at", "_value", "_version", "default", "max_age", "name",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        default: T | None = None,
-        *,
-        max_age: float | None = None,
-        url: str | None = None,
-        client: Any = None,
-        serializer: str | Serializer | None = None,
-        key_prefix: str | None = None,
-    ) -> None:
-        self.name = _check_name(name)
-        self.default = default
-        if max_age is not None and not max_age > 0:
-            raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
-        self.max_age = max_age
-        self._hub_key, self._make_client, self._prefix = _resolve(url, client, key_prefix)
-        self._serializer = get_serializer(serializer)
-        self._reset()
-        _values.add(self)
-
-    def _reset(self) -> None:
-        self._hub: _subscriber.Hub | None = None
-        self._epoch = b""
-        self._version = 0
-        self._updated_at: float | None = None
-        self._value = _UNLOADED
-
-    def get(self) -> T:
-        """The current value (the local copy; *default* if nothing was published)."""
-        value = self._value
-        if value is _UNLOADED:
-            return self._load()
-        return value  # type: ignore[no-any-return]
-
-    def _load(self) -> T:
-        hub = _subscriber.get_hub(self._hub_key, self._prefix, self._make_client)
-        self._hub = hub
-        hub.register(self)
-        try:
-            record = hub.read([self.name]).get(self.name)
-        except BackendUnavailable as e:
-            log.warning("shared value %r: retained value not readable (%s); using default", self.name, e)
-            hub.counters.incr("errors")
-            record = None
-        with hub.lock:
-            if record is not None:
-                self._offer(record)
-            if self._value is _UNLOADED:
-                self._value = self.default
-        return self._value  # type: ignore[no-any-return]
-
-    def _offer(self, record: Record) -> bool:
-        """Apply *record* if it is newer (caller holds the hub lock)."""
-        if record.epoch == self._epoch and record.version <= self._version:
-            return False
-        try:
-            value = self._serializer.loads(record.payload)
-        except Exception as e:  # SerializationError, or a bad custom codec
-            log.warning("shared value %r: version %d not decodable: %s", self.name, record.version, e)
-            return False
-        self._epoch = record.epoch
-        self._version = record.version
-        self._updated_at = record.updated_ms / 1000.0
-        self._value = value
-        return True
-
-    def refresh(self) -> T:
-        """Read the retained value from Redis now (normally never needed).
-
-        :raises BackendUnavailable: Redis did not answer.
-        """
-        if self._value is _UNLOADED:
-            return self._load()
-        hub = self._hub
-        assert hub is not None
-        record = hub.read([self.name]).get(self.name)
-        if record is not None:
-            with hub.lock:
-                self._offer(record)
-        return self._value  # type: ignore[no-any-return]
-
-    @property
-    def version(self) -> int:
-        """Version of the local copy: 0 before anything was published, then +1 per
-        publish (it starts again at 1 if Redis lost its data)."""
-        self.get()
-        return self._version
-
-    @property
-    def updated_at(self) -> float | None:
-        """Unix time of the publish the local copy comes from (``None``: default)."""
-        self.get()
-        return self._updated_at
-
-    @property
-    def age(self) -> float | None:
-        """Seconds since that publish (``None`` while showing the default)."""
-        updated = self.updated_at
-        return None if updated is None else max(0.0, time.time() - updated)
-
-    @property
-    def is_stale(self) -> bool:
-        """True while showing the default, or when older than *max_age*."""
-        age = self.age
-        return age is None or (self.max_age is not None and age > self.max_age)
-
-    def __repr__(self) -> str:
-        shown = "<unloaded>" if self._value is _UNLOADED else repr(self._value)
-        return f"<SharedValue {self.name!r} v{self._version} {shown}>"
 
 
 # -- publisher side -------------------------------------------------------------------
@@ -699,8 +518,6 @@ class Broadcaster:
 
 def _after_fork_in_child() -> None:
     _subscriber.reset_after_fork()
-    for value in list(_values):
-        value._reset()
     for broadcaster in list(_broadcasters):
         broadcaster._after_fork()
 

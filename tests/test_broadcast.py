@@ -288,9 +288,9 @@ def test_redis_down_on_first_get_returns_default_then_fills_in(prefix: str) -> N
 def _child(url: str, prefix: str, conn: Any) -> None:
     from statekit import broadcast
 
-    sv = [v for v in broadcast._values if v.name == "forked"][0]
+    sv = [v for v in _subscriber._values if v.name == "forked"][0]
     b = [x for x in broadcast._broadcasters if x.prefix == prefix][0]
-    report = {"unloaded_at_start": sv._value is broadcast._UNLOADED, "running": b.running,
+    report = {"unloaded_at_start": sv._value is _subscriber._UNLOADED, "running": b.running,
               "hubs": len(_subscriber._hubs)}
     report["value"] = sv.get()
     report["own_hub"] = len(_subscriber._hubs) == 1
