@@ -1,0 +1,393 @@
+"""Storage engines behind :class:`statekit.sessions.SessionStore` (private).
+
+A session is one hash. Field names are ``d:<key>`` for session data and ``m:<x>``
+for metadata: ``m:c`` created, ``m:s`` last seen, ``m:u`` user id, ``m:i`` idle
+timeout override, ``m:v`` version, and ``m:a`` on a rotated-away session (an alias
+holding the handle of the new session). A hash without ``m:c`` is not a live session.
+
+Every write checks ``m:c`` first and refuses to touch a hash that lost it (destroyed,
+revoked, expired), so no write can bring a session back. On Redis the checks and the
+writes run in one Lua script; on ``memory://`` under the store's lock.
+
+Result codes shared by both engines: ``1`` done, ``0`` the session is gone, ``2`` the
+session was rotated (the second item is the new handle), ``-1`` the key already exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.memory import MemoryStore
+from .backends.redis import RedisClient, is_cluster, translate_errors
+from .errors import SessionError
+
+__all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
+
+Result = tuple[int, Any]
+
+
+@dataclass(frozen=True)
+class IndexOp:
+    """Keep a user's sorted-set index in step with a session write.
+
+    ``add`` is the index to add ``member`` to (score ``score``), ``remove`` the index
+    to drop ``old_member`` from; entries scored below ``cutoff`` are purged.
+    """
+
+    member: str
+    score: float
+    cutoff: float
+    ttl_ms: int
+    add: str | None = None
+    remove: str | None = None
+    old_member: str | None = None
+
+
+_HEAD = """
+local head = redis.call('HMGET', KEYS[1], 'm:c', 'm:a')
+if head[2] then return {2, head[2]} end
+if not head[1] then return {0, false} end
+"""
+
+_INDEX = """
+local function index(i, first_key)
+  local member, score, cutoff, ttl = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local old_member, has_add, has_rem = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local k = first_key
+  if has_add == '1' then
+    redis.call('ZADD', KEYS[k], score, member)
+    redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', cutoff)
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    k = k + 1
+  end
+  if has_rem == '1' then redis.call('ZREM', KEYS[k], old_member) end
+end
+"""
+
+# KEYS: session [, add-index] [, remove-index]
+# ARGV: create, ttl_ms, nsets, k1, v1 ..., ndels, f1 ..., [index args]
+_WRITE = _INDEX + """
+if ARGV[1] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, false} end
+else
+""" + _HEAD + """
+end
+local i = 4
+local n = tonumber(ARGV[3])
+if n > 0 then
+  local args = {}
+  for _ = 1, n do
+    args[#args + 1] = ARGV[i]
+    args[#args + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[1], unpack(args))
+end
+local d = tonumber(ARGV[i])
+i = i + 1
+if d > 0 then
+  local args = {}
+  for _ = 1, d do
+    args[#args + 1] = ARGV[i]
+    i = i + 1
+  end
+  redis.call('HDEL', KEYS[1], unpack(args))
+end
+local v = redis.call('HINCRBY', KEYS[1], 'm:v', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[i] then index(i, 2) end
+return {1, v}
+"""
+
+# KEYS: old, new [, add-index] [, remove-index]; ARGV: new handle, alias_ms, [index]
+_ROTATE = _INDEX + _HEAD + """
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, false} end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'm:a', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] then index(3, 3) end
+return {1, 0}
+"""
+
+# KEYS: session; ARGV: field, amount, codec
+_INCR = _HEAD + """
+if ARGV[3] == 'msgpack' then
+  local cur = redis.call('HGET', KEYS[1], ARGV[1])
+  local n = 0
+  if cur then n = cmsgpack.unpack(cur) end
+  if type(n) ~= 'number' then return redis.error_reply('ERR session value is not an integer') end
+  n = n + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(n))
+  return {1, n}
+end
+return {1, redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])}
+"""
+
+# KEYS: index; ARGV: key prefix, member to keep. Standalone/Sentinel only: the
+# session keys are computed from the index members, which Redis Cluster forbids.
+_REVOKE = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local n = 0
+for _, m in ipairs(members) do
+  if m ~= ARGV[2] then
+    n = n + redis.call('DEL', ARGV[1] .. m)
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+return n
+"""
+
+
+def _index_args(op: IndexOp) -> list[bytes | str | int | float]:
+    return [op.member, repr(op.score), repr(op.cutoff), op.ttl_ms, op.old_member or "",
+            "1" if op.add else "0", "1" if op.remove else "0"]
+
+
+def _index_keys(op: IndexOp) -> list[str]:
+    return [k for k in (op.add, op.remove) if k]
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisEngine:
+    """Sessions in Redis (standalone, Sentinel or Cluster).
+
+    In Redis Cluster a session and its user index live in different slots, so the
+    index is updated by a second call right after the session script, and
+    :meth:`revoke_user` reads the index and then deletes (two calls, not atomic
+    with a login or rotation happening at the same instant).
+    """
+
+    def __init__(self, client: RedisClient, key_prefix: str) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.cluster = is_cluster(client)
+        self._write = client.register_script(_WRITE)
+        self._rotate = client.register_script(_ROTATE)
+        self._incr = client.register_script(_INCR)
+        self._revoke = client.register_script(_REVOKE)
+
+    def _index_after(self, op: IndexOp | None) -> None:
+        if op is None:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        if op.add:
+            pipe.zadd(op.add, {op.member: op.score})
+            pipe.zremrangebyscore(op.add, "-inf", op.cutoff)
+            pipe.pexpire(op.add, op.ttl_ms)
+        if op.remove and op.old_member:
+            pipe.zrem(op.remove, op.old_member)
+        pipe.execute()
+
+    def fetch(self, key: str) -> dict[str, bytes]:
+        with translate_errors("session load"):
+            raw: dict[Any, Any] = self.client.hgetall(key)
+        return {_text(k): v for k, v in raw.items()}
+
+    def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
+              dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
+        args: list[bytes | str | int | float] = ["1" if create else "0", ttl_ms, len(sets)]
+        for f, v in sets.items():
+            args += [f, v]
+        args += [len(dels), *dels]
+        keys = [key]
+        if index is not None and not self.cluster:
+            keys += _index_keys(index)
+            args += _index_args(index)
+        with translate_errors("session save"):
+            code, extra = self._write(keys=keys, args=args)
+            if code == 1 and self.cluster:
+                self._index_after(index)
+        return int(code), _text(extra)
+
+    def rotate(self, old: str, new: str, handle: str, alias_ms: int, index: IndexOp | None) -> Result:
+        keys = [old, new]
+        args: list[bytes | str | int | float] = [handle, alias_ms]
+        if index is not None and not self.cluster:
+            keys += _index_keys(index)
+            args += _index_args(index)
+        with translate_errors("session rotate"):
+            code, extra = self._rotate(keys=keys, args=args)
+            if code == 1 and self.cluster:
+                self._index_after(index)
+        return int(code), _text(extra)
+
+    def incr(self, key: str, field: str, amount: int, codec: str) -> Result:
+        import redis
+
+        try:
+            with translate_errors("session incr"):
+                code, extra = self._incr(keys=[key], args=[field, amount, codec])
+        except redis.ResponseError as e:
+            raise SessionError(f"cannot increment session key {field[2:]!r}: {e}") from e
+        return int(code), _text(extra)
+
+    def destroy(self, key: str, index_key: str | None, member: str) -> None:
+        with translate_errors("session destroy"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(key)
+            if index_key:
+                pipe.zrem(index_key, member)
+            pipe.execute()
+
+    def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
+        with translate_errors("session revoke"):
+            if not self.cluster:
+                return int(self._revoke(keys=[index_key], args=[f"{self.key_prefix}:session:", keep]))
+            members = [_text(m) for m in self.client.zrange(index_key, 0, -1)]
+            doomed = [m for m in members if m != keep]
+            if not doomed:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            for m in doomed:
+                pipe.delete(key_of(m))
+            pipe.zrem(index_key, *doomed)
+            results = pipe.execute()
+            return int(sum(results[:-1]))
+
+    def list_user(self, index_key: str, cutoff: float,
+                  key_of: Callable[[str], str]) -> list[tuple[str, dict[str, bytes]]]:
+        with translate_errors("session list"):
+            members = [_text(m) for m in self.client.zrangebyscore(index_key, cutoff, "+inf")]
+            if not members:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for m in members:
+                pipe.hmget(key_of(m), "m:c", "m:s", "m:u", "m:i")
+            rows = pipe.execute()
+        out = []
+        for m, row in zip(members, rows, strict=True):
+            if row[0] is not None:
+                out.append((m, dict(zip(("m:c", "m:s", "m:u", "m:i"), row, strict=True))))
+        return out
+
+
+class MemoryEngine:
+    """Sessions in a :class:`~statekit.backends.memory.MemoryStore` (one process):
+    the same contract as :class:`RedisEngine`, made atomic by the store's lock."""
+
+    def __init__(self, store: MemoryStore, key_prefix: str) -> None:
+        self.store = store
+        self.key_prefix = key_prefix
+
+    def fetch(self, key: str) -> dict[str, bytes]:
+        return dict(self.store.get(key) or {})
+
+    def _head(self, key: str) -> tuple[dict[str, Any] | None, Result | None]:
+        h = self.store.get(key)
+        if h is not None and "m:a" in h:
+            return None, (2, _text(h["m:a"]))
+        if h is None or "m:c" not in h:
+            return None, (0, None)
+        return h, None
+
+    def _index(self, op: IndexOp | None) -> None:
+        if op is None:
+            return
+        if op.remove and op.old_member:
+            idx = self.store.get(op.remove) or {}
+            idx.pop(op.old_member, None)
+            self.store.set(op.remove, idx, None)
+        if op.add:
+            idx = self.store.get(op.add) or {}
+            idx[op.member] = op.score
+            idx = {m: s for m, s in idx.items() if s > op.cutoff}
+            self.store.set(op.add, idx, op.ttl_ms / 1000)
+
+    def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
+              dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
+        with self.store.lock:
+            if create:
+                if self.store.get(key) is not None:
+                    return -1, None
+                h: dict[str, bytes] = {}
+            else:
+                found, res = self._head(key)
+                if found is None:
+                    assert res is not None
+                    return res
+                h = dict(found)
+            for f, v in sets.items():
+                h[f] = v.encode() if isinstance(v, str) else v
+            for f in dels:
+                h.pop(f, None)
+            version = int(h.get("m:v", b"0")) + 1
+            h["m:v"] = str(version).encode()
+            self.store.set(key, h, ttl_ms / 1000)
+            self._index(index)
+            return 1, version
+
+    def rotate(self, old: str, new: str, handle: str, alias_ms: int, index: IndexOp | None) -> Result:
+        with self.store.lock:
+            found, res = self._head(old)
+            if found is None:
+                assert res is not None
+                return res
+            if self.store.get(new) is not None:
+                return -1, None
+            ttl = self.store.ttl(old)
+            self.store.set(new, found, ttl)
+            self.store.set(old, {"m:a": handle.encode()}, alias_ms / 1000)
+            self._index(index)
+            return 1, 0
+
+    def incr(self, key: str, field: str, amount: int, codec: str) -> Result:
+        with self.store.lock:
+            found, res = self._head(key)
+            if found is None:
+                assert res is not None
+                return res
+            cur = found.get(field)
+            try:
+                if codec == "msgpack":
+                    import msgpack
+
+                    n = (msgpack.unpackb(cur) if cur is not None else 0) + amount
+                    enc = msgpack.packb(n)
+                else:
+                    n = (int(cur) if cur is not None else 0) + amount
+                    enc = str(n).encode()
+            except (TypeError, ValueError) as e:
+                raise SessionError(f"cannot increment session key {field[2:]!r}: not an integer") from e
+            h = dict(found)
+            h[field] = enc
+            self.store.set(key, h, self.store.ttl(key))
+            return 1, n
+
+    def destroy(self, key: str, index_key: str | None, member: str) -> None:
+        with self.store.lock:
+            self.store.delete(key)
+            if index_key:
+                idx = self.store.get(index_key)
+                if idx:
+                    idx.pop(member, None)
+
+    def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
+        with self.store.lock:
+            idx = self.store.get(index_key) or {}
+            n = 0
+            for m in [m for m in idx if m != keep]:
+                n += self.store.delete(key_of(m))
+                idx.pop(m)
+            return n
+
+    def list_user(self, index_key: str, cutoff: float,
+                  key_of: Callable[[str], str]) -> list[tuple[str, dict[str, bytes]]]:
+        with self.store.lock:
+            idx = dict(self.store.get(index_key) or {})
+            out = []
+            for m, score in sorted(idx.items(), key=lambda kv: kv[1]):
+                h = self.store.get(key_of(m))
+                if score >= cutoff and h and "m:c" in h:
+                    out.append((m, {f: h.get(f) for f in ("m:c", "m:s", "m:u", "m:i")}))
+            return out
+
+
+def now() -> float:
+    """Wall-clock seconds (metadata is shared between machines)."""
+    return time.time()

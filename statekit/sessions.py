@@ -1,0 +1,568 @@
+"""Server-side sessions in Redis, framework-neutral.
+
+::
+
+    store = SessionStore("redis://127.0.0.1:6379/0", secret_keys=["s3cret"])
+    session = store.open(request.cookies.get("session"))   # one Redis round trip
+    session["cart"] = ["apple"]
+    store.save(session)                                     # one round trip, changed keys only
+    response.set_cookie("session", store.sign(session.sid), httponly=True, samesite="Lax")
+
+**Storage.** One Redis hash per session, under a key derived from a SHA-256 of the
+session id (a Redis dump holds no usable cookie): one field per session key plus
+metadata (created, last seen, user id, version). Values go through a tagged JSON or
+msgpack codec (:mod:`statekit.serializers`), never pickle.
+
+**Concurrency.** :meth:`SessionStore.save` writes only the keys the request changed
+or deleted, in one Lua script. Two concurrent requests that change *different* keys
+both keep their change; for the *same* key the last writer wins, for that key only.
+:meth:`SessionStore.incr` is an atomic counter. No write recreates a session that
+was destroyed, revoked or expired meanwhile.
+
+**Ids and cookies.** Ids are 256-bit random values (plus a 4-hex-digit slot tag kept
+across rotations, so a session's old and new keys share a Redis Cluster slot). The
+cookie carries the id signed with itsdangerous; a list of secret keys allows key
+rotation (the first signs, all verify). A tampered, truncated, foreign-key-signed or
+oversized cookie gives a fresh session without any Redis call and is logged to the
+``statekit.security`` logger.
+
+**Timeouts** (idle, sliding; absolute lifetime) are checked at load from the stored
+metadata, and mirrored in the Redis TTL. An unmodified request writes nothing except
+a TTL refresh at most once per ``refresh_interval``.
+
+**Rotation** (:meth:`SessionStore.rotate`, on login) moves the data to a new id in
+one script; the old id becomes an alias for ``alias_window`` seconds, so requests in
+flight with the old cookie read and write the new session instead of failing or
+bringing the old one back. Anyone holding the old cookie can use the session for
+those seconds, then never again.
+
+**Outages.** Redis unreachable raises :class:`~statekit.errors.BackendUnavailable`
+(nothing partial is written: every save is one script). With
+``outage_policy="anonymous"``, :meth:`SessionStore.open` returns an empty read-only
+session instead (``session.unavailable`` is true; assigning raises).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._session_backends import IndexOp, MemoryEngine, RedisEngine, now
+from .backends.memory import get_store
+from .config import Settings, parse_url
+from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
+from .metrics import Counters
+from .serializers import Serializer, get_serializer
+
+__all__ = ["Session", "SessionInfo", "SessionStore", "security_log"]
+
+#: rejected cookies and other security events
+security_log = logging.getLogger("statekit.security")
+
+_ID_RE = re.compile(r"^[0-9a-f]{4}[A-Za-z0-9_-]{43}$")
+_MAX_KEY_LEN = 256
+_SALT = "statekit.session.v1"
+
+
+class Session(dict[str, Any]):
+    """The data of one session: a dict that records whether it was modified.
+
+    Values are checked against the store's codec on assignment, so a value that
+    cannot be stored fails where it is assigned, with a
+    :class:`~statekit.errors.SerializationError` naming the key and the type. In-place
+    changes of a mutable value (``session["cart"].append(x)``) are not seen: set
+    ``session.modified = True`` or assign the value again.
+
+    ``sid`` is the raw id (put :meth:`SessionStore.sign` of it in the cookie);
+    ``new`` is true until the session is first stored; ``rotated`` tells the adapter
+    to send a new cookie; ``unavailable`` marks the read-only session served during
+    an outage.
+    """
+
+    def __init__(self, store: SessionStore, sid: str, data: Mapping[str, Any] | None = None, *,
+                 new: bool = True, meta: Mapping[str, Any] | None = None,
+                 encoded: Mapping[str, bytes] | None = None, key: str | None = None) -> None:
+        super().__init__(data or {})
+        meta = meta or {}
+        self.store = store
+        self.sid = sid
+        self.key = key or store._key(sid)
+        self.new = new
+        self.modified = False
+        self.rotated = False
+        self.destroyed = False
+        self.unavailable = False
+        self.created: float = meta.get("created", 0.0)
+        self.last_seen: float = meta.get("last_seen", 0.0)
+        self.loaded_user: str | None = meta.get("user")
+        self.user_id: str | None = self.loaded_user
+        self.idle_timeout: float | None = meta.get("idle")
+        self._loaded_idle = self.idle_timeout
+        self._encoded: dict[str, bytes] = dict(encoded or {})
+
+    def _changing(self) -> None:
+        if self.unavailable:
+            raise BackendUnavailable("the session store is unavailable: this session is read-only")
+        self.modified = True
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._changing()
+        self.store._encode(key, value)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._changing()
+        super().__delitem__(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            self._changing()
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._changing()
+        return super().popitem()
+
+    def clear(self) -> None:
+        if self:
+            self._changing()
+        super().clear()
+
+    def rotate(self) -> None:
+        """Give this session a new id now (see :meth:`SessionStore.rotate`)."""
+        self.store.rotate(self)
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Atomically add *amount* to an integer key (see :meth:`SessionStore.incr`)."""
+        return self.store.incr(self, key, amount)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One entry of :meth:`SessionStore.list_user_sessions`. ``handle`` names the
+    session for :meth:`SessionStore.revoke_session` without revealing its id."""
+
+    handle: str
+    created: float
+    last_seen: float
+    user_id: str | None
+
+
+def _float(raw: Any, default: float = 0.0) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+class SessionStore:
+    """Create, load, save, rotate and destroy server-side sessions.
+
+    :param url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+        ``redis+cluster://`` or ``memory://``; ``STATEKIT_SESSION_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param secret_keys: cookie signing keys, newest first (required).
+    :param idle_timeout: seconds without a request after which the session ends.
+    :param absolute_lifetime: seconds after creation after which it ends regardless.
+    :param refresh_interval: an unmodified request refreshes the TTL at most this often.
+    :param alias_window: seconds the old id keeps working after :meth:`rotate`.
+    :param codec: ``"json"`` or ``"msgpack"`` (or a serializer object without pickle).
+    :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
+    :param user_key: a session key whose value is the user id (``"_user_id"`` for
+        Flask-Login, ``"_auth_user_id"`` for Django); otherwise set ``session.user_id``.
+
+    Every method that talks to Redis raises
+    :class:`~statekit.errors.BackendUnavailable` when it cannot be reached within the
+    client's timeouts; nothing is then half-written.
+    """
+
+    def __init__(self, url: str | None = None, *, client: Any = None,
+                 secret_keys: Iterable[str | bytes] = (), key_prefix: str = "statekit",
+                 idle_timeout: float = 14 * 86400, absolute_lifetime: float = 30 * 86400,
+                 refresh_interval: float = 60.0, alias_window: float = 10.0,
+                 codec: str | Serializer = "json", outage_policy: str = "raise",
+                 user_key: str | None = None, max_cookie_size: int = 256) -> None:
+        from itsdangerous import Signer
+
+        keys = [k for k in secret_keys if k]
+        if not keys:
+            raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
+        if outage_policy not in ("raise", "anonymous"):
+            raise ConfigError(f"outage_policy={outage_policy!r} must be 'raise' or 'anonymous'")
+        for name, value in (("idle_timeout", idle_timeout), ("absolute_lifetime", absolute_lifetime),
+                            ("refresh_interval", refresh_interval), ("alias_window", alias_window)):
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+        self.codec = get_serializer(codec)
+        if "pickle" in self.codec.name:
+            raise ConfigError("sessions never use pickle; choose the json or msgpack codec")
+        # itsdangerous signs with its *last* key and verifies with all of them
+        signing = [k if isinstance(k, bytes) else k.encode() for k in reversed(keys)]
+        self._signer = Signer(signing, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+        self.key_prefix = key_prefix
+        self.idle_timeout = float(idle_timeout)
+        self.absolute_lifetime = float(absolute_lifetime)
+        self.refresh_interval = float(refresh_interval)
+        self.alias_window = float(alias_window)
+        self.outage_policy = outage_policy
+        self.user_key = user_key
+        self.max_cookie_size = max_cookie_size
+        self.counters = Counters("sessions", key_prefix, names=(
+            "loads", "misses", "expired", "saves", "refreshes", "conflicts", "rotations",
+            "destroyed", "rejected_cookies", "outages"))
+        self.engine: RedisEngine | MemoryEngine
+        if client is None:
+            if url is None:
+                url = Settings.from_env().require("session_url")
+            parsed = parse_url(url, kinds=("redis", "memory"))
+            if parsed.kind == "memory":
+                self.engine = MemoryEngine(get_store(parsed.name or "default"), key_prefix)
+                return
+            from .backends.redis import get_client
+
+            client = get_client(url)
+        self.engine = RedisEngine(client, key_prefix)
+
+    # -- ids, keys, cookies ------------------------------------------------------
+
+    def _key(self, sid: str) -> str:
+        return self._key_of(self._handle(sid))
+
+    def _handle(self, sid: str) -> str:
+        return f"{{{sid[:4]}}}:{hashlib.sha256(sid.encode()).hexdigest()[:40]}"
+
+    def _key_of(self, handle: str) -> str:
+        return f"{self.key_prefix}:session:{handle}"
+
+    def _member(self, key: str) -> str:
+        return key[len(self.key_prefix) + len(":session:"):]
+
+    def _index_key(self, user_id: str) -> str:
+        return f"{self.key_prefix}:session-user:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
+
+    @staticmethod
+    def _new_id(tag: str | None = None) -> str:
+        return (tag or secrets.token_hex(2)) + secrets.token_urlsafe(32)
+
+    def sign(self, sid: str) -> str:
+        """The cookie value for session id *sid*."""
+        return self._signer.sign(sid).decode("ascii")
+
+    def unsign(self, cookie: str | bytes | None, *, context: str = "") -> str | None:
+        """The session id in *cookie*, or ``None`` (logged to ``statekit.security``)
+        if the cookie is oversized, tampered with, truncated, signed with an unknown
+        key or malformed. Never touches Redis."""
+        from itsdangerous import BadSignature
+
+        if not cookie:
+            return None
+        reason = None
+        if len(cookie) > self.max_cookie_size:
+            reason = f"oversized ({len(cookie)} bytes)"
+        else:
+            try:
+                sid = self._signer.unsign(cookie).decode("ascii", "replace")
+            except BadSignature:
+                reason = "bad signature (tampered, truncated or signed with an unknown key)"
+            else:
+                if _ID_RE.match(sid):
+                    return sid
+                reason = "malformed id"
+        self.counters.incr("rejected_cookies")
+        security_log.warning("rejected session cookie: %s%s", reason, f" [{context}]" if context else "")
+        return None
+
+    def _encode(self, key: Any, value: Any) -> bytes:
+        if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
+            raise InvalidKey(
+                f"session keys must be non-empty strings of at most {_MAX_KEY_LEN} chars: {key!r}")
+        try:
+            return self.codec.dumps(value)
+        except SerializationError as e:
+            t = type(value)
+            raise SerializationError(
+                f"session key {key!r}: cannot store a value of type "
+                f"{t.__module__ + '.' if t.__module__ != 'builtins' else ''}{t.__qualname__} "
+                f"with the {self.codec.name} codec") from e
+
+    # -- the session life cycle ---------------------------------------------------
+
+    def new(self) -> Session:
+        """A fresh, empty session with a new id; stored on its first :meth:`save`
+        that has something to store."""
+        return Session(self, self._new_id())
+
+    def create(self, data: Mapping[str, Any] | None = None, *, user_id: str | None = None) -> Session:
+        """A new session with *data*, stored now."""
+        session = self.new()
+        session.update(data or {})
+        session.user_id = user_id
+        self.save(session, force=True)
+        return session
+
+    def open(self, cookie: str | bytes | None, *, context: str = "") -> Session:
+        """The session a request's cookie names, or a fresh one if the cookie is
+        missing, invalid, or names a session that ended. One Redis round trip for a
+        valid cookie, none otherwise.
+
+        :raises BackendUnavailable: Redis is unreachable and ``outage_policy`` is
+            ``"raise"``; with ``"anonymous"`` an empty read-only session is returned.
+        """
+        sid = self.unsign(cookie, context=context)
+        if sid is None:
+            return self.new()
+        try:
+            session = self.load(sid)
+        except BackendUnavailable:
+            if self.outage_policy != "anonymous":
+                raise
+            session = Session(self, sid, new=False)
+            session.unavailable = True
+            return session
+        return session if session is not None else self.new()
+
+    def load(self, sid: str) -> Session | None:
+        """Load session *sid* (an unsigned id), or ``None`` if it does not exist or
+        passed its idle timeout or absolute lifetime. One round trip; two when *sid*
+        was just rotated (the alias is followed)."""
+        key = self._key(sid)
+        raw = self.engine.fetch(key)
+        if "m:a" in raw:
+            key = self._key_of(raw["m:a"].decode())
+            raw = self.engine.fetch(key)
+        self.counters.incr("loads")
+        if "m:c" not in raw:
+            self.counters.incr("misses")
+            return None
+        t = now()
+        created, last_seen = _float(raw["m:c"]), _float(raw.get("m:s"))
+        idle_override = _float(raw["m:i"]) if "m:i" in raw else None
+        meta = {"created": created, "last_seen": last_seen, "idle": idle_override,
+                "user": raw["m:u"].decode() if "m:u" in raw else None}
+        idle = idle_override or self.idle_timeout
+        if t - last_seen > idle or t - created > self.absolute_lifetime:
+            self.counters.incr("expired")
+            return None
+        data, encoded = {}, {}
+        for field, value in raw.items():
+            if field.startswith("d:"):
+                try:
+                    data[field[2:]] = self.codec.loads(value)
+                except SerializationError as e:
+                    raise SerializationError(
+                        f"session key {field[2:]!r}: stored value cannot be decoded") from e
+                encoded[field[2:]] = value
+        return Session(self, sid, data, new=False, meta=meta, encoded=encoded, key=key)
+
+    def _user_of(self, session: Session) -> str | None:
+        if self.user_key is not None:
+            value = session.get(self.user_key)
+            return None if value is None else str(value)
+        return session.user_id
+
+    def _index_op(self, session: Session, t: float, user: str | None, member: str,
+                  old_member: str | None = None) -> IndexOp | None:
+        old = session.loaded_user
+        if user is None and old is None:
+            return None
+        return IndexOp(
+            member=member, score=t, cutoff=t - self.absolute_lifetime,
+            ttl_ms=int(self.absolute_lifetime * 1000),
+            add=self._index_key(user) if user else None,
+            remove=self._index_key(old) if old and (old != user or old_member) else None,
+            old_member=old_member or member)
+
+    def save(self, session: Session, *, force: bool = False) -> bool:
+        """Store what this request changed. Returns ``False`` when the session was
+        destroyed, revoked or expired meanwhile (nothing is written then).
+
+        Writes nothing for an unmodified session, except a TTL refresh when the last
+        one is older than ``refresh_interval``. A modified session writes only the
+        changed and deleted keys (one Lua script, all or nothing). A read-only
+        (outage) session is never written.
+
+        :raises SerializationError: a value cannot be encoded (names the key).
+        :raises BackendUnavailable: Redis unreachable; nothing was written.
+        """
+        if session.unavailable or session.destroyed:
+            return False
+        t = now()
+        sets: dict[str, bytes | str] = {}
+        dels: list[str] = []
+        if session.modified or session.new:
+            for k, v in session.items():
+                enc = self._encode(k, v)
+                if session._encoded.get(k) != enc:
+                    sets["d:" + k] = enc
+            dels = ["d:" + k for k in session._encoded if k not in session]
+        user = self._user_of(session)
+        if user != session.loaded_user:
+            if user is None:
+                dels.append("m:u")
+            else:
+                sets["m:u"] = user
+        if session.idle_timeout != session._loaded_idle:
+            if session.idle_timeout:
+                sets["m:i"] = repr(float(session.idle_timeout))
+            else:
+                dels.append("m:i")
+        if not sets and not dels and not force:
+            if session.new or t - session.last_seen < self.refresh_interval:
+                session.modified = False
+                return True
+            self.counters.incr("refreshes")
+        created = t if session.new else session.created
+        idle = session.idle_timeout or self.idle_timeout
+        ttl = min(idle, created + self.absolute_lifetime - t)
+        if ttl <= 0:
+            return False
+        sets["m:s"] = repr(t)
+        if session.new:
+            sets["m:c"] = repr(t)
+        member = self._member(session.key)
+        code, extra = self.engine.write(
+            session.key, create=session.new, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
+            index=self._index_op(session, t, user, member))
+        if code == 2 and not session.new:  # rotated by another request: follow once
+            session.key = self._key_of(extra)
+            member = extra
+            code, extra = self.engine.write(
+                session.key, create=False, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
+                index=self._index_op(session, t, user, member))
+        if code == -1:
+            raise SessionError("session id collision; refusing to overwrite")
+        if code != 1:
+            self.counters.incr("conflicts")
+            session.destroyed = True
+            return False
+        self.counters.incr("saves")
+        for f, v in sets.items():
+            if f.startswith("d:") and isinstance(v, bytes):
+                session._encoded[f[2:]] = v
+        for f in dels:
+            if f.startswith("d:"):
+                session._encoded.pop(f[2:], None)
+        if session.new:
+            session.created = t
+        session.new = session.modified = False
+        session.last_seen = t
+        session.loaded_user = session.user_id = user
+        session._loaded_idle = session.idle_timeout
+        return True
+
+    def rotate(self, session: Session) -> Session:
+        """Give *session* a new id (call it on login). Its data moves to the new id
+        in one script; the old id stays an alias for ``alias_window`` seconds, then
+        stops working. The adapter must send the new cookie (``session.rotated``).
+
+        If the session was destroyed or revoked meanwhile, *session* becomes a new,
+        empty session: a revoked session never comes back through a rotation.
+
+        :raises BackendUnavailable: Redis unreachable; the old id still works.
+        """
+        if session.unavailable:
+            raise BackendUnavailable("the session store is unavailable: cannot rotate the session id")
+        new_sid = self._new_id(session.sid[:4])
+        new_key = self._key(new_sid)
+        if not session.new:
+            old_member = self._member(session.key)
+            new_member = self._handle(new_sid)
+            t = now()
+            op = self._index_op(session, t, session.loaded_user, new_member, old_member)
+            code, extra = self.engine.rotate(session.key, new_key, new_member,
+                                             max(1, int(self.alias_window * 1000)), op)
+            if code == 2:
+                session.key = self._key_of(extra)
+                op = self._index_op(session, t, session.loaded_user, new_member, extra)
+                code, extra = self.engine.rotate(session.key, new_key, new_member,
+                                                 max(1, int(self.alias_window * 1000)), op)
+            if code != 1:
+                self.counters.incr("conflicts")
+                dict.clear(session)
+                session._encoded.clear()
+                session.new, session.loaded_user, session.user_id = True, None, None
+        self.counters.incr("rotations")
+        session.sid, session.key, session.rotated = new_sid, new_key, True
+        session.destroyed = False
+        return session
+
+    def destroy(self, session: Session) -> None:
+        """Delete *session* now (logout). Concurrent requests of this session then
+        cannot write it back; their saves return ``False``."""
+        if not session.new:
+            member = self._member(session.key)
+            user = session.loaded_user
+            self.engine.destroy(session.key, self._index_key(user) if user else None, member)
+            self.counters.incr("destroyed")
+        dict.clear(session)
+        session._encoded.clear()
+        session.destroyed = True
+
+    def incr(self, session: Session, key: str, amount: int = 1) -> int:
+        """Atomically add *amount* to the integer under *key* (0 if absent) and
+        return the new value; concurrent increments are never lost. Stores a new
+        session first. Under a network timeout the increment may have been applied
+        once already (Redis gives no exactly-once answer).
+
+        :raises SessionError: the session ended, or the value is not an integer.
+        """
+        self._encode(key, amount)
+        if session.unavailable:
+            raise BackendUnavailable("the session store is unavailable: cannot increment")
+        if session.new:
+            self.save(session, force=True)
+        code, value = self.engine.incr(session.key, "d:" + key, amount, self.codec.name)
+        if code == 2:
+            session.key = self._key_of(value)
+            code, value = self.engine.incr(session.key, "d:" + key, amount, self.codec.name)
+        if code != 1:
+            session.destroyed = True
+            raise SessionError("the session ended; cannot increment")
+        value = int(value)
+        dict.__setitem__(session, key, value)
+        session._encoded[key] = self.codec.dumps(value)
+        return value
+
+    # -- per-user index -------------------------------------------------------------
+
+    def list_user_sessions(self, user_id: str) -> list[SessionInfo]:
+        """The live sessions of *user_id*, least recently seen first."""
+        rows = self.engine.list_user(self._index_key(str(user_id)), now() - self.absolute_lifetime,
+                                     self._key_of)
+        return [SessionInfo(handle=m, created=_float(h.get("m:c")), last_seen=_float(h.get("m:s")),
+                            user_id=h["m:u"].decode() if h.get("m:u") else None) for m, h in rows]
+
+    def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:
+        """Log *user_id* out everywhere (but *except_session*, a session or handle):
+        delete their sessions. Returns how many were deleted. Requests of those
+        sessions in flight cannot write them back."""
+        keep = ""
+        if isinstance(except_session, Session):
+            keep = self._member(except_session.key)
+        elif except_session:
+            keep = except_session
+        return self.engine.revoke_user(self._index_key(str(user_id)), keep, self._key_of)
+
+    def revoke_session(self, handle: str, user_id: str | None = None) -> None:
+        """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
+        self.engine.destroy(self._key_of(handle), self._index_key(str(user_id)) if user_id else None, handle)
+        self.counters.incr("destroyed")

@@ -1,0 +1,477 @@
+"""Contract suite for statekit.sessions.SessionStore: Redis (two server lines) and memory://."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import statekit.sessions as sessions_mod
+from conftest import REDIS_LINES
+from statekit._session_backends import MemoryEngine, RedisEngine
+from statekit.embedded import RedisServer, free_port
+from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
+from statekit.sessions import Session, SessionStore
+
+KEYS = ["new-key-0123456789", "old-key-0123456789"]
+StoreFactory = Callable[..., SessionStore]
+
+
+_LINES = {b.line: b for b in REDIS_LINES}
+_servers: dict[str, RedisServer] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_line_servers() -> Iterator[None]:
+    yield
+    while _servers:
+        _servers.popitem()[1].stop()
+
+
+@pytest.fixture(params=["memory", *_LINES])
+def backend_url(request: pytest.FixtureRequest) -> str:
+    """memory:// and every Redis server line (the contract runs against each)."""
+    if request.param == "memory":
+        return f"memory://sessions-{uuid.uuid4().hex[:8]}"
+    request.applymarker(pytest.mark.redis)
+    server = _servers.get(request.param)
+    if server is None or not server.running:
+        server = _servers[request.param] = RedisServer(_LINES[request.param])
+        server.start()
+    with server.client() as c:
+        c.flushall()
+    return server.url
+
+
+@pytest.fixture
+def make_store(backend_url: str) -> StoreFactory:
+    def make(**kw: Any) -> SessionStore:
+        kw.setdefault("secret_keys", KEYS)
+        if backend_url.startswith("redis"):
+            return SessionStore(client=redis.Redis.from_url(backend_url, socket_timeout=5), **kw)
+        return SessionStore(backend_url, **kw)
+
+    return make
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SessionStore:
+    return make_store()
+
+
+class Clock:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.t = time.time()
+        monkeypatch.setattr(sessions_mod, "now", lambda: self.t)
+
+
+def reopen(store: SessionStore, s: Session) -> Session:
+    return store.open(store.sign(s.sid))
+
+
+def test_roundtrip_tagged_values(store: SessionStore) -> None:
+    s = store.new()
+    assert s.new
+    value = {"when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC), "raw": b"\x00\x01",
+             "pair": (1, 2), "tags": {"a"}}
+    s["v"] = value
+    s["n"] = 3
+    assert store.save(s)
+    assert not s.new
+    loaded = reopen(store, s)
+    assert not loaded.new
+    assert loaded == {"v": value, "n": 3}
+
+
+def test_empty_new_session_is_not_stored(store: SessionStore) -> None:
+    s = store.new()
+    assert store.save(s)
+    assert store.load(s.sid) is None
+
+
+def test_create_stores_now(store: SessionStore) -> None:
+    s = store.create({"a": 1})
+    assert store.load(s.sid) == {"a": 1}
+
+
+def test_missing_session_gives_fresh_id(store: SessionStore) -> None:
+    ghost = store.new()
+    opened = store.open(store.sign(ghost.sid))
+    assert opened.new and opened.sid != ghost.sid
+
+
+def test_ids_are_256_bit_and_unique(store: SessionStore) -> None:
+    ids = {store.new().sid for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) == 47 for i in ids)
+
+
+@pytest.mark.parametrize("mangle", ["tampered", "truncated", "foreign", "oversized", "malformed", "garbage"])
+def test_bad_cookie_gives_fresh_session(store: SessionStore, make_store: StoreFactory, mangle: str,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    s = store.create({"secret": "data"})
+    good = store.sign(s.sid)
+    cookie = {
+        "tampered": good[:10] + ("A" if good[10] != "A" else "B") + good[11:],
+        "truncated": good[:-5],
+        "foreign": make_store(secret_keys=["someone-elses-key"]).sign(s.sid),
+        "oversized": good + "x" * 300,
+        "malformed": store.sign("not-an-id"),
+        "garbage": "%%%.....",
+    }[mangle]
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        opened = store.open(cookie)
+    assert opened.new and opened.sid != s.sid and opened == {}
+    assert any(r.name == "statekit.security" for r in caplog.records)
+    assert cookie not in caplog.text
+
+
+def test_secret_key_rotation(make_store: StoreFactory) -> None:
+    old = make_store(secret_keys=["old-key-0123456789"])
+    s = old.create({"a": 1})
+    rotated = make_store(secret_keys=["new-key-0123456789", "old-key-0123456789"])
+    assert rotated.open(old.sign(s.sid)) == {"a": 1}
+    assert rotated.sign(s.sid) != old.sign(s.sid)
+    assert make_store(secret_keys=["new-key-0123456789"]).open(rotated.sign(s.sid)) == {"a": 1}
+
+
+def test_storage_key_reveals_no_cookie(store: SessionStore) -> None:
+    s = store.create({"a": 1})
+    key = store._key(s.sid)
+    assert s.sid[4:] not in key and store.sign(s.sid) not in key
+
+
+def test_concurrent_saves_of_different_keys_both_kept(store: SessionStore) -> None:
+    s = store.create({"base": 0})
+    a, b = reopen(store, s), reopen(store, s)
+    a["a"] = 1
+    b["b"] = 2
+    del b["base"]
+    assert store.save(a) and store.save(b)
+    assert reopen(store, s) == {"a": 1, "b": 2}
+
+
+def test_same_key_last_writer_wins_for_that_key_only(store: SessionStore) -> None:
+    s = store.create({"k": 0, "other": "x"})
+    a, b = reopen(store, s), reopen(store, s)
+    a["k"] = "from-a"
+    b["k"] = "from-b"
+    b["new"] = True
+    store.save(a)
+    store.save(b)
+    assert reopen(store, s) == {"k": "from-b", "other": "x", "new": True}
+
+
+def test_in_place_change_needs_modified(store: SessionStore) -> None:
+    s = store.create({"cart": []})
+    s2 = reopen(store, s)
+    s2["cart"].append("apple")
+    s2.modified = True
+    store.save(s2)
+    assert reopen(store, s)["cart"] == ["apple"]
+
+
+def test_unserializable_value_fails_at_assignment(store: SessionStore) -> None:
+    s = store.new()
+    with pytest.raises(SerializationError, match=r"'bad'.*object"):
+        s["bad"] = object()
+    assert "bad" not in s
+
+
+def test_unserializable_value_fails_at_save(store: SessionStore) -> None:
+    s = store.create({"items": []})
+    s["items"].append(threading.Lock())
+    s.modified = True
+    with pytest.raises(SerializationError, match=r"'items'.*list"):
+        store.save(s)
+    assert reopen(store, s) == {"items": []}
+
+
+def test_non_string_key_is_refused(store: SessionStore) -> None:
+    s = store.new()
+    with pytest.raises(InvalidKey):
+        s[1] = "x"  # type: ignore[index]
+
+
+def test_destroyed_session_is_not_resurrected(store: SessionStore) -> None:
+    s = store.create({"a": 1})
+    inflight = reopen(store, s)
+    store.destroy(s)
+    inflight["a"] = 2
+    assert store.save(inflight) is False
+    assert store.load(s.sid) is None
+    assert store.open(store.sign(s.sid)).new
+
+
+def test_refresh_at_most_once_per_interval(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    store = make_store(refresh_interval=60, idle_timeout=100)
+    s = store.create({"a": 1})
+    clock.t += 30
+    store.save(reopen(store, s))
+    assert store.counters.get("refreshes") == 0
+    clock.t += 40  # 70 s after the write: refresh due
+    store.save(reopen(store, s))
+    assert store.counters.get("refreshes") == 1
+    clock.t += 90  # 160 s after creation, 90 s after the refresh: still alive
+    assert store.load(s.sid) == {"a": 1}
+
+
+def test_idle_timeout_enforced_at_load(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    store = make_store(idle_timeout=100, refresh_interval=10)
+    s = store.create({"a": 1})
+    clock.t += 101
+    assert store.load(s.sid) is None
+    assert store.counters.get("expired") == 1
+
+
+def test_absolute_lifetime_enforced_at_load(make_store: StoreFactory,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    store = make_store(idle_timeout=100, absolute_lifetime=250, refresh_interval=10)
+    s = store.create({"a": 1})
+    for _ in range(4):  # active every 60 s: idle never reached
+        clock.t += 60
+        loaded = reopen(store, s)
+        loaded["tick"] = clock.t
+        store.save(loaded)
+    assert store.load(s.sid) is not None
+    clock.t += 20  # 260 s after creation
+    assert store.load(s.sid) is None
+
+
+def test_per_session_idle_override(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    store = make_store(idle_timeout=1000)
+    s = store.create({"a": 1})
+    s.idle_timeout = 50
+    store.save(s)
+    clock.t += 60
+    assert store.load(s.sid) is None
+
+
+def test_atomic_incr_under_threads(store: SessionStore) -> None:
+    s = store.create({})
+    threads_n, per = 4, 50
+
+    def work() -> None:
+        mine = reopen(store, s)
+        for _ in range(per):
+            mine.incr("hits")
+
+    threads = [threading.Thread(target=work) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert reopen(store, s)["hits"] == threads_n * per
+
+
+def test_incr_then_save_keeps_counter(store: SessionStore) -> None:
+    s = store.new()
+    assert s.incr("n", 5) == 5
+    other = reopen(store, s)
+    other.incr("n")
+    s["x"] = 1
+    store.save(s)
+    assert reopen(store, s) == {"n": 6, "x": 1}
+
+
+def test_incr_on_non_integer_fails(store: SessionStore) -> None:
+    s = store.create({"name": "bob"})
+    with pytest.raises(SessionError):
+        s.incr("name")
+
+
+def test_rotation_moves_data_and_keeps_short_alias(make_store: StoreFactory) -> None:
+    store = make_store(alias_window=0.5)
+    s = store.create({"cart": ["apple"]})
+    old_sid = s.sid
+    inflight = reopen(store, s)  # loaded before the rotation
+    store.rotate(s)
+    assert s.rotated and s.sid != old_sid and s.sid[:4] == old_sid[:4]
+    assert store.load(s.sid) == {"cart": ["apple"]}
+    # a request with the old cookie, started before or after: works on the new session
+    late = store.open(store.sign(old_sid))
+    assert late == {"cart": ["apple"]} and not late.new
+    late["late"] = 1
+    inflight["inflight"] = 2
+    assert store.save(late) and store.save(inflight)
+    assert store.load(s.sid) == {"cart": ["apple"], "late": 1, "inflight": 2}
+    time.sleep(0.7)  # the alias expires in Redis (and in memory://)
+    assert store.open(store.sign(old_sid)).new
+    assert store.load(s.sid) == {"cart": ["apple"], "late": 1, "inflight": 2}
+
+
+def test_rotating_a_revoked_session_does_not_revive_it(store: SessionStore) -> None:
+    s = store.create({"secret": 1})
+    s.user_id = "u1"
+    store.save(s)
+    stale = reopen(store, s)
+    store.revoke_user("u1")
+    store.rotate(stale)
+    assert stale.new and stale == {}
+    assert store.load(s.sid) is None
+
+
+def test_user_index_list_and_revoke(store: SessionStore) -> None:
+    mine = [store.create({"i": i}, user_id="alice") for i in range(3)]
+    other = store.create({"i": 9}, user_id="bob")
+    listed = store.list_user_sessions("alice")
+    assert len(listed) == 3 and all(i.user_id == "alice" for i in listed)
+    assert all(i.handle.startswith("{") for i in listed)
+    inflight = reopen(store, mine[1])
+    assert store.revoke_user("alice", except_session=mine[0]) == 2
+    assert store.load(mine[0].sid) == {"i": 0}
+    assert store.load(mine[1].sid) is None and store.load(mine[2].sid) is None
+    inflight["again"] = True
+    assert store.save(inflight) is False
+    assert store.load(mine[1].sid) is None
+    assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
+    assert store.load(other.sid) == {"i": 9}
+
+
+def test_user_key_drives_index_and_rotation_keeps_it(make_store: StoreFactory) -> None:
+    store = make_store(user_key="_user_id")
+    s = store.create({"cart": 1})
+    s["_user_id"] = 42
+    store.rotate(s)
+    store.save(s)
+    [info] = store.list_user_sessions("42")
+    assert info.handle == store._handle(s.sid)
+    s.pop("_user_id")
+    store.save(s)
+    assert store.list_user_sessions("42") == []
+
+
+def test_revoke_single_session_by_handle(store: SessionStore) -> None:
+    a = store.create({}, user_id="u")
+    b = store.create({}, user_id="u")
+    store.revoke_session(store._handle(a.sid), "u")
+    assert store.load(a.sid) is None and store.load(b.sid) is not None
+    assert len(store.list_user_sessions("u")) == 1
+
+
+def test_msgpack_codec(make_store: StoreFactory) -> None:
+    store = make_store(codec="msgpack")
+    s = store.create({"d": dt.date(2024, 1, 2), "b": b"x"})
+    assert reopen(store, s) == {"d": dt.date(2024, 1, 2), "b": b"x"}
+    assert s.incr("n", 2) == 2 and s.incr("n") == 3
+    assert reopen(store, s)["n"] == 3
+
+
+def test_config_errors(backend_url: str) -> None:
+    with pytest.raises(ConfigError):
+        SessionStore(backend_url)
+    with pytest.raises(ConfigError):
+        SessionStore(backend_url, secret_keys=KEYS, codec="signed-pickle")
+    with pytest.raises(ConfigError):
+        SessionStore(backend_url, secret_keys=KEYS, outage_policy="ignore")
+    with pytest.raises(ConfigError):
+        SessionStore(backend_url, secret_keys=KEYS, idle_timeout=0)
+
+
+def test_engines_implement_the_same_contract() -> None:
+    public = {n for n in dir(RedisEngine) if not n.startswith("_")}
+    assert public <= set(dir(MemoryEngine))
+
+
+# -- Redis-only: command counts and outages -------------------------------------------
+
+
+def _stats(r: redis.Redis) -> dict[str, int]:
+    stats = r.info("commandstats")
+    return {k[8:].split("|")[0]: v["calls"] for k, v in stats.items()
+            if not k.startswith(("cmdstat_info", "cmdstat_config"))}
+
+
+def _calls(r: redis.Redis) -> int:
+    return sum(_stats(r).values())
+
+
+def _client_calls(r: redis.Redis) -> dict[str, int]:
+    """Commands the client sent (commandstats also counts those run inside scripts)."""
+    top = ("hgetall", "evalsha", "eval", "script", "del", "zrem")
+    return {k: v for k, v in _stats(r).items() if k in top}
+
+
+@pytest.mark.redis
+def test_round_trips_per_request(redis_line_url: str) -> None:
+    r = redis.Redis.from_url(redis_line_url)
+    store = SessionStore(client=redis.Redis.from_url(redis_line_url), secret_keys=KEYS)
+    s = store.create({"a": 1})
+    cookie = store.sign(s.sid)
+    store.save(store.open(cookie))  # warm the script cache
+    r.config_resetstat()
+    store.save(store.open(cookie))
+    assert _stats(r) == {"hgetall": 1}  # unmodified: the load only
+    r.config_resetstat()
+    s2 = store.open(cookie)
+    s2["a"] = 2
+    store.save(s2)
+    assert _client_calls(r) == {"hgetall": 1, "evalsha": 1}  # modified: load + one script
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mangle", ["tampered", "truncated", "foreign", "oversized"])
+def test_bad_cookies_make_no_redis_calls(redis_line_url: str, mangle: str) -> None:
+    r = redis.Redis.from_url(redis_line_url)
+    store = SessionStore(client=redis.Redis.from_url(redis_line_url), secret_keys=KEYS)
+    good = store.sign(store.create({"a": 1}).sid)
+    cookie = {"tampered": good[:-3] + "abc", "truncated": good[: len(good) // 2],
+              "foreign": SessionStore("memory://", secret_keys=["x"]).sign(store.new().sid),
+              "oversized": good * 4}[mangle]
+    r.config_resetstat()
+    s = store.open(cookie)
+    store.save(s)
+    assert s.new and _calls(r) == 0
+
+
+@pytest.mark.redis
+def test_storage_layout_is_one_hash_with_metadata(redis_line_url: str) -> None:
+    r = redis.Redis.from_url(redis_line_url)
+    store = SessionStore(client=redis.Redis.from_url(redis_line_url), secret_keys=KEYS)
+    s = store.create({"a": 1, "b": "x"}, user_id="u7")
+    [key] = [k.decode() for k in r.keys("statekit:session:*")]
+    assert r.type(key) == b"hash"
+    fields = {k.decode() for k in r.hkeys(key)}
+    assert fields == {"d:a", "d:b", "m:c", "m:s", "m:u", "m:v"}
+    assert 0 < r.pttl(key) <= store.idle_timeout * 1000
+    assert s.sid not in key
+
+
+def _dead_store(**kw: Any) -> SessionStore:
+    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2)
+    return SessionStore(client=client, secret_keys=KEYS, **kw)
+
+
+def test_outage_raises_backend_unavailable() -> None:
+    store = _dead_store()
+    cookie = store.sign(store.new().sid)
+    with pytest.raises(BackendUnavailable):
+        store.open(cookie)
+    s = store.new()
+    s["a"] = 1
+    with pytest.raises(BackendUnavailable):
+        store.save(s)
+    assert store.open(None).new  # no cookie: no Redis needed
+
+
+def test_outage_anonymous_mode_is_read_only() -> None:
+    store = _dead_store(outage_policy="anonymous")
+    sid = store.new().sid
+    s = store.open(store.sign(sid))
+    assert s.unavailable and s == {} and s.sid == sid
+    with pytest.raises(BackendUnavailable):
+        s["a"] = 1
+    with pytest.raises(BackendUnavailable):
+        store.rotate(s)
+    assert store.save(s) is False
