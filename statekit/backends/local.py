@@ -1,0 +1,329 @@
+"""``file:///shared/volume/path`` blob store: a directory, typically a shared volume.
+
+Layout under the root::
+
+    2026/11/22/9f0c...e1.png            the blob, under its key
+    .statekit/meta/<key>.json           its record (type, filename, sha256, metadata)
+    .statekit/pending/<key>.json        policy of an unconfirmed direct upload
+    <dir>/.tmp-XXXX                     a write in progress (removed on abort)
+
+A write goes to a temporary file in the destination directory, is fsynced, and is
+then *linked* into place (``os.link`` fails if the name exists, so nothing is ever
+overwritten; a filesystem without hard links falls back to an ``O_EXCL`` placeholder
+and ``os.replace``). Keys are validated and the resolved path must stay inside the
+root, so symlinks cannot lead a write outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import mimetypes
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ..blobs import (
+    META_FILENAME,
+    META_SHA256,
+    Blob,
+    BlobPage,
+    BlobStore,
+    BlobWriter,
+    WriteRequest,
+    decode_meta,
+)
+from ..config import parse_url
+from ..errors import BackendUnavailable, BlobExists, BlobNotFound, ConfigError, InvalidKey
+
+__all__ = ["LocalBlobStore"]
+
+_TMP = ".tmp-"
+_INTERNAL = ".statekit"
+
+
+def _oserror(e: OSError, what: str) -> BackendUnavailable:
+    err = BackendUnavailable(f"filesystem error while {what}: {e.strerror or e}")
+    err.__cause__ = e
+    return err
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _link_exclusive(src: str, dst: str) -> None:
+    """Make *src* visible as *dst* unless *dst* exists (then :class:`FileExistsError`)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+            raise
+        fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # claim the name
+        os.close(fd)
+        os.replace(src, dst)
+        return
+    os.unlink(src)
+
+
+class _LocalWriter(BlobWriter):
+    def __init__(self, store: LocalBlobStore, req: WriteRequest) -> None:
+        self._store = store
+        self._req = req
+        self._final = store._path(req.key)
+        self._meta_final: str | None = None
+        directory = os.path.dirname(self._final)
+        try:
+            store._makedirs(directory)
+            fd, self._tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
+        except OSError as e:
+            raise _oserror(e, f"creating a file for {req.key!r}") from e
+        os.fchmod(fd, store.file_mode)
+        self._file: Any = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise _oserror(e, f"writing {self._req.key!r}") from e
+
+    def commit(self, sha256: str, size: int) -> None:
+        req = self._req
+        try:
+            self._file.flush()
+            if self._store.fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+            record = {"content_type": req.content_type, "created": req.created.isoformat(),
+                      "metadata": dict(req.metadata, **{META_SHA256: sha256}), "size": size}
+            meta_path = self._store._meta_path(req.key)
+            self._store._write_json(meta_path, record, exclusive=True)
+            self._meta_final = meta_path
+            _link_exclusive(self._tmp, self._final)
+            self._meta_final = None
+            if self._store.fsync:
+                _fsync_dir(os.path.dirname(self._final))
+        except FileExistsError:
+            raise BlobExists(f"a blob already exists under {req.key!r}") from None
+        except OSError as e:
+            raise _oserror(e, f"committing {req.key!r}") from e
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+        if self._meta_final is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._meta_final)
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs in a directory (``file:///srv/uploads?fsync=true&file_mode=0640``).
+
+    Several processes and machines may share the directory (a network volume with
+    POSIX hard links and ``O_EXCL``). Failure: ``OSError`` becomes
+    :class:`~statekit.errors.BackendUnavailable`; a write that fails leaves only a
+    ``.tmp-`` file at worst (a crash), removed by :meth:`cleanup_incomplete`.
+    """
+
+    scheme = "file"
+
+    def __init__(self, url: str | None = None, *, root: str | os.PathLike[str] | None = None,
+                 fsync: bool | None = None, file_mode: int | None = None, **options: Any) -> None:
+        parsed_opts: dict[str, Any] = {}
+        if url is not None:
+            parsed = parse_url(url, kinds=("file",))
+            root = root or parsed.path
+            parsed_opts = dict(parsed.options)
+        if root is None:
+            raise ConfigError("LocalBlobStore needs a file:// URL or root=")
+        self.root = os.path.realpath(os.fspath(root))
+        self.fsync = fsync if fsync is not None else parsed_opts.get("fsync", True)
+        self.file_mode = file_mode if file_mode is not None else parsed_opts.get("file_mode", 0o640)
+        os.makedirs(self.root, exist_ok=True)
+        super().__init__(url, **options)
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    # -- paths ---------------------------------------------------------------------
+    def _check_inside(self, path: str) -> str:
+        real = os.path.realpath(path)
+        if real != self.root and not real.startswith(self.root + os.sep):
+            raise InvalidKey(f"path {path!r} resolves outside the store root")
+        return real
+
+    def _makedirs(self, directory: str) -> None:
+        """``os.makedirs`` that first checks the deepest existing ancestor resolves
+        inside the root, so a planted symlink cannot make it create directories elsewhere."""
+        existing = directory
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        self._check_inside(existing)
+        os.makedirs(directory, exist_ok=True)
+        self._check_inside(directory)
+
+    def _path(self, key: str) -> str:
+        path = os.path.join(self.root, *key.split("/"))
+        self._check_inside(os.path.dirname(path))
+        return path
+
+    def _meta_path(self, key: str) -> str:
+        return os.path.join(self.root, _INTERNAL, "meta", *key.split("/")) + ".json"
+
+    def _marker_path(self, key: str) -> str:
+        return os.path.join(self.root, _INTERNAL, "pending", *key.split("/")) + ".json"
+
+    def _write_json(self, path: str, record: Any, *, exclusive: bool) -> None:
+        directory = os.path.dirname(path)
+        self._makedirs(directory)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(record, f)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            if exclusive:
+                _link_exclusive(tmp, path)
+            else:
+                os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    # -- contract ------------------------------------------------------------------
+    def _writer(self, req: WriteRequest) -> BlobWriter:
+        return _LocalWriter(self, req)
+
+    def _open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            self._check_inside(path)
+            return open(path, "rb")  # noqa: SIM115 - returned to the caller
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlobNotFound(f"no blob {key!r} in {self.describe()}") from None
+        except OSError as e:
+            raise _oserror(e, f"opening {key!r}") from e
+
+    def _stat(self, key: str) -> Blob:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(f"no blob {key!r} in {self.describe()}") from None
+        except OSError as e:
+            raise _oserror(e, f"reading {key!r}") from e
+        if not os.path.isfile(path):
+            raise BlobNotFound(f"no blob {key!r} in {self.describe()}")
+        try:
+            with open(self._meta_path(key), encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = {}
+        meta = decode_meta(record.get("metadata", {}))
+        created = (dt.datetime.fromisoformat(record["created"]) if "created" in record
+                   else dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
+        ctype = record.get("content_type") or mimetypes.guess_type(key)[0] or "application/octet-stream"
+        return Blob(key, st.st_size, ctype, meta.get(META_SHA256), meta.get(META_FILENAME), created,
+                    {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+
+    def _delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+            existed = True
+        except (FileNotFoundError, NotADirectoryError):
+            existed = False
+        except IsADirectoryError:
+            return False
+        except OSError as e:
+            raise _oserror(e, f"deleting {key!r}") from e
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._meta_path(key))
+        return existed
+
+    def _walk(self, top: str) -> Iterator[str]:
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if not name.startswith("."):
+                    yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+
+    def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self._check_inside(os.path.join(self.root, *base.split("/"))) if base else self.root
+        keys = sorted(k for k in self._walk(top) if k.startswith(prefix) and (cursor is None or k > cursor))
+        items: list[Blob] = []
+        for key in keys[:page_size]:
+            try:
+                st = os.stat(self._path(key))
+            except FileNotFoundError:
+                continue
+            created = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc)
+            items.append(Blob(key, st.st_size, created=created))
+        more = len(keys) > page_size
+        return BlobPage(items, keys[page_size - 1] if more else None)
+
+    def _put_marker(self, key: str, data: bytes) -> None:
+        self._write_json(self._marker_path(key), json.loads(data), exclusive=False)
+
+    def _get_marker(self, key: str) -> bytes | None:
+        try:
+            with open(self._marker_path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _delete_marker(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self._marker_path(key))
+
+    def _markers(self) -> Iterator[tuple[str, bytes]]:
+        top = os.path.join(self.root, _INTERNAL, "pending")
+        for dirpath, _dirs, filenames in os.walk(top):
+            for name in filenames:
+                if name.startswith(".") or not name.endswith(".json"):
+                    continue
+                key = os.path.relpath(os.path.join(dirpath, name), top)[: -len(".json")].replace(os.sep, "/")
+                raw = self._get_marker(key)
+                if raw is not None:
+                    yield key, raw
+
+    def _cleanup_partial(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for dirpath, _dirs, filenames in os.walk(self.root):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if name.startswith(_TMP) and os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        meta_top = os.path.join(self.root, _INTERNAL, "meta")
+        for dirpath, _dirs, filenames in os.walk(meta_top):
+            for name in filenames:
+                if name.startswith(".") or not name.endswith(".json"):
+                    continue
+                path = os.path.join(dirpath, name)
+                key = os.path.relpath(path, meta_top)[: -len(".json")].replace(os.sep, "/")
+                with contextlib.suppress(FileNotFoundError):
+                    if not os.path.exists(self._path(key)) and os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)  # the record of a write that crashed before its link
+                        removed += 1
+        return removed

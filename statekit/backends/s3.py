@@ -1,0 +1,458 @@
+"""``s3://[key:secret@]bucket[/prefix]?endpoint_url=...&region=...`` blob store (boto3).
+
+Works with AWS S3, MinIO, moto's server and other S3-compatible stores.
+
+Writes: up to ``multipart_threshold`` bytes go in one ``PutObject``; larger inputs
+become a multipart upload of ``part_size`` parts, at most ``max_concurrency`` in
+flight, so memory stays at about ``(max_concurrency + 1) * part_size``. Every request
+carries its SHA-256 (``ChecksumSHA256``) so S3 verifies what it stores, and the
+final request is conditional (``If-None-Match: *``) so an existing object is never
+replaced. On any error the multipart upload is aborted; if the endpoint is gone and
+the abort fails too, :meth:`~statekit.blobs.BlobStore.cleanup_incomplete` aborts it
+later -- the parts were never visible as an object.
+
+URL options: ``endpoint_url``, ``region``, ``addressing_style``, ``connect_timeout``
+(default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
+``part_size`` (8 MiB, at least 5 MiB), ``max_concurrency`` (2), ``profile``,
+``checksum`` (``sha256``/``none``) and ``conditional_writes`` (default true; turn it
+off only for stores that reject ``If-None-Match``).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, BinaryIO
+
+from ..blobs import (
+    META_FILENAME,
+    META_SHA256,
+    RESERVED_PREFIX,
+    Blob,
+    BlobPage,
+    BlobStore,
+    BlobWriter,
+    WriteRequest,
+    decode_meta,
+)
+from ..config import parse_url
+from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
+from . import require
+
+__all__ = ["MIN_PART_SIZE", "S3BlobStore", "translate_error"]
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+
+
+def translate_error(e: BaseException, what: str) -> StatekitError:
+    """A typed statekit error for a botocore exception raised while doing *what*."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        msg = f"S3 {what}: {code or status}: {err.get('Message', '')}".rstrip(": ")
+        if code in ("NoSuchKey", "NotFound", "404") or (status == 404 and code != "NoSuchBucket"):
+            return BlobNotFound(msg)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return BlobExists(msg)
+        if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
+            return BackendUnavailable(msg)
+        return BlobError(msg)
+    if isinstance(e, BotoCoreError):
+        return BackendUnavailable(f"S3 {what}: {e}")
+    return BlobError(f"S3 {what}: {e}")
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+class _S3Writer(BlobWriter):
+    def __init__(self, store: S3BlobStore, req: WriteRequest) -> None:
+        self._s = store
+        self._req = req
+        self._full = store._full(req.key)
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._inflight: collections.deque[Future[dict[str, Any]]] = collections.deque()
+        self._pool: ThreadPoolExecutor | None = None
+        self._part_size = store.part_size
+        if req.size_hint:  # keep within S3's 10,000 parts
+            self._part_size = max(self._part_size, -(-req.size_hint // (MAX_PARTS - 1)))
+
+    def _common(self) -> dict[str, Any]:
+        return {"ContentType": self._req.content_type, "ContentDisposition": self._req.disposition}
+
+    def write(self, data: bytes) -> None:
+        self._buf.append(data)
+        self._buffered += len(data)
+        if self._upload_id is None and self._buffered < max(self._s.multipart_threshold, self._part_size):
+            return
+        if self._buffered >= self._part_size:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        if self._upload_id is None:
+            kwargs = self._common()
+            if self._s.checksum:
+                kwargs["ChecksumAlgorithm"] = "SHA256"
+            resp = self._s._call("create_multipart_upload", self._req.key, Bucket=self._s.bucket,
+                                 Key=self._full, Metadata=self._req.metadata, **kwargs)
+            self._upload_id = resp["UploadId"]
+            self._pool = ThreadPoolExecutor(self._s.max_concurrency, thread_name_prefix="statekit-s3-part")
+        part = b"".join(self._buf)
+        self._buf.clear()
+        self._buffered = 0
+        number = len(self._parts) + len(self._inflight) + 1
+        if number > MAX_PARTS:
+            raise BlobError(f"upload needs more than {MAX_PARTS} parts: raise part_size")
+        if number % 1000 == 0:  # unknown total size: grow parts so 10,000 of them reach ~5 TB
+            self._part_size *= 2
+        while len(self._inflight) >= self._s.max_concurrency:
+            self._parts.append(self._inflight.popleft().result())
+        assert self._pool is not None
+        self._inflight.append(self._pool.submit(self._upload_part, number, part))
+
+    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self._s.checksum:
+            kwargs["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+        resp = self._s._call("upload_part", self._req.key, Bucket=self._s.bucket, Key=self._full,
+                             UploadId=self._upload_id, PartNumber=number, Body=data, **kwargs)
+        part = {"PartNumber": number, "ETag": resp["ETag"]}
+        if self._s.checksum:
+            part["ChecksumSHA256"] = kwargs["ChecksumSHA256"]
+        return part
+
+    def commit(self, sha256: str, size: int) -> None:
+        cond = {"IfNoneMatch": "*"} if self._s.conditional_writes else {}
+        if self._upload_id is None:
+            kwargs = self._common()
+            if self._s.checksum:
+                kwargs["ChecksumSHA256"] = _b64(bytes.fromhex(sha256))
+            body = b"".join(self._buf)
+            self._buf.clear()
+            if not cond:
+                self._s._refuse_existing(self._req.key)
+            self._s._call("put_object", self._req.key, Bucket=self._s.bucket, Key=self._full, Body=body,
+                          Metadata=dict(self._req.metadata, **{META_SHA256: sha256}), **kwargs, **cond)
+            return
+        if self._buf or not self._parts and not self._inflight:
+            self._flush_part()
+        while self._inflight:
+            self._parts.append(self._inflight.popleft().result())
+        if not cond:
+            self._s._refuse_existing(self._req.key)
+        self._s._call("complete_multipart_upload", self._req.key, Bucket=self._s.bucket, Key=self._full,
+                      UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}, **cond)
+        self._upload_id = None
+        self._shutdown()
+        # The whole-object SHA-256 is known only now; a tag carries it for stat().
+        with contextlib.suppress(StatekitError):
+            self._s._call("put_object_tagging", self._req.key, Bucket=self._s.bucket, Key=self._full,
+                          Tagging={"TagSet": [{"Key": META_SHA256, "Value": sha256}]})
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def abort(self) -> None:
+        self._buf.clear()
+        for fut in self._inflight:
+            fut.cancel()
+        self._shutdown()  # parts still being sent finish (or fail) before the abort
+        self._inflight.clear()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            try:
+                self._s._call("abort_multipart_upload", self._req.key, Bucket=self._s.bucket,
+                              Key=self._full, UploadId=upload_id)
+            except BlobNotFound:
+                pass
+
+
+class _RangeReader(io.RawIOBase):
+    """Reads an object through ranged GETs of ``window`` bytes, fetched as needed."""
+
+    def __init__(self, store: S3BlobStore, key: str, size: int, window: int) -> None:
+        self._s, self._key, self._size, self._window = store, key, size, window
+        self._pos = 0
+        self._body: Any = None
+        self._body_end = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        new = max(0, base + offset)
+        if new != self._pos:
+            self._drop()
+            self._pos = new
+        return self._pos
+
+    def _drop(self) -> None:
+        if self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+            self._body = None
+
+    def readinto(self, b: Any) -> int:
+        if self._pos >= self._size or len(b) == 0:
+            return 0
+        if self._body is None or self._pos >= self._body_end:
+            self._drop()
+            end = min(self._size, self._pos + self._window)
+            resp = self._s._call("get_object", self._key, Bucket=self._s.bucket, Key=self._s._full(self._key),
+                                 Range=f"bytes={self._pos}-{end - 1}")
+            self._body, self._body_end = resp["Body"], end
+        want = min(len(b), self._body_end - self._pos)
+        try:
+            data = self._body.read(want)
+        except Exception as e:
+            self._drop()
+            raise translate_error(e, f"reading {self._key!r}") from e
+        if not data:
+            self._drop()
+            raise BackendUnavailable(f"S3 closed the stream of {self._key!r} early at byte {self._pos}")
+        n = len(data)
+        b[:n] = data
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class S3BlobStore(BlobStore):
+    """Blobs in an S3 bucket; see the module docstring for options and guarantees.
+
+    :param client: a ready boto3 S3 client (then *bucket* is required and the URL's
+        connection options are ignored).
+
+    Thread-safe (boto3 clients are). Every call has the configured connect and read
+    timeouts; botocore's standard retry mode retries throttling and 5xx answers.
+    """
+
+    scheme = "s3"
+
+    def __init__(self, url: str | None = None, *, client: Any = None, bucket: str | None = None,
+                 prefix: str | None = None, part_size: int | None = None,
+                 multipart_threshold: int | None = None, max_concurrency: int | None = None,
+                 read_window: int = 8 * 1024 * 1024, **options: Any) -> None:
+        opts: dict[str, Any] = {}
+        self._url_text = ""
+        if url is not None:
+            parsed = parse_url(url, kinds=("s3",))
+            opts = dict(parsed.options)
+            bucket = bucket or parsed.bucket
+            prefix = parsed.prefix if prefix is None else prefix
+            self._url_text = f"s3://{parsed.bucket}/{parsed.prefix}".rstrip("/")
+            if client is None:
+                client = self._make_client(parsed.username, parsed.password, opts)
+        if client is None or not bucket:
+            raise ConfigError("S3BlobStore needs an s3:// URL, or client= and bucket=")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = (prefix or "").strip("/")
+        self._url_text = self._url_text or f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.part_size = part_size or opts.get("part_size", 8 * 1024 * 1024)
+        self.multipart_threshold = multipart_threshold or opts.get("multipart_threshold", self.part_size)
+        if self.part_size < MIN_PART_SIZE:
+            raise ConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part)")
+        self.max_concurrency = max_concurrency or opts.get("max_concurrency", 2)
+        self.checksum = opts.get("checksum", "sha256") == "sha256"
+        self.conditional_writes = bool(opts.get("conditional_writes", True))
+        self.read_window = read_window
+        super().__init__(url, **options)
+
+    @staticmethod
+    def _make_client(key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
+        boto3 = require("boto3", feature="s3:// URLs")
+        from botocore.config import Config
+
+        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret,
+                                        region_name=opts.get("region"), profile_name=opts.get("profile"))
+        config = Config(
+            connect_timeout=opts.get("connect_timeout", 5.0),
+            read_timeout=opts.get("read_timeout", 60.0),
+            retries={"max_attempts": opts.get("retries", 3) + 1, "mode": "standard"},
+            s3={"addressing_style": opts.get("addressing_style", "auto")},
+            max_pool_connections=max(10, 2 * opts.get("max_concurrency", 2) + 2),
+        )
+        return session.client("s3", endpoint_url=opts.get("endpoint_url"), config=config)
+
+    def describe(self) -> str:
+        return self._url_text
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, op: str, key: str | None, **kwargs: Any) -> Any:
+        fn: Callable[..., Any] = getattr(self.client, op)
+        try:
+            return fn(**kwargs)
+        except Exception as e:
+            if isinstance(e, StatekitError):
+                raise
+            mod = type(e).__module__
+            if mod.startswith(("botocore", "urllib3")):
+                raise translate_error(e, f"{op} {key!r}" if key else op) from e
+            raise
+
+    def _refuse_existing(self, key: str) -> None:
+        """Best-effort check for stores without conditional writes (racy, documented)."""
+        with contextlib.suppress(BlobNotFound):
+            self._call("head_object", key, Bucket=self.bucket, Key=self._full(key))
+            raise BlobExists(f"a blob already exists under {key!r}")
+
+    # -- contract ------------------------------------------------------------------
+    def _writer(self, req: WriteRequest) -> BlobWriter:
+        return _S3Writer(self, req)
+
+    def _head(self, key: str) -> dict[str, Any]:
+        resp: dict[str, Any] = self._call("head_object", key, Bucket=self.bucket, Key=self._full(key))
+        return resp
+
+    def _open(self, key: str) -> BinaryIO:
+        size = int(self._head(key)["ContentLength"])
+        raw = _RangeReader(self, key, size, self.read_window)
+        return io.BufferedReader(raw, buffer_size=256 * 1024)
+
+    def _stat(self, key: str) -> Blob:
+        head = self._head(key)
+        meta = decode_meta(head.get("Metadata", {}))
+        sha = meta.get(META_SHA256)
+        if sha is None and "-" in str(head.get("ETag", "")):  # multipart: the tag holds it
+            with contextlib.suppress(StatekitError):
+                tags = self._call("get_object_tagging", key, Bucket=self.bucket, Key=self._full(key))
+                sha = {t["Key"]: t["Value"] for t in tags.get("TagSet", [])}.get(META_SHA256)
+        created = head.get("LastModified")
+        if meta.get("statekit-created"):
+            with contextlib.suppress(ValueError):
+                created = dt.datetime.fromisoformat(meta["statekit-created"])
+        return Blob(key, int(head["ContentLength"]), head.get("ContentType"), sha, meta.get(META_FILENAME),
+                    created, {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+
+    def _delete(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except BlobNotFound:
+            return False
+        self._call("delete_object", key, Bucket=self.bucket, Key=self._full(key))
+        return True
+
+    def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix) if prefix else
+                                  (self.prefix + "/" if self.prefix else ""), "MaxKeys": page_size}
+        if cursor:
+            kwargs["ContinuationToken"] = cursor
+        resp = self._call("list_objects_v2", None, **kwargs)
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        items = []
+        for obj in resp.get("Contents", []):
+            key = obj["Key"][cut:]
+            if key.startswith(RESERVED_PREFIX) or any(s.startswith(".") for s in key.split("/")):
+                continue
+            items.append(Blob(key, int(obj["Size"]), created=obj.get("LastModified")))
+        return BlobPage(items, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
+
+    # -- URLs and direct uploads ---------------------------------------------------------
+    def _url(self, key: str, expires: int, disposition: str | None) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        if disposition:
+            params["ResponseContentDisposition"] = disposition
+        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        return url
+
+    def _presign_post(
+        self, key: str, max_size: int, type_prefix: str, expires: int
+    ) -> tuple[str, dict[str, str]]:
+        conditions: list[Any] = [["content-length-range", 0, max_size],
+                                 ["starts-with", "$Content-Type", type_prefix]]
+        post = self.client.generate_presigned_post(Bucket=self.bucket, Key=self._full(key),
+                                                   Conditions=conditions, ExpiresIn=expires)
+        return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
+
+    def _marker_key(self, key: str) -> str:
+        return self._full(RESERVED_PREFIX + "pending/" + key)
+
+    def _put_marker(self, key: str, data: bytes) -> None:
+        self._call("put_object", key, Bucket=self.bucket, Key=self._marker_key(key), Body=data,
+                   ContentType="application/json")
+
+    def _get_marker(self, key: str) -> bytes | None:
+        try:
+            resp = self._call("get_object", key, Bucket=self.bucket, Key=self._marker_key(key))
+        except BlobNotFound:
+            return None
+        data: bytes = resp["Body"].read()
+        return data
+
+    def _delete_marker(self, key: str) -> None:
+        self._call("delete_object", key, Bucket=self.bucket, Key=self._marker_key(key))
+
+    def _markers(self) -> Iterator[tuple[str, bytes]]:
+        top = self._marker_key("")
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=top):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"][len(top):]
+                    raw = self._get_marker(key)
+                    if raw is not None:
+                        yield key, raw
+        except Exception as e:
+            if isinstance(e, StatekitError):
+                raise
+            raise translate_error(e, "listing pending uploads") from e
+
+    def _cleanup_partial(self, older_than: float) -> int:
+        """Abort multipart uploads under the store prefix started before the cutoff."""
+        cutoff = time.time() - older_than
+        removed = 0
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
+        while True:
+            resp = self._call("list_multipart_uploads", None, **kwargs)
+            for up in resp.get("Uploads", []):
+                if up["Initiated"].timestamp() <= cutoff:
+                    with contextlib.suppress(BlobNotFound):
+                        self._call("abort_multipart_upload", up["Key"], Bucket=self.bucket, Key=up["Key"],
+                                   UploadId=up["UploadId"])
+                        removed += 1
+            if not resp.get("IsTruncated"):
+                return removed
+            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+            kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def list_incomplete(self) -> list[dict[str, Any]]:
+        """Multipart uploads in progress under the store prefix (``Key``, ``UploadId``,
+        ``Initiated``), for monitoring and tests."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
+        resp = self._call("list_multipart_uploads", None, **kwargs)
+        return list(resp.get("Uploads", []))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
