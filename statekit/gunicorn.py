@@ -1,0 +1,595 @@
+"""``statekit serve``: gunicorn with graceful drain, rolling reload and the broadcaster.
+
+``statekit serve MODULE:APP`` runs the app on gunicorn (not a new server) with:
+
+* **SIGTERM**: drain (readiness 503, ``Connection: close`` on every response, new
+  requests rejected in mode ``reject``), wait ``--pre-stop-delay`` so load balancers
+  notice, stop accepting, let in-flight requests finish within
+  ``--graceful-timeout``, SIGKILL what is left, exit. One log line reports the
+  shutdown: requests in flight at TERM, completed, rejected, workers force-killed.
+* **Reload** (SIGHUP or ``statekit reload``): workers are replaced one at a time;
+  each old worker gets SIGTERM only after its replacement has loaded the app and
+  reported ready (gunicorn's own HUP starts all new workers and stops the old ones
+  at once, gunicorn #3394). A replacement that fails to boot aborts the reload and
+  the old workers keep serving.
+* **The broadcaster** (``--broadcaster MODULE:OBJ``) runs in the master: started
+  after the first workers are forked, kept across reloads, stopped on exit.
+* Crashed workers are replaced by gunicorn's arbiter as usual.
+
+With your own ``gunicorn.conf.py``, ``from statekit.gunicorn import *`` installs the
+same behaviour through gunicorn's hooks: ``on_starting`` creates the shared drain
+state and switches the arbiter to :class:`StatekitArbiter` (drain on TERM, rolling
+HUP, broadcaster). Options then come from the environment: ``STATEKIT_PRE_STOP_DELAY``,
+``STATEKIT_DRAIN_MODE``, ``STATEKIT_BROADCASTER`` (``module:obj``),
+``STATEKIT_READY_TIMEOUT``. Wrap your app in
+:class:`statekit.lifecycle.LifecycleMiddleware` (the Flask and Django adapters do)
+for the endpoints and rejection. If you define one of these hooks yourself, call
+ours from it (``statekit.gunicorn.post_fork(server, worker)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import importlib
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import require
+from .errors import ConfigError, StatekitError
+from .lifecycle import (
+    BOOTING,
+    DRAIN_MODES,
+    EXITED,
+    FREE,
+    READY,
+    DrainState,
+    Lifecycle,
+    LifecycleMiddleware,
+    get_drain_state,
+    set_drain_state,
+)
+
+require("gunicorn", feature="statekit serve")
+
+from gunicorn import sock, util  # noqa: E402
+from gunicorn.app.base import BaseApplication  # noqa: E402
+from gunicorn.arbiter import Arbiter  # noqa: E402
+from gunicorn.errors import HaltServer  # noqa: E402
+from gunicorn.pidfile import Pidfile  # noqa: E402
+
+__all__ = [
+    "DEFAULTS",
+    "StatekitApplication",
+    "StatekitArbiter",
+    "child_exit",
+    "on_starting",
+    "post_fork",
+    "post_worker_init",
+    "pre_fork",
+    "pre_request",
+    "reload_main",
+    "serve_main",
+    "worker_exit",
+]
+
+#: gunicorn settings ``statekit serve`` uses unless told otherwise
+DEFAULTS: dict[str, Any] = {
+    "worker_class": "gthread",  # graceful keep-alive handling on stop
+    "threads": 4,
+    "keepalive": 5,  # longer than nginx's upstream keepalive_timeout below it
+    "timeout": 30,
+    "graceful_timeout": 25,  # + pre-stop delay 2 s < the usual 30 s kill timeout
+    "control_socket_disable": True,
+    "errorlog": "-",
+}
+_SLOTS = 256
+
+
+@dataclass
+class _Options:
+    pre_stop_delay: float = 2.0
+    drain_mode: str = "reject"
+    broadcaster: Any = None
+    ready_timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> _Options:
+        env = os.environ
+        opts = cls(
+            pre_stop_delay=_seconds(env.get("STATEKIT_PRE_STOP_DELAY", "2"), "STATEKIT_PRE_STOP_DELAY"),
+            drain_mode=env.get("STATEKIT_DRAIN_MODE", "reject"),
+            ready_timeout=_seconds(env.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+        )
+        if env.get("STATEKIT_BROADCASTER"):
+            opts.broadcaster = load_object(env["STATEKIT_BROADCASTER"])
+        return opts
+
+
+@dataclass
+class _Runtime:
+    """What the master keeps beside gunicorn's own state."""
+
+    options: _Options
+    drain: DrainState
+    stopping: set[int] = field(default_factory=set)
+    collected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("in_flight", "started", "completed", "rejected"), 0))
+    lost: int = 0
+    term_at: float | None = None
+    at_term: dict[str, int] | None = None
+    broadcaster_started: bool = False
+    reported: bool = False
+    force_killing: bool = False
+
+
+def _seconds(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 <= value < 86400:
+        raise ConfigError(f"{name}={raw!r} must be between 0 and 86400 seconds")
+    return value
+
+
+def load_object(target: str) -> Any:
+    """Import ``module:attribute``; a :class:`ConfigError` says what is wrong."""
+    module, sep, attr = target.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"{target!r} must be MODULE:OBJECT")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"cannot import {module!r}: {e}") from e
+    obj: Any = mod
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def wrap_app(app: Any) -> Any:
+    """Wrap *app* in a :class:`LifecycleMiddleware` unless it already is (Flask apps
+    set up by ``StateKit(app)``, Django's wrapped handler)."""
+    if isinstance(app, LifecycleMiddleware):
+        return app
+    if isinstance(getattr(app, "wsgi_app", None), LifecycleMiddleware):
+        return app
+    from .config import Settings
+
+    return LifecycleMiddleware(app, Lifecycle(Settings.from_env()))
+
+
+# -- the arbiter -----------------------------------------------------------------
+
+
+class StatekitArbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's arbiter with drain on TERM, a rolling HUP and the broadcaster."""
+
+    statekit: _Runtime
+    LISTENERS: list[Any]
+    pidfile: Any
+
+    def handle_term(self) -> None:
+        self.statekit.term_at = time.monotonic()
+        raise StopIteration
+
+    # -- broadcaster and worker count ------------------------------------------
+
+    def manage_workers(self) -> None:
+        rt = self.statekit
+        active = sorted(
+            ((pid, w) for pid, w in self.WORKERS.items() if pid not in rt.stopping), key=lambda x: x[1].age
+        )
+        for _ in range(self.num_workers - len(active)):
+            self.spawn_worker()
+        while len(active) > self.num_workers:
+            pid, _ = active.pop(0)
+            rt.stopping.add(pid)
+            self.kill_worker(pid, signal.SIGTERM)
+        broadcaster = rt.options.broadcaster
+        if broadcaster is not None and not rt.broadcaster_started and os.getpid() == self.pid:
+            rt.broadcaster_started = True
+            try:
+                broadcaster.start()
+                self.log.info("statekit: broadcaster %r started in the master", broadcaster)
+            except Exception:
+                self.log.exception("statekit: broadcaster failed to start; serving without it")
+
+    def _stop_broadcaster(self) -> None:
+        rt = self.statekit
+        if rt.broadcaster_started and rt.options.broadcaster is not None:
+            rt.broadcaster_started = False
+            try:
+                rt.options.broadcaster.stop(5.0)
+            except Exception:
+                self.log.exception("statekit: broadcaster did not stop cleanly")
+
+    # -- signals while the master is busy ----------------------------------------
+
+    def _queued(self, *signals: int) -> bool:
+        """Whether one of *signals* is queued for the main loop; the queue is left as
+        it was, so the main loop still handles everything once the master is free."""
+        pending = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pending.append(self.SIG_QUEUE.get_nowait())
+        for sig in pending:
+            self.SIG_QUEUE.put_nowait(sig)
+        return any(s in signals for s in pending)
+
+    def _stop_requested(self) -> bool:
+        return self._queued(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+    def _quick_requested(self) -> bool:
+        return self._queued(signal.SIGINT, signal.SIGQUIT)
+
+    # -- rolling reload ------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Reload the configuration like gunicorn, then replace the workers one at a
+        time, each old one stopped only once its replacement is ready."""
+        self._stats["reloads"] += 1
+        old_address = self.cfg.address
+        for k in self.cfg.env:
+            if k in self.cfg.env_orig:
+                os.environ[k] = self.cfg.env_orig[k]
+            else:
+                os.environ.pop(k, None)
+        self.app.reload()
+        self.setup(self.app)
+        self.log.reopen_files()
+        if old_address != self.cfg.address:
+            for lnr in self.LISTENERS:
+                lnr.close()
+            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+            self.log.info("Listening at: %s", ",".join(str(lnr) for lnr in self.LISTENERS))
+        self.cfg.on_reload(self)
+        if self.pidfile is not None:
+            self.pidfile.unlink()
+        if self.cfg.pidfile is not None:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        util._setproctitle(f"master [{self.proc_name}]")
+        self.rolling_replace()
+
+    def rolling_replace(self) -> bool:
+        """Replace every current worker, one at a time. Returns whether all were."""
+        rt = self.statekit
+        by_age = sorted(self.WORKERS.items(), key=lambda x: x[1].age)
+        old = [pid for pid, _ in by_age if pid not in rt.stopping]
+        target = self.num_workers
+        self.log.info("statekit: rolling reload: replacing %d workers one at a time", len(old))
+        started = time.monotonic()
+        for i in range(max(target, len(old))):
+            if i < target and not self._spawn_and_wait_ready():
+                self.log.error("statekit: rolling reload aborted; %d old workers keep serving",
+                               len([p for p in old[i:] if p in self.WORKERS]))
+                return False
+            if i < len(old) and old[i] in self.WORKERS:
+                rt.stopping.add(old[i])
+                self.kill_worker(old[i], signal.SIGTERM)
+        self.log.info("statekit: rolling reload done in %.2fs", time.monotonic() - started)
+        return True
+
+    def _spawn_and_wait_ready(self) -> bool:
+        rt = self.statekit
+        pid = self.spawn_worker()
+        worker = self.WORKERS[pid]
+        slot = worker.statekit_slot
+        deadline = time.monotonic() + rt.options.ready_timeout
+        while time.monotonic() < deadline:
+            info = rt.drain.slot_info(slot)
+            if info.pid == pid and info.state == READY:
+                return True
+            try:
+                self.reap_workers()
+            except HaltServer as e:
+                self.log.error("statekit: new worker %s failed to boot: %s", pid, e.reason)
+                with contextlib.suppress(Exception):
+                    worker.tmp.close()
+                _collect(self, worker)
+                return False
+            if pid not in self.WORKERS:
+                self.log.error("statekit: new worker %s exited before it was ready", pid)
+                return False
+            if self._stop_requested():
+                return False
+            time.sleep(0.02)
+        self.log.error("statekit: new worker %s not ready within %.0fs", pid, rt.options.ready_timeout)
+        rt.stopping.add(pid)
+        self.kill_worker(pid, signal.SIGTERM)
+        return False
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _totals(self) -> dict[str, int]:
+        live = self.statekit.drain.totals()
+        return {k: v + self.statekit.collected[k] for k, v in live.items()}
+
+    def _drain(self) -> None:
+        rt = self.statekit
+        delay = rt.options.pre_stop_delay
+        rt.drain.start_drain(serve_for=delay)
+        self.log.info("statekit: draining (mode %s): readiness 503, Connection: close; "
+                      "stopping to accept in %.1fs", rt.drain.mode, delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not self._quick_requested():
+            with contextlib.suppress(HaltServer):
+                self.reap_workers()
+            time.sleep(max(min(0.05, deadline - time.monotonic()), 0))
+
+    def stop(self, graceful: bool = True) -> None:
+        """Drain (after TERM), close the listeners, stop the workers within the
+        graceful timeout, SIGKILL the rest, stop the broadcaster, report."""
+        rt = self.statekit
+        if rt.reported:
+            return
+        drain = graceful and rt.term_at is not None and not rt.drain.draining
+        if rt.at_term is None:
+            rt.term_at = rt.term_at or time.monotonic()
+            rt.at_term = self._totals()
+        if drain:
+            self._drain()
+        unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
+        sock.close_sockets(self.LISTENERS, unlink)
+        self.LISTENERS = []
+        sig = signal.SIGTERM if graceful and not self._quick_requested() else signal.SIGQUIT
+        limit = time.monotonic() + (self.cfg.graceful_timeout if sig == signal.SIGTERM else 2.0)
+        if self.dirty_arbiter_pid:
+            self.kill_dirty_arbiter(sig)
+        self.kill_workers(sig)
+        while (self.WORKERS or self.dirty_arbiter_pid) and time.monotonic() < limit:
+            if sig == signal.SIGTERM and self._quick_requested():
+                self.log.info("Quick shutdown requested")
+                sig = signal.SIGQUIT
+                self.kill_workers(signal.SIGQUIT)
+                limit = time.monotonic() + 2.0
+            with contextlib.suppress(HaltServer):
+                self.reap_workers()
+            self.reap_dirty_arbiter()
+            time.sleep(0.05)
+        forced = list(self.WORKERS.values())
+        rt.force_killing = True
+        for w in forced:
+            with contextlib.suppress(IndexError, AttributeError):
+                rt.lost += max(rt.drain.slot_info(w.statekit_slot).in_flight, 0)
+        self.kill_workers(signal.SIGKILL)
+        if self.dirty_arbiter_pid:
+            self.kill_dirty_arbiter(signal.SIGKILL)
+        time.sleep(0.05 if forced else 0)
+        with contextlib.suppress(HaltServer):
+            self.reap_workers()
+        self.reap_dirty_arbiter()
+        self._stop_broadcaster()
+        now = self._totals()
+        at = rt.at_term
+        assert at is not None
+        rt.reported = True
+        self.log.info(
+            "statekit: shutdown: in_flight_at_term=%d completed=%d rejected=%d force_killed=%d "
+            "lost_in_flight=%d seconds=%.2f",
+            at["in_flight"], now["completed"] - at["completed"], now["rejected"] - at["rejected"],
+            len(forced), rt.lost, time.monotonic() - (rt.term_at or time.monotonic()),
+        )
+
+
+# -- hooks (also for users' own gunicorn.conf.py) -----------------------------------
+
+
+def _runtime(server: Any) -> _Runtime:
+    return server.statekit  # type: ignore[no-any-return]
+
+
+def on_starting(server: Any) -> None:
+    """Master, before anything forks: create the shared drain state and switch the
+    arbiter to :class:`StatekitArbiter`."""
+    if not isinstance(server, StatekitArbiter):
+        server.__class__ = StatekitArbiter
+    if getattr(server, "statekit", None) is None:
+        options = getattr(server.app, "statekit_options", None) or _Options.from_env()
+        if options.drain_mode not in DRAIN_MODES:
+            raise ConfigError(f"drain mode {options.drain_mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        drain = DrainState(_SLOTS, mode=options.drain_mode)
+        set_drain_state(drain)
+        server.statekit = _Runtime(options=options, drain=drain)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    """Master: give the new worker a free slot in the drain state."""
+    rt = _runtime(server)
+    used = {getattr(w, "statekit_slot", None) for w in server.WORKERS.values()}
+    for index in range(1, rt.drain.slots):
+        if index not in used:
+            if rt.drain.slot_info(index).state != FREE:
+                _collect_slot(server, index)
+            worker.statekit_slot = index
+            rt.drain.reset_slot(index, state=BOOTING, forked_at=time.time())
+            return
+    raise HaltServer("statekit: no free worker slot (more than 255 workers?)")
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Worker, just forked: bind our slot; the master's broadcaster is not ours."""
+    rt = _runtime(server)
+    rt.drain.bind(worker.statekit_slot)
+    rt.options.broadcaster = None
+    rt.broadcaster_started = False
+
+
+def post_worker_init(worker: Any) -> None:
+    """Worker, app loaded: report ready (the master's rolling reload waits for it)."""
+    drain = get_drain_state()
+    drain.mark_ready()
+    info = drain.slot_info(drain.slot)
+    worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), info.ready_at - info.forked_at)
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """Worker: while draining, close the connection after this response (gunicorn
+    drops a ``Connection`` header set by the app, so this is how it gets there)."""
+    if get_drain_state().draining:
+        req.must_close = True
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Worker exiting on its own: mark the slot, so the master knows it was not killed."""
+    if os.getpid() == getattr(worker, "pid", None):
+        with contextlib.suppress(Exception):
+            get_drain_state().mark_exited()
+    elif hasattr(server, "statekit"):  # gunicorn calls it in the master for a vanished pid
+        _collect(server, worker)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Master, a worker was reaped: add its counters to the totals, free its slot."""
+    _collect(server, worker)
+
+
+def _collect(server: Any, worker: Any) -> None:
+    rt = _runtime(server)
+    rt.stopping.discard(worker.pid)
+    slot = getattr(worker, "statekit_slot", None)
+    if slot is not None and rt.drain.slot_info(slot).pid in (worker.pid, 0):
+        _collect_slot(server, slot)
+
+
+def _collect_slot(server: Any, index: int) -> None:
+    rt = _runtime(server)
+    info = rt.drain.slot_info(index)
+    if info.state == FREE:
+        return
+    for k in rt.collected:
+        rt.collected[k] += getattr(info, k)
+    if info.state != EXITED and not rt.force_killing:
+        rt.lost += max(info.in_flight, 0)
+        server.log.warning("statekit: worker %s died with %d requests in flight", info.pid, info.in_flight)
+    rt.collected["in_flight"] -= info.in_flight
+    rt.drain.reset_slot(index)
+
+
+_HOOKS = {
+    "on_starting": on_starting,
+    "pre_fork": pre_fork,
+    "post_fork": post_fork,
+    "post_worker_init": post_worker_init,
+    "pre_request": pre_request,
+    "worker_exit": worker_exit,
+    "child_exit": child_exit,
+}
+
+
+# -- the application and the commands ------------------------------------------------
+
+
+class StatekitApplication(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application: statekit's :data:`DEFAULTS`, the hooks above, the app
+    from ``MODULE:APP`` (or ``MODULE:create_app()``) wrapped in the lifecycle
+    middleware unless it already is. No ``gunicorn.conf.py`` is read."""
+
+    def __init__(self, app_uri: str, options: dict[str, Any] | None = None, *,
+                 pre_stop_delay: float = 2.0, drain_mode: str = "reject",
+                 broadcaster: Any = None, ready_timeout: float = 30.0) -> None:
+        if drain_mode not in DRAIN_MODES:
+            raise ConfigError(f"drain mode {drain_mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        self.app_uri = app_uri
+        self.options = {**DEFAULTS, **(options or {})}
+        self.statekit_options = _Options(pre_stop_delay, drain_mode, broadcaster, ready_timeout)
+        super().__init__(prog="statekit serve")
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if value is not None:
+                self.cfg.set(key, value)
+        for name, hook in _HOOKS.items():
+            self.cfg.set(name, hook)
+
+    def load(self) -> Any:
+        return wrap_app(util.import_app(self.app_uri))
+
+    def run(self) -> None:
+        try:
+            StatekitArbiter(self).run()
+        except RuntimeError as e:
+            print(f"\nError: {e}\n", file=sys.stderr)
+            sys.exit(1)
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``statekit serve MODULE:APP [...]``: run a WSGI app on gunicorn with drain,
+    rolling reload and the broadcaster. Exits when the master stops."""
+    p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__)
+    p.add_argument("app", metavar="MODULE:APP", help="WSGI app, or an app factory: MODULE:create_app()")
+    p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")), metavar="N")
+    p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
+                   help="seconds in-flight requests get after accepting stops (default 25)")
+    p.add_argument("--pre-stop-delay", type=float, default=2.0, metavar="S",
+                   help="seconds to drain before accepting stops (default 2)")
+    p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject")
+    p.add_argument("--pid", metavar="FILE", help="write the master's pid here (for statekit reload)")
+    p.add_argument("--broadcaster", metavar="MODULE:OBJ", help="a statekit Broadcaster to run in the master")
+    p.add_argument("--log-level", default="info", metavar="L")
+    opts = p.parse_args(list(argv))
+    if ":" not in opts.app:
+        raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
+    if opts.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
+        raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
+    broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
+    if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
+                                        and callable(getattr(broadcaster, "stop", None))):
+        raise ConfigError(f"{opts.broadcaster!r} has no start() and stop(timeout) methods")
+    sys.path.insert(0, os.getcwd())
+    application = StatekitApplication(
+        opts.app,
+        {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": opts.graceful_timeout,
+         "pidfile": opts.pid, "loglevel": opts.log_level},
+        pre_stop_delay=opts.pre_stop_delay,
+        drain_mode=opts.drain_mode,
+        broadcaster=broadcaster,
+        ready_timeout=_seconds(os.environ.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+    )
+    try:
+        application.run()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def reload_main(argv: Sequence[str]) -> int:
+    """``statekit reload (--pid FILE | PID)``: zero-downtime reload of a running
+    ``statekit serve`` (sends SIGHUP to its master)."""
+    p = argparse.ArgumentParser(prog="statekit reload", description=reload_main.__doc__)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pid", dest="pidfile", metavar="FILE", help="the master's pid file (serve --pid)")
+    g.add_argument("pid", nargs="?", type=int, help="the master's pid")
+    opts = p.parse_args(list(argv))
+    pid = opts.pid
+    if opts.pidfile:
+        try:
+            with open(opts.pidfile) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read a pid from {opts.pidfile}: {e}") from e
+    if pid is None or pid <= 1:
+        raise ConfigError(f"{pid!r} is not a master pid")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            raise StatekitError(f"no process {pid}: is statekit serve running?") from e
+        raise StatekitError(f"cannot signal {pid}: {e}") from e
+    print(f"statekit reload: sent SIGHUP to {pid}; workers are replaced one at a time")
+    return 0
