@@ -416,7 +416,7 @@ class Broadcaster:
                 version = self.publish(job.name, value, token=token)
             except StaleToken as e:
                 self.counters.incr("stale_tokens")
-                log.warning("broadcast job %r: publish refused, another process leads: %s", job.name, e)
+                log.warning("broadcast job %r: publish refused (StaleToken: %s)", job.name, e)
                 if job.token == token:
                     self._lost(job)
                 return
