@@ -292,8 +292,11 @@ def _is_textual_type(t: str) -> bool:
             or t in ("application/json", "application/xml", "application/javascript"))
 
 
+_BINARY_BYTES = re.compile(b"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")  # WHATWG "binary data bytes"
+
+
 def _looks_textual(head: bytes) -> bool:
-    if b"\x00" in head:
+    if _BINARY_BYTES.search(head):
         return False
     try:
         head.decode("utf-8")

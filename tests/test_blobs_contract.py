@@ -36,7 +36,8 @@ def png_bytes(extra: int = 0) -> bytes:
 
     ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
     raw = zlib.compress(b"\x00\xff\x00\x00")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"") + b"\0" * extra
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body + b"\0" * extra
 
 
 HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"

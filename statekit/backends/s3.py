@@ -68,9 +68,9 @@ def translate_error(e: BaseException, what: str) -> StatekitError:
         if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
             return BackendUnavailable(msg)
         return BlobError(msg)
-    if isinstance(e, BotoCoreError):
-        return BackendUnavailable(f"S3 {what}: {e}")
-    return BlobError(f"S3 {what}: {e}")
+    if isinstance(e, (BotoCoreError, OSError)) or type(e).__module__.startswith("urllib3"):
+        return BackendUnavailable(f"S3 {what}: {type(e).__name__}: {e}")
+    return BlobError(f"S3 {what}: {type(e).__name__}: {e}")
 
 
 def _b64(digest: bytes) -> str:
