@@ -502,7 +502,8 @@ class RedisSentinel:
         return int(port)
 
     def failover(self, timeout: float = 30.0) -> int:
-        """Force a failover; return the new master's port once it answers as master."""
+        """Force a failover; return the new master's port once it answers as master
+        and the old master (if still running) has been demoted to a replica."""
         old = self.master_port()
 
         def accepted() -> bool:
@@ -522,7 +523,18 @@ class RedisSentinel:
 
             with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as r:
                 role = r.execute_command("ROLE")[0]
-            return bool(role in (b"master", "master"))
+            if role not in (b"master", "master"):
+                return False
+            # Until the old master is demoted it still takes writes, which its resync
+            # then drops. The sentinel demotes it only at its next poll (up to 10 s
+            # later); do now what it will do then.
+            try:
+                with redis.Redis(host="127.0.0.1", port=old, socket_timeout=2) as r:
+                    if r.execute_command("ROLE")[0] in (b"master", "master"):
+                        r.execute_command("REPLICAOF", "127.0.0.1", port)
+            except redis.ConnectionError:
+                pass  # the old master is down: nothing to demote
+            return True
 
         self._wait(promoted, timeout, "failover")
         return self.master_port()
@@ -538,11 +550,11 @@ class RedisSentinel:
         raise BackendUnavailable(f"sentinel setup: timed out waiting for {what}")
 
     def stop(self) -> None:
-        for s in self.sentinels:
-            s.stop()
-        for r in self.replicas:
-            r.stop()
-        self.master.stop()
+        # SIGKILL first: a master's SIGTERM waits up to 10 s (shutdown-timeout) for
+        # lagging replicas, and nothing here is worth keeping.
+        for proc in (*self.sentinels, *self.replicas, self.master):
+            proc.kill()
+            proc.stop()
 
     @property
     def url(self) -> str:
