@@ -1,0 +1,242 @@
+"""statekit.backends.redis: clients for every Redis URL form, against real servers,
+with timeouts and retries by default, and errors translated to BackendUnavailable."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from statekit.backends.redis import create_client, get_client, is_cluster, translate_errors
+from statekit.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, parse_url
+from statekit.embedded import RedisCluster, RedisSentinel, RedisServer
+from statekit.errors import BackendUnavailable, ConfigError, StatekitError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts TCP connections (the kernel completes the
+    handshake from the backlog) but never answers: a hung server."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield int(s.getsockname()[1])
+
+
+# -- connection defaults ----------------------------------------------------------
+
+
+def test_client_has_timeouts_and_retry_by_default() -> None:
+    client = create_client(f"redis://127.0.0.1:{_closed_port()}/3")
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT > 0
+    assert kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT > 0
+    assert kwargs["db"] == 3
+    retry = kwargs["retry"]
+    assert isinstance(retry, Retry)
+    assert retry._retries >= 1
+    assert isinstance(retry._backoff, ExponentialBackoff)
+    assert redis.ConnectionError in retry._supported_errors
+    assert redis.TimeoutError in retry._supported_errors
+    assert kwargs["health_check_interval"] > 0
+
+
+def test_url_options_reach_the_pool() -> None:
+    client = create_client(
+        f"redis://user:pw@127.0.0.1:{_closed_port()}/1?socket_timeout=0.5&socket_connect_timeout=0.25"
+        "&retries=5&retry_backoff_cap=2&client_name=web&max_connections=7"
+    )
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.5, 0.25)
+    assert (kwargs["username"], kwargs["password"], kwargs["client_name"]) == ("user", "pw", "web")
+    assert kwargs["retry"]._retries == 5
+    assert kwargs["retry"]._backoff._cap == 2.0
+    assert pool.max_connections == 7
+
+
+def test_overrides_win_over_url_options() -> None:
+    client = create_client(f"redis://127.0.0.1:{_closed_port()}?socket_timeout=0.5", socket_timeout=None)
+    assert client.connection_pool.connection_kwargs["socket_timeout"] is None
+
+
+def test_rediss_client_uses_tls_with_url_ssl_options() -> None:
+    client = create_client("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem")
+    pool = client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert pool.connection_kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
+
+
+def test_create_client_accepts_a_parsed_url() -> None:
+    client = create_client(parse_url("redis://127.0.0.1:6390/2"))
+    assert client.connection_pool.connection_kwargs["port"] == 6390
+
+
+@pytest.mark.parametrize("url", ["s3://bucket", "memory://", "file:///tmp/x"])
+def test_create_client_refuses_other_kinds(url: str) -> None:
+    with pytest.raises(ConfigError, match="cannot be used here|not a Redis URL"):
+        create_client(url)
+    with pytest.raises(ConfigError, match="not a Redis URL"):
+        create_client(parse_url(url))
+
+
+def test_unreachable_port_is_connection_error_then_backend_unavailable() -> None:
+    client = create_client(f"redis://127.0.0.1:{_closed_port()}/0")
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    with pytest.raises(BackendUnavailable, match="Redis unavailable during cache get") as e:
+        with translate_errors("cache get"):
+            client.get("k")
+    assert isinstance(e.value.__cause__, redis.ConnectionError)
+    assert isinstance(e.value, StatekitError)
+
+
+def test_hung_server_times_out_instead_of_blocking(silent_port: int) -> None:
+    client = create_client(f"redis://127.0.0.1:{silent_port}/0?socket_timeout=0.2&retries=1")
+    with pytest.raises(redis.TimeoutError):
+        client.ping()
+    with pytest.raises(BackendUnavailable) as e, translate_errors("session load"):
+        client.get("k")
+    assert isinstance(e.value.__cause__, redis.TimeoutError)
+
+
+def test_translate_errors_lets_other_errors_through() -> None:
+    with pytest.raises(KeyError), translate_errors("x"):
+        raise KeyError("k")
+    with pytest.raises(redis.ResponseError), translate_errors("x"):
+        raise redis.ResponseError("WRONGTYPE")
+    with translate_errors("nothing"):
+        pass
+
+
+# -- real servers, every scheme ---------------------------------------------------
+
+
+@pytest.mark.redis
+def test_redis_url_against_every_line(redis_line_url: str, redis_line_server: RedisServer) -> None:
+    client = create_client(redis_line_url)
+    assert client.ping() is True
+    client.set("k", "v")
+    assert client.get("k") == b"v"
+    info = client.info("server")
+    assert info.get("valkey_version", info["redis_version"]) == redis_line_server.version
+    assert not is_cluster(client)
+
+
+@pytest.mark.redis
+def test_db_and_password_from_url(redis_server: RedisServer, redis_url: str) -> None:
+    create_client(f"redis://127.0.0.1:{redis_server.port}/5").set("where", "db5")
+    with redis_server.client(db=5) as c:
+        assert c.get("where") == b"db5"
+    with redis_server.client() as c:
+        c.execute_command("ACL", "SETUSER", "alice", "on", ">pw1", "~*", "+@all")
+    try:
+        alice = create_client(f"redis://alice:pw1@127.0.0.1:{redis_server.port}/0")
+        assert alice.execute_command("ACL", "WHOAMI") in (b"alice", "alice")
+        wrong = create_client(f"redis://alice:nope@127.0.0.1:{redis_server.port}/0")
+        with pytest.raises(redis.AuthenticationError):
+            wrong.ping()
+    finally:
+        with redis_server.client() as c:
+            c.execute_command("ACL", "DELUSER", "alice")
+
+
+@pytest.mark.redis
+def test_unix_socket_url(redis_server: RedisServer, redis_url: str) -> None:
+    client = create_client(f"unix://{redis_server.unix_socket}?db=2")
+    client.set("via", "unix")
+    with redis_server.client(db=2) as c:
+        assert c.get("via") == b"unix"
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT
+
+
+@pytest.mark.redis
+def test_get_client_shares_one_client_per_url(redis_url: str) -> None:
+    a = get_client(redis_url)
+    assert get_client(redis_url) is a
+    assert get_client(redis_url, socket_timeout=None) is not a
+    assert get_client(redis_url, socket_timeout=None) is get_client(redis_url, socket_timeout=None)
+    a.set("shared", 1)
+    assert get_client(redis_url).get("shared") == b"1"
+
+
+@pytest.mark.redis
+def test_killed_server_is_backend_unavailable(redis_url: str) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        client = create_client(server.url)
+        client.set("k", "v")
+        server.kill()
+        with pytest.raises(BackendUnavailable), translate_errors("cache set"):
+            client.set("k", "w")
+        server.start()
+        assert client.get("k") is None  # the pool reconnects by itself; data was not persisted
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_cluster_url(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+    client = create_client(redis_cluster_url)
+    assert is_cluster(client)
+    for i in range(30):
+        client.set(f"key:{i}", i)
+    assert [client.get(f"key:{i}") for i in range(30)] == [str(i).encode() for i in range(30)]
+    # keys landed on more than one master: it is a real cluster
+    holders = [n for n in redis_cluster.nodes if n.client().dbsize() > 0]
+    assert len(holders) > 1
+    kwargs: dict[str, Any] = client.get_default_node().redis_connection.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT
+    assert kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_cluster_down_is_translated() -> None:
+    url = f"redis+cluster://127.0.0.1:{_closed_port()},127.0.0.1:{_closed_port()}"
+    with pytest.raises(BackendUnavailable), translate_errors("cluster connect"):
+        create_client(url).ping()
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+def test_sentinel_url_follows_failover(redis_sentinel: RedisSentinel) -> None:
+    client = create_client(redis_sentinel.url)
+    assert not is_cluster(client)
+    client.set("k", "before")
+    with redis_sentinel.master.client() as direct:
+        assert direct.get("k") == b"before"
+        direct.execute_command("WAIT", 1, 5000)  # the replica has it before we fail over
+    old = redis_sentinel.master_port()
+    new = redis_sentinel.failover()
+    assert new != old
+    replica_ports = {r.port for r in redis_sentinel.replicas}
+    assert new in replica_ports
+    with redis_sentinel.master.client() as demoted:
+        assert demoted.execute_command("ROLE")[0] == b"slave"
+    # The old connection answers READONLY and redis-py drops it. redis-py 8 retries
+    # that command on the same address, so it may fail once (as BackendUnavailable,
+    # safe to retry); the next command asks the sentinel and reaches the new master.
+    try:
+        with translate_errors("first write after failover"):
+            client.set("k", "after")
+    except BackendUnavailable:
+        client.set("k", "after")
+    assert client.get("k") == b"after"
+    with redis.Redis(port=new, socket_timeout=5) as promoted:
+        assert promoted.get("k") == b"after"
