@@ -1,0 +1,768 @@
+"""``statekit phoenix APP``: certify that an app keeps no state in its processes.
+
+Phoenix starts the app under ``statekit serve`` — by default two instances (two
+"machines", each in its own empty working directory) of N workers on loopback —
+drives a bounded, scripted load from many simulated users, and meanwhile SIGKILLs
+random workers and reloads the instances on a schedule. Every user sends each
+request to a random instance, the way a load balancer without sticky sessions does.
+At the end it checks that every write the app acknowledged is still there, prints a
+report, and exits non-zero when any state was lost.
+
+The route contract of the default scenario (:class:`DefaultScenario`); both demo
+apps (``examples/flask_app`` and ``examples/flask_app/before``) implement it:
+
+===========================  ================================================================
+``GET  /healthz``            200 once the process serves (phoenix waits for it)
+``POST /api/login``          form ``user``: start a fresh session for that user -> 200
+``GET  /api/session``        200 JSON ``{"user": str|null, "values": {key: value}}``
+``POST /api/session``        form ``key``, ``value``: store ``values[key] = value`` -> 200
+``POST /api/photos``         multipart ``photo`` (a PNG): store it -> 200/201 JSON ``{"id": str}``
+``GET  /api/photos/<id>``    the stored bytes (200), directly or via a redirect (presigned URL);
+                             404 when the app no longer has it
+``GET  /api/shared``         200 JSON ``{"value": any, "version": float}``: the value every
+                             worker shows, ``version`` the time it was computed (grows)
+===========================  ================================================================
+
+What counts as lost state (any of these makes the exit status 1):
+
+* **lost session write**: a session value (or the login) the app acknowledged with a
+  2xx is missing or different in a later read of the same session;
+* **lost upload**: an acknowledged upload answers 404; **corrupted upload**: its bytes
+  differ (SHA-256);
+* **shared-value disagreement**: a read returns an older version than one another
+  read had already returned more than ``--shared-grace`` seconds before it started
+  (workers showing different values of a value that should be the same everywhere).
+
+Failed requests (connection reset by a SIGKILL, 5xx) are reported by cause but are
+not lost state: a request that was not acknowledged promised nothing. A worker killed
+mid-request fails the requests it was serving; the report shows how many requests
+were in flight at the kills to compare.
+
+Write your own scenario by subclassing :class:`Scenario` and pass
+``--scenario module:Class``. Load and faults stay on loopback, are bounded in time
+and only ever signal processes phoenix started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "Client",
+    "DefaultScenario",
+    "Instance",
+    "Ledger",
+    "PhoenixReport",
+    "Scenario",
+    "main",
+    "make_png",
+    "shared_disagreements",
+]
+
+REQUEST_TIMEOUT = 10.0
+
+
+def make_png(rng: random.Random, width: int = 16, height: int = 16) -> bytes:
+    """A small valid PNG with random pixels (unique content for every upload)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@dataclass
+class Ledger:
+    """What the run observed; shared by every simulated user (thread-safe)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    requests: int = 0
+    ok: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    session_writes: int = 0
+    lost_session_writes: int = 0
+    uploads: int = 0
+    lost_uploads: int = 0
+    corrupted_uploads: int = 0
+    shared_reads: list[tuple[float, float, float]] = field(default_factory=list)
+    kills: int = 0
+    in_flight_at_kills: int = 0
+    reloads: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def lost(self, kind: str, detail: str) -> None:
+        """Record lost state of *kind* (``session``, ``upload``, ``corrupted``)."""
+        with self.lock:
+            if kind == "session":
+                self.lost_session_writes += 1
+            elif kind == "upload":
+                self.lost_uploads += 1
+            else:
+                self.corrupted_uploads += 1
+            if len(self.examples) < 8:
+                self.examples.append(f"{kind}: {detail}")
+
+
+class Client:
+    """An HTTP client for one simulated user: its own cookies, every request to a
+    random instance. Records each request in the :class:`Ledger`."""
+
+    def __init__(self, bases: Sequence[str], ledger: Ledger, rng: random.Random) -> None:
+        import requests
+
+        self._requests = requests
+        self.session = requests.Session()
+        self.bases = list(bases)
+        self.ledger = ledger
+        self.rng = rng
+
+    def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
+        """Send one request; returns the response, or ``None`` when it failed
+        (connection error, timeout, 5xx, or a status not 2xx/3xx nor in *ok*)."""
+        url = self.rng.choice(self.bases) + path
+        led = self.ledger
+        with led.lock:
+            led.in_flight += 1
+        start = time.monotonic()
+        cause = None
+        response = None
+        try:
+            response = self.session.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
+            if response.status_code >= 400 and response.status_code not in ok:
+                cause = f"http {response.status_code}"
+        except self._requests.Timeout:
+            cause = "timeout"
+        except self._requests.ConnectionError as e:
+            text = str(e).lower()
+            reset = any(w in text for w in ("reset", "aborted", "disconnected"))
+            cause = ("connection refused" if "refused" in text
+                     else "connection reset" if reset else "connection error")
+        except self._requests.RequestException as e:
+            cause = type(e).__name__
+        elapsed = time.monotonic() - start
+        with led.lock:
+            led.in_flight -= 1
+            led.requests += 1
+            led.latencies.append(elapsed)
+            if cause is None:
+                led.ok += 1
+            else:
+                led.failures[cause] += 1
+        return None if cause else response
+
+
+class Scenario:
+    """One simulated user. Phoenix calls :meth:`setup` once, :meth:`step` until the
+    run ends, then :meth:`verify` after the faults stop. Subclass it for your own
+    routes; report lost state with ``self.ledger.lost(kind, detail)``.
+
+    Each user runs in its own thread; a scenario object is used by one thread only.
+    """
+
+    def __init__(self, user_id: int, client: Client, ledger: Ledger, rng: random.Random, run_id: str) -> None:
+        self.user_id = user_id
+        self.client = client
+        self.ledger = ledger
+        self.rng = rng
+        self.run_id = run_id
+
+    def setup(self) -> None:
+        """Log in, create what later steps need."""
+
+    def step(self) -> None:
+        raise NotImplementedError("Scenario.step")
+
+    def verify(self) -> None:
+        """Check, once the faults have stopped, that every acknowledged write is there."""
+
+
+class DefaultScenario(Scenario):
+    """Log in, write session values, upload photos, read them back, read the shared
+    value, and check earlier writes at every read (see the module docstring)."""
+
+    def setup(self) -> None:
+        self.user = f"phoenix-{self.run_id}-{self.user_id}"
+        self.values: dict[str, str] = {}
+        self.logged_in = False
+        self.reported: set[str] = set()
+        self.uploads: dict[str, str] = {}
+        self.gone: set[str] = set()
+        self.counter = 0
+        self.login()
+
+    def login(self) -> None:
+        if self.client.request("POST", "/api/login", data={"user": self.user}) is not None:
+            self.values = {}
+            self.reported = set()
+            self.logged_in = True
+            with self.ledger.lock:
+                self.ledger.session_writes += 1
+
+    def step(self) -> None:
+        if not self.logged_in:
+            self.login()
+            return
+        actions: list[Callable[[], object]] = [
+            self.write_session, self.check_session, self.upload, self.read_upload, self.read_shared]
+        self.rng.choices(actions, weights=[30, 25, 10, 15, 20])[0]()
+
+    def write_session(self) -> None:
+        self.counter += 1
+        key, value = f"k{self.counter % 8}", f"{self.user_id}-{self.counter}"
+        if self.client.request("POST", "/api/session", data={"key": key, "value": value}) is not None:
+            self.values[key] = value
+            with self.ledger.lock:
+                self.ledger.session_writes += 1
+
+    def check_session(self, response: Any = None) -> bool:
+        response = response or self.client.request("GET", "/api/session")
+        if response is None:
+            return False
+        try:
+            data = response.json()
+        except ValueError:
+            return False
+        lost = []
+        if data.get("user") != self.user:
+            lost.append("login")
+        stored = data.get("values") or {}
+        lost += [k for k, v in self.values.items() if stored.get(k) != v]
+        new = [k for k in lost if k not in self.reported]
+        for k in new:
+            self.reported.add(k)
+            self.ledger.lost("session", f"{self.user}: {k} missing or changed (worker pid {data.get('pid')})")
+        if "login" in lost:
+            self.logged_in = False  # log in again so the run goes on measuring
+        return True
+
+    def upload(self) -> None:
+        png = make_png(self.rng)
+        response = self.client.request(
+            "POST", "/api/photos", files={"photo": (f"p{self.counter}.png", png, "image/png")}
+        )
+        if response is None:
+            return
+        try:
+            blob_id = str(response.json()["id"])
+        except (ValueError, KeyError):
+            self.ledger.failures["upload answer without id"] += 1
+            return
+        self.uploads[blob_id] = hashlib.sha256(png).hexdigest()
+        with self.ledger.lock:
+            self.ledger.uploads += 1
+
+    def read_upload(self, blob_id: str | None = None) -> bool:
+        candidates = [b for b in self.uploads if b not in self.gone]
+        if blob_id is None:
+            if not candidates:
+                return True
+            blob_id = self.rng.choice(candidates)
+        response = self.client.request("GET", f"/api/photos/{blob_id}", ok=(404,))
+        if response is None:
+            return False
+        if response.status_code == 404:
+            self.gone.add(blob_id)
+            self.ledger.lost("upload", f"{self.user}: photo {blob_id} answers 404")
+        elif hashlib.sha256(response.content).hexdigest() != self.uploads[blob_id]:
+            self.gone.add(blob_id)
+            self.ledger.lost("corrupted", f"{self.user}: photo {blob_id} has other bytes")
+        return True
+
+    def read_shared(self) -> None:
+        t0 = time.monotonic()
+        response = self.client.request("GET", "/api/shared")
+        t1 = time.monotonic()
+        if response is None:
+            return
+        try:
+            version = response.json().get("version")
+        except ValueError:
+            return
+        if isinstance(version, (int, float)) and version:
+            with self.ledger.lock:
+                self.ledger.shared_reads.append((t0, t1, float(version)))
+
+    def verify(self) -> None:
+        for _ in range(5):
+            if not self.logged_in or self.check_session():
+                break
+            time.sleep(0.2)
+        for blob_id in list(self.uploads):
+            if blob_id in self.gone:
+                continue
+            for _ in range(5):
+                if self.read_upload(blob_id):
+                    break
+                time.sleep(0.2)
+
+
+def shared_disagreements(reads: Sequence[tuple[float, float, float]], grace: float) -> int:
+    """Reads that returned an older version than a read which had completed more than
+    *grace* seconds before they started."""
+    by_start = sorted(reads)
+    by_end = sorted(reads, key=lambda r: r[1])
+    newest = float("-inf")
+    j = 0
+    bad = 0
+    for start, _, version in by_start:
+        while j < len(by_end) and by_end[j][1] <= start - grace:
+            newest = max(newest, by_end[j][2])
+            j += 1
+        if version < newest:
+            bad += 1
+    return bad
+
+
+class Instance:
+    """One app instance ("machine"): a ``statekit serve`` master in its own working
+    directory, on a free loopback port."""
+
+    def __init__(self, index: int, app: str, workdir: str, *, workers: int, server: str,
+                 broadcaster: str | None, env: dict[str, str]) -> None:
+        self.index = index
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.pidfile = os.path.join(workdir, "master.pid")
+        self.log_path = os.path.join(workdir, "server.log")
+        bind = f"127.0.0.1:{self.port}"
+        if server == "statekit":
+            self.command = [sys.executable, "-m", "statekit", "serve", app, "--bind", bind,
+                            "--workers", str(workers), "--pid", self.pidfile,
+                            "--graceful-timeout", "10", "--pre-stop-delay", "0"]
+            if broadcaster:
+                self.command += ["--broadcaster", broadcaster]
+        else:
+            self.command = [sys.executable, "-m", "gunicorn", app, "--bind", bind, "--workers", str(workers),
+                            "--pid", self.pidfile, "--graceful-timeout", "10"]
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603
+                self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, path: str, timeout: float) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ConfigError(
+                    f"instance {self.index} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(self.base + path, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise ConfigError(f"instance {self.index} not ready on {self.base}{path} after {timeout:.0f} s:\n"
+                          f"{self.log_tail()}")
+
+    @property
+    def master_pid(self) -> int | None:
+        try:
+            with open(self.pidfile) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return self.proc.pid if self.proc else None
+
+    def workers(self) -> list[int]:
+        """PIDs of the master's children (Linux ``/proc``)."""
+        master = self.master_pid
+        if master is None:
+            return []
+        pids: list[int] = []
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{master}/task"):
+                with open(f"/proc/{master}/task/{tid}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        return pids
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        # workers of a master that was killed must not outlive the run
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Chaos(threading.Thread):
+    """Kills a random worker every *kill_every* seconds and reloads a random instance
+    every *reload_every* seconds (0 disables either)."""
+
+    def __init__(self, instances: Sequence[Instance], ledger: Ledger, rng: random.Random,
+                 kill_every: float, reload_every: float) -> None:
+        super().__init__(name="phoenix-chaos", daemon=True)
+        self.instances = instances
+        self.ledger = ledger
+        self.rng = rng
+        self.kill_every = kill_every
+        self.reload_every = reload_every
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        now = time.monotonic()
+        next_kill = now + self.kill_every if self.kill_every > 0 else float("inf")
+        next_reload = now + self.reload_every if self.reload_every > 0 else float("inf")
+        while not self.halt.wait(max(0.0, min(next_kill, next_reload) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_kill:
+                next_kill += self.kill_every
+                self.kill_one()
+            if now >= next_reload:
+                next_reload += self.reload_every
+                self.reload_one()
+
+    def kill_one(self) -> None:
+        instance = self.rng.choice(list(self.instances))
+        workers = instance.workers()
+        if not workers:
+            return
+        pid = self.rng.choice(workers)
+        with self.ledger.lock:
+            in_flight = self.ledger.in_flight
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        with self.ledger.lock:
+            self.ledger.kills += 1
+            self.ledger.in_flight_at_kills += in_flight
+
+    def reload_one(self) -> None:
+        instance = self.rng.choice(list(self.instances))
+        master = instance.master_pid
+        if master is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master, signal.SIGHUP)
+            with self.ledger.lock:
+                self.ledger.reloads += 1
+
+
+@dataclass
+class PhoenixReport:
+    """The outcome of a run, as printed and as written by ``--json``."""
+
+    app: str
+    server: str
+    instances: int
+    workers: int
+    users: int
+    duration: float
+    requests: int
+    ok: int
+    failures: dict[str, int]
+    kills: int
+    in_flight_at_kills: int
+    reloads: int
+    session_writes: int
+    lost_session_writes: int
+    uploads: int
+    lost_uploads: int
+    corrupted_uploads: int
+    shared_reads: int
+    shared_disagreements: int
+    p50_ms: float
+    p99_ms: float
+    examples: list[str]
+
+    @property
+    def lost_state(self) -> bool:
+        return bool(self.lost_session_writes or self.lost_uploads or self.corrupted_uploads
+                    or self.shared_disagreements)
+
+    @property
+    def passed(self) -> bool:
+        return self.ok > 0 and not self.lost_state
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["lost_state"] = self.lost_state
+        data["passed"] = self.passed
+        return data
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def _load_scenario(spec: str) -> type[Scenario]:
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"--scenario {spec!r} must be module:Class")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Scenario)):
+        raise ConfigError(f"--scenario {spec!r} is not a statekit.phoenix.Scenario subclass")
+    return cls
+
+
+def _pick_server(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "statekit" if importlib.util.find_spec("statekit.gunicorn") is not None else "gunicorn"
+
+
+def _print_report(report: PhoenixReport, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"statekit phoenix — {report.app}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column()
+
+    def row(label: str, value: object, note: str = "", bad: bool = False) -> None:
+        table.add_row(label, f"[red]{value}[/red]" if bad else str(value), note)
+
+    row("setup", f"{report.instances} × {report.workers} workers",
+        f"{report.server}, {report.users} users, {report.duration:.0f} s")
+    row("requests", report.requests, f"{report.ok} ok")
+    failed = sum(report.failures.values())
+    row("failed requests", failed, ", ".join(f"{c}: {n}" for c, n in sorted(report.failures.items())))
+    row("workers SIGKILLed", report.kills, f"{report.in_flight_at_kills} requests in flight at the kills")
+    row("reloads", report.reloads)
+    row("lost session writes", report.lost_session_writes, f"of {report.session_writes} acknowledged",
+        bad=report.lost_session_writes > 0)
+    row("lost uploads", report.lost_uploads, f"of {report.uploads} acknowledged", bad=report.lost_uploads > 0)
+    row("corrupted uploads", report.corrupted_uploads, bad=report.corrupted_uploads > 0)
+    row("shared-value disagreement", report.shared_disagreements, f"in {report.shared_reads} reads",
+        bad=report.shared_disagreements > 0)
+    row("latency p50 / p99", f"{report.p50_ms:.1f} / {report.p99_ms:.1f} ms")
+    console.print(table)
+    for example in report.examples:
+        console.print(f"  [dim]e.g. {example}[/dim]")
+    if report.passed:
+        console.print("[bold green]PASS[/bold green]: no state was lost.")
+    elif report.ok == 0:
+        console.print("[bold red]FAIL[/bold red]: no request succeeded.")
+    else:
+        console.print("[bold red]FAIL[/bold red]: state was lost — see docs/migration.md.")
+
+
+def _run_users(scenario_cls: type[Scenario], bases: Sequence[str], ledger: Ledger, users: int, seed: int,
+               run_id: str, stop: threading.Event) -> list[Scenario]:
+    scenarios: list[Scenario] = []
+    for i in range(users):
+        rng = random.Random(seed * 1000 + i)  # noqa: S311 -- a reproducible load, not secrets
+        scenarios.append(scenario_cls(i, Client(bases, ledger, rng), ledger, rng, run_id))
+
+    def loop(s: Scenario) -> None:
+        s.setup()
+        while not stop.is_set():
+            s.step()
+
+    threads = [threading.Thread(target=loop, args=(s,), name=f"phoenix-user-{s.user_id}", daemon=True)
+               for s in scenarios]
+    for t in threads:
+        t.start()
+    setattr(stop, "threads", threads)  # noqa: B010
+    return scenarios
+
+
+def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
+    """Start the servers and the app, drive the load and faults, verify, report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    scenario_cls = _load_scenario(opts.scenario)
+    server = _pick_server(opts.server)
+    env = dict(os.environ)
+    cwd = os.getcwd()
+    env["PYTHONPATH"] = os.pathsep.join([cwd, *filter(None, [env.get("PYTHONPATH")])])
+    for item in opts.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {item!r} must be KEY=VALUE")
+        env[key] = value
+    stack = contextlib.ExitStack()
+    tmp = tempfile.mkdtemp(prefix="statekit-phoenix-")
+    stack.callback(shutil.rmtree, tmp, True)
+    instances: list[Instance] = []
+    with stack:
+        if not env.get("STATEKIT_REDIS_URL") or not env.get("STATEKIT_BLOBS_URL"):
+            from .embedded import RedisServer, S3Server
+
+            if not env.get("STATEKIT_REDIS_URL"):
+                redis_srv = stack.enter_context(RedisServer())
+                env["STATEKIT_REDIS_URL"] = redis_srv.url
+            if not env.get("STATEKIT_BLOBS_URL"):
+                s3_srv = stack.enter_context(S3Server("phoenix"))
+                env["STATEKIT_BLOBS_URL"] = s3_srv.url
+            console.print("[dim]phoenix: private Redis and S3 endpoint started[/dim]")
+        for i in range(opts.instances):
+            workdir = os.path.join(tmp, f"instance-{i}")
+            os.makedirs(workdir)
+            instances.append(Instance(i, opts.app, workdir, workers=opts.workers, server=server,
+                                      broadcaster=opts.broadcaster, env=env))
+        for inst in instances:
+            stack.callback(inst.stop)
+            inst.start()
+        for inst in instances:
+            inst.wait_ready(opts.health_path, opts.start_timeout)
+        console.print(f"[dim]phoenix: {opts.instances} instance(s) of {opts.app} ready on "
+                      f"{', '.join(i.base for i in instances)} ({server})[/dim]")
+
+        ledger = Ledger()
+        rng = random.Random(opts.seed)  # noqa: S311
+        run_id = f"{opts.seed}-{int(time.time())}"
+        stop = threading.Event()
+        chaos = Chaos(instances, ledger, rng, opts.kill_every, opts.reload_every)
+        scenarios = _run_users(scenario_cls, [i.base for i in instances], ledger, opts.users, opts.seed,
+                               run_id, stop)
+        chaos.start()
+        start = time.monotonic()
+        progress = Progress(TextColumn("[bold]phoenix[/bold]"), BarColumn(), TextColumn("{task.description}"),
+                            TimeRemainingColumn(), console=console, transient=True,
+                            disable=not console.is_terminal)
+        with progress:
+            task = progress.add_task("", total=opts.duration)
+            while (elapsed := time.monotonic() - start) < opts.duration:
+                with ledger.lock:
+                    lost = ledger.lost_session_writes + ledger.lost_uploads + ledger.corrupted_uploads
+                    desc = (f"{ledger.requests} req · {sum(ledger.failures.values())} failed · "
+                            f"{ledger.kills} kills · {ledger.reloads} reloads · {lost} lost")
+                progress.update(task, completed=elapsed, description=desc)
+                time.sleep(0.25)
+        stop.set()
+        chaos.halt.set()
+        chaos.join(5)
+        for t in getattr(stop, "threads", []):
+            t.join(REQUEST_TIMEOUT + 5)
+        # let the instances settle (replacement workers booted, reloads done), then check
+        for inst in instances:
+            with contextlib.suppress(ConfigError):
+                inst.wait_ready(opts.health_path, 20)
+        time.sleep(0.5)
+        for s in scenarios:
+            s.verify()
+
+    lat = sorted(ledger.latencies)
+    return PhoenixReport(
+        app=opts.app, server=server, instances=opts.instances, workers=opts.workers, users=opts.users,
+        duration=opts.duration, requests=ledger.requests, ok=ledger.ok, failures=dict(ledger.failures),
+        kills=ledger.kills, in_flight_at_kills=ledger.in_flight_at_kills, reloads=ledger.reloads,
+        session_writes=ledger.session_writes, lost_session_writes=ledger.lost_session_writes,
+        uploads=ledger.uploads, lost_uploads=ledger.lost_uploads, corrupted_uploads=ledger.corrupted_uploads,
+        shared_reads=len(ledger.shared_reads),
+        shared_disagreements=shared_disagreements(ledger.shared_reads, opts.shared_grace),
+        p50_ms=_percentile(lat, 50) * 1000, p99_ms=_percentile(lat, 99) * 1000, examples=ledger.examples,
+    )
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def conv(raw: str) -> Any:
+        value = kind(raw)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{raw!r} must not be negative")
+        return value
+
+    return conv
+
+
+def main(argv: Sequence[str]) -> int:
+    """``statekit phoenix MODULE:APP [options]``: exit 0 when no state was lost, 1 when
+    some was (or nothing worked), 2 when the run could not start."""
+    from rich.console import Console
+
+    parser = argparse.ArgumentParser(
+        prog="statekit phoenix",
+        description="Certify an app stateless: run it under statekit serve, drive a scripted load from many "
+                    "users while killing workers and reloading, and report any lost state.",
+    )
+    parser.add_argument("app", metavar="MODULE:APP", help="the WSGI app, as for statekit serve")
+    parser.add_argument("--duration", type=_positive(float), default=20.0, metavar="S",
+                        help="seconds of load (default 20)")
+    parser.add_argument("--workers", type=_positive(int), default=2, metavar="N", help="workers per instance")
+    parser.add_argument("--instances", type=_positive(int), default=2, metavar="N",
+                        help="app instances, each in its own working directory (default 2)")
+    parser.add_argument("--users", type=_positive(int), default=8, metavar="N", help="simulated users")
+    parser.add_argument("--kill-every", type=_positive(float), default=2.0, metavar="S",
+                        help="SIGKILL a random worker every S seconds (0: never; default 2)")
+    parser.add_argument("--reload-every", type=_positive(float), default=7.0, metavar="S",
+                        help="reload a random instance every S seconds (0: never; default 7)")
+    parser.add_argument("--scenario", default="statekit.phoenix:DefaultScenario", metavar="MODULE:CLASS")
+    parser.add_argument("--broadcaster", metavar="MODULE:OBJ", help="passed to statekit serve")
+    parser.add_argument("--server", choices=("auto", "statekit", "gunicorn"), default="auto",
+                        help="statekit serve (default when installed) or plain gunicorn")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the app (repeatable)")
+    parser.add_argument("--health-path", default="/healthz", metavar="PATH")
+    parser.add_argument("--start-timeout", type=_positive(float), default=60.0, metavar="S")
+    parser.add_argument("--shared-grace", type=_positive(float), default=1.0, metavar="S",
+                        help="how far behind the newest shared value a worker may lag (default 1 s)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
+    opts = parser.parse_args(list(argv))
+    if opts.instances < 1 or opts.users < 1 or opts.workers < 1:
+        parser.error("--instances, --users and --workers must be at least 1")
+
+    console = Console(stderr=opts.json == "-")
+    try:
+        report = run(opts, console)
+    except ConfigError as e:
+        console.print(f"[bold red]statekit phoenix: could not run[/bold red]: {e}", markup=False)
+        return 2
+    _print_report(report, console)
+    if opts.json:
+        text = json.dumps(report.as_dict(), indent=2)
+        if opts.json == "-":
+            print(text)
+        else:
+            with open(opts.json, "w") as f:
+                f.write(text + "\n")
+    return 0 if report.passed else 1
