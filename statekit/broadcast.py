@@ -192,6 +192,9 @@ class Run(NamedTuple):
 
 _local = threading.local()
 
+#: timed-out computations of one job that may still be running before no more start
+MAX_ABANDONED = 3
+
 
 def current_run() -> Run | None:
     """Inside a compute function: which job, slot (``floor(start / interval)``) and
@@ -239,6 +242,7 @@ class Broadcaster:
     def _init_process_state(self) -> None:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
+        self._runs_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -246,6 +250,7 @@ class Broadcaster:
         self._scripts = {}
         for job in self.jobs.values():
             job.token, job.done_slot, job.running, job.retry_at = None, -1, 0, 0.0
+            job.timed_out = set()
 
     # -- registration -----------------------------------------------------------
     def every(
@@ -342,14 +347,18 @@ class Broadcaster:
         wake = job.next_boundary(now)
         state, lease_key, fence = self._keys(job.name)
         lease_ms = str(int(job.lease * 1000))
-        if job.running:
-            if now - job.started_at > job.timeout and job.run_id not in job.timed_out:
+        with self._runs_lock:
+            busy = job.running > len(job.timed_out)  # the latest run is still within its timeout
+            if busy and now - job.started_at > job.timeout:
                 job.timed_out.add(job.run_id)
+                busy = False
                 self.counters.incr("timeouts")
                 log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
                           job.name, job.timeout)
-            elif job.run_id not in job.timed_out:
+            elif busy:
                 wake = min(wake, job.started_at + job.timeout + 0.001)
+            if job.running >= MAX_ABANDONED + 1:
+                busy = True  # that many hung computations: start no more threads
         if job.token is not None and now >= job.renew_at:
             with translate_errors("broadcast lease renew"):
                 ok = self._script("renew", _RENEW)(
@@ -359,7 +368,7 @@ class Broadcaster:
                 job.renew_at = now + job.lease / 3
             else:
                 self._lost(job)
-        if slot > job.done_slot and not job.running:
+        if slot > job.done_slot and not busy:
             if now < job.retry_at:
                 return min(wake, job.retry_at)
             with translate_errors("broadcast claim"):
@@ -390,10 +399,11 @@ class Broadcaster:
         job.token = None
 
     def _launch(self, job: Job, slot: int, token: int) -> None:
-        job.run_id += 1
-        job.running += 1
-        job.started_at = time.time()
-        run_id = job.run_id
+        with self._runs_lock:
+            job.run_id += 1
+            job.running += 1
+            job.started_at = time.time()
+            run_id = job.run_id
         threading.Thread(
             target=self._compute, args=(job, slot, token, run_id),
             name=f"statekit-broadcast-{job.name}", daemon=True,
@@ -409,7 +419,9 @@ class Broadcaster:
                 self.counters.incr("compute_errors")
                 log.exception("broadcast job %r failed (slot %d); the last value stays", job.name, slot)
                 return
-            if run_id in job.timed_out:
+            with self._runs_lock:
+                late = run_id in job.timed_out
+            if late:
                 log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
                 return
             try:
@@ -431,8 +443,9 @@ class Broadcaster:
             log.debug("broadcast job %r: slot %d published as version %d", job.name, slot, version)
         finally:
             _local.run = None
-            job.running -= 1
-            job.timed_out.discard(run_id)
+            with self._runs_lock:
+                job.running -= 1
+                job.timed_out.discard(run_id)
             self._wake.set()
 
     def run_pending(self, now: float | None = None) -> float:

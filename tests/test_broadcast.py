@@ -223,16 +223,30 @@ def test_compute_error_and_timeout_keep_last_good_value(
     b.publish("bad", "good")
     b.publish("slow", "good")
     gate = threading.Event()
+    slow_calls: list[int] = []
+
+    def slow() -> str:
+        slow_calls.append(1)
+        if len(slow_calls) == 1:  # the first computation hangs past its timeout
+            gate.wait(10)
+            return "late"
+        return "fresh"
+
     b.every(0.1, name="bad")(lambda: 1 / 0)
-    b.every(0.1, name="slow", timeout=0.05)(lambda: gate.wait(5) and "late")
+    b.every(0.1, name="slow", timeout=0.05)(slow)
     b.every(0.1, name="unencodable")(lambda: object())
     b.start()
     wait_for(lambda: b.counters.get("compute_errors") >= 3 and b.counters.get("timeouts") >= 1,
              what="errors and a timeout counted")
+    # a hung computation does not block the next intervals
+    wait_for(lambda: (b.retained("slow") or (0, ""))[1] == "fresh", what="next interval computes")
+    version = b.retained("slow")[0]  # type: ignore[index]
     gate.set()
+    wait_for(lambda: b.counters.get("timeouts") >= 1 and not b.jobs["slow"].timed_out, what="late run ends")
     b.stop(5)
     assert b.retained("bad") == (1, "good")
-    assert b.retained("slow") == (1, "good")
+    assert b.retained("slow")[1] == "fresh"  # type: ignore[index]  # the late result was discarded
+    assert b.retained("slow")[0] >= version  # type: ignore[index]
     assert b.retained("unencodable") is None
     assert "ZeroDivisionError" in caplog.text
 
