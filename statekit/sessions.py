@@ -80,9 +80,9 @@ class Session(dict[str, Any]):
     ``session.modified = True`` or assign the value again.
 
     ``sid`` is the raw id (put :meth:`SessionStore.sign` of it in the cookie);
-    ``new`` is true until the session is first stored; ``rotated`` tells the adapter
-    to send a new cookie; ``unavailable`` marks the read-only session served during
-    an outage.
+    ``new`` is true until the session is first stored; ``send_cookie`` tells the
+    adapter the id changed (first stored, or rotated) and the cookie must be sent;
+    ``unavailable`` marks the read-only session served during an outage.
     """
 
     def __init__(self, store: SessionStore, sid: str, data: Mapping[str, Any] | None = None, *,
@@ -96,6 +96,7 @@ class Session(dict[str, Any]):
         self.new = new
         self.modified = False
         self.rotated = False
+        self.send_cookie = False
         self.destroyed = False
         self.unavailable = False
         self.created: float = meta.get("created", 0.0)
@@ -155,6 +156,10 @@ class Session(dict[str, Any]):
         """Atomically add *amount* to an integer key (see :meth:`SessionStore.incr`)."""
         return self.store.incr(self, key, amount)
 
+    def destroy(self) -> None:
+        """Delete this session now (see :meth:`SessionStore.destroy`)."""
+        self.store.destroy(self)
+
 
 @dataclass(frozen=True)
 class SessionInfo:
@@ -189,6 +194,7 @@ class SessionStore:
     :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
     :param user_key: a session key whose value is the user id (``"_user_id"`` for
         Flask-Login, ``"_auth_user_id"`` for Django); otherwise set ``session.user_id``.
+    :param session_class: a :class:`Session` subclass to hand out (adapters use it).
 
     Every method that talks to Redis raises
     :class:`~statekit.errors.BackendUnavailable` when it cannot be reached within the
@@ -200,7 +206,8 @@ class SessionStore:
                  idle_timeout: float = 14 * 86400, absolute_lifetime: float = 30 * 86400,
                  refresh_interval: float = 60.0, alias_window: float = 10.0,
                  codec: str | Serializer = "json", outage_policy: str = "raise",
-                 user_key: str | None = None, max_cookie_size: int = 256) -> None:
+                 user_key: str | None = None, max_cookie_size: int = 256,
+                 session_class: type[Session] | None = None) -> None:
         from itsdangerous import Signer
 
         keys = [k for k in secret_keys if k]
@@ -226,6 +233,7 @@ class SessionStore:
         self.outage_policy = outage_policy
         self.user_key = user_key
         self.max_cookie_size = max_cookie_size
+        self.session_class = session_class or Session
         self.counters = Counters("sessions", key_prefix, names=(
             "loads", "misses", "expired", "saves", "refreshes", "conflicts", "rotations",
             "destroyed", "rejected_cookies", "outages"))
@@ -309,7 +317,7 @@ class SessionStore:
     def new(self) -> Session:
         """A fresh, empty session with a new id; stored on its first :meth:`save`
         that has something to store."""
-        return Session(self, self._new_id())
+        return self.session_class(self, self._new_id())
 
     def create(self, data: Mapping[str, Any] | None = None, *, user_id: str | None = None) -> Session:
         """A new session with *data*, stored now."""
@@ -335,7 +343,7 @@ class SessionStore:
         except BackendUnavailable:
             if self.outage_policy != "anonymous":
                 raise
-            session = Session(self, sid, new=False)
+            session = self.session_class(self, sid, new=False)
             session.unavailable = True
             return session
         return session if session is not None else self.new()
@@ -371,7 +379,7 @@ class SessionStore:
                     raise SerializationError(
                         f"session key {field[2:]!r}: stored value cannot be decoded") from e
                 encoded[field[2:]] = value
-        return Session(self, sid, data, new=False, meta=meta, encoded=encoded, key=key)
+        return self.session_class(self, sid, data, new=False, meta=meta, encoded=encoded, key=key)
 
     def _user_of(self, session: Session) -> str | None:
         if self.user_key is not None:
@@ -463,6 +471,7 @@ class SessionStore:
                 session._encoded.pop(f[2:], None)
         if session.new:
             session.created = t
+            session.send_cookie = True
         session.new = session.modified = False
         session.last_seen = t
         session.loaded_user = session.user_id = user
@@ -502,6 +511,7 @@ class SessionStore:
                 session.new, session.loaded_user, session.user_id = True, None, None
         self.counters.incr("rotations")
         session.sid, session.key, session.rotated = new_sid, new_key, True
+        session.send_cookie = not session.new
         session.destroyed = False
         return session
 

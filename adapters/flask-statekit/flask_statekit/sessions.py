@@ -1,0 +1,237 @@
+"""Server-side Flask sessions in Redis (:class:`statekit.sessions.SessionStore`).
+
+``StateKit(app)`` installs :class:`StatekitSessionInterface` when a session URL is
+configured (``STATEKIT_SESSION_URL``, else ``STATEKIT_REDIS_URL``); the store is
+``app.extensions["statekit"].sessions``. ``session`` keeps Flask's API and adds
+``session.rotate()`` (call it on login), ``session.incr(key)`` (an atomic counter)
+and ``session.destroy()`` (logout). ``session.clear()`` on a stored session also
+destroys it and deletes the cookie.
+
+Settings (``app.config``, then the environment):
+
+===================================  ==================================================
+``STATEKIT_SESSION_COOKIE_NAME``     default ``SESSION_COOKIE_NAME`` (``"session"``)
+``STATEKIT_SESSION_COOKIE_SECURE``   default on unless ``app.debug``
+``STATEKIT_SESSION_COOKIE_SAMESITE`` default ``"Lax"``
+``STATEKIT_SESSION_COOKIE_HTTPONLY`` default on
+``STATEKIT_SESSION_COOKIE_PARTITIONED``, ``..._DOMAIN``, ``..._PATH``
+``STATEKIT_SESSION_IDLE_TIMEOUT``    seconds (14 days); ``..._ABSOLUTE_LIFETIME`` (30 days)
+``STATEKIT_SESSION_REFRESH_INTERVAL`` seconds (60); ``..._ALIAS_WINDOW`` (10)
+``STATEKIT_SESSION_CODEC``           ``json`` or ``msgpack``
+``STATEKIT_SESSION_OUTAGE_POLICY``   ``raise`` (503) or ``anonymous``
+``STATEKIT_SESSION_USER_KEY``        default ``"_user_id"`` (Flask-Login)
+``STATEKIT_SESSION_RETRY_AFTER``     seconds in the 503's ``Retry-After`` (5)
+===================================  ==================================================
+
+**Outages.** When Redis cannot be reached while loading a session, the request is
+answered ``503 Service Unavailable`` with ``Retry-After`` before any view runs; when
+it fails while saving, the response is replaced by the same 503. Either way the
+cookie is left alone (never deleted, never replaced) and nothing partial is written,
+so the same session is served once Redis is back. With the ``anonymous`` policy the
+request runs with an empty read-only session instead; writing to it raises
+:class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Request, Response, session
+from flask.sessions import SessionInterface, SessionMixin
+
+from statekit.errors import BackendUnavailable, ConfigError
+from statekit.sessions import Session, SessionStore
+
+from . import _config
+
+if TYPE_CHECKING:
+    from . import StateKitState
+
+__all__ = ["FlaskSession", "StatekitSessionInterface", "init_app", "outage_response"]
+
+OUTAGE_PAGE = (
+    "<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
+    "<p>We cannot reach your session right now. Please try again in a few seconds; "
+    "you are still signed in.</p>"
+)
+
+
+class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
+    """A Flask session backed by :class:`statekit.sessions.SessionStore`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accessed = False
+        self.outage = False
+        self.had_data = bool(self)
+
+    def __getitem__(self, key: str) -> Any:
+        self.accessed = True
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.accessed = True
+        return super().get(key, default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self.accessed = True
+        return super().setdefault(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return super().__contains__(key)
+
+
+def outage_response(retry_after: int = 5) -> Response:
+    """The 503 answered while the session store is unreachable."""
+    response = Response(OUTAGE_PAGE, status=503, mimetype="text/html")
+    _mark_outage(response, retry_after)
+    return response
+
+
+def _mark_outage(response: Response, retry_after: int) -> None:
+    response.headers["Retry-After"] = str(retry_after)
+    response.headers["Cache-Control"] = "no-store"
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class StatekitSessionInterface(SessionInterface):
+    """Loads the session in ``open_session`` (one Redis round trip) and saves only
+    what changed in ``save_session`` (one script, or nothing).
+
+    Concurrency: requests of one session run in parallel without locks; each saves
+    only the keys it changed, so changes to different keys never overwrite each
+    other and, for one key, the last save wins.
+    """
+
+    def __init__(self, store: SessionStore, *, cookie_name: str = "session",
+                 cookie_domain: str | None = None, cookie_path: str | None = None,
+                 secure: bool = True, httponly: bool = True, samesite: str | None = "Lax",
+                 partitioned: bool = False, retry_after: int = 5) -> None:
+        self.store = store
+        self.cookie_name = cookie_name
+        self.cookie_domain = cookie_domain
+        self.cookie_path = cookie_path
+        self.secure = secure
+        self.httponly = httponly
+        self.samesite = samesite
+        self.partitioned = partitioned
+        self.retry_after = retry_after
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        cookie = request.cookies.get(self.cookie_name)
+        try:
+            s = self.store.open(cookie, context=f"client {request.remote_addr}")
+        except BackendUnavailable:
+            s = self.store.session_class(self.store, "", new=False)
+            s.unavailable = True
+            assert isinstance(s, FlaskSession)
+            s.outage = True
+        assert isinstance(s, FlaskSession)
+        return s
+
+    def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
+        return {"domain": self.cookie_domain, "path": self.cookie_path or self.get_cookie_path(app),
+                "secure": self.secure, "httponly": self.httponly, "samesite": self.samesite,
+                "partitioned": self.partitioned}
+
+    def save_session(self, app: Flask, session: SessionMixin | None, response: Response) -> None:
+        if not isinstance(session, FlaskSession):
+            return
+        if session.unavailable:  # outage: never touch the cookie
+            if response.status_code == 503:
+                _mark_outage(response, self.retry_after)
+            return
+        if session.accessed:
+            response.vary.add("Cookie")
+        kwargs = self._cookie_kwargs(app)
+        try:
+            if not session.destroyed and session.had_data and not session and not session.new:
+                self.store.destroy(session)  # session.clear(): log out
+            saved = self.store.save(session)
+        except BackendUnavailable:
+            response.status_code = 503
+            response.set_data(OUTAGE_PAGE)
+            response.mimetype = "text/html"
+            _mark_outage(response, self.retry_after)
+            return
+        if session.destroyed or not saved:  # logged out, revoked or expired meanwhile
+            response.delete_cookie(self.cookie_name, **kwargs)
+            return
+        if session.new:  # nothing stored (an empty session)
+            return
+        if session.send_cookie or session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]:
+            session.send_cookie = False
+            response.set_cookie(self.cookie_name, self.store.sign(session.sid),
+                                expires=self.get_expiration_time(app, session), **kwargs)
+
+
+def _guard() -> Response | None:
+    """First ``before_request`` hook: a session that could not be loaded answers 503
+    before any view (or later hook) runs."""
+    from flask import current_app
+
+    s = session._get_current_object()  # type: ignore[attr-defined]
+    if isinstance(s, FlaskSession) and s.outage:
+        iface = current_app.session_interface
+        retry = iface.retry_after if isinstance(iface, StatekitSessionInterface) else 5
+        return outage_response(retry)
+    return None
+
+
+def _on_backend_unavailable(error: BackendUnavailable) -> Response:
+    from flask import current_app
+
+    iface = current_app.session_interface
+    retry = iface.retry_after if isinstance(iface, StatekitSessionInterface) else 5
+    return outage_response(retry)
+
+
+def _num(app: Flask, key: str, default: float) -> float:
+    raw = _config(app, key, default)
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={raw!r} must be a number of seconds") from None
+
+
+def init_app(app: Flask, state: StateKitState) -> None:
+    """Install the session interface (skipped when no session URL is configured)."""
+    url = state.settings.session_url
+    if not url:
+        return
+    store = SessionStore(
+        url,
+        secret_keys=state.settings.secret_keys,
+        key_prefix=state.settings.key_prefix,
+        idle_timeout=_num(app, "STATEKIT_SESSION_IDLE_TIMEOUT", 14 * 86400),
+        absolute_lifetime=_num(app, "STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400),
+        refresh_interval=_num(app, "STATEKIT_SESSION_REFRESH_INTERVAL", 60),
+        alias_window=_num(app, "STATEKIT_SESSION_ALIAS_WINDOW", 10),
+        codec=_config(app, "STATEKIT_SESSION_CODEC", "json"),
+        outage_policy=_config(app, "STATEKIT_SESSION_OUTAGE_POLICY", "raise"),
+        user_key=_config(app, "STATEKIT_SESSION_USER_KEY", "_user_id") or None,
+        session_class=FlaskSession,
+    )
+    samesite = _config(app, "STATEKIT_SESSION_COOKIE_SAMESITE", "Lax")
+    app.session_interface = StatekitSessionInterface(
+        store,
+        cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
+        cookie_domain=_config(app, "STATEKIT_SESSION_COOKIE_DOMAIN") or None,
+        cookie_path=_config(app, "STATEKIT_SESSION_COOKIE_PATH") or None,
+        secure=_flag(_config(app, "STATEKIT_SESSION_COOKIE_SECURE", not app.debug)),
+        httponly=_flag(_config(app, "STATEKIT_SESSION_COOKIE_HTTPONLY", True)),
+        samesite=samesite or None,
+        partitioned=_flag(_config(app, "STATEKIT_SESSION_COOKIE_PARTITIONED", False)),
+        retry_after=int(_num(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
+    )
+    state.sessions = store  # type: ignore[attr-defined]
+    app.before_request_funcs.setdefault(None, []).insert(0, _guard)
+    handlers = app.error_handler_spec.get(None, {}).get(None, {})
+    if BackendUnavailable not in handlers:
+        app.register_error_handler(BackendUnavailable, _on_backend_unavailable)
