@@ -68,7 +68,8 @@ def settings_from_app(app: Flask) -> Settings:
     if isinstance(keys, str):
         keys = [k.strip() for k in keys.split(",") if k.strip()]
     if not keys:
-        keys = [k for k in [app.config.get("SECRET_KEY"), *(app.config.get("SECRET_KEY_FALLBACKS") or ())] if k]
+        fallbacks = app.config.get("SECRET_KEY_FALLBACKS") or ()
+        keys = [k for k in [app.config.get("SECRET_KEY"), *fallbacks] if k]
     return Settings(
         redis_url=redis_url,
         cache_url=_config(app, "STATEKIT_CACHE_URL") or redis_url,
