@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import math
 import os
 import queue
 import signal
@@ -554,7 +555,7 @@ def serve_main(argv: Sequence[str]) -> int:
     sys.path.insert(0, os.getcwd())
     application = StatekitApplication(
         opts.app,
-        {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": opts.graceful_timeout,
+        {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
          "pidfile": opts.pid, "loglevel": opts.log_level},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
