@@ -42,6 +42,7 @@ __all__ = [
     "Hub",
     "Record",
     "SharedValue",
+    "SharedValues",
     "get_hub",
     "parse_message",
     "reset_after_fork",
@@ -420,3 +421,79 @@ class SharedValue(Generic[T]):
     def __repr__(self) -> str:
         shown = "<unloaded>" if self._value is _UNLOADED else repr(self._value)
         return f"<SharedValue {self.name!r} v{self._version} {shown}>"
+
+
+class SharedValues:
+    """Every shared value by name, created on first use: what adapters hand to views
+    and templates (``{{ shared.users_count }}``).
+
+    ``values["users_count"]`` and ``values.users_count`` return the current value
+    (the local copy; *defaults*' entry, else ``None``, until something is
+    published); :meth:`value` returns the :class:`SharedValue` itself for
+    ``.version``, ``.age`` and ``.is_stale``. The backend is resolved on first use,
+    so building this object never fails for an app that does not use broadcast.
+    An invalid name raises ``KeyError`` / ``AttributeError`` (templates then show
+    their "invalid" marker).
+
+    :param defaults: default value per name.
+    :param max_age: ``max_age`` of every value (seconds).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        key_prefix: str | None = None,
+        defaults: dict[str, Any] | None = None,
+        max_age: float | None = None,
+        serializer: str | Serializer | None = None,
+    ) -> None:
+        self._url = url
+        self._client = client
+        self._key_prefix = key_prefix
+        self._defaults = dict(defaults or {})
+        self._max_age = max_age
+        self._serializer = serializer
+        self._values: dict[str, SharedValue[Any]] = {}
+        self._lock = threading.Lock()
+
+    def value(self, name: str) -> SharedValue[Any]:
+        """The :class:`SharedValue` called *name* (created on first use)."""
+        sv = self._values.get(name)
+        if sv is None:
+            with self._lock:
+                sv = self._values.get(name)
+                if sv is None:
+                    sv = self._values[name] = SharedValue(
+                        name, self._defaults.get(name), max_age=self._max_age, url=self._url,
+                        client=self._client, key_prefix=self._key_prefix, serializer=self._serializer,
+                    )
+        return sv
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The current value of *name*, or *default* while it shows its default."""
+        sv = self.value(name)
+        value = sv.get()
+        return default if sv._version == 0 and default is not None else value
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            sv = self.value(name)
+        except InvalidKey as e:
+            raise KeyError(name) from e
+        return sv.get()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._values
+
+    def __repr__(self) -> str:
+        return f"<SharedValues {sorted(self._values)}>"

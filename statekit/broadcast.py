@@ -73,7 +73,7 @@ from types import FrameType
 from typing import Any, NamedTuple, TypeVar
 
 from . import _subscriber
-from ._subscriber import SharedValue, _channel, _check_name, _resolve, state_key
+from ._subscriber import SharedValue, SharedValues, _channel, _check_name, _resolve, state_key
 from .backends.redis import translate_errors
 from .errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from .metrics import Counters
@@ -84,6 +84,7 @@ __all__ = [
     "Job",
     "Run",
     "SharedValue",
+    "SharedValues",
     "current_run",
     "load_broadcaster",
     "main",
