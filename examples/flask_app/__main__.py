@@ -1,0 +1,33 @@
+"""``python -m examples.flask_app``: the demo on four workers under ``statekit serve``.
+
+``make demo`` runs it inside ``statekit dev``, which starts a private Redis and S3
+endpoint and sets ``STATEKIT_REDIS_URL`` and ``STATEKIT_BLOBS_URL``. Extra arguments
+go to ``statekit serve`` (e.g. ``--bind 0.0.0.0:8000``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from statekit.cli import main as statekit_main
+
+
+def main(argv: list[str]) -> int:
+    missing = [v for v in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL") if not os.environ.get(v)]
+    if missing:
+        print(f"examples.flask_app: {' and '.join(missing)} not set; run `make demo` or "
+              "`statekit dev -- python -m examples.flask_app`", file=sys.stderr)
+        return 2
+    bind = os.environ.get("STATEKIT_BIND", "127.0.0.1:8000")
+    if "--bind" not in argv:
+        print(f"statekit demo: open http://{bind}/ and reload it a few times", flush=True)
+    args = ["serve", "examples.flask_app.wsgi:app", "--workers", "4",
+            "--broadcaster", "examples.flask_app.jobs:broadcaster"]
+    if "--bind" not in argv:
+        args += ["--bind", bind]
+    return statekit_main(args + argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
