@@ -567,7 +567,7 @@ class BlobStore:
         source = _Source(stream, limit)
         name = sanitize_filename(filename if filename is not None else source.filename)
         declared = content_type or source.content_type
-        if normalize_type(declared) in _GENERIC and name:
+        if content_type is None and normalize_type(declared) in _GENERIC and name:
             declared = mimetypes.guess_type(name, strict=False)[0] or declared
         head = source.head(SNIFF_BYTES)
         ctype = check_content_type(head, declared, allowed)

@@ -1,0 +1,305 @@
+"""``statekit migrate-uploads SRC_DIR DEST_URL``: move a local uploads folder to a blob store.
+
+::
+
+    statekit migrate-uploads ./uploads "s3://bucket/uploads?endpoint_url=..." --workers 8
+
+Every regular file under ``SRC_DIR`` is stored with :meth:`BlobStore.put` under a new
+generated key (its name is kept as the blob's filename). The run is:
+
+* **resumable** -- each finished file is appended to a manifest (JSON lines: path,
+  size, mtime, SHA-256, key). A rerun skips files whose manifest entry still matches
+  their size and mtime, so an interrupted run (Ctrl-C, a crash, ``kill -9``) picks up
+  where it stopped without uploading finished files again;
+* **verified** -- the file's SHA-256 is computed from disk, compared with the digest
+  computed while uploading (which S3 also checked), and at the end every migrated
+  key is checked with ``stat``: size and SHA-256 must match the manifest;
+* **mapped** -- a JSON file maps each old relative path to its new key, for the
+  application to update its references.
+
+``--dry-run`` reads and counts but writes nothing. Files whose content contradicts
+their extension (HTML named ``photo.png``) are stored under their sniffed type and
+reported. A hard kill between an upload and its manifest line can leave at most
+``--workers`` unreferenced objects; they are not in the mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from .blobs import BlobStore, open_blob_store
+from .errors import ContentTypeMismatch, StatekitError
+
+__all__ = ["MigrationReport", "main", "migrate"]
+
+
+@dataclass
+class MigrationReport:
+    """What a run did. ``failed`` maps relative paths to error messages."""
+
+    total: int = 0
+    total_bytes: int = 0
+    uploaded: int = 0
+    uploaded_bytes: int = 0
+    skipped: int = 0
+    verified: int = 0
+    retyped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    mapping: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _walk(src: str) -> Iterator[tuple[str, os.stat_result]]:
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if st.st_mode & 0o170000 == 0o100000:  # regular files only; symlinks are skipped
+                yield os.path.relpath(path, src).replace(os.sep, "/"), st
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(path: str) -> dict[str, dict[str, Any]]:
+    """Finished entries by relative path (the last entry of a path wins; a torn
+    last line from a killed run is ignored)."""
+    done: dict[str, dict[str, Any]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and entry.get("status") == "done":
+                    done[str(entry["path"])] = entry
+    except FileNotFoundError:
+        pass
+    return done
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def migrate(
+    src: str,
+    store: BlobStore,
+    *,
+    manifest: str,
+    mapping: str | None = None,
+    workers: int = 4,
+    dry_run: bool = False,
+    prefix: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> MigrationReport:
+    """Copy every file under *src* into *store*; see the module docstring.
+
+    :param progress: called as ``progress(files_done, bytes_done)`` after each file.
+    :raises KeyboardInterrupt: and any unexpected error stop the run at once; the
+        manifest keeps what finished, so the next run resumes.
+    """
+    if not os.path.isdir(src):
+        raise StatekitError(f"{src!r} is not a directory")
+    report = MigrationReport()
+    done = load_manifest(manifest)
+    todo: list[tuple[str, os.stat_result]] = []
+    bytes_done = 0
+    for rel, st in _walk(src):
+        report.total += 1
+        report.total_bytes += st.st_size
+        entry = done.get(rel)
+        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            report.skipped += 1
+            bytes_done += st.st_size
+            report.mapping[rel] = str(entry["key"])
+        else:
+            todo.append((rel, st))
+    if dry_run:
+        report.uploaded = len(todo)
+        report.uploaded_bytes = sum(st.st_size for _, st in todo)
+        return report
+
+    lock = threading.Lock()
+    os.makedirs(os.path.dirname(os.path.abspath(manifest)), exist_ok=True)
+    files_done = report.skipped
+
+    def one(rel: str, st: os.stat_result) -> dict[str, Any]:
+        path = os.path.join(src, *rel.split("/"))
+        local_sha = _sha256_file(path)
+        name = os.path.basename(rel)
+        retyped = False
+        with open(path, "rb") as f:
+            try:
+                blob = store.put(f, filename=name, prefix=prefix)
+            except ContentTypeMismatch:
+                retyped = True
+                f.seek(0)
+                blob = store.put(f, filename=name, content_type="application/octet-stream", prefix=prefix)
+        if blob.sha256 != local_sha or blob.size != st.st_size:
+            store.delete(blob.key)
+            raise StatekitError(f"{rel} changed while it was copied (SHA-256 differs); run again")
+        return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": local_sha,
+                "key": blob.key, "content_type": blob.content_type, "retyped": retyped, "status": "done"}
+
+    with open(manifest, "a", encoding="utf-8") as out, ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: dict[Future[dict[str, Any]], str] = {}
+        queue = iter(todo)
+        try:
+            while True:
+                while len(pending) < max(1, workers) * 2:
+                    item = next(queue, None)
+                    if item is None:
+                        break
+                    pending[pool.submit(one, *item)] = item[0]
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    rel = pending.pop(fut)
+                    try:
+                        entry = fut.result()
+                    except (StatekitError, OSError) as e:
+                        report.failed[rel] = f"{type(e).__name__}: {e}"
+                        continue
+                    with lock:
+                        out.write(json.dumps(entry) + "\n")
+                        out.flush()
+                    report.uploaded += 1
+                    report.uploaded_bytes += int(entry["size"])
+                    report.mapping[rel] = str(entry["key"])
+                    if entry["retyped"]:
+                        report.retyped.append(rel)
+                    files_done += 1
+                    bytes_done += int(entry["size"])
+                    if progress is not None:
+                        progress(files_done, bytes_done)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+    entries = load_manifest(manifest)
+    for rel, key in sorted(report.mapping.items()):
+        try:
+            blob = store.stat(key)
+        except StatekitError as e:
+            report.failed[rel] = f"verify: {type(e).__name__}: {e}"
+            continue
+        entry = entries.get(rel, {})
+        if blob.size != entry.get("size") or (blob.sha256 is not None and blob.sha256 != entry.get("sha256")):
+            report.failed[rel] = f"verify: {key} does not match the manifest (size or SHA-256)"
+        elif blob.sha256 is None:
+            report.failed[rel] = f"verify: {key} has no SHA-256 to check"
+        else:
+            report.verified += 1
+    if mapping:
+        _write_json_atomic(mapping, report.mapping)
+    return report
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="statekit migrate-uploads",
+        description="Copy a local uploads directory to a blob store (resumable, SHA-256 verified).",
+    )
+    parser.add_argument("src", metavar="SRC_DIR")
+    parser.add_argument("dest", metavar="DEST_URL", help="s3://bucket/prefix?..., file:///path or memory://")
+    parser.add_argument("--dry-run", action="store_true", help="count what would be copied; write nothing")
+    parser.add_argument("--workers", type=int, default=4, help="parallel uploads (default 4)")
+    parser.add_argument("--manifest", default="migrate-uploads.manifest.jsonl",
+                        help="progress record for resuming (default ./migrate-uploads.manifest.jsonl)")
+    parser.add_argument("--mapping", default="migrate-uploads.map.json",
+                        help="JSON old path -> new key (default ./migrate-uploads.map.json)")
+    parser.add_argument("--prefix", default="", help="key prefix inside the store")
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    opts = parser.parse_args(list(argv))
+    if opts.workers < 1:
+        parser.error("--workers must be at least 1")
+    store = open_blob_store(opts.dest)
+    show = opts.progress == "on" or (opts.progress == "auto" and sys.stderr.isatty())
+    with _progress_bar(show) as bar:
+        if opts.dry_run:
+            report = migrate(opts.src, store, manifest=opts.manifest, dry_run=True, prefix=opts.prefix)
+        else:
+            first = migrate(opts.src, store, manifest=opts.manifest, dry_run=True, prefix=opts.prefix)
+            bar.start(first.total, first.total_bytes, first.skipped)
+            report = migrate(opts.src, store, manifest=opts.manifest, mapping=opts.mapping,
+                             workers=opts.workers, prefix=opts.prefix, progress=bar.update)
+    verb = "would copy" if opts.dry_run else "copied"
+    print(f"{report.total} files ({report.total_bytes} bytes): {verb} {report.uploaded} "
+          f"({report.uploaded_bytes} bytes), skipped {report.skipped} already migrated"
+          + ("" if opts.dry_run else f", verified {report.verified}"))
+    for rel in report.retyped:
+        print(f"note: {rel}: content does not match its extension; stored as its sniffed type")
+    for rel, err in sorted(report.failed.items()):
+        print(f"FAILED {rel}: {err}", file=sys.stderr)
+    if not opts.dry_run:
+        print(f"mapping written to {opts.mapping}; manifest {opts.manifest}")
+    return 0 if report.ok else 1
+
+
+class _progress_bar:  # noqa: N801 - used as a context manager
+    """A rich progress bar (files and bytes) when *show*, else silent."""
+
+    def __init__(self, show: bool) -> None:
+        self._show = show
+        self._progress: Any = None
+        self._task: Any = None
+        self._files = 0
+
+    def __enter__(self) -> _progress_bar:
+        if self._show:
+            try:
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+            except ImportError:
+                self._show = False
+            else:
+                self._progress = Progress("[progress.description]{task.description}", BarColumn(),
+                                          DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+                self._progress.start()
+        return self
+
+    def start(self, files: int, total_bytes: int, skipped: int) -> None:
+        self._files = files
+        if self._progress is not None:
+            self._task = self._progress.add_task(f"{skipped}/{files} files", total=total_bytes)
+
+    def update(self, files_done: int, bytes_done: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=bytes_done,
+                                  description=f"{files_done}/{self._files} files")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
