@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .backends.redis import get_client, translate_errors
@@ -164,11 +164,14 @@ class Hub:
 
     def offer(self, name: str, record: Record) -> None:
         """Hand *record* to every registered value called *name* (newer ones win)."""
+        changed = []
         with self.lock:
-            values = list(self._values.get(name, ()))
-            for value in values:
+            for value in list(self._values.get(name, ())):
                 if value._offer(record):
                     self.counters.incr("updates")
+                    changed.append(value)
+        for value in changed:  # outside the lock: a callback may read other values
+            value._notify()
 
     def resync(self) -> None:
         """Re-read the retained value of every registered name."""
@@ -307,7 +310,8 @@ class SharedValue(Generic[T]):
     """
 
     __slots__ = (
-        "__weakref__", "_epoch", "_hub", "_hub_key", "_make_client", "_prefix", "_serializer",
+        "__weakref__", "_callbacks", "_epoch", "_hub", "_hub_key", "_make_client", "_prefix",
+        "_serializer",
         "_updated_at", "_value", "_version", "default", "max_age", "name",
     )
 
@@ -329,6 +333,7 @@ class SharedValue(Generic[T]):
         self.max_age = max_age
         self._hub_key, self._make_client, self._prefix = _resolve(url, client, key_prefix)
         self._serializer = get_serializer(serializer)
+        self._callbacks: list[Callable[[T, int], None]] = []
         self._reset()
         _values.add(self)
 
@@ -377,6 +382,26 @@ class SharedValue(Generic[T]):
         self._updated_at = record.updated_ms / 1000.0
         self._value = value
         return True
+
+    def on_change(self, callback: Callable[[T, int], None]) -> Callable[[T, int], None]:
+        """Call ``callback(value, version)`` after each update received from now on.
+
+        Updates that arrive while the subscriber reconnects are coalesced: the
+        callback then sees the latest version only. Callbacks run in the subscriber
+        thread, one after another, and must be quick (they delay every other
+        value's updates); an exception is logged and ignored. Usable as a decorator. A callback registered before a fork also runs
+        in the child, for the child's own updates.
+        """
+        self._callbacks.append(callback)
+        self.get()
+        return callback
+
+    def _notify(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(self._value, self._version)
+            except Exception:
+                log.exception("shared value %r: on_change callback failed", self.name)
 
     def refresh(self) -> T:
         """Read the retained value from Redis now (normally never needed).

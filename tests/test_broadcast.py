@@ -74,6 +74,25 @@ def test_publish_fans_out_to_local_copy(redis_url: str, prefix: str) -> None:
         assert sv.get() == {"text": f"hello {i}", "n": (i, i)}
 
 
+def test_on_change_callbacks_run_after_each_update(redis_url: str, prefix: str) -> None:
+    sv = SharedValue("cb", default=0, url=redis_url, key_prefix=prefix)
+    got: list[tuple[Any, int]] = []
+
+    @sv.on_change
+    def record(value: Any, version: int) -> None:
+        got.append((value, version))
+        assert sv.get() == value
+
+    sv.on_change(lambda value, version: 1 / 0)  # a failing callback is logged, not fatal
+    assert sv._hub is not None
+    wait_for(sv._hub.connected.is_set, what="subscriber connected")
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("cb", "a")
+    b.publish("cb", "b")
+    wait_for(lambda: len(got) == 2, what="two callbacks")
+    assert got == [("a", 1), ("b", 2)]
+
+
 def test_two_values_same_name_one_subscriber(redis_url: str, prefix: str) -> None:
     a = SharedValue("x", url=redis_url, key_prefix=prefix)
     c = SharedValue("x", url=redis_url, key_prefix=prefix)
