@@ -389,8 +389,9 @@ class SharedValue(Generic[T]):
         Updates that arrive while the subscriber reconnects are coalesced: the
         callback then sees the latest version only. Callbacks run in the subscriber
         thread, one after another, and must be quick (they delay every other
-        value's updates); an exception is logged and ignored. Usable as a decorator. A callback registered before a fork also runs
-        in the child, for the child's own updates.
+        value's updates); an exception is logged and ignored. Usable as a
+        decorator. A callback registered before a fork also runs in the child, for
+        the child's own updates.
         """
         self._callbacks.append(callback)
         self.get()
