@@ -1,0 +1,215 @@
+"""Sessions under real gunicorn workers: concurrency, rotation under load, outages.
+
+Each test runs a small Flask app under ``.venv/bin/gunicorn`` (2 workers x 4 threads)
+on a free loopback port, with its own private Redis, and drives it with concurrent
+HTTP clients that share one session cookie.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from statekit.embedded import RedisServer, free_port
+
+pytestmark = [pytest.mark.gunicorn, pytest.mark.redis]
+
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+CLIENTS, N = 4, 25
+ALIAS_WINDOW = 4
+
+APP = textwrap.dedent('''
+    from flask import Flask, jsonify, session
+    from flask_statekit import StateKit, get_state
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "gunicorn-sessions-secret-0123456789"
+    StateKit(app)
+
+    @app.get("/get")
+    def get():
+        return jsonify(dict(session))
+
+    @app.post("/start")
+    def start():
+        session["owner"] = "me"
+        return "ok"
+
+    @app.post("/own/<key>")
+    def own(key):
+        session[key] = session.get(key, 0) + 1   # read-modify-write of this client's key
+        return str(session[key])
+
+    @app.post("/incr")
+    def incr():
+        return str(session.incr("shared"))
+
+    @app.post("/login/<user>")
+    def login(user):
+        session.rotate()
+        session["_user_id"] = user
+        return "ok"
+
+    @app.post("/revoke/<user>")
+    def revoke(user):
+        return str(get_state().sessions.revoke_user(user))
+''')
+
+
+class Gunicorn:
+    def __init__(self, tmp: Path, redis_url: str, **env: str) -> None:
+        (tmp / "sessions_app.py").write_text(APP)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = dict(os.environ, STATEKIT_SESSION_URL=redis_url, STATEKIT_SESSION_COOKIE_SECURE="0",
+                        **env)
+        self.log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own command line
+            [str(GUNICORN), "--workers", "2", "--threads", "4", "--worker-class", "gthread",
+             "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--timeout", "30",
+             "--chdir", str(tmp), "sessions_app:app"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                requests.get(self.base + "/get", timeout=5)
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError("gunicorn did not start:\n" + (tmp / "gunicorn.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def redis_server_private() -> Iterator[RedisServer]:
+    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path, redis_server_private: RedisServer) -> Iterator[Gunicorn]:
+    g = Gunicorn(tmp_path, redis_server_private.url + "?socket_timeout=0.5&socket_connect_timeout=0.5",
+                 STATEKIT_SESSION_ALIAS_WINDOW=str(ALIAS_WINDOW))
+    yield g
+    g.stop()
+
+
+def cookie_from(resp: requests.Response) -> str:
+    value = resp.cookies.get("session")
+    assert value, resp.headers
+    return str(value)
+
+
+def post(g: Gunicorn, path: str, cookie: str | None) -> requests.Response:
+    return requests.post(g.base + path, cookies={"session": cookie} if cookie else None, timeout=10)
+
+
+def get(g: Gunicorn, cookie: str) -> requests.Response:
+    return requests.get(g.base + "/get", cookies={"session": cookie}, timeout=10)
+
+
+def hammer(g: Gunicorn, cookie: str, paths: list[str],
+           after: threading.Event | None = None, late: list[int] | None = None) -> list[requests.Response]:
+    """Every path POSTed N times, all clients at once. Requests sent once *after* is
+    set are counted in *late*."""
+    barrier = threading.Barrier(len(paths))
+
+    def client(path: str) -> list[requests.Response]:
+        barrier.wait(10)
+        out = []
+        with requests.Session() as http:
+            for _ in range(N):
+                if after is not None and late is not None and after.is_set():
+                    late.append(1)
+                out.append(http.post(g.base + path, cookies={"session": cookie}, timeout=10))
+        return out
+
+    with ThreadPoolExecutor(len(paths)) as pool:
+        return [r for rs in pool.map(client, paths) for r in rs]
+
+
+def test_concurrent_clients_lose_no_updates(gunicorn: Gunicorn) -> None:
+    cookie = cookie_from(post(gunicorn, "/start", None))
+    responses = hammer(gunicorn, cookie, [f"/own/k{i}" for i in range(CLIENTS)])
+    assert all(r.status_code == 200 for r in responses)
+    assert all("session" not in r.cookies for r in responses)  # the cookie never changes
+    data = get(gunicorn, cookie).json()
+    assert {k: data[k] for k in data if k.startswith("k")} == {f"k{i}": N for i in range(CLIENTS)}
+    assert data["owner"] == "me"
+
+    responses = hammer(gunicorn, cookie, ["/incr"] * CLIENTS)
+    assert all(r.status_code == 200 for r in responses)
+    assert get(gunicorn, cookie).json()["shared"] == CLIENTS * N
+
+
+def test_rotation_under_load(gunicorn: Gunicorn) -> None:
+    old = cookie_from(post(gunicorn, "/start", None))
+    rotated: dict[str, Any] = {}
+    done = threading.Event()
+    late: list[int] = []
+
+    def rotate_midway() -> None:
+        time.sleep(0.05)
+        rotated["resp"] = post(gunicorn, "/login/alice", old)
+        done.set()
+
+    t = threading.Thread(target=rotate_midway)
+    t.start()
+    results = hammer(gunicorn, old, [f"/own/k{i}" for i in range(CLIENTS)], done, late)
+    t.join(10)
+    new = cookie_from(rotated["resp"])
+    assert new != old
+    assert late, "the rotation finished after the load; nothing was tested"
+    # requests in flight with the old cookie all succeeded, and none was lost
+    assert all(r.status_code == 200 for r in results)
+    data = get(gunicorn, new).json()
+    assert data["_user_id"] == "alice" and data["owner"] == "me"
+    assert all(data[f"k{i}"] == N for i in range(CLIENTS))
+    # after the alias window the old id is dead: a fresh, empty session
+    time.sleep(ALIAS_WINDOW + 0.5)
+    assert get(gunicorn, old).json() == {}
+    # revoked sessions do not come back, even with writes in flight
+    assert post(gunicorn, "/revoke/alice", None).text == "1"
+    after = hammer(gunicorn, new, ["/own/late"] * 2)
+    assert all(r.status_code == 200 for r in after)
+    assert get(gunicorn, new).json() == {}
+
+
+def test_redis_stopped_mid_test(gunicorn: Gunicorn, redis_server_private: RedisServer) -> None:
+    cookie = cookie_from(post(gunicorn, "/start", None))
+    for _ in range(3):
+        post(gunicorn, "/own/n", cookie)
+    redis_server_private.kill()
+    for resp in (get(gunicorn, cookie), post(gunicorn, "/own/n", cookie), post(gunicorn, "/incr", cookie)):
+        assert resp.status_code == 503
+        assert resp.headers["Retry-After"] == "5"
+        assert "Set-Cookie" not in resp.headers
+        assert "Service Unavailable" in resp.text
+    redis_server_private.start()  # same port, AOF replayed
+    resp = get(gunicorn, cookie)
+    assert resp.status_code == 200 and resp.json() == {"owner": "me", "n": 3}
+    assert "Set-Cookie" not in resp.headers
+    assert post(gunicorn, "/own/n", cookie).text == "4"
