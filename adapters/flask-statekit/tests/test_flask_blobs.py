@@ -1,0 +1,111 @@
+"""Flask: save request.files[...] into the blob store; 413 before the body is read."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify
+
+from flask_statekit import StateKit
+from flask_statekit.blobs import blob_store, blob_url, save_upload
+from statekit.errors import ConfigError
+
+HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
+
+
+def png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + \
+        chunk(b"IEND", b"")
+
+
+def make_app(url: str) -> Flask:
+    app = Flask(__name__)
+    app.config.update(STATEKIT_BLOBS_URL=url, STATEKIT_BLOBS_MAX_SIZE="2KiB", SECRET_KEY="x" * 32,
+                      STATEKIT_BLOBS_FORM_OVERHEAD=1024)
+    StateKit(app)
+
+    @app.post("/upload")
+    def upload() -> Any:
+        blob = save_upload("photo", allowed_types=["image/*"], prefix="avatars")
+        return jsonify(key=blob.key, size=blob.size, type=blob.content_type, name=blob.filename,
+                       url=blob_url(blob.key, expires=60))
+
+    return app
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.s3)])
+def app(request: pytest.FixtureRequest) -> Flask:
+    url = "memory://flask" if request.param == "memory" else request.getfixturevalue("s3_url")
+    return make_app(url)
+
+
+def test_upload_is_stored(app: Flask) -> None:
+    resp = app.test_client().post("/upload", data={"photo": (io.BytesIO(png()), "Me at the beach.png")})
+    assert resp.status_code == 200, resp.data
+    body = resp.get_json()
+    assert body["key"].startswith("avatars/") and body["key"].endswith(".png")
+    assert (body["size"], body["type"], body["name"]) == (len(png()), "image/png", "Me at the beach.png")
+    with app.app_context():
+        store = blob_store()
+        with store.open(body["key"]) as f:
+            assert f.read() == png()
+
+
+class ExplodingInput(io.RawIOBase):
+    """A request body that must never be read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        self.reads += 1
+        raise AssertionError("the body was read")
+
+
+def test_413_before_the_body_is_read(app: Flask) -> None:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    body = ExplodingInput()
+    environ = EnvironBuilder(path="/upload", method="POST",
+                             content_type="multipart/form-data; boundary=xyz").get_environ()
+    environ.update({"wsgi.input": body, "CONTENT_LENGTH": str(50 * 1024 * 1024)})
+    app_iter, status, _headers = run_wsgi_app(app, environ)
+    b"".join(app_iter)
+    assert status.startswith("413")
+    assert body.reads == 0
+    with app.app_context():
+        assert list(blob_store().list()) == []
+
+
+def test_file_part_over_the_limit_is_413_and_not_stored(app: Flask) -> None:
+    big = png() + b"\0" * 2500  # under limit + form overhead, over the file limit
+    resp = app.test_client().post("/upload", data={"photo": (io.BytesIO(big), "big.png")})
+    assert resp.status_code == 413
+    with app.app_context():
+        assert list(blob_store().list()) == []
+
+
+def test_lying_type_is_415(app: Flask) -> None:
+    client = app.test_client()
+    assert client.post("/upload", data={"photo": (io.BytesIO(HTML), "photo.png")}).status_code == 415
+    assert client.post("/upload", data={"photo": (io.BytesIO(b"%PDF-1.4\n"), "a.pdf")}).status_code == 415
+    assert client.post("/upload", data={"other": (io.BytesIO(png()), "a.png")}).status_code == 400
+    with app.app_context():
+        assert list(blob_store().list()) == []
+
+
+def test_without_a_blobs_url_the_helper_says_what_to_set() -> None:
+    app = Flask(__name__)
+    StateKit(app)
+    with app.app_context(), pytest.raises(ConfigError, match="STATEKIT_BLOBS_URL"):
+        blob_store()
