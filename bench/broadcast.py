@@ -1,0 +1,164 @@
+"""Broadcast benchmark.
+
+1. Fan-out latency: time from ``Broadcaster.publish`` being called to the value
+   being applied in each of N worker processes (``SharedValue.on_change`` fires right
+   after the local copy is replaced), p50/p99/max over all workers and publishes.
+   Anchor: plain redis-py pub/sub, PUBLISH to ``get_message`` in N processes (the
+   floor any Redis-based fan-out stands on).
+2. ``SharedValue.get()`` ns/op against a dict lookup (the module-level dict it
+   replaces) and a Redis ``GET`` per read (what a worker does without broadcast).
+
+Targets (issue 6): fan-out p99 <= 2 ms to 8 workers on loopback; get() <= 100 ns.
+
+Run: ``.venv/bin/python bench/broadcast.py [--workers 8] [--publishes 300]``
+(a private redis-server is started and stopped; about 15 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+import timeit
+from typing import Any
+
+from statekit.embedded import RedisServer
+
+
+def _statekit_worker(url: str, ready: Any, done: Any, out: Any) -> None:
+    from statekit.broadcast import SharedValue
+
+    lat: list[float] = []
+    versions: set[int] = set()
+    sv = SharedValue("bench", default=None, url=url, key_prefix="bench")
+
+    def seen(value: Any, version: int) -> None:
+        now = time.time()
+        if value is not None and value.get("t"):
+            lat.append(now - value["t"])
+            versions.add(version)
+
+    sv.on_change(seen)
+    assert sv._hub is not None
+    sv._hub.connected.wait(10)
+    ready.put(1)
+    done.wait(120)
+    out.put((lat, len(versions)))
+
+
+def _raw_worker(url: str, ready: Any, done: Any, out: Any) -> None:
+    import redis
+
+    lat: list[float] = []
+    r = redis.Redis.from_url(url)
+    p = r.pubsub(ignore_subscribe_messages=True)
+    p.subscribe("bench-raw")
+    p.get_message(timeout=1)  # the subscribe confirmation
+    ready.put(1)
+    while not done.is_set():
+        msg = p.get_message(timeout=0.5)
+        if msg is not None:
+            lat.append(time.time() - float(msg["data"]))
+    out.put((lat, len(lat)))
+
+
+def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float) -> dict[str, float]:
+    ctx = multiprocessing.get_context("fork")
+    ready, out, done = ctx.Queue(), ctx.Queue(), ctx.Event()
+    target = _raw_worker if kind == "raw" else _statekit_worker
+    procs = [ctx.Process(target=target, args=(url, ready, done, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=30)
+    if kind != "raw":
+        from statekit.broadcast import Broadcaster
+
+        b = Broadcaster(url, key_prefix="bench")
+
+        def send(i: int) -> None:
+            b.publish("bench", {"t": time.time(), "i": i})
+    else:
+        import redis
+
+        r = redis.Redis.from_url(url)
+
+        def send(i: int) -> None:
+            r.publish("bench-raw", repr(time.time()))
+
+    for i in range(publishes):
+        send(i)
+        time.sleep(spacing)
+    time.sleep(0.5)
+    done.set()
+    lat: list[float] = []
+    complete = 0
+    for _ in procs:
+        samples, n = out.get(timeout=30)
+        lat += samples
+        complete += n == publishes
+    for p in procs:
+        p.join(10)
+    lat.sort()
+    q = statistics.quantiles(lat, n=100)
+    return {"p50": q[49] * 1000, "p99": q[98] * 1000, "max": lat[-1] * 1000,
+            "samples": len(lat), "complete": complete}
+
+
+def get_speed(url: str) -> dict[str, float]:
+    import redis
+
+    from statekit.broadcast import Broadcaster, SharedValue
+
+    Broadcaster(url, key_prefix="bench").publish("speed", 12345)
+    sv = SharedValue("speed", url=url, key_prefix="bench")
+    sv.get()
+    d = {"speed": 12345}
+    r = redis.Redis.from_url(url)
+    r.set("speed", 12345)
+    out = {}
+    for label, stmt, env, n in [
+        ("SharedValue.get()", "sv.get()", {"sv": sv}, 2_000_000),
+        ("dict lookup d[k]", "d['speed']", {"d": d}, 2_000_000),
+        ("Redis GET per read", "r.get('speed')", {"r": r}, 3_000),
+    ]:
+        best = min(timeit.repeat(stmt, globals=env, number=n, repeat=5)) / n
+        out[label] = best * 1e9
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--publishes", type=int, default=300)
+    parser.add_argument("--spacing", type=float, default=0.01, help="seconds between publishes")
+    opts = parser.parse_args(argv)
+    with RedisServer() as srv:
+        print(f"redis {srv.version} on loopback; {opts.workers} worker processes, "
+              f"{opts.publishes} publishes {opts.spacing * 1000:.0f} ms apart\n")
+        rows = {kind: fanout(srv.url, kind, opts.workers, opts.publishes, opts.spacing)
+                for kind in ("statekit", "raw")}
+        print(f"{'fan-out publish -> seen':32} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+              f"{'samples':>8} {'all seen':>9}")
+        for kind, label in (("statekit", "statekit SharedValue"), ("raw", "anchor: redis-py pub/sub")):
+            r = rows[kind]
+            print(f"{label:32} {r['p50']:8.3f} {r['p99']:8.3f} {r['max']:8.3f} {r['samples']:8.0f} "
+                  f"{r['complete']:5.0f}/{opts.workers}")
+        s, a = rows["statekit"], rows["raw"]
+        print(f"{'ratio statekit / anchor':32} {s['p50'] / a['p50']:8.2f} {s['p99'] / a['p99']:8.2f}")
+        print(f"target p99 <= 2 ms: {'met' if s['p99'] <= 2.0 else 'NOT met'}\n")
+
+        speeds = get_speed(srv.url)
+        base = speeds["dict lookup d[k]"]
+        print(f"{'read':32} {'ns/op':>10} {'vs dict':>8}")
+        for label, ns in speeds.items():
+            print(f"{label:32} {ns:10.1f} {ns / base:8.2f}x")
+        got = speeds["SharedValue.get()"]
+        print(f"target get() <= 100 ns: {'met' if got <= 100 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
