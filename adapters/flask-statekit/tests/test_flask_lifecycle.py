@@ -15,7 +15,8 @@ seen: list[str] = []
 
 def make_app(**config: object) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="flask-lifecycle-secret-0123456789", STATEKIT_BROADCAST_ENABLED=False, **config)
+    app.config.update(SECRET_KEY="flask-lifecycle-secret-0123456789", STATEKIT_BROADCAST_ENABLED=False)
+    app.config.update(config)
 
     @app.before_request
     def note() -> None:
@@ -52,8 +53,8 @@ def test_state_lifecycle_and_endpoints(drain: DrainState) -> None:
 
 
 def test_configured_paths_and_mode(drain: DrainState) -> None:
-    app = make_app(STATEKIT_HEALTH_PATH="/-/live", STATEKIT_READY_PATH="/-/ready", STATEKIT_DRAIN_MODE="serve",
-                   STATEKIT_RETRY_AFTER="7")
+    app = make_app(STATEKIT_HEALTH_PATH="/-/live", STATEKIT_READY_PATH="/-/ready",
+                   STATEKIT_DRAIN_MODE="serve", STATEKIT_RETRY_AFTER="7")
     c = app.test_client()
     assert c.get("/-/live").status_code == 200
     assert c.get("/-/ready").status_code == 200
