@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -75,6 +76,27 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process *pid* holds the listening TCP socket on *port* (Linux
+    ``/proc``; elsewhere assumed, as the probe cannot tell)."""
+    if not os.path.isdir(f"/proc/{pid}/fd") or not os.path.exists("/proc/net/tcp"):
+        return sys.platform != "linux"
+    inodes: set[str] = set()
+    # local address :PORT, any remote, state 0A (LISTEN), then uid, timeout, inode
+    pattern = re.compile(rb"^ *\d+: [0-9A-F]+:%04X [0-9A-F]+:0000 0A (?:\S+ +){5}(\d+)" % port, re.M)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, "rb") as f:
+            inodes.update(f"socket:[{m.decode()}]" for m in pattern.findall(f.read()))
+    if not inodes:
+        return False
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+    return False
 
 
 _PR_SET_PDEATHSIG = 1
@@ -206,7 +228,9 @@ class _Process:
                 raise BackendUnavailable(
                     f"{self.name} exited with status {self.proc.returncode} at start:\n{self.log_tail()}"
                 )
-            if self._ready():
+            # Another server that took the "free" port first (tests run in parallel)
+            # would answer the probe too: it must be our process that listens.
+            if self._ready() and _listens_on(self.proc.pid, self.port):
                 return
             time.sleep(0.02)
         self._terminate()
