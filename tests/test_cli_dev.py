@@ -1,0 +1,213 @@
+"""`statekit dev`: prints working URLs (redis-cli PING and boto3 list_buckets succeed),
+stops cleanly on SIGTERM/SIGINT leaving no process behind, and runs a command with
+the URLs in its environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+
+from statekit.cli import main
+from statekit.config import parse_url
+from statekit.embedded import find_redis_server
+
+pytestmark = [pytest.mark.redis, pytest.mark.s3]
+
+STATEKIT = str(Path(sys.executable).with_name("statekit"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                out.append(int(entry))
+    return out
+
+
+def wait_gone(pids: list[int], attempts: int = 100) -> list[int]:
+    for _ in range(attempts):
+        if not any(alive(p) for p in pids):
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+@dataclass
+class Dev:
+    proc: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+
+    def read_until(self, marker: str) -> None:
+        assert self.proc.stdout is not None
+        for _ in range(200):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line.rstrip("\n"))
+            if m := re.match(r"export (\w+)=(.*)$", line.strip()):
+                self.env[m.group(1)] = m.group(2).strip("'")
+            self.pids += [int(p) for p in re.findall(r"pid (\d+)", line)]
+            if marker in line:
+                return
+        raise AssertionError(f"no {marker!r} in output: {self.lines}")
+
+
+@pytest.fixture
+def run_dev() -> Iterator[list[Dev]]:
+    started: list[Dev] = []
+    yield started
+    for dev in started:
+        if dev.proc.poll() is None:
+            dev.proc.kill()
+            dev.proc.wait(30)
+        if dev.proc.stdout is not None:
+            dev.proc.stdout.close()
+        for pid in dev.pids:  # only the servers this test's dev started
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def start_dev(started: list[Dev], *args: str) -> Dev:
+    proc = subprocess.Popen(
+        [STATEKIT, "dev", *args], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    dev = Dev(proc)
+    started.append(dev)
+    return dev
+
+
+def check_urls_work(env: dict[str, str]) -> None:
+    redis_url = env["STATEKIT_REDIS_URL"]
+    cli = find_redis_server().cli
+    assert cli is not None
+    pong = subprocess.run([cli, "-u", redis_url, "PING"], capture_output=True, text=True, timeout=10)
+    assert pong.stdout.strip() == "PONG"
+    s3 = parse_url(env["STATEKIT_BLOBS_URL"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.options["endpoint_url"],
+        region_name=s3.options["region"],
+        aws_access_key_id=s3.username,
+        aws_secret_access_key=s3.password,
+    )
+    assert s3.bucket in [b["Name"] for b in client.list_buckets()["Buckets"]]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_dev_prints_working_urls_and_stops_cleanly(run_dev: list[Dev], sig: signal.Signals) -> None:
+    dev = start_dev(run_dev)
+    dev.read_until("Press Ctrl-C to stop.")
+    assert set(dev.env) == {"STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL"}
+    assert len(dev.pids) == 2  # the redis-server and the moto server
+    assert sorted(children_of(dev.proc.pid)) == sorted(dev.pids)
+    check_urls_work(dev.env)
+
+    dev.proc.send_signal(sig)
+    assert dev.proc.wait(60) == 0
+    assert dev.proc.stdout is not None
+    assert "statekit dev: servers stopped" in dev.proc.stdout.read()
+    assert wait_gone(dev.pids) == [], "a server outlived statekit dev"
+
+
+def test_dev_custom_bucket_and_ports(run_dev: list[Dev]) -> None:
+    from statekit.embedded import free_port
+
+    redis_port, s3_port = free_port(), free_port()
+    dev = start_dev(run_dev, "--bucket", "uploads", "--redis-port", str(redis_port),
+                    "--s3-port", str(s3_port))
+    dev.read_until("Press Ctrl-C to stop.")
+    assert parse_url(dev.env["STATEKIT_REDIS_URL"]).hosts == (("127.0.0.1", redis_port),)
+    s3 = parse_url(dev.env["STATEKIT_BLOBS_URL"])
+    assert (s3.bucket, s3.options["endpoint_url"]) == ("uploads", f"http://127.0.0.1:{s3_port}")
+    check_urls_work(dev.env)
+    dev.proc.terminate()
+    assert dev.proc.wait(60) == 0
+    assert wait_gone(dev.pids) == []
+
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys
+    import redis
+    from statekit.config import parse_url
+    url = os.environ["STATEKIT_REDIS_URL"]
+    blobs = parse_url(os.environ["STATEKIT_BLOBS_URL"])
+    redis.Redis.from_url(url, socket_timeout=5).set("from-child", blobs.bucket)
+    print("CHILD", os.getpid(), url, blobs.bucket, flush=True)
+    sys.exit(int(sys.argv[1]))
+    """
+)
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_dev_runs_a_command_with_the_urls(run_dev: list[Dev], status: int) -> None:
+    dev = start_dev(run_dev, "--", sys.executable, "-c", _CHILD, str(status))
+    dev.read_until("CHILD")
+    child_line = dev.lines[-1].split()
+    assert child_line[2] == dev.env["STATEKIT_REDIS_URL"]
+    assert child_line[3] == "statekit"
+    assert dev.proc.wait(60) == status  # the command's status is dev's
+    assert dev.proc.stdout is not None
+    assert "servers stopped" in dev.proc.stdout.read()
+    assert wait_gone([*dev.pids, int(child_line[1])]) == []
+
+
+def test_dev_sigterm_stops_the_command_then_the_servers(run_dev: list[Dev], tmp_path: Path) -> None:
+    got = tmp_path / "got-sigterm"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        def bye(*_):
+            open({str(got)!r}, "w").close()
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, bye)
+        print("CHILD", os.getpid(), flush=True)
+        time.sleep(120)
+        """
+    )
+    dev = start_dev(run_dev, "--", sys.executable, "-c", script)
+    dev.read_until("CHILD")
+    child_pid = int(dev.lines[-1].split()[1])
+    check_urls_work(dev.env)
+    dev.proc.send_signal(signal.SIGTERM)
+    assert dev.proc.wait(60) == 0
+    assert got.exists()  # the command was asked to stop, and did
+    assert wait_gone([*dev.pids, child_pid]) == []
+
+
+def test_dev_help_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert "dev" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("statekit ")
