@@ -527,6 +527,12 @@ class SessionStore:
         session._encoded.clear()
         session.destroyed = True
 
+    def destroy_id(self, sid: str) -> None:
+        """Delete the session with id *sid* (an unsigned id), if it exists."""
+        key = self._key(sid)
+        self.engine.destroy(key, None, self._member(key))
+        self.counters.incr("destroyed")
+
     def incr(self, session: Session, key: str, amount: int = 1) -> int:
         """Atomically add *amount* to the integer under *key* (0 if absent) and
         return the new value; concurrent increments are never lost. Stores a new

@@ -1,0 +1,191 @@
+"""Django session engine on :class:`statekit.sessions.SessionStore`.
+
+::
+
+    SESSION_ENGINE = "django_statekit.sessions"
+    MIDDLEWARE = ["django_statekit.middleware.SessionOutageMiddleware",   # first
+                  "django.contrib.sessions.middleware.SessionMiddleware", ...]
+
+The cookie value (Django's ``session_key``) is the statekit session id signed with
+``STATEKIT_SECRET_KEYS`` (default: ``SECRET_KEY`` + ``SECRET_KEY_FALLBACKS``); a
+tampered, truncated, foreign or oversized cookie gives a fresh session without any
+Redis call. ``cycle_key()`` (called by ``login()``) rotates the id atomically, the old
+id staying an alias for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds. Saves write only
+the keys that changed, so concurrent requests of one session keep each other's
+changes; ``request.session.incr(key)`` is an atomic counter.
+
+Settings: ``SESSION_COOKIE_AGE`` is the idle timeout (sliding);
+``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days), ``STATEKIT_SESSION_REFRESH_INTERVAL``
+(60 s), ``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
+``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``). ``SESSION_SERIALIZER``
+is not used: values go through statekit's codec, never pickle.
+
+**Outages.** Loading or saving with Redis unreachable raises
+:class:`~statekit.errors.BackendUnavailable` and sets ``request.session.outage``;
+:class:`django_statekit.middleware.SessionOutageMiddleware` turns that into a 503 with
+``Retry-After`` and no cookie change. With the ``anonymous`` policy the session loads
+as empty and read-only instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import SessionBase, UpdateError
+
+from statekit.errors import BackendUnavailable
+from statekit.sessions import Session
+from statekit.sessions import SessionStore as CoreStore
+
+from .conf import get_setting, get_settings
+
+__all__ = ["SessionStore", "get_core_store"]
+
+
+def get_core_store() -> CoreStore:
+    """The process's :class:`statekit.sessions.SessionStore` for the current settings."""
+    s = get_settings()
+    return _core_store(
+        s.require("session_url"), s.secret_keys, s.key_prefix,
+        float(settings.SESSION_COOKIE_AGE),
+        float(get_setting("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400)),
+        float(get_setting("STATEKIT_SESSION_REFRESH_INTERVAL", 60)),
+        float(get_setting("STATEKIT_SESSION_ALIAS_WINDOW", 10)),
+        str(get_setting("STATEKIT_SESSION_CODEC", "json")),
+        str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
+                refresh: float, alias: float, codec: str, policy: str) -> CoreStore:
+    from django.contrib.auth import SESSION_KEY
+
+    return CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
+                     absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
+                     codec=codec, outage_policy=policy, user_key=SESSION_KEY)
+
+
+class SessionStore(SessionBase):
+    """Django's session API on a Redis hash per session.
+
+    Concurrency: no locks; each save writes only the keys this request changed or
+    deleted (last writer wins per key). A save of a session that was flushed,
+    revoked or expired meanwhile raises ``UpdateError`` (Django answers 400) instead
+    of bringing it back.
+    """
+
+    def __init__(self, session_key: str | None = None) -> None:
+        self._core: Session | None = None
+        self.outage = False
+        super().__init__(session_key)
+
+    @property
+    def store(self) -> CoreStore:
+        return get_core_store()
+
+    def _validate_session_key(self, key: str | None) -> bool:
+        return bool(key) and self.store.unsign(key, context="django") is not None
+
+    def _get_new_session_key(self) -> str:
+        return self.store.sign(self.store.new().sid)
+
+    def _sid(self, session_key: str | None = None) -> str | None:
+        return self.store.unsign(session_key or self.session_key)
+
+    def load(self) -> dict[str, Any]:
+        sid = self._sid()
+        if sid is None:
+            return {}
+        try:
+            core = self.store.open(self.session_key, context="django")
+        except BackendUnavailable:
+            self.outage = True
+            raise
+        if core.new:  # missing, expired or revoked: a fresh session on its next save
+            self._session_key = None
+            self._core = None
+            return {}
+        self._core = core
+        return core
+
+    def _synced(self) -> Session:
+        """The core session holding this request's data (Django's ``clear()`` and
+        ``update()`` may have replaced or changed the dict)."""
+        data = self._get_session()  # type: ignore[attr-defined]
+        core = self._core
+        if core is None:
+            core = self._core = self.store.new()
+        if data is not core:
+            dict.clear(core)
+            for k, v in data.items():
+                core[k] = v
+            core.modified = True
+            self._session_cache = core
+        return core
+
+    def exists(self, session_key: str) -> bool:
+        sid = self._sid(session_key)
+        return sid is not None and self.store.load(sid) is not None
+
+    def create(self) -> None:
+        self._core = self.store.new()
+        self._session_cache = self._core
+        self.save(must_create=True)
+        self.modified = True
+
+    def save(self, must_create: bool = False) -> None:
+        core = self._synced()
+        if core.unavailable:
+            return
+        if self.modified:
+            core.modified = True
+        expiry = self.get("_session_expiry")
+        core.idle_timeout = float(self.get_expiry_age()) if expiry else None
+        try:
+            saved = self.store.save(core, force=must_create)
+        except BackendUnavailable:
+            self.outage = True
+            raise
+        if not saved:
+            raise UpdateError
+        self._session_key = self.store.sign(core.sid)
+
+    def delete(self, session_key: str | None = None) -> None:
+        if session_key is None and self._core is not None:
+            if not self._core.unavailable:
+                self.store.destroy(self._core)
+            return
+        sid = self._sid(session_key)
+        if sid is not None:
+            self.store.destroy_id(sid)
+
+    def flush(self) -> None:
+        self.clear()
+        self.delete()
+        self._session_key = None
+        self._core = None
+
+    def cycle_key(self) -> None:
+        """Rotate the session id (``login()`` calls this): the data moves to a new id
+        atomically and the old id keeps working for a few seconds only."""
+        core = self._synced()
+        self.store.rotate(core)
+        self._session_key = self.store.sign(core.sid)
+        self.modified = True
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Atomically add *amount* to the integer under *key* and return it."""
+        core = self._synced()
+        was_new = core.new
+        value = self.store.incr(core, key, amount)
+        if was_new:  # stored just now: the middleware must send the cookie
+            self._session_key = self.store.sign(core.sid)
+            self.modified = True
+        return value
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        """Redis expires sessions on its own: nothing to do."""

@@ -1,0 +1,272 @@
+"""Django session engine (django_statekit.sessions) and the outage middleware."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import tests_django_urls
+from django.contrib.auth import SESSION_KEY, get_user_model, login
+from django.contrib.sessions.backends.base import SessionBase, UpdateError
+from django.core.management import call_command
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import Client
+from django.urls import path
+
+from django_statekit.sessions import SessionStore, get_core_store
+from statekit.embedded import RedisServer
+
+pytestmark = pytest.mark.redis
+
+MIDDLEWARE = [
+    "django_statekit.middleware.SessionOutageMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+
+
+def v_get(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({k: v for k, v in request.session.items() if not k.startswith("_auth")})
+
+
+def v_set(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    request.session[key] = value
+    return HttpResponse("ok")
+
+
+def v_incr(request: HttpRequest, key: str) -> HttpResponse:
+    return HttpResponse(str(request.session.incr(key)))  # type: ignore[attr-defined]
+
+
+def v_login(request: HttpRequest, username: str) -> HttpResponse:
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return HttpResponse("ok")
+
+
+def v_whoami(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(request.user.get_username() if request.user.is_authenticated else "anonymous")
+
+
+tests_django_urls.urlpatterns += [
+    path("sessions/get", v_get),
+    path("sessions/set/<str:key>/<str:value>", v_set),
+    path("sessions/incr/<str:key>", v_incr),
+    path("sessions/login/<str:username>", v_login),
+    path("sessions/whoami", v_whoami),
+]
+
+
+@pytest.fixture(scope="module")
+def _db() -> None:
+    call_command("migrate", run_syncdb=True, verbosity=0)
+
+
+def configure(django_settings: Any, url: str, **extra: Any) -> None:
+    django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_SESSION_URL=url,
+                        MIDDLEWARE=MIDDLEWARE, SESSION_COOKIE_SECURE=True, **extra)
+
+
+@pytest.fixture
+def engine(django_settings: Any, redis_url: str) -> str:
+    configure(django_settings, redis_url)
+    return redis_url
+
+
+def calls(r: redis.Redis) -> int:
+    stats = r.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_info", "cmdstat_config")))
+
+
+def test_is_a_full_session_base(engine: str) -> None:
+    s = SessionStore()
+    assert isinstance(s, SessionBase)
+    s["a"] = 1
+    s.set_expiry(600)
+    s.save()
+    key = s.session_key
+    assert key and s.exists(key)
+    again = SessionStore(key)
+    assert again["a"] == 1 and again.get_expiry_age() == 600
+    again.cycle_key()
+    assert again.session_key != key and again["a"] == 1
+    again.save()
+    assert SessionStore(again.session_key)["a"] == 1
+    again.flush()
+    assert again.session_key is None and not SessionStore.exists(again, str(key))
+    assert SessionStore.clear_expired() is None
+
+
+def test_set_expiry_sets_redis_ttl(engine: str) -> None:
+    s = SessionStore()
+    s["a"] = 1
+    s.set_expiry(300)
+    s.save()
+    r = redis.Redis.from_url(engine)
+    core = get_core_store()
+    sid = core.unsign(s.session_key)
+    assert sid is not None
+    assert 0 < r.pttl(core._key(sid)) <= 300_000
+
+
+def test_concurrent_saves_keep_both_keys(engine: str) -> None:
+    s = SessionStore()
+    s["base"] = 0
+    s.save()
+    a, b = SessionStore(s.session_key), SessionStore(s.session_key)
+    a["a"], b["b"] = 1, 2
+    a.save()
+    b.save()
+    assert dict(SessionStore(s.session_key).items()) == {"base": 0, "a": 1, "b": 2}
+
+
+def test_flushed_session_is_not_resurrected(engine: str) -> None:
+    s = SessionStore()
+    s["a"] = 1
+    s.save()
+    inflight = SessionStore(s.session_key)
+    inflight["a"]  # noqa: B018 - load before the flush
+    s.flush()
+    inflight["b"] = 2
+    with pytest.raises(UpdateError):
+        inflight.save()
+
+
+def test_client_set_get_and_cookie(engine: str) -> None:
+    c = Client()
+    resp = c.get("/sessions/set/color/blue")
+    morsel = resp.cookies["sessionid"]
+    assert morsel["httponly"] and morsel["secure"] and morsel["samesite"] == "Lax"
+    assert c.get("/sessions/get").json() == {"color": "blue"}
+    assert c.get("/sessions/incr/n").content == b"1"
+    assert c.get("/sessions/incr/n").content == b"2"
+
+
+def test_unmodified_request_is_one_redis_call(engine: str) -> None:
+    c = Client()
+    c.get("/sessions/set/a/1")
+    c.get("/sessions/get")
+    r = redis.Redis.from_url(engine)
+    r.config_resetstat()
+    resp = c.get("/sessions/get")
+    assert resp.json() == {"a": "1"} and "sessionid" not in resp.cookies
+    assert calls(r) == 1
+
+
+@pytest.mark.parametrize("mangle", ["tampered", "truncated", "foreign", "oversized"])
+def test_bad_cookies_fresh_session_no_redis(engine: str, mangle: str, caplog: pytest.LogCaptureFixture) -> None:
+    c = Client()
+    c.get("/sessions/set/secret/x")
+    good = c.cookies["sessionid"].value
+    foreign = get_core_store().__class__("memory://", secret_keys=["not-our-key"])
+    c.cookies["sessionid"] = {
+        "tampered": good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+        "truncated": good[:30],
+        "foreign": foreign.sign(foreign.new().sid),
+        "oversized": good * 10,
+    }[mangle]
+    r = redis.Redis.from_url(engine)
+    r.config_resetstat()
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        resp = c.get("/sessions/get")
+    assert resp.json() == {} and calls(r) == 0
+    assert "rejected session cookie" in caplog.text
+
+
+def test_login_cycles_key_and_old_key_is_short_alias(engine: str, _db: None) -> None:
+    c = Client()
+    c.get("/sessions/set/cart/apple")
+    old = c.cookies["sessionid"].value
+    c.get("/sessions/login/alice")
+    new = c.cookies["sessionid"].value
+    assert new != old
+    assert c.get("/sessions/whoami").content == b"alice"
+    assert c.get("/sessions/get").json() == {"cart": "apple"}
+    store = get_core_store()
+    [info] = store.list_user_sessions(str(get_user_model().objects.get(username="alice").pk))
+    assert info.handle == store._handle(str(store.unsign(new)))
+    inflight = Client()
+    inflight.cookies["sessionid"] = old
+    assert inflight.get("/sessions/whoami").content == b"alice"  # within the alias window
+
+
+def test_revoke_user_logs_out_everywhere(engine: str, _db: None) -> None:
+    a, b = Client(), Client()
+    a.get("/sessions/login/bob")
+    b.get("/sessions/login/bob")
+    pk = get_user_model().objects.get(username="bob").pk
+    assert get_core_store().revoke_user(str(pk)) == 2
+    assert a.get("/sessions/whoami").content == b"anonymous"
+    assert b.get("/sessions/whoami").content == b"anonymous"
+
+
+# -- outages -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def durable_redis() -> Iterator[RedisServer]:
+    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
+    server.start()
+    yield server
+    server.stop()
+
+
+def _outage_url(server: RedisServer) -> str:
+    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+
+
+def test_outage_503_cookie_untouched_data_intact(django_settings: Any, durable_redis: RedisServer) -> None:
+    configure(django_settings, _outage_url(durable_redis))
+    c = Client(raise_request_exception=False)
+    c.get("/sessions/set/cart/apple")
+    cookie = c.cookies["sessionid"].value
+    durable_redis.kill()
+    for url in ("/sessions/get", "/sessions/set/cart/pear", "/sessions/incr/n"):
+        resp = c.get(url)
+        assert resp.status_code == 503, url
+        assert resp["Retry-After"] == "5"
+        assert "sessionid" not in resp.cookies
+        assert c.cookies["sessionid"].value == cookie
+    durable_redis.start()
+    assert c.get("/sessions/get").json() == {"cart": "apple"}
+    assert c.cookies["sessionid"].value == cookie
+
+
+def test_outage_during_save_is_503(django_settings: Any, durable_redis: RedisServer) -> None:
+    configure(django_settings, _outage_url(durable_redis))
+
+    def v_set_then_die(request: HttpRequest) -> HttpResponse:
+        request.session["cart"] = "pear"
+        durable_redis.kill()
+        return HttpResponse("ok")
+
+    tests_django_urls.urlpatterns.append(path("sessions/set-then-die", v_set_then_die))
+    try:
+        c = Client(raise_request_exception=False)
+        c.get("/sessions/set/cart/apple")
+        cookie = c.cookies["sessionid"].value
+        resp = c.get("/sessions/set-then-die")
+        assert resp.status_code == 503 and resp["Retry-After"] == "5" and "sessionid" not in resp.cookies
+        durable_redis.start()
+        assert c.get("/sessions/get").json() == {"cart": "apple"}
+        assert c.cookies["sessionid"].value == cookie
+    finally:
+        tests_django_urls.urlpatterns.pop()
+
+
+def test_outage_anonymous_policy(django_settings: Any, durable_redis: RedisServer) -> None:
+    configure(django_settings, _outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
+    c = Client(raise_request_exception=False)
+    c.get("/sessions/set/cart/apple")
+    cookie = c.cookies["sessionid"].value
+    durable_redis.kill()
+    resp = c.get("/sessions/get")
+    assert resp.status_code == 200 and resp.json() == {} and "sessionid" not in resp.cookies
+    resp = c.get("/sessions/set/cart/pear")
+    assert resp.status_code == 503 and "Retry-After" in resp
+    durable_redis.start()
+    assert c.get("/sessions/get").json() == {"cart": "apple"}
+    assert c.cookies["sessionid"].value == cookie
