@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 import tests_django_urls
-from django.contrib.auth import SESSION_KEY, get_user_model, login
+from django.contrib.auth import get_user_model, login
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.core.management import call_command
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -157,7 +157,8 @@ def test_unmodified_request_is_one_redis_call(engine: str) -> None:
 
 
 @pytest.mark.parametrize("mangle", ["tampered", "truncated", "foreign", "oversized"])
-def test_bad_cookies_fresh_session_no_redis(engine: str, mangle: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_bad_cookies_fresh_session_no_redis(engine: str, mangle: str,
+                                            caplog: pytest.LogCaptureFixture) -> None:
     c = Client()
     c.get("/sessions/set/secret/x")
     good = c.cookies["sessionid"].value
