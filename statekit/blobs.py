@@ -670,14 +670,15 @@ class BlobStore:
     def url(self, key: str, *, expires: int = 3600, download_name: str | None = None) -> str:
         """A URL that reads the blob for *expires* seconds, served as an attachment
         named *download_name* (default: the original filename). S3 gives a presigned
-        GET; other stores a URL signed with the store's secret, checked by
-        :meth:`verify_url`."""
+        GET (no request is made; the object's stored ``Content-Disposition`` applies
+        unless *download_name* overrides it); other stores a URL signed with the
+        store's secret, checked by :meth:`verify_url`."""
         validate_key(key)
-        if download_name is None:
-            download_name = self.stat(key).filename
         return self._url(key, int(expires), content_disposition(download_name) if download_name else None)
 
     def _url(self, key: str, expires: int, disposition: str | None) -> str:
+        if disposition is None:
+            disposition = content_disposition(self.stat(key).filename)
         params = {"expires": str(int(time.time()) + expires)}
         if disposition:
             params["disposition"] = disposition

@@ -1,0 +1,174 @@
+"""``django_statekit.storage.BlobStorage``: a Django ``Storage`` backed by a statekit
+:class:`~statekit.blobs.BlobStore` (S3, a shared volume, or memory)::
+
+    STORAGES = {
+        "default": {
+            "BACKEND": "django_statekit.storage.BlobStorage",
+            "OPTIONS": {"url": "s3://bucket/media?region=eu-west-1",   # else STATEKIT_BLOBS_URL
+                        "max_size": 10 * 2**20, "allowed_types": ["image/*", "application/pdf"]},
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+``FileField`` save/open/url/delete/exists/size work as usual, with statekit's rules:
+the stored name is a generated key (``<upload_to>/YYYY/MM/DD/<random>.<ext>``, about
+50 characters plus ``upload_to``), never the uploaded filename, so nothing is ever
+overwritten (saving the same name twice gives two keys); the upload is streamed with
+bounded memory, its type sniffed and checked, and its size limited. Refusals raise
+:class:`~statekit.errors.BlobTooLarge`, :class:`~statekit.errors.ContentTypeMismatch`
+or :class:`~statekit.errors.DisallowedContentType` from ``save()``, and nothing is
+stored. Files are read-only once stored (``open(name, "w")`` is refused).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files import File
+from django.core.files.storage import Storage
+from django.utils.deconstruct import deconstructible
+
+from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
+from statekit.errors import BlobNotFound, ConfigError, InvalidKey
+
+from .conf import get_settings
+
+__all__ = ["BlobStorage"]
+
+
+@deconstructible(path="django_statekit.storage.BlobStorage")
+class BlobStorage(Storage):
+    """A Django storage over a statekit blob store; see the module docstring.
+
+    :param url: the store URL (default ``STATEKIT_BLOBS_URL``).
+    :param max_size: largest accepted file in bytes.
+    :param allowed_types: allowed content types (``"image/*"`` patterns).
+    :param expires: lifetime of URLs from :meth:`url`, in seconds.
+    :param store: a ready :class:`BlobStore` instead of *url*.
+
+    Thread-safe; the store is opened on first use.
+    """
+
+    def __init__(self, url: str | None = None, *, max_size: int | None = None,
+                 allowed_types: Sequence[str] | None = None, expires: int = 3600,
+                 store: BlobStore | None = None) -> None:
+        self._url = url
+        self.max_size = max_size
+        self.allowed_types = list(allowed_types) if allowed_types is not None else None
+        self.expires = expires
+        self._store = store
+
+    @property
+    def store(self) -> BlobStore:
+        if self._store is None:
+            url = self._url or get_settings().blobs_url
+            if not url:
+                raise ConfigError("BlobStorage needs OPTIONS['url'] or STATEKIT_BLOBS_URL")
+            self._store = open_blob_store(url, max_size=self.max_size, allowed_types=self.allowed_types)
+        return self._store
+
+    # -- Django's Storage API --------------------------------------------------------
+    def _open(self, name: str, mode: str = "rb") -> File[bytes]:
+        if any(c in mode for c in "wax+"):
+            raise ValueError("BlobStorage files are read-only once stored; save a new file instead")
+        try:
+            return File(self.store.open(self._key(name)), name=name)
+        except BlobNotFound as e:
+            raise FileNotFoundError(str(e)) from None
+
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
+        """Store *content* under a new generated key and return the key (what
+        ``FileField`` keeps). Django validates *name* first (no ``..``, no absolute
+        paths); its directory part (``upload_to``) becomes the key prefix."""
+        key = super().save(name, content, max_length=max_length)
+        if max_length is not None and len(key) > max_length:
+            self.store.delete(key)
+            raise SuspiciousFileOperation(
+                f"generated key {key!r} is longer than the field's max_length={max_length}; "
+                "raise max_length or shorten upload_to")
+        return key
+
+    def _save(self, name: str, content: Any) -> str:
+        directory, base = posixpath.split(str(name).replace("\\", "/"))
+        original = getattr(content, "name", None) if hasattr(content, "content_type") else None
+        try:
+            blob = self.store.put(content, filename=os.path.basename(original or base), prefix=directory)
+        except InvalidKey as e:
+            raise SuspiciousFileOperation(f"unusable upload_to directory {directory!r}: {e}") from e
+        return blob.key
+
+    def get_valid_name(self, name: str) -> str:
+        return name  # only used as the blob's display filename, sanitized by statekit
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        return name  # keys are generated: every save gets a new one
+
+    def path(self, name: str) -> str:
+        raise NotImplementedError("BlobStorage files have no local path; use open()")
+
+    def delete(self, name: str) -> None:
+        if not name:
+            raise ValueError("the name must be given to delete()")
+        self.store.delete(self._key(name))
+
+    def exists(self, name: str) -> bool:
+        try:
+            return self.store.exists(name)
+        except InvalidKey:
+            return False
+
+    def listdir(self, path: str) -> tuple[list[str], list[str]]:
+        prefix = path.strip("/")
+        prefix = f"{prefix}/" if prefix else ""
+        dirs: set[str] = set()
+        files: list[str] = []
+        for blob in self.store.list(prefix):
+            rest = blob.key[len(prefix):]
+            head, sep, _tail = rest.partition("/")
+            if sep:
+                dirs.add(head)
+            else:
+                files.append(rest)
+        return sorted(dirs), files
+
+    def size(self, name: str) -> int:
+        return self._stat(name).size
+
+    def url(self, name: str | None) -> str:
+        if not name:
+            raise ValueError("the name must be given to url()")
+        return self.store.url(self._key(name), expires=self.expires)
+
+    def get_accessed_time(self, name: str) -> dt.datetime:
+        return self.get_modified_time(name)
+
+    def get_created_time(self, name: str) -> dt.datetime:
+        return self.get_modified_time(name)
+
+    def get_modified_time(self, name: str) -> dt.datetime:
+        created = self._stat(name).created
+        if created is None:
+            raise NotImplementedError("this store does not record creation times")
+        return created
+
+    def get_alternative_name(self, file_root: str, file_ext: str) -> str:
+        return f"{file_root}{file_ext}"
+
+    # -- helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _key(name: str) -> str:
+        try:
+            return validate_key(str(name))
+        except InvalidKey as e:
+            raise SuspiciousFileOperation(str(e)) from e
+
+    def _stat(self, name: str) -> Blob:
+        try:
+            return self.store.stat(self._key(name))
+        except BlobNotFound as e:
+            raise FileNotFoundError(str(e)) from None

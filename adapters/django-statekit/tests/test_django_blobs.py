@@ -1,0 +1,108 @@
+"""Django: BlobStorage in STORAGES; FileField save/open/url/delete/exists/size, no overwrite."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import models
+
+from django_statekit.storage import BlobStorage
+from statekit.blobs import BlobStore
+from statekit.errors import BlobTooLarge, ContentTypeMismatch
+
+HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
+
+
+def png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + \
+        chunk(b"IEND", b"")
+
+
+class Document(models.Model):
+    file = models.FileField(upload_to="docs/", storage=BlobStorage("memory://placeholder"))
+
+    class Meta:
+        app_label = "django_statekit"
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request: pytest.FixtureRequest, django_settings: Any) -> Iterator[BlobStorage]:
+    url = "memory://django" if request.param == "memory" else request.getfixturevalue("s3_url")
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage",
+                    "OPTIONS": {"url": url, "max_size": 4096}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    })
+    from django.core.files.storage import default_storage, storages
+
+    s = storages["default"]
+    assert isinstance(s, BlobStorage) and default_storage.exists("nothing/here.png") is False
+    Document._meta.get_field("file").storage = s  # type: ignore[attr-defined]
+    yield s
+
+
+def test_storage_api(storage: BlobStorage) -> None:
+    key = storage.save("avatars/My Photo.png", SimpleUploadedFile("My Photo.png", png(), "image/png"))
+    assert key.startswith("avatars/") and key.endswith(".png") and "Photo" not in key
+    assert storage.exists(key) and storage.size(key) == len(png())
+    with storage.open(key) as f:
+        assert f.read() == png()
+    assert storage.store.stat(key).filename == "My Photo.png"
+    assert storage.url(key)
+    assert storage.listdir("avatars")[0] == [key.split("/")[1]]
+    assert storage.get_modified_time(key) is not None
+    storage.delete(key)
+    assert not storage.exists(key)
+    with pytest.raises(FileNotFoundError):
+        storage.open(key)
+
+
+def test_no_silent_overwrite(storage: BlobStorage) -> None:
+    first = storage.save("docs/report.txt", ContentFile(b"version one\n"))
+    second = storage.save("docs/report.txt", ContentFile(b"version two\n"))
+    assert first != second
+    with storage.open(first) as f:
+        assert f.read() == b"version one\n"
+    with storage.open(second) as f:
+        assert f.read() == b"version two\n"
+    with pytest.raises(ValueError):
+        storage.open(first, "wb")
+
+
+def test_file_field_round_trip(storage: BlobStorage) -> None:
+    doc = Document()
+    doc.file.save("scan.png", ContentFile(png()), save=False)
+    name = doc.file.name
+    assert name is not None and name.startswith("docs/") and name.endswith(".png")
+    assert doc.file.size == len(png())
+    doc.file.open("rb")
+    assert doc.file.read() == png()
+    doc.file.close()
+    assert doc.file.url
+    doc.file.delete(save=False)
+    assert not storage.exists(name)
+
+
+def test_refusals_store_nothing(storage: BlobStorage) -> None:
+    with pytest.raises(ContentTypeMismatch):
+        storage.save("docs/photo.png", SimpleUploadedFile("photo.png", HTML, "image/png"))
+    with pytest.raises(BlobTooLarge):
+        storage.save("docs/big.bin", ContentFile(b"\0" * 5000))
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save("../../etc/passwd", ContentFile(b"x"))
+    with pytest.raises(SuspiciousFileOperation):
+        storage.save("/etc/passwd", ContentFile(b"x"))
+    with pytest.raises(SuspiciousFileOperation):
+        storage.size("../../etc/passwd")
+    store: BlobStore = storage.store
+    assert list(store.list()) == []
