@@ -135,10 +135,10 @@ def test_photos_upload_and_presigned_url(demo: tuple[str, Path]) -> None:
     assert url.startswith("http://127.0.0.1:") and "Signature" in url  # presigned, straight from S3
     fetched = requests.get(url, timeout=30)
     assert hashlib.sha256(fetched.content).hexdigest() == hashlib.sha256(png).hexdigest()
-    # a non-image is refused
+    # a non-image is refused, and nothing is stored
     bad = bob.post(base + "/api/photos", files={"photo": ("x.png", b"MZ\x90\x00 not an image", "image/png")},
                    timeout=30)
-    assert bad.status_code == 400
+    assert bad.status_code == 415
 
 
 def test_log_out_everywhere(demo: tuple[str, Path]) -> None:

@@ -26,9 +26,10 @@ from flask import Flask, abort, jsonify, redirect, render_template, request, ses
 from werkzeug.wrappers import Response
 
 from flask_statekit import StateKit, get_state
-from statekit.errors import BlobError, BlobTooLarge
+from flask_statekit.blobs import blob_url, save_upload
+from flask_statekit.broadcast import shared_value
 
-from . import db, jobs
+from . import db
 
 __all__ = ["create_app"]
 
@@ -48,45 +49,27 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config or {})
     StateKit(app)
-    if "lifecycle" not in get_state(app).features:  # TEMPORARY until flask_statekit.lifecycle lands
-        from statekit.lifecycle import Lifecycle, LifecycleMiddleware
-
-        app.wsgi_app = LifecycleMiddleware(app.wsgi_app, Lifecycle(get_state(app).settings))  # type: ignore[method-assign]
     db.init_db()  # CREATE TABLE IF NOT EXISTS: the app's own schema, not statekit state
     _routes(app)
     return app
 
 
-def _feature(name: str) -> Any:
-    state = get_state()
-    if name in state.features:
-        return getattr(state, name)
-    # TEMPORARY until flask_statekit.<name> lands: build the core object directly
-    obj = state.__dict__.get(name)
-    if obj is None:
-        if name == "cache":
-            from statekit.cache import Cache
-
-            obj = Cache(state.settings.cache_url)
-        else:
-            from statekit.blobs import BlobStore
-
-            obj = BlobStore(state.settings.blobs_url)
-        state.__dict__[name] = obj
-    return obj
-
-
 def _cache() -> Any:
-    return _feature("cache")
+    state = get_state()
+    if "cache" in state.features:
+        return state.cache
+    # TEMPORARY until flask_statekit.cache lands: the core Cache, one per app
+    if "cache" not in state.__dict__:
+        from statekit.cache import Cache
 
-
-def _blobs() -> Any:
-    return _feature("blobs")
+        state.__dict__["cache"] = Cache(state.settings.cache_url)
+    return state.__dict__["cache"]
 
 
 def _users_count() -> dict[str, Any]:
-    value = jobs.users_count.get() or {}
-    updated = jobs.users_count.updated_at
+    users_count = shared_value("users_count")
+    value = users_count.get() or {}
+    updated = users_count.updated_at
     return {
         "value": value.get("value", 0),
         "computed_by": value.get("computed_by", "-"),
@@ -116,18 +99,11 @@ def _log_in(name: str) -> None:
 
 
 def _save_photo() -> str:
-    file = request.files.get("photo")
-    if file is None or not file.filename:
-        abort(400)
-    try:
-        blob = _blobs().put(file, max_size=MAX_PHOTO, allowed_types=["image/*"])
-    except BlobTooLarge:
-        abort(413)
-    except BlobError:
-        abort(400)
+    # streamed to the blob store; 400/413/415 (and nothing stored) when it is not a photo
+    blob = save_upload("photo", max_size=MAX_PHOTO, allowed_types=["image/*"])
     with db.connect() as conn:
-        db.add_photo(conn, session.get("_user_id", ""), blob.key, file.filename)
-    return str(blob.key)
+        db.add_photo(conn, session.get("_user_id", ""), blob.key, blob.filename or "photo")
+    return blob.key
 
 
 def _routes(app: Flask) -> None:  # noqa: C901 -- one page and its API
@@ -138,7 +114,7 @@ def _routes(app: Flask) -> None:  # noqa: C901 -- one page and its API
         photos = []
         if user:
             with db.connect() as conn:
-                photos = [{"name": name, "url": _blobs().url(key, expires=300)}
+                photos = [{"name": name, "url": blob_url(key, expires=300)}
                           for key, name in db.photos_of(conn, user)]
         count = _users_count()
         return render_template(
@@ -206,7 +182,7 @@ def _routes(app: Flask) -> None:  # noqa: C901 -- one page and its API
 
     @app.get("/api/photos/<path:key>")
     def api_photo(key: str) -> Response:
-        return redirect(_blobs().url(key, expires=300))
+        return redirect(blob_url(key, expires=300))
 
     @app.get("/api/shared")
     def api_shared() -> Response:

@@ -3,7 +3,8 @@
 ``statekit serve ... --broadcaster examples.flask_app.jobs:broadcaster`` runs
 :data:`broadcaster` in the gunicorn master of every instance; a lease in Redis lets
 exactly one of them run the query each interval, and the result is pushed to every
-worker of every instance, which reads it locally through :data:`users_count`.
+worker of every instance, which reads it locally
+(``flask_statekit.broadcast.shared_value("users_count")``).
 Nothing here connects at import time.
 """
 
@@ -14,18 +15,15 @@ import socket
 import time
 from typing import Any
 
-from statekit.broadcast import Broadcaster, SharedValue
+from statekit.broadcast import Broadcaster
 
 from . import db
 
-__all__ = ["INTERVAL", "broadcaster", "users_count", "users_count_job"]
+__all__ = ["INTERVAL", "broadcaster", "users_count_job"]
 
 INTERVAL = float(os.environ.get("USERS_COUNT_INTERVAL", "10"))
 
 broadcaster = Broadcaster()
-
-#: what every worker shows; ``None`` until the first computation is published
-users_count: SharedValue[dict[str, Any]] = SharedValue("users_count", default=None)
 
 
 @broadcaster.every(INTERVAL, name="users_count")
