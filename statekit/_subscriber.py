@@ -12,8 +12,11 @@ the subscription; the thread reconnects with capped exponential backoff (with
 jitter) and, every time the server confirms the pattern subscription (first
 connect, our reconnects and redis-py's own reconnects alike), re-reads the retained
 value of every registered name. An update published while the subscriber was
-disconnected is therefore picked up on reconnect, never missed for good. The thread
-never dies on an error; it logs, counts and retries.
+disconnected is therefore picked up on reconnect, never missed for good. As a
+safety net for messages lost without a disconnect (a Sentinel failover), the thread
+also compares the retained versions with its local copies every ``CHECK_EVERY``
+seconds (one small pipelined read) and fetches what is newer. The thread never dies
+on an error; it logs, counts and retries.
 
 Fork: :func:`reset_after_fork` runs in a forked child (``os.register_at_fork``) and
 forgets every hub: the parent's thread does not exist in the child, and the child
@@ -55,6 +58,8 @@ log = logging.getLogger("statekit.broadcast")
 
 #: seconds without any traffic before the subscriber sends a PING
 PING_EVERY = 5.0
+#: seconds between two checks of the retained versions (see :meth:`Hub.check`)
+CHECK_EVERY = 5.0
 #: seconds a PING may stay unanswered before the connection is considered dead
 PING_TIMEOUT = 3.0
 BACKOFF_MIN = 0.05
@@ -125,7 +130,8 @@ class Hub:
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.counters = Counters(
-            "broadcast_subscriber", prefix, ("messages", "updates", "reconnects", "resyncs", "errors")
+            "broadcast_subscriber", prefix,
+            ("messages", "updates", "reconnects", "resyncs", "missed", "errors"),
         )
         self._values: dict[str, weakref.WeakSet[SharedValue[Any]]] = {}
         self._stop = threading.Event()
@@ -180,6 +186,31 @@ class Hub:
         for name, record in records.items():
             self.offer(name, record)
 
+    def check(self) -> None:
+        """Compare retained versions with the local copies (a small read) and fetch
+        the values that are newer: the safety net for a message lost without a
+        disconnect (a Sentinel failover leaves the subscription on the demoted
+        master, which relays nothing until it has synced with the new one)."""
+        names = self._live_names()
+        if not names:
+            return
+        with translate_errors("broadcast check"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(state_key(self.prefix, name), "epoch", "version")
+            rows = pipe.execute()
+        behind = []
+        with self.lock:
+            for name, (epoch, version) in zip(names, rows, strict=True):
+                if epoch is None or version is None:
+                    continue
+                if any(v._epoch != epoch or v._version < int(version) for v in self._values.get(name, ())):
+                    behind.append(name)
+        if behind:
+            self.counters.incr("missed")
+            for name, record in self.read(behind).items():
+                self.offer(name, record)
+
     def _live_names(self) -> list[str]:
         with self.lock:
             return [n for n, vs in self._values.items() if len(vs)]
@@ -202,11 +233,14 @@ class Hub:
             try:
                 pubsub = self.client.pubsub()
                 pubsub.psubscribe(pattern)
-                last_rx = last_ping = time.monotonic()
+                last_rx = last_ping = last_check = time.monotonic()
                 pinged = False
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
                     now = time.monotonic()
+                    if now - last_check > CHECK_EVERY and self.connected.is_set():
+                        self.check()
+                        last_check = now
                     if msg is None:
                         if pinged and now - last_ping > PING_TIMEOUT:
                             raise redis.ConnectionError("broadcast subscriber: PING not answered")

@@ -290,6 +290,22 @@ def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str)
     assert sv.version == 2
 
 
+def test_periodic_check_fetches_an_update_lost_without_disconnect(redis_url: str, prefix: str) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("checked", "one")
+    sv = SharedValue("checked", url=redis_url, key_prefix=prefix)
+    assert sv.get() == "one"
+    hub = sv._hub
+    assert hub is not None
+    # retained without a message (as if the message was lost): only the check finds it
+    b._client.hset(state_key(prefix, "checked"), mapping={"version": 2, "data": b'"two"'})
+    hub.check()
+    assert sv.get() == "two" and sv.version == 2
+    assert hub.counters.get("missed") == 1
+    hub.check()  # up to date: nothing fetched
+    assert hub.counters.get("missed") == 1
+
+
 def test_redis_restart_workers_show_next_value(prefix: str) -> None:
     with RedisServer() as srv:
         b = Broadcaster(srv.url, key_prefix=prefix)
@@ -362,3 +378,41 @@ def test_forked_child_starts_its_own_subscriber(
             proc.kill()
     assert proc.exitcode == 0
     assert b.running
+
+
+@pytest.mark.cluster
+def test_redis_cluster(redis_cluster_url: str, prefix: str, broadcasters: list[Broadcaster]) -> None:
+    b = Broadcaster(redis_cluster_url, key_prefix=prefix)
+    broadcasters.append(b)
+    for name in ("a", "b", "c", "users_count"):  # names on different slots
+        b.publish(name, name)
+    values = {n: SharedValue(n, url=redis_cluster_url, key_prefix=prefix) for n in ("a", "b", "c")}
+    assert {n: v.get() for n, v in values.items()} == {"a": "a", "b": "b", "c": "c"}
+    b.every(0.1, name="users_count")(lambda: 3)
+    sv = SharedValue("users_count", url=redis_cluster_url, key_prefix=prefix)
+    b.start()
+    wait_for(lambda: sv.get() == 3, what="computed value over the cluster")
+    for n in ("a", "b", "c"):
+        b.publish(n, n * 2)
+    wait_for(lambda: all(v.get() == n * 2 for n, v in values.items()), what="fan-out over the cluster")
+
+
+@pytest.mark.sentinel
+def test_sentinel_failover(redis_sentinel: Any, prefix: str) -> None:
+    url = redis_sentinel.url
+    b = Broadcaster(url, key_prefix=prefix)
+    b.publish("s", 1)
+    sv = SharedValue("s", url=url, key_prefix=prefix)
+    assert sv.get() == 1
+    redis_sentinel.failover()
+
+    def republish() -> bool:
+        try:
+            b.publish("s", 2)
+        except Exception:  # the old master is read-only for a moment
+            return False
+        return True
+
+    wait_for(republish, what="publish to the new master")
+    # by the message, or at the latest by the periodic version check
+    wait_for(lambda: sv.get() == 2, timeout=3 * _subscriber.CHECK_EVERY, what="value after failover")
