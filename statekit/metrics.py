@@ -72,11 +72,27 @@ class Counters:
         return f"<Counters {self.component}[{self.instance}] {self.as_dict()}>"
 
 
+def _merged() -> dict[tuple[str, str], tuple[dict[str, int], dict[str, float]]]:
+    """Counters and gauges per (component, instance). Live objects that share both
+    (two stores with one prefix in a process) are merged: counters add up, a gauge
+    reports the largest value (the oldest age, the longest queue)."""
+    merged: dict[tuple[str, str], tuple[dict[str, int], dict[str, float]]] = {}
+    for c in list(_registry):
+        counts, gauges = merged.setdefault((c.component, c.instance), ({}, {}))
+        for name, value in c.counts().items():
+            counts[name] = counts.get(name, 0) + value
+        for name, gvalue in c.gauges().items():
+            gauges[name] = max(gauges.get(name, gvalue), gvalue)
+    return merged
+
+
 def snapshot() -> dict[str, dict[str, dict[str, float]]]:
     """``{component: {instance: {name: value}}}`` for every live component."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for c in list(_registry):
-        out.setdefault(c.component, {})[c.instance] = c.as_dict()
+    for (component, instance), (counts, gauges) in _merged().items():
+        values: dict[str, float] = dict(counts)
+        values.update(gauges)
+        out.setdefault(component, {})[instance] = values
     return out
 
 
@@ -85,23 +101,23 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         families: dict[str, Any] = {}
-        for c in list(_registry):
-            for name, value in c.counts().items():
-                fam_name = f"statekit_{c.component}_{name}"
+        for (component, instance), (counts, gauges) in _merged().items():
+            for name, value in counts.items():
+                fam_name = f"statekit_{component}_{name}"
                 fam = families.get(fam_name)
                 if fam is None:
                     fam = families[fam_name] = CounterMetricFamily(
-                        fam_name, f"statekit {c.component} {name}", labels=["instance"]
+                        fam_name, f"statekit {component} {name}", labels=["instance"]
                     )
-                fam.add_metric([c.instance], value)
-            for name, gvalue in c.gauges().items():
-                fam_name = f"statekit_{c.component}_{name}"
+                fam.add_metric([instance], value)
+            for name, gvalue in gauges.items():
+                fam_name = f"statekit_{component}_{name}"
                 fam = families.get(fam_name)
                 if fam is None:
                     fam = families[fam_name] = GaugeMetricFamily(
-                        fam_name, f"statekit {c.component} {name}", labels=["instance"]
+                        fam_name, f"statekit {component} {name}", labels=["instance"]
                     )
-                fam.add_metric([c.instance], gvalue)
+                fam.add_metric([instance], gvalue)
         yield from families.values()
 
 
