@@ -46,6 +46,7 @@ __all__ = [
     "Record",
     "SharedValue",
     "SharedValues",
+    "deliver_local",
     "get_hub",
     "parse_message",
     "reset_after_fork",
@@ -98,7 +99,11 @@ def _resolve(url: str | None, client: Any, key_prefix: str | None) -> tuple[Any,
                 "no broadcast backend: pass url= or client=, or set STATEKIT_BROADCAST_URL "
                 "(or STATEKIT_REDIS_URL)"
             )
-    parse_url(url, kinds=("redis",))  # fail at construction, not on first get()
+    parsed = parse_url(url, kinds=("redis", "memory"))  # fail at construction, not on first get()
+    if parsed.kind == "memory":
+        from ._broadcast_memory import MemoryClient
+
+        return url, (lambda: MemoryClient(parsed.name)), prefix
     return url, (lambda: get_client(url)), prefix
 
 
@@ -142,6 +147,9 @@ class Hub:
         """Add *value* to the hub and start the subscriber thread if needed."""
         with self.lock:
             self._values.setdefault(value.name, weakref.WeakSet()).add(value)
+            if getattr(self.client, "in_process", False):  # memory://: publishes deliver directly
+                self.connected.set()
+                return
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(
@@ -307,6 +315,14 @@ def get_hub(key: Any, prefix: str, client_factory: Any) -> Hub:
         if hub is None:
             hub = _hubs[(prefix, key)] = Hub(client_factory(), prefix)
         return hub
+
+
+def deliver_local(store: Any, channel: bytes, message: bytes) -> None:
+    """Deliver a ``memory://`` publish to every hub of *store* in this process."""
+    with _hubs_lock:
+        hubs = [h for h in _hubs.values() if getattr(h.client, "store", None) is store]
+    for hub in hubs:
+        hub._on_message(channel, message)
 
 
 def reset_after_fork() -> None:

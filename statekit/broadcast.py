@@ -48,6 +48,10 @@ every ``lease / 3`` seconds; when it dies, the lease expires and the next claim 
 another process (made at the lease's expiry) wins. A slot whose leader died
 mid-computation is skipped rather than computed twice.
 
+Backends: every Redis URL form (standalone, TLS, unix socket, Sentinel, Cluster)
+or a ready redis-py client; ``memory://name`` runs the same contract inside one
+process (for your unit tests; publishes are delivered synchronously).
+
 Keys (all of one name share a hash tag, so the scripts are cluster-safe):
 ``<prefix>:bc:{<name>}`` (hash: epoch, version, updated_at, data, slot),
 ``...:lease``, ``...:fence``; channel ``<prefix>:broadcast:<name>``.

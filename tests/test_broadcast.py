@@ -416,3 +416,30 @@ def test_sentinel_failover(redis_sentinel: Any, prefix: str) -> None:
     wait_for(republish, what="publish to the new master")
     # by the message, or at the latest by the periodic version check
     wait_for(lambda: sv.get() == 2, timeout=3 * _subscriber.CHECK_EVERY, what="value after failover")
+
+
+def test_memory_backend_same_contract_in_one_process(broadcasters: list[Broadcaster]) -> None:
+    url = "memory://bc-test"
+    b = Broadcaster(url)
+    broadcasters.append(b)
+    late_publish = b.publish("m", "retained")
+    sv = SharedValue("m", default="d", url=url)
+    assert (sv.get(), sv.version) == ("retained", late_publish)
+    b.publish("m", {"x": (1, 2)})
+    assert sv.get() == {"x": (1, 2)}  # delivered synchronously
+    b._client.store.set(state_key("statekit", "m") + ":fence", 9)
+    with pytest.raises(StaleToken):
+        b.publish("m", "stale", token=3)
+    assert b.retained("m") == (2, {"x": (1, 2)})
+    other = Broadcaster(url)
+    broadcasters.append(other)
+    slots: list[int] = []
+    for x in (b, other):
+        x.every(0.1, name="tick")(lambda: slots.append(current_run().slot) or len(slots))  # type: ignore[union-attr]
+    tick = SharedValue("tick", default=0, url=url)
+    b.start()
+    other.start()
+    wait_for(lambda: len(slots) >= 3 and tick.get() >= 3, what="computations over memory://")
+    b.stop(5)
+    other.stop(5)
+    assert len(slots) == len(set(slots))
