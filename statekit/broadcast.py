@@ -46,7 +46,12 @@ the current fencing counter, bumps the version, stores the retained value and
 :class:`~statekit.errors.StaleToken` and changes nothing. A leader renews its lease
 every ``lease / 3`` seconds; when it dies, the lease expires and the next claim by
 another process (made at the lease's expiry) wins. A slot whose leader died
-mid-computation is skipped rather than computed twice.
+mid-computation is skipped rather than computed twice. Slots come from each
+process's own clock: keep clocks in sync (NTP); skew can shift when a slot is
+computed, never make one slot computed twice (the claimed slot is kept in Redis).
+If Redis loses its data (a restart without persistence), that record, the lease
+and the fencing counter start over: one slot around the restart may be computed
+twice, and versions start again at 1 under a new epoch, which workers accept.
 
 Backends: every Redis URL form (standalone, TLS, unix socket, Sentinel, Cluster)
 or a ready redis-py client; ``memory://name`` runs the same contract inside one
@@ -181,6 +186,7 @@ class Job:
     running: int = 0
     started_at: float = 0.0
     timed_out: set[int] = field(default_factory=set)
+    failing: bool = False
 
     def next_boundary(self, now: float) -> float:
         return (math.floor(now / self.interval) + 1) * self.interval
@@ -466,9 +472,13 @@ class Broadcaster:
         for job in jobs:
             try:
                 wake = min(wake, self._tick(job, now))
-            except BackendUnavailable as e:
+                job.failing = False
+            except Exception as e:  # BackendUnavailable, READONLY after a failover, a bug
                 self.counters.incr("backend_errors")
-                log.warning("broadcast job %r: Redis unavailable: %s", job.name, e)
+                if not job.failing:  # once per outage, not every retry
+                    log.warning("broadcast job %r: Redis call failed, retrying: %s: %s",
+                                job.name, type(e).__name__, e)
+                job.failing = True
                 job.retry_at = now + min(0.5, job.interval / 4)
                 job.renew_at = min(job.renew_at, job.retry_at)
                 wake = min(wake, job.retry_at)

@@ -443,3 +443,16 @@ def test_memory_backend_same_contract_in_one_process(broadcasters: list[Broadcas
     b.stop(5)
     other.stop(5)
     assert len(slots) == len(set(slots))
+
+
+def test_cli_reports_bad_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    from statekit.cli import main
+
+    assert main(["broadcast", "no.such.module:broadcaster"]) == 1
+    assert "cannot import 'no.such.module'" in capsys.readouterr().err
+    assert main(["broadcast", "statekit.broadcast:nothing"]) == 1
+    assert "has no attribute" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["broadcast", "--help"])
+    assert exc.value.code == 0
+    assert "module:attribute" in capsys.readouterr().out
