@@ -1,0 +1,191 @@
+"""Packaging: the statekit wheel ships only ``statekit/`` (typed), the adapter wheels
+only their package; nothing installs a top-level ``adapters`` or ``tests``; a
+missing extra is a ConfigError that names the ``pip install`` fixing it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statekit.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def build_wheel(project: Path, out: Path) -> Path:
+    """``pip wheel`` with the installed hatchling (no network, no build isolation)."""
+    result = subprocess.run(
+        [PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
+         "-q", "-w", str(out), str(project)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    out: dict[str, Path] = {}
+    for name, project in [
+        ("statekit", ROOT),
+        ("flask_statekit", ROOT / "adapters" / "flask-statekit"),
+        ("django_statekit", ROOT / "adapters" / "django-statekit"),
+    ]:
+        out[name] = build_wheel(project, tmp_path_factory.mktemp(name))
+    yield out
+
+
+def top_levels(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as z:
+        return {n.split("/")[0] for n in z.namelist()}
+
+
+@pytest.mark.parametrize("package", ["statekit", "flask_statekit", "django_statekit"])
+def test_wheel_ships_only_its_package(wheels: dict[str, Path], package: str) -> None:
+    wheel = wheels[package]
+    tops = top_levels(wheel)
+    dist_info = {t for t in tops if t.endswith(".dist-info")}
+    assert len(dist_info) == 1
+    assert tops - dist_info == {package}
+    assert not tops & {"adapters", "tests", "examples", "bench", "docs", "conftest.py"}
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+    assert f"{package}/py.typed" in names
+    assert f"{package}/__init__.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
+def test_statekit_wheel_contents_and_metadata(wheels: dict[str, Path]) -> None:
+    with zipfile.ZipFile(wheels["statekit"]) as z:
+        names = set(z.namelist())
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = z.read(f"{dist_info}/METADATA").decode()
+        entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
+    tracked = subprocess.run(
+        ["git", "ls-files", "statekit"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    missing = sorted(set(tracked) - names)
+    assert missing == [], f"tracked files missing from the wheel: {missing}"
+    for extra in ("redis", "s3", "msgpack", "embedded", "server", "prometheus", "blobs"):
+        assert f"Provides-Extra: {extra}" in metadata
+    assert "statekit = statekit.cli:main" in entry_points
+    assert "statekit = statekit.pytest_plugin" in entry_points
+
+
+@pytest.mark.parametrize("package", ["flask_statekit", "django_statekit"])
+def test_adapter_wheels_depend_on_statekit(wheels: dict[str, Path], package: str) -> None:
+    with zipfile.ZipFile(wheels[package]) as z:
+        meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = z.read(meta_name).decode()
+    assert "Requires-Dist: statekit[redis]" in metadata
+
+
+def test_wheel_alone_gives_an_importable_statekit(wheels: dict[str, Path], tmp_path: Path) -> None:
+    """Fast version: the unpacked wheel, with no site-packages at all (-S), imports."""
+    target = tmp_path / "site"
+    with zipfile.ZipFile(wheels["statekit"]) as z:
+        z.extractall(target)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import statekit, statekit.config, statekit.errors; "
+        "from statekit import parse_url; print(statekit.__file__, parse_url('redis://h').kind)"
+    )
+    out = subprocess.run([PY, "-S", "-E", "-c", code, str(target)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    path, kind = out.stdout.split()
+    assert path.startswith(str(target)) and kind == "redis"
+
+
+def test_pip_install_into_a_fresh_venv(wheels: dict[str, Path], tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([PY, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    vpy = venv / "bin" / "python"
+    for package in ("statekit", "flask_statekit", "django_statekit"):
+        subprocess.run(
+            [PY, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
+             "--disable-pip-version-check", "-q", str(wheels[package])],
+            check=True, timeout=300, capture_output=True,
+        )
+    site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    installed = {p.name for p in Path(site).iterdir()}
+    assert {"statekit", "flask_statekit", "django_statekit"} <= installed
+    assert not installed & {"adapters", "tests"}
+    out = subprocess.run([str(vpy), "-c", "import statekit; print(statekit.__file__)"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(site)
+    assert (venv / "bin" / "statekit").exists()
+
+
+# -- missing extras -----------------------------------------------------------------
+
+
+def test_missing_redis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.backends.redis import create_client
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    message = r"redis:// URLs need the 'redis' package: pip install 'statekit\[redis\]'"
+    with pytest.raises(ConfigError, match=message):
+        create_client("redis://127.0.0.1:6379/0")
+
+
+def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.backends import require
+
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ConfigError, match=r"pip install 'statekit\[s3\]'"):
+        require("boto3", feature="s3:// URLs")
+
+
+def test_missing_boto3_through_the_blob_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.backends.s3 import S3BlobStore
+
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(ConfigError, match=r"pip install 'statekit\[s3\]'"):
+        S3BlobStore("s3://bucket?endpoint_url=http://127.0.0.1:9&region=us-east-1")
+
+
+def test_missing_msgpack_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.serializers import get_serializer
+
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+    with pytest.raises(ConfigError, match=r"pip install 'statekit\[msgpack\]'"):
+        get_serializer("msgpack")
+
+
+def test_missing_moto_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.embedded import S3Server
+
+    monkeypatch.setitem(sys.modules, "moto.server", None)
+    server = S3Server()
+    try:
+        with pytest.raises(ConfigError, match=r"pip install 'statekit\[embedded\]'"):
+            server.start()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [("redis", "redis"), ("boto3", "s3"), ("botocore", "s3"), ("msgpack", "msgpack"),
+     ("puremagic", "blobs"), ("gunicorn", "server"), ("moto", "embedded"),
+     ("prometheus_client", "prometheus"), ("redis.cluster", "redis")],
+)
+def test_require_maps_every_module_to_an_existing_extra(
+    monkeypatch: pytest.MonkeyPatch, module: str, extra: str
+) -> None:
+    from statekit.backends import require
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ConfigError, match=rf"pip install 'statekit\[{extra}\]'"):
+        require(module, feature="this feature")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f"\n{extra} = [" in pyproject  # the extra the message names exists
