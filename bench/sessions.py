@@ -1,0 +1,289 @@
+"""Sessions benchmark: statekit vs Flask-Session 0.8 (Redis) vs Flask's cookie sessions.
+
+One Flask app, two routes: ``GET /read`` reads a session key, ``POST /write``
+changes one key. Each session kind is measured
+
+1. under Flask's test client (in-process, one session cookie): microseconds per
+   request, Redis commands per request from ``INFO commandstats`` (which also counts
+   the commands run inside a Lua script) and network round trips per request
+   (counted in redis-py, where a script or pipeline is one). The kinds run
+   interleaved in rounds and the median round is reported, so a noisy neighbour
+   slows all of them alike;
+2. under gunicorn (2 workers x 4 threads, gthread) on loopback, driven by a bounded
+   number of keep-alive client threads for a fixed time: requests per second.
+
+Targets (issue 4): test-client time <= 1.15x cookie sessions; gunicorn req/s >=
+1.2x Flask-Session; unmodified request = 1 Redis command, modified <= 2 (round trips).
+
+Run: ``.venv/bin/python bench/sessions.py [--requests 2000] [--seconds 3] [--clients 8]``
+(a private redis-server and the gunicorn processes are started and stopped;
+about 30 s with the defaults). Only the sessions feature of StateKit is enabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from statekit.embedded import RedisServer, free_port
+
+KINDS = ("cookie", "flask-session", "statekit")
+SECRET = "bench-sessions-secret-0123456789"
+
+APP = textwrap.dedent('''
+    import os
+    from flask import Flask, session
+
+    KIND = os.environ["BENCH_KIND"]
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "%s"
+    if KIND == "flask-session":
+        import redis
+        from flask_session import Session
+        app.config.update(SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(os.environ["BENCH_REDIS"]))
+        Session(app)
+    elif KIND == "statekit":
+        from flask_statekit import StateKit
+        app.config.update(STATEKIT_SESSION_URL=os.environ["BENCH_REDIS"],
+                          STATEKIT_SESSION_COOKIE_SECURE=False, STATEKIT_CACHE_ENABLED=False,
+                          STATEKIT_BLOBS_ENABLED=False, STATEKIT_BROADCAST_ENABLED=False,
+                          STATEKIT_LIFECYCLE_ENABLED=False)
+        StateKit(app)
+
+    @app.post("/start")
+    def start():
+        session["user"] = "alice"
+        session["cart"] = ["apple", "pear"]
+        session["n"] = 0
+        return "ok"
+
+    @app.get("/read")
+    def read():
+        return str(session.get("n", 0))
+
+    @app.post("/write")
+    def write():
+        session["n"] = session.get("n", 0) + 1
+        return "ok"
+''' % SECRET)
+
+
+class RoundTrips:
+    """Count redis-py network round trips (a command, a pipeline or a script = one)."""
+
+    def __init__(self) -> None:
+        import redis.connection
+
+        self.count = 0
+        self._cls = redis.connection.AbstractConnection
+        self._orig = self._cls.send_packed_command
+
+    def __enter__(self) -> RoundTrips:
+        orig = self._orig
+        counter = self
+
+        def send(conn: Any, command: Any, check_health: bool = True) -> None:
+            counter.count += 1
+            orig(conn, command, check_health)
+
+        self._cls.send_packed_command = send  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cls.send_packed_command = self._orig  # type: ignore[method-assign]
+
+
+def _commands(r: Any) -> int:
+    stats = r.info("commandstats")
+    return int(sum(v["calls"] for k, v in stats.items()
+                   if not k.startswith(("cmdstat_info", "cmdstat_config"))))
+
+
+def _import_app(tmp: Path, kind: str, redis_url: str) -> Any:
+    import importlib
+
+    os.environ["BENCH_KIND"] = kind
+    os.environ["BENCH_REDIS"] = redis_url
+    name = f"bench_sessions_app_{kind.replace('-', '_')}"
+    (tmp / f"{name}.py").write_text(APP)
+    sys.path.insert(0, str(tmp))
+    try:
+        return importlib.import_module(name).app
+    finally:
+        sys.path.remove(str(tmp))
+
+
+def test_client_runs(tmp: Path, redis_url: str, n: int, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Every kind under the test client, interleaved in *rounds* (the machine's noise
+    then hits all kinds alike); the median round is reported."""
+    import statistics
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    clients = {}
+    for kind in KINDS:
+        client = _import_app(tmp, kind, redis_url).test_client()
+        client.post("/start")
+        clients[kind] = client
+    per = max(1, n // rounds)
+    times: dict[tuple[str, str], list[float]] = {}
+    cmds: dict[tuple[str, str], int] = {}
+    trips: dict[tuple[str, str], int] = {}
+    for _ in range(rounds):
+        for route in ("read", "write"):
+            for kind in KINDS:
+                client = clients[kind]
+                method = client.get if route == "read" else client.post
+                for _ in range(20):  # warm up (script cache, pools)
+                    method(f"/{route}")
+                r.config_resetstat()
+                with RoundTrips() as counter:
+                    t0 = time.perf_counter()
+                    for _ in range(per):
+                        resp = method(f"/{route}")
+                    elapsed = time.perf_counter() - t0
+                assert resp.status_code == 200, resp.data
+                times.setdefault((kind, route), []).append(elapsed / per * 1e6)
+                cmds[kind, route] = cmds.get((kind, route), 0) + _commands(r)
+                trips[kind, route] = trips.get((kind, route), 0) + counter.count
+    out: dict[str, dict[str, float]] = {k: {} for k in KINDS}
+    for (kind, route), ts in times.items():
+        out[kind][f"{route}_us"] = statistics.median(ts)
+        out[kind][f"{route}_cmds"] = cmds[kind, route] / (per * rounds)
+        out[kind][f"{route}_trips"] = trips[kind, route] / (per * rounds)
+    return out
+
+
+def _gunicorn(tmp: Path, kind: str, redis_url: str) -> tuple[subprocess.Popen[bytes], int]:
+    (tmp / "bench_sessions_app.py").write_text(APP)
+    port = free_port()
+    env = dict(os.environ, BENCH_KIND=kind, BENCH_REDIS=redis_url)
+    proc = subprocess.Popen(  # noqa: S603 - our own command line
+        [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2", "--threads", "4",
+         "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp),
+         "--log-level", "warning", "bench_sessions_app:app"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/read")
+            c.getresponse().read()
+            c.close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"gunicorn ({kind}) did not start")
+
+
+def _cookie(port: int) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("POST", "/start")
+    resp = c.getresponse()
+    resp.read()
+    header = resp.getheader("Set-Cookie") or ""
+    c.close()
+    return header.split(";", 1)[0]
+
+
+def load(port: int, cookie: str, method: str, route: str, clients: int, seconds: float) -> float:
+    """Requests per second from *clients* keep-alive connections for *seconds*."""
+    counts = [0] * clients
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Cookie": cookie, "Content-Length": "0"}
+        while time.monotonic() < stop:
+            c.request(method, route, headers=headers)
+            resp = c.getresponse()
+            resp.read()
+            if resp.status != 200:
+                errors.append(str(resp.status))
+                return
+            counts[i] += 1
+        c.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 30)
+    if errors:
+        raise RuntimeError(f"{route}: HTTP {errors[0]}")
+    return sum(counts) / (time.monotonic() - t0)
+
+
+def gunicorn_run(tmp: Path, kind: str, redis_url: str, clients: int, seconds: float) -> dict[str, float]:
+    proc, port = _gunicorn(tmp, kind, redis_url)
+    try:
+        cookie = _cookie(port)
+        load(port, cookie, "GET", "/read", clients, 0.5)  # warm up
+        return {"read_rps": load(port, cookie, "GET", "/read", clients, seconds),
+                "write_rps": load(port, cookie, "POST", "/write", clients, seconds)}
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=2000, help="test-client requests per route")
+    ap.add_argument("--seconds", type=float, default=3.0, help="gunicorn load per route and kind")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent gunicorn clients")
+    ap.add_argument("--no-gunicorn", action="store_true")
+    args = ap.parse_args(argv)
+
+    results: dict[str, dict[str, float]] = {}
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        print(f"redis {server.version}; {args.requests} test-client requests per route; "
+              f"gunicorn 2 workers x 4 threads, {args.clients} clients x {args.seconds:g} s per route")
+        results = test_client_runs(tmp, server.url, args.requests)
+        if not args.no_gunicorn:
+            for kind in KINDS:
+                results[kind].update(gunicorn_run(tmp, kind, server.url, args.clients, args.seconds))
+
+    cols = [("read_us", "read µs"), ("write_us", "write µs"), ("read_cmds", "read cmds"),
+            ("read_trips", "read RTT"), ("write_cmds", "write cmds"), ("write_trips", "write RTT")]
+    if not args.no_gunicorn:
+        cols += [("read_rps", "gunicorn read req/s"), ("write_rps", "gunicorn write req/s")]
+    print()
+    print("| kind | " + " | ".join(c[1] for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for kind in KINDS:
+        row = results[kind]
+        print(f"| {kind} | " + " | ".join(f"{row[c]:.1f}" if row[c] >= 10 else f"{row[c]:.2f}"
+                                          for c, _ in cols) + " |")
+    sk, ck, fs = results["statekit"], results["cookie"], results["flask-session"]
+    print()
+    print(f"statekit / cookie time:        read {sk['read_us'] / ck['read_us']:.2f}x, "
+          f"write {sk['write_us'] / ck['write_us']:.2f}x   (target <= 1.15x)")
+    print(f"statekit / Flask-Session time: read {sk['read_us'] / fs['read_us']:.2f}x, "
+          f"write {sk['write_us'] / fs['write_us']:.2f}x")
+    if not args.no_gunicorn:
+        print(f"statekit / Flask-Session req/s: read {sk['read_rps'] / fs['read_rps']:.2f}x, "
+              f"write {sk['write_rps'] / fs['write_rps']:.2f}x   (target >= 1.2x)")
+        print(f"statekit / cookie req/s:        read {sk['read_rps'] / ck['read_rps']:.2f}x, "
+              f"write {sk['write_rps'] / ck['write_rps']:.2f}x")
+    print(f"statekit Redis round trips/request: read {sk['read_trips']:.2f} (target 1), "
+          f"write {sk['write_trips']:.2f} (target <= 2); commandstats incl. inside Lua: "
+          f"read {sk['read_cmds']:.2f}, write {sk['write_cmds']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
