@@ -8,6 +8,9 @@
 2. ``SharedValue.get()`` ns/op against a dict lookup (the module-level dict it
    replaces) and a Redis ``GET`` per read (what a worker does without broadcast).
 
+3. Leader takeover: two ``statekit broadcast`` processes, SIGKILL the leader, time
+   until the other computes (should be within one lease period).
+
 Targets (issue 6): fan-out p99 <= 2 ms to 8 workers on loopback; get() <= 100 ns.
 
 Run: ``.venv/bin/python bench/broadcast.py [--workers 8] [--publishes 300]``
@@ -107,6 +110,73 @@ def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float) ->
             "samples": len(lat), "complete": complete}
 
 
+TAKEOVER_JOBS = """
+import os, time
+import redis
+from statekit.broadcast import Broadcaster
+
+r = redis.Redis.from_url(os.environ["STATEKIT_REDIS_URL"])
+broadcaster = Broadcaster(os.environ["STATEKIT_REDIS_URL"], key_prefix="bench-takeover")
+
+@broadcaster.every(float(os.environ["BC_INTERVAL"]), name="job", lease=float(os.environ["BC_LEASE"]))
+def job():
+    r.rpush("takeover-calls", f"{os.getpid()} {time.time()!r}")
+    return os.getpid()
+"""
+
+
+def takeover(url: str, trials: int, interval: float, lease: float) -> list[float]:
+    """Seconds from SIGKILL of the leader to the first computation by another process."""
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    import redis
+
+    r = redis.Redis.from_url(url)
+    tmp = tempfile.mkdtemp(prefix="bench-broadcast-")
+    with open(os.path.join(tmp, "takeover_jobs.py"), "w") as f:
+        f.write(TAKEOVER_JOBS)
+    env = {**os.environ, "STATEKIT_REDIS_URL": url, "BC_INTERVAL": str(interval), "BC_LEASE": str(lease),
+           "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "statekit", "broadcast", "takeover_jobs:broadcaster"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def calls() -> list[tuple[int, float]]:
+        rows = (c.decode().split() for c in r.lrange("takeover-calls", 0, -1))
+        return [(int(p), float(t)) for p, t in rows]
+
+    procs = {p.pid: p for p in (spawn(), spawn())}
+    delays = []
+    try:
+        for _ in range(trials):
+            n = len(calls())
+            deadline = time.monotonic() + 30
+            while len(calls()) < n + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            leader = calls()[-1][0]
+            procs.pop(leader).kill()
+            killed = time.time()
+            n = len(calls())
+            while time.monotonic() < deadline + 30:
+                new = [c for c in calls()[n:] if c[0] != leader]
+                if new:
+                    delays.append(new[0][1] - killed)
+                    break
+                time.sleep(0.005)
+            p = spawn()
+            procs[p.pid] = p
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            p.wait(10)
+    return delays
+
+
 def get_speed(url: str) -> dict[str, float]:
     import redis
 
@@ -136,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--publishes", type=int, default=300)
     parser.add_argument("--spacing", type=float, default=0.01, help="seconds between publishes")
+    parser.add_argument("--takeovers", type=int, default=3, help="leader kills to time")
     opts = parser.parse_args(argv)
     with RedisServer() as srv:
         print(f"redis {srv.version} on loopback; {opts.workers} worker processes, "
@@ -158,7 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, ns in speeds.items():
             print(f"{label:32} {ns:10.1f} {ns / base:8.2f}x")
         got = speeds["SharedValue.get()"]
-        print(f"target get() <= 100 ns: {'met' if got <= 100 else 'NOT met'}")
+        print(f"target get() <= 100 ns: {'met' if got <= 100 else 'NOT met'}\n")
+
+        interval, lease = 0.2, 1.0
+        delays = takeover(srv.url, opts.takeovers, interval, lease)
+        print(f"leader SIGKILL -> another computes (interval {interval}s, lease {lease}s, "
+              f"{len(delays)} trials): mean {statistics.mean(delays):.3f}s, max {max(delays):.3f}s, "
+              f"max / lease {max(delays) / lease:.2f}")
     return 0
 
 
