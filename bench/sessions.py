@@ -37,7 +37,6 @@ from typing import Any
 from statekit.embedded import RedisServer, free_port
 
 KINDS = ("cookie", "flask-session", "statekit")
-SECRET = "bench-sessions-secret-0123456789"
 
 APP = textwrap.dedent('''
     import os
@@ -45,7 +44,7 @@ APP = textwrap.dedent('''
 
     KIND = os.environ["BENCH_KIND"]
     app = Flask(__name__)
-    app.config["SECRET_KEY"] = "%s"
+    app.config["SECRET_KEY"] = "bench-sessions-secret-0123456789"
     if KIND == "flask-session":
         import redis
         from flask_session import Session
@@ -74,7 +73,7 @@ APP = textwrap.dedent('''
     def write():
         session["n"] = session.get("n", 0) + 1
         return "ok"
-''' % SECRET)
+''')
 
 
 class RoundTrips:
