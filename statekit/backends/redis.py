@@ -151,8 +151,17 @@ class translate_errors:
             return False
         import redis
 
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or (
-            isinstance(exc, redis.exceptions.RedisClusterException)
+        # CLUSTERDOWN / TRYAGAIN (a cluster that lost a master, or is resharding) and
+        # READONLY (a failed-over master) are replies, not connection errors, but
+        # they say the same thing: the backend cannot serve this call right now.
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or isinstance(
+            exc,
+            (
+                redis.exceptions.RedisClusterException,
+                redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError,
+                redis.exceptions.ReadOnlyError,
+            ),
         ):
             raise BackendUnavailable(f"Redis unavailable during {self.what}: {exc}") from exc
         return False
