@@ -4,6 +4,7 @@ with timeouts and retries by default, and errors translated to BackendUnavailabl
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,3 +241,46 @@ def test_sentinel_url_follows_failover(redis_sentinel: RedisSentinel) -> None:
     assert client.get("k") == b"after"
     with redis.Redis(port=new, socket_timeout=5) as promoted:
         assert promoted.get("k") == b"after"
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_cluster_that_lost_a_master_is_backend_unavailable() -> None:
+    cluster = RedisCluster()
+    cluster.start()
+    try:
+        client = create_client(cluster.url)
+        keys = [f"k{i}" for i in range(30)]
+        for key in keys:
+            client.set(key, 1)
+        cluster.nodes[1].kill()
+        survivor = cluster.nodes[0].client()
+        for _ in range(200):  # bounded: the survivors notice after cluster-node-timeout
+            if survivor.execute_command("CLUSTER INFO")["cluster_state"] == "fail":
+                break
+            time.sleep(0.05)
+        assert survivor.execute_command("CLUSTER INFO")["cluster_state"] == "fail"
+        dead = cluster.nodes[1].port
+        on_dead = [k for k in keys if client.get_node_from_key(k).port == dead][:1]
+        on_live = [k for k in keys if client.get_node_from_key(k).port != dead][:2]
+        causes = {}
+        for key in on_dead + on_live:
+            with pytest.raises(BackendUnavailable) as e, translate_errors("cache get"):
+                client.get(key)
+            causes[key] = type(e.value.__cause__).__name__
+        assert "ClusterDownError" in causes.values(), causes
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.redis
+def test_write_to_a_replica_is_backend_unavailable(redis_server: RedisServer, redis_url: str) -> None:
+    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(redis_server.port)])
+    replica.start()
+    try:
+        client = create_client(replica.url)
+        with pytest.raises(BackendUnavailable) as e, translate_errors("session save"):
+            client.set("k", "v")
+        assert isinstance(e.value.__cause__, redis.ReadOnlyError)
+    finally:
+        replica.stop()
