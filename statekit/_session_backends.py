@@ -68,10 +68,13 @@ end
 """
 
 # KEYS: session [, add-index] [, remove-index]
-# ARGV: create, ttl_ms, nsets, k1, v1 ..., ndels, f1 ..., [index args]
+# ARGV: create ('0' or the new session's m:c), ttl_ms, nsets, k1, v1 ..., ndels, f1 ...,
+# [index args]. A create finding its own m:c is a retried create (redis-py retries a
+# command whose reply timed out), not a collision.
 _WRITE = _INDEX + """
-if ARGV[1] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, false} end
+if ARGV[1] ~= '0' then
+  local c = redis.call('HGET', KEYS[1], 'm:c')
+  if c ~= ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then return {-1, false} end
 else
 """ + _HEAD + """
 end
@@ -150,6 +153,10 @@ def _index_keys(op: IndexOp) -> list[str]:
     return [k for k in (op.add, op.remove) if k]
 
 
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -191,7 +198,7 @@ class RedisEngine:
 
     def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
               dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
-        args: list[bytes | str | int | float] = ["1" if create else "0", ttl_ms, len(sets)]
+        args: list[bytes | str | int | float] = [sets["m:c"] if create else "0", ttl_ms, len(sets)]
         for f, v in sets.items():
             args += [f, v]
         args += [len(dels), *dels]
@@ -303,9 +310,10 @@ class MemoryEngine:
               dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
         with self.store.lock:
             if create:
-                if self.store.get(key) is not None:
+                found_h = self.store.get(key)
+                if found_h is not None and found_h.get("m:c") != _bytes(sets["m:c"]):
                     return -1, None
-                h: dict[str, bytes] = {}
+                h: dict[str, bytes] = dict(found_h or {})
             else:
                 found, res = self._head(key)
                 if found is None:
@@ -313,7 +321,7 @@ class MemoryEngine:
                     return res
                 h = dict(found)
             for f, v in sets.items():
-                h[f] = v.encode() if isinstance(v, str) else v
+                h[f] = _bytes(v)
             for f in dels:
                 h.pop(f, None)
             version = int(h.get("m:v", b"0")) + 1

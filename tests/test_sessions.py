@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import statekit.sessions as sessions_mod
 from conftest import REDIS_LINES
@@ -475,3 +477,50 @@ def test_outage_anonymous_mode_is_read_only() -> None:
     with pytest.raises(BackendUnavailable):
         store.rotate(s)
     assert store.save(s) is False
+
+
+def test_retried_create_is_not_a_collision(store: SessionStore) -> None:
+    key = store._key(store.new().sid)
+    sets: dict[str, bytes | str] = {"m:c": "1700000000.5", "m:s": "1700000000.5", "d:a": b"1"}
+    assert store.engine.write(key, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None)[0] == 1
+    assert store.engine.write(key, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None)[0] == 1
+    other = dict(sets, **{"m:c": "1700000001.5"})
+    assert store.engine.write(key, create=True, sets=other, dels=[], ttl_ms=60_000, index=None)[0] == -1
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6)
+_ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), st.sampled_from("abcde"), _values), max_size=8)
+
+
+@given(initial=st.dictionaries(st.sampled_from("abcde"), _values, max_size=5), ops=_ops, other=_ops)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_saves_merge_per_key(initial: dict[str, Any], ops: list[Any], other: list[Any]) -> None:
+    """Two requests edit one session; the result is the initial data with each key
+    last written by whichever request changed it (the second save wins on a tie)."""
+    store = SessionStore(f"memory://prop-{uuid.uuid4().hex[:8]}", secret_keys=KEYS)
+    s = store.create(initial)
+    a, b = store.load(s.sid), store.load(s.sid)
+    assert a is not None and b is not None
+    expected = dict(initial)
+    for req, req_ops in ((a, ops), (b, other)):
+        changed: dict[str, Any] = {}
+        for op, k, v in req_ops:
+            if op == "set":
+                req[k] = v
+                changed[k] = v
+            elif k in req:
+                del req[k]
+                changed[k] = None
+        for k in changed:
+            if (k in req) == (k in initial) and req.get(k) == initial.get(k):
+                continue  # back to what it loaded: not a change, nothing written
+            if k in req:
+                expected[k] = req[k]
+            else:
+                expected.pop(k, None)
+    store.save(a)
+    store.save(b)
+    assert store.load(s.sid) == expected
