@@ -13,7 +13,7 @@ later -- the parts were never visible as an object.
 
 URL options: ``endpoint_url``, ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
-``part_size`` (8 MiB, at least 5 MiB), ``max_concurrency`` (2), ``profile``,
+``part_size`` (5 MiB, S3's minimum), ``max_concurrency`` (2), ``profile``,
 ``checksum`` (``sha256``/``none``) and ``conditional_writes`` (default true; turn it
 off only for stores that reject ``If-None-Match``).
 """
@@ -82,8 +82,7 @@ class _S3Writer(BlobWriter):
         self._s = store
         self._req = req
         self._full = store._full(req.key)
-        self._buf: list[bytes] = []
-        self._buffered = 0
+        self._buf = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._inflight: collections.deque[Future[dict[str, Any]]] = collections.deque()
@@ -96,11 +95,10 @@ class _S3Writer(BlobWriter):
         return {"ContentType": self._req.content_type, "ContentDisposition": self._req.disposition}
 
     def write(self, data: bytes) -> None:
-        self._buf.append(data)
-        self._buffered += len(data)
-        if self._upload_id is None and self._buffered < max(self._s.multipart_threshold, self._part_size):
+        self._buf += data
+        if self._upload_id is None and len(self._buf) < max(self._s.multipart_threshold, self._part_size):
             return
-        if self._buffered >= self._part_size:
+        if len(self._buf) >= self._part_size:
             self._flush_part()
 
     def _flush_part(self) -> None:
@@ -112,9 +110,7 @@ class _S3Writer(BlobWriter):
                                  Key=self._full, Metadata=self._req.metadata, **kwargs)
             self._upload_id = resp["UploadId"]
             self._pool = ThreadPoolExecutor(self._s.max_concurrency, thread_name_prefix="statekit-s3-part")
-        part = b"".join(self._buf)
-        self._buf.clear()
-        self._buffered = 0
+        part, self._buf = self._buf, bytearray()  # handed over, not copied
         number = len(self._parts) + len(self._inflight) + 1
         if number > MAX_PARTS:
             raise BlobError(f"upload needs more than {MAX_PARTS} parts: raise part_size")
@@ -125,7 +121,7 @@ class _S3Writer(BlobWriter):
         assert self._pool is not None
         self._inflight.append(self._pool.submit(self._upload_part, number, part))
 
-    def _upload_part(self, number: int, data: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, data: bytearray) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if self._s.checksum:
             kwargs["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
@@ -142,8 +138,7 @@ class _S3Writer(BlobWriter):
             kwargs = self._common()
             if self._s.checksum:
                 kwargs["ChecksumSHA256"] = _b64(bytes.fromhex(sha256))
-            body = b"".join(self._buf)
-            self._buf.clear()
+            body, self._buf = self._buf, bytearray()
             if not cond:
                 self._s._refuse_existing(self._req.key)
             self._s._call("put_object", self._req.key, Bucket=self._s.bucket, Key=self._full, Body=body,
@@ -170,7 +165,7 @@ class _S3Writer(BlobWriter):
             self._pool = None
 
     def abort(self) -> None:
-        self._buf.clear()
+        self._buf = bytearray()
         for fut in self._inflight:
             fut.cancel()
         self._shutdown()  # parts still being sent finish (or fail) before the abort
@@ -276,7 +271,7 @@ class S3BlobStore(BlobStore):
         self.bucket = bucket
         self.prefix = (prefix or "").strip("/")
         self._url_text = self._url_text or f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.part_size = part_size or opts.get("part_size", 8 * 1024 * 1024)
+        self.part_size = part_size or opts.get("part_size", MIN_PART_SIZE)
         self.multipart_threshold = multipart_threshold or opts.get("multipart_threshold", self.part_size)
         if self.part_size < MIN_PART_SIZE:
             raise ConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part)")
