@@ -361,6 +361,9 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             self.reap_dirty_arbiter()
             time.sleep(0.05)
         forced = list(self.WORKERS.values())
+        with contextlib.suppress(HaltServer):
+            self.reap_workers()  # count workers that gave up on their own before the kill
+        forced = [w for w in forced if w.pid in self.WORKERS]
         rt.force_killing = True
         for w in forced:
             with contextlib.suppress(IndexError, AttributeError):
@@ -374,8 +377,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         self.reap_dirty_arbiter()
         self._stop_broadcaster()
         now = self._totals()
-        at = rt.at_term
-        assert at is not None
+        at = rt.at_term or now
         rt.reported = True
         self.log.info(
             "statekit: shutdown: in_flight_at_term=%d completed=%d rejected=%d force_killed=%d "
@@ -472,9 +474,11 @@ def _collect_slot(server: Any, index: int) -> None:
         return
     for k in rt.collected:
         rt.collected[k] += getattr(info, k)
-    if info.state != EXITED and not rt.force_killing:
+    if info.pid and not rt.force_killing and (info.state != EXITED or info.in_flight > 0):
+        # killed, crashed, or gave up on requests at its own graceful timeout
         rt.lost += max(info.in_flight, 0)
-        server.log.warning("statekit: worker %s died with %d requests in flight", info.pid, info.in_flight)
+        how = "exited" if info.state == EXITED else "died"
+        server.log.warning("statekit: worker %s %s with %d requests in flight", info.pid, how, info.in_flight)
     rt.collected["in_flight"] -= info.in_flight
     rt.drain.reset_slot(index)
 

@@ -500,4 +500,13 @@ class LifecycleMiddleware:
         except BaseException:
             state.request_finished()
             raise
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
+            # keep the server's sendfile path: hook close() instead of wrapping
+            try:
+                result.close = _Finished(result, state.request_finished).close  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            else:
+                return result
         return _Finished(result, state.request_finished)
