@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -102,11 +103,13 @@ def _listens_on(pid: int, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int | None = None) -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if parent is not None and os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)  # the parent died before prctl: too late to ask
     os.setpgrp()  # Ctrl-C in a terminal reaches us, and we stop children in order
 
 
@@ -219,7 +222,7 @@ class _Process:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.tmpdir,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl + setpgrp
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),  # noqa: PLW1509
                 env=self._env(),
             )
         deadline = time.monotonic() + timeout
