@@ -11,12 +11,17 @@ session, or writing to the read-only session of the ``anonymous`` policy) become
 first turns it into a 500, which this middleware replaces). The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
 gets the same session back once Redis returns.
+
+It also marks the session cookie ``Secure`` outside ``DEBUG`` (Django's own
+``SESSION_COOKIE_SECURE`` defaults to off); set ``STATEKIT_SESSION_COOKIE_SECURE =
+False`` to leave the cookie as Django made it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from statekit.errors import BackendUnavailable
@@ -41,7 +46,8 @@ def outage_response() -> HttpResponse:
 
 
 class SessionOutageMiddleware:
-    """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``."""
+    """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
+    and send the session cookie with ``Secure`` outside ``DEBUG``."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
@@ -50,6 +56,11 @@ class SessionOutageMiddleware:
         response = self.get_response(request)
         if getattr(getattr(request, "session", None), "outage", False):
             return outage_response()
+        morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
+        if morsel is not None and morsel.value and not morsel["secure"]:
+            secure = get_setting("STATEKIT_SESSION_COOKIE_SECURE", not settings.DEBUG)
+            if secure not in (False, "0", "false", "False", "no", "off"):
+                morsel["secure"] = True
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -67,7 +67,7 @@ def _db() -> None:
 
 def configure(django_settings: Any, url: str, **extra: Any) -> None:
     django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_SESSION_URL=url,
-                        MIDDLEWARE=MIDDLEWARE, SESSION_COOKIE_SECURE=True, **extra)
+                        MIDDLEWARE=MIDDLEWARE, **extra)
 
 
 @pytest.fixture
@@ -143,6 +143,12 @@ def test_client_set_get_and_cookie(engine: str) -> None:
     assert c.get("/sessions/get").json() == {"color": "blue"}
     assert c.get("/sessions/incr/n").content == b"1"
     assert c.get("/sessions/incr/n").content == b"2"
+
+
+def test_cookie_not_secure_in_debug(engine: str, django_settings: Any) -> None:
+    django_settings.set(DEBUG=True)
+    morsel = Client().get("/sessions/set/color/blue").cookies["sessionid"]
+    assert not morsel["secure"] and morsel["httponly"]
 
 
 def test_unmodified_request_is_one_redis_call(engine: str) -> None:
