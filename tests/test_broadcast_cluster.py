@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -40,7 +41,10 @@ JOBS = textwrap.dedent('''
     broadcaster = Broadcaster(URL)
     seq = 0
 
-    @broadcaster.every({interval}, name="counter", lease={lease}, timeout=30)
+    INTERVAL = float(os.environ.get("BC_INTERVAL", "{interval}"))
+    LEASE = float(os.environ.get("BC_LEASE", "{lease}"))
+
+    @broadcaster.every(INTERVAL, name="counter", lease=LEASE, timeout=30)
     def counter():
         global seq
         run = current_run()
@@ -270,3 +274,44 @@ def test_redis_restart_workers_reconnect_and_late_worker_sees_retained(tmp_path:
             assert first["version"] == version and first["value"] == value
         finally:
             cluster.stop()
+
+
+@pytest.mark.slow
+def test_soak_random_leader_kills(cluster: Cluster, request: pytest.FixtureRequest) -> None:
+    """30 s, interval 0.2 s: every ~1.5 s SIGKILL the leader or SIGTERM a follower and
+    start a replacement. No slot is ever computed twice; workers end on the last value.
+
+    Runs with ``-m slow`` or ``STATEKIT_TEST_SLOW=1``; the default run has the short
+    SIGKILL test above."""
+    if "slow" not in (request.config.option.markexpr or "") and not os.environ.get("STATEKIT_TEST_SLOW"):
+        pytest.skip("soak test: run with -m slow or STATEKIT_TEST_SLOW=1")
+    env = {"BC_INTERVAL": "0.2", "BC_LEASE": "0.6"}
+    workers = [cluster.worker() for _ in range(4)]
+    live = [cluster.broadcaster(**env) for _ in range(3)]
+    rng = random.Random(6)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        calls = cluster.calls()
+        if not calls:
+            continue
+        leader = [p for p in live if p.pid == calls[-1][1]]
+        if leader and rng.random() < 0.7:
+            victim = leader[0]
+            victim.kill()
+        else:
+            victim = rng.choice(live)
+            victim.terminate()
+        victim.wait(10)
+        live.remove(victim)
+        live.append(cluster.broadcaster(**env))
+    for p in live:
+        p.terminate()
+        p.wait(10)
+    calls = cluster.calls()
+    slots = [c[0] for c in calls]
+    assert len(calls) > 60
+    assert len(slots) == len(set(slots)), "a slot was computed twice"
+    version = cluster.retained()[0]  # type: ignore[index]
+    for out in workers:
+        wait_for(lambda out=out: (last_seen(out) or {}).get("version") == version, what="final fan-out")
