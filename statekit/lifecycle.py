@@ -503,8 +503,19 @@ class LifecycleMiddleware:
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(result, file_wrapper):
             # keep the server's sendfile path: hook close() instead of wrapping
+            original = getattr(result, "close", None)
+            pending = [state.request_finished]
+
+            def close() -> None:
+                try:
+                    if original is not None:
+                        original()
+                finally:
+                    while pending:
+                        pending.pop()()
+
             try:
-                result.close = _Finished(result, state.request_finished).close  # type: ignore[attr-defined]
+                result.close = close  # type: ignore[attr-defined]
             except AttributeError:
                 pass
             else:

@@ -243,3 +243,30 @@ def test_json_bodies_are_json(drain: DrainState) -> None:
     r = client().get("/readyz")
     assert json.loads(r.data) == {"status": "ready", "checks": {}}
     assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_file_wrapper_responses_keep_the_sendfile_path(drain: DrainState) -> None:
+    class FileWrapper:
+        def __init__(self, f, blksize=8192):
+            self.f = f
+            self.closed = False
+
+        def __iter__(self):
+            return iter([b"file"])
+
+        def close(self):
+            self.closed = True
+
+    def app_(environ, start_response):
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](None)
+
+    mw = LifecycleMiddleware(app_)
+    env = {"PATH_INFO": "/f", "REQUEST_METHOD": "GET", "wsgi.file_wrapper": FileWrapper}
+    result = mw(env, lambda s, h, e=None: lambda b: None)
+    assert isinstance(result, FileWrapper)  # not wrapped: the server can still sendfile
+    assert drain.slot_info(0).in_flight == 1
+    result.close()
+    result.close()
+    assert result.closed is True
+    assert drain.slot_info(0).in_flight == 0 and drain.slot_info(0).completed == 1
