@@ -86,8 +86,11 @@ def dev(argv: Sequence[str]) -> int:
     stop = threading.Event()
     child: list[subprocess.Popen[bytes]] = []
 
+    received: list[tuple[int, bool]] = []  # (signal, whether a command was running)
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        received.append((signum, bool(child)))
         for proc in child:
             if proc.poll() is None:
                 proc.send_signal(signum)
@@ -109,8 +112,12 @@ def dev(argv: Sequence[str]) -> int:
             print(f"export {k}={shlex.quote(v)}")
         sys.stdout.flush()
         if command:
+            if stop.is_set():  # stopped while the servers were starting
+                return 0
             proc = subprocess.Popen(command, env={**os.environ, **env})  # noqa: S603
             child.append(proc)
+            if received and not received[-1][1]:  # the signal came before the command existed
+                proc.send_signal(received[-1][0])
             while proc.poll() is None and not stop.is_set():
                 stop.wait(0.2)
             try:
