@@ -211,3 +211,29 @@ def test_dev_help_and_unknown_command(capsys: pytest.CaptureFixture[str]) -> Non
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("statekit ")
+
+
+def test_dev_stopped_during_start_never_runs_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the servers start: dev stops them and exits 0 without starting
+    the command (which nothing would then stop)."""
+    from statekit.embedded import S3Server
+
+    started: list[S3Server] = []
+    real_start = S3Server.start
+
+    def start_then_sigterm(self: S3Server, timeout: float = 60.0) -> None:
+        real_start(self, timeout)
+        started.append(self)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by dev's handler, in this thread
+
+    monkeypatch.setattr(S3Server, "start", start_then_sigterm)
+    marker = tmp_path / "command-ran"
+    before = signal.getsignal(signal.SIGTERM)
+    status = main(["dev", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"])
+    assert status == 0
+    assert not marker.exists()
+    assert started and not started[0].running
+    assert "servers stopped" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == before  # dev put the old handler back
