@@ -125,6 +125,7 @@ class _S3Writer(BlobWriter):
         kwargs: dict[str, Any] = {}
         if self._s.checksum:
             kwargs["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+            kwargs["ChecksumAlgorithm"] = "SHA256"
         resp = self._s._call("upload_part", self._req.key, Bucket=self._s.bucket, Key=self._full,
                              UploadId=self._upload_id, PartNumber=number, Body=data, **kwargs)
         part = {"PartNumber": number, "ETag": resp["ETag"]}
@@ -138,6 +139,7 @@ class _S3Writer(BlobWriter):
             kwargs = self._common()
             if self._s.checksum:
                 kwargs["ChecksumSHA256"] = _b64(bytes.fromhex(sha256))
+                kwargs["ChecksumAlgorithm"] = "SHA256"
             body, self._buf = self._buf, bytearray()
             if not cond:
                 self._s._refuse_existing(self._req.key)

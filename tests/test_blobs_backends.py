@@ -1,0 +1,136 @@
+"""Backend-specific promises behind the contract: what goes over the wire to S3
+(checksums, conditional create, ranged reads), and the local backend's files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from statekit.blobs import BlobStore
+from statekit.embedded import S3Server
+
+MiB = 1024 * 1024
+
+
+def gen(total: int) -> Iterator[bytes]:
+    block = os.urandom(64 * 1024)
+    sent = 0
+    while sent < total:
+        n = min(len(block), total - sent)
+        yield block[:n]
+        sent += n
+
+
+class Recorder:
+    """Records every request botocore sends (operation, headers, body digest)."""
+
+    def __init__(self, client: Any) -> None:
+        self.requests: list[dict[str, Any]] = []
+        client.meta.events.register("before-send.s3.*", self._record)
+
+    def _record(self, request: Any, **kwargs: Any) -> None:
+        body = request.body
+        data = body if isinstance(body, (bytes, bytearray)) else b""
+        if hasattr(body, "read") and hasattr(body, "seek"):
+            pos = body.tell()
+            data = body.read()
+            body.seek(pos)
+        op = kwargs.get("event_name", "").rsplit(".", 1)[-1]
+        self.requests.append({"op": op, "headers": {k.lower(): v.decode() if isinstance(v, bytes) else v
+                                                          for k, v in request.headers.items()},
+                              "sha256": base64.b64encode(hashlib.sha256(data).digest()).decode()})
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["op"] == op]
+
+
+@pytest.mark.s3
+def test_s3_sends_sha256_checksums_and_conditional_creates(s3_url: str, s3_server: S3Server) -> None:
+    store = BlobStore(s3_url, part_size=5 * MiB)
+    rec = Recorder(store.client)  # type: ignore[attr-defined]
+    small = store.put(b"hello checksum", content_type="text/plain")
+    put = rec.ops("PutObject")[-1]["headers"]
+    assert put["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(small.sha256 or "")).decode()
+    assert put["if-none-match"] == "*"
+
+    big = store.put(gen(12 * MiB), content_type="application/octet-stream")
+    parts = rec.ops("UploadPart")
+    assert len(parts) == 3
+    for p in parts:  # each part's header is the SHA-256 of that part's bytes
+        assert p["headers"]["x-amz-checksum-sha256"] == p["sha256"]
+    assert rec.ops("CompleteMultipartUpload")[-1]["headers"]["if-none-match"] == "*"
+    assert rec.ops("CreateMultipartUpload")[-1]["headers"]["x-amz-checksum-algorithm"] == "SHA256"
+
+    direct = s3_server.client()
+    bucket = store.bucket  # type: ignore[attr-defined]
+    head = direct.head_object(Bucket=bucket, Key=small.key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == put["x-amz-checksum-sha256"]
+    assert head["ContentDisposition"] == "attachment"
+    assert store.stat(big.key).sha256 == big.sha256  # the whole-object digest, kept in a tag
+
+
+@pytest.mark.s3
+def test_s3_open_reads_ranges_not_the_whole_object(s3_url: str) -> None:
+    store = BlobStore(s3_url, read_window=1 * MiB)
+    blob = store.put(gen(11 * MiB), content_type="application/octet-stream")
+    rec = Recorder(store.client)  # type: ignore[attr-defined]
+    with store.open(blob.key) as f:
+        f.seek(6 * MiB)
+        assert len(f.read(10)) == 10
+    gets = rec.ops("GetObject")
+    assert [g["headers"]["range"] for g in gets] == [f"bytes={6 * MiB}-{7 * MiB - 1}"]
+
+
+@pytest.mark.s3
+def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s3_url: str) -> None:
+    from statekit.backends.s3 import S3BlobStore
+
+    bucket = s3_url.split("@", 1)[1].split("?", 1)[0]
+    store = S3BlobStore(client=s3_server.client(), bucket=bucket, prefix="media")
+    blob = store.put(b"via a ready client", content_type="text/plain")
+    assert s3_server.client().get_object(Bucket=bucket, Key=f"media/{blob.key}")["Body"].read() == \
+        b"via a ready client"
+    up = store.presign_upload(max_size=1234, content_type_prefix="image/", expires=60)
+    conditions = json.loads(base64.b64decode(up.fields["policy"]))["conditions"]
+    assert ["content-length-range", 0, 1234] in conditions
+    assert ["starts-with", "$Content-Type", "image/"] in conditions
+    assert {"key": f"media/{up.key}"} in conditions
+    assert [b.key for b in store.list()] == [blob.key]  # the pending marker is not listed
+
+
+def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    store = BlobStore(f"file://{root}")
+
+    def failing() -> Iterator[bytes]:
+        yield b"partial data " * 1000
+        raise OSError("disk went away")
+
+    with pytest.raises(OSError):
+        store.put(failing(), content_type="text/plain")
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    blob = store.put(b"kept", content_type="text/plain")
+    meta = root / ".statekit" / "meta" / f"{blob.key}.json"
+    assert json.loads(meta.read_text())["size"] == 4
+    # a writer killed mid-write leaves its temp file; cleanup removes it once stale
+    stale = root / os.path.dirname(blob.key) / ".tmp-crashed"
+    stale.write_bytes(b"half")
+    orphan_meta = root / ".statekit" / "meta" / "2020" / "x.json"
+    orphan_meta.parent.mkdir(parents=True)
+    orphan_meta.write_text("{}")
+    assert store.cleanup_incomplete(older_than=3600) == 0
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(orphan_meta, (old, old))
+    assert store.cleanup_incomplete(older_than=3600) == 2
+    assert not stale.exists() and not orphan_meta.exists()
+    assert [b.key for b in store.list()] == [blob.key]
+    assert (root / blob.key).stat().st_mode & 0o777 == 0o640
