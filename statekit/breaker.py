@@ -1,0 +1,127 @@
+"""A small circuit breaker: stop calling a backend that keeps failing.
+
+While Redis is down every call would otherwise wait for a connect timeout. The
+breaker counts consecutive failures; after ``failure_threshold`` of them it *opens*
+and calls fail at once (no network I/O) for ``reset_timeout`` seconds. Then it is
+*half-open*: one trial call goes through; success closes the breaker, failure opens
+it again for another ``reset_timeout``. So the breaker closes on its own once the
+backend is back, without any caller having to notice.
+
+All methods are safe from any thread. The closed-state fast path (:meth:`allow`,
+:meth:`success`) takes no lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
+
+CLOSED = "closed"
+HALF_OPEN = "half-open"
+OPEN = "open"
+
+#: numeric value of each state, for the ``breaker_state`` gauge
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class CircuitBreaker:
+    """Consecutive-failure circuit breaker.
+
+    :param failure_threshold: consecutive failures that open the breaker.
+    :param reset_timeout: seconds the breaker stays open before a trial call.
+    :param on_change: called with the new state (``"closed"``, ``"open"``,
+        ``"half-open"``) after every transition, outside the lock.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_timeout: float = 2.0,
+        *,
+        on_change: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if reset_timeout <= 0:
+            raise ValueError("reset_timeout must be positive")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self._on_change = on_change
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state = CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+        self.opened = 0  # how many times the breaker opened
+
+    @property
+    def state(self) -> str:
+        """The current state; an open breaker whose timeout passed reads as half-open."""
+        if self._state == OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+            return HALF_OPEN
+        return self._state
+
+    def allow(self) -> bool:
+        """Whether a call may go to the backend now. In the half-open state only
+        one caller at a time gets ``True`` (the trial call)."""
+        if self._state == CLOSED:
+            return True
+        changed = None
+        with self._lock:
+            if self._state == OPEN:
+                if self._clock() - self._opened_at < self.reset_timeout:
+                    return False
+                self._state = changed = HALF_OPEN
+                self._trial_running = False
+            if self._trial_running:
+                return False
+            self._trial_running = True
+        if changed is not None:
+            self._notify(changed)
+        return True
+
+    def success(self) -> None:
+        """Record a successful call."""
+        if self._state == CLOSED and self._failures == 0:
+            return
+        with self._lock:
+            changed = self._state != CLOSED
+            self._state = CLOSED
+            self._failures = 0
+            self._trial_running = False
+        if changed:
+            self._notify(CLOSED)
+
+    def failure(self) -> None:
+        """Record a failed call (a timeout or connection error, not a bad value)."""
+        with self._lock:
+            self._failures += 1
+            self._trial_running = False
+            if self._state == CLOSED and self._failures < self.failure_threshold:
+                return
+            reopened = self._state != OPEN
+            self._state = OPEN
+            self._opened_at = self._clock()
+            if reopened:
+                self.opened += 1
+        if reopened:
+            self._notify(OPEN)
+
+    def reset(self) -> None:
+        """Close the breaker and forget past failures."""
+        with self._lock:
+            self._state = CLOSED
+            self._failures = 0
+            self._trial_running = False
+
+    def _notify(self, state: str) -> None:
+        if self._on_change is not None:
+            self._on_change(state)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.state} failures={self._failures}>"

@@ -1,0 +1,896 @@
+"""``statekit.cache``: a shared cache on Redis (or ``memory://`` for tests).
+
+This module is two things, like ``django.core.cache``:
+
+* :class:`Cache`, the class: ``Cache("redis://127.0.0.1:6379/0")``;
+* the lazily configured default cache: ``from statekit import cache;
+  cache.get("k")`` proxies to a :class:`Cache` built on first use from
+  ``STATEKIT_CACHE_URL`` / ``STATEKIT_REDIS_URL`` (:meth:`Settings.from_env
+  <statekit.config.Settings.from_env>`). Nothing connects at import time.
+
+Values go through a codec (JSON by default); integers are stored as their decimal
+text so ``incr`` is a Redis ``INCRBY``. Every key lives in a *namespace* whose
+generation counter makes :meth:`Cache.clear` O(1) and cluster-safe.
+
+:meth:`Cache.get_or_set` and :meth:`Cache.cached` protect against stampedes: one
+caller (across processes and machines) recomputes under a short Redis lock while
+the others wait briefly or get the stale value, and values are refreshed early
+with a probability that grows as expiry nears, weighted by how long they took to
+compute (XFetch, Vattani et al. 2015).
+
+Failure policy: every call is bounded by the client's timeouts. With
+``on_error="raise"`` (the default) an outage raises
+:class:`~statekit.errors.BackendUnavailable`; with ``on_error="miss"`` reads return
+the default and writes are dropped (both counted). After ``failure_threshold``
+consecutive failures a circuit breaker fails calls at once, without I/O, and lets
+a trial call through every ``breaker_reset`` seconds, so it closes on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import inspect
+import math
+import random
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+
+from .backends.cachebase import CacheBackend
+from .breaker import CLOSED, STATE_VALUES, CircuitBreaker
+from .config import Settings, parse_url
+from .errors import BackendUnavailable, ConfigError, InvalidKey, LockError, SerializationError
+from .metrics import Counters
+from .nearcache import InvalidationListener, NearCache
+from .serializers import JSONSerializer, Serializer, get_serializer
+
+if TYPE_CHECKING:
+    from .backends.redis import RedisClient
+
+__all__ = ["DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "configure", "get_default"]
+
+T = TypeVar("T")
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "use the cache's ``default_ttl``" (the default of every ``ttl`` parameter)
+DEFAULT: Any = _Default()
+_MISSING: Any = object()
+TTL = float | int | dt.timedelta | None
+
+_ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
+_ENV_SIZE = 1 + _ENV.size
+_MAX_KEY = 1024
+_monotonic = time.monotonic
+_time = time.time
+
+COUNTER_NAMES = ("hits", "misses", "near_hits", "stale", "recomputes", "early_refreshes",
+                 "lock_waits", "errors", "dropped_writes", "breaker_opened")
+
+
+class _CacheCounters(Counters):
+    """Counters whose hottest one (near-cache hits) is a plain attribute, lock-free."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__("cache", instance, COUNTER_NAMES)
+        self.near_hits = 0
+
+    def counts(self) -> dict[str, int]:
+        out = super().counts()
+        out["near_hits"] = out.get("near_hits", 0) + self.near_hits
+        return out
+
+    def as_dict(self) -> dict[str, float]:
+        out = super().as_dict()
+        out["near_hits"] = out.get("near_hits", 0) + self.near_hits
+        return out
+
+    def get(self, name: str) -> int:
+        return super().get(name) + (self.near_hits if name == "near_hits" else 0)
+
+    def reset(self) -> None:
+        super().reset()
+        self.near_hits = 0
+
+
+def _ttl_seconds(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, dt.timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or math.isinf(ttl):
+        raise ValueError(f"ttl must be a positive number of seconds or None (no expiry), not {ttl!r}")
+    return float(ttl)
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not value or any(c in value for c in "{}") or any(ord(c) < 33 for c in value) or len(value) > 128:
+        raise ConfigError(
+            f"cache {kind} {value!r} must be 1-128 printable characters without braces or spaces"
+        )
+    return value
+
+
+class Cache:
+    """A cache on Redis (standalone, Sentinel, Cluster) or ``memory://``.
+
+    :param url: backend URL; ``None`` reads ``STATEKIT_CACHE_URL`` /
+        ``STATEKIT_REDIS_URL`` on first use.
+    :param client: a ready ``redis.Redis`` / ``RedisCluster`` (``decode_responses``
+        must be off) instead of a URL.
+    :param prefix: first part of every key (``STATEKIT_KEY_PREFIX``, ``"statekit"``).
+    :param namespace: the key space :meth:`clear` empties; see :meth:`namespace`.
+    :param default_ttl: seconds a value lives when ``ttl`` is not given; ``None``
+        for no expiry.
+    :param serializer: ``"json"`` (default), ``"msgpack"``, ``"signed-pickle"``
+        (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
+    :param near_cache: ``True`` or a maximum entry count to keep decoded values in
+        process, coherent through Redis invalidations (Redis URLs only).
+    :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
+    :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
+    :param failure_threshold: consecutive failures that open the circuit breaker.
+    :param breaker_reset: seconds the breaker stays open before a trial call.
+    :param stale_ttl: seconds a value computed by :meth:`get_or_set` / :meth:`cached`
+        may be served stale while one caller recomputes it.
+    :param lock_ttl: seconds the recompute lock lives (longer than a compute).
+    :param lock_wait: seconds a caller waits for another's recompute before
+        computing itself.
+    :param xfetch_beta: XFetch's beta; ``0`` disables early refresh.
+    :param timeout: socket connect/read timeout for a URL (overrides the URL's).
+    :param fast_path: use the per-thread pool-free connection on TCP/unix Redis.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: RedisClient | None = None,
+        prefix: str | None = None,
+        namespace: str = "default",
+        default_ttl: float | None = 300.0,
+        serializer: str | Serializer | None = "json",
+        secret_keys: Iterable[str | bytes] | None = None,
+        near_cache: bool | int = False,
+        near_max_age: float = 60.0,
+        on_error: Literal["raise", "miss"] = "raise",
+        failure_threshold: int = 5,
+        breaker_reset: float = 2.0,
+        stale_ttl: float = 30.0,
+        lock_ttl: float = 10.0,
+        lock_wait: float = 5.0,
+        xfetch_beta: float = 1.0,
+        timeout: float | None = None,
+        fast_path: bool = True,
+        _parent: Cache | None = None,
+    ) -> None:
+        if on_error not in ("raise", "miss"):
+            raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
+        if url is not None:
+            parse_url(url, kinds=("redis", "memory"))
+        self.url = url
+        self.client = client
+        self._prefix = prefix
+        self.namespace_name = _check_name("namespace", namespace)
+        self.default_ttl = _ttl_seconds(default_ttl)
+        self.serializer = serializer
+        self.secret_keys = tuple(secret_keys or ())
+        self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
+                                   else get_serializer(serializer, secret_keys=self.secret_keys))
+        self.near_size = 10_000 if near_cache is True else int(near_cache or 0)
+        self.near_max_age = near_max_age
+        self.on_error = on_error
+        self.stale_ttl = stale_ttl
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+        self.xfetch_beta = xfetch_beta
+        self.timeout = timeout
+        self.fast_path = fast_path
+        self._init_lock: Any = threading.RLock() if _parent is None else _parent._init_lock
+        self._parent = _parent
+        self._backend: CacheBackend | None = None
+        self._near: NearCache | None = None
+        self._listener: InvalidationListener | None = None
+        self._children: dict[str, Cache] = {}
+        self.breaker: CircuitBreaker = (_parent.breaker if _parent is not None else CircuitBreaker(
+            failure_threshold, breaker_reset, on_change=self._breaker_changed))
+        self.counters = _CacheCounters(f"{prefix or 'statekit'}:{namespace}")
+        self.counters.set_gauge("breaker_state", 0)
+
+    # -- set-up -----------------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        if self._prefix is None:
+            self._prefix = Settings.from_env().key_prefix if self.url is None and self.client is None \
+                else "statekit"
+        return self._prefix
+
+    @property
+    def base(self) -> str:
+        """The namespace's key base: ``"<prefix>:{<namespace>}:"``."""
+        return f"{self.prefix}:{{{self.namespace_name}}}:"
+
+    def _breaker_changed(self, state: str) -> None:
+        self.counters.set_gauge("breaker_state", STATE_VALUES[state])
+        if state == "open":
+            self.counters.incr("breaker_opened")
+
+    def _connect(self) -> CacheBackend:
+        with self._init_lock:
+            if self._backend is not None:
+                return self._backend
+            if self._parent is not None:
+                parent_backend = self._parent._connect()
+                backend = parent_backend.namespace(self.base)
+                listener = self._parent._listener
+            else:
+                backend, listener = self._build()
+            if listener is not None and self.near_size:
+                self._near = NearCache(self.near_size, self.near_max_age)
+                self._listener = listener
+                listener.register(self.base, self._near)
+            self._backend = backend
+            return backend
+
+    def _build(self) -> tuple[CacheBackend, InvalidationListener | None]:
+        if self.client is None:
+            url = self.url
+            if url is None:
+                settings = Settings.from_env()
+                url = settings.cache_url
+                if not url:
+                    raise ConfigError("no cache URL: set STATEKIT_CACHE_URL or STATEKIT_REDIS_URL, "
+                                      "or pass Cache(url=...)")
+                self.url = url
+            parsed = parse_url(url, kinds=("redis", "memory"))
+            if parsed.kind == "memory":
+                from .backends.memorycache import MemoryCacheBackend
+
+                return MemoryCacheBackend(parsed.name, self.base), None
+            from .backends.redis import get_client
+
+            _check_name("prefix", self.prefix)
+            overrides: dict[str, Any] = {}
+            if self.timeout is not None:
+                overrides = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+            client = get_client(url, **overrides)
+            sentinel = parsed.scheme == "redis+sentinel"
+        else:
+            client = self.client
+            sentinel = hasattr(getattr(client, "connection_pool", None), "get_master_address")
+        _check_name("prefix", self.prefix)
+        from .backends.rediscache import RedisCacheBackend
+
+        backend = RedisCacheBackend.from_client(client, self.base, fast_path=self.fast_path)
+        listener = None
+        if self.near_size:
+            listener = InvalidationListener(backend.transport.endpoints, self.prefix + ":",
+                                            follow=2.0 if sentinel else 0.0)
+        return backend, listener
+
+    def namespace(self, name: str) -> Cache:
+        """A cache over the same connections whose keys live in namespace *name*:
+        its :meth:`clear` empties only that namespace, in O(1). On Redis Cluster a
+        namespace lives in one hash slot (its keys share a hash tag), which keeps its
+        bulk operations to one node; use several namespaces to spread load."""
+        child = self._children.get(name)
+        if child is None:
+            child = Cache(
+                self.url, client=self.client, prefix=self.prefix, namespace=name,
+                default_ttl=self.default_ttl, serializer=self._codec,
+                near_cache=self.near_size, near_max_age=self.near_max_age, on_error=self.on_error,
+                stale_ttl=self.stale_ttl, lock_ttl=self.lock_ttl, lock_wait=self.lock_wait,
+                xfetch_beta=self.xfetch_beta, timeout=self.timeout, fast_path=self.fast_path,
+                _parent=self._parent or self,
+            )
+            self._children[name] = child
+        return child
+
+    def near_ready(self, timeout: float = 5.0) -> bool:
+        """Start the near cache's invalidation connection if needed and wait until it
+        is up; ``False`` if there is no near cache or it did not come up in time."""
+        self._backend or self._connect()
+        if self._listener is None:
+            return False
+        self._listener.ensure_running()
+        return self._listener.connected.wait(timeout)
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _encode(self, value: Any, expires_at: float = 0.0, delta: float = 0.0) -> bytes:
+        if not expires_at:
+            if type(value) is int:
+                return b"%d" % value
+            return b"\x01" + self._codec.dumps(value)
+        return b"\x02" + _ENV.pack(expires_at, delta) + self._codec.dumps(value)
+
+    def _decode(self, data: bytes) -> tuple[Any, float, float]:
+        mark = data[0]
+        if mark == 1:
+            return self._codec.loads(data[1:]), 0.0, 0.0
+        if mark == 2:
+            expires_at, delta = _ENV.unpack_from(data, 1)
+            return self._codec.loads(data[_ENV_SIZE:]), expires_at, delta
+        try:
+            return int(data), 0.0, 0.0
+        except ValueError:
+            raise SerializationError(f"cache payload of {len(data)} bytes has no statekit header") from None
+
+    def _check_key(self, key: Any) -> str:
+        if type(key) is not str:
+            raise InvalidKey(f"cache keys are str, not {type(key).__name__}")
+        if not key or len(key) > _MAX_KEY:
+            raise InvalidKey(f"cache key must be 1-{_MAX_KEY} characters (got {len(key)})")
+        return key
+
+    def _ttl_ms(self, ttl: Any) -> int | None:
+        secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
+        return None if secs is None else max(1, int(secs * 1000))
+
+    # -- failure policy -----------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a backend call through the breaker; raise BackendUnavailable on failure."""
+        breaker = self.breaker
+        if breaker._state != CLOSED and not breaker.allow():
+            raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+        try:
+            result = fn(*args)
+        except BackendUnavailable:
+            breaker.failure()
+            self.counters.incr("errors")
+            raise
+        breaker.success()
+        return result
+
+    def _read(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+        try:
+            return self._call(fn, *args)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            return default
+
+    def _write(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+        try:
+            return self._call(fn, *args)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            self.counters.incr("dropped_writes")
+            return default
+
+    def _be(self) -> CacheBackend:
+        return self._backend or self._connect()
+
+    def _forget(self, key: str) -> None:
+        near = self._near
+        if near is not None:
+            near.evict(key)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _fetch(self, key: str) -> tuple[Any, float, float] | None:
+        """The decoded entry for *key*, near cache first; ``None`` on a miss.
+        Raises BackendUnavailable (through the breaker)."""
+        near = self._near
+        if near is not None and near.active:
+            item = near.data.get(key)
+            if item is not None and item[1] > _monotonic():
+                self.counters.near_hits += 1
+                return item[0]
+            seq = near.seq
+            ((data, ttl_ms),) = self._call(self._be().get_many_with_ttl, (key,))
+            if data is None:
+                return None
+            entry = self._decode(data)
+            near.store(key, entry, ttl_ms, seq)
+            return entry
+        backend = self._backend or self._connect()
+        if self._near is not None and self._listener is not None:
+            self._listener.ensure_running()
+        data = self._call(backend.get, key)
+        return None if data is None else self._decode(data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value at *key*, or *default* if it is missing or expired.
+
+        Served from the near cache when enabled and coherent; otherwise one round
+        trip. On an outage: *default* with ``on_error="miss"``, else
+        :class:`~statekit.errors.BackendUnavailable`."""
+        near = self._near
+        if near is not None and near.active:
+            item = near.data.get(key)
+            if item is not None:
+                entry, deadline = item
+                if deadline > _monotonic() and (not entry[1] or entry[1] > _time()):
+                    try:
+                        near.data.move_to_end(key)
+                    except KeyError:  # evicted by another thread just now
+                        pass
+                    self.counters.near_hits += 1
+                    return entry[0]
+        if type(key) is not str or not key or len(key) > _MAX_KEY:
+            self._check_key(key)
+        try:
+            found = self._fetch(key)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            return default
+        if found is None or (found[1] and found[1] <= _time()):
+            self.counters.incr("misses")
+            return default
+        self.counters.incr("hits")
+        return found[0]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` for the keys that are present, in one round trip."""
+        keys = [self._check_key(k) for k in keys]
+        if not keys:
+            return {}
+        backend = self._backend or self._connect()
+        near = self._near
+        found: dict[str, Any] = {}
+        now = _time()
+        if near is not None and near.active:
+            todo = []
+            mono = _monotonic()
+            for k in keys:
+                item = near.data.get(k)
+                if item is not None and item[1] > mono and (not item[0][1] or item[0][1] > now):
+                    found[k] = item[0][0]
+                    self.counters.near_hits += 1
+                else:
+                    todo.append(k)
+            seq = near.seq
+            rows = self._read(backend.get_many_with_ttl, [], todo) if todo else []
+            for k, (data, ttl_ms) in zip(todo, rows, strict=False):
+                if data is not None:
+                    entry = self._decode(data)
+                    near.store(k, entry, ttl_ms, seq)
+                    if not entry[1] or entry[1] > now:
+                        found[k] = entry[0]
+        else:
+            if near is not None and self._listener is not None:
+                self._listener.ensure_running()
+            values = self._read(backend.get_many, [], keys)
+            for k, data in zip(keys, values, strict=False):
+                if data is not None:
+                    entry = self._decode(data)
+                    if not entry[1] or entry[1] > now:
+                        found[k] = entry[0]
+        self.counters.incr("hits", len(found))
+        self.counters.incr("misses", len(keys) - len(found))
+        return found
+
+    def has(self, key: str) -> bool:
+        """Whether *key* is present (``False`` on an outage with ``on_error="miss"``)."""
+        backend = self._backend or self._connect()
+        return self._read(backend.ttl_ms, None, self._check_key(key)) is not None
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds *key* has left; ``math.inf`` if it never expires; ``None`` if it is
+        missing (or on an outage with ``on_error="miss"``)."""
+        backend = self._backend or self._connect()
+        left = self._read(backend.ttl_ms, None, self._check_key(key))
+        if left is None:
+            return None
+        return math.inf if left < 0 else left / 1000.0
+
+    # -- writes -------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """Store *value* (``ttl`` seconds, ``None`` for no expiry). Returns ``False``
+        if the write was dropped (``on_error="miss"`` during an outage)."""
+        backend = self._backend or self._connect()
+        data = self._encode(value)
+        self._check_key(key)
+        self._forget(key)
+        return self._write(backend.set, False, key, data, self._ttl_ms(ttl)) is None
+
+    def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """Store *value* only if *key* is missing (atomic); ``True`` if stored."""
+        backend = self._backend or self._connect()
+        data = self._encode(value)
+        self._forget(self._check_key(key))
+        return bool(self._write(backend.add, False, key, data, self._ttl_ms(ttl)))
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
+        """Store every item in one round trip; ``False`` if dropped."""
+        backend = self._backend or self._connect()
+        items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
+        for k in items:
+            self._forget(k)
+        return self._write(backend.set_many, False, items, self._ttl_ms(ttl)) is None
+
+    def delete(self, key: str) -> bool:
+        """Delete *key*; ``True`` if it existed."""
+        backend = self._backend or self._connect()
+        self._forget(self._check_key(key))
+        return bool(self._write(backend.delete, False, key))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete *keys* in one round trip; return how many existed."""
+        backend = self._backend or self._connect()
+        keys = [self._check_key(k) for k in keys]
+        for k in keys:
+            self._forget(k)
+        return int(self._write(backend.delete_many, 0, keys)) if keys else 0
+
+    def incr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
+        """Atomically add *delta* to the integer at *key* and return the result.
+
+        A missing key starts at 0 and gets *ttl* (``None``: no expiry) when *create*;
+        otherwise a missing key raises ``KeyError``. A value that is not an integer
+        raises ``ValueError``. Counters cannot be made up, so an outage raises
+        :class:`~statekit.errors.BackendUnavailable` even with ``on_error="miss"``."""
+        if type(delta) is not int:
+            raise TypeError("delta must be an int")
+        backend = self._backend or self._connect()
+        self._forget(self._check_key(key))
+        result = self._call(functools.partial(backend.incr, create=create), key, delta, self._ttl_ms(ttl))
+        if result is None:
+            raise KeyError(key)
+        return result
+
+    def decr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
+        """:meth:`incr` by ``-delta``."""
+        return self.incr(key, -delta, ttl=ttl, create=create)
+
+    def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
+        """Give *key* a new TTL; ``False`` if it is missing."""
+        backend = self._backend or self._connect()
+        return bool(self._write(backend.touch, False, self._check_key(key), self._ttl_ms(ttl)))
+
+    def clear(self) -> bool:
+        """Empty this namespace in O(1) (a generation bump; no SCAN, no FLUSHDB).
+        Other namespaces and other prefixes are untouched. Old keys expire on their
+        own TTL. ``False`` if dropped during an outage with ``on_error="miss"``."""
+        backend = self._backend or self._connect()
+        if self._near is not None:
+            self._near.flush()
+        return self._write(backend.clear, False) is None
+
+    # -- stampede protection ------------------------------------------------------------
+
+    def get_or_set(self, key: str, default: Callable[[], T] | T, ttl: TTL = DEFAULT, *,
+                   stale_ttl: float | None = None) -> T:
+        """The value at *key*; if missing, ``default()`` (or *default* itself when it
+        is not callable) is stored and returned.
+
+        Across processes only one caller computes a missing or expired value: it
+        holds a short lock (``lock_ttl``) while the others poll for the result for up
+        to ``lock_wait`` seconds, then compute themselves. An expired value is served
+        for up to *stale_ttl* more seconds to callers that do not hold the lock. Before
+        expiry a caller refreshes early with XFetch probability, so hot keys rarely
+        expire at all. With ``on_error="miss"`` an outage computes without storing."""
+        self._check_key(key)
+        compute: Callable[[], T] = default if callable(default) else (lambda: default)  # type: ignore[assignment]
+        secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
+        stale = self.stale_ttl if stale_ttl is None else stale_ttl
+        try:
+            entry = self._fetch(key)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            return compute()
+        now = _time()
+        if entry is not None:
+            value, expires_at, delta = entry
+            if not expires_at:
+                self.counters.incr("hits")
+                return cast(T, value)
+            if now < expires_at:
+                beta = self.xfetch_beta
+                early = beta > 0 and delta > 0 and now - delta * beta * math.log(
+                    random.random() or 1e-300) >= expires_at  # noqa: S311 - not security
+                if not early or not self._try_lock(key):
+                    self.counters.incr("hits")
+                    return cast(T, value)
+                self.counters.incr("early_refreshes")
+                return self._compute_locked(key, compute, secs, stale)
+            if self._try_lock(key):
+                return self._compute_locked(key, compute, secs, stale)
+            self.counters.incr("stale")
+            return cast(T, value)
+        self.counters.incr("misses")
+        return self._wait_or_compute(key, compute, secs, stale)
+
+    def _lock_token(self) -> str:
+        return uuid.uuid4().hex
+
+    def _try_lock(self, key: str) -> bool:
+        token = self._lock_token()
+        try:
+            ok = self._call(self._be().acquire_lock, "sf:" + key, token,
+                            int(self.lock_ttl * 1000))
+        except BackendUnavailable:
+            return False
+        if ok:
+            self._tokens()[key] = token
+        return bool(ok)
+
+    def _tokens(self) -> dict[str, str]:
+        local = _thread_state()
+        return cast(dict[str, str], local.setdefault(id(self), {}))
+
+    def _unlock(self, key: str) -> None:
+        token = self._tokens().pop(key, None)
+        if token is not None:
+            try:
+                self._call(self._be().release_lock, "sf:" + key, token)
+            except BackendUnavailable:
+                pass  # the lock expires on its own
+
+    def _compute_locked(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
+        try:
+            return self._compute_and_store(key, compute, secs, stale)
+        finally:
+            self._unlock(key)
+
+    def _compute_and_store(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
+        started = _monotonic()
+        value = compute()
+        delta = _monotonic() - started
+        self.counters.incr("recomputes")
+        if secs is None:
+            data = self._encode(value)
+            ttl_ms = None
+        else:
+            data = self._encode(value, _time() + secs, delta)
+            ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
+        self._forget(key)
+        self._write(self._be().set, None, key, data, ttl_ms)
+        return value
+
+    def _wait_or_compute(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
+        deadline = _monotonic() + self.lock_wait
+        pause = 0.005
+        waited = False
+        while True:
+            if self._try_lock(key):
+                try:
+                    entry = self._fetch(key) if waited else None  # someone may have just finished
+                    if entry is not None and (not entry[1] or entry[1] > _time()):
+                        return cast(T, entry[0])
+                    return self._compute_and_store(key, compute, secs, stale)
+                finally:
+                    self._unlock(key)
+            if not waited:
+                self.counters.incr("lock_waits")
+                waited = True
+            if _monotonic() >= deadline:
+                return self._compute_and_store(key, compute, secs, stale)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.05)
+            try:
+                entry = self._fetch(key)
+            except BackendUnavailable:
+                entry = None
+            if entry is not None and (not entry[1] or entry[1] > _time()):
+                return cast(T, entry[0])
+
+    def cached(self, ttl: TTL = DEFAULT, *, key: str | Callable[..., str] | None = None,
+               stale_ttl: float | None = None) -> Callable[[Callable[..., T]], CachedFunction[T]]:
+        """Decorator: cache a function's result with :meth:`get_or_set` (stampede
+        protection included).
+
+        The key is *key* (a string prefix, or a function of the same arguments that
+        returns the whole key) plus a stable hash of the arguments, bound to the
+        signature so ``f(1)`` and ``f(x=1)`` share an entry. Arguments must be values
+        the JSON codec can encode; pass ``key=`` for others.
+
+        The wrapper has ``.invalidate(*args, **kwargs)``, ``.refresh(*args,
+        **kwargs)`` (recompute and store), ``.uncached`` (the bare function, to
+        bypass the cache) and ``.key_for(*args, **kwargs)``."""
+
+        def decorate(func: Callable[..., T]) -> CachedFunction[T]:
+            return CachedFunction(self, func, ttl, key, stale_ttl)
+
+        return decorate
+
+    # -- locks and the rest -------------------------------------------------------------
+
+    def lock(self, name: str, timeout: float = 10.0, *, blocking_timeout: float | None = None) -> Lock:
+        """A distributed lock called *name* (see :class:`Lock`)."""
+        self._check_key(name)
+        return Lock(self, name, timeout, blocking_timeout)
+
+    def stats(self) -> dict[str, float]:
+        """Counters (hits, misses, near_hits, stale, recomputes, early_refreshes,
+        lock_waits, errors, dropped_writes, breaker_opened) and the
+        ``breaker_state`` gauge (0 closed, 1 half-open, 2 open)."""
+        self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
+        if self._near is not None:
+            self.counters.set_gauge("near_size", len(self._near))
+        return self.counters.as_dict()
+
+    def close(self) -> None:
+        """Close this thread's fast connection and stop the near cache listener."""
+        if self._listener is not None and self._parent is None:
+            self._listener.stop()
+        if self._backend is not None:
+            self._backend.close()
+
+    def __repr__(self) -> str:
+        where = self.url or ("client" if self.client is not None else "env")
+        return f"<Cache {where} {self.namespace_name!r}>"
+
+
+_state = threading.local()
+
+
+def _thread_state() -> dict[int, Any]:
+    d = getattr(_state, "d", None)
+    if d is None:
+        d = _state.d = {}
+    return cast(dict[int, Any], d)
+
+
+class Lock:
+    """A lock shared by every process using the cache's backend.
+
+    The holder's random token is stored under the lock key with a TTL (*timeout*),
+    so a crashed holder cannot keep it forever; :meth:`release` and :meth:`extend`
+    succeed only for the token that holds it (an atomic compare-and-delete), so a
+    holder whose lock expired cannot release another's. Not re-entrant. Backend
+    errors raise :class:`~statekit.errors.BackendUnavailable` whatever ``on_error``.
+    """
+
+    def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
+        self.cache = cache
+        self.name = "u:" + name
+        self.timeout = timeout
+        self.blocking_timeout = blocking_timeout
+        self.token: str | None = None
+
+    def _backend(self) -> CacheBackend:
+        return self.cache._backend or self.cache._connect()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; wait up to *timeout* (default ``blocking_timeout``, ``None``
+        for ever) when *blocking*. ``True`` if taken."""
+        token = uuid.uuid4().hex
+        wait = self.blocking_timeout if timeout is None else timeout
+        deadline = None if wait is None else _monotonic() + wait
+        pause = 0.005
+        while True:
+            if self._backend().acquire_lock(self.name, token, int(self.timeout * 1000)):
+                self.token = token
+                return True
+            if not blocking or (deadline is not None and _monotonic() >= deadline):
+                return False
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+
+    def release(self) -> None:
+        """Release the lock; :class:`~statekit.errors.LockError` if this object does
+        not hold it (never taken, or expired and taken by someone else)."""
+        token, self.token = self.token, None
+        if token is None or not self._backend().release_lock(self.name, token):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def extend(self, timeout: float | None = None) -> None:
+        """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
+        ms = int((self.timeout if timeout is None else timeout) * 1000)
+        if self.token is None or not self._backend().extend_lock(self.name, self.token, ms):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def locked(self) -> bool:
+        """Whether this object holds the lock (as far as it knows)."""
+        return self.token is not None
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockError(f"could not acquire lock {self.name[2:]!r} in time")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class CachedFunction(Generic[T]):
+    """A function wrapped by :meth:`Cache.cached`."""
+
+    def __init__(self, cache: Cache, func: Callable[..., T], ttl: TTL,
+                 key: str | Callable[..., str] | None, stale_ttl: float | None) -> None:
+        self.cache = cache
+        self.uncached = func
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self._key = key
+        self._prefix = key if isinstance(key, str) else f"{func.__module__}.{func.__qualname__}"
+        try:
+            self._sig: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            self._sig = None
+        functools.update_wrapper(self, func)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of a call with these arguments."""
+        if callable(self._key):
+            return self._key(*args, **kwargs)
+        if self._sig is not None:
+            bound = self._sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            parts: Any = list(bound.arguments.items())
+        else:
+            parts = [list(args), sorted(kwargs.items())]
+        try:
+            blob = _KEY_CODEC.dumps(parts)
+        except SerializationError as e:
+            raise InvalidKey(
+                f"cannot build a cache key for {self._prefix}: {e}; pass key= to cached()"
+            ) from e
+        return f"{self._prefix}:{hashlib.sha256(blob).hexdigest()[:32]}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        compute: Callable[[], T] = lambda: self.uncached(*args, **kwargs)  # noqa: E731
+        return cast(T, self.cache.get_or_set(self.key_for(*args, **kwargs), cast(Any, compute),
+                                             self.ttl, stale_ttl=self.stale_ttl))
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Drop the cached result of a call with these arguments."""
+        return self.cache.delete(self.key_for(*args, **kwargs))
+
+    def refresh(self, *args: Any, **kwargs: Any) -> T:
+        """Recompute the result now, store it and return it."""
+        key = self.key_for(*args, **kwargs)
+        secs = self.cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
+        stale = self.cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
+        self.cache._backend or self.cache._connect()
+        return self.cache._compute_and_store(key, lambda: self.uncached(*args, **kwargs), secs, stale)
+
+
+_KEY_CODEC = JSONSerializer()
+
+# -- the module-level default cache -----------------------------------------------------
+
+_default: Cache | None = None
+_default_lock = threading.Lock()
+_PROXIED = frozenset({
+    "add", "cached", "clear", "decr", "delete", "delete_many", "get", "get_many", "get_or_set",
+    "has", "incr", "lock", "namespace", "near_ready", "set", "set_many", "stats", "touch", "ttl",
+})
+
+
+def configure(url: str | None = None, **options: Any) -> Cache:
+    """Replace the default cache (``statekit.cache.get`` and friends) with
+    ``Cache(url, **options)``; returns it. Nothing connects until first use."""
+    global _default
+    with _default_lock:
+        _default = Cache(url, **options)
+        return _default
+
+
+def get_default() -> Cache:
+    """The default cache, created on first call from the environment."""
+    global _default
+    cache = _default
+    if cache is None:
+        with _default_lock:
+            if _default is None:
+                _default = Cache()
+            cache = _default
+    return cache
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PROXIED:
+        return getattr(get_default(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _PROXIED)
+

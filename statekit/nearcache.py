@@ -1,0 +1,284 @@
+"""The near cache: a bounded in-process LRU of decoded values, kept coherent by Redis.
+
+Redis tells us when a key changes: a dedicated connection runs ``CLIENT TRACKING on
+REDIRECT <its own id> BCAST PREFIX <prefix>`` and then ``SUBSCRIBE
+__redis__:invalidate`` (RESP2 redirect mode, Redis 6.2+ and Valkey). From then on
+every write, delete, expiry or eviction of a key under the prefix — by any client
+anywhere — sends the key name to that connection, and the entry is dropped here.
+
+Coherence rules:
+
+* The near cache is used only while the invalidation connection is up. Until it is
+  (first use, after a drop, after a fork) every read goes to Redis; when it drops,
+  the local copies are flushed, because invalidations may have been missed.
+* A value read from Redis is stored locally only if no invalidation reached that
+  near cache while the read was in flight (a sequence number per near cache), so a
+  concurrent write can never be hidden behind an older value.
+* Local writes drop the local copy before they return (read-your-writes).
+* Entries also carry a deadline: the key's Redis TTL, capped by ``max_age``.
+
+On Sentinel the listener follows the master (it re-checks the address every few
+seconds); on Cluster it keeps one connection per master.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .errors import BackendUnavailable
+
+__all__ = ["InvalidationListener", "NearCache"]
+
+#: (value, logical expiry as epoch seconds or 0.0, compute time in seconds)
+Entry = tuple[Any, float, float]
+
+
+class NearCache:
+    """Bounded LRU of decoded entries for one namespace.
+
+    Reads (:attr:`data` lookups by :class:`~statekit.cache.Cache`) take no lock;
+    :meth:`store`, :meth:`evict` and :meth:`flush` take a short one.
+    """
+
+    def __init__(self, maxsize: int = 10_000, max_age: float = 60.0) -> None:
+        if maxsize < 1:
+            raise ValueError("near cache maxsize must be at least 1")
+        self.maxsize = maxsize
+        self.max_age = max_age
+        self.data: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self.active = False
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def store(self, key: str, entry: Entry, ttl_ms: int | None, seq: int) -> None:
+        """Keep *entry* unless an invalidation arrived since *seq* was read."""
+        age = self.max_age if ttl_ms is None else min(self.max_age, ttl_ms / 1000.0)
+        if age <= 0:
+            return
+        with self.lock:
+            if not self.active or self.seq != seq:
+                return
+            data = self.data
+            data[key] = (entry, time.monotonic() + age)
+            data.move_to_end(key)
+            while len(data) > self.maxsize:
+                data.popitem(last=False)
+
+    def evict(self, key: str) -> None:
+        with self.lock:
+            self.seq += 1
+            self.data.pop(key, None)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.seq += 1
+            self.data.clear()
+
+    def set_active(self, active: bool) -> None:
+        with self.lock:
+            self.seq += 1
+            self.data.clear()
+            self.active = active
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+_listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for listener in list(_listeners):
+        listener.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class InvalidationListener:
+    """One background thread that receives Redis invalidation messages for a key
+    prefix and drops the matching entries from the registered near caches.
+
+    :param endpoints: returns the connection parameters (``host``/``port`` or
+        ``path``, ``username``, ``password``) of every master to listen to.
+    :param prefix: the key prefix to track (``"<prefix>:"``).
+    :param follow: re-check :func:`endpoints` every this many seconds and reconnect
+        when they change (Sentinel failover); ``0`` to never re-check.
+    """
+
+    def __init__(self, endpoints: Callable[[], list[dict[str, Any]]], prefix: str, *,
+                 follow: float = 0.0, timeout: float = 1.0) -> None:
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.follow = follow
+        self.timeout = timeout
+        self._nears: dict[str, NearCache] = {}
+        self._readers: dict[socket.socket, Any] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.messages = 0
+        _listeners.add(self)
+
+    def register(self, base: str, near: NearCache) -> None:
+        with self._lock:
+            self._nears[base] = near
+            if self.connected.is_set():
+                near.set_active(True)
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process if it is not running (cheap to call)."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="statekit-near-cache", daemon=True)
+            self._thread.start()
+
+    def reset_after_fork(self) -> None:
+        self._thread = None
+        self._pid = 0
+        self.connected = threading.Event()
+        for near in list(self._nears.values()):
+            near.lock = threading.Lock()
+            near.set_active(False)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._set_active(False)
+
+    def _set_active(self, active: bool) -> None:
+        if active:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        for near in list(self._nears.values()):
+            near.set_active(active)
+
+    # -- the thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            socks: list[socket.socket] = []
+            try:
+                eps = self.endpoints()
+                socks = [self._connect(ep) for ep in eps]
+                self._set_active(True)
+                backoff = 0.05
+                self._listen(socks, eps)
+            except Exception:  # noqa: BLE001,S110 - any failure: flush, bypass, reconnect
+                pass
+            finally:
+                self._set_active(False)
+                for s in socks:
+                    self._readers.pop(s, None)
+                    s.close()
+            if self._stop.wait(backoff):
+                return
+            self.reconnects += 1
+            backoff = min(backoff * 2, 2.0)
+
+    def _connect(self, ep: dict[str, Any]) -> socket.socket:
+        import hiredis
+
+        if ep.get("path"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(ep["path"])
+        else:
+            sock = socket.create_connection((ep["host"], ep["port"]), timeout=self.timeout)
+        reader = hiredis.Reader()
+
+        def call(*args: Any) -> Any:
+            sock.sendall(hiredis.pack_command(args))
+            reply = reader.gets()
+            while reply is False:
+                data = sock.recv(65536)
+                if not data:
+                    raise BackendUnavailable("invalidation connection closed")
+                reader.feed(data)
+                reply = reader.gets()
+            if isinstance(reply, Exception):
+                raise BackendUnavailable(f"invalidation connection setup refused: {reply}")
+            return reply
+
+        try:
+            if ep.get("password"):
+                call("AUTH", *([ep["username"]] if ep.get("username") else []), ep["password"])
+            client_id = call("CLIENT", "ID")
+            call("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+            call("SUBSCRIBE", "__redis__:invalidate")
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)
+        self._readers[sock] = reader
+        return sock
+
+    def _listen(self, socks: list[socket.socket], eps: list[dict[str, Any]]) -> None:
+        import hiredis
+
+        last_seen = {s: time.monotonic() for s in socks}
+        last_ping = time.monotonic()
+        last_follow = time.monotonic()
+        while not self._stop.is_set():
+            ready, _, _ = select.select(socks, [], [], 0.5)
+            now = time.monotonic()
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    raise BackendUnavailable("invalidation connection closed")
+                last_seen[s] = now
+                reader = self._readers[s]
+                reader.feed(data)
+                msg = reader.gets()
+                while msg is not False:
+                    self._handle(msg)
+                    msg = reader.gets()
+            if now - last_ping >= self.timeout:
+                for s in socks:
+                    s.sendall(hiredis.pack_command(("PING",)))
+                last_ping = now
+            if any(now - seen > 3 * self.timeout + 0.5 for seen in last_seen.values()):
+                raise BackendUnavailable("invalidation connection stopped answering")
+            if self.follow and now - last_follow >= self.follow:
+                last_follow = now
+                if self.endpoints() != eps:
+                    raise BackendUnavailable("the master moved")
+
+    def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, list) or len(msg) < 3 or msg[0] != b"message":
+            return
+        self.messages += 1
+        keys = msg[2]
+        nears = list(self._nears.items())
+        if keys is None:  # FLUSHDB / FLUSHALL
+            for _base, near in nears:
+                near.flush()
+            return
+        for raw in keys:
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            for base, near in nears:
+                if not key.startswith(base):
+                    continue
+                rest = key[len(base):]
+                if rest == "gen":
+                    near.flush()
+                elif rest[:1].isdigit():
+                    near.evict(rest.partition(":")[2])

@@ -1,0 +1,391 @@
+"""The cache contract, written once and run against every backend: redis:// (two
+server lines), memory://, Redis Sentinel and Redis Cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import inspect
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from statekit.backends.cachebase import CacheBackend
+from statekit.backends.memorycache import MemoryCacheBackend
+from statekit.backends.rediscache import RedisCacheBackend
+from statekit.cache import Cache
+from statekit.embedded import RedisSentinel
+from statekit.errors import ConfigError, InvalidKey, LockError, SerializationError
+
+
+class CacheContract:
+    """Every backend must pass these. Subclasses provide the ``make`` fixture."""
+
+    @pytest.fixture
+    def cache(self, make: Any) -> Cache:
+        c: Cache = make()
+        return c
+
+    def test_roundtrip_types(self, cache: Cache) -> None:
+        values: list[Any] = [
+            "text é", b"\x00bytes", 0, -7, 2**40, 1.5, True, False, [1, "a"], {"a": {"b": [1]}},
+            (1, 2), {1, 2}, dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc),
+            decimal.Decimal("1.10"), uuid.UUID(int=5), {"\x00": 1}, {1: "int key"},
+        ]
+        for i, v in enumerate(values):
+            assert cache.set(f"k{i}", v) is True
+        for i, v in enumerate(values):
+            got = cache.get(f"k{i}")
+            assert got == v and type(got) is type(v)
+
+    def test_get_missing_returns_default(self, cache: Cache) -> None:
+        assert cache.get("nope") is None
+        marker = object()
+        assert cache.get("nope", marker) is marker
+        cache.set("none", None)
+        assert cache.get("none", marker) is None
+
+    def test_ttl_and_expiry(self, cache: Cache) -> None:
+        cache.set("short", 1, ttl=0.05)
+        cache.set("forever", 1, ttl=None)
+        cache.set("default", 1)
+        left = cache.ttl("default")
+        assert left is not None and 0 < left <= 300
+        assert cache.ttl("forever") == math.inf
+        assert cache.ttl("missing") is None
+        cache.set("td", 1, ttl=dt.timedelta(seconds=30))
+        td_left = cache.ttl("td")
+        assert td_left is not None and 0 < td_left <= 30
+        time.sleep(0.12)
+        assert cache.get("short") is None
+        assert not cache.has("short")
+
+    @pytest.mark.parametrize("bad", [0, -1, "10", float("inf"), True])
+    def test_bad_ttl(self, cache: Cache, bad: Any) -> None:
+        with pytest.raises(ValueError):
+            cache.set("k", 1, ttl=bad)
+
+    def test_add_is_atomic_first_writer_wins(self, cache: Cache) -> None:
+        assert cache.add("a", 1) is True
+        assert cache.add("a", 2) is False
+        assert cache.get("a") == 1
+        cache.add("e", 1, ttl=0.05)
+        time.sleep(0.12)
+        assert cache.add("e", 2) is True
+        assert cache.get("e") == 2
+
+    def test_delete(self, cache: Cache) -> None:
+        cache.set("d", 1)
+        assert cache.delete("d") is True
+        assert cache.delete("d") is False
+        assert cache.get("d") is None
+
+    def test_many(self, cache: Cache) -> None:
+        items = {f"m{i}": {"i": i} for i in range(50)}
+        assert cache.set_many(items, ttl=60) is True
+        got = cache.get_many([*items, "absent"])
+        assert got == items
+        assert cache.get_many([]) == {}
+        assert cache.delete_many(["m0", "m1", "absent"]) == 2
+        assert cache.delete_many([]) == 0
+        assert "m0" not in cache.get_many(["m0", "m2"])
+
+    def test_incr_decr(self, cache: Cache) -> None:
+        assert cache.incr("n") == 1
+        assert cache.incr("n", 10) == 11
+        assert cache.decr("n", 2) == 9
+        assert cache.get("n") == 9
+        cache.set("i", 41)
+        assert cache.incr("i") == 42
+        with pytest.raises(KeyError):
+            cache.incr("missing", create=False)
+        assert not cache.has("missing")
+        cache.set("s", "text")
+        with pytest.raises(ValueError):
+            cache.incr("s")
+        cache.incr("t", ttl=60)
+        t_left = cache.ttl("t")
+        assert t_left is not None and 0 < t_left <= 60
+
+    def test_touch(self, cache: Cache) -> None:
+        cache.set("t", 1, ttl=5)
+        assert cache.touch("t", ttl=100) is True
+        left = cache.ttl("t")
+        assert left is not None and 5 < left <= 100
+        assert cache.touch("t", ttl=None) is True
+        assert cache.ttl("t") == math.inf
+        assert cache.touch("missing") is False
+
+    def test_has(self, cache: Cache) -> None:
+        assert not cache.has("h")
+        cache.set("h", 0)
+        assert cache.has("h")
+
+    def test_get_or_set(self, cache: Cache) -> None:
+        calls: list[int] = []
+
+        def compute() -> int:
+            calls.append(1)
+            return 7
+
+        assert cache.get_or_set("g", compute, ttl=60) == 7
+        assert cache.get_or_set("g", compute, ttl=60) == 7
+        assert calls == [1]
+        assert cache.get("g") == 7
+        assert cache.get_or_set("plain", "value") == "value"
+        assert cache.get_or_set("plain", "other") == "value"
+        assert cache.stats()["recomputes"] >= 1
+
+    def test_clear_is_namespace_only(self, cache: Cache, make: Any) -> None:
+        other_ns = cache.namespace("other")
+        other_prefix = make(prefix="otherapp")
+        cache.set("a", 1)
+        cache.incr("n")
+        other_ns.set("a", 2)
+        other_prefix.set("a", 3)
+        assert cache.clear() is True
+        assert cache.get("a") is None
+        assert cache.get_many(["a", "n"]) == {}
+        assert other_ns.get("a") == 2
+        assert other_prefix.get("a") == 3
+        cache.set("a", 4)
+        assert cache.get("a") == 4
+        assert cache.incr("n") == 1
+        other_ns.clear()
+        assert other_ns.get("a") is None
+        assert cache.get("a") == 4
+
+    def test_cached_decorator(self, cache: Cache) -> None:
+        calls: list[tuple[int, int]] = []
+
+        @cache.cached(ttl=60)
+        def add(x: int, y: int = 1) -> int:
+            calls.append((x, y))
+            return x + y
+
+        assert add(1) == 2
+        assert add(x=1) == 2
+        assert add(1, y=1) == 2
+        assert calls == [(1, 1)]
+        assert add(2, 3) == 5
+        assert len(calls) == 2
+        assert add.invalidate(1) is True
+        assert add(1) == 2
+        assert len(calls) == 3
+        assert add.uncached(1) == 2
+        assert len(calls) == 4
+        assert add.refresh(2, 3) == 5
+        assert len(calls) == 5
+        assert add.key_for(1) == add.key_for(x=1, y=1)
+        assert add.__name__ == "add"
+
+        @cache.cached(key=lambda obj: f"obj:{id(obj)}")
+        def by_identity(obj: object) -> str:
+            return "ok"
+
+        assert by_identity(object()) == "ok"
+
+        @cache.cached()
+        def takes_object(obj: object) -> str:
+            return "x"
+
+        with pytest.raises(InvalidKey):
+            takes_object(object())
+
+    def test_lock(self, cache: Cache) -> None:
+        lock = cache.lock("job", timeout=5)
+        other = cache.lock("job", timeout=5)
+        assert lock.acquire(blocking=False)
+        assert not other.acquire(blocking=False)
+        assert not other.acquire(timeout=0.05)
+        lock.extend(10)
+        lock.release()
+        with pytest.raises(LockError):
+            lock.release()
+        with other:
+            assert other.locked()
+            assert not cache.lock("job").acquire(blocking=False)
+        assert cache.lock("job").acquire(blocking=False)
+        expiring = cache.lock("short", timeout=0.05)
+        assert expiring.acquire()
+        time.sleep(0.12)
+        thief = cache.lock("short")
+        assert thief.acquire(blocking=False)
+        with pytest.raises(LockError):
+            expiring.release()  # it expired and is someone else's now
+        thief.release()
+
+    def test_locks_survive_clear(self, cache: Cache) -> None:
+        lock = cache.lock("keep")
+        assert lock.acquire(blocking=False)
+        cache.clear()
+        assert not cache.lock("keep").acquire(blocking=False)
+        lock.release()
+
+    @pytest.mark.parametrize("bad", ["", "x" * 1025, 5, b"bytes", None])
+    def test_invalid_keys(self, cache: Cache, bad: Any) -> None:
+        with pytest.raises(InvalidKey):
+            cache.get(bad)
+        with pytest.raises(InvalidKey):
+            cache.set(bad, 1)
+        with pytest.raises(InvalidKey):
+            cache.get_many(["ok", bad])
+
+    def test_odd_keys(self, cache: Cache) -> None:
+        keys = ["{tag}", "a:b:c", "ünï cødé", "gen", "lock:x", "1:2", "with space", "x" * 1024]
+        for i, k in enumerate(keys):
+            cache.set(k, i)
+        assert cache.get_many(keys) == {k: i for i, k in enumerate(keys)}
+
+    def test_stale_while_revalidate(self, cache: Cache, make: Any) -> None:
+        cache.get_or_set("swr", lambda: "old", ttl=0.05, stale_ttl=30)
+        time.sleep(0.12)
+        assert cache.get("swr") is None  # a plain get does not serve stale values
+        # Another process is recomputing: it holds the single-flight lock.
+        other = make()
+        assert other._try_lock("swr")
+        try:
+            assert cache.get_or_set("swr", lambda: "new", ttl=60) == "old"
+            assert cache.stats()["stale"] == 1
+        finally:
+            other._unlock("swr")
+        assert cache.get_or_set("swr", lambda: "new", ttl=60) == "new"
+        assert cache.get("swr") == "new"
+
+    def test_xfetch_refreshes_early(self, make: Any) -> None:
+        eager = make(xfetch_beta=1e9)
+        eager.get_or_set("x", lambda: (time.sleep(0.01), 1)[1], ttl=60)
+        assert eager.get_or_set("x", lambda: 2, ttl=60) == 2
+        assert eager.stats()["early_refreshes"] == 1
+        never = make(xfetch_beta=0)
+        never.get_or_set("y", lambda: (time.sleep(0.01), 1)[1], ttl=60)
+        assert never.get_or_set("y", lambda: 2, ttl=60) == 1
+
+    def test_waiter_gets_the_value_computed_under_the_lock(self, cache: Cache, make: Any) -> None:
+        other = make()
+        assert other._try_lock("w")
+        other.set("w-done", 0)
+        import threading
+
+        def finish() -> None:
+            time.sleep(0.1)
+            other._compute_and_store("w", lambda: "from-other", 60.0, 0.0)
+            other._unlock("w")
+
+        t = threading.Thread(target=finish)
+        t.start()
+        try:
+            assert cache.get_or_set("w", lambda: "mine", ttl=60) == "from-other"
+        finally:
+            t.join()
+        assert cache.stats()["lock_waits"] == 1
+
+    def test_codecs(self, make: Any) -> None:
+        mp = make(serializer="msgpack")
+        mp.set("v", {"a": (1, 2), "b": b"x"})
+        assert mp.get("v") == {"a": (1, 2), "b": b"x"}
+        sp = make(serializer="signed-pickle", secret_keys=["k1"])
+        sp.set("v", complex(1, 2))
+        assert sp.get("v") == complex(1, 2)
+        sp.set("n", 3)
+        assert sp.incr("n") == 4
+        forged = make(serializer="signed-pickle", secret_keys=["other"])
+        with pytest.raises(SerializationError):
+            forged.get("v")
+        with pytest.raises(ConfigError):
+            make(serializer="pickle")
+
+    def test_counters(self, cache: Cache) -> None:
+        cache.get("nope")
+        cache.set("k", 1)
+        cache.get("k")
+        stats = cache.stats()
+        assert stats["hits"] == 1 and stats["misses"] == 1
+        assert stats["breaker_state"] == 0
+
+
+def test_every_backend_implements_the_contract() -> None:
+    required = [name for name, fn in vars(CacheBackend).items()
+                if inspect.isfunction(fn) and "NotImplementedError" in inspect.getsource(fn)]
+    assert "get_many" in required and "clear" in required
+    for cls in (RedisCacheBackend, MemoryCacheBackend):
+        missing = [n for n in required if getattr(cls, n) is getattr(CacheBackend, n)]
+        assert not missing, f"{cls.__name__} lacks {missing}"
+
+
+def test_base_class_names_the_missing_method() -> None:
+    with pytest.raises(NotImplementedError, match="get_many"):
+        CacheBackend().get("k")
+
+
+class TestMemory(CacheContract):
+    @pytest.fixture
+    def make(self) -> Any:
+        return lambda **kw: Cache("memory://contract", **kw)
+
+
+@pytest.mark.redis
+class TestRedis(CacheContract):
+    @pytest.fixture
+    def make(self, redis_line_url: str) -> Any:
+        return lambda **kw: Cache(redis_line_url, **kw)
+
+    def test_ready_client_and_unix_socket(self, redis_line_url: str, redis_line_server: Any) -> None:
+        import redis
+
+        client = redis.Redis.from_url(redis_line_url)
+        c = Cache(client=client)
+        c.set("k", [1])
+        assert Cache(f"unix://{redis_line_server.unix_socket}").get("k") == [1]
+        assert Cache(redis_line_url, fast_path=False).get("k") == [1]
+        with pytest.raises(ConfigError):
+            Cache(client=redis.Redis.from_url(redis_line_url, decode_responses=True)).get("k")
+
+    def test_integers_are_raw_in_redis(self, redis_line_url: str, redis_line_server: Any) -> None:
+        c = Cache(redis_line_url, prefix="raw")
+        c.set("n", 5)
+        with redis_line_server.client() as r:
+            assert r.get("raw:{default}:0:n") == b"5"
+            assert r.incrby("raw:{default}:0:n", 2) == 7
+        assert c.get("n") == 7
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[RedisSentinel]:
+    """One sentinel setup for the contract suite (the failover test makes its own)."""
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+class TestSentinel(CacheContract):
+    @pytest.fixture
+    def make(self, sentinel_setup: RedisSentinel) -> Any:
+        with sentinel_setup.master.client() as r:
+            r.flushall()
+        return lambda **kw: Cache(sentinel_setup.url, **kw)
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+class TestCluster(CacheContract):
+    @pytest.fixture
+    def make(self, redis_cluster_url: str) -> Any:
+        return lambda **kw: Cache(redis_cluster_url, **kw)
+
+    def test_namespaces_spread_over_nodes(self, redis_cluster_url: str, redis_cluster: Any) -> None:
+        c = Cache(redis_cluster_url)
+        for i in range(30):
+            c.namespace(f"ns{i}").set_many({"a": 1, "b": 2})
+        used = 0
+        for node in redis_cluster.nodes:
+            with node.client() as r:
+                used += r.dbsize() > 0
+        assert used >= 2
