@@ -219,6 +219,16 @@ class Hub:
             for name, record in self.read(behind).items():
                 self.offer(name, record)
 
+    def _retire_if_idle(self) -> bool:
+        """End the thread when every value of this hub is gone (nothing to keep
+        current); :meth:`register` starts a new one when needed."""
+        with self.lock:
+            if any(len(vs) for vs in self._values.values()):
+                return False
+            self._thread = None
+            self.connected.clear()
+            return True
+
     def _live_names(self) -> list[str]:
         with self.lock:
             return [n for n, vs in self._values.items() if len(vs)]
@@ -247,6 +257,8 @@ class Hub:
                     msg = pubsub.get_message(timeout=0.5)
                     now = time.monotonic()
                     if now - last_check > CHECK_EVERY and self.connected.is_set():
+                        if self._retire_if_idle():
+                            return
                         self.check()
                         last_check = now
                     if msg is None:
@@ -269,10 +281,8 @@ class Hub:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 self.counters.incr("reconnects")
-                with self.lock:
-                    if not any(len(vs) for vs in self._values.values()):
-                        self._thread = None  # every value is gone: nothing to keep current
-                        return
+                if self._retire_if_idle():
+                    return
                 (log.warning if was_connected else log.debug)(
                     "broadcast subscriber lost Redis (%s); reconnecting in %.2fs", e, backoff
                 )

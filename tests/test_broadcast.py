@@ -456,3 +456,23 @@ def test_cli_reports_bad_targets(capsys: pytest.CaptureFixture[str]) -> None:
         main(["broadcast", "--help"])
     assert exc.value.code == 0
     assert "module:attribute" in capsys.readouterr().out
+
+
+def test_subscriber_thread_retires_when_its_values_are_gone(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    monkeypatch.setattr(_subscriber, "CHECK_EVERY", 0.05)
+    sv = SharedValue("gone", url=redis_url, key_prefix=prefix + "r")
+    sv.get()
+    hub = sv._hub
+    assert hub is not None and hub._thread is not None
+    thread = hub._thread
+    del sv
+    gc.collect()
+    thread.join(10)
+    assert not thread.is_alive()
+    again = SharedValue("gone", url=redis_url, key_prefix=prefix + "r")  # a new value restarts it
+    again.get()
+    assert hub._thread is not None and hub._thread.is_alive()
