@@ -476,3 +476,26 @@ def test_subscriber_thread_retires_when_its_values_are_gone(
     again = SharedValue("gone", url=redis_url, key_prefix=prefix + "r")  # a new value restarts it
     again.get()
     assert hub._thread is not None and hub._thread.is_alive()
+
+
+def test_contract_on_each_server_line(
+    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    """The scripts and the subscriber on every supported server line (redis 6.2, valkey 8)."""
+    b = Broadcaster(redis_line_url, key_prefix=prefix)
+    broadcasters.append(b)
+    assert b.publish("line", "a") == 1
+    sv = SharedValue("line", url=redis_line_url, key_prefix=prefix)
+    assert sv.get() == "a"
+    b._client.set(state_key(prefix, "line") + ":fence", 2)
+    with pytest.raises(StaleToken):
+        b.publish("line", "x", token=1)
+    assert b.publish("line", "b", token=2) == 2
+    wait_for(lambda: sv.get() == "b", what="fan-out")
+    b.every(0.1, name="job", lease=1.0)(lambda: current_run().slot)  # type: ignore[union-attr]
+    job = SharedValue("job", url=redis_line_url, key_prefix=prefix)
+    b.start()
+    wait_for(lambda: job.version >= 2, what="two computations")
+    b.stop(5)
+    assert b._client.get(state_key(prefix, "job") + ":fence") == b"1"  # one leadership
+    assert b._client.get(state_key(prefix, "job") + ":lease") is None  # released on stop
