@@ -371,8 +371,7 @@ class SharedValue(Generic[T]):
 
     __slots__ = (
         "__weakref__", "_callbacks", "_epoch", "_hub", "_hub_key", "_make_client", "_prefix",
-        "_serializer",
-        "_updated_at", "_value", "_version", "default", "max_age", "name",
+        "_serializer", "_updated_at", "_value", "_version", "default", "max_age", "name",
     )
 
     def __init__(
