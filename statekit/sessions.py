@@ -44,21 +44,26 @@ session instead (``session.unavailable`` is true; assigning raises).
 
 from __future__ import annotations
 
+import decimal
 import hashlib
+import json
 import logging
 import math
 import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._session_backends import IndexOp, MemoryEngine, RedisEngine, now
 from .backends.memory import get_store
 from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from .metrics import Counters
-from .serializers import Serializer, get_serializer
+from .serializers import JSONSerializer, Serializer, _untag_hook, get_serializer
+
+if TYPE_CHECKING:
+    from itsdangerous import Signer
 
 __all__ = ["Session", "SessionInfo", "SessionStore", "security_log"]
 
@@ -68,6 +73,26 @@ security_log = logging.getLogger("statekit.security")
 _ID_RE = re.compile(r"^[0-9a-f]{4}[A-Za-z0-9_-]{43}$")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
+
+
+def _cached_signer(keys: list[bytes]) -> Signer:
+    """An itsdangerous ``Signer`` that derives each key once, not on every cookie."""
+    from itsdangerous import Signer
+
+    class CachedSigner(Signer):
+        _derived: dict[bytes | None, bytes]
+
+        def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+            k = secret_key.encode() if isinstance(secret_key, str) else secret_key
+            try:
+                return self._derived[k]
+            except KeyError:
+                self._derived[k] = derived = super().derive_key(secret_key)
+                return derived
+
+    signer = CachedSigner(keys, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+    signer._derived = {}
+    return signer
 
 
 class Session(dict[str, Any]):
@@ -94,7 +119,9 @@ class Session(dict[str, Any]):
         self.sid = sid
         self.key = key or store._key(sid)
         self.new = new
-        self.modified = False
+        self._modified = False
+        self._full_diff = False
+        self._touched: set[str] = set()
         self.rotated = False
         self.send_cookie = False
         self.destroyed = False
@@ -107,18 +134,32 @@ class Session(dict[str, Any]):
         self._loaded_idle = self.idle_timeout
         self._encoded: dict[str, bytes] = dict(encoded or {})
 
-    def _changing(self) -> None:
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session. Setting it to ``True`` yourself
+        (after changing a value in place) makes the next save compare every key."""
+        return self._modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._modified = value
+        self._full_diff = value
+        if not value:
+            self._touched.clear()
+
+    def _changing(self, key: str) -> None:
         if self.unavailable:
             raise BackendUnavailable("the session store is unavailable: this session is read-only")
-        self.modified = True
+        self._modified = True
+        self._touched.add(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._changing()
         self.store._encode(key, value)
+        self._changing(key)
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
-        self._changing()
+        self._changing(key)
         super().__delitem__(key)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
@@ -136,16 +177,19 @@ class Session(dict[str, Any]):
 
     def pop(self, key: str, *default: Any) -> Any:
         if key in self:
-            self._changing()
+            self._changing(key)
         return super().pop(key, *default)
 
     def popitem(self) -> tuple[str, Any]:
-        self._changing()
-        return super().popitem()
+        if self.unavailable:
+            raise BackendUnavailable("the session store is unavailable: this session is read-only")
+        item = super().popitem()
+        self._changing(item[0])
+        return item
 
     def clear(self) -> None:
-        if self:
-            self._changing()
+        for key in list(self):
+            self._changing(key)
         super().clear()
 
     def rotate(self) -> None:
@@ -170,6 +214,17 @@ class SessionInfo:
     created: float
     last_seen: float
     user_id: str | None
+
+
+_JSON_DECODER = json.JSONDecoder(object_hook=_untag_hook)
+
+
+def _fast_json_loads(data: bytes) -> Any:
+    """``JSONSerializer.loads`` with one shared decoder (it builds one per call)."""
+    try:
+        return _JSON_DECODER.decode(data.decode("utf-8"))
+    except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation) as e:
+        raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
 
 
 def _float(raw: Any, default: float = 0.0) -> float:
@@ -208,8 +263,6 @@ class SessionStore:
                  codec: str | Serializer = "json", outage_policy: str = "raise",
                  user_key: str | None = None, max_cookie_size: int = 256,
                  session_class: type[Session] | None = None) -> None:
-        from itsdangerous import Signer
-
         keys = [k for k in secret_keys if k]
         if not keys:
             raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
@@ -224,7 +277,8 @@ class SessionStore:
             raise ConfigError("sessions never use pickle; choose the json or msgpack codec")
         # itsdangerous signs with its *last* key and verifies with all of them
         signing = [k if isinstance(k, bytes) else k.encode() for k in reversed(keys)]
-        self._signer = Signer(signing, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+        self._signer = _cached_signer(signing)
+        self._loads = _fast_json_loads if isinstance(self.codec, JSONSerializer) else self.codec.loads
         self.key_prefix = key_prefix
         self.idle_timeout = float(idle_timeout)
         self.absolute_lifetime = float(absolute_lifetime)
@@ -374,7 +428,7 @@ class SessionStore:
         for field, value in raw.items():
             if field.startswith("d:"):
                 try:
-                    data[field[2:]] = self.codec.loads(value)
+                    data[field[2:]] = self._loads(value)
                 except SerializationError as e:
                     raise SerializationError(
                         f"session key {field[2:]!r}: stored value cannot be decoded") from e
@@ -416,12 +470,20 @@ class SessionStore:
         t = now()
         sets: dict[str, bytes | str] = {}
         dels: list[str] = []
-        if session.modified or session.new:
+        if session.new or session._full_diff:  # compare every key
             for k, v in session.items():
                 enc = self._encode(k, v)
                 if session._encoded.get(k) != enc:
                     sets["d:" + k] = enc
             dels = ["d:" + k for k in session._encoded if k not in session]
+        elif session._modified:  # only the keys assigned or deleted (re-encoded now)
+            for k in session._touched:
+                if k in session:
+                    enc = self._encode(k, dict.__getitem__(session, k))
+                    if session._encoded.get(k) != enc:
+                        sets["d:" + k] = enc
+                elif k in session._encoded:
+                    dels.append("d:" + k)
         user = self._user_of(session)
         if user != session.loaded_user:
             if user is None:

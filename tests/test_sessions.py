@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statekit.sessions as sessions_mod
-from conftest import REDIS_LINES
 from statekit._session_backends import MemoryEngine, RedisEngine
-from statekit.embedded import RedisServer, free_port
+from statekit.embedded import RedisServer, find_redis_servers, free_port
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from statekit.sessions import Session, SessionStore
 
@@ -26,7 +25,15 @@ KEYS = ["new-key-0123456789", "old-key-0123456789"]
 StoreFactory = Callable[..., SessionStore]
 
 
-_LINES = {b.line: b for b in REDIS_LINES}
+def _redis_lines() -> dict[str, Any]:
+    """The oldest and newest server lines found (as the root conftest's redis_line_url)."""
+    found = sorted(find_redis_servers(), key=lambda b: tuple(int(x) for x in b.version.split(".")))
+    if len(found) > 2:
+        found = [found[0], found[-1]]
+    return {b.line: b for b in found}
+
+
+_LINES = _redis_lines()
 _servers: dict[str, RedisServer] = {}
 
 
@@ -178,6 +185,15 @@ def test_in_place_change_needs_modified(store: SessionStore) -> None:
     s2.modified = True
     store.save(s2)
     assert reopen(store, s)["cart"] == ["apple"]
+
+
+def test_value_changed_after_assignment_is_saved(store: SessionStore) -> None:
+    s = store.create({"other": 1})
+    s2 = reopen(store, s)
+    s2["cart"] = []
+    s2["cart"].append("pear")  # same request, after the assignment
+    store.save(s2)
+    assert reopen(store, s) == {"other": 1, "cart": ["pear"]}
 
 
 def test_unserializable_value_fails_at_assignment(store: SessionStore) -> None:
