@@ -106,7 +106,7 @@ class Ledger:
     ok: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: Counter[str] = field(default_factory=Counter)  # per instance base URL
     session_writes: int = 0
     lost_session_writes: int = 0
     uploads: int = 0
@@ -147,10 +147,11 @@ class Client:
     def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
         """Send one request; returns the response, or ``None`` when it failed
         (connection error, timeout, 5xx, or a status not 2xx/3xx nor in *ok*)."""
-        url = self.rng.choice(self.bases) + path
+        base = self.rng.choice(self.bases)
+        url = base + path
         led = self.ledger
         with led.lock:
-            led.in_flight += 1
+            led.in_flight[base] += 1
         start = time.monotonic()
         cause = None
         response = None
@@ -169,7 +170,7 @@ class Client:
             cause = type(e).__name__
         elapsed = time.monotonic() - start
         with led.lock:
-            led.in_flight -= 1
+            led.in_flight[base] -= 1
             led.requests += 1
             led.latencies.append(elapsed)
             if cause is None:
@@ -472,7 +473,7 @@ class Chaos(threading.Thread):
             return
         pid = self.rng.choice(workers)
         with self.ledger.lock:
-            in_flight = self.ledger.in_flight
+            in_flight = self.ledger.in_flight[instance.base]  # on the whole instance: an upper bound
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -575,7 +576,8 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
     row("requests", report.requests, f"{report.ok} ok")
     failed = sum(report.failures.values())
     row("failed requests", failed, ", ".join(f"{c}: {n}" for c, n in sorted(report.failures.items())))
-    row("workers SIGKILLed", report.kills, f"{report.in_flight_at_kills} requests in flight at the kills")
+    row("workers SIGKILLed", report.kills,
+        f"{report.in_flight_at_kills} requests in flight on their instances at the kills")
     row("reloads", report.reloads)
     row("lost session writes", report.lost_session_writes, f"of {report.session_writes} acknowledged",
         bad=report.lost_session_writes > 0)
