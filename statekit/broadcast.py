@@ -242,15 +242,16 @@ class Broadcaster:
         self._scripts: dict[str, Any] = {}
         self._serializer = get_serializer(serializer)
         self.jobs: dict[str, Job] = {}
+        self._init_process_state()
+        _broadcasters.add(self)
+
+    def _init_process_state(self) -> None:
+        # new locks and counters: a forked child must not inherit one held by a thread
         self.counters = Counters(
             "broadcast", self.prefix,
             ("computes", "publishes", "compute_errors", "timeouts", "stale_tokens",
              "backend_errors", "leader_acquired", "leader_lost"),
         )
-        self._init_process_state()
-        _broadcasters.add(self)
-
-    def _init_process_state(self) -> None:
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()

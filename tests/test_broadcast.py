@@ -343,6 +343,7 @@ def _child(url: str, prefix: str, conn: Any) -> None:
               "hubs": len(_subscriber._hubs)}
     report["value"] = sv.get()
     report["own_hub"] = len(_subscriber._hubs) == 1
+    report["child_publish"] = b.publish("from_child", "hi") == 1  # event-driven publish in a worker
     conn.send(report)
     version = conn.recv()
     wait_for(lambda: sv.version == version, what="child update")
@@ -366,7 +367,7 @@ def test_forked_child_starts_its_own_subscriber(
     try:
         report = parent_conn.recv()
         assert report == {"unloaded_at_start": True, "running": False, "hubs": 0,
-                          "value": "parent", "own_hub": True}
+                          "value": "parent", "own_hub": True, "child_publish": True}
         version = b.publish("forked", "update")
         parent_conn.send(version)
         assert parent_conn.poll(10)
