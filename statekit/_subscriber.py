@@ -541,19 +541,16 @@ class SharedValues:
         self._max_age = max_age
         self._serializer = serializer
         self._values: dict[str, SharedValue[Any]] = {}
-        self._lock = threading.Lock()
 
     def value(self, name: str) -> SharedValue[Any]:
         """The :class:`SharedValue` called *name* (created on first use)."""
         sv = self._values.get(name)
         if sv is None:
-            with self._lock:
-                sv = self._values.get(name)
-                if sv is None:
-                    sv = self._values[name] = SharedValue(
-                        name, self._defaults.get(name), max_age=self._max_age, url=self._url,
-                        client=self._client, key_prefix=self._key_prefix, serializer=self._serializer,
-                    )
+            # no lock (none to inherit held across a fork): a racing duplicate is dropped
+            sv = self._values.setdefault(name, SharedValue(
+                name, self._defaults.get(name), max_age=self._max_age, url=self._url,
+                client=self._client, key_prefix=self._key_prefix, serializer=self._serializer,
+            ))
         return sv
 
     def get(self, name: str, default: Any = None) -> Any:

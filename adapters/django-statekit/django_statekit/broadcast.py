@@ -31,7 +31,6 @@ Settings: ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL``, ``STATEKIT_KEY_PR
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -43,7 +42,6 @@ from .conf import get_setting, get_settings
 
 __all__ = ["get_broadcaster", "shared", "shared_value", "shared_values"]
 
-_lock = threading.Lock()
 _values: SharedValues | None = None
 
 
@@ -51,21 +49,18 @@ def shared_values() -> SharedValues:
     """This project's :class:`SharedValues` (built from settings on first use)."""
     global _values
     values = _values
-    if values is None:
-        with _lock:
-            values = _values
-            if values is None:
-                settings = get_settings()
-                defaults = get_setting("STATEKIT_BROADCAST_DEFAULTS") or {}
-                if not isinstance(defaults, dict):
-                    raise ConfigError("STATEKIT_BROADCAST_DEFAULTS must be a dict of name -> default value")
-                max_age = get_setting("STATEKIT_BROADCAST_MAX_AGE")
-                values = _values = SharedValues(
-                    settings.broadcast_url,
-                    key_prefix=settings.key_prefix,
-                    defaults=defaults,
-                    max_age=float(max_age) if max_age not in (None, "") else None,
-                )
+    if values is None:  # no lock: building it twice in a race is harmless
+        settings = get_settings()
+        defaults = get_setting("STATEKIT_BROADCAST_DEFAULTS") or {}
+        if not isinstance(defaults, dict):
+            raise ConfigError("STATEKIT_BROADCAST_DEFAULTS must be a dict of name -> default value")
+        max_age = get_setting("STATEKIT_BROADCAST_MAX_AGE")
+        values = _values = SharedValues(
+            settings.broadcast_url,
+            key_prefix=settings.key_prefix,
+            defaults=defaults,
+            max_age=float(max_age) if max_age not in (None, "") else None,
+        )
     return values
 
 
@@ -93,8 +88,7 @@ def get_broadcaster(target: str | None = None) -> Broadcaster:
 def _reset(*, setting: str, **kwargs: Any) -> None:
     global _values
     if setting.startswith("STATEKIT_"):
-        with _lock:
-            _values = None
+        _values = None
 
 
 setting_changed.connect(_reset)
