@@ -350,6 +350,11 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(sig)
         self.kill_workers(sig)
+        for pid, w in list(self.WORKERS.items()):
+            # a worker still loading the app holds no request: no reason to wait for it
+            slot = getattr(w, "statekit_slot", None)
+            if slot is not None and rt.drain.slot_info(slot).state == BOOTING:
+                self.kill_worker(pid, signal.SIGKILL)
         while (self.WORKERS or self.dirty_arbiter_pid) and time.monotonic() < limit:
             if sig == signal.SIGTERM and self._quick_requested():
                 self.log.info("Quick shutdown requested")
@@ -433,9 +438,10 @@ def post_fork(server: Any, worker: Any) -> None:
 def post_worker_init(worker: Any) -> None:
     """Worker, app loaded: report ready (the master's rolling reload waits for it)."""
     drain = get_drain_state()
+    forked_at = drain.slot_info(drain.slot).forked_at
+    # logged before the flag is set, so the line precedes the old worker's exit in the log
+    worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), time.time() - forked_at)
     drain.mark_ready()
-    info = drain.slot_info(drain.slot)
-    worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), info.ready_at - info.forked_at)
 
 
 def pre_request(worker: Any, req: Any) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_lifecycle_helpers import Load, ServeProcess, request, wait_until
+from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
 
 from statekit.errors import ConfigError, StatekitError
 from statekit.gunicorn import load_object, reload_main, serve_main
@@ -126,8 +126,6 @@ def test_reload_with_a_broken_app_keeps_old_workers(tmp_path: Path) -> None:
         wait_until(lambda: "rolling reload aborted" in srv.log(), 30, "the aborted reload")
         assert set(srv.workers()) == before
         assert request(srv.port, "/")[0] == 200
-        from test_lifecycle_helpers import APP
-
         (tmp_path / "app.py").write_text(APP)
         srv.signal(signal.SIGHUP)
         wait_until(lambda: "rolling reload done" in srv.log(), 30, "the good reload")
@@ -297,3 +295,48 @@ def test_serve_command_errors() -> None:
         serve_main(["a:b", "--broadcaster", "os:path"])
     with pytest.raises(ConfigError, match="MODULE:OBJECT"):
         load_object("justmodule")
+
+
+SLOW_IMPORT_APP = textwrap.dedent(
+    """
+    import os, time
+    if os.path.exists("slow"):  # created by the test: later workers take 30 s to import
+        time.sleep(30)
+    """
+) + APP
+
+
+def test_sigterm_during_a_rolling_reload_stops_cleanly(tmp_path: Path) -> None:
+    srv = ServeProcess(tmp_path, "--workers", "2", "--pre-stop-delay", "0.5", "--graceful-timeout", "5",
+                       app_source=SLOW_IMPORT_APP)
+    with srv:
+        srv.wait_ready(2)
+        (tmp_path / "slow").write_text("")  # the next workers take 30 s to import
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: len(srv.workers()) == 3, 10, "the replacement to be forked")
+        assert request(srv.port, "/")[0] == 200  # the old workers still serve
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(30) == 0
+    log = srv.log()
+    assert "rolling reload aborted" in log
+    # the half-booted replacement was killed at once, not after the graceful timeout
+    assert report(log)[3:] == (0, 0)
+
+
+def test_nothing_connects_at_import_or_construction() -> None:
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k):\n"
+        "    raise AssertionError('connected at import time')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.create_connection = refuse\n"
+        "import statekit.gunicorn, statekit.lifecycle\n"
+        "from statekit.config import Settings\n"
+        "lc = statekit.lifecycle.Lifecycle(Settings(redis_url='redis://10.255.255.1:6379/0',\n"
+        "    blobs_url='s3://bucket?endpoint_url=http://10.255.255.1:9'))\n"
+        "statekit.lifecycle.LifecycleMiddleware(lambda e, s: [], lc)\n"
+        "print('ok', sorted(lc.checks))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok ['blobs', 'redis']"
