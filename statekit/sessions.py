@@ -36,6 +36,13 @@ flight with the old cookie read and write the new session instead of failing or
 bringing the old one back. Anyone holding the old cookie can use the session for
 those seconds, then never again.
 
+**Redis Cluster.** A session's hash, its rotation alias and its successor share a
+slot (the id's tag is the hash tag), so save, rotate and incr stay single atomic
+scripts. The per-user index lives in the user's slot: in cluster mode it is updated
+by a second call right after the session script, and :meth:`SessionStore.revoke_user`
+reads the index then deletes (a login or rotation at that very instant may escape
+it). Standalone and Sentinel do both in one script.
+
 **Outages.** Redis unreachable raises :class:`~statekit.errors.BackendUnavailable`
 (nothing partial is written: every save is one script). With
 ``outage_policy="anonymous"``, :meth:`SessionStore.open` returns an empty read-only
