@@ -38,6 +38,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
@@ -234,6 +235,8 @@ class Cache:
                 listener = self._parent._listener
             else:
                 backend, listener = self._build()
+                if listener is not None:  # a cache that is dropped stops its listener thread
+                    weakref.finalize(self, listener.stop)
             if listener is not None and self.near_size:
                 self._near = NearCache(self.near_size, self.near_max_age)
                 self._listener = listener
