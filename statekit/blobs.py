@@ -570,7 +570,7 @@ class BlobStore:
         if content_type is None and normalize_type(declared) in _GENERIC and name:
             declared = mimetypes.guess_type(name, strict=False)[0] or declared
         head = source.head(SNIFF_BYTES)
-        ctype = check_content_type(head, declared, allowed)
+        ctype = check_content_type(head[:SNIFF_BYTES], declared, allowed)
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         key = generate_key(ctype, prefix=prefix, now=now)
         meta = dict(metadata or {})

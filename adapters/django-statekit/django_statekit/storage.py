@@ -96,6 +96,8 @@ class BlobStorage(Storage):
     def _save(self, name: str, content: Any) -> str:
         directory, base = posixpath.split(str(name).replace("\\", "/"))
         original = getattr(content, "name", None) if hasattr(content, "content_type") else None
+        if getattr(content, "seekable", lambda: False)():
+            content.seek(0)  # form validation (ImageField) may have read it
         try:
             blob = self.store.put(content, filename=os.path.basename(original or base), prefix=directory)
         except InvalidKey as e:
