@@ -16,15 +16,29 @@
   after the first workers are forked, kept across reloads, stopped on exit.
 * Crashed workers are replaced by gunicorn's arbiter as usual.
 
-With your own ``gunicorn.conf.py``, ``from statekit.gunicorn import *`` installs the
-same behaviour through gunicorn's hooks: ``on_starting`` creates the shared drain
-state and switches the arbiter to :class:`StatekitArbiter` (drain on TERM, rolling
-HUP, broadcaster). Options then come from the environment: ``STATEKIT_PRE_STOP_DELAY``,
-``STATEKIT_DRAIN_MODE``, ``STATEKIT_BROADCASTER`` (``module:obj``),
-``STATEKIT_READY_TIMEOUT``. Wrap your app in
-:class:`statekit.lifecycle.LifecycleMiddleware` (the Flask and Django adapters do)
-for the endpoints and rejection. If you define one of these hooks yourself, call
-ours from it (``statekit.gunicorn.post_fork(server, worker)``).
+Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, graceful
+timeout 25 s (+ pre-stop 2 s: inside the usual 30 s an orchestrator waits before
+SIGKILL), gunicorn's control socket off. No ``gunicorn.conf.py`` is read. The app is
+wrapped in :class:`~statekit.lifecycle.LifecycleMiddleware` unless it already is
+(``StateKit(app)``, ``django_statekit.lifecycle.get_wsgi_application()``).
+
+**Your own gunicorn.conf.py.** ``from statekit.gunicorn import *`` installs the same
+behaviour through gunicorn's hooks: ``on_starting`` creates the shared drain state
+and switches the arbiter's class to :class:`StatekitArbiter` (drain on TERM, rolling
+HUP, broadcaster), the other hooks give workers their slot, report readiness and
+close connections while draining. Options come from the environment:
+``STATEKIT_PRE_STOP_DELAY`` (2), ``STATEKIT_DRAIN_MODE`` (reject),
+``STATEKIT_BROADCASTER`` (``module:obj``), ``STATEKIT_READY_TIMEOUT`` (30). Wrap the
+app yourself (the adapters do). If you define one of these hooks too, call ours from
+it (``statekit.gunicorn.post_fork(server, worker)``). Switching the arbiter's class
+relies on gunicorn internals (tested with gunicorn 27); plain gunicorn *without*
+the hooks has none of this: its HUP replaces all workers at once and its TERM closes
+the listeners immediately.
+
+Limits: the master imports ``--broadcaster``'s module, so workers forked later
+inherit it — a reload does not pick up changes to that module (restart for those);
+keep the broadcaster out of the app's own module. ``preload_app`` defeats reloads of
+the app's code, as in gunicorn.
 """
 
 from __future__ import annotations
@@ -541,16 +555,20 @@ def serve_main(argv: Sequence[str]) -> int:
     rolling reload and the broadcaster. Exits when the master stops."""
     p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__)
     p.add_argument("app", metavar="MODULE:APP", help="WSGI app, or an app factory: MODULE:create_app()")
-    p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")), metavar="N")
+    p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT",
+                   help="address to listen on (default $STATEKIT_BIND or 127.0.0.1:8000)")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")), metavar="N",
+                   help="worker processes, 4 threads each (default $WEB_CONCURRENCY or 2)")
     p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
                    help="seconds in-flight requests get after accepting stops (default 25)")
     p.add_argument("--pre-stop-delay", type=float, default=2.0, metavar="S",
                    help="seconds to drain before accepting stops (default 2)")
-    p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject")
+    p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject",
+                   help="while draining: reject new requests with 503 at once (default; a proxy retries "
+                        "them elsewhere) or serve them until the pre-stop delay ends")
     p.add_argument("--pid", metavar="FILE", help="write the master's pid here (for statekit reload)")
     p.add_argument("--broadcaster", metavar="MODULE:OBJ", help="a statekit Broadcaster to run in the master")
-    p.add_argument("--log-level", default="info", metavar="L")
+    p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
     opts = p.parse_args(list(argv))
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")

@@ -46,7 +46,7 @@ def slow_request(port: int, seconds: float, out: list) -> threading.Thread:
 
 
 def test_sigterm_drains_rejects_finishes_in_flight_and_reports(tmp_path: Path) -> None:
-    with ServeProcess(tmp_path, "--workers", "2", "--pre-stop-delay", "1.5") as srv:
+    with ServeProcess(tmp_path, "--workers", "2", "--pre-stop-delay", "3") as srv:
         srv.wait_ready(2)
         slow: list = []
         t = slow_request(srv.port, 1.5, slow)
@@ -261,7 +261,7 @@ def test_hooks_in_a_users_own_gunicorn_conf(tmp_path: Path) -> None:
     port = free_port()
     cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
            "wrapped:app"]
-    srv = ServeProcess(tmp_path, command=cmd, port=port, env={"STATEKIT_PRE_STOP_DELAY": "1.5"})
+    srv = ServeProcess(tmp_path, command=cmd, port=port, env={"STATEKIT_PRE_STOP_DELAY": "3"})
     with srv:
         srv.wait_ready(2)
         srv.signal(signal.SIGHUP)

@@ -88,9 +88,9 @@ class Nginx:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Nginx, ServeProcess, ServeProcess]]:
-    a = ServeProcess(tmp_path / "a", "--workers", "2", "--pre-stop-delay", "2", "--graceful-timeout", "10",
+    a = ServeProcess(tmp_path / "a", "--workers", "2", "--pre-stop-delay", "3", "--graceful-timeout", "10",
                      app_source=NGINX_APP)
-    b = ServeProcess(tmp_path / "b", "--workers", "2", "--pre-stop-delay", "2", "--graceful-timeout", "10",
+    b = ServeProcess(tmp_path / "b", "--workers", "2", "--pre-stop-delay", "3", "--graceful-timeout", "10",
                      app_source=NGINX_APP)
     nginx = None
     try:
