@@ -385,9 +385,11 @@ class S3BlobStore(BlobStore):
     def _presign_post(
         self, key: str, max_size: int, type_prefix: str, expires: int
     ) -> tuple[str, dict[str, str]]:
+        full = self._full(key)
         conditions: list[Any] = [["content-length-range", 0, max_size],
-                                 ["starts-with", "$Content-Type", type_prefix]]
-        post = self.client.generate_presigned_post(Bucket=self.bucket, Key=self._full(key),
+                                 ["starts-with", "$Content-Type", type_prefix],
+                                 ["starts-with", "$key", full.rsplit("/", 1)[0] + "/"]]
+        post = self.client.generate_presigned_post(Bucket=self.bucket, Key=full,
                                                    Conditions=conditions, ExpiresIn=expires)
         return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
 
