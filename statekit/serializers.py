@@ -79,11 +79,11 @@ def _tag(value: Any) -> Any:
     if t is bytes or t is bytearray:
         return {_TAG: ["b", base64.b64encode(value).decode("ascii")]}
     if t is dt.datetime:
-        return {_TAG: ["dt", value.isoformat()]}
+        return {_TAG: ["dt", _iso(value)]}
     if t is dt.date:
         return {_TAG: ["d", value.isoformat()]}
     if t is dt.time:
-        return {_TAG: ["tm", value.isoformat()]}
+        return {_TAG: ["tm", _iso(value)]}
     if t is dt.timedelta:
         return {_TAG: ["td", [value.days, value.seconds, value.microseconds]]}
     if t is decimal.Decimal:
@@ -95,6 +95,18 @@ def _tag(value: Any) -> Any:
     if t is frozenset:
         return {_TAG: ["fs", [_tag(v) for v in value]]}
     raise SerializationError(f"cannot serialize a value of type {_describe(value)!r} with the json codec")
+
+
+def _iso(value: dt.datetime | dt.time | dt.date) -> str:
+    if isinstance(value, (dt.datetime, dt.time)):
+        offset = value.utcoffset()
+        if offset is not None and offset.microseconds:
+            # fromisoformat() (3.10, 3.11) drops the fraction of a second of an
+            # offset: refuse rather than bring back another instant
+            raise SerializationError(
+                f"cannot serialize a {_describe(value)!r} whose UTC offset has a fraction of a second"
+            )
+    return value.isoformat()
 
 
 def _pairs(payload: list[list[Any]]) -> dict[Any, Any]:
@@ -190,7 +202,7 @@ class MsgpackSerializer:
         elif t is dt.timedelta:
             body = self._pack([value.days, value.seconds, value.microseconds])
         else:
-            body = (str(value) if t is decimal.Decimal else value.isoformat()).encode()
+            body = (str(value) if t is decimal.Decimal else _iso(value)).encode()
         return m.ExtType(code, body)
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
