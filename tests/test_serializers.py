@@ -40,9 +40,10 @@ CODEC_IDS = [c.name for c in CODECS]
 
 # -- strategies -----------------------------------------------------------------------
 
-_offsets = st.timedeltas(
-    min_value=-dt.timedelta(hours=23, minutes=59), max_value=dt.timedelta(hours=23, minutes=59)
-).map(dt.timezone)
+# whole seconds: real zones have at most that (LMT +00:09:21); finer ones are refused
+_offsets = st.integers(min_value=-86399, max_value=86399).map(
+    lambda s: dt.timezone(dt.timedelta(seconds=s))
+)
 _tz = st.none() | _offsets | st.just(dt.timezone.utc)
 
 _hashable_scalars = (
@@ -190,6 +191,17 @@ def test_unserializable_names_the_type(codec: Serializer, value: Any, type_name:
 def test_signed_pickle_unpicklable_names_the_type(value: Any) -> None:
     with pytest.raises(SerializationError, match=r"signed-pickle codec"):
         SignedPickleSerializer([KEY_NEW]).dumps(value)
+
+
+@pytest.mark.parametrize("codec", CODECS[:2], ids=CODEC_IDS[:2])
+@pytest.mark.parametrize(
+    "value",
+    [dt.datetime(2000, 1, 1, tzinfo=dt.timezone(dt.timedelta(microseconds=1))),
+     dt.time(12, tzinfo=dt.timezone(dt.timedelta(hours=1, microseconds=500)))],
+)
+def test_sub_second_utc_offset_is_refused_not_mangled(codec: Serializer, value: Any) -> None:
+    with pytest.raises(SerializationError, match="fraction of a second"):
+        codec.dumps(value)
 
 
 def test_msgpack_int_out_of_range() -> None:
