@@ -219,6 +219,12 @@ def test_cluster_down_is_translated() -> None:
 def test_sentinel_url_follows_failover(redis_sentinel: RedisSentinel) -> None:
     client = create_client(redis_sentinel.url)
     assert not is_cluster(client)
+    pool = client.connection_pool
+    assert pool.connection_kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT
+    assert pool.connection_kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
+    assert isinstance(pool.connection_kwargs["retry"], Retry)
+    for sentinel in pool.sentinel_manager.sentinels:  # talking to the sentinels is bounded too
+        assert sentinel.connection_pool.connection_kwargs["socket_timeout"] == DEFAULT_SOCKET_TIMEOUT
     client.set("k", "before")
     with redis_sentinel.master.client() as direct:
         assert direct.get("k") == b"before"
