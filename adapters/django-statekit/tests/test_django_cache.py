@@ -1,0 +1,198 @@
+"""Django cache backend django_statekit.cache.StatekitCache: BaseCache behaviours
+Django users rely on, cache_page and {% cache %} included."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import tests_django_urls
+from django.core.cache import cache as default_cache
+from django.core.cache import caches
+from django.http import HttpRequest, HttpResponse
+from django.template import Context, Template
+from django.test import Client
+from django.urls import path
+from django.views.decorators.cache import cache_page
+
+from django_statekit.cache import StatekitCache
+
+pytestmark = pytest.mark.redis
+
+CALLS: list[str] = []
+
+
+@cache_page(60)
+def cached_view(request: HttpRequest) -> HttpResponse:
+    CALLS.append("view")
+    return HttpResponse(f"rendered {len(CALLS)}")
+
+
+tests_django_urls.urlpatterns.append(path("statekit-cache/page/", cached_view))
+
+
+def _caches(url: str) -> dict[str, Any]:
+    return {
+        "default": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": url},
+        "short": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": url,
+                  "TIMEOUT": None, "KEY_PREFIX": "short", "VERSION": 2,
+                  "OPTIONS": {"namespace": "short", "serializer": "json"}},
+        "memory": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": "memory://dj"},
+    }
+
+
+@pytest.fixture
+def dcache(redis_url: str, django_settings: Any) -> Iterator[StatekitCache]:
+    django_settings.set(CACHES=_caches(redis_url))
+    CALLS.clear()
+    c = caches["default"]
+    assert isinstance(c, StatekitCache)
+    yield c
+
+
+def test_basic_operations(dcache: StatekitCache) -> None:
+    dcache.set("a", {"x": [1, 2]})
+    assert dcache.get("a") == {"x": [1, 2]}
+    assert dcache.get("missing", "dflt") == "dflt"
+    assert dcache.add("a", 2) is False and dcache.add("b", 2) is True
+    assert dcache.get_many(["a", "b", "c"]) == {"a": {"x": [1, 2]}, "b": 2}
+    assert dcache.set_many({"c": 3, "d": 4}) == []
+    assert dcache.has_key("c")
+    dcache.delete_many(["c", "d"])
+    assert not dcache.has_key("c")
+    assert dcache.delete("a") is True and dcache.delete("a") is False
+    assert dcache.touch("b", 10) is True and dcache.touch("zz", 10) is False
+    assert default_cache.get("b") == 2  # django.core.cache.cache is this backend
+
+
+def test_incr_decr_and_missing_raises_value_error(dcache: StatekitCache) -> None:
+    dcache.set("n", 1)
+    assert dcache.incr("n") == 2
+    assert dcache.incr("n", 10) == 12
+    assert dcache.decr("n", 2) == 10
+    assert dcache.get("n") == 10
+    with pytest.raises(ValueError):
+        dcache.incr("missing")
+    with pytest.raises(ValueError):
+        dcache.decr("missing")
+    assert dcache.get("missing") is None
+
+
+def test_timeouts_have_djangos_meaning(dcache: StatekitCache) -> None:
+    dcache.set("none", 1, timeout=None)
+    assert dcache.statekit.ttl(dcache.make_key("none")) == math.inf
+    dcache.set("zero", 1, timeout=0)  # 0: expire at once, i.e. do not cache
+    assert dcache.get("zero") is None
+    dcache.set("old", 1)
+    dcache.set("old", 2, timeout=-5)
+    assert dcache.get("old") is None
+    assert dcache.add("z", 1, timeout=0) is True and dcache.get("z") is None
+    left = dcache.statekit.ttl(dcache.make_key("default"))
+    assert left is None
+    dcache.set("default", 1)
+    left = dcache.statekit.ttl(dcache.make_key("default"))
+    assert left is not None and 0 < left <= 300
+    short = caches["short"]
+    short.set("k", 1)
+    assert short.statekit.ttl(short.make_key("k")) == math.inf  # TIMEOUT None: never expires
+    dcache.set("t", 1, timeout=100)
+    dcache.touch("t", None)
+    assert dcache.statekit.ttl(dcache.make_key("t")) == math.inf
+    dcache.touch("t", 0)
+    assert dcache.get("t") is None
+
+
+def test_versions_prefix_and_key_function(dcache: StatekitCache) -> None:
+    dcache.set("v", "one", version=1)
+    dcache.set("v", "two", version=2)
+    assert dcache.get("v") == "one" and dcache.get("v", version=2) == "two"
+    assert dcache.incr_version("v") == 2
+    assert dcache.get("v", version=2) == "one"
+    assert dcache.get("v", version=1) is None
+    short = caches["short"]
+    short.set("v", "short")
+    assert short.make_key("v") == "short:2:v"
+    assert dcache.get("v", version=2) == "one"
+
+
+def test_get_or_set(dcache: StatekitCache) -> None:
+    calls: list[int] = []
+
+    def compute() -> str:
+        calls.append(1)
+        return "value"
+
+    assert dcache.get_or_set("g", compute, 60) == "value"
+    assert dcache.get_or_set("g", compute, 60) == "value"
+    assert calls == [1]
+    assert dcache.get("g") == "value"
+    assert dcache.get_or_set("plain", "x") == "x"
+    assert dcache.get_or_set("zero", compute, 0) == "value"
+
+
+def test_clear_empties_only_this_namespace(dcache: StatekitCache, redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as r:
+        r.set("not-django", "keep")
+        dcache.set("a", 1)
+        caches["short"].set("a", 2)
+        dcache.clear()
+        assert dcache.get("a") is None
+        assert caches["short"].get("a") == 2
+        assert r.get("not-django") == b"keep"
+
+
+def test_signed_pickle_default_and_forgery(dcache: StatekitCache, redis_url: str) -> None:
+    dcache.set("obj", HttpResponse("hello"))
+    assert dcache.get("obj").content == b"hello"
+    import pickle
+
+    with redis.Redis.from_url(redis_url) as r:
+        raw_key = next(k for k in r.keys() if k.endswith(b":obj"))
+        r.set(raw_key, b"\x01" + b"\x00" * 32 + pickle.dumps([1]))
+    from statekit.errors import SignatureError
+
+    with pytest.raises(SignatureError):
+        dcache.get("obj")
+
+
+def test_cache_page(dcache: StatekitCache) -> None:
+    client = Client()
+    first = client.get("/statekit-cache/page/")
+    second = client.get("/statekit-cache/page/")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content == b"rendered 1"
+    assert CALLS == ["view"]
+    dcache.clear()
+    assert client.get("/statekit-cache/page/").content == b"rendered 2"
+
+
+def test_template_fragment_cache(dcache: StatekitCache) -> None:
+    tpl = Template("{% load cache %}{% cache 60 sidebar user %}n={{ n }}{% endcache %}")
+    assert tpl.render(Context({"n": 1, "user": "ann"})) == "n=1"
+    assert tpl.render(Context({"n": 2, "user": "ann"})) == "n=1"
+    assert tpl.render(Context({"n": 3, "user": "bob"})) == "n=3"
+    from django.core.cache.utils import make_template_fragment_key
+
+    dcache.delete(make_template_fragment_key("sidebar", ["ann"]))
+    assert tpl.render(Context({"n": 4, "user": "ann"})) == "n=4"
+
+
+def test_memory_location_for_tests(dcache: StatekitCache) -> None:
+    mem = caches["memory"]
+    mem.set("k", 1)
+    assert mem.get("k") == 1 and dcache.get("k") is None
+    assert mem.incr("k") == 2
+
+
+async def _async_roundtrip(c: StatekitCache) -> Any:
+    await c.aset("ak", "av")
+    return await c.aget("ak")
+
+
+def test_async_api(dcache: StatekitCache) -> None:
+    import asyncio
+
+    assert asyncio.run(_async_roundtrip(dcache)) == "av"

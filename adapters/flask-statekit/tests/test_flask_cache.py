@@ -1,0 +1,122 @@
+"""Flask: StateKit(app) exposes the cache; Flask-Caching runs on statekit's cachelib class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify
+
+from flask_statekit import StateKit, get_state
+from flask_statekit.cache import cache
+from statekit.cache import Cache
+from statekit.errors import ConfigError
+
+pytestmark = pytest.mark.redis
+
+ONLY_CACHE = {f"STATEKIT_{f}_ENABLED": False for f in ("SESSIONS", "BLOBS", "BROADCAST", "LIFECYCLE")}
+
+
+def make_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s" * 32, **ONLY_CACHE, **config)
+    StateKit(app)
+    calls: list[int] = []
+
+    @app.get("/count")
+    def count() -> Any:
+        return jsonify(hits=cache.incr("hits"))
+
+    @app.get("/report")
+    def report() -> Any:
+        def build() -> dict[str, int]:
+            calls.append(1)
+            return {"rows": len(calls)}
+
+        return jsonify(cache.get_or_set("report", build, ttl=60))
+
+    return app
+
+
+def test_state_cache_and_proxy_in_views(redis_url: str) -> None:
+    app = make_app(STATEKIT_REDIS_URL=redis_url, STATEKIT_CACHE_NEAR_CACHE=100,
+                   STATEKIT_CACHE_DEFAULT_TTL="120", STATEKIT_KEY_PREFIX="flaskapp")
+    state = get_state(app)
+    assert isinstance(state.cache, Cache)
+    assert app.extensions["statekit"].cache is state.cache
+    assert state.cache.near_size == 100 and state.cache.default_ttl == 120.0
+    client = app.test_client()
+    assert [client.get("/count").json["hits"] for _ in range(3)] == [1, 2, 3]
+    assert client.get("/report").json == {"rows": 1}
+    assert client.get("/report").json == {"rows": 1}
+    other_worker = make_app(STATEKIT_REDIS_URL=redis_url, STATEKIT_KEY_PREFIX="flaskapp")
+    assert other_worker.test_client().get("/count").json["hits"] == 4
+    with app.app_context():
+        assert cache.get("hits") == 4
+
+
+def test_two_apps_two_caches(redis_url: str) -> None:
+    a = make_app(STATEKIT_CACHE_URL=redis_url, STATEKIT_CACHE_NAMESPACE="a")
+    b = make_app(STATEKIT_CACHE_URL="memory://flask-b")
+    with a.app_context():
+        cache.set("k", "a")
+    with b.app_context():
+        assert cache.get("k") is None
+        cache.set("k", "b")
+    with a.app_context():
+        assert cache.get("k") == "a"
+
+
+def test_signed_pickle_uses_the_secret_key(redis_url: str) -> None:
+    app = make_app(STATEKIT_REDIS_URL=redis_url, STATEKIT_CACHE_SERIALIZER="signed-pickle")
+    with app.app_context():
+        cache.set("c", complex(1, 1))
+        assert cache.get("c") == complex(1, 1)
+
+
+def test_unconfigured_cache_fails_on_use_not_on_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATEKIT_REDIS_URL", raising=False)
+    monkeypatch.delenv("STATEKIT_CACHE_URL", raising=False)
+    app = make_app()
+    with app.app_context(), pytest.raises(ConfigError, match="STATEKIT_CACHE_URL"):
+        cache.get("k")
+
+
+def test_flask_caching_with_statekit_cachelib(redis_url: str) -> None:
+    from flask_caching import Cache as FlaskCache
+
+    app = Flask(__name__)
+    app.config.update(
+        CACHE_TYPE="statekit.compat.cachelib.StatekitCache",
+        CACHE_DEFAULT_TIMEOUT=60,
+        CACHE_OPTIONS={"url": redis_url, "namespace": "flask-caching"},
+    )
+    fc = FlaskCache(app)
+    calls: list[str] = []
+
+    @app.get("/page")
+    @fc.cached(timeout=30)
+    def page() -> str:
+        calls.append("page")
+        return f"page {len(calls)}"
+
+    @fc.memoize(timeout=30)
+    def square(x: int) -> int:
+        calls.append("square")
+        return x * x
+
+    client = app.test_client()
+    assert client.get("/page").text == "page 1"
+    assert client.get("/page").text == "page 1"
+    with app.app_context():
+        assert square(4) == 16
+        assert square(4) == 16
+        assert calls == ["page", "square"]
+        fc.delete_memoized(square, 4)
+        assert square(4) == 16
+        assert calls.count("square") == 2
+        fc.set("plain", {"a": 1})
+        assert fc.get("plain") == {"a": 1}
+        assert fc.get_many("plain", "nope") == [{"a": 1}, None]
+        fc.clear()
+        assert fc.get("plain") is None
