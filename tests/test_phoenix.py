@@ -63,6 +63,8 @@ def test_phoenix_passes_on_the_migrated_app(tmp_path: Path, redis_url: str, s3_u
     assert report["lost_session_writes"] == 0
     assert report["lost_uploads"] == 0 and report["corrupted_uploads"] == 0
     assert report["shared_disagreements"] == 0
+    # only requests on a killed worker fail: rolling reloads lose none
+    assert sum(report["failures"].values()) <= report["in_flight_at_kills"], report["failures"]
     assert "PASS" in output
 
 
@@ -76,6 +78,42 @@ def test_an_app_that_does_not_start_is_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "could not run" in proc.stdout + proc.stderr
+
+
+class _FakeClient:
+    """Answers scripted responses (a pure-logic unit test of the scenario)."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.answers.pop(0)
+
+
+class _Response:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.status_code = 200
+
+    def json(self) -> dict[str, Any]:
+        return self.data
+
+
+def test_a_failed_write_that_was_applied_is_not_a_loss() -> None:
+    ledger = phoenix.Ledger()
+    client = _FakeClient([_Response({"user": "u"}), _Response({}), None])
+    scenario = phoenix.DefaultScenario(0, client, ledger, random.Random(1), "t")  # type: ignore[arg-type]
+    scenario.setup()
+    scenario.user = "u"
+    scenario.write_session()  # acknowledged: k1 = 0-1
+    scenario.write_session()  # failed (worker killed): k2 may or may not be 0-2
+    client.answers.append(_Response({"user": "u", "values": {"k1": "0-1", "k2": "0-2"}}))
+    assert scenario.check_session()
+    assert ledger.lost_session_writes == 0
+    # an acknowledged value that changes is a loss
+    client.answers.append(_Response({"user": "u", "values": {"k1": "other", "k2": "0-2"}}))
+    scenario.check_session()
+    assert ledger.lost_session_writes == 1
 
 
 def test_shared_disagreements() -> None:
