@@ -411,11 +411,13 @@ class SessionStore:
 
     def load(self, sid: str) -> Session | None:
         """Load session *sid* (an unsigned id), or ``None`` if it does not exist or
-        passed its idle timeout or absolute lifetime. One round trip; two when *sid*
-        was just rotated (the alias is followed)."""
+        passed its idle timeout or absolute lifetime. One round trip; one more per
+        rotation within the alias window (the alias is followed)."""
         key = self._key(sid)
         raw = self.engine.fetch(key)
-        if "m:a" in raw:
+        for _ in range(3):  # rotated (maybe twice within the alias window): follow
+            if "m:a" not in raw:
+                break
             key = self._key_of(raw["m:a"].decode())
             raw = self.engine.fetch(key)
         self.counters.incr("loads")
@@ -516,15 +518,14 @@ class SessionStore:
         if session.new:
             sets["m:c"] = repr(t)
         member = self._member(session.key)
-        code, extra = self.engine.write(
-            session.key, create=session.new, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
-            index=self._index_op(session, t, user, member))
-        if code == 2 and not session.new:  # rotated by another request: follow once
-            session.key = self._key_of(extra)
-            member = extra
+        for _ in range(3):
             code, extra = self.engine.write(
-                session.key, create=False, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
+                session.key, create=session.new, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
                 index=self._index_op(session, t, user, member))
+            if code != 2 or session.new:
+                break
+            session.key = self._key_of(extra)  # rotated by another request: follow
+            member = extra
         if code == -1:
             raise SessionError("session id collision; refusing to overwrite")
         if code != 1:

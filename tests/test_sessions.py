@@ -329,6 +329,19 @@ def test_rotation_moves_data_and_keeps_short_alias(make_store: StoreFactory) -> 
     assert store.load(s.sid) == {"cart": ["apple"], "late": 1, "inflight": 2}
 
 
+def test_double_rotation_within_alias_window(make_store: StoreFactory) -> None:
+    store = make_store(alias_window=30)
+    s = store.create({"a": 1})
+    first = s.sid
+    store.rotate(s)
+    store.rotate(s)
+    late = store.open(store.sign(first))
+    assert late == {"a": 1}
+    late["b"] = 2
+    assert store.save(late)
+    assert store.load(s.sid) == {"a": 1, "b": 2}
+
+
 def test_rotating_a_revoked_session_does_not_revive_it(store: SessionStore) -> None:
     s = store.create({"secret": 1})
     s.user_id = "u1"

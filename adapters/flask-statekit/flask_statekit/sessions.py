@@ -153,6 +153,7 @@ class StatekitSessionInterface(SessionInterface):
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
                 self.store.destroy(session)  # session.clear(): log out
+            logged_out = session.destroyed
             saved = self.store.save(session)
         except BackendUnavailable:
             response.status_code = 503
@@ -160,8 +161,13 @@ class StatekitSessionInterface(SessionInterface):
             response.mimetype = "text/html"
             _mark_outage(response, self.retry_after)
             return
-        if session.destroyed or not saved:  # logged out, revoked or expired meanwhile
+        if logged_out:
             response.delete_cookie(self.cookie_name, **kwargs)
+            return
+        if not saved:
+            # revoked or expired meanwhile: nothing written. The cookie is left alone:
+            # the browser may already hold a newer one (a rotation in a parallel
+            # request), and this one now opens a fresh session anyway.
             return
         if session.new:  # nothing stored (an empty session)
             return
