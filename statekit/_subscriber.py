@@ -126,7 +126,12 @@ def parse_message(data: bytes) -> Record:
 
 class Hub:
     """All shared values of one Redis backend in this process, and their subscriber
-    thread. Created through :func:`get_hub`; not meant to be built directly."""
+    thread. Created through :func:`get_hub`; not meant to be built directly.
+
+    Metrics (:mod:`statekit.metrics`): counters ``broadcast_subscriber`` / prefix
+    (messages, updates, reconnects, resyncs, missed, errors) and, per name, gauges
+    ``broadcast_value`` / ``<prefix>:<name>``: ``version`` and ``updated_at`` (Unix
+    seconds of the publish shown; the age is ``time() - updated_at``)."""
 
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
@@ -139,6 +144,7 @@ class Hub:
             ("messages", "updates", "reconnects", "resyncs", "missed", "errors"),
         )
         self._values: dict[str, weakref.WeakSet[SharedValue[Any]]] = {}
+        self._gauges: dict[str, Counters] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -184,8 +190,18 @@ class Hub:
                 if value._offer(record):
                     self.counters.incr("updates")
                     changed.append(value)
+            if changed:
+                self.gauge(name, record)
         for value in changed:  # outside the lock: a callback may read other values
             value._notify()
+
+    def gauge(self, name: str, record: Record) -> None:
+        """Export the version and publish time now shown for *name* (lock held)."""
+        gauges = self._gauges.get(name)
+        if gauges is None:
+            gauges = self._gauges[name] = Counters("broadcast_value", f"{self.prefix}:{name}")
+        gauges.set_gauge("version", record.version)
+        gauges.set_gauge("updated_at", record.updated_ms / 1000.0)
 
     def resync(self) -> None:
         """Re-read the retained value of every registered name."""
@@ -421,8 +437,8 @@ class SharedValue(Generic[T]):
             hub.counters.incr("errors")
             record = None
         with hub.lock:
-            if record is not None:
-                self._offer(record)
+            if record is not None and self._offer(record):
+                hub.gauge(self.name, record)
             if self._value is _UNLOADED:
                 self._value = self.default
         return self._value  # type: ignore[no-any-return]

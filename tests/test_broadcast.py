@@ -93,6 +93,19 @@ def test_on_change_callbacks_run_after_each_update(redis_url: str, prefix: str) 
     assert got == [("a", 1), ("b", 2)]
 
 
+def test_version_and_publish_time_are_exported_as_gauges(redis_url: str, prefix: str) -> None:
+    from statekit import metrics
+
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("gauged", 1)
+    sv = SharedValue("gauged", url=redis_url, key_prefix=prefix)
+    sv.get()
+    gauges = metrics.snapshot()["broadcast_value"][f"{prefix}:gauged"]
+    assert gauges["version"] == 1
+    assert gauges["updated_at"] == sv.updated_at
+    assert metrics.snapshot()["broadcast"][prefix]["publishes"] == 1
+
+
 def test_two_values_same_name_one_subscriber(redis_url: str, prefix: str) -> None:
     a = SharedValue("x", url=redis_url, key_prefix=prefix)
     c = SharedValue("x", url=redis_url, key_prefix=prefix)
