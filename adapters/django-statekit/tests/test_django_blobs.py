@@ -28,7 +28,7 @@ def png() -> bytes:
         chunk(b"IEND", b"")
 
 
-class Document(models.Model):
+class StatekitBlobDocument(models.Model):
     file = models.FileField(upload_to="docs/", storage=BlobStorage("memory://placeholder"))
 
     class Meta:
@@ -47,7 +47,7 @@ def storage(request: pytest.FixtureRequest, django_settings: Any) -> Iterator[Bl
 
     s = storages["default"]
     assert isinstance(s, BlobStorage) and default_storage.exists("nothing/here.png") is False
-    Document._meta.get_field("file").storage = s  # type: ignore[attr-defined]
+    StatekitBlobDocument._meta.get_field("file").storage = s  # type: ignore[attr-defined]
     yield s
 
 
@@ -80,7 +80,7 @@ def test_no_silent_overwrite(storage: BlobStorage) -> None:
 
 
 def test_file_field_round_trip(storage: BlobStorage) -> None:
-    doc = Document()
+    doc = StatekitBlobDocument()
     doc.file.save("scan.png", ContentFile(png()), save=False)
     name = doc.file.name
     assert name is not None and name.startswith("docs/") and name.endswith(".png")
