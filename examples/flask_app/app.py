@@ -28,6 +28,7 @@ from werkzeug.wrappers import Response
 from flask_statekit import StateKit, get_state
 from flask_statekit.blobs import blob_url, save_upload
 from flask_statekit.broadcast import shared_value
+from flask_statekit.cache import cache
 
 from . import db
 
@@ -54,18 +55,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def _cache() -> Any:
-    state = get_state()
-    if "cache" in state.features:
-        return state.cache
-    # TEMPORARY until flask_statekit.cache lands: the core Cache, one per app
-    if "cache" not in state.__dict__:
-        from statekit.cache import Cache
-
-        state.__dict__["cache"] = Cache(state.settings.cache_url)
-    return state.__dict__["cache"]
-
-
 def _users_count() -> dict[str, Any]:
     users_count = shared_value("users_count")
     value = users_count.get() or {}
@@ -85,7 +74,8 @@ def _slow_report() -> dict[str, Any]:
             rows = db.joins_per_minute(conn)
         return {"rows": rows, "computed_at": time.time(), "computed_by": os.getpid()}
 
-    report: dict[str, Any] = _cache().get_or_set("report:joins", compute, ttl=REPORT_TTL)
+    # one computation for the cluster; the other workers wait for it or get the last value
+    report: dict[str, Any] = cache.get_or_set("report:joins", compute, ttl=REPORT_TTL)
     return report
 
 
