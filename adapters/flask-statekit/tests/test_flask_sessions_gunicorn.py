@@ -131,17 +131,17 @@ def get(g: Gunicorn, cookie: str) -> requests.Response:
     return requests.get(g.base + "/get", cookies={"session": cookie}, timeout=10)
 
 
-def hammer(g: Gunicorn, cookie: str, paths: list[str],
-           after: threading.Event | None = None, late: list[int] | None = None) -> list[requests.Response]:
-    """Every path POSTed N times, all clients at once. Requests sent once *after* is
-    set are counted in *late*."""
+def hammer(g: Gunicorn, cookie: str, paths: list[str], after: threading.Event | None = None,
+           late: list[int] | None = None, n: int = N) -> list[requests.Response]:
+    """Every path POSTed *n* times, all clients at once. Requests sent once *after*
+    is set are counted in *late*."""
     barrier = threading.Barrier(len(paths))
 
     def client(path: str) -> list[requests.Response]:
         barrier.wait(10)
         out = []
         with requests.Session() as http:
-            for _ in range(N):
+            for _ in range(n):
                 if after is not None and late is not None and after.is_set():
                     late.append(1)
                 out.append(http.post(g.base + path, cookies={"session": cookie}, timeout=10))
@@ -151,18 +151,27 @@ def hammer(g: Gunicorn, cookie: str, paths: list[str],
         return [r for rs in pool.map(client, paths) for r in rs]
 
 
-def test_concurrent_clients_lose_no_updates(gunicorn: Gunicorn) -> None:
+@pytest.mark.parametrize("clients,n", [
+    pytest.param(CLIENTS, N, id="4x25"),
+    pytest.param(8, 200, id="8x200-soak", marks=pytest.mark.slow),
+])
+def test_concurrent_clients_lose_no_updates(request: pytest.FixtureRequest, clients: int, n: int) -> None:
+    """The soak variant runs with ``-m slow`` or ``STATEKIT_TEST_SLOW=1``."""
+    slow = "slow" in (request.config.option.markexpr or "") or os.environ.get("STATEKIT_TEST_SLOW")
+    if request.node.get_closest_marker("slow") and not slow:
+        pytest.skip("soak test: run with -m slow or STATEKIT_TEST_SLOW=1")
+    gunicorn: Gunicorn = request.getfixturevalue("gunicorn")
     cookie = cookie_from(post(gunicorn, "/start", None))
-    responses = hammer(gunicorn, cookie, [f"/own/k{i}" for i in range(CLIENTS)])
+    responses = hammer(gunicorn, cookie, [f"/own/k{i}" for i in range(clients)], n=n)
     assert all(r.status_code == 200 for r in responses)
     assert all("session" not in r.cookies for r in responses)  # the cookie never changes
     data = get(gunicorn, cookie).json()
-    assert {k: data[k] for k in data if k.startswith("k")} == {f"k{i}": N for i in range(CLIENTS)}
+    assert {k: data[k] for k in data if k.startswith("k")} == {f"k{i}": n for i in range(clients)}
     assert data["owner"] == "me"
 
-    responses = hammer(gunicorn, cookie, ["/incr"] * CLIENTS)
+    responses = hammer(gunicorn, cookie, ["/incr"] * clients, n=n)
     assert all(r.status_code == 200 for r in responses)
-    assert get(gunicorn, cookie).json()["shared"] == CLIENTS * N
+    assert get(gunicorn, cookie).json()["shared"] == clients * n
 
 
 def test_rotation_under_load(gunicorn: Gunicorn) -> None:
