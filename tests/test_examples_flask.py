@@ -74,7 +74,8 @@ def _page(client: requests.Session, base: str) -> dict[str, str]:
     html = client.get(base + "/", timeout=30, headers={"Connection": "close"}).text
     fields = {
         "pid": r'class="pid">PID (\d+)<', "users": r'id="users-count">(\d+)<', "user": r'id="user">([^<]+)<',
-        "visits": r'id="visits">(\d+)<', "report": r'id="report-origin">\s*computed by PID (\d+ at\s+\d+)',
+        "visits": r'id="visits">(\d+)<',
+        "report": r'id="report-origin">\s*computed by PID (\d+ at\s+[\d:]+ UTC)',
     }
     found = {}
     for name, pattern in fields.items():

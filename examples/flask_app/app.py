@@ -50,6 +50,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config or {})
     StateKit(app)
+    app.add_template_filter(db.clock, "clock")
     db.init_db()  # CREATE TABLE IF NOT EXISTS: the app's own schema, not statekit state
     _routes(app)
     return app

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
-    "add_photo", "add_user", "connect", "count_users", "database_url", "init_db", "joins_per_minute",
+    "add_photo", "add_user", "clock", "connect", "count_users", "database_url", "init_db", "joins_per_minute",
     "photos_of", "query_log",
 ]
 
@@ -95,10 +95,15 @@ def init_db(url: str | None = None) -> None:
                 for statement in _SCHEMA:
                     conn.execute(statement)
             return
-        except sqlite3.OperationalError:
+        except Exception:  # sqlite "database is locked", a PostgreSQL catalog race: retry
             if attempt == 99:
                 raise
             time.sleep(0.05)
+
+
+def clock(timestamp: float) -> str:
+    """``12:34:56 UTC``: the template filter both apps use for times."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(float(timestamp)))
 
 
 def add_user(conn: _Conn, name: str) -> None:

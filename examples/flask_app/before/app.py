@@ -232,3 +232,6 @@ def api_shared():
         name="users_count", value=users_count["value"], version=users_count["computed_at"],
         pid=os.getpid(),
     )
+
+
+app.add_template_filter(db.clock, "clock")
