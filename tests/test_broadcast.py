@@ -310,6 +310,7 @@ def test_periodic_check_fetches_an_update_lost_without_disconnect(redis_url: str
     assert sv.get() == "one"
     hub = sv._hub
     assert hub is not None
+    wait_for(hub.connected.is_set, what="subscribed (its first re-read done)")
     # retained without a message (as if the message was lost): only the check finds it
     b._client.hset(state_key(prefix, "checked"), mapping={"version": 2, "data": b'"two"'})
     hub.check()
