@@ -551,7 +551,7 @@ class SessionStore:
     def rotate(self, session: Session) -> Session:
         """Give *session* a new id (call it on login). Its data moves to the new id
         in one script; the old id stays an alias for ``alias_window`` seconds, then
-        stops working. The adapter must send the new cookie (``session.rotated``).
+        stops working. The adapter must send the new cookie (``session.send_cookie``).
 
         If the session was destroyed or revoked meanwhile, *session* becomes a new,
         empty session: a revoked session never comes back through a rotation.
