@@ -25,7 +25,8 @@ a ``get``/``post``/... method of a class; functions of the same module it calls 
 name count as part of it. Silence one line with ``# statekit: ignore`` (or
 ``# statekit: ignore[SK301]``); skip paths with a ``.statekitignore`` file (one glob
 per line, relative to its directory, like ``.gitignore``). Paths named on the command
-line are always checked.
+line are always checked. Test files (``tests/``, ``test_*.py``, ``conftest.py``) are
+skipped unless ``--include-tests``: they record calls in module-level lists on purpose.
 
 Exit status: 0 when nothing is found, 1 when something is (for CI), 2 on usage errors.
 """
@@ -148,7 +149,7 @@ class _Module:
                 why = self._handler_reason(any_node)
                 if why:
                     self.handlers.append((any_node, why))
-            elif isinstance(any_node, ast.ClassDef):
+            elif isinstance(any_node, ast.ClassDef) and _is_view_class(any_node):
                 for item in any_node.body:
                     if (isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
                             and item.name in _HTTP_METHODS
@@ -185,6 +186,32 @@ class _Module:
                         scope[id(callee)] = (callee, f"{callee.name}() called from {func.name}()")
                         todo.append(callee)
         return scope
+
+
+_VIEW_BASES = ("View", "ViewSet", "Resource", "Handler", "Endpoint", "APIView")
+
+
+def _is_view_class(cls: ast.ClassDef) -> bool:
+    """A class-based view (``MethodView``, ``View``, ``APIView``, a ``*Handler``...)."""
+    return any(_name(b).endswith(_VIEW_BASES) for b in cls.bases)
+
+
+def _lazy_init_only(func: _Func, name: str) -> bool:
+    """Whether every assignment to global *name* in *func* (if any) sits under
+    ``if name is None:`` -- a lazily built per-process singleton, not user state."""
+    guarded: set[int] = set()
+    for node in ast.walk(func):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == name
+                and isinstance(node.test.ops[0], ast.Is) and _is_none(node.test.comparators[0])):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    stores = [n for n in ast.walk(func) if isinstance(n, ast.Name) and n.id == name
+              and isinstance(n.ctx, ast.Store)]
+    return all(id(n) in guarded for n in stores)
+
+
+def _is_none(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _locals_of(func: _Func) -> set[str]:
@@ -225,7 +252,7 @@ def _check_handlers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
     for func, why in mod.handler_scope().values():
         local = _locals_of(func)
         for node in ast.walk(func):
-            if isinstance(node, ast.Global):
+            if isinstance(node, ast.Global) and not all(_lazy_init_only(func, n) for n in node.names):
                 out.append((node.lineno, "SK302",
                             f"`global {', '.join(node.names)}` in {why}: each worker process has its own "
                             "copy, lost on restart"))
@@ -486,8 +513,15 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return False
 
 
-def _walk(root: str) -> Iterator[str]:
-    """Files under *root*, honouring ``.statekitignore`` files and skipping virtualenvs."""
+def _is_test(name: str) -> bool:
+    return name in ("tests", "test", "conftest.py") or (
+        name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+    )
+
+
+def _walk(root: str, *, include_tests: bool = False) -> Iterator[str]:
+    """Files under *root*, honouring ``.statekitignore`` files and skipping virtualenvs
+    (and tests, unless *include_tests*: they record calls in module-level lists on purpose)."""
     rules: list[tuple[str, list[str]]] = []  # (directory, patterns)
     for dirpath, dirnames, filenames in os.walk(root):
         rules = [(d, p) for d, p in rules if dirpath == d or dirpath.startswith(d + os.sep)]
@@ -501,19 +535,22 @@ def _walk(root: str) -> Iterator[str]:
         dirnames[:] = sorted(
             d for d in dirnames
             if d not in _SKIP_DIRS and not d.endswith(".egg-info") and not skipped(os.path.join(dirpath, d))
+            and (include_tests or not _is_test(d))
         )
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            if (name.endswith(".py") or _is_config(name)) and not skipped(full):
+            if ((name.endswith(".py") or _is_config(name)) and not skipped(full)
+                    and (include_tests or not _is_test(name))):
                 yield full
 
 
-def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None) -> list[Finding]:
+def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None,
+                include_tests: bool = False) -> list[Finding]:
     """Findings for files and directories (recursively). Unparsable files are
     skipped and described in *errors*."""
     found: list[Finding] = []
     for root in paths:
-        files = [root] if os.path.isfile(root) else list(_walk(root))
+        files = [root] if os.path.isfile(root) else list(_walk(root, include_tests=include_tests))
         for path in files:
             try:
                 with open(path, encoding="utf-8") as f:
@@ -545,6 +582,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--select", default="", help="only these codes or prefixes (SK1,SK301)")
     parser.add_argument("--ignore", default="", help="skip these codes or prefixes")
+    parser.add_argument("--include-tests", action="store_true",
+                        help="also check tests/, test_*.py and conftest.py (skipped by default)")
     opts = parser.parse_args(list(argv))
     for p in opts.paths:
         if not os.path.exists(p):
@@ -554,7 +593,7 @@ def main(argv: Sequence[str]) -> int:
     ignore = [c.strip() for c in opts.ignore.split(",") if c.strip()]
     errors: list[str] = []
     found = [
-        f for f in audit_paths(opts.paths, errors=errors)
+        f for f in audit_paths(opts.paths, errors=errors, include_tests=opts.include_tests)
         if (not select or f.code.startswith(tuple(select)))
         and not (ignore and f.code.startswith(tuple(ignore)))
     ]

@@ -97,6 +97,7 @@ def test_flask_upload_open_and_global() -> None:
     @app.post("/upload")
     def upload():
         global hits
+        hits += 1
         f = request.files["file"]
         f.save(os.path.join("uploads", f.filename))
         with open(f"/srv/data/{f.filename}", "wb") as out:
@@ -110,7 +111,7 @@ def test_flask_upload_open_and_global() -> None:
         local.append(1)
         return str(seen)
     """
-    assert codes(src) == [(9, "SK302"), (11, "SK101"), (12, "SK102"), (14, "SK301")]
+    assert codes(src) == [(9, "SK302"), (12, "SK101"), (13, "SK102"), (15, "SK301")]
 
 
 def test_django_model_save_is_not_an_upload() -> None:
@@ -135,6 +136,47 @@ def test_django_view_writing_a_module_dict() -> None:
         CACHE.setdefault("k", 1)
     """
     assert codes(src) == [(5, "SK301"), (8, "SK301")]
+
+
+def test_only_view_classes_have_handler_methods() -> None:
+    src = """
+    REGISTRY = {}
+    class Store:
+        def put(self, key, value):
+            REGISTRY[key] = value
+    class PhotoView(MethodView):
+        def post(self):
+            REGISTRY["x"] = 1
+    """
+    assert codes(src) == [(8, "SK301")]
+
+
+def test_lazy_singleton_is_not_global_state() -> None:
+    src = """
+    _client = None
+    hits = 0
+    def view(request):
+        global _client, hits
+        if _client is None:
+            _client = make_client()
+        return _client
+    def other(request):
+        global hits
+        hits += 1
+    """
+    assert codes(src) == [(10, "SK302")]
+
+
+def test_tests_are_skipped_unless_asked(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text('SESSION_TYPE = "filesystem"\n')
+    (tmp_path / "test_y.py").write_text('SESSION_TYPE = "filesystem"\n')
+    (tmp_path / "conftest.py").write_text('SESSION_TYPE = "filesystem"\n')
+    assert audit.audit_paths([str(tmp_path)]) == []
+    assert len(audit.audit_paths([str(tmp_path)], include_tests=True)) == 3
+    assert audit.main(["--include-tests", str(tmp_path)]) == 1
+    # a test file named on the command line is checked
+    assert len(audit.audit_paths([str(tmp_path / "test_y.py")])) == 1
 
 
 def test_cached_query_and_plain_cache() -> None:
