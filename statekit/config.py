@@ -230,6 +230,7 @@ class BackendURL:
 
 
 def _redact(url: str) -> str:
+    url = re.sub(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*", r"\1***", url)
     return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
 
 
@@ -272,7 +273,7 @@ def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise ConfigError(f"malformed query string {query!r} in {_redact(url)!r}") from None
+        raise ConfigError(f"malformed query string {_redact(query)!r} in {_redact(url)!r}") from None
     for key, value in pairs:
         if key not in table:
             known = ", ".join(sorted(table)) or "none"
@@ -341,7 +342,7 @@ def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
             )
         path = unquote(path_part)
         if not path.startswith("/") or path == "/":
-            raise ConfigError(f"file URL {url!r} needs an absolute directory path other than /")
+            raise ConfigError(f"file URL {_redact(url)!r} needs an absolute directory path other than /")
         if "\x00" in path:
             raise ConfigError("file URL path contains a NUL byte")
         return BackendURL(scheme, url, path=os.path.normpath(path), options=options)
@@ -364,10 +365,10 @@ def _parse_redis(
     service = ""
     if scheme == "unix":
         if netloc:
-            raise ConfigError(f"unix URL {url!r} must be unix:///path/to/socket (three slashes)")
+            raise ConfigError(f"unix URL {_redact(url)!r} must be unix:///path/to/socket (three slashes)")
         path = unquote(path_part)
         if path in ("", "/"):
-            raise ConfigError(f"unix URL {url!r} names no socket path")
+            raise ConfigError(f"unix URL {_redact(url)!r} names no socket path")
         return BackendURL(scheme, url, path=path, db=db or 0, username=username,
                           password=password, options=options)
     if not netloc:
