@@ -122,6 +122,28 @@ def test_password_is_redacted() -> None:
     assert "hunter2" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "unix://:hunter2@host/sock", "unix://:hunter2@", "file://u:hunter2@/",
+        "redis://h?password=hunter2&db=1&db=2", "redis://h?sentinel_password=hunter2&x",
+        "redis://:hunter2@h/x", "redis+sentinel://:hunter2@h", "rediss://u:hunter2@h1,h2",
+        "s3://key:hunter2@Bad", "redis://u:hunter2@h?bogus=1", "redis://:hunter2@h#frag",
+    ],
+)
+def test_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_url(url)
+    assert "hunter2" not in str(e.value)
+
+
+def test_redacted_hides_query_passwords() -> None:
+    parsed = parse_url("redis+sentinel://:pw1@h/svc?sentinel_password=pw2&password=pw3&db=1")
+    text = parsed.redacted()
+    assert not any(p in text for p in ("pw1", "pw2", "pw3"))
+    assert parsed.password == "pw3"  # the query option wins over the userinfo
+
+
 def test_kinds_restricts_the_backend() -> None:
     assert parse_url("s3://bucket", kinds=("s3", "file")).bucket == "bucket"
     with pytest.raises(ConfigError, match=r"redis:// URL cannot be used here; expected one of: s3, file"):
