@@ -426,12 +426,14 @@ class Settings:
     key_prefix: str = "statekit"
 
     def __post_init__(self) -> None:
-        for name in ("redis_url", "cache_url", "session_url", "broadcast_url"):
+        for name in ("redis_url", "cache_url", "session_url", "broadcast_url", "blobs_url"):
             value = getattr(self, name)
             if value is not None:
-                parse_url(value, kinds=("redis", "memory"))
-        if self.blobs_url is not None:
-            parse_url(self.blobs_url, kinds=("s3", "file", "memory"))
+                kinds = ("s3", "file", "memory") if name == "blobs_url" else ("redis", "memory")
+                try:
+                    parse_url(value, kinds=kinds)
+                except ConfigError as e:  # say which setting, not only what is wrong
+                    raise ConfigError(f"{name} (STATEKIT_{name.upper()}): {e}") from None
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.key_prefix):
             raise ConfigError(
                 f"key prefix {self.key_prefix!r} must be 1-64 chars of letters, digits, _ . : -"
