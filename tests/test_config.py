@@ -381,6 +381,13 @@ def test_settings_from_env_validates(env: dict[str, str], message: str) -> None:
         Settings.from_env(env)
 
 
+def test_settings_error_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"^session_url \(STATEKIT_SESSION_URL\): port '0'"):
+        Settings.from_env({"STATEKIT_REDIS_URL": "redis://h", "STATEKIT_SESSION_URL": "redis://h:0"})
+    with pytest.raises(ConfigError, match=r"^blobs_url \(STATEKIT_BLOBS_URL\): unknown URL scheme"):
+        Settings(blobs_url="ftp://x")
+
+
 def test_settings_from_code() -> None:
     s = Settings(redis_url="redis://h", blobs_url="file:///srv/up", secret_keys=("k",))
     assert s.require("blobs_url") == "file:///srv/up"
