@@ -591,7 +591,9 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
         bad=report.lost_session_writes > 0)
     row("lost uploads", report.lost_uploads, f"of {report.uploads} acknowledged", bad=report.lost_uploads > 0)
     row("corrupted uploads", report.corrupted_uploads, bad=report.corrupted_uploads > 0)
-    row("shared-value disagreement", report.shared_disagreements, f"in {report.shared_reads} reads",
+    row("shared-value disagreement", report.shared_disagreements,
+        f"in {report.shared_reads} reads" if report.shared_reads
+        else "no computed value seen (is the broadcaster running?)",
         bad=report.shared_disagreements > 0)
     row("latency p50 / p99", f"{report.p50_ms:.1f} / {report.p99_ms:.1f} ms")
     console.print(table)
@@ -631,6 +633,8 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
 
     scenario_cls = _load_scenario(opts.scenario)
     server = _pick_server(opts.server)
+    if opts.broadcaster and server != "statekit":
+        console.print("[yellow]phoenix: --broadcaster needs statekit serve; ignored with gunicorn[/yellow]")
     env = dict(os.environ)
     cwd = os.getcwd()
     env["PYTHONPATH"] = os.pathsep.join([cwd, *filter(None, [env.get("PYTHONPATH")])])
