@@ -111,25 +111,29 @@ def test_killed_cli_resumes(tmp_path: Path) -> None:
     dest = tmp_path / "dest"
     manifest, mapping = tmp_path / "m.jsonl", tmp_path / "map.json"
     script = textwrap.dedent(f"""
-        import sys, time
+        import itertools, os, signal, sys, threading
         from statekit.blobs import BlobStore
-        orig = BlobStore.put
-        def slow_put(self, *a, **kw):
-            time.sleep(0.003)
+        orig, calls, lock = BlobStore.put, itertools.count(1), threading.Lock()
+        def put(self, *a, **kw):
+            with lock:
+                n = next(calls)
+            if n == 400:  # freeze mid-run; the test then kills us with SIGKILL
+                os.kill(os.getpid(), signal.SIGSTOP)
             return orig(self, *a, **kw)
-        BlobStore.put = slow_put
+        BlobStore.put = put
         from statekit.cli import main
         sys.exit(main(["migrate-uploads", {str(src)!r}, "file://{dest}", "--workers", "2",
                        "--manifest", {str(manifest)!r}, "--mapping", {str(mapping)!r}, "--progress", "off"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 300:
-                break
-            assert proc.poll() is None, "migration finished before it could be killed"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "T":  # stopped
+                    break
             time.sleep(0.01)
+        assert proc.poll() is None, "migration ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
