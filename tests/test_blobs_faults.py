@@ -14,6 +14,7 @@ import contextlib
 import io
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,8 +128,19 @@ def test_endpoint_killed_mid_upload_through_proxy(s3_server: S3Server, s3_url: s
     try:
         url = s3_url.replace(s3_server.endpoint_url, proxy.endpoint_url)
         store = _store(url)
+
+        def kill_after_a_part() -> None:  # once S3 holds a part, the endpoint vanishes
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                ups = direct.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                if ups and direct.list_parts(Bucket=bucket, Key=ups[0]["Key"],
+                                             UploadId=ups[0]["UploadId"]).get("Parts"):
+                    break
+                time.sleep(0.01)
+            proxy.kill()
+
         with pytest.raises(BackendUnavailable):
-            store.put(gen(40 * MiB, {12 * MiB: proxy.kill}), content_type="application/octet-stream")
+            store.put(gen(40 * MiB, {6 * MiB: kill_after_a_part}), content_type="application/octet-stream")
         # The abort could not reach S3 either: the parts are there, but no object is.
         uploads = direct.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         assert len(uploads) == 1
