@@ -95,9 +95,9 @@ def dev(argv: Sequence[str]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    redis_srv = RedisServer(port=opts.redis_port)
+    redis_srv = RedisServer(port=opts.redis_port)  # ConfigError if there is no server binary
     s3_srv = S3Server(opts.bucket, port=opts.s3_port)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         redis_srv.start()
         s3_srv.start()
