@@ -32,6 +32,7 @@ import datetime as dt
 import functools
 import hashlib
 import inspect
+import json
 import math
 import random
 import struct
@@ -72,6 +73,7 @@ _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (sec
 _ENV_SIZE = 1 + _ENV.size
 _MAX_KEY = 1024
 _monotonic = time.monotonic
+_json_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _time = time.time
 
 COUNTER_NAMES = ("hits", "misses", "near_hits", "stale", "recomputes", "early_refreshes",
@@ -79,28 +81,42 @@ COUNTER_NAMES = ("hits", "misses", "near_hits", "stale", "recomputes", "early_re
 
 
 class _CacheCounters(Counters):
-    """Counters whose hottest one (near-cache hits) is a plain attribute, lock-free."""
+    """Counters whose hottest ones (hits, misses, near hits) are plain attributes
+    bumped without a lock (an increment may very rarely be lost between threads;
+    they are metrics, not accounting)."""
+
+    FAST = ("hits", "misses", "near_hits")
 
     def __init__(self, instance: str) -> None:
         super().__init__("cache", instance, COUNTER_NAMES)
-        self.near_hits = 0
+        self.hits = self.misses = self.near_hits = 0
+
+    def _merge(self, out: dict[str, Any]) -> None:
+        for name in self.FAST:
+            out[name] = out.get(name, 0) + getattr(self, name)
 
     def counts(self) -> dict[str, int]:
         out = super().counts()
-        out["near_hits"] = out.get("near_hits", 0) + self.near_hits
+        self._merge(out)
         return out
 
     def as_dict(self) -> dict[str, float]:
         out = super().as_dict()
-        out["near_hits"] = out.get("near_hits", 0) + self.near_hits
+        self._merge(out)
         return out
 
     def get(self, name: str) -> int:
-        return super().get(name) + (self.near_hits if name == "near_hits" else 0)
+        return super().get(name) + (getattr(self, name) if name in self.FAST else 0)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        if name in self.FAST:
+            setattr(self, name, getattr(self, name) + amount)
+        else:
+            super().incr(name, amount)
 
     def reset(self) -> None:
         super().reset()
-        self.near_hits = 0
+        self.hits = self.misses = self.near_hits = 0
 
 
 def _ttl_seconds(ttl: Any) -> float | None:
@@ -186,6 +202,7 @@ class Cache:
         self.secret_keys = tuple(secret_keys or ())
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
                                    else get_serializer(serializer, secret_keys=self.secret_keys))
+        self._plain_json = type(self._codec) is JSONSerializer
         self.near_size = 10_000 if near_cache is True else int(near_cache or 0)
         self.near_max_age = near_max_age
         self.on_error = on_error
@@ -316,13 +333,36 @@ class Cache:
             return b"\x01" + self._codec.dumps(value)
         return b"\x02" + _ENV.pack(expires_at, delta) + self._codec.dumps(value)
 
+    def _loads(self, body: bytes) -> Any:
+        if self._plain_json and b"\\u0000" not in body:  # no tagged types: the C scanner alone
+            try:
+                text = body.decode("utf-8")
+                value, end = _json_scan(text, 0)
+                if end == len(text):
+                    return value
+            except (ValueError, StopIteration):
+                pass  # let the codec raise its own error
+        return self._codec.loads(body)
+
+    def _loads_marked(self, data: bytes) -> Any:
+        """Decode a ``\\x01``-marked payload without copying it first."""
+        if self._plain_json and b"\\u0000" not in data:
+            try:
+                text = data.decode("utf-8")
+                value, end = _json_scan(text, 1)
+                if end == len(text):
+                    return value
+            except (ValueError, StopIteration):
+                pass
+        return self._codec.loads(data[1:])
+
     def _decode(self, data: bytes) -> tuple[Any, float, float]:
         mark = data[0]
         if mark == 1:
-            return self._codec.loads(data[1:]), 0.0, 0.0
+            return self._loads(data[1:]), 0.0, 0.0
         if mark == 2:
             expires_at, delta = _ENV.unpack_from(data, 1)
-            return self._codec.loads(data[_ENV_SIZE:]), expires_at, delta
+            return self._loads(data[_ENV_SIZE:]), expires_at, delta
         try:
             return int(data), 0.0, 0.0
         except ValueError:
@@ -424,21 +464,49 @@ class Cache:
                     return entry[0]
         if type(key) is not str or not key or len(key) > _MAX_KEY:
             self._check_key(key)
-        try:
-            found = self._fetch(key)
-        except BackendUnavailable:
-            if self.on_error == "raise":
-                raise
-            return default
+        if near is None:  # the common path, inlined: one round trip, no extra calls
+            backend = self._backend or self._connect()
+            breaker = self.breaker
+            if breaker._state != CLOSED and not breaker.allow():
+                if self.on_error == "raise":
+                    raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+                return default
+            try:
+                data = backend.get(key)
+            except BackendUnavailable:
+                breaker.failure()
+                self.counters.incr("errors")
+                if self.on_error == "raise":
+                    raise
+                return default
+            if breaker._failures:
+                breaker.success()
+            if data is None:
+                self.counters.misses += 1
+                return default
+            if data[0] == 1:
+                self.counters.hits += 1
+                return self._loads_marked(data)
+            found: tuple[Any, float, float] | None = self._decode(data)
+        else:
+            try:
+                found = self._fetch(key)
+            except BackendUnavailable:
+                if self.on_error == "raise":
+                    raise
+                return default
         if found is None or (found[1] and found[1] <= _time()):
-            self.counters.incr("misses")
+            self.counters.misses += 1
             return default
-        self.counters.incr("hits")
+        self.counters.hits += 1
         return found[0]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys that are present, in one round trip."""
-        keys = [self._check_key(k) for k in keys]
+        keys = list(keys)
+        for k in keys:
+            if type(k) is not str or not k or len(k) > _MAX_KEY:
+                self._check_key(k)
         if not keys:
             return {}
         backend = self._backend or self._connect()
@@ -467,11 +535,23 @@ class Cache:
             if near is not None and self._listener is not None:
                 self._listener.ensure_running()
             values = self._read(backend.get_many, [], keys)
+            plain = self._plain_json
+            scan = _json_scan
             for k, data in zip(keys, values, strict=False):
-                if data is not None:
-                    entry = self._decode(data)
-                    if not entry[1] or entry[1] > now:
-                        found[k] = entry[0]
+                if data is None:
+                    continue
+                if plain and data[0] == 1 and b"\\u0000" not in data:
+                    try:  # the common case inlined: one C call per value
+                        text = data.decode("utf-8")
+                        value, end = scan(text, 1)
+                        if end == len(text):
+                            found[k] = value
+                            continue
+                    except (ValueError, StopIteration):
+                        pass
+                entry = self._decode(data)
+                if not entry[1] or entry[1] > now:
+                    found[k] = entry[0]
         self.counters.incr("hits", len(found))
         self.counters.incr("misses", len(keys) - len(found))
         return found

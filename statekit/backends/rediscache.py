@@ -325,34 +325,56 @@ class RedisTransport:
     def run(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
         """Run the cache script: one round trip."""
         if self.fast_params is not None:
-            return self._run_fast(keys, args)
-        return self._run_redis_py(keys, args)
-
-    def _run_fast(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
-        packed = self._pack((b"EVALSHA", SHA, len(keys), *keys, *args))
-        for attempt in (0, 1):
-            fresh = getattr(self._local, "conn", None) is None
-            try:
-                conn = self._fast()
-                reply = conn.call(packed)
-                if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
-                    conn.call(self._pack((b"SCRIPT", b"LOAD", SCRIPT)))
-                    reply = conn.call(packed)
-            except BackendUnavailable:
-                self._drop_fast()
-                raise
-            except (ConnectionResetError, BrokenPipeError) as e:
-                self._drop_fast()
-                if fresh or attempt:
-                    raise BackendUnavailable(f"Redis connection lost during a cache call: {e}") from e
-                continue  # a reused socket the server had closed: one retry on a new one
-            except OSError as e:  # timeouts included: the reply stream is out of step
-                self._drop_fast()
-                raise BackendUnavailable(f"Redis did not answer a cache call in time: {e}") from e
+            packed = self._pack((b"EVALSHA", SHA, len(keys), *keys, *args))
+            reply = self.fast_call(packed)
+            if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
+                self.fast_call(self._pack((b"SCRIPT", b"LOAD", SCRIPT)))
+                reply = self.fast_call(packed)
             if isinstance(reply, Exception):
                 raise _value_error(str(reply))
             return reply
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._run_redis_py(keys, args)
+
+    def command(self, *args: bytes | str | int) -> Any:
+        """Run one plain Redis command: one round trip."""
+        if self.fast_params is not None:
+            reply = self.fast_call(self._pack(args))
+            if isinstance(reply, Exception):
+                raise _value_error(str(reply))
+            return reply
+        import redis
+
+        client: Any = self.client
+        name = args[0].decode() if isinstance(args[0], bytes) else args[0]
+        with translate_errors("a cache call"):
+            try:
+                return client.execute_command(name, *args[1:])
+            except redis.exceptions.ResponseError as e:
+                if isinstance(e, redis.exceptions.ReadOnlyError):
+                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
+                raise _value_error(str(e)) from e
+
+    def fast_call(self, packed: bytes) -> Any:
+        """Send a packed command on this thread's socket and return the reply (an
+        error reply is returned, not raised). A socket the server closed while idle
+        is replaced once; any other failure raises BackendUnavailable."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            try:
+                return conn.call(packed)
+            except (ConnectionResetError, BrokenPipeError):
+                self._drop_fast()  # stale socket (Redis restarted, idle timeout): one retry
+            except OSError as e:
+                self._drop_fast()
+                raise BackendUnavailable(f"Redis did not answer a cache call in time: {e}") from e
+        try:
+            return self._fast().call(packed)
+        except BackendUnavailable:
+            self._drop_fast()
+            raise
+        except OSError as e:  # timeouts included: the reply stream is out of step
+            self._drop_fast()
+            raise BackendUnavailable(f"Redis unavailable during a cache call: {e}") from e
 
     def _run_redis_py(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
         import redis
@@ -370,17 +392,7 @@ class RedisTransport:
                 raise _value_error(str(e)) from e
 
     def set_nx(self, key: str, value: str, ttl_ms: int) -> bool:
-        if self.fast_params is not None:
-            try:
-                reply = self._fast().call(self._pack((b"SET", key, value, b"PX", ttl_ms, b"NX")))
-            except OSError as e:
-                self._drop_fast()
-                raise BackendUnavailable(f"Redis unavailable during a lock call: {e}") from e
-            if isinstance(reply, Exception):
-                raise _value_error(str(reply))
-            return reply is not None
-        with translate_errors("a lock call"):
-            return bool(self.client.set(key, value, px=ttl_ms, nx=True))
+        return self.command(b"SET", key, value, b"PX", ttl_ms, b"NX") is not None
 
     def close(self) -> None:
         self._drop_fast()
@@ -394,6 +406,7 @@ class RedisCacheBackend(CacheBackend):
         self.base = base
         self._gen_key = base + "gen"
         self._n = str(len(base.encode()))
+        self._gen = b"0"  # the generation last seen; MGET checks it in the same step
 
     @classmethod
     def from_client(cls, client: RedisClient, base: str, *, fast_path: bool = True) -> RedisCacheBackend:
@@ -407,15 +420,30 @@ class RedisCacheBackend(CacheBackend):
         b = self.base
         return [self._gen_key, *[b + k for k in keys]]
 
-    def get(self, key: str) -> bytes | None:
-        result: bytes | None = self.transport.run((self._gen_key, self.base + key), (b"g1", self._n))
+    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """``MGET gen, <base><gen>:<key>...`` with the generation seen last time: the
+        reply carries the current generation, read atomically with the values, so a
+        mismatch (after a :meth:`clear`) is detected and the read repeated."""
+        base = self.base
+        for _ in range(3):
+            gen = self._gen
+            prefix = base + gen.decode() + ":"
+            reply = self.transport.command(b"MGET", self._gen_key, *[prefix + k for k in keys])
+            current = reply[0] or b"0"
+            if current == gen:
+                values: list[bytes | None] = reply[1:]
+                return values
+            self._gen = current
+        result: list[bytes | None] = self.transport.run(self._keys(keys), (b"get", self._n))
         return result
+
+    def get(self, key: str) -> bytes | None:
+        return self._mget((key,))[0]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        result: list[bytes | None] = self.transport.run(self._keys(keys), (b"get", self._n))
-        return result
+        return self._mget(keys)
 
     def get_many_with_ttl(self, keys: Sequence[str]) -> list[tuple[bytes | None, int | None]]:
         if not keys:
@@ -461,15 +489,7 @@ class RedisCacheBackend(CacheBackend):
         return None if left == -2 else left
 
     def clear(self) -> None:
-        if self.transport.fast_params is not None:
-            try:
-                self.transport._fast().call(self.transport._pack((b"INCR", self._gen_key)))
-                return
-            except OSError as e:
-                self.transport._drop_fast()
-                raise BackendUnavailable(f"Redis unavailable during cache clear: {e}") from e
-        with translate_errors("cache clear"):
-            self.transport.client.incr(self._gen_key)
+        self._gen = str(self.transport.command(b"INCR", self._gen_key)).encode()
 
     def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
         return self.transport.set_nx(f"{self.base}lock:{name}", token, ttl_ms)
