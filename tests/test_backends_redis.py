@@ -3,6 +3,7 @@ with timeouts and retries by default, and errors translated to BackendUnavailabl
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -290,3 +291,22 @@ def test_write_to_a_replica_is_backend_unavailable(redis_server: RedisServer, re
         assert isinstance(e.value.__cause__, redis.ReadOnlyError)
     finally:
         replica.stop()
+
+
+@pytest.mark.redis
+def test_forked_child_gets_its_own_client(redis_url: str) -> None:
+    parent_client = get_client(redis_url)
+    parent_client.set("k", "from parent")
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            child_client = get_client(redis_url)
+            if child_client is not parent_client and child_client.get("k") == b"from parent":
+                child_client.set("k", "from child")
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent_client.get("k") == b"from child"  # and the parent's pool still works
