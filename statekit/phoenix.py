@@ -166,6 +166,8 @@ class Client:
             reset = any(w in text for w in ("reset", "aborted", "disconnected"))
             cause = ("connection refused" if "refused" in text
                      else "connection reset" if reset else "connection error")
+        except self._requests.exceptions.ChunkedEncodingError:
+            cause = "truncated response"
         except self._requests.RequestException as e:
             cause = type(e).__name__
         elapsed = time.monotonic() - start
@@ -465,7 +467,7 @@ class Chaos(threading.Thread):
         now = time.monotonic()
         next_kill = now + self.kill_every if self.kill_every > 0 else float("inf")
         next_reload = now + self.reload_every if self.reload_every > 0 else float("inf")
-        while not self.halt.wait(max(0.0, min(next_kill, next_reload) - time.monotonic())):
+        while not self.halt.wait(min(1.0, max(0.0, min(next_kill, next_reload) - time.monotonic()))):
             now = time.monotonic()
             if now >= next_kill:
                 next_kill += self.kill_every

@@ -68,6 +68,26 @@ def test_phoenix_passes_on_the_migrated_app(tmp_path: Path, redis_url: str, s3_u
     assert "PASS" in output
 
 
+class HealthOnly(phoenix.Scenario):
+    """A custom scenario (loaded by the run below with --scenario)."""
+
+    def step(self) -> None:
+        self.client.request("GET", "/healthz")
+
+
+@pytest.mark.gunicorn
+def test_a_custom_scenario_plugs_in(tmp_path: Path, redis_url: str, s3_url: str) -> None:
+    status, report, output = run_phoenix(
+        tmp_path, redis_url, s3_url, "examples.flask_app.before.app:app",
+        "--scenario", "tests.test_phoenix:HealthOnly", "--instances", "1", "--kill-every", "0",
+        "--reload-every", "0", "--duration", "2",
+    )
+    assert status == 0, output
+    assert report["requests"] > 0 and report["failures"] == {}
+    assert report["session_writes"] == report["uploads"] == report["shared_reads"] == 0
+    assert report["kills"] == 0 and report["reloads"] == 0
+
+
 def test_an_app_that_does_not_start_is_exit_2(tmp_path: Path) -> None:
     env = {**os.environ, "STATEKIT_REDIS_URL": "redis://127.0.0.1:1/0",
            "STATEKIT_BLOBS_URL": "memory://phoenix"}
