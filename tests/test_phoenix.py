@@ -27,7 +27,7 @@ def run_phoenix(
         [sys.executable, "-m", "statekit", "phoenix", app, "--duration", "8", "--workers", "2",
          "--instances", "2", "--users", "6", "--kill-every", "1.5", "--reload-every", "4",
          "--json", str(report), *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=150, check=False,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     data = json.loads(report.read_text()) if report.exists() else {}
     return proc.returncode, data, proc.stdout + proc.stderr
@@ -98,6 +98,21 @@ def test_an_app_that_does_not_start_is_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "could not run" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.s3
+@pytest.mark.gunicorn
+def test_phoenix_soak_on_the_migrated_app(tmp_path: Path, redis_url: str, s3_url: str) -> None:
+    """The default run (20 s, 8 users, a kill every 2 s, a reload every 7 s) -- and longer."""
+    status, report, output = run_phoenix(
+        tmp_path, redis_url, s3_url, "examples.flask_app.wsgi:app",
+        "--broadcaster", "examples.flask_app.jobs:broadcaster", "--duration", "60", "--users", "8",
+        "--kill-every", "2", "--reload-every", "7",
+    )
+    assert status == 0, output
+    assert report["lost_session_writes"] == report["lost_uploads"] == report["shared_disagreements"] == 0
 
 
 class _FakeClient:
