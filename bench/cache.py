@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         near = Cache(url, near_cache=True, namespace="near")
         cl = CachelibStatekit(url)
         print(f"server: {server.binary.flavor} {server.version} on {url}; redis-py {redis.__version__}, "
-              f"hiredis parser: {redis.utils.HIREDIS_AVAILABLE}; rounds={rounds}; load {os.getloadavg()[0]:.1f}")
+              f"hiredis parser: {redis.utils.HIREDIS_AVAILABLE}; rounds={rounds}; "
+              f"load {os.getloadavg()[0]:.1f}")
 
         import pickle
 

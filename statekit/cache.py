@@ -228,8 +228,7 @@ class Cache:
     @property
     def prefix(self) -> str:
         if self._prefix is None:
-            self._prefix = Settings.from_env().key_prefix if self.url is None and self.client is None \
-                else "statekit"
+            self._prefix = Settings.from_env().key_prefix  # STATEKIT_KEY_PREFIX or "statekit"
         return self._prefix
 
     @property
@@ -692,13 +691,15 @@ class Cache:
     def _lock_token(self) -> str:
         return uuid.uuid4().hex
 
-    def _try_lock(self, key: str) -> bool:
+    def _try_lock(self, key: str) -> bool | None:
+        """Take the single-flight lock of *key*: ``True`` taken, ``False`` held by
+        another caller, ``None`` the backend is unavailable."""
         token = self._lock_token()
         try:
             ok = self._call(self._be().acquire_lock, "sf:" + key, token,
                             int(self.lock_ttl * 1000))
         except BackendUnavailable:
-            return False
+            return None
         if ok:
             self._tokens()[key] = token
         return bool(ok)
@@ -741,7 +742,12 @@ class Cache:
         pause = 0.005
         waited = False
         while True:
-            if self._try_lock(key):
+            locked = self._try_lock(key)
+            if locked is None:  # outage: nobody can coordinate, compute (the write may be dropped)
+                if self.on_error == "raise":
+                    raise BackendUnavailable("cache unavailable while taking the recompute lock")
+                return self._compute_and_store(key, compute, secs, stale)
+            if locked:
                 try:
                     entry = self._fetch(key) if waited else None  # someone may have just finished
                     if entry is not None and (not entry[1] or entry[1] > _time()):
