@@ -677,35 +677,52 @@ class BlobStore:
         return self._url(key, int(expires), content_disposition(download_name) if download_name else None)
 
     def _url(self, key: str, expires: int, disposition: str | None) -> str:
+        params = self.signed_params(key, expires=expires, disposition=disposition)
+        return f"{self.describe()}/{quote(key)}?{urlencode(params)}"
+
+    def signed_params(self, key: str, *, expires: int, disposition: str | None = None) -> dict[str, str]:
+        """Query parameters that grant reading *key* for *expires* seconds (non-S3
+        stores): ``expires``, ``disposition`` (default: attachment with the original
+        filename) and an HMAC ``signature`` with the store's ``secret``. A web app
+        serves them with a view that calls :meth:`check_params` (the Flask adapter
+        does)."""
         if disposition is None:
             disposition = content_disposition(self.stat(key).filename)
-        params = {"expires": str(int(time.time()) + expires)}
-        if disposition:
-            params["disposition"] = disposition
+        params = {"expires": str(int(time.time()) + int(expires)), "disposition": disposition}
         params["signature"] = self._sign(key, params)
-        return f"{self.describe()}/{quote(key)}?{urlencode(params)}"
+        return params
+
+    def check_params(self, key: str, params: Mapping[str, str]) -> str:
+        """Verify :meth:`signed_params` for *key*; return the ``Content-Disposition``
+        to serve. :raises BlobError: tampered with or expired."""
+        validate_key(key)
+        signed = {k: params[k] for k in ("expires", "disposition") if k in params}
+        if not hmac.compare_digest(str(params.get("signature", "")), self._sign(key, signed)):
+            raise BlobError("URL signature does not match")
+        try:
+            expired = int(signed.get("expires", "0")) < time.time()
+        except ValueError:
+            expired = True
+        if expired:
+            raise BlobError("URL has expired")
+        return signed.get("disposition", "attachment")
 
     def _sign(self, key: str, params: Mapping[str, str]) -> str:
         msg = json.dumps([key, sorted((k, v) for k, v in params.items() if k != "signature")]).encode()
         return base64.urlsafe_b64encode(hmac.new(self._secret, msg, "sha256").digest()).decode().rstrip("=")
 
-    def verify_url(self, url: str) -> tuple[str, str | None]:
+    def verify_url(self, url: str) -> tuple[str, str]:
         """Check a URL made by :meth:`url` (non-S3 stores); return ``(key,
-        content_disposition)``. :raises BlobError: tampered or expired."""
+        content_disposition)``. :raises BlobError: foreign, tampered or expired."""
         from urllib.parse import unquote
 
         parts = urlsplit(url)
-        params = dict(parse_qsl(parts.query))
         base = self.describe().rstrip("/")
         whole = f"{parts.scheme}://{parts.netloc}{parts.path}"
         if not whole.startswith(base + "/"):
             raise BlobError("URL does not belong to this store")
         key = unquote(whole[len(base) + 1:])
-        if not hmac.compare_digest(params.get("signature", ""), self._sign(key, params)):
-            raise BlobError("URL signature does not match")
-        if int(params.get("expires", "0")) < time.time():
-            raise BlobError("URL has expired")
-        return validate_key(key), params.get("disposition")
+        return key, self.check_params(key, dict(parse_qsl(parts.query)))
 
     # -- direct uploads ------------------------------------------------------------
     def presign_upload(self, *, max_size: int, content_type_prefix: str = "", expires: int = 3600,

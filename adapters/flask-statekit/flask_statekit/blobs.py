@@ -25,7 +25,13 @@ Settings (``app.config``, then the environment):
 ``STATEKIT_BLOBS_MAX_SIZE``        default limit per file (``10MiB``, bytes)
 ``STATEKIT_BLOBS_ALLOWED_TYPES``   default allow-list (``image/*,application/pdf``)
 ``STATEKIT_BLOBS_FORM_OVERHEAD``   bytes allowed beyond the limit for the form (64 KiB)
+``STATEKIT_BLOBS_ROUTE``           URL of the download view for non-S3 stores
+                                   (``/_statekit/blobs``)
 =================================  ====================================================
+
+With S3, :func:`blob_url` is a presigned GET and S3 serves the bytes. With ``file://``
+(a shared volume) or ``memory://``, it is a URL of the :func:`serve_blob` view, signed
+with the app's ``SECRET_KEY`` and time-limited, so any worker can serve it.
 
 Errors become HTTP errors: too large 413, wrong or disallowed type 415, missing
 field 400, store unavailable 503 -- and nothing is stored.
@@ -36,16 +42,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, abort, current_app, request
+from flask import Flask, Response, abort, current_app, request, send_file, url_for
 
-from statekit.blobs import Blob, BlobStore, open_blob_store
+from statekit.blobs import Blob, BlobStore, content_disposition, open_blob_store
 from statekit.config import parse_size
 from statekit.errors import (
     BackendUnavailable,
+    BlobError,
+    BlobNotFound,
     BlobTooLarge,
     ConfigError,
     ContentTypeMismatch,
     DisallowedContentType,
+    InvalidKey,
 )
 
 from . import _config, get_state
@@ -53,7 +62,7 @@ from . import _config, get_state
 if TYPE_CHECKING:
     from . import StateKitState
 
-__all__ = ["blob_store", "blob_url", "init_app", "save_upload"]
+__all__ = ["blob_store", "blob_url", "init_app", "save_upload", "serve_blob"]
 
 DEFAULT_FORM_OVERHEAD = 64 * 1024
 
@@ -70,7 +79,12 @@ def init_app(app: Flask, state: StateKitState) -> None:
     store: BlobStore | None = None
     limit = parse_size(max_size, name="STATEKIT_BLOBS_MAX_SIZE") if max_size not in (None, "") else None
     if url:
-        store = open_blob_store(url, max_size=limit, allowed_types=list(allowed) if allowed else None)
+        keys = state.settings.secret_keys
+        store = open_blob_store(url, max_size=limit, allowed_types=list(allowed) if allowed else None,
+                                secret=("statekit-blobs:" + keys[0]) if keys else None)
+        if store.scheme != "s3":  # S3 serves presigned URLs itself; other stores need a view
+            route = _config(app, "STATEKIT_BLOBS_ROUTE", "/_statekit/blobs")
+            app.add_url_rule(f"{route.rstrip('/')}/<path:key>", "statekit_blob", serve_blob)
     state.blobs = store  # type: ignore[attr-defined]
 
 
@@ -120,5 +134,35 @@ def save_upload(
 
 
 def blob_url(key: str, *, expires: int = 3600, download_name: str | None = None) -> str:
-    """A time-limited download URL for *key* (presigned on S3)."""
-    return blob_store().url(key, expires=expires, download_name=download_name)
+    """A time-limited download URL for *key*: presigned on S3, else a signed URL of
+    this app's ``statekit_blob`` view (keys signed with ``SECRET_KEY``, so any
+    worker serves it)."""
+    store = blob_store()
+    if store.scheme == "s3":
+        return store.url(key, expires=expires, download_name=download_name)
+    disposition = content_disposition(download_name) if download_name else None
+    params: dict[str, Any] = store.signed_params(key, expires=expires, disposition=disposition)
+    return url_for("statekit_blob", key=key, **params)
+
+
+def serve_blob(key: str) -> Response:
+    """The view behind :func:`blob_url` for ``file://`` and ``memory://`` stores:
+    checks the signature and expiry (403), streams the blob with its stored type as an
+    attachment, ``nosniff`` and a sandboxing CSP, with conditional/range support."""
+    store = blob_store()
+    try:
+        disposition = store.check_params(key, request.args)
+        blob = store.stat(key)
+        stream = store.open(key)
+    except (InvalidKey, BlobNotFound):
+        abort(404)
+    except BlobError:
+        abort(403)
+    resp = send_file(stream, mimetype=blob.content_type or "application/octet-stream", conditional=False,
+                     etag=blob.sha256 or False, last_modified=blob.created, max_age=0)
+    resp.content_length = blob.size
+    resp.make_conditional(request, accept_ranges=True, complete_length=blob.size)  # modifies resp
+    resp.headers["Content-Disposition"] = disposition
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return resp

@@ -40,10 +40,13 @@ def make_app(url: str) -> Flask:
     return app
 
 
-@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.s3)])
-def app(request: pytest.FixtureRequest) -> Flask:
-    url = "memory://flask" if request.param == "memory" else request.getfixturevalue("s3_url")
-    return make_app(url)
+@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
+def app(request: pytest.FixtureRequest, tmp_path: Any) -> Flask:
+    if request.param == "memory":
+        return make_app("memory://flask")
+    if request.param == "file":
+        return make_app(f"file://{tmp_path}/uploads")
+    return make_app(request.getfixturevalue("s3_url"))
 
 
 def test_upload_is_stored(app: Flask) -> None:
@@ -56,6 +59,33 @@ def test_upload_is_stored(app: Flask) -> None:
         store = blob_store()
         with store.open(body["key"]) as f:
             assert f.read() == png()
+
+
+def test_download_url_serves_the_blob(app: Flask) -> None:
+    client = app.test_client()
+    posted = client.post("/upload", data={"photo": (io.BytesIO(png()), "Sommer \u00e9t\u00e9.png")})
+    key = posted.get_json()["key"]
+    with app.test_request_context():
+        url = blob_url(key, expires=60)
+    if url.startswith("http"):  # S3: presigned, served by S3
+        import requests
+
+        resp = requests.get(url, timeout=10)
+        assert resp.status_code == 200 and resp.content == png()
+        assert "filename*=UTF-8''Sommer%20%C3%A9t%C3%A9.png" in resp.headers["Content-Disposition"]
+        return
+    with client.get(url) as resp:
+        assert resp.status_code == 200 and resp.data == png()
+        assert resp.mimetype == "image/png"
+        assert resp.headers["Content-Disposition"].startswith("attachment;")
+        assert "filename*=UTF-8''Sommer%20%C3%A9t%C3%A9.png" in resp.headers["Content-Disposition"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    with client.get(url, headers={"Range": "bytes=0-7"}) as part:
+        assert part.status_code == 206 and part.data == png()[:8]
+    assert client.get(url.replace("signature=", "signature=x")).status_code == 403
+    assert client.get(url.replace(key, key[:-5] + "0.png")).status_code == 403
+    assert client.get(url.replace("expires=", "expires=1")).status_code == 403
+    assert client.get("/_statekit/blobs/../../etc/passwd?signature=x").status_code == 404
 
 
 class ExplodingInput(io.RawIOBase):
