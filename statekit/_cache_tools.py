@@ -1,0 +1,177 @@
+"""Helpers of :mod:`statekit.cache`: the distributed :class:`Lock`, the
+:class:`CachedFunction` wrapper made by :meth:`Cache.cached
+<statekit.cache.Cache.cached>`, and the ``DEFAULT`` TTL marker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import inspect
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from .errors import InvalidKey, LockError, SerializationError
+from .serializers import JSONSerializer
+
+if TYPE_CHECKING:
+    from .backends.cachebase import CacheBackend
+    from .cache import Cache
+
+__all__ = ["DEFAULT", "TTL", "CachedFunction", "Lock"]
+
+T = TypeVar("T")
+_monotonic = time.monotonic
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "use the cache's ``default_ttl``" (the default of every ``ttl`` parameter)
+DEFAULT: Any = _Default()
+_MISSING: Any = object()
+TTL = float | int | dt.timedelta | None
+
+def _ttl_seconds(ttl: Any) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, dt.timedelta):
+        ttl = ttl.total_seconds()
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or math.isinf(ttl):
+        raise ValueError(f"ttl must be a positive number of seconds or None (no expiry), not {ttl!r}")
+    return float(ttl)
+
+
+_state = threading.local()
+
+
+def _thread_state() -> dict[int, Any]:
+    d = getattr(_state, "d", None)
+    if d is None:
+        d = _state.d = {}
+    return cast(dict[int, Any], d)
+
+
+class Lock:
+    """A lock shared by every process using the cache's backend.
+
+    The holder's random token is stored under the lock key with a TTL (*timeout*),
+    so a crashed holder cannot keep it forever; :meth:`release` and :meth:`extend`
+    succeed only for the token that holds it (an atomic compare-and-delete), so a
+    holder whose lock expired cannot release another's. Not re-entrant. Backend
+    errors raise :class:`~statekit.errors.BackendUnavailable` whatever ``on_error``.
+    """
+
+    def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
+        self.cache = cache
+        self.name = "u:" + name
+        self.timeout = timeout
+        self.blocking_timeout = blocking_timeout
+        self.token: str | None = None
+
+    def _backend(self) -> CacheBackend:
+        return self.cache._be()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; wait up to *timeout* (default ``blocking_timeout``, ``None``
+        for ever) when *blocking*. ``True`` if taken."""
+        token = uuid.uuid4().hex
+        wait = self.blocking_timeout if timeout is None else timeout
+        deadline = None if wait is None else _monotonic() + wait
+        pause = 0.005
+        while True:
+            if self._backend().acquire_lock(self.name, token, int(self.timeout * 1000)):
+                self.token = token
+                return True
+            if not blocking or (deadline is not None and _monotonic() >= deadline):
+                return False
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+
+    def release(self) -> None:
+        """Release the lock; :class:`~statekit.errors.LockError` if this object does
+        not hold it (never taken, or expired and taken by someone else)."""
+        token, self.token = self.token, None
+        if token is None or not self._backend().release_lock(self.name, token):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def extend(self, timeout: float | None = None) -> None:
+        """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
+        ms = int((self.timeout if timeout is None else timeout) * 1000)
+        if self.token is None or not self._backend().extend_lock(self.name, self.token, ms):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def locked(self) -> bool:
+        """Whether this object holds the lock (as far as it knows)."""
+        return self.token is not None
+
+    def __enter__(self) -> Lock:
+        if not self.acquire():
+            raise LockError(f"could not acquire lock {self.name[2:]!r} in time")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class CachedFunction(Generic[T]):
+    """A function wrapped by :meth:`Cache.cached`."""
+
+    def __init__(self, cache: Cache, func: Callable[..., T], ttl: TTL,
+                 key: str | Callable[..., str] | None, stale_ttl: float | None) -> None:
+        self.cache = cache
+        self.uncached = func
+        self.ttl = ttl
+        self.stale_ttl = stale_ttl
+        self._key = key
+        self._prefix = key if isinstance(key, str) else f"{func.__module__}.{func.__qualname__}"
+        try:
+            self._sig: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            self._sig = None
+        functools.update_wrapper(self, func)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """The cache key of a call with these arguments."""
+        if callable(self._key):
+            return self._key(*args, **kwargs)
+        if self._sig is not None:
+            bound = self._sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            parts: Any = list(bound.arguments.items())
+        else:
+            parts = [list(args), sorted(kwargs.items())]
+        try:
+            blob = _KEY_CODEC.dumps(parts)
+        except SerializationError as e:
+            raise InvalidKey(
+                f"cannot build a cache key for {self._prefix}: {e}; pass key= to cached()"
+            ) from e
+        return f"{self._prefix}:{hashlib.sha256(blob).hexdigest()[:32]}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        compute: Callable[[], T] = lambda: self.uncached(*args, **kwargs)  # noqa: E731
+        return cast(T, self.cache.get_or_set(self.key_for(*args, **kwargs), cast(Any, compute),
+                                             self.ttl, stale_ttl=self.stale_ttl))
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Drop the cached result of a call with these arguments."""
+        return self.cache.delete(self.key_for(*args, **kwargs))
+
+    def refresh(self, *args: Any, **kwargs: Any) -> T:
+        """Recompute the result now, store it and return it."""
+        key = self.key_for(*args, **kwargs)
+        secs = self.cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
+        stale = self.cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
+        self.cache._backend or self.cache._connect()
+        return self.cache._compute_and_store(key, lambda: self.uncached(*args, **kwargs), secs, stale)
+
+
+_KEY_CODEC = JSONSerializer()
+
