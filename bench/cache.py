@@ -1,7 +1,7 @@
 """Cache benchmark: statekit vs raw redis-py, django-redis, Django's RedisCache and
 Flask-Caching, side by side in one run, same private Redis, same values.
 
-    .venv/bin/python bench/cache.py [--rounds 5] [--scale 1.0]
+    .venv/bin/python bench/cache.py [--rounds 15] [--scale 1.0]
 
 Every contestant runs in interleaved rounds (A B C ... A B C ...) so load from other
 processes hits all of them alike; the table shows the median per-operation time over
@@ -97,7 +97,7 @@ def invalidation_delay(url: str, rounds: int, busy: bool) -> tuple[float, float]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
     args = ap.parse_args(argv)
     rounds = args.rounds
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         cl.set("k", VALUE)
         assert sk.get("k") == VALUE == djr.get("k") == djc.get("k") == djs.get("k") == fc.get("k")
 
-        n = max(50, int(3000 * args.scale))
+        n = max(50, int(1000 * args.scale))
         get = run_group("get hit (us/op)", {
             "raw redis-py pooled GET (bytes)": lambda: raw.get("raw:k"),
             "statekit Cache.get": lambda: sk.get("k"),
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "Flask-Caching RedisCache": lambda: fc.set("s", VALUE),
         }, n, rounds)
         raw_keys = [f"raw:{k}" for k in KEYS]
-        m = max(10, int(300 * args.scale))
+        m = max(10, int(100 * args.scale))
         many = run_group("get_many(100) (us/call)", {
             "raw redis-py MGET (bytes)": lambda: raw.mget(raw_keys),
             "statekit Cache.get_many": lambda: sk.get_many(KEYS),
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         nh = run_group("near-cache hit (us/op)", {
             "statekit Cache.get (near cache)": lambda: near.get("k"),
             "plain dict.get (floor)": lambda: local.get("k"),
-        }, max(1000, int(200_000 * args.scale)), rounds)
+        }, max(1000, int(100_000 * args.scale)), rounds)
         inval_rounds = max(50, int(300 * args.scale))
         p50, p99 = invalidation_delay(url, inval_rounds, busy=False)
         b50, b99 = invalidation_delay(url, inval_rounds, busy=True)

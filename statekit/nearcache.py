@@ -17,6 +17,12 @@ Coherence rules:
 * Local writes drop the local copy before they return (read-your-writes).
 * Entries also carry a deadline: the key's Redis TTL, capped by ``max_age``.
 
+How soon a write elsewhere is seen here: the invalidation arrives one network hop
+after the write; the listener thread then needs the GIL. A worker that does any I/O
+hands it over at once (a few hundred microseconds end to end on loopback), but a
+thread spinning in pure Python keeps it for up to the interpreter's switch interval
+(``sys.getswitchinterval()``, 5 ms by default).
+
 On Sentinel the listener follows the master (it re-checks the address every few
 seconds); on Cluster it keeps one connection per master.
 """

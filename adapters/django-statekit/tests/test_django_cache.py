@@ -41,7 +41,13 @@ def _caches(url: str) -> dict[str, Any]:
                   "TIMEOUT": None, "KEY_PREFIX": "short", "VERSION": 2,
                   "OPTIONS": {"namespace": "short", "serializer": "json"}},
         "memory": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": "memory://dj"},
+        "keyfunc": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": url,
+                    "KEY_FUNCTION": "test_django_cache.reversed_key"},
     }
+
+
+def reversed_key(key: str, key_prefix: str, version: int) -> str:
+    return f"rev|{version}|{key[::-1]}"
 
 
 @pytest.fixture
@@ -116,6 +122,10 @@ def test_versions_prefix_and_key_function(dcache: StatekitCache) -> None:
     short.set("v", "short")
     assert short.make_key("v") == "short:2:v"
     assert dcache.get("v", version=2) == "one"
+    kf = caches["keyfunc"]
+    kf.set("abc", 1)
+    assert kf.make_key("abc") == "rev|1|cba"
+    assert kf.statekit.get("rev|1|cba") == 1
 
 
 def test_get_or_set(dcache: StatekitCache) -> None:
