@@ -18,6 +18,12 @@ bounded memory, its type sniffed and checked, and its size limited. Refusals rai
 :class:`~statekit.errors.BlobTooLarge`, :class:`~statekit.errors.ContentTypeMismatch`
 or :class:`~statekit.errors.DisallowedContentType` from ``save()``, and nothing is
 stored. Files are read-only once stored (``open(name, "w")`` is refused).
+
+``url()`` is a presigned GET on S3. For ``file://`` and ``memory://`` stores it is a
+signed, expiring URL of :func:`serve_blob`, which you add to your URLconf::
+
+    from django_statekit.storage import serve_blob
+    urlpatterns += [path("_statekit/blobs/<path:key>", serve_blob, name="statekit_blob")]
 """
 
 from __future__ import annotations
@@ -27,18 +33,22 @@ import os
 import posixpath
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
-from django.core.files.storage import Storage
+from django.core.files.storage import Storage, storages
+from django.http import FileResponse, Http404, HttpRequest, HttpResponseForbidden, HttpResponseNotAllowed
+from django.http.response import HttpResponseBase
+from django.urls import NoReverseMatch, reverse
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
-from statekit.errors import BlobNotFound, ConfigError, InvalidKey
+from statekit.errors import BlobError, BlobNotFound, ConfigError, InvalidKey
 
 from .conf import get_settings
 
-__all__ = ["BlobStorage"]
+__all__ = ["BlobStorage", "serve_blob"]
 
 
 @deconstructible(path="django_statekit.storage.BlobStorage")
@@ -69,7 +79,9 @@ class BlobStorage(Storage):
             url = self._url or get_settings().blobs_url
             if not url:
                 raise ConfigError("BlobStorage needs OPTIONS['url'] or STATEKIT_BLOBS_URL")
-            self._store = open_blob_store(url, max_size=self.max_size, allowed_types=self.allowed_types)
+            keys = get_settings().secret_keys
+            self._store = open_blob_store(url, max_size=self.max_size, allowed_types=self.allowed_types,
+                                          secret=("statekit-blobs:" + keys[0]) if keys else None)
         return self._store
 
     # -- Django's Storage API --------------------------------------------------------
@@ -144,7 +156,16 @@ class BlobStorage(Storage):
     def url(self, name: str | None) -> str:
         if not name:
             raise ValueError("the name must be given to url()")
-        return self.store.url(self._key(name), expires=self.expires)
+        key = self._key(name)
+        if self.store.scheme == "s3":
+            return self.store.url(key, expires=self.expires)
+        try:
+            view = reverse("statekit_blob", kwargs={"key": key})
+        except NoReverseMatch:
+            raise ConfigError(
+                "BlobStorage.url() for a file:// or memory:// store needs the serve_blob view: "
+                "path('_statekit/blobs/<path:key>', serve_blob, name='statekit_blob')") from None
+        return f"{view}?{urlencode(self.store.signed_params(key, expires=self.expires))}"
 
     def get_accessed_time(self, name: str) -> dt.datetime:
         return self.get_modified_time(name)
@@ -174,3 +195,30 @@ class BlobStorage(Storage):
             return self.store.stat(self._key(name))
         except BlobNotFound as e:
             raise FileNotFoundError(str(e)) from None
+
+
+def serve_blob(request: HttpRequest, key: str, storage: str = "default") -> HttpResponseBase:
+    """Serve a blob of ``STORAGES[storage]`` (a :class:`BlobStorage` over a ``file://``
+    or ``memory://`` store) from a URL made by :meth:`BlobStorage.url`: the signature
+    and expiry are checked (403), the blob streamed as an attachment with its stored
+    type, ``nosniff`` and a sandboxing Content-Security-Policy."""
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponseNotAllowed(["GET", "HEAD"])
+    backend = storages[storage]
+    if not isinstance(backend, BlobStorage):
+        raise Http404("not a statekit blob storage")
+    store = backend.store
+    try:
+        disposition = store.check_params(key, request.GET.dict())
+        blob = store.stat(key)
+        stream = store.open(key)
+    except (InvalidKey, BlobNotFound):
+        raise Http404("no such file") from None
+    except BlobError:
+        return HttpResponseForbidden("expired or invalid link")
+    resp = FileResponse(stream, content_type=blob.content_type or "application/octet-stream")
+    resp["Content-Length"] = str(blob.size)
+    resp["Content-Disposition"] = disposition
+    resp["X-Content-Type-Options"] = "nosniff"
+    resp["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return resp

@@ -7,12 +7,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import tests_django_urls
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import models
+from django.test import Client
+from django.urls import path
 
-from django_statekit.storage import BlobStorage
+from django_statekit.storage import BlobStorage, serve_blob
 from statekit.blobs import BlobStore
 from statekit.errors import BlobTooLarge, ContentTypeMismatch
 
@@ -28,6 +31,9 @@ def png() -> bytes:
         chunk(b"IEND", b"")
 
 
+tests_django_urls.urlpatterns.append(path("_statekit/blobs/<path:key>", serve_blob, name="statekit_blob"))
+
+
 class StatekitBlobDocument(models.Model):
     file = models.FileField(upload_to="docs/", storage=BlobStorage("memory://placeholder"))
 
@@ -35,9 +41,14 @@ class StatekitBlobDocument(models.Model):
         app_label = "django_statekit"
 
 
-@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.s3)])
-def storage(request: pytest.FixtureRequest, django_settings: Any) -> Iterator[BlobStorage]:
-    url = "memory://django" if request.param == "memory" else request.getfixturevalue("s3_url")
+@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request: pytest.FixtureRequest, django_settings: Any, tmp_path: Any) -> Iterator[BlobStorage]:
+    if request.param == "memory":
+        url = "memory://django"
+    elif request.param == "file":
+        url = f"file://{tmp_path}/media"
+    else:
+        url = request.getfixturevalue("s3_url")
     django_settings.set(STORAGES={
         "default": {"BACKEND": "django_statekit.storage.BlobStorage",
                     "OPTIONS": {"url": url, "max_size": 4096}},
@@ -106,3 +117,24 @@ def test_refusals_store_nothing(storage: BlobStorage) -> None:
         storage.size("../../etc/passwd")
     store: BlobStore = storage.store
     assert list(store.list()) == []
+
+
+def test_url_serves_the_file(storage: BlobStorage) -> None:
+    name = "r\u00e9sum\u00e9.png"
+    key = storage.save(f"docs/{name}", SimpleUploadedFile(name, png(), "image/png"))
+    url = storage.url(key)
+    if url.startswith("http"):  # S3: presigned
+        import requests
+
+        resp = requests.get(url, timeout=10)
+        assert resp.status_code == 200 and resp.content == png()
+        return
+    client = Client()
+    resp = client.get(url)
+    assert resp.status_code == 200 and b"".join(resp.streaming_content) == png()  # type: ignore[attr-defined]
+    resp.close()
+    assert resp["Content-Type"] == "image/png" and resp["X-Content-Type-Options"] == "nosniff"
+    assert "filename*=UTF-8''r%C3%A9sum%C3%A9.png" in resp["Content-Disposition"]
+    assert client.get(url.replace("signature=", "signature=x")).status_code == 403
+    assert client.get(url.replace("expires=", "expires=1")).status_code == 403
+    assert client.get("/_statekit/blobs/2020/01/01/" + "0" * 32 + ".png").status_code == 403
