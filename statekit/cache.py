@@ -57,6 +57,7 @@ __all__ = ["DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "config
 T = TypeVar("T")
 
 
+_ABSENT: Any = object()
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
 _ENV_SIZE = 1 + _ENV.size
 _MAX_KEY = 1024
@@ -633,9 +634,20 @@ class Cache:
         to ``lock_wait`` seconds, then compute themselves. An expired value is served
         for up to *stale_ttl* more seconds to callers that do not hold the lock. Before
         expiry a caller refreshes early with XFetch probability, so hot keys rarely
-        expire at all. With ``on_error="miss"`` an outage computes without storing."""
+        expire at all. With ``on_error="miss"`` an outage computes without storing.
+
+        A non-callable *default* costs nothing to compute, so it is simply added
+        (atomically, first writer wins) and the stored value returned, as Django
+        does. Integer results are stored raw, so :meth:`incr` works on them (they
+        get no stale window or early refresh)."""
         self._check_key(key)
-        compute: Callable[[], T] = default if callable(default) else (lambda: default)  # type: ignore[assignment]
+        if not callable(default):
+            found = self.get(key, _ABSENT)
+            if found is not _ABSENT:
+                return cast(T, found)
+            self.add(key, default, ttl)
+            return cast(T, self.get(key, default))
+        compute: Callable[[], T] = default
         secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
         stale = self.stale_ttl if stale_ttl is None else stale_ttl
         try:
@@ -705,9 +717,9 @@ class Cache:
         value = compute()
         delta = _monotonic() - started
         self.counters.incr("recomputes")
-        if secs is None:
+        if secs is None or type(value) is int:
             data = self._encode(value)
-            ttl_ms = None
+            ttl_ms = self._ttl_ms(secs)
         else:
             data = self._encode(value, _time() + secs, delta)
             ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))

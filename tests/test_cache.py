@@ -139,6 +139,10 @@ class CacheContract:
         assert cache.get_or_set("plain", "value") == "value"
         assert cache.get_or_set("plain", "other") == "value"
         assert cache.stats()["recomputes"] >= 1
+        assert cache.get_or_set("count", 0) == 0  # the get_or_set-then-incr idiom
+        assert cache.incr("count") == 1
+        assert cache.get_or_set("computed-count", lambda: 10, ttl=60) == 10
+        assert cache.incr("computed-count") == 11
 
     def test_clear_is_namespace_only(self, cache: Cache, make: Any) -> None:
         other_ns = cache.namespace("other")
@@ -258,12 +262,12 @@ class CacheContract:
 
     def test_xfetch_refreshes_early(self, make: Any) -> None:
         eager = make(xfetch_beta=1e9)
-        eager.get_or_set("x", lambda: (time.sleep(0.01), 1)[1], ttl=60)
-        assert eager.get_or_set("x", lambda: 2, ttl=60) == 2
+        eager.get_or_set("x", lambda: (time.sleep(0.01), "one")[1], ttl=60)
+        assert eager.get_or_set("x", lambda: "two", ttl=60) == "two"
         assert eager.stats()["early_refreshes"] == 1
         never = make(xfetch_beta=0)
-        never.get_or_set("y", lambda: (time.sleep(0.01), 1)[1], ttl=60)
-        assert never.get_or_set("y", lambda: 2, ttl=60) == 1
+        never.get_or_set("y", lambda: (time.sleep(0.01), "one")[1], ttl=60)
+        assert never.get_or_set("y", lambda: "two", ttl=60) == "one"
 
     def test_waiter_gets_the_value_computed_under_the_lock(self, cache: Cache, make: Any) -> None:
         other = make()

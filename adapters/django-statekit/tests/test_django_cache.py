@@ -141,6 +141,9 @@ def test_get_or_set(dcache: StatekitCache) -> None:
     assert dcache.get("g") == "value"
     assert dcache.get_or_set("plain", "x") == "x"
     assert dcache.get_or_set("zero", compute, 0) == "value"
+    assert dcache.get_or_set("count", 0) == 0
+    assert dcache.incr("count") == 1
+    assert dcache.get_or_set("count", 0) == 1
 
 
 def test_clear_empties_only_this_namespace(dcache: StatekitCache, redis_url: str) -> None:
