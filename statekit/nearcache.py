@@ -136,6 +136,8 @@ class InvalidationListener:
         self.connected = threading.Event()
         self.reconnects = 0
         self.messages = 0
+        #: (host, port, path) of each server the thread listens to now
+        self.current: list[tuple[Any, Any, Any]] = []
         _listeners.add(self)
 
     def register(self, base: str, near: NearCache) -> None:
@@ -185,6 +187,7 @@ class InvalidationListener:
             try:
                 eps = self.endpoints()
                 socks = [self._connect(ep) for ep in eps]
+                self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
                 self._set_active(True)
                 backoff = 0.05
                 self._listen(socks, eps)

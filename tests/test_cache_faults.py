@@ -114,8 +114,11 @@ def test_sentinel_failover_during_use(redis_sentinel: RedisSentinel) -> None:
 
     assert _wait_until(replica_synced, 30)  # the first sync waits for repl-diskless-sync-delay
     cache = Cache(redis_sentinel.url, on_error="raise")
+    near = Cache(redis_sentinel.url, near_cache=True)
+    assert near.near_ready(10)
     cache.set("before", "v")
     cache.incr("n")
+    assert near.get("before") == "v"
     with redis_sentinel.master.client() as r:
         assert r.execute_command("WAIT", 1, 5000) == 1
     old = redis_sentinel.master_port()
@@ -132,6 +135,13 @@ def test_sentinel_failover_during_use(redis_sentinel: RedisSentinel) -> None:
     assert _wait_until(works, 30)
     assert cache.get("before") == "v"
     assert cache.incr("n") == 2
+    # The near cache followed the new master: it is coherent with writes made there.
+    assert near.near_ready(15)
+    assert near._listener is not None
+    assert _wait_until(lambda: [port for _h, port, _p in near._listener.current] == [new])  # type: ignore[union-attr]
+    cache.set("before", "changed")
+    assert _wait_until(lambda: near.get("before") == "changed")
+    assert near.get("before") == "changed"
 
 
 def test_breaker_unit() -> None:
