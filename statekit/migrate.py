@@ -19,8 +19,8 @@ generated key (its name is kept as the blob's filename). The run is:
 
 ``--dry-run`` reads and counts but writes nothing. Files whose content contradicts
 their extension (HTML named ``photo.png``) are stored under their sniffed type and
-reported. A hard kill between an upload and its manifest line can leave at most
-``--workers`` unreferenced objects; they are not in the mapping.
+reported. A hard kill between an upload and its manifest line can leave fewer than
+``2 * --workers`` unreferenced objects; they are not in the mapping.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def test_killed_cli_resumes(tmp_path: Path) -> None:
     for rel, key in mapped.items():
         assert hashlib.sha256((dest / key).read_bytes()).hexdigest() == sums[rel]
     stored = [p for p in dest.rglob("*") if p.is_file() and ".statekit" not in p.parts]
-    assert N_FILES <= len(stored) <= N_FILES + 2  # at most --workers orphans from the kill
+    assert N_FILES <= len(stored) <= N_FILES + 3  # a few orphans from the kill (< 2 x --workers)
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
