@@ -204,7 +204,7 @@ class InvalidationListener:
             backoff = min(backoff * 2, 2.0)
 
     def _connect(self, ep: dict[str, Any]) -> socket.socket:
-        import hiredis
+        from .backends.rediscache import make_reader, pack_command
 
         if ep.get("path"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -212,10 +212,10 @@ class InvalidationListener:
             sock.connect(ep["path"])
         else:
             sock = socket.create_connection((ep["host"], ep["port"]), timeout=self.timeout)
-        reader = hiredis.Reader()
+        reader = make_reader()
 
         def call(*args: Any) -> Any:
-            sock.sendall(hiredis.pack_command(args))
+            sock.sendall(pack_command(args))
             reply = reader.gets()
             while reply is False:
                 data = sock.recv(65536)
@@ -241,7 +241,7 @@ class InvalidationListener:
         return sock
 
     def _listen(self, socks: list[socket.socket], eps: list[dict[str, Any]]) -> None:
-        import hiredis
+        from .backends.rediscache import pack_command
 
         last_seen = {s: time.monotonic() for s in socks}
         last_ping = time.monotonic()
@@ -262,7 +262,7 @@ class InvalidationListener:
                     msg = reader.gets()
             if now - last_ping >= self.timeout:
                 for s in socks:
-                    s.sendall(hiredis.pack_command(("PING",)))
+                    s.sendall(pack_command(("PING",)))
                 last_ping = now
             if any(now - seen > 3 * self.timeout + 0.5 for seen in last_seen.values()):
                 raise BackendUnavailable("invalidation connection stopped answering")

@@ -174,3 +174,31 @@ def test_near_cache_on_sentinel(redis_sentinel: Any) -> None:
     assert near.get("k") == "v1"
     other.set("k", "v2")
     assert _until(lambda: near.get("k") == "v2")
+
+
+def test_without_hiredis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hiredis is optional: the pure-Python RESP reader serves the fast path and the
+    invalidation connection alike."""
+    from statekit.backends import rediscache
+
+    monkeypatch.setattr(rediscache, "make_reader", rediscache._PyReader)
+    monkeypatch.setattr(rediscache, "pack_command", rediscache._pack_any)
+    cache = Cache(redis_url, near_cache=True, namespace="nohiredis")
+    other = Cache(redis_url, namespace="nohiredis")
+    assert cache.near_ready()
+    cache.set_many({"a": [1, "x"], "b": None, "n": 5})
+    assert cache.get_many(["a", "b", "n", "zz"]) == {"a": [1, "x"], "b": None, "n": 5}
+    assert cache.incr("n") == 6
+    with pytest.raises(ValueError):
+        cache.incr("a")
+    assert cache.get("a") == [1, "x"]
+    other.set("a", "changed")
+    assert _until(lambda: cache.get("a") == "changed")
+    reader = rediscache._PyReader()
+    reader.feed(b"*3\r\n$3\r\nfoo\r\n$-1\r\n:4")
+    assert reader.gets() is False
+    reader.feed(b"2\r\n-ERR bad\r\n+OK\r\n")
+    assert reader.gets() == [b"foo", None, 42]
+    err = reader.gets()
+    assert isinstance(err, Exception) and "bad" in str(err)
+    assert reader.gets() == b"OK"

@@ -37,7 +37,7 @@ from . import require
 from .cachebase import CacheBackend
 from .redis import RedisClient, is_cluster, translate_errors
 
-__all__ = ["RedisCacheBackend", "RedisTransport"]
+__all__ = ["RedisCacheBackend", "RedisTransport", "make_reader", "pack_command"]
 
 SCRIPT = """
 local op = ARGV[1]
@@ -241,6 +241,22 @@ class _ReplyError(Exception):
     pass
 
 
+def _pack_any(args: Sequence[Any]) -> bytes:
+    return _pack_python([a if isinstance(a, bytes) else str(a).encode() for a in args])
+
+
+try:
+    import hiredis
+
+    #: a RESP reply parser (``feed(bytes)``, ``gets()`` -> reply or ``False``)
+    make_reader: Any = hiredis.Reader
+    #: encode one command (a tuple of str/bytes/int) as RESP
+    pack_command: Any = hiredis.pack_command
+except ImportError:  # pragma: no cover - hiredis is optional (pip install 'statekit[hiredis]')
+    make_reader = _PyReader
+    pack_command = _pack_any
+
+
 _transports: weakref.WeakSet[RedisTransport] = weakref.WeakSet()
 
 
@@ -262,15 +278,8 @@ class RedisTransport:
         self.cluster = is_cluster(client)
         self._check_encoding()
         self.fast_params = self._fast_params() if fast_path else None
-        try:
-            import hiredis
-
-            self._reader_factory: Any = hiredis.Reader
-            self._pack: Any = hiredis.pack_command
-        except ImportError:  # pragma: no cover - hiredis is optional
-            self._reader_factory = _PyReader
-            self._pack = lambda args: _pack_python([a if isinstance(a, bytes) else str(a).encode()
-                                                    for a in args])
+        self._reader_factory: Any = make_reader
+        self._pack: Any = pack_command
         self._local = threading.local()
         _transports.add(self)
 
