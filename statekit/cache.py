@@ -429,7 +429,7 @@ class Cache:
         trip. On an outage: *default* with ``on_error="miss"``, else
         :class:`~statekit.errors.BackendUnavailable`."""
         near = self._near
-        if near is not None and near.active:
+        if near is not None and near.active and type(key) is str:
             item = near.data.get(key)
             if item is not None:
                 entry, deadline = item
@@ -480,7 +480,9 @@ class Cache:
         return found[0]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys that are present, in one round trip."""
+        """``{key: value}`` for the keys that are present, in one round trip (one
+        ``MGET``, atomic with respect to writers). ``{}`` during an outage with
+        ``on_error="miss"``."""
         keys = list(keys)
         for k in keys:
             if type(k) is not str or not k or len(k) > _MAX_KEY:
@@ -551,8 +553,10 @@ class Cache:
     # -- writes -------------------------------------------------------------------------
 
     def set(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
-        """Store *value* (``ttl`` seconds, ``None`` for no expiry). Returns ``False``
-        if the write was dropped (``on_error="miss"`` during an outage)."""
+        """Store *value* (``ttl`` seconds, ``None`` for no expiry); the last writer
+        wins. Returns ``False`` if the write was dropped (``on_error="miss"`` during
+        an outage). A value the codec cannot encode raises
+        :class:`~statekit.errors.SerializationError` before any I/O."""
         backend = self._backend or self._connect()
         data = self._encode(value)
         self._check_key(key)
@@ -560,14 +564,18 @@ class Cache:
         return self._write(backend.set, False, key, data, self._ttl_ms(ttl)) is None
 
     def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
-        """Store *value* only if *key* is missing (atomic); ``True`` if stored."""
+        """Store *value* only if *key* is missing; ``True`` if stored. Atomic: of
+        concurrent callers (any process) exactly one succeeds, so ``add`` can elect
+        a worker. ``False`` as well when dropped during an outage (``"miss"``)."""
         backend = self._backend or self._connect()
         data = self._encode(value)
         self._forget(self._check_key(key))
         return bool(self._write(backend.add, False, key, data, self._ttl_ms(ttl)))
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
-        """Store every item in one round trip; ``False`` if dropped."""
+        """Store every item with the same TTL in one round trip, atomically (all or
+        none, also on Redis Cluster: a namespace lives in one slot); ``False`` if
+        dropped during an outage (``"miss"``)."""
         backend = self._backend or self._connect()
         items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
         for k in items:
