@@ -29,6 +29,7 @@ a trial call through every ``breaker_reset`` seconds, so it closes on its own.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import random
@@ -782,6 +783,9 @@ class Cache:
         bypass the cache) and ``.key_for(*args, **kwargs)``."""
 
         def decorate(func: Callable[..., T]) -> CachedFunction[T]:
+            if inspect.iscoroutinefunction(func):
+                raise TypeError(f"cached() cannot wrap the async function {func.__qualname__}: "
+                                "it would cache the coroutine object, not its result")
             return CachedFunction(self, func, ttl, key, stale_ttl)
 
         return decorate

@@ -200,6 +200,12 @@ class CacheContract:
         with pytest.raises(InvalidKey):
             takes_object(object())
 
+        async def coro() -> int:
+            return 1
+
+        with pytest.raises(TypeError, match="async"):
+            cache.cached()(coro)
+
     def test_lock(self, cache: Cache) -> None:
         lock = cache.lock("job", timeout=5)
         other = cache.lock("job", timeout=5)
