@@ -3,6 +3,7 @@ not meet the adapter tests' settings in this process), against the private serve
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,30 @@ def test_django_example_tests_pass(tmp_path: Path, redis_url: str, s3_url: str) 
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert "Ran 7 tests" in output and "OK" in output, output
+
+
+@pytest.mark.redis
+@pytest.mark.s3
+@pytest.mark.gunicorn
+def test_phoenix_passes_on_the_django_example(tmp_path: Path, redis_url: str, s3_url: str) -> None:
+    env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": s3_url,
+           "DJANGO_DATABASE": str(tmp_path / "db.sqlite3"), "USERS_COUNT_INTERVAL": "4"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=PROJECT, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "statekit", "phoenix", "django_demo.wsgi:application",
+         "--broadcaster", "django_demo.jobs:broadcaster", "--duration", "8", "--users", "6",
+         "--kill-every", "1.5", "--reload-every", "4", "--json", str(report)],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    data = json.loads(report.read_text())
+    assert data["kills"] >= 2 and data["session_writes"] > 10 and data["uploads"] > 0, output
+    assert data["shared_reads"] > 0 and data["passed"] is True
 
 
 def test_django_example_passes_audit() -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 from django.contrib.auth import get_user_model, login, logout
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.core.files.storage import default_storage
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 
 from django_statekit.broadcast import shared_value
 from statekit.errors import BlobError, BlobTooLarge
@@ -84,3 +86,61 @@ def upload(request: HttpRequest) -> HttpResponse:
         return HttpResponse(f"not a photo: {e}", status=415)
     photo.save()
     return redirect("index")
+
+
+# The route contract `statekit phoenix` drives (see statekit/phoenix.py); an API for
+# scripts, so without CSRF tokens.
+
+
+def _log_in(request: HttpRequest, name: str) -> None:
+    user, _ = get_user_model().objects.get_or_create(username=name)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    request.session["values"] = {}
+
+
+@csrf_exempt
+@require_POST
+def api_login(request: HttpRequest) -> HttpResponse:
+    name = request.POST.get("user", "").strip()[:64]
+    if not name:
+        return HttpResponseBadRequest("a name is needed")
+    _log_in(request, name)
+    return JsonResponse({"user": name, "pid": os.getpid()})
+
+
+@csrf_exempt
+def api_session(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        values = dict(request.session.get("values", {}))
+        values[request.POST["key"]] = request.POST["value"]
+        request.session["values"] = values
+        return JsonResponse({"ok": True, "pid": os.getpid()})
+    user = request.user.get_username() if request.user.is_authenticated else None
+    return JsonResponse({"user": user, "values": request.session.get("values", {}), "pid": os.getpid()})
+
+
+@csrf_exempt
+@require_POST
+def api_upload(request: HttpRequest) -> HttpResponse:
+    file = request.FILES.get("photo")
+    if not request.user.is_authenticated or file is None:
+        return HttpResponseBadRequest("log in and send a photo")
+    photo = Photo(owner=request.user, name=(file.name or "photo")[:255])
+    try:
+        photo.file.save(file.name or "photo", file, save=False)
+    except BlobError as e:
+        return HttpResponse(f"not stored: {e}", status=413 if isinstance(e, BlobTooLarge) else 415)
+    photo.save()
+    return JsonResponse({"id": photo.file.name, "pid": os.getpid()}, status=201)
+
+
+@require_GET
+def api_photo(request: HttpRequest, key: str) -> HttpResponse:
+    return redirect(default_storage.url(key))  # presigned: S3 serves the bytes
+
+
+@require_GET
+def api_shared(request: HttpRequest) -> HttpResponse:
+    value = shared_value("users_count")
+    return JsonResponse({"name": "users_count", "value": value.get(), "version": value.updated_at or 0.0,
+                         "pid": os.getpid()})

@@ -52,6 +52,9 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DJANGO_DATABASE", str(BASE_DIR / "db.sqlite3")),
+        # several worker processes write to one file: wait for locks, take them up front
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE",
+                    "init_command": "PRAGMA journal_mode=WAL;"},
     }
 }
 
@@ -68,6 +71,8 @@ CACHES = {
 
 # Server-side sessions in Redis: any worker, any machine, any restart.
 SESSION_ENGINE = "django_statekit.sessions"
+# The example is served over plain http on localhost; set it to 1 behind TLS.
+STATEKIT_SESSION_COOKIE_SECURE = os.environ.get("STATEKIT_SESSION_COOKIE_SECURE", "0")
 
 # Uploads in the blob store (STATEKIT_BLOBS_URL), served through presigned URLs.
 STORAGES = {
