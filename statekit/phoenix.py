@@ -743,25 +743,30 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("app", metavar="MODULE:APP", help="the WSGI app, as for statekit serve")
     parser.add_argument("--duration", type=_positive(float), default=20.0, metavar="S",
                         help="seconds of load (default 20)")
-    parser.add_argument("--workers", type=_positive(int), default=2, metavar="N", help="workers per instance")
+    parser.add_argument("--workers", type=_positive(int), default=2, metavar="N",
+                        help="workers per instance (default 2)")
     parser.add_argument("--instances", type=_positive(int), default=2, metavar="N",
                         help="app instances, each in its own working directory (default 2)")
-    parser.add_argument("--users", type=_positive(int), default=8, metavar="N", help="simulated users")
+    parser.add_argument("--users", type=_positive(int), default=8, metavar="N",
+                        help="simulated users (default 8)")
     parser.add_argument("--kill-every", type=_positive(float), default=2.0, metavar="S",
                         help="SIGKILL a random worker every S seconds (0: never; default 2)")
     parser.add_argument("--reload-every", type=_positive(float), default=7.0, metavar="S",
                         help="reload a random instance every S seconds (0: never; default 7)")
-    parser.add_argument("--scenario", default="statekit.phoenix:DefaultScenario", metavar="MODULE:CLASS")
+    parser.add_argument("--scenario", default="statekit.phoenix:DefaultScenario", metavar="MODULE:CLASS",
+                        help="a statekit.phoenix.Scenario subclass (default: the demo route contract)")
     parser.add_argument("--broadcaster", metavar="MODULE:OBJ", help="passed to statekit serve")
     parser.add_argument("--server", choices=("auto", "statekit", "gunicorn"), default="auto",
                         help="statekit serve (default when installed) or plain gunicorn")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for the app (repeatable)")
-    parser.add_argument("--health-path", default="/healthz", metavar="PATH")
-    parser.add_argument("--start-timeout", type=_positive(float), default=60.0, metavar="S")
+    parser.add_argument("--health-path", default="/healthz", metavar="PATH",
+                        help="polled until 200 before the load starts (default /healthz)")
+    parser.add_argument("--start-timeout", type=_positive(float), default=60.0, metavar="S",
+                        help="seconds the instances get to become ready (default 60)")
     parser.add_argument("--shared-grace", type=_positive(float), default=1.0, metavar="S",
                         help="how far behind the newest shared value a worker may lag (default 1 s)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the users' and faults' choices")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     opts = parser.parse_args(list(argv))
     if opts.instances < 1 or opts.users < 1 or opts.workers < 1:
