@@ -571,6 +571,7 @@ def _pick_server(choice: str) -> str:
 
 
 def _print_report(report: PhoenixReport, console: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"statekit phoenix — {report.app}", show_header=False, title_justify="left")
@@ -600,7 +601,7 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
     row("latency p50 / p99", f"{report.p50_ms:.1f} / {report.p99_ms:.1f} ms")
     console.print(table)
     for example in report.examples:
-        console.print(f"  [dim]e.g. {example}[/dim]")
+        console.print(f"  [dim]e.g. {escape(example)}[/dim]")
     if report.passed:
         console.print("[bold green]PASS[/bold green]: no state was lost.")
     elif report.ok == 0:
@@ -609,24 +610,35 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
         console.print("[bold red]FAIL[/bold red]: state was lost — see docs/migration.md.")
 
 
+def _guarded(func: Callable[[], object], ledger: Ledger) -> bool:
+    """Run a scenario method; an exception in it is counted as a failure, not fatal."""
+    try:
+        func()
+    except Exception as e:  # any scenario error: report it and go on
+        with ledger.lock:
+            ledger.failures[f"scenario error: {type(e).__name__}"] += 1
+        return False
+    return True
+
+
 def _run_users(scenario_cls: type[Scenario], bases: Sequence[str], ledger: Ledger, users: int, seed: int,
-               run_id: str, stop: threading.Event) -> list[Scenario]:
+               run_id: str, stop: threading.Event) -> tuple[list[Scenario], list[threading.Thread]]:
     scenarios: list[Scenario] = []
     for i in range(users):
         rng = random.Random(seed * 1000 + i)  # noqa: S311 -- a reproducible load, not secrets
         scenarios.append(scenario_cls(i, Client(bases, ledger, rng), ledger, rng, run_id))
 
     def loop(s: Scenario) -> None:
-        s.setup()
+        _guarded(s.setup, ledger)
         while not stop.is_set():
-            s.step()
+            if not _guarded(s.step, ledger):
+                time.sleep(0.1)  # a broken scenario must not spin
 
     threads = [threading.Thread(target=loop, args=(s,), name=f"phoenix-user-{s.user_id}", daemon=True)
                for s in scenarios]
     for t in threads:
         t.start()
-    setattr(stop, "threads", threads)  # noqa: B010
-    return scenarios
+    return scenarios, threads
 
 
 def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
@@ -678,8 +690,8 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         run_id = f"{opts.seed}-{int(time.time())}"
         stop = threading.Event()
         chaos = Chaos(instances, ledger, rng, opts.kill_every, opts.reload_every)
-        scenarios = _run_users(scenario_cls, [i.base for i in instances], ledger, opts.users, opts.seed,
-                               run_id, stop)
+        scenarios, threads = _run_users(scenario_cls, [i.base for i in instances], ledger, opts.users,
+                                        opts.seed, run_id, stop)
         chaos.start()
         start = time.monotonic()
         progress = Progress(TextColumn("[bold]phoenix[/bold]"), BarColumn(), TextColumn("{task.description}"),
@@ -697,7 +709,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         stop.set()
         chaos.halt.set()
         chaos.join(5)
-        for t in getattr(stop, "threads", []):
+        for t in threads:
             t.join(REQUEST_TIMEOUT + 5)
         # let the instances settle (replacement workers booted, reloads done), then check
         for inst in instances:
@@ -705,7 +717,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
                 inst.wait_ready(opts.health_path, 20)
         time.sleep(0.5)
         for s in scenarios:
-            s.verify()
+            _guarded(s.verify, ledger)
 
     lat = sorted(ledger.latencies)
     return PhoenixReport(
