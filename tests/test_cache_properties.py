@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statekit.cache import Cache
@@ -29,7 +29,7 @@ def caches(redis_server: RedisServer) -> dict[str, Cache]:
 
 
 @pytest.mark.redis
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=keys, value=values)
 def test_any_key_any_value_roundtrips(caches: dict[str, Cache], key: str, value: Any) -> None:
     for cache in caches.values():
@@ -40,7 +40,7 @@ def test_any_key_any_value_roundtrips(caches: dict[str, Cache], key: str, value:
 
 
 @pytest.mark.redis
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(a=keys, b=keys)
 def test_distinct_keys_do_not_collide(caches: dict[str, Cache], a: str, b: str) -> None:
     for cache in caches.values():
@@ -50,7 +50,7 @@ def test_distinct_keys_do_not_collide(caches: dict[str, Cache], a: str, b: str) 
         assert cache.get(b) == "b"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(x=values, y=st.integers())
 def test_cached_keys_are_stable(x: Any, y: int) -> None:
     cache = Cache("memory://props-keys")
