@@ -7,13 +7,14 @@ links to the section of ``docs/migration.md`` that replaces it:
 =======  ==========================================================================
 SK101    an uploaded file (``FileStorage.save``) written to a local path in a handler
 SK102    ``open(..., "wb")`` (or another write mode) in a request handler
-SK103    Django stores files on the local disk (``FileSystemStorage`` / ``MEDIA_ROOT``)
+SK103    files stored on the local disk (Django ``FileSystemStorage`` / ``MEDIA_ROOT``)
 SK201    Flask-Session keeps sessions in local files or process memory
 SK202    Django ``SESSION_ENGINE`` is file-based or a cache backed by process memory
 SK301    a module-level dict/list/set is written from a request handler
 SK302    ``global`` in a request handler
 SK303    ``lru_cache``/``cache`` on a function that queries a database
-SK304    Django ``CACHES`` backend local to one process or machine (locmem, file)
+SK304    a cache local to one process or machine: Django ``CACHES`` locmem/file,
+         Flask-Caching ``SimpleCache``/``FileSystemCache``, a module-level cachelib cache
 SK401    a timer, thread or scheduler started at import (once per worker process)
 SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory)
 SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
@@ -57,7 +58,7 @@ RULES: dict[str, tuple[str, str]] = {
     "SK301": ("module-level-cache", "module-level container written from a handler"),
     "SK302": ("module-level-cache", "global in a request handler"),
     "SK303": ("module-level-cache", "lru_cache on a database query"),
-    "SK304": ("module-level-cache", "Django cache local to one process"),
+    "SK304": ("module-level-cache", "cache local to one process (Django, Flask-Caching, cachelib)"),
     "SK401": ("per-worker-scheduled-computation", "timer started at import"),
     "SK402": ("per-worker-scheduled-computation", "timer started per worker"),
     "SK501": ("sticky-sessions", "sticky sessions"),
@@ -424,6 +425,12 @@ def _check_settings(tree: ast.Module, out: list[tuple[int, str, str]]) -> None:
                     out.append((v.lineno, "SK304",
                                 f"cache {_const_str(k)!r} uses {cache_backend.rsplit('.', 1)[-1]}: every "
                                 "process (or machine) has its own, different copy"))
+    if "CACHE_TYPE" in pairs:  # Flask-Caching
+        value, line = pairs["CACHE_TYPE"]
+        kind = (_const_str(value) or "").rsplit(".", 1)[-1].lower()
+        if kind in ("simple", "simplecache", "filesystem", "filesystemcache"):
+            out.append((line, "SK304", f"Flask-Caching CACHE_TYPE {_const_str(value)!r}: every process (or "
+                                       "machine) has its own, different copy"))
     storages = pairs.get("STORAGES")
     if storages is not None:
         backend_node = _dict_get(_dict_get(storages[0], "default"), "BACKEND")
@@ -439,6 +446,19 @@ def _check_settings(tree: ast.Module, out: list[tuple[int, str, str]]) -> None:
         out.append((pairs["MEDIA_ROOT"][1], "SK103",
                     "MEDIA_ROOT without STORAGES: Django's default FileSystemStorage keeps uploads on one "
                     "machine"))
+
+
+def _check_local_constructors(mod: _Module, out: list[tuple[int, str, str]]) -> None:
+    """``cache = SimpleCache()`` at module level; ``FileSystemStorage(...)`` anywhere."""
+    for node in mod.tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
+                and _name(node.value) in ("SimpleCache", "FileSystemCache")
+                and any(isinstance(t, ast.Name) for t in node.targets)):
+            out.append((node.lineno, "SK304", f"cachelib {_name(node.value)} at module level: every process "
+                                              "(or machine) has its own, different copy"))
+    for n in ast.walk(mod.tree):
+        if isinstance(n, ast.Call) and _name(n) == "FileSystemStorage":
+            out.append((n.lineno, "SK103", "FileSystemStorage: these files stay on one machine"))
 
 
 def _ignored(lines: Sequence[str], line: int, code: str) -> bool:
@@ -462,6 +482,7 @@ def audit_source(source: str, path: str = "<string>") -> list[Finding]:
     _check_cached_queries(mod, raw)
     _check_timers(mod, raw)
     _check_settings(tree, raw)
+    _check_local_constructors(mod, raw)
     lines = source.splitlines()
     found = sorted({Finding(path, line, code, msg) for line, code, msg in raw
                     if not _ignored(lines, line, code)})

@@ -252,6 +252,19 @@ def test_django_settings() -> None:
     assert codes('INSTALLED_APPS = []\nMEDIA_ROOT = "/srv/media"\n') == [(2, "SK103")]
 
 
+def test_process_local_caches_and_storages() -> None:
+    src = """
+    from cachelib import SimpleCache
+    cache = SimpleCache()
+    app.config["CACHE_TYPE"] = "SimpleCache"
+    app.config.from_mapping(CACHE_TYPE="RedisCache")
+    avatar_storage = FileSystemStorage(location="/srv/avatars")
+    def f():
+        local = SimpleCache()
+    """
+    assert codes(src) == [(3, "SK304"), (4, "SK304"), (6, "SK103")]
+
+
 def test_ignore_comment_and_ignore_file(tmp_path: Path) -> None:
     src = """
     CACHE = {}
