@@ -108,10 +108,12 @@ def _routes(app: Flask) -> None:  # noqa: C901 -- one page and its API
                 photos = [{"name": name, "url": blob_url(key, expires=300)}
                           for key, name in db.photos_of(conn, user)]
         count = _users_count()
+        with db.connect() as conn:
+            queries = db.queries_since(conn, time.time() - 60)
         return render_template(
             "index.html", variant="statekit", pid=os.getpid(), user=user, visits=session["visits"],
             users_count=count["value"], users_count_age=count["age"], users_count_by=count["computed_by"],
-            photos=photos, report=_slow_report(),
+            queries_last_minute=queries, photos=photos, report=_slow_report(),
         )
 
     @app.post("/login")

@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = [
     "add_photo", "add_user", "clock", "connect", "count_users", "database_url", "init_db", "joins_per_minute",
-    "photos_of", "query_log",
+    "photos_of", "queries_since", "query_log",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -146,6 +146,12 @@ def joins_per_minute(conn: _Conn, limit: int = 5) -> list[tuple[str, int]]:
         minute = time.strftime("%H:%M", time.gmtime(float(joined_at)))
         buckets[minute] = buckets.get(minute, 0) + 1
     return sorted(buckets.items(), reverse=True)[:limit]
+
+
+def queries_since(conn: _Conn, since: float) -> int:
+    """How many users-count queries the database answered since *since*."""
+    (n,) = conn.execute("SELECT count(*) FROM users_count_log WHERE at >= ?", (since,)).fetchone()
+    return int(n)
 
 
 def query_log(conn: _Conn, since: float = 0.0) -> list[tuple[float, int, str]]:

@@ -118,6 +118,8 @@ def page_context():
             photos = [
                 {"name": name, "url": url_for("photo", key=key)} for key, name in db.photos_of(conn, user)
             ]
+    with db.connect() as conn:
+        queries = db.queries_since(conn, time.time() - 60)
     return {
         "variant": "before",
         "pid": os.getpid(),
@@ -126,6 +128,7 @@ def page_context():
         "users_count": users_count["value"],
         "users_count_age": time.time() - users_count["computed_at"],
         "users_count_by": users_count["computed_by"],
+        "queries_last_minute": queries,
         "photos": photos,
         "report": slow_report(),
     }
