@@ -59,6 +59,7 @@ T = TypeVar("T")
 
 
 _ABSENT: Any = object()
+_random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
 _ENV_SIZE = 1 + _ENV.size
 _MAX_KEY = 1024
@@ -107,6 +108,15 @@ class _CacheCounters(Counters):
     def reset(self) -> None:
         super().reset()
         self.hits = self.misses = self.near_hits = 0
+
+
+def _breaker_hook(counters: Counters) -> Callable[[str], None]:
+    def changed(state: str) -> None:
+        counters.set_gauge("breaker_state", STATE_VALUES[state])
+        if state == "open":
+            counters.incr("breaker_opened")
+
+    return changed
 
 
 def _check_name(kind: str, value: str) -> str:
@@ -197,10 +207,11 @@ class Cache:
         self._backend: CacheBackend | None = None
         self._near: NearCache | None = None
         self._listener: InvalidationListener | None = None
-        self._children: dict[str, Cache] = {}
-        self.breaker: CircuitBreaker = (_parent.breaker if _parent is not None else CircuitBreaker(
-            failure_threshold, breaker_reset, on_change=self._breaker_changed))
+        # weak both ways, so a dropped cache is freed at once and its listener stops
+        self._children: weakref.WeakValueDictionary[str, Cache] = weakref.WeakValueDictionary()
         self.counters = _CacheCounters(f"{prefix or 'statekit'}:{namespace}")
+        self.breaker: CircuitBreaker = (_parent.breaker if _parent is not None else CircuitBreaker(
+            failure_threshold, breaker_reset, on_change=_breaker_hook(self.counters)))
         self.counters.set_gauge("breaker_state", 0)
 
     # -- set-up -----------------------------------------------------------------------
@@ -215,11 +226,6 @@ class Cache:
     def base(self) -> str:
         """The namespace's key base: ``"<prefix>:{<namespace>}:"``."""
         return f"{self.prefix}:{{{self.namespace_name}}}:"
-
-    def _breaker_changed(self, state: str) -> None:
-        self.counters.set_gauge("breaker_state", STATE_VALUES[state])
-        if state == "open":
-            self.counters.incr("breaker_opened")
 
     def _connect(self) -> CacheBackend:
         with self._init_lock:
@@ -674,7 +680,7 @@ class Cache:
             if now < expires_at:
                 beta = self.xfetch_beta
                 early = beta > 0 and delta > 0 and now - delta * beta * math.log(
-                    random.random() or 1e-300) >= expires_at  # noqa: S311 - not security
+                    _random() or 1e-300) >= expires_at
                 if not early or not self._try_lock(key):
                     self.counters.incr("hits")
                     return cast(T, value)
