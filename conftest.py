@@ -39,6 +39,25 @@ def _lines() -> list[RedisBinary]:
 REDIS_LINES = _lines()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="also run the long soak tests (marker slow)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests (marker ``slow``) run only when asked for: ``--soak``, ``-m slow`` or
+    ``STATEKIT_TEST_SLOW=1``. Each has a short version in the default run."""
+    if (
+        config.getoption("--soak")
+        or os.environ.get("STATEKIT_TEST_SLOW")
+        or "slow" in (config.option.markexpr or "")
+    ):
+        return
+    skip = pytest.mark.skip(reason="soak test: run with --soak, -m slow or STATEKIT_TEST_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def redis_server(statekit_redis_server: RedisServer) -> RedisServer:
     return statekit_redis_server

@@ -156,10 +156,7 @@ def hammer(g: Gunicorn, cookie: str, paths: list[str], after: threading.Event | 
     pytest.param(8, 200, id="8x200-soak", marks=pytest.mark.slow),
 ])
 def test_concurrent_clients_lose_no_updates(request: pytest.FixtureRequest, clients: int, n: int) -> None:
-    """The soak variant runs with ``-m slow`` or ``STATEKIT_TEST_SLOW=1``."""
-    slow = "slow" in (request.config.option.markexpr or "") or os.environ.get("STATEKIT_TEST_SLOW")
-    if request.node.get_closest_marker("slow") and not slow:
-        pytest.skip("soak test: run with -m slow or STATEKIT_TEST_SLOW=1")
+    """The soak variant runs with ``--soak`` (see conftest.py)."""
     gunicorn: Gunicorn = request.getfixturevalue("gunicorn")
     cookie = cookie_from(post(gunicorn, "/start", None))
     responses = hammer(gunicorn, cookie, [f"/own/k{i}" for i in range(clients)], n=n)
