@@ -1,11 +1,14 @@
 """Redis cache backend: standalone, Sentinel and Cluster.
 
-Every operation is one round trip: a single Lua script (loaded once, called by
-SHA) reads the namespace's generation and applies the operation to the
-generation-qualified keys in the same atomic step. All keys of a namespace share
-one hash tag (``<prefix>:{<namespace>}:...``), so bulk operations are cluster-safe:
-on Redis Cluster a namespace lives in one slot, and namespaces spread over the
-nodes.
+Every operation is one round trip. Reads are one ``MGET`` of the namespace's
+generation counter and the keys qualified with the generation this process saw
+last: the counter comes back atomically with the values, so a stale generation
+(another process ran :meth:`clear`) is noticed and the read repeated with the new
+one. Writes and compound operations run one Lua script (loaded once, called by SHA)
+that reads the generation and applies the operation in the same atomic step. All
+keys of a namespace share one hash tag (``<prefix>:{<namespace>}:...``), so bulk
+operations are cluster-safe: on Redis Cluster a namespace lives in one slot, and
+namespaces spread over the nodes.
 
 Key layout inside a namespace base ``B = "<prefix>:{<namespace>}:"``:
 
