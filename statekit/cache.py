@@ -141,9 +141,8 @@ class Cache:
     :param serializer: ``"json"`` (default), ``"msgpack"``, ``"signed-pickle"``
         (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
     :param near_cache: ``True`` or a maximum entry count to keep decoded values in
-        process, coherent through Redis invalidations (Redis over TCP or a unix
-        socket; not yet over TLS, where the near cache stays bypassed). See
-        :mod:`statekit.nearcache`.
+        process, coherent through Redis invalidations (any Redis URL, TLS
+        included). See :mod:`statekit.nearcache`.
     :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
     :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
     :param failure_threshold: consecutive failures that open the circuit breaker.

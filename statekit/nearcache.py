@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -96,6 +97,20 @@ class NearCache:
 
     def __len__(self) -> int:
         return len(self.data)
+
+
+def _tls_context(ep: dict[str, Any]) -> ssl.SSLContext:
+    """A client TLS context from redis-py's ``ssl_*`` connection options."""
+    ctx = ssl.create_default_context(cafile=ep.get("ssl_ca_certs"), capath=ep.get("ssl_ca_path"))
+    reqs = ep.get("ssl_cert_reqs", "required")
+    modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    mode: ssl.VerifyMode = modes.get(reqs, ssl.CERT_REQUIRED) if isinstance(reqs, str) else reqs
+    if mode == ssl.CERT_NONE or not ep.get("ssl_check_hostname", True):
+        ctx.check_hostname = False
+    ctx.verify_mode = mode
+    if ep.get("ssl_certfile"):
+        ctx.load_cert_chain(ep["ssl_certfile"], ep.get("ssl_keyfile"), ep.get("ssl_password"))
+    return ctx
 
 
 _listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
@@ -212,6 +227,12 @@ class InvalidationListener:
             sock.connect(ep["path"])
         else:
             sock = socket.create_connection((ep["host"], ep["port"]), timeout=self.timeout)
+            if ep.get("ssl"):
+                try:
+                    sock = _tls_context(ep).wrap_socket(sock, server_hostname=ep["host"])
+                except BaseException:
+                    sock.close()
+                    raise
         reader = make_reader()
 
         def call(*args: Any) -> Any:
@@ -253,6 +274,8 @@ class InvalidationListener:
                 data = s.recv(65536)
                 if not data:
                     raise BackendUnavailable("invalidation connection closed")
+                while isinstance(s, ssl.SSLSocket) and s.pending():  # decrypted, not yet read
+                    data += s.recv(65536)
                 last_seen[s] = now
                 reader = self._readers[s]
                 reader.feed(data)

@@ -310,12 +310,17 @@ class RedisTransport:
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Where the near cache's invalidation connection(s) must connect now."""
+        import redis
+
         client: Any = self.client
         if self.cluster:
             kw = dict(client.nodes_manager.connection_kwargs)
+            kw["ssl"] = bool(kw.get("ssl")) or issubclass(kw.get("connection_class", object),
+                                                          redis.SSLConnection)
             return [{**kw, "host": n.host, "port": n.port} for n in client.get_primaries()]
         pool = client.connection_pool
         kw = dict(pool.connection_kwargs)
+        kw["ssl"] = issubclass(pool.connection_class, redis.SSLConnection)
         if hasattr(pool, "get_master_address"):  # sentinel
             host, port = pool.get_master_address()
             kw.update(host=host, port=port)
