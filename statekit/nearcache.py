@@ -174,6 +174,7 @@ class InvalidationListener:
             self._thread.start()
 
     def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork time
         self._thread = None
         self._pid = 0
         self.connected = threading.Event()
