@@ -110,6 +110,34 @@ class _CacheCounters(Counters):
         self.hits = self.misses = self.near_hits = 0
 
 
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _plain(v: Any) -> bool:
+    """Whether *v* is made only of dicts with str keys, lists and JSON scalars, so
+    the JSON codec would write it unchanged (no tagged types)."""
+    tv = type(v)
+    if tv is dict:
+        for k, x in v.items():
+            if type(k) is not str or k == "\x00":
+                return False
+            tx = type(x)
+            if tx is str or tx is int or tx is float or tx is bool or x is None:
+                continue
+            if not _plain(x):
+                return False
+        return True
+    if tv is list:
+        for x in v:
+            tx = type(x)
+            if tx is str or tx is int or tx is float or tx is bool or x is None:
+                continue
+            if not _plain(x):
+                return False
+        return True
+    return tv is str or tv is float or tv is bool or v is None or tv is int
+
+
 def _breaker_hook(counters: Counters) -> Callable[[str], None]:
     def changed(state: str) -> None:
         counters.set_gauge("breaker_state", STATE_VALUES[state])
@@ -312,12 +340,20 @@ class Cache:
 
     # -- encoding -----------------------------------------------------------------------
 
+    def _dumps(self, value: Any) -> bytes:
+        if self._plain_json and _plain(value):  # JSON-native: the codec's bytes, minus its tag walk
+            try:
+                return _json_encode(value).encode("utf-8")
+            except (TypeError, ValueError, RecursionError):
+                pass  # the codec raises the proper SerializationError
+        return self._codec.dumps(value)
+
     def _encode(self, value: Any, expires_at: float = 0.0, delta: float = 0.0) -> bytes:
         if not expires_at:
             if type(value) is int:
                 return b"%d" % value
-            return b"\x01" + self._codec.dumps(value)
-        return b"\x02" + _ENV.pack(expires_at, delta) + self._codec.dumps(value)
+            return b"\x01" + self._dumps(value)
+        return b"\x02" + _ENV.pack(expires_at, delta) + self._dumps(value)
 
     def _loads(self, body: bytes) -> Any:
         if self._plain_json and b"\\u0000" not in body:  # no tagged types: the C scanner alone
