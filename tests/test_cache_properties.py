@@ -61,3 +61,12 @@ def test_cached_keys_are_stable(x: Any, y: int) -> None:
 
     assert f.key_for(x, y) == f.key_for(x, y=y) == f.key_for(x=x, y=y)
     assert f.key_for(x, y) != f.key_for(x, y + 1)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=values)
+def test_fast_encode_writes_the_codecs_bytes(value: Any) -> None:
+    from statekit.serializers import JSONSerializer
+
+    cache = Cache("memory://props-encode")
+    assert cache._dumps(value) == JSONSerializer().dumps(value)
