@@ -9,7 +9,6 @@ import functools
 import hashlib
 import inspect
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,8 +34,8 @@ class _Default:
 
 #: "use the cache's ``default_ttl``" (the default of every ``ttl`` parameter)
 DEFAULT: Any = _Default()
-_MISSING: Any = object()
 TTL = float | int | dt.timedelta | None
+
 
 def _ttl_seconds(ttl: Any) -> float | None:
     if ttl is None:
@@ -46,16 +45,6 @@ def _ttl_seconds(ttl: Any) -> float | None:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or math.isinf(ttl):
         raise ValueError(f"ttl must be a positive number of seconds or None (no expiry), not {ttl!r}")
     return float(ttl)
-
-
-_state = threading.local()
-
-
-def _thread_state() -> dict[int, Any]:
-    d = getattr(_state, "d", None)
-    if d is None:
-        d = _state.d = {}
-    return cast(dict[int, Any], d)
 
 
 class Lock:

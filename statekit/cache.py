@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from ._cache_tools import DEFAULT, TTL, CachedFunction, Lock, _thread_state, _ttl_seconds
+from ._cache_tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
 from .backends.cachebase import CacheBackend
 from .breaker import CLOSED, STATE_VALUES, CircuitBreaker
 from .config import Settings, parse_url
@@ -233,6 +233,7 @@ class Cache:
         self.fast_path = fast_path
         self._init_lock: Any = threading.RLock() if _parent is None else _parent._init_lock
         self._parent = _parent
+        self._sf_local = threading.local()
         self._backend: CacheBackend | None = None
         self._near: NearCache | None = None
         self._listener: InvalidationListener | None = None
@@ -747,8 +748,11 @@ class Cache:
         return bool(ok)
 
     def _tokens(self) -> dict[str, str]:
-        local = _thread_state()
-        return cast(dict[str, str], local.setdefault(id(self), {}))
+        """This thread's single-flight lock tokens, by key."""
+        tokens: dict[str, str] | None = getattr(self._sf_local, "tokens", None)
+        if tokens is None:
+            tokens = self._sf_local.tokens = {}
+        return tokens
 
     def _unlock(self, key: str) -> None:
         token = self._tokens().pop(key, None)
