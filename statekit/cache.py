@@ -723,9 +723,9 @@ class Cache:
                     self.counters.incr("hits")
                     return cast(T, value)
                 self.counters.incr("early_refreshes")
-                return self._compute_locked(key, compute, secs, stale)
+                return self._compute_locked(key, compute, secs, stale, expires_at)
             if self._try_lock(key):
-                return self._compute_locked(key, compute, secs, stale)
+                return self._compute_locked(key, compute, secs, stale, expires_at)
             self.counters.incr("stale")
             return cast(T, value)
         self.counters.incr("misses")
@@ -762,8 +762,20 @@ class Cache:
             except BackendUnavailable:
                 pass  # the lock expires on its own
 
-    def _compute_locked(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
+    def _compute_locked(self, key: str, compute: Callable[[], T], secs: float | None, stale: float,
+                        seen: float | None) -> T:
+        """Holding the lock: unless another caller stored a new value since we looked
+        (*seen*: the logical expiry we saw, ``None`` for a miss), compute and store.
+        Then release the lock."""
         try:
+            try:
+                current = self._fetch(key)
+            except BackendUnavailable:
+                current = None
+            if current is not None and (seen is None or current[1] != seen) and (
+                    not current[1] or current[1] > _time()):
+                self.counters.incr("hits")
+                return cast(T, current[0])
             return self._compute_and_store(key, compute, secs, stale)
         finally:
             self._unlock(key)
@@ -793,14 +805,8 @@ class Cache:
                 if self.on_error == "raise":
                     raise BackendUnavailable("cache unavailable while taking the recompute lock")
                 return self._compute_and_store(key, compute, secs, stale)
-            if locked:
-                try:
-                    entry = self._fetch(key) if waited else None  # someone may have just finished
-                    if entry is not None and (not entry[1] or entry[1] > _time()):
-                        return cast(T, entry[0])
-                    return self._compute_and_store(key, compute, secs, stale)
-                finally:
-                    self._unlock(key)
+            if locked:  # re-read first: the previous holder may have stored it just now
+                return self._compute_locked(key, compute, secs, stale, None)
             if not waited:
                 self.counters.incr("lock_waits")
                 waited = True

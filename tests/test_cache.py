@@ -294,6 +294,21 @@ class CacheContract:
             t.join()
         assert cache.stats()["lock_waits"] == 1
 
+    def test_late_lock_holder_does_not_recompute(self, cache: Cache, make: Any) -> None:
+        # This caller saw a miss; before it takes the lock another process computes,
+        # stores and releases. Holding the lock now, it must use that value.
+        other = make()
+        calls: list[int] = []
+        take_lock = cache._try_lock
+
+        def racing_try_lock(key: str) -> bool | None:
+            other.get_or_set(key, lambda: "from-other", ttl=60)
+            return take_lock(key)
+
+        cache._try_lock = racing_try_lock  # type: ignore[method-assign]
+        assert cache.get_or_set("late", lambda: calls.append(1) or "mine", ttl=60) == "from-other"
+        assert calls == []
+
     def test_codecs(self, make: Any) -> None:
         mp = make(serializer="msgpack")
         mp.set("v", {"a": (1, 2), "b": b"x"})

@@ -26,7 +26,7 @@ def _worker(url: str, barrier: Any, results: Any, use_decorator: bool) -> None:
         time.sleep(0.2)
         return {"answer": 42}
 
-    barrier.wait(10)
+    barrier.wait(60)
     if use_decorator:
         fn = cache.cached(ttl=60, key="report")(expensive)
         value = fn()
@@ -46,7 +46,7 @@ def test_eight_processes_compute_once(redis_url: str, use_decorator: bool) -> No
     for p in procs:
         p.start()
     try:
-        got = [results.get(timeout=30) for _ in range(WORKERS)]
+        got = [results.get(timeout=90) for _ in range(WORKERS)]
     finally:
         for p in procs:
             p.join(10)
