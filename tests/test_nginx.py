@@ -147,6 +147,8 @@ def test_a_drained_post_is_retried_but_an_app_503_is_not(cluster) -> None:
     # the app's own 503 on a POST: the app ran, so nginx must not send it again
     status, _, _ = request(nginx.port, "/app503", "POST", b"once")
     assert status == 503
+    # nginx writes the access log after the response is sent: wait for the line
+    wait_until(lambda: "POST /app503" in nginx.access_log(), 5, "the access log line")
     line = [ln for ln in nginx.access_log().splitlines() if "POST /app503" in ln][-1]
     assert re.search(r"upstream_status=503 drain=", line), line
     # a POST refused by a draining instance (reject mode) is retried on the other one
@@ -154,5 +156,6 @@ def test_a_drained_post_is_retried_but_an_app_503_is_not(cluster) -> None:
     wait_until(lambda: request(a.port, "/readyz")[0] == 503, 5, "a draining")
     codes = [request(nginx.port, "/p", "POST", b"data")[0] for _ in range(6)]
     assert codes == [200] * 6
+    wait_until(lambda: nginx.access_log().count("POST /p ") >= 6, 5, "the access log lines")
     retried = [ln for ln in nginx.access_log().splitlines() if "POST /p" in ln and "503 : 200" in ln]
     assert retried, nginx.access_log()
