@@ -439,9 +439,17 @@ class Cache:
         return self._backend or self._connect()
 
     def _forget(self, key: str) -> None:
+        """Drop the local copy of *key*. Writers call it before and after the write:
+        after, so a read that raced with the write cannot leave the old value here."""
         near = self._near
         if near is not None:
             near.evict(key)
+
+    def _forget_many(self, keys: Iterable[str]) -> None:
+        near = self._near
+        if near is not None:
+            for k in keys:
+                near.evict(k)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -606,7 +614,10 @@ class Cache:
         data = self._encode(value)
         self._check_key(key)
         self._forget(key)
-        return self._write(backend.set, False, key, data, self._ttl_ms(ttl)) is None
+        try:
+            return self._write(backend.set, False, key, data, self._ttl_ms(ttl)) is None
+        finally:
+            self._forget(key)
 
     def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Store *value* only if *key* is missing; ``True`` if stored. Atomic: of
@@ -615,7 +626,10 @@ class Cache:
         backend = self._backend or self._connect()
         data = self._encode(value)
         self._forget(self._check_key(key))
-        return bool(self._write(backend.add, False, key, data, self._ttl_ms(ttl)))
+        try:
+            return bool(self._write(backend.add, False, key, data, self._ttl_ms(ttl)))
+        finally:
+            self._forget(key)
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """Store every item with the same TTL in one round trip, atomically (all or
@@ -623,23 +637,30 @@ class Cache:
         dropped during an outage (``"miss"``)."""
         backend = self._backend or self._connect()
         items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
-        for k in items:
-            self._forget(k)
-        return self._write(backend.set_many, False, items, self._ttl_ms(ttl)) is None
+        self._forget_many(items)
+        try:
+            return self._write(backend.set_many, False, items, self._ttl_ms(ttl)) is None
+        finally:
+            self._forget_many(items)
 
     def delete(self, key: str) -> bool:
         """Delete *key*; ``True`` if it existed."""
         backend = self._backend or self._connect()
         self._forget(self._check_key(key))
-        return bool(self._write(backend.delete, False, key))
+        try:
+            return bool(self._write(backend.delete, False, key))
+        finally:
+            self._forget(key)
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Delete *keys* in one round trip; return how many existed."""
         backend = self._backend or self._connect()
         keys = [self._check_key(k) for k in keys]
-        for k in keys:
-            self._forget(k)
-        return int(self._write(backend.delete_many, 0, keys)) if keys else 0
+        self._forget_many(keys)
+        try:
+            return int(self._write(backend.delete_many, 0, keys)) if keys else 0
+        finally:
+            self._forget_many(keys)
 
     def incr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
         """Atomically add *delta* to the integer at *key* and return the result.
@@ -652,7 +673,11 @@ class Cache:
             raise TypeError("delta must be an int")
         backend = self._backend or self._connect()
         self._forget(self._check_key(key))
-        result = self._call(functools.partial(backend.incr, create=create), key, delta, self._ttl_ms(ttl))
+        try:
+            result = self._call(functools.partial(backend.incr, create=create), key, delta,
+                                self._ttl_ms(ttl))
+        finally:
+            self._forget(key)
         if result is None:
             raise KeyError(key)
         return result
@@ -664,7 +689,10 @@ class Cache:
     def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
         """Give *key* a new TTL; ``False`` if it is missing."""
         backend = self._backend or self._connect()
-        return bool(self._write(backend.touch, False, self._check_key(key), self._ttl_ms(ttl)))
+        try:
+            return bool(self._write(backend.touch, False, self._check_key(key), self._ttl_ms(ttl)))
+        finally:
+            self._forget(key)
 
     def clear(self) -> bool:
         """Empty this namespace in O(1) (a generation bump; no SCAN, no FLUSHDB).
@@ -673,7 +701,11 @@ class Cache:
         backend = self._backend or self._connect()
         if self._near is not None:
             self._near.flush()
-        return self._write(backend.clear, False) is None
+        try:
+            return self._write(backend.clear, False) is None
+        finally:
+            if self._near is not None:
+                self._near.flush()
 
     # -- stampede protection ------------------------------------------------------------
 
@@ -792,7 +824,10 @@ class Cache:
             data = self._encode(value, _time() + secs, delta)
             ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
         self._forget(key)
-        self._write(self._be().set, None, key, data, ttl_ms)
+        try:
+            self._write(self._be().set, None, key, data, ttl_ms)
+        finally:
+            self._forget(key)
         return value
 
     def _wait_or_compute(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
