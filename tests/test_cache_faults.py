@@ -38,7 +38,7 @@ def _wait_until(cond: object, timeout: float = 15.0) -> bool:
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "redis-py"])
 def test_redis_killed_mid_test_miss_policy(private_redis: RedisServer, fast_path: bool) -> None:
     cache = Cache(private_redis.url, on_error="miss", timeout=0.3, failure_threshold=3,
-                  breaker_reset=1.0, fast_path=fast_path, near_cache=True)
+                  breaker_reset=2.0, fast_path=fast_path, near_cache=True)
     cache.set("k", "v")
     assert cache.get("k") == "v"
 
@@ -52,7 +52,7 @@ def test_redis_killed_mid_test_miss_policy(private_redis: RedisServer, fast_path
         assert cache.get_or_set("computed", lambda: "fresh") == "fresh"
     assert results == ["default"] * 12
     stats = cache.stats()
-    assert stats["breaker_opened"] == 1
+    assert stats["breaker_opened"] >= 1
     assert cache.breaker.state == OPEN
     assert stats["dropped_writes"] >= 12
 
@@ -69,7 +69,7 @@ def test_redis_killed_mid_test_miss_policy(private_redis: RedisServer, fast_path
 
 
 def test_redis_killed_raise_policy(private_redis: RedisServer) -> None:
-    cache = Cache(private_redis.url, timeout=0.3, failure_threshold=2, breaker_reset=0.2)
+    cache = Cache(private_redis.url, timeout=0.3, failure_threshold=2, breaker_reset=2.0)
     cache.set("k", 1)
     private_redis.kill()
     with pytest.raises(BackendUnavailable):
@@ -94,7 +94,7 @@ def _ok(cache: Cache) -> bool:
 
 
 def test_paused_redis_times_out_and_degrades(private_redis: RedisServer) -> None:
-    cache = Cache(private_redis.url, on_error="miss", timeout=0.2, failure_threshold=2, breaker_reset=0.5)
+    cache = Cache(private_redis.url, on_error="miss", timeout=0.2, failure_threshold=2, breaker_reset=2.0)
     cache.set("k", "v")
     private_redis.pause()
     try:
