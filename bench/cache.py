@@ -32,27 +32,32 @@ VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags"
 KEYS = [f"user:{i}" for i in range(100)]
 
 
-def timed(fn: Callable[[], Any], n: int) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """(wall, client CPU) microseconds per call."""
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - start) / n * 1e6
+    return (time.perf_counter() - start) / n * 1e6, (time.process_time() - cpu) / n * 1e6
 
 
 def run_group(title: str, contestants: dict[str, Callable[[], Any]], n: int, rounds: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in contestants}
+    cpu: dict[str, list[float]] = {name: [] for name in contestants}
     for fn in contestants.values():  # warm up: connections, scripts, code paths
         timed(fn, max(10, n // 10))
     for _ in range(rounds):
         for name, fn in contestants.items():
-            samples[name].append(timed(fn, n))
+            wall, used = timed(fn, n)
+            samples[name].append(wall)
+            cpu[name].append(used)
     result = {name: min(v) for name, v in samples.items()}
     median = {name: statistics.median(v) for name, v in samples.items()}
-    print(f"\n{title:<37} {'best':>10}   ratio  {'median':>10}   ratio")
+    print(f"\n{title:<37} {'best':>10}   ratio  {'median':>10}   ratio  {'client CPU':>10}")
     base, mbase = next(iter(result.values())), next(iter(median.values()))
     for name, us in result.items():
-        med = median[name]
-        print(f"  {name:<34} {us:10.2f} us {us / base:5.2f}x {med:10.2f} us {med / mbase:5.2f}x")
+        med, c = median[name], statistics.median(cpu[name])
+        print(f"  {name:<34} {us:10.2f} us {us / base:5.2f}x {med:10.2f} us {med / mbase:5.2f}x "
+              f"{c:8.2f} us")
     return result
 
 

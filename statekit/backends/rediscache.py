@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import struct
+import sys
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -127,6 +129,25 @@ def _value_error(message: str) -> Exception:
     return BackendUnavailable(f"Redis refused a cache command: {message}")
 
 
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound every send and receive on *sock* by *seconds*.
+
+    On Linux the kernel enforces it (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking
+    socket): a round trip is then two system calls, where Python's own socket
+    timeout adds a ``poll()`` before each. A timeout raises ``BlockingIOError``."""
+    seconds = max(seconds, 0.001)  # a zero timeval would mean "wait for ever"
+    if sys.platform.startswith("linux"):
+        tv = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
+        try:
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            return
+        except OSError:  # pragma: no cover - fall back to Python's timeout
+            pass
+    sock.settimeout(seconds)
+
+
 class _FastConnection:
     """One socket and one reply parser, used by one thread only."""
 
@@ -145,7 +166,7 @@ class _FastConnection:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as e:
             raise BackendUnavailable(f"cannot connect to Redis: {e}") from e
-        sock.settimeout(params.get("socket_timeout") or 1.0)
+        _set_timeout(sock, params.get("socket_timeout") or 1.0)
         self.sock = sock
         self.reader = reader_factory()
         if params.get("password"):
