@@ -414,3 +414,32 @@ class TestCluster(CacheContract):
             with node.client() as r:
                 used += r.dbsize() > 0
         assert used >= 2
+
+
+def test_fast_connection_stops_spinning_for_a_slow_redis() -> None:
+    """Pure logic: replies that never arrive within the spin turn spinning off after
+    16 calls; it is probed again after 1024 calls."""
+    from statekit.backends import rediscache
+
+    class SlowSocket:
+        def sendall(self, data: bytes) -> None:
+            pass
+
+        def recv(self, size: int, flags: int = 0) -> bytes:
+            if flags:
+                raise BlockingIOError
+            return b"+OK\r\n"
+
+    conn = object.__new__(rediscache._FastConnection)
+    conn.sock = SlowSocket()  # type: ignore[assignment]
+    conn.reader = rediscache.make_reader()
+    conn.spin, conn.calls, conn.misses = True, 0, 0
+    for _ in range(15):
+        assert conn.call(b"PING") == b"OK"
+    assert conn.spin
+    conn.call(b"PING")
+    assert not conn.spin
+    for _ in range(1024):
+        conn.call(b"PING")
+    assert conn.spin and conn.misses == 8
+    conn.sock = None  # type: ignore[assignment]
