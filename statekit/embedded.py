@@ -496,15 +496,18 @@ class RedisSentinel:
     ) -> None:
         self.binary = binary or find_redis_server()
         self.service = service
-        self.master = RedisServer(self.binary)
-        self.replicas = [RedisServer(self.binary) for _ in range(replicas)]
+        # replicas sync at once instead of after Redis's default 5 s diskless delay,
+        # also after a failover made one of them the master
+        self._args = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisServer(self.binary, args=self._args)
+        self.replicas = [RedisServer(self.binary, args=self._args) for _ in range(replicas)]
         self._n_sentinels = sentinels
         self.sentinels: list[_Sentinel] = []
 
     def start(self, timeout: float = 30.0) -> None:
         self.master.start(timeout)
         for r in self.replicas:
-            r.args = ["--replicaof", "127.0.0.1", str(self.master.port)]
+            r.args = [*self._args, "--replicaof", "127.0.0.1", str(self.master.port)]
             r.start(timeout)
         self.sentinels = [
             _Sentinel(self.binary, self.master.port, self.service) for _ in range(self._n_sentinels)
