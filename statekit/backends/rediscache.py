@@ -20,8 +20,9 @@ On a plain TCP or unix-socket client the backend skips redis-py's connection
 pool on the hot path: each thread keeps one dedicated socket with a hiredis
 reply parser (when ``hiredis`` is installed), so a ``get`` costs one ``sendall``
 and one ``recv``, and it polls briefly for the reply before blocking (see
-:class:`_FastConnection`). The socket has the client's connect and read timeouts,
-enforced by the kernel; a failure closes it and raises
+:mod:`statekit.backends.fastredis`, shared with the session store). The socket
+has the client's connect and read timeouts, enforced by the kernel; a failure
+closes it and raises
 :class:`~statekit.errors.BackendUnavailable`.
 Sentinel, Cluster and TLS clients go through redis-py (its failover and
 redirection handling).
@@ -29,23 +30,19 @@ redirection handling).
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
-import struct
-import sys
-import threading
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import BackendUnavailable, ConfigError
 from . import require
 from .cachebase import CacheBackend
-from .redis import RedisClient, is_cluster, translate_errors
+from .fastredis import SPIN_SECONDS, FastTransport, make_reader, pack_command, script_sha
+from .fastredis import _FastConnection as _FastConnection  # re-exported for tests
+from .fastredis import _pack_any as _pack_any
+from .fastredis import _PyReader as _PyReader
+from .redis import RedisClient
 
-__all__ = ["RedisCacheBackend", "RedisTransport", "make_reader", "pack_command"]
+__all__ = ["SPIN_SECONDS", "RedisCacheBackend", "RedisTransport", "make_reader", "pack_command"]
 
 SCRIPT = """
 local op = ARGV[1]
@@ -113,14 +110,7 @@ elseif op == 'extend' then
 end
 return redis.error_reply('statekit cache script: unknown op ' .. tostring(op))
 """
-SHA = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
-
-
-def _pack_python(args: Sequence[bytes]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
+SHA = script_sha(SCRIPT)
 
 
 def _value_error(message: str) -> Exception:
@@ -132,244 +122,26 @@ def _value_error(message: str) -> Exception:
     return BackendUnavailable(f"Redis refused a cache command: {message}")
 
 
-def _set_timeout(sock: socket.socket, seconds: float) -> None:
-    """Bound every send and receive on *sock* by *seconds*.
-
-    On Linux the kernel enforces it (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking
-    socket): a round trip is then two system calls, where Python's own socket
-    timeout adds a ``poll()`` before each. A timeout raises ``BlockingIOError``."""
-    seconds = max(seconds, 0.001)  # a zero timeval would mean "wait for ever"
-    if sys.platform.startswith("linux"):
-        tv = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
-        try:
-            sock.settimeout(None)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            return
-        except OSError:  # pragma: no cover - fall back to Python's timeout
-            pass
-    sock.settimeout(seconds)
-
-
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_perf = time.perf_counter
-#: how long a call polls for the reply before it blocks (see _FastConnection)
-SPIN_SECONDS = 60e-6
-
-
-class _FastConnection:
-    """One socket and one reply parser, used by one thread only.
-
-    After sending a command it first polls the socket without blocking a few times
-    (adaptive busy-polling): a Redis on the same host or LAN usually answers within
-    those microseconds, and the thread is spared a sleep and a scheduler wake-up,
-    which on virtual machines costs more than the round trip itself. After 16
-    replies in a row slower than the spin (a distant Redis) it stops spinning, and
-    probes again every 1024 calls."""
-
-    __slots__ = ("calls", "misses", "reader", "sock", "spin")
-
-    def __init__(self, params: Mapping[str, Any], reader_factory: Any) -> None:
-        timeout = params.get("socket_connect_timeout") or params.get("socket_timeout") or 1.0
-        path = params.get("path")
-        try:
-            if path:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                sock.connect(path)
-            else:
-                sock = socket.create_connection((params["host"], params["port"]), timeout=timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as e:
-            raise BackendUnavailable(f"cannot connect to Redis: {e}") from e
-        _set_timeout(sock, params.get("socket_timeout") or 1.0)
-        self.sock = sock
-        self.reader = reader_factory()
-        self.spin = bool(_DONTWAIT)
-        self.calls = self.misses = 0
-        if params.get("password"):
-            auth = ["AUTH", params["password"]]
-            if params.get("username"):
-                auth.insert(1, params["username"])
-            self._checked(auth)
-        if params.get("db"):
-            self._checked(["SELECT", str(params["db"])])
-
-    def _checked(self, args: list[str]) -> None:
-        reply = self.call(_pack_python([a.encode() for a in args]))
-        if isinstance(reply, Exception):
-            self.close()
-            raise BackendUnavailable(f"Redis refused {args[0]}: {reply}")
-
-    def call(self, packed: bytes) -> Any:
-        sock = self.sock
-        sock.sendall(packed)
-        reader = self.reader
-        if self.spin:
-            recv = sock.recv
-            deadline = _perf() + SPIN_SECONDS
-            while True:
-                try:
-                    data = recv(65536, _DONTWAIT)
-                except BlockingIOError:
-                    if _perf() < deadline:
-                        continue
-                    self.misses += 1  # the reply is slower than a spin
-                    if self.misses >= 16:
-                        self.spin = False
-                        self.calls = 0
-                    break
-                if not data:
-                    raise ConnectionResetError("Redis closed the connection")
-                reader.feed(data)
-                self.misses = 0
-                break
-        else:
-            self.calls += 1
-            if self.calls >= 1024 and _DONTWAIT:  # probe now and then: is Redis close again?
-                self.spin = True
-                self.misses = 8
-        reply = reader.gets()
-        while reply is False:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionResetError("Redis closed the connection")
-            reader.feed(data)
-            reply = reader.gets()
-        return reply
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:  # pragma: no cover
-            pass
-
-    def __del__(self) -> None:  # a thread that used the cache ended: no unclosed-socket warning
-        sock = getattr(self, "sock", None)
-        if sock is not None:
-            sock.close()
-
-
-class _PyReader:
-    """A minimal RESP2 reader, used when hiredis is not installed."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-
-    def gets(self) -> Any:
-        try:
-            value, pos = self._parse(0)
-        except IndexError:
-            return False
-        del self.buf[:pos]
-        return value
-
-    def _line(self, pos: int) -> tuple[bytes, int]:
-        end = self.buf.index(b"\r\n", pos) if b"\r\n" in self.buf[pos:] else -1
-        if end < 0:
-            raise IndexError
-        return bytes(self.buf[pos:end]), end + 2
-
-    def _parse(self, pos: int) -> tuple[Any, int]:
-        if pos >= len(self.buf):
-            raise IndexError
-        line, nxt = self._line(pos)
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest, nxt
-        if kind == b"-":
-            return _ReplyError(rest.decode(errors="replace")), nxt
-        if kind == b":":
-            return int(rest), nxt
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None, nxt
-            if len(self.buf) < nxt + size + 2:
-                raise IndexError
-            return bytes(self.buf[nxt : nxt + size]), nxt + size + 2
-        if kind == b"*":
-            count = int(rest)
-            if count < 0:
-                return None, nxt
-            items = []
-            for _ in range(count):
-                item, nxt = self._parse(nxt)
-                items.append(item)
-            return items, nxt
-        raise BackendUnavailable(f"unexpected reply from Redis: {line[:40]!r}")
-
-
-class _ReplyError(Exception):
-    pass
-
-
-def _pack_any(args: Sequence[Any]) -> bytes:
-    return _pack_python([a if isinstance(a, bytes) else str(a).encode() for a in args])
-
-
-try:
-    import hiredis
-
-    #: a RESP reply parser (``feed(bytes)``, ``gets()`` -> reply or ``False``)
-    make_reader: Any = hiredis.Reader
-    #: encode one command (a tuple of str/bytes/int) as RESP
-    pack_command: Any = hiredis.pack_command
-except ImportError:  # pragma: no cover - hiredis is optional (pip install 'statekit[hiredis]')
-    make_reader = _PyReader
-    pack_command = _pack_any
-
-
-_transports: weakref.WeakSet[RedisTransport] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for t in list(_transports):
-        t.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-class RedisTransport:
+class RedisTransport(FastTransport):
     """The connections one :class:`~statekit.cache.Cache` family shares: a redis-py
-    client, and on plain TCP/unix clients a per-thread fast socket."""
+    client, and on plain TCP/unix clients a per-thread fast socket (see
+    :class:`~statekit.backends.fastredis.FastTransport` for concurrency and failure
+    behaviour). Adds the cache script, the cache's error mapping and the near
+    cache's invalidation endpoints.
+
+    :raises ConfigError: the client decodes responses (the cache stores bytes).
+    """
 
     def __init__(self, client: RedisClient, *, fast_path: bool = True) -> None:
-        self.client = client
-        self.cluster = is_cluster(client)
-        self._check_encoding()
-        self.fast_params = self._fast_params() if fast_path else None
-        self._reader_factory: Any = make_reader
-        self._pack: Any = pack_command
-        self._local = threading.local()
-        _transports.add(self)
-
-    def _check_encoding(self) -> None:
-        get_encoder = getattr(self.client, "get_encoder", None)
+        get_encoder = getattr(client, "get_encoder", None)
         if get_encoder is not None and get_encoder().decode_responses:
             raise ConfigError("the cache needs a Redis client with decode_responses=False")
+        # this module's names, looked up now: tests swap them for the pure-Python ones
+        super().__init__(client, fast_path=fast_path, what="cache",
+                         reader_factory=make_reader, pack=pack_command)
 
-    def _fast_params(self) -> dict[str, Any] | None:
-        if self.cluster:
-            return None
-        import redis
-
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is None or pool.connection_class not in (redis.Connection, redis.UnixDomainSocketConnection):
-            return None
-        kw = pool.connection_kwargs
-        if kw.get("credential_provider") or kw.get("protocol") in (3, "3"):
-            return None
-        return {k: kw.get(k) for k in ("host", "port", "path", "db", "username", "password",
-                                       "socket_timeout", "socket_connect_timeout")}
-
-    def reset_after_fork(self) -> None:
-        self._local = threading.local()
+    def reply_error(self, message: str) -> Exception:
+        return _value_error(message)
 
     def endpoints(self) -> list[dict[str, Any]]:
         """Where the near cache's invalidation connection(s) must connect now."""
@@ -389,93 +161,12 @@ class RedisTransport:
             kw.update(host=host, port=port)
         return [kw]
 
-    def _fast(self) -> _FastConnection:
-        conn: _FastConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            assert self.fast_params is not None
-            conn = self._local.conn = _FastConnection(self.fast_params, self._reader_factory)
-        return conn
-
-    def _drop_fast(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
     def run(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
-        """Run the cache script: one round trip."""
-        if self.fast_params is not None:
-            packed = self._pack((b"EVALSHA", SHA, len(keys), *keys, *args))
-            reply = self.fast_call(packed)
-            if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
-                self.fast_call(self._pack((b"SCRIPT", b"LOAD", SCRIPT)))
-                reply = self.fast_call(packed)
-            if isinstance(reply, Exception):
-                raise _value_error(str(reply))
-            return reply
-        return self._run_redis_py(keys, args)
-
-    def command(self, *args: bytes | str | int) -> Any:
-        """Run one plain Redis command: one round trip."""
-        if self.fast_params is not None:
-            reply = self.fast_call(self._pack(args))
-            if isinstance(reply, Exception):
-                raise _value_error(str(reply))
-            return reply
-        import redis
-
-        client: Any = self.client
-        name = args[0].decode() if isinstance(args[0], bytes) else args[0]
-        with translate_errors("a cache call"):
-            try:
-                return client.execute_command(name, *args[1:])
-            except redis.exceptions.ResponseError as e:
-                if isinstance(e, redis.exceptions.ReadOnlyError):
-                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
-                raise _value_error(str(e)) from e
-
-    def fast_call(self, packed: bytes) -> Any:
-        """Send a packed command on this thread's socket and return the reply (an
-        error reply is returned, not raised). A socket the server closed while idle
-        is replaced once; any other failure raises BackendUnavailable."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            try:
-                return conn.call(packed)
-            except (ConnectionResetError, BrokenPipeError):
-                self._drop_fast()  # stale socket (Redis restarted, idle timeout): one retry
-            except OSError as e:
-                self._drop_fast()
-                raise BackendUnavailable(f"Redis did not answer a cache call in time: {e}") from e
-        try:
-            return self._fast().call(packed)
-        except BackendUnavailable:
-            self._drop_fast()
-            raise
-        except OSError as e:  # timeouts included: the reply stream is out of step
-            self._drop_fast()
-            raise BackendUnavailable(f"Redis unavailable during a cache call: {e}") from e
-
-    def _run_redis_py(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
-        import redis
-
-        with translate_errors("a cache call"):
-            try:
-                try:
-                    return self.client.evalsha(SHA.decode(), len(keys), *keys, *args)
-                except redis.exceptions.NoScriptError:
-                    self.client.script_load(SCRIPT)
-                    return self.client.evalsha(SHA.decode(), len(keys), *keys, *args)
-            except redis.exceptions.ResponseError as e:
-                if isinstance(e, redis.exceptions.ReadOnlyError):
-                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
-                raise _value_error(str(e)) from e
+        """Run the cache script: one round trip (two more after a ``SCRIPT FLUSH``)."""
+        return self.script(SHA, SCRIPT, keys, args)
 
     def set_nx(self, key: str, value: str, ttl_ms: int) -> bool:
         return self.command(b"SET", key, value, b"PX", ttl_ms, b"NX") is not None
-
-    def close(self) -> None:
-        self._drop_fast()
 
 
 class RedisCacheBackend(CacheBackend):

@@ -1,0 +1,459 @@
+"""A pool-free Redis fast path shared by the cache and the session store.
+
+redis-py's connection pool costs more than a round trip to a Redis on the same host:
+checking a connection out and in takes locks, runs health checks and builds reply
+objects. :class:`FastTransport` skips it on plain TCP and unix-socket clients: each
+thread keeps one dedicated socket (:class:`_FastConnection`) with a hiredis reply
+parser (a pure-Python RESP2 reader when ``hiredis`` is not installed), so a command
+costs one ``sendall`` and one ``recv``.
+
+**When it applies.** Only for a standalone ``redis.Redis`` over ``redis.Connection``
+or ``redis.UnixDomainSocketConnection`` speaking RESP2, without a credential
+provider and without ``decode_responses``. Cluster, Sentinel, TLS and RESP3 clients
+go through redis-py (its redirection, failover and TLS handling), with the same
+error mapping, so callers need not care which path served them.
+
+**Concurrency.** One socket per thread (a ``threading.local``): threads never share
+a socket, so no locking is needed and a slow reply on one thread never delays
+another. A thread's socket is closed when the thread ends. After ``fork()`` the
+child drops every inherited socket (``os.register_at_fork``) and opens its own on
+first use, so a gunicorn worker never shares a reply stream with its parent.
+
+**Failures.** Every send and receive is bounded by the client's ``socket_timeout``
+and every connect by its ``socket_connect_timeout`` (enforced by the kernel). A
+socket the server closed while idle (Redis restarted, idle timeout) is noticed as a
+reset on the next call, replaced, and the call sent once more; a refused connect, a
+timeout or any other socket error closes the socket and raises
+:class:`~statekit.errors.BackendUnavailable` (the reply stream is out of step, so
+the socket is never reused). Error replies that mean "not now" (``READONLY``,
+``LOADING``, ``MASTERDOWN``, ``CLUSTERDOWN``, ``TRYAGAIN``) also raise
+``BackendUnavailable``; other error replies raise :class:`RedisReplyError` (or what
+a subclass's :meth:`FastTransport.reply_error` returns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import BackendUnavailable, StatekitError
+from .redis import RedisClient, is_cluster, translate_errors
+
+__all__ = [
+    "SPIN_SECONDS",
+    "FastTransport",
+    "RedisReplyError",
+    "fast_params",
+    "make_reader",
+    "pack_command",
+    "script_sha",
+]
+
+Arg = bytes | str | int | float
+
+
+class RedisReplyError(StatekitError):
+    """Redis answered a command with an error reply (a bug or a wrong type, not an
+    outage: outages raise :class:`~statekit.errors.BackendUnavailable`)."""
+
+
+#: error-reply prefixes that mean "the server cannot serve this right now"
+_UNAVAILABLE = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def script_sha(source: str) -> bytes:
+    """The SHA1 Redis names the Lua script *source* by (for ``EVALSHA``)."""
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest().encode()
+
+
+def _pack_python(args: Sequence[bytes]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def _pack_any(args: Sequence[Any]) -> bytes:
+    return _pack_python([a if isinstance(a, bytes) else str(a).encode() for a in args])
+
+
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound every send and receive on *sock* by *seconds*.
+
+    On Linux the kernel enforces it (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking
+    socket): a round trip is then two system calls, where Python's own socket
+    timeout adds a ``poll()`` before each. A timeout raises ``BlockingIOError``."""
+    seconds = max(seconds, 0.001)  # a zero timeval would mean "wait for ever"
+    if sys.platform.startswith("linux"):
+        tv = struct.pack("@ll", int(seconds), int((seconds % 1) * 1_000_000))
+        try:
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            return
+        except OSError:  # pragma: no cover - fall back to Python's timeout
+            pass
+    sock.settimeout(seconds)
+
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_perf = time.perf_counter
+#: how long a call polls for the reply before it blocks (see _FastConnection)
+SPIN_SECONDS = 60e-6
+
+
+class _FastConnection:
+    """One socket and one reply parser, used by one thread only.
+
+    After sending a command it first polls the socket without blocking a few times
+    (adaptive busy-polling): a Redis on the same host or LAN usually answers within
+    those microseconds, and the thread is spared a sleep and a scheduler wake-up,
+    which on virtual machines costs more than the round trip itself. After 16
+    replies in a row slower than the spin (a distant Redis) it stops spinning, and
+    probes again every 1024 calls.
+
+    ``AUTH`` and ``SELECT`` (when the client has a password or a non-zero db) are sent
+    once, when the socket is opened."""
+
+    __slots__ = ("calls", "misses", "reader", "sock", "spin")
+
+    def __init__(self, params: Mapping[str, Any], reader_factory: Any) -> None:
+        timeout = params.get("socket_connect_timeout") or params.get("socket_timeout") or 1.0
+        path = params.get("path")
+        try:
+            if path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(timeout)
+                    sock.connect(path)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((params["host"], params["port"]), timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as e:
+            raise BackendUnavailable(f"cannot connect to Redis: {e}") from e
+        _set_timeout(sock, params.get("socket_timeout") or 1.0)
+        self.sock = sock
+        self.reader = reader_factory()
+        self.spin = bool(_DONTWAIT)
+        self.calls = self.misses = 0
+        if params.get("password"):
+            auth = ["AUTH", params["password"]]
+            if params.get("username"):
+                auth.insert(1, params["username"])
+            self._checked(auth)
+        if params.get("db"):
+            self._checked(["SELECT", str(params["db"])])
+
+    def _checked(self, args: list[str]) -> None:
+        try:
+            reply = self.call(_pack_python([a.encode() for a in args]))
+        except OSError:
+            self.close()
+            raise
+        if isinstance(reply, Exception):
+            self.close()
+            raise BackendUnavailable(f"Redis refused {args[0]}: {reply}")
+
+    def call(self, packed: bytes) -> Any:
+        """Send *packed* and return the reply (an error reply is returned, not
+        raised). Socket errors propagate as ``OSError``."""
+        sock = self.sock
+        sock.sendall(packed)
+        reader = self.reader
+        if self.spin:
+            recv = sock.recv
+            deadline = _perf() + SPIN_SECONDS
+            while True:
+                try:
+                    data = recv(65536, _DONTWAIT)
+                except BlockingIOError:
+                    if _perf() < deadline:
+                        continue
+                    self.misses += 1  # the reply is slower than a spin
+                    if self.misses >= 16:
+                        self.spin = False
+                        self.calls = 0
+                    break
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                reader.feed(data)
+                self.misses = 0
+                break
+        else:
+            self.calls += 1
+            if self.calls >= 1024 and _DONTWAIT:  # probe now and then: is Redis close again?
+                self.spin = True
+                self.misses = 8
+        reply = reader.gets()
+        while reply is False:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            reader.feed(data)
+            reply = reader.gets()
+        return reply
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+    def __del__(self) -> None:  # the owning thread ended: no unclosed-socket warning
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close()
+
+
+class _ReplyError(Exception):
+    pass
+
+
+class _PyReader:
+    """A minimal RESP2 reader, used when hiredis is not installed."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def gets(self) -> Any:
+        try:
+            value, pos = self._parse(0)
+        except IndexError:
+            return False
+        del self.buf[:pos]
+        return value
+
+    def _line(self, pos: int) -> tuple[bytes, int]:
+        end = self.buf.find(b"\r\n", pos)
+        if end < 0:
+            raise IndexError
+        return bytes(self.buf[pos:end]), end + 2
+
+    def _parse(self, pos: int) -> tuple[Any, int]:
+        if pos >= len(self.buf):
+            raise IndexError
+        line, nxt = self._line(pos)
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest, nxt
+        if kind == b"-":
+            return _ReplyError(rest.decode(errors="replace")), nxt
+        if kind == b":":
+            return int(rest), nxt
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None, nxt
+            if len(self.buf) < nxt + size + 2:
+                raise IndexError
+            return bytes(self.buf[nxt : nxt + size]), nxt + size + 2
+        if kind == b"*":
+            count = int(rest)
+            if count < 0:
+                return None, nxt
+            items = []
+            for _ in range(count):
+                item, nxt = self._parse(nxt)
+                items.append(item)
+            return items, nxt
+        raise BackendUnavailable(f"unexpected reply from Redis: {line[:40]!r}")
+
+
+try:
+    import hiredis
+
+    #: a RESP reply parser (``feed(bytes)``, ``gets()`` -> reply or ``False``)
+    make_reader: Any = hiredis.Reader
+    #: encode one command (a tuple of str/bytes/int) as RESP
+    pack_command: Any = hiredis.pack_command
+except ImportError:  # pragma: no cover - hiredis is optional (pip install 'statekit[hiredis]')
+    make_reader = _PyReader
+    pack_command = _pack_any
+
+
+_transports: weakref.WeakSet[FastTransport] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for t in list(_transports):
+        t.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def fast_params(client: Any) -> dict[str, Any] | None:
+    """The connection parameters of *client* if the fast path can serve it (a
+    standalone RESP2 client over TCP or a unix socket, bytes replies), else ``None``."""
+    if is_cluster(client):
+        return None
+    import redis
+
+    get_encoder = getattr(client, "get_encoder", None)
+    if get_encoder is not None and get_encoder().decode_responses:
+        return None
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or pool.connection_class not in (redis.Connection, redis.UnixDomainSocketConnection):
+        return None
+    kw = pool.connection_kwargs
+    if kw.get("credential_provider") or kw.get("protocol") in (3, "3"):
+        return None
+    return {k: kw.get(k) for k in ("host", "port", "path", "db", "username", "password",
+                                   "socket_timeout", "socket_connect_timeout")}
+
+
+class FastTransport:
+    """Commands and scripts for one redis-py *client*, through a per-thread socket
+    when the fast path applies (see the module docstring), else through *client*.
+
+    :param client: a redis-py client (any kind); kept as :attr:`client` for what the
+        fast path does not cover (pipelines, pub/sub).
+    :param fast_path: ``False`` sends everything through redis-py.
+    :param what: names the caller in error messages (``"cache"``, ``"session"``).
+    :param reader_factory: the reply parser class (default :data:`make_reader`).
+    :param pack: the command encoder (default :data:`pack_command`).
+
+    Safe to share between threads (each gets its own socket) and across ``fork()``.
+    """
+
+    def __init__(self, client: RedisClient, *, fast_path: bool = True, what: str = "Redis",
+                 reader_factory: Any = None, pack: Any = None) -> None:
+        self.client = client
+        self.cluster = is_cluster(client)
+        self.what = what
+        self.fast_params = fast_params(client) if fast_path else None
+        self._reader_factory: Any = reader_factory or make_reader
+        self._pack: Any = pack or pack_command
+        self._local = threading.local()
+        _transports.add(self)
+
+    # -- error mapping -------------------------------------------------------------
+
+    def reply_error(self, message: str) -> Exception:
+        """The exception to raise for the Redis error reply *message*. Subclasses
+        override it to map errors to their own types."""
+        if message.startswith(_UNAVAILABLE):
+            return BackendUnavailable(f"Redis cannot serve a {self.what} call now: {message}")
+        return RedisReplyError(f"Redis refused a {self.what} command: {message}")
+
+    # -- the fast path ---------------------------------------------------------------
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's sockets (called in a forked child)."""
+        self._local = threading.local()
+
+    def _fast(self) -> _FastConnection:
+        conn: _FastConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self.fast_params is not None
+            conn = self._local.conn = _FastConnection(self.fast_params, self._reader_factory)
+        return conn
+
+    def _drop_fast(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def fast_call(self, packed: bytes) -> Any:
+        """Send a packed command on this thread's socket and return the reply (an
+        error reply is returned, not raised). Only valid when :attr:`fast_params` is
+        set.
+
+        A socket the server closed while idle is replaced and the command sent once
+        more; any other failure closes the socket and raises
+        :class:`~statekit.errors.BackendUnavailable`."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            try:
+                return conn.call(packed)
+            except (ConnectionResetError, BrokenPipeError):
+                self._drop_fast()  # stale socket (Redis restarted, idle timeout): one retry
+            except OSError as e:
+                self._drop_fast()
+                raise BackendUnavailable(f"Redis did not answer a {self.what} call in time: {e}") from e
+        try:
+            return self._fast().call(packed)
+        except BackendUnavailable:
+            self._drop_fast()
+            raise
+        except OSError as e:  # timeouts included: the reply stream is out of step
+            self._drop_fast()
+            raise BackendUnavailable(f"Redis unavailable during a {self.what} call: {e}") from e
+
+    # -- commands and scripts ---------------------------------------------------------
+
+    def command(self, *args: Arg) -> Any:
+        """Run one Redis command: one round trip. Replies are raw RESP values on the
+        fast path; through redis-py its reply callbacks apply (``HGETALL`` gives a
+        dict there, a flat list here).
+
+        :raises BackendUnavailable: Redis unreachable or timed out, or refusing
+            service (read-only replica, loading, cluster down).
+        :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
+        """
+        if self.fast_params is not None:
+            reply = self.fast_call(self._pack(args))
+            if isinstance(reply, Exception):
+                raise self.reply_error(str(reply))
+            return reply
+        import redis
+
+        client: Any = self.client
+        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        with translate_errors(f"a {self.what} call"):
+            try:
+                return client.execute_command(name, *args[1:])
+            except redis.exceptions.ResponseError as e:
+                if isinstance(e, redis.exceptions.ReadOnlyError):
+                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
+                raise self.reply_error(str(e)) from e
+
+    def script(self, sha: bytes, source: str, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
+        """Run the Lua script *source* (SHA1 *sha*, see :func:`script_sha`) by
+        ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed server) load it and run it
+        again. One round trip when the script is cached. Errors as :meth:`command`."""
+        if self.fast_params is not None:
+            packed = self._pack((b"EVALSHA", sha, len(keys), *keys, *args))
+            reply = self.fast_call(packed)
+            if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
+                loaded = self.fast_call(self._pack((b"SCRIPT", b"LOAD", source)))
+                if isinstance(loaded, Exception):
+                    raise self.reply_error(str(loaded))
+                reply = self.fast_call(packed)
+            if isinstance(reply, Exception):
+                raise self.reply_error(str(reply))
+            return reply
+        import redis
+
+        client: Any = self.client
+        with translate_errors(f"a {self.what} call"):
+            try:
+                try:
+                    return client.evalsha(sha.decode(), len(keys), *keys, *args)
+                except redis.exceptions.NoScriptError:
+                    client.script_load(source)
+                    return client.evalsha(sha.decode(), len(keys), *keys, *args)
+            except redis.exceptions.ResponseError as e:
+                if isinstance(e, redis.exceptions.ReadOnlyError):
+                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
+                raise self.reply_error(str(e)) from e
+
+    def close(self) -> None:
+        """Close this thread's socket (other threads' close when they end)."""
+        self._drop_fast()

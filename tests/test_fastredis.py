@@ -1,0 +1,139 @@
+"""The shared pool-free Redis transport (statekit.backends.fastredis), against real servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from statekit.backends.fastredis import FastTransport, RedisReplyError, fast_params, script_sha
+from statekit.backends.redis import create_client
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+
+pytestmark = pytest.mark.redis
+
+SOURCE = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+SHA = script_sha(SOURCE)
+
+
+def _transport(url: str, **kw: object) -> FastTransport:
+    return FastTransport(create_client(url + "?socket_timeout=0.5&socket_connect_timeout=0.5&retries=0"),
+                         what="test", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_command_round_trip_on_the_fast_path(redis_url: str) -> None:
+    t = _transport(redis_url)
+    assert t.fast_params is not None
+    assert t.command(b"SET", "k", b"v\x00\xff") == b"OK"
+    assert t.command("GET", "k") == b"v\x00\xff"
+    assert t.command("HSET", "h", "a", 1, "b", 2.5) == 2
+    assert t.command("HGETALL", "h") == [b"a", b"1", b"b", b"2.5"]
+    with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+        t.command("GET", "h")
+    assert t.command("GET", "missing") is None  # the socket is still in step after an error
+    t.close()
+
+
+def test_script_reloads_after_noscript(redis_url: str) -> None:
+    t = _transport(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    r.script_flush()
+    assert t.script(SHA, SOURCE, ["n"], ["x"]) == [b"n", b"x", 1]
+    assert t.script(SHA, SOURCE, ["n"], ["y"]) == [b"n", b"y", 2]
+    r.script_flush()
+    assert t.script(SHA, SOURCE, ["n"], [3]) == [b"n", b"3", 3]
+    bad = "return redis.call('NOPE')"
+    with pytest.raises(RedisReplyError):
+        t.script(script_sha(bad), bad, [], [])
+
+
+def test_redis_py_fallback_gives_the_same_results(redis_url: str) -> None:
+    t = _transport(redis_url, fast_path=False)
+    assert t.fast_params is None
+    redis.Redis.from_url(redis_url).script_flush()
+    assert t.script(SHA, SOURCE, ["n"], ["x"]) == [b"n", b"x", 1]
+    assert t.command("SET", "k", "v") is True  # redis-py's reply callbacks apply
+    with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+        t.command("HGETALL", "k")
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert fast_params(decoding) is None  # replies would differ in type
+
+
+def test_restart_stale_socket_is_retried_once(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("SET", "k", "1") == b"OK"
+    private_redis.restart()
+    # the old socket was reset by the restart: replaced, and the command sent again
+    assert t.command("SET", "k", "2") == b"OK"
+    assert t.command("GET", "k") == b"2"
+    assert t.script(SHA, SOURCE, ["n"], ["a"]) == [b"n", b"a", 1]  # script cache was empty
+
+
+def test_killed_server_raises_backend_unavailable(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("PING") == b"PONG"
+    private_redis.kill()
+    with pytest.raises(BackendUnavailable):
+        t.command("PING")
+    with pytest.raises(BackendUnavailable):
+        t.script(SHA, SOURCE, ["n"], ["a"])
+    private_redis.start()
+    assert t.command("PING") == b"PONG"
+
+
+def test_paused_server_times_out_with_backend_unavailable(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("PING") == b"PONG"
+    with private_redis.client() as c:
+        c.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    with pytest.raises(BackendUnavailable):
+        t.command("PING")  # times out after 0.5 s; the socket is dropped
+    with private_redis.client() as c:
+        c.execute_command("CLIENT", "UNPAUSE")
+    assert t.command("PING") == b"PONG"  # a fresh socket, in step
+
+
+def test_one_socket_per_thread(redis_url: str) -> None:
+    t = _transport(redis_url)
+    mine = t.command("CLIENT", "ID")
+    assert t.command("CLIENT", "ID") == mine  # reused by this thread
+    ids: list[int] = []
+    threads = [threading.Thread(target=lambda: ids.append(t.command("CLIENT", "ID"))) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(ids) == 3 and len({mine, *ids}) == 4
+
+
+def test_fork_gets_a_new_socket_in_the_child(redis_url: str) -> None:
+    t = _transport(redis_url)
+    parent_id = t.command("CLIENT", "ID")
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its connection id, never touch the parent's socket
+        code = 1
+        try:
+            os.write(wr, str(t.command("CLIENT", "ID")).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        child_id = int(f.read() or b"-1")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_id not in (-1, parent_id)
+    assert t.command("CLIENT", "ID") == parent_id  # the parent's socket is intact
