@@ -78,28 +78,39 @@ APP = textwrap.dedent('''
 
 
 class RoundTrips:
-    """Count redis-py network round trips (a command, a pipeline or a script = one)."""
+    """Count network round trips: redis-py's (a command, a pipeline or a script = one)
+    and those of statekit's pool-free fast path (statekit.backends.fastredis)."""
 
     def __init__(self) -> None:
         import redis.connection
 
+        from statekit.backends import fastredis
+
         self.count = 0
         self._cls = redis.connection.AbstractConnection
         self._orig = self._cls.send_packed_command
+        self._fast_cls = fastredis._FastConnection
+        self._fast_orig = self._fast_cls.call
 
     def __enter__(self) -> RoundTrips:
-        orig = self._orig
+        orig, fast_orig = self._orig, self._fast_orig
         counter = self
 
         def send(conn: Any, command: Any, check_health: bool = True) -> None:
             counter.count += 1
             orig(conn, command, check_health)
 
+        def call(conn: Any, packed: bytes) -> Any:
+            counter.count += 1
+            return fast_orig(conn, packed)
+
         self._cls.send_packed_command = send  # type: ignore[method-assign]
+        self._fast_cls.call = call  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._cls.send_packed_command = self._orig  # type: ignore[method-assign]
+        self._fast_cls.call = self._fast_orig  # type: ignore[method-assign]
 
 
 def _commands(r: Any) -> int:

@@ -9,6 +9,13 @@ Every write checks ``m:c`` first and refuses to touch a hash that lost it (destr
 revoked, expired), so no write can bring a session back. On Redis the checks and the
 writes run in one Lua script; on ``memory://`` under the store's lock.
 
+On a standalone TCP or unix-socket Redis the engine's loads and scripts skip
+redis-py's pool: they go through :class:`~statekit.backends.fastredis.FastTransport`
+(one socket per thread, kernel-enforced timeouts, failures raise
+:class:`~statekit.errors.BackendUnavailable`), the same code the cache uses. The
+few multi-command paths (destroy with an index, Cluster's index updates, listing)
+use redis-py pipelines.
+
 Result codes shared by both engines: ``1`` done, ``0`` the session is gone, ``2`` the
 session was rotated (the second item is the new handle), ``-1`` the key already exists.
 """
@@ -20,8 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .backends.fastredis import FastTransport, RedisReplyError, script_sha
 from .backends.memory import MemoryStore
-from .backends.redis import RedisClient, is_cluster, translate_errors
+from .backends.redis import RedisClient, translate_errors
 from .errors import SessionError
 
 __all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
@@ -143,6 +151,8 @@ end
 return n
 """
 
+_WRITE_SHA, _ROTATE_SHA, _INCR_SHA, _REVOKE_SHA = (script_sha(s) for s in (_WRITE, _ROTATE, _INCR, _REVOKE))
+
 
 def _index_args(op: IndexOp) -> list[bytes | str | int | float]:
     return [op.member, repr(op.score), repr(op.cutoff), op.ttl_ms, op.old_member or "",
@@ -170,14 +180,13 @@ class RedisEngine:
     with a login or rotation happening at the same instant).
     """
 
-    def __init__(self, client: RedisClient, key_prefix: str) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str, *, fast_path: bool = True) -> None:
         self.client = client
         self.key_prefix = key_prefix
-        self.cluster = is_cluster(client)
-        self._write = client.register_script(_WRITE)
-        self._rotate = client.register_script(_ROTATE)
-        self._incr = client.register_script(_INCR)
-        self._revoke = client.register_script(_REVOKE)
+        # load, save, rotate, incr and revoke: one command or script on this thread's
+        # own socket (redis-py for Cluster/Sentinel/TLS); pipelines stay on redis-py
+        self.transport = FastTransport(client, fast_path=fast_path, what="session")
+        self.cluster = self.transport.cluster
 
     def _index_after(self, op: IndexOp | None) -> None:
         if op is None:
@@ -192,9 +201,11 @@ class RedisEngine:
         pipe.execute()
 
     def fetch(self, key: str) -> dict[str, bytes]:
-        with translate_errors("session load"):
-            raw: dict[Any, Any] = self.client.hgetall(key)
-        return {_text(k): v for k, v in raw.items()}
+        raw = self.transport.command(b"HGETALL", key)
+        if isinstance(raw, dict):  # through redis-py (its reply callback)
+            return {_text(k): v for k, v in raw.items()}
+        it = iter(raw)
+        return {k.decode(): v for k, v in zip(it, it, strict=True)}
 
     def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
               dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
@@ -206,9 +217,9 @@ class RedisEngine:
         if index is not None and not self.cluster:
             keys += _index_keys(index)
             args += _index_args(index)
-        with translate_errors("session save"):
-            code, extra = self._write(keys=keys, args=args)
-            if code == 1 and self.cluster:
+        code, extra = self.transport.script(_WRITE_SHA, _WRITE, keys, args)
+        if code == 1 and self.cluster:
+            with translate_errors("session save"):
                 self._index_after(index)
         return int(code), _text(extra)
 
@@ -218,34 +229,34 @@ class RedisEngine:
         if index is not None and not self.cluster:
             keys += _index_keys(index)
             args += _index_args(index)
-        with translate_errors("session rotate"):
-            code, extra = self._rotate(keys=keys, args=args)
-            if code == 1 and self.cluster:
+        code, extra = self.transport.script(_ROTATE_SHA, _ROTATE, keys, args)
+        if code == 1 and self.cluster:
+            with translate_errors("session rotate"):
                 self._index_after(index)
         return int(code), _text(extra)
 
     def incr(self, key: str, field: str, amount: int, codec: str) -> Result:
-        import redis
-
         try:
-            with translate_errors("session incr"):
-                code, extra = self._incr(keys=[key], args=[field, amount, codec])
-        except redis.ResponseError as e:
+            code, extra = self.transport.script(_INCR_SHA, _INCR, [key], [field, amount, codec])
+        except RedisReplyError as e:
             raise SessionError(f"cannot increment session key {field[2:]!r}: {e}") from e
         return int(code), _text(extra)
 
     def destroy(self, key: str, index_key: str | None, member: str) -> None:
+        if not index_key:
+            self.transport.command(b"DEL", key)
+            return
         with translate_errors("session destroy"):
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(key)
-            if index_key:
-                pipe.zrem(index_key, member)
+            pipe.zrem(index_key, member)
             pipe.execute()
 
     def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
         with translate_errors("session revoke"):
             if not self.cluster:
-                return int(self._revoke(keys=[index_key], args=[f"{self.key_prefix}:session:", keep]))
+                return int(self.transport.script(_REVOKE_SHA, _REVOKE, [index_key],
+                                                 [f"{self.key_prefix}:session:", keep]))
             members = [_text(m) for m in self.client.zrange(index_key, 0, -1)]
             doomed = [m for m in members if m != keep]
             if not doomed:
