@@ -21,7 +21,7 @@ was destroyed, revoked or expired meanwhile.
 
 **Ids and cookies.** Ids are 256-bit random values (plus a 4-hex-digit slot tag kept
 across rotations, so a session's old and new keys share a Redis Cluster slot). The
-cookie carries the id signed with itsdangerous; a list of secret keys allows key
+cookie carries the id signed in itsdangerous's format (HMAC-SHA256); a list of secret keys allows key
 rotation (the first signs, all verify). A tampered, truncated, foreign-key-signed or
 oversized cookie gives a fresh session without any Redis call and is logged to the
 ``statekit.security`` logger.
@@ -51,16 +51,18 @@ session instead (``session.unavailable`` is true; assigning raises).
 
 from __future__ import annotations
 
+import base64
 import decimal
 import hashlib
+import hmac
 import json
 import logging
 import math
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._session_backends import IndexOp, MemoryEngine, RedisEngine, now
 from .backends.memory import get_store
@@ -68,9 +70,6 @@ from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from .metrics import Counters
 from .serializers import JSONSerializer, Serializer, _untag_hook, get_serializer
-
-if TYPE_CHECKING:
-    from itsdangerous import Signer
 
 __all__ = ["Session", "SessionInfo", "SessionStore", "security_log"]
 
@@ -80,26 +79,43 @@ security_log = logging.getLogger("statekit.security")
 _ID_RE = re.compile(r"^[0-9a-f]{4}[A-Za-z0-9_-]{43}$")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-def _cached_signer(keys: list[bytes]) -> Signer:
-    """An itsdangerous ``Signer`` that derives each key once, not on every cookie."""
-    from itsdangerous import Signer
+class _CookieSigner:
+    """Signs and verifies session cookies exactly like itsdangerous's ``Signer``
+    (HMAC-SHA256, ``key_derivation="hmac"``, salt :data:`_SALT`, separator ``.``,
+    unpadded URL-safe base64; the same cookies), with the derived keys computed once
+    and one C-level HMAC per key tried. Comparison is constant-time. Immutable, so
+    safe to share between threads.
 
-    class CachedSigner(Signer):
-        _derived: dict[bytes | None, bytes]
+    :param keys: secret keys, newest first: the first signs, all verify (in order).
+    """
 
-        def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-            k = secret_key.encode() if isinstance(secret_key, str) else secret_key
-            try:
-                return self._derived[k]
-            except KeyError:
-                self._derived[k] = derived = super().derive_key(secret_key)
-                return derived
+    __slots__ = ("_keys",)
 
-    signer = CachedSigner(keys, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
-    signer._derived = {}
-    return signer
+    def __init__(self, keys: list[bytes]) -> None:
+        self._keys = [hmac.new(k, _SALT.encode(), hashlib.sha256).digest() for k in keys]
+
+    def sign(self, value: str) -> bytes:
+        v = value.encode()
+        return v + b"." + base64.urlsafe_b64encode(hmac.digest(self._keys[0], v, "sha256")).rstrip(b"=")
+
+    def unsign(self, signed: str | bytes) -> bytes | None:
+        """The signed value, or ``None`` if the signature does not verify."""
+        if isinstance(signed, str):
+            signed = signed.encode()
+        value, sep, sig = signed.rpartition(b".")
+        if not sep:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sig + b"=" * (-len(sig) % 4))
+        except (TypeError, ValueError):
+            return None
+        for key in self._keys:
+            if hmac.compare_digest(raw, hmac.digest(key, value, "sha256")):
+                return value
+        return None
 
 
 class Session(dict[str, Any]):
@@ -140,6 +156,8 @@ class Session(dict[str, Any]):
         self.idle_timeout: float | None = meta.get("idle")
         self._loaded_idle = self.idle_timeout
         self._encoded: dict[str, bytes] = dict(encoded or {})
+        # encodings made at assignment, for immutable values only (reused by save)
+        self._fresh: dict[str, tuple[Any, bytes]] | None = None
 
     @property
     def modified(self) -> bool:
@@ -153,6 +171,7 @@ class Session(dict[str, Any]):
         self._full_diff = value
         if not value:
             self._touched.clear()
+            self._fresh = None
 
     def _changing(self, key: str) -> None:
         if self.unavailable:
@@ -161,9 +180,13 @@ class Session(dict[str, Any]):
         self._touched.add(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.store._encode(key, value)
+        enc = self.store._encode(key, value)
         self._changing(key)
         super().__setitem__(key, value)
+        if type(value) in _IMMUTABLE:  # cannot change in place: save reuses the encoding
+            if self._fresh is None:
+                self._fresh = {}
+            self._fresh[key] = (value, enc)
 
     def __delitem__(self, key: str) -> None:
         self._changing(key)
@@ -282,9 +305,7 @@ class SessionStore:
         self.codec = get_serializer(codec)
         if "pickle" in self.codec.name:
             raise ConfigError("sessions never use pickle; choose the json or msgpack codec")
-        # itsdangerous signs with its *last* key and verifies with all of them
-        signing = [k if isinstance(k, bytes) else k.encode() for k in reversed(keys)]
-        self._signer = _cached_signer(signing)
+        self._signer = _CookieSigner([k if isinstance(k, bytes) else k.encode() for k in keys])
         self._loads = _fast_json_loads if isinstance(self.codec, JSONSerializer) else self.codec.loads
         self.key_prefix = key_prefix
         self.idle_timeout = float(idle_timeout)
@@ -336,27 +357,28 @@ class SessionStore:
         """The cookie value for session id *sid*."""
         return self._signer.sign(sid).decode("ascii")
 
-    def unsign(self, cookie: str | bytes | None, *, context: str = "") -> str | None:
+    def unsign(self, cookie: str | bytes | None, *, context: str | Callable[[], str] = "") -> str | None:
         """The session id in *cookie*, or ``None`` (logged to ``statekit.security``)
         if the cookie is oversized, tampered with, truncated, signed with an unknown
-        key or malformed. Never touches Redis."""
-        from itsdangerous import BadSignature
-
+        key or malformed. Never touches Redis. *context* (text, or a function giving
+        it, called only when a cookie is rejected) is added to the log line."""
         if not cookie:
             return None
         reason = None
         if len(cookie) > self.max_cookie_size:
             reason = f"oversized ({len(cookie)} bytes)"
         else:
-            try:
-                sid = self._signer.unsign(cookie).decode("ascii", "replace")
-            except BadSignature:
+            raw = self._signer.unsign(cookie)
+            if raw is None:
                 reason = "bad signature (tampered, truncated or signed with an unknown key)"
             else:
+                sid = raw.decode("ascii", "replace")
                 if _ID_RE.match(sid):
                     return sid
                 reason = "malformed id"
         self.counters.incr("rejected_cookies")
+        if callable(context):
+            context = context()
         security_log.warning("rejected session cookie: %s%s", reason, f" [{context}]" if context else "")
         return None
 
@@ -388,7 +410,7 @@ class SessionStore:
         self.save(session, force=True)
         return session
 
-    def open(self, cookie: str | bytes | None, *, context: str = "") -> Session:
+    def open(self, cookie: str | bytes | None, *, context: str | Callable[[], str] = "") -> Session:
         """The session a request's cookie names, or a fresh one if the cookie is
         missing, invalid, or names a session that ended. One Redis round trip for a
         valid cookie, none otherwise.
@@ -486,9 +508,12 @@ class SessionStore:
                     sets["d:" + k] = enc
             dels = ["d:" + k for k in session._encoded if k not in session]
         elif session._modified:  # only the keys assigned or deleted (re-encoded now)
+            fresh = session._fresh or {}
             for k in session._touched:
                 if k in session:
-                    enc = self._encode(k, dict.__getitem__(session, k))
+                    value = dict.__getitem__(session, k)
+                    known = fresh.get(k)
+                    enc = known[1] if known is not None and known[0] is value else self._encode(k, value)
                     if session._encoded.get(k) != enc:
                         sets["d:" + k] = enc
                 elif k in session._encoded:

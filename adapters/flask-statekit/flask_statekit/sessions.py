@@ -126,7 +126,7 @@ class StatekitSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         cookie = request.cookies.get(self.cookie_name)
         try:
-            s = self.store.open(cookie, context=f"client {request.remote_addr}")
+            s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}")
         except BackendUnavailable:
             s = self.store.session_class(self.store, "", new=False)
             s.unavailable = True
@@ -149,7 +149,6 @@ class StatekitSessionInterface(SessionInterface):
             return
         if session.accessed:
             response.vary.add("Cookie")
-        kwargs = self._cookie_kwargs(app)
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
                 self.store.destroy(session)  # session.clear(): log out
@@ -162,7 +161,7 @@ class StatekitSessionInterface(SessionInterface):
             _mark_outage(response, self.retry_after)
             return
         if logged_out:
-            response.delete_cookie(self.cookie_name, **kwargs)
+            response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
             return
         if not saved:
             # revoked or expired meanwhile: nothing written. The cookie is left alone:
@@ -174,7 +173,7 @@ class StatekitSessionInterface(SessionInterface):
         if session.send_cookie or session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]:
             session.send_cookie = False
             response.set_cookie(self.cookie_name, self.store.sign(session.sid),
-                                expires=self.get_expiration_time(app, session), **kwargs)
+                                expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
 
 
 def _guard() -> Response | None:
