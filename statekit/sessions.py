@@ -99,7 +99,8 @@ class _CookieSigner:
 
     def sign(self, value: str) -> bytes:
         v = value.encode()
-        return v + b"." + base64.urlsafe_b64encode(hmac.digest(self._keys[0], v, "sha256")).rstrip(b"=")
+        sig = hmac.new(self._keys[0], v, hashlib.sha256).digest()
+        return v + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")
 
     def unsign(self, signed: str | bytes) -> bytes | None:
         """The signed value, or ``None`` if the signature does not verify."""
@@ -113,7 +114,7 @@ class _CookieSigner:
         except (TypeError, ValueError):
             return None
         for key in self._keys:
-            if hmac.compare_digest(raw, hmac.digest(key, value, "sha256")):
+            if hmac.compare_digest(raw, hmac.new(key, value, hashlib.sha256).digest()):
                 return value
         return None
 
