@@ -137,3 +137,22 @@ def test_fork_gets_a_new_socket_in_the_child(redis_url: str) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert child_id not in (-1, parent_id)
     assert t.command("CLIENT", "ID") == parent_id  # the parent's socket is intact
+
+
+def test_session_store_uses_it_and_survives_a_restart(private_redis: RedisServer) -> None:
+    from statekit.sessions import SessionStore
+
+    url = private_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5&retries=0"
+    store = SessionStore(url, secret_keys=["k"])
+    assert store.engine.transport.fast_params is not None  # type: ignore[union-attr]
+    s = store.create({"a": 1})
+    cookie = store.sign(s.sid)
+    assert store.open(cookie) == {"a": 1}
+    private_redis.restart()  # no persistence: the data is gone, the old socket is stale
+    assert store.open(cookie).new  # the stale socket was replaced: a fresh session, no error
+    fresh = store.create({"b": 2})
+    private_redis.kill()
+    with pytest.raises(BackendUnavailable):
+        store.open(store.sign(fresh.sid))
+    with pytest.raises(BackendUnavailable):
+        store.save(store.create({"c": 3}))
