@@ -1,5 +1,6 @@
-"""The session cookie signer matches itsdangerous's Signer byte for byte (pure logic),
-and save's reuse of assignment-time encodings never stores a stale value."""
+"""Per-request fast paths of sessions (pure logic): the cookie signer matches
+itsdangerous's Signer byte for byte, save's reuse of assignment-time encodings never
+stores a stale value, and the Flask adapter's Vary merging keeps other values."""
 
 from __future__ import annotations
 
@@ -56,3 +57,18 @@ def test_in_place_change_after_assignment_is_saved() -> None:
     store.save(s)
     loaded = store.load(s.sid)
     assert loaded is not None and dict(loaded) == {"n": 2, "cart": ["apple", "pear"]}
+
+
+def test_flask_vary_cookie_keeps_other_vary_values() -> None:
+    from flask import Response
+
+    from flask_statekit.sessions import _vary_cookie
+
+    plain, other, already = Response("x"), Response("x"), Response("x")
+    other.headers["Vary"] = "Accept-Encoding"
+    already.headers["Vary"] = "cookie, Accept"
+    for r in (plain, other, already):
+        _vary_cookie(r)
+    assert plain.headers["Vary"] == "Cookie"
+    assert other.headers["Vary"] == "Accept-Encoding, Cookie"
+    assert already.headers["Vary"] == "cookie, Accept"

@@ -94,6 +94,16 @@ def _mark_outage(response: Response, retry_after: int) -> None:
     response.headers["Cache-Control"] = "no-store"
 
 
+def _vary_cookie(response: Response) -> None:
+    """``response.vary.add("Cookie")`` without building a header set when the
+    response has no ``Vary`` yet (the usual case)."""
+    vary = response.headers.get("Vary")
+    if vary is None:
+        response.headers["Vary"] = "Cookie"
+    elif "cookie" not in (t.strip().lower() for t in vary.split(",")):
+        response.vary.add("Cookie")
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -148,7 +158,7 @@ class StatekitSessionInterface(SessionInterface):
                 _mark_outage(response, self.retry_after)
             return
         if session.accessed:
-            response.vary.add("Cookie")
+            _vary_cookie(response)
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
                 self.store.destroy(session)  # session.clear(): log out
