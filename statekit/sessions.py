@@ -51,10 +51,8 @@ session instead (``session.unavailable`` is true; assigning raises).
 
 from __future__ import annotations
 
-import base64
 import decimal
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -63,6 +61,8 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from itsdangerous import BadSignature, Signer, want_bytes
 
 from ._session_backends import IndexOp, MemoryEngine, RedisEngine, now
 from .backends.memory import get_store
@@ -82,41 +82,47 @@ _SALT = "statekit.session.v1"
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
 
-class _CookieSigner:
-    """Signs and verifies session cookies exactly like itsdangerous's ``Signer``
-    (HMAC-SHA256, ``key_derivation="hmac"``, salt :data:`_SALT`, separator ``.``,
-    unpadded URL-safe base64; the same cookies), with the derived keys computed once
-    and one C-level HMAC per key tried. Comparison is constant-time. Immutable, so
-    safe to share between threads.
+class _DerivedOnceSigner(Signer):
+    """itsdangerous's ``Signer`` deriving each secret key once instead of on every
+    sign and verify (the derivation is an HMAC of its own)."""
 
-    :param keys: secret keys, newest first: the first signs, all verify (in order).
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        raw = self.secret_key if secret_key is None else want_bytes(secret_key)
+        key = self._derived.get(raw)
+        if key is None:
+            key = self._derived[raw] = super().derive_key(raw)
+        return key
+
+
+class _CookieSigner:
+    """Signs and verifies session cookies with itsdangerous (HMAC-SHA256,
+    ``key_derivation="hmac"``, salt :data:`_SALT`). Comparison is constant-time.
+    Immutable after construction, so safe to share between threads.
+
+    :param keys: secret keys, newest first: the first signs, all verify.
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_signer",)
 
     def __init__(self, keys: list[bytes]) -> None:
-        self._keys = [hmac.new(k, _SALT.encode(), hashlib.sha256).digest() for k in keys]
+        # itsdangerous signs with its *last* key and verifies with all of them
+        self._signer = _DerivedOnceSigner(
+            list(reversed(keys)), salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256
+        )
 
     def sign(self, value: str) -> bytes:
-        v = value.encode()
-        sig = hmac.new(self._keys[0], v, hashlib.sha256).digest()
-        return v + b"." + base64.urlsafe_b64encode(sig).rstrip(b"=")
+        return self._signer.sign(value)
 
     def unsign(self, signed: str | bytes) -> bytes | None:
         """The signed value, or ``None`` if the signature does not verify."""
-        if isinstance(signed, str):
-            signed = signed.encode()
-        value, sep, sig = signed.rpartition(b".")
-        if not sep:
-            return None
         try:
-            raw = base64.urlsafe_b64decode(sig + b"=" * (-len(sig) % 4))
-        except (TypeError, ValueError):
+            return self._signer.unsign(signed)
+        except BadSignature:
             return None
-        for key in self._keys:
-            if hmac.compare_digest(raw, hmac.new(key, value, hashlib.sha256).digest()):
-                return value
-        return None
 
 
 class Session(dict[str, Any]):
