@@ -82,10 +82,8 @@ def test_graceful_timeout_force_kills_and_reports(tmp_path: Path) -> None:
         slow: list = []
         slow_request(srv.port, 20, slow)
         time.sleep(0.5)
-        started = time.monotonic()
         srv.signal(signal.SIGTERM)
-        assert srv.wait(15) == 0
-        assert time.monotonic() - started < 15
+        assert srv.wait(15) == 0  # exits (force-killing the slow request) without hanging
         in_flight, _, _, forced, lost = report(srv.log())
         assert (in_flight, forced, lost) == (1, 1, 1)
 
