@@ -35,11 +35,11 @@ import socket
 import ssl
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ._fork import reset_in_child
 from .errors import BackendUnavailable
 
 __all__ = ["InvalidationListener", "NearCache"]
@@ -113,18 +113,6 @@ def _tls_context(ep: dict[str, Any]) -> ssl.SSLContext:
     return ctx
 
 
-_listeners: weakref.WeakSet[InvalidationListener] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for listener in list(_listeners):
-        listener.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
 class InvalidationListener:
     """One background thread that receives Redis invalidation messages for a key
     prefix and drops the matching entries from the registered near caches.
@@ -153,7 +141,7 @@ class InvalidationListener:
         self.messages = 0
         #: (host, port, path) of each server the thread listens to now
         self.current: list[tuple[Any, Any, Any]] = []
-        _listeners.add(self)
+        reset_in_child(self)
 
     def register(self, base: str, near: NearCache) -> None:
         with self._lock:

@@ -34,16 +34,15 @@ a subclass's :meth:`FastTransport.reply_error` returns).
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import struct
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._fork import reset_in_child
 from ..errors import BackendUnavailable, StatekitError
 from .redis import RedisClient, is_cluster, translate_errors
 
@@ -285,18 +284,6 @@ except ImportError:  # pragma: no cover - hiredis is optional (pip install 'stat
     pack_command = _pack_any
 
 
-_transports: weakref.WeakSet[FastTransport] = weakref.WeakSet()
-
-
-def _after_fork() -> None:
-    for t in list(_transports):
-        t.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
 def fast_params(client: Any) -> dict[str, Any] | None:
     """The connection parameters of *client* if the fast path can serve it (a
     standalone RESP2 client over TCP or a unix socket, bytes replies), else ``None``."""
@@ -340,7 +327,7 @@ class FastTransport:
         self._reader_factory: Any = reader_factory or make_reader
         self._pack: Any = pack or pack_command
         self._local = threading.local()
-        _transports.add(self)
+        reset_in_child(self)
 
     # -- error mapping -------------------------------------------------------------
 
