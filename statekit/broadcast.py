@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -83,6 +84,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from . import _subscriber
 from ._subscriber import SharedValue, SharedValues, _channel, _check_name, _resolve, state_key
+from .backends.fastredis import FastTransport, fast_params, script_sha
 from .backends.redis import translate_errors
 from .errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from .metrics import Counters
@@ -164,6 +166,7 @@ redis.call('HSET', KEYS[1], 'data', ARGV[2], 'updated_at', ARGV[3])
 redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. version .. ' ' .. ARGV[3] .. ' ' .. ARGV[2])
 return {version, epoch}
 """
+_PUBLISH_SHA = script_sha(_PUBLISH)
 
 
 # -- publisher side -------------------------------------------------------------------
@@ -240,6 +243,7 @@ class Broadcaster:
         self._hub_key, self._make_client, self.prefix = _resolve(url, client, key_prefix)
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
+        self._targets: dict[str, tuple[list[str], str]] = {}
         self._serializer = get_serializer(serializer)
         self.jobs: dict[str, Job] = {}
         self._init_process_state()
@@ -253,6 +257,13 @@ class Broadcaster:
              "backend_errors", "leader_acquired", "leader_lost"),
         )
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # a fresh epoch per publish (used only when Redis has none): this process's
+        # random base + a counter, cheaper than a uuid4 per call
+        self._epochs = itertools.count()
+        self._epoch_base = uuid.uuid4().hex[:8]
+        # the publish path: FastTransport (per-thread socket, fork-safe) or redis-py
+        self._transport: FastTransport | None = None
+        self._use_fast: bool | None = None
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()
         self._wake = threading.Event()
@@ -315,6 +326,32 @@ class Broadcaster:
         state = state_key(self.prefix, name)
         return state, state + ":lease", state + ":fence"
 
+    def _publish_target(self, name: str) -> tuple[list[str], str]:
+        """``([state key, fence key], channel)`` of *name*, validated and cached."""
+        target = self._targets.get(name)
+        if target is None:
+            _check_name(name)
+            state, _, fence = self._keys(name)
+            target = ([state, fence], _channel(self.prefix, name))
+            if len(self._targets) < 4096:
+                self._targets[name] = target
+        return target
+
+    def _run_publish(self, keys: list[str], args: list[str | bytes]) -> Any:
+        """Run the publish script: through this thread's own socket when the client
+        is a plain standalone one (:class:`~statekit.backends.fastredis.FastTransport`:
+        one ``sendall`` + one ``recv``, no pool), else through redis-py."""
+        if self._use_fast is None:
+            if self._client is None:
+                self._client = self._make_client()
+            if fast_params(self._client) is not None:
+                self._transport = FastTransport(self._client, what="broadcast publish")
+            self._use_fast = self._transport is not None
+        if self._transport is not None:
+            return self._transport.script(_PUBLISH_SHA, _PUBLISH, keys, args)
+        with translate_errors("broadcast publish"):
+            return self._script("publish", _PUBLISH)(keys=keys, args=args)
+
     def publish(self, name: str, value: Any, *, token: int | None = None) -> int:
         """Retain *value* as the current value of *name* and push it to every worker.
 
@@ -322,7 +359,10 @@ class Broadcaster:
         worker never sees a version that is not retained. With *token* (the
         scheduler passes its fencing token) the publish is refused unless the token is
         the job's current one. Safe from any thread and process; concurrent publishes
-        are ordered by Redis and every worker ends on the last one.
+        are ordered by Redis and every worker ends on the last one. On a plain
+        standalone client the script goes through a per-thread socket
+        (:class:`~statekit.backends.fastredis.FastTransport`, fork-safe), not the
+        pool; Cluster, Sentinel and TLS clients go through redis-py.
 
         :returns: the new version.
         :raises StaleToken: *token* is older than the current leader's; nothing changed.
@@ -330,13 +370,13 @@ class Broadcaster:
             have been applied (workers converge on whatever Redis retained).
         :raises SerializationError: the codec cannot encode *value*.
         """
-        _check_name(name)
+        keys, channel = self._publish_target(name)
         data = self._serializer.dumps(value)
-        state, _, fence = self._keys(name)
-        args = ["" if token is None else str(token), data, str(int(time.time() * 1000)),
-                uuid.uuid4().hex[:10], _channel(self.prefix, name)]
-        with translate_errors("broadcast publish"):
-            version, info = self._script("publish", _PUBLISH)(keys=[state, fence], args=args)
+        args: list[str | bytes] = [
+            "" if token is None else str(token), data, str(int(time.time() * 1000)),
+            f"{self._epoch_base}{next(self._epochs):x}", channel,
+        ]
+        version, info = self._run_publish(keys, args)
         if version == -1:
             raise StaleToken(
                 f"publish of {name!r} with fencing token {token} refused: the current token is {info}"
