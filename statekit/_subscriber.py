@@ -145,6 +145,8 @@ class Hub:
         )
         self._values: dict[str, weakref.WeakSet[SharedValue[Any]]] = {}
         self._gauges: dict[str, Counters] = {}
+        self._names: dict[bytes, str] = {}  # channel -> registered name
+        self._refs: dict[str, tuple[weakref.ref[SharedValue[Any]], ...]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -152,7 +154,11 @@ class Hub:
     def register(self, value: SharedValue[Any]) -> None:
         """Add *value* to the hub and start the subscriber thread if needed."""
         with self.lock:
-            self._values.setdefault(value.name, weakref.WeakSet()).add(value)
+            values = self._values.setdefault(value.name, weakref.WeakSet())
+            values.add(value)
+            # the message path walks a plain tuple of references (cheaper than
+            # iterating the WeakSet); a dead reference in it is skipped
+            self._refs[value.name] = tuple(weakref.ref(v) for v in values)
             if getattr(self.client, "in_process", False):  # memory://: publishes deliver directly
                 self.connected.set()
                 return
@@ -184,16 +190,21 @@ class Hub:
 
     def offer(self, name: str, record: Record) -> None:
         """Hand *record* to every registered value called *name* (newer ones win)."""
+        refs = self._refs.get(name)
+        if not refs:
+            return
         changed = []
         with self.lock:
-            for value in list(self._values.get(name, ())):
-                if value._offer(record):
-                    self.counters.incr("updates")
+            for ref in refs:
+                value = ref()
+                if value is not None and value._offer(record):
                     changed.append(value)
             if changed:
                 self.gauge(name, record)
-        for value in changed:  # outside the lock: a callback may read other values
-            value._notify()
+        if changed:
+            for value in changed:  # outside the lock: a callback may read other values
+                value._notify()
+            self.counters.incr("updates", len(changed))  # bookkeeping after delivery
 
     def gauge(self, name: str, record: Record) -> None:
         """Export the version and publish time now shown for *name* (lock held)."""
@@ -315,19 +326,24 @@ class Hub:
                         pubsub.close()
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        self.counters.incr("messages")
-        if not channel.startswith(self.channel_prefix):
-            return
-        name = channel[len(self.channel_prefix):].decode("utf-8", "replace")
-        if name not in self._values:
-            return
+        # the update is applied first and counted after: the counter lock is off the
+        # publish-to-visible path
+        name = self._names.get(channel)
+        if name is None:
+            if channel.startswith(self.channel_prefix):
+                name = channel[len(self.channel_prefix):].decode("utf-8", "replace")
+            if name is None or name not in self._values:
+                self.counters.incr("messages")
+                return
+            self._names[channel] = name  # registered names only: bounded
         try:
             record = parse_message(data)
         except ValueError:
             self.counters.incr("errors")
             log.warning("broadcast subscriber ignored a malformed message on %r", channel)
-            return
-        self.offer(name, record)
+        else:
+            self.offer(name, record)
+        self.counters.incr("messages")
 
 
 _hubs: dict[tuple[str, Any], Hub] = {}
