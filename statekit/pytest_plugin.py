@@ -14,8 +14,10 @@ and stopped at the end. ``statekit_redis_url`` empties the server before each te
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -26,7 +28,30 @@ __all__ = [
     "statekit_redis_url",
     "statekit_s3_server",
     "statekit_s3_url",
+    "wait_for",
 ]
+
+T = TypeVar("T")
+
+
+def wait_for(
+    cond: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.01
+) -> T:
+    """Poll *cond* until it returns something truthy, and return that.
+
+    For outcomes that arrive asynchronously: a shared value updated by the subscriber
+    thread, a process that exits, a log line. After *timeout* seconds the test fails
+    with an ``AssertionError`` naming *what*. The timeout is an upper bound for a
+    failing test, not a speed claim: a passing test returns as soon as *cond* holds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

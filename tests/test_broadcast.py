@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,18 +17,9 @@ from statekit import _subscriber
 from statekit.broadcast import Broadcaster, SharedValue, current_run, load_broadcaster, state_key
 from statekit.embedded import RedisServer
 from statekit.errors import ConfigError, InvalidKey, StaleToken
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cond()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from statekit.embedded import RedisServer
+from statekit.pytest_plugin import wait_for
 
 pytestmark = [pytest.mark.redis]
 
@@ -71,16 +72,6 @@ WORKER = textwrap.dedent('''
                 out.flush()
             time.sleep(0.005)
 ''')
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cond()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Cluster:

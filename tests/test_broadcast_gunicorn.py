@@ -13,8 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 import redis
 
 from statekit.embedded import free_port
+from statekit.pytest_plugin import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.gunicorn]
 
@@ -56,16 +56,6 @@ APP = textwrap.dedent('''
                                   ("Content-Length", str(len(body))), ("Connection", "close")])
         return [body]
 ''')
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = cond()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(port: int) -> dict[str, Any] | None:

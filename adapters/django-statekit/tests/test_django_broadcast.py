@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ from django.urls import path
 from django_statekit.broadcast import get_broadcaster, shared, shared_value, shared_values
 from statekit.broadcast import Broadcaster, SharedValues
 from statekit.errors import ConfigError
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -25,15 +24,6 @@ PREFIX = "djbc"
 
 #: run by the management command test: computes once, then stops its own scheduler
 cli_broadcaster: Broadcaster | None = None
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := cond():
-            return result
-        time.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def count_view(request: HttpRequest) -> JsonResponse:

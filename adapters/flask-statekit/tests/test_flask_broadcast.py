@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +10,7 @@ from flask import Flask, jsonify, render_template_string
 from flask_statekit import StateKit, get_state
 from flask_statekit.broadcast import shared, shared_value, shared_values
 from statekit.broadcast import Broadcaster, SharedValues
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -19,15 +18,6 @@ PREFIX = "flaskbc"
 
 #: run by the CLI test: computes once, then stops its own scheduler
 cli_broadcaster: Broadcaster | None = None
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := cond():
-            return result
-        time.sleep(0.01)
-    raise AssertionError("timed out")
 
 
 def make_app(url: str, **config: Any) -> Flask:
