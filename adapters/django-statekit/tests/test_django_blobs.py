@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import zlib
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,17 +18,14 @@ from django.urls import path
 from django_statekit.storage import BlobStorage, serve_blob
 from statekit.blobs import BlobStore
 from statekit.errors import BlobTooLarge, ContentTypeMismatch
+from statekit.phoenix import make_png
 
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
 
 
 def png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + \
-        chunk(b"IEND", b"")
+    """A valid 1x1 PNG (the same bytes on every call)."""
+    return make_png(random.Random(0), 1, 1)
 
 
 tests_django_urls.urlpatterns.append(path("_statekit/blobs/<path:key>", serve_blob, name="statekit_blob"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import zlib
+import random
 from typing import Any
 
 import pytest
@@ -12,17 +12,14 @@ from flask import Flask, jsonify
 from flask_statekit import StateKit
 from flask_statekit.blobs import blob_store, blob_url, save_upload
 from statekit.errors import ConfigError
+from statekit.phoenix import make_png
 
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
 
 
 def png() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + \
-        chunk(b"IEND", b"")
+    """A valid 1x1 PNG (the same bytes on every call)."""
+    return make_png(random.Random(0), 1, 1)
 
 
 def make_app(url: str) -> Flask:
