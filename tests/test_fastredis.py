@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -156,3 +157,31 @@ def test_session_store_uses_it_and_survives_a_restart(private_redis: RedisServer
         store.open(store.sign(fresh.sid))
     with pytest.raises(BackendUnavailable):
         store.save(store.create({"c": 3}))
+
+
+def test_cpu_pressure_turns_busy_polling_off_when_cpus_are_oversubscribed(tmp_path: Path) -> None:
+    from statekit.backends.fastredis import _CpuPressure
+
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.50 0.40 0.30 1/120 4242\n")  # only the sampler runs
+    pressure = _CpuPressure(str(loadavg))
+    pressure.cpus = 2
+    assert pressure() is False
+    loadavg.write_text("5.00 4.00 3.00 9/120 4242\n")  # 8 others runnable on 2 CPUs
+    for _ in range(5):
+        pressure.next = 0.0  # skip the 20 ms sampling interval
+        pressure()
+    assert pressure.busy is True
+    loadavg.write_text("0.50 0.40 0.30 1/120 4242\n")
+    for _ in range(10):
+        pressure.next = 0.0
+        pressure()
+    assert pressure.busy is False
+
+
+def test_cpu_pressure_is_never_busy_without_proc_loadavg(tmp_path: Path) -> None:
+    from statekit.backends.fastredis import _CpuPressure
+
+    pressure = _CpuPressure(str(tmp_path / "missing"))
+    assert pressure() is False
+    assert pressure.next == float("inf")

@@ -34,6 +34,8 @@ a subclass's :meth:`FastTransport.reply_error` returns).
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import socket
 import struct
 import sys
@@ -109,13 +111,54 @@ _perf = time.perf_counter
 SPIN_SECONDS = 60e-6
 
 
+class _CpuPressure:
+    """Whether this machine has more runnable tasks than CPUs, from the kernel's
+    instantaneous count in ``/proc/loadavg``, sampled at most every 20 ms and
+    smoothed. Busy-polling then only takes CPU time from the processes that would
+    answer (Redis, the other workers), so :class:`_FastConnection` blocks instead.
+    Always ``False`` where ``/proc/loadavg`` does not exist."""
+
+    __slots__ = ("avg", "busy", "cpus", "next", "path")
+
+    def __init__(self, path: str = "/proc/loadavg") -> None:
+        self.path = path
+        try:
+            self.cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            self.cpus = os.cpu_count() or 1
+        self.avg = 0.0
+        self.busy = False
+        self.next = 0.0 if os.path.exists(path) else math.inf
+
+    def __call__(self) -> bool:
+        t = _perf()
+        if t < self.next:
+            return self.busy
+        self.next = t + 0.02
+        try:
+            with open(self.path, "rb") as f:
+                running = int(f.read().split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):  # pragma: no cover
+            self.next = math.inf
+            return False
+        # the sampling thread is one of the running tasks
+        self.avg = 0.6 * self.avg + 0.4 * (running - 1)
+        self.busy = self.avg >= self.cpus
+        return self.busy
+
+
+_cpu_pressure = _CpuPressure()
+
+
 class _FastConnection:
     """One socket and one reply parser, used by one thread only.
 
     After sending a command it first polls the socket without blocking a few times
     (adaptive busy-polling): a Redis on the same host or LAN usually answers within
     those microseconds, and the thread is spared a sleep and a scheduler wake-up,
-    which on virtual machines costs more than the round trip itself. After 16
+    which on virtual machines costs more than the round trip itself. It does not
+    poll while the machine has more runnable tasks than CPUs (the spin would take
+    CPU time from Redis and the other workers). After 16
     replies in a row slower than the spin (a distant Redis) it stops spinning, and
     probes again every 1024 calls.
 
@@ -170,7 +213,7 @@ class _FastConnection:
         sock = self.sock
         sock.sendall(packed)
         reader = self.reader
-        if self.spin:
+        if self.spin and not _cpu_pressure():
             recv = sock.recv
             deadline = _perf() + SPIN_SECONDS
             while True:
