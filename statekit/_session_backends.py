@@ -22,15 +22,20 @@ session was rotated (the second item is the new handle), ``-1`` the key already 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import types
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.fastredis import FastTransport, RedisReplyError, script_sha
+from .backends.fastredis import FastTransport, RedisReplyError, _FastConnection, fast_params, script_sha
 from .backends.memory import MemoryStore
 from .backends.redis import RedisClient, translate_errors
-from .errors import SessionError
+from .errors import ConfigError, SessionError
+from .nearcache import InvalidationListener, NearCache
 
 __all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
 
@@ -76,9 +81,11 @@ end
 """
 
 # KEYS: session [, add-index] [, remove-index]
-# ARGV: create ('0' or the new session's m:c), ttl_ms, nsets, k1, v1 ..., ndels, f1 ...,
-# [index args]. A create finding its own m:c is a retried create (redis-py retries a
-# command whose reply timed out), not a collision.
+# ARGV: create ('0' or the new session's m:c), ttl_ms, return the hash ('0'/'1'), nsets,
+# k1, v1 ..., ndels, f1 ..., [index args]. A create finding its own m:c is a retried
+# create (redis-py retries a command whose reply timed out), not a collision. The
+# closing HGETALL (near cache) also makes the calling connection track the key again:
+# the write itself ended its tracking.
 _WRITE = _INDEX + """
 if ARGV[1] ~= '0' then
   local c = redis.call('HGET', KEYS[1], 'm:c')
@@ -86,8 +93,8 @@ if ARGV[1] ~= '0' then
 else
 """ + _HEAD + """
 end
-local i = 4
-local n = tonumber(ARGV[3])
+local i = 5
+local n = tonumber(ARGV[4])
 if n > 0 then
   local args = {}
   for _ = 1, n do
@@ -110,6 +117,7 @@ end
 local v = redis.call('HINCRBY', KEYS[1], 'm:v', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if ARGV[i] then index(i, 2) end
+if ARGV[3] == '1' then return {1, v, redis.call('HGETALL', KEYS[1])} end
 return {1, v}
 """
 
@@ -123,7 +131,7 @@ if ARGV[3] then index(3, 3) end
 return {1, 0}
 """
 
-# KEYS: session; ARGV: field, amount, codec
+# KEYS: session; ARGV: field, amount, codec. Returns {1, new value, new version}.
 _INCR = _HEAD + """
 if ARGV[3] == 'msgpack' then
   local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -132,9 +140,10 @@ if ARGV[3] == 'msgpack' then
   if type(n) ~= 'number' then return redis.error_reply('ERR session value is not an integer') end
   n = n + tonumber(ARGV[2])
   redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(n))
-  return {1, n}
+  return {1, n, redis.call('HINCRBY', KEYS[1], 'm:v', 1)}
 end
-return {1, redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])}
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return {1, n, redis.call('HINCRBY', KEYS[1], 'm:v', 1)}
 """
 
 # KEYS: index; ARGV: key prefix, member to keep. Standalone/Sentinel only: the
@@ -163,12 +172,67 @@ def _index_keys(op: IndexOp) -> list[str]:
     return [k for k in (op.add, op.remove) if k]
 
 
+def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    it = iter(flat)
+    return {k.decode(): v for k, v in zip(it, it, strict=True)}
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
 
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _TrackingTransport(FastTransport):
+    """The fast path with Redis client-side caching, on one socket per process (a
+    lock serializes the calls of its threads). The socket runs ``CLIENT TRACKING on
+    REDIRECT <listener> NOLOOP`` first, so Redis reports to the
+    :class:`~statekit.nearcache.InvalidationListener` every later change, by another
+    connection, of a key it read. One socket per process, not per thread: each
+    tracking connection gets its own message for every change, and this process's
+    own saves must not come back to it as invalidations. A socket whose setup
+    failed, or that was set up for an earlier listener connection, never feeds the
+    near cache."""
+
+    def __init__(self, client: RedisClient, listener: InvalidationListener) -> None:
+        super().__init__(client, what="session")
+        self.listener = listener
+        self.reset_after_fork()
+
+    def reset_after_fork(self) -> None:
+        self._local = types.SimpleNamespace(conn=None)  # type: ignore[assignment]
+        self._call_lock = threading.Lock()
+
+    def _fast(self) -> _FastConnection:
+        conn: _FastConnection | None = self._local.conn
+        if conn is not None:
+            return conn
+        conn = super()._fast()
+        conn.tag = -1
+        # generation first, then the id: a newer id with an older generation only
+        # makes the socket look stale (reopened), never the other way round
+        listener = self.listener
+        generation, client_id = listener.generation, listener.client_id
+        if client_id is not None and listener.connected.is_set():
+            reply = conn.call(self._pack((b"CLIENT", b"TRACKING", b"on", b"REDIRECT", client_id,
+                                          b"NOLOOP")))
+            if not isinstance(reply, Exception):
+                conn.tag = generation
+        return conn
+
+    def fast_call(self, packed: bytes) -> Any:
+        with self._call_lock:
+            conn: _FastConnection | None = self._local.conn
+            if conn is not None and conn.tag != self.listener.generation:
+                self._drop_fast()  # set up for an earlier listener connection (or not at all)
+            return super().fast_call(packed)
+
+    def tracked(self) -> bool:
+        """Whether the socket reports its reads to the live listener."""
+        conn: _FastConnection | None = self._local.conn
+        return conn is not None and conn.tag == self.listener.generation and conn.tag > 0
 
 
 class RedisEngine:
@@ -178,15 +242,78 @@ class RedisEngine:
     index is updated by a second call right after the session script, and
     :meth:`revoke_user` reads the index and then deletes (two calls, not atomic
     with a login or rotation happening at the same instant).
+
+    With *near_cache* (a number of sessions), loads are served from a per-process
+    copy of recently used sessions, kept coherent by Redis client-side caching
+    (:class:`_TrackingTransport`); standalone Redis over TCP or a unix socket only.
     """
 
-    def __init__(self, client: RedisClient, key_prefix: str, *, fast_path: bool = True) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str, *, fast_path: bool = True,
+                 near_cache: int = 0, near_max_age: float = 60.0) -> None:
         self.client = client
         self.key_prefix = key_prefix
+        self.near: NearCache[dict[str, bytes]] | None = None
+        self.near_hits = 0
         # load, save, rotate, incr and revoke: one command or script on this thread's
         # own socket (redis-py for Cluster/Sentinel/TLS); pipelines stay on redis-py
-        self.transport = FastTransport(client, fast_path=fast_path, what="session")
+        self.transport: FastTransport
+        if near_cache:
+            params = fast_params(client)
+            if params is None or not fast_path:
+                raise ConfigError(
+                    "the session near cache needs a standalone Redis over TCP or a unix socket "
+                    "(not Cluster, Sentinel, TLS or RESP3)")
+            self.listener = InvalidationListener(lambda: [dict(params)], f"{key_prefix}:session:",
+                                                 bcast=False)
+            self.near = NearCache(near_cache, near_max_age)
+            self.listener.register(f"{key_prefix}:session:", self.near, whole_keys=True)
+            self.transport = _TrackingTransport(client, self.listener)
+            weakref.finalize(self, self.listener.stop)
+        else:
+            self.transport = FastTransport(client, fast_path=fast_path, what="session")
         self.cluster = self.transport.cluster
+
+    def _tracked(self) -> bool:
+        transport = self.transport
+        return isinstance(transport, _TrackingTransport) and transport.tracked()
+
+    @contextlib.contextmanager
+    def _changing(self, key: str | None = None, *, stores: bool = False,
+                  barrier: bool = True) -> Iterator[int]:
+        """Around a change of *key* (of any session if ``None``) by this process,
+        with the near cache on. With *stores*, yields the sequence number under which
+        the block settles the key (:meth:`NearCache.settle`, keeping the value the
+        change left), else ``-1``.
+
+        Before the change, this process's copy is dropped. After it, the copy is
+        dropped again (unless the block settled it): a load of this process that
+        read the old value while the change was in flight must not keep it, and no
+        invalidation will come for it (``NOLOOP``).
+
+        With *barrier* (rotation, logout, revocation), a ``PING`` then waits until
+        Redis has written the invalidations for the other processes: Redis writes
+        the writer's reply before the invalidations of the same change (in one pass
+        of its event loop), and reads a command only in a later pass. This makes a
+        revoked session's copies go away before the revoking request answers
+        (delivery by the kernel may still take a moment under load). Saves and
+        ``incr`` skip it: the same user's next request is ordered after them by the
+        version token (see :mod:`statekit.sessions`)."""
+        near = self.near
+        if near is None:
+            yield -1
+            return
+        if key is None:
+            near.flush()
+        else:
+            near.evict(key)
+        seq = near.seq if stores and near.active and key is not None else -1
+        yield seq
+        if key is None:
+            near.flush()
+        elif seq < 0:  # else the block settled the key itself (see _write)
+            near.settle(key, None, -1)
+        if barrier:
+            self.transport.command(b"PING")
 
     def _index_after(self, op: IndexOp | None) -> None:
         if op is None:
@@ -200,16 +327,39 @@ class RedisEngine:
             pipe.zrem(op.remove, op.old_member)
         pipe.execute()
 
-    def fetch(self, key: str) -> dict[str, bytes]:
+    def fetch(self, key: str, min_version: int = 0) -> dict[str, bytes]:
+        """The session hash under *key* (``{}`` if none): from the near cache when it
+        holds a copy of at least *min_version* that no invalidation has reached, else
+        one ``HGETALL``. The returned dict is shared with the near cache: do not
+        change it."""
+        near = self.near
+        seq = -1
+        if near is not None:
+            self.listener.ensure_running()
+            if near.active:
+                hit = near.data.get(key)
+                if (hit is not None and hit[1] > time.monotonic() and not self.listener.pending()
+                        and (not min_version or int(hit[0].get("m:v", b"0")) >= min_version)):
+                    self.near_hits += 1
+                    return hit[0]
+                seq = near.seq
         raw = self.transport.command(b"HGETALL", key)
         if isinstance(raw, dict):  # through redis-py (its reply callback)
             return {_text(k): v for k, v in raw.items()}
-        it = iter(raw)
-        return {k.decode(): v for k, v in zip(it, it, strict=True)}
+        out = _pairs(raw)
+        if near is not None and seq >= 0 and "m:c" in out and self._tracked():
+            near.store(key, out, None, seq)
+        return out
 
     def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
               dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
-        args: list[bytes | str | int | float] = [sets["m:c"] if create else "0", ttl_ms, len(sets)]
+        with self._changing(key, stores=True, barrier=False) as seq:
+            return self._write(key, create, sets, dels, ttl_ms, index, seq)
+
+    def _write(self, key: str, create: bool, sets: Mapping[str, bytes | str], dels: Sequence[str],
+               ttl_ms: int, index: IndexOp | None, seq: int) -> Result:
+        args: list[bytes | str | int | float] = [sets["m:c"] if create else "0", ttl_ms,
+                                                 "1" if seq >= 0 else "0", len(sets)]
         for f, v in sets.items():
             args += [f, v]
         args += [len(dels), *dels]
@@ -217,10 +367,14 @@ class RedisEngine:
         if index is not None and not self.cluster:
             keys += _index_keys(index)
             args += _index_args(index)
-        code, extra = self.transport.script(_WRITE_SHA, _WRITE, keys, args)
+        reply = self.transport.script(_WRITE_SHA, _WRITE, keys, args)
+        code, extra = reply[0], reply[1]
         if code == 1 and self.cluster:
             with translate_errors("session save"):
                 self._index_after(index)
+        if seq >= 0 and self.near is not None:
+            fresh = code == 1 and len(reply) > 2 and self._tracked()
+            self.near.settle(key, _pairs(reply[2]) if fresh else None, seq)
         return int(code), _text(extra)
 
     def rotate(self, old: str, new: str, handle: str, alias_ms: int, index: IndexOp | None) -> Result:
@@ -229,7 +383,8 @@ class RedisEngine:
         if index is not None and not self.cluster:
             keys += _index_keys(index)
             args += _index_args(index)
-        code, extra = self.transport.script(_ROTATE_SHA, _ROTATE, keys, args)
+        with self._changing(old):
+            code, extra = self.transport.script(_ROTATE_SHA, _ROTATE, keys, args)
         if code == 1 and self.cluster:
             with translate_errors("session rotate"):
                 self._index_after(index)
@@ -237,22 +392,30 @@ class RedisEngine:
 
     def incr(self, key: str, field: str, amount: int, codec: str) -> Result:
         try:
-            code, extra = self.transport.script(_INCR_SHA, _INCR, [key], [field, amount, codec])
+            with self._changing(key, barrier=False):
+                reply = self.transport.script(_INCR_SHA, _INCR, [key], [field, amount, codec])
         except RedisReplyError as e:
             raise SessionError(f"cannot increment session key {field[2:]!r}: {e}") from e
-        return int(code), _text(extra)
+        if reply[0] == 1:
+            return 1, (int(reply[1]), int(reply[2]))
+        return int(reply[0]), _text(reply[1])
 
     def destroy(self, key: str, index_key: str | None, member: str) -> None:
-        if not index_key:
-            self.transport.command(b"DEL", key)
-            return
-        with translate_errors("session destroy"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.delete(key)
-            pipe.zrem(index_key, member)
-            pipe.execute()
+        with self._changing(key):
+            if not index_key:
+                self.transport.command(b"DEL", key)
+                return
+            with translate_errors("session destroy"):
+                pipe = self.client.pipeline(transaction=False)
+                pipe.delete(key)
+                pipe.zrem(index_key, member)
+                pipe.execute()
 
     def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
+        with self._changing():  # other processes' copies: Redis invalidates them
+            return self._revoke_user(index_key, keep, key_of)
+
+    def _revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
         with translate_errors("session revoke"):
             if not self.cluster:
                 return int(self.transport.script(_REVOKE_SHA, _REVOKE, [index_key],
@@ -293,7 +456,7 @@ class MemoryEngine:
         self.store = store
         self.key_prefix = key_prefix
 
-    def fetch(self, key: str) -> dict[str, bytes]:
+    def fetch(self, key: str, min_version: int = 0) -> dict[str, bytes]:
         return dict(self.store.get(key) or {})
 
     def _head(self, key: str) -> tuple[dict[str, Any] | None, Result | None]:
@@ -375,8 +538,10 @@ class MemoryEngine:
                 raise SessionError(f"cannot increment session key {field[2:]!r}: not an integer") from e
             h = dict(found)
             h[field] = enc
+            version = int(h.get("m:v", b"0")) + 1
+            h["m:v"] = str(version).encode()
             self.store.set(key, h, self.store.ttl(key))
-            return 1, n
+            return 1, (n, version)
 
     def destroy(self, key: str, index_key: str | None, member: str) -> None:
         with self.store.lock:

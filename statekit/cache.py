@@ -47,7 +47,7 @@ from .breaker import CLOSED, STATE_VALUES, CircuitBreaker
 from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from .metrics import Counters
-from .nearcache import InvalidationListener, NearCache
+from .nearcache import Entry, InvalidationListener, NearCache
 from .serializers import JSONSerializer, Serializer, get_serializer
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class Cache:
         self._parent = _parent
         self._sf_local = threading.local()
         self._backend: CacheBackend | None = None
-        self._near: NearCache | None = None
+        self._near: NearCache[Entry] | None = None
         self._listener: InvalidationListener | None = None
         # weak both ways, so a dropped cache is freed at once and its listener stops
         self._children: weakref.WeakValueDictionary[str, Cache] = weakref.WeakValueDictionary()

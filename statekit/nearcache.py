@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._fork import reset_in_child
 from .errors import BackendUnavailable
@@ -46,9 +46,10 @@ __all__ = ["InvalidationListener", "NearCache"]
 
 #: (value, logical expiry as epoch seconds or 0.0, compute time in seconds)
 Entry = tuple[Any, float, float]
+T = TypeVar("T")
 
 
-class NearCache:
+class NearCache(Generic[T]):
     """Bounded LRU of decoded entries for one namespace.
 
     Reads (:attr:`data` lookups by :class:`~statekit.cache.Cache`) take no lock;
@@ -60,12 +61,12 @@ class NearCache:
             raise ValueError("near cache maxsize must be at least 1")
         self.maxsize = maxsize
         self.max_age = max_age
-        self.data: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self.data: OrderedDict[str, tuple[T, float]] = OrderedDict()
         self.active = False
         self.seq = 0
         self.lock = threading.Lock()
 
-    def store(self, key: str, entry: Entry, ttl_ms: int | None, seq: int) -> None:
+    def store(self, key: str, entry: T, ttl_ms: int | None, seq: int) -> None:
         """Keep *entry* unless an invalidation arrived since *seq* was read."""
         age = self.max_age if ttl_ms is None else min(self.max_age, ttl_ms / 1000.0)
         if age <= 0:
@@ -75,6 +76,23 @@ class NearCache:
                 return
             data = self.data
             data[key] = (entry, time.monotonic() + age)
+            data.move_to_end(key)
+            while len(data) > self.maxsize:
+                data.popitem(last=False)
+
+    def settle(self, key: str, entry: T | None, seq: int) -> None:
+        """After this process changed *key* itself: keep *entry* (the value the
+        change left, or ``None``) unless an invalidation arrived since *seq*, and in
+        any case refuse the values that reads begun before now would store. Needed
+        where the change sends no invalidation back to this process (``NOLOOP``)."""
+        with self.lock:
+            keep = entry is not None and self.active and self.seq == seq
+            self.seq += 1
+            if not keep:
+                self.data.pop(key, None)
+                return
+            data = self.data
+            data[key] = (entry, time.monotonic() + self.max_age)  # type: ignore[assignment]
             data.move_to_end(key)
             while len(data) > self.maxsize:
                 data.popitem(last=False)
@@ -122,15 +140,28 @@ class InvalidationListener:
     :param prefix: the key prefix to track (``"<prefix>:"``).
     :param follow: re-check :func:`endpoints` every this many seconds and reconnect
         when they change (Sentinel failover); ``0`` to never re-check.
+    :param bcast: track every key under *prefix* (``BCAST``, the cache). ``False``
+        tracks nothing itself: data connections opt in with ``CLIENT TRACKING on
+        REDIRECT`` :attr:`client_id` and get invalidations only for the keys they
+        read (sessions; one endpoint only). A reconnect changes :attr:`client_id` and
+        bumps :attr:`generation`, so those connections must be opened again.
     """
 
     def __init__(self, endpoints: Callable[[], list[dict[str, Any]]], prefix: str, *,
-                 follow: float = 0.0, timeout: float = 1.0) -> None:
+                 follow: float = 0.0, timeout: float = 1.0, bcast: bool = True) -> None:
         self.endpoints = endpoints
         self.prefix = prefix
         self.follow = follow
         self.timeout = timeout
-        self._nears: dict[str, NearCache] = {}
+        self.bcast = bcast
+        self._nears: dict[str, NearCache[Any]] = {}
+        self._whole: set[str] = set()
+        self._socks: list[socket.socket] = []
+        self._handling = False
+        #: the connection id of the (first) invalidation connection, for ``REDIRECT``
+        self.client_id: int | None = None
+        #: bumped on every (re)connect, after :attr:`client_id` is set
+        self.generation = 0
         self._readers: dict[socket.socket, Any] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -143,9 +174,14 @@ class InvalidationListener:
         self.current: list[tuple[Any, Any, Any]] = []
         reset_in_child(self)
 
-    def register(self, base: str, near: NearCache) -> None:
+    def register(self, base: str, near: NearCache[Any], *, whole_keys: bool = False) -> None:
+        """Drop entries of *near* for invalidated keys starting with *base*. The cache
+        keys its entries by the rest of a versioned key; with *whole_keys* the entries
+        are keyed by the whole Redis key."""
         with self._lock:
             self._nears[base] = near
+            if whole_keys:
+                self._whole.add(base)
             if self.connected.is_set():
                 near.set_active(True)
 
@@ -174,6 +210,21 @@ class InvalidationListener:
         self._stop.set()
         self._set_active(False)
 
+    def pending(self) -> bool:
+        """Whether invalidations have arrived that the thread has not handled yet
+        (bytes waiting on its socket, by a zero-timeout ``select``, or taken off it
+        but not yet applied): a reader then bypasses its near cache instead of
+        waiting for the thread to get the GIL."""
+        if self._handling:
+            return True
+        socks = self._socks
+        if not socks:
+            return False
+        try:
+            return bool(select.select(socks, [], [], 0)[0])
+        except (OSError, ValueError):  # closed under us: the thread is reconnecting
+            return True
+
     def _set_active(self, active: bool) -> None:
         if active:
             self.connected.set()
@@ -192,6 +243,8 @@ class InvalidationListener:
                 eps = self.endpoints()
                 socks = [self._connect(ep) for ep in eps]
                 self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
+                self._socks = socks
+                self.generation += 1  # after client_id: readers pair an id with its generation
                 self._set_active(True)
                 backoff = 0.05
                 self._listen(socks, eps)
@@ -199,6 +252,7 @@ class InvalidationListener:
                 pass
             finally:
                 self._set_active(False)
+                self._socks = []
                 for s in socks:
                     self._readers.pop(s, None)
                     s.close()
@@ -241,8 +295,13 @@ class InvalidationListener:
             if ep.get("password"):
                 call("AUTH", *([ep["username"]] if ep.get("username") else []), ep["password"])
             client_id = call("CLIENT", "ID")
-            call("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+            if self.bcast:
+                call("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+            # else the data connections track the keys they read (CLIENT TRACKING on
+            # REDIRECT client_id), and only those keys' invalidations come here
             call("SUBSCRIBE", "__redis__:invalidate")
+            if not self.bcast:
+                self.client_id = int(client_id)
         except BaseException:
             sock.close()
             raise
@@ -260,18 +319,24 @@ class InvalidationListener:
             ready, _, _ = select.select(socks, [], [], 0.5)
             now = time.monotonic()
             for s in ready:
-                data = s.recv(65536)
-                if not data:
-                    raise BackendUnavailable("invalidation connection closed")
-                while isinstance(s, ssl.SSLSocket) and s.pending():  # decrypted, not yet read
-                    data += s.recv(65536)
-                last_seen[s] = now
-                reader = self._readers[s]
-                reader.feed(data)
-                msg = reader.gets()
-                while msg is not False:
-                    self._handle(msg)
+                # from taking bytes off the socket until they are handled, readers
+                # must not trust their copies (see pending())
+                self._handling = True
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        raise BackendUnavailable("invalidation connection closed")
+                    while isinstance(s, ssl.SSLSocket) and s.pending():  # decrypted, not yet read
+                        data += s.recv(65536)
+                    last_seen[s] = now
+                    reader = self._readers[s]
+                    reader.feed(data)
                     msg = reader.gets()
+                    while msg is not False:
+                        self._handle(msg)
+                        msg = reader.gets()
+                finally:
+                    self._handling = False
             if now - last_ping >= self.timeout:
                 for s in socks:
                     s.sendall(pack_command(("PING",)))
@@ -293,10 +358,14 @@ class InvalidationListener:
             for _base, near in nears:
                 near.flush()
             return
+        whole = self._whole
         for raw in keys:
             key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
             for base, near in nears:
                 if not key.startswith(base):
+                    continue
+                if base in whole:
+                    near.evict(key)
                     continue
                 rest = key[len(base):]
                 if rest == "gen":

@@ -165,7 +165,7 @@ class _FastConnection:
     ``AUTH`` and ``SELECT`` (when the client has a password or a non-zero db) are sent
     once, when the socket is opened."""
 
-    __slots__ = ("calls", "misses", "reader", "sock", "spin")
+    __slots__ = ("calls", "misses", "reader", "sock", "spin", "tag")
 
     def __init__(self, params: Mapping[str, Any], reader_factory: Any) -> None:
         timeout = params.get("socket_connect_timeout") or params.get("socket_timeout") or 1.0
@@ -189,6 +189,7 @@ class _FastConnection:
         self.reader = reader_factory()
         self.spin = bool(_DONTWAIT)
         self.calls = self.misses = 0
+        self.tag = 0  # what a FastTransport subclass set up on this socket (tracking)
         if params.get("password"):
             auth = ["AUTH", params["password"]]
             if params.get("username"):

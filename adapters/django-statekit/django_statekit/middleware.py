@@ -12,6 +12,10 @@ first turns it into a 500, which this middleware replaces). The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
 gets the same session back once Redis returns.
 
+With ``STATEKIT_SESSION_NEAR_CACHE`` it is required: it carries the session's
+version token (cookie ``<SESSION_COOKIE_NAME>_v``) that orders a browser's reads after
+its own writes (see :mod:`statekit.sessions`).
+
 It also marks the session cookie ``Secure`` outside ``DEBUG`` (Django's own
 ``SESSION_COOKIE_SECURE`` defaults to off); set ``STATEKIT_SESSION_COOKIE_SECURE =
 False`` to leave the cookie as Django made it.
@@ -20,13 +24,16 @@ False`` to leave the cookie as Django made it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from statekit.errors import BackendUnavailable
+from statekit.sessions import Session
 
 from .conf import get_setting
+from .sessions import version_token
 
 __all__ = ["OUTAGE_PAGE", "SessionOutageMiddleware", "outage_response"]
 
@@ -45,6 +52,12 @@ def outage_response() -> HttpResponse:
     return response
 
 
+def _secure() -> bool:
+    """Whether statekit marks session cookies ``Secure`` (on outside ``DEBUG``)."""
+    secure = get_setting("STATEKIT_SESSION_COOKIE_SECURE", not settings.DEBUG)
+    return secure not in (False, "0", "false", "False", "no", "off")
+
+
 class SessionOutageMiddleware:
     """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
     and send the session cookie with ``Secure`` outside ``DEBUG``."""
@@ -53,15 +66,43 @@ class SessionOutageMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        response = self.get_response(request)
-        if getattr(getattr(request, "session", None), "outage", False):
+        token_name = settings.SESSION_COOKIE_NAME + "_v"
+        sent = request.COOKIES.get(token_name)
+        reset = version_token.set(sent)
+        try:
+            response = self.get_response(request)
+        finally:
+            version_token.reset(reset)
+        session = getattr(request, "session", None)
+        if getattr(session, "outage", False):
             return outage_response()
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
-        if morsel is not None and morsel.value and not morsel["secure"]:
-            secure = get_setting("STATEKIT_SESSION_COOKIE_SECURE", not settings.DEBUG)
-            if secure not in (False, "0", "false", "False", "no", "off"):
-                morsel["secure"] = True
+        if morsel is not None and morsel.value and not morsel["secure"] and _secure():
+            morsel["secure"] = True
+        self._send_version_token(session, response, morsel, token_name, sent)
         return response
+
+    @staticmethod
+    def _send_version_token(session: object, response: HttpResponseBase, morsel: Any, name: str,
+                            sent: str | None) -> None:
+        """With the near cache: the session's version in ``<cookie name>_v`` after a
+        change, so the browser's next request reads at least that version."""
+        core = getattr(session, "_core", None)
+        if not isinstance(core, Session):
+            return
+        if morsel is not None and not morsel.value:  # the session cookie is being deleted
+            if sent is not None:
+                response.delete_cookie(name, path=settings.SESSION_COOKIE_PATH,
+                                       domain=settings.SESSION_COOKIE_DOMAIN)
+            return
+        token = core.store.version_token(core, sent)
+        if token is not None:
+            response.set_cookie(
+                name, token, max_age=None if settings.SESSION_EXPIRE_AT_BROWSER_CLOSE
+                else settings.SESSION_COOKIE_AGE,
+                path=settings.SESSION_COOKIE_PATH, domain=settings.SESSION_COOKIE_DOMAIN,
+                secure=settings.SESSION_COOKIE_SECURE or _secure(),
+                httponly=True, samesite=settings.SESSION_COOKIE_SAMESITE)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if isinstance(exception, BackendUnavailable):

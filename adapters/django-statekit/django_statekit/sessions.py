@@ -17,7 +17,9 @@ changes; ``request.session.incr(key)`` is an atomic counter.
 Settings: ``SESSION_COOKIE_AGE`` is the idle timeout (sliding);
 ``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days), ``STATEKIT_SESSION_REFRESH_INTERVAL``
 (60 s), ``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
-``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``). ``SESSION_SERIALIZER``
+``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``),
+``STATEKIT_SESSION_NEAR_CACHE`` (off; on or a number of sessions: per-process copies
+kept coherent by Redis, see :mod:`statekit.sessions`). ``SESSION_SERIALIZER``
 is not used: values go through statekit's codec, never pickle.
 
 **Outages.** Loading or saving with Redis unreachable raises
@@ -30,23 +32,34 @@ as empty and read-only instead.
 from __future__ import annotations
 
 import functools
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
-from statekit.errors import BackendUnavailable
+from statekit.errors import BackendUnavailable, ConfigError
 from statekit.sessions import Session
 from statekit.sessions import SessionStore as CoreStore
 
 from .conf import get_setting, get_settings
 
-__all__ = ["SessionStore", "get_core_store"]
+__all__ = ["SessionStore", "get_core_store", "version_token"]
+
+
+#: the version token the current request's browser sent (set by the middleware)
+version_token: ContextVar[str | None] = ContextVar("statekit_session_version_token", default=None)
+
+_MIDDLEWARE = "django_statekit.middleware.SessionOutageMiddleware"
 
 
 def get_core_store() -> CoreStore:
     """The process's :class:`statekit.sessions.SessionStore` for the current settings."""
     s = get_settings()
+    near = get_setting("STATEKIT_SESSION_NEAR_CACHE", 0)
+    if near not in (0, False, None, "", "0", "off", "false", "no") and _MIDDLEWARE not in settings.MIDDLEWARE:
+        raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
+                          "(it carries the version token that orders a browser's reads after its writes)")
     return _core_store(
         s.require("session_url"), s.secret_keys, s.key_prefix,
         float(settings.SESSION_COOKIE_AGE),
@@ -55,17 +68,18 @@ def get_core_store() -> CoreStore:
         float(get_setting("STATEKIT_SESSION_ALIAS_WINDOW", 10)),
         str(get_setting("STATEKIT_SESSION_CODEC", "json")),
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
+        near,
     )
 
 
 @functools.lru_cache(maxsize=16)
 def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
-                refresh: float, alias: float, codec: str, policy: str) -> CoreStore:
+                refresh: float, alias: float, codec: str, policy: str, near: Any) -> CoreStore:
     from django.contrib.auth import SESSION_KEY
 
     return CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
                      absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
-                     codec=codec, outage_policy=policy, user_key=SESSION_KEY)
+                     codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
 
 
 class SessionStore(SessionBase):
@@ -100,7 +114,7 @@ class SessionStore(SessionBase):
         if sid is None:
             return {}
         try:
-            core = self.store.open(self.session_key, context="django")
+            core = self.store.open(self.session_key, context="django", version_token=version_token.get())
         except BackendUnavailable:
             self.outage = True
             raise

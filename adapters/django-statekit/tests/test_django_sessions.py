@@ -18,6 +18,8 @@ from django.urls import path
 
 from django_statekit.sessions import SessionStore, get_core_store
 from statekit.embedded import RedisServer
+from statekit.errors import ConfigError
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -277,3 +279,33 @@ def test_outage_anonymous_policy(django_settings: Any, durable_redis: RedisServe
     durable_redis.start()
     assert c.get("/sessions/get").json() == {"cart": "apple"}
     assert c.cookies["sessionid"].value == cookie
+
+
+def test_near_cache_version_token_through_the_middleware(django_settings: Any, redis_url: str) -> None:
+    """With ``STATEKIT_SESSION_NEAR_CACHE`` the middleware sends ``sessionid_v`` after
+    a change (the browser's next request then reads at least that version), nothing
+    on reads, and unchanged reads come from the near cache."""
+    configure(django_settings, redis_url, STATEKIT_SESSION_NEAR_CACHE="on",
+              STATEKIT_SESSION_COOKIE_SECURE=False)
+    client = Client()
+    client.post("/sessions/set/a/1")
+    client.post("/sessions/set/a/2")
+    token = client.cookies["sessionid_v"].value
+    assert int(token) >= 2
+    core = get_core_store()
+    assert core.near_cache
+    resp = client.get("/sessions/get")
+    assert resp.json() == {"a": "2"} and "sessionid_v" not in resp.cookies
+    wait_for(lambda: client.get("/sessions/get").json() == {"a": "2"} and core.engine.near_hits > 0,
+             timeout=10, what="a read served from the near cache")
+    client.post("/sessions/incr/n")
+    assert int(client.cookies["sessionid_v"].value) == int(token) + 1
+    core.engine.listener.stop()
+
+
+def test_near_cache_without_the_middleware_is_a_config_error(django_settings: Any, redis_url: str) -> None:
+    django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_SESSION_URL=redis_url,
+                        STATEKIT_SESSION_NEAR_CACHE=True,
+                        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"])
+    with pytest.raises(ConfigError, match="SessionOutageMiddleware"):
+        get_core_store()

@@ -21,6 +21,9 @@ Settings (``app.config``, then the environment):
 ``STATEKIT_SESSION_OUTAGE_POLICY``   ``raise`` (503) or ``anonymous``
 ``STATEKIT_SESSION_USER_KEY``        default ``"_user_id"`` (Flask-Login)
 ``STATEKIT_SESSION_RETRY_AFTER``     seconds in the 503's ``Retry-After`` (5)
+``STATEKIT_SESSION_NEAR_CACHE``      off (default), on (10,000 sessions) or a number:
+                                     per-process copies of sessions, kept coherent
+                                     by Redis (see :mod:`statekit.sessions`)
 ===================================  ==================================================
 
 **Outages.** When Redis cannot be reached while loading a session, the request is
@@ -64,6 +67,7 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         self.accessed = False
         self.outage = False
         self.had_data = bool(self)
+        self.token_sent: str | None = None  # the version token the browser sent
 
     def __getitem__(self, key: str) -> Any:
         self.accessed = True
@@ -133,16 +137,24 @@ class StatekitSessionInterface(SessionInterface):
         self.partitioned = partitioned
         self.retry_after = retry_after
 
+    @property
+    def token_name(self) -> str:
+        """The version-token cookie (near cache only, see :mod:`statekit.sessions`)."""
+        return self.cookie_name + "_v"
+
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
-        cookie = request.cookies.get(self.cookie_name)
+        cookies = request.cookies
+        cookie = cookies.get(self.cookie_name)
+        token = cookies.get(self.token_name) if self.store.near_cache else None
         try:
-            s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}")
+            s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}", version_token=token)
         except BackendUnavailable:
             s = self.store.session_class(self.store, "", new=False)
             s.unavailable = True
             assert isinstance(s, FlaskSession)
             s.outage = True
         assert isinstance(s, FlaskSession)
+        s.token_sent = token
         return s
 
     def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
@@ -172,7 +184,13 @@ class StatekitSessionInterface(SessionInterface):
             return
         if logged_out:
             response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
+            if session.token_sent is not None:
+                response.delete_cookie(self.token_name, **self._cookie_kwargs(app))
             return
+        token = self.store.version_token(session, session.token_sent)
+        if token is not None and saved and not session.new:
+            response.set_cookie(self.token_name, token, expires=self.get_expiration_time(app, session),
+                                **self._cookie_kwargs(app))
         if not saved:
             # revoked or expired meanwhile: nothing written. The cookie is left alone:
             # the browser may already hold a newer one (a rotation in a parallel
@@ -232,6 +250,7 @@ def init_app(app: Flask, state: StateKitState) -> None:
         outage_policy=_config(app, "STATEKIT_SESSION_OUTAGE_POLICY", "raise"),
         user_key=_config(app, "STATEKIT_SESSION_USER_KEY", "_user_id") or None,
         session_class=FlaskSession,
+        near_cache=_config(app, "STATEKIT_SESSION_NEAR_CACHE", 0),
     )
     samesite = _config(app, "STATEKIT_SESSION_COOKIE_SAMESITE", "Lax")
     app.session_interface = StatekitSessionInterface(

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from flask_statekit import StateKit, get_state
 from flask_statekit.sessions import FlaskSession, StatekitSessionInterface
 from statekit.embedded import RedisServer
+from statekit.pytest_plugin import wait_for
 from statekit.sessions import SessionStore
 
 pytestmark = pytest.mark.redis
@@ -254,3 +255,35 @@ def test_outage_anonymous_policy_serves_read_only(durable_redis: RedisServer) ->
     assert resp.status_code == 503 and "Retry-After" in resp.headers
     durable_redis.start()
     assert client.get("/get").json == {"cart": "apple"} and cookie_of(client) == cookie
+
+
+def test_near_cache_sends_a_version_token_after_changes(redis_url: str) -> None:
+    """With ``STATEKIT_SESSION_NEAR_CACHE`` a change sends ``session_v`` (the new
+    version, so the browser's next request reads at least that); reads send nothing;
+    logout deletes it with the session cookie; unchanged reads are served locally."""
+    app = make_app(redis_url, STATEKIT_SESSION_NEAR_CACHE="on", STATEKIT_SESSION_COOKIE_SECURE=False)
+    client = app.test_client()
+    store = get_state(app).sessions  # type: ignore[attr-defined]
+    assert store.near_cache
+    client.post("/set/a/1")  # creates the session: its cookie, no token needed yet
+    resp = client.post("/set/a/2")
+    token = client.get_cookie("session_v")
+    assert token is not None and int(token.value) >= 2
+    assert "HttpOnly" in resp.headers["Set-Cookie"] and "SameSite=Lax" in resp.headers["Set-Cookie"]
+    for _ in range(3):
+        resp = client.get("/get")
+        assert resp.json == {"a": "2"}
+        assert "Set-Cookie" not in resp.headers
+    wait_for(lambda: client.get("/get").json == {"a": "2"} and store.engine.near_hits > 0, timeout=10,
+             what="a read served from the near cache")
+    client.post("/incr/n")
+    assert int(client.get_cookie("session_v").value) == int(token.value) + 1  # type: ignore[union-attr]
+    resp = client.post("/logout")
+    assert client.get_cookie("session") is None and client.get_cookie("session_v") is None
+    store.engine.listener.stop()
+
+
+def test_without_near_cache_no_token_is_sent(client: FlaskClient) -> None:
+    client.post("/set/a/1")
+    client.post("/set/a/2")
+    assert client.get_cookie("session_v") is None

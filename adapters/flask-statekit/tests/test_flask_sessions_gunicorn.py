@@ -109,10 +109,14 @@ def redis_server_private() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture
-def gunicorn(tmp_path: Path, redis_server_private: RedisServer) -> Iterator[Gunicorn]:
+@pytest.fixture(params=["0", "on"], ids=["plain", "near-cache"])
+def gunicorn(request: pytest.FixtureRequest, tmp_path: Path,
+             redis_server_private: RedisServer) -> Iterator[Gunicorn]:
+    """The app under gunicorn, without and with the session near cache (there each
+    client's next request, often served by the other worker, must see its last
+    write: read-your-writes across processes)."""
     g = Gunicorn(tmp_path, redis_server_private.url + "?socket_timeout=0.5&socket_connect_timeout=0.5",
-                 STATEKIT_SESSION_ALIAS_WINDOW=str(ALIAS_WINDOW))
+                 STATEKIT_SESSION_ALIAS_WINDOW=str(ALIAS_WINDOW), STATEKIT_SESSION_NEAR_CACHE=request.param)
     yield g
     g.stop()
 
@@ -155,9 +159,8 @@ def hammer(g: Gunicorn, cookie: str, paths: list[str], after: threading.Event | 
     pytest.param(CLIENTS, N, id="4x25"),
     pytest.param(8, 200, id="8x200-soak", marks=pytest.mark.slow),
 ])
-def test_concurrent_clients_lose_no_updates(request: pytest.FixtureRequest, clients: int, n: int) -> None:
+def test_concurrent_clients_lose_no_updates(gunicorn: Gunicorn, clients: int, n: int) -> None:
     """The soak variant runs with ``--soak`` (see conftest.py)."""
-    gunicorn: Gunicorn = request.getfixturevalue("gunicorn")
     cookie = cookie_from(post(gunicorn, "/start", None))
     responses = hammer(gunicorn, cookie, [f"/own/k{i}" for i in range(clients)], n=n)
     assert all(r.status_code == 200 for r in responses)

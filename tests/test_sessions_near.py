@@ -1,0 +1,282 @@
+"""The session near cache (``SessionStore(near_cache=N)``) on real Redis servers.
+
+Two stores stand for two processes: each has its own invalidation listener, its own
+tracked socket and its own copies, exactly as two gunicorn workers would (one test
+uses a real second process). What must hold: loads are served without a Redis call
+while nothing changed; a change elsewhere drops the copy; a browser always reads its
+own writes (the version token), also under concurrent writers; a dropped listener
+flushes the copies and tracking resumes after it reconnects.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from statekit._session_backends import RedisEngine
+from statekit.errors import ConfigError
+from statekit.pytest_plugin import wait_for
+from statekit.sessions import Session, SessionStore, _near_size, parse_version_token
+
+pytestmark = pytest.mark.redis
+
+
+def _engine(store: SessionStore) -> RedisEngine:
+    assert isinstance(store.engine, RedisEngine)
+    return store.engine
+
+
+def _copies(store: SessionStore) -> dict[str, object]:
+    """The store's near-cache entries (key -> copy)."""
+    near = _engine(store).near
+    assert near is not None
+    return dict(near.data)
+
+
+def _hgetalls(url: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+@pytest.fixture
+def pair(redis_line_url: str) -> Iterator[tuple[SessionStore, SessionStore]]:
+    stores = tuple(SessionStore(redis_line_url, secret_keys=["near-secret"], near_cache=100)
+                   for _ in range(2))
+    yield stores  # type: ignore[misc]
+    for s in stores:
+        _engine(s).listener.stop()
+
+
+def _warm(store: SessionStore, session: Session) -> None:
+    """Load until the copy is kept (the listener connects on first use)."""
+    wait_for(lambda: store.load(session.sid) is not None and session.key in _copies(store),
+             timeout=10, what="a near-cache copy")
+
+
+def test_unchanged_sessions_load_without_redis(pair: tuple[SessionStore, SessionStore],
+                                               redis_line_url: str) -> None:
+    a, _ = pair
+    s = a.create({"cart": ["apple"], "n": 1})
+    _warm(a, s)
+    before, hits = _hgetalls(redis_line_url), _engine(a).near_hits
+    for _ in range(50):
+        loaded = a.load(s.sid)
+        assert loaded is not None and loaded["cart"] == ["apple"] and loaded["n"] == 1
+        loaded["cart"].append("pear")  # a request's changes never leak into the copy
+    assert _hgetalls(redis_line_url) == before
+    assert _engine(a).near_hits == hits + 50
+
+
+def test_a_save_keeps_its_result_locally(pair: tuple[SessionStore, SessionStore],
+                                         redis_line_url: str) -> None:
+    a, _ = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    loaded = a.load(s.sid)
+    assert loaded is not None
+    loaded["n"] = 2
+    assert a.save(loaded)
+    before = _hgetalls(redis_line_url)
+    again = a.load(s.sid, min_version=loaded.version)
+    assert again is not None and again["n"] == 2 and again.version == loaded.version
+    assert _hgetalls(redis_line_url) == before
+
+
+def test_a_change_elsewhere_drops_the_copy(pair: tuple[SessionStore, SessionStore]) -> None:
+    a, b = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    # a's own save re-tracks the key, so b's later change still reaches a
+    mine = a.load(s.sid)
+    assert mine is not None
+    mine["mine"] = True
+    assert a.save(mine)
+    assert s.key in _copies(a)
+    theirs = b.load(s.sid)
+    assert theirs is not None
+    theirs["n"] = 99
+    assert b.save(theirs)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    seen = a.load(s.sid)
+    assert seen is not None and seen["n"] == 99 and seen["mine"] is True
+
+
+def test_revocation_and_logout_elsewhere_end_the_copy(pair: tuple[SessionStore, SessionStore]) -> None:
+    a, b = pair
+    s1 = a.create({"n": 1}, user_id="u1")
+    s2 = a.create({"n": 2})
+    _warm(a, s1)
+    _warm(a, s2)
+    assert b.revoke_user("u1") == 1
+    wait_for(lambda: s1.key not in _copies(a), timeout=5, what="the invalidation")
+    assert a.load(s1.sid) is None
+    other = b.load(s2.sid)
+    assert other is not None
+    b.destroy(other)
+    wait_for(lambda: s2.key not in _copies(a), timeout=5, what="the invalidation")
+    assert a.load(s2.sid) is None
+
+
+def test_rotation_elsewhere_is_followed(pair: tuple[SessionStore, SessionStore]) -> None:
+    a, b = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    moved = b.load(s.sid)
+    assert moved is not None
+    old_sid = moved.sid
+    b.rotate(moved)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    via_alias = a.load(old_sid)  # within the alias window: the new session
+    assert via_alias is not None and via_alias.sid == old_sid and via_alias["n"] == 1
+    assert via_alias.key == moved.key
+
+
+def test_concurrent_writers_never_lose_an_update(pair: tuple[SessionStore, SessionStore]) -> None:
+    """4 threads, each a browser incrementing its own key 150 times through either
+    store at random, carrying its version token: every key ends at exactly 150 and
+    every read saw the browser's previous write, while the copies served reads."""
+    a, b = pair
+    s = a.create({"owner": "me"})
+    stale: list[tuple[int, int, int]] = []
+    n = 150
+
+    def browser(i: int) -> None:
+        rnd = random.Random(i)
+        token = 0
+        for j in range(n):
+            store = (a, b)[rnd.randrange(2)]
+            session = store.load(s.sid, min_version=token)
+            assert session is not None
+            current = session.get(f"k{i}", 0)
+            if current != j:
+                stale.append((i, j, current))
+            session[f"k{i}"] = current + 1
+            assert store.save(session)
+            token = session.version
+
+    threads = [threading.Thread(target=browser, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert stale == []
+    final = a.load(s.sid)
+    assert final is not None and {k: final[k] for k in final if k.startswith("k")} == {
+        f"k{i}": n for i in range(4)}
+    assert _engine(a).near_hits + _engine(b).near_hits > 0
+
+
+def test_a_token_newer_than_the_copy_goes_to_redis(pair: tuple[SessionStore, SessionStore],
+                                                   redis_line_url: str) -> None:
+    a, _ = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    copy = a.load(s.sid)
+    assert copy is not None
+    before = _hgetalls(redis_line_url)
+    assert a.load(s.sid, min_version=copy.version) is not None  # same version: local
+    assert _hgetalls(redis_line_url) == before
+    assert a.load(s.sid, min_version=copy.version + 1) is not None  # newer: Redis
+    assert _hgetalls(redis_line_url) == before + 1
+
+
+def test_incr_moves_the_version(pair: tuple[SessionStore, SessionStore]) -> None:
+    a, b = pair
+    s = a.create({"n": 1})
+    loaded = a.load(s.sid)
+    assert loaded is not None
+    version = loaded.version
+    assert loaded.incr("hits") == 1
+    assert loaded.version == version + 1
+    assert a.version_token(loaded, str(version)) == str(version + 1)
+    seen = b.load(s.sid, min_version=loaded.version)
+    assert seen is not None and seen["hits"] == 1
+
+
+def test_a_dropped_listener_flushes_and_tracking_resumes(pair: tuple[SessionStore, SessionStore],
+                                                         redis_line_url: str) -> None:
+    a, b = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    listener = _engine(a).listener
+    generation = listener.generation
+    redis.Redis.from_url(redis_line_url).client_kill_filter(_id=str(listener.client_id))
+    wait_for(lambda: listener.generation > generation and listener.connected.is_set(), timeout=10,
+             what="the listener to reconnect")
+    assert s.key not in _copies(a)
+    _warm(a, s)  # through a socket set up for the new listener connection
+    other = b.load(s.sid)
+    assert other is not None
+    other["n"] = 2
+    assert b.save(other)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    seen = a.load(s.sid)
+    assert seen is not None and seen["n"] == 2
+
+
+CHILD = textwrap.dedent('''
+    import sys
+    from statekit.sessions import SessionStore
+    store = SessionStore(sys.argv[1], secret_keys=["near-secret"], near_cache=100)
+    for line in sys.stdin:
+        session = store.load(line.strip())
+        session["n"] = session["n"] + 1
+        store.save(session)
+        print(session.version, flush=True)
+''')
+
+
+def test_another_process_changes_reach_the_copy(pair: tuple[SessionStore, SessionStore],
+                                                redis_line_url: str) -> None:
+    a, _ = pair
+    s = a.create({"n": 0})
+    child = subprocess.Popen([sys.executable, "-c", CHILD, redis_line_url], stdin=subprocess.PIPE,  # noqa: S603
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        for i in range(1, 21):
+            _warm(a, s)
+            child.stdin.write(s.sid + "\n")
+            child.stdin.flush()
+            version = int(child.stdout.readline())
+            wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+            seen = a.load(s.sid)
+            assert seen is not None and seen["n"] == i and seen.version == version
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()
+
+
+def test_the_near_cache_needs_the_fast_path(redis_line_url: str) -> None:
+    client = redis.Redis.from_url(redis_line_url, protocol=3)
+    with pytest.raises(ConfigError, match="near cache needs a standalone Redis"):
+        SessionStore(client=client, secret_keys=["k"], near_cache=True)
+
+
+@pytest.mark.parametrize("value,size", [
+    (True, 10_000), (False, 0), (0, 0), (None, 0), ("on", 10_000), ("OFF", 0), ("", 0), ("500", 500),
+    (64, 64),
+])
+def test_near_cache_setting_forms(value: object, size: int) -> None:
+    assert _near_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["lots", -1, 2.5, "-3"])
+def test_bad_near_cache_settings_are_config_errors(value: object) -> None:
+    with pytest.raises(ConfigError, match="near_cache"):
+        _near_size(value)
+
+
+@pytest.mark.parametrize("token,version", [
+    (None, 0), ("", 0), ("17", 17), ("x1", 0), ("-5", 0), ("9" * 13, 0), (" 3", 0),
+])
+def test_version_tokens_are_parsed_strictly(token: str | None, version: int) -> None:
+    assert parse_version_token(token) == version
