@@ -41,6 +41,11 @@ __all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
 
 Result = tuple[int, Any]
 
+#: sessions make one or two calls per web request, so Redis has usually been idle
+#: and answers late (see FastTransport's ``spin``); polling this long still costs
+#: less than the thread's sleep and wake-up
+SESSION_SPIN_SECONDS = 200e-6
+
 
 @dataclass(frozen=True)
 class IndexOp:
@@ -197,7 +202,7 @@ class _TrackingTransport(FastTransport):
     near cache."""
 
     def __init__(self, client: RedisClient, listener: InvalidationListener) -> None:
-        super().__init__(client, what="session")
+        super().__init__(client, what="session", spin=SESSION_SPIN_SECONDS)
         self.listener = listener
         self.reset_after_fork()
 
@@ -270,7 +275,8 @@ class RedisEngine:
             self.transport = _TrackingTransport(client, self.listener)
             weakref.finalize(self, self.listener.stop)
         else:
-            self.transport = FastTransport(client, fast_path=fast_path, what="session")
+            self.transport = FastTransport(client, fast_path=fast_path, what="session",
+                                           spin=SESSION_SPIN_SECONDS)
         self.cluster = self.transport.cluster
 
     def _tracked(self) -> bool:
