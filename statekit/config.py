@@ -163,6 +163,7 @@ _SSL_ONLY = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
 
 _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "endpoint_url": _http_url("endpoint_url"),
+    "public_endpoint_url": _http_url("public_endpoint_url"),
     "region": _text("region"),
     "addressing_style": _choice("addressing_style", "auto", "path", "virtual"),
     "connect_timeout": _positive_float("connect_timeout"),

@@ -107,6 +107,25 @@ def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s
     assert [b.key for b in store.list()] == [blob.key]  # the pending marker is not listed
 
 
+def test_s3_public_endpoint_signs_urls_for_the_browsers_host(s3_server: S3Server, s3_url: str) -> None:
+    """``public_endpoint_url``: the app talks to the store at ``endpoint_url`` (here
+    127.0.0.1, as ``minio:9000`` under Compose) while presigned URLs name the host
+    browsers use (here ``localhost``), and work there."""
+    import requests
+
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    store = BlobStore(f"{s3_url}&public_endpoint_url={public}")
+    blob = store.put(b"seen by a browser", content_type="text/plain")
+    url = store.url(blob.key, expires=60)
+    assert url.startswith(public + "/")
+    resp = requests.get(url, timeout=10)
+    assert resp.status_code == 200 and resp.content == b"seen by a browser"
+    up = store.presign_upload(max_size=100, content_type_prefix="text/", expires=60)
+    assert up.url.startswith(public + "/")
+    # without the option, URLs name the endpoint the app uses
+    assert BlobStore(s3_url).url(blob.key, expires=60).startswith(s3_server.endpoint_url + "/")
+
+
 def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_path: Path) -> None:
     root = tmp_path / "root"
     store = BlobStore(f"file://{root}")

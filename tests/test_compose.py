@@ -61,6 +61,7 @@ def test_app_instances_run_statekit_serve(compose: dict[str, Any], name: str) ->
     assert parse_url(env["STATEKIT_REDIS_URL"]).hosts == (("redis", 6379),)
     blobs = parse_url(env["STATEKIT_BLOBS_URL"])
     assert blobs.options["endpoint_url"] == "http://minio:9000"
+    assert blobs.options["public_endpoint_url"] == "http://localhost:9000"  # where MinIO is published
     assert env["DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["DATABASE_URL"]
     # the apps start only once their services are up and the bucket exists
     assert app["depends_on"] == {

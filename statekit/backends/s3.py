@@ -11,7 +11,10 @@ replaced. On any error the multipart upload is aborted; if the endpoint is gone 
 the abort fails too, :meth:`~statekit.blobs.BlobStore.cleanup_incomplete` aborts it
 later -- the parts were never visible as an object.
 
-URL options: ``endpoint_url``, ``region``, ``addressing_style``, ``connect_timeout``
+URL options: ``endpoint_url``, ``public_endpoint_url`` (where browsers reach the
+store, when it differs from ``endpoint_url``: presigned URLs are signed for that host,
+e.g. ``endpoint_url=http://minio:9000&public_endpoint_url=https://files.example.com``
+under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
 ``part_size`` (5 MiB, S3's minimum), ``max_concurrency`` (2), ``profile``,
 ``checksum`` (``sha256``/``none``) and ``conditional_writes`` (default true; turn it
@@ -254,7 +257,7 @@ class S3BlobStore(BlobStore):
     scheme = "s3"
 
     def __init__(self, url: str | None = None, *, client: Any = None, bucket: str | None = None,
-                 prefix: str | None = None, part_size: int | None = None,
+                 presign_client: Any = None, prefix: str | None = None, part_size: int | None = None,
                  multipart_threshold: int | None = None, max_concurrency: int | None = None,
                  read_window: int = 8 * 1024 * 1024, **options: Any) -> None:
         opts: dict[str, Any] = {}
@@ -267,9 +270,14 @@ class S3BlobStore(BlobStore):
             self._url_text = f"s3://{parsed.bucket}/{parsed.prefix}".rstrip("/")
             if client is None:
                 client = self._make_client(parsed.username, parsed.password, opts)
+            if opts.get("public_endpoint_url") and presign_client is None:
+                presign_client = self._make_client(parsed.username, parsed.password,
+                                                   {**opts, "endpoint_url": opts["public_endpoint_url"]})
         if client is None or not bucket:
             raise ConfigError("S3BlobStore needs an s3:// URL, or client= and bucket=")
         self.client = client
+        #: signs the URLs handed to browsers (no requests go through it)
+        self.presign_client = presign_client or client
         self.bucket = bucket
         self.prefix = (prefix or "").strip("/")
         self._url_text = self._url_text or f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -379,7 +387,7 @@ class S3BlobStore(BlobStore):
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         if disposition:
             params["ResponseContentDisposition"] = disposition
-        url: str = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        url: str = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
         return url
 
     def _presign_post(
@@ -389,7 +397,7 @@ class S3BlobStore(BlobStore):
         conditions: list[Any] = [["content-length-range", 0, max_size],
                                  ["starts-with", "$Content-Type", type_prefix],
                                  ["starts-with", "$key", full.rsplit("/", 1)[0] + "/"]]
-        post = self.client.generate_presigned_post(Bucket=self.bucket, Key=full,
+        post = self.presign_client.generate_presigned_post(Bucket=self.bucket, Key=full,
                                                    Conditions=conditions, ExpiresIn=expires)
         return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
 
