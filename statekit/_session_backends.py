@@ -230,8 +230,11 @@ class _TrackingTransport(FastTransport):
     def fast_call(self, packed: bytes) -> Any:
         with self._call_lock:
             conn: _FastConnection | None = self._local.conn
-            if conn is not None and conn.tag != self.listener.generation:
-                self._drop_fast()  # set up for an earlier listener connection (or not at all)
+            listener = self.listener
+            if conn is not None and conn.tag != listener.generation and listener.connected.is_set():
+                # set up for an earlier listener connection, or while it was down: reopen
+                # (while it is down, the untracked socket serves; nothing is kept then)
+                self._drop_fast()
             return super().fast_call(packed)
 
     def tracked(self) -> bool:

@@ -280,3 +280,22 @@ def test_bad_near_cache_settings_are_config_errors(value: object) -> None:
 ])
 def test_version_tokens_are_parsed_strictly(token: str | None, version: int) -> None:
     assert parse_version_token(token) == version
+
+
+def test_while_the_listener_is_down_one_socket_serves(pair: tuple[SessionStore, SessionStore]) -> None:
+    """No reconnect per call while the listener is away: the untracked socket serves
+    (and nothing is kept), and a tracked one replaces it once the listener is back."""
+    a, _ = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    listener = _engine(a).listener
+    listener.connected.clear()  # as between a drop and the reconnect
+    transport = _engine(a).transport
+    conn = transport._local.conn
+    conn.tag = -1  # opened while the listener was down
+    for _ in range(5):
+        assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
+    assert transport._local.conn is conn
+    listener.connected.set()
+    assert a.load(s.sid, min_version=10**6) is not None
+    assert transport._local.conn is not conn and transport.tracked()  # type: ignore[attr-defined]
