@@ -35,6 +35,7 @@ from .backends.fastredis import FastTransport, RedisReplyError, _FastConnection,
 from .backends.memory import MemoryStore
 from .backends.redis import RedisClient, translate_errors
 from .errors import ConfigError, SessionError
+from .metrics import Counters
 from .nearcache import InvalidationListener, NearCache
 
 __all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
@@ -257,11 +258,11 @@ class RedisEngine:
     """
 
     def __init__(self, client: RedisClient, key_prefix: str, *, fast_path: bool = True,
-                 near_cache: int = 0, near_max_age: float = 60.0) -> None:
+                 near_cache: int = 0, near_max_age: float = 60.0, counters: Counters | None = None) -> None:
         self.client = client
         self.key_prefix = key_prefix
         self.near: NearCache[dict[str, bytes]] | None = None
-        self.near_hits = 0
+        self.counters = counters or Counters("sessions", key_prefix)
         # load, save, rotate, incr and revoke: one command or script on this thread's
         # own socket (redis-py for Cluster/Sentinel/TLS); pipelines stay on redis-py
         self.transport: FastTransport
@@ -281,6 +282,11 @@ class RedisEngine:
             self.transport = FastTransport(client, fast_path=fast_path, what="session",
                                            spin=SESSION_SPIN_SECONDS)
         self.cluster = self.transport.cluster
+
+    @property
+    def near_hits(self) -> int:
+        """Loads served from the near cache (the ``near_hits`` session counter)."""
+        return self.counters.get("near_hits")
 
     def _tracked(self) -> bool:
         transport = self.transport
@@ -349,7 +355,7 @@ class RedisEngine:
                 hit = near.data.get(key)
                 if (hit is not None and hit[1] > time.monotonic() and not self.listener.pending()
                         and (not min_version or int(hit[0].get("m:v", b"0")) >= min_version)):
-                    self.near_hits += 1
+                    self.counters.incr("near_hits")
                     return hit[0]
                 seq = near.seq
         raw = self.transport.command(b"HGETALL", key)
@@ -464,6 +470,9 @@ class MemoryEngine:
     def __init__(self, store: MemoryStore, key_prefix: str) -> None:
         self.store = store
         self.key_prefix = key_prefix
+
+    #: no near cache here: the store is in this process already
+    near_hits = 0
 
     def fetch(self, key: str, min_version: int = 0) -> dict[str, bytes]:
         return dict(self.store.get(key) or {})

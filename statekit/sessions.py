@@ -384,7 +384,7 @@ class SessionStore:
         self.session_class = session_class or Session
         self.counters = Counters("sessions", key_prefix, names=(
             "loads", "misses", "expired", "saves", "refreshes", "conflicts", "rotations",
-            "destroyed", "rejected_cookies", "outages"))
+            "destroyed", "rejected_cookies", "outages", "near_hits"))
         self.engine: RedisEngine | MemoryEngine
         if client is None:
             if url is None:
@@ -397,7 +397,7 @@ class SessionStore:
 
             client = get_client(url)
         self.engine = RedisEngine(client, key_prefix, near_cache=_near_size(near_cache),
-                                  near_max_age=self.refresh_interval)
+                                  near_max_age=self.refresh_interval, counters=self.counters)
 
     @property
     def near_cache(self) -> bool:

@@ -72,6 +72,7 @@ def test_unchanged_sessions_load_without_redis(pair: tuple[SessionStore, Session
         loaded["cart"].append("pear")  # a request's changes never leak into the copy
     assert _hgetalls(redis_line_url) == before
     assert _engine(a).near_hits == hits + 50
+    assert a.counters.get("near_hits") == hits + 50  # in statekit.metrics too
 
 
 def test_a_save_keeps_its_result_locally(pair: tuple[SessionStore, SessionStore],
