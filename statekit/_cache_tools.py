@@ -8,12 +8,15 @@ import datetime as dt
 import functools
 import hashlib
 import inspect
+import itertools
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from ._fork import reset_in_child
 from .errors import InvalidKey, LockError, SerializationError
 from .serializers import JSONSerializer
 
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
     from .backends.cachebase import CacheBackend
     from .cache import Cache
 
-__all__ = ["DEFAULT", "TTL", "CachedFunction", "Lock"]
+__all__ = ["DEFAULT", "TTL", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
 
 T = TypeVar("T")
 _monotonic = time.monotonic
@@ -164,3 +167,65 @@ class CachedFunction(Generic[T]):
 
 _KEY_CODEC = JSONSerializer()
 
+
+
+class LockKeeper:
+    """Extends the single-flight locks of long computations, from one daemon thread
+    per process, so a compute that outlives ``lock_ttl`` keeps its lock and nobody
+    else starts the same compute. The thread starts on the first :meth:`hold` and
+    ends after a minute with nothing held; a forked child starts its own.
+
+    A lock whose holder died is not extended (the holder's process is gone), so it
+    still expires ``lock_ttl`` after its last extension."""
+
+    def __init__(self) -> None:
+        self.reset_after_fork()
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held: dict[int, list[Any]] = {}  # id -> [extend, every, next due]
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+
+    def hold(self, extend: Callable[[], object], every: float) -> int:
+        """Call *extend* every *every* seconds until :meth:`release` of the returned id."""
+        with self._cond:
+            hid = next(self._ids)
+            self._held[hid] = [extend, every, time.monotonic() + every]
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="statekit-lock-keeper", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return hid
+
+    def release(self, hid: int) -> None:
+        with self._cond:
+            self._held.pop(hid, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._held:
+                    self._cond.wait(60.0)
+                    if not self._held:
+                        self._thread = None
+                        return
+                now = time.monotonic()
+                due = []
+                for entry in self._held.values():
+                    if entry[2] <= now:
+                        entry[2] = now + entry[1]
+                        due.append(entry[0])
+                if not due:
+                    self._cond.wait(max(0.0, min(e[2] for e in self._held.values()) - now))
+                    continue
+            for extend in due:
+                try:
+                    extend()
+                except Exception:  # noqa: BLE001,S110 - an outage: the lock expires on its own
+                    pass
+
+
+#: the process's lock keeper (see :meth:`statekit.cache.Cache.get_or_set`)
+lock_keeper = LockKeeper()

@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from ._cache_tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
+from ._cache_tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 from .backends.cachebase import CacheBackend
 from .breaker import CLOSED, STATE_VALUES, CircuitBreaker
 from .config import Settings, parse_url
@@ -177,7 +177,9 @@ class Cache:
     :param breaker_reset: seconds the breaker stays open before a trial call.
     :param stale_ttl: seconds a value computed by :meth:`get_or_set` / :meth:`cached`
         may be served stale while one caller recomputes it.
-    :param lock_ttl: seconds the recompute lock lives (longer than a compute).
+    :param lock_ttl: seconds the recompute lock lives without its holder: while a
+        compute runs, the lock is extended every ``lock_ttl / 3`` seconds, so a slow
+        compute still runs once; a crashed holder's lock expires after this long.
     :param lock_wait: seconds a caller waits for another's recompute before
         computing itself.
     :param xfetch_beta: XFetch's beta; ``0`` disables early refresh.
@@ -808,7 +810,14 @@ class Cache:
                     not current[1] or current[1] > _time()):
                 self.counters.incr("hits")
                 return cast(T, current[0])
-            return self._compute_and_store(key, compute, secs, stale)
+            token = self._tokens().get(key)
+            held = lock_keeper.hold(functools.partial(
+                self._be().extend_lock, "sf:" + key, token or "", int(self.lock_ttl * 1000)),
+                self.lock_ttl / 3) if token else 0
+            try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
+                return self._compute_and_store(key, compute, secs, stale)
+            finally:
+                lock_keeper.release(held)
         finally:
             self._unlock(key)
 

@@ -294,6 +294,33 @@ class CacheContract:
             t.join()
         assert cache.stats()["lock_waits"] == 1
 
+    def test_a_compute_longer_than_lock_ttl_still_runs_once(self, make: Any) -> None:
+        """The holder's lock is extended while it computes (every lock_ttl / 3), so a
+        second caller keeps waiting instead of taking the expired lock and computing
+        again; once the holder is done, its lock is released, not left to expire."""
+        import threading
+
+        first, second = make(lock_ttl=0.3, lock_wait=5.0), make(lock_ttl=0.3, lock_wait=5.0)
+        computes: list[str] = []
+        started = threading.Event()
+
+        def slow() -> str:
+            started.set()
+            time.sleep(1.0)  # more than three lock_ttls
+            computes.append("slow")
+            return "slow"
+
+        t = threading.Thread(target=lambda: first.get_or_set("long", slow, ttl=60))
+        t.start()
+        try:
+            assert started.wait(5)
+            assert second.get_or_set("long", lambda: computes.append("again") or "again", ttl=60) == "slow"
+        finally:
+            t.join(10)
+        assert computes == ["slow"]
+        assert first._try_lock("long")  # the single-flight lock is free at once
+        first._unlock("long")
+
     def test_late_lock_holder_does_not_recompute(self, cache: Cache, make: Any) -> None:
         # This caller saw a miss; before it takes the lock another process computes,
         # stores and releases. Holding the lock now, it must use that value.
