@@ -310,3 +310,46 @@ def test_forked_child_gets_its_own_client(redis_url: str) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert parent_client.get("k") == b"from child"  # and the parent's pool still works
+
+
+@pytest.mark.cluster
+def test_a_cluster_that_is_away_at_start_does_not_stop_the_app_starting() -> None:
+    """redis-py's RedisCluster fetches the slot map in its constructor; statekit's
+    client is created at once and connects on first use: BackendUnavailable until
+    the cluster answers, then it works (a worker can boot during a cluster outage)."""
+    from statekit.cache import Cache
+    from statekit.embedded import free_port
+    from statekit.sessions import SessionStore
+
+    port = free_port()
+    url = f"redis+cluster://127.0.0.1:{port}?socket_connect_timeout=0.2&socket_timeout=0.5"
+    client = create_client(url)  # no cluster yet: no error
+    assert is_cluster(client)
+    store = SessionStore(url, secret_keys=["k"])
+    cache = Cache(url, prefix="lazy")
+    for _ in range(2):  # and again: each use tries anew
+        with pytest.raises(BackendUnavailable):
+            client.get("x")
+        with pytest.raises(BackendUnavailable):
+            store.load("0000" + "a" * 43)
+    with pytest.raises(BackendUnavailable):
+        cache.set("k", 1)
+    node = RedisServer(port=port, args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+    node.start()
+    try:
+        with node.client() as c:
+            c.execute_command("CLUSTER ADDSLOTS", *range(16384))
+            deadline = time.monotonic() + 20
+            while c.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                assert time.monotonic() < deadline, "one-node cluster did not come up"
+                time.sleep(0.05)
+        client.set("x", b"1")
+        assert client.get("x") == b"1"
+        session = store.create({"n": 1})
+        loaded = store.load(session.sid)
+        assert loaded is not None and loaded["n"] == 1
+        cache.set("k", 2)
+        assert cache.get("k") == 2
+    finally:
+        client.close()
+        node.stop()

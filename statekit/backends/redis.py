@@ -74,13 +74,13 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
     import redis
 
     if parsed.scheme == "redis+cluster":
-        from redis.cluster import ClusterNode, RedisCluster
+        from redis.cluster import ClusterNode
 
         kwargs.pop("db", None)
         kwargs.pop("health_check_interval", None)
         kwargs.pop("retry_on_error", None)
         kwargs.pop("sentinel_password", None)
-        return RedisCluster(
+        return _lazy_cluster(
             startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],  # type: ignore[no-untyped-call]
             **kwargs,
         )
@@ -106,6 +106,52 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
     if parsed.scheme == "rediss":
         kwargs["ssl"] = True
     return redis.Redis(host=host, port=port, db=parsed.db, **kwargs)
+
+
+_lazy_cluster_class: Any = None
+
+
+def _lazy_cluster(**kwargs: Any) -> RedisClient:
+    """A ``RedisCluster`` that contacts the cluster on first use, not when created.
+
+    redis-py's ``RedisCluster()`` fetches the slot map in its constructor, so an app
+    created while the cluster is away would fail to start (and gunicorn would give
+    up on its workers). This one is created at once; its first command connects,
+    and raises :class:`~statekit.errors.BackendUnavailable` (then again on the next
+    command) until the cluster answers, like a standalone client."""
+    global _lazy_cluster_class
+    if _lazy_cluster_class is None:
+        from redis.cluster import RedisCluster
+
+        class LazyRedisCluster(RedisCluster):  # type: ignore[misc]
+            def __init__(self, **kw: Any) -> None:  # noqa: D107 - see _lazy_cluster
+                object.__setattr__(self, "_statekit_kwargs", kw)
+                object.__setattr__(self, "_statekit_init_lock", threading.Lock())
+
+            def __getattr__(self, name: str) -> Any:
+                # only reached for attributes the real constructor would have set
+                if name.startswith("_statekit_") or self.__dict__.get("_statekit_started"):
+                    raise AttributeError(name)
+                with self.__dict__["_statekit_init_lock"]:
+                    if not self.__dict__.get("_statekit_started"):
+                        self.__dict__["_statekit_started"] = True
+                        try:
+                            with translate_errors("connecting to the Redis Cluster"):
+                                RedisCluster.__init__(self, **self.__dict__["_statekit_kwargs"])
+                        except BaseException:  # start over on the next use
+                            for key in [k for k in self.__dict__ if not k.startswith("_statekit_")]:
+                                del self.__dict__[key]
+                            self.__dict__["_statekit_started"] = False
+                            raise
+                return object.__getattribute__(self, name)
+
+            def close(self) -> None:
+                if self.__dict__.get("_statekit_started"):
+                    super().close()
+
+        _lazy_cluster_class = LazyRedisCluster
+    client: RedisClient = _lazy_cluster_class(**kwargs)
+    return client
 
 
 def get_client(url: str, **overrides: Any) -> RedisClient:
