@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import functools
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
+from django.utils import timezone
 
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.sessions import Session
@@ -82,6 +84,24 @@ def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absol
                      codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
 
 
+def _expired(expiry: Any) -> bool:
+    """Whether ``set_expiry(datetime)`` put the end of the session in the past. That
+    form is absolute (Django's contract), while the stored idle timeout slides with
+    each TTL refresh: so it is checked here, at load."""
+    if not isinstance(expiry, str):
+        return False
+    try:
+        when = datetime.fromisoformat(expiry)
+    except ValueError:
+        return False
+    now = timezone.now()  # aware with USE_TZ, naive without: compare like with like
+    if timezone.is_naive(when) and timezone.is_aware(now):
+        when = timezone.make_aware(when)
+    elif timezone.is_aware(when) and timezone.is_naive(now):
+        when = timezone.make_naive(when)
+    return when <= now
+
+
 class SessionStore(SessionBase):
     """Django's session API on a Redis hash per session.
 
@@ -118,7 +138,8 @@ class SessionStore(SessionBase):
         except BackendUnavailable:
             self.outage = True
             raise
-        if core.new:  # missing, expired or revoked: a fresh session on its next save
+        if core.new or _expired(core.get("_session_expiry")):
+            # missing, expired or revoked: a fresh session on its next save
             self._session_key = None
             self._core = None
             return {}

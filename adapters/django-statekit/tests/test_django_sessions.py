@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -309,3 +310,32 @@ def test_near_cache_without_the_middleware_is_a_config_error(django_settings: An
                         MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"])
     with pytest.raises(ConfigError, match="SessionOutageMiddleware"):
         get_core_store()
+
+
+def test_set_expiry_to_a_datetime_ends_the_session_then(engine: str) -> None:
+    """``set_expiry(datetime)`` is absolute in Django: the session ends at that moment
+    whatever the Redis TTL says, while an integer expiry slides."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    s = SessionStore()
+    s["a"] = 1
+    s.set_expiry(timezone.now() + dt.timedelta(seconds=1))
+    s.save()
+    key = s.session_key
+    assert SessionStore(key)["a"] == 1
+    # enforced at load from the stored data, not only by the Redis TTL: give the key
+    # a TTL that outlives the date (as a clock-skewed Redis, or a refresh, would)
+    core = get_core_store()
+    sid = core.unsign(key)
+    assert sid is not None
+    redis.Redis.from_url(engine).pexpire(core._key(sid), 60_000)
+    time.sleep(1.2)
+    gone = SessionStore(key)
+    assert gone.get("a") is None and gone.session_key is None
+    sliding = SessionStore()
+    sliding["b"] = 2
+    sliding.set_expiry(600)
+    sliding.save()
+    assert SessionStore(sliding.session_key)["b"] == 2
