@@ -321,7 +321,7 @@ def test_a_cluster_that_is_away_at_start_does_not_stop_the_app_starting() -> Non
     from statekit.embedded import free_port
     from statekit.sessions import SessionStore
 
-    port = free_port()
+    port = free_port(cluster=True)  # its bus port (port + 10000) must exist and be free
     url = f"redis+cluster://127.0.0.1:{port}?socket_connect_timeout=0.2&socket_timeout=0.5"
     client = create_client(url)  # no cluster yet: no error
     assert is_cluster(client)
