@@ -368,6 +368,8 @@ class RedisEngine:
 
     def write(self, key: str, *, create: bool, sets: Mapping[str, bytes | str],
               dels: Sequence[str], ttl_ms: int, index: IndexOp | None) -> Result:
+        if self.near is None:  # the usual path: nothing to keep coherent
+            return self._write(key, create, sets, dels, ttl_ms, index, -1)
         with self._changing(key, stores=True, barrier=False) as seq:
             return self._write(key, create, sets, dels, ttl_ms, index, seq)
 

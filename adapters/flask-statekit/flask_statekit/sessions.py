@@ -136,16 +136,14 @@ class StatekitSessionInterface(SessionInterface):
         self.samesite = samesite
         self.partitioned = partitioned
         self.retry_after = retry_after
-
-    @property
-    def token_name(self) -> str:
-        """The version-token cookie (near cache only, see :mod:`statekit.sessions`)."""
-        return self.cookie_name + "_v"
+        #: the version-token cookie, read only with the near cache (see :mod:`statekit.sessions`)
+        self.token_name = cookie_name + "_v"
+        self._near = store.near_cache
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         cookies = request.cookies
         cookie = cookies.get(self.cookie_name)
-        token = cookies.get(self.token_name) if self.store.near_cache else None
+        token = cookies.get(self.token_name) if self._near else None
         try:
             s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}", version_token=token)
         except BackendUnavailable:
