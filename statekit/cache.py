@@ -812,7 +812,7 @@ class Cache:
                 return cast(T, current[0])
             token = self._tokens().get(key)
             held = lock_keeper.hold(functools.partial(
-                self._be().extend_lock, "sf:" + key, token or "", int(self.lock_ttl * 1000)),
+                self._be().extend_lock, "sf:" + key, token, int(self.lock_ttl * 1000)),
                 self.lock_ttl / 3) if token else 0
             try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
                 return self._compute_and_store(key, compute, secs, stale)

@@ -72,13 +72,8 @@ class NearCache(Generic[T]):
         if age <= 0:
             return
         with self.lock:
-            if not self.active or self.seq != seq:
-                return
-            data = self.data
-            data[key] = (entry, time.monotonic() + age)
-            data.move_to_end(key)
-            while len(data) > self.maxsize:
-                data.popitem(last=False)
+            if self.active and self.seq == seq:
+                self._put(key, entry, age)
 
     def settle(self, key: str, entry: T | None, seq: int) -> None:
         """After this process changed *key* itself: keep *entry* (the value the
@@ -88,14 +83,19 @@ class NearCache(Generic[T]):
         with self.lock:
             keep = entry is not None and self.active and self.seq == seq
             self.seq += 1
-            if not keep:
+            if keep:
+                self._put(key, entry, self.max_age)  # type: ignore[arg-type]
+            else:
                 self.data.pop(key, None)
-                return
-            data = self.data
-            data[key] = (entry, time.monotonic() + self.max_age)  # type: ignore[assignment]
-            data.move_to_end(key)
-            while len(data) > self.maxsize:
-                data.popitem(last=False)
+
+    def _put(self, key: str, entry: T, age: float) -> None:
+        """Keep *entry* for *age* seconds, dropping the oldest past ``maxsize`` (under
+        :attr:`lock`)."""
+        data = self.data
+        data[key] = (entry, time.monotonic() + age)
+        data.move_to_end(key)
+        while len(data) > self.maxsize:
+            data.popitem(last=False)
 
     def evict(self, key: str) -> None:
         with self.lock:

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import functools
 from contextvars import ContextVar
-from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
-from django.utils import timezone
 
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.sessions import Session
@@ -58,11 +56,7 @@ _MIDDLEWARE = "django_statekit.middleware.SessionOutageMiddleware"
 def get_core_store() -> CoreStore:
     """The process's :class:`statekit.sessions.SessionStore` for the current settings."""
     s = get_settings()
-    near = get_setting("STATEKIT_SESSION_NEAR_CACHE", 0)
-    if near not in (0, False, None, "", "0", "off", "false", "no") and _MIDDLEWARE not in settings.MIDDLEWARE:
-        raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
-                          "(it carries the version token that orders a browser's reads after its writes)")
-    return _core_store(
+    store = _core_store(
         s.require("session_url"), s.secret_keys, s.key_prefix,
         float(settings.SESSION_COOKIE_AGE),
         float(get_setting("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400)),
@@ -70,8 +64,12 @@ def get_core_store() -> CoreStore:
         float(get_setting("STATEKIT_SESSION_ALIAS_WINDOW", 10)),
         str(get_setting("STATEKIT_SESSION_CODEC", "json")),
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
-        near,
+        get_setting("STATEKIT_SESSION_NEAR_CACHE", 0),
     )
+    if store.near_cache and _MIDDLEWARE not in settings.MIDDLEWARE:
+        raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
+                          "(it carries the version token that orders a browser's reads after its writes)")
+    return store
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,24 +80,6 @@ def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absol
     return CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
                      absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
                      codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
-
-
-def _expired(expiry: Any) -> bool:
-    """Whether ``set_expiry(datetime)`` put the end of the session in the past. That
-    form is absolute (Django's contract), while the stored idle timeout slides with
-    each TTL refresh: so it is checked here, at load."""
-    if not isinstance(expiry, str):
-        return False
-    try:
-        when = datetime.fromisoformat(expiry)
-    except ValueError:
-        return False
-    now = timezone.now()  # aware with USE_TZ, naive without: compare like with like
-    if timezone.is_naive(when) and timezone.is_aware(now):
-        when = timezone.make_aware(when)
-    elif timezone.is_aware(when) and timezone.is_naive(now):
-        when = timezone.make_naive(when)
-    return when <= now
 
 
 class SessionStore(SessionBase):
@@ -138,7 +118,11 @@ class SessionStore(SessionBase):
         except BackendUnavailable:
             self.outage = True
             raise
-        if core.new or _expired(core.get("_session_expiry")):
+        expiry = core.get("_session_expiry")
+        # set_expiry(datetime) is absolute in Django; the stored idle timeout slides
+        # with each TTL refresh, so that date is checked here, at load (Django's age
+        # is in whole seconds, negative once the date has passed)
+        if core.new or isinstance(expiry, str) and self.get_expiry_age(expiry=expiry) < 0:
             # missing, expired or revoked: a fresh session on its next save
             self._session_key = None
             self._core = None
