@@ -319,6 +319,7 @@ def test_a_cluster_that_is_away_at_start_does_not_stop_the_app_starting() -> Non
     the cluster answers, then it works (a worker can boot during a cluster outage)."""
     from statekit.cache import Cache
     from statekit.embedded import free_port
+    from statekit.pytest_plugin import wait_for
     from statekit.sessions import SessionStore
 
     port = free_port(cluster=True)  # its bus port (port + 10000) must exist and be free
@@ -339,10 +340,8 @@ def test_a_cluster_that_is_away_at_start_does_not_stop_the_app_starting() -> Non
     try:
         with node.client() as c:
             c.execute_command("CLUSTER ADDSLOTS", *range(16384))
-            deadline = time.monotonic() + 20
-            while c.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
-                assert time.monotonic() < deadline, "one-node cluster did not come up"
-                time.sleep(0.05)
+            wait_for(lambda: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok", timeout=20,
+                     what="the one-node cluster")
         client.set("x", b"1")
         assert client.get("x") == b"1"
         session = store.create({"n": 1})
