@@ -11,9 +11,12 @@ Coherence rules:
 * The near cache is used only while the invalidation connection is up. Until it is
   (first use, after a drop, after a fork) every read goes to Redis; when it drops,
   the local copies are flushed, because invalidations may have been missed.
-* A value read from Redis is stored locally only if no invalidation reached that
-  near cache while the read was in flight (a sequence number per near cache), so a
-  concurrent write can never be hidden behind an older value.
+* A value read from Redis is stored locally only if no invalidation of that key (or
+  flush) reached the near cache while the read was in flight (a sequence number
+  taken before the read, checked against the key's latest eviction), so a
+  concurrent write can never be hidden behind an older value. Invalidations of
+  other keys do not refuse it: under concurrent traffic to many keys a shared check
+  would refuse almost every store.
 * Local writes drop the local copy before they return (read-your-writes).
 * Entries also carry a deadline: the key's Redis TTL, capped by ``max_age``.
 
@@ -54,9 +57,15 @@ class NearCache(Generic[T]):
 
     Reads (:attr:`data` lookups by :class:`~statekit.cache.Cache`) take no lock;
     :meth:`store`, :meth:`evict` and :meth:`flush` take a short one.
+
+    Race check: a reader takes :attr:`seq` before it reads from Redis and passes it
+    to :meth:`store`, which refuses the value if that key was evicted (or the whole
+    cache flushed) since. The latest evictions are remembered per key (up to
+    ``evictions`` of them); forgetting an older one raises a floor below which
+    every store is refused, so memory stays bounded and the check stays safe.
     """
 
-    def __init__(self, maxsize: int = 10_000, max_age: float = 60.0) -> None:
+    def __init__(self, maxsize: int = 10_000, max_age: float = 60.0, *, evictions: int = 4096) -> None:
         if maxsize < 1:
             raise ValueError("near cache maxsize must be at least 1")
         self.maxsize = maxsize
@@ -65,28 +74,35 @@ class NearCache(Generic[T]):
         self.active = False
         self.seq = 0
         self.lock = threading.Lock()
+        self._evicted: OrderedDict[str, int] = OrderedDict()  # key -> seq of its latest eviction
+        self._max_evicted = max(1, evictions)
+        self._floor = 0  # reads that began before this are refused (flushes, forgotten evictions)
 
     def store(self, key: str, entry: T, ttl_ms: int | None, seq: int) -> None:
-        """Keep *entry* unless an invalidation arrived since *seq* was read."""
+        """Keep *entry*, read from Redis after :attr:`seq` was *seq*, unless *key*
+        was evicted (or the cache flushed) since."""
         age = self.max_age if ttl_ms is None else min(self.max_age, ttl_ms / 1000.0)
         if age <= 0:
             return
         with self.lock:
-            if self.active and self.seq == seq:
+            if self._fresh(key, seq):
                 self._put(key, entry, age)
 
     def settle(self, key: str, entry: T | None, seq: int) -> None:
         """After this process changed *key* itself: keep *entry* (the value the
-        change left, or ``None``) unless an invalidation arrived since *seq*, and in
-        any case refuse the values that reads begun before now would store. Needed
-        where the change sends no invalidation back to this process (``NOLOOP``)."""
+        change left, or ``None``) unless *key* was evicted since *seq*, and in any
+        case refuse the values that reads of *key* begun before now would store.
+        Needed where the change sends no invalidation back to this process
+        (``NOLOOP``)."""
         with self.lock:
-            keep = entry is not None and self.active and self.seq == seq
-            self.seq += 1
+            keep = entry is not None and self._fresh(key, seq)
+            self._evict(key)
             if keep:
                 self._put(key, entry, self.max_age)  # type: ignore[arg-type]
-            else:
-                self.data.pop(key, None)
+
+    def _fresh(self, key: str, seq: int) -> bool:
+        """Whether a value read after :attr:`seq` was *seq* may be kept (under :attr:`lock`)."""
+        return self.active and 0 <= seq and self._floor <= seq and self._evicted.get(key, 0) <= seq
 
     def _put(self, key: str, entry: T, age: float) -> None:
         """Keep *entry* for *age* seconds, dropping the oldest past ``maxsize`` (under
@@ -97,20 +113,33 @@ class NearCache(Generic[T]):
         while len(data) > self.maxsize:
             data.popitem(last=False)
 
+    def _evict(self, key: str) -> None:
+        """Drop *key* and remember when (under :attr:`lock`)."""
+        self.seq += 1
+        self.data.pop(key, None)
+        evicted = self._evicted
+        evicted[key] = self.seq
+        evicted.move_to_end(key)
+        if len(evicted) > self._max_evicted:
+            self._floor = max(self._floor, evicted.popitem(last=False)[1])
+
     def evict(self, key: str) -> None:
         with self.lock:
-            self.seq += 1
-            self.data.pop(key, None)
+            self._evict(key)
 
     def flush(self) -> None:
         with self.lock:
-            self.seq += 1
-            self.data.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        self.seq += 1
+        self._floor = self.seq
+        self.data.clear()
+        self._evicted.clear()
 
     def set_active(self, active: bool) -> None:
         with self.lock:
-            self.seq += 1
-            self.data.clear()
+            self._flush()
             self.active = active
 
     def __len__(self) -> int:

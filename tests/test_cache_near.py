@@ -102,10 +102,46 @@ def test_bounded_lru() -> None:
     assert list(n.data) == ["2", "3", "4"]
     seq = n.seq
     n.evict("3")
-    n.store("late", ("stale", 0.0, 0.0), None, seq)  # read raced with an invalidation
-    assert "late" not in n.data
+    n.store("3", ("stale", 0.0, 0.0), None, seq)  # read raced with an invalidation of "3"
+    assert "3" not in n.data
     n.set_active(False)
     assert len(n) == 0
+
+
+def test_race_check_is_per_key() -> None:
+    """A read is refused only if *its* key was invalidated while it was in flight (or
+    the cache flushed): with concurrent traffic to many keys, a check shared by all
+    keys refused nearly every store. Evictions remembered per key are bounded; a
+    forgotten one refuses every read older than it."""
+    from statekit.nearcache import NearCache
+
+    n: NearCache[str] = NearCache(maxsize=100, evictions=3)
+    n.set_active(True)
+    seq = n.seq
+    n.evict("other")  # another key changed meanwhile
+    n.store("k", "v", None, seq)
+    assert n.data["k"][0] == "v"
+
+    seq = n.seq
+    n.flush()  # everything changed meanwhile
+    n.store("k", "v", None, seq)
+    assert "k" not in n.data
+
+    n.evict("k")  # this process changes k: drop it, then write, then settle
+    seq = n.seq
+    n.settle("k", "mine", seq)
+    assert n.data["k"][0] == "mine"
+    n.store("k", "older read", None, seq)  # a read begun before the change
+    assert n.data["k"][0] == "mine"
+
+    seq = n.seq
+    n.evict("k")
+    for i in range(3):  # k's eviction is forgotten: the floor refuses the read
+        n.evict(f"x{i}")
+    n.store("k", "stale", None, seq)
+    assert "k" not in n.data
+    n.store("k", "fresh", None, n.seq)
+    assert n.data["k"][0] == "fresh"
 
 
 def test_connection_drop_flushes_and_bypasses(redis_line_url: str) -> None:
