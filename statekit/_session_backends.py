@@ -25,16 +25,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import types
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.fastredis import FastTransport, RedisReplyError, _FastConnection, fast_params, script_sha
+from .backends.fastredis import (
+    FastTransport,
+    RedisReplyError,
+    SharedConnection,
+    _FastConnection,
+    fast_params,
+    script_sha,
+)
 from .backends.memory import MemoryStore
 from .backends.redis import RedisClient, translate_errors
-from .errors import ConfigError, SessionError
+from .errors import BackendUnavailable, ConfigError, SessionError
 from .metrics import Counters
 from .nearcache import InvalidationListener, NearCache
 
@@ -45,7 +51,7 @@ Result = tuple[int, Any]
 #: sessions make one or two calls per web request, so Redis has usually been idle
 #: and answers late (see FastTransport's ``spin``); polling this long still costs
 #: less than the thread's sleep and wake-up
-SESSION_SPIN_SECONDS = 200e-6
+SESSION_SPIN_SECONDS = float(__import__("os").environ.get("SK_SPIN", "200e-6"))
 
 
 @dataclass(frozen=True)
@@ -192,15 +198,15 @@ def _text(value: Any) -> Any:
 
 
 class _TrackingTransport(FastTransport):
-    """The fast path with Redis client-side caching, on one socket per process (a
-    lock serializes the calls of its threads). The socket runs ``CLIENT TRACKING on
-    REDIRECT <listener> NOLOOP`` first, so Redis reports to the
-    :class:`~statekit.nearcache.InvalidationListener` every later change, by another
-    connection, of a key it read. One socket per process, not per thread: each
-    tracking connection gets its own message for every change, and this process's
-    own saves must not come back to it as invalidations. A socket whose setup
-    failed, or that was set up for an earlier listener connection, never feeds the
-    near cache."""
+    """The fast path with Redis client-side caching, on one socket per process,
+    shared by its threads and pipelined (:class:`~statekit.backends.fastredis.SharedConnection`).
+    The socket runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP`` first, so Redis
+    reports to the :class:`~statekit.nearcache.InvalidationListener` every later
+    change, by another connection, of a key it read. One socket per process, not per
+    thread: each tracking connection gets its own message for every change, and this
+    process's own saves must not come back to it as invalidations. A socket whose
+    setup failed, or that was set up for an earlier listener connection, never feeds
+    the near cache."""
 
     def __init__(self, client: RedisClient, listener: InvalidationListener) -> None:
         super().__init__(client, what="session", spin=SESSION_SPIN_SECONDS)
@@ -208,40 +214,75 @@ class _TrackingTransport(FastTransport):
         self.reset_after_fork()
 
     def reset_after_fork(self) -> None:
-        self._local = types.SimpleNamespace(conn=None)  # type: ignore[assignment]
-        self._call_lock = threading.Lock()
+        super().reset_after_fork()
+        self._shared: SharedConnection | None = None
+        self._open_lock = threading.Lock()
 
-    def _fast(self) -> _FastConnection:
-        conn: _FastConnection | None = self._local.conn
-        if conn is not None:
-            return conn
-        conn = super()._fast()
-        conn.tag = -1
-        # generation first, then the id: a newer id with an older generation only
-        # makes the socket look stale (reopened), never the other way round
+    def _current(self) -> SharedConnection | None:
+        """The shared socket, unless it failed or belongs to an earlier listener
+        connection (while the listener is down, the untracked socket serves; nothing
+        is kept then)."""
+        shared = self._shared
+        if shared is None or shared.broken is not None:
+            return None
         listener = self.listener
-        generation, client_id = listener.generation, listener.client_id
-        if client_id is not None and listener.connected.is_set():
-            reply = conn.call(self._pack((b"CLIENT", b"TRACKING", b"on", b"REDIRECT", client_id,
-                                          b"NOLOOP")))
-            if not isinstance(reply, Exception):
-                conn.tag = generation
-        return conn
+        if shared.conn.tag != listener.generation and listener.connected.is_set():
+            return None
+        return shared
+
+    def _open(self) -> SharedConnection:
+        shared = self._current()
+        if shared is not None:
+            return shared
+        with self._open_lock:
+            shared = self._current()
+            if shared is not None:
+                return shared
+            # a replaced socket is not closed here: other threads may have commands in
+            # flight on it; it closes when the last of them lets go of it
+            assert self.fast_params is not None
+            conn = _FastConnection(self.fast_params, self._reader_factory, self.spin)
+            conn.tag = -1
+            # generation first, then the id: a newer id with an older generation only
+            # makes the socket look stale (reopened), never the other way round
+            listener = self.listener
+            generation, client_id = listener.generation, listener.client_id
+            if client_id is not None and listener.connected.is_set():
+                try:
+                    reply = conn.call(self._pack((b"CLIENT", b"TRACKING", b"on", b"REDIRECT",
+                                                  client_id, b"NOLOOP")))
+                except OSError as e:
+                    conn.close()
+                    raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
+                if not isinstance(reply, Exception):
+                    conn.tag = generation
+            shared = self._shared = SharedConnection(conn)
+            return shared
 
     def fast_call(self, packed: bytes) -> Any:
-        with self._call_lock:
-            conn: _FastConnection | None = self._local.conn
-            listener = self.listener
-            if conn is not None and conn.tag != listener.generation and listener.connected.is_set():
-                # set up for an earlier listener connection, or while it was down: reopen
-                # (while it is down, the untracked socket serves; nothing is kept then)
-                self._drop_fast()
-            return super().fast_call(packed)
+        try:
+            return self._open().call(packed)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # stale socket (Redis restarted, idle timeout): one retry on a new one
+        except OSError as e:
+            raise BackendUnavailable(f"Redis did not answer a session call in time: {e}") from e
+        try:
+            return self._open().call(packed)
+        except OSError as e:
+            raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
+
+    def close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()
 
     def tracked(self) -> bool:
         """Whether the socket reports its reads to the live listener."""
-        conn: _FastConnection | None = self._local.conn
-        return conn is not None and conn.tag == self.listener.generation and conn.tag > 0
+        shared = self._shared
+        if shared is None or shared.broken is not None:
+            return False
+        tag = shared.conn.tag
+        return tag == self.listener.generation and tag > 0
 
 
 class RedisEngine:

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from statekit.backends.fastredis import FastTransport, RedisReplyError, fast_params, script_sha
+from statekit.backends.fastredis import (
+    FastTransport,
+    RedisReplyError,
+    SharedConnection,
+    _FastConnection,
+    fast_params,
+    make_reader,
+    pack_command,
+    script_sha,
+)
 from statekit.backends.redis import create_client
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -185,3 +195,101 @@ def test_cpu_pressure_is_never_busy_without_proc_loadavg(tmp_path: Path) -> None
     pressure = _CpuPressure(str(tmp_path / "missing"))
     assert pressure() is False
     assert pressure.next == float("inf")
+
+
+# -- SharedConnection: one socket for all threads, pipelined ---------------------------
+
+
+def _shared(url: str) -> SharedConnection:
+    client = create_client(url + "?socket_timeout=2&socket_connect_timeout=0.5&retries=0")
+    params = fast_params(client)
+    assert params is not None
+    return SharedConnection(_FastConnection(params, make_reader))
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # the test inspects it
+            out.append(e)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out
+
+
+def test_shared_connection_hands_every_thread_its_own_reply(redis_url: str) -> None:
+    """8 threads x 300 commands on one socket, replies of mixed sizes (some span
+    several reads): each thread gets exactly the replies to its own commands."""
+    conn = _shared(redis_url)
+    mine = conn.call(pack_command(("CLIENT", "ID")))
+    wrong: list[str] = []
+    ids: set[object] = set()
+
+    def run(i: int) -> None:
+        for j in range(300):
+            payload = f"{i}:{j}:" + "x" * ((i * 7919 + j * 104729) % 70000)
+            if conn.call(pack_command(("ECHO", payload))) != payload.encode():
+                wrong.append(f"{i}:{j}")
+            ids.add(conn.call(pack_command(("CLIENT", "ID"))))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not wrong
+    assert ids == {mine}  # all on one connection
+    assert not conn._queue and conn.broken is None
+
+
+def test_shared_connection_sends_while_another_thread_waits(redis_url: str) -> None:
+    """A thread does not wait for another thread's round trip before sending (as a
+    lock around the whole call would make it): a blocked BLPOP and a PING are in
+    flight together, and each gets its own reply when the BLPOP is served."""
+    conn = _shared(redis_url)
+    key = f"q-{os.getpid()}-{threading.get_ident()}"
+    blpop, got_pop = _in_thread(lambda: conn.call(pack_command(("BLPOP", key, 5))))
+    wait_for(lambda: len(conn._queue) == 1, 10, "the BLPOP in flight")
+    ping, got_ping = _in_thread(lambda: conn.call(pack_command(("PING",))))
+    wait_for(lambda: len(conn._queue) == 2, 10, "the PING sent behind it")
+    with redis.Redis.from_url(redis_url) as r:
+        r.rpush(key, b"item")
+    blpop.join(10)
+    ping.join(10)
+    assert got_pop == [[key.encode(), b"item"]]
+    assert got_ping == [b"PONG"]
+
+
+def test_shared_connection_failure_fails_every_command_in_flight(redis_url: str) -> None:
+    conn = _shared(redis_url)
+    cid = conn.call(pack_command(("CLIENT", "ID")))
+    key = f"q-{os.getpid()}-{threading.get_ident()}"
+    calls = [_in_thread(lambda: conn.call(pack_command(("BLPOP", key, 5)))) for _ in range(3)]
+    wait_for(lambda: len(conn._queue) == 3, 10, "three commands in flight")
+    with redis.Redis.from_url(redis_url) as r:
+        r.execute_command("CLIENT", "KILL", "ID", cid)
+    for th, out in calls:
+        th.join(10)
+        assert len(out) == 1 and isinstance(out[0], OSError), out
+    assert isinstance(conn.broken, OSError)
+    with pytest.raises(ConnectionResetError):  # never reused: callers open a new one
+        conn.call(pack_command(("PING",)))
+
+
+def test_shared_connection_timeout_fails_the_waiters(private_redis: RedisServer) -> None:
+    client = create_client(private_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.5&retries=0")
+    params = fast_params(client)
+    assert params is not None
+    conn = SharedConnection(_FastConnection(params, make_reader))
+    assert conn.call(pack_command(("PING",))) == b"PONG"
+    with private_redis.client() as c:
+        c.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    calls = [_in_thread(lambda: conn.call(pack_command(("PING",)))) for _ in range(3)]
+    for th, out in calls:
+        th.join(10)
+        assert len(out) == 1 and isinstance(out[0], OSError), out
+    assert conn.broken is not None

@@ -292,11 +292,44 @@ def test_while_the_listener_is_down_one_socket_serves(pair: tuple[SessionStore, 
     listener = _engine(a).listener
     listener.connected.clear()  # as between a drop and the reconnect
     transport = _engine(a).transport
-    conn = transport._local.conn
-    conn.tag = -1  # opened while the listener was down
+    shared = transport._shared  # type: ignore[attr-defined]
+    shared.conn.tag = -1  # opened while the listener was down
     for _ in range(5):
         assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
-    assert transport._local.conn is conn
+    assert transport._shared is shared  # type: ignore[attr-defined]
     listener.connected.set()
     assert a.load(s.sid, min_version=10**6) is not None
-    assert transport._local.conn is not conn and transport.tracked()  # type: ignore[attr-defined]
+    assert transport._shared is not shared and transport.tracked()  # type: ignore[attr-defined]
+
+
+def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, SessionStore]) -> None:
+    """4 threads, each saving its own session through one store (a gthread worker):
+    every save keeps its result as the process's copy, and the next load of that
+    session is served from it. Two guards used to defeat this: a race check shared by
+    all keys (any thread's save refused the others' copies) and one lock around the
+    whole round trip on the tracked socket (now pipelined)."""
+    a, _ = pair
+    sessions = [a.create({"n": 0}) for _ in range(4)]
+    _warm(a, sessions[0])
+    engine = _engine(a)
+    hits0, loads = engine.near_hits, 0
+    errors: list[BaseException] = []
+
+    def run(s: Session) -> None:
+        try:
+            for _ in range(100):
+                s = a.load(s.sid, min_version=s.version)  # type: ignore[assignment]
+                s["n"] += 1
+                a.save(s)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in sessions]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    loads = 4 * 100
+    assert not errors
+    assert [a.load(s.sid)["n"] for s in sessions] == [100] * 4  # type: ignore[index]
+    assert engine.near_hits - hits0 >= 0.9 * loads  # ~100 %; 5 % before the fixes
