@@ -337,13 +337,16 @@ class SharedConnection:
         return me.reply
 
     def _lead(self, me: _Waiter) -> None:
-        """Read replies in order and hand them out until *me* has its own."""
+        """Read replies in order and hand them out until *me* has its own (and those
+        that came in the same reads)."""
         conn, queue, state = self.conn, self._queue, self._state
         reader = conn.reader
         try:
-            while not me.done:
+            while True:
                 reply = reader.gets()
                 if reply is False:
+                    if me.done:  # and the replies already read are handed out
+                        return
                     reply = conn.read_reply()
                 with state:
                     if not queue:  # failed meanwhile
@@ -355,6 +358,9 @@ class SharedConnection:
                         w.event.set()
         except OSError as e:
             self._fail(e)
+        except BaseException as e:  # a parser error, an interrupt: the stream is out of step
+            self._fail(ConnectionAbortedError(f"reply stream abandoned: {e!r}"))
+            raise
 
     def _pass_lead(self) -> None:
         with self._state:
