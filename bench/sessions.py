@@ -9,7 +9,8 @@ changes one key. Each session kind is measured
    (counted in redis-py, where a script or pipeline is one). The kinds run
    interleaved in 20 rounds and the best round is reported;
 2. under gunicorn (2 workers x 4 threads, gthread) on loopback, driven by a bounded
-   number of keep-alive client threads for a fixed time: requests per second. The
+   number of keep-alive client threads for a fixed time, each a browser with its
+   own session (``--shared-session``: all with one): requests per second. The
    servers run side by side and the load alternates between them in short
    slices; the median slice is reported, and ratios are medians of neighbouring
    slices' ratios.
@@ -20,7 +21,8 @@ changes one key. Each session kind is measured
 Targets (issue 4): test-client time <= 1.15x cookie sessions; gunicorn req/s >=
 1.2x Flask-Session; unmodified request = 1 Redis command, modified <= 2 (round trips).
 
-Run: ``.venv/bin/python bench/sessions.py [--requests 2000] [--seconds 6] [--clients 8]``
+Run: ``.venv/bin/python bench/sessions.py [--requests 2000] [--seconds 6] [--clients 8]
+[--threads 4] [--shared-session] [--no-gunicorn]``
 (a private redis-server and the gunicorn processes are started and stopped;
 about 90 s with the defaults). Only the sessions feature of StateKit is enabled.
 """
@@ -97,6 +99,8 @@ class RoundTrips:
         self._orig = self._cls.send_packed_command
         self._fast_cls = fastredis._FastConnection
         self._fast_orig = self._fast_cls.call
+        self._shared_cls = fastredis.SharedConnection  # the near cache's socket
+        self._shared_orig = self._shared_cls.call
 
     def __enter__(self) -> RoundTrips:
         orig, fast_orig = self._orig, self._fast_orig
@@ -110,13 +114,21 @@ class RoundTrips:
             counter.count += 1
             return fast_orig(conn, packed)
 
+        shared_orig = self._shared_orig
+
+        def shared_call(conn: Any, packed: bytes) -> Any:
+            counter.count += 1
+            return shared_orig(conn, packed)
+
         self._cls.send_packed_command = send  # type: ignore[method-assign]
         self._fast_cls.call = call  # type: ignore[method-assign]
+        self._shared_cls.call = shared_call  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._cls.send_packed_command = self._orig  # type: ignore[method-assign]
         self._fast_cls.call = self._fast_orig  # type: ignore[method-assign]
+        self._shared_cls.call = self._shared_orig  # type: ignore[method-assign]
 
 
 def _commands(r: Any) -> int:
@@ -180,13 +192,13 @@ def test_client_runs(tmp: Path, redis_url: str, n: int, rounds: int = 20) -> dic
     return out
 
 
-def _gunicorn(tmp: Path, kind: str, redis_url: str) -> tuple[subprocess.Popen[bytes], int]:
+def _gunicorn(tmp: Path, kind: str, redis_url: str, threads: int = 4) -> tuple[subprocess.Popen[bytes], int]:
     tmp.mkdir(exist_ok=True)
     (tmp / "bench_sessions_app.py").write_text(APP)
     port = free_port()
     env = dict(os.environ, BENCH_KIND=kind, BENCH_REDIS=redis_url)
     proc = subprocess.Popen(  # noqa: S603 - our own command line
-        [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2", "--threads", "4",
+        [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2", "--threads", str(threads),
          "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp),
          "--log-level", "warning", "bench_sessions_app:app"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -205,13 +217,28 @@ def _gunicorn(tmp: Path, kind: str, redis_url: str) -> tuple[subprocess.Popen[by
 
 
 def _cookie(port: int) -> str:
+    """A new session's cookie (``session=...``), from the ``Set-Cookie`` headers of
+    ``POST /start``: the session cookie, not the near cache's version token
+    (``session_v``), which may come first."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     c.request("POST", "/start")
     resp = c.getresponse()
     resp.read()
-    header = resp.getheader("Set-Cookie") or ""
     c.close()
-    return header.split(";", 1)[0]
+    for header in resp.msg.get_all("Set-Cookie") or []:
+        pair = header.split(";", 1)[0]
+        if pair.startswith("session="):
+            return pair
+    raise RuntimeError(f"POST /start set no session cookie: {resp.msg.get_all('Set-Cookie')}")
+
+
+def _check_written(port: int, cookie: str, kind: str) -> None:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/read", headers={"Cookie": cookie})
+    body = c.getresponse().read()
+    c.close()
+    if not body.isdigit() or int(body) == 0:
+        raise RuntimeError(f"{kind}: the session lost the writes (read {body!r}): benchmark invalid")
 
 
 def _exchange(sock: socket.socket, request: bytes, buf: bytearray) -> tuple[int, bytes | None]:
@@ -237,7 +264,7 @@ def _exchange(sock: socket.socket, request: bytes, buf: bytearray) -> tuple[int,
         buf += data
 
 
-def load(port: int, cookie: str, method: str, route: str, clients: int, seconds: float) -> float:
+def load(port: int, cookies: list[str], method: str, route: str, clients: int, seconds: float) -> float:
     """Requests per second from *clients* keep-alive connections for *seconds*.
 
     Each client is a raw socket sending one prebuilt request at a time (a few
@@ -249,16 +276,16 @@ def load(port: int, cookie: str, method: str, route: str, clients: int, seconds:
     errors: list[str] = []
     stop = time.monotonic() + seconds
 
-    def build(token: bytes | None) -> bytes:
-        cookies = cookie + (f"; session_v={token.decode()}" if token else "")
-        return (f"{method} {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookies}\r\n"
+    def build(i: int, token: bytes | None) -> bytes:
+        cookie = cookies[i % len(cookies)] + (f"; session_v={token.decode()}" if token else "")
+        return (f"{method} {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
                 f"Content-Length: 0\r\n\r\n").encode()
 
     def run(i: int) -> None:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
-        request = build(None)
+        request = build(i, None)
         try:
             while time.monotonic() < stop:
                 status, token = _exchange(sock, request, buf)
@@ -266,7 +293,7 @@ def load(port: int, cookie: str, method: str, route: str, clients: int, seconds:
                     errors.append(str(status))
                     return
                 if token is not None:
-                    request = build(token)
+                    request = build(i, token)
                 counts[i] += 1
         finally:
             sock.close()
@@ -282,18 +309,25 @@ def load(port: int, cookie: str, method: str, route: str, clients: int, seconds:
     return sum(counts) / (time.monotonic() - t0)
 
 
-def gunicorn_runs(tmp: Path, redis_url: str, clients: int, seconds: float,
-                  slices: int = 12) -> dict[str, dict[str, float]]:
+def gunicorn_runs(tmp: Path, redis_url: str, clients: int, seconds: float, *, threads: int = 4,
+                  shared: bool = False, slices: int = 12) -> dict[str, dict[str, float]]:
     """All kinds served at once; the load alternates between them in short slices
     (in a rotating order) and the median slice is reported, so a noisy neighbour
     hits every kind alike. Ratios to Flask-Session are the median of the ratios of
     neighbouring slices (``<route>_rps_vs_fs``): this VM's speed drifts by tens of
-    percent within a minute."""
+    percent within a minute.
+
+    Each client is one browser with its own session, unless *shared*: then all
+    clients send one session's cookie (every write then changes the session the
+    other worker holds). Afterwards each server-side kind must read back the count
+    its write route left, so a run that lost its sessions fails instead of
+    reporting numbers for session-less requests."""
     import statistics
 
-    servers = {kind: _gunicorn(tmp / kind, kind, redis_url) for kind in KINDS}
+    servers = {kind: _gunicorn(tmp / kind, kind, redis_url, threads) for kind in KINDS}
     try:
-        cookies = {kind: _cookie(port) for kind, (_, port) in servers.items()}
+        cookies = {kind: [_cookie(port) for _ in range(1 if shared else clients)]
+                   for kind, (_, port) in servers.items()}
         rates: dict[tuple[str, str], list[float]] = {}
         for kind, (_, port) in servers.items():
             load(port, cookies[kind], "GET", "/read", clients, 0.3)  # warm up
@@ -304,6 +338,9 @@ def gunicorn_runs(tmp: Path, redis_url: str, clients: int, seconds: float,
                     port = servers[kind][1]
                     rps = load(port, cookies[kind], method, f"/{route}", clients, seconds / slices)
                     rates.setdefault((kind, route), []).append(rps)
+        for kind, (_, port) in servers.items():
+            if kind != "cookie":  # a cookie session's writes go back only in the response
+                _check_written(port, cookies[kind][0], kind)
         out: dict[str, dict[str, float]] = {k: {} for k in KINDS}
         for (kind, route), rs in rates.items():
             out[kind][f"{route}_rps"] = statistics.median(rs)
@@ -322,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=2000, help="test-client requests per route")
     ap.add_argument("--seconds", type=float, default=6.0, help="gunicorn load per route and kind")
     ap.add_argument("--clients", type=int, default=8, help="concurrent gunicorn clients")
+    ap.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (gthread)")
+    ap.add_argument("--shared-session", action="store_true",
+                    help="all gunicorn clients share one session (default: one session per client)")
     ap.add_argument("--no-gunicorn", action="store_true")
     args = ap.parse_args(argv)
 
@@ -329,10 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         print(f"redis {server.version}; {args.requests} test-client requests per route; "
-              f"gunicorn 2 workers x 4 threads, {args.clients} clients x {args.seconds:g} s per route")
+              f"gunicorn 2 workers x {args.threads} threads, {args.clients} clients x {args.seconds:g} s "
+              f"per route, {'one shared session' if args.shared_session else 'one session per client'}")
         results = test_client_runs(tmp, server.url, args.requests)
         if not args.no_gunicorn:
-            for kind, row in gunicorn_runs(tmp, server.url, args.clients, args.seconds).items():
+            for kind, row in gunicorn_runs(tmp, server.url, args.clients, args.seconds,
+                                           threads=args.threads, shared=args.shared_session).items():
                 results[kind].update(row)
 
     cols = [("read_us", "read µs"), ("write_us", "write µs"), ("read_cmds", "read cmds"),
