@@ -51,7 +51,7 @@ Result = tuple[int, Any]
 #: sessions make one or two calls per web request, so Redis has usually been idle
 #: and answers late (see FastTransport's ``spin``); polling this long still costs
 #: less than the thread's sleep and wake-up
-SESSION_SPIN_SECONDS = float(__import__("os").environ.get("SK_SPIN", "200e-6"))
+SESSION_SPIN_SECONDS = 200e-6
 
 
 @dataclass(frozen=True)
