@@ -64,10 +64,11 @@ other processes drop a revoked session's copies within the delivery time. Copies
 are used only while the listener is connected; a drop flushes them all. A copy is
 kept at most ``refresh_interval`` seconds. Costs: one more connection per process
 (its threads share one socket, pipelined: a thread sends without waiting for another
-thread's reply), and one message per change of a session this process holds. In short: a browser always reads its own
-writes (0 lost updates, tested under gunicorn); a change made elsewhere (another
-device, an admin's revocation) reaches this process's copy when its invalidation
-arrives: well under a millisecond on an idle LAN, longer on an overloaded host.
+thread's reply), and one message per change of a session this process holds. In
+short: a browser always reads its own writes (0 lost updates, tested under
+gunicorn); a change made elsewhere (another device, an admin's revocation) reaches
+this process's copy when its invalidation arrives: well under a millisecond on an
+idle LAN, longer on an overloaded host.
 
 **Outages.** Redis unreachable raises :class:`~statekit.errors.BackendUnavailable`
 (nothing partial is written: every save is one script). With
