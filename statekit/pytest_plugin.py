@@ -14,6 +14,7 @@ and stopped at the end. ``statekit_redis_url`` empties the server before each te
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ __all__ = [
     "statekit_redis_url",
     "statekit_s3_server",
     "statekit_s3_url",
+    "run_threads",
     "wait_for",
 ]
 
@@ -52,6 +54,31 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def run_threads(target: Callable[[int], object], count: int, timeout: float = 60.0) -> None:
+    """Run ``target(0)`` ... ``target(count - 1)`` at once, each in its own thread, and
+    wait for all of them. The first exception a thread raised is raised here (the
+    test fails on it rather than in a thread's log); a thread still running after
+    *timeout* seconds fails the test."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + timeout
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    if errors:
+        raise errors[0]
+    if any(th.is_alive() for th in threads):
+        raise AssertionError(f"a thread was still running after {timeout}s")
 
 
 @pytest.fixture(scope="session")

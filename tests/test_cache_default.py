@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 import statekit.cache as cache_module
 from statekit.cache import Cache
 from statekit.errors import ConfigError
+from statekit.pytest_plugin import run_threads
 
 
 @pytest.fixture
@@ -96,22 +96,13 @@ def test_prometheus_export() -> None:
 @pytest.mark.redis
 def test_one_cache_many_threads(redis_url: str) -> None:
     c = Cache(redis_url)
-    errors: list[BaseException] = []
 
     def work(i: int) -> None:
-        try:
-            for j in range(100):
-                c.incr("counter")
-                c.set(f"t{i}", j)
-                assert c.get(f"t{i}") == j
-                assert c.get_many([f"t{i}", "counter"])[f"t{i}"] == j
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        for j in range(100):
+            c.incr("counter")
+            c.set(f"t{i}", j)
+            assert c.get(f"t{i}") == j
+            assert c.get_many([f"t{i}", "counter"])[f"t{i}"] == j
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    run_threads(work, 8)  # raises the first error a thread hit
     assert c.get("counter") == 800

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -370,3 +371,23 @@ def test_pytest_plugin_is_registered_by_entry_point() -> None:
 
     eps = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert eps.get("statekit") == "statekit.pytest_plugin"
+
+
+def test_run_threads_raises_what_a_thread_raised() -> None:
+    from statekit.pytest_plugin import run_threads
+
+    seen: list[int] = []
+    run_threads(seen.append, 5)
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+
+    def boom(i: int) -> None:
+        if i == 2:
+            raise ValueError("thread 2 failed")
+
+    with pytest.raises(ValueError, match="thread 2 failed"):
+        run_threads(boom, 4)
+
+    release = threading.Event()
+    with pytest.raises(AssertionError, match="still running"):
+        run_threads(lambda i: release.wait(5), 2, timeout=0.1)
+    release.set()

@@ -23,7 +23,7 @@ from statekit.backends.fastredis import (
 from statekit.backends.redis import create_client
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
-from statekit.pytest_plugin import wait_for
+from statekit.pytest_plugin import run_threads, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -236,11 +236,7 @@ def test_shared_connection_hands_every_thread_its_own_reply(redis_url: str) -> N
                 wrong.append(f"{i}:{j}")
             ids.add(conn.call(pack_command(("CLIENT", "ID"))))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    run_threads(run, 8)
     assert not wrong
     assert ids == {mine}  # all on one connection
     assert not conn._queue and conn.broken is None

@@ -14,7 +14,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +21,7 @@ import redis
 
 from statekit._session_backends import RedisEngine
 from statekit.errors import ConfigError
-from statekit.pytest_plugin import wait_for
+from statekit.pytest_plugin import run_threads, wait_for
 from statekit.sessions import Session, SessionStore, _near_size, parse_version_token
 
 pytestmark = pytest.mark.redis
@@ -162,11 +161,7 @@ def test_concurrent_writers_never_lose_an_update(pair: tuple[SessionStore, Sessi
             assert store.save(session)
             token = session.version
 
-    threads = [threading.Thread(target=browser, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_threads(browser, 4)
     assert stale == []
     final = a.load(s.sid)
     assert final is not None and {k: final[k] for k in final if k.startswith("k")} == {
@@ -312,24 +307,16 @@ def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, Sess
     sessions = [a.create({"n": 0}) for _ in range(4)]
     _warm(a, sessions[0])
     engine = _engine(a)
-    hits0, loads = engine.near_hits, 0
-    errors: list[BaseException] = []
+    hits0 = engine.near_hits
 
-    def run(s: Session) -> None:
-        try:
-            for _ in range(100):
-                s = a.load(s.sid, min_version=s.version)  # type: ignore[assignment]
-                s["n"] += 1
-                a.save(s)
-        except BaseException as e:
-            errors.append(e)
+    def run(i: int) -> None:
+        s = sessions[i]
+        for _ in range(100):
+            s = a.load(s.sid, min_version=s.version)  # type: ignore[assignment]
+            s["n"] += 1
+            a.save(s)
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in sessions]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    run_threads(run, 4)
     loads = 4 * 100
-    assert not errors
     assert [a.load(s.sid)["n"] for s in sessions] == [100] * 4  # type: ignore[index]
     assert engine.near_hits - hits0 >= 0.9 * loads  # ~100 %; 5 % before the fixes
