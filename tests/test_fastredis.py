@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -200,11 +201,15 @@ def test_cpu_pressure_is_never_busy_without_proc_loadavg(tmp_path: Path) -> None
 # -- SharedConnection: one socket for all threads, pipelined ---------------------------
 
 
+class _Patient(SharedConnection):
+    RECHECK = 5.0  # a lost hand-off shows as a recheck (and a 5 s stall), not as 50 ms
+
+
 def _shared(url: str) -> SharedConnection:
     client = create_client(url + "?socket_timeout=2&socket_connect_timeout=0.5&retries=0")
     params = fast_params(client)
     assert params is not None
-    return SharedConnection(_FastConnection(params, make_reader))
+    return _Patient(_FastConnection(params, make_reader))
 
 
 def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
@@ -240,6 +245,7 @@ def test_shared_connection_hands_every_thread_its_own_reply(redis_url: str) -> N
     assert not wrong
     assert ids == {mine}  # all on one connection
     assert not conn._queue and conn.broken is None
+    assert conn.rechecks == 0  # every waiting thread was woken by a hand-off
 
 
 def test_shared_connection_sends_while_another_thread_waits(redis_url: str) -> None:
@@ -258,6 +264,35 @@ def test_shared_connection_sends_while_another_thread_waits(redis_url: str) -> N
     ping.join(10)
     assert got_pop == [[key.encode(), b"item"]]
     assert got_ping == [b"PONG"]
+
+
+def test_shared_connection_wakes_a_thread_that_was_slow_to_start_waiting(redis_url: str) -> None:
+    """The lead is handed over even when the leader finishes between a thread's
+    failed try for the read lock and its going to sleep (no hand-off can reach it
+    then): it must find the read lock free instead of sleeping until a re-check."""
+    gate = threading.Event()
+
+    class SlowToSleep(_Patient):
+        def _sleep(self, me: Any) -> None:
+            gate.wait(10)  # the leader finishes meanwhile
+            super()._sleep(me)
+
+    params = fast_params(create_client(redis_url + "?socket_timeout=10&retries=0"))
+    assert params is not None
+    conn = SlowToSleep(_FastConnection(params, make_reader))
+    k1, k2 = (f"q{i}-{os.getpid()}-{threading.get_ident()}" for i in (1, 2))
+    first, got_first = _in_thread(lambda: conn.call(pack_command(("BLPOP", k1, 10))))
+    wait_for(lambda: len(conn._queue) == 1, 10, "the first BLPOP in flight (its thread leads)")
+    second, got_second = _in_thread(lambda: conn.call(pack_command(("BLPOP", k2, 10))))
+    wait_for(lambda: len(conn._queue) == 2, 10, "the second BLPOP sent")
+    with redis.Redis.from_url(redis_url) as r:
+        r.rpush(k1, b"a")
+        first.join(10)  # the leader is done and has passed the lead: nobody to wake yet
+        gate.set()
+        r.rpush(k2, b"b")
+    second.join(10)
+    assert got_first == [[k1.encode(), b"a"]] and got_second == [[k2.encode(), b"b"]]
+    assert conn.rechecks == 0
 
 
 def test_shared_connection_failure_fails_every_command_in_flight(redis_url: str) -> None:

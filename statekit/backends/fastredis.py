@@ -297,7 +297,7 @@ class SharedConnection:
     ``OSError``, like :meth:`_FastConnection.call`), closes the socket and marks the
     connection :attr:`broken`; callers open a new one."""
 
-    __slots__ = ("_queue", "_read", "_send", "_state", "broken", "conn")
+    __slots__ = ("_queue", "_read", "_send", "_state", "broken", "conn", "rechecks")
 
     #: a waiting thread re-checks at least this often (a safety net: hand-offs wake it)
     RECHECK = 0.05
@@ -305,6 +305,7 @@ class SharedConnection:
     def __init__(self, conn: _FastConnection) -> None:
         self.conn = conn
         self.broken: OSError | None = None
+        self.rechecks = 0
         self._queue: deque[_Waiter] = deque()
         self._send = threading.Lock()
         self._read = threading.Lock()
@@ -371,12 +372,15 @@ class SharedConnection:
 
     def _sleep(self, me: _Waiter) -> None:
         with self._state:
-            if me.done:
+            # the leader may have let go before this thread had an event to be woken
+            # by (_pass_lead runs under this lock, after the read lock is released)
+            if me.done or not self._read.locked():
                 return
             event = me.event
             if event is None:
                 event = me.event = threading.Event()
-        event.wait(self.RECHECK)
+        if not event.wait(self.RECHECK):
+            self.rechecks += 1  # no hand-off woke it: should stay 0 (tests check)
         event.clear()  # a wake lost here is harmless: the caller tries to lead next
 
     def _fail(self, error: OSError) -> None:
