@@ -25,11 +25,11 @@ import pytest
 from .embedded import RedisServer, S3Server
 
 __all__ = [
+    "run_threads",
     "statekit_redis_server",
     "statekit_redis_url",
     "statekit_s3_server",
     "statekit_s3_url",
-    "run_threads",
     "wait_for",
 ]
 
