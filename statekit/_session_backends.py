@@ -108,23 +108,14 @@ end
 local i = 5
 local n = tonumber(ARGV[4])
 if n > 0 then
-  local args = {}
-  for _ = 1, n do
-    args[#args + 1] = ARGV[i]
-    args[#args + 1] = ARGV[i + 1]
-    i = i + 2
-  end
-  redis.call('HSET', KEYS[1], unpack(args))
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
+  i = i + 2 * n
 end
 local d = tonumber(ARGV[i])
 i = i + 1
 if d > 0 then
-  local args = {}
-  for _ = 1, d do
-    args[#args + 1] = ARGV[i]
-    i = i + 1
-  end
-  redis.call('HDEL', KEYS[1], unpack(args))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, i + d - 1))
+  i = i + d
 end
 local v = redis.call('HINCRBY', KEYS[1], 'm:v', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
