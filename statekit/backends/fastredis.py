@@ -108,6 +108,7 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_allocate_lock = threading.Lock
 _perf = time.perf_counter
 #: how long a call polls for the reply before it blocks (see _FastConnection)
 SPIN_SECONDS = 60e-6
@@ -269,15 +270,27 @@ class _FastConnection:
 
 
 class _Waiter:
-    """A command in flight on a :class:`SharedConnection`."""
+    """A command in flight on a :class:`SharedConnection`.
 
-    __slots__ = ("done", "error", "event", "reply")
+    A thread that must sleep blocks on :attr:`lock`, a plain lock used as a
+    one-shot signal (cheaper than ``threading.Event``): it is held while the thread
+    is :attr:`armed`, and whoever wakes the thread releases it, once, under the
+    connection's state lock."""
+
+    __slots__ = ("armed", "done", "error", "lock", "reply")
 
     def __init__(self) -> None:
         self.done = False
         self.reply: Any = None
         self.error: BaseException | None = None
-        self.event: threading.Event | None = None  # made only if the thread must sleep
+        self.lock: Any = None  # made only if the thread must sleep
+        self.armed = False
+
+    def wake(self) -> None:
+        """Wake the thread if it sleeps (under the connection's state lock)."""
+        if self.armed:
+            self.armed = False
+            self.lock.release()
 
 
 class SharedConnection:
@@ -355,8 +368,7 @@ class SharedConnection:
                     w = queue.popleft()
                     w.reply = reply
                     w.done = True
-                    if w.event is not None:
-                        w.event.set()
+                    w.wake()
         except OSError as e:
             self._fail(e)
         except BaseException as e:  # a parser error, an interrupt: the stream is out of step
@@ -366,22 +378,26 @@ class SharedConnection:
     def _pass_lead(self) -> None:
         with self._state:
             if self._queue:
-                head = self._queue[0]
-                if head.event is not None:
-                    head.event.set()
+                self._queue[0].wake()
 
     def _sleep(self, me: _Waiter) -> None:
         with self._state:
-            # the leader may have let go before this thread had an event to be woken
-            # by (_pass_lead runs under this lock, after the read lock is released)
+            # the leader may have let go before this thread was armed to be woken
+            # (_pass_lead runs under this lock, after the read lock is released)
             if me.done or not self._read.locked():
                 return
-            event = me.event
-            if event is None:
-                event = me.event = threading.Event()
-        if not event.wait(self.RECHECK):
-            self.rechecks += 1  # no hand-off woke it: should stay 0 (tests check)
-        event.clear()  # a wake lost here is harmless: the caller tries to lead next
+            lock = me.lock
+            if lock is None:
+                lock = me.lock = _allocate_lock()
+                lock.acquire()  # held while armed: the sleep below blocks on it
+            me.armed = True
+        if not lock.acquire(True, self.RECHECK):
+            with self._state:
+                if me.armed:  # nobody woke it: still held
+                    me.armed = False
+                    self.rechecks += 1  # should stay 0 (tests check)
+                else:  # woken just after the timeout: take the lock back (at once)
+                    lock.acquire()
 
     def _fail(self, error: OSError) -> None:
         with self._state:
@@ -390,8 +406,7 @@ class SharedConnection:
             for w in self._queue:
                 w.error = error
                 w.done = True
-                if w.event is not None:
-                    w.event.set()
+                w.wake()
             self._queue.clear()
         self.conn.close()
 
