@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,97 @@ def test_shared_connection_wakes_a_thread_that_was_slow_to_start_waiting(redis_u
     second.join(10)
     assert got_first == [[k1.encode(), b"a"]] and got_second == [[k2.encode(), b"b"]]
     assert conn.rechecks == 0
+
+
+class _InterruptOnce:
+    """A socket whose next ``sendall`` raises ``KeyboardInterrupt`` (as a signal
+    handler's exception would, between queueing a command and sending it)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock, self.armed = sock, True
+
+    def sendall(self, data: bytes) -> None:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt("simulated")
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_shared_connection_interrupted_send_never_misroutes_a_reply(redis_url: str) -> None:
+    """A command queued but not sent (interrupted) would shift every later reply to
+    the wrong thread: another user's session. The connection is failed instead."""
+    conn = _shared(redis_url)
+    conn.conn.sock = _InterruptOnce(conn.conn.sock)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        conn.call(pack_command(("ECHO", "ghost")))
+    assert conn.broken is not None
+    with pytest.raises(ConnectionResetError):  # not "ghost"'s slot: refused, callers reopen
+        conn.call(pack_command(("ECHO", "alice")))
+
+
+def test_shared_connection_interrupted_hand_out_leaves_nobody_waiting(redis_url: str) -> None:
+    """An interrupt in the leader while it hands out another thread's reply fails
+    the connection; the other thread still finishes (it used to spin for ever)."""
+    conn = _shared(redis_url)
+    key = f"q-{os.getpid()}-{threading.get_ident()}"
+
+    class InterruptSecondPop(deque):  # type: ignore[type-arg]
+        pops = 0
+
+        def popleft(self) -> Any:
+            w = super().popleft()
+            InterruptSecondPop.pops += 1
+            if InterruptSecondPop.pops == 2:
+                raise KeyboardInterrupt("simulated")
+            return w
+
+    conn._queue = InterruptSecondPop()
+    leader, got_leader = _in_thread(lambda: conn.call(pack_command(("BLPOP", key, 5))))
+    wait_for(lambda: len(conn._queue) == 1, 10, "the BLPOP in flight")
+    other, got_other = _in_thread(lambda: conn.call(pack_command(("PING",))))
+    wait_for(lambda: len(conn._queue) == 2, 10, "the PING sent behind it")
+    with redis.Redis.from_url(redis_url) as r:
+        r.rpush(key, b"v")
+    leader.join(10)
+    other.join(10)
+    assert not other.is_alive() and not leader.is_alive()
+    assert isinstance(got_leader[0], KeyboardInterrupt)
+    assert got_other == [b"PONG"]  # its reply was handed over before the interrupt
+    assert conn.broken is not None
+
+
+def test_shared_connection_skips_a_waiter_interrupted_while_sleeping(redis_url: str) -> None:
+    """The lead goes to the oldest waiter whose thread still waits: handing it to
+    one that was interrupted would leave the next one asleep until a re-check."""
+
+    class InterruptH(_Patient):
+        def _sleep(self, me: Any) -> None:
+            if threading.current_thread().name == "H":
+                raise KeyboardInterrupt("simulated")
+            super()._sleep(me)
+
+    params = fast_params(create_client(redis_url + "?socket_timeout=10&retries=0"))
+    assert params is not None
+    conn = InterruptH(_FastConnection(params, make_reader))
+    k1, k2 = (f"q{i}-{os.getpid()}-{threading.get_ident()}" for i in (1, 2))
+    leader, got_leader = _in_thread(lambda: conn.call(pack_command(("BLPOP", k1, 10))))
+    wait_for(lambda: len(conn._queue) == 1, 10, "the leader's BLPOP in flight")
+    h = threading.Thread(target=lambda: pytest.raises(KeyboardInterrupt, conn.call,
+                                                       pack_command(("BLPOP", k2, 10))), name="H")
+    h.start()
+    h.join(10)
+    tail, got_tail = _in_thread(lambda: conn.call(pack_command(("PING",))))
+    wait_for(lambda: len(conn._queue) == 3, 10, "the PING behind the interrupted BLPOP")
+    with redis.Redis.from_url(redis_url) as r:
+        r.rpush(k1, b"a")
+        leader.join(10)
+        r.rpush(k2, b"b")  # the interrupted command's reply comes first, then PONG
+    tail.join(10)
+    assert got_leader == [[k1.encode(), b"a"]] and got_tail == [b"PONG"]
+    assert conn.rechecks == 0 and conn.broken is None
 
 
 def test_shared_connection_failure_fails_every_command_in_flight(redis_url: str) -> None:

@@ -275,9 +275,11 @@ class _Waiter:
     A thread that must sleep blocks on :attr:`lock`, a plain lock used as a
     one-shot signal (cheaper than ``threading.Event``): it is held while the thread
     is :attr:`armed`, and whoever wakes the thread releases it, once, under the
-    connection's state lock."""
+    connection's state lock. A waiter whose thread was interrupted while waiting is
+    :attr:`abandoned`: its reply is still taken off the socket (the stream stays in
+    step), but it is never handed the lead."""
 
-    __slots__ = ("armed", "done", "error", "lock", "reply")
+    __slots__ = ("abandoned", "armed", "done", "error", "lock", "reply")
 
     def __init__(self) -> None:
         self.done = False
@@ -285,6 +287,7 @@ class _Waiter:
         self.error: BaseException | None = None
         self.lock: Any = None  # made only if the thread must sleep
         self.armed = False
+        self.abandoned = False
 
     def wake(self) -> None:
         """Wake the thread if it sleeps (under the connection's state lock)."""
@@ -306,9 +309,12 @@ class SharedConnection:
     connection, and what Redis ties to a connection (``CLIENT TRACKING ...
     NOLOOP``) holds for all its threads.
 
-    A socket error fails every command in flight with that error (as an
-    ``OSError``, like :meth:`_FastConnection.call`), closes the socket and marks the
-    connection :attr:`broken`; callers open a new one."""
+    Any failure that may put the reply stream out of step with the queue (a socket
+    error, a parser error, an exception such as ``KeyboardInterrupt`` landing while a
+    command is being queued, sent or handed its reply) fails every command in flight
+    (as an ``OSError``, like :meth:`_FastConnection.call`), shuts the socket and
+    marks the connection :attr:`broken`; callers open a new one. A reply is never
+    handed to the wrong thread."""
 
     __slots__ = ("_queue", "_read", "_send", "_state", "broken", "conn", "rechecks")
 
@@ -322,7 +328,7 @@ class SharedConnection:
         self._queue: deque[_Waiter] = deque()
         self._send = threading.Lock()
         self._read = threading.Lock()
-        self._state = threading.Lock()  # hand-offs between threads
+        self._state = threading.Lock()  # the queue, the waiters' flags, broken
 
     def call(self, packed: bytes) -> Any:
         """Send *packed* and return its reply (error replies returned, not raised).
@@ -330,22 +336,36 @@ class SharedConnection:
         :raises OSError: the socket failed (now or for a command sent before)."""
         me = _Waiter()
         with self._send:
-            if self.broken is not None:
-                raise ConnectionResetError(f"shared Redis connection failed: {self.broken}")
-            self._queue.append(me)  # before sending: its reply may be read at once
             try:
+                with self._state:  # so a failure either fails this waiter or is seen here
+                    if self.broken is not None:
+                        raise ConnectionResetError(f"shared Redis connection failed: {self.broken}")
+                    self._queue.append(me)  # before sending: its reply may be read at once
                 self.conn.sock.sendall(packed)
-            except OSError as e:
-                self._fail(e)
-        while not me.done:
-            if self._read.acquire(blocking=False):
-                try:
-                    self._lead(me)
-                finally:
-                    self._read.release()
-                    self._pass_lead()
-            else:
-                self._sleep(me)
+            except BaseException as e:
+                if not me.done and me not in self._queue:  # nothing queued: nothing out of step
+                    raise
+                if not isinstance(e, OSError):  # queued, maybe not (wholly) sent: out of step
+                    self._fail(ConnectionAbortedError(f"send abandoned: {e!r}"))
+                    raise
+                self._fail(e)  # this waiter fails with it, below
+        try:
+            while not me.done:
+                if self.broken is not None:
+                    self._lost(me)
+                elif self._read.acquire(blocking=False):
+                    try:
+                        self._lead(me)
+                    finally:
+                        self._read.release()
+                        self._pass_lead()
+                else:
+                    self._sleep(me)
+        except BaseException:
+            with self._state:  # interrupted while waiting: never hand it the lead again
+                me.abandoned = True
+            self._pass_lead()
+            raise
         if me.error is not None:
             raise me.error
         return me.reply
@@ -365,26 +385,41 @@ class SharedConnection:
                 with state:
                     if not queue:  # failed meanwhile
                         return
-                    w = queue.popleft()
+                    # in this order, an interrupt anywhere leaves the waiter either
+                    # undone on the queue or done (_fail then fails or wakes it)
+                    w = queue[0]
                     w.reply = reply
                     w.done = True
                     w.wake()
+                    queue.popleft()
         except OSError as e:
             self._fail(e)
-        except BaseException as e:  # a parser error, an interrupt: the stream is out of step
+        except Exception as e:  # noqa: BLE001 - a parser error: the stream is out of step
+            self._fail(ConnectionAbortedError(f"unreadable reply from Redis: {e!r}"))
+        except BaseException as e:  # an interrupt: the stream is out of step
             self._fail(ConnectionAbortedError(f"reply stream abandoned: {e!r}"))
             raise
 
+    def _lost(self, me: _Waiter) -> None:
+        """The connection failed and *me* will get no reply (an interrupted hand-out
+        may have left it off the queue undone): fail it."""
+        with self._state:
+            if not me.done:
+                me.error = ConnectionResetError(f"shared Redis connection failed: {self.broken}")
+                me.done = True
+
     def _pass_lead(self) -> None:
         with self._state:
-            if self._queue:
-                self._queue[0].wake()
+            for w in self._queue:
+                if not w.abandoned:
+                    w.wake()
+                    return
 
     def _sleep(self, me: _Waiter) -> None:
         with self._state:
             # the leader may have let go before this thread was armed to be woken
             # (_pass_lead runs under this lock, after the read lock is released)
-            if me.done or not self._read.locked():
+            if me.done or self.broken is not None or not self._read.locked():
                 return
             lock = me.lock
             if lock is None:
@@ -404,10 +439,15 @@ class SharedConnection:
             if self.broken is None:
                 self.broken = error
             for w in self._queue:
-                w.error = error
-                w.done = True
+                if not w.done:  # a done one was handed its reply when interrupted
+                    w.error = error
+                    w.done = True
                 w.wake()
             self._queue.clear()
+        try:  # wakes a leader blocked in recv at once (close alone would not)
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.conn.close()
 
     def close(self) -> None:
