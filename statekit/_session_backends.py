@@ -217,7 +217,7 @@ class _TrackingTransport(FastTransport):
         if shared is None or shared.broken is not None:
             return None
         listener = self.listener
-        if shared.conn.tag != listener.generation and listener.connected.is_set():
+        if abs(shared.conn.tag) != listener.generation and listener.connected.is_set():
             return None
         return shared
 
@@ -233,7 +233,7 @@ class _TrackingTransport(FastTransport):
             # flight on it; it closes when the last of them lets go of it
             assert self.fast_params is not None
             conn = _FastConnection(self.fast_params, self._reader_factory, self.spin)
-            conn.tag = -1
+            conn.tag = 0  # untracked: opened while the listener was down (generation >= 1 when up)
             # generation first, then the id: a newer id with an older generation only
             # makes the socket look stale (reopened), never the other way round
             listener = self.listener
@@ -245,8 +245,9 @@ class _TrackingTransport(FastTransport):
                 except OSError as e:
                     conn.close()
                     raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
-                if not isinstance(reply, Exception):
-                    conn.tag = generation
+                # refused (an ACL, a proxy): serve untracked until the listener reconnects,
+                # instead of reopening on every call
+                conn.tag = -generation if isinstance(reply, Exception) else generation
             shared = self._shared = SharedConnection(conn)
             return shared
 
@@ -354,7 +355,17 @@ class RedisEngine:
         else:
             near.evict(key)
         seq = near.seq if stores and near.active and key is not None else -1
-        yield seq
+        try:
+            yield seq
+        except BaseException:
+            # the change may have reached Redis (a reply that timed out) and no
+            # invalidation will come for it (NOLOOP): refuse every copy of the key that
+            # a load of this process read before, whatever the block did
+            if key is None:
+                near.flush()
+            else:
+                near.settle(key, None, -1)
+            raise
         if key is None:
             near.flush()
         elif seq < 0:  # else the block settled the key itself (see _write)

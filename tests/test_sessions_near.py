@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -288,7 +289,7 @@ def test_while_the_listener_is_down_one_socket_serves(pair: tuple[SessionStore, 
     listener.connected.clear()  # as between a drop and the reconnect
     transport = _engine(a).transport
     shared = transport._shared  # type: ignore[attr-defined]
-    shared.conn.tag = -1  # opened while the listener was down
+    shared.conn.tag = 0  # opened while the listener was down
     for _ in range(5):
         assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
     assert transport._shared is shared  # type: ignore[attr-defined]
@@ -320,3 +321,56 @@ def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, Sess
     loads = 4 * 100
     assert [a.load(s.sid)["n"] for s in sessions] == [100] * 4  # type: ignore[index]
     assert engine.near_hits - hits0 >= 0.9 * loads  # ~100 %; 5 % before the fixes
+
+
+def test_refused_tracking_serves_untracked_without_reconnecting(pair: tuple[SessionStore, SessionStore],
+                                                                 redis_line_url: str) -> None:
+    """``CLIENT TRACKING`` answered with an error (an ACL, a proxy, a listener id that
+    just went away): the socket serves untracked, keeps nothing, and is not reopened
+    on every call (it was: one new connection per load)."""
+    a, _ = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    engine = _engine(a)
+    engine.listener.client_id = 999_999_999  # REDIRECT to a client that does not exist
+    engine.transport._shared = None  # type: ignore[attr-defined]
+    with redis.Redis.from_url(redis_line_url) as r:
+        before = r.info("stats")["total_connections_received"]
+        for _ in range(50):
+            assert a.load(s.sid, min_version=10**6) is not None  # past any copy: from Redis
+        assert r.info("stats")["total_connections_received"] - before == 1
+    assert not engine.transport.tracked()  # type: ignore[attr-defined]
+
+
+def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[SessionStore, SessionStore]) -> None:
+    """A save whose reply is lost (timed out after Redis applied it) must still drop
+    the copy that a load of this process read just before the save landed: no
+    invalidation will ever come for it (NOLOOP), so it would stay stale."""
+    from statekit._session_backends import _pairs
+    from statekit.errors import BackendUnavailable
+
+    a, _ = pair
+    s = a.create({"n": 1})
+    _warm(a, s)
+    engine = _engine(a)
+    near, transport = engine.near, engine.transport
+    assert near is not None
+    real = transport.script
+
+    def save_with_a_load_beside_it(sha: bytes, source: str, keys: Any, args: Any) -> Any:
+        seq = near.seq  # another thread's load begins after the save's first evict ...
+        old = transport.command(b"HGETALL", keys[0])  # ... and reads before the save lands
+        real(sha, source, keys, args)  # Redis applies the save
+        near.store(keys[0], _pairs(old), None, seq)  # the load keeps what it read
+        raise BackendUnavailable("simulated: the save's reply timed out")
+
+    transport.script = save_with_a_load_beside_it  # type: ignore[method-assign]
+    loaded = a.load(s.sid)
+    assert loaded is not None
+    loaded["n"] = 2
+    with pytest.raises(BackendUnavailable):
+        a.save(loaded)
+    transport.script = real  # type: ignore[method-assign]
+    assert s.key not in _copies(a)
+    again = a.load(s.sid)
+    assert again is not None and again["n"] == 2
