@@ -416,3 +416,22 @@ def test_shared_connection_timeout_fails_the_waiters(private_redis: RedisServer)
         th.join(10)
         assert len(out) == 1 and isinstance(out[0], OSError), out
     assert conn.broken is not None
+
+
+def test_an_interrupted_call_never_leaves_its_reply_for_the_next(redis_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a socket error (a signal handler's, a time limit)
+    between sending a command and reading its reply: the thread's socket is dropped,
+    so its next command does not read the interrupted command's reply."""
+    t = _transport(redis_url)
+    assert t.command("SET", "a", "value-of-a") == b"OK"
+    real = _FastConnection.read_reply
+
+    def interrupted(self: _FastConnection) -> Any:
+        monkeypatch.setattr(_FastConnection, "read_reply", real)
+        raise KeyboardInterrupt("simulated")
+
+    monkeypatch.setattr(_FastConnection, "read_reply", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        t.command("GET", "a")
+    assert t.command("GET", "b") is None  # not b"value-of-a"

@@ -618,6 +618,12 @@ class FastTransport:
             except OSError as e:
                 self._drop_fast()
                 raise BackendUnavailable(f"Redis did not answer a {self.what} call in time: {e}") from e
+            except BaseException:
+                # interrupted (a signal handler's exception, a time limit) between send
+                # and reply: the socket is a reply behind, and its next command would
+                # read this one's reply
+                self._drop_fast()
+                raise
         try:
             return self._fast().call(packed)
         except BackendUnavailable:
@@ -626,6 +632,9 @@ class FastTransport:
         except OSError as e:  # timeouts included: the reply stream is out of step
             self._drop_fast()
             raise BackendUnavailable(f"Redis unavailable during a {self.what} call: {e}") from e
+        except BaseException:  # interrupted: out of step, as above
+            self._drop_fast()
+            raise
 
     # -- commands and scripts ---------------------------------------------------------
 
