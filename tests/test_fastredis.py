@@ -206,11 +206,11 @@ class _Patient(SharedConnection):
     RECHECK = 5.0  # a lost hand-off shows as a recheck (and a 5 s stall), not as 50 ms
 
 
-def _shared(url: str) -> SharedConnection:
-    client = create_client(url + "?socket_timeout=2&socket_connect_timeout=0.5&retries=0")
+def _shared(url: str, cls: type[SharedConnection] = _Patient, timeout: float = 2) -> SharedConnection:
+    client = create_client(url + f"?socket_timeout={timeout}&socket_connect_timeout=0.5&retries=0")
     params = fast_params(client)
     assert params is not None
-    return _Patient(_FastConnection(params, make_reader))
+    return cls(_FastConnection(params, make_reader))
 
 
 def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
@@ -249,21 +249,28 @@ def test_shared_connection_hands_every_thread_its_own_reply(redis_url: str) -> N
     assert conn.rechecks == 0  # every waiting thread was woken by a hand-off
 
 
-def test_shared_connection_sends_while_another_thread_waits(redis_url: str) -> None:
-    """A thread does not wait for another thread's round trip before sending (as a
-    lock around the whole call would make it): a blocked BLPOP and a PING are in
-    flight together, and each gets its own reply when the BLPOP is served."""
-    conn = _shared(redis_url)
+def _blpop_then_ping(conn: SharedConnection, redis_url: str) -> tuple[list[object], list[object]]:
+    """A BLPOP in flight on *conn* (its thread leads, blocked), a PING sent behind
+    it, then the BLPOP served: what each thread got (a reply or an exception)."""
     key = f"q-{os.getpid()}-{threading.get_ident()}"
     blpop, got_pop = _in_thread(lambda: conn.call(pack_command(("BLPOP", key, 5))))
     wait_for(lambda: len(conn._queue) == 1, 10, "the BLPOP in flight")
     ping, got_ping = _in_thread(lambda: conn.call(pack_command(("PING",))))
     wait_for(lambda: len(conn._queue) == 2, 10, "the PING sent behind it")
     with redis.Redis.from_url(redis_url) as r:
-        r.rpush(key, b"item")
+        r.rpush(key, key.encode())
     blpop.join(10)
     ping.join(10)
-    assert got_pop == [[key.encode(), b"item"]]
+    assert not blpop.is_alive() and not ping.is_alive()
+    return got_pop, got_ping
+
+
+def test_shared_connection_sends_while_another_thread_waits(redis_url: str) -> None:
+    """A thread does not wait for another thread's round trip before sending (as a
+    lock around the whole call would make it): a blocked BLPOP and a PING are in
+    flight together, and each gets its own reply when the BLPOP is served."""
+    got_pop, got_ping = _blpop_then_ping(_shared(redis_url), redis_url)
+    assert len(got_pop) == 1 and isinstance(got_pop[0], list) and got_pop[0][0] == got_pop[0][1]
     assert got_ping == [b"PONG"]
 
 
@@ -278,9 +285,7 @@ def test_shared_connection_wakes_a_thread_that_was_slow_to_start_waiting(redis_u
             gate.wait(10)  # the leader finishes meanwhile
             super()._sleep(me)
 
-    params = fast_params(create_client(redis_url + "?socket_timeout=10&retries=0"))
-    assert params is not None
-    conn = SlowToSleep(_FastConnection(params, make_reader))
+    conn = _shared(redis_url, SlowToSleep, timeout=10)
     k1, k2 = (f"q{i}-{os.getpid()}-{threading.get_ident()}" for i in (1, 2))
     first, got_first = _in_thread(lambda: conn.call(pack_command(("BLPOP", k1, 10))))
     wait_for(lambda: len(conn._queue) == 1, 10, "the first BLPOP in flight (its thread leads)")
@@ -329,7 +334,6 @@ def test_shared_connection_interrupted_hand_out_leaves_nobody_waiting(redis_url:
     """An interrupt in the leader while it hands out another thread's reply fails
     the connection; the other thread still finishes (it used to spin for ever)."""
     conn = _shared(redis_url)
-    key = f"q-{os.getpid()}-{threading.get_ident()}"
 
     class InterruptSecondPop(deque):  # type: ignore[type-arg]
         pops = 0
@@ -342,15 +346,7 @@ def test_shared_connection_interrupted_hand_out_leaves_nobody_waiting(redis_url:
             return w
 
     conn._queue = InterruptSecondPop()
-    leader, got_leader = _in_thread(lambda: conn.call(pack_command(("BLPOP", key, 5))))
-    wait_for(lambda: len(conn._queue) == 1, 10, "the BLPOP in flight")
-    other, got_other = _in_thread(lambda: conn.call(pack_command(("PING",))))
-    wait_for(lambda: len(conn._queue) == 2, 10, "the PING sent behind it")
-    with redis.Redis.from_url(redis_url) as r:
-        r.rpush(key, b"v")
-    leader.join(10)
-    other.join(10)
-    assert not other.is_alive() and not leader.is_alive()
+    got_leader, got_other = _blpop_then_ping(conn, redis_url)  # both threads finish
     assert isinstance(got_leader[0], KeyboardInterrupt)
     assert got_other == [b"PONG"]  # its reply was handed over before the interrupt
     assert conn.broken is not None
@@ -366,9 +362,7 @@ def test_shared_connection_skips_a_waiter_interrupted_while_sleeping(redis_url: 
                 raise KeyboardInterrupt("simulated")
             super()._sleep(me)
 
-    params = fast_params(create_client(redis_url + "?socket_timeout=10&retries=0"))
-    assert params is not None
-    conn = InterruptH(_FastConnection(params, make_reader))
+    conn = _shared(redis_url, InterruptH, timeout=10)
     k1, k2 = (f"q{i}-{os.getpid()}-{threading.get_ident()}" for i in (1, 2))
     leader, got_leader = _in_thread(lambda: conn.call(pack_command(("BLPOP", k1, 10))))
     wait_for(lambda: len(conn._queue) == 1, 10, "the leader's BLPOP in flight")
