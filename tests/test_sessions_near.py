@@ -60,11 +60,17 @@ def _warm(store: SessionStore, session: Session) -> None:
              timeout=10, what="a near-cache copy")
 
 
+def _warm_new(store: SessionStore, data: dict[str, object]) -> Session:
+    """A session created with *data* whose copy *store* keeps."""
+    session = store.create(data)
+    _warm(store, session)
+    return session
+
+
 def test_unchanged_sessions_load_without_redis(pair: tuple[SessionStore, SessionStore],
                                                redis_line_url: str) -> None:
     a, _ = pair
-    s = a.create({"cart": ["apple"], "n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"cart": ["apple"], "n": 1})
     before, hits = _hgetalls(redis_line_url), _engine(a).near_hits
     for _ in range(50):
         loaded = a.load(s.sid)
@@ -78,8 +84,7 @@ def test_unchanged_sessions_load_without_redis(pair: tuple[SessionStore, Session
 def test_a_save_keeps_its_result_locally(pair: tuple[SessionStore, SessionStore],
                                          redis_line_url: str) -> None:
     a, _ = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     loaded = a.load(s.sid)
     assert loaded is not None
     loaded["n"] = 2
@@ -92,8 +97,7 @@ def test_a_save_keeps_its_result_locally(pair: tuple[SessionStore, SessionStore]
 
 def test_a_change_elsewhere_drops_the_copy(pair: tuple[SessionStore, SessionStore]) -> None:
     a, b = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     # a's own save re-tracks the key, so b's later change still reaches a
     mine = a.load(s.sid)
     assert mine is not None
@@ -127,8 +131,7 @@ def test_revocation_and_logout_elsewhere_end_the_copy(pair: tuple[SessionStore, 
 
 def test_rotation_elsewhere_is_followed(pair: tuple[SessionStore, SessionStore]) -> None:
     a, b = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     moved = b.load(s.sid)
     assert moved is not None
     old_sid = moved.sid
@@ -173,8 +176,7 @@ def test_concurrent_writers_never_lose_an_update(pair: tuple[SessionStore, Sessi
 def test_a_token_newer_than_the_copy_goes_to_redis(pair: tuple[SessionStore, SessionStore],
                                                    redis_line_url: str) -> None:
     a, _ = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     copy = a.load(s.sid)
     assert copy is not None
     before = _hgetalls(redis_line_url)
@@ -200,8 +202,7 @@ def test_incr_moves_the_version(pair: tuple[SessionStore, SessionStore]) -> None
 def test_a_dropped_listener_flushes_and_tracking_resumes(pair: tuple[SessionStore, SessionStore],
                                                          redis_line_url: str) -> None:
     a, b = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     listener = _engine(a).listener
     generation = listener.generation
     redis.Redis.from_url(redis_line_url).client_kill_filter(_id=str(listener.client_id))
@@ -283,8 +284,7 @@ def test_while_the_listener_is_down_one_socket_serves(pair: tuple[SessionStore, 
     """No reconnect per call while the listener is away: the untracked socket serves
     (and nothing is kept), and a tracked one replaces it once the listener is back."""
     a, _ = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     listener = _engine(a).listener
     listener.connected.clear()  # as between a drop and the reconnect
     transport = _engine(a).transport
@@ -329,8 +329,7 @@ def test_refused_tracking_serves_untracked_without_reconnecting(pair: tuple[Sess
     just went away): the socket serves untracked, keeps nothing, and is not reopened
     on every call (it was: one new connection per load)."""
     a, _ = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     engine = _engine(a)
     engine.listener.client_id = 999_999_999  # REDIRECT to a client that does not exist
     engine.transport._shared = None  # type: ignore[attr-defined]
@@ -350,8 +349,7 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
     from statekit.errors import BackendUnavailable
 
     a, _ = pair
-    s = a.create({"n": 1})
-    _warm(a, s)
+    s = _warm_new(a, {"n": 1})
     engine = _engine(a)
     near, transport = engine.near, engine.transport
     assert near is not None
