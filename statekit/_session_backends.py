@@ -251,17 +251,15 @@ class _TrackingTransport(FastTransport):
             shared = self._shared = SharedConnection(conn)
             return shared
 
-    def fast_call(self, packed: bytes) -> Any:
-        try:
-            return self._open().call(packed)
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # stale socket (Redis restarted, idle timeout): one retry on a new one
-        except OSError as e:
-            raise BackendUnavailable(f"Redis did not answer a session call in time: {e}") from e
-        try:
-            return self._open().call(packed)
-        except OSError as e:
-            raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
+    # FastTransport.fast_call (retry on a stale socket, errors as BackendUnavailable)
+    # serves through these three
+    _existing = _current
+    _fast = _open
+
+    def _drop_fast(self) -> None:
+        """Nothing to drop: a failed SharedConnection is marked broken by itself (and
+        replaced by :meth:`_open`), and an interrupted thread must not close the
+        socket the other threads' commands are in flight on."""
 
     def close(self) -> None:
         shared, self._shared = self._shared, None

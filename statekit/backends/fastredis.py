@@ -588,7 +588,13 @@ class FastTransport:
         """Forget the parent's sockets (called in a forked child)."""
         self._local = threading.local()
 
-    def _fast(self) -> _FastConnection:
+    def _existing(self) -> _FastConnection | SharedConnection | None:
+        """The socket this thread's call would use, if one is open (it may be stale)."""
+        conn: _FastConnection | None = getattr(self._local, "conn", None)
+        return conn
+
+    def _fast(self) -> _FastConnection | SharedConnection:
+        """The socket for this thread's call, opened if needed."""
         conn: _FastConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             assert self.fast_params is not None
@@ -609,7 +615,7 @@ class FastTransport:
         A socket the server closed while idle is replaced and the command sent once
         more; any other failure closes the socket and raises
         :class:`~statekit.errors.BackendUnavailable`."""
-        conn = getattr(self._local, "conn", None)
+        conn = self._existing()
         if conn is not None:
             try:
                 return conn.call(packed)
