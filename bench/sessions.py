@@ -87,7 +87,8 @@ APP = textwrap.dedent('''
 
 class RoundTrips:
     """Count network round trips: redis-py's (a command, a pipeline or a script = one)
-    and those of statekit's pool-free fast path (statekit.backends.fastredis)."""
+    and those of statekit's pool-free fast path (statekit.backends.fastredis: a
+    thread's own socket, or the near cache's shared one)."""
 
     def __init__(self) -> None:
         import redis.connection
@@ -95,40 +96,27 @@ class RoundTrips:
         from statekit.backends import fastredis
 
         self.count = 0
-        self._cls = redis.connection.AbstractConnection
-        self._orig = self._cls.send_packed_command
-        self._fast_cls = fastredis._FastConnection
-        self._fast_orig = self._fast_cls.call
-        self._shared_cls = fastredis.SharedConnection  # the near cache's socket
-        self._shared_orig = self._shared_cls.call
+        self._patched = [(cls, name, getattr(cls, name)) for cls, name in (
+            (redis.connection.AbstractConnection, "send_packed_command"),
+            (fastredis._FastConnection, "call"),
+            (fastredis.SharedConnection, "call"),
+        )]
 
     def __enter__(self) -> RoundTrips:
-        orig, fast_orig = self._orig, self._fast_orig
-        counter = self
-
-        def send(conn: Any, command: Any, check_health: bool = True) -> None:
-            counter.count += 1
-            orig(conn, command, check_health)
-
-        def call(conn: Any, packed: bytes) -> Any:
-            counter.count += 1
-            return fast_orig(conn, packed)
-
-        shared_orig = self._shared_orig
-
-        def shared_call(conn: Any, packed: bytes) -> Any:
-            counter.count += 1
-            return shared_orig(conn, packed)
-
-        self._cls.send_packed_command = send  # type: ignore[method-assign]
-        self._fast_cls.call = call  # type: ignore[method-assign]
-        self._shared_cls.call = shared_call  # type: ignore[method-assign]
+        for cls, name, orig in self._patched:
+            setattr(cls, name, self._counting(orig))
         return self
 
+    def _counting(self, orig: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return orig(*args, **kwargs)
+
+        return counted
+
     def __exit__(self, *exc: object) -> None:
-        self._cls.send_packed_command = self._orig  # type: ignore[method-assign]
-        self._fast_cls.call = self._fast_orig  # type: ignore[method-assign]
-        self._shared_cls.call = self._shared_orig  # type: ignore[method-assign]
+        for cls, name, orig in self._patched:
+            setattr(cls, name, orig)
 
 
 def _commands(r: Any) -> int:
