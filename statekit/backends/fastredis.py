@@ -351,9 +351,7 @@ class SharedConnection:
                 self._fail(e)  # this waiter fails with it, below
         try:
             while not me.done:
-                if self.broken is not None:
-                    self._lost(me)
-                elif self._read.acquire(blocking=False):
+                if self._read.acquire(blocking=False):
                     try:
                         self._lead(me)
                     finally:
@@ -400,14 +398,6 @@ class SharedConnection:
             self._fail(ConnectionAbortedError(f"reply stream abandoned: {e!r}"))
             raise
 
-    def _lost(self, me: _Waiter) -> None:
-        """The connection failed and *me* will get no reply (an interrupted hand-out
-        may have left it off the queue undone): fail it."""
-        with self._state:
-            if not me.done:
-                me.error = ConnectionResetError(f"shared Redis connection failed: {self.broken}")
-                me.done = True
-
     def _pass_lead(self) -> None:
         with self._state:
             for w in self._queue:
@@ -419,7 +409,7 @@ class SharedConnection:
         with self._state:
             # the leader may have let go before this thread was armed to be woken
             # (_pass_lead runs under this lock, after the read lock is released)
-            if me.done or self.broken is not None or not self._read.locked():
+            if me.done or not self._read.locked():
                 return
             lock = me.lock
             if lock is None:
