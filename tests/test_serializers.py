@@ -218,15 +218,33 @@ def test_json_recursion_is_a_serialization_error() -> None:
 
 # -- what cannot be decoded -----------------------------------------------------------
 
+_PLAIN = (type(None), bool, int, float, str, bytes, dt.datetime, dt.date, dt.time, dt.timedelta,
+          decimal.Decimal, uuid.UUID)
+
+
+def _assert_plain(value: Any) -> None:
+    """Whatever bytes a codec accepts decode to the tagged types only: no other class
+    is ever built from stored bytes."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _assert_plain(k)
+            _assert_plain(v)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _assert_plain(item)
+    else:
+        assert type(value) in _PLAIN, type(value)
+
 
 @pytest.mark.parametrize("codec", CODECS, ids=CODEC_IDS)
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=200))
 def test_arbitrary_bytes_never_escape_as_another_error(codec: Serializer, data: bytes) -> None:
     try:
-        codec.loads(data)
+        value = codec.loads(data)
     except SerializationError:
-        pass
+        return
+    _assert_plain(value)
 
 
 _TAGS = st.sampled_from(["m", "t", "b", "dt", "d", "tm", "td", "dec", "u", "s", "fs", "??"])
@@ -247,9 +265,10 @@ def test_json_crafted_tags_are_refused_cleanly(doc: Any) -> None:
     import json
 
     try:
-        JSONSerializer().loads(json.dumps(doc).encode())
+        value = JSONSerializer().loads(json.dumps(doc).encode())
     except SerializationError:
-        pass
+        return
+    _assert_plain(value)
 
 
 @pytest.mark.parametrize(
