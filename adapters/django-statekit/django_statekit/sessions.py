@@ -35,6 +35,7 @@ import functools
 from contextvars import ContextVar
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
@@ -91,6 +92,8 @@ class SessionStore(SessionBase):
     of bringing it back.
     """
 
+    _session_cache: dict[str, Any]
+
     def __init__(self, session_key: str | None = None) -> None:
         self._core: Session | None = None
         self.outage = False
@@ -146,25 +149,34 @@ class SessionStore(SessionBase):
         return core
 
     def exists(self, session_key: str) -> bool:
-        sid = self._sid(session_key)
+        sid = self.store.unsign(session_key) if session_key else None
         return sid is not None and self.store.load(sid) is not None
 
     def create(self) -> None:
-        self._core = self.store.new()
-        self._session_cache = self._core
+        """Store this session's data (empty if none) under a new key now."""
+        self._get_session(no_load=True)  # type: ignore[attr-defined]
+        self._core = None
         self.save(must_create=True)
         self.modified = True
 
     def save(self, must_create: bool = False) -> None:
+        """Store the changes. A new session is stored even when empty (Django's
+        ``save()`` then ``exists()`` contract); an expiry already past (``set_expiry``
+        with a date gone or a negative age) ends the session now, as in Django."""
         core = self._synced()
         if core.unavailable:
             return
         if self.modified:
             core.modified = True
         expiry = self.get("_session_expiry")
-        core.idle_timeout = float(self.get_expiry_age()) if expiry else None
+        age = float(self.get_expiry_age()) if expiry else None
+        core.idle_timeout = age
         try:
-            saved = self.store.save(core, force=must_create)
+            if age is not None and age < 0:
+                self.store.destroy(core)
+                saved = True
+            else:
+                saved = self.store.save(core, force=must_create or core.new)
         except BackendUnavailable:
             self.outage = True
             raise
@@ -173,19 +185,49 @@ class SessionStore(SessionBase):
         self._session_key = self.store.sign(core.sid)
 
     def delete(self, session_key: str | None = None) -> None:
+        """Delete this session, or the one *session_key* names.
+
+        :raises BackendUnavailable: the store is unreachable, or this session is the
+            read-only one of the ``anonymous`` outage policy (it cannot be deleted).
+        """
         if session_key is None and self._core is not None:
-            if not self._core.unavailable:
-                self.store.destroy(self._core)
+            if self._core.unavailable:
+                raise BackendUnavailable("the session store is unavailable: cannot delete the session")
+            self.store.destroy(self._core)
             return
         sid = self._sid(session_key)
         if sid is not None:
             self.store.destroy_id(sid)
+
+    def clear(self) -> None:
+        """Empty the session. Unlike Django's own ``clear()`` this loads it first, so
+        the save empties the stored session under its id instead of starting a new
+        one beside it (which would leave the old data, a login included, in place).
+
+        :raises BackendUnavailable: the store is unreachable, or the session is the
+            read-only one of the ``anonymous`` outage policy.
+        """
+        data = self._get_session()  # type: ignore[attr-defined]
+        if isinstance(data, Session) and data.unavailable:
+            raise BackendUnavailable("the session store is unavailable: this session is read-only")
+        data.clear()
+        self.modified = True
 
     def flush(self) -> None:
         self.clear()
         self.delete()
         self._session_key = None
         self._core = None
+        self._session_cache = {}
+
+    async def aflush(self) -> None:
+        """:meth:`flush` (``alogout()`` calls this); Django's own ``aflush`` would keep
+        the destroyed session, so the next save failed."""
+        await sync_to_async(self.flush)()
+
+    async def acycle_key(self) -> None:
+        """:meth:`cycle_key` (``alogin()`` calls this): the same atomic rotation."""
+        await sync_to_async(self.cycle_key)()
 
     def cycle_key(self) -> None:
         """Rotate the session id (``login()`` calls this): the data moves to a new id

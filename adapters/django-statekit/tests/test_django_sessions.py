@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 import tests_django_urls
-from django.contrib.auth import get_user_model, login
+from django.contrib.auth import get_user_model, login, logout
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 from django.core.management import call_command
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -50,6 +50,11 @@ def v_login(request: HttpRequest, username: str) -> HttpResponse:
     return HttpResponse("ok")
 
 
+def v_logout(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("ok")
+
+
 def v_whoami(request: HttpRequest) -> HttpResponse:
     return HttpResponse(request.user.get_username() if request.user.is_authenticated else "anonymous")
 
@@ -60,6 +65,7 @@ tests_django_urls.urlpatterns += [
     path("sessions/incr/<str:key>", v_incr),
     path("sessions/login/<str:username>", v_login),
     path("sessions/whoami", v_whoami),
+    path("sessions/logout", v_logout),
 ]
 
 
@@ -339,3 +345,99 @@ def test_set_expiry_to_a_datetime_ends_the_session_then(engine: str) -> None:
     sliding.set_expiry(600)
     sliding.save()
     assert SessionStore(sliding.session_key)["b"] == 2
+
+
+def test_clear_empties_the_stored_session_under_the_same_key(engine: str) -> None:
+    """Django's ``clear()`` skips the load; the save must still empty the stored
+    session under its own key, not leave it intact and move the cookie elsewhere."""
+    s = SessionStore()
+    s["_auth_user_id"] = "1"
+    s["cart"] = "apple"
+    s.save()
+    key = s.session_key
+    again = SessionStore(key)
+    again.clear()
+    again["theme"] = "dark"
+    again.save()
+    assert again.session_key == key
+    assert dict(SessionStore(key).items()) == {"theme": "dark"}
+
+
+def test_logout_in_an_anonymous_outage_is_503_and_keeps_the_cookie(
+        django_settings: Any, durable_redis: RedisServer, _db: None) -> None:
+    """A logout needs the store (the session must be destroyed there): during an
+    outage it is a 503 that leaves the cookie alone, not a deleted cookie over a
+    session that stays valid in Redis."""
+    configure(django_settings, _outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
+    c = Client(raise_request_exception=False)
+    c.get("/sessions/login/carol")
+    cookie = c.cookies["sessionid"].value
+    durable_redis.kill()
+    resp = c.get("/sessions/logout")
+    assert resp.status_code == 503 and "Retry-After" in resp
+    assert "sessionid" not in resp.cookies and c.cookies["sessionid"].value == cookie
+    durable_redis.start()
+    assert c.get("/sessions/whoami").content == b"carol"
+    c.get("/sessions/logout")
+    assert c.get("/sessions/whoami").content == b"anonymous"
+    assert get_core_store().unsign(cookie) is not None and not SessionStore().exists(cookie)
+
+
+def test_async_flush_and_cycle_key_match_the_sync_ones(engine: str) -> None:
+    """``alogin``/``alogout`` (Django 5) call ``acycle_key``/``aflush``: a write after
+    ``aflush`` starts a new session (not a 400 on the destroyed one), and
+    ``acycle_key`` rotates atomically, the old id staying a short alias."""
+    import asyncio
+
+    async def flow() -> tuple[SessionStore, str, str]:
+        s = SessionStore()
+        await s.aset("_auth_user_id", "1")
+        await s.asave()
+        old = str(s.session_key)
+        await s.aflush()
+        await s.aset("_auth_user_id", "2")
+        await s.asave()
+        flushed_then_saved = str(s.session_key)
+        await s.acycle_key()
+        await s.asave()
+        return s, old, flushed_then_saved
+
+    s, old, before_cycle = asyncio.run(flow())
+    assert not s.exists(old) and before_cycle != old
+    assert s.session_key != before_cycle
+    assert SessionStore(s.session_key)["_auth_user_id"] == "2"
+    assert SessionStore(before_cycle).get("_auth_user_id") == "2"  # the alias, for a few seconds
+
+
+def test_djangos_session_contract(engine: str) -> None:
+    """What Django's own backends do (its ``SessionTestsMixin``): a saved session
+    exists even when empty, ``exists()`` of no key is false, ``create()`` stores the
+    current data under a new key, and an expiry already past ends the session at
+    ``save()`` instead of failing it."""
+    import datetime as dt
+
+    empty = SessionStore()
+    empty.save()
+    assert empty.session_key and empty.exists(empty.session_key)
+    assert not empty.exists("") and not empty.exists(None)  # type: ignore[arg-type]
+    made = SessionStore()
+    made["a"] = 1
+    made.create()
+    assert dict(SessionStore(made.session_key).items()) == {"a": 1}
+    past = SessionStore()
+    past["foo"] = "bar"
+    past.save()
+    past.set_expiry(-dt.timedelta(seconds=10))
+    past.save()  # no UpdateError
+    assert "foo" not in SessionStore(past.session_key) and not past.exists(str(past.session_key))
+
+
+def test_test_client_session_property(engine: str) -> None:
+    """Django's documented test pattern: ``client.session`` stores a session and
+    sets the cookie; a later ``client.session`` edits that same session."""
+    c = Client()
+    c.session  # noqa: B018 - creates the session and sets the cookie
+    s = c.session
+    s["color"] = "green"
+    s.save()
+    assert c.get("/sessions/get").json() == {"color": "green"}
