@@ -366,26 +366,27 @@ class _Source:
         self.total = 0
         self.filename: str | None = None
         self.content_type: str | None = None
-        self.declared_size: int | None = None
+        self.declared_size: int | None = None  # refused early when above max_size
+        self.size_hint: int | None = None  # sizes the backend's parts: only sizes we can trust
         inner = stream
         # werkzeug FileStorage: .filename, .mimetype, .stream, .content_length
         if hasattr(stream, "filename") and hasattr(stream, "stream") and hasattr(stream, "mimetype"):
             self.filename = stream.filename or None
             self.content_type = stream.mimetype or None
-            length = getattr(stream, "content_length", 0)
+            length = getattr(stream, "content_length", 0)  # the client's word: no size hint
             self.declared_size = int(length) if length else None
             inner = stream.stream
         # Django UploadedFile: .name, .content_type, .size, .chunks()
         elif hasattr(stream, "chunks") and hasattr(stream, "content_type") and hasattr(stream, "size"):
             self.filename = getattr(stream, "name", None) or None
             self.content_type = stream.content_type or None
-            self.declared_size = stream.size
+            self.declared_size = self.size_hint = stream.size
         elif hasattr(stream, "fileno") and hasattr(stream, "read"):
             try:
                 st = os.fstat(stream.fileno())
                 if st.st_mode & 0o170000 == 0o100000:  # regular file: its remaining size
                     pos = stream.tell() if hasattr(stream, "tell") else 0
-                    self.declared_size = max(0, st.st_size - pos)
+                    self.declared_size = self.size_hint = max(0, st.st_size - pos)
             except (OSError, ValueError, AttributeError):
                 pass
         if isinstance(inner, (bytes, bytearray, memoryview)):
@@ -580,7 +581,7 @@ class BlobStore:
             meta[META_FILENAME] = name
         meta[META_CREATED] = now.isoformat()
         req = WriteRequest(key, ctype, name, content_disposition(name), encode_meta(meta), now,
-                           source.declared_size)
+                           source.size_hint)
         digest = hashlib.sha256()
         writer = self._writer(req)
         size = 0
@@ -757,7 +758,9 @@ class BlobStore:
     ) -> None:
         """The server side of a presigned upload for stores without one of their own
         (``file://``, ``memory://``): check the signature and key, store the bytes
-        as sent. Like S3, it trusts the client; :meth:`confirm` enforces the policy."""
+        as sent. Like S3, it holds the body to the signed ``max_size`` while it streams
+        (:class:`BlobTooLarge`, nothing stored) and otherwise trusts the client;
+        :meth:`confirm` enforces the rest of the policy."""
         key = validate_key(fields.get("key", ""))
         if not hmac.compare_digest(fields.get("signature", ""), self._sign(key, dict(fields))):
             raise BlobError("upload form signature does not match")
@@ -771,7 +774,7 @@ class BlobStore:
         writer = self._writer(req)
         try:
             digest, size = hashlib.sha256(), 0
-            for data in _Source(stream, None):
+            for data in _Source(stream, int(fields.get("max_size", "0"))):
                 digest.update(data)
                 size += len(data)
                 writer.write(data)

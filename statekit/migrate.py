@@ -8,12 +8,16 @@ Every regular file under ``SRC_DIR`` is stored with :meth:`BlobStore.put` under 
 generated key (its name is kept as the blob's filename). The run is:
 
 * **resumable** -- each finished file is appended to a manifest (JSON lines: path,
-  size, mtime, SHA-256, key). A rerun skips files whose manifest entry still matches
-  their size and mtime, so an interrupted run (Ctrl-C, a crash, ``kill -9``) picks up
-  where it stopped without uploading finished files again;
+  size, mtime, SHA-256, key, store). A rerun skips files whose manifest entry still
+  matches their size and mtime and names the same store, so an interrupted run
+  (Ctrl-C, a crash, ``kill -9``) picks up where it stopped without uploading finished
+  files again;
 * **verified** -- the file's SHA-256 is computed from disk, compared with the digest
   computed while uploading (which S3 also checked), and at the end every migrated
-  key is checked with ``stat``: size and SHA-256 must match the manifest;
+  key is checked with ``stat``: size and SHA-256 must match the manifest. A file that
+  fails this check is marked in the manifest and copied again by the next run;
+* **loud** -- symbolic links (which may lead out of ``SRC_DIR``) and directories that
+  cannot be read are reported as failures, not skipped in silence;
 * **mapped** -- a JSON file maps each old relative path to its new key, for the
   application to update its references.
 
@@ -61,14 +65,32 @@ class MigrationReport:
         return not self.failed
 
 
-def _walk(src: str) -> Iterator[tuple[str, os.stat_result]]:
-    for dirpath, dirnames, filenames in os.walk(src):
+def _walk(src: str, problems: dict[str, str]) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files under *src*. What cannot be copied safely -- a symbolic link (it
+    may lead out of *src*; a linked directory is not descended into), a directory that
+    cannot be read -- goes to *problems* instead of being skipped in silence."""
+
+    def rel(path: str) -> str:
+        return os.path.relpath(path, src).replace(os.sep, "/")
+
+    def unreadable(e: OSError) -> None:
+        problems[rel(e.filename or src)] = f"cannot read directory: {e.strerror or e}"
+
+    for dirpath, dirnames, filenames in os.walk(src, onerror=unreadable):
         dirnames.sort()
+        for name in sorted(dirnames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                problems[rel(os.path.join(dirpath, name))] = "symbolic link to a directory: not copied"
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if st.st_mode & 0o170000 == 0o100000:  # regular files only; symlinks are skipped
-                yield os.path.relpath(path, src).replace(os.sep, "/"), st
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # deleted since the directory was listed
+                continue
+            if st.st_mode & 0o170000 == 0o100000:  # regular files only
+                yield rel(path), st
+            elif st.st_mode & 0o170000 == 0o120000:
+                problems[rel(path)] = "symbolic link: not copied (replace it with the file it points to)"
 
 
 def _sha256_file(path: str) -> str:
@@ -80,8 +102,8 @@ def _sha256_file(path: str) -> str:
 
 
 def load_manifest(path: str) -> dict[str, dict[str, Any]]:
-    """Finished entries by relative path (the last entry of a path wins; a torn
-    last line from a killed run is ignored)."""
+    """Finished entries by relative path (the last entry of a path wins, and a later
+    ``unverified`` one cancels it; a torn last line from a killed run is ignored)."""
     done: dict[str, dict[str, Any]] = {}
     try:
         with open(path, encoding="utf-8") as f:
@@ -90,8 +112,12 @@ def load_manifest(path: str) -> dict[str, dict[str, Any]]:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(entry, dict) and entry.get("status") == "done":
+                if not isinstance(entry, dict) or "path" not in entry:
+                    continue
+                if entry.get("status") == "done":
                     done[str(entry["path"])] = entry
+                else:
+                    done.pop(str(entry["path"]), None)
     except FileNotFoundError:
         pass
     return done
@@ -127,13 +153,15 @@ def migrate(
         raise StatekitError(f"{src!r} is not a directory")
     report = MigrationReport()
     done = load_manifest(manifest)
+    dest = store.describe()
     todo: list[tuple[str, os.stat_result]] = []
     bytes_done = 0
-    for rel, st in _walk(src):
+    for rel, st in _walk(src, report.failed):
         report.total += 1
         report.total_bytes += st.st_size
         entry = done.get(rel)
-        if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        if (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
+                and entry.get("store", dest) == dest):
             report.skipped += 1
             bytes_done += st.st_size
             report.mapping[rel] = str(entry["key"])
@@ -164,7 +192,8 @@ def migrate(
             store.delete(blob.key)
             raise StatekitError(f"{rel} changed while it was copied (SHA-256 differs); run again")
         return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": local_sha,
-                "key": blob.key, "content_type": blob.content_type, "retyped": retyped, "status": "done"}
+                "key": blob.key, "content_type": blob.content_type, "retyped": retyped, "store": dest,
+                "status": "done"}
 
     with open(manifest, "a", encoding="utf-8") as out, ThreadPoolExecutor(max(1, workers)) as pool:
         pending: dict[Future[dict[str, Any]], str] = {}
@@ -204,19 +233,29 @@ def migrate(
             raise
 
     entries = load_manifest(manifest)
+    unverified: list[str] = []
     for rel, key in sorted(report.mapping.items()):
         try:
             blob = store.stat(key)
         except StatekitError as e:
             report.failed[rel] = f"verify: {type(e).__name__}: {e}"
+            unverified.append(rel)
             continue
         entry = entries.get(rel, {})
         if blob.size != entry.get("size") or (blob.sha256 is not None and blob.sha256 != entry.get("sha256")):
             report.failed[rel] = f"verify: {key} does not match the manifest (size or SHA-256)"
+            unverified.append(rel)
         elif blob.sha256 is None:
             report.failed[rel] = f"verify: {key} has no SHA-256 to check"
+            unverified.append(rel)
         else:
             report.verified += 1
+    if unverified:  # the next run copies these again instead of trusting the manifest
+        with open(manifest, "a", encoding="utf-8") as out:
+            for rel in unverified:
+                out.write(json.dumps({"path": rel, "status": "unverified"}) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
     if mapping:
         _write_json_atomic(mapping, report.mapping)
     return report

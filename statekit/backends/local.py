@@ -167,7 +167,11 @@ class LocalBlobStore(BlobStore):
 
     def _makedirs(self, directory: str) -> None:
         """``os.makedirs`` that first checks the deepest existing ancestor resolves
-        inside the root, so a planted symlink cannot make it create directories elsewhere."""
+        inside the root, so a planted symlink cannot make it create directories elsewhere.
+        A missing root is an outage (an unmounted volume), never recreated: writing into
+        an empty mount point would keep the file on this machine only."""
+        if not os.path.isdir(self.root):
+            raise BackendUnavailable(f"the store root {self.root} is missing (is the volume mounted?)")
         existing = directory
         while not os.path.isdir(existing):
             existing = os.path.dirname(existing)

@@ -301,7 +301,8 @@ class S3BlobStore(BlobStore):
         config = Config(
             connect_timeout=opts.get("connect_timeout", 5.0),
             read_timeout=opts.get("read_timeout", 60.0),
-            retries={"max_attempts": opts.get("retries", 3) + 1, "mode": "standard"},
+            # botocore's "max_attempts" counts retries only; the total is what retries + 1 means
+            retries={"total_max_attempts": opts.get("retries", 3) + 1, "mode": "standard"},
             s3={"addressing_style": opts.get("addressing_style", "auto")},
             max_pool_connections=max(10, 2 * opts.get("max_concurrency", 2) + 2),
         )

@@ -35,12 +35,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponseForbidden, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
@@ -174,10 +176,12 @@ class BlobStorage(Storage):
         return self.get_modified_time(name)
 
     def get_modified_time(self, name: str) -> dt.datetime:
+        """When the blob was stored (blobs never change): aware with ``USE_TZ = True``,
+        else naive in the current time zone, as Django's storages return it."""
         created = self._stat(name).created
         if created is None:
             raise NotImplementedError("this store does not record creation times")
-        return created
+        return created if django_settings.USE_TZ else timezone.make_naive(created)
 
     def get_alternative_name(self, file_root: str, file_ext: str) -> str:
         return f"{file_root}{file_ext}"

@@ -135,3 +135,19 @@ def test_url_serves_the_file(storage: BlobStorage) -> None:
     assert client.get(url.replace("signature=", "signature=x")).status_code == 403
     assert client.get(url.replace("expires=", "expires=1")).status_code == 403
     assert client.get("/_statekit/blobs/2020/01/01/" + "0" * 32 + ".png").status_code == 403
+
+
+def test_times_follow_use_tz_like_every_django_storage(storage: BlobStorage, django_settings: Any) -> None:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    key = storage.save("docs/when.txt", ContentFile(b"timestamped\n"))
+    aware = storage.get_modified_time(key)
+    assert timezone.is_aware(aware)
+    django_settings.set(USE_TZ=False, TIME_ZONE="Europe/Paris")
+    times = [storage.get_modified_time(key), storage.get_created_time(key), storage.get_accessed_time(key)]
+    for naive in times:
+        assert timezone.is_naive(naive)  # what the Storage API promises with USE_TZ = False
+        assert naive == timezone.make_naive(aware)
+        assert naive <= dt.datetime.now()  # comparable with Django's own naive datetimes (no TypeError)

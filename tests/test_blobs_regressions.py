@@ -1,0 +1,198 @@
+"""Regressions found in review: direct uploads held to their signed size, and a
+migration that never reports success while files under the source were left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from test_blobs_contract import png_bytes
+
+from statekit.backends.s3 import S3BlobStore
+from statekit.blobs import BlobStore
+from statekit.errors import BackendUnavailable, BlobTooLarge
+from statekit.migrate import load_manifest, migrate
+from statekit.pytest_plugin import wait_for
+
+
+@pytest.mark.parametrize("backend", ["memory", "file"])
+def test_receive_upload_holds_the_body_to_the_signed_max_size(tmp_path: Path, backend: str) -> None:
+    store = BlobStore("memory://receive-limit" if backend == "memory" else f"file://{tmp_path}/store")
+    up = store.presign_upload(max_size=100, expires=60)
+    with pytest.raises(BlobTooLarge):
+        store.receive_upload(up.fields, io.BytesIO(b"x" * (1024 * 1024)), content_type="text/plain")
+    assert not store.exists(up.key)
+    assert list(store.list()) == []
+    if backend == "file":  # nothing half-written on disk either: no blob, no temporary file
+        assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()
+                and ".statekit" not in p.parts] == []
+    at_limit = store.presign_upload(max_size=len(png_bytes()), expires=60)
+    store.receive_upload(at_limit.fields, io.BytesIO(png_bytes()), content_type="image/png")
+    assert store.confirm(at_limit.key).size == len(png_bytes())
+
+
+def test_migrate_reports_symlinks_instead_of_skipping_them_silently(tmp_path: Path) -> None:
+    src, outside = tmp_path / "uploads", tmp_path / "elsewhere"
+    (src / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (src / "a.txt").write_bytes(b"regular file\n")
+    (outside / "o.txt").write_bytes(b"outside the tree\n")
+    os.symlink(src / "a.txt", src / "sub" / "alias.txt")
+    os.symlink(outside, src / "linked-dir")
+    store = BlobStore(f"file://{tmp_path}/dest")
+    report = migrate(str(src), store, manifest=str(tmp_path / "m.jsonl"))
+    assert sorted(report.mapping) == ["a.txt"]
+    assert not report.ok
+    assert sorted(report.failed) == ["linked-dir", "sub/alias.txt"]
+    assert all("symbolic link" in msg for msg in report.failed.values())
+    assert [b.size for b in store.list()] == [len(b"regular file\n")]  # the link target was not followed
+
+
+def test_migrate_unreadable_directory_is_a_failure_not_a_silent_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "uploads"
+    (src / "private").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"a\n")
+    (src / "private" / "b.txt").write_bytes(b"b\n")
+    real_scandir = os.scandir
+
+    def scandir(path: str | os.PathLike[str]) -> object:  # the suite runs as root: chmod 000 is no bar
+        if os.fspath(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = migrate(str(src), BlobStore(f"file://{tmp_path}/dest"), manifest=str(tmp_path / "m.jsonl"))
+    assert sorted(report.mapping) == ["a.txt"]
+    assert list(report.failed) == ["private"] and "Permission denied" in report.failed["private"]
+
+
+def test_migrate_rerun_uploads_again_what_failed_verification(tmp_path: Path) -> None:
+    src = tmp_path / "uploads"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"first\n")
+    (src / "b.txt").write_bytes(b"second\n")
+    manifest = str(tmp_path / "m.jsonl")
+    store = BlobStore(f"file://{tmp_path}/dest")
+    first = migrate(str(src), store, manifest=manifest)
+    assert first.ok and first.verified == 2
+    assert store.delete(first.mapping["a.txt"])  # lost after the run (lifecycle rule, operator...)
+
+    second = migrate(str(src), store, manifest=manifest)
+    assert list(second.failed) == ["a.txt"] and "verify" in second.failed["a.txt"]
+    assert "a.txt" not in load_manifest(manifest)  # no longer counted as done
+
+    third = migrate(str(src), store, manifest=manifest)
+    assert third.ok and third.uploaded == 1 and third.skipped == 1 and third.verified == 2
+    with store.open(third.mapping["a.txt"]) as f:
+        assert f.read() == b"first\n"
+
+
+def test_migrate_manifest_of_another_destination_is_not_trusted(tmp_path: Path) -> None:
+    src = tmp_path / "uploads"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"to staging, then to production\n")
+    manifest = str(tmp_path / "m.jsonl")  # the CLI's default is one file in the working directory
+    staging = BlobStore(f"file://{tmp_path}/staging")
+    assert migrate(str(src), staging, manifest=manifest).ok
+    production = BlobStore(f"file://{tmp_path}/production")
+    report = migrate(str(src), production, manifest=manifest)
+    assert report.ok and report.uploaded == 1 and report.skipped == 0
+    with production.open(report.mapping["a.txt"]) as f:
+        assert f.read() == b"to staging, then to production\n"
+
+
+def test_missing_file_store_root_is_an_outage_not_a_bad_key(tmp_path: Path) -> None:
+    root = tmp_path / "volume"
+    store = BlobStore(f"file://{root}")
+    store.put(b"before", content_type="text/plain")
+    shutil.rmtree(root)  # the shared volume went away
+    with pytest.raises(BackendUnavailable, match="missing"):
+        store.put(b"during the outage", content_type="text/plain")
+    with pytest.raises(BackendUnavailable):
+        store.presign_upload(max_size=10)
+    assert not root.exists()  # not silently recreated on this machine's disk
+    root.mkdir()  # mounted again
+    blob = store.put(b"after", content_type="text/plain")
+    assert [b.key for b in store.list()] == [blob.key]
+
+
+@pytest.mark.s3
+def test_client_declared_part_length_does_not_size_the_s3_buffers(s3_url: str) -> None:
+    """A multipart form part may carry its own Content-Length; it is the client's
+    word. Sizing S3 parts from it let one header make put() hold the whole upload in
+    memory (a 10 TB claim asks for ~1 GB parts)."""
+    from werkzeug.datastructures import FileStorage, Headers
+
+    mib = 1024 * 1024
+    store = S3BlobStore(s3_url + "&retries=0", part_size=5 * mib, multipart_threshold=5 * mib)
+    sent: list[int] = []
+    store.client.meta.events.register(
+        "before-parameter-build.s3.UploadPart", lambda params, **kw: sent.append(len(params["Body"])))
+    store.client.meta.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **kw: sent.append(len(params["Body"])))
+    data = b"\x00\x01" * (6 * mib)
+    upload = FileStorage(io.BytesIO(data), filename="big.bin", content_type="application/octet-stream",
+                         headers=Headers({"Content-Length": str(10 * 10**12)}))
+    blob = store.put(upload)
+    assert blob.size == len(data)
+    with store.open(blob.key) as f:
+        assert f.read() == data
+    assert sum(sent) == len(data) and max(sent) < len(data)  # sent in parts, never buffered whole
+
+
+class _SilentEndpoint:
+    """A loopback listener that accepts connections and reads requests but never
+    answers (a hung S3 endpoint); counts the connections that sent a request."""
+
+    def __init__(self) -> None:
+        self._ls = socket.create_server(("127.0.0.1", 0))
+        self.port = self._ls.getsockname()[1]
+        self.requests = 0
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._ls.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if conn.recv(65536):
+                with self._lock:
+                    self.requests += 1
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self._ls.close()
+        for c in self._conns:
+            c.close()
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_s3_retries_option_is_the_number_of_retries(retries: int) -> None:
+    endpoint = _SilentEndpoint()
+    try:
+        store = BlobStore(f"s3://k:s@bucket?endpoint_url=http://127.0.0.1:{endpoint.port}"
+                          f"&read_timeout=0.5&retries={retries}")
+        with pytest.raises(BackendUnavailable):
+            store.put(b"hello", content_type="text/plain")
+        # retries=0: one attempt, not two (the listener thread may count the last one late)
+        wait_for(lambda: endpoint.requests >= retries + 1, what="every attempt counted")
+        assert endpoint.requests == retries + 1
+    finally:
+        endpoint.close()
