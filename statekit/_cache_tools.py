@@ -9,6 +9,7 @@ import functools
 import hashlib
 import inspect
 import itertools
+import json
 import math
 import threading
 import time
@@ -18,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._fork import reset_in_child
 from .errors import InvalidKey, LockError, SerializationError
-from .serializers import JSONSerializer
+from .serializers import _TAG, _tag
 
 if TYPE_CHECKING:
     from .backends.cachebase import CacheBackend
     from .cache import Cache
 
-__all__ = ["DEFAULT", "TTL", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
+__all__ = ["DEFAULT", "TTL", "BoundCachedFunction", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
 
 T = TypeVar("T")
 _monotonic = time.monotonic
@@ -50,22 +51,44 @@ def _ttl_seconds(ttl: Any) -> float | None:
     return float(ttl)
 
 
+def _lock_ms(timeout: Any) -> int:
+    """*timeout* (positive seconds) in whole milliseconds, at least 1."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"lock timeout must be a positive number of seconds, not {timeout!r} "
+                         "(a lock without expiry would outlive a crashed holder)")
+    return max(1, int(timeout * 1000))
+
+
 class Lock:
     """A lock shared by every process using the cache's backend.
 
-    The holder's random token is stored under the lock key with a TTL (*timeout*),
-    so a crashed holder cannot keep it forever; :meth:`release` and :meth:`extend`
-    succeed only for the token that holds it (an atomic compare-and-delete), so a
-    holder whose lock expired cannot release another's. Not re-entrant. Backend
-    errors raise :class:`~statekit.errors.BackendUnavailable` whatever ``on_error``.
+    The holder's random token is stored under the lock key with a TTL (*timeout*,
+    positive seconds), so a crashed holder cannot keep it forever; :meth:`release`
+    and :meth:`extend` succeed only for the token that holds it (an atomic
+    compare-and-delete), so a holder whose lock expired cannot release another's.
+    The token is kept per thread (as redis-py's ``Lock`` does by default): one Lock
+    object shared by threads is held by the thread that acquired it, and must be
+    released by that thread. Not re-entrant. Backend errors raise
+    :class:`~statekit.errors.BackendUnavailable` whatever ``on_error``.
     """
 
     def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
+        self._ms = _lock_ms(timeout)
         self.cache = cache
         self.name = "u:" + name
         self.timeout = timeout
         self.blocking_timeout = blocking_timeout
-        self.token: str | None = None
+        self._local = threading.local()
+
+    @property
+    def token(self) -> str | None:
+        """The token this thread holds the lock with, ``None`` if it does not."""
+        token: str | None = getattr(self._local, "token", None)
+        return token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._local.token = value
 
     def _backend(self) -> CacheBackend:
         return self.cache._be()
@@ -78,7 +101,7 @@ class Lock:
         deadline = None if wait is None else _monotonic() + wait
         pause = 0.005
         while True:
-            if self._backend().acquire_lock(self.name, token, int(self.timeout * 1000)):
+            if self._backend().acquire_lock(self.name, token, self._ms):
                 self.token = token
                 return True
             if not blocking or (deadline is not None and _monotonic() >= deadline):
@@ -95,12 +118,12 @@ class Lock:
 
     def extend(self, timeout: float | None = None) -> None:
         """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
-        ms = int((self.timeout if timeout is None else timeout) * 1000)
+        ms = self._ms if timeout is None else _lock_ms(timeout)
         if self.token is None or not self._backend().extend_lock(self.name, self.token, ms):
             raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
 
     def locked(self) -> bool:
-        """Whether this object holds the lock (as far as it knows)."""
+        """Whether this thread holds the lock through this object (as far as it knows)."""
         return self.token is not None
 
     def __enter__(self) -> Lock:
@@ -117,6 +140,8 @@ class CachedFunction(Generic[T]):
 
     def __init__(self, cache: Cache, func: Callable[..., T], ttl: TTL,
                  key: str | Callable[..., str] | None, stale_ttl: float | None) -> None:
+        if ttl is not DEFAULT:
+            _ttl_seconds(ttl)  # fail at decoration, not at the first call
         self.cache = cache
         self.uncached = func
         self.ttl = ttl
@@ -140,12 +165,19 @@ class CachedFunction(Generic[T]):
         else:
             parts = [list(args), sorted(kwargs.items())]
         try:
-            blob = _KEY_CODEC.dumps(parts)
+            blob = _key_bytes(parts)
         except SerializationError as e:
             raise InvalidKey(
                 f"cannot build a cache key for {self._prefix}: {e}; pass key= to cached()"
             ) from e
         return f"{self._prefix}:{hashlib.sha256(blob).hexdigest()[:32]}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        """On an instance, a method: the instance is the call's first argument (and
+        part of the key like any other, so it must be encodable, or pass ``key=``)."""
+        if obj is None or isinstance(self.uncached, staticmethod):
+            return self
+        return BoundCachedFunction(self, obj)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         compute: Callable[[], T] = lambda: self.uncached(*args, **kwargs)  # noqa: E731
@@ -165,7 +197,63 @@ class CachedFunction(Generic[T]):
         return self.cache._compute_and_store(key, lambda: self.uncached(*args, **kwargs), secs, stale)
 
 
-_KEY_CODEC = JSONSerializer()
+class BoundCachedFunction(Generic[T]):
+    """A :class:`CachedFunction` method looked up on an instance (``obj.method``)."""
+
+    def __init__(self, func: CachedFunction[T], obj: Any) -> None:
+        self.__func__ = func
+        self.__self__ = obj
+        self.uncached: Callable[..., T] = functools.partial(func.uncached, obj)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        return self.__func__.key_for(self.__self__, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self.__func__.invalidate(self.__self__, *args, **kwargs)
+
+    def refresh(self, *args: Any, **kwargs: Any) -> T:
+        return self.__func__.refresh(self.__self__, *args, **kwargs)
+
+
+def _key_dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(tree: Any) -> Any:
+    """The JSON codec's tagged tree of call arguments with every unordered part in
+    one order, so equal arguments give one key in every process: dicts by key
+    (``sort_keys`` for str keys, here for the others) and sets by element. Set
+    iteration order depends on the process's hash seed."""
+    t = type(tree)
+    if t is list:
+        return [_canonical(v) for v in tree]
+    if t is not dict:
+        return tree
+    if len(tree) == 1 and _TAG in tree:  # a tagged value (the codec escapes a user's "\x00" key)
+        tag, payload = tree[_TAG]
+        if tag == "m":
+            pairs = [[_canonical(k), _canonical(v)] for k, v in payload]
+            payload = sorted(pairs, key=lambda kv: _key_dump(kv[0]))
+        elif tag in ("s", "fs"):
+            payload = sorted((_canonical(v) for v in payload), key=_key_dump)
+        elif tag == "t":
+            payload = [_canonical(v) for v in payload]
+        return {_TAG: [tag, payload]}
+    return {k: _canonical(v) for k, v in tree.items()}
+
+
+def _key_bytes(parts: Any) -> bytes:
+    """The canonical encoding of call arguments (the JSON codec's, for arguments
+    without dicts or sets). :raises SerializationError: an argument it cannot encode."""
+    try:
+        return _key_dump(_canonical(_tag(parts))).encode("utf-8")
+    except SerializationError:
+        raise
+    except (TypeError, ValueError, RecursionError) as e:
+        raise SerializationError(f"cannot encode the arguments with the json codec: {e}") from e
 
 
 

@@ -12,10 +12,13 @@ the subscription; the thread reconnects with capped exponential backoff (with
 jitter) and, every time the server confirms the pattern subscription (first
 connect, our reconnects and redis-py's own reconnects alike), re-reads the retained
 value of every registered name. An update published while the subscriber was
-disconnected is therefore picked up on reconnect, never missed for good. As a
+disconnected is therefore picked up on reconnect, never missed for good. That
+re-read is taken even when its version is older than the local copy (Redis came back
+from an older snapshot, or failed over to a replica that missed the last publishes),
+so workers follow the publishes made after it instead of ignoring them. As a
 safety net for messages lost without a disconnect (a Sentinel failover), the thread
 also compares the retained versions with its local copies every ``CHECK_EVERY``
-seconds (one small pipelined read) and fetches what is newer. The thread never dies
+seconds (one small pipelined read) and fetches what differs. The thread never dies
 on an error; it logs, counts and retries.
 
 Fork: :func:`reset_after_fork` runs in a forked child (``os.register_at_fork``) and
@@ -188,8 +191,13 @@ class Hub:
                 out[name] = Record(epoch, int(version), int(ms or 0), data)
         return out
 
-    def offer(self, name: str, record: Record) -> None:
-        """Hand *record* to every registered value called *name* (newer ones win)."""
+    def offer(self, name: str, record: Record, *, retained: bool = False) -> None:
+        """Hand *record* to every registered value called *name* (newer ones win).
+
+        :param retained: *record* was read from Redis by the subscriber thread,
+            after every message it applied: it is taken even if older than the
+            local copy, which only happens when Redis went back in time (a restart
+            from an older snapshot, a failover to a lagging replica)."""
         refs = self._refs.get(name)
         if not refs:
             return
@@ -197,7 +205,7 @@ class Hub:
         with self.lock:
             for ref in refs:
                 value = ref()
-                if value is not None and value._offer(record):
+                if value is not None and value._offer(record, retained):
                     changed.append(value)
             if changed:
                 self.gauge(name, record)
@@ -215,17 +223,20 @@ class Hub:
         gauges.set_gauge("updated_at", record.updated_ms / 1000.0)
 
     def resync(self) -> None:
-        """Re-read the retained value of every registered name."""
+        """Re-read the retained value of every registered name and take it (the
+        subscriber thread calls this once subscribed, before any message)."""
         records = self.read(self._live_names())
         self.counters.incr("resyncs")
         for name, record in records.items():
-            self.offer(name, record)
+            self.offer(name, record, retained=True)
 
     def check(self) -> None:
         """Compare retained versions with the local copies (a small read) and fetch
-        the values that are newer: the safety net for a message lost without a
+        the values that differ: the safety net for a message lost without a
         disconnect (a Sentinel failover leaves the subscription on the demoted
-        master, which relays nothing until it has synced with the new one)."""
+        master, which relays nothing until it has synced with the new one), and
+        for a retained version older than the local one (Redis went back in time).
+        Called by the subscriber thread, after the messages it applied."""
         names = self._live_names()
         if not names:
             return
@@ -239,12 +250,12 @@ class Hub:
             for name, (epoch, version) in zip(names, rows, strict=True):
                 if epoch is None or version is None:
                     continue
-                if any(v._epoch != epoch or v._version < int(version) for v in self._values.get(name, ())):
+                if any(v._epoch != epoch or v._version != int(version) for v in self._values.get(name, ())):
                     behind.append(name)
         if behind:
             self.counters.incr("missed")
             for name, record in self.read(behind).items():
-                self.offer(name, record)
+                self.offer(name, record, retained=True)
 
     def _retire_if_idle(self) -> bool:
         """End the thread when every value of this hub is gone (nothing to keep
@@ -459,9 +470,11 @@ class SharedValue(Generic[T]):
                 self._value = self.default
         return self._value  # type: ignore[no-any-return]
 
-    def _offer(self, record: Record) -> bool:
-        """Apply *record* if it is newer (caller holds the hub lock)."""
-        if record.epoch == self._epoch and record.version <= self._version:
+    def _offer(self, record: Record, retained: bool = False) -> bool:
+        """Apply *record* if it is newer, or if it is the *retained* one and differs
+        (see :meth:`Hub.offer`); the caller holds the hub lock."""
+        if record.epoch == self._epoch and (
+                record.version == self._version or (record.version < self._version and not retained)):
             return False
         try:
             value = self._serializer.loads(record.payload)
@@ -513,7 +526,8 @@ class SharedValue(Generic[T]):
     @property
     def version(self) -> int:
         """Version of the local copy: 0 before anything was published, then +1 per
-        publish (it starts again at 1 if Redis lost its data)."""
+        publish (it starts again at 1 if Redis lost its data, and goes back with
+        Redis if Redis comes back from an older snapshot)."""
         self.get()
         return self._version
 

@@ -51,7 +51,9 @@ process's own clock: keep clocks in sync (NTP); skew can shift when a slot is
 computed, never make one slot computed twice (the claimed slot is kept in Redis).
 If Redis loses its data (a restart without persistence), that record, the lease
 and the fencing counter start over: one slot around the restart may be computed
-twice, and versions start again at 1 under a new epoch, which workers accept.
+twice, and versions start again at 1 under a new epoch, which workers accept. If it
+comes back from an older snapshot, workers take the older retained version when they
+re-subscribe (or at their next periodic check) and follow the publishes after it.
 
 Backends: every Redis URL form (standalone, TLS, unix socket, Sentinel, Cluster)
 or a ready redis-py client; ``memory://name`` runs the same contract inside one

@@ -872,8 +872,12 @@ class Cache:
 
         The key is *key* (a string prefix, or a function of the same arguments that
         returns the whole key) plus a stable hash of the arguments, bound to the
-        signature so ``f(1)`` and ``f(x=1)`` share an entry. Arguments must be values
-        the JSON codec can encode; pass ``key=`` for others.
+        signature so ``f(1)`` and ``f(x=1)`` share an entry; the order of keyword
+        arguments, of dict items and of set elements does not change it (the same in
+        every process). Arguments must be values the JSON codec can encode; pass
+        ``key=`` for others. On a method the instance is the first argument, like
+        the others (so usually ``key=lambda self, ...: ...``). A bad *ttl* raises
+        ``ValueError`` at decoration.
 
         The wrapper has ``.invalidate(*args, **kwargs)``, ``.refresh(*args,
         **kwargs)`` (recompute and store), ``.uncached`` (the bare function, to

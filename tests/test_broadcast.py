@@ -329,6 +329,49 @@ def test_redis_restart_workers_show_next_value(prefix: str) -> None:
         assert late.get() == 3
 
 
+def test_redis_restart_from_an_older_snapshot_workers_follow_the_new_versions(prefix: str) -> None:
+    """Redis comes back with an older snapshot (a crash between two RDB saves, or a
+    failover to a replica that missed the last publishes): the retained version is
+    lower than the one a worker shows. The worker takes what Redis retains, and the
+    next publishes, instead of ignoring them until the version catches up."""
+    with RedisServer() as srv:
+        b = Broadcaster(srv.url, key_prefix=prefix)
+        b.publish("n", "v1")
+        b.publish("n", "v2")
+        with srv.client() as r:
+            r.save()  # the snapshot holds version 2
+        b.publish("n", "v3")
+        sv = SharedValue("n", url=srv.url, key_prefix=prefix)
+        assert sv.get() == "v3" and sv.version == 3
+        srv.restart()  # SIGKILL; the restarted server loads the snapshot
+        hub = sv._hub
+        assert hub is not None
+        wait_for(lambda: sv.get() == "v2", what="the retained value after the restart")
+        b.publish("n", "v3-new")  # version 3 again
+        wait_for(lambda: sv.get() == "v3-new", what="a publish after the restart")
+        b.publish("n", "v4")
+        wait_for(lambda: sv.get() == "v4", what="the next publish")
+        assert sv.version == 4
+
+
+def test_periodic_check_notices_a_rolled_back_version(redis_url: str, prefix: str) -> None:
+    """The same rollback without a disconnect (the subscription stayed up): the
+    periodic check compares versions both ways."""
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    for v in ("one", "two", "three"):
+        b.publish("rolled", v)
+    sv = SharedValue("rolled", url=redis_url, key_prefix=prefix)
+    assert sv.get() == "three"
+    hub = sv._hub
+    assert hub is not None
+    wait_for(hub.connected.is_set, what="subscribed")
+    b._client.hset(state_key(prefix, "rolled"), mapping={"version": 2, "data": b'"two"'})
+    hub.check()
+    assert sv.get() == "two" and sv.version == 2
+    b.publish("rolled", "three-new")
+    wait_for(lambda: sv.get() == "three-new", what="the publish after the rollback")
+
+
 def test_redis_down_on_first_get_returns_default_then_fills_in(prefix: str) -> None:
     with RedisServer() as srv:
         url = srv.url

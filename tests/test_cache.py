@@ -206,6 +206,128 @@ class CacheContract:
         with pytest.raises(TypeError, match="async"):
             cache.cached()(coro)
 
+    def test_cached_key_ignores_keyword_and_dict_order(self, cache: Cache) -> None:
+        """Equal arguments share one entry: keyword order, dict insertion order and
+        set iteration order do not change the key."""
+        calls: list[Any] = []
+
+        @cache.cached(ttl=60)
+        def f(*args: Any, **kwargs: Any) -> int:
+            calls.append((args, kwargs))
+            return len(calls)
+
+        assert f(a=1, b=2) == 1
+        assert f(b=2, a=1) == 1
+        assert f({"x": 1, "y": 2}) == 2
+        assert f({"y": 2, "x": 1}) == 2
+        assert f({1: "a", 2: "b"}) == 3
+        assert f({2: "b", 1: "a"}) == 3
+        assert f({"p", "q"}) == 4 and f({"q", "p"}) == 4  # iteration order may differ
+        assert f([1, 2]) == 5 and f([2, 1]) == 6  # lists keep their order
+        assert f(1) == 7 and f("1") == 8 and f(True) == 9 and f(1.0) == 10
+        assert len(calls) == 10
+        with pytest.raises(ValueError, match="ttl"):
+            cache.cached(ttl=0)(f.uncached)  # at decoration, not at the first call
+
+    def test_cached_method(self, cache: Cache) -> None:
+        """On a method the instance is the first argument, like any other; a
+        ``key=`` function receives it too."""
+        calls: list[int] = []
+
+        class Report:
+            def __init__(self, region: str) -> None:
+                self.region = region
+
+            @cache.cached(ttl=60, key=lambda self, n: f"report:{self.region}:{n}")
+            def total(self, n: int) -> str:
+                calls.append(n)
+                return f"{self.region}-{n}"
+
+            @cache.cached(ttl=60)
+            def plain(self, n: int) -> int:
+                return n
+
+            @cache.cached(ttl=60)
+            @staticmethod
+            def static(n: int) -> int:
+                return n + 1
+
+        eu, us = Report("eu"), Report("us")
+        assert eu.total(1) == "eu-1"
+        assert eu.total(1) == "eu-1"
+        assert us.total(1) == "us-1"
+        assert calls == [1, 1]
+        assert cache.get("report:eu:1") == "eu-1"
+        assert eu.total.key_for(1) == "report:eu:1"
+        assert eu.total.invalidate(1) is True
+        assert eu.total.refresh(1) == "eu-1" and calls == [1, 1, 1]
+        assert eu.total.uncached(2) == "eu-2"
+        assert Report.total(eu, 1) == "eu-1" and calls == [1, 1, 1, 2]
+        with pytest.raises(InvalidKey, match="key="):
+            eu.plain(1)  # the instance cannot be encoded: key= is needed
+        assert Report.static(1) == 2
+        assert eu.static(1) == 2  # a static method gets no instance
+
+    def test_lock_shared_by_threads(self, cache: Cache) -> None:
+        """One Lock object used by several threads (a module-level lock): each thread
+        holds its own token, so a thread whose lease expired cannot release the lock
+        another thread took since."""
+        import threading
+
+        shared = cache.lock("shared", timeout=0.1)
+        assert shared.acquire()
+        taken, done = threading.Event(), threading.Event()
+
+        def other_thread() -> None:
+            assert shared.acquire(timeout=10)  # waits for the first lease to expire
+            taken.set()
+            done.wait(10)
+            shared.release()
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        try:
+            assert taken.wait(10)
+            with pytest.raises(LockError):
+                shared.release()  # this thread's lease expired; the lock is the other's
+            assert not cache.lock("shared").acquire(blocking=False)  # still held
+            assert not shared.locked()
+        finally:
+            done.set()
+            t.join(10)
+        assert cache.lock("shared").acquire(blocking=False)
+
+    @pytest.mark.parametrize("bad", [0, -1, None, float("inf"), "5"])
+    def test_lock_bad_timeout(self, cache: Cache, bad: Any) -> None:
+        """A lock timeout is a positive number of seconds: anything else is a
+        ValueError up front, not a Redis error (or a lock that is free at once)."""
+        with pytest.raises(ValueError, match="timeout"):
+            cache.lock("bad", timeout=bad)
+        lock = cache.lock("ok", timeout=5)
+        assert lock.acquire(blocking=False)
+        with pytest.raises(ValueError, match="timeout"):
+            lock.extend(0 if bad is None else bad)
+        assert not cache.lock("ok").acquire(blocking=False)  # a refused extend keeps the lock
+        lock.release()
+
+    def test_lock_tiny_timeout_is_at_least_a_millisecond(self, cache: Cache) -> None:
+        lock = cache.lock("tiny", timeout=0.0001)
+        assert lock.acquire(blocking=False)
+        assert cache.lock("tiny", timeout=5).acquire(timeout=10)
+
+    def test_incr_out_of_64_bits(self, cache: Cache) -> None:
+        """Redis counters are signed 64-bit: every backend refuses a delta or a
+        result outside that range, also on a missing key, and changes nothing."""
+        for delta in (2**63, -(2**63) - 1, 2**64):
+            with pytest.raises(ValueError):
+                cache.incr("fresh", delta)
+            assert not cache.has("fresh")
+        assert cache.incr("fresh", 2**63 - 1) == 2**63 - 1
+        with pytest.raises(ValueError):
+            cache.incr("fresh")
+        assert cache.get("fresh") == 2**63 - 1
+        assert cache.decr("low", 2**63) == -(2**63)
+
     def test_lock(self, cache: Cache) -> None:
         lock = cache.lock("job", timeout=5)
         other = cache.lock("job", timeout=5)

@@ -3,6 +3,7 @@ never collide; argument keys of cached functions are stable."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -70,3 +71,19 @@ def test_fast_encode_writes_the_codecs_bytes(value: Any) -> None:
 
     cache = Cache("memory://props-encode")
     assert cache._dumps(value) == JSONSerializer().dumps(value)
+
+
+def test_cached_keys_are_the_same_in_every_process() -> None:
+    """Set iteration order depends on the process's string hash seed: the key of a
+    call with a set argument must not, or processes never share the entry."""
+    import subprocess
+    import sys
+
+    code = ("from statekit.cache import Cache\n"
+            "f = Cache('memory://seed').cached(ttl=10)(lambda s, d: None)\n"
+            "words = [f'w{i}' for i in range(20)]\n"
+            "print(f.key_for(set(words), {frozenset(words[:5]): 1, frozenset(words[5:]): 2}))\n")
+    keys = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                           capture_output=True, text=True, check=True, timeout=60).stdout
+            for seed in range(4)}
+    assert len(keys) == 1, keys

@@ -13,6 +13,8 @@ from .memory import MemoryStore, get_store
 
 __all__ = ["MemoryCacheBackend"]
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _secs(ttl_ms: int | None) -> float | None:
     return None if ttl_ms is None else ttl_ms / 1000.0
@@ -61,6 +63,8 @@ class MemoryCacheBackend(CacheBackend):
             return sum(1 for k in keys if self.store.delete(self._real(k)))
 
     def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
+        if not _INT64_MIN <= delta <= _INT64_MAX:  # as Redis INCRBY: a signed 64-bit delta
+            raise ValueError(f"increment {delta} is out of the signed 64-bit range")
         with self.store.lock:
             real = self._real(key)
             left = self.store.ttl(real)
@@ -71,10 +75,13 @@ class MemoryCacheBackend(CacheBackend):
                 return delta
             raw = self.store.get(real)
             try:
-                value = int(raw) + delta
+                value = int(raw)
             except (TypeError, ValueError):
                 raise ValueError(f"cache value at {key!r} is not an integer") from None
-            if not -(2**63) <= value < 2**63:
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                raise ValueError(f"cache value at {key!r} is out of the signed 64-bit range")
+            value += delta
+            if not _INT64_MIN <= value <= _INT64_MAX:
                 raise ValueError("increment or decrement would overflow")
             self.store.set(real, str(value).encode(), left)
             return value

@@ -84,14 +84,17 @@ elseif op == 'del' then
   for i = 2, #KEYS do c = c + redis.call('DEL', real(i)) end
   return c
 elseif op == 'incr' then
+  -- the result is read back as text: INCRBY's integer reply becomes a Lua double,
+  -- which loses precision above 2^53
   local r = real(2)
   if redis.call('EXISTS', r) == 0 then
     if ARGV[5] ~= '1' then return false end
-    local v = redis.call('INCRBY', r, ARGV[3])
+    redis.call('INCRBY', r, ARGV[3])
     if ARGV[4] ~= '' then redis.call('PEXPIRE', r, ARGV[4]) end
-    return v
+    return redis.call('GET', r)
   end
-  return redis.call('INCRBY', r, ARGV[3])
+  redis.call('INCRBY', r, ARGV[3])
+  return redis.call('GET', r)
 elseif op == 'touch' then
   local r = real(2)
   if ARGV[3] == '' then
