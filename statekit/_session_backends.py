@@ -135,6 +135,9 @@ return {1, 0}
 """
 
 # KEYS: session; ARGV: field, amount, codec. Returns {1, new value, new version}.
+# Lua numbers are doubles: the json path returns the new value as Redis's text
+# (exact to 64 bits); the msgpack path, which must add in Lua, refuses results past
+# 2^53 instead of storing a rounded one.
 _INCR = _HEAD + """
 if ARGV[3] == 'msgpack' then
   local cur = redis.call('HGET', KEYS[1], ARGV[1])
@@ -142,11 +145,14 @@ if ARGV[3] == 'msgpack' then
   if cur then n = cmsgpack.unpack(cur) end
   if type(n) ~= 'number' then return redis.error_reply('ERR session value is not an integer') end
   n = n + tonumber(ARGV[2])
+  if n ~= n or math.abs(n) >= 9007199254740992 then
+    return redis.error_reply('ERR increment would reach 2^53 (msgpack codec)')
+  end
   redis.call('HSET', KEYS[1], ARGV[1], cmsgpack.pack(n))
   return {1, n, redis.call('HINCRBY', KEYS[1], 'm:v', 1)}
 end
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-return {1, n, redis.call('HINCRBY', KEYS[1], 'm:v', 1)}
+redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+return {1, redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HINCRBY', KEYS[1], 'm:v', 1)}
 """
 
 # KEYS: index; ARGV: key prefix, member to keep. Standalone/Sentinel only: the
@@ -592,11 +598,15 @@ class MemoryEngine:
 
                     n = (msgpack.unpackb(cur) if cur is not None else 0) + amount
                     enc = msgpack.packb(n)
+                    limit = 2**53  # as the Redis script: Lua adds in doubles
                 else:
                     n = (int(cur) if cur is not None else 0) + amount
                     enc = str(n).encode()
+                    limit = 2**63  # as HINCRBY: signed 64 bits
             except (TypeError, ValueError) as e:
                 raise SessionError(f"cannot increment session key {field[2:]!r}: not an integer") from e
+            if not -limit <= n < limit or (codec == "msgpack" and n == -limit):
+                raise SessionError(f"cannot increment session key {field[2:]!r}: the result is out of range")
             h = dict(found)
             h[field] = enc
             version = int(h.get("m:v", b"0")) + 1

@@ -309,6 +309,26 @@ def test_incr_on_non_integer_fails(store: SessionStore) -> None:
         s.incr("name")
 
 
+def test_incr_is_exact_to_64_bits(store: SessionStore) -> None:
+    """Past 2^53 (where a Lua number, a double, rounds) and up to the end of 64
+    bits; an overflow is refused and leaves the value."""
+    s = store.create({"n": 2**53, "top": 2**63 - 2})
+    assert s.incr("n") == 2**53 + 1 and reopen(store, s)["n"] == 2**53 + 1
+    assert s.incr("top") == 2**63 - 1
+    with pytest.raises(SessionError):
+        s.incr("top")
+    assert reopen(store, s)["top"] == 2**63 - 1
+
+
+def test_incr_with_msgpack_refuses_what_a_double_would_round(make_store: StoreFactory) -> None:
+    store = make_store(codec="msgpack")
+    s = store.create({"n": 2**53 - 2})
+    assert s.incr("n") == 2**53 - 1
+    with pytest.raises(SessionError):
+        s.incr("n")
+    assert reopen(store, s)["n"] == 2**53 - 1
+
+
 def test_rotation_moves_data_and_keeps_short_alias(make_store: StoreFactory) -> None:
     store = make_store(alias_window=0.5)
     s = store.create({"cart": ["apple"]})
