@@ -789,14 +789,20 @@ class BlobStore:
         Reads the size (HEAD) and the first bytes (a ranged GET) only. If the object
         is larger than the presigned ``max_size`` or its sniffed type contradicts its
         ``Content-Type`` or the allowed prefix, it is deleted and the error raised.
-        Idempotent: confirming an accepted upload returns its record.
+        Idempotent: confirming an accepted upload returns its record. On S3 the form
+        uploads to a staging key that this copies to *key* and deletes: an upload
+        form stays valid until it expires, and a form sent again after the check
+        only reaches the staging key, never the accepted blob.
         :raises BlobNotFound: nothing was uploaded (the pending marker stays).
         """
         validate_key(key)
         raw = self._get_marker(key)
-        blob = self._stat(key)
         if raw is None:
-            return blob
+            return self._stat(key)
+        target = self._upload_target(key)
+        if target != key:  # the checks below run on the copy, which no replayed form can reach
+            self._accept_upload(target, key)
+        blob = self._stat(key)
         policy = json.loads(raw)
         try:
             if blob.size > int(policy["max_size"]):
@@ -810,9 +816,27 @@ class BlobStore:
         except (BlobTooLarge, ContentTypeMismatch, DisallowedContentType):
             self._delete(key)
             self._delete_marker(key)
+            self._drop_upload_target(key)
             raise
         self._delete_marker(key)
+        self._drop_upload_target(key)
         return blob
+
+    def _upload_target(self, key: str) -> str:
+        """Where the direct upload for *key* lands: *key* itself here, as
+        :meth:`receive_upload` refuses a form once its upload was confirmed. A store
+        whose upload forms stay usable until they expire (S3) returns a staging key
+        and copies it to *key* in :meth:`_accept_upload`."""
+        return key
+
+    def _accept_upload(self, target: str, key: str) -> None:
+        """Copy the direct upload at *target* to *key*. :raises BlobNotFound:"""
+        raise NotImplementedError(f"{type(self).__name__}._accept_upload()")
+
+    def _drop_upload_target(self, key: str) -> None:
+        target = self._upload_target(key)
+        if target != key:
+            self._delete(target)
 
     def _put_marker(self, key: str, data: bytes) -> None:
         raise NotImplementedError(f"{type(self).__name__}._put_marker()")
@@ -842,6 +866,7 @@ class BlobStore:
                 stale = True
             if stale:
                 self._delete(key)
+                self._drop_upload_target(key)
                 self._delete_marker(key)
                 removed += 1
         return removed

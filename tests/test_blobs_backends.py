@@ -102,8 +102,10 @@ def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s
     conditions = json.loads(base64.b64decode(up.fields["policy"]))["conditions"]
     assert ["content-length-range", 0, 1234] in conditions
     assert ["starts-with", "$Content-Type", "image/"] in conditions
-    assert {"key": f"media/{up.key}"} in conditions  # exact key, and its date prefix
-    assert ["starts-with", "$key", f"media/{up.key.rsplit('/', 1)[0]}/"] in conditions
+    staged = f"media/.statekit/incoming/{up.key}"  # confirm() copies it to up.key
+    assert up.fields["key"] == staged
+    assert {"key": staged} in conditions  # exact key, and its date prefix
+    assert ["starts-with", "$key", f"{staged.rsplit('/', 1)[0]}/"] in conditions
     assert [b.key for b in store.list()] == [blob.key]  # the pending marker is not listed
 
 

@@ -16,7 +16,7 @@ from test_blobs_contract import png_bytes
 
 from statekit.backends.s3 import S3BlobStore
 from statekit.blobs import BlobStore
-from statekit.errors import BackendUnavailable, BlobTooLarge
+from statekit.errors import BackendUnavailable, BlobTooLarge, ContentTypeMismatch
 from statekit.migrate import load_manifest, migrate
 from statekit.pytest_plugin import wait_for
 
@@ -196,3 +196,37 @@ def test_s3_retries_option_is_the_number_of_retries(retries: int) -> None:
         assert endpoint.requests == retries + 1
     finally:
         endpoint.close()
+
+
+@pytest.mark.s3
+def test_s3_upload_form_sent_again_after_confirm_never_reaches_the_blob(s3_url: str) -> None:
+    """An S3 POST form stays valid until it expires. Sent again after confirm() with
+    other content (here HTML for an image), it reaches only the staging key: the
+    accepted blob keeps the checked bytes, and cleanup removes the leftover."""
+    from test_blobs_contract import HTML, _direct_upload
+
+    store = BlobStore(s3_url)
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    _direct_upload(store, up, png_bytes(), "image/png")
+    assert store.confirm(up.key).size == len(png_bytes())
+    _direct_upload(store, up, HTML, "image/png")  # the same form, replayed
+    assert store.confirm(up.key).size == len(png_bytes())
+    with store.open(up.key) as f:
+        assert f.read() == png_bytes()
+    assert store.cleanup_incomplete(older_than=0) == 1  # the replayed staging object
+    assert [b.key for b in store.list()] == [up.key]
+    with store.open(up.key) as f:
+        assert f.read() == png_bytes()
+
+
+@pytest.mark.s3
+def test_s3_refused_direct_upload_leaves_nothing_staged(s3_url: str) -> None:
+    from test_blobs_contract import HTML, _direct_upload
+
+    store = BlobStore(s3_url)
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    _direct_upload(store, up, HTML, "image/png")
+    with pytest.raises(ContentTypeMismatch):
+        store.confirm(up.key)
+    assert not store.exists(up.key)
+    assert store.cleanup_incomplete(older_than=0) == 0  # neither the copy nor the staged upload is left

@@ -394,13 +394,20 @@ class S3BlobStore(BlobStore):
     def _presign_post(
         self, key: str, max_size: int, type_prefix: str, expires: int
     ) -> tuple[str, dict[str, str]]:
-        full = self._full(key)
+        full = self._full(self._upload_target(key))
         conditions: list[Any] = [["content-length-range", 0, max_size],
                                  ["starts-with", "$Content-Type", type_prefix],
                                  ["starts-with", "$key", full.rsplit("/", 1)[0] + "/"]]
         post = self.presign_client.generate_presigned_post(Bucket=self.bucket, Key=full,
                                                    Conditions=conditions, ExpiresIn=expires)
         return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
+
+    def _upload_target(self, key: str) -> str:
+        return RESERVED_PREFIX + "incoming/" + key
+
+    def _accept_upload(self, target: str, key: str) -> None:
+        self._call("copy_object", key, Bucket=self.bucket, Key=self._full(key),
+                   CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY")
 
     def _marker_key(self, key: str) -> str:
         return self._full(RESERVED_PREFIX + "pending/" + key)
@@ -436,9 +443,11 @@ class S3BlobStore(BlobStore):
             raise translate_error(e, "listing pending uploads") from e
 
     def _cleanup_partial(self, older_than: float) -> int:
-        """Abort multipart uploads under the store prefix started before the cutoff."""
+        """Abort multipart uploads under the store prefix started before the cutoff,
+        and delete staged direct uploads older than it that no pending upload owns
+        (a form sent again after its upload was confirmed)."""
         cutoff = time.time() - older_than
-        removed = 0
+        removed = self._cleanup_staged(cutoff)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
         while True:
             resp = self._call("list_multipart_uploads", None, **kwargs)
@@ -452,6 +461,22 @@ class S3BlobStore(BlobStore):
                 return removed
             kwargs["KeyMarker"] = resp.get("NextKeyMarker")
             kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+
+    def _cleanup_staged(self, cutoff: float) -> int:
+        top = self._full(self._upload_target(""))
+        removed = 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=top))
+        except Exception as e:
+            raise translate_error(e, "listing staged uploads") from e
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(top):]
+                if obj["LastModified"].timestamp() <= cutoff and self._get_marker(key) is None:
+                    self._call("delete_object", key, Bucket=self.bucket, Key=obj["Key"])
+                    removed += 1
+        return removed
 
     def list_incomplete(self) -> list[dict[str, Any]]:
         """Multipart uploads in progress under the store prefix (``Key``, ``UploadId``,
