@@ -673,8 +673,13 @@ class BlobStore:
         named *download_name* (default: the original filename). S3 gives a presigned
         GET (no request is made; the object's stored ``Content-Disposition`` applies
         unless *download_name* overrides it); other stores a URL signed with the
-        store's secret, checked by :meth:`verify_url`."""
+        store's secret, checked by :meth:`verify_url`.
+
+        :raises ValueError: *expires* is not positive, or (S3) longer than the 7 days
+            a SigV4 presigned URL can last (S3 would refuse the link when used)."""
         validate_key(key)
+        if int(expires) <= 0:
+            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
         return self._url(key, int(expires), content_disposition(download_name) if download_name else None)
 
     def _url(self, key: str, expires: int, disposition: str | None) -> str:

@@ -230,3 +230,17 @@ def test_s3_refused_direct_upload_leaves_nothing_staged(s3_url: str) -> None:
         store.confirm(up.key)
     assert not store.exists(up.key)
     assert store.cleanup_incomplete(older_than=0) == 0  # neither the copy nor the staged upload is left
+
+
+@pytest.mark.parametrize("scheme", ["memory", pytest.param("s3", marks=pytest.mark.s3)])
+def test_url_expiry_is_checked_up_front(scheme: str, request: pytest.FixtureRequest) -> None:
+    """A URL that could never work is refused when made, not when a browser uses it."""
+    store = BlobStore("memory://url-expiry" if scheme == "memory" else request.getfixturevalue("s3_url"))
+    blob = store.put(b"x", content_type="text/plain")
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match="positive"):
+            store.url(blob.key, expires=bad)
+    if scheme == "s3":
+        with pytest.raises(ValueError, match="7 days"):
+            store.url(blob.key, expires=7 * 86400 + 1)
+    assert store.url(blob.key, expires=7 * 86400)

@@ -53,6 +53,8 @@ __all__ = ["MIN_PART_SIZE", "S3BlobStore", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
+#: the longest a SigV4 presigned URL can last
+MAX_PRESIGN_SECONDS = 7 * 86400
 
 
 def translate_error(e: BaseException, what: str) -> StatekitError:
@@ -385,6 +387,9 @@ class S3BlobStore(BlobStore):
 
     # -- URLs and direct uploads ---------------------------------------------------------
     def _url(self, key: str, expires: int, disposition: str | None) -> str:
+        if expires > MAX_PRESIGN_SECONDS:
+            raise ValueError(f"S3 presigned URLs last at most 7 days ({MAX_PRESIGN_SECONDS} s), "
+                             f"not {expires} s: S3 would refuse the link when it is used")
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         if disposition:
             params["ResponseContentDisposition"] = disposition
