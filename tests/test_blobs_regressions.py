@@ -118,6 +118,8 @@ def test_missing_file_store_root_is_an_outage_not_a_bad_key(tmp_path: Path) -> N
         store.put(b"during the outage", content_type="text/plain")
     with pytest.raises(BackendUnavailable):
         store.presign_upload(max_size=10)
+    with pytest.raises(BackendUnavailable, match="missing"):  # not an empty listing
+        list(store.list())
     assert not root.exists()  # not silently recreated on this machine's disk
     root.mkdir()  # mounted again
     blob = store.put(b"after", content_type="text/plain")
@@ -244,3 +246,21 @@ def test_url_expiry_is_checked_up_front(scheme: str, request: pytest.FixtureRequ
         with pytest.raises(ValueError, match="7 days"):
             store.url(blob.key, expires=7 * 86400 + 1)
     assert store.url(blob.key, expires=7 * 86400)
+
+
+def test_file_store_mode_refused_is_an_outage_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network filesystems refuse ``chmod``: a typed error, nothing left behind."""
+    root = tmp_path / "volume"
+    store = BlobStore(f"file://{root}")
+
+    def refuse(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refuse)
+    with pytest.raises(BackendUnavailable, match="not permitted"):
+        store.put(b"data", content_type="text/plain")
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    monkeypatch.undo()
+    assert store.put(b"data", content_type="text/plain").size == 4

@@ -89,8 +89,14 @@ class _LocalWriter(BlobWriter):
             fd, self._tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
         except OSError as e:
             raise _oserror(e, f"creating a file for {req.key!r}") from e
-        os.fchmod(fd, store.file_mode)
-        self._file: Any = os.fdopen(fd, "wb")
+        try:
+            os.fchmod(fd, store.file_mode)  # may fail on some network filesystems
+            self._file: Any = os.fdopen(fd, "wb")
+        except OSError as e:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            raise _oserror(e, f"creating a file for {req.key!r}") from e
 
     def write(self, data: bytes) -> None:
         try:
@@ -268,6 +274,8 @@ class LocalBlobStore(BlobStore):
                     yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
 
     def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+        if not os.path.isdir(self.root):  # an unmounted volume lists as an outage, not as empty
+            raise BackendUnavailable(f"the store root {self.root} is missing (is the volume mounted?)")
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._check_inside(os.path.join(self.root, *base.split("/"))) if base else self.root
         keys = sorted(k for k in self._walk(top) if k.startswith(prefix) and (cursor is None or k > cursor))
