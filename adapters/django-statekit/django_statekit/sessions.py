@@ -14,9 +14,12 @@ id staying an alias for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds. Saves write o
 the keys that changed, so concurrent requests of one session keep each other's
 changes; ``request.session.incr(key)`` is an atomic counter.
 
-Settings: ``SESSION_COOKIE_AGE`` is the idle timeout (sliding);
-``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days), ``STATEKIT_SESSION_REFRESH_INTERVAL``
-(60 s), ``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
+Settings: ``SESSION_COOKIE_AGE`` is the idle timeout, counted from the last save as
+in Django's own backends (``SessionMiddleware`` saves a modified session); with
+``SESSION_SAVE_EVERY_REQUEST`` it slides with every request, while an unmodified
+session is written (a TTL refresh) at most once per ``STATEKIT_SESSION_REFRESH_INTERVAL``
+(60 s). ``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days),
+``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
 ``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``),
 ``STATEKIT_SESSION_NEAR_CACHE`` (off; on or a number of sessions: per-process copies
 kept coherent by Redis, see :mod:`statekit.sessions`). ``SESSION_SERIALIZER``

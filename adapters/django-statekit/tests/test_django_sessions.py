@@ -441,3 +441,22 @@ def test_test_client_session_property(engine: str) -> None:
     s["color"] = "green"
     s.save()
     assert c.get("/sessions/get").json() == {"color": "green"}
+
+
+@pytest.mark.parametrize("every_request", [False, True], ids=["on-save", "every-request"])
+def test_idle_timeout_counts_from_the_last_save(django_settings: Any, redis_url: str,
+                                                monkeypatch: pytest.MonkeyPatch, every_request: bool) -> None:
+    """As in Django's own backends, ``SESSION_COOKIE_AGE`` runs from the last save; with
+    ``SESSION_SAVE_EVERY_REQUEST`` a read saves too (a TTL refresh), so it slides."""
+    import statekit.sessions
+
+    configure(django_settings, redis_url, SESSION_COOKIE_AGE=100, STATEKIT_SESSION_REFRESH_INTERVAL=1,
+              SESSION_SAVE_EVERY_REQUEST=every_request)
+    clock = [time.time()]
+    monkeypatch.setattr(statekit.sessions, "now", lambda: clock[0])
+    c = Client()
+    c.get("/sessions/set/a/1")
+    clock[0] += 60
+    assert c.get("/sessions/get").json() == {"a": "1"}  # a read, 60 s after the write
+    clock[0] += 70  # 130 s after the write, 70 s after the read
+    assert c.get("/sessions/get").json() == ({"a": "1"} if every_request else {})
