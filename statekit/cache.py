@@ -592,18 +592,25 @@ class Cache:
         return found
 
     def has(self, key: str) -> bool:
-        """Whether *key* is present (``False`` on an outage with ``on_error="miss"``)."""
-        backend = self._backend or self._connect()
-        return self._read(backend.ttl_ms, None, self._check_key(key)) is not None
+        """Whether :meth:`get` would find *key* (``False`` on an outage with
+        ``on_error="miss"``). A value stored by :meth:`get_or_set` past its lifetime,
+        kept only to be served stale while one caller recomputes it, is not there."""
+        return self.ttl(key) is not None
 
     def ttl(self, key: str) -> float | None:
-        """Seconds *key* has left; ``math.inf`` if it never expires; ``None`` if it is
-        missing (or on an outage with ``on_error="miss"``)."""
+        """Seconds *key* has left (for a value stored by :meth:`get_or_set`: until it
+        is due to be recomputed, not counting the stale window); ``math.inf`` if it
+        never expires; ``None`` if it is missing or past that lifetime (or on an
+        outage with ``on_error="miss"``). Reads the value's header, one round trip."""
         backend = self._backend or self._connect()
-        left = self._read(backend.ttl_ms, None, self._check_key(key))
-        if left is None:
+        rows = self._read(backend.get_many_with_ttl, [(None, None)], [self._check_key(key)])
+        data, left = rows[0]
+        if data is None:
             return None
-        return math.inf if left < 0 else left / 1000.0
+        if data[:1] == b"\x02":  # a get_or_set envelope: its own deadline
+            remaining = _ENV.unpack_from(data, 1)[0] - _time()
+            return remaining if remaining > 0 else None
+        return math.inf if left is None else left / 1000.0
 
     # -- writes -------------------------------------------------------------------------
 
@@ -624,7 +631,8 @@ class Cache:
     def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Store *value* only if *key* is missing; ``True`` if stored. Atomic: of
         concurrent callers (any process) exactly one succeeds, so ``add`` can elect
-        a worker. ``False`` as well when dropped during an outage (``"miss"``)."""
+        a worker. ``False`` as well when dropped during an outage (``"miss"``). A value
+        of :meth:`get_or_set` in its stale window (past its ttl) still counts as there."""
         backend = self._backend or self._connect()
         data = self._encode(value)
         self._forget(self._check_key(key))
@@ -689,7 +697,9 @@ class Cache:
         return self.incr(key, -delta, ttl=ttl, create=create)
 
     def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
-        """Give *key* a new TTL; ``False`` if it is missing."""
+        """Give *key* a new TTL; ``False`` if it is missing. For a value stored by
+        :meth:`get_or_set` this is how long Redis keeps it, not when it is due to be
+        recomputed (fixed when it was computed)."""
         backend = self._backend or self._connect()
         try:
             return bool(self._write(backend.touch, False, self._check_key(key), self._ttl_ms(ttl)))

@@ -315,6 +315,26 @@ class CacheContract:
         assert lock.acquire(blocking=False)
         assert cache.lock("tiny", timeout=5).acquire(timeout=10)
 
+    def test_has_and_ttl_follow_get_for_get_or_set_values(self, cache: Cache,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """A get_or_set value lives on past its ttl only to be served stale while it is
+        recomputed: ttl() leaves that window out, and past the ttl has() and ttl() miss
+        as get() does."""
+        import statekit.cache
+
+        assert cache.get_or_set("g", lambda: "v", ttl=60, stale_ttl=30) == "v"
+        left = cache.ttl("g")
+        assert left is not None and 50 < left <= 60  # not ~90
+        assert cache.has("g")
+        cache.set("plain", "p", ttl=60)
+        plain = cache.ttl("plain")
+        assert plain is not None and 50 < plain <= 60
+        later = time.time() + 61
+        monkeypatch.setattr(statekit.cache, "_time", lambda: later)
+        assert cache.get("g") is None and not cache.has("g") and cache.ttl("g") is None
+        assert cache.get("plain") == "p" and cache.has("plain")  # Redis's TTL alone decides
+        assert cache.get_or_set("g", lambda: "new", ttl=60) == "new"  # the stale copy is recomputed
+
     def test_incr_out_of_64_bits(self, cache: Cache) -> None:
         """Redis counters are signed 64-bit: every backend refuses a delta or a
         result outside that range, also on a missing key, and changes nothing."""
