@@ -531,6 +531,10 @@ class Broadcaster:
         """Run the scheduler in the calling thread until :meth:`stop` is called
         (from another thread or a signal handler). Releases held leases on return."""
         self._stopping.clear()
+        self._run()
+
+    def _run(self) -> None:
+        """The scheduler loop, until :meth:`stop` (which may come before it starts)."""
         try:
             while not self._stopping.is_set():
                 wake = self.run_pending()
@@ -547,8 +551,8 @@ class Broadcaster:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stopping.clear()
-            self._thread = threading.Thread(
-                target=self.run_forever, name="statekit-broadcaster", daemon=True
+            self._thread = threading.Thread(  # not run_forever: a stop() right away must hold
+                target=self._run, name="statekit-broadcaster", daemon=True
             )
             self._thread.start()
 

@@ -198,6 +198,25 @@ def test_scheduler_computes_each_slot_once_across_two_broadcasters(
     assert current_run() is None
 
 
+def test_stop_right_after_start_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop() that comes before the started thread runs its loop still stops it."""
+    gate = threading.Event()
+
+    class LateThread(threading.Thread):
+        def run(self) -> None:
+            gate.wait(10)
+            super().run()
+
+    b = Broadcaster("memory://late-start")
+    b.every(60, name="late")(lambda: 1)
+    monkeypatch.setattr(threading, "Thread", LateThread)
+    b.start()
+    monkeypatch.undo()
+    b.stop(0.01)  # the thread has not begun its loop yet
+    gate.set()
+    wait_for(lambda: not b.running, timeout=10, what="the scheduler thread ended")
+
+
 def test_stop_releases_the_lease_so_another_takes_over(
     redis_url: str, prefix: str, broadcasters: list[Broadcaster]
 ) -> None:
