@@ -264,3 +264,35 @@ def test_file_store_mode_refused_is_an_outage_and_leaves_no_temp_file(
     assert [p for p in root.rglob("*") if p.is_file()] == []
     monkeypatch.undo()
     assert store.put(b"data", content_type="text/plain").size == 4
+
+
+def test_file_store_without_hard_links_leaves_no_empty_blob_when_the_rename_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without hard links the name is claimed with an empty file, then
+    the data renamed over it: if that rename fails, the empty claim goes too."""
+    import errno
+
+    root = tmp_path / "volume"
+    store = BlobStore(f"file://{root}")
+
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    real_replace = os.replace
+
+    def broken_replace(src: str, dst: str) -> None:  # fails for the blob, not its metadata
+        if ".statekit" in Path(dst).parts:
+            return real_replace(src, dst)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(BackendUnavailable, match="Input/output"):
+        store.put(b"data", content_type="text/plain")
+    monkeypatch.undo()
+    assert list(store.list()) == []
+    assert [p.name for p in root.rglob("*") if p.is_file()] == []  # neither the blob nor its metadata
+    blob = store.put(b"data", content_type="text/plain")
+    with store.open(blob.key) as f:
+        assert f.read() == b"data"

@@ -72,7 +72,12 @@ def _link_exclusive(src: str, dst: str) -> None:
             raise
         fd = os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # claim the name
         os.close(fd)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except BaseException:  # never leave the empty claim visible as the blob
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+            raise
         return
     os.unlink(src)
 
