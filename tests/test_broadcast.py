@@ -74,8 +74,7 @@ def test_on_change_callbacks_run_after_each_update(redis_url: str, prefix: str) 
         assert sv.get() == value
 
     sv.on_change(lambda value, version: 1 / 0)  # a failing callback is logged, not fatal
-    assert sv._hub is not None
-    wait_for(sv._hub.connected.is_set, what="subscriber connected")
+    _subscribed(sv)
     b = Broadcaster(redis_url, key_prefix=prefix)
     b.publish("cb", "a")
     b.publish("cb", "b")
@@ -294,12 +293,18 @@ def test_compute_error_and_timeout_keep_last_good_value(
     assert "ZeroDivisionError" in caplog.text
 
 
-def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str) -> None:
-    sv = SharedValue("resync", default=0, url=redis_url, key_prefix=prefix)
-    assert sv.get() == 0
+def _subscribed(sv: SharedValue[Any]) -> _subscriber.Hub:
+    """*sv*'s hub, once its subscriber thread is connected (its first re-read done)."""
     hub = sv._hub
     assert hub is not None
     wait_for(hub.connected.is_set, what="subscriber connected")
+    return hub
+
+
+def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str) -> None:
+    sv = SharedValue("resync", default=0, url=redis_url, key_prefix=prefix)
+    assert sv.get() == 0
+    hub = _subscribed(sv)
     # a value retained without a message: only a re-read after reconnect can find it
     b = Broadcaster(redis_url, key_prefix=prefix)
     b.publish("resync", 1)
@@ -314,21 +319,28 @@ def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str)
     assert sv.version == 2
 
 
-def test_periodic_check_fetches_an_update_lost_without_disconnect(redis_url: str, prefix: str) -> None:
+@pytest.mark.parametrize("published", [["one"], ["one", "two", "three"]], ids=["lost", "rolled-back"])
+def test_periodic_check_takes_what_redis_retains(redis_url: str, prefix: str, published: list[str]) -> None:
+    """The retained value changed without a message reaching the subscriber, while
+    the subscription stayed up: a message lost in a failover (a newer version), or
+    Redis rolled back to an older snapshot (an older one). The periodic check
+    compares versions both ways, takes the retained value, then follows the next
+    publishes."""
     b = Broadcaster(redis_url, key_prefix=prefix)
-    b.publish("checked", "one")
+    for v in published:
+        b.publish("checked", v)
     sv = SharedValue("checked", url=redis_url, key_prefix=prefix)
-    assert sv.get() == "one"
-    hub = sv._hub
-    assert hub is not None
-    wait_for(hub.connected.is_set, what="subscribed (its first re-read done)")
-    # retained without a message (as if the message was lost): only the check finds it
+    assert sv.get() == published[-1]
+    hub = _subscribed(sv)
     b._client.hset(state_key(prefix, "checked"), mapping={"version": 2, "data": b'"two"'})
     hub.check()
     assert sv.get() == "two" and sv.version == 2
     assert hub.counters.get("missed") == 1
     hub.check()  # up to date: nothing fetched
     assert hub.counters.get("missed") == 1
+    b.publish("checked", "next")
+    wait_for(lambda: sv.get() == "next", what="the publish after it")
+    assert sv.version == 3
 
 
 def test_redis_restart_workers_show_next_value(prefix: str) -> None:
@@ -363,32 +375,12 @@ def test_redis_restart_from_an_older_snapshot_workers_follow_the_new_versions(pr
         sv = SharedValue("n", url=srv.url, key_prefix=prefix)
         assert sv.get() == "v3" and sv.version == 3
         srv.restart()  # SIGKILL; the restarted server loads the snapshot
-        hub = sv._hub
-        assert hub is not None
         wait_for(lambda: sv.get() == "v2", what="the retained value after the restart")
         b.publish("n", "v3-new")  # version 3 again
         wait_for(lambda: sv.get() == "v3-new", what="a publish after the restart")
         b.publish("n", "v4")
         wait_for(lambda: sv.get() == "v4", what="the next publish")
         assert sv.version == 4
-
-
-def test_periodic_check_notices_a_rolled_back_version(redis_url: str, prefix: str) -> None:
-    """The same rollback without a disconnect (the subscription stayed up): the
-    periodic check compares versions both ways."""
-    b = Broadcaster(redis_url, key_prefix=prefix)
-    for v in ("one", "two", "three"):
-        b.publish("rolled", v)
-    sv = SharedValue("rolled", url=redis_url, key_prefix=prefix)
-    assert sv.get() == "three"
-    hub = sv._hub
-    assert hub is not None
-    wait_for(hub.connected.is_set, what="subscribed")
-    b._client.hset(state_key(prefix, "rolled"), mapping={"version": 2, "data": b'"two"'})
-    hub.check()
-    assert sv.get() == "two" and sv.version == 2
-    b.publish("rolled", "three-new")
-    wait_for(lambda: sv.get() == "three-new", what="the publish after the rollback")
 
 
 def test_redis_down_on_first_get_returns_default_then_fills_in(prefix: str) -> None:

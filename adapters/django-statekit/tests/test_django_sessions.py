@@ -273,12 +273,19 @@ def test_outage_during_save_is_503(django_settings: Any, durable_redis: RedisSer
         tests_django_urls.urlpatterns.pop()
 
 
-def test_outage_anonymous_policy(django_settings: Any, durable_redis: RedisServer) -> None:
+def _anonymous_outage(django_settings: Any, durable_redis: RedisServer, first: str) -> tuple[Client, str]:
+    """A client whose session *first* made, then Redis stopped (``anonymous`` policy):
+    the client and its session cookie."""
     configure(django_settings, _outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
     c = Client(raise_request_exception=False)
-    c.get("/sessions/set/cart/apple")
+    c.get(first)
     cookie = c.cookies["sessionid"].value
     durable_redis.kill()
+    return c, cookie
+
+
+def test_outage_anonymous_policy(django_settings: Any, durable_redis: RedisServer) -> None:
+    c, cookie = _anonymous_outage(django_settings, durable_redis, "/sessions/set/cart/apple")
     resp = c.get("/sessions/get")
     assert resp.status_code == 200 and resp.json() == {} and "sessionid" not in resp.cookies
     resp = c.get("/sessions/set/cart/pear")
@@ -368,11 +375,7 @@ def test_logout_in_an_anonymous_outage_is_503_and_keeps_the_cookie(
     """A logout needs the store (the session must be destroyed there): during an
     outage it is a 503 that leaves the cookie alone, not a deleted cookie over a
     session that stays valid in Redis."""
-    configure(django_settings, _outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
-    c = Client(raise_request_exception=False)
-    c.get("/sessions/login/carol")
-    cookie = c.cookies["sessionid"].value
-    durable_redis.kill()
+    c, cookie = _anonymous_outage(django_settings, durable_redis, "/sessions/login/carol")
     resp = c.get("/sessions/logout")
     assert resp.status_code == 503 and "Retry-After" in resp
     assert "sessionid" not in resp.cookies and c.cookies["sessionid"].value == cookie
