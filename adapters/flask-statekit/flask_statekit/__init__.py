@@ -42,6 +42,14 @@ def _config(app: Flask, key: str, default: Any = None) -> Any:
     return os.environ.get(key, default)
 
 
+def _flag(value: Any) -> bool:
+    """A boolean setting: ``True``/``False``, or text such as ``1``, ``true``, ``yes``, ``on``
+    (any case) from the environment."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
 class StateKitState:
     """What the extension keeps per app, at ``app.extensions["statekit"]``.
 
@@ -97,7 +105,7 @@ class StateKit:
         state = StateKitState(app, settings_from_app(app))
         app.extensions["statekit"] = state
         for feature in FEATURES:
-            if _config(app, f"STATEKIT_{feature.upper()}_ENABLED", True) not in (True, "1", "true"):
+            if not _flag(_config(app, f"STATEKIT_{feature.upper()}_ENABLED", True)):
                 continue
             module_name = f"flask_statekit.{feature}"
             if importlib.util.find_spec(module_name) is None:

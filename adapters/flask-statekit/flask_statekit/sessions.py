@@ -5,13 +5,15 @@ configured (``STATEKIT_SESSION_URL``, else ``STATEKIT_REDIS_URL``); the store is
 ``app.extensions["statekit"].sessions``. ``session`` keeps Flask's API and adds
 ``session.rotate()`` (call it on login), ``session.incr(key)`` (an atomic counter)
 and ``session.destroy()`` (logout). ``session.clear()`` on a stored session also
-destroys it and deletes the cookie.
+destroys it and deletes the cookie. As with Flask, an in-place change of a mutable
+value (``session["cart"].append(x)``) is saved only after ``session.modified = True``
+(or assigning the value again).
 
 Settings (``app.config``, then the environment):
 
 ===================================  ==================================================
 ``STATEKIT_SESSION_COOKIE_NAME``     default ``SESSION_COOKIE_NAME`` (``"session"``)
-``STATEKIT_SESSION_COOKIE_SECURE``   default on unless ``app.debug``
+``STATEKIT_SESSION_COOKIE_SECURE``   default on unless ``app.debug`` (when the response is sent)
 ``STATEKIT_SESSION_COOKIE_SAMESITE`` default ``"Lax"``
 ``STATEKIT_SESSION_COOKIE_HTTPONLY`` default on
 ``STATEKIT_SESSION_COOKIE_PARTITIONED``, ``..._DOMAIN``, ``..._PATH``
@@ -29,8 +31,9 @@ Settings (``app.config``, then the environment):
 **Outages.** When Redis cannot be reached while loading a session, the request is
 answered ``503 Service Unavailable`` with ``Retry-After`` before any view runs; when
 it fails while saving, the response is replaced by the same 503. Either way the
-cookie is left alone (never deleted, never replaced) and nothing partial is written,
-so the same session is served once Redis is back. With the ``anonymous`` policy the
+cookie is left alone (never deleted, never replaced, except by the new id of a
+rotation Redis had already done) and nothing partial is written, so the same
+session is served once Redis is back. With the ``anonymous`` policy the
 request runs with an empty read-only session instead; writing to it raises
 :class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503.
 """
@@ -45,7 +48,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.sessions import Session, SessionStore
 
-from . import _config
+from . import _config, _flag
 
 if TYPE_CHECKING:
     from . import StateKitState
@@ -67,6 +70,7 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         self.accessed = False
         self.outage = False
         self.had_data = bool(self)
+        self.loaded_permanent = bool(dict.get(self, "_permanent", False))
         self.token_sent: str | None = None  # the version token the browser sent
 
     def __getitem__(self, key: str) -> Any:
@@ -84,6 +88,11 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
     def __contains__(self, key: object) -> bool:
         self.accessed = True
         return super().__contains__(key)
+
+
+#: headers of a response that no longer apply once its body is replaced by the 503 page
+_BODY_HEADERS = ("Content-Encoding", "Content-Range", "Content-Disposition", "ETag", "Last-Modified",
+                 "Location")
 
 
 def outage_response(retry_after: int = 5) -> Response:
@@ -108,12 +117,6 @@ def _vary_cookie(response: Response) -> None:
         response.vary.add("Cookie")
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class StatekitSessionInterface(SessionInterface):
     """Loads the session in ``open_session`` (one Redis round trip) and saves only
     what changed in ``save_session`` (one script, or nothing).
@@ -125,12 +128,14 @@ class StatekitSessionInterface(SessionInterface):
 
     def __init__(self, store: SessionStore, *, cookie_name: str = "session",
                  cookie_domain: str | None = None, cookie_path: str | None = None,
-                 secure: bool = True, httponly: bool = True, samesite: str | None = "Lax",
+                 secure: bool | None = None, httponly: bool = True, samesite: str | None = "Lax",
                  partitioned: bool = False, retry_after: int = 5) -> None:
         self.store = store
         self.cookie_name = cookie_name
         self.cookie_domain = cookie_domain
         self.cookie_path = cookie_path
+        #: ``None``: on unless ``app.debug``, decided per response (``app.run(debug=True)``
+        #: sets it after the extension is initialised)
         self.secure = secure
         self.httponly = httponly
         self.samesite = samesite
@@ -157,8 +162,12 @@ class StatekitSessionInterface(SessionInterface):
 
     def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
         return {"domain": self.cookie_domain, "path": self.cookie_path or self.get_cookie_path(app),
-                "secure": self.secure, "httponly": self.httponly, "samesite": self.samesite,
-                "partitioned": self.partitioned}
+                "secure": not app.debug if self.secure is None else self.secure,
+                "httponly": self.httponly, "samesite": self.samesite, "partitioned": self.partitioned}
+
+    def _set_cookie(self, app: Flask, session: FlaskSession, response: Response) -> None:
+        response.set_cookie(self.cookie_name, self.store.sign(session.sid),
+                            expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
 
     def save_session(self, app: Flask, session: SessionMixin | None, response: Response) -> None:
         if not isinstance(session, FlaskSession):
@@ -176,9 +185,15 @@ class StatekitSessionInterface(SessionInterface):
             saved = self.store.save(session)
         except BackendUnavailable:
             response.status_code = 503
+            for header in _BODY_HEADERS:  # they describe the body being replaced
+                del response.headers[header]
             response.set_data(OUTAGE_PAGE)
             response.mimetype = "text/html"
             _mark_outage(response, self.retry_after)
+            if session.send_cookie and not session.new:
+                # rotated (or first stored) before Redis failed: the data lives under the
+                # new id only, and the old one is an alias for a few seconds
+                self._set_cookie(app, session, response)
             return
         if logged_out:
             response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
@@ -196,10 +211,18 @@ class StatekitSessionInterface(SessionInterface):
             return
         if session.new:  # nothing stored (an empty session)
             return
-        if session.send_cookie or session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]:
-            session.send_cookie = False
-            response.set_cookie(self.cookie_name, self.store.sign(session.sid),
-                                expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
+        permanent = session.permanent
+        if not (session.send_cookie or permanent != session.loaded_permanent
+                or permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
+            return
+        if not session.send_cookie and session.key != self.store._key(session.sid):
+            # loaded through the alias of a rotation (an old cookie, in flight during a
+            # login): the browser holds the new cookie; sending the old id back would
+            # replace it with one that stops working when the alias window ends
+            return
+        session.loaded_permanent = permanent
+        session.send_cookie = False
+        self._set_cookie(app, session, response)
 
 
 def _guard() -> Response | None:
@@ -256,7 +279,7 @@ def init_app(app: Flask, state: StateKitState) -> None:
         cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
         cookie_domain=_config(app, "STATEKIT_SESSION_COOKIE_DOMAIN") or None,
         cookie_path=_config(app, "STATEKIT_SESSION_COOKIE_PATH") or None,
-        secure=_flag(_config(app, "STATEKIT_SESSION_COOKIE_SECURE", not app.debug)),
+        secure=None if (secure := _config(app, "STATEKIT_SESSION_COOKIE_SECURE")) is None else _flag(secure),
         httponly=_flag(_config(app, "STATEKIT_SESSION_COOKIE_HTTPONLY", True)),
         samesite=samesite or None,
         partitioned=_flag(_config(app, "STATEKIT_SESSION_COOKIE_PARTITIONED", False)),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, jsonify, session
+from flask import Flask, Response, jsonify, redirect, request, session
 from flask.testing import FlaskClient
 
 from flask_statekit import StateKit, get_state
@@ -242,6 +242,67 @@ def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
     assert cookie_of(client) == cookie
 
 
+def test_outage_after_rotation_sends_the_new_cookie(durable_redis: RedisServer) -> None:
+    """Redis dies between ``session.rotate()`` and the save: the 503 still carries the
+    new id, since the data already moved there and the old id dies with its alias."""
+    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0",
+                   STATEKIT_SESSION_ALIAS_WINDOW=1)
+
+    @app.post("/login-then-outage")
+    def login_then_outage() -> Any:
+        session.rotate()  # type: ignore[attr-defined]
+        durable_redis.kill()
+        session["_user_id"] = "alice"
+        return "ok"
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    old = cookie_of(client)
+    resp = client.post("/login-then-outage")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    new = cookie_of(client)
+    assert new and new != old
+    durable_redis.start()
+    stale = app.test_client()
+    stale.set_cookie("session", old or "")
+    wait_for(lambda: stale.get("/get").json == {}, timeout=30, what="the old id's alias to expire")
+    assert client.get("/get").json == {"cart": "apple"}  # not logged in, but nothing lost
+
+
+def test_outage_during_save_drops_headers_of_the_replaced_body(durable_redis: RedisServer) -> None:
+    """The 503 page replaces the body, so headers describing the old body go (an
+    ``after_request`` compression's ``Content-Encoding: gzip`` would make the plain
+    page undecodable; a redirect's ``Location`` no longer applies)."""
+    import gzip
+
+    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+
+    @app.post("/write-and-redirect")
+    def write_and_redirect() -> Any:
+        session["cart"] = "pear"
+        durable_redis.kill()
+        return redirect("/elsewhere")
+
+    @app.after_request
+    def compress(response: Response) -> Response:
+        if request.path != "/write-and-redirect":
+            return response
+        response.set_data(gzip.compress(response.get_data()))
+        response.headers["Content-Encoding"] = "gzip"
+        response.headers["ETag"] = '"abc"'
+        return response
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    resp = client.post("/write-and-redirect")
+    assert resp.status_code == 503
+    assert not {"Content-Encoding", "ETag", "Location"} & set(resp.headers.keys())
+    assert resp.text.startswith("<!doctype html>") and "Service Unavailable" in resp.text
+    assert int(resp.headers["Content-Length"]) == len(resp.data)
+    durable_redis.start()
+    assert client.get("/get").json == {"cart": "apple"}
+
+
 def test_outage_anonymous_policy_serves_read_only(durable_redis: RedisServer) -> None:
     app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0",
                    STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
@@ -287,3 +348,81 @@ def test_without_near_cache_no_token_is_sent(client: FlaskClient) -> None:
     client.post("/set/a/1")
     client.post("/set/a/2")
     assert client.get_cookie("session_v") is None
+
+
+# -- Flask's session contract ---------------------------------------------------------
+
+
+def test_feature_switch_accepts_true_from_the_environment(redis_url: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STATEKIT_SESSIONS_ENABLED=True`` (or yes/on) in the environment keeps sessions
+    on; only false-like values switch a feature off."""
+    monkeypatch.setenv("STATEKIT_SESSIONS_ENABLED", "True")
+    monkeypatch.setenv("STATEKIT_BLOBS_ENABLED", "off")
+    app = make_app(redis_url)
+    assert isinstance(app.session_interface, StatekitSessionInterface)
+    assert "sessions" in get_state(app).features and "blobs" not in get_state(app).features
+
+
+def test_secure_follows_debug_set_after_init(redis_url: str) -> None:
+    """``app.run(debug=True)`` turns debug on after ``StateKit(app)``: the default
+    Secure flag follows it; an explicit setting wins either way."""
+    app = make_app(redis_url)
+    app.debug = True
+    assert "Secure" not in app.test_client().post("/set/a/b").headers["Set-Cookie"]
+    app.debug = False
+    assert "Secure" in app.test_client().post("/set/a/b").headers["Set-Cookie"]
+    forced = make_app(redis_url, STATEKIT_SESSION_COOKIE_SECURE=True)
+    forced.debug = True
+    assert "Secure" in forced.test_client().post("/set/a/b").headers["Set-Cookie"]
+
+
+def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> None:
+    """A request sent with the pre-login cookie and answered after the login must not
+    set that old cookie again (it would replace the new one in the browser, then stop
+    working when the alias window ends: the user is logged out). Permanent sessions
+    with ``SESSION_REFRESH_EACH_REQUEST`` (Flask's default) re-send the cookie."""
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+
+    @app.post("/remember")
+    def remember() -> Any:
+        session.permanent = True
+        session["cart"] = "apple"
+        return "ok"
+
+    browser = app.test_client()
+    browser.post("/remember")
+    old = cookie_of(browser)
+    assert old
+    in_flight = app.test_client()
+    in_flight.set_cookie("session", old)
+    browser.post("/login/alice")
+    new = cookie_of(browser)
+    assert new and new != old
+    read, write = in_flight.get("/get"), in_flight.post("/set/color/blue")
+    assert read.json == {"_permanent": True, "cart": "apple", "_user_id": "alice"} and write.text == "ok"
+    for resp in (read, write):
+        assert not any(old in h for h in resp.headers.getlist("Set-Cookie"))
+    resp = browser.get("/get")  # the new cookie is still refreshed as before
+    assert resp.json == {"_permanent": True, "cart": "apple", "_user_id": "alice", "color": "blue"}
+    assert any(h.startswith(f"session={new};") for h in resp.headers.getlist("Set-Cookie"))
+
+
+def test_permanent_change_resends_cookie_without_refresh_each_request(redis_url: str) -> None:
+    """With ``SESSION_REFRESH_EACH_REQUEST = False`` Flask still sends the cookie when
+    ``session.permanent`` changes, so it gains (or loses) its ``Expires``."""
+    app = make_app(redis_url, SESSION_REFRESH_EACH_REQUEST=False)
+
+    @app.post("/permanent/<int:on>")
+    def permanent(on: int) -> Any:
+        session.permanent = bool(on)
+        return "ok"
+
+    client = app.test_client()
+    assert "Expires" not in client.post("/set/a/1").headers["Set-Cookie"]
+    resp = client.post("/permanent/1")
+    assert "Expires=" in resp.headers["Set-Cookie"] and client.get_cookie("session").expires  # type: ignore[union-attr]
+    assert "Set-Cookie" not in client.post("/set/a/2").headers  # unchanged flag, no refresh
+    resp = client.post("/permanent/0")
+    assert "Expires" not in resp.headers["Set-Cookie"] and client.get_cookie("session").expires is None  # type: ignore[union-attr]
+    assert client.get("/get").json == {"_permanent": False, "a": "2"}
