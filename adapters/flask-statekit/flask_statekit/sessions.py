@@ -9,7 +9,9 @@ destroys it and deletes the cookie. As with Flask, an in-place change of a mutab
 value (``session["cart"].append(x)``) is saved only after ``session.modified = True``
 (or assigning the value again).
 
-Settings (``app.config``, then the environment):
+Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN``,
+``_SAMESITE``, ``_SECURE`` (when on), ``_HTTPONLY`` and ``_PARTITIONED`` apply where the
+``STATEKIT_`` setting is not given:
 
 ===================================  ==================================================
 ``STATEKIT_SESSION_COOKIE_NAME``     default ``SESSION_COOKIE_NAME`` (``"session"``)
@@ -17,7 +19,8 @@ Settings (``app.config``, then the environment):
 ``STATEKIT_SESSION_COOKIE_SAMESITE`` default ``"Lax"``
 ``STATEKIT_SESSION_COOKIE_HTTPONLY`` default on
 ``STATEKIT_SESSION_COOKIE_PARTITIONED``, ``..._DOMAIN``, ``..._PATH``
-``STATEKIT_SESSION_IDLE_TIMEOUT``    seconds (14 days); ``..._ABSOLUTE_LIFETIME`` (30 days)
+``STATEKIT_SESSION_IDLE_TIMEOUT``    seconds (14 days, or ``PERMANENT_SESSION_LIFETIME``
+                                     if shorter); ``..._ABSOLUTE_LIFETIME`` (30 days)
 ``STATEKIT_SESSION_REFRESH_INTERVAL`` seconds (60); ``..._ALIAS_WINDOW`` (10)
 ``STATEKIT_SESSION_CODEC``           ``json`` or ``msgpack``
 ``STATEKIT_SESSION_OUTAGE_POLICY``   ``raise`` (503) or ``anonymous``
@@ -254,16 +257,26 @@ def _num(app: Flask, key: str, default: float) -> float:
         raise ConfigError(f"{key}={raw!r} must be a number of seconds") from None
 
 
+def _cookie_option(app: Flask, name: str, flask_default: Any, default: Any) -> Any:
+    """``STATEKIT_SESSION_COOKIE_<name>``; else Flask's ``SESSION_COOKIE_<name>`` when
+    the app changed it from Flask's default; else *default* (ours, often stricter)."""
+    flask_value = app.config.get(f"SESSION_COOKIE_{name}", flask_default)
+    fallback = default if flask_value == flask_default else flask_value
+    return _config(app, f"STATEKIT_SESSION_COOKIE_{name}", fallback)
+
+
 def init_app(app: Flask, state: StateKitState) -> None:
     """Install the session interface (skipped when no session URL is configured)."""
     url = state.settings.session_url
     if not url:
         return
+    # a migrating app keeps its Flask session settings where ours are not given
+    flask_lifetime = app.permanent_session_lifetime.total_seconds()
     store = SessionStore(
         url,
         secret_keys=state.settings.secret_keys,
         key_prefix=state.settings.key_prefix,
-        idle_timeout=_num(app, "STATEKIT_SESSION_IDLE_TIMEOUT", 14 * 86400),
+        idle_timeout=_num(app, "STATEKIT_SESSION_IDLE_TIMEOUT", min(14 * 86400, flask_lifetime)),
         absolute_lifetime=_num(app, "STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400),
         refresh_interval=_num(app, "STATEKIT_SESSION_REFRESH_INTERVAL", 60),
         alias_window=_num(app, "STATEKIT_SESSION_ALIAS_WINDOW", 10),
@@ -273,16 +286,17 @@ def init_app(app: Flask, state: StateKitState) -> None:
         session_class=FlaskSession,
         near_cache=_config(app, "STATEKIT_SESSION_NEAR_CACHE", 0),
     )
-    samesite = _config(app, "STATEKIT_SESSION_COOKIE_SAMESITE", "Lax")
+    samesite = _cookie_option(app, "SAMESITE", None, "Lax")
+    secure = _cookie_option(app, "SECURE", False, None)  # None: on unless app.debug
     app.session_interface = StatekitSessionInterface(
         store,
         cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
-        cookie_domain=_config(app, "STATEKIT_SESSION_COOKIE_DOMAIN") or None,
+        cookie_domain=_cookie_option(app, "DOMAIN", None, None) or None,
         cookie_path=_config(app, "STATEKIT_SESSION_COOKIE_PATH") or None,
-        secure=None if (secure := _config(app, "STATEKIT_SESSION_COOKIE_SECURE")) is None else _flag(secure),
-        httponly=_flag(_config(app, "STATEKIT_SESSION_COOKIE_HTTPONLY", True)),
+        secure=None if secure is None else _flag(secure),
+        httponly=_flag(_cookie_option(app, "HTTPONLY", True, True)),
         samesite=samesite or None,
-        partitioned=_flag(_config(app, "STATEKIT_SESSION_COOKIE_PARTITIONED", False)),
+        partitioned=_flag(_cookie_option(app, "PARTITIONED", False, False)),
         retry_after=int(_num(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
     )
     state.sessions = store  # type: ignore[attr-defined]

@@ -426,3 +426,24 @@ def test_permanent_change_resends_cookie_without_refresh_each_request(redis_url:
     resp = client.post("/permanent/0")
     assert "Expires" not in resp.headers["Set-Cookie"] and client.get_cookie("session").expires is None  # type: ignore[union-attr]
     assert client.get("/get").json == {"_permanent": False, "a": "2"}
+
+
+def test_flask_session_settings_apply_where_ours_are_not_given(redis_url: str) -> None:
+    """A migrating app keeps its Flask cookie settings and a short
+    ``PERMANENT_SESSION_LIFETIME`` (Flask-Session's server-side lifetime); Flask's
+    defaults leave ours (Lax, Secure) in place, and STATEKIT_ settings win."""
+    import datetime as dt
+
+    app = make_app(redis_url, SESSION_COOKIE_DOMAIN="example.com", SESSION_COOKIE_SAMESITE="Strict",
+                   SESSION_COOKIE_HTTPONLY=False, PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=1))
+    header = app.test_client().post("/set/a/b", base_url="https://example.com").headers["Set-Cookie"]
+    assert "Domain=example.com" in header and "SameSite=Strict" in header and "HttpOnly" not in header
+    assert app.extensions["statekit"].sessions.idle_timeout == 3600
+    plain = make_app(redis_url)
+    header = plain.test_client().post("/set/a/b").headers["Set-Cookie"]
+    assert "SameSite=Lax" in header and "Secure" in header and "HttpOnly" in header
+    assert plain.extensions["statekit"].sessions.idle_timeout == 14 * 86400
+    ours = make_app(redis_url, SESSION_COOKIE_SAMESITE="Strict", STATEKIT_SESSION_COOKIE_SAMESITE="None",
+                    STATEKIT_SESSION_IDLE_TIMEOUT=60, PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=1))
+    assert "SameSite=None" in ours.test_client().post("/set/a/b").headers["Set-Cookie"]
+    assert ours.extensions["statekit"].sessions.idle_timeout == 60
