@@ -16,7 +16,9 @@ With ``STATEKIT_SESSION_NEAR_CACHE`` it is required: it carries the session's
 version token (cookie ``<SESSION_COOKIE_NAME>_v``) that orders a browser's reads after
 its own writes (see :mod:`statekit.sessions`).
 
-It also marks the session cookie ``Secure`` outside ``DEBUG`` (Django's own
+A request that still carried the pre-login cookie (served through the rotation's
+alias) does not get that old cookie back: it would replace the new one in the
+browser. It also marks the session cookie ``Secure`` outside ``DEBUG`` (Django's own
 ``SESSION_COOKIE_SECURE`` defaults to off); set ``STATEKIT_SESSION_COOKIE_SECURE =
 False`` to leave the cookie as Django made it.
 """
@@ -58,6 +60,13 @@ def _secure() -> bool:
     return secure not in (False, "0", "false", "False", "no", "off")
 
 
+def _through_alias(session: object) -> bool:
+    """Whether the session was loaded through the alias a rotation left for its old id
+    (and not rotated again by this request)."""
+    core = getattr(session, "_core", None)
+    return isinstance(core, Session) and not core.new and core.key != core.store._key(core.sid)
+
+
 class SessionOutageMiddleware:
     """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
     and send the session cookie with ``Secure`` outside ``DEBUG``."""
@@ -77,6 +86,11 @@ class SessionOutageMiddleware:
         if getattr(session, "outage", False):
             return outage_response()
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
+        if morsel is not None and morsel.value and _through_alias(session):
+            # an old cookie, in flight during a login: the browser holds the new one,
+            # and the old id stops working when the alias window ends
+            del response.cookies[settings.SESSION_COOKIE_NAME]
+            morsel = None
         if morsel is not None and morsel.value and not morsel["secure"] and _secure():
             morsel["secure"] = True
         self._send_version_token(session, response, morsel, token_name, sent)

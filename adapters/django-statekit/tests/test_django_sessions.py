@@ -463,3 +463,19 @@ def test_idle_timeout_counts_from_the_last_save(django_settings: Any, redis_url:
     assert c.get("/sessions/get").json() == {"a": "1"}  # a read, 60 s after the write
     clock[0] += 70  # 130 s after the write, 70 s after the read
     assert c.get("/sessions/get").json() == ({"a": "1"} if every_request else {})
+
+
+def test_old_cookie_in_flight_during_login_is_not_sent_back(engine: str, _db: None) -> None:
+    """A request sent with the pre-login cookie and answered after the login is served
+    through the rotation's alias; it must not set that old cookie again (the browser
+    would drop its new one and be logged out when the alias window ends)."""
+    c = Client()
+    c.get("/sessions/set/cart/apple")
+    old = c.cookies["sessionid"].value
+    in_flight = Client()
+    in_flight.cookies["sessionid"] = old
+    c.get("/sessions/login/dave")
+    assert c.cookies["sessionid"].value != old
+    resp = in_flight.get("/sessions/set/color/green")
+    assert resp.status_code == 200 and "sessionid" not in resp.cookies
+    assert c.get("/sessions/get").json() == {"cart": "apple", "color": "green"}  # the write landed
