@@ -350,7 +350,11 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         rt = self.statekit
         if rt.reported:
             return
-        drain = graceful and rt.term_at is not None and not rt.drain.draining
+        # after USR2 another master accepts on these same listeners: hand them over at
+        # once (as gunicorn does) instead of answering this master's share of new
+        # connections 503 for the pre-stop delay
+        shared = self.reexec_pid != 0 or self.master_pid != 0
+        drain = graceful and rt.term_at is not None and not rt.drain.draining and not shared
         if rt.at_term is None:
             rt.term_at = rt.term_at or time.monotonic()
             rt.at_term = self._totals()
@@ -418,6 +422,10 @@ def on_starting(server: Any) -> None:
     arbiter to :class:`StatekitArbiter`."""
     if not isinstance(server, StatekitArbiter):
         server.__class__ = StatekitArbiter
+    # USR2 re-executes the master: with the interpreter's own command line, so that
+    # ``python -m statekit serve`` (whose sys.argv[0] is a package's __main__.py that
+    # cannot run as a script) comes back as itself
+    server.START_CTX["args"] = [sys.executable, *sys.orig_argv[1:]]
     if getattr(server, "statekit", None) is None:
         options = getattr(server.app, "statekit_options", None) or _Options.from_env()
         if options.drain_mode not in DRAIN_MODES:
@@ -450,12 +458,33 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Worker, app loaded: report ready (the master's rolling reload waits for it)."""
+    """Worker, app loaded: report ready (the master's rolling reload waits for it), and
+    make every response that starts while draining close its connection."""
     drain = get_drain_state()
     forked_at = drain.slot_info(drain.slot).forked_at
     # logged before the flag is set, so the line precedes the old worker's exit in the log
     worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), time.time() - forked_at)
+    worker.wsgi = _close_when_draining(worker.wsgi)
     drain.mark_ready()
+
+
+def _close_when_draining(app: Any) -> Any:
+    """Wrap the worker's WSGI callable: a response that starts while draining closes
+    its connection, also for a request that began before the drain (``pre_request``
+    only sees requests that begin during it). gunicorn drops the ``Connection``
+    header the lifecycle middleware sets and decides on its own response object."""
+
+    def wsgi(environ: Any, start_response: Any) -> Any:
+        def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if get_drain_state().draining:
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if callable(force_close):
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wsgi
 
 
 def pre_request(worker: Any, req: Any) -> None:

@@ -384,11 +384,14 @@ class Lifecycle:
     def run_checks(self) -> tuple[bool, dict[str, str]]:
         """Run every check concurrently within :attr:`budget`; ``(all ok, name -> "ok"
         or the error)``. Results are cached for :attr:`cache_ttl` seconds."""
-        now = time.monotonic()
         cached = self._cached
-        if cached is not None and now - cached[0] < self.cache_ttl:
+        if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
             return cached[1], cached[2]
         with self._lock:
+            # probes that waited here while another ran the checks take its result
+            cached = self._cached
+            if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
+                return cached[1], cached[2]
             futures = {name: self._pool().submit(check, self.budget) for name, check in self.checks.items()}
             deadline = time.monotonic() + self.budget
             results: dict[str, str] = {}
