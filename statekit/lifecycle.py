@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = [
+    "COUNTED",
     "DRAIN_MODES",
     "DrainState",
     "Lifecycle",
@@ -57,6 +58,8 @@ DRAIN_MODES = ("reject", "serve")
 _MAGIC = b"SKLC"
 _HEADER = struct.Struct("<4sIIIddQ")  # magic, draining, mode, pad, drain_started, serve_until, spare
 _HEADER_SIZE = 64
+#: WSGI environ key set by :class:`LifecycleMiddleware` on the requests it counts
+COUNTED = "statekit.lifecycle.counted"
 _SLOT = struct.Struct("<qqqqqqdd")  # pid, state, in_flight, started, completed, rejected, forked, ready
 _SLOT_SIZE = 64
 
@@ -498,6 +501,7 @@ class LifecycleMiddleware:
             return start_response(status, headers, exc_info)
 
         state.request_started()
+        environ[COUNTED] = True  # an inner drain middleware (Django's) leaves it to us
         try:
             result = self.app(environ, drain_aware_start_response)
         except BaseException:

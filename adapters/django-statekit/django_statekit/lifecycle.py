@@ -16,6 +16,7 @@ Where ``wsgi.py`` cannot change, add ``"django_statekit.lifecycle.DrainMiddlewar
 first in ``MIDDLEWARE``: it answers the endpoints and rejects while draining, but
 only once Django has built the request (so ``ALLOWED_HOSTS`` applies to probes) and
 its request counting ends when the view returns, not when a streamed body ends.
+Under the WSGI wrapper as well, it steps aside (requests are not counted twice).
 
 Settings (then the environment): ``STATEKIT_HEALTH_PATH`` (``/healthz``),
 ``STATEKIT_READY_PATH`` (``/readyz``), ``STATEKIT_DRAIN_MODE`` (``reject`` /
@@ -33,7 +34,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from statekit.errors import ConfigError
-from statekit.lifecycle import Lifecycle, LifecycleMiddleware
+from statekit.lifecycle import COUNTED, Lifecycle, LifecycleMiddleware
 
 from .conf import get_setting, get_settings
 
@@ -100,6 +101,8 @@ class DrainMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.META.get(COUNTED):  # under statekit's WSGI wrapper, which did all this
+            return self.get_response(request)
         lc = get_lifecycle()
         if request.path_info == lc.health_path:
             return _json(*lc.liveness())

@@ -80,3 +80,12 @@ def test_django_middleware(drain: DrainState, django_settings) -> None:
     assert r.status_code == 503 and r["X-Statekit-Drain"] == "reject"
     assert c.get("/readyz").status_code == 503
     assert views_run == ["POST"]
+
+
+def test_drain_middleware_under_the_wsgi_wrapper_counts_once(drain: DrainState, django_settings) -> None:
+    django_settings.set(MIDDLEWARE=["django_statekit.lifecycle.DrainMiddleware"])
+    c = Client(lifecycle.get_wsgi_application())
+    r = c.post("/lifecycle/write")
+    assert r.text == "written"
+    r.close()  # the wrapper counts a request until its body is closed
+    assert drain.totals()["started"] == 1 and drain.totals()["completed"] == 1
