@@ -31,6 +31,9 @@ Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN
                                      by Redis (see :mod:`statekit.sessions`)
 ===================================  ==================================================
 
+Flask's static files (``app.static_url_path``) are served without loading the
+session: no Redis round trip, and no 503 while Redis is away.
+
 **Outages.** When Redis cannot be reached while loading a session, the request is
 answered ``503 Service Unavailable`` with ``Retry-After`` before any view runs; when
 it fails while saving, the response is replaced by the same 503. Either way the
@@ -149,6 +152,14 @@ class StatekitSessionInterface(SessionInterface):
         self._near = store.near_cache
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        static = app.static_url_path
+        if static is not None and request.path.startswith(static + "/") and app.has_static_folder:
+            # Flask's static files never use the session: no round trip, and no 503
+            # for them while Redis is away (read-only and never saved, like an outage's)
+            s = self.store.session_class(self.store, "", new=False)
+            s.unavailable = True
+            assert isinstance(s, FlaskSession)
+            return s
         cookies = request.cookies
         cookie = cookies.get(self.cookie_name)
         token = cookies.get(self.token_name) if self._near else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -447,3 +448,27 @@ def test_flask_session_settings_apply_where_ours_are_not_given(redis_url: str) -
                     STATEKIT_SESSION_IDLE_TIMEOUT=60, PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=1))
     assert "SameSite=None" in ours.test_client().post("/set/a/b").headers["Set-Cookie"]
     assert ours.extensions["statekit"].sessions.idle_timeout == 60
+
+
+def test_static_files_do_not_load_the_session(durable_redis: RedisServer, tmp_path: Path) -> None:
+    """Flask's static route never uses the session: it costs no Redis call, and it
+    is served while Redis is away (the default policy answers 503 elsewhere)."""
+    (tmp_path / "site.css").write_text("body{}")
+    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+    app.static_folder = str(tmp_path)
+    app.static_url_path = "/static"  # as registered (setting the folder renamed it)
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    cookie = cookie_of(client)
+    with durable_redis.client() as r:
+        r.config_resetstat()
+        with client.get("/static/site.css") as resp:
+            assert resp.data == b"body{}"
+        calls = {k: v["calls"] for k, v in r.info("commandstats").items() if "resetstat" not in k}
+    assert calls == {}
+    durable_redis.kill()
+    with client.get("/static/site.css") as resp:
+        assert resp.status_code == 200 and resp.data == b"body{}" and "Set-Cookie" not in resp.headers
+    assert client.get("/get").status_code == 503
+    durable_redis.start()
+    assert client.get("/get").get_json() == {"cart": "apple"} and cookie_of(client) == cookie
