@@ -94,7 +94,8 @@ end
 
 # KEYS: session [, add-index] [, remove-index]
 # ARGV: create ('0' or the new session's m:c), ttl_ms, return the hash ('0'/'1'), nsets,
-# k1, v1 ..., ndels, f1 ..., [index args]. A create finding its own m:c is a retried
+# k1, v1 ..., ndels, f1 ..., [index args]. Fields go in chunks of 1000 arguments (Lua's
+# unpack fails past about 8000: a huge session). A create finding its own m:c is a retried
 # create (redis-py retries a command whose reply timed out), not a collision. The
 # closing HGETALL (near cache) also makes the calling connection track the key again:
 # the write itself ended its tracking.
@@ -105,18 +106,18 @@ if ARGV[1] ~= '0' then
 else
 """ + _HEAD + """
 end
+local function chunked(cmd, first, last)
+  for j = first, last, 1000 do
+    redis.call(cmd, KEYS[1], unpack(ARGV, j, math.min(j + 999, last)))
+  end
+end
 local i = 5
 local n = tonumber(ARGV[4])
-if n > 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1))
-  i = i + 2 * n
-end
+chunked('HSET', i, i + 2 * n - 1)
+i = i + 2 * n
 local d = tonumber(ARGV[i])
-i = i + 1
-if d > 0 then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, i + d - 1))
-  i = i + d
-end
+chunked('HDEL', i + 1, i + d)
+i = i + 1 + d
 local v = redis.call('HINCRBY', KEYS[1], 'm:v', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if ARGV[i] then index(i, 2) end
@@ -134,6 +135,17 @@ if ARGV[3] then index(3, 3) end
 return {1, 0}
 """
 
+# KEYS: session [, index]; ARGV: member. An alias is deleted and its target returned
+# (the caller deletes that too): a request that loaded the session before a rotation
+# still ends it.
+_DESTROY = """
+local a = redis.call('HGET', KEYS[1], 'm:a')
+redis.call('DEL', KEYS[1])
+if a then return {2, a} end
+if KEYS[2] then redis.call('ZREM', KEYS[2], ARGV[1]) end
+return {1, false}
+"""
+
 # KEYS: session; ARGV: field, amount, codec. Returns {1, new value, new version}.
 # Lua numbers are doubles: the json path returns the new value as Redis's text
 # (exact to 64 bits); the msgpack path, which must add in Lua, refuses results past
@@ -142,7 +154,10 @@ _INCR = _HEAD + """
 if ARGV[3] == 'msgpack' then
   local cur = redis.call('HGET', KEYS[1], ARGV[1])
   local n = 0
-  if cur then n = cmsgpack.unpack(cur) end
+  if cur then
+    local b = string.byte(cur, 1)
+    n = (b ~= 0xca and b ~= 0xcb) and cmsgpack.unpack(cur)  -- a float is no integer (Lua: a number)
+  end
   if type(n) ~= 'number' then return redis.error_reply('ERR session value is not an integer') end
   n = n + tonumber(ARGV[2])
   if n ~= n or math.abs(n) >= 9007199254740992 then
@@ -169,7 +184,8 @@ end
 return n
 """
 
-_WRITE_SHA, _ROTATE_SHA, _INCR_SHA, _REVOKE_SHA = (script_sha(s) for s in (_WRITE, _ROTATE, _INCR, _REVOKE))
+_WRITE_SHA, _ROTATE_SHA, _INCR_SHA, _REVOKE_SHA, _DESTROY_SHA = (
+    script_sha(s) for s in (_WRITE, _ROTATE, _INCR, _REVOKE, _DESTROY))
 
 
 def _index_args(op: IndexOp) -> list[bytes | str | int | float]:
@@ -464,16 +480,16 @@ class RedisEngine:
             return 1, (int(reply[1]), int(reply[2]))
         return int(reply[0]), _text(reply[1])
 
-    def destroy(self, key: str, index_key: str | None, member: str) -> None:
+    def destroy(self, key: str, index_key: str | None, member: str) -> Result:
+        """Delete the session under *key* and its *member* of *index_key*: ``(1, None)``;
+        ``(2, handle)`` if *key* was a rotation alias (deleted; its target is not)."""
+        keys = [key, index_key] if index_key and not self.cluster else [key]
         with self._changing(key):
-            if not index_key:
-                self.transport.command(b"DEL", key)
-                return
-            with translate_errors("session destroy"):
-                pipe = self.client.pipeline(transaction=False)
-                pipe.delete(key)
-                pipe.zrem(index_key, member)
-                pipe.execute()
+            code, extra = self.transport.script(_DESTROY_SHA, _DESTROY, keys, [member])
+            if code == 1 and index_key and self.cluster:
+                with translate_errors("session destroy"):
+                    self.client.zrem(index_key, member)
+        return int(code), _text(extra)
 
     def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
         with self._changing():  # other processes' copies: Redis invalidates them
@@ -538,9 +554,9 @@ class MemoryEngine:
         if op is None:
             return
         if op.remove and op.old_member:
-            idx = self.store.get(op.remove) or {}
-            idx.pop(op.old_member, None)
-            self.store.set(op.remove, idx, None)
+            idx = self.store.get(op.remove)
+            if idx is not None:  # changed in place: keeps its expiry (as ZREM)
+                idx.pop(op.old_member, None)
         if op.add:
             idx = self.store.get(op.add) or {}
             idx[op.member] = op.score
@@ -596,7 +612,10 @@ class MemoryEngine:
                 if codec == "msgpack":
                     import msgpack
 
-                    n = (msgpack.unpackb(cur) if cur is not None else 0) + amount
+                    n = msgpack.unpackb(cur) if cur is not None else 0
+                    if type(n) is not int:  # bool or float: refused, as by the Redis script
+                        raise TypeError(n)
+                    n += amount
                     enc = msgpack.packb(n)
                     limit = 2**53  # as the Redis script: Lua adds in doubles
                 else:
@@ -614,13 +633,17 @@ class MemoryEngine:
             self.store.set(key, h, self.store.ttl(key))
             return 1, (n, version)
 
-    def destroy(self, key: str, index_key: str | None, member: str) -> None:
+    def destroy(self, key: str, index_key: str | None, member: str) -> Result:
         with self.store.lock:
+            h = self.store.get(key)
             self.store.delete(key)
+            if h is not None and "m:a" in h:
+                return 2, _text(h["m:a"])
             if index_key:
                 idx = self.store.get(index_key)
                 if idx:
                     idx.pop(member, None)
+            return 1, None
 
     def revoke_user(self, index_key: str, keep: str, key_of: Callable[[str], str]) -> int:
         with self.store.lock:

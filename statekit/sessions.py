@@ -107,6 +107,8 @@ _ID_RE = re.compile(r"^[0-9a-f]{4}[A-Za-z0-9_-]{43}$")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+#: rotation aliases followed at most (each rotation within the alias window adds one)
+_HOPS = 3
 
 
 class _DerivedOnceSigner(Signer):
@@ -336,7 +338,8 @@ class SessionStore:
     :param secret_keys: cookie signing keys, newest first (required).
     :param idle_timeout: seconds without a request after which the session ends.
     :param absolute_lifetime: seconds after creation after which it ends regardless.
-    :param refresh_interval: an unmodified request refreshes the TTL at most this often.
+    :param refresh_interval: an unmodified request refreshes the TTL at most this often
+        (and at least every half idle timeout, so an active session never ends).
     :param alias_window: seconds the old id keeps working after :meth:`rotate`.
     :param codec: ``"json"`` or ``"msgpack"`` (or a serializer object without pickle).
     :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
@@ -521,7 +524,7 @@ class SessionStore:
         within the alias window (the alias is followed)."""
         key = self._key(sid)
         raw = self.engine.fetch(key, min_version)
-        for _ in range(3):  # rotated (maybe twice within the alias window): follow
+        for _ in range(_HOPS):  # rotated (maybe more than once within the alias window): follow
             if "m:a" not in raw:
                 break
             key = self._key_of(raw["m:a"].decode())
@@ -614,13 +617,14 @@ class SessionStore:
                 sets["m:i"] = repr(float(session.idle_timeout))
             else:
                 dels.append("m:i")
+        idle = session.idle_timeout or self.idle_timeout
         if not sets and not dels and not force:
-            if session.new or t - session.last_seen < self.refresh_interval:
+            # at most half the idle timeout: a session used more often than that never ends
+            if session.new or t - session.last_seen < min(self.refresh_interval, idle / 2):
                 session.modified = False
                 return True
             self.counters.incr("refreshes")
         created = t if session.new else session.created
-        idle = session.idle_timeout or self.idle_timeout
         ttl = min(idle, created + self.absolute_lifetime - t)
         if ttl <= 0:
             return False
@@ -628,7 +632,7 @@ class SessionStore:
         if session.new:
             sets["m:c"] = repr(t)
         member = self._member(session.key)
-        for _ in range(3):
+        for _ in range(_HOPS + 1):
             code, extra = self.engine.write(
                 session.key, create=session.new, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
                 index=self._index_op(session, t, user, member))
@@ -678,14 +682,13 @@ class SessionStore:
             old_member = self._member(session.key)
             new_member = self._handle(new_sid)
             t = now()
-            op = self._index_op(session, t, session.loaded_user, new_member, old_member)
-            code, extra = self.engine.rotate(session.key, new_key, new_member,
-                                             max(1, int(self.alias_window * 1000)), op)
-            if code == 2:
-                session.key = self._key_of(extra)
-                op = self._index_op(session, t, session.loaded_user, new_member, extra)
+            for _ in range(_HOPS + 1):
+                op = self._index_op(session, t, session.loaded_user, new_member, old_member)
                 code, extra = self.engine.rotate(session.key, new_key, new_member,
                                                  max(1, int(self.alias_window * 1000)), op)
+                if code != 2:
+                    break
+                session.key, old_member = self._key_of(extra), extra  # rotated meanwhile: follow
             if code != 1:
                 self.counters.incr("conflicts")
                 dict.clear(session)
@@ -701,37 +704,45 @@ class SessionStore:
         """Delete *session* now (logout). Concurrent requests of this session then
         cannot write it back; their saves return ``False``."""
         if not session.new:
-            member = self._member(session.key)
             user = session.loaded_user
-            self.engine.destroy(session.key, self._index_key(user) if user else None, member)
-            self.counters.incr("destroyed")
+            self._destroy_key(session.key, self._index_key(user) if user else None)
         dict.clear(session)
         session._encoded.clear()
         session.destroyed = True
 
     def destroy_id(self, sid: str) -> None:
         """Delete the session with id *sid* (an unsigned id), if it exists."""
-        key = self._key(sid)
-        self.engine.destroy(key, None, self._member(key))
+        self._destroy_key(self._key(sid), None)
+
+    def _destroy_key(self, key: str, index_key: str | None) -> None:
+        """Delete the session under *key*, and the one it is a rotation alias of."""
+        for _ in range(_HOPS + 1):
+            code, extra = self.engine.destroy(key, index_key, self._member(key))
+            if code != 2:
+                break
+            key = self._key_of(extra)
         self.counters.incr("destroyed")
 
     def incr(self, session: Session, key: str, amount: int = 1) -> int:
         """Atomically add *amount* to the integer under *key* (0 if absent) and
         return the new value; concurrent increments are never lost. Stores a new
-        session first. Under a network timeout the increment may have been applied
-        once already (Redis gives no exactly-once answer).
+        session first, and this request's changes first when *key* is among them (an
+        assignment or deletion of *key* is not overridden). Under a network timeout
+        the increment may have been applied once already (Redis gives no exactly-once
+        answer).
 
         :raises SessionError: the session ended, or the value is not an integer.
         """
         self._encode(key, amount)
         if session.unavailable:
             raise BackendUnavailable("the session store is unavailable: cannot increment")
-        if session.new:
-            self.save(session, force=True)
-        code, value = self.engine.incr(session.key, "d:" + key, amount, self.codec.name)
-        if code == 2:
-            session.key = self._key_of(value)
+        if session.new or (session.modified and (key in session._touched or session._full_diff)):
+            self.save(session, force=session.new)
+        for _ in range(_HOPS + 1):
             code, value = self.engine.incr(session.key, "d:" + key, amount, self.codec.name)
+            if code != 2:
+                break
+            session.key = self._key_of(value)  # rotated meanwhile: follow
         if code != 1:
             session.destroyed = True
             raise SessionError("the session ended; cannot increment")

@@ -573,3 +573,87 @@ def test_property_saves_merge_per_key(initial: dict[str, Any], ops: list[Any], o
     store.save(a)
     store.save(b)
     assert store.load(s.sid) == expected
+
+
+# -- review findings ---------------------------------------------------------------
+
+
+def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> None:
+    """A request that loaded the session before it was rotated twice (within the
+    alias window) can still incr and rotate: the alias chain is followed as far as
+    load follows it."""
+    store = make_store(alias_window=30)
+    s = store.create({"n": 1}, user_id="rot2")
+    inflight, inflight2 = reopen(store, s), reopen(store, s)
+    store.rotate(s)
+    store.rotate(s)
+    assert inflight.incr("n") == 2
+    store.rotate(inflight2)
+    assert not inflight2.new and inflight2 == {"n": 1}
+    assert store.load(inflight2.sid) == {"n": 2}
+    assert [i.handle for i in store.list_user_sessions("rot2")] == [store._handle(inflight2.sid)]
+
+
+def test_incr_after_assignment_in_same_request(store: SessionStore) -> None:
+    s = store.create({"n": 1, "other": "x"})
+    s2 = reopen(store, s)
+    s2["n"] = 10
+    assert s2.incr("n") == 11
+    store.save(s2)
+    assert reopen(store, s) == {"n": 11, "other": "x"}
+
+
+def test_incr_after_deletion_in_same_request(store: SessionStore) -> None:
+    s = store.create({"n": 5})
+    s2 = reopen(store, s)
+    del s2["n"]
+    assert s2.incr("n") == 1
+    store.save(s2)
+    assert reopen(store, s) == {"n": 1}
+
+
+def test_idle_override_shorter_than_refresh_interval_slides(make_store: StoreFactory,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session active more often than its idle timeout never expires, even when
+    that timeout is shorter than refresh_interval."""
+    clock = Clock(monkeypatch)
+    store = make_store(refresh_interval=60, idle_timeout=1000)
+    s = store.create({"a": 1})
+    s.idle_timeout = 50
+    store.save(s)
+    for _ in range(5):  # a request every 20 s
+        clock.t += 20
+        store.save(reopen(store, s))
+    assert store.load(s.sid) == {"a": 1}
+
+
+def test_huge_session_saves(store: SessionStore) -> None:
+    data = {f"k{i}": i for i in range(6000)}
+    s = store.create(data)
+    assert reopen(store, s) == data
+    s2 = reopen(store, s)
+    s2.clear()
+    assert store.save(s2)
+    assert store.load(s.sid) == {}
+
+
+def test_destroy_by_request_loaded_before_rotation(make_store: StoreFactory) -> None:
+    """Logout in a request that loaded the session before a concurrent rotation
+    still ends the session (not just its alias)."""
+    store = make_store(alias_window=30)
+    s = store.create({"a": 1}, user_id="dr")
+    inflight = reopen(store, s)
+    store.rotate(s)
+    store.destroy(inflight)
+    assert store.load(s.sid) is None
+    assert store.list_user_sessions("dr") == []
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_incr_refuses_floats_and_booleans(make_store: StoreFactory, codec: str) -> None:
+    store = make_store(codec=codec)
+    s = store.create({"f": 1.5, "whole": 2.0, "b": True})
+    for key in ("f", "whole", "b"):
+        with pytest.raises(SessionError):
+            s.incr(key)
+    assert reopen(store, s) == {"f": 1.5, "whole": 2.0, "b": True}

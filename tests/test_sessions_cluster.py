@@ -40,3 +40,12 @@ def test_revoke_user_on_cluster(store: SessionStore) -> None:
     stale["x"] = 1
     assert store.save(stale) is False
     assert [i.user_id for i in store.list_user_sessions("bo")] == ["bo"]
+
+
+def test_destroy_through_stale_key_on_cluster(store: SessionStore) -> None:
+    s = store.create({"a": 1}, user_id="cy")
+    inflight = store.open(store.sign(s.sid))  # loaded before the rotation
+    store.rotate(s)
+    store.destroy(inflight)
+    assert store.load(s.sid) is None
+    assert store.list_user_sessions("cy") == []
