@@ -4,8 +4,10 @@ While Redis is down every call would otherwise wait for a connect timeout. The
 breaker counts consecutive failures; after ``failure_threshold`` of them it *opens*
 and calls fail at once (no network I/O) for ``reset_timeout`` seconds. Then it is
 *half-open*: one trial call goes through; success closes the breaker, failure opens
-it again for another ``reset_timeout``. So the breaker closes on its own once the
-backend is back, without any caller having to notice.
+it again for another ``reset_timeout``. A trial that reports neither (its caller
+raised something else, or its thread died) is replaced by a new one after another
+``reset_timeout``, so a lost trial cannot keep the breaker half-open for good. So the
+breaker closes on its own once the backend is back, without any caller having to notice.
 
 All methods are safe from any thread. The closed-state fast path (:meth:`allow`,
 :meth:`success`) takes no lock.
@@ -57,6 +59,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._trial_running = False
+        self._trial_started = 0.0
         self.opened = 0  # how many times the breaker opened
 
     @property
@@ -73,14 +76,16 @@ class CircuitBreaker:
             return True
         changed = None
         with self._lock:
+            now = self._clock()
             if self._state == OPEN:
-                if self._clock() - self._opened_at < self.reset_timeout:
+                if now - self._opened_at < self.reset_timeout:
                     return False
                 self._state = changed = HALF_OPEN
                 self._trial_running = False
-            if self._trial_running:
+            if self._trial_running and now - self._trial_started < self.reset_timeout:
                 return False
             self._trial_running = True
+            self._trial_started = now
         if changed is not None:
             self._notify(changed)
         return True

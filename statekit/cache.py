@@ -48,7 +48,7 @@ from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from .metrics import Counters
 from .nearcache import Entry, InvalidationListener, NearCache
-from .serializers import JSONSerializer, Serializer, get_serializer
+from .serializers import JSONSerializer, Serializer, _key_list, get_serializer
 
 if TYPE_CHECKING:
     from .backends.redis import RedisClient
@@ -220,7 +220,7 @@ class Cache:
         self.namespace_name = _check_name("namespace", namespace)
         self.default_ttl = _ttl_seconds(default_ttl)
         self.serializer = serializer
-        self.secret_keys = tuple(secret_keys or ())
+        self.secret_keys = tuple(_key_list(secret_keys or ()))  # a lone str is one key
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
                                    else get_serializer(serializer, secret_keys=self.secret_keys))
         self._plain_json = type(self._codec) is JSONSerializer

@@ -8,6 +8,7 @@ command that needs it. A sub-command is a function ``main(argv) -> exit status``
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import shlex
@@ -73,7 +74,7 @@ def dev(argv: Sequence[str]) -> int:
     SIGTERM and stops both. With a command after ``--``, runs it with the variables
     set and stops the servers when it exits (or on SIGTERM, after stopping it).
     """
-    from .embedded import RedisServer, S3Server
+    from .embedded import RedisServer, S3Server, _die_with_parent
 
     parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__)
     parser.add_argument("--bucket", default="statekit", help="bucket to create (default statekit)")
@@ -96,7 +97,11 @@ def dev(argv: Sequence[str]) -> int:
                 proc.send_signal(signum)
 
     redis_srv = RedisServer(port=opts.redis_port)  # ConfigError if there is no server binary
-    s3_srv = S3Server(opts.bucket, port=opts.s3_port)
+    try:
+        s3_srv = S3Server(opts.bucket, port=opts.s3_port)
+    except BaseException:
+        redis_srv.stop()  # its temporary directory
+        raise
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         redis_srv.start()
@@ -114,7 +119,16 @@ def dev(argv: Sequence[str]) -> int:
         if command:
             if stop.is_set():  # stopped while the servers were starting
                 return 0
-            proc = subprocess.Popen(command, env={**os.environ, **env})  # noqa: S603
+            try:  # SIGTERM when dev dies, even by SIGKILL; it stays in the terminal's group
+                proc = subprocess.Popen(  # noqa: S603
+                    command, env={**os.environ, **env},
+                    preexec_fn=functools.partial(  # noqa: PLW1509
+                        _die_with_parent, os.getpid(), signal.SIGTERM, own_group=False
+                    ),
+                )
+            except OSError as e:
+                print(f"statekit dev: cannot run {command[0]!r}: {e.strerror}", file=sys.stderr)
+                return 127 if isinstance(e, FileNotFoundError) else 126
             child.append(proc)
             if received and not received[-1][1]:  # the signal came before the command existed
                 proc.send_signal(received[-1][0])
@@ -125,7 +139,8 @@ def dev(argv: Sequence[str]) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 status = proc.wait()
-            return 0 if stop.is_set() else status
+            # a command killed by signal N exits 128 + N, as in a shell
+            return 0 if stop.is_set() else status if status >= 0 else 128 - status
         print("\nPress Ctrl-C to stop.", flush=True)
         while not stop.wait(1):
             if not (redis_srv.running and s3_srv.running):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -237,10 +237,27 @@ class BackendURL:
         """The URL with any password replaced by ``***`` (for logs and errors)."""
         return _redact(self.raw)
 
+    def __repr__(self) -> str:
+        shown = {k: "***" if "password" in k else v for k, v in self.options.items()}
+        parts = (f"{f.name}={shown if f.name == 'options' else getattr(self, f.name)!r}"
+                 for f in fields(self) if f.repr)
+        return f"BackendURL({', '.join(parts)})"
+
 
 def _redact(url: str) -> str:
     url = re.sub(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*", r"\1***", url)
-    return re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", url)
+    head, sep, query = url.partition("?")
+    start, at = head.find("://") + 3, head.rfind("@")
+    userinfo = head[start:at]
+    if start > 2 and at > start and not userinfo.startswith("/"):
+        # the userinfo runs to the last '@': a password may hold a raw '@', or a raw
+        # '/' that cut it short of the host (a path may hold '@' too, a user not '/')
+        user, colon, _ = userinfo.partition(":")
+        if "/" not in user:
+            head = head[:start] + (f"{user}:***" if colon else "***") + head[at:]
+        elif head[: start - 3].lower() in REDIS_SCHEMES:
+            head = head[:start] + "***" + head[at:]
+    return head + sep + re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", query)
 
 
 def _is_number(text: str) -> bool:
@@ -329,6 +346,11 @@ def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
         password = unquote(pw) if sep else None
         if not sep and username is not None:  # redis://secret@host means a password
             username, password = None, username
+    # a raw '/' in a password cut the URL short: say so without echoing the parts
+    if (kind == "redis" and scheme != "unix" and "@" in path_part) or (scheme == "s3" and ":" in netloc):
+        raise ConfigError(
+            f"{_redact(url)!r} has a ':' or '@' where none belongs (write a '/' in a password as %2F)"
+        )
     username = options.pop("username", username)
     password = options.pop("password", password)
 
@@ -432,6 +454,11 @@ class Settings:
     blobs_url: str | None = None
     secret_keys: tuple[str, ...] = ()
     key_prefix: str = "statekit"
+
+    def __repr__(self) -> str:  # never the passwords in the URLs, nor the keys
+        parts = (f"{f.name}={_redact(v) if f.name.endswith('_url') else v!r}" for f in fields(self)
+                 if (v := getattr(self, f.name)) is not None and f.name != "secret_keys")
+        return f"Settings({', '.join(parts)}, secret_keys=<{len(self.secret_keys)} keys>)"
 
     def __post_init__(self) -> None:
         for name in ("redis_url", "cache_url", "session_url", "broadcast_url", "blobs_url"):

@@ -103,14 +103,17 @@ def _listens_on(pid: int, port: int) -> bool:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int | None = None) -> None:  # runs in the child between fork and exec
+def _die_with_parent(
+    parent: int | None = None, sig: int = signal.SIGKILL, *, own_group: bool = True
+) -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            libc.prctl(_PR_SET_PDEATHSIG, sig)
         if parent is not None and os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)  # the parent died before prctl: too late to ask
-    os.setpgrp()  # Ctrl-C in a terminal reaches us, and we stop children in order
+            os.kill(os.getpid(), sig)  # the parent died before prctl: too late to ask
+    if own_group:
+        os.setpgrp()  # Ctrl-C in a terminal reaches us, and we stop children in order
 
 
 @dataclass(frozen=True)
@@ -308,7 +311,11 @@ class _Process:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def __enter__(self) -> Any:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # __exit__ is not called: remove the directory now
+            self.stop()
+            raise
         return self
 
     def __exit__(
@@ -413,6 +420,13 @@ class RedisCluster:
         ]
 
     def start(self, timeout: float = 30.0) -> None:
+        try:
+            self._start(timeout)
+        except BaseException:  # no node of a failed start keeps running
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         for node in self.nodes:
             node.start(timeout)
         clients = [node.client() for node in self.nodes]
@@ -430,7 +444,6 @@ class RedisCluster:
                 break
             time.sleep(0.05)
         else:
-            self.stop()
             raise BackendUnavailable("local Redis Cluster did not reach cluster_state:ok")
         for c in clients:
             c.close()
@@ -505,6 +518,13 @@ class RedisSentinel:
         self.sentinels: list[_Sentinel] = []
 
     def start(self, timeout: float = 30.0) -> None:
+        try:
+            self._start(timeout)
+        except BaseException:  # no server of a failed start keeps running
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
         self.master.start(timeout)
         for r in self.replicas:
             r.args = [*self._args, "--replicaof", "127.0.0.1", str(self.master.port)]
@@ -611,8 +631,8 @@ class S3Server(_Process):
     def __init__(self, bucket: str = "statekit", *, port: int = 0) -> None:
         from .config import check_bucket_name
 
-        super().__init__()
         self.bucket = check_bucket_name(bucket)  # refused now, not after a startup timeout
+        super().__init__()
         self.port = port
 
     def _command(self) -> list[str]:

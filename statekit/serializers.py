@@ -58,6 +58,11 @@ def _describe(value: Any) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
+def _length(data: Any) -> str:
+    """``"12 bytes"`` for a payload, its type for anything else (never a TypeError)."""
+    return f"{len(data)} bytes" if isinstance(data, (bytes, bytearray, memoryview, str)) else _describe(data)
+
+
 # -- JSON ---------------------------------------------------------------------------
 
 _TAG = "\x00"  # a dict {"\x00": [tag, payload]} is a tagged value
@@ -160,7 +165,7 @@ class JSONSerializer:
         try:
             return json.loads(data, object_hook=_untag_hook)
         except Exception as e:  # a crafted tag payload can raise Overflow/Attribute/RecursionError
-            raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
+            raise SerializationError(f"the json codec refused a payload of {_length(data)}") from e
 
 
 # -- msgpack ------------------------------------------------------------------------
@@ -241,7 +246,7 @@ class MsgpackSerializer:
             return self._pack(value)
         except SerializationError:
             raise
-        except (TypeError, ValueError, OverflowError) as e:
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
             raise SerializationError(
                 f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec: {e}"
             ) from e
@@ -252,15 +257,18 @@ class MsgpackSerializer:
         except SerializationError:
             raise
         except Exception as e:  # msgpack raises a family of its own errors and ValueError
-            raise SerializationError(
-                f"the msgpack codec refused a payload of {len(data)} bytes"
-            ) from e
+            raise SerializationError(f"the msgpack codec refused a payload of {_length(data)}") from e
 
 
 # -- signed pickle ------------------------------------------------------------------
 
 _SIG_LEN = 32
 _SALT = b"statekit.signed-pickle.v1"
+
+
+def _key_list(keys: Iterable[str | bytes] | str | bytes) -> list[str | bytes]:
+    """The non-empty keys; a lone str or bytes is one key, not one per character."""
+    return [k for k in ([keys] if isinstance(keys, (str, bytes)) else keys) if k]
 
 
 def _derive(key: str | bytes) -> bytes:
@@ -283,7 +291,7 @@ class SignedPickleSerializer:
     name = "signed-pickle"
 
     def __init__(self, keys: Iterable[str | bytes], *, protocol: int = pickle.HIGHEST_PROTOCOL):
-        keys = [k for k in keys if k]
+        keys = _key_list(keys)
         if not keys:
             raise ConfigError("the signed-pickle codec needs at least one secret key")
         self._keys = [_derive(k) for k in keys]
@@ -299,6 +307,8 @@ class SignedPickleSerializer:
         return hmac.new(self._keys[0], body, hashlib.sha256).digest() + body
 
     def loads(self, data: bytes) -> Any:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SerializationError(f"the signed-pickle codec refused a payload of {_length(data)}")
         data = bytes(data)
         if len(data) <= _SIG_LEN:
             raise SignatureError("signed-pickle payload is too short to carry a signature")
@@ -326,11 +336,12 @@ def get_serializer(
     if spec == "msgpack":
         return MsgpackSerializer()
     if spec == "signed-pickle":
-        if not secret_keys:
+        keys = _key_list(secret_keys or ())
+        if not keys:
             raise ConfigError(
                 "the signed-pickle codec needs secret keys (STATEKIT_SECRET_KEYS or secret_keys=)"
             )
-        return SignedPickleSerializer(secret_keys)
+        return SignedPickleSerializer(keys)
     if spec == "pickle":
         raise ConfigError(
             "unsigned pickle is not offered: a store writer could run code in your processes; "

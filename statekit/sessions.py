@@ -96,7 +96,7 @@ from .backends.memory import get_store
 from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from .metrics import Counters
-from .serializers import JSONSerializer, Serializer, _untag_hook, get_serializer
+from .serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
 
 __all__ = ["Session", "SessionInfo", "SessionStore", "parse_version_token", "security_log"]
 
@@ -363,7 +363,7 @@ class SessionStore:
                  codec: str | Serializer = "json", outage_policy: str = "raise",
                  user_key: str | None = None, max_cookie_size: int = 256,
                  session_class: type[Session] | None = None, near_cache: int | bool | str = 0) -> None:
-        keys = [k for k in secret_keys if k]
+        keys = _key_list(secret_keys)  # a lone str is one key, not one per character
         if not keys:
             raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
         if outage_policy not in ("raise", "anonymous"):

@@ -267,3 +267,56 @@ def test_dev_refuses_a_bad_bucket_name_at_once(
     assert started == []
     err = capsys.readouterr().err
     assert "statekit dev: ConfigError: 'Bad_Name' is not a valid S3 bucket name" in err
+
+
+def _no_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dev without starting its servers: these tests are about the command it runs."""
+    from statekit.embedded import RedisServer, S3Server
+
+    monkeypatch.setattr(RedisServer, "start", lambda self, timeout=30.0: None)
+    monkeypatch.setattr(S3Server, "start", lambda self, timeout=60.0: None)
+
+
+def test_dev_command_not_found_is_a_message_and_127(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_servers(monkeypatch)
+    status = main(["dev", "--", "/nonexistent/statekit-no-such-command", "arg"])
+    assert status == 127
+    captured = capsys.readouterr()
+    assert "statekit dev: cannot run '/nonexistent/statekit-no-such-command'" in captured.err
+    assert "Traceback" not in captured.err
+    assert "servers stopped" in captured.out
+
+
+def test_dev_command_killed_by_a_signal_exits_128_plus_the_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_servers(monkeypatch)
+    script = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert main(["dev", "--", sys.executable, "-c", script]) == 128 + signal.SIGKILL
+
+
+def test_dev_with_a_bad_bucket_leaves_no_temporary_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert main(["dev", "--bucket", "Bad_Name"]) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dev_sigkilled_takes_its_command_along(run_dev: list[Dev]) -> None:
+    """kill -9 of `statekit dev`: the servers die with it, and so must the command
+    (the demo app would otherwise keep its port, serving against dead servers)."""
+    script = "import os, time; print('CHILD', os.getpid(), flush=True); time.sleep(120)"
+    dev = start_dev(run_dev, "--", sys.executable, "-c", script)
+    dev.read_until("CHILD")
+    child_pid = int(dev.lines[-1].split()[1])
+    assert alive(child_pid)
+    dev.proc.send_signal(signal.SIGKILL)
+    assert dev.proc.wait(30) == -signal.SIGKILL
+    try:
+        assert wait_gone([*dev.pids, child_pid]) == [], "the command outlived a SIGKILLed statekit dev"
+    finally:
+        if alive(child_pid):
+            os.kill(child_pid, signal.SIGKILL)

@@ -392,3 +392,48 @@ def test_settings_from_code() -> None:
     s = Settings(redis_url="redis://h", blobs_url="file:///srv/up", secret_keys=("k",))
     assert s.require("blobs_url") == "file:///srv/up"
     assert s.cache_url is None  # from code, nothing is defaulted behind your back
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://hunter2@h:6379/x",  # a bare userinfo is the password
+        "redis://:hun@ter2@h/x",  # an unencoded '@' in the password
+        "redis://u:hun@ter2@h/x",
+        "redis://:hun/ter2@h:6379/0",  # an unencoded '/' cuts the URL inside the password
+        "redis://u:hun/ter2@h/0",
+        "redis+sentinel://:hun/ter2@h1,h2/svc",
+        "s3://AKIA:hun/ter2@bucket",
+        "s3://AKIA:hunter2@bucket/pre/../x",
+    ],
+)
+def test_odd_passwords_never_show_in_errors(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_url(url)
+    assert "hun" not in str(e.value)
+    assert "ter2" not in str(e.value)
+
+
+def test_odd_passwords_are_redacted() -> None:
+    assert parse_url("redis://hunter2@h/0").redacted() == "redis://***@h/0"
+    parsed = parse_url("redis://u:hun@ter2@h/0")
+    assert parsed.password == "hun@ter2"
+    assert parsed.redacted() == "redis://u:***@h/0"
+    # a path with '@' in a file:// URL or an S3 prefix is not a password
+    assert parse_url("file:///srv/a@b").redacted() == "file:///srv/a@b"
+    assert parse_url("s3://bucket/user@example.com").redacted() == "s3://bucket/user@example.com"
+
+
+def test_repr_never_shows_secrets() -> None:
+    settings = Settings(
+        redis_url="redis://:hunter2@h/0",
+        blobs_url="s3://key:hunter3@bucket",
+        secret_keys=("hunter4",),
+    )
+    text = repr(settings)
+    assert not any(s in text for s in ("hunter2", "hunter3", "hunter4"))
+    assert "redis://:***@h/0" in text
+    parsed = parse_url("redis+sentinel://h/svc?sentinel_password=hunter5&db=1")
+    assert parsed.options["sentinel_password"] == "hunter5"
+    assert "hunter5" not in repr(parsed)
+    assert "service='svc'" in repr(parsed)

@@ -391,3 +391,51 @@ def test_run_threads_raises_what_a_thread_raised() -> None:
     with pytest.raises(AssertionError, match="still running"):
         run_threads(lambda i: release.wait(5), 2, timeout=0.1)
     release.set()
+
+
+# -- a failed start leaves nothing behind -------------------------------------------
+
+
+@pytest.mark.redis
+def test_cluster_that_fails_to_start_stops_the_nodes_it_started() -> None:
+    with RedisServer() as squatter:  # holds the port the second node is given
+        cluster = RedisCluster(masters=2)
+        cluster.nodes[1].port = squatter.port
+        with pytest.raises(BackendUnavailable):
+            cluster.start(timeout=10)
+        first = cluster.nodes[0]
+        assert first.pid is not None
+        assert wait_gone([first.pid]) == [], "a node of a failed cluster start kept running"
+        assert not any(os.path.exists(n.tmpdir) for n in cluster.nodes)
+
+
+@pytest.mark.redis
+def test_sentinel_setup_that_fails_to_start_stops_its_master() -> None:
+    with RedisServer() as squatter:
+        setup = RedisSentinel()
+        setup.replicas[0].port = squatter.port
+        with pytest.raises(BackendUnavailable):
+            setup.start(timeout=10)
+        assert setup.master.pid is not None
+        assert wait_gone([setup.master.pid]) == [], "the master of a failed sentinel start kept running"
+        assert not os.path.exists(setup.master.tmpdir)
+
+
+@pytest.mark.redis
+def test_context_manager_that_fails_to_start_removes_its_directory() -> None:
+    with RedisServer() as squatter:
+        server = RedisServer(port=squatter.port)
+        with pytest.raises(BackendUnavailable), server:
+            pass
+        assert not os.path.exists(server.tmpdir)
+
+
+def test_s3_server_with_a_bad_bucket_makes_no_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ConfigError):
+        S3Server("Bad_Name")
+    assert list(tmp_path.iterdir()) == []

@@ -431,3 +431,48 @@ def test_signed_pickle_needs_a_non_empty_key() -> None:
         SignedPickleSerializer([])
     with pytest.raises(ConfigError, match="at least one secret key"):
         SignedPickleSerializer(["", b""])
+
+
+@pytest.mark.parametrize("key", ["long-secret-key", b"long-secret-key"], ids=["str", "bytes"])
+def test_one_key_given_as_a_string_is_one_key(key: str | bytes, tmp_path: Path) -> None:
+    """A lone str is an iterable of one-character strings: it must not become the
+    keys 'l', 'o', 'n'... (an attacker would sign with 'l' and run code)."""
+    marker = tmp_path / "pwned"
+    forged = SignedPickleSerializer(["l"]).dumps(_Exploit(marker))
+    for codec in (SignedPickleSerializer(key), get_serializer("signed-pickle", secret_keys=key)):
+        assert codec.loads(codec.dumps({"v": 1})) == {"v": 1}
+        assert codec.dumps("x") == SignedPickleSerializer([key]).dumps("x")
+        with pytest.raises(SignatureError):
+            codec.loads(forged)
+    assert not marker.exists()
+
+
+@pytest.mark.redis
+def test_cache_with_one_string_key_refuses_a_forged_pickle(redis_url: str, tmp_path: Path) -> None:
+    from statekit.backends.redis import create_client
+    from statekit.cache import Cache
+
+    cache = Cache(redis_url, serializer="signed-pickle", secret_keys="long-secret-key")
+    cache.set("k", {"v": 1})
+    client = create_client(redis_url)
+    (redis_key,) = client.keys("*")
+    marker = tmp_path / "pwned"
+    client.set(redis_key, b"\x01" + SignedPickleSerializer(["l"]).dumps(_Exploit(marker)))
+    with pytest.raises(SignatureError):
+        cache.get("k")
+    assert not marker.exists()
+
+
+def test_msgpack_recursion_is_a_serialization_error() -> None:
+    value: Any = ()
+    for _ in range(5000):
+        value = (value,)
+    with pytest.raises(SerializationError, match="'tuple'"):
+        MsgpackSerializer().dumps(value)
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=CODEC_IDS)
+@pytest.mark.parametrize("data", [None, "text", 5])
+def test_loads_of_not_bytes_is_a_serialization_error(codec: Serializer, data: Any) -> None:
+    with pytest.raises(SerializationError):
+        codec.loads(data)

@@ -72,3 +72,16 @@ def test_flask_vary_cookie_keeps_other_vary_values() -> None:
     assert plain.headers["Vary"] == "Cookie"
     assert other.headers["Vary"] == "Accept-Encoding, Cookie"
     assert already.headers["Vary"] == "cookie, Accept"
+
+
+def test_one_secret_key_given_as_a_string_is_one_key() -> None:
+    """``secret_keys="..."`` is one key, not one per character (a one-letter key would
+    let anyone forge a session id)."""
+    store = SessionStore("memory://signer-one-key", secret_keys="a-long-secret-key-0123456789")
+    sid = store.new().sid
+    cookie = store.sign(sid)
+    assert store.unsign(cookie) == sid
+    forged = Signer("a", salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256).sign(sid)
+    assert store.unsign(forged) is None
+    assert store.unsign(Signer("a-long-secret-key-0123456789", salt=_SALT, key_derivation="hmac",
+                                digest_method=hashlib.sha256).sign(sid)) == sid

@@ -1,0 +1,71 @@
+"""statekit.breaker: a trial call that never reports back must not wedge the breaker."""
+
+from __future__ import annotations
+
+import pytest
+
+from statekit.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from statekit.cache import Cache
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+
+
+def test_a_lost_trial_call_is_replaced_after_reset_timeout() -> None:
+    """The half-open trial's caller may never call success() or failure(): it raised
+    something that is not an outage (a WRONGTYPE reply, a gevent Timeout) or its
+    thread died. After another reset_timeout a new trial must be let through."""
+    now = [0.0]
+    b = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+    b.failure()
+    assert b.state == OPEN
+    now[0] = 1.0
+    assert b.allow()  # the trial; its caller is never heard from again
+    assert not b.allow()  # one trial at a time
+    now[0] = 1.5
+    assert not b.allow()
+    now[0] = 2.0
+    assert b.allow()  # the lost trial's slot is given to a new caller
+    assert not b.allow()
+    b.success()
+    assert b.state == CLOSED and b.allow()
+
+
+def test_trial_lease_survives_a_clock_that_goes_backwards() -> None:
+    now = [10.0]
+    b = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+    b.failure()
+    now[0] = 11.0
+    assert b.allow()
+    now[0] = 5.0  # a clock stepped back does not hand out a second trial
+    assert not b.allow()
+    assert b.state == HALF_OPEN
+
+
+@pytest.mark.redis
+def test_cache_recovers_after_a_trial_call_that_raised_a_value_error() -> None:
+    """Redis comes back; the first call through the half-open breaker is an incr on
+    a key of another type (ValueError, not an outage). The cache must not stay
+    refused for the rest of the process."""
+    now = [0.0]
+    server = RedisServer()
+    server.start()
+    try:
+        cache = Cache(server.url, on_error="raise", timeout=0.5, failure_threshold=1)
+        cache.breaker = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+        cache.set("n", 1)
+        server.kill()
+        with pytest.raises(BackendUnavailable):
+            cache.get("n")
+        assert cache.breaker.state == OPEN
+        server.start()  # same port, empty
+        with server.client() as c:
+            c.hset("statekit:{default}:0:h", "field", "1")
+        now[0] = 1.0
+        with pytest.raises(ValueError, match="another Redis type"):
+            cache.incr("h")  # the trial call
+        now[0] = 2.0
+        assert cache.set("n", 5)
+        assert cache.get("n") == 5
+        assert cache.breaker.state == CLOSED
+    finally:
+        server.stop()
