@@ -402,6 +402,15 @@ class RedisServer(_Process):
         self._spawn(timeout)
 
 
+def _start_all_or_none(group: RedisCluster | RedisSentinel, timeout: float) -> None:
+    """Start every server of *group*, or stop those a failed start left running."""
+    try:
+        group._start(timeout)
+    except BaseException:
+        group.stop()
+        raise
+
+
 class RedisCluster:
     """A local Redis Cluster: *masters* nodes on loopback, slots split evenly.
 
@@ -420,11 +429,7 @@ class RedisCluster:
         ]
 
     def start(self, timeout: float = 30.0) -> None:
-        try:
-            self._start(timeout)
-        except BaseException:  # no node of a failed start keeps running
-            self.stop()
-            raise
+        _start_all_or_none(self, timeout)
 
     def _start(self, timeout: float) -> None:
         for node in self.nodes:
@@ -518,11 +523,7 @@ class RedisSentinel:
         self.sentinels: list[_Sentinel] = []
 
     def start(self, timeout: float = 30.0) -> None:
-        try:
-            self._start(timeout)
-        except BaseException:  # no server of a failed start keeps running
-            self.stop()
-            raise
+        _start_all_or_none(self, timeout)
 
     def _start(self, timeout: float) -> None:
         self.master.start(timeout)

@@ -154,9 +154,7 @@ def test_incr(client: FlaskClient) -> None:
 
 def test_login_rotates_and_old_cookie_is_short_alias(redis_url: str) -> None:
     app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
-    client = app.test_client()
-    client.post("/set/cart/apple")
-    old = cookie_of(client)
+    client, old = _with_cart(app)
     client.post("/login/alice")
     new = cookie_of(client)
     assert new and new != old
@@ -207,11 +205,21 @@ def durable_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-def test_outage_answers_503_keeps_cookie_and_data(durable_redis: RedisServer) -> None:
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+def _fails_fast(server: RedisServer) -> str:
+    """*server*'s URL with short timeouts and no retries: an outage shows at once."""
+    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+
+
+def _with_cart(app: Flask) -> tuple[FlaskClient, str | None]:
+    """A client whose session holds a cart, and its session cookie."""
     client = app.test_client()
     client.post("/set/cart/apple")
-    cookie = cookie_of(client)
+    return client, cookie_of(client)
+
+
+def test_outage_answers_503_keeps_cookie_and_data(durable_redis: RedisServer) -> None:
+    app = make_app(_fails_fast(durable_redis))
+    client, cookie = _with_cart(app)
     durable_redis.kill()
     for resp in (client.get("/get"), client.post("/set/cart/pear")):
         assert resp.status_code == 503
@@ -224,7 +232,7 @@ def test_outage_answers_503_keeps_cookie_and_data(durable_redis: RedisServer) ->
 
 
 def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+    app = make_app(_fails_fast(durable_redis))
 
     @app.post("/slow-set")
     def slow_set() -> Any:
@@ -232,9 +240,7 @@ def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
         durable_redis.kill()  # Redis dies between load and save
         return "ok"
 
-    client = app.test_client()
-    client.post("/set/cart/apple")
-    cookie = cookie_of(client)
+    client, cookie = _with_cart(app)
     resp = client.post("/slow-set")
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     assert "Set-Cookie" not in resp.headers
@@ -246,7 +252,7 @@ def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
 def test_outage_after_rotation_sends_the_new_cookie(durable_redis: RedisServer) -> None:
     """Redis dies between ``session.rotate()`` and the save: the 503 still carries the
     new id, since the data already moved there and the old id dies with its alias."""
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0",
+    app = make_app(_fails_fast(durable_redis),
                    STATEKIT_SESSION_ALIAS_WINDOW=1)
 
     @app.post("/login-then-outage")
@@ -256,9 +262,7 @@ def test_outage_after_rotation_sends_the_new_cookie(durable_redis: RedisServer) 
         session["_user_id"] = "alice"
         return "ok"
 
-    client = app.test_client()
-    client.post("/set/cart/apple")
-    old = cookie_of(client)
+    client, old = _with_cart(app)
     resp = client.post("/login-then-outage")
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
     new = cookie_of(client)
@@ -276,7 +280,7 @@ def test_outage_during_save_drops_headers_of_the_replaced_body(durable_redis: Re
     page undecodable; a redirect's ``Location`` no longer applies)."""
     import gzip
 
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+    app = make_app(_fails_fast(durable_redis))
 
     @app.post("/write-and-redirect")
     def write_and_redirect() -> Any:
@@ -305,11 +309,9 @@ def test_outage_during_save_drops_headers_of_the_replaced_body(durable_redis: Re
 
 
 def test_outage_anonymous_policy_serves_read_only(durable_redis: RedisServer) -> None:
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0",
+    app = make_app(_fails_fast(durable_redis),
                    STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
-    client = app.test_client()
-    client.post("/set/cart/apple")
-    cookie = cookie_of(client)
+    client, cookie = _with_cart(app)
     durable_redis.kill()
     resp = client.get("/get")
     assert resp.status_code == 200 and resp.json == {} and "Set-Cookie" not in resp.headers
@@ -454,12 +456,10 @@ def test_static_files_do_not_load_the_session(durable_redis: RedisServer, tmp_pa
     """Flask's static route never uses the session: it costs no Redis call, and it
     is served while Redis is away (the default policy answers 503 elsewhere)."""
     (tmp_path / "site.css").write_text("body{}")
-    app = make_app(durable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0")
+    app = make_app(_fails_fast(durable_redis))
     app.static_folder = str(tmp_path)
     app.static_url_path = "/static"  # as registered (setting the folder renamed it)
-    client = app.test_client()
-    client.post("/set/cart/apple")
-    cookie = cookie_of(client)
+    client, cookie = _with_cart(app)
     with durable_redis.client() as r:
         r.config_resetstat()
         with client.get("/static/site.css") as resp:
