@@ -84,12 +84,8 @@ def run_threads(target: Callable[[int], object], count: int, timeout: float = 60
 @pytest.fixture(scope="session")
 def statekit_redis_server() -> Iterator[RedisServer]:
     """A private ``redis-server`` for the whole test session."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:  # a failed start leaves nothing behind
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -105,12 +101,8 @@ def statekit_redis_url(statekit_redis_server: RedisServer) -> str:
 @pytest.fixture(scope="session")
 def statekit_s3_server() -> Iterator[S3Server]:
     """A private S3 endpoint (moto's server over HTTP) for the whole test session."""
-    server = S3Server()
-    server.start()
-    try:
+    with S3Server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -103,7 +103,7 @@ __all__ = ["Session", "SessionInfo", "SessionStore", "parse_version_token", "sec
 #: rejected cookies and other security events
 security_log = logging.getLogger("statekit.security")
 
-_ID_RE = re.compile(r"^[0-9a-f]{4}[A-Za-z0-9_-]{43}$")
+_ID_RE = re.compile(r"[0-9a-f]{4}[A-Za-z0-9_-]{43}\Z")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})

@@ -85,3 +85,11 @@ def test_one_secret_key_given_as_a_string_is_one_key() -> None:
     assert store.unsign(forged) is None
     assert store.unsign(Signer("a-long-secret-key-0123456789", salt=_SALT, key_derivation="hmac",
                                 digest_method=hashlib.sha256).sign(sid)) == sid
+
+
+def test_a_session_id_is_the_whole_string() -> None:
+    from statekit.sessions import _ID_RE
+
+    sid = SessionStore("memory://signer-id", secret_keys=["k" * 32]).new().sid
+    assert _ID_RE.match(sid)
+    assert not _ID_RE.match(sid + "\n") and not _ID_RE.match(sid + "x") and not _ID_RE.match(sid[:-1])
