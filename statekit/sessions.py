@@ -539,8 +539,7 @@ class SessionStore:
         meta = {"created": created, "last_seen": last_seen, "idle": idle_override,
                 "user": raw["m:u"].decode() if "m:u" in raw else None,
                 "version": int(raw.get("m:v") or 0)}
-        idle = idle_override or self.idle_timeout
-        if t - last_seen > idle or t - created > self.absolute_lifetime:
+        if self._ended(t, created, last_seen, idle_override):
             self.counters.incr("expired")
             return None
         data, encoded = {}, {}
@@ -553,6 +552,11 @@ class SessionStore:
                         f"session key {field[2:]!r}: stored value cannot be decoded") from e
                 encoded[field[2:]] = value
         return self.session_class(self, sid, data, new=False, meta=meta, encoded=encoded, key=key)
+
+    def _ended(self, t: float, created: float, last_seen: float, idle_override: float | None) -> bool:
+        """Whether a session with this stored metadata has passed its idle timeout or
+        its absolute lifetime at *t* (checked from the metadata, not the Redis TTL)."""
+        return t - last_seen > (idle_override or self.idle_timeout) or t - created > self.absolute_lifetime
 
     def _user_of(self, session: Session) -> str | None:
         if self.user_key is not None:
@@ -755,10 +759,16 @@ class SessionStore:
 
     def list_user_sessions(self, user_id: str) -> list[SessionInfo]:
         """The live sessions of *user_id*, least recently seen first."""
-        rows = self.engine.list_user(self._index_key(str(user_id)), now() - self.absolute_lifetime,
-                                     self._key_of)
-        return [SessionInfo(handle=m, created=_float(h.get("m:c")), last_seen=_float(h.get("m:s")),
-                            user_id=h["m:u"].decode() if h.get("m:u") else None) for m, h in rows]
+        t = now()
+        rows = self.engine.list_user(self._index_key(str(user_id)), t - self.absolute_lifetime, self._key_of)
+        out = []
+        for m, h in rows:
+            created, last_seen = _float(h.get("m:c")), _float(h.get("m:s"))
+            idle = _float(h.get("m:i")) if h.get("m:i") else None
+            if not self._ended(t, created, last_seen, idle):  # as load() would judge it
+                out.append(SessionInfo(handle=m, created=created, last_seen=last_seen,
+                                       user_id=h["m:u"].decode() if h.get("m:u") else None))
+        return out
 
     def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:
         """Log *user_id* out everywhere (but *except_session*, a session or handle):

@@ -390,6 +390,21 @@ def test_user_index_list_and_revoke(store: SessionStore) -> None:
     assert store.load(other.sid) == {"i": 9}
 
 
+def test_list_user_sessions_leaves_out_what_load_would_refuse(make_store: StoreFactory,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the idle timeout is lowered (a deploy), the list shows only sessions a
+    load would still accept; their hashes live on until their TTL."""
+    clock = Clock(monkeypatch)
+    store = make_store(idle_timeout=1000)
+    old = store.create({}, user_id="ida")
+    clock.t += 600
+    fresh = store.create({}, user_id="ida")
+    stricter = make_store(idle_timeout=300)
+    assert store.load(old.sid) is not None and stricter.load(old.sid) is None
+    assert [i.handle for i in stricter.list_user_sessions("ida")] == [stricter._handle(fresh.sid)]
+    assert len(store.list_user_sessions("ida")) == 2
+
+
 def test_user_key_drives_index_and_rotation_keeps_it(make_store: StoreFactory) -> None:
     store = make_store(user_key="_user_id")
     s = store.create({"cart": 1})
