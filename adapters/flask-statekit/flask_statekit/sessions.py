@@ -183,6 +183,16 @@ class StatekitSessionInterface(SessionInterface):
         response.set_cookie(self.cookie_name, self.store.sign(session.sid),
                             expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
 
+    def _carry_after_logout(self, session: FlaskSession) -> FlaskSession:
+        """What was set after ``session.destroy()`` in the same request (a "you are
+        logged out" flash message), stored under a fresh id: the old one is gone."""
+        carried = self.store.new()
+        assert isinstance(carried, FlaskSession)
+        for key, value in dict.items(session):
+            carried[key] = value
+        self.store.save(carried)
+        return carried
+
     def save_session(self, app: Flask, session: SessionMixin | None, response: Response) -> None:
         if not isinstance(session, FlaskSession):
             return
@@ -197,6 +207,7 @@ class StatekitSessionInterface(SessionInterface):
                 self.store.destroy(session)  # session.clear(): log out
             logged_out = session.destroyed
             saved = self.store.save(session)
+            carried = self._carry_after_logout(session) if logged_out and session else None
         except BackendUnavailable:
             response.status_code = 503
             for header in _BODY_HEADERS:  # they describe the body being replaced
@@ -210,9 +221,12 @@ class StatekitSessionInterface(SessionInterface):
                 self._set_cookie(app, session, response)
             return
         if logged_out:
-            response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
             if session.token_sent is not None:
                 response.delete_cookie(self.token_name, **self._cookie_kwargs(app))
+            if carried is not None:
+                self._set_cookie(app, carried, response)
+            else:
+                response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
             return
         token = self.store.version_token(session, session.token_sent)
         if token is not None and saved and not session.new:

@@ -472,3 +472,31 @@ def test_static_files_do_not_load_the_session(durable_redis: RedisServer, tmp_pa
     assert client.get("/get").status_code == 503
     durable_redis.start()
     assert client.get("/get").get_json() == {"cart": "apple"} and cookie_of(client) == cookie
+
+
+def test_flash_after_destroy_reaches_the_next_request(redis_url: str) -> None:
+    """``session.destroy()`` then ``flash(...)``: the old session is gone for good,
+    and the message goes out in a fresh session under a new id."""
+    from flask import flash, get_flashed_messages
+
+    app = make_app(redis_url)
+
+    @app.post("/sign-out")
+    def sign_out() -> Any:
+        session.destroy()  # type: ignore[attr-defined]
+        flash("signed out")
+        return "ok"
+
+    @app.get("/messages")
+    def messages() -> Any:
+        return jsonify(messages=get_flashed_messages(), user=session.get("_user_id"))
+
+    client, old = _with_cart(app)
+    client.post("/set/_user_id/ada")
+    client.post("/sign-out")
+    new = cookie_of(client)
+    assert new and new != old
+    assert client.get("/messages").json == {"messages": ["signed out"], "user": None}
+    stale = app.test_client()
+    stale.set_cookie("session", old or "")
+    assert stale.get("/get").json == {}
