@@ -212,6 +212,13 @@ class Session(dict[str, Any]):
             self._touched.clear()
             self._fresh = None
 
+    @property
+    def through_alias(self) -> bool:
+        """Whether this session was loaded through the alias a rotation left for its
+        old id (a request sent with the pre-login cookie), and not rotated again since:
+        that old cookie must not be sent back (it stops working with the alias)."""
+        return not self.new and self.key != self.store._key(self.sid)
+
     def _changing(self, key: str) -> None:
         if self.unavailable:
             raise BackendUnavailable("the session store is unavailable: this session is read-only")
@@ -783,5 +790,4 @@ class SessionStore:
 
     def revoke_session(self, handle: str, user_id: str | None = None) -> None:
         """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
-        self.engine.destroy(self._key_of(handle), self._index_key(str(user_id)) if user_id else None, handle)
-        self.counters.incr("destroyed")
+        self._destroy_key(self._key_of(handle), self._index_key(str(user_id)) if user_id else None)

@@ -60,13 +60,6 @@ def _secure() -> bool:
     return secure not in (False, "0", "false", "False", "no", "off")
 
 
-def _through_alias(session: object) -> bool:
-    """Whether the session was loaded through the alias a rotation left for its old id
-    (and not rotated again by this request)."""
-    core = getattr(session, "_core", None)
-    return isinstance(core, Session) and not core.new and core.key != core.store._key(core.sid)
-
-
 class SessionOutageMiddleware:
     """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
     and send the session cookie with ``Secure`` outside ``DEBUG``."""
@@ -86,7 +79,8 @@ class SessionOutageMiddleware:
         if getattr(session, "outage", False):
             return outage_response()
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
-        if morsel is not None and morsel.value and _through_alias(session):
+        core = getattr(session, "_core", None)
+        if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
             # an old cookie, in flight during a login: the browser holds the new one,
             # and the old id stops working when the alias window ends
             del response.cookies[settings.SESSION_COOKIE_NAME]

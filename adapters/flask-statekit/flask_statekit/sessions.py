@@ -155,23 +155,25 @@ class StatekitSessionInterface(SessionInterface):
         static = app.static_url_path
         if static is not None and request.path.startswith(static + "/") and app.has_static_folder:
             # Flask's static files never use the session: no round trip, and no 503
-            # for them while Redis is away (read-only and never saved, like an outage's)
-            s = self.store.session_class(self.store, "", new=False)
-            s.unavailable = True
-            assert isinstance(s, FlaskSession)
-            return s
+            # for them while Redis is away
+            return self._read_only()
         cookies = request.cookies
         cookie = cookies.get(self.cookie_name)
         token = cookies.get(self.token_name) if self._near else None
         try:
             s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}", version_token=token)
         except BackendUnavailable:
-            s = self.store.session_class(self.store, "", new=False)
-            s.unavailable = True
-            assert isinstance(s, FlaskSession)
+            s = self._read_only()
             s.outage = True
         assert isinstance(s, FlaskSession)
         s.token_sent = token
+        return s
+
+    def _read_only(self) -> FlaskSession:
+        """An empty session that is never saved and refuses writes (as in an outage)."""
+        s = self.store.session_class(self.store, "", new=False)
+        assert isinstance(s, FlaskSession)
+        s.unavailable = True
         return s
 
     def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
@@ -243,11 +245,8 @@ class StatekitSessionInterface(SessionInterface):
         if not (session.send_cookie or permanent != session.loaded_permanent
                 or permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
             return
-        if not session.send_cookie and session.key != self.store._key(session.sid):
-            # loaded through the alias of a rotation (an old cookie, in flight during a
-            # login): the browser holds the new cookie; sending the old id back would
-            # replace it with one that stops working when the alias window ends
-            return
+        if session.through_alias:
+            return  # an old cookie in flight during a login: the browser holds the new one
         session.loaded_permanent = permanent
         session.send_cookie = False
         self._set_cookie(app, session, response)
