@@ -617,14 +617,14 @@ class MemoryEngine:
                         raise TypeError(n)
                     n += amount
                     enc = msgpack.packb(n)
-                    limit = 2**53  # as the Redis script: Lua adds in doubles
+                    in_range = -(2**53) < n < 2**53  # as the Redis script: Lua adds in doubles
                 else:
                     n = (int(cur) if cur is not None else 0) + amount
                     enc = str(n).encode()
-                    limit = 2**63  # as HINCRBY: signed 64 bits
+                    in_range = -(2**63) <= n < 2**63  # as HINCRBY: signed 64 bits
             except (TypeError, ValueError) as e:
                 raise SessionError(f"cannot increment session key {field[2:]!r}: not an integer") from e
-            if not -limit <= n < limit or (codec == "msgpack" and n == -limit):
+            if not in_range:
                 raise SessionError(f"cannot increment session key {field[2:]!r}: the result is out of range")
             h = dict(found)
             h[field] = enc

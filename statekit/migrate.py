@@ -235,21 +235,12 @@ def migrate(
     entries = load_manifest(manifest)
     unverified: list[str] = []
     for rel, key in sorted(report.mapping.items()):
-        try:
-            blob = store.stat(key)
-        except StatekitError as e:
-            report.failed[rel] = f"verify: {type(e).__name__}: {e}"
-            unverified.append(rel)
-            continue
-        entry = entries.get(rel, {})
-        if blob.size != entry.get("size") or (blob.sha256 is not None and blob.sha256 != entry.get("sha256")):
-            report.failed[rel] = f"verify: {key} does not match the manifest (size or SHA-256)"
-            unverified.append(rel)
-        elif blob.sha256 is None:
-            report.failed[rel] = f"verify: {key} has no SHA-256 to check"
-            unverified.append(rel)
-        else:
+        problem = _verify(store, key, entries.get(rel, {}))
+        if problem is None:
             report.verified += 1
+        else:
+            report.failed[rel] = f"verify: {problem}"
+            unverified.append(rel)
     if unverified:  # the next run copies these again instead of trusting the manifest
         with open(manifest, "a", encoding="utf-8") as out:
             for rel in unverified:
@@ -259,6 +250,19 @@ def migrate(
     if mapping:
         _write_json_atomic(mapping, report.mapping)
     return report
+
+
+def _verify(store: BlobStore, key: str, entry: dict[str, Any]) -> str | None:
+    """What is wrong with the blob *key* against its manifest *entry*, or ``None``."""
+    try:
+        blob = store.stat(key)
+    except StatekitError as e:
+        return f"{type(e).__name__}: {e}"
+    if blob.size != entry.get("size") or (blob.sha256 is not None and blob.sha256 != entry.get("sha256")):
+        return f"{key} does not match the manifest (size or SHA-256)"
+    if blob.sha256 is None:
+        return f"{key} has no SHA-256 to check"
+    return None
 
 
 def main(argv: Sequence[str]) -> int:

@@ -176,13 +176,16 @@ class LocalBlobStore(BlobStore):
             raise InvalidKey(f"path {path!r} resolves outside the store root")
         return real
 
+    def _check_root(self) -> None:
+        if not os.path.isdir(self.root):
+            raise BackendUnavailable(f"the store root {self.root} is missing (is the volume mounted?)")
+
     def _makedirs(self, directory: str) -> None:
         """``os.makedirs`` that first checks the deepest existing ancestor resolves
         inside the root, so a planted symlink cannot make it create directories elsewhere.
         A missing root is an outage (an unmounted volume), never recreated: writing into
         an empty mount point would keep the file on this machine only."""
-        if not os.path.isdir(self.root):
-            raise BackendUnavailable(f"the store root {self.root} is missing (is the volume mounted?)")
+        self._check_root()
         existing = directory
         while not os.path.isdir(existing):
             existing = os.path.dirname(existing)
@@ -279,8 +282,7 @@ class LocalBlobStore(BlobStore):
                     yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
 
     def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
-        if not os.path.isdir(self.root):  # an unmounted volume lists as an outage, not as empty
-            raise BackendUnavailable(f"the store root {self.root} is missing (is the volume mounted?)")
+        self._check_root()  # an unmounted volume lists as an outage, not as empty
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._check_inside(os.path.join(self.root, *base.split("/"))) if base else self.root
         keys = sorted(k for k in self._walk(top) if k.startswith(prefix) and (cursor is None or k > cursor))

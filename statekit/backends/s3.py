@@ -432,20 +432,23 @@ class S3BlobStore(BlobStore):
     def _delete_marker(self, key: str) -> None:
         self._call("delete_object", key, Bucket=self.bucket, Key=self._marker_key(key))
 
-    def _markers(self) -> Iterator[tuple[str, bytes]]:
-        top = self._marker_key("")
+    def _objects(self, top: str, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(key below *top*, listing entry)`` of every object under the full prefix *top*."""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=top):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(top):]
-                    raw = self._get_marker(key)
-                    if raw is not None:
-                        yield key, raw
+                    yield obj["Key"][len(top):], obj
         except Exception as e:
             if isinstance(e, StatekitError):
                 raise
-            raise translate_error(e, "listing pending uploads") from e
+            raise translate_error(e, what) from e
+
+    def _markers(self) -> Iterator[tuple[str, bytes]]:
+        for key, _ in self._objects(self._marker_key(""), "listing pending uploads"):
+            raw = self._get_marker(key)
+            if raw is not None:
+                yield key, raw
 
     def _cleanup_partial(self, older_than: float) -> int:
         """Abort multipart uploads under the store prefix started before the cutoff,
@@ -468,19 +471,11 @@ class S3BlobStore(BlobStore):
             kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
 
     def _cleanup_staged(self, cutoff: float) -> int:
-        top = self._full(self._upload_target(""))
         removed = 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=top))
-        except Exception as e:
-            raise translate_error(e, "listing staged uploads") from e
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key = obj["Key"][len(top):]
-                if obj["LastModified"].timestamp() <= cutoff and self._get_marker(key) is None:
-                    self._call("delete_object", key, Bucket=self.bucket, Key=obj["Key"])
-                    removed += 1
+        for key, obj in list(self._objects(self._full(self._upload_target("")), "listing staged uploads")):
+            if obj["LastModified"].timestamp() <= cutoff and self._get_marker(key) is None:
+                self._call("delete_object", key, Bucket=self.bucket, Key=obj["Key"])
+                removed += 1
         return removed
 
     def list_incomplete(self) -> list[dict[str, Any]]:
