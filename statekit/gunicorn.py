@@ -605,11 +605,11 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError("--workers must be at least 1")
     if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
         raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
+    sys.path.insert(0, os.getcwd())
     broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
     if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
                                         and callable(getattr(broadcaster, "stop", None))):
         raise ConfigError(f"{opts.broadcaster!r} has no start() and stop(timeout) methods")
-    sys.path.insert(0, os.getcwd())
     application = StatekitApplication(
         opts.app,
         {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
