@@ -21,7 +21,7 @@ from types import FrameType
 
 from .errors import StatekitError
 
-__all__ = ["COMMANDS", "dev", "main"]
+__all__ = ["COMMANDS", "COMMAND_EXTRAS", "dev", "main"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,10 +34,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("statekit.audit:main", "find per-process state in a codebase (static check)"),
 }
 
+#: third-party modules the commands import that :data:`statekit.backends.EXTRAS` does
+#: not list (the library itself never needs them) -> the extra that installs them
+COMMAND_EXTRAS: dict[str, str] = {"requests": "server"}
+
 
 def _load(target: str) -> object:
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The extra that installs the module *error* could not import, if an extra does."""
+    from .backends import EXTRAS
+
+    top = (error.name or "").split(".")[0]
+    return EXTRAS.get(top) or COMMAND_EXTRAS.get(top)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,11 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entry is None:
         print(f"statekit: unknown command {args[0]!r}; see 'statekit --help'", file=sys.stderr)
         return 2
-    func = _load(entry[0])
     try:
+        func = _load(entry[0])
         return int(func(args[1:]) or 0)  # type: ignore[operator]
     except StatekitError as e:
         print(f"statekit {args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        extra = _missing_extra(e)
+        if extra is None:  # not one of ours (the user's own module): the traceback helps
+            raise
+        print(f"statekit {args[0]}: needs the {e.name!r} package: pip install 'statekit[{extra}]'",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

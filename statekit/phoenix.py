@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import random
@@ -745,6 +746,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 def main(argv: Sequence[str]) -> int:
     """``statekit phoenix MODULE:APP [options]``: exit 0 when no state was lost, 1 when
     some was (or nothing worked), 2 when the run could not start."""
+    import requests  # noqa: F401 -- missing: the statekit command names the extra, before any server starts
     from rich.console import Console
 
     parser = argparse.ArgumentParser(
