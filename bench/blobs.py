@@ -157,7 +157,7 @@ def main() -> int:
               f"{t['statekit_best'] / t['boto3_best']:6.2f}x  (target >= 0.95x)")
         print("\npeak RSS growth during one upload (fresh subprocess each):")
         cases = [("statekit", url, 64 * MiB, "s3  64 MiB"), ("boto3", url, 64 * MiB, "s3  64 MiB"),
-                 ("statekit", f"file://{tmp}/store?fsync=false", 1024 * MiB, "file 1 GiB")]
+                 ("statekit", f"file://{tmp}/store?fsync=false&create=1", 1024 * MiB, "file 1 GiB")]
         if not opts.quick:
             cases.insert(2, ("statekit", url, 1024 * MiB, "s3  1 GiB"))
         for kind, case_url, total, label in cases:

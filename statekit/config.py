@@ -10,7 +10,7 @@ options, each checked against a typed table (the way redis-py's ``parse_url`` do
     redis+cluster://[:password@]h1:p1,h2:p2
     memory://[name]                           one process only: for your unit tests
     s3://[key:secret@]bucket[/prefix]?endpoint_url=http://127.0.0.1:9000&region=eu-west-1
-    file:///shared/volume/path
+    file:///shared/volume/path[?create=1]     create=1: make the directory if missing
 
 :func:`parse_url` returns a :class:`BackendURL`; every malformed URL or option raises
 :class:`~statekit.errors.ConfigError` naming the bad part. :class:`Settings` reads the
@@ -179,6 +179,7 @@ _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
 
 _FILE_OPTIONS: dict[str, Callable[[str], Any]] = {
     "fsync": _boolean("fsync"),
+    "create": _boolean("create"),
     "file_mode": lambda raw: int(raw, 8) if re.fullmatch(r"0?[0-7]{3}", raw) else _bad_mode(raw),
 }
 

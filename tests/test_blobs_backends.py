@@ -130,7 +130,7 @@ def test_s3_public_endpoint_signs_urls_for_the_browsers_host(s3_server: S3Server
 
 def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    store = BlobStore(f"file://{root}")
+    store = BlobStore(f"file://{root}?create=1")
 
     def failing() -> Iterator[bytes]:
         yield b"partial data " * 1000
@@ -156,3 +156,25 @@ def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_p
     assert not stale.exists() and not orphan_meta.exists()
     assert [b.key for b in store.list()] == [blob.key]
     assert (root / blob.key).stat().st_mode & 0o777 == 0o640
+
+
+def test_local_missing_root_is_a_config_error_unless_create(tmp_path: Path) -> None:
+    """A typo or an unmounted volume fails at start instead of storing uploads on
+    this machine's disk; ``?create=1`` (or ``create=True``) creates the root."""
+    from statekit.backends.local import LocalBlobStore
+    from statekit.errors import ConfigError
+
+    missing = tmp_path / "not-mounted"
+    with pytest.raises(ConfigError, match=r"does not exist \(is the volume mounted\?\).*create=1"):
+        BlobStore(f"file://{missing}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        LocalBlobStore(root=missing)
+    assert not missing.exists()
+    store = BlobStore(f"file://{missing}?create=1")
+    assert missing.is_dir()
+    with store.open(store.put(b"kept", content_type="text/plain").key) as f:
+        assert f.read() == b"kept"
+    assert LocalBlobStore(root=tmp_path / "made", create=True).root == str((tmp_path / "made").resolve())
+    assert isinstance(BlobStore(f"file://{missing}"), LocalBlobStore)  # exists now: no option needed
+    with pytest.raises(ConfigError, match="option create='maybe' must be true or false"):
+        BlobStore(f"file://{missing}?create=maybe")

@@ -48,7 +48,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]
     if request.param == "memory":
         s = BlobStore("memory://contract")
     elif request.param == "file":
-        s = BlobStore(f"file://{tmp_path}/store")
+        s = BlobStore(f"file://{tmp_path}/store?create=1")
     else:
         url = request.getfixturevalue("s3_url")
         s = BlobStore(url + "&retries=0", part_size=5 * MiB, multipart_threshold=5 * MiB)

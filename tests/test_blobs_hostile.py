@@ -55,7 +55,7 @@ def _tree(path: Path) -> set[str]:
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=range(len(HOSTILE_NAMES)))
 def test_hostile_filenames_get_safe_keys_inside_the_root(tmp_path: Path, name: str) -> None:
     root = tmp_path / "root"
-    store = BlobStore(f"file://{root}")
+    store = BlobStore(f"file://{root}?create=1")
     outside_before = _tree(tmp_path) - {p for p in _tree(tmp_path) if p.startswith("root")}
     blob = store.put(b"plain text body\n", filename=name, content_type="text/plain")
     assert KEY_RE.match(blob.key)
@@ -92,7 +92,7 @@ def test_sanitized_examples() -> None:
     "trailing/", " lead", "\u202e",  # invisible-only segment is fine only if printable: refused below
 ])
 def test_hostile_keys_refused(tmp_path: Path, key: str) -> None:
-    store = BlobStore(f"file://{tmp_path / 'root'}")
+    store = BlobStore(f"file://{tmp_path / 'root'}?create=1")
     if key == "\u202e":  # a format character alone is a valid, harmless S3 key; still inside the root
         assert validate_key(key) == key
         assert not store.exists(key)

@@ -23,7 +23,7 @@ from statekit.pytest_plugin import wait_for
 
 @pytest.mark.parametrize("backend", ["memory", "file"])
 def test_receive_upload_holds_the_body_to_the_signed_max_size(tmp_path: Path, backend: str) -> None:
-    store = BlobStore("memory://receive-limit" if backend == "memory" else f"file://{tmp_path}/store")
+    store = BlobStore("memory://receive-limit" if backend == "memory" else f"file://{tmp_path}/store?create=1")
     up = store.presign_upload(max_size=100, expires=60)
     with pytest.raises(BlobTooLarge):
         store.receive_upload(up.fields, io.BytesIO(b"x" * (1024 * 1024)), content_type="text/plain")
@@ -45,7 +45,7 @@ def test_migrate_reports_symlinks_instead_of_skipping_them_silently(tmp_path: Pa
     (outside / "o.txt").write_bytes(b"outside the tree\n")
     os.symlink(src / "a.txt", src / "sub" / "alias.txt")
     os.symlink(outside, src / "linked-dir")
-    store = BlobStore(f"file://{tmp_path}/dest")
+    store = BlobStore(f"file://{tmp_path}/dest?create=1")
     report = migrate(str(src), store, manifest=str(tmp_path / "m.jsonl"))
     assert sorted(report.mapping) == ["a.txt"]
     assert not report.ok
@@ -69,7 +69,8 @@ def test_migrate_unreadable_directory_is_a_failure_not_a_silent_skip(
         return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", scandir)
-    report = migrate(str(src), BlobStore(f"file://{tmp_path}/dest"), manifest=str(tmp_path / "m.jsonl"))
+    report = migrate(str(src), BlobStore(f"file://{tmp_path}/dest?create=1"),
+                     manifest=str(tmp_path / "m.jsonl"))
     assert sorted(report.mapping) == ["a.txt"]
     assert list(report.failed) == ["private"] and "Permission denied" in report.failed["private"]
 
@@ -80,7 +81,7 @@ def test_migrate_rerun_uploads_again_what_failed_verification(tmp_path: Path) ->
     (src / "a.txt").write_bytes(b"first\n")
     (src / "b.txt").write_bytes(b"second\n")
     manifest = str(tmp_path / "m.jsonl")
-    store = BlobStore(f"file://{tmp_path}/dest")
+    store = BlobStore(f"file://{tmp_path}/dest?create=1")
     first = migrate(str(src), store, manifest=manifest)
     assert first.ok and first.verified == 2
     assert store.delete(first.mapping["a.txt"])  # lost after the run (lifecycle rule, operator...)
@@ -100,9 +101,9 @@ def test_migrate_manifest_of_another_destination_is_not_trusted(tmp_path: Path) 
     src.mkdir()
     (src / "a.txt").write_bytes(b"to staging, then to production\n")
     manifest = str(tmp_path / "m.jsonl")  # the CLI's default is one file in the working directory
-    staging = BlobStore(f"file://{tmp_path}/staging")
+    staging = BlobStore(f"file://{tmp_path}/staging?create=1")
     assert migrate(str(src), staging, manifest=manifest).ok
-    production = BlobStore(f"file://{tmp_path}/production")
+    production = BlobStore(f"file://{tmp_path}/production?create=1")
     report = migrate(str(src), production, manifest=manifest)
     assert report.ok and report.uploaded == 1 and report.skipped == 0
     with production.open(report.mapping["a.txt"]) as f:
@@ -111,7 +112,7 @@ def test_migrate_manifest_of_another_destination_is_not_trusted(tmp_path: Path) 
 
 def test_missing_file_store_root_is_an_outage_not_a_bad_key(tmp_path: Path) -> None:
     root = tmp_path / "volume"
-    store = BlobStore(f"file://{root}")
+    store = BlobStore(f"file://{root}?create=1")
     store.put(b"before", content_type="text/plain")
     shutil.rmtree(root)  # the shared volume went away
     with pytest.raises(BackendUnavailable, match="missing"):
@@ -253,7 +254,7 @@ def test_file_store_mode_refused_is_an_outage_and_leaves_no_temp_file(
 ) -> None:
     """Some network filesystems refuse ``chmod``: a typed error, nothing left behind."""
     root = tmp_path / "volume"
-    store = BlobStore(f"file://{root}")
+    store = BlobStore(f"file://{root}?create=1")
 
     def refuse(fd: int, mode: int) -> None:
         raise PermissionError(1, "Operation not permitted")
@@ -274,7 +275,7 @@ def test_file_store_without_hard_links_leaves_no_empty_blob_when_the_rename_fail
     import errno
 
     root = tmp_path / "volume"
-    store = BlobStore(f"file://{root}")
+    store = BlobStore(f"file://{root}?create=1")
 
     def no_links(src: str, dst: str) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")

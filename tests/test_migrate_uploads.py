@@ -122,7 +122,7 @@ def test_killed_cli_resumes(tmp_path: Path) -> None:
             return orig(self, *a, **kw)
         BlobStore.put = put
         from statekit.cli import main
-        sys.exit(main(["migrate-uploads", {str(src)!r}, "file://{dest}", "--workers", "2",
+        sys.exit(main(["migrate-uploads", {str(src)!r}, "file://{dest}?create=1", "--workers", "2",
                        "--manifest", {str(manifest)!r}, "--mapping", {str(mapping)!r}, "--progress", "off"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL)
@@ -163,7 +163,7 @@ def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     make_tree(src, 30)
     manifest, mapping = tmp_path / "m.jsonl", tmp_path / "map.json"
     dest = tmp_path / "dest"
-    code = cli_main(["migrate-uploads", str(src), f"file://{dest}", "--dry-run",
+    code = cli_main(["migrate-uploads", str(src), f"file://{dest}?create=1", "--dry-run",
                      "--manifest", str(manifest), "--mapping", str(mapping)])
     assert code == 0
     out = capsys.readouterr().out

@@ -143,6 +143,11 @@ class _LocalWriter(BlobWriter):
 class LocalBlobStore(BlobStore):
     """Blobs in a directory (``file:///srv/uploads?fsync=true&file_mode=0640``).
 
+    The directory must exist: a missing root is a :class:`~statekit.errors.ConfigError`
+    at construction (a typo, or a shared volume that is not mounted), unless
+    ``?create=1`` (or ``create=True``) asks for it to be created. A root that vanishes
+    later is an outage (:class:`~statekit.errors.BackendUnavailable`), never recreated.
+
     Several processes and machines may share the directory (a network volume with
     POSIX hard links and ``O_EXCL``). Failure: ``OSError`` becomes
     :class:`~statekit.errors.BackendUnavailable`; a write that fails leaves only a
@@ -152,7 +157,8 @@ class LocalBlobStore(BlobStore):
     scheme = "file"
 
     def __init__(self, url: str | None = None, *, root: str | os.PathLike[str] | None = None,
-                 fsync: bool | None = None, file_mode: int | None = None, **options: Any) -> None:
+                 fsync: bool | None = None, file_mode: int | None = None, create: bool | None = None,
+                 **options: Any) -> None:
         parsed_opts: dict[str, Any] = {}
         if url is not None:
             parsed = parse_url(url, kinds=("file",))
@@ -163,7 +169,18 @@ class LocalBlobStore(BlobStore):
         self.root = os.path.realpath(os.fspath(root))
         self.fsync = fsync if fsync is not None else parsed_opts.get("fsync", True)
         self.file_mode = file_mode if file_mode is not None else parsed_opts.get("file_mode", 0o640)
-        os.makedirs(self.root, exist_ok=True)
+        if create if create is not None else parsed_opts.get("create", False):
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"cannot create the store root {self.root}: {e.strerror or e}") from e
+        elif not os.path.isdir(self.root):
+            # a typo or an unmounted volume: writing into a new directory here would keep
+            # the uploads on this machine only, so refuse to start instead
+            raise ConfigError(
+                f"the file:// store root {self.root} does not exist (is the volume mounted?); "
+                "create it, or add ?create=1 to the URL to have statekit create it"
+            )
         super().__init__(url, **options)
 
     def describe(self) -> str:

@@ -43,7 +43,7 @@ def storage(request: pytest.FixtureRequest, django_settings: Any, tmp_path: Any)
     if request.param == "memory":
         url = "memory://django"
     elif request.param == "file":
-        url = f"file://{tmp_path}/media"
+        url = f"file://{tmp_path}/media?create=1"
     else:
         url = request.getfixturevalue("s3_url")
     django_settings.set(STORAGES={

@@ -42,7 +42,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Any) -> Flask:
     if request.param == "memory":
         return make_app("memory://flask")
     if request.param == "file":
-        return make_app(f"file://{tmp_path}/uploads")
+        return make_app(f"file://{tmp_path}/uploads?create=1")
     return make_app(request.getfixturevalue("s3_url"))
 
 
