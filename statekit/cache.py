@@ -24,6 +24,12 @@ Failure policy: every call is bounded by the client's timeouts. With
 the default and writes are dropped (both counted). After ``failure_threshold``
 consecutive failures a circuit breaker fails calls at once, without I/O, and lets
 a trial call through every ``breaker_reset`` seconds, so it closes on its own.
+
+An entry this cache cannot decode (written with another codec or secret key by an
+older deploy, tampered with, truncated) is a miss on every read path, never an
+error: it is counted (``undecodable``), logged once per key per process at WARNING
+(logger ``statekit.cache``), and :meth:`Cache.get_or_set` / :meth:`Cache.cached`
+recompute the value and overwrite it, so the cache heals on its own.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import math
 import random
 import struct
@@ -66,9 +73,29 @@ _MAX_KEY = 1024
 _monotonic = time.monotonic
 _json_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _time = time.time
+_log = logging.getLogger("statekit.cache")
 
 COUNTER_NAMES = ("hits", "misses", "near_hits", "stale", "recomputes", "early_refreshes",
-                 "lock_waits", "errors", "dropped_writes", "breaker_opened")
+                 "lock_waits", "errors", "dropped_writes", "breaker_opened", "undecodable")
+
+_LOG_KEYS = 1000  # undecodable keys logged one by one per process; past that, counted only
+_logged: set[str] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_undecodable(where: str, codec: str, error: Exception) -> None:
+    """Log an undecodable entry once per key per process (a bad entry is read on
+    every request until it is replaced: one line, not one per request)."""
+    with _logged_lock:
+        if where in _logged or len(_logged) > _LOG_KEYS:
+            return
+        _logged.add(where)
+        last = len(_logged) > _LOG_KEYS
+    _log.warning(
+        "cache entry %s could not be decoded with the %s codec (%s): treated as a miss; "
+        "get_or_set and cached() recompute and replace it. A codec or secret key changed "
+        "between deploys? Counted in statekit_cache_undecodable_total%s", where, codec, error,
+        f"; more than {_LOG_KEYS} keys seen, the rest are only counted" if last else "")
 
 
 class _CacheCounters(Counters):
@@ -382,16 +409,31 @@ class Cache:
         return self._codec.loads(data[1:])
 
     def _decode(self, data: bytes) -> tuple[Any, float, float]:
-        mark = data[0]
+        mark = data[0] if data else 0
         if mark == 1:
             return self._loads(data[1:]), 0.0, 0.0
-        if mark == 2:
+        if mark == 2 and len(data) > _ENV_SIZE:
             expires_at, delta = _ENV.unpack_from(data, 1)
             return self._loads(data[_ENV_SIZE:]), expires_at, delta
         try:
             return int(data), 0.0, 0.0
         except ValueError:
             raise SerializationError(f"cache payload of {len(data)} bytes has no statekit header") from None
+
+    def _entry(self, key: str, data: bytes, report: bool = True) -> tuple[Any, float, float] | None:
+        """:meth:`_decode`, with an entry that cannot be decoded (another codec or
+        secret key wrote it, or it was truncated) read as a miss: counted and logged
+        (unless not *report*), never raised, so the cache heals by recomputing."""
+        try:
+            return self._decode(data)
+        except SerializationError as e:
+            if report:
+                self._undecodable(key, e)
+            return None
+
+    def _undecodable(self, key: str, error: Exception) -> None:
+        self.counters.incr("undecodable")
+        _log_undecodable(f"{self.base}{key}", self._codec.name, error)
 
     def _check_key(self, key: Any) -> str:
         if type(key) is not str:
@@ -455,9 +497,10 @@ class Cache:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _fetch(self, key: str) -> tuple[Any, float, float] | None:
-        """The decoded entry for *key*, near cache first; ``None`` on a miss.
-        Raises BackendUnavailable (through the breaker)."""
+    def _fetch(self, key: str, report: bool = True) -> tuple[Any, float, float] | None:
+        """The decoded entry for *key*, near cache first; ``None`` on a miss (an
+        undecodable entry is one, see :meth:`_entry`). Raises BackendUnavailable
+        (through the breaker)."""
         near = self._near
         if near is not None and near.active:
             item = near.data.get(key)
@@ -468,17 +511,19 @@ class Cache:
             ((data, ttl_ms),) = self._call(self._be().get_many_with_ttl, (key,))
             if data is None:
                 return None
-            entry = self._decode(data)
-            near.store(key, entry, ttl_ms, seq)
+            entry = self._entry(key, data, report)
+            if entry is not None:
+                near.store(key, entry, ttl_ms, seq)
             return entry
         backend = self._backend or self._connect()
         if self._near is not None and self._listener is not None:
             self._listener.ensure_running()
         data = self._call(backend.get, key)
-        return None if data is None else self._decode(data)
+        return None if data is None else self._entry(key, data, report)
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The value at *key*, or *default* if it is missing or expired.
+        """The value at *key*, or *default* if it is missing, expired or cannot be
+        decoded (see the module docstring).
 
         Served from the near cache when enabled and coherent; otherwise one round
         trip. On an outage: *default* with ``on_error="miss"``, else
@@ -517,10 +562,16 @@ class Cache:
             if data is None:
                 self.counters.misses += 1
                 return default
-            if data[0] == 1:
+            if data and data[0] == 1:
+                try:
+                    value = self._loads_marked(data)
+                except SerializationError as e:
+                    self._undecodable(key, e)
+                    self.counters.misses += 1
+                    return default
                 self.counters.hits += 1
-                return self._loads_marked(data)
-            found: tuple[Any, float, float] | None = self._decode(data)
+                return value
+            found: tuple[Any, float, float] | None = self._entry(key, data)
         else:
             try:
                 found = self._fetch(key)
@@ -561,8 +612,8 @@ class Cache:
             seq = near.seq
             rows = self._read(backend.get_many_with_ttl, [], todo) if todo else []
             for k, (data, ttl_ms) in zip(todo, rows, strict=False):
-                if data is not None:
-                    entry = self._decode(data)
+                entry = None if data is None else self._entry(k, data)
+                if entry is not None:
                     near.store(k, entry, ttl_ms, seq)
                     if not entry[1] or entry[1] > now:
                         found[k] = entry[0]
@@ -575,7 +626,7 @@ class Cache:
             for k, data in zip(keys, values, strict=False):
                 if data is None:
                     continue
-                if plain and data[0] == 1 and b"\\u0000" not in data:
+                if plain and data and data[0] == 1 and b"\\u0000" not in data:
                     try:  # the common case inlined: one C call per value
                         text = data.decode("utf-8")
                         value, end = scan(text, 1)
@@ -584,8 +635,8 @@ class Cache:
                             continue
                     except (ValueError, StopIteration):
                         pass
-                entry = self._decode(data)
-                if not entry[1] or entry[1] > now:
+                entry = self._entry(k, data)
+                if entry is not None and (not entry[1] or entry[1] > now):
                     found[k] = entry[0]
         self.counters.incr("hits", len(found))
         self.counters.incr("misses", len(keys) - len(found))
@@ -608,6 +659,9 @@ class Cache:
         if data is None:
             return None
         if data[:1] == b"\x02":  # a get_or_set envelope: its own deadline
+            if len(data) <= _ENV_SIZE:  # truncated: get reads it as a miss, so does this
+                self._undecodable(key, SerializationError(f"cache payload of {len(data)} bytes is truncated"))
+                return None
             remaining = _ENV.unpack_from(data, 1)[0] - _time()
             return remaining if remaining > 0 else None
         return math.inf if left is None else left / 1000.0
@@ -742,8 +796,13 @@ class Cache:
             found = self.get(key, _ABSENT)
             if found is not _ABSENT:
                 return cast(T, found)
-            self.add(key, default, ttl)
-            return cast(T, self.get(key, default))
+            if self.add(key, default, ttl):
+                return cast(T, self.get(key, default))
+            found = self.get(key, _ABSENT)
+            if found is _ABSENT:  # there but undecodable (or gone just now): replace it
+                self.set(key, default, ttl)
+                return default
+            return cast(T, found)
         compute: Callable[[], T] = default
         secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
         stale = self.stale_ttl if stale_ttl is None else stale_ttl
@@ -813,7 +872,7 @@ class Cache:
         Then release the lock."""
         try:
             try:
-                current = self._fetch(key)
+                current = self._fetch(key, report=False)  # the caller's read counted a bad entry
             except BackendUnavailable:
                 current = None
             if current is not None and (seen is None or current[1] != seen) and (
@@ -869,7 +928,7 @@ class Cache:
             time.sleep(pause)
             pause = min(pause * 1.5, 0.05)
             try:
-                entry = self._fetch(key)
+                entry = self._fetch(key, report=False)
             except BackendUnavailable:
                 entry = None
             if entry is not None and (not entry[1] or entry[1] > _time()):
@@ -910,7 +969,7 @@ class Cache:
 
     def stats(self) -> dict[str, float]:
         """Counters (hits, misses, near_hits, stale, recomputes, early_refreshes,
-        lock_waits, errors, dropped_writes, breaker_opened) and the
+        lock_waits, errors, dropped_writes, breaker_opened, undecodable) and the
         ``breaker_state`` gauge (0 closed, 1 half-open, 2 open)."""
         self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
         if self._near is not None:

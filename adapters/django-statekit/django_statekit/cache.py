@@ -15,8 +15,11 @@ A full :class:`django.core.cache.backends.base.BaseCache`: versions, ``KEY_PREFI
 ``*_many`` calls. The default codec is statekit's *signed* pickle keyed with
 ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``, so keys rotate), so ``cache_page``
 and ``{% cache %}`` can store any object while a forged payload in Redis is never
-unpickled. ``clear()`` empties this cache's namespace only (``OPTIONS["namespace"]``,
-default ``"django"``), never the Redis database.
+unpickled. An entry the codec refuses (forged, written before a change of codec,
+or signed with a ``SECRET_KEY`` no longer listed) reads as a miss, as Django's
+own backends treat a missing key: ``get()`` returns the default and
+``cache_page`` renders again. ``clear()`` empties this cache's namespace only
+(``OPTIONS["namespace"]``, default ``"django"``), never the Redis database.
 
 ``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument.
 """

@@ -165,10 +165,34 @@ def test_signed_pickle_default_and_forgery(dcache: StatekitCache, redis_url: str
     with redis.Redis.from_url(redis_url) as r:
         raw_key = next(k for k in r.keys() if k.endswith(b":obj"))
         r.set(raw_key, b"\x01" + b"\x00" * 32 + pickle.dumps([1]))
-    from statekit.errors import SignatureError
+    # refused, never unpickled, and a miss rather than an error (the cache heals)
+    assert dcache.get("obj", "dflt") == "dflt"
+    assert dcache.get_many(["obj"]) == {}
+    assert dcache.get_or_set("obj", lambda: "recomputed") == "recomputed"
+    assert dcache.get("obj") == "recomputed"
+    assert dcache.statekit.stats()["undecodable"] >= 3
 
-    with pytest.raises(SignatureError):
-        dcache.get("obj")
+
+def test_entry_of_another_codec_is_a_miss(dcache: StatekitCache, redis_url: str) -> None:
+    """A deploy that changes the codec (msgpack before, signed pickle now) or
+    SECRET_KEY without a fallback: cache.get() answers the default, cache_page
+    renders the page again instead of a 500."""
+    pytest.importorskip("msgpack")
+    from statekit.cache import Cache
+
+    before = Cache(redis_url, prefix=dcache.statekit.prefix, namespace="django", serializer="msgpack")
+    before.set(dcache.make_and_validate_key("k"), {"old": "codec"})
+    assert dcache.get("k", "dflt") == "dflt"
+    assert dcache.get_or_set("k", {"new": 1}) == {"new": 1}
+    assert dcache.get("k") == {"new": 1}
+    client = Client()
+    assert client.get("/statekit-cache/page/").content == b"rendered 1"
+    with redis.Redis.from_url(redis_url) as r:
+        for raw_key in r.keys("*views.decorators.cache.cache_page*"):
+            r.set(raw_key, b"\x01" + before._codec.dumps("old deploy"))
+    page = client.get("/statekit-cache/page/")
+    assert page.status_code == 200 and page.content == b"rendered 2"
+    assert client.get("/statekit-cache/page/").content == b"rendered 2"
 
 
 def test_cache_page(dcache: StatekitCache) -> None:
