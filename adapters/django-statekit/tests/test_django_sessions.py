@@ -20,7 +20,7 @@ from django.urls import path
 from django_statekit.sessions import SessionStore, get_core_store
 from statekit.embedded import RedisServer
 from statekit.errors import ConfigError
-from statekit.pytest_plugin import wait_for
+from statekit.pytest_plugin import redis_command_calls, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -86,8 +86,7 @@ def engine(django_settings: Any, redis_url: str) -> str:
 
 
 def calls(r: redis.Redis) -> int:
-    stats = r.info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_info", "cmdstat_config")))
+    return sum(redis_command_calls(r).values())
 
 
 def test_is_a_full_session_base(engine: str) -> None:

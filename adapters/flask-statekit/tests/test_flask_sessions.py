@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from flask_statekit import StateKit, get_state
 from flask_statekit.sessions import FlaskSession, StatekitSessionInterface
 from statekit.embedded import RedisServer
-from statekit.pytest_plugin import wait_for
+from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.sessions import SessionStore
 
 pytestmark = pytest.mark.redis
@@ -80,8 +80,7 @@ def cookie_of(client: FlaskClient) -> str | None:
 
 
 def calls(r: redis.Redis) -> int:
-    stats = r.info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_info", "cmdstat_config")))
+    return sum(redis_command_calls(r).values())
 
 
 def test_interface_installed(app: Flask) -> None:
@@ -464,8 +463,7 @@ def test_static_files_do_not_load_the_session(durable_redis: RedisServer, tmp_pa
         r.config_resetstat()
         with client.get("/static/site.css") as resp:
             assert resp.data == b"body{}"
-        calls = {k: v["calls"] for k, v in r.info("commandstats").items() if "resetstat" not in k}
-    assert calls == {}
+        assert redis_command_calls(r) == {}
     durable_redis.kill()
     with client.get("/static/site.css") as resp:
         assert resp.status_code == 200 and resp.data == b"body{}" and "Set-Cookie" not in resp.headers
