@@ -175,6 +175,10 @@ _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "profile": _text("profile"),
     "checksum": _choice("checksum", "sha256", "none"),
     "conditional_writes": _boolean("conditional_writes"),
+    "request_checksum_calculation": _choice("request_checksum_calculation", "when_supported",
+                                            "when_required"),
+    "response_checksum_validation": _choice("response_checksum_validation", "when_supported",
+                                            "when_required"),
 }
 
 _FILE_OPTIONS: dict[str, Callable[[str], Any]] = {

@@ -17,8 +17,19 @@ e.g. ``endpoint_url=http://minio:9000&public_endpoint_url=https://files.example.
 under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
 ``part_size`` (5 MiB, S3's minimum), ``max_concurrency`` (2), ``profile``,
-``checksum`` (``sha256``/``none``) and ``conditional_writes`` (default true; turn it
-off only for stores that reject ``If-None-Match``).
+``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
+off only for stores that reject ``If-None-Match``), ``request_checksum_calculation``
+and ``response_checksum_validation`` (botocore's ``when_supported`` /
+``when_required``).
+
+S3-compatible stores: boto3 1.36 and later add a CRC checksum to every upload and
+validate the ones in responses by default, which some S3-compatible stores refuse
+or answer wrongly (some MinIO versions, Backblaze B2, Google Cloud Storage's
+interoperability API). For an ``endpoint_url`` outside AWS (not ``*.amazonaws.com``)
+both settings default to ``when_required`` -- the checksums the store asks for, plus
+the ``ChecksumSHA256`` of the ``checksum`` option -- unless the URL option or
+``AWS_REQUEST_CHECKSUM_CALCULATION`` / ``AWS_RESPONSE_CHECKSUM_VALIDATION`` sets
+them. AWS endpoints keep botocore's defaults.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import io
+import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -246,6 +259,27 @@ class _RangeReader(io.RawIOBase):
         super().close()
 
 
+_CHECKSUM_SETTINGS = ("request_checksum_calculation", "response_checksum_validation")
+
+
+def _is_aws(endpoint_url: str | None) -> bool:
+    """Whether requests go to AWS: no ``endpoint_url``, or one under amazonaws.com."""
+    if not endpoint_url:
+        return True
+    host = (urllib.parse.urlsplit(endpoint_url).hostname or "").rstrip(".")
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def _checksum_defaults(endpoint_url: str | None) -> dict[str, str | None]:
+    """botocore's checksum settings for *endpoint_url*: ``when_required`` for a
+    store outside AWS, unless the environment sets them (``None``: botocore's own
+    resolution, from the environment, the profile or its default)."""
+    if _is_aws(endpoint_url):
+        return dict.fromkeys(_CHECKSUM_SETTINGS)
+    return {name: None if os.environ.get(f"AWS_{name.upper()}") else "when_required"
+            for name in _CHECKSUM_SETTINGS}
+
+
 class S3BlobStore(BlobStore):
     """Blobs in an S3 bucket; see the module docstring for options and guarantees.
 
@@ -300,7 +334,10 @@ class S3BlobStore(BlobStore):
 
         session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret,
                                         region_name=opts.get("region"), profile_name=opts.get("profile"))
+        checksums = {name: opts.get(name, default)
+                     for name, default in _checksum_defaults(opts.get("endpoint_url")).items()}
         config = Config(
+            **{name: value for name, value in checksums.items() if value is not None},
             connect_timeout=opts.get("connect_timeout", 5.0),
             read_timeout=opts.get("read_timeout", 60.0),
             # botocore's "max_attempts" counts retries only; the total is what retries + 1 means
