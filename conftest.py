@@ -33,21 +33,16 @@ from statekit.embedded import (
     S3Server,
     find_redis_servers,
 )
+from statekit.pytest_plugin import server_lines
 
 
 def _version(binary: RedisBinary) -> tuple[int, ...]:
     return tuple(int(x) for x in binary.version.split(".") if x.isdigit())
 
 
-def _lines(found: list[RedisBinary]) -> list[RedisBinary]:
-    wanted = os.environ.get("STATEKIT_TEST_REDIS_LINES", "all")
-    names = {name.strip() for name in wanted.split(",")}
-    return sorted((b for b in found if wanted == "all" or b.line in names), key=_version)
-
-
 FOUND = find_redis_servers()  # in order of preference
 PREFERRED = FOUND[0] if FOUND else None  # what find_redis_server() and RedisServer() pick
-REDIS_LINES = _lines(FOUND)
+REDIS_LINES = server_lines()  # oldest first
 _RAN: dict[str, RedisBinary] = {}  # the lines that served a test, by line
 
 

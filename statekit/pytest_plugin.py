@@ -14,6 +14,7 @@ and stopped at the end. ``statekit_redis_url`` empties the server before each te
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -22,11 +23,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from .embedded import RedisServer, S3Server
+from .embedded import RedisBinary, RedisServer, S3Server, find_redis_servers
 
 __all__ = [
     "redis_command_calls",
     "run_threads",
+    "server_lines",
     "statekit_redis_server",
     "statekit_redis_url",
     "statekit_s3_server",
@@ -80,6 +82,16 @@ def run_threads(target: Callable[[int], object], count: int, timeout: float = 60
         raise errors[0]
     if any(th.is_alive() for th in threads):
         raise AssertionError(f"a thread was still running after {timeout}s")
+
+
+def server_lines() -> list[RedisBinary]:
+    """Every Redis / Valkey server line found (one binary per line), oldest first: run
+    a contract suite on each. ``$STATEKIT_TEST_REDIS_LINES`` keeps the lines it names
+    (``redis-6.2,valkey-9.1``); unset or ``all``, every line runs."""
+    wanted = os.environ.get("STATEKIT_TEST_REDIS_LINES", "all")
+    names = {name.strip() for name in wanted.split(",")}
+    found = [b for b in find_redis_servers() if wanted == "all" or b.line in names]
+    return sorted(found, key=lambda b: tuple(int(x) for x in b.version.split(".") if x.isdigit()))
 
 
 def redis_command_calls(client: Any) -> dict[str, int]:

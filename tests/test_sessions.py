@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import statekit.sessions as sessions_mod
 from statekit._session_backends import MemoryEngine, RedisEngine
-from statekit.embedded import RedisServer, find_redis_servers, free_port
+from statekit.embedded import RedisServer, free_port
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
-from statekit.pytest_plugin import redis_command_calls
+from statekit.pytest_plugin import redis_command_calls, server_lines
 from statekit.sessions import Session, SessionStore
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
@@ -27,11 +27,8 @@ StoreFactory = Callable[..., SessionStore]
 
 
 def _redis_lines() -> dict[str, Any]:
-    """The oldest and newest server lines found (as the root conftest's redis_line_url)."""
-    found = sorted(find_redis_servers(), key=lambda b: tuple(int(x) for x in b.version.split(".")))
-    if len(found) > 2:
-        found = [found[0], found[-1]]
-    return {b.line: b for b in found}
+    """Every server line found (as the root conftest's redis_line_url)."""
+    return {b.line: b for b in server_lines()}
 
 
 _LINES = _redis_lines()
