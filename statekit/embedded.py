@@ -172,8 +172,8 @@ def _probe(path: str, source: str) -> RedisBinary | None:
 
 def _candidates() -> Iterator[tuple[str, str]]:
     env = os.environ.get("STATEKIT_REDIS_SERVER")
-    if env:
-        yield env, "env"
+    if env:  # absolute: servers run in their own temporary directory
+        yield os.path.abspath(env), "env"
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
@@ -375,7 +375,7 @@ class RedisServer(_Process):
         if binary is None:
             binary = find_redis_server()
         elif isinstance(binary, str):
-            probed = _probe(binary, "env")
+            probed = _probe(os.path.abspath(binary), "env")
             if probed is None:
                 raise ConfigError(f"{binary!r} is not a working redis-server")
             binary = probed

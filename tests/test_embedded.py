@@ -83,6 +83,19 @@ def test_env_binary_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (first.path, first.source, first.flavor) == (valkey.path, "env", "valkey")
 
 
+@pytest.mark.redis
+def test_env_binary_given_as_a_relative_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server runs in its own temporary directory: a relative path still finds it."""
+    binary = BINARIES[-1]
+    monkeypatch.chdir(Path(binary.path).parent.parent)
+    relative = os.path.relpath(binary.path)
+    monkeypatch.setenv("STATEKIT_REDIS_SERVER", relative)
+    with RedisServer() as server, server.client() as c:
+        assert c.ping() is True
+    with RedisServer(relative) as server, server.client() as c:
+        assert c.ping() is True
+
+
 def test_env_binary_that_is_not_executable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STATEKIT_REDIS_SERVER", str(tmp_path / "missing-redis-server"))
     with pytest.raises(ConfigError, match="STATEKIT_REDIS_SERVER=.* is not an executable file"):
