@@ -6,7 +6,8 @@
   requests rejected in mode ``reject``), wait ``--pre-stop-delay`` so load balancers
   notice, stop accepting, let in-flight requests finish within
   ``--graceful-timeout``, SIGKILL what is left, exit. One log line reports the
-  shutdown: requests in flight at TERM, completed, rejected, workers force-killed.
+  shutdown, every count since TERM: requests in flight at TERM, completed,
+  rejected, workers force-killed, requests lost.
 * **Reload** (SIGHUP or ``statekit reload``): workers are replaced one at a time;
   each old worker gets SIGTERM only after its replacement has loaded the app and
   reported ready (gunicorn's own HUP starts all new workers and stops the old ones
@@ -14,7 +15,10 @@
   the old workers keep serving.
 * **The broadcaster** (``--broadcaster MODULE:OBJ``) runs in the master: started
   after the first workers are forked, kept across reloads, stopped on exit.
-* Crashed workers are replaced by gunicorn's arbiter as usual.
+* Crashed workers are replaced by gunicorn's arbiter as usual. A worker accepts a
+  connection only while one of its threads is free (:class:`StatekitThreadWorker`),
+  so a SIGKILLed worker loses only the requests it was executing, and the master
+  logs how many (``worker N died with M requests in flight``).
 
 Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, graceful
 timeout 25 s (+ pre-stop 2 s: inside the usual 30 s an orchestrator waits before
@@ -48,15 +52,19 @@ import contextlib
 import errno
 import importlib
 import math
+import mmap
 import os
 import queue
 import signal
+import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import metrics
 from .backends import require
 from .errors import ConfigError, StatekitError
 from .lifecycle import (
@@ -79,12 +87,15 @@ from gunicorn.app.base import BaseApplication  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
 from gunicorn.errors import HaltServer  # noqa: E402
 from gunicorn.pidfile import Pidfile  # noqa: E402
+from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 
 __all__ = [
     "DEFAULTS",
     "StatekitApplication",
     "StatekitArbiter",
+    "StatekitThreadWorker",
     "child_exit",
+    "on_exit",
     "on_starting",
     "post_fork",
     "post_worker_init",
@@ -97,7 +108,8 @@ __all__ = [
 
 #: gunicorn settings ``statekit serve`` uses unless told otherwise
 DEFAULTS: dict[str, Any] = {
-    "worker_class": "gthread",  # graceful keep-alive handling on stop
+    # gthread that accepts only while a thread is free (see StatekitThreadWorker)
+    "worker_class": "statekit.gunicorn.StatekitThreadWorker",
     "threads": 4,
     "keepalive": 5,  # longer than nginx's upstream keepalive_timeout below it
     "timeout": 30,
@@ -134,10 +146,12 @@ class _Runtime:
 
     options: _Options
     drain: DrainState
+    held: _HeldConnections = field(default_factory=lambda: _HeldConnections(_SLOTS))
     stopping: set[int] = field(default_factory=set)
     collected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("in_flight", "started", "completed", "rejected"), 0))
     lost: int = 0
+    lost_at_term: int = 0
     term_at: float | None = None
     at_term: dict[str, int] | None = None
     broadcaster_started: bool = False
@@ -183,6 +197,110 @@ def wrap_app(app: Any) -> Any:
     from .config import Settings
 
     return LifecycleMiddleware(app, Lifecycle(Settings.from_env()))
+
+
+# -- the worker ------------------------------------------------------------------
+
+
+class _HeldConnections:
+    """How many connections each worker holds with a request on them not yet
+    answered, one counter per drain-state slot, in anonymous shared memory created
+    by the master before forking (like :class:`~statekit.lifecycle.DrainState`). A
+    worker writes only its own counter; the master reads it when the worker dies."""
+
+    _ITEM = struct.Struct("q")
+
+    def __init__(self, slots: int) -> None:
+        self._map = mmap.mmap(-1, slots * self._ITEM.size)
+
+    def get(self, index: int) -> int:
+        return int(self._ITEM.unpack_from(self._map, index * self._ITEM.size)[0])
+
+    def add(self, index: int, delta: int) -> None:
+        """Not atomic: the caller serialises the writes to *index* (one lock per worker)."""
+        self._ITEM.pack_into(self._map, index * self._ITEM.size, self.get(index) + delta)
+
+    def reset(self, index: int) -> None:
+        self._ITEM.pack_into(self._map, index * self._ITEM.size, 0)
+
+
+class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker that accepts a connection only while one of its
+    threads is free.
+
+    gthread accepts eagerly, up to ``worker_connections`` (1000), and queues what
+    its threads cannot serve yet: a SIGKILL (the OOM killer, a crash, gunicorn's
+    own timeout) then resets every queued connection, requests another worker could
+    have served. This worker stops polling the listeners while all its threads are
+    busy, so waiting connections stay in the kernel's accept queue, which belongs to
+    the listening socket the master and the other workers share, and survive the
+    kill. What a killed worker loses is what it was executing (at most ``threads``
+    requests), plus a request that arrives on one of its kept-alive connections (a
+    kept-alive connection it is not serving is closed by the kernel at the kill, as
+    any server may close an idle keep-alive connection; nginx keeps none to
+    ``statekit serve`` in deploy/nginx).
+
+    Each connection handed to a thread is counted in shared memory until the thread
+    is done with it (answered, closed, or parked waiting for a request), so the
+    master's ``died with N requests in flight`` counts what the kill lost. A
+    connection parked on a thread waiting for its first bytes counts too: the
+    client's request is lost if it was on its way.
+
+    Keep-alive, the stop sequence and the hooks are gthread's. Use it from your own
+    ``gunicorn.conf.py`` with ``worker_class = "statekit.gunicorn.StatekitThreadWorker"``.
+    """
+
+    statekit_slot: int
+    statekit_held: _HeldConnections | None = None
+
+    def init_process(self) -> None:
+        self._statekit_busy = 0  # handed to the pool, finish_request not run yet (main thread)
+        self._statekit_lock = threading.Lock()
+        super().init_process()
+
+    def _statekit_count(self, conn: Any, held: bool) -> None:
+        """Count *conn* as held (a request on it unanswered) or no longer held."""
+        if getattr(conn, "statekit_held", False) == held:
+            return
+        conn.statekit_held = held
+        counters = self.statekit_held
+        if counters is not None:
+            with self._statekit_lock:
+                counters.add(self.statekit_slot, 1 if held else -1)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled and self._statekit_busy < self.cfg.threads)
+
+    def accept(self, listener: Any) -> None:
+        # one select() may report several listeners readable; take no more than we serve
+        if self._statekit_busy < self.cfg.threads:
+            super().accept(listener)
+
+    def enqueue_req(self, conn: Any) -> None:
+        self._statekit_busy += 1
+        self._statekit_count(conn, True)
+        if self._statekit_busy >= self.cfg.threads:
+            super().set_accept_enabled(False)
+        super().enqueue_req(conn)
+
+    def handle(self, conn: Any) -> Any:
+        try:
+            return super().handle(conn)
+        finally:
+            self._statekit_count(conn, False)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            # the response is written: the client has it even if we die now
+            self._statekit_count(conn, False)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        self._statekit_busy -= 1
+        if fs.cancelled():  # never ran
+            self._statekit_count(conn, False)
+        super().finish_request(conn, fs)
 
 
 # -- the arbiter -----------------------------------------------------------------
@@ -346,7 +464,15 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
 
     def stop(self, graceful: bool = True) -> None:
         """Drain (after TERM), close the listeners, stop the workers within the
-        graceful timeout, SIGKILL the rest, stop the broadcaster, report."""
+        graceful timeout, SIGKILL the rest, stop the broadcaster, report.
+
+        Every counter of the report covers the same period, from TERM (or the start
+        of the stop) to exit: ``in_flight_at_term`` the requests inside the app at
+        TERM, ``completed`` and ``rejected`` the requests that ended so since,
+        ``force_killed`` the workers SIGKILLed at the graceful timeout,
+        ``lost_in_flight`` the requests lost since TERM (force-killed workers' and any
+        worker that died or gave up meanwhile; a worker killed earlier had its own
+        ``died with N requests in flight`` line)."""
         rt = self.statekit
         if rt.reported:
             return
@@ -358,6 +484,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         if rt.at_term is None:
             rt.term_at = rt.term_at or time.monotonic()
             rt.at_term = self._totals()
+            rt.lost_at_term = rt.lost
         if drain:
             self._drain()
         unlink = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
@@ -390,7 +517,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         rt.force_killing = True
         for w in forced:
             with contextlib.suppress(IndexError, AttributeError):
-                rt.lost += max(rt.drain.slot_info(w.statekit_slot).in_flight, 0)
+                rt.lost += _held(rt, w.statekit_slot)
         self.kill_workers(signal.SIGKILL)
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGKILL)
@@ -406,7 +533,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             "statekit: shutdown: in_flight_at_term=%d completed=%d rejected=%d force_killed=%d "
             "lost_in_flight=%d seconds=%.2f",
             at["in_flight"], now["completed"] - at["completed"], now["rejected"] - at["rejected"],
-            len(forced), rt.lost, time.monotonic() - (rt.term_at or time.monotonic()),
+            len(forced), rt.lost - rt.lost_at_term, time.monotonic() - (rt.term_at or time.monotonic()),
         )
 
 
@@ -426,6 +553,8 @@ def on_starting(server: Any) -> None:
     # ``python -m statekit serve`` (whose sys.argv[0] is a package's __main__.py that
     # cannot run as a script) comes back as itself
     server.START_CTX["args"] = [sys.executable, *sys.orig_argv[1:]]
+    # prometheus_client's multiprocess mode: a scrape of any worker reports them all
+    server.statekit_metrics_dir = metrics._private_dir()
     if getattr(server, "statekit", None) is None:
         options = getattr(server.app, "statekit_options", None) or _Options.from_env()
         if options.drain_mode not in DRAIN_MODES:
@@ -445,6 +574,7 @@ def pre_fork(server: Any, worker: Any) -> None:
                 _collect_slot(server, index)
             worker.statekit_slot = index
             rt.drain.reset_slot(index, state=BOOTING, forked_at=time.time())
+            rt.held.reset(index)
             return
     raise HaltServer("statekit: no free worker slot (more than 255 workers?)")
 
@@ -453,6 +583,7 @@ def post_fork(server: Any, worker: Any) -> None:
     """Worker, just forked: bind our slot; the master's broadcaster is not ours."""
     rt = _runtime(server)
     rt.drain.bind(worker.statekit_slot)
+    worker.statekit_held = rt.held
     rt.options.broadcaster = None
     rt.broadcaster_started = False
 
@@ -497,6 +628,7 @@ def pre_request(worker: Any, req: Any) -> None:
 def worker_exit(server: Any, worker: Any) -> None:
     """Worker exiting on its own: mark the slot, so the master knows it was not killed."""
     if os.getpid() == getattr(worker, "pid", None):
+        metrics.flush()  # its last counts, for the scrapes that other workers answer
         with contextlib.suppress(Exception):
             get_drain_state().mark_exited()
     elif hasattr(server, "statekit"):  # gunicorn calls it in the master for a vanished pid
@@ -505,7 +637,15 @@ def worker_exit(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """Master, a worker was reaped: add its counters to the totals, free its slot."""
+    metrics.mark_process_dead(worker.pid)
     _collect(server, worker)
+
+
+def on_exit(server: Any) -> None:
+    """Master, exiting: remove the metrics directory :func:`on_starting` created
+    (unless a USR2 re-exec handed it to a new master)."""
+    if not getattr(server, "reexec_pid", 0):
+        metrics._remove_private_dir(getattr(server, "statekit_metrics_dir", None))
 
 
 def _collect(server: Any, worker: Any) -> None:
@@ -523,13 +663,22 @@ def _collect_slot(server: Any, index: int) -> None:
         return
     for k in rt.collected:
         rt.collected[k] += getattr(info, k)
-    if info.pid and not rt.force_killing and (info.state != EXITED or info.in_flight > 0):
+    held = _held(rt, index)
+    if info.pid and not rt.force_killing and (info.state != EXITED or held > 0):
         # killed, crashed, or gave up on requests at its own graceful timeout
-        rt.lost += max(info.in_flight, 0)
+        rt.lost += held
         how = "exited" if info.state == EXITED else "died"
-        server.log.warning("statekit: worker %s %s with %d requests in flight", info.pid, how, info.in_flight)
+        server.log.warning("statekit: worker %s %s with %d requests in flight", info.pid, how, held)
     rt.collected["in_flight"] -= info.in_flight
     rt.drain.reset_slot(index)
+    rt.held.reset(index)
+
+
+def _held(rt: _Runtime, index: int) -> int:
+    """Requests the worker in slot *index* holds unanswered: the connections its
+    threads hold (:class:`StatekitThreadWorker`), at least the requests inside the
+    app (any worker class: the lifecycle middleware counts those)."""
+    return max(rt.drain.slot_info(index).in_flight, rt.held.get(index), 0)
 
 
 _HOOKS = {
@@ -540,6 +689,7 @@ _HOOKS = {
     "pre_request": pre_request,
     "worker_exit": worker_exit,
     "child_exit": child_exit,
+    "on_exit": on_exit,
 }
 
 
