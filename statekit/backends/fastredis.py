@@ -20,15 +20,21 @@ child drops every inherited socket (``os.register_at_fork``) and opens its own o
 first use, so a gunicorn worker never shares a reply stream with its parent.
 
 **Failures.** Every send and receive is bounded by the client's ``socket_timeout``
-and every connect by its ``socket_connect_timeout`` (enforced by the kernel). A
-socket the server closed while idle (Redis restarted, idle timeout) is noticed as a
-reset on the next call, replaced, and the call sent once more; a refused connect, a
-timeout or any other socket error closes the socket and raises
-:class:`~statekit.errors.BackendUnavailable` (the reply stream is out of step, so
-the socket is never reused). Error replies that mean "not now" (``READONLY``,
-``LOADING``, ``MASTERDOWN``, ``CLUSTERDOWN``, ``TRYAGAIN``) also raise
-``BackendUnavailable``; other error replies raise :class:`RedisReplyError` (or what
-a subclass's :meth:`FastTransport.reply_error` returns).
+and every connect by its ``socket_connect_timeout`` (enforced by the kernel). The
+retry rule is the one of :mod:`statekit.backends.redis`: before a command is sent on
+a socket that has been idle, the socket is checked (a non-blocking peek) and, if the
+server closed it (Redis restarted, idle timeout), replaced: nothing was sent, so
+nothing is lost or doubled. Once a command went out, a timeout, a reset or any other
+socket error closes the socket and raises :class:`~statekit.errors.BackendUnavailable`
+(the reply stream is out of step, so the socket is never reused) and the command is
+never sent again, except an idempotent read after a dropped connection (once).
+Error replies that mean "not now" or "wrong node" (``READONLY``, also inside a
+script error; ``LOADING``, ``MASTERDOWN``, ``CLUSTERDOWN``, ``TRYAGAIN``) and
+authentication failures (``NOAUTH``, ``WRONGPASS``, ``unauthenticated multibulk
+length``) raise ``BackendUnavailable`` and drop the socket (the next call connects
+anew, to whatever the address now names); other error replies raise
+:class:`RedisReplyError` (or what a subclass's :meth:`FastTransport.reply_error`
+returns).
 """
 
 from __future__ import annotations
@@ -47,7 +53,17 @@ from typing import Any
 
 from .._fork import reset_in_child
 from ..errors import BackendUnavailable, StatekitError
-from .redis import RedisClient, is_cluster, translate_errors
+from .redis import (
+    IDEMPOTENT_READS,
+    Problem,
+    RedisClient,
+    is_cluster,
+    outcome_unknown,
+    reply_problem,
+    translate_errors,
+    unavailable,
+    with_rule,
+)
 
 __all__ = [
     "SPIN_SECONDS",
@@ -67,9 +83,6 @@ class RedisReplyError(StatekitError):
     """Redis answered a command with an error reply (a bug or a wrong type, not an
     outage: outages raise :class:`~statekit.errors.BackendUnavailable`)."""
 
-
-#: error-reply prefixes that mean "the server cannot serve this right now"
-_UNAVAILABLE = ("READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN")
 
 
 def script_sha(source: str) -> bytes:
@@ -112,6 +125,8 @@ _allocate_lock = threading.Lock
 _perf = time.perf_counter
 #: how long a call polls for the reply before it blocks (see _FastConnection)
 SPIN_SECONDS = 60e-6
+#: a socket idle for longer is checked before a command is sent on it
+STALE_CHECK_AFTER = 0.001
 
 
 class _CpuPressure:
@@ -168,7 +183,7 @@ class _FastConnection:
     ``AUTH`` and ``SELECT`` (when the client has a password or a non-zero db) are sent
     once, when the socket is opened."""
 
-    __slots__ = ("calls", "misses", "reader", "sock", "spin", "spin_seconds", "tag")
+    __slots__ = ("calls", "last", "misses", "reader", "sock", "spin", "spin_seconds", "tag")
 
     def __init__(self, params: Mapping[str, Any], reader_factory: Any,
                  spin_seconds: float = SPIN_SECONDS) -> None:
@@ -194,6 +209,7 @@ class _FastConnection:
         self.reader = reader_factory()
         self.spin = bool(_DONTWAIT) and spin_seconds > 0
         self.calls = self.misses = 0
+        self.last = _perf()  # when the last reply came (see stale())
         self.tag = 0  # what a FastTransport subclass set up on this socket (tracking)
         if params.get("password"):
             auth = ["AUTH", params["password"]]
@@ -211,7 +227,23 @@ class _FastConnection:
             raise
         if isinstance(reply, Exception):
             self.close()
-            raise BackendUnavailable(f"Redis refused {args[0]}: {reply}")
+            problem = "authentication" if args[0] == "AUTH" else reply_problem(str(reply))
+            raise unavailable(f"connection setup ({args[0]})", str(reply), problem)
+
+    def stale(self) -> bool:
+        """Whether the server closed this socket while it was idle (or left bytes
+        nobody asked for): checked before a command is sent on a socket idle for
+        more than :data:`STALE_CHECK_AFTER`, so a restarted Redis or an idle timeout
+        costs no failed call and no command is sent twice. One non-blocking peek."""
+        if not _DONTWAIT or _perf() - self.last < STALE_CHECK_AFTER:
+            return False
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | _DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True  # b"": closed by the server; bytes: out of step
 
     def call(self, packed: bytes) -> Any:
         """Send *packed* and return the reply (an error reply is returned, not
@@ -255,6 +287,7 @@ class _FastConnection:
                 raise ConnectionResetError("Redis closed the connection")
             reader.feed(data)
             reply = reader.gets()
+        self.last = _perf()
         return reply
 
     def close(self) -> None:
@@ -444,6 +477,18 @@ class SharedConnection:
         """Close the socket (commands in flight fail)."""
         self._fail(ConnectionResetError("connection closed"))
 
+    def stale(self) -> bool:
+        """:meth:`_FastConnection.stale`, checked only while no command is in flight;
+        a stale connection is marked :attr:`broken` (callers open a new one)."""
+        conn = self.conn
+        if not _DONTWAIT or _perf() - conn.last < STALE_CHECK_AFTER:
+            return False
+        with self._send:  # nothing can be queued meanwhile
+            if self._queue or self.broken is not None or not conn.stale():
+                return False
+        self._fail(ConnectionResetError("Redis closed the idle connection"))
+        return True
+
 
 class _ReplyError(Exception):
     pass
@@ -525,13 +570,24 @@ def fast_params(client: Any) -> dict[str, Any] | None:
     if get_encoder is not None and get_encoder().decode_responses:
         return None
     pool = getattr(client, "connection_pool", None)
-    if pool is None or pool.connection_class not in (redis.Connection, redis.UnixDomainSocketConnection):
+    plain = (redis.Connection, redis.UnixDomainSocketConnection)
+    if pool is None or pool.connection_class not in (*plain, *map(with_rule, plain)):
         return None
     kw = pool.connection_kwargs
     if kw.get("credential_provider") or kw.get("protocol") in (3, "3"):
         return None
     return {k: kw.get(k) for k in ("host", "port", "path", "db", "username", "password",
                                    "socket_timeout", "socket_connect_timeout")}
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    import redis
+
+    while exc is not None:
+        if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class FastTransport:
@@ -566,10 +622,9 @@ class FastTransport:
     # -- error mapping -------------------------------------------------------------
 
     def reply_error(self, message: str) -> Exception:
-        """The exception to raise for the Redis error reply *message*. Subclasses
-        override it to map errors to their own types."""
-        if message.startswith(_UNAVAILABLE):
-            return BackendUnavailable(f"Redis cannot serve a {self.what} call now: {message}")
+        """The exception to raise for the Redis error reply *message* (an error of the
+        command: replies about the server are mapped before, see :meth:`_refused`).
+        Subclasses override it to map errors to their own types."""
         return RedisReplyError(f"Redis refused a {self.what} command: {message}")
 
     # -- the fast path ---------------------------------------------------------------
@@ -597,98 +652,123 @@ class FastTransport:
             conn.close()
             self._local.conn = None
 
-    def fast_call(self, packed: bytes) -> Any:
+    def fast_call(self, packed: bytes, *, read: bool = False) -> Any:
         """Send a packed command on this thread's socket and return the reply (an
         error reply is returned, not raised). Only valid when :attr:`fast_params` is
         set.
 
-        A socket the server closed while idle is replaced and the command sent once
-        more; any other failure closes the socket and raises
-        :class:`~statekit.errors.BackendUnavailable`."""
+        The retry rule (:mod:`statekit.backends.redis`): an idle socket the server
+        closed is replaced before anything is sent; once the command went out, any
+        failure closes the socket and raises
+        :class:`~statekit.errors.BackendUnavailable` without sending it again, except
+        a *read* (an idempotent command) after the connection dropped: once.
+
+        :param read: the command only reads (see
+            :data:`~statekit.backends.redis.IDEMPOTENT_READS`).
+        """
         conn = self._existing()
-        if conn is not None:
+        if conn is not None and conn.stale():
+            self._drop_fast()  # closed while idle: nothing was sent on it
+        retried = False
+        while True:
             try:
-                return conn.call(packed)
-            except (ConnectionResetError, BrokenPipeError):
-                self._drop_fast()  # stale socket (Redis restarted, idle timeout): one retry
-            except OSError as e:
+                return self._fast().call(packed)
+            except BackendUnavailable:  # could not connect: nothing was sent
                 self._drop_fast()
-                raise BackendUnavailable(f"Redis did not answer a {self.what} call in time: {e}") from e
+                raise
+            except OSError as e:  # timeouts included: the reply stream is out of step
+                self._drop_fast()
+                if read and not retried and isinstance(e, ConnectionError):
+                    retried = True  # an idempotent read after a dropped connection: once
+                    continue
+                raise BackendUnavailable(
+                    f"Redis did not answer a {self.what} call (it may or may not have been "
+                    f"applied; not sent again): {e}"
+                ) from e
             except BaseException:
                 # interrupted (a signal handler's exception, a time limit) between send
                 # and reply: the socket is a reply behind, and its next command would
                 # read this one's reply
                 self._drop_fast()
                 raise
-        try:
-            return self._fast().call(packed)
-        except BackendUnavailable:
+
+    def _refused(self, message: str) -> Exception:
+        """The exception for the error reply *message*: the error map's
+        ``BackendUnavailable`` for a reply about the server (the socket is dropped
+        after a wrong-node or authentication reply), else :meth:`reply_error`."""
+        problem: Problem | None = reply_problem(message)
+        if problem is None:
+            return self.reply_error(message)
+        if problem != "not now":
             self._drop_fast()
-            raise
-        except OSError as e:  # timeouts included: the reply stream is out of step
-            self._drop_fast()
-            raise BackendUnavailable(f"Redis unavailable during a {self.what} call: {e}") from e
-        except BaseException:  # interrupted: out of step, as above
-            self._drop_fast()
-            raise
+        return unavailable(f"a {self.what} call", message, problem)
 
     # -- commands and scripts ---------------------------------------------------------
 
     def command(self, *args: Arg) -> Any:
         """Run one Redis command: one round trip. Replies are raw RESP values on the
         fast path; through redis-py its reply callbacks apply (``HGETALL`` gives a
-        dict there, a flat list here).
+        dict there, a flat list here). An idempotent read is sent once more after a
+        dropped connection; nothing else is ever sent twice.
 
         :raises BackendUnavailable: Redis unreachable or timed out, or refusing
-            service (read-only replica, loading, cluster down).
+            service (read-only replica, loading, cluster down, authentication).
         :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
         """
+        name = args[0] if isinstance(args[0], bytes) else str(args[0]).encode()
+        read = name.upper() in IDEMPOTENT_READS
         if self.fast_params is not None:
-            reply = self.fast_call(self._pack(args))
+            reply = self.fast_call(self._pack(args), read=read)
             if isinstance(reply, Exception):
-                raise self.reply_error(str(reply))
+                raise self._refused(str(reply))
             return reply
+        try:
+            return self._redis_py(lambda client: client.execute_command(name.decode(), *args[1:]))
+        except BackendUnavailable as e:
+            if not (read and outcome_unknown(e) and not _timed_out(e)):
+                raise
+        return self._redis_py(lambda client: client.execute_command(name.decode(), *args[1:]))
+
+    def _redis_py(self, call: Any) -> Any:
+        """``call(client)`` through redis-py, errors mapped as on the fast path."""
         import redis
 
-        client: Any = self.client
-        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
         with translate_errors(f"a {self.what} call"):
             try:
-                return client.execute_command(name, *args[1:])
+                return call(self.client)
             except redis.exceptions.ResponseError as e:
-                if isinstance(e, redis.exceptions.ReadOnlyError):
-                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
-                raise self.reply_error(str(e)) from e
+                code = getattr(e, "status_code", None)
+                message = f"{code} {e}" if code and not str(e).startswith(code) else str(e)
+                if reply_problem(message) is not None or isinstance(e, redis.exceptions.ReadOnlyError):
+                    raise  # the error map's (translate_errors)
+                raise self.reply_error(message) from e
 
     def script(self, sha: bytes, source: str, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
         """Run the Lua script *source* (SHA1 *sha*, see :func:`script_sha`) by
         ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed server) load it and run it
-        again. One round trip when the script is cached. Errors as :meth:`command`."""
+        again. One round trip when the script is cached. Never sent again once its
+        outcome is unknown. Errors as :meth:`command`."""
         if self.fast_params is not None:
             packed = self._pack((b"EVALSHA", sha, len(keys), *keys, *args))
             reply = self.fast_call(packed)
             if isinstance(reply, Exception) and str(reply).startswith("NOSCRIPT"):
                 loaded = self.fast_call(self._pack((b"SCRIPT", b"LOAD", source)))
                 if isinstance(loaded, Exception):
-                    raise self.reply_error(str(loaded))
+                    raise self._refused(str(loaded))
                 reply = self.fast_call(packed)
             if isinstance(reply, Exception):
-                raise self.reply_error(str(reply))
+                raise self._refused(str(reply))
             return reply
         import redis
 
-        client: Any = self.client
-        with translate_errors(f"a {self.what} call"):
+        def run(client: Any) -> Any:
             try:
-                try:
-                    return client.evalsha(sha.decode(), len(keys), *keys, *args)
-                except redis.exceptions.NoScriptError:
-                    client.script_load(source)
-                    return client.evalsha(sha.decode(), len(keys), *keys, *args)
-            except redis.exceptions.ResponseError as e:
-                if isinstance(e, redis.exceptions.ReadOnlyError):
-                    raise BackendUnavailable(f"Redis is read-only (failover in progress?): {e}") from e
-                raise self.reply_error(str(e)) from e
+                return client.evalsha(sha.decode(), len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(source)
+                return client.evalsha(sha.decode(), len(keys), *keys, *args)
+
+        return self._redis_py(run)
 
     def close(self) -> None:
         """Close this thread's socket (other threads' close when they end)."""

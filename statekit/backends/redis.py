@@ -1,14 +1,51 @@
-"""Redis clients from URLs: standalone, TLS, unix socket, Sentinel and Cluster.
+"""Redis clients from URLs: standalone, TLS, unix socket, Sentinel and Cluster; the
+one error map and the one retry rule every statekit Redis path follows.
 
-Every client gets connect and socket timeouts and redis-py's ``Retry`` with
-exponential backoff on connection errors and timeouts, so no call can hang. Clients
-are shared per process through :func:`get_client`: one connection pool per URL, which
-redis-py resets on its own in a forked child (gunicorn workers).
+Every client gets connect and socket timeouts, and clients are shared per process
+through :func:`get_client`: one connection pool per URL, which redis-py resets on its
+own in a forked child (gunicorn workers).
+
+**The retry rule** (the same for redis-py and for the fast path in
+:mod:`statekit.backends.fastredis`, on every server line):
+
+* A failure *before* a command is sent (connecting, the handshake, a health check,
+  a pooled or idle socket found closed by the server) may be retried: nothing
+  reached the server. redis-py's ``Retry`` (exponential backoff, ``retries`` from
+  the URL, default 2) does it.
+* A reply that says the node refused the command unapplied (``READONLY``, also
+  wrapped in a script error as Redis 6.2 sends it; ``MASTERDOWN``; ``LOADING``)
+  drops the connection, so the next attempt asks Sentinel (or DNS) for the master
+  again, and may be retried like a failure before sending.
+* A failure *after* the command went out (a timeout, a reset while waiting for the
+  reply) leaves its outcome unknown: a write (``INCR``, a session save script, a
+  lock release, a publish) is never sent again; the caller gets
+  :class:`~statekit.errors.BackendUnavailable` and nothing is applied twice. An
+  idempotent read (:data:`IDEMPOTENT_READS`) may be sent once more after the
+  connection dropped, never after a timeout (a slow server would only make the
+  caller wait twice as long).
+
+In redis-py the command-level retry (``Redis._execute_command``,
+``Pipeline.execute``, ``PubSub``) and the connect-level one share one ``Retry``
+object, so the rule is carried by the connections: statekit's clients use
+subclasses of redis-py's connection classes (:func:`with_rule`) that raise
+:class:`OutcomeUnknown` for a failure after sending (which the ``Retry`` built by
+:func:`retry_policy` refuses, and which RedisCluster's own retry loop, matching
+exact types, does not retry either) and :class:`NotApplied` for a wrong-node reply.
+Pub/sub readers get the same errors and reconnect themselves (the broadcast
+subscriber re-subscribes and re-reads what it may have missed).
+
+**The error map** (:func:`unavailable`, used by :class:`translate_errors` and the
+fast path): connection errors, timeouts, wrong-node and not-now replies
+(``CLUSTERDOWN``, ``TRYAGAIN``) and authentication failures (``NOAUTH``,
+``WRONGPASS``, ``HELLO must be called with the client already authenticated``,
+Redis's ``Protocol error: unauthenticated multibulk length``) all become
+``BackendUnavailable``; the message of an authentication failure says so.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -25,22 +62,226 @@ else:
     RedisClient = Any
 
 __all__ = [
+    "IDEMPOTENT_READS",
     "RedisClient",
     "create_client",
     "get_client",
     "is_cluster",
+    "reply_problem",
+    "retry_policy",
     "translate_errors",
+    "unavailable",
+    "with_rule",
 ]
 
 _clients: dict[tuple[int, str, tuple[tuple[str, Any], ...]], Any] = {}
 _clients_lock = threading.Lock()
 
+#: commands that only read: after the connection dropped mid-call (not after a
+#: timeout) they may be sent once more
+IDEMPOTENT_READS = frozenset({
+    b"GET", b"MGET", b"EXISTS", b"TTL", b"PTTL", b"HGET", b"HMGET", b"HGETALL",
+    b"HEXISTS", b"HLEN", b"ZRANGE", b"ZRANGEBYSCORE", b"ZSCORE", b"ZCARD", b"PING",
+})
 
-def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, Any]:
-    redis_mod = require("redis", feature="redis:// URLs")
+# An error reply's code, at the start ("READONLY You can't ...", Redis 7+ and Valkey
+# also for an error inside a script) or after "-" inside a script error (Redis 6.2:
+# "ERR Error running script (call to f_...): @user_script:1: @user_script: 1:
+# -READONLY You can't write against a read only replica.").
+_CODE = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|LOADING|CLUSTERDOWN|TRYAGAIN|NOAUTH|WRONGPASS)\b")
+_AUTH_TEXT = ("unauthenticated multibulk", "unauthenticated bulk", "invalid password",
+              "invalid username-password", "must be called with the client already authenticated")
+_WRONG_NODE = frozenset({"READONLY", "MASTERDOWN"})
+_NOT_NOW = frozenset({"LOADING", "CLUSTERDOWN", "TRYAGAIN"})
+
+Problem = Literal["wrong node", "not now", "authentication"]
+
+
+def reply_problem(message: str) -> Problem | None:
+    """What the error reply *message* (with its code, as the server sent it) says
+    about the server rather than the command: ``"wrong node"`` (a replica or a
+    demoted master: ask for the master again; nothing was applied), ``"not now"``
+    (loading, cluster down: nothing was applied), ``"authentication"`` (missing or
+    wrong credentials), or ``None`` (an error of the command itself)."""
+    m = _CODE.search(message)
+    if m is not None:
+        code = m.group(1)
+        if code in _WRONG_NODE:
+            return "wrong node"
+        if code in _NOT_NOW:
+            return "not now"
+        return "authentication"
+    low = message.lower()
+    if any(text in low for text in _AUTH_TEXT):
+        return "authentication"
+    return None
+
+
+def _problem_of(exc: BaseException) -> Problem | None:
+    """:func:`reply_problem` for a redis-py exception (which strips the code)."""
+    import redis
+
+    e = redis.exceptions
+    if isinstance(exc, (e.AuthenticationError, e.AuthenticationWrongNumberOfArgsError)):
+        return "authentication"
+    if isinstance(exc, (e.ReadOnlyError, e.MasterDownError)):
+        return "wrong node"
+    if isinstance(exc, (e.BusyLoadingError, e.ClusterDownError, e.TryAgainError)):
+        return "not now"
+    if isinstance(exc, e.ResponseError):
+        code = getattr(exc, "status_code", None)
+        return reply_problem(f"{code} {exc}" if code else str(exc))
+    return None
+
+
+def unavailable(what: str, message: str, problem: Problem | None) -> BackendUnavailable:
+    """The :class:`~statekit.errors.BackendUnavailable` for a failed *what* call."""
+    if problem == "authentication":
+        return BackendUnavailable(
+            f"Redis refused authentication during {what} (check the username and password "
+            f"in the URL): {message}"
+        )
+    if problem == "wrong node":
+        return BackendUnavailable(f"Redis cannot write during {what} (a replica, or a failover "
+                                  f"in progress; reconnecting to the master): {message}")
+    return BackendUnavailable(f"Redis unavailable during {what}: {message}")
+
+
+class _Rule:
+    """Mixin for a redis-py connection class: the retry rule (module docstring).
+
+    A failure while connecting, in the handshake or a health check is left as
+    redis-py raises it (retryable); one after the command was sent is raised as
+    :class:`OutcomeUnknown`, a wrong-node or loading reply as :class:`NotApplied`
+    (after dropping the connection)."""
+
+    _statekit_setup = 0  # > 0 while connecting or checking health: nothing of a command sent
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+        self._statekit_setup += 1
+        try:
+            return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._statekit_setup -= 1
+
+    def check_health(self) -> Any:
+        self._statekit_setup += 1
+        try:
+            return super().check_health()  # type: ignore[misc]
+        finally:
+            self._statekit_setup -= 1
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._statekit_setup:
+            return super().send_packed_command(command, check_health)  # type: ignore[misc,no-any-return]
+        rule = _rule()
+        if not self._sock:  # type: ignore[attr-defined]
+            self.connect_check_health(check_health=False)
+        if check_health:
+            self.check_health()
+        try:
+            super().send_packed_command(command, check_health=False)  # type: ignore[misc]
+        except (rule.redis.ConnectionError, rule.redis.TimeoutError) as e:
+            raise rule.OutcomeUnknown(f"{e} (sending a command: its outcome is unknown)") from e
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._statekit_setup:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        rule = _rule()
+        redis = rule.redis
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.ResponseError as e:
+            problem = _problem_of(e)
+            if problem in ("wrong node", "not now"):
+                self.disconnect()  # type: ignore[attr-defined]
+                raise rule.NotApplied(f"{e} (nothing applied)") from e
+            raise
+        except (rule.NotApplied, redis.AuthenticationError):
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            # redis-py's Sentinel connection turns READONLY into a ConnectionError,
+            # and LOADING is a ConnectionError: replies, nothing applied
+            if isinstance(e, redis.BusyLoadingError) or isinstance(e.__context__, redis.ReadOnlyError):
+                self.disconnect()  # type: ignore[attr-defined]
+                raise rule.NotApplied(f"{e} (nothing applied)") from e
+            raise rule.OutcomeUnknown(f"{e} (waiting for a reply: the outcome is unknown)") from e
+
+
+class _RuleClasses:
+    """The redis-py classes of the rule, built on first use (redis is optional)."""
+
+    def __init__(self) -> None:
+        import redis
+
+        self.redis = redis
+
+        class OutcomeUnknown(redis.ConnectionError):
+            """A command was sent and no reply came: it may or may not have been
+            applied. Never retried (a subclass: RedisCluster retries exact types)."""
+
+        class NotApplied(redis.ConnectionError):
+            """The node refused the command unapplied (a replica, a demoted master,
+            loading); the connection was dropped. Safe to retry."""
+
+        self.OutcomeUnknown = OutcomeUnknown
+        self.NotApplied = NotApplied
+        self.classes: dict[type, type] = {}
+        self.lock = threading.Lock()
+
+
+_rules: _RuleClasses | None = None
+
+
+def _rule() -> _RuleClasses:
+    global _rules
+    if _rules is None:
+        _rules = _RuleClasses()
+    return _rules
+
+
+def with_rule(connection_class: type) -> type:
+    """The subclass of the redis-py *connection_class* that follows the retry rule
+    (cached; a class that already follows it is returned as is)."""
+    if issubclass(connection_class, _Rule):
+        return connection_class
+    rule = _rule()
+    with rule.lock:
+        cls = rule.classes.get(connection_class)
+        if cls is None:
+            cls = rule.classes[connection_class] = type(
+                f"Statekit{connection_class.__name__}", (_Rule, connection_class), {}
+            )
+        return cls
+
+
+def _retryable(error: Exception) -> bool:
+    rule = _rule()
+    return not isinstance(error, (rule.OutcomeUnknown, rule.redis.AuthenticationError))
+
+
+def retry_policy(retries: int = 2, cap: float = 0.25) -> Any:
+    """redis-py's ``Retry`` for the rule: exponential backoff, *retries* attempts more,
+    on connection errors and timeouts except :class:`OutcomeUnknown` (a command sent,
+    its outcome unknown) and authentication failures (retrying cannot fix them)."""
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    return Retry(ExponentialBackoff(cap=cap, base=0.02), retries, is_retryable=_retryable)
+
+
+def outcome_unknown(exc: BaseException) -> bool:
+    """Whether *exc* (or what it wraps) says a command was sent and its outcome is unknown."""
+    rule = _rule()
+    while exc is not None:
+        if isinstance(exc, rule.OutcomeUnknown):
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, Any]:
+    require("redis", feature="redis:// URLs")
     opts = dict(parsed.options)
     opts.update(overrides)
     retries = opts.pop("retries", 2)
@@ -49,8 +290,7 @@ def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, A
         "socket_connect_timeout": opts.pop("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         "socket_timeout": opts.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT),
         "health_check_interval": opts.pop("health_check_interval", 30),
-        "retry": Retry(ExponentialBackoff(cap=cap, base=0.02), retries),
-        "retry_on_error": [redis_mod.ConnectionError, redis_mod.TimeoutError],
+        "retry": retry_policy(retries, cap),
     }
     if parsed.username:
         kwargs["username"] = parsed.username
@@ -60,9 +300,17 @@ def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, A
     return kwargs
 
 
+def _adopt(client: redis.Redis) -> redis.Redis:
+    """Make *client*'s pool open connections that follow the rule (before any is made)."""
+    pool = client.connection_pool
+    pool.connection_class = with_rule(pool.connection_class)
+    return client
+
+
 def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
     """Create a new Redis client for a ``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://`` or ``redis+cluster://`` URL.
+    ``redis+sentinel://`` or ``redis+cluster://`` URL, following the retry rule
+    (module docstring).
 
     :param overrides: keyword arguments for the redis-py client, applied over the
         URL's options (``socket_timeout=None`` for a blocking pub/sub reader, say).
@@ -78,14 +326,15 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
 
         kwargs.pop("db", None)
         kwargs.pop("health_check_interval", None)
-        kwargs.pop("retry_on_error", None)
         kwargs.pop("sentinel_password", None)
+        ssl = kwargs.get("ssl") in (True, "true", "1", "yes")
+        kwargs.setdefault("connection_class", with_rule(redis.SSLConnection if ssl else redis.Connection))
         return _lazy_cluster(
             startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],  # type: ignore[no-untyped-call]
             **kwargs,
         )
     if parsed.scheme == "redis+sentinel":
-        from redis.sentinel import Sentinel
+        from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
         sentinel_kwargs = {
             "socket_connect_timeout": kwargs["socket_connect_timeout"],
@@ -94,6 +343,9 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         sentinel_password = kwargs.pop("sentinel_password", None)
         if sentinel_password:
             sentinel_kwargs["password"] = sentinel_password
+        ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
+        managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+        kwargs["connection_class"] = with_rule(managed)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
@@ -101,11 +353,11 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         return master
     kwargs.pop("sentinel_password", None)
     if parsed.scheme == "unix":
-        return redis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
+        return _adopt(redis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs))
     host, port = parsed.hosts[0]
     if parsed.scheme == "rediss":
         kwargs["ssl"] = True
-    return redis.Redis(host=host, port=port, db=parsed.db, **kwargs)
+    return _adopt(redis.Redis(host=host, port=port, db=parsed.db, **kwargs))
 
 
 _lazy_cluster_class: Any = None
@@ -178,8 +430,10 @@ def is_cluster(client: Any) -> bool:
 
 
 class translate_errors:
-    """Context manager: turn redis-py connection errors and timeouts into
-    :class:`~statekit.errors.BackendUnavailable` (keeping the original as the cause).
+    """Context manager: the error map for redis-py calls. Connection errors, timeouts,
+    wrong-node and not-now replies and authentication failures become
+    :class:`~statekit.errors.BackendUnavailable` (keeping the original as the
+    cause); other errors pass through.
 
     Usage: ``with translate_errors("cache get"): client.get(key)``.
     """
@@ -193,21 +447,18 @@ class translate_errors:
         return None
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
-        if exc is None:
+        if exc is None or not isinstance(exc, Exception):
             return False
         import redis
 
+        problem = _problem_of(exc)
         # CLUSTERDOWN / TRYAGAIN (a cluster that lost a master, or is resharding) and
         # READONLY (a failed-over master) are replies, not connection errors, but
         # they say the same thing: the backend cannot serve this call right now.
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) or isinstance(
-            exc,
-            (
-                redis.exceptions.RedisClusterException,
-                redis.exceptions.ClusterDownError,
-                redis.exceptions.TryAgainError,
-                redis.exceptions.ReadOnlyError,
-            ),
+        if problem is not None or isinstance(
+            exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
         ):
-            raise BackendUnavailable(f"Redis unavailable during {self.what}: {exc}") from exc
+            if problem is None and isinstance(exc.__cause__, Exception):
+                problem = _problem_of(exc.__cause__)  # a NotApplied of a READONLY reply
+            raise unavailable(self.what, str(exc), problem) from exc
         return False
