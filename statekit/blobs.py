@@ -64,6 +64,7 @@ __all__ = [
     "content_disposition",
     "generate_key",
     "open_blob_store",
+    "require_extras",
     "sanitize_filename",
     "sniff",
     "validate_key",
@@ -522,6 +523,7 @@ class BlobStore:
 
     def __init__(self, url: str | None = None, *, max_size: int | None = None,
                  allowed_types: Sequence[str] | None = None, secret: str | bytes | None = None) -> None:
+        require_extras(self.scheme)
         self.max_size = max_size
         self.allowed_types = list(allowed_types) if allowed_types is not None else None
         self._secret = (secret.encode() if isinstance(secret, str) else secret) or secrets.token_bytes(32)
@@ -894,8 +896,26 @@ def _chain(head: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+def require_extras(scheme: str) -> None:
+    """Raise a :class:`ConfigError` with the ``pip install`` line when a package a
+    *scheme*'s blob store needs is missing (``boto3`` for ``s3``; ``puremagic``, which
+    sniffs every upload, for all), so a store fails where it is opened, not at the
+    first upload."""
+    modules = ("boto3", "puremagic") if scheme == "s3" else ("puremagic",)
+    missing = []
+    for module in modules:
+        try:
+            require(module, feature="blob stores")
+        except ConfigError:
+            missing.append(repr(module))
+    if missing:
+        raise ConfigError(f"{scheme}:// blob stores need {' and '.join(missing)}: "
+                          "pip install 'statekit[blobs]'")
+
+
 def _backend_class(url: str) -> type[BlobStore]:
     parsed = parse_url(url, kinds=("s3", "file", "memory"))
+    require_extras(parsed.kind)
     import importlib
 
     module, _, name = _BACKENDS[parsed.kind].partition(":")

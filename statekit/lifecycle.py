@@ -23,6 +23,7 @@ Nothing here connects to anything at import or construction time.
 from __future__ import annotations
 
 import json
+import logging
 import mmap
 import os
 import struct
@@ -46,8 +47,11 @@ __all__ = [
     "DrainState",
     "Lifecycle",
     "LifecycleMiddleware",
+    "OutageLog",
     "SlotInfo",
+    "check_extras",
     "get_drain_state",
+    "outages",
     "redis_check",
     "s3_check",
     "set_drain_state",
@@ -251,10 +255,28 @@ def set_drain_state(state: DrainState | None) -> None:
 Check = Callable[[float], object]
 
 
+def check_extras(url: str, *, blobs: bool = False) -> None:
+    """Raise a :class:`ConfigError` with the ``pip install`` line when the packages
+    the backend of *url* needs are missing: redis-py for Redis URLs; with *blobs*,
+    what a blob store of that scheme needs (``boto3``, ``puremagic``). The adapters
+    call it at start-up and the readiness checks on every run, so a missing extra
+    fails start and ``/readyz`` instead of the first request that uses it."""
+    kind = parse_url(url).kind
+    if blobs:
+        from .blobs import require_extras
+
+        require_extras(kind)
+    elif kind == "redis":
+        from .backends import require
+
+        require("redis", feature="redis:// URLs")
+
+
 def redis_check(url: str) -> Check:
     """A readiness check that PINGs the Redis at *url* within the budget it is given."""
 
     def check(timeout: float) -> object:
+        check_extras(url)
         from .backends.redis import get_client, translate_errors
 
         client = get_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retries=0)
@@ -273,6 +295,7 @@ def s3_check(url: str) -> Check:
     parsed = parse_url(url, kinds=("s3", "file", "memory"))
 
     def check(timeout: float) -> object:
+        check_extras(url, blobs=True)
         if parsed.scheme == "memory":
             return True
         if parsed.scheme == "file":
@@ -300,6 +323,63 @@ def s3_check(url: str) -> Check:
         return client.head_bucket(Bucket=parsed.bucket)
 
     return check
+
+
+class OutageLog:
+    """Logs backend outages once per change of state, not once per request.
+
+    The first failure of a backend (``down``) logs one WARNING with the reason (the
+    details that 503 pages never show: host, port, bucket, key); further failures
+    log nothing until the backend answers again (``up``), which logs one WARNING too
+    (an operator who saw the first needs the second). Checking is one dict lookup,
+    so calling :meth:`up` on every successful request costs nothing. Thread-safe;
+    state is per process (each worker logs its own view).
+
+    :param logger: default the ``statekit.outage`` logger.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("statekit.outage")
+        self._down: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def is_down(self, name: str | None = None) -> bool:
+        """Whether *name* (any backend when ``None``) is known to be down."""
+        return bool(self._down) if name is None else name in self._down
+
+    def down(self, name: str, reason: BaseException | str) -> None:
+        """*name* failed: a WARNING with *reason* if it was up."""
+        if name in self._down:
+            return
+        with self._lock:
+            if name in self._down:
+                return
+            self._down[name] = time.monotonic()
+        text = f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else reason
+        self.logger.warning("statekit: %s unavailable (%s); answering 503 until it is back", name, text)
+
+    def up(self, name: str) -> None:
+        """*name* answered: a WARNING saying so if it was down."""
+        if name not in self._down:
+            return
+        with self._lock:
+            since = self._down.pop(name, None)
+        if since is not None:
+            self.logger.warning("statekit: %s available again after %.1f s", name, time.monotonic() - since)
+
+    def reset(self) -> None:
+        """Forget every known outage without logging (tests)."""
+        with self._lock:
+            self._down.clear()
+
+    def all_up(self) -> None:
+        """Every backend answered (a passing readiness check)."""
+        for name in list(self._down):
+            self.up(name)
+
+
+#: the process's outage log, shared by the Flask and Django adapters
+outages = OutageLog()
 
 
 def _checks_from_settings(settings: Settings) -> dict[str, Check]:
@@ -407,6 +487,8 @@ class Lifecycle:
                 except Exception as e:
                     results[name] = f"{type(e).__name__}: {e}"[:200]
             ok = all(v == "ok" for v in results.values())
+            if ok and results:
+                outages.all_up()
             self._cached = (time.monotonic(), ok, results)
             return ok, results
 

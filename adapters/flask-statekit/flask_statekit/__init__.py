@@ -16,6 +16,24 @@ is read from the environment variable of the same name.
 
 Each capability is wired by a submodule with an ``init_app(app, state)`` function and
 can be switched off with ``STATEKIT_<FEATURE>_ENABLED = False``.
+
+**Start-up fails loud.** ``StateKit(app)`` raises :class:`~statekit.errors.ConfigError`
+when an enabled capability cannot work, instead of failing at the first request:
+
+* ``cache``, ``sessions`` or ``broadcast`` enabled without a Redis URL
+  (``STATEKIT_REDIS_URL``, or ``STATEKIT_CACHE_URL`` / ``STATEKIT_SESSION_URL`` /
+  ``STATEKIT_BROADCAST_URL``). Switch off what you do not use:
+  ``STATEKIT_SESSIONS_ENABLED = False`` keeps Flask's own cookie sessions,
+  ``STATEKIT_CACHE_ENABLED = False`` and ``STATEKIT_BROADCAST_ENABLED = False`` the rest;
+* a configured backend whose extra is not installed (the message has the
+  ``pip install 'statekit[...]'`` line; ``/readyz`` reports it too);
+* a ``file://`` blob store whose directory does not exist (add ``?create=1``).
+
+**Outages.** A :class:`~statekit.errors.BackendUnavailable` that reaches Flask (a cache
+call in a view, a write to the read-only session) is answered ``503`` with a generic
+page and ``Retry-After``: no host, port, URL, bucket or key is ever shown to visitors.
+The details go to the ``statekit.outage`` log, once when a backend goes down and once
+when it is back (:class:`statekit.lifecycle.OutageLog`), not a traceback per request.
 """
 
 from __future__ import annotations
@@ -25,15 +43,27 @@ import importlib.util
 import os
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app
 
-from statekit.config import Settings
-from statekit.errors import ConfigError
+from statekit.config import Settings, parse_url
+from statekit.errors import BackendUnavailable, ConfigError
+from statekit.lifecycle import check_extras, outages
 
-__all__ = ["FEATURES", "StateKit", "StateKitState", "get_state"]
+__all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "get_state", "outage_name",
+           "unavailable_response"]
 
 #: capability submodules, wired in this order
 FEATURES = ("cache", "sessions", "blobs", "broadcast", "lifecycle")
+
+#: capabilities that need a Redis URL -> the :class:`Settings` field that holds it
+_REDIS_FEATURES = {"cache": "cache_url", "sessions": "session_url", "broadcast": "broadcast_url"}
+
+#: the body of every 503 statekit answers for an outage other than the session's:
+#: nothing about the backend (the log has that)
+UNAVAILABLE_PAGE = (
+    "<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
+    "<p>This service is temporarily unavailable. Please try again in a few seconds.</p>"
+)
 
 
 def _config(app: Flask, key: str, default: Any = None) -> Any:
@@ -89,6 +119,67 @@ def settings_from_app(app: Flask) -> Settings:
     )
 
 
+def unavailable_response(retry_after: int = 5) -> Response:
+    """The generic 503 (``Retry-After``, never cached)."""
+    response = Response(UNAVAILABLE_PAGE, status=503, mimetype="text/html")
+    response.headers["Retry-After"] = str(retry_after)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+#: statekit modules an outage may come from -> the capability (and its URL setting)
+_ORIGINS = {
+    "statekit.sessions": ("sessions", "session_url"),
+    "statekit.cache": ("cache", "cache_url"),
+    "statekit.nearcache": ("cache", "cache_url"),
+    "statekit.backends.rediscache": ("cache", "cache_url"),
+    "statekit._subscriber": ("broadcast", "broadcast_url"),
+    "statekit.broadcast": ("broadcast", "broadcast_url"),
+    "statekit.blobs": ("blob store", "blobs_url"),
+    "statekit.backends.s3": ("blob store", "blobs_url"),
+    "statekit.backends.local": ("blob store", "blobs_url"),
+}
+
+
+def outage_name(error: BaseException) -> str:
+    """What failed, for the ``statekit.outage`` log: the capability whose code raised
+    *error* and its backend's URL (password-free), e.g. ``cache redis://10.0.0.5:6379/0``."""
+    tb = error.__traceback__
+    origin: tuple[str, str] | None = None
+    while tb is not None:  # the innermost statekit frame that knows its capability
+        origin = _ORIGINS.get(str(tb.tb_frame.f_globals.get("__name__", "")), origin)
+        tb = tb.tb_next
+    if origin is None:
+        return "a backend"
+    url = getattr(get_state().settings, origin[1], None) if "statekit" in current_app.extensions else None
+    return f"{origin[0]} {parse_url(url).redacted()}" if url else origin[0]
+
+
+def _on_backend_unavailable(error: BackendUnavailable) -> Response:
+    outages.down(outage_name(error), error)
+    return unavailable_response()
+
+
+def _check_start(app: Flask, settings: Settings, enabled: list[str]) -> None:
+    """Refuse to start what would fail at its first request (see the module docstring)."""
+    missing = [f for f in enabled if f in _REDIS_FEATURES and not getattr(settings, _REDIS_FEATURES[f])]
+    if missing:
+        switches = ", ".join(f"STATEKIT_{f.upper()}_ENABLED = False" for f in missing)
+        raise ConfigError(
+            f"StateKit: {', '.join(missing)} enabled but no Redis URL is configured: set "
+            f"STATEKIT_REDIS_URL, or switch off what you do not use: {switches}"
+            + (" (Flask's own cookie sessions then stay in place)" if "sessions" in missing else "")
+        )
+    checked: set[str] = set()
+    for feature in enabled:
+        url = getattr(settings, _REDIS_FEATURES[feature]) if feature in _REDIS_FEATURES else None
+        if url and url not in checked:
+            checked.add(url)
+            check_extras(url)
+    if settings.blobs_url and ("blobs" in enabled or "lifecycle" in enabled):
+        check_extras(settings.blobs_url, blobs=True)
+
+
 class StateKit:
     """The Flask extension. See the module docstring."""
 
@@ -103,15 +194,18 @@ class StateKit:
         if "statekit" in app.extensions:
             raise ConfigError("StateKit is already initialised for this app")
         state = StateKitState(app, settings_from_app(app))
+        enabled = [f for f in FEATURES if _flag(_config(app, f"STATEKIT_{f.upper()}_ENABLED", True))]
+        _check_start(app, state.settings, enabled)
         app.extensions["statekit"] = state
-        for feature in FEATURES:
-            if not _flag(_config(app, f"STATEKIT_{feature.upper()}_ENABLED", True)):
-                continue
+        for feature in enabled:
             module_name = f"flask_statekit.{feature}"
             if importlib.util.find_spec(module_name) is None:
                 continue
             importlib.import_module(module_name).init_app(app, state)
             state.features.append(feature)
+        handlers = app.error_handler_spec.get(None, {}).get(None, {})
+        if BackendUnavailable not in handlers:  # the app's own (or the sessions') handler wins
+            app.register_error_handler(BackendUnavailable, _on_backend_unavailable)
 
 
 def get_state(app: Flask | None = None) -> StateKitState:

@@ -34,7 +34,12 @@ With S3, :func:`blob_url` is a presigned GET and S3 serves the bytes. With ``fil
 with the app's ``SECRET_KEY`` and time-limited, so any worker can serve it.
 
 Errors become HTTP errors: too large 413, wrong or disallowed type 415, missing
-field 400, store unavailable 503 -- and nothing is stored.
+field 400, store unavailable 503 -- and nothing is stored. The 503 page is generic:
+the endpoint, bucket and key of the failure go to the ``statekit.outage`` log (once
+per outage), never to the visitor.
+
+A missing extra (``pip install 'statekit[blobs]'``) or a ``file://`` directory that
+does not exist (without ``?create=1``) fails ``StateKit(app)``, not the first upload.
 """
 
 from __future__ import annotations
@@ -56,8 +61,9 @@ from statekit.errors import (
     DisallowedContentType,
     InvalidKey,
 )
+from statekit.lifecycle import outages
 
-from . import _config, get_state
+from . import _config, get_state, unavailable_response
 
 if TYPE_CHECKING:
     from . import StateKitState
@@ -123,14 +129,21 @@ def save_upload(
     if upload is None or not upload.filename:
         abort(400, description=f"no file in form field {field!r}")
     try:
-        return store.put(upload, max_size=limit, allowed_types=allowed_types, prefix=prefix,
+        blob = store.put(upload, max_size=limit, allowed_types=allowed_types, prefix=prefix,
                          metadata=metadata)
     except BlobTooLarge as e:
         abort(413, description=str(e))
     except (ContentTypeMismatch, DisallowedContentType) as e:
         abort(415, description=str(e))
     except BackendUnavailable as e:
-        abort(503, description=str(e))
+        outages.down(_outage_name(store), e)  # the details: for the log only
+        abort(unavailable_response())
+    outages.up(_outage_name(store))
+    return blob
+
+
+def _outage_name(store: BlobStore) -> str:
+    return f"blob store {store.describe()}"
 
 
 def blob_url(key: str, *, expires: int = 3600, download_name: str | None = None) -> str:
@@ -158,6 +171,10 @@ def serve_blob(key: str) -> Response:
         abort(404)
     except BlobError:
         abort(403)
+    except BackendUnavailable as e:
+        outages.down(_outage_name(store), e)
+        abort(unavailable_response())
+    outages.up(_outage_name(store))
     resp = send_file(stream, mimetype=blob.content_type or "application/octet-stream", conditional=False,
                      etag=blob.sha256 or False, last_modified=blob.created, max_age=0)
     resp.content_length = blob.size

@@ -51,10 +51,13 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Request, Response, session
 from flask.sessions import SessionInterface, SessionMixin
 
+from statekit.config import parse_url
 from statekit.errors import BackendUnavailable, ConfigError
+from statekit.lifecycle import outages
 from statekit.sessions import Session, SessionStore
 
 from . import _config, _flag
+from . import _on_backend_unavailable as _generic_unavailable
 
 if TYPE_CHECKING:
     from . import StateKitState
@@ -150,6 +153,8 @@ class StatekitSessionInterface(SessionInterface):
         #: the version-token cookie, read only with the near cache (see :mod:`statekit.sessions`)
         self.token_name = cookie_name + "_v"
         self._near = store.near_cache
+        #: how outages of the store are named in the ``statekit.outage`` log
+        self.outage_name = "session store"
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         static = app.static_url_path
@@ -162,9 +167,13 @@ class StatekitSessionInterface(SessionInterface):
         token = cookies.get(self.token_name) if self._near else None
         try:
             s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}", version_token=token)
-        except BackendUnavailable:
+        except BackendUnavailable as e:
+            outages.down(self.outage_name, e)
             s = self._read_only()
             s.outage = True
+        else:
+            if not s.new and not s.unavailable:  # loaded: the store answered
+                outages.up(self.outage_name)
         assert isinstance(s, FlaskSession)
         s.token_sent = token
         return s
@@ -210,7 +219,8 @@ class StatekitSessionInterface(SessionInterface):
             logged_out = session.destroyed
             saved = self.store.save(session)
             carried = self._carry_after_logout(session) if logged_out and session else None
-        except BackendUnavailable:
+        except BackendUnavailable as e:
+            outages.down(self.outage_name, e)
             response.status_code = 503
             for header in _BODY_HEADERS:  # they describe the body being replaced
                 del response.headers[header]
@@ -241,6 +251,7 @@ class StatekitSessionInterface(SessionInterface):
             return
         if session.new:  # nothing stored (an empty session)
             return
+        outages.up(self.outage_name)
         permanent = session.permanent
         if not (session.send_cookie or permanent != session.loaded_permanent
                 or permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
@@ -266,11 +277,16 @@ def _guard() -> Response | None:
 
 
 def _on_backend_unavailable(error: BackendUnavailable) -> Response:
+    """A write to the read-only session of an outage gets the session's 503 page;
+    any other outage (the cache in a view) the generic one."""
     from flask import current_app
 
     iface = current_app.session_interface
-    retry = iface.retry_after if isinstance(iface, StatekitSessionInterface) else 5
-    return outage_response(retry)
+    s = session._get_current_object()  # type: ignore[attr-defined]
+    if not (isinstance(iface, StatekitSessionInterface) and isinstance(s, FlaskSession) and s.unavailable):
+        return _generic_unavailable(error)
+    outages.down(iface.outage_name, error)
+    return outage_response(iface.retry_after)
 
 
 def _num(app: Flask, key: str, default: float) -> float:
@@ -290,10 +306,9 @@ def _cookie_option(app: Flask, name: str, flask_default: Any, default: Any) -> A
 
 
 def init_app(app: Flask, state: StateKitState) -> None:
-    """Install the session interface (skipped when no session URL is configured)."""
-    url = state.settings.session_url
-    if not url:
-        return
+    """Install the session interface. :raises ConfigError: no session URL (the
+    extension checks this first and names the switch that keeps Flask's sessions)."""
+    url = state.settings.require("session_url")
     # a migrating app keeps its Flask session settings where ours are not given
     flask_lifetime = app.permanent_session_lifetime.total_seconds()
     store = SessionStore(
@@ -312,7 +327,7 @@ def init_app(app: Flask, state: StateKitState) -> None:
     )
     samesite = _cookie_option(app, "SAMESITE", None, "Lax")
     secure = _cookie_option(app, "SECURE", False, None)  # None: on unless app.debug
-    app.session_interface = StatekitSessionInterface(
+    app.session_interface = iface = StatekitSessionInterface(
         store,
         cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
         cookie_domain=_cookie_option(app, "DOMAIN", None, None) or None,
@@ -323,6 +338,7 @@ def init_app(app: Flask, state: StateKitState) -> None:
         partitioned=_flag(_cookie_option(app, "PARTITIONED", False, False)),
         retry_after=int(_num(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
     )
+    iface.outage_name = f"session store {parse_url(url).redacted()}"
     state.sessions = store  # type: ignore[attr-defined]
     app.before_request_funcs.setdefault(None, []).insert(0, _guard)
     handlers = app.error_handler_spec.get(None, {}).get(None, {})

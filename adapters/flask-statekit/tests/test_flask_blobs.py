@@ -15,6 +15,8 @@ from statekit.errors import ConfigError
 from statekit.phoenix import make_png
 
 HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
+#: these tests use no Redis: the capabilities that need it are switched off
+NO_REDIS = {f"STATEKIT_{f}_ENABLED": False for f in ("CACHE", "SESSIONS", "BROADCAST")}
 
 
 def png() -> bytes:
@@ -25,7 +27,7 @@ def png() -> bytes:
 def make_app(url: str) -> Flask:
     app = Flask(__name__)
     app.config.update(STATEKIT_BLOBS_URL=url, STATEKIT_BLOBS_MAX_SIZE="2KiB", SECRET_KEY="x" * 32,
-                      STATEKIT_BLOBS_FORM_OVERHEAD=1024)
+                      STATEKIT_BLOBS_FORM_OVERHEAD=1024, **NO_REDIS)
     StateKit(app)
 
     @app.post("/upload")
@@ -134,6 +136,80 @@ def test_lying_type_is_415(app: Flask) -> None:
 
 def test_without_a_blobs_url_the_helper_says_what_to_set() -> None:
     app = Flask(__name__)
+    app.config.update(NO_REDIS)
     StateKit(app)
     with app.app_context(), pytest.raises(ConfigError, match="STATEKIT_BLOBS_URL"):
         blob_store()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def test_s3_outage_page_shows_no_endpoint_bucket_or_key(caplog: pytest.LogCaptureFixture) -> None:
+    """S3 unreachable: visitors get a generic 503; the log gets the details, once."""
+    from flask_statekit import UNAVAILABLE_PAGE
+
+    port = closed_port()
+    app = make_app(f"s3://AKIDTEST:sekrit@hidden-bucket/private-prefix?endpoint_url=http://127.0.0.1:{port}"
+                   "&retries=0&connect_timeout=0.5&region=us-east-1")
+    client = app.test_client()
+    caplog.set_level("WARNING", logger="statekit.outage")
+    for _ in range(3):
+        resp = client.post("/upload", data={"photo": (io.BytesIO(png()), "secret-name.png")})
+        assert resp.status_code == 503 and resp.headers["Retry-After"]
+        body = resp.get_data(as_text=True)
+        assert body == UNAVAILABLE_PAGE
+        for detail in (str(port), "127.0.0.1", "hidden-bucket", "private-prefix", "avatars", "s3", ".png",
+                       "AKIDTEST", "sekrit"):
+            assert detail not in body
+    warnings = [r for r in caplog.records if r.name == "statekit.outage"]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "hidden-bucket" in warnings[0].getMessage() and str(port) in warnings[0].getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_missing_file_root_fails_start(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match=r"does not exist.*create=1"):
+        make_app(f"file://{tmp_path}/typo")
+    assert not (tmp_path / "typo").exists()
+
+
+BLOCKED_EXTRA = """
+import sys
+sys.modules["boto3"] = None  # as if 'statekit[blobs]' were not installed
+from flask import Flask
+from flask_statekit import StateKit
+from statekit.config import Settings
+from statekit.errors import ConfigError
+from statekit.lifecycle import Lifecycle
+
+url = "s3://bucket?endpoint_url=http://127.0.0.1:9&region=us-east-1"
+app = Flask(__name__)
+app.config.update(STATEKIT_BLOBS_URL=url, STATEKIT_CACHE_ENABLED=False, STATEKIT_SESSIONS_ENABLED=False,
+                  STATEKIT_BROADCAST_ENABLED=False)
+try:
+    StateKit(app)
+except ConfigError as e:
+    print("init:", e)
+print("readyz:", Lifecycle(Settings(blobs_url=url)).readiness())
+"""
+
+
+def test_missing_extra_fails_start_and_readiness() -> None:
+    """The blobs extra missing (boto3 made unimportable in a subprocess): StateKit(app)
+    and /readyz both say which pip install fixes it, before any upload."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", BLOCKED_EXTRA], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    init, readyz = out.stdout.splitlines()
+    assert init == "init: s3:// blob stores need 'boto3': pip install 'statekit[blobs]'"
+    assert readyz.startswith("readyz: (503, ") and "pip install 'statekit[blobs]'" in readyz

@@ -74,12 +74,41 @@ def test_signed_pickle_uses_the_secret_key(redis_url: str) -> None:
         assert cache.get("c") == complex(1, 1)
 
 
-def test_unconfigured_cache_fails_on_use_not_on_init(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unconfigured_cache_fails_at_init_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No URL: StateKit(app) refuses to start (naming the setting and the switch)
+    instead of a 500 at the first cache call; switched off, there is no cache."""
     monkeypatch.delenv("STATEKIT_REDIS_URL", raising=False)
     monkeypatch.delenv("STATEKIT_CACHE_URL", raising=False)
-    app = make_app()
-    with app.app_context(), pytest.raises(ConfigError, match="STATEKIT_CACHE_URL"):
+    with pytest.raises(ConfigError, match=r"cache enabled but no Redis URL.*STATEKIT_REDIS_URL.*"
+                                          r"STATEKIT_CACHE_ENABLED = False"):
+        make_app()
+    app = make_app(STATEKIT_CACHE_ENABLED=False)
+    with app.app_context(), pytest.raises(AttributeError, match="'cache' is not enabled"):
         cache.get("k")
+
+
+def test_cache_outage_is_a_generic_503_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Redis away during a cache call in a view: a 503 with no address in the page, and
+    one WARNING with the details instead of a traceback per request."""
+    import socket
+
+    from flask_statekit import UNAVAILABLE_PAGE
+    from statekit.lifecycle import outages
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outages.reset()
+    app = make_app(STATEKIT_REDIS_URL=f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2&retries=0")
+    client = app.test_client()
+    caplog.set_level("WARNING")
+    for _ in range(4):
+        resp = client.get("/count")
+        assert resp.status_code == 503 and resp.get_data(as_text=True) == UNAVAILABLE_PAGE
+        assert str(port) not in resp.get_data(as_text=True)
+    outage_lines = [r for r in caplog.records if r.name == "statekit.outage"]
+    assert len(outage_lines) == 1 and str(port) in outage_lines[0].getMessage()
+    assert [r for r in caplog.records if r.exc_info] == []  # no traceback per request
 
 
 def test_flask_caching_with_statekit_cachelib(redis_url: str) -> None:

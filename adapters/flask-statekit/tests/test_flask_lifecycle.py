@@ -16,7 +16,8 @@ seen: list[str] = []
 
 def make_app(**config: object) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="flask-lifecycle-secret-0123456789", STATEKIT_BROADCAST_ENABLED=False)
+    app.config.update(SECRET_KEY="flask-lifecycle-secret-0123456789", STATEKIT_BROADCAST_ENABLED=False,
+                      STATEKIT_CACHE_ENABLED=False, STATEKIT_SESSIONS_ENABLED=False)  # no Redis needed
     app.config.update(config)
 
     @app.before_request

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from flask_statekit import StateKit, get_state
 from flask_statekit.sessions import FlaskSession, StatekitSessionInterface
 from statekit.embedded import RedisServer
+from statekit.errors import ConfigError
 from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.sessions import SessionStore
 
@@ -25,7 +26,9 @@ SECRET = "flask-sessions-test-secret-0123456789"
 
 def make_app(url: str, **config: Any) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=SECRET, STATEKIT_SESSION_URL=url, **config)
+    # sessions only: the capabilities with no URL here are switched off, or StateKit refuses to start
+    app.config.update({"SECRET_KEY": SECRET, "STATEKIT_SESSION_URL": url, "STATEKIT_CACHE_ENABLED": False,
+                       "STATEKIT_BROADCAST_ENABLED": False, **config})
     StateKit(app)
 
     @app.get("/get")
@@ -498,3 +501,65 @@ def test_flash_after_destroy_reaches_the_next_request(redis_url: str) -> None:
     stale = app.test_client()
     stale.set_cookie("session", old or "")
     assert stale.get("/get").json == {}
+
+
+def test_outage_is_logged_once_per_change_of_state(durable_redis: RedisServer,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stopped: many failing requests, one WARNING naming the store (the page
+    names nothing); Redis back: one line saying so. No traceback per request."""
+    from statekit.lifecycle import outages
+
+    outages.reset()
+    app = make_app(_fails_fast(durable_redis))
+    client, _cookie = _with_cart(app)
+    caplog.set_level("INFO")
+    durable_redis.kill()
+    for _ in range(3):
+        for resp in (client.get("/get"), client.post("/set/cart/pear")):
+            assert resp.status_code == 503
+            assert str(durable_redis.port) not in resp.get_data(as_text=True)
+    durable_redis.start()
+    for _ in range(2):
+        assert client.get("/get").json == {"cart": "apple"}
+    lines = [r for r in caplog.records if r.name == "statekit.outage"]
+    assert [r.levelname for r in lines] == ["WARNING", "WARNING"]
+    down = lines[0].getMessage()
+    assert "unavailable" in down and f"127.0.0.1:{durable_redis.port}" in down
+    assert "available again" in lines[1].getMessage()
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+def test_no_redis_url_fails_start_and_the_switch_keeps_flask_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sessions enabled without a URL: StateKit(app) refuses to start, naming the
+    setting and the switch, instead of silently leaving Flask's cookie sessions in
+    place (where ``session.rotate()`` answers 500). With the switch off, Flask's
+    cookie sessions are what the app gets, knowingly."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    for name in ("REDIS", "SESSION", "CACHE", "BROADCAST"):
+        monkeypatch.delenv(f"STATEKIT_{name}_URL", raising=False)
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=SECRET, STATEKIT_BLOBS_ENABLED=False)
+    with pytest.raises(ConfigError) as e:
+        StateKit(app)
+    assert "sessions" in str(e.value) and "STATEKIT_REDIS_URL" in str(e.value)
+    assert "STATEKIT_SESSIONS_ENABLED = False" in str(e.value) and "cookie sessions" in str(e.value)
+    assert "statekit" not in app.extensions  # nothing half-installed
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=SECRET, STATEKIT_SESSIONS_ENABLED=False, STATEKIT_CACHE_ENABLED=False,
+                      STATEKIT_BROADCAST_ENABLED=False, STATEKIT_BLOBS_ENABLED=False)
+    StateKit(app)
+    assert type(app.session_interface) is SecureCookieSessionInterface
+    assert get_state(app).features == ["lifecycle"]
+
+    @app.post("/remember")
+    def remember() -> str:
+        session["seen"] = "yes"
+        return "ok"
+
+    client = app.test_client()
+    assert client.post("/remember").status_code == 200
+    assert client.get_cookie("session") is not None  # Flask's signed cookie holds the data

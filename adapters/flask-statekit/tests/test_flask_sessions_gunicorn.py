@@ -73,7 +73,7 @@ class Gunicorn:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ, STATEKIT_SESSION_URL=redis_url, STATEKIT_SESSION_COOKIE_SECURE="0",
-                        **env)
+                        STATEKIT_CACHE_ENABLED="0", STATEKIT_BROADCAST_ENABLED="0", **env)  # sessions only
         self.log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(  # noqa: S603 - our own command line
             [str(GUNICORN), "--workers", "2", "--threads", "4", "--worker-class", "gthread",
