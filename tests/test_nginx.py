@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import re
 import shutil
 import signal
@@ -117,6 +118,7 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     snippet = render.render_nginx_config(["app1:8000", "app2:8000"], 80)
     assert "${STATEKIT_" not in snippet and "$upstream_http_x_statekit_drain" in snippet
     assert "server app1:8000 max_fails=1 fail_timeout=2s;" in snippet
+    assert "server app2:8000 backup max_fails=0;" in snippet
     assert "proxy_next_upstream error timeout http_502 http_503;" in snippet
 
 
@@ -159,3 +161,28 @@ def test_a_drained_post_is_retried_but_an_app_503_is_not(cluster) -> None:
     wait_until(lambda: nginx.access_log().count("POST /p ") >= 6, 5, "the access log lines")
     retried = [ln for ln in nginx.access_log().splitlines() if "POST /p" in ln and "503 : 200" in ln]
     assert retried, nginx.access_log()
+
+
+def test_sigkilled_workers_behind_nginx_fail_no_get(cluster) -> None:
+    """Workers of both instances SIGKILLed every 1-2 s under 50 concurrent GET
+    clients: the requests they were executing are retried by nginx on the other
+    instance (or its backup line when both are marked failed), none fails."""
+    nginx, a, b = cluster
+    rng = random.Random(15)
+    kills = 0
+    with Load(nginx.port, threads=50, path="/sleep/0.01", post_every=0) as load:
+        time.sleep(1)
+        while kills < 6:
+            time.sleep(rng.uniform(1, 2))
+            workers = (a, b)[kills % 2].workers()
+            if len(workers) == 2:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                kills += 1
+        time.sleep(1)
+    died = sum(int(n) for srv in (a, b) for n in re.findall(r"died with (\d+) requests in flight", srv.log()))
+    resets = sum(m.count("502") for m in re.findall(r"upstream_status=(.*?) drain=", nginx.access_log()))
+    print(f"kills={kills} requests={load.total} failed={len(load.failures)} {dict(load.reasons)}; "
+          f"in flight at the kills (masters' logs)={died}, retried after a reset (nginx)={resets}")
+    assert load.failures == [], (load.reasons, nginx.access_log()[-3000:])
+    assert load.ok > 200
+    assert resets <= died

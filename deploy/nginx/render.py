@@ -25,12 +25,21 @@ HERE = Path(__file__).resolve().parent
 
 
 def upstream_servers(upstreams: Sequence[str], *, max_fails: int = 1, fail_timeout: str = "2s") -> str:
-    """``server host:port max_fails=.. fail_timeout=..;`` lines for the upstream block."""
+    """The upstream block's lines: ``server host:port max_fails=.. fail_timeout=..;``
+    for each instance, then each instance again as a ``backup`` that is never marked
+    failed (``max_fails=0``).
+
+    A failed attempt (a drain 503, a refused connection, a reset from a killed
+    worker) keeps an instance out for *fail_timeout*. When every instance is out at
+    once (workers killed on both within *fail_timeout*), nginx OSS answers 502 "no
+    live upstreams" without trying any; the backup lines give such a request (and
+    its retries) somewhere to go instead.
+    """
     if not upstreams:
         raise ValueError("at least one upstream host:port is needed")
-    return "\n    ".join(
-        f"server {u} max_fails={max_fails} fail_timeout={fail_timeout};" for u in upstreams
-    )
+    primary = [f"server {u} max_fails={max_fails} fail_timeout={fail_timeout};" for u in upstreams]
+    backup = [f"server {u} backup max_fails=0;" for u in upstreams] if len(upstreams) > 1 else []
+    return "\n    ".join(primary + backup)
 
 
 def render_nginx_config(
