@@ -642,10 +642,8 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    """Master, exiting: remove the metrics directory :func:`on_starting` created
-    (unless a USR2 re-exec handed it to a new master)."""
-    if not getattr(server, "reexec_pid", 0):
-        metrics._remove_private_dir(getattr(server, "statekit_metrics_dir", None))
+    """Master, exiting: remove the metrics directory :func:`on_starting` created."""
+    metrics._remove_private_dir(getattr(server, "statekit_metrics_dir", None))
 
 
 def _collect(server: Any, worker: Any) -> None:

@@ -6,18 +6,53 @@ label. :func:`snapshot` reads all of them; :func:`register_prometheus` exposes t
 through ``prometheus_client`` (``pip install 'statekit[prometheus]'``) as
 ``statekit_<component>_<name>_total`` counters and ``statekit_<component>_<name>``
 gauges, each labelled with ``instance``.
+
+**Several processes** (gunicorn workers): counters live in each process, so a
+scrape answered by one worker would see that worker only. When
+``PROMETHEUS_MULTIPROC_DIR`` names a directory (prometheus_client's multiprocess
+mode), every process also writes its values there, in prometheus_client's own file
+format under a ``statekit/`` subdirectory, once a second, when it is scraped and
+when it exits; the collector of :func:`register_prometheus` and :func:`make_wsgi_app`
+then report the sum over every process, living or exited, so any worker answers for
+the whole instance (another worker's last second may be missing). Gauges report the
+largest value among living processes. ``statekit serve`` sets the variable to a
+private directory it creates and removes (a directory you set is kept, and you wipe
+it between runs as prometheus_client asks), and tells this module when a worker
+exits (:func:`mark_process_dead`). Your own prometheus_client metrics in the same
+directory are collected by a ``MultiProcessCollector`` as usual (it does not read
+the subdirectory, so nothing is reported twice); :func:`make_wsgi_app` includes them.
 """
 
 from __future__ import annotations
 
+import atexit
+import glob
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ._fork import reset_in_child
 from .backends import require
 
-__all__ = ["Counters", "register_prometheus", "snapshot"]
+__all__ = [
+    "Counters",
+    "flush",
+    "make_wsgi_app",
+    "mark_process_dead",
+    "multiprocess_dir",
+    "register_prometheus",
+    "snapshot",
+]
+
+_log = logging.getLogger("statekit.metrics")
+_SUBDIR = "statekit"
 
 _registry: weakref.WeakSet[Counters] = weakref.WeakSet()
 
@@ -39,6 +74,13 @@ class Counters:
         self._counts: dict[str, int] = dict.fromkeys(names, 0)
         self._gauges: dict[str, float] = {}
         _registry.add(self)
+        reset_in_child(self)
+        if _exporter.thread is None:
+            _exporter.ensure_running()
+
+    def reset_after_fork(self) -> None:
+        # a lock the parent's metrics thread held at fork would never be released here
+        self._lock = threading.Lock()
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -96,8 +138,158 @@ def snapshot() -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` if it names a directory (multiprocess mode)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return path if path and os.path.isdir(path) else None
+
+
+class _Exporter:
+    """Writes this process's values to ``<PROMETHEUS_MULTIPROC_DIR>/statekit/``
+    (``counter_<pid>.db``, ``gauge_livemax_<pid>.db``, prometheus_client's mmap
+    format), from one daemon thread every :attr:`interval` seconds. Only values that
+    changed since the last write are written."""
+
+    interval = 1.0
+
+    def __init__(self) -> None:
+        self.reset_after_fork()
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, Any] = {}  # file name -> MmapedDict
+        self._written: dict[tuple[str, str], float] = {}
+        self._keys: dict[tuple[str, str, str, bool], str] = {}
+        self._pid = os.getpid()
+        self.thread: threading.Thread | None = None
+        self._warned = False
+        if _registry and multiprocess_dir() is not None:  # a forked worker reports its own
+            self.ensure_running()
+
+    def ensure_running(self) -> None:
+        if multiprocess_dir() is None or importlib.util.find_spec("prometheus_client") is None:
+            return
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="statekit-metrics", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while multiprocess_dir() is not None:
+            time.sleep(self.interval)
+            self.flush_quietly()
+        with self._lock:
+            self.thread = None
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - metrics never break the app; said once
+            if not self._warned:
+                self._warned = True
+                _log.warning("statekit metrics: cannot write to PROMETHEUS_MULTIPROC_DIR: %s", e)
+
+    def _key(self, component: str, name: str, instance: str, counter: bool) -> str:
+        key = self._keys.get((component, name, instance, counter))
+        if key is None:
+            mmap_key: Any = importlib.import_module("prometheus_client.mmap_dict").mmap_key
+            family = f"statekit_{component}_{name}"
+            sample = family + "_total" if counter else family
+            try:
+                key = mmap_key(family, sample, ["instance"], [instance], f"statekit {component} {name}")
+            except TypeError:  # an older prometheus-client: no help text in the key
+                key = mmap_key(family, sample, ["instance"], [instance])
+            self._keys[(component, name, instance, counter)] = key
+        return key
+
+    def _write(self, folder: str, kind: str, key: str, value: float) -> None:
+        name = os.path.join(folder, f"{kind}_{self._pid}.db")
+        if self._written.get((name, key)) == value:
+            return
+        mmaped = self._files.get(name)
+        if mmaped is None:
+            mmap_dict: Any = importlib.import_module("prometheus_client.mmap_dict")
+            mmaped = self._files[name] = mmap_dict.MmapedDict(name)
+        try:
+            mmaped.write_value(key, value, 0.0)
+        except TypeError:  # an older prometheus-client: no timestamps
+            mmaped.write_value(key, value)
+        self._written[(name, key)] = value
+
+    def flush(self) -> None:
+        path = multiprocess_dir()
+        if path is None:
+            return
+        folder = os.path.join(path, _SUBDIR)
+        with self._lock:
+            if self._pid != os.getpid() or not os.path.isdir(folder):  # a new directory: new files
+                self._files, self._written, self._pid = {}, {}, os.getpid()
+                os.makedirs(folder, exist_ok=True)
+            for (component, instance), (counts, gauges) in _merged().items():
+                for name, value in counts.items():
+                    self._write(folder, "counter", self._key(component, name, instance, True), value)
+                for name, gvalue in gauges.items():
+                    self._write(folder, "gauge_livemax", self._key(component, name, instance, False), gvalue)
+
+
+_exporter = _Exporter()
+atexit.register(_exporter.flush_quietly)
+
+
+def flush() -> None:
+    """Write this process's values to the multiprocess directory now (a no-op
+    outside multiprocess mode). ``statekit serve`` calls it as a worker exits."""
+    _exporter.flush_quietly()
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget the gauges of exited process *pid* (its counters still count), in
+    statekit's files and in prometheus_client's own (its ``live*`` gauges). Call it
+    from gunicorn's ``child_exit`` hook; ``statekit serve`` does."""
+    path = multiprocess_dir()
+    if path is None or importlib.util.find_spec("prometheus_client") is None:
+        return
+    multiprocess: Any = importlib.import_module("prometheus_client.multiprocess")
+    multiprocess.mark_process_dead(pid, path)
+    if os.path.isdir(os.path.join(path, _SUBDIR)):
+        multiprocess.mark_process_dead(pid, os.path.join(path, _SUBDIR))
+
+
+def _private_dir() -> str | None:
+    """For ``statekit serve``'s master, before it forks: unless
+    ``PROMETHEUS_MULTIPROC_DIR`` is set (then it is the user's: ``None``), set it to
+    a new private directory and return it; the master removes it as it exits
+    (:func:`_remove_private_dir`). A master re-executed by USR2 starts from
+    gunicorn's original environment, so it makes its own. Without prometheus_client
+    nothing is created."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or importlib.util.find_spec("prometheus_client") is None:
+        return None
+    path = tempfile.mkdtemp(prefix="statekit-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    _exporter.ensure_running()
+    return path
+
+
+def _remove_private_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == path:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 class _Collector:
     def collect(self) -> Iterator[Any]:
+        path = multiprocess_dir()
+        if path is not None:  # the whole instance: every process's files
+            multiprocess: Any = importlib.import_module("prometheus_client.multiprocess")
+            _exporter.flush_quietly()
+            files = glob.glob(os.path.join(path, _SUBDIR, "*.db"))
+            yield from multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+            return
+        yield from self._local()
+
+    def _local(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         families: dict[str, Any] = {}
@@ -123,8 +315,39 @@ class _Collector:
 
 def register_prometheus(registry: Any = None) -> Any:
     """Register a collector for every statekit counter with *registry*
-    (``prometheus_client.REGISTRY`` by default) and return it."""
+    (``prometheus_client.REGISTRY`` by default) and return it. In multiprocess
+    mode it reports the whole instance (see the module docstring)."""
     prom = require("prometheus_client", feature="the Prometheus exporter")
     collector = _Collector()
-    (registry or prom.REGISTRY).register(collector)
+    registry = registry or prom.REGISTRY
+    registry.register(collector)
+    _registered.add(registry)
     return collector
+
+
+_registered: weakref.WeakSet[Any] = weakref.WeakSet()  # registries with our collector
+
+
+def make_wsgi_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
+    """A WSGI app that answers a Prometheus scrape (mount it at ``/metrics``): the
+    statekit counters and your own prometheus_client metrics. In multiprocess mode
+    these are every process's (a ``MultiProcessCollector`` on the directory),
+    otherwise this process's (``prometheus_client.REGISTRY``)."""
+    prom: Any = require("prometheus_client", feature="the Prometheus exporter")
+    multiprocess: Any = importlib.import_module("prometheus_client.multiprocess")
+
+    def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # decided per scrape, as prometheus_client advises: the directory may be set
+        # after this app was made (statekit serve sets it as the master starts)
+        if multiprocess_dir() is None:
+            registry = prom.REGISTRY
+            if registry not in _registered:
+                register_prometheus(registry)
+        else:
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            register_prometheus(registry)
+        result: Iterable[bytes] = prom.make_wsgi_app(registry)(environ, start_response)
+        return result
+
+    return metrics_app
