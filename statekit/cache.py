@@ -645,7 +645,8 @@ class Cache:
     def has(self, key: str) -> bool:
         """Whether :meth:`get` would find *key* (``False`` on an outage with
         ``on_error="miss"``). A value stored by :meth:`get_or_set` past its lifetime,
-        kept only to be served stale while one caller recomputes it, is not there."""
+        kept only to be served stale while one caller recomputes it, is not there.
+        Only the header is read: an entry another codec wrote counts as there."""
         return self.ttl(key) is not None
 
     def ttl(self, key: str) -> float | None:

@@ -318,14 +318,15 @@ def register_prometheus(registry: Any = None) -> Any:
     (``prometheus_client.REGISTRY`` by default) and return it. In multiprocess
     mode it reports the whole instance (see the module docstring)."""
     prom = require("prometheus_client", feature="the Prometheus exporter")
-    collector = _Collector()
     registry = registry or prom.REGISTRY
-    registry.register(collector)
-    _registered.add(registry)
+    collector = _registered.get(registry)
+    if collector is None:  # once per registry: twice would report every value twice
+        collector = _registered[registry] = _Collector()
+        registry.register(collector)
     return collector
 
 
-_registered: weakref.WeakSet[Any] = weakref.WeakSet()  # registries with our collector
+_registered: weakref.WeakKeyDictionary[Any, _Collector] = weakref.WeakKeyDictionary()
 
 
 def make_wsgi_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
@@ -341,8 +342,7 @@ def make_wsgi_app() -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[b
         # after this app was made (statekit serve sets it as the master starts)
         if multiprocess_dir() is None:
             registry = prom.REGISTRY
-            if registry not in _registered:
-                register_prometheus(registry)
+            register_prometheus(registry)
         else:
             registry = prom.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)

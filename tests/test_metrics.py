@@ -93,6 +93,7 @@ def test_prometheus_exposition() -> None:
     registry = CollectorRegistry()
     collector = register_prometheus(registry)
     assert collector is not None
+    assert register_prometheus(registry) is collector  # once per registry
     text = generate_latest(registry).decode()
     assert "# TYPE statekit_blobs_puts_total counter" in text or "# TYPE statekit_blobs_puts counter" in text
     assert 'statekit_blobs_puts_total{instance="t-prom"} 7.0' in text
