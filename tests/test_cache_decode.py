@@ -22,8 +22,15 @@ def make(request: pytest.FixtureRequest) -> Make:
     if request.param == "memory":
         return lambda **kw: Cache("memory://decode", prefix="dec", **kw)
     url = request.getfixturevalue("redis_url")
-    near = request.param == "redis-near"
-    return lambda **kw: Cache(url, prefix="dec", near_cache=near, **kw)
+    if request.param == "redis":
+        return lambda **kw: Cache(url, prefix="dec", **kw)
+
+    def near(**kw: Any) -> Cache:
+        c = Cache(url, prefix="dec", near_cache=True, **kw)
+        assert c.near_ready(10)  # reads go through the near cache's path
+        return c
+
+    return near
 
 
 @pytest.fixture(autouse=True)
