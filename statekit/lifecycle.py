@@ -51,6 +51,7 @@ __all__ = [
     "SlotInfo",
     "check_extras",
     "get_drain_state",
+    "outage_name",
     "outages",
     "redis_check",
     "s3_check",
@@ -380,6 +381,42 @@ class OutageLog:
 
 #: the process's outage log, shared by the Flask and Django adapters
 outages = OutageLog()
+
+#: statekit modules an outage may come from -> the capability and its URL setting
+_ORIGINS = {
+    "statekit.sessions": ("session store", "session_url"),
+    "statekit.cache": ("cache", "cache_url"),
+    "statekit.nearcache": ("cache", "cache_url"),
+    "statekit.backends.rediscache": ("cache", "cache_url"),
+    "statekit._subscriber": ("broadcast", "broadcast_url"),
+    "statekit.broadcast": ("broadcast", "broadcast_url"),
+    "statekit.blobs": ("blob store", "blobs_url"),
+    "statekit.backends.s3": ("blob store", "blobs_url"),
+    "statekit.backends.local": ("blob store", "blobs_url"),
+}
+
+
+def outage_name(error: BaseException, settings: Settings | None = None) -> str:
+    """What failed, for :class:`OutageLog`: the capability whose code raised *error*
+    (found in its traceback) and, from *settings*, its backend's password-free URL,
+    e.g. ``"cache redis://10.0.0.5:6379/0"``; ``"a backend"`` when unknown."""
+    from .blobs import BlobStore
+
+    tb = error.__traceback__
+    origin: tuple[str, str] | None = None
+    store: BlobStore | None = None
+    while tb is not None:  # the innermost statekit frame that names a capability
+        origin = _ORIGINS.get(str(tb.tb_frame.f_globals.get("__name__", "")), origin)
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, BlobStore):  # it knows its own URL (a Django storage's OPTIONS)
+            store = owner
+        tb = tb.tb_next
+    if origin is None:
+        return "a backend"
+    if origin[0] == "blob store" and store is not None:
+        return f"blob store {store.describe()}"
+    url = getattr(settings, origin[1], None) if settings is not None else None
+    return f"{origin[0]} {parse_url(url).redacted()}" if url else origin[0]
 
 
 def _checks_from_settings(settings: Settings) -> dict[str, Check]:

@@ -178,3 +178,19 @@ def test_local_missing_root_is_a_config_error_unless_create(tmp_path: Path) -> N
     assert isinstance(BlobStore(f"file://{missing}"), LocalBlobStore)  # exists now: no option needed
     with pytest.raises(ConfigError, match="option create='maybe' must be true or false"):
         BlobStore(f"file://{missing}?create=maybe")
+
+
+def test_local_reads_and_deletes_on_a_vanished_root_are_an_outage(tmp_path: Path) -> None:
+    """The volume unmounted after start: a read or delete is an outage (a download
+    answers 503), not a missing blob (404) or an already-deleted one."""
+    import shutil
+
+    from statekit.errors import BackendUnavailable
+
+    root = tmp_path / "volume"
+    store = BlobStore(f"file://{root}?create=1")
+    key = store.put(b"kept", content_type="text/plain").key
+    shutil.rmtree(root)
+    for op in (store.stat, store.open, store.delete):
+        with pytest.raises(BackendUnavailable, match="missing"):
+            op(key)

@@ -249,6 +249,7 @@ class LocalBlobStore(BlobStore):
             self._check_inside(path)
             return open(path, "rb")  # noqa: SIM115 - returned to the caller
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            self._check_root()  # an unmounted volume is an outage, not a missing blob
             raise BlobNotFound(f"no blob {key!r} in {self.describe()}") from None
         except OSError as e:
             raise _oserror(e, f"opening {key!r}") from e
@@ -258,6 +259,7 @@ class LocalBlobStore(BlobStore):
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
+            self._check_root()
             raise BlobNotFound(f"no blob {key!r} in {self.describe()}") from None
         except OSError as e:
             raise _oserror(e, f"reading {key!r}") from e
@@ -281,6 +283,7 @@ class LocalBlobStore(BlobStore):
             os.unlink(path)
             existed = True
         except (FileNotFoundError, NotADirectoryError):
+            self._check_root()  # not "already deleted" on an unmounted volume
             existed = False
         except IsADirectoryError:
             return False

@@ -10,7 +10,13 @@ session, or writing to the read-only session of the ``anonymous`` policy) become
 503 with ``Retry-After``; so does a failed save in ``SessionMiddleware`` (Django
 first turns it into a 500, which this middleware replaces). The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
-gets the same session back once Redis returns.
+gets the same session back once Redis returns. Any other outage reaching it (the
+cache or the blob store in a view) gets the same 503 with a generic page.
+
+The pages never show a host, port, URL, bucket or key. The outage is logged to
+``statekit.outage`` once when it starts (WARNING, with those details) and once when
+the backend answers again, not as a traceback or an error line per request
+(Django's own ``django.request`` line for these 503s is left out).
 
 With ``STATEKIT_SESSION_NEAR_CACHE`` it is required: it carries the session's
 version token (cookie ``<SESSION_COOKIE_NAME>_v``) that orders a browser's reads after
@@ -32,12 +38,14 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from statekit.errors import BackendUnavailable
+from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 
-from .conf import get_setting
+from .conf import get_setting, get_settings
 from .sessions import version_token
 
-__all__ = ["OUTAGE_PAGE", "SessionOutageMiddleware", "outage_response"]
+__all__ = ["OUTAGE_PAGE", "UNAVAILABLE_PAGE", "SessionOutageMiddleware", "outage_response",
+           "unavailable_response"]
 
 OUTAGE_PAGE = (
     "<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
@@ -46,12 +54,26 @@ OUTAGE_PAGE = (
 )
 
 
-def outage_response() -> HttpResponse:
+#: the 503 page of any other outage: nothing about the backend (the log has that)
+UNAVAILABLE_PAGE = (
+    "<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
+    "<p>This service is temporarily unavailable. Please try again in a few seconds.</p>"
+)
+
+
+def outage_response(page: str = OUTAGE_PAGE) -> HttpResponse:
     """The 503 page (``STATEKIT_SESSION_RETRY_AFTER`` seconds, default 5)."""
-    response = HttpResponse(OUTAGE_PAGE, status=503, content_type="text/html; charset=utf-8")
+    response = HttpResponse(page, status=503, content_type="text/html; charset=utf-8")
     response["Retry-After"] = str(int(get_setting("STATEKIT_SESSION_RETRY_AFTER", 5)))
     response["Cache-Control"] = "no-store"
+    # statekit.outage logs the outage once; Django would log this 503 per request
+    response._has_been_logged = True  # type: ignore[attr-defined]
     return response
+
+
+def unavailable_response() -> HttpResponse:
+    """The generic 503 (an outage of the cache or the blob store)."""
+    return outage_response(UNAVAILABLE_PAGE)
 
 
 def _secure() -> bool:
@@ -113,6 +135,11 @@ class SessionOutageMiddleware:
                 httponly=True, samesite=settings.SESSION_COOKIE_SAMESITE)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, BackendUnavailable):
+        if not isinstance(exception, BackendUnavailable):
+            return None
+        outages.down(outage_name(exception, get_settings()), exception)
+        session = getattr(request, "session", None)
+        core = getattr(session, "_core", None)
+        if getattr(session, "outage", False) or isinstance(core, Session) and core.unavailable:
             return outage_response()
-        return None
+        return unavailable_response()

@@ -42,7 +42,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
+from statekit.config import parse_url
 from statekit.errors import BackendUnavailable, ConfigError
+from statekit.lifecycle import outages
 from statekit.sessions import Session
 from statekit.sessions import SessionStore as CoreStore
 
@@ -74,6 +76,12 @@ def get_core_store() -> CoreStore:
         raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
                           "(it carries the version token that orders a browser's reads after its writes)")
     return store
+
+
+def _outage_name() -> str:
+    """The session store, as the ``statekit.outage`` log names it (no password)."""
+    url = get_settings().session_url
+    return f"session store {parse_url(url).redacted()}" if url else "session store"
 
 
 @functools.lru_cache(maxsize=16)
@@ -121,9 +129,12 @@ class SessionStore(SessionBase):
             return {}
         try:
             core = self.store.open(self.session_key, context="django", version_token=version_token.get())
-        except BackendUnavailable:
+        except BackendUnavailable as e:
             self.outage = True
+            outages.down(_outage_name(), e)
             raise
+        if outages.is_down() and not core.unavailable:  # the store answered
+            outages.up(_outage_name())
         expiry = core.get("_session_expiry")
         # set_expiry(datetime) is absolute in Django; the stored idle timeout slides
         # with each TTL refresh, so that date is checked here, at load (Django's age
@@ -180,9 +191,12 @@ class SessionStore(SessionBase):
                 saved = True
             else:
                 saved = self.store.save(core, force=must_create or core.new)
-        except BackendUnavailable:
+        except BackendUnavailable as e:
             self.outage = True
+            outages.down(_outage_name(), e)
             raise
+        if outages.is_down():
+            outages.up(_outage_name())
         if not saved:
             raise UpdateError
         self._session_key = self.store.sign(core.sid)

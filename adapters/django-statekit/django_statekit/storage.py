@@ -19,6 +19,13 @@ bounded memory, its type sniffed and checked, and its size limited. Refusals rai
 or :class:`~statekit.errors.DisallowedContentType` from ``save()``, and nothing is
 stored. Files are read-only once stored (``open(name, "w")`` is refused).
 
+A missing extra or a ``file://`` directory that does not exist (without
+``?create=1``) fails Django's start (see :mod:`django_statekit.apps`). When the store
+is unreachable, ``save()`` raises :class:`~statekit.errors.BackendUnavailable`, which
+:class:`~django_statekit.middleware.SessionOutageMiddleware` answers with a generic 503
+(the endpoint, bucket and key go to the ``statekit.outage`` log only), as
+:func:`serve_blob` does.
+
 ``url()`` is a presigned GET on S3. For ``file://`` and ``memory://`` stores it is a
 signed, expiring URL of :func:`serve_blob`, which you add to your URLconf::
 
@@ -46,9 +53,11 @@ from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
-from statekit.errors import BlobError, BlobNotFound, ConfigError, InvalidKey
+from statekit.errors import BackendUnavailable, BlobError, BlobNotFound, ConfigError, InvalidKey
+from statekit.lifecycle import outages
 
 from .conf import get_settings
+from .middleware import unavailable_response
 
 __all__ = ["BlobStorage", "serve_blob"]
 
@@ -220,6 +229,11 @@ def serve_blob(request: HttpRequest, key: str, storage: str = "default") -> Http
         raise Http404("no such file") from None
     except BlobError:
         return HttpResponseForbidden("expired or invalid link")
+    except BackendUnavailable as e:  # the details go to the log, not to the visitor
+        outages.down(f"blob store {store.describe()}", e)
+        return unavailable_response()
+    if outages.is_down():
+        outages.up(f"blob store {store.describe()}")
     resp = FileResponse(stream, content_type=blob.content_type or "application/octet-stream")
     resp["Content-Length"] = str(blob.size)
     resp["Content-Disposition"] = disposition

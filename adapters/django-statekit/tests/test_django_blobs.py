@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +152,72 @@ def test_times_follow_use_tz_like_every_django_storage(storage: BlobStorage, dja
         assert timezone.is_naive(naive)  # what the Storage API promises with USE_TZ = False
         assert naive == timezone.make_naive(aware)
         assert naive <= dt.datetime.now()  # comparable with Django's own naive datetimes (no TypeError)
+
+
+def test_s3_outage_is_a_generic_503_logged_once(django_settings: Any,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """S3 unreachable (a closed loopback port): uploads in a view answer 503 with a
+    page naming no endpoint, bucket or key; the log has them, once."""
+    import socket
+
+    from django.http import HttpRequest, HttpResponse
+
+    from django_statekit.middleware import UNAVAILABLE_PAGE
+    from statekit.lifecycle import outages
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = (f"s3://AKIDTEST:sekrit@hidden-bucket/private-prefix?endpoint_url=http://127.0.0.1:{port}"
+           "&retries=0&connect_timeout=0.5&region=us-east-1")
+    django_settings.set(
+        STORAGES={"default": {"BACKEND": "django_statekit.storage.BlobStorage", "OPTIONS": {"url": url}},
+                  "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
+        MIDDLEWARE=["django_statekit.middleware.SessionOutageMiddleware"])
+    outages.reset()
+
+    def v_upload(request: HttpRequest) -> HttpResponse:
+        from django.core.files.storage import default_storage
+
+        return HttpResponse(default_storage.save("avatars/me.png", ContentFile(png(), name="me.png")))
+
+    tests_django_urls.urlpatterns.append(path("blobs/upload-outage", v_upload))
+    caplog.set_level("WARNING")
+    try:
+        client = Client(raise_request_exception=False)
+        for resp in (client.get("/blobs/upload-outage"), client.get("/blobs/upload-outage")):
+            assert resp.status_code == 503 and resp["Retry-After"]
+            body = resp.content.decode()
+            assert body == UNAVAILABLE_PAGE
+            for detail in (str(port), "127.0.0.1", "hidden-bucket", "private-prefix", "avatars", "sekrit"):
+                assert detail not in body
+    finally:
+        tests_django_urls.urlpatterns.pop()
+    lines = [r for r in caplog.records if r.name == "statekit.outage"]
+    assert len(lines) == 1 and "hidden-bucket" in lines[0].getMessage() and str(port) in lines[0].getMessage()
+    assert [r for r in caplog.records if r.exc_info or r.name == "django.request"] == []
+
+
+def test_serve_blob_with_the_volume_gone_is_a_generic_503(django_settings: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from django_statekit.middleware import UNAVAILABLE_PAGE
+
+    root = tmp_path / "volume"
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage",
+                    "OPTIONS": {"url": f"file://{root}?create=1"}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
+    from django.core.files.storage import storages
+
+    storage = storages["default"]
+    assert isinstance(storage, BlobStorage)
+    key = storage.save("docs/a.txt", ContentFile(b"hello\n"))
+    link = storage.url(key)
+    served = Client().get(link)
+    assert served.status_code == 200 and b"".join(served.streaming_content) == b"hello\n"
+    served.close()
+    shutil.rmtree(root)  # the shared volume is unmounted
+    resp = Client(raise_request_exception=False).get(link)
+    assert resp.status_code == 503 and resp.content.decode() == UNAVAILABLE_PAGE
+    assert str(root) not in resp.content.decode() and key not in resp.content.decode()

@@ -478,3 +478,42 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(engine: str, _db: No
     resp = in_flight.get("/sessions/set/color/green")
     assert resp.status_code == 200 and "sessionid" not in resp.cookies
     assert c.get("/sessions/get").json() == {"cart": "apple", "color": "green"}  # the write landed
+
+
+def test_outage_is_logged_once_per_change_of_state(django_settings: Any, durable_redis: RedisServer,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stopped: failing loads and saves answer 503 with a page that names
+    nothing; the log gets one WARNING with the address, one when Redis is back, and
+    no traceback or ``django.request`` line per request."""
+    from statekit.lifecycle import outages
+
+    outages.reset()
+    configure(django_settings, _outage_url(durable_redis))
+
+    def v_set_then_die(request: HttpRequest) -> HttpResponse:
+        request.session["cart"] = "pear"
+        durable_redis.kill()
+        return HttpResponse("ok")
+
+    tests_django_urls.urlpatterns.append(path("sessions/set-then-die-logged", v_set_then_die))
+    try:
+        c = Client(raise_request_exception=False)
+        c.get("/sessions/set/cart/apple")
+        caplog.set_level("INFO")
+        assert c.get("/sessions/set-then-die-logged").status_code == 503  # the save fails
+        for _ in range(3):
+            for url in ("/sessions/get", "/sessions/set/cart/plum"):  # the load fails
+                resp = c.get(url)
+                assert resp.status_code == 503
+                assert str(durable_redis.port) not in resp.content.decode()
+        durable_redis.start()
+        for _ in range(2):
+            assert c.get("/sessions/get").json() == {"cart": "apple"}
+    finally:
+        tests_django_urls.urlpatterns.pop()
+    lines = [r for r in caplog.records if r.name == "statekit.outage"]
+    assert [r.levelname for r in lines] == ["WARNING", "WARNING"]
+    down = lines[0].getMessage()
+    assert "unavailable" in down and f"127.0.0.1:{durable_redis.port}" in down
+    assert "available again" in lines[1].getMessage()
+    assert [r for r in caplog.records if r.exc_info or r.name == "django.request"] == []

@@ -45,9 +45,10 @@ from typing import Any
 
 from flask import Flask, Response, current_app
 
-from statekit.config import Settings, parse_url
+from statekit.config import Settings
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import check_extras, outages
+from statekit.lifecycle import outage_name as _outage_name
 
 __all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "get_state", "outage_name",
            "unavailable_response"]
@@ -127,32 +128,11 @@ def unavailable_response(retry_after: int = 5) -> Response:
     return response
 
 
-#: statekit modules an outage may come from -> the capability (and its URL setting)
-_ORIGINS = {
-    "statekit.sessions": ("sessions", "session_url"),
-    "statekit.cache": ("cache", "cache_url"),
-    "statekit.nearcache": ("cache", "cache_url"),
-    "statekit.backends.rediscache": ("cache", "cache_url"),
-    "statekit._subscriber": ("broadcast", "broadcast_url"),
-    "statekit.broadcast": ("broadcast", "broadcast_url"),
-    "statekit.blobs": ("blob store", "blobs_url"),
-    "statekit.backends.s3": ("blob store", "blobs_url"),
-    "statekit.backends.local": ("blob store", "blobs_url"),
-}
-
-
 def outage_name(error: BaseException) -> str:
-    """What failed, for the ``statekit.outage`` log: the capability whose code raised
-    *error* and its backend's URL (password-free), e.g. ``cache redis://10.0.0.5:6379/0``."""
-    tb = error.__traceback__
-    origin: tuple[str, str] | None = None
-    while tb is not None:  # the innermost statekit frame that knows its capability
-        origin = _ORIGINS.get(str(tb.tb_frame.f_globals.get("__name__", "")), origin)
-        tb = tb.tb_next
-    if origin is None:
-        return "a backend"
-    url = getattr(get_state().settings, origin[1], None) if "statekit" in current_app.extensions else None
-    return f"{origin[0]} {parse_url(url).redacted()}" if url else origin[0]
+    """What failed, for the ``statekit.outage`` log (:func:`statekit.lifecycle.outage_name`
+    with this app's settings)."""
+    state = current_app.extensions.get("statekit")
+    return _outage_name(error, state.settings if isinstance(state, StateKitState) else None)
 
 
 def _on_backend_unavailable(error: BackendUnavailable) -> Response:
