@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -496,11 +497,16 @@ def test_migrate_uploads_to_the_private_s3(venv: Venv, user_env: dict[str, str],
 # -- the README's snippets, exactly as printed -------------------------------------------------
 
 
+@pytest.mark.parametrize("store", ["s3", "file"])
 def test_readme_flask_snippet_under_statekit_serve(
-    venv: Venv, user_env: dict[str, str], app_dir: Path, serve: Callable[..., Served]
+    venv: Venv, user_env: dict[str, str], app_dir: Path, serve: Callable[..., Served], store: str
 ) -> None:
     """The Flask block written to app.py as printed, run with the README's command:
-    uploads go to S3, the session and the cache count them across requests."""
+    uploads go to S3 (a presigned URL) or a shared volume (a URL of the app's blob
+    route), the session and the cache count them across requests."""
+    if store == "file":
+        (app_dir / "blobs").mkdir()
+        user_env = {**user_env, "STATEKIT_BLOBS_URL": f"file://{app_dir / 'blobs'}"}
     (block,) = code_blocks(readme_section("Flask in ten lines"), "python")
     (app_dir / "app.py").write_text(block)
     command = re.search(r"Run it with `statekit serve ([^`]*)`", readme_section("Flask in ten lines"))
@@ -518,8 +524,12 @@ def test_readme_flask_snippet_under_statekit_serve(
         answers.append(r.json())
     assert [a["uploads"] for a in answers] == [1, 2]
     for answer, png in zip(answers, pngs, strict=True):
-        assert answer["url"].startswith("http://127.0.0.1:")  # presigned, on the private S3 endpoint
-        assert requests.get(answer["url"], timeout=30).content == png
+        if store == "s3":
+            assert answer["url"].startswith("http://127.0.0.1:")  # presigned, on the private S3 endpoint
+        else:
+            assert "/_statekit/blobs/" in answer["url"]
+        got = requests.get(urljoin(s.base + "/", answer["url"]), timeout=30)
+        assert got.status_code == 200 and got.content == png
     refused = browser.post(s.base + "/photos", files={"photo": ("x.png", b"<html>no</html>", "image/png")},
                            timeout=30)
     assert 400 <= refused.status_code < 500
