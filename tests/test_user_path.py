@@ -299,8 +299,10 @@ def test_commands_without_their_extra_name_the_pip_install(wheels: Path, tmp_pat
     bare = make_venv(tmp_path / "bare")
     bare.pip_install(["statekit"], wheels)
     env = bare.env(STATEKIT_REDIS_URL="redis://127.0.0.1:9/0", STATEKIT_BLOBS_URL="memory://x")
+    (tmp_path / "uploads").mkdir()
     for command, extra in [("serve app:app", "server"), ("reload 12345", "server"),
-                           ("phoenix app:app", "server"), ("dev", "embedded")]:
+                           ("phoenix app:app", "server"), ("dev", "embedded"),
+                           ("migrate-uploads uploads s3://bucket-x?endpoint_url=http://127.0.0.1:9", "blobs")]:
         result = bare.run(["statekit", *command.split()], tmp_path, env)
         lines = (result.stdout + result.stderr).strip().splitlines()
         assert result.returncode != 0, command
