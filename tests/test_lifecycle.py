@@ -270,3 +270,36 @@ def test_file_wrapper_responses_keep_the_sendfile_path(drain: DrainState) -> Non
     result.close()
     assert result.closed is True
     assert drain.slot_info(0).in_flight == 0 and drain.slot_info(0).completed == 1
+
+
+def test_outage_log_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:
+    from statekit.lifecycle import OutageLog
+
+    log = OutageLog()
+    caplog.set_level("INFO", logger="statekit.outage")
+    for _ in range(5):
+        log.down("cache redis://10.0.0.5:6379/0", ConnectionError("refused"))
+    log.down("blob store s3://b", "timeout")
+    assert log.is_down() and log.is_down("blob store s3://b")
+    log.up("cache redis://10.0.0.5:6379/0")
+    log.up("cache redis://10.0.0.5:6379/0")
+    log.all_up()
+    assert not log.is_down()
+    messages = [r.getMessage() for r in caplog.records if r.name == "statekit.outage"]
+    assert len(messages) == 4 and all(r.levelname == "WARNING" for r in caplog.records)
+    assert "cache redis://10.0.0.5:6379/0 unavailable (ConnectionError: refused)" in messages[0]
+    assert "blob store s3://b unavailable (timeout)" in messages[1]
+    assert "available again" in messages[2] and "blob store s3://b available again" in messages[3]
+
+
+def test_a_passing_readiness_check_ends_logged_outages(drain: DrainState, tmp_path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from statekit.lifecycle import outages
+
+    outages.reset()
+    outages.down("blob store file://x", "gone")
+    caplog.set_level("WARNING", logger="statekit.outage")
+    assert Lifecycle(Settings(blobs_url=f"file://{tmp_path}"), cache_ttl=0).readiness()[0] == 200
+    assert not outages.is_down()
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("statekit: blob store file://x available again")
