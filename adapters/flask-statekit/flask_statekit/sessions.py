@@ -1,13 +1,15 @@
 """Server-side Flask sessions in Redis (:class:`statekit.sessions.SessionStore`).
 
-``StateKit(app)`` installs :class:`StatekitSessionInterface` when a session URL is
-configured (``STATEKIT_SESSION_URL``, else ``STATEKIT_REDIS_URL``); the store is
-``app.extensions["statekit"].sessions``. ``session`` keeps Flask's API and adds
-``session.rotate()`` (call it on login), ``session.incr(key)`` (an atomic counter)
-and ``session.destroy()`` (logout). ``session.clear()`` on a stored session also
-destroys it and deletes the cookie. As with Flask, an in-place change of a mutable
-value (``session["cart"].append(x)``) is saved only after ``session.modified = True``
-(or assigning the value again).
+``StateKit(app)`` installs :class:`StatekitSessionInterface` for the session URL
+(``STATEKIT_SESSION_URL``, else ``STATEKIT_REDIS_URL``); the store is
+``app.extensions["statekit"].sessions``. Without a URL it refuses to start
+(:class:`~statekit.errors.ConfigError`) rather than leave Flask's cookie sessions in
+place unnoticed; ``STATEKIT_SESSIONS_ENABLED = False`` keeps them knowingly.
+``session`` keeps Flask's API and adds ``session.rotate()`` (call it on login),
+``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
+``session.clear()`` on a stored session also destroys it and deletes the cookie. As
+with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
+saved only after ``session.modified = True`` (or assigning the value again).
 
 Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN``,
 ``_SAMESITE``, ``_SECURE`` (when on), ``_HTTPONLY`` and ``_PARTITIONED`` apply where the
