@@ -86,6 +86,7 @@ from gunicorn import sock, util  # noqa: E402
 from gunicorn.app.base import BaseApplication  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
 from gunicorn.errors import HaltServer  # noqa: E402
+from gunicorn.http import wsgi as gunicorn_wsgi  # noqa: E402
 from gunicorn.pidfile import Pidfile  # noqa: E402
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 
@@ -224,6 +225,71 @@ class _HeldConnections:
         self._ITEM.pack_into(self._map, index * self._ITEM.size, 0)
 
 
+class _Captured:
+    """Stands in for a socket: keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+class _OneSendResponse(gunicorn_wsgi.Response):  # type: ignore[misc]
+    """gunicorn's HTTP/1 response, holding the status line and headers back until
+    the first body bytes (or the end of the response) so that both leave in one
+    send. gunicorn sends them apart: a worker killed between the two leaves a proxy
+    with a 200 it has passed on and can no longer retry elsewhere, and a body cut
+    short. Bodies over :attr:`COALESCE` bytes (no copy of large bodies), files
+    sent with ``sendfile`` and the chunks after the first go out as gunicorn sends
+    them."""
+
+    COALESCE = 256 * 1024
+    sock: Any
+    headers_sent: bool
+    _head: bytes | None = None
+
+    def send_headers(self) -> None:
+        if self.headers_sent:
+            return
+        sock, captured = self.sock, _Captured()
+        self.sock = captured
+        try:
+            super().send_headers()
+        finally:
+            self.sock = sock
+        self._head = captured.data
+
+    def _send_head(self) -> None:
+        head, self._head = self._head, None
+        if head:
+            self.sock.sendall(head)
+
+    def _emit_body(self, data: bytes) -> None:
+        if self._head is None or len(data) > self.COALESCE:
+            self._send_head()
+            super()._emit_body(data)
+            return
+        sock, captured = self.sock, _Captured()
+        self.sock = captured
+        try:
+            super()._emit_body(data)
+        finally:
+            self.sock = sock
+        head, self._head = self._head, None
+        sock.sendall(head + captured.data)
+
+    def sendfile(self, respiter: Any) -> bool:
+        self.send_headers()
+        self._send_head()
+        return bool(super().sendfile(respiter))
+
+    def close(self) -> None:
+        self.send_headers()
+        self._send_head()
+        super().close()
+
+
 class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker that accepts a connection only while one of its
     threads is free.
@@ -246,6 +312,10 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
     connection parked on a thread waiting for its first bytes counts too: the
     client's request is lost if it was on its way.
 
+    A response's status line and headers leave with its first body bytes, in one
+    send (:class:`_OneSendResponse`): a kill between the two would leave a proxy
+    with a response it has started to pass on and cannot retry.
+
     Keep-alive, the stop sequence and the hooks are gthread's. Use it from your own
     ``gunicorn.conf.py`` with ``worker_class = "statekit.gunicorn.StatekitThreadWorker"``.
     """
@@ -255,7 +325,10 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         self._statekit_busy = 0  # handed to the pool, finish_request not run yet (main thread)
+        self._statekit_reserved = False  # accept() counted the connection it is taking
         self._statekit_lock = threading.Lock()
+        # gthread builds its responses through this module global (HTTP/2 passes its own)
+        gunicorn_wsgi.Response = _OneSendResponse
         super().init_process()
 
     def _statekit_count(self, conn: Any, held: bool) -> None:
@@ -273,12 +346,31 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def accept(self, listener: Any) -> None:
         # one select() may report several listeners readable; take no more than we serve
-        if self._statekit_busy < self.cfg.threads:
+        if self._statekit_busy >= self.cfg.threads:
+            return
+        # counted before the accept: the connection is ours from the syscall on, and
+        # the thread may wait for the GIL long after it (a kill meanwhile loses it)
+        counters = self.statekit_held
+        if counters is not None:
+            with self._statekit_lock:
+                counters.add(self.statekit_slot, 1)
+        self._statekit_reserved = True
+        try:
             super().accept(listener)
+        finally:
+            if self._statekit_reserved:  # nothing to accept: another worker took it
+                self._statekit_reserved = False
+                if counters is not None:
+                    with self._statekit_lock:
+                        counters.add(self.statekit_slot, -1)
 
     def enqueue_req(self, conn: Any) -> None:
         self._statekit_busy += 1
-        self._statekit_count(conn, True)
+        if self._statekit_reserved:  # the connection accept() just took: counted already
+            self._statekit_reserved = False
+            conn.statekit_held = True
+        else:
+            self._statekit_count(conn, True)
         if self._statekit_busy >= self.cfg.threads:
             super().set_accept_enabled(False)
         super().enqueue_req(conn)

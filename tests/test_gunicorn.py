@@ -118,6 +118,8 @@ def test_three_rolling_reloads_under_load_fail_nothing(tmp_path: Path) -> None:
 def test_reload_with_a_broken_app_keeps_old_workers(tmp_path: Path) -> None:
     with ServeProcess(tmp_path, "--workers", "2") as srv:
         srv.wait_ready(2)
+        # both workers have imported the app (wait_ready counts processes, not loaded apps)
+        wait_until(lambda: len(re.findall(r"statekit: worker \d+ ready", srv.log())) == 2, 30, "ready")
         before = set(srv.workers())
         (tmp_path / "app.py").write_text("raise RuntimeError('broken deploy')\n")
         srv.signal(signal.SIGHUP)
