@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import select
 import socket
 import struct
 import sys
@@ -121,6 +122,7 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_poll: Any = getattr(select, "poll", None)
 _allocate_lock = threading.Lock
 _perf = time.perf_counter
 #: how long a call polls for the reply before it blocks (see _FastConnection)
@@ -183,7 +185,7 @@ class _FastConnection:
     ``AUTH`` and ``SELECT`` (when the client has a password or a non-zero db) are sent
     once, when the socket is opened."""
 
-    __slots__ = ("calls", "last", "misses", "reader", "sock", "spin", "spin_seconds", "tag")
+    __slots__ = ("calls", "last", "misses", "poller", "reader", "sock", "spin", "spin_seconds", "tag")
 
     def __init__(self, params: Mapping[str, Any], reader_factory: Any,
                  spin_seconds: float = SPIN_SECONDS) -> None:
@@ -210,6 +212,10 @@ class _FastConnection:
         self.spin = bool(_DONTWAIT) and spin_seconds > 0
         self.calls = self.misses = 0
         self.last = _perf()  # when the last reply came (see stale())
+        self.poller: Any = None
+        if _poll is not None:
+            self.poller = _poll()
+            self.poller.register(sock, select.POLLIN)
         self.tag = 0  # what a FastTransport subclass set up on this socket (tracking)
         if params.get("password"):
             auth = ["AUTH", params["password"]]
@@ -234,16 +240,12 @@ class _FastConnection:
         """Whether the server closed this socket while it was idle (or left bytes
         nobody asked for): checked before a command is sent on a socket idle for
         more than :data:`STALE_CHECK_AFTER`, so a restarted Redis or an idle timeout
-        costs no failed call and no command is sent twice. One non-blocking peek."""
-        if not _DONTWAIT or _perf() - self.last < STALE_CHECK_AFTER:
+        costs no failed call and no command is sent twice. One ``poll()`` with no
+        wait: an idle socket has nothing to read unless the server closed it (or, out
+        of step, sent bytes nobody asked for)."""
+        if self.poller is None or _perf() - self.last < STALE_CHECK_AFTER:
             return False
-        try:
-            self.sock.recv(1, socket.MSG_PEEK | _DONTWAIT)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        return True  # b"": closed by the server; bytes: out of step
+        return bool(self.poller.poll(0))
 
     def call(self, packed: bytes) -> Any:
         """Send *packed* and return the reply (an error reply is returned, not
@@ -481,7 +483,7 @@ class SharedConnection:
         """:meth:`_FastConnection.stale`, checked only while no command is in flight;
         a stale connection is marked :attr:`broken` (callers open a new one)."""
         conn = self.conn
-        if not _DONTWAIT or _perf() - conn.last < STALE_CHECK_AFTER:
+        if conn.poller is None or _perf() - conn.last < STALE_CHECK_AFTER:
             return False
         with self._send:  # nothing can be queued meanwhile
             if self._queue or self.broken is not None or not conn.stale():
