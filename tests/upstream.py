@@ -1,0 +1,59 @@
+"""The test suites of the libraries statekit replaces, taken from the sdists of the
+installed versions at test time (never copied into this tree).
+
+``upstream_source("django")`` downloads the sdist of the installed Django with pip
+(once: it is kept under ``.venv/upstream-sdists/``, or ``$STATEKIT_UPSTREAM_DIR``),
+unpacks it and returns the unpacked project's root, so a test can import
+``tests/cache/tests.py`` from it and run its generic test cases against a statekit
+adapter. A machine that cannot reach the package index skips those tests, with the
+reason.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_lock = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("STATEKIT_UPSTREAM_DIR")
+    return Path(configured) if configured else ROOT / ".venv" / "upstream-sdists"
+
+
+def upstream_source(dist: str) -> Path:
+    """The unpacked sdist of the installed version of *dist* (``django``,
+    ``cachelib``, ``flask-caching``); skips the calling test when pip cannot fetch it."""
+    version = importlib.metadata.version(dist)
+    cache = _cache_dir()
+    marker = cache / f"{dist}-{version}.unpacked"
+    with _lock:
+        if marker.is_file():
+            return Path(marker.read_text())
+        cache.mkdir(parents=True, exist_ok=True)
+        download = cache / f"{dist}-{version}-download"
+        download.mkdir(exist_ok=True)
+        result = subprocess.run(  # noqa: S603 - pip, with a pinned requirement
+            [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+             "--no-deps", "--no-binary", ":all:", "-d", str(download),
+             f"{dist}=={version}"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )
+        archives = sorted(download.glob("*.tar.gz"))
+        if result.returncode != 0 or not archives:
+            pytest.skip(f"cannot download the {dist} {version} sdist: {result.stderr.strip()[-300:]}")
+        target = cache / f"{dist}-{version}"
+        with tarfile.open(archives[0]) as tar:
+            tar.extractall(target, filter="data")
+        (top,) = [p for p in target.iterdir() if p.is_dir()]
+        marker.write_text(str(top))
+        return top
