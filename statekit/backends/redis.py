@@ -153,7 +153,8 @@ class _Rule:
     A failure while connecting, in the handshake or a health check is left as
     redis-py raises it (retryable); one after the command was sent is raised as
     :class:`OutcomeUnknown`, a wrong-node or loading reply as :class:`NotApplied`
-    (after dropping the connection)."""
+    (after dropping the connection). Other replies (``CLUSTERDOWN``, ``TRYAGAIN``:
+    RedisCluster's own retry handles them) are left as they are."""
 
     _statekit_setup = 0  # > 0 while connecting or checking health: nothing of a command sent
 
@@ -192,8 +193,8 @@ class _Rule:
         try:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as e:
-            problem = _problem_of(e)
-            if problem in ("wrong node", "not now"):
+            # CLUSTERDOWN and TRYAGAIN stay as they are: RedisCluster handles them
+            if _problem_of(e) == "wrong node":
                 self.disconnect()  # type: ignore[attr-defined]
                 raise rule.NotApplied(f"{e} (nothing applied)") from e
             raise
