@@ -1,7 +1,8 @@
 """Process lifecycle benchmark: worker ready time after fork, reloads under load
-(gunicorn's own HUP vs statekit's rolling reload), and the shutdown report.
+(gunicorn's own HUP vs statekit's rolling reload), the shutdown report, and
+workers SIGKILLed under load (gunicorn's gthread vs statekit serve).
 
-    .venv/bin/python bench/lifecycle.py [--seconds 8] [--import-delay 1.0]
+    .venv/bin/python bench/lifecycle.py [--seconds 8] [--import-delay 1.0] [--kills 5]
 
 Everything runs on loopback with processes this script starts and stops. The app
 sleeps ``--import-delay`` seconds at import, like a real app loading its code: that
@@ -163,11 +164,79 @@ def reload_run(kind: str, workdir: Path, env: dict[str, str], seconds: float,
         stop(proc)
 
 
+KILL_APP = textwrap.dedent(
+    """
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+    """
+)
+
+
+def kill_run(kind: str, workdir: Path, kills: int, seconds: float) -> str:
+    """``ab -r -c200`` (when installed; else 50 Python clients) against 2 workers, one
+    SIGKILLed every 1-2 s; failed requests vs what the master's log counted."""
+    import random
+    import shutil
+
+    port = free_port()
+    log = workdir / f"kill-{kind}.log"
+    (workdir / "killapp.py").write_text(KILL_APP)
+    if kind == "gunicorn gthread":
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+               "killapp:app"]
+    else:
+        cmd = [sys.executable, "-m", "statekit", "serve", "killapp:app", "--bind", f"127.0.0.1:{port}",
+               "--workers", "2"]
+    proc = start(cmd, workdir, {}, log)
+    rng = random.Random(15)
+    done = threading.Event()
+
+    def killer() -> None:
+        n = 0
+        while n < kills and not done.wait(rng.uniform(1, 2)):
+            kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            if len(kids) == 2:
+                os.kill(int(rng.choice(kids)), signal.SIGKILL)
+                n += 1
+
+    try:
+        wait_ready(port, proc)
+        t = threading.Thread(target=killer, daemon=True)
+        ab = shutil.which("ab")
+        if ab:
+            t.start()
+            out = subprocess.run([ab, "-r", "-c200", f"-t{seconds:.0f}", "-n", "10000000",
+                                  f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+            done.set()
+            t.join()
+            # every failed request ends with a short read, counted once under Length;
+            # ab's "Failed requests" counts a reset up to three times (receive, length, exception)
+            total = int(re.search(r"Complete requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+            m = re.search(r"Length: (\d+)", out)
+            failed, client = (int(m.group(1)) if m else 0), "ab -r -c200"
+        else:
+            with Load(port, threads=50) as load:
+                t.start()
+                time.sleep(seconds)
+                done.set()
+                t.join()
+            total, failed, client = int(load.summary()["requests"]), load.failures, "50 Python clients"
+        time.sleep(1)
+    finally:
+        stop(proc)
+    text = log.read_text()
+    died = [int(n) for n in re.findall(r"died with (\d+) requests in flight", text)]
+    counted = f"{sum(died)} ({'+'.join(map(str, died))})" if died else "(not counted)"
+    return f"{kind:18} {client:18} {kills:6} {total:9} {failed:7}   {counted}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=8.0, help="load duration of each reload run")
     p.add_argument("--import-delay", type=float, default=1.0, help="seconds the app takes to import")
     p.add_argument("--reloads", type=int, default=3)
+    p.add_argument("--kills", type=int, default=5, help="workers SIGKILLed in each kill run (0: skip)")
     opts = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="statekit-bench-") as tmp, RedisServer() as redis_srv:
@@ -217,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"client side: {load.summary()['requests']:.0f} requests, {load.rejected} drain 503s, "
               f"{load.failures - load.rejected} refused after the listener closed (no proxy in front here: "
               "behind nginx both are retried on the other instance, see tests/test_nginx.py)")
+        if opts.kills:
+            print(f"\n# a worker SIGKILLed every 1-2 s under load (direct, no proxy; 2 workers x 4 threads, "
+                  f"{opts.kills} kills, {opts.kills * 1.5 + 2:.0f}s)")
+            print(f"{'':18} {'client':18} {'kills':>6} {'requests':>9} {'failed':>7}   "
+                  "in flight at the kills (master's log)")
+            for kind in ("gunicorn gthread", "statekit serve"):
+                print(kill_run(kind, workdir, opts.kills, opts.kills * 1.5 + 2))
     return 0
 
 
