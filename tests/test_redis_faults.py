@@ -40,7 +40,7 @@ import redis
 
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.cache import Cache
-from statekit.embedded import RedisBinary, RedisSentinel, RedisServer, find_redis_servers
+from statekit.embedded import RedisBinary, RedisCluster, RedisSentinel, RedisServer, find_redis_servers
 from statekit.errors import BackendUnavailable, LockError
 from statekit.pytest_plugin import wait_for
 from statekit.sessions import SessionStore
@@ -204,26 +204,43 @@ def sentinel() -> Iterator[RedisSentinel]:
     setup.stop()
 
 
-@pytest.fixture(params=["redis-fast-path", "redis-py", "rediss", "sentinel"])
-def target(request: pytest.FixtureRequest) -> tuple[str, RedisServer, bool]:
-    """``(url, the server to pause, fast_path)`` for one URL kind."""
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    nodes = RedisCluster()
+    nodes.start()
+    yield nodes
+    for node in nodes.nodes:
+        node.resume()
+    nodes.stop()
+
+
+Target = tuple[str, list[RedisServer], bool]
+
+
+@pytest.fixture(params=["redis-fast-path", "redis-py", "rediss", "sentinel",
+                        pytest.param("cluster", marks=pytest.mark.cluster)])
+def target(request: pytest.FixtureRequest) -> Target:
+    """``(url, the servers to pause, fast_path)`` for one URL kind."""
     q = f"socket_timeout={TIMEOUT}&socket_connect_timeout={TIMEOUT}"
     kind = request.param
     if kind == "sentinel":
         setup: RedisSentinel = request.getfixturevalue("sentinel")
-        return f"{setup.url}?{q}", setup.master, False
+        return f"{setup.url}?{q}", [setup.master], False
+    if kind == "cluster":  # all masters paused (the cluster's node timeout is longer)
+        nodes: RedisCluster = request.getfixturevalue("cluster")
+        return f"{nodes.url}?{q}", list(nodes.nodes), False
     srv: RedisServer = request.getfixturevalue("server")
     if kind == "rediss":
         proxy, cert = request.getfixturevalue("tls_proxy")
-        return f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}&{q}", srv, False
-    return f"{srv.url}?{q}", srv, kind == "redis-fast-path"
+        return f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}&{q}", [srv], False
+    return f"{srv.url}?{q}", [srv], kind == "redis-fast-path"
 
 
-def _while_paused(srv: RedisServer, call: Callable[[], Any],
+def _while_paused(servers: list[RedisServer], call: Callable[[], Any],
                   prepare: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Run *call* in a thread (after *prepare*, in the same thread, before the pause)
-    while *srv* is stopped (SIGSTOP) for longer than the socket timeout, then resume
-    it (SIGCONT, always); the call's value or error."""
+    while *servers* are stopped (SIGSTOP) for longer than the socket timeout, then
+    resume them (SIGCONT, always); the call's value or error."""
     outcome: dict[str, Any] = {}
     ready, go = threading.Event(), threading.Event()
 
@@ -242,12 +259,14 @@ def _while_paused(srv: RedisServer, call: Callable[[], Any],
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     assert ready.wait(30) and "error" not in outcome, outcome
-    srv.pause()
     try:
+        for srv in servers:
+            srv.pause()
         go.set()
         thread.join(TIMEOUT * 1.7)  # the reply timed out; a resend would be under way now
     finally:
-        srv.resume()
+        for srv in servers:
+            srv.resume()
     thread.join(30)
     assert not thread.is_alive()
     error = outcome.get("error")
@@ -274,16 +293,16 @@ def _applied_once(outcome: dict[str, Any], before: int, after: Any) -> None:
 # -- never applied twice ----------------------------------------------------------------
 
 
-def test_paused_cache_incr_is_applied_once(target: tuple[str, RedisServer, bool]) -> None:
-    url, srv, fast = target
+def test_paused_cache_incr_is_applied_once(target: Target) -> None:
+    url, servers, fast = target
     cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
     assert cache.incr("n") == 1  # the script is loaded: a paused EVALSHA cannot fail NOSCRIPT
-    outcome = _while_paused(srv, lambda: cache.incr("n"))
+    outcome = _while_paused(servers, lambda: cache.incr("n"))
     _applied_once(outcome, 1, _settled(lambda: cache.get("n")))
 
 
-def test_paused_session_incr_is_applied_once(target: tuple[str, RedisServer, bool]) -> None:
-    url, srv, _fast = target
+def test_paused_session_incr_is_applied_once(target: Target) -> None:
+    url, servers, _fast = target
     store = SessionStore(url, secret_keys=["k" * 32], key_prefix=f"faults{next(_names)}")
     session = store.create({"n": 0})
     assert store.incr(session, "n") == 1
@@ -293,7 +312,7 @@ def test_paused_session_incr_is_applied_once(target: tuple[str, RedisServer, boo
         assert loaded is not None
         return loaded["n"]
 
-    outcome = _while_paused(srv, lambda: store.incr(session, "n"))
+    outcome = _while_paused(servers, lambda: store.incr(session, "n"))
     _applied_once(outcome, 1, _settled(stored))
 
 
@@ -301,15 +320,15 @@ def _take(lock: Any) -> None:
     assert lock.acquire(blocking=False)
 
 
-def test_paused_lock_release_is_sent_once(target: tuple[str, RedisServer, bool]) -> None:
-    url, srv, fast = target
+def test_paused_lock_release_is_sent_once(target: Target) -> None:
+    url, servers, fast = target
     cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
     warm = cache.lock("warm", timeout=60)
     assert warm.acquire(blocking=False)
     warm.release()
     lock = cache.lock("job", timeout=60)  # tokens are per thread: taken in the caller's
     # a release sent twice finds the lock gone the second time: LockError
-    outcome = _while_paused(srv, lock.release, prepare=lambda: _take(lock))
+    outcome = _while_paused(servers, lock.release, prepare=lambda: _take(lock))
     assert not isinstance(outcome.get("error"), LockError)
     if "error" not in outcome:
         assert cache.lock("job", timeout=60).acquire(blocking=False)
@@ -359,6 +378,10 @@ def test_sentinel_failover_every_path_serves_again(binary: RedisBinary) -> None:
 
 
 def _failover_every_path(setup: RedisSentinel) -> None:
+    for replica in setup.replicas:  # WAIT may count a replica still syncing (valkey 9)
+        with replica.client() as r:
+            wait_for(lambda r=r: r.info("replication").get("master_link_status") == "up", timeout=30,
+                     what="the replica synced")
     url = setup.url
     cache = Cache(url, prefix="fo", failure_threshold=1000)
     store = SessionStore(url, secret_keys=["k" * 32], key_prefix="fo")
