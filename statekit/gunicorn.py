@@ -306,11 +306,14 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
     any server may close an idle keep-alive connection; nginx keeps none to
     ``statekit serve`` in deploy/nginx).
 
-    Each connection handed to a thread is counted in shared memory until the thread
-    is done with it (answered, closed, or parked waiting for a request), so the
-    master's ``died with N requests in flight`` counts what the kill lost. A
-    connection parked on a thread waiting for its first bytes counts too: the
-    client's request is lost if it was on its way.
+    Each connection is counted in shared memory from just before ``accept()`` (or
+    from when its next request is handed to a thread) until its response is
+    written or the thread parks it, so the master's ``died with N requests in
+    flight`` counts what the kill lost. It may count one connection too many: one a
+    thread waits on for its first bytes (the client's request is lost if it was on
+    its way), or the one being accepted when another worker took it. A request that
+    has arrived on a kept-alive connection the worker has not picked up yet is lost
+    and not counted.
 
     A response's status line and headers leave with its first body bytes, in one
     send (:class:`_OneSendResponse`): a kill between the two would leave a proxy
@@ -333,9 +336,9 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _statekit_count(self, conn: Any, held: bool) -> None:
         """Count *conn* as held (a request on it unanswered) or no longer held."""
-        if getattr(conn, "statekit_held", False) == held:
+        if getattr(conn, "statekit_counted", False) == held:
             return
-        conn.statekit_held = held
+        conn.statekit_counted = held
         counters = self.statekit_held
         if counters is not None:
             with self._statekit_lock:
@@ -368,7 +371,7 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._statekit_busy += 1
         if self._statekit_reserved:  # the connection accept() just took: counted already
             self._statekit_reserved = False
-            conn.statekit_held = True
+            conn.statekit_counted = True
         else:
             self._statekit_count(conn, True)
         if self._statekit_busy >= self.cfg.threads:
