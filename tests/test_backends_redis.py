@@ -14,7 +14,16 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from statekit.backends.redis import create_client, get_client, is_cluster, translate_errors
+from statekit.backends import redis as redis_backend
+from statekit.backends.redis import (
+    create_client,
+    get_client,
+    is_cluster,
+    reply_problem,
+    retry_policy,
+    translate_errors,
+    with_rule,
+)
 from statekit.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, parse_url
 from statekit.embedded import RedisCluster, RedisSentinel, RedisServer
 from statekit.errors import BackendUnavailable, ConfigError, StatekitError
@@ -113,6 +122,59 @@ def test_hung_server_times_out_instead_of_blocking(silent_port: int) -> None:
     with pytest.raises(BackendUnavailable) as e, translate_errors("session load"):
         client.get("k")
     assert isinstance(e.value.__cause__, redis.TimeoutError)
+
+
+@pytest.mark.parametrize(("message", "problem"), [
+    # Redis 6.2 wraps a script's READONLY in a script error (as redis.call or pcall)
+    ("ERR Error running script (call to f_219bb33e): @user_script:1: @user_script: 1: "
+     "-READONLY You can't write against a read only replica.", "wrong node"),
+    ("@user_script: 1: -READONLY You can't write against a read only replica.", "wrong node"),
+    # Redis 7+ and Valkey keep the code, with the script named after it
+    ("READONLY You can't write against a read only replica. script: 219bb33e, on @user_script:1.",
+     "wrong node"),
+    ("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.", "wrong node"),
+    ("LOADING Redis is loading the dataset in memory", "not now"),
+    ("CLUSTERDOWN The cluster is down", "not now"),
+    ("NOAUTH Authentication required.", "authentication"),
+    ("WRONGPASS invalid username-password pair or user is disabled.", "authentication"),
+    ("ERR Protocol error: unauthenticated multibulk length", "authentication"),
+    ("ERR Protocol error: unauthenticated bulk length", "authentication"),
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", None),
+    ("ERR value is not an integer or out of range", None),
+    ("ERR Error running script (call to f_1): @user_script:3: user error READONLY", None),
+])
+def test_reply_problem_reads_every_lines_wording(message: str, problem: str | None) -> None:
+    assert reply_problem(message) == problem
+
+
+def test_translate_errors_names_authentication() -> None:
+    with pytest.raises(BackendUnavailable, match="refused authentication during cache get"), \
+            translate_errors("cache get"):
+        raise redis.AuthenticationError("invalid username-password pair or user is disabled.")
+    with pytest.raises(BackendUnavailable, match="authentication"), translate_errors("session save"):
+        raise redis.ResponseError("Protocol error: unauthenticated multibulk length")
+
+
+def test_retry_policy_never_retries_a_command_whose_outcome_is_unknown() -> None:
+    retry = retry_policy(retries=3, cap=0.001)
+    attempts: list[int] = []
+
+    def fails(error: Exception) -> Any:
+        def call() -> Any:
+            attempts.append(1)
+            raise error
+        return call
+
+    rule = with_rule(redis.Connection)
+    assert with_rule(rule) is rule and issubclass(rule, redis.Connection)
+    unknown = redis_backend._rule().OutcomeUnknown("sent, no reply")
+    for error, tries in [(redis.ConnectionError("refused"), 4), (redis.TimeoutError("connect"), 4),
+                         (unknown, 1), (redis.AuthenticationError("WRONGPASS"), 1),
+                         (redis_backend._rule().NotApplied("READONLY"), 4)]:
+        attempts.clear()
+        with pytest.raises(type(error)):
+            retry.call_with_retry(fails(error), lambda _e: None)
+        assert len(attempts) == tries, error
 
 
 def test_translate_errors_lets_other_errors_through() -> None:

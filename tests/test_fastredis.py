@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,11 +85,12 @@ def test_redis_py_fallback_gives_the_same_results(redis_url: str) -> None:
     assert fast_params(decoding) is None  # replies would differ in type
 
 
-def test_restart_stale_socket_is_retried_once(private_redis: RedisServer) -> None:
+def test_restart_stale_socket_is_replaced_before_sending(private_redis: RedisServer) -> None:
     t = _transport(private_redis.url)
     assert t.command("SET", "k", "1") == b"OK"
     private_redis.restart()
-    # the old socket was reset by the restart: replaced, and the command sent again
+    # the old socket was closed by the restart: found closed and replaced before
+    # anything was sent on it (a command sent is never sent again)
     assert t.command("SET", "k", "2") == b"OK"
     assert t.command("GET", "k") == b"2"
     assert t.script(SHA, SOURCE, ["n"], ["a"]) == [b"n", b"a", 1]  # script cache was empty
@@ -150,6 +152,24 @@ def test_fork_gets_a_new_socket_in_the_child(redis_url: str) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert child_id not in (-1, parent_id)
     assert t.command("CLIENT", "ID") == parent_id  # the parent's socket is intact
+
+
+@pytest.mark.parametrize("near", [0, 100], ids=["own-socket", "shared-socket"])
+def test_session_writes_survive_connections_closed_while_idle(redis_url: str, near: int) -> None:
+    """An idle socket the server closed (an idle timeout, CLIENT KILL) is replaced
+    before a write is sent on it: no error, and the write applied once."""
+    from statekit.sessions import SessionStore
+
+    store = SessionStore(redis_url, secret_keys=["k"], near_cache=near)
+    session = store.create({"n": 0})
+    assert store.incr(session, "n") == 1
+    for expected in (2, 3, 4):
+        with redis.Redis.from_url(redis_url) as admin:
+            admin.client_kill_filter(_type="normal", skipme=True)
+        time.sleep(0.01)  # idle: checked before sending
+        assert store.incr(session, "n") == expected
+    loaded = store.load(session.sid)
+    assert loaded is not None and loaded["n"] == 4
 
 
 def test_session_store_uses_it_and_survives_a_restart(private_redis: RedisServer) -> None:
