@@ -96,7 +96,7 @@ end
 # ARGV: create ('0' or the new session's m:c), ttl_ms, return the hash ('0'/'1'), nsets,
 # k1, v1 ..., ndels, f1 ..., [index args]. Fields go in chunks of 1000 arguments (Lua's
 # unpack fails past about 8000: a huge session). A create finding its own m:c is a retried
-# create (redis-py retries a command whose reply timed out), not a collision. The
+# create (a caller retrying a create whose reply was lost), not a collision. The
 # closing HGETALL (near cache) also makes the calling connection track the key again:
 # the write itself ended its tracking.
 _WRITE = _INDEX + """

@@ -39,9 +39,16 @@ class ConfigError(StatekitError, ValueError):
 
 
 class BackendUnavailable(StatekitError):
-    """A backend (Redis, S3, the filesystem) could not be reached or did not answer
-    within its timeout. Nothing was written, or the write is known to be atomic and
-    either fully applied or not at all: retrying is safe."""
+    """A backend (Redis, S3, the filesystem) could not be reached, did not answer
+    within its timeout, refused the credentials (the message then names
+    authentication), or could not serve the call (a Redis replica or a demoted
+    master during a failover, a server loading its data).
+
+    A write is atomic: it was applied fully or not at all, and never twice (statekit
+    never sends a write again once it went out). When the reply was lost after
+    sending (the message says the outcome is unknown) it may have been applied
+    once; otherwise nothing was written. Retrying an idempotent write is safe; retry
+    a non-idempotent one (an ``incr``) only if applying it twice is acceptable."""
 
 
 class SerializationError(StatekitError, TypeError):
