@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 import redis
 
+from statekit.backends.redis import create_client, translate_errors
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.cache import Cache
 from statekit.embedded import RedisBinary, RedisCluster, RedisSentinel, RedisServer, find_redis_servers
@@ -351,6 +352,22 @@ def test_reply_lost_after_a_write_is_not_sent_again(server: RedisServer, fast: b
         with pytest.raises(BackendUnavailable):
             cache.get("n")
         assert cache.incr("n") == 3  # and the client serves again
+    finally:
+        proxy.close()
+
+
+def test_reply_lost_after_a_pipeline_is_not_sent_again(server: RedisServer) -> None:
+    proxy = _Proxy(server.port)
+    try:
+        client = create_client(f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2")
+        client.delete("pipelined")
+        proxy.cut, proxy.cut_on = 1, b"INCR"
+        pipe = client.pipeline(transaction=False)
+        pipe.incr("pipelined")
+        pipe.get("pipelined")
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"), translate_errors("a pipeline"):
+            pipe.execute()
+        assert client.get("pipelined") == b"1"
     finally:
         proxy.close()
 
