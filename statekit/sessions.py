@@ -31,10 +31,16 @@ metadata, and mirrored in the Redis TTL. An unmodified request writes nothing ex
 a TTL refresh at most once per ``refresh_interval``.
 
 **Rotation** (:meth:`SessionStore.rotate`, on login) moves the data to a new id in
-one script; the old id becomes an alias for ``alias_window`` seconds, so requests in
-flight with the old cookie read and write the new session instead of failing or
-bringing the old one back. Anyone holding the old cookie can use the session for
-those seconds, then never again.
+one script; the old id becomes a *tombstone alias* for ``alias_window`` seconds. No
+session fixation: the old id never reads the new (logged-in) state. A request that
+*loads* with the old cookie after the rotation gets a fresh, empty session, as with
+an unknown id (Django's own engines do the same), whoever sends it: the browser that
+logged in, or an attacker who planted that cookie. Only requests already *in flight*
+(they loaded the session before the rotation) use the alias: their writes (a save,
+``incr``, a logout) follow it into the new session, so none is lost and the old id
+never comes back. A rotation by such a request (two logins at once) does not take the
+rotated session over (its new id would reach a pre-rotation cookie): it gets a new
+session of its own with the data it loaded, if the session still lives.
 
 **Redis Cluster.** A session's hash, its rotation alias and its successor share a
 slot (the id's tag is the hash tag), so save, rotate and incr stay single atomic
@@ -214,9 +220,10 @@ class Session(dict[str, Any]):
 
     @property
     def through_alias(self) -> bool:
-        """Whether this session was loaded through the alias a rotation left for its
-        old id (a request sent with the pre-login cookie), and not rotated again since:
-        that old cookie must not be sent back (it stops working with the alias)."""
+        """Whether this request loaded the session before another request rotated it
+        (a request in flight with the pre-login cookie) and its writes followed the
+        rotation's alias: that old cookie must not be sent back (it names a
+        tombstone now, and would replace the new cookie in the browser)."""
         return not self.new and self.key != self.store._key(self.sid)
 
     def _changing(self, key: str) -> None:
@@ -347,7 +354,9 @@ class SessionStore:
     :param absolute_lifetime: seconds after creation after which it ends regardless.
     :param refresh_interval: an unmodified request refreshes the TTL at most this often
         (and at least every half idle timeout, so an active session never ends).
-    :param alias_window: seconds the old id keeps working after :meth:`rotate`.
+    :param alias_window: seconds after :meth:`rotate` during which requests that loaded
+        the session before it still write through its old id (a load with the old id
+        gets a fresh session at once).
     :param codec: ``"json"`` or ``"msgpack"`` (or a serializer object without pickle).
     :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
     :param user_key: a session key whose value is the user id (``"_user_id"`` for
@@ -525,17 +534,13 @@ class SessionStore:
         return session if session is not None else self.new()
 
     def load(self, sid: str, *, min_version: int = 0) -> Session | None:
-        """Load session *sid* (an unsigned id), or ``None`` if it does not exist or
-        passed its idle timeout or absolute lifetime. One round trip (none from the
-        near cache, for a copy of at least *min_version*); one more per rotation
-        within the alias window (the alias is followed)."""
+        """Load session *sid* (an unsigned id), or ``None`` if it does not exist,
+        passed its idle timeout or absolute lifetime, or was rotated to a new id (its
+        old id is a tombstone: never followed by a load, see "Rotation" in the module
+        docstring). One round trip (none from the near cache, for a copy of at least
+        *min_version*)."""
         key = self._key(sid)
         raw = self.engine.fetch(key, min_version)
-        for _ in range(_HOPS):  # rotated (maybe more than once within the alias window): follow
-            if "m:a" not in raw:
-                break
-            key = self._key_of(raw["m:a"].decode())
-            raw = self.engine.fetch(key)
         self.counters.incr("loads")
         if "m:c" not in raw:
             self.counters.incr("misses")
@@ -677,11 +682,17 @@ class SessionStore:
 
     def rotate(self, session: Session) -> Session:
         """Give *session* a new id (call it on login). Its data moves to the new id
-        in one script; the old id stays an alias for ``alias_window`` seconds, then
-        stops working. The adapter must send the new cookie (``session.send_cookie``).
+        in one script; the old id becomes a tombstone alias for ``alias_window``
+        seconds: requests that loaded the session before still write through it,
+        while a load with the old id gets a fresh session. The adapter must send
+        the new cookie (``session.send_cookie``).
 
-        If the session was destroyed or revoked meanwhile, *session* becomes a new,
-        empty session: a revoked session never comes back through a rotation.
+        If another request rotated the session since this one loaded it, *session*
+        becomes a new session of its own holding the data this request loaded (stored
+        by the next :meth:`save`): the rotated session and its new id stay with the
+        request that rotated it. If the session was destroyed or revoked meanwhile,
+        *session* becomes a new, empty session: a revoked session never comes back
+        through a rotation.
 
         :raises BackendUnavailable: Redis unreachable; the old id still works.
         """
@@ -692,15 +703,18 @@ class SessionStore:
         if not session.new:
             old_member = self._member(session.key)
             new_member = self._handle(new_sid)
-            t = now()
-            for _ in range(_HOPS + 1):
-                op = self._index_op(session, t, session.loaded_user, new_member, old_member)
-                code, extra = self.engine.rotate(session.key, new_key, new_member,
-                                                 max(1, int(self.alias_window * 1000)), op)
-                if code != 2:
-                    break
-                session.key, old_member = self._key_of(extra), extra  # rotated meanwhile: follow
-            if code != 1:
+            op = self._index_op(session, now(), session.loaded_user, new_member, old_member)
+            code, extra = self.engine.rotate(session.key, new_key, new_member,
+                                             max(1, int(self.alias_window * 1000)), op)
+            if code == 2 and self._lives(extra):
+                # rotated by another request since this one loaded it: following the
+                # alias would hand the rotated (maybe logged-in) session to a cookie
+                # from before that rotation. This request keeps what it loaded, as a
+                # new session of its own.
+                self.counters.incr("conflicts")
+                session._encoded.clear()
+                session.new, session.loaded_user = True, None
+            elif code != 1:
                 self.counters.incr("conflicts")
                 dict.clear(session)
                 session._encoded.clear()
@@ -710,6 +724,16 @@ class SessionStore:
         session.send_cookie = not session.new
         session.destroyed = False
         return session
+
+    def _lives(self, handle: str) -> bool:
+        """Whether the session a rotation alias names (following further aliases)
+        still lives: destroyed or revoked, it must not come back as a copy."""
+        raw = self.engine.fetch(self._key_of(handle))
+        for _ in range(_HOPS):
+            if "m:a" not in raw:
+                break
+            raw = self.engine.fetch(self._key_of(raw["m:a"].decode()))
+        return "m:c" in raw
 
     def destroy(self, session: Session) -> None:
         """Delete *session* now (logout). Concurrent requests of this session then

@@ -328,35 +328,44 @@ def test_incr_with_msgpack_refuses_what_a_double_would_round(make_store: StoreFa
 
 
 def test_rotation_moves_data_and_keeps_short_alias(make_store: StoreFactory) -> None:
+    """The old id is a tombstone: a request in flight (loaded before the rotation)
+    still writes into the new session; one that loads with the old id afterwards
+    gets a fresh, empty session (no session fixation), and its writes stay there."""
     store = make_store(alias_window=0.5)
     s = store.create({"cart": ["apple"]})
     old_sid = s.sid
     inflight = reopen(store, s)  # loaded before the rotation
     store.rotate(s)
     assert s.rotated and s.sid != old_sid and s.sid[:4] == old_sid[:4]
-    assert store.load(s.sid) == {"cart": ["apple"]}
-    # a request with the old cookie, started before or after: works on the new session
-    late = store.open(store.sign(old_sid))
-    assert late == {"cart": ["apple"]} and not late.new
+    s["user"] = "alice"
+    assert store.save(s)
+    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice"}
+    late = store.open(store.sign(old_sid))  # loaded after the rotation: never the new state
+    assert late.new and late == {} and late.sid != old_sid
+    assert store.load(old_sid) is None
     late["late"] = 1
+    assert store.save(late) and store.load(late.sid) == {"late": 1}
     inflight["inflight"] = 2
-    assert store.save(late) and store.save(inflight)
-    assert store.load(s.sid) == {"cart": ["apple"], "late": 1, "inflight": 2}
+    assert store.save(inflight) and inflight.through_alias
+    assert inflight.sid == old_sid and inflight == {"cart": ["apple"], "inflight": 2}
+    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice", "inflight": 2}
+    assert store.load(old_sid) is None  # the in-flight write did not bring the old id back
     time.sleep(0.7)  # the alias expires in Redis (and in memory://)
     assert store.open(store.sign(old_sid)).new
-    assert store.load(s.sid) == {"cart": ["apple"], "late": 1, "inflight": 2}
+    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice", "inflight": 2}
 
 
 def test_double_rotation_within_alias_window(make_store: StoreFactory) -> None:
     store = make_store(alias_window=30)
     s = store.create({"a": 1})
     first = s.sid
+    inflight = reopen(store, s)
     store.rotate(s)
+    middle = s.sid
     store.rotate(s)
-    late = store.open(store.sign(first))
-    assert late == {"a": 1}
-    late["b"] = 2
-    assert store.save(late)
+    assert store.open(store.sign(first)).new and store.open(store.sign(middle)).new
+    inflight["b"] = 2
+    assert store.save(inflight)
     assert store.load(s.sid) == {"a": 1, "b": 2}
 
 
@@ -591,8 +600,10 @@ def test_property_saves_merge_per_key(initial: dict[str, Any], ops: list[Any], o
 
 def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> None:
     """A request that loaded the session before it was rotated twice (within the
-    alias window) can still incr and rotate: the alias chain is followed as far as
-    load follows it."""
+    alias window) can still incr: the alias chain is followed as far as a save
+    follows it. Its own rotation keeps the data it loaded, under a new session of
+    its own: it never takes over the rotated session (that would give a
+    pre-rotation cookie the new, logged-in state)."""
     store = make_store(alias_window=30)
     s = store.create({"n": 1}, user_id="rot2")
     inflight, inflight2 = reopen(store, s), reopen(store, s)
@@ -600,9 +611,47 @@ def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> Non
     store.rotate(s)
     assert inflight.incr("n") == 2
     store.rotate(inflight2)
-    assert not inflight2.new and inflight2 == {"n": 1}
-    assert store.load(inflight2.sid) == {"n": 2}
-    assert [i.handle for i in store.list_user_sessions("rot2")] == [store._handle(inflight2.sid)]
+    assert inflight2.new and inflight2 == {"n": 1} and inflight2.sid != s.sid
+    assert store.save(inflight2) and inflight2.send_cookie
+    assert store.load(inflight2.sid) == {"n": 1}
+    assert store.load(s.sid) == {"n": 2}
+    handles = {i.handle for i in store.list_user_sessions("rot2")}
+    assert handles == {store._handle(s.sid), store._handle(inflight2.sid)}
+
+
+def test_inflight_login_never_takes_over_the_rotated_session(make_store: StoreFactory) -> None:
+    """Session fixation through a race: a request with the planted pre-login cookie,
+    loaded before the victim's login, logs in (rotates) after it. It gets a session
+    of its own with what it loaded; the victim's session and id are untouched."""
+    store = make_store(alias_window=30)
+    planted = store.create({"theme": "dark"})
+    attacker = reopen(store, planted)  # in flight at the victim's login
+    victim = reopen(store, planted)
+    store.rotate(victim)
+    victim.user_id = "victim"
+    victim["secret"] = "victim's"
+    assert store.save(victim)
+    store.rotate(attacker)
+    assert attacker == {"theme": "dark"} and attacker.user_id is None
+    assert store.save(attacker)
+    assert store.load(attacker.sid) == {"theme": "dark"}
+    mine = store.load(victim.sid)
+    assert mine == {"theme": "dark", "secret": "victim's"} and mine.user_id == "victim"
+    assert [i.handle for i in store.list_user_sessions("victim")] == [store._handle(victim.sid)]
+
+
+def test_inflight_rotation_after_revocation_gives_an_empty_session(make_store: StoreFactory) -> None:
+    """The copy an in-flight rotation keeps is made only while the session lives: a
+    session rotated and then revoked does not come back through an old request."""
+    store = make_store(alias_window=30)
+    s = store.create({"a": 1}, user_id="rv")
+    inflight = reopen(store, s)
+    store.rotate(s)
+    assert store.revoke_user("rv") == 1
+    store.rotate(inflight)
+    assert inflight.new and inflight == {}
+    store.save(inflight)
+    assert store.load(inflight.sid) is None and store.load(s.sid) is None
 
 
 def test_incr_after_assignment_in_same_request(store: SessionStore) -> None:
