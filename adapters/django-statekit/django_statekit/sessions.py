@@ -9,8 +9,11 @@
 The cookie value (Django's ``session_key``) is the statekit session id signed with
 ``STATEKIT_SECRET_KEYS`` (default: ``SECRET_KEY`` + ``SECRET_KEY_FALLBACKS``); a
 tampered, truncated, foreign or oversized cookie gives a fresh session without any
-Redis call. ``cycle_key()`` (called by ``login()``) rotates the id atomically, the old
-id staying an alias for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds. Saves write only
+Redis call. ``cycle_key()`` (called by ``login()``) rotates the id atomically. The old
+id no longer names a session (``exists()`` is false; a request that loads with it is
+anonymous, as with Django's own engines: no session fixation); for
+``STATEKIT_SESSION_ALIAS_WINDOW`` seconds it is a tombstone through which requests
+that loaded the session before the login still save. Saves write only
 the keys that changed, so concurrent requests of one session keep each other's
 changes; ``request.session.incr(key)`` is an atomic counter.
 
@@ -248,7 +251,8 @@ class SessionStore(SessionBase):
 
     def cycle_key(self) -> None:
         """Rotate the session id (``login()`` calls this): the data moves to a new id
-        atomically and the old id keeps working for a few seconds only."""
+        atomically; the old id no longer loads it (only requests that loaded it before
+        still write through it, for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds)."""
         core = self._synced()
         self.store.rotate(core)
         self._session_key = self.store.sign(core.sid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,9 +204,35 @@ def test_login_cycles_key_and_old_key_is_short_alias(engine: str, _db: None) -> 
     store = get_core_store()
     [info] = store.list_user_sessions(str(get_user_model().objects.get(username="alice").pk))
     assert info.handle == store._handle(str(store.unsign(new)))
-    inflight = Client()
-    inflight.cookies["sessionid"] = old
-    assert inflight.get("/sessions/whoami").content == b"alice"  # within the alias window
+    assert not SessionStore().exists(old)  # as Django's own engines after cycle_key()
+
+
+@pytest.mark.parametrize("session_engine", ["django_statekit.sessions",
+                                            "django.contrib.sessions.backends.cache"])
+def test_login_fixation_the_planted_cookie_stays_anonymous(django_settings: Any, redis_url: str, _db: None,
+                                                          session_engine: str) -> None:
+    """Session fixation with Django's real ``login()``: an attacker plants a pre-login
+    cookie in the victim's browser, the victim logs in, and the attacker's next
+    request with that cookie is anonymous (never the victim), as with Django's own
+    cache engine. Within the alias window too: the old id is only a tombstone."""
+    configure(django_settings, redis_url)
+    django_settings.set(SESSION_ENGINE=session_engine)
+    attacker = Client()
+    attacker.get("/sessions/set/theme/dark")
+    planted = attacker.cookies["sessionid"].value
+    victim = Client()
+    victim.cookies["sessionid"] = planted
+    assert victim.get("/sessions/login/victim").status_code == 200
+    assert victim.cookies["sessionid"].value != planted
+    assert victim.get("/sessions/whoami").content == b"victim"
+    assert attacker.get("/sessions/whoami").content == b"anonymous"
+    resp = attacker.get("/sessions/get")
+    assert resp.json() == {}
+    attacker.get("/sessions/set/probe/1")  # a write with the planted cookie: a session of its own
+    assert attacker.cookies["sessionid"].value not in (planted, victim.cookies["sessionid"].value)
+    assert attacker.get("/sessions/whoami").content == b"anonymous"
+    assert victim.get("/sessions/get").json() == {"theme": "dark"}  # the attacker's write stayed out
+    assert victim.get("/sessions/whoami").content == b"victim"
 
 
 def test_revoke_user_logs_out_everywhere(engine: str, _db: None) -> None:
@@ -388,7 +415,7 @@ def test_logout_in_an_anonymous_outage_is_503_and_keeps_the_cookie(
 def test_async_flush_and_cycle_key_match_the_sync_ones(engine: str) -> None:
     """``alogin``/``alogout`` (Django 5) call ``acycle_key``/``aflush``: a write after
     ``aflush`` starts a new session (not a 400 on the destroyed one), and
-    ``acycle_key`` rotates atomically, the old id staying a short alias."""
+    ``acycle_key`` rotates atomically, the old id no longer naming the session."""
     import asyncio
 
     async def flow() -> tuple[SessionStore, str, str]:
@@ -408,7 +435,8 @@ def test_async_flush_and_cycle_key_match_the_sync_ones(engine: str) -> None:
     assert not s.exists(old) and before_cycle != old
     assert s.session_key != before_cycle
     assert SessionStore(s.session_key)["_auth_user_id"] == "2"
-    assert SessionStore(before_cycle).get("_auth_user_id") == "2"  # the alias, for a few seconds
+    assert SessionStore(before_cycle).get("_auth_user_id") is None  # a tombstone: not the new state
+    assert not s.exists(before_cycle)
 
 
 def test_djangos_session_contract(engine: str) -> None:
@@ -464,20 +492,51 @@ def test_idle_timeout_counts_from_the_last_save(django_settings: Any, redis_url:
     assert c.get("/sessions/get").json() == ({"a": "1"} if every_request else {})
 
 
+_loaded, _go = threading.Event(), threading.Event()
+
+
+def v_slow_set(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    """Loads the session, waits until the test lets it go on, then writes."""
+    seen = request.session.get("cart")
+    _loaded.set()
+    assert _go.wait(30)
+    request.session[key] = value
+    return HttpResponse(f"cart={seen}")
+
+
+tests_django_urls.urlpatterns += [path("sessions/slow-set/<str:key>/<str:value>", v_slow_set)]
+
+
 def test_old_cookie_in_flight_during_login_is_not_sent_back(engine: str, _db: None) -> None:
-    """A request sent with the pre-login cookie and answered after the login is served
-    through the rotation's alias; it must not set that old cookie again (the browser
-    would drop its new one and be logged out when the alias window ends)."""
+    """A request sent with the pre-login cookie that loaded the session before the
+    login and saves after it completes without error: its write lands in the new,
+    logged-in session, the old id does not come back, and the old cookie is not
+    set again (the browser would drop its new one: logged out)."""
     c = Client()
     c.get("/sessions/set/cart/apple")
     old = c.cookies["sessionid"].value
     in_flight = Client()
     in_flight.cookies["sessionid"] = old
-    c.get("/sessions/login/dave")
+    _loaded.clear()
+    _go.clear()
+    result: dict[str, HttpResponse] = {}
+    t = threading.Thread(target=lambda: result.update(r=in_flight.get("/sessions/slow-set/color/green")))
+    t.start()
+    try:
+        assert _loaded.wait(30)
+        c.get("/sessions/login/dave")
+    finally:
+        _go.set()
+        t.join(30)
     assert c.cookies["sessionid"].value != old
-    resp = in_flight.get("/sessions/set/color/green")
-    assert resp.status_code == 200 and "sessionid" not in resp.cookies
+    resp = result["r"]
+    assert resp.status_code == 200 and resp.content == b"cart=apple" and "sessionid" not in resp.cookies
     assert c.get("/sessions/get").json() == {"cart": "apple", "color": "green"}  # the write landed
+    assert c.get("/sessions/whoami").content == b"dave"
+    assert not SessionStore().exists(old)  # not brought back
+    late = Client()
+    late.cookies["sessionid"] = old
+    assert late.get("/sessions/whoami").content == b"anonymous"
 
 
 def test_outage_is_logged_once_per_change_of_state(django_settings: Any, durable_redis: RedisServer,
