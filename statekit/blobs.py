@@ -211,7 +211,8 @@ def _validate_prefix(prefix: str) -> str:
 
 
 _EXT_OVERRIDES = {"image/jpeg": ".jpg", "text/plain": ".txt", "image/tiff": ".tif",
-                  "audio/mpeg": ".mp3", "application/octet-stream": ""}
+                  "audio/mpeg": ".mp3", "application/octet-stream": "",
+                  "application/gzip": ".gz", "application/x-bzip2": ".bz2", "application/x-xz": ".xz"}
 
 
 def _extension(content_type: str) -> str:
@@ -237,7 +238,16 @@ _ALIASES = {
     "text/xml": "application/xml", "application/x-pdf": "application/pdf",
     "image/x-icon": "image/vnd.microsoft.icon", "audio/mp3": "audio/mpeg", "audio/x-wav": "audio/wav",
     "binary/octet-stream": "application/octet-stream",
+    # RFC 6713 registered application/gzip; puremagic and older clients say x-gzip
+    "application/x-gzip": "application/gzip", "application/x-gunzip": "application/gzip",
+    "application/gzip-compressed": "application/gzip", "application/x-gzip-compressed": "application/gzip",
+    "application/x-tgz": "application/gzip", "application/x-compressed-tar": "application/gzip",
+    "application/x-bzip": "application/x-bzip2", "application/x-bz2": "application/x-bzip2",
 }
+#: what a compressed file is, by the encoding ``mimetypes`` reads from its last suffix
+#: (``report.csv.gz`` is gzip data, not CSV)
+_ENCODING_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
+                   "compress": "application/x-compress", "br": "application/x-brotli"}
 #: types a browser executes or renders actively; they must be declared as what they are
 ACTIVE_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml", "text/xml",
                           "application/xml", "text/javascript", "application/javascript"})
@@ -304,6 +314,29 @@ def _looks_textual(head: bytes) -> bool:
     except UnicodeDecodeError as e:
         return e.start >= len(head) - 3 and e.reason.startswith("unexpected end")
     return True
+
+
+def _type_from_name(name: str | None) -> str | None:
+    """The type a filename suggests: a compressed file (``.gz``, ``.bz2``, ``.xz``...)
+    is the compression format whatever the inner suffix (``backup.tar.gz`` is
+    ``application/gzip``); else ``mimetypes``' guess, or ``None``."""
+    if not name:
+        return None
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding:
+        return _ENCODING_TYPES.get(encoding)
+    return guessed
+
+
+def _name_is_only_a_hint(head: bytes, guessed: str) -> bool:
+    """Whether content that contradicts the type its filename suggests may still be
+    stored by the ``application/octet-stream`` rule: plain text (no active content)
+    whose name maps to a type that no signature identifies and a browser does not
+    run (``schema.sql`` is ``application/sql``). A name that promises a format with a
+    signature (``photo.png``, ``data.gz``) or an active type (``.svg``) stays binding."""
+    want = normalize_type(guessed)
+    return (_looks_textual(head) and want not in ACTIVE_TYPES and want not in _known_signature_types()
+            and not set(sniff(head)) & ACTIVE_TYPES)
 
 
 def _type_allowed(t: str, allowed: Iterable[str]) -> bool:
@@ -553,6 +586,12 @@ class BlobStore:
         :param filename: the user's filename; kept sanitized in metadata, never used
             as the key.
         :param content_type: the declared type; checked against the sniffed one.
+            When neither it nor the input declares a type (or only
+            ``application/octet-stream``), the filename's suggests one
+            (``data.csv.gz`` is ``application/gzip``), which the
+            content must match; only plain text whose name maps to a type no signature
+            identifies (``schema.sql``) falls back to the octet-stream rule
+            (``text/plain``).
         :param max_size: refuse more than this many bytes (checked before reading
             when the size is known, else while reading: at most one chunk past it).
         :param allowed_types: allowed types, ``"image/*"`` patterns accepted.
@@ -570,10 +609,16 @@ class BlobStore:
         source = _Source(stream, limit)
         name = sanitize_filename(filename if filename is not None else source.filename)
         declared = content_type or source.content_type
-        if content_type is None and normalize_type(declared) in _GENERIC and name:
-            declared = mimetypes.guess_type(name, strict=False)[0] or declared
+        generic = content_type is None and normalize_type(declared) in _GENERIC
+        guessed = _type_from_name(name) if generic else None
         head = source.head(SNIFF_BYTES)
-        ctype = check_content_type(head[:SNIFF_BYTES], declared, allowed)
+        first = head[:SNIFF_BYTES]
+        try:
+            ctype = check_content_type(first, guessed or declared, allowed)
+        except ContentTypeMismatch:
+            if not guessed or not _name_is_only_a_hint(first, guessed):
+                raise
+            ctype = check_content_type(first, declared, allowed)  # the octet-stream rule
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         key = generate_key(ctype, prefix=prefix, now=now)
         meta = dict(metadata or {})
@@ -695,7 +740,10 @@ class BlobStore:
         serves them with a view that calls :meth:`check_params` (the Flask adapter
         does)."""
         if disposition is None:
-            disposition = content_disposition(self.stat(key).filename)
+            try:
+                disposition = content_disposition(self.stat(key).filename)
+            except BlobNotFound:  # as a presigned S3 URL: made without a request, it reads as a 404
+                disposition = content_disposition(None)
         params = {"expires": str(int(time.time()) + int(expires)), "disposition": disposition}
         params["signature"] = self._sign(key, params)
         return params

@@ -5,10 +5,12 @@ generated key; nothing is ever written outside the store's root."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import re
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -157,3 +159,62 @@ def test_sanitize_filename_property(name: str) -> None:
 def test_generated_keys_always_valid(ctype: str, prefix: str) -> None:
     key = generate_key(ctype, prefix=prefix)
     assert validate_key(key) == key and ".." not in key
+
+
+SVG = b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'><script>alert(2)</script></svg>"
+#: names whose guess is a compressed type or an application/* type a signature cannot check
+DISGUISES = ["backup.tar.gz", "export.csv.gz", "data.gz", "logs.tgz", "dump.sql.bz2", "dump.xz",
+             "schema.sql", "install.csh", "paper.latex", "tool.tcl"]
+
+
+def _upload(body: bytes, name: str | None, declared: str | None) -> Any:
+    """A form upload as Flask hands it over: the browser's filename and type."""
+    from werkzeug.datastructures import FileStorage
+
+    return FileStorage(io.BytesIO(body), filename=name, content_type=declared)
+
+
+@pytest.mark.parametrize("body", [HTML, SVG], ids=["html", "svg"])
+@pytest.mark.parametrize("declared", [None, "application/octet-stream", "application/gzip",
+                                      "application/x-gzip", "application/x-bzip2", "application/x-xz"])
+def test_active_content_disguised_as_compressed_or_application_text_is_refused(
+    body: bytes, declared: str | None,
+) -> None:
+    """The relaxed rules (compressed names and types, text named ``.sql`` sent as
+    octet-stream) never let HTML or SVG through under those names or types."""
+    store = BlobStore("memory://disguises")
+    for name in DISGUISES:
+        try:
+            blob = store.put(_upload(body, name, declared))
+        except ContentTypeMismatch:
+            continue
+        raise AssertionError(f"{name!r} declared {declared!r} was stored as {blob.content_type}")
+    assert list(store.list()) == []
+
+
+_ACTIVE_PAYLOADS = [HTML, SVG, b"<html><body onload=alert(1)>", b"<!doctype html><p>hi",
+                    b"<?xml version='1.0'?><x:script xmlns:x='http://www.w3.org/1999/xhtml'/>"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.sampled_from(_ACTIVE_PAYLOADS), st.text(max_size=300).map(str.encode),
+                 st.binary(max_size=300),
+                 st.tuples(st.text(max_size=40), st.sampled_from(_ACTIVE_PAYLOADS)).map(
+                     lambda t: t[0].encode() + t[1])),
+       st.sampled_from([*DISGUISES, "photo.png", "a.svg", "page.html", "notes.txt", "x.js", "archive.zip"]),
+       st.sampled_from([None, "application/octet-stream"]))
+def test_a_filename_never_makes_content_more_active(body: bytes, name: str, declared: str | None) -> None:
+    """Property: with a generic declared type, the stored type is what the name
+    suggests when the content matches it, else what the content alone gives (the
+    octet-stream rule); an active type is stored only when the bytes sniff as it."""
+    from statekit.blobs import ACTIVE_TYPES, _type_from_name, normalize_type, sniff
+
+    store = BlobStore("memory://property")
+    try:
+        blob = store.put(_upload(body, name, declared))
+    except ContentTypeMismatch:
+        return
+    without_name = store.put(_upload(body, None, declared))
+    assert blob.content_type in {without_name.content_type, normalize_type(_type_from_name(name))}
+    if blob.content_type in ACTIVE_TYPES:
+        assert blob.content_type in sniff(body[:8192])

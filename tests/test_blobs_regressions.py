@@ -16,7 +16,7 @@ from test_blobs_contract import png_bytes
 
 from statekit.backends.s3 import S3BlobStore
 from statekit.blobs import BlobStore
-from statekit.errors import BackendUnavailable, BlobTooLarge, ContentTypeMismatch
+from statekit.errors import BackendUnavailable, BlobNotFound, BlobTooLarge, ContentTypeMismatch
 from statekit.migrate import load_manifest, migrate
 from statekit.pytest_plugin import wait_for
 
@@ -297,3 +297,75 @@ def test_file_store_without_hard_links_leaves_no_empty_blob_when_the_rename_fail
     blob = store.put(b"data", content_type="text/plain")
     with store.open(blob.key) as f:
         assert f.read() == b"data"
+
+
+# --- issue 16: what a Django user saves (compressed files, text named as application/*) ---
+
+def _gz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+@pytest.mark.parametrize("declared", [None, "application/octet-stream", "application/gzip",
+                                      "application/x-gzip"])
+@pytest.mark.parametrize("name", ["backup.tar.gz", "export.csv.gz", "data.gz", "logs.tgz"])
+def test_gzip_files_are_stored_as_gzip(name: str, declared: str | None) -> None:
+    """The name's guess used to drop ``.gz`` (``export.csv.gz`` was declared CSV and
+    refused), and ``application/gzip`` was not the sniffed ``application/x-gzip``."""
+    store = BlobStore("memory://gzip-names")
+    blob = store.put(_gz(b"id,name\n1,a\n"), filename=name, content_type=declared,
+                     allowed_types=["application/gzip"])
+    assert blob.content_type == "application/gzip" and blob.key.endswith(".gz")
+    assert blob.filename == name
+    with store.open(blob.key) as f:
+        assert f.read() == _gz(b"id,name\n1,a\n")
+
+
+@pytest.mark.parametrize(("name", "payload", "expected"), [
+    ("dump.sql.bz2", "bz2", "application/x-bzip2"),
+    ("dump.sql.xz", "lzma", "application/x-xz"),
+])
+def test_bzip2_and_xz_files_are_stored_by_their_compression(name: str, payload: str, expected: str) -> None:
+    import importlib
+
+    data = importlib.import_module(payload).compress(b"select 1;\n" * 50)
+    store = BlobStore("memory://compressed-names")
+    blob = store.put(data, filename=name, allowed_types=[expected])
+    assert blob.content_type == expected and blob.key.endswith("." + name.rsplit(".", 1)[1])
+
+
+def _application_named_text() -> list[str]:
+    """Names of text files that ``mimetypes`` maps to an ``application/*`` type here
+    (the system's mime.types decides: ``.sh`` is ``text/x-sh`` on Debian)."""
+    import mimetypes
+
+    names = ["schema.sql", "install.csh", "setup.sh", "paper.tex", "paper.latex", "tool.tcl"]
+    return [n for n in names if (mimetypes.guess_type(n, strict=False)[0] or "").startswith("application/")]
+
+
+@pytest.mark.parametrize("declared", [None, "application/octet-stream"])
+def test_text_named_as_an_application_type_follows_the_octet_stream_rule(declared: str | None) -> None:
+    """``put()`` used to swap the name's guess (``application/sql``) in for the generic
+    declaration, so text could never be stored under such a name."""
+    names = _application_named_text()
+    assert names
+    store = BlobStore("memory://text-names")
+    for name in names:
+        blob = store.put(b"CREATE TABLE t (id int);\n", filename=name, content_type=declared)
+        assert (name, blob.content_type, blob.filename) == (name, "text/plain", name)
+        with store.open(blob.key) as f:
+            assert f.read() == b"CREATE TABLE t (id int);\n"
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_signed_url_of_a_missing_blob_is_made_like_a_presigned_one(scheme: str, tmp_path: Path) -> None:
+    """``url()`` on file:// and memory:// read the blob's filename and raised
+    ``BlobNotFound`` for a missing one (S3's presigned URL needs no request); the URL
+    is made, and reads as missing."""
+    store = BlobStore("memory://missing-url" if scheme == "memory" else f"file://{tmp_path}")
+    key = "2026/01/01/" + "0" * 32 + ".png"
+    url = store.url(key)
+    assert store.verify_url(url) == (key, "attachment")
+    with pytest.raises(BlobNotFound):
+        store.open(key)
