@@ -5,8 +5,10 @@
 ``app.extensions["statekit"].sessions``. Without a URL it refuses to start
 (:class:`~statekit.errors.ConfigError`) rather than leave Flask's cookie sessions in
 place unnoticed; ``STATEKIT_SESSIONS_ENABLED = False`` keeps them knowingly.
-``session`` keeps Flask's API and adds ``session.rotate()`` (call it on login),
-``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
+``session`` keeps Flask's API and adds ``session.rotate()`` (call it on login: no
+session fixation, as a request that loads with the old cookie afterwards gets a
+fresh, anonymous session), ``session.incr(key)`` (an atomic counter) and
+``session.destroy()`` (logout).
 ``session.clear()`` on a stored session also destroys it and deletes the cookie. As
 with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
 saved only after ``session.modified = True`` (or assigning the value again).
@@ -23,7 +25,9 @@ Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN
 ``STATEKIT_SESSION_COOKIE_PARTITIONED``, ``..._DOMAIN``, ``..._PATH``
 ``STATEKIT_SESSION_IDLE_TIMEOUT``    seconds (14 days, or ``PERMANENT_SESSION_LIFETIME``
                                      if shorter); ``..._ABSOLUTE_LIFETIME`` (30 days)
-``STATEKIT_SESSION_REFRESH_INTERVAL`` seconds (60); ``..._ALIAS_WINDOW`` (10)
+``STATEKIT_SESSION_REFRESH_INTERVAL`` seconds (60); ``..._ALIAS_WINDOW`` (10: how
+                                     long requests in flight at a rotation still
+                                     write through the old id)
 ``STATEKIT_SESSION_CODEC``           ``json`` or ``msgpack``
 ``STATEKIT_SESSION_OUTAGE_POLICY``   ``raise`` (503) or ``anonymous``
 ``STATEKIT_SESSION_USER_KEY``        default ``"_user_id"`` (Flask-Login)

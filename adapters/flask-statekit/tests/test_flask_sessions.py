@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,30 @@ def test_login_rotates_and_old_cookie_is_short_alias(redis_url: str) -> None:
     assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
     other = app.test_client()
     other.set_cookie("session", old or "")
-    assert other.get("/get").json == {"cart": "apple", "_user_id": "alice"}
+    assert other.get("/get").json == {}  # the old id is a tombstone: never the logged-in state
+
+
+def test_login_fixation_the_planted_cookie_stays_anonymous(redis_url: str) -> None:
+    """Session fixation: an attacker plants a pre-login cookie in the victim's
+    browser, the victim logs in (``session.rotate()``), and the attacker's next
+    requests with that cookie are anonymous, within the alias window too; what the
+    attacker then writes stays in a session of its own."""
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+    attacker = app.test_client()
+    attacker.post("/set/theme/dark")
+    planted = cookie_of(attacker)
+    assert planted
+    victim = app.test_client()
+    victim.set_cookie("session", planted)
+    victim.post("/login/victim")
+    assert cookie_of(victim) not in (None, planted)
+    assert victim.get("/get").json == {"theme": "dark", "_user_id": "victim"}
+    assert attacker.get("/get").json == {}
+    attacker.post("/set/probe/1")
+    assert cookie_of(attacker) not in (planted, cookie_of(victim))
+    assert attacker.get("/get").json == {"probe": "1"}
+    assert victim.get("/get").json == {"theme": "dark", "_user_id": "victim"}
+    assert [i.user_id for i in get_state(app).sessions.list_user_sessions("victim")] == ["victim"]
 
 
 def test_logout_destroys_and_deletes_cookie(app: Flask, client: FlaskClient) -> None:
@@ -383,11 +407,13 @@ def test_secure_follows_debug_set_after_init(redis_url: str) -> None:
 
 
 def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> None:
-    """A request sent with the pre-login cookie and answered after the login must not
-    set that old cookie again (it would replace the new one in the browser, then stop
-    working when the alias window ends: the user is logged out). Permanent sessions
-    with ``SESSION_REFRESH_EACH_REQUEST`` (Flask's default) re-send the cookie."""
+    """A request sent with the pre-login cookie that loaded the session before the
+    login and saves after it completes without error: its write lands in the new
+    session, the old id does not come back, and the old cookie is not set again (it
+    would replace the new one in the browser: the user is logged out). Permanent
+    sessions with ``SESSION_REFRESH_EACH_REQUEST`` (Flask's default) re-send the cookie."""
     app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+    loaded, go = threading.Event(), threading.Event()
 
     @app.post("/remember")
     def remember() -> Any:
@@ -395,22 +421,40 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> N
         session["cart"] = "apple"
         return "ok"
 
+    @app.post("/slow-set/<key>/<value>")
+    def slow_set(key: str, value: str) -> Any:
+        seen = session.get("_user_id")
+        loaded.set()
+        assert go.wait(30)
+        session[key] = value
+        return f"user={seen}"
+
     browser = app.test_client()
     browser.post("/remember")
     old = cookie_of(browser)
     assert old
     in_flight = app.test_client()
     in_flight.set_cookie("session", old)
-    browser.post("/login/alice")
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=in_flight.post("/slow-set/color/blue")))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        browser.post("/login/alice")
+    finally:
+        go.set()
+        t.join(30)
     new = cookie_of(browser)
     assert new and new != old
-    read, write = in_flight.get("/get"), in_flight.post("/set/color/blue")
-    assert read.json == {"_permanent": True, "cart": "apple", "_user_id": "alice"} and write.text == "ok"
-    for resp in (read, write):
-        assert not any(old in h for h in resp.headers.getlist("Set-Cookie"))
+    write = result["r"]
+    assert write.status_code == 200 and write.text == "user=None"
+    assert not any(old in h for h in write.headers.getlist("Set-Cookie"))
     resp = browser.get("/get")  # the new cookie is still refreshed as before
     assert resp.json == {"_permanent": True, "cart": "apple", "_user_id": "alice", "color": "blue"}
     assert any(h.startswith(f"session={new};") for h in resp.headers.getlist("Set-Cookie"))
+    late = app.test_client()
+    late.set_cookie("session", old)
+    assert late.get("/get").json == {}  # the old id was not brought back
 
 
 def test_permanent_change_resends_cookie_without_refresh_each_request(redis_url: str) -> None:

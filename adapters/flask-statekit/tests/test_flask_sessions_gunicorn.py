@@ -30,6 +30,8 @@ CLIENTS, N = 4, 25
 ALIAS_WINDOW = 4
 
 APP = textwrap.dedent('''
+    import time
+
     from flask import Flask, jsonify, session
     from flask_statekit import StateKit, get_state
 
@@ -50,6 +52,13 @@ APP = textwrap.dedent('''
     def own(key):
         session[key] = session.get(key, 0) + 1   # read-modify-write of this client's key
         return str(session[key])
+
+    @app.post("/mine/<key>")
+    def mine(key):
+        loaded = dict(session)   # what this request loaded, before its write
+        time.sleep(0.005)        # a load and a save some way apart: in flight at a login
+        session[key] = session.get(key, 0) + 1
+        return jsonify(owner=loaded.get("owner"), user=loaded.get("_user_id"), value=session[key])
 
     @app.post("/incr")
     def incr():
@@ -175,35 +184,54 @@ def test_concurrent_clients_lose_no_updates(gunicorn: Gunicorn, clients: int, n:
 
 
 def test_rotation_under_load(gunicorn: Gunicorn) -> None:
+    """Clients hammer the session with the pre-login cookie while another request
+    logs in. No request with the old cookie ever reads the logged-in state (no
+    session fixation): those that loaded the session after the rotation got a
+    fresh, anonymous one. Every write of a request that loaded it before (those in
+    flight at the login write through the alias) landed in the new session: none lost, none failed."""
     old = cookie_from(post(gunicorn, "/start", None))
     rotated: dict[str, Any] = {}
-    done = threading.Event()
-    late: list[int] = []
 
     def rotate_midway() -> None:
         time.sleep(0.05)
         rotated["resp"] = post(gunicorn, "/login/alice", old)
-        done.set()
 
+    def client(key: str) -> list[dict[str, Any]]:
+        barrier.wait(10)
+        out = []
+        for _ in range(N):
+            resp = post(gunicorn, f"/mine/{key}", old)  # always the old cookie, never a new one
+            assert resp.status_code == 200, resp.text
+            out.append(resp.json())
+        return out
+
+    barrier = threading.Barrier(CLIENTS)
     t = threading.Thread(target=rotate_midway)
     t.start()
-    results = hammer(gunicorn, old, [f"/own/k{i}" for i in range(CLIENTS)], done, late)
+    keys = [f"k{i}" for i in range(CLIENTS)]
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        results = dict(zip(keys, pool.map(client, keys), strict=True))
     t.join(10)
     new = cookie_from(rotated["resp"])
     assert new != old
-    assert late, "the rotation finished after the load; nothing was tested"
-    # requests in flight with the old cookie all succeeded, and none was lost
-    assert all(r.status_code == 200 for r in results)
+    answers = [a for rs in results.values() for a in rs]
+    assert all(a["user"] is None for a in answers)  # the old cookie never read alice's session
+    before = {k: [a for a in rs if a["owner"] == "me"] for k, rs in results.items()}
+    after = [a for a in answers if a["owner"] is None]
+    assert after and any(before.values()), "the rotation did not happen mid-run; nothing was tested"
+    assert all(a["value"] == 1 for a in after)  # each a fresh session of its own
     data = get(gunicorn, new).json()
     assert data["_user_id"] == "alice" and data["owner"] == "me"
-    assert all(data[f"k{i}"] == N for i in range(CLIENTS))
-    # after the alias window the old id is dead: a fresh, empty session
+    for k, rs in before.items():  # every write of a request that loaded the session before
+        assert [a["value"] for a in rs] == list(range(1, len(rs) + 1))
+        assert data.get(k, 0) == len(rs)
+    assert get(gunicorn, old).json() == {}  # the old id stays dead, in and after the alias window
     time.sleep(ALIAS_WINDOW + 0.5)
     assert get(gunicorn, old).json() == {}
     # revoked sessions do not come back, even with writes in flight
     assert post(gunicorn, "/revoke/alice", None).text == "1"
-    after = hammer(gunicorn, new, ["/own/late"] * 2)
-    assert all(r.status_code == 200 for r in after)
+    after_revoke = hammer(gunicorn, new, ["/own/late"] * 2)
+    assert all(r.status_code == 200 for r in after_revoke)
     assert get(gunicorn, new).json() == {}
 
 
