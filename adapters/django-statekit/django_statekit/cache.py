@@ -21,21 +21,45 @@ own backends treat a missing key: ``get()`` returns the default and
 ``cache_page`` renders again. ``clear()`` empties this cache's namespace only
 (``OPTIONS["namespace"]``, default ``"django"``), never the Redis database.
 
+A value the codec cannot encode raises :class:`UnencodableValue`, both statekit's
+:class:`~statekit.errors.SerializationError` and the ``pickle.PickleError`` Django's
+cache contract names; ``incr`` of a value that is not an integer raises
+``TypeError``, as Django's own backends do.
+
 ``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import pickle  # noqa: S403 - for PicklingError only; nothing is unpickled here
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from statekit.cache import Cache
+from statekit.errors import SerializationError, StatekitError
 
 from .conf import get_settings
 
-__all__ = ["StatekitCache"]
+__all__ = ["StatekitCache", "UnencodableValue"]
+
+
+class UnencodableValue(SerializationError, pickle.PicklingError):
+    """A value the cache's codec cannot encode. Django's cache contract says such a
+    value raises ``pickle.PickleError`` (code written for Django's backends catches
+    that); this is one, and statekit's ``SerializationError`` too."""
+
+
+@contextmanager
+def _encoding() -> Iterator[None]:
+    try:
+        yield
+    except UnencodableValue:
+        raise
+    except SerializationError as e:
+        raise UnencodableValue(str(e)) from e
 
 
 class StatekitCache(BaseCache):
@@ -73,7 +97,8 @@ class StatekitCache(BaseCache):
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
             return not self._cache.has(k)
-        return self._cache.add(k, value, ttl=ttl)
+        with _encoding():
+            return self._cache.add(k, value, ttl=ttl)
 
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
         return self._cache.get(self.make_and_validate_key(key, version=version), default)
@@ -84,7 +109,8 @@ class StatekitCache(BaseCache):
         if ttl is not None and ttl <= 0:
             self._cache.delete(k)
         else:
-            self._cache.set(k, value, ttl=ttl)
+            with _encoding():
+                self._cache.set(k, value, ttl=ttl)
 
     def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         k = self.make_and_validate_key(key, version=version)
@@ -100,7 +126,9 @@ class StatekitCache(BaseCache):
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
             return super().get_or_set(key, default, timeout=timeout, version=version)
-        return self._cache.get_or_set(self.make_and_validate_key(key, version=version), default, ttl=ttl)
+        with _encoding():
+            return self._cache.get_or_set(self.make_and_validate_key(key, version=version), default,
+                                          ttl=ttl)
 
     def delete(self, key: str, version: int | None = None) -> bool:
         return self._cache.delete(self.make_and_validate_key(key, version=version))
@@ -118,6 +146,10 @@ class StatekitCache(BaseCache):
             return self._cache.incr(k, delta, create=False)
         except KeyError:
             raise ValueError(f"Key '{key}' not found") from None
+        except ValueError as e:
+            if isinstance(e, StatekitError):
+                raise
+            raise TypeError(f"the value of key '{key}' is not an integer") from e
 
     def decr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         return self.incr(key, -delta, version=version)
@@ -129,7 +161,8 @@ class StatekitCache(BaseCache):
         if ttl is not None and ttl <= 0:
             self._cache.delete_many(list(made))
             return []
-        return [] if self._cache.set_many(made, ttl=ttl) else list(data)
+        with _encoding():
+            return [] if self._cache.set_many(made, ttl=ttl) else list(data)
 
     def delete_many(self, keys: Iterable[str], version: int | None = None) -> None:
         self._cache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])

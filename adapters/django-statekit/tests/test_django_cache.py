@@ -233,3 +233,39 @@ def test_async_api(dcache: StatekitCache) -> None:
     import asyncio
 
     assert asyncio.run(_async_roundtrip(dcache)) == "av"
+
+
+class Unpicklable:
+    def __getstate__(self) -> Any:
+        import pickle
+
+        raise pickle.PickleError("no")
+
+
+def test_unencodable_value_raises_pickle_error(dcache: StatekitCache) -> None:
+    """Django's contract (and its own test suite): set/add of a value that cannot be
+    pickled raises pickle.PickleError; statekit's SerializationError is kept too."""
+    import pickle
+
+    from statekit.errors import SerializationError
+
+    for call in (lambda: dcache.set("u", Unpicklable()), lambda: dcache.add("u", Unpicklable()),
+                 lambda: dcache.set_many({"u": Unpicklable()}),
+                 lambda: dcache.get_or_set("u", Unpicklable)):
+        with pytest.raises(pickle.PickleError) as caught:
+            call()
+        assert isinstance(caught.value, SerializationError)
+    assert dcache.get("u") is None
+    json_cache = caches["short"]  # the JSON codec: the same contract
+    with pytest.raises(pickle.PickleError):
+        json_cache.set("u", object())
+
+
+def test_incr_of_a_non_integer_raises_type_error(dcache: StatekitCache) -> None:
+    """As Django's LocMem, file and database caches do (None + 1)."""
+    dcache.set("null", None)
+    with pytest.raises(TypeError):
+        dcache.incr("null")
+    with pytest.raises(TypeError):
+        dcache.decr("null")
+    assert dcache.get("null") is None and dcache.has_key("null")
