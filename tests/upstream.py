@@ -12,12 +12,14 @@ reason.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
 import tarfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,3 +59,51 @@ def upstream_source(dist: str) -> Path:
         (top,) = [p for p in target.iterdir() if p.is_dir()]
         marker.write_text(str(top))
         return top
+
+
+_OUTCOMES_PLUGIN = '''
+import json, os
+
+_outcomes, _errors, _deselected = {}, {}, []
+
+
+def pytest_deselected(items):
+    _deselected.extend(item.nodeid for item in items)
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _outcomes[report.nodeid] = "failed"
+        _errors[report.nodeid] = f"{report.when}: {str(report.longrepr)[-1500:]}"
+    elif report.skipped:
+        _outcomes.setdefault(report.nodeid, "skipped")
+    elif report.when == "call":
+        _outcomes.setdefault(report.nodeid, "passed")
+
+
+def pytest_sessionfinish(session):
+    with open(os.environ["UPSTREAM_OUTCOMES"], "w") as f:
+        json.dump({"outcomes": _outcomes, "errors": _errors, "deselected": _deselected}, f)
+'''
+
+
+def run_pytest(directory: Path, args: list[str], *, env: dict[str, str] | None = None,
+               timeout: float = 180) -> dict[str, Any]:
+    """Run pytest in a subprocess with *directory* as its rootdir (its own conftest,
+    none of this project's) and return ``{"outcomes": {nodeid: "passed" | "failed" |
+    "skipped"}, "errors": {nodeid: text}, "deselected": [nodeid, ...]}``."""
+    (directory / "pytest.ini").write_text(
+        "[pytest]\naddopts = -p no:cacheprovider -p no:valkey -p _upstream_outcomes\n"
+    )
+    (directory / "_upstream_outcomes.py").write_text(_OUTCOMES_PLUGIN)
+    report = directory / "outcomes.json"
+    full_env = {**os.environ, **(env or {}), "UPSTREAM_OUTCOMES": str(report),
+                "PYTHONPATH": os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(  # noqa: S603 - this interpreter's pytest on a generated directory
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "--rootdir", str(directory), *args],
+        cwd=directory, env=full_env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if not report.is_file():
+        raise AssertionError(f"pytest did not finish:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    data: dict[str, Any] = json.loads(report.read_text())
+    return data
