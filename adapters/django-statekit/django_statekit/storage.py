@@ -17,7 +17,12 @@ overwritten (saving the same name twice gives two keys); the upload is streamed 
 bounded memory, its type sniffed and checked, and its size limited. Refusals raise
 :class:`~statekit.errors.BlobTooLarge`, :class:`~statekit.errors.ContentTypeMismatch`
 or :class:`~statekit.errors.DisallowedContentType` from ``save()``, and nothing is
-stored. Files are read-only once stored (``open(name, "w")`` is refused).
+stored. Text content (``ContentFile("hello")``, a ``StringIO``, a text-mode file) is
+stored UTF-8 encoded, as Django's own storages write it. Files are read-only once
+stored (``open(name, "w")`` is refused); ``open(name, "r")`` reads text (UTF-8), and a
+closed file reopens (``FieldFile.open()``). Names may be ``pathlib.Path`` objects and
+are normalised like paths (``./a/b`` is ``a/b``); one that leaves the storage (``..``,
+``/etc/passwd``) raises ``SuspiciousFileOperation``, from ``exists()`` too.
 
 A missing extra or a ``file://`` directory that does not exist (without
 ``?create=1``) fails Django's start (see :mod:`django_statekit.apps`). When the store
@@ -36,9 +41,11 @@ signed, expiring URL of :func:`serve_blob`, which you add to your URLconf::
 from __future__ import annotations
 
 import datetime as dt
+import io
+import itertools
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -60,6 +67,9 @@ from .conf import get_settings
 from .middleware import unavailable_response
 
 __all__ = ["BlobStorage", "serve_blob"]
+
+#: a file's name in the Storage API: Django passes ``str`` or ``pathlib.Path``
+_Name = str | os.PathLike[str]
 
 
 @deconstructible(path="django_statekit.storage.BlobStorage")
@@ -96,13 +106,8 @@ class BlobStorage(Storage):
         return self._store
 
     # -- Django's Storage API --------------------------------------------------------
-    def _open(self, name: str, mode: str = "rb") -> File[bytes]:
-        if any(c in mode for c in "wax+"):
-            raise ValueError("BlobStorage files are read-only once stored; save a new file instead")
-        try:
-            return File(self.store.open(self._key(name)), name=name)
-        except BlobNotFound as e:
-            raise FileNotFoundError(str(e)) from None
+    def _open(self, name: str, mode: str = "rb") -> File[Any]:
+        return _BlobFile(self, self._key(name), mode)
 
     def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
         """Store *content* under a new generated key and return the key (what
@@ -122,7 +127,8 @@ class BlobStorage(Storage):
         if getattr(content, "seekable", lambda: False)():
             content.seek(0)  # form validation (ImageField) may have read it
         try:
-            blob = self.store.put(content, filename=os.path.basename(original or base), prefix=directory)
+            blob = self.store.put(_Chunks(content), filename=os.path.basename(str(original or base)),
+                                  prefix=directory)
         except InvalidKey as e:
             raise SuspiciousFileOperation(f"unusable upload_to directory {directory!r}: {e}") from e
         return blob.key
@@ -136,20 +142,23 @@ class BlobStorage(Storage):
     def path(self, name: str) -> str:
         raise NotImplementedError("BlobStorage files have no local path; use open()")
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: _Name) -> None:
         if not name:
-            raise ValueError("the name must be given to delete()")
+            raise ValueError("The name must be given to delete().")
         self.store.delete(self._key(name))
 
-    def exists(self, name: str) -> bool:
+    def exists(self, name: _Name) -> bool:
+        """Whether a blob is stored under *name*. A name outside the storage (``..``,
+        an absolute path) raises ``SuspiciousFileOperation``, as in Django's storages;
+        one that no key can have (a dotted segment) is ``False``."""
         try:
-            return self.store.exists(name)
+            return self.store.exists(validate_key(_clean(name)))
         except InvalidKey:
             return False
 
-    def listdir(self, path: str) -> tuple[list[str], list[str]]:
-        prefix = path.strip("/")
-        prefix = f"{prefix}/" if prefix else ""
+    def listdir(self, path: _Name) -> tuple[list[str], list[str]]:
+        prefix = _clean(path)
+        prefix = f"{self._key(prefix)}/" if prefix else ""
         dirs: set[str] = set()
         files: list[str] = []
         for blob in self.store.list(prefix):
@@ -161,10 +170,10 @@ class BlobStorage(Storage):
                 files.append(rest)
         return sorted(dirs), files
 
-    def size(self, name: str) -> int:
+    def size(self, name: _Name) -> int:
         return self._stat(name).size
 
-    def url(self, name: str | None) -> str:
+    def url(self, name: _Name | None) -> str:
         if not name:
             raise ValueError("the name must be given to url()")
         key = self._key(name)
@@ -178,13 +187,13 @@ class BlobStorage(Storage):
                 "path('_statekit/blobs/<path:key>', serve_blob, name='statekit_blob')") from None
         return f"{view}?{urlencode(self.store.signed_params(key, expires=self.expires))}"
 
-    def get_accessed_time(self, name: str) -> dt.datetime:
+    def get_accessed_time(self, name: _Name) -> dt.datetime:
         return self.get_modified_time(name)
 
-    def get_created_time(self, name: str) -> dt.datetime:
+    def get_created_time(self, name: _Name) -> dt.datetime:
         return self.get_modified_time(name)
 
-    def get_modified_time(self, name: str) -> dt.datetime:
+    def get_modified_time(self, name: _Name) -> dt.datetime:
         """When the blob was stored (blobs never change): aware with ``USE_TZ = True``,
         else naive in the current time zone, as Django's storages return it."""
         created = self._stat(name).created
@@ -197,17 +206,87 @@ class BlobStorage(Storage):
 
     # -- helpers -----------------------------------------------------------------------
     @staticmethod
-    def _key(name: str) -> str:
+    def _key(name: _Name) -> str:
         try:
-            return validate_key(str(name))
+            return validate_key(_clean(name))
         except InvalidKey as e:
             raise SuspiciousFileOperation(str(e)) from e
 
-    def _stat(self, name: str) -> Blob:
+    def _stat(self, name: _Name) -> Blob:
         try:
             return self.store.stat(self._key(name))
         except BlobNotFound as e:
             raise FileNotFoundError(str(e)) from None
+
+
+def _clean(name: _Name) -> str:
+    """*name* (a ``str`` or ``pathlib.Path``) as a normalised relative key, ``""`` for
+    the storage's top. :raises SuspiciousFileOperation: it leaves the storage, as
+    Django's ``safe_join`` decides for its file system storage."""
+    text = os.fspath(name) if isinstance(name, os.PathLike) else str(name)
+    if text.startswith("/"):
+        raise SuspiciousFileOperation(f"{text[:80]!r} is an absolute path, outside the storage")
+    norm = posixpath.normpath(text) if text else "."
+    if norm == ".." or norm.startswith("../"):
+        raise SuspiciousFileOperation(f"{text[:80]!r} is outside the storage")
+    return "" if norm == "." else norm
+
+
+def _read_only(mode: str) -> str:
+    if any(c in mode for c in "wax+"):
+        raise ValueError("BlobStorage files are read-only once stored; save a new file instead")
+    return mode
+
+
+class _BlobFile(File):  # type: ignore[type-arg]
+    """A stored blob, opened by :meth:`BlobStorage.open`: binary for ``"rb"``, UTF-8
+    text for ``"r"``; reopened from the store after it was closed (``FieldFile.open()``
+    on a file closed by a ``with`` block), where Django's ``File`` would look for a
+    local path."""
+
+    def __init__(self, storage: BlobStorage, key: str, mode: str) -> None:
+        self._storage, self._key = storage, key
+        super().__init__(self._stream(_read_only(mode)), name=key)
+        self.mode = mode
+
+    def _stream(self, mode: str) -> Any:
+        try:
+            stream = self._storage.store.open(self._key)
+        except BlobNotFound as e:
+            raise FileNotFoundError(str(e)) from None
+        return stream if "b" in mode else io.TextIOWrapper(stream, encoding="utf-8")
+
+    def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> _BlobFile:
+        mode = _read_only(mode or self.mode)
+        if not self.closed and mode == self.mode:
+            self.seek(0)
+        else:
+            if not self.closed:
+                self.close()
+            self.file, self.mode = self._stream(mode), mode
+        return self
+
+
+class _Chunks:
+    """A Django ``File`` as :meth:`BlobStore.put` reads it: its ``chunks()`` (so a
+    failing file fails the save), text encoded to UTF-8 as Django's storages write it,
+    and -- for an ``UploadedFile`` -- the client's type; the size only for binary
+    content (text's is counted in characters)."""
+
+    def __init__(self, content: Any) -> None:
+        self.name = getattr(content, "name", None)
+        self.content_type = getattr(content, "content_type", None)
+        chunks = content.chunks() if hasattr(content, "chunks") else iter((content.read(),))
+        self._chunks: Iterator[Any] = iter(chunks)
+        self._first = next(self._chunks, b"")
+        self.size = None if isinstance(self._first, str) else getattr(content, "size", None)
+
+    def chunks(self) -> Iterator[bytes]:
+        return iter(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for data in itertools.chain((self._first,), self._chunks):
+            yield data.encode("utf-8") if isinstance(data, str) else data
 
 
 def serve_blob(request: HttpRequest, key: str, storage: str = "default") -> HttpResponseBase:

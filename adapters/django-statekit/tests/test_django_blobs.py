@@ -221,3 +221,108 @@ def test_serve_blob_with_the_volume_gone_is_a_generic_503(django_settings: Any, 
     resp = Client(raise_request_exception=False).get(link)
     assert resp.status_code == 503 and resp.content.decode() == UNAVAILABLE_PAGE
     assert str(root) not in resp.content.decode() and key not in resp.content.decode()
+
+
+# --- issue 16: what Django's own storages accept ------------------------------------
+
+def test_text_content_is_stored_utf8(storage: BlobStorage, tmp_path: Path) -> None:
+    """``ContentFile("...")``, a ``StringIO`` and a text-mode file raised ``TypeError:
+    input yielded str, not bytes``; Django's storages write them UTF-8 encoded."""
+    import io
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("from a text-mode file \u00e9\n", encoding="utf-8")
+    with open(text_file, encoding="utf-8") as opened:
+        contents = [ContentFile("hello \u00e9\n"), io.StringIO("from a StringIO\n"), opened]
+        keys = [storage.save(f"docs/{n}.txt", c) for n, c in zip("abc", contents, strict=True)]
+    expected = ["hello \u00e9\n", "from a StringIO\n", "from a text-mode file \u00e9\n"]
+    for key, text in zip(keys, expected, strict=True):
+        with storage.open(key) as f:
+            assert f.read() == text.encode("utf-8")
+        assert storage.size(key) == len(text.encode("utf-8"))
+        with storage.open(key, "r") as f:  # text mode reads text, as with Django's storages
+            assert f.read() == text
+
+
+def test_file_field_reopens_after_close(storage: BlobStorage) -> None:
+    """``FieldFile.open()`` on a file closed by a ``with`` block raised "The file
+    cannot be reopened" (Django's File looked for a local path)."""
+    doc = StatekitBlobDocument()
+    doc.file.save("scan.png", ContentFile(png()), save=False)
+    with doc.file.open("rb") as f:
+        assert f.read() == png()
+    assert doc.file.closed
+    doc.file.open()
+    assert doc.file.read() == png()
+    doc.file.seek(0)
+    assert doc.file.read(4) == png()[:4]
+    doc.file.close()
+
+
+def test_path_objects_and_relative_names(storage: BlobStorage) -> None:
+    """``exists(Path(key))`` was False for a stored blob and ``listdir(Path(...))``
+    raised AttributeError; ``listdir("./docs")`` was an InvalidKey."""
+    from pathlib import PurePosixPath
+
+    key = storage.save("docs/p.png", ContentFile(png()))
+    directory, base = key.rsplit("/", 1)
+    assert storage.exists(PurePosixPath(key)) and storage.exists(f"./{key}")
+    assert storage.size(PurePosixPath(key)) == len(png())
+    with storage.open(PurePosixPath(key)) as f:
+        assert f.read() == png()
+    assert storage.listdir(PurePosixPath(directory)) == ([], [base])
+    assert storage.listdir(f"./{directory}/.") == ([], [base])
+    assert storage.listdir(PurePosixPath("docs"))[0] == [directory.split("/")[1]]
+    assert storage.url(PurePosixPath(key))
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "docs/../../x", "/etc/passwd"])
+def test_names_outside_the_storage_are_suspicious(storage: BlobStorage, name: str) -> None:
+    """``exists("..")`` was False; Django's storages raise SuspiciousFileOperation."""
+    for call in (storage.exists, storage.listdir, storage.size, storage.open, storage.url, storage.delete):
+        with pytest.raises(SuspiciousFileOperation):
+            call(name)
+    assert storage.exists("docs/.hidden") is False  # a name no key can have is simply absent
+
+
+def test_url_of_a_missing_file_is_a_link_not_an_error(storage: BlobStorage) -> None:
+    """On file:// ``url()`` of a missing blob raised BlobNotFound, so a template's
+    ``{{ obj.file.url }}`` was a 500; s3:// and Django's storages return a URL."""
+    from django.template import Context, Template
+
+    missing = "docs/2026/01/01/" + "0" * 32 + ".png"
+    doc = StatekitBlobDocument(file=missing)
+    rendered = Template("{{ doc.file.url }}").render(Context({"doc": doc}))
+    assert rendered and rendered == Template("{{ url }}").render(Context({"url": storage.url(missing)}))
+    if storage.store.scheme == "s3":
+        import requests
+
+        assert requests.get(storage.url(missing), timeout=10).status_code == 404
+    else:
+        assert Client().get(storage.url(missing)).status_code == 404
+
+
+def test_compressed_and_application_named_text_uploads(storage: BlobStorage) -> None:
+    """``.tar.gz`` / ``.csv.gz`` were refused (the name's guess dropped ``.gz``),
+    ``application/gzip`` was not accepted, and ``schema.sql`` sent as octet-stream
+    was refused as ``application/sql``."""
+    import gzip
+
+    data = gzip.compress(b"id,name\n1,a\n", mtime=0)
+    uploads = [ContentFile(data), SimpleUploadedFile("export.csv.gz", data, "application/gzip"),
+               SimpleUploadedFile("backup.tar.gz", data, "application/x-gzip"),
+               SimpleUploadedFile("backup.tar.gz", data, "application/octet-stream")]
+    for upload in uploads:
+        key = storage.save("exports/backup.tar.gz", upload)
+        assert key.endswith(".gz") and storage.store.stat(key).content_type == "application/gzip"
+        with storage.open(key) as f:
+            assert f.read() == data
+    sql = SimpleUploadedFile("schema.sql", b"CREATE TABLE t (id int);\n", "application/octet-stream")
+    key = storage.save("exports/schema.sql", sql)
+    assert storage.store.stat(key).content_type == "text/plain"
+    for disguised in (SimpleUploadedFile("backup.tar.gz", HTML, "application/gzip"),
+                      SimpleUploadedFile("schema.sql", HTML, "application/octet-stream"),
+                      ContentFile(HTML.decode())):
+        with pytest.raises(ContentTypeMismatch):
+            storage.save("exports/backup.tar.gz" if disguised.name is None else f"exports/{disguised.name}",
+                         disguised)
