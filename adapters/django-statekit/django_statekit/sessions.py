@@ -9,12 +9,16 @@
 The cookie value (Django's ``session_key``) is the statekit session id signed with
 ``STATEKIT_SECRET_KEYS`` (default: ``SECRET_KEY`` + ``SECRET_KEY_FALLBACKS``); a
 tampered, truncated, foreign or oversized cookie gives a fresh session without any
-Redis call. ``cycle_key()`` (called by ``login()``) rotates the id atomically. The old
-id no longer names a session (``exists()`` is false; a request that loads with it is
+Redis call. As Django's contract says, any string of 8 characters or more is accepted
+as a ``session_key`` (``SessionStore("12345678").session_key`` keeps it); one that
+does not verify names no session, like an unknown key in Django's own engines.
+
+``cycle_key()`` (called by ``login()``) rotates the id atomically. The old id no
+longer names a session (``exists()`` is false; a request that loads with it is
 anonymous, as with Django's own engines: no session fixation); for
 ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds it is a tombstone through which requests
-that loaded the session before the login still save. Saves write only
-the keys that changed, so concurrent requests of one session keep each other's
+that loaded the session before the login still save. Saves write only the keys that
+changed, so concurrent requests of one session keep each other's
 changes; ``request.session.incr(key)`` is an atomic counter.
 
 Settings: ``SESSION_COOKIE_AGE`` is the idle timeout, counted from the last save as
@@ -117,9 +121,6 @@ class SessionStore(SessionBase):
     def store(self) -> CoreStore:
         return get_core_store()
 
-    def _validate_session_key(self, key: str | None) -> bool:
-        return bool(key) and self.store.unsign(key, context="django") is not None
-
     def _get_new_session_key(self) -> str:
         return self.store.sign(self.store.new().sid)
 
@@ -127,8 +128,13 @@ class SessionStore(SessionBase):
         return self.store.unsign(session_key or self.session_key)
 
     def load(self) -> dict[str, Any]:
-        sid = self._sid()
+        # Django's contract: any key of 8 characters or more is a valid session_key
+        # (SessionBase._validate_session_key); one that does not verify names no
+        # session, found without a Redis call, and is dropped as Django's engines drop
+        # a key they do not know
+        sid = self.store.unsign(self.session_key, context="django") if self.session_key else None
         if sid is None:
+            self._session_key = None
             return {}
         try:
             core = self.store.open(self.session_key, context="django", version_token=version_token.get())

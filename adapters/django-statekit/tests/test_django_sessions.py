@@ -192,6 +192,22 @@ def test_bad_cookies_fresh_session_no_redis(engine: str, mangle: str,
     assert "rejected session cookie" in caplog.text
 
 
+def test_any_key_of_eight_characters_is_a_session_key(engine: str) -> None:
+    """Django's contract (``test_session_key_valid_string_saved``): a key of 8 or more
+    characters is kept as the ``session_key``. Unsigned, it names no session: it
+    loads empty without a Redis call and is replaced by a signed key on save."""
+    r = redis.Redis.from_url(engine)
+    s = SessionStore("12345678")
+    assert s.session_key == "12345678"
+    assert SessionStore("1234567").session_key is None
+    r.config_resetstat()
+    assert s.get("a") is None and calls(r) == 0
+    assert s.session_key is None  # dropped at load, as Django's engines drop an unknown key
+    s["a"] = 1
+    s.save()
+    assert s.session_key and s.session_key != "12345678" and SessionStore(s.session_key)["a"] == 1
+
+
 def test_login_cycles_key_and_old_key_is_short_alias(engine: str, _db: None) -> None:
     c = Client()
     c.get("/sessions/set/cart/apple")
