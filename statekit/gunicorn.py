@@ -60,6 +60,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -312,8 +313,13 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
     flight`` counts what the kill lost. It may count one connection too many: one a
     thread waits on for its first bytes (the client's request is lost if it was on
     its way), or the one being accepted when another worker took it. A request that
-    has arrived on a kept-alive connection the worker has not picked up yet is lost
+    has arrived on a kept-alive connection the worker has not polled yet is lost
     and not counted.
+
+    A request on a kept-alive connection that finds every thread busy waits in a
+    line of the worker's own; freed threads take turns between that line and a new
+    connection from the listeners, so busy keep-alive clients cannot starve new
+    connections (a readiness probe, a client without keep-alive).
 
     A response's status line and headers leave with its first body bytes, in one
     send (:class:`_OneSendResponse`): a kill between the two would leave a proxy
@@ -329,6 +335,8 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         self._statekit_busy = 0  # handed to the pool, finish_request not run yet (main thread)
         self._statekit_reserved = False  # accept() counted the connection it is taking
+        self._statekit_waiting: deque[Any] = deque()  # kept-alive requests no thread has taken yet
+        self._statekit_accept_turn = False
         self._statekit_lock = threading.Lock()
         # gthread builds its responses through this module global (HTTP/2 passes its own)
         gunicorn_wsgi.Response = _OneSendResponse
@@ -396,6 +404,48 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         if fs.cancelled():  # never ran
             self._statekit_count(conn, False)
         super().finish_request(conn, fs)
+        self._statekit_dispatch()
+
+    # -- kept-alive connections wait here, not in the pool's queue -----------------
+
+    def on_client_socket_readable(self, conn: Any, client: Any) -> None:
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._statekit_arrived(conn)
+
+    def on_pending_socket_readable(self, conn: Any, client: Any) -> None:
+        self.poller.unregister(client)
+        self.pending_conns.remove(conn)
+        conn.data_ready = True
+        self._statekit_arrived(conn)
+
+    def _statekit_arrived(self, conn: Any) -> None:
+        """A request arrived on a connection this worker holds: a free thread takes
+        it, else it waits in line here (counted: a kill loses it)."""
+        self._statekit_count(conn, True)
+        if self._statekit_busy < self.cfg.threads and not self._statekit_waiting:
+            self.enqueue_req(conn)
+        else:
+            self._statekit_waiting.append(conn)
+
+    def _statekit_dispatch(self) -> None:
+        """Give free threads to the waiting kept-alive requests, taking turns with
+        the listeners: busy kept-alive clients alone would keep every thread busy and
+        the listeners unpolled, and new connections would wait in the accept queue
+        for as long as they keep sending."""
+        while self._statekit_waiting and self._statekit_busy < self.cfg.threads:
+            self._statekit_accept_turn = not self._statekit_accept_turn
+            if self._statekit_accept_turn and self.alive and self._statekit_accept_one():
+                continue
+            self.enqueue_req(self._statekit_waiting.popleft())
+
+    def _statekit_accept_one(self) -> bool:
+        busy = self._statekit_busy
+        for listener in self.sockets:  # non-blocking since run() first polled them
+            self.accept(listener)
+            if self._statekit_busy > busy:
+                return True
+        return False
 
 
 # -- the arbiter -----------------------------------------------------------------

@@ -155,3 +155,44 @@ def test_the_shutdown_report_counts_since_term(tmp_path: Path) -> None:
     assert out and isinstance(out[0], Exception)
     assert re.search(r"statekit: shutdown: in_flight_at_term=0 completed=0 rejected=0 force_killed=0 "
                      r"lost_in_flight=0 ", log), log
+
+
+def test_busy_keep_alive_clients_do_not_starve_new_connections(tmp_path: Path) -> None:
+    """The worker accepts only while a thread is free: kept-alive clients that keep
+    every thread busy must still leave turns for a new connection (a readiness
+    probe, a client without keep-alive)."""
+    import http.client
+    import threading
+
+    from test_lifecycle_helpers import request
+
+    stop = threading.Event()
+    served = [0]
+
+    def keep_alive_client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        while not stop.is_set():
+            conn.request("GET", "/sleep/0.01")
+            conn.getresponse().read()
+            served[0] += 1
+        conn.close()
+
+    with ServeProcess(tmp_path, "--workers", "1") as srv:
+        srv.wait_ready(1)
+        clients = [threading.Thread(target=keep_alive_client, daemon=True) for _ in range(16)]
+        for t in clients:
+            t.start()
+        stopper = threading.Timer(15, stop.set)  # bounds the load if new connections starve
+        stopper.start()
+        try:
+            time.sleep(1)
+            before = served[0]
+            status = request(srv.port, "/", timeout=30)[0]
+            answered_under_load = not stop.is_set()
+        finally:
+            stop.set()
+            stopper.cancel()
+            for t in clients:
+                t.join(10)
+    assert before > 20  # the kept-alive clients were being served
+    assert status == 200 and answered_under_load
