@@ -56,7 +56,6 @@ from django.core.files.storage import Storage, storages
 from django.http import FileResponse, Http404, HttpRequest, HttpResponseForbidden, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase
 from django.urls import NoReverseMatch, reverse
-from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
@@ -194,12 +193,16 @@ class BlobStorage(Storage):
         return self.get_modified_time(name)
 
     def get_modified_time(self, name: _Name) -> dt.datetime:
-        """When the blob was stored (blobs never change): aware with ``USE_TZ = True``,
-        else naive in the current time zone, as Django's storages return it."""
+        """When the blob was stored (blobs never change): aware in UTC with ``USE_TZ =
+        True``, else naive in the process's local time (which Django sets to
+        ``TIME_ZONE``), as ``FileSystemStorage`` returns it -- not in the time zone a
+        ``timezone.override()`` activates."""
         created = self._stat(name).created
         if created is None:
             raise NotImplementedError("this store does not record creation times")
-        return created if django_settings.USE_TZ else timezone.make_naive(created)
+        if django_settings.USE_TZ:
+            return created.astimezone(dt.timezone.utc)
+        return dt.datetime.fromtimestamp(created.timestamp())
 
     def get_alternative_name(self, file_root: str, file_ext: str) -> str:
         return f"{file_root}{file_ext}"

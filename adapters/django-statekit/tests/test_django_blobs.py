@@ -326,3 +326,26 @@ def test_compressed_and_application_named_text_uploads(storage: BlobStorage) -> 
         with pytest.raises(ContentTypeMismatch):
             storage.save("exports/backup.tar.gz" if disguised.name is None else f"exports/{disguised.name}",
                          disguised)
+
+
+def test_naive_times_are_local_time_whatever_zone_is_active(
+    storage: BlobStorage, django_settings: Any,
+) -> None:
+    """With ``USE_TZ = False`` the time was made naive in the zone a
+    ``timezone.override()`` activated (6 h off Django's own test, which expects the
+    process's local time, as FileSystemStorage gives)."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    key = storage.save("docs/when.txt", ContentFile(b"timestamped\n"))
+    stored = storage.store.stat(key).created
+    assert stored is not None
+    django_settings.set(USE_TZ=False, TIME_ZONE="Africa/Algiers")
+    with timezone.override(timezone.get_fixed_timezone(-300)):
+        naive = storage.get_modified_time(key)
+    assert timezone.is_naive(naive) and naive == dt.datetime.fromtimestamp(stored.timestamp())
+    django_settings.set(USE_TZ=True)
+    with timezone.override(timezone.get_fixed_timezone(-300)):
+        aware = storage.get_modified_time(key)
+    assert aware == stored and aware.utcoffset() == dt.timedelta(0)
