@@ -22,11 +22,13 @@ With ``STATEKIT_SESSION_NEAR_CACHE`` it is required: it carries the session's
 version token (cookie ``<SESSION_COOKIE_NAME>_v``) that orders a browser's reads after
 its own writes (see :mod:`statekit.sessions`).
 
-A request that still carried the pre-login cookie (served through the rotation's
+A request in flight at a login (it loaded the session with the pre-login cookie
+before the rotation, and its save went into the new session through the old id's
 alias) does not get that old cookie back: it would replace the new one in the
-browser. It also marks the session cookie ``Secure`` outside ``DEBUG`` (Django's own
-``SESSION_COOKIE_SECURE`` defaults to off); set ``STATEKIT_SESSION_COOKIE_SECURE =
-False`` to leave the cookie as Django made it.
+browser, and the old id names no session any more. It also marks the session
+cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
+to off); set ``STATEKIT_SESSION_COOKIE_SECURE = False`` to leave the cookie as
+Django made it.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class SessionOutageMiddleware:
         core = getattr(session, "_core", None)
         if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
             # an old cookie, in flight during a login: the browser holds the new one,
-            # and the old id stops working when the alias window ends
+            # and the old id loads no session any more
             del response.cookies[settings.SESSION_COOKIE_NAME]
             morsel = None
         if morsel is not None and morsel.value and not morsel["secure"] and _secure():
