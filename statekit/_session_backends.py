@@ -2,8 +2,10 @@
 
 A session is one hash. Field names are ``d:<key>`` for session data and ``m:<x>``
 for metadata: ``m:c`` created, ``m:s`` last seen, ``m:u`` user id, ``m:i`` idle
-timeout override, ``m:v`` version, and ``m:a`` on a rotated-away session (an alias
-holding the handle of the new session). A hash without ``m:c`` is not a live session.
+timeout override, ``m:v`` version, and ``m:a`` on a rotated-away session (a
+tombstone alias holding the handle of the new session: the writes of requests that
+loaded the session before the rotation follow it, a load never does). A hash without
+``m:c`` is not a live session.
 
 Every write checks ``m:c`` first and refuses to touch a hash that lost it (destroyed,
 revoked, expired), so no write can bring a session back. On Redis the checks and the
