@@ -1,5 +1,8 @@
 """SIGKILLed workers under concurrent load, straight to ``statekit serve``: a killed
 worker loses only the requests it was executing, and the master's log counts them.
+Also what that worker does besides: a response's head leaves with its body, kept-alive
+clients leave turns to new connections, the shutdown line counts since TERM. (Behind
+nginx: tests/test_nginx.py.)
 
 Loopback only; every process is started and stopped here, and only workers of the
 master started here are killed (by PID). Each run is bounded in time and count.
