@@ -55,7 +55,7 @@ from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from .metrics import Counters
 from .nearcache import Entry, InvalidationListener, NearCache
-from .serializers import JSONSerializer, Serializer, _key_list, get_serializer
+from .serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 
 if TYPE_CHECKING:
     from .backends.redis import RedisClient
@@ -250,7 +250,7 @@ class Cache:
         self.secret_keys = tuple(_key_list(secret_keys or ()))  # a lone str is one key
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
                                    else get_serializer(serializer, secret_keys=self.secret_keys))
-        self._plain_json = type(self._codec) is JSONSerializer
+        self._plain_json = type(self._codec) in (JSONSerializer, WebJSONSerializer)  # same untagged JSON
         self.near_size = 10_000 if near_cache is True else int(near_cache or 0)
         self.near_max_age = near_max_age
         self.on_error = on_error

@@ -5,6 +5,11 @@
   ``set``, ``frozenset`` and dicts with non-string keys come back as they went in.
 * :class:`MsgpackSerializer` — the same types through msgpack ext codes; smaller and
   faster for binary-heavy values (``pip install 'statekit[msgpack]'``).
+* :class:`WebJSONSerializer` — JSON plus a safe representation of what web caches
+  store: a werkzeug/Flask ``Response`` (status, headers, body), an ``HTTPException``
+  a view raised (``abort(404)``) and ``markupsafe.Markup`` (template fragments). The
+  codec of :mod:`statekit.compat.cachelib`, so Flask-Caching's ``@cached`` views
+  and ``{% cache %}`` fragments are cached without pickle.
 * :class:`SignedPickleSerializer` — for frameworks that must store arbitrary objects
   (Django's ``cache_page``). Every payload carries an HMAC-SHA256 signature that is
   checked, in constant time, against each configured key *before* any unpickling. A
@@ -38,6 +43,7 @@ __all__ = [
     "MsgpackSerializer",
     "Serializer",
     "SignedPickleSerializer",
+    "WebJSONSerializer",
     "get_serializer",
 ]
 
@@ -69,18 +75,22 @@ _TAG = "\x00"  # a dict {"\x00": [tag, payload]} is a tagged value
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def _tag(value: Any) -> Any:
+#: extra tagged types of a codec: class -> (tag, value to a payload of taggable values)
+_Extensions = tuple[tuple[type, str, Callable[[Any], Any]], ...]
+
+
+def _tag(value: Any, ext: _Extensions = ()) -> Any:
     t = type(value)
     if t in _SCALARS:
         return value
     if t is list:
-        return [_tag(v) for v in value]
+        return [_tag(v, ext) for v in value]
     if t is dict:
         if _TAG in value or not all(type(k) is str for k in value):
-            return {_TAG: ["m", [[_tag(k), _tag(v)] for k, v in value.items()]]}
-        return {k: _tag(v) for k, v in value.items()}
+            return {_TAG: ["m", [[_tag(k, ext), _tag(v, ext)] for k, v in value.items()]]}
+        return {k: _tag(v, ext) for k, v in value.items()}
     if t is tuple:
-        return {_TAG: ["t", [_tag(v) for v in value]]}
+        return {_TAG: ["t", [_tag(v, ext) for v in value]]}
     if t is bytes or t is bytearray:
         return {_TAG: ["b", base64.b64encode(value).decode("ascii")]}
     if t is dt.datetime:
@@ -96,9 +106,12 @@ def _tag(value: Any) -> Any:
     if t is uuid.UUID:
         return {_TAG: ["u", value.hex]}
     if t is set:
-        return {_TAG: ["s", [_tag(v) for v in value]]}
+        return {_TAG: ["s", [_tag(v, ext) for v in value]]}
     if t is frozenset:
-        return {_TAG: ["fs", [_tag(v) for v in value]]}
+        return {_TAG: ["fs", [_tag(v, ext) for v in value]]}
+    for cls, tag, payload in ext:
+        if isinstance(value, cls):
+            return {_TAG: [tag, _tag(payload(value), ext)]}
     raise SerializationError(f"cannot serialize a value of type {_describe(value)!r} with the json codec")
 
 
@@ -148,11 +161,15 @@ class JSONSerializer:
     comes back as a fixed offset; the instant is the same)."""
 
     name = "json"
+    _ext: _Extensions = ()
+
+    def _hook(self, obj: dict[str, Any]) -> Any:
+        return _untag_hook(obj)
 
     def dumps(self, value: Any) -> bytes:
         try:
             return json.dumps(
-                _tag(value), separators=(",", ":"), ensure_ascii=False
+                _tag(value, self._ext), separators=(",", ":"), ensure_ascii=False
             ).encode("utf-8")
         except SerializationError:
             raise
@@ -163,9 +180,102 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return json.loads(data, object_hook=_untag_hook)
+            return json.loads(data, object_hook=self._hook)
         except Exception as e:  # a crafted tag payload can raise Overflow/Attribute/RecursionError
-            raise SerializationError(f"the json codec refused a payload of {_length(data)}") from e
+            raise SerializationError(f"the {self.name} codec refused a payload of {_length(data)}") from e
+
+
+def _response_payload(response: Any) -> list[Any]:
+    if response.direct_passthrough or response.is_streamed and not response.implicit_sequence_conversion:
+        raise SerializationError("cannot serialize a streamed or passed-through response (a file?)")
+    return [response.status, [[k, v] for k, v in response.headers.items()], response.get_data()]
+
+
+def _response(payload: list[Any]) -> Any:
+    from werkzeug.wrappers import Response
+
+    status, headers, body = payload
+    if not (isinstance(status, str) and isinstance(body, bytes)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers)):
+        raise SerializationError("not a response payload")
+    return Response(body, status=status, headers=[(k, v) for k, v in headers])
+
+
+def _http_exception_payload(exc: Any) -> list[Any]:
+    return [exc.code, exc.description, exc.get_response()]
+
+
+def _http_exception(payload: list[Any]) -> Any:
+    from werkzeug.exceptions import HTTPException, default_exceptions
+
+    code, description, response = payload
+    if type(code) is not int or not isinstance(description, (str, type(None))):
+        raise SerializationError("not an HTTP exception payload")
+    cls = default_exceptions.get(code)
+    if cls is None:
+        exc = HTTPException(description, response=response)
+        exc.code = code
+        return exc
+    return cls(description=description, response=response)
+
+
+def _markup(payload: str) -> Any:
+    from markupsafe import Markup
+
+    if type(payload) is not str:
+        raise SerializationError("not a markup payload")
+    return Markup(payload)  # noqa: S704 - a fragment rendered before, see WebJSONSerializer
+
+
+class WebJSONSerializer(JSONSerializer):
+    """:class:`JSONSerializer` plus a safe representation of what web framework caches
+    store, so they need no pickle:
+
+    * a werkzeug (Flask) ``Response``: status, headers and body; it comes back as a
+      ``werkzeug.wrappers.Response`` (Flask turns it into its own response class).
+      A streamed or passed-through response (``send_file``) is refused.
+    * an ``HTTPException`` a view raised (``abort(404)``, Flask-Caching caches it):
+      code, description and the response it renders; it comes back as werkzeug's
+      class for that code (a custom subclass comes back as that code's class).
+    * ``markupsafe.Markup`` (a rendered template fragment) comes back as ``Markup``,
+      so autoescaping does not escape it again.
+
+    Everything else is :class:`JSONSerializer`'s format: either codec reads what the
+    other wrote, except that the plain JSON codec refuses these three tags. Nothing
+    is executed on reading, but whoever can write to the store can change what a
+    cached page or fragment shows, as with any cached HTML; where that must be ruled
+    out, use :class:`SignedPickleSerializer`, whose payloads cannot be forged.
+    """
+
+    name = "web-json"
+
+    def __init__(self) -> None:
+        ext: list[tuple[type, str, Callable[[Any], Any]]] = []
+        try:
+            from werkzeug.exceptions import HTTPException
+            from werkzeug.wrappers import Response
+        except ImportError:  # nothing of werkzeug's to store, then
+            pass
+        else:
+            ext += [(Response, "rsp", _response_payload), (HTTPException, "hx", _http_exception_payload)]
+        try:
+            from markupsafe import Markup
+        except ImportError:
+            pass
+        else:
+            ext.append((Markup, "mk", str))
+        self._ext = tuple(ext)
+
+    def _hook(self, obj: dict[str, Any]) -> Any:
+        if len(obj) == 1 and _TAG in obj:
+            tag, payload = obj[_TAG]
+            web = _WEB_UNTAG.get(tag)
+            if web is not None:
+                return web(payload)
+        return _untag_hook(obj)
+
+
+_WEB_UNTAG: dict[str, Callable[[Any], Any]] = {"rsp": _response, "hx": _http_exception, "mk": _markup}
 
 
 # -- msgpack ------------------------------------------------------------------------
