@@ -55,3 +55,109 @@ def test_key_prefix_isolates(cl: StatekitCache) -> None:
     other: Any = StatekitCache(cl.cache.url, key_prefix="other/")
     cl.set("k", 1)
     assert other.get("k") is None
+
+
+def test_key_prefix_none_and_callable(redis_url: str) -> None:
+    """cachelib's defaults: key_prefix=None (no prefix) and a callable prefix, called
+    on every operation (a TypeError on every call before)."""
+    plain: Any = StatekitCache(redis_url)
+    assert plain.set("k", 1) and plain.get("k") == 1 and plain.cache.get("k") == 1
+    tenant = ["a/"]
+    scoped: Any = StatekitCache(redis_url, key_prefix=lambda: tenant[0])
+    assert scoped.set("k", "for a") and scoped.cache.get("a/k") == "for a"
+    tenant[0] = "b/"
+    assert scoped.get("k") is None and scoped.set_many({"k": "for b"}) == ["k"]
+    assert scoped.get_many("k") == ["for b"] and scoped.cache.get("b/k") == "for b"
+
+
+class Tagging:
+    """A cachelib-style serializer whose output shows it was used."""
+
+    def dumps(self, value: Any) -> bytes:
+        return b"tagged:" + str(value).encode()
+
+    def loads(self, data: bytes | None) -> Any:
+        return None if data is None else ("seen", data.decode())
+
+
+@pytest.mark.redis
+def test_an_injected_cachelib_serializer_is_used(redis_url: str) -> None:
+    from cachelib.serializers import JSONSerializer
+
+    cl: Any = StatekitCache(redis_url)
+    cl.serializer = Tagging()  # what Flask-Caching does with CACHE_SERIALIZER
+    assert isinstance(cl.serializer, Tagging)
+    assert cl.set("k", 5.5) and cl.add("a", "x") and cl.set_many({"m": "y"}) == ["m"]
+    assert cl.get("k") == ("seen", "tagged:5.5") and cl.get_many("a", "m") == [
+        ("seen", "tagged:x"), ("seen", "tagged:y")]
+    cl.serializer = JSONSerializer()
+    assert cl.set("j", {"a": [1]}) and cl.get("j") == {"a": [1]}
+    assert cl.inc("n", 2) == 2 and cl.get("n") == 2  # counters stay Redis integers
+
+    class Subclass(StatekitCache):  # type: ignore[misc]
+        serializer = Tagging()
+
+    assert Subclass(redis_url).set("s", 1.5) and Subclass(redis_url).get("s") == ("seen", "tagged:1.5")
+
+
+@pytest.mark.parametrize("name", ["RedisSerializer", "SimpleSerializer", "BaseSerializer"])
+def test_cachelib_pickle_serializers_are_refused(name: str) -> None:
+    import cachelib.serializers
+
+    from statekit.errors import ConfigError
+
+    cl: Any = StatekitCache("memory://cachelib")
+    with pytest.raises(ConfigError, match="signed-pickle"):
+        cl.serializer = getattr(cachelib.serializers, name)()
+
+
+def test_an_unencodable_value_raises_pickle_error(cl: StatekitCache) -> None:
+    """cachelib's BaseCache.set: "Pickling errors, however, will raise a subclass of
+    pickle.PickleError"; statekit's SerializationError is kept too."""
+    import pickle
+
+    from statekit.errors import SerializationError
+
+    for call in (lambda: cl.set("o", object()), lambda: cl.add("o", object()),
+                 lambda: cl.set_many({"o": object()})):
+        with pytest.raises(pickle.PickleError) as caught:
+            call()
+        assert isinstance(caught.value, SerializationError)
+    assert cl.get("o") is None
+
+
+def test_web_values_round_trip_without_pickle(cl: StatekitCache) -> None:
+    """Responses, abort()s and template fragments: status, headers and body, or the
+    rendered text; the plain JSON codec refuses them (a miss), nothing is unpickled."""
+    from flask import Flask, abort, jsonify, make_response
+    from markupsafe import Markup
+    from werkzeug.exceptions import HTTPException, NotFound
+
+    from statekit.errors import SerializationError
+    from statekit.serializers import JSONSerializer, WebJSONSerializer
+
+    with Flask(__name__).test_request_context():
+        response = make_response("<p>hi</p>", 201, {"X-Extra": "1"})
+        response.set_cookie("c", "v")
+        assert cl.set("r", (jsonify(a=1), 202))
+        assert cl.set("page", response)
+        try:
+            abort(404, description="no such thing")
+        except HTTPException as e:
+            assert cl.set("abort", e)
+    body, status = cl.get("r")
+    assert status == 202 and body.get_json() == {"a": 1} and body.mimetype == "application/json"
+    page = cl.get("page")
+    assert page.status_code == 201 and page.get_data() == b"<p>hi</p>"
+    assert page.headers["X-Extra"] == "1" and page.headers["Set-Cookie"].startswith("c=v")
+    exc = cl.get("abort")
+    assert isinstance(exc, NotFound) and exc.description == "no such thing"
+    assert b"no such thing" in exc.get_response().get_data()
+    assert cl.set("frag", Markup("<b>x</b>"))
+    frag = cl.get("frag")
+    assert type(frag) is Markup and frag == "<b>x</b>"
+    data = WebJSONSerializer().dumps(Markup("<i>"))
+    with pytest.raises(SerializationError):
+        JSONSerializer().loads(data)
+    with pytest.raises(SerializationError):  # a crafted payload is refused, not built
+        WebJSONSerializer().loads(b'{"\\u0000":["rsp",[200,[],"x"]]}')
