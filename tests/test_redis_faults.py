@@ -377,6 +377,7 @@ def test_an_idle_socket_closed_by_the_server_is_replaced_before_sending(server: 
     assert cache.incr("n") == 1
     with server.client() as admin:  # closes every client connection but its own
         admin.client_kill_filter(_type="normal", skipme=True)
+    time.sleep(0.01)  # idle for longer than STALE_CHECK_AFTER: checked before sending
     assert cache.incr("n") == 2  # not a BackendUnavailable: nothing had been sent
 
 

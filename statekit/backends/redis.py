@@ -186,7 +186,9 @@ class _Rule:
             raise rule.OutcomeUnknown(f"{e} (sending a command: its outcome is unknown)") from e
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        if self._statekit_setup:
+        if self._statekit_setup or kwargs.get("disconnect_on_error", True) is False:
+            # a pub/sub read (or push notifications): the connection stays in use and
+            # redis-py resumes a partial message; re-reading it resends nothing
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         rule = _rule()
         redis = rule.redis
