@@ -713,7 +713,7 @@ class SessionStore:
                 # new session of its own.
                 self.counters.incr("conflicts")
                 session._encoded.clear()
-                session.new, session.loaded_user = True, None
+                session.new, session.loaded_user, session._loaded_idle = True, None, None
             elif code != 1:
                 self.counters.incr("conflicts")
                 dict.clear(session)

@@ -606,6 +606,8 @@ def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> Non
     pre-rotation cookie the new, logged-in state)."""
     store = make_store(alias_window=30)
     s = store.create({"n": 1}, user_id="rot2")
+    s.idle_timeout = 600
+    assert store.save(s)
     inflight, inflight2 = reopen(store, s), reopen(store, s)
     store.rotate(s)
     store.rotate(s)
@@ -613,7 +615,8 @@ def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> Non
     store.rotate(inflight2)
     assert inflight2.new and inflight2 == {"n": 1} and inflight2.sid != s.sid
     assert store.save(inflight2) and inflight2.send_cookie
-    assert store.load(inflight2.sid) == {"n": 1}
+    copy = store.load(inflight2.sid)
+    assert copy == {"n": 1} and copy.idle_timeout == 600  # its idle timeout too
     assert store.load(s.sid) == {"n": 2}
     handles = {i.handle for i in store.list_user_sessions("rot2")}
     assert handles == {store._handle(s.sid), store._handle(inflight2.sid)}
