@@ -15,6 +15,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import models
 from django.test import Client
 from django.urls import path
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from django_statekit.storage import BlobStorage, serve_blob
 from statekit.blobs import BlobStore
@@ -349,3 +351,24 @@ def test_naive_times_are_local_time_whatever_zone_is_active(
     with timezone.override(timezone.get_fixed_timezone(-300)):
         aware = storage.get_modified_time(key)
     assert aware == stored and aware.utcoffset() == dt.timedelta(0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["..", ".", "", "a", "b.png", "docs", "..a", "a..", " "]), min_size=1,
+                max_size=6).map("/".join),
+       st.sampled_from(["", "/", "./"]))
+def test_name_normalisation_never_leaves_the_storage(name: str, lead: str) -> None:
+    """Property: a name is either refused as suspicious or normalised to a relative
+    key that, joined to any root, stays inside it (the ``./``/``Path`` relaxation)."""
+    import posixpath
+
+    from django_statekit.storage import _clean
+
+    try:
+        clean = _clean(lead + name)
+    except SuspiciousFileOperation:
+        assert (lead + name).startswith("/") or ".." in (lead + name).split("/")
+        return
+    inside = posixpath.normpath(posixpath.join("/root", clean))
+    assert inside == "/root" or inside.startswith("/root/")
+    assert not clean.startswith("/") and ".." not in clean.split("/") and "." not in clean.split("/")
