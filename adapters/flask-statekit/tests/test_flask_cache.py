@@ -149,3 +149,63 @@ def test_flask_caching_with_statekit_cachelib(redis_url: str) -> None:
         assert fc.get_many("plain", "nope") == [{"a": 1}, None]
         fc.clear()
         assert fc.get("plain") is None
+
+
+def test_flask_caching_caches_responses_aborts_and_fragments(redis_url: str) -> None:
+    """The documented Flask-Caching configuration (statekit's JSON codec): views that
+    return a Response (jsonify) or abort() and {% cache %} fragments are cached, once,
+    and come back with their status, headers and body (they were never cached before,
+    silently, and fragments rendered twice)."""
+    from flask import abort, make_response, render_template_string
+    from flask_caching import Cache as FlaskCache
+
+    app = Flask(__name__)
+    app.config.update(CACHE_TYPE="statekit.compat.cachelib.StatekitCache",
+                      CACHE_OPTIONS={"url": redis_url})
+    fc = FlaskCache(app)
+    calls: list[str] = []
+
+    @app.get("/api")
+    @fc.cached(timeout=60)
+    def api() -> Any:
+        calls.append("api")
+        return jsonify(n=len(calls)), 201
+
+    @app.get("/page")
+    @fc.cached(timeout=60)
+    def page() -> Any:
+        calls.append("page")
+        response = make_response("<p>page</p>")
+        response.headers["X-Built"] = str(len(calls))
+        return response
+
+    @app.get("/gone")
+    @fc.cached(timeout=60)
+    def gone() -> Any:
+        calls.append("gone")
+        abort(410, description="moved away")
+
+    @app.errorhandler(410)
+    def handled(e: Any) -> Any:
+        return f"handled: {e.description}", 410
+
+    @app.get("/fragment")
+    def fragment() -> str:
+        def rendered() -> str:
+            calls.append("fragment")
+            return "expensive"
+
+        return render_template_string(
+            "{% cache 60, 'side' %}<b>{{ build() }}</b>{% endcache %}|{{ '<i>' }}", build=rendered)
+
+    client = app.test_client()
+    for _ in range(3):
+        got = client.get("/api")
+        assert got.status_code == 201 and got.json == {"n": 1} and got.mimetype == "application/json"
+        got = client.get("/page")
+        assert got.text == "<p>page</p>" and got.headers["X-Built"] == str(calls.index("page") + 1)
+        got = client.get("/gone")
+        assert got.status_code == 410 and got.text == "handled: moved away"
+        got = client.get("/fragment")
+        assert got.text == "<b>expensive</b>|&lt;i&gt;"  # the fragment is not escaped again
+    assert sorted(calls) == ["api", "fragment", "gone", "page"]
