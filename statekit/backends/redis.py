@@ -177,7 +177,9 @@ class _Rule:
             return super().send_packed_command(command, check_health)  # type: ignore[misc,no-any-return]
         rule = _rule()
         if not self._sock:  # type: ignore[attr-defined]
-            self.connect_check_health(check_health=False)
+            # connect(), not connect_check_health(): a Sentinel connection asks the
+            # sentinels for the master again there (after a wrong-node reply dropped it)
+            self.connect()  # type: ignore[attr-defined]
         if check_health:
             self.check_health()
         try:
