@@ -31,8 +31,11 @@ subclasses of redis-py's connection classes (:func:`with_rule`) that raise
 :class:`OutcomeUnknown` for a failure after sending (which the ``Retry`` built by
 :func:`retry_policy` refuses, and which RedisCluster's own retry loop, matching
 exact types, does not retry either) and :class:`NotApplied` for a wrong-node reply.
-Pub/sub readers get the same errors and reconnect themselves (the broadcast
-subscriber re-subscribes and re-reads what it may have missed).
+Pub/sub reads keep redis-py's own handling (a partial message is resumed; a lost
+connection is reconnected and re-subscribed: reading again resends nothing); a
+failed pub/sub send makes the broadcast subscriber reconnect and re-read what it
+may have missed. A ready client passed by the caller (``Cache(client=...)``) keeps
+its own retry settings on the redis-py path; the fast path follows the rule for it.
 
 **The error map** (:func:`unavailable`, used by :class:`translate_errors` and the
 fast path): connection errors, timeouts, wrong-node and not-now replies
