@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -230,7 +231,10 @@ def _main(tests_dir: str, out: str) -> None:  # pragma: no cover - runs in the s
     for name in CLASSES:
         suite.addTests(unittest.defaultTestLoader.loadTestsFromName(name))
     recorder = Recorder()
-    suite.run(recorder)
+    try:
+        suite.run(recorder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     Path(out).write_text(json.dumps(recorder.outcomes, indent=1))
 
 
