@@ -207,9 +207,11 @@ def _http_exception_payload(exc: Any) -> list[Any]:
 
 def _http_exception(payload: list[Any]) -> Any:
     from werkzeug.exceptions import HTTPException, default_exceptions
+    from werkzeug.wrappers import Response
 
     code, description, response = payload
-    if type(code) is not int or not isinstance(description, (str, type(None))):
+    if (type(code) is not int or not isinstance(description, (str, type(None)))
+            or not (response is None or type(response) is Response)):
         raise SerializationError("not an HTTP exception payload")
     cls = default_exceptions.get(code)
     if cls is None:

@@ -161,3 +161,55 @@ def test_web_values_round_trip_without_pickle(cl: StatekitCache) -> None:
         JSONSerializer().loads(data)
     with pytest.raises(SerializationError):  # a crafted payload is refused, not built
         WebJSONSerializer().loads(b'{"\\u0000":["rsp",[200,[],"x"]]}')
+
+
+_WEB_TAGS = ["rsp", "hx", "mk", "b", "t", "m", "??"]
+
+
+def _crafted() -> Any:
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+    return st.recursive(
+        leaves,
+        lambda inner: (st.lists(inner, max_size=3)
+                       | st.builds(lambda tag, payload: {"\x00": [tag, payload]},
+                                   st.sampled_from(_WEB_TAGS), inner)),
+        max_leaves=8,
+    )
+
+
+def test_crafted_web_payloads_build_only_the_listed_classes() -> None:
+    """Whatever a store writer crafts, the web codec refuses it cleanly or builds
+    JSON values, a werkzeug Response, an HTTPException or Markup: no other class."""
+    import json
+
+    from hypothesis import given, settings
+    from markupsafe import Markup
+    from werkzeug.exceptions import HTTPException
+    from werkzeug.wrappers import Response
+
+    from statekit.errors import SerializationError
+    from statekit.serializers import WebJSONSerializer
+
+    codec = WebJSONSerializer()
+
+    def allowed(value: Any) -> bool:
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return all(allowed(v) for v in value)
+        if isinstance(value, dict):
+            return all(allowed(k) and allowed(v) for k, v in value.items())
+        if isinstance(value, HTTPException):
+            return value.response is None or type(value.response) is Response
+        return type(value) in (type(None), bool, int, float, str, bytes, Markup, Response)
+
+    @settings(max_examples=300, deadline=None)
+    @given(doc=_crafted())
+    def check(doc: Any) -> None:
+        try:
+            value = codec.loads(json.dumps(doc).encode())
+        except SerializationError:
+            return
+        assert allowed(value), value
+
+    check()
