@@ -213,3 +213,23 @@ def test_crafted_web_payloads_build_only_the_listed_classes() -> None:
         assert allowed(value), value
 
     check()
+
+
+@pytest.mark.redis
+def test_an_entry_the_injected_serializer_cannot_read_is_a_miss(redis_url: str) -> None:
+    import ast
+
+    class Literal:
+        def dumps(self, value: Any) -> bytes:
+            return repr(value).encode()
+
+        def loads(self, data: bytes) -> Any:
+            return ast.literal_eval(data.decode())
+
+    cl: Any = StatekitCache(redis_url)
+    cl.set("k", {"written": "as json"})
+    cl.set("j", [True])  # JSON's true is no Python literal
+    cl.serializer = Literal()
+    assert cl.get("j") is None and cl.get_many("j", "k") == [None, {"written": "as json"}]
+    assert cl.set("j", (1, 2)) and cl.get("j") == (1, 2)
+    assert cl.cache.stats()["undecodable"] >= 2

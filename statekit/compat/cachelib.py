@@ -66,7 +66,8 @@ _PICKLING = {BaseSerializer.dumps, BaseSerializer.loads, BaseRedisSerializer.dum
 class CachelibCodec:
     """A cachelib serializer (``dumps``/``loads``) as a statekit codec. cachelib's
     serializers return ``None`` when they cannot encode (after logging): that raises
-    :class:`UnencodableValue` here, so nothing is stored silently wrong."""
+    :class:`UnencodableValue` here, so nothing is stored silently wrong. Bytes the
+    serializer cannot read (another codec wrote them) are a miss."""
 
     def __init__(self, serializer: Any) -> None:
         kind = type(serializer)
@@ -87,7 +88,10 @@ class CachelibCodec:
         return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
     def loads(self, data: bytes) -> Any:
-        return self.serializer.loads(data)
+        try:
+            return self.serializer.loads(data)
+        except Exception as e:  # written by another codec: a miss, as the cache treats it
+            raise SerializationError(f"{self.name} refused a payload of {len(data)} bytes") from e
 
 
 class StatekitCache(BaseCache):  # type: ignore[misc]
