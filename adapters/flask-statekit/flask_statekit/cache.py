@@ -15,6 +15,11 @@ Configuration (``app.config``, then the environment): ``STATEKIT_CACHE_URL`` (el
 or ``STATEKIT_CACHE_OPTIONS`` (a dict of :class:`~statekit.cache.Cache` keywords).
 The signed-pickle codec uses ``STATEKIT_SECRET_KEYS`` (else ``SECRET_KEY`` and
 ``SECRET_KEY_FALLBACKS``). Nothing connects until the cache is first used.
+
+Apps on Flask-Caching keep their decorators and set
+``CACHE_TYPE = "statekit.compat.cachelib.StatekitCache"``: its codec stores the
+``Response`` objects, ``abort()`` exceptions and ``{% cache %}`` fragments
+Flask-Caching caches, without pickle (see :mod:`statekit.compat.cachelib`).
 """
 
 from __future__ import annotations
