@@ -341,8 +341,12 @@ def _name_is_only_a_hint(head: bytes, guessed: str) -> bool:
 
 def _type_allowed(t: str, allowed: Iterable[str]) -> bool:
     for pattern in allowed:
-        p = normalize_type(pattern) if not pattern.endswith("*") else pattern.lower()
-        if p == t or (p.endswith("*") and t.startswith(p[:-1])):
+        if not pattern.endswith("*"):
+            if normalize_type(pattern) == t:
+                return True
+            continue
+        stem = pattern[:-1].strip().lower()  # "image/", or a whole type: a direct upload's prefix
+        if t.startswith(stem) or (stem in _ALIASES and t.startswith(_ALIASES[stem])):
             return True
     return False
 

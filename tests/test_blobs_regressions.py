@@ -16,7 +16,13 @@ from test_blobs_contract import png_bytes
 
 from statekit.backends.s3 import S3BlobStore
 from statekit.blobs import BlobStore
-from statekit.errors import BackendUnavailable, BlobNotFound, BlobTooLarge, ContentTypeMismatch
+from statekit.errors import (
+    BackendUnavailable,
+    BlobNotFound,
+    BlobTooLarge,
+    ContentTypeMismatch,
+    DisallowedContentType,
+)
 from statekit.migrate import load_manifest, migrate
 from statekit.pytest_plugin import wait_for
 
@@ -348,11 +354,14 @@ def _application_named_text() -> list[str]:
 def test_text_named_as_an_application_type_follows_the_octet_stream_rule(declared: str | None) -> None:
     """``put()`` used to swap the name's guess (``application/sql``) in for the generic
     declaration, so text could never be stored under such a name."""
+    from werkzeug.datastructures import FileStorage
+
     names = _application_named_text()
     assert names
     store = BlobStore("memory://text-names")
-    for name in names:
-        blob = store.put(b"CREATE TABLE t (id int);\n", filename=name, content_type=declared)
+    for name in names:  # as a browser sends it: its own filename and type
+        blob = store.put(FileStorage(io.BytesIO(b"CREATE TABLE t (id int);\n"), filename=name,
+                                     content_type=declared))
         assert (name, blob.content_type, blob.filename) == (name, "text/plain", name)
         with store.open(blob.key) as f:
             assert f.read() == b"CREATE TABLE t (id int);\n"
@@ -369,3 +378,16 @@ def test_signed_url_of_a_missing_blob_is_made_like_a_presigned_one(scheme: str, 
     assert store.verify_url(url) == (key, "attachment")
     with pytest.raises(BlobNotFound):
         store.open(key)
+
+
+def test_a_type_prefix_naming_an_alias_allows_the_folded_type() -> None:
+    """A direct upload limited to ``application/x-gzip`` (the browser's word, checked
+    as the prefix ``application/x-gzip*``) is still allowed now that gzip is stored as
+    ``application/gzip``; the alias never widens the prefix to other types."""
+    from statekit.blobs import check_content_type
+
+    data = _gz(b"payload\n")
+    assert check_content_type(data, "application/x-gzip", ["application/x-gzip*"]) == "application/gzip"
+    assert check_content_type(data, None, ["application/x-gzip"]) == "application/gzip"
+    with pytest.raises(DisallowedContentType):
+        check_content_type(png_bytes(), None, ["application/x-gzip*"])
