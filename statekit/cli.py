@@ -11,17 +11,20 @@ import argparse
 import functools
 import importlib
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from urllib.parse import quote
 
 from .errors import StatekitError
 
-__all__ = ["COMMANDS", "COMMAND_EXTRAS", "dev", "main"]
+__all__ = ["COMMANDS", "COMMAND_EXTRAS", "PlainHelpFormatter", "dev", "main", "plain"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +40,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: third-party modules the commands import that :data:`statekit.backends.EXTRAS` does
 #: not list (the library itself never needs them) -> the extra that installs them
 COMMAND_EXTRAS: dict[str, str] = {"requests": "server"}
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+
+def plain(text: str) -> str:
+    """*text* (a docstring, a help string) without its reST markup, for a terminal:
+    ``:func:`~a.b``` becomes ``a.b``, double backticks and ``*emphasis*`` go."""
+    text = _ROLE.sub(lambda m: m.group(1), text)
+    text = text.replace("``", "")
+    text = re.sub(r"(?<![\w*])\*(?!\s)([^*\n]+?)\*(?![\w*])", r"\1", text)
+    return text.replace("::\n", ":\n")
+
+
+class PlainHelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter for descriptions and help strings written in reST: the
+    terminal shows plain text (see :func:`plain`), paragraphs kept apart."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = re.split(r"\n\s*\n", textwrap.dedent(plain(text)).strip())
+        return "\n\n".join(super(PlainHelpFormatter, self)._fill_text(p, width, indent)
+                             for p in paragraphs)
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        return plain(super()._expand_help(action))
 
 
 def _load(target: str) -> object:
@@ -71,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         func = _load(entry[0])
-        return int(func(args[1:]) or 0)  # type: ignore[operator]
+        status = int(func(args[1:]) or 0)  # type: ignore[operator]
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored error
+        return status
+    except BrokenPipeError:
+        return _broken_pipe()
     except StatekitError as e:
         print(f"statekit {args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
@@ -86,22 +118,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _broken_pipe() -> int:
+    """The reader of our output went away (``statekit audit . | head``): stop without a
+    traceback, and exit as a command killed by SIGPIPE does (128 + 13)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere at exit
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def dev(argv: Sequence[str]) -> int:
-    """``statekit dev [-- COMMAND ...]``: start a private Redis and S3 endpoint.
+    """``statekit dev [--blobs-dir DIR] [-- COMMAND ...]``: start a private Redis and S3
+    endpoint.
 
     Prints their URLs and an environment block to paste, then waits for Ctrl-C or
     SIGTERM and stops both. With a command after ``--``, runs it with the variables
     set and stops the servers when it exits (or on SIGTERM, after stopping it).
+
+    The S3 endpoint (moto) keeps its objects in memory: they are gone when ``statekit
+    dev`` stops. With ``--blobs-dir DIR`` no S3 endpoint is started and
+    ``STATEKIT_BLOBS_URL`` is the ``file://`` store in *DIR* (created if missing), which
+    keeps its files across restarts: use it when your database outlives the servers
+    (the demo keeps its SQLite file and its photos in ``examples/flask_app/instance``).
     """
     from .embedded import RedisServer, S3Server, _die_with_parent
 
-    parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__)
+    parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__,
+                                     formatter_class=PlainHelpFormatter)
     parser.add_argument("--bucket", default="statekit", help="bucket to create (default statekit)")
-    parser.add_argument("--redis-port", type=int, default=0)
-    parser.add_argument("--s3-port", type=int, default=0)
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="command to run (after --)")
+    parser.add_argument("--redis-port", type=int, default=0, metavar="PORT",
+                        help="loopback port for Redis (default: a free one)")
+    parser.add_argument("--s3-port", type=int, default=0, metavar="PORT",
+                        help="loopback port for the S3 endpoint (default: a free one)")
+    parser.add_argument("--blobs-dir", metavar="DIR",
+                        help="keep blobs in a file:// store in DIR (kept across restarts) instead of "
+                             "starting the S3 endpoint")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="command to run with the variables set, after -- (default: wait for Ctrl-C)")
     opts = parser.parse_args(list(argv))
     command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
+    blobs_url = None
+    if opts.blobs_dir:
+        from .blobs import open_blob_store
+
+        blobs_url = f"file://{quote(os.path.abspath(opts.blobs_dir))}?create=1"
+        open_blob_store(blobs_url)  # ConfigError now for a directory that cannot be made
 
     stop = threading.Event()
     child: list[subprocess.Popen[bytes]] = []
@@ -117,20 +181,25 @@ def dev(argv: Sequence[str]) -> int:
 
     redis_srv = RedisServer(port=opts.redis_port)  # ConfigError if there is no server binary
     try:
-        s3_srv = S3Server(opts.bucket, port=opts.s3_port)
+        s3_srv = None if blobs_url else S3Server(opts.bucket, port=opts.s3_port)
     except BaseException:
         redis_srv.stop()  # its temporary directory
         raise
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         redis_srv.start()
-        s3_srv.start()
+        if s3_srv is not None:
+            s3_srv.start()
         env = {
             "STATEKIT_REDIS_URL": redis_srv.url,
-            "STATEKIT_BLOBS_URL": s3_srv.url,
+            "STATEKIT_BLOBS_URL": s3_srv.url if s3_srv is not None else str(blobs_url),
         }
         print(f"Redis    {redis_srv.url}  ({redis_srv.binary.line}, pid {redis_srv.pid})")
-        print(f"S3       {s3_srv.endpoint_url}  bucket {opts.bucket!r} (moto, pid {s3_srv.pid})")
+        if s3_srv is not None:
+            print(f"S3       {s3_srv.endpoint_url}  bucket {opts.bucket!r} (moto, pid {s3_srv.pid}; "
+                  "in memory: its objects go when dev stops)")
+        else:
+            print(f"Blobs    {blobs_url}  (files, kept across restarts)")
         print("\n# paste into your shell:")
         for k, v in env.items():
             print(f"export {k}={shlex.quote(v)}")
@@ -162,12 +231,13 @@ def dev(argv: Sequence[str]) -> int:
             return 0 if stop.is_set() else status if status >= 0 else 128 - status
         print("\nPress Ctrl-C to stop.", flush=True)
         while not stop.wait(1):
-            if not (redis_srv.running and s3_srv.running):
+            if not (redis_srv.running and (s3_srv is None or s3_srv.running)):
                 print("statekit dev: a server exited unexpectedly", file=sys.stderr)
                 return 1
         return 0
     finally:
-        s3_srv.stop()
+        if s3_srv is not None:
+            s3_srv.stop()
         redis_srv.stop()
         for s, h in old.items():
             signal.signal(s, h)

@@ -16,15 +16,26 @@ generated key (its name is kept as the blob's filename). The run is:
   computed while uploading (which S3 also checked), and at the end every migrated
   key is checked with ``stat``: size and SHA-256 must match the manifest. A file that
   fails this check is marked in the manifest and copied again by the next run;
-* **loud** -- symbolic links (which may lead out of ``SRC_DIR``) and directories that
-  cannot be read are reported as failures, not skipped in silence;
+* **interruptible** -- on Ctrl-C (SIGINT) or SIGTERM the files already being copied
+  finish and are recorded, the mapping is written with everything copied so far, and
+  the command says how to resume (run it again: finished files are not copied twice);
+* **loud, not stuck** -- directories that cannot be read are failures (exit status
+  1); a symbolic link (which may lead out of ``SRC_DIR``; a linked directory is
+  reported once, as one line, and not descended into) is a warning: it is not copied
+  and the run goes on. The summary shows the first few warnings and failures and a
+  count; the full list goes to ``warnings.txt`` in the output directory;
 * **mapped** -- a JSON file maps each old relative path to its new key, for the
-  application to update its references.
+  application to update its references (see "Rewrite the rows" in
+  docs/migration.md). It is rewritten as the run goes (at least every 2 seconds) and
+  at the end or interruption; the manifest holds every finished file at once.
+
+Output files go to ``--output-dir`` (default ``.statekit/migrate-uploads`` under the
+current directory): ``manifest.jsonl``, ``map.json`` and ``warnings.txt``.
 
 ``--dry-run`` reads and counts but writes nothing. Files whose content contradicts
 their extension (HTML named ``photo.png``) are stored under their sniffed type and
-reported. A hard kill between an upload and its manifest line can leave fewer than
-``2 * --workers`` unreferenced objects; they are not in the mapping.
+reported. A hard kill (``kill -9``) between an upload and its manifest line can leave
+fewer than ``2 * --workers`` unreferenced objects; they are not in the mapping.
 """
 
 from __future__ import annotations
@@ -33,8 +44,10 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -43,12 +56,20 @@ from typing import Any
 from .blobs import BlobStore, open_blob_store
 from .errors import ContentTypeMismatch, StatekitError
 
-__all__ = ["MigrationReport", "main", "migrate"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "MigrationReport", "load_manifest", "main", "migrate"]
+
+#: where the manifest, the mapping and the warnings go unless ``--output-dir`` says
+DEFAULT_OUTPUT_DIR = os.path.join(".statekit", "migrate-uploads")
+#: warnings and failures printed in full before the summary says "and N more"
+SHOWN = 5
+_MAP_EVERY = 2.0  # seconds between rewrites of the mapping during a run
 
 
 @dataclass
 class MigrationReport:
-    """What a run did. ``failed`` maps relative paths to error messages."""
+    """What a run did. ``failed`` maps relative paths to error messages (the files
+    were not copied: exit status 1); ``warnings`` maps relative paths to what was
+    left out on purpose (symbolic links) and does not fail the run."""
 
     total: int = 0
     total_bytes: int = 0
@@ -58,6 +79,7 @@ class MigrationReport:
     verified: int = 0
     retyped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
     mapping: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -65,10 +87,11 @@ class MigrationReport:
         return not self.failed
 
 
-def _walk(src: str, problems: dict[str, str]) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files under *src*. What cannot be copied safely -- a symbolic link (it
-    may lead out of *src*; a linked directory is not descended into), a directory that
-    cannot be read -- goes to *problems* instead of being skipped in silence."""
+def _walk(src: str, problems: dict[str, str],
+          warnings: dict[str, str]) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files under *src*. A directory that cannot be read goes to *problems*;
+    a symbolic link (it may lead out of *src*; a linked directory is one entry and is
+    not descended into) to *warnings*: neither is skipped in silence."""
 
     def rel(path: str) -> str:
         return os.path.relpath(path, src).replace(os.sep, "/")
@@ -80,7 +103,7 @@ def _walk(src: str, problems: dict[str, str]) -> Iterator[tuple[str, os.stat_res
         dirnames.sort()
         for name in sorted(dirnames):
             if os.path.islink(os.path.join(dirpath, name)):
-                problems[rel(os.path.join(dirpath, name))] = "symbolic link to a directory: not copied"
+                warnings[rel(os.path.join(dirpath, name))] = "symbolic link to a directory: not copied"
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
             try:
@@ -90,7 +113,7 @@ def _walk(src: str, problems: dict[str, str]) -> Iterator[tuple[str, os.stat_res
             if st.st_mode & 0o170000 == 0o100000:  # regular files only
                 yield rel(path), st
             elif st.st_mode & 0o170000 == 0o120000:
-                problems[rel(path)] = "symbolic link: not copied (replace it with the file it points to)"
+                warnings[rel(path)] = "symbolic link: not copied (replace it with the file it points to)"
 
 
 def _sha256_file(path: str) -> str:
@@ -146,22 +169,25 @@ def migrate(
     """Copy every file under *src* into *store*; see the module docstring.
 
     :param progress: called as ``progress(files_done, bytes_done)`` after each file.
-    :raises KeyboardInterrupt: and any unexpected error stop the run at once; the
-        manifest keeps what finished, so the next run resumes.
+    :raises KeyboardInterrupt: (and any unexpected error) stops the run: uploads
+        not yet started are cancelled, those under way finish and are recorded, and
+        the mapping is written with every file copied so far, so the next run resumes
+        without copying any of them again.
     """
     if not os.path.isdir(src):
         raise StatekitError(f"{src!r} is not a directory")
     report = MigrationReport()
     done = load_manifest(manifest)
     dest = store.describe()
+    origin = os.path.abspath(src)
     todo: list[tuple[str, os.stat_result]] = []
     bytes_done = 0
-    for rel, st in _walk(src, report.failed):
+    for rel, st in _walk(src, report.failed, report.warnings):
         report.total += 1
         report.total_bytes += st.st_size
         entry = done.get(rel)
         if (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
-                and entry.get("store", dest) == dest):
+                and entry.get("store", dest) == dest and entry.get("src", origin) == origin):
             report.skipped += 1
             bytes_done += st.st_size
             report.mapping[rel] = str(entry["key"])
@@ -172,9 +198,9 @@ def migrate(
         report.uploaded_bytes = sum(st.st_size for _, st in todo)
         return report
 
-    lock = threading.Lock()
     os.makedirs(os.path.dirname(os.path.abspath(manifest)), exist_ok=True)
     files_done = report.skipped
+    mapped_at = time.monotonic()
 
     def one(rel: str, st: os.stat_result) -> dict[str, Any]:
         path = os.path.join(src, *rel.split("/"))
@@ -193,7 +219,29 @@ def migrate(
             raise StatekitError(f"{rel} changed while it was copied (SHA-256 differs); run again")
         return {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": local_sha,
                 "key": blob.key, "content_type": blob.content_type, "retyped": retyped, "store": dest,
-                "status": "done"}
+                "src": origin, "status": "done"}
+
+    def record(fut: Future[dict[str, Any]], rel: str, out: Any) -> None:
+        nonlocal files_done, bytes_done, mapped_at
+        try:
+            entry = fut.result()
+        except (StatekitError, OSError) as e:
+            report.failed[rel] = f"{type(e).__name__}: {e}"
+            return
+        out.write(json.dumps(entry) + "\n")
+        out.flush()
+        report.uploaded += 1
+        report.uploaded_bytes += int(entry["size"])
+        report.mapping[rel] = str(entry["key"])
+        if entry["retyped"]:
+            report.retyped.append(rel)
+        files_done += 1
+        bytes_done += int(entry["size"])
+        if mapping and time.monotonic() - mapped_at >= _MAP_EVERY:
+            _write_json_atomic(mapping, report.mapping)
+            mapped_at = time.monotonic()
+        if progress is not None:
+            progress(files_done, bytes_done)
 
     with open(manifest, "a", encoding="utf-8") as out, ThreadPoolExecutor(max(1, workers)) as pool:
         pending: dict[Future[dict[str, Any]], str] = {}
@@ -209,27 +257,20 @@ def migrate(
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    rel = pending.pop(fut)
-                    try:
-                        entry = fut.result()
-                    except (StatekitError, OSError) as e:
-                        report.failed[rel] = f"{type(e).__name__}: {e}"
-                        continue
-                    with lock:
-                        out.write(json.dumps(entry) + "\n")
-                        out.flush()
-                    report.uploaded += 1
-                    report.uploaded_bytes += int(entry["size"])
-                    report.mapping[rel] = str(entry["key"])
-                    if entry["retyped"]:
-                        report.retyped.append(rel)
-                    files_done += 1
-                    bytes_done += int(entry["size"])
-                    if progress is not None:
-                        progress(files_done, bytes_done)
+                    record(fut, pending.pop(fut), out)
         except BaseException:
-            for fut in pending:
-                fut.cancel()
+            # keep what was done: uploads under way finish and are recorded, so the next
+            # run neither copies them again nor leaves them as unreferenced objects
+            for fut in list(pending):
+                if fut.cancel():
+                    del pending[fut]
+            wait(pending)
+            for fut, rel in pending.items():
+                if fut.exception() is None or isinstance(fut.exception(), (StatekitError, OSError)):
+                    record(fut, rel, out)
+            os.fsync(out.fileno())
+            if mapping:
+                _write_json_atomic(mapping, report.mapping)
             raise
 
     entries = load_manifest(manifest)
@@ -266,44 +307,89 @@ def _verify(store: BlobStore, key: str, entry: dict[str, Any]) -> str | None:
 
 
 def main(argv: Sequence[str]) -> int:
+    """``statekit migrate-uploads SRC_DIR DEST_URL``: copy a local uploads directory to a
+    blob store (resumable, SHA-256 verified). Exit status: 0 done (warnings allowed),
+    1 some files failed, 130 interrupted (run the same command again to resume)."""
+    from .cli import PlainHelpFormatter, plain
+
     parser = argparse.ArgumentParser(
-        prog="statekit migrate-uploads",
-        description="Copy a local uploads directory to a blob store (resumable, SHA-256 verified).",
+        prog="statekit migrate-uploads", description=plain(main.__doc__ or ""),
+        formatter_class=PlainHelpFormatter,
     )
-    parser.add_argument("src", metavar="SRC_DIR")
+    parser.add_argument("src", metavar="SRC_DIR", help="the local uploads directory to copy")
     parser.add_argument("dest", metavar="DEST_URL", help="s3://bucket/prefix?..., file:///path or memory://")
     parser.add_argument("--dry-run", action="store_true", help="count what would be copied; write nothing")
-    parser.add_argument("--workers", type=int, default=4, help="parallel uploads (default 4)")
-    parser.add_argument("--manifest", default="migrate-uploads.manifest.jsonl",
-                        help="progress record for resuming (default ./migrate-uploads.manifest.jsonl)")
-    parser.add_argument("--mapping", default="migrate-uploads.map.json",
-                        help="JSON old path -> new key (default ./migrate-uploads.map.json)")
-    parser.add_argument("--prefix", default="", help="key prefix inside the store")
-    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--workers", type=int, default=4, metavar="N", help="parallel uploads (default 4)")
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
+                        help="where the manifest, the mapping and the warnings go "
+                             f"(default ./{DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--manifest", metavar="FILE",
+                        help="progress record for resuming, JSON lines (default DIR/manifest.jsonl)")
+    parser.add_argument("--mapping", metavar="FILE",
+                        help="JSON object: old relative path -> new key (default DIR/map.json)")
+    parser.add_argument("--prefix", default="", help="key prefix inside the store (default none)")
+    parser.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                        help="progress bar on stderr: auto (when it is a terminal, the default), on or off")
     opts = parser.parse_args(list(argv))
     if opts.workers < 1:
         parser.error("--workers must be at least 1")
+    manifest = opts.manifest or os.path.join(opts.output_dir, "manifest.jsonl")
+    mapping = opts.mapping or os.path.join(opts.output_dir, "map.json")
     store = open_blob_store(opts.dest)
     show = opts.progress == "on" or (opts.progress == "auto" and sys.stderr.isatty())
-    with _progress_bar(show) as bar:
-        if opts.dry_run:
-            report = migrate(opts.src, store, manifest=opts.manifest, dry_run=True, prefix=opts.prefix)
-        else:
-            first = migrate(opts.src, store, manifest=opts.manifest, dry_run=True, prefix=opts.prefix)
-            bar.start(first.total, first.total_bytes, first.skipped)
-            report = migrate(opts.src, store, manifest=opts.manifest, mapping=opts.mapping,
-                             workers=opts.workers, prefix=opts.prefix, progress=bar.update)
+    first = migrate(opts.src, store, manifest=manifest, dry_run=True, prefix=opts.prefix)
+    if opts.dry_run:
+        report = first
+    else:
+        old = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
+        done = [first.skipped]
+        try:
+            with _progress_bar(show) as bar:
+                bar.start(first.total, first.total_bytes, first.skipped)
+
+                def update(files: int, size: int) -> None:
+                    done[0] = files
+                    bar.update(files, size)
+
+                report = migrate(opts.src, store, manifest=manifest, mapping=mapping,
+                                 workers=opts.workers, prefix=opts.prefix, progress=update)
+        except KeyboardInterrupt:
+            print(f"interrupted: {done[0]} of {first.total} files are in the store and in {mapping}; "
+                  "run the same command again to resume (finished files are not copied again)",
+                  file=sys.stderr)
+            return 130
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, old)
     verb = "would copy" if opts.dry_run else "copied"
     print(f"{report.total} files ({report.total_bytes} bytes): {verb} {report.uploaded} "
           f"({report.uploaded_bytes} bytes), skipped {report.skipped} already migrated"
           + ("" if opts.dry_run else f", verified {report.verified}"))
-    for rel in report.retyped:
-        print(f"note: {rel}: content does not match its extension; stored as its sniffed type")
-    for rel, err in sorted(report.failed.items()):
-        print(f"FAILED {rel}: {err}", file=sys.stderr)
+    notes = {**report.warnings,
+             **{rel: "content does not match its extension; stored as its sniffed type"
+                for rel in report.retyped}}
+    listing = os.path.join(opts.output_dir, "warnings.txt")
+    if (notes or report.failed) and not opts.dry_run:
+        os.makedirs(opts.output_dir, exist_ok=True)
+        with open(listing, "w", encoding="utf-8") as f:
+            f.writelines(f"FAILED {rel}: {err}\n" for rel, err in sorted(report.failed.items()))
+            f.writelines(f"warning {rel}: {text}\n" for rel, text in sorted(notes.items()))
+    _summarise("warning", "warnings", notes, sys.stdout, None if opts.dry_run else listing)
+    _summarise("FAILED", "failures", report.failed, sys.stderr, None if opts.dry_run else listing)
     if not opts.dry_run:
-        print(f"mapping written to {opts.mapping}; manifest {opts.manifest}")
+        print(f"mapping written to {mapping}; manifest {manifest}")
     return 0 if report.ok else 1
+
+
+def _summarise(label: str, plural: str, items: dict[str, str], stream: Any, listing: str | None) -> None:
+    """The first :data:`SHOWN` of *items*, then how many more and where they all are."""
+    for rel, text in sorted(items.items())[:SHOWN]:
+        print(f"{label} {rel}: {text}", file=stream)
+    if len(items) > SHOWN:
+        where = f" (all in {listing})" if listing else ""
+        print(f"... and {len(items) - SHOWN} more {plural}{where}", file=stream)
 
 
 class _progress_bar:  # noqa: N801 - used as a context manager

@@ -1,5 +1,7 @@
 """``statekit migrate-uploads``: a 1,000-file tree migrates, is interrupted, resumes
-without re-uploading finished files, and every checksum is verified."""
+without re-uploading finished files, and every checksum is verified; SIGINT at half of
+2,000 files leaves the map of everything copied; symbolic links are warnings (once per
+linked directory), summarised; output files go to --output-dir."""
 
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def test_1000_files_interrupted_and_resumed_s3(tmp_path: Path, s3_url: str) -> N
         migrate(str(src), store, manifest=manifest, mapping=mapping, workers=4)
     done_first = load_manifest(manifest)
     assert 300 <= len(done_first) < 400
-    assert not os.path.exists(mapping)
+    with open(mapping) as f:  # written at the interruption: every file copied so far
+        assert json.load(f) == {rel: e["key"] for rel, e in done_first.items()}
 
     store2 = BlobStore(s3_url)
     seen: list[str] = []
@@ -188,3 +191,108 @@ def test_cli_run_and_changed_file_is_copied_again(tmp_path: Path, capsys: pytest
     store = BlobStore("memory://mig")
     with store.open(mapped[str(changed.relative_to(src))]) as f:
         assert f.read() == b"edited after the first run\n"
+
+
+def _stored(dest: Path) -> list[Path]:
+    return [p for p in dest.rglob("*") if p.is_file() and ".statekit" not in p.relative_to(dest).parts]
+
+
+def test_sigint_at_half_of_2000_files_keeps_the_map_and_resumes(tmp_path: Path) -> None:
+    n = 2000
+    src, dest, out = tmp_path / "uploads", tmp_path / "dest", tmp_path / "out"
+    sums = make_tree(src, n)
+    args = ["migrate-uploads", str(src), f"file://{dest}?create=1", "--workers", "2",
+            "--output-dir", str(out), "--progress", "off"]
+    manifest = out / "manifest.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "statekit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= n // 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "migration ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
+    done_first = load_manifest(str(manifest))
+    assert n // 2 <= len(done_first) < n
+    mapped = json.loads((out / "map.json").read_text())
+    # the map on disk holds every file copied so far, and nothing was copied unrecorded
+    assert mapped == {rel: e["key"] for rel, e in done_first.items()}
+    assert sorted(p.relative_to(dest).as_posix() for p in _stored(dest)) == sorted(mapped.values())
+
+    seen: list[str] = []
+    original = BlobStore.put
+
+    def put(self: BlobStore, stream: Any, **kw: Any) -> Any:
+        seen.append(kw.get("filename", ""))
+        return original(self, stream, **kw)
+
+    BlobStore.put = put  # type: ignore[method-assign]
+    try:
+        assert cli_main(args) == 0
+    finally:
+        BlobStore.put = original  # type: ignore[method-assign]
+    assert {os.path.basename(p) for p in done_first}.isdisjoint(seen)  # none copied twice
+    final = json.loads((out / "map.json").read_text())
+    assert set(final) == set(sums) and all(final[rel] == key for rel, key in mapped.items())
+    assert len(_stored(dest)) == n
+    for rel, key in final.items():
+        assert hashlib.sha256((dest / key).read_bytes()).hexdigest() == sums[rel]
+
+
+def test_symlinked_directory_is_one_warning_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, elsewhere = tmp_path / "uploads", tmp_path / "elsewhere"
+    make_tree(src, 10)
+    make_tree(elsewhere, 30)
+    (src / "linked").symlink_to(elsewhere, target_is_directory=True)
+    args = ["migrate-uploads", str(src), "memory://links", "--output-dir", str(tmp_path / "out")]
+    for run in range(2):
+        assert cli_main(args) == 0  # a warning does not fail the run, nor the next one
+        out, err = capsys.readouterr()
+        assert f"copied {10 if run == 0 else 0}" in out
+        lines = [line for line in (out + err).splitlines() if line.startswith(("warning", "FAILED"))]
+        assert lines == ["warning linked: symbolic link to a directory: not copied"]
+    assert set(json.loads((tmp_path / "out" / "map.json").read_text())) == {
+        p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file() and "linked" not in p.parts}
+
+
+def test_warnings_are_summarised_and_listed_in_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out_dir = tmp_path / "uploads", tmp_path / "out"
+    make_tree(src, 5)
+    target = tmp_path / "real.txt"
+    target.write_text("x")
+    for i in range(12):
+        (src / f"link{i:02}.txt").symlink_to(target)
+    assert cli_main(["migrate-uploads", str(src), "memory://warn", "--output-dir", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    shown = [line for line in out.splitlines() if line.startswith("warning ")]
+    assert len(shown) == 5
+    assert f"... and 7 more warnings (all in {out_dir / 'warnings.txt'})" in out
+    listed = (out_dir / "warnings.txt").read_text().splitlines()
+    assert sorted(line.split(":")[0] for line in listed) == [f"warning link{i:02}.txt" for i in range(12)]
+
+
+def test_output_files_go_to_the_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, work = tmp_path / "uploads", tmp_path / "work"
+    make_tree(src, 3)
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli_main(["migrate-uploads", str(src), "memory://out1", "--progress", "off"]) == 0
+    default = work / ".statekit" / "migrate-uploads"
+    assert sorted(p.name for p in work.iterdir()) == [".statekit"]  # nothing loose in the cwd
+    assert sorted(p.name for p in default.iterdir()) == ["manifest.jsonl", "map.json"]
+    assert len(json.loads((default / "map.json").read_text())) == 3
+    assert cli_main(["migrate-uploads", str(src), "memory://out2", "--output-dir", "elsewhere"]) == 0
+    assert len(json.loads((work / "elsewhere" / "map.json").read_text())) == 3
