@@ -28,7 +28,13 @@ oversized cookie gives a fresh session without any Redis call and is logged to t
 
 **Timeouts** (idle, sliding; absolute lifetime) are checked at load from the stored
 metadata, and mirrored in the Redis TTL. An unmodified request writes nothing except
-a TTL refresh at most once per ``refresh_interval``.
+a TTL refresh at most once per ``refresh_interval``. **Cookie refresh:** adapters send
+an unchanged session's cookie again (a sliding ``Expires``) only with such a write
+(``session.written``), never from a request that wrote nothing: a read-only request
+in flight at a login does not know of the rotation, and its old cookie would replace
+the new one in the browser (logged out). A write learns of the rotation (it follows
+the alias: ``session.through_alias``), and then no cookie is sent. So the cookie's
+expiry tracks the server's TTL, at no Redis call on an unchanged request.
 
 **Rotation** (:meth:`SessionStore.rotate`, on login) moves the data to a new id in
 one script; the old id becomes a *tombstone alias* for ``alias_window`` seconds. No
@@ -189,6 +195,10 @@ class Session(dict[str, Any]):
         self._touched: set[str] = set()
         self.rotated = False
         self.send_cookie = False
+        #: whether the last :meth:`SessionStore.save` wrote to the store (a change or a
+        #: TTL refresh): only a write learns of a rotation by another request, so the
+        #: adapters send an unchanged session's refresh cookie only then
+        self.written = False
         self.destroyed = False
         self.unavailable = False
         self.created: float = meta.get("created", 0.0)
@@ -593,13 +603,16 @@ class SessionStore:
         destroyed, revoked or expired meanwhile (nothing is written then).
 
         Writes nothing for an unmodified session, except a TTL refresh when the last
-        one is older than ``refresh_interval``. A modified session writes only the
+        one is older than ``refresh_interval`` (``session.written`` tells whether this
+        save wrote; a write by a request in flight at a rotation follows the alias, and
+        ``session.through_alias`` is then true). A modified session writes only the
         changed and deleted keys (one Lua script, all or nothing). A read-only
         (outage) session is never written.
 
         :raises SerializationError: a value cannot be encoded (names the key).
         :raises BackendUnavailable: Redis unreachable; nothing was written.
         """
+        session.written = False
         if session.unavailable or session.destroyed:
             return False
         t = now()
@@ -675,6 +688,7 @@ class SessionStore:
         if isinstance(extra, int):
             session.version = extra
         session.new = session.modified = False
+        session.written = True
         session.last_seen = t
         session.loaded_user = session.user_id = user
         session._loaded_idle = session.idle_timeout

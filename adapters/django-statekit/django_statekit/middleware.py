@@ -25,7 +25,10 @@ its own writes (see :mod:`statekit.sessions`).
 A request in flight at a login (it loaded the session with the pre-login cookie
 before the rotation, and its save went into the new session through the old id's
 alias) does not get that old cookie back: it would replace the new one in the
-browser, and the old id names no session any more. It also marks the session
+browser, and the old id names no session any more. This covers read-only requests
+with ``SESSION_SAVE_EVERY_REQUEST`` too: every save ``SessionMiddleware`` makes is a
+write (see :mod:`django_statekit.sessions`, "Cookie refresh"), so it learns of the
+rotation. It also marks the session
 cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
 to off); set ``STATEKIT_SESSION_COOKIE_SECURE = False`` to leave the cookie as
 Django made it.

@@ -23,9 +23,20 @@ changes; ``request.session.incr(key)`` is an atomic counter.
 
 Settings: ``SESSION_COOKIE_AGE`` is the idle timeout, counted from the last save as
 in Django's own backends (``SessionMiddleware`` saves a modified session); with
-``SESSION_SAVE_EVERY_REQUEST`` it slides with every request, while an unmodified
-session is written (a TTL refresh) at most once per ``STATEKIT_SESSION_REFRESH_INTERVAL``
-(60 s). ``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days),
+``SESSION_SAVE_EVERY_REQUEST`` it slides with every request. ``STATEKIT_SESSION_REFRESH_INTERVAL``
+(60 s) bounds how often a request that does not save refreshes the TTL.
+
+**Cookie refresh.** ``SessionMiddleware`` sends the cookie after each save it makes
+(a modified session, or every request with ``SESSION_SAVE_EVERY_REQUEST``), so every
+such save writes to Redis (one script, as the user asked for a save): the write learns
+whether a login in a parallel request rotated the session meanwhile, and then
+:class:`~django_statekit.middleware.SessionOutageMiddleware` (required for this) keeps
+the pre-login cookie out of the response. A read-only request in flight at a login
+therefore never logs the browser out. Without ``SESSION_SAVE_EVERY_REQUEST`` an
+unmodified request sends no cookie and writes nothing but a TTL refresh at most once
+per refresh interval, as before.
+
+``STATEKIT_SESSION_ABSOLUTE_LIFETIME`` (30 days),
 ``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
 ``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``),
 ``STATEKIT_SESSION_NEAR_CACHE`` (off; on or a number of sessions: per-process copies
@@ -199,7 +210,11 @@ class SessionStore(SessionBase):
                 self.store.destroy(core)
                 saved = True
             else:
-                saved = self.store.save(core, force=must_create or core.new)
+                # SessionMiddleware sends the cookie after every save it makes (the
+                # session modified, or SESSION_SAVE_EVERY_REQUEST): always write then, so
+                # a request in flight at a login learns of the rotation (its write follows
+                # the alias) and the middleware keeps the old cookie out of the response
+                saved = self.store.save(core, force=True)
         except BackendUnavailable as e:
             self.outage = True
             outages.down(_outage_name(), e)

@@ -555,6 +555,57 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(engine: str, _db: No
     assert late.get("/sessions/whoami").content == b"anonymous"
 
 
+def v_slow_read(request: HttpRequest, mode: str) -> HttpResponse:
+    """Loads the session, waits until the test lets it go on, then answers without a
+    change (``read``) or assigns a value it already holds (``same``: modified, nothing
+    to store)."""
+    seen = request.session.get("cart")
+    _loaded.set()
+    assert _go.wait(30)
+    if mode == "same":
+        request.session["cart"] = seen
+    return HttpResponse(f"cart={seen}")
+
+
+tests_django_urls.urlpatterns += [path("sessions/slow-read/<str:mode>", v_slow_read)]
+
+
+@pytest.mark.parametrize("mode", ["read", "same"])
+@pytest.mark.parametrize("every_request", [True, False], ids=["save-every-request", "save-on-change"])
+def test_read_only_request_in_flight_at_login_keeps_the_browser_logged_in(
+        django_settings: Any, redis_url: str, _db: None, every_request: bool, mode: str) -> None:
+    """A login page firing parallel requests: one browser (one cookie jar) sends a
+    request with its pre-login cookie that loads the session, the login completes in
+    another request, then the first one answers without changing anything (a read,
+    or an assignment of the value already there). Its save (every request with
+    ``SESSION_SAVE_EVERY_REQUEST``; a modified session without) must not send the old
+    cookie back: the browser stays logged in."""
+    configure(django_settings, redis_url, SESSION_SAVE_EVERY_REQUEST=every_request,
+              STATEKIT_SESSION_ALIAS_WINDOW=30)
+    browser = Client()
+    browser.get("/sessions/set/cart/apple")
+    old = browser.cookies["sessionid"].value
+    _loaded.clear()
+    _go.clear()
+    result: dict[str, HttpResponse] = {}
+    t = threading.Thread(target=lambda: result.update(r=browser.get(f"/sessions/slow-read/{mode}")))
+    t.start()
+    try:
+        assert _loaded.wait(30)
+        assert browser.get("/sessions/login/erin").status_code == 200
+    finally:
+        _go.set()
+        t.join(30)
+    new = browser.cookies["sessionid"].value
+    assert new != old
+    resp = result["r"]
+    assert resp.status_code == 200 and resp.content == b"cart=apple" and "sessionid" not in resp.cookies
+    assert browser.cookies["sessionid"].value == new
+    assert browser.get("/sessions/whoami").content == b"erin"
+    assert browser.get("/sessions/get").json() == {"cart": "apple"}
+    assert not SessionStore().exists(old)
+
+
 def test_outage_is_logged_once_per_change_of_state(django_settings: Any, durable_redis: RedisServer,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Redis stopped: failing loads and saves answer 503 with a page that names

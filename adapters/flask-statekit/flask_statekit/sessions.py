@@ -37,6 +37,17 @@ Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN
                                      by Redis (see :mod:`statekit.sessions`)
 ===================================  ==================================================
 
+**Cookie refresh.** Flask re-sends a permanent session's cookie on every request
+(``SESSION_REFRESH_EACH_REQUEST``, on by default) so its ``Expires`` slides. Here the
+cookie of an unchanged session is re-sent only together with the server-side expiry
+refresh, a write made at most once per ``STATEKIT_SESSION_REFRESH_INTERVAL``: the
+cookie's expiry then tracks the session's TTL in Redis, and an unchanged request still
+costs one Redis call. That write is also how a request learns that the session was
+rotated meanwhile (a login in a parallel request); it then sends no cookie at all, so a
+read-only request in flight at a login (an XHR poll, an asset served by the app) never
+puts the pre-login cookie back in the browser: no logout. A new or rotated id, and a
+change of ``session.permanent``, are sent at once as before.
+
 Flask's static files (``app.static_url_path``) are served without loading the
 session: no Redis round trip, and no 503 while Redis is away.
 
@@ -259,8 +270,11 @@ class StatekitSessionInterface(SessionInterface):
             return
         outages.up(self.outage_name)
         permanent = session.permanent
-        if not (session.send_cookie or permanent != session.loaded_permanent
-                or permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]):
+        # the refresh cookie of an unchanged permanent session goes out only with the
+        # server's TTL refresh (a write, which learns of a rotation by another request):
+        # a read-only request in flight at a login would otherwise send the old cookie
+        refresh = permanent and session.written and app.config["SESSION_REFRESH_EACH_REQUEST"]
+        if not (session.send_cookie or permanent != session.loaded_permanent or refresh):
             return
         if session.through_alias:
             return  # an old cookie in flight during a login: the browser holds the new one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -449,12 +450,100 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> N
     write = result["r"]
     assert write.status_code == 200 and write.text == "user=None"
     assert not any(old in h for h in write.headers.getlist("Set-Cookie"))
-    resp = browser.get("/get")  # the new cookie is still refreshed as before
+    resp = browser.get("/get")  # the new cookie is refreshed with the server's TTL refresh only
     assert resp.json == {"_permanent": True, "cart": "apple", "_user_id": "alice", "color": "blue"}
-    assert any(h.startswith(f"session={new};") for h in resp.headers.getlist("Set-Cookie"))
+    assert not any(old in h for h in resp.headers.getlist("Set-Cookie"))
     late = app.test_client()
     late.set_cookie("session", old)
     assert late.get("/get").json == {}  # the old id was not brought back
+
+
+@pytest.mark.parametrize("refresh_due", [False, True], ids=["no-refresh", "refresh-due"])
+def test_read_only_request_in_flight_at_login_keeps_the_browser_logged_in(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, refresh_due: bool) -> None:
+    """A login page firing parallel requests: one browser (one cookie jar) sends a
+    read-only request with its pre-login cookie, the session loads, the login
+    completes in another request, then the read-only request answers. With a
+    permanent session and ``SESSION_REFRESH_EACH_REQUEST`` (Flask's defaults) it must
+    not send the old cookie back (the browser would be logged out), whether or not
+    its TTL refresh is due (a refresh writes through the alias and learns of the
+    rotation)."""
+    import statekit.sessions
+
+    clock = [time.time()]
+    monkeypatch.setattr(statekit.sessions, "now", lambda: clock[0])
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30, STATEKIT_SESSION_REFRESH_INTERVAL=60)
+    assert app.config["SESSION_REFRESH_EACH_REQUEST"]
+    loaded, go = threading.Event(), threading.Event()
+
+    @app.post("/remember")
+    def remember() -> Any:
+        session.permanent = True
+        session["cart"] = "apple"
+        return "ok"
+
+    @app.get("/slow-get")
+    def slow_get() -> Any:
+        seen = session.get("_user_id")
+        loaded.set()
+        assert go.wait(30)
+        return f"user={seen}"
+
+    browser = app.test_client()
+    browser.post("/remember")
+    old = cookie_of(browser)
+    assert old
+    clock[0] += 61 if refresh_due else 1
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=browser.get("/slow-get")))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        assert browser.post("/login/alice").status_code == 200
+    finally:
+        go.set()
+        t.join(30)
+    new = cookie_of(browser)
+    assert new and new != old
+    poll = result["r"]
+    assert poll.status_code == 200 and poll.text == "user=None"
+    assert "Set-Cookie" not in poll.headers
+    assert browser.get("/get").json == {"_permanent": True, "cart": "apple", "_user_id": "alice"}
+    assert cookie_of(browser) == new
+
+
+def test_unchanged_permanent_session_cookie_is_refreshed_with_the_ttl(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SESSION_REFRESH_EACH_REQUEST``: an unchanged permanent session's cookie is
+    sent again (a later ``Expires``) only with the server's TTL refresh, at most once
+    per ``STATEKIT_SESSION_REFRESH_INTERVAL``, so the cookie's expiry tracks the TTL."""
+    import statekit.sessions
+
+    clock = [time.time()]
+    monkeypatch.setattr(statekit.sessions, "now", lambda: clock[0])
+    app = make_app(redis_url, STATEKIT_SESSION_REFRESH_INTERVAL=60)
+
+    @app.post("/remember")
+    def remember() -> Any:
+        session.permanent = True
+        session["cart"] = "apple"
+        return "ok"
+
+    client = app.test_client()
+    assert "Expires=" in client.post("/remember").headers["Set-Cookie"]
+    r = redis.Redis.from_url(redis_url)
+    key = get_state(app).sessions._key(get_state(app).sessions.unsign(cookie_of(client)) or "")
+    clock[0] += 30
+    r.config_resetstat()
+    resp = client.get("/get")
+    assert resp.json == {"_permanent": True, "cart": "apple"} and "Set-Cookie" not in resp.headers
+    assert calls(r) == 1  # the load only
+    seen = float(r.hget(key, "m:s") or 0)
+    clock[0] += 31  # 61 s after the last write: the TTL refresh is due
+    resp = client.get("/get")
+    assert resp.headers["Set-Cookie"].startswith(f"session={cookie_of(client)};")
+    assert "Expires=" in resp.headers["Set-Cookie"]
+    assert float(r.hget(key, "m:s") or 0) > seen  # the server-side expiry moved with it
 
 
 def test_permanent_change_resends_cookie_without_refresh_each_request(redis_url: str) -> None:
