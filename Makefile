@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml adapters/flask-statekit/pyproject.toml adapters/django-
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/statekit dev -- $(PY) -m examples.flask_app
+	$(VENV)/bin/statekit dev --blobs-dir examples/flask_app/instance/blobs -- $(PY) -m examples.flask_app
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

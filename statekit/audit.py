@@ -593,14 +593,18 @@ def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None,
 
 def main(argv: Sequence[str]) -> int:
     """``statekit audit [PATH ...] [--format text|json] [--select CODES] [--ignore CODES]``."""
+    from .cli import PlainHelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="statekit audit",
+        prog="statekit audit", formatter_class=PlainHelpFormatter,
         description="Find per-process state (local uploads, file/memory sessions, module-level caches, "
                     "per-worker timers, sticky sessions) without importing the code.",
         epilog="Codes: " + ", ".join(f"{c} {t}" for c, (_, t) in RULES.items()),
     )
-    parser.add_argument("paths", nargs="*", default=["."], metavar="PATH")
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("paths", nargs="*", default=["."], metavar="PATH",
+                        help="files or directories to check (default: the current directory)")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="text, one finding a line (default), or json for tools")
     parser.add_argument("--select", default="", help="only these codes or prefixes (SK1,SK301)")
     parser.add_argument("--ignore", default="", help="skip these codes or prefixes")
     parser.add_argument("--include-tests", action="store_true",

@@ -648,7 +648,10 @@ def main(argv: Sequence[str]) -> int:
     """``statekit broadcast module:broadcaster``: run a broadcaster's jobs until
     SIGTERM/SIGINT. Any number may run at once; the lease keeps each job to one
     computation per interval."""
-    parser = argparse.ArgumentParser(prog="statekit broadcast", description=main.__doc__)
+    from .cli import PlainHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="statekit broadcast", description=main.__doc__,
+                                     formatter_class=PlainHelpFormatter)
     parser.add_argument("target", help="module:attribute naming a statekit Broadcaster")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     opts = parser.parse_args(list(argv))

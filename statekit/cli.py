@@ -81,6 +81,16 @@ def _missing_extra(error: ModuleNotFoundError) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``statekit COMMAND [ARGS...]``: run a sub-command and return its exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored error
+        return status
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print("usage: statekit COMMAND [ARGS...]\n\ncommands:")
@@ -99,11 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         func = _load(entry[0])
-        status = int(func(args[1:]) or 0)  # type: ignore[operator]
-        sys.stdout.flush()  # a closed pipe shows here, not at exit as an ignored error
-        return status
-    except BrokenPipeError:
-        return _broken_pipe()
+        return int(func(args[1:]) or 0)  # type: ignore[operator]
     except StatekitError as e:
         print(f"statekit {args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -825,8 +825,10 @@ def main(argv: Sequence[str]) -> int:
     import requests  # noqa: F401 -- missing: the statekit command names the extra, before any server starts
     from rich.console import Console
 
+    from .cli import PlainHelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="statekit phoenix",
+        prog="statekit phoenix", formatter_class=PlainHelpFormatter,
         description="Certify an app stateless: run it under statekit serve, drive a scripted load from many "
                     "users while killing workers and reloading, and report any lost state.",
     )

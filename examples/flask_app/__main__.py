@@ -1,8 +1,12 @@
 """``python -m examples.flask_app``: the demo on four workers under ``statekit serve``.
 
-``make demo`` runs it inside ``statekit dev``, which starts a private Redis and S3
-endpoint and sets ``STATEKIT_REDIS_URL`` and ``STATEKIT_BLOBS_URL``. Extra arguments
-go to ``statekit serve`` (e.g. ``--bind 0.0.0.0:8000``).
+``make demo`` runs it inside ``statekit dev --blobs-dir examples/flask_app/instance/blobs``,
+which starts a private Redis and sets ``STATEKIT_REDIS_URL`` and ``STATEKIT_BLOBS_URL``.
+The photos are files in ``instance/blobs``, next to the demo's SQLite database
+(``instance/demo.sqlite3``) that refers to them, so both survive a restart of the demo
+(the in-memory S3 endpoint ``statekit dev`` starts without ``--blobs-dir`` would
+forget them); delete ``instance/`` to start afresh. Extra arguments go to ``statekit
+serve`` (e.g. ``--bind 0.0.0.0:8000``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ def main(argv: list[str]) -> int:
     missing = [v for v in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL") if not os.environ.get(v)]
     if missing:
         print(f"examples.flask_app: {' and '.join(missing)} not set; run `make demo` or "
-              "`statekit dev -- python -m examples.flask_app`", file=sys.stderr)
+              "`statekit dev --blobs-dir examples/flask_app/instance/blobs -- python -m examples.flask_app`",
+              file=sys.stderr)
         return 2
     bind = os.environ.get("STATEKIT_BIND", "127.0.0.1:8000")
     if "--bind" not in argv:
