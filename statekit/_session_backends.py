@@ -127,6 +127,15 @@ if ARGV[3] == '1' then return {1, v, redis.call('HGETALL', KEYS[1])} end
 return {1, v}
 """
 
+# KEYS: claim; ARGV: value, ttl_ms. The value already there, or none after setting it
+# (a carried-over session's claim: the first request to set it wins)
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
 # KEYS: old, new [, add-index] [, remove-index]; ARGV: new handle, alias_ms, [index]
 _ROTATE = _INDEX + _HEAD + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, false} end
@@ -188,6 +197,7 @@ return n
 
 _WRITE_SHA, _ROTATE_SHA, _INCR_SHA, _REVOKE_SHA, _DESTROY_SHA = (
     script_sha(s) for s in (_WRITE, _ROTATE, _INCR, _REVOKE, _DESTROY))
+_CLAIM_SHA = script_sha(_CLAIM)
 
 
 def _index_args(op: IndexOp) -> list[bytes | str | int | float]:
@@ -482,6 +492,17 @@ class RedisEngine:
             return 1, (int(reply[1]), int(reply[2]))
         return int(reply[0]), _text(reply[1])
 
+    def peek(self, key: str) -> bytes | None:
+        """The value of a plain key (a carry-over claim), or ``None``."""
+        reply = self.transport.command(b"GET", key)
+        return None if reply is None else _bytes(reply)
+
+    def claim(self, key: str, value: bytes, ttl_ms: int) -> bytes | None:
+        """Set *key* to *value* unless it is set: ``None`` if this call set it, else the
+        value already there (one script: of concurrent calls, exactly one sets it)."""
+        reply = self.transport.script(_CLAIM_SHA, _CLAIM, [key], [value, ttl_ms])
+        return None if reply is None else _bytes(reply)
+
     def destroy(self, key: str, index_key: str | None, member: str) -> Result:
         """Delete the session under *key* and its *member* of *index_key*: ``(1, None)``;
         ``(2, handle)`` if *key* was a rotation alias (deleted; its target is not)."""
@@ -543,6 +564,16 @@ class MemoryEngine:
 
     def fetch(self, key: str, min_version: int = 0) -> dict[str, bytes]:
         return dict(self.store.get(key) or {})
+
+    def peek(self, key: str) -> bytes | None:
+        value = self.store.get(key)
+        return None if value is None else bytes(value)
+
+    def claim(self, key: str, value: bytes, ttl_ms: int) -> bytes | None:
+        with self.store.lock:
+            if self.store.add(key, value, ttl_ms / 1000):
+                return None
+            return bytes(self.store.get(key))
 
     def _head(self, key: str) -> tuple[dict[str, Any] | None, Result | None]:
         h = self.store.get(key)

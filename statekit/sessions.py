@@ -99,7 +99,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, Signer, want_bytes
 
@@ -109,6 +109,9 @@ from .config import Settings, parse_url
 from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from .metrics import Counters
 from .serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
+
+if TYPE_CHECKING:
+    from .sessions_carryover import CarryOver
 
 __all__ = ["Session", "SessionInfo", "SessionStore", "parse_version_token", "security_log"]
 
@@ -414,7 +417,10 @@ class SessionStore:
         self.session_class = session_class or Session
         self.counters = Counters("sessions", key_prefix, names=(
             "loads", "misses", "expired", "saves", "refreshes", "conflicts", "rotations",
-            "destroyed", "rejected_cookies", "outages", "near_hits"))
+            "destroyed", "rejected_cookies", "outages", "near_hits", "carried_over", "carry_over_refused"))
+        self._secret = keys[0] if isinstance(keys[0], bytes) else keys[0].encode()
+        #: the previous session store read on first contact (:mod:`statekit.sessions_carryover`)
+        self.carry_over: CarryOver | None = None
         self.engine: RedisEngine | MemoryEngine
         if client is None:
             if url is None:
@@ -475,23 +481,29 @@ class SessionStore:
         it, called only when a cookie is rejected) is added to the log line."""
         if not cookie:
             return None
-        reason = None
+        sid, reason = self._verify(cookie)
+        if sid is not None:
+            return sid
+        self._reject(reason, context)
+        return None
+
+    def _verify(self, cookie: str | bytes) -> tuple[str | None, str]:
+        """``(id, "")`` for a valid cookie, else ``(None, why it is refused)``."""
         if len(cookie) > self.max_cookie_size:
-            reason = f"oversized ({len(cookie)} bytes)"
-        else:
-            raw = self._signer.unsign(cookie)
-            if raw is None:
-                reason = "bad signature (tampered, truncated or signed with an unknown key)"
-            else:
-                sid = raw.decode("ascii", "replace")
-                if _ID_RE.match(sid):
-                    return sid
-                reason = "malformed id"
+            return None, f"oversized ({len(cookie)} bytes)"
+        raw = self._signer.unsign(cookie)
+        if raw is None:
+            return None, "bad signature (tampered, truncated or signed with an unknown key)"
+        sid = raw.decode("ascii", "replace")
+        if _ID_RE.match(sid):
+            return sid, ""
+        return None, "malformed id"
+
+    def _reject(self, reason: str, context: str | Callable[[], str]) -> None:
         self.counters.incr("rejected_cookies")
         if callable(context):
             context = context()
         security_log.warning("rejected session cookie: %s%s", reason, f" [{context}]" if context else "")
-        return None
 
     def _encode(self, key: Any, value: Any) -> bytes:
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
@@ -525,20 +537,34 @@ class SessionStore:
              version_token: str | None = None) -> Session:
         """The session a request's cookie names, or a fresh one if the cookie is
         missing, invalid, or names a session that ended. One Redis round trip for a
-        valid cookie, none otherwise.
+        valid cookie, none otherwise. With :attr:`carry_over` set, a cookie that is not
+        a statekit cookie is looked up in the previous store first (see
+        :mod:`statekit.sessions_carryover`): a session carried over is returned stored,
+        with ``send_cookie`` set.
 
-        :raises BackendUnavailable: Redis is unreachable and ``outage_policy`` is
-            ``"raise"``; with ``"anonymous"`` an empty read-only session is returned.
+        :raises BackendUnavailable: Redis (or the previous store) is unreachable and
+            ``outage_policy`` is ``"raise"``; with ``"anonymous"`` an empty read-only
+            session is returned.
         """
-        sid = self.unsign(cookie, context=context)
-        if sid is None:
+        if not cookie:
             return self.new()
+        sid, reason = self._verify(cookie)
         try:
+            if sid is None:
+                carry = self.carry_over
+                carried = None
+                if carry is not None:
+                    text = cookie if isinstance(cookie, str) else cookie.decode("utf-8", "replace")
+                    carried = carry.take(self, text)
+                if carried is not None:
+                    return carried
+                self._reject(reason, context)
+                return self.new()
             session = self.load(sid, min_version=parse_version_token(version_token))
         except BackendUnavailable:
             if self.outage_policy != "anonymous":
                 raise
-            session = self.session_class(self, sid, new=False)
+            session = self.session_class(self, sid or "", new=False)
             session.unavailable = True
             return session
         return session if session is not None else self.new()

@@ -35,6 +35,9 @@ Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN
 ``STATEKIT_SESSION_NEAR_CACHE``      off (default), on (10,000 sessions) or a number:
                                      per-process copies of sessions, kept coherent
                                      by Redis (see :mod:`statekit.sessions`)
+``STATEKIT_SESSION_CARRY_OVER``      off (default), ``flask-cookie`` or
+                                     ``flask-session``: users of the previous session
+                                     store stay logged in (:mod:`flask_statekit.carryover`)
 ===================================  ==================================================
 
 **Cookie refresh.** Flask re-sends a permanent session's cookie on every request
@@ -359,6 +362,9 @@ def init_app(app: Flask, state: StateKitState) -> None:
         retry_after=int(_num(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
     )
     iface.outage_name = f"session store {parse_url(url).redacted()}"
+    from .carryover import carry_over_from_config
+
+    store.carry_over = carry_over_from_config(app)
     state.sessions = store  # type: ignore[attr-defined]
     app.before_request_funcs.setdefault(None, []).insert(0, _guard)
     handlers = app.error_handler_spec.get(None, {}).get(None, {})

@@ -1,0 +1,261 @@
+"""Sessions carried over from the previous session store on first contact.
+
+Switching the session backend would log every user out: their cookies name sessions
+in the old store. With a *previous store* configured, a request whose cookie is not a
+statekit cookie is looked up there once::
+
+    store.carry_over = CarryOver(FlaskSessionRedis("redis://old:6379/0"))
+
+If the old store holds a session for that cookie, its data becomes a new statekit
+session (a new random id: the old cookie never names it, as after a rotation), the
+response sends the new cookie, and the old entry is deleted (``delete=True``, the
+default) or left to expire. The user stays logged in with the same data. A cookie
+the old store does not verify or know gives a fresh session, exactly as before
+(logged to ``statekit.security`` as a rejected cookie). Counted in the session
+counters: ``carried_over``, ``carry_over_refused``.
+
+**Old side: read only**, except the delete of the entry carried over. Values are
+decoded without pickle where the old store has another format (Flask-Session 0.8's
+msgpack, JSON). Pickle is refused unless the old store's own signing verified it
+(Flask-Session's ``SESSION_USE_SIGNER``, Django's signed session data), and even
+then it is read as plain data only: :func:`loads_plain_pickle` refuses any pickle that
+names a class or function, which is how a pickle runs code.
+
+**Concurrency.** A browser's parallel requests all carry the old cookie until the
+first answer arrives. The first request to carry the session over *claims* the old
+cookie in Redis (one atomic script, the key an HMAC of the cookie); the others find
+the claim and load that same statekit session (and send its cookie), so all end in
+one session. The claim holds the new id encrypted with a pad derived from the old
+cookie and the secret key (a Redis dump reveals no usable id) and when it was made:
+for ``window`` seconds (the store's ``alias_window``) the old cookie leads to that
+session; afterwards it gives a fresh session and is never carried over again while
+the claim lives (the old store's session lifetime: a logout is not undone by an old
+entry left to expire).
+
+**Switching it off.** Once the old sessions have expired, drop the previous store
+(one setting in the adapters): no old-store read or claim is made any more, and an
+old cookie is an unknown cookie.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import pickle
+import struct
+from collections.abc import Mapping
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Protocol
+
+from itsdangerous import BadSignature, Signer
+
+from ._session_backends import now
+from .backends.redis import translate_errors
+from .errors import SerializationError
+
+if TYPE_CHECKING:
+    from .sessions import Session, SessionStore
+
+__all__ = ["CarryOver", "FlaskSessionRedis", "PreviousStore", "loads_plain_pickle"]
+
+_log = logging.getLogger("statekit.sessions")
+_security = logging.getLogger("statekit.security")
+
+
+class PreviousStore(Protocol):
+    """The session store an app used before statekit, read on first contact.
+
+    ``read`` returns the data of the session *cookie* names, or ``None`` when the
+    cookie does not verify or names no (live) session; it raises
+    :class:`~statekit.errors.BackendUnavailable` when the old store cannot be reached
+    (the request is then answered 503 and retried, not logged out). ``forget``
+    deletes that entry. Both are called from many threads at once.
+    """
+
+    name: str
+
+    def read(self, cookie: str) -> Mapping[str, Any] | None: ...
+
+    def forget(self, cookie: str) -> None: ...
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused: the pickle holds a persistent id")
+
+
+def loads_plain_pickle(data: bytes) -> Any:
+    """Unpickle *data* holding plain data only (dicts, lists, tuples, sets, strings,
+    bytes, numbers, booleans, ``None``). Any pickle naming a class or function (every
+    way a pickle has to call code) raises :class:`~statekit.errors.SerializationError`
+    before anything is called."""
+    try:
+        return _PlainUnpickler(BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001 - any malformed or refused pickle is one outcome
+        raise SerializationError(f"refused an old session's pickle: {e}") from e
+
+
+class CarryOver:
+    """Carries sessions over from *previous* (see the module docstring).
+
+    :param previous: the old store.
+    :param delete: delete the old entry once carried over (else it expires on its own).
+    :param claim_ttl: seconds a carried-over cookie stays claimed (never carried over
+        again): the old store's session lifetime; 14 days by default.
+    """
+
+    def __init__(self, previous: PreviousStore, *, delete: bool = True,
+                 claim_ttl: float = 14 * 86400) -> None:
+        self.previous = previous
+        self.delete = delete
+        self.claim_ttl = float(claim_ttl)
+
+    @staticmethod
+    def _mac(store: SessionStore, purpose: bytes, cookie: str) -> bytes:
+        return hmac.new(store._secret, purpose + b"\0" + cookie.encode("utf-8", "replace"),
+                        hashlib.sha512).digest()
+
+    def _claim_key(self, store: SessionStore, cookie: str) -> str:
+        return f"{store.key_prefix}:session-carry:{self._mac(store, b'claim', cookie)[:20].hex()}"
+
+    def _seal(self, store: SessionStore, cookie: str, sid: str, t: float) -> bytes:
+        pad = self._mac(store, b"pad", cookie)
+        return struct.pack(">d", t) + bytes(a ^ b for a, b in zip(sid.encode("ascii"), pad, strict=False))
+
+    def _open_claim(self, store: SessionStore, cookie: str, value: bytes) -> Session | None:
+        """The session a claim names, if it was made within the window and lives."""
+        from .sessions import _ID_RE
+
+        if len(value) < 9:
+            return None
+        (t,) = struct.unpack(">d", value[:8])
+        if now() - t > store.alias_window:
+            return None  # claimed long ago: the old cookie is spent
+        pad = self._mac(store, b"pad", cookie)
+        sid = bytes(a ^ b for a, b in zip(value[8:], pad, strict=False)).decode("ascii", "replace")
+        if not _ID_RE.match(sid):
+            return None
+        session = store.load(sid)
+        if session is not None:
+            session.send_cookie = True
+        return session
+
+    def take(self, store: SessionStore, cookie: str) -> Session | None:
+        """The statekit session for old *cookie*: carried over now, or by a concurrent
+        request moments ago; ``None`` when the old store has none for it (or it was
+        carried over before the window). Stored before it is returned.
+
+        :raises BackendUnavailable: statekit's Redis or the old store is unreachable.
+        """
+        claim_key = self._claim_key(store, cookie)
+        seen = store.engine.peek(claim_key)
+        if seen is not None:
+            return self._open_claim(store, cookie, seen)
+        data = self.previous.read(cookie)
+        if data is None:
+            # a concurrent request may have carried it over and deleted it meanwhile
+            seen = store.engine.peek(claim_key)
+            return None if seen is None else self._open_claim(store, cookie, seen)
+        session = store.new()
+        try:
+            for key, value in data.items():
+                session[key] = value
+        except (SerializationError, TypeError, ValueError) as e:
+            store.counters.incr("carry_over_refused")
+            _log.warning("an old %s session was not carried over: %s", self.previous.name, e)
+            return None
+        store.save(session, force=True)
+        seen = store.engine.claim(claim_key, self._seal(store, cookie, session.sid, now()),
+                                  max(1, int(self.claim_ttl * 1000)))
+        if seen is not None:  # a concurrent request carried it over first: use its session
+            store.destroy(session)
+            return self._open_claim(store, cookie, seen)
+        if self.delete:
+            self.previous.forget(cookie)
+        store.counters.incr("carried_over")
+        session.rotated = session.send_cookie = True
+        return session
+
+
+class FlaskSessionRedis:
+    """Flask-Session's Redis layout: the cookie holds the session id (signed with
+    itsdangerous, salt ``flask-session``, when ``SESSION_USE_SIGNER`` was on), the
+    value under ``<SESSION_KEY_PREFIX><id>`` is msgpack (Flask-Session 0.8), JSON, or a
+    pickle (before 0.7; read only when the signer verified the cookie, and as plain
+    data only).
+
+    :param url: the old Redis, or *client*: a ready redis-py client.
+    :param key_prefix: Flask-Session's ``SESSION_KEY_PREFIX``.
+    :param secret_keys: the app's ``SECRET_KEY`` (then fallbacks), needed with *use_signer*.
+    :param use_signer: Flask-Session's ``SESSION_USE_SIGNER``.
+    """
+
+    name = "Flask-Session (Redis)"
+
+    def __init__(self, url: str | None = None, *, client: Any = None, key_prefix: str = "session:",
+                 secret_keys: tuple[str | bytes, ...] | list[str | bytes] = (),
+                 use_signer: bool = False) -> None:
+        if client is None:
+            if url is None:
+                raise ValueError("FlaskSessionRedis needs the old Redis's url or client")
+            import redis
+
+            client = redis.Redis.from_url(url)
+        self.client = client
+        self.key_prefix = key_prefix
+        self.use_signer = use_signer
+        self._signers = [Signer(k, salt="flask-session", key_derivation="hmac") for k in secret_keys]
+        if use_signer and not self._signers:
+            raise ValueError("SESSION_USE_SIGNER needs the app's secret key")
+
+    def _sid(self, cookie: str) -> str | None:
+        if not self.use_signer:
+            return cookie if 0 < len(cookie) <= 256 else None
+        for signer in self._signers:
+            try:
+                return signer.unsign(cookie).decode("utf-8")
+            except (BadSignature, UnicodeDecodeError):
+                continue
+        return None
+
+    def read(self, cookie: str) -> Mapping[str, Any] | None:
+        sid = self._sid(cookie)
+        if sid is None:
+            return None
+        with translate_errors("reading the previous session store"):
+            raw = self.client.get(self.key_prefix + sid)
+        if raw is None:
+            return None
+        data = self._decode(raw)
+        if data is None:
+            _security.warning("an old %s session was refused: not msgpack or JSON, and not a "
+                              "signed plain-data pickle", self.name)
+        return data
+
+    def _decode(self, raw: bytes) -> dict[str, Any] | None:
+        value: Any = None
+        try:
+            import msgpack
+
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        except Exception:  # noqa: BLE001 - not msgpack: try the next format
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                if self.use_signer:  # the cookie verified: Flask-Session before 0.7 pickled
+                    try:
+                        value = loads_plain_pickle(raw)
+                    except SerializationError:
+                        return None
+        return value if isinstance(value, dict) else None
+
+    def forget(self, cookie: str) -> None:
+        sid = self._sid(cookie)
+        if sid is not None:
+            with translate_errors("deleting from the previous session store"):
+                self.client.delete(self.key_prefix + sid)

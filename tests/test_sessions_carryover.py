@@ -1,0 +1,81 @@
+"""statekit.sessions_carryover: the claim, the old-side delete, and plain-data pickle."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from statekit.errors import SerializationError
+from statekit.sessions import SessionStore
+from statekit.sessions_carryover import CarryOver, loads_plain_pickle
+
+pytestmark = pytest.mark.redis
+
+
+class DictStore:
+    """A previous store in a dict: cookie -> data."""
+
+    name = "dict"
+
+    def __init__(self, data: dict[str, dict[str, Any]]) -> None:
+        self.data = data
+        self.reads = 0
+
+    def read(self, cookie: str) -> Mapping[str, Any] | None:
+        self.reads += 1
+        return self.data.get(cookie)
+
+    def forget(self, cookie: str) -> None:
+        self.data.pop(cookie, None)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> SessionStore:
+    url = "memory://carry" if request.param == "memory" else request.getfixturevalue("redis_url")
+    s = SessionStore(url, secret_keys=["k" * 32], user_key="_user_id")
+    s.carry_over = CarryOver(DictStore({"old-cookie": {"_user_id": "alice", "cart": ["apple"]}}))
+    return s
+
+
+def test_carried_over_once_into_a_new_signed_session(store: SessionStore) -> None:
+    s = store.open("old-cookie")
+    assert dict(s) == {"_user_id": "alice", "cart": ["apple"]} and not s.new and s.send_cookie
+    assert store.open(store.sign(s.sid)) == s  # the new cookie names it
+    assert store.carry_over is not None and store.carry_over.previous.data == {}  # type: ignore[attr-defined]
+    again = store.open("old-cookie")  # a parallel request within the alias window: the same session
+    assert again.sid == s.sid
+    assert store.counters.get("carried_over") == 1
+    assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
+
+
+def test_unknown_cookie_is_a_fresh_session(store: SessionStore) -> None:
+    s = store.open("not-an-old-cookie")
+    assert s.new and dict(s) == {}
+    assert store.counters.get("rejected_cookies") == 1
+
+
+def test_a_value_statekit_cannot_store_refuses_the_carry_over(store: SessionStore) -> None:
+    assert store.carry_over is not None
+    store.carry_over.previous.data["odd"] = {"x": object()}  # type: ignore[attr-defined]
+    assert store.open("odd").new
+    assert store.counters.get("carry_over_refused") == 1
+
+
+class _Evil:
+    def __reduce__(self) -> Any:
+        return (exec, ("raise SystemExit('ran')",))
+
+
+class _Plain:
+    pass
+
+
+def test_plain_pickle_only() -> None:
+    data = {"a": [1, 2.5, "x", b"y", None, True], "t": (1, 2), "s": {1}}
+    assert loads_plain_pickle(pickle.dumps(data)) == data
+    for bad in (pickle.dumps(_Evil()), pickle.dumps(_Plain()), pickle.dumps({"k": _Plain()}), b"garbage"):
+        with pytest.raises(SerializationError):
+            loads_plain_pickle(bad)
