@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 from .errors import StatekitError
 
-__all__ = ["COMMANDS", "COMMAND_EXTRAS", "PlainHelpFormatter", "dev", "main", "plain"]
+__all__ = ["COMMANDS", "COMMAND_EXTRAS", "RUN_DIR", "PlainHelpFormatter", "default_pid_file", "dev",
+           "find_pid_file", "main", "plain"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,6 +66,65 @@ class PlainHelpFormatter(argparse.HelpFormatter):
 
     def _expand_help(self, action: argparse.Action) -> str:
         return plain(super()._expand_help(action))
+
+
+#: the run directory: what a command leaves for a later one (``statekit serve``'s pid
+#: file for ``statekit reload``, ``migrate-uploads``' manifest), under the current
+#: directory; ``/.statekit/`` is in the project's ``.gitignore``
+RUN_DIR = ".statekit"
+
+
+def default_pid_file(bind: str) -> str:
+    """Where ``statekit serve --bind BIND`` writes its master's pid by default:
+    ``.statekit/serve-HOST-PORT.pid``. One file per address, so two servers started
+    from one directory (on two ports) do not claim the same file."""
+    name = re.sub(r"[^A-Za-z0-9.]+", "-", bind).strip("-") or "default"
+    return os.path.join(RUN_DIR, f"serve-{name}.pid")
+
+
+def _serving(pid: int) -> bool:
+    """Whether *pid* is alive and, where ``/proc`` tells, a statekit or gunicorn
+    process (a stale pid file may name a pid the system gave to something else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return True
+    return b"statekit" in cmdline or b"gunicorn" in cmdline
+
+
+def find_pid_file(run_dir: str = RUN_DIR) -> str:
+    """The pid file of the one ``statekit serve`` started from this directory that is
+    still running, for ``statekit reload`` without arguments.
+
+    :raises ConfigError: none is running, or several are (the message lists them)."""
+    from .errors import ConfigError
+
+    live = []
+    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+        path = os.path.join(run_dir, name)
+        if not (name.startswith("serve-") and name.endswith(".pid")):
+            continue
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if pid > 1 and _serving(pid):
+            live.append(path)
+    if not live:
+        raise ConfigError(f"no running statekit serve has a pid file under ./{run_dir}/ (start it from this "
+                          "directory, or give --pid FILE or the master's PID)")
+    if len(live) > 1:
+        raise ConfigError(f"several statekit serve are running from this directory: {', '.join(live)}; "
+                          "choose one with --pid FILE")
+    return live[0]
 
 
 def _load(target: str) -> object:
