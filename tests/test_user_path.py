@@ -487,7 +487,7 @@ def test_migrate_uploads_to_the_private_s3(venv: Venv, user_env: dict[str, str],
     result = venv.run(["statekit", "migrate-uploads", "uploads", dest, "--progress", "off"],
                       app_dir, user_env)
     assert result.returncode == 0, result.stdout + result.stderr
-    mapping = json.loads((app_dir / "migrate-uploads.map.json").read_text())
+    mapping = json.loads((app_dir / ".statekit" / "migrate-uploads" / "map.json").read_text())
     assert set(mapping) == set(files)
     store = open_blob_store(dest)
     for name, data in files.items():
