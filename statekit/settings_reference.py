@@ -170,6 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
          "Flask-Session's: the previous store when `STATEKIT_SESSION_CARRY_OVER_URL` is not set", _F),
         ("SESSION_KEY_PREFIX", "text", "`session:`", "Flask-Session's key prefix, for the carry-over", _F),
         ("SESSION_USE_SIGNER", "bool", "false", "Flask-Session's signed ids, for the carry-over", _F),
+        ("SESSION_CACHE_ALIAS", "text", "`default`",
+         "the previous cache engine's cache, for the carry-over", _D),
         ("CACHES", "dict", "", "start-up check of statekit's cache backends", _D),
         ("STORAGES", "dict", "", "start-up check of statekit's storages", _D),
         ("MIDDLEWARE", "list", "", "checks `SessionOutageMiddleware` is installed where needed", _D),

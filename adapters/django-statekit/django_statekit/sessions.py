@@ -40,7 +40,9 @@ per refresh interval, as before.
 ``STATEKIT_SESSION_ALIAS_WINDOW`` (10 s), ``STATEKIT_SESSION_CODEC`` (json),
 ``STATEKIT_SESSION_OUTAGE_POLICY`` (``raise`` or ``anonymous``),
 ``STATEKIT_SESSION_NEAR_CACHE`` (off; on or a number of sessions: per-process copies
-kept coherent by Redis, see :mod:`statekit.sessions`). ``SESSION_SERIALIZER``
+kept coherent by Redis, see :mod:`statekit.sessions`), ``STATEKIT_SESSION_CARRY_OVER``
+(off; the previous ``SESSION_ENGINE``: its users stay logged in after the switch, see
+:mod:`django_statekit.carryover`). ``SESSION_SERIALIZER``
 is not used: values go through statekit's codec, never pickle.
 
 **Outages.** Loading or saving with Redis unreachable raises
@@ -89,6 +91,9 @@ def get_core_store() -> CoreStore:
         str(get_setting("STATEKIT_SESSION_CODEC", "json")),
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
         get_setting("STATEKIT_SESSION_NEAR_CACHE", 0),
+        get_setting("STATEKIT_SESSION_CARRY_OVER", None),
+        _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True)),
+        str(get_setting("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", settings.SESSION_CACHE_ALIAS)),
     )
     if store.near_cache and _MIDDLEWARE not in settings.MIDDLEWARE:
         raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
@@ -104,12 +109,23 @@ def _outage_name() -> str:
 
 @functools.lru_cache(maxsize=16)
 def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
-                refresh: float, alias: float, codec: str, policy: str, near: Any) -> CoreStore:
+                refresh: float, alias: float, codec: str, policy: str, near: Any,
+                carry: str | None, carry_delete: bool, carry_cache: str) -> CoreStore:
     from django.contrib.auth import SESSION_KEY
 
-    return CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
-                     absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
-                     codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
+    from .carryover import carry_over_for
+
+    store = CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
+                      absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
+                      codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
+    store.carry_over = carry_over_for(carry, delete=carry_delete, cache_alias=carry_cache, lifetime=idle)
+    return store
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 class SessionStore(SessionBase):
@@ -143,12 +159,14 @@ class SessionStore(SessionBase):
         # (SessionBase._validate_session_key); one that does not verify names no
         # session, found without a Redis call, and is dropped as Django's engines drop
         # a key they do not know
-        sid = self.store.unsign(self.session_key, context="django") if self.session_key else None
-        if sid is None:
+        store = self.store
+        if not self.session_key or (store.carry_over is None
+                                    and store.unsign(self.session_key, context="django") is None):
             self._session_key = None
             return {}
         try:
-            core = self.store.open(self.session_key, context="django", version_token=version_token.get())
+            # with a previous store, a key that is not statekit's is looked up there first
+            core = store.open(self.session_key, context="django", version_token=version_token.get())
         except BackendUnavailable as e:
             self.outage = True
             outages.down(_outage_name(), e)
@@ -165,6 +183,9 @@ class SessionStore(SessionBase):
             self._core = None
             return {}
         self._core = core
+        if core.send_cookie:  # carried over from the previous store: send its new key
+            self._session_key = store.sign(core.sid)
+            self.modified = True
         return core
 
     def _synced(self) -> Session:

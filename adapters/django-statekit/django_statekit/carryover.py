@@ -1,0 +1,161 @@
+"""Keep users logged in across the switch to statekit sessions: the previous session
+engine is read on a user's first request (see :mod:`statekit.sessions_carryover`).
+
+::
+
+    SESSION_ENGINE = "django_statekit.sessions"
+    STATEKIT_SESSION_CARRY_OVER = "django.contrib.sessions.backends.db"   # the old engine
+
+========================================  ==============================================
+``STATEKIT_SESSION_CARRY_OVER``           off (default), or the previous
+                                          ``SESSION_ENGINE``: ``...backends.db``,
+                                          ``...backends.cached_db`` or ``...backends.cache``
+                                          (Django's own cache backend for Redis, or
+                                          django-redis's)
+``STATEKIT_SESSION_CARRY_OVER_DELETE``    delete the old session once carried over (on)
+``STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS``  the ``CACHES`` alias the old cache engine
+                                          used (default ``SESSION_CACHE_ALIAS``)
+========================================  ==============================================
+
+**db and cached_db** are read from the database table through Django's own engine:
+the data is signed there (``SECRET_KEY``, then ``SECRET_KEY_FALLBACKS``), and a row
+that does not verify, or has expired, gives a fresh session, as before. cached_db's
+cache copy is not read (the table holds the same data, signed); its delete clears both.
+
+**cache** stores the session dict as an unsigned pickle (Django's Redis cache and
+django-redis's default serializer): it is read raw and unpickled as plain data only
+(:func:`statekit.sessions_carryover.loads_plain_pickle`: any pickle naming a class or
+function is refused, never run). django-redis's JSON and msgpack serializers and its
+compressors are read with django-redis's own code. Other cache backends are refused at
+start-up (``ConfigError``): their values would go through pickle.
+
+Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), set
+``STATEKIT_SESSION_CARRY_OVER`` back to off.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from importlib import import_module
+from typing import Any
+
+from django.contrib.sessions.backends.base import SessionBase
+
+from statekit.backends.redis import translate_errors
+from statekit.errors import ConfigError, SerializationError
+from statekit.sessions_carryover import CarryOver, loads_plain_pickle
+
+__all__ = ["DjangoSessions", "carry_over_for"]
+
+_security = logging.getLogger("statekit.security")
+
+_DB = "django.contrib.sessions.backends.db"
+_CACHED_DB = "django.contrib.sessions.backends.cached_db"
+_CACHE = "django.contrib.sessions.backends.cache"
+#: the keys Django's engines make (32 of [a-z0-9]); a cookie outside this is no old key
+_KEY_RE = re.compile(r"[A-Za-z0-9]{8,128}\Z")
+
+
+class DjangoSessions:
+    """A previous Django session engine, read on first contact.
+
+    :param engine: its dotted path (the old ``SESSION_ENGINE``).
+    :param cache_alias: the ``CACHES`` alias of the ``cache`` engine.
+    """
+
+    def __init__(self, engine: str, *, cache_alias: str = "default") -> None:
+        if engine not in (_DB, _CACHED_DB, _CACHE):
+            raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER={engine!r}: sessions can be carried over from "
+                              f"{_DB!r}, {_CACHED_DB!r} or {_CACHE!r}")
+        self.engine = engine
+        self.name = f"Django ({engine.rsplit('.', 1)[-1]})"
+        self.cache_alias = cache_alias
+        if engine == _CACHE:
+            self._raw_reader()  # refuses an unsupported cache backend at start-up
+
+    @staticmethod
+    def _db(session_key: str) -> SessionBase:
+        return import_module(_DB).SessionStore(session_key)  # type: ignore[no-any-return]
+
+    def read(self, cookie: str) -> Mapping[str, Any] | None:
+        if not _KEY_RE.match(cookie):
+            return None
+        if self.engine == _CACHE:
+            data = self._read_cache(cookie)
+        else:
+            data = self._db(cookie).load()  # Django verifies the signature (and the expiry)
+        return data if isinstance(data, dict) and data else None
+
+    def _raw_reader(self) -> tuple[Any, Any]:
+        """``(get_raw(name), decode(raw))`` for the old cache: raw bytes, decoded without
+        unpickling anything but plain data."""
+        from django.core.cache import caches
+        from django.core.cache.backends.redis import RedisCache
+
+        cache = caches[self.cache_alias]
+        if isinstance(cache, RedisCache):
+            def get_raw(name: str) -> Any:
+                key = cache.make_and_validate_key(name)
+                return cache._cache.get_client(key).get(key)
+
+            def decode(raw: bytes) -> Any:
+                return loads_plain_pickle(raw)
+
+            return get_raw, decode
+        client = getattr(cache, "client", None)
+        if client is not None and type(cache).__module__.startswith("django_redis"):
+            from django_redis.serializers.pickle import PickleSerializer  # type: ignore[import-untyped]
+
+            def get_raw_dr(name: str) -> Any:
+                return client.get_client(write=False).get(client.make_key(name))
+
+            def decode_dr(raw: bytes) -> Any:
+                try:
+                    raw = client._compressor.decompress(raw)
+                except Exception:  # noqa: BLE001, S110 - django-redis leaves small values uncompressed
+                    pass
+                if isinstance(client._serializer, PickleSerializer):
+                    return loads_plain_pickle(raw)
+                return client._serializer.loads(raw)
+
+            return get_raw_dr, decode_dr
+        raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER: the cache {self.cache_alias!r} "
+                          f"({type(cache).__module__}.{type(cache).__qualname__}) is not Django's Redis "
+                          "cache or django-redis: its sessions cannot be read without unpickling")
+
+    def _read_cache(self, cookie: str) -> Any:
+        from django.contrib.sessions.backends.cache import KEY_PREFIX
+
+        get_raw, decode = self._raw_reader()
+        with translate_errors("reading the previous session store"):
+            raw = get_raw(KEY_PREFIX + cookie)
+        if raw is None:
+            return None
+        try:
+            return decode(raw)
+        except SerializationError as e:
+            _security.warning("an old %s session was refused: %s", self.name, e)
+            return None
+
+    def forget(self, cookie: str) -> None:
+        if not _KEY_RE.match(cookie):
+            return
+        with translate_errors("deleting from the previous session store"):
+            if self.engine == _CACHE:
+                from django.contrib.sessions.backends.cache import KEY_PREFIX
+                from django.core.cache import caches
+
+                caches[self.cache_alias].delete(KEY_PREFIX + cookie)
+            else:  # db, or cached_db: its row and its cache copy (a delete unpickles nothing)
+                import_module(self.engine).SessionStore().delete(cookie)
+
+
+def carry_over_for(engine: str | None, *, delete: bool, cache_alias: str,
+                   lifetime: float) -> CarryOver | None:
+    """The carry-over for the old *engine* (``None`` or off: none)."""
+    if not engine or str(engine).strip().lower() in ("0", "off", "false", "no", "none"):
+        return None
+    return CarryOver(DjangoSessions(str(engine), cache_alias=cache_alias), delete=delete,
+                     claim_ttl=max(1.0, lifetime))
