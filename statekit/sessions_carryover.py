@@ -81,9 +81,37 @@ class PreviousStore(Protocol):
     def forget(self, cookie: str) -> None: ...
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as pickle protocols 0-2 use it for bytes, latin-1 only."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("refused: _codecs.encode beyond bytes")
+    return text.encode("latin1")
+
+
+def _no_size(kind: type) -> Any:
+    """*kind* (``bytes``, ``bytearray``) from a value, never from a size (``bytes(10**12)``)."""
+    def make(*args: Any) -> Any:
+        if args and isinstance(args[0], int):
+            raise pickle.UnpicklingError(f"refused: {kind.__name__} of a size")
+        return kind(*args)
+    return make
+
+
+#: the only names a plain-data pickle may use: how protocols 0-2 spell sets and bytes
+_PLAIN_NAMES: dict[tuple[str, str], Any] = {
+    **{(m, n): c for m in ("builtins", "__builtin__")
+       for n, c in (("set", set), ("frozenset", frozenset), ("bytes", _no_size(bytes)),
+                    ("bytearray", _no_size(bytearray)))},
+    ("_codecs", "encode"): _latin1,
+}
+
+
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
+        found = _PLAIN_NAMES.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refused: the pickle holds a persistent id")
@@ -93,7 +121,9 @@ def loads_plain_pickle(data: bytes) -> Any:
     """Unpickle *data* holding plain data only (dicts, lists, tuples, sets, strings,
     bytes, numbers, booleans, ``None``). Any pickle naming a class or function (every
     way a pickle has to call code) raises :class:`~statekit.errors.SerializationError`
-    before anything is called."""
+    before anything is called; the only names allowed are how the old protocols 0-2
+    spell sets and bytes (``set``, ``frozenset``, ``bytes``, ``bytearray``, and
+    ``_codecs.encode`` for latin-1 only)."""
     try:
         return _PlainUnpickler(BytesIO(data)).load()
     except Exception as e:  # noqa: BLE001 - any malformed or refused pickle is one outcome

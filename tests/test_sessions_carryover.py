@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from statekit import metrics
 from statekit.errors import SerializationError
 from statekit.sessions import SessionStore
 from statekit.sessions_carryover import CarryOver, loads_plain_pickle
@@ -35,7 +39,7 @@ class DictStore:
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> SessionStore:
     url = "memory://carry" if request.param == "memory" else request.getfixturevalue("redis_url")
-    s = SessionStore(url, secret_keys=["k" * 32], user_key="_user_id")
+    s = SessionStore(url, secret_keys=["k" * 32], user_key="_user_id", key_prefix=f"carry-{uuid.uuid4().hex}")
     s.carry_over = CarryOver(DictStore({"old-cookie": {"_user_id": "alice", "cart": ["apple"]}}))
     return s
 
@@ -48,6 +52,7 @@ def test_carried_over_once_into_a_new_signed_session(store: SessionStore) -> Non
     again = store.open("old-cookie")  # a parallel request within the alias window: the same session
     assert again.sid == s.sid
     assert store.counters.get("carried_over") == 1
+    assert metrics.snapshot()["sessions"][store.key_prefix]["carried_over"] == 1  # exported as a counter
     assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
 
 
@@ -76,6 +81,21 @@ class _Plain:
 def test_plain_pickle_only() -> None:
     data = {"a": [1, 2.5, "x", b"y", None, True], "t": (1, 2), "s": {1}}
     assert loads_plain_pickle(pickle.dumps(data)) == data
-    for bad in (pickle.dumps(_Evil()), pickle.dumps(_Plain()), pickle.dumps({"k": _Plain()}), b"garbage"):
+    huge = b"c__builtin__\nbytes\n(I1000000000000\ntR."  # bytes of a size: memory, not data
+    rot13 = b"c_codecs\nencode\n(Vabc\nVrot13\ntR."
+    for bad in (pickle.dumps(_Evil()), pickle.dumps(_Plain()), pickle.dumps({"k": _Plain()}), b"garbage",
+                huge, rot13):
         with pytest.raises(SerializationError):
             loads_plain_pickle(bad)
+
+
+_plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
+    lambda inner: st.lists(inner) | st.tuples(inner, inner) | st.dictionaries(st.text(), inner)
+    | st.frozensets(st.integers()) | st.sets(st.text()),
+    max_leaves=20)
+
+
+@given(_plain, st.integers(min_value=0, max_value=pickle.HIGHEST_PROTOCOL))
+def test_plain_data_pickles_of_every_protocol_load(value: Any, protocol: int) -> None:
+    assert loads_plain_pickle(pickle.dumps(value, protocol)) == value
