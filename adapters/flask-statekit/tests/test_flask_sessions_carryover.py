@@ -179,13 +179,13 @@ def test_flask_session_pickle_is_refused_unless_signed_and_plain(redis_url: str,
     assert old_redis.exists("session:" + evil)
 
 
-def test_flask_session_concurrent_first_requests_end_in_one_session(redis_url: str) -> None:
+@pytest.mark.parametrize("kind", ["flask-session", "flask-cookie"])
+def test_concurrent_first_requests_end_in_one_session(redis_url: str, kind: str) -> None:
     """Two requests with the same old cookie, both past the old-store read before
     either stores anything: both end in the same statekit session (same cookie)."""
     url = old_url(redis_url)
-    old = logged_in_before(flask_session_app(url))
-    app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER="flask-session",
-                       STATEKIT_SESSION_CARRY_OVER_URL=url)
+    old = logged_in_before(flask_session_app(url) if kind == "flask-session" else cookie_app())
+    app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER=kind, STATEKIT_SESSION_CARRY_OVER_URL=url)
     carry = get_state(app).sessions.carry_over
     assert carry is not None
     both_read = threading.Barrier(2, timeout=30)
