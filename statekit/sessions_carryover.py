@@ -53,7 +53,7 @@ from itsdangerous import BadSignature, Signer
 
 from ._session_backends import now
 from .backends.redis import translate_errors
-from .errors import SerializationError
+from .errors import BackendUnavailable, SerializationError
 
 if TYPE_CHECKING:
     from .sessions import Session, SessionStore
@@ -180,7 +180,9 @@ class CarryOver:
         request moments ago; ``None`` when the old store has none for it (or it was
         carried over before the window). Stored before it is returned.
 
-        :raises BackendUnavailable: statekit's Redis or the old store is unreachable.
+        :raises BackendUnavailable: statekit's Redis, or the old store while reading,
+            is unreachable (an old entry that cannot be deleted is only logged: it
+            was claimed, and expires on its own).
         """
         claim_key = self._claim_key(store, cookie)
         seen = store.engine.peek(claim_key)
@@ -206,7 +208,14 @@ class CarryOver:
             store.destroy(session)
             return self._open_claim(store, cookie, seen)
         if self.delete:
-            self.previous.forget(cookie)
+            try:
+                self.previous.forget(cookie)
+            except BackendUnavailable as e:
+                # carried over and claimed: the old entry is spent (never carried over
+                # again) and expires on its own. A 503 now would lose the new cookie,
+                # and a retry after the window would find the old cookie spent
+                _log.warning("an old %s session was carried over but not deleted: %s",
+                             self.previous.name, e)
         store.counters.incr("carried_over")
         session.rotated = session.send_cookie = True
         return session

@@ -247,3 +247,44 @@ def test_flask_cookie_tampered_or_foreign_cookie_is_refused(redis_url: str,
 def test_switched_off_an_old_cookie_is_an_unknown_cookie(redis_url: str) -> None:
     old = logged_in_before(cookie_app())
     assert switched(statekit_app(redis_url), old).get("/get").json == {}
+
+
+def test_old_store_down_at_the_delete_keeps_the_user_logged_in(redis_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old Redis stops taking writes right after the carry-over read (a real
+    ``CLIENT PAUSE WRITE`` on a server of its own): the delete of the old entry fails,
+    but the session is already carried over and claimed. The request is answered with
+    it and its new cookie; a 503 would lose that cookie, and the retry, once the
+    alias window is over, would find the old cookie spent: logged out."""
+    from statekit.embedded import RedisServer
+
+    with RedisServer() as old_server:
+        url = old_server.url
+        old = logged_in_before(flask_session_app(url))
+        app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER="flask-session",
+                           STATEKIT_SESSION_CARRY_OVER_URL=url + "?socket_timeout=0.3")
+        carry = get_state(app).sessions.carry_over
+        assert carry is not None
+        read = carry.previous.read
+        admin = redis.Redis.from_url(url)
+
+        def read_then_pause(cookie: str) -> Any:
+            data = read(cookie)
+            admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+            return data
+
+        monkeypatch.setattr(carry.previous, "read", read_then_pause)
+        browser = switched(app, old)
+        try:
+            resp = browser.get("/get")
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        assert resp.status_code == 200
+        assert resp.json == {"_user_id": "alice", "cart": ["apple", "pear"]}
+        new = old_cookie(browser)
+        assert new != old and get_state(app).sessions.unsign(new) is not None
+        import statekit.sessions_carryover
+
+        later = time.time() + 11  # past the alias window: the browser uses its new cookie
+        monkeypatch.setattr(statekit.sessions_carryover, "now", lambda: later)
+        assert browser.get("/get").json == {"_user_id": "alice", "cart": ["apple", "pear"]}
