@@ -44,6 +44,7 @@ import hmac
 import json
 import logging
 import pickle
+import pickletools
 import struct
 from collections.abc import Mapping
 from io import BytesIO
@@ -106,6 +107,21 @@ _PLAIN_NAMES: dict[tuple[str, str], Any] = {
 }
 
 
+#: opcodes that build objects beyond plain data, or call or set anything outside
+#: find_class: BUILD sets attributes (of the allowed functions: process-wide), the
+#: others instantiate, look up the extension registry or persistent ids
+_REFUSED_OPS = frozenset({"BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4",
+                          "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER"})
+
+
+def _check_opcodes(data: bytes) -> None:
+    """Refuse :data:`_REFUSED_OPS`, and sizes beyond *data* before the unpickler
+    allocates them (it makes the buffer a length field asks for, then reads)."""
+    for op, _arg, _pos in pickletools.genops(data):
+        if op.name in _REFUSED_OPS:
+            raise pickle.UnpicklingError(f"refused: the pickle uses {op.name}")
+
+
 class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = _PLAIN_NAMES.get((module, name))
@@ -125,6 +141,7 @@ def loads_plain_pickle(data: bytes) -> Any:
     spell sets and bytes (``set``, ``frozenset``, ``bytes``, ``bytearray``, and
     ``_codecs.encode`` for latin-1 only)."""
     try:
+        _check_opcodes(data)
         return _PlainUnpickler(BytesIO(data)).load()
     except Exception as e:  # noqa: BLE001 - any malformed or refused pickle is one outcome
         raise SerializationError(f"refused an old session's pickle: {e}") from e

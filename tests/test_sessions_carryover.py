@@ -89,6 +89,43 @@ def test_plain_pickle_only() -> None:
             loads_plain_pickle(bad)
 
 
+def test_plain_pickle_sets_no_attribute_of_the_names_it_allows() -> None:
+    """BUILD on an allowed name (``_codecs.encode`` is a function of this process):
+    refused before anything runs, and the function is left as it was."""
+    import statekit.sessions_carryover as carryover
+
+    before = dict(vars(carryover._latin1))
+    for state in (b"}VX\nI1\ns", b"(N}VX\nI1\nst"):  # a dict state; (None, slot state)
+        with pytest.raises(SerializationError, match="BUILD"):
+            loads_plain_pickle(b"c_codecs\nencode\n" + state + b"b0(t.")
+    assert vars(carryover._latin1) == before
+
+
+@pytest.mark.parametrize("op", [b"\x8e", b"\x8d", b"\x96"], ids=["BINBYTES8", "BINUNICODE8", "BYTEARRAY8"])
+def test_plain_pickle_allocates_no_size_beyond_its_data(op: bytes) -> None:
+    """A length field asking for gigabytes in a pickle of a few bytes is refused
+    before the unpickler allocates that buffer."""
+    import struct
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(SerializationError):
+            loads_plain_pickle(b"\x80\x05" + op + struct.pack("<Q", 2**31) + b"x.")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24
+
+
+@pytest.mark.parametrize("bad", [b"(c__builtin__\nset\no.", b"c__builtin__\nset\n)\x81.",
+                                 b"\x80\x02\x82\x01.", b"(I1\nP1\n.", b"I1\nQ."],
+                         ids=["OBJ", "NEWOBJ", "EXT1", "PERSID", "BINPERSID"])
+def test_plain_pickle_refuses_instances_extensions_and_persistent_ids(bad: bytes) -> None:
+    with pytest.raises(SerializationError, match="refused: the pickle uses"):
+        loads_plain_pickle(bad)
+
+
 _plain = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
     lambda inner: st.lists(inner) | st.tuples(inner, inner) | st.dictionaries(st.text(), inner)
