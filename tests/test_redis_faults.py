@@ -372,6 +372,60 @@ def test_reply_lost_after_a_pipeline_is_not_sent_again(server: RedisServer) -> N
         proxy.close()
 
 
+def test_a_watched_transaction_whose_reply_was_lost_is_not_run_again(server: RedisServer) -> None:
+    """redis-py turns any error while a pipeline watches keys into a WatchError, which
+    ``Redis.transaction()`` answers by running the transaction again."""
+    proxy = _Proxy(server.port)
+    try:
+        client = create_client(f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2")
+        client.set("watched", 0)
+        runs: list[int] = []
+
+        def bump(pipe: Any) -> None:
+            runs.append(1)
+            pipe.get("watched")
+            pipe.multi()
+            pipe.incr("watched")
+
+        proxy.cut, proxy.cut_on = 1, b"EXEC"  # EXEC applied, its reply lost
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"), translate_errors("a transaction"):
+            client.transaction(bump, "watched")
+        assert (len(runs), client.get("watched")) == (1, b"1")
+    finally:
+        proxy.close()
+
+
+class _RetryBefore82(redis.retry.Retry):
+    """redis-py 6.0-8.1's ``Retry``: no ``is_retryable`` checker on the object."""
+
+    def __init__(self, backoff: Any, retries: int,
+                 supported_errors: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError,
+                                                                  socket.timeout)) -> None:
+        super().__init__(backoff, retries, supported_errors)
+
+
+def test_the_rule_holds_with_the_retry_of_redis_py_before_8_2(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyproject allows redis>=6.0: the rule must not need redis-py 8.2's Retry."""
+    from statekit.backends import redis as redis_backend
+
+    monkeypatch.setattr(redis.retry, "Retry", _RetryBefore82)
+    monkeypatch.setattr(redis_backend, "_rules", None)  # the rule's classes, built anew on these
+    proxy = _Proxy(server.port)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"
+        cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=False, failure_threshold=100)
+        assert cache.incr("n") == 1
+        proxy.cut = 1  # INCR applied, its reply lost: not sent again
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            cache.incr("n")
+        proxy.cut, proxy.cut_on = 1, b"MGET"  # a read whose connection dropped: once more
+        assert cache.get("n") == 2
+    finally:
+        proxy.close()
+
+
 def test_an_idle_socket_closed_by_the_server_is_replaced_before_sending(server: RedisServer) -> None:
     cache = Cache(server.url, prefix=f"faults{next(_names)}")
     assert cache.incr("n") == 1

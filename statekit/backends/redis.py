@@ -232,8 +232,39 @@ class _RuleClasses:
             """The node refused the command unapplied (a replica, a demoted master,
             loading); the connection was dropped. Safe to retry."""
 
+        from redis.retry import Retry
+
+        class Refused(Exception):
+            """Carries an error :func:`_retryable` refuses out of ``Retry``'s loop."""
+
+        class RuleRetry(Retry):  # type: ignore[misc]
+            """redis-py's ``Retry`` that raises what :func:`_retryable` refuses at once,
+            without the failure callback (redis-py's connection has dropped itself):
+            redis-py before 8.2 has no ``is_retryable`` checker on the object, and a
+            pipeline's callback turns any error while watching into a ``WatchError``,
+            which ``Redis.transaction()`` answers by running the transaction again."""
+
+            def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+                refused: list[Exception] = []
+
+                def attempt() -> Any:
+                    try:
+                        return do()
+                    except Exception as e:
+                        if not _retryable(e):
+                            refused.append(e)
+                            raise Refused from None
+                        raise
+
+                try:
+                    return super().call_with_retry(attempt, fail, *args, **kwargs)
+                except Refused:
+                    pass
+                raise refused[0]
+
         self.OutcomeUnknown = OutcomeUnknown
         self.NotApplied = NotApplied
+        self.Retry = RuleRetry
         self.classes: dict[type, type] = {}
         self.lock = threading.Lock()
 
@@ -273,9 +304,8 @@ def retry_policy(retries: int = 2, cap: float = 0.25) -> Any:
     on connection errors and timeouts except :class:`OutcomeUnknown` (a command sent,
     its outcome unknown) and authentication failures (retrying cannot fix them)."""
     from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
 
-    return Retry(ExponentialBackoff(cap=cap, base=0.02), retries, is_retryable=_retryable)
+    return _rule().Retry(ExponentialBackoff(cap=cap, base=0.02), retries)
 
 
 def outcome_unknown(exc: BaseException) -> bool:
