@@ -81,7 +81,14 @@ from .lifecycle import (
     set_drain_state,
 )
 
-require("gunicorn", feature="statekit serve")
+_gunicorn = require("gunicorn", feature="statekit serve")
+#: the oldest gunicorn :class:`StatekitThreadWorker` works with: gthread's
+#: ``set_accept_enabled``, ``accept(listener)`` and ``finish_request(conn, fs)`` came in
+#: 24.0, ``Response._emit_body`` in 26.2 (before it the body would leave before the headers)
+_GUNICORN_MIN = (26, 2)
+if tuple(_gunicorn.version_info[:2]) < _GUNICORN_MIN:
+    raise ConfigError(f"statekit serve needs gunicorn 26.2 or later, not {_gunicorn.__version__}: "
+                      "pip install --upgrade 'statekit[server]'")
 
 from gunicorn import sock, util  # noqa: E402
 from gunicorn.app.base import BaseApplication  # noqa: E402

@@ -343,3 +343,24 @@ def test_nothing_connects_at_import_or_construction() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok ['blobs', 'redis']"
+
+
+def test_an_older_gunicorn_than_the_worker_needs_is_refused_by_name() -> None:
+    """Under gunicorn 22-23 the worker crashed on its first connection (accept() takes
+    the listener only since 24.0); under 24.0-26.1 every response went out body first,
+    headers after (Response._emit_body came in 26.2)."""
+    import tomllib
+
+    from statekit import gunicorn as sk_gunicorn
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    floor = ".".join(map(str, sk_gunicorn._GUNICORN_MIN))
+    pins = {d for e in ("server", "all") for d in extras[e] if d.startswith("gunicorn")}
+    assert pins == {f"gunicorn>={floor}"}
+    code = ("import gunicorn\n"
+            "gunicorn.version_info, gunicorn.__version__ = (26, 1, 0), '26.1.0'\n"
+            "import statekit.gunicorn\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "ConfigError: statekit serve needs gunicorn 26.2 or later, not 26.1.0" in out.stderr
