@@ -204,6 +204,10 @@ class Session(dict[str, Any]):
         self.written = False
         self.destroyed = False
         self.unavailable = False
+        #: the cookie named a session rotated to a new id moments ago (a tombstone):
+        #: this is a fresh session instead, and the browser most likely holds the new
+        #: cookie already, so adapters must not delete the cookie it sent
+        self.superseded = False
         self.created: float = meta.get("created", 0.0)
         self.last_seen: float = meta.get("last_seen", 0.0)
         self.loaded_user: str | None = meta.get("user")
@@ -560,14 +564,17 @@ class SessionStore:
                     return carried
                 self._reject(reason, context)
                 return self.new()
-            session = self.load(sid, min_version=parse_version_token(version_token))
+            session, superseded = self._load(sid, parse_version_token(version_token))
         except BackendUnavailable:
             if self.outage_policy != "anonymous":
                 raise
             session = self.session_class(self, sid or "", new=False)
             session.unavailable = True
             return session
-        return session if session is not None else self.new()
+        if session is None:
+            session = self.new()
+            session.superseded = superseded
+        return session
 
     def load(self, sid: str, *, min_version: int = 0) -> Session | None:
         """Load session *sid* (an unsigned id), or ``None`` if it does not exist,
@@ -575,12 +582,16 @@ class SessionStore:
         old id is a tombstone: never followed by a load, see "Rotation" in the module
         docstring). One round trip (none from the near cache, for a copy of at least
         *min_version*)."""
+        return self._load(sid, min_version)[0]
+
+    def _load(self, sid: str, min_version: int) -> tuple[Session | None, bool]:
+        """:meth:`load`, and whether *sid* names a tombstone (rotated away)."""
         key = self._key(sid)
         raw = self.engine.fetch(key, min_version)
         self.counters.incr("loads")
         if "m:c" not in raw:
             self.counters.incr("misses")
-            return None
+            return None, "m:a" in raw
         t = now()
         created, last_seen = _float(raw["m:c"]), _float(raw.get("m:s"))
         idle_override = _float(raw["m:i"]) if "m:i" in raw else None
@@ -589,7 +600,7 @@ class SessionStore:
                 "version": int(raw.get("m:v") or 0)}
         if self._ended(t, created, last_seen, idle_override):
             self.counters.incr("expired")
-            return None
+            return None, False
         data, encoded = {}, {}
         for field, value in raw.items():
             if field.startswith("d:"):
@@ -599,7 +610,7 @@ class SessionStore:
                     raise SerializationError(
                         f"session key {field[2:]!r}: stored value cannot be decoded") from e
                 encoded[field[2:]] = value
-        return self.session_class(self, sid, data, new=False, meta=meta, encoded=encoded, key=key)
+        return self.session_class(self, sid, data, new=False, meta=meta, encoded=encoded, key=key), False
 
     def _ended(self, t: float, created: float, last_seen: float, idle_override: float | None) -> bool:
         """Whether a session with this stored metadata has passed its idle timeout or

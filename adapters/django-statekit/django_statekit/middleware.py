@@ -112,6 +112,11 @@ class SessionOutageMiddleware:
             # and the old id loads no session any more
             del response.cookies[settings.SESSION_COOKIE_NAME]
             morsel = None
+        if morsel is not None and not morsel.value and getattr(session, "superseded", False):
+            # SessionMiddleware deleting the cookie of a session rotated away moments
+            # ago: the browser most likely holds the new cookie (logged in) by now
+            del response.cookies[settings.SESSION_COOKIE_NAME]
+            morsel = None
         if morsel is not None and morsel.value and not morsel["secure"] and _secure():
             morsel["secure"] = True
         self._send_version_token(session, response, morsel, token_name, sent)

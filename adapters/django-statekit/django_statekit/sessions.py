@@ -142,6 +142,9 @@ class SessionStore(SessionBase):
     def __init__(self, session_key: str | None = None) -> None:
         self._core: Session | None = None
         self.outage = False
+        #: the key named a session rotated away moments ago (a login in a parallel
+        #: request): the middleware keeps SessionMiddleware from deleting its cookie
+        self.superseded = False
         super().__init__(session_key)
 
     @property
@@ -179,6 +182,7 @@ class SessionStore(SessionBase):
         # is in whole seconds, negative once the date has passed)
         if core.new or isinstance(expiry, str) and self.get_expiry_age(expiry=expiry) < 0:
             # missing, expired or revoked: a fresh session on its next save
+            self.superseded = core.superseded
             self._session_key = None
             self._core = None
             return {}

@@ -643,3 +643,22 @@ def test_outage_is_logged_once_per_change_of_state(django_settings: Any, durable
     assert "unavailable" in down and f"127.0.0.1:{durable_redis.port}" in down
     assert "available again" in lines[1].getMessage()
     assert [r for r in caplog.records if r.exc_info or r.name == "django.request"] == []
+
+
+def test_read_only_request_loaded_after_the_login_keeps_the_browser_logged_in(engine: str, _db: None) -> None:
+    """One browser sends a read-only request with its pre-login cookie while the login
+    is under way; the server runs the login first (the old id is a tombstone now),
+    then that request: it is anonymous, and it must not delete the session cookie
+    (Django's SessionMiddleware deletes the cookie of an empty session), or the
+    browser, which holds the new cookie by then, is logged out."""
+    browser = Client()
+    browser.get("/sessions/set/cart/apple")
+    old = browser.cookies["sessionid"].value
+    assert browser.get("/sessions/login/frank").status_code == 200
+    assert browser.cookies["sessionid"].value != old
+    sent_before = Client()  # the same browser's request, sent with the cookie it had then
+    sent_before.cookies["sessionid"] = old
+    resp = sent_before.get("/sessions/whoami")
+    assert resp.status_code == 200 and resp.content == b"anonymous"  # never the logged-in state
+    assert "sessionid" not in resp.cookies  # the browser's new cookie stays
+    assert browser.get("/sessions/whoami").content == b"frank"
