@@ -752,10 +752,13 @@ class SessionStore:
         new_sid = self._new_id(session.sid[:4])
         new_key = self._key(new_sid)
         if not session.new:
-            old_member = self._member(session.key)
+            # the id this request loaded, not the alias target a write of it followed
+            # (session.key): that is the rotated session, which must not be taken over
+            old_key = self._key(session.sid)
+            old_member = self._member(old_key)
             new_member = self._handle(new_sid)
             op = self._index_op(session, now(), session.loaded_user, new_member, old_member)
-            code, extra = self.engine.rotate(session.key, new_key, new_member,
+            code, extra = self.engine.rotate(old_key, new_key, new_member,
                                              max(1, int(self.alias_window * 1000)), op)
             if code == 2 and self._lives(extra):
                 # rotated by another request since this one loaded it: following the

@@ -192,6 +192,46 @@ def test_login_fixation_the_planted_cookie_stays_anonymous(redis_url: str) -> No
     assert [i.user_id for i in get_state(app).sessions.list_user_sessions("victim")] == ["victim"]
 
 
+def test_login_fixation_an_in_flight_write_then_rotate_stays_out(redis_url: str) -> None:
+    """Session fixation through the alias: the attacker's request with the planted
+    cookie loads it before the victim's login, then (after the login) increments a
+    counter, which follows the alias into the victim's session, then rotates (a
+    step-up, its own login). The rotation must not take the victim's logged-in
+    session over: the attacker's new cookie is not the victim, and the victim stays
+    logged in."""
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+    loaded, go = threading.Event(), threading.Event()
+
+    @app.post("/slow-incr-rotate")
+    def slow_incr_rotate() -> Any:
+        session.get("theme")
+        loaded.set()
+        assert go.wait(30)
+        session.incr("hits")  # type: ignore[attr-defined]
+        session.rotate()  # type: ignore[attr-defined]
+        return "ok"
+
+    attacker = app.test_client()
+    attacker.post("/set/theme/dark")
+    planted = cookie_of(attacker)
+    assert planted
+    victim = app.test_client()
+    victim.set_cookie("session", planted)
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=attacker.post("/slow-incr-rotate")))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        assert victim.post("/login/victim").status_code == 200
+    finally:
+        go.set()
+        t.join(30)
+    assert result["r"].status_code == 200
+    assert cookie_of(attacker) not in (None, planted, cookie_of(victim))
+    assert "_user_id" not in attacker.get("/get").json  # never the victim's logged-in session
+    assert victim.get("/get").json.get("_user_id") == "victim"  # and the victim stays logged in
+
+
 def test_logout_destroys_and_deletes_cookie(app: Flask, client: FlaskClient) -> None:
     client.post("/set/a/1")
     old = cookie_of(client)
