@@ -10,8 +10,10 @@ session, or writing to the read-only session of the ``anonymous`` policy) become
 503 with ``Retry-After``; so does a failed save in ``SessionMiddleware`` (Django
 first turns it into a 500, which this middleware replaces). The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
-gets the same session back once Redis returns. Any other outage reaching it (the
-cache or the blob store in a view) gets the same 503 with a generic page.
+gets the same session back once Redis returns; except the new key of a rotation (a
+login) or a carry-over Redis had already made, since the data lives there only.
+Any other outage reaching it (the cache or the blob store in a view) gets the same
+503 with a generic page.
 
 The pages never show a host, port, URL, bucket or key. The outage is logged to
 ``statekit.outage`` once when it starts (WARNING, with those details) and once when
@@ -36,11 +38,13 @@ Django made it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.http import http_date
 
 from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outage_name, outages
@@ -104,7 +108,13 @@ class SessionOutageMiddleware:
             version_token.reset(reset)
         session = getattr(request, "session", None)
         if getattr(session, "outage", False):
-            return outage_response()
+            outage = outage_response()
+            core = getattr(session, "_core", None)
+            if isinstance(core, Session) and core.send_cookie and not core.new and not core.unavailable:
+                # rotated (a login) or carried over before Redis failed: the data lives
+                # under the new key only, and the old one is a tombstone
+                self._set_session_cookie(session, core, outage)
+            return outage
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
         core = getattr(session, "_core", None)
         if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
@@ -121,6 +131,20 @@ class SessionOutageMiddleware:
             morsel["secure"] = True
         self._send_version_token(session, response, morsel, token_name, sent)
         return response
+
+    @staticmethod
+    def _set_session_cookie(session: Any, core: Session, response: HttpResponseBase) -> None:
+        """The session cookie as SessionMiddleware sets it."""
+        if session.get_expire_at_browser_close():
+            max_age, expires = None, None
+        else:
+            max_age = session.get_expiry_age()
+            expires = http_date(time.time() + max_age)
+        response.set_cookie(
+            settings.SESSION_COOKIE_NAME, core.store.sign(core.sid), max_age=max_age, expires=expires,
+            domain=settings.SESSION_COOKIE_DOMAIN, path=settings.SESSION_COOKIE_PATH,
+            secure=bool(settings.SESSION_COOKIE_SECURE or _secure()),
+            httponly=bool(settings.SESSION_COOKIE_HTTPONLY), samesite=settings.SESSION_COOKIE_SAMESITE)
 
     @staticmethod
     def _send_version_token(session: object, response: HttpResponseBase, morsel: Any, name: str,

@@ -662,3 +662,30 @@ def test_read_only_request_loaded_after_the_login_keeps_the_browser_logged_in(en
     assert resp.status_code == 200 and resp.content == b"anonymous"  # never the logged-in state
     assert "sessionid" not in resp.cookies  # the browser's new cookie stays
     assert browser.get("/sessions/whoami").content == b"frank"
+
+
+def test_outage_after_login_sends_the_new_cookie(django_settings: Any, durable_redis: RedisServer,
+                                                 _db: None) -> None:
+    """Redis dies between ``login()`` (the session's data moved to a new key) and
+    SessionMiddleware's save: the 503 still carries the new key, since the old one is
+    a tombstone now; once Redis is back the browser still has its cart."""
+    configure(django_settings, _outage_url(durable_redis))
+
+    def v_login_then_die(request: HttpRequest) -> HttpResponse:
+        user, _ = get_user_model().objects.get_or_create(username="gina")
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        durable_redis.kill()
+        return HttpResponse("ok")
+
+    tests_django_urls.urlpatterns.append(path("sessions/login-then-die", v_login_then_die))
+    try:
+        c = Client(raise_request_exception=False)
+        c.get("/sessions/set/cart/apple")
+        old = c.cookies["sessionid"].value
+        resp = c.get("/sessions/login-then-die")
+        assert resp.status_code == 503 and resp["Retry-After"] == "5"
+        assert c.cookies["sessionid"].value not in ("", old)
+        durable_redis.start()
+        assert c.get("/sessions/get").json() == {"cart": "apple"}  # nothing lost
+    finally:
+        tests_django_urls.urlpatterns.pop()
