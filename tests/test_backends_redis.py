@@ -269,6 +269,35 @@ def test_cluster_url(redis_cluster_url: str, redis_cluster: RedisCluster) -> Non
     assert kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
 
 
+def _create_redis_node_before_8_2(self: Any, host: str, port: int, **kwargs: Any) -> redis.Redis:
+    """redis-py 6.0-8.1's NodesManager.create_redis_node: the node's kwargs go to Redis()."""
+    from redis.backoff import NoBackoff
+
+    node_retry = Retry(backoff=NoBackoff(), retries=0, supported_errors=(redis.ConnectionError,))
+    return redis.Redis(host=host, port=port, retry=node_retry, **kwargs)
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+@pytest.mark.parametrize("nodes_made", ["installed", "before-8.2"])
+def test_cluster_nodes_follow_the_rule(redis_cluster_url: str, nodes_made: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject allows redis>=6.0: before 8.2 a cluster passed ``connection_class`` to
+    ``Redis()``, which refused it, and no cluster client ever connected."""
+    import redis.cluster
+
+    if nodes_made == "before-8.2":
+        monkeypatch.setattr(redis.cluster.NodesManager, "create_redis_node", _create_redis_node_before_8_2)
+    client = create_client(redis_cluster_url)
+    for i in range(10):
+        client.set(f"key:{i}", i)
+    assert [client.get(f"key:{i}") for i in range(10)] == [str(i).encode() for i in range(10)]
+    for node in client.get_nodes():
+        pool = node.redis_connection.connection_pool
+        assert issubclass(pool.connection_class, redis_backend._Rule), node
+        assert all(isinstance(c, redis_backend._Rule) for c in pool._available_connections), node
+
+
 @pytest.mark.redis
 @pytest.mark.cluster
 def test_cluster_down_is_translated() -> None:

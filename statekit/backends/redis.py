@@ -365,8 +365,6 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         kwargs.pop("db", None)
         kwargs.pop("health_check_interval", None)
         kwargs.pop("sentinel_password", None)
-        ssl = kwargs.get("ssl") in (True, "true", "1", "yes")
-        kwargs.setdefault("connection_class", with_rule(redis.SSLConnection if ssl else redis.Connection))
         return _lazy_cluster(
             startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],  # type: ignore[no-untyped-call]
             **kwargs,
@@ -401,6 +399,25 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
 _lazy_cluster_class: Any = None
 
 
+def _adopt_cluster(cluster: Any) -> None:
+    """Make the pools of *cluster*'s nodes, and of nodes it finds later, open
+    connections that follow the rule. (redis-py before 8.2 hands a cluster's
+    ``connection_class`` to ``Redis()``, which refuses it.) The connections of the
+    first topology query are closed: they were made before."""
+    nodes = cluster.nodes_manager
+    create = nodes.create_redis_node
+
+    def create_redis_node(host: str, port: int, **kwargs: Any) -> Any:
+        return _adopt(create(host, port, **kwargs))
+
+    nodes.create_redis_node = create_redis_node
+    for node in cluster.get_nodes():
+        if node.redis_connection is not None:
+            pool = _adopt(node.redis_connection).connection_pool
+            pool.disconnect()
+            pool.reset()
+
+
 def _lazy_cluster(**kwargs: Any) -> RedisClient:
     """A ``RedisCluster`` that contacts the cluster on first use, not when created.
 
@@ -428,6 +445,7 @@ def _lazy_cluster(**kwargs: Any) -> RedisClient:
                         try:
                             with translate_errors("connecting to the Redis Cluster"):
                                 RedisCluster.__init__(self, **self.__dict__["_statekit_kwargs"])
+                                _adopt_cluster(self)
                         except BaseException:  # start over on the next use
                             for key in [k for k in self.__dict__ if not k.startswith("_statekit_")]:
                                 del self.__dict__[key]
