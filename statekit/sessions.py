@@ -41,7 +41,10 @@ one script; the old id becomes a *tombstone alias* for ``alias_window`` seconds.
 session fixation: the old id never reads the new (logged-in) state. A request that
 *loads* with the old cookie after the rotation gets a fresh, empty session, as with
 an unknown id (Django's own engines do the same), whoever sends it: the browser that
-logged in, or an attacker who planted that cookie. Only requests already *in flight*
+logged in, or an attacker who planted that cookie. While the alias lives the adapters
+send no cookie for it (``session.superseded``), neither a new one nor a deletion: the
+browser that logged in may have sent that request before the login answered, and
+its answer would replace the new cookie (logged out). Only requests already *in flight*
 (they loaded the session before the rotation) use the alias: their writes (a save,
 ``incr``, a logout) follow it into the new session, so none is lost and the old id
 never comes back. A rotation by such a request (two logins at once) does not take the
@@ -206,7 +209,7 @@ class Session(dict[str, Any]):
         self.unavailable = False
         #: the cookie named a session rotated to a new id moments ago (a tombstone):
         #: this is a fresh session instead, and the browser most likely holds the new
-        #: cookie already, so adapters must not delete the cookie it sent
+        #: cookie already, so adapters send no session cookie (kept or deleted) for it
         self.superseded = False
         self.created: float = meta.get("created", 0.0)
         self.last_seen: float = meta.get("last_seen", 0.0)

@@ -30,7 +30,10 @@ alias) does not get that old cookie back: it would replace the new one in the
 browser, and the old id names no session any more. This covers read-only requests
 with ``SESSION_SAVE_EVERY_REQUEST`` too: every save ``SessionMiddleware`` makes is a
 write (see :mod:`django_statekit.sessions`, "Cookie refresh"), so it learns of the
-rotation. It also marks the session
+rotation. A request sent with the pre-login cookie that loads only after the
+login gets an anonymous session and, while the old id's alias lives, no session
+cookie at all (neither SessionMiddleware's deletion of an empty session nor a new
+session's cookie after a write). It also marks the session
 cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
 to off); set ``STATEKIT_SESSION_COOKIE_SECURE = False`` to leave the cookie as
 Django made it.
@@ -122,11 +125,12 @@ class SessionOutageMiddleware:
             # and the old id loads no session any more
             del response.cookies[settings.SESSION_COOKIE_NAME]
             morsel = None
-        if morsel is not None and not morsel.value and getattr(session, "superseded", False):
-            # SessionMiddleware deleting the cookie of a session rotated away moments
-            # ago: the browser most likely holds the new cookie (logged in) by now
+        if morsel is not None and getattr(session, "superseded", False):
+            # the request's cookie named a session a login rotated moments ago: the
+            # browser most likely holds the new cookie by now, which this one (a fresh
+            # session's, or SessionMiddleware's deletion of an empty one) would replace
             del response.cookies[settings.SESSION_COOKIE_NAME]
-            morsel = None
+            return response
         if morsel is not None and morsel.value and not morsel["secure"] and _secure():
             morsel["secure"] = True
         self._send_version_token(session, response, morsel, token_name, sent)

@@ -7,8 +7,10 @@
 place unnoticed; ``STATEKIT_SESSIONS_ENABLED = False`` keeps them knowingly.
 ``session`` keeps Flask's API and adds ``session.rotate()`` (call it on login: no
 session fixation, as a request that loads with the old cookie afterwards gets a
-fresh, anonymous session), ``session.incr(key)`` (an atomic counter) and
-``session.destroy()`` (logout).
+fresh, anonymous session, which for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds is
+neither stored nor sent as a cookie: the browser that logged in may still have sent
+such a request, and its answer must not replace the new cookie),
+``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
 ``session.clear()`` on a stored session also destroys it and deletes the cookie. As
 with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
 saved only after ``session.modified = True`` (or assigning the value again).
@@ -233,6 +235,10 @@ class StatekitSessionInterface(SessionInterface):
             return
         if session.accessed:
             _vary_cookie(response)
+        if session.superseded:
+            # its cookie named a session a login rotated moments ago: the browser most
+            # likely holds the new cookie, which any cookie sent now would replace
+            return
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
                 self.store.destroy(session)  # session.clear(): log out

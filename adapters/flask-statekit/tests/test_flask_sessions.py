@@ -173,7 +173,8 @@ def test_login_fixation_the_planted_cookie_stays_anonymous(redis_url: str) -> No
     """Session fixation: an attacker plants a pre-login cookie in the victim's
     browser, the victim logs in (``session.rotate()``), and the attacker's next
     requests with that cookie are anonymous, within the alias window too; what the
-    attacker then writes stays in a session of its own."""
+    attacker then writes within the window is not stored, and gets no cookie (the
+    browser that logged in would lose its new cookie to it)."""
     app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
     attacker = app.test_client()
     attacker.post("/set/theme/dark")
@@ -185,11 +186,32 @@ def test_login_fixation_the_planted_cookie_stays_anonymous(redis_url: str) -> No
     assert cookie_of(victim) not in (None, planted)
     assert victim.get("/get").json == {"theme": "dark", "_user_id": "victim"}
     assert attacker.get("/get").json == {}
-    attacker.post("/set/probe/1")
-    assert cookie_of(attacker) not in (planted, cookie_of(victim))
-    assert attacker.get("/get").json == {"probe": "1"}
+    resp = attacker.post("/set/probe/1")
+    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers and cookie_of(attacker) == planted
+    assert attacker.get("/get").json == {}
     assert victim.get("/get").json == {"theme": "dark", "_user_id": "victim"}
     assert [i.user_id for i in get_state(app).sessions.list_user_sessions("victim")] == ["victim"]
+
+
+@pytest.mark.parametrize("url", ["/set/csrf/t1", "/incr/n", "/logout"])
+def test_request_loaded_after_the_login_sends_no_cookie(redis_url: str, url: str) -> None:
+    """One browser sends a request with its pre-login cookie while the login is under
+    way; the server runs the login first (the old id is a tombstone now), then that
+    request, which writes (a CSRF token, a counter) or clears the session. It is
+    anonymous, and it must send no cookie, neither a fresh session's nor a deletion:
+    the browser holds the new, logged-in cookie by then and would be logged out."""
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+    browser = app.test_client()
+    browser.post("/set/cart/apple")
+    old = cookie_of(browser)
+    assert old
+    browser.post("/login/alice")
+    assert cookie_of(browser) not in (None, old)
+    sent_before = app.test_client()  # the same browser's request, with the cookie it had then
+    sent_before.set_cookie("session", old)
+    resp = sent_before.post(url)
+    assert resp.status_code == 200 and "Set-Cookie" not in resp.headers
+    assert browser.get("/get").json == {"cart": "apple", "_user_id": "alice"}
 
 
 def test_login_fixation_an_in_flight_write_then_rotate_stays_out(redis_url: str) -> None:
