@@ -425,7 +425,9 @@ class SessionStore:
         self.counters = Counters("sessions", key_prefix, names=(
             "loads", "misses", "expired", "saves", "refreshes", "conflicts", "rotations",
             "destroyed", "rejected_cookies", "outages", "near_hits", "carried_over", "carry_over_refused"))
-        self._secret = keys[0] if isinstance(keys[0], bytes) else keys[0].encode()
+        #: the secret keys as bytes, newest first (the first signs and keys new claims)
+        self._secrets = tuple(k if isinstance(k, bytes) else k.encode() for k in keys)
+        self._secret = self._secrets[0]
         #: the previous session store read on first contact (:mod:`statekit.sessions_carryover`)
         self.carry_over: CarryOver | None = None
         self.engine: RedisEngine | MemoryEngine

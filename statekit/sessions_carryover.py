@@ -30,7 +30,8 @@ cookie and the secret key (a Redis dump reveals no usable id) and when it was ma
 for ``window`` seconds (the store's ``alias_window``) the old cookie leads to that
 session; afterwards it gives a fresh session and is never carried over again while
 the claim lives (the old store's session lifetime: a logout is not undone by an old
-entry left to expire).
+entry left to expire, nor by a rotation of the secret keys: a claim is looked up
+under each key, one ``GET`` per key for a cookie that is not statekit's).
 
 **Switching it off.** Once the old sessions have expired, drop the previous store
 (one setting in the adapters): no old-store read or claim is made any more, and an
@@ -163,18 +164,27 @@ class CarryOver:
         self.claim_ttl = float(claim_ttl)
 
     @staticmethod
-    def _mac(store: SessionStore, purpose: bytes, cookie: str) -> bytes:
-        return hmac.new(store._secret, purpose + b"\0" + cookie.encode("utf-8", "replace"),
-                        hashlib.sha512).digest()
+    def _mac(secret: bytes, purpose: bytes, cookie: str) -> bytes:
+        return hmac.new(secret, purpose + b"\0" + cookie.encode("utf-8", "replace"), hashlib.sha512).digest()
 
-    def _claim_key(self, store: SessionStore, cookie: str) -> str:
-        return f"{store.key_prefix}:session-carry:{self._mac(store, b'claim', cookie)[:20].hex()}"
+    def _claim_key(self, store: SessionStore, cookie: str, secret: bytes) -> str:
+        return f"{store.key_prefix}:session-carry:{self._mac(secret, b'claim', cookie)[:20].hex()}"
 
     def _seal(self, store: SessionStore, cookie: str, sid: str, t: float) -> bytes:
-        pad = self._mac(store, b"pad", cookie)
+        pad = self._mac(store._secret, b"pad", cookie)
         return struct.pack(">d", t) + bytes(a ^ b for a, b in zip(sid.encode("ascii"), pad, strict=False))
 
-    def _open_claim(self, store: SessionStore, cookie: str, value: bytes) -> Session | None:
+    def _peek(self, store: SessionStore, cookie: str) -> tuple[bytes, bytes] | None:
+        """The claim on *cookie* and the secret key it was made with, looked up under
+        each of the store's keys: a claim made before a key rotation stays a claim
+        (else the old cookie, spent, would be carried over again after a logout)."""
+        for secret in store._secrets:
+            seen = store.engine.peek(self._claim_key(store, cookie, secret))
+            if seen is not None:
+                return seen, secret
+        return None
+
+    def _open_claim(self, store: SessionStore, cookie: str, value: bytes, secret: bytes) -> Session | None:
         """The session a claim names, if it was made within the window and lives."""
         from .sessions import _ID_RE
 
@@ -183,7 +193,7 @@ class CarryOver:
         (t,) = struct.unpack(">d", value[:8])
         if now() - t > store.alias_window:
             return None  # claimed long ago: the old cookie is spent
-        pad = self._mac(store, b"pad", cookie)
+        pad = self._mac(secret, b"pad", cookie)
         sid = bytes(a ^ b for a, b in zip(value[8:], pad, strict=False)).decode("ascii", "replace")
         if not _ID_RE.match(sid):
             return None
@@ -201,15 +211,14 @@ class CarryOver:
             is unreachable (an old entry that cannot be deleted is only logged: it
             was claimed, and expires on its own).
         """
-        claim_key = self._claim_key(store, cookie)
-        seen = store.engine.peek(claim_key)
-        if seen is not None:
-            return self._open_claim(store, cookie, seen)
+        found = self._peek(store, cookie)
+        if found is not None:
+            return self._open_claim(store, cookie, *found)
         data = self.previous.read(cookie)
         if data is None:
             # a concurrent request may have carried it over and deleted it meanwhile
-            seen = store.engine.peek(claim_key)
-            return None if seen is None else self._open_claim(store, cookie, seen)
+            found = self._peek(store, cookie)
+            return None if found is None else self._open_claim(store, cookie, *found)
         session = store.new()
         try:
             for key, value in data.items():
@@ -219,11 +228,12 @@ class CarryOver:
             _log.warning("an old %s session was not carried over: %s", self.previous.name, e)
             return None
         store.save(session, force=True)
-        seen = store.engine.claim(claim_key, self._seal(store, cookie, session.sid, now()),
+        seen = store.engine.claim(self._claim_key(store, cookie, store._secret),
+                                  self._seal(store, cookie, session.sid, now()),
                                   max(1, int(self.claim_ttl * 1000)))
         if seen is not None:  # a concurrent request carried it over first: use its session
             store.destroy(session)
-            return self._open_claim(store, cookie, seen)
+            return self._open_claim(store, cookie, seen, store._secret)
         if self.delete:
             try:
                 self.previous.forget(cookie)

@@ -136,3 +136,23 @@ _plain = st.recursive(
 @given(_plain, st.integers(min_value=0, max_value=pickle.HIGHEST_PROTOCOL))
 def test_plain_data_pickles_of_every_protocol_load(value: Any, protocol: int) -> None:
     assert loads_plain_pickle(pickle.dumps(value, protocol)) == value
+
+
+def test_a_secret_key_rotation_does_not_carry_a_spent_cookie_over_again(store: SessionStore) -> None:
+    """The old entry is left (``delete=False``, or Flask's cookie sessions, never
+    deleted): after the carry-over and a logout, the app rotates its secret keys
+    (a new key first, the old one still verifying). The old cookie stays spent: it
+    is not carried over again (the logout is not undone)."""
+    assert store.carry_over is not None
+    carry = CarryOver(store.carry_over.previous, delete=False)
+    store.carry_over = carry
+    s = store.open("old-cookie")
+    assert s.get("_user_id") == "alice"
+    store.destroy(s)  # logout
+    url = "memory://carry" if store.engine.__class__.__name__ == "MemoryEngine" else None
+    rotated = SessionStore(url, client=None if url else store.engine.client, secret_keys=["n" * 32, "k" * 32],
+                           user_key="_user_id", key_prefix=store.key_prefix)
+    rotated.carry_over = carry
+    later = rotated.open("old-cookie")
+    assert later.new and dict(later) == {}
+    assert store.counters.get("carried_over") + rotated.counters.get("carried_over") == 1
