@@ -16,10 +16,15 @@ counters: ``carried_over``, ``carry_over_refused``.
 
 **Old side: read only**, except the delete of the entry carried over. Values are
 decoded without pickle where the old store has another format (Flask-Session 0.8's
-msgpack, JSON). Pickle is refused unless the old store's own signing verified it
-(Flask-Session's ``SESSION_USE_SIGNER``, Django's signed session data), and even
-then it is read as plain data only: :func:`loads_plain_pickle` refuses any pickle that
-names a class or function, which is how a pickle runs code.
+msgpack, JSON). A pickled value is *unsigned* bytes: Flask-Session's
+``SESSION_USE_SIGNER`` signs the id in the cookie, not the value in Redis, and
+Django's cache engine pickles the session dict as it is. It is read only where the
+old store held nothing else (Flask-Session before 0.7, and only with
+``SESSION_USE_SIGNER``, so the cookie names an id the app issued; Django's cache
+engine), and as plain data only: :func:`loads_plain_pickle` allows the opcodes of
+plain data alone and no name but how protocols 0-2 spell sets and bytes, so no
+pickle it accepts calls code, sets an attribute or allocates beyond its own size.
+This reader is the one exception to "no unsigned pickle on a read path".
 
 **Concurrency.** A browser's parallel requests all carry the old cookie until the
 first answer arrives. The first request to carry the session over *claims* the old
@@ -252,8 +257,8 @@ class FlaskSessionRedis:
     """Flask-Session's Redis layout: the cookie holds the session id (signed with
     itsdangerous, salt ``flask-session``, when ``SESSION_USE_SIGNER`` was on), the
     value under ``<SESSION_KEY_PREFIX><id>`` is msgpack (Flask-Session 0.8), JSON, or a
-    pickle (before 0.7; read only when the signer verified the cookie, and as plain
-    data only).
+    pickle (before 0.7; unsigned, as the signer covers only the id: read only when
+    the signer verified the cookie, and as plain data only).
 
     :param url: the old Redis, or *client*: a ready redis-py client.
     :param key_prefix: Flask-Session's ``SESSION_KEY_PREFIX``.
@@ -300,7 +305,7 @@ class FlaskSessionRedis:
         data = self._decode(raw)
         if data is None:
             _security.warning("an old %s session was refused: not msgpack or JSON, and not a "
-                              "signed plain-data pickle", self.name)
+                              "plain-data pickle under a signed id", self.name)
         return data
 
     def _decode(self, raw: bytes) -> dict[str, Any] | None:
