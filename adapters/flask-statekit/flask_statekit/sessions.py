@@ -11,7 +11,9 @@ fresh, anonymous session, which for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds is
 neither stored nor sent as a cookie: the browser that logged in may still have sent
 such a request, and its answer must not replace the new cookie),
 ``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
-``session.clear()`` on a stored session also destroys it and deletes the cookie. As
+``session.clear()`` on a stored session also destroys it and deletes the cookie
+(unless a login in a parallel request rotated it since this request loaded it: then
+only the keys this request removed go from the new session). As
 with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
 saved only after ``session.modified = True`` (or assigning the value again).
 
@@ -241,7 +243,12 @@ class StatekitSessionInterface(SessionInterface):
             return
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
-                self.store.destroy(session)  # session.clear(): log out
+                # emptied (session.clear()): a logout, unless a login rotated the session
+                # since this request loaded it; its save then follows the alias, and only
+                # the keys it removed go from the new session
+                self.store.save(session)
+                if not session.through_alias:
+                    self.store.destroy(session)
             logged_out = session.destroyed
             saved = self.store.save(session)
             carried = self._carry_after_logout(session) if logged_out and session else None

@@ -520,6 +520,41 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> N
     assert late.get("/get").json == {}  # the old id was not brought back
 
 
+def test_request_in_flight_at_login_emptying_the_session_keeps_the_browser_logged_in(redis_url: str) -> None:
+    """A request sent with the pre-login cookie loads a session holding one key (a
+    flash message), the login completes in another request, then the first one pops
+    that key: the session it loaded is empty now. That is no logout of the new,
+    logged-in session: the popped key goes, the rest stays, no cookie is deleted."""
+    app = make_app(redis_url, STATEKIT_SESSION_ALIAS_WINDOW=30)
+    loaded, go = threading.Event(), threading.Event()
+
+    @app.post("/slow-pop/<key>")
+    def slow_pop(key: str) -> Any:
+        seen = session.get(key)
+        loaded.set()
+        assert go.wait(30)
+        session.pop(key, None)
+        return f"{key}={seen}"
+
+    browser = app.test_client()
+    browser.post("/set/notice/hello")
+    old = cookie_of(browser)
+    assert old
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=browser.post("/slow-pop/notice")))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        assert browser.post("/login/alice").status_code == 200
+    finally:
+        go.set()
+        t.join(30)
+    resp = result["r"]
+    assert resp.status_code == 200 and resp.text == "notice=hello" and "Set-Cookie" not in resp.headers
+    assert cookie_of(browser) not in (None, old)
+    assert browser.get("/get").json == {"_user_id": "alice"}
+
+
 @pytest.mark.parametrize("refresh_due", [False, True], ids=["no-refresh", "refresh-due"])
 def test_read_only_request_in_flight_at_login_keeps_the_browser_logged_in(
         redis_url: str, monkeypatch: pytest.MonkeyPatch, refresh_due: bool) -> None:
