@@ -395,6 +395,36 @@ def test_a_watched_transaction_whose_reply_was_lost_is_not_run_again(server: Red
         proxy.close()
 
 
+class _ConnectionKeptOnError(redis.Connection):
+    """Reads as redis-py's Sentinel connection before 8.2: ``disconnect_on_error=False``
+    unless told otherwise (redis-py's own retry callback used to drop it)."""
+
+    def read_response(self, *args: Any, disconnect_on_error: bool = False, **kwargs: Any) -> Any:
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
+
+
+@pytest.mark.parametrize("connection_class", [redis.Connection, _ConnectionKeptOnError],
+                         ids=["connection", "sentinel-before-8.2"])
+def test_a_connection_whose_reply_is_late_is_dropped(server: RedisServer, connection_class: type) -> None:
+    """The late reply must never be read as the next command's."""
+    from statekit.backends.redis import with_rule
+
+    client = create_client(f"redis://127.0.0.1:{server.port}/0?socket_timeout={TIMEOUT}")
+    client.connection_pool.connection_class = with_rule(connection_class)
+    conn = client.connection_pool.get_connection()
+    try:
+        server.pause()
+        try:
+            conn.send_command("INCR", "late")
+            with pytest.raises(redis.ConnectionError, match="outcome is unknown"):
+                conn.read_response()
+        finally:
+            server.resume()
+        assert conn._sock is None
+    finally:
+        client.connection_pool.release(conn)
+
+
 class _RetryBefore82(redis.retry.Retry):
     """redis-py 6.0-8.1's ``Retry``: no ``is_retryable`` checker on the object."""
 

@@ -213,6 +213,9 @@ class _Rule:
             if isinstance(e, redis.BusyLoadingError) or isinstance(e.__context__, redis.ReadOnlyError):
                 self.disconnect()  # type: ignore[attr-defined]
                 raise rule.NotApplied(f"{e} (nothing applied)") from e
+            # the reply may still come: never read by the next command (redis-py's
+            # Sentinel connection before 8.2 reads with disconnect_on_error=False)
+            self.disconnect()  # type: ignore[attr-defined]
             raise rule.OutcomeUnknown(f"{e} (waiting for a reply: the outcome is unknown)") from e
 
 
@@ -239,10 +242,10 @@ class _RuleClasses:
 
         class RuleRetry(Retry):  # type: ignore[misc]
             """redis-py's ``Retry`` that raises what :func:`_retryable` refuses at once,
-            without the failure callback (redis-py's connection has dropped itself):
-            redis-py before 8.2 has no ``is_retryable`` checker on the object, and a
-            pipeline's callback turns any error while watching into a ``WatchError``,
-            which ``Redis.transaction()`` answers by running the transaction again."""
+            after the failure callback (redis-py before 8.2 has no ``is_retryable``
+            checker on the object). What the callback raises instead is dropped: a
+            pipeline's turns any error while watching into a ``WatchError``, which
+            ``Redis.transaction()`` answers by running the transaction again."""
 
             def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
                 refused: list[Exception] = []
@@ -260,7 +263,15 @@ class _RuleClasses:
                     return super().call_with_retry(attempt, fail, *args, **kwargs)
                 except Refused:
                     pass
-                raise refused[0]
+                error = refused[0]
+                try:
+                    if kwargs.get("with_failure_count", len(args) > 1 and args[1]):
+                        fail(error, 1)
+                    else:
+                        fail(error)
+                except Exception:  # noqa: S110 - the refused error is the one to raise
+                    pass
+                raise error
 
         self.OutcomeUnknown = OutcomeUnknown
         self.NotApplied = NotApplied
