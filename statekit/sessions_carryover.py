@@ -18,13 +18,23 @@ counters: ``carried_over``, ``carry_over_refused``.
 decoded without pickle where the old store has another format (Flask-Session 0.8's
 msgpack, JSON). A pickled value is *unsigned* bytes: Flask-Session's
 ``SESSION_USE_SIGNER`` signs the id in the cookie, not the value in Redis, and
-Django's cache engine pickles the session dict as it is. It is read only where the
-old store held nothing else (Flask-Session before 0.7, and only with
+Django's cache engine pickles the session dict as it is. Such a value is refused
+unless the pickle reader is switched on: ``plain_pickle=True``
+(``STATEKIT_SESSION_CARRY_OVER_PICKLE`` in the adapters, off by default). Off, a
+pickled value is refused like a value in an unknown format: the user gets a fresh
+session, counted in ``carry_over_refused`` and logged once to ``statekit.security``
+with the setting that would read it.
+
+This reader is an *opt-in* exception to "no unsigned pickle on a read path", for
+the length of the switch. Why it may be switched on: the old app itself unpickled
+those same bytes with full pickle on every request, so reading them once more adds
+no new trust in the old store, and this reader trusts them less: it reads only
+where the old store held nothing else (Flask-Session before 0.7, and only with
 ``SESSION_USE_SIGNER``, so the cookie names an id the app issued; Django's cache
 engine), and as plain data only: :func:`loads_plain_pickle` allows the opcodes of
 plain data alone and no name but how protocols 0-2 spell sets and bytes, so no
 pickle it accepts calls code, sets an attribute or allocates beyond its own size.
-This reader is the one exception to "no unsigned pickle on a read path".
+Switch it on only for such an old store, and off again with the carry-over.
 
 **Concurrency.** A browser's parallel requests all carry the old cookie until the
 first answer arrives. The first request to carry the session over *claims* the old
@@ -77,7 +87,11 @@ class PreviousStore(Protocol):
     ``read`` returns the data of the session *cookie* names, or ``None`` when the
     cookie does not verify or names no (live) session; it raises
     :class:`~statekit.errors.BackendUnavailable` when the old store cannot be reached
-    (the request is then answered 503 and retried, not logged out). ``forget``
+    (the request is then answered 503 and retried, not logged out), and
+    :class:`~statekit.errors.SerializationError` when it holds a session it refuses
+    to decode (an unknown format, or a pickle it is not allowed to read; the message
+    says why: it is logged to ``statekit.security`` and the user gets a fresh
+    session, counted in ``carry_over_refused``). ``forget``
     deletes that entry. Both are called from many threads at once.
     """
 
@@ -212,6 +226,11 @@ class CarryOver:
         request moments ago; ``None`` when the old store has none for it (or it was
         carried over before the window). Stored before it is returned.
 
+        A session the old store refuses to decode (``read`` raised
+        :class:`~statekit.errors.SerializationError`) gives a fresh session: the
+        cookie was the old store's, so it is counted in ``carry_over_refused`` and
+        logged once to ``statekit.security`` (with the reason), not as a rejected cookie.
+
         :raises BackendUnavailable: statekit's Redis, or the old store while reading,
             is unreachable (an old entry that cannot be deleted is only logged: it
             was claimed, and expires on its own).
@@ -219,7 +238,12 @@ class CarryOver:
         found = self._peek(store, cookie)
         if found is not None:
             return self._open_claim(store, cookie, *found)
-        data = self.previous.read(cookie)
+        try:
+            data = self.previous.read(cookie)
+        except SerializationError as e:
+            store.counters.incr("carry_over_refused")
+            _security.warning("an old %s session was refused: %s", self.previous.name, e)
+            return store.new()
         if data is None:
             # a concurrent request may have carried it over and deleted it meanwhile
             found = self._peek(store, cookie)
@@ -257,20 +281,24 @@ class FlaskSessionRedis:
     """Flask-Session's Redis layout: the cookie holds the session id (signed with
     itsdangerous, salt ``flask-session``, when ``SESSION_USE_SIGNER`` was on), the
     value under ``<SESSION_KEY_PREFIX><id>`` is msgpack (Flask-Session 0.8), JSON, or a
-    pickle (before 0.7; unsigned, as the signer covers only the id: read only when
-    the signer verified the cookie, and as plain data only).
+    pickle (before 0.7; unsigned, as the signer covers only the id: read only with
+    *plain_pickle* on and when the signer verified the cookie, and as plain data only).
 
     :param url: the old Redis, or *client*: a ready redis-py client.
     :param key_prefix: Flask-Session's ``SESSION_KEY_PREFIX``.
     :param secret_keys: the app's ``SECRET_KEY`` (then fallbacks), needed with *use_signer*.
     :param use_signer: Flask-Session's ``SESSION_USE_SIGNER``.
+    :param plain_pickle: read pickled values (Flask-Session before 0.7) with
+        :func:`loads_plain_pickle`, under a signed id only; off (the default), a
+        pickled value is refused (``STATEKIT_SESSION_CARRY_OVER_PICKLE`` in
+        flask-statekit; see the module docstring).
     """
 
     name = "Flask-Session (Redis)"
 
     def __init__(self, url: str | None = None, *, client: Any = None, key_prefix: str = "session:",
                  secret_keys: tuple[str | bytes, ...] | list[str | bytes] = (),
-                 use_signer: bool = False) -> None:
+                 use_signer: bool = False, plain_pickle: bool = False) -> None:
         if client is None:
             if url is None:
                 raise ValueError("FlaskSessionRedis needs the old Redis's url or client")
@@ -280,6 +308,7 @@ class FlaskSessionRedis:
         self.client = client
         self.key_prefix = key_prefix
         self.use_signer = use_signer
+        self.plain_pickle = plain_pickle
         self._signers = [Signer(k, salt="flask-session", key_derivation="hmac") for k in secret_keys]
         if use_signer and not self._signers:
             raise ValueError("SESSION_USE_SIGNER needs the app's secret key")
@@ -302,14 +331,11 @@ class FlaskSessionRedis:
             raw = self.client.get(self.key_prefix + sid)
         if raw is None:
             return None
-        data = self._decode(raw)
-        if data is None:
-            _security.warning("an old %s session was refused: not msgpack or JSON, and not a "
-                              "plain-data pickle under a signed id", self.name)
-        return data
+        return self._decode(raw)
 
-    def _decode(self, raw: bytes) -> dict[str, Any] | None:
-        value: Any = None
+    def _decode(self, raw: bytes) -> dict[str, Any]:
+        """The session dict in *raw*. :raises SerializationError: refused."""
+        value: Any
         try:
             import msgpack
 
@@ -318,12 +344,21 @@ class FlaskSessionRedis:
             try:
                 value = json.loads(raw)
             except ValueError:
-                if self.use_signer:  # the cookie verified: Flask-Session before 0.7 pickled
-                    try:
-                        value = loads_plain_pickle(raw)
-                    except SerializationError:
-                        return None
-        return value if isinstance(value, dict) else None
+                value = self._unpickle(raw)
+        if not isinstance(value, dict):
+            raise SerializationError(f"not a session dict but {type(value).__name__}")
+        return value
+
+    def _unpickle(self, raw: bytes) -> Any:
+        """Flask-Session before 0.7 pickled: read only under a signed id, opted in."""
+        if not self.use_signer:
+            raise SerializationError("not msgpack or JSON; a pickle (Flask-Session before 0.7) is "
+                                     "read only under a signed id (SESSION_USE_SIGNER)")
+        if not self.plain_pickle:
+            raise SerializationError("not msgpack or JSON; a pickle (Flask-Session before 0.7) is read "
+                                     "as plain data only with STATEKIT_SESSION_CARRY_OVER_PICKLE on "
+                                     "(plain_pickle=True)")
+        return loads_plain_pickle(raw)
 
     def forget(self, cookie: str) -> None:
         sid = self._sid(cookie)

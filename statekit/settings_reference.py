@@ -108,6 +108,9 @@ SETTINGS: tuple[Setting, ...] = (
        "delete the old session once carried over (else it expires on its own)", *_FD),
     _s("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", "text", "`SESSION_CACHE_ALIAS`",
        "the `CACHES` alias the previous cache or cached_db engine used", *_D),
+    _s("STATEKIT_SESSION_CARRY_OVER_PICKLE", "bool", "off",
+       "read the previous store's unsigned pickles (Flask-Session before 0.7 under a signed id, "
+       "Django's cache engine) as plain data only; off, such a session is refused: a fresh session", *_FD),
     _s("STATEKIT_SESSION_COOKIE_NAME", "text", "`SESSION_COOKIE_NAME`", "the session cookie's name", *_F),
     _s("STATEKIT_SESSION_COOKIE_SECURE", "bool", "on unless debug",
        "send the session cookie with `Secure`", *_FD),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import uuid
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from statekit import metrics
 from statekit.errors import SerializationError
 from statekit.sessions import SessionStore
-from statekit.sessions_carryover import CarryOver, loads_plain_pickle
+from statekit.sessions_carryover import CarryOver, FlaskSessionRedis, loads_plain_pickle
 
 pytestmark = pytest.mark.redis
 
@@ -67,6 +68,60 @@ def test_a_value_statekit_cannot_store_refuses_the_carry_over(store: SessionStor
     store.carry_over.previous.data["odd"] = {"x": object()}  # type: ignore[attr-defined]
     assert store.open("odd").new
     assert store.counters.get("carry_over_refused") == 1
+
+
+class _FakeRedis:
+    """An old Flask-Session Redis: key -> bytes."""
+
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+@pytest.mark.parametrize("value", [pickle.dumps({"_user_id": "bob"}), b"\x00not a known format"],
+                         ids=["pickle", "unknown-format"])
+def test_a_pickle_without_the_opt_in_is_refused_like_an_unknown_format(
+        store: SessionStore, value: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """Flask-Session before 0.7's pickle under a signed id, ``plain_pickle`` off (the
+    default): a fresh session, counted in ``carry_over_refused`` (not as a rejected
+    cookie), one ``statekit.security`` record naming the setting to turn on."""
+    old = _FakeRedis({"session:sid1": value})
+    previous = FlaskSessionRedis(client=old, secret_keys=["old-secret"], use_signer=True)
+    store.carry_over = CarryOver(previous)
+    cookie = previous._signers[0].sign("sid1").decode()
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        s = store.open(cookie)
+    assert s.new and dict(s) == {} and not s.send_cookie
+    assert store.counters.get("carry_over_refused") == 1 and store.counters.get("carried_over") == 0
+    assert store.counters.get("rejected_cookies") == 0
+    refusals = [r for r in caplog.records if r.name == "statekit.security"]
+    assert len(refusals) == 1
+    assert "STATEKIT_SESSION_CARRY_OVER_PICKLE" in refusals[0].getMessage()  # what would read a pickle
+    assert "session:sid1" in old.data  # nothing deleted
+
+
+def test_a_pickle_with_the_opt_in_is_carried_over_as_plain_data(store: SessionStore) -> None:
+    old = _FakeRedis({"session:sid1": pickle.dumps({"_user_id": "bob", "cart": ["fig"]}),
+                      "session:sid2": pickle.dumps({"x": _Evil()})})
+    previous = FlaskSessionRedis(client=old, secret_keys=["old-secret"], use_signer=True, plain_pickle=True)
+    store.carry_over = CarryOver(previous)
+    s = store.open(previous._signers[0].sign("sid1").decode())
+    assert dict(s) == {"_user_id": "bob", "cart": ["fig"]} and s.send_cookie
+    assert store.open(previous._signers[0].sign("sid2").decode()).new  # names code: refused, never run
+    assert store.counters.get("carried_over") == 1 and store.counters.get("carry_over_refused") == 1
+    assert list(old.data) == ["session:sid2"]
+
+
+def test_a_pickle_under_an_unsigned_id_is_refused_even_opted_in(store: SessionStore) -> None:
+    old = _FakeRedis({"session:sid1": pickle.dumps({"_user_id": "bob"})})
+    store.carry_over = CarryOver(FlaskSessionRedis(client=old, plain_pickle=True))
+    assert store.open("sid1").new
+    assert store.counters.get("carry_over_refused") == 1 and "session:sid1" in old.data
 
 
 class _Evil:

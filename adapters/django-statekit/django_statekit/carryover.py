@@ -15,6 +15,8 @@ engine is read on a user's first request (see :mod:`statekit.sessions_carryover`
 ``STATEKIT_SESSION_CARRY_OVER_DELETE``    delete the old session once carried over (on)
 ``STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS``  the ``CACHES`` alias the old cache engine
                                           used (default ``SESSION_CACHE_ALIAS``)
+``STATEKIT_SESSION_CARRY_OVER_PICKLE``    ``...backends.cache``: read its pickled
+                                          sessions, as plain data only (off)
 ========================================  ==============================================
 
 **db and cached_db** are read from the database table through Django's own engine:
@@ -23,10 +25,17 @@ that does not verify, or has expired, gives a fresh session, as before. cached_d
 cache copy is not read (the table holds the same data, signed); its delete clears both.
 
 **cache** stores the session dict as an unsigned pickle (Django's Redis cache and
-django-redis's default serializer): it is read raw and unpickled as plain data only
+django-redis's default serializer). It is refused unless
+``STATEKIT_SESSION_CARRY_OVER_PICKLE = True``: the user gets a fresh session (counted
+in ``carry_over_refused``, logged to ``statekit.security`` with the setting to turn
+on), so with Django's Redis cache no session is carried over without it. On, it is read
+raw and unpickled as plain data only
 (:func:`statekit.sessions_carryover.loads_plain_pickle`: any pickle naming a class or
-function is refused, never run). django-redis's JSON and msgpack serializers and its
-compressors are read with django-redis's own code. Other cache backends are refused at
+function is refused, never run); the old app unpickled the same bytes with full
+pickle, so this adds no trust in the old cache. It is the one, opt-in, exception to
+"no unsigned pickle on a read path": switch it off with the carry-over.
+django-redis's JSON and msgpack serializers and its compressors are read with
+django-redis's own code, without the opt-in. Other cache backends are refused at
 start-up (``ConfigError``): their values would go through pickle.
 
 Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), set
@@ -35,7 +44,6 @@ Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), se
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from importlib import import_module
@@ -49,8 +57,6 @@ from statekit.sessions_carryover import CarryOver, loads_plain_pickle
 
 __all__ = ["DjangoSessions", "carry_over_for"]
 
-_security = logging.getLogger("statekit.security")
-
 _DB = "django.contrib.sessions.backends.db"
 _CACHED_DB = "django.contrib.sessions.backends.cached_db"
 _CACHE = "django.contrib.sessions.backends.cache"
@@ -63,15 +69,19 @@ class DjangoSessions:
 
     :param engine: its dotted path (the old ``SESSION_ENGINE``).
     :param cache_alias: the ``CACHES`` alias of the ``cache`` engine.
+    :param plain_pickle: read the ``cache`` engine's pickled sessions with
+        :func:`~statekit.sessions_carryover.loads_plain_pickle`; off (the default),
+        they are refused (``STATEKIT_SESSION_CARRY_OVER_PICKLE``).
     """
 
-    def __init__(self, engine: str, *, cache_alias: str = "default") -> None:
+    def __init__(self, engine: str, *, cache_alias: str = "default", plain_pickle: bool = False) -> None:
         if engine not in (_DB, _CACHED_DB, _CACHE):
             raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER={engine!r}: sessions can be carried over from "
                               f"{_DB!r}, {_CACHED_DB!r} or {_CACHE!r}")
         self.engine = engine
         self.name = f"Django ({engine.rsplit('.', 1)[-1]})"
         self.cache_alias = cache_alias
+        self.plain_pickle = plain_pickle
         if engine == _CACHE:
             self._raw_reader()  # refuses an unsupported cache backend at start-up
 
@@ -88,9 +98,17 @@ class DjangoSessions:
             data = self._db(cookie).load()  # Django verifies the signature (and the expiry)
         return data if isinstance(data, dict) and data else None
 
+    def _unpickle(self, raw: bytes) -> Any:
+        """The cache engine's pickle, as plain data, opted in only."""
+        if not self.plain_pickle:
+            raise SerializationError("an unsigned pickle (Django's cache engine) is read as plain data "
+                                     "only with STATEKIT_SESSION_CARRY_OVER_PICKLE = True")
+        return loads_plain_pickle(raw)
+
     def _raw_reader(self) -> tuple[Any, Any]:
         """``(get_raw(name), decode(raw))`` for the old cache: raw bytes, decoded without
-        unpickling anything but plain data."""
+        unpickling anything but plain data (opted in); ``decode`` raises
+        :class:`~statekit.errors.SerializationError` for a value it refuses."""
         from django.core.cache import caches
         from django.core.cache.backends.redis import RedisCache
 
@@ -100,10 +118,7 @@ class DjangoSessions:
                 key = cache.make_and_validate_key(name)
                 return cache._cache.get_client(key).get(key)
 
-            def decode(raw: bytes) -> Any:
-                return loads_plain_pickle(raw)
-
-            return get_raw, decode
+            return get_raw, self._unpickle
         client = getattr(cache, "client", None)
         if client is not None and type(cache).__module__.startswith("django_redis"):
             from django_redis.serializers.pickle import PickleSerializer  # type: ignore[import-untyped]
@@ -117,8 +132,11 @@ class DjangoSessions:
                 except Exception:  # noqa: BLE001, S110 - django-redis leaves small values uncompressed
                     pass
                 if isinstance(client._serializer, PickleSerializer):
-                    return loads_plain_pickle(raw)
-                return client._serializer.loads(raw)
+                    return self._unpickle(raw)
+                try:
+                    return client._serializer.loads(raw)
+                except Exception as e:  # noqa: BLE001 - any value it cannot decode is one outcome
+                    raise SerializationError(f"not {type(client._serializer).__name__} data: {e}") from e
 
             return get_raw_dr, decode_dr
         raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER: the cache {self.cache_alias!r} "
@@ -133,11 +151,7 @@ class DjangoSessions:
             raw = get_raw(KEY_PREFIX + cookie)
         if raw is None:
             return None
-        try:
-            return decode(raw)
-        except SerializationError as e:
-            _security.warning("an old %s session was refused: %s", self.name, e)
-            return None
+        return decode(raw)  # a refusal (SerializationError) is counted and logged by CarryOver
 
     def forget(self, cookie: str) -> None:
         if not _KEY_RE.match(cookie):
@@ -153,9 +167,9 @@ class DjangoSessions:
 
 
 def carry_over_for(engine: str | None, *, delete: bool, cache_alias: str,
-                   lifetime: float) -> CarryOver | None:
+                   lifetime: float, plain_pickle: bool = False) -> CarryOver | None:
     """The carry-over for the old *engine* (``None`` or off: none)."""
     if not engine or str(engine).strip().lower() in ("0", "off", "false", "no", "none"):
         return None
-    return CarryOver(DjangoSessions(str(engine), cache_alias=cache_alias), delete=delete,
-                     claim_ttl=max(1.0, lifetime))
+    previous = DjangoSessions(str(engine), cache_alias=cache_alias, plain_pickle=plain_pickle)
+    return CarryOver(previous, delete=delete, claim_ttl=max(1.0, lifetime))

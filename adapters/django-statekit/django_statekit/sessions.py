@@ -94,6 +94,7 @@ def get_core_store() -> CoreStore:
         get_setting("STATEKIT_SESSION_CARRY_OVER", None),
         _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True)),
         str(get_setting("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", settings.SESSION_CACHE_ALIAS)),
+        _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False)),
     )
     if store.near_cache and _MIDDLEWARE not in settings.MIDDLEWARE:
         raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
@@ -110,7 +111,7 @@ def _outage_name() -> str:
 @functools.lru_cache(maxsize=16)
 def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
                 refresh: float, alias: float, codec: str, policy: str, near: Any,
-                carry: str | None, carry_delete: bool, carry_cache: str) -> CoreStore:
+                carry: str | None, carry_delete: bool, carry_cache: str, carry_pickle: bool) -> CoreStore:
     from django.contrib.auth import SESSION_KEY
 
     from .carryover import carry_over_for
@@ -118,7 +119,8 @@ def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absol
     store = CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
                       absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
                       codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
-    store.carry_over = carry_over_for(carry, delete=carry_delete, cache_alias=carry_cache, lifetime=idle)
+    store.carry_over = carry_over_for(carry, delete=carry_delete, cache_alias=carry_cache, lifetime=idle,
+                                      plain_pickle=carry_pickle)
     return store
 
 

@@ -114,7 +114,8 @@ def test_user_stays_logged_in_with_the_same_cart(django_settings: Any, redis_url
     engine = before(django_settings, redis_url, kind)
     browser, old = logged_in(kind)
     assert old_exists(kind, redis_url, old)
-    switch(django_settings, redis_url, engine)
+    # the cache engine's sessions are unsigned pickles: read with the opt-in only
+    switch(django_settings, redis_url, engine, STATEKIT_SESSION_CARRY_OVER_PICKLE=kind.startswith("cache"))
     browser = after(browser)
     carried = get_core_store().counters.get("carried_over")  # the store is shared by equal settings
     assert browser.get("/carry/me").json() == {"user": "alice", "cart": CART}
@@ -174,16 +175,49 @@ class _Evil:
 
 
 def test_cache_pickle_naming_code_is_refused(django_settings: Any, redis_url: str, _db: None) -> None:
-    """The cache engine's pickle is unsigned: read as plain data only."""
+    """The cache engine's pickle is unsigned: opted in, read as plain data only."""
     engine = before(django_settings, redis_url, "cache-django")
     browser, old = logged_in("cache-django")
     r = redis.Redis.from_url(old_url(redis_url))
     (key,) = r.keys(f"*{old}")
     r.set(key, pickle.dumps({"_auth_user_id": "1", "x": _Evil()}))
-    switch(django_settings, redis_url, engine)
+    switch(django_settings, redis_url, engine, STATEKIT_SESSION_CARRY_OVER_PICKLE=True)
     browser = after(browser)
     assert browser.get("/carry/me").json() == {"user": "anonymous", "cart": None}
     assert r.exists(key)
+
+
+@pytest.mark.parametrize("kind", ["cache-django", "cache-django-redis"])
+def test_cache_pickle_needs_the_opt_in(django_settings: Any, redis_url: str, _db: None, kind: str,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The cache engine's session (plain data, pickled): without
+    ``STATEKIT_SESSION_CARRY_OVER_PICKLE`` it is refused like an unknown format (a
+    fresh session, counted, logged once naming the setting, the old entry kept); with
+    it the same browser is carried over."""
+    engine = before(django_settings, redis_url, kind)
+    browser, old = logged_in(kind)
+    switch(django_settings, redis_url, engine)
+    store = get_core_store()
+    refused, carried = store.counters.get("carry_over_refused"), store.counters.get("carried_over")
+    refused_browser = Client()
+    refused_browser.cookies["sessionid"] = old
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        assert refused_browser.get("/carry/me").json() == {"user": "anonymous", "cart": None}
+    assert store.counters.get("carry_over_refused") == refused + 1
+    assert store.counters.get("carried_over") == carried
+    refusals = [r for r in caplog.records if r.name == "statekit.security"]
+    assert len(refusals) == 1 and "STATEKIT_SESSION_CARRY_OVER_PICKLE" in refusals[0].getMessage()
+    assert old_exists(kind, redis_url, old)
+    assert refused_browser.cookies["sessionid"].value in ("", old)  # no new cookie: a fresh, empty session
+
+    switch(django_settings, redis_url, engine, STATEKIT_SESSION_CARRY_OVER_PICKLE=True)
+    store = get_core_store()
+    carried = store.counters.get("carried_over")
+    browser = after(browser)
+    assert browser.get("/carry/me").json() == {"user": "alice", "cart": CART}
+    assert browser.cookies["sessionid"].value != old
+    assert store.counters.get("carried_over") == carried + 1
+    assert not old_exists(kind, redis_url, old)
 
 
 def test_concurrent_first_requests_end_in_one_session(django_settings: Any, redis_url: str,
@@ -192,7 +226,7 @@ def test_concurrent_first_requests_end_in_one_session(django_settings: Any, redi
     either stores anything: both end in the same statekit session (same cookie)."""
     engine = before(django_settings, redis_url, "cache-django")
     _, old = logged_in("cache-django")
-    switch(django_settings, redis_url, engine)
+    switch(django_settings, redis_url, engine, STATEKIT_SESSION_CARRY_OVER_PICKLE=True)
     carried = get_core_store().counters.get("carried_over")  # the store is shared by equal settings
     carry = get_core_store().carry_over
     assert carry is not None

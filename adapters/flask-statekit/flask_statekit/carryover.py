@@ -8,6 +8,9 @@ store is read on a user's first request (see :mod:`statekit.sessions_carryover`)
 ``STATEKIT_SESSION_CARRY_OVER_URL``       ``flask-session``: the old Redis (default: the
                                           client in Flask-Session's ``SESSION_REDIS``)
 ``STATEKIT_SESSION_CARRY_OVER_DELETE``    delete the old entry once carried over (on)
+``STATEKIT_SESSION_CARRY_OVER_PICKLE``    ``flask-session``: read the pickled values of
+                                          Flask-Session before 0.7, as plain data only
+                                          (off)
 ========================================  ==============================================
 
 ``flask-cookie`` verifies the old cookie as Flask did (``SECRET_KEY``, then
@@ -15,7 +18,19 @@ store is read on a user's first request (see :mod:`statekit.sessions_carryover`)
 or expired cookie gives a fresh session, as before. Nothing is deleted on the old side
 (the statekit cookie replaces the old one when the names match). ``flask-session``
 reads Flask-Session's settings: ``SESSION_KEY_PREFIX`` (``"session:"``) and
-``SESSION_USE_SIGNER``. Once the old sessions have expired
+``SESSION_USE_SIGNER``.
+
+Flask-Session before 0.7 stored a pickle, unsigned (``SESSION_USE_SIGNER`` signs only
+the id in the cookie). Such a value is refused unless ``STATEKIT_SESSION_CARRY_OVER_PICKLE``
+is on: the user gets a fresh session (counted in ``carry_over_refused``, logged to
+``statekit.security`` with the setting to turn on). On, it is read under a signed id
+only, and as plain data only (:func:`statekit.sessions_carryover.loads_plain_pickle`:
+any pickle naming a class or function is refused, never run); the old app unpickled
+the same bytes with full pickle, so this adds no trust in the old store. It is the one,
+opt-in, exception to "no unsigned pickle on a read path": switch it off with the
+carry-over. Flask-Session 0.8's msgpack and JSON values need no opt-in.
+
+Once the old sessions have expired
 (``PERMANENT_SESSION_LIFETIME`` after the switch), set ``STATEKIT_SESSION_CARRY_OVER``
 back to off.
 """
@@ -82,7 +97,8 @@ def carry_over_from_config(app: Flask) -> CarryOver | None:
                               "STATEKIT_SESSION_CARRY_OVER_URL (or Flask-Session's SESSION_REDIS)")
         previous = FlaskSessionRedis(
             url or None, client=client, key_prefix=app.config.get("SESSION_KEY_PREFIX", "session:"),
-            secret_keys=_secret_keys(app), use_signer=bool(app.config.get("SESSION_USE_SIGNER", False)))
+            secret_keys=_secret_keys(app), use_signer=bool(app.config.get("SESSION_USE_SIGNER", False)),
+            plain_pickle=_flag(_config(app, "STATEKIT_SESSION_CARRY_OVER_PICKLE", False)))
     else:
         raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER={kind!r} must be off, 'flask-cookie' or "
                           "'flask-session'")

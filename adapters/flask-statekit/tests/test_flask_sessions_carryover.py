@@ -158,8 +158,8 @@ class _Evil:
 
 @pytest.mark.parametrize("use_signer", [False, True], ids=["plain-id", "signed-id"])
 def test_flask_session_pickle_is_refused_unless_signed_and_plain(redis_url: str, use_signer: bool) -> None:
-    """Flask-Session before 0.7 pickled: a pickle is read only when the old signer
-    verified the cookie, and as plain data only; one that would run code is refused."""
+    """Flask-Session before 0.7 pickled: opted in, a pickle is read only when the old
+    signer verified the cookie, and as plain data only; one that would run code is refused."""
     url = old_url(redis_url)
     old_redis = redis.Redis.from_url(url)
     store = FlaskSessionRedis(url, secret_keys=[SECRET], use_signer=use_signer)
@@ -168,7 +168,8 @@ def test_flask_session_pickle_is_refused_unless_signed_and_plain(redis_url: str,
     old_redis.set("session:" + plain, pickle.dumps({"_user_id": "bob", "cart": ["fig"]}))
     old_redis.set("session:" + evil, pickle.dumps({"_user_id": "eve", "x": _Evil()}))
     app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER="flask-session",
-                       STATEKIT_SESSION_CARRY_OVER_URL=url, SESSION_USE_SIGNER=use_signer)
+                       STATEKIT_SESSION_CARRY_OVER_URL=url, SESSION_USE_SIGNER=use_signer,
+                       STATEKIT_SESSION_CARRY_OVER_PICKLE=True)
 
     def cookie(sid: str) -> str:
         return signer.sign(sid).decode() if use_signer else sid
@@ -177,6 +178,40 @@ def test_flask_session_pickle_is_refused_unless_signed_and_plain(redis_url: str,
     assert got == ({"_user_id": "bob", "cart": ["fig"]} if use_signer else {})
     assert switched(app, cookie(evil)).get("/get").json == {}
     assert old_redis.exists("session:" + evil)
+
+
+@pytest.mark.parametrize("opt_in", [None, False, "true"], ids=["unset", "off", "on-env-text"])
+def test_flask_session_pickle_needs_the_opt_in(redis_url: str, opt_in: Any,
+                                              caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain-data pickle of Flask-Session before 0.7 under a signed id: without
+    ``STATEKIT_SESSION_CARRY_OVER_PICKLE`` it is refused like an unknown format (a
+    fresh session, counted, logged once naming the setting, the old entry kept); with
+    it (here from the environment) the user stays logged in."""
+    url = old_url(redis_url)
+    old_redis = redis.Redis.from_url(url)
+    sid = "picklesid000000000000000000000000000000000"
+    old_redis.set("session:" + sid, pickle.dumps({"_user_id": "bob", "cart": ["fig"]}))
+    cookie = FlaskSessionRedis(url, secret_keys=[SECRET], use_signer=True)._signers[0].sign(sid).decode()
+    if opt_in is not None:
+        monkeypatch.setenv("STATEKIT_SESSION_CARRY_OVER_PICKLE", str(opt_in))
+    app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER="flask-session",
+                       STATEKIT_SESSION_CARRY_OVER_URL=url, SESSION_USE_SIGNER=True)
+    store = get_state(app).sessions
+    browser = switched(app, cookie)
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        got = browser.get("/get").json
+    if opt_in == "true":
+        assert got == {"_user_id": "bob", "cart": ["fig"]}
+        assert store.counters.get("carried_over") == 1 and store.counters.get("carry_over_refused") == 0
+        assert not old_redis.exists("session:" + sid)
+        return
+    assert got == {}
+    assert store.counters.get("carry_over_refused") == 1 and store.counters.get("carried_over") == 0
+    refusals = [r for r in caplog.records if r.name == "statekit.security"]
+    assert len(refusals) == 1 and "STATEKIT_SESSION_CARRY_OVER_PICKLE" in refusals[0].getMessage()
+    assert old_redis.exists("session:" + sid)
+    assert browser.get("/get").json == {}  # a fresh session: no login on the next request either
 
 
 @pytest.mark.parametrize("kind", ["flask-session", "flask-cookie"])
