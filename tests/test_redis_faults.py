@@ -372,6 +372,26 @@ def test_reply_lost_after_a_pipeline_is_not_sent_again(server: RedisServer) -> N
         proxy.close()
 
 
+# a script's error reply as Redis sends one for a write on a replica
+_READONLY = "return redis.error_reply(\"READONLY You can't write against a read only replica.\")"
+
+
+def test_a_pipeline_refused_by_a_demoted_master_after_a_write_is_not_sent_again(server: RedisServer) -> None:
+    """A master demoted between two commands of a pipeline applied the first: the
+    wrong-node reply to the second must not make the pipeline go again."""
+    client = create_client(f"redis://127.0.0.1:{server.port}/0")
+    client.delete("piped")
+    pipe = client.pipeline(transaction=False)
+    pipe.incr("piped")
+    pipe.eval(_READONLY, 0)
+    with pytest.raises(BackendUnavailable, match="not sent again"), translate_errors("a pipeline"):
+        pipe.execute()
+    assert client.get("piped") == b"1"
+    # a lone command refused so applied nothing: sent again (and refused again)
+    with pytest.raises(BackendUnavailable, match="nothing applied"), translate_errors("a command"):
+        client.eval(_READONLY, 0)
+
+
 def test_a_watched_transaction_whose_reply_was_lost_is_not_run_again(server: RedisServer) -> None:
     """redis-py turns any error while a pipeline watches keys into a WatchError, which
     ``Redis.transaction()`` answers by running the transaction again."""

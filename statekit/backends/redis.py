@@ -160,6 +160,8 @@ class _Rule:
     RedisCluster's own retry handles them) are left as they are."""
 
     _statekit_setup = 0  # > 0 while connecting or checking health: nothing of a command sent
+    _statekit_replies = 0  # replies read of the commands sent last (a pipeline's)
+    _statekit_atomic = False  # the commands sent last are a transaction (MULTI ... EXEC)
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
         self._statekit_setup += 1
@@ -185,6 +187,9 @@ class _Rule:
             self.connect()  # type: ignore[attr-defined]
         if check_health:
             self.check_health()
+        first = command[0] if isinstance(command, list) and command else command
+        self._statekit_atomic = bytes(first[:15]).upper() == b"*1\r\n$5\r\nMULTI\r\n"
+        self._statekit_replies = 0
         try:
             super().send_packed_command(command, check_health=False)  # type: ignore[misc]
         except (rule.redis.ConnectionError, rule.redis.TimeoutError) as e:
@@ -198,12 +203,12 @@ class _Rule:
         rule = _rule()
         redis = rule.redis
         try:
-            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+            reply = super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as e:
             # CLUSTERDOWN and TRYAGAIN stay as they are: RedisCluster handles them
             if _problem_of(e) == "wrong node":
-                self.disconnect()  # type: ignore[attr-defined]
-                raise rule.NotApplied(f"{e} (nothing applied)") from e
+                raise self._statekit_refused(e) from e
+            self._statekit_replies += 1
             raise
         except (rule.NotApplied, redis.AuthenticationError):
             raise
@@ -211,12 +216,25 @@ class _Rule:
             # redis-py's Sentinel connection turns READONLY into a ConnectionError,
             # and LOADING is a ConnectionError: replies, nothing applied
             if isinstance(e, redis.BusyLoadingError) or isinstance(e.__context__, redis.ReadOnlyError):
-                self.disconnect()  # type: ignore[attr-defined]
-                raise rule.NotApplied(f"{e} (nothing applied)") from e
+                raise self._statekit_refused(e) from e
             # the reply may still come: never read by the next command (redis-py's
             # Sentinel connection before 8.2 reads with disconnect_on_error=False)
             self.disconnect()  # type: ignore[attr-defined]
             raise rule.OutcomeUnknown(f"{e} (waiting for a reply: the outcome is unknown)") from e
+        self._statekit_replies += 1
+        return reply
+
+    def _statekit_refused(self, error: Exception) -> Exception:
+        """The error for a reply that says the node applied nothing (the connection is
+        dropped): :class:`NotApplied`, unless replies to earlier commands sent with it
+        came first (a pipeline, not a transaction): those were applied (a failover
+        between them), and sending them again would apply them twice."""
+        rule = _rule()
+        self.disconnect()  # type: ignore[attr-defined]
+        if self._statekit_replies and not self._statekit_atomic:
+            return rule.OutcomeUnknown(f"{error} (after {self._statekit_replies} replies to the commands "
+                                       "sent with it: those were applied; not sent again)")
+        return rule.NotApplied(f"{error} (nothing applied)")
 
 
 class _RuleClasses:
