@@ -443,3 +443,27 @@ def test_a_cluster_that_is_away_at_start_does_not_stop_the_app_starting() -> Non
     finally:
         client.close()
         node.stop()
+
+
+def test_rule_classes_are_built_once_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads reaching the retry rule together share one set of its classes (two
+    ``OutcomeUnknown`` classes would let one thread's unknown outcome be retried)."""
+    import threading
+
+    from statekit.backends import redis as redis_backend
+
+    monkeypatch.setattr(redis_backend, "_rules", None)
+    barrier = threading.Barrier(16)
+    seen: list[object] = []
+
+    def build() -> None:
+        barrier.wait()
+        seen.append(redis_backend._rule())
+
+    threads = [threading.Thread(target=build) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 16
+    assert len({id(r) for r in seen}) == 1

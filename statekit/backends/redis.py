@@ -301,10 +301,17 @@ class _RuleClasses:
 _rules: _RuleClasses | None = None
 
 
+_rules_lock = threading.Lock()
+
+
 def _rule() -> _RuleClasses:
+    """The rule's classes, built once per process (under a lock: two threads building
+    them at once would make two ``OutcomeUnknown`` classes, one of them retryable)."""
     global _rules
     if _rules is None:
-        _rules = _RuleClasses()
+        with _rules_lock:
+            if _rules is None:
+                _rules = _RuleClasses()
     return _rules
 
 
