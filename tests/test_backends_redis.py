@@ -450,8 +450,6 @@ def test_rule_classes_are_built_once_across_threads(monkeypatch: pytest.MonkeyPa
     ``OutcomeUnknown`` classes would let one thread's unknown outcome be retried)."""
     import threading
 
-    from statekit.backends import redis as redis_backend
-
     monkeypatch.setattr(redis_backend, "_rules", None)
     barrier = threading.Barrier(16)
     seen: list[object] = []
