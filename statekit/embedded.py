@@ -515,7 +515,7 @@ class _Sentinel(_Process):
             f.write(
                 f"port {self.port}\nbind 127.0.0.1\ndir {self.tmpdir}\n"
                 f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1\n"
-                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel down-after-milliseconds {self.service} 5000\n"
                 f"sentinel failover-timeout {self.service} 5000\n"
                 f"sentinel parallel-syncs {self.service} 1\n"
             )
