@@ -651,6 +651,13 @@ class RedisSentinel:
         self.stop()
 
 
+def _require_moto() -> None:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("the embedded S3 endpoint needs moto: pip install 'statekit[embedded]'") from e
+
+
 class S3Server(_Process):
     """moto's S3 server on a free loopback port, with *bucket* created.
 
@@ -664,6 +671,7 @@ class S3Server(_Process):
         from .config import check_bucket_name
 
         self.bucket = check_bucket_name(bucket)  # refused now, not after a startup timeout
+        _require_moto()  # now, before a caller starts its other servers
         super().__init__()
         self.port = port
 
@@ -690,12 +698,7 @@ class S3Server(_Process):
         return True
 
     def start(self, timeout: float = 60.0) -> None:
-        try:
-            import moto.server  # noqa: F401
-        except ImportError as e:
-            raise ConfigError(
-                "the embedded S3 endpoint needs moto: pip install 'statekit[embedded]'"
-            ) from e
+        _require_moto()
         super().start(timeout)
 
     def restart(self, timeout: float = 60.0) -> None:
