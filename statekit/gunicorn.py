@@ -882,7 +882,10 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
 def serve_main(argv: Sequence[str]) -> int:
     """``statekit serve MODULE:APP [...]``: run a WSGI app on gunicorn with drain,
     rolling reload and the broadcaster. Exits when the master stops."""
-    p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__)
+    from .cli import PlainHelpFormatter, default_pid_file
+
+    p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__,
+                                formatter_class=PlainHelpFormatter)
     p.add_argument("app", metavar="MODULE:APP", help="WSGI app, or an app factory: MODULE:create_app()")
     p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT",
                    help="address to listen on (default $STATEKIT_BIND or 127.0.0.1:8000)")
@@ -895,7 +898,10 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject",
                    help="while draining: reject new requests with 503 at once (default; a proxy retries "
                         "them elsewhere) or serve them until the pre-stop delay ends")
-    p.add_argument("--pid", metavar="FILE", help="write the master's pid here (for statekit reload)")
+    p.add_argument("--pid", metavar="FILE",
+                   help="write the master's pid here, for statekit reload (default "
+                        "./.statekit/serve-HOST-PORT.pid, which statekit reload finds from this directory; "
+                        "'' for none)")
     p.add_argument("--broadcaster", metavar="MODULE:OBJ", help="a statekit Broadcaster to run in the master")
     p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
     opts = p.parse_args(list(argv))
@@ -905,6 +911,9 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError("--workers must be at least 1")
     if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
         raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
+    if opts.pid is None:
+        opts.pid = default_pid_file(opts.bind)
+        os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
     sys.path.insert(0, os.getcwd())
     broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
     if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
@@ -913,7 +922,7 @@ def serve_main(argv: Sequence[str]) -> int:
     application = StatekitApplication(
         opts.app,
         {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
-         "pidfile": opts.pid, "loglevel": opts.log_level},
+         "pidfile": opts.pid or None, "loglevel": opts.log_level},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,
@@ -927,14 +936,21 @@ def serve_main(argv: Sequence[str]) -> int:
 
 
 def reload_main(argv: Sequence[str]) -> int:
-    """``statekit reload (--pid FILE | PID)``: zero-downtime reload of a running
-    ``statekit serve`` (sends SIGHUP to its master)."""
-    p = argparse.ArgumentParser(prog="statekit reload", description=reload_main.__doc__)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--pid", dest="pidfile", metavar="FILE", help="the master's pid file (serve --pid)")
+    """``statekit reload [--pid FILE | PID]``: zero-downtime reload of a running
+    ``statekit serve`` (sends SIGHUP to its master). Without arguments, the one
+    started from the current directory (its pid file under ``.statekit/``)."""
+    from .cli import PlainHelpFormatter, find_pid_file
+
+    p = argparse.ArgumentParser(prog="statekit reload", description=reload_main.__doc__,
+                                formatter_class=PlainHelpFormatter)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pid", dest="pidfile", metavar="FILE",
+                   help="the master's pid file (serve --pid; default: the one under ./.statekit/)")
     g.add_argument("pid", nargs="?", type=int, help="the master's pid")
     opts = p.parse_args(list(argv))
     pid = opts.pid
+    if pid is None and not opts.pidfile:
+        opts.pidfile = find_pid_file()
     if opts.pidfile:
         try:
             with open(opts.pidfile) as f:

@@ -4,19 +4,26 @@ the URLs in its environment."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import random
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urljoin
 
 import boto3
 import pytest
+import requests
 
 from statekit.cli import main
 from statekit.config import parse_url
@@ -25,6 +32,7 @@ from statekit.embedded import find_redis_server
 pytestmark = [pytest.mark.redis, pytest.mark.s3]
 
 STATEKIT = str(Path(sys.executable).with_name("statekit"))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def alive(pid: int) -> bool:
@@ -320,3 +328,215 @@ def test_dev_sigkilled_takes_its_command_along(run_dev: list[Dev]) -> None:
     finally:
         if alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
+
+
+class _Parsed(Exception):
+    pass
+
+
+def _parsers(monkeypatch: pytest.MonkeyPatch) -> dict[str, argparse.ArgumentParser]:
+    """Each command's argument parser, caught at its parse_args()."""
+    from statekit.cli import COMMANDS, _load
+
+    caught: list[argparse.ArgumentParser] = []
+
+    def parse_args(self: argparse.ArgumentParser, *a: object, **kw: object) -> None:
+        caught.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    parsers = {}
+    for name, (target, _) in COMMANDS.items():
+        with pytest.raises(_Parsed):
+            _load(target)(["x"])  # type: ignore[operator]
+        parsers[name] = caught.pop()
+    return parsers
+
+
+def test_every_command_help_is_plain_text_with_every_option_explained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, parser in _parsers(monkeypatch).items():
+        text = parser.format_help()
+        assert "``" not in text and not re.search(r":(func|class|meth|mod|data):", text), (name, text)
+        unexplained = [a.dest for a in parser._actions if not (a.help and a.help.strip())]
+        assert unexplained == [], f"statekit {name}: options without help: {unexplained}"
+
+
+def test_output_to_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text("".join(
+        f"cache_{i} = {{}}\n\n@app.route('/{i}')\ndef view_{i}():\n    global hits\n    hits += 1\n"
+        for i in range(300)))
+    for args in (["audit", str(tmp_path)], ["--help"], ["dev", "--help"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader (head) is already gone
+        try:
+            proc = subprocess.run([sys.executable, "-m", "statekit", *args], stdout=write,
+                                  stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+        finally:
+            os.close(write)
+        assert proc.stderr == "", proc.stderr  # no BrokenPipeError traceback, no "Exception ignored"
+        assert proc.returncode in (0, 128 + signal.SIGPIPE), (args, proc.returncode)
+
+
+def test_dev_blobs_dir_keeps_blobs_across_restarts(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    put = ("import os; from statekit.blobs import BlobStore; "
+           "b = BlobStore(os.environ['STATEKIT_BLOBS_URL']).put(b'kept\\n', filename='k.txt'); "
+           "print('KEY', b.key)")
+    dev = [STATEKIT, "dev", "--blobs-dir", str(blobs), "--", sys.executable, "-c"]
+    first = subprocess.run([*dev, put], capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"Blobs    file://{blobs}?create=1" in first.stdout
+    assert "S3 " not in first.stdout  # no in-memory S3 endpoint started
+    key = re.search(r"^KEY (\S+)$", first.stdout, re.M).group(1)  # type: ignore[union-attr]
+    get = ("import os, sys; from statekit.blobs import BlobStore; "
+           "sys.stdout.write(BlobStore(os.environ['STATEKIT_BLOBS_URL']).open(sys.argv[1]).read().decode())")
+    second = subprocess.run([*dev, get, key], capture_output=True, text=True, timeout=120, check=False)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "kept\n" in second.stdout
+
+
+def _start_demo(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://{env['STATEKIT_BIND']}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                return proc
+        time.sleep(0.2)
+    _stop_demo(proc)
+    raise AssertionError("the demo did not start:\n" + log.read_text())
+
+
+def _stop_demo(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the demo's own process group, started above
+        proc.wait()
+
+
+@pytest.mark.gunicorn
+def test_demo_keeps_its_photos_across_its_restart(tmp_path: Path) -> None:
+    from statekit.phoenix import make_png
+
+    recipe = re.search(r"^demo:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe is not None
+    default_dir = "examples/flask_app/instance/blobs"  # beside the demo's SQLite file (db.DEFAULT_URL)
+    assert f"--blobs-dir {default_dir} " in recipe.group(1)
+    line = recipe.group(1).replace("$(VENV)/bin/statekit", STATEKIT)
+    command = [sys.executable if a == "$(PY)" else a
+               for a in shlex.split(line.replace(default_dir, str(tmp_path / "blobs")))]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "STATEKIT_BIND": f"127.0.0.1:{port}",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
+    for var in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL"):
+        env.pop(var, None)
+    base, png = f"http://127.0.0.1:{port}", make_png(random.Random(11))
+
+    def photos_of(user: str) -> list[bytes]:
+        client = requests.Session()
+        client.post(base + "/login", data={"user": user}, timeout=30)
+        html = client.get(base + "/", timeout=30, headers={"Connection": "close"}).text
+        urls = re.findall(r'<img src="([^"]+)" alt="kept.png">', html)
+        return [requests.get(urljoin(base, u.replace("&amp;", "&")), timeout=30).content for u in urls]
+
+    proc = _start_demo(command, env, tmp_path / "demo.log")
+    try:
+        client = requests.Session()
+        client.post(base + "/login", data={"user": "dana"}, timeout=30)
+        sent = client.post(base + "/photos", files={"photo": ("kept.png", png, "image/png")}, timeout=30)
+        assert sent.status_code == 200
+        assert photos_of("dana") == [png]
+    finally:
+        _stop_demo(proc)
+    proc = _start_demo(command, env, tmp_path / "demo.log")
+    try:
+        assert photos_of("dana") == [png]  # the row in SQLite and its photo both survived
+    finally:
+        _stop_demo(proc)
+
+
+SERVE_APP = '''
+import os
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+'''
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        r = requests.get(f"http://127.0.0.1:{port}{path}", timeout=5, headers={"Connection": "close"})
+    except requests.RequestException:
+        return 0, ""
+    return r.status_code, r.text
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.gunicorn
+def test_serve_writes_a_default_pid_file_that_reload_finds(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(SERVE_APP)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    started: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def serve() -> tuple[subprocess.Popen[bytes], int]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with open(tmp_path / f"serve-{port}.log", "wb") as log:
+            command = [STATEKIT, "serve", "app:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                       "--pre-stop-delay", "0"]
+            proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        started.append((proc, port))
+        _wait_for(lambda: proc.poll() is None and _get(port, "/readyz")[0] == 200, "serve to be ready")
+        return proc, port
+
+    def reload(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([STATEKIT, "reload", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    try:
+        first, port = serve()
+        pid_file = tmp_path / ".statekit" / f"serve-127.0.0.1-{port}.pid"
+        assert int(pid_file.read_text()) == first.pid  # the master's pid, under the run directory
+        worker = _get(port, "/")[1]
+        done = reload()  # no flags: from the same directory it finds the pid file
+        assert done.returncode == 0, done.stderr
+        assert f"sent SIGHUP to {first.pid}" in done.stdout
+        _wait_for(lambda: _get(port, "/")[1] not in ("", worker), "the worker to be replaced")
+
+        second, port2 = serve()  # a second server from the same directory has its own file
+        several = reload()
+        assert several.returncode == 1 and "several statekit serve are running" in several.stderr
+        chosen = reload("--pid", f".statekit/serve-127.0.0.1-{port2}.pid")
+        assert chosen.returncode == 0 and f"sent SIGHUP to {second.pid}" in chosen.stdout
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in started:
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    assert list((tmp_path / ".statekit").glob("*.pid")) == []  # removed when each server stopped
