@@ -7,6 +7,8 @@ it as ``__cause__``.
 
 from __future__ import annotations
 
+import pickle  # noqa: S403 - for PicklingError only; nothing is unpickled here
+
 __all__ = [
     "BackendUnavailable",
     "BlobError",
@@ -25,6 +27,7 @@ __all__ = [
     "SignatureError",
     "StaleToken",
     "StatekitError",
+    "UnencodableValue",
 ]
 
 
@@ -56,6 +59,15 @@ class SerializationError(StatekitError, TypeError):
 
     On encode the message names the type (and, for sessions, the key); on decode it
     says which codec refused the payload. A refused payload is never executed."""
+
+
+class UnencodableValue(SerializationError, pickle.PicklingError):
+    """A value a cache's codec cannot encode. Django's and cachelib's cache contracts
+    name a ``pickle.PickleError`` for it (code written for their backends catches that);
+    this is one, and a :class:`SerializationError` too. Raised by the Django and cachelib
+    adapters (``django_statekit.cache.UnencodableValue`` and
+    ``statekit.compat.cachelib.UnencodableValue`` are this class)."""
+
 
 
 class SignatureError(SerializationError):

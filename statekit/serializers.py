@@ -33,10 +33,11 @@ import hmac
 import json
 import pickle  # noqa: S403 - only behind an HMAC check, see SignedPickleSerializer
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError, SerializationError, SignatureError
+from .errors import ConfigError, SerializationError, SignatureError, UnencodableValue
 
 __all__ = [
     "JSONSerializer",
@@ -45,6 +46,7 @@ __all__ = [
     "SignedPickleSerializer",
     "WebJSONSerializer",
     "get_serializer",
+    "unencodable_as_pickle_error",
 ]
 
 
@@ -460,3 +462,16 @@ def get_serializer(
             "use 'signed-pickle' with secret keys"
         )
     raise ConfigError(f"unknown serializer {spec!r}; choose json, msgpack or signed-pickle")
+
+
+@contextmanager
+def unencodable_as_pickle_error() -> Iterator[None]:
+    """Raise an encode-time :class:`~statekit.errors.SerializationError` as
+    :class:`~statekit.errors.UnencodableValue` (a ``pickle.PickleError``), as the
+    Django and cachelib cache contracts ask."""
+    try:
+        yield
+    except UnencodableValue:
+        raise
+    except SerializationError as e:
+        raise UnencodableValue(str(e)) from e

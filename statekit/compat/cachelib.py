@@ -28,35 +28,19 @@ the code of whoever can write to it.
 from __future__ import annotations
 
 import datetime as dt
-import pickle  # noqa: S403 - for PicklingError only; nothing is unpickled here
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from cachelib import BaseCache
 from cachelib.serializers import BaseRedisSerializer, BaseSerializer
 
 from ..cache import Cache
-from ..errors import ConfigError, SerializationError
-from ..serializers import WebJSONSerializer
+from ..errors import ConfigError, SerializationError, UnencodableValue
+from ..serializers import WebJSONSerializer, unencodable_as_pickle_error
 
 __all__ = ["CachelibCodec", "StatekitCache", "UnencodableValue"]
 
 
-class UnencodableValue(SerializationError, pickle.PicklingError):
-    """A value the codec cannot encode: cachelib's contract names a
-    ``pickle.PickleError`` for it; this is one, and statekit's
-    :class:`~statekit.errors.SerializationError` too."""
-
-
-@contextmanager
-def _encoding() -> Iterator[None]:
-    try:
-        yield
-    except UnencodableValue:
-        raise
-    except SerializationError as e:
-        raise UnencodableValue(str(e)) from e
 
 
 _PICKLING = {BaseSerializer.dumps, BaseSerializer.loads, BaseRedisSerializer.dumps,
@@ -174,14 +158,14 @@ class StatekitCache(BaseCache):  # type: ignore[misc]
         if ttl is not None and ttl < 0:
             self.cache.delete(self._k(key))
             return True
-        with _encoding():
+        with unencodable_as_pickle_error():
             return self.cache.set(self._k(key), value, ttl=ttl)
 
     def add(self, key: str, value: Any, timeout: int | dt.timedelta | None = None) -> bool:
         ttl = self._ttl(timeout)
         if ttl is not None and ttl < 0:
             return not self.cache.has(self._k(key))
-        with _encoding():
+        with unencodable_as_pickle_error():
             return self.cache.add(self._k(key), value, ttl=ttl)
 
     def set_many(self, mapping: dict[str, Any], timeout: int | dt.timedelta | None = None) -> list[Any]:
@@ -189,7 +173,7 @@ class StatekitCache(BaseCache):  # type: ignore[misc]
         if ttl is not None and ttl < 0:
             self.cache.delete_many([self._k(k) for k in mapping])
             return list(mapping)
-        with _encoding():
+        with unencodable_as_pickle_error():
             stored = self.cache.set_many({self._k(k): v for k, v in mapping.items()}, ttl=ttl)
         return list(mapping) if stored else []
 

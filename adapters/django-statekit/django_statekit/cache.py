@@ -31,35 +31,20 @@ cache contract names; ``incr`` of a value that is not an integer raises
 
 from __future__ import annotations
 
-import pickle  # noqa: S403 - for PicklingError only; nothing is unpickled here
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from statekit.cache import Cache
-from statekit.errors import SerializationError, StatekitError
+from statekit.errors import StatekitError, UnencodableValue
+from statekit.serializers import unencodable_as_pickle_error
 
 from .conf import get_settings
 
 __all__ = ["StatekitCache", "UnencodableValue"]
 
 
-class UnencodableValue(SerializationError, pickle.PicklingError):
-    """A value the cache's codec cannot encode. Django's cache contract says such a
-    value raises ``pickle.PickleError`` (code written for Django's backends catches
-    that); this is one, and statekit's ``SerializationError`` too."""
-
-
-@contextmanager
-def _encoding() -> Iterator[None]:
-    try:
-        yield
-    except UnencodableValue:
-        raise
-    except SerializationError as e:
-        raise UnencodableValue(str(e)) from e
 
 
 class StatekitCache(BaseCache):
@@ -97,7 +82,7 @@ class StatekitCache(BaseCache):
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
             return not self._cache.has(k)
-        with _encoding():
+        with unencodable_as_pickle_error():
             return self._cache.add(k, value, ttl=ttl)
 
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
@@ -109,7 +94,7 @@ class StatekitCache(BaseCache):
         if ttl is not None and ttl <= 0:
             self._cache.delete(k)
         else:
-            with _encoding():
+            with unencodable_as_pickle_error():
                 self._cache.set(k, value, ttl=ttl)
 
     def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
@@ -126,7 +111,7 @@ class StatekitCache(BaseCache):
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
             return super().get_or_set(key, default, timeout=timeout, version=version)
-        with _encoding():
+        with unencodable_as_pickle_error():
             return self._cache.get_or_set(self.make_and_validate_key(key, version=version), default,
                                           ttl=ttl)
 
@@ -161,7 +146,7 @@ class StatekitCache(BaseCache):
         if ttl is not None and ttl <= 0:
             self._cache.delete_many(list(made))
             return []
-        with _encoding():
+        with unencodable_as_pickle_error():
             return [] if self._cache.set_many(made, ttl=ttl) else list(data)
 
     def delete_many(self, keys: Iterable[str], version: int | None = None) -> None:
