@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from upstream import ROOT, run_pytest, upstream_source
+from upstream import DJANGO_CONFTEST, ROOT, run_pytest, upstream_source
 
 pytestmark = pytest.mark.redis
 
@@ -47,22 +47,6 @@ USE_TZ = False
 LANGUAGE_CODE = "en"
 """
 
-CONFTEST = """
-import os
-import sys
-
-sys.path.insert(0, os.environ["DJANGO_TESTS_DIR"])
-os.environ["DJANGO_SETTINGS_MODULE"] = "statekit_settings"
-
-import django  # noqa: E402
-
-django.setup()
-
-from django.test.utils import setup_databases, setup_test_environment  # noqa: E402
-
-setup_test_environment()
-setup_databases(verbosity=0, interactive=False)
-"""
 
 TESTS = """
 import os
@@ -104,7 +88,7 @@ del _case, _moved
 def _run(tmp_path: Path, redis_url: str) -> dict[str, dict[str, str]]:
     tests_dir = upstream_source("django") / "tests"
     (tmp_path / "statekit_settings.py").write_text(SETTINGS)
-    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "conftest.py").write_text(DJANGO_CONFTEST)
     (tmp_path / MODULE).write_text(textwrap.dedent(TESTS))
     args = [MODULE]
     for name in DESELECTED:

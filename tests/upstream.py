@@ -87,6 +87,26 @@ def pytest_sessionfinish(session):
 '''
 
 
+#: the conftest of a generated directory that runs Django's own test modules: Django's
+#: tests/ on the path, this directory's ``statekit_settings``, the test databases made
+DJANGO_CONFTEST = """
+import os
+import sys
+
+sys.path.insert(0, os.environ["DJANGO_TESTS_DIR"])
+os.environ["DJANGO_SETTINGS_MODULE"] = "statekit_settings"
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.test.utils import setup_databases, setup_test_environment  # noqa: E402
+
+setup_test_environment()
+setup_databases(verbosity=0, interactive=False)
+"""
+
+
 def run_pytest(directory: Path, args: list[str], *, env: dict[str, str] | None = None,
                timeout: float = 180) -> dict[str, Any]:
     """Run pytest in a subprocess with *directory* as its rootdir (its own conftest,
