@@ -276,14 +276,15 @@ def test_hooks_in_a_users_own_gunicorn_conf(tmp_path: Path) -> None:
     assert report(srv.log())[2] >= 1
 
 
-def test_reload_command_errors(tmp_path: Path) -> None:
+def test_reload_command_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="cannot read a pid"):
         reload_main(["--pid", str(tmp_path / "missing.pid")])
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     with pytest.raises(StatekitError, match="no process"):
         reload_main([str(proc.pid)])
-    with pytest.raises(SystemExit):
+    monkeypatch.chdir(tmp_path)  # no ./.statekit/ pid file here
+    with pytest.raises(ConfigError, match="no running statekit serve"):
         reload_main([])
 
 
