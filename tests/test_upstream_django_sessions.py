@@ -16,11 +16,10 @@ documented in docs/differences.md ("Django sessions").
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
-from upstream import DJANGO_CONFTEST, ROOT, run_pytest, upstream_source
+from upstream import ROOT, run_django_tests
 
 pytestmark = pytest.mark.redis
 
@@ -72,20 +71,8 @@ class StatekitSessionMiddlewareTests(upstream.SessionMiddlewareTests):
 """
 
 
-def _run(tmp_path: Path, redis_url: str) -> dict[str, dict[str, str]]:
-    tests_dir = upstream_source("django") / "tests"
-    (tmp_path / "statekit_settings.py").write_text(SETTINGS)
-    (tmp_path / "conftest.py").write_text(DJANGO_CONFTEST)
-    (tmp_path / MODULE).write_text(textwrap.dedent(TESTS))
-    args = [MODULE]
-    for name in DESELECTED:
-        args += ["--deselect", f"{MODULE}::{name}"]
-    return run_pytest(tmp_path, args, env={"STATEKIT_UPSTREAM_REDIS_URL": redis_url,
-                                           "DJANGO_TESTS_DIR": str(tests_dir)})
-
-
 def test_djangos_session_suite_passes(tmp_path: Path, redis_url: str) -> None:
-    report = _run(tmp_path, redis_url)
+    report = run_django_tests(tmp_path, SETTINGS, MODULE, TESTS, DESELECTED, redis_url)
     outcomes = report["outcomes"]
     failed = {k: report["errors"].get(k, "") for k, v in outcomes.items() if v == "failed"}
     assert not failed, "\n\n".join(f"{k}\n{v}" for k, v in failed.items())

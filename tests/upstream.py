@@ -17,7 +17,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import textwrap
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +129,19 @@ def run_pytest(directory: Path, args: list[str], *, env: dict[str, str] | None =
         raise AssertionError(f"pytest did not finish:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     data: dict[str, Any] = json.loads(report.read_text())
     return data
+
+
+def run_django_tests(tmp_path: Path, settings: str, module: str, tests: str,
+                     deselected: Iterable[str], redis_url: str) -> dict[str, Any]:
+    """Run the generated test *module* (text *tests*, importing Django's own test
+    modules from the installed sdist) under *settings* in a subprocess, with each of
+    *deselected* deselected; :func:`run_pytest`'s report."""
+    tests_dir = upstream_source("django") / "tests"
+    (tmp_path / "statekit_settings.py").write_text(settings)
+    (tmp_path / "conftest.py").write_text(DJANGO_CONFTEST)
+    (tmp_path / module).write_text(textwrap.dedent(tests))
+    args = [module]
+    for name in deselected:
+        args += ["--deselect", f"{module}::{name}"]
+    return run_pytest(tmp_path, args, env={"STATEKIT_UPSTREAM_REDIS_URL": redis_url,
+                                           "DJANGO_TESTS_DIR": str(tests_dir)})
