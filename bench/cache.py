@@ -63,7 +63,7 @@ def run_group(title: str, contestants: dict[str, Callable[[], Any]], n: int, rou
 
 def _reader(url: str, key: str, ready: Any, conn: Any, rounds: int, mode: str) -> None:
     from statekit.cache import Cache
-    from statekit.nearcache import NearCache
+    from statekit.cache.near import NearCache
 
     evicted: dict[str, int] = {}
     if mode == "idle":  # note when the listener drops the local copy

@@ -87,13 +87,13 @@ APP = textwrap.dedent('''
 
 class RoundTrips:
     """Count network round trips: redis-py's (a command, a pipeline or a script = one)
-    and those of statekit's pool-free fast path (statekit.backends.fastredis: a
+    and those of statekit's pool-free fast path (statekit.redis.fast: a
     thread's own socket, or the near cache's shared one)."""
 
     def __init__(self) -> None:
         import redis.connection
 
-        from statekit.backends import fastredis
+        from statekit.redis import fast as fastredis
 
         self.count = 0
         self._patched = [(cls, name, getattr(cls, name)) for cls, name in (

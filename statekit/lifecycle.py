@@ -278,7 +278,7 @@ def redis_check(url: str) -> Check:
 
     def check(timeout: float) -> object:
         check_extras(url)
-        from .backends.redis import get_client, translate_errors
+        from .redis import get_client, translate_errors
 
         client = get_client(url, socket_timeout=timeout, socket_connect_timeout=timeout, retries=0)
         with translate_errors("readiness check"):
@@ -386,13 +386,13 @@ outages = OutageLog()
 _ORIGINS = {
     "statekit.sessions": ("session store", "session_url"),
     "statekit.cache": ("cache", "cache_url"),
-    "statekit.nearcache": ("cache", "cache_url"),
-    "statekit.backends.rediscache": ("cache", "cache_url"),
-    "statekit._subscriber": ("broadcast", "broadcast_url"),
+    "statekit.cache.near": ("cache", "cache_url"),
+    "statekit.cache.redis": ("cache", "cache_url"),
+    "statekit.broadcast.shared": ("broadcast", "broadcast_url"),
     "statekit.broadcast": ("broadcast", "broadcast_url"),
     "statekit.blobs": ("blob store", "blobs_url"),
-    "statekit.backends.s3": ("blob store", "blobs_url"),
-    "statekit.backends.local": ("blob store", "blobs_url"),
+    "statekit.blobs.s3": ("blob store", "blobs_url"),
+    "statekit.blobs.local": ("blob store", "blobs_url"),
 }
 
 

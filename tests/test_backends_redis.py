@@ -1,4 +1,4 @@
-"""statekit.backends.redis: clients for every Redis URL form, against real servers,
+"""statekit.redis: clients for every Redis URL form, against real servers,
 with timeouts and retries by default, and errors translated to BackendUnavailable."""
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from statekit.backends import redis as redis_backend
-from statekit.backends.redis import (
+from statekit.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, parse_url
+from statekit.embedded import RedisCluster, RedisSentinel, RedisServer
+from statekit.errors import BackendUnavailable, ConfigError, StatekitError
+from statekit.redis import (
     create_client,
     get_client,
     is_cluster,
@@ -24,9 +27,6 @@ from statekit.backends.redis import (
     translate_errors,
     with_rule,
 )
-from statekit.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, parse_url
-from statekit.embedded import RedisCluster, RedisSentinel, RedisServer
-from statekit.errors import BackendUnavailable, ConfigError, StatekitError
 
 
 def _closed_port() -> int:

@@ -91,7 +91,7 @@ def test_s3_open_reads_ranges_not_the_whole_object(s3_url: str) -> None:
 
 @pytest.mark.s3
 def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s3_url: str) -> None:
-    from statekit.backends.s3 import S3BlobStore
+    from statekit.blobs.s3 import S3BlobStore
 
     bucket = s3_url.split("@", 1)[1].split("?", 1)[0]
     store = S3BlobStore(client=s3_server.client(), bucket=bucket, prefix="media")
@@ -161,7 +161,7 @@ def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_p
 def test_local_missing_root_is_a_config_error_unless_create(tmp_path: Path) -> None:
     """A typo or an unmounted volume fails at start instead of storing uploads on
     this machine's disk; ``?create=1`` (or ``create=True``) creates the root."""
-    from statekit.backends.local import LocalBlobStore
+    from statekit.blobs.local import LocalBlobStore
     from statekit.errors import ConfigError
 
     missing = tmp_path / "not-mounted"

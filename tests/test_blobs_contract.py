@@ -75,9 +75,9 @@ def expected(total: int, chunk: int = 64 * 1024, seed: int = 1) -> bytes:
 
 
 def test_backend_classes_implement_the_whole_contract() -> None:
-    from statekit.backends.local import LocalBlobStore
-    from statekit.backends.memblobs import MemoryBlobStore
-    from statekit.backends.s3 import S3BlobStore
+    from statekit.blobs.local import LocalBlobStore
+    from statekit.blobs.memory import MemoryBlobStore
+    from statekit.blobs.s3 import S3BlobStore
 
     required = [n for n, v in vars(BlobStore).items()
                 if callable(v) and n.startswith("_") and not n.startswith("__")
@@ -89,8 +89,8 @@ def test_backend_classes_implement_the_whole_contract() -> None:
 
 
 def test_url_picks_backend(tmp_path: Path) -> None:
-    from statekit.backends.local import LocalBlobStore
-    from statekit.backends.memblobs import MemoryBlobStore
+    from statekit.blobs.local import LocalBlobStore
+    from statekit.blobs.memory import MemoryBlobStore
 
     assert isinstance(BlobStore("memory://x"), MemoryBlobStore)
     assert isinstance(open_blob_store(f"file://{tmp_path}"), LocalBlobStore)

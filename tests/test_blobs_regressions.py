@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from test_blobs_contract import png_bytes
 
-from statekit.backends.s3 import S3BlobStore
 from statekit.blobs import BlobStore
+from statekit.blobs.s3 import S3BlobStore
 from statekit.errors import (
     BackendUnavailable,
     BlobNotFound,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from statekit import _subscriber
 from statekit.broadcast import Broadcaster, SharedValue, current_run, load_broadcaster, state_key
+from statekit.broadcast import shared as _subscriber
 from statekit.embedded import RedisBinary, RedisSentinel, RedisServer, find_redis_servers
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, StaleToken
 from statekit.pytest_plugin import wait_for

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from statekit.backends.cachebase import CacheBackend
-from statekit.backends.memorycache import MemoryCacheBackend
-from statekit.backends.rediscache import RedisCacheBackend
 from statekit.cache import Cache
+from statekit.cache.memory import MemoryCacheBackend
+from statekit.cache.protocol import CacheBackend
+from statekit.cache.redis import RedisCacheBackend
 from statekit.embedded import RedisSentinel
 from statekit.errors import ConfigError, InvalidKey, LockError
 
@@ -588,7 +588,8 @@ class TestCluster(CacheContract):
 def test_fast_connection_stops_spinning_for_a_slow_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pure logic: replies that never arrive within the spin turn spinning off after
     16 calls; it is probed again after 1024 calls."""
-    from statekit.backends import fastredis, rediscache
+    from statekit.cache import redis as rediscache
+    from statekit.redis import fast as fastredis
 
     monkeypatch.setattr(fastredis, "_cpu_pressure", lambda: False)  # as on an idle machine
 

@@ -93,7 +93,7 @@ def test_other_writers_clear_and_flush_invalidate(redis_line_url: str) -> None:
 
 
 def test_bounded_lru() -> None:
-    from statekit.nearcache import NearCache
+    from statekit.cache.near import NearCache
 
     n = NearCache(maxsize=3)
     n.set_active(True)
@@ -113,7 +113,7 @@ def test_race_check_is_per_key() -> None:
     the cache flushed): with concurrent traffic to many keys, a check shared by all
     keys refused nearly every store. Evictions remembered per key are bounded; a
     forgotten one refuses every read older than it."""
-    from statekit.nearcache import NearCache
+    from statekit.cache.near import NearCache
 
     n: NearCache[str] = NearCache(maxsize=100, evictions=3)
     n.set_active(True)
@@ -215,7 +215,7 @@ def test_near_cache_on_sentinel(redis_sentinel: Any) -> None:
 def test_without_hiredis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """hiredis is optional: the pure-Python RESP reader serves the fast path and the
     invalidation connection alike."""
-    from statekit.backends import rediscache
+    from statekit.cache import redis as rediscache
 
     monkeypatch.setattr(rediscache, "make_reader", rediscache._PyReader)
     monkeypatch.setattr(rediscache, "pack_command", rediscache._pack_any)

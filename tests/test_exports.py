@@ -56,7 +56,7 @@ PUBLIC_MODULES = public_modules()
 
 def test_the_walk_finds_the_foundation() -> None:
     assert {
-        "statekit.backends", "statekit.backends.memory", "statekit.backends.redis", "statekit.cli",
+        "statekit.backends", "statekit.backends.memory", "statekit.redis", "statekit.cli",
         "statekit.config", "statekit.embedded", "statekit.errors", "statekit.metrics",
         "statekit.pytest_plugin", "statekit.serializers",
     } <= set(PUBLIC_MODULES)

@@ -1,4 +1,4 @@
-"""The shared pool-free Redis transport (statekit.backends.fastredis), against real servers."""
+"""The shared pool-free Redis transport (statekit.redis.fast), against real servers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 import redis
 
-from statekit.backends.fastredis import (
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+from statekit.pytest_plugin import run_threads, wait_for
+from statekit.redis import create_client
+from statekit.redis.fast import (
     FastTransport,
     RedisReplyError,
     SharedConnection,
@@ -23,10 +27,6 @@ from statekit.backends.fastredis import (
     pack_command,
     script_sha,
 )
-from statekit.backends.redis import create_client
-from statekit.embedded import RedisServer
-from statekit.errors import BackendUnavailable
-from statekit.pytest_plugin import run_threads, wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -192,7 +192,7 @@ def test_session_store_uses_it_and_survives_a_restart(private_redis: RedisServer
 
 
 def test_cpu_pressure_turns_busy_polling_off_when_cpus_are_oversubscribed(tmp_path: Path) -> None:
-    from statekit.backends.fastredis import _CpuPressure
+    from statekit.redis.fast import _CpuPressure
 
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("0.50 0.40 0.30 1/120 4242\n")  # only the sampler runs
@@ -212,7 +212,7 @@ def test_cpu_pressure_turns_busy_polling_off_when_cpus_are_oversubscribed(tmp_pa
 
 
 def test_cpu_pressure_is_never_busy_without_proc_loadavg(tmp_path: Path) -> None:
-    from statekit.backends.fastredis import _CpuPressure
+    from statekit.redis.fast import _CpuPressure
 
     pressure = _CpuPressure(str(tmp_path / "missing"))
     assert pressure() is False

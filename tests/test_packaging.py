@@ -129,7 +129,7 @@ def test_pip_install_into_a_fresh_venv(wheels: dict[str, Path], tmp_path: Path) 
 
 
 def test_missing_redis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    from statekit.backends.redis import create_client
+    from statekit.redis import create_client
 
     monkeypatch.setitem(sys.modules, "redis", None)
     message = r"redis:// URLs need the 'redis' package: pip install 'statekit\[redis\]'"
@@ -146,7 +146,7 @@ def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_boto3_through_the_blob_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    from statekit.backends.s3 import S3BlobStore
+    from statekit.blobs.s3 import S3BlobStore
 
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(ConfigError, match=r"pip install 'statekit\[s3\]'"):

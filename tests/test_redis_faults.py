@@ -1,4 +1,4 @@
-"""Fault tests for the one retry rule and the one error map (statekit.backends.redis).
+"""Fault tests for the one retry rule and the one error map (statekit.redis).
 
 * A Redis paused with SIGSTOP while a non-idempotent command (a cache ``incr``, a
   session ``incr``, a lock release) is in flight, past the socket timeout, then
@@ -38,12 +38,12 @@ from typing import Any
 import pytest
 import redis
 
-from statekit.backends.redis import create_client, translate_errors
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.cache import Cache
 from statekit.embedded import RedisBinary, RedisCluster, RedisSentinel, RedisServer, find_redis_servers
 from statekit.errors import BackendUnavailable, LockError
 from statekit.pytest_plugin import wait_for
+from statekit.redis import create_client, translate_errors
 from statekit.sessions import SessionStore
 
 pytestmark = pytest.mark.redis
@@ -427,7 +427,7 @@ class _ConnectionKeptOnError(redis.Connection):
                          ids=["connection", "sentinel-before-8.2"])
 def test_a_connection_whose_reply_is_late_is_dropped(server: RedisServer, connection_class: type) -> None:
     """The late reply must never be read as the next command's."""
-    from statekit.backends.redis import with_rule
+    from statekit.redis import with_rule
 
     client = create_client(f"redis://127.0.0.1:{server.port}/0?socket_timeout={TIMEOUT}")
     client.connection_pool.connection_class = with_rule(connection_class)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from statekit.backends.s3 import S3BlobStore
+from statekit.blobs.s3 import S3BlobStore
 from statekit.errors import ConfigError
 
 pytest.importorskip("boto3")

@@ -150,7 +150,7 @@ def test_bytearray_comes_back_as_bytes(codec: Serializer) -> None:
 
 @pytest.mark.redis
 def test_json_integers_work_with_incrby(redis_url: str) -> None:
-    from statekit.backends.redis import create_client
+    from statekit.redis import create_client
 
     codec = JSONSerializer()
     client = create_client(redis_url)
@@ -323,7 +323,7 @@ def test_the_exploit_is_real(tmp_path: Path) -> None:
 def test_attacker_pickle_in_redis_is_refused_without_running(
     codec: Serializer, redis_url: str, tmp_path: Path
 ) -> None:
-    from statekit.backends.redis import create_client
+    from statekit.redis import create_client
 
     marker = tmp_path / "pwned"
     client = create_client(redis_url)
@@ -449,8 +449,8 @@ def test_one_key_given_as_a_string_is_one_key(key: str | bytes, tmp_path: Path) 
 
 @pytest.mark.redis
 def test_cache_with_one_string_key_refuses_a_forged_pickle(redis_url: str, tmp_path: Path) -> None:
-    from statekit.backends.redis import create_client
     from statekit.cache import Cache
+    from statekit.redis import create_client
 
     cache = Cache(redis_url, serializer="signed-pickle", secret_keys="long-secret-key")
     cache.set("k", {"v": 1})

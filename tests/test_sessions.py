@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statekit.sessions as sessions_mod
-from statekit._session_backends import MemoryEngine, RedisEngine
 from statekit.embedded import RedisServer, free_port
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from statekit.pytest_plugin import redis_command_calls, server_lines
 from statekit.sessions import Session, SessionStore
+from statekit.sessions.engines import MemoryEngine, RedisEngine
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
 StoreFactory = Callable[..., SessionStore]

@@ -1,4 +1,4 @@
-"""statekit.sessions_carryover: the claim, the old-side delete, and plain-data pickle."""
+"""statekit.sessions.carryover: the claim, the old-side delete, and plain-data pickle."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from statekit import metrics
 from statekit.errors import SerializationError
 from statekit.sessions import SessionStore
-from statekit.sessions_carryover import CarryOver, FlaskSessionRedis, loads_plain_pickle
+from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, loads_plain_pickle
 
 pytestmark = pytest.mark.redis
 
@@ -147,7 +147,7 @@ def test_plain_pickle_only() -> None:
 def test_plain_pickle_sets_no_attribute_of_the_names_it_allows() -> None:
     """BUILD on an allowed name (``_codecs.encode`` is a function of this process):
     refused before anything runs, and the function is left as it was."""
-    import statekit.sessions_carryover as carryover
+    import statekit.sessions.carryover as carryover
 
     before = dict(vars(carryover._latin1))
     for state in (b"}VX\nI1\ns", b"(N}VX\nI1\nst"):  # a dict state; (None, slot state)

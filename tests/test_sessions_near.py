@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis
 
-from statekit._session_backends import RedisEngine
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import run_threads, wait_for
 from statekit.sessions import Session, SessionStore, _near_size, parse_version_token
+from statekit.sessions.engines import RedisEngine
 
 pytestmark = pytest.mark.redis
 
@@ -354,8 +354,8 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
     """A save whose reply is lost (timed out after Redis applied it) must still drop
     the copy that a load of this process read just before the save landed: no
     invalidation will ever come for it (NOLOOP), so it would stay stale."""
-    from statekit._session_backends import _pairs
     from statekit.errors import BackendUnavailable
+    from statekit.sessions.engines import _pairs
 
     a, _ = pair
     s = _warm_new(a, {"n": 1})

@@ -1,5 +1,5 @@
 """Keep users logged in across the switch to statekit sessions: the previous session
-engine is read on a user's first request (see :mod:`statekit.sessions_carryover`).
+engine is read on a user's first request (see :mod:`statekit.sessions.carryover`).
 
 ::
 
@@ -30,7 +30,7 @@ django-redis's default serializer). It is refused unless
 in ``carry_over_refused``, logged to ``statekit.security`` with the setting to turn
 on), so with Django's Redis cache no session is carried over without it. On, it is read
 raw and unpickled as plain data only
-(:func:`statekit.sessions_carryover.loads_plain_pickle`: any pickle naming a class or
+(:func:`statekit.sessions.carryover.loads_plain_pickle`: any pickle naming a class or
 function is refused, never run); the old app unpickled the same bytes with full
 pickle, so this adds no trust in the old cache. It is the one, opt-in, exception to
 "no unsigned pickle on a read path": switch it off with the carry-over.
@@ -51,9 +51,9 @@ from typing import Any
 
 from django.contrib.sessions.backends.base import SessionBase
 
-from statekit.backends.redis import translate_errors
 from statekit.errors import ConfigError, SerializationError
-from statekit.sessions_carryover import CarryOver, loads_plain_pickle
+from statekit.redis import translate_errors
+from statekit.sessions.carryover import CarryOver, loads_plain_pickle
 
 __all__ = ["DjangoSessions", "carry_over_for"]
 
@@ -70,7 +70,7 @@ class DjangoSessions:
     :param engine: its dotted path (the old ``SESSION_ENGINE``).
     :param cache_alias: the ``CACHES`` alias of the ``cache`` engine.
     :param plain_pickle: read the ``cache`` engine's pickled sessions with
-        :func:`~statekit.sessions_carryover.loads_plain_pickle`; off (the default),
+        :func:`~statekit.sessions.carryover.loads_plain_pickle`; off (the default),
         they are refused (``STATEKIT_SESSION_CARRY_OVER_PICKLE``).
     """
 

@@ -1,5 +1,5 @@
 """Keep users logged in across the switch to statekit sessions: the previous session
-store is read on a user's first request (see :mod:`statekit.sessions_carryover`).
+store is read on a user's first request (see :mod:`statekit.sessions.carryover`).
 
 ========================================  ==============================================
 ``STATEKIT_SESSION_CARRY_OVER``           off (default); ``flask-cookie`` (Flask's own
@@ -24,7 +24,7 @@ Flask-Session before 0.7 stored a pickle, unsigned (``SESSION_USE_SIGNER`` signs
 the id in the cookie). Such a value is refused unless ``STATEKIT_SESSION_CARRY_OVER_PICKLE``
 is on: the user gets a fresh session (counted in ``carry_over_refused``, logged to
 ``statekit.security`` with the setting to turn on). On, it is read under a signed id
-only, and as plain data only (:func:`statekit.sessions_carryover.loads_plain_pickle`:
+only, and as plain data only (:func:`statekit.sessions.carryover.loads_plain_pickle`:
 any pickle naming a class or function is refused, never run); the old app unpickled
 the same bytes with full pickle, so this adds no trust in the old store. It is the one,
 opt-in, exception to "no unsigned pickle on a read path": switch it off with the
@@ -45,7 +45,7 @@ from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import BadSignature
 
 from statekit.errors import ConfigError
-from statekit.sessions_carryover import CarryOver, FlaskSessionRedis, PreviousStore
+from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, PreviousStore
 
 from . import _config, _flag
 
@@ -81,7 +81,7 @@ def _secret_keys(app: Flask) -> list[str | bytes]:
 
 
 def carry_over_from_config(app: Flask) -> CarryOver | None:
-    """The :class:`~statekit.sessions_carryover.CarryOver` the settings ask for, or
+    """The :class:`~statekit.sessions.carryover.CarryOver` the settings ask for, or
     ``None`` (off). :raises ConfigError: an unknown kind, or no old Redis."""
     kind = str(_config(app, "STATEKIT_SESSION_CARRY_OVER", "") or "").strip().lower()
     if kind in ("", "0", "off", "false", "no", "none"):

@@ -17,7 +17,7 @@ from flask import Flask, jsonify, session
 from flask.testing import FlaskClient
 
 from flask_statekit import StateKit, get_state
-from statekit.sessions_carryover import FlaskSessionRedis
+from statekit.sessions.carryover import FlaskSessionRedis
 
 pytestmark = pytest.mark.redis
 
@@ -121,7 +121,7 @@ def test_flask_session_old_entry_left_to_expire(redis_url: str, monkeypatch: pyt
     """``STATEKIT_SESSION_CARRY_OVER_DELETE = False`` leaves the old entry; the old
     cookie is still carried over only once: after the alias window it is spent (a
     logout in statekit is not undone by the old entry)."""
-    import statekit.sessions_carryover
+    import statekit.sessions.carryover
 
     url = old_url(redis_url)
     old = logged_in_before(flask_session_app(url))
@@ -130,7 +130,7 @@ def test_flask_session_old_entry_left_to_expire(redis_url: str, monkeypatch: pyt
     assert switched(app, old).get("/get").json == {"_user_id": "alice", "cart": ["apple", "pear"]}
     assert len(redis.Redis.from_url(url).keys("session:*")) == 1
     later = time.time() + 11  # past the 10 s alias window
-    monkeypatch.setattr(statekit.sessions_carryover, "now", lambda: later)
+    monkeypatch.setattr(statekit.sessions.carryover, "now", lambda: later)
     assert switched(app, old).get("/get").json == {}
     assert get_state(app).sessions.counters.get("carried_over") == 1
 
@@ -320,8 +320,8 @@ def test_old_store_down_at_the_delete_keeps_the_user_logged_in(redis_url: str,
         assert resp.json == {"_user_id": "alice", "cart": ["apple", "pear"]}
         new = old_cookie(browser)
         assert new != old and get_state(app).sessions.unsign(new) is not None
-        import statekit.sessions_carryover
+        import statekit.sessions.carryover
 
         later = time.time() + 11  # past the alias window: the browser uses its new cookie
-        monkeypatch.setattr(statekit.sessions_carryover, "now", lambda: later)
+        monkeypatch.setattr(statekit.sessions.carryover, "now", lambda: later)
         assert browser.get("/get").json == {"_user_id": "alice", "cart": ["apple", "pear"]}

@@ -42,8 +42,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ._fork import reset_in_child
-from .errors import BackendUnavailable
+from .._fork import reset_in_child
+from ..errors import BackendUnavailable
 
 __all__ = ["InvalidationListener", "NearCache"]
 
@@ -291,7 +291,7 @@ class InvalidationListener:
             backoff = min(backoff * 2, 2.0)
 
     def _connect(self, ep: dict[str, Any]) -> socket.socket:
-        from .backends.rediscache import make_reader, pack_command
+        from .redis import make_reader, pack_command
 
         if ep.get("path"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -339,7 +339,7 @@ class InvalidationListener:
         return sock
 
     def _listen(self, socks: list[socket.socket], eps: list[dict[str, Any]]) -> None:
-        from .backends.rediscache import pack_command
+        from .redis import pack_command
 
         last_seen = {s: time.monotonic() for s in socks}
         last_ping = time.monotonic()

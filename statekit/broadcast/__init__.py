@@ -84,13 +84,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NamedTuple, TypeVar
 
-from . import _subscriber
-from ._subscriber import SharedValue, SharedValues, _channel, _check_name, _resolve, state_key
-from .backends.fastredis import FastTransport, fast_params, script_sha
-from .backends.redis import translate_errors
-from .errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
-from .metrics import Counters
-from .serializers import Serializer, get_serializer
+from ..errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
+from ..metrics import Counters
+from ..redis import translate_errors
+from ..redis.fast import FastTransport, fast_params, script_sha
+from ..serializers import Serializer, get_serializer
+from . import shared as _subscriber
+from .shared import SharedValue, SharedValues, _channel, _check_name, _resolve, state_key
 
 __all__ = [
     "Broadcaster",
@@ -341,7 +341,7 @@ class Broadcaster:
 
     def _run_publish(self, keys: list[str], args: list[str | bytes]) -> Any:
         """Run the publish script: through this thread's own socket when the client
-        is a plain standalone one (:class:`~statekit.backends.fastredis.FastTransport`:
+        is a plain standalone one (:class:`~statekit.redis.fast.FastTransport`:
         one ``sendall`` + one ``recv``, no pool), else through redis-py."""
         if self._use_fast is None:
             if self._client is None:
@@ -363,7 +363,7 @@ class Broadcaster:
         the job's current one. Safe from any thread and process; concurrent publishes
         are ordered by Redis and every worker ends on the last one. On a plain
         standalone client the script goes through a per-thread socket
-        (:class:`~statekit.backends.fastredis.FastTransport`, fork-safe), not the
+        (:class:`~statekit.redis.fast.FastTransport`, fork-safe), not the
         pool; Cluster, Sentinel and TLS clients go through redis-py.
 
         :returns: the new version.
@@ -648,7 +648,7 @@ def main(argv: Sequence[str]) -> int:
     """``statekit broadcast module:broadcaster``: run a broadcaster's jobs until
     SIGTERM/SIGINT. Any number may run at once; the lease keeps each job to one
     computation per interval."""
-    from .cli import PlainHelpFormatter
+    from ..cli import PlainHelpFormatter
 
     parser = argparse.ArgumentParser(prog="statekit broadcast", description=main.__doc__,
                                      formatter_class=PlainHelpFormatter)

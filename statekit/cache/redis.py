@@ -20,7 +20,7 @@ On a plain TCP or unix-socket client the backend skips redis-py's connection
 pool on the hot path: each thread keeps one dedicated socket with a hiredis
 reply parser (when ``hiredis`` is installed), so a ``get`` costs one ``sendall``
 and one ``recv``, and it polls briefly for the reply before blocking (see
-:mod:`statekit.backends.fastredis`, shared with the session store). The socket
+:mod:`statekit.redis.fast`, shared with the session store). The socket
 has the client's connect and read timeouts, enforced by the kernel; a failure
 closes it and raises
 :class:`~statekit.errors.BackendUnavailable`.
@@ -33,14 +33,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..backends import require
 from ..errors import BackendUnavailable, ConfigError
-from . import require
-from .cachebase import CacheBackend
-from .fastredis import SPIN_SECONDS, FastTransport, make_reader, pack_command, script_sha
-from .fastredis import _FastConnection as _FastConnection  # re-exported for tests
-from .fastredis import _pack_any as _pack_any
-from .fastredis import _PyReader as _PyReader
-from .redis import RedisClient
+from ..redis import RedisClient
+from ..redis.fast import SPIN_SECONDS, FastTransport, make_reader, pack_command, script_sha
+from ..redis.fast import _FastConnection as _FastConnection  # re-exported for tests
+from ..redis.fast import _pack_any as _pack_any
+from ..redis.fast import _PyReader as _PyReader
+from .protocol import CacheBackend
 
 __all__ = ["SPIN_SECONDS", "RedisCacheBackend", "RedisTransport", "make_reader", "pack_command"]
 
@@ -128,7 +128,7 @@ def _value_error(message: str) -> Exception:
 class RedisTransport(FastTransport):
     """The connections one :class:`~statekit.cache.Cache` family shares: a redis-py
     client, and on plain TCP/unix clients a per-thread fast socket (see
-    :class:`~statekit.backends.fastredis.FastTransport` for concurrency and failure
+    :class:`~statekit.redis.fast.FastTransport` for concurrency and failure
     behaviour). Adds the cache script, the cache's error mapping and the near
     cache's invalidation endpoints.
 

@@ -27,7 +27,9 @@ import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ..blobs import (
+from ..config import parse_url
+from ..errors import BackendUnavailable, BlobExists, BlobNotFound, ConfigError, InvalidKey
+from . import (
     META_FILENAME,
     META_SHA256,
     Blob,
@@ -37,8 +39,6 @@ from ..blobs import (
     WriteRequest,
     decode_meta,
 )
-from ..config import parse_url
-from ..errors import BackendUnavailable, BlobExists, BlobNotFound, ConfigError, InvalidKey
 
 __all__ = ["LocalBlobStore"]
 

@@ -17,13 +17,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from ._fork import reset_in_child
-from .errors import InvalidKey, LockError, SerializationError
-from .serializers import _TAG, _tag
+from .._fork import reset_in_child
+from ..errors import InvalidKey, LockError, SerializationError
+from ..serializers import _TAG, _tag
 
 if TYPE_CHECKING:
-    from .backends.cachebase import CacheBackend
-    from .cache import Cache
+    from . import Cache
+    from .protocol import CacheBackend
 
 __all__ = ["DEFAULT", "TTL", "BoundCachedFunction", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
 

@@ -21,7 +21,7 @@ first use, so a gunicorn worker never shares a reply stream with its parent.
 
 **Failures.** Every send and receive is bounded by the client's ``socket_timeout``
 and every connect by its ``socket_connect_timeout`` (enforced by the kernel). The
-retry rule is the one of :mod:`statekit.backends.redis`: before a command is sent on
+retry rule is the one of :mod:`statekit.redis`: before a command is sent on
 a socket that has been idle, the socket is checked (a non-blocking peek) and, if the
 server closed it (Redis restarted, idle timeout), replaced: nothing was sent, so
 nothing is lost or doubled. Once a command went out, a timeout, a reset or any other
@@ -54,7 +54,7 @@ from typing import Any
 
 from .._fork import reset_in_child
 from ..errors import BackendUnavailable, StatekitError
-from .redis import (
+from . import (
     IDEMPOTENT_READS,
     Problem,
     RedisClient,
@@ -659,14 +659,14 @@ class FastTransport:
         error reply is returned, not raised). Only valid when :attr:`fast_params` is
         set.
 
-        The retry rule (:mod:`statekit.backends.redis`): an idle socket the server
+        The retry rule (:mod:`statekit.redis`): an idle socket the server
         closed is replaced before anything is sent; once the command went out, any
         failure closes the socket and raises
         :class:`~statekit.errors.BackendUnavailable` without sending it again, except
         a *read* (an idempotent command) after the connection dropped: once.
 
         :param read: the command only reads (see
-            :data:`~statekit.backends.redis.IDEMPOTENT_READS`).
+            :data:`~statekit.redis.IDEMPOTENT_READS`).
         """
         conn = self._existing()
         if conn is not None and conn.stale():

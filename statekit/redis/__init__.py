@@ -6,7 +6,7 @@ through :func:`get_client`: one connection pool per URL, which redis-py resets o
 own in a forked child (gunicorn workers).
 
 **The retry rule** (the same for redis-py and for the fast path in
-:mod:`statekit.backends.fastredis`, on every server line):
+:mod:`statekit.redis.fast`, on every server line):
 
 * A failure *before* a command is sent (connecting, the handshake, a health check,
   a pooled or idle socket found closed by the server) may be retried: nothing
@@ -52,9 +52,9 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ..backends import require
 from ..config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, BackendURL, parse_url
 from ..errors import BackendUnavailable, ConfigError
-from . import require
 
 if TYPE_CHECKING:
     import redis

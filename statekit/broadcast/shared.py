@@ -38,11 +38,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from .backends.redis import get_client, translate_errors
-from .config import Settings, parse_url
-from .errors import BackendUnavailable, ConfigError, InvalidKey
-from .metrics import Counters
-from .serializers import Serializer, get_serializer
+from ..config import Settings, parse_url
+from ..errors import BackendUnavailable, ConfigError, InvalidKey
+from ..metrics import Counters
+from ..redis import get_client, translate_errors
+from ..serializers import Serializer, get_serializer
 
 __all__ = [
     "Hub",
@@ -104,7 +104,7 @@ def _resolve(url: str | None, client: Any, key_prefix: str | None) -> tuple[Any,
             )
     parsed = parse_url(url, kinds=("redis", "memory"))  # fail at construction, not on first get()
     if parsed.kind == "memory":
-        from ._broadcast_memory import MemoryClient
+        from .memory import MemoryClient
 
         return url, (lambda: MemoryClient(parsed.name)), prefix
     return url, (lambda: get_client(url)), prefix

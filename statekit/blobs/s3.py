@@ -47,7 +47,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from ..blobs import (
+from ..backends import require
+from ..config import parse_url
+from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
+from . import (
     META_FILENAME,
     META_SHA256,
     RESERVED_PREFIX,
@@ -58,9 +61,6 @@ from ..blobs import (
     WriteRequest,
     decode_meta,
 )
-from ..config import parse_url
-from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
-from . import require
 
 __all__ = ["MIN_PART_SIZE", "S3BlobStore", "translate_error"]
 

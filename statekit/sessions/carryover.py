@@ -68,12 +68,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from itsdangerous import BadSignature, Signer
 
-from ._session_backends import now
-from .backends.redis import translate_errors
-from .errors import BackendUnavailable, SerializationError
+from ..errors import BackendUnavailable, SerializationError
+from ..redis import translate_errors
+from .engines import now
 
 if TYPE_CHECKING:
-    from .sessions import Session, SessionStore
+    from . import Session, SessionStore
 
 __all__ = ["CarryOver", "FlaskSessionRedis", "PreviousStore", "loads_plain_pickle"]
 
@@ -205,7 +205,7 @@ class CarryOver:
 
     def _open_claim(self, store: SessionStore, cookie: str, value: bytes, secret: bytes) -> Session | None:
         """The session a claim names, if it was made within the window and lives."""
-        from .sessions import _ID_RE
+        from . import _ID_RE
 
         if len(value) < 9:
             return None

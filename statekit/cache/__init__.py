@@ -48,17 +48,17 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from ._cache_tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
-from .backends.cachebase import CacheBackend
-from .breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from .config import Settings, parse_url
-from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
-from .metrics import Counters
-from .nearcache import Entry, InvalidationListener, NearCache
-from .serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
+from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
+from ..config import Settings, parse_url
+from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
+from ..metrics import Counters
+from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
+from .near import Entry, InvalidationListener, NearCache
+from .protocol import CacheBackend
+from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
-    from .backends.redis import RedisClient
+    from ..redis import RedisClient
 
 __all__ = ["DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "configure", "get_default"]
 
@@ -197,7 +197,7 @@ class Cache:
         (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
     :param near_cache: ``True`` or a maximum entry count to keep decoded values in
         process, coherent through Redis invalidations (any Redis URL, TLS
-        included). See :mod:`statekit.nearcache`.
+        included). See :mod:`statekit.cache.near`.
     :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
     :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
     :param failure_threshold: consecutive failures that open the circuit breaker.
@@ -317,10 +317,10 @@ class Cache:
                 self.url = url
             parsed = parse_url(url, kinds=("redis", "memory"))
             if parsed.kind == "memory":
-                from .backends.memorycache import MemoryCacheBackend
+                from .memory import MemoryCacheBackend
 
                 return MemoryCacheBackend(parsed.name, self.base), None
-            from .backends.redis import get_client
+            from ..redis import get_client
 
             _check_name("prefix", self.prefix)
             overrides: dict[str, Any] = {}
@@ -332,7 +332,7 @@ class Cache:
             client = self.client
             sentinel = hasattr(getattr(client, "connection_pool", None), "get_master_address")
         _check_name("prefix", self.prefix)
-        from .backends.rediscache import RedisCacheBackend
+        from .redis import RedisCacheBackend
 
         backend = RedisCacheBackend.from_client(client, self.base, fast_path=self.fast_path)
         listener = None

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-from .backends import require
-from .config import parse_url
-from .errors import (
+from ..backends import require
+from ..config import parse_url
+from ..errors import (
     BlobError,
     BlobNotFound,
     BlobTooLarge,
@@ -51,7 +51,7 @@ from .errors import (
     DisallowedContentType,
     InvalidKey,
 )
-from .metrics import Counters
+from ..metrics import Counters
 
 __all__ = [
     "SNIFF_BYTES",
@@ -78,9 +78,9 @@ READ_CHUNK = 256 * 1024
 RESERVED_PREFIX = ".statekit/"
 
 _BACKENDS = {
-    "s3": "statekit.backends.s3:S3BlobStore",
-    "file": "statekit.backends.local:LocalBlobStore",
-    "memory": "statekit.backends.memblobs:MemoryBlobStore",
+    "s3": "statekit.blobs.s3:S3BlobStore",
+    "file": "statekit.blobs.local:LocalBlobStore",
+    "memory": "statekit.blobs.memory:MemoryBlobStore",
 }
 
 
@@ -978,7 +978,7 @@ def _backend_class(url: str) -> type[BlobStore]:
 def open_blob_store(url: str | None = None, **kwargs: Any) -> BlobStore:
     """The store for *url*, or for ``STATEKIT_BLOBS_URL`` when *url* is ``None``."""
     if url is None:
-        from .config import Settings
+        from ..config import Settings
 
         url = Settings.from_env().require("blobs_url")
     return BlobStore(url, **kwargs)

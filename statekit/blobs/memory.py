@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from ..blobs import (
+from ..backends.memory import MemoryStore, get_store
+from ..config import parse_url
+from ..errors import BlobExists, BlobNotFound
+from . import (
     META_FILENAME,
     META_SHA256,
     Blob,
@@ -24,9 +27,6 @@ from ..blobs import (
     WriteRequest,
     decode_meta,
 )
-from ..config import parse_url
-from ..errors import BlobExists, BlobNotFound
-from .memory import MemoryStore, get_store
 
 __all__ = ["MemoryBlobStore"]
 

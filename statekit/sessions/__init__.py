@@ -106,15 +106,15 @@ from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, Signer, want_bytes
 
-from ._session_backends import IndexOp, MemoryEngine, RedisEngine, now
-from .backends.memory import get_store
-from .config import Settings, parse_url
-from .errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
-from .metrics import Counters
-from .serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
+from ..backends.memory import get_store
+from ..config import Settings, parse_url
+from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
+from ..metrics import Counters
+from ..serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
+from .engines import IndexOp, MemoryEngine, RedisEngine, now
 
 if TYPE_CHECKING:
-    from .sessions_carryover import CarryOver
+    from .carryover import CarryOver
 
 __all__ = ["Session", "SessionInfo", "SessionStore", "parse_version_token", "security_log"]
 
@@ -428,7 +428,7 @@ class SessionStore:
         #: the secret keys as bytes, newest first (the first signs and keys new claims)
         self._secrets = tuple(k if isinstance(k, bytes) else k.encode() for k in keys)
         self._secret = self._secrets[0]
-        #: the previous session store read on first contact (:mod:`statekit.sessions_carryover`)
+        #: the previous session store read on first contact (:mod:`statekit.sessions.carryover`)
         self.carry_over: CarryOver | None = None
         self.engine: RedisEngine | MemoryEngine
         if client is None:
@@ -438,7 +438,7 @@ class SessionStore:
             if parsed.kind == "memory":
                 self.engine = MemoryEngine(get_store(parsed.name or "default"), key_prefix)
                 return
-            from .backends.redis import get_client
+            from ..redis import get_client
 
             client = get_client(url)
         self.engine = RedisEngine(client, key_prefix, near_cache=_near_size(near_cache),
@@ -548,7 +548,7 @@ class SessionStore:
         missing, invalid, or names a session that ended. One Redis round trip for a
         valid cookie, none otherwise. With :attr:`carry_over` set, a cookie that is not
         a statekit cookie is looked up in the previous store first (see
-        :mod:`statekit.sessions_carryover`): a session carried over is returned stored,
+        :mod:`statekit.sessions.carryover`): a session carried over is returned stored,
         with ``send_cookie`` set.
 
         :raises BackendUnavailable: Redis (or the previous store) is unreachable and

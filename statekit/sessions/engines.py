@@ -12,7 +12,7 @@ revoked, expired), so no write can bring a session back. On Redis the checks and
 writes run in one Lua script; on ``memory://`` under the store's lock.
 
 On a standalone TCP or unix-socket Redis the engine's loads and scripts skip
-redis-py's pool: they go through :class:`~statekit.backends.fastredis.FastTransport`
+redis-py's pool: they go through :class:`~statekit.redis.fast.FastTransport`
 (one socket per thread, kernel-enforced timeouts, failures raise
 :class:`~statekit.errors.BackendUnavailable`), the same code the cache uses. The
 few multi-command paths (destroy with an index, Cluster's index updates, listing)
@@ -32,7 +32,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.fastredis import (
+from ..backends.memory import MemoryStore
+from ..cache.near import InvalidationListener, NearCache
+from ..errors import BackendUnavailable, ConfigError, SessionError
+from ..metrics import Counters
+from ..redis import RedisClient, translate_errors
+from ..redis.fast import (
     FastTransport,
     RedisReplyError,
     SharedConnection,
@@ -40,11 +45,6 @@ from .backends.fastredis import (
     fast_params,
     script_sha,
 )
-from .backends.memory import MemoryStore
-from .backends.redis import RedisClient, translate_errors
-from .errors import BackendUnavailable, ConfigError, SessionError
-from .metrics import Counters
-from .nearcache import InvalidationListener, NearCache
 
 __all__ = ["IndexOp", "MemoryEngine", "RedisEngine", "Result"]
 
@@ -224,9 +224,9 @@ def _text(value: Any) -> Any:
 
 class _TrackingTransport(FastTransport):
     """The fast path with Redis client-side caching, on one socket per process,
-    shared by its threads and pipelined (:class:`~statekit.backends.fastredis.SharedConnection`).
+    shared by its threads and pipelined (:class:`~statekit.redis.fast.SharedConnection`).
     The socket runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP`` first, so Redis
-    reports to the :class:`~statekit.nearcache.InvalidationListener` every later
+    reports to the :class:`~statekit.cache.near.InvalidationListener` every later
     change, by another connection, of a key it read. One socket per process, not per
     thread: each tracking connection gets its own message for every change, and this
     process's own saves must not come back to it as invalidations. A socket whose

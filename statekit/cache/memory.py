@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .cachebase import CacheBackend
-from .memory import MemoryStore, get_store
+from ..backends.memory import MemoryStore, get_store
+from .protocol import CacheBackend
 
 __all__ = ["MemoryCacheBackend"]
 

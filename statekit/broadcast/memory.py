@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .backends.memory import MemoryStore, get_store
+from ..backends.memory import MemoryStore, get_store
 
 __all__ = ["MemoryClient"]
 
@@ -65,7 +65,7 @@ class MemoryClient:
         return _Pipeline(self)
 
     def register_script(self, source: str) -> Callable[..., Any]:
-        from . import broadcast
+        from .. import broadcast
 
         impl = {
             broadcast._CLAIM: self._claim,
@@ -128,7 +128,7 @@ class MemoryClient:
         h.update({"version": str(version).encode(), "data": data,
                   "updated_at": _s(now_ms).encode()})
         message = b" ".join([epoch, str(version).encode(), _s(now_ms).encode(), data])
-        from . import _subscriber
+        from . import shared as _subscriber
 
         _subscriber.deliver_local(self.store, _s(channel).encode(), message)
         return [version, epoch]
