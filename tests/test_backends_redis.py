@@ -14,7 +14,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from statekit.backends import redis as redis_backend
+import statekit.redis as redis_backend
 from statekit.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, parse_url
 from statekit.embedded import RedisCluster, RedisSentinel, RedisServer
 from statekit.errors import BackendUnavailable, ConfigError, StatekitError

@@ -458,7 +458,7 @@ def test_the_rule_holds_with_the_retry_of_redis_py_before_8_2(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pyproject allows redis>=6.0: the rule must not need redis-py 8.2's Retry."""
-    from statekit.backends import redis as redis_backend
+    import statekit.redis as redis_backend
 
     monkeypatch.setattr(redis.retry, "Retry", _RetryBefore82)
     monkeypatch.setattr(redis_backend, "_rules", None)  # the rule's classes, built anew on these

@@ -3,16 +3,28 @@
 Importing :mod:`statekit` never imports redis-py or boto3; the backend module for a
 scheme is imported the first time a URL of that scheme is used, and a missing extra
 is a :class:`~statekit.errors.ConfigError` that says which ``pip install`` fixes it.
+
+Each capability (``cache``, ``sessions``, ``blobs``, ``broadcast``) keeps a table of
+its built-in schemes; another distribution adds a scheme with an entry point in the
+group ``statekit.<capability>`` (for example ``statekit.sessions``) whose name is the
+scheme and whose value is ``"module:Class"``::
+
+    [project.entry-points."statekit.sessions"]
+    sqlite = "mypackage.sessions:SQLiteEngine"
+
+:func:`load_backend` finds either. A built-in scheme cannot be replaced by an entry
+point (a stray package must not take over ``redis://``).
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["EXTRAS", "require"]
+__all__ = ["EXTRAS", "load_backend", "require"]
 
 #: distribution to import -> the extra that installs it
 EXTRAS = {
@@ -25,6 +37,8 @@ EXTRAS = {
     "rich": "server",
     "moto": "embedded",
     "prometheus_client": "prometheus",
+    "fakeredis": "memory",
+    "lupa": "memory",
 }
 
 
@@ -41,3 +55,37 @@ def require(module: str, *, feature: str) -> ModuleType:
         raise ConfigError(
             f"{feature} need the {top!r} package: pip install 'statekit[{extra}]'"
         ) from e
+
+
+def load_backend(capability: str, scheme: str, builtins: dict[str, str]) -> Any:
+    """The backend class for *scheme*: from *builtins* (``scheme -> "module:Class"``)
+    or from an entry point in the group ``statekit.<capability>``.
+
+    :raises ConfigError: no backend has that scheme (the message lists the known
+        ones), or its module needs an extra that is not installed.
+    """
+    target = builtins.get(scheme)
+    if target is None:
+        for ep in _entry_points(capability):
+            if ep.name == scheme:
+                target = ep.value
+                break
+    if target is None:
+        known = sorted(set(builtins) | {ep.name for ep in _entry_points(capability)})
+        raise ConfigError(
+            f"no {capability} backend for {scheme}:// URLs (known: "
+            f"{', '.join(s + '://' for s in known)}; a package adds one with an entry point "
+            f"in the group 'statekit.{capability}')"
+        )
+    module, _, name = target.partition(":")
+    if module.startswith("statekit."):
+        loaded = importlib.import_module(module)
+    else:
+        loaded = require(module, feature=f"{scheme}:// {capability} URLs")
+    return getattr(loaded, name)
+
+
+def _entry_points(capability: str) -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=f"statekit.{capability}"))

@@ -70,7 +70,9 @@ __all__ = [
     "create_client",
     "get_client",
     "is_cluster",
+    "memory_client",
     "reply_problem",
+    "reset_memory",
     "retry_policy",
     "translate_errors",
     "unavailable",
@@ -510,6 +512,39 @@ def get_client(url: str, **overrides: Any) -> RedisClient:
             if client is None:
                 client = _clients[key] = create_client(url, **overrides)
     return client
+
+
+_memory_servers: dict[str, Any] = {}
+
+
+def memory_client(name: str = "") -> RedisClient:
+    """A client of the in-process Redis named *name* (``memory://name``): fakeredis
+    with Lua, so ``memory://`` backends run the very scripts and commands the Redis
+    backends run (one implementation of each atomic operation). Clients of the same
+    name share one server for the life of the process; :func:`reset_memory` empties
+    them (between tests).
+
+    :raises ConfigError: the ``memory`` extra (fakeredis with Lua) is not installed.
+    """
+    server = _memory_servers.get(name)
+    if server is None:
+        fakeredis = require("fakeredis", feature="memory:// URLs")
+        require("lupa", feature="memory:// URLs (Lua scripts)")
+        with _clients_lock:
+            server = _memory_servers.setdefault(name, fakeredis.FakeServer())
+    import fakeredis
+
+    client: RedisClient = fakeredis.FakeRedis(server=server)
+    return client
+
+
+def reset_memory() -> None:
+    """Empty every ``memory://`` server of this process."""
+    if _memory_servers:
+        import fakeredis
+
+        for server in list(_memory_servers.values()):
+            fakeredis.FakeRedis(server=server).flushall()
 
 
 def is_cluster(client: Any) -> bool:
