@@ -5,8 +5,10 @@ Every client gets connect and socket timeouts, and clients are shared per proces
 through :func:`get_client`: one connection pool per URL, which redis-py resets on its
 own in a forked child (gunicorn workers).
 
-**The retry rule** (the same for redis-py and for the fast path in
-:mod:`statekit.redis.fast`, on every server line):
+**The retry rule** (the same for redis-py's own calls and for
+:class:`statekit.redis.transport.Transport`, on every server line; it lives here
+only: the connection classes of :func:`with_rule`, the ``Retry`` of
+:func:`retry_policy` and :func:`call_with_rule`):
 
 * A failure *before* a command is sent (connecting, the handshake, a health check,
   a pooled or idle socket found closed by the server) may be retried: nothing
@@ -35,10 +37,10 @@ Pub/sub reads keep redis-py's own handling (a partial message is resumed; a lost
 connection is reconnected and re-subscribed: reading again resends nothing); a
 failed pub/sub send makes the broadcast subscriber reconnect and re-read what it
 may have missed. A ready client passed by the caller (``Cache(client=...)``) keeps
-its own retry settings on the redis-py path; the fast path follows the rule for it.
+its own retry settings on the redis-py path; the transport follows the rule for it.
 
 **The error map** (:func:`unavailable`, used by :class:`translate_errors` and the
-fast path): connection errors, timeouts, wrong-node and not-now replies
+transport): connection errors, timeouts, wrong-node and not-now replies
 (``CLUSTERDOWN``, ``TRYAGAIN``) and authentication failures (``NOAUTH``,
 ``WRONGPASS``, ``HELLO must be called with the client already authenticated``,
 Redis's ``Protocol error: unauthenticated multibulk length``) all become
@@ -67,6 +69,7 @@ else:
 __all__ = [
     "IDEMPOTENT_READS",
     "RedisClient",
+    "call_with_rule",
     "create_client",
     "get_client",
     "is_cluster",
@@ -344,6 +347,47 @@ def retry_policy(retries: int = 2, cap: float = 0.25) -> Any:
     from redis.backoff import ExponentialBackoff
 
     return _rule().Retry(ExponentialBackoff(cap=cap, base=0.02), retries)
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    import redis
+
+    while exc is not None:
+        if isinstance(exc, (redis.TimeoutError, TimeoutError)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def call_with_rule(do: Any, fail: Any, retry: Any = None, *, read: bool = False) -> Any:
+    """Run ``do()`` (send one command and read its reply) under the retry rule.
+
+    The first attempt runs bare (no ``Retry`` bookkeeping on the hot path). After a
+    connection error or timeout, ``fail(error)`` drops the connection; then
+    :class:`OutcomeUnknown` (the command went out) is raised, except for a *read*
+    (an idempotent command, :data:`IDEMPOTENT_READS`) after a dropped connection
+    (not a timeout), which runs once more; an authentication failure is raised;
+    anything else (nothing was applied: a refused connect, a wrong-node reply) is
+    retried by *retry* (a :func:`retry_policy`; ``None``: not retried).
+    """
+    rule = _rule()
+    errors = (rule.redis.ConnectionError, rule.redis.TimeoutError)
+    try:
+        return do()
+    except errors as e:
+        error: Exception = e
+    fail(error)
+    if isinstance(error, rule.OutcomeUnknown):
+        if not read or _timed_out(error):
+            raise error
+        retry = None  # once
+    elif not _retryable(error):
+        raise error
+    if retry is None:
+        if not isinstance(error, rule.OutcomeUnknown):
+            raise error
+        return do()
+    return retry.call_with_retry(do, fail)
 
 
 def outcome_unknown(exc: BaseException) -> bool:

@@ -1,0 +1,366 @@
+"""The one Redis transport: commands and Lua scripts on redis-py connections.
+
+Every statekit hot path (a cache get, a session load or save, a broadcast publish)
+sends its commands through a :class:`Transport`. Nothing here speaks RESP or opens
+a socket: connections, TLS, ACL and credential providers, ``client_name``,
+keepalive, RESP2/RESP3, timeouts and the reply parser (hiredis when installed) are
+redis-py's, taken from the client's own connection pool.
+
+**Node routing is the only difference between URL kinds.** A standalone client
+(TCP, TLS, unix socket) and a Sentinel master client keep one dedicated pool
+connection per thread: a command is packed by the connection's packer and costs one
+``send_packed_command`` and one ``read_response`` (no pool checkout per call). On
+Sentinel the connection is the master's (it asks the sentinels again after a
+wrong-node reply dropped it). A Cluster client sends through ``RedisCluster``,
+which routes by slot and follows ``MOVED``/``ASK``.
+
+**Reply shape.** On the per-thread connection replies are raw (``HGETALL`` gives a
+flat list, ``SET`` ``b"OK"``), also when the call goes through an instrumented
+``execute_command`` (below). Through ``RedisCluster`` redis-py's reply callbacks
+apply (``HGETALL`` gives a dict, ``SET`` ``True``).
+
+**Observability.** When ``redis.Redis.execute_command`` is wrapped (OpenTelemetry's
+redis instrumentation wraps it; detected by ``__wrapped__`` at each call), the
+per-thread connection is driven through a ``redis.Redis`` bound to it, so every
+command gets its span. Each command sent directly is reported to redis-py's own
+metrics hook (``redis.observability.recorder.record_operation_duration``, redis-py
+7 and later) as redis-py reports its own.
+
+**Concurrency.** Safe to share between threads: threads never share a connection
+(a ``threading.local``), so no lock is taken per call and a slow reply on one thread
+never delays another. A thread's connection goes back to the pool when the thread
+ends (or on :meth:`Transport.close`), so the pool's ``max_connections`` bounds
+them: a thread beyond it gets ``BackendUnavailable`` (a ``BlockingConnectionPool``
+waits for a connection first). After ``fork()`` the child forgets every inherited
+connection (:func:`statekit._fork.reset_in_child`) and opens its own on first use.
+
+**Failures.** The retry rule and the error map of :mod:`statekit.redis`, nothing
+else: connecting is retried (redis-py's ``Retry``); an idle connection the server
+closed (a restart, an idle timeout) is found before anything is sent on it and
+replaced; once a command went out, a timeout or a dropped connection raises
+:class:`~statekit.errors.BackendUnavailable` and the command is never sent again,
+except an idempotent read after a dropped connection (once). Wrong-node, not-now and
+authentication replies raise ``BackendUnavailable``; other error replies raise what
+*reply_error* returns (:class:`RedisReplyError` by default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._fork import reset_in_child
+from ..errors import StatekitError
+from . import (
+    IDEMPOTENT_READS,
+    RedisClient,
+    _rule,
+    call_with_rule,
+    is_cluster,
+    reply_problem,
+    retry_policy,
+    translate_errors,
+    unavailable,
+    with_rule,
+)
+from .scripts import Script
+
+_record: Any
+try:  # redis-py 7 and later
+    from redis.observability.recorder import record_operation_duration as _record
+except ImportError:  # pragma: no cover - redis-py 6
+    _record = None
+
+__all__ = ["STALE_CHECK_AFTER", "RedisReplyError", "Transport"]
+
+Arg = bytes | str | int | float
+
+#: a connection idle for longer is checked (one non-blocking read) before a command
+#: is sent on it
+STALE_CHECK_AFTER = 0.001
+
+_monotonic = time.monotonic
+
+
+class RedisReplyError(StatekitError):
+    """Redis answered a command with an error reply (a bug or a wrong type, not an
+    outage: outages raise :class:`~statekit.errors.BackendUnavailable`)."""
+
+
+def _message(error: Exception) -> str:
+    """The error reply as the server sent it (redis-py strips some codes)."""
+    code = getattr(error, "status_code", None)
+    text = str(error)
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+class _Lane:
+    """One thread's pool connection (and what was set up on it)."""
+
+    __slots__ = ("__weakref__", "bound", "conn", "host", "last", "original", "original_retry", "pool",
+                 "port", "tag", "transport")
+
+    def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
+        self.transport = transport
+        self.pool = pool
+        self.conn = conn
+        self.original = type(conn)
+        # a caller's pool: the rule applies to this connection too, while it is lent
+        conn.__class__ = with_rule(self.original)
+        self.original_retry = conn.retry
+        conn.retry = transport._retry
+        self.bound: Any = None
+        self.last = _monotonic()
+        self.host = getattr(conn, "host", None)
+        self.port = getattr(conn, "port", None)
+        #: the listener generation this connection reports to (negative: refused)
+        self.tag = 0
+        if transport.tracking is not None:
+            conn.register_connect_callback(self.on_connect)
+
+    def on_connect(self, conn: Any) -> None:
+        """After each (re)connect: ``CLIENT TRACKING on REDIRECT <listener>`` while the
+        listener is up (the tracking transport)."""
+        listener = self.transport.tracking
+        self.tag = 0
+        if listener is None:
+            return
+        generation, client_id = listener.generation, listener.client_id
+        if client_id is None or not listener.connected.is_set():
+            return
+        import redis
+
+        conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "NOLOOP")
+        try:
+            conn.read_response()
+        except redis.ResponseError:  # refused (an ACL, a proxy): serve untracked
+            self.tag = -generation
+        else:
+            self.tag = generation
+
+    def client(self) -> Any:
+        """A ``redis.Redis`` driving this connection (for an instrumented
+        ``execute_command``), with no reply callbacks: raw replies as on the direct
+        path."""
+        bound = self.bound
+        if bound is None:
+            import redis
+            from redis.client import CaseInsensitiveDict
+
+            bound = self.bound = redis.Redis(connection_pool=self.pool)
+            bound.response_callbacks = CaseInsensitiveDict({})
+            bound.connection = self.conn
+        return bound
+
+    def release(self) -> None:
+        """Give the connection back to its pool (tracking turned off by closing it)."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if self.bound is not None:
+            self.bound.connection = None  # its close() must not release it again
+            self.bound = None
+        if self.tag:
+            conn.disconnect()
+        try:
+            conn.deregister_connect_callback(self.on_connect)
+        except (AttributeError, ValueError):  # pragma: no cover
+            pass
+        conn.__class__ = self.original
+        conn.retry = self.original_retry
+        try:
+            self.pool.release(conn)
+        except Exception:  # noqa: BLE001,S110 - a pool closed or reset under us
+            pass
+
+    def __del__(self) -> None:  # the owning thread ended
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001,S110 - interpreter shutdown
+            pass
+
+
+class Transport:
+    """Commands and scripts for one redis-py *client* (see the module docstring).
+
+    :param client: a redis-py client of any kind; kept as :attr:`client` for what the
+        transport does not cover (pipelines, pub/sub).
+    :param what: names the caller in error messages (``"cache"``, ``"session"``).
+    :param tracking: an invalidation listener (:mod:`statekit.redis.tracking`):
+        each thread's connection then runs ``CLIENT TRACKING on REDIRECT <id>
+        NOLOOP`` after connecting while the listener is up, and :meth:`tracked`
+        says whether it reports to the live listener. Standalone and Sentinel only.
+    :param reply_error: makes the exception for an error reply of the command
+        (default :class:`RedisReplyError`); subclasses may override
+        :meth:`reply_error` instead.
+
+    Safe to share between threads and across ``fork()``.
+    """
+
+    def __init__(self, client: RedisClient, *, what: str = "Redis", tracking: Any = None,
+                 reply_error: Callable[[str], Exception] | None = None) -> None:
+        self.client: Any = client
+        self.cluster = is_cluster(client)
+        self.what = what
+        self.tracking = tracking
+        self._reply_error = reply_error
+        self._where = f"a {what} call"
+        pool: Any = getattr(client, "connection_pool", None)
+        #: whether commands go through this thread's own pool connection
+        self.direct = not self.cluster and pool is not None and getattr(pool, "cache", None) is None
+        self._pool = pool
+        if self.cluster and tracking is not None:
+            raise ValueError("a tracking transport needs a standalone or Sentinel client")
+        retry = None
+        if self.direct:
+            retry = pool.connection_kwargs.get("retry")
+        self._retry = retry if isinstance(retry, _rule().Retry) else retry_policy()
+        self._local = threading.local()
+        reset_in_child(self)
+
+    # -- errors ----------------------------------------------------------------------
+
+    def reply_error(self, message: str) -> Exception:
+        """The exception for the error reply *message* of a command (replies about the
+        server are mapped before: they raise ``BackendUnavailable``)."""
+        if self._reply_error is not None:
+            return self._reply_error(message)
+        return RedisReplyError(f"Redis refused a {self.what} command: {message}")
+
+    def _refused(self, error: Exception) -> Exception:
+        message = _message(error)
+        problem = reply_problem(message)
+        if problem is None:
+            return self.reply_error(message)
+        if problem != "not now":
+            self._drop()
+        return unavailable(self._where, message, problem)
+
+    # -- this thread's connection ------------------------------------------------------
+
+    def reset_after_fork(self) -> None:
+        """Forget the parent's connections (called in a forked child)."""
+        lane = getattr(self._local, "lane", None)
+        if lane is not None:
+            lane.conn = None  # the parent's: neither used nor released here
+            lane.bound = None
+        self._local = threading.local()
+
+    def _lane(self) -> _Lane:
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is None or lane.conn is None:
+            pool = self._pool
+            lane = self._local.lane = _Lane(self, pool, pool.get_connection())
+        return lane
+
+    def _drop(self) -> None:
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is not None and lane.conn is not None:
+            lane.conn.disconnect()
+
+    def tracked(self) -> bool:
+        """Whether this thread's connection reports its reads to the live listener
+        (set up for its current generation)."""
+        listener = self.tracking
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if listener is None or lane is None or lane.conn is None or not lane.conn._sock:
+            return False
+        return lane.tag > 0 and lane.tag == listener.generation
+
+    def close(self) -> None:
+        """Give this thread's connection back to the pool (other threads' go back when
+        they end)."""
+        lane: _Lane | None = getattr(self._local, "lane", None)
+        if lane is not None:
+            lane.release()
+            self._local.lane = None
+
+    # -- commands --------------------------------------------------------------------
+
+    def _send(self, args: Sequence[Arg]) -> Any:
+        """One command on this thread's connection: raw reply, error replies raised
+        as redis-py exceptions."""
+        lane = self._lane()
+        conn = lane.conn
+        listener = self.tracking
+        if listener is not None and abs(lane.tag) != listener.generation and listener.connected.is_set():
+            conn.disconnect()  # set up for an earlier listener connection: reconnect
+        elif conn._sock is not None and _monotonic() - lane.last > STALE_CHECK_AFTER:
+            import redis
+
+            try:
+                stale = conn.can_read(timeout=0)
+            except redis.ConnectionError:
+                stale = True
+            if stale:  # closed by the server while idle (or out of step): nothing sent yet
+                conn.disconnect()
+        if getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
+            reply = lane.client().execute_command(*args)
+        else:
+            start = _monotonic()
+            conn.send_packed_command(conn.pack_command(*args))
+            reply = conn.read_response()
+            if _record is not None:
+                _record(str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode().upper(),
+                        _monotonic() - start, lane.host, lane.port, str(getattr(conn, "db", 0)))
+        lane.last = _monotonic()
+        return reply
+
+    def _fail(self, error: Exception) -> None:
+        self._drop()
+
+    def command(self, *args: Arg) -> Any:
+        """Run one Redis command: one round trip, raw reply (see the module
+        docstring for Cluster). An idempotent read is sent once more after a dropped
+        connection; nothing else is ever sent twice.
+
+        :raises BackendUnavailable: Redis unreachable or timed out, or refusing
+            service (read-only replica, loading, cluster down, authentication).
+        :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
+        """
+        import redis
+
+        name = args[0]
+        read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
+        with translate_errors(self._where):
+            try:
+                if not self.direct:
+                    return call_with_rule(lambda: self.client.execute_command(*args), _noop, read=read)
+                return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read)
+            except redis.ResponseError as e:
+                raise self._refused(e) from e
+
+    def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
+        """Run *script* by ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed
+        server: nothing ran) load it and run it again. One round trip when the
+        script is cached. Never sent again once its outcome is unknown. Errors as
+        :meth:`command`."""
+        import redis
+
+        evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        with translate_errors(self._where):
+            try:
+                try:
+                    return self._once(evalsha)
+                except redis.exceptions.NoScriptError:
+                    if self.cluster:
+                        self.client.script_load(script.source)
+                    else:
+                        self._once((b"SCRIPT", b"LOAD", script.source))
+                    return self._once(evalsha)
+            except redis.ResponseError as e:
+                raise self._refused(e) from e
+
+    def _once(self, args: Sequence[Arg]) -> Any:
+        if not self.direct:
+            if self.cluster:
+                # RedisCluster finds a script's slot from its keys by the command's name
+                return call_with_rule(lambda: self.client.execute_command("EVALSHA", *args[1:]), _noop)
+            return call_with_rule(lambda: self.client.execute_command(*args), _noop)
+        return call_with_rule(lambda: self._send(args), self._fail, self._retry)
+
+
+def _noop(error: Exception) -> None:
+    """Nothing to drop: redis-py's client dropped its connection itself."""

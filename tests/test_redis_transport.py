@@ -1,0 +1,235 @@
+"""The one Redis transport (statekit.redis.transport), against real servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+from statekit.redis import create_client
+from statekit.redis.scripts import Script
+from statekit.redis.transport import RedisReplyError, Transport
+
+pytestmark = pytest.mark.redis
+
+SOURCE = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+SCRIPT = Script("test", SOURCE, __import__("hashlib").sha1(SOURCE.encode()).hexdigest().encode())
+BAD_SOURCE = "return redis.call('NOPE')"
+BAD = Script("bad", BAD_SOURCE, __import__("hashlib").sha1(BAD_SOURCE.encode()).hexdigest().encode())
+
+
+def _transport(url: str, query: str = "socket_timeout=0.5&socket_connect_timeout=0.5&retries=0",
+               **kw: object) -> Transport:
+    return Transport(create_client(f"{url}?{query}"), what="test", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _in_thread(call: object) -> object:
+    out: list[object] = []
+    th = threading.Thread(target=lambda: out.append(call()))  # type: ignore[operator]
+    th.start()
+    th.join(10)
+    return out[0]
+
+
+def test_commands_round_trip_with_raw_replies(redis_url: str) -> None:
+    t = _transport(redis_url)
+    assert t.direct
+    assert t.command(b"SET", "k", b"v\x00\xff") == b"OK"
+    assert t.command("GET", "k") == b"v\x00\xff"
+    assert t.command("HSET", "h", "a", 1, "b", 2.5) == 2
+    assert t.command("HGETALL", "h") in ({b"a": b"1", b"b": b"2.5"}, [b"a", b"1", b"b", b"2.5"])
+    with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+        t.command("GET", "h")
+    assert t.command("GET", "missing") is None  # still in step after an error reply
+    t.close()
+    assert t.command("GET", "k") == b"v\x00\xff"  # a new connection after close()
+
+
+def test_reply_error_hook_maps_command_errors(redis_url: str) -> None:
+    t = _transport(redis_url, reply_error=lambda m: ValueError(f"mapped: {m}"))
+    t.command("SET", "k", "text")
+    with pytest.raises(ValueError, match="mapped: ERR value is not an integer"):
+        t.command("INCR", "k")
+
+
+def test_script_reloads_after_noscript(redis_url: str) -> None:
+    t = _transport(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    r.delete("n")
+    r.script_flush()
+    assert t.script(SCRIPT, ["n"], ["x"]) == [b"n", b"x", 1]
+    assert t.script(SCRIPT, ["n"], ["y"]) == [b"n", b"y", 2]
+    r.script_flush()
+    assert t.script(SCRIPT, ["n"], [3]) == [b"n", b"3", 3]  # loaded again, run once
+    with pytest.raises(RedisReplyError):
+        t.script(BAD, [], [])
+
+
+def test_one_pool_connection_per_thread_given_back_when_the_thread_ends(redis_url: str) -> None:
+    t = _transport(redis_url)
+    pool = t.client.connection_pool
+    mine = t.command("CLIENT", "ID")
+    assert t.command("CLIENT", "ID") == mine  # reused by this thread
+    ids = {_in_thread(lambda: t.command("CLIENT", "ID")) for _ in range(3)}
+    assert mine not in ids
+    # each ended thread gave its connection back: the next thread reuses one
+    assert len(pool._available_connections) >= 1
+    assert _in_thread(lambda: t.command("CLIENT", "ID")) in ids
+
+
+def test_max_connections_bounds_the_threads_connections(redis_url: str) -> None:
+    t = _transport(redis_url, "max_connections=2&retries=0")
+    held = threading.Event()
+    release = threading.Event()
+    errors: list[Exception] = []
+
+    def hold() -> None:
+        t.command("PING")
+        held.set()
+        release.wait(10)
+
+    holders = [threading.Thread(target=hold) for _ in range(2)]
+    for th in holders:
+        th.start()
+        assert held.wait(10)
+        held.clear()
+    try:
+        def third() -> None:
+            try:
+                t.command("PING")
+            except BackendUnavailable as e:
+                errors.append(e)
+
+        th3 = threading.Thread(target=third)
+        th3.start()
+        th3.join(10)
+    finally:
+        release.set()
+        for th in holders:
+            th.join(10)
+    assert len(errors) == 1 and "connection" in str(errors[0]).lower()
+    assert _in_thread(lambda: t.command("PING")) == b"PONG"  # connections given back
+
+
+def test_client_name_and_credentials_come_from_redis_py(private_redis: RedisServer) -> None:
+    with private_redis.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">pw", "~*", "+@all")
+    host, port = "127.0.0.1", private_redis.port
+    t = Transport(create_client(f"redis://app:pw@{host}:{port}/2?client_name=statekit-test"))
+    assert t.command("CLIENT", "GETNAME") == b"statekit-test"
+    assert t.command("ACL", "WHOAMI") == b"app"
+    t.command("SET", "in-db-2", "1")
+    with private_redis.client() as admin:
+        assert admin.execute_command("SELECT", 2) and admin.get("in-db-2") == b"1"
+
+
+def test_a_ready_client_is_lent_with_the_rule_and_given_back_unchanged(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    t = Transport(client)
+    assert t.command("PING") == b"PONG"
+    conn = t._lane().conn
+    assert type(conn).__name__ == "StatekitConnection"  # the retry rule applies while lent
+    t.close()
+    assert type(conn) is redis.Connection and conn in client.connection_pool._available_connections
+
+
+def test_restart_stale_connection_is_replaced_before_sending(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("SET", "k", "1") == b"OK"
+    private_redis.restart()
+    time.sleep(0.01)
+    # the old connection was closed by the restart: found closed and replaced before
+    # anything was sent on it (with retries=0: no error means nothing failed)
+    assert t.command("INCR", "k") == 1
+    assert t.script(SCRIPT, ["n"], ["a"]) == [b"n", b"a", 1]  # the script cache was empty
+
+
+def test_killed_server_raises_backend_unavailable(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("PING") == b"PONG"
+    private_redis.kill()
+    with pytest.raises(BackendUnavailable):
+        t.command("PING")
+    with pytest.raises(BackendUnavailable):
+        t.script(SCRIPT, ["n"], ["a"])
+    private_redis.start()
+    assert t.command("PING") == b"PONG"
+
+
+def test_paused_server_times_out_and_the_write_is_not_sent_again(private_redis: RedisServer) -> None:
+    t = _transport(private_redis.url)
+    assert t.command("INCR", "n") == 1
+    with private_redis.client() as c:
+        c.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+        t.command("INCR", "n")  # times out after 0.5 s; never sent again
+    with private_redis.client() as c:
+        c.execute_command("CLIENT", "UNPAUSE")
+        time.sleep(0.1)
+        before = int(c.get("n") or 0)
+    assert before in (1, 2)  # at most once (a paused client's command dies with its connection)
+    assert t.command("INCR", "n") == before + 1  # a fresh connection, in step
+
+
+def test_wrong_node_reply_is_backend_unavailable(redis_url: str) -> None:
+    t = _transport(redis_url)
+    source = "return redis.error_reply(\"READONLY You can't write against a read only replica.\")"
+    readonly = Script("ro", source, __import__("hashlib").sha1(source.encode()).hexdigest().encode())
+    with pytest.raises(BackendUnavailable, match="cannot write"):
+        t.script(readonly, [], [])
+    assert t.command("PING") == b"PONG"
+
+
+def test_fork_gets_a_new_connection_in_the_child(redis_url: str) -> None:
+    t = _transport(redis_url)
+    parent_id = t.command("CLIENT", "ID")
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its connection id, never touch the parent's
+        code = 1
+        try:
+            os.write(wr, str(t.command("CLIENT", "ID")).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        child_id = int(f.read() or b"-1")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_id not in (-1, parent_id)
+    assert t.command("CLIENT", "ID") == parent_id  # the parent's connection is intact
+
+
+def test_unix_socket_and_sentinel_clients(redis_sentinel: object) -> None:
+    setup = redis_sentinel
+    t = Transport(create_client(setup.url))  # type: ignore[attr-defined]
+    assert t.direct
+    assert t.command("SET", "s", "1") == b"OK"
+    assert t.command("INFO", "replication").count(b"role:master") == 1
+
+
+@pytest.mark.cluster
+def test_cluster_routes_by_slot(redis_cluster_url: str) -> None:
+    t = Transport(create_client(redis_cluster_url))
+    assert t.cluster and not t.direct
+    for i in range(20):  # keys spread over every master
+        t.command("SET", f"k{i}", i)
+    assert [t.command("GET", f"k{i}") for i in range(20)] == [str(i).encode() for i in range(20)]
+    assert t.script(SCRIPT, ["{n}"], ["x"])[2] == 1
+    with pytest.raises(RedisReplyError):
+        t.command("HGETALL", "k1")
