@@ -46,10 +46,11 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
+from ..backends import load_backend
 from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from ..config import Settings, parse_url
+from ..config import SCHEMES, Settings, parse_url
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from ..metrics import Counters
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
@@ -60,7 +61,8 @@ from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 if TYPE_CHECKING:
     from ..redis import RedisClient
 
-__all__ = ["DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "configure", "get_default"]
+__all__ = ["BACKENDS", "DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "configure",
+           "get_default"]
 
 T = TypeVar("T")
 
@@ -174,6 +176,30 @@ def _breaker_hook(counters: Counters) -> Callable[[str], None]:
     return changed
 
 
+#: the built-in URL schemes: scheme -> "module:Class" (a :class:`CacheBackend`);
+#: another distribution adds one by entry point in the group ``statekit.cache``
+BACKENDS = {
+    "redis": "statekit.cache.redis:RedisCacheBackend",
+    "rediss": "statekit.cache.redis:RedisCacheBackend",
+    "unix": "statekit.cache.redis:RedisCacheBackend",
+    "redis+sentinel": "statekit.cache.redis:RedisCacheBackend",
+    "redis+cluster": "statekit.cache.redis:RedisCacheBackend",
+    "memory": "statekit.cache.memory:MemoryCacheBackend",
+}
+
+
+def _backend_class(url: str) -> type[CacheBackend]:
+    """The backend class for *url*'s scheme; a built-in scheme's URL is validated too.
+
+    :raises ConfigError: not a URL, a bad one, or no backend has its scheme.
+    """
+    scheme = url.partition("://")[0].lower() if isinstance(url, str) and "://" in url else ""
+    if not scheme or scheme in BACKENDS or scheme in SCHEMES:
+        parse_url(url, kinds=("redis", "memory"))
+    cls: type[CacheBackend] = load_backend("cache", scheme, BACKENDS)
+    return cls
+
+
 def _check_name(kind: str, value: str) -> str:
     if not value or any(c in value for c in "{}") or any(ord(c) < 33 for c in value) or len(value) > 128:
         raise ConfigError(
@@ -240,7 +266,7 @@ class Cache:
         if on_error not in ("raise", "miss"):
             raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
         if url is not None:
-            parse_url(url, kinds=("redis", "memory"))
+            _backend_class(url)
         self.url = url
         self.client = client
         self._prefix = prefix
@@ -309,36 +335,20 @@ class Cache:
         if self.client is None:
             url = self.url
             if url is None:
-                settings = Settings.from_env()
-                url = settings.cache_url
+                url = Settings.from_env().cache_url
                 if not url:
                     raise ConfigError("no cache URL: set STATEKIT_CACHE_URL or STATEKIT_REDIS_URL, "
                                       "or pass Cache(url=...)")
                 self.url = url
-            parsed = parse_url(url, kinds=("redis", "memory"))
-            if parsed.kind == "memory":
-                from .memory import MemoryCacheBackend
-
-                return MemoryCacheBackend(parsed.name, self.base), None
-            from ..redis import get_client
-
             _check_name("prefix", self.prefix)
-            overrides: dict[str, Any] = {}
-            if self.timeout is not None:
-                overrides = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
-            client = get_client(url, **overrides)
-            sentinel = parsed.scheme == "redis+sentinel"
+            backend = _backend_class(url).from_url(
+                url, self.base, {"timeout": self.timeout, "fast_path": self.fast_path})
         else:
-            client = self.client
-            sentinel = hasattr(getattr(client, "connection_pool", None), "get_master_address")
-        _check_name("prefix", self.prefix)
-        from .redis import RedisCacheBackend
+            _check_name("prefix", self.prefix)
+            from .redis import RedisCacheBackend
 
-        backend = RedisCacheBackend.from_client(client, self.base, fast_path=self.fast_path)
-        listener = None
-        if self.near_size:
-            listener = InvalidationListener(backend.transport.endpoints, self.prefix + ":",
-                                            follow=2.0 if sentinel else 0.0)
+            backend = RedisCacheBackend.from_client(self.client, self.base, fast_path=self.fast_path)
+        listener = backend.near_listener(self.prefix + ":") if self.near_size else None
         return backend, listener
 
     def namespace(self, name: str) -> Cache:
@@ -482,6 +492,12 @@ class Cache:
     def _be(self) -> CacheBackend:
         return self._backend or self._connect()
 
+    def _lagging(self) -> bool:
+        """Whether the invalidation listener has invalidations it has not applied
+        yet: near copies are not served then (they may be the ones invalidated)."""
+        listener = self._listener
+        return listener is not None and listener.pending()
+
     def _forget(self, key: str) -> None:
         """Drop the local copy of *key*. Writers call it before and after the write:
         after, so a read that raced with the write cannot leave the old value here."""
@@ -504,7 +520,7 @@ class Cache:
         near = self._near
         if near is not None and near.active:
             item = near.data.get(key)
-            if item is not None and item[1] > _monotonic():
+            if item is not None and item[1] > _monotonic() and not self._lagging():
                 self.counters.near_hits += 1
                 return item[0]
             seq = near.seq
@@ -533,7 +549,8 @@ class Cache:
             item = near.data.get(key)
             if item is not None:
                 entry, deadline = item
-                if deadline > _monotonic() and (not entry[1] or entry[1] > _time()):
+                if (deadline > _monotonic() and (not entry[1] or entry[1] > _time())
+                        and not self._lagging()):
                     try:
                         near.data.move_to_end(key)
                     except KeyError:  # evicted by another thread just now
@@ -602,6 +619,8 @@ class Cache:
         if near is not None and near.active:
             todo = []
             mono = _monotonic()
+            if self._lagging():
+                mono = math.inf  # no near copy is trusted while invalidations wait
             for k in keys:
                 item = near.data.get(k)
                 if item is not None and item[1] > mono and (not item[0][1] or item[0][1] > now):
@@ -775,6 +794,14 @@ class Cache:
                 self._near.flush()
 
     # -- stampede protection ------------------------------------------------------------
+
+    @overload
+    def get_or_set(self, key: str, default: Callable[[], T], ttl: TTL = DEFAULT, *,
+                   stale_ttl: float | None = None) -> T: ...
+
+    @overload
+    def get_or_set(self, key: str, default: T, ttl: TTL = DEFAULT, *,
+                   stale_ttl: float | None = None) -> T: ...
 
     def get_or_set(self, key: str, default: Callable[[], T] | T, ttl: TTL = DEFAULT, *,
                    stale_ttl: float | None = None) -> T:

@@ -1,118 +1,37 @@
-"""``memory://`` cache backend: the cache contract in one process, for unit tests.
+"""``memory://name``: the cache in one process, for users' unit tests.
 
-Keys, generations and TTLs behave as on Redis; nothing is shared with other
-processes. Every method runs under the store's lock, so each is atomic.
+Not a second implementation: the Redis backend itself over
+:func:`statekit.redis.memory_client` (an in-process fakeredis server with Lua per
+*name*), so ``memory://`` runs the same cache script and the same code as Redis.
+Nothing is shared with other processes; :func:`statekit.redis.reset_memory` (and
+:func:`statekit.backends.memory.reset`) empties every ``memory://`` store. There is
+no near cache here: one process has nothing to keep coherent with.
+
+:raises ConfigError: the ``memory`` extra (fakeredis with Lua) is not installed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from ..backends.memory import MemoryStore, get_store
-from .protocol import CacheBackend
+from ..config import parse_url
+from ..redis import memory_client
+from .redis import RedisCacheBackend, RedisTransport
+
+if TYPE_CHECKING:
+    from .near import InvalidationListener
 
 __all__ = ["MemoryCacheBackend"]
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
+class MemoryCacheBackend(RedisCacheBackend):
+    """:class:`~statekit.cache.redis.RedisCacheBackend` on a ``memory://`` server."""
 
-def _secs(ttl_ms: int | None) -> float | None:
-    return None if ttl_ms is None else ttl_ms / 1000.0
+    @classmethod
+    def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> MemoryCacheBackend:
+        name = parse_url(url, kinds=("memory",)).name
+        return cls(RedisTransport(memory_client(name), fast_path=False), base)
 
-
-class MemoryCacheBackend(CacheBackend):
-    """A cache backend over :func:`statekit.backends.memory.get_store`."""
-
-    def __init__(self, name: str = "default", base: str = "statekit:{default}:", *,
-                 store: MemoryStore | None = None) -> None:
-        self.store = store if store is not None else get_store(name)
-        self.base = base
-
-    def namespace(self, base: str) -> MemoryCacheBackend:
-        return MemoryCacheBackend(base=base, store=self.store)
-
-    def _real(self, key: str) -> str:
-        gen = self.store.get(self.base + "gen", 0)
-        return f"{self.base}{gen}:{key}"
-
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        with self.store.lock:
-            return [self.store.get(self._real(k)) for k in keys]
-
-    def get_many_with_ttl(self, keys: Sequence[str]) -> list[tuple[bytes | None, int | None]]:
-        out: list[tuple[bytes | None, int | None]] = []
-        with self.store.lock:
-            for k in keys:
-                real = self._real(k)
-                value = self.store.get(real)
-                left = self.store.ttl(real)
-                out.append((value, None if left is None else int(left * 1000)))
-        return out
-
-    def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
-        with self.store.lock:
-            for k, v in items.items():
-                self.store.set(self._real(k), bytes(v), _secs(ttl_ms))
-
-    def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
-        with self.store.lock:
-            return self.store.add(self._real(key), bytes(value), _secs(ttl_ms))
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        with self.store.lock:
-            return sum(1 for k in keys if self.store.delete(self._real(k)))
-
-    def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
-        if not _INT64_MIN <= delta <= _INT64_MAX:  # as Redis INCRBY: a signed 64-bit delta
-            raise ValueError(f"increment {delta} is out of the signed 64-bit range")
-        with self.store.lock:
-            real = self._real(key)
-            left = self.store.ttl(real)
-            if left == -2.0:
-                if not create:
-                    return None
-                self.store.set(real, str(delta).encode(), _secs(ttl_ms))
-                return delta
-            raw = self.store.get(real)
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"cache value at {key!r} is not an integer") from None
-            if not _INT64_MIN <= value <= _INT64_MAX:
-                raise ValueError(f"cache value at {key!r} is out of the signed 64-bit range")
-            value += delta
-            if not _INT64_MIN <= value <= _INT64_MAX:
-                raise ValueError("increment or decrement would overflow")
-            self.store.set(real, str(value).encode(), left)
-            return value
-
-    def touch(self, key: str, ttl_ms: int | None) -> bool:
-        with self.store.lock:
-            return self.store.expire(self._real(key), _secs(ttl_ms))
-
-    def ttl_ms(self, key: str) -> int | None:
-        left = self.store.ttl(self._real(key))
-        if left == -2.0:
-            return None
-        return -1 if left is None else int(left * 1000)
-
-    def clear(self) -> None:
-        with self.store.lock:
-            self.store.set(self.base + "gen", self.store.get(self.base + "gen", 0) + 1)
-
-    def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        return self.store.add(f"{self.base}lock:{name}", token, _secs(ttl_ms))
-
-    def release_lock(self, name: str, token: str) -> bool:
-        with self.store.lock:
-            key = f"{self.base}lock:{name}"
-            if self.store.get(key) != token:
-                return False
-            return self.store.delete(key)
-
-    def extend_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        with self.store.lock:
-            key = f"{self.base}lock:{name}"
-            if self.store.get(key) != token:
-                return False
-            return self.store.expire(key, _secs(ttl_ms))
+    def near_listener(self, prefix: str) -> InvalidationListener | None:
+        return None

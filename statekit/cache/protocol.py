@@ -1,18 +1,34 @@
 """The byte-level contract every cache backend implements.
 
 A backend stores opaque ``bytes`` (or, for counters, the decimal text of an
-integer) under string keys inside one *namespace*. :class:`~statekit.cache.Cache`
-does the encoding, the stampede protection, the near cache and the failure policy;
-a backend only moves bytes, and must:
+integer) under string keys inside one *namespace* (its :attr:`CacheBackend.base`,
+``"<prefix>:{<namespace>}:"``). :class:`~statekit.cache.Cache` does the encoding,
+the stampede protection, the near cache and the failure policy; a backend only
+moves bytes.
 
-* make every method one atomic step with respect to other callers (one Redis
-  round trip, or one critical section in process);
-* resolve the namespace's *generation* inside that same step, so :meth:`clear`
-  is O(1): it bumps the generation and every older key becomes unreachable (it
-  then expires on its own TTL);
-* raise :class:`~statekit.errors.BackendUnavailable` for an unreachable or slow
-  backend (never hang: every network call has a timeout), and ``ValueError`` when
-  :meth:`incr` meets a value that is not an integer.
+Backends are found by URL scheme (:data:`statekit.cache.BACKENDS`, or an entry point
+in the group ``statekit.cache`` whose name is the scheme and whose value is
+``"module:Class"``) and built with :meth:`CacheBackend.from_url`. A third-party
+backend subclasses :class:`CacheBackend`, implements the required methods (they
+raise ``NotImplementedError`` naming themselves until it does) and runs the shipped
+contract suite, :class:`statekit.testing.contracts.cache.CacheContract`.
+
+**Concurrency.** One backend instance (and every :meth:`~CacheBackend.namespace`
+of it) is shared by all the threads of a process: methods must be thread-safe.
+Every *required* method is one atomic step with respect to every other caller, in
+this process or another (one Redis round trip or script, one transaction, one
+critical section in process), and resolves the namespace's *generation* inside
+that same step, so :meth:`~CacheBackend.clear` is O(1). The bulk methods'
+defaults loop over the single-key ones, so they are atomic per key only; a backend
+that can do better overrides them (the Redis backend is atomic per chunk of
+:data:`statekit.cache.redis.CHUNK` keys).
+
+**Failures.** Never hang: every network call has a timeout. An unreachable, slow or
+refusing backend raises :class:`~statekit.errors.BackendUnavailable`; a write whose
+outcome is unknown (sent, no reply) is never sent again. :meth:`~CacheBackend.incr`
+raises ``ValueError`` for a value that is not an integer, or a result outside the
+signed 64-bit range, and changes nothing. Nothing else is raised for a well-formed
+call.
 
 TTLs are integer milliseconds; ``None`` means no expiry.
 """
@@ -20,62 +36,90 @@ TTLs are integer milliseconds; ``None`` means no expiry.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["CacheBackend"]
+if TYPE_CHECKING:
+    from .near import InvalidationListener
+
+__all__ = ["CacheBackend", "Stored"]
+
+
+class Stored(NamedTuple):
+    """What a key holds: its *value* (``None``: the key is missing) and the
+    milliseconds it has left (``None``: no expiry, or missing)."""
+
+    value: bytes | None
+    ttl_ms: int | None
+
+
+MISSING = Stored(None, None)
 
 
 class CacheBackend:
-    """Base class of cache backends. Required methods raise ``NotImplementedError``;
-    the single-key methods have working defaults built on the bulk ones."""
+    """Base class of cache backends (see the module docstring for the concurrency
+    and failure rules every method follows). Required methods raise
+    ``NotImplementedError`` naming the method; the bulk methods and :meth:`get`,
+    :meth:`has` have working defaults built on the required ones."""
 
     #: the namespace this backend instance serves (``"<prefix>:{<namespace>}:"``)
     base: str = ""
+
+    @classmethod
+    def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> CacheBackend:
+        """A backend for *url* serving namespace *base*. *options* are the
+        :class:`~statekit.cache.Cache` settings a backend may use (``timeout``:
+        seconds or ``None``; ``fast_path``: bool); ignore the ones you do not know.
+
+        :raises ConfigError: a bad URL, or a missing extra (say which to install).
+        """
+        raise NotImplementedError(f"{cls.__name__} must implement from_url()")
+
+    # -- required ------------------------------------------------------------------
 
     def namespace(self, base: str) -> CacheBackend:
         """A backend for another namespace that shares this one's connections."""
         raise NotImplementedError(f"{type(self).__name__} must implement namespace()")
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of *keys*, in order, ``None`` for a missing key."""
-        raise NotImplementedError(f"{type(self).__name__} must implement get_many()")
+    def get_with_ttl(self, key: str) -> Stored:
+        """The value at *key* and the milliseconds it has left, in one step."""
+        raise NotImplementedError(f"{type(self).__name__} must implement get_with_ttl()")
 
-    def get_many_with_ttl(self, keys: Sequence[str]) -> list[tuple[bytes | None, int | None]]:
-        """Values with their remaining TTL in ms (``None``: no expiry), for the near cache."""
-        values = self.get_many(keys)
-        return [(v, self.ttl_ms(k) if v is not None else None) for k, v in zip(keys, values, strict=True)]
-
-    def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
-        """Store every item with the same TTL."""
-        raise NotImplementedError(f"{type(self).__name__} must implement set_many()")
+    def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
+        """Store *value* at *key*, replacing what is there (and its TTL)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement set()")
 
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
-        """Store *value* only if *key* is missing; ``True`` if stored."""
+        """Store *value* only if *key* is missing; ``True`` if stored. Of concurrent
+        callers exactly one succeeds."""
         raise NotImplementedError(f"{type(self).__name__} must implement add()")
 
-    def delete_many(self, keys: Sequence[str]) -> int:
-        """Delete *keys*; return how many existed."""
-        raise NotImplementedError(f"{type(self).__name__} must implement delete_many()")
+    def delete(self, key: str) -> bool:
+        """Delete *key*; ``True`` if it existed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement delete()")
 
     def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
-        """Add *delta* to the integer at *key* and return the new value. A missing
-        key starts at 0 (and gets *ttl_ms*) when *create*, else nothing changes and
-        the result is ``None``."""
+        """Add *delta* to the integer at *key* and return the new value, keeping the
+        key's TTL. A missing key starts at 0 (and gets *ttl_ms*) when *create*; else
+        nothing changes and the result is ``None``.
+
+        :raises ValueError: the value is not an integer, or *delta* or the result is
+            outside the signed 64-bit range (nothing changes).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement incr()")
 
     def touch(self, key: str, ttl_ms: int | None) -> bool:
-        """Set a new TTL on an existing key; ``False`` if it is missing."""
+        """Give an existing key a new TTL (``None``: no expiry); ``False`` if it is
+        missing."""
         raise NotImplementedError(f"{type(self).__name__} must implement touch()")
 
-    def ttl_ms(self, key: str) -> int | None:
-        """Remaining TTL in ms; ``-1`` for no expiry, ``None`` for a missing key."""
-        raise NotImplementedError(f"{type(self).__name__} must implement ttl_ms()")
-
     def clear(self) -> None:
-        """Make every key of this namespace unreachable (bump the generation)."""
+        """Make every key of this namespace unreachable at once (O(1), whatever the
+        namespace holds), locks excepted. The unreachable entries must not stay for
+        ever: remove them afterwards (in bounded steps) or let them expire."""
         raise NotImplementedError(f"{type(self).__name__} must implement clear()")
 
     def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        """Take lock *name* for *token* if free; ``True`` if taken."""
+        """Take lock *name* for *token* for *ttl_ms* if it is free; ``True`` if taken."""
         raise NotImplementedError(f"{type(self).__name__} must implement acquire_lock()")
 
     def release_lock(self, name: str, token: str) -> bool:
@@ -83,22 +127,40 @@ class CacheBackend:
         raise NotImplementedError(f"{type(self).__name__} must implement release_lock()")
 
     def extend_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        """Reset the TTL of lock *name* if *token* still holds it."""
+        """Reset the TTL of lock *name* to *ttl_ms* if *token* still holds it."""
         raise NotImplementedError(f"{type(self).__name__} must implement extend_lock()")
 
-    # -- defaults built on the required methods ----------------------------------
+    # -- optional: defaults built on the required methods -----------------------------
 
     def get(self, key: str) -> bytes | None:
-        return self.get_many([key])[0]
-
-    def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
-        self.set_many({key: value}, ttl_ms)
-
-    def delete(self, key: str) -> bool:
-        return self.delete_many([key]) > 0
+        """The value at *key*, ``None`` if it is missing."""
+        return self.get_with_ttl(key).value
 
     def has(self, key: str) -> bool:
-        return self.ttl_ms(key) is not None
+        return self.get_with_ttl(key).value is not None
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of *keys*, in order, ``None`` for a missing key."""
+        return [self.get(k) for k in keys]
+
+    def get_many_with_ttl(self, keys: Sequence[str]) -> list[Stored]:
+        """:meth:`get_with_ttl` of each key, in order (for the near cache and ttl())."""
+        return [self.get_with_ttl(k) for k in keys]
+
+    def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
+        """Store every item with the same TTL."""
+        for k, v in items.items():
+            self.set(k, v, ttl_ms)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Delete *keys*; return how many existed."""
+        return sum(1 for k in keys if self.delete(k))
+
+    def near_listener(self, prefix: str) -> InvalidationListener | None:
+        """The invalidation listener that keeps a near cache of keys under *prefix*
+        coherent, or ``None`` if this backend cannot tell when another process
+        changes a key (then :class:`~statekit.cache.Cache` keeps no near cache)."""
+        return None
 
     def close(self) -> None:
         """Release connections (the backend reconnects if used again)."""

@@ -1,119 +1,61 @@
-"""Redis cache backend: standalone, Sentinel and Cluster.
+"""Redis cache backend: standalone, TLS, unix socket, Sentinel, Cluster, and
+``memory://`` (the same code over fakeredis with Lua, see :mod:`.memory`).
 
-Every operation is one round trip. Reads are one ``MGET`` of the namespace's
-generation counter and the keys qualified with the generation this process saw
-last: the counter comes back atomically with the values, so a stale generation
-(another process ran :meth:`clear`) is noticed and the read repeated with the new
-one. Writes and compound operations run one Lua script (loaded once, called by SHA)
-that reads the generation and applies the operation in the same atomic step. All
-keys of a namespace share one hash tag (``<prefix>:{<namespace>}:...``), so bulk
-operations are cluster-safe: on Redis Cluster a namespace lives in one slot, and
-namespaces spread over the nodes.
+Reads are one ``MGET`` of the namespace's generation counter and the keys
+qualified with the generation this process saw last: the counter comes back
+atomically with the values, so a stale generation (another process ran
+:meth:`~RedisCacheBackend.clear`) is noticed and the read repeated with the new
+one. Writes and compound operations run the cache script
+(``statekit/redis/scripts/cache.lua``, called by SHA) that reads the generation and
+applies the operation in the same atomic step. All keys of a namespace share one
+hash tag (``<prefix>:{<namespace>}:...``), so bulk operations are cluster-safe: on
+Redis Cluster a namespace lives in one slot, and namespaces spread over the nodes.
 
 Key layout inside a namespace base ``B = "<prefix>:{<namespace>}:"``:
 
-* ``B + "gen"`` — the generation counter (``INCR`` by :meth:`clear`);
+* ``B + "gen"`` — the generation counter (``INCR`` by :meth:`~RedisCacheBackend.clear`);
 * ``B + "<gen>:<key>"`` — values (integers as decimal text, so ``INCRBY`` works);
-* ``B + "lock:<name>"`` — locks (they survive :meth:`clear`).
+* ``B + "lock:<name>"`` — locks (they survive a clear).
 
-On a plain TCP or unix-socket client the backend skips redis-py's connection
-pool on the hot path: each thread keeps one dedicated socket with a hiredis
-reply parser (when ``hiredis`` is installed), so a ``get`` costs one ``sendall``
-and one ``recv``, and it polls briefly for the reply before blocking (see
-:mod:`statekit.redis.fast`, shared with the session store). The socket
-has the client's connect and read timeouts, enforced by the kernel; a failure
-closes it and raises
-:class:`~statekit.errors.BackendUnavailable`.
-Sentinel, Cluster and TLS clients go through redis-py (its failover and
-redirection handling).
+**Bounded work.** A bulk call of more than :data:`CHUNK` keys is sent as several
+calls of at most :data:`CHUNK` keys each, so no single script or ``MGET`` blocks
+Redis for long; each chunk is atomic, the whole call is not. After a clear, a
+background thread (:data:`sweeper`) removes the older generations' keys with
+``SCAN`` (on every primary of a cluster) and ``UNLINK`` in chunks of :data:`CHUNK`;
+entries with no TTL would otherwise stay for ever. A sweep cut short (the process
+exited, Redis failed) is finished by the next clear of that namespace, in any
+process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..backends import require
 from ..errors import BackendUnavailable, ConfigError
-from ..redis import RedisClient
-from ..redis.fast import SPIN_SECONDS, FastTransport, make_reader, pack_command, script_sha
+from ..redis import RedisClient, translate_errors
+from ..redis.fast import SPIN_SECONDS, FastTransport, make_reader, pack_command
 from ..redis.fast import _FastConnection as _FastConnection  # re-exported for tests
 from ..redis.fast import _pack_any as _pack_any
 from ..redis.fast import _PyReader as _PyReader
-from .protocol import CacheBackend
+from ..redis.scripts import load
+from .protocol import CacheBackend, Stored
 
-__all__ = ["SPIN_SECONDS", "RedisCacheBackend", "RedisTransport", "make_reader", "pack_command"]
+if TYPE_CHECKING:
+    from .near import InvalidationListener
 
-SCRIPT = """
-local op = ARGV[1]
-local n = tonumber(ARGV[2])
-local g = redis.call('GET', KEYS[1]) or '0'
-local function real(i)
-  local k = KEYS[i]
-  return string.sub(k, 1, n) .. g .. ':' .. string.sub(k, n + 1)
-end
-if op == 'g1' then
-  return redis.call('GET', real(2))
-elseif op == 'get' then
-  local out = {}
-  for i = 2, #KEYS do out[i - 1] = redis.call('GET', real(i)) end
-  return out
-elseif op == 'gett' then
-  local out = {}
-  for i = 2, #KEYS do
-    local r = real(i)
-    out[2 * i - 3] = redis.call('GET', r)
-    out[2 * i - 2] = redis.call('PTTL', r)
-  end
-  return out
-elseif op == 'set' then
-  local ttl = ARGV[3]
-  for i = 2, #KEYS do
-    if ttl == '' then redis.call('SET', real(i), ARGV[i + 2])
-    else redis.call('SET', real(i), ARGV[i + 2], 'PX', ttl) end
-  end
-  return #KEYS - 1
-elseif op == 'add' then
-  local r
-  if ARGV[3] == '' then r = redis.call('SET', real(2), ARGV[4], 'NX')
-  else r = redis.call('SET', real(2), ARGV[4], 'PX', ARGV[3], 'NX') end
-  if r then return 1 end
-  return 0
-elseif op == 'del' then
-  local c = 0
-  for i = 2, #KEYS do c = c + redis.call('DEL', real(i)) end
-  return c
-elseif op == 'incr' then
-  -- the result is read back as text: INCRBY's integer reply becomes a Lua double,
-  -- which loses precision above 2^53
-  local r = real(2)
-  if redis.call('EXISTS', r) == 0 then
-    if ARGV[5] ~= '1' then return false end
-    redis.call('INCRBY', r, ARGV[3])
-    if ARGV[4] ~= '' then redis.call('PEXPIRE', r, ARGV[4]) end
-    return redis.call('GET', r)
-  end
-  redis.call('INCRBY', r, ARGV[3])
-  return redis.call('GET', r)
-elseif op == 'touch' then
-  local r = real(2)
-  if ARGV[3] == '' then
-    if redis.call('EXISTS', r) == 1 then redis.call('PERSIST', r) return 1 end
-    return 0
-  end
-  return redis.call('PEXPIRE', r, ARGV[3])
-elseif op == 'ttl' then
-  return redis.call('PTTL', real(2))
-elseif op == 'unlock' then
-  if redis.call('GET', KEYS[2]) == ARGV[3] then return redis.call('DEL', KEYS[2]) end
-  return 0
-elseif op == 'extend' then
-  if redis.call('GET', KEYS[2]) == ARGV[3] then return redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
-  return 0
-end
-return redis.error_reply('statekit cache script: unknown op ' .. tostring(op))
-"""
-SHA = script_sha(SCRIPT)
+__all__ = ["CHUNK", "SPIN_SECONDS", "RedisCacheBackend", "RedisTransport", "make_reader", "pack_command",
+           "sweeper"]
+
+#: the most keys one Redis call of a bulk operation or of a sweep carries
+CHUNK = 500
+SCRIPT = load("cache")
+_log = logging.getLogger("statekit.cache")
+_MISSING = Stored(None, None)
 
 
 def _value_error(message: str) -> Exception:
@@ -123,6 +65,15 @@ def _value_error(message: str) -> Exception:
     if "wrongtype" in low:
         return ValueError(f"cache key holds a value of another Redis type: {message}")
     return BackendUnavailable(f"Redis refused a cache command: {message}")
+
+
+def _chunks(seq: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), CHUNK):
+        yield seq[i:i + CHUNK]
+
+
+def _ttl_arg(ttl_ms: int | None) -> bytes:
+    return b"" if ttl_ms is None else str(ttl_ms).encode()
 
 
 class RedisTransport(FastTransport):
@@ -166,10 +117,92 @@ class RedisTransport(FastTransport):
 
     def run(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
         """Run the cache script: one round trip (two more after a ``SCRIPT FLUSH``)."""
-        return self.script(SHA, SCRIPT, keys, args)
+        return self.script(SCRIPT.sha, SCRIPT.source, keys, args)
 
-    def set_nx(self, key: str, value: str, ttl_ms: int) -> bool:
-        return self.command(b"SET", key, value, b"PX", ttl_ms, b"NX") is not None
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def sweep(client: RedisClient, base: str, below: int) -> int:
+    """Remove the keys of namespace *base* whose generation is below *below*
+    (unreachable since a clear): ``SCAN MATCH`` on every primary, ``UNLINK`` in
+    chunks of :data:`CHUNK` keys. Returns how many were removed.
+
+    :raises BackendUnavailable: Redis failed (what was removed stays removed).
+    """
+    head = base.encode()
+    size = len(head)
+    removed = 0
+    batch: list[bytes] = []
+    with translate_errors("a cache sweep"):
+        for key in client.scan_iter(match=_glob_escape(base) + "[0-9]*", count=1000):
+            gen, sep, _ = key[size:].partition(b":")
+            if sep and gen.isdigit() and int(gen) < below:
+                batch.append(key)
+                if len(batch) == CHUNK:
+                    removed += int(client.unlink(*batch))
+                    batch = []
+        if batch:
+            removed += int(client.unlink(*batch))
+    return removed
+
+
+class Sweeper:
+    """One background thread per process that runs :func:`sweep` for the namespaces
+    cleared here, one at a time; it starts on demand and ends when idle. A failed
+    sweep is logged (WARNING) and left to the namespace's next clear."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple[int, str], tuple[RedisClient, str, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, client: RedisClient, base: str, below: int) -> None:
+        with self._lock:
+            key = (id(client), base)
+            job = self._jobs.get(key)
+            if job is None or job[2] < below:
+                self._jobs[key] = (client, base, below)
+            self._idle.clear()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="statekit-cache-sweep", daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted sweep ran; ``False`` on timeout."""
+        return self._idle.wait(timeout)
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    self._idle.set()
+                    return
+                _, (client, base, below) = self._jobs.popitem()
+            try:
+                sweep(client, base, below)
+            except Exception as e:  # noqa: BLE001 - a background job: log, the next clear redoes it
+                _log.warning("cache namespace %s: removing the keys of generations before %d failed "
+                             "(the next clear retries): %s", base, below, e)
+
+
+#: the process's sweeper (see :class:`Sweeper`)
+sweeper = Sweeper()
+
+
+def _after_fork() -> None:
+    sweeper.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class RedisCacheBackend(CacheBackend):
@@ -183,12 +216,30 @@ class RedisCacheBackend(CacheBackend):
         self._gen = b"0"  # the generation last seen; MGET checks it in the same step
 
     @classmethod
+    def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> RedisCacheBackend:
+        require("redis", feature="redis:// cache URLs")
+        from ..redis import get_client
+
+        overrides: dict[str, Any] = {}
+        timeout = options.get("timeout")
+        if timeout is not None:
+            overrides = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        return cls.from_client(get_client(url, **overrides), base,
+                               fast_path=bool(options.get("fast_path", True)))
+
+    @classmethod
     def from_client(cls, client: RedisClient, base: str, *, fast_path: bool = True) -> RedisCacheBackend:
         require("redis", feature="the Redis cache")
         return cls(RedisTransport(client, fast_path=fast_path), base)
 
     def namespace(self, base: str) -> RedisCacheBackend:
-        return RedisCacheBackend(self.transport, base)
+        return type(self)(self.transport, base)
+
+    def near_listener(self, prefix: str) -> InvalidationListener | None:
+        from .near import InvalidationListener
+
+        sentinel = hasattr(getattr(self.transport.client, "connection_pool", None), "get_master_address")
+        return InvalidationListener(self.transport.endpoints, prefix, follow=2.0 if sentinel else 0.0)
 
     def _keys(self, keys: Sequence[str]) -> list[str]:
         b = self.base
@@ -197,7 +248,7 @@ class RedisCacheBackend(CacheBackend):
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """``MGET gen, <base><gen>:<key>...`` with the generation seen last time: the
         reply carries the current generation, read atomically with the values, so a
-        mismatch (after a :meth:`clear`) is detected and the read repeated."""
+        mismatch (after a clear) is detected and the read repeated."""
         base = self.base
         for _ in range(3):
             gen = self._gen
@@ -215,58 +266,63 @@ class RedisCacheBackend(CacheBackend):
         return self._mget((key,))[0]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        return self._mget(keys)
+        out: list[bytes | None] = []
+        for chunk in _chunks(keys):
+            out.extend(self._mget(chunk))
+        return out
 
-    def get_many_with_ttl(self, keys: Sequence[str]) -> list[tuple[bytes | None, int | None]]:
-        if not keys:
-            return []
-        flat = self.transport.run(self._keys(keys), (b"gett", self._n))
-        out: list[tuple[bytes | None, int | None]] = []
-        for i in range(0, len(flat), 2):
-            value, ttl = flat[i], flat[i + 1]
-            out.append((value, None if value is None or ttl < 0 else int(ttl)))
+    def get_with_ttl(self, key: str) -> Stored:
+        return self.get_many_with_ttl((key,))[0]
+
+    def get_many_with_ttl(self, keys: Sequence[str]) -> list[Stored]:
+        out: list[Stored] = []
+        for chunk in _chunks(keys):
+            flat = self.transport.run(self._keys(chunk), (b"gett", self._n))
+            for i in range(0, len(flat), 2):
+                value, ttl = flat[i], flat[i + 1]
+                out.append(_MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl)))
         return out
 
     def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
-        if not items:
-            return
-        ttl = b"" if ttl_ms is None else str(ttl_ms).encode()
-        self.transport.run(self._keys(list(items)), (b"set", self._n, ttl, *items.values()))
+        ttl = _ttl_arg(ttl_ms)
+        pairs = list(items.items())
+        for chunk in _chunks(pairs):
+            self.transport.run(self._keys([k for k, _ in chunk]),
+                               (b"set", self._n, ttl, *[v for _, v in chunk]))
 
     def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
-        ttl = b"" if ttl_ms is None else str(ttl_ms).encode()
-        self.transport.run((self._gen_key, self.base + key), (b"set", self._n, ttl, value))
+        self.transport.run((self._gen_key, self.base + key), (b"set", self._n, _ttl_arg(ttl_ms), value))
 
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
-        ttl = b"" if ttl_ms is None else str(ttl_ms).encode()
-        return bool(self.transport.run((self._gen_key, self.base + key), (b"add", self._n, ttl, value)))
+        return bool(self.transport.run((self._gen_key, self.base + key),
+                                       (b"add", self._n, _ttl_arg(ttl_ms), value)))
+
+    def delete(self, key: str) -> bool:
+        return self.delete_many((key,)) > 0
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        return int(self.transport.run(self._keys(keys), (b"del", self._n)))
+        return sum(int(self.transport.run(self._keys(chunk), (b"del", self._n))) for chunk in _chunks(keys))
 
     def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
-        ttl = b"" if ttl_ms is None else str(ttl_ms).encode()
         result = self.transport.run((self._gen_key, self.base + key),
-                                    (b"incr", self._n, str(delta).encode(), ttl, b"1" if create else b"0"))
+                                    (b"incr", self._n, str(delta).encode(), _ttl_arg(ttl_ms),
+                                     b"1" if create else b"0"))
         return None if result is None else int(result)
 
     def touch(self, key: str, ttl_ms: int | None) -> bool:
-        ttl = b"" if ttl_ms is None else str(ttl_ms).encode()
-        return bool(self.transport.run((self._gen_key, self.base + key), (b"touch", self._n, ttl)))
-
-    def ttl_ms(self, key: str) -> int | None:
-        left = int(self.transport.run((self._gen_key, self.base + key), (b"ttl", self._n)))
-        return None if left == -2 else left
+        return bool(self.transport.run((self._gen_key, self.base + key),
+                                       (b"touch", self._n, _ttl_arg(ttl_ms))))
 
     def clear(self) -> None:
-        self._gen = str(self.transport.command(b"INCR", self._gen_key)).encode()
+        """Bump the generation (O(1)), then let :data:`sweeper` remove the older
+        generations' keys in the background."""
+        gen = int(self.transport.command(b"INCR", self._gen_key))
+        self._gen = str(gen).encode()
+        sweeper.submit(self.transport.client, self.base, gen)
 
     def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        return self.transport.set_nx(f"{self.base}lock:{name}", token, ttl_ms)
+        reply = self.transport.command(b"SET", f"{self.base}lock:{name}", token, b"PX", ttl_ms, b"NX")
+        return reply is not None
 
     def release_lock(self, name: str, token: str) -> bool:
         return bool(self.transport.run((self._gen_key, f"{self.base}lock:{name}"),

@@ -138,6 +138,9 @@ class Lock:
 class CachedFunction(Generic[T]):
     """A function wrapped by :meth:`Cache.cached`."""
 
+    __name__: str
+    __qualname__: str
+
     def __init__(self, cache: Cache, func: Callable[..., T], ttl: TTL,
                  key: str | Callable[..., str] | None, stale_ttl: float | None) -> None:
         if ttl is not DEFAULT:

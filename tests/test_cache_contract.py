@@ -1,0 +1,148 @@
+"""The shipped cache contract (statekit.testing.contracts.cache) run against every
+backend: redis:// on every server line, memory://, Sentinel and Cluster; and what
+the Redis backend promises beyond it: bulk calls chunked, clear() leaves nothing
+behind."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from statekit.backends import load_backend
+from statekit.cache import BACKENDS, Cache
+from statekit.cache import redis as rediscache
+from statekit.embedded import RedisSentinel
+from statekit.errors import ConfigError
+from statekit.pytest_plugin import redis_command_calls, wait_for
+from statekit.testing.contracts.cache import CacheContract, missing_methods
+
+
+def test_every_builtin_backend_implements_the_contract() -> None:
+    for scheme in BACKENDS:
+        cls = load_backend("cache", scheme, BACKENDS)
+        assert not missing_methods(cls), f"{scheme}:// {cls.__name__} lacks {missing_methods(cls)}"
+
+
+def test_unknown_scheme_is_a_config_error_naming_the_entry_point_group() -> None:
+    with pytest.raises(ConfigError, match="statekit.cache"):
+        Cache("nosuch://x")
+    with pytest.raises(ConfigError, match="cannot be used here"):
+        Cache("s3://bucket/prefix")
+
+
+class TestMemory(CacheContract):
+    @pytest.fixture
+    def make(self) -> Any:
+        return lambda **kw: Cache("memory://contract", **kw)
+
+
+@pytest.mark.redis
+class TestRedis(CacheContract):
+    @pytest.fixture
+    def make(self, redis_line_url: str) -> Any:
+        return lambda **kw: Cache(redis_line_url, **kw)
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[RedisSentinel]:
+    """One sentinel setup for the contract suite (the failover test makes its own)."""
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+class TestSentinel(CacheContract):
+    @pytest.fixture
+    def make(self, sentinel_setup: RedisSentinel) -> Any:
+        with sentinel_setup.master.client() as r:
+            r.flushall()
+        return lambda **kw: Cache(sentinel_setup.url, **kw)
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+class TestCluster(CacheContract):
+    @pytest.fixture
+    def make(self, redis_cluster_url: str) -> Any:
+        return lambda **kw: Cache(redis_cluster_url, **kw)
+
+
+# -- beyond the contract: bounded work on a real server ------------------------------
+
+
+@pytest.mark.redis
+def test_clears_leave_nothing_behind(redis_line_url: str, redis_line_server: Any) -> None:
+    """5 x (10,000 sets with no expiry + clear()) leaves at most 10,000 keys: the old
+    generations are swept in the background (SCAN + UNLINK in chunks); other
+    namespaces and locks are untouched."""
+    cache = Cache(redis_line_url, prefix="sweep")
+    other = cache.namespace("other")
+    other.set("keep", 1, ttl=None)
+    assert cache.lock("held", timeout=60).acquire(blocking=False)
+    for round_ in range(5):
+        cache.set_many({f"k{i}": round_ for i in range(10_000)}, ttl=None)
+        assert cache.clear() is True
+    with redis_line_server.client() as r:
+        assert wait_for(lambda: r.dbsize() <= 10_000 and rediscache.sweeper.wait(0), 60,
+                        "the sweep")
+        assert r.dbsize() == 3  # the generation counter, the lock, the other namespace's key
+    assert other.get("keep") == 1
+    assert not cache.lock("held").acquire(blocking=False)
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_clear_sweeps_on_cluster(redis_cluster_url: str, redis_cluster: Any) -> None:
+    cache = Cache(redis_cluster_url, prefix="sweep")
+    for round_ in range(3):
+        cache.set_many({f"k{i}": round_ for i in range(1000)}, ttl=None)
+        cache.clear()
+    cache.set("live", 1, ttl=None)
+
+    def total() -> int:
+        count = 0
+        for node in redis_cluster.nodes:
+            with node.client() as r:
+                count += r.dbsize() if r.info("replication")["role"] == "master" else 0
+        return count
+
+    assert wait_for(lambda: total() == 2 and rediscache.sweeper.wait(0), 60, "the sweep")
+    assert cache.get("live") == 1
+
+
+@pytest.mark.redis
+def test_big_bulk_calls_are_chunked(redis_line_url: str, redis_line_server: Any) -> None:
+    """10,000 keys go as calls of at most CHUNK keys: counted on the server (one
+    script call per chunk to write and delete, one MGET per chunk to read)."""
+    cache = Cache(redis_line_url, prefix="chunks")
+    cache.set("warm", 1)  # the script is loaded, the generation read
+    chunks = math.ceil(10_000 / rediscache.CHUNK)
+    with redis_line_server.client() as r:
+        items = {f"k{i}": i for i in range(10_000)}
+        r.config_resetstat()
+        assert cache.set_many(items, ttl=60)
+        calls = redis_command_calls(r)
+        assert calls.get("evalsha") == chunks and calls.get("set") == 10_000
+        r.config_resetstat()
+        assert cache.get_many(list(items)) == items
+        assert redis_command_calls(r).get("mget") == chunks
+        r.config_resetstat()
+        assert cache.delete_many(list(items)) == 10_000
+        assert redis_command_calls(r).get("evalsha") == chunks
+
+
+def test_memory_reset_empties_memory_caches() -> None:
+    """Users' tests empty memory:// stores with statekit.backends.memory.reset()."""
+    from statekit.backends import memory
+
+    c = Cache("memory://reset-me")
+    c.set("k", 1, ttl=None)
+    c.namespace("other").set("k", 2)
+    memory.reset()
+    assert c.get("k") is None and c.namespace("other").get("k") is None
