@@ -242,32 +242,19 @@ def test_without_hiredis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A private redis-server with a TLS port (self-signed certificate)."""
-    import shutil
-    import subprocess
+    """A private redis-server and a rediss:// URL reaching it through a TLS proxy
+    (the embedded binaries are built without TLS)."""
+    from test_redis_helpers import tls_url
 
-    from statekit.embedded import RedisServer, find_redis_servers, free_port
-    from statekit.errors import BackendUnavailable
+    from statekit.embedded import RedisServer
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "k.pem"),
-                    "-out", str(d / "c.pem"), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
-    for binary in find_redis_servers():
-        port = free_port()
-        server = RedisServer(binary, args=["--tls-port", str(port), "--tls-cert-file", str(d / "c.pem"),
-                                           "--tls-key-file", str(d / "k.pem"), "--tls-ca-cert-file",
-                                           str(d / "c.pem"), "--tls-auth-clients", "no"])
-        try:
-            server.start()
-        except BackendUnavailable:
-            continue  # built without TLS
-        yield server, f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={d / 'c.pem'}"
+    server = RedisServer()
+    server.start()
+    try:
+        with tls_url(server, tmp_path_factory.mktemp("tls")) as url:
+            yield server, url
+    finally:
         server.stop()
-        return
-    pytest.skip("no redis-server built with TLS")
 
 
 def test_near_cache_over_tls(tls_redis: Any) -> None:

@@ -21,22 +21,17 @@ pauses only those, by PID, resuming them in a ``finally``.
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import ipaddress
 import itertools
-import selectors
 import socket
-import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from test_redis_helpers import Proxy as _Proxy  # tests/ is on sys.path
+from test_redis_helpers import self_signed as _self_signed
 
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.cache import Cache
@@ -51,130 +46,6 @@ pytestmark = pytest.mark.redis
 TIMEOUT = 0.3  # the clients' socket timeout; a pause lasts longer
 LINES = find_redis_servers()
 _names = itertools.count()
-
-
-# -- a loopback proxy: TLS termination, replies cut ---------------------------------
-
-
-def _self_signed(directory: Path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key (PEM files in *directory*)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
-
-
-class _Proxy:
-    """Relays loopback connections to *upstream_port*, one thread per connection.
-
-    :param tls: ``(certfile, keyfile)``: clients speak TLS to the proxy.
-    :attr cut: while positive, the reply to a request containing :attr:`cut_on`
-        (``EVALSHA``, ``MGET``: not a connection handshake) is not relayed: the
-        client's connection is reset instead (the command was applied, its reply
-        lost), and ``cut`` counts down.
-    """
-
-    def __init__(self, upstream_port: int, tls: tuple[str, str] | None = None) -> None:
-        self.upstream_port = upstream_port
-        self.cut = 0
-        self.cut_on = b"EVALSHA"
-        self._ctx: ssl.SSLContext | None = None
-        if tls is not None:
-            self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            self._ctx.load_cert_chain(*tls)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            t = threading.Thread(target=self._relay, args=(client,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _relay(self, client: socket.socket) -> None:
-        upstream = None
-        try:
-            if self._ctx is not None:
-                client.settimeout(5)
-                client = self._ctx.wrap_socket(client, server_side=True)
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            with self._lock:
-                self._socks += [client, upstream]
-            sel = selectors.DefaultSelector()
-            sel.register(client, selectors.EVENT_READ)
-            sel.register(upstream, selectors.EVENT_READ)
-            request = b""
-            while not self._stop.is_set():
-                for key, _ in sel.select(0.1):
-                    if key.fileobj is client:
-                        while True:
-                            data = client.recv(65536)
-                            if not data:
-                                return
-                            upstream.sendall(data)
-                            request = data
-                            if not (isinstance(client, ssl.SSLSocket) and client.pending()):
-                                break
-                    else:
-                        data = upstream.recv(65536)
-                        if not data:
-                            return
-                        with self._lock:
-                            cut = self.cut > 0 and self.cut_on in request
-                            self.cut -= cut
-                        if cut:  # reset, not a clean close: a connection lost
-                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                            return
-                        client.sendall(data)
-        except OSError:
-            return
-        finally:
-            for s in (client, upstream):
-                if s is not None:
-                    with contextlib.suppress(OSError):
-                        s.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        with self._lock:
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.close()
-        for t in self._threads:
-            t.join(5)
-
 
 # -- fixtures -------------------------------------------------------------------------
 

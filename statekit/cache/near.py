@@ -1,10 +1,13 @@
 """The near cache: a bounded in-process LRU of decoded values, kept coherent by Redis.
 
-Redis tells us when a key changes: a dedicated connection runs ``CLIENT TRACKING on
-REDIRECT <its own id> BCAST PREFIX <prefix>`` and then ``SUBSCRIBE
-__redis__:invalidate`` (RESP2 redirect mode, Redis 6.2+ and Valkey). From then on
-every write, delete, expiry or eviction of a key under the prefix — by any client
-anywhere — sends the key name to that connection, and the entry is dropped here.
+Redis tells us when a key changes: the invalidation listener
+(:class:`statekit.redis.tracking.InvalidationListener`, re-exported here) keeps a
+redis-py connection that runs ``CLIENT TRACKING on REDIRECT <its own id> BCAST
+PREFIX <prefix>`` and then ``SUBSCRIBE __redis__:invalidate`` (RESP2 redirect mode,
+Redis 6.2+ and Valkey). From then on every write, delete, expiry or eviction of a
+key under the prefix — by any client anywhere — sends the key name to that
+connection, and the entry is dropped from the near cache of its namespace (a dict
+lookup). A near cache is registered weakly: dropping its cache unregisters it.
 
 Coherence rules:
 
@@ -17,6 +20,9 @@ Coherence rules:
   concurrent write can never be hidden behind an older value. Invalidations of
   other keys do not refuse it: under concurrent traffic to many keys a shared check
   would refuse almost every store.
+* A copy is not served while :meth:`InvalidationListener.pending` says
+  invalidations wait to be applied (one zero-timeout poll, no lock): the reader
+  goes to Redis instead of racing the listener thread for the GIL.
 * Local writes drop the local copy before they return (read-your-writes).
 * Entries also carry a deadline: the key's Redis TTL, capped by ``max_age``.
 
@@ -32,18 +38,12 @@ seconds); on Cluster it keeps one connection per master.
 
 from __future__ import annotations
 
-import os
-import select
-import socket
-import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .._fork import reset_in_child
-from ..errors import BackendUnavailable
+from ..redis.tracking import InvalidationListener
 
 __all__ = ["InvalidationListener", "NearCache"]
 
@@ -144,260 +144,3 @@ class NearCache(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.data)
-
-
-def _tls_context(ep: dict[str, Any]) -> ssl.SSLContext:
-    """A client TLS context from redis-py's ``ssl_*`` connection options."""
-    ctx = ssl.create_default_context(cafile=ep.get("ssl_ca_certs"), capath=ep.get("ssl_ca_path"))
-    reqs = ep.get("ssl_cert_reqs", "required")
-    modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-    mode: ssl.VerifyMode = modes.get(reqs, ssl.CERT_REQUIRED) if isinstance(reqs, str) else reqs
-    if mode == ssl.CERT_NONE or not ep.get("ssl_check_hostname", True):
-        ctx.check_hostname = False
-    ctx.verify_mode = mode
-    if ep.get("ssl_certfile"):
-        ctx.load_cert_chain(ep["ssl_certfile"], ep.get("ssl_keyfile"), ep.get("ssl_password"))
-    return ctx
-
-
-class InvalidationListener:
-    """One background thread that receives Redis invalidation messages for a key
-    prefix and drops the matching entries from the registered near caches.
-
-    :param endpoints: returns the connection parameters (``host``/``port`` or
-        ``path``, ``username``, ``password``) of every master to listen to.
-    :param prefix: the key prefix to track (``"<prefix>:"``).
-    :param follow: re-check :func:`endpoints` every this many seconds and reconnect
-        when they change (Sentinel failover); ``0`` to never re-check.
-    :param bcast: track every key under *prefix* (``BCAST``, the cache). ``False``
-        tracks nothing itself: data connections opt in with ``CLIENT TRACKING on
-        REDIRECT`` :attr:`client_id` and get invalidations only for the keys they
-        read (sessions; one endpoint only). A reconnect changes :attr:`client_id` and
-        bumps :attr:`generation`, so those connections must be opened again.
-    """
-
-    def __init__(self, endpoints: Callable[[], list[dict[str, Any]]], prefix: str, *,
-                 follow: float = 0.0, timeout: float = 1.0, bcast: bool = True) -> None:
-        self.endpoints = endpoints
-        self.prefix = prefix
-        self.follow = follow
-        self.timeout = timeout
-        self.bcast = bcast
-        self._nears: dict[str, NearCache[Any]] = {}
-        self._whole: set[str] = set()
-        self._socks: list[socket.socket] = []
-        self._handling = False
-        #: the connection id of the (first) invalidation connection, for ``REDIRECT``
-        self.client_id: int | None = None
-        #: bumped on every (re)connect, after :attr:`client_id` is set
-        self.generation = 0
-        self._readers: dict[socket.socket, Any] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._stop = threading.Event()
-        self.connected = threading.Event()
-        self.reconnects = 0
-        self.messages = 0
-        #: (host, port, path) of each server the thread listens to now
-        self.current: list[tuple[Any, Any, Any]] = []
-        reset_in_child(self)
-
-    def register(self, base: str, near: NearCache[Any], *, whole_keys: bool = False) -> None:
-        """Drop entries of *near* for invalidated keys starting with *base*. The cache
-        keys its entries by the rest of a versioned key; with *whole_keys* the entries
-        are keyed by the whole Redis key."""
-        with self._lock:
-            self._nears[base] = near
-            if whole_keys:
-                self._whole.add(base)
-            if self.connected.is_set():
-                near.set_active(True)
-
-    def ensure_running(self) -> None:
-        """Start the thread in this process if it is not running (cheap to call)."""
-        if self._pid == os.getpid() and self._thread is not None:
-            return
-        with self._lock:
-            if self._pid == os.getpid() and self._thread is not None:
-                return
-            self._pid = os.getpid()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="statekit-near-cache", daemon=True)
-            self._thread.start()
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()  # another thread may have held it at fork time
-        self._thread = None
-        self._pid = 0
-        self.connected = threading.Event()
-        for near in list(self._nears.values()):
-            near.lock = threading.Lock()
-            near.set_active(False)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._set_active(False)
-
-    def pending(self) -> bool:
-        """Whether invalidations have arrived that the thread has not handled yet
-        (bytes waiting on its socket, by a zero-timeout ``select``, or taken off it
-        but not yet applied): a reader then bypasses its near cache instead of
-        waiting for the thread to get the GIL."""
-        if self._handling:
-            return True
-        socks = self._socks
-        if not socks:
-            return False
-        try:
-            return bool(select.select(socks, [], [], 0)[0])
-        except (OSError, ValueError):  # closed under us: the thread is reconnecting
-            return True
-
-    def _set_active(self, active: bool) -> None:
-        if active:
-            self.connected.set()
-        else:
-            self.connected.clear()
-        for near in list(self._nears.values()):
-            near.set_active(active)
-
-    # -- the thread ---------------------------------------------------------------
-
-    def _run(self) -> None:
-        backoff = 0.05
-        while not self._stop.is_set():
-            socks: list[socket.socket] = []
-            try:
-                eps = self.endpoints()
-                socks = [self._connect(ep) for ep in eps]
-                self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
-                self._socks = socks
-                self.generation += 1  # after client_id: readers pair an id with its generation
-                self._set_active(True)
-                backoff = 0.05
-                self._listen(socks, eps)
-            except Exception:  # noqa: BLE001,S110 - any failure: flush, bypass, reconnect
-                pass
-            finally:
-                self._set_active(False)
-                self._socks = []
-                for s in socks:
-                    self._readers.pop(s, None)
-                    s.close()
-            if self._stop.wait(backoff):
-                return
-            self.reconnects += 1
-            backoff = min(backoff * 2, 2.0)
-
-    def _connect(self, ep: dict[str, Any]) -> socket.socket:
-        from .redis import make_reader, pack_command
-
-        if ep.get("path"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            sock.connect(ep["path"])
-        else:
-            sock = socket.create_connection((ep["host"], ep["port"]), timeout=self.timeout)
-            if ep.get("ssl"):
-                try:
-                    sock = _tls_context(ep).wrap_socket(sock, server_hostname=ep["host"])
-                except BaseException:
-                    sock.close()
-                    raise
-        reader = make_reader()
-
-        def call(*args: Any) -> Any:
-            sock.sendall(pack_command(args))
-            reply = reader.gets()
-            while reply is False:
-                data = sock.recv(65536)
-                if not data:
-                    raise BackendUnavailable("invalidation connection closed")
-                reader.feed(data)
-                reply = reader.gets()
-            if isinstance(reply, Exception):
-                raise BackendUnavailable(f"invalidation connection setup refused: {reply}")
-            return reply
-
-        try:
-            if ep.get("password"):
-                call("AUTH", *([ep["username"]] if ep.get("username") else []), ep["password"])
-            client_id = call("CLIENT", "ID")
-            if self.bcast:
-                call("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
-            # else the data connections track the keys they read (CLIENT TRACKING on
-            # REDIRECT client_id), and only those keys' invalidations come here
-            call("SUBSCRIBE", "__redis__:invalidate")
-            if not self.bcast:
-                self.client_id = int(client_id)
-        except BaseException:
-            sock.close()
-            raise
-        sock.settimeout(self.timeout)
-        self._readers[sock] = reader
-        return sock
-
-    def _listen(self, socks: list[socket.socket], eps: list[dict[str, Any]]) -> None:
-        from .redis import pack_command
-
-        last_seen = {s: time.monotonic() for s in socks}
-        last_ping = time.monotonic()
-        last_follow = time.monotonic()
-        while not self._stop.is_set():
-            ready, _, _ = select.select(socks, [], [], 0.5)
-            now = time.monotonic()
-            for s in ready:
-                # from taking bytes off the socket until they are handled, readers
-                # must not trust their copies (see pending())
-                self._handling = True
-                try:
-                    data = s.recv(65536)
-                    if not data:
-                        raise BackendUnavailable("invalidation connection closed")
-                    while isinstance(s, ssl.SSLSocket) and s.pending():  # decrypted, not yet read
-                        data += s.recv(65536)
-                    last_seen[s] = now
-                    reader = self._readers[s]
-                    reader.feed(data)
-                    msg = reader.gets()
-                    while msg is not False:
-                        self._handle(msg)
-                        msg = reader.gets()
-                finally:
-                    self._handling = False
-            if now - last_ping >= self.timeout:
-                for s in socks:
-                    s.sendall(pack_command(("PING",)))
-                last_ping = now
-            if any(now - seen > 3 * self.timeout + 0.5 for seen in last_seen.values()):
-                raise BackendUnavailable("invalidation connection stopped answering")
-            if self.follow and now - last_follow >= self.follow:
-                last_follow = now
-                if self.endpoints() != eps:
-                    raise BackendUnavailable("the master moved")
-
-    def _handle(self, msg: Any) -> None:
-        if not isinstance(msg, list) or len(msg) < 3 or msg[0] != b"message":
-            return
-        self.messages += 1
-        keys = msg[2]
-        nears = list(self._nears.items())
-        if keys is None:  # FLUSHDB / FLUSHALL
-            for _base, near in nears:
-                near.flush()
-            return
-        whole = self._whole
-        for raw in keys:
-            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-            for base, near in nears:
-                if not key.startswith(base):
-                    continue
-                if base in whole:
-                    near.evict(key)
-                    continue
-                rest = key[len(base):]
-                if rest == "gen":
-                    near.flush()
-                elif rest[:1].isdigit():
-                    near.evict(rest.partition(":")[2])

@@ -1,0 +1,388 @@
+"""Redis client-side caching: the invalidation listener, on redis-py connections.
+
+One background thread keeps a dedicated redis-py connection per master (RESP2,
+redirect mode) that runs ``CLIENT TRACKING on REDIRECT <its own id> BCAST PREFIX
+<prefix>`` (or, with ``bcast=False``, nothing: data connections opt in with ``CLIENT
+TRACKING on REDIRECT <id>``, see :class:`~statekit.redis.transport.Transport`) and
+then ``SUBSCRIBE __redis__:invalidate``. From then on every write, delete, expiry or
+eviction of a tracked key, by any client anywhere, sends the key name here, and the
+entry is dropped from the near cache registered for its namespace.
+
+**Routing is a lookup, not a scan.** A cache namespace's keys start with its base
+``<prefix>:{<namespace>}:``; an invalidated key is cut after its first ``}:`` and the
+base looked up in a dict: one lookup whatever the number of namespaces. Bases of
+another shape (a session store's ``<prefix>:session:``) are found by one lookup per
+distinct base length among them. :attr:`InvalidationListener.visits` counts lookups.
+
+**Namespaces are held weakly.** A near cache that nobody else holds (its cache was
+dropped) is unregistered by its own finalizer, so a process that makes and drops
+namespaces keeps no memory for them.
+
+**Lag.** :meth:`InvalidationListener.pending` says whether invalidations have
+reached this process that the thread has not applied yet (bytes waiting on a
+listener connection, one zero-timeout ``poll``, or messages being applied). It costs
+one system call and takes no lock: callers check it before serving a near copy and
+read from Redis instead while it is ``True`` (the session store and
+:class:`~statekit.cache.Cache` do).
+
+Coherence: near caches are active only while the listener is connected; a drop, a
+fork or :meth:`InvalidationListener.stop` flushes and deactivates them. On Sentinel
+the listener follows the master (the address is re-checked every *follow*
+seconds); on Cluster it keeps one connection per master. The connections take TLS,
+ACL/credential providers and timeouts from the client's own connection settings.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._fork import reset_in_child
+from ..errors import BackendUnavailable
+from . import is_cluster
+
+__all__ = ["InvalidationListener", "endpoints_of"]
+
+#: connection options of the client that the listener's own connection does not take
+_NOT_FOR_LISTENER = ("connection_class", "connection_pool", "ssl", "retry", "protocol",
+                     "health_check_interval", "cache", "cache_config", "maint_notifications_config",
+                     "maint_notifications_pool_handler", "event_dispatcher")
+
+
+def endpoints_of(client: Any) -> list[dict[str, Any]]:
+    """Where an invalidation connection for *client* must connect now: the
+    connection options of each master (Cluster), of the master Sentinel names, or of
+    the server; ``ssl`` says whether to use TLS."""
+    import redis
+
+    if is_cluster(client):
+        kw = dict(client.nodes_manager.connection_kwargs)
+        kw["ssl"] = bool(kw.get("ssl")) or issubclass(kw.get("connection_class", object), redis.SSLConnection)
+        return [{**kw, "host": n.host, "port": n.port} for n in client.get_primaries()]
+    pool = client.connection_pool
+    kw = dict(pool.connection_kwargs)
+    kw["ssl"] = issubclass(pool.connection_class, redis.SSLConnection)
+    if hasattr(pool, "get_master_address"):  # Sentinel
+        host, port = pool.get_master_address()
+        kw.update(host=host, port=port)
+    return [kw]
+
+
+def _connection(ep: dict[str, Any], timeout: float) -> Any:
+    """A redis-py connection (not pooled) for the endpoint options *ep*."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    kw = {k: v for k, v in ep.items() if k not in _NOT_FOR_LISTENER and v is not None}
+    kw.update(socket_timeout=timeout, protocol=2, retry=Retry(NoBackoff(), 0))  # type: ignore[no-untyped-call]
+    kw.setdefault("socket_connect_timeout", timeout)
+    if kw.get("path"):
+        kw.pop("host", None)
+        kw.pop("port", None)
+        unix: Any = redis.UnixDomainSocketConnection
+        return unix(**kw)
+    kw.pop("path", None)
+    cls: Any = redis.SSLConnection if ep.get("ssl") else redis.Connection
+    return cls(**kw)
+
+
+def _call(conn: Any, *args: Any) -> Any:
+    conn.send_command(*args)
+    try:
+        return conn.read_response()
+    except Exception as e:
+        import redis
+
+        if isinstance(e, redis.ResponseError):
+            raise BackendUnavailable(f"invalidation connection setup refused: {e}") from e
+        raise
+
+
+def _poller(conns: list[Any]) -> Callable[[], bool]:
+    """Whether any of *conns* has bytes waiting (a zero-timeout poll, no lock)."""
+    fds = [c._sock.fileno() for c in conns]
+    make = getattr(select, "poll", None)  # gevent removes it when it patches select
+    if make is not None:
+        poll = make()
+        for fd in fds:
+            poll.register(fd, select.POLLIN)
+        return lambda: bool(poll.poll(0))
+    return lambda: bool(select.select(fds, [], [], 0)[0])
+
+
+class InvalidationListener:
+    """One background thread that receives Redis invalidation messages for a key
+    prefix and drops the matching entries from the registered near caches.
+
+    :param source: a redis-py client (any kind) whose servers to listen to, or a
+        callable returning the connection options of every master (see
+        :func:`endpoints_of`).
+    :param prefix: the key prefix to track (``"<prefix>:"``).
+    :param follow: re-check the endpoints every this many seconds and reconnect when
+        they change (Sentinel failover); ``0`` never; default: 2 s for a Sentinel
+        client, else 0.
+    :param bcast: track every key under *prefix* (``BCAST``, the cache). ``False``
+        tracks nothing itself: data connections opt in with ``CLIENT TRACKING on
+        REDIRECT`` :attr:`client_id` and get invalidations only for the keys they
+        read (sessions; one endpoint only). A reconnect changes :attr:`client_id` and
+        bumps :attr:`generation`, so those connections must be set up again.
+
+    Thread safety: :meth:`register`, :meth:`pending`, :meth:`ensure_running` and
+    :meth:`stop` may be called from any thread.
+    """
+
+    def __init__(self, source: Any, prefix: str, *, follow: float | None = None,
+                 timeout: float = 1.0, bcast: bool = True) -> None:
+        if callable(source) and not hasattr(source, "execute_command"):
+            self.endpoints: Callable[[], list[dict[str, Any]]] = source
+        else:
+            self.endpoints = lambda: endpoints_of(source)
+            if follow is None and hasattr(getattr(source, "connection_pool", None), "get_master_address"):
+                follow = 2.0
+        self.prefix = prefix
+        self.follow = follow or 0.0
+        self.timeout = timeout
+        self.bcast = bcast
+        # base -> weak reference to its near cache; tagged bases ("...}:") by exact
+        # cut, the others by length (see the module docstring)
+        self._tagged: dict[str, weakref.ref[Any]] = {}
+        self._others: dict[str, weakref.ref[Any]] = {}
+        self._other_lengths: tuple[int, ...] = ()
+        self._whole: set[str] = set()
+        self._pending: Callable[[], bool] | None = None
+        self._handling = False
+        #: the connection id of the (first) invalidation connection, for ``REDIRECT``
+        self.client_id: int | None = None
+        #: bumped on every (re)connect, after :attr:`client_id` is set
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self.messages = 0
+        #: dict lookups made to route invalidated keys (see the module docstring)
+        self.visits = 0
+        #: (host, port, path) of each server the thread listens to now
+        self.current: list[tuple[Any, Any, Any]] = []
+        reset_in_child(self)
+
+    # -- namespaces ----------------------------------------------------------------
+
+    def register(self, base: str, near: Any, *, whole_keys: bool = False) -> None:
+        """Drop entries of *near* for invalidated keys starting with *base* (held
+        weakly: unregistered when *near* is freed). The cache keys its entries by
+        the rest of a versioned key; with *whole_keys* the entries are keyed by the
+        whole Redis key."""
+        tagged = base.find("}:") == len(base) - 2
+        table = self._tagged if tagged else self._others
+
+        def gone(ref: weakref.ref[Any], base: str = base, table: dict[str, Any] = table) -> None:
+            if table.get(base) is ref:  # no lock: a finalizer may run inside a locked section
+                table.pop(base, None)
+                self._whole.discard(base)
+                if table is self._others:
+                    self._other_lengths = tuple(sorted({len(b) for b in list(self._others)}))
+
+        with self._lock:
+            table[base] = weakref.ref(near, gone)
+            if whole_keys:
+                self._whole.add(base)
+            if not tagged:
+                self._other_lengths = tuple(sorted({len(b) for b in self._others}))
+            if self.connected.is_set():
+                near.set_active(True)
+
+    def unregister(self, base: str) -> None:
+        """Stop routing invalidations to the near cache of *base*."""
+        with self._lock:
+            self._tagged.pop(base, None)
+            if self._others.pop(base, None) is not None:
+                self._other_lengths = tuple(sorted({len(b) for b in self._others}))
+            self._whole.discard(base)
+
+    def registered(self) -> int:
+        """How many near caches are registered (dropped ones are not)."""
+        return len(self._tagged) + len(self._others)
+
+    def _nears(self) -> list[Any]:
+        refs = [*self._tagged.values(), *self._others.values()]
+        return [near for near in (ref() for ref in refs) if near is not None]
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process if it is not running (cheap to call)."""
+        if self._pid == os.getpid() and self._thread is not None:
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="statekit-near-cache", daemon=True)
+            self._thread.start()
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._thread = None
+        self._pid = 0
+        self._pending = None
+        self.connected = threading.Event()
+        for near in self._nears():
+            near.lock = threading.Lock()
+            near.set_active(False)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._set_active(False)
+
+    def pending(self) -> bool:
+        """Whether invalidations have arrived that the thread has not applied yet
+        (one zero-timeout ``poll`` of the listener connections, no lock): a reader
+        then bypasses its near cache instead of waiting for the thread to get the
+        GIL. ``False`` while disconnected (near caches are inactive then)."""
+        if self._handling:
+            return True
+        check = self._pending
+        if check is None:
+            return False
+        try:
+            return check()
+        except (OSError, ValueError):  # closed under us: the thread is reconnecting
+            return True
+
+    def _set_active(self, active: bool) -> None:
+        if active:
+            self.connected.set()
+        else:
+            self.connected.clear()
+        for near in self._nears():
+            near.set_active(active)
+
+    # -- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            conns: list[Any] = []
+            try:
+                eps = self.endpoints()
+                for ep in eps:
+                    conns.append(self._connect(ep))
+                self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
+                self._pending = _poller(conns)
+                self.generation += 1  # after client_id: readers pair an id with its generation
+                self._set_active(True)
+                backoff = 0.05
+                self._listen(conns, eps)
+            except Exception:  # noqa: BLE001,S110 - any failure: flush, bypass, reconnect
+                pass
+            finally:
+                self._set_active(False)
+                self._pending = None
+                for conn in conns:
+                    conn.disconnect()
+            if self._stop.wait(backoff):
+                return
+            self.reconnects += 1
+            backoff = min(backoff * 2, 2.0)
+
+    def _connect(self, ep: dict[str, Any]) -> Any:
+        conn = _connection(ep, self.timeout)
+        try:
+            conn.connect()  # AUTH, SELECT, CLIENT SETNAME: redis-py's handshake
+            client_id = _call(conn, "CLIENT", "ID")
+            if self.bcast:
+                _call(conn, "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+            # else the data connections track the keys they read (CLIENT TRACKING on
+            # REDIRECT client_id), and only those keys' invalidations come here
+            _call(conn, "SUBSCRIBE", "__redis__:invalidate")
+            if not self.bcast:
+                self.client_id = int(client_id)
+        except BaseException:
+            conn.disconnect()
+            raise
+        return conn
+
+    def _listen(self, conns: list[Any], eps: list[dict[str, Any]]) -> None:
+        by_fd = {c._sock.fileno(): c for c in conns}
+        last_seen = {c: time.monotonic() for c in conns}
+        last_ping = last_follow = time.monotonic()
+        while not self._stop.is_set():
+            ready, _, _ = select.select(list(by_fd), [], [], 0.5)
+            now = time.monotonic()
+            for fd in ready:
+                conn = by_fd[fd]
+                # from taking bytes off the connection until they are applied, readers
+                # must not trust their copies (see pending())
+                self._handling = True
+                try:
+                    while True:
+                        self._handle(conn.read_response())
+                        if not conn.can_read(0):  # TLS: decrypted bytes count too
+                            break
+                finally:
+                    self._handling = False
+                last_seen[conn] = now
+            if now - last_ping >= self.timeout:
+                for conn in conns:
+                    conn.send_command("PING")
+                last_ping = now
+            if any(now - seen > 3 * self.timeout + 0.5 for seen in last_seen.values()):
+                raise BackendUnavailable("invalidation connection stopped answering")
+            if self.follow and now - last_follow >= self.follow:
+                last_follow = now
+                if self.endpoints() != eps:
+                    raise BackendUnavailable("the master moved")
+
+    def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, list) or len(msg) < 3 or msg[0] != b"message":
+            return
+        self.messages += 1
+        keys = msg[2]
+        if keys is None:  # FLUSHDB / FLUSHALL
+            for near in self._nears():
+                near.flush()
+            return
+        for raw in keys:
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            self._route(key)
+
+    def _route(self, key: str) -> None:
+        """Drop *key* from the near cache(s) whose base it starts with."""
+        visits = 0
+        cut = key.find("}:")
+        if cut >= 0:
+            visits += 1
+            ref = self._tagged.get(key[: cut + 2])
+            if ref is not None:
+                self._drop(key, key[: cut + 2], ref)
+        others = self._others
+        for length in self._other_lengths:
+            visits += 1
+            base = key[:length]
+            ref = others.get(base)
+            if ref is not None:
+                self._drop(key, base, ref)
+        self.visits += visits
+
+    def _drop(self, key: str, base: str, ref: weakref.ref[Any]) -> None:
+        near = ref()
+        if near is None:
+            return
+        if base in self._whole:
+            near.evict(key)
+            return
+        rest = key[len(base):]
+        if rest == "gen":
+            near.flush()
+        elif rest[:1].isdigit():
+            near.evict(rest.partition(":")[2])
