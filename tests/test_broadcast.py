@@ -1,22 +1,33 @@
-"""Broadcast, in one process: SharedValue, the subscriber, the scripts, the scheduler.
+"""Broadcast, in one process: what the shipped contract does not cover (the
+Redis backend's faults and recovery, fork, the command, memory://'s synchronous
+delivery, the package's shape).
 
-The multi-process acceptance tests (two broadcasters x four workers, SIGKILL,
-SIGSTOP, Redis restart) are in test_broadcast_cluster.py.
+The contract suite (statekit.testing.contracts.broadcast) runs in
+test_broadcast_contract.py; the multi-process acceptance tests (two broadcasters x
+four workers, SIGKILL, SIGSTOP, Redis restart) are in test_broadcast_cluster.py.
 """
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
+import subprocess
+import sys
 import threading
+import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from statekit.broadcast import Broadcaster, SharedValue, current_run, load_broadcaster, state_key
-from statekit.broadcast import shared as _subscriber
+import statekit.broadcast
+from statekit.broadcast import Broadcaster, SharedValue, load_broadcaster, state_key
+from statekit.broadcast import hub as _hub
+from statekit.broadcast import scheduler as _scheduler
+from statekit.broadcast import values as _values
 from statekit.embedded import RedisBinary, RedisSentinel, RedisServer, find_redis_servers
-from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, StaleToken
+from statekit.errors import BackendUnavailable, ConfigError, InvalidKey
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
@@ -34,52 +45,6 @@ def broadcasters() -> Iterator[list[Broadcaster]]:
     yield made
     for b in made:
         b.stop(5)
-
-
-def test_late_worker_sees_retained_value_on_first_get(redis_url: str, prefix: str) -> None:
-    b = Broadcaster(redis_url, key_prefix=prefix)
-    assert b.publish("users_count", 41) == 1
-    assert b.publish("users_count", 42) == 2
-    sv = SharedValue("users_count", default=0, url=redis_url, key_prefix=prefix)
-    assert sv.get() == 42
-    assert sv.version == 2
-    assert sv.age is not None and not sv.is_stale
-
-
-def test_default_until_published(redis_url: str, prefix: str) -> None:
-    sv = SharedValue("nothing_yet", default="n/a", max_age=5, url=redis_url, key_prefix=prefix)
-    assert sv.get() == "n/a"
-    assert sv.version == 0
-    assert sv.updated_at is None and sv.age is None
-    assert sv.is_stale
-
-
-def test_publish_fans_out_to_local_copy(redis_url: str, prefix: str) -> None:
-    sv = SharedValue("motd", default=None, url=redis_url, key_prefix=prefix)
-    assert sv.get() is None
-    b = Broadcaster(redis_url, key_prefix=prefix)
-    for i in range(1, 6):
-        version = b.publish("motd", {"text": f"hello {i}", "n": (i, i)})
-        wait_for(lambda v=version: sv.version == v, what=f"version {version}")
-        assert sv.get() == {"text": f"hello {i}", "n": (i, i)}
-
-
-def test_on_change_callbacks_run_after_each_update(redis_url: str, prefix: str) -> None:
-    sv = SharedValue("cb", default=0, url=redis_url, key_prefix=prefix)
-    got: list[tuple[Any, int]] = []
-
-    @sv.on_change
-    def record(value: Any, version: int) -> None:
-        got.append((value, version))
-        assert sv.get() == value
-
-    sv.on_change(lambda value, version: 1 / 0)  # a failing callback is logged, not fatal
-    _subscribed(sv)
-    b = Broadcaster(redis_url, key_prefix=prefix)
-    b.publish("cb", "a")
-    b.publish("cb", "b")
-    wait_for(lambda: len(got) == 2, what="two callbacks")
-    assert got == [("a", 1), ("b", 2)]
 
 
 def test_version_and_publish_time_are_exported_as_gauges(redis_url: str, prefix: str) -> None:
@@ -106,7 +71,7 @@ def test_two_values_same_name_one_subscriber(redis_url: str, prefix: str) -> Non
     assert thread is not None and thread.is_alive()
     assert thread.name == "statekit-broadcast-subscriber"
     # other tests' hubs may still be alive in this process; this backend has exactly one
-    assert sum(1 for h in _subscriber._hubs.values() if h is a._hub) == 1
+    assert sum(1 for h in _hub._hubs.values() if h is a._hub) == 1
 
 
 def test_max_age_marks_stale(redis_url: str, prefix: str) -> None:
@@ -115,18 +80,6 @@ def test_max_age_marks_stale(redis_url: str, prefix: str) -> None:
     sv = SharedValue("v", url=redis_url, key_prefix=prefix, max_age=0.05)
     assert sv.get() == 1
     wait_for(lambda: sv.is_stale, what="stale")
-
-
-def test_stale_token_is_refused_and_changes_nothing(redis_url: str, prefix: str) -> None:
-    b = Broadcaster(redis_url, key_prefix=prefix)
-    b.publish("fenced", "first")
-    client = b._client
-    client.set(state_key(prefix, "fenced") + ":fence", 5)
-    with pytest.raises(StaleToken):
-        b.publish("fenced", "stale", token=4)
-    assert b.retained("fenced") == (1, "first")
-    assert b.publish("fenced", "current", token=5) == 2
-    assert b.retained("fenced") == (2, "current")
 
 
 def test_invalid_names_and_options(redis_url: str) -> None:
@@ -162,41 +115,6 @@ def test_env_url_is_used(monkeypatch: pytest.MonkeyPatch, redis_url: str, prefix
     assert SharedValue("from_env").get() == "yes"
 
 
-def test_scheduler_computes_each_slot_once_across_two_broadcasters(
-    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
-) -> None:
-    slots: list[tuple[int, int]] = []
-    lock = threading.Lock()
-    for i in range(2):
-        b = Broadcaster(redis_url, key_prefix=prefix)
-        broadcasters.append(b)
-
-        def compute(i: int = i) -> int:
-            run = current_run()
-            assert run is not None
-            with lock:
-                slots.append((run.slot, i))
-                return len(slots)
-
-        b.every(0.2, name="tick", lease=1.0)(compute)
-    sv = SharedValue("tick", default=0, url=redis_url, key_prefix=prefix)
-    for b in broadcasters:
-        b.start()
-        b.start()  # idempotent
-    wait_for(lambda: len(slots) >= 6, what="six computations")
-    for b in broadcasters:
-        b.stop(5)
-    assert not any(b.running for b in broadcasters)
-    seen = [s for s, _ in slots]
-    assert len(seen) == len(set(seen)), slots
-    assert sum(b.counters.get("computes") for b in broadcasters) == len(slots)
-    final = broadcasters[0].retained("tick")
-    assert final is not None
-    wait_for(lambda: sv.version == final[0], what="final version seen")
-    assert sv.get() == final[1]
-    assert current_run() is None
-
-
 def test_stop_right_after_start_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop() that comes before the started thread runs its loop still stops it."""
     gate = threading.Event()
@@ -214,47 +132,6 @@ def test_stop_right_after_start_holds(monkeypatch: pytest.MonkeyPatch) -> None:
     b.stop(0.01)  # the thread has not begun its loop yet
     gate.set()
     wait_for(lambda: not b.running, timeout=10, what="the scheduler thread ended")
-
-
-def test_stop_releases_the_lease_so_another_takes_over(
-    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
-) -> None:
-    who: list[str] = []
-    a = Broadcaster(redis_url, key_prefix=prefix)
-    c = Broadcaster(redis_url, key_prefix=prefix)
-    broadcasters += [a, c]
-    a.every(0.1, name="job", lease=30)(lambda: who.append("a") or "a")
-    c.every(0.1, name="job", lease=30)(lambda: who.append("c") or "c")
-    a.start()
-    wait_for(lambda: "a" in who, what="a computes")
-    c.start()
-    a.stop(5)
-    wait_for(lambda: "c" in who, what="c takes over long before the 30 s lease expires")
-    assert c.counters.get("leader_acquired") == 1
-
-
-def test_paused_leader_publish_is_refused(
-    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
-) -> None:
-    release = threading.Event()
-    started = threading.Event()
-    old = Broadcaster(redis_url, key_prefix=prefix)
-    new = Broadcaster(redis_url, key_prefix=prefix)
-
-    def slow() -> str:
-        started.set()
-        release.wait(10)
-        return "old"
-
-    old.every(0.1, name="job", lease=0.2, timeout=30)(slow)
-    new.every(0.1, name="job", lease=0.2, timeout=30)(lambda: "new")
-    old.run_pending()  # claims and starts computing; then "pauses": no renewals
-    assert started.wait(5)
-    wait_for(lambda: new.run_pending() and new.retained("job") is not None, what="new leader publishes")
-    release.set()
-    wait_for(lambda: old.counters.get("stale_tokens") == 1, what="old publish refused")
-    assert new.retained("job") == (1, "new")
-    assert old.counters.get("publishes") == 0
 
 
 def test_compute_error_and_timeout_keep_last_good_value(
@@ -293,7 +170,7 @@ def test_compute_error_and_timeout_keep_last_good_value(
     assert "ZeroDivisionError" in caplog.text
 
 
-def _subscribed(sv: SharedValue[Any]) -> _subscriber.Hub:
+def _subscribed(sv: SharedValue[Any]) -> _hub.Hub:
     """*sv*'s hub, once its subscriber thread is connected (its first re-read done)."""
     hub = sv._hub
     assert hub is not None
@@ -309,7 +186,7 @@ def test_missed_update_is_picked_up_after_reconnect(redis_url: str, prefix: str)
     b = Broadcaster(redis_url, key_prefix=prefix)
     b.publish("resync", 1)
     wait_for(lambda: sv.get() == 1, what="first publish")
-    client = b._client
+    client = b.backend.client
     client.hset(state_key(prefix, "resync"), mapping={"version": 2, "data": b"2"})
     assert sv.get() == 1
     resyncs = hub.counters.get("resyncs")
@@ -332,7 +209,7 @@ def test_periodic_check_takes_what_redis_retains(redis_url: str, prefix: str, pu
     sv = SharedValue("checked", url=redis_url, key_prefix=prefix)
     assert sv.get() == published[-1]
     hub = _subscribed(sv)
-    b._client.hset(state_key(prefix, "checked"), mapping={"version": 2, "data": b'"two"'})
+    b.backend.client.hset(state_key(prefix, "checked"), mapping={"version": 2, "data": b'"two"'})
     hub.check()
     assert sv.get() == "two" and sv.version == 2
     assert hub.counters.get("missed") == 1
@@ -383,26 +260,13 @@ def test_redis_restart_from_an_older_snapshot_workers_follow_the_new_versions(pr
         assert sv.version == 4
 
 
-def test_redis_down_on_first_get_returns_default_then_fills_in(prefix: str) -> None:
-    with RedisServer() as srv:
-        url = srv.url
-        srv.kill()
-        sv = SharedValue("later", default="d", url=url, key_prefix=prefix)
-        assert sv.get() == "d"
-        srv.start()
-        Broadcaster(url, key_prefix=prefix).publish("later", "v")
-        wait_for(lambda: sv.get() == "v", what="filled in after Redis came back")
-
-
 def _child(url: str, prefix: str, conn: Any) -> None:
-    from statekit import broadcast
-
-    sv = [v for v in _subscriber._values if v.name == "forked"][0]
-    b = [x for x in broadcast._broadcasters if x.prefix == prefix][0]
-    report = {"unloaded_at_start": sv._value is _subscriber._UNLOADED, "running": b.running,
-              "hubs": len(_subscriber._hubs)}
+    sv = [v for v in _values._values if v.name == "forked"][0]
+    b = [x for x in _scheduler._broadcasters if x.prefix == prefix][0]
+    report = {"unloaded_at_start": sv._value is _values._UNLOADED, "running": b.running,
+              "hubs": len(_hub._hubs)}
     report["value"] = sv.get()
-    report["own_hub"] = len(_subscriber._hubs) == 1
+    report["own_hub"] = len(_hub._hubs) == 1
     report["child_publish"] = b.publish("from_child", "hi") == 1  # event-driven publish in a worker
     conn.send(report)
     version = conn.recv()
@@ -441,23 +305,6 @@ def test_forked_child_starts_its_own_subscriber(
     assert b.running
 
 
-@pytest.mark.cluster
-def test_redis_cluster(redis_cluster_url: str, prefix: str, broadcasters: list[Broadcaster]) -> None:
-    b = Broadcaster(redis_cluster_url, key_prefix=prefix)
-    broadcasters.append(b)
-    for name in ("a", "b", "c", "users_count"):  # names on different slots
-        b.publish(name, name)
-    values = {n: SharedValue(n, url=redis_cluster_url, key_prefix=prefix) for n in ("a", "b", "c")}
-    assert {n: v.get() for n, v in values.items()} == {"a": "a", "b": "b", "c": "c"}
-    b.every(0.1, name="users_count")(lambda: 3)
-    sv = SharedValue("users_count", url=redis_cluster_url, key_prefix=prefix)
-    b.start()
-    wait_for(lambda: sv.get() == 3, what="computed value over the cluster")
-    for n in ("a", "b", "c"):
-        b.publish(n, n * 2)
-    wait_for(lambda: all(v.get() == n * 2 for n, v in values.items()), what="fan-out over the cluster")
-
-
 @pytest.mark.sentinel
 @pytest.mark.parametrize("binary", find_redis_servers(), ids=lambda b: b.line)
 def test_sentinel_failover(binary: RedisBinary, prefix: str) -> None:
@@ -487,36 +334,9 @@ def test_sentinel_failover(binary: RedisBinary, prefix: str) -> None:
 
         assert wait_for(republish, timeout=5, what="publish to the new master") == first + 1
         # by the message, or at the latest by the periodic version check
-        wait_for(lambda: sv.get() == 2, timeout=3 * _subscriber.CHECK_EVERY, what="value after failover")
+        wait_for(lambda: sv.get() == 2, timeout=3 * _hub.CHECK_EVERY, what="value after failover")
     finally:
         setup.stop()
-
-
-def test_memory_backend_same_contract_in_one_process(broadcasters: list[Broadcaster]) -> None:
-    url = "memory://bc-test"
-    b = Broadcaster(url)
-    broadcasters.append(b)
-    late_publish = b.publish("m", "retained")
-    sv = SharedValue("m", default="d", url=url)
-    assert (sv.get(), sv.version) == ("retained", late_publish)
-    b.publish("m", {"x": (1, 2)})
-    assert sv.get() == {"x": (1, 2)}  # delivered synchronously
-    b._client.store.set(state_key("statekit", "m") + ":fence", 9)
-    with pytest.raises(StaleToken):
-        b.publish("m", "stale", token=3)
-    assert b.retained("m") == (2, {"x": (1, 2)})
-    other = Broadcaster(url)
-    broadcasters.append(other)
-    slots: list[int] = []
-    for x in (b, other):
-        x.every(0.1, name="tick")(lambda: slots.append(current_run().slot) or len(slots))  # type: ignore[union-attr]
-    tick = SharedValue("tick", default=0, url=url)
-    b.start()
-    other.start()
-    wait_for(lambda: len(slots) >= 3 and tick.get() >= 3, what="computations over memory://")
-    b.stop(5)
-    other.stop(5)
-    assert len(slots) == len(set(slots))
 
 
 def test_cli_reports_bad_targets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -537,7 +357,7 @@ def test_subscriber_thread_retires_when_its_values_are_gone(
 ) -> None:
     import gc
 
-    monkeypatch.setattr(_subscriber, "CHECK_EVERY", 0.05)
+    monkeypatch.setattr(_hub, "CHECK_EVERY", 0.05)
     sv = SharedValue("gone", url=redis_url, key_prefix=prefix + "r")
     sv.get()
     hub = sv._hub
@@ -552,24 +372,150 @@ def test_subscriber_thread_retires_when_its_values_are_gone(
     assert hub._thread is not None and hub._thread.is_alive()
 
 
-def test_contract_on_each_server_line(
-    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
+
+
+# -- memory:// ------------------------------------------------------------------------
+
+
+def test_memory_publish_is_seen_before_publish_returns(broadcasters: list[Broadcaster]) -> None:
+    """memory:// runs the Redis backend's scripts on the in-process Redis and keeps
+    the documented synchronous delivery: publish, then get() shows it at once, on
+    every value of the store, and on_change has run."""
+    url = "memory://bc-sync"
+    b = Broadcaster(url)
+    sv = SharedValue("m", default="d", url=url)
+    twin = SharedValue("m", url=url)
+    seen: list[Any] = []
+    twin.on_change(lambda value, version: seen.append(value))
+    assert sv.get() == "d"
+    assert b.publish("m", {"x": (1, 2)}) == 1
+    assert sv.get() == twin.get() == {"x": (1, 2)} and seen == [{"x": (1, 2)}]
+    assert b.publish("m", 2) == 2
+    assert (sv.get(), sv.version) == (2, 2)
+    hub = sv._hub
+    assert hub is not None and hub._thread is None  # no subscriber thread on memory://
+    assert type(b.backend).__name__ == "MemoryBackend"
+    assert b.backend.client.get(state_key("statekit", "m") + ":fence") is None  # type: ignore[attr-defined]
+
+
+def test_memory_callback_that_publishes_again_does_not_deadlock() -> None:
+    url = "memory://bc-reentrant"
+    b = Broadcaster(url)
+    sv = SharedValue("ping", default=0, url=url)
+    echo = SharedValue("pong", default=0, url=url)
+    sv.on_change(lambda value, version: b.publish("pong", value * 10))
+    b.publish("ping", 4)
+    assert echo.get() == 40
+
+
+def test_memory_reset_empties_the_store() -> None:
+    from statekit.backends import memory
+
+    url = "memory://bc-reset"
+    b = Broadcaster(url)
+    b.publish("kept", 1)
+    assert b.retained("kept") == (1, 1)
+    memory.reset()
+    assert b.retained("kept") is None
+    assert SharedValue("kept", default="gone", url=url).get() == "gone"
+
+
+# -- the package's shape ----------------------------------------------------------
+
+
+BROADCAST_MODULES = sorted(
+    "statekit.broadcast" + ("" if p.stem == "__init__" else "." + p.stem)
+    for p in (Path(statekit.broadcast.__file__).parent).glob("*.py")
+)
+
+
+@pytest.mark.parametrize("module", BROADCAST_MODULES)
+def test_each_broadcast_module_imports_alone(module: str) -> None:
+    """Each module imports first in a fresh interpreter (an import cycle fails
+    there), without importing redis-py."""
+    code = f"import sys, {module}; assert 'redis' not in sys.modules, 'redis-py imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_broadcast_modules_have_no_import_cycle() -> None:
+    """The imports between statekit.broadcast's modules (read from their AST) form
+    no cycle."""
+    package = Path(statekit.broadcast.__file__).parent
+    edges: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        here = "statekit.broadcast" + ("" if path.stem == "__init__" else "." + path.stem)
+        base = "statekit.broadcast" if path.stem != "__init__" else here
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    mod = base + ("." + node.module if node.module else "")
+                    targets |= {mod} if node.module else {f"{base}.{a.name}" for a in node.names}
+                elif node.level == 0 and node.module:
+                    targets.add(node.module)
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        edges[here] = {t for t in targets if t.split(".")[:2] == ["statekit", "broadcast"]} - {here}
+    assert set(edges) == set(BROADCAST_MODULES)
+    for module, targets in edges.items():  # parts import parts, never the package
+        assert targets <= set(BROADCAST_MODULES) - {"statekit.broadcast"}, (module, targets)
+
+    def visit(node: str, path: list[str]) -> None:
+        assert node not in path, f"import cycle: {' -> '.join([*path, node])}"
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt, [*path, node])
+
+    for module in edges:
+        visit(module, [])
+
+
+def test_no_hand_written_redis_io_in_broadcast() -> None:
+    """Broadcast talks to Redis through redis-py (PubSub, Script, the Redis layer's
+    transport): no socket, no RESP parsing of its own."""
+    package = Path(statekit.broadcast.__file__).parent
+    for path in package.glob("*.py"):
+        text = path.read_text()
+        for needle in ("import socket", "socket.socket", "sendall(", "recv(", "\\r\\n", "hiredis"):
+            assert needle not in text, f"{path.name} contains {needle!r}"
+
+
+def test_unknown_scheme_names_the_known_ones_and_entry_points_add_one(
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The scripts and the subscriber on every supported server line (redis 6.2, valkey 8)."""
-    b = Broadcaster(redis_line_url, key_prefix=prefix)
-    broadcasters.append(b)
-    assert b.publish("line", "a") == 1
-    sv = SharedValue("line", url=redis_line_url, key_prefix=prefix)
-    assert sv.get() == "a"
-    b._client.set(state_key(prefix, "line") + ":fence", 2)
-    with pytest.raises(StaleToken):
-        b.publish("line", "x", token=1)
-    assert b.publish("line", "b", token=2) == 2
-    wait_for(lambda: sv.get() == "b", what="fan-out")
-    b.every(0.1, name="job", lease=1.0)(lambda: current_run().slot)  # type: ignore[union-attr]
-    job = SharedValue("job", url=redis_line_url, key_prefix=prefix)
-    b.start()
-    wait_for(lambda: job.version >= 2, what="two computations")
-    b.stop(5)
-    assert b._client.get(state_key(prefix, "job") + ":fence") == b"1"  # one leadership
-    assert b._client.get(state_key(prefix, "job") + ":lease") is None  # released on stop
+    from statekit import backends
+    from statekit.broadcast.memory import MemoryBackend
+
+    with pytest.raises(ConfigError, match="memory://"):
+        Broadcaster("toy://x")
+
+    class ToyBackend(MemoryBackend):
+        @classmethod
+        def from_url(cls, url: str, *, prefix: str) -> ToyBackend:
+            return cls("toy-" + url.partition("://")[2], prefix=prefix)
+
+    class EntryPoint:
+        name, value = "toy", "tests_toy_backend:ToyBackend"
+
+    toy = types.ModuleType("tests_toy_backend")
+    toy.ToyBackend = ToyBackend  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests_toy_backend", toy)
+    monkeypatch.setattr(backends, "_entry_points", lambda capability: [EntryPoint()])
+    b = Broadcaster("toy://x")
+    sv = SharedValue("v", url="toy://x")
+    b.publish("v", "from a registered backend")
+    assert sv.get() == "from a registered backend"
+    assert isinstance(b.backend, ToyBackend)
+
+
+def test_ready_redis_client(redis_url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        b = Broadcaster(client=client, key_prefix=prefix)
+        assert b.publish("ready", "client") == 1
+        assert SharedValue("ready", client=client, key_prefix=prefix).get() == "client"
+        assert b.backend.client is client  # type: ignore[attr-defined]
+    finally:
+        client.close()

@@ -97,7 +97,11 @@ def get_store(name: str = "default") -> MemoryStore:
 
 
 def reset() -> None:
-    """Empty every memory store (call between tests)."""
+    """Empty every memory store and every ``memory://`` in-process Redis (call
+    between tests)."""
+    from ..redis import reset_memory
+
     with _stores_lock:
         for store in _stores.values():
             store.clear()
+    reset_memory()

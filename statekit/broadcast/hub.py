@@ -1,0 +1,297 @@
+"""The hub: every shared value of one backend in this process, and the one thread
+that keeps them current.
+
+One :class:`Hub` per process, backend and key prefix holds the local copies
+(:class:`~statekit.broadcast.SharedValue`) and runs ONE daemon thread on one
+:class:`~statekit.broadcast.protocol.Subscription` to all of their channels.
+
+Failure behaviour: a lost or silent connection (the subscription raises) closes the
+subscription; the thread subscribes again with capped exponential backoff (with
+jitter) and, every time the backend confirms the subscription (first connect and
+every reconnect alike), re-reads the retained value of every registered name. An
+update published while the subscriber was away is therefore picked up, never
+missed for good. That re-read is taken even when its version is older than the
+local copy (Redis came back from an older snapshot, or failed over to a replica
+that missed the last publishes), so workers follow the publishes made after it. As
+a safety net for messages lost without a disconnect (a Sentinel failover), the
+thread also compares the retained versions with its local copies every
+``CHECK_EVERY`` seconds (one small read) and fetches what differs. The thread never
+dies on an error; it logs, counts and retries, and it ends when every value it held
+is gone.
+
+A :attr:`~statekit.broadcast.protocol.BroadcastBackend.synchronous` backend
+(``memory://``) gets no thread: the publish drains the hub's subscription in the
+publishing thread before it returns.
+
+Fork: a forked child forgets every hub (``os.register_at_fork``): the parent's
+thread does not exist in the child, which starts its own on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from ..errors import BackendUnavailable
+from ..metrics import Counters
+from .protocol import BroadcastBackend, Message, Record, Subscription
+
+__all__ = ["CHECK_EVERY", "Hub", "LocalCopy", "get_hub"]
+
+log = logging.getLogger("statekit.broadcast")
+
+#: seconds between two checks of the retained versions (see :meth:`Hub.check`)
+CHECK_EVERY = 5.0
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+class LocalCopy(Protocol):
+    """What a hub holds: a local copy of one shared value (a ``SharedValue``)."""
+
+    name: str
+
+    def _offer(self, record: Record, retained: bool = False) -> bool:
+        """Apply *record* if it is newer (or the *retained* one and different);
+        called with the hub's lock held. Returns whether it changed."""
+        ...
+
+    def _notify(self) -> None:
+        """Run the change callbacks (the hub's lock is not held)."""
+        ...
+
+    def _shows(self, epoch: bytes, version: int) -> bool:
+        """Whether the copy shows this epoch and version."""
+        ...
+
+
+class Hub:
+    """All shared values of one backend in this process, and their subscriber
+    thread. Created through :func:`get_hub`; not meant to be built directly.
+
+    Metrics (:mod:`statekit.metrics`): counters ``broadcast_subscriber`` / prefix
+    (messages, updates, reconnects, resyncs, missed, errors) and, per name, gauges
+    ``broadcast_value`` / ``<prefix>:<name>``: ``version`` and ``updated_at`` (Unix
+    seconds of the publish shown; the age is ``time() - updated_at``)."""
+
+    def __init__(self, backend: BroadcastBackend) -> None:
+        self.backend = backend
+        self.prefix = backend.prefix
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.counters = Counters(
+            "broadcast_subscriber", self.prefix,
+            ("messages", "updates", "reconnects", "resyncs", "missed", "errors"),
+        )
+        self._values: dict[str, weakref.WeakSet[Any]] = {}
+        self._gauges: dict[str, Counters] = {}
+        self._refs: dict[str, tuple[weakref.ref[Any], ...]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sync: Subscription | None = None  # a synchronous backend's subscription
+        self._drain_lock = threading.RLock()  # a callback may publish again
+
+    # -- registration and reads -------------------------------------------------
+    def register(self, value: LocalCopy) -> None:
+        """Add *value* to the hub and start the subscriber if needed."""
+        with self.lock:
+            values = self._values.setdefault(value.name, weakref.WeakSet())
+            values.add(value)
+            # the message path walks a plain tuple of references (cheaper than
+            # iterating the WeakSet); a dead reference in it is skipped
+            self._refs[value.name] = tuple(weakref.ref(v) for v in values)
+            if self.backend.synchronous:
+                start = self._sync is None
+            elif self._thread is None or not self._thread.is_alive():
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="statekit-broadcast-subscriber", daemon=True
+                )
+                self._thread.start()
+                start = False
+            else:
+                start = False
+        if start:
+            with self._drain_lock:
+                if self._sync is None:
+                    self._sync = self.backend.subscribe(ready=self.drain)
+            self.drain()
+
+    def drain(self) -> None:
+        """Handle every event waiting in a synchronous backend's subscription."""
+        with self._drain_lock:
+            subscription = self._sync
+            while subscription is not None:
+                event = subscription.get(0)
+                if event is None:
+                    return
+                self._handle(event)
+
+    def read(self, names: Iterable[str]) -> dict[str, Record]:
+        """Retained records of *names* (missing names are left out).
+
+        :raises BackendUnavailable: the backend did not answer within its timeout.
+        """
+        return self.backend.read(names)
+
+    def offer(self, name: str, record: Record, *, retained: bool = False) -> None:
+        """Hand *record* to every registered value called *name* (newer ones win).
+
+        :param retained: *record* was read from the backend by the subscriber,
+            after every message it applied: it is taken even if older than the
+            local copy, which only happens when the backend went back in time (a
+            restart from an older snapshot, a failover to a lagging replica)."""
+        refs = self._refs.get(name)
+        if not refs:
+            return
+        changed = []
+        with self.lock:
+            for ref in refs:
+                value = ref()
+                if value is not None and value._offer(record, retained):
+                    changed.append(value)
+            if changed:
+                self.gauge(name, record)
+        if changed:
+            for value in changed:  # outside the lock: a callback may read other values
+                value._notify()
+            self.counters.incr("updates", len(changed))  # bookkeeping after delivery
+
+    def gauge(self, name: str, record: Record) -> None:
+        """Export the version and publish time now shown for *name* (lock held)."""
+        gauges = self._gauges.get(name)
+        if gauges is None:
+            gauges = self._gauges[name] = Counters("broadcast_value", f"{self.prefix}:{name}")
+        gauges.set_gauge("version", record.version)
+        gauges.set_gauge("updated_at", record.updated_ms / 1000.0)
+
+    def resync(self) -> None:
+        """Re-read the retained value of every registered name and take it (done
+        each time the subscription is confirmed, before any message)."""
+        records = self.read(self._live_names())
+        self.counters.incr("resyncs")
+        for name, record in records.items():
+            self.offer(name, record, retained=True)
+
+    def check(self) -> None:
+        """Compare retained versions with the local copies (a small read) and fetch
+        the values that differ: the safety net for a message lost without a
+        disconnect (a Sentinel failover leaves the subscription on the demoted
+        master, which relays nothing until it has synced with the new one), and
+        for a retained version older than the local one (the backend went back in
+        time). Called by the subscriber thread, after the messages it applied."""
+        names = self._live_names()
+        if not names:
+            return
+        retained = self.backend.versions(names)
+        with self.lock:
+            behind = [name for name, (epoch, version) in retained.items()
+                      if any(not v._shows(epoch, version) for v in self._values.get(name, ()))]
+        if behind:
+            self.counters.incr("missed")
+            for name, record in self.read(behind).items():
+                self.offer(name, record, retained=True)
+
+    def _retire_if_idle(self) -> bool:
+        """End the thread when every value of this hub is gone (nothing to keep
+        current); :meth:`register` starts a new one when needed."""
+        with self.lock:
+            if any(len(vs) for vs in self._values.values()):
+                return False
+            self._thread = None
+            self.connected.clear()
+            return True
+
+    def _live_names(self) -> list[str]:
+        with self.lock:
+            return [n for n, vs in self._values.items() if len(vs)]
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the subscriber thread (tests; a process normally keeps it to exit)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # -- the thread -------------------------------------------------------------
+    def _handle(self, event: Message | object) -> None:
+        if isinstance(event, Message):
+            # applied first, counted after: the counter lock is off the
+            # publish-to-visible path
+            self.offer(event.name, event.record)
+            self.counters.incr("messages")
+        else:  # (re)subscribed: whatever was published meanwhile is retained
+            self.resync()
+            self.connected.set()
+
+    def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self._stop.is_set():
+            subscription = None
+            try:
+                subscription = self.backend.subscribe()
+                last_check = time.monotonic()
+                while not self._stop.is_set():
+                    try:
+                        event = subscription.get(0.5)
+                    except ValueError as e:
+                        self.counters.incr("errors")
+                        log.warning("broadcast subscriber ignored a malformed message: %s", e)
+                        continue
+                    now = time.monotonic()
+                    if now - last_check > CHECK_EVERY and self.connected.is_set():
+                        if self._retire_if_idle():
+                            return
+                        self.check()
+                        last_check = now
+                    if event is not None:
+                        self._handle(event)
+                        if not isinstance(event, Message):
+                            backoff = BACKOFF_MIN
+            except (BackendUnavailable, OSError) as e:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                self.counters.incr("reconnects")
+                if self._retire_if_idle():
+                    return
+                (log.warning if was_connected else log.debug)(
+                    "broadcast subscriber lost its backend (%s); reconnecting in %.2fs", e, backoff
+                )
+                self._stop.wait(backoff * (0.5 + random.random()))  # noqa: S311 - jitter
+                backoff = min(backoff * 2, BACKOFF_MAX)
+            except Exception:  # a bug must not kill the thread
+                self.connected.clear()
+                self.counters.incr("errors")
+                log.exception("broadcast subscriber failed; restarting in %.2fs", BACKOFF_MAX)
+                self._stop.wait(BACKOFF_MAX)
+            finally:
+                if subscription is not None:
+                    subscription.close()
+
+
+_hubs: dict[tuple[str, Any], Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def get_hub(key: Any, prefix: str, backend_factory: Callable[[], BroadcastBackend]) -> Hub:
+    """This process's hub for backend *key* (a URL, or ``id`` of a ready client)."""
+    with _hubs_lock:
+        hub = _hubs.get((prefix, key))
+        if hub is None:
+            hub = _hubs[(prefix, key)] = Hub(backend_factory())
+        return hub
+
+
+def _forget_hubs() -> None:
+    global _hubs_lock
+    _hubs_lock = threading.Lock()
+    _hubs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_hubs)

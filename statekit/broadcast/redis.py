@@ -1,0 +1,213 @@
+"""The Redis broadcast backend: four Lua scripts and one pattern subscription.
+
+Keys (all of one name share a hash tag, so the scripts are cluster-safe):
+``<prefix>:bc:{<name>}`` (hash: epoch, version, updated_at, data, slot),
+``...:lease`` (``owner|token``, expiring), ``...:fence`` (the fencing counter);
+channel ``<prefix>:broadcast:<name>``, whose message is
+``b"<epoch> <version> <ms> <payload>"`` (the whole record: fan-out costs no extra
+round trip). The scripts are ``statekit/redis/scripts/broadcast_*.lua``; they are
+the only implementation of each operation (``memory://`` runs them too).
+
+Every Redis URL form works (standalone, TLS, unix socket, Sentinel, Cluster), or a
+ready redis-py client. Errors follow the Redis layer's error map and retry rule
+(:mod:`statekit.redis`): an outage is :class:`~statekit.errors.BackendUnavailable`
+and a publish whose outcome is unknown is never sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from ..errors import BackendUnavailable, StaleToken
+from ..redis import get_client, translate_errors
+from ..redis.fast import FastTransport
+from ..redis.scripts import Script, load
+from .protocol import Claim, ClaimStatus, Message, Record, Subscribed, check_name
+
+__all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisSubscription", "channel", "parse_message",
+           "state_key"]
+
+#: seconds without any traffic before a subscription sends a PING
+PING_EVERY = 5.0
+#: seconds a PING may stay unanswered before the connection is considered dead
+PING_TIMEOUT = 3.0
+
+_STATUS = {0: ClaimStatus.HELD, 1: ClaimStatus.LEADER, 2: ClaimStatus.COMPUTE}
+
+
+def state_key(prefix: str, name: str) -> str:
+    """The Redis hash that retains the value of *name*."""
+    return f"{prefix}:bc:{{{name}}}"
+
+
+def channel(prefix: str, name: str) -> str:
+    """The channel *name*'s publishes go out on."""
+    return f"{prefix}:broadcast:{name}"
+
+
+def parse_message(data: bytes) -> Record:
+    """Split a published message ``b"<epoch> <version> <ms> <payload>"``.
+
+    :raises ValueError: it is not one."""
+    epoch, version, ms, payload = data.split(b" ", 3)
+    return Record(epoch, int(version), int(ms), payload)
+
+
+class RedisSubscription:
+    """A redis-py ``PubSub`` pattern-subscribed to ``<prefix>:broadcast:*``
+    (see :class:`~statekit.broadcast.protocol.Subscription`)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._prefix = f"{prefix}:broadcast:".encode()
+        self._names: dict[bytes, str] = {}
+        self._pubsub = client.pubsub()
+        with translate_errors("broadcast subscribe"):
+            self._pubsub.psubscribe(self._prefix + b"*")
+        self._last_rx = self._last_ping = time.monotonic()
+        self._pinged = False
+
+    def get(self, timeout: float) -> Message | Subscribed | None:
+        with translate_errors("broadcast subscriber"):
+            msg = self._pubsub.get_message(timeout=timeout)
+            now = time.monotonic()
+            if msg is None:
+                if self._pinged and now - self._last_ping > PING_TIMEOUT:
+                    raise BackendUnavailable("broadcast subscriber: Redis did not answer a PING")
+                if not self._pinged and now - self._last_rx > PING_EVERY:
+                    self._pubsub.ping()
+                    self._last_ping, self._pinged = now, True
+                return None
+        self._last_rx, self._pinged = now, False
+        kind = msg["type"]
+        if kind == "psubscribe":
+            return Subscribed()
+        if kind != "pmessage":
+            return None  # a PONG
+        chan: bytes = msg["channel"]
+        name = self._names.get(chan)
+        if name is None:
+            name = chan[len(self._prefix):].decode("utf-8", "replace")
+            if len(self._names) < 4096:
+                self._names[chan] = name
+        return Message(name, parse_message(msg["data"]))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+
+
+class RedisBackend:
+    """Broadcast on Redis (see the module docstring and
+    :class:`~statekit.broadcast.protocol.BroadcastBackend`).
+
+    :param client: a redis-py client (standalone, Sentinel or Cluster).
+    :param prefix: the key prefix.
+    """
+
+    synchronous: ClassVar[bool] = False
+
+    def __init__(self, client: Any, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._scripts: dict[str, Any] = {}
+        self._targets: dict[str, tuple[list[str], str]] = {}
+        # the publish path: this thread's own connection, fork-safe
+        self._transport: FastTransport | None = None
+        # an epoch per publish (used only when Redis has none): this object's random
+        # base and a counter, cheaper than a uuid4 per call
+        self._epochs = itertools.count()
+        self._epoch_base = uuid.uuid4().hex[:8]
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str) -> RedisBackend:
+        return cls(get_client(url), prefix=prefix)
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        state = state_key(self.prefix, name)
+        return state, state + ":lease", state + ":fence"
+
+    def _run(self, script: Script, what: str, keys: list[str], args: list[Any]) -> Any:
+        runner = self._scripts.get(script.name)
+        if runner is None:
+            runner = self._scripts[script.name] = self.client.register_script(script.source)
+        with translate_errors(what):
+            return runner(keys=keys, args=args)
+
+    def claim(self, name: str, owner: str, lease_ms: int, slot: int) -> Claim:
+        status, token, left = self._run(
+            load("broadcast_claim"), "broadcast claim", list(self._keys(name)), [owner, lease_ms, slot]
+        )
+        return Claim(_STATUS[int(status)], int(token), int(left))
+
+    def renew(self, name: str, owner: str, token: int, lease_ms: int) -> bool:
+        return bool(self._run(load("broadcast_renew"), "broadcast lease renew",
+                              [self._keys(name)[1]], [f"{owner}|{token}", lease_ms]))
+
+    def release(self, name: str, owner: str, token: int) -> bool:
+        return bool(self._run(load("broadcast_release"), "broadcast lease release",
+                              [self._keys(name)[1]], [f"{owner}|{token}"]))
+
+    def _publish_target(self, name: str) -> tuple[list[str], str]:
+        """``([state key, fence key], channel)`` of *name*, validated and cached."""
+        target = self._targets.get(name)
+        if target is None:
+            check_name(name)
+            state, _, fence = self._keys(name)
+            target = ([state, fence], channel(self.prefix, name))
+            if len(self._targets) < 4096:
+                self._targets[name] = target
+        return target
+
+    def publish(self, name: str, payload: bytes, *, token: int | None, now_ms: int) -> int:
+        keys, chan = self._publish_target(name)
+        args: list[str | bytes] = [
+            "" if token is None else str(token), payload, str(now_ms),
+            f"{self._epoch_base}{next(self._epochs):x}", chan,
+        ]
+        if self._transport is None:
+            self._transport = FastTransport(self.client, what="broadcast publish")
+        script = load("broadcast_publish")
+        version, info = self._transport.script(script.sha, script.source, keys, args)
+        if version == -1:
+            raise StaleToken(
+                f"publish of {name!r} with fencing token {token} refused: the current token is {info}"
+            )
+        return int(version)
+
+    def _hmget(self, names: list[str], fields: tuple[str, ...], what: str) -> list[Any]:
+        with translate_errors(what):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(state_key(self.prefix, name), *fields)
+            return list(pipe.execute())
+
+    def read(self, names: Iterable[str]) -> dict[str, Record]:
+        names = list(names)
+        if not names:
+            return {}
+        rows = self._hmget(names, ("epoch", "version", "updated_at", "data"), "broadcast read")
+        out: dict[str, Record] = {}
+        for name, (epoch, version, ms, data) in zip(names, rows, strict=True):
+            if epoch is not None and version is not None and data is not None:
+                out[name] = Record(epoch, int(version), int(ms or 0), data)
+        return out
+
+    def versions(self, names: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        names = list(names)
+        if not names:
+            return {}
+        rows = self._hmget(names, ("epoch", "version"), "broadcast check")
+        return {name: (epoch, int(version)) for name, (epoch, version) in zip(names, rows, strict=True)
+                if epoch is not None and version is not None}
+
+    def subscribe(self, ready: Callable[[], object] | None = None) -> RedisSubscription:
+        return RedisSubscription(self.client, self.prefix)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()

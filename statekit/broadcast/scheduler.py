@@ -1,0 +1,413 @@
+"""The scheduler: :class:`Broadcaster` runs each job once per slot for the whole
+cluster (lease, fencing token, claimed slots) and publishes its value.
+
+Time is cut into slots ``floor(unix_time / interval)``. At each slot boundary every
+running broadcaster calls the backend's atomic *claim*
+(:meth:`~statekit.broadcast.protocol.BroadcastBackend.claim`): it takes the job's
+lease if it is free (with a new fencing token) or renews it if the caller holds
+it, refuses if another process holds it, and records the slot as claimed so no
+later leader computes that slot again. Only the process whose claim succeeded
+computes. Its publish carries the token; a stale token (a paused old leader)
+raises :class:`~statekit.errors.StaleToken` and changes nothing. A leader renews
+its lease every ``lease / 3`` seconds; when it dies, the lease expires and the next
+claim by another process (made at the lease's expiry) wins. A slot whose leader
+died mid-computation is skipped rather than computed twice. Slots come from each
+process's own clock: keep clocks in sync (NTP); skew can shift when a slot is
+computed, never make one slot computed twice (the claimed slot is kept in the
+backend).
+
+Fork: a forked child never inherits a running publisher (``os.register_at_fork``
+marks every broadcaster stopped in the child and gives it a new identity).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+from ..errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
+from ..metrics import Counters
+from ..serializers import Serializer, get_serializer
+from .protocol import BroadcastBackend, ClaimStatus, Record, check_name, open_backend
+
+__all__ = ["MAX_ABANDONED", "Broadcaster", "Job", "Run", "current_run"]
+
+log = logging.getLogger("statekit.broadcast")
+
+F = TypeVar("F", bound=Callable[[], Any])
+
+@dataclass(eq=False)
+class Job:
+    """A registered compute function (see :meth:`Broadcaster.every`)."""
+
+    name: str
+    func: Callable[[], Any]
+    interval: float
+    lease: float
+    timeout: float
+    token: int | None = None
+    done_slot: int = -1
+    retry_at: float = 0.0
+    renew_at: float = 0.0
+    run_id: int = 0
+    running: int = 0
+    started_at: float = 0.0
+    timed_out: set[int] = field(default_factory=set)
+    failing: bool = False
+
+    def next_boundary(self, now: float) -> float:
+        return (math.floor(now / self.interval) + 1) * self.interval
+
+
+class Run(NamedTuple):
+    """The computation a compute function is part of (see :func:`current_run`)."""
+
+    name: str
+    slot: int
+    token: int
+    interval: float
+
+
+_local = threading.local()
+
+#: timed-out computations of one job that may still be running before no more start
+MAX_ABANDONED = 3
+
+
+def current_run() -> Run | None:
+    """Inside a compute function: which job, slot (``floor(start / interval)``) and
+    fencing token this computation is for; ``None`` elsewhere."""
+    return getattr(_local, "run", None)
+
+
+_broadcasters: weakref.WeakSet[Broadcaster] = weakref.WeakSet()
+
+
+class Broadcaster:
+    """Runs compute jobs once per interval for the whole cluster and publishes them.
+
+    :param url: Redis URL; ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param serializer: codec of published values (JSON by default).
+
+    See the module docstring for the lease, fencing and the thread API
+    (:meth:`start`, :meth:`stop`, :meth:`run_forever`). Counters (``broadcast`` /
+    prefix): computes, publishes, compute_errors, timeouts, stale_tokens,
+    backend_errors, leader_acquired, leader_lost.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        serializer: str | Serializer | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        _, self._make_backend, self.prefix = open_backend(url, client, key_prefix)
+        self._serializer = get_serializer(serializer)
+        self._names: set[str] = set()  # names already checked (bounded)
+        self.jobs: dict[str, Job] = {}
+        self._init_process_state()
+        _broadcasters.add(self)
+
+    def _init_process_state(self) -> None:
+        # new locks and counters: a forked child must not inherit one held by a thread
+        self.counters = Counters(
+            "broadcast", self.prefix,
+            ("computes", "publishes", "compute_errors", "timeouts", "stale_tokens",
+             "backend_errors", "leader_acquired", "leader_lost"),
+        )
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._backend: BroadcastBackend | None = None  # built on first use, again after fork
+        self._lock = threading.Lock()
+        self._runs_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        for job in self.jobs.values():
+            job.token, job.done_slot, job.running, job.retry_at = None, -1, 0, 0.0
+            job.timed_out = set()
+
+    # -- registration -----------------------------------------------------------
+    def every(
+        self,
+        interval: float,
+        *,
+        name: str | None = None,
+        lease: float | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: run the function once per *interval* seconds (cluster-wide) and
+        publish its return value as *name* (the function's name by default).
+
+        :param lease: seconds a leader holds the job without renewing; after a leader
+            dies another process takes over within this time. Default
+            ``clamp(2 * interval, 1, 15)``.
+        :param timeout: seconds a computation may take (default *interval*); a late
+            result is logged, counted and discarded, and the last good value stays.
+        """
+        if not interval > 0:
+            raise ConfigError(f"interval={interval!r} must be a positive number of seconds")
+
+        def decorator(func: F) -> F:
+            job_name = check_name(name or func.__name__)
+            job_lease = lease if lease is not None else min(max(2 * interval, 1.0), 15.0)
+            if not job_lease > 0:
+                raise ConfigError(f"lease={lease!r} must be a positive number of seconds")
+            with self._lock:
+                if job_name in self.jobs:
+                    raise ConfigError(f"a job named {job_name!r} is already registered")
+                self.jobs[job_name] = Job(
+                    job_name, func, float(interval), float(job_lease),
+                    float(timeout if timeout is not None else interval),
+                )
+            self._wake.set()
+            return func
+
+        return decorator
+
+    # -- the backend ------------------------------------------------------------
+    @property
+    def backend(self) -> BroadcastBackend:
+        """The backend this broadcaster publishes to (built on first use)."""
+        backend = self._backend
+        if backend is None:
+            backend = self._backend = self._make_backend()
+        return backend
+
+    def publish(self, name: str, value: Any, *, token: int | None = None) -> int:
+        """Retain *value* as the current value of *name* and push it to every worker.
+
+        One atomic backend call (on Redis one Lua script) stores the value, bumps the
+        version and publishes, so a worker never sees a version that is not
+        retained. With *token* (the scheduler passes its fencing token) the publish
+        is refused unless the token is the job's current one. Safe from any thread
+        and process; concurrent publishes are ordered by the backend and every
+        worker ends on the last one. On ``memory://`` every shared value of the same
+        store in this process has the new value when this returns.
+
+        :returns: the new version.
+        :raises StaleToken: *token* is older than the current leader's; nothing changed.
+        :raises BackendUnavailable: the backend did not answer; the publish may or may
+            not have been applied (it is not sent again; workers converge on whatever
+            the backend retained).
+        :raises InvalidKey: *name* is not a valid name.
+        :raises SerializationError: the codec cannot encode *value*.
+        """
+        if name not in self._names:
+            check_name(name)
+            if len(self._names) < 4096:
+                self._names.add(name)
+        data = self._serializer.dumps(value)
+        version = self.backend.publish(name, data, token=token, now_ms=int(time.time() * 1000))
+        self.counters.incr("publishes")
+        return version
+
+    def retained(self, name: str) -> tuple[int, Any] | None:
+        """``(version, value)`` currently retained for *name*, or ``None``."""
+        record: Record | None = self.backend.read([check_name(name)]).get(name)
+        return None if record is None else (record.version, self._serializer.loads(record.payload))
+
+    # -- scheduling -------------------------------------------------------------
+    def _tick(self, job: Job, now: float) -> float:
+        """Do what *job* needs at *now*; return when it next needs attention."""
+        slot = math.floor(now / job.interval)
+        wake = job.next_boundary(now)
+        lease_ms = int(job.lease * 1000)
+        with self._runs_lock:
+            busy = job.running > len(job.timed_out)  # the latest run is still within its timeout
+            if busy and now - job.started_at > job.timeout:
+                job.timed_out.add(job.run_id)
+                busy = False
+                self.counters.incr("timeouts")
+                log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
+                          job.name, job.timeout)
+            elif busy:
+                wake = min(wake, job.started_at + job.timeout + 0.001)
+            if job.running >= MAX_ABANDONED + 1:
+                busy = True  # that many hung computations: start no more threads
+        if job.token is not None and now >= job.renew_at:
+            if self.backend.renew(job.name, self.owner, job.token, lease_ms):
+                job.renew_at = now + job.lease / 3
+            else:
+                self._lost(job)
+        if slot > job.done_slot and not busy:
+            if now < job.retry_at:
+                return min(wake, job.retry_at)
+            claim = self.backend.claim(job.name, self.owner, lease_ms, slot)
+            if claim.status is ClaimStatus.HELD:
+                self._lost(job)
+                # try again when the lease expires, or at the next slot at the latest
+                job.retry_at = min(now + max(claim.lease_left_ms, 1) / 1000.0 + 0.002, wake)
+                return job.retry_at
+            if job.token != claim.token:
+                self.counters.incr("leader_acquired")
+                log.info("broadcast job %r: this process leads (fencing token %s)", job.name, claim.token)
+            job.token = claim.token
+            job.renew_at = now + job.lease / 3
+            job.done_slot = slot
+            if claim.status is ClaimStatus.COMPUTE:
+                self._launch(job, slot, claim.token)
+        if job.token is not None:
+            wake = min(wake, job.renew_at)
+        return wake
+
+    def _lost(self, job: Job) -> None:
+        if job.token is not None:
+            self.counters.incr("leader_lost")
+            log.warning("broadcast job %r: lease lost (token %s)", job.name, job.token)
+        job.token = None
+
+    def _launch(self, job: Job, slot: int, token: int) -> None:
+        with self._runs_lock:
+            job.run_id += 1
+            job.running += 1
+            job.started_at = time.time()
+            run_id = job.run_id
+        threading.Thread(
+            target=self._compute, args=(job, slot, token, run_id),
+            name=f"statekit-broadcast-{job.name}", daemon=True,
+        ).start()
+
+    def _compute(self, job: Job, slot: int, token: int, run_id: int) -> None:
+        try:
+            self.counters.incr("computes")
+            _local.run = Run(job.name, slot, token, job.interval)
+            try:
+                value = job.func()
+            except Exception:
+                self.counters.incr("compute_errors")
+                log.exception("broadcast job %r failed (slot %d); the last value stays", job.name, slot)
+                return
+            with self._runs_lock:
+                late = run_id in job.timed_out
+            if late:
+                log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
+                return
+            try:
+                version = self.publish(job.name, value, token=token)
+            except StaleToken as e:
+                self.counters.incr("stale_tokens")
+                log.warning("broadcast job %r: publish refused (StaleToken: %s)", job.name, e)
+                if job.token == token:
+                    self._lost(job)
+                return
+            except (BackendUnavailable, BroadcastError) as e:
+                self.counters.incr("backend_errors")
+                log.error("broadcast job %r: publish failed: %s", job.name, e)
+                return
+            except Exception:
+                self.counters.incr("compute_errors")
+                log.exception("broadcast job %r: value of slot %d not publishable", job.name, slot)
+                return
+            log.debug("broadcast job %r: slot %d published as version %d", job.name, slot, version)
+        finally:
+            _local.run = None
+            with self._runs_lock:
+                job.running -= 1
+                job.timed_out.discard(run_id)
+            self._wake.set()
+
+    def run_pending(self, now: float | None = None) -> float:
+        """One scheduler pass over every job; returns the time of the next pass.
+
+        A job whose Redis call fails is logged, counted and retried shortly; one
+        job's failure never stops another.
+        """
+        now = time.time() if now is None else now
+        wake = now + 1.0
+        with self._lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            try:
+                wake = min(wake, self._tick(job, now))
+                job.failing = False
+            except Exception as e:  # BackendUnavailable, READONLY after a failover, a bug
+                self.counters.incr("backend_errors")
+                if not job.failing:  # once per outage, not every retry
+                    log.warning("broadcast job %r: Redis call failed, retrying: %s: %s",
+                                job.name, type(e).__name__, e)
+                job.failing = True
+                job.retry_at = now + min(0.5, job.interval / 4)
+                job.renew_at = min(job.renew_at, job.retry_at)
+                wake = min(wake, job.retry_at)
+        return wake
+
+    def run_forever(self) -> None:
+        """Run the scheduler in the calling thread until :meth:`stop` is called
+        (from another thread or a signal handler). Releases held leases on return."""
+        self._stopping.clear()
+        self._run()
+
+    def _run(self) -> None:
+        """The scheduler loop, until :meth:`stop` (which may come before it starts)."""
+        try:
+            while not self._stopping.is_set():
+                wake = self.run_pending()
+                delay = wake - time.time()
+                if delay > 0:
+                    self._wake.wait(delay)
+                self._wake.clear()
+        finally:
+            self._release_all()
+
+    def start(self) -> None:
+        """Start the scheduler in a daemon thread; no-op if it already runs here."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping.clear()
+            self._thread = threading.Thread(  # not run_forever: a stop() right away must hold
+                target=self._run, name="statekit-broadcaster", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the scheduler (thread or :meth:`run_forever`) and release its leases.
+
+        Waits up to *timeout* seconds for the thread; a computation still running is
+        not interrupted, but its result is published only if its token is still the
+        current one. Safe to call from a signal handler and more than once.
+        """
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _release_all(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.token is None:
+                continue
+            try:
+                self.backend.release(job.name, self.owner, job.token)
+            except BackendUnavailable as e:
+                log.warning("broadcast job %r: lease not released (%s); it expires", job.name, e)
+            job.token = None
+
+    def _after_fork(self) -> None:
+        self._init_process_state()
+
+
+def _after_fork_in_child() -> None:
+    for broadcaster in list(_broadcasters):
+        broadcaster._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+

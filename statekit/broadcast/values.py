@@ -1,0 +1,280 @@
+"""The worker side of broadcast: :class:`SharedValue` (one value, kept current in
+this process) and :class:`SharedValues` (every value by name, for templates).
+
+Each value registers with its backend's :class:`~statekit.broadcast.hub.Hub` on
+first use; the hub's subscriber applies updates, readers never wait for it. A
+forked child starts with every value unloaded (``os.register_at_fork``) and its own
+hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ..errors import BackendUnavailable, ConfigError, InvalidKey
+from ..serializers import Serializer, get_serializer
+from .hub import Hub, get_hub
+from .protocol import Record, check_name, open_backend
+
+__all__ = ["SharedValue", "SharedValues"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("statekit.broadcast")
+
+_UNLOADED: Any = object()
+
+_values: weakref.WeakSet[SharedValue[Any]] = weakref.WeakSet()
+
+
+class SharedValue(Generic[T]):
+    """A value every worker process sees, kept current by one subscriber thread.
+
+    :param name: the value's name (``Broadcaster.every(..., name=)`` publishes it).
+    :param default: returned until anything was ever published.
+    :param max_age: seconds after which :attr:`is_stale` turns true.
+    :param url: the backend's URL (any Redis URL, ``memory://name``, or a scheme a
+        package registers); ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param serializer: codec of the published values (JSON by default); must match
+        the broadcaster's.
+
+    :meth:`get` is a local attribute read once loaded. The first call (or the first
+    use of any property) reads the retained value from the backend, so a worker that starts
+    after the last publish shows it at once, and registers the value with the
+    process's subscriber. Updates are applied by that thread; readers never block on
+    it. If the backend is down on first use, :meth:`get` returns *default* (after
+    the client's timeout) and the subscriber fills the value in when it is back.
+    Thread-safe; after ``fork`` the child starts with an unloaded value and its own
+    subscriber.
+    """
+
+    __slots__ = (
+        "__weakref__", "_backend", "_callbacks", "_epoch", "_hub", "_hub_key", "_prefix",
+        "_serializer", "_updated_at", "_value", "_version", "default", "max_age", "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        default: T | None = None,
+        *,
+        max_age: float | None = None,
+        url: str | None = None,
+        client: Any = None,
+        serializer: str | Serializer | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        self.name = check_name(name)
+        self.default = default
+        if max_age is not None and not max_age > 0:
+            raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
+        self.max_age = max_age
+        self._hub_key, self._backend, self._prefix = open_backend(url, client, key_prefix)
+        self._serializer = get_serializer(serializer)
+        self._callbacks: list[Callable[[T, int], None]] = []
+        self._reset()
+        _values.add(self)
+
+    def _reset(self) -> None:
+        self._hub: Hub | None = None
+        self._epoch = b""
+        self._version = 0
+        self._updated_at: float | None = None
+        self._value = _UNLOADED
+
+    def get(self) -> T:
+        """The current value (the local copy; *default* if nothing was published)."""
+        value = self._value
+        if value is _UNLOADED:
+            return self._load()
+        return value  # type: ignore[no-any-return]
+
+    def _load(self) -> T:
+        hub = get_hub(self._hub_key, self._prefix, self._backend)
+        self._hub = hub
+        hub.register(self)
+        try:
+            record = hub.read([self.name]).get(self.name)
+        except BackendUnavailable as e:
+            log.warning("shared value %r: retained value not readable (%s); using default", self.name, e)
+            hub.counters.incr("errors")
+            record = None
+        with hub.lock:
+            if record is not None and self._offer(record):
+                hub.gauge(self.name, record)
+            if self._value is _UNLOADED:
+                self._value = self.default
+        return self._value  # type: ignore[no-any-return]
+
+    def _shows(self, epoch: bytes, version: int) -> bool:
+        return self._epoch == epoch and self._version == version
+
+    def _offer(self, record: Record, retained: bool = False) -> bool:
+        """Apply *record* if it is newer, or if it is the *retained* one and differs
+        (see :meth:`Hub.offer`); the caller holds the hub lock."""
+        if record.epoch == self._epoch and (
+                record.version == self._version or (record.version < self._version and not retained)):
+            return False
+        try:
+            value = self._serializer.loads(record.payload)
+        except Exception as e:  # SerializationError, or a bad custom codec
+            log.warning("shared value %r: version %d not decodable: %s", self.name, record.version, e)
+            return False
+        self._epoch = record.epoch
+        self._version = record.version
+        self._updated_at = record.updated_ms / 1000.0
+        self._value = value
+        return True
+
+    def on_change(self, callback: Callable[[T, int], None]) -> Callable[[T, int], None]:
+        """Call ``callback(value, version)`` after each update received from now on.
+
+        Updates that arrive while the subscriber reconnects are coalesced: the
+        callback then sees the latest version only. Callbacks run in the subscriber
+        thread, one after another, and must be quick (they delay every other
+        value's updates); an exception is logged and ignored. Usable as a
+        decorator. A callback registered before a fork also runs in the child, for
+        the child's own updates.
+        """
+        self._callbacks.append(callback)
+        self.get()
+        return callback
+
+    def _notify(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(self._value, self._version)
+            except Exception:
+                log.exception("shared value %r: on_change callback failed", self.name)
+
+    def refresh(self) -> T:
+        """Read the retained value from the backend now (normally never needed).
+
+        :raises BackendUnavailable: the backend did not answer.
+        """
+        if self._value is _UNLOADED:
+            return self._load()
+        hub = self._hub
+        assert hub is not None
+        record = hub.read([self.name]).get(self.name)
+        if record is not None:
+            with hub.lock:
+                self._offer(record)
+        return self._value  # type: ignore[no-any-return]
+
+    @property
+    def version(self) -> int:
+        """Version of the local copy: 0 before anything was published, then +1 per
+        publish (it starts again at 1 if Redis lost its data, and goes back with
+        Redis if Redis comes back from an older snapshot)."""
+        self.get()
+        return self._version
+
+    @property
+    def updated_at(self) -> float | None:
+        """Unix time of the publish the local copy comes from (``None``: default)."""
+        self.get()
+        return self._updated_at
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since that publish (``None`` while showing the default)."""
+        updated = self.updated_at
+        return None if updated is None else max(0.0, time.time() - updated)
+
+    @property
+    def is_stale(self) -> bool:
+        """True while showing the default, or when older than *max_age*."""
+        age = self.age
+        return age is None or (self.max_age is not None and age > self.max_age)
+
+    def __repr__(self) -> str:
+        shown = "<unloaded>" if self._value is _UNLOADED else repr(self._value)
+        return f"<SharedValue {self.name!r} v{self._version} {shown}>"
+
+
+class SharedValues:
+    """Every shared value by name, created on first use: what adapters hand to views
+    and templates (``{{ shared.users_count }}``).
+
+    ``values["users_count"]`` and ``values.users_count`` return the current value
+    (the local copy; *defaults*' entry, else ``None``, until something is
+    published); :meth:`value` returns the :class:`SharedValue` itself for
+    ``.version``, ``.age`` and ``.is_stale``. The backend is resolved on first use,
+    so building this object never fails for an app that does not use broadcast.
+    An invalid name raises ``KeyError`` / ``AttributeError`` (templates then show
+    their "invalid" marker).
+
+    :param defaults: default value per name.
+    :param max_age: ``max_age`` of every value (seconds).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        key_prefix: str | None = None,
+        defaults: dict[str, Any] | None = None,
+        max_age: float | None = None,
+        serializer: str | Serializer | None = None,
+    ) -> None:
+        self._url = url
+        self._client = client
+        self._key_prefix = key_prefix
+        self._defaults = dict(defaults or {})
+        self._max_age = max_age
+        self._serializer = serializer
+        self._values: dict[str, SharedValue[Any]] = {}
+
+    def value(self, name: str) -> SharedValue[Any]:
+        """The :class:`SharedValue` called *name* (created on first use)."""
+        sv = self._values.get(name)
+        if sv is None:
+            # no lock (none to inherit held across a fork): a racing duplicate is dropped
+            sv = self._values.setdefault(name, SharedValue(
+                name, self._defaults.get(name), max_age=self._max_age, url=self._url,
+                client=self._client, key_prefix=self._key_prefix, serializer=self._serializer,
+            ))
+        return sv
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The current value of *name*, or *default* while it shows its default."""
+        sv = self.value(name)
+        value = sv.get()
+        return default if sv._version == 0 and default is not None else value
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            sv = self.value(name)
+        except InvalidKey as e:
+            raise KeyError(name) from e
+        return sv.get()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._values
+
+    def __repr__(self) -> str:
+        return f"<SharedValues {sorted(self._values)}>"
+
+
+def _unload_all() -> None:
+    for value in list(_values):
+        value._reset()
+
+
+os.register_at_fork(after_in_child=_unload_all)
