@@ -55,7 +55,7 @@ class Recorder:
 @pytest.mark.s3
 def test_s3_sends_sha256_checksums_and_conditional_creates(s3_url: str, s3_server: S3Server) -> None:
     store = BlobStore(s3_url, part_size=5 * MiB)
-    rec = Recorder(store.client)  # type: ignore[attr-defined]
+    rec = Recorder(store.client)
     small = store.put(b"hello checksum", content_type="text/plain")
     put = rec.ops("PutObject")[-1]["headers"]
     assert put["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(small.sha256 or "")).decode()
@@ -70,7 +70,7 @@ def test_s3_sends_sha256_checksums_and_conditional_creates(s3_url: str, s3_serve
     assert rec.ops("CreateMultipartUpload")[-1]["headers"]["x-amz-checksum-algorithm"] == "SHA256"
 
     direct = s3_server.client()
-    bucket = store.bucket  # type: ignore[attr-defined]
+    bucket = store.bucket
     head = direct.head_object(Bucket=bucket, Key=small.key, ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"] == put["x-amz-checksum-sha256"]
     assert head["ContentDisposition"] == "attachment"
@@ -81,7 +81,7 @@ def test_s3_sends_sha256_checksums_and_conditional_creates(s3_url: str, s3_serve
 def test_s3_open_reads_ranges_not_the_whole_object(s3_url: str) -> None:
     store = BlobStore(s3_url, read_window=1 * MiB)
     blob = store.put(gen(11 * MiB), content_type="application/octet-stream")
-    rec = Recorder(store.client)  # type: ignore[attr-defined]
+    rec = Recorder(store.client)
     with store.open(blob.key) as f:
         f.seek(6 * MiB)
         assert len(f.read(10)) == 10
@@ -91,10 +91,10 @@ def test_s3_open_reads_ranges_not_the_whole_object(s3_url: str) -> None:
 
 @pytest.mark.s3
 def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s3_url: str) -> None:
-    from statekit.blobs.s3 import S3BlobStore
+    from statekit.blobs.s3 import S3Backend
 
     bucket = s3_url.split("@", 1)[1].split("?", 1)[0]
-    store = S3BlobStore(client=s3_server.client(), bucket=bucket, prefix="media")
+    store = BlobStore(backend=S3Backend(client=s3_server.client(), bucket=bucket, prefix="media"))
     blob = store.put(b"via a ready client", content_type="text/plain")
     assert s3_server.client().get_object(Bucket=bucket, Key=f"media/{blob.key}")["Body"].read() == \
         b"via a ready client"
@@ -161,21 +161,21 @@ def test_local_write_leaves_no_temp_files_and_cleanup_removes_crashed_ones(tmp_p
 def test_local_missing_root_is_a_config_error_unless_create(tmp_path: Path) -> None:
     """A typo or an unmounted volume fails at start instead of storing uploads on
     this machine's disk; ``?create=1`` (or ``create=True``) creates the root."""
-    from statekit.blobs.local import LocalBlobStore
+    from statekit.blobs.local import LocalBackend
     from statekit.errors import ConfigError
 
     missing = tmp_path / "not-mounted"
     with pytest.raises(ConfigError, match=r"does not exist \(is the volume mounted\?\).*create=1"):
         BlobStore(f"file://{missing}")
     with pytest.raises(ConfigError, match="does not exist"):
-        LocalBlobStore(root=missing)
+        LocalBackend(root=missing)
     assert not missing.exists()
     store = BlobStore(f"file://{missing}?create=1")
     assert missing.is_dir()
     with store.open(store.put(b"kept", content_type="text/plain").key) as f:
         assert f.read() == b"kept"
-    assert LocalBlobStore(root=tmp_path / "made", create=True).root == str((tmp_path / "made").resolve())
-    assert isinstance(BlobStore(f"file://{missing}"), LocalBlobStore)  # exists now: no option needed
+    assert LocalBackend(root=tmp_path / "made", create=True).root == str((tmp_path / "made").resolve())
+    assert isinstance(BlobStore(f"file://{missing}").backend, LocalBackend)  # exists now: no option needed
     with pytest.raises(ConfigError, match="option create='maybe' must be true or false"):
         BlobStore(f"file://{missing}?create=maybe")
 

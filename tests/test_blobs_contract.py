@@ -1,330 +1,181 @@
-"""The blob-store contract, run against s3 (moto server over HTTP), file and memory."""
+"""The shipped blob-store contract (statekit.testing.contracts.blobs), run on s3://
+(moto's server over HTTP), file:// and memory://, and on a dict-backed backend
+defined here and registered through an entry point, as another distribution would."""
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
+import inspect
 import io
-import os
-import re
-import time
-import zlib
+import threading
 from collections.abc import Iterator
+from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
-from statekit import blobs as blobs_mod
-from statekit.blobs import Blob, BlobStore, open_blob_store
-from statekit.errors import (
-    BlobError,
-    BlobExists,
-    BlobNotFound,
-    BlobTooLarge,
-    ContentTypeMismatch,
-    DisallowedContentType,
-    InvalidKey,
-)
+from statekit import backends
+from statekit.blobs import BlobStore, open_blob_store
+from statekit.blobs.local import LocalBackend
+from statekit.blobs.memory import MemoryBackend
+from statekit.blobs.protocol import Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
+from statekit.blobs.s3 import S3Backend
+from statekit.errors import BlobExists, BlobNotFound, ConfigError
+from statekit.testing.contracts.blobs import HTML, BlobStoreContract, png_bytes
+
+__all__ = ["HTML", "png_bytes"]  # test_migrate_uploads takes them from here
 
 MiB = 1024 * 1024
-KEY_RE = re.compile(r"^(?:[a-z0-9-]+/)*\d{4}/\d{2}/\d{2}/[0-9a-f]{32}(\.[a-z0-9]{1,10})?$")
 
 
-def png_bytes(extra: int = 0) -> bytes:
-    """A real 1x1 PNG (plus optional trailing padding)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
-
-    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
-    raw = zlib.compress(b"\x00\xff\x00\x00")
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body + b"\0" * extra
+class TestMemoryBlobs(BlobStoreContract):
+    @pytest.fixture
+    def store(self) -> Iterator[BlobStore]:
+        with BlobStore("memory://contract") as s:
+            yield s
 
 
-HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
+class TestFileBlobs(BlobStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[BlobStore]:
+        with BlobStore(f"file://{tmp_path}/store?create=1") as s:
+            yield s
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    if request.param == "memory":
-        s = BlobStore("memory://contract")
-    elif request.param == "file":
-        s = BlobStore(f"file://{tmp_path}/store?create=1")
-    else:
-        url = request.getfixturevalue("s3_url")
-        s = BlobStore(url + "&retries=0", part_size=5 * MiB, multipart_threshold=5 * MiB)
-    yield s
-    s.close()
+@pytest.mark.s3
+class TestS3Blobs(BlobStoreContract):
+    @pytest.fixture
+    def store(self, s3_url: str) -> Iterator[BlobStore]:
+        with BlobStore(s3_url + "&retries=0", part_size=5 * MiB, multipart_threshold=5 * MiB) as s:
+            yield s
 
 
-def read_all(store: BlobStore, key: str) -> bytes:
-    with store.open(key) as f:
-        return f.read()
+# -- a backend from outside the package ---------------------------------------------------
+
+class _DictWriter(BlobWriter):
+    def __init__(self, backend: DictBackend, req: WriteRequest) -> None:
+        self.backend, self.req, self.parts = backend, req, list[bytes]()
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def commit(self, sha256: str, size: int) -> None:
+        meta = dict(self.req.metadata, **{"statekit-sha256": sha256})
+        with self.backend.lock:
+            if self.req.key in self.backend.objects:
+                raise BlobExists(self.req.key)
+            self.backend.objects[self.req.key] = (b"".join(self.parts), self.req.content_type, meta)
+
+    def abort(self) -> None:
+        self.parts.clear()
 
 
-def gen(total: int, chunk: int = 64 * 1024, seed: int = 1) -> Iterator[bytes]:
-    block = hashlib.sha256(str(seed).encode()).digest() * (chunk // 32)
-    sent = 0
-    while sent < total:
-        n = min(chunk, total - sent)
-        yield block[:n]
-        sent += n
+class DictBackend(BlobBackend):
+    """Blobs in a dict: what a third party writes to add ``dict://``."""
+
+    scheme = "dict"
+
+    def __init__(self, url: str) -> None:
+        self.name = url.split("://", 1)[1]
+        self.lock = threading.Lock()
+        self.objects: dict[str, tuple[bytes, str, dict[str, str]]] = {}
+        self.pending: dict[str, bytes] = {}
+
+    def describe(self) -> str:
+        return f"dict://{self.name}"
+
+    def writer(self, req: WriteRequest) -> BlobWriter:
+        return _DictWriter(self, req)
+
+    def _get(self, key: str) -> tuple[bytes, str, dict[str, str]]:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise BlobNotFound(key) from None
+
+    def open(self, key: str) -> BinaryIO:
+        return io.BytesIO(self._get(key)[0])
+
+    def stat(self, key: str) -> Blob:
+        data, ctype, meta = self._get(key)
+        return stored_blob(key, len(data), ctype, meta, None)
+
+    def delete(self, key: str) -> bool:
+        with self.lock:
+            return self.objects.pop(key, None) is not None
+
+    def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+        with self.lock:
+            keys = sorted(k for k in self.objects if k.startswith(prefix) and (cursor is None or k > cursor))
+            items = [Blob(k, len(self.objects[k][0]), created=dt.datetime.now(dt.timezone.utc))
+                     for k in keys[:page_size]]
+        return BlobPage(items, keys[page_size - 1] if len(keys) > page_size else None)
+
+    def put_marker(self, key: str, data: bytes) -> None:
+        self.pending[key] = data
+
+    def get_marker(self, key: str) -> bytes | None:
+        return self.pending.get(key)
+
+    def delete_marker(self, key: str) -> None:
+        self.pending.pop(key, None)
+
+    def markers(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.pending.items()))
 
 
-def expected(total: int, chunk: int = 64 * 1024, seed: int = 1) -> bytes:
-    return b"".join(gen(total, chunk, seed))
+@pytest.fixture
+def dict_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dict://`` registered as another distribution's entry point would be."""
+    real = backends._entry_points
+
+    def entry_points(capability: str) -> list[Any]:
+        mine = [EntryPoint("dict", f"{__name__}:DictBackend", "statekit.blobs")]
+        return [*real(capability), *(mine if capability == "blobs" else [])]
+
+    monkeypatch.setattr(backends, "_entry_points", entry_points)
 
 
-def test_backend_classes_implement_the_whole_contract() -> None:
-    from statekit.blobs.local import LocalBlobStore
-    from statekit.blobs.memory import MemoryBlobStore
-    from statekit.blobs.s3 import S3BlobStore
+class TestThirdPartyBlobs(BlobStoreContract):
+    @pytest.fixture
+    def store(self, dict_entry_point: None) -> Iterator[BlobStore]:
+        with BlobStore("dict://contract") as s:
+            assert isinstance(s.backend, DictBackend)
+            yield s
 
-    required = [n for n, v in vars(BlobStore).items()
-                if callable(v) and n.startswith("_") and not n.startswith("__")
-                and n not in ("_sign", "_url", "_presign_post",  # shared defaults
-                              "_upload_target", "_accept_upload", "_drop_upload_target")]  # S3 stages
-    for cls in (LocalBlobStore, MemoryBlobStore, S3BlobStore):
-        missing = [n for n in required if getattr(cls, n) is getattr(BlobStore, n)]
-        assert missing == [], (cls.__name__, missing)
+
+def test_unregistered_scheme_names_the_entry_point_group() -> None:
+    with pytest.raises(ConfigError, match=r"no blobs backend for dict:// URLs.*'statekit\.blobs'"):
+        BlobStore("dict://x")
+    with pytest.raises(ConfigError, match=r"redis:// URL cannot be used here; expected one of: s3, file"):
+        BlobStore("redis://h")
 
 
 def test_url_picks_backend(tmp_path: Path) -> None:
-    from statekit.blobs.local import LocalBlobStore
-    from statekit.blobs.memory import MemoryBlobStore
-
-    assert isinstance(BlobStore("memory://x"), MemoryBlobStore)
-    assert isinstance(open_blob_store(f"file://{tmp_path}"), LocalBlobStore)
-
-
-def test_put_bytes_round_trip(store: BlobStore) -> None:
-    data = png_bytes()
-    blob = store.put(data, filename="My Photo.png", metadata={"owner": "ann"})
-    assert isinstance(blob, Blob)
-    assert KEY_RE.match(blob.key) and blob.key.endswith(".png")
-    assert "photo" not in blob.key.lower()
-    assert blob.size == len(data)
-    assert blob.sha256 == hashlib.sha256(data).hexdigest()
-    assert blob.content_type == "image/png" and blob.filename == "My Photo.png"
-    with store.open(blob.key) as f:
-        assert f.read() == data
-    st = store.stat(blob.key)
-    assert (st.key, st.size, st.content_type, st.sha256, st.filename) == (
-        blob.key, len(data), "image/png", blob.sha256, "My Photo.png")
-    assert st.metadata == {"owner": "ann"}
-    assert store.exists(blob.key)
+    assert isinstance(BlobStore("memory://x").backend, MemoryBackend)
+    assert isinstance(open_blob_store(f"file://{tmp_path}").backend, LocalBackend)
+    with pytest.raises(ConfigError, match="a URL .* or backend=, not both"):
+        BlobStore("memory://x", backend=MemoryBackend("memory://x"))
 
 
-def test_put_accepts_file_iterator_and_framework_uploads(store: BlobStore, tmp_path: Path) -> None:
-    from django.core.files.uploadedfile import SimpleUploadedFile
-    from werkzeug.datastructures import FileStorage
-
-    data = b"col1,col2\n1,2\n" * 100
-    path = tmp_path / "in.csv"
-    path.write_bytes(data)
-    with open(path, "rb") as f:
-        b1 = store.put(f, filename="in.csv")
-    b2 = store.put(iter([data[:10], b"", data[10:]]), content_type="text/csv")
-    b3 = store.put(FileStorage(io.BytesIO(data), filename="report.csv", content_type="text/csv"))
-    b4 = store.put(SimpleUploadedFile("dj.csv", data, content_type="text/csv"))
-    for b in (b1, b2, b3, b4):
-        assert b.content_type == "text/csv" and b.key.endswith(".csv")
-        assert store.read_range(b.key, 0, len(data) + 10) == data
-    assert (b3.filename, b4.filename) == ("report.csv", "dj.csv")
+def test_a_ready_backend_and_backend_options(tmp_path: Path) -> None:
+    store = BlobStore(backend=LocalBackend(root=tmp_path), max_size=3)
+    assert store.put(b"abc", content_type="text/plain").size == 3
+    assert store.root == str(tmp_path.resolve())  # backend attributes read through the store
+    with pytest.raises(TypeError):
+        BlobStore(f"file://{tmp_path}", part_size=5)  # an option the backend does not take
 
 
-def test_empty_and_unknown_content(store: BlobStore) -> None:
-    empty = store.put(b"")
-    assert empty.size == 0 and read_all(store, empty.key) == b""
-    binary = os.urandom(3000)
-    b = store.put(binary, content_type="application/x-custom-thing")
-    assert b.content_type == "application/x-custom-thing"
-    assert read_all(store, b.key) == binary
+@pytest.mark.parametrize("cls", [S3Backend, LocalBackend, MemoryBackend, DictBackend])
+def test_backend_classes_implement_every_required_method(cls: type[BlobBackend]) -> None:
+    assert not inspect.isabstract(cls), sorted(getattr(cls, "__abstractmethods__", ()))
+    assert cls.scheme
 
 
-def test_streamed_multipart_upload_and_ranged_reads(store: BlobStore) -> None:
-    total = 11 * MiB + 123
-    blob = store.put(gen(total), filename="big.bin", content_type="application/octet-stream")
-    want = expected(total)
-    assert blob.size == total and blob.sha256 == hashlib.sha256(want).hexdigest()
-    assert store.stat(blob.key).sha256 == blob.sha256
-    with store.open(blob.key) as f:
-        f.seek(6 * MiB - 5)
-        assert f.read(10) == want[6 * MiB - 5: 6 * MiB + 5]
-        f.seek(-100, io.SEEK_END)
-        assert f.read() == want[-100:]
-        f.seek(0)
-        digest = hashlib.sha256()
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    assert digest.hexdigest() == blob.sha256
+def test_a_backend_missing_a_required_method_cannot_be_built() -> None:
+    class Incomplete(BlobBackend):
+        scheme = "half"
 
-
-@pytest.mark.parametrize("size", [100, 6 * MiB])
-def test_never_overwrites(store: BlobStore, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-    monkeypatch.setattr(blobs_mod.secrets, "token_hex", lambda n: "ab" * n)
-    first = store.put(b"first" * 20, content_type="text/plain")
-    with pytest.raises(BlobExists):
-        store.put((b"y" * 1024 for _ in range(size // 1024)), content_type="text/plain")  # same key
-    assert read_all(store, first.key) == b"first" * 20
-    assert [b.key for b in store.list()] == [first.key]
-
-
-def test_max_size_refused_and_nothing_stored(store: BlobStore) -> None:
-    with pytest.raises(BlobTooLarge):
-        store.put(gen(10_000), max_size=9_999)
-    with pytest.raises(BlobTooLarge):  # known size: refused before reading
-        store.put(io.BytesIO(b"x" * 100), max_size=10)
-    assert store.put(gen(10_000), max_size=10_000).size == 10_000
-    assert len(list(store.list())) == 1
-
-
-def test_content_checks(store: BlobStore) -> None:
-    with pytest.raises(ContentTypeMismatch):
-        store.put(png_bytes(), content_type="text/html")
-    with pytest.raises(ContentTypeMismatch):
-        store.put(HTML, filename="photo.png")
-    with pytest.raises(ContentTypeMismatch):
-        store.put(b"just text, not an image", filename="photo.png")
-    with pytest.raises(DisallowedContentType):
-        store.put(HTML, filename="page.html", allowed_types=["image/*"])
-    with pytest.raises(DisallowedContentType):
-        store.put(png_bytes(), allowed_types=["application/pdf"])
-    assert list(store.list()) == []
-    assert store.put(png_bytes(), content_type="image/x-png; q=1").content_type == "image/png"
-    assert store.put(png_bytes(), allowed_types=["image/*"]).content_type == "image/png"
-
-
-def test_input_exception_aborts(store: BlobStore) -> None:
-    class Boom(RuntimeError):
-        pass
-
-    def failing() -> Iterator[bytes]:
-        yield from gen(7 * MiB)
-        raise Boom("client went away")
-
-    with pytest.raises(Boom):
-        store.put(failing(), content_type="application/octet-stream")
-    assert list(store.list()) == []
-    store.cleanup_incomplete(older_than=0)
-
-
-def test_missing_and_invalid_keys(store: BlobStore) -> None:
-    missing = "2020/01/01/" + "0" * 32 + ".png"
-    with pytest.raises(BlobNotFound):
-        store.open(missing)
-    with pytest.raises(BlobNotFound):
-        store.stat(missing)
-    assert not store.exists(missing)
-    assert store.delete(missing) is False
-    for bad in ["../../etc/passwd", "/etc/passwd", "a//b", "a/./b", "a\x00b", "", "x" * 2000, ".statekit/x",
-                "a\\..\\b"]:
-        with pytest.raises(InvalidKey):
-            store.open(bad)
-        with pytest.raises(InvalidKey):
-            store.delete(bad)
-
-
-def test_delete_is_idempotent(store: BlobStore) -> None:
-    blob = store.put(b"bye", content_type="text/plain")
-    assert store.delete(blob.key) is True
-    assert store.delete(blob.key) is False
-    assert not store.exists(blob.key)
-
-
-def test_list_is_paginated_and_prefixed(store: BlobStore) -> None:
-    keys = sorted(store.put(f"n{i}".encode(), content_type="text/plain", prefix="docs").key for i in range(7))
-    other = store.put(b"other", content_type="text/plain", prefix="misc")
-    pages = []
-    cursor = None
-    while True:
-        page = store.list_page("docs/", cursor=cursor, page_size=3)
-        pages.append([b.key for b in page.items])
-        if page.cursor is None:
-            break
-        cursor = page.cursor
-    assert [len(p) for p in pages] == [3, 3, 1]
-    assert [k for p in pages for k in p] == keys
-    assert [b.key for b in store.list("docs/", page_size=2)] == keys
-    assert sorted(b.key for b in store.list()) == sorted([*keys, other.key])
-    assert all(b.size == 2 for b in store.list("docs/"))
-
-
-def test_url_serves_download_with_rfc5987_name(store: BlobStore) -> None:
-    blob = store.put(b"report body", filename="r\u00e9sum\u00e9 \u202eexe.txt")
-    assert blob.filename == "r\u00e9sum\u00e9 exe.txt"
-    url = store.url(blob.key, expires=60)
-    if store.scheme == "s3":
-        import requests
-
-        resp = requests.get(url, timeout=10)
-        assert resp.status_code == 200 and resp.content == b"report body"
-        disp = resp.headers["Content-Disposition"]
-    else:
-        key, disp = store.verify_url(url)  # type: ignore[assignment]
-        assert key == blob.key
-        with pytest.raises(BlobError):
-            store.verify_url(url.replace("expires=", "expires=9"))
-    assert disp is not None
-    assert 'filename="resume exe.txt"' in disp and "filename*=UTF-8''r%C3%A9sum%C3%A9%20exe.txt" in disp
-    named = store.url(blob.key, expires=60, download_name="other.txt")
-    assert "other.txt" in named
-
-
-def _direct_upload(store: BlobStore, up: blobs_mod.PresignedUpload, data: bytes, ctype: str) -> None:
-    if store.scheme == "s3":
-        import requests
-
-        fields = dict(up.fields, **{"Content-Type": ctype})
-        resp = requests.post(up.url, data=fields, files={"file": ("x", data, ctype)}, timeout=10)
-        assert resp.status_code in (200, 201, 204), resp.text
-    else:
-        store.receive_upload(up.fields, io.BytesIO(data), content_type=ctype)
-
-
-def test_presigned_upload_confirm_and_cleanup(store: BlobStore) -> None:
-    good = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
-    assert good.key not in (b.key for b in store.list())
-    if store.scheme == "s3":
-        assert ["content-length-range", 0, 10_000] in _policy_conditions(good.fields)
-    _direct_upload(store, good, png_bytes(), "image/png")
-    blob = store.confirm(good.key)
-    assert blob.size == len(png_bytes()) and store.confirm(good.key).key == good.key
-
-    big = store.presign_upload(max_size=100, content_type_prefix="image/", expires=60)
-    if store.scheme == "s3":
-        _direct_upload(store, big, png_bytes(extra=500), "image/png")  # moto does not enforce the policy
-        with pytest.raises(BlobTooLarge):
-            store.confirm(big.key)
-    else:  # receive_upload enforces it while streaming, as S3 does
-        with pytest.raises(BlobTooLarge):
-            _direct_upload(store, big, png_bytes(extra=500), "image/png")
-    assert not store.exists(big.key)
-
-    liar = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
-    _direct_upload(store, liar, HTML, "image/png")
-    with pytest.raises(ContentTypeMismatch):
-        store.confirm(liar.key)
-    assert not store.exists(liar.key)
-
-    wrong = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
-    _direct_upload(store, wrong, b"%PDF-1.4\n%...", "application/pdf")
-    with pytest.raises(DisallowedContentType):
-        store.confirm(wrong.key)
-
-    abandoned = store.presign_upload(max_size=10_000, expires=1)
-    _direct_upload(store, abandoned, b"never confirmed", "text/plain")
-    never = store.presign_upload(max_size=10_000, expires=1)
-    with pytest.raises(BlobNotFound):
-        store.confirm(never.key)
-    time.sleep(1.1)
-    assert store.cleanup_incomplete(older_than=0) >= 2
-    assert not store.exists(abandoned.key)
-    assert [b.key for b in store.list()] == [good.key]
-
-
-def _policy_conditions(fields: dict[str, str]) -> list[object]:
-    import base64
-    import json
-
-    policy = json.loads(base64.b64decode(fields["policy"]))
-    return list(policy["conditions"])
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()  # type: ignore[abstract]

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_blobs_contract import HTML, png_bytes
 
 from statekit.blobs import (
     BlobStore,
@@ -25,6 +24,7 @@ from statekit.blobs import (
     validate_key,
 )
 from statekit.errors import ContentTypeMismatch, InvalidKey
+from statekit.testing.contracts.blobs import HTML, png_bytes
 
 HOSTILE_NAMES = [
     "../../etc/passwd",
@@ -207,7 +207,7 @@ def test_a_filename_never_makes_content_more_active(body: bytes, name: str, decl
     """Property: with a generic declared type, the stored type is what the name
     suggests when the content matches it, else what the content alone gives (the
     octet-stream rule); an active type is stored only when the bytes sniff as it."""
-    from statekit.blobs import ACTIVE_TYPES, _type_from_name, normalize_type, sniff
+    from statekit.blobs.sniff import ACTIVE_TYPES, normalize_type, sniff, type_from_name
 
     store = BlobStore("memory://property")
     try:
@@ -215,6 +215,6 @@ def test_a_filename_never_makes_content_more_active(body: bytes, name: str, decl
     except ContentTypeMismatch:
         return
     without_name = store.put(_upload(body, None, declared))
-    assert blob.content_type in {without_name.content_type, normalize_type(_type_from_name(name))}
+    assert blob.content_type in {without_name.content_type, normalize_type(type_from_name(name))}
     if blob.content_type in ACTIVE_TYPES:
         assert blob.content_type in sniff(body[:8192])

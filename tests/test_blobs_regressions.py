@@ -12,10 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_blobs_contract import png_bytes
 
 from statekit.blobs import BlobStore
-from statekit.blobs.s3 import S3BlobStore
 from statekit.errors import (
     BackendUnavailable,
     BlobNotFound,
@@ -25,6 +23,7 @@ from statekit.errors import (
 )
 from statekit.migrate import load_manifest, migrate
 from statekit.pytest_plugin import wait_for
+from statekit.testing.contracts.blobs import HTML, direct_upload, png_bytes
 
 
 @pytest.mark.parametrize("backend", ["memory", "file"])
@@ -141,7 +140,7 @@ def test_client_declared_part_length_does_not_size_the_s3_buffers(s3_url: str) -
     from werkzeug.datastructures import FileStorage, Headers
 
     mib = 1024 * 1024
-    store = S3BlobStore(s3_url + "&retries=0", part_size=5 * mib, multipart_threshold=5 * mib)
+    store = BlobStore(s3_url + "&retries=0", part_size=5 * mib, multipart_threshold=5 * mib)
     sent: list[int] = []
     store.client.meta.events.register(
         "before-parameter-build.s3.UploadPart", lambda params, **kw: sent.append(len(params["Body"])))
@@ -212,13 +211,11 @@ def test_s3_upload_form_sent_again_after_confirm_never_reaches_the_blob(s3_url: 
     """An S3 POST form stays valid until it expires. Sent again after confirm() with
     other content (here HTML for an image), it reaches only the staging key: the
     accepted blob keeps the checked bytes, and cleanup removes the leftover."""
-    from test_blobs_contract import HTML, _direct_upload
-
     store = BlobStore(s3_url)
     up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
-    _direct_upload(store, up, png_bytes(), "image/png")
+    direct_upload(store, up, png_bytes(), "image/png")
     assert store.confirm(up.key).size == len(png_bytes())
-    _direct_upload(store, up, HTML, "image/png")  # the same form, replayed
+    direct_upload(store, up, HTML, "image/png")  # the same form, replayed
     assert store.confirm(up.key).size == len(png_bytes())
     with store.open(up.key) as f:
         assert f.read() == png_bytes()
@@ -230,11 +227,9 @@ def test_s3_upload_form_sent_again_after_confirm_never_reaches_the_blob(s3_url: 
 
 @pytest.mark.s3
 def test_s3_refused_direct_upload_leaves_nothing_staged(s3_url: str) -> None:
-    from test_blobs_contract import HTML, _direct_upload
-
     store = BlobStore(s3_url)
     up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
-    _direct_upload(store, up, HTML, "image/png")
+    direct_upload(store, up, HTML, "image/png")
     with pytest.raises(ContentTypeMismatch):
         store.confirm(up.key)
     assert not store.exists(up.key)

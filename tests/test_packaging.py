@@ -146,7 +146,7 @@ def test_missing_boto3_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_boto3_through_the_blob_store(monkeypatch: pytest.MonkeyPatch) -> None:
-    from statekit.blobs.s3 import S3BlobStore
+    from statekit.blobs.s3 import S3Backend as S3BlobStore
 
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(ConfigError, match=r"pip install 'statekit\[s3\]'"):

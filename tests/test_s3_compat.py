@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from statekit.blobs.s3 import S3BlobStore
+from statekit.blobs import BlobStore
 from statekit.errors import ConfigError
 
 pytest.importorskip("boto3")
@@ -25,7 +25,7 @@ def _no_checksum_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"AWS_{name.upper()}", raising=False)
 
 
-def _config(store: S3BlobStore) -> tuple[Any, Any]:
+def _config(store: BlobStore) -> tuple[Any, Any]:
     cfg = store.client.meta.config
     return cfg.request_checksum_calculation, cfg.response_checksum_validation
 
@@ -38,7 +38,7 @@ def _with(url: str, **options: str) -> str:
 @pytest.mark.s3
 def test_non_aws_endpoint_gets_when_required(s3_url: str) -> None:
     assert "endpoint_url=" in s3_url
-    assert _config(S3BlobStore(s3_url)) == ("when_required", "when_required")
+    assert _config(BlobStore(s3_url)) == ("when_required", "when_required")
 
 
 @pytest.mark.parametrize("url", [
@@ -47,28 +47,28 @@ def test_non_aws_endpoint_gets_when_required(s3_url: str) -> None:
     "s3://key:secret@bucket?region=cn-north-1&endpoint_url=https://s3.cn-north-1.amazonaws.com.cn",
 ])
 def test_aws_keeps_botocore_defaults(url: str) -> None:
-    store = S3BlobStore(url)  # no request is sent: the client is only built
+    store = BlobStore(url)  # no request is sent: the client is only built
     assert _config(store) == ("when_supported", "when_supported")
 
 
 def test_url_option_overrides_and_is_validated() -> None:
     base = "s3://key:secret@bucket?region=us-east-1&endpoint_url=http://127.0.0.1:9"
-    store = S3BlobStore(_with(base, request_checksum_calculation="when_supported"))
+    store = BlobStore(_with(base, request_checksum_calculation="when_supported"))
     assert _config(store) == ("when_supported", "when_required")
-    aws = S3BlobStore(_with("s3://key:secret@bucket?region=us-east-1",
+    aws = BlobStore(_with("s3://key:secret@bucket?region=us-east-1",
                             response_checksum_validation="when_required"))
     assert _config(aws) == ("when_supported", "when_required")
     with pytest.raises(ConfigError, match="request_checksum_calculation"):
-        S3BlobStore(_with(base, request_checksum_calculation="always"))
+        BlobStore(_with(base, request_checksum_calculation="always"))
 
 
 def test_environment_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
-    store = S3BlobStore("s3://key:secret@bucket?region=us-east-1&endpoint_url=http://127.0.0.1:9")
+    store = BlobStore("s3://key:secret@bucket?region=us-east-1&endpoint_url=http://127.0.0.1:9")
     assert _config(store) == ("when_supported", "when_required")
 
 
-def _sent_headers(store: S3BlobStore) -> list[dict[str, str]]:
+def _sent_headers(store: BlobStore) -> list[dict[str, str]]:
     """Headers of the data requests *store* sends from now on. PutObjectTagging is
     left out: S3 requires a checksum on it (botocore sends one under either setting)."""
     sent: list[dict[str, str]] = []
@@ -89,20 +89,20 @@ def _crc(sent: list[dict[str, str]]) -> bool:
 @pytest.mark.s3
 def test_uploads_work_and_carry_no_default_crc(s3_url: str) -> None:
     payload = b"statekit " * 1000
-    small = S3BlobStore(_with(s3_url, checksum="none"))
+    small = BlobStore(_with(s3_url, checksum="none"))
     sent = _sent_headers(small)
     blob = small.put(io.BytesIO(payload), content_type="text/plain")
     assert small.open(blob.key).read() == payload
     assert sent and not _crc(sent)
 
     # botocore's default (what every S3-compatible store got before): a CRC on the upload
-    crc = S3BlobStore(_with(s3_url, checksum="none", request_checksum_calculation="when_supported"))
+    crc = BlobStore(_with(s3_url, checksum="none", request_checksum_calculation="when_supported"))
     sent_crc = _sent_headers(crc)
     crc.put(io.BytesIO(payload), content_type="text/plain")
     assert _crc(sent_crc)
 
     # statekit's own SHA-256 still goes out, and a multipart upload still completes
-    signed = S3BlobStore(_with(s3_url, part_size="5MiB", multipart_threshold="5MiB"))
+    signed = BlobStore(_with(s3_url, part_size="5MiB", multipart_threshold="5MiB"))
     sent_sha = _sent_headers(signed)
     big = b"x" * (11 * 1024 * 1024)
     big_blob = signed.put(io.BytesIO(big), content_type="application/octet-stream")

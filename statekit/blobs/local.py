@@ -29,18 +29,9 @@ from typing import Any, BinaryIO
 
 from ..config import parse_url
 from ..errors import BackendUnavailable, BlobExists, BlobNotFound, ConfigError, InvalidKey
-from . import (
-    META_FILENAME,
-    META_SHA256,
-    Blob,
-    BlobPage,
-    BlobStore,
-    BlobWriter,
-    WriteRequest,
-    decode_meta,
-)
+from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
-__all__ = ["LocalBlobStore"]
+__all__ = ["LocalBackend"]
 
 _TMP = ".tmp-"
 _INTERNAL = ".statekit"
@@ -83,7 +74,7 @@ def _link_exclusive(src: str, dst: str) -> None:
 
 
 class _LocalWriter(BlobWriter):
-    def __init__(self, store: LocalBlobStore, req: WriteRequest) -> None:
+    def __init__(self, store: LocalBackend, req: WriteRequest) -> None:
         self._store = store
         self._req = req
         self._final = store._path(req.key)
@@ -140,7 +131,7 @@ class _LocalWriter(BlobWriter):
                 os.unlink(self._meta_final)
 
 
-class LocalBlobStore(BlobStore):
+class LocalBackend(BlobBackend):
     """Blobs in a directory (``file:///srv/uploads?fsync=true&file_mode=0640``).
 
     The directory must exist: a missing root is a :class:`~statekit.errors.ConfigError`
@@ -157,15 +148,14 @@ class LocalBlobStore(BlobStore):
     scheme = "file"
 
     def __init__(self, url: str | None = None, *, root: str | os.PathLike[str] | None = None,
-                 fsync: bool | None = None, file_mode: int | None = None, create: bool | None = None,
-                 **options: Any) -> None:
+                 fsync: bool | None = None, file_mode: int | None = None, create: bool | None = None) -> None:
         parsed_opts: dict[str, Any] = {}
         if url is not None:
             parsed = parse_url(url, kinds=("file",))
             root = root or parsed.path
             parsed_opts = dict(parsed.options)
         if root is None:
-            raise ConfigError("LocalBlobStore needs a file:// URL or root=")
+            raise ConfigError("LocalBackend needs a file:// URL or root=")
         self.root = os.path.realpath(os.fspath(root))
         self.fsync = fsync if fsync is not None else parsed_opts.get("fsync", True)
         self.file_mode = file_mode if file_mode is not None else parsed_opts.get("file_mode", 0o640)
@@ -181,7 +171,6 @@ class LocalBlobStore(BlobStore):
                 f"the file:// store root {self.root} does not exist (is the volume mounted?); "
                 "create it, or add ?create=1 to the URL to have statekit create it"
             )
-        super().__init__(url, **options)
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -240,10 +229,10 @@ class LocalBlobStore(BlobStore):
                 os.unlink(tmp)
 
     # -- contract ------------------------------------------------------------------
-    def _writer(self, req: WriteRequest) -> BlobWriter:
+    def writer(self, req: WriteRequest) -> BlobWriter:
         return _LocalWriter(self, req)
 
-    def _open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> BinaryIO:
         path = self._path(key)
         try:
             self._check_inside(path)
@@ -254,7 +243,7 @@ class LocalBlobStore(BlobStore):
         except OSError as e:
             raise _oserror(e, f"opening {key!r}") from e
 
-    def _stat(self, key: str) -> Blob:
+    def stat(self, key: str) -> Blob:
         path = self._path(key)
         try:
             st = os.stat(path)
@@ -270,14 +259,12 @@ class LocalBlobStore(BlobStore):
                 record = json.load(f)
         except (OSError, ValueError):
             record = {}
-        meta = decode_meta(record.get("metadata", {}))
         created = (dt.datetime.fromisoformat(record["created"]) if "created" in record
                    else dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc))
         ctype = record.get("content_type") or mimetypes.guess_type(key)[0] or "application/octet-stream"
-        return Blob(key, st.st_size, ctype, meta.get(META_SHA256), meta.get(META_FILENAME), created,
-                    {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+        return stored_blob(key, st.st_size, ctype, record.get("metadata", {}), created)
 
-    def _delete(self, key: str) -> bool:
+    def delete(self, key: str) -> bool:
         path = self._path(key)
         try:
             os.unlink(path)
@@ -301,7 +288,7 @@ class LocalBlobStore(BlobStore):
                 if not name.startswith("."):
                     yield name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
 
-    def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+    def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
         self._check_root()  # an unmounted volume lists as an outage, not as empty
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._check_inside(os.path.join(self.root, *base.split("/"))) if base else self.root
@@ -317,32 +304,32 @@ class LocalBlobStore(BlobStore):
         more = len(keys) > page_size
         return BlobPage(items, keys[page_size - 1] if more else None)
 
-    def _put_marker(self, key: str, data: bytes) -> None:
+    def put_marker(self, key: str, data: bytes) -> None:
         self._write_json(self._marker_path(key), json.loads(data), exclusive=False)
 
-    def _get_marker(self, key: str) -> bytes | None:
+    def get_marker(self, key: str) -> bytes | None:
         try:
             with open(self._marker_path(key), "rb") as f:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def _delete_marker(self, key: str) -> None:
+    def delete_marker(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(self._marker_path(key))
 
-    def _markers(self) -> Iterator[tuple[str, bytes]]:
+    def markers(self) -> Iterator[tuple[str, bytes]]:
         top = os.path.join(self.root, _INTERNAL, "pending")
         for dirpath, _dirs, filenames in os.walk(top):
             for name in filenames:
                 if name.startswith(".") or not name.endswith(".json"):
                     continue
                 key = os.path.relpath(os.path.join(dirpath, name), top)[: -len(".json")].replace(os.sep, "/")
-                raw = self._get_marker(key)
+                raw = self.get_marker(key)
                 if raw is not None:
                     yield key, raw
 
-    def _cleanup_partial(self, older_than: float) -> int:
+    def cleanup_partial(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         removed = 0
         for dirpath, _dirs, filenames in os.walk(self.root):

@@ -12,23 +12,14 @@ import datetime as dt
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ..backends.memory import MemoryStore, get_store
 from ..config import parse_url
 from ..errors import BlobExists, BlobNotFound
-from . import (
-    META_FILENAME,
-    META_SHA256,
-    Blob,
-    BlobPage,
-    BlobStore,
-    BlobWriter,
-    WriteRequest,
-    decode_meta,
-)
+from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
-__all__ = ["MemoryBlobStore"]
+__all__ = ["MemoryBackend"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +50,7 @@ class _MemoryWriter(BlobWriter):
         self._parts = []
 
 
-class MemoryBlobStore(BlobStore):
+class MemoryBackend(BlobBackend):
     """Blobs in this process's memory (``memory://name``); see the module docstring.
 
     Thread-safe: every operation is one step under the store's lock.
@@ -67,16 +58,15 @@ class MemoryBlobStore(BlobStore):
 
     scheme = "memory"
 
-    def __init__(self, url: str | None = "memory://", *, name: str | None = None, **options: Any) -> None:
+    def __init__(self, url: str | None = "memory://", *, name: str | None = None) -> None:
         self.name = name or (parse_url(url or "memory://", kinds=("memory",)).name)
         self._objects = get_store(f"statekit-blobs:{self.name}")
         self._pending = get_store(f"statekit-blobs-pending:{self.name}")
-        super().__init__(url, **options)
 
     def describe(self) -> str:
         return f"memory://{self.name}"
 
-    def _writer(self, req: WriteRequest) -> BlobWriter:
+    def writer(self, req: WriteRequest) -> BlobWriter:
         return _MemoryWriter(self._objects, req)
 
     def _get(self, key: str) -> _Object:
@@ -86,19 +76,17 @@ class MemoryBlobStore(BlobStore):
         assert isinstance(obj, _Object)
         return obj
 
-    def _open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> BinaryIO:
         return io.BytesIO(self._get(key).data)
 
-    def _stat(self, key: str) -> Blob:
+    def stat(self, key: str) -> Blob:
         obj = self._get(key)
-        meta = decode_meta(obj.metadata)
-        return Blob(key, len(obj.data), obj.content_type, meta.get(META_SHA256), meta.get(META_FILENAME),
-                    obj.created, {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+        return stored_blob(key, len(obj.data), obj.content_type, obj.metadata, obj.created)
 
-    def _delete(self, key: str) -> bool:
+    def delete(self, key: str) -> bool:
         return self._objects.delete(key)
 
-    def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+    def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
         keys = sorted(self._objects.keys(prefix))
         start = bisect.bisect_right(keys, cursor) if cursor else 0
         items: list[Blob] = []
@@ -109,22 +97,22 @@ class MemoryBlobStore(BlobStore):
         more = start + page_size < len(keys)
         return BlobPage(items, items[-1].key if more and items else None)
 
-    def _put_marker(self, key: str, data: bytes) -> None:
+    def put_marker(self, key: str, data: bytes) -> None:
         self._pending.set(key, data)
 
-    def _get_marker(self, key: str) -> bytes | None:
+    def get_marker(self, key: str) -> bytes | None:
         raw = self._pending.get(key)
         return raw if isinstance(raw, bytes) else None
 
-    def _delete_marker(self, key: str) -> None:
+    def delete_marker(self, key: str) -> None:
         self._pending.delete(key)
 
-    def _markers(self) -> Iterator[tuple[str, bytes]]:
+    def markers(self) -> Iterator[tuple[str, bytes]]:
         for key in list(self._pending.keys()):
-            raw = self._get_marker(key)
+            raw = self.get_marker(key)
             if raw is not None:
                 yield key, raw
 
-    def _cleanup_partial(self, older_than: float) -> int:
+    def cleanup_partial(self, older_than: float) -> int:
         return 0  # writes are buffered in the writer: nothing partial is ever stored
 

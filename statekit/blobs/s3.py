@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
-import datetime as dt
 import hashlib
 import io
 import os
@@ -50,19 +49,10 @@ from typing import Any, BinaryIO
 from ..backends import require
 from ..config import parse_url
 from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
-from . import (
-    META_FILENAME,
-    META_SHA256,
-    RESERVED_PREFIX,
-    Blob,
-    BlobPage,
-    BlobStore,
-    BlobWriter,
-    WriteRequest,
-    decode_meta,
-)
+from .keys import RESERVED_PREFIX
+from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
-__all__ = ["MIN_PART_SIZE", "S3BlobStore", "translate_error"]
+__all__ = ["MIN_PART_SIZE", "S3Backend", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -96,7 +86,7 @@ def _b64(digest: bytes) -> str:
 
 
 class _S3Writer(BlobWriter):
-    def __init__(self, store: S3BlobStore, req: WriteRequest) -> None:
+    def __init__(self, store: S3Backend, req: WriteRequest) -> None:
         self._s = store
         self._req = req
         self._full = store._full(req.key)
@@ -202,7 +192,7 @@ class _S3Writer(BlobWriter):
 class _RangeReader(io.RawIOBase):
     """Reads an object through ranged GETs of ``window`` bytes, fetched as needed."""
 
-    def __init__(self, store: S3BlobStore, key: str, size: int, window: int) -> None:
+    def __init__(self, store: S3Backend, key: str, size: int, window: int) -> None:
         self._s, self._key, self._size, self._window = store, key, size, window
         self._pos = 0
         self._body: Any = None
@@ -280,7 +270,7 @@ def _checksum_defaults(endpoint_url: str | None) -> dict[str, str | None]:
             for name in _CHECKSUM_SETTINGS}
 
 
-class S3BlobStore(BlobStore):
+class S3Backend(BlobBackend):
     """Blobs in an S3 bucket; see the module docstring for options and guarantees.
 
     :param client: a ready boto3 S3 client (then *bucket* is required and the URL's
@@ -295,7 +285,7 @@ class S3BlobStore(BlobStore):
     def __init__(self, url: str | None = None, *, client: Any = None, bucket: str | None = None,
                  presign_client: Any = None, prefix: str | None = None, part_size: int | None = None,
                  multipart_threshold: int | None = None, max_concurrency: int | None = None,
-                 read_window: int = 8 * 1024 * 1024, **options: Any) -> None:
+                 read_window: int = 8 * 1024 * 1024) -> None:
         opts: dict[str, Any] = {}
         self._url_text = ""
         if url is not None:
@@ -310,7 +300,7 @@ class S3BlobStore(BlobStore):
                 presign_client = self._make_client(parsed.username, parsed.password,
                                                    {**opts, "endpoint_url": opts["public_endpoint_url"]})
         if client is None or not bucket:
-            raise ConfigError("S3BlobStore needs an s3:// URL, or client= and bucket=")
+            raise ConfigError("S3Backend needs an s3:// URL, or client= and bucket=")
         self.client = client
         #: signs the URLs handed to browsers (no requests go through it)
         self.presign_client = presign_client or client
@@ -325,7 +315,6 @@ class S3BlobStore(BlobStore):
         self.checksum = opts.get("checksum", "sha256") == "sha256"
         self.conditional_writes = bool(opts.get("conditional_writes", True))
         self.read_window = read_window
-        super().__init__(url, **options)
 
     @staticmethod
     def _make_client(key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
@@ -372,34 +361,30 @@ class S3BlobStore(BlobStore):
             raise BlobExists(f"a blob already exists under {key!r}")
 
     # -- contract ------------------------------------------------------------------
-    def _writer(self, req: WriteRequest) -> BlobWriter:
+    def writer(self, req: WriteRequest) -> BlobWriter:
         return _S3Writer(self, req)
 
     def _head(self, key: str) -> dict[str, Any]:
         resp: dict[str, Any] = self._call("head_object", key, Bucket=self.bucket, Key=self._full(key))
         return resp
 
-    def _open(self, key: str) -> BinaryIO:
+    def open(self, key: str) -> BinaryIO:
         size = int(self._head(key)["ContentLength"])
         raw = _RangeReader(self, key, size, self.read_window)
         return io.BufferedReader(raw, buffer_size=256 * 1024)
 
-    def _stat(self, key: str) -> Blob:
+    def stat(self, key: str) -> Blob:
         head = self._head(key)
-        meta = decode_meta(head.get("Metadata", {}))
-        sha = meta.get(META_SHA256)
-        if sha is None and "-" in str(head.get("ETag", "")):  # multipart: the tag holds it
+        meta = head.get("Metadata", {})
+        sha = None
+        if META_SHA256 not in meta and "-" in str(head.get("ETag", "")):  # multipart: the tag holds it
             with contextlib.suppress(StatekitError):
                 tags = self._call("get_object_tagging", key, Bucket=self.bucket, Key=self._full(key))
                 sha = {t["Key"]: t["Value"] for t in tags.get("TagSet", [])}.get(META_SHA256)
-        created = head.get("LastModified")
-        if meta.get("statekit-created"):
-            with contextlib.suppress(ValueError):
-                created = dt.datetime.fromisoformat(meta["statekit-created"])
-        return Blob(key, int(head["ContentLength"]), head.get("ContentType"), sha, meta.get(META_FILENAME),
-                    created, {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+        return stored_blob(key, int(head["ContentLength"]), head.get("ContentType"), meta,
+                           head.get("LastModified"), sha256=sha)
 
-    def _delete(self, key: str) -> bool:
+    def delete(self, key: str) -> bool:
         try:
             self._head(key)
         except BlobNotFound:
@@ -407,7 +392,7 @@ class S3BlobStore(BlobStore):
         self._call("delete_object", key, Bucket=self.bucket, Key=self._full(key))
         return True
 
-    def _list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+    def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix) if prefix else
                                   (self.prefix + "/" if self.prefix else ""), "MaxKeys": page_size}
         if cursor:
@@ -423,7 +408,7 @@ class S3BlobStore(BlobStore):
         return BlobPage(items, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
     # -- URLs and direct uploads ---------------------------------------------------------
-    def _url(self, key: str, expires: int, disposition: str | None) -> str:
+    def presign_get(self, key: str, expires: int, disposition: str | None) -> str:
         if expires > MAX_PRESIGN_SECONDS:
             raise ValueError(f"S3 presigned URLs last at most 7 days ({MAX_PRESIGN_SECONDS} s), "
                              f"not {expires} s: S3 would refuse the link when it is used")
@@ -433,10 +418,10 @@ class S3BlobStore(BlobStore):
         url: str = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
         return url
 
-    def _presign_post(
+    def presign_post(
         self, key: str, max_size: int, type_prefix: str, expires: int
     ) -> tuple[str, dict[str, str]]:
-        full = self._full(self._upload_target(key))
+        full = self._full(self.upload_target(key))
         conditions: list[Any] = [["content-length-range", 0, max_size],
                                  ["starts-with", "$Content-Type", type_prefix],
                                  ["starts-with", "$key", full.rsplit("/", 1)[0] + "/"]]
@@ -444,21 +429,21 @@ class S3BlobStore(BlobStore):
                                                    Conditions=conditions, ExpiresIn=expires)
         return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
 
-    def _upload_target(self, key: str) -> str:
+    def upload_target(self, key: str) -> str:
         return RESERVED_PREFIX + "incoming/" + key
 
-    def _accept_upload(self, target: str, key: str) -> None:
+    def accept_upload(self, target: str, key: str) -> None:
         self._call("copy_object", key, Bucket=self.bucket, Key=self._full(key),
                    CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY")
 
     def _marker_key(self, key: str) -> str:
         return self._full(RESERVED_PREFIX + "pending/" + key)
 
-    def _put_marker(self, key: str, data: bytes) -> None:
+    def put_marker(self, key: str, data: bytes) -> None:
         self._call("put_object", key, Bucket=self.bucket, Key=self._marker_key(key), Body=data,
                    ContentType="application/json")
 
-    def _get_marker(self, key: str) -> bytes | None:
+    def get_marker(self, key: str) -> bytes | None:
         try:
             resp = self._call("get_object", key, Bucket=self.bucket, Key=self._marker_key(key))
         except BlobNotFound:
@@ -466,7 +451,7 @@ class S3BlobStore(BlobStore):
         data: bytes = resp["Body"].read()
         return data
 
-    def _delete_marker(self, key: str) -> None:
+    def delete_marker(self, key: str) -> None:
         self._call("delete_object", key, Bucket=self.bucket, Key=self._marker_key(key))
 
     def _objects(self, top: str, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -481,13 +466,13 @@ class S3BlobStore(BlobStore):
                 raise
             raise translate_error(e, what) from e
 
-    def _markers(self) -> Iterator[tuple[str, bytes]]:
+    def markers(self) -> Iterator[tuple[str, bytes]]:
         for key, _ in self._objects(self._marker_key(""), "listing pending uploads"):
-            raw = self._get_marker(key)
+            raw = self.get_marker(key)
             if raw is not None:
                 yield key, raw
 
-    def _cleanup_partial(self, older_than: float) -> int:
+    def cleanup_partial(self, older_than: float) -> int:
         """Abort multipart uploads under the store prefix started before the cutoff,
         and delete staged direct uploads older than it that no pending upload owns
         (a form sent again after its upload was confirmed)."""
@@ -509,8 +494,8 @@ class S3BlobStore(BlobStore):
 
     def _cleanup_staged(self, cutoff: float) -> int:
         removed = 0
-        for key, obj in list(self._objects(self._full(self._upload_target("")), "listing staged uploads")):
-            if obj["LastModified"].timestamp() <= cutoff and self._get_marker(key) is None:
+        for key, obj in list(self._objects(self._full(self.upload_target("")), "listing staged uploads")):
+            if obj["LastModified"].timestamp() <= cutoff and self.get_marker(key) is None:
                 self._call("delete_object", key, Bucket=self.bucket, Key=obj["Key"])
                 removed += 1
         return removed

@@ -62,7 +62,7 @@ def check_settings() -> None:
 def _check_file_root(url: str) -> None:
     """A ``file://`` store's directory exists (or ``?create=1`` makes it): what
     :class:`~statekit.blobs.local.LocalBlobStore` checks, without opening the store."""
-    from statekit.blobs.local import LocalBlobStore
+    from statekit.blobs.local import LocalBackend as LocalBlobStore
     from statekit.config import parse_url
 
     if parse_url(url).kind == "file":

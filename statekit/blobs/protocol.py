@@ -1,0 +1,266 @@
+"""The contract every blob backend implements, and the records it returns.
+
+:class:`~statekit.blobs.BlobStore` does everything users see -- streaming with bounded
+memory, size limits, type sniffing, generated keys, signed URLs, direct uploads --
+and hands a backend only keys it has validated (:func:`~statekit.blobs.validate_key`)
+and bytes it has checked. A backend only stores and finds objects. It must:
+
+* **never show a partial object**: bytes go to a :class:`BlobWriter`, and nothing is
+  visible under the key until :meth:`BlobWriter.commit` returns; :meth:`BlobWriter.abort`
+  (also called after a failed commit) undoes everything it can, and what it cannot
+  (the endpoint is gone) is removed later by :meth:`BlobBackend.cleanup_partial`;
+* **never overwrite**: ``commit`` raises :class:`~statekit.errors.BlobExists` when the
+  key is taken (a conditional create, ``link``/``O_EXCL``, a check under a lock);
+* **fail typed**: a missing object is :class:`~statekit.errors.BlobNotFound`, an
+  unreachable or slow backend :class:`~statekit.errors.BackendUnavailable` (every
+  network call has a timeout), anything else a :class:`~statekit.errors.BlobError`;
+* **be shareable between threads**: one backend object serves every thread of a
+  process, and several processes (machines) may use the same store at once. Two
+  writers never share a key (keys are random), so no lock is needed across writes.
+
+A backend is a class called as ``cls(url, **options)`` with the store's URL and the
+keyword options the user gave :class:`~statekit.blobs.BlobStore` that it does not
+use itself. It is found by URL scheme: built in (``s3``, ``file``, ``memory``), or
+from another distribution through an entry point in the group ``statekit.blobs``::
+
+    [project.entry-points."statekit.blobs"]
+    gcs = "mypackage.gcs:GCSBackend"
+
+Subclass :class:`BlobBackend` to inherit the defaults of its optional methods, and
+run the shipped contract (:mod:`statekit.testing.contracts.blobs`) against it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol, runtime_checkable
+from urllib.parse import quote, unquote
+
+from ..errors import BlobError
+
+__all__ = [
+    "META_CREATED",
+    "META_FILENAME",
+    "META_SHA256",
+    "Blob",
+    "BlobBackend",
+    "BlobPage",
+    "BlobWriter",
+    "PresignedUpload",
+    "WriteRequest",
+    "decode_meta",
+    "encode_meta",
+    "stored_blob",
+]
+
+#: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
+META_FILENAME = "statekit-filename"
+META_SHA256 = "statekit-sha256"
+META_CREATED = "statekit-created"
+
+
+@dataclass(frozen=True)
+class Blob:
+    """What a store knows about one stored object.
+
+    ``key`` is relative to the store (its URL prefix is not part of it). Listings
+    fill only ``key``, ``size`` and ``created``; :meth:`BlobStore.stat` fills what
+    the backend keeps (``sha256`` may be ``None`` for objects statekit did not write).
+    """
+
+    key: str
+    size: int
+    content_type: str | None = None
+    sha256: str | None = None
+    filename: str | None = None
+    created: dt.datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BlobPage:
+    """One page of :meth:`BlobStore.list_page`; pass ``cursor`` back for the next."""
+
+    items: list[Blob]
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class PresignedUpload:
+    """A direct browser upload: POST ``fields`` plus a ``file`` field to ``url``,
+    then call :meth:`BlobStore.confirm` with ``key``."""
+
+    url: str
+    fields: dict[str, str]
+    key: str
+    expires_at: dt.datetime
+    max_size: int
+    content_type_prefix: str
+
+
+@dataclass
+class WriteRequest:
+    """Everything a backend needs to start a write."""
+
+    key: str
+    content_type: str
+    filename: str | None
+    disposition: str  # the Content-Disposition to serve the object with
+    metadata: dict[str, str]  # already encoded (encode_meta), statekit's keys included
+    created: dt.datetime
+    size_hint: int | None = None  # a size the input is known to have, to size parts
+
+
+def encode_meta(meta: Mapping[str, str]) -> dict[str, str]:
+    """Metadata values percent-encoded to printable ASCII (what S3 headers allow).
+
+    :raises BlobError: a key is not 1-64 lowercase letters, digits and ``-``."""
+    out = {}
+    for k, v in meta.items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,63}", k):
+            raise BlobError(f"metadata key {k!r} must be 1-64 chars of lowercase letters, digits and -")
+        out[k] = quote(str(v), safe=" !#$&'()*+,-./:;=?@[]^_`{|}~")
+    return out
+
+
+def decode_meta(meta: Mapping[str, str]) -> dict[str, str]:
+    """The inverse of :func:`encode_meta`."""
+    return {k: unquote(v) for k, v in meta.items()}
+
+
+def stored_blob(key: str, size: int, content_type: str | None, metadata: Mapping[str, str],
+                created: dt.datetime | None, *, sha256: str | None = None) -> Blob:
+    """The :class:`Blob` of an object stored with :func:`encode_meta` *metadata*:
+    statekit's own keys become fields (the stored creation time wins over *created*),
+    the caller's stay in ``metadata``."""
+    meta = decode_meta(metadata)
+    if meta.get(META_CREATED):
+        try:
+            created = dt.datetime.fromisoformat(meta[META_CREATED])
+        except ValueError:
+            pass
+    return Blob(key, size, content_type, meta.get(META_SHA256, sha256), meta.get(META_FILENAME), created,
+                {k: v for k, v in meta.items() if not k.startswith("statekit-")})
+
+
+class BlobWriter(Protocol):
+    """One write in progress, made by :meth:`BlobBackend.writer`.
+
+    ``write`` is called with the input in order, then exactly one of ``commit`` or
+    ``abort``; one thread drives a writer. Nothing may be visible under the key
+    before ``commit`` returns.
+    """
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Take the next bytes (memory stays bounded: send or spool what does not fit)."""
+
+    @abstractmethod
+    def commit(self, sha256: str, size: int) -> None:
+        """Make the object visible with its SHA-256, or raise
+        :class:`~statekit.errors.BlobExists` if the key is taken (nothing changes)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Undo everything; may follow a failed ``commit``. Must not raise for a
+        write that was never started."""
+
+
+@runtime_checkable
+class BlobBackend(Protocol):
+    """Where a :class:`~statekit.blobs.BlobStore` keeps its objects; see the module
+    docstring for the promises every method keeps. Keys given to it are validated
+    and relative to the store. The methods without a body are required; the others
+    have working defaults for backends that subclass this class."""
+
+    #: the URL scheme (``"s3"``), for messages and for the adapters
+    scheme: str
+
+    @abstractmethod
+    def writer(self, req: WriteRequest) -> BlobWriter:
+        """Start writing a new object under ``req.key``."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A read-only, seekable binary stream of the object; fetched in ranges or
+        streamed, never loaded whole when large. :raises BlobNotFound:"""
+
+    @abstractmethod
+    def stat(self, key: str) -> Blob:
+        """The object's record (:func:`stored_blob` builds it). :raises BlobNotFound:"""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete the object and its record; ``True`` if it existed. Idempotent."""
+
+    @abstractmethod
+    def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
+        """At most *page_size* objects whose key starts with *prefix*, in key order,
+        after *cursor* (opaque: what the previous page returned). Keys with a dotted
+        segment (statekit's ``.statekit/`` area) are never listed."""
+
+    @abstractmethod
+    def put_marker(self, key: str, data: bytes) -> None:
+        """Record the pending direct upload of *key* (its policy, JSON), replacing one."""
+
+    @abstractmethod
+    def get_marker(self, key: str) -> bytes | None:
+        """The pending upload's policy, or ``None``."""
+
+    @abstractmethod
+    def delete_marker(self, key: str) -> None:
+        """Forget the pending upload of *key* (no error if there is none)."""
+
+    @abstractmethod
+    def markers(self) -> Iterator[tuple[str, bytes]]:
+        """Every pending upload: ``(key, policy)``."""
+
+    def describe(self) -> str:
+        """A short, password-free name of the store (for counters, errors and the
+        URLs :meth:`BlobStore.url` signs)."""
+        return f"{self.scheme}://"
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to *length* bytes from offset *start* (fewer at the end of the object)."""
+        with self.open(key) as f:
+            f.seek(start)
+            return f.read(length)
+
+    def presign_get(self, key: str, expires: int, disposition: str | None) -> str | None:
+        """A URL the store itself serves (S3's presigned GET), or ``None``: then
+        :class:`BlobStore` signs its own, served by the adapters' view."""
+        return None
+
+    def presign_post(self, key: str, max_size: int, type_prefix: str,
+                     expires: int) -> tuple[str, dict[str, str]] | None:
+        """A form the store itself accepts for a direct upload to
+        :meth:`upload_target`, limited to *max_size* bytes and a ``Content-Type``
+        starting with *type_prefix*; or ``None``: then :class:`BlobStore` signs its
+        own, received by :meth:`BlobStore.receive_upload`."""
+        return None
+
+    def upload_target(self, key: str) -> str:
+        """Where the direct upload for *key* lands: *key* itself by default, as
+        :meth:`BlobStore.receive_upload` refuses a form once its upload was
+        confirmed. A store whose forms stay usable until they expire (S3) returns a
+        staging key and copies it in :meth:`accept_upload`, which no replayed form
+        can reach."""
+        return key
+
+    def accept_upload(self, target: str, key: str) -> None:
+        """Copy the direct upload at *target* to *key* (only called when
+        :meth:`upload_target` differs from *key*). :raises BlobNotFound:"""
+        raise BlobError(f"{type(self).__name__} stages direct uploads but has no accept_upload()")
+
+    def cleanup_partial(self, older_than: float) -> int:
+        """Remove what writes interrupted more than *older_than* seconds ago left
+        (temporary files, multipart uploads); how many. Safe to run concurrently."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections and files."""
+        return None

@@ -1,0 +1,467 @@
+"""The :class:`BlobStore` façade: what every backend promises, implemented once.
+
+It streams uploads with bounded memory, hashes them, enforces limits and types
+before anything is written, generates keys, signs URLs and direct-upload forms,
+and hands the backend (:class:`~statekit.blobs.protocol.BlobBackend`) only
+validated keys and checked bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from ..backends import load_backend, require
+from ..config import SCHEMES, parse_url
+from ..errors import (
+    BlobError,
+    BlobNotFound,
+    BlobTooLarge,
+    ConfigError,
+    ContentTypeMismatch,
+    DisallowedContentType,
+)
+from ..metrics import Counters
+from .keys import content_disposition, generate_key, sanitize_filename, validate_key, validate_prefix
+from .protocol import (
+    META_CREATED,
+    META_FILENAME,
+    META_SHA256,
+    Blob,
+    BlobBackend,
+    BlobPage,
+    BlobWriter,
+    PresignedUpload,
+    WriteRequest,
+    decode_meta,
+    encode_meta,
+)
+from .sniff import SNIFF_BYTES, check_content_type, normalize_type, type_allowed, upload_type
+from .source import Source
+
+__all__ = ["BUILTIN_BACKENDS", "BlobStore", "backend_class", "open_blob_store", "require_extras"]
+
+#: the built-in schemes; another distribution adds one with an entry point in the
+#: group ``statekit.blobs`` (see :mod:`statekit.blobs.protocol`)
+BUILTIN_BACKENDS = {
+    "s3": "statekit.blobs.s3:S3Backend",
+    "file": "statekit.blobs.local:LocalBackend",
+    "memory": "statekit.blobs.memory:MemoryBackend",
+}
+
+
+def require_extras(scheme: str) -> None:
+    """Raise a :class:`ConfigError` with the ``pip install`` line when a package a
+    *scheme*'s blob store needs is missing (``boto3`` for ``s3``; ``puremagic``, which
+    sniffs every upload, for all), so a store fails where it is opened, not at the
+    first upload."""
+    modules = ("boto3", "puremagic") if scheme == "s3" else ("puremagic",)
+    missing = []
+    for module in modules:
+        try:
+            require(module, feature="blob stores")
+        except ConfigError:
+            missing.append(repr(module))
+    if missing:
+        raise ConfigError(f"{scheme}:// blob stores need {' and '.join(missing)}: "
+                          "pip install 'statekit[blobs]'")
+
+
+def backend_class(url: str) -> type[BlobBackend]:
+    """The backend class for *url*'s scheme, built in or registered by entry point.
+
+    :raises ConfigError: a malformed URL, a scheme no backend serves, or a missing
+        extra (the message names the ``pip install``)."""
+    scheme = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else ""
+    if not scheme or scheme in SCHEMES:  # statekit's own grammar: its errors name the problem
+        scheme = parse_url(url, kinds=tuple(BUILTIN_BACKENDS)).kind
+    require_extras(scheme)
+    cls: type[BlobBackend] = load_backend("blobs", scheme, BUILTIN_BACKENDS)
+    return cls
+
+
+class BlobStore:
+    """Uploaded files in a store chosen by URL: ``BlobStore("s3://bucket/prefix?...")``,
+    ``BlobStore("file:///srv/uploads")``, ``BlobStore("memory://")``, or a scheme
+    another distribution registers.
+
+    :param backend: a ready backend instead of *url* (``S3Backend(client=...,
+        bucket=...)``).
+    :param max_size: the default limit of :meth:`put`.
+    :param allowed_types: the default allow-list of :meth:`put`.
+    :param secret: signs URLs and upload forms of stores that do not presign their own
+        (default: random per process, so links do not survive a restart).
+    :param options: passed to the backend (``part_size=``, ``root=``...).
+
+    Concurrency: a store object is safe to share between threads; two writers never
+    share a key (keys are random and creation is conditional). Failure: backend
+    outages raise :class:`~statekit.errors.BackendUnavailable`; a failed write leaves
+    nothing visible (an interrupted S3 multipart upload that could not be aborted is
+    removed by :meth:`cleanup_incomplete`). Attributes of the backend (an S3 store's
+    ``client`` and ``bucket``) read through the store.
+    """
+
+    backend: BlobBackend
+
+    def __init__(self, url: str | None = None, *, backend: BlobBackend | None = None,
+                 max_size: int | None = None, allowed_types: Sequence[str] | None = None,
+                 secret: str | bytes | None = None, **options: Any) -> None:
+        if backend is None:
+            if url is None:
+                raise ConfigError("BlobStore needs a URL (s3://, file://, memory://) or backend=")
+            backend = backend_class(url)(url, **options)  # type: ignore[call-arg]
+        elif url is not None or options:
+            raise ConfigError("BlobStore takes a URL (with its options) or backend=, not both")
+        else:
+            require_extras(backend.scheme)
+        self.backend = backend
+        self.max_size = max_size
+        self.allowed_types = list(allowed_types) if allowed_types is not None else None
+        self._secret = (secret.encode() if isinstance(secret, str) else secret) or secrets.token_bytes(32)
+        self.counters = Counters("blobs", self.describe(), names=("puts", "aborts", "bytes_written"))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "backend" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    @property
+    def scheme(self) -> str:
+        """The backend's URL scheme (``"s3"``)."""
+        return self.backend.scheme
+
+    def describe(self) -> str:
+        """A short, password-free name of the store (for counters and errors)."""
+        return self.backend.describe()
+
+    # -- writing -------------------------------------------------------------------
+    def put(
+        self,
+        stream: Any,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        max_size: int | None = None,
+        allowed_types: Sequence[str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        prefix: str = "",
+    ) -> Blob:
+        """Store *stream* under a new generated key and return its :class:`Blob`.
+
+        :param stream: a werkzeug ``FileStorage``, a Django ``UploadedFile``, a binary
+            file object, ``bytes``, or an iterable of ``bytes``. Its filename and type
+            are taken from it unless given.
+        :param filename: the user's filename; kept sanitized in metadata, never used
+            as the key.
+        :param content_type: the declared type; checked against the sniffed one.
+            When neither it nor the input declares a type (or only
+            ``application/octet-stream``), the filename's suggests one
+            (``data.csv.gz`` is ``application/gzip``), which the
+            content must match; only plain text whose name maps to a type no signature
+            identifies (``schema.sql``) falls back to the octet-stream rule
+            (``text/plain``).
+        :param max_size: refuse more than this many bytes (checked before reading
+            when the size is known, else while reading: at most one chunk past it).
+        :param allowed_types: allowed types, ``"image/*"`` patterns accepted.
+        :param metadata: extra string metadata (keys: lowercase letters, digits, ``-``).
+        :param prefix: a key prefix (``"avatars"``) placed before the date.
+        :raises BlobTooLarge, ContentTypeMismatch, DisallowedContentType: the upload was
+            refused; nothing is stored.
+        :raises BackendUnavailable: the backend failed; nothing is stored.
+
+        Memory stays bounded (a read chunk plus the backend's part buffers). Any
+        exception, including one raised by *stream* itself, aborts the write.
+        """
+        limit = max_size if max_size is not None else self.max_size
+        allowed = allowed_types if allowed_types is not None else self.allowed_types
+        source = Source(stream, limit)
+        name = sanitize_filename(filename if filename is not None else source.filename)
+        head = source.head(SNIFF_BYTES)
+        ctype = upload_type(head[:SNIFF_BYTES], content_type or source.content_type,
+                            explicit=content_type is not None, filename=name, allowed=allowed)
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        meta = {k: v for k, v in (metadata or {}).items() if k not in (META_FILENAME, META_SHA256)}
+        if name:
+            meta[META_FILENAME] = name
+        meta[META_CREATED] = now.isoformat()
+        req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, name,
+                           content_disposition(name), encode_meta(meta), now, source.size_hint)
+        sha256, size = self._write(req, _chain(head, source))
+        self.counters.incr("puts")
+        self.counters.incr("bytes_written", size)
+        return Blob(req.key, size, ctype, sha256, name, now, {
+            k: v for k, v in decode_meta(req.metadata).items() if not k.startswith("statekit-")})
+
+    def _write(self, req: WriteRequest, chunks: Iterator[bytes]) -> tuple[str, int]:
+        """Send *chunks* through one backend writer; on any exception abort it and
+        re-raise (what an abort cannot undo, :meth:`cleanup_incomplete` removes)."""
+        writer: BlobWriter = self.backend.writer(req)
+        digest, size = hashlib.sha256(), 0
+        try:
+            for data in chunks:
+                if data:
+                    digest.update(data)
+                    size += len(data)
+                    writer.write(data)
+            writer.commit(digest.hexdigest(), size)
+        except BaseException:
+            self.counters.incr("aborts")
+            try:
+                writer.abort()
+            except Exception:  # noqa: S110 - the original error matters more; cleanup_incomplete finishes
+                pass
+            raise
+        return digest.hexdigest(), size
+
+    # -- reading -------------------------------------------------------------------
+    def open(self, key: str) -> BinaryIO:
+        """A read-only, seekable binary stream of the blob. Data is fetched in ranges
+        as it is read; nothing is downloaded whole. :raises BlobNotFound:"""
+        return self.backend.open(validate_key(key))
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Up to *length* bytes from offset *start* (fewer at the end of the blob)."""
+        return self.backend.read_range(validate_key(key), start, length)
+
+    def stat(self, key: str) -> Blob:
+        """The blob's :class:`Blob` record. :raises BlobNotFound:"""
+        return self.backend.stat(validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Delete the blob; ``True`` if it existed. Idempotent."""
+        return self.backend.delete(validate_key(key))
+
+    def list_page(self, prefix: str = "", *, cursor: str | None = None, page_size: int = 1000) -> BlobPage:
+        """One page of blobs whose key starts with *prefix*, in key order."""
+        if prefix and not prefix.endswith("/"):
+            validate_key(prefix)
+        elif prefix:
+            validate_prefix(prefix)
+        if not 1 <= page_size <= 1000:
+            raise ConfigError("page_size must be between 1 and 1000")
+        return self.backend.list_page(prefix, cursor, page_size)
+
+    def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[Blob]:
+        """Every blob under *prefix*, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list_page(prefix, cursor=cursor, page_size=page_size)
+            yield from page.items
+            if page.cursor is None:
+                return
+            cursor = page.cursor
+
+    # -- URLs ----------------------------------------------------------------------
+    def url(self, key: str, *, expires: int = 3600, download_name: str | None = None) -> str:
+        """A URL that reads the blob for *expires* seconds, served as an attachment
+        named *download_name* (default: the original filename). S3 gives a presigned
+        GET (no request is made; the object's stored ``Content-Disposition`` applies
+        unless *download_name* overrides it); other stores a URL signed with the
+        store's secret, checked by :meth:`verify_url`.
+
+        :raises ValueError: *expires* is not positive, or (S3) longer than the 7 days
+            a SigV4 presigned URL can last (S3 would refuse the link when used)."""
+        validate_key(key)
+        if int(expires) <= 0:
+            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+        disposition = content_disposition(download_name) if download_name else None
+        url = self.backend.presign_get(key, int(expires), disposition)
+        if url is None:
+            params = self.signed_params(key, expires=int(expires), disposition=disposition)
+            url = f"{self.describe()}/{quote(key)}?{urlencode(params)}"
+        return url
+
+    def signed_params(self, key: str, *, expires: int, disposition: str | None = None) -> dict[str, str]:
+        """Query parameters that grant reading *key* for *expires* seconds (non-S3
+        stores): ``expires``, ``disposition`` (default: attachment with the original
+        filename) and an HMAC ``signature`` with the store's ``secret``. A web app
+        serves them with a view that calls :meth:`check_params` (the Flask adapter
+        does)."""
+        if disposition is None:
+            try:
+                disposition = content_disposition(self.stat(key).filename)
+            except BlobNotFound:  # as a presigned S3 URL: made without a request, it reads as a 404
+                disposition = content_disposition(None)
+        params = {"expires": str(int(time.time()) + int(expires)), "disposition": disposition}
+        params["signature"] = self._sign(key, params)
+        return params
+
+    def check_params(self, key: str, params: Mapping[str, str]) -> str:
+        """Verify :meth:`signed_params` for *key*; return the ``Content-Disposition``
+        to serve. :raises BlobError: tampered with or expired."""
+        validate_key(key)
+        signed = {k: params[k] for k in ("expires", "disposition") if k in params}
+        if not hmac.compare_digest(str(params.get("signature", "")), self._sign(key, signed)):
+            raise BlobError("URL signature does not match")
+        try:
+            expired = int(signed.get("expires", "0")) < time.time()
+        except ValueError:
+            expired = True
+        if expired:
+            raise BlobError("URL has expired")
+        return signed.get("disposition", "attachment")
+
+    def _sign(self, key: str, params: Mapping[str, str]) -> str:
+        msg = json.dumps([key, sorted((k, v) for k, v in params.items() if k != "signature")]).encode()
+        return base64.urlsafe_b64encode(hmac.new(self._secret, msg, "sha256").digest()).decode().rstrip("=")
+
+    def verify_url(self, url: str) -> tuple[str, str]:
+        """Check a URL made by :meth:`url` (non-S3 stores); return ``(key,
+        content_disposition)``. :raises BlobError: foreign, tampered or expired."""
+        parts = urlsplit(url)
+        base = self.describe().rstrip("/")
+        whole = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        if not whole.startswith(base + "/"):
+            raise BlobError("URL does not belong to this store")
+        key = unquote(whole[len(base) + 1:])
+        return key, self.check_params(key, dict(parse_qsl(parts.query)))
+
+    # -- direct uploads ------------------------------------------------------------
+    def presign_upload(self, *, max_size: int, content_type_prefix: str = "", expires: int = 3600,
+                       prefix: str = "") -> PresignedUpload:
+        """Let a browser upload one file directly (S3: a presigned POST with
+        ``content-length-range``, ``Content-Type`` prefix and exact-key conditions).
+
+        The key is recorded as pending; call :meth:`confirm` after the browser is done.
+        Unconfirmed uploads are removed by :meth:`cleanup_incomplete`.
+        """
+        if max_size <= 0:
+            raise ConfigError("max_size must be positive")
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        key = generate_key(None, prefix=prefix, now=now)
+        policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
+                  "created": now.timestamp(), "expires": now.timestamp() + expires}
+        self.backend.put_marker(key, json.dumps(policy).encode())
+        form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
+        if form is None:
+            fields = {"key": key, "Content-Type": content_type_prefix,
+                      "expires": str(int(time.time()) + int(expires)), "max_size": str(max_size)}
+            fields["signature"] = self._sign(key, fields)
+            form = f"{self.describe()}/", fields
+        return PresignedUpload(form[0], form[1], key, now + dt.timedelta(seconds=expires), max_size,
+                               content_type_prefix)
+
+    def receive_upload(
+        self, fields: Mapping[str, str], stream: Any, *, content_type: str | None = None
+    ) -> None:
+        """The server side of a presigned upload for stores without one of their own
+        (``file://``, ``memory://``): check the signature and key, store the bytes
+        as sent. Like S3, it holds the body to the signed ``max_size`` while it streams
+        (:class:`BlobTooLarge`, nothing stored) and otherwise trusts the client;
+        :meth:`confirm` enforces the rest of the policy."""
+        key = validate_key(fields.get("key", ""))
+        if not hmac.compare_digest(fields.get("signature", ""), self._sign(key, dict(fields))):
+            raise BlobError("upload form signature does not match")
+        if int(fields.get("expires", "0")) < time.time():
+            raise BlobError("upload form has expired")
+        if self.backend.get_marker(key) is None:
+            raise BlobNotFound(f"no pending upload {key!r}")
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        ctype = normalize_type(content_type or fields.get("Content-Type")) or "application/octet-stream"
+        req = WriteRequest(key, ctype, None, "attachment", encode_meta({META_CREATED: now.isoformat()}), now)
+        self._write(req, iter(Source(stream, int(fields.get("max_size", "0")))))
+
+    def confirm(self, key: str, *, allowed_types: Sequence[str] | None = None) -> Blob:
+        """Check a direct upload against its policy and accept it.
+
+        Reads the size (HEAD) and the first bytes (a ranged GET) only. If the object
+        is larger than the presigned ``max_size`` or its sniffed type contradicts its
+        ``Content-Type`` or the allowed prefix, it is deleted and the error raised.
+        Idempotent: confirming an accepted upload returns its record. On S3 the form
+        uploads to a staging key that this copies to *key* and deletes: an upload
+        form stays valid until it expires, and a form sent again after the check
+        only reaches the staging key, never the accepted blob.
+        :raises BlobNotFound: nothing was uploaded (the pending marker stays).
+        """
+        validate_key(key)
+        backend = self.backend
+        raw = backend.get_marker(key)
+        if raw is None:
+            return backend.stat(key)
+        target = backend.upload_target(key)
+        if target != key:  # the checks below run on the copy, which no replayed form can reach
+            backend.accept_upload(target, key)
+        blob = backend.stat(key)
+        policy = json.loads(raw)
+        try:
+            if blob.size > int(policy["max_size"]):
+                raise BlobTooLarge(f"direct upload of {blob.size} bytes exceeds {policy['max_size']}")
+            head = backend.read_range(key, 0, SNIFF_BYTES)
+            check_content_type(head, blob.content_type, allowed_types)
+            type_prefix = str(policy["content_type_prefix"])
+            final = check_content_type(head, blob.content_type)
+            if type_prefix and not type_allowed(final, [type_prefix + "*"]):
+                raise DisallowedContentType(f"direct upload is not of type {type_prefix}*")
+        except (BlobTooLarge, ContentTypeMismatch, DisallowedContentType):
+            self._drop_upload(key, blob=True)
+            raise
+        self._drop_upload(key, blob=False)
+        return blob
+
+    def _drop_upload(self, key: str, *, blob: bool) -> None:
+        """Forget the direct upload of *key*: its staged copy, its marker, and with
+        *blob* the blob itself."""
+        if blob:
+            self.backend.delete(key)
+        self.backend.delete_marker(key)
+        target = self.backend.upload_target(key)
+        if target != key:
+            self.backend.delete(target)
+
+    # -- housekeeping ----------------------------------------------------------------
+    def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
+        """Remove what interrupted writes left behind more than *older_than* seconds
+        ago: S3 multipart uploads are aborted, temporary files removed, and direct
+        uploads never confirmed (pending past their expiry) are deleted. Returns how
+        many items were removed. Safe to run from several processes at once."""
+        removed = self.backend.cleanup_partial(older_than)
+        now = time.time()
+        for key, raw in list(self.backend.markers()):
+            try:
+                policy = json.loads(raw)
+                stale = now > max(float(policy["expires"]), float(policy["created"]) + older_than)
+            except (ValueError, KeyError, TypeError):
+                stale = True
+            if stale:
+                self._drop_upload(key, blob=True)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        """Release connections and files (the store is unusable afterwards)."""
+        self.backend.close()
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain(head: bytes, rest: Source) -> Iterator[bytes]:
+    yield head
+    yield from rest
+
+
+def open_blob_store(url: str | None = None, **kwargs: Any) -> BlobStore:
+    """The store for *url*, or for ``STATEKIT_BLOBS_URL`` when *url* is ``None``."""
+    if url is None:
+        from ..config import Settings
+
+        url = Settings.from_env().require("blobs_url")
+    return BlobStore(url, **kwargs)

@@ -1,0 +1,336 @@
+"""The blob-store contract suite, shipped: every blob backend passes it.
+
+A backend's test module subclasses :class:`BlobStoreContract` and provides the
+``store`` fixture: a :class:`~statekit.blobs.BlobStore` on the backend under test,
+empty, closed by the fixture afterwards::
+
+    import pytest
+    from statekit.blobs import BlobStore
+    from statekit.testing.contracts.blobs import BlobStoreContract
+
+    class TestGCSBlobs(BlobStoreContract):
+        @pytest.fixture
+        def store(self, gcs_bucket):
+            with BlobStore(f"gcs://{gcs_bucket}") as s:
+                yield s
+
+statekit runs it on ``s3://`` (moto's server over HTTP), ``file://`` and
+``memory://``. It covers round trips of every input kind, streamed multi-part writes
+and ranged reads, no overwrite, size limits and type checks refused before anything
+is visible, an input that fails mid-stream, keys that must be refused, idempotent
+deletes, paginated listings, download URLs (the store's own presigned ones, fetched
+over HTTP, or ones the façade signs), and direct uploads from confirm to cleanup.
+Needs pytest; the HTTP checks of stores that presign their own URLs need
+``requests``, the framework-upload check werkzeug and Django (skipped without them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import secrets
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ...blobs import Blob, BlobStore, PresignedUpload
+from ...blobs.protocol import BlobBackend
+from ...errors import (
+    BlobError,
+    BlobExists,
+    BlobNotFound,
+    BlobTooLarge,
+    ContentTypeMismatch,
+    DisallowedContentType,
+    InvalidKey,
+)
+
+__all__ = ["HTML", "BlobStoreContract", "direct_upload", "expected", "gen", "png_bytes", "read_all"]
+
+MiB = 1024 * 1024
+KEY_RE = re.compile(r"^(?:[a-z0-9-]+/)*\d{4}/\d{2}/\d{2}/[0-9a-f]{32}(\.[a-z0-9]{1,10})?$")
+#: active content a browser would run: never stored under another type
+HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
+
+
+def png_bytes(extra: int = 0) -> bytes:
+    """A real 1x1 PNG (plus *extra* bytes of trailing padding)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body + b"\0" * extra
+
+
+def read_all(store: BlobStore, key: str) -> bytes:
+    with store.open(key) as f:
+        return f.read()
+
+
+def gen(total: int, chunk: int = 64 * 1024, seed: int = 1) -> Iterator[bytes]:
+    """*total* deterministic bytes in *chunk*-sized pieces."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (chunk // 32)
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        yield block[:n]
+        sent += n
+
+
+def expected(total: int, chunk: int = 64 * 1024, seed: int = 1) -> bytes:
+    """What :func:`gen` yields, joined."""
+    return b"".join(gen(total, chunk, seed))
+
+
+def _served_by_store(store: BlobStore, url: str) -> bool:
+    """Whether *url* was presigned by the backend (fetched over HTTP) rather than
+    signed by the façade (checked with :meth:`BlobStore.verify_url`)."""
+    return not url.startswith(store.describe().rstrip("/") + "/")
+
+
+def direct_upload(store: BlobStore, up: PresignedUpload, data: bytes, ctype: str) -> bool:
+    """Send *data* for *up* as a browser would; ``False`` if the store refused it."""
+    if _served_by_store(store, up.url):
+        requests = pytest.importorskip("requests")
+        fields = dict(up.fields, **{"Content-Type": ctype})
+        resp = requests.post(up.url, data=fields, files={"file": ("x", data, ctype)}, timeout=10)
+        return bool(resp.status_code in (200, 201, 204))
+    store.receive_upload(up.fields, io.BytesIO(data), content_type=ctype)
+    return True
+
+
+class BlobStoreContract:
+    """The blob-store contract; a subclass provides the ``store`` fixture."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[BlobStore]:
+        raise NotImplementedError("a BlobStoreContract subclass provides the 'store' fixture")
+        yield  # pragma: no cover
+
+    def test_backend_implements_the_protocol(self, store: BlobStore) -> None:
+        assert isinstance(store.backend, BlobBackend)
+        assert store.scheme and store.describe()
+
+    def test_put_bytes_round_trip(self, store: BlobStore) -> None:
+        data = png_bytes()
+        blob = store.put(data, filename="My Photo.png", metadata={"owner": "ann"})
+        assert isinstance(blob, Blob)
+        assert KEY_RE.match(blob.key) and blob.key.endswith(".png")
+        assert "photo" not in blob.key.lower()
+        assert blob.size == len(data)
+        assert blob.sha256 == hashlib.sha256(data).hexdigest()
+        assert blob.content_type == "image/png" and blob.filename == "My Photo.png"
+        assert read_all(store, blob.key) == data
+        st = store.stat(blob.key)
+        assert (st.key, st.size, st.content_type, st.sha256, st.filename) == (
+            blob.key, len(data), "image/png", blob.sha256, "My Photo.png")
+        assert st.metadata == {"owner": "ann"}
+        assert st.created is not None
+        assert store.exists(blob.key)
+
+    def test_put_accepts_file_and_iterator(self, store: BlobStore, tmp_path: Path) -> None:
+        data = b"col1,col2\n1,2\n" * 100
+        path = tmp_path / "in.csv"
+        path.write_bytes(data)
+        with open(path, "rb") as f:
+            b1 = store.put(f, filename="in.csv")
+        b2 = store.put(iter([data[:10], b"", data[10:]]), content_type="text/csv")
+        for b in (b1, b2):
+            assert b.content_type == "text/csv" and b.key.endswith(".csv")
+            assert store.read_range(b.key, 0, len(data) + 10) == data
+        assert store.read_range(b1.key, 5, 7) == data[5:12]
+
+    def test_put_accepts_framework_uploads(self, store: BlobStore) -> None:
+        pytest.importorskip("django")
+        pytest.importorskip("werkzeug")
+        from django.core.files.uploadedfile import SimpleUploadedFile
+        from werkzeug.datastructures import FileStorage
+
+        data = b"col1,col2\n1,2\n" * 100
+        b1 = store.put(FileStorage(io.BytesIO(data), filename="report.csv", content_type="text/csv"))
+        b2 = store.put(SimpleUploadedFile("dj.csv", data, content_type="text/csv"))
+        assert (b1.filename, b2.filename) == ("report.csv", "dj.csv")
+        assert read_all(store, b1.key) == read_all(store, b2.key) == data
+
+    def test_empty_and_unknown_content(self, store: BlobStore) -> None:
+        empty = store.put(b"")
+        assert empty.size == 0 and read_all(store, empty.key) == b""
+        binary = os.urandom(3000)
+        b = store.put(binary, content_type="application/x-custom-thing")
+        assert b.content_type == "application/x-custom-thing"
+        assert read_all(store, b.key) == binary
+
+    def test_streamed_multipart_upload_and_ranged_reads(self, store: BlobStore) -> None:
+        total = 11 * MiB + 123
+        blob = store.put(gen(total), filename="big.bin", content_type="application/octet-stream")
+        want = expected(total)
+        assert blob.size == total and blob.sha256 == hashlib.sha256(want).hexdigest()
+        assert store.stat(blob.key).sha256 == blob.sha256
+        with store.open(blob.key) as f:
+            f.seek(6 * MiB - 5)
+            assert f.read(10) == want[6 * MiB - 5: 6 * MiB + 5]
+            f.seek(-100, io.SEEK_END)
+            assert f.read() == want[-100:]
+            f.seek(0)
+            digest = hashlib.sha256()
+            while chunk := f.read(MiB):
+                digest.update(chunk)
+        assert digest.hexdigest() == blob.sha256
+
+    @pytest.mark.parametrize("size", [100, 6 * MiB])
+    def test_never_overwrites(self, store: BlobStore, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+        monkeypatch.setattr(secrets, "token_hex", lambda n: "ab" * n)  # every key the same
+        first = store.put(b"first" * 20, content_type="text/plain")
+        with pytest.raises(BlobExists):
+            store.put((b"y" * 1024 for _ in range(size // 1024)), content_type="text/plain")
+        assert read_all(store, first.key) == b"first" * 20
+        assert [b.key for b in store.list()] == [first.key]
+
+    def test_max_size_refused_and_nothing_stored(self, store: BlobStore) -> None:
+        with pytest.raises(BlobTooLarge):
+            store.put(gen(10_000), max_size=9_999)
+        with pytest.raises(BlobTooLarge):  # known size: refused before reading
+            store.put(io.BytesIO(b"x" * 100), max_size=10)
+        assert store.put(gen(10_000), max_size=10_000).size == 10_000
+        assert len(list(store.list())) == 1
+
+    def test_content_checks(self, store: BlobStore) -> None:
+        with pytest.raises(ContentTypeMismatch):
+            store.put(png_bytes(), content_type="text/html")
+        with pytest.raises(ContentTypeMismatch):
+            store.put(HTML, filename="photo.png")
+        with pytest.raises(ContentTypeMismatch):
+            store.put(b"just text, not an image", filename="photo.png")
+        with pytest.raises(DisallowedContentType):
+            store.put(HTML, filename="page.html", allowed_types=["image/*"])
+        with pytest.raises(DisallowedContentType):
+            store.put(png_bytes(), allowed_types=["application/pdf"])
+        assert list(store.list()) == []
+        assert store.put(png_bytes(), content_type="image/x-png; q=1").content_type == "image/png"
+        assert store.put(png_bytes(), allowed_types=["image/*"]).content_type == "image/png"
+
+    def test_input_exception_aborts(self, store: BlobStore) -> None:
+        class Boom(RuntimeError):
+            pass
+
+        def failing() -> Iterator[bytes]:
+            yield from gen(7 * MiB)
+            raise Boom("client went away")
+
+        with pytest.raises(Boom):
+            store.put(failing(), content_type="application/octet-stream")
+        assert list(store.list()) == []
+        store.cleanup_incomplete(older_than=0)
+        assert list(store.list()) == []
+
+    def test_missing_and_invalid_keys(self, store: BlobStore) -> None:
+        missing = "2020/01/01/" + "0" * 32 + ".png"
+        with pytest.raises(BlobNotFound):
+            store.open(missing)
+        with pytest.raises(BlobNotFound):
+            store.stat(missing)
+        assert not store.exists(missing)
+        assert store.delete(missing) is False
+        for bad in ["../../etc/passwd", "/etc/passwd", "a//b", "a/./b", "a\x00b", "", "x" * 2000,
+                    ".statekit/x", "a\\..\\b"]:
+            with pytest.raises(InvalidKey):
+                store.open(bad)
+            with pytest.raises(InvalidKey):
+                store.delete(bad)
+
+    def test_delete_is_idempotent(self, store: BlobStore) -> None:
+        blob = store.put(b"bye", content_type="text/plain")
+        assert store.delete(blob.key) is True
+        assert store.delete(blob.key) is False
+        assert not store.exists(blob.key)
+
+    def test_list_is_paginated_and_prefixed(self, store: BlobStore) -> None:
+        keys = sorted(store.put(f"n{i}".encode(), content_type="text/plain", prefix="docs").key
+                      for i in range(7))
+        other = store.put(b"other", content_type="text/plain", prefix="misc")
+        pages = []
+        cursor = None
+        while True:
+            page = store.list_page("docs/", cursor=cursor, page_size=3)
+            pages.append([b.key for b in page.items])
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert [k for p in pages for k in p] == keys
+        assert [b.key for b in store.list("docs/", page_size=2)] == keys
+        assert sorted(b.key for b in store.list()) == sorted([*keys, other.key])
+        assert all(b.size == 2 for b in store.list("docs/"))
+
+    def test_url_serves_download_with_rfc5987_name(self, store: BlobStore) -> None:
+        blob = store.put(b"report body", filename="r\u00e9sum\u00e9 \u202eexe.txt")
+        assert blob.filename == "r\u00e9sum\u00e9 exe.txt"
+        url = store.url(blob.key, expires=60)
+        if _served_by_store(store, url):
+            requests = pytest.importorskip("requests")
+            resp = requests.get(url, timeout=10)
+            assert resp.status_code == 200 and resp.content == b"report body"
+            disp = resp.headers["Content-Disposition"]
+        else:
+            key, disp = store.verify_url(url)
+            assert key == blob.key
+            with pytest.raises(BlobError):
+                store.verify_url(url.replace("expires=", "expires=9"))
+        assert 'filename="resume exe.txt"' in disp and "filename*=UTF-8''r%C3%A9sum%C3%A9%20exe.txt" in disp
+        assert "other.txt" in store.url(blob.key, expires=60, download_name="other.txt")
+        with pytest.raises(ValueError):
+            store.url(blob.key, expires=0)
+
+    def test_presigned_upload_confirm_and_cleanup(self, store: BlobStore) -> None:
+        good = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert good.key not in (b.key for b in store.list())
+        assert direct_upload(store, good, png_bytes(), "image/png")
+        blob = store.confirm(good.key)
+        assert blob.size == len(png_bytes()) and store.confirm(good.key).key == good.key
+
+        big = store.presign_upload(max_size=100, content_type_prefix="image/", expires=60)
+        try:  # the store refuses it while it streams (S3, receive_upload), or confirm() does
+            sent = direct_upload(store, big, png_bytes(extra=500), "image/png")
+        except BlobTooLarge:
+            sent = False
+        if sent:
+            with pytest.raises(BlobTooLarge):
+                store.confirm(big.key)
+        assert not store.exists(big.key)
+
+        liar = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, liar, HTML, "image/png")
+        with pytest.raises(ContentTypeMismatch):
+            store.confirm(liar.key)
+        assert not store.exists(liar.key)
+
+        wrong = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, wrong, b"%PDF-1.4\n%...", "application/pdf")
+        with pytest.raises(DisallowedContentType):
+            store.confirm(wrong.key)
+
+        abandoned = store.presign_upload(max_size=10_000, expires=1)
+        assert direct_upload(store, abandoned, b"never confirmed", "text/plain")
+        never = store.presign_upload(max_size=10_000, expires=1)
+        with pytest.raises(BlobNotFound):
+            store.confirm(never.key)
+        time.sleep(1.1)  # both forms expire
+        assert store.cleanup_incomplete(older_than=0) >= 2
+        assert not store.exists(abandoned.key)
+        assert [b.key for b in store.list()] == [good.key]
+
+    def test_receive_upload_refuses_a_tampered_form(self, store: BlobStore) -> None:
+        up = store.presign_upload(max_size=10_000, expires=60)
+        if _served_by_store(store, up.url):
+            pytest.skip("the store receives its own direct uploads")
+        forged: dict[str, Any] = dict(up.fields, max_size="999999999")
+        with pytest.raises(BlobError, match="signature"):
+            store.receive_upload(forged, io.BytesIO(b"x"), content_type="text/plain")
+        assert not store.exists(up.key)
