@@ -20,7 +20,7 @@ from statekit.embedded import RedisServer, free_port
 from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from statekit.pytest_plugin import redis_command_calls, server_lines
 from statekit.sessions import Session, SessionStore
-from statekit.sessions.engines import MemoryEngine, RedisEngine
+from statekit.sessions.protocol import Status
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
 StoreFactory = Callable[..., SessionStore]
@@ -452,11 +452,6 @@ def test_config_errors(backend_url: str) -> None:
         SessionStore(backend_url, secret_keys=KEYS, idle_timeout=0)
 
 
-def test_engines_implement_the_same_contract() -> None:
-    public = {n for n in dir(RedisEngine) if not n.startswith("_")}
-    assert public <= set(dir(MemoryEngine))
-
-
 # -- Redis-only: command counts and outages -------------------------------------------
 
 
@@ -549,12 +544,13 @@ def test_outage_anonymous_mode_is_read_only() -> None:
 
 
 def test_retried_create_is_not_a_collision(store: SessionStore) -> None:
-    key = store._key(store.new().sid)
-    sets: dict[str, bytes | str] = {"m:c": "1700000000.5", "m:s": "1700000000.5", "d:a": b"1"}
-    assert store.engine.write(key, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None)[0] == 1
-    assert store.engine.write(key, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None)[0] == 1
-    other = dict(sets, **{"m:c": "1700000001.5"})
-    assert store.engine.write(key, create=True, sets=other, dels=[], ttl_ms=60_000, index=None)[0] == -1
+    handle = store._handle(store.new().sid)
+    sets = {"m:c": b"1700000000.5", "m:s": b"1700000000.5", "d:a": b"1"}
+    write = store.engine.write
+    assert write(handle, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None).status is Status.DONE
+    assert write(handle, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None).status is Status.DONE
+    other = dict(sets, **{"m:c": b"1700000001.5"})
+    assert write(handle, create=True, sets=other, dels=[], ttl_ms=60_000, index=None).status is Status.EXISTS
 
 
 _values = st.recursive(

@@ -23,7 +23,7 @@ import redis
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import run_threads, wait_for
 from statekit.sessions import Session, SessionStore, _near_size, parse_version_token
-from statekit.sessions.engines import RedisEngine
+from statekit.sessions.redis import RedisEngine
 
 pytestmark = pytest.mark.redis
 
@@ -355,7 +355,7 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
     the copy that a load of this process read just before the save landed: no
     invalidation will ever come for it (NOLOOP), so it would stay stale."""
     from statekit.errors import BackendUnavailable
-    from statekit.sessions.engines import _pairs
+    from statekit.sessions.redis import _fields
 
     a, _ = pair
     s = _warm_new(a, {"n": 1})
@@ -368,7 +368,7 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
         seq = near.seq  # another thread's load begins after the save's first evict ...
         old = transport.command(b"HGETALL", keys[0])  # ... and reads before the save lands
         real(sha, source, keys, args)  # Redis applies the save
-        near.store(keys[0], _pairs(old), None, seq)  # the load keeps what it read
+        near.store(keys[0], _fields(old), None, seq)  # the load keeps what it read
         raise BackendUnavailable("simulated: the save's reply timed out")
 
     transport.script = save_with_a_load_beside_it  # type: ignore[method-assign]

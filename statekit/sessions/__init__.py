@@ -100,18 +100,19 @@ import logging
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, Signer, want_bytes
 
-from ..backends.memory import get_store
-from ..config import Settings, parse_url
+from ..backends import load_backend
+from ..config import Settings
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from ..metrics import Counters
 from ..serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
-from .engines import IndexOp, MemoryEngine, RedisEngine, now
+from .protocol import IndexOp, Result, SessionEngine, Status
+from .session import Session, SessionInfo
 
 if TYPE_CHECKING:
     from .carryover import CarryOver
@@ -124,9 +125,17 @@ security_log = logging.getLogger("statekit.security")
 _ID_RE = re.compile(r"[0-9a-f]{4}[A-Za-z0-9_-]{43}\Z")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
-_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 #: rotation aliases followed at most (each rotation within the alias window adds one)
 _HOPS = 3
+#: the built-in engines by URL scheme (others come from entry points, group
+#: ``statekit.sessions``: see "Adding an engine" in the module docstring)
+ENGINES = dict.fromkeys(("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory"),
+                        "statekit.sessions.redis:RedisEngine")
+
+
+def now() -> float:
+    """Wall-clock seconds (metadata is shared between machines)."""
+    return time.time()
 
 
 class _DerivedOnceSigner(Signer):
@@ -170,153 +179,6 @@ class _CookieSigner:
             return self._signer.unsign(signed)
         except BadSignature:
             return None
-
-
-class Session(dict[str, Any]):
-    """The data of one session: a dict that records whether it was modified.
-
-    Values are checked against the store's codec on assignment, so a value that
-    cannot be stored fails where it is assigned, with a
-    :class:`~statekit.errors.SerializationError` naming the key and the type. In-place
-    changes of a mutable value (``session["cart"].append(x)``) are not seen: set
-    ``session.modified = True`` or assign the value again.
-
-    ``sid`` is the raw id (put :meth:`SessionStore.sign` of it in the cookie);
-    ``new`` is true until the session is first stored; ``send_cookie`` tells the
-    adapter the id changed (first stored, or rotated) and the cookie must be sent;
-    ``unavailable`` marks the read-only session served during an outage.
-    """
-
-    def __init__(self, store: SessionStore, sid: str, data: Mapping[str, Any] | None = None, *,
-                 new: bool = True, meta: Mapping[str, Any] | None = None,
-                 encoded: Mapping[str, bytes] | None = None, key: str | None = None) -> None:
-        super().__init__(data or {})
-        meta = meta or {}
-        self.store = store
-        self.sid = sid
-        self.key = key or store._key(sid)
-        self.new = new
-        self._modified = False
-        self._full_diff = False
-        self._touched: set[str] = set()
-        self.rotated = False
-        self.send_cookie = False
-        #: whether the last :meth:`SessionStore.save` wrote to the store (a change or a
-        #: TTL refresh): only a write learns of a rotation by another request, so the
-        #: adapters send an unchanged session's refresh cookie only then
-        self.written = False
-        self.destroyed = False
-        self.unavailable = False
-        #: the cookie named a session rotated to a new id moments ago (a tombstone):
-        #: this is a fresh session instead, and the browser most likely holds the new
-        #: cookie already, so adapters send no session cookie (kept or deleted) for it
-        self.superseded = False
-        self.created: float = meta.get("created", 0.0)
-        self.last_seen: float = meta.get("last_seen", 0.0)
-        self.loaded_user: str | None = meta.get("user")
-        self.user_id: str | None = self.loaded_user
-        self.idle_timeout: float | None = meta.get("idle")
-        #: the stored version (``m:v``), bumped by every save that changed something
-        self.version: int = meta.get("version", 0)
-        self.loaded_version = self.version
-        self._loaded_idle = self.idle_timeout
-        self._encoded: dict[str, bytes] = dict(encoded or {})
-        # encodings made at assignment, for immutable values only (reused by save)
-        self._fresh: dict[str, tuple[Any, bytes]] | None = None
-
-    @property
-    def modified(self) -> bool:
-        """Whether this request changed the session. Setting it to ``True`` yourself
-        (after changing a value in place) makes the next save compare every key."""
-        return self._modified
-
-    @modified.setter
-    def modified(self, value: bool) -> None:
-        self._modified = value
-        self._full_diff = value
-        if not value:
-            self._touched.clear()
-            self._fresh = None
-
-    @property
-    def through_alias(self) -> bool:
-        """Whether this request loaded the session before another request rotated it
-        (a request in flight with the pre-login cookie) and its writes followed the
-        rotation's alias: that old cookie must not be sent back (it names a
-        tombstone now, and would replace the new cookie in the browser)."""
-        return not self.new and self.key != self.store._key(self.sid)
-
-    def _changing(self, key: str) -> None:
-        if self.unavailable:
-            raise BackendUnavailable("the session store is unavailable: this session is read-only")
-        self._modified = True
-        self._touched.add(key)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        enc = self.store._encode(key, value)
-        self._changing(key)
-        super().__setitem__(key, value)
-        if type(value) in _IMMUTABLE:  # cannot change in place: save reuses the encoding
-            if self._fresh is None:
-                self._fresh = {}
-            self._fresh[key] = (value, enc)
-
-    def __delitem__(self, key: str) -> None:
-        self._changing(key)
-        super().__delitem__(key)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
-
-    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
-    def pop(self, key: str, *default: Any) -> Any:
-        if key in self:
-            self._changing(key)
-        return super().pop(key, *default)
-
-    def popitem(self) -> tuple[str, Any]:
-        if self.unavailable:
-            raise BackendUnavailable("the session store is unavailable: this session is read-only")
-        item = super().popitem()
-        self._changing(item[0])
-        return item
-
-    def clear(self) -> None:
-        for key in list(self):
-            self._changing(key)
-        super().clear()
-
-    def rotate(self) -> None:
-        """Give this session a new id now (see :meth:`SessionStore.rotate`)."""
-        self.store.rotate(self)
-
-    def incr(self, key: str, amount: int = 1) -> int:
-        """Atomically add *amount* to an integer key (see :meth:`SessionStore.incr`)."""
-        return self.store.incr(self, key, amount)
-
-    def destroy(self) -> None:
-        """Delete this session now (see :meth:`SessionStore.destroy`)."""
-        self.store.destroy(self)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """One entry of :meth:`SessionStore.list_user_sessions`. ``handle`` names the
-    session for :meth:`SessionStore.revoke_session` without revealing its id."""
-
-    handle: str
-    created: float
-    last_seen: float
-    user_id: str | None
 
 
 _JSON_DECODER = json.JSONDecoder(object_hook=_untag_hook)
@@ -369,6 +231,8 @@ class SessionStore:
     :param url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
         ``redis+cluster://`` or ``memory://``; ``STATEKIT_SESSION_URL`` by default.
     :param client: a ready redis-py client instead of a URL.
+    :param engine: a ready :class:`~statekit.sessions.protocol.SessionEngine`
+        instead of a URL (*key_prefix* and *near_cache* are then the engine's).
     :param secret_keys: cookie signing keys, newest first (required).
     :param idle_timeout: seconds without a request after which the session ends.
     :param absolute_lifetime: seconds after creation after which it ends regardless.
@@ -398,7 +262,8 @@ class SessionStore:
                  refresh_interval: float = 60.0, alias_window: float = 10.0,
                  codec: str | Serializer = "json", outage_policy: str = "raise",
                  user_key: str | None = None, max_cookie_size: int = 256,
-                 session_class: type[Session] | None = None, near_cache: int | bool | str = 0) -> None:
+                 session_class: type[Session] | None = None, near_cache: int | bool | str = 0,
+                 engine: SessionEngine | None = None) -> None:
         keys = _key_list(secret_keys)  # a lone str is one key, not one per character
         if not keys:
             raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
@@ -430,25 +295,32 @@ class SessionStore:
         self._secret = self._secrets[0]
         #: the previous session store read on first contact (:mod:`statekit.sessions.carryover`)
         self.carry_over: CarryOver | None = None
-        self.engine: RedisEngine | MemoryEngine
-        if client is None:
-            if url is None:
-                url = Settings.from_env().require("session_url")
-            parsed = parse_url(url, kinds=("redis", "memory"))
-            if parsed.kind == "memory":
-                self.engine = MemoryEngine(get_store(parsed.name or "default"), key_prefix)
-                return
-            from ..redis import get_client
+        self.engine: SessionEngine
+        if engine is not None:
+            self.engine = engine
+            return
+        near = _near_size(near_cache)
+        if client is not None:
+            from .redis import RedisEngine
 
-            client = get_client(url)
-        self.engine = RedisEngine(client, key_prefix, near_cache=_near_size(near_cache),
-                                  near_max_age=self.refresh_interval, counters=self.counters)
+            self.engine = RedisEngine(client, key_prefix, near_cache=near,
+                                      near_max_age=self.refresh_interval, counters=self.counters)
+            return
+        if url is None:
+            url = Settings.from_env().require("session_url")
+        options: dict[str, Any] = {"near_cache": near, "near_max_age": self.refresh_interval} if near else {}
+        cls = load_backend("sessions", url.partition("://")[0].lower(), ENGINES)
+        self.engine = cls.from_url(url, key_prefix=key_prefix, counters=self.counters, **options)
 
     @property
     def near_cache(self) -> bool:
         """Whether loads may be served from this process's near cache (adapters then
         send the version token, :meth:`version_token`)."""
         return getattr(self.engine, "near", None) is not None
+
+    def close(self) -> None:
+        """Release the engine's connections and threads."""
+        self.engine.close()
 
     def version_token(self, session: Session, sent: str | None) -> str | None:
         """The value to send in the version-token cookie after this request: the
@@ -460,20 +332,16 @@ class SessionStore:
 
     # -- ids, keys, cookies ------------------------------------------------------
 
-    def _key(self, sid: str) -> str:
-        return self._key_of(self._handle(sid))
-
     def _handle(self, sid: str) -> str:
         return f"{{{sid[:4]}}}:{hashlib.sha256(sid.encode()).hexdigest()[:40]}"
 
+    def _key(self, sid: str) -> str:
+        return self._key_of(self._handle(sid))
+
     def _key_of(self, handle: str) -> str:
-        return f"{self.key_prefix}:session:{handle}"
-
-    def _member(self, key: str) -> str:
-        return key[len(self.key_prefix) + len(":session:"):]
-
-    def _index_key(self, user_id: str) -> str:
-        return f"{self.key_prefix}:session-user:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
+        """The engine's storage key for *handle* (Redis engines), else the handle."""
+        key: Callable[[str], str] | None = getattr(self.engine, "key", None)
+        return handle if key is None else key(handle)
 
     @staticmethod
     def _new_id(tag: str | None = None) -> str:
@@ -526,6 +394,13 @@ class SessionStore:
                 f"session key {key!r}: cannot store a value of type "
                 f"{t.__module__ + '.' if t.__module__ != 'builtins' else ''}{t.__qualname__} "
                 f"with the {self.codec.name} codec") from e
+
+    def _decode(self, key: str, raw: bytes) -> Any:
+        """A stored value of *key* (:class:`Session` decodes each on first read)."""
+        try:
+            return self._loads(raw)
+        except SerializationError as e:
+            raise SerializationError(f"session key {key!r}: stored value cannot be decoded") from e
 
     # -- the session life cycle ---------------------------------------------------
 
@@ -591,8 +466,8 @@ class SessionStore:
 
     def _load(self, sid: str, min_version: int) -> tuple[Session | None, bool]:
         """:meth:`load`, and whether *sid* names a tombstone (rotated away)."""
-        key = self._key(sid)
-        raw = self.engine.fetch(key, min_version)
+        handle = self._handle(sid)
+        raw = self.engine.load(handle, min_version)
         self.counters.incr("loads")
         if "m:c" not in raw:
             self.counters.incr("misses")
@@ -600,22 +475,14 @@ class SessionStore:
         t = now()
         created, last_seen = _float(raw["m:c"]), _float(raw.get("m:s"))
         idle_override = _float(raw["m:i"]) if "m:i" in raw else None
-        meta = {"created": created, "last_seen": last_seen, "idle": idle_override,
-                "user": raw["m:u"].decode() if "m:u" in raw else None,
-                "version": int(raw.get("m:v") or 0)}
         if self._ended(t, created, last_seen, idle_override):
             self.counters.incr("expired")
             return None, False
-        data, encoded = {}, {}
-        for field, value in raw.items():
-            if field.startswith("d:"):
-                try:
-                    data[field[2:]] = self._loads(value)
-                except SerializationError as e:
-                    raise SerializationError(
-                        f"session key {field[2:]!r}: stored value cannot be decoded") from e
-                encoded[field[2:]] = value
-        return self.session_class(self, sid, data, new=False, meta=meta, encoded=encoded, key=key), False
+        meta = {"created": created, "last_seen": last_seen, "idle": idle_override,
+                "user": raw["m:u"].decode() if "m:u" in raw else None,
+                "version": int(raw.get("m:v") or 0)}
+        data = {field[2:]: value for field, value in raw.items() if field[:2] == "d:"}
+        return self.session_class(self, sid, new=False, meta=meta, raw=data, handle=handle), False
 
     def _ended(self, t: float, created: float, last_seen: float, idle_override: float | None) -> bool:
         """Whether a session with this stored metadata has passed its idle timeout or
@@ -633,12 +500,10 @@ class SessionStore:
         old = session.loaded_user
         if user is None and old is None:
             return None
-        return IndexOp(
-            member=member, score=t, cutoff=t - self.absolute_lifetime,
-            ttl_ms=int(self.absolute_lifetime * 1000),
-            add=self._index_key(user) if user else None,
-            remove=self._index_key(old) if old and (old != user or old_member) else None,
-            old_member=old_member or member)
+        return IndexOp(member=member, score=t, cutoff=t - self.absolute_lifetime,
+                       ttl_ms=int(self.absolute_lifetime * 1000), add=user,
+                       remove=old if old and (old != user or old_member) else None,
+                       old_member=old_member or member)
 
     def save(self, session: Session, *, force: bool = False) -> bool:
         """Store what this request changed. Returns ``False`` when the session was
@@ -648,7 +513,7 @@ class SessionStore:
         one is older than ``refresh_interval`` (``session.written`` tells whether this
         save wrote; a write by a request in flight at a rotation follows the alias, and
         ``session.through_alias`` is then true). A modified session writes only the
-        changed and deleted keys (one Lua script, all or nothing). A read-only
+        changed and deleted keys (one atomic engine write, all or nothing). A read-only
         (outage) session is never written.
 
         :raises SerializationError: a value cannot be encoded (names the key).
@@ -658,36 +523,8 @@ class SessionStore:
         if session.unavailable or session.destroyed:
             return False
         t = now()
-        sets: dict[str, bytes | str] = {}
-        dels: list[str] = []
-        if session.new or session._full_diff:  # compare every key
-            for k, v in session.items():
-                enc = self._encode(k, v)
-                if session._encoded.get(k) != enc:
-                    sets["d:" + k] = enc
-            dels = ["d:" + k for k in session._encoded if k not in session]
-        elif session._modified:  # only the keys assigned or deleted (re-encoded now)
-            fresh = session._fresh or {}
-            for k in session._touched:
-                if k in session:
-                    value = dict.__getitem__(session, k)
-                    known = fresh.get(k)
-                    enc = known[1] if known is not None and known[0] is value else self._encode(k, value)
-                    if session._encoded.get(k) != enc:
-                        sets["d:" + k] = enc
-                elif k in session._encoded:
-                    dels.append("d:" + k)
         user = self._user_of(session)
-        if user != session.loaded_user:
-            if user is None:
-                dels.append("m:u")
-            else:
-                sets["m:u"] = user
-        if session.idle_timeout != session._loaded_idle:
-            if session.idle_timeout:
-                sets["m:i"] = repr(float(session.idle_timeout))
-            else:
-                dels.append("m:i")
+        sets, dels = self._changes(session, user)
         idle = session.idle_timeout or self.idle_timeout
         if not sets and not dels and not force:
             # at most half the idle timeout: a session used more often than that never ends
@@ -699,42 +536,88 @@ class SessionStore:
         ttl = min(idle, created + self.absolute_lifetime - t)
         if ttl <= 0:
             return False
-        sets["m:s"] = repr(t)
+        sets["m:s"] = repr(t).encode()
         if session.new:
-            sets["m:c"] = repr(t)
-        member = self._member(session.key)
-        for _ in range(_HOPS + 1):
-            code, extra = self.engine.write(
-                session.key, create=session.new, sets=sets, dels=dels, ttl_ms=max(1, int(ttl * 1000)),
-                index=self._index_op(session, t, user, member))
-            if code != 2 or session.new:
-                break
-            session.key = self._key_of(extra)  # rotated by another request: follow
-            member = extra
-        if code == -1:
+            sets["m:c"] = sets["m:s"]
+        result = self._write(session, sets, dels, max(1, int(ttl * 1000)), t, user)
+        if result.status is Status.EXISTS:
             raise SessionError("session id collision; refusing to overwrite")
-        if code != 1:
+        if result.status is not Status.DONE:
             self.counters.incr("conflicts")
             session.destroyed = True
             return False
         self.counters.incr("saves")
+        self._saved(session, sets, dels, t, user, result.version)
+        return True
+
+    def _changes(self, session: Session, user: str | None) -> tuple[dict[str, bytes], list[str]]:
+        """The fields a save of *session* sets and deletes: the data keys whose
+        encoding differs from the stored one (all keys after ``modified = True`` or
+        for a new session, else only those assigned or deleted), the user, the idle
+        timeout override."""
+        sets: dict[str, bytes] = {}
+        dels: list[str] = []
+        stored = session._encoded
+        if session.new or session._full_diff:
+            keys: Iterable[str] = list(session) + [k for k in stored if k not in session]
+        else:
+            keys = session._touched if session._modified else ()
+        fresh = session._fresh or {}
+        for k in keys:
+            if k not in session:
+                if k in stored:
+                    dels.append("d:" + k)
+                continue
+            value = dict.__getitem__(session, k)
+            if value.__class__ is bytes and value is stored.get(k):
+                continue  # never decoded, so never changed
+            known = fresh.get(k)
+            enc = known[1] if known is not None and known[0] is value else self._encode(k, value)
+            if stored.get(k) != enc:
+                sets["d:" + k] = enc
+        if user != session.loaded_user:
+            if user is None:
+                dels.append("m:u")
+            else:
+                sets["m:u"] = user.encode()
+        if session.idle_timeout != session._loaded_idle:
+            if session.idle_timeout:
+                sets["m:i"] = repr(float(session.idle_timeout)).encode()
+            else:
+                dels.append("m:i")
+        return sets, dels
+
+    def _write(self, session: Session, sets: dict[str, bytes], dels: list[str], ttl_ms: int,
+               t: float, user: str | None) -> Result:
+        """The engine write of a save, following rotations by other requests (this
+        request loaded the session before them: its write goes to the successor)."""
+        for _ in range(_HOPS + 1):
+            result = self.engine.write(session.handle, create=session.new, sets=sets, dels=dels,
+                                       ttl_ms=ttl_ms, index=self._index_op(session, t, user, session.handle))
+            if result.status is not Status.ROTATED or session.new:
+                return result
+            assert result.handle is not None
+            session.handle = result.handle
+        return result
+
+    def _saved(self, session: Session, sets: Mapping[str, bytes], dels: list[str], t: float,
+               user: str | None, version: int) -> None:
+        """Bring *session* in line with what the save stored."""
         for f, v in sets.items():
-            if f.startswith("d:") and isinstance(v, bytes):
+            if f[:2] == "d:":
                 session._encoded[f[2:]] = v
         for f in dels:
-            if f.startswith("d:"):
+            if f[:2] == "d:":
                 session._encoded.pop(f[2:], None)
         if session.new:
             session.created = t
             session.send_cookie = True
-        if isinstance(extra, int):
-            session.version = extra
+        session.version = version
         session.new = session.modified = False
         session.written = True
         session.last_seen = t
         session.loaded_user = session.user_id = user
         session._loaded_idle = session.idle_timeout
-        return True
 
     def rotate(self, session: Session) -> Session:
         """Give *session* a new id (call it on login). Its data moves to the new id
@@ -755,31 +638,29 @@ class SessionStore:
         if session.unavailable:
             raise BackendUnavailable("the session store is unavailable: cannot rotate the session id")
         new_sid = self._new_id(session.sid[:4])
-        new_key = self._key(new_sid)
+        new_handle = self._handle(new_sid)
         if not session.new:
             # the id this request loaded, not the alias target a write of it followed
-            # (session.key): that is the rotated session, which must not be taken over
-            old_key = self._key(session.sid)
-            old_member = self._member(old_key)
-            new_member = self._handle(new_sid)
-            op = self._index_op(session, now(), session.loaded_user, new_member, old_member)
-            code, extra = self.engine.rotate(old_key, new_key, new_member,
-                                             max(1, int(self.alias_window * 1000)), op)
-            if code == 2 and self._lives(extra):
+            # (session.handle): that is the rotated session, which must not be taken over
+            old_handle = self._handle(session.sid)
+            op = self._index_op(session, now(), session.loaded_user, new_handle, old_handle)
+            result = self.engine.rotate(old_handle, new_handle, max(1, int(self.alias_window * 1000)), op)
+            if result.status is Status.ROTATED and result.handle and self._lives(result.handle):
                 # rotated by another request since this one loaded it: following the
                 # alias would hand the rotated (maybe logged-in) session to a cookie
                 # from before that rotation. This request keeps what it loaded, as a
                 # new session of its own.
                 self.counters.incr("conflicts")
+                session._decode_all()
                 session._encoded.clear()
                 session.new, session.loaded_user, session._loaded_idle = True, None, None
-            elif code != 1:
+            elif result.status is not Status.DONE:
                 self.counters.incr("conflicts")
                 dict.clear(session)
                 session._encoded.clear()
                 session.new, session.loaded_user, session.user_id = True, None, None
         self.counters.incr("rotations")
-        session.sid, session.key, session.rotated = new_sid, new_key, True
+        session.sid, session.handle, session.rotated = new_sid, new_handle, True
         session.send_cookie = not session.new
         session.destroyed = False
         return session
@@ -787,34 +668,33 @@ class SessionStore:
     def _lives(self, handle: str) -> bool:
         """Whether the session a rotation alias names (following further aliases)
         still lives: destroyed or revoked, it must not come back as a copy."""
-        raw = self.engine.fetch(self._key_of(handle))
+        raw = self.engine.load(handle)
         for _ in range(_HOPS):
             if "m:a" not in raw:
                 break
-            raw = self.engine.fetch(self._key_of(raw["m:a"].decode()))
+            raw = self.engine.load(raw["m:a"].decode())
         return "m:c" in raw
 
     def destroy(self, session: Session) -> None:
         """Delete *session* now (logout). Concurrent requests of this session then
         cannot write it back; their saves return ``False``."""
         if not session.new:
-            user = session.loaded_user
-            self._destroy_key(session.key, self._index_key(user) if user else None)
+            self._destroy(session.handle, session.loaded_user)
         dict.clear(session)
         session._encoded.clear()
         session.destroyed = True
 
     def destroy_id(self, sid: str) -> None:
         """Delete the session with id *sid* (an unsigned id), if it exists."""
-        self._destroy_key(self._key(sid), None)
+        self._destroy(self._handle(sid), None)
 
-    def _destroy_key(self, key: str, index_key: str | None) -> None:
-        """Delete the session under *key*, and the one it is a rotation alias of."""
+    def _destroy(self, handle: str, user: str | None) -> None:
+        """Delete session *handle*, and the one it is a rotation alias of."""
         for _ in range(_HOPS + 1):
-            code, extra = self.engine.destroy(key, index_key, self._member(key))
-            if code != 2:
+            result = self.engine.destroy(handle, user)
+            if result.status is not Status.ROTATED or result.handle is None:
                 break
-            key = self._key_of(extra)
+            handle = result.handle
         self.counters.incr("destroyed")
 
     def incr(self, session: Session, key: str, amount: int = 1) -> int:
@@ -833,44 +713,46 @@ class SessionStore:
         if session.new or (session.modified and (key in session._touched or session._full_diff)):
             self.save(session, force=session.new)
         for _ in range(_HOPS + 1):
-            code, value = self.engine.incr(session.key, "d:" + key, amount, self.codec.name)
-            if code != 2:
+            result = self.engine.incr(session.handle, "d:" + key, amount, self.codec.name)
+            if result.status is not Status.ROTATED or result.handle is None:
                 break
-            session.key = self._key_of(value)  # rotated meanwhile: follow
-        if code != 1:
+            session.handle = result.handle  # rotated meanwhile: follow
+        if result.status is not Status.DONE:
             session.destroyed = True
             raise SessionError("the session ended; cannot increment")
-        number, session.version = int(value[0]), int(value[1])
-        dict.__setitem__(session, key, number)
-        session._encoded[key] = self.codec.dumps(number)
-        return number
+        session.version = result.version
+        dict.__setitem__(session, key, result.value)
+        session._encoded[key] = self.codec.dumps(result.value)
+        return result.value
 
     # -- per-user index -------------------------------------------------------------
 
     def list_user_sessions(self, user_id: str) -> list[SessionInfo]:
         """The live sessions of *user_id*, least recently seen first."""
         t = now()
-        rows = self.engine.list_user(self._index_key(str(user_id)), t - self.absolute_lifetime, self._key_of)
         out = []
-        for m, h in rows:
+        for handle, h in self.engine.list_user(str(user_id), t - self.absolute_lifetime):
             created, last_seen = _float(h.get("m:c")), _float(h.get("m:s"))
-            idle = _float(h.get("m:i")) if h.get("m:i") else None
+            idle = _float(h["m:i"]) if h.get("m:i") else None
             if not self._ended(t, created, last_seen, idle):  # as load() would judge it
-                out.append(SessionInfo(handle=m, created=created, last_seen=last_seen,
-                                       user_id=h["m:u"].decode() if h.get("m:u") else None))
+                user = h.get("m:u")
+                out.append(SessionInfo(handle=handle, created=created, last_seen=last_seen,
+                                       user_id=user.decode() if user else None))
         return out
 
     def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:
         """Log *user_id* out everywhere (but *except_session*, a session or handle):
-        delete their sessions. Returns how many were deleted. Requests of those
-        sessions in flight cannot write them back."""
+        delete their sessions, including any created while this runs. Returns how
+        many were deleted. Requests of those sessions in flight cannot write them
+        back. Runs in batches (see the engine's ``revoke_user``): a user with tens of
+        thousands of sessions never holds up the other clients of Redis."""
         keep = ""
         if isinstance(except_session, Session):
-            keep = self._member(except_session.key)
+            keep = except_session.handle
         elif except_session:
             keep = except_session
-        return self.engine.revoke_user(self._index_key(str(user_id)), keep, self._key_of)
+        return self.engine.revoke_user(str(user_id), keep)
 
     def revoke_session(self, handle: str, user_id: str | None = None) -> None:
         """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
-        self._destroy_key(self._key_of(handle), self._index_key(str(user_id)) if user_id else None)
+        self._destroy(handle, str(user_id) if user_id else None)

@@ -70,7 +70,7 @@ from itsdangerous import BadSignature, Signer
 
 from ..errors import BackendUnavailable, SerializationError
 from ..redis import translate_errors
-from .engines import now
+from . import now
 
 if TYPE_CHECKING:
     from . import Session, SessionStore

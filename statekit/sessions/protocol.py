@@ -1,0 +1,170 @@
+"""The session engine contract: what :class:`~statekit.sessions.SessionStore` needs
+from a storage backend.
+
+The store does everything that is not storage (ids, cookies, codecs, timeouts, the
+diff of a request's changes, following rotations); an engine keeps *session hashes*
+and *user indexes* and makes each operation below atomic.
+
+**Names.** A session is named by its *handle* (``"{abcd}:<40 hex digits>"``: the
+id's 4-character tag in braces, then a hash of the id, so no handle reveals a
+cookie), a user index by the user id (a string). What the engine stores them under
+is its own business.
+
+**A session hash** maps field names to bytes: ``d:<key>`` one session value
+(encoded by the store's codec), ``m:c`` created, ``m:s`` last seen, ``m:u`` user
+id, ``m:i`` idle timeout override (as the store writes them), ``m:v`` the version,
+which the engine itself bumps on every change, and ``m:a`` on a *tombstone alias*
+(a rotated-away session: the handle of its successor, nothing else). A hash
+without ``m:c`` is not a live session.
+
+**Concurrency.** Every method may be called from many threads (and processes) at
+once, and each one is atomic: no reader sees half of a write, and of two writes of
+one session neither is lost (``write`` sets and deletes only the fields it names,
+so writes of different fields merge). No write brings back a session that was
+destroyed, revoked or expired: a write to a hash without ``m:c`` changes nothing
+and returns :attr:`Status.GONE`; a write to an alias changes nothing and returns
+:attr:`Status.ROTATED` with the successor's handle (the store follows it).
+
+**Failures.** A backend that cannot be reached (or times out, or refuses service)
+raises :class:`~statekit.errors.BackendUnavailable`; a write whose outcome is
+unknown (sent, no reply) is never sent again by the engine. Bad input is a
+:class:`~statekit.errors.SessionError` (an increment of a value that is no integer).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["IndexOp", "Result", "SessionEngine", "Status"]
+
+
+class Status(enum.Enum):
+    """How an engine operation ended."""
+
+    #: applied
+    DONE = "done"
+    #: the session does not exist (never stored, destroyed, revoked or expired): nothing changed
+    GONE = "gone"
+    #: the handle is a tombstone alias: nothing changed; :attr:`Result.handle` names the successor
+    ROTATED = "rotated"
+    #: a create (or a rotation's new handle) found the handle taken by another session: nothing changed
+    EXISTS = "exists"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of :meth:`SessionEngine.write`, :meth:`~SessionEngine.rotate`,
+    :meth:`~SessionEngine.incr` and :meth:`~SessionEngine.destroy`."""
+
+    status: Status
+    #: with :attr:`Status.ROTATED`: the successor's handle
+    handle: str | None = None
+    #: with :attr:`Status.DONE` from ``write`` and ``incr``: the session's new ``m:v``
+    version: int = 0
+    #: with :attr:`Status.DONE` from ``incr``: the new value
+    value: int = 0
+
+
+DONE = Result(Status.DONE)
+GONE = Result(Status.GONE)
+EXISTS = Result(Status.EXISTS)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexOp:
+    """Keep the per-user indexes in step with a write or a rotation, in the same
+    atomic operation where the backend allows it.
+
+    Add *member* (a handle) with *score* (the time, seconds) to the index of user
+    *add*, dropping that index's entries scored below *cutoff*, and keep that index
+    *ttl_ms* longer; remove *old_member* from the index of user *remove*.
+    """
+
+    member: str
+    score: float
+    cutoff: float
+    ttl_ms: int
+    add: str | None = None
+    remove: str | None = None
+    old_member: str | None = None
+
+
+class SessionEngine(Protocol):
+    """Storage for :class:`~statekit.sessions.SessionStore` (see the module docstring
+    for names, the hash layout, concurrency and failures).
+
+    A backend class also has a constructor the store calls,
+    ``from_url(url, *, key_prefix, counters, **options)`` (a classmethod): *url* is
+    the ``STATEKIT_SESSION_URL``, *key_prefix* keeps stores sharing a backend apart,
+    *counters* is the store's :class:`~statekit.metrics.Counters`; *options*
+    (``near_cache``, ``near_max_age``) are passed only when set, and an engine
+    without them raises :class:`~statekit.errors.ConfigError`.
+    """
+
+    def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
+        """The hash of *handle*, ``{}`` if none. The result must not be changed.
+        *min_version* is a hint for engines keeping local copies: a copy older than
+        it must not be returned."""
+        ...
+
+    def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+              ttl_ms: int, index: IndexOp | None) -> Result:
+        """Set the fields *sets*, delete the fields *dels*, bump ``m:v`` and let the
+        session expire *ttl_ms* from now; apply *index*. Returns ``DONE`` with the
+        new version; ``GONE`` or ``ROTATED`` (see the module docstring) unless
+        *create*. With *create* (*sets* holds ``m:c``): ``EXISTS`` if the handle holds
+        another session, while a hash with the same ``m:c`` is this create retried
+        and is written."""
+        ...
+
+    def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
+        """Move session *old* to the handle *new* (its fields and expiry) and leave
+        at *old* a tombstone alias naming *new* that lives *alias_ms*; apply *index*.
+        ``GONE``/``ROTATED`` when *old* is not live, ``EXISTS`` when *new* is taken."""
+        ...
+
+    def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
+        """Add *amount* to the integer in *field* (0 when missing), encoded by the
+        codec named *codec* (``"json"`` or ``"msgpack"``); bump ``m:v``. ``DONE``
+        with the new value and version; ``GONE``/``ROTATED`` as for ``write``.
+
+        :raises SessionError: the value is not an integer, or the result leaves the
+            codec's exact range (64 bits signed for json, 2**53 for msgpack)."""
+        ...
+
+    def destroy(self, handle: str, user: str | None) -> Result:
+        """Delete session *handle* and its entry in *user*'s index. If *handle* is an
+        alias it is deleted and ``ROTATED`` names its successor (the store deletes
+        that too); else ``DONE``, whether or not it existed."""
+        ...
+
+    def revoke_user(self, user: str, keep: str) -> int:
+        """Delete every session in *user*'s index but *keep* (a handle, or ``""``),
+        including sessions indexed while it runs, and return how many were deleted.
+        Need not be one atomic step; must not block other clients of the backend for
+        long (a user may have tens of thousands of sessions)."""
+        ...
+
+    def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
+        """The live sessions in *user*'s index scored *since* or later, oldest first:
+        ``(handle, fields)`` with at least ``m:c``, ``m:s``, ``m:u``, ``m:i`` (absent
+        ones left out)."""
+        ...
+
+    def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        """Set the plain value *name* (not a session) to *value* for *ttl_ms* unless
+        it is set: ``None`` if this call set it, else the value already there. Of
+        concurrent calls exactly one sets it (the session carry-over's claims)."""
+        ...
+
+    def peek(self, name: str) -> bytes | None:
+        """The plain value *name* set by :meth:`claim`, or ``None``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads (the store is not used after)."""
+        ...
+

@@ -1,0 +1,447 @@
+"""Sessions in Redis or Valkey (standalone, Sentinel, Cluster), and ``memory://``:
+the same engine over an in-process fakeredis server (:func:`statekit.redis.memory_client`),
+so both run the very Lua scripts below and nothing is implemented twice.
+
+Layout: session *handle* ``h`` is the hash ``<prefix>:session:<h>`` (fields as in
+:mod:`statekit.sessions.protocol`); user ``u``'s index is the sorted set
+``<prefix>:session-user:<sha256(u)[:32]>`` (members: handles, scores: last write).
+Each atomic operation is one script, ``statekit/redis/scripts/session_<op>.lua``:
+checking ``m:c``/``m:a`` and writing happen in one step, and on standalone and
+Sentinel the user index is updated in the same script.
+
+**Redis Cluster.** A session, its alias and its successor share a slot (the
+handle's ``{tag}``), so write, rotate and incr stay single scripts; the user index
+lives in the user's slot and is updated by a second call right after the session
+script, and :meth:`RedisEngine.revoke_user` reads the index and then deletes (a
+login at that very instant may escape it).
+
+**Near cache** (``near_cache=N``; standalone Redis over TCP or a unix socket): see
+"Near cache" in :mod:`statekit.sessions`. Loads are served from a per-process copy
+that Redis client-side caching keeps coherent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..cache.near import InvalidationListener, NearCache
+from ..config import parse_url
+from ..errors import BackendUnavailable, ConfigError, SessionError
+from ..metrics import Counters
+from ..redis import RedisClient, get_client, memory_client, translate_errors
+from ..redis.fast import FastTransport, RedisReplyError, SharedConnection, _FastConnection, fast_params
+from ..redis.scripts import Script, load
+from .protocol import DONE, EXISTS, GONE, IndexOp, Result, Status
+
+__all__ = ["REVOKE_BATCH", "RedisEngine"]
+
+#: sessions a single ``revoke_user`` script deletes at most: each batch blocks Redis
+#: for well under a millisecond (about 3.7 us per session), so a user with tens of
+#: thousands of sessions never stalls the other clients
+REVOKE_BATCH = 256
+
+#: sessions make one or two calls per web request, so Redis has usually been idle
+#: and answers late (see FastTransport's ``spin``); polling this long still costs
+#: less than the thread's sleep and wake-up
+SESSION_SPIN_SECONDS = 200e-6
+
+_WRITE, _ROTATE, _INCR, _DESTROY, _REVOKE, _CLAIM = (
+    load(f"session_{name}") for name in ("write", "rotate", "incr", "destroy", "revoke", "claim"))
+_META = ("m:c", "m:s", "m:u", "m:i")
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(raw: Any) -> dict[str, bytes]:
+    """A hash reply (a flat list, or a dict through redis-py's callbacks) as a dict."""
+    if isinstance(raw, dict):
+        return {_text(k): v for k, v in raw.items()}
+    it = iter(raw)
+    return {k.decode(): v for k, v in zip(it, it, strict=True)}
+
+
+def _result(reply: Sequence[Any]) -> Result:
+    """A script's reply (``{1, ...}`` done, ``{0}`` gone, ``{2, handle}`` an alias,
+    ``{-1}`` taken) as a :class:`~statekit.sessions.protocol.Result`."""
+    code = reply[0]
+    if code == 1:
+        return Result(Status.DONE, version=int(reply[1])) if len(reply) > 1 else DONE
+    if code == 2:
+        return Result(Status.ROTATED, handle=_text(reply[1]))
+    return GONE if code == 0 else EXISTS
+
+
+class _TrackingTransport(FastTransport):
+    """The fast path with Redis client-side caching, on one socket per process,
+    shared by its threads and pipelined (:class:`~statekit.redis.fast.SharedConnection`).
+    The socket runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP`` first, so Redis
+    reports to the :class:`~statekit.cache.near.InvalidationListener` every later
+    change, by another connection, of a key it read. One socket per process, not per
+    thread: each tracking connection gets its own message for every change, and this
+    process's own saves must not come back to it as invalidations. A socket whose
+    setup failed, or that was set up for an earlier listener connection, never feeds
+    the near cache."""
+
+    def __init__(self, client: RedisClient, listener: InvalidationListener) -> None:
+        super().__init__(client, what="session", spin=SESSION_SPIN_SECONDS)
+        self.listener = listener
+        self.reset_after_fork()
+
+    def reset_after_fork(self) -> None:
+        super().reset_after_fork()
+        self._shared: SharedConnection | None = None
+        self._open_lock = threading.Lock()
+
+    def _current(self) -> SharedConnection | None:
+        """The shared socket, unless it failed or belongs to an earlier listener
+        connection (while the listener is down, the untracked socket serves; nothing
+        is kept then)."""
+        shared = self._shared
+        if shared is None or shared.broken is not None:
+            return None
+        listener = self.listener
+        if abs(shared.conn.tag) != listener.generation and listener.connected.is_set():
+            return None
+        return shared
+
+    def _open(self) -> SharedConnection:
+        shared = self._current()
+        if shared is not None:
+            return shared
+        with self._open_lock:
+            shared = self._current()
+            if shared is not None:
+                return shared
+            # a replaced socket is not closed here: other threads may have commands in
+            # flight on it; it closes when the last of them lets go of it
+            assert self.fast_params is not None
+            conn = _FastConnection(self.fast_params, self._reader_factory, self.spin)
+            conn.tag = 0  # untracked: opened while the listener was down (generation >= 1 when up)
+            # generation first, then the id: a newer id with an older generation only
+            # makes the socket look stale (reopened), never the other way round
+            listener = self.listener
+            generation, client_id = listener.generation, listener.client_id
+            if client_id is not None and listener.connected.is_set():
+                try:
+                    reply = conn.call(self._pack((b"CLIENT", b"TRACKING", b"on", b"REDIRECT",
+                                                  client_id, b"NOLOOP")))
+                except OSError as e:
+                    conn.close()
+                    raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
+                # refused (an ACL, a proxy): serve untracked until the listener reconnects,
+                # instead of reopening on every call
+                conn.tag = -generation if isinstance(reply, Exception) else generation
+            shared = self._shared = SharedConnection(conn)
+            return shared
+
+    # FastTransport.fast_call (retry on a stale socket, errors as BackendUnavailable)
+    # serves through these three
+    _existing = _current
+    _fast = _open
+
+    def _drop_fast(self) -> None:
+        """Nothing to drop: a failed SharedConnection is marked broken by itself (and
+        replaced by :meth:`_open`), and an interrupted thread must not close the
+        socket the other threads' commands are in flight on."""
+
+    def close(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.close()
+
+    def tracked(self) -> bool:
+        """Whether the socket reports its reads to the live listener."""
+        shared = self._shared
+        if shared is None or shared.broken is not None:
+            return False
+        tag = shared.conn.tag
+        return tag == self.listener.generation and tag > 0
+
+
+class RedisEngine:
+    """The :class:`~statekit.sessions.protocol.SessionEngine` on a redis-py client
+    (any kind: standalone, Sentinel, Cluster, or ``memory://``'s fakeredis).
+
+    :param client: the redis-py client.
+    :param key_prefix: first part of every key.
+    :param near_cache: keep up to this many sessions in this process (0: off);
+        standalone Redis over TCP or a unix socket only.
+    :param near_max_age: a near copy is used at most this many seconds.
+    :param counters: the store's counters (``near_hits`` is counted there).
+    """
+
+    def __init__(self, client: RedisClient, key_prefix: str = "statekit", *, near_cache: int = 0,
+                 near_max_age: float = 60.0, counters: Counters | None = None) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self._session_prefix = f"{key_prefix}:session:"
+        self.near: NearCache[dict[str, bytes]] | None = None
+        self.counters = counters or Counters("sessions", key_prefix)
+        self.transport: FastTransport
+        if near_cache:
+            params = fast_params(client)
+            if params is None:
+                raise ConfigError(
+                    "the session near cache needs a standalone Redis over TCP or a unix socket "
+                    "(not Cluster, Sentinel, TLS or RESP3)")
+            self.listener = InvalidationListener(lambda: [dict(params)], self._session_prefix, bcast=False)
+            self.near = NearCache(near_cache, near_max_age)
+            self.listener.register(self._session_prefix, self.near, whole_keys=True)
+            self.transport = _TrackingTransport(client, self.listener)
+            weakref.finalize(self, self.listener.stop)
+        else:
+            self.transport = FastTransport(client, what="session", spin=SESSION_SPIN_SECONDS)
+        self.cluster = self.transport.cluster
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str, counters: Counters | None = None,
+                 near_cache: int = 0, near_max_age: float = 60.0) -> RedisEngine:
+        """The engine for a Redis URL, or ``memory://name`` (an in-process fakeredis
+        server per name; no near cache there: the data is in this process already)."""
+        parsed = parse_url(url, kinds=("redis", "memory"))
+        if parsed.kind == "memory":
+            return cls(memory_client(parsed.name or "default"), key_prefix, counters=counters)
+        return cls(get_client(url), key_prefix, near_cache=near_cache, near_max_age=near_max_age,
+                   counters=counters)
+
+    # -- names ------------------------------------------------------------------------
+
+    def key(self, handle: str) -> str:
+        """The Redis key of session *handle*."""
+        return self._session_prefix + handle
+
+    def index_key(self, user: str) -> str:
+        """The Redis key of *user*'s session index."""
+        return f"{self.key_prefix}:session-user:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
+
+    def _index(self, op: IndexOp | None) -> tuple[list[str], list[bytes | str | int | float]]:
+        """The keys and arguments a write or rotate script takes for *op*."""
+        if op is None or self.cluster:
+            return [], []
+        keys = [self.index_key(u) for u in (op.add, op.remove) if u]
+        return keys, [op.member, repr(op.score), repr(op.cutoff), op.ttl_ms, op.old_member or "",
+                      "1" if op.add else "0", "1" if op.remove else "0"]
+
+    def _index_after(self, op: IndexOp | None, what: str) -> None:
+        """Redis Cluster: *op* as a second call (the index lives in another slot)."""
+        if op is None or not self.cluster:
+            return
+        with translate_errors(what):
+            pipe = self.client.pipeline(transaction=False)
+            if op.add:
+                add = self.index_key(op.add)
+                pipe.zadd(add, {op.member: op.score})
+                pipe.zremrangebyscore(add, "-inf", op.cutoff)
+                pipe.pexpire(add, op.ttl_ms)
+            if op.remove and op.old_member:
+                pipe.zrem(self.index_key(op.remove), op.old_member)
+            pipe.execute()
+
+    def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self.transport.script(script.sha, script.source, keys, args)
+
+    # -- the near cache ---------------------------------------------------------------
+
+    @property
+    def near_hits(self) -> int:
+        """Loads served from the near cache (the ``near_hits`` session counter)."""
+        return self.counters.get("near_hits")
+
+    def _tracked(self) -> bool:
+        transport = self.transport
+        return isinstance(transport, _TrackingTransport) and transport.tracked()
+
+    @contextlib.contextmanager
+    def _changing(self, key: str | None = None, *, stores: bool = False,
+                  barrier: bool = True) -> Iterator[int]:
+        """Around a change of *key* (of any session if ``None``) by this process,
+        with the near cache on. With *stores*, yields the sequence number under which
+        the block settles the key (:meth:`NearCache.settle`, keeping the value the
+        change left), else ``-1``.
+
+        Before the change, this process's copy is dropped. After it, the copy is
+        dropped again (unless the block settled it): a load of this process that
+        read the old value while the change was in flight must not keep it, and no
+        invalidation will come for it (``NOLOOP``).
+
+        With *barrier* (rotation, logout, revocation), a ``PING`` then waits until
+        Redis has written the invalidations for the other processes: Redis writes
+        the writer's reply before the invalidations of the same change (in one pass
+        of its event loop), and reads a command only in a later pass. This makes a
+        revoked session's copies go away before the revoking request answers
+        (delivery by the kernel may still take a moment under load). Saves and
+        ``incr`` skip it: the same user's next request is ordered after them by the
+        version token (see :mod:`statekit.sessions`)."""
+        near = self.near
+        if near is None:
+            yield -1
+            return
+        if key is None:
+            near.flush()
+        else:
+            near.evict(key)
+        seq = near.seq if stores and near.active and key is not None else -1
+        try:
+            yield seq
+        except BaseException:
+            # the change may have reached Redis (a reply that timed out) and no
+            # invalidation will come for it (NOLOOP): refuse every copy of the key that
+            # a load of this process read before, whatever the block did
+            if key is None:
+                near.flush()
+            else:
+                near.settle(key, None, -1)
+            raise
+        if key is None:
+            near.flush()
+        elif seq < 0:  # else the block settled the key itself (see _write)
+            near.settle(key, None, -1)
+        if barrier:
+            self.transport.command(b"PING")
+
+    # -- the contract -----------------------------------------------------------------
+
+    def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
+        """The session hash (``{}`` if none): from the near cache when it holds a copy
+        of at least *min_version* that no invalidation has reached, else one
+        ``HGETALL``. The returned dict is shared with the near cache: do not change it."""
+        key = self._session_prefix + handle
+        near = self.near
+        seq = -1
+        if near is not None:
+            self.listener.ensure_running()
+            if near.active:
+                hit = near.data.get(key)
+                if (hit is not None and hit[1] > time.monotonic() and not self.listener.pending()
+                        and (not min_version or int(hit[0].get("m:v", b"0")) >= min_version)):
+                    self.counters.incr("near_hits")
+                    return hit[0]
+                seq = near.seq
+        out = _fields(self.transport.command(b"HGETALL", key))
+        if near is not None and seq >= 0 and "m:c" in out and self._tracked():
+            near.store(key, out, None, seq)
+        return out
+
+    def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+              ttl_ms: int, index: IndexOp | None) -> Result:
+        key = self._session_prefix + handle
+        if self.near is None:  # the usual path: nothing to keep coherent
+            return self._write(key, create, sets, dels, ttl_ms, index, -1)
+        with self._changing(key, stores=True, barrier=False) as seq:
+            return self._write(key, create, sets, dels, ttl_ms, index, seq)
+
+    def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+               ttl_ms: int, index: IndexOp | None, seq: int) -> Result:
+        args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, "1" if seq >= 0 else "0", len(sets)]
+        for f, v in sets.items():
+            args += [f, v]
+        args += [len(dels), *dels]
+        index_keys, index_args = self._index(index)
+        reply = self._script(_WRITE, [key, *index_keys], args + index_args)
+        result = _result(reply)
+        if result.status is Status.DONE:
+            self._index_after(index, "session save")
+        if seq >= 0 and self.near is not None:
+            fresh = result.status is Status.DONE and len(reply) > 2 and self._tracked()
+            self.near.settle(key, _fields(reply[2]) if fresh else None, seq)
+        return result
+
+    def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
+        old_key = self._session_prefix + old
+        index_keys, index_args = self._index(index)
+        with self._changing(old_key):
+            result = _result(self._script(_ROTATE, [old_key, self._session_prefix + new, *index_keys],
+                                          [new, alias_ms, *index_args]))
+        if result.status is Status.DONE:
+            self._index_after(index, "session rotate")
+        return result
+
+    def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
+        key = self._session_prefix + handle
+        try:
+            with self._changing(key, barrier=False):
+                reply = self._script(_INCR, [key], [field, amount, codec])
+        except RedisReplyError as e:
+            raise SessionError(f"cannot increment session key {field[2:]!r}: {e}") from e
+        if reply[0] != 1:
+            return _result(reply)
+        return Result(Status.DONE, value=int(reply[1]), version=int(reply[2]))
+
+    def destroy(self, handle: str, user: str | None) -> Result:
+        key = self._session_prefix + handle
+        index_key = self.index_key(user) if user else None
+        keys = [key, index_key] if index_key and not self.cluster else [key]
+        with self._changing(key):
+            result = _result(self._script(_DESTROY, keys, [handle]))
+            if result.status is Status.DONE and index_key and self.cluster:
+                with translate_errors("session destroy"):
+                    self.client.zrem(index_key, handle)
+        return result
+
+    def revoke_user(self, user: str, keep: str) -> int:
+        """Delete *user*'s sessions but *keep*, :data:`REVOKE_BATCH` at a time, until a
+        batch finds no other session left in the index. Each batch is one script
+        (standalone, Sentinel) that deletes its sessions and their index entries
+        together, so no session is forgotten between batches; a session created (or
+        rotated) while the batches run is in the index by then (the write adds it in
+        the same script) and a later batch deletes it. It ends when a batch leaves
+        the index holding nothing but *keep*: every session indexed before that
+        instant is deleted."""
+        index_key = self.index_key(user)
+        total = 0
+        with self._changing():  # other processes' copies: Redis invalidates them
+            while True:
+                deleted, left = self._revoke_batch(index_key, keep)
+                total += deleted
+                if left <= 0:
+                    return total
+
+    def _revoke_batch(self, index_key: str, keep: str) -> tuple[int, int]:
+        """One batch: (sessions deleted, other members left in the index)."""
+        with translate_errors("session revoke"):
+            if not self.cluster:
+                deleted, left = self._script(_REVOKE, [index_key], [self._session_prefix, keep, REVOKE_BATCH])
+                return int(deleted), int(left)
+            members = [_text(m) for m in self.client.zrange(index_key, 0, REVOKE_BATCH)]
+            doomed = [m for m in members if m != keep][:REVOKE_BATCH]
+            if not doomed:
+                return 0, 0
+            pipe = self.client.pipeline(transaction=False)
+            for m in doomed:
+                pipe.delete(self._session_prefix + m)
+            pipe.zrem(index_key, *doomed)
+            results = pipe.execute()
+            return int(sum(results[:-1])), 1  # once more: sessions indexed meanwhile
+
+    def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
+        with translate_errors("session list"):
+            members = [_text(m) for m in self.client.zrangebyscore(self.index_key(user), since, "+inf")]
+            if not members:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for m in members:
+                pipe.hmget(self._session_prefix + m, *_META)
+            rows = pipe.execute()
+        return [(m, {f: v for f, v in zip(_META, row, strict=True) if v is not None})
+                for m, row in zip(members, rows, strict=True) if row[0] is not None]
+
+    def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        reply = self._script(_CLAIM, [name], [value, ttl_ms])
+        return None if reply is None else bytes(reply)
+
+    def peek(self, name: str) -> bytes | None:
+        reply = self.transport.command(b"GET", name)
+        return None if reply is None else bytes(reply)
+
+    def close(self) -> None:
+        if self.near is not None:
+            self.listener.stop()
+        self.transport.close()

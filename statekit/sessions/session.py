@@ -1,0 +1,251 @@
+"""The session a request works with: a dict that records what the request changed
+and decodes stored values only when they are read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from . import SessionStore
+
+__all__ = ["Session", "SessionInfo"]
+
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+class Session(dict[str, Any]):
+    """The data of one session: a dict that records whether it was modified.
+
+    Values are checked against the store's codec on assignment, so a value that
+    cannot be stored fails where it is assigned, with a
+    :class:`~statekit.errors.SerializationError` naming the key and the type. In-place
+    changes of a mutable value (``session["cart"].append(x)``) are not seen: set
+    ``session.modified = True`` or assign the value again.
+
+    **Lazy decoding.** A loaded session decodes a stored value the first time it is
+    read (``session[k]``, ``get``, ``items()``, comparing, copying), so a request
+    that reads two keys of a session of ten thousand decodes two. Keys starting
+    with ``_`` (the frameworks' own: Flask's ``_permanent``, Flask-Login's
+    ``_user_id``, Django's ``_auth_user_id``) are decoded at load. A stored value
+    that cannot be decoded raises :class:`~statekit.errors.SerializationError`
+    where it is read. Until then the dict itself holds the stored bytes: read it
+    through these methods, not ``dict.get(session, k)``.
+
+    ``sid`` is the raw id (put :meth:`SessionStore.sign` of it in the cookie);
+    ``handle`` names the stored session (it follows a rotation by another request:
+    see :attr:`through_alias`); ``new`` is true until the session is first stored;
+    ``send_cookie`` tells the adapter the id changed (first stored, or rotated) and
+    the cookie must be sent; ``unavailable`` marks the read-only session served
+    during an outage.
+    """
+
+    def __init__(self, store: SessionStore, sid: str, data: Mapping[str, Any] | None = None, *,
+                 new: bool = True, meta: Mapping[str, Any] | None = None,
+                 raw: Mapping[str, bytes] | None = None, handle: str | None = None) -> None:
+        super().__init__(data or {})
+        meta = meta or {}
+        self.store = store
+        self.sid = sid
+        self.handle = handle or store._handle(sid)
+        self.new = new
+        self._modified = False
+        self._full_diff = False
+        self._touched: set[str] = set()
+        self.rotated = False
+        self.send_cookie = False
+        #: whether the last :meth:`SessionStore.save` wrote to the store (a change or a
+        #: TTL refresh): only a write learns of a rotation by another request, so the
+        #: adapters send an unchanged session's refresh cookie only then
+        self.written = False
+        self.destroyed = False
+        self.unavailable = False
+        #: the cookie named a session rotated to a new id moments ago (a tombstone):
+        #: this is a fresh session instead, and the browser most likely holds the new
+        #: cookie already, so adapters send no session cookie (kept or deleted) for it
+        self.superseded = False
+        self.created: float = meta.get("created", 0.0)
+        self.last_seen: float = meta.get("last_seen", 0.0)
+        self.loaded_user: str | None = meta.get("user")
+        self.user_id: str | None = self.loaded_user
+        self.idle_timeout: float | None = meta.get("idle")
+        #: the stored version (``m:v``), bumped by every save that changed something
+        self.version: int = meta.get("version", 0)
+        self.loaded_version = self.version
+        self._loaded_idle = self.idle_timeout
+        #: the stored encoding of each key (what a save compares against). A key whose
+        #: dict value is that very bytes object has not been decoded yet.
+        self._encoded: dict[str, bytes] = dict(raw or {})
+        if raw:
+            dict.update(self, self._encoded)
+            for key in self._encoded:
+                if key[:1] == "_":
+                    self._decoded(key)
+        # encodings made at assignment, for immutable values only (reused by save)
+        self._fresh: dict[str, tuple[Any, bytes]] | None = None
+
+    @property
+    def key(self) -> str:
+        """The storage key of :attr:`handle` (``<prefix>:session:<handle>`` in Redis)."""
+        return self.store._key_of(self.handle)
+
+    # -- lazy decoding ----------------------------------------------------------------
+
+    def _decoded(self, key: str) -> Any:
+        """The value of *key* (present), decoded now if it was not yet."""
+        value = dict.__getitem__(self, key)
+        if value.__class__ is bytes and value is self._encoded.get(key):
+            value = self.store._decode(key, value)
+            dict.__setitem__(self, key, value)
+        return value
+
+    def _decode_all(self) -> None:
+        encoded = self._encoded
+        for key, value in dict.items(self):
+            if value.__class__ is bytes and value is encoded.get(key):
+                dict.__setitem__(self, key, self.store._decode(key, value))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._decoded(key) if key in self else default
+
+    def __iter__(self) -> Any:
+        # defined here so that dict(session) and {**session} read values through
+        # __getitem__ (CPython copies a dict subclass's slots directly unless it
+        # overrides __iter__)
+        return dict.__iter__(self)
+
+    def items(self) -> Any:
+        self._decode_all()
+        return dict.items(self)
+
+    def values(self) -> Any:
+        self._decode_all()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._decode_all()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._decode_all()
+        if isinstance(other, Session):
+            other._decode_all()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self.copy() | other  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        self._decode_all()
+        return dict.__repr__(self)
+
+    # -- changes ----------------------------------------------------------------------
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session. Setting it to ``True`` yourself
+        (after changing a value in place) makes the next save compare every key."""
+        return self._modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._modified = value
+        self._full_diff = value
+        if not value:
+            self._touched.clear()
+            self._fresh = None
+
+    @property
+    def through_alias(self) -> bool:
+        """Whether this request loaded the session before another request rotated it
+        (a request in flight with the pre-login cookie) and its writes followed the
+        rotation's alias: that old cookie must not be sent back (it names a
+        tombstone now, and would replace the new cookie in the browser)."""
+        return not self.new and self.handle != self.store._handle(self.sid)
+
+    def _changing(self, key: str) -> None:
+        if self.unavailable:
+            raise BackendUnavailable("the session store is unavailable: this session is read-only")
+        self._modified = True
+        self._touched.add(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        enc = self.store._encode(key, value)
+        self._changing(key)
+        super().__setitem__(key, value)
+        if type(value) in _IMMUTABLE:  # cannot change in place: save reuses the encoding
+            if self._fresh is None:
+                self._fresh = {}
+            self._fresh[key] = (value, enc)
+
+    def __delitem__(self, key: str) -> None:
+        self._changing(key)
+        super().__delitem__(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __ior__(self, other: Any) -> Session:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            value = self._decoded(key)
+            self._changing(key)
+            dict.__delitem__(self, key)
+            return value
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        if self.unavailable:
+            raise BackendUnavailable("the session store is unavailable: this session is read-only")
+        if not self:
+            return super().popitem()  # KeyError
+        key = next(reversed(dict.keys(self)))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self):
+            self._changing(key)
+        super().clear()
+
+    def rotate(self) -> None:
+        """Give this session a new id now (see :meth:`SessionStore.rotate`)."""
+        self.store.rotate(self)
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Atomically add *amount* to an integer key (see :meth:`SessionStore.incr`)."""
+        return self.store.incr(self, key, amount)
+
+    def destroy(self) -> None:
+        """Delete this session now (see :meth:`SessionStore.destroy`)."""
+        self.store.destroy(self)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One entry of :meth:`SessionStore.list_user_sessions`. ``handle`` names the
+    session for :meth:`SessionStore.revoke_session` without revealing its id."""
+
+    handle: str
+    created: float
+    last_seen: float
+    user_id: str | None
