@@ -89,6 +89,11 @@ class RedisReplyError(StatekitError):
     outage: outages raise :class:`~statekit.errors.BackendUnavailable`)."""
 
 
+def _name(command: Arg) -> str:
+    """A command's name as redis-py spells it (``"GET"``), for spans and metrics."""
+    return (command.decode() if isinstance(command, bytes) else str(command)).upper()
+
+
 def _message(error: Exception) -> str:
     """The error reply as the server sent it (redis-py strips some codes)."""
     code = getattr(error, "status_code", None)
@@ -297,14 +302,13 @@ class Transport:
             if stale:  # closed by the server while idle (or out of step): nothing sent yet
                 conn.disconnect()
         if getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
-            reply = lane.client().execute_command(*args)
+            reply = lane.client().execute_command(_name(args[0]), *args[1:])
         else:
             start = _monotonic()
             conn.send_packed_command(conn.pack_command(*args))
             reply = conn.read_response()
             if _record is not None:
-                _record(str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode().upper(),
-                        _monotonic() - start, lane.host, lane.port, str(getattr(conn, "db", 0)))
+                _record(_name(args[0]), _monotonic() - start, lane.host, lane.port, str(conn.db))
         lane.last = _monotonic()
         return reply
 
@@ -327,7 +331,8 @@ class Transport:
         with translate_errors(self._where):
             try:
                 if not self.direct:
-                    return call_with_rule(lambda: self.client.execute_command(*args), _noop, read=read)
+                    return call_with_rule(lambda: self.client.execute_command(_name(name), *args[1:]), _noop,
+                                          read=read)
                 return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read)
             except redis.ResponseError as e:
                 raise self._refused(e) from e
@@ -358,7 +363,7 @@ class Transport:
             if self.cluster:
                 # RedisCluster finds a script's slot from its keys by the command's name
                 return call_with_rule(lambda: self.client.execute_command("EVALSHA", *args[1:]), _noop)
-            return call_with_rule(lambda: self.client.execute_command(*args), _noop)
+            return call_with_rule(lambda: self.client.execute_command(_name(args[0]), *args[1:]), _noop)
         return call_with_rule(lambda: self._send(args), self._fail, self._retry)
 
 

@@ -1,0 +1,147 @@
+"""OpenTelemetry's redis instrumentation and redis-py's own metrics hook see every
+command statekit sends, on redis://, rediss:// (a TLS proxy in front of a server the
+suite starts) and a Sentinel URL.
+
+The instrumentation wraps ``redis.Redis.execute_command`` for the whole process, so
+each test instruments and uninstruments around itself."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_redis_helpers import tls_url
+
+from statekit.embedded import RedisSentinel, RedisServer
+from statekit.redis import create_client
+from statekit.redis import transport as transport_module
+from statekit.redis.scripts import Script
+from statekit.redis.transport import Transport
+
+pytestmark = pytest.mark.redis
+
+SOURCE = "return redis.call('INCR', KEYS[1])"
+INCR = Script("incr", SOURCE, hashlib.sha1(SOURCE.encode()).hexdigest().encode())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[RedisSentinel]:
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture(params=["redis", "rediss", "sentinel"])
+def url(request: pytest.FixtureRequest, server: RedisServer, tmp_path: Path) -> Iterator[str]:
+    if request.param == "redis":
+        yield server.url
+    elif request.param == "rediss":
+        with tls_url(server, tmp_path) as tls:
+            yield tls
+    else:
+        yield request.getfixturevalue("sentinel").url
+
+
+@pytest.fixture
+def spans() -> Iterator[Callable[[], list[str]]]:
+    """The names of the spans finished so far (while the instrumentation is on)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = RedisInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield lambda: [s.name for s in exporter.get_finished_spans()]
+    finally:
+        instrumentor.uninstrument()
+
+
+def _commands(names: list[str]) -> list[str]:
+    """The commands sent to Redis (the sentinels' own are left out)."""
+    return [n.split()[0].upper() for n in names if not n.upper().startswith("SENTINEL")]
+
+
+def test_every_transport_command_and_script_gets_a_span(url: str, spans: Callable[[], list[str]]) -> None:
+    t = Transport(create_client(url), what="test")
+    t.command("SCRIPT", "FLUSH")
+    assert t.command("SET", "obs", "1") == b"OK"  # raw replies also through the instrumented client
+    assert t.command("GET", "obs") == b"1"
+    assert t.script(INCR, ["obs"], []) == 2  # EVALSHA (NOSCRIPT), SCRIPT LOAD, EVALSHA
+    assert _commands(spans()) == ["SCRIPT", "SET", "GET", "EVALSHA", "SCRIPT", "EVALSHA"]
+
+
+def test_redis_py_metrics_hook_sees_each_direct_command(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def record(command_name: str, duration_seconds: float, *args: Any, **kwargs: Any) -> None:
+        assert duration_seconds >= 0
+        seen.append(command_name)
+
+    monkeypatch.setattr(transport_module, "_record", record)
+    t = Transport(create_client(url), what="test")
+    t.command("SET", "obs", "1")
+    t.command(b"GET", "obs")
+    t.script(INCR, ["obs"], [])
+    assert seen[-3:] == ["SET", "GET", "EVALSHA"]
+
+
+def _on_transport(module: str) -> bool:
+    """Whether the capability's Redis backend sends through Transport (not the old
+    fast path, which no instrumentation sees)."""
+    import importlib
+
+    return not hasattr(importlib.import_module(module), "FastTransport")
+
+
+@pytest.mark.skipif(not _on_transport("statekit.cache.redis"), reason="the cache is not on Transport yet")
+def test_cache_get_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
+    from statekit.cache import Cache
+
+    cache = Cache(url, prefix="obs")
+    cache.set("k", 1)
+    before = len(spans())
+    assert cache.get("k") == 1
+    assert len(spans()) > before  # the get's command(s)
+
+
+@pytest.mark.skipif(not _on_transport("statekit.sessions.redis"), reason="sessions are not on Transport yet")
+def test_session_load_and_save_are_seen(url: str, spans: Callable[[], list[str]]) -> None:
+    from statekit.sessions import SessionStore
+
+    store = SessionStore(url, secret_keys=["k" * 32], key_prefix="obs")
+    session = store.create({"a": 1})
+    before = len(spans())
+    session["b"] = 2
+    store.save(session)
+    saved = len(spans())
+    assert saved > before
+    loaded = store.load(session.sid)
+    assert loaded is not None and loaded["b"] == 2
+    assert len(spans()) > saved
+
+
+@pytest.mark.skipif(not _on_transport("statekit.broadcast.redis"), reason="broadcast is not on Transport yet")
+def test_broadcast_publish_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
+    from statekit.broadcast import Broadcaster
+
+    b = Broadcaster(url, key_prefix="obs")
+    b.publish("warm", 0)
+    before = len(spans())
+    b.publish("v", 1)
+    assert "EVALSHA" in _commands(spans()[before:])
