@@ -86,3 +86,30 @@ def test_fast_connection_stops_spinning_for_a_slow_redis(monkeypatch: pytest.Mon
         conn.call(b"PING")
     assert conn.spin and conn.misses == 8
     conn.sock = None  # type: ignore[assignment]
+
+
+@pytest.mark.redis
+def test_near_copies_are_refused_while_the_listener_lags(redis_url: str, redis_server: Any) -> None:
+    """While invalidations wait unhandled (listener.pending()), get and get_many read
+    Redis instead of the near copy, as the session store does."""
+    from statekit.pytest_plugin import redis_command_calls
+
+    cache = Cache(redis_url, prefix="lag", near_cache=True)
+    assert cache.near_ready(10)
+    cache.set("k", "v")
+    assert cache.get("k") == "v"
+    assert cache.get("k") == "v" and cache.stats()["near_hits"] == 1
+    listener: Any = cache._listener
+    with redis_server.client() as r:
+        r.config_resetstat()
+        listener.pending = lambda: True
+        try:
+            assert cache.get("k") == "v"
+            assert cache.get_many(["k"]) == {"k": "v"}
+        finally:
+            del listener.pending
+        calls = redis_command_calls(r)
+    assert cache.stats()["near_hits"] == 1
+    assert calls.get("evalsha", 0) + calls.get("mget", 0) == 2
+    assert cache.get("k") == "v" and cache.stats()["near_hits"] == 2
+    cache.close()

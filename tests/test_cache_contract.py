@@ -146,3 +146,33 @@ def test_memory_reset_empties_memory_caches() -> None:
     c.namespace("other").set("k", 2)
     memory.reset()
     assert c.get("k") is None and c.namespace("other").get("k") is None
+
+
+def test_memory_clears_leave_nothing_behind() -> None:
+    """memory:// runs the same sweep (the same script, on fakeredis)."""
+    from statekit.redis import memory_client
+
+    cache = Cache("memory://sweep", prefix="sweep")
+    for round_ in range(3):
+        cache.set_many({f"k{i}": round_ for i in range(1200)}, ttl=None)
+        cache.clear()
+    cache.set("live", 1, ttl=None)
+    assert rediscache.sweeper.wait(30)
+    assert memory_client("sweep").dbsize() == 2  # the generation counter and "live"
+    assert cache.get("live") == 1
+
+
+def test_a_lost_generation_counter_stops_the_sweep() -> None:
+    """A sweep for generations below N does not remove keys once the counter is
+    below N again (FLUSHALL, eviction): those names are live."""
+    from statekit.redis import memory_client
+
+    cache = Cache("memory://lost-gen", prefix="lost")
+    backend: Any = cache._be()
+    cache.clear()
+    cache.clear()  # generation 2
+    assert rediscache.sweeper.wait(30)
+    memory_client("lost-gen").flushall()  # the counter is gone: generation 0 again
+    cache.set_many({f"k{i}": i for i in range(10)}, ttl=None)
+    assert rediscache.sweep(backend, 2) == 0
+    assert len(cache.get_many([f"k{i}" for i in range(10)])) == 10

@@ -1,5 +1,10 @@
 """``statekit.cache``: a shared cache on Redis (or ``memory://`` for tests).
 
+The backend is found by URL scheme (:data:`BACKENDS`; another distribution adds a
+scheme with an entry point in the group ``statekit.cache``) and implements
+:class:`~statekit.cache.protocol.CacheBackend`; ``memory://`` is the Redis backend
+on an in-process fakeredis, so it runs the same script (no near cache there).
+
 This module is two things, like ``django.core.cache``:
 
 * :class:`Cache`, the class: ``Cache("redis://127.0.0.1:6379/0")``;
@@ -10,7 +15,8 @@ This module is two things, like ``django.core.cache``:
 
 Values go through a codec (JSON by default); integers are stored as their decimal
 text so ``incr`` is a Redis ``INCRBY``. Every key lives in a *namespace* whose
-generation counter makes :meth:`Cache.clear` O(1) and cluster-safe.
+generation counter makes :meth:`Cache.clear` O(1) and cluster-safe; the old
+generation's keys are then removed in the background, in bounded chunks.
 
 :meth:`Cache.get_or_set` and :meth:`Cache.cached` protect against stampedes: one
 caller (across processes and machines) recomputes under a short Redis lock while
@@ -223,7 +229,9 @@ class Cache:
         (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
     :param near_cache: ``True`` or a maximum entry count to keep decoded values in
         process, coherent through Redis invalidations (any Redis URL, TLS
-        included). See :mod:`statekit.cache.near`.
+        included; not ``memory://``). A near copy is not served while the
+        invalidation listener has invalidations it has not applied yet. See
+        :mod:`statekit.cache.near`.
     :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
     :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
     :param failure_threshold: consecutive failures that open the circuit breaker.
@@ -603,8 +611,9 @@ class Cache:
         return found[0]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys that are present, in one round trip (one
-        ``MGET``, atomic with respect to writers). ``{}`` during an outage with
+        """``{key: value}`` for the keys that are present: one ``MGET`` (atomic with
+        respect to writers) per 500 keys (:data:`statekit.cache.redis.CHUNK`), so a
+        big read never blocks Redis for long. ``{}`` during an outage with
         ``on_error="miss"``."""
         keys = list(keys)
         for k in keys:
@@ -716,9 +725,12 @@ class Cache:
             self._forget(key)
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
-        """Store every item with the same TTL in one round trip, atomically (all or
-        none, also on Redis Cluster: a namespace lives in one slot); ``False`` if
-        dropped during an outage (``"miss"``)."""
+        """Store every item with the same TTL: one round trip per 500 items
+        (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none, also
+        on Redis Cluster: a namespace lives in one slot), so a big write never
+        blocks Redis for long. A failure after the first chunk leaves the earlier
+        chunks written (they are not sent again). ``False`` if dropped during an
+        outage (``"miss"``)."""
         backend = self._backend or self._connect()
         items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
         self._forget_many(items)
@@ -737,7 +749,7 @@ class Cache:
             self._forget(key)
 
     def delete_many(self, keys: Iterable[str]) -> int:
-        """Delete *keys* in one round trip; return how many existed."""
+        """Delete *keys* (one round trip per 500 keys); return how many existed."""
         backend = self._backend or self._connect()
         keys = [self._check_key(k) for k in keys]
         self._forget_many(keys)
@@ -781,9 +793,12 @@ class Cache:
             self._forget(key)
 
     def clear(self) -> bool:
-        """Empty this namespace in O(1) (a generation bump; no SCAN, no FLUSHDB).
-        Other namespaces and other prefixes are untouched. Old keys expire on their
-        own TTL. ``False`` if dropped during an outage with ``on_error="miss"``."""
+        """Empty this namespace in O(1) (a generation bump; no FLUSHDB). Other
+        namespaces, other prefixes and locks are untouched. The old generation's keys
+        are unreachable at once and removed afterwards by a background thread (SCAN
+        and UNLINK, 500 keys per call; see :mod:`statekit.cache.redis`), also those
+        stored with no TTL. ``False`` if dropped during an outage with
+        ``on_error="miss"``."""
         backend = self._backend or self._connect()
         if self._near is not None:
             self._near.flush()

@@ -115,7 +115,7 @@ class RedisTransport(FastTransport):
             kw.update(host=host, port=port)
         return [kw]
 
-    def run(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Any:
+    def run(self, keys: Sequence[str | bytes], args: Sequence[bytes | str | int]) -> Any:
         """Run the cache script: one round trip (two more after a ``SCRIPT FLUSH``)."""
         return self.script(SCRIPT.sha, SCRIPT.source, keys, args)
 
@@ -124,27 +124,38 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def sweep(client: RedisClient, base: str, below: int) -> int:
-    """Remove the keys of namespace *base* whose generation is below *below*
-    (unreachable since a clear): ``SCAN MATCH`` on every primary, ``UNLINK`` in
-    chunks of :data:`CHUNK` keys. Returns how many were removed.
+def sweep(backend: RedisCacheBackend, below: int) -> int:
+    """Remove the keys of *backend*'s namespace whose generation is below *below*
+    (unreachable since a clear): ``SCAN MATCH`` (on every primary of a cluster),
+    then the cache script's ``sweep`` (``UNLINK``) per :data:`CHUNK` keys, which
+    refuses if the generation counter is below *below* again (it was lost: those
+    names are live). Returns how many keys were removed.
 
     :raises BackendUnavailable: Redis failed (what was removed stays removed).
     """
-    head = base.encode()
+    client: Any = backend.transport.client
+    head = backend.base.encode()
     size = len(head)
     removed = 0
     batch: list[bytes] = []
+
+    def unlink() -> bool:
+        nonlocal removed
+        keys: list[str | bytes] = [backend._gen_key, *batch]
+        done = int(backend.transport.run(keys, (b"sweep", backend._n, str(below))))
+        batch.clear()
+        removed += max(done, 0)
+        return done >= 0
+
     with translate_errors("a cache sweep"):
-        for key in client.scan_iter(match=_glob_escape(base) + "[0-9]*", count=1000):
+        for key in client.scan_iter(match=_glob_escape(backend.base) + "[0-9]*", count=1000):
             gen, sep, _ = key[size:].partition(b":")
             if sep and gen.isdigit() and int(gen) < below:
                 batch.append(key)
-                if len(batch) == CHUNK:
-                    removed += int(client.unlink(*batch))
-                    batch = []
+                if len(batch) == CHUNK and not unlink():
+                    return removed
         if batch:
-            removed += int(client.unlink(*batch))
+            unlink()
     return removed
 
 
@@ -155,17 +166,17 @@ class Sweeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[tuple[int, str], tuple[RedisClient, str, int]] = {}
+        self._jobs: dict[tuple[int, str], tuple[RedisCacheBackend, int]] = {}
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
 
-    def submit(self, client: RedisClient, base: str, below: int) -> None:
+    def submit(self, backend: RedisCacheBackend, below: int) -> None:
         with self._lock:
-            key = (id(client), base)
+            key = (id(backend.transport), backend.base)
             job = self._jobs.get(key)
-            if job is None or job[2] < below:
-                self._jobs[key] = (client, base, below)
+            if job is None or job[1] < below:
+                self._jobs[key] = (backend, below)
             self._idle.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="statekit-cache-sweep", daemon=True)
@@ -185,12 +196,12 @@ class Sweeper:
                 if not self._jobs:
                     self._idle.set()
                     return
-                _, (client, base, below) = self._jobs.popitem()
+                _, (backend, below) = self._jobs.popitem()
             try:
-                sweep(client, base, below)
+                sweep(backend, below)
             except Exception as e:  # noqa: BLE001 - a background job: log, the next clear redoes it
                 _log.warning("cache namespace %s: removing the keys of generations before %d failed "
-                             "(the next clear retries): %s", base, below, e)
+                             "(the next clear retries): %s", backend.base, below, e)
 
 
 #: the process's sweeper (see :class:`Sweeper`)
@@ -318,7 +329,7 @@ class RedisCacheBackend(CacheBackend):
         generations' keys in the background."""
         gen = int(self.transport.command(b"INCR", self._gen_key))
         self._gen = str(gen).encode()
-        sweeper.submit(self.transport.client, self.base, gen)
+        sweeper.submit(self, gen)
 
     def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
         reply = self.transport.command(b"SET", f"{self.base}lock:{name}", token, b"PX", ttl_ms, b"NX")

@@ -57,6 +57,12 @@ elseif op == 'touch' then
     return 0
   end
   return redis.call('PEXPIRE', r, ARGV[3])
+elseif op == 'sweep' then
+  -- KEYS[2..]: whole key names of generations below ARGV[3], found by SCAN. Refused
+  -- (-1) unless the generation is still at least ARGV[3]: a counter that was lost
+  -- (FLUSHALL, eviction) restarted below it, and those names are live again.
+  if tonumber(g) < tonumber(ARGV[3]) then return -1 end
+  return redis.call('UNLINK', unpack(KEYS, 2))
 elseif op == 'unlock' then
   if redis.call('GET', KEYS[2]) == ARGV[3] then return redis.call('DEL', KEYS[2]) end
   return 0
