@@ -1,0 +1,130 @@
+"""The Redis transport against its floor and its anchor (issue 17, point 1 and 6).
+
+    .venv/bin/python bench/transport.py [--n 20000] [--rounds 5]
+
+GET of a small value on loopback, one thread, against a private server started here,
+interleaved rounds, median per call (wall and CPU time of this process):
+
+* raw socket: a pre-packed ``GET`` on a blocking socket, one ``sendall`` and one
+  ``recv`` (the floor; no parsing);
+* redis-py pooled: ``client.get`` through the connection pool (the anchor);
+* redis-py one connection: ``execute_command`` with ``single_connection_client``;
+* Transport.command: statekit's per-thread pool connection;
+* Cache.get: a hit through :class:`statekit.cache.Cache` (no near cache).
+
+Targets: ``Cache.get`` <= 1.3x the raw socket and <= 0.7x redis-py pooled.
+Then, under gevent, how long a paused Redis makes each transport path wait against
+``socket_timeout`` (tests/test_redis_gevent.py checks the outcome; this prints the
+time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+
+def _time(call: Callable[[], object], n: int) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - wall) / n * 1e6, (time.process_time() - cpu) / n * 1e6
+
+
+def round_trips(n: int, rounds: int) -> None:
+    import redis
+
+    from statekit.cache import Cache
+    from statekit.embedded import RedisServer
+    from statekit.redis import create_client
+    from statekit.redis.transport import Transport
+
+    server = RedisServer()
+    server.start()
+    try:
+        pooled = redis.Redis(port=server.port)
+        pooled.set("bench", b"x" * 64)
+        single = redis.Redis(port=server.port, single_connection_client=True)
+        transport = Transport(create_client(server.url))
+        cache = Cache(server.url, prefix="bench")
+        cache.set("k", b"x" * 64)
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        packed = b"*2\r\n$3\r\nGET\r\n$5\r\nbench\r\n"
+        reply_size = len(b"$64\r\n" + b"x" * 64 + b"\r\n")
+
+        def raw() -> bytes:
+            sock.sendall(packed)
+            data = sock.recv(4096)
+            while len(data) < reply_size:
+                data += sock.recv(4096)
+            return data
+
+        cases: dict[str, Callable[[], object]] = {
+            "raw socket": raw,
+            "redis-py pooled": lambda: pooled.get("bench"),
+            "redis-py one connection": lambda: single.execute_command("GET", "bench"),
+            "Transport.command": lambda: transport.command(b"GET", "bench"),
+            "Cache.get": lambda: cache.get("k"),
+        }
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        for call in cases.values():
+            _time(call, n // 10)  # warm up
+        for _ in range(rounds):
+            for name, call in cases.items():
+                results[name].append(_time(call, n))
+        med = {name: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r))
+               for name, r in results.items()}
+        load = os.getloadavg()[0]
+        print(f"load average {load:.2f} on {os.cpu_count()} CPUs; median of {rounds} x {n} calls")
+        for name, (wall, cpu) in med.items():
+            print(f"  {name:<24} {wall:7.1f} us wall {cpu:7.1f} us CPU")
+        floor, anchor = med["raw socket"][0], med["redis-py pooled"][0]
+        got = med["Cache.get"][0]
+        print(f"  Cache.get = {got / floor:.2f}x raw socket (target <= 1.3), "
+              f"{got / anchor:.2f}x redis-py pooled (target <= 0.7)")
+        print(f"  Transport.command = {med['Transport.command'][0] / floor:.2f}x raw socket, "
+              f"{med['Transport.command'][0] / anchor:.2f}x redis-py pooled")
+    finally:
+        server.stop()
+
+
+def gevent_timeouts() -> None:
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from test_redis_gevent import TIMEOUT, _on_transport, run_paused  # type: ignore[import-not-found]
+
+    from statekit.embedded import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        print(f"under gevent, Redis paused, socket_timeout={TIMEOUT} s:")
+        for path in ("command", "script", "cache-get", "session-load", "broadcast-publish"):
+            if not _on_transport(path):
+                print(f"  {path:<18} not on Transport yet (skipped: the old fast path ignores gevent)")
+                continue
+            report = run_paused(server, path)
+            elapsed = float(report["elapsed"])
+            print(f"  {path:<18} waited {elapsed:.3f} s ({elapsed / TIMEOUT - 1:+.0%} over the timeout): "
+                  f"{str(report['outcome'])[:60]}")
+    finally:
+        server.resume()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    round_trips(args.n, args.rounds)
+    gevent_timeouts()
+
+
+if __name__ == "__main__":
+    main()
