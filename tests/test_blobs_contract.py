@@ -112,18 +112,6 @@ class DictBackend(BlobBackend):
                      for k in keys[:page_size]]
         return BlobPage(items, keys[page_size - 1] if len(keys) > page_size else None)
 
-    def put_marker(self, key: str, data: bytes) -> None:
-        self.pending[key] = data
-
-    def get_marker(self, key: str) -> bytes | None:
-        return self.pending.get(key)
-
-    def delete_marker(self, key: str) -> None:
-        self.pending.pop(key, None)
-
-    def markers(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.pending.items()))
-
 
 @pytest.fixture
 def dict_entry_point(monkeypatch: pytest.MonkeyPatch) -> None:

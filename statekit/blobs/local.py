@@ -4,7 +4,7 @@ Layout under the root::
 
     2026/11/22/9f0c...e1.png            the blob, under its key
     .statekit/meta/<key>.json           its record (type, filename, sha256, metadata)
-    .statekit/pending/<key>.json        policy of an unconfirmed direct upload
+    .statekit/pending/<key>             policy of an unconfirmed direct upload (a blob)
     <dir>/.tmp-XXXX                     a write in progress (removed on abort)
 
 A write goes to a temporary file in the destination directory, is fsynced, and is
@@ -110,7 +110,7 @@ class _LocalWriter(BlobWriter):
             record = {"content_type": req.content_type, "created": req.created.isoformat(),
                       "metadata": dict(req.metadata, **{META_SHA256: sha256}), "size": size}
             meta_path = self._store._meta_path(req.key)
-            self._store._write_json(meta_path, record, exclusive=True)
+            self._store._write_json(meta_path, record)
             self._meta_final = meta_path
             _link_exclusive(self._tmp, self._final)
             self._meta_final = None
@@ -207,10 +207,8 @@ class LocalBackend(BlobBackend):
     def _meta_path(self, key: str) -> str:
         return os.path.join(self.root, _INTERNAL, "meta", *key.split("/")) + ".json"
 
-    def _marker_path(self, key: str) -> str:
-        return os.path.join(self.root, _INTERNAL, "pending", *key.split("/")) + ".json"
-
-    def _write_json(self, path: str, record: Any, *, exclusive: bool) -> None:
+    def _write_json(self, path: str, record: Any) -> None:
+        """Write *record* to *path*, which must not exist (:class:`FileExistsError`)."""
         directory = os.path.dirname(path)
         self._makedirs(directory)
         fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
@@ -220,10 +218,7 @@ class LocalBackend(BlobBackend):
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
-            if exclusive:
-                _link_exclusive(tmp, path)
-            else:
-                os.replace(tmp, path)
+            _link_exclusive(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -303,31 +298,6 @@ class LocalBackend(BlobBackend):
             items.append(Blob(key, st.st_size, created=created))
         more = len(keys) > page_size
         return BlobPage(items, keys[page_size - 1] if more else None)
-
-    def put_marker(self, key: str, data: bytes) -> None:
-        self._write_json(self._marker_path(key), json.loads(data), exclusive=False)
-
-    def get_marker(self, key: str) -> bytes | None:
-        try:
-            with open(self._marker_path(key), "rb") as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def delete_marker(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(self._marker_path(key))
-
-    def markers(self) -> Iterator[tuple[str, bytes]]:
-        top = os.path.join(self.root, _INTERNAL, "pending")
-        for dirpath, _dirs, filenames in os.walk(top):
-            for name in filenames:
-                if name.startswith(".") or not name.endswith(".json"):
-                    continue
-                key = os.path.relpath(os.path.join(dirpath, name), top)[: -len(".json")].replace(os.sep, "/")
-                raw = self.get_marker(key)
-                if raw is not None:
-                    yield key, raw
 
     def cleanup_partial(self, older_than: float) -> int:
         cutoff = time.time() - older_than

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import io
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -61,7 +60,6 @@ class MemoryBackend(BlobBackend):
     def __init__(self, url: str | None = "memory://", *, name: str | None = None) -> None:
         self.name = name or (parse_url(url or "memory://", kinds=("memory",)).name)
         self._objects = get_store(f"statekit-blobs:{self.name}")
-        self._pending = get_store(f"statekit-blobs-pending:{self.name}")
 
     def describe(self) -> str:
         return f"memory://{self.name}"
@@ -96,23 +94,4 @@ class MemoryBackend(BlobBackend):
                 items.append(Blob(key, len(obj.data), created=obj.created))
         more = start + page_size < len(keys)
         return BlobPage(items, items[-1].key if more and items else None)
-
-    def put_marker(self, key: str, data: bytes) -> None:
-        self._pending.set(key, data)
-
-    def get_marker(self, key: str) -> bytes | None:
-        raw = self._pending.get(key)
-        return raw if isinstance(raw, bytes) else None
-
-    def delete_marker(self, key: str) -> None:
-        self._pending.delete(key)
-
-    def markers(self) -> Iterator[tuple[str, bytes]]:
-        for key in list(self._pending.keys()):
-            raw = self.get_marker(key)
-            if raw is not None:
-                yield key, raw
-
-    def cleanup_partial(self, older_than: float) -> int:
-        return 0  # writes are buffered in the writer: nothing partial is ever stored
 

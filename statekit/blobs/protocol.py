@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import quote, unquote
@@ -200,24 +200,10 @@ class BlobBackend(Protocol):
     @abstractmethod
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
         """At most *page_size* objects whose key starts with *prefix*, in key order,
-        after *cursor* (opaque: what the previous page returned). Keys with a dotted
-        segment (statekit's ``.statekit/`` area) are never listed."""
-
-    @abstractmethod
-    def put_marker(self, key: str, data: bytes) -> None:
-        """Record the pending direct upload of *key* (its policy, JSON), replacing one."""
-
-    @abstractmethod
-    def get_marker(self, key: str) -> bytes | None:
-        """The pending upload's policy, or ``None``."""
-
-    @abstractmethod
-    def delete_marker(self, key: str) -> None:
-        """Forget the pending upload of *key* (no error if there is none)."""
-
-    @abstractmethod
-    def markers(self) -> Iterator[tuple[str, bytes]]:
-        """Every pending upload: ``(key, policy)``."""
+        after *cursor* (opaque: what the previous page returned; ``None`` on the last
+        page). Items need only ``key``, ``size`` and ``created``. statekit keeps its own
+        objects (pending direct uploads) under ``.statekit/`` through the same methods;
+        a backend may leave them out of a listing whose *prefix* is not below it."""
 
     def describe(self) -> str:
         """A short, password-free name of the store (for counters, errors and the

@@ -42,7 +42,7 @@ import io
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -401,10 +401,7 @@ class S3Backend(BlobBackend):
         cut = len(self.prefix) + 1 if self.prefix else 0
         items = []
         for obj in resp.get("Contents", []):
-            key = obj["Key"][cut:]
-            if key.startswith(RESERVED_PREFIX) or any(s.startswith(".") for s in key.split("/")):
-                continue
-            items.append(Blob(key, int(obj["Size"]), created=obj.get("LastModified")))
+            items.append(Blob(obj["Key"][cut:], int(obj["Size"]), created=obj.get("LastModified")))
         return BlobPage(items, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
     # -- URLs and direct uploads ---------------------------------------------------------
@@ -436,48 +433,10 @@ class S3Backend(BlobBackend):
         self._call("copy_object", key, Bucket=self.bucket, Key=self._full(key),
                    CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY")
 
-    def _marker_key(self, key: str) -> str:
-        return self._full(RESERVED_PREFIX + "pending/" + key)
-
-    def put_marker(self, key: str, data: bytes) -> None:
-        self._call("put_object", key, Bucket=self.bucket, Key=self._marker_key(key), Body=data,
-                   ContentType="application/json")
-
-    def get_marker(self, key: str) -> bytes | None:
-        try:
-            resp = self._call("get_object", key, Bucket=self.bucket, Key=self._marker_key(key))
-        except BlobNotFound:
-            return None
-        data: bytes = resp["Body"].read()
-        return data
-
-    def delete_marker(self, key: str) -> None:
-        self._call("delete_object", key, Bucket=self.bucket, Key=self._marker_key(key))
-
-    def _objects(self, top: str, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``(key below *top*, listing entry)`` of every object under the full prefix *top*."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=top):
-                for obj in page.get("Contents", []):
-                    yield obj["Key"][len(top):], obj
-        except Exception as e:
-            if isinstance(e, StatekitError):
-                raise
-            raise translate_error(e, what) from e
-
-    def markers(self) -> Iterator[tuple[str, bytes]]:
-        for key, _ in self._objects(self._marker_key(""), "listing pending uploads"):
-            raw = self.get_marker(key)
-            if raw is not None:
-                yield key, raw
-
     def cleanup_partial(self, older_than: float) -> int:
-        """Abort multipart uploads under the store prefix started before the cutoff,
-        and delete staged direct uploads older than it that no pending upload owns
-        (a form sent again after its upload was confirmed)."""
+        """Abort multipart uploads under the store prefix started before the cutoff."""
         cutoff = time.time() - older_than
-        removed = self._cleanup_staged(cutoff)
+        removed = 0
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
         while True:
             resp = self._call("list_multipart_uploads", None, **kwargs)
@@ -491,14 +450,6 @@ class S3Backend(BlobBackend):
                 return removed
             kwargs["KeyMarker"] = resp.get("NextKeyMarker")
             kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
-
-    def _cleanup_staged(self, cutoff: float) -> int:
-        removed = 0
-        for key, obj in list(self._objects(self._full(self.upload_target("")), "listing staged uploads")):
-            if obj["LastModified"].timestamp() <= cutoff and self.get_marker(key) is None:
-                self._call("delete_object", key, Bucket=self.bucket, Key=obj["Key"])
-                removed += 1
-        return removed
 
     def list_incomplete(self) -> list[dict[str, Any]]:
         """Multipart uploads in progress under the store prefix (``Key``, ``UploadId``,

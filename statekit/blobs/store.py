@@ -15,7 +15,7 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -30,7 +30,14 @@ from ..errors import (
     DisallowedContentType,
 )
 from ..metrics import Counters
-from .keys import content_disposition, generate_key, sanitize_filename, validate_key, validate_prefix
+from .keys import (
+    RESERVED_PREFIX,
+    content_disposition,
+    generate_key,
+    sanitize_filename,
+    validate_key,
+    validate_prefix,
+)
 from .protocol import (
     META_CREATED,
     META_FILENAME,
@@ -56,6 +63,8 @@ BUILTIN_BACKENDS = {
     "file": "statekit.blobs.local:LocalBackend",
     "memory": "statekit.blobs.memory:MemoryBackend",
 }
+#: where the policy of each pending direct upload is kept, as a small JSON object
+_PENDING = RESERVED_PREFIX + "pending/"
 
 
 def require_extras(scheme: str) -> None:
@@ -247,24 +256,22 @@ class BlobStore:
         return self.backend.delete(validate_key(key))
 
     def list_page(self, prefix: str = "", *, cursor: str | None = None, page_size: int = 1000) -> BlobPage:
-        """One page of blobs whose key starts with *prefix*, in key order."""
+        """One page of blobs whose key starts with *prefix*, in key order. statekit's
+        own objects are left out, so a page may hold fewer than *page_size* items:
+        only ``cursor`` ``None`` ends the listing."""
         if prefix and not prefix.endswith("/"):
             validate_key(prefix)
         elif prefix:
             validate_prefix(prefix)
         if not 1 <= page_size <= 1000:
             raise ConfigError("page_size must be between 1 and 1000")
-        return self.backend.list_page(prefix, cursor, page_size)
+        page = self.backend.list_page(prefix, cursor, page_size)
+        visible = [b for b in page.items if not b.key.startswith(".") and "/." not in b.key]
+        return BlobPage(visible, page.cursor)
 
     def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[Blob]:
         """Every blob under *prefix*, fetched a page at a time."""
-        cursor: str | None = None
-        while True:
-            page = self.list_page(prefix, cursor=cursor, page_size=page_size)
-            yield from page.items
-            if page.cursor is None:
-                return
-            cursor = page.cursor
+        return _pages(lambda cursor: self.list_page(prefix, cursor=cursor, page_size=page_size))
 
     # -- URLs ----------------------------------------------------------------------
     def url(self, key: str, *, expires: int = 3600, download_name: str | None = None) -> str:
@@ -346,7 +353,8 @@ class BlobStore:
         key = generate_key(None, prefix=prefix, now=now)
         policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
                   "created": now.timestamp(), "expires": now.timestamp() + expires}
-        self.backend.put_marker(key, json.dumps(policy).encode())
+        marker = WriteRequest(_PENDING + key, "application/json", None, "attachment", {}, now)
+        self._write(marker, iter([json.dumps(policy).encode()]))
         form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
         if form is None:
             fields = {"key": key, "Content-Type": content_type_prefix,
@@ -369,7 +377,7 @@ class BlobStore:
             raise BlobError("upload form signature does not match")
         if int(fields.get("expires", "0")) < time.time():
             raise BlobError("upload form has expired")
-        if self.backend.get_marker(key) is None:
+        if self._policy(key) is None:
             raise BlobNotFound(f"no pending upload {key!r}")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         ctype = normalize_type(content_type or fields.get("Content-Type")) or "application/octet-stream"
@@ -390,7 +398,7 @@ class BlobStore:
         """
         validate_key(key)
         backend = self.backend
-        raw = backend.get_marker(key)
+        raw = self._policy(key)
         if raw is None:
             return backend.stat(key)
         target = backend.upload_target(key)
@@ -418,27 +426,46 @@ class BlobStore:
         *blob* the blob itself."""
         if blob:
             self.backend.delete(key)
-        self.backend.delete_marker(key)
+        self.backend.delete(_PENDING + key)
         target = self.backend.upload_target(key)
         if target != key:
             self.backend.delete(target)
+
+    def _policy(self, key: str) -> bytes | None:
+        """The policy of the pending direct upload of *key* (JSON), or ``None``."""
+        try:
+            return self.backend.read_range(_PENDING + key, 0, 1 << 16)
+        except BlobNotFound:
+            return None
+
+    def _internal(self, prefix: str) -> Iterator[Blob]:
+        """Every object below statekit's own *prefix* (``.statekit/...``)."""
+        return _pages(lambda cursor: self.backend.list_page(prefix, cursor, 1000))
 
     # -- housekeeping ----------------------------------------------------------------
     def cleanup_incomplete(self, older_than: float = 86400.0) -> int:
         """Remove what interrupted writes left behind more than *older_than* seconds
         ago: S3 multipart uploads are aborted, temporary files removed, and direct
-        uploads never confirmed (pending past their expiry) are deleted. Returns how
-        many items were removed. Safe to run from several processes at once."""
+        uploads never confirmed (pending past their expiry) are deleted, as are the
+        staged copies of forms sent again after their upload was confirmed (S3).
+        Returns how many items were removed. Safe to run from several processes at once."""
         removed = self.backend.cleanup_partial(older_than)
         now = time.time()
-        for key, raw in list(self.backend.markers()):
+        for item in list(self._internal(_PENDING)):
+            key = item.key[len(_PENDING):]
             try:
-                policy = json.loads(raw)
+                policy = json.loads(self._policy(key) or b"")
                 stale = now > max(float(policy["expires"]), float(policy["created"]) + older_than)
             except (ValueError, KeyError, TypeError):
                 stale = True
             if stale:
                 self._drop_upload(key, blob=True)
+                removed += 1
+        staging = self.backend.upload_target("")
+        for item in list(self._internal(staging)) if staging else []:
+            old = item.created is not None and item.created.timestamp() <= now - older_than
+            if old and self._policy(item.key[len(staging):]) is None:
+                self.backend.delete(item.key)
                 removed += 1
         return removed
 
@@ -456,6 +483,17 @@ class BlobStore:
 def _chain(head: bytes, rest: Source) -> Iterator[bytes]:
     yield head
     yield from rest
+
+
+def _pages(fetch: Callable[[str | None], BlobPage]) -> Iterator[Blob]:
+    """The items of every page *fetch* returns, from cursor ``None`` to the last."""
+    cursor: str | None = None
+    while True:
+        page = fetch(cursor)
+        yield from page.items
+        if page.cursor is None:
+            return
+        cursor = page.cursor
 
 
 def open_blob_store(url: str | None = None, **kwargs: Any) -> BlobStore:
