@@ -1,4 +1,7 @@
-"""Contract suite for statekit.sessions.SessionStore: Redis (two server lines) and memory://."""
+"""SessionStore: the shipped engine contract (statekit.testing.contracts.sessions) on
+memory:// and on redis:// of every server line; store logic (cookies, codecs,
+timeouts, lazy decoding) on memory://; Redis-only structure (round trips, layout,
+revoke_user in bounded batches)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,53 +19,45 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statekit.sessions as sessions_mod
-from statekit.embedded import RedisServer, free_port
-from statekit.errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
-from statekit.pytest_plugin import redis_command_calls, server_lines
+import statekit.sessions.redis as session_redis
+from statekit.backends import memory
+from statekit.embedded import free_port
+from statekit.errors import ConfigError, InvalidKey, SerializationError
+from statekit.pytest_plugin import redis_command_calls
 from statekit.sessions import Session, SessionStore
-from statekit.sessions.protocol import Status
+from statekit.sessions.redis import RedisEngine
+from statekit.testing.contracts.sessions import SessionEngineContract
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
 StoreFactory = Callable[..., SessionStore]
 
 
-def _redis_lines() -> dict[str, Any]:
-    """Every server line found (as the root conftest's redis_line_url)."""
-    return {b.line: b for b in server_lines()}
-
-
-_LINES = _redis_lines()
-_servers: dict[str, RedisServer] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_line_servers() -> Iterator[None]:
-    yield
-    while _servers:
-        _servers.popitem()[1].stop()
-
-
-@pytest.fixture(params=["memory", *_LINES])
-def backend_url(request: pytest.FixtureRequest) -> str:
-    """memory:// and every Redis server line (the contract runs against each)."""
-    if request.param == "memory":
+class TestMemoryEngine(SessionEngineContract):
+    @pytest.fixture
+    def session_url(self) -> str:
         return f"memory://sessions-{uuid.uuid4().hex[:8]}"
-    request.applymarker(pytest.mark.redis)
-    server = _servers.get(request.param)
-    if server is None or not server.running:
-        server = _servers[request.param] = RedisServer(_LINES[request.param])
-        server.start()
-    with server.client() as c:
-        c.flushall()
-    return server.url
+
+
+@pytest.mark.redis
+class TestRedisEngine(SessionEngineContract):
+    @pytest.fixture
+    def session_url(self, redis_line_url: str) -> str:
+        return f"{redis_line_url}?socket_timeout=5"
+
+    @pytest.fixture
+    def unreachable_session_url(self) -> str:
+        return f"redis://127.0.0.1:{free_port()}/0?socket_timeout=0.2&socket_connect_timeout=0.2"
+
+
+@pytest.fixture
+def backend_url() -> str:
+    return f"memory://sessions-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
 def make_store(backend_url: str) -> StoreFactory:
     def make(**kw: Any) -> SessionStore:
         kw.setdefault("secret_keys", KEYS)
-        if backend_url.startswith("redis"):
-            return SessionStore(client=redis.Redis.from_url(backend_url, socket_timeout=5), **kw)
         return SessionStore(backend_url, **kw)
 
     return make
@@ -81,37 +76,6 @@ class Clock:
 
 def reopen(store: SessionStore, s: Session) -> Session:
     return store.open(store.sign(s.sid))
-
-
-def test_roundtrip_tagged_values(store: SessionStore) -> None:
-    s = store.new()
-    assert s.new
-    value = {"when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC), "raw": b"\x00\x01",
-             "pair": (1, 2), "tags": {"a"}}
-    s["v"] = value
-    s["n"] = 3
-    assert store.save(s)
-    assert not s.new
-    loaded = reopen(store, s)
-    assert not loaded.new
-    assert loaded == {"v": value, "n": 3}
-
-
-def test_empty_new_session_is_not_stored(store: SessionStore) -> None:
-    s = store.new()
-    assert store.save(s)
-    assert store.load(s.sid) is None
-
-
-def test_create_stores_now(store: SessionStore) -> None:
-    s = store.create({"a": 1})
-    assert store.load(s.sid) == {"a": 1}
-
-
-def test_missing_session_gives_fresh_id(store: SessionStore) -> None:
-    ghost = store.new()
-    opened = store.open(store.sign(ghost.sid))
-    assert opened.new and opened.sid != ghost.sid
 
 
 def test_ids_are_256_bit_and_unique(store: SessionStore) -> None:
@@ -155,27 +119,6 @@ def test_storage_key_reveals_no_cookie(store: SessionStore) -> None:
     assert s.sid[4:] not in key and store.sign(s.sid) not in key
 
 
-def test_concurrent_saves_of_different_keys_both_kept(store: SessionStore) -> None:
-    s = store.create({"base": 0})
-    a, b = reopen(store, s), reopen(store, s)
-    a["a"] = 1
-    b["b"] = 2
-    del b["base"]
-    assert store.save(a) and store.save(b)
-    assert reopen(store, s) == {"a": 1, "b": 2}
-
-
-def test_same_key_last_writer_wins_for_that_key_only(store: SessionStore) -> None:
-    s = store.create({"k": 0, "other": "x"})
-    a, b = reopen(store, s), reopen(store, s)
-    a["k"] = "from-a"
-    b["k"] = "from-b"
-    b["new"] = True
-    store.save(a)
-    store.save(b)
-    assert reopen(store, s) == {"k": "from-b", "other": "x", "new": True}
-
-
 def test_in_place_change_needs_modified(store: SessionStore) -> None:
     s = store.create({"cart": []})
     s2 = reopen(store, s)
@@ -214,16 +157,6 @@ def test_non_string_key_is_refused(store: SessionStore) -> None:
     s = store.new()
     with pytest.raises(InvalidKey):
         s[1] = "x"  # type: ignore[index]
-
-
-def test_destroyed_session_is_not_resurrected(store: SessionStore) -> None:
-    s = store.create({"a": 1})
-    inflight = reopen(store, s)
-    store.destroy(s)
-    inflight["a"] = 2
-    assert store.save(inflight) is False
-    assert store.load(s.sid) is None
-    assert store.open(store.sign(s.sid)).new
 
 
 def test_refresh_at_most_once_per_interval(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,129 +207,6 @@ def test_per_session_idle_override(make_store: StoreFactory, monkeypatch: pytest
     assert store.load(s.sid) is None
 
 
-def test_atomic_incr_under_threads(store: SessionStore) -> None:
-    s = store.create({})
-    threads_n, per = 4, 50
-
-    def work() -> None:
-        mine = reopen(store, s)
-        for _ in range(per):
-            mine.incr("hits")
-
-    threads = [threading.Thread(target=work) for _ in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert reopen(store, s)["hits"] == threads_n * per
-
-
-def test_incr_then_save_keeps_counter(store: SessionStore) -> None:
-    s = store.new()
-    assert s.incr("n", 5) == 5
-    other = reopen(store, s)
-    other.incr("n")
-    s["x"] = 1
-    store.save(s)
-    assert reopen(store, s) == {"n": 6, "x": 1}
-
-
-def test_incr_on_non_integer_fails(store: SessionStore) -> None:
-    s = store.create({"name": "bob"})
-    with pytest.raises(SessionError):
-        s.incr("name")
-
-
-def test_incr_is_exact_to_64_bits(store: SessionStore) -> None:
-    """Past 2^53 (where a Lua number, a double, rounds) and up to the end of 64
-    bits; an overflow is refused and leaves the value."""
-    s = store.create({"n": 2**53, "top": 2**63 - 2})
-    assert s.incr("n") == 2**53 + 1 and reopen(store, s)["n"] == 2**53 + 1
-    assert s.incr("top") == 2**63 - 1
-    with pytest.raises(SessionError):
-        s.incr("top")
-    assert reopen(store, s)["top"] == 2**63 - 1
-
-
-def test_incr_with_msgpack_refuses_what_a_double_would_round(make_store: StoreFactory) -> None:
-    store = make_store(codec="msgpack")
-    s = store.create({"n": 2**53 - 2})
-    assert s.incr("n") == 2**53 - 1
-    with pytest.raises(SessionError):
-        s.incr("n")
-    assert reopen(store, s)["n"] == 2**53 - 1
-
-
-def test_rotation_moves_data_and_keeps_short_alias(make_store: StoreFactory) -> None:
-    """The old id is a tombstone: a request in flight (loaded before the rotation)
-    still writes into the new session; one that loads with the old id afterwards
-    gets a fresh, empty session (no session fixation), and its writes stay there."""
-    store = make_store(alias_window=0.5)
-    s = store.create({"cart": ["apple"]})
-    old_sid = s.sid
-    inflight = reopen(store, s)  # loaded before the rotation
-    store.rotate(s)
-    assert s.rotated and s.sid != old_sid and s.sid[:4] == old_sid[:4]
-    s["user"] = "alice"
-    assert store.save(s)
-    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice"}
-    late = store.open(store.sign(old_sid))  # loaded after the rotation: never the new state
-    assert late.new and late == {} and late.sid != old_sid
-    assert store.load(old_sid) is None
-    late["late"] = 1
-    assert store.save(late) and store.load(late.sid) == {"late": 1}
-    inflight["inflight"] = 2
-    assert store.save(inflight) and inflight.through_alias
-    assert inflight.sid == old_sid and inflight == {"cart": ["apple"], "inflight": 2}
-    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice", "inflight": 2}
-    assert store.load(old_sid) is None  # the in-flight write did not bring the old id back
-    time.sleep(0.7)  # the alias expires in Redis (and in memory://)
-    assert store.open(store.sign(old_sid)).new
-    assert store.load(s.sid) == {"cart": ["apple"], "user": "alice", "inflight": 2}
-
-
-def test_double_rotation_within_alias_window(make_store: StoreFactory) -> None:
-    store = make_store(alias_window=30)
-    s = store.create({"a": 1})
-    first = s.sid
-    inflight = reopen(store, s)
-    store.rotate(s)
-    middle = s.sid
-    store.rotate(s)
-    assert store.open(store.sign(first)).new and store.open(store.sign(middle)).new
-    inflight["b"] = 2
-    assert store.save(inflight)
-    assert store.load(s.sid) == {"a": 1, "b": 2}
-
-
-def test_rotating_a_revoked_session_does_not_revive_it(store: SessionStore) -> None:
-    s = store.create({"secret": 1})
-    s.user_id = "u1"
-    store.save(s)
-    stale = reopen(store, s)
-    store.revoke_user("u1")
-    store.rotate(stale)
-    assert stale.new and stale == {}
-    assert store.load(s.sid) is None
-
-
-def test_user_index_list_and_revoke(store: SessionStore) -> None:
-    mine = [store.create({"i": i}, user_id="alice") for i in range(3)]
-    other = store.create({"i": 9}, user_id="bob")
-    listed = store.list_user_sessions("alice")
-    assert len(listed) == 3 and all(i.user_id == "alice" for i in listed)
-    assert all(i.handle.startswith("{") for i in listed)
-    inflight = reopen(store, mine[1])
-    assert store.revoke_user("alice", except_session=mine[0]) == 2
-    assert store.load(mine[0].sid) == {"i": 0}
-    assert store.load(mine[1].sid) is None and store.load(mine[2].sid) is None
-    inflight["again"] = True
-    assert store.save(inflight) is False
-    assert store.load(mine[1].sid) is None
-    assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
-    assert store.load(other.sid) == {"i": 9}
-
-
 def test_list_user_sessions_leaves_out_what_load_would_refuse(make_store: StoreFactory,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """After the idle timeout is lowered (a deploy), the list shows only sessions a
@@ -410,27 +220,6 @@ def test_list_user_sessions_leaves_out_what_load_would_refuse(make_store: StoreF
     assert store.load(old.sid) is not None and stricter.load(old.sid) is None
     assert [i.handle for i in stricter.list_user_sessions("ida")] == [stricter._handle(fresh.sid)]
     assert len(store.list_user_sessions("ida")) == 2
-
-
-def test_user_key_drives_index_and_rotation_keeps_it(make_store: StoreFactory) -> None:
-    store = make_store(user_key="_user_id")
-    s = store.create({"cart": 1})
-    s["_user_id"] = 42
-    store.rotate(s)
-    store.save(s)
-    [info] = store.list_user_sessions("42")
-    assert info.handle == store._handle(s.sid)
-    s.pop("_user_id")
-    store.save(s)
-    assert store.list_user_sessions("42") == []
-
-
-def test_revoke_single_session_by_handle(store: SessionStore) -> None:
-    a = store.create({}, user_id="u")
-    b = store.create({}, user_id="u")
-    store.revoke_session(store._handle(a.sid), "u")
-    assert store.load(a.sid) is None and store.load(b.sid) is not None
-    assert len(store.list_user_sessions("u")) == 1
 
 
 def test_msgpack_codec(make_store: StoreFactory) -> None:
@@ -514,45 +303,6 @@ def test_storage_layout_is_one_hash_with_metadata(redis_line_url: str) -> None:
     assert s.sid not in key
 
 
-def _dead_store(**kw: Any) -> SessionStore:
-    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2)
-    return SessionStore(client=client, secret_keys=KEYS, **kw)
-
-
-def test_outage_raises_backend_unavailable() -> None:
-    store = _dead_store()
-    cookie = store.sign(store.new().sid)
-    with pytest.raises(BackendUnavailable):
-        store.open(cookie)
-    s = store.new()
-    s["a"] = 1
-    with pytest.raises(BackendUnavailable):
-        store.save(s)
-    assert store.open(None).new  # no cookie: no Redis needed
-
-
-def test_outage_anonymous_mode_is_read_only() -> None:
-    store = _dead_store(outage_policy="anonymous")
-    sid = store.new().sid
-    s = store.open(store.sign(sid))
-    assert s.unavailable and s == {} and s.sid == sid
-    with pytest.raises(BackendUnavailable):
-        s["a"] = 1
-    with pytest.raises(BackendUnavailable):
-        store.rotate(s)
-    assert store.save(s) is False
-
-
-def test_retried_create_is_not_a_collision(store: SessionStore) -> None:
-    handle = store._handle(store.new().sid)
-    sets = {"m:c": b"1700000000.5", "m:s": b"1700000000.5", "d:a": b"1"}
-    write = store.engine.write
-    assert write(handle, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None).status is Status.DONE
-    assert write(handle, create=True, sets=sets, dels=[], ttl_ms=60_000, index=None).status is Status.DONE
-    other = dict(sets, **{"m:c": b"1700000001.5"})
-    assert write(handle, create=True, sets=other, dels=[], ttl_ms=60_000, index=None).status is Status.EXISTS
-
-
 _values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
@@ -618,59 +368,6 @@ def test_inflight_request_follows_two_rotations(make_store: StoreFactory) -> Non
     assert handles == {store._handle(s.sid), store._handle(inflight2.sid)}
 
 
-def test_inflight_login_never_takes_over_the_rotated_session(make_store: StoreFactory) -> None:
-    """Session fixation through a race: a request with the planted pre-login cookie,
-    loaded before the victim's login, logs in (rotates) after it. It gets a session
-    of its own with what it loaded; the victim's session and id are untouched."""
-    store = make_store(alias_window=30)
-    planted = store.create({"theme": "dark"})
-    attacker = reopen(store, planted)  # in flight at the victim's login
-    victim = reopen(store, planted)
-    store.rotate(victim)
-    victim.user_id = "victim"
-    victim["secret"] = "victim's"
-    assert store.save(victim)
-    store.rotate(attacker)
-    assert attacker == {"theme": "dark"} and attacker.user_id is None
-    assert store.save(attacker)
-    assert store.load(attacker.sid) == {"theme": "dark"}
-    mine = store.load(victim.sid)
-    assert mine == {"theme": "dark", "secret": "victim's"} and mine.user_id == "victim"
-    assert [i.handle for i in store.list_user_sessions("victim")] == [store._handle(victim.sid)]
-
-
-def test_inflight_rotation_after_revocation_gives_an_empty_session(make_store: StoreFactory) -> None:
-    """The copy an in-flight rotation keeps is made only while the session lives: a
-    session rotated and then revoked does not come back through an old request."""
-    store = make_store(alias_window=30)
-    s = store.create({"a": 1}, user_id="rv")
-    inflight = reopen(store, s)
-    store.rotate(s)
-    assert store.revoke_user("rv") == 1
-    store.rotate(inflight)
-    assert inflight.new and inflight == {}
-    store.save(inflight)
-    assert store.load(inflight.sid) is None and store.load(s.sid) is None
-
-
-def test_incr_after_assignment_in_same_request(store: SessionStore) -> None:
-    s = store.create({"n": 1, "other": "x"})
-    s2 = reopen(store, s)
-    s2["n"] = 10
-    assert s2.incr("n") == 11
-    store.save(s2)
-    assert reopen(store, s) == {"n": 11, "other": "x"}
-
-
-def test_incr_after_deletion_in_same_request(store: SessionStore) -> None:
-    s = store.create({"n": 5})
-    s2 = reopen(store, s)
-    del s2["n"]
-    assert s2.incr("n") == 1
-    store.save(s2)
-    assert reopen(store, s) == {"n": 1}
-
-
 def test_idle_override_shorter_than_refresh_interval_slides(make_store: StoreFactory,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A session active more often than its idle timeout never expires, even when
@@ -686,33 +383,156 @@ def test_idle_override_shorter_than_refresh_interval_slides(make_store: StoreFac
     assert store.load(s.sid) == {"a": 1}
 
 
-def test_huge_session_saves(store: SessionStore) -> None:
-    data = {f"k{i}": i for i in range(6000)}
-    s = store.create(data)
-    assert reopen(store, s) == data
-    s2 = reopen(store, s)
-    s2.clear()
-    assert store.save(s2)
-    assert store.load(s.sid) == {}
+
+# -- engines by URL scheme ----------------------------------------------------------
 
 
-def test_destroy_by_request_loaded_before_rotation(make_store: StoreFactory) -> None:
-    """Logout in a request that loaded the session before a concurrent rotation
-    still ends the session (not just its alias)."""
-    store = make_store(alias_window=30)
-    s = store.create({"a": 1}, user_id="dr")
-    inflight = reopen(store, s)
-    store.rotate(s)
-    store.destroy(inflight)
+def test_memory_reset_empties_memory_sessions(store: SessionStore) -> None:
+    s = store.create({"a": 1})
+    memory.reset()  # what users' tests call between tests
     assert store.load(s.sid) is None
-    assert store.list_user_sessions("dr") == []
 
 
-@pytest.mark.parametrize("codec", ["json", "msgpack"])
-def test_incr_refuses_floats_and_booleans(make_store: StoreFactory, codec: str) -> None:
-    store = make_store(codec=codec)
-    s = store.create({"f": 1.5, "whole": 2.0, "b": True})
-    for key in ("f", "whole", "b"):
-        with pytest.raises(SessionError):
-            s.incr(key)
-    assert reopen(store, s) == {"f": 1.5, "whole": 2.0, "b": True}
+def test_an_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"no sessions backend for nosuch://.*statekit\.sessions"):
+        SessionStore("nosuch://x", secret_keys=KEYS)
+
+
+class _ToyEngine(RedisEngine):
+    """A 'third-party' engine (here: RedisEngine on memory:// under another scheme)."""
+
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str, counters: Any = None, **options: Any) -> RedisEngine:
+        cls.made.append((url, options))
+        return super().from_url("memory://toy", key_prefix=key_prefix, counters=counters)
+
+
+def test_an_engine_registered_by_entry_point_serves_its_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import statekit.backends as backends
+
+    ep = EntryPoint(name="toy", value=f"{__name__}:_ToyEngine", group="statekit.sessions")
+    monkeypatch.setattr(backends, "_entry_points", lambda cap: [ep] if cap == "sessions" else [])
+    store = SessionStore("toy://somewhere", secret_keys=KEYS, near_cache=5)
+    assert isinstance(store.engine, _ToyEngine)
+    assert _ToyEngine.made[-1] == ("toy://somewhere", {"near_cache": 5, "near_max_age": 60.0})
+    s = store.create({"a": 1})
+    assert store.load(s.sid) == {"a": 1}
+    ready = SessionStore(secret_keys=KEYS, engine=store.engine)  # a ready engine instead of a URL
+    assert ready.load(s.sid) == {"a": 1}
+
+
+# -- lazy decoding --------------------------------------------------------------------
+
+
+def test_only_the_values_read_are_decoded(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {f"k{i}": {"n": i} for i in range(1000)}
+    s = store.create({**data, "_user_id": "7"})
+    decoded: list[bytes] = []
+    loads = store._loads
+    monkeypatch.setattr(store, "_loads", lambda raw: decoded.append(raw) or loads(raw))
+    loaded = reopen(store, s)
+    assert len(decoded) == 1  # "_user_id" (the frameworks' own keys: at load)
+    assert loaded["k3"] == {"n": 3} and loaded.get("k4") == {"n": 4} and "k5" in loaded
+    assert len(decoded) == 3 and len(loaded) == 1001
+    loaded["k9"] = "changed"
+    assert store.save(loaded) and len(decoded) == 3  # a save compares only what was read
+    loaded.modified = True  # "I changed values in place": compares every decoded key
+    assert store.save(loaded) and len(decoded) == 3
+    assert reopen(store, s) == {**data, "k9": "changed", "_user_id": "7"}
+
+
+def test_every_way_of_reading_gives_decoded_values(store: SessionStore) -> None:
+    s = store.create({"a": [1], "b": "x", "c": {"d": dt.date(2024, 1, 2)}})
+    expected = {"a": [1], "b": "x", "c": {"d": dt.date(2024, 1, 2)}}
+    for read in (dict, lambda x: {**x}, lambda x: dict(x.items()), lambda x: x.copy(),
+                 lambda x: dict(zip(x.keys(), x.values(), strict=True)), lambda x: x | {}):
+        assert read(reopen(store, s)) == expected
+    assert reopen(store, s) == expected and reopen(store, s) == reopen(store, s)
+    assert repr(reopen(store, s)) == repr(expected)
+    popped = reopen(store, s)
+    assert popped.pop("a") == [1] and popped.popitem() == ("c", {"d": dt.date(2024, 1, 2)})
+    assert popped.setdefault("b") == "x"
+
+
+def test_a_value_that_cannot_be_decoded_fails_where_it_is_read(store: SessionStore) -> None:
+    s = store.create({"good": 1, "bad": 2})
+    assert isinstance(store.engine, RedisEngine)
+    store.engine.client.hset(store.engine.key(s.handle), "d:bad", b"\xff not json")
+    loaded = reopen(store, s)
+    assert loaded["good"] == 1
+    with pytest.raises(SerializationError, match="'bad'"):
+        loaded["bad"]
+    loaded["good"] = 2
+    assert store.save(loaded)  # the undecodable value is left as it is stored
+
+
+# -- revoke_user in bounded batches ---------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def engine_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return f"memory://revoke-{uuid.uuid4().hex[:8]}"
+    request.applymarker(pytest.mark.redis)
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+def _batches(store: SessionStore, monkeypatch: pytest.MonkeyPatch, size: int,
+             between: Callable[[int], None] = lambda i: None) -> list[tuple[int, int]]:
+    """Make revoke_user work in batches of *size*, call *between(i)* after batch i,
+    and return what each batch reported (deleted, left)."""
+    engine = store.engine
+    assert isinstance(engine, RedisEngine)
+    monkeypatch.setattr(session_redis, "REVOKE_BATCH", size)
+    seen: list[tuple[int, int]] = []
+    real = engine._revoke_batch
+
+    def batch(index_key: str, keep: str) -> tuple[int, int]:
+        seen.append(real(index_key, keep))
+        between(len(seen))
+        return seen[-1]
+
+    monkeypatch.setattr(engine, "_revoke_batch", batch)
+    return seen
+
+
+def test_revoke_user_deletes_at_most_one_batch_per_call(engine_url: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SessionStore(engine_url, secret_keys=KEYS)
+    sessions = [store.create({"i": i}, user_id="big") for i in range(121)]
+    seen = _batches(store, monkeypatch, 50)
+    if engine_url.startswith("redis"):
+        assert store.revoke_user("nobody") == 0  # the script is loaded now
+        seen.clear()
+        r = redis.Redis.from_url(engine_url)
+        r.config_resetstat()
+    assert store.revoke_user("big", except_session=sessions[0]) == 120
+    assert seen == [(50, 70), (50, 20), (20, 0)]
+    if engine_url.startswith("redis"):
+        stats = redis_command_calls(r)
+        assert stats["evalsha"] == 3 and stats["del"] == 120  # one script per batch
+    assert [i.handle for i in store.list_user_sessions("big")] == [sessions[0].handle]
+
+
+def test_revoke_user_deletes_sessions_created_between_batches(engine_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SessionStore(engine_url, secret_keys=KEYS, alias_window=30)
+    first = [store.create({"i": i}, user_id="ann") for i in range(30)]
+    rotating = reopen(store, first[5])
+    late: list[Session] = []
+
+    def between(i: int) -> None:
+        if i == 1:  # a login and a rotation while the revocation runs
+            late.append(store.create({"late": True}, user_id="ann"))
+            store.rotate(rotating)
+
+    seen = _batches(store, monkeypatch, 10, between)
+    assert store.revoke_user("ann") == 31
+    assert len(seen) == 4
+    assert all(store.load(s.sid) is None for s in [*first, *late, rotating])
+    assert store.list_user_sessions("ann") == []
