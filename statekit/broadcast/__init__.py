@@ -62,8 +62,9 @@ in the group ``statekit.broadcast`` and checks it with
 
 from __future__ import annotations
 
+from typing import Any
+
 from .command import load_broadcaster, main, serve
-from .redis import state_key
 from .scheduler import Broadcaster, Job, Run, current_run
 from .values import SharedValue, SharedValues
 
@@ -79,3 +80,11 @@ __all__ = [
     "serve",
     "state_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "state_key":  # the Redis backend's key layout: imports redis-py
+        from .redis import state_key
+
+        return state_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 from ..errors import BackendUnavailable, StaleToken
 from ..redis import get_client, translate_errors
-from ..redis.fast import FastTransport
-from ..redis.scripts import Script, load
-from .protocol import Claim, ClaimStatus, Message, Record, Subscribed, check_name
+from ..redis.scripts import load
+from ..redis.transport import Transport
+from .protocol import Claim, ClaimStatus, Message, Record, Subscribed
 
 __all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisSubscription", "channel", "parse_message",
            "state_key"]
@@ -114,10 +114,9 @@ class RedisBackend:
     def __init__(self, client: Any, *, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._scripts: dict[str, Any] = {}
         self._targets: dict[str, tuple[list[str], str]] = {}
-        # the publish path: this thread's own connection, fork-safe
-        self._transport: FastTransport | None = None
+        # the scripts: one redis-py connection per thread (fork-safe), every URL kind
+        self._transport = Transport(client, what="broadcast")
         # an epoch per publish (used only when Redis has none): this object's random
         # base and a counter, cheaper than a uuid4 per call
         self._epochs = itertools.count()
@@ -131,32 +130,24 @@ class RedisBackend:
         state = state_key(self.prefix, name)
         return state, state + ":lease", state + ":fence"
 
-    def _run(self, script: Script, what: str, keys: list[str], args: list[Any]) -> Any:
-        runner = self._scripts.get(script.name)
-        if runner is None:
-            runner = self._scripts[script.name] = self.client.register_script(script.source)
-        with translate_errors(what):
-            return runner(keys=keys, args=args)
-
     def claim(self, name: str, owner: str, lease_ms: int, slot: int) -> Claim:
-        status, token, left = self._run(
-            load("broadcast_claim"), "broadcast claim", list(self._keys(name)), [owner, lease_ms, slot]
+        status, token, left = self._transport.script(
+            load("broadcast_claim"), list(self._keys(name)), [owner, lease_ms, slot]
         )
         return Claim(_STATUS[int(status)], int(token), int(left))
 
     def renew(self, name: str, owner: str, token: int, lease_ms: int) -> bool:
-        return bool(self._run(load("broadcast_renew"), "broadcast lease renew",
-                              [self._keys(name)[1]], [f"{owner}|{token}", lease_ms]))
+        lease = self._keys(name)[1]
+        return bool(self._transport.script(load("broadcast_renew"), [lease], [f"{owner}|{token}", lease_ms]))
 
     def release(self, name: str, owner: str, token: int) -> bool:
-        return bool(self._run(load("broadcast_release"), "broadcast lease release",
-                              [self._keys(name)[1]], [f"{owner}|{token}"]))
+        lease = self._keys(name)[1]
+        return bool(self._transport.script(load("broadcast_release"), [lease], [f"{owner}|{token}"]))
 
     def _publish_target(self, name: str) -> tuple[list[str], str]:
-        """``([state key, fence key], channel)`` of *name*, validated and cached."""
+        """``([state key, fence key], channel)`` of *name* (cached)."""
         target = self._targets.get(name)
         if target is None:
-            check_name(name)
             state, _, fence = self._keys(name)
             target = ([state, fence], channel(self.prefix, name))
             if len(self._targets) < 4096:
@@ -169,10 +160,7 @@ class RedisBackend:
             "" if token is None else str(token), payload, str(now_ms),
             f"{self._epoch_base}{next(self._epochs):x}", chan,
         ]
-        if self._transport is None:
-            self._transport = FastTransport(self.client, what="broadcast publish")
-        script = load("broadcast_publish")
-        version, info = self._transport.script(script.sha, script.source, keys, args)
+        version, info = self._transport.script(load("broadcast_publish"), keys, args)
         if version == -1:
             raise StaleToken(
                 f"publish of {name!r} with fencing token {token} refused: the current token is {info}"
@@ -209,5 +197,4 @@ class RedisBackend:
         return RedisSubscription(self.client, self.prefix)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._transport.close()
