@@ -193,7 +193,8 @@ class _Rule:
         if check_health:
             self.check_health()
         first = command[0] if isinstance(command, list) and command else command
-        self._statekit_atomic = bytes(first[:15]).upper() == b"*1\r\n$5\r\nMULTI\r\n"
+        multi = rule.multi
+        self._statekit_atomic = bytes(first[: len(multi)]).upper() == multi
         self._statekit_replies = 0
         try:
             super().send_packed_command(command, check_health=False)  # type: ignore[misc]
@@ -296,6 +297,8 @@ class _RuleClasses:
                     pass
                 raise error
 
+        #: ``MULTI`` as redis-py packs it (how a transaction's packed commands begin)
+        self.multi = b"".join(redis.Connection().pack_command("MULTI"))  # type: ignore[no-untyped-call]
         self.OutcomeUnknown = OutcomeUnknown
         self.NotApplied = NotApplied
         self.Retry = RuleRetry
