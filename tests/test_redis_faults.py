@@ -21,6 +21,7 @@ pauses only those, by PID, resuming them in a ``finally``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import socket
 import threading
@@ -39,6 +40,8 @@ from statekit.embedded import RedisBinary, RedisCluster, RedisSentinel, RedisSer
 from statekit.errors import BackendUnavailable, LockError
 from statekit.pytest_plugin import wait_for
 from statekit.redis import create_client, translate_errors
+from statekit.redis.scripts import Script
+from statekit.redis.transport import Transport
 from statekit.sessions import SessionStore
 
 pytestmark = pytest.mark.redis
@@ -46,6 +49,8 @@ pytestmark = pytest.mark.redis
 TIMEOUT = 0.3  # the clients' socket timeout; a pause lasts longer
 LINES = find_redis_servers()
 _names = itertools.count()
+_INCR_SOURCE = "return redis.call('INCR', KEYS[1])"
+_INCR = Script("incr", _INCR_SOURCE, hashlib.sha1(_INCR_SOURCE.encode()).hexdigest().encode())
 
 # -- fixtures -------------------------------------------------------------------------
 
@@ -173,6 +178,21 @@ def test_paused_cache_incr_is_applied_once(target: Target) -> None:
     _applied_once(outcome, 1, _settled(lambda: cache.get("n")))
 
 
+def test_paused_transport_incr_and_script_are_applied_once(target: Target) -> None:
+    """The one transport itself, on every URL kind: a command and a script whose
+    reply times out are never sent again."""
+    url, servers, _fast = target
+    t = Transport(create_client(url), what="faults")
+    key = f"{{faults{next(_names)}}}n"
+    assert t.command("INCR", key) == 1
+    outcome = _while_paused(servers, lambda: t.command("INCR", key))
+    _applied_once(outcome, 1, _settled(lambda: int(t.command("GET", key))))
+    before = int(t.command("GET", key))
+    assert t.script(_INCR, [key], []) == before + 1  # loaded: a paused EVALSHA cannot fail NOSCRIPT
+    outcome = _while_paused(servers, lambda: t.script(_INCR, [key], []))
+    _applied_once(outcome, before + 1, _settled(lambda: int(t.command("GET", key))))
+
+
 def test_paused_session_incr_is_applied_once(target: Target) -> None:
     url, servers, _fast = target
     store = SessionStore(url, secret_keys=["k" * 32], key_prefix=f"faults{next(_names)}")
@@ -223,6 +243,28 @@ def test_reply_lost_after_a_write_is_not_sent_again(server: RedisServer, fast: b
         with pytest.raises(BackendUnavailable):
             cache.get("n")
         assert cache.incr("n") == 3  # and the client serves again
+    finally:
+        proxy.close()
+
+
+def test_transport_reply_lost_after_a_write_is_not_sent_again(server: RedisServer) -> None:
+    proxy = _Proxy(server.port)
+    try:
+        t = Transport(create_client(f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"), what="faults")
+        t.command("DEL", "lost")
+        proxy.cut, proxy.cut_on = 1, b"INCR"  # applied, its reply lost with the connection
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            t.command("INCR", "lost")
+        assert t.command("GET", "lost") == b"1"
+        proxy.cut, proxy.cut_on = 1, b"GET"  # a read whose connection dropped is sent once more
+        assert t.command("GET", "lost") == b"1"
+        proxy.cut = 2  # ... only once
+        with pytest.raises(BackendUnavailable):
+            t.command("GET", "lost")
+        proxy.cut, proxy.cut_on = 1, b"EVALSHA"  # a script: never sent again
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            t.script(_INCR, ["lost"], [])
+        assert t.command("INCR", "lost") == 3  # applied once, and the transport serves again
     finally:
         proxy.close()
 
