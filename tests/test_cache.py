@@ -55,39 +55,6 @@ def test_namespaces_spread_over_nodes(redis_cluster_url: str, redis_cluster: Any
     assert used >= 2
 
 
-def test_fast_connection_stops_spinning_for_a_slow_redis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pure logic: replies that never arrive within the spin turn spinning off after
-    16 calls; it is probed again after 1024 calls."""
-    from statekit.cache import redis as rediscache
-    from statekit.redis import fast as fastredis
-
-    monkeypatch.setattr(fastredis, "_cpu_pressure", lambda: False)  # as on an idle machine
-
-    class SlowSocket:
-        def sendall(self, data: bytes) -> None:
-            pass
-
-        def recv(self, size: int, flags: int = 0) -> bytes:
-            if flags:
-                raise BlockingIOError
-            return b"+OK\r\n"
-
-    conn = object.__new__(rediscache._FastConnection)
-    conn.sock = SlowSocket()  # type: ignore[assignment]
-    conn.reader = rediscache.make_reader()
-    conn.spin, conn.calls, conn.misses = True, 0, 0
-    conn.spin_seconds = 20e-6
-    for _ in range(15):
-        assert conn.call(b"PING") == b"OK"
-    assert conn.spin
-    conn.call(b"PING")
-    assert not conn.spin
-    for _ in range(1024):
-        conn.call(b"PING")
-    assert conn.spin and conn.misses == 8
-    conn.sock = None  # type: ignore[assignment]
-
-
 @pytest.mark.redis
 def test_near_copies_are_refused_while_the_listener_lags(redis_url: str, redis_server: Any) -> None:
     """While invalidations wait unhandled (listener.pending()), get and get_many read

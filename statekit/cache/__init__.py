@@ -245,7 +245,9 @@ class Cache:
         computing itself.
     :param xfetch_beta: XFetch's beta; ``0`` disables early refresh.
     :param timeout: socket connect/read timeout for a URL (overrides the URL's).
-    :param fast_path: use the per-thread pool-free connection on TCP/unix Redis.
+    :param fast_path: no effect, kept so existing calls work: every Redis URL kind
+        goes through the one transport (:mod:`statekit.redis.transport`, a
+        per-thread redis-py connection).
     """
 
     def __init__(
@@ -350,12 +352,12 @@ class Cache:
                 self.url = url
             _check_name("prefix", self.prefix)
             backend = _backend_class(url).from_url(
-                url, self.base, {"timeout": self.timeout, "fast_path": self.fast_path})
+                url, self.base, {"timeout": self.timeout})
         else:
             _check_name("prefix", self.prefix)
             from .redis import RedisCacheBackend
 
-            backend = RedisCacheBackend.from_client(self.client, self.base, fast_path=self.fast_path)
+            backend = RedisCacheBackend.from_client(self.client, self.base)
         listener = backend.near_listener(self.prefix + ":") if self.near_size else None
         return backend, listener
 
@@ -1020,7 +1022,8 @@ class Cache:
         return self.counters.as_dict()
 
     def close(self) -> None:
-        """Close this thread's fast connection and stop the near cache listener."""
+        """Give this thread's connection back to the pool and stop the near cache
+        listener."""
         if self._listener is not None and self._parent is None:
             self._listener.stop()
         if self._backend is not None:

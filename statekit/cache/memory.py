@@ -20,7 +20,7 @@ from ..redis import memory_client
 from .redis import RedisCacheBackend, RedisTransport
 
 if TYPE_CHECKING:
-    from .near import InvalidationListener
+    from ..redis.tracking import InvalidationListener
 
 __all__ = ["MemoryCacheBackend"]
 
@@ -31,7 +31,7 @@ class MemoryCacheBackend(RedisCacheBackend):
     @classmethod
     def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> MemoryCacheBackend:
         name = parse_url(url, kinds=("memory",)).name
-        return cls(RedisTransport(memory_client(name), fast_path=False), base)
+        return cls(RedisTransport(memory_client(name)), base)
 
     def near_listener(self, prefix: str) -> InvalidationListener | None:
         return None

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from .near import InvalidationListener
+    from ..redis.tracking import InvalidationListener
 
 __all__ = ["CacheBackend", "Stored"]
 
@@ -68,7 +68,7 @@ class CacheBackend:
     def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> CacheBackend:
         """A backend for *url* serving namespace *base*. *options* are the
         :class:`~statekit.cache.Cache` settings a backend may use (``timeout``:
-        seconds or ``None``; ``fast_path``: bool); ignore the ones you do not know.
+        seconds or ``None``); ignore the ones you do not know.
 
         :raises ConfigError: a bad URL, or a missing extra (say which to install).
         """

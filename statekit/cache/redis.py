@@ -38,18 +38,14 @@ from typing import TYPE_CHECKING, Any
 from ..backends import require
 from ..errors import BackendUnavailable, ConfigError
 from ..redis import RedisClient, translate_errors
-from ..redis.fast import SPIN_SECONDS, FastTransport, make_reader, pack_command
-from ..redis.fast import _FastConnection as _FastConnection  # re-exported for tests
-from ..redis.fast import _pack_any as _pack_any
-from ..redis.fast import _PyReader as _PyReader
 from ..redis.scripts import load
+from ..redis.transport import Transport
 from .protocol import CacheBackend, Stored
 
 if TYPE_CHECKING:
-    from .near import InvalidationListener
+    from ..redis.tracking import InvalidationListener
 
-__all__ = ["CHUNK", "SPIN_SECONDS", "RedisCacheBackend", "RedisTransport", "make_reader", "pack_command",
-           "sweeper"]
+__all__ = ["CHUNK", "RedisCacheBackend", "RedisTransport", "sweep", "sweeper"]
 
 #: the most keys one Redis call of a bulk operation or of a sweep carries
 CHUNK = 500
@@ -76,48 +72,24 @@ def _ttl_arg(ttl_ms: int | None) -> bytes:
     return b"" if ttl_ms is None else str(ttl_ms).encode()
 
 
-class RedisTransport(FastTransport):
-    """The connections one :class:`~statekit.cache.Cache` family shares: a redis-py
-    client, and on plain TCP/unix clients a per-thread fast socket (see
-    :class:`~statekit.redis.fast.FastTransport` for concurrency and failure
-    behaviour). Adds the cache script, the cache's error mapping and the near
-    cache's invalidation endpoints.
+class RedisTransport(Transport):
+    """The connections one :class:`~statekit.cache.Cache` family shares: the one
+    Redis transport (:class:`statekit.redis.transport.Transport`, for concurrency and
+    failure behaviour) with the cache's script and error mapping: an error reply of
+    ``INCRBY`` on a non-integer or overflowing value is a ``ValueError``.
 
     :raises ConfigError: the client decodes responses (the cache stores bytes).
     """
 
-    def __init__(self, client: RedisClient, *, fast_path: bool = True) -> None:
+    def __init__(self, client: RedisClient) -> None:
         get_encoder = getattr(client, "get_encoder", None)
         if get_encoder is not None and get_encoder().decode_responses:
             raise ConfigError("the cache needs a Redis client with decode_responses=False")
-        # this module's names, looked up now: tests swap them for the pure-Python ones
-        super().__init__(client, fast_path=fast_path, what="cache",
-                         reader_factory=make_reader, pack=pack_command)
-
-    def reply_error(self, message: str) -> Exception:
-        return _value_error(message)
-
-    def endpoints(self) -> list[dict[str, Any]]:
-        """Where the near cache's invalidation connection(s) must connect now."""
-        import redis
-
-        client: Any = self.client
-        if self.cluster:
-            kw = dict(client.nodes_manager.connection_kwargs)
-            kw["ssl"] = bool(kw.get("ssl")) or issubclass(kw.get("connection_class", object),
-                                                          redis.SSLConnection)
-            return [{**kw, "host": n.host, "port": n.port} for n in client.get_primaries()]
-        pool = client.connection_pool
-        kw = dict(pool.connection_kwargs)
-        kw["ssl"] = issubclass(pool.connection_class, redis.SSLConnection)
-        if hasattr(pool, "get_master_address"):  # sentinel
-            host, port = pool.get_master_address()
-            kw.update(host=host, port=port)
-        return [kw]
+        super().__init__(client, what="cache", reply_error=_value_error)
 
     def run(self, keys: Sequence[str | bytes], args: Sequence[bytes | str | int]) -> Any:
         """Run the cache script: one round trip (two more after a ``SCRIPT FLUSH``)."""
-        return self.script(SCRIPT.sha, SCRIPT.source, keys, args)
+        return self.script(SCRIPT, keys, args)
 
 
 def _glob_escape(text: str) -> str:
@@ -235,22 +207,20 @@ class RedisCacheBackend(CacheBackend):
         timeout = options.get("timeout")
         if timeout is not None:
             overrides = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        return cls.from_client(get_client(url, **overrides), base,
-                               fast_path=bool(options.get("fast_path", True)))
+        return cls.from_client(get_client(url, **overrides), base)
 
     @classmethod
-    def from_client(cls, client: RedisClient, base: str, *, fast_path: bool = True) -> RedisCacheBackend:
+    def from_client(cls, client: RedisClient, base: str) -> RedisCacheBackend:
         require("redis", feature="the Redis cache")
-        return cls(RedisTransport(client, fast_path=fast_path), base)
+        return cls(RedisTransport(client), base)
 
     def namespace(self, base: str) -> RedisCacheBackend:
         return type(self)(self.transport, base)
 
     def near_listener(self, prefix: str) -> InvalidationListener | None:
-        from .near import InvalidationListener
+        from ..redis.tracking import InvalidationListener
 
-        sentinel = hasattr(getattr(self.transport.client, "connection_pool", None), "get_master_address")
-        return InvalidationListener(self.transport.endpoints, prefix, follow=2.0 if sentinel else 0.0)
+        return InvalidationListener(self.transport.client, prefix)  # Sentinel: it follows the master
 
     def _keys(self, keys: Sequence[str]) -> list[str]:
         b = self.base
