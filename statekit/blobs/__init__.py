@@ -36,21 +36,6 @@ from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, PresignedUpload, 
 from .sniff import SNIFF_BYTES, check_content_type, sniff
 from .store import BlobStore, open_blob_store, require_extras
 
-__all__ = [
-    "SNIFF_BYTES",
-    "Blob",
-    "BlobBackend",
-    "BlobPage",
-    "BlobStore",
-    "BlobWriter",
-    "PresignedUpload",
-    "WriteRequest",
-    "check_content_type",
-    "content_disposition",
-    "generate_key",
-    "open_blob_store",
-    "require_extras",
-    "sanitize_filename",
-    "sniff",
-    "validate_key",
-]
+__all__ = ["SNIFF_BYTES", "Blob", "BlobBackend", "BlobPage", "BlobStore", "BlobWriter", "PresignedUpload",
+           "WriteRequest", "check_content_type", "content_disposition", "generate_key", "open_blob_store",
+           "require_extras", "sanitize_filename", "sniff", "validate_key"]

@@ -18,15 +18,8 @@ from urllib.parse import quote
 
 from ..errors import InvalidKey
 
-__all__ = [
-    "MAX_KEY_BYTES",
-    "RESERVED_PREFIX",
-    "content_disposition",
-    "generate_key",
-    "sanitize_filename",
-    "validate_key",
-    "validate_prefix",
-]
+__all__ = ["MAX_KEY_BYTES", "RESERVED_PREFIX", "content_disposition", "generate_key", "sanitize_filename",
+           "validate_key", "validate_prefix"]
 
 #: keys below this prefix are statekit's own (pending direct-upload markers)
 RESERVED_PREFIX = ".statekit/"

@@ -42,20 +42,8 @@ from urllib.parse import quote, unquote
 
 from ..errors import BlobError
 
-__all__ = [
-    "META_CREATED",
-    "META_FILENAME",
-    "META_SHA256",
-    "Blob",
-    "BlobBackend",
-    "BlobPage",
-    "BlobWriter",
-    "PresignedUpload",
-    "WriteRequest",
-    "decode_meta",
-    "encode_meta",
-    "stored_blob",
-]
+__all__ = ["META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend", "BlobPage", "BlobWriter",
+           "PresignedUpload", "WriteRequest", "decode_meta", "encode_meta", "stored_blob"]
 
 #: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
 META_FILENAME = "statekit-filename"

@@ -435,28 +435,26 @@ class S3Backend(BlobBackend):
 
     def cleanup_partial(self, older_than: float) -> int:
         """Abort multipart uploads under the store prefix started before the cutoff."""
-        cutoff = time.time() - older_than
-        removed = 0
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
-        while True:
-            resp = self._call("list_multipart_uploads", None, **kwargs)
-            for up in resp.get("Uploads", []):
-                if up["Initiated"].timestamp() <= cutoff:
-                    with contextlib.suppress(BlobNotFound):
-                        self._call("abort_multipart_upload", up["Key"], Bucket=self.bucket, Key=up["Key"],
-                                   UploadId=up["UploadId"])
-                        removed += 1
-            if not resp.get("IsTruncated"):
-                return removed
-            kwargs["KeyMarker"] = resp.get("NextKeyMarker")
-            kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+        cutoff, removed = time.time() - older_than, 0
+        for up in self.list_incomplete():
+            if up["Initiated"].timestamp() <= cutoff:
+                with contextlib.suppress(BlobNotFound):
+                    self._call("abort_multipart_upload", up["Key"], Bucket=self.bucket, Key=up["Key"],
+                               UploadId=up["UploadId"])
+                    removed += 1
+        return removed
 
     def list_incomplete(self) -> list[dict[str, Any]]:
         """Multipart uploads in progress under the store prefix (``Key``, ``UploadId``,
-        ``Initiated``), for monitoring and tests."""
+        ``Initiated``), for monitoring and :meth:`cleanup_partial`."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + "/" if self.prefix else ""}
-        resp = self._call("list_multipart_uploads", None, **kwargs)
-        return list(resp.get("Uploads", []))
+        found: list[dict[str, Any]] = []
+        while True:
+            resp = self._call("list_multipart_uploads", None, **kwargs)
+            found += resp.get("Uploads", [])
+            if not resp.get("IsTruncated"):
+                return found
+            kwargs.update(KeyMarker=resp.get("NextKeyMarker"), UploadIdMarker=resp.get("NextUploadIdMarker"))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

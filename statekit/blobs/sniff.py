@@ -17,16 +17,8 @@ from typing import Any
 from ..backends import require
 from ..errors import ContentTypeMismatch, DisallowedContentType
 
-__all__ = [
-    "ACTIVE_TYPES",
-    "SNIFF_BYTES",
-    "check_content_type",
-    "normalize_type",
-    "sniff",
-    "type_allowed",
-    "type_from_name",
-    "upload_type",
-]
+__all__ = ["ACTIVE_TYPES", "SNIFF_BYTES", "check_content_type", "normalize_type", "sniff", "type_allowed",
+           "type_from_name", "upload_type"]
 
 #: bytes read before anything is written, to sniff the type
 SNIFF_BYTES = 8192

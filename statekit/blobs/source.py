@@ -30,6 +30,7 @@ class Source:
         self.content_type: str | None = None
         self.declared_size: int | None = None  # refused early when above max_size
         self.size_hint: int | None = None  # sizes the backend's parts: only sizes we can trust
+        self._head = bytearray()
         inner = stream
         # werkzeug FileStorage: .filename, .mimetype, .stream, .content_length
         if hasattr(stream, "filename") and hasattr(stream, "stream") and hasattr(stream, "mimetype"):
@@ -88,16 +89,13 @@ class Source:
         return bytes(data)
 
     def head(self, size: int) -> bytes:
-        parts: list[bytes] = []
-        have = 0
-        while have < size:
-            data = self._next()
-            if not data:
-                break
-            parts.append(data)
-            have += len(data)
-        return b"".join(parts)
+        """At least the first *size* bytes (fewer at the end); iterating yields them again."""
+        while len(self._head) < size and (data := self._next()):
+            self._head += data
+        return bytes(self._head)
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._head:
+            yield bytes(self._head)
         while data := self._next():
             yield data

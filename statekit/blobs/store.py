@@ -48,8 +48,8 @@ from .protocol import (
     BlobWriter,
     PresignedUpload,
     WriteRequest,
-    decode_meta,
     encode_meta,
+    stored_blob,
 )
 from .sniff import SNIFF_BYTES, check_content_type, normalize_type, type_allowed, upload_type
 from .source import Source
@@ -203,11 +203,10 @@ class BlobStore:
         meta[META_CREATED] = now.isoformat()
         req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, name,
                            content_disposition(name), encode_meta(meta), now, source.size_hint)
-        sha256, size = self._write(req, _chain(head, source))
+        sha256, size = self._write(req, iter(source))
         self.counters.incr("puts")
         self.counters.incr("bytes_written", size)
-        return Blob(req.key, size, ctype, sha256, name, now, {
-            k: v for k, v in decode_meta(req.metadata).items() if not k.startswith("statekit-")})
+        return stored_blob(req.key, size, ctype, req.metadata, now, sha256=sha256)
 
     def _write(self, req: WriteRequest, chunks: Iterator[bytes]) -> tuple[str, int]:
         """Send *chunks* through one backend writer; on any exception abort it and
@@ -478,11 +477,6 @@ class BlobStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _chain(head: bytes, rest: Source) -> Iterator[bytes]:
-    yield head
-    yield from rest
 
 
 def _pages(fetch: Callable[[str | None], BlobPage]) -> Iterator[Blob]:
