@@ -34,17 +34,9 @@ keeps it to one computation per interval):
     hook marks every broadcaster stopped in the child and gives it a new identity,
     so a worker forked after ``start()`` runs nothing unless it calls ``start()``.
 
-How one computation per interval is kept (:mod:`statekit.broadcast.scheduler`):
-time is cut into slots ``floor(unix_time / interval)``; at each slot boundary every
-running broadcaster makes one atomic *claim* that takes or renews the job's lease
-(with a fencing token) and records the slot as claimed, so only one process
-computes it; the publish carries the token, and a stale one (a paused old leader)
-raises :class:`~statekit.errors.StaleToken` and changes nothing. If Redis loses its
-data (a restart without persistence), the claimed slot, the lease and the fencing
-counter start over: one slot around the restart may be computed twice, and versions
-start again at 1 under a new epoch, which workers accept. If it comes back from an
-older snapshot, workers take the older retained version when they re-subscribe (or
-at their next periodic check) and follow the publishes after it.
+One computation per interval (lease, fencing token, claimed slots) is explained in
+:mod:`statekit.broadcast.scheduler`, what workers do through outages in
+:mod:`statekit.broadcast.hub`.
 
 Modules: :mod:`~statekit.broadcast.protocol` (the backend contract, typed results,
 how a URL finds its backend), :mod:`~statekit.broadcast.redis` (the Redis backend:

@@ -14,7 +14,12 @@ claim by another process (made at the lease's expiry) wins. A slot whose leader
 died mid-computation is skipped rather than computed twice. Slots come from each
 process's own clock: keep clocks in sync (NTP); skew can shift when a slot is
 computed, never make one slot computed twice (the claimed slot is kept in the
-backend).
+backend). If Redis loses its data (a restart without persistence), that record,
+the lease and the fencing counter start over: one slot around the restart may be
+computed twice, and versions start again at 1 under a new epoch, which workers
+accept. If it comes back from an older snapshot, workers take the older retained
+version when they re-subscribe (or at their next check) and follow the publishes
+after it.
 
 Fork: a forked child never inherits a running publisher (``os.register_at_fork``
 marks every broadcaster stopped in the child and gives it a new identity).
