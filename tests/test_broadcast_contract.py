@@ -5,7 +5,6 @@ Sentinel URL."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -55,17 +54,9 @@ class TestCluster(BroadcastContract):
         return redis_cluster_url
 
 
-@pytest.fixture(scope="module")
-def sentinel_setup() -> Iterator[RedisSentinel]:
-    setup = RedisSentinel()
-    setup.start()
-    yield setup
-    setup.stop()
-
-
 @pytest.mark.redis
 @pytest.mark.sentinel
 class TestSentinel(BroadcastContract):
     @pytest.fixture
-    def broadcast_url(self, sentinel_setup: RedisSentinel) -> str:
-        return sentinel_setup.url
+    def broadcast_url(self, redis_sentinel: RedisSentinel) -> str:
+        return redis_sentinel.url
