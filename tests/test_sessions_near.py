@@ -262,10 +262,29 @@ def test_another_process_changes_reach_the_copy(pair: tuple[SessionStore, Sessio
         child.stdout.close()
 
 
-def test_the_near_cache_needs_the_fast_path(redis_line_url: str) -> None:
-    client = redis.Redis.from_url(redis_line_url, protocol=3)
-    with pytest.raises(ConfigError, match="near cache needs a standalone Redis"):
-        SessionStore(client=client, secret_keys=["k"], near_cache=True)
+def test_the_near_cache_refuses_an_in_process_redis() -> None:
+    from statekit.redis import memory_client
+
+    with pytest.raises(ConfigError, match="near cache needs a standalone or Sentinel Redis"):
+        SessionStore(client=memory_client("near"), secret_keys=["k"], near_cache=True)
+
+
+def test_the_near_cache_on_a_resp3_client(redis_line_url: str) -> None:
+    """Any standalone redis-py client: here one speaking RESP3 (maps for hashes)."""
+    a = SessionStore(client=redis.Redis.from_url(redis_line_url, protocol=3), secret_keys=["near-secret"],
+                     near_cache=100)
+    b = SessionStore(redis_line_url, secret_keys=["near-secret"])
+    try:
+        s = _warm_new(a, {"n": 1})
+        other = b.load(s.sid)
+        assert other is not None
+        other["n"] = 2
+        assert b.save(other)
+        wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+        seen = a.load(s.sid)
+        assert seen is not None and seen["n"] == 2
+    finally:
+        a.close()
 
 
 @pytest.mark.parametrize("value,size", [
@@ -289,22 +308,28 @@ def test_version_tokens_are_parsed_strictly(token: str | None, version: int) -> 
     assert parse_version_token(token) == version
 
 
-def test_while_the_listener_is_down_one_socket_serves(pair: tuple[SessionStore, SessionStore]) -> None:
-    """No reconnect per call while the listener is away: the untracked socket serves
-    (and nothing is kept), and a tracked one replaces it once the listener is back."""
+def test_while_the_listener_is_down_one_connection_serves(pair: tuple[SessionStore, SessionStore],
+                                                          redis_line_url: str) -> None:
+    """No reconnect per call while the listener is away: the untracked connection
+    serves (and nothing is kept), and a tracked one replaces it once the listener is
+    back."""
     a, _ = pair
     s = _warm_new(a, {"n": 1})
-    listener = _engine(a).listener
+    engine = _engine(a)
+    listener = engine.listener
+    assert listener is not None
     listener.connected.clear()  # as between a drop and the reconnect
-    transport = _engine(a).transport
-    shared = transport._shared  # type: ignore[attr-defined]
-    shared.conn.tag = 0  # opened while the listener was down
-    for _ in range(5):
-        assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
-    assert transport._shared is shared  # type: ignore[attr-defined]
-    listener.connected.set()
-    assert a.load(s.sid, min_version=10**6) is not None
-    assert transport._shared is not shared and transport.tracked()  # type: ignore[attr-defined]
+    engine.transport._drop()  # this thread's connection went away meanwhile
+    with redis.Redis.from_url(redis_line_url) as r:
+        before = r.info("stats")["total_connections_received"]
+        for _ in range(5):
+            assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
+        assert r.info("stats")["total_connections_received"] - before == 1
+        assert not engine.transport.tracked()
+        listener.connected.set()
+        assert a.load(s.sid, min_version=10**6) is not None
+        assert r.info("stats")["total_connections_received"] - before == 2
+    assert engine.transport.tracked()
 
 
 def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, SessionStore]) -> None:
@@ -340,14 +365,15 @@ def test_refused_tracking_serves_untracked_without_reconnecting(pair: tuple[Sess
     a, _ = pair
     s = _warm_new(a, {"n": 1})
     engine = _engine(a)
+    assert engine.listener is not None
     engine.listener.client_id = 999_999_999  # REDIRECT to a client that does not exist
-    engine.transport._shared = None  # type: ignore[attr-defined]
+    engine.transport._drop()  # the next call connects and sets tracking up again
     with redis.Redis.from_url(redis_line_url) as r:
         before = r.info("stats")["total_connections_received"]
         for _ in range(50):
             assert a.load(s.sid, min_version=10**6) is not None  # past any copy: from Redis
         assert r.info("stats")["total_connections_received"] - before == 1
-    assert not engine.transport.tracked()  # type: ignore[attr-defined]
+    assert not engine.transport.tracked()
 
 
 def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[SessionStore, SessionStore]) -> None:
@@ -364,10 +390,10 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
     assert near is not None
     real = transport.script
 
-    def save_with_a_load_beside_it(sha: bytes, source: str, keys: Any, args: Any) -> Any:
+    def save_with_a_load_beside_it(script: Any, keys: Any, args: Any) -> Any:
         seq = near.seq  # another thread's load begins after the save's first evict ...
         old = transport.command(b"HGETALL", keys[0])  # ... and reads before the save lands
-        real(sha, source, keys, args)  # Redis applies the save
+        real(script, keys, args)  # Redis applies the save
         near.store(keys[0], _fields(old), None, seq)  # the load keeps what it read
         raise BackendUnavailable("simulated: the save's reply timed out")
 

@@ -1,4 +1,4 @@
-"""Server-side sessions in Redis, framework-neutral.
+"""Server-side sessions in Redis (or another engine), framework-neutral.
 
 ::
 
@@ -14,8 +14,9 @@ metadata (created, last seen, user id, version). Values go through a tagged JSON
 msgpack codec (:mod:`statekit.serializers`), never pickle.
 
 **Concurrency.** :meth:`SessionStore.save` writes only the keys the request changed
-or deleted, in one Lua script. Two concurrent requests that change *different* keys
-both keep their change; for the *same* key the last writer wins, for that key only.
+or deleted, in one atomic engine write (one Lua script on Redis). Two concurrent
+requests that change *different* keys both keep their change; for the *same* key
+the last writer wins, for that key only.
 :meth:`SessionStore.incr` is an atomic counter. No write recreates a session that
 was destroyed, revoked or expired meanwhile.
 
@@ -58,15 +59,17 @@ by a second call right after the session script, and :meth:`SessionStore.revoke_
 reads the index then deletes (a login or rotation at that very instant may escape
 it). Standalone and Sentinel do both in one script.
 
-**Near cache** (``near_cache=N``, opt-in; standalone Redis over TCP or a unix
-socket). Each process keeps a copy of the sessions it recently loaded or saved, so
-a request whose session is unchanged since needs no Redis call at all (a save still
-needs one). Redis keeps the copies coherent: the sockets that read sessions run
-``CLIENT TRACKING on REDIRECT <listener> NOLOOP``, so every later change of a
+**Near cache** (``near_cache=N``, opt-in; standalone or Sentinel Redis, any
+connection kind: TCP, TLS, unix socket, RESP2 or RESP3). Each process keeps a copy
+of the sessions it recently loaded or saved, so a request whose session is
+unchanged since needs no Redis call at all (a save still
+needs one). Redis keeps the copies coherent: each thread's connection that reads
+sessions runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP``
+(:class:`~statekit.redis.transport.Transport` with ``tracking=``), so every later change of a
 session by any other connection (a save elsewhere, a rotation, a revocation, the
 key expiring) sends its key to a listener thread, which drops the copy. Before a
-copy is used, that listener's socket is checked for messages not handled yet (a
-zero-timeout ``select``), so a message that has reached this host is never missed,
+copy is used, that listener's connection is checked for messages not handled yet (a
+zero-timeout ``poll``), so a message that has reached this host is never missed,
 whatever the thread scheduling. The delivery itself races with the writer's own
 response (separate connections, no common order), so the same browser's next
 request is ordered after its writes by a **version token**: each
@@ -78,8 +81,8 @@ revocation also wait (one ``PING``) until Redis has written their invalidations,
 other processes drop a revoked session's copies within the delivery time. Copies
 are used only while the listener is connected; a drop flushes them all. A copy is
 kept at most ``refresh_interval`` seconds. Costs: one more connection per process
-(its threads share one socket, pipelined: a thread sends without waiting for another
-thread's reply), and one message per change of a session this process holds. In
+(the listener's), and one message per change of a session this process holds (per
+thread connection that read it). In
 short: a browser always reads its own writes (0 lost updates, tested under
 gunicorn); a change made elsewhere (another device, an admin's revocation) reaches
 this process's copy when its invalidation arrives: well under a millisecond on an
@@ -89,6 +92,43 @@ idle LAN, longer on an overloaded host.
 (nothing partial is written: every save is one script). With
 ``outage_policy="anonymous"``, :meth:`SessionStore.open` returns an empty read-only
 session instead (``session.unavailable`` is true; assigning raises).
+
+**Costs that grow with the work.** A session is decoded lazily: a value is decoded
+when first read (:class:`Session`), so a request that reads two keys of a session
+stored as ten thousand decodes two. :meth:`SessionStore.revoke_user` deletes in
+batches of :data:`~statekit.sessions.redis.REVOKE_BATCH` sessions, one script each,
+so a user with tens of thousands of sessions never blocks Redis for the other
+clients; it ends when a batch finds no other session of the user left in the
+index, so a session created or rotated while it runs (indexed in the same script
+as its write) is revoked too.
+
+**Engines.** The store does ids, cookies, codecs, timeouts and the diff of a
+request's changes; an *engine* stores the hashes and user indexes and makes each
+operation atomic: the :class:`~statekit.sessions.protocol.SessionEngine` Protocol
+(typed results: :class:`~statekit.sessions.protocol.Status`,
+:class:`~statekit.sessions.protocol.Result`). The URL's scheme picks it:
+``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``, ``redis+cluster://``
+and ``memory://`` are :class:`~statekit.sessions.redis.RedisEngine` (``memory://``
+on an in-process fakeredis, running the same Lua scripts).
+
+**Adding an engine** (say ``sqlite://``, in a package of your own):
+
+1. Implement :class:`~statekit.sessions.protocol.SessionEngine` (``load``,
+   ``write``, ``rotate``, ``incr``, ``destroy``, ``revoke_user``, ``list_user``,
+   ``claim``, ``peek``, ``close``) and a classmethod ``from_url(url, *, key_prefix,
+   counters, **options)``; each method atomic, as its docstring says. A
+   ``SessionStore(engine=...)`` also takes an engine object directly.
+2. Register it by entry point, the scheme as its name::
+
+       [project.entry-points."statekit.sessions"]
+       sqlite = "mypackage.sessions:SQLiteEngine"
+
+   ``SessionStore("sqlite:///var/app/sessions.db", secret_keys=[...])`` (or
+   ``STATEKIT_SESSION_URL``) then finds it (:func:`statekit.backends.load_backend`).
+3. Run the shipped contract suite on it: subclass
+   :class:`statekit.testing.contracts.sessions.SessionEngineContract` in your tests
+   and give it a ``session_url`` fixture (and ``unreachable_session_url`` if your
+   backend can be unreachable). statekit's own engines run exactly this suite.
 """
 
 from __future__ import annotations

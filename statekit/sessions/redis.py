@@ -15,28 +15,34 @@ lives in the user's slot and is updated by a second call right after the session
 script, and :meth:`RedisEngine.revoke_user` reads the index and then deletes (a
 login at that very instant may escape it).
 
-**Near cache** (``near_cache=N``; standalone Redis over TCP or a unix socket): see
-"Near cache" in :mod:`statekit.sessions`. Loads are served from a per-process copy
-that Redis client-side caching keeps coherent.
+All commands and scripts go through :class:`~statekit.redis.transport.Transport`
+(one connection per thread, redis-py's parser, the retry rule and error map of
+:mod:`statekit.redis`); pipelines (Cluster index updates, listings) through the
+redis-py client.
+
+**Near cache** (``near_cache=N``; standalone or Sentinel): see "Near cache" in
+:mod:`statekit.sessions`. Loads are served from a per-process copy that Redis
+client-side caching keeps coherent: the transport's connections run ``CLIENT
+TRACKING on REDIRECT`` to the :class:`~statekit.redis.tracking.InvalidationListener`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..cache.near import InvalidationListener, NearCache
+from ..cache.near import NearCache
 from ..config import parse_url
-from ..errors import BackendUnavailable, ConfigError, SessionError
+from ..errors import ConfigError, SessionError
 from ..metrics import Counters
 from ..redis import RedisClient, get_client, memory_client, translate_errors
-from ..redis.fast import FastTransport, RedisReplyError, SharedConnection, _FastConnection, fast_params
 from ..redis.scripts import Script, load
+from ..redis.tracking import InvalidationListener
+from ..redis.transport import RedisReplyError, Transport
 from .protocol import DONE, EXISTS, GONE, IndexOp, Result, Status
 
 __all__ = ["REVOKE_BATCH", "RedisEngine"]
@@ -46,11 +52,6 @@ __all__ = ["REVOKE_BATCH", "RedisEngine"]
 #: thousands of sessions never stalls the other clients
 REVOKE_BATCH = 256
 
-#: sessions make one or two calls per web request, so Redis has usually been idle
-#: and answers late (see FastTransport's ``spin``); polling this long still costs
-#: less than the thread's sleep and wake-up
-SESSION_SPIN_SECONDS = 200e-6
-
 _WRITE, _ROTATE, _INCR, _DESTROY, _REVOKE, _CLAIM = (
     load(f"session_{name}") for name in ("write", "rotate", "incr", "destroy", "revoke", "claim"))
 _META = ("m:c", "m:s", "m:u", "m:i")
@@ -58,6 +59,33 @@ _META = ("m:c", "m:s", "m:u", "m:i")
 
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(reply: Any) -> bytes | None:
+    return reply.encode() if isinstance(reply, str) else reply
+
+
+def _listener(client: RedisClient, prefix: str) -> InvalidationListener:
+    """The invalidation listener of a session near cache on *client*.
+
+    :raises ConfigError: *client* cannot take one (Redis Cluster: a session's
+        tracking connection and the listener must be on one server)."""
+    from ..redis import is_cluster
+
+    if is_cluster(client) or not hasattr(client, "connection_pool") or "fakeredis" in type(client).__module__:
+        raise ConfigError("the session near cache needs a standalone or Sentinel Redis (not Cluster "
+                          "or memory://)")
+    return InvalidationListener(client, prefix, bcast=False)
+
+
+def _pending(listener: InvalidationListener) -> bool:
+    """:meth:`InvalidationListener.pending`, ``True`` when it cannot tell: its
+    ``select.poll`` object refuses a second thread polling at the same instant
+    (``RuntimeError: concurrent poll() invocation``), and then the copy is not used."""
+    try:
+        return listener.pending()
+    except RuntimeError:
+        return True
 
 
 def _fields(raw: Any) -> dict[str, bytes]:
@@ -79,93 +107,6 @@ def _result(reply: Sequence[Any]) -> Result:
     return GONE if code == 0 else EXISTS
 
 
-class _TrackingTransport(FastTransport):
-    """The fast path with Redis client-side caching, on one socket per process,
-    shared by its threads and pipelined (:class:`~statekit.redis.fast.SharedConnection`).
-    The socket runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP`` first, so Redis
-    reports to the :class:`~statekit.cache.near.InvalidationListener` every later
-    change, by another connection, of a key it read. One socket per process, not per
-    thread: each tracking connection gets its own message for every change, and this
-    process's own saves must not come back to it as invalidations. A socket whose
-    setup failed, or that was set up for an earlier listener connection, never feeds
-    the near cache."""
-
-    def __init__(self, client: RedisClient, listener: InvalidationListener) -> None:
-        super().__init__(client, what="session", spin=SESSION_SPIN_SECONDS)
-        self.listener = listener
-        self.reset_after_fork()
-
-    def reset_after_fork(self) -> None:
-        super().reset_after_fork()
-        self._shared: SharedConnection | None = None
-        self._open_lock = threading.Lock()
-
-    def _current(self) -> SharedConnection | None:
-        """The shared socket, unless it failed or belongs to an earlier listener
-        connection (while the listener is down, the untracked socket serves; nothing
-        is kept then)."""
-        shared = self._shared
-        if shared is None or shared.broken is not None:
-            return None
-        listener = self.listener
-        if abs(shared.conn.tag) != listener.generation and listener.connected.is_set():
-            return None
-        return shared
-
-    def _open(self) -> SharedConnection:
-        shared = self._current()
-        if shared is not None:
-            return shared
-        with self._open_lock:
-            shared = self._current()
-            if shared is not None:
-                return shared
-            # a replaced socket is not closed here: other threads may have commands in
-            # flight on it; it closes when the last of them lets go of it
-            assert self.fast_params is not None
-            conn = _FastConnection(self.fast_params, self._reader_factory, self.spin)
-            conn.tag = 0  # untracked: opened while the listener was down (generation >= 1 when up)
-            # generation first, then the id: a newer id with an older generation only
-            # makes the socket look stale (reopened), never the other way round
-            listener = self.listener
-            generation, client_id = listener.generation, listener.client_id
-            if client_id is not None and listener.connected.is_set():
-                try:
-                    reply = conn.call(self._pack((b"CLIENT", b"TRACKING", b"on", b"REDIRECT",
-                                                  client_id, b"NOLOOP")))
-                except OSError as e:
-                    conn.close()
-                    raise BackendUnavailable(f"Redis unavailable during a session call: {e}") from e
-                # refused (an ACL, a proxy): serve untracked until the listener reconnects,
-                # instead of reopening on every call
-                conn.tag = -generation if isinstance(reply, Exception) else generation
-            shared = self._shared = SharedConnection(conn)
-            return shared
-
-    # FastTransport.fast_call (retry on a stale socket, errors as BackendUnavailable)
-    # serves through these three
-    _existing = _current
-    _fast = _open
-
-    def _drop_fast(self) -> None:
-        """Nothing to drop: a failed SharedConnection is marked broken by itself (and
-        replaced by :meth:`_open`), and an interrupted thread must not close the
-        socket the other threads' commands are in flight on."""
-
-    def close(self) -> None:
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            shared.close()
-
-    def tracked(self) -> bool:
-        """Whether the socket reports its reads to the live listener."""
-        shared = self._shared
-        if shared is None or shared.broken is not None:
-            return False
-        tag = shared.conn.tag
-        return tag == self.listener.generation and tag > 0
-
-
 class RedisEngine:
     """The :class:`~statekit.sessions.protocol.SessionEngine` on a redis-py client
     (any kind: standalone, Sentinel, Cluster, or ``memory://``'s fakeredis).
@@ -184,21 +125,16 @@ class RedisEngine:
         self.key_prefix = key_prefix
         self._session_prefix = f"{key_prefix}:session:"
         self.near: NearCache[dict[str, bytes]] | None = None
+        self.listener: InvalidationListener | None = None
         self.counters = counters or Counters("sessions", key_prefix)
-        self.transport: FastTransport
         if near_cache:
-            params = fast_params(client)
-            if params is None:
-                raise ConfigError(
-                    "the session near cache needs a standalone Redis over TCP or a unix socket "
-                    "(not Cluster, Sentinel, TLS or RESP3)")
-            self.listener = InvalidationListener(lambda: [dict(params)], self._session_prefix, bcast=False)
+            listener = self.listener = _listener(client, self._session_prefix)
             self.near = NearCache(near_cache, near_max_age)
-            self.listener.register(self._session_prefix, self.near, whole_keys=True)
-            self.transport = _TrackingTransport(client, self.listener)
-            weakref.finalize(self, self.listener.stop)
-        else:
-            self.transport = FastTransport(client, what="session", spin=SESSION_SPIN_SECONDS)
+            listener.register(self._session_prefix, self.near, whole_keys=True)
+            weakref.finalize(self, listener.stop)
+        #: loads, saves and every script: one round trip on this thread's connection
+        #: (tracked by the listener with the near cache on); pipelines go through *client*
+        self.transport = Transport(client, what="session", tracking=self.listener)
         self.cluster = self.transport.cluster
 
     @classmethod
@@ -246,7 +182,7 @@ class RedisEngine:
             pipe.execute()
 
     def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self.transport.script(script.sha, script.source, keys, args)
+        return self.transport.script(script, keys, args)
 
     # -- the near cache ---------------------------------------------------------------
 
@@ -256,8 +192,7 @@ class RedisEngine:
         return self.counters.get("near_hits")
 
     def _tracked(self) -> bool:
-        transport = self.transport
-        return isinstance(transport, _TrackingTransport) and transport.tracked()
+        return self.transport.tracked()
 
     @contextlib.contextmanager
     def _changing(self, key: str | None = None, *, stores: bool = False,
@@ -314,13 +249,13 @@ class RedisEngine:
         of at least *min_version* that no invalidation has reached, else one
         ``HGETALL``. The returned dict is shared with the near cache: do not change it."""
         key = self._session_prefix + handle
-        near = self.near
+        near, listener = self.near, self.listener
         seq = -1
-        if near is not None:
-            self.listener.ensure_running()
+        if near is not None and listener is not None:
+            listener.ensure_running()
             if near.active:
                 hit = near.data.get(key)
-                if (hit is not None and hit[1] > time.monotonic() and not self.listener.pending()
+                if (hit is not None and hit[1] > time.monotonic() and not _pending(listener)
                         and (not min_version or int(hit[0].get("m:v", b"0")) >= min_version)):
                     self.counters.incr("near_hits")
                     return hit[0]
@@ -434,14 +369,12 @@ class RedisEngine:
                 for m, row in zip(members, rows, strict=True) if row[0] is not None]
 
     def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
-        reply = self._script(_CLAIM, [name], [value, ttl_ms])
-        return None if reply is None else bytes(reply)
+        return _bytes(self._script(_CLAIM, [name], [value, ttl_ms]))
 
     def peek(self, name: str) -> bytes | None:
-        reply = self.transport.command(b"GET", name)
-        return None if reply is None else bytes(reply)
+        return _bytes(self.transport.command(b"GET", name))
 
     def close(self) -> None:
-        if self.near is not None:
+        if self.listener is not None:
             self.listener.stop()
         self.transport.close()
