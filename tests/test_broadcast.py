@@ -411,6 +411,29 @@ def test_memory_callback_that_publishes_again_does_not_deadlock() -> None:
     assert echo.get() == 40
 
 
+def test_memory_callbacks_publishing_across_prefixes_from_two_threads_finish() -> None:
+    """Two prefixes (two hubs) of one memory:// store whose callbacks publish to each
+    other, from two threads at once: every publish is delivered, none waits for ever."""
+    from statekit.pytest_plugin import run_threads
+
+    url = "memory://bc-cross"
+    pub = {p: Broadcaster(url, key_prefix=p) for p in ("pa", "pb")}
+    x = SharedValue("x", default=0, url=url, key_prefix="pa")
+    y = SharedValue("y", default=0, url=url, key_prefix="pb")
+    x_echo = SharedValue("echo", default=0, url=url, key_prefix="pb")
+    y_echo = SharedValue("echo", default=0, url=url, key_prefix="pa")
+    x.on_change(lambda value, version: pub["pb"].publish("echo", value))
+    y.on_change(lambda value, version: pub["pa"].publish("echo", value))
+
+    def publish(i: int) -> None:
+        for n in range(1, 201):
+            pub["pa"].publish("x", n) if i == 0 else pub["pb"].publish("y", n)
+
+    run_threads(publish, 2, timeout=60)
+    assert (x.get(), y.get()) == (200, 200)
+    assert x_echo.version == y_echo.version == 200
+
+
 def test_memory_reset_empties_the_store() -> None:
     from statekit.backends import memory
 

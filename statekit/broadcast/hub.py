@@ -51,6 +51,11 @@ CHECK_EVERY = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
+# one lock for every synchronous hub's deliveries: re-entrant (a callback may
+# publish again) and single (two hubs' callbacks publishing to each other from two
+# threads cannot deadlock)
+_sync_lock = threading.RLock()
+
 
 class LocalCopy(Protocol):
     """What a hub holds: a local copy of one shared value (a ``SharedValue``)."""
@@ -95,7 +100,6 @@ class Hub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sync: Subscription | None = None  # a synchronous backend's subscription
-        self._drain_lock = threading.RLock()  # a callback may publish again
 
     # -- registration and reads -------------------------------------------------
     def register(self, value: LocalCopy) -> None:
@@ -118,14 +122,14 @@ class Hub:
             else:
                 start = False
         if start:
-            with self._drain_lock:
+            with _sync_lock:
                 if self._sync is None:
                     self._sync = self.backend.subscribe(ready=self.drain)
             self.drain()
 
     def drain(self) -> None:
         """Handle every event waiting in a synchronous backend's subscription."""
-        with self._drain_lock:
+        with _sync_lock:
             subscription = self._sync
             while subscription is not None:
                 event = subscription.get(0)
@@ -289,8 +293,9 @@ def get_hub(key: Any, prefix: str, backend_factory: Callable[[], BroadcastBacken
 
 
 def _forget_hubs() -> None:
-    global _hubs_lock
+    global _hubs_lock, _sync_lock
     _hubs_lock = threading.Lock()
+    _sync_lock = threading.RLock()
     _hubs.clear()
 
 
