@@ -80,3 +80,15 @@ def test_near_copies_are_refused_while_the_listener_lags(redis_url: str, redis_s
     assert calls.get("evalsha", 0) + calls.get("mget", 0) == 2
     assert cache.get("k") == "v" and cache.stats()["near_hits"] == 2
     cache.close()
+
+
+@pytest.mark.parametrize(("module", "url", "extra"), [("redis", "redis://127.0.0.1:1/0", "redis"),
+                                                      ("fakeredis", "memory://x", "memory")])
+def test_missing_extra_is_named_on_first_use(monkeypatch: pytest.MonkeyPatch, module: str, url: str,
+                                             extra: str) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)
+    cache = Cache(url)  # nothing is imported or connected before first use
+    with pytest.raises(ConfigError, match=rf"pip install 'statekit\[{extra}\]'"):
+        cache.get("k")
