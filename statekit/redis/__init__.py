@@ -362,34 +362,34 @@ def _timed_out(exc: BaseException | None) -> bool:
     return False
 
 
-def call_with_rule(do: Any, fail: Any, retry: Any = None, *, read: bool = False) -> Any:
+def call_with_rule(do: Any, fail: Any, retry: Any = None, *, read: bool = False,
+                   error: Exception | None = None) -> Any:
     """Run ``do()`` (send one command and read its reply) under the retry rule.
 
-    The first attempt runs bare (no ``Retry`` bookkeeping on the hot path). After a
-    connection error or timeout, ``fail(error)`` drops the connection; then
-    :class:`OutcomeUnknown` (the command went out) is raised, except for a *read*
-    (an idempotent command, :data:`IDEMPOTENT_READS`) after a dropped connection
-    (not a timeout), which runs once more; an authentication failure is raised;
-    anything else (nothing was applied: a refused connect, a wrong-node reply) is
-    retried by *retry* (a :func:`retry_policy`; ``None``: not retried).
+    The first attempt runs bare (no ``Retry`` bookkeeping on the hot path; a caller
+    that made it itself passes its *error*). After a connection error or timeout,
+    ``fail(error)`` drops the connection; then :class:`OutcomeUnknown` (the command
+    went out) is raised, except for a *read* (an idempotent command,
+    :data:`IDEMPOTENT_READS`) after a dropped connection (not a timeout), which runs
+    once more; an authentication failure is raised; anything else (nothing was
+    applied: a refused connect, a wrong-node reply) is retried by *retry* (a
+    :func:`retry_policy`; ``None``: not retried). Other errors propagate as raised.
     """
     rule = _rule()
-    errors = (rule.redis.ConnectionError, rule.redis.TimeoutError)
-    try:
-        return do()
-    except errors as e:
-        error: Exception = e
+    if error is None:
+        try:
+            return do()
+        except (rule.redis.ConnectionError, rule.redis.TimeoutError) as e:
+            error = e
+    elif not isinstance(error, (rule.redis.ConnectionError, rule.redis.TimeoutError)):
+        raise error
     fail(error)
     if isinstance(error, rule.OutcomeUnknown):
         if not read or _timed_out(error):
             raise error
-        retry = None  # once
-    elif not _retryable(error):
+        return do()  # once
+    if retry is None or not _retryable(error):
         raise error
-    if retry is None:
-        if not isinstance(error, rule.OutcomeUnknown):
-            raise error
-        return do()
     return retry.call_with_retry(do, fail)
 
 

@@ -222,6 +222,11 @@ class Transport:
         if self.direct:
             retry = pool.connection_kwargs.get("retry")
         self._retry = retry if isinstance(retry, _rule().Retry) else retry_policy()
+        import redis
+
+        self._response_error = redis.ResponseError
+        self._no_script = redis.exceptions.NoScriptError
+        self._connection_error = redis.ConnectionError
         self._local = threading.local()
         reset_in_child(self)
 
@@ -293,11 +298,9 @@ class Transport:
         if listener is not None and abs(lane.tag) != listener.generation and listener.connected.is_set():
             conn.disconnect()  # set up for an earlier listener connection: reconnect
         elif conn._sock is not None and _monotonic() - lane.last > STALE_CHECK_AFTER:
-            import redis
-
             try:
                 stale = conn.can_read(timeout=0)
-            except redis.ConnectionError:
+            except self._connection_error:
                 stale = True
             if stale:  # closed by the server while idle (or out of step): nothing sent yet
                 conn.disconnect()
@@ -324,17 +327,30 @@ class Transport:
             service (read-only replica, loading, cluster down, authentication).
         :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
         """
-        import redis
-
+        if self.direct:
+            try:
+                return self._send(args)
+            except Exception as e:  # the rule and the error map, off the hot path
+                return self._recover(args, e)
         name = args[0]
         read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
         with translate_errors(self._where):
             try:
-                if not self.direct:
-                    return call_with_rule(lambda: self.client.execute_command(_name(name), *args[1:]), _noop,
-                                          read=read)
-                return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read)
-            except redis.ResponseError as e:
+                return call_with_rule(lambda: self.client.execute_command(_name(name), *args[1:]), _noop,
+                                      read=read)
+            except self._response_error as e:
+                raise self._refused(e) from e
+
+    def _recover(self, args: Sequence[Arg], error: Exception) -> Any:
+        """After the first attempt of *args* on this thread's connection failed with
+        *error*: the retry rule (:func:`~statekit.redis.call_with_rule`) and the error map."""
+        name = args[0]
+        read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
+        with translate_errors(self._where):
+            try:
+                return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read,
+                                      error=error)
+            except self._response_error as e:
                 raise self._refused(e) from e
 
     def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
@@ -342,29 +358,28 @@ class Transport:
         server: nothing ran) load it and run it again. One round trip when the
         script is cached. Never sent again once its outcome is unknown. Errors as
         :meth:`command`."""
-        import redis
-
         evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        if self.direct:
+            try:
+                return self._send(evalsha)
+            except Exception as e:
+                if not isinstance(e, self._no_script):
+                    return self._recover(evalsha, e)
+            self.command(b"SCRIPT", b"LOAD", script.source)
+            return self.command(*evalsha)
         with translate_errors(self._where):
             try:
                 try:
-                    return self._once(evalsha)
-                except redis.exceptions.NoScriptError:
-                    if self.cluster:
-                        self.client.script_load(script.source)
-                    else:
-                        self._once((b"SCRIPT", b"LOAD", script.source))
-                    return self._once(evalsha)
-            except redis.ResponseError as e:
+                    return self._through_client(evalsha)
+                except self._no_script:
+                    self.client.script_load(script.source)
+                    return self._through_client(evalsha)
+            except self._response_error as e:
                 raise self._refused(e) from e
 
-    def _once(self, args: Sequence[Arg]) -> Any:
-        if not self.direct:
-            if self.cluster:
-                # RedisCluster finds a script's slot from its keys by the command's name
-                return call_with_rule(lambda: self.client.execute_command("EVALSHA", *args[1:]), _noop)
-            return call_with_rule(lambda: self.client.execute_command(_name(args[0]), *args[1:]), _noop)
-        return call_with_rule(lambda: self._send(args), self._fail, self._retry)
+    def _through_client(self, args: Sequence[Arg]) -> Any:
+        # RedisCluster finds a script's slot from its keys by the command's name
+        return call_with_rule(lambda: self.client.execute_command(_name(args[0]), *args[1:]), _noop)
 
 
 def _noop(error: Exception) -> None:
