@@ -465,3 +465,71 @@ def test_rule_classes_are_built_once_across_threads(monkeypatch: pytest.MonkeyPa
         t.join()
     assert len(seen) == 16
     assert len({id(r) for r in seen}) == 1
+
+
+# -- call_with_rule: the one retry rule, as the transport applies it --------------------
+
+
+def _attempts(*outcomes: object) -> tuple[list[int], Any]:
+    """A ``do()`` that raises or returns *outcomes* in turn, and its call count."""
+    calls: list[int] = []
+
+    def do() -> object:
+        calls.append(1)
+        outcome = outcomes[min(len(calls), len(outcomes)) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return calls, do
+
+
+def _unknown(cause: BaseException) -> Exception:
+    rule = redis_backend._rule()
+    try:
+        raise rule.OutcomeUnknown("no reply") from cause
+    except rule.OutcomeUnknown as e:
+        return e
+
+
+def test_call_with_rule_never_sends_a_write_again() -> None:
+    calls, do = _attempts(_unknown(redis.ConnectionError("reset")), "applied twice")
+    dropped: list[Exception] = []
+    with pytest.raises(redis.ConnectionError, match="no reply"):
+        redis_backend.call_with_rule(do, dropped.append, retry_policy(3))
+    assert len(calls) == 1 and len(dropped) == 1
+
+
+def test_call_with_rule_sends_a_read_once_more_after_a_drop_not_after_a_timeout() -> None:
+    calls, do = _attempts(_unknown(redis.ConnectionError("reset")), b"value")
+    assert redis_backend.call_with_rule(do, lambda e: None, retry_policy(3), read=True) == b"value"
+    assert len(calls) == 2
+    calls, do = _attempts(_unknown(redis.TimeoutError("slow")), b"value")
+    with pytest.raises(redis.ConnectionError):
+        redis_backend.call_with_rule(do, lambda e: None, retry_policy(3), read=True)
+    assert len(calls) == 1
+    lost = _unknown(redis.ConnectionError("reset"))
+    calls, do = _attempts(lost, lost, b"value")  # once only
+    with pytest.raises(redis.ConnectionError):
+        redis_backend.call_with_rule(do, lambda e: None, retry_policy(3), read=True)
+    assert len(calls) == 2
+
+
+def test_call_with_rule_retries_what_was_not_applied_but_not_authentication() -> None:
+    refused = redis.ConnectionError("connection refused")
+    calls, do = _attempts(refused, refused, b"OK")
+    assert redis_backend.call_with_rule(do, lambda e: None, retry_policy(3, cap=0.001)) == b"OK"
+    assert len(calls) == 3
+    calls, do = _attempts(redis.AuthenticationError("WRONGPASS"), b"OK")
+    with pytest.raises(redis.AuthenticationError):
+        redis_backend.call_with_rule(do, lambda e: None, retry_policy(3, cap=0.001))
+    assert len(calls) == 1
+    calls, do = _attempts(refused, b"OK")  # no retry policy: raised as is
+    with pytest.raises(redis.ConnectionError):
+        redis_backend.call_with_rule(do, lambda e: None)
+    # an error reply is not the rule's business: raised at once, the connection kept
+    dropped: list[Exception] = []
+    calls, do = _attempts(redis.ResponseError("WRONGTYPE"), b"OK")
+    with pytest.raises(redis.ResponseError):
+        redis_backend.call_with_rule(do, dropped.append, retry_policy(3))
+    assert len(calls) == 1 and dropped == []
