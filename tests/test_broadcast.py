@@ -565,3 +565,28 @@ def test_publish_whose_outcome_is_unknown_is_not_sent_again(prefix: str) -> None
                  what="the timed-out publish applied by the resumed server")
         assert b.retained("once") == (2, "second")
         assert b.publish("once", "third") == 3  # applied once: not 4
+
+
+def test_malformed_message_is_counted_and_skipped(redis_url: str, prefix: str) -> None:
+    """A message on a broadcast channel that no publish made (another client's
+    PUBLISH) is counted as an error and skipped; the next publish still arrives."""
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    sv = SharedValue("m", default=0, url=redis_url, key_prefix=prefix)
+    assert sv.get() == 0
+    hub = _subscribed(sv)
+    b.backend.client.publish(f"{prefix}:broadcast:m", b"not a record")  # type: ignore[attr-defined]
+    wait_for(lambda: hub.counters.get("errors") == 1, what="the malformed message counted")
+    b.publish("m", 5)
+    wait_for(lambda: sv.get() == 5, what="the next publish")
+    assert hub._thread is not None and hub._thread.is_alive()
+
+
+def test_memory_malformed_message_does_not_reach_the_publisher() -> None:
+    url = "memory://bc-malformed"
+    b = Broadcaster(url)
+    sv = SharedValue("m", default=0, url=url)
+    assert sv.get() == 0
+    b.backend.client.publish("statekit:broadcast:m", b"junk")  # type: ignore[attr-defined]
+    assert b.publish("m", 7) == 1  # the publish drains the junk first, then its own
+    assert sv.get() == 7
+    assert sv._hub is not None and sv._hub.counters.get("errors") == 1

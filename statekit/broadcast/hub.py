@@ -132,10 +132,18 @@ class Hub:
         with _sync_lock:
             subscription = self._sync
             while subscription is not None:
-                event = subscription.get(0)
+                try:
+                    event = subscription.get(0)
+                except ValueError as e:
+                    self._malformed(e)
+                    continue
                 if event is None:
                     return
                 self._handle(event)
+
+    def _malformed(self, error: ValueError) -> None:
+        self.counters.incr("errors")
+        log.warning("broadcast subscriber ignored a malformed message: %s", error)
 
     def read(self, names: Iterable[str]) -> dict[str, Record]:
         """Retained records of *names* (missing names are left out).
@@ -245,8 +253,7 @@ class Hub:
                     try:
                         event = subscription.get(0.5)
                     except ValueError as e:
-                        self.counters.incr("errors")
-                        log.warning("broadcast subscriber ignored a malformed message: %s", e)
+                        self._malformed(e)
                         continue
                     now = time.monotonic()
                     if now - last_check > CHECK_EVERY and self.connected.is_set():

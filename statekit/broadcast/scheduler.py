@@ -99,7 +99,8 @@ _broadcasters: weakref.WeakSet[Broadcaster] = weakref.WeakSet()
 class Broadcaster:
     """Runs compute jobs once per interval for the whole cluster and publishes them.
 
-    :param url: Redis URL; ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
+    :param url: the backend's URL (any Redis URL, ``memory://name``, or a scheme a
+        package registers); ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
     :param client: a ready redis-py client instead of a URL.
     :param serializer: codec of published values (JSON by default).
 
