@@ -233,3 +233,13 @@ def test_cluster_routes_by_slot(redis_cluster_url: str) -> None:
     assert t.script(SCRIPT, ["{n}"], ["x"])[2] == 1
     with pytest.raises(RedisReplyError):
         t.command("HGETALL", "k1")
+
+
+def test_a_transport_for_a_cluster_that_is_away_is_made_without_connecting() -> None:
+    from statekit.embedded import free_port
+
+    url = f"redis+cluster://127.0.0.1:{free_port(cluster=True)}?socket_connect_timeout=0.2"
+    t = Transport(create_client(url))  # the app starts during a cluster outage
+    assert t.cluster
+    with pytest.raises(BackendUnavailable):
+        t.command("GET", "x")

@@ -212,7 +212,8 @@ class Transport:
         self.tracking = tracking
         self._reply_error = reply_error
         self._where = f"a {what} call"
-        pool: Any = getattr(client, "connection_pool", None)
+        # not asked of a cluster client: statekit's connects on first attribute use
+        pool: Any = None if self.cluster else getattr(client, "connection_pool", None)
         #: whether commands go through this thread's own pool connection
         self.direct = not self.cluster and pool is not None and getattr(pool, "cache", None) is None
         self._pool = pool
