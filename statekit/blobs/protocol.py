@@ -32,6 +32,7 @@ run the shipped contract (:mod:`statekit.testing.contracts.blobs`) against it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from abc import abstractmethod
@@ -43,7 +44,7 @@ from urllib.parse import quote, unquote
 from ..errors import BlobError
 
 __all__ = ["META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend", "BlobPage", "BlobWriter",
-           "PresignedUpload", "WriteRequest", "decode_meta", "encode_meta", "stored_blob"]
+           "PresignedUpload", "WriteRequest", "encode_meta", "stored_blob"]
 
 #: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
 META_FILENAME = "statekit-filename"
@@ -96,7 +97,6 @@ class WriteRequest:
 
     key: str
     content_type: str
-    filename: str | None
     disposition: str  # the Content-Disposition to serve the object with
     metadata: dict[str, str]  # already encoded (encode_meta), statekit's keys included
     created: dt.datetime
@@ -115,22 +115,14 @@ def encode_meta(meta: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def decode_meta(meta: Mapping[str, str]) -> dict[str, str]:
-    """The inverse of :func:`encode_meta`."""
-    return {k: unquote(v) for k, v in meta.items()}
-
-
 def stored_blob(key: str, size: int, content_type: str | None, metadata: Mapping[str, str],
                 created: dt.datetime | None, *, sha256: str | None = None) -> Blob:
     """The :class:`Blob` of an object stored with :func:`encode_meta` *metadata*:
     statekit's own keys become fields (the stored creation time wins over *created*),
     the caller's stay in ``metadata``."""
-    meta = decode_meta(metadata)
-    if meta.get(META_CREATED):
-        try:
-            created = dt.datetime.fromisoformat(meta[META_CREATED])
-        except ValueError:
-            pass
+    meta = {k: unquote(v) for k, v in metadata.items()}
+    with contextlib.suppress(ValueError):
+        created = dt.datetime.fromisoformat(meta[META_CREATED]) if META_CREATED in meta else created
     return Blob(key, size, content_type, meta.get(META_SHA256, sha256), meta.get(META_FILENAME), created,
                 {k: v for k, v in meta.items() if not k.startswith("statekit-")})
 

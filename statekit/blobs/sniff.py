@@ -9,6 +9,7 @@ same way on S3, on disk and in memory.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import re
 from collections.abc import Iterable, Sequence
@@ -44,23 +45,20 @@ ACTIVE_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml",
                           "application/xml", "text/javascript", "application/javascript"})
 _GENERIC = frozenset({"", "application/octet-stream"})
 
-_signature_types: frozenset[str] | None = None
 
 
 def _puremagic() -> Any:
     return require("puremagic", feature="blob content sniffing")
 
 
+@functools.cache
 def _known_signature_types() -> frozenset[str]:
-    global _signature_types
-    if _signature_types is None:
-        pm = _puremagic()
-        found = {m.mime_type for m in pm.magic_header_array if m.mime_type}
-        found |= {m.mime_type for m in pm.magic_footer_array if m.mime_type}
-        for entries in pm.multi_part_dict.values():
-            found |= {m.mime_type for m in entries if m.mime_type}
-        _signature_types = frozenset(normalize_type(t) for t in found) - _GENERIC
-    return _signature_types
+    pm = _puremagic()
+    found = {m.mime_type for m in pm.magic_header_array if m.mime_type}
+    found |= {m.mime_type for m in pm.magic_footer_array if m.mime_type}
+    for entries in pm.multi_part_dict.values():
+        found |= {m.mime_type for m in entries if m.mime_type}
+    return frozenset(normalize_type(t) for t in found) - _GENERIC
 
 
 def normalize_type(content_type: str | None) -> str:

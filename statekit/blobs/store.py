@@ -1,10 +1,5 @@
-"""The :class:`BlobStore` façade: what every backend promises, implemented once.
-
-It streams uploads with bounded memory, hashes them, enforces limits and types
-before anything is written, generates keys, signs URLs and direct-upload forms,
-and hands the backend (:class:`~statekit.blobs.protocol.BlobBackend`) only
-validated keys and checked bytes.
-"""
+"""The :class:`BlobStore` façade: the put pipeline, limits, keys, signed URLs and
+direct uploads, implemented once over any :class:`~statekit.blobs.protocol.BlobBackend`."""
 
 from __future__ import annotations
 
@@ -110,12 +105,10 @@ class BlobStore:
         (default: random per process, so links do not survive a restart).
     :param options: passed to the backend (``part_size=``, ``root=``...).
 
-    Concurrency: a store object is safe to share between threads; two writers never
-    share a key (keys are random and creation is conditional). Failure: backend
-    outages raise :class:`~statekit.errors.BackendUnavailable`; a failed write leaves
-    nothing visible (an interrupted S3 multipart upload that could not be aborted is
-    removed by :meth:`cleanup_incomplete`). Attributes of the backend (an S3 store's
-    ``client`` and ``bucket``) read through the store.
+    Safe to share between threads. Backend outages raise
+    :class:`~statekit.errors.BackendUnavailable`; a failed write leaves nothing visible
+    (what an abort could not undo, :meth:`cleanup_incomplete` removes). Attributes of
+    the backend (an S3 store's ``client`` and ``bucket``) read through the store.
     """
 
     backend: BlobBackend
@@ -201,8 +194,8 @@ class BlobStore:
         if name:
             meta[META_FILENAME] = name
         meta[META_CREATED] = now.isoformat()
-        req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, name,
-                           content_disposition(name), encode_meta(meta), now, source.size_hint)
+        req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, content_disposition(name),
+                           encode_meta(meta), now, source.size_hint)
         sha256, size = self._write(req, iter(source))
         self.counters.incr("puts")
         self.counters.incr("bytes_written", size)
@@ -352,7 +345,7 @@ class BlobStore:
         key = generate_key(None, prefix=prefix, now=now)
         policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
                   "created": now.timestamp(), "expires": now.timestamp() + expires}
-        marker = WriteRequest(_PENDING + key, "application/json", None, "attachment", {}, now)
+        marker = WriteRequest(_PENDING + key, "application/json", "attachment", {}, now)
         self._write(marker, iter([json.dumps(policy).encode()]))
         form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
         if form is None:
@@ -380,7 +373,7 @@ class BlobStore:
             raise BlobNotFound(f"no pending upload {key!r}")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         ctype = normalize_type(content_type or fields.get("Content-Type")) or "application/octet-stream"
-        req = WriteRequest(key, ctype, None, "attachment", encode_meta({META_CREATED: now.isoformat()}), now)
+        req = WriteRequest(key, ctype, "attachment", encode_meta({META_CREATED: now.isoformat()}), now)
         self._write(req, iter(Source(stream, int(fields.get("max_size", "0")))))
 
     def confirm(self, key: str, *, allowed_types: Sequence[str] | None = None) -> Blob:
