@@ -176,3 +176,27 @@ def test_a_lost_generation_counter_stops_the_sweep() -> None:
     cache.set_many({f"k{i}": i for i in range(10)}, ttl=None)
     assert rediscache.sweep(backend, 2) == 0
     assert len(cache.get_many([f"k{i}" for i in range(10)])) == 10
+
+
+def test_a_failed_sweep_is_logged_and_finished_by_the_next_clear(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from statekit.errors import BackendUnavailable
+    from statekit.redis import memory_client
+
+    real = rediscache.sweep
+
+    def down(backend: Any, below: int) -> int:
+        raise BackendUnavailable("Redis went away mid-sweep")
+
+    cache = Cache("memory://failed-sweep", prefix="fs")
+    cache.set_many({f"k{i}": i for i in range(100)}, ttl=None)
+    monkeypatch.setattr(rediscache, "sweep", down)
+    with caplog.at_level("WARNING", logger="statekit.cache"):
+        cache.clear()
+        assert rediscache.sweeper.wait(30)
+    assert any("went away" in r.getMessage() for r in caplog.records)
+    assert memory_client("failed-sweep").dbsize() == 101  # unreachable, still there
+    monkeypatch.setattr(rediscache, "sweep", real)
+    cache.clear()
+    assert rediscache.sweeper.wait(30)
+    assert memory_client("failed-sweep").dbsize() == 1  # every older generation went
