@@ -10,6 +10,12 @@
    64 MiB to S3 for both (boto3 is the anchor); 1 GiB streamed to S3 and to file://.
 
 Targets (issue 5): throughput >= 0.95x boto3; RSS growth <= 20 MiB at 64 MiB and 1 GiB.
+CPU of this process per MiB uploaded is printed beside throughput.
+
+``--before REV`` (e.g. 49db0e6, main before issue 17) then measures throughput and
+the 64 MiB RSS growth now and at REV (a ``git worktree``) in alternating subprocess
+runs against the same S3 server and prints now / before (target: unchanged within
+noise; boto3's own now / before ratio shows the noise).
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _trees import alternate, before_tree, commit, print_pairs  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 1 * MiB
@@ -116,19 +127,27 @@ def throughput(url: str, total: int, rounds: int) -> dict[str, float]:
     client, bucket = store.client, store.bucket  # type: ignore[attr-defined]
     store.put(b"warm-up", content_type="text/plain")
     times: dict[str, list[float]] = {"statekit": [], "boto3": []}
+    cpus: dict[str, list[float]] = {"statekit": [], "boto3": []}
     for i in range(rounds):
         for kind in ("statekit", "boto3") if i % 2 == 0 else ("boto3", "statekit"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if kind == "statekit":
                 key = store.put(gen(total), content_type="application/octet-stream").key
             else:
                 key = f"raw-{i}"
                 client.upload_fileobj(GenReader(total), bucket, key, Config=TransferConfig())
             times[kind].append(time.perf_counter() - t0)
+            cpus[kind].append(time.process_time() - c0)
             client.delete_object(Bucket=bucket, Key=key)  # not timed
     out = {k: total / MiB / statistics.median(v) for k, v in times.items()}
     out.update({f"{k}_best": total / MiB / min(v) for k, v in times.items()})
+    out.update({f"{k}_cpu_ms_per_mib": statistics.median(v) / (total / MiB) * 1e3 for k, v in cpus.items()})
     return out
+
+
+FIELDS = [("statekit", "statekit put", "MiB/s"), ("boto3", "anchor boto3 upload_fileobj", "MiB/s"),
+          ("statekit_cpu_ms_per_mib", "statekit put CPU", "ms/MiB"),
+          ("rss_mib", "statekit put 64 MiB, RSS growth", "MiB")]
 
 
 def main() -> int:
@@ -137,10 +156,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 1 GiB upload to S3")
     parser.add_argument("--size", type=int, default=64, help="MiB per throughput upload (64)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", metavar="REV|PATH",
+                        help="then throughput and RSS now vs at this commit (a git worktree) or checkout")
+    parser.add_argument("--pairs", type=int, default=3, help="before/now run pairs (--before)")
+    parser.add_argument("--s3-url", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
         kind, url, total = opts.child
         print(json.dumps(child(kind, url, int(total))))
+        return 0
+    if opts.json:  # one throughput and RSS run against --s3-url, as JSON (--before's runs)
+        result = throughput(opts.s3_url, opts.size * MiB, opts.rounds)
+        result["rss_mib"] = run_child("statekit", opts.s3_url, 64 * MiB)["growth_mib"]
+        print(json.dumps(result))
         return 0
 
     from statekit.embedded import S3Server
@@ -148,11 +177,13 @@ def main() -> int:
     with S3Server("bench") as server, tempfile.TemporaryDirectory() as tmp:
         url = server.url
         t = throughput(url, opts.size * MiB, opts.rounds)
-        print(f"throughput, {opts.size} MiB from a generator to moto S3, {opts.rounds} rounds alternating"
-              f" (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
-        print("                         median      best")
-        print(f"  statekit put          {t['statekit']:6.1f}    {t['statekit_best']:6.1f}  MiB/s")
-        print(f"  boto3 upload_fileobj  {t['boto3']:6.1f}    {t['boto3_best']:6.1f}  MiB/s")
+        print(f"statekit {commit()}; throughput, {opts.size} MiB from a generator to moto S3, {opts.rounds} "
+              f"rounds alternating (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
+        print("                         median      best   CPU (median)")
+        print(f"  statekit put          {t['statekit']:6.1f}    {t['statekit_best']:6.1f}  MiB/s  "
+              f"{t['statekit_cpu_ms_per_mib']:5.1f} ms/MiB")
+        print(f"  boto3 upload_fileobj  {t['boto3']:6.1f}    {t['boto3_best']:6.1f}  MiB/s  "
+              f"{t['boto3_cpu_ms_per_mib']:5.1f} ms/MiB")
         print(f"  ratio                 {t['statekit'] / t['boto3']:6.2f}x   "
               f"{t['statekit_best'] / t['boto3_best']:6.2f}x  (target >= 0.95x)")
         print("\npeak RSS growth during one upload (fresh subprocess each):")
@@ -164,6 +195,15 @@ def main() -> int:
             r = run_child(kind, case_url, total)
             print(f"  {kind:<9} {label:<11} {r['growth_mib']:7.1f} MiB   ({r['seconds']:.1f} s)"
                   + ("   (target <= 20 MiB)" if kind == "statekit" else ""))
+        if opts.before:
+            with before_tree(opts.before) as before:
+                print(f"\nnow ({commit()}) vs before ({commit(before)}), {opts.pairs} run pairs alternating, "
+                      f"same S3 server, {opts.size} MiB x {opts.rounds} rounds each:")
+                pairs = alternate(Path(__file__), before, [
+                    "--s3-url", url, "--size", str(opts.size), "--rounds", str(opts.rounds)], opts.pairs)
+                ratios = print_pairs(pairs, FIELDS)
+                print(f"  statekit throughput now/before {ratios['statekit']:.2f}x; the anchor, unchanged "
+                      f"code, {ratios['boto3']:.2f}x (noise)")
     return 0
 
 

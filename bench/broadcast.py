@@ -13,8 +13,15 @@
 
 Targets (issue 6): fan-out p99 <= 2 ms to 8 workers on loopback; get() <= 100 ns.
 
-Run: ``.venv/bin/python bench/broadcast.py [--workers 8] [--publishes 300]``
-(a private redis-server is started and stopped; about 15 s).
+With ``--before REV`` the fan-out is then measured now and at REV (a ``git
+worktree``, e.g. 49db0e6, main before issue 17) in alternating subprocess runs
+against the same server, and now / before is printed (target: unchanged within
+noise; the anchor's own now / before ratio shows the noise). CPU per publish (the
+publisher) and per message (each worker, idle time included: a spinning receiver
+shows here) are printed beside the latencies.
+
+Run: ``.venv/bin/python bench/broadcast.py [--workers 8] [--publishes 300] [--before 49db0e6]``
+(a private redis-server is started and stopped; about 15 s, 60 s with ``--before``).
 """
 
 from __future__ import annotations
@@ -25,17 +32,22 @@ import statistics
 import sys
 import time
 import timeit
+from pathlib import Path
 from typing import Any
 
-from statekit.embedded import RedisServer
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _trees import alternate, before_tree, commit, print_pairs  # noqa: E402
+
+from statekit.embedded import RedisServer  # noqa: E402
 
 
-def _statekit_worker(url: str, ready: Any, done: Any, out: Any) -> None:
+def _statekit_worker(url: str, ready: Any, done: Any, out: Any, prefix: str) -> None:
     from statekit.broadcast import SharedValue
 
     lat: list[float] = []
     versions: set[int] = set()
-    sv = SharedValue("bench", default=None, url=url, key_prefix="bench")
+    sv = SharedValue("bench", default=None, url=url, key_prefix=prefix)
 
     def seen(value: Any, version: int) -> None:
         now = time.time()
@@ -47,31 +59,34 @@ def _statekit_worker(url: str, ready: Any, done: Any, out: Any) -> None:
     assert sv._hub is not None
     sv._hub.connected.wait(10)
     ready.put(1)
+    cpu = time.process_time()
     done.wait(120)
-    out.put((lat, len(versions)))
+    out.put((lat, len(versions), time.process_time() - cpu))
 
 
-def _raw_worker(url: str, ready: Any, done: Any, out: Any) -> None:
+def _raw_worker(url: str, ready: Any, done: Any, out: Any, prefix: str) -> None:
     import redis
 
     lat: list[float] = []
     r = redis.Redis.from_url(url)
     p = r.pubsub(ignore_subscribe_messages=True)
-    p.subscribe("bench-raw")
+    p.subscribe(f"{prefix}-raw")
     p.get_message(timeout=1)  # the subscribe confirmation
     ready.put(1)
+    cpu = time.process_time()
     while not done.is_set():
         msg = p.get_message(timeout=0.5)
         if msg is not None:
             lat.append(time.time() - float(msg["data"]))
-    out.put((lat, len(lat)))
+    out.put((lat, len(lat), time.process_time() - cpu))
 
 
-def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float) -> dict[str, float]:
+def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float, prefix: str = "bench"
+           ) -> dict[str, float]:
     ctx = multiprocessing.get_context("fork")
     ready, out, done = ctx.Queue(), ctx.Queue(), ctx.Event()
     target = _raw_worker if kind == "raw" else _statekit_worker
-    procs = [ctx.Process(target=target, args=(url, ready, done, out)) for _ in range(workers)]
+    procs = [ctx.Process(target=target, args=(url, ready, done, out, prefix)) for _ in range(workers)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -79,7 +94,7 @@ def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float) ->
     if kind != "raw":
         from statekit.broadcast import Broadcaster
 
-        b = Broadcaster(url, key_prefix="bench")
+        b = Broadcaster(url, key_prefix=prefix)
 
         def send(i: int) -> None:
             b.publish("bench", {"t": time.time(), "i": i})
@@ -89,25 +104,31 @@ def fanout(url: str, kind: str, workers: int, publishes: int, spacing: float) ->
         r = redis.Redis.from_url(url)
 
         def send(i: int) -> None:
-            r.publish("bench-raw", repr(time.time()))
+            r.publish(f"{prefix}-raw", repr(time.time()))
 
+    send_cpu = 0.0
     for i in range(publishes):
+        cpu = time.process_time()
         send(i)
+        send_cpu += time.process_time() - cpu
         time.sleep(spacing)
     time.sleep(0.5)
     done.set()
     lat: list[float] = []
     complete = 0
+    worker_cpu = 0.0
     for _ in procs:
-        samples, n = out.get(timeout=30)
+        samples, n, used = out.get(timeout=30)
         lat += samples
         complete += n == publishes
+        worker_cpu += used
     for p in procs:
         p.join(10)
     lat.sort()
     q = statistics.quantiles(lat, n=100)
     return {"p50": q[49] * 1000, "p99": q[98] * 1000, "max": lat[-1] * 1000,
-            "samples": len(lat), "complete": complete}
+            "samples": len(lat), "complete": complete, "publish_cpu_us": send_cpu / publishes * 1e6,
+            "worker_cpu_us": worker_cpu / workers / publishes * 1e6}
 
 
 TAKEOVER_JOBS = """
@@ -199,6 +220,12 @@ def get_speed(url: str) -> dict[str, float]:
     return out
 
 
+FIELDS = [("statekit_p50", "statekit fan-out p50", "ms"), ("statekit_p99", "statekit fan-out p99", "ms"),
+          ("raw_p99", "anchor redis-py pub/sub p99", "ms"),
+          ("statekit_publish_cpu_us", "statekit publish CPU", "us"),
+          ("statekit_worker_cpu_us", "statekit worker CPU per message", "us")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -207,18 +234,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishes", type=int, default=300)
     parser.add_argument("--spacing", type=float, default=0.01, help="seconds between publishes")
     parser.add_argument("--takeovers", type=int, default=3, help="leader kills to time")
+    parser.add_argument("--before", metavar="REV|PATH",
+                        help="then fan-out now vs at this commit (a git worktree) or checkout, alternating")
+    parser.add_argument("--pairs", type=int, default=3, help="before/now fan-out run pairs (--before)")
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    if opts.json:  # one fan-out run of each kind against --redis-url, as JSON (--before's runs)
+        import json
+        import os
+
+        prefix = f"bench-{os.getpid()}"
+        result = {}
+        for kind in ("statekit", "raw"):
+            for key, value in fanout(opts.redis_url, kind, opts.workers, opts.publishes, opts.spacing,
+                                     prefix).items():
+                result[f"{kind}_{key}"] = value
+        print(json.dumps(result))
+        return 0
     with RedisServer() as srv:
-        print(f"redis {srv.version} on loopback; {opts.workers} worker processes, "
-              f"{opts.publishes} publishes {opts.spacing * 1000:.0f} ms apart\n")
+        print(f"{srv.binary.flavor} {srv.version} on loopback; statekit {commit()}; {opts.workers} worker "
+              f"processes, {opts.publishes} publishes {opts.spacing * 1000:.0f} ms apart\n")
         rows = {kind: fanout(srv.url, kind, opts.workers, opts.publishes, opts.spacing)
                 for kind in ("statekit", "raw")}
         print(f"{'fan-out publish -> seen':32} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-              f"{'samples':>8} {'all seen':>9}")
+              f"{'samples':>8} {'all seen':>9} {'pub CPU':>9} {'worker CPU/msg':>15}")
         for kind, label in (("statekit", "statekit SharedValue"), ("raw", "anchor: redis-py pub/sub")):
             r = rows[kind]
             print(f"{label:32} {r['p50']:8.3f} {r['p99']:8.3f} {r['max']:8.3f} {r['samples']:8.0f} "
-                  f"{r['complete']:5.0f}/{opts.workers}")
+                  f"{r['complete']:5.0f}/{opts.workers} {r['publish_cpu_us']:6.0f} us "
+                  f"{r['worker_cpu_us']:12.0f} us")
         s, a = rows["statekit"], rows["raw"]
         print(f"{'ratio statekit / anchor':32} {s['p50'] / a['p50']:8.2f} {s['p99'] / a['p99']:8.2f}")
         print(f"target p99 <= 2 ms: {'met' if s['p99'] <= 2.0 else 'NOT met'}\n")
@@ -236,6 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"leader SIGKILL -> another computes (interval {interval}s, lease {lease}s, "
               f"{len(delays)} trials): mean {statistics.mean(delays):.3f}s, max {max(delays):.3f}s, "
               f"max / lease {max(delays) / lease:.2f}")
+
+        if opts.before:
+            with before_tree(opts.before) as before:
+                print(f"\nfan-out now ({commit()}) vs before ({commit(before)}), {opts.pairs} run pairs "
+                      f"alternating, same server:")
+                pairs = alternate(Path(__file__), before, [
+                    "--redis-url", srv.url, "--workers", str(opts.workers),
+                    "--publishes", str(opts.publishes), "--spacing", str(opts.spacing)], opts.pairs)
+                ratios = print_pairs(pairs, FIELDS)
+                noise = ratios["raw_p99"]
+                print(f"  statekit p99 now/before {ratios['statekit_p99']:.2f}x; the anchor, unchanged code, "
+                      f"{noise:.2f}x (noise)")
     return 0
 
 

@@ -8,7 +8,8 @@ processes hits all of them alike. The table shows the best round (noise only eve
 adds time, so the minimum is the most repeatable figure, as ``timeit`` advises) and
 the median round; ratios against the targets use the best rounds. Targets (issue 3):
 
-* ``Cache.get`` hit <= 0.8x raw redis-py pooled ``GET``
+* ``Cache.get`` hit <= 0.7x raw redis-py pooled ``GET`` (issue 17; issue 3 said 0.8x;
+  ``bench/transport.py`` measures it against the raw-socket floor too)
 * near-cache hit <= 1 us
 * ``get_many(100)`` <= 0.12x 100 sequential ``Cache.get``
 * a write in process A seen by process B (near cache): p99 <= 1 ms on loopback
@@ -26,6 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "adapters", "django-statekit"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _trees import commit  # noqa: E402
 
 VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags": ["a", "b", "c"],
          "score": 98.5}
@@ -177,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         sk = Cache(url)
         near = Cache(url, near_cache=True, namespace="near")
         cl = CachelibStatekit(url)
-        print(f"server: {server.binary.flavor} {server.version} on {url}; redis-py {redis.__version__}, "
-              f"hiredis parser: {redis.utils.HIREDIS_AVAILABLE}; rounds={rounds}; "
-              f"load {os.getloadavg()[0]:.1f}")
+        print(f"statekit {commit()}; server: {server.binary.flavor} {server.version} on {url}; "
+              f"redis-py {redis.__version__}, hiredis parser: {redis.utils.HIREDIS_AVAILABLE}; "
+              f"rounds={rounds}; load {os.getloadavg()[0]:.2f}")
 
         import pickle
 
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         near_us = nh["statekit Cache.get (near cache)"]
         print("\ntargets")
         rows = [
-            ("Cache.get hit / raw pooled GET", f"{ratio_get:.2f}x", "<= 0.80x", ratio_get <= 0.8),
+            ("Cache.get hit / raw pooled GET", f"{ratio_get:.2f}x", "<= 0.70x", ratio_get <= 0.7),
             ("near-cache hit", f"{near_us:.2f} us", "<= 1 us", near_us <= 1.0),
             ("get_many(100) / 100 sequential gets", f"{ratio_many:.3f}x", "<= 0.12x", ratio_many <= 0.12),
             ("invalidation p99 (B in I/O)", f"{p99 / 1000:.2f} ms", "<= 1 ms", p99 <= 1000),
@@ -259,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, got, target, ok in rows:
             print(f"  {name:<38} {got:>10}  target {target:<9} {'met' if ok else 'MISSED'}")
+        print(f"(load average {os.getloadavg()[0]:.2f} at the end)")
     finally:
         server.stop()
     return 0
