@@ -6,6 +6,7 @@ behind."""
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,13 @@ class TestRedis(CacheContract):
     @pytest.fixture
     def make(self, redis_line_url: str) -> Any:
         return lambda **kw: Cache(redis_line_url, **kw)
+
+    @pytest.fixture
+    def make_unreachable(self) -> Any:
+        with socket.socket() as s:  # a free loopback port, closed again: nothing listens
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        return lambda **kw: Cache(f"redis://127.0.0.1:{port}/0?retries=0", timeout=0.5, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import pytest
 
 from ...cache import Cache
 from ...cache.protocol import CacheBackend
-from ...errors import ConfigError, InvalidKey, LockError, SerializationError
+from ...errors import BackendUnavailable, ConfigError, InvalidKey, LockError, SerializationError
 
 __all__ = ["CacheContract", "missing_methods", "required_methods"]
 
@@ -58,7 +58,43 @@ class CacheContract:
     """The cache contract. A subclass provides the ``make`` fixture: a callable that
     returns a new :class:`~statekit.cache.Cache` on the backend under test (the same
     store every time), passing its keyword arguments on to ``Cache``; the store is
-    empty when the test starts."""
+    empty when the test starts. A backend that can be unreachable also overrides
+    ``make_unreachable`` (the outage tests are skipped without it)."""
+
+    @pytest.fixture
+    def make_unreachable(self) -> Any:
+        """Like ``make``, but the backend cannot be reached (a closed port, say).
+        Override it; the default skips the outage tests."""
+        pytest.skip("this suite gives no unreachable backend (override make_unreachable)")
+
+    def test_outage_raises_backend_unavailable(self, make_unreachable: Any) -> None:
+        """With ``on_error="raise"`` every call is a BackendUnavailable, in bounded
+        time (the backend's timeouts), never another exception or a hang."""
+        c: Cache = make_unreachable(failure_threshold=100)
+        calls: list[Any] = [lambda: c.get("k"), lambda: c.set("k", 1), lambda: c.get_many(["a", "b"]),
+                            lambda: c.set_many({"a": 1}), lambda: c.incr("n"), lambda: c.delete("k"),
+                            lambda: c.add("k", 1), lambda: c.ttl("k"), lambda: c.clear(),
+                            lambda: c.get_or_set("g", lambda: 1), lambda: c.lock("l").acquire(blocking=False)]
+        for call in calls:
+            with pytest.raises(BackendUnavailable):
+                call()
+        assert c.stats()["errors"] >= len(calls) - 1
+
+    def test_outage_with_miss_policy_degrades_and_opens_the_breaker(self, make_unreachable: Any) -> None:
+        """With ``on_error="miss"`` reads return the default, writes are dropped
+        (``False``), counters still raise, get_or_set computes without storing; past
+        ``failure_threshold`` failures the breaker opens (calls fail without I/O)."""
+        c: Cache = make_unreachable(on_error="miss", failure_threshold=2, breaker_reset=600)
+        assert c.get("k", "dflt") == "dflt"
+        assert c.set("k", 1) is False
+        assert c.get_many(["a"]) == {}
+        assert c.delete("k") is False
+        assert c.get_or_set("g", lambda: "computed") == "computed"
+        with pytest.raises(BackendUnavailable):
+            c.incr("n")
+        stats = c.stats()
+        assert stats["breaker_state"] == 2 and stats["breaker_opened"] == 1
+        assert stats["dropped_writes"] >= 1
 
     @pytest.fixture
     def cache(self, make: Any) -> Cache:
