@@ -30,7 +30,7 @@ class Source:
         self.content_type: str | None = None
         self.declared_size: int | None = None  # refused early when above max_size
         self.size_hint: int | None = None  # sizes the backend's parts: only sizes we can trust
-        self._head = bytearray()
+        self._head = b""
         inner = stream
         # werkzeug FileStorage: .filename, .mimetype, .stream, .content_length
         if hasattr(stream, "filename") and hasattr(stream, "stream") and hasattr(stream, "mimetype"):
@@ -90,12 +90,15 @@ class Source:
 
     def head(self, size: int) -> bytes:
         """At least the first *size* bytes (fewer at the end); iterating yields them again."""
-        while len(self._head) < size and (data := self._next()):
-            self._head += data
-        return bytes(self._head)
+        parts = [self._head] if self._head else []
+        while self.total < size and (data := self._next()):
+            parts.append(data)
+        self._head = b"".join(parts)  # one chunk (the usual case) is not copied
+        return self._head
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._head:
-            yield bytes(self._head)
+        head, self._head = self._head, b""
+        if head:
+            yield head
         while data := self._next():
             yield data
