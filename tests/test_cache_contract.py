@@ -208,3 +208,30 @@ def test_a_failed_sweep_is_logged_and_finished_by_the_next_clear(
     cache.clear()
     assert rediscache.sweeper.wait(30)
     assert memory_client("failed-sweep").dbsize() == 1  # every older generation went
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_inherits_no_sweep() -> None:
+    """A gunicorn worker forked while the master sweeps starts with no sweep of its
+    own (the master finishes it) and can sweep its own clears."""
+    import os
+
+    from statekit.redis import memory_client
+
+    cache = Cache("memory://fork-sweep", prefix="fork")
+    cache.set_many({f"k{i}": i for i in range(3000)}, ttl=None)
+    cache.clear()
+    pid = os.fork()
+    if pid == 0:  # the child: idle at once, and a clear of its own is swept
+        try:
+            idle = rediscache.sweeper.wait(0)
+            cache.set("mine", 1, ttl=None)
+            cache.clear()
+            done = rediscache.sweeper.wait(30)
+            os._exit(0 if idle and done else 3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert rediscache.sweeper.wait(30)
+    assert memory_client("fork-sweep").dbsize() == 1

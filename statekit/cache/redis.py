@@ -30,11 +30,11 @@ process.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._fork import reset_in_child
 from ..backends import require
 from ..errors import BackendUnavailable, ConfigError
 from ..redis import RedisClient, translate_errors
@@ -159,8 +159,12 @@ class Sweeper:
         return self._idle.wait(timeout)
 
     def reset_after_fork(self) -> None:
+        """In a forked child: no thread, no jobs (the parent's sweeper does its own)."""
         self._lock = threading.Lock()
+        self._jobs = {}
         self._thread = None
+        self._idle = threading.Event()
+        self._idle.set()
 
     def _run(self) -> None:
         while True:
@@ -178,14 +182,7 @@ class Sweeper:
 
 #: the process's sweeper (see :class:`Sweeper`)
 sweeper = Sweeper()
-
-
-def _after_fork() -> None:
-    sweeper.reset_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+reset_in_child(sweeper)
 
 
 class RedisCacheBackend(CacheBackend):
