@@ -2,8 +2,8 @@
 
 * A Redis paused with SIGSTOP while a non-idempotent command (a cache ``incr``, a
   session ``incr``, a lock release) is in flight, past the socket timeout, then
-  resumed with SIGCONT: on a ``redis://`` URL (fast path and redis-py), a
-  ``rediss://`` URL and a Sentinel URL the call returns once or raises
+  resumed with SIGCONT: on a ``redis://`` URL, a ``rediss://`` URL, a Sentinel
+  URL and a Cluster URL the call returns once or raises
   ``BackendUnavailable``, and the command is applied once, never twice.
 * A connection lost after the command was applied (a proxy that resets the client
   instead of relaying the reply): a write is not sent again, a read is, once.
@@ -91,26 +91,26 @@ def cluster() -> Iterator[RedisCluster]:
     nodes.stop()
 
 
-Target = tuple[str, list[RedisServer], bool]
+Target = tuple[str, list[RedisServer]]
 
 
-@pytest.fixture(params=["redis-fast-path", "redis-py", "rediss", "sentinel",
+@pytest.fixture(params=["redis", "rediss", "sentinel",
                         pytest.param("cluster", marks=pytest.mark.cluster)])
 def target(request: pytest.FixtureRequest) -> Target:
-    """``(url, the servers to pause, fast_path)`` for one URL kind."""
+    """``(url, the servers to pause)`` for one URL kind."""
     q = f"socket_timeout={TIMEOUT}&socket_connect_timeout={TIMEOUT}"
     kind = request.param
     if kind == "sentinel":
         setup: RedisSentinel = request.getfixturevalue("sentinel")
-        return f"{setup.url}?{q}", [setup.master], False
+        return f"{setup.url}?{q}", [setup.master]
     if kind == "cluster":  # all masters paused (the cluster's node timeout is longer)
         nodes: RedisCluster = request.getfixturevalue("cluster")
-        return f"{nodes.url}?{q}", list(nodes.nodes), False
+        return f"{nodes.url}?{q}", list(nodes.nodes)
     srv: RedisServer = request.getfixturevalue("server")
     if kind == "rediss":
         proxy, cert = request.getfixturevalue("tls_proxy")
-        return f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}&{q}", [srv], False
-    return f"{srv.url}?{q}", [srv], kind == "redis-fast-path"
+        return f"rediss://127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}&{q}", [srv]
+    return f"{srv.url}?{q}", [srv]
 
 
 def _while_paused(servers: list[RedisServer], call: Callable[[], Any],
@@ -171,8 +171,8 @@ def _applied_once(outcome: dict[str, Any], before: int, after: Any) -> None:
 
 
 def test_paused_cache_incr_is_applied_once(target: Target) -> None:
-    url, servers, fast = target
-    cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+    url, servers = target
+    cache = Cache(url, prefix=f"faults{next(_names)}", failure_threshold=100)
     assert cache.incr("n") == 1  # the script is loaded: a paused EVALSHA cannot fail NOSCRIPT
     outcome = _while_paused(servers, lambda: cache.incr("n"))
     _applied_once(outcome, 1, _settled(lambda: cache.get("n")))
@@ -181,7 +181,7 @@ def test_paused_cache_incr_is_applied_once(target: Target) -> None:
 def test_paused_transport_incr_and_script_are_applied_once(target: Target) -> None:
     """The one transport itself, on every URL kind: a command and a script whose
     reply times out are never sent again."""
-    url, servers, _fast = target
+    url, servers = target
     t = Transport(create_client(url), what="faults")
     key = f"{{faults{next(_names)}}}n"
     assert t.command("INCR", key) == 1
@@ -194,7 +194,7 @@ def test_paused_transport_incr_and_script_are_applied_once(target: Target) -> No
 
 
 def test_paused_session_incr_is_applied_once(target: Target) -> None:
-    url, servers, _fast = target
+    url, servers = target
     store = SessionStore(url, secret_keys=["k" * 32], key_prefix=f"faults{next(_names)}")
     session = store.create({"n": 0})
     assert store.incr(session, "n") == 1
@@ -213,8 +213,8 @@ def _take(lock: Any) -> None:
 
 
 def test_paused_lock_release_is_sent_once(target: Target) -> None:
-    url, servers, fast = target
-    cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+    url, servers = target
+    cache = Cache(url, prefix=f"faults{next(_names)}", failure_threshold=100)
     warm = cache.lock("warm", timeout=60)
     assert warm.acquire(blocking=False)
     warm.release()
@@ -226,12 +226,11 @@ def test_paused_lock_release_is_sent_once(target: Target) -> None:
         assert cache.lock("job", timeout=60).acquire(blocking=False)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "redis-py"])
-def test_reply_lost_after_a_write_is_not_sent_again(server: RedisServer, fast: bool) -> None:
+def test_reply_lost_after_a_write_is_not_sent_again(server: RedisServer) -> None:
     proxy = _Proxy(server.port)
     try:
         url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"
-        cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=fast, failure_threshold=100)
+        cache = Cache(url, prefix=f"faults{next(_names)}", failure_threshold=100)
         assert cache.incr("n") == 1  # connected, the script loaded
         proxy.cut = 1  # INCR is applied, its reply lost with the connection
         with pytest.raises(BackendUnavailable, match="not sent again|outcome is unknown"):
@@ -378,7 +377,7 @@ def test_the_rule_holds_with_the_retry_of_redis_py_before_8_2(
     proxy = _Proxy(server.port)
     try:
         url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=2"
-        cache = Cache(url, prefix=f"faults{next(_names)}", fast_path=False, failure_threshold=100)
+        cache = Cache(url, prefix=f"faults{next(_names)}", failure_threshold=100)
         assert cache.incr("n") == 1
         proxy.cut = 1  # INCR applied, its reply lost: not sent again
         with pytest.raises(BackendUnavailable, match="outcome is unknown"):
@@ -472,12 +471,11 @@ def protected(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
 
 
 @pytest.mark.parametrize("password", ["", ":wrong@"], ids=["no-password", "wrong-password"])
-@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "redis-py"])
 def test_missing_or_wrong_password_is_backend_unavailable_naming_authentication(
-    protected: RedisServer, password: str, fast: bool
+    protected: RedisServer, password: str
 ) -> None:
     url = f"redis://{password}127.0.0.1:{protected.port}/0"
-    cache = Cache(url, prefix="auth", fast_path=fast, failure_threshold=100)
+    cache = Cache(url, prefix="auth", failure_threshold=100)
     with pytest.raises(BackendUnavailable, match="authentication"):
         cache.get("k")
     # many arguments: Redis answers "Protocol error: unauthenticated multibulk length"
@@ -488,6 +486,8 @@ def test_missing_or_wrong_password_is_backend_unavailable_naming_authentication(
         store.create({f"f{i}": i for i in range(20)})
     with pytest.raises(BackendUnavailable, match="authentication"):
         Broadcaster(url, key_prefix="auth").publish("v", 1)
-    good = Cache(f"redis://:s3cret@127.0.0.1:{protected.port}/0", prefix="auth", fast_path=fast)
+    with pytest.raises(BackendUnavailable, match="authentication"):
+        Transport(create_client(url)).command("GET", "k")
+    good = Cache(f"redis://:s3cret@127.0.0.1:{protected.port}/0", prefix="auth")
     good.set("k", 1)
     assert good.get("k") == 1

@@ -252,3 +252,28 @@ def test_a_transport_for_a_cluster_that_is_away_is_made_without_connecting() -> 
     assert t.cluster
     with pytest.raises(BackendUnavailable):
         t.command("GET", "x")
+
+
+def test_a_script_refused_unapplied_then_unknown_to_the_new_node_is_loaded_there(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover: EVALSHA refused by the demoted master (nothing applied) is retried,
+    and the new master, which never loaded the script, answers NOSCRIPT: load, run once."""
+    from statekit.redis import _rule
+
+    t = _transport(redis_url, "socket_timeout=0.5&retries=1")
+    admin = redis.Redis.from_url(redis_url)
+    admin.delete("n")
+    admin.script_flush()
+    send, sent = t._send, []
+
+    def demoted_once(args: tuple[object, ...]) -> object:
+        sent.append(args[0])
+        if len(sent) == 1:
+            raise _rule().NotApplied("READONLY You can't write against a read only replica (nothing applied)")
+        return send(args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(t, "_send", demoted_once)
+    assert t.script(SCRIPT, ["n"], ["x"]) == [b"n", b"x", 1]
+    assert sent == [b"EVALSHA", b"EVALSHA", b"SCRIPT", b"EVALSHA"]
+    assert admin.get("n") == b"1"

@@ -342,9 +342,10 @@ class Transport:
             except self._response_error as e:
                 raise self._refused(e) from e
 
-    def _recover(self, args: Sequence[Arg], error: Exception) -> Any:
+    def _recover(self, args: Sequence[Arg], error: Exception, keep: type[Exception] | None = None) -> Any:
         """After the first attempt of *args* on this thread's connection failed with
-        *error*: the retry rule (:func:`~statekit.redis.call_with_rule`) and the error map."""
+        *error*: the retry rule (:func:`~statekit.redis.call_with_rule`) and the error
+        map (an error reply of type *keep* is raised as redis-py raised it)."""
         name = args[0]
         read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
         with translate_errors(self._where):
@@ -352,6 +353,8 @@ class Transport:
                 return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read,
                                       error=error)
             except self._response_error as e:
+                if keep is not None and isinstance(e, keep):
+                    raise
                 raise self._refused(e) from e
 
     def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
@@ -362,12 +365,15 @@ class Transport:
         evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
         if self.direct:
             try:
-                return self._send(evalsha)
-            except Exception as e:
-                if not isinstance(e, self._no_script):
-                    return self._recover(evalsha, e)
-            self.command(b"SCRIPT", b"LOAD", script.source)
-            return self.command(*evalsha)
+                try:
+                    return self._send(evalsha)
+                except self._no_script:
+                    raise
+                except Exception as e:  # retried where the rule allows (a failover): the
+                    return self._recover(evalsha, e, keep=self._no_script)  # new node may lack it
+            except self._no_script:
+                self.command(b"SCRIPT", b"LOAD", script.source)
+                return self.command(*evalsha)
         with translate_errors(self._where):
             try:
                 try:
