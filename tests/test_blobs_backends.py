@@ -194,3 +194,23 @@ def test_local_reads_and_deletes_on_a_vanished_root_are_an_outage(tmp_path: Path
     for op in (store.stat, store.open, store.delete):
         with pytest.raises(BackendUnavailable, match="missing"):
             op(key)
+
+
+def test_local_pending_upload_in_the_old_layout_is_still_checked(tmp_path: Path) -> None:
+    """A direct upload received before the upgrade (its policy then kept as
+    ``.statekit/pending/<key>.json``) is still held to its policy by confirm()."""
+    import io
+
+    from statekit.errors import ContentTypeMismatch
+    from statekit.testing.contracts.blobs import HTML
+
+    root = tmp_path / "root"
+    old = BlobStore(f"file://{root}?create=1")
+    up = old.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    old.receive_upload(up.fields, io.BytesIO(HTML), content_type="image/png")
+    marker = root / ".statekit" / "pending" / up.key
+    marker.rename(marker.with_name(marker.name + ".json"))  # where earlier versions kept it
+    store = BlobStore(f"file://{root}")
+    with pytest.raises(ContentTypeMismatch):
+        store.confirm(up.key)
+    assert not store.exists(up.key) and list(store.list()) == []

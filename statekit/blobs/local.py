@@ -171,9 +171,21 @@ class LocalBackend(BlobBackend):
                 f"the file:// store root {self.root} does not exist (is the volume mounted?); "
                 "create it, or add ?create=1 to the URL to have statekit create it"
             )
+        self._adopt_old_markers()
 
     def describe(self) -> str:
         return f"file://{self.root}"
+
+    def _adopt_old_markers(self) -> None:
+        """Pending direct uploads that earlier versions recorded as
+        ``.statekit/pending/<key>.json`` move to ``.statekit/pending/<key>``, where the
+        store looks for them, so confirm() still checks an upload received before an
+        upgrade (direct-upload keys have no extension: the rename is unambiguous)."""
+        for dirpath, _dirs, names in os.walk(os.path.join(self.root, _INTERNAL, "pending")):
+            for name in names:
+                if name.endswith(".json") and not name.startswith("."):
+                    with contextlib.suppress(OSError):
+                        os.rename(os.path.join(dirpath, name), os.path.join(dirpath, name[:-5]))
 
     # -- paths ---------------------------------------------------------------------
     def _check_inside(self, path: str) -> str:
