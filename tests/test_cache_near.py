@@ -212,15 +212,16 @@ def test_near_cache_on_sentinel(redis_sentinel: Any) -> None:
     assert _until(lambda: near.get("k") == "v2")
 
 
-def test_without_hiredis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """hiredis is optional: the pure-Python RESP reader serves the fast path and the
-    invalidation connection alike."""
-    from statekit.cache import redis as rediscache
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_without_hiredis(redis_url: str, protocol: int) -> None:
+    """hiredis is optional: redis-py's pure-Python reply parser serves the data
+    connections and the invalidation connection alike."""
+    from redis._parsers import _RESP2Parser, _RESP3Parser
 
-    monkeypatch.setattr(rediscache, "make_reader", rediscache._PyReader)
-    monkeypatch.setattr(rediscache, "pack_command", rediscache._pack_any)
-    cache = Cache(redis_url, near_cache=True, namespace="nohiredis")
-    other = Cache(redis_url, namespace="nohiredis")
+    parser = _RESP3Parser if protocol == 3 else _RESP2Parser
+    pool = redis.ConnectionPool.from_url(redis_url, protocol=protocol, parser_class=parser)
+    cache = Cache(client=redis.Redis(connection_pool=pool), near_cache=True, namespace=f"nohiredis{protocol}")
+    other = Cache(redis_url, namespace=f"nohiredis{protocol}")
     assert cache.near_ready()
     cache.set_many({"a": [1, "x"], "b": None, "n": 5})
     assert cache.get_many(["a", "b", "n", "zz"]) == {"a": [1, "x"], "b": None, "n": 5}
@@ -230,14 +231,8 @@ def test_without_hiredis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert cache.get("a") == [1, "x"]
     other.set("a", "changed")
     assert _until(lambda: cache.get("a") == "changed")
-    reader = rediscache._PyReader()
-    reader.feed(b"*3\r\n$3\r\nfoo\r\n$-1\r\n:4")
-    assert reader.gets() is False
-    reader.feed(b"2\r\n-ERR bad\r\n+OK\r\n")
-    assert reader.gets() == [b"foo", None, 42]
-    err = reader.gets()
-    assert isinstance(err, Exception) and "bad" in str(err)
-    assert reader.gets() == b"OK"
+    backend: Any = cache._backend
+    assert isinstance(backend.transport._lane().conn._parser, parser)
 
 
 @pytest.fixture(scope="module")
