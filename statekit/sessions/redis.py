@@ -81,11 +81,15 @@ def _listener(client: RedisClient, prefix: str) -> InvalidationListener:
 
 
 def _fields(raw: Any) -> dict[str, bytes]:
-    """A hash reply (a flat list, or a dict through redis-py's callbacks) as a dict."""
-    if isinstance(raw, dict):
+    """A hash reply (a RESP3 map or redis-py's callback: a dict; RESP2: a flat list)
+    as a dict of field names to values."""
+    if not isinstance(raw, dict):
+        it = iter(raw)
+        raw = dict(zip(it, it, strict=True))
+    try:
+        return {k.decode(): v for k, v in raw.items()}
+    except AttributeError:  # a client with decode_responses
         return {_text(k): v for k, v in raw.items()}
-    it = iter(raw)
-    return {k.decode(): v for k, v in zip(it, it, strict=True)}
 
 
 def _result(reply: Sequence[Any]) -> Result:

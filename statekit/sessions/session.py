@@ -77,13 +77,13 @@ class Session(dict[str, Any]):
         self.loaded_version = self.version
         self._loaded_idle = self.idle_timeout
         #: the stored encoding of each key (what a save compares against). A key whose
-        #: dict value is that very bytes object has not been decoded yet.
-        self._encoded: dict[str, bytes] = dict(raw or {})
+        #: dict value is that very bytes object has not been decoded yet. A *raw* dict
+        #: is adopted as it is (the store builds a new one for each load).
+        self._encoded: dict[str, bytes] = raw if type(raw) is dict else dict(raw or {})
         if raw:
             dict.update(self, self._encoded)
-            for key in self._encoded:
-                if key[:1] == "_":
-                    self._decoded(key)
+            for key in [k for k in self._encoded if k[0] == "_"]:
+                self._decoded(key)
         # encodings made at assignment, for immutable values only (reused by save)
         self._fresh: dict[str, tuple[Any, bytes]] | None = None
 
