@@ -437,6 +437,25 @@ def _env_list(value: str | None) -> tuple[str, ...]:
     return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
+#: the capabilities a URL setting configures (entry point groups ``statekit.<capability>``)
+_CAPABILITIES = {
+    "redis_url": ("cache", "sessions", "broadcast"), "cache_url": ("cache",),
+    "session_url": ("sessions",), "broadcast_url": ("broadcast",), "blobs_url": ("blobs",),
+}
+
+
+def _third_party(name: str, url: str) -> bool:
+    """Whether *url*'s scheme is not built in but a backend registered by another
+    distribution serves it for the setting *name* (an entry point in
+    ``statekit.<capability>``, see :func:`statekit.backends.load_backend`)."""
+    scheme = url.partition("://")[0].lower()
+    if not scheme or scheme in SCHEMES:
+        return False
+    from .backends import _entry_points
+
+    return any(ep.name == scheme for cap in _CAPABILITIES[name] for ep in _entry_points(cap))
+
+
 @dataclass(frozen=True)
 class Settings:
     """statekit's settings, most often read from the environment.
@@ -469,6 +488,8 @@ class Settings:
         for name in ("redis_url", "cache_url", "session_url", "broadcast_url", "blobs_url"):
             value = getattr(self, name)
             if value is not None:
+                if _third_party(name, value):
+                    continue  # its backend's own from_url checks it
                 kinds = ("s3", "file", "memory") if name == "blobs_url" else ("redis", "memory")
                 try:
                     parse_url(value, kinds=kinds)
