@@ -1,12 +1,11 @@
 """Under gevent (monkey-patched, in a subprocess), a paused Redis (SIGSTOP on a
 server this test started, SIGCONT after) makes every path raise
 ``BackendUnavailable`` from its socket timeout, without blocking the gevent hub:
-other greenlets keep running while the call waits. (bench/gevent_timeouts.py
+other greenlets keep running while the call waits. (bench/transport.py
 prints how long each call waited against ``socket_timeout``.)"""
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -80,17 +79,6 @@ ticker.kill()
 print(json.dumps({"outcome": outcome, "elapsed": elapsed, "ticks": ticks[0]}), flush=True)
 """
 
-#: the module whose Redis backend must send through Transport for the path to be
-#: on the one transport (until its owner switched it, the old fast path serves it)
-_BACKEND = {"cache-get": "statekit.cache.redis", "session-load": "statekit.sessions.redis",
-            "broadcast-publish": "statekit.broadcast.redis"}
-
-
-def _on_transport(path: str) -> bool:
-    module = _BACKEND.get(path)
-    return module is None or not hasattr(importlib.import_module(module), "FastTransport")
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     srv = RedisServer()
@@ -126,8 +114,6 @@ def run_paused(server: RedisServer, path: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("path", ["command", "script", "cache-get", "session-load", "broadcast-publish"])
 def test_paused_redis_times_out_under_gevent(server: RedisServer, path: str) -> None:
-    if not _on_transport(path):
-        pytest.skip(f"{_BACKEND[path]} is not on Transport yet")
     report = run_paused(server, path)
     outcome = str(report["outcome"])
     if path == "cache-get":  # a cache outage degrades to a miss behind the breaker

@@ -101,15 +101,6 @@ def test_redis_py_metrics_hook_sees_each_direct_command(url: str, monkeypatch: p
     assert seen[-3:] == ["SET", "GET", "EVALSHA"]
 
 
-def _on_transport(module: str) -> bool:
-    """Whether the capability's Redis backend sends through Transport (not the old
-    fast path, which no instrumentation sees)."""
-    import importlib
-
-    return not hasattr(importlib.import_module(module), "FastTransport")
-
-
-@pytest.mark.skipif(not _on_transport("statekit.cache.redis"), reason="the cache is not on Transport yet")
 def test_cache_get_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
     from statekit.cache import Cache
 
@@ -120,7 +111,6 @@ def test_cache_get_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
     assert len(spans()) > before  # the get's command(s)
 
 
-@pytest.mark.skipif(not _on_transport("statekit.sessions.redis"), reason="sessions are not on Transport yet")
 def test_session_load_and_save_are_seen(url: str, spans: Callable[[], list[str]]) -> None:
     from statekit.sessions import SessionStore
 
@@ -136,7 +126,6 @@ def test_session_load_and_save_are_seen(url: str, spans: Callable[[], list[str]]
     assert len(spans()) > saved
 
 
-@pytest.mark.skipif(not _on_transport("statekit.broadcast.redis"), reason="broadcast is not on Transport yet")
 def test_broadcast_publish_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
     from statekit.broadcast import Broadcaster
 
