@@ -1,0 +1,82 @@
+"""One Redis layer: no module of statekit/ opens its own socket to Redis or speaks
+RESP by hand; every Redis command goes through redis-py (statekit.redis)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import statekit
+
+ROOT = Path(statekit.__file__).parent
+
+#: modules that use sockets for something other than talking to Redis, and why
+SOCKETS_ALLOWED = {
+    # starts the embedded servers: finds free ports, and waits until a server it just
+    # started listens (a readiness probe of its own child process, not a client)
+    "embedded.py": "starts servers: free ports and readiness probes",
+    # the demo's HTTP side: finds a free port for the demo web server
+    "phoenix.py": "a free port for the demo web server",
+    # gunicorn integration and lifecycle: listening sockets and HTTP health checks
+    "gunicorn.py": "the web server's listening sockets",
+    "lifecycle.py": "HTTP drain and health endpoints",
+}
+
+#: modules of the Redis client stack a statekit module must not import itself
+LOW_LEVEL = {"socket", "ssl", "hiredis"}
+
+#: RESP framing: an array or bulk header (``*3\r\n``, ``$5\r\n``, ``*%d``) in a literal
+RESP = re.compile(rb"(^|\r\n)[*$](\d+|%d|\{)")
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_module_opens_its_own_socket_to_redis() -> None:
+    offenders = {}
+    for path in _modules():
+        rel = path.relative_to(ROOT).as_posix()
+        low = _imports(ast.parse(path.read_text(encoding="utf-8"))) & LOW_LEVEL
+        if low and rel not in SOCKETS_ALLOWED:
+            offenders[rel] = sorted(low)
+    assert offenders == {}, f"modules importing socket-level libraries: {offenders}"
+    # the allow-list names only modules that exist (a module moved must be named anew)
+    assert [name for name in SOCKETS_ALLOWED if not (ROOT / name).exists()] == []
+
+
+def test_no_module_speaks_resp_by_hand() -> None:
+    offenders = []
+    for path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, (bytes, str)):
+                raw = node.value if isinstance(node.value, bytes) else node.value.encode()
+                if b"\r\n" in raw and RESP.search(raw):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.Attribute) and node.attr in ("Reader", "pack_command"):
+                base = node.value
+                if isinstance(base, ast.Name) and base.id == "hiredis":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == [], f"hand-written RESP: {offenders}"
+
+
+def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
+    """The two checks above are not vacuous: they flag a hand-made client."""
+    source = 'import socket\nPING = b"*1\\r\\n$4\\r\\nPING\\r\\n"\nimport hiredis\nr = hiredis.Reader()\n'
+    tree = ast.parse(source)
+    assert _imports(tree) & LOW_LEVEL == {"socket", "hiredis"}
+    constants = [n.value for n in ast.walk(tree)
+                 if isinstance(n, ast.Constant) and isinstance(n.value, bytes)]
+    assert any(RESP.search(c) for c in constants)
