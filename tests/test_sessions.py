@@ -1,7 +1,8 @@
 """SessionStore: the shipped engine contract (statekit.testing.contracts.sessions) on
-memory:// and on redis:// of every server line; store logic (cookies, codecs,
-timeouts, lazy decoding) on memory://; Redis-only structure (round trips, layout,
-revoke_user in bounded batches)."""
+memory://, on redis:// of every server line and on a Sentinel URL (Cluster: in
+test_sessions_cluster.py); store logic (cookies, codecs, timeouts, lazy decoding) on
+memory://; Redis-only structure (round trips, layout, revoke_user in bounded
+batches)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 import statekit.sessions as sessions_mod
 import statekit.sessions.redis as session_redis
 from statekit.backends import memory
-from statekit.embedded import free_port
+from statekit.embedded import RedisSentinel, free_port
 from statekit.errors import ConfigError, InvalidKey, SerializationError
 from statekit.pytest_plugin import redis_command_calls
 from statekit.sessions import Session, SessionStore
@@ -47,6 +48,25 @@ class TestRedisEngine(SessionEngineContract):
     @pytest.fixture
     def unreachable_session_url(self) -> str:
         return f"redis://127.0.0.1:{free_port()}/0?socket_timeout=0.2&socket_connect_timeout=0.2"
+
+
+@pytest.fixture(scope="module")
+def sentinel_setup() -> Iterator[RedisSentinel]:
+    """One sentinel setup for the contract suite."""
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+class TestSentinelEngine(SessionEngineContract):
+    @pytest.fixture
+    def session_url(self, sentinel_setup: RedisSentinel) -> str:
+        with sentinel_setup.master.client() as r:
+            r.flushall()
+        return sentinel_setup.url
 
 
 @pytest.fixture

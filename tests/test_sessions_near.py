@@ -287,6 +287,23 @@ def test_the_near_cache_on_a_resp3_client(redis_line_url: str) -> None:
         a.close()
 
 
+@pytest.mark.sentinel
+def test_the_near_cache_on_sentinel(redis_sentinel: Any) -> None:
+    a = SessionStore(redis_sentinel.url, secret_keys=["near-secret"], near_cache=100)
+    b = SessionStore(redis_sentinel.url, secret_keys=["near-secret"])
+    try:
+        s = _warm_new(a, {"n": 1})
+        other = b.load(s.sid)
+        assert other is not None
+        other["n"] = 2
+        assert b.save(other)
+        wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+        seen = a.load(s.sid)
+        assert seen is not None and seen["n"] == 2
+    finally:
+        a.close()
+
+
 @pytest.mark.parametrize("value,size", [
     (True, 10_000), (False, 0), (0, 0), (None, 0), ("on", 10_000), ("OFF", 0), ("", 0), ("500", 500),
     (64, 64),
