@@ -277,3 +277,14 @@ def test_a_script_refused_unapplied_then_unknown_to_the_new_node_is_loaded_there
     assert t.script(SCRIPT, ["n"], ["x"]) == [b"n", b"x", 1]
     assert sent == [b"EVALSHA", b"EVALSHA", b"SCRIPT", b"EVALSHA"]
     assert admin.get("n") == b"1"
+
+
+def test_a_dropped_transport_gives_its_connection_back_at_once(redis_url: str) -> None:
+    client = create_client(redis_url)
+    pool = client.connection_pool
+    t = Transport(client)
+    t.command("PING")
+    conn = t._lane().conn
+    assert conn in pool._in_use_connections
+    del t  # no garbage collection needed: no reference cycle holds it
+    assert conn in pool._available_connections

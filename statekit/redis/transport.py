@@ -105,10 +105,12 @@ class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
     __slots__ = ("__weakref__", "bound", "conn", "host", "last", "original", "original_retry", "pool",
-                 "port", "tag", "transport")
+                 "port", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
-        self.transport = transport
+        # not the transport itself: a dropped transport gives its connections back at
+        # once, with no reference cycle for the garbage collector to find first
+        self.tracking = transport.tracking
         self.pool = pool
         self.conn = conn
         self.original = type(conn)
@@ -122,13 +124,13 @@ class _Lane:
         self.port = getattr(conn, "port", None)
         #: the listener generation this connection reports to (negative: refused)
         self.tag = 0
-        if transport.tracking is not None:
+        if self.tracking is not None:
             conn.register_connect_callback(self.on_connect)
 
     def on_connect(self, conn: Any) -> None:
         """After each (re)connect: ``CLIENT TRACKING on REDIRECT <listener>`` while the
         listener is up (the tracking transport)."""
-        listener = self.transport.tracking
+        listener = self.tracking
         self.tag = 0
         if listener is None:
             return
