@@ -107,6 +107,8 @@ def test_s3_accepts_a_ready_client_and_presign_conditions(s3_server: S3Server, s
     assert {"key": staged} in conditions  # exact key, and its date prefix
     assert ["starts-with", "$key", f"{staged.rsplit('/', 1)[0]}/"] in conditions
     assert [b.key for b in store.list()] == [blob.key]  # the pending marker is not listed
+    by_url = BlobStore(f"s3://{bucket}/media", client=s3_server.client())  # a URL with a ready client
+    assert by_url.read_range(blob.key, 4, 5) == b"a rea"
 
 
 def test_s3_public_endpoint_signs_urls_for_the_browsers_host(s3_server: S3Server, s3_url: str) -> None:
