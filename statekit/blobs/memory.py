@@ -8,41 +8,27 @@ overwrite, typed errors -- is the same as on S3 and disk.
 from __future__ import annotations
 
 import bisect
-import datetime as dt
 import io
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..backends.memory import MemoryStore, get_store
 from ..config import parse_url
 from ..errors import BlobExists, BlobNotFound
-from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
+from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
 __all__ = ["MemoryBackend"]
 
 
-@dataclass(frozen=True)
-class _Object:
-    data: bytes
-    content_type: str
-    metadata: dict[str, str]
-    created: dt.datetime
-
-
 class _MemoryWriter(BlobWriter):
     def __init__(self, store: MemoryStore, req: WriteRequest) -> None:
-        self._store = store
-        self._req = req
-        self._parts: list[bytes] = []
+        self._store, self._req, self._parts = store, req, list[bytes]()
 
     def write(self, data: bytes) -> None:
         self._parts.append(data)
 
     def commit(self, sha256: str, size: int) -> None:
-        meta = dict(self._req.metadata, **{META_SHA256: sha256})
-        obj = _Object(b"".join(self._parts), self._req.content_type, meta, self._req.created)
-        self._parts = []
-        if not self._store.add(self._req.key, obj):
+        data, self._parts = b"".join(self._parts), []
+        if not self._store.add(self._req.key, (data, self._req, sha256)):
             raise BlobExists(f"a blob already exists under {self._req.key!r}")
 
     def abort(self) -> None:
@@ -67,19 +53,18 @@ class MemoryBackend(BlobBackend):
     def writer(self, req: WriteRequest) -> BlobWriter:
         return _MemoryWriter(self._objects, req)
 
-    def _get(self, key: str) -> _Object:
+    def _get(self, key: str) -> tuple[bytes, WriteRequest, str]:
         obj = self._objects.get(key)
         if obj is None:
             raise BlobNotFound(f"no blob {key!r} in {self.describe()}")
-        assert isinstance(obj, _Object)
-        return obj
+        return obj  # type: ignore[no-any-return]
 
     def open(self, key: str) -> BinaryIO:
-        return io.BytesIO(self._get(key).data)
+        return io.BytesIO(self._get(key)[0])
 
     def stat(self, key: str) -> Blob:
-        obj = self._get(key)
-        return stored_blob(key, len(obj.data), obj.content_type, obj.metadata, obj.created)
+        data, req, sha256 = self._get(key)
+        return stored_blob(key, len(data), req.content_type, req.metadata, req.created, sha256=sha256)
 
     def delete(self, key: str) -> bool:
         return self._objects.delete(key)
@@ -91,7 +76,7 @@ class MemoryBackend(BlobBackend):
         for key in keys[start:start + page_size]:
             obj = self._objects.get(key)
             if obj is not None:
-                items.append(Blob(key, len(obj.data), created=obj.created))
+                items.append(Blob(key, len(obj[0]), created=obj[1].created))
         more = start + page_size < len(keys)
         return BlobPage(items, items[-1].key if more and items else None)
 

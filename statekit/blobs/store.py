@@ -163,13 +163,8 @@ class BlobStore:
             are taken from it unless given.
         :param filename: the user's filename; kept sanitized in metadata, never used
             as the key.
-        :param content_type: the declared type; checked against the sniffed one.
-            When neither it nor the input declares a type (or only
-            ``application/octet-stream``), the filename's suggests one
-            (``data.csv.gz`` is ``application/gzip``), which the
-            content must match; only plain text whose name maps to a type no signature
-            identifies (``schema.sql``) falls back to the octet-stream rule
-            (``text/plain``).
+        :param content_type: the declared type, checked against the sniffed one; without
+            it the input's or the filename's counts (:func:`~statekit.blobs.sniff.upload_type`).
         :param max_size: refuse more than this many bytes (checked before reading
             when the size is known, else while reading: at most one chunk past it).
         :param allowed_types: allowed types, ``"image/*"`` patterns accepted.
