@@ -14,10 +14,12 @@ Sentinel the connection is the master's (it asks the sentinels again after a
 wrong-node reply dropped it). A Cluster client sends through ``RedisCluster``,
 which routes by slot and follows ``MOVED``/``ASK``.
 
-**Reply shape.** On the per-thread connection replies are raw (``HGETALL`` gives a
-flat list, ``SET`` ``b"OK"``), also when the call goes through an instrumented
-``execute_command`` (below). Through ``RedisCluster`` redis-py's reply callbacks
-apply (``HGETALL`` gives a dict, ``SET`` ``True``).
+**Reply shape.** On the per-thread connection replies are raw, as the connection's
+protocol gives them (``SET`` gives ``b"OK"``; ``HGETALL`` a flat list in RESP2, a
+dict in RESP3, redis-py 8's default), also when the call goes through an
+instrumented ``execute_command`` (below). Through ``RedisCluster`` redis-py's reply
+callbacks apply (``SET`` gives ``True``, ``HGETALL`` a dict): callers that run on
+Cluster accept both.
 
 **Observability.** When ``redis.Redis.execute_command`` is wrapped (OpenTelemetry's
 redis instrumentation wraps it; detected by ``__wrapped__`` at each call), the
