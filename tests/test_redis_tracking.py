@@ -216,3 +216,38 @@ def test_cluster_listener_keeps_one_connection_per_master(redis_cluster_url: str
         assert _until(lambda: "k" not in near.data)
     finally:
         listener.stop()
+
+
+@pytest.mark.redis
+def test_sentinel_listener_follows_the_master_and_tracking_transports_follow_it(redis_sentinel: Any) -> None:
+    setup = redis_sentinel
+    client = create_client(setup.url)
+    listener = InvalidationListener(client, "fo:", bcast=False)
+    assert listener.follow > 0  # a Sentinel client: the master's address is re-checked
+    listener.follow = 0.2
+    near: NearCache[Any] = NearCache(10)
+    listener.register("fo:", near, whole_keys=True)
+    transport = Transport(client, what="session", tracking=listener)
+    listener.ensure_running()
+    try:
+        assert listener.connected.wait(10)
+        old = setup.master_port()
+        assert [port for _host, port, _path in listener.current] == [old]
+        new = setup.failover()
+        assert _until(lambda: [p for _h, p, _x in listener.current] == [new] and listener.connected.is_set(),
+                      20)
+
+        def tracked_read() -> bool:
+            try:
+                transport.command("GET", "fo:a")  # refused by the demoted master at first
+            except Exception:  # noqa: BLE001 - BackendUnavailable until it reconnects
+                return False
+            return transport.tracked()
+
+        assert _until(tracked_read, 20)
+        near.store("fo:a", "v", None, near.seq)
+        with redis.Redis(port=new) as master:
+            master.set("fo:a", 1)
+        assert _until(lambda: "fo:a" not in near.data)
+    finally:
+        listener.stop()
