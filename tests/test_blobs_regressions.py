@@ -386,3 +386,19 @@ def test_a_type_prefix_naming_an_alias_allows_the_folded_type() -> None:
     assert check_content_type(data, None, ["application/x-gzip"]) == "application/gzip"
     with pytest.raises(DisallowedContentType):
         check_content_type(png_bytes(), None, ["application/x-gzip*"])
+
+
+def test_cleanup_leaves_an_upload_confirmed_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process confirms a direct upload after cleanup_incomplete listed its
+    pending marker: the marker is gone when cleanup reads it, and the accepted blob
+    stays (a missing policy is not a stale one)."""
+    store = BlobStore("memory://cleanup-race")
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=1)
+    direct_upload(store, up, png_bytes(), "image/png")
+    listed = list(store._internal(".statekit/pending/"))
+    assert [b.key for b in listed] == [f".statekit/pending/{up.key}"]
+    store.confirm(up.key)  # the other process
+    monkeypatch.setattr(store, "_internal", lambda prefix: iter(listed if "pending" in prefix else []))
+    assert store.cleanup_incomplete(older_than=0) == 0
+    with store.open(up.key) as f:
+        assert f.read() == png_bytes()

@@ -440,8 +440,11 @@ class BlobStore:
         now = time.time()
         for item in list(self._internal(_PENDING)):
             key = item.key[len(_PENDING):]
+            raw = self._policy(key)
+            if raw is None:  # confirmed or removed by another process meanwhile: not ours to delete
+                continue
             try:
-                policy = json.loads(self._policy(key) or b"")
+                policy = json.loads(raw)
                 stale = now > max(float(policy["expires"]), float(policy["created"]) + older_than)
             except (ValueError, KeyError, TypeError):
                 stale = True
