@@ -52,6 +52,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ..backends import require
@@ -82,6 +83,7 @@ __all__ = [
     "with_rule",
 ]
 
+_monotonic = time.monotonic
 _clients: dict[tuple[int, str, tuple[tuple[str, Any], ...]], Any] = {}
 _clients_lock = threading.Lock()
 
@@ -176,6 +178,8 @@ class _Rule:
             self._statekit_setup -= 1
 
     def check_health(self) -> Any:
+        if not (self.health_check_interval and _monotonic() > self.next_health_check):  # type: ignore[attr-defined]
+            return None  # not due (the common case: no bookkeeping)
         self._statekit_setup += 1
         try:
             return super().check_health()  # type: ignore[misc]
@@ -194,7 +198,8 @@ class _Rule:
             self.check_health()
         first = command[0] if isinstance(command, list) and command else command
         multi = rule.multi
-        self._statekit_atomic = bytes(first[: len(multi)]).upper() == multi
+        head = first[: len(multi)]
+        self._statekit_atomic = (head if type(head) is bytes else bytes(head)).upper() == multi
         self._statekit_replies = 0
         try:
             super().send_packed_command(command, check_health=False)  # type: ignore[misc]

@@ -106,7 +106,7 @@ def _message(error: Exception) -> str:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "host", "last", "original", "original_retry", "pool",
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry", "pool",
                  "port", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
@@ -124,6 +124,7 @@ class _Lane:
         self.last = _monotonic()
         self.host = getattr(conn, "host", None)
         self.port = getattr(conn, "port", None)
+        self.db = str(getattr(conn, "db", 0))
         #: the listener generation this connection reports to (negative: refused)
         self.tag = 0
         if self.tracking is not None:
@@ -211,6 +212,7 @@ class Transport:
     def __init__(self, client: RedisClient, *, what: str = "Redis", tracking: Any = None,
                  reply_error: Callable[[str], Exception] | None = None) -> None:
         self.client: Any = client
+        self._client_type = type(client)
         self.cluster = is_cluster(client)
         self.what = what
         self.tracking = tracking
@@ -309,15 +311,16 @@ class Transport:
                 stale = True
             if stale:  # closed by the server while idle (or out of step): nothing sent yet
                 conn.disconnect()
-        if getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
+        if getattr(self._client_type.execute_command, "__wrapped__", None) is not None:
             reply = lane.client().execute_command(_name(args[0]), *args[1:])
-        else:
-            start = _monotonic()
-            conn.send_packed_command(conn.pack_command(*args))
-            reply = conn.read_response()
-            if _record is not None:
-                _record(_name(args[0]), _monotonic() - start, lane.host, lane.port, str(conn.db))
-        lane.last = _monotonic()
+            lane.last = _monotonic()
+            return reply
+        start = _monotonic()
+        conn.send_packed_command(conn.pack_command(*args))
+        reply = conn.read_response()
+        lane.last = end = _monotonic()
+        if _record is not None:
+            _record(_name(args[0]), end - start, lane.host, lane.port, lane.db)
         return reply
 
     def _fail(self, error: Exception) -> None:
