@@ -300,19 +300,24 @@ class BlobStore:
         to serve. :raises BlobError: tampered with or expired."""
         validate_key(key)
         signed = {k: params[k] for k in ("expires", "disposition") if k in params}
-        if not hmac.compare_digest(str(params.get("signature", "")), self._sign(key, signed)):
-            raise BlobError("URL signature does not match")
-        try:
-            expired = int(signed.get("expires", "0")) < time.time()
-        except ValueError:
-            expired = True
-        if expired:
-            raise BlobError("URL has expired")
+        self._verify(key, signed, str(params.get("signature", "")), "URL")
         return signed.get("disposition", "attachment")
 
     def _sign(self, key: str, params: Mapping[str, str]) -> str:
         msg = json.dumps([key, sorted((k, v) for k, v in params.items() if k != "signature")]).encode()
         return base64.urlsafe_b64encode(hmac.new(self._secret, msg, "sha256").digest()).decode().rstrip("=")
+
+    def _verify(self, key: str, signed: Mapping[str, str], signature: str, what: str) -> None:
+        """:raises BlobError: *signature* is not this store's for *key* and *signed*, or
+        their ``expires`` has passed."""
+        if not hmac.compare_digest(signature, self._sign(key, signed)):
+            raise BlobError(f"{what} signature does not match")
+        try:
+            expired = int(signed.get("expires", "0")) < time.time()
+        except ValueError:
+            expired = True
+        if expired:
+            raise BlobError(f"{what} has expired")
 
     def verify_url(self, url: str) -> tuple[str, str]:
         """Check a URL made by :meth:`url` (non-S3 stores); return ``(key,
@@ -360,10 +365,7 @@ class BlobStore:
         (:class:`BlobTooLarge`, nothing stored) and otherwise trusts the client;
         :meth:`confirm` enforces the rest of the policy."""
         key = validate_key(fields.get("key", ""))
-        if not hmac.compare_digest(fields.get("signature", ""), self._sign(key, dict(fields))):
-            raise BlobError("upload form signature does not match")
-        if int(fields.get("expires", "0")) < time.time():
-            raise BlobError("upload form has expired")
+        self._verify(key, fields, fields.get("signature", ""), "upload form")
         if self._policy(key) is None:
             raise BlobNotFound(f"no pending upload {key!r}")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
