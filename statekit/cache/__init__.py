@@ -194,6 +194,19 @@ BACKENDS = {
 }
 
 
+class _NamespaceNear(NearCache[Entry]):
+    """A namespace's near cache: a flush (the namespace's generation counter was
+    invalidated: a clear, maybe in another process) also tells the backend to read
+    its generation again (on Cluster it trusts it for a short while otherwise)."""
+
+    on_flush: Callable[[], None] | None = None
+
+    def flush(self) -> None:
+        super().flush()
+        if self.on_flush is not None:
+            self.on_flush()
+
+
 def _backend_class(url: str) -> type[CacheBackend]:
     """The backend class for *url*'s scheme; a built-in scheme's URL is validated too.
 
@@ -335,9 +348,11 @@ class Cache:
                 if listener is not None:  # a cache that is dropped stops its listener thread
                     weakref.finalize(self, listener.stop)
             if listener is not None and self.near_size:
-                self._near = NearCache(self.near_size, self.near_max_age)
+                self._near = near = _NamespaceNear(self.near_size, self.near_max_age)
                 self._listener = listener
-                listener.register(self.base, self._near)
+                near.on_flush = getattr(backend, "generation_changed", None)
+                for base in getattr(backend, "near_bases", (self.base,)):
+                    listener.register(base, near)
             self._backend = backend
             return backend
 
@@ -364,8 +379,8 @@ class Cache:
     def namespace(self, name: str) -> Cache:
         """A cache over the same connections whose keys live in namespace *name*:
         its :meth:`clear` empties only that namespace, in O(1). On Redis Cluster a
-        namespace lives in one hash slot (its keys share a hash tag), which keeps its
-        bulk operations to one node; use several namespaces to spread load."""
+        namespace's keys spread over every slot and node (see
+        :mod:`statekit.cache.redis`)."""
         child = self._children.get(name)
         if child is None:
             child = Cache(
@@ -728,8 +743,9 @@ class Cache:
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """Store every item with the same TTL: one round trip per 500 items
-        (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none, also
-        on Redis Cluster: a namespace lives in one slot), so a big write never
+        (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none; on
+        Redis Cluster the keys are grouped by slot, each node's share sent in one
+        pipeline, all nodes at once, each slot's group atomic), so a big write never
         blocks Redis for long. A failure after the first chunk leaves the earlier
         chunks written (they are not sent again). ``False`` if dropped during an
         outage (``"miss"``)."""

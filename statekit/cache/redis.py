@@ -1,43 +1,74 @@
 """Redis cache backend: standalone, TLS, unix socket, Sentinel, Cluster, and
 ``memory://`` (the same code over fakeredis with Lua, see :mod:`.memory`).
 
-Reads are one ``MGET`` of the namespace's generation counter and the keys
-qualified with the generation this process saw last: the counter comes back
-atomically with the values, so a stale generation (another process ran
-:meth:`~RedisCacheBackend.clear`) is noticed and the read repeated with the new
-one. Writes and compound operations run the cache script
-(``statekit/redis/scripts/cache.lua``, called by SHA) that reads the generation and
-applies the operation in the same atomic step. All keys of a namespace share one
-hash tag (``<prefix>:{<namespace>}:...``), so bulk operations are cluster-safe: on
-Redis Cluster a namespace lives in one slot, and namespaces spread over the nodes.
+**Generations.** :meth:`~RedisCacheBackend.clear` is one ``INCR`` of the namespace's
+generation counter ``<prefix>:{<namespace>}:gen``; every value name carries the
+generation it was written in (``<head><gen>:<key>``), so a clear makes the old
+values unreachable at once, whatever their number, and a background thread
+(:data:`sweeper`) removes them afterwards (``SCAN`` on every primary, ``UNLINK`` in
+chunks of :data:`CHUNK`), also the ones stored with no TTL. A sweep cut short (the
+process exited, Redis failed) is finished by the next clear of that namespace, in
+any process.
 
-Key layout inside a namespace base ``B = "<prefix>:{<namespace>}:"``:
+**Standalone, Sentinel, memory://: exact.** The value names keep the namespace's
+hash tag (head ``<prefix>:{<namespace>}:``, the layout statekit always used), and
+the generation is checked in the same atomic step as the operation: reads are one
+``MGET`` of the counter and the values (a mismatch is noticed and the read
+repeated with the new generation), writes and compound operations run the cache
+script (``statekit/redis/scripts/cache.lua``, by SHA) with the generation the names
+carry and the counter as ``KEYS[1]``; the script refuses a stale generation
+unapplied (``STALEGEN <current>``) and the call is repeated. No value of a cleared
+generation is ever read after the ``INCR`` returned.
 
-* ``B + "gen"`` — the generation counter (``INCR`` by :meth:`~RedisCacheBackend.clear`);
-* ``B + "<gen>:<key>"`` — values (integers as decimal text, so ``INCRBY`` works);
-* ``B + "lock:<name>"`` — locks (they survive a clear).
+**Cluster: keys spread, generation bounded-stale.** On Redis Cluster the value names
+hash on the whole name: head ``<prefix>:{}{<namespace>}:`` (an empty ``{}`` first:
+the Cluster spec then hashes the whole key, and the namespace still ends at its
+``}:``, so names of different namespaces never collide), so a namespace's keys
+spread over every slot and every shard. A script may then only touch keys of one
+slot, and the counter lives in another: the generation is passed to the script as
+an argument **without** a check. Choice: a per-key check would need the counter in
+every slot (a clear would no longer be one command), while the alternative — a
+stale generation for a bounded time — only costs what a concurrent clear costs
+anyway. The process reads the counter once and trusts it for
+:data:`GENERATION_TTL` seconds; a clear in this process, or the counter's
+invalidation reaching the near cache's listener (when a near cache is on), makes
+it read the counter again at once. So **another process serves the values of a
+cleared generation for at most** :data:`GENERATION_TTL` **seconds plus one round
+trip after the clear** (measured in ``tests/test_cache_cluster.py`` and
+``bench/cluster.py``; with a near cache, one invalidation hop). A write made with a
+stale generation lands in the old generation: unreachable, as if made just before
+the clear; the sweep starts :data:`GENERATION_TTL` seconds after the clear so it
+finds those too. Single-key operations (get, set, add, incr, touch, single-flight
+locks) go to the key's own node; bulk calls group their keys by slot and send
+each node its commands in one pipeline, all nodes at once (one round trip per
+node, not per key; :func:`cluster_batch`). Named locks (:meth:`Cache.lock
+<statekit.cache.Cache.lock>`) keep the namespace's hash tag: their names did not
+change, so mutual exclusion holds while old and new versions run side by side.
+
+**Migration from the single-slot Cluster layout** (``<prefix>:{<namespace>}:<gen>:<key>``,
+statekit before issue 19): the new names are never read by the old code nor the
+old names by the new, so no stale value can be served; the generation counter is
+the same key, so a clear by either version empties both views. The old layout's
+values expire with their TTL, and the sweep after the first clear removes the rest
+(it matches both layouts).
 
 **Bounded work.** A bulk call of more than :data:`CHUNK` keys is sent as several
-calls of at most :data:`CHUNK` keys each, so no single script or ``MGET`` blocks
-Redis for long; each chunk is atomic, the whole call is not. After a clear, a
-background thread (:data:`sweeper`) removes the older generations' keys with
-``SCAN`` (on every primary of a cluster) and ``UNLINK`` in chunks of :data:`CHUNK`;
-entries with no TTL would otherwise stay for ever. A sweep cut short (the process
-exited, Redis failed) is finished by the next clear of that namespace, in any
-process.
+calls of at most :data:`CHUNK` keys each (on Cluster, per slot), so no single
+script or ``MGET`` blocks Redis for long; each is atomic, the whole call is not.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._fork import reset_in_child
 from ..backends import require
 from ..errors import BackendUnavailable, ConfigError
-from ..redis import RedisClient, translate_errors
+from ..redis import RedisClient, outcome_unknown, translate_errors
 from ..redis.scripts import load
 from ..redis.transport import Transport
 from .protocol import CacheBackend, Stored
@@ -45,17 +76,38 @@ from .protocol import CacheBackend, Stored
 if TYPE_CHECKING:
     from ..redis.tracking import InvalidationListener
 
-__all__ = ["CHUNK", "RedisCacheBackend", "RedisTransport", "sweep", "sweeper"]
+__all__ = ["CHUNK", "GENERATION_TTL", "RedisCacheBackend", "RedisTransport", "cluster_batch", "sweep",
+           "sweeper"]
 
 #: the most keys one Redis call of a bulk operation or of a sweep carries
 CHUNK = 500
+#: seconds a process on Redis Cluster trusts the namespace generation it read last
+#: (how long after a clear elsewhere it may still read the old generation)
+GENERATION_TTL = 0.5
 SCRIPT = load("cache")
 _log = logging.getLogger("statekit.cache")
 _MISSING = Stored(None, None)
+_TRIES = 5
+_monotonic = time.monotonic
+#: generation key -> clears made by this process (other backends of the same
+#: namespace in this process read the counter again when it moved)
+_epochs: dict[str, int] = {}
+#: error replies that say a node applied nothing: the command may be sent again
+_UNAPPLIED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
+
+
+class StaleGeneration(Exception):
+    """The cache script refused names of an older generation (nothing applied)."""
+
+    def __init__(self, gen: bytes) -> None:
+        super().__init__(f"the namespace is at generation {gen!r}")
+        self.gen = gen
 
 
 def _value_error(message: str) -> Exception:
     low = message.lower()
+    if message.startswith("STALEGEN ") or ": STALEGEN " in message or "-STALEGEN " in message:
+        return StaleGeneration(message.rpartition("STALEGEN ")[2].split()[0].encode())
     if "not an integer" in low or "overflow" in low:
         return ValueError(f"cache value is not an integer or would overflow: {message}")
     if "wrongtype" in low:
@@ -92,43 +144,168 @@ class RedisTransport(Transport):
         return self.script(SCRIPT, keys, args)
 
 
+# -- Cluster: one pipeline per node, all nodes at once ---------------------------------
+
+
+def _slot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode()))
+
+
+def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Callable[[], Any]]],
+                  slots: Sequence[int], *, read: bool) -> list[Any]:
+    """Run single-slot commands on a Redis Cluster: each node gets its commands in
+    one pipeline, every node's pipeline is written before any reply is read (one
+    round trip per node, the nodes working at once). Returns the replies in order.
+
+    *calls* pairs each command's arguments (``("MGET", k1, k2)``, an ``EVALSHA``)
+    with a callable that sends it alone through the transport (``RedisCluster``:
+    follows ``MOVED``/``ASK``, loads a script on ``NOSCRIPT``); *slots* gives each
+    command's slot. A command a node refused unapplied (``MOVED``, ``ASK``,
+    ``TRYAGAIN``, ``CLUSTERDOWN``, ``NOSCRIPT``), or whose node could not be reached
+    before anything was sent (a failover), is sent again alone that way. A command
+    whose outcome is unknown (sent, no reply) is sent again only when *read*, and
+    never after a timeout.
+
+    :raises BackendUnavailable: a node failed (after every node's replies were
+        read: what was applied stays applied, and no write is sent twice).
+    """
+    import redis
+
+    client: Any = transport.client
+    error_cls = redis.ResponseError
+    conn_errors = (redis.ConnectionError, redis.TimeoutError)
+    results: list[Any] = [None] * len(calls)
+    alone: list[int] = []
+    unknown: list[tuple[int, Exception]] = []
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    with translate_errors("a cache call"):
+        nodes = client.nodes_manager
+        for i, slot in enumerate(slots):
+            try:
+                node = nodes.get_node_from_slot(slot)
+            except Exception:  # noqa: BLE001 - an uncovered slot: the lone path says why
+                alone.append(i)
+                continue
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+    lanes: list[tuple[Any, Any, list[int]]] = []
+    try:
+        for node, idx in by_node.values():
+            try:
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+            except conn_errors:  # nothing sent: the cluster client finds the new node
+                alone.extend(idx)
+                continue
+            lanes.append((pool, conn, idx))
+        sent: list[tuple[Any, Any, list[int]]] = []
+        for pool, conn, idx in lanes:
+            try:
+                conn.send_packed_command(conn.pack_commands([calls[i][0] for i in idx]))
+            except conn_errors as e:
+                conn.disconnect()
+                (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
+                continue
+            sent.append((pool, conn, idx))
+        for _pool, conn, idx in sent:
+            for n, i in enumerate(idx):
+                try:
+                    results[i] = conn.read_response()
+                except error_cls as e:
+                    results[i] = e
+                except conn_errors as e:
+                    conn.disconnect()
+                    unknown.extend((j, e) for j in idx[n:])
+                    break
+    finally:
+        for pool, conn, _ in lanes:
+            pool.release(conn)
+    for i, value in enumerate(results):
+        if isinstance(value, error_cls):
+            if str(value).split(" ", 1)[0] in _UNAPPLIED or type(value).__name__ in (
+                    "MovedError", "AskError", "TryAgainError", "ClusterDownError", "NoScriptError"):
+                alone.append(i)
+            else:
+                raise transport._refused(value) from value
+    for i, error in unknown:
+        if not read or _timed_out(error):
+            raise BackendUnavailable(f"a Redis Cluster node failed during a cache call; the outcome of "
+                                     f"{len(unknown)} command(s) is unknown and they were not sent again: "
+                                     f"{error}") from error
+        alone.append(i)
+    for i in sorted(alone):
+        results[i] = calls[i][1]()
+    return results
+
+
+# -- the sweep -------------------------------------------------------------------------
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def sweep(backend: RedisCacheBackend, below: int) -> int:
     """Remove the keys of *backend*'s namespace whose generation is below *below*
-    (unreachable since a clear): ``SCAN MATCH`` (on every primary of a cluster),
-    then the cache script's ``sweep`` (``UNLINK``) per :data:`CHUNK` keys, which
-    refuses if the generation counter is below *below* again (it was lost: those
-    names are live). Returns how many keys were removed.
+    (unreachable since a clear), in both layouts (see the module docstring): ``SCAN
+    MATCH`` (on every primary of a cluster), then ``UNLINK`` per :data:`CHUNK` keys
+    (on Cluster per slot, one pipeline per node). Each chunk is removed only while
+    the generation counter is at least *below* (read just before): a counter that
+    was lost (``FLUSHALL``, eviction) restarted below it, and those names are live
+    again. Returns how many keys were removed.
 
     :raises BackendUnavailable: Redis failed (what was removed stays removed).
     """
-    client: Any = backend.transport.client
-    head = backend.base.encode()
-    size = len(head)
+    transport = backend.transport
+    client: Any = transport.client
     removed = 0
-    batch: list[bytes] = []
+    batch: list[str] = []
 
     def unlink() -> bool:
         nonlocal removed
-        keys: list[str | bytes] = [backend._gen_key, *batch]
-        done = int(backend.transport.run(keys, (b"sweep", backend._n, str(below))))
+        current = transport.command(b"GET", backend._gen_key)
+        if int(current or 0) < below:
+            return False
+        if transport.cluster:
+            groups: dict[int, list[str]] = {}
+            for key in batch:
+                groups.setdefault(_slot(key), []).append(key)
+            slots = list(groups)
+            calls = [((b"UNLINK", *groups[s]), _lone(transport, (b"UNLINK", *groups[s]))) for s in slots]
+            removed += sum(int(n) for n in cluster_batch(transport, calls, slots, read=False))
+        else:
+            removed += int(transport.command(b"UNLINK", *batch))
         batch.clear()
-        removed += max(done, 0)
-        return done >= 0
+        return True
 
+    heads = dict.fromkeys((backend.head, backend.base))  # the layout in use, then the single-slot one
     with translate_errors("a cache sweep"):
-        for key in client.scan_iter(match=_glob_escape(backend.base) + "[0-9]*", count=1000):
-            gen, sep, _ = key[size:].partition(b":")
-            if sep and gen.isdigit() and int(gen) < below:
-                batch.append(key)
-                if len(batch) == CHUNK and not unlink():
-                    return removed
-        if batch:
-            unlink()
+        for head in heads:
+            size = len(head.encode())
+            for key in client.scan_iter(match=_glob_escape(head) + "[0-9]*", count=1000):
+                gen, sep, _ = key[size:].partition(b":")
+                if sep and gen.isdigit() and int(gen) < below:
+                    batch.append(key.decode("utf-8", "surrogateescape"))
+                    if len(batch) == CHUNK and not unlink():
+                        return removed
+            if batch and not unlink():
+                return removed
     return removed
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    import redis
+
+    while error is not None:
+        if isinstance(error, (redis.TimeoutError, TimeoutError)):
+            return True
+        error = error.__cause__
+    return False
+
+
+def _lone(transport: Transport, args: tuple[Any, ...]) -> Callable[[], Any]:
+    return lambda: transport.command(*args)
 
 
 class Sweeper:
@@ -138,17 +315,19 @@ class Sweeper:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[tuple[int, str], tuple[RedisCacheBackend, int]] = {}
+        self._jobs: dict[tuple[int, str], tuple[RedisCacheBackend, int, float]] = {}
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
 
-    def submit(self, backend: RedisCacheBackend, below: int) -> None:
+    def submit(self, backend: RedisCacheBackend, below: int, delay: float = 0.0) -> None:
+        """Sweep the generations of *backend*'s namespace below *below*, not before
+        *delay* seconds from now."""
         with self._lock:
             key = (id(backend.transport), backend.base)
             job = self._jobs.get(key)
             if job is None or job[1] < below:
-                self._jobs[key] = (backend, below)
+                self._jobs[key] = (backend, below, _monotonic() + delay)
             self._idle.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="statekit-cache-sweep", daemon=True)
@@ -172,7 +351,14 @@ class Sweeper:
                 if not self._jobs:
                     self._idle.set()
                     return
-                _, (backend, below) = self._jobs.popitem()
+                key = min(self._jobs, key=lambda k: self._jobs[k][2])
+                backend, below, not_before = self._jobs[key]
+                wait = not_before - _monotonic()
+                if wait <= 0:
+                    del self._jobs[key]
+            if wait > 0:
+                time.sleep(min(wait, 0.1))
+                continue
             try:
                 sweep(backend, below)
             except Exception as e:  # noqa: BLE001 - a background job: log, the next clear redoes it
@@ -191,9 +377,13 @@ class RedisCacheBackend(CacheBackend):
     def __init__(self, transport: RedisTransport, base: str) -> None:
         self.transport = transport
         self.base = base
+        self.cluster = transport.cluster
+        #: where value names start: the namespace's hash tag, or on Cluster none
+        self.head = base.replace("{", "{}{", 1) if self.cluster else base
         self._gen_key = base + "gen"
-        self._n = str(len(base.encode()))
-        self._gen = b"0"  # the generation last seen; MGET checks it in the same step
+        self._gen = b"0"  # the generation last seen
+        self._fresh_until = 0.0  # Cluster: trusted until then (monotonic seconds)
+        self._epoch = 0  # _epochs[gen key] when the generation was read
 
     @classmethod
     def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> RedisCacheBackend:
@@ -217,98 +407,180 @@ class RedisCacheBackend(CacheBackend):
     def near_listener(self, prefix: str) -> InvalidationListener | None:
         from ..redis.tracking import InvalidationListener
 
-        return InvalidationListener(self.transport.client, prefix)  # Sentinel: it follows the master
+        return InvalidationListener(self.transport.client, prefix)  # it follows the masters
 
-    def _keys(self, keys: Sequence[str]) -> list[str]:
-        b = self.base
-        return [self._gen_key, *[b + k for k in keys]]
+    @property
+    def near_bases(self) -> tuple[str, ...]:
+        """The bases a near cache of this namespace is registered under: the
+        namespace's (its generation counter) and, on Cluster, the value names' head."""
+        return tuple(dict.fromkeys((self.base, self.head)))
+
+    def generation_changed(self) -> None:
+        """Read the generation counter again before the next call (Cluster; the
+        near cache's listener calls it when the counter is invalidated)."""
+        self._fresh_until = 0.0
+
+    # -- the generation ----------------------------------------------------------------
+
+    def _generation(self) -> bytes:
+        """Cluster: the generation, read again when older than :data:`GENERATION_TTL`
+        or after a clear in this process."""
+        epoch = _epochs.get(self._gen_key, 0)
+        if _monotonic() >= self._fresh_until or epoch != self._epoch:
+            self._gen = self.transport.command(b"GET", self._gen_key) or b"0"
+            self._epoch = epoch
+            self._fresh_until = _monotonic() + GENERATION_TTL
+        return self._gen
+
+    def _names(self, gen: bytes, keys: Sequence[str]) -> list[str]:
+        prefix = self.head + gen.decode() + ":"
+        return [prefix + k for k in keys]
+
+    def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str]) -> Any:
+        """Run *op* of the cache script on *keys* (at most :data:`CHUNK`; on Cluster,
+        one slot) in the current generation (see the module docstring)."""
+        if self.cluster:
+            return self.transport.run(self._names(self._generation(), keys), (op, b"", *args))
+        for _ in range(_TRIES):
+            gen = self._gen
+            try:
+                return self.transport.run([self._gen_key, *self._names(gen, keys)], (op, gen, *args))
+            except StaleGeneration as e:
+                self._gen = e.gen
+        raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one call")
+
+    def _bulk(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str],
+              per_key: Sequence[bytes] = (), *, read: bool = False) -> list[tuple[list[int], Any]]:
+        """*op* on many keys: per :data:`CHUNK` (standalone) or per slot, each node's
+        share in one pipeline (Cluster). *per_key* are arguments that follow *keys*
+        one for one (the values of a ``set``). Returns (the keys' indexes, the reply)
+        per call."""
+        if not self.cluster:
+            return [(list(range(i, min(i + CHUNK, len(keys)))),
+                     self._mget(keys[i:i + CHUNK]) if op == b"mget" else
+                     self._run(op, keys[i:i + CHUNK], (*args, *per_key[i:i + CHUNK])))
+                    for i in range(0, len(keys), CHUNK)]
+        names = self._names(self._generation(), keys)
+        groups: dict[int, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(_slot(name), []).append(i)
+        calls: list[tuple[Sequence[Any], Callable[[], Any]]] = []
+        slots: list[int] = []
+        parts: list[list[int]] = []
+        for slot, idx in groups.items():
+            for c in range(0, len(idx), CHUNK):
+                part = idx[c:c + CHUNK]
+                extra = (*args, *[per_key[i] for i in part]) if per_key else tuple(args)
+                calls.append(self._call(op, [names[i] for i in part], (op, b"", *extra)))
+                slots.append(slot)
+                parts.append(part)
+        return list(zip(parts, cluster_batch(self.transport, calls, slots, read=read), strict=True))
+
+    def _call(self, op: bytes, names: list[str],
+              args: tuple[Any, ...]) -> tuple[Sequence[Any], Callable[[], Any]]:
+        transport = self.transport
+        if op == b"mget":
+            return (b"MGET", *names), lambda: transport.command(b"MGET", *names)
+        return ((b"EVALSHA", SCRIPT.sha, len(names), *names, *args),
+                lambda: transport.run(names, args))
 
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        """``MGET gen, <base><gen>:<key>...`` with the generation seen last time: the
-        reply carries the current generation, read atomically with the values, so a
-        mismatch (after a clear) is detected and the read repeated."""
-        base = self.base
-        for _ in range(3):
+        """Standalone: ``MGET gen, <head><gen>:<key>...`` with the generation seen
+        last time: the reply carries the current generation, read atomically with
+        the values, so a mismatch (after a clear) is detected and the read repeated."""
+        for _ in range(_TRIES):
             gen = self._gen
-            prefix = base + gen.decode() + ":"
-            reply = self.transport.command(b"MGET", self._gen_key, *[prefix + k for k in keys])
+            reply = self.transport.command(b"MGET", self._gen_key, *self._names(gen, keys))
             current = reply[0] or b"0"
             if current == gen:
                 values: list[bytes | None] = reply[1:]
                 return values
             self._gen = current
-        result: list[bytes | None] = self.transport.run(self._keys(keys), (b"get", self._n))
-        return result
+        raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one read")
+
+    # -- the protocol ------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
+        if self.cluster:
+            value: bytes | None = self.transport.command(b"GET", self._names(self._generation(), (key,))[0])
+            return value
         return self._mget((key,))[0]
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for chunk in _chunks(keys):
-            out.extend(self._mget(chunk))
+        out: list[bytes | None] = [None] * len(keys)
+        for part, reply in self._bulk(b"mget", keys, (), read=True):
+            for i, value in zip(part, reply, strict=True):
+                out[i] = value
         return out
 
     def get_with_ttl(self, key: str) -> Stored:
         return self.get_many_with_ttl((key,))[0]
 
     def get_many_with_ttl(self, keys: Sequence[str]) -> list[Stored]:
-        out: list[Stored] = []
-        for chunk in _chunks(keys):
-            flat = self.transport.run(self._keys(chunk), (b"gett", self._n))
+        def stored(flat: Sequence[Any]) -> Iterator[Stored]:
             for i in range(0, len(flat), 2):
                 value, ttl = flat[i], flat[i + 1]
-                out.append(_MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl)))
-        return out
+                yield _MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl))
+
+        if not self.cluster or len(keys) == 1:
+            out: list[Stored] = []
+            for chunk in _chunks(keys):
+                out.extend(stored(self._run(b"gett", chunk, ())))
+            return out
+        rows: list[Stored] = [_MISSING] * len(keys)
+        for part, reply in self._bulk(b"gett", keys, (), read=True):
+            for i, row in zip(part, stored(reply), strict=True):
+                rows[i] = row
+        return rows
 
     def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
-        ttl = _ttl_arg(ttl_ms)
-        pairs = list(items.items())
-        for chunk in _chunks(pairs):
-            self.transport.run(self._keys([k for k, _ in chunk]),
-                               (b"set", self._n, ttl, *[v for _, v in chunk]))
+        keys = list(items)
+        self._bulk(b"set", keys, (_ttl_arg(ttl_ms),), list(items.values()))
 
     def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
-        self.transport.run((self._gen_key, self.base + key), (b"set", self._n, _ttl_arg(ttl_ms), value))
+        self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
 
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
-        return bool(self.transport.run((self._gen_key, self.base + key),
-                                       (b"add", self._n, _ttl_arg(ttl_ms), value)))
+        return bool(self._run(b"add", (key,), (_ttl_arg(ttl_ms), value)))
 
     def delete(self, key: str) -> bool:
-        return self.delete_many((key,)) > 0
+        return int(self._run(b"del", (key,), ())) > 0
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        return sum(int(self.transport.run(self._keys(chunk), (b"del", self._n))) for chunk in _chunks(keys))
+        return sum(int(reply) for _, reply in self._bulk(b"del", keys, ()))
 
     def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
-        result = self.transport.run((self._gen_key, self.base + key),
-                                    (b"incr", self._n, str(delta).encode(), _ttl_arg(ttl_ms),
-                                     b"1" if create else b"0"))
+        result = self._run(b"incr", (key,), (str(delta).encode(), _ttl_arg(ttl_ms), b"1" if create else b"0"))
         return None if result is None else int(result)
 
     def touch(self, key: str, ttl_ms: int | None) -> bool:
-        return bool(self.transport.run((self._gen_key, self.base + key),
-                                       (b"touch", self._n, _ttl_arg(ttl_ms))))
+        return bool(self._run(b"touch", (key,), (_ttl_arg(ttl_ms),)))
 
     def clear(self) -> None:
-        """Bump the generation (O(1)), then let :data:`sweeper` remove the older
-        generations' keys in the background."""
+        """Bump the generation (O(1), one command), then let :data:`sweeper` remove
+        the older generations' keys in the background (on Cluster after
+        :data:`GENERATION_TTL`, when no process writes to them any more)."""
         gen = int(self.transport.command(b"INCR", self._gen_key))
+        _epochs[self._gen_key] = _epochs.get(self._gen_key, 0) + 1
         self._gen = str(gen).encode()
-        sweeper.submit(self, gen)
+        self._epoch = _epochs[self._gen_key]
+        self._fresh_until = _monotonic() + GENERATION_TTL
+        sweeper.submit(self, gen, GENERATION_TTL if self.cluster else 0.0)
+
+    def _lock_key(self, name: str) -> str:
+        # single-flight locks spread with their keys; named locks keep their names
+        return f"{self.head if name.startswith('sf:') else self.base}lock:{name}"
 
     def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        reply = self.transport.command(b"SET", f"{self.base}lock:{name}", token, b"PX", ttl_ms, b"NX")
-        return reply is not None
+        reply = self.transport.command(b"SET", self._lock_key(name), token, b"PX", ttl_ms, b"NX")
+        return reply is not None and reply is not False
 
     def release_lock(self, name: str, token: str) -> bool:
-        return bool(self.transport.run((self._gen_key, f"{self.base}lock:{name}"),
-                                       (b"unlock", self._n, token.encode())))
+        return bool(self.transport.run((self._lock_key(name),), (b"unlock", b"", token.encode())))
 
     def extend_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        return bool(self.transport.run((self._gen_key, f"{self.base}lock:{name}"),
-                                       (b"extend", self._n, token.encode(), str(ttl_ms).encode())))
+        return bool(self.transport.run((self._lock_key(name),),
+                                       (b"extend", b"", token.encode(), str(ttl_ms).encode())))
 
     def close(self) -> None:
         self.transport.close()

@@ -1,0 +1,211 @@
+"""The cache on a 3-master Redis Cluster (issue 19): a namespace's keys spread over
+every master, clear() is one command and no process serves a cleared value past the
+documented bound, bulk calls send each node one pipeline, and keys of the
+single-slot layout are never read and are swept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from statekit.cache import Cache
+from statekit.cache import redis as rediscache
+from statekit.embedded import RedisCluster
+from statekit.pytest_plugin import redis_command_calls, wait_for
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+
+def _masters(cluster: RedisCluster) -> list[Any]:
+    out = []
+    for node in cluster.nodes:
+        if node.running:
+            with node.client() as r:
+                if r.info("replication")["role"] == "master":
+                    out.append(node)
+    return out
+
+
+def _keys_per_master(cluster: RedisCluster, match: str) -> list[int]:
+    counts = []
+    for node in _masters(cluster):
+        with node.client() as r:
+            counts.append(sum(1 for _ in r.scan_iter(match=match, count=1000)))
+    return counts
+
+
+def test_a_namespace_spreads_over_every_master(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+    """3,000 set()s in one namespace: each of the 3 masters holds 25-42 % of them."""
+    cache = Cache(redis_cluster_url, prefix="spread")
+    for i in range(3000):
+        cache.set(f"user:{i}", i, ttl=600)
+    counts = _keys_per_master(redis_cluster, "spread:*")
+    assert sum(counts) == 3000 and len(counts) == 3
+    shares = [c / 3000 for c in counts]
+    print(f"keys per master: {counts} ({', '.join(f'{s:.1%}' for s in shares)})")
+    assert all(0.25 <= s <= 0.42 for s in shares), shares
+    assert cache.get_many([f"user:{i}" for i in range(3000)]) == {f"user:{i}": i for i in range(3000)}
+
+
+def test_clear_is_one_command(redis_cluster_url: str, redis_cluster: RedisCluster,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """clear() sends one INCR, whatever the namespace holds (the sweep, later and in
+    the background, is held back here to count the clear alone)."""
+    cache = Cache(redis_cluster_url, prefix="one")
+    cache.set_many({f"k{i}": i for i in range(1000)}, ttl=600)
+    swept: list[int] = []
+    monkeypatch.setattr(rediscache.sweeper, "submit", lambda backend, below, delay=0.0: swept.append(below))
+    masters = _masters(redis_cluster)
+    for node in masters:
+        with node.client() as r:
+            r.config_resetstat()
+    assert cache.clear() is True
+    calls: dict[str, int] = {}
+    for node in masters:
+        with node.client() as r:
+            for name, n in redis_command_calls(r).items():
+                if name not in ("hello", "client"):  # this test's own connections' handshakes
+                    calls[name] = calls.get(name, 0) + n
+    assert calls == {"incr": 1}
+    assert swept == [1]
+    assert cache.get_many([f"k{i}" for i in range(1000)]) == {}
+
+
+_READER = textwrap.dedent("""
+    import json, sys, time
+    from statekit.cache import Cache
+    url, near, seconds = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+    cache = Cache(url, prefix="stale", near_cache=near)
+    keys = [f"k{i}" for i in range(50)]
+    if near:
+        assert cache.near_ready(10)
+    cache.get_many(keys)
+    print("ready", flush=True)
+    old_seen, reads, end = [], 0, time.time() + seconds
+    while time.time() < end:
+        started = time.time()
+        found = (cache.get_many(keys) if reads % 2
+                 else {k: v for k in keys[:5] if (v := cache.get(k)) is not None})
+        reads += 1
+        if any(v == "old" for v in found.values()):
+            old_seen.append(started)
+    print(json.dumps({"first_old": min(old_seen, default=0.0), "last_old": max(old_seen, default=0.0),
+                      "reads": reads}), flush=True)
+""")
+
+
+@pytest.mark.parametrize("near", [False, True], ids=["plain", "near-cache"])
+def test_no_old_value_after_clear_from_another_process(redis_cluster_url: str, near: bool) -> None:
+    """Another process reads the namespace in a loop while this one clears it: no read
+    that began more than GENERATION_TTL after clear() returned serves an old value
+    (with a near cache, the counter's invalidation ends it sooner). The measured
+    window is printed (bench/cluster.py reports it too)."""
+    cache = Cache(redis_cluster_url, prefix="stale")
+    cache.set_many({f"k{i}": "old" for i in range(50)}, ttl=600)
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", _READER, redis_cluster_url, "1" if near else "0", "3"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.75)  # not a multiple of GENERATION_TTL after the reader's first read
+        assert cache.clear() is True
+        cleared = time.time()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = json.loads(out.strip().splitlines()[-1])
+    window = max(0.0, result["last_old"] - cleared)
+    print(f"old values served for {window * 1000:.1f} ms after clear() returned "
+          f"({result['reads']} reads, near_cache={near})")
+    assert 0 < result["first_old"] < cleared  # it did read the old values before
+    assert result["last_old"] < cleared + rediscache.GENERATION_TTL
+
+
+def test_bulk_calls_send_one_pipeline_per_node(redis_cluster_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_many / set_many / delete_many of 100 keys: each master gets one packed
+    write (its share of the commands, one per slot), and every key is right."""
+    import redis
+
+    cache = Cache(redis_cluster_url, prefix="bulk")
+    cache.set("warm", 1)
+    items = {f"item:{i}": {"n": i} for i in range(100)}
+    sends: dict[tuple[str, int], int] = {}
+    real = redis.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sends[(self.host, self.port)] = sends.get((self.host, self.port), 0) + 1
+        return real(self, command, check_health)
+
+    monkeypatch.setattr(redis.Connection, "send_packed_command", counting)
+    for call in (lambda: cache.set_many(items, ttl=60), lambda: cache.get_many(list(items)),
+                 lambda: cache.delete_many(list(items))):
+        sends.clear()
+        result = call()
+        assert sorted(sends.values()) == [1, 1, 1], sends
+        if isinstance(result, dict):
+            assert result == items
+    assert cache.get_many(list(items)) == {}
+
+
+def test_bulk_calls_of_many_keys_are_right(redis_cluster_url: str) -> None:
+    cache = Cache(redis_cluster_url, prefix="many")
+    items = {f"k{i}": i for i in range(2500)}
+    assert cache.set_many(items, ttl=60)
+    keys = [*items, "missing"]
+    assert cache.get_many(keys) == items
+    assert cache.delete_many(keys[:1000]) == 1000
+    assert cache.get_many(keys) == {k: v for k, v in items.items() if int(k[1:]) >= 1000}
+
+
+def test_single_key_operations_work_on_every_node(redis_cluster_url: str,
+                                                  redis_cluster: RedisCluster) -> None:
+    """incr, add, touch, get_or_set and single-flight locks land on the key's own
+    node: after 300 keys every master took some."""
+    cache = Cache(redis_cluster_url, prefix="per")
+    for i in range(300):
+        assert cache.incr(f"n{i}", 2) == 2
+        assert cache.add(f"a{i}", i) and not cache.add(f"a{i}", -1)
+        assert cache.touch(f"a{i}", 60)
+        assert cache.get_or_set(f"g{i}", lambda i=i: i * 10, ttl=60) == i * 10
+    counts = _keys_per_master(redis_cluster, "per:*")
+    assert len(counts) == 3 and all(c > 100 for c in counts), counts
+
+
+@pytest.fixture
+def old_layout(redis_cluster_url: str) -> Iterator[Any]:
+    from statekit.redis import create_client
+
+    client = create_client(redis_cluster_url)
+    yield client
+    client.close()
+
+
+def test_old_single_slot_layout_is_never_read_and_is_swept(redis_cluster_url: str, old_layout: Any) -> None:
+    """Upgrading from the single-slot layout (<prefix>:{<ns>}:<gen>:<key>): its values
+    are not served (a miss, recomputed), the shared generation counter is kept, and
+    the sweep after the next clear removes the old keys."""
+    for i in range(200):
+        old_layout.set(f"mig:{{default}}:0:k{i}", b"\x01\"old\"")  # no TTL: would stay for ever
+    cache = Cache(redis_cluster_url, prefix="mig")
+    assert cache.get_many([f"k{i}" for i in range(200)]) == {}
+    assert cache.get_or_set("k0", lambda: "new", ttl=60) == "new"
+    cache.clear()
+    assert old_layout.get("mig:{default}:gen") == b"1"  # the counter old processes read too
+
+    def old_keys() -> int:
+        return sum(1 for _ in old_layout.scan_iter(match="mig:{default}:0:*", count=1000))
+
+    assert wait_for(lambda: old_keys() == 0 and rediscache.sweeper.wait(0), 60, "the sweep")
+    assert cache.get("k0") is None
