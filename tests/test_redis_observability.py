@@ -101,36 +101,59 @@ def test_redis_py_metrics_hook_sees_each_direct_command(url: str, monkeypatch: p
     assert seen[-3:] == ["SET", "GET", "EVALSHA"]
 
 
-def test_cache_get_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """How many commands have been sent to Redis so far (not to sentinels): every
+    ``send_packed_command`` of a redis-py connection, which is all a statekit
+    command can go through."""
+    import redis.connection
+
+    count = [0]
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        packed = b"".join(command) if isinstance(command, list) else bytes(command)
+        if b"SENTINEL" not in packed.upper()[:40]:
+            count[0] += 1
+        return send(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    return lambda: count[0]
+
+
+def _seen(spans: Callable[[], list[str]], sent: Callable[[], int], call: Callable[[], Any]) -> list[str]:
+    """Run *call*; the commands it sent, each of which has its span (asserted)."""
+    spans_before, sent_before = len(_commands(spans())), sent()
+    call()
+    names = _commands(spans())[spans_before:]
+    assert len(names) == sent() - sent_before > 0, names
+    return names
+
+
+def test_cache_get_is_seen(url: str, spans: Callable[[], list[str]], sent: Callable[[], int]) -> None:
     from statekit.cache import Cache
 
     cache = Cache(url, prefix="obs")
     cache.set("k", 1)
-    before = len(spans())
-    assert cache.get("k") == 1
-    assert len(spans()) > before  # the get's command(s)
+    assert _seen(spans, sent, lambda: cache.get("k"))
 
 
-def test_session_load_and_save_are_seen(url: str, spans: Callable[[], list[str]]) -> None:
+def test_session_load_and_save_are_seen(url: str, spans: Callable[[], list[str]],
+                                        sent: Callable[[], int]) -> None:
     from statekit.sessions import SessionStore
 
     store = SessionStore(url, secret_keys=["k" * 32], key_prefix="obs")
     session = store.create({"a": 1})
-    before = len(spans())
     session["b"] = 2
-    store.save(session)
-    saved = len(spans())
-    assert saved > before
-    loaded = store.load(session.sid)
-    assert loaded is not None and loaded["b"] == 2
-    assert len(spans()) > saved
+    assert _seen(spans, sent, lambda: store.save(session))
+    loaded: list[Any] = []
+    assert _seen(spans, sent, lambda: loaded.append(store.load(session.sid)))
+    assert loaded[0] is not None and loaded[0]["b"] == 2
 
 
-def test_broadcast_publish_is_seen(url: str, spans: Callable[[], list[str]]) -> None:
+def test_broadcast_publish_is_seen(url: str, spans: Callable[[], list[str]], sent: Callable[[], int]) -> None:
     from statekit.broadcast import Broadcaster
 
     b = Broadcaster(url, key_prefix="obs")
     b.publish("warm", 0)
-    before = len(spans())
-    b.publish("v", 1)
-    assert "EVALSHA" in _commands(spans()[before:])
+    assert "EVALSHA" in _seen(spans, sent, lambda: b.publish("v", 1))
