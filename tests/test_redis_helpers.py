@@ -25,6 +25,8 @@ from statekit.embedded import RedisServer
 
 __all__ = ["Proxy", "self_signed", "tls_url"]
 
+pytestmark = pytest.mark.redis
+
 
 def self_signed(directory: Path) -> tuple[str, str]:
     """A certificate for 127.0.0.1 and its key (PEM files in *directory*)."""
@@ -170,5 +172,3 @@ def test_the_tls_proxy_serves_a_rediss_url(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-
-pytestmark = pytest.mark.redis
