@@ -13,8 +13,8 @@
    background sweep is done (target <= 10,000; it was 50,001).
 4. ``revoke_user`` of 30,000 sessions of one user while another process PINGs Redis
    in a loop: the longest PING during the revoke against the longest in as long a
-   window just before it (the machine's own noise), and Redis's SLOWLOG (the longest
-   single command of the revoke, measured inside Redis). Target: no PING blocked
+   window just before it (the machine's own noise), and Redis's SLOWLOG (commands of
+   0.5 ms or more during the revoke, timed inside Redis). Target: no PING blocked
    more than 5 ms (it was 112 ms of blocked Redis at 30,000 sessions).
 
 Load average and CPU time of this process are printed for each part.
@@ -170,7 +170,7 @@ def revoke_blocking(sessions: int = 30_000) -> dict[str, float]:
         store = SessionStore(server.url, secret_keys=["bench-scaling-secret-0123456789abcdef"])
         for _ in range(sessions):
             store.create({"n": 1}, user_id="u1")
-        r.config_set("slowlog-log-slower-than", 0)
+        r.config_set("slowlog-log-slower-than", 500)  # µs: the script calls, not what they run
         r.config_set("slowlog-max-len", 100_000)
         ctx = mp.get_context("fork")
         ready, stop = ctx.Event(), ctx.Event()
@@ -239,9 +239,9 @@ def main() -> None:
           f"another process's PING: max {rev['max_ping_ms']:.2f} ms during it ({rev['pings']:.0f} PINGs), "
           f"max {rev['max_ping_before_ms']:.2f} ms in as long a window before it (target <= 5 ms: "
           f"{'met' if rev['max_ping_ms'] <= 5 else 'MISSED'})")
-    print(f"Redis SLOWLOG during the revoke: {rev['commands']:.0f} commands ({rev['scripts']:.0f} scripts; "
-          f"before Redis 7 the commands a script runs are listed too), the longest "
-          f"{rev['longest_command']} {rev['longest_command_ms']:.2f} ms (inside Redis)")
+    print(f"Redis SLOWLOG during the revoke: {rev['commands']:.0f} commands of 0.5 ms or more "
+          f"({rev['scripts']:.0f} scripts); the longest: {rev['longest_command'] or '-'} "
+          f"{rev['longest_command_ms']:.2f} ms (timed inside Redis)")
     print(f"(this section: {time.perf_counter() - wall:.1f} s wall, {time.process_time() - cpu:.1f} s CPU "
           f"of this process, load average {os.getloadavg()[0]:.2f})")
 
