@@ -25,6 +25,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,10 @@ def main(argv: list[str]) -> int:
     print(f"statekit {commit()} ({NOW}); {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; "
           f"{os.cpu_count()} CPUs, load average {_load()}; Python {platform.python_version()}, "
           f"redis-py {redis.__version__}, hiredis {redis.utils.HIREDIS_AVAILABLE}", flush=True)
+    imported = subprocess.run([sys.executable, "-c", "import statekit; print(statekit.__file__)"],  # noqa: S603
+                              env=env_for(NOW), capture_output=True, text=True, check=True,
+                              cwd=tempfile.gettempdir()).stdout.strip()
+    print(f"the benchmarks import statekit from {imported}", flush=True)
     with contextlib.ExitStack() as stack:
         before = None
         if args.before.lower() != "none" and COMPARED.intersection(chosen):

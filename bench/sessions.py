@@ -500,9 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         trees = dict.fromkeys(BASE_KINDS, NOW)
         before = None
-        if args.before:
+        if args.before:  # each before kind next to its now kind: neighbours in every round
             before = stack.enter_context(before_tree(args.before))
-            trees.update(dict.fromkeys(BEFORE_KINDS, before))
+            trees = {}
+            for kind in BASE_KINDS:
+                trees[kind] = NOW
+                if f"{kind}@before" in BEFORE_KINDS:
+                    trees[f"{kind}@before"] = before
         server = stack.enter_context(RedisServer())
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print(f"{server.binary.flavor} {server.version}; now = {commit()}"
