@@ -426,8 +426,14 @@ def _failover_every_path(setup: RedisSentinel) -> None:
     assert store.incr(session, "n") == 1
     first = publisher.publish("v", "before")
     wait_for(lambda: value.get() == "before", timeout=10, what="the value before the failover")
+    # every write so far is on every replica (WAIT would only count this test's own
+    # connection's writes: none), so the new master holds them
     with setup.master.client() as r:
-        assert r.execute_command("WAIT", len(setup.replicas), 5000) == len(setup.replicas)
+        offset = int(r.info("replication")["master_repl_offset"])
+    for replica in setup.replicas:
+        with replica.client() as r:
+            wait_for(lambda r=r: int(r.info("replication").get("slave_repl_offset", -1)) >= offset,
+                     timeout=10, what="the replica caught up")
 
     old = setup.master_port()
     new = setup.failover()  # returns once the new master answers as master
