@@ -97,7 +97,8 @@ def run(chosen: list[str], before: Path | None, extra: dict[str, list[str]]) -> 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("benches", nargs="*", metavar="BENCH", help=f"any of {', '.join(BENCHES)} (default: all)")
+    ap.add_argument("benches", nargs="*", metavar="BENCH",
+                    help=f"bench/BENCH.py (default: {', '.join(BENCHES)})")
     ap.add_argument("--busy", nargs="?", type=int, const=os.cpu_count() or 1, default=0, metavar="N",
                     help="run N CPU-burning processes meanwhile (default N: the CPU count)")
     ap.add_argument("--busy-limit", type=float, default=3600, help="seconds a burner lives at most")
@@ -106,9 +107,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="blobs without the 1 GiB upload to S3")
     args = ap.parse_args(argv)
     chosen = args.benches or BENCHES
-    unknown = [b for b in chosen if b not in BENCHES]
+    known = sorted(p.stem for p in Path(__file__).parent.glob("[a-z]*.py") if p.stem != "run")
+    unknown = [b for b in chosen if b not in known]
     if unknown:
-        ap.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+        ap.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}")
     extra = {"blobs": ["--quick"]} if args.quick else {}
     import redis
 
