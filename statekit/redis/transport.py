@@ -69,6 +69,12 @@ from . import (
 )
 from .scripts import Script
 
+_hiredis_pack: Any
+try:  # commands packed by hiredis where installed (the redis extra has it)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - redis-py's own packer
+    _hiredis_pack = None
+
 _record: Any
 try:  # redis-py 7 and later
     from redis.observability.recorder import record_operation_duration as _record
@@ -223,6 +229,13 @@ class Transport:
         #: whether commands go through this thread's own pool connection
         self.direct = not self.cluster and pool is not None and getattr(pool, "cache", None) is None
         self._pool = pool
+        #: packs a command: hiredis directly (one C call) when the pool encodes text as
+        #: UTF-8, else the connection's packer (redis-py's encoder per argument)
+        self._pack: Callable[[Sequence[Arg]], Any] | None = None
+        if self.direct and _hiredis_pack is not None and pool.connection_kwargs.get(
+                "encoding", "utf-8").lower().replace("-", "") == "utf8" and pool.connection_kwargs.get(
+                "encoding_errors", "strict") == "strict":
+            self._pack = _hiredis_pack
         if self.cluster and tracking is not None:
             raise ValueError("a tracking transport needs a standalone or Sentinel client")
         retry = None
@@ -316,7 +329,8 @@ class Transport:
             lane.last = _monotonic()
             return reply
         start = _monotonic()
-        conn.send_packed_command(conn.pack_command(*args))
+        pack = self._pack
+        conn.send_packed_command([pack(args)] if pack is not None else conn.pack_command(*args))
         reply = conn.read_response()
         lane.last = end = _monotonic()
         if _record is not None:
