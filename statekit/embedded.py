@@ -488,6 +488,110 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
 
+    # -- topology changes (fault and scaling tests) ------------------------------------
+
+    def node_id(self, node: RedisServer) -> str:
+        """*node*'s cluster node id (``CLUSTER MYID``)."""
+        with node.client() as c:
+            reply = c.execute_command("CLUSTER MYID")
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now."""
+        out = []
+        for node in self.nodes:
+            if node.running:
+                with node.client() as c:
+                    if c.info("replication")["role"] == "master":
+                        out.append(node)
+        return out
+
+    def add_node(self, replica_of: RedisServer | None = None, timeout: float = 30.0) -> RedisServer:
+        """Start a node, join it to the cluster (``CLUSTER MEET``) and wait until every
+        node knows it; with *replica_of*, make it that master's replica and wait until
+        it is in sync. Returns the new node (also appended to :attr:`nodes`)."""
+        node = RedisServer(self.binary, args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0"])
+        node.start(timeout)
+        self.nodes.append(node)
+        peer = next(n for n in self.nodes if n.running and n is not node)
+        with node.client() as c:
+            c.execute_command("CLUSTER MEET", "127.0.0.1", peer.port)
+        self.wait_ok(timeout)
+        if replica_of is not None:
+            master_id = self.node_id(replica_of)
+            with replica_of.client() as m:
+                m.config_set("repl-diskless-sync-delay", 0)
+            with node.client() as c:
+                c.execute_command("CLUSTER REPLICATE", master_id)
+                deadline = time.monotonic() + timeout
+                while c.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise BackendUnavailable("the new replica did not sync with its master")
+                    time.sleep(0.05)
+        return node
+
+    def move_slots(self, slots: Sequence[int], to: RedisServer, timeout: float = 60.0) -> None:
+        """Move *slots* to the master *to*, keys included, as ``redis-cli --cluster
+        reshard`` does: ``SETSLOT IMPORTING``/``MIGRATING``, ``MIGRATE`` the keys in
+        batches, then ``SETSLOT NODE`` on every master."""
+        import redis
+
+        masters = {self.node_id(n): n for n in self.masters()}
+        ids = {n.port: i for i, n in masters.items()}
+        dst_id = ids[to.port]
+        clients = {i: n.client() for i, n in masters.items()}
+        try:
+            owners: dict[int, str] = {}
+            for start, end, primary, *_ in clients[dst_id].execute_command("CLUSTER SLOTS"):
+                owner = ids[int(primary[1])]
+                for slot in range(int(start), int(end) + 1):
+                    owners[slot] = owner
+            for slot in slots:
+                src_id = owners[slot]
+                if src_id == dst_id:
+                    continue
+                src, dst = clients[src_id], clients[dst_id]
+                dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+                src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+                while True:
+                    keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+                    if not keys:
+                        break
+                    src.execute_command("MIGRATE", "127.0.0.1", to.port, "", 0, 5000, "KEYS", *keys)
+                for i in (dst_id, src_id, *[i for i in clients if i not in (src_id, dst_id)]):
+                    try:
+                        clients[i].execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+                    except redis.ResponseError:  # a master that learnt it by gossip already
+                        pass
+        finally:
+            for c in clients.values():
+                c.close()
+        self.wait_ok(timeout)
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and knows the same
+        number of nodes, and agrees on the slots' owners."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                views = []
+                for node in self.nodes:
+                    if node.running:
+                        with node.client() as c:
+                            info = c.execute_command("CLUSTER INFO")
+                            slots = sorted((int(s), int(e), int(p[1])) for s, e, p, *_ in
+                                           c.execute_command("CLUSTER SLOTS"))
+                            views.append((info.get("cluster_state"), info.get("cluster_known_nodes"), slots))
+                if all(v[0] == "ok" for v in views) and all(v[1:] == views[0][1:] for v in views):
+                    return
+            except Exception:  # noqa: BLE001,S110 - a node busy failing over: ask again
+                pass
+            if time.monotonic() > deadline:
+                raise BackendUnavailable("the local Redis Cluster did not settle")
+            time.sleep(0.1)
+
     @property
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)

@@ -28,7 +28,17 @@ read from Redis instead while it is ``True`` (the session store and
 Coherence: near caches are active only while the listener is connected; a drop, a
 fork or :meth:`InvalidationListener.stop` flushes and deactivates them. On Sentinel
 the listener follows the master (the address is re-checked every *follow*
-seconds); on Cluster it keeps one connection per master. The connections take TLS,
+seconds). On Cluster it keeps one connection per node, replicas included
+(:func:`cluster_nodes`: a replica sends the invalidations of the writes it
+replicates, so a promoted replica was listened to before its first write), and
+re-reads ``CLUSTER NODES`` every :data:`CLUSTER_FOLLOW` seconds: a node added,
+removed or failed makes it reconnect to the new set (flushing the near caches).
+A lost node's connection fails at once, which flushes and deactivates the near
+caches until every node is reachable again or marked failed: during a failover
+reads go to Redis. A node added to the cluster is listened to within
+:data:`CLUSTER_FOLLOW` seconds; slots moved to it sooner than that could leave a
+near copy of one of their keys without invalidations until then (``redis-cli
+--cluster add-node`` and ``reshard`` are separate steps). The connections take TLS,
 ACL/credential providers and timeouts from the client's own connection settings.
 """
 
@@ -46,7 +56,11 @@ from .._fork import reset_in_child
 from ..errors import BackendUnavailable
 from . import is_cluster
 
-__all__ = ["InvalidationListener", "endpoints_of"]
+__all__ = ["CLUSTER_FOLLOW", "InvalidationListener", "cluster_nodes", "endpoints_of"]
+
+#: seconds between two checks of a Redis Cluster's nodes by the listener (a node added,
+#: removed or failed: the listener reconnects to the new set)
+CLUSTER_FOLLOW = 1.0
 
 #: connection options of the client that the listener's own connection does not take
 _NOT_FOR_LISTENER = ("connection_class", "connection_pool", "ssl", "retry", "protocol",
@@ -63,7 +77,7 @@ def endpoints_of(client: Any) -> list[dict[str, Any]]:
     if is_cluster(client):
         kw = dict(client.nodes_manager.connection_kwargs)
         kw["ssl"] = bool(kw.get("ssl")) or issubclass(kw.get("connection_class", object), redis.SSLConnection)
-        return [{**kw, "host": n.host, "port": n.port} for n in client.get_primaries()]
+        return [{**kw, "host": host, "port": port} for host, port in cluster_nodes(client)]
     pool = client.connection_pool
     kw = dict(pool.connection_kwargs)
     kw["ssl"] = issubclass(pool.connection_class, redis.SSLConnection)
@@ -71,6 +85,23 @@ def endpoints_of(client: Any) -> list[dict[str, Any]]:
         host, port = pool.get_master_address()
         kw.update(host=host, port=port)
     return [kw]
+
+
+def cluster_nodes(client: Any) -> list[tuple[str, int]]:
+    """Every node a Redis Cluster knows now (``CLUSTER NODES``), replicas and masters
+    without slots included, but not the ones it marked failed: (host, port), sorted.
+
+    The listener listens to all of them: a replica sends the invalidations of the
+    writes it replicates, so when it is promoted the near caches miss nothing, and a
+    node added to the cluster is listened to before slots move to it."""
+    out = set()
+    for addr, info in client.cluster_nodes().items():
+        flags = set(str(info.get("flags", "")).split(","))
+        if flags & {"fail", "noaddr", "handshake"}:
+            continue
+        host, _, port = str(addr).rpartition(":")
+        out.add((host, int(port)))
+    return sorted(out)
 
 
 def _connection(ep: dict[str, Any], timeout: float) -> Any:
@@ -125,8 +156,9 @@ class InvalidationListener:
         :func:`endpoints_of`).
     :param prefix: the key prefix to track (``"<prefix>:"``).
     :param follow: re-check the endpoints every this many seconds and reconnect when
-        they change (Sentinel failover); ``0`` never; default: 2 s for a Sentinel
-        client, else 0.
+        they change (Sentinel failover; on Cluster a node added, removed or failed);
+        ``0`` never; default: 2 s for a Sentinel client, :data:`CLUSTER_FOLLOW` for a
+        Cluster client, else 0.
     :param bcast: track every key under *prefix* (``BCAST``, the cache). ``False``
         tracks nothing itself: data connections opt in with ``CLIENT TRACKING on
         REDIRECT`` :attr:`client_id` and get invalidations only for the keys they
@@ -145,6 +177,8 @@ class InvalidationListener:
             self.endpoints = lambda: endpoints_of(source)
             if follow is None and hasattr(getattr(source, "connection_pool", None), "get_master_address"):
                 follow = 2.0
+            elif follow is None and is_cluster(source):
+                follow = CLUSTER_FOLLOW
         self.prefix = prefix
         self.follow = follow or 0.0
         self.timeout = timeout
@@ -340,8 +374,12 @@ class InvalidationListener:
                 raise BackendUnavailable("invalidation connection stopped answering")
             if self.follow and now - last_follow >= self.follow:
                 last_follow = now
-                if self.endpoints() != eps:
-                    raise BackendUnavailable("the master moved")
+                try:
+                    moved = self.endpoints() != eps
+                except Exception:  # noqa: BLE001 - asked in a failover: a lost node's own connection says so
+                    moved = False
+                if moved:
+                    raise BackendUnavailable("the master moved, or the cluster's nodes changed")
 
     def _handle(self, msg: Any) -> None:
         if not isinstance(msg, list) or len(msg) < 3 or msg[0] != b"message":
