@@ -65,11 +65,13 @@ def load_backend(capability: str, scheme: str, builtins: dict[str, str]) -> Any:
         ones), or its module needs an extra that is not installed.
     """
     target = builtins.get(scheme)
-    if target is None:
-        for ep in _entry_points(capability):
-            if ep.name == scheme:
-                target = ep.value
-                break
+    if target is not None:
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+    for ep in _entry_points(capability):
+        if ep.name == scheme:
+            target = ep.value
+            break
     if target is None:
         known = sorted(set(builtins) | {ep.name for ep in _entry_points(capability)})
         raise ConfigError(
@@ -77,12 +79,31 @@ def load_backend(capability: str, scheme: str, builtins: dict[str, str]) -> Any:
             f"{', '.join(s + '://' for s in known)}; a package adds one with an entry point "
             f"in the group 'statekit.{capability}')"
         )
+    return _load_entry_point(capability, scheme, target)
+
+
+def _load_entry_point(capability: str, scheme: str, target: str) -> Any:
+    """The object an entry point's *target* (``"module:Class"``) names; whatever
+    goes wrong (a malformed value, a missing module or class, a plugin failing at
+    import) is a :class:`ConfigError` naming the scheme and the entry point, never a
+    traceback from inside the plugin nor a ``statekit[...]`` extra that does not exist."""
+    where = f"the {capability} backend for {scheme}:// URLs (entry point {target!r} in the group " \
+            f"'statekit.{capability}')"
     module, _, name = target.partition(":")
-    if module.startswith("statekit."):
+    if not module or not name:
+        raise ConfigError(f"{where} is malformed: expected 'module:Class'")
+    try:
         loaded = importlib.import_module(module)
-    else:
-        loaded = require(module, feature=f"{scheme}:// {capability} URLs")
-    return getattr(loaded, name)
+    except ImportError as e:
+        missing = e.name or module
+        raise ConfigError(f"{where} cannot be imported: no module named {missing!r} "
+                          "(install the package that provides it)") from e
+    except Exception as e:
+        raise ConfigError(f"{where} failed while importing: {type(e).__name__}: {e}") from e
+    try:
+        return getattr(loaded, name)
+    except AttributeError:
+        raise ConfigError(f"{where}: module {module!r} has no attribute {name!r}") from None
 
 
 def _entry_points(capability: str) -> list[Any]:
