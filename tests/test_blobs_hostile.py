@@ -218,3 +218,33 @@ def test_a_filename_never_makes_content_more_active(body: bytes, name: str, decl
     assert blob.content_type in {without_name.content_type, normalize_type(type_from_name(name))}
     if blob.content_type in ACTIVE_TYPES:
         assert blob.content_type in sniff(body[:8192])
+
+
+@pytest.mark.parametrize("signature", ["\u00e9t\u00e9", "\udcff", "\ud800", "\x00", ""])
+def test_a_hostile_signature_is_a_blob_error(signature: str) -> None:
+    """A signature that is not ASCII (any query string can carry one) is refused
+    like a wrong one, with a BlobError: never a TypeError from the comparison."""
+    from urllib.parse import quote
+
+    from statekit.errors import BlobError
+
+    store = BlobStore("memory://hostile-signature", secret="s" * 32)
+    key = store.put(b"hello", filename="a.txt").key
+    url = re.sub("signature=[^&]*", "signature=" + quote(signature, errors="surrogatepass"), store.url(key))
+    with pytest.raises(BlobError, match="signature"):
+        store.verify_url(url)
+    with pytest.raises(BlobError, match="signature"):
+        store.check_params(key, {"expires": "9999999999", "disposition": "attachment",
+                                 "signature": signature})
+    up = store.presign_upload(max_size=100, expires=60)
+    with pytest.raises(BlobError, match="signature"):
+        store.receive_upload({**up.fields, "signature": signature}, io.BytesIO(b"abc"))
+    assert not store.exists(up.key)
+    store.receive_upload(up.fields, io.BytesIO(b"abc"))  # the real form still works
+    assert store.confirm(up.key).size == 3
+
+
+def test_signed_params_refuse_a_reserved_key() -> None:
+    store = BlobStore("memory://hostile-signature", secret="s" * 32)
+    with pytest.raises(InvalidKey):
+        store.signed_params(".statekit/pending/2026/01/01/x", expires=60, disposition="attachment")

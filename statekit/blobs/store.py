@@ -286,6 +286,7 @@ class BlobStore:
         filename) and an HMAC ``signature`` with the store's ``secret``. A web app
         serves them with a view that calls :meth:`check_params` (the Flask adapter
         does)."""
+        validate_key(key)
         if disposition is None:
             try:
                 disposition = content_disposition(self.stat(key).filename)
@@ -310,7 +311,9 @@ class BlobStore:
     def _verify(self, key: str, signed: Mapping[str, str], signature: str, what: str) -> None:
         """:raises BlobError: *signature* is not this store's for *key* and *signed*, or
         their ``expires`` has passed."""
-        if not hmac.compare_digest(signature, self._sign(key, signed)):
+        expected = self._sign(key, signed).encode()
+        # bytes: compare_digest refuses a non-ASCII str, which any query string can carry
+        if not hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), expected):
             raise BlobError(f"{what} signature does not match")
         try:
             expired = int(signed.get("expires", "0")) < time.time()
