@@ -1,0 +1,140 @@
+"""Review of issue 17's transport: an exception raised between sending a command and
+reading its reply (a signal handler's, pytest-timeout's, KeyboardInterrupt) must never
+leave that reply for the next command on the same connection to read."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from statekit.redis import _Rule, create_client
+from statekit.redis.scripts import Script
+from statekit.redis.transport import Transport
+
+pytestmark = pytest.mark.redis
+
+# a reply that comes late (about 0.2 s): still in flight when the next command is sent
+SLOW_SOURCE = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > 200000
+return ARGV[1]
+"""
+SLOW = Script("slow", SLOW_SOURCE, hashlib.sha1(SLOW_SOURCE.encode()).hexdigest().encode())
+
+
+class Interrupted(Exception):  # noqa: N818 - what a signal handler raises
+    """Raised by a signal handler (or pytest-timeout) at an arbitrary bytecode."""
+
+
+@pytest.fixture
+def interrupt_next_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException]]:
+    """Arm with ``armed.append(exc)``: the next reply read on a statekit connection
+    raises *exc* before reading anything, as a signal handler that runs right after
+    the command went out would."""
+    armed: list[BaseException] = []
+    real = _Rule.read_response
+
+    def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if armed and not self._statekit_setup:
+            raise armed.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Rule, "read_response", read_response)
+    yield armed
+
+
+def _transport(url: str) -> Transport:
+    client = create_client(f"{url}?socket_timeout=2&socket_connect_timeout=1&retries=0")
+    return Transport(client, what="test")
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), Interrupted("signal handler")],
+                         ids=["KeyboardInterrupt", "Exception"])
+def test_a_reply_left_in_flight_by_an_interruption_is_never_read_by_the_next_command(
+        redis_url: str, interrupt_next_read: list[BaseException], exc: BaseException) -> None:
+    r = redis.Redis.from_url(redis_url)
+    r.set("bob:profile", b"bob's data")
+    r.script_load(SLOW_SOURCE)
+    t = _transport(redis_url)
+    assert t.command(b"PING") == b"PONG"  # connected
+    interrupt_next_read.append(exc)
+    with pytest.raises(type(exc)):
+        t.script(SLOW, [], [b"alice's data"])
+    assert t.command(b"GET", "bob:profile") == b"bob's data"  # not alice's reply
+    assert t.command(b"PING") == b"PONG"  # and in step afterwards
+
+
+def test_an_interrupted_write_is_not_sent_again(redis_url: str,
+                                                interrupt_next_read: list[BaseException]) -> None:
+    r = redis.Redis.from_url(redis_url)
+    r.delete("interrupted:n")
+    t = _transport(redis_url)
+    t.command(b"PING")
+    interrupt_next_read.append(Interrupted("signal handler"))
+    with pytest.raises(Interrupted):
+        t.command(b"INCR", "interrupted:n")
+    assert t.command(b"GET", "interrupted:n") == b"1"
+    assert int(r.get("interrupted:n") or 0) == 1
+
+
+def _leak_check(t: Transport, r: Any, armed: list[BaseException]) -> None:
+    """bob's GET after alice's interrupted slow script reads bob's data."""
+    r.set("{u}bob", b"bob's data")
+    r.script_load(SLOW_SOURCE)
+    assert t.command(b"GET", "{u}bob") == b"bob's data"  # connected
+    armed.append(Interrupted("signal handler"))
+    with pytest.raises(Interrupted):
+        t.script(SLOW, ["{u}alice"], [b"alice's data"])
+    assert t.command(b"GET", "{u}bob") == b"bob's data"
+    assert t.command(b"GET", "{u}bob") == b"bob's data"
+
+
+def test_interrupted_on_the_instrumented_execute_command_path(
+        redis_url: str, interrupt_next_read: list[BaseException], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = redis.Redis.execute_command
+    seen: list[str] = []
+
+    def execute_command(self: Any, *args: Any, **options: Any) -> Any:  # as OpenTelemetry wraps it
+        seen.append(str(args[0]))
+        return real(self, *args, **options)
+
+    execute_command.__wrapped__ = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    _leak_check(_transport(redis_url), redis.Redis.from_url(redis_url), interrupt_next_read)
+    assert seen.count("GET") == 3  # the path under test
+
+
+def test_interrupted_on_sentinel(redis_sentinel: Any, interrupt_next_read: list[BaseException]) -> None:
+    client = create_client(redis_sentinel.url)
+    t = Transport(client)
+    assert t.direct
+    _leak_check(t, client, interrupt_next_read)
+
+
+@pytest.mark.cluster
+def test_interrupted_on_cluster(redis_cluster_url: str, interrupt_next_read: list[BaseException]) -> None:
+    client = create_client(redis_cluster_url)
+    t = Transport(client)
+    assert t.cluster
+    _leak_check(t, client, interrupt_next_read)
+
+
+def test_a_connection_with_a_reply_in_flight_is_not_given_back_to_the_pool_as_is(
+        redis_url: str, interrupt_next_read: list[BaseException]) -> None:
+    client: Any = create_client(f"{redis_url}?socket_timeout=2")
+    client.set("bob:profile", b"bob's data")
+    client.script_load(SLOW_SOURCE)
+    t = Transport(client, what="test")
+    t.command(b"PING")
+    interrupt_next_read.append(Interrupted("signal handler"))
+    with pytest.raises(Interrupted):
+        t.script(SLOW, [], [b"alice's data"])
+    t.close()  # the connection goes back to the pool: redis-py's own calls take it next
+    assert client.get("bob:profile") == b"bob's data"
