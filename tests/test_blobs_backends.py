@@ -216,3 +216,37 @@ def test_local_pending_upload_in_the_old_layout_is_still_checked(tmp_path: Path)
     with pytest.raises(ContentTypeMismatch):
         store.confirm(up.key)
     assert not store.exists(up.key) and list(store.list()) == []
+
+
+def test_local_pending_upload_recorded_by_an_old_worker_after_start_is_still_checked(tmp_path: Path) -> None:
+    """During a rolling deploy an old worker keeps recording direct uploads as
+    ``.statekit/pending/<key>.json`` after a new one has started (and adopted the
+    markers present then): confirm() and cleanup_incomplete() of the new one still
+    hold that upload to its policy."""
+    import io
+
+    from statekit.errors import ContentTypeMismatch
+    from statekit.testing.contracts.blobs import HTML
+
+    root = tmp_path / "root"
+    store = BlobStore(f"file://{root}?create=1")  # the new worker, started first
+
+    def old_worker_upload(*, expired: bool = False) -> str:
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        store.receive_upload(up.fields, io.BytesIO(HTML), content_type="image/png")
+        marker = root / ".statekit" / "pending" / up.key
+        policy = json.loads(marker.read_bytes())
+        if expired:  # presigned a day ago, never confirmed
+            policy.update(created=policy["created"] - 86400, expires=policy["expires"] - 86400)
+        marker.unlink()
+        marker.with_name(marker.name + ".json").write_text(json.dumps(policy))  # as the old worker keeps it
+        return up.key
+
+    key = old_worker_upload()
+    with pytest.raises(ContentTypeMismatch):
+        store.confirm(key)
+    assert not store.exists(key) and list(store.list()) == []
+    abandoned = old_worker_upload(expired=True)
+    assert store.cleanup_incomplete(older_than=3600) == 1
+    assert not store.exists(abandoned)
+    assert [p for p in (root / ".statekit" / "pending").rglob("*") if p.is_file()] == []

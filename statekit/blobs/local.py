@@ -35,6 +35,7 @@ __all__ = ["LocalBackend"]
 
 _TMP = ".tmp-"
 _INTERNAL = ".statekit"
+_PENDING = _INTERNAL + "/pending/"  # the façade's markers of pending direct uploads
 
 
 def _oserror(e: OSError, what: str) -> BackendUnavailable:
@@ -180,12 +181,20 @@ class LocalBackend(BlobBackend):
         """Pending direct uploads that earlier versions recorded as
         ``.statekit/pending/<key>.json`` move to ``.statekit/pending/<key>``, where the
         store looks for them, so confirm() still checks an upload received before an
-        upgrade (direct-upload keys have no extension: the rename is unambiguous)."""
+        upgrade (direct-upload keys have no extension: the rename is unambiguous).
+        Done at start, before every listing of the pending uploads, and when a marker
+        is read and missing: during a rolling deploy, workers of the earlier version
+        keep recording markers the old way after this one started."""
         for dirpath, _dirs, names in os.walk(os.path.join(self.root, _INTERNAL, "pending")):
             for name in names:
                 if name.endswith(".json") and not name.startswith("."):
-                    with contextlib.suppress(OSError):
-                        os.rename(os.path.join(dirpath, name), os.path.join(dirpath, name[:-5]))
+                    self._adopt_old_marker(os.path.join(dirpath, name[:-5]))
+
+    @staticmethod
+    def _adopt_old_marker(path: str) -> None:
+        """Move the old-layout marker ``<path>.json`` to *path* unless *path* exists."""
+        with contextlib.suppress(OSError):
+            _link_exclusive(path + ".json", path)
 
     # -- paths ---------------------------------------------------------------------
     def _check_inside(self, path: str) -> str:
@@ -243,6 +252,8 @@ class LocalBackend(BlobBackend):
         path = self._path(key)
         try:
             self._check_inside(path)
+            if key.startswith(_PENDING) and not os.path.exists(path):
+                self._adopt_old_marker(path)
             return open(path, "rb")  # noqa: SIM115 - returned to the caller
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             self._check_root()  # an unmounted volume is an outage, not a missing blob
@@ -297,6 +308,8 @@ class LocalBackend(BlobBackend):
 
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
         self._check_root()  # an unmounted volume lists as an outage, not as empty
+        if prefix.startswith(_PENDING) and cursor is None:
+            self._adopt_old_markers()
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self._check_inside(os.path.join(self.root, *base.split("/"))) if base else self.root
         keys = sorted(k for k in self._walk(top) if k.startswith(prefix) and (cursor is None or k > cursor))
