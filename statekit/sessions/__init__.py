@@ -746,7 +746,11 @@ class SessionStore:
         answer).
 
         :raises SessionError: the session ended, or the value is not an integer.
+        :raises TypeError: *amount* is no ``int`` (a float was truncated, text parsed).
         """
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError(f"session incr of {key!r}: the amount must be an int, not "
+                            f"{type(amount).__name__}")
         self._encode(key, amount)
         if session.unavailable:
             raise BackendUnavailable("the session store is unavailable: cannot increment")

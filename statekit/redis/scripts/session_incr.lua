@@ -4,8 +4,10 @@
 -- json: the value is the integer's text, which HINCRBY adds to exactly (64 bits) and
 -- returns as Redis's text. msgpack: Lua numbers are doubles, so the integer is
 -- decoded and encoded here (plain Lua: no cmsgpack needed) and a result past 2^53
--- is refused instead of stored rounded. A float, a boolean or anything else is
--- refused: it is no integer.
+-- is refused instead of stored rounded, and so is a stored value past 2^53 (it was
+-- read as a sentinel once, and a decrement stored 2^53 - 1 over it). A float, a
+-- boolean or anything else is refused: it is no integer; so is an amount that is no
+-- integer below 2^53.
 local head = redis.call('HMGET', KEYS[1], 'm:c', 'm:a')
 if head[2] then return {2, head[2]} end
 if not head[1] then return {0} end
@@ -19,7 +21,7 @@ local function uint(s, first, size)  -- big-endian unsigned
   for j = first, first + size - 1 do n = n * 256 + string.byte(s, j) end
   return n
 end
-local function decode(s)  -- a msgpack integer, or nil
+local function decode(s)  -- a msgpack integer; nil if none; nil, true past 2^53
   local b = string.byte(s, 1)
   local sizes = {[0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
                  [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8}
@@ -30,7 +32,7 @@ local function decode(s)  -- a msgpack integer, or nil
   if size == 8 then
     local hi, lo = uint(s, 2, 4), uint(s, 6, 4)
     if b == 0xd3 and hi >= 2147483648 then hi = hi - 4294967296 end
-    if hi >= 2097152 or hi < -2097152 then return LIMIT end  -- |n| >= 2^53: refused below
+    if hi > 2097152 or (hi == 2097152 and lo > 0) or hi < -2097152 then return nil, true end  -- past 2^53
     return hi * 4294967296 + lo
   end
   local n = uint(s, 2, size)
@@ -61,11 +63,16 @@ local function encode(n)  -- the smallest form, as msgpack-python packs it
   local hi = math.floor(n / 4294967296)
   return '\211' .. bytes(hi + 4294967296, 4) .. bytes(n - hi * 4294967296, 4)
 end
+local amount = tonumber(ARGV[2])
+if not amount or amount ~= math.floor(amount) or math.abs(amount) >= LIMIT then
+  return redis.error_reply('ERR increment is not an integer below 2^53 (msgpack codec)')
+end
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local n = 0
-if cur then n = decode(cur) end
+local n, huge = 0, false
+if cur then n, huge = decode(cur) end
+if huge then return redis.error_reply('ERR session value is past 2^53 (msgpack codec)') end
 if not n then return redis.error_reply('ERR session value is not an integer') end
-n = n + tonumber(ARGV[2])
+n = n + amount
 if n ~= n or math.abs(n) >= LIMIT then
   return redis.error_reply('ERR increment would reach 2^53 (msgpack codec)')
 end
