@@ -590,3 +590,44 @@ def test_memory_malformed_message_does_not_reach_the_publisher() -> None:
     assert b.publish("m", 7) == 1  # the publish drains the junk first, then its own
     assert sv.get() == 7
     assert sv._hub is not None and sv._hub.counters.get("errors") == 1
+
+
+def _memory_child(conn: Any) -> None:
+    b = Broadcaster("memory://forked-while-publishing")
+    sv = SharedValue("n", url="memory://forked-while-publishing")
+    sv.get()
+    b.publish("n", "from the child")
+    conn.send(sv.get())
+
+
+def test_memory_publish_in_a_child_forked_while_a_parent_thread_delivers() -> None:
+    """A child forked while another thread of the parent is inside a memory://
+    publish (it holds the delivery registry's lock) publishes and delivers: the
+    lock is new in the child, as the hub's are."""
+    from statekit.broadcast import memory as _memory
+
+    held, release = threading.Event(), threading.Event()
+
+    def deliver() -> None:  # a publish caught by the fork mid-delivery
+        with _memory._ready_lock:
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=deliver, daemon=True)
+    thread.start()
+    assert held.wait(10)
+    ctx = multiprocessing.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe()
+    proc = ctx.Process(target=_memory_child, args=(child_conn,))
+    try:
+        proc.start()
+        delivered = parent_conn.recv() if parent_conn.poll(20) else "nothing: the child hung"
+    finally:
+        release.set()
+        thread.join(10)
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()  # only the child this test started
+            proc.join(10)
+    assert delivered == "from the child"
+    assert proc.exitcode == 0

@@ -14,6 +14,7 @@ received. Shares nothing with other processes; :func:`statekit.redis.reset_memor
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -63,3 +64,14 @@ class MemoryBackend(RedisBackend):
             with _ready_lock:
                 _ready.setdefault(self.name, []).append(weakref.WeakMethod(ready))  # type: ignore[arg-type]
         return subscription
+
+
+def _after_fork_in_child() -> None:
+    """A new lock in a forked child (a parent thread may have held it mid-publish),
+    and no deliveries to the parent's subscriptions, which the child's hubs replace."""
+    global _ready_lock
+    _ready_lock = threading.Lock()
+    _ready.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
