@@ -630,8 +630,9 @@ class Cache:
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """``{key: value}`` for the keys that are present: one ``MGET`` (atomic with
         respect to writers) per 500 keys (:data:`statekit.cache.redis.CHUNK`), so a
-        big read never blocks Redis for long. ``{}`` during an outage with
-        ``on_error="miss"``."""
+        big read never blocks Redis for long; on Redis Cluster one ``MGET`` per slot,
+        each node's share in one pipeline, all nodes at once (one round trip per
+        node). ``{}`` during an outage with ``on_error="miss"``."""
         keys = list(keys)
         for k in keys:
             if type(k) is not str or not k or len(k) > _MAX_KEY:
@@ -767,7 +768,8 @@ class Cache:
             self._forget(key)
 
     def delete_many(self, keys: Iterable[str]) -> int:
-        """Delete *keys* (one round trip per 500 keys); return how many existed."""
+        """Delete *keys* (one round trip per 500 keys; on Redis Cluster one per node,
+        as :meth:`get_many`); return how many existed."""
         backend = self._backend or self._connect()
         keys = [self._check_key(k) for k in keys]
         self._forget_many(keys)
