@@ -96,3 +96,38 @@ def test_incr_by_an_amount_that_is_no_integer_is_refused_and_changes_nothing(
     assert _raw(store, s.handle, "n") == before
     assert store.open(store.sign(s.sid))["n"] == 1
     store.close()
+
+
+# -- metadata no statekit wrote (a tampered or corrupted hash): never trusted ----------------
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("m:v", b"x"), ("m:v", b"1.5"), ("m:u", b"\xff\xfe"),  # raised ValueError / UnicodeDecodeError
+    ("m:c", b"nan"), ("m:c", b"-inf"), ("m:s", b"inf"), ("m:s", b"nan"),  # never expired
+])
+def test_a_session_with_unreadable_metadata_is_treated_as_ended(session_url: str, field: str,
+                                                                 bad: bytes) -> None:
+    store = SessionStore(session_url, secret_keys=KEYS, key_prefix=f"r{uuid.uuid4().hex[:6]}")
+    s = store.create({"a": 1}, user_id="ann")
+    key = store.engine.key(s.handle)  # type: ignore[attr-defined]
+    store.engine.client.hset(key, field, bad)  # type: ignore[attr-defined]
+    loaded = store.open(store.sign(s.sid))
+    assert loaded.new and dict(loaded) == {}  # a fresh session, not the unreadable one
+    loaded["b"] = 2
+    assert store.save(loaded) and loaded.sid != s.sid
+    assert store.engine.client.hget(key, field) == bad  # type: ignore[attr-defined]  # left as it is
+    assert [i.handle for i in store.list_user_sessions("ann")] == []
+    store.close()
+
+
+def test_an_unreadable_idle_override_falls_back_to_the_stores_idle_timeout(session_url: str) -> None:
+    store = SessionStore(session_url, secret_keys=KEYS, key_prefix=f"r{uuid.uuid4().hex[:6]}",
+                         idle_timeout=600)
+    s = store.create({"a": 1})
+    store.engine.client.hset(store.engine.key(s.handle), "m:i", b"nan")  # type: ignore[attr-defined]
+    loaded = store.open(store.sign(s.sid))
+    assert not loaded.new and loaded["a"] == 1
+    assert loaded.idle_timeout is None or loaded.idle_timeout == 0
+    loaded["a"] = 2
+    assert store.save(loaded)  # raised "cannot convert float NaN to integer"
+    store.close()

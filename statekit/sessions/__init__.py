@@ -259,10 +259,13 @@ def _near_size(value: Any) -> int:
 
 
 def _float(raw: Any, default: float = 0.0) -> float:
+    """A stored timestamp or timeout; *default* for one statekit never writes (text,
+    ``nan``, ``inf``: a creation time of ``nan`` made a session outlive its lifetime)."""
     try:
-        return float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         return default
+    return value if math.isfinite(value) else default
 
 
 class SessionStore:
@@ -512,17 +515,28 @@ class SessionStore:
         if "m:c" not in raw:
             self.counters.incr("misses")
             return None, "m:a" in raw
-        t = now()
-        created, last_seen = _float(raw["m:c"]), _float(raw.get("m:s"))
-        idle_override = _float(raw["m:i"]) if "m:i" in raw else None
-        if self._ended(t, created, last_seen, idle_override):
+        meta = self._meta(raw, now())
+        if meta is None:
             self.counters.incr("expired")
             return None, False
-        meta = {"created": created, "last_seen": last_seen, "idle": idle_override,
-                "user": raw["m:u"].decode() if "m:u" in raw else None,
-                "version": int(raw.get("m:v") or 0)}
         data = {field[2:]: value for field, value in raw.items() if field[:2] == "d:"}
         return self.session_class(self, sid, new=False, meta=meta, raw=data, handle=handle), False
+
+    def _meta(self, raw: Mapping[str, bytes], t: float) -> dict[str, Any] | None:
+        """The metadata of the stored session *raw*, or ``None`` if it has ended at *t*.
+        Metadata no statekit writes (a version or user that does not parse, a time of
+        ``nan`` or ``inf``: a tampered or corrupted hash) is never trusted: the
+        session counts as ended (it was served forever, or raised ``ValueError``)."""
+        created, last_seen = _float(raw.get("m:c")), _float(raw.get("m:s"))
+        idle = (_float(raw["m:i"]) or None) if raw.get("m:i") else None
+        try:
+            user = raw["m:u"].decode() if "m:u" in raw else None
+            version = int(raw.get("m:v") or 0)
+        except ValueError:  # UnicodeDecodeError included
+            return None
+        if self._ended(t, created, last_seen, idle):
+            return None
+        return {"created": created, "last_seen": last_seen, "idle": idle, "user": user, "version": version}
 
     def _ended(self, t: float, created: float, last_seen: float, idle_override: float | None) -> bool:
         """Whether a session with this stored metadata has passed its idle timeout or
@@ -776,12 +790,10 @@ class SessionStore:
         t = now()
         out = []
         for handle, h in self.engine.list_user(str(user_id), t - self.absolute_lifetime):
-            created, last_seen = _float(h.get("m:c")), _float(h.get("m:s"))
-            idle = _float(h["m:i"]) if h.get("m:i") else None
-            if not self._ended(t, created, last_seen, idle):  # as load() would judge it
-                user = h.get("m:u")
-                out.append(SessionInfo(handle=handle, created=created, last_seen=last_seen,
-                                       user_id=user.decode() if user else None))
+            meta = self._meta(h, t)  # as load() would judge it
+            if meta is not None:
+                out.append(SessionInfo(handle=handle, created=meta["created"], last_seen=meta["last_seen"],
+                                       user_id=meta["user"]))
         return out
 
     def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:

@@ -57,7 +57,7 @@ REVOKE_BATCH = 256
 
 _WRITE, _ROTATE, _INCR, _DESTROY, _REVOKE, _CLAIM = (
     load(f"session_{name}") for name in ("write", "rotate", "incr", "destroy", "revoke", "claim"))
-_META = ("m:c", "m:s", "m:u", "m:i")
+_META = ("m:c", "m:s", "m:u", "m:i", "m:v")
 
 
 def _text(value: Any) -> Any:
@@ -79,6 +79,14 @@ def _listener(client: RedisClient, prefix: str) -> InvalidationListener:
         raise ConfigError("the session near cache needs a standalone or Sentinel Redis (not Cluster "
                           "or memory://)")
     return InvalidationListener(client, prefix, bcast=False)
+
+
+def _version(raw: Mapping[str, bytes]) -> int:
+    """The stored version of a session hash (``-1``: unreadable, no statekit wrote it)."""
+    try:
+        return int(raw.get("m:v") or 0)
+    except ValueError:
+        return -1
 
 
 def _fields(raw: Any) -> dict[str, bytes]:
@@ -270,7 +278,7 @@ class RedisEngine:
             if near.active:
                 hit = near.data.get(key)
                 if (hit is not None and hit[1] > time.monotonic() and not self._pending(listener)
-                        and (not min_version or int(hit[0].get("m:v", b"0")) >= min_version)):
+                        and (not min_version or _version(hit[0]) >= min_version)):
                     self.counters.incr("near_hits")
                     return hit[0]
                 seq = near.seq
