@@ -19,6 +19,7 @@ import pytest
 from statekit.cache import Cache
 from statekit.cache import redis as rediscache
 from statekit.embedded import RedisCluster
+from statekit.errors import BackendUnavailable
 from statekit.pytest_plugin import redis_command_calls, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
@@ -209,3 +210,39 @@ def test_old_single_slot_layout_is_never_read_and_is_swept(redis_cluster_url: st
 
     assert wait_for(lambda: old_keys() == 0 and rediscache.sweeper.wait(0), 60, "the sweep")
     assert cache.get("k0") is None
+
+
+def test_a_bulk_write_whose_outcome_is_unknown_is_not_sent_again() -> None:
+    """set_many over 3 masters while one is paused (SIGSTOP) past the socket timeout:
+    BackendUnavailable; the other masters' shares are written; once the paused master
+    runs again it executes its share exactly once (counted by the server)."""
+    with RedisCluster() as cluster:
+        cache = Cache(cluster.url + "?retries=0", prefix="unknown", timeout=0.3)
+        cache.set("warm", 1)  # the slot map is read, the script loaded
+        items = {f"k{i}": i for i in range(60)}
+        paused = cluster.nodes[0]
+        with paused.client() as r:
+            r.config_resetstat()
+        paused.pause()
+        try:
+            with pytest.raises(BackendUnavailable, match="outcome"):
+                cache.set_many(items, ttl=60)
+        finally:
+            paused.resume()
+        with paused.client() as r:
+            names = [f"unknown:{{}}{{default}}:0:{k}" for k in items]
+            slots = {r.execute_command("CLUSTER KEYSLOT", n) for n in names if _owns(r, n)}
+            assert slots
+            assert wait_for(lambda: redis_command_calls(r).get("evalsha", 0) >= len(slots), 10,
+                            "the paused share")
+            time.sleep(0.5)  # nothing more arrives: the share was sent once
+            assert redis_command_calls(r).get("evalsha") == len(slots)
+        assert cache.get_many(list(items)) == items
+
+
+def _owns(r: Any, key: str) -> bool:
+    slot = r.execute_command("CLUSTER KEYSLOT", key)
+    for start, end, primary, *_ in r.execute_command("CLUSTER SLOTS"):
+        if int(start) <= slot <= int(end):
+            return int(primary[1]) == r.connection_pool.connection_kwargs["port"]
+    return False
