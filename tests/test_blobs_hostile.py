@@ -248,3 +248,12 @@ def test_signed_params_refuse_a_reserved_key() -> None:
     store = BlobStore("memory://hostile-signature", secret="s" * 32)
     with pytest.raises(InvalidKey):
         store.signed_params(".statekit/pending/2026/01/01/x", expires=60, disposition="attachment")
+
+
+@pytest.mark.parametrize(("name", "safe"),
+                         [(". 0", "0"), (". . .x.png", "x.png"), (" .. a ", "a"), (". . ", None)])
+def test_sanitized_names_never_keep_an_edge_dot_or_space(name: str, safe: str | None) -> None:
+    """Stripping a leading dot can uncover a space, and a space a dot (found by the
+    property test: ". 0" gave " 0", which sanitized again to "0")."""
+    assert sanitize_filename(name) == safe
+    assert sanitize_filename(safe) == safe

@@ -48,7 +48,9 @@ def sanitize_filename(name: str | None) -> str | None:
     name = _BIDI_AND_INVISIBLE.sub("", name)
     name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn"))
     name = _UNSAFE_CHARS.sub("_", name)
-    name = name.strip().lstrip(".").rstrip(". ")
+    stripped = None
+    while stripped != name:  # ". 0" -> " 0" -> "0": until no edge is left to strip
+        stripped, name = name, name.strip().lstrip(".").rstrip(". ")
     if not name:
         return None
     if _WINDOWS_RESERVED.match(name):
