@@ -210,11 +210,12 @@ class BlobBackend(Protocol):
         return None
 
     def upload_target(self, key: str) -> str:
-        """Where the direct upload for *key* lands: *key* itself by default, as
-        :meth:`BlobStore.receive_upload` refuses a form once its upload was
-        confirmed. A store whose forms stay usable until they expire (S3) returns a
+        """Where a form made by :meth:`presign_post` uploads for *key*: *key* itself
+        by default. A store whose forms stay usable until they expire (S3) returns a
         staging key and copies it in :meth:`accept_upload`, which no replayed form
-        can reach."""
+        can reach. (Forms the façade signs itself are received by
+        :meth:`BlobStore.receive_upload` under ``.statekit/incoming/`` and copied by
+        the façade when confirmed; a backend does nothing for them.)"""
         return key
 
     def accept_upload(self, target: str, key: str) -> None:

@@ -4,7 +4,9 @@ direct uploads, implemented once over any :class:`~statekit.blobs.protocol.BlobB
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -18,6 +20,7 @@ from ..backends import load_backend, require
 from ..config import SCHEMES, parse_url
 from ..errors import (
     BlobError,
+    BlobExists,
     BlobNotFound,
     BlobTooLarge,
     ConfigError,
@@ -47,7 +50,7 @@ from .protocol import (
     stored_blob,
 )
 from .sniff import SNIFF_BYTES, check_content_type, normalize_type, type_allowed, upload_type
-from .source import Source
+from .source import READ_CHUNK, Source
 
 __all__ = ["BUILTIN_BACKENDS", "BlobStore", "backend_class", "open_blob_store", "require_extras"]
 
@@ -60,6 +63,8 @@ BUILTIN_BACKENDS = {
 }
 #: where the policy of each pending direct upload is kept, as a small JSON object
 _PENDING = RESERVED_PREFIX + "pending/"
+#: where :meth:`BlobStore.receive_upload` keeps a direct upload until it is confirmed
+_STAGED = RESERVED_PREFIX + "incoming/"
 
 
 def require_extras(scheme: str) -> None:
@@ -346,16 +351,17 @@ class BlobStore:
             raise ConfigError("max_size must be positive")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         key = generate_key(None, prefix=prefix, now=now)
-        policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
-                  "created": now.timestamp(), "expires": now.timestamp() + expires}
-        marker = WriteRequest(_PENDING + key, "application/json", "attachment", {}, now)
-        self._write(marker, iter([json.dumps(policy).encode()]))
         form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
+        policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
+                  "created": now.timestamp(), "expires": now.timestamp() + expires,
+                  "staged": form is None}  # received by receive_upload under _STAGED
         if form is None:
             fields = {"key": key, "Content-Type": content_type_prefix,
                       "expires": str(int(time.time()) + int(expires)), "max_size": str(max_size)}
             fields["signature"] = self._sign(key, fields)
             form = f"{self.describe()}/", fields
+        marker = WriteRequest(_PENDING + key, "application/json", "attachment", {}, now)
+        self._write(marker, iter([json.dumps(policy).encode()]))
         return PresignedUpload(form[0], form[1], key, now + dt.timedelta(seconds=expires), max_size,
                                content_type_prefix)
 
@@ -366,14 +372,18 @@ class BlobStore:
         (``file://``, ``memory://``): check the signature and key, store the bytes
         as sent. Like S3, it holds the body to the signed ``max_size`` while it streams
         (:class:`BlobTooLarge`, nothing stored) and otherwise trusts the client;
-        :meth:`confirm` enforces the rest of the policy."""
+        :meth:`confirm` enforces the rest of the policy. As on S3, the bytes are kept
+        apart (under ``.statekit/``) until :meth:`confirm` accepts them: before that
+        nothing is visible, listed or served under *key*. A form sent again is refused
+        (:class:`~statekit.errors.BlobExists`, or :class:`BlobNotFound` once confirmed)."""
         key = validate_key(fields.get("key", ""))
         self._verify(key, fields, fields.get("signature", ""), "upload form")
         if self._policy(key) is None:
             raise BlobNotFound(f"no pending upload {key!r}")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         ctype = normalize_type(content_type or fields.get("Content-Type")) or "application/octet-stream"
-        req = WriteRequest(key, ctype, "attachment", encode_meta({META_CREATED: now.isoformat()}), now)
+        meta = encode_meta({META_CREATED: now.isoformat()})
+        req = WriteRequest(_STAGED + key, ctype, "attachment", meta, now)
         self._write(req, iter(Source(stream, int(fields.get("max_size", "0")))))
 
     def confirm(self, key: str, *, allowed_types: Sequence[str] | None = None) -> Blob:
@@ -382,10 +392,11 @@ class BlobStore:
         Reads the size (HEAD) and the first bytes (a ranged GET) only. If the object
         is larger than the presigned ``max_size`` or its sniffed type contradicts its
         ``Content-Type`` or the allowed prefix, it is deleted and the error raised.
-        Idempotent: confirming an accepted upload returns its record. On S3 the form
-        uploads to a staging key that this copies to *key* and deletes: an upload
-        form stays valid until it expires, and a form sent again after the check
-        only reaches the staging key, never the accepted blob.
+        Idempotent: confirming an accepted upload returns its record. The form
+        uploads to a staging key (S3's own, or :meth:`receive_upload`'s under
+        ``.statekit/``) that this copies to *key* and deletes: nothing unchecked is
+        ever visible under *key*, and a form sent again after the check only
+        reaches the staging key, never the accepted blob.
         :raises BlobNotFound: nothing was uploaded (the pending marker stays).
         """
         validate_key(key)
@@ -393,11 +404,15 @@ class BlobStore:
         raw = self._policy(key)
         if raw is None:
             return backend.stat(key)
-        target = backend.upload_target(key)
-        if target != key:  # the checks below run on the copy, which no replayed form can reach
-            backend.accept_upload(target, key)
-        blob = backend.stat(key)
         policy = json.loads(raw)
+        if policy.get("staged"):  # received by receive_upload: copied here, checked below
+            with contextlib.suppress(BlobNotFound, BlobExists):  # nothing sent / a racing confirm copied it
+                self._copy(_STAGED + key, key)
+        else:
+            target = backend.upload_target(key)
+            if target != key:  # the checks below run on the copy, which no replayed form can reach
+                backend.accept_upload(target, key)
+        blob = backend.stat(key)
         try:
             if blob.size > int(policy["max_size"]):
                 raise BlobTooLarge(f"direct upload of {blob.size} bytes exceeds {policy['max_size']}")
@@ -413,14 +428,23 @@ class BlobStore:
         self._drop_upload(key, blob=False)
         return blob
 
+    def _copy(self, source: str, key: str) -> None:
+        """Write the object *source* to the new key *key*, streamed, with its type and
+        creation time. :raises BlobNotFound: no *source*. :raises BlobExists:"""
+        found = self.backend.stat(source)
+        created = found.created or dt.datetime.now(dt.timezone.utc)
+        req = WriteRequest(key, found.content_type or "application/octet-stream", "attachment",
+                           encode_meta({META_CREATED: created.isoformat()}), created, found.size)
+        with self.backend.open(source) as f:
+            self._write(req, iter(functools.partial(f.read, READ_CHUNK), b""))
+
     def _drop_upload(self, key: str, *, blob: bool) -> None:
         """Forget the direct upload of *key*: its staged copy, its marker, and with
         *blob* the blob itself."""
         if blob:
             self.backend.delete(key)
         self.backend.delete(_PENDING + key)
-        target = self.backend.upload_target(key)
-        if target != key:
+        for target in {_STAGED + key, self.backend.upload_target(key)} - {key}:
             self.backend.delete(target)
 
     def _policy(self, key: str) -> bytes | None:
@@ -456,12 +480,12 @@ class BlobStore:
             if stale:
                 self._drop_upload(key, blob=True)
                 removed += 1
-        staging = self.backend.upload_target("")
-        for item in list(self._internal(staging)) if staging else []:
-            old = item.created is not None and item.created.timestamp() <= now - older_than
-            if old and self._policy(item.key[len(staging):]) is None:
-                self.backend.delete(item.key)
-                removed += 1
+        for staging in {_STAGED, self.backend.upload_target("")} - {""}:
+            for item in list(self._internal(staging)):
+                old = item.created is not None and item.created.timestamp() <= now - older_than
+                if old and self._policy(item.key[len(staging):]) is None:
+                    self.backend.delete(item.key)
+                    removed += 1
         return removed
 
     def close(self) -> None:

@@ -244,6 +244,27 @@ class BlobStoreContract:
             with pytest.raises(InvalidKey):
                 store.delete(bad)
 
+    def test_statekit_objects_are_out_of_reach(self, store: BlobStore) -> None:
+        """The pending upload's policy (and S3's staged copy) that statekit keeps under
+        ``.statekit/`` is reachable through no public method, and never listed."""
+        up = store.presign_upload(max_size=10_000, expires=60)
+        assert direct_upload(store, up, b"staged, not confirmed", "text/plain")
+        assert list(store.list()) == []
+        own = [f".statekit/pending/{up.key}", f".statekit/incoming/{up.key}", "a/../.statekit/pending/x"]
+        for key in own:
+            for call in (store.open, store.stat, store.exists, store.delete, store.url, store.confirm,
+                         lambda k: store.read_range(k, 0, 10),
+                         lambda k: store.signed_params(k, expires=60, disposition="attachment"),
+                         lambda k: store.check_params(k, {"expires": "0", "signature": ""}),
+                         lambda k: list(store.list(k)), lambda k: list(store.list(k.rsplit("/", 1)[0] + "/")),
+                         lambda k: store.receive_upload(dict(up.fields, key=k), io.BytesIO(b"x"))):
+                with pytest.raises(InvalidKey):
+                    call(key)
+        for prefix in (".statekit", ".statekit/", "./", "../"):
+            with pytest.raises(InvalidKey):
+                store.list_page(prefix)
+        assert store.confirm(up.key).size == len(b"staged, not confirmed")  # the upload is intact
+
     def test_delete_is_idempotent(self, store: BlobStore) -> None:
         blob = store.put(b"bye", content_type="text/plain")
         assert store.delete(blob.key) is True
