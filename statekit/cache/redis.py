@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._fork import reset_in_child
 from ..backends import require
-from ..errors import BackendUnavailable, ConfigError
+from ..errors import BackendUnavailable, ConfigError, StatekitError
 from ..redis import RedisClient, outcome_unknown, translate_errors
 from ..redis.scripts import load
 from ..redis.transport import Transport
@@ -96,8 +96,9 @@ _epochs: dict[str, int] = {}
 _UNAPPLIED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
 
 
-class StaleGeneration(Exception):
-    """The cache script refused names of an older generation (nothing applied)."""
+class StaleGeneration(StatekitError):
+    """The cache script refused names of an older generation (nothing applied; the
+    cache reads the new generation and repeats the call: callers never see it)."""
 
     def __init__(self, gen: bytes) -> None:
         super().__init__(f"the namespace is at generation {gen!r}")
