@@ -631,3 +631,16 @@ def test_memory_publish_in_a_child_forked_while_a_parent_thread_delivers() -> No
             proc.join(10)
     assert delivered == "from the child"
     assert proc.exitcode == 0
+
+
+def test_given_url_and_prefix_ignore_another_capabilitys_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broadcaster and a shared value given their URL and prefix do not read the
+    environment: a typo in STATEKIT_BLOBS_URL does not stop them (it still fails
+    where the environment is read)."""
+    monkeypatch.setenv("STATEKIT_BLOBS_URL", "bogus://typo")
+    b = Broadcaster("memory://explicit", key_prefix="explicit")
+    sv = SharedValue("n", url="memory://explicit", key_prefix="explicit")
+    assert b.publish("n", "shown") == 1
+    assert sv.get() == "shown"
+    with pytest.raises(ConfigError, match="STATEKIT_BLOBS_URL"):
+        Broadcaster("memory://explicit")  # the prefix comes from the environment

@@ -214,12 +214,15 @@ def open_backend(
 
     :raises ConfigError: no URL, a bad URL, an unknown scheme or a missing extra.
     """
-    settings = Settings.from_env()
-    prefix = key_prefix or settings.key_prefix
+    # the environment only for what the caller left out: another capability's bad
+    # setting (STATEKIT_BLOBS_URL) must not break a broadcaster given its URL and prefix
+    settings = None if key_prefix and (url is not None or client is not None) else Settings.from_env()
+    prefix = key_prefix or (settings.key_prefix if settings is not None else "statekit")
     if client is not None:
         redis_backend = load_backend("broadcast", "redis", BUILTINS)
         return id(client), (lambda: redis_backend(client, prefix=prefix)), prefix
     if url is None:
+        assert settings is not None
         url = settings.broadcast_url
         if not url:
             raise ConfigError(
