@@ -215,9 +215,10 @@ def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Cal
                     results[i] = conn.read_response()
                 except error_cls as e:
                     results[i] = e
-                except conn_errors as e:
-                    conn.disconnect()
-                    unknown.extend((j, e) for j in idx[n:])
+                except conn_errors as e:  # this one refused unapplied, or its outcome unknown;
+                    conn.disconnect()  # the ones after it were sent: theirs is unknown
+                    (unknown.append((i, e)) if outcome_unknown(e) else alone.append(i))
+                    unknown.extend((j, e) for j in idx[n + 1:])
                     break
     finally:
         for pool, conn, _ in lanes:
