@@ -14,6 +14,7 @@ import multiprocessing
 import subprocess
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -644,3 +645,26 @@ def test_given_url_and_prefix_ignore_another_capabilitys_bad_setting(monkeypatch
     assert sv.get() == "shown"
     with pytest.raises(ConfigError, match="STATEKIT_BLOBS_URL"):
         Broadcaster("memory://explicit")  # the prefix comes from the environment
+
+
+@pytest.mark.parametrize(("before", "after"), [(1.0, 60.0), (60.0, 1.0)])
+def test_a_job_whose_interval_changes_keeps_computing(
+    prefix: str, broadcasters: list[Broadcaster], before: float, after: float
+) -> None:
+    """A deploy that changes a job's interval (every(1) -> every(60)) keeps it
+    computing: the claimed slot kept in the backend is not compared across intervals
+    (slot 29,9xx,xxx of 60 s lies before slot 1,79x,xxx,xxx of 1 s, so the job
+    computed nothing more, for ever)."""
+    url = f"memory://{prefix}"
+    first = Broadcaster(url, key_prefix=prefix)
+    broadcasters.append(first)
+    first.every(before, name="job")(lambda: "before")
+    first.start()
+    wait_for(lambda: first.retained("job") is not None, what="the first deploy computes")
+    first.stop(5)  # releases the lease
+    deployed = Broadcaster(url, key_prefix=prefix)
+    broadcasters.append(deployed)
+    deployed.every(after, name="job")(lambda: "after")
+    deployed.run_pending(now=time.time() + 2 * max(before, after))  # a later slot of the new interval
+    wait_for(lambda: (deployed.retained("job") or (0, None))[1] == "after", what="the new interval computes")
+    assert deployed.counters.get("computes") == 1

@@ -161,7 +161,8 @@ class BroadcastBackend(Protocol):
     def claim(self, name: str, owner: str, lease_ms: int, slot: int) -> Claim:
         """Take *name*'s lease for *owner* if it is free (a new fencing token), or
         renew it if *owner* holds it; then claim *slot* unless it or a later one was
-        claimed (``slot=-1``: the lease only)."""
+        claimed (``slot=-1``: the lease only). The scheduler passes the time the slot
+        starts, in ms since the epoch; a backend only compares the numbers."""
         ...
 
     def renew(self, name: str, owner: str, token: int, lease_ms: int) -> bool:

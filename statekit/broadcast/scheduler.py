@@ -14,7 +14,8 @@ claim by another process (made at the lease's expiry) wins. A slot whose leader
 died mid-computation is skipped rather than computed twice. Slots come from each
 process's own clock: keep clocks in sync (NTP); skew can shift when a slot is
 computed, never make one slot computed twice (the claimed slot is kept in the
-backend). If Redis loses its data (a restart without persistence), that record,
+backend, as the time it starts, so a deploy that changes the interval skips at most
+the slot under way). If Redis loses its data (a restart without persistence), that record,
 the lease and the fencing counter start over: one slot around the restart may be
 computed twice, and versions start again at 1 under a new epoch, which workers
 accept. If it comes back from an older snapshot, workers take the older retained
@@ -249,7 +250,9 @@ class Broadcaster:
         if slot > job.done_slot and not busy:
             if now < job.retry_at:
                 return min(wake, job.retry_at)
-            claim = self.backend.claim(job.name, self.owner, lease_ms, slot)
+            # the slot's start in ms, not its index: comparable across intervals, so a
+            # deploy that lengthens the interval does not find "later" slots claimed
+            claim = self.backend.claim(job.name, self.owner, lease_ms, round(slot * job.interval * 1000))
             if claim.status is ClaimStatus.HELD:
                 self._lost(job)
                 # try again when the lease expires, or at the next slot at the latest

@@ -1,5 +1,5 @@
 -- Claim (or renew) a broadcast job's lease and record the slot as claimed.
--- KEYS: state hash, lease, fence. ARGV: owner, lease_ms, slot (-1: lease only).
+-- KEYS: state hash, lease, fence. ARGV: owner, lease_ms, slot (its start in ms; -1: lease only).
 -- -> {0, holder_token, pttl} held by another
 --  | {1, token, 0} leader, slot already claimed
 --  | {2, token, 0} leader, slot claimed now: compute it
