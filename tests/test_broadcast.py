@@ -668,3 +668,19 @@ def test_a_job_whose_interval_changes_keeps_computing(
     deployed.run_pending(now=time.time() + 2 * max(before, after))  # a later slot of the new interval
     wait_for(lambda: (deployed.retained("job") or (0, None))[1] == "after", what="the new interval computes")
     assert deployed.counters.get("computes") == 1
+
+
+def test_memory_reset_also_forgets_the_local_copies() -> None:
+    """A shared value made before reset() (an app's module-level value, kept from one
+    test to the next) shows its default after it, not the last test's value."""
+    from statekit.backends import memory
+
+    url = "memory://bc-reset-copies"
+    sv = SharedValue("users", default=0, url=url)
+    b = Broadcaster(url)
+    b.publish("users", 5)
+    assert sv.get() == 5
+    memory.reset()
+    assert sv.get() == 0 and sv.version == 0
+    b.publish("users", 7)
+    assert sv.get() == 7 and sv.version == 1

@@ -98,10 +98,15 @@ def get_store(name: str = "default") -> MemoryStore:
 
 def reset() -> None:
     """Empty every memory store and every ``memory://`` in-process Redis (call
-    between tests)."""
+    between tests); shared values of ``memory://`` stores show their default again."""
+    import sys
+
     from ..redis import reset_memory
 
     with _stores_lock:
         for store in _stores.values():
             store.clear()
     reset_memory()
+    values = sys.modules.get("statekit.broadcast.values")  # loaded only if a value exists
+    if values is not None:
+        values._unload_memory()

@@ -277,4 +277,13 @@ def _unload_all() -> None:
         value._reset()
 
 
+def _unload_memory() -> None:
+    """Unload every value of a ``memory://`` store (called by
+    :func:`statekit.backends.memory.reset`): its next read shows what the emptied
+    store holds (the default), not the copy an earlier test left."""
+    for value in list(_values):
+        if isinstance(value._hub_key, str) and value._hub_key.lower().startswith("memory://"):
+            value._reset()
+
+
 os.register_at_fork(after_in_child=_unload_all)
