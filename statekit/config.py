@@ -494,7 +494,10 @@ class Settings:
                 try:
                     parse_url(value, kinds=kinds)
                 except ConfigError as e:  # say which setting, not only what is wrong
-                    raise ConfigError(f"{name} (STATEKIT_{name.upper()}): {e}") from None
+                    where = f"STATEKIT_{name.upper()}"
+                    if name != "redis_url" and value == self.redis_url:  # from_env's default
+                        where += " or STATEKIT_REDIS_URL, its default"
+                    raise ConfigError(f"{name} ({where}): {e}") from None
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.key_prefix):
             raise ConfigError(
                 f"key prefix {self.key_prefix!r} must be 1-64 chars of letters, digits, _ . : -"

@@ -437,3 +437,45 @@ def test_repr_never_shows_secrets() -> None:
     assert parsed.options["sentinel_password"] == "hunter5"
     assert "hunter5" not in repr(parsed)
     assert "service='svc'" in repr(parsed)
+
+
+@pytest.fixture
+def toy_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``toy://`` registered for sessions only, as another distribution would."""
+    from importlib.metadata import EntryPoint
+
+    import statekit.backends as backends
+
+    ep = EntryPoint(name="toy", value="toy_sessions:Engine", group="statekit.sessions")
+    monkeypatch.setattr(backends, "_entry_points", lambda cap: [ep] if cap == "sessions" else [])
+
+
+def test_a_registered_third_party_scheme_is_accepted_for_its_capability_only(toy_sessions: None) -> None:
+    assert Settings(session_url="toy://somewhere").session_url == "toy://somewhere"
+    for name in ("cache_url", "broadcast_url", "blobs_url"):
+        with pytest.raises(ConfigError, match=f"STATEKIT_{name.upper()}.*unknown URL scheme 'toy'"):
+            Settings(**{name: "toy://somewhere"})
+    with pytest.raises(ConfigError, match="unknown URL scheme 'nosuch'"):
+        Settings(session_url="nosuch://x")
+
+
+def test_a_registered_scheme_never_relaxes_a_builtin_ones_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    import statekit.backends as backends
+
+    ep = EntryPoint(name="redis", value="takeover:Engine", group="statekit.sessions")
+    monkeypatch.setattr(backends, "_entry_points", lambda cap: [ep])
+    with pytest.raises(ConfigError, match="STATEKIT_SESSION_URL"):
+        Settings(session_url="redis://host:notaport")
+
+
+def test_redis_url_naming_a_sessions_only_scheme_says_which_variable(
+    toy_sessions: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STATEKIT_REDIS_URL feeds the cache too: a scheme only a session engine serves
+    is refused, and the message names the variable that was set."""
+    with pytest.raises(ConfigError, match="STATEKIT_REDIS_URL"):
+        Settings.from_env({"STATEKIT_REDIS_URL": "toy://somewhere"})
+    settings = Settings.from_env({"STATEKIT_REDIS_URL": "redis://h", "STATEKIT_SESSION_URL": "toy://x"})
+    assert settings.session_url == "toy://x" and settings.cache_url == "redis://h"
