@@ -59,6 +59,7 @@ script or ``MGET`` blocks Redis for long; each is atomic, the whole call is not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -409,7 +410,11 @@ class RedisCacheBackend(CacheBackend):
     def near_listener(self, prefix: str) -> InvalidationListener | None:
         from ..redis.tracking import InvalidationListener
 
-        return InvalidationListener(self.transport.client, prefix)  # it follows the masters
+        client: Any = self.transport.client
+        if self.cluster:  # statekit's lazy Cluster client connects here, not in the listener's thread
+            with contextlib.suppress(Exception):  # (two threads starting it at once fail one of them)
+                client.nodes_manager  # noqa: B018 - the attribute access is what starts it
+        return InvalidationListener(client, prefix)  # it follows the nodes
 
     @property
     def near_bases(self) -> tuple[str, ...]:
