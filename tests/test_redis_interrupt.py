@@ -34,16 +34,18 @@ class Interrupted(Exception):  # noqa: N818 - what a signal handler raises
 
 
 @pytest.fixture
-def interrupt_next_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException]]:
+def interrupt_next_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseException | None]]:
     """Arm with ``armed.append(exc)``: the next reply read on a statekit connection
     raises *exc* before reading anything, as a signal handler that runs right after
-    the command went out would."""
-    armed: list[BaseException] = []
+    the command went out would (a ``None`` first lets one read through)."""
+    armed: list[BaseException | None] = []
     real = _Rule.read_response
 
     def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
         if armed and not self._statekit_setup:
-            raise armed.pop()
+            item = armed.pop(0)
+            if item is not None:
+                raise item
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(_Rule, "read_response", read_response)
@@ -58,7 +60,7 @@ def _transport(url: str) -> Transport:
 @pytest.mark.parametrize("exc", [KeyboardInterrupt(), Interrupted("signal handler")],
                          ids=["KeyboardInterrupt", "Exception"])
 def test_a_reply_left_in_flight_by_an_interruption_is_never_read_by_the_next_command(
-        redis_url: str, interrupt_next_read: list[BaseException], exc: BaseException) -> None:
+        redis_url: str, interrupt_next_read: list[BaseException | None], exc: BaseException) -> None:
     r = redis.Redis.from_url(redis_url)
     r.set("bob:profile", b"bob's data")
     r.script_load(SLOW_SOURCE)
@@ -72,7 +74,7 @@ def test_a_reply_left_in_flight_by_an_interruption_is_never_read_by_the_next_com
 
 
 def test_an_interrupted_write_is_not_sent_again(redis_url: str,
-                                                interrupt_next_read: list[BaseException]) -> None:
+                                                interrupt_next_read: list[BaseException | None]) -> None:
     r = redis.Redis.from_url(redis_url)
     r.delete("interrupted:n")
     t = _transport(redis_url)
@@ -84,20 +86,23 @@ def test_an_interrupted_write_is_not_sent_again(redis_url: str,
     assert int(r.get("interrupted:n") or 0) == 1
 
 
-def _leak_check(t: Transport, r: Any, armed: list[BaseException]) -> None:
+def _leak_check(t: Transport, r: Any, armed: list[BaseException | None],
+                exc: BaseException | None = None) -> None:
     """bob's GET after alice's interrupted slow script reads bob's data."""
+    exc = exc or Interrupted("signal handler")
     r.set("{u}bob", b"bob's data")
     r.script_load(SLOW_SOURCE)
     assert t.command(b"GET", "{u}bob") == b"bob's data"  # connected
-    armed.append(Interrupted("signal handler"))
-    with pytest.raises(Interrupted):
+    armed.append(exc)
+    with pytest.raises(type(exc)):
         t.script(SLOW, ["{u}alice"], [b"alice's data"])
     assert t.command(b"GET", "{u}bob") == b"bob's data"
     assert t.command(b"GET", "{u}bob") == b"bob's data"
 
 
 def test_interrupted_on_the_instrumented_execute_command_path(
-        redis_url: str, interrupt_next_read: list[BaseException], monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_url: str, interrupt_next_read: list[BaseException | None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     real = redis.Redis.execute_command
     seen: list[str] = []
 
@@ -111,7 +116,8 @@ def test_interrupted_on_the_instrumented_execute_command_path(
     assert seen.count("GET") == 3  # the path under test
 
 
-def test_interrupted_on_sentinel(redis_sentinel: Any, interrupt_next_read: list[BaseException]) -> None:
+def test_interrupted_on_sentinel(redis_sentinel: Any,
+                                 interrupt_next_read: list[BaseException | None]) -> None:
     client = create_client(redis_sentinel.url)
     t = Transport(client)
     assert t.direct
@@ -119,15 +125,18 @@ def test_interrupted_on_sentinel(redis_sentinel: Any, interrupt_next_read: list[
 
 
 @pytest.mark.cluster
-def test_interrupted_on_cluster(redis_cluster_url: str, interrupt_next_read: list[BaseException]) -> None:
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), Interrupted("signal handler")],
+                         ids=["KeyboardInterrupt", "Exception"])
+def test_interrupted_on_cluster(redis_cluster_url: str, interrupt_next_read: list[BaseException | None],
+                                exc: BaseException) -> None:
     client = create_client(redis_cluster_url)
     t = Transport(client)
     assert t.cluster
-    _leak_check(t, client, interrupt_next_read)
+    _leak_check(t, client, interrupt_next_read, exc)
 
 
 def test_a_connection_with_a_reply_in_flight_is_not_given_back_to_the_pool_as_is(
-        redis_url: str, interrupt_next_read: list[BaseException]) -> None:
+        redis_url: str, interrupt_next_read: list[BaseException | None]) -> None:
     client: Any = create_client(f"{redis_url}?socket_timeout=2")
     client.set("bob:profile", b"bob's data")
     client.script_load(SLOW_SOURCE)
@@ -137,4 +146,46 @@ def test_a_connection_with_a_reply_in_flight_is_not_given_back_to_the_pool_as_is
     with pytest.raises(Interrupted):
         t.script(SLOW, [], [b"alice's data"])
     t.close()  # the connection goes back to the pool: redis-py's own calls take it next
+    assert client.get("bob:profile") == b"bob's data"
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), Interrupted("signal handler")],
+                         ids=["KeyboardInterrupt", "Exception"])
+def test_interrupted_through_the_redis_py_client_of_a_url(
+        redis_url: str, interrupt_next_read: list[BaseException | None], exc: BaseException) -> None:
+    """redis-py's own calls on a statekit client (pipelines, listings) give the
+    connection back to the pool whatever happened: it is dropped at the next checkout."""
+    client: Any = create_client(f"{redis_url}?socket_timeout=2&max_connections=1")
+    client.set("bob:profile", b"bob's data")
+    sha = client.script_load(SLOW_SOURCE)
+    interrupt_next_read.append(exc)
+    with pytest.raises(type(exc)):
+        client.evalsha(sha, 0, b"alice's data")
+    assert client.get("bob:profile") == b"bob's data"
+
+
+def test_a_pipeline_interrupted_after_its_first_reply(
+        redis_url: str, interrupt_next_read: list[BaseException | None]) -> None:
+    client: Any = create_client(f"{redis_url}?socket_timeout=2&max_connections=1")
+    client.set("bob:profile", b"bob's data")
+    sha = client.script_load(SLOW_SOURCE)
+    pipe = client.pipeline(transaction=False)
+    pipe.get("alice:profile")
+    pipe.evalsha(sha, 0, b"alice's data")
+    interrupt_next_read.extend([None, KeyboardInterrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        pipe.execute()
+    assert client.get("bob:profile") == b"bob's data"
+    t = Transport(client, what="test")
+    assert t.command(b"GET", "bob:profile") == b"bob's data"
+
+
+def test_interrupted_through_the_redis_py_client_of_a_sentinel_url(
+        redis_sentinel: Any, interrupt_next_read: list[BaseException | None]) -> None:
+    client: Any = create_client(redis_sentinel.url)
+    client.set("bob:profile", b"bob's data")
+    sha = client.script_load(SLOW_SOURCE)
+    interrupt_next_read.append(KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        client.evalsha(sha, 0, b"alice's data")
     assert client.get("bob:profile") == b"bob's data"

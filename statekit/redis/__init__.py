@@ -25,6 +25,10 @@ only: the connection classes of :func:`with_rule`, the ``Retry`` of
   idempotent read (:data:`IDEMPOTENT_READS`) may be sent once more after the
   connection dropped, never after a timeout (a slow server would only make the
   caller wait twice as long).
+* A connection whose replies were not all read (the call was interrupted between
+  sending and reading: ``KeyboardInterrupt``, a signal handler's exception) is
+  dropped before it is used again (a pool checkout, the transport's next command):
+  the late reply would otherwise be read as the next caller's.
 
 In redis-py the command-level retry (``Redis._execute_command``,
 ``Pipeline.execute``, ``PubSub``) and the connect-level one share one ``Retry``
@@ -169,6 +173,18 @@ class _Rule:
     _statekit_setup = 0  # > 0 while connecting or checking health: nothing of a command sent
     _statekit_replies = 0  # replies read of the commands sent last (a pipeline's)
     _statekit_atomic = False  # the commands sent last are a transaction (MULTI ... EXEC)
+    #: replies still to read of the commands sent last. Not zero when the connection
+    #: is checked out again (connect(): every pool checkout, Sentinel's too), the call
+    #: that sent them was interrupted before reading them all (KeyboardInterrupt, a
+    #: signal handler's exception: redis-py's clients give the connection back then):
+    #: it is dropped, so the next command never reads another caller's reply
+    _statekit_unread = 0
+    _statekit_batch = 0  # commands in the last pack_commands() (a pipeline)
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        if self._statekit_unread and self._sock:  # type: ignore[attr-defined]
+            self.disconnect()
+        return super().connect(*args, **kwargs)  # type: ignore[misc]
 
     def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
         self._statekit_setup += 1
@@ -176,6 +192,15 @@ class _Rule:
             return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._statekit_setup -= 1
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> Any:
+        self._statekit_unread = 0
+        return super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+    def pack_commands(self, commands: Any) -> Any:
+        packed = super().pack_commands(commands)  # type: ignore[misc]
+        self._statekit_batch = len(commands) if isinstance(commands, (list, tuple)) else 0
+        return packed
 
     def check_health(self) -> Any:
         if not (self.health_check_interval and _monotonic() > self.next_health_check):  # type: ignore[attr-defined]
@@ -201,18 +226,28 @@ class _Rule:
         head = first[: len(multi)]
         self._statekit_atomic = (head if type(head) is bytes else bytes(head)).upper() == multi
         self._statekit_replies = 0
+        self._statekit_unread = self._statekit_batch or 1
+        self._statekit_batch = 0
         try:
             super().send_packed_command(command, check_health=False)  # type: ignore[misc]
         except (rule.redis.ConnectionError, rule.redis.TimeoutError) as e:
             raise rule.OutcomeUnknown(f"{e} (sending a command: its outcome is unknown)") from e
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        if self._statekit_setup or kwargs.get("disconnect_on_error", True) is False:
-            # a pub/sub read (or push notifications): the connection stays in use and
-            # redis-py resumes a partial message; re-reading it resends nothing
+        if self._statekit_setup:
             return super().read_response(*args, **kwargs)  # type: ignore[misc]
         rule = _rule()
         redis = rule.redis
+        if kwargs.get("disconnect_on_error", True) is False:
+            # a pub/sub read (or push notifications): the connection stays in use and
+            # redis-py resumes a partial message; re-reading it resends nothing
+            try:
+                reply = super().read_response(*args, **kwargs)  # type: ignore[misc]
+            except redis.ResponseError:
+                self._statekit_unread = max(self._statekit_unread - 1, 0)
+                raise
+            self._statekit_unread = max(self._statekit_unread - 1, 0)
+            return reply
         try:
             reply = super().read_response(*args, **kwargs)  # type: ignore[misc]
         except redis.ResponseError as e:
@@ -220,6 +255,7 @@ class _Rule:
             if _problem_of(e) == "wrong node":
                 raise self._statekit_refused(e) from e
             self._statekit_replies += 1
+            self._statekit_unread = max(self._statekit_unread - 1, 0)
             raise
         except (rule.NotApplied, redis.AuthenticationError):
             raise
@@ -233,6 +269,7 @@ class _Rule:
             self.disconnect()  # type: ignore[attr-defined]
             raise rule.OutcomeUnknown(f"{e} (waiting for a reply: the outcome is unknown)") from e
         self._statekit_replies += 1
+        self._statekit_unread = max(self._statekit_unread - 1, 0)
         return reply
 
     def _statekit_refused(self, error: Exception) -> Exception:

@@ -112,8 +112,8 @@ def _message(error: Exception) -> str:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "busy", "conn", "db", "host", "last", "original", "original_retry",
-                 "pool", "port", "tag", "tracking")
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry", "pool",
+                 "port", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
         # not the transport itself: a dropped transport gives its connections back at
@@ -127,12 +127,6 @@ class _Lane:
         self.original_retry = conn.retry
         conn.retry = transport._retry
         self.bound: Any = None
-        #: a command was sent and its reply not (yet) read: set before sending, cleared
-        #: once the reply is read. Still set when the next command comes, the call was
-        #: interrupted in between (a signal handler's exception, KeyboardInterrupt,
-        #: pytest-timeout): the reply may still arrive, so the connection is dropped
-        #: rather than let the next command read it (another caller's data).
-        self.busy = False
         self.last = _monotonic()
         self.host = getattr(conn, "host", None)
         self.port = getattr(conn, "port", None)
@@ -184,9 +178,8 @@ class _Lane:
         if self.bound is not None:
             self.bound.connection = None  # its close() must not release it again
             self.bound = None
-        if self.tag or self.busy:  # tracking on, or a reply in flight: never lent on
+        if self.tag or conn._statekit_unread:  # tracking on, or a reply in flight: never lent on
             conn.disconnect()
-        self.busy = False
         try:
             conn.deregister_connect_callback(self.on_connect)
         except (AttributeError, ValueError):  # pragma: no cover
@@ -322,9 +315,8 @@ class Transport:
         lane = self._lane()
         conn = lane.conn
         listener = self.tracking
-        if lane.busy:  # the last call was interrupted between send and reply
-            conn.disconnect()
-            lane.busy = False
+        if conn._statekit_unread:  # the last call was interrupted between send and reply:
+            conn.disconnect()  # its reply may still come, and must not be read as this one's
         elif listener is not None and abs(lane.tag) != listener.generation and listener.connected.is_set():
             conn.disconnect()  # set up for an earlier listener connection: reconnect
         elif conn._sock is not None and _monotonic() - lane.last > STALE_CHECK_AFTER:
@@ -335,26 +327,13 @@ class Transport:
             if stale:  # closed by the server while idle (or out of step): nothing sent yet
                 conn.disconnect()
         if getattr(self._client_type.execute_command, "__wrapped__", None) is not None:
-            lane.busy = True
-            try:
-                reply = lane.client().execute_command(_name(args[0]), *args[1:])
-            except self._response_error:  # an error reply, read whole: in step
-                lane.busy = False
-                raise
-            lane.busy = False
+            reply = lane.client().execute_command(_name(args[0]), *args[1:])
             lane.last = _monotonic()
             return reply
         start = _monotonic()
         pack = self._pack
-        packed = [pack(args)] if pack is not None else conn.pack_command(*args)
-        lane.busy = True
-        conn.send_packed_command(packed)
-        try:
-            reply = conn.read_response()
-        except self._response_error:  # an error reply, read whole: in step
-            lane.busy = False
-            raise
-        lane.busy = False
+        conn.send_packed_command([pack(args)] if pack is not None else conn.pack_command(*args))
+        reply = conn.read_response()
         lane.last = end = _monotonic()
         if _record is not None:
             _record(_name(args[0]), end - start, lane.host, lane.port, lane.db)
