@@ -257,3 +257,23 @@ def test_sanitized_names_never_keep_an_edge_dot_or_space(name: str, safe: str | 
     property test: ". 0" gave " 0", which sanitized again to "0")."""
     assert sanitize_filename(name) == safe
     assert sanitize_filename(safe) == safe
+
+
+@pytest.mark.parametrize("backend", ["file", "memory"])
+@pytest.mark.parametrize("prefix", ["a" * 300, "b/" * 430])
+def test_a_prefix_that_makes_a_bad_key_is_refused_before_anything_is_stored(
+    tmp_path: Path, backend: str, prefix: str
+) -> None:
+    """A prefix segment longer than a file name may be (255 bytes), or a prefix that
+    makes the generated key longer than 900 bytes, is an InvalidKey before any write:
+    not an outage (BackendUnavailable from the filesystem), and never a stored blob
+    that no public method can reach afterwards."""
+    url = f"file://{tmp_path / 'root'}?create=1" if backend == "file" else f"memory://long-prefix-{tmp_path.name}"
+    store = BlobStore(url)
+    with pytest.raises(InvalidKey):
+        store.put(b"hello", prefix=prefix, content_type="text/plain")
+    with pytest.raises(InvalidKey):
+        store.presign_upload(max_size=100, prefix=prefix)
+    assert list(store.list()) == [] and list(store._internal(".statekit/")) == []
+    key = store.put(b"hello", prefix="b/" * 100, content_type="text/plain").key  # long, but fits
+    assert store.stat(key).size == 5

@@ -106,10 +106,22 @@ def validate_key(key: str) -> str:
     return key
 
 
+#: a prefix segment becomes a directory name on ``file://`` stores
+_MAX_SEGMENT_BYTES = 255
+
+
 def validate_prefix(prefix: str) -> str:
-    """*prefix* without surrounding slashes, validated as a key, plus ``/`` (or ``""``)."""
+    """*prefix* without surrounding slashes, validated as a key, plus ``/`` (or ``""``).
+    Its segments are at most 255 UTF-8 bytes (a file name), so a key made with it can
+    be stored on every backend."""
     prefix = prefix.strip("/")
-    return validate_key(prefix) + "/" if prefix else ""
+    if not prefix:
+        return ""
+    validate_key(prefix)
+    if any(len(seg.encode("utf-8")) > _MAX_SEGMENT_BYTES for seg in prefix.split("/")):
+        raise InvalidKey(f"blob key prefix {prefix[:80]!r} has a segment longer than "
+                         f"{_MAX_SEGMENT_BYTES} bytes")
+    return prefix + "/"
 
 
 _EXT_OVERRIDES = {"image/jpeg": ".jpg", "text/plain": ".txt", "image/tiff": ".tif",
@@ -126,7 +138,11 @@ def _extension(content_type: str) -> str:
 
 def generate_key(content_type: str | None = None, *, prefix: str = "", now: dt.datetime | None = None) -> str:
     """``[prefix/]YYYY/MM/DD/<32 hex chars>[.ext]``: a date prefix (cheap listing and
-    lifecycle rules), a 128-bit random id and an extension derived from the *type*."""
+    lifecycle rules), a 128-bit random id and an extension derived from the *type*.
+
+    :raises InvalidKey: *prefix* is not a valid key prefix, or makes the key longer
+        than :data:`MAX_KEY_BYTES`."""
     now = now or dt.datetime.now(dt.timezone.utc)
     ext = _extension(content_type) if content_type else ""
-    return f"{validate_prefix(prefix)}{now:%Y/%m/%d}/{secrets.token_hex(16)}{ext}"
+    # validated whole: a long prefix must not make a key no method could read back
+    return validate_key(f"{validate_prefix(prefix)}{now:%Y/%m/%d}/{secrets.token_hex(16)}{ext}")
