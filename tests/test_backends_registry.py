@@ -36,8 +36,13 @@ def register(monkeypatch: pytest.MonkeyPatch) -> Any:
     return add
 
 
-def test_an_entry_point_finds_its_class(register: Any) -> None:
-    register("good", f"{__name__}:Good")
+class Outer:
+    Good = Good
+
+
+@pytest.mark.parametrize("value", [f"{__name__}:Good", f"{__name__}:Outer.Good", f"{__name__}:Good [gcs]"])
+def test_an_entry_point_finds_its_class(register: Any, value: str) -> None:
+    register("good", value)
     assert load_backend("blobs", "good", BUILTINS) is Good
 
 

@@ -18,6 +18,7 @@ point (a stray package must not take over ``redis://``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 from typing import Any
@@ -90,6 +91,7 @@ def _load_entry_point(capability: str, scheme: str, target: str) -> Any:
     where = f"the {capability} backend for {scheme}:// URLs (entry point {target!r} in the group " \
             f"'statekit.{capability}')"
     module, _, name = target.partition(":")
+    module, name = module.strip(), name.partition("[")[0].strip()  # "mod:Class [extra]" as pip writes it
     if not module or not name:
         raise ConfigError(f"{where} is malformed: expected 'module:Class'")
     try:
@@ -101,7 +103,7 @@ def _load_entry_point(capability: str, scheme: str, target: str) -> Any:
     except Exception as e:
         raise ConfigError(f"{where} failed while importing: {type(e).__name__}: {e}") from e
     try:
-        return getattr(loaded, name)
+        return functools.reduce(getattr, name.split("."), loaded)  # "module:Outer.Class" too
     except AttributeError:
         raise ConfigError(f"{where}: module {module!r} has no attribute {name!r}") from None
 
