@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,24 @@ def redis_sentinel() -> Iterator[RedisSentinel]:
 def _reset_memory_backends() -> Iterator[None]:
     yield
     memory.reset()
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """statekit's wheel and the two adapters', built once per run into one
+    ``--find-links`` directory (with ``pins.txt``, one ``name==version`` per line)."""
+    import shutil
+
+    from test_packaging import build_wheel  # tests/ is on sys.path once a test module is collected
+
+    root = Path(__file__).resolve().parent
+    projects = {"statekit": root, "flask-statekit": root / "adapters" / "flask-statekit",
+                "django-statekit": root / "adapters" / "django-statekit"}
+    out = tmp_path_factory.mktemp("wheels")
+    pins = []
+    for name, project in projects.items():
+        wheel = build_wheel(project, tmp_path_factory.mktemp(f"build-{name}"))
+        shutil.copy(wheel, out / wheel.name)
+        pins.append(f"{name}=={wheel.name.split('-')[1]}")
+    (out / "pins.txt").write_text("\n".join(pins) + "\n")
+    return out

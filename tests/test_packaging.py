@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,10 @@ def build_wheel(project: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    out: dict[str, Path] = {}
-    for name, project in [
-        ("statekit", ROOT),
-        ("flask_statekit", ROOT / "adapters" / "flask-statekit"),
-        ("django_statekit", ROOT / "adapters" / "django-statekit"),
-    ]:
-        out[name] = build_wheel(project, tmp_path_factory.mktemp(name))
-    yield out
+def wheel_files(wheels: Path) -> dict[str, Path]:
+    """The wheels of the run (conftest.py builds them once), by import name."""
+    names = ("statekit", "flask_statekit", "django_statekit")
+    return {name: next(wheels.glob(f"{name}-*.whl")) for name in names}
 
 
 def top_levels(wheel: Path) -> set[str]:
@@ -48,8 +42,8 @@ def top_levels(wheel: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("package", ["statekit", "flask_statekit", "django_statekit"])
-def test_wheel_ships_only_its_package(wheels: dict[str, Path], package: str) -> None:
-    wheel = wheels[package]
+def test_wheel_ships_only_its_package(wheel_files: dict[str, Path], package: str) -> None:
+    wheel = wheel_files[package]
     tops = top_levels(wheel)
     dist_info = {t for t in tops if t.endswith(".dist-info")}
     assert len(dist_info) == 1
@@ -62,8 +56,8 @@ def test_wheel_ships_only_its_package(wheels: dict[str, Path], package: str) -> 
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
 
-def test_statekit_wheel_contents_and_metadata(wheels: dict[str, Path]) -> None:
-    with zipfile.ZipFile(wheels["statekit"]) as z:
+def test_statekit_wheel_contents_and_metadata(wheel_files: dict[str, Path]) -> None:
+    with zipfile.ZipFile(wheel_files["statekit"]) as z:
         names = set(z.namelist())
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         metadata = z.read(f"{dist_info}/METADATA").decode()
@@ -80,17 +74,17 @@ def test_statekit_wheel_contents_and_metadata(wheels: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("package", ["flask_statekit", "django_statekit"])
-def test_adapter_wheels_depend_on_statekit(wheels: dict[str, Path], package: str) -> None:
-    with zipfile.ZipFile(wheels[package]) as z:
+def test_adapter_wheels_depend_on_statekit(wheel_files: dict[str, Path], package: str) -> None:
+    with zipfile.ZipFile(wheel_files[package]) as z:
         meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = z.read(meta_name).decode()
     assert "Requires-Dist: statekit[redis]" in metadata
 
 
-def test_wheel_alone_gives_an_importable_statekit(wheels: dict[str, Path], tmp_path: Path) -> None:
+def test_wheel_alone_gives_an_importable_statekit(wheel_files: dict[str, Path], tmp_path: Path) -> None:
     """Fast version: the unpacked wheel, with no site-packages at all (-S), imports."""
     target = tmp_path / "site"
-    with zipfile.ZipFile(wheels["statekit"]) as z:
+    with zipfile.ZipFile(wheel_files["statekit"]) as z:
         z.extractall(target)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import statekit, statekit.config, statekit.errors; "
@@ -103,14 +97,14 @@ def test_wheel_alone_gives_an_importable_statekit(wheels: dict[str, Path], tmp_p
     assert path.startswith(str(target)) and kind == "redis"
 
 
-def test_pip_install_into_a_fresh_venv(wheels: dict[str, Path], tmp_path: Path) -> None:
+def test_pip_install_into_a_fresh_venv(wheel_files: dict[str, Path], tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([PY, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     vpy = venv / "bin" / "python"
     for package in ("statekit", "flask_statekit", "django_statekit"):
         subprocess.run(
             [PY, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
-             "--disable-pip-version-check", "-q", str(wheels[package])],
+             "--disable-pip-version-check", "-q", str(wheel_files[package])],
             check=True, timeout=300, capture_output=True,
         )
     site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from test_docs import _fences  # tests/ is on sys.path (rootdir-relative test modules)
 from test_packaging import build_wheel
-from test_user_path import Venv, make_venv, wheels  # noqa: F401 - wheels: the statekit wheel fixture
+from test_user_path import Venv, make_venv
 
 from statekit.testing.contracts.sessions import SessionEngineContract
 
@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.userpath]
 
 
 @pytest.fixture(scope="module")
-def backend_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:  # noqa: F811
+def backend_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
     """A fresh venv with the example's wheel and its test extra (pytest, statekit[msgpack]),
     statekit from its built wheel, and sybil for the guide."""
     built = build_wheel(EXAMPLE, tmp_path_factory.mktemp("build-sqlite-sessions"))

@@ -36,7 +36,6 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
-from test_packaging import build_wheel  # tests/ is on sys.path (rootdir-relative test modules)
 
 from statekit.blobs import open_blob_store
 from statekit.phoenix import make_png
@@ -138,19 +137,6 @@ def make_venv(path: Path) -> Venv:
     ``--python`` (so neither pip nor anything else of ours is in it)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
     return Venv(path)
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The three wheels, built once, in one --find-links directory."""
-    out = tmp_path_factory.mktemp("wheels")
-    pins = []
-    for name, project in PROJECTS.items():
-        wheel = build_wheel(project, tmp_path_factory.mktemp(f"build-{name}"))
-        shutil.copy(wheel, out / wheel.name)
-        pins.append(f"{name}=={wheel.name.split('-')[1]}")
-    (out / "pins.txt").write_text("\n".join(pins) + "\n")
-    return out
 
 
 @pytest.fixture(scope="session")
