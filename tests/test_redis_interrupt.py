@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from statekit.redis import _Rule, create_client
+from statekit.redis import transport as transport_module
 from statekit.redis.scripts import Script
 from statekit.redis.transport import Transport
 
@@ -189,3 +190,26 @@ def test_interrupted_through_the_redis_py_client_of_a_sentinel_url(
     with pytest.raises(KeyboardInterrupt):
         client.evalsha(sha, 0, b"alice's data")
     assert client.get("bob:profile") == b"bob's data"
+
+
+def test_interrupted_inside_the_connect_handshake(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt after the handshake's first command went out (HELLO, AUTH):
+    redis-py drops the connection (any exception in its handshake does), so the next
+    command never reads that reply."""
+    r = redis.Redis.from_url(redis_url)
+    r.set("bob:profile", b"bob's data")
+    t = _transport(redis_url)
+    real = _Rule.read_response
+    armed = [KeyboardInterrupt()]
+
+    def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if armed and self._statekit_setup:
+            raise armed.pop()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Rule, "read_response", read_response)
+    monkeypatch.setattr(transport_module, "STALE_CHECK_AFTER", 3600.0)  # no idle check to save it
+    with pytest.raises(KeyboardInterrupt):
+        t.command(b"GET", "bob:profile")
+    assert t.command(b"GET", "bob:profile") == b"bob's data"
+    assert t.command(b"PING") == b"PONG"
