@@ -60,6 +60,7 @@ script or ``MGET`` blocks Redis for long; each is atomic, the whole call is not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -149,24 +150,29 @@ class RedisTransport(Transport):
 # -- Cluster: one pipeline per node, all nodes at once ---------------------------------
 
 
-def _slot(key: str) -> int:
+@functools.cache
+def _key_slot() -> Callable[[bytes], int]:
     from redis.crc import key_slot
 
-    return int(key_slot(key.encode()))
+    return key_slot  # type: ignore[no-any-return]
 
 
-def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Callable[[], Any]]],
-                  slots: Sequence[int], *, read: bool) -> list[Any]:
+def _slot(key: str) -> int:
+    return _key_slot()(key.encode())
+
+
+def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], slots: Sequence[int], *,
+                  read: bool) -> list[Any]:
     """Run single-slot commands on a Redis Cluster: each node gets its commands in
     one pipeline, every node's pipeline is written before any reply is read (one
     round trip per node, the nodes working at once). Returns the replies in order.
 
-    *calls* pairs each command's arguments (``("MGET", k1, k2)``, an ``EVALSHA``)
-    with a callable that sends it alone through the transport (``RedisCluster``:
-    follows ``MOVED``/``ASK``, loads a script on ``NOSCRIPT``); *slots* gives each
-    command's slot. A command a node refused unapplied (``MOVED``, ``ASK``,
-    ``TRYAGAIN``, ``CLUSTERDOWN``, ``NOSCRIPT``), or whose node could not be reached
-    before anything was sent (a failover), is sent again alone that way. A command
+    *commands* are argument tuples (``("MGET", k1, k2)``, ``("EVALSHA", <the cache
+    script>, ...)``, ``("UNLINK", ...)``); *slots* gives each command's slot. A command
+    a node refused unapplied (``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``,
+    ``NOSCRIPT``), or whose node could not be reached before anything was sent (a
+    failover), is sent again alone through the transport (``RedisCluster`` follows
+    ``MOVED``/``ASK`` and the script is loaded on ``NOSCRIPT``). A command
     whose outcome is unknown (sent, no reply) is sent again only when *read*, and
     never after a timeout.
 
@@ -178,7 +184,7 @@ def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Cal
     client: Any = transport.client
     error_cls = redis.ResponseError
     conn_errors = (redis.ConnectionError, redis.TimeoutError)
-    results: list[Any] = [None] * len(calls)
+    results: list[Any] = [None] * len(commands)
     alone: list[int] = []
     unknown: list[tuple[int, Exception]] = []
     by_node: dict[str, tuple[Any, list[int]]] = {}
@@ -204,7 +210,7 @@ def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Cal
         sent: list[tuple[Any, Any, list[int]]] = []
         for pool, conn, idx in lanes:
             try:
-                conn.send_packed_command(conn.pack_commands([calls[i][0] for i in idx]))
+                conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
             except conn_errors as e:
                 conn.disconnect()
                 (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
@@ -238,7 +244,12 @@ def cluster_batch(transport: Transport, calls: Sequence[tuple[Sequence[Any], Cal
                                      f"{error}") from error
         alone.append(i)
     for i in sorted(alone):
-        results[i] = calls[i][1]()
+        cmd = commands[i]
+        if cmd[0] == b"EVALSHA":
+            n = int(cmd[2])
+            results[i] = transport.run(cmd[3:3 + n], cmd[3 + n:])
+        else:
+            results[i] = transport.command(*cmd)
     return results
 
 
@@ -275,8 +286,8 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
             for key in batch:
                 groups.setdefault(_slot(key), []).append(key)
             slots = list(groups)
-            calls = [((b"UNLINK", *groups[s]), _lone(transport, (b"UNLINK", *groups[s]))) for s in slots]
-            removed += sum(int(n) for n in cluster_batch(transport, calls, slots, read=False))
+            unlinks = [(b"UNLINK", *groups[s]) for s in slots]
+            removed += sum(int(n) for n in cluster_batch(transport, unlinks, slots, read=False))
         else:
             removed += int(transport.command(b"UNLINK", *batch))
         batch.clear()
@@ -305,10 +316,6 @@ def _timed_out(error: BaseException | None) -> bool:
             return True
         error = error.__cause__
     return False
-
-
-def _lone(transport: Transport, args: tuple[Any, ...]) -> Callable[[], Any]:
-    return lambda: transport.command(*args)
 
 
 class Sweeper:
@@ -467,29 +474,26 @@ class RedisCacheBackend(CacheBackend):
                      self._mget(keys[i:i + CHUNK]) if op == b"mget" else
                      self._run(op, keys[i:i + CHUNK], (*args, *per_key[i:i + CHUNK])))
                     for i in range(0, len(keys), CHUNK)]
-        names = self._names(self._generation(), keys)
+        names = [n.encode() for n in self._names(self._generation(), keys)]  # packed as they are
+        slot_of = _key_slot()
         groups: dict[int, list[int]] = {}
         for i, name in enumerate(names):
-            groups.setdefault(_slot(name), []).append(i)
-        calls: list[tuple[Sequence[Any], Callable[[], Any]]] = []
+            groups.setdefault(slot_of(name), []).append(i)
+        commands: list[tuple[Any, ...]] = []
         slots: list[int] = []
         parts: list[list[int]] = []
         for slot, idx in groups.items():
             for c in range(0, len(idx), CHUNK):
                 part = idx[c:c + CHUNK]
-                extra = (*args, *[per_key[i] for i in part]) if per_key else tuple(args)
-                calls.append(self._call(op, [names[i] for i in part], (op, b"", *extra)))
+                if op == b"mget":
+                    commands.append((b"MGET", *[names[i] for i in part]))
+                else:
+                    extra = [per_key[i] for i in part] if per_key else ()
+                    commands.append((b"EVALSHA", SCRIPT.sha, len(part), *[names[i] for i in part],
+                                     op, b"", *args, *extra))
                 slots.append(slot)
                 parts.append(part)
-        return list(zip(parts, cluster_batch(self.transport, calls, slots, read=read), strict=True))
-
-    def _call(self, op: bytes, names: list[str],
-              args: tuple[Any, ...]) -> tuple[Sequence[Any], Callable[[], Any]]:
-        transport = self.transport
-        if op == b"mget":
-            return (b"MGET", *names), lambda: transport.command(b"MGET", *names)
-        return ((b"EVALSHA", SCRIPT.sha, len(names), *names, *args),
-                lambda: transport.run(names, args))
+        return list(zip(parts, cluster_batch(self.transport, commands, slots, read=read), strict=True))
 
     def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Standalone: ``MGET gen, <head><gen>:<key>...`` with the generation seen
