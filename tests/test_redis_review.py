@@ -71,3 +71,58 @@ def test_listener_pending_answers_from_many_threads(redis_url: str) -> None:
 
     _threads(work, 4)
     assert errors == [] and len(answers) == 8000
+
+
+SLOW_SOURCE = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > 300000
+return ARGV[1]
+"""
+
+
+def test_fork_while_another_thread_waits_for_a_reply(redis_url: str) -> None:
+    """The child never uses nor shuts down the parent's connections (the waiting
+    thread's included); the parent's waiting thread gets its own reply."""
+    from statekit.redis.scripts import Script
+
+    sha = redis.Redis.from_url(redis_url).script_load(SLOW_SOURCE)
+    slow = Script("slow", SLOW_SOURCE, sha.encode() if isinstance(sha, str) else sha)
+    t = Transport(create_client(f"{redis_url}?socket_timeout=5"), what="test")
+    parent_ids = {t.command("CLIENT", "ID")}
+    started = threading.Event()
+    out: list[Any] = []
+
+    def waiting() -> None:
+        parent_ids.add(t.command("CLIENT", "ID"))
+        started.set()
+        out.append(t.script(slow, [], [b"mine"]))
+        out.append(t.command("CLIENT", "ID"))
+
+    th = threading.Thread(target=waiting)
+    th.start()
+    assert started.wait(10)
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: new connections only, from this thread and a new one
+        code = 1
+        try:
+            ids = [t.command("CLIENT", "ID")]
+            helper = threading.Thread(target=lambda: ids.append(t.command("CLIENT", "ID")))
+            helper.start()
+            helper.join(10)
+            os.write(wr, ",".join(str(i) for i in ids).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        child_ids = {int(i) for i in f.read().split(b",") if i}
+    _, status = os.waitpid(pid, 0)
+    th.join(10)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(child_ids) == 2 and not child_ids & parent_ids
+    assert out[0] == b"mine" and out[1] in parent_ids  # the parent's thread kept its connection
+    assert t.command("CLIENT", "ID") in parent_ids
