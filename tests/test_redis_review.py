@@ -126,3 +126,38 @@ def test_fork_while_another_thread_waits_for_a_reply(redis_url: str) -> None:
     assert len(child_ids) == 2 and not child_ids & parent_ids
     assert out[0] == b"mine" and out[1] in parent_ids  # the parent's thread kept its connection
     assert t.command("CLIENT", "ID") in parent_ids
+
+
+@pytest.mark.cluster
+def test_a_lazy_cluster_used_by_a_second_thread_while_the_first_starts_it(
+        redis_cluster_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second thread waits for the start instead of raising AttributeError
+    (reported by the cache engineer: SharedValue on a cluster URL failed its first get)."""
+    from redis.cluster import RedisCluster
+
+    real = RedisCluster.__init__
+    starting = threading.Event()
+
+    def slow_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        starting.set()
+        threading.Event().wait(0.3)  # let the second thread come in meanwhile
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisCluster, "__init__", slow_init)
+    client: Any = create_client(redis_cluster_url)
+    results: list[Any] = []
+
+    def second() -> None:
+        assert starting.wait(10)
+        try:
+            results.append(len(client.get_nodes()) > 0)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            results.append(e)
+
+    th = threading.Thread(target=second)
+    th.start()
+    assert client.ping() is True  # the first thread starts it
+    th.join(10)
+    assert results == [True]
+    t = Transport(client)
+    assert t.command("SET", "lazy:k", 1) in (True, b"OK") and t.command("GET", "lazy:k") == b"1"

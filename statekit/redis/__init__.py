@@ -560,24 +560,30 @@ def _lazy_cluster(**kwargs: Any) -> RedisClient:
         class LazyRedisCluster(RedisCluster):  # type: ignore[misc]
             def __init__(self, **kw: Any) -> None:  # noqa: D107 - see _lazy_cluster
                 object.__setattr__(self, "_statekit_kwargs", kw)
-                object.__setattr__(self, "_statekit_init_lock", threading.Lock())
+                # reentrant: the constructor running in this thread reads attributes it
+                # has not set yet (AttributeError then); other threads wait for it
+                object.__setattr__(self, "_statekit_init_lock", threading.RLock())
 
             def __getattr__(self, name: str) -> Any:
                 # only reached for attributes the real constructor would have set
-                if name.startswith("_statekit_") or self.__dict__.get("_statekit_started"):
+                state = self.__dict__
+                if name.startswith("_statekit_") or state.get("_statekit_ready"):
                     raise AttributeError(name)
-                with self.__dict__["_statekit_init_lock"]:
-                    if not self.__dict__.get("_statekit_started"):
-                        self.__dict__["_statekit_started"] = True
+                with state["_statekit_init_lock"]:
+                    if not state.get("_statekit_ready"):
+                        if state.get("_statekit_started"):  # inside the constructor, this thread
+                            raise AttributeError(name)
+                        state["_statekit_started"] = True
                         try:
                             with translate_errors("connecting to the Redis Cluster"):
-                                RedisCluster.__init__(self, **self.__dict__["_statekit_kwargs"])
+                                RedisCluster.__init__(self, **state["_statekit_kwargs"])
                                 _adopt_cluster(self)
                         except BaseException:  # start over on the next use
-                            for key in [k for k in self.__dict__ if not k.startswith("_statekit_")]:
-                                del self.__dict__[key]
-                            self.__dict__["_statekit_started"] = False
+                            for key in [k for k in state if not k.startswith("_statekit_")]:
+                                del state[key]
+                            state["_statekit_started"] = False
                             raise
+                        state["_statekit_ready"] = True
                 return object.__getattribute__(self, name)
 
             def close(self) -> None:
