@@ -1,6 +1,6 @@
-"""Review of issue 17's Redis layer: defects found in modules another engineer is
-editing (statekit/redis/tracking.py, statekit/cache/), kept as strict xfails until
-fixed there; and the transport's thread and fork behaviour."""
+"""Review of issue 17's Redis layer: the listener's pending() and the near cache from
+many threads at once (one select.poll object was shared: "concurrent poll()
+invocation"), and the transport's thread and fork behaviour."""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ def _threads(work: Any, count: int) -> None:
         th.join(60)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "statekit/redis/tracking.py _poller() shares one select.poll object between threads: "
-    "InvalidationListener.pending() from two threads at once raises 'RuntimeError: concurrent "
-    "poll() invocation', and Cache._lagging() (statekit/cache/__init__.py) does not catch it, so "
-    "Cache.get on a near cache raises it to the caller (measured: 8,997 of 12,000 gets of 4 threads)"))
 def test_near_cache_gets_from_threads_never_raise(redis_url: str) -> None:
     cache = Cache(redis_url, near_cache=True, namespace="review-poll")
     cache.set("hot", "v")
@@ -50,9 +45,6 @@ def test_near_cache_gets_from_threads_never_raise(redis_url: str) -> None:
     assert got == ["v"] * 8000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "statekit/redis/tracking.py: InvalidationListener.pending() polls one shared select.poll "
-    "object; two threads polling at once raise RuntimeError instead of answering"))
 def test_listener_pending_answers_from_many_threads(redis_url: str) -> None:
     cache = Cache(redis_url, near_cache=True, namespace="review-pending")
     cache.set("k", 1)

@@ -136,15 +136,24 @@ def _call(conn: Any, *args: Any) -> Any:
 
 
 def _poller(conns: list[Any]) -> Callable[[], bool]:
-    """Whether any of *conns* has bytes waiting (a zero-timeout poll, no lock)."""
+    """Whether any of *conns* has bytes waiting (a zero-timeout poll, no lock). A
+    ``poll`` object refuses concurrent ``poll()`` calls (``RuntimeError``), so each
+    thread gets its own."""
     fds = [c._sock.fileno() for c in conns]
     make = getattr(select, "poll", None)  # gevent removes it when it patches select
-    if make is not None:
-        poll = make()
-        for fd in fds:
-            poll.register(fd, select.POLLIN)
-        return lambda: bool(poll.poll(0))
-    return lambda: bool(select.select(fds, [], [], 0)[0])
+    if make is None:
+        return lambda: bool(select.select(fds, [], [], 0)[0])
+    local = threading.local()
+
+    def check() -> bool:
+        poll = getattr(local, "poll", None)
+        if poll is None:
+            poll = local.poll = make()
+            for fd in fds:
+                poll.register(fd, select.POLLIN)
+        return bool(poll.poll(0))
+
+    return check
 
 
 class InvalidationListener:

@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from .._fork import reset_in_child
 from ..cache.near import NearCache
 from ..config import parse_url
 from ..errors import ConfigError, SessionError
@@ -131,8 +129,6 @@ class RedisEngine:
         self._session_prefix = f"{key_prefix}:session:"
         self.near: NearCache[dict[str, bytes]] | None = None
         self.listener: InvalidationListener | None = None
-        self._pending_lock = threading.Lock()
-        reset_in_child(self)
         self.counters = counters or Counters("sessions", key_prefix)
         if near_cache:
             listener = self.listener = _listener(client, self._session_prefix)
@@ -198,21 +194,6 @@ class RedisEngine:
         """Loads served from the near cache (the ``near_hits`` session counter)."""
         return self.counters.get("near_hits")
 
-    def reset_after_fork(self) -> None:
-        self._pending_lock = threading.Lock()  # another thread may have held it at fork time
-
-    def _pending(self, listener: InvalidationListener) -> bool:
-        """:meth:`InvalidationListener.pending`, one thread at a time: its
-        ``select.poll`` object refuses a second thread polling at the same instant
-        (``RuntimeError: concurrent poll() invocation``: measured, 90 of 400 loads of
-        4 threads missed their copy for it). ``True`` (the copy is not used) when it
-        cannot tell."""
-        with self._pending_lock:
-            try:
-                return listener.pending()
-            except RuntimeError:
-                return True
-
     def _tracked(self) -> bool:
         return self.transport.tracked()
 
@@ -277,7 +258,7 @@ class RedisEngine:
             listener.ensure_running()
             if near.active:
                 hit = near.data.get(key)
-                if (hit is not None and hit[1] > time.monotonic() and not self._pending(listener)
+                if (hit is not None and hit[1] > time.monotonic() and not listener.pending()
                         and (not min_version or _version(hit[0]) >= min_version)):
                     self.counters.incr("near_hits")
                     return hit[0]
