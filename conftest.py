@@ -134,6 +134,24 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     return redis_cluster.url
 
 
+@pytest.fixture(scope="session")
+def sentinel_setup() -> Iterator[RedisSentinel]:
+    """One sentinel setup shared by the contract suites (never failed over: a test
+    that fails a master over takes :func:`redis_sentinel`); each flushes it first."""
+    setup = RedisSentinel()
+    setup.start()
+    yield setup
+    setup.stop()
+
+
+@pytest.fixture
+def sentinel_url(sentinel_setup: RedisSentinel) -> str:
+    """The shared sentinel setup's URL, its master flushed."""
+    with sentinel_setup.master.client() as r:
+        r.flushall()
+    return sentinel_setup.url
+
+
 @pytest.fixture
 def redis_sentinel() -> Iterator[RedisSentinel]:
     """A fresh sentinel setup per test (tests fail it over)."""

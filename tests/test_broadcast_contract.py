@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from statekit.embedded import RedisSentinel, RedisServer
+from statekit.embedded import RedisServer
 from statekit.testing.contracts.broadcast import BroadcastContract, Outage
 
 
@@ -58,5 +58,5 @@ class TestCluster(BroadcastContract):
 @pytest.mark.sentinel
 class TestSentinel(BroadcastContract):
     @pytest.fixture
-    def broadcast_url(self, redis_sentinel: RedisSentinel) -> str:
-        return redis_sentinel.url
+    def broadcast_url(self, sentinel_url: str) -> str:
+        return sentinel_url

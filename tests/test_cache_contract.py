@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ import pytest
 from statekit.backends import load_backend
 from statekit.cache import BACKENDS, Cache
 from statekit.cache import redis as rediscache
-from statekit.embedded import RedisSentinel
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.testing.contracts.cache import CacheContract, missing_methods
@@ -54,23 +52,20 @@ class TestRedis(CacheContract):
         return lambda **kw: Cache(f"redis://127.0.0.1:{port}/0?retries=0", timeout=0.5, **kw)
 
 
-@pytest.fixture(scope="module")
-def sentinel_setup() -> Iterator[RedisSentinel]:
-    """One sentinel setup for the contract suite (the failover test makes its own)."""
-    setup = RedisSentinel()
-    setup.start()
-    yield setup
-    setup.stop()
-
-
 @pytest.mark.redis
 @pytest.mark.sentinel
 class TestSentinel(CacheContract):
     @pytest.fixture
-    def make(self, sentinel_setup: RedisSentinel) -> Any:
-        with sentinel_setup.master.client() as r:
-            r.flushall()
-        return lambda **kw: Cache(sentinel_setup.url, **kw)
+    def make(self, sentinel_url: str) -> Any:
+        return lambda **kw: Cache(sentinel_url, **kw)
+
+    @pytest.fixture
+    def make_unreachable(self) -> Any:
+        """Sentinels that are not there: the master cannot even be asked for."""
+        from statekit.embedded import free_port
+
+        url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mymaster/0?retries=0"
+        return lambda **kw: Cache(url, timeout=0.5, **kw)
 
 
 @pytest.mark.redis

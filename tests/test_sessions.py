@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import statekit.sessions as sessions_mod
 import statekit.sessions.redis as session_redis
 from statekit.backends import memory
-from statekit.embedded import RedisSentinel, free_port
+from statekit.embedded import free_port
 from statekit.errors import ConfigError, InvalidKey, SerializationError
 from statekit.pytest_plugin import redis_command_calls
 from statekit.sessions import Session, SessionStore
@@ -50,23 +50,18 @@ class TestRedisEngine(SessionEngineContract):
         return f"redis://127.0.0.1:{free_port()}/0?socket_timeout=0.2&socket_connect_timeout=0.2"
 
 
-@pytest.fixture(scope="module")
-def sentinel_setup() -> Iterator[RedisSentinel]:
-    """One sentinel setup for the contract suite."""
-    setup = RedisSentinel()
-    setup.start()
-    yield setup
-    setup.stop()
-
-
 @pytest.mark.redis
 @pytest.mark.sentinel
 class TestSentinelEngine(SessionEngineContract):
     @pytest.fixture
-    def session_url(self, sentinel_setup: RedisSentinel) -> str:
-        with sentinel_setup.master.client() as r:
-            r.flushall()
-        return sentinel_setup.url
+    def session_url(self, sentinel_url: str) -> str:
+        return sentinel_url
+
+    @pytest.fixture
+    def unreachable_session_url(self) -> str:
+        """Sentinels that are not there: the master cannot even be asked for."""
+        return (f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{free_port()}/mymaster/0"
+                "?socket_timeout=0.2&socket_connect_timeout=0.2")
 
 
 @pytest.fixture
