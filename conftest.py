@@ -134,6 +134,25 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
     return redis_cluster.url
 
 
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own (it may restart, pause or reconfigure it)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    """A Redis for one test module whose tests pause it (SIGSTOP): resumed before it stops."""
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.resume()
+    srv.stop()
+
+
 @pytest.fixture(scope="session")
 def sentinel_setup() -> Iterator[RedisSentinel]:
     """One sentinel setup shared by the contract suites (never failed over: a test

@@ -18,14 +18,6 @@ from statekit.errors import BackendUnavailable
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 def _wait_until(cond: object, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -56,15 +56,6 @@ _INCR = Script("incr", _INCR_SOURCE, hashlib.sha1(_INCR_SOURCE.encode()).hexdige
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.resume()
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def tls_proxy(server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[_Proxy, str]]:
     cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
     proxy = _Proxy(server.port, tls=(cert, key))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -78,15 +77,6 @@ elapsed = time.monotonic() - start
 ticker.kill()
 print(json.dumps({"outcome": outcome, "elapsed": elapsed, "ticks": ticks[0]}), flush=True)
 """
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.resume()
-    srv.stop()
-
 
 def run_paused(server: RedisServer, path: str) -> dict[str, object]:
     """Run *path* in a gevent child while *server* is paused; the child's report."""

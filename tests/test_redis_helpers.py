@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import selectors
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from statekit.embedded import RedisServer
+from statekit.redis.scripts import Script
 
 __all__ = ["Proxy", "self_signed", "tls_url"]
 
@@ -172,3 +174,16 @@ def test_the_tls_proxy_serves_a_rediss_url(tmp_path: Path) -> None:
     finally:
         server.stop()
 
+
+def slow_script(seconds: float) -> Script:
+    """A Lua script that returns ``ARGV[1]`` after *seconds* of the server's own clock:
+    its reply is still in flight when the client sends its next command."""
+    source = f"""
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > {int(seconds * 1_000_000)}
+return ARGV[1]
+"""
+    return Script("slow", source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest().encode())

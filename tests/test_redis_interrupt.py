@@ -4,30 +4,22 @@ leave that reply for the next command on the same connection to read."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from test_redis_helpers import slow_script  # tests/ is on sys.path
 
 from statekit.redis import _Rule, create_client
 from statekit.redis import transport as transport_module
-from statekit.redis.scripts import Script
 from statekit.redis.transport import Transport
 
 pytestmark = pytest.mark.redis
 
 # a reply that comes late (about 0.2 s): still in flight when the next command is sent
-SLOW_SOURCE = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-repeat
-  t = redis.call('TIME')
-until t[1] * 1000000 + t[2] - start > 200000
-return ARGV[1]
-"""
-SLOW = Script("slow", SLOW_SOURCE, hashlib.sha1(SLOW_SOURCE.encode()).hexdigest().encode())
+SLOW = slow_script(0.2)
+SLOW_SOURCE = SLOW.source
 
 
 class Interrupted(Exception):  # noqa: N818 - what a signal handler raises

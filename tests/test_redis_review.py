@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from test_redis_helpers import slow_script  # tests/ is on sys.path
 
 from statekit.cache import Cache
 from statekit.redis import create_client
@@ -65,14 +66,7 @@ def test_listener_pending_answers_from_many_threads(redis_url: str) -> None:
     assert errors == [] and len(answers) == 8000
 
 
-SLOW_SOURCE = """
-local t = redis.call('TIME')
-local start = t[1] * 1000000 + t[2]
-repeat
-  t = redis.call('TIME')
-until t[1] * 1000000 + t[2] - start > 300000
-return ARGV[1]
-"""
+SLOW_SOURCE = slow_script(0.3).source
 
 
 def test_fork_while_another_thread_waits_for_a_reply(redis_url: str) -> None:

@@ -8,7 +8,7 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -99,14 +99,6 @@ def test_dropped_near_caches_are_unregistered() -> None:
 
 
 # -- against a real server ----------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.redis

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,14 +27,6 @@ BAD = Script("bad", BAD_SOURCE, __import__("hashlib").sha1(BAD_SOURCE.encode()).
 def _transport(url: str, query: str = "socket_timeout=0.5&socket_connect_timeout=0.5&retries=0",
                **kw: object) -> Transport:
     return Transport(create_client(f"{url}?{query}"), what="test", **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def _in_thread(call: object) -> object:
