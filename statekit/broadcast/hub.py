@@ -100,6 +100,7 @@ class Hub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sync: Subscription | None = None  # a synchronous backend's subscription
+        self._renamed = False  # names were added since the thread last told its subscription
 
     # -- registration and reads -------------------------------------------------
     def register(self, value: LocalCopy) -> None:
@@ -110,6 +111,7 @@ class Hub:
             # the message path walks a plain tuple of references (cheaper than
             # iterating the WeakSet); a dead reference in it is skipped
             self._refs[value.name] = tuple(weakref.ref(v) for v in values)
+            self._renamed = True
             if self.backend.synchronous:
                 start = self._sync is None
             elif self._thread is None or not self._thread.is_alive():
@@ -242,14 +244,31 @@ class Hub:
             self.resync()
             self.connected.set()
 
+    def _watch(self, watch: Callable[[list[str]], object], watched: set[str]) -> set[str]:
+        """Tell a subscription that names its channels (sharded pub/sub) about the
+        names registered since, then take their retained values (a publish made
+        before the subscription was in place is there). Returns the names watched."""
+        self._renamed = False
+        new = sorted(set(self._live_names()) - watched)
+        if new:
+            watch(new)
+            for name, record in self.read(new).items():
+                self.offer(name, record, retained=True)
+        return watched | set(new)
+
     def _run(self) -> None:
         backoff = BACKOFF_MIN
         while not self._stop.is_set():
             subscription = None
             try:
                 subscription = self.backend.subscribe()
+                watch = getattr(subscription, "watch", None)
+                watched: set[str] = set()
+                self._renamed = True
                 last_check = time.monotonic()
                 while not self._stop.is_set():
+                    if watch is not None and self._renamed and self.connected.is_set():
+                        watched = self._watch(watch, watched)
                     try:
                         event = subscription.get(0.5)
                     except ValueError as e:

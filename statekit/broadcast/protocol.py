@@ -114,6 +114,11 @@ class Subscription(Protocol):
     Used by one thread at a time (the hub's). :meth:`get` keeps the connection
     alive on its own (a PING when idle) and raises when it is lost; the hub then
     closes it and subscribes again with backoff.
+
+    A subscription that must name its channels (sharded pub/sub has no patterns)
+    also has ``watch(names)``: the hub's thread calls it, after the first
+    :class:`Subscribed`, with the names registered since its last call, then reads
+    their retained values.
     """
 
     def get(self, timeout: float) -> Message | Subscribed | None:

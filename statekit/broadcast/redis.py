@@ -1,4 +1,5 @@
-"""The Redis broadcast backend: four Lua scripts and one pattern subscription.
+"""The Redis broadcast backend: four Lua scripts and one subscription (a pattern, or
+sharded channels on a Cluster that has them).
 
 Keys (all of one name share a hash tag, so the scripts are cluster-safe):
 ``<prefix>:bc:{<name>}`` (hash: epoch, version, updated_at, data, slot),
@@ -7,6 +8,18 @@ channel ``<prefix>:broadcast:<name>``, whose message is
 ``b"<epoch> <version> <ms> <payload>"`` (the whole record: fan-out costs no extra
 round trip). The scripts are ``statekit/redis/scripts/broadcast_*.lua``; they are
 the only implementation of each operation (``memory://`` runs them too).
+
+**Sharded pub/sub on Cluster.** A plain ``PUBLISH`` on Redis Cluster is relayed to
+every node over the cluster bus, so fan-out work grows with the cluster. Where the
+servers have sharded pub/sub (Redis 7+, Valkey: ``SPUBLISH`` exists) a Cluster
+backend publishes with ``SPUBLISH`` on ``<prefix>:broadcast:{<name>}`` (the state
+key's hash tag: the publish script's keys and channel share a slot, and only that
+shard's nodes carry the message), and :class:`ShardedSubscription` subscribes
+(``SSUBSCRIBE``) to each name the hub holds (sharded pub/sub has no patterns).
+Standalone, Sentinel and a Cluster without it (Redis 6.2) keep the pattern
+subscription and ``PUBLISH``. During a rolling upgrade on such a Cluster, processes
+of the older version get the new publishes only through the hub's periodic version
+check (``CHECK_EVERY``), not by message, until they are replaced.
 
 Every Redis URL form works (standalone, TLS, unix socket, Sentinel, Cluster), or a
 ready redis-py client. Errors follow the Redis layer's error map and retry rule
@@ -29,8 +42,8 @@ from ..redis.scripts import load
 from ..redis.transport import Transport
 from .protocol import Claim, ClaimStatus, Message, Record, Subscribed
 
-__all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisSubscription", "channel", "parse_message",
-           "state_key"]
+__all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisSubscription", "ShardedSubscription",
+           "channel", "parse_message", "shard_channel", "state_key"]
 
 #: seconds without any traffic before a subscription sends a PING
 PING_EVERY = 5.0
@@ -48,6 +61,12 @@ def state_key(prefix: str, name: str) -> str:
 def channel(prefix: str, name: str) -> str:
     """The channel *name*'s publishes go out on."""
     return f"{prefix}:broadcast:{name}"
+
+
+def shard_channel(prefix: str, name: str) -> str:
+    """The sharded channel of *name* on a Cluster with sharded pub/sub (the hash tag
+    of its state key)."""
+    return f"{prefix}:broadcast:{{{name}}}"
 
 
 def parse_message(data: bytes) -> Record:
@@ -101,6 +120,48 @@ class RedisSubscription:
             self._pubsub.close()
 
 
+class ShardedSubscription(RedisSubscription):
+    """A :class:`RedisSubscription` on sharded channels: ``SSUBSCRIBE`` to the channel
+    of each name given to :meth:`watch` (Redis 7+ / Valkey Cluster; redis-py's
+    ``ClusterPubSub`` keeps one connection per node and follows slot moves). Its
+    first event is :class:`Subscribed` at once: nothing is subscribed yet, so
+    nothing can have been missed; a ``sunsubscribe``
+    the server sends (the slot moved, the node failed over) is reported as
+    :class:`Subscribed` too, so the hub re-reads every retained value."""
+
+    def __init__(self, client: Any, prefix: str) -> None:  # nothing subscribed yet
+        self._name_prefix = prefix
+        self._head = f"{prefix}:broadcast:{{".encode()
+        self._pubsub = client.pubsub()
+        self._first = True
+
+    def watch(self, names: Iterable[str]) -> None:
+        """Subscribe to the sharded channels of *names* (the hub's thread calls it)."""
+        with translate_errors("broadcast subscribe"):
+            self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
+
+    def get(self, timeout: float) -> Message | Subscribed | None:
+        if self._first:
+            self._first = False
+            return Subscribed()
+        if not self._pubsub.shard_channels:
+            time.sleep(timeout)
+            return None
+        with translate_errors("broadcast subscriber"):
+            msg = self._pubsub.get_sharded_message(timeout=timeout)
+        if msg is None:
+            return None
+        kind = msg["type"]
+        if kind == "sunsubscribe":
+            return Subscribed()
+        if kind != "smessage":
+            return None
+        chan: bytes = msg["channel"]
+        if not (chan.startswith(self._head) and chan.endswith(b"}")):
+            return None
+        return Message(chan[len(self._head):-1].decode("utf-8", "replace"), parse_message(msg["data"]))
+
+
 class RedisBackend:
     """Broadcast on Redis (see the module docstring and
     :class:`~statekit.broadcast.protocol.BroadcastBackend`).
@@ -121,6 +182,7 @@ class RedisBackend:
         # base and a counter, cheaper than a uuid4 per call
         self._epochs = itertools.count()
         self._epoch_base = uuid.uuid4().hex[:8]
+        self._sharded: bool | None = None  # found on first use: Cluster with SPUBLISH
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisBackend:
@@ -144,12 +206,29 @@ class RedisBackend:
         lease = self._keys(name)[1]
         return bool(self._transport.script(load("broadcast_release"), [lease], [f"{owner}|{token}"]))
 
+    @property
+    def sharded(self) -> bool:
+        """Whether this backend uses sharded pub/sub: a Cluster whose servers have
+        ``SPUBLISH`` (asked once, ``COMMAND INFO``)."""
+        if self._sharded is None:
+            from ..redis import is_cluster
+
+            sharded = False
+            if is_cluster(self.client):
+                with translate_errors("broadcast set-up"):
+                    reply = self.client.execute_command("COMMAND INFO", "SPUBLISH",
+                                                        target_nodes=self.client.RANDOM)
+                sharded = bool(reply) and reply[0] is not None
+            self._sharded = sharded
+        return self._sharded
+
     def _publish_target(self, name: str) -> tuple[list[str], str]:
         """``([state key, fence key], channel)`` of *name* (cached)."""
         target = self._targets.get(name)
         if target is None:
             state, _, fence = self._keys(name)
-            target = ([state, fence], channel(self.prefix, name))
+            target = ([state, fence], shard_channel(self.prefix, name) if self.sharded
+                      else channel(self.prefix, name))
             if len(self._targets) < 4096:
                 self._targets[name] = target
         return target
@@ -158,7 +237,7 @@ class RedisBackend:
         keys, chan = self._publish_target(name)
         args: list[str | bytes] = [
             "" if token is None else str(token), payload, str(now_ms),
-            f"{self._epoch_base}{next(self._epochs):x}", chan,
+            f"{self._epoch_base}{next(self._epochs):x}", chan, "s" if self.sharded else "",
         ]
         version, info = self._transport.script(load("broadcast_publish"), keys, args)
         if version == -1:
@@ -194,6 +273,8 @@ class RedisBackend:
                 if epoch is not None and version is not None}
 
     def subscribe(self, ready: Callable[[], object] | None = None) -> RedisSubscription:
+        if self.sharded:
+            return ShardedSubscription(self.client, self.prefix)
         return RedisSubscription(self.client, self.prefix)
 
     def close(self) -> None:
