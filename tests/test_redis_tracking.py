@@ -243,3 +243,32 @@ def test_sentinel_listener_follows_the_master_and_tracking_transports_follow_it(
         assert _until(lambda: "fo:a" not in near.data)
     finally:
         listener.stop()
+
+
+@pytest.mark.redis
+def test_a_counters_only_listener_tracks_its_prefixes_and_counts_counter_changes(redis_url: str) -> None:
+    """A listener made for generation counters (the Cluster cache without a near
+    cache): writes of value keys reach it not at all, an INCR of a tracked counter
+    bumps counter_changes, and track() adds a prefix (after a reconnect: the
+    connection generation moves on and the new counter is covered)."""
+    client = redis.Redis.from_url(redis_url)
+    listener = InvalidationListener(client, "gl:{a}:gen")
+    listener.ensure_running()
+    try:
+        assert listener.connected.wait(10) and listener.covers("gl:{a}:gen")
+        assert not listener.covers("gl:{b}:gen") and not listener.covers("gl:{}{a}:0:k")
+        client.set("gl:{}{a}:0:k", b"v")  # a value key: not tracked
+        client.set("gl:{a}:lock:x", b"t")
+        client.incr("gl:{a}:gen")
+        assert _until(lambda: listener.counter_changes == 1)
+        assert listener.messages == 1
+        first = listener.generation
+        listener.track("gl:{b}:gen")
+        listener.track("gl:{a}:gen")  # covered already: nothing to do
+        assert _until(lambda: listener.connected.is_set() and listener.covers("gl:{b}:gen"))
+        assert listener.generation == first + 1 and listener.prefixes == ("gl:{a}:gen", "gl:{b}:gen")
+        client.incr("gl:{b}:gen")
+        assert _until(lambda: listener.counter_changes == 2)
+    finally:
+        listener.stop()
+        client.close()

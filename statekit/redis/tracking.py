@@ -1,8 +1,10 @@
 """Redis client-side caching: the invalidation listener, on redis-py connections.
 
-One background thread keeps a dedicated redis-py connection per master (RESP2,
+One background thread keeps a dedicated redis-py connection per server (RESP2,
 redirect mode) that runs ``CLIENT TRACKING on REDIRECT <its own id> BCAST PREFIX
-<prefix>`` (or, with ``bcast=False``, nothing: data connections opt in with ``CLIENT
+<prefix> [PREFIX ...]`` (:meth:`InvalidationListener.track` adds a prefix: the
+thread reconnects to add it; a cache on Cluster without a near cache tracks only
+its generation counters this way) (or, with ``bcast=False``, nothing: data connections opt in with ``CLIENT
 TRACKING on REDIRECT <id>``, see :class:`~statekit.redis.transport.Transport`) and
 then ``SUBSCRIBE __redis__:invalidate``. From then on every write, delete, expiry or
 eviction of a tracked key, by any client anywhere, sends the key name here, and the
@@ -23,7 +25,10 @@ reached this process that the thread has not applied yet (bytes waiting on a
 listener connection, one zero-timeout ``poll``, or messages being applied). It costs
 one system call and takes no lock: callers check it before serving a near copy and
 read from Redis instead while it is ``True`` (the session store and
-:class:`~statekit.cache.Cache` do).
+:class:`~statekit.cache.Cache` do). :attr:`InvalidationListener.counter_changes`
+counts the applied invalidations of cache generation counters (keys ending in
+``}:gen``) and flushes: the Cluster cache trusts the generation it read only while
+that count and :attr:`InvalidationListener.generation` are unchanged.
 
 Coherence: near caches are active only while the listener is connected; a drop, a
 fork or :meth:`InvalidationListener.stop` flushes and deactivates them. On Sentinel
@@ -189,6 +194,15 @@ class InvalidationListener:
             elif follow is None and is_cluster(source):
                 follow = CLUSTER_FOLLOW
         self.prefix = prefix
+        #: the prefixes to track (BCAST): *prefix* and the ones :meth:`track` added
+        self.prefixes: tuple[str, ...] = (prefix,)
+        #: the prefixes the current connections track (set before :attr:`generation`
+        #: is bumped; empty before the first connect)
+        self.tracked: tuple[str, ...] = ()
+        #: invalidations of a cache generation counter (``...}:gen``) or flushes
+        #: applied (see :meth:`pending` for the ones not applied yet)
+        self.counter_changes = 0
+        self._restart = False
         self.follow = follow or 0.0
         self.timeout = timeout
         self.bcast = bcast
@@ -250,6 +264,20 @@ class InvalidationListener:
             if self._others.pop(base, None) is not None:
                 self._other_lengths = tuple(sorted({len(b) for b in self._others}))
             self._whole.discard(base)
+
+    def track(self, prefix: str) -> None:
+        """Also track the keys under *prefix* (``BCAST``; nothing if a tracked prefix
+        covers it already). A running thread reconnects to add it (the near caches
+        are flushed, and :attr:`generation` is bumped once it tracks it)."""
+        with self._lock:
+            if any(prefix.startswith(p) for p in self.prefixes):
+                return
+            self.prefixes = (*self.prefixes, prefix)
+            self._restart = True
+
+    def covers(self, key: str) -> bool:
+        """Whether the current connections track *key* (see :attr:`tracked`)."""
+        return any(key.startswith(p) for p in self.tracked)
 
     def registered(self) -> int:
         """How many near caches are registered (dropped ones are not)."""
@@ -317,10 +345,13 @@ class InvalidationListener:
         while not self._stop.is_set():
             conns: list[Any] = []
             try:
+                self._restart = False
+                prefixes = self.prefixes
                 eps = self.endpoints()
                 for ep in eps:
-                    conns.append(self._connect(ep))
+                    conns.append(self._connect(ep, prefixes))
                 self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
+                self.tracked = prefixes if self.bcast else ()
                 self._pending = _poller(conns)
                 self.generation += 1  # after client_id: readers pair an id with its generation
                 self._set_active(True)
@@ -338,13 +369,14 @@ class InvalidationListener:
             self.reconnects += 1
             backoff = min(backoff * 2, 2.0)
 
-    def _connect(self, ep: dict[str, Any]) -> Any:
+    def _connect(self, ep: dict[str, Any], prefixes: tuple[str, ...]) -> Any:
         conn = _connection(ep, self.timeout)
         try:
             conn.connect()  # AUTH, SELECT, CLIENT SETNAME: redis-py's handshake
             client_id = _call(conn, "CLIENT", "ID")
             if self.bcast:
-                _call(conn, "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST", "PREFIX", self.prefix)
+                _call(conn, "CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST",
+                      *[arg for p in prefixes for arg in ("PREFIX", p)])
             # else the data connections track the keys they read (CLIENT TRACKING on
             # REDIRECT client_id), and only those keys' invalidations come here
             _call(conn, "SUBSCRIBE", "__redis__:invalidate")
@@ -360,6 +392,8 @@ class InvalidationListener:
         last_seen = {c: time.monotonic() for c in conns}
         last_ping = last_follow = time.monotonic()
         while not self._stop.is_set():
+            if self._restart:
+                raise BackendUnavailable("a prefix to track was added")
             ready, _, _ = select.select(list(by_fd), [], [], 0.5)
             now = time.monotonic()
             for fd in ready:
@@ -396,11 +430,14 @@ class InvalidationListener:
         self.messages += 1
         keys = msg[2]
         if keys is None:  # FLUSHDB / FLUSHALL
+            self.counter_changes += 1
             for near in self._nears():
                 near.flush()
             return
         for raw in keys:
             key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            if key.endswith("}:gen"):
+                self.counter_changes += 1
             self._route(key)
 
     def _route(self, key: str) -> None:
