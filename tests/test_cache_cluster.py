@@ -1,6 +1,6 @@
 """The cache on a 3-master Redis Cluster (issue 19): a namespace's keys spread over
-every master, clear() is one command and no process serves a cleared value past the
-documented bound, bulk calls send each node one pipeline, and keys of the
+every master, clear() is one command and no read that starts after it, in any
+process, serves a cleared value (near cache or not), bulk calls send each node one pipeline, and keys of the
 single-slot layout are never read and are swept."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,17 @@ def _keys_per_master(cluster: RedisCluster, match: str) -> list[int]:
     return counts
 
 
+def _listening(cache: Cache) -> None:
+    """Wait until *cache*'s generation listener tracks its counter, then make one
+    read, so the next calls trust the generation (no GET of the counter)."""
+    cache.get("warm")
+    listener: Any = cache._listener
+    assert listener is not None
+    assert wait_for(lambda: listener.connected.is_set() and listener.covers(cache.base + "gen"), 10,
+                    "the generation listener")
+    cache.get("warm")
+
+
 def test_a_namespace_spreads_over_every_master(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
     """3,000 set()s in one namespace: each of the 3 masters holds 25-42 % of them."""
     cache = Cache(redis_cluster_url, prefix="spread")
@@ -65,6 +77,7 @@ def test_clear_is_one_command(redis_cluster_url: str, redis_cluster: RedisCluste
     swept: list[int] = []
     monkeypatch.setattr(rediscache.sweeper, "submit", lambda backend, below, delay=0.0: swept.append(below))
     masters = _masters(redis_cluster)
+    _listening(cache)
     for node in masters:
         with node.client() as r:
             r.config_resetstat()
@@ -73,7 +86,8 @@ def test_clear_is_one_command(redis_cluster_url: str, redis_cluster: RedisCluste
     for node in masters:
         with node.client() as r:
             for name, n in redis_command_calls(r).items():
-                if name not in ("hello", "client"):  # this test's own connections' handshakes
+                # this test's own connections' handshakes, the generation listener's pings
+                if name not in ("hello", "client", "ping"):
                     calls[name] = calls.get(name, 0) + n
     assert calls == {"incr": 1}
     assert swept == [1]
@@ -86,51 +100,100 @@ _READER = textwrap.dedent("""
     url, near, seconds = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
     cache = Cache(url, prefix="stale", near_cache=near)
     keys = [f"k{i}" for i in range(50)]
-    if near:
-        assert cache.near_ready(10)
     cache.get_many(keys)
+    backend, listener = cache._backend, cache._listener
+    assert listener is not None and listener.connected.wait(10)
+    counter_reads = 0
+    command = backend.transport.command
+
+    def counting(*args):
+        global counter_reads
+        counter_reads += args[1:] == (backend._gen_key,)
+        return command(*args)
+
+    backend.transport.command = counting
     print("ready", flush=True)
-    old_seen, reads, end = [], 0, time.time() + seconds
+    seen, reads, end = {}, 0, time.time() + seconds
     while time.time() < end:
         started = time.time()
         found = (cache.get_many(keys) if reads % 2
                  else {k: v for k in keys[:5] if (v := cache.get(k)) is not None})
         reads += 1
-        if any(v == "old" for v in found.values()):
-            old_seen.append(started)
-    print(json.dumps({"first_old": min(old_seen, default=0.0), "last_old": max(old_seen, default=0.0),
-                      "reads": reads}), flush=True)
+        for value in set(found.values()):
+            seen.setdefault(value, []).append(started)
+    print(json.dumps({"seen": {v: [len(t), t[0], t[-1000:]] for v, t in seen.items()}, "reads": reads,
+                      "counter_reads": counter_reads}), flush=True)
 """)
+CLEARS = 8
 
 
 @pytest.mark.parametrize("near", [False, True], ids=["plain", "near-cache"])
 def test_no_old_value_after_clear_from_another_process(redis_cluster_url: str, near: bool) -> None:
-    """Another process reads the namespace in a loop while this one clears it: no read
-    that began more than GENERATION_TTL after clear() returned serves an old value
-    (with a near cache, the counter's invalidation ends it sooner). The measured
-    window is printed (bench/cluster.py reports it too)."""
+    """Another process reads the namespace in a loop while this one sets a round's
+    value in every key and clears the namespace, 8 times: no read that began after a
+    clear() returned serves that round's value, near cache or not (the default: the
+    generation listener keeps the reader's generation current). The reader trusts its
+    generation between clears (it reads the counter far less often than it reads
+    values). The number of stale reads is printed (bench/cluster.py reports it too)."""
     cache = Cache(redis_cluster_url, prefix="stale")
-    cache.set_many({f"k{i}": "old" for i in range(50)}, ttl=600)
+    cache.set_many({f"k{i}": "v0" for i in range(50)}, ttl=600)
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", _READER, redis_cluster_url, "1" if near else "0", "3"],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _READER, redis_cluster_url, "1" if near else "0",
+                             str(CLEARS * 0.3 + 1.5)], stdout=subprocess.PIPE, text=True, env=env)
+    cleared: list[float] = []
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.75)  # not a multiple of GENERATION_TTL after the reader's first read
-        assert cache.clear() is True
-        cleared = time.time()
+        for n in range(CLEARS):
+            time.sleep(0.3)  # the reader reads round n's value meanwhile
+            assert cache.clear() is True
+            cleared.append(time.time())
+            cache.set_many({f"k{i}": f"v{n + 1}" for i in range(50)}, ttl=600)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     result = json.loads(out.strip().splitlines()[-1])
-    window = max(0.0, result["last_old"] - cleared)
-    print(f"old values served for {window * 1000:.1f} ms after clear() returned "
-          f"({result['reads']} reads, near_cache={near})")
-    assert 0 < result["first_old"] < cleared  # it did read the old values before
-    assert result["last_old"] < cleared + rediscache.GENERATION_TTL
+    seen = result["seen"]
+    stale = 0
+    for n in range(CLEARS):
+        assert f"v{n}" in seen, f"the reader never read round {n}'s value"
+        count, first, last = seen[f"v{n}"]
+        assert first < cleared[n]  # it did read round n's value before its clear
+        stale += sum(1 for started in last if started > cleared[n])
+    assert seen[f"v{CLEARS}"][2][-1] > cleared[-1]  # and read on after the last clear
+    print(f"{stale} old values read after clear() returned ({CLEARS} clears, {result['reads']} reads, "
+          f"{result['counter_reads']} reads of the counter, near_cache={near})")
+    assert stale == 0
+    assert CLEARS <= result["counter_reads"] < result["reads"] / 4
+
+
+def test_a_namespace_opened_later_is_tracked_too(redis_cluster_url: str) -> None:
+    """A namespace of a family opened after its listener started: the listener adds
+    its counter (one reconnect), and a clear made elsewhere (the INCR clear() sends,
+    here from a plain client, so nothing in this process hears of it but the
+    listeners) is seen by the very next read, 5 clears in a row."""
+    from statekit.redis import create_client
+
+    writer = Cache(redis_cluster_url, prefix="later").namespace("n")
+    root = Cache(redis_cluster_url, prefix="later")
+    _listening(root)
+    reader = root.namespace("n")
+    assert reader.get("k") is None  # its first use adds its counter
+    listener: Any = root._listener
+    assert wait_for(lambda: listener.connected.is_set() and listener.covers(reader.base + "gen"), 10,
+                    "the namespace's counter tracked")
+    assert listener.prefixes == ("later:{default}:gen", "later:{n}:gen")
+    other = create_client(redis_cluster_url)
+    for n in range(5):
+        writer.set("k", n)
+        assert reader.get("k") == n
+        assert reader.get("k") == n
+        other.incr("later:{n}:gen")
+        assert reader.get("k") is None
+    assert listener.counter_changes >= 5
+    other.close()
 
 
 def test_bulk_calls_send_one_pipeline_per_node(redis_cluster_url: str,
@@ -141,11 +204,14 @@ def test_bulk_calls_send_one_pipeline_per_node(redis_cluster_url: str,
 
     cache = Cache(redis_cluster_url, prefix="bulk")
     cache.set("warm", 1)
+    _listening(cache)
     items = {f"item:{i}": {"n": i} for i in range(100)}
     sends: dict[tuple[str, int], int] = {}
     real = redis.Connection.send_packed_command
 
     def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        if threading.current_thread() is not threading.main_thread():  # the listener's pings
+            return real(self, command, check_health)
         sends[(self.host, self.port)] = sends.get((self.host, self.port), 0) + 1
         return real(self, command, check_health)
 

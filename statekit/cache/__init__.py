@@ -347,12 +347,16 @@ class Cache:
                 backend, listener = self._build()
                 if listener is not None:  # a cache that is dropped stops its listener thread
                     weakref.finalize(self, listener.stop)
+            if listener is not None:  # on Cluster it keeps the generation current, near cache or not
+                watch = getattr(backend, "watch_generation", None)
+                if watch is not None:
+                    watch(listener)
             if listener is not None and self.near_size:
                 self._near = near = _NamespaceNear(self.near_size, self.near_max_age)
-                self._listener = listener
                 near.on_flush = getattr(backend, "generation_changed", None)
                 for base in getattr(backend, "near_bases", (self.base,)):
                     listener.register(base, near)
+            self._listener = listener
             self._backend = backend
             return backend
 
@@ -373,7 +377,11 @@ class Cache:
             from .redis import RedisCacheBackend
 
             backend = RedisCacheBackend.from_client(self.client, self.base)
-        listener = backend.near_listener(self.prefix + ":") if self.near_size else None
+        if self.near_size:
+            listener = backend.near_listener(self.prefix + ":")
+        else:  # Cluster: the generation counters' listener (see statekit.cache.redis)
+            make = getattr(backend, "generation_listener", None)
+            listener = make() if make is not None else None
         return backend, listener
 
     def namespace(self, name: str) -> Cache:
@@ -398,7 +406,7 @@ class Cache:
         """Start the near cache's invalidation connection if needed and wait until it
         is up; ``False`` if there is no near cache or it did not come up in time."""
         self._backend or self._connect()
-        if self._listener is None:
+        if self._listener is None or self._near is None:
             return False
         self._listener.ensure_running()
         return self._listener.connected.wait(timeout)
@@ -545,7 +553,8 @@ class Cache:
         near = self._near
         if near is not None and near.active:
             item = near.data.get(key)
-            if item is not None and item[1] > _monotonic() and not self._lagging():
+            if (item is not None and item[1] > _monotonic() and not self._lagging()
+                    and near.data.get(key) is item):  # (see get())
                 self.counters.near_hits += 1
                 return item[0]
             seq = near.seq
@@ -574,8 +583,10 @@ class Cache:
             item = near.data.get(key)
             if item is not None:
                 entry, deadline = item
+                # looked up again after the pending() check: an invalidation applied
+                # between the first lookup and the check was not seen by either
                 if (deadline > _monotonic() and (not entry[1] or entry[1] > _time())
-                        and not self._lagging()):
+                        and not self._lagging() and near.data.get(key) is item):
                     try:
                         near.data.move_to_end(key)
                     except KeyError:  # evicted by another thread just now

@@ -22,7 +22,9 @@ Coherence rules:
   would refuse almost every store.
 * A copy is not served while :meth:`InvalidationListener.pending` says
   invalidations wait to be applied (one zero-timeout poll, no lock): the reader
-  goes to Redis instead of racing the listener thread for the GIL.
+  goes to Redis instead of racing the listener thread for the GIL. The copy is
+  looked up again after that check (one found before it may have been invalidated
+  by the time the check ran).
 * Local writes drop the local copy before they return (read-your-writes).
 * Entries also carry a deadline: the key's Redis TTL, capped by ``max_age``.
 
@@ -32,8 +34,17 @@ hands it over at once (a few hundred microseconds end to end on loopback), but a
 thread spinning in pure Python keeps it for up to the interpreter's switch interval
 (``sys.getswitchinterval()``, 5 ms by default).
 
+After a :meth:`~statekit.cache.Cache.clear` (one ``INCR`` of the namespace's
+generation counter, also tracked) the near cache is flushed when the counter's
+invalidation is applied; a read that starts after the clear returned, in any
+process, finds the invalidation applied or still pending (Redis queues it to the
+listener before the clearing client gets its reply) and so never serves a value of
+the cleared generation (on Cluster the backend's generation is kept current the
+same way, near cache or not: see :mod:`statekit.cache.redis`).
+
 On Sentinel the listener follows the master (it re-checks the address every few
-seconds); on Cluster it keeps one connection per master.
+seconds); on Cluster it listens to every node, replicas included, and follows nodes
+added, removed or failed (see :mod:`statekit.redis.tracking`).
 """
 
 from __future__ import annotations

@@ -20,22 +20,36 @@ carry and the counter as ``KEYS[1]``; the script refuses a stale generation
 unapplied (``STALEGEN <current>``) and the call is repeated. No value of a cleared
 generation is ever read after the ``INCR`` returned.
 
-**Cluster: keys spread, generation bounded-stale.** On Redis Cluster the value names
-hash on the whole name: head ``<prefix>:{}{<namespace>}:`` (an empty ``{}`` first:
-the Cluster spec then hashes the whole key, and the namespace still ends at its
-``}:``, so names of different namespaces never collide), so a namespace's keys
-spread over every slot and every shard. A script may then only touch keys of one
-slot, and the counter lives in another: the generation is passed to the script as
-an argument **without** a check. Choice: a per-key check would need the counter in
-every slot (a clear would no longer be one command), while the alternative — a
-stale generation for a bounded time — only costs what a concurrent clear costs
-anyway. The process reads the counter once and trusts it for
-:data:`GENERATION_TTL` seconds; a clear in this process, or the counter's
-invalidation reaching the near cache's listener (when a near cache is on), makes
-it read the counter again at once. So **another process serves the values of a
-cleared generation for at most** :data:`GENERATION_TTL` **seconds plus one round
-trip after the clear** (measured in ``tests/test_cache_cluster.py`` and
-``bench/cluster.py``; with a near cache, one invalidation hop). A write made with a
+**Cluster: keys spread, generation kept current by invalidations.** On Redis
+Cluster the value names hash on the whole name: head ``<prefix>:{}{<namespace>}:``
+(an empty ``{}`` first: the Cluster spec then hashes the whole key, and the
+namespace still ends at its ``}:``, so names of different namespaces never collide),
+so a namespace's keys spread over every slot and every shard. A script may then only
+touch keys of one slot, and the counter lives in another: the generation is passed
+to the script as an argument **without** a check (a per-key check would need the
+counter in every slot, and a clear would no longer be one command). Instead each
+:class:`~statekit.cache.Cache` family keeps one invalidation listener
+(:class:`statekit.redis.tracking.InvalidationListener`, on every node): without a
+near cache it tracks only the generation counters (``CLIENT TRACKING ... BCAST
+PREFIX <prefix>:{<namespace>}:gen`` per namespace, no value key, so it costs
+nothing per write); with one it is the near cache's listener. The process trusts
+the generation it read last only while that listener has stayed connected,
+tracks the counter, has applied no counter invalidation since the read and has
+none waiting (:meth:`~statekit.redis.tracking.InvalidationListener.pending`, one
+zero-timeout ``poll``); otherwise it reads the counter again (one ``GET`` more).
+Redis queues the invalidation to the listener's connection while it executes the
+clearing ``INCR``, before the clearing client has its reply, so **a read that
+starts after** :meth:`~RedisCacheBackend.clear` **returned, in any process, never
+serves a value of the cleared generation** — the same bound as standalone (measured
+in ``tests/test_cache_cluster.py``: 0 old values in 8 clears from another process,
+with and without a near cache). A read already under way when the clear ran may
+still return old values, as anywhere. While the listener is down (start-up, a
+reconnect, a failover; a namespace the family opened later until the listener has
+reconnected to track its counter, within half a second) every call reads the
+counter first. Only a backend used
+without a :class:`~statekit.cache.Cache` (no listener) falls back to trusting the
+counter for :data:`GENERATION_TTL` seconds (stale for at most that plus one round
+trip after a clear elsewhere). A write made with a
 stale generation lands in the old generation: unreachable, as if made just before
 the clear; the sweep starts :data:`GENERATION_TTL` seconds after the clear so it
 finds those too. Single-key operations (get, set, add, incr, touch, single-flight
@@ -83,8 +97,10 @@ __all__ = ["CHUNK", "GENERATION_TTL", "RedisCacheBackend", "RedisTransport", "cl
 
 #: the most keys one Redis call of a bulk operation or of a sweep carries
 CHUNK = 500
-#: seconds a process on Redis Cluster trusts the namespace generation it read last
-#: (how long after a clear elsewhere it may still read the old generation)
+#: seconds a backend on Redis Cluster with no invalidation listener trusts the namespace
+#: generation it read last (how long after a clear elsewhere it may still read the old
+#: generation; with a listener, the default, it reads the new one at once); the sweep
+#: after a clear waits this long too
 GENERATION_TTL = 0.5
 SCRIPT = load("cache")
 _log = logging.getLogger("statekit.cache")
@@ -392,8 +408,10 @@ class RedisCacheBackend(CacheBackend):
         self.head = base.replace("{", "{}{", 1) if self.cluster else base
         self._gen_key = base + "gen"
         self._gen = b"0"  # the generation last seen
-        self._fresh_until = 0.0  # Cluster: trusted until then (monotonic seconds)
+        self._fresh_until = 0.0  # Cluster without a listener: trusted until then (monotonic seconds)
         self._epoch = 0  # _epochs[gen key] when the generation was read
+        self._listener: InvalidationListener | None = None  # Cluster: keeps the generation current
+        self._token: tuple[int, int] | None = None  # the listener's state the generation is trusted in
 
     @classmethod
     def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> RedisCacheBackend:
@@ -415,6 +433,25 @@ class RedisCacheBackend(CacheBackend):
         return type(self)(self.transport, base)
 
     def near_listener(self, prefix: str) -> InvalidationListener | None:
+        return self._make_listener(prefix)
+
+    def generation_listener(self) -> InvalidationListener | None:
+        """Cluster: a listener that tracks only this namespace's generation counter
+        (``BCAST PREFIX <prefix>:{<namespace>}:gen``, no value key; other namespaces
+        of the family add theirs with :meth:`watch_generation`), for a cache without
+        a near cache. ``None`` elsewhere (the script checks the generation there)."""
+        return self._make_listener(self._gen_key) if self.cluster else None
+
+    def watch_generation(self, listener: InvalidationListener) -> None:
+        """Cluster: trust the generation read last only while *listener* is
+        connected, tracks the counter and has applied every invalidation that reached
+        it (see the module docstring)."""
+        if self.cluster:
+            listener.track(self._gen_key)
+            self._listener = listener
+            self._token = None
+
+    def _make_listener(self, prefix: str) -> InvalidationListener:
         from ..redis.tracking import InvalidationListener
 
         client: Any = self.transport.client
@@ -433,13 +470,33 @@ class RedisCacheBackend(CacheBackend):
         """Read the generation counter again before the next call (Cluster; the
         near cache's listener calls it when the counter is invalidated)."""
         self._fresh_until = 0.0
+        self._token = None
 
     # -- the generation ----------------------------------------------------------------
 
     def _generation(self) -> bytes:
-        """Cluster: the generation, read again when older than :data:`GENERATION_TTL`
-        or after a clear in this process."""
+        """Cluster: the generation. With a listener (:meth:`watch_generation`), the
+        one read last while the listener stayed connected and tracking the counter,
+        no invalidation of a counter was applied since and none waits
+        (:meth:`~statekit.redis.tracking.InvalidationListener.pending`); else the
+        counter is read again. Without one, read again when older than
+        :data:`GENERATION_TTL`. Always read again after a clear in this process."""
         epoch = _epochs.get(self._gen_key, 0)
+        listener = self._listener
+        if listener is not None:
+            token = (listener.generation, listener.counter_changes)
+            if (token == self._token and epoch == self._epoch and listener.connected.is_set()
+                    and not listener.pending()):
+                return self._gen
+            listener.ensure_running()
+            covered = listener.connected.is_set() and listener.covers(self._gen_key)
+            self._gen = self.transport.command(b"GET", self._gen_key) or b"0"
+            self._epoch = epoch
+            # trusted only if nothing changed while the GET was in flight (an
+            # invalidation applied, a reconnect); one pending now is seen next call
+            unchanged = token == (listener.generation, listener.counter_changes)
+            self._token = token if covered and unchanged else None
+            return self._gen
         if _monotonic() >= self._fresh_until or epoch != self._epoch:
             self._gen = self.transport.command(b"GET", self._gen_key) or b"0"
             self._epoch = epoch
