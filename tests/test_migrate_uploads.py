@@ -158,7 +158,9 @@ def test_killed_cli_resumes(tmp_path: Path) -> None:
     for rel, key in mapped.items():
         assert hashlib.sha256((dest / key).read_bytes()).hexdigest() == sums[rel]
     stored = [p for p in dest.rglob("*") if p.is_file() and ".statekit" not in p.parts]
-    assert N_FILES <= len(stored) <= N_FILES + 3  # a few orphans from the kill (< 2 x --workers)
+    # orphans from the kill: puts done but not yet in the manifest when the process froze,
+    # at most the 2 x --workers uploads migrate keeps under way (4 seen under load)
+    assert N_FILES <= len(stored) <= N_FILES + 2 * 2
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
