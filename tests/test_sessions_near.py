@@ -219,13 +219,7 @@ def test_a_dropped_listener_flushes_and_tracking_resumes(pair: tuple[SessionStor
              what="the listener to reconnect")
     assert s.key not in _copies(a)
     _warm(a, s)  # through a socket set up for the new listener connection
-    other = b.load(s.sid)
-    assert other is not None
-    other["n"] = 2
-    assert b.save(other)
-    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
-    seen = a.load(s.sid)
-    assert seen is not None and seen["n"] == 2
+    _change_reaches(a, b, s)
 
 
 CHILD = textwrap.dedent('''
@@ -273,16 +267,21 @@ def _a_change_elsewhere_reaches(a: SessionStore, b: SessionStore) -> None:
     """*a* (near cache on) keeps a copy; *b* changes the session; *a* drops its copy
     and loads the change."""
     try:
-        s = _warm_new(a, {"n": 1})
-        other = b.load(s.sid)
-        assert other is not None
-        other["n"] = 2
-        assert b.save(other)
-        wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
-        seen = a.load(s.sid)
-        assert seen is not None and seen["n"] == 2
+        _change_reaches(a, b, _warm_new(a, {"n": 1}))
     finally:
         a.close()
+
+
+def _change_reaches(a: SessionStore, b: SessionStore, s: Any) -> None:
+    """*b* sets ``n`` to 2 in the session *s* that *a* holds a near copy of: *a*
+    drops its copy and loads the change."""
+    other = b.load(s.sid)
+    assert other is not None
+    other["n"] = 2
+    assert b.save(other)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    seen = a.load(s.sid)
+    assert seen is not None and seen["n"] == 2
 
 
 def test_the_near_cache_on_a_resp3_client(redis_line_url: str) -> None:

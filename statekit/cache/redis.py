@@ -38,15 +38,17 @@ tracks the counter, has applied no counter invalidation since the read and has
 none waiting (:meth:`~statekit.redis.tracking.InvalidationListener.pending`, one
 zero-timeout ``poll``); otherwise it reads the counter again (one ``GET`` more).
 Redis queues the invalidation to the listener's connection while it executes the
-clearing ``INCR``, before the clearing client has its reply, so **a read that
-starts after** :meth:`~RedisCacheBackend.clear` **returned, in any process, never
-serves a value of the cleared generation** — the same bound as standalone (measured
-in ``tests/test_cache_cluster.py``: 0 old values in 8 clears from another process,
-with and without a near cache). A read already under way when the clear ran may
-still return old values, as anywhere. While the listener is down (start-up, a
-reconnect, a failover; a namespace the family opened later until the listener has
-reconnected to track its counter, within half a second) every call reads the
-counter first. Only a backend used
+clearing ``INCR`` and writes it out in the same event-loop pass as the clearing
+client's reply, but not always before it: **a process serves values of the cleared
+generation at most until that invalidation reaches its listener** (one loopback or
+network hop after the clear's reply; measured in ``tests/test_cache_cluster.py``: 0
+old values in 8 clears from another process, with and without a near cache; a read
+issued by the same thread right after a plain client's ``INCR`` returned was seen to
+win that race). Standalone and Sentinel are exact (the script checks the counter).
+A read already under way when the clear ran may still return old values, as
+anywhere. While the listener is down (start-up, a reconnect, a failover; a
+namespace the family opened later until the listener has reconnected to track its
+counter, within half a second) every call reads the counter first. Only a backend used
 without a :class:`~statekit.cache.Cache` (no listener) falls back to trusting the
 counter for :data:`GENERATION_TTL` seconds (stale for at most that plus one round
 trip after a clear elsewhere). A write made with a
