@@ -10,11 +10,13 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml adapters/flask-statekit/pyproject.toml adapters/django-statekit/pyproject.toml
+$(STAMP): pyproject.toml adapters/flask-statekit/pyproject.toml adapters/django-statekit/pyproject.toml \
+		adapters/starlette-statekit/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
 	$(PY) -m pip install --quiet --disable-pip-version-check \
 		-e '.[all,embedded]' -e ./adapters/flask-statekit -e ./adapters/django-statekit \
+		-e ./adapters/starlette-statekit \
 		--group dev
 	touch $(STAMP)
 
