@@ -445,17 +445,25 @@ def outcome_unknown(exc: BaseException) -> bool:
     return False
 
 
+#: the URL's ``retries`` and ``retry_backoff_cap`` when it gives none
+_RETRY_DEFAULTS = (2, 0.25)
+
+
 def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The redis-py keyword arguments of *parsed* (sync and asyncio clients alike);
+    ``retry`` is the rule's :func:`retry_policy` and ``statekit_retry`` the URL's
+    ``(retries, backoff cap)`` (the asyncio layer builds its own from it and pops it)."""
     require("redis", feature="redis:// URLs")
     opts = dict(parsed.options)
     opts.update(overrides)
-    retries = opts.pop("retries", 2)
-    cap = opts.pop("retry_backoff_cap", 0.25)
+    retries = opts.pop("retries", _RETRY_DEFAULTS[0])
+    cap = opts.pop("retry_backoff_cap", _RETRY_DEFAULTS[1])
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": opts.pop("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         "socket_timeout": opts.pop("socket_timeout", DEFAULT_SOCKET_TIMEOUT),
         "health_check_interval": opts.pop("health_check_interval", 30),
         "retry": retry_policy(retries, cap),
+        "statekit_retry": (retries, cap),
     }
     if parsed.username:
         kwargs["username"] = parsed.username
@@ -484,6 +492,7 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
     if parsed.kind != "redis":
         raise ConfigError(f"{parsed.scheme}:// is not a Redis URL")
     kwargs = _common_kwargs(parsed, overrides)
+    kwargs.pop("statekit_retry")
     import redis
 
     if parsed.scheme == "redis+cluster":
@@ -621,16 +630,23 @@ def memory_client(name: str = "") -> RedisClient:
 
     :raises ConfigError: the ``memory`` extra (fakeredis with Lua) is not installed.
     """
+    import fakeredis
+
+    client: RedisClient = fakeredis.FakeRedis(server=memory_server(name))
+    return client
+
+
+def memory_server(name: str = "") -> Any:
+    """The in-process fakeredis server named *name* (created on first use): sync
+    clients (:func:`memory_client`) and asyncio ones
+    (:func:`statekit.redis.aio.memory_async_client`) of one name share it."""
     server = _memory_servers.get(name)
     if server is None:
         fakeredis = require("fakeredis", feature="memory:// URLs")
         require("lupa", feature="memory:// URLs (Lua scripts)")
         with _clients_lock:
             server = _memory_servers.setdefault(name, fakeredis.FakeServer())
-    import fakeredis
-
-    client: RedisClient = fakeredis.FakeRedis(server=server)
-    return client
+    return server
 
 
 def reset_memory() -> None:

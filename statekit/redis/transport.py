@@ -92,6 +92,17 @@ STALE_CHECK_AFTER = 0.001
 _monotonic = time.monotonic
 
 
+def packer(pool: Any) -> Callable[[Sequence[Arg]], Any] | None:
+    """hiredis's ``pack_command`` (one C call) when installed and *pool* encodes text
+    as strict UTF-8, else ``None`` (the connection's own packer: redis-py's encoder
+    per argument). For the sync and the asyncio transports alike."""
+    kwargs = pool.connection_kwargs
+    if _hiredis_pack is not None and kwargs.get("encoding", "utf-8").lower().replace("-", "") == "utf8" \
+            and kwargs.get("encoding_errors", "strict") == "strict":
+        return _hiredis_pack  # type: ignore[no-any-return]
+    return None
+
+
 class RedisReplyError(StatekitError):
     """Redis answered a command with an error reply (a bug or a wrong type, not an
     outage: outages raise :class:`~statekit.errors.BackendUnavailable`)."""
@@ -231,11 +242,7 @@ class Transport:
         self._pool = pool
         #: packs a command: hiredis directly (one C call) when the pool encodes text as
         #: UTF-8, else the connection's packer (redis-py's encoder per argument)
-        self._pack: Callable[[Sequence[Arg]], Any] | None = None
-        if self.direct and _hiredis_pack is not None and pool.connection_kwargs.get(
-                "encoding", "utf-8").lower().replace("-", "") == "utf8" and pool.connection_kwargs.get(
-                "encoding_errors", "strict") == "strict":
-            self._pack = _hiredis_pack
+        self._pack = packer(pool) if self.direct else None
         if self.cluster and tracking is not None:
             raise ValueError("a tracking transport needs a standalone or Sentinel client")
         retry = None

@@ -1,0 +1,488 @@
+"""The asyncio side of the one Redis layer: clients from URLs and a transport on
+redis-py's asyncio client (``redis.asyncio``).
+
+Everything the sync layer (:mod:`statekit.redis`, :mod:`statekit.redis.transport`)
+promises holds here, with the same URL grammar, the same Lua scripts
+(:mod:`statekit.redis.scripts`), the same error map and the same retry rule; only the
+awaits differ. Async façades (``AsyncCache``, ``AsyncSessionStore``, ...) send every
+command through an :class:`AsyncTransport`, so a value written by a sync process is
+read by an async one and back: one set of keys, scripts and codecs.
+
+**Connections.** A standalone or Sentinel client's commands run on connections taken
+from the client's pool and kept by the transport between calls (no pool lock and no
+readiness probe per command: a connection idle for more than
+:data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked with one non-blocking
+read before a command is sent on it). At most *limit* commands are in flight per
+transport (default: the pool's ``max_connections``, capped at :data:`DEFAULT_LIMIT`);
+more callers wait their turn instead of opening more connections, so 200 concurrent
+``await cache.get()`` on one loop use a bounded number of sockets. A Cluster client
+sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``).
+
+**Event loops.** redis-py's asyncio connections belong to the loop that opened them.
+:func:`get_async_client` keeps one client per URL *and running loop*, so a process
+with several loops (a test runner, ``asyncio.run`` per request in a thread) never
+shares a connection between them; a transport made for one loop is used on that loop.
+
+**The retry rule** (module docstring of :mod:`statekit.redis`): a failure before a
+command is sent (connecting, the handshake, a pooled socket found closed) is retried
+with the URL's ``retries`` and backoff; once a command went out, a timeout or a
+dropped connection raises :class:`~statekit.errors.BackendUnavailable` and the
+command is never sent again, except an idempotent read after a dropped connection
+(once, never after a timeout). A reply saying the node applied nothing (``READONLY``,
+``MASTERDOWN``, ``LOADING``) drops the connection (a Sentinel connection asks for the
+master again) and is retried like a failure before sending. A task cancelled between
+sending a command and reading its reply drops that connection: the late reply is
+never read as another caller's. redis-py's own command retry is turned off on the
+clients made here (``retries=0`` on their ``Retry``), so pipelines and pub/sub run by
+callers directly on the client never resend either.
+
+**The error map**: connection errors, timeouts, wrong-node, not-now and
+authentication replies raise ``BackendUnavailable``; other error replies raise what
+*reply_error* returns (:class:`~statekit.redis.transport.RedisReplyError` by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config import BackendURL, parse_url
+from ..errors import ConfigError
+from . import (
+    _RETRY_DEFAULTS,
+    IDEMPOTENT_READS,
+    _common_kwargs,
+    _problem_of,
+    _timed_out,
+    memory_server,
+    reply_problem,
+    unavailable,
+)
+from .scripts import Script
+from .transport import STALE_CHECK_AFTER, RedisReplyError, _message, _name, packer
+
+__all__ = ["DEFAULT_LIMIT", "AsyncTransport", "create_async_client", "get_async_client",
+           "memory_async_client"]
+
+Arg = bytes | str | int | float
+
+#: commands in flight per transport unless the pool allows fewer
+DEFAULT_LIMIT = 64
+
+_monotonic = time.monotonic
+
+try:  # redis-py 8 renamed the non-blocking readiness probe
+    from redis.asyncio.connection import AbstractConnection as _Conn
+
+    _HAS_CAN_READ = hasattr(_Conn, "can_read")
+except ImportError:  # pragma: no cover - redis not installed
+    _HAS_CAN_READ = False
+
+
+def _no_command_retry() -> Any:
+    """redis-py asyncio's ``Retry`` that never resends (the transport retries what
+    the rule allows itself)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return Retry(NoBackoff(), 0)
+
+
+def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
+    """A new ``redis.asyncio`` client for a ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://`` or ``redis+cluster://`` URL (the grammar and options of
+    :func:`statekit.redis.create_client`), or ``memory://name``.
+
+    The URL's ``retries`` and ``retry_backoff_cap`` are kept on the client
+    (``statekit_retries``, ``statekit_backoff_cap``) for :class:`AsyncTransport`;
+    redis-py's own command retry is off (module docstring).
+    """
+    parsed = parse_url(url, kinds=("redis", "memory")) if isinstance(url, str) else url
+    if parsed.scheme == "memory":
+        return memory_async_client(parsed.name)
+    if parsed.kind != "redis":
+        raise ConfigError(f"{parsed.scheme}:// is not a Redis URL")
+    kwargs = _common_kwargs(parsed, overrides)
+    retries, cap = kwargs.pop("statekit_retry")
+    kwargs["retry"] = _no_command_retry()
+    import redis.asyncio as aioredis
+
+    client: Any
+    if parsed.scheme == "redis+cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        for name in ("db", "health_check_interval", "sentinel_password"):
+            kwargs.pop(name, None)
+        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts], **kwargs)
+    elif parsed.scheme == "redis+sentinel":
+        from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+
+        sentinel_kwargs = {"socket_connect_timeout": kwargs["socket_connect_timeout"],
+                           "socket_timeout": kwargs["socket_timeout"]}
+        sentinel_password = kwargs.pop("sentinel_password", None)
+        if sentinel_password:
+            sentinel_kwargs["password"] = sentinel_password
+        ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
+        kwargs["connection_class"] = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+        sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
+        client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class())
+        client.statekit_sentinels = sentinel.sentinels
+    else:
+        kwargs.pop("sentinel_password", None)
+        kwargs.setdefault("max_connections", DEFAULT_LIMIT)
+        if parsed.scheme == "unix":
+            client = aioredis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
+        else:
+            host, port = parsed.hosts[0]
+            if parsed.scheme == "rediss":
+                kwargs["ssl"] = True
+            client = aioredis.Redis(host=host, port=port, db=parsed.db, **kwargs)
+    client.statekit_retries = retries
+    client.statekit_backoff_cap = cap
+    return client
+
+
+_sentinel_master: Any = None
+
+
+def _sentinel_master_class() -> Any:
+    """``redis.asyncio.Redis`` whose ``aclose()`` also closes the connections its
+    Sentinel opened to the sentinels (redis-py leaves them open)."""
+    global _sentinel_master
+    if _sentinel_master is None:
+        import redis.asyncio as aioredis
+
+        class SentinelMaster(aioredis.Redis):  # type: ignore[misc]
+            statekit_sentinels: Sequence[Any] = ()
+
+            async def aclose(self, close_connection_pool: bool | None = None) -> None:
+                await super().aclose(close_connection_pool)
+                for sentinel in self.statekit_sentinels:
+                    await sentinel.aclose()
+
+        _sentinel_master = SentinelMaster
+    return _sentinel_master
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def get_async_client(url: str, **overrides: Any) -> Any:
+    """This process's shared async client for *url* on the running event loop (one
+    pool per URL, options and loop), created on first use. Call it from a coroutine."""
+    loop = asyncio.get_running_loop()
+    clients = _clients.setdefault(loop, {})
+    key = (url, tuple(sorted(overrides.items())))
+    client = clients.get(key)
+    if client is None:
+        client = clients[key] = create_async_client(url, **overrides)
+    return client
+
+
+def memory_async_client(name: str = "") -> Any:
+    """An asyncio client of the in-process Redis named *name*: the very server the
+    sync :func:`statekit.redis.memory_client` of that name uses, so a sync and an
+    async ``memory://`` backend see each other's writes."""
+    server = memory_server(name)
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=server)
+
+
+class AsyncTransport:
+    """Commands and scripts for one ``redis.asyncio`` *client* (module docstring).
+
+    :param client: a ``redis.asyncio`` client of any kind (kept as :attr:`client` for
+        pipelines and pub/sub).
+    :param what: names the caller in error messages (``"cache"``, ``"session"``).
+    :param reply_error: makes the exception for an error reply (default
+        :class:`~statekit.redis.transport.RedisReplyError`).
+    :param tracking: an invalidation listener (:mod:`statekit.redis.tracking`): each
+        connection runs ``CLIENT TRACKING on REDIRECT <id> NOLOOP`` after connecting
+        while the listener is up. Standalone and Sentinel only.
+    :param limit: commands in flight at once (default: the pool's
+        ``max_connections``, at most :data:`DEFAULT_LIMIT`).
+
+    Use it on one event loop (the loop its connections belong to).
+    """
+
+    def __init__(self, client: Any, *, what: str = "Redis",
+                 reply_error: Callable[[str], Exception] | None = None, tracking: Any = None,
+                 limit: int | None = None) -> None:
+        import redis
+
+        self.client = client
+        self.what = what
+        self.tracking = tracking
+        self._reply_error = reply_error
+        self._where = f"a {what} call"
+        from redis.asyncio.cluster import RedisCluster
+
+        self.cluster = isinstance(client, RedisCluster)
+        if self.cluster and tracking is not None:
+            raise ValueError("a tracking transport needs a standalone or Sentinel client")
+        pool: Any = None if self.cluster else getattr(client, "connection_pool", None)
+        #: whether commands go through connections the transport keeps
+        self.direct = pool is not None
+        self._pool = pool
+        if limit is None:
+            limit = min(getattr(pool, "max_connections", DEFAULT_LIMIT) or DEFAULT_LIMIT, DEFAULT_LIMIT)
+        self.limit = limit
+        self._gate = asyncio.Semaphore(limit)
+        self._idle: deque[Any] = deque()
+        self._pack = packer(pool) if self.direct else None
+        from redis.backoff import ExponentialBackoff
+
+        self._retries = int(getattr(client, "statekit_retries", _RETRY_DEFAULTS[0]))
+        cap = float(getattr(client, "statekit_backoff_cap", _RETRY_DEFAULTS[1]))
+        self._backoff = ExponentialBackoff(cap=cap, base=0.02)
+        self._redis = redis
+        self._closed = False
+
+    # -- errors --------------------------------------------------------------------
+
+    def reply_error(self, message: str) -> Exception:
+        """The exception for the error reply *message* (replies about the server
+        raise ``BackendUnavailable`` before this is asked)."""
+        if self._reply_error is not None:
+            return self._reply_error(message)
+        return RedisReplyError(f"Redis refused a {self.what} command: {message}")
+
+    def _unavailable(self, error: BaseException) -> Exception:
+        return unavailable(self._where, str(error), _problem_of(error))
+
+    # -- connections ---------------------------------------------------------------
+
+    async def _checkout(self) -> Any:
+        """A connected connection: an idle one kept from an earlier call (checked if
+        idle for a while), else one from the pool. Nothing is sent here, so its
+        failures may be retried."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn._statekit_tag != self._tag() or not conn.is_connected:
+                await self._discard(conn)
+                continue
+            if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
+                try:
+                    stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
+                except (self._redis.ConnectionError, OSError):
+                    stale = True
+                if stale:
+                    await self._discard(conn)
+                    continue
+            return conn
+        conn = await self._pool.get_connection()
+        conn._statekit_last = _monotonic()
+        conn._statekit_tag = 0
+        try:
+            await self._track(conn)
+        except BaseException:
+            await self._discard(conn)
+            raise
+        return conn
+
+    def _tag(self) -> int:
+        listener = self.tracking
+        if listener is None or listener.client_id is None or not listener.connected.is_set():
+            return 0
+        return int(listener.generation)
+
+    async def _track(self, conn: Any) -> None:
+        """``CLIENT TRACKING on REDIRECT <listener> NOLOOP`` on a new connection while
+        the listener is up (refused by an ACL or a proxy: served untracked)."""
+        listener = self.tracking
+        tag = self._tag()
+        if not tag:
+            return
+        await conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", listener.client_id, "NOLOOP")
+        try:
+            await conn.read_response()
+        except self._redis.ResponseError:
+            conn._statekit_tag = -tag
+        else:
+            conn._statekit_tag = tag
+
+    def tracked(self) -> bool:
+        """Whether new commands report their reads to the live listener (every kept
+        connection is set up for the listener's current generation before use)."""
+        tag = self._tag()
+        return tag > 0
+
+    async def _discard(self, conn: Any) -> None:
+        """Close *conn* and give it back to the pool (its state is unknown)."""
+        try:
+            await conn.disconnect(nowait=True)
+        finally:
+            await self._pool.release(conn)
+
+    def _keep(self, conn: Any) -> None:
+        conn._statekit_last = _monotonic()
+        if self._closed:
+            asyncio.ensure_future(self._pool.release(conn))
+        else:
+            self._idle.append(conn)
+
+    async def aclose(self) -> None:
+        """Give every kept connection back to the pool (the client stays open: it may
+        be shared)."""
+        self._closed = True
+        idle, self._idle = self._idle, deque()
+        for conn in idle:
+            await self._pool.release(conn)
+
+    # -- commands ------------------------------------------------------------------
+
+    async def _once(self, args: Sequence[Arg]) -> Any:
+        """Send *args* on a kept connection and read the reply (raw). Raises
+        ``_Unsent`` wrapping a failure before anything was sent."""
+        try:
+            conn = await self._checkout()
+        except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
+            raise _Unsent(e) from e
+        start = _monotonic()
+        try:
+            pack = self._pack
+            await conn.send_packed_command([pack(args)] if pack is not None else conn.pack_command(*args),
+                                           check_health=False)
+            reply = await conn.read_response()
+        except self._redis.ResponseError as e:
+            if reply_problem(_message(e)) == "wrong node":
+                await self._discard(conn)
+                raise _Unsent(e) from e
+            self._keep(conn)
+            raise
+        except BaseException:  # sent, no reply read: the connection is out of step
+            await self._discard(conn)
+            raise
+        self._keep(conn)
+        await _record(args, start, conn)
+        return reply
+
+    async def command(self, *args: Arg) -> Any:
+        """Run one Redis command: raw reply (through ``RedisCluster`` redis-py's reply
+        callbacks apply). An idempotent read is sent once more after a dropped
+        connection; nothing else is ever sent twice.
+
+        :raises BackendUnavailable: Redis unreachable, timed out or refusing service.
+        :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
+        """
+        if not self.direct:
+            return await self._through_client(args)
+        async with self._gate:
+            return await self._run(args)
+
+    async def _run(self, args: Sequence[Arg], keep: type[Exception] | None = None) -> Any:
+        """:meth:`_once` under the retry rule and the error map (an error reply of type
+        *keep* is raised as redis-py raised it)."""
+        redis = self._redis
+        failures = 0
+        read_again = _is_read(args)
+        while True:
+            try:
+                return await self._once(args)
+            except _Unsent as e:  # nothing applied: retried with backoff
+                failures += 1
+                if failures > self._retries:
+                    raise self._unavailable(e.error) from e.error
+                await asyncio.sleep(self._backoff.compute(failures))
+            except redis.ResponseError as e:
+                if keep is not None and isinstance(e, keep):
+                    raise
+                raise self._refused(e) from e
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
+                    read_again = False  # an idempotent read after a dropped connection: once
+                    continue
+                raise unavailable(self._where, f"{e} (the command was sent: its outcome is unknown)",
+                                  _problem_of(e)) from e
+
+    def _refused(self, error: Exception) -> Exception:
+        message = _message(error)
+        problem = reply_problem(message)
+        if problem is None:
+            return self.reply_error(message)
+        return unavailable(self._where, message, problem)
+
+    async def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
+        """Run *script* by ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed server:
+        nothing ran) load it and run it again. Errors as :meth:`command`."""
+        evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+        no_script = self._redis.exceptions.NoScriptError
+        if not self.direct:
+            try:
+                return await self._through_client(evalsha, keep=no_script)
+            except no_script:
+                await self._through_client((b"SCRIPT", b"LOAD", script.source), target=keys)
+                return await self._through_client(evalsha)
+        async with self._gate:
+            try:
+                return await self._run(evalsha, keep=no_script)
+            except no_script:
+                await self._run((b"SCRIPT", b"LOAD", script.source))
+                return await self._run(evalsha)
+
+    async def _through_client(self, args: Sequence[Arg], keep: type[Exception] | None = None,
+                              target: Sequence[str | bytes] | None = None) -> Any:
+        """One command through the client's own ``execute_command`` (Cluster, or a
+        client whose pool the transport does not drive): redis-py's command retry is
+        off on statekit's clients, so nothing is resent; idempotent reads once."""
+        redis = self._redis
+        name = _name(args[0])
+        read_again = _is_read(args)
+        options: dict[str, Any] = {}
+        if target is not None and self.cluster:
+            # SCRIPT LOAD goes to the node that will run the script
+            options["target_nodes"] = self.client.get_node_from_key(target[0]) if target else \
+                self.client.get_random_node()
+        while True:
+            try:
+                return await self.client.execute_command(name, *args[1:], **options)
+            except redis.ResponseError as e:
+                if keep is not None and isinstance(e, keep):
+                    raise
+                raise self._refused(e) from e
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
+                    read_again = False
+                    continue
+                raise self._unavailable(e) from e
+            except redis.exceptions.RedisClusterException as e:
+                raise self._unavailable(e) from e
+
+
+class _Unsent(Exception):
+    """A failure before the command was sent (nothing applied): retryable."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_read(args: Sequence[Arg]) -> bool:
+    name = args[0]
+    return (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
+
+
+_recorder: Any = None
+
+
+async def _record(args: Sequence[Arg], start: float, conn: Any) -> None:
+    """Report a command sent directly to redis-py's own metrics hook (redis-py 7+), as
+    redis-py reports its own (a no-op unless observability is configured)."""
+    global _recorder
+    if _recorder is None:
+        recorder: Any
+        try:
+            from redis.asyncio.observability import recorder
+        except ImportError:  # pragma: no cover - redis-py 6
+            recorder = None
+        _recorder = getattr(recorder, "record_operation_duration", False)
+    if _recorder:
+        await _recorder(command_name=_name(args[0]), duration_seconds=_monotonic() - start,
+                        server_address=getattr(conn, "host", None), server_port=getattr(conn, "port", None),
+                        db_namespace=str(getattr(conn, "db", 0)))

@@ -1,0 +1,181 @@
+"""The asyncio Redis layer (statekit.redis.aio), against real servers: the same
+replies, scripts, error map and retry rule as the sync transport."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+from statekit.redis import create_client, memory_client
+from statekit.redis.aio import AsyncTransport, create_async_client, get_async_client, memory_async_client
+from statekit.redis.scripts import Script
+from statekit.redis.transport import RedisReplyError, Transport
+
+pytestmark = pytest.mark.redis
+
+SOURCE = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+SCRIPT = Script("aio-test", SOURCE, hashlib.sha1(SOURCE.encode()).hexdigest().encode())
+FAST = "socket_timeout=0.5&socket_connect_timeout=0.5"
+
+
+def run(make: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(make())  # type: ignore[arg-type]
+
+
+async def _with(url: str, body: Callable[[AsyncTransport], Awaitable[Any]], **kw: Any) -> Any:
+    client = create_async_client(url)
+    transport = AsyncTransport(client, what="test", **kw)
+    try:
+        return await body(transport)
+    finally:
+        await transport.aclose()
+        await client.aclose()
+
+
+def _script_round_trip(url: str) -> None:
+    async def body(t: AsyncTransport) -> None:
+        assert await t.command(b"SET", "k", "v") in (b"OK", True)
+        assert await t.command(b"GET", "k") == b"v"
+        keys, arg, count = await t.script(SCRIPT, ["{c}n"], ["a"])
+        assert (keys, arg, count) == (b"{c}n", b"a", 1)
+        # the sync transport reads what the async one wrote, and runs the same script
+        sync = Transport(create_client(url), what="test")
+        assert sync.script(SCRIPT, ["{c}n"], ["b"])[2] == 2
+        sync.client.close()
+        await t.command(b"SCRIPT", b"FLUSH")
+        assert (await t.script(SCRIPT, ["{c}n"], ["c"]))[2] == 3  # NOSCRIPT: loaded, run once
+        with pytest.raises(RedisReplyError, match="not an integer"):
+            await t.command(b"INCR", "k")
+
+    run(lambda: _with(url, body))
+
+
+def test_commands_and_scripts_on_every_line(redis_line_url: str) -> None:
+    _script_round_trip(redis_line_url)
+
+
+@pytest.mark.sentinel
+def test_commands_and_scripts_on_sentinel(sentinel_url: str) -> None:
+    _script_round_trip(sentinel_url)
+
+
+@pytest.mark.cluster
+def test_commands_and_scripts_on_cluster(redis_cluster_url: str) -> None:
+    async def body(t: AsyncTransport) -> None:
+        assert t.cluster and not t.direct
+        for i in range(20):  # keys on every master
+            await t.command(b"SET", f"k{i}", str(i))
+        assert [await t.command(b"GET", f"k{i}") for i in range(20)] == [str(i).encode() for i in range(20)]
+        assert (await t.script(SCRIPT, ["{c}n"], ["a"]))[2] == 1
+
+    run(lambda: _with(redis_cluster_url, body))
+
+
+def test_memory_shares_the_sync_server() -> None:
+    memory_client("aio").set("shared", "from-sync")
+
+    async def main() -> None:
+        client = memory_async_client("aio")
+        t = AsyncTransport(client)
+        try:
+            assert await t.command(b"GET", "shared") == b"from-sync"
+            assert (await t.script(SCRIPT, ["n"], ["x"]))[2] == 1
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+    assert memory_client("aio").get("n") == b"1"
+
+
+def test_shared_client_per_loop(redis_url: str) -> None:
+    async def one() -> Any:
+        a, b = get_async_client(redis_url), get_async_client(redis_url)
+        assert a is b
+        await a.aclose()
+        return a
+
+    assert run(one) is not run(one)  # another loop, another client
+
+
+def test_unreachable_is_backend_unavailable_after_retries() -> None:
+    from statekit.embedded import free_port
+
+    async def main() -> float:
+        start = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await _with(f"redis://127.0.0.1:{free_port()}/0?{FAST}&retries=2",
+                        lambda t: t.command(b"GET", "k"))
+        return time.monotonic() - start
+
+    print(f"unreachable: BackendUnavailable after {run(main):.3f}s")
+
+
+def test_write_whose_reply_never_came_is_not_resent(server: RedisServer) -> None:
+    """SIGSTOP mid-INCR: BackendUnavailable, and the counter ends at 1, never 2."""
+    url = f"{server.url}?{FAST}&retries=3"
+
+    async def body(t: AsyncTransport) -> None:
+        await t.command(b"DEL", "counter")
+        server.pause()
+        try:
+            with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+                await t.command(b"INCR", "counter")
+        finally:
+            server.resume()
+        assert await t.command(b"GET", "counter") == b"1"
+
+    run(lambda: _with(url, body))
+
+
+def test_cancelled_call_never_leaks_its_reply(server: RedisServer) -> None:
+    """A task cancelled after sending: its connection is dropped, so the next
+    caller reads its own reply, not the late one."""
+    url = f"{server.url}?socket_timeout=5"
+
+    async def body(t: AsyncTransport) -> None:
+        await t.command(b"SET", "a", "reply-of-a")
+        await t.command(b"SET", "b", "reply-of-b")
+        server.pause()
+        task = asyncio.ensure_future(t.command(b"GET", "a"))
+        await asyncio.sleep(0.1)  # sent, waiting for the reply
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        server.resume()
+        assert await t.command(b"GET", "b") == b"reply-of-b"
+        assert await t.command(b"GET", "a") == b"reply-of-a"
+
+    run(lambda: _with(url, body))
+
+
+def test_two_hundred_concurrent_commands_use_bounded_connections(redis_url: str) -> None:
+    async def body(t: AsyncTransport) -> None:
+        await t.command(b"SET", "k", "v")
+        lags: list[float] = []
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                await asyncio.sleep(0.001)
+                lags.append(time.monotonic() - start - 0.001)
+
+        beat = asyncio.ensure_future(heartbeat())
+        replies = await asyncio.gather(*[t.command(b"GET", "k") for _ in range(200)])
+        stop.set()
+        await beat
+        assert replies == [b"v"] * 200
+        pool = t.client.connection_pool
+        opened = len(pool._in_use_connections) + len(pool._available_connections)
+        assert opened <= t.limit == 8
+        print(f"200 concurrent GETs: {opened} connections, loop lag max {max(lags) * 1000:.2f} ms")
+
+    run(lambda: _with(f"{redis_url}?max_connections=8", body))
