@@ -38,17 +38,20 @@ from typing import Any, ClassVar
 
 from ..errors import BackendUnavailable, StaleToken
 from ..redis import get_client, translate_errors
-from ..redis.scripts import load
+from ..redis.scripts import Script, load
 from ..redis.transport import Transport
 from .protocol import Claim, ClaimStatus, Message, Record, Subscribed
 
-__all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisSubscription", "ShardedSubscription",
-           "channel", "parse_message", "shard_channel", "state_key"]
+__all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisOps", "RedisSubscription", "ScriptCall",
+           "ShardedSubscription", "channel", "parse_message", "shard_channel", "state_key"]
 
 #: seconds without any traffic before a subscription sends a PING
 PING_EVERY = 5.0
 #: seconds a PING may stay unanswered before the connection is considered dead
 PING_TIMEOUT = 3.0
+
+#: a script, its keys and its arguments: what :meth:`Transport.script` takes
+ScriptCall = tuple[Script, list[str], list[Any]]
 
 _STATUS = {0: ClaimStatus.HELD, 1: ClaimStatus.LEADER, 2: ClaimStatus.COMPUTE}
 
@@ -162,7 +165,96 @@ class ShardedSubscription(RedisSubscription):
         return Message(chan[len(self._head):-1].decode("utf-8", "replace"), parse_message(msg["data"]))
 
 
-class RedisBackend:
+class RedisOps:
+    """The pure half of the Redis backend, shared by :class:`RedisBackend` and
+    :class:`statekit.broadcast.aio.AsyncRedisBackend`: key names, each script's keys
+    and arguments, and the parsing of its reply. The two only differ in how they
+    send (a :class:`~statekit.redis.transport.Transport` or its asyncio twin)."""
+
+    def __init__(self, client: Any, *, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._targets: dict[str, tuple[list[str], str]] = {}
+        # an epoch per publish (used only when Redis has none): this object's random
+        # base and a counter, cheaper than a uuid4 per call
+        self._epochs = itertools.count()
+        self._epoch_base = uuid.uuid4().hex[:8]
+        self._sharded: bool | None = None  # found on first use: Cluster with SPUBLISH
+
+    def _keys(self, name: str) -> tuple[str, str, str]:
+        state = state_key(self.prefix, name)
+        return state, state + ":lease", state + ":fence"
+
+    def _claim_call(self, name: str, owner: str, lease_ms: int, slot: int) -> ScriptCall:
+        return load("broadcast_claim"), list(self._keys(name)), [owner, lease_ms, slot]
+
+    @staticmethod
+    def _claimed(reply: Any) -> Claim:
+        status, token, left = reply
+        return Claim(_STATUS[int(status)], int(token), int(left))
+
+    def _renew_call(self, name: str, owner: str, token: int, lease_ms: int) -> ScriptCall:
+        return load("broadcast_renew"), [self._keys(name)[1]], [f"{owner}|{token}", lease_ms]
+
+    def _release_call(self, name: str, owner: str, token: int) -> ScriptCall:
+        return load("broadcast_release"), [self._keys(name)[1]], [f"{owner}|{token}"]
+
+    @staticmethod
+    def _has_spublish(reply: Any) -> bool:
+        """Whether a ``COMMAND INFO SPUBLISH`` reply names the command."""
+        return bool(reply) and reply[0] is not None
+
+    def _publish_call(self, name: str, payload: bytes, token: int | None, now_ms: int) -> ScriptCall:
+        """The publish script's call; :attr:`_sharded` must be known."""
+        target = self._targets.get(name)
+        if target is None:
+            state, _, fence = self._keys(name)
+            target = ([state, fence], shard_channel(self.prefix, name) if self._sharded
+                      else channel(self.prefix, name))
+            if len(self._targets) < 4096:
+                self._targets[name] = target
+        keys, chan = target
+        args: list[str | bytes] = [
+            "" if token is None else str(token), payload, str(now_ms),
+            f"{self._epoch_base}{next(self._epochs):x}", chan, "s" if self._sharded else "",
+        ]
+        return load("broadcast_publish"), keys, args
+
+    @staticmethod
+    def _published(name: str, token: int | None, reply: Any) -> int:
+        version, info = reply
+        if version == -1:
+            raise StaleToken(
+                f"publish of {name!r} with fencing token {token} refused: the current token is {info}"
+            )
+        return int(version)
+
+    def _hmget_pipeline(self, names: list[str], fields: tuple[str, ...]) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(state_key(self.prefix, name), *fields)
+        return pipe
+
+    @staticmethod
+    def _records(names: list[str], rows: list[Any]) -> dict[str, Record]:
+        out: dict[str, Record] = {}
+        for name, (epoch, version, ms, data) in zip(names, rows, strict=True):
+            if epoch is not None and version is not None and data is not None:
+                out[name] = Record(epoch, int(version), int(ms or 0), data)
+        return out
+
+    @staticmethod
+    def _versions(names: list[str], rows: list[Any]) -> dict[str, tuple[bytes, int]]:
+        return {name: (epoch, int(version)) for name, (epoch, version) in zip(names, rows, strict=True)
+                if epoch is not None and version is not None}
+
+
+#: fields :meth:`RedisBackend.read` and :meth:`RedisBackend.versions` ask for
+READ_FIELDS = ("epoch", "version", "updated_at", "data")
+VERSION_FIELDS = ("epoch", "version")
+
+
+class RedisBackend(RedisOps):
     """Broadcast on Redis (see the module docstring and
     :class:`~statekit.broadcast.protocol.BroadcastBackend`).
 
@@ -173,104 +265,56 @@ class RedisBackend:
     synchronous: ClassVar[bool] = False
 
     def __init__(self, client: Any, *, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        self._targets: dict[str, tuple[list[str], str]] = {}
+        super().__init__(client, prefix=prefix)
         # the scripts: one redis-py connection per thread (fork-safe), every URL kind
         self._transport = Transport(client, what="broadcast")
-        # an epoch per publish (used only when Redis has none): this object's random
-        # base and a counter, cheaper than a uuid4 per call
-        self._epochs = itertools.count()
-        self._epoch_base = uuid.uuid4().hex[:8]
-        self._sharded: bool | None = None  # found on first use: Cluster with SPUBLISH
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str) -> RedisBackend:
         return cls(get_client(url), prefix=prefix)
 
-    def _keys(self, name: str) -> tuple[str, str, str]:
-        state = state_key(self.prefix, name)
-        return state, state + ":lease", state + ":fence"
-
     def claim(self, name: str, owner: str, lease_ms: int, slot: int) -> Claim:
-        status, token, left = self._transport.script(
-            load("broadcast_claim"), list(self._keys(name)), [owner, lease_ms, slot]
-        )
-        return Claim(_STATUS[int(status)], int(token), int(left))
+        return self._claimed(self._transport.script(*self._claim_call(name, owner, lease_ms, slot)))
 
     def renew(self, name: str, owner: str, token: int, lease_ms: int) -> bool:
-        lease = self._keys(name)[1]
-        return bool(self._transport.script(load("broadcast_renew"), [lease], [f"{owner}|{token}", lease_ms]))
+        return bool(self._transport.script(*self._renew_call(name, owner, token, lease_ms)))
 
     def release(self, name: str, owner: str, token: int) -> bool:
-        lease = self._keys(name)[1]
-        return bool(self._transport.script(load("broadcast_release"), [lease], [f"{owner}|{token}"]))
+        return bool(self._transport.script(*self._release_call(name, owner, token)))
 
     @property
     def sharded(self) -> bool:
         """Whether this backend uses sharded pub/sub: a Cluster whose servers have
         ``SPUBLISH`` (asked once, ``COMMAND INFO``)."""
         if self._sharded is None:
-            from ..redis import is_cluster
-
             sharded = False
-            if is_cluster(self.client):
+            if self._transport.cluster:
                 with translate_errors("broadcast set-up"):
-                    reply = self.client.execute_command("COMMAND INFO", "SPUBLISH",
-                                                        target_nodes=self.client.RANDOM)
-                sharded = bool(reply) and reply[0] is not None
+                    sharded = self._has_spublish(self.client.execute_command(
+                        "COMMAND INFO", "SPUBLISH", target_nodes=self.client.RANDOM))
             self._sharded = sharded
         return self._sharded
 
-    def _publish_target(self, name: str) -> tuple[list[str], str]:
-        """``([state key, fence key], channel)`` of *name* (cached)."""
-        target = self._targets.get(name)
-        if target is None:
-            state, _, fence = self._keys(name)
-            target = ([state, fence], shard_channel(self.prefix, name) if self.sharded
-                      else channel(self.prefix, name))
-            if len(self._targets) < 4096:
-                self._targets[name] = target
-        return target
-
     def publish(self, name: str, payload: bytes, *, token: int | None, now_ms: int) -> int:
-        keys, chan = self._publish_target(name)
-        args: list[str | bytes] = [
-            "" if token is None else str(token), payload, str(now_ms),
-            f"{self._epoch_base}{next(self._epochs):x}", chan, "s" if self.sharded else "",
-        ]
-        version, info = self._transport.script(load("broadcast_publish"), keys, args)
-        if version == -1:
-            raise StaleToken(
-                f"publish of {name!r} with fencing token {token} refused: the current token is {info}"
-            )
-        return int(version)
-
-    def _hmget(self, names: list[str], fields: tuple[str, ...], what: str) -> list[Any]:
-        with translate_errors(what):
-            pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                pipe.hmget(state_key(self.prefix, name), *fields)
-            return list(pipe.execute())
+        self.sharded  # noqa: B018 - known before the call is built
+        reply = self._transport.script(*self._publish_call(name, payload, token, now_ms))
+        return self._published(name, token, reply)
 
     def read(self, names: Iterable[str]) -> dict[str, Record]:
         names = list(names)
         if not names:
             return {}
-        rows = self._hmget(names, ("epoch", "version", "updated_at", "data"), "broadcast read")
-        out: dict[str, Record] = {}
-        for name, (epoch, version, ms, data) in zip(names, rows, strict=True):
-            if epoch is not None and version is not None and data is not None:
-                out[name] = Record(epoch, int(version), int(ms or 0), data)
-        return out
+        with translate_errors("broadcast read"):
+            rows = self._hmget_pipeline(names, READ_FIELDS).execute()
+        return self._records(names, rows)
 
     def versions(self, names: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         names = list(names)
         if not names:
             return {}
-        rows = self._hmget(names, ("epoch", "version"), "broadcast check")
-        return {name: (epoch, int(version)) for name, (epoch, version) in zip(names, rows, strict=True)
-                if epoch is not None and version is not None}
+        with translate_errors("broadcast check"):
+            rows = self._hmget_pipeline(names, VERSION_FIELDS).execute()
+        return self._versions(names, rows)
 
     def subscribe(self, ready: Callable[[], object] | None = None) -> RedisSubscription:
         if self.sharded:

@@ -24,10 +24,20 @@ after it.
 
 Fork: a forked child never inherits a running publisher (``os.register_at_fork``
 marks every broadcaster stopped in the child and gives it a new identity).
+
+**One scheduler, two drivers.** Every decision (claim, renew, fence, compute,
+publish, release) is written once in :class:`SchedulerBase` as a generator of
+backend calls (:data:`Steps`); :class:`Broadcaster` runs those calls on the
+synchronous backend in its thread, and
+:class:`statekit.broadcast.aio.AsyncBroadcaster` awaits them on the asyncio one.
+Only the I/O differs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
 import math
 import os
@@ -35,20 +45,30 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from ..errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from ..metrics import Counters
 from ..serializers import Serializer, get_serializer
-from .protocol import BroadcastBackend, ClaimStatus, Record, check_name, open_backend
+from .protocol import BroadcastBackend, Claim, ClaimStatus, Record, check_name, open_backend
 
-__all__ = ["MAX_ABANDONED", "Broadcaster", "Job", "Run", "current_run"]
+__all__ = ["MAX_ABANDONED", "Broadcaster", "Call", "Job", "Run", "SchedulerBase", "Steps", "current_run",
+           "run_sync"]
 
 log = logging.getLogger("statekit.broadcast")
 
 F = TypeVar("F", bound=Callable[[], Any])
+T = TypeVar("T")
+
+#: one backend call a scheduler step asks for: ``(method, args, kwargs)``; the method
+#: ``"compute"`` (args ``(job,)``) runs the job's function instead
+Call = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: the scheduler's logic: a generator that yields the calls it needs, is sent their
+#: replies (or has their exceptions thrown in) and returns its result
+Steps = Generator[Call, Any, T]
+
 
 @dataclass(eq=False)
 class Job:
@@ -82,7 +102,9 @@ class Run(NamedTuple):
     interval: float
 
 
-_local = threading.local()
+# a context variable, not a thread local: an async job (a task) and a sync job run
+# by asyncio.to_thread (which copies the context) see their run too
+_current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("statekit_broadcast_run", default=None)
 
 #: timed-out computations of one job that may still be running before no more start
 MAX_ABANDONED = 3
@@ -91,35 +113,40 @@ MAX_ABANDONED = 3
 def current_run() -> Run | None:
     """Inside a compute function: which job, slot (``floor(start / interval)``) and
     fencing token this computation is for; ``None`` elsewhere."""
-    return getattr(_local, "run", None)
+    return _current.get()
 
 
-_broadcasters: weakref.WeakSet[Broadcaster] = weakref.WeakSet()
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (every await in it is on a coroutine
+    that returns at once) in the calling thread, without an event loop: how
+    :class:`Broadcaster` runs the driver it shares with the asyncio broadcaster.
+
+    :raises RuntimeError: the coroutine did suspend (it awaited real I/O)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("run_sync: the coroutine suspended; it needs an event loop")
 
 
-class Broadcaster:
-    """Runs compute jobs once per interval for the whole cluster and publishes them.
+_broadcasters: weakref.WeakSet[SchedulerBase] = weakref.WeakSet()
 
-    :param url: the backend's URL (any Redis URL, ``memory://name``, or a scheme a
-        package registers); ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
-    :param client: a ready redis-py client instead of a URL.
-    :param serializer: codec of published values (JSON by default).
 
-    See the module docstring for the lease, fencing and the thread API
-    (:meth:`start`, :meth:`stop`, :meth:`run_forever`). Counters (``broadcast`` /
-    prefix): computes, publishes, compute_errors, timeouts, stale_tokens,
-    backend_errors, leader_acquired, leader_lost.
+class SchedulerBase:
+    """What :class:`Broadcaster` and :class:`~statekit.broadcast.aio.AsyncBroadcaster`
+    share: the jobs, the counters, the owner identity and every scheduling decision
+    (see the module docstring), as :data:`Steps` a driver runs.
+
+    A subclass provides :meth:`_call` (one backend call or computation, awaited),
+    :meth:`_spawn` (run a computation's steps concurrently) and :meth:`_poke` (wake
+    the scheduler loop early). Not meant to be used directly.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Any = None,
-        serializer: str | Serializer | None = None,
-        key_prefix: str | None = None,
-    ) -> None:
-        _, self._make_backend, self.prefix = open_backend(url, client, key_prefix)
+    def __init__(self, make_backend: Callable[[], Any], prefix: str,
+                 serializer: str | Serializer | None) -> None:
+        self._make_backend = make_backend
+        self.prefix = prefix
         self._serializer = get_serializer(serializer)
         self._names: set[str] = set()  # names already checked (bounded)
         self.jobs: dict[str, Job] = {}
@@ -134,15 +161,38 @@ class Broadcaster:
              "backend_errors", "leader_acquired", "leader_lost"),
         )
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._backend: BroadcastBackend | None = None  # built on first use, again after fork
+        self._backend: Any = None  # built on first use, again after fork
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         for job in self.jobs.values():
             job.token, job.done_slot, job.running, job.retry_at = None, -1, 0, 0.0
             job.timed_out = set()
+
+    # -- what a driver provides ---------------------------------------------------
+    async def _call(self, call: Call) -> Any:
+        raise NotImplementedError("SchedulerBase._call")
+
+    def _spawn(self, job: Job, steps: Steps[None]) -> None:
+        raise NotImplementedError("SchedulerBase._spawn")
+
+    def _poke(self) -> None:
+        raise NotImplementedError("SchedulerBase._poke")
+
+    async def _drive(self, steps: Steps[T]) -> T:
+        """Run *steps*: each call they yield is made (:meth:`_call`) and its reply
+        sent back, or its exception thrown in."""
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                call = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            reply = error = None
+            try:
+                reply = await self._call(call)
+            except Exception as e:  # handed to the steps, which decide
+                error = e
 
     # -- registration -----------------------------------------------------------
     def every(
@@ -154,7 +204,10 @@ class Broadcaster:
         timeout: float | None = None,
     ) -> Callable[[F], F]:
         """Decorator: run the function once per *interval* seconds (cluster-wide) and
-        publish its return value as *name* (the function's name by default).
+        publish its return value as *name* (the function's name by default). The
+        function may be ``async def``: the asyncio broadcaster awaits it on its
+        loop, the thread broadcaster runs it with :func:`asyncio.run` in its
+        computation thread; a plain function runs in a thread in both.
 
         :param lease: seconds a leader holds the job without renewing; after a leader
             dies another process takes over within this time. Default
@@ -177,16 +230,217 @@ class Broadcaster:
                     job_name, func, float(interval), float(job_lease),
                     float(timeout if timeout is not None else interval),
                 )
-            self._wake.set()
+            self._poke()
             return func
 
         return decorator
+
+    # -- publish and read, as steps -------------------------------------------------
+    def _publish_steps(self, name: str, value: Any, token: int | None) -> Steps[int]:
+        if name not in self._names:
+            check_name(name)
+            if len(self._names) < 4096:
+                self._names.add(name)
+        data = self._serializer.dumps(value)
+        version: int = yield "publish", (name, data), {"token": token, "now_ms": int(time.time() * 1000)}
+        self.counters.incr("publishes")
+        return version
+
+    def _retained_steps(self, name: str) -> Steps[tuple[int, Any] | None]:
+        records: dict[str, Record] = yield "read", ([check_name(name)],), {}
+        record = records.get(name)
+        return None if record is None else (record.version, self._serializer.loads(record.payload))
+
+    # -- scheduling -------------------------------------------------------------
+    def _tick(self, job: Job, now: float) -> Steps[float]:
+        """Do what *job* needs at *now*; return when it next needs attention."""
+        slot = math.floor(now / job.interval)
+        wake = job.next_boundary(now)
+        lease_ms = int(job.lease * 1000)
+        with self._runs_lock:
+            busy = job.running > len(job.timed_out)  # the latest run is still within its timeout
+            if busy and now - job.started_at > job.timeout:
+                job.timed_out.add(job.run_id)
+                busy = False
+                self.counters.incr("timeouts")
+                log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
+                          job.name, job.timeout)
+            elif busy:
+                wake = min(wake, job.started_at + job.timeout + 0.001)
+            if job.running >= MAX_ABANDONED + 1:
+                busy = True  # that many hung computations: start no more
+        if job.token is not None and now >= job.renew_at:
+            if (yield "renew", (job.name, self.owner, job.token, lease_ms), {}):
+                job.renew_at = now + job.lease / 3
+            else:
+                self._lost(job)
+        if slot > job.done_slot and not busy:
+            if now < job.retry_at:
+                return min(wake, job.retry_at)
+            # the slot's start in ms, not its index: comparable across intervals, so a
+            # deploy that lengthens the interval does not find "later" slots claimed
+            start_ms = round(slot * job.interval * 1000)
+            claim: Claim = yield "claim", (job.name, self.owner, lease_ms, start_ms), {}
+            if claim.status is ClaimStatus.HELD:
+                self._lost(job)
+                # try again when the lease expires, or at the next slot at the latest
+                job.retry_at = min(now + max(claim.lease_left_ms, 1) / 1000.0 + 0.002, wake)
+                return job.retry_at
+            if job.token != claim.token:
+                self.counters.incr("leader_acquired")
+                log.info("broadcast job %r: this process leads (fencing token %s)", job.name, claim.token)
+            job.token = claim.token
+            job.renew_at = now + job.lease / 3
+            job.done_slot = slot
+            if claim.status is ClaimStatus.COMPUTE:
+                with self._runs_lock:
+                    job.run_id += 1
+                    job.running += 1
+                    job.started_at = time.time()
+                    run_id = job.run_id
+                self._spawn(job, self._job_steps(job, slot, claim.token, run_id))
+        if job.token is not None:
+            wake = min(wake, job.renew_at)
+        return wake
+
+    def _lost(self, job: Job) -> None:
+        if job.token is not None:
+            self.counters.incr("leader_lost")
+            log.warning("broadcast job %r: lease lost (token %s)", job.name, job.token)
+        job.token = None
+
+    def _job_steps(self, job: Job, slot: int, token: int, run_id: int) -> Steps[None]:
+        """One computation of *job* for *slot* and its fenced publish."""
+        try:
+            self.counters.incr("computes")
+            _current.set(Run(job.name, slot, token, job.interval))
+            try:
+                value = yield "compute", (job,), {}
+            except Exception:
+                self.counters.incr("compute_errors")
+                log.exception("broadcast job %r failed (slot %d); the last value stays", job.name, slot)
+                return
+            finally:
+                _current.set(None)
+            with self._runs_lock:
+                late = run_id in job.timed_out
+            if late:
+                log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
+                return
+            try:
+                version = yield from self._publish_steps(job.name, value, token)
+            except StaleToken as e:
+                self.counters.incr("stale_tokens")
+                log.warning("broadcast job %r: publish refused (StaleToken: %s)", job.name, e)
+                if job.token == token:
+                    self._lost(job)
+                return
+            except (BackendUnavailable, BroadcastError) as e:
+                self.counters.incr("backend_errors")
+                log.error("broadcast job %r: publish failed: %s", job.name, e)
+                return
+            except Exception:
+                self.counters.incr("compute_errors")
+                log.exception("broadcast job %r: value of slot %d not publishable", job.name, slot)
+                return
+            log.debug("broadcast job %r: slot %d published as version %d", job.name, slot, version)
+        finally:
+            with self._runs_lock:
+                job.running -= 1
+                job.timed_out.discard(run_id)
+            self._poke()
+
+    def _pass_steps(self, now: float) -> Steps[float]:
+        """One scheduler pass over every job (see :meth:`Broadcaster.run_pending`)."""
+        wake = now + 1.0
+        with self._lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            try:
+                wake = min(wake, (yield from self._tick(job, now)))
+                job.failing = False
+            except Exception as e:  # BackendUnavailable, READONLY after a failover, a bug
+                self.counters.incr("backend_errors")
+                if not job.failing:  # once per outage, not every retry
+                    log.warning("broadcast job %r: Redis call failed, retrying: %s: %s",
+                                job.name, type(e).__name__, e)
+                job.failing = True
+                job.retry_at = now + min(0.5, job.interval / 4)
+                job.renew_at = min(job.renew_at, job.retry_at)
+                wake = min(wake, job.retry_at)
+        return wake
+
+    def _release_steps(self) -> Steps[None]:
+        for job in list(self.jobs.values()):
+            if job.token is None:
+                continue
+            try:
+                yield "release", (job.name, self.owner, job.token), {}
+            except BackendUnavailable as e:
+                log.warning("broadcast job %r: lease not released (%s); it expires", job.name, e)
+            job.token = None
+
+    def _after_fork(self) -> None:
+        self._init_process_state()
+
+
+class Broadcaster(SchedulerBase):
+    """Runs compute jobs once per interval for the whole cluster and publishes them.
+
+    :param url: the backend's URL (any Redis URL, ``memory://name``, or a scheme a
+        package registers); ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param serializer: codec of published values (JSON by default).
+
+    See the module docstring for the lease, fencing and the thread API
+    (:meth:`start`, :meth:`stop`, :meth:`run_forever`). Counters (``broadcast`` /
+    prefix): computes, publishes, compute_errors, timeouts, stale_tokens,
+    backend_errors, leader_acquired, leader_lost.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        serializer: str | Serializer | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        _, make_backend, prefix = open_backend(url, client, key_prefix)
+        super().__init__(make_backend, prefix, serializer)
+
+    def _init_process_state(self) -> None:
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        super()._init_process_state()
+
+    # -- the synchronous driver -------------------------------------------------------
+    async def _call(self, call: Call) -> Any:  # never suspends: see run_sync
+        method, args, kwargs = call
+        if method == "compute":
+            func = args[0].func
+            if inspect.iscoroutinefunction(func):
+                return asyncio.run(func())
+            return func()
+        return getattr(self.backend, method)(*args, **kwargs)
+
+    def _run_steps(self, steps: Steps[T]) -> T:
+        return run_sync(self._drive(steps))
+
+    def _spawn(self, job: Job, steps: Steps[None]) -> None:
+        threading.Thread(
+            target=self._run_steps, args=(steps,), name=f"statekit-broadcast-{job.name}", daemon=True,
+        ).start()
+
+    def _poke(self) -> None:
+        self._wake.set()
 
     # -- the backend ------------------------------------------------------------
     @property
     def backend(self) -> BroadcastBackend:
         """The backend this broadcaster publishes to (built on first use)."""
-        backend = self._backend
+        backend: BroadcastBackend | None = self._backend
         if backend is None:
             backend = self._backend = self._make_backend()
         return backend
@@ -210,146 +464,20 @@ class Broadcaster:
         :raises InvalidKey: *name* is not a valid name.
         :raises SerializationError: the codec cannot encode *value*.
         """
-        if name not in self._names:
-            check_name(name)
-            if len(self._names) < 4096:
-                self._names.add(name)
-        data = self._serializer.dumps(value)
-        version = self.backend.publish(name, data, token=token, now_ms=int(time.time() * 1000))
-        self.counters.incr("publishes")
-        return version
+        return self._run_steps(self._publish_steps(name, value, token))
 
     def retained(self, name: str) -> tuple[int, Any] | None:
         """``(version, value)`` currently retained for *name*, or ``None``."""
-        record: Record | None = self.backend.read([check_name(name)]).get(name)
-        return None if record is None else (record.version, self._serializer.loads(record.payload))
+        return self._run_steps(self._retained_steps(name))
 
     # -- scheduling -------------------------------------------------------------
-    def _tick(self, job: Job, now: float) -> float:
-        """Do what *job* needs at *now*; return when it next needs attention."""
-        slot = math.floor(now / job.interval)
-        wake = job.next_boundary(now)
-        lease_ms = int(job.lease * 1000)
-        with self._runs_lock:
-            busy = job.running > len(job.timed_out)  # the latest run is still within its timeout
-            if busy and now - job.started_at > job.timeout:
-                job.timed_out.add(job.run_id)
-                busy = False
-                self.counters.incr("timeouts")
-                log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
-                          job.name, job.timeout)
-            elif busy:
-                wake = min(wake, job.started_at + job.timeout + 0.001)
-            if job.running >= MAX_ABANDONED + 1:
-                busy = True  # that many hung computations: start no more threads
-        if job.token is not None and now >= job.renew_at:
-            if self.backend.renew(job.name, self.owner, job.token, lease_ms):
-                job.renew_at = now + job.lease / 3
-            else:
-                self._lost(job)
-        if slot > job.done_slot and not busy:
-            if now < job.retry_at:
-                return min(wake, job.retry_at)
-            # the slot's start in ms, not its index: comparable across intervals, so a
-            # deploy that lengthens the interval does not find "later" slots claimed
-            claim = self.backend.claim(job.name, self.owner, lease_ms, round(slot * job.interval * 1000))
-            if claim.status is ClaimStatus.HELD:
-                self._lost(job)
-                # try again when the lease expires, or at the next slot at the latest
-                job.retry_at = min(now + max(claim.lease_left_ms, 1) / 1000.0 + 0.002, wake)
-                return job.retry_at
-            if job.token != claim.token:
-                self.counters.incr("leader_acquired")
-                log.info("broadcast job %r: this process leads (fencing token %s)", job.name, claim.token)
-            job.token = claim.token
-            job.renew_at = now + job.lease / 3
-            job.done_slot = slot
-            if claim.status is ClaimStatus.COMPUTE:
-                self._launch(job, slot, claim.token)
-        if job.token is not None:
-            wake = min(wake, job.renew_at)
-        return wake
-
-    def _lost(self, job: Job) -> None:
-        if job.token is not None:
-            self.counters.incr("leader_lost")
-            log.warning("broadcast job %r: lease lost (token %s)", job.name, job.token)
-        job.token = None
-
-    def _launch(self, job: Job, slot: int, token: int) -> None:
-        with self._runs_lock:
-            job.run_id += 1
-            job.running += 1
-            job.started_at = time.time()
-            run_id = job.run_id
-        threading.Thread(
-            target=self._compute, args=(job, slot, token, run_id),
-            name=f"statekit-broadcast-{job.name}", daemon=True,
-        ).start()
-
-    def _compute(self, job: Job, slot: int, token: int, run_id: int) -> None:
-        try:
-            self.counters.incr("computes")
-            _local.run = Run(job.name, slot, token, job.interval)
-            try:
-                value = job.func()
-            except Exception:
-                self.counters.incr("compute_errors")
-                log.exception("broadcast job %r failed (slot %d); the last value stays", job.name, slot)
-                return
-            with self._runs_lock:
-                late = run_id in job.timed_out
-            if late:
-                log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
-                return
-            try:
-                version = self.publish(job.name, value, token=token)
-            except StaleToken as e:
-                self.counters.incr("stale_tokens")
-                log.warning("broadcast job %r: publish refused (StaleToken: %s)", job.name, e)
-                if job.token == token:
-                    self._lost(job)
-                return
-            except (BackendUnavailable, BroadcastError) as e:
-                self.counters.incr("backend_errors")
-                log.error("broadcast job %r: publish failed: %s", job.name, e)
-                return
-            except Exception:
-                self.counters.incr("compute_errors")
-                log.exception("broadcast job %r: value of slot %d not publishable", job.name, slot)
-                return
-            log.debug("broadcast job %r: slot %d published as version %d", job.name, slot, version)
-        finally:
-            _local.run = None
-            with self._runs_lock:
-                job.running -= 1
-                job.timed_out.discard(run_id)
-            self._wake.set()
-
     def run_pending(self, now: float | None = None) -> float:
         """One scheduler pass over every job; returns the time of the next pass.
 
         A job whose Redis call fails is logged, counted and retried shortly; one
         job's failure never stops another.
         """
-        now = time.time() if now is None else now
-        wake = now + 1.0
-        with self._lock:
-            jobs = list(self.jobs.values())
-        for job in jobs:
-            try:
-                wake = min(wake, self._tick(job, now))
-                job.failing = False
-            except Exception as e:  # BackendUnavailable, READONLY after a failover, a bug
-                self.counters.incr("backend_errors")
-                if not job.failing:  # once per outage, not every retry
-                    log.warning("broadcast job %r: Redis call failed, retrying: %s: %s",
-                                job.name, type(e).__name__, e)
-                job.failing = True
-                job.retry_at = now + min(0.5, job.interval / 4)
-                job.renew_at = min(job.renew_at, job.retry_at)
-                wake = min(wake, job.retry_at)
-        return wake
+        return self._run_steps(self._pass_steps(time.time() if now is None else now))
 
     def run_forever(self) -> None:
         """Run the scheduler in the calling thread until :meth:`stop` is called
@@ -367,7 +495,7 @@ class Broadcaster:
                     self._wake.wait(delay)
                 self._wake.clear()
         finally:
-            self._release_all()
+            self._run_steps(self._release_steps())
 
     def start(self) -> None:
         """Start the scheduler in a daemon thread; no-op if it already runs here."""
@@ -398,19 +526,6 @@ class Broadcaster:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
-    def _release_all(self) -> None:
-        for job in list(self.jobs.values()):
-            if job.token is None:
-                continue
-            try:
-                self.backend.release(job.name, self.owner, job.token)
-            except BackendUnavailable as e:
-                log.warning("broadcast job %r: lease not released (%s); it expires", job.name, e)
-            job.token = None
-
-    def _after_fork(self) -> None:
-        self._init_process_state()
-
 
 def _after_fork_in_child() -> None:
     for broadcaster in list(_broadcasters):
@@ -418,5 +533,3 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
