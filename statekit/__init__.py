@@ -31,6 +31,7 @@ __version__ = "0.1.0.dev0"
 
 # name -> module that defines it, imported on first attribute access
 _LAZY: dict[str, str] = {
+    "AsyncBlobStore": "statekit.blobs",
     "Blob": "statekit.blobs",
     "BlobStore": "statekit.blobs",
     "Broadcaster": "statekit.broadcast",
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
 _SUBMODULES = frozenset({"cache"})
 
 __all__ = [
+    "AsyncBlobStore",
     "BackendURL",
     "BackendUnavailable",
     "Blob",

@@ -26,16 +26,18 @@ Modules: :mod:`~statekit.blobs.store` (the façade), :mod:`~statekit.blobs.proto
 (the backend contract and records), :mod:`~statekit.blobs.keys`,
 :mod:`~statekit.blobs.sniff`, :mod:`~statekit.blobs.source` (reading uploads), and one
 module per backend: :mod:`~statekit.blobs.s3`, :mod:`~statekit.blobs.local`,
-:mod:`~statekit.blobs.memory`.
+:mod:`~statekit.blobs.memory`. :mod:`~statekit.blobs.aio` has :class:`AsyncBlobStore`,
+the same store for asyncio apps.
 """
 
 from __future__ import annotations
 
+from .aio import AsyncBlobReader, AsyncBlobStore
 from .keys import content_disposition, generate_key, sanitize_filename, validate_key
 from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, PresignedUpload, WriteRequest
 from .sniff import SNIFF_BYTES, check_content_type, sniff
 from .store import BlobStore, open_blob_store, require_extras
 
-__all__ = ["SNIFF_BYTES", "Blob", "BlobBackend", "BlobPage", "BlobStore", "BlobWriter", "PresignedUpload",
-           "WriteRequest", "check_content_type", "content_disposition", "generate_key", "open_blob_store",
-           "require_extras", "sanitize_filename", "sniff", "validate_key"]
+__all__ = ["SNIFF_BYTES", "AsyncBlobReader", "AsyncBlobStore", "Blob", "BlobBackend", "BlobPage", "BlobStore",
+           "BlobWriter", "PresignedUpload", "WriteRequest", "check_content_type", "content_disposition",
+           "generate_key", "open_blob_store", "require_extras", "sanitize_filename", "sniff", "validate_key"]
