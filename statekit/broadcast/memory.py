@@ -24,7 +24,7 @@ from ..config import parse_url
 from ..redis import memory_client
 from .redis import RedisBackend, RedisSubscription
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "deliver"]
 
 # store name -> the drain methods of this process's subscriptions to it (weak)
 _ready: dict[str, list[weakref.WeakMethod[Callable[[], object]]]] = {}
@@ -47,13 +47,7 @@ class MemoryBackend(RedisBackend):
 
     def publish(self, name: str, payload: bytes, *, token: int | None, now_ms: int) -> int:
         version = super().publish(name, payload, token=token, now_ms=now_ms)
-        with _ready_lock:
-            refs = _ready.get(self.name, [])
-            refs[:] = [ref for ref in refs if ref() is not None]
-            callbacks = [ref() for ref in refs]
-        for callback in callbacks:
-            if callback is not None:
-                callback()
+        deliver(self.name)
         return version
 
     def subscribe(self, ready: Callable[[], object] | None = None) -> RedisSubscription:
@@ -64,6 +58,18 @@ class MemoryBackend(RedisBackend):
             with _ready_lock:
                 _ready.setdefault(self.name, []).append(weakref.WeakMethod(ready))  # type: ignore[arg-type]
         return subscription
+
+
+def deliver(store: str) -> None:
+    """Have every subscription of this process to the store *store* drain what it
+    received (called after each publish, by the sync and the asyncio backend)."""
+    with _ready_lock:
+        refs = _ready.get(store, [])
+        refs[:] = [ref for ref in refs if ref() is not None]
+        callbacks = [ref() for ref in refs]
+    for callback in callbacks:
+        if callback is not None:
+            callback()
 
 
 def _after_fork_in_child() -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "Subscription",
     "check_name",
     "open_backend",
+    "resolve_backend",
+    "scheme_of",
 ]
 
 #: built-in schemes -> ``"module:Class"`` (imported on first use)
@@ -209,24 +211,19 @@ class BroadcastBackend(Protocol):
         ...
 
 
-def open_backend(
-    url: str | None, client: Any, key_prefix: str | None
-) -> tuple[Any, Callable[[], BroadcastBackend], str]:
-    """``(hub key, backend factory, prefix)`` from a URL, a ready redis-py client or
-    the environment (``STATEKIT_BROADCAST_URL``, else ``STATEKIT_REDIS_URL``).
+def resolve_backend(url: str | None, client: Any, key_prefix: str | None) -> tuple[str | None, str]:
+    """``(url, prefix)`` from a URL, a ready client (the URL is then ``None``) or the
+    environment (``STATEKIT_BROADCAST_URL``, else ``STATEKIT_REDIS_URL``); a URL of a
+    built-in scheme is validated.
 
-    The URL is validated and its backend class found now, so a bad URL fails when
-    the object that uses it is built; the backend is built on first use.
-
-    :raises ConfigError: no URL, a bad URL, an unknown scheme or a missing extra.
+    :raises ConfigError: no URL, or a bad URL.
     """
     # the environment only for what the caller left out: another capability's bad
     # setting (STATEKIT_BLOBS_URL) must not break a broadcaster given its URL and prefix
     settings = None if key_prefix and (url is not None or client is not None) else Settings.from_env()
     prefix = key_prefix or (settings.key_prefix if settings is not None else "statekit")
     if client is not None:
-        redis_backend = load_backend("broadcast", "redis", BUILTINS)
-        return id(client), (lambda: redis_backend(client, prefix=prefix)), prefix
+        return None, prefix
     if url is None:
         assert settings is not None
         url = settings.broadcast_url
@@ -235,9 +232,30 @@ def open_backend(
                 "no broadcast backend: pass url= or client=, or set STATEKIT_BROADCAST_URL "
                 "(or STATEKIT_REDIS_URL)"
             )
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme in BUILTINS or not scheme:
+    if scheme_of(url) in BUILTINS or not scheme_of(url):
         parse_url(url, kinds=("redis", "memory"))
-    cls = load_backend("broadcast", scheme, BUILTINS)
-    found: str = url
+    return url, prefix
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme in lower case (``""`` when it has none)."""
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def open_backend(
+    url: str | None, client: Any, key_prefix: str | None
+) -> tuple[Any, Callable[[], BroadcastBackend], str]:
+    """``(hub key, backend factory, prefix)`` from a URL, a ready redis-py client or
+    the environment (:func:`resolve_backend`).
+
+    The URL is validated and its backend class found now, so a bad URL fails when
+    the object that uses it is built; the backend is built on first use.
+
+    :raises ConfigError: no URL, a bad URL, an unknown scheme or a missing extra.
+    """
+    found, prefix = resolve_backend(url, client, key_prefix)
+    if found is None:
+        redis_backend = load_backend("broadcast", "redis", BUILTINS)
+        return id(client), (lambda: redis_backend(client, prefix=prefix)), prefix
+    cls = load_backend("broadcast", scheme_of(found), BUILTINS)
     return found, (lambda: cls.from_url(found, prefix=prefix)), prefix

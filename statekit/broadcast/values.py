@@ -9,6 +9,7 @@ hub.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -52,11 +53,19 @@ class SharedValue(Generic[T]):
     the client's timeout) and the subscriber fills the value in when it is back.
     Thread-safe; after ``fork`` the child starts with an unloaded value and its own
     subscriber.
+
+    **From async code** (FastAPI, Starlette, Django async views) use it as is:
+    :meth:`get` is a plain memory read once loaded. Only the first use reads from
+    the backend (a blocking call of up to the client's timeout), so load it before
+    serving with ``await value.aget()`` (the read runs in a worker thread), or let
+    ``starlette_statekit`` do it in the app's lifespan. ``await value.changed()``
+    waits for the next update. The subscriber stays a thread, not a task: updates
+    arrive while the event loop is busy, and a read never awaits anything.
     """
 
     __slots__ = (
         "__weakref__", "_backend", "_callbacks", "_epoch", "_hub", "_hub_key", "_prefix",
-        "_serializer", "_updated_at", "_value", "_version", "default", "max_age", "name",
+        "_serializer", "_updated_at", "_value", "_version", "_waiters", "default", "max_age", "name",
     )
 
     def __init__(
@@ -78,6 +87,7 @@ class SharedValue(Generic[T]):
         self._hub_key, self._backend, self._prefix = open_backend(url, client, key_prefix)
         self._serializer = get_serializer(serializer)
         self._callbacks: list[Callable[[T, int], None]] = []
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._reset()
         _values.add(self)
 
@@ -152,6 +162,43 @@ class SharedValue(Generic[T]):
                 callback(self._value, self._version)
             except Exception:
                 log.exception("shared value %r: on_change callback failed", self.name)
+        for loop, future in list(self._waiters):
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                pass
+
+    async def aget(self) -> T:
+        """:meth:`get` for async code: the first call reads the retained value in a
+        worker thread (the event loop never waits on the backend); later calls are
+        the same memory read as :meth:`get`."""
+        value = self._value
+        if value is _UNLOADED:
+            return await asyncio.to_thread(self._load)
+        return value  # type: ignore[no-any-return]
+
+    async def changed(self, timeout: float | None = None) -> T:
+        """Wait for the next update of this value received after the call, and
+        return the new value (what :meth:`get` then returns).
+
+        Updates are applied by the subscriber thread, which wakes every waiting
+        coroutine on its own event loop; several updates in a row may wake a waiter
+        once, with the latest value. Loads the value first if needed (in a worker
+        thread).
+
+        :param timeout: seconds to wait at most (``None``: no limit).
+        :raises asyncio.TimeoutError: nothing was published within *timeout*.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = (loop, future)
+        self._waiters.append(waiter)
+        try:
+            await self.aget()  # registered with the hub: the subscriber delivers to it
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiters.remove(waiter)
+        return self._value  # type: ignore[no-any-return]
 
     def refresh(self) -> T:
         """Read the retained value from the backend now (normally never needed).
@@ -272,8 +319,14 @@ class SharedValues:
         return f"<SharedValues {sorted(self._values)}>"
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _unload_all() -> None:
     for value in list(_values):
+        value._waiters = []  # the parent's event loops: nobody waits on them here
         value._reset()
 
 

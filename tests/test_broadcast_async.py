@@ -1,0 +1,225 @@
+"""Broadcast from asyncio (statekit.broadcast.aio) against the sync side, on every
+server line: one set of keys, scripts and leases.
+
+* a value published by a sync Broadcaster is seen by an async reader
+  (``await value.changed()``), and one published by an AsyncBroadcaster by a sync
+  reader;
+* one computation per slot across a sync and an async broadcaster of one job, and
+  the lease handed over between them when one stops;
+* fencing: an AsyncBroadcaster's publish with an old token is refused, and a paused
+  async leader's late result is refused after a sync broadcaster took over.
+
+Async tests run their coroutine with ``asyncio.run`` inside a plain test function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from statekit.broadcast import Broadcaster, SharedValue, current_run
+from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.errors import StaleToken
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix() -> str:
+    # hubs (one per process, backend and prefix) outlive a test: a prefix each
+    return "a" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def broadcasters() -> Iterator[list[Broadcaster]]:
+    made: list[Broadcaster] = []
+    yield made
+    for b in made:
+        b.stop(5)
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Await *predicate* becoming true (polling, without blocking the loop)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_sync_publish_is_seen_by_async_reader_and_back(redis_line_url: str, prefix: str) -> None:
+    sync_b = Broadcaster(redis_line_url, key_prefix=prefix)
+    sync_reader = SharedValue("motd", default="", url=redis_line_url, key_prefix=prefix)
+    async_reader = SharedValue("motd", default="", url=redis_line_url, key_prefix=prefix)
+
+    async def main() -> None:
+        assert await async_reader.aget() == ""  # loaded in a worker thread
+        waiting = asyncio.ensure_future(async_reader.changed(timeout=10))
+        await asyncio.sleep(0)  # the waiter is registered
+        await asyncio.to_thread(sync_b.publish, "motd", {"text": "from sync"})
+        assert await waiting == {"text": "from sync"}
+        async with AsyncBroadcaster(redis_line_url, key_prefix=prefix) as async_b:
+            assert await async_b.retained("motd") == (1, {"text": "from sync"})
+            assert await async_b.publish("motd", {"text": "from async"}) == 2
+        await until(lambda: sync_reader.version == 2, "the sync reader sees version 2")
+
+    asyncio.run(main())
+    assert sync_reader.get() == {"text": "from async"}
+    assert async_reader.get() == {"text": "from async"}
+    assert sync_b.retained("motd") == (2, {"text": "from async"})
+
+
+def test_changed_times_out_when_nothing_is_published(redis_url: str, prefix: str) -> None:
+    value = SharedValue("quiet", default=0, url=redis_url, key_prefix=prefix)
+
+    async def main() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await value.changed(timeout=0.05)
+
+    asyncio.run(main())
+    assert value._waiters == []
+
+
+def test_one_computation_per_slot_across_sync_and_async(
+    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    slots: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    sync_b = Broadcaster(redis_line_url, key_prefix=prefix)
+    broadcasters.append(sync_b)
+
+    @sync_b.every(0.1, name="tick", lease=1.0)
+    def sync_tick() -> str:
+        run = current_run()
+        assert run is not None
+        with lock:
+            slots.append((run.slot, "sync"))
+        return "sync"
+
+    async_b = AsyncBroadcaster(redis_line_url, key_prefix=prefix)
+
+    @async_b.every(0.1, name="tick", lease=1.0)
+    async def async_tick() -> str:
+        run = current_run()
+        assert run is not None
+        await asyncio.sleep(0)
+        with lock:
+            slots.append((run.slot, "async"))
+        return "async"
+
+    def kinds() -> set[str]:
+        with lock:
+            return {kind for _, kind in slots}
+
+    async def main() -> None:
+        async_b.start()
+        sync_b.start()
+        await until(lambda: len(slots) >= 4, "four computations")
+        leader = next(iter(kinds()))
+        # the leader stops (releasing its lease): the other kind takes over
+        if leader == "async":
+            await async_b.stop()
+        else:
+            await asyncio.to_thread(sync_b.stop, 5)
+        await until(lambda: len(kinds()) == 2, "the other broadcaster takes over")
+        await async_b.stop()
+        await asyncio.to_thread(sync_b.stop, 5)
+
+    asyncio.run(main())
+    seen = [slot for slot, _ in slots]
+    assert len(seen) == len(set(seen)), slots
+    assert sync_b.counters.get("computes") + async_b.counters.get("computes") == len(slots)
+    assert async_b.counters.get("leader_acquired") >= 1
+    assert sync_b.counters.get("leader_acquired") >= 1
+    assert not async_b.running and not sync_b.running
+    assert current_run() is None
+
+
+def test_stale_token_is_refused_across_sync_and_async(
+    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    sync_b = Broadcaster(redis_line_url, key_prefix=prefix)
+    broadcasters.append(sync_b)
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow() -> str:  # a plain function: the async broadcaster runs it in a thread
+        started.set()
+        release.wait(10)
+        return "old"
+
+    async def main() -> None:
+        async_b = AsyncBroadcaster(redis_line_url, key_prefix=prefix)
+        old = (await async_b.backend.claim("fenced", async_b.owner, 10_000, -1)).token
+        assert await async_b.backend.renew("fenced", async_b.owner, old, 10_000)
+        assert await async_b.backend.release("fenced", async_b.owner, old)
+        new = sync_b.backend.claim("fenced", sync_b.owner, 60_000, -1)
+        assert new.token > old
+        with pytest.raises(StaleToken):
+            await async_b.publish("fenced", "stale", token=old)
+        assert await async_b.retained("fenced") is None  # nothing changed
+        assert await async_b.publish("fenced", "current", token=new.token) == 1
+
+        # a paused async leader: claims, computes slowly, never renews
+        async_b.every(0.1, name="job", lease=0.2, timeout=30)(slow)
+        await async_b.run_pending()
+        assert await asyncio.to_thread(started.wait, 5)
+        sync_b.every(0.1, name="job", lease=0.2, timeout=30)(lambda: "new")
+        await asyncio.to_thread(
+            wait_for, lambda: sync_b.run_pending() and sync_b.retained("job") is not None,
+            what="the sync broadcaster leads and publishes",
+        )
+        release.set()
+        await until(lambda: async_b.counters.get("stale_tokens") == 1, "the async publish is refused")
+        await async_b.stop()
+
+    asyncio.run(main())
+    wait_for(lambda: sync_b.jobs["job"].running == 0, what="the sync runs are over")
+    retained = sync_b.retained("job")
+    assert retained is not None and retained[1] == "new"
+    assert sync_b.retained("fenced") == (1, "current")
+
+
+def test_memory_backend_delivers_before_publish_returns(prefix: str) -> None:
+    url = f"memory://{prefix}"
+    value = SharedValue("mem", default=0, url=url, key_prefix=prefix)
+    assert value.get() == 0
+
+    async def main() -> None:
+        b = AsyncBroadcaster(url, key_prefix=prefix)
+
+        @b.every(0.05, name="mem")
+        async def mem() -> int:
+            return 7
+
+        assert await b.publish("mem", 1) == 1
+        assert value.get() == 1  # the sync shared value of this process, at once
+        waiting = asyncio.ensure_future(value.changed(timeout=10))
+        await asyncio.sleep(0)
+        async with b:
+            assert await waiting == 7
+        assert not b.running
+
+    asyncio.run(main())
+    assert Broadcaster(url, key_prefix=prefix).retained("mem") == (2, 7)
+
+
+def test_cluster_publish_reaches_a_sync_reader(redis_cluster_url: str, prefix: str) -> None:
+    reader = SharedValue("clustered", default=0, url=redis_cluster_url, key_prefix=prefix)
+    assert reader.get() == 0
+
+    async def main() -> None:
+        async with AsyncBroadcaster(redis_cluster_url, key_prefix=prefix) as b:
+            assert await b.publish("clustered", 41) == 1
+            assert await b.publish("clustered", 42) == 2
+            assert await b.retained("clustered") == (2, 42)
+
+    asyncio.run(main())
+    wait_for(lambda: reader.version == 2, what="the sync reader on the cluster sees version 2")
+    assert reader.get() == 42
