@@ -141,8 +141,8 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from itsdangerous import BadSignature, Signer, want_bytes
 
@@ -157,7 +157,8 @@ from .session import Session, SessionInfo
 if TYPE_CHECKING:
     from .carryover import CarryOver
 
-__all__ = ["Session", "SessionInfo", "SessionStore", "parse_version_token", "security_log"]
+__all__ = ["AsyncSessionStore", "Session", "SessionInfo", "SessionStore", "parse_version_token",
+           "security_log"]
 
 #: rejected cookies and other security events
 security_log = logging.getLogger("statekit.security")
@@ -171,6 +172,13 @@ _HOPS = 3
 #: ``statekit.sessions``: see "Adding an engine" in the module docstring)
 ENGINES = dict.fromkeys(("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory"),
                         "statekit.sessions.redis:RedisEngine")
+
+
+_T = TypeVar("_T")
+#: what a store's steps yield: ``(engine method name or blocking function, args, kwargs)``
+Call = tuple[str | Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: a store operation as a generator of engine calls (see :class:`_StoreCore`)
+Steps = Generator[Call, Any, _T]
 
 
 def now() -> float:
@@ -268,36 +276,22 @@ def _float(raw: Any, default: float = 0.0) -> float:
     return value if math.isfinite(value) else default
 
 
-class SessionStore:
-    """Create, load, save, rotate and destroy server-side sessions.
+def call(target: str | Callable[..., Any], *args: Any, **kwargs: Any) -> Call:
+    """One call a store's steps ask their driver to make: *target* is an engine
+    method's name (``"load"``, ``"write"``...) or a plain blocking function (the
+    carry-over's previous store), with its arguments."""
+    return (target, args, kwargs)
 
-    :param url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
-        ``redis+cluster://`` or ``memory://``; ``STATEKIT_SESSION_URL`` by default.
-    :param client: a ready redis-py client instead of a URL.
-    :param engine: a ready :class:`~statekit.sessions.protocol.SessionEngine`
-        instead of a URL (*key_prefix* and *near_cache* are then the engine's).
-    :param secret_keys: cookie signing keys, newest first (required).
-    :param idle_timeout: seconds without a request after which the session ends.
-    :param absolute_lifetime: seconds after creation after which it ends regardless.
-    :param refresh_interval: an unmodified request refreshes the TTL at most this often
-        (and at least every half idle timeout, so an active session never ends).
-    :param alias_window: seconds after :meth:`rotate` during which requests that loaded
-        the session before it still write through its old id (a load with the old id
-        gets a fresh session at once).
-    :param codec: ``"json"`` or ``"msgpack"`` (or a serializer object without pickle).
-    :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
-    :param user_key: a session key whose value is the user id (``"_user_id"`` for
-        Flask-Login, ``"_auth_user_id"`` for Django); otherwise set ``session.user_id``.
-    :param session_class: a :class:`Session` subclass to hand out (adapters use it).
-    :param near_cache: keep up to this many recently used sessions in this process
-        (``True`` or ``"on"``: 10,000) and load them without a Redis call, kept coherent by Redis
-        client-side caching; ``0`` (the default) turns it off. See "Near cache" in the
-        module docstring.
 
-    Every method that talks to Redis raises
-    :class:`~statekit.errors.BackendUnavailable` when it cannot be reached within the
-    client's timeouts; nothing is then half-written.
-    """
+class _StoreCore:
+    """What :class:`SessionStore` and :class:`~statekit.sessions.aio.AsyncSessionStore`
+    share: the settings, ids and cookies, codecs, timeouts, the diff of a request's
+    changes, and each operation as *steps*: a generator that yields the engine calls
+    it needs (:func:`call`) and is sent their results. The sync store makes those
+    calls directly, the async one awaits them; nothing else differs, so both read and
+    write exactly the same stored sessions."""
+
+    engine: Any
 
     def __init__(self, url: str | None = None, *, client: Any = None,
                  secret_keys: Iterable[str | bytes] = (), key_prefix: str = "statekit",
@@ -306,7 +300,7 @@ class SessionStore:
                  codec: str | Serializer = "json", outage_policy: str = "raise",
                  user_key: str | None = None, max_cookie_size: int = 256,
                  session_class: type[Session] | None = None, near_cache: int | bool | str = 0,
-                 engine: SessionEngine | None = None) -> None:
+                 engine: Any = None) -> None:
         keys = _key_list(secret_keys)  # a lone str is one key, not one per character
         if not keys:
             raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
@@ -338,32 +332,31 @@ class SessionStore:
         self._secret = self._secrets[0]
         #: the previous session store read on first contact (:mod:`statekit.sessions.carryover`)
         self.carry_over: CarryOver | None = None
-        self.engine: SessionEngine
         if engine is not None:
             self.engine = engine
             return
         near = _near_size(near_cache)
+        options: dict[str, Any] = {"near_cache": near, "near_max_age": self.refresh_interval} if near else {}
         if client is not None:
-            from .redis import RedisEngine
-
-            self.engine = RedisEngine(client, key_prefix, near_cache=near,
-                                      near_max_age=self.refresh_interval, counters=self.counters)
+            self.engine = self._client_engine(client, options)
             return
         if url is None:
             url = Settings.from_env().require("session_url")
-        options: dict[str, Any] = {"near_cache": near, "near_max_age": self.refresh_interval} if near else {}
-        cls = load_backend("sessions", url.partition("://")[0].lower(), ENGINES)
-        self.engine = cls.from_url(url, key_prefix=key_prefix, counters=self.counters, **options)
+        self.engine = self._url_engine(url, url.partition("://")[0].lower(), options)
+
+    def _client_engine(self, client: Any, options: dict[str, Any]) -> Any:
+        """The engine for a ready client (the Redis engine of this store's kind)."""
+        raise NotImplementedError("_client_engine")
+
+    def _url_engine(self, url: str, scheme: str, options: dict[str, Any]) -> Any:
+        """The engine for *url* (its *scheme* picks it)."""
+        raise NotImplementedError("_url_engine")
 
     @property
     def near_cache(self) -> bool:
         """Whether loads may be served from this process's near cache (adapters then
         send the version token, :meth:`version_token`)."""
         return getattr(self.engine, "near", None) is not None
-
-    def close(self) -> None:
-        """Release the engine's connections and threads."""
-        self.engine.close()
 
     def version_token(self, session: Session, sent: str | None) -> str | None:
         """The value to send in the version-token cookie after this request: the
@@ -445,82 +438,12 @@ class SessionStore:
         except SerializationError as e:
             raise SerializationError(f"session key {key!r}: stored value cannot be decoded") from e
 
-    # -- the session life cycle ---------------------------------------------------
-
     def new(self) -> Session:
-        """A fresh, empty session with a new id; stored on its first :meth:`save`
-        that has something to store."""
+        """A fresh, empty session with a new id; stored on its first save that has
+        something to store."""
         return self.session_class(self, self._new_id())
 
-    def create(self, data: Mapping[str, Any] | None = None, *, user_id: str | None = None) -> Session:
-        """A new session with *data*, stored now."""
-        session = self.new()
-        session.update(data or {})
-        session.user_id = user_id
-        self.save(session, force=True)
-        return session
-
-    def open(self, cookie: str | bytes | None, *, context: str | Callable[[], str] = "",
-             version_token: str | None = None) -> Session:
-        """The session a request's cookie names, or a fresh one if the cookie is
-        missing, invalid, or names a session that ended. One Redis round trip for a
-        valid cookie, none otherwise. With :attr:`carry_over` set, a cookie that is not
-        a statekit cookie is looked up in the previous store first (see
-        :mod:`statekit.sessions.carryover`): a session carried over is returned stored,
-        with ``send_cookie`` set.
-
-        :raises BackendUnavailable: Redis (or the previous store) is unreachable and
-            ``outage_policy`` is ``"raise"``; with ``"anonymous"`` an empty read-only
-            session is returned.
-        """
-        if not cookie:
-            return self.new()
-        sid, reason = self._verify(cookie)
-        try:
-            if sid is None:
-                carry = self.carry_over
-                carried = None
-                if carry is not None:
-                    text = cookie if isinstance(cookie, str) else cookie.decode("utf-8", "replace")
-                    carried = carry.take(self, text)
-                if carried is not None:
-                    return carried
-                self._reject(reason, context)
-                return self.new()
-            session, superseded = self._load(sid, parse_version_token(version_token))
-        except BackendUnavailable:
-            if self.outage_policy != "anonymous":
-                raise
-            session = self.session_class(self, sid or "", new=False)
-            session.unavailable = True
-            return session
-        if session is None:
-            session = self.new()
-            session.superseded = superseded
-        return session
-
-    def load(self, sid: str, *, min_version: int = 0) -> Session | None:
-        """Load session *sid* (an unsigned id), or ``None`` if it does not exist,
-        passed its idle timeout or absolute lifetime, or was rotated to a new id (its
-        old id is a tombstone: never followed by a load, see "Rotation" in the module
-        docstring). One round trip (none from the near cache, for a copy of at least
-        *min_version*)."""
-        return self._load(sid, min_version)[0]
-
-    def _load(self, sid: str, min_version: int) -> tuple[Session | None, bool]:
-        """:meth:`load`, and whether *sid* names a tombstone (rotated away)."""
-        handle = self._handle(sid)
-        raw = self.engine.load(handle, min_version)
-        self.counters.incr("loads")
-        if "m:c" not in raw:
-            self.counters.incr("misses")
-            return None, "m:a" in raw
-        meta = self._meta(raw, now())
-        if meta is None:
-            self.counters.incr("expired")
-            return None, False
-        data = {field[2:]: value for field, value in raw.items() if field[:2] == "d:"}
-        return self.session_class(self, sid, new=False, meta=meta, raw=data, handle=handle), False
+    # -- metadata ------------------------------------------------------------------
 
     def _meta(self, raw: Mapping[str, bytes], t: float) -> dict[str, Any] | None:
         """The metadata of the stored session *raw*, or ``None`` if it has ended at *t*.
@@ -559,20 +482,60 @@ class SessionStore:
                        remove=old if old and (old != user or old_member) else None,
                        old_member=old_member or member)
 
-    def save(self, session: Session, *, force: bool = False) -> bool:
-        """Store what this request changed. Returns ``False`` when the session was
-        destroyed, revoked or expired meanwhile (nothing is written then).
+    # -- the operations, as steps ------------------------------------------------------
 
-        Writes nothing for an unmodified session, except a TTL refresh when the last
-        one is older than ``refresh_interval`` (``session.written`` tells whether this
-        save wrote; a write by a request in flight at a rotation follows the alias, and
-        ``session.through_alias`` is then true). A modified session writes only the
-        changed and deleted keys (one atomic engine write, all or nothing). A read-only
-        (outage) session is never written.
+    def _open_steps(self, cookie: str | bytes | None, context: str | Callable[[], str],
+                    version_token: str | None) -> Steps[Session]:
+        if not cookie:
+            return self.new()
+        sid, reason = self._verify(cookie)
+        try:
+            if sid is None:
+                carry = self.carry_over
+                carried = None
+                if carry is not None:
+                    text = cookie if isinstance(cookie, str) else cookie.decode("utf-8", "replace")
+                    carried = yield from carry.take_steps(self, text)
+                if carried is not None:
+                    return carried
+                self._reject(reason, context)
+                return self.new()
+            session, superseded = yield from self._load_steps(sid, parse_version_token(version_token))
+        except BackendUnavailable:
+            if self.outage_policy != "anonymous":
+                raise
+            session = self.session_class(self, sid or "", new=False)
+            session.unavailable = True
+            return session
+        if session is None:
+            session = self.new()
+            session.superseded = superseded
+        return session
 
-        :raises SerializationError: a value cannot be encoded (names the key).
-        :raises BackendUnavailable: Redis unreachable; nothing was written.
-        """
+    def _load_steps(self, sid: str, min_version: int) -> Steps[tuple[Session | None, bool]]:
+        """Load *sid*: the session (or ``None``), and whether *sid* names a tombstone
+        (rotated away)."""
+        handle = self._handle(sid)
+        raw = yield call("load", handle, min_version)
+        self.counters.incr("loads")
+        if "m:c" not in raw:
+            self.counters.incr("misses")
+            return None, "m:a" in raw
+        meta = self._meta(raw, now())
+        if meta is None:
+            self.counters.incr("expired")
+            return None, False
+        data = {field[2:]: value for field, value in raw.items() if field[:2] == "d:"}
+        return self.session_class(self, sid, new=False, meta=meta, raw=data, handle=handle), False
+
+    def _create_steps(self, data: Mapping[str, Any] | None, user_id: str | None) -> Steps[Session]:
+        session = self.new()
+        session.update(data or {})
+        session.user_id = user_id
+        yield from self._save_steps(session, True)
+        return session
+
+    def _save_steps(self, session: Session, force: bool) -> Steps[bool]:
         session.written = False
         if session.unavailable or session.destroyed:
             return False
@@ -593,7 +556,7 @@ class SessionStore:
         sets["m:s"] = repr(t).encode()
         if session.new:
             sets["m:c"] = sets["m:s"]
-        result = self._write(session, sets, dels, max(1, int(ttl * 1000)), t, user)
+        result = yield from self._write_steps(session, sets, dels, max(1, int(ttl * 1000)), t, user)
         if result.status is Status.EXISTS:
             raise SessionError("session id collision; refusing to overwrite")
         if result.status is not Status.DONE:
@@ -641,13 +604,13 @@ class SessionStore:
                 dels.append("m:i")
         return sets, dels
 
-    def _write(self, session: Session, sets: dict[str, bytes], dels: list[str], ttl_ms: int,
-               t: float, user: str | None) -> Result:
+    def _write_steps(self, session: Session, sets: dict[str, bytes], dels: list[str], ttl_ms: int,
+                     t: float, user: str | None) -> Steps[Result]:
         """The engine write of a save, following rotations by other requests (this
         request loaded the session before them: its write goes to the successor)."""
         for _ in range(_HOPS + 1):
-            result = self.engine.write(session.handle, create=session.new, sets=sets, dels=dels,
-                                       ttl_ms=ttl_ms, index=self._index_op(session, t, user, session.handle))
+            result: Result = yield call("write", session.handle, create=session.new, sets=sets, dels=dels,
+                                        ttl_ms=ttl_ms, index=self._index_op(session, t, user, session.handle))
             if result.status is not Status.ROTATED or session.new:
                 return result
             assert result.handle is not None
@@ -673,22 +636,7 @@ class SessionStore:
         session.loaded_user = session.user_id = user
         session._loaded_idle = session.idle_timeout
 
-    def rotate(self, session: Session) -> Session:
-        """Give *session* a new id (call it on login). Its data moves to the new id
-        in one script; the old id becomes a tombstone alias for ``alias_window``
-        seconds: requests that loaded the session before still write through it,
-        while a load with the old id gets a fresh session. The adapter must send
-        the new cookie (``session.send_cookie``).
-
-        If another request rotated the session since this one loaded it, *session*
-        becomes a new session of its own holding the data this request loaded (stored
-        by the next :meth:`save`): the rotated session and its new id stay with the
-        request that rotated it. If the session was destroyed or revoked meanwhile,
-        *session* becomes a new, empty session: a revoked session never comes back
-        through a rotation.
-
-        :raises BackendUnavailable: Redis unreachable; the old id still works.
-        """
+    def _rotate_steps(self, session: Session) -> Steps[Session]:
         if session.unavailable:
             raise BackendUnavailable("the session store is unavailable: cannot rotate the session id")
         new_sid = self._new_id(session.sid[:4])
@@ -698,8 +646,10 @@ class SessionStore:
             # (session.handle): that is the rotated session, which must not be taken over
             old_handle = self._handle(session.sid)
             op = self._index_op(session, now(), session.loaded_user, new_handle, old_handle)
-            result = self.engine.rotate(old_handle, new_handle, max(1, int(self.alias_window * 1000)), op)
-            if result.status is Status.ROTATED and result.handle and self._lives(result.handle):
+            result: Result = yield call("rotate", old_handle, new_handle,
+                                        max(1, int(self.alias_window * 1000)), op)
+            rotated = result.status is Status.ROTATED and result.handle is not None
+            if rotated and (yield from self._lives_steps(result.handle or "")):
                 # rotated by another request since this one loaded it: following the
                 # alias would hand the rotated (maybe logged-in) session to a cookie
                 # from before that rotation. This request keeps what it loaded, as a
@@ -719,37 +669,209 @@ class SessionStore:
         session.destroyed = False
         return session
 
-    def _lives(self, handle: str) -> bool:
+    def _lives_steps(self, handle: str) -> Steps[bool]:
         """Whether the session a rotation alias names (following further aliases)
         still lives: destroyed or revoked, it must not come back as a copy."""
-        raw = self.engine.load(handle)
+        raw = yield call("load", handle, 0)
         for _ in range(_HOPS):
             if "m:a" not in raw:
                 break
-            raw = self.engine.load(raw["m:a"].decode())
+            raw = yield call("load", raw["m:a"].decode(), 0)
         return "m:c" in raw
 
-    def destroy(self, session: Session) -> None:
-        """Delete *session* now (logout). Concurrent requests of this session then
-        cannot write it back; their saves return ``False``."""
+    def _destroy_session_steps(self, session: Session) -> Steps[None]:
         if not session.new:
-            self._destroy(session.handle, session.loaded_user)
+            yield from self._destroy_steps(session.handle, session.loaded_user)
         dict.clear(session)
         session._encoded.clear()
         session.destroyed = True
 
-    def destroy_id(self, sid: str) -> None:
-        """Delete the session with id *sid* (an unsigned id), if it exists."""
-        self._destroy(self._handle(sid), None)
-
-    def _destroy(self, handle: str, user: str | None) -> None:
+    def _destroy_steps(self, handle: str, user: str | None) -> Steps[None]:
         """Delete session *handle*, and the one it is a rotation alias of."""
         for _ in range(_HOPS + 1):
-            result = self.engine.destroy(handle, user)
+            result: Result = yield call("destroy", handle, user)
             if result.status is not Status.ROTATED or result.handle is None:
                 break
             handle = result.handle
         self.counters.incr("destroyed")
+
+    def _incr_steps(self, session: Session, key: str, amount: int) -> Steps[int]:
+        if not isinstance(amount, int) or isinstance(amount, bool):
+            raise TypeError(f"session incr of {key!r}: the amount must be an int, not "
+                            f"{type(amount).__name__}")
+        self._encode(key, amount)
+        if session.unavailable:
+            raise BackendUnavailable("the session store is unavailable: cannot increment")
+        if session.new or (session.modified and (key in session._touched or session._full_diff)):
+            yield from self._save_steps(session, session.new)
+        for _ in range(_HOPS + 1):
+            result: Result = yield call("incr", session.handle, "d:" + key, amount, self.codec.name)
+            if result.status is not Status.ROTATED or result.handle is None:
+                break
+            session.handle = result.handle  # rotated meanwhile: follow
+        if result.status is not Status.DONE:
+            session.destroyed = True
+            raise SessionError("the session ended; cannot increment")
+        session.version = result.version
+        dict.__setitem__(session, key, result.value)
+        session._encoded[key] = self.codec.dumps(result.value)
+        return result.value
+
+    def _list_steps(self, user_id: str) -> Steps[list[SessionInfo]]:
+        t = now()
+        out = []
+        for handle, h in (yield call("list_user", str(user_id), t - self.absolute_lifetime)):
+            meta = self._meta(h, t)  # as load() would judge it
+            if meta is not None:
+                out.append(SessionInfo(handle=handle, created=meta["created"], last_seen=meta["last_seen"],
+                                       user_id=meta["user"]))
+        return out
+
+    def _revoke_steps(self, user_id: str, except_session: Session | str | None) -> Steps[int]:
+        keep = ""
+        if isinstance(except_session, Session):
+            keep = except_session.handle
+        elif except_session:
+            keep = except_session
+        deleted: int = yield call("revoke_user", str(user_id), keep)
+        return deleted
+
+
+class SessionStore(_StoreCore):
+    """Create, load, save, rotate and destroy server-side sessions.
+
+    :param url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+        ``redis+cluster://`` or ``memory://``; ``STATEKIT_SESSION_URL`` by default.
+    :param client: a ready redis-py client instead of a URL.
+    :param engine: a ready :class:`~statekit.sessions.protocol.SessionEngine`
+        instead of a URL (*key_prefix* and *near_cache* are then the engine's).
+    :param secret_keys: cookie signing keys, newest first (required).
+    :param idle_timeout: seconds without a request after which the session ends.
+    :param absolute_lifetime: seconds after creation after which it ends regardless.
+    :param refresh_interval: an unmodified request refreshes the TTL at most this often
+        (and at least every half idle timeout, so an active session never ends).
+    :param alias_window: seconds after :meth:`rotate` during which requests that loaded
+        the session before it still write through its old id (a load with the old id
+        gets a fresh session at once).
+    :param codec: ``"json"`` or ``"msgpack"`` (or a serializer object without pickle).
+    :param outage_policy: ``"raise"`` or ``"anonymous"`` (see the module docstring).
+    :param user_key: a session key whose value is the user id (``"_user_id"`` for
+        Flask-Login, ``"_auth_user_id"`` for Django); otherwise set ``session.user_id``.
+    :param session_class: a :class:`Session` subclass to hand out (adapters use it).
+    :param near_cache: keep up to this many recently used sessions in this process
+        (``True`` or ``"on"``: 10,000) and load them without a Redis call, kept coherent by Redis
+        client-side caching; ``0`` (the default) turns it off. See "Near cache" in the
+        module docstring.
+
+    Every method that talks to Redis raises
+    :class:`~statekit.errors.BackendUnavailable` when it cannot be reached within the
+    client's timeouts; nothing is then half-written.
+    """
+
+    engine: SessionEngine
+
+    def _client_engine(self, client: Any, options: dict[str, Any]) -> SessionEngine:
+        from .redis import RedisEngine
+
+        return RedisEngine(client, self.key_prefix, near_cache=options.get("near_cache", 0),
+                           near_max_age=self.refresh_interval, counters=self.counters)
+
+    def _url_engine(self, url: str, scheme: str, options: dict[str, Any]) -> SessionEngine:
+        cls = load_backend("sessions", scheme, ENGINES)
+        engine: SessionEngine = cls.from_url(url, key_prefix=self.key_prefix, counters=self.counters,
+                                             **options)
+        return engine
+
+    def _run(self, steps: Steps[_T]) -> _T:
+        """Run *steps*, making each call they ask for on the engine (the sync
+        store's only I/O)."""
+        engine = self.engine
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                target, args, kwargs = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                reply = (getattr(engine, target) if isinstance(target, str) else target)(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - raised in the steps, where they may handle it
+                reply, error = None, e
+
+    def close(self) -> None:
+        """Release the engine's connections and threads."""
+        self.engine.close()
+
+    def create(self, data: Mapping[str, Any] | None = None, *, user_id: str | None = None) -> Session:
+        """A new session with *data*, stored now."""
+        return self._run(self._create_steps(data, user_id))
+
+    def open(self, cookie: str | bytes | None, *, context: str | Callable[[], str] = "",
+             version_token: str | None = None) -> Session:
+        """The session a request's cookie names, or a fresh one if the cookie is
+        missing, invalid, or names a session that ended. One Redis round trip for a
+        valid cookie, none otherwise. With :attr:`carry_over` set, a cookie that is not
+        a statekit cookie is looked up in the previous store first (see
+        :mod:`statekit.sessions.carryover`): a session carried over is returned stored,
+        with ``send_cookie`` set.
+
+        :raises BackendUnavailable: Redis (or the previous store) is unreachable and
+            ``outage_policy`` is ``"raise"``; with ``"anonymous"`` an empty read-only
+            session is returned.
+        """
+        return self._run(self._open_steps(cookie, context, version_token))
+
+    def load(self, sid: str, *, min_version: int = 0) -> Session | None:
+        """Load session *sid* (an unsigned id), or ``None`` if it does not exist,
+        passed its idle timeout or absolute lifetime, or was rotated to a new id (its
+        old id is a tombstone: never followed by a load, see "Rotation" in the module
+        docstring). One round trip (none from the near cache, for a copy of at least
+        *min_version*)."""
+        return self._run(self._load_steps(sid, min_version))[0]
+
+    def save(self, session: Session, *, force: bool = False) -> bool:
+        """Store what this request changed. Returns ``False`` when the session was
+        destroyed, revoked or expired meanwhile (nothing is written then).
+
+        Writes nothing for an unmodified session, except a TTL refresh when the last
+        one is older than ``refresh_interval`` (``session.written`` tells whether this
+        save wrote; a write by a request in flight at a rotation follows the alias, and
+        ``session.through_alias`` is then true). A modified session writes only the
+        changed and deleted keys (one atomic engine write, all or nothing). A read-only
+        (outage) session is never written.
+
+        :raises SerializationError: a value cannot be encoded (names the key).
+        :raises BackendUnavailable: Redis unreachable; nothing was written.
+        """
+        return self._run(self._save_steps(session, force))
+
+    def rotate(self, session: Session) -> Session:
+        """Give *session* a new id (call it on login). Its data moves to the new id
+        in one script; the old id becomes a tombstone alias for ``alias_window``
+        seconds: requests that loaded the session before still write through it,
+        while a load with the old id gets a fresh session. The adapter must send
+        the new cookie (``session.send_cookie``).
+
+        If another request rotated the session since this one loaded it, *session*
+        becomes a new session of its own holding the data this request loaded (stored
+        by the next :meth:`save`): the rotated session and its new id stay with the
+        request that rotated it. If the session was destroyed or revoked meanwhile,
+        *session* becomes a new, empty session: a revoked session never comes back
+        through a rotation.
+
+        :raises BackendUnavailable: Redis unreachable; the old id still works.
+        """
+        return self._run(self._rotate_steps(session))
+
+    def destroy(self, session: Session) -> None:
+        """Delete *session* now (logout). Concurrent requests of this session then
+        cannot write it back; their saves return ``False``."""
+        self._run(self._destroy_session_steps(session))
+
+    def destroy_id(self, sid: str) -> None:
+        """Delete the session with id *sid* (an unsigned id), if it exists."""
+        self._run(self._destroy_steps(self._handle(sid), None))
 
     def incr(self, session: Session, key: str, amount: int = 1) -> int:
         """Atomically add *amount* to the integer under *key* (0 if absent) and
@@ -762,39 +884,13 @@ class SessionStore:
         :raises SessionError: the session ended, or the value is not an integer.
         :raises TypeError: *amount* is no ``int`` (a float was truncated, text parsed).
         """
-        if not isinstance(amount, int) or isinstance(amount, bool):
-            raise TypeError(f"session incr of {key!r}: the amount must be an int, not "
-                            f"{type(amount).__name__}")
-        self._encode(key, amount)
-        if session.unavailable:
-            raise BackendUnavailable("the session store is unavailable: cannot increment")
-        if session.new or (session.modified and (key in session._touched or session._full_diff)):
-            self.save(session, force=session.new)
-        for _ in range(_HOPS + 1):
-            result = self.engine.incr(session.handle, "d:" + key, amount, self.codec.name)
-            if result.status is not Status.ROTATED or result.handle is None:
-                break
-            session.handle = result.handle  # rotated meanwhile: follow
-        if result.status is not Status.DONE:
-            session.destroyed = True
-            raise SessionError("the session ended; cannot increment")
-        session.version = result.version
-        dict.__setitem__(session, key, result.value)
-        session._encoded[key] = self.codec.dumps(result.value)
-        return result.value
+        return self._run(self._incr_steps(session, key, amount))
 
     # -- per-user index -------------------------------------------------------------
 
     def list_user_sessions(self, user_id: str) -> list[SessionInfo]:
         """The live sessions of *user_id*, least recently seen first."""
-        t = now()
-        out = []
-        for handle, h in self.engine.list_user(str(user_id), t - self.absolute_lifetime):
-            meta = self._meta(h, t)  # as load() would judge it
-            if meta is not None:
-                out.append(SessionInfo(handle=handle, created=meta["created"], last_seen=meta["last_seen"],
-                                       user_id=meta["user"]))
-        return out
+        return self._run(self._list_steps(user_id))
 
     def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:
         """Log *user_id* out everywhere (but *except_session*, a session or handle):
@@ -802,13 +898,17 @@ class SessionStore:
         many were deleted. Requests of those sessions in flight cannot write them
         back. Runs in batches (see the engine's ``revoke_user``): a user with tens of
         thousands of sessions never holds up the other clients of Redis."""
-        keep = ""
-        if isinstance(except_session, Session):
-            keep = except_session.handle
-        elif except_session:
-            keep = except_session
-        return self.engine.revoke_user(str(user_id), keep)
+        return self._run(self._revoke_steps(user_id, except_session))
 
     def revoke_session(self, handle: str, user_id: str | None = None) -> None:
         """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
-        self._destroy(handle, str(user_id) if user_id else None)
+        self._run(self._destroy_steps(handle, str(user_id) if user_id else None))
+
+
+def __getattr__(name: str) -> Any:
+    # the async store imports this module: it is looked up on first use
+    if name == "AsyncSessionStore":
+        from .aio import AsyncSessionStore
+
+        return AsyncSessionStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

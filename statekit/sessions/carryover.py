@@ -70,10 +70,10 @@ from itsdangerous import BadSignature, Signer
 
 from ..errors import BackendUnavailable, SerializationError
 from ..redis import translate_errors
-from . import now
+from . import Steps, call, now
 
 if TYPE_CHECKING:
-    from . import Session, SessionStore
+    from . import Session, SessionStore, _StoreCore
 
 __all__ = ["CarryOver", "FlaskSessionRedis", "PreviousStore", "loads_plain_pickle"]
 
@@ -186,24 +186,25 @@ class CarryOver:
     def _mac(secret: bytes, purpose: bytes, cookie: str) -> bytes:
         return hmac.new(secret, purpose + b"\0" + cookie.encode("utf-8", "replace"), hashlib.sha512).digest()
 
-    def _claim_key(self, store: SessionStore, cookie: str, secret: bytes) -> str:
+    def _claim_key(self, store: _StoreCore, cookie: str, secret: bytes) -> str:
         return f"{store.key_prefix}:session-carry:{self._mac(secret, b'claim', cookie)[:20].hex()}"
 
-    def _seal(self, store: SessionStore, cookie: str, sid: str, t: float) -> bytes:
+    def _seal(self, store: _StoreCore, cookie: str, sid: str, t: float) -> bytes:
         pad = self._mac(store._secret, b"pad", cookie)
         return struct.pack(">d", t) + bytes(a ^ b for a, b in zip(sid.encode("ascii"), pad, strict=False))
 
-    def _peek(self, store: SessionStore, cookie: str) -> tuple[bytes, bytes] | None:
+    def _peek(self, store: _StoreCore, cookie: str) -> Steps[tuple[bytes, bytes] | None]:
         """The claim on *cookie* and the secret key it was made with, looked up under
         each of the store's keys: a claim made before a key rotation stays a claim
         (else the old cookie, spent, would be carried over again after a logout)."""
         for secret in store._secrets:
-            seen = store.engine.peek(self._claim_key(store, cookie, secret))
+            seen = yield call("peek", self._claim_key(store, cookie, secret))
             if seen is not None:
                 return seen, secret
         return None
 
-    def _open_claim(self, store: SessionStore, cookie: str, value: bytes, secret: bytes) -> Session | None:
+    def _open_claim(self, store: _StoreCore, cookie: str, value: bytes,
+                    secret: bytes) -> Steps[Session | None]:
         """The session a claim names, if it was made within the window and lives."""
         from . import _ID_RE
 
@@ -216,7 +217,7 @@ class CarryOver:
         sid = bytes(a ^ b for a, b in zip(value[8:], pad, strict=False)).decode("ascii", "replace")
         if not _ID_RE.match(sid):
             return None
-        session = store.load(sid)
+        session, _ = yield from store._load_steps(sid, 0)
         if session is not None:
             session.send_cookie = True
         return session
@@ -235,19 +236,25 @@ class CarryOver:
             is unreachable (an old entry that cannot be deleted is only logged: it
             was claimed, and expires on its own).
         """
-        found = self._peek(store, cookie)
+        return store._run(self.take_steps(store, cookie))
+
+    def take_steps(self, store: _StoreCore, cookie: str) -> Steps[Session | None]:
+        """:meth:`take` as steps (:class:`~statekit.sessions._StoreCore`): the async
+        store awaits the engine calls and runs the previous store's blocking calls in
+        a worker thread (``asyncio.to_thread``)."""
+        found = yield from self._peek(store, cookie)
         if found is not None:
-            return self._open_claim(store, cookie, *found)
+            return (yield from self._open_claim(store, cookie, *found))
         try:
-            data = self.previous.read(cookie)
+            data = yield call(self.previous.read, cookie)
         except SerializationError as e:
             store.counters.incr("carry_over_refused")
             _security.warning("an old %s session was refused: %s", self.previous.name, e)
             return store.new()
         if data is None:
             # a concurrent request may have carried it over and deleted it meanwhile
-            found = self._peek(store, cookie)
-            return None if found is None else self._open_claim(store, cookie, *found)
+            found = yield from self._peek(store, cookie)
+            return None if found is None else (yield from self._open_claim(store, cookie, *found))
         session = store.new()
         try:
             for key, value in data.items():
@@ -256,16 +263,15 @@ class CarryOver:
             store.counters.incr("carry_over_refused")
             _log.warning("an old %s session was not carried over: %s", self.previous.name, e)
             return None
-        store.save(session, force=True)
-        seen = store.engine.claim(self._claim_key(store, cookie, store._secret),
-                                  self._seal(store, cookie, session.sid, now()),
-                                  max(1, int(self.claim_ttl * 1000)))
+        yield from store._save_steps(session, True)
+        seen = yield call("claim", self._claim_key(store, cookie, store._secret),
+                          self._seal(store, cookie, session.sid, now()), max(1, int(self.claim_ttl * 1000)))
         if seen is not None:  # a concurrent request carried it over first: use its session
-            store.destroy(session)
-            return self._open_claim(store, cookie, seen, store._secret)
+            yield from store._destroy_session_steps(session)
+            return (yield from self._open_claim(store, cookie, seen, store._secret))
         if self.delete:
             try:
-                self.previous.forget(cookie)
+                yield call(self.previous.forget, cookie)
             except BackendUnavailable as e:
                 # carried over and claimed: the old entry is spent (never carried over
                 # again) and expires on its own. A 503 now would lose the new cookie,

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["IndexOp", "Result", "SessionEngine", "Status"]
+__all__ = ["AsyncSessionEngine", "IndexOp", "Result", "SessionEngine", "Status"]
 
 
 class Status(enum.Enum):
@@ -168,3 +168,58 @@ class SessionEngine(Protocol):
         """Release connections and threads (the store is not used after)."""
         ...
 
+
+
+class AsyncSessionEngine(Protocol):
+    """Storage for :class:`~statekit.sessions.aio.AsyncSessionStore`: the methods of
+    :class:`SessionEngine`, each a coroutine with the same arguments, result,
+    atomicity and failures, and ``aclose()`` instead of ``close()``. Its stored data
+    must be what the sync engine of the same URL reads (statekit's Redis engines run
+    the same scripts on the same keys).
+
+    Concurrency: many tasks of one event loop may call it at once; it must not block
+    the loop (network waits are awaited). A third-party engine with only the sync
+    :class:`SessionEngine` needs no async twin: the async store runs its methods in
+    worker threads (``asyncio.to_thread``).
+    """
+
+    async def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
+        """:meth:`SessionEngine.load`."""
+        ...
+
+    async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+                    ttl_ms: int, index: IndexOp | None) -> Result:
+        """:meth:`SessionEngine.write`."""
+        ...
+
+    async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
+        """:meth:`SessionEngine.rotate`."""
+        ...
+
+    async def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
+        """:meth:`SessionEngine.incr`."""
+        ...
+
+    async def destroy(self, handle: str, user: str | None) -> Result:
+        """:meth:`SessionEngine.destroy`."""
+        ...
+
+    async def revoke_user(self, user: str, keep: str) -> int:
+        """:meth:`SessionEngine.revoke_user`."""
+        ...
+
+    async def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
+        """:meth:`SessionEngine.list_user`."""
+        ...
+
+    async def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        """:meth:`SessionEngine.claim`."""
+        ...
+
+    async def peek(self, name: str) -> bytes | None:
+        """:meth:`SessionEngine.peek`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connections of the running event loop."""
+        ...

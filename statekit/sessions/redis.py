@@ -28,12 +28,13 @@ TRACKING on REDIRECT`` to the :class:`~statekit.redis.tracking.InvalidationListe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cache.near import NearCache
 from ..config import parse_url
@@ -45,7 +46,10 @@ from ..redis.tracking import InvalidationListener
 from ..redis.transport import RedisReplyError, Transport
 from .protocol import DONE, EXISTS, GONE, IndexOp, Result, Status
 
-__all__ = ["REVOKE_BATCH", "RedisEngine"]
+if TYPE_CHECKING:
+    from ..redis.aio import AsyncTransport
+
+__all__ = ["REVOKE_BATCH", "AsyncRedisEngine", "RedisEngine"]
 
 #: sessions a single ``revoke_user`` script deletes at most: one batch holds Redis
 #: about a millisecond (SLOWLOG: at most 0.98 ms during a revoke of 30,000 sessions,
@@ -110,7 +114,99 @@ def _result(reply: Sequence[Any]) -> Result:
     return GONE if code == 0 else EXISTS
 
 
-class RedisEngine:
+class _Layout:
+    """The key layout, script arguments and reply parsing both Redis engines share
+    (the sync :class:`RedisEngine` and :class:`AsyncRedisEngine` differ only in
+    awaiting their calls)."""
+
+    key_prefix: str
+    _session_prefix: str
+    cluster: bool
+
+    def _names(self, key_prefix: str) -> None:
+        self.key_prefix = key_prefix
+        self._session_prefix = f"{key_prefix}:session:"
+
+    def key(self, handle: str) -> str:
+        """The Redis key of session *handle*."""
+        return self._session_prefix + handle
+
+    def index_key(self, user: str) -> str:
+        """The Redis key of *user*'s session index."""
+        return f"{self.key_prefix}:session-user:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
+
+    def _index(self, op: IndexOp | None) -> tuple[list[str], list[bytes | str | int | float]]:
+        """The keys and arguments a write or rotate script takes for *op*."""
+        if op is None or self.cluster:
+            return [], []
+        keys = [self.index_key(u) for u in (op.add, op.remove) if u]
+        return keys, [op.member, repr(op.score), repr(op.cutoff), op.ttl_ms, op.old_member or "",
+                      "1" if op.add else "0", "1" if op.remove else "0"]
+
+    def _write_call(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+                    ttl_ms: int, index: IndexOp | None, track: bool) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the write script (*track*: reply with the hash)."""
+        args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, "1" if track else "0", len(sets)]
+        for f, v in sets.items():
+            args += [f, v]
+        args += [len(dels), *dels]
+        index_keys, index_args = self._index(index)
+        return [key, *index_keys], args + index_args
+
+    def _rotate_call(self, old: str, new: str, alias_ms: int,
+                     index: IndexOp | None) -> tuple[list[str], list[Any]]:
+        index_keys, index_args = self._index(index)
+        keys = [self._session_prefix + old, self._session_prefix + new, *index_keys]
+        return keys, [new, alias_ms, *index_args]
+
+    def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
+        """The destroy script's keys, and the index key a Cluster cleans up after it."""
+        key = self._session_prefix + handle
+        index_key = self.index_key(user) if user else None
+        if index_key and not self.cluster:
+            return [key, index_key], None
+        return [key], index_key
+
+    def _queue_index(self, pipe: Any, op: IndexOp) -> None:
+        """Redis Cluster: *op* queued on *pipe* (the index lives in another slot)."""
+        if op.add:
+            add = self.index_key(op.add)
+            pipe.zadd(add, {op.member: op.score})
+            pipe.zremrangebyscore(add, "-inf", op.cutoff)
+            pipe.pexpire(add, op.ttl_ms)
+        if op.remove and op.old_member:
+            pipe.zrem(self.index_key(op.remove), op.old_member)
+
+    def _queue_revoke(self, pipe: Any, index_key: str, members: Sequence[Any], keep: str) -> int:
+        """Redis Cluster: one revoke batch of *members* queued on *pipe*; how many."""
+        doomed = [m for m in map(_text, members) if m != keep][:REVOKE_BATCH]
+        for m in doomed:
+            pipe.delete(self._session_prefix + m)
+        if doomed:
+            pipe.zrem(index_key, *doomed)
+        return len(doomed)
+
+    def _queue_list(self, pipe: Any, members: Sequence[str]) -> None:
+        for m in members:
+            pipe.hmget(self._session_prefix + m, *_META)
+
+
+def _incr_result(reply: Sequence[Any]) -> Result:
+    if reply[0] != 1:
+        return _result(reply)
+    return Result(Status.DONE, value=int(reply[1]), version=int(reply[2]))
+
+
+def _listing(members: Sequence[str], rows: Sequence[Any]) -> list[tuple[str, Mapping[str, bytes]]]:
+    return [(m, {f: v for f, v in zip(_META, row, strict=True) if v is not None})
+            for m, row in zip(members, rows, strict=True) if row[0] is not None]
+
+
+def _incr_refused(field: str, error: Exception) -> SessionError:
+    return SessionError(f"cannot increment session key {field[2:]!r}: {error}")
+
+
+class RedisEngine(_Layout):
     """The :class:`~statekit.sessions.protocol.SessionEngine` on a redis-py client
     (any kind: standalone, Sentinel, Cluster, or ``memory://``'s fakeredis).
 
@@ -125,8 +221,7 @@ class RedisEngine:
     def __init__(self, client: RedisClient, key_prefix: str = "statekit", *, near_cache: int = 0,
                  near_max_age: float = 60.0, counters: Counters | None = None) -> None:
         self.client = client
-        self.key_prefix = key_prefix
-        self._session_prefix = f"{key_prefix}:session:"
+        self._names(key_prefix)
         self.near: NearCache[dict[str, bytes]] | None = None
         self.listener: InvalidationListener | None = None
         self.counters = counters or Counters("sessions", key_prefix)
@@ -151,37 +246,13 @@ class RedisEngine:
         return cls(get_client(url), key_prefix, near_cache=near_cache, near_max_age=near_max_age,
                    counters=counters)
 
-    # -- names ------------------------------------------------------------------------
-
-    def key(self, handle: str) -> str:
-        """The Redis key of session *handle*."""
-        return self._session_prefix + handle
-
-    def index_key(self, user: str) -> str:
-        """The Redis key of *user*'s session index."""
-        return f"{self.key_prefix}:session-user:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
-
-    def _index(self, op: IndexOp | None) -> tuple[list[str], list[bytes | str | int | float]]:
-        """The keys and arguments a write or rotate script takes for *op*."""
-        if op is None or self.cluster:
-            return [], []
-        keys = [self.index_key(u) for u in (op.add, op.remove) if u]
-        return keys, [op.member, repr(op.score), repr(op.cutoff), op.ttl_ms, op.old_member or "",
-                      "1" if op.add else "0", "1" if op.remove else "0"]
-
     def _index_after(self, op: IndexOp | None, what: str) -> None:
         """Redis Cluster: *op* as a second call (the index lives in another slot)."""
         if op is None or not self.cluster:
             return
         with translate_errors(what):
             pipe = self.client.pipeline(transaction=False)
-            if op.add:
-                add = self.index_key(op.add)
-                pipe.zadd(add, {op.member: op.score})
-                pipe.zremrangebyscore(add, "-inf", op.cutoff)
-                pipe.pexpire(add, op.ttl_ms)
-            if op.remove and op.old_member:
-                pipe.zrem(self.index_key(op.remove), op.old_member)
+            self._queue_index(pipe, op)
             pipe.execute()
 
     def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -278,12 +349,7 @@ class RedisEngine:
 
     def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
                ttl_ms: int, index: IndexOp | None, seq: int) -> Result:
-        args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, "1" if seq >= 0 else "0", len(sets)]
-        for f, v in sets.items():
-            args += [f, v]
-        args += [len(dels), *dels]
-        index_keys, index_args = self._index(index)
-        reply = self._script(_WRITE, [key, *index_keys], args + index_args)
+        reply = self._script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0))
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session save")
@@ -293,11 +359,8 @@ class RedisEngine:
         return result
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
-        old_key = self._session_prefix + old
-        index_keys, index_args = self._index(index)
-        with self._changing(old_key):
-            result = _result(self._script(_ROTATE, [old_key, self._session_prefix + new, *index_keys],
-                                          [new, alias_ms, *index_args]))
+        with self._changing(self._session_prefix + old):
+            result = _result(self._script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
         if result.status is Status.DONE:
             self._index_after(index, "session rotate")
         return result
@@ -308,18 +371,14 @@ class RedisEngine:
             with self._changing(key, barrier=False):
                 reply = self._script(_INCR, [key], [field, amount, codec])
         except RedisReplyError as e:
-            raise SessionError(f"cannot increment session key {field[2:]!r}: {e}") from e
-        if reply[0] != 1:
-            return _result(reply)
-        return Result(Status.DONE, value=int(reply[1]), version=int(reply[2]))
+            raise _incr_refused(field, e) from e
+        return _incr_result(reply)
 
     def destroy(self, handle: str, user: str | None) -> Result:
-        key = self._session_prefix + handle
-        index_key = self.index_key(user) if user else None
-        keys = [key, index_key] if index_key and not self.cluster else [key]
-        with self._changing(key):
+        keys, index_key = self._destroy_keys(handle, user)
+        with self._changing(keys[0]):
             result = _result(self._script(_DESTROY, keys, [handle]))
-            if result.status is Status.DONE and index_key and self.cluster:
+            if result.status is Status.DONE and index_key:
                 with translate_errors("session destroy"):
                     self.client.zrem(index_key, handle)
         return result
@@ -348,14 +407,9 @@ class RedisEngine:
             if not self.cluster:
                 deleted, left = self._script(_REVOKE, [index_key], [self._session_prefix, keep, REVOKE_BATCH])
                 return int(deleted), int(left)
-            members = [_text(m) for m in self.client.zrange(index_key, 0, REVOKE_BATCH)]
-            doomed = [m for m in members if m != keep][:REVOKE_BATCH]
-            if not doomed:
-                return 0, 0
             pipe = self.client.pipeline(transaction=False)
-            for m in doomed:
-                pipe.delete(self._session_prefix + m)
-            pipe.zrem(index_key, *doomed)
+            if not self._queue_revoke(pipe, index_key, self.client.zrange(index_key, 0, REVOKE_BATCH), keep):
+                return 0, 0
             results = pipe.execute()
             return int(sum(results[:-1])), 1  # once more: sessions indexed meanwhile
 
@@ -365,11 +419,9 @@ class RedisEngine:
             if not members:
                 return []
             pipe = self.client.pipeline(transaction=False)
-            for m in members:
-                pipe.hmget(self._session_prefix + m, *_META)
+            self._queue_list(pipe, members)
             rows = pipe.execute()
-        return [(m, {f: v for f, v in zip(_META, row, strict=True) if v is not None})
-                for m, row in zip(members, rows, strict=True) if row[0] is not None]
+        return _listing(members, rows)
 
     def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
         return _bytes(self._script(_CLAIM, [name], [value, ttl_ms]))
@@ -381,3 +433,155 @@ class RedisEngine:
         if self.listener is not None:
             self.listener.stop()
         self.transport.close()
+
+
+class AsyncRedisEngine(_Layout):
+    """The :class:`~statekit.sessions.protocol.AsyncSessionEngine` on redis-py's
+    asyncio client: the keys, Lua scripts and replies of :class:`RedisEngine`, so a
+    session written by either engine is read and written by the other; commands go
+    through :class:`~statekit.redis.aio.AsyncTransport` (the same retry rule and
+    error map). No near cache (loads always ask Redis).
+
+    **Event loops.** redis-py's asyncio connections belong to one loop, so the engine
+    keeps one client and transport per running loop (made from *url* on first use
+    there); :meth:`aclose` closes the current loop's. A ready *client* is used as it
+    is, on its own loop.
+
+    :param client: a ``redis.asyncio`` client (or ``fakeredis.FakeAsyncRedis``), or
+    :param url: a Redis URL (or ``memory://name``: the sync engine's server of that name).
+    :param key_prefix: first part of every key.
+    """
+
+    def __init__(self, client: Any = None, key_prefix: str = "statekit", *, url: str | None = None,
+                 counters: Counters | None = None) -> None:
+        if (client is None) == (url is None):
+            raise ConfigError("AsyncRedisEngine takes a client or a url")
+        self._names(key_prefix)
+        self.counters = counters or Counters("sessions", key_prefix)
+        self._client = client
+        self._url = url
+        if client is not None:
+            from redis.asyncio.cluster import RedisCluster
+
+            self.cluster = isinstance(client, RedisCluster)
+        else:
+            self.cluster = parse_url(url or "", kinds=("redis", "memory")).scheme == "redis+cluster"
+        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncTransport] = \
+            weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str, counters: Counters | None = None,
+                 near_cache: int = 0, near_max_age: float = 60.0) -> AsyncRedisEngine:
+        """The engine for a Redis URL or ``memory://name``.
+
+        :raises ConfigError: *near_cache* asked for (not available on the async engine)."""
+        if near_cache:
+            raise ConfigError("the session near cache is not available with the async session store; "
+                              "leave near_cache off")
+        return cls(key_prefix=key_prefix, url=url, counters=counters)
+
+    def _transport(self) -> AsyncTransport:
+        """This loop's transport (and client), made on first use."""
+        loop = asyncio.get_running_loop()
+        transport = self._lanes.get(loop)
+        if transport is None:
+            from ..redis.aio import AsyncTransport, create_async_client
+
+            client = self._client if self._client is not None else create_async_client(self._url or "")
+            transport = self._lanes[loop] = AsyncTransport(client, what="session")
+        return transport
+
+    async def _index_after(self, transport: AsyncTransport, op: IndexOp | None, what: str) -> None:
+        if op is None or not self.cluster:
+            return
+        with translate_errors(what):
+            pipe = transport.client.pipeline(transaction=False)
+            self._queue_index(pipe, op)
+            await pipe.execute()
+
+    async def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
+        return _fields(await self._transport().command(b"HGETALL", self._session_prefix + handle))
+
+    async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+                    ttl_ms: int, index: IndexOp | None) -> Result:
+        transport = self._transport()
+        call = self._write_call(self._session_prefix + handle, create, sets, dels, ttl_ms, index, False)
+        result = _result(await transport.script(_WRITE, *call))
+        if result.status is Status.DONE:
+            await self._index_after(transport, index, "session save")
+        return result
+
+    async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
+        transport = self._transport()
+        result = _result(await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
+        if result.status is Status.DONE:
+            await self._index_after(transport, index, "session rotate")
+        return result
+
+    async def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
+        try:
+            reply = await self._transport().script(_INCR, [self.key(handle)], [field, amount, codec])
+        except RedisReplyError as e:
+            raise _incr_refused(field, e) from e
+        return _incr_result(reply)
+
+    async def destroy(self, handle: str, user: str | None) -> Result:
+        transport = self._transport()
+        keys, index_key = self._destroy_keys(handle, user)
+        result = _result(await transport.script(_DESTROY, keys, [handle]))
+        if result.status is Status.DONE and index_key:
+            with translate_errors("session destroy"):
+                await transport.client.zrem(index_key, handle)
+        return result
+
+    async def revoke_user(self, user: str, keep: str) -> int:
+        """As :meth:`RedisEngine.revoke_user`: :data:`REVOKE_BATCH` at a time until a
+        batch leaves nothing but *keep* in the index."""
+        index_key = self.index_key(user)
+        total = 0
+        while True:
+            deleted, left = await self._revoke_batch(index_key, keep)
+            total += deleted
+            if left <= 0:
+                return total
+
+    async def _revoke_batch(self, index_key: str, keep: str) -> tuple[int, int]:
+        transport = self._transport()
+        with translate_errors("session revoke"):
+            if not self.cluster:
+                deleted, left = await transport.script(_REVOKE, [index_key],
+                                                       [self._session_prefix, keep, REVOKE_BATCH])
+                return int(deleted), int(left)
+            client = transport.client
+            pipe = client.pipeline(transaction=False)
+            if not self._queue_revoke(pipe, index_key, await client.zrange(index_key, 0, REVOKE_BATCH), keep):
+                return 0, 0
+            results = await pipe.execute()
+            return int(sum(results[:-1])), 1  # once more: sessions indexed meanwhile
+
+    async def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
+        client = self._transport().client
+        with translate_errors("session list"):
+            members = [_text(m) for m in await client.zrangebyscore(self.index_key(user), since, "+inf")]
+            if not members:
+                return []
+            pipe = client.pipeline(transaction=False)
+            self._queue_list(pipe, members)
+            rows = await pipe.execute()
+        return _listing(members, rows)
+
+    async def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
+        return _bytes(await self._transport().script(_CLAIM, [name], [value, ttl_ms]))
+
+    async def peek(self, name: str) -> bytes | None:
+        return _bytes(await self._transport().command(b"GET", name))
+
+    async def aclose(self) -> None:
+        """Release this loop's connections (and close its client, unless it was given)."""
+        loop = asyncio.get_running_loop()
+        transport = self._lanes.pop(loop, None)
+        if transport is None:
+            return
+        await transport.aclose()
+        if self._client is None:
+            await transport.client.aclose()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BackendUnavailable
 
 if TYPE_CHECKING:
-    from . import SessionStore
+    from . import SessionStore, _StoreCore
 
 __all__ = ["Session", "SessionInfo"]
 
@@ -43,7 +43,7 @@ class Session(dict[str, Any]):
     during an outage.
     """
 
-    def __init__(self, store: SessionStore, sid: str, data: Mapping[str, Any] | None = None, *,
+    def __init__(self, store: _StoreCore, sid: str, data: Mapping[str, Any] | None = None, *,
                  new: bool = True, meta: Mapping[str, Any] | None = None,
                  raw: Mapping[str, bytes] | None = None, handle: str | None = None) -> None:
         super().__init__(data or {})
@@ -227,17 +227,25 @@ class Session(dict[str, Any]):
             self._changing(key)
         super().clear()
 
+    def _sync_store(self, what: str) -> SessionStore:
+        from . import SessionStore
+
+        if not isinstance(self.store, SessionStore):
+            raise TypeError(f"a session of an async store: use 'await store.{what}(session, ...)'")
+        return self.store
+
     def rotate(self) -> None:
-        """Give this session a new id now (see :meth:`SessionStore.rotate`)."""
-        self.store.rotate(self)
+        """Give this session a new id now (see :meth:`SessionStore.rotate`; with an
+        :class:`~statekit.sessions.aio.AsyncSessionStore`, ``await store.rotate(session)``)."""
+        self._sync_store("rotate").rotate(self)
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Atomically add *amount* to an integer key (see :meth:`SessionStore.incr`)."""
-        return self.store.incr(self, key, amount)
+        return self._sync_store("incr").incr(self, key, amount)
 
     def destroy(self) -> None:
         """Delete this session now (see :meth:`SessionStore.destroy`)."""
-        self.store.destroy(self)
+        self._sync_store("destroy").destroy(self)
 
 
 @dataclass(frozen=True)
