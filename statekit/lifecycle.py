@@ -15,7 +15,10 @@ lets in-flight requests finish, and exits.
 * :class:`LifecycleMiddleware` wraps a WSGI app: it answers ``/healthz`` and
   ``/readyz`` itself and, while draining, either answers new requests
   ``503 + Retry-After`` before the app runs (mode ``reject``) or keeps serving until
-  the pre-stop delay ends (mode ``serve``).
+  the pre-stop delay ends (mode ``serve``). :class:`statekit.asgi.LifecycleMiddleware`
+  does the same for an ASGI app, and ``django_statekit.lifecycle`` for Django: every
+  one of them asks :meth:`Lifecycle.admit` what to do with a request and answers
+  with :meth:`Lifecycle.reply`, so the decisions and the answers are made here once.
 
 Nothing here connects to anything at import or construction time.
 """
@@ -48,6 +51,7 @@ __all__ = [
     "Lifecycle",
     "LifecycleMiddleware",
     "OutageLog",
+    "Reply",
     "SlotInfo",
     "check_extras",
     "get_drain_state",
@@ -437,6 +441,34 @@ def _checks_from_settings(settings: Settings) -> dict[str, Check]:
 
 # -- lifecycle and middleware ---------------------------------------------------
 
+#: what :meth:`Lifecycle.admit` decides for a request
+HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
+_REASONS = {200: "OK", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response the lifecycle gives itself, before any app runs: an endpoint's JSON
+    or the rejection of a request while draining. Every middleware (WSGI, ASGI,
+    Django) sends it as it is, adding only ``Connection: close`` where its server
+    lets an app set it."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @classmethod
+    def json(cls, status: int, body: Mapping[str, Any], extra: Iterable[tuple[str, str]] = ()) -> Reply:
+        data = json.dumps(body, sort_keys=True).encode()
+        headers = (("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                   ("Cache-Control", "no-store"), *extra)
+        return cls(status, headers, data)
+
+    @property
+    def status_line(self) -> str:
+        """``"503 Service Unavailable"``, as WSGI wants it."""
+        return f"{self.status} {_REASONS.get(self.status, '')}".rstrip()
+
 
 class Lifecycle:
     """Endpoints, drain mode and readiness checks for one app.
@@ -504,17 +536,25 @@ class Lifecycle:
             self._executor = (pid, ThreadPoolExecutor(max_workers=4, thread_name_prefix="statekit-ready"))
         return self._executor[1]
 
-    def run_checks(self) -> tuple[bool, dict[str, str]]:
-        """Run every check concurrently within :attr:`budget`; ``(all ok, name -> "ok"
-        or the error)``. Results are cached for :attr:`cache_ttl` seconds."""
+    def _fresh(self) -> tuple[bool, dict[str, str]] | None:
         cached = self._cached
         if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
             return cached[1], cached[2]
+        return None
+
+    def run_checks(self) -> tuple[bool, dict[str, str]]:
+        """Run every check concurrently within :attr:`budget`; ``(all ok, name -> "ok"
+        or the error)``. Results are cached for :attr:`cache_ttl` seconds. Blocks up to
+        the budget: an event loop calls it in a worker thread (:meth:`reply_now` says
+        when it need not)."""
+        fresh = self._fresh()
+        if fresh is not None:
+            return fresh
         with self._lock:
             # probes that waited here while another ran the checks take its result
-            cached = self._cached
-            if cached is not None and time.monotonic() - cached[0] < self.cache_ttl:
-                return cached[1], cached[2]
+            fresh = self._fresh()
+            if fresh is not None:
+                return fresh
             futures = {name: self._pool().submit(check, self.budget) for name, check in self.checks.items()}
             deadline = time.monotonic() + self.budget
             results: dict[str, str] = {}
@@ -536,24 +576,60 @@ class Lifecycle:
         """``(HTTP status, JSON body)`` of the readiness endpoint."""
         if self.drain.draining:
             return 503, {"status": "draining"}
-        ok, results = self.run_checks()
+        return self._ready_answer(self.run_checks())
+
+    @staticmethod
+    def _ready_answer(result: tuple[bool, dict[str, str]]) -> tuple[int, dict[str, Any]]:
+        ok, results = result
         return (200 if ok else 503), {"status": "ready" if ok else "unavailable", "checks": results}
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         return 200, {"status": "ok", "draining": self.drain.draining}
 
+    def admit(self, path: str) -> str:
+        """What a middleware does with a request for *path*: answer an endpoint
+        (``"health"``, ``"ready"``), refuse it while draining (``"reject"``: counted as
+        rejected here; answer :meth:`reply` before the app runs), or run the app
+        (``"app"``: the middleware counts it with the drain state's
+        ``request_started`` / ``request_finished``)."""
+        if path == self.health_path:
+            return HEALTH
+        if path == self.ready_path:
+            return READINESS
+        state = self.drain
+        if state.draining and not state.accepting(self.mode):
+            state.request_rejected()
+            return REJECT
+        return APP
+
+    def reply(self, kind: str) -> Reply:
+        """The answer for what :meth:`admit` returned (not ``"app"``). ``"ready"`` may
+        run the checks, blocking up to :attr:`budget`."""
+        return self.reply_now(kind) or Reply.json(*self._ready_answer(self.run_checks()))
+
+    def reply_now(self, kind: str) -> Reply | None:
+        """:meth:`reply` without blocking: ``None`` when the readiness checks have to
+        run (an async middleware then runs :meth:`reply` in a worker thread)."""
+        if kind == HEALTH:
+            return Reply.json(*self.liveness())
+        if kind == REJECT:
+            return Reply.json(503, {"status": "draining"},
+                              (("Retry-After", str(self.retry_after)), ("X-Statekit-Drain", "reject")))
+        if kind != READINESS:
+            raise ValueError(f"no reply of the lifecycle for {kind!r}")
+        if self.drain.draining:
+            return Reply.json(503, {"status": "draining"})
+        fresh = self._fresh()
+        return None if fresh is None else Reply.json(*self._ready_answer(fresh))
+
     def wrap(self, app: WSGIApplication) -> LifecycleMiddleware:
         return LifecycleMiddleware(app, self)
 
 
-def _json_response(start_response: StartResponse, status: int, body: Mapping[str, Any],
-                   extra: list[tuple[str, str]] | None = None) -> list[bytes]:
-    data = json.dumps(body, sort_keys=True).encode()
-    reason = {200: "OK", 503: "Service Unavailable"}.get(status, "")
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-               ("Cache-Control", "no-store"), *(extra or [])]
-    start_response(f"{status} {reason}", headers)
-    return [data]
+def _send_reply(start_response: StartResponse, reply: Reply, close: bool) -> list[bytes]:
+    headers = [*reply.headers, *([("Connection", "close")] if close else [])]
+    start_response(reply.status_line, headers)
+    return [reply.body]
 
 
 def _may_send_connection_header(environ: WSGIEnvironment) -> bool:
@@ -602,18 +678,11 @@ class LifecycleMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         lc = self.lifecycle
-        path = environ.get("PATH_INFO", "")
-        if path == lc.health_path:
-            return _json_response(start_response, *lc.liveness())
-        if path == lc.ready_path:
-            return _json_response(start_response, *lc.readiness())
+        kind = lc.admit(environ.get("PATH_INFO", ""))
+        if kind != APP:
+            return _send_reply(start_response, lc.reply(kind),
+                               kind == REJECT and _may_send_connection_header(environ))
         state = lc.drain
-        if state.draining and not state.accepting(lc.mode):
-            state.request_rejected()
-            extra = [("Retry-After", str(lc.retry_after)), ("X-Statekit-Drain", "reject")]
-            if _may_send_connection_header(environ):
-                extra.append(("Connection", "close"))
-            return _json_response(start_response, 503, {"status": "draining"}, extra)
 
         def drain_aware_start_response(status: str, headers: list[tuple[str, str]],
                                        exc_info: Any = None) -> Callable[[bytes], object]:

@@ -5,18 +5,27 @@ In ``wsgi.py``, use statekit's WSGI application instead of Django's::
     from django_statekit.lifecycle import get_wsgi_application
     application = get_wsgi_application()
 
-and run it with ``statekit serve myproject.wsgi:application``. ``/healthz``
+and run it with ``statekit serve myproject.wsgi:application``. Under ASGI, in
+``asgi.py``::
+
+    from django_statekit.lifecycle import get_asgi_application
+    application = get_asgi_application()
+
+and ``statekit serve myproject.asgi:application`` (uvicorn workers). ``/healthz``
 (liveness) and ``/readyz`` (readiness: not draining, Redis and the blob store
 reachable within a small budget) are answered before Django runs — no URL
 resolution, no ``ALLOWED_HOSTS`` check, no database — and while the process drains
 (SIGTERM under ``statekit serve``) new requests get a 503 a load balancer can retry
-elsewhere. ``wrap(application)`` does the same for a WSGI app you already have.
+elsewhere. ``wrap(application)`` does the same for a WSGI app you already have,
+``wrap_asgi(application)`` for an ASGI one.
 
 Where ``wsgi.py`` cannot change, add ``"django_statekit.lifecycle.DrainMiddleware"``
 first in ``MIDDLEWARE``: it answers the endpoints and rejects while draining, but
 only once Django has built the request (so ``ALLOWED_HOSTS`` applies to probes) and
 its request counting ends when the view returns, not when a streamed body ends.
-Under the WSGI wrapper as well, it steps aside (requests are not counted twice).
+It is sync and async capable: under ASGI it runs on the event loop (no thread hop
+per request), and readiness checks that have to run go to a worker thread. Under
+the WSGI or ASGI wrapper as well, it steps aside (requests are not counted twice).
 
 Settings (then the environment): ``STATEKIT_HEALTH_PATH`` (``/healthz``),
 ``STATEKIT_READY_PATH`` (``/readyz``), ``STATEKIT_DRAIN_MODE`` (``reject`` /
@@ -26,19 +35,22 @@ Settings (then the environment): ``STATEKIT_HEALTH_PATH`` (``/healthz``),
 
 from __future__ import annotations
 
-import json
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
+from statekit import asgi
 from statekit.errors import ConfigError
-from statekit.lifecycle import COUNTED, Lifecycle, LifecycleMiddleware
+from statekit.lifecycle import APP, COUNTED, Lifecycle, LifecycleMiddleware, Reply
 
 from .conf import get_setting, get_settings
 
-__all__ = ["DrainMiddleware", "get_lifecycle", "get_wsgi_application", "lifecycle_from_settings", "wrap"]
+__all__ = ["DrainMiddleware", "get_asgi_application", "get_lifecycle", "get_wsgi_application",
+           "lifecycle_from_settings", "wrap", "wrap_asgi"]
 
 _lifecycle: Lifecycle | None = None
 _lock = threading.Lock()
@@ -87,36 +99,74 @@ def get_wsgi_application() -> LifecycleMiddleware:
     return wrap(django_wsgi())
 
 
-def _json(status: int, body: dict[str, Any]) -> HttpResponse:
-    response = HttpResponse(json.dumps(body, sort_keys=True), status=status, content_type="application/json")
-    response["Cache-Control"] = "no-store"
+def wrap_asgi(application: asgi.ASGIApp, lifecycle: Lifecycle | None = None) -> asgi.LifecycleMiddleware:
+    """Wrap an ASGI application in the ASGI lifecycle middleware (:mod:`statekit.asgi`)."""
+    return asgi.LifecycleMiddleware(application, lifecycle or get_lifecycle())
+
+
+def get_asgi_application() -> asgi.LifecycleMiddleware:
+    """Django's ASGI application (``django.setup()`` included), wrapped."""
+    from django.core.asgi import get_asgi_application as django_asgi
+
+    return wrap_asgi(django_asgi())
+
+
+def _response(reply: Reply) -> HttpResponse:
+    response = HttpResponse(reply.body, status=reply.status)
+    for name, value in reply.headers:
+        response[name] = value
     return response
+
+
+def _wrapped(request: HttpRequest) -> bool:
+    """Whether statekit's WSGI or ASGI wrapper already handled *request*."""
+    return bool(request.META.get(COUNTED) or (getattr(request, "scope", None) or {}).get(COUNTED))
 
 
 class DrainMiddleware:
     """Django middleware variant of :class:`~statekit.lifecycle.LifecycleMiddleware`
-    (see the module docstring for what it cannot do). Thread-safe."""
+    (see the module docstring for what it cannot do). Thread-safe; sync or async,
+    whichever the middleware chain below it is."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.META.get(COUNTED):  # under statekit's WSGI wrapper, which did all this
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        if _wrapped(request):
             return self.get_response(request)
         lc = get_lifecycle()
-        if request.path_info == lc.health_path:
-            return _json(*lc.liveness())
-        if request.path_info == lc.ready_path:
-            return _json(*lc.readiness())
+        kind = lc.admit(request.path_info)
+        if kind != APP:
+            return _response(lc.reply(kind))
         state = lc.drain
-        if state.draining and not state.accepting(lc.mode):
-            state.request_rejected()
-            response = _json(503, {"status": "draining"})
-            response["Retry-After"] = str(lc.retry_after)
-            response["X-Statekit-Drain"] = "reject"
-            return response
         state.request_started()
         try:
             return self.get_response(request)
+        finally:
+            state.request_finished()
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
+        if _wrapped(request):
+            return await get_response(request)
+        lc = get_lifecycle()
+        kind = lc.admit(request.path_info)
+        if kind != APP:
+            reply = lc.reply_now(kind)
+            if reply is None:  # the readiness checks have to run: they block
+                reply = await asyncio.to_thread(lc.reply, kind)
+            return _response(reply)
+        state = lc.drain
+        state.request_started()
+        try:
+            return await get_response(request)
         finally:
             state.request_finished()

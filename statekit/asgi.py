@@ -1,0 +1,114 @@
+"""Health endpoints and graceful drain for ASGI apps (Starlette, FastAPI, Django's
+ASGI handler): the ASGI twin of :class:`statekit.lifecycle.LifecycleMiddleware`.
+
+It takes the same :class:`~statekit.lifecycle.Lifecycle` and the same drain state,
+and asks it the same questions (:meth:`~statekit.lifecycle.Lifecycle.admit`,
+:meth:`~statekit.lifecycle.Lifecycle.reply`): ``/healthz`` and ``/readyz`` are
+answered before the app runs; while the process drains (SIGTERM under ``statekit
+serve``) readiness is 503, every response carries ``Connection: close`` and, in mode
+``reject``, a new request is answered ``503`` with ``Retry-After`` before the app
+runs. Readiness checks that have to run (Redis ``PING``, S3 ``HeadBucket``) run in a
+worker thread, never on the event loop; a cached result or a draining answer is
+given on the loop.
+
+``lifespan`` and ``websocket`` scopes pass through untouched (a websocket is not a
+request a load balancer retries; it ends when the worker stops).
+
+    from statekit.asgi import LifecycleMiddleware
+    app = LifecycleMiddleware(app)  # or Lifecycle(Settings.from_env()) as second argument
+
+``statekit serve`` wraps an ASGI app in it unless it already is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .lifecycle import APP, COUNTED, REJECT, Lifecycle
+
+__all__ = ["ASGIApp", "LifecycleMiddleware", "interface_of"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+#: an ASGI 3 application (loosely typed: each framework spells scope and messages its own way)
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+_CLOSE = (b"connection", b"close")
+
+
+def interface_of(app: object) -> str:
+    """``"asgi"`` when *app* is an ASGI 3 callable (an ``async def`` function, or an
+    object whose ``__call__`` is one: Starlette, FastAPI, Django's ``ASGIHandler``),
+    else ``"wsgi"``. The same test uvicorn uses to tell ASGI 3 from ASGI 2."""
+    if isinstance(app, LifecycleMiddleware):
+        return "asgi"
+    if inspect.isclass(app):
+        return "wsgi"
+    if inspect.iscoroutinefunction(app):
+        return "asgi"
+    call = getattr(type(app), "__call__", None)  # noqa: B004 -- the method, not callable()
+    return "asgi" if call is not None and inspect.iscoroutinefunction(call) else "wsgi"
+
+
+def _closing(headers: Any) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in headers if k.lower() != b"connection"] + [_CLOSE]
+
+
+class LifecycleMiddleware:
+    """ASGI middleware: health endpoints, request accounting and draining (see the
+    module docstring). Same constructor as the WSGI one.
+
+    A request is counted in this process's drain-state slot from when the app is
+    called until it returns (the response sent, or the app gave up), so the master
+    of ``statekit serve`` reports in-flight requests and recycles workers by request
+    count as it does for WSGI. Under another :class:`LifecycleMiddleware` (the app
+    wrapped twice: by the framework adapter and by ``statekit serve``) the inner one
+    steps aside, so nothing is answered or counted twice.
+
+    :param app: the ASGI 3 app.
+    :param lifecycle: endpoints, drain mode and checks; default ``Lifecycle()``.
+    """
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle | None = None) -> None:
+        self.app = app
+        self.lifecycle = lifecycle or Lifecycle()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get(COUNTED):
+            await self.app(scope, receive, send)
+            return
+        lc = self.lifecycle
+        path = str(scope.get("path", ""))
+        root = str(scope.get("root_path", ""))
+        if root and path.startswith(root):  # PATH_INFO, as the WSGI middleware sees it
+            path = path[len(root):]
+        kind = lc.admit(path)
+        if kind != APP:
+            reply = lc.reply_now(kind)
+            if reply is None:  # the readiness checks have to run: they block
+                reply = await asyncio.to_thread(lc.reply, kind)
+            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+            if kind == REJECT:
+                headers.append(_CLOSE)
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
+            return
+        state = lc.drain
+
+        async def drain_aware_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and state.draining:
+                message = {**message, "headers": _closing(message.get("headers", ()))}
+            await send(message)
+
+        # Django's DrainMiddleware (and an inner twin) see it and leave the request to us
+        scope = {**scope, COUNTED: True}
+        state.request_started()
+        try:
+            await self.app(scope, receive, drain_aware_send)
+        finally:
+            state.request_finished()
