@@ -61,6 +61,7 @@ from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationE
 from ..metrics import Counters
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
+from .plan import BE, COMPUTE, HOLD, LOCK, SLEEP, Plan, drive
 from .protocol import CacheBackend
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
@@ -71,9 +72,11 @@ __all__ = ["BACKENDS", "DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lo
            "get_default"]
 
 T = TypeVar("T")
+_C = TypeVar("_C", bound="_CacheCore")
 
 
 _ABSENT: Any = object()
+
 _random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
 _ENV_SIZE = 1 + _ENV.size
@@ -227,41 +230,11 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
-class Cache:
-    """A cache on Redis (standalone, Sentinel, Cluster) or ``memory://``.
-
-    :param url: backend URL; ``None`` reads ``STATEKIT_CACHE_URL`` /
-        ``STATEKIT_REDIS_URL`` on first use.
-    :param client: a ready ``redis.Redis`` / ``RedisCluster`` (``decode_responses``
-        must be off) instead of a URL.
-    :param prefix: first part of every key (``STATEKIT_KEY_PREFIX``, ``"statekit"``).
-    :param namespace: the key space :meth:`clear` empties; see :meth:`namespace`.
-    :param default_ttl: seconds a value lives when ``ttl`` is not given; ``None``
-        for no expiry.
-    :param serializer: ``"json"`` (default), ``"msgpack"``, ``"signed-pickle"``
-        (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
-    :param near_cache: ``True`` or a maximum entry count to keep decoded values in
-        process, coherent through Redis invalidations (any Redis URL, TLS
-        included; not ``memory://``). A near copy is not served while the
-        invalidation listener has invalidations it has not applied yet. See
-        :mod:`statekit.cache.near`.
-    :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
-    :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
-    :param failure_threshold: consecutive failures that open the circuit breaker.
-    :param breaker_reset: seconds the breaker stays open before a trial call.
-    :param stale_ttl: seconds a value computed by :meth:`get_or_set` / :meth:`cached`
-        may be served stale while one caller recomputes it.
-    :param lock_ttl: seconds the recompute lock lives without its holder: while a
-        compute runs, the lock is extended every ``lock_ttl / 3`` seconds, so a slow
-        compute still runs once; a crashed holder's lock expires after this long.
-    :param lock_wait: seconds a caller waits for another's recompute before
-        computing itself.
-    :param xfetch_beta: XFetch's beta; ``0`` disables early refresh.
-    :param timeout: socket connect/read timeout for a URL (overrides the URL's).
-    :param fast_path: no effect, kept so existing calls work: every Redis URL kind
-        goes through the one transport (:mod:`statekit.redis.transport`, a
-        per-thread redis-py connection).
-    """
+class _CacheCore:
+    """What :class:`Cache` and :class:`~statekit.cache.aio.AsyncCache` share: the
+    settings, codecs, names, near cache, breaker and counters, and every operation
+    written once as a plan (:mod:`statekit.cache.plan`) that each side runs with its
+    own I/O. The parameters are :class:`Cache`'s."""
 
     def __init__(
         self,
@@ -284,7 +257,7 @@ class Cache:
         xfetch_beta: float = 1.0,
         timeout: float | None = None,
         fast_path: bool = True,
-        _parent: Cache | None = None,
+        _parent: _CacheCore | None = None,
     ) -> None:
         if on_error not in ("raise", "miss"):
             raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
@@ -316,7 +289,7 @@ class Cache:
         self._near: NearCache[Entry] | None = None
         self._listener: InvalidationListener | None = None
         # weak both ways, so a dropped cache is freed at once and its listener stops
-        self._children: weakref.WeakValueDictionary[str, Cache] = weakref.WeakValueDictionary()
+        self._children: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self.counters = _CacheCounters(f"{prefix or 'statekit'}:{namespace}")
         self.breaker: CircuitBreaker = (_parent.breaker if _parent is not None else CircuitBreaker(
             failure_threshold, breaker_reset, on_change=_breaker_hook(self.counters)))
@@ -384,14 +357,14 @@ class Cache:
             listener = make() if make is not None else None
         return backend, listener
 
-    def namespace(self, name: str) -> Cache:
+    def namespace(self: _C, name: str) -> _C:
         """A cache over the same connections whose keys live in namespace *name*:
         its :meth:`clear` empties only that namespace, in O(1). On Redis Cluster a
         namespace's keys spread over every slot and node (see
         :mod:`statekit.cache.redis`)."""
         child = self._children.get(name)
         if child is None:
-            child = Cache(
+            child = type(self)(
                 self.url, client=self.client, prefix=self.prefix, namespace=name,
                 default_ttl=self.default_ttl, serializer=self._codec,
                 near_cache=self.near_size, near_max_age=self.near_max_age, on_error=self.on_error,
@@ -400,7 +373,7 @@ class Cache:
                 _parent=self._parent or self,
             )
             self._children[name] = child
-        return child
+        return cast(_C, child)
 
     def near_ready(self, timeout: float = 5.0) -> bool:
         """Start the near cache's invalidation connection if needed and wait until it
@@ -489,15 +462,16 @@ class Cache:
         secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
         return None if secs is None else max(1, int(secs * 1000))
 
-    # -- failure policy -----------------------------------------------------------------
+    # -- failure policy (plans: see statekit.cache.redis.drive) ---------------------------
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a backend call through the breaker; raise BackendUnavailable on failure."""
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Plan[Any]:
+        """Backend method *name* through the breaker; raises BackendUnavailable on
+        failure (counted)."""
         breaker = self.breaker
         if breaker._state != CLOSED and not breaker.allow():
             raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
         try:
-            result = fn(*args)
+            result = yield (BE, name, args, kwargs)
         except BackendUnavailable:
             breaker.failure()
             self.counters.incr("errors")
@@ -505,25 +479,22 @@ class Cache:
         breaker.success()
         return result
 
-    def _read(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+    def _read(self, name: str, default: Any, *args: Any) -> Plan[Any]:
         try:
-            return self._call(fn, *args)
+            return (yield from self._call(name, *args))
         except BackendUnavailable:
             if self.on_error == "raise":
                 raise
             return default
 
-    def _write(self, fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+    def _write(self, name: str, default: Any, *args: Any) -> Plan[Any]:
         try:
-            return self._call(fn, *args)
+            return (yield from self._call(name, *args))
         except BackendUnavailable:
             if self.on_error == "raise":
                 raise
             self.counters.incr("dropped_writes")
             return default
-
-    def _be(self) -> CacheBackend:
-        return self._backend or self._connect()
 
     def _lagging(self) -> bool:
         """Whether the invalidation listener has invalidations it has not applied
@@ -546,38 +517,8 @@ class Cache:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _fetch(self, key: str, report: bool = True) -> tuple[Any, float, float] | None:
-        """The decoded entry for *key*, near cache first; ``None`` on a miss (an
-        undecodable entry is one, see :meth:`_entry`). Raises BackendUnavailable
-        (through the breaker)."""
-        near = self._near
-        if near is not None and near.active:
-            item = near.data.get(key)
-            if (item is not None and item[1] > _monotonic() and not self._lagging()
-                    and near.data.get(key) is item):  # (see get())
-                self.counters.near_hits += 1
-                return item[0]
-            seq = near.seq
-            ((data, ttl_ms),) = self._call(self._be().get_many_with_ttl, (key,))
-            if data is None:
-                return None
-            entry = self._entry(key, data, report)
-            if entry is not None:
-                near.store(key, entry, ttl_ms, seq)
-            return entry
-        backend = self._backend or self._connect()
-        if self._near is not None and self._listener is not None:
-            self._listener.ensure_running()
-        data = self._call(backend.get, key)
-        return None if data is None else self._entry(key, data, report)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value at *key*, or *default* if it is missing, expired or cannot be
-        decoded (see the module docstring).
-
-        Served from the near cache when enabled and coherent; otherwise one round
-        trip. On an outage: *default* with ``on_error="miss"``, else
-        :class:`~statekit.errors.BackendUnavailable`."""
+    def _near_get(self, key: Any) -> Any:
+        """The near copy of *key* if one may be served now, else ``_ABSENT``."""
         near = self._near
         if near is not None and near.active and type(key) is str:
             item = near.data.get(key)
@@ -593,64 +534,57 @@ class Cache:
                         pass
                     self.counters.near_hits += 1
                     return entry[0]
+        return _ABSENT
+
+    def _fetch(self, key: str, report: bool = True) -> Plan[tuple[Any, float, float] | None]:
+        """The decoded entry for *key*, near cache first; ``None`` on a miss (an
+        undecodable entry is one, see :meth:`_entry`). Raises BackendUnavailable
+        (through the breaker)."""
+        near = self._near
+        if near is not None and near.active:
+            item = near.data.get(key)
+            if (item is not None and item[1] > _monotonic() and not self._lagging()
+                    and near.data.get(key) is item):  # (see get())
+                self.counters.near_hits += 1
+                return item[0]
+            seq = near.seq
+            ((data, ttl_ms),) = yield from self._call("get_many_with_ttl", (key,))
+            if data is None:
+                return None
+            entry = self._entry(key, data, report)
+            if entry is not None:
+                near.store(key, entry, ttl_ms, seq)
+            return entry
+        self._backend or self._connect()
+        if self._near is not None and self._listener is not None:
+            self._listener.ensure_running()
+        data = yield from self._call("get", key)
+        return None if data is None else self._entry(key, data, report)
+
+    def _get(self, key: str, default: Any) -> Plan[Any]:
+        """:meth:`Cache.get` past the near cache."""
         if type(key) is not str or not key or len(key) > _MAX_KEY:
             self._check_key(key)
-        if near is None:  # the common path, inlined: one round trip, no extra calls
-            backend = self._backend or self._connect()
-            breaker = self.breaker
-            if breaker._state != CLOSED and not breaker.allow():
-                if self.on_error == "raise":
-                    raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
-                return default
-            try:
-                data = backend.get(key)
-            except BackendUnavailable:
-                breaker.failure()
-                self.counters.incr("errors")
-                if self.on_error == "raise":
-                    raise
-                return default
-            if breaker._failures:
-                breaker.success()
-            if data is None:
-                self.counters.misses += 1
-                return default
-            if data and data[0] == 1:
-                try:
-                    value = self._loads_marked(data)
-                except SerializationError as e:
-                    self._undecodable(key, e)
-                    self.counters.misses += 1
-                    return default
-                self.counters.hits += 1
-                return value
-            found: tuple[Any, float, float] | None = self._entry(key, data)
-        else:
-            try:
-                found = self._fetch(key)
-            except BackendUnavailable:
-                if self.on_error == "raise":
-                    raise
-                return default
+        try:
+            found = yield from self._fetch(key)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            return default
         if found is None or (found[1] and found[1] <= _time()):
             self.counters.misses += 1
             return default
         self.counters.hits += 1
         return found[0]
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        """``{key: value}`` for the keys that are present: one ``MGET`` (atomic with
-        respect to writers) per 500 keys (:data:`statekit.cache.redis.CHUNK`), so a
-        big read never blocks Redis for long; on Redis Cluster one ``MGET`` per slot,
-        each node's share in one pipeline, all nodes at once (one round trip per
-        node). ``{}`` during an outage with ``on_error="miss"``."""
+    def _get_many(self, keys: Iterable[str]) -> Plan[dict[str, Any]]:
         keys = list(keys)
         for k in keys:
             if type(k) is not str or not k or len(k) > _MAX_KEY:
                 self._check_key(k)
         if not keys:
             return {}
-        backend = self._backend or self._connect()
+        self._backend or self._connect()
         near = self._near
         found: dict[str, Any] = {}
         now = _time()
@@ -667,7 +601,7 @@ class Cache:
                 else:
                     todo.append(k)
             seq = near.seq
-            rows = self._read(backend.get_many_with_ttl, [], todo) if todo else []
+            rows = (yield from self._read("get_many_with_ttl", [], todo)) if todo else []
             for k, (data, ttl_ms) in zip(todo, rows, strict=False):
                 entry = None if data is None else self._entry(k, data)
                 if entry is not None:
@@ -677,7 +611,7 @@ class Cache:
         else:
             if near is not None and self._listener is not None:
                 self._listener.ensure_running()
-            values = self._read(backend.get_many, [], keys)
+            values = yield from self._read("get_many", [], keys)
             plain = self._plain_json
             scan = _json_scan
             for k, data in zip(keys, values, strict=False):
@@ -699,20 +633,9 @@ class Cache:
         self.counters.incr("misses", len(keys) - len(found))
         return found
 
-    def has(self, key: str) -> bool:
-        """Whether :meth:`get` would find *key* (``False`` on an outage with
-        ``on_error="miss"``). A value stored by :meth:`get_or_set` past its lifetime,
-        kept only to be served stale while one caller recomputes it, is not there.
-        Only the header is read: an entry another codec wrote counts as there."""
-        return self.ttl(key) is not None
-
-    def ttl(self, key: str) -> float | None:
-        """Seconds *key* has left (for a value stored by :meth:`get_or_set`: until it
-        is due to be recomputed, not counting the stale window); ``math.inf`` if it
-        never expires; ``None`` if it is missing or past that lifetime (or on an
-        outage with ``on_error="miss"``). Reads the value's header, one round trip."""
-        backend = self._backend or self._connect()
-        rows = self._read(backend.get_many_with_ttl, [(None, None)], [self._check_key(key)])
+    def _ttl(self, key: str) -> Plan[float | None]:
+        self._backend or self._connect()
+        rows = yield from self._read("get_many_with_ttl", [(None, None)], [self._check_key(key)])
         data, left = rows[0]
         if data is None:
             return None
@@ -726,32 +649,395 @@ class Cache:
 
     # -- writes -------------------------------------------------------------------------
 
+    def _set(self, key: str, value: Any, ttl: Any) -> Plan[bool]:
+        self._backend or self._connect()
+        data = self._encode(value)
+        self._check_key(key)
+        self._forget(key)
+        try:
+            return (yield from self._write("set", False, key, data, self._ttl_ms(ttl))) is None
+        finally:
+            self._forget(key)
+
+    def _add(self, key: str, value: Any, ttl: Any) -> Plan[bool]:
+        self._backend or self._connect()
+        data = self._encode(value)
+        self._forget(self._check_key(key))
+        try:
+            return bool((yield from self._write("add", False, key, data, self._ttl_ms(ttl))))
+        finally:
+            self._forget(key)
+
+    def _set_many(self, mapping: Mapping[str, Any], ttl: Any) -> Plan[bool]:
+        self._backend or self._connect()
+        items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
+        self._forget_many(items)
+        try:
+            return (yield from self._write("set_many", False, items, self._ttl_ms(ttl))) is None
+        finally:
+            self._forget_many(items)
+
+    def _delete(self, key: str) -> Plan[bool]:
+        self._backend or self._connect()
+        self._forget(self._check_key(key))
+        try:
+            return bool((yield from self._write("delete", False, key)))
+        finally:
+            self._forget(key)
+
+    def _delete_many(self, keys: Iterable[str]) -> Plan[int]:
+        self._backend or self._connect()
+        keys = [self._check_key(k) for k in keys]
+        self._forget_many(keys)
+        try:
+            return int((yield from self._write("delete_many", 0, keys))) if keys else 0
+        finally:
+            self._forget_many(keys)
+
+    def _incr(self, key: str, delta: int, ttl: Any, create: bool) -> Plan[int]:
+        if type(delta) is not int:
+            raise TypeError("delta must be an int")
+        self._backend or self._connect()
+        self._forget(self._check_key(key))
+        try:
+            result = yield from self._call("incr", key, delta, self._ttl_ms(ttl), create=create)
+        finally:
+            self._forget(key)
+        if result is None:
+            raise KeyError(key)
+        return cast(int, result)
+
+    def _touch(self, key: str, ttl: Any) -> Plan[bool]:
+        self._backend or self._connect()
+        try:
+            return bool((yield from self._write("touch", False, self._check_key(key), self._ttl_ms(ttl))))
+        finally:
+            self._forget(key)
+
+    def _clear(self) -> Plan[bool]:
+        self._backend or self._connect()
+        if self._near is not None:
+            self._near.flush()
+        try:
+            return (yield from self._write("clear", False)) is None
+        finally:
+            if self._near is not None:
+                self._near.flush()
+
+    # -- stampede protection ------------------------------------------------------------
+
+    def _get_or_set(self, key: str, default: Any, ttl: Any, stale_ttl: float | None) -> Plan[Any]:
+        """:meth:`Cache.get_or_set`; a compute is the effect ``(COMPUTE, default)``
+        (the async side awaits what an ``async def`` returns)."""
+        self._check_key(key)
+        if not callable(default):
+            found = yield from self._get(key, _ABSENT)
+            if found is not _ABSENT:
+                return found
+            if (yield from self._add(key, default, ttl)):
+                return (yield from self._get(key, default))
+            found = yield from self._get(key, _ABSENT)
+            if found is _ABSENT:  # there but undecodable (or gone just now): replace it
+                yield from self._set(key, default, ttl)
+                return default
+            return found
+        secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
+        stale = self.stale_ttl if stale_ttl is None else stale_ttl
+        try:
+            entry = yield from self._fetch(key)
+        except BackendUnavailable:
+            if self.on_error == "raise":
+                raise
+            return (yield (COMPUTE, default))
+        now = _time()
+        if entry is not None:
+            value, expires_at, delta = entry
+            if not expires_at:
+                self.counters.incr("hits")
+                return value
+            if now < expires_at:
+                beta = self.xfetch_beta
+                early = beta > 0 and delta > 0 and now - delta * beta * math.log(
+                    _random() or 1e-300) >= expires_at
+                if not early or not (yield (LOCK, key)):
+                    self.counters.incr("hits")
+                    return value
+                self.counters.incr("early_refreshes")
+                return (yield from self._compute_locked(key, default, secs, stale, expires_at))
+            if (yield (LOCK, key)):
+                return (yield from self._compute_locked(key, default, secs, stale, expires_at))
+            self.counters.incr("stale")
+            return value
+        self.counters.incr("misses")
+        return (yield from self._wait_or_compute(key, default, secs, stale))
+
+    def _lock_token(self) -> str:
+        return uuid.uuid4().hex
+
+    def _take_lock(self, key: str) -> Plan[bool | None]:
+        """Take the single-flight lock of *key*: ``True`` taken, ``False`` held by
+        another caller, ``None`` the backend is unavailable."""
+        token = self._lock_token()
+        try:
+            ok = yield from self._call("acquire_lock", "sf:" + key, token, int(self.lock_ttl * 1000))
+        except BackendUnavailable:
+            return None
+        if ok:
+            self._tokens()[key] = token
+        return bool(ok)
+
+    def _tokens(self) -> dict[str, str]:
+        """This thread's single-flight lock tokens, by key."""
+        tokens: dict[str, str] | None = getattr(self._sf_local, "tokens", None)
+        if tokens is None:
+            tokens = self._sf_local.tokens = {}
+        return tokens
+
+    def _release(self, key: str) -> Plan[None]:
+        token = self._tokens().pop(key, None)
+        if token is not None:
+            try:
+                yield from self._call("release_lock", "sf:" + key, token)
+            except BackendUnavailable:
+                pass  # the lock expires on its own
+
+    def _compute_locked(self, key: str, compute: Callable[[], Any], secs: float | None, stale: float,
+                        seen: float | None) -> Plan[Any]:
+        """Holding the lock: unless another caller stored a new value since we looked
+        (*seen*: the logical expiry we saw, ``None`` for a miss), compute and store.
+        Then release the lock."""
+        try:
+            try:
+                current = yield from self._fetch(key, report=False)  # the caller's read counted a bad entry
+            except BackendUnavailable:
+                current = None
+            if current is not None and (seen is None or current[1] != seen) and (
+                    not current[1] or current[1] > _time()):
+                self.counters.incr("hits")
+                return current[0]
+            token = self._tokens().get(key)
+            held = (yield (HOLD, "sf:" + key, token)) if token else None
+            try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
+                return (yield from self._compute_store(key, compute, secs, stale))
+            finally:
+                if held is not None:
+                    yield ("unhold", held)
+        finally:
+            yield from self._release(key)
+
+    def _compute_store(self, key: str, compute: Callable[[], Any], secs: float | None,
+                       stale: float) -> Plan[Any]:
+        started = _monotonic()
+        value = yield (COMPUTE, compute)
+        delta = _monotonic() - started
+        self.counters.incr("recomputes")
+        if secs is None or type(value) is int:
+            data = self._encode(value)
+            ttl_ms = self._ttl_ms(secs)
+        else:
+            data = self._encode(value, _time() + secs, delta)
+            ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
+        self._forget(key)
+        try:
+            yield from self._write("set", None, key, data, ttl_ms)
+        finally:
+            self._forget(key)
+        return value
+
+    def _wait_or_compute(self, key: str, compute: Callable[[], Any], secs: float | None,
+                         stale: float) -> Plan[Any]:
+        deadline = _monotonic() + self.lock_wait
+        pause = 0.005
+        waited = False
+        while True:
+            locked = yield (LOCK, key)
+            if locked is None:  # outage: nobody can coordinate, compute (the write may be dropped)
+                if self.on_error == "raise":
+                    raise BackendUnavailable("cache unavailable while taking the recompute lock")
+                return (yield from self._compute_store(key, compute, secs, stale))
+            if locked:  # re-read first: the previous holder may have stored it just now
+                return (yield from self._compute_locked(key, compute, secs, stale, None))
+            if not waited:
+                self.counters.incr("lock_waits")
+                waited = True
+            if _monotonic() >= deadline:
+                return (yield from self._compute_store(key, compute, secs, stale))
+            yield (SLEEP, pause)
+            pause = min(pause * 1.5, 0.05)
+            try:
+                entry = yield from self._fetch(key, report=False)
+            except BackendUnavailable:
+                entry = None
+            if entry is not None and (not entry[1] or entry[1] > _time()):
+                return entry[0]
+
+    # -- the rest -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """Counters (hits, misses, near_hits, stale, recomputes, early_refreshes,
+        lock_waits, errors, dropped_writes, breaker_opened, undecodable) and the
+        ``breaker_state`` gauge (0 closed, 1 half-open, 2 open)."""
+        self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
+        if self._near is not None:
+            self.counters.set_gauge("near_size", len(self._near))
+        return self.counters.as_dict()
+
+    def __repr__(self) -> str:
+        where = self.url or ("client" if self.client is not None else "env")
+        return f"<{type(self).__name__} {where} {self.namespace_name!r}>"
+
+
+class Cache(_CacheCore):
+    """A cache on Redis (standalone, Sentinel, Cluster) or ``memory://``.
+
+    :param url: backend URL; ``None`` reads ``STATEKIT_CACHE_URL`` /
+        ``STATEKIT_REDIS_URL`` on first use.
+    :param client: a ready ``redis.Redis`` / ``RedisCluster`` (``decode_responses``
+        must be off) instead of a URL.
+    :param prefix: first part of every key (``STATEKIT_KEY_PREFIX``, ``"statekit"``).
+    :param namespace: the key space :meth:`clear` empties; see :meth:`namespace`.
+    :param default_ttl: seconds a value lives when ``ttl`` is not given; ``None``
+        for no expiry.
+    :param serializer: ``"json"`` (default), ``"msgpack"``, ``"signed-pickle"``
+        (needs *secret_keys*) or a :class:`~statekit.serializers.Serializer`.
+    :param near_cache: ``True`` or a maximum entry count to keep decoded values in
+        process, coherent through Redis invalidations (any Redis URL, TLS
+        included; not ``memory://``). A near copy is not served while the
+        invalidation listener has invalidations it has not applied yet. See
+        :mod:`statekit.cache.near`.
+    :param near_max_age: upper bound, in seconds, on how long a near entry is kept.
+    :param on_error: ``"raise"`` or ``"miss"`` (see the module docstring).
+    :param failure_threshold: consecutive failures that open the circuit breaker.
+    :param breaker_reset: seconds the breaker stays open before a trial call.
+    :param stale_ttl: seconds a value computed by :meth:`get_or_set` / :meth:`cached`
+        may be served stale while one caller recomputes it.
+    :param lock_ttl: seconds the recompute lock lives without its holder: while a
+        compute runs, the lock is extended every ``lock_ttl / 3`` seconds, so a slow
+        compute still runs once; a crashed holder's lock expires after this long.
+    :param lock_wait: seconds a caller waits for another's recompute before
+        computing itself.
+    :param xfetch_beta: XFetch's beta; ``0`` disables early refresh.
+    :param timeout: socket connect/read timeout for a URL (overrides the URL's).
+    :param fast_path: no effect, kept so existing calls work: every Redis URL kind
+        goes through the one transport (:mod:`statekit.redis.transport`, a
+        per-thread redis-py connection).
+    """
+
+    def _effect(self, effect: tuple[Any, ...]) -> Any:
+        """Run one effect of a plan (sync)."""
+        kind = effect[0]
+        if kind == BE:
+            return getattr(self._backend or self._connect(), effect[1])(*effect[2], **effect[3])
+        if kind == COMPUTE:
+            return effect[1]()
+        if kind == LOCK:
+            return self._try_lock(effect[1])
+        if kind == SLEEP:
+            time.sleep(effect[1])
+            return None
+        if kind == HOLD:
+            return lock_keeper.hold(functools.partial(
+                self._be().extend_lock, effect[1], effect[2], int(self.lock_ttl * 1000)), self.lock_ttl / 3)
+        lock_keeper.release(effect[1])
+        return None
+
+    def _be(self) -> CacheBackend:
+        return self._backend or self._connect()
+
+    def _try_lock(self, key: str) -> bool | None:
+        """Take the single-flight lock of *key* (see :meth:`_take_lock`)."""
+        return drive(self._take_lock(key), self._effect)
+
+    def _unlock(self, key: str) -> None:
+        drive(self._release(key), self._effect)
+
+    def _compute_and_store(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
+        return cast(T, drive(self._compute_store(key, compute, secs, stale), self._effect))
+
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value at *key*, or *default* if it is missing, expired or cannot be
+        decoded (see the module docstring).
+
+        Served from the near cache when enabled and coherent; otherwise one round
+        trip. On an outage: *default* with ``on_error="miss"``, else
+        :class:`~statekit.errors.BackendUnavailable`."""
+        if self._near is not None:
+            hit = self._near_get(key)
+            return drive(self._get(key, default), self._effect) if hit is _ABSENT else hit
+        if type(key) is not str or not key or len(key) > _MAX_KEY:
+            self._check_key(key)
+        # the common path, inlined: one round trip, no extra calls
+        backend = self._backend or self._connect()
+        breaker = self.breaker
+        if breaker._state != CLOSED and not breaker.allow():
+            if self.on_error == "raise":
+                raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+            return default
+        try:
+            data = backend.get(key)
+        except BackendUnavailable:
+            breaker.failure()
+            self.counters.incr("errors")
+            if self.on_error == "raise":
+                raise
+            return default
+        if breaker._failures:
+            breaker.success()
+        if data is None:
+            self.counters.misses += 1
+            return default
+        if data and data[0] == 1:
+            try:
+                value = self._loads_marked(data)
+            except SerializationError as e:
+                self._undecodable(key, e)
+                self.counters.misses += 1
+                return default
+            self.counters.hits += 1
+            return value
+        found: tuple[Any, float, float] | None = self._entry(key, data)
+        if found is None or (found[1] and found[1] <= _time()):
+            self.counters.misses += 1
+            return default
+        self.counters.hits += 1
+        return found[0]
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """``{key: value}`` for the keys that are present: one ``MGET`` (atomic with
+        respect to writers) per 500 keys (:data:`statekit.cache.redis.CHUNK`), so a
+        big read never blocks Redis for long; on Redis Cluster one ``MGET`` per slot,
+        each node's share in one pipeline, all nodes at once (one round trip per
+        node). ``{}`` during an outage with ``on_error="miss"``."""
+        return drive(self._get_many(keys), self._effect)
+
+    def has(self, key: str) -> bool:
+        """Whether :meth:`get` would find *key* (``False`` on an outage with
+        ``on_error="miss"``). A value stored by :meth:`get_or_set` past its lifetime,
+        kept only to be served stale while one caller recomputes it, is not there.
+        Only the header is read: an entry another codec wrote counts as there."""
+        return self.ttl(key) is not None
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds *key* has left (for a value stored by :meth:`get_or_set`: until it
+        is due to be recomputed, not counting the stale window); ``math.inf`` if it
+        never expires; ``None`` if it is missing or past that lifetime (or on an
+        outage with ``on_error="miss"``). Reads the value's header, one round trip."""
+        return drive(self._ttl(key), self._effect)
+
     def set(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Store *value* (``ttl`` seconds, ``None`` for no expiry); the last writer
         wins. Returns ``False`` if the write was dropped (``on_error="miss"`` during
         an outage). A value the codec cannot encode raises
         :class:`~statekit.errors.SerializationError` before any I/O."""
-        backend = self._backend or self._connect()
-        data = self._encode(value)
-        self._check_key(key)
-        self._forget(key)
-        try:
-            return self._write(backend.set, False, key, data, self._ttl_ms(ttl)) is None
-        finally:
-            self._forget(key)
+        return drive(self._set(key, value, ttl), self._effect)
 
     def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Store *value* only if *key* is missing; ``True`` if stored. Atomic: of
         concurrent callers (any process) exactly one succeeds, so ``add`` can elect
         a worker. ``False`` as well when dropped during an outage (``"miss"``). A value
         of :meth:`get_or_set` in its stale window (past its ttl) still counts as there."""
-        backend = self._backend or self._connect()
-        data = self._encode(value)
-        self._forget(self._check_key(key))
-        try:
-            return bool(self._write(backend.add, False, key, data, self._ttl_ms(ttl)))
-        finally:
-            self._forget(key)
+        return drive(self._add(key, value, ttl), self._effect)
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """Store every item with the same TTL: one round trip per 500 items
@@ -761,33 +1047,16 @@ class Cache:
         blocks Redis for long. A failure after the first chunk leaves the earlier
         chunks written (they are not sent again). ``False`` if dropped during an
         outage (``"miss"``)."""
-        backend = self._backend or self._connect()
-        items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
-        self._forget_many(items)
-        try:
-            return self._write(backend.set_many, False, items, self._ttl_ms(ttl)) is None
-        finally:
-            self._forget_many(items)
+        return drive(self._set_many(mapping, ttl), self._effect)
 
     def delete(self, key: str) -> bool:
         """Delete *key*; ``True`` if it existed."""
-        backend = self._backend or self._connect()
-        self._forget(self._check_key(key))
-        try:
-            return bool(self._write(backend.delete, False, key))
-        finally:
-            self._forget(key)
+        return drive(self._delete(key), self._effect)
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Delete *keys* (one round trip per 500 keys; on Redis Cluster one per node,
         as :meth:`get_many`); return how many existed."""
-        backend = self._backend or self._connect()
-        keys = [self._check_key(k) for k in keys]
-        self._forget_many(keys)
-        try:
-            return int(self._write(backend.delete_many, 0, keys)) if keys else 0
-        finally:
-            self._forget_many(keys)
+        return drive(self._delete_many(keys), self._effect)
 
     def incr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
         """Atomically add *delta* to the integer at *key* and return the result.
@@ -796,18 +1065,7 @@ class Cache:
         otherwise a missing key raises ``KeyError``. A value that is not an integer
         raises ``ValueError``. Counters cannot be made up, so an outage raises
         :class:`~statekit.errors.BackendUnavailable` even with ``on_error="miss"``."""
-        if type(delta) is not int:
-            raise TypeError("delta must be an int")
-        backend = self._backend or self._connect()
-        self._forget(self._check_key(key))
-        try:
-            result = self._call(functools.partial(backend.incr, create=create), key, delta,
-                                self._ttl_ms(ttl))
-        finally:
-            self._forget(key)
-        if result is None:
-            raise KeyError(key)
-        return result
+        return drive(self._incr(key, delta, ttl, create), self._effect)
 
     def decr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
         """:meth:`incr` by ``-delta``."""
@@ -817,11 +1075,7 @@ class Cache:
         """Give *key* a new TTL; ``False`` if it is missing. For a value stored by
         :meth:`get_or_set` this is how long Redis keeps it, not when it is due to be
         recomputed (fixed when it was computed)."""
-        backend = self._backend or self._connect()
-        try:
-            return bool(self._write(backend.touch, False, self._check_key(key), self._ttl_ms(ttl)))
-        finally:
-            self._forget(key)
+        return drive(self._touch(key, ttl), self._effect)
 
     def clear(self) -> bool:
         """Empty this namespace in O(1) (a generation bump; no FLUSHDB). Other
@@ -830,16 +1084,7 @@ class Cache:
         and UNLINK, 500 keys per call; see :mod:`statekit.cache.redis`), also those
         stored with no TTL. ``False`` if dropped during an outage with
         ``on_error="miss"``."""
-        backend = self._backend or self._connect()
-        if self._near is not None:
-            self._near.flush()
-        try:
-            return self._write(backend.clear, False) is None
-        finally:
-            if self._near is not None:
-                self._near.flush()
-
-    # -- stampede protection ------------------------------------------------------------
+        return drive(self._clear(), self._effect)
 
     @overload
     def get_or_set(self, key: str, default: Callable[[], T], ttl: TTL = DEFAULT, *,
@@ -865,148 +1110,7 @@ class Cache:
         (atomically, first writer wins) and the stored value returned, as Django
         does. Integer results are stored raw, so :meth:`incr` works on them (they
         get no stale window or early refresh)."""
-        self._check_key(key)
-        if not callable(default):
-            found = self.get(key, _ABSENT)
-            if found is not _ABSENT:
-                return cast(T, found)
-            if self.add(key, default, ttl):
-                return cast(T, self.get(key, default))
-            found = self.get(key, _ABSENT)
-            if found is _ABSENT:  # there but undecodable (or gone just now): replace it
-                self.set(key, default, ttl)
-                return default
-            return cast(T, found)
-        compute: Callable[[], T] = default
-        secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
-        stale = self.stale_ttl if stale_ttl is None else stale_ttl
-        try:
-            entry = self._fetch(key)
-        except BackendUnavailable:
-            if self.on_error == "raise":
-                raise
-            return compute()
-        now = _time()
-        if entry is not None:
-            value, expires_at, delta = entry
-            if not expires_at:
-                self.counters.incr("hits")
-                return cast(T, value)
-            if now < expires_at:
-                beta = self.xfetch_beta
-                early = beta > 0 and delta > 0 and now - delta * beta * math.log(
-                    _random() or 1e-300) >= expires_at
-                if not early or not self._try_lock(key):
-                    self.counters.incr("hits")
-                    return cast(T, value)
-                self.counters.incr("early_refreshes")
-                return self._compute_locked(key, compute, secs, stale, expires_at)
-            if self._try_lock(key):
-                return self._compute_locked(key, compute, secs, stale, expires_at)
-            self.counters.incr("stale")
-            return cast(T, value)
-        self.counters.incr("misses")
-        return self._wait_or_compute(key, compute, secs, stale)
-
-    def _lock_token(self) -> str:
-        return uuid.uuid4().hex
-
-    def _try_lock(self, key: str) -> bool | None:
-        """Take the single-flight lock of *key*: ``True`` taken, ``False`` held by
-        another caller, ``None`` the backend is unavailable."""
-        token = self._lock_token()
-        try:
-            ok = self._call(self._be().acquire_lock, "sf:" + key, token,
-                            int(self.lock_ttl * 1000))
-        except BackendUnavailable:
-            return None
-        if ok:
-            self._tokens()[key] = token
-        return bool(ok)
-
-    def _tokens(self) -> dict[str, str]:
-        """This thread's single-flight lock tokens, by key."""
-        tokens: dict[str, str] | None = getattr(self._sf_local, "tokens", None)
-        if tokens is None:
-            tokens = self._sf_local.tokens = {}
-        return tokens
-
-    def _unlock(self, key: str) -> None:
-        token = self._tokens().pop(key, None)
-        if token is not None:
-            try:
-                self._call(self._be().release_lock, "sf:" + key, token)
-            except BackendUnavailable:
-                pass  # the lock expires on its own
-
-    def _compute_locked(self, key: str, compute: Callable[[], T], secs: float | None, stale: float,
-                        seen: float | None) -> T:
-        """Holding the lock: unless another caller stored a new value since we looked
-        (*seen*: the logical expiry we saw, ``None`` for a miss), compute and store.
-        Then release the lock."""
-        try:
-            try:
-                current = self._fetch(key, report=False)  # the caller's read counted a bad entry
-            except BackendUnavailable:
-                current = None
-            if current is not None and (seen is None or current[1] != seen) and (
-                    not current[1] or current[1] > _time()):
-                self.counters.incr("hits")
-                return cast(T, current[0])
-            token = self._tokens().get(key)
-            held = lock_keeper.hold(functools.partial(
-                self._be().extend_lock, "sf:" + key, token, int(self.lock_ttl * 1000)),
-                self.lock_ttl / 3) if token else 0
-            try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
-                return self._compute_and_store(key, compute, secs, stale)
-            finally:
-                lock_keeper.release(held)
-        finally:
-            self._unlock(key)
-
-    def _compute_and_store(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
-        started = _monotonic()
-        value = compute()
-        delta = _monotonic() - started
-        self.counters.incr("recomputes")
-        if secs is None or type(value) is int:
-            data = self._encode(value)
-            ttl_ms = self._ttl_ms(secs)
-        else:
-            data = self._encode(value, _time() + secs, delta)
-            ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
-        self._forget(key)
-        try:
-            self._write(self._be().set, None, key, data, ttl_ms)
-        finally:
-            self._forget(key)
-        return value
-
-    def _wait_or_compute(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
-        deadline = _monotonic() + self.lock_wait
-        pause = 0.005
-        waited = False
-        while True:
-            locked = self._try_lock(key)
-            if locked is None:  # outage: nobody can coordinate, compute (the write may be dropped)
-                if self.on_error == "raise":
-                    raise BackendUnavailable("cache unavailable while taking the recompute lock")
-                return self._compute_and_store(key, compute, secs, stale)
-            if locked:  # re-read first: the previous holder may have stored it just now
-                return self._compute_locked(key, compute, secs, stale, None)
-            if not waited:
-                self.counters.incr("lock_waits")
-                waited = True
-            if _monotonic() >= deadline:
-                return self._compute_and_store(key, compute, secs, stale)
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.05)
-            try:
-                entry = self._fetch(key, report=False)
-            except BackendUnavailable:
-                entry = None
-            if entry is not None and (not entry[1] or entry[1] > _time()):
-                return cast(T, entry[0])
+        return cast(T, drive(self._get_or_set(key, default, ttl, stale_ttl), self._effect))
 
     def cached(self, ttl: TTL = DEFAULT, *, key: str | Callable[..., str] | None = None,
                stale_ttl: float | None = None) -> Callable[[Callable[..., T]], CachedFunction[T]]:
@@ -1034,21 +1138,10 @@ class Cache:
 
         return decorate
 
-    # -- locks and the rest -------------------------------------------------------------
-
     def lock(self, name: str, timeout: float = 10.0, *, blocking_timeout: float | None = None) -> Lock:
         """A distributed lock called *name* (see :class:`Lock`)."""
         self._check_key(name)
         return Lock(self, name, timeout, blocking_timeout)
-
-    def stats(self) -> dict[str, float]:
-        """Counters (hits, misses, near_hits, stale, recomputes, early_refreshes,
-        lock_waits, errors, dropped_writes, breaker_opened, undecodable) and the
-        ``breaker_state`` gauge (0 closed, 1 half-open, 2 open)."""
-        self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
-        if self._near is not None:
-            self.counters.set_gauge("near_size", len(self._near))
-        return self.counters.as_dict()
 
     def close(self) -> None:
         """Give this thread's connection back to the pool and stop the near cache
@@ -1057,10 +1150,6 @@ class Cache:
             self._listener.stop()
         if self._backend is not None:
             self._backend.close()
-
-    def __repr__(self) -> str:
-        where = self.url or ("client" if self.client is not None else "env")
-        return f"<Cache {where} {self.namespace_name!r}>"
 
 
 # -- the module-level default cache -----------------------------------------------------

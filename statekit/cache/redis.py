@@ -89,6 +89,7 @@ from ..errors import BackendUnavailable, ConfigError, StatekitError
 from ..redis import RedisClient, outcome_unknown, translate_errors
 from ..redis.scripts import load
 from ..redis.transport import Transport
+from .plan import BATCH, CMD, RUN, Plan, drive
 from .protocol import CacheBackend, Stored
 
 if TYPE_CHECKING:
@@ -143,6 +144,23 @@ def _chunks(seq: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 def _ttl_arg(ttl_ms: int | None) -> bytes:
     return b"" if ttl_ms is None else str(ttl_ms).encode()
+
+
+def _step(transport: RedisTransport, effect: tuple[Any, ...]) -> Any:
+    """One effect of a backend plan on the sync transport."""
+    kind = effect[0]
+    if kind == CMD:
+        return transport.command(*effect[1])
+    if kind == RUN:
+        return transport.run(effect[1], effect[2])
+    return cluster_batch(transport, effect[1], effect[2], read=effect[3])
+
+
+def _stored(flat: Sequence[Any]) -> Iterator[Stored]:
+    """Parse the cache script's ``gett`` reply: (value, ttl ms) pairs."""
+    for i in range(0, len(flat), 2):
+        value, ttl = flat[i], flat[i + 1]
+        yield _MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl))
 
 
 class RedisTransport(Transport):
@@ -399,13 +417,17 @@ sweeper = Sweeper()
 reset_in_child(sweeper)
 
 
-class RedisCacheBackend(CacheBackend):
-    """Cache backend for every Redis URL kind (see the module docstring)."""
+class _RedisCachePlans:
+    """What the sync and the async Redis cache backends share: the namespace's names,
+    its generation state and every operation written once as a *plan* (a generator
+    that yields the Redis calls it needs, see :func:`drive`); the sync backend runs
+    them on a :class:`RedisTransport`, :class:`statekit.cache.aio.AsyncRedisCacheBackend`
+    on an :class:`~statekit.redis.aio.AsyncTransport`."""
 
-    def __init__(self, transport: RedisTransport, base: str) -> None:
+    def __init__(self, transport: Any, base: str) -> None:
         self.transport = transport
         self.base = base
-        self.cluster = transport.cluster
+        self.cluster: bool = transport.cluster
         #: where value names start: the namespace's hash tag, or on Cluster none
         self.head = base.replace("{", "{}{", 1) if self.cluster else base
         self._gen_key = base + "gen"
@@ -414,28 +436,8 @@ class RedisCacheBackend(CacheBackend):
         self._epoch = 0  # _epochs[gen key] when the generation was read
         self._listener: InvalidationListener | None = None  # Cluster: keeps the generation current
         self._token: tuple[int, int] | None = None  # the listener's state the generation is trusted in
-
-    @classmethod
-    def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> RedisCacheBackend:
-        require("redis", feature="redis:// cache URLs")
-        from ..redis import get_client
-
-        overrides: dict[str, Any] = {}
-        timeout = options.get("timeout")
-        if timeout is not None:
-            overrides = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-        return cls.from_client(get_client(url, **overrides), base)
-
-    @classmethod
-    def from_client(cls, client: RedisClient, base: str) -> RedisCacheBackend:
-        require("redis", feature="the Redis cache")
-        return cls(RedisTransport(client), base)
-
-    def namespace(self, base: str) -> RedisCacheBackend:
-        return type(self)(self.transport, base)
-
-    def near_listener(self, prefix: str) -> InvalidationListener | None:
-        return self._make_listener(prefix)
+        #: the sync backend that removes the keys of cleared generations (:meth:`_swept`)
+        self.sweeping: RedisCacheBackend | None = None
 
     def generation_listener(self) -> InvalidationListener | None:
         """Cluster: a listener that tracks only this namespace's generation counter
@@ -476,7 +478,7 @@ class RedisCacheBackend(CacheBackend):
 
     # -- the generation ----------------------------------------------------------------
 
-    def _generation(self) -> bytes:
+    def _generation(self) -> Plan[bytes]:
         """Cluster: the generation. With a listener (:meth:`watch_generation`), the
         one read last while the listener stayed connected and tracking the counter,
         no invalidation of a counter was applied since and none waits
@@ -492,7 +494,7 @@ class RedisCacheBackend(CacheBackend):
                 return self._gen
             listener.ensure_running()
             covered = listener.connected.is_set() and listener.covers(self._gen_key)
-            self._gen = self.transport.command(b"GET", self._gen_key) or b"0"
+            self._gen = (yield (CMD, (b"GET", self._gen_key))) or b"0"
             self._epoch = epoch
             # trusted only if nothing changed while the GET was in flight (an
             # invalidation applied, a reconnect); one pending now is seen next call
@@ -500,7 +502,7 @@ class RedisCacheBackend(CacheBackend):
             self._token = token if covered and unchanged else None
             return self._gen
         if _monotonic() >= self._fresh_until or epoch != self._epoch:
-            self._gen = self.transport.command(b"GET", self._gen_key) or b"0"
+            self._gen = (yield (CMD, (b"GET", self._gen_key))) or b"0"
             self._epoch = epoch
             self._fresh_until = _monotonic() + GENERATION_TTL
         return self._gen
@@ -509,31 +511,35 @@ class RedisCacheBackend(CacheBackend):
         prefix = self.head + gen.decode() + ":"
         return [prefix + k for k in keys]
 
-    def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str]) -> Any:
+    def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str]) -> Plan[Any]:
         """Run *op* of the cache script on *keys* (at most :data:`CHUNK`; on Cluster,
         one slot) in the current generation (see the module docstring)."""
         if self.cluster:
-            return self.transport.run(self._names(self._generation(), keys), (op, b"", *args))
+            gen = yield from self._generation()
+            return (yield (RUN, self._names(gen, keys), (op, b"", *args)))
         for _ in range(_TRIES):
             gen = self._gen
             try:
-                return self.transport.run([self._gen_key, *self._names(gen, keys)], (op, gen, *args))
+                return (yield (RUN, [self._gen_key, *self._names(gen, keys)], (op, gen, *args)))
             except StaleGeneration as e:
                 self._gen = e.gen
         raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one call")
 
     def _bulk(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str],
-              per_key: Sequence[bytes] = (), *, read: bool = False) -> list[tuple[list[int], Any]]:
+              per_key: Sequence[bytes] = (), *, read: bool = False) -> Plan[list[tuple[list[int], Any]]]:
         """*op* on many keys: per :data:`CHUNK` (standalone) or per slot, each node's
         share in one pipeline (Cluster). *per_key* are arguments that follow *keys*
         one for one (the values of a ``set``). Returns (the keys' indexes, the reply)
         per call."""
         if not self.cluster:
-            return [(list(range(i, min(i + CHUNK, len(keys)))),
-                     self._mget(keys[i:i + CHUNK]) if op == b"mget" else
-                     self._run(op, keys[i:i + CHUNK], (*args, *per_key[i:i + CHUNK])))
-                    for i in range(0, len(keys), CHUNK)]
-        names = [n.encode() for n in self._names(self._generation(), keys)]  # packed as they are
+            out: list[tuple[list[int], Any]] = []
+            for i in range(0, len(keys), CHUNK):
+                reply = (yield from self._mget(keys[i:i + CHUNK])) if op == b"mget" else (
+                    yield from self._run(op, keys[i:i + CHUNK], (*args, *per_key[i:i + CHUNK])))
+                out.append((list(range(i, min(i + CHUNK, len(keys)))), reply))
+            return out
+        gen = yield from self._generation()
+        names = [n.encode() for n in self._names(gen, keys)]  # packed as they are
         slot_of = _key_slot()
         groups: dict[int, list[int]] = {}
         for i, name in enumerate(names):
@@ -552,15 +558,16 @@ class RedisCacheBackend(CacheBackend):
                                      op, b"", *args, *extra))
                 slots.append(slot)
                 parts.append(part)
-        return list(zip(parts, cluster_batch(self.transport, commands, slots, read=read), strict=True))
+        replies = yield (BATCH, commands, slots, read)
+        return list(zip(parts, replies, strict=True))
 
-    def _mget(self, keys: Sequence[str]) -> list[bytes | None]:
+    def _mget(self, keys: Sequence[str]) -> Plan[list[bytes | None]]:
         """Standalone: ``MGET gen, <head><gen>:<key>...`` with the generation seen
         last time: the reply carries the current generation, read atomically with
         the values, so a mismatch (after a clear) is detected and the read repeated."""
         for _ in range(_TRIES):
             gen = self._gen
-            reply = self.transport.command(b"MGET", self._gen_key, *self._names(gen, keys))
+            reply = yield (CMD, (b"MGET", self._gen_key, *self._names(gen, keys)))
             current = reply[0] or b"0"
             if current == gen:
                 values: list[bytes | None] = reply[1:]
@@ -568,89 +575,182 @@ class RedisCacheBackend(CacheBackend):
             self._gen = current
         raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one read")
 
-    # -- the protocol ------------------------------------------------------------------
+    # -- the operations, as plans (see :func:`drive`) ------------------------------------
 
-    def get(self, key: str) -> bytes | None:
+    def plan_get(self, key: str) -> Plan[bytes | None]:
+        """:meth:`get` as a plan."""
         if self.cluster:
-            value: bytes | None = self.transport.command(b"GET", self._names(self._generation(), (key,))[0])
+            gen = yield from self._generation()
+            value: bytes | None = yield (CMD, (b"GET", self._names(gen, (key,))[0]))
             return value
-        return self._mget((key,))[0]
+        return (yield from self._mget((key,)))[0]
 
-    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+    def plan_get_many(self, keys: Sequence[str]) -> Plan[list[bytes | None]]:
+        """:meth:`get_many` as a plan."""
         out: list[bytes | None] = [None] * len(keys)
-        for part, reply in self._bulk(b"mget", keys, (), read=True):
+        for part, reply in (yield from self._bulk(b"mget", keys, (), read=True)):
             for i, value in zip(part, reply, strict=True):
                 out[i] = value
         return out
 
-    def get_with_ttl(self, key: str) -> Stored:
-        return self.get_many_with_ttl((key,))[0]
-
-    def get_many_with_ttl(self, keys: Sequence[str]) -> list[Stored]:
-        def stored(flat: Sequence[Any]) -> Iterator[Stored]:
-            for i in range(0, len(flat), 2):
-                value, ttl = flat[i], flat[i + 1]
-                yield _MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl))
-
+    def plan_get_many_with_ttl(self, keys: Sequence[str]) -> Plan[list[Stored]]:
+        """:meth:`get_many_with_ttl` as a plan."""
         if not self.cluster or len(keys) == 1:
             out: list[Stored] = []
             for chunk in _chunks(keys):
-                out.extend(stored(self._run(b"gett", chunk, ())))
+                out.extend(_stored((yield from self._run(b"gett", chunk, ()))))
             return out
         rows: list[Stored] = [_MISSING] * len(keys)
-        for part, reply in self._bulk(b"gett", keys, (), read=True):
-            for i, row in zip(part, stored(reply), strict=True):
+        for part, reply in (yield from self._bulk(b"gett", keys, (), read=True)):
+            for i, row in zip(part, _stored(reply), strict=True):
                 rows[i] = row
         return rows
 
-    def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
-        keys = list(items)
-        self._bulk(b"set", keys, (_ttl_arg(ttl_ms),), list(items.values()))
+    def plan_set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> Plan[None]:
+        """:meth:`set_many` as a plan."""
+        yield from self._bulk(b"set", list(items), (_ttl_arg(ttl_ms),), list(items.values()))
 
-    def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
-        self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
+    def plan_set(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[None]:
+        """:meth:`set` as a plan."""
+        yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
 
-    def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
-        return bool(self._run(b"add", (key,), (_ttl_arg(ttl_ms), value)))
+    def plan_add(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[bool]:
+        """:meth:`add` as a plan."""
+        return bool((yield from self._run(b"add", (key,), (_ttl_arg(ttl_ms), value))))
 
-    def delete(self, key: str) -> bool:
-        return int(self._run(b"del", (key,), ())) > 0
+    def plan_delete(self, key: str) -> Plan[bool]:
+        """:meth:`delete` as a plan."""
+        return int((yield from self._run(b"del", (key,), ()))) > 0
 
-    def delete_many(self, keys: Sequence[str]) -> int:
-        return sum(int(reply) for _, reply in self._bulk(b"del", keys, ()))
+    def plan_delete_many(self, keys: Sequence[str]) -> Plan[int]:
+        """:meth:`delete_many` as a plan."""
+        return sum(int(reply) for _, reply in (yield from self._bulk(b"del", keys, ())))
 
-    def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
-        result = self._run(b"incr", (key,), (str(delta).encode(), _ttl_arg(ttl_ms), b"1" if create else b"0"))
+    def plan_incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> Plan[int | None]:
+        """:meth:`incr` as a plan."""
+        result = yield from self._run(b"incr", (key,), (str(delta).encode(), _ttl_arg(ttl_ms),
+                                                         b"1" if create else b"0"))
         return None if result is None else int(result)
 
-    def touch(self, key: str, ttl_ms: int | None) -> bool:
-        return bool(self._run(b"touch", (key,), (_ttl_arg(ttl_ms),)))
+    def plan_touch(self, key: str, ttl_ms: int | None) -> Plan[bool]:
+        """:meth:`touch` as a plan."""
+        return bool((yield from self._run(b"touch", (key,), (_ttl_arg(ttl_ms),))))
 
-    def clear(self) -> None:
-        """Bump the generation (O(1), one command), then let :data:`sweeper` remove
-        the older generations' keys in the background (on Cluster after
-        :data:`GENERATION_TTL`, when no process writes to them any more)."""
-        gen = int(self.transport.command(b"INCR", self._gen_key))
+    def plan_clear(self) -> Plan[None]:
+        """:meth:`clear` as a plan."""
+        gen = int((yield (CMD, (b"INCR", self._gen_key))))
         _epochs[self._gen_key] = _epochs.get(self._gen_key, 0) + 1
         self._gen = str(gen).encode()
         self._epoch = _epochs[self._gen_key]
         self._fresh_until = _monotonic() + GENERATION_TTL
-        sweeper.submit(self, gen, GENERATION_TTL if self.cluster else 0.0)
+        self._swept(gen)
+
+    def _swept(self, below: int) -> None:
+        """Have the generations below *below* removed in the background (by
+        :attr:`sweeping`, a sync backend of the namespace; without one the old
+        generation's keys are left to expire, or to the next clear made elsewhere)."""
+        if self.sweeping is not None:
+            sweeper.submit(self.sweeping, below, GENERATION_TTL if self.cluster else 0.0)
 
     def _lock_key(self, name: str) -> str:
         # single-flight locks spread with their keys; named locks keep their names
         return f"{self.head if name.startswith('sf:') else self.base}lock:{name}"
 
-    def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        reply = self.transport.command(b"SET", self._lock_key(name), token, b"PX", ttl_ms, b"NX")
+    def plan_acquire_lock(self, name: str, token: str, ttl_ms: int) -> Plan[bool]:
+        """:meth:`acquire_lock` as a plan."""
+        reply = yield (CMD, (b"SET", self._lock_key(name), token, b"PX", ttl_ms, b"NX"))
         return reply is not None and reply is not False
 
+    def plan_release_lock(self, name: str, token: str) -> Plan[bool]:
+        """:meth:`release_lock` as a plan."""
+        return bool((yield (RUN, (self._lock_key(name),), (b"unlock", b"", token.encode()))))
+
+    def plan_extend_lock(self, name: str, token: str, ttl_ms: int) -> Plan[bool]:
+        """:meth:`extend_lock` as a plan."""
+        return bool((yield (RUN, (self._lock_key(name),),
+                            (b"extend", b"", token.encode(), str(ttl_ms).encode()))))
+
+
+class RedisCacheBackend(_RedisCachePlans, CacheBackend):
+    """Cache backend for every Redis URL kind (see the module docstring): the plans
+    of :class:`_RedisCachePlans` run on the sync transport."""
+
+    transport: RedisTransport
+
+    def __init__(self, transport: RedisTransport, base: str) -> None:
+        super().__init__(transport, base)
+        self._do = functools.partial(_step, transport)
+        self.sweeping = self
+
+    @classmethod
+    def from_url(cls, url: str, base: str, options: Mapping[str, Any]) -> RedisCacheBackend:
+        require("redis", feature="redis:// cache URLs")
+        from ..redis import get_client
+
+        overrides: dict[str, Any] = {}
+        timeout = options.get("timeout")
+        if timeout is not None:
+            overrides = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        return cls.from_client(get_client(url, **overrides), base)
+
+    @classmethod
+    def from_client(cls, client: RedisClient, base: str) -> RedisCacheBackend:
+        require("redis", feature="the Redis cache")
+        return cls(RedisTransport(client), base)
+
+    def namespace(self, base: str) -> RedisCacheBackend:
+        return type(self)(self.transport, base)
+
+    def near_listener(self, prefix: str) -> InvalidationListener | None:
+        return self._make_listener(prefix)
+
+    def get(self, key: str) -> bytes | None:
+        return drive(self.plan_get(key), self._do)
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return drive(self.plan_get_many(keys), self._do)
+
+    def get_with_ttl(self, key: str) -> Stored:
+        return drive(self.plan_get_many_with_ttl((key,)), self._do)[0]
+
+    def get_many_with_ttl(self, keys: Sequence[str]) -> list[Stored]:
+        return drive(self.plan_get_many_with_ttl(keys), self._do)
+
+    def set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> None:
+        drive(self.plan_set_many(items, ttl_ms), self._do)
+
+    def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
+        drive(self.plan_set(key, value, ttl_ms), self._do)
+
+    def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
+        return drive(self.plan_add(key, value, ttl_ms), self._do)
+
+    def delete(self, key: str) -> bool:
+        return drive(self.plan_delete(key), self._do)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        return drive(self.plan_delete_many(keys), self._do)
+
+    def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
+        return drive(self.plan_incr(key, delta, ttl_ms, create=create), self._do)
+
+    def touch(self, key: str, ttl_ms: int | None) -> bool:
+        return drive(self.plan_touch(key, ttl_ms), self._do)
+
+    def clear(self) -> None:
+        """Bump the generation (O(1), one command), then let :data:`sweeper` remove
+        the older generations' keys in the background (on Cluster after
+        :data:`GENERATION_TTL`, when no process writes to them any more)."""
+        drive(self.plan_clear(), self._do)
+
+    def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        return drive(self.plan_acquire_lock(name, token, ttl_ms), self._do)
+
     def release_lock(self, name: str, token: str) -> bool:
-        return bool(self.transport.run((self._lock_key(name),), (b"unlock", b"", token.encode())))
+        return drive(self.plan_release_lock(name, token), self._do)
 
     def extend_lock(self, name: str, token: str, ttl_ms: int) -> bool:
-        return bool(self.transport.run((self._lock_key(name),),
-                                       (b"extend", b"", token.encode(), str(ttl_ms).encode())))
+        return drive(self.plan_extend_lock(name, token, ttl_ms), self._do)
 
     def close(self) -> None:
         self.transport.close()

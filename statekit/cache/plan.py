@@ -1,0 +1,66 @@
+"""Plans: each cache operation written once, for the sync and the async cache.
+
+A *plan* is a generator that does all the pure work of an operation (key checks,
+encoding, names, generations, result parsing, breaker and stampede decisions) and
+yields each piece of I/O it needs as an *effect* tuple; whatever runs the plan
+performs the effect and sends the result back (or throws its exception in). The
+sync side runs plans with :func:`drive` (a plain call per effect); the async side
+with :func:`adrive` (an ``await`` per effect). So :class:`~statekit.cache.Cache` and
+:class:`~statekit.cache.AsyncCache`, and the sync and async Redis backends, share
+every line but the awaits.
+
+Backend effects (:mod:`statekit.cache.redis`): ``(CMD, args)`` one command,
+``(RUN, keys, args)`` the cache script, ``(BATCH, commands, slots, read)``
+single-slot commands on a Cluster. Façade effects (:mod:`statekit.cache`): ``(BE,
+name, args, kwargs)`` a backend operation, ``(COMPUTE, fn)`` the user's function,
+``(LOCK, key)`` the single-flight lock, ``(SLEEP, seconds)``, ``(HOLD, name,
+token)`` / ``(UNHOLD, handle)`` keep a lock extended while computing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar, cast
+
+__all__ = ["BATCH", "BE", "CMD", "COMPUTE", "HOLD", "LOCK", "RUN", "SLEEP", "UNHOLD", "Plan", "adrive",
+           "drive"]
+
+T = TypeVar("T")
+#: a plan whose result is a ``T``
+Plan = Generator[tuple[Any, ...], Any, T]
+
+CMD, RUN, BATCH = "cmd", "run", "batch"
+BE, COMPUTE, LOCK, SLEEP, HOLD, UNHOLD = "be", "compute", "lock", "sleep", "hold", "unhold"
+
+
+def _advance(plan: Plan[Any], value: Any, error: BaseException | None) -> tuple[bool, Any]:
+    """Resume *plan* with *value* (or *error*): (done, its result or next effect)."""
+    try:
+        return False, plan.throw(error) if error is not None else plan.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def drive(plan: Plan[T], do: Callable[[tuple[Any, ...]], Any]) -> T:
+    """Run *plan* to its end, performing each effect with *do*."""
+    done, out = _advance(plan, None, None)
+    while not done:
+        try:
+            value, error = do(out), None
+        except Exception as e:  # noqa: BLE001 - handed to the plan, which raises it or recovers
+            value, error = None, e
+        done, out = _advance(plan, value, error)
+    return cast(T, out)
+
+
+async def adrive(plan: Plan[T], do: Callable[[tuple[Any, ...]], Awaitable[Any]]) -> T:
+    """:func:`drive` with an async *do*: a cancellation is thrown into the plan too,
+    so its ``finally`` clauses (a lock's release) still run."""
+    done, out = _advance(plan, None, None)
+    while not done:
+        try:
+            value, error = await do(out), None
+        except BaseException as e:  # noqa: BLE001 - the plan decides (CancelledError included)
+            value, error = None, e
+        done, out = _advance(plan, value, error)
+    return cast(T, out)
