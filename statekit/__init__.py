@@ -32,6 +32,7 @@ __version__ = "0.1.0.dev0"
 # name -> module that defines it, imported on first attribute access
 _LAZY: dict[str, str] = {
     "AsyncBlobStore": "statekit.blobs",
+    "AsyncBroadcaster": "statekit.broadcast",
     "Blob": "statekit.blobs",
     "BlobStore": "statekit.blobs",
     "Broadcaster": "statekit.broadcast",
@@ -54,6 +55,7 @@ _SUBMODULES = frozenset({"cache"})
 
 __all__ = [
     "AsyncBlobStore",
+    "AsyncBroadcaster",
     "BackendURL",
     "BackendUnavailable",
     "Blob",

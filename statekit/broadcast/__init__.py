@@ -38,6 +38,11 @@ One computation per interval (lease, fencing token, claimed slots) is explained 
 :mod:`statekit.broadcast.scheduler`, what workers do through outages in
 :mod:`statekit.broadcast.hub`.
 
+From asyncio (FastAPI, Starlette, Django async views): :class:`SharedValue` as is
+(``await value.aget()`` to load it without blocking, ``await value.changed()``),
+and :class:`~statekit.broadcast.aio.AsyncBroadcaster`, the same scheduler as a task
+on the event loop (:mod:`statekit.broadcast.aio`).
+
 Modules: :mod:`~statekit.broadcast.protocol` (the backend contract, typed results,
 how a URL finds its backend), :mod:`~statekit.broadcast.redis` (the Redis backend:
 Lua scripts and pub/sub, every Redis URL form or a ready redis-py client),
@@ -61,6 +66,7 @@ from .scheduler import Broadcaster, Job, Run, current_run
 from .values import SharedValue, SharedValues
 
 __all__ = [
+    "AsyncBroadcaster",
     "Broadcaster",
     "Job",
     "Run",
@@ -79,4 +85,8 @@ def __getattr__(name: str) -> Any:
         from .redis import state_key
 
         return state_key
+    if name == "AsyncBroadcaster":  # the asyncio scheduler on redis-py's asyncio client
+        from .aio import AsyncBroadcaster
+
+        return AsyncBroadcaster
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
