@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cache.near import NearCache
@@ -466,7 +466,8 @@ class AsyncRedisEngine(_Layout):
             self.cluster = isinstance(client, RedisCluster)
         else:
             self.cluster = parse_url(url or "", kinds=("redis", "memory")).scheme == "redis+cluster"
-        self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncTransport] = \
+        self._lanes: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AsyncTransport, AsyncGenerator[None, None]]] = \
             weakref.WeakKeyDictionary()
 
     @classmethod
@@ -480,16 +481,32 @@ class AsyncRedisEngine(_Layout):
                               "leave near_cache off")
         return cls(key_prefix=key_prefix, url=url, counters=counters)
 
-    def _transport(self) -> AsyncTransport:
+    async def _transport(self) -> AsyncTransport:
         """This loop's transport (and client), made on first use."""
         loop = asyncio.get_running_loop()
-        transport = self._lanes.get(loop)
-        if transport is None:
+        lane = self._lanes.get(loop)
+        if lane is None:
             from ..redis.aio import AsyncTransport, create_async_client
 
             client = self._client if self._client is not None else create_async_client(self._url or "")
-            transport = self._lanes[loop] = AsyncTransport(client, what="session")
-        return transport
+            transport = AsyncTransport(client, what="session")
+            # closed when the loop shuts down (asyncio.run, asgiref and uvicorn call the
+            # loop's shutdown_asyncgens): a loop that ends without aclose() leaves no
+            # open socket behind
+            closer = self._closer(loop, transport)
+            lane = self._lanes[loop] = (transport, closer)
+            await closer.__anext__()
+        return lane[0]
+
+    async def _closer(self, loop: asyncio.AbstractEventLoop,
+                      transport: AsyncTransport) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            self._lanes.pop(loop, None)
+            await transport.aclose()
+            if self._client is None:
+                await transport.client.aclose()
 
     async def _index_after(self, transport: AsyncTransport, op: IndexOp | None, what: str) -> None:
         if op is None or not self.cluster:
@@ -500,11 +517,12 @@ class AsyncRedisEngine(_Layout):
             await pipe.execute()
 
     async def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
-        return _fields(await self._transport().command(b"HGETALL", self._session_prefix + handle))
+        transport = await self._transport()
+        return _fields(await transport.command(b"HGETALL", self._session_prefix + handle))
 
     async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
                     ttl_ms: int, index: IndexOp | None) -> Result:
-        transport = self._transport()
+        transport = await self._transport()
         call = self._write_call(self._session_prefix + handle, create, sets, dels, ttl_ms, index, False)
         result = _result(await transport.script(_WRITE, *call))
         if result.status is Status.DONE:
@@ -512,7 +530,7 @@ class AsyncRedisEngine(_Layout):
         return result
 
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
-        transport = self._transport()
+        transport = await self._transport()
         result = _result(await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
         if result.status is Status.DONE:
             await self._index_after(transport, index, "session rotate")
@@ -520,13 +538,14 @@ class AsyncRedisEngine(_Layout):
 
     async def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
         try:
-            reply = await self._transport().script(_INCR, [self.key(handle)], [field, amount, codec])
+            transport = await self._transport()
+            reply = await transport.script(_INCR, [self.key(handle)], [field, amount, codec])
         except RedisReplyError as e:
             raise _incr_refused(field, e) from e
         return _incr_result(reply)
 
     async def destroy(self, handle: str, user: str | None) -> Result:
-        transport = self._transport()
+        transport = await self._transport()
         keys, index_key = self._destroy_keys(handle, user)
         result = _result(await transport.script(_DESTROY, keys, [handle]))
         if result.status is Status.DONE and index_key:
@@ -546,7 +565,7 @@ class AsyncRedisEngine(_Layout):
                 return total
 
     async def _revoke_batch(self, index_key: str, keep: str) -> tuple[int, int]:
-        transport = self._transport()
+        transport = await self._transport()
         with translate_errors("session revoke"):
             if not self.cluster:
                 deleted, left = await transport.script(_REVOKE, [index_key],
@@ -560,7 +579,7 @@ class AsyncRedisEngine(_Layout):
             return int(sum(results[:-1])), 1  # once more: sessions indexed meanwhile
 
     async def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
-        client = self._transport().client
+        client = (await self._transport()).client
         with translate_errors("session list"):
             members = [_text(m) for m in await client.zrangebyscore(self.index_key(user), since, "+inf")]
             if not members:
@@ -571,17 +590,15 @@ class AsyncRedisEngine(_Layout):
         return _listing(members, rows)
 
     async def claim(self, name: str, value: bytes, ttl_ms: int) -> bytes | None:
-        return _bytes(await self._transport().script(_CLAIM, [name], [value, ttl_ms]))
+        transport = await self._transport()
+        return _bytes(await transport.script(_CLAIM, [name], [value, ttl_ms]))
 
     async def peek(self, name: str) -> bytes | None:
-        return _bytes(await self._transport().command(b"GET", name))
+        transport = await self._transport()
+        return _bytes(await transport.command(b"GET", name))
 
     async def aclose(self) -> None:
         """Release this loop's connections (and close its client, unless it was given)."""
-        loop = asyncio.get_running_loop()
-        transport = self._lanes.pop(loop, None)
-        if transport is None:
-            return
-        await transport.aclose()
-        if self._client is None:
-            await transport.client.aclose()
+        lane = self._lanes.get(asyncio.get_running_loop())
+        if lane is not None:
+            await lane[1].aclose()

@@ -56,21 +56,21 @@ from __future__ import annotations
 
 import functools
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
 from statekit.config import parse_url
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outages
-from statekit.sessions import Session
+from statekit.sessions import Session, Steps, _StoreCore
 from statekit.sessions import SessionStore as CoreStore
+from statekit.sessions.aio import AsyncSessionStore
 
 from .conf import get_setting, get_settings
 
-__all__ = ["SessionStore", "get_core_store", "version_token"]
+__all__ = ["SessionStore", "get_async_core_store", "get_core_store", "version_token"]
 
 
 #: the version token the current request's browser sent (set by the middleware)
@@ -81,8 +81,25 @@ _MIDDLEWARE = "django_statekit.middleware.SessionOutageMiddleware"
 
 def get_core_store() -> CoreStore:
     """The process's :class:`statekit.sessions.SessionStore` for the current settings."""
+    store: CoreStore = _core_store(CoreStore, *_store_settings())
+    if store.near_cache and _MIDDLEWARE not in settings.MIDDLEWARE:
+        raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
+                          "(it carries the version token that orders a browser's reads after its writes)")
+    return store
+
+
+def get_async_core_store() -> AsyncSessionStore:
+    """The process's :class:`statekit.sessions.aio.AsyncSessionStore` for the current
+    settings (the async methods' store: the same Redis, keys and settings as
+    :func:`get_core_store`, without the near cache: its loads always ask Redis, and
+    its writes reach the sync side's near copies through Redis's invalidations)."""
+    store: AsyncSessionStore = _core_store(AsyncSessionStore, *_store_settings(near=False))
+    return store
+
+
+def _store_settings(near: bool = True) -> tuple[Any, ...]:
     s = get_settings()
-    store = _core_store(
+    return (
         s.require("session_url"), s.secret_keys, s.key_prefix,
         float(settings.SESSION_COOKIE_AGE),
         float(get_setting("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400)),
@@ -90,16 +107,12 @@ def get_core_store() -> CoreStore:
         float(get_setting("STATEKIT_SESSION_ALIAS_WINDOW", 10)),
         str(get_setting("STATEKIT_SESSION_CODEC", "json")),
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
-        get_setting("STATEKIT_SESSION_NEAR_CACHE", 0),
+        get_setting("STATEKIT_SESSION_NEAR_CACHE", 0) if near else 0,
         get_setting("STATEKIT_SESSION_CARRY_OVER", None),
         _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True)),
         str(get_setting("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", settings.SESSION_CACHE_ALIAS)),
         _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False)),
     )
-    if store.near_cache and _MIDDLEWARE not in settings.MIDDLEWARE:
-        raise ConfigError(f"STATEKIT_SESSION_NEAR_CACHE needs {_MIDDLEWARE!r} in MIDDLEWARE "
-                          "(it carries the version token that orders a browser's reads after its writes)")
-    return store
 
 
 def _outage_name() -> str:
@@ -108,15 +121,18 @@ def _outage_name() -> str:
     return f"session store {parse_url(url).redacted()}" if url else "session store"
 
 
+_S = TypeVar("_S", bound=_StoreCore)
+
+
 @functools.lru_cache(maxsize=16)
-def _core_store(url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
+def _core_store(kind: type[_S], url: str, keys: tuple[str, ...], prefix: str, idle: float, absolute: float,
                 refresh: float, alias: float, codec: str, policy: str, near: Any,
-                carry: str | None, carry_delete: bool, carry_cache: str, carry_pickle: bool) -> CoreStore:
+                carry: str | None, carry_delete: bool, carry_cache: str, carry_pickle: bool) -> _S:
     from django.contrib.auth import SESSION_KEY
 
     from .carryover import carry_over_for
 
-    store = CoreStore(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
+    store = kind(url, secret_keys=keys, key_prefix=prefix, idle_timeout=idle,
                       absolute_lifetime=absolute, refresh_interval=refresh, alias_window=alias,
                       codec=codec, outage_policy=policy, user_key=SESSION_KEY, near_cache=near)
     store.carry_over = carry_over_for(carry, delete=carry_delete, cache_alias=carry_cache, lifetime=idle,
@@ -153,25 +169,56 @@ class SessionStore(SessionBase):
     def store(self) -> CoreStore:
         return get_core_store()
 
+    @property
+    def astore(self) -> AsyncSessionStore:
+        """The async methods' store (:func:`get_async_core_store`)."""
+        return get_async_core_store()
+
     def _get_new_session_key(self) -> str:
         return self.store.sign(self.store.new().sid)
+
+    async def _aget_new_session_key(self) -> str:
+        # a new random id, signed: no round trip to check it is unused (256 bits)
+        return self._get_new_session_key()
+
+    def _data(self) -> dict[str, Any]:
+        """This request's session dict (loaded now if not yet)."""
+        data: dict[str, Any] = self._get_session()  # type: ignore[attr-defined]
+        return data
+
+    async def _adata(self) -> dict[str, Any]:
+        """:meth:`_data`, loading with :meth:`aload`."""
+        data: dict[str, Any] = await self._aget_session()  # type: ignore[attr-defined]
+        return data
 
     def _sid(self, session_key: str | None = None) -> str | None:
         return self.store.unsign(session_key or self.session_key)
 
+    # Each operation is written once, as steps on a core store (statekit.sessions:
+    # the engine calls they need are yielded); the sync method runs them on the
+    # sync store, the async one awaits them on the async store. Neither hops threads.
+
     def load(self) -> dict[str, Any]:
+        store = self.store
+        return store._run(self._load_steps(store))
+
+    async def aload(self) -> dict[str, Any]:
+        """:meth:`load` natively async (no thread hop)."""
+        store = self.astore
+        return await store._run(self._load_steps(store))
+
+    def _load_steps(self, store: _StoreCore) -> Steps[dict[str, Any]]:
         # Django's contract: any key of 8 characters or more is a valid session_key
         # (SessionBase._validate_session_key); one that does not verify names no
         # session, found without a Redis call, and is dropped as Django's engines drop
         # a key they do not know
-        store = self.store
         if not self.session_key or (store.carry_over is None
                                     and store.unsign(self.session_key, context="django") is None):
             self._session_key = None
             return {}
         try:
             # with a previous store, a key that is not statekit's is looked up there first
-            core = store.open(self.session_key, context="django", version_token=version_token.get())
+            core = yield from store._open_steps(self.session_key, "django", version_token.get())
         except BackendUnavailable as e:
             self.outage = True
             outages.down(_outage_name(), e)
@@ -194,13 +241,12 @@ class SessionStore(SessionBase):
             self.modified = True
         return core
 
-    def _synced(self) -> Session:
-        """The core session holding this request's data (Django's ``clear()`` and
-        ``update()`` may have replaced or changed the dict)."""
-        data = self._get_session()  # type: ignore[attr-defined]
+    def _synced(self, store: _StoreCore, data: dict[str, Any]) -> Session:
+        """The core session holding this request's data *data* (Django's ``clear()``
+        and ``update()`` may have replaced or changed the dict)."""
         core = self._core
         if core is None:
-            core = self._core = self.store.new()
+            core = self._core = store.new()
         if data is not core:
             dict.clear(core)
             for k, v in data.items():
@@ -210,21 +256,51 @@ class SessionStore(SessionBase):
         return core
 
     def exists(self, session_key: str) -> bool:
-        sid = self.store.unsign(session_key) if session_key else None
-        return sid is not None and self.store.load(sid) is not None
+        store = self.store
+        return store._run(self._exists_steps(store, session_key))
+
+    async def aexists(self, session_key: str) -> bool:
+        """:meth:`exists` natively async."""
+        store = self.astore
+        return await store._run(self._exists_steps(store, session_key))
+
+    def _exists_steps(self, store: _StoreCore, session_key: str) -> Steps[bool]:
+        sid = store.unsign(session_key) if session_key else None
+        if sid is None:
+            return False
+        session, _ = yield from store._load_steps(sid, 0)
+        return session is not None
 
     def create(self) -> None:
         """Store this session's data (empty if none) under a new key now."""
-        self._get_session(no_load=True)  # type: ignore[attr-defined]
+        store = self.store
+        store._run(self._create_steps(store))
+
+    async def acreate(self) -> None:
+        """:meth:`create` natively async."""
+        store = self.astore
+        await store._run(self._create_steps(store))
+
+    def _create_steps(self, store: _StoreCore) -> Steps[None]:
+        data = self._get_session(no_load=True)  # type: ignore[attr-defined]  # no I/O: no_load
         self._core = None
-        self.save(must_create=True)
+        yield from self._save_steps(store, data)
         self.modified = True
 
     def save(self, must_create: bool = False) -> None:
         """Store the changes. A new session is stored even when empty (Django's
         ``save()`` then ``exists()`` contract); an expiry already past (``set_expiry``
         with a date gone or a negative age) ends the session now, as in Django."""
-        core = self._synced()
+        store = self.store
+        store._run(self._save_steps(store, self._data()))
+
+    async def asave(self, must_create: bool = False) -> None:
+        """:meth:`save` natively async."""
+        store = self.astore
+        await store._run(self._save_steps(store, await self._adata()))
+
+    def _save_steps(self, store: _StoreCore, data: dict[str, Any]) -> Steps[None]:
+        core = self._synced(store, data)
         if core.unavailable:
             return
         if self.modified:
@@ -234,14 +310,14 @@ class SessionStore(SessionBase):
         core.idle_timeout = age
         try:
             if age is not None and age < 0:
-                self.store.destroy(core)
+                yield from store._destroy_session_steps(core)
                 saved = True
             else:
                 # SessionMiddleware sends the cookie after every save it makes (the
                 # session modified, or SESSION_SAVE_EVERY_REQUEST): always write then, so
                 # a request in flight at a login learns of the rotation (its write follows
                 # the alias) and the middleware keeps the old cookie out of the response
-                saved = self.store.save(core, force=True)
+                saved = yield from store._save_steps(core, True)
         except BackendUnavailable as e:
             self.outage = True
             outages.down(_outage_name(), e)
@@ -250,7 +326,7 @@ class SessionStore(SessionBase):
             outages.up(_outage_name())
         if not saved:
             raise UpdateError
-        self._session_key = self.store.sign(core.sid)
+        self._session_key = store.sign(core.sid)
 
     def delete(self, session_key: str | None = None) -> None:
         """Delete this session, or the one *session_key* names.
@@ -258,14 +334,23 @@ class SessionStore(SessionBase):
         :raises BackendUnavailable: the store is unreachable, or this session is the
             read-only one of the ``anonymous`` outage policy (it cannot be deleted).
         """
+        store = self.store
+        store._run(self._delete_steps(store, session_key))
+
+    async def adelete(self, session_key: str | None = None) -> None:
+        """:meth:`delete` natively async."""
+        store = self.astore
+        await store._run(self._delete_steps(store, session_key))
+
+    def _delete_steps(self, store: _StoreCore, session_key: str | None) -> Steps[None]:
         if session_key is None and self._core is not None:
             if self._core.unavailable:
                 raise BackendUnavailable("the session store is unavailable: cannot delete the session")
-            self.store.destroy(self._core)
+            yield from store._destroy_session_steps(self._core)
             return
-        sid = self._sid(session_key)
+        sid = store.unsign(session_key or self.session_key)
         if sid is not None:
-            self.store.destroy_id(sid)
+            yield from store._destroy_steps(store._handle(sid), None)
 
     def clear(self) -> None:
         """Empty the session. Unlike Django's own ``clear()`` this loads it first, so
@@ -275,47 +360,74 @@ class SessionStore(SessionBase):
         :raises BackendUnavailable: the store is unreachable, or the session is the
             read-only one of the ``anonymous`` outage policy.
         """
-        data = self._get_session()  # type: ignore[attr-defined]
+        self._clear(self._data())
+
+    def _clear(self, data: dict[str, Any]) -> None:
         if isinstance(data, Session) and data.unavailable:
             raise BackendUnavailable("the session store is unavailable: this session is read-only")
         data.clear()
         self.modified = True
 
     def flush(self) -> None:
+        store = self.store
         self.clear()
-        self.delete()
+        store._run(self._flush_steps(store))
+
+    async def aflush(self) -> None:
+        """:meth:`flush` natively async (``alogout()`` calls this); Django's own
+        ``aflush`` would keep the destroyed session, so the next save failed."""
+        store = self.astore
+        self._clear(await self._adata())
+        await store._run(self._flush_steps(store))
+
+    def _flush_steps(self, store: _StoreCore) -> Steps[None]:
+        yield from self._delete_steps(store, None)
         self._session_key = None
         self._core = None
         self._session_cache = {}
-
-    async def aflush(self) -> None:
-        """:meth:`flush` (``alogout()`` calls this); Django's own ``aflush`` would keep
-        the destroyed session, so the next save failed."""
-        await sync_to_async(self.flush)()
-
-    async def acycle_key(self) -> None:
-        """:meth:`cycle_key` (``alogin()`` calls this): the same atomic rotation."""
-        await sync_to_async(self.cycle_key)()
 
     def cycle_key(self) -> None:
         """Rotate the session id (``login()`` calls this): the data moves to a new id
         atomically; the old id no longer loads it (only requests that loaded it before
         still write through it, for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds)."""
-        core = self._synced()
-        self.store.rotate(core)
-        self._session_key = self.store.sign(core.sid)
+        store = self.store
+        store._run(self._cycle_steps(store, self._data()))
+
+    async def acycle_key(self) -> None:
+        """:meth:`cycle_key` natively async (``alogin()`` calls this): the same atomic
+        rotation."""
+        store = self.astore
+        await store._run(self._cycle_steps(store, await self._adata()))
+
+    def _cycle_steps(self, store: _StoreCore, data: dict[str, Any]) -> Steps[None]:
+        core = self._synced(store, data)
+        yield from store._rotate_steps(core)
+        self._session_key = store.sign(core.sid)
         self.modified = True
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Atomically add *amount* to the integer under *key* and return it."""
-        core = self._synced()
+        store = self.store
+        return store._run(self._incr_steps(store, self._data(), key, amount))
+
+    async def aincr(self, key: str, amount: int = 1) -> int:
+        """:meth:`incr` natively async."""
+        store = self.astore
+        return await store._run(self._incr_steps(store, await self._adata(), key, amount))
+
+    def _incr_steps(self, store: _StoreCore, data: dict[str, Any], key: str, amount: int) -> Steps[int]:
+        core = self._synced(store, data)
         was_new = core.new
-        value = self.store.incr(core, key, amount)
+        value = yield from store._incr_steps(core, key, amount)
         if was_new:  # stored just now: the middleware must send the cookie
-            self._session_key = self.store.sign(core.sid)
+            self._session_key = store.sign(core.sid)
             self.modified = True
         return value
 
     @classmethod
     def clear_expired(cls) -> None:
         """Redis expires sessions on its own: nothing to do."""
+
+    @classmethod
+    async def aclear_expired(cls) -> None:
+        """Redis expires sessions on its own: nothing to do (no thread hop either)."""
