@@ -67,9 +67,10 @@ from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
     from ..redis import RedisClient
+    from .aio import AsyncCache
 
-__all__ = ["BACKENDS", "DEFAULT", "Cache", "CacheBackend", "CachedFunction", "Lock", "configure",
-           "get_default"]
+__all__ = ["BACKENDS", "DEFAULT", "AsyncCache", "Cache", "CacheBackend", "CachedFunction", "Lock",
+           "configure", "get_default"]
 
 T = TypeVar("T")
 _C = TypeVar("_C", bound="_CacheCore")
@@ -285,7 +286,7 @@ class _CacheCore:
         self._init_lock: Any = threading.RLock() if _parent is None else _parent._init_lock
         self._parent = _parent
         self._sf_local = threading.local()
-        self._backend: CacheBackend | None = None
+        self._backend: Any = None  # a CacheBackend (sync) or an AsyncRedisCacheBackend
         self._near: NearCache[Entry] | None = None
         self._listener: InvalidationListener | None = None
         # weak both ways, so a dropped cache is freed at once and its listener stops
@@ -308,7 +309,7 @@ class _CacheCore:
         """The namespace's key base: ``"<prefix>:{<namespace>}:"``."""
         return f"{self.prefix}:{{{self.namespace_name}}}:"
 
-    def _connect(self) -> CacheBackend:
+    def _connect(self) -> Any:
         with self._init_lock:
             if self._backend is not None:
                 return self._backend
@@ -333,29 +334,30 @@ class _CacheCore:
             self._backend = backend
             return backend
 
-    def _build(self) -> tuple[CacheBackend, InvalidationListener | None]:
-        if self.client is None:
-            url = self.url
-            if url is None:
-                url = Settings.from_env().cache_url
-                if not url:
-                    raise ConfigError("no cache URL: set STATEKIT_CACHE_URL or STATEKIT_REDIS_URL, "
-                                      "or pass Cache(url=...)")
-                self.url = url
-            _check_name("prefix", self.prefix)
-            backend = _backend_class(url).from_url(
-                url, self.base, {"timeout": self.timeout})
-        else:
-            _check_name("prefix", self.prefix)
-            from .redis import RedisCacheBackend
-
-            backend = RedisCacheBackend.from_client(self.client, self.base)
+    def _build(self) -> tuple[Any, InvalidationListener | None]:
+        backend = self._new_backend()
         if self.near_size:
             listener = backend.near_listener(self.prefix + ":")
         else:  # Cluster: the generation counters' listener (see statekit.cache.redis)
             make = getattr(backend, "generation_listener", None)
             listener = make() if make is not None else None
         return backend, listener
+
+    def _url(self) -> str:
+        """The backend URL: the one given, else the environment's (kept)."""
+        url = self.url
+        if url is None:
+            url = Settings.from_env().cache_url
+            if not url:
+                raise ConfigError(f"no cache URL: set STATEKIT_CACHE_URL or STATEKIT_REDIS_URL, "
+                                  f"or pass {type(self).__name__}(url=...)")
+            self.url = url
+        _check_name("prefix", self.prefix)
+        return url
+
+    def _new_backend(self) -> Any:
+        """The backend of this family's first namespace (no I/O)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _new_backend()")
 
     def namespace(self: _C, name: str) -> _C:
         """A cache over the same connections whose keys live in namespace *name*:
@@ -374,15 +376,6 @@ class _CacheCore:
             )
             self._children[name] = child
         return cast(_C, child)
-
-    def near_ready(self, timeout: float = 5.0) -> bool:
-        """Start the near cache's invalidation connection if needed and wait until it
-        is up; ``False`` if there is no near cache or it did not come up in time."""
-        self._backend or self._connect()
-        if self._listener is None or self._near is None:
-            return False
-        self._listener.ensure_running()
-        return self._listener.connected.wait(timeout)
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -941,8 +934,27 @@ class Cache(_CacheCore):
         lock_keeper.release(effect[1])
         return None
 
+    def near_ready(self, timeout: float = 5.0) -> bool:
+        """Start the near cache's invalidation connection if needed and wait until it
+        is up; ``False`` if there is no near cache or it did not come up in time."""
+        self._backend or self._connect()
+        if self._listener is None or self._near is None:
+            return False
+        self._listener.ensure_running()
+        return self._listener.connected.wait(timeout)
+
     def _be(self) -> CacheBackend:
-        return self._backend or self._connect()
+        backend: CacheBackend = self._backend or self._connect()
+        return backend
+
+    def _new_backend(self) -> CacheBackend:
+        if self.client is None:
+            url = self._url()
+            return _backend_class(url).from_url(url, self.base, {"timeout": self.timeout})
+        _check_name("prefix", self.prefix)
+        from .redis import RedisCacheBackend
+
+        return RedisCacheBackend.from_client(self.client, self.base)
 
     def _try_lock(self, key: str) -> bool | None:
         """Take the single-flight lock of *key* (see :meth:`_take_lock`)."""
@@ -1184,11 +1196,15 @@ def get_default() -> Cache:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "AsyncCache":  # imported on first use: it needs redis-py's asyncio client
+        from .aio import AsyncCache
+
+        return AsyncCache
     if name in _PROXIED:
         return getattr(get_default(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _PROXIED)
+    return sorted(set(globals()) | _PROXIED | {"AsyncCache"})
 

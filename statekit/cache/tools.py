@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from .._fork import reset_in_child
 from ..errors import InvalidKey, LockError, SerializationError
 from ..serializers import _TAG, _tag
+from .plan import BE, SLEEP, Plan, drive
 
 if TYPE_CHECKING:
     from . import Cache
-    from .protocol import CacheBackend
 
 __all__ = ["DEFAULT", "TTL", "BoundCachedFunction", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
 
@@ -90,37 +90,43 @@ class Lock:
     def token(self, value: str | None) -> None:
         self._local.token = value
 
-    def _backend(self) -> CacheBackend:
-        return self.cache._be()
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lock; wait up to *timeout* (default ``blocking_timeout``, ``None``
-        for ever) when *blocking*. ``True`` if taken."""
+    def _acquire(self, blocking: bool, timeout: float | None) -> Plan[bool]:
         token = uuid.uuid4().hex
         wait = self.blocking_timeout if timeout is None else timeout
         deadline = None if wait is None else _monotonic() + wait
         pause = 0.005
         while True:
-            if self._backend().acquire_lock(self.name, token, self._ms):
+            if (yield (BE, "acquire_lock", (self.name, token, self._ms), {})):
                 self.token = token
                 return True
             if not blocking or (deadline is not None and _monotonic() >= deadline):
                 return False
-            time.sleep(pause)
+            yield (SLEEP, pause)
             pause = min(pause * 1.5, 0.1)
+
+    def _release(self) -> Plan[None]:
+        token, self.token = self.token, None
+        if token is None or not (yield (BE, "release_lock", (self.name, token), {})):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def _extend(self, timeout: float | None) -> Plan[None]:
+        ms = self._ms if timeout is None else _lock_ms(timeout)
+        if self.token is None or not (yield (BE, "extend_lock", (self.name, self.token, ms), {})):
+            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; wait up to *timeout* (default ``blocking_timeout``, ``None``
+        for ever) when *blocking*. ``True`` if taken."""
+        return drive(self._acquire(blocking, timeout), self.cache._effect)
 
     def release(self) -> None:
         """Release the lock; :class:`~statekit.errors.LockError` if this object does
         not hold it (never taken, or expired and taken by someone else)."""
-        token, self.token = self.token, None
-        if token is None or not self._backend().release_lock(self.name, token):
-            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+        drive(self._release(), self.cache._effect)
 
     def extend(self, timeout: float | None = None) -> None:
         """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
-        ms = self._ms if timeout is None else _lock_ms(timeout)
-        if self.token is None or not self._backend().extend_lock(self.name, self.token, ms):
-            raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
+        drive(self._extend(timeout), self.cache._effect)
 
     def locked(self) -> bool:
         """Whether this thread holds the lock through this object (as far as it knows)."""

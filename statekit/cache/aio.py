@@ -1,0 +1,418 @@
+"""``AsyncCache``: the cache for asyncio code (ASGI apps, Django async views).
+
+The same cache as :class:`statekit.cache.Cache`, awaited: the same keys, codecs,
+generations (Cluster included), Lua script, single-flight lock, XFetch, circuit
+breaker and near cache, so a value written by a sync worker is read by an async one
+and back. Nothing is written twice: every operation is one plan
+(:mod:`statekit.cache.plan`) that :class:`~statekit.cache.Cache` runs with plain calls
+and :class:`AsyncCache` with awaits on redis-py's asyncio client
+(:class:`statekit.redis.aio.AsyncTransport`).
+
+**Event loops.** Connections belong to the loop that opened them: from a URL the
+cache takes one client per running loop (:func:`statekit.redis.aio.get_async_client`),
+so one ``AsyncCache`` may serve several loops (a Django process where ``async_to_sync``
+runs loops of its own, a test runner). A ready client (``client=``) is used on the
+loop it was made for. At most ``limit`` commands per loop are in flight (the
+transport's bound, default the pool's ``max_connections`` capped at 64); more callers
+wait their turn, so many concurrent ``await cache.get()`` use a bounded number of
+connections and the loop never blocks on I/O.
+
+**Near cache.** ``near_cache=`` as for ``Cache``: the invalidation listener is the
+same background thread (its own redis-py connection tracking the prefix with
+``CLIENT TRACKING ... BCAST``), so the async data connections need no tracking set-up;
+serving a near copy costs one zero-timeout ``poll`` and never blocks the loop. With
+``client=`` a near cache needs a standalone client (the listener connects with its
+connection settings); pass a URL for Sentinel and Cluster.
+
+**Clear.** One ``INCR`` of the namespace's generation counter, as for ``Cache``; the
+older generations' keys are removed by the process's sweeper thread through a sync
+client of the same URL (with ``client=`` they are left to expire or to the next
+clear made by a sync cache).
+
+Failures as ``Cache``: ``on_error="raise"`` raises
+:class:`~statekit.errors.BackendUnavailable`, ``"miss"`` reads the default and drops
+writes; the breaker opens after ``failure_threshold`` consecutive failures. A task
+cancelled while a command is in flight drops that connection (never read as another
+caller's reply) and releases the single-flight lock it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from ..errors import BackendUnavailable, ConfigError, LockError
+from . import _ABSENT, _CacheCore, _check_name
+from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, adrive
+from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
+from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
+
+__all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
+
+T = TypeVar("T")
+
+
+class _Transports:
+    """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop, for a
+    URL (a client per loop) or for one ready client."""
+
+    def __init__(self, url: str | None, client: Any, overrides: dict[str, Any]) -> None:
+        from ..redis import is_cluster
+
+        self.url = url
+        self.client = client
+        self.overrides = overrides
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        if client is not None:
+            from redis.asyncio.cluster import RedisCluster
+
+            self.cluster = isinstance(client, RedisCluster)
+            _check_bytes(client)
+        else:
+            self.cluster = url is not None and url.partition("://")[0].lower() == "redis+cluster"
+        del is_cluster
+
+    def current(self) -> Any:
+        """The transport of the running loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        transport = self._by_loop.get(loop)
+        if transport is None:
+            from ..redis.aio import AsyncTransport, get_async_client
+
+            client = self.client if self.client is not None else get_async_client(
+                cast(str, self.url), **self.overrides)
+            _check_bytes(client)
+            transport = self._by_loop[loop] = AsyncTransport(client, what="cache", reply_error=_value_error)
+        return transport
+
+    async def aclose(self) -> None:
+        """Give the running loop's kept connections back to its pool."""
+        transport = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if transport is not None:
+            await transport.aclose()
+
+
+def _check_bytes(client: Any) -> None:
+    get_encoder = getattr(client, "get_encoder", None)
+    if get_encoder is not None and get_encoder().decode_responses:
+        raise ConfigError("the cache needs a Redis client with decode_responses=False")
+
+
+async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Cluster: single-slot commands sent at once (each to its node by redis-py's
+    asyncio ``RedisCluster``); the replies in order. Raises the first failure after
+    every command finished (nothing is sent twice)."""
+
+    def one(cmd: Sequence[Any]) -> Awaitable[Any]:
+        if cmd[0] == b"EVALSHA":
+            n = int(cmd[2])
+            return cast(Awaitable[Any], transport.script(SCRIPT, cmd[3:3 + n], cmd[3 + n:]))
+        return cast(Awaitable[Any], transport.command(*cmd))
+
+    replies = await asyncio.gather(*(one(cmd) for cmd in commands), return_exceptions=True)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return list(replies)
+
+
+class AsyncRedisCacheBackend(_RedisCachePlans):
+    """The Redis cache backend on redis-py's asyncio client: the plans of the sync
+    :class:`~statekit.cache.redis.RedisCacheBackend` (same names, generations,
+    script), awaited. :meth:`call` runs one operation by name."""
+
+    transport: _Transports
+
+    def __init__(self, transports: _Transports, base: str, sync: RedisCacheBackend | None = None) -> None:
+        super().__init__(transports, base)
+        #: a sync backend of the same namespace (from the URL): it sweeps cleared
+        #: generations and makes the invalidation listener
+        self.sync = sync
+        self.sweeping = sync
+
+    def namespace(self, base: str) -> AsyncRedisCacheBackend:
+        return type(self)(self.transport, base, None if self.sync is None else self.sync.namespace(base))
+
+    async def _do(self, effect: tuple[Any, ...]) -> Any:
+        transport = self.transport.current()
+        kind = effect[0]
+        if kind == CMD:
+            return await transport.command(*effect[1])
+        if kind == RUN:
+            return await transport.script(SCRIPT, effect[1], effect[2])
+        assert kind == BATCH  # noqa: S101 - the plans yield nothing else
+        return await _batch(transport, effect[1])
+
+    async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the backend operation *name* (``"get"``, ``"set"``, ... as
+        :class:`~statekit.cache.protocol.CacheBackend` names them)."""
+        return await adrive(getattr(self, "plan_" + name)(*args, **kwargs), self._do)
+
+    def near_listener(self, prefix: str) -> Any:
+        if self.sync is not None:
+            return self.sync.near_listener(prefix)
+        client = self.transport.client
+        if client is None or self.cluster or hasattr(client.connection_pool, "get_master_address"):
+            return None
+        from ..redis.tracking import InvalidationListener
+
+        pool = client.connection_pool
+        endpoint = {**pool.connection_kwargs, "ssl": "SSL" in pool.connection_class.__name__}
+        return InvalidationListener(lambda: [endpoint], prefix)
+
+    def generation_listener(self) -> Any:
+        return None if self.sync is None else self.sync.generation_listener()
+
+
+class AsyncLock(Lock):
+    """:class:`~statekit.cache.tools.Lock` for asyncio: ``async with cache.lock("name"):``.
+    The token is kept on this object (not per thread): one task takes and releases it."""
+
+    _token: str | None = None
+
+    @property  # type: ignore[override]
+    def token(self) -> str | None:
+        """The token this object holds the lock with, ``None`` if it does not."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+
+    async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
+        """Take the lock (see :meth:`Lock.acquire <statekit.cache.tools.Lock.acquire>`)."""
+        return await adrive(self._acquire(blocking, timeout), self.cache._effect)
+
+    async def release(self) -> None:  # type: ignore[override]
+        """Release the lock; :class:`~statekit.errors.LockError` if not held."""
+        await adrive(self._release(), self.cache._effect)
+
+    async def extend(self, timeout: float | None = None) -> None:  # type: ignore[override]
+        """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
+        await adrive(self._extend(timeout), self.cache._effect)
+
+    async def __aenter__(self) -> AsyncLock:
+        if not await self.acquire():
+            raise LockError(f"could not acquire lock {self.name[2:]!r} in time")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+
+class AsyncCachedFunction(CachedFunction[Awaitable[T]]):
+    """An ``async def`` wrapped by :meth:`AsyncCache.cached`: awaiting a call
+    returns the cached result (single flight across processes, XFetch)."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> T:  # type: ignore[override]
+        cache = cast(AsyncCache, self.cache)
+        return cast(T, await cache.get_or_set(self.key_for(*args, **kwargs),
+                                              lambda: self.uncached(*args, **kwargs), self.ttl,
+                                              stale_ttl=self.stale_ttl))
+
+    async def invalidate(self, *args: Any, **kwargs: Any) -> bool:  # type: ignore[override]
+        """Drop the cached result of a call with these arguments."""
+        return await cast(AsyncCache, self.cache).delete(self.key_for(*args, **kwargs))
+
+    async def refresh(self, *args: Any, **kwargs: Any) -> T:  # type: ignore[override]
+        """Recompute the result now, store it and return it."""
+        cache = cast(AsyncCache, self.cache)
+        secs = cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
+        stale = cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
+        cache._backend or cache._connect()
+        plan = cache._compute_store(self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs),
+                                    secs, stale)
+        return cast(T, await adrive(plan, cache._effect))
+
+
+class AsyncCache(_CacheCore):
+    """:class:`~statekit.cache.Cache` for asyncio (see the module docstring): the
+    same constructor (*client* is a ``redis.asyncio`` client; URLs as for ``Cache``,
+    ``memory://`` included: a sync and an async ``memory://name`` cache share one
+    in-process server) and the same methods, awaited. Safe for any number of tasks."""
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._task_tokens: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, str]] = (
+            weakref.WeakKeyDictionary())
+
+    def _new_backend(self) -> AsyncRedisCacheBackend:
+        overrides: dict[str, Any] = {}
+        if self.timeout is not None:
+            overrides = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout}
+        if self.client is not None:
+            _check_name("prefix", self.prefix)
+            return AsyncRedisCacheBackend(_Transports(None, self.client, {}), self.base)
+        url = self._url()
+        scheme = url.partition("://")[0].lower()
+        if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory"):
+            raise ConfigError(f"AsyncCache takes Redis and memory:// URLs, not {scheme}://")
+        from . import _backend_class
+
+        sync = _backend_class(url).from_url(url, self.base, {"timeout": self.timeout})
+        assert isinstance(sync, RedisCacheBackend)  # noqa: S101 - the schemes above
+        return AsyncRedisCacheBackend(_Transports(url, None, overrides), self.base, sync)
+
+    def _tokens(self) -> dict[str, str]:
+        """This task's single-flight lock tokens, by key."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always in a task under asyncio
+            return super()._tokens()
+        tokens = self._task_tokens.get(task)
+        if tokens is None:
+            tokens = self._task_tokens[task] = {}
+        return tokens
+
+    async def _effect(self, effect: tuple[Any, ...]) -> Any:
+        """Perform one effect of a plan (async)."""
+        kind = effect[0]
+        if kind == BE:
+            backend: AsyncRedisCacheBackend = self._backend or self._connect()
+            return await backend.call(effect[1], *effect[2], **effect[3])
+        if kind == COMPUTE:
+            result = effect[1]()
+            return await result if inspect.isawaitable(result) else result
+        if kind == LOCK:
+            return await adrive(self._take_lock(effect[1]), self._effect)
+        if kind == SLEEP:
+            await asyncio.sleep(effect[1])
+            return None
+        if kind == HOLD:
+            return asyncio.ensure_future(self._keep_lock(effect[1], effect[2]))
+        effect[1].cancel()  # UNHOLD
+        return None
+
+    async def _keep_lock(self, name: str, token: str) -> None:
+        """Extend a single-flight lock every ``lock_ttl / 3`` while its compute runs."""
+        backend: AsyncRedisCacheBackend = self._backend or self._connect()
+        while True:
+            await asyncio.sleep(self.lock_ttl / 3)
+            try:
+                await backend.call("extend_lock", name, token, int(self.lock_ttl * 1000))
+            except BackendUnavailable:
+                pass  # the lock expires on its own
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """:meth:`Cache.get <statekit.cache.Cache.get>`, awaited."""
+        if self._near is not None:
+            hit = self._near_get(key)
+            if hit is not _ABSENT:
+                return hit
+        return await adrive(self._get(key, default), self._effect)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """:meth:`Cache.get_many <statekit.cache.Cache.get_many>`, awaited."""
+        return await adrive(self._get_many(keys), self._effect)
+
+    async def has(self, key: str) -> bool:
+        """:meth:`Cache.has <statekit.cache.Cache.has>`, awaited."""
+        return await self.ttl(key) is not None
+
+    async def ttl(self, key: str) -> float | None:
+        """:meth:`Cache.ttl <statekit.cache.Cache.ttl>`, awaited."""
+        return await adrive(self._ttl(key), self._effect)
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def set(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """:meth:`Cache.set <statekit.cache.Cache.set>`, awaited."""
+        return await adrive(self._set(key, value, ttl), self._effect)
+
+    async def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """:meth:`Cache.add <statekit.cache.Cache.add>`, awaited."""
+        return await adrive(self._add(key, value, ttl), self._effect)
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
+        """:meth:`Cache.set_many <statekit.cache.Cache.set_many>`, awaited."""
+        return await adrive(self._set_many(mapping, ttl), self._effect)
+
+    async def delete(self, key: str) -> bool:
+        """:meth:`Cache.delete <statekit.cache.Cache.delete>`, awaited."""
+        return await adrive(self._delete(key), self._effect)
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """:meth:`Cache.delete_many <statekit.cache.Cache.delete_many>`, awaited."""
+        return await adrive(self._delete_many(keys), self._effect)
+
+    async def incr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
+        """:meth:`Cache.incr <statekit.cache.Cache.incr>`, awaited (never applied
+        twice: a command whose reply was lost raises ``BackendUnavailable``)."""
+        return await adrive(self._incr(key, delta, ttl, create), self._effect)
+
+    async def decr(self, key: str, delta: int = 1, *, ttl: TTL = None, create: bool = True) -> int:
+        """:meth:`incr` by ``-delta``."""
+        return await self.incr(key, -delta, ttl=ttl, create=create)
+
+    async def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
+        """:meth:`Cache.touch <statekit.cache.Cache.touch>`, awaited."""
+        return await adrive(self._touch(key, ttl), self._effect)
+
+    async def clear(self) -> bool:
+        """:meth:`Cache.clear <statekit.cache.Cache.clear>`, awaited: O(1), the sync
+        caches of the namespace see it at once."""
+        return await adrive(self._clear(), self._effect)
+
+    # -- stampede protection ------------------------------------------------------------
+
+    async def get_or_set(self, key: str, default: Any, ttl: TTL = DEFAULT, *,
+                         stale_ttl: float | None = None) -> Any:
+        """:meth:`Cache.get_or_set <statekit.cache.Cache.get_or_set>`, awaited.
+        *default* may be a value, a function or an ``async def`` (awaited): one caller
+        across processes computes it while the others wait or get the stale value."""
+        return await adrive(self._get_or_set(key, default, ttl, stale_ttl), self._effect)
+
+    def cached(self, ttl: TTL = DEFAULT, *, key: str | Callable[..., str] | None = None,
+               stale_ttl: float | None = None
+               ) -> Callable[[Callable[..., Awaitable[T]]], AsyncCachedFunction[T]]:
+        """Decorator for an ``async def``: :meth:`Cache.cached
+        <statekit.cache.Cache.cached>` (same keys, so a sync and an async function
+        with the same ``key=`` share entries); ``.invalidate`` and ``.refresh`` are
+        awaited."""
+
+        def decorate(func: Callable[..., Awaitable[T]]) -> AsyncCachedFunction[T]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"AsyncCache.cached() wraps async functions; {func.__qualname__} is not "
+                                "(use Cache.cached)")
+            return AsyncCachedFunction(cast(Any, self), func, ttl, key, stale_ttl)
+
+        return decorate
+
+    # -- locks and the rest -------------------------------------------------------------
+
+    def lock(self, name: str, timeout: float = 10.0, *, blocking_timeout: float | None = None) -> AsyncLock:
+        """A distributed lock called *name*, the one :meth:`Cache.lock
+        <statekit.cache.Cache.lock>` of the same name takes: ``async with
+        cache.lock("job"):``."""
+        self._check_key(name)
+        return AsyncLock(cast(Any, self), name, timeout, blocking_timeout)
+
+    async def near_ready(self, timeout: float = 5.0) -> bool:
+        """Start the near cache's invalidation connection if needed and wait (without
+        blocking the loop) until it is up; ``False`` if there is no near cache or it
+        did not come up in time."""
+        self._backend or self._connect()
+        if self._listener is None or self._near is None:
+            return False
+        self._listener.ensure_running()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._listener.connected.is_set():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def aclose(self) -> None:
+        """Give this loop's connections back to the pool and stop the near cache
+        listener."""
+        if self._listener is not None and self._parent is None:
+            self._listener.stop()
+        if self._backend is not None:
+            await self._backend.transport.aclose()
+            if self._backend.sync is not None and self._parent is None:
+                self._backend.sync.close()

@@ -1,0 +1,344 @@
+"""AsyncCache on every server line and memory://: the API, interop with the sync
+Cache (one namespace, one stored format), faults, and 200 concurrent gets on one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from statekit.cache import AsyncCache, Cache
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable, ConfigError, LockError
+
+pytestmark = pytest.mark.redis
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["redis", "memory"])
+def url(request: pytest.FixtureRequest, redis_line_url: str) -> str:
+    """Each server line, and memory:// (run once per line too: it costs milliseconds)."""
+    return redis_line_url if request.param == "redis" else "memory://async-test"
+
+
+async def _closing(cache: AsyncCache, body: Callable[[AsyncCache], Awaitable[T]]) -> T:
+    try:
+        return await body(cache)
+    finally:
+        await cache.aclose()
+
+
+def test_api(url: str) -> None:
+    async def body(c: AsyncCache) -> None:
+        assert await c.get("missing", "d") == "d"
+        assert await c.set("a", {"x": [1, 2]}) is True
+        assert await c.get("a") == {"x": [1, 2]}
+        assert await c.add("a", 2) is False
+        assert await c.add("b", 2, ttl=30) is True
+        assert await c.get_many(["a", "b", "nope"]) == {"a": {"x": [1, 2]}, "b": 2}
+        assert await c.set_many({"c": "C", "d": None}, ttl=60) is True
+        assert await c.has("d") and not await c.has("e")
+        ttl = await c.ttl("c")
+        assert ttl is not None and 0 < ttl <= 60
+        assert await c.touch("c", 5) is True and await c.touch("nope") is False
+        ttl = await c.ttl("c")
+        assert ttl is not None and ttl <= 5
+        assert await c.incr("n") == 1 and await c.incr("n", 10) == 11 and await c.decr("n", 2) == 9
+        with pytest.raises(KeyError):
+            await c.incr("absent", create=False)
+        with pytest.raises(ValueError):
+            await c.incr("a")
+        assert await c.delete("a") is True and await c.delete("a") is False
+        assert await c.delete_many(["b", "c", "zz"]) == 2
+        assert await c.get_or_set("gs", 5) == 5 and await c.get_or_set("gs", 6) == 5
+        other = c.namespace("other")
+        await other.set("b", "other-b")
+        assert await c.clear() is True
+        assert await c.get_many(["d", "n", "gs"]) == {}
+        assert await other.get("b") == "other-b"
+        stats = c.stats()
+        assert stats["hits"] > 0 and stats["misses"] > 0 and stats["errors"] == 0
+
+    run(_closing(AsyncCache(url, namespace="api"), body))
+
+
+def test_single_flight_cached_and_lock(url: str) -> None:
+    calls: list[int] = []
+
+    async def body(c: AsyncCache) -> None:
+        @c.cached(ttl=60)
+        async def slow(x: int) -> int:
+            calls.append(x)
+            await asyncio.sleep(0.05)
+            return x * 2
+
+        assert await asyncio.gather(*(slow(21) for _ in range(30))) == [42] * 30
+        assert calls == [21]  # one compute for 30 concurrent callers (the lock)
+        assert c.stats()["lock_waits"] >= 1
+        assert await slow.refresh(21) == 42 and calls == [21, 21]
+        assert await slow.invalidate(21) is True
+        with pytest.raises(TypeError):
+            c.cached()(lambda: 1)  # type: ignore[arg-type]
+        lock = c.lock("job", timeout=5)
+        async with lock:
+            assert not await c.lock("job").acquire(blocking=False)
+            await lock.extend(10)
+        with pytest.raises(LockError):
+            await lock.release()
+        sync = Cache(c.url, namespace=c.namespace_name)
+        try:
+            async with c.lock("shared"):
+                assert not sync.lock("shared").acquire(blocking=False)  # the one lock for both
+        finally:
+            sync.close()
+
+    run(_closing(AsyncCache(url, namespace="sf"), body))
+
+
+def test_xfetch_and_stale(url: str) -> None:
+    async def body(c: AsyncCache) -> None:
+        async def one() -> str:
+            await asyncio.sleep(0.01)
+            return "one"
+
+        await c.get_or_set("x", one, ttl=60)
+        eager = AsyncCache(c.url, namespace="xf", xfetch_beta=1e9)
+        try:
+            assert await eager.get_or_set("x", lambda: "two", ttl=60) == "two"
+            assert eager.stats()["early_refreshes"] == 1
+        finally:
+            await eager.aclose()
+
+    run(_closing(AsyncCache(url, namespace="xf"), body))
+
+
+def test_interop_with_the_sync_cache(url: str) -> None:
+    sync = Cache(url, namespace="shared")
+
+    async def body(c: AsyncCache) -> None:
+        sync.set("from-sync", {"v": 1})
+        assert await c.get("from-sync") == {"v": 1}
+        await c.set("from-async", [1, "two"])
+        assert sync.get("from-async") == [1, "two"]
+        sync.incr("count", 2)
+        assert await c.incr("count") == 3 and sync.get("count") == 3
+        assert sync.get_or_set("computed", lambda: "sync-value") == "sync-value"
+        assert await c.get_or_set("computed", lambda: "async-value") == "sync-value"
+
+        @c.cached(ttl=60, key="fn")
+        async def af() -> str:
+            return "async"
+
+        def sf() -> str:
+            return "sync"
+
+        assert await af() == "async"
+        assert sync.cached(ttl=60, key="fn")(sf)() == "async"  # one key scheme
+        await c.clear()  # a clear from either side is seen by both
+        assert sync.get("from-sync") is None
+        sync.set("again", 1)
+        sync.clear()
+        assert await c.get("again") is None
+
+    try:
+        run(_closing(AsyncCache(url, namespace="shared"), body))
+    finally:
+        sync.close()
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_near_caches_drop_each_others_writes(redis_line_url: str) -> None:
+    sync = Cache(redis_line_url, namespace="near", near_cache=100)
+
+    async def body(c: AsyncCache) -> None:
+        assert await c.near_ready() and sync.near_ready()
+        await c.set("k", "v1")
+        deadline = time.monotonic() + 5  # the set's own invalidation may drop the first copies
+        while not (c.stats()["near_hits"] and sync.stats()["near_hits"]) and time.monotonic() < deadline:
+            assert await c.get("k") == "v1" and sync.get("k") == "v1"
+            await asyncio.sleep(0.01)
+        assert c.stats()["near_hits"] >= 1 and sync.stats()["near_hits"] >= 1  # both near copies
+        sync.set("k", "v2")  # the async side's copy is dropped by the invalidation
+        deadline = time.monotonic() + 5
+        while await c.get("k") != "v2" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await c.get("k") == "v2"
+        await c.set("k", "v3")  # and the other way round
+        assert _wait(lambda: sync.get("k") == "v3")
+        await c.clear()
+        assert _wait(lambda: sync.get("k") is None)
+
+    try:
+        run(_closing(AsyncCache(redis_line_url, namespace="near", near_cache=100), body))
+    finally:
+        sync.close()
+
+
+def test_undecodable_entries_are_a_miss(url: str) -> None:
+    async def body(c: AsyncCache) -> None:
+        other = Cache(url, namespace="dec", serializer="signed-pickle", secret_keys=["k1"])
+        try:
+            other.set("p", {"x": 1})
+        finally:
+            other.close()
+        assert await c.get("p", "default") == "default"
+        assert await c.get_many(["p"]) == {}
+        assert await c.get_or_set("p", lambda: "fresh") == "fresh"  # healed
+        assert await c.get("p") == "fresh"
+        assert c.stats()["undecodable"] >= 1
+
+    run(_closing(AsyncCache(url, namespace="dec"), body))
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        AsyncCache("redis://h/0", on_error="never")  # type: ignore[arg-type]
+
+    async def body() -> None:
+        import redis.asyncio
+
+        client = redis.asyncio.Redis(decode_responses=True)
+        try:
+            with pytest.raises(ConfigError):
+                await AsyncCache(client=client).get("k")
+        finally:
+            await client.aclose()
+
+    run(body())
+
+
+def test_paused_redis_breaker_and_no_double_incr(private_redis: RedisServer) -> None:
+    """Redis SIGSTOPped: calls fail with BackendUnavailable within the timeout, the
+    breaker opens, and an incr whose reply was lost is not sent again."""
+    url = private_redis.url
+
+    async def body(c: AsyncCache) -> dict[str, Any]:
+        assert await c.incr("n") == 1
+        private_redis.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await c.incr("n")
+            first = time.monotonic() - started
+            for _ in range(3):
+                with pytest.raises(BackendUnavailable):
+                    await c.get("k")
+            assert c.stats()["breaker_state"] == 2  # open
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match="breaker"):
+                await c.get("k")
+            open_call = time.monotonic() - started
+        finally:
+            private_redis.resume()
+        await asyncio.sleep(0.3)  # breaker_reset: the trial call closes it
+        value = await c.get("n")
+        return {"first_failure_s": round(first, 3), "open_breaker_call_s": round(open_call, 6), "n": value}
+
+    result = run(_closing(AsyncCache(url, namespace="faults", timeout=0.3, failure_threshold=3,
+                                     breaker_reset=0.2), body))
+    print("paused Redis:", result)
+    assert result["n"] == 1 or result["n"] == 2  # applied at most once (the reply was lost)
+    sync = Cache(url, namespace="faults")
+    try:
+        assert sync.get("n") in (1, 2)
+    finally:
+        sync.close()
+
+
+def test_miss_policy_degrades(private_redis: RedisServer) -> None:
+    async def body(c: AsyncCache) -> None:
+        await c.set("k", 1)
+        private_redis.pause()
+        try:
+            assert await c.get("k", "dflt") == "dflt"
+            assert await c.set("k", 2) is False
+            assert await c.get_or_set("g", lambda: "computed") == "computed"
+        finally:
+            private_redis.resume()
+        assert c.stats()["dropped_writes"] >= 1
+
+    run(_closing(AsyncCache(private_redis.url, namespace="miss", timeout=0.3, on_error="miss"), body))
+
+
+def test_200_concurrent_gets_bounded_connections_and_loop_lag(redis_line_url: str) -> None:
+    """200 concurrent gets on one loop: connections bounded by the transport's limit
+    (counted with CLIENT LIST), the loop never blocked: a heartbeat task's lag is
+    measured and reported (not asserted: timing belongs in bench/)."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_line_url)
+
+    def connections() -> int:
+        return sum(1 for c in admin.client_list() if c.get("name") != "admin")
+
+    admin.client_setname("admin")
+
+    async def body(c: AsyncCache) -> dict[str, Any]:
+        await c.set_many({f"k{i}": i for i in range(200)})
+        before = connections()
+        lags: list[float] = []
+        stop = asyncio.Event()
+
+        async def heartbeat() -> None:
+            period = 0.001
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(period)
+                lags.append(time.perf_counter() - t0 - period)
+
+        beat = asyncio.ensure_future(heartbeat())
+        peak = 0
+        started = time.perf_counter()
+        for _ in range(5):
+            results = await asyncio.gather(*(c.get(f"k{i}") for i in range(200)))
+            assert results == list(range(200))
+            peak = max(peak, connections())
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await beat
+        limit = c._backend.transport.current().limit
+        return {"limit": limit, "connections_before": before, "connections_peak": peak,
+                "gets": 1000, "seconds": round(elapsed, 3),
+                "heartbeat_lag_ms_max": round(max(lags) * 1000, 2),
+                "heartbeat_lag_ms_median": round(statistics.median(lags) * 1000, 3),
+                "heartbeats": len(lags)}
+
+    try:
+        result = run(_closing(AsyncCache(redis_line_url, namespace="conc"), body))
+    finally:
+        admin.close()
+    print("200 concurrent aget:", result)
+    # other tests' clients stay connected to the shared server: count this one's new ones
+    assert 1 <= result["connections_peak"] - result["connections_before"] <= result["limit"]
+    assert result["heartbeats"] > 0
+
+
+def test_cancelled_get_leaves_the_cache_usable(url: str) -> None:
+    async def body(c: AsyncCache) -> None:
+        await c.set("k", "v")
+        task = asyncio.ensure_future(c.get("k"))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        assert await c.get("k") == "v"
+
+    run(_closing(AsyncCache(url, namespace="cancel"), body))
