@@ -33,6 +33,7 @@ __version__ = "0.1.0.dev0"
 _LAZY: dict[str, str] = {
     "AsyncBlobStore": "statekit.blobs",
     "AsyncBroadcaster": "statekit.broadcast",
+    "AsyncCache": "statekit.cache",
     "Blob": "statekit.blobs",
     "BlobStore": "statekit.blobs",
     "Broadcaster": "statekit.broadcast",
@@ -56,6 +57,7 @@ _SUBMODULES = frozenset({"cache"})
 __all__ = [
     "AsyncBlobStore",
     "AsyncBroadcaster",
+    "AsyncCache",
     "BackendURL",
     "BackendUnavailable",
     "Blob",
