@@ -27,16 +27,27 @@ cache contract names; ``incr`` of a value that is not an integer raises
 ``TypeError``, as Django's own backends do.
 
 ``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument.
+
+**Async, natively.** Django's async cache API is a set of ``a``-prefixed methods on the
+same backend object (``await cache.aget(k)`` beside ``cache.get(k)``), so one
+``StatekitCache`` serves both: every ``a*`` method runs on a
+:class:`statekit.cache.AsyncCache` over redis-py's asyncio client (one client per
+running event loop) with no ``sync_to_async`` thread hop, and both sides share the
+namespace, keys, codec and generation, so a value set by a sync view is read by an
+async one and back. Each operation's Django semantics (timeouts ``<= 0``, versions,
+error types) is written once as a plan (:mod:`statekit.cache.plan`) that the sync
+method runs with calls and the async one with awaits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
-from statekit.cache import Cache
+from statekit.cache import AsyncCache, Cache
+from statekit.cache.plan import Plan, adrive, drive
 from statekit.errors import StatekitError, UnencodableValue
 from statekit.serializers import unencodable_as_pickle_error
 
@@ -44,12 +55,15 @@ from .conf import get_settings
 
 __all__ = ["StatekitCache", "UnencodableValue"]
 
-
+T = TypeVar("T")
+AnyCache = Cache | AsyncCache
 
 
 class StatekitCache(BaseCache):
-    """Django ``BaseCache`` backend over :class:`statekit.cache.Cache`. Thread-safe:
-    one instance may serve every thread (Django makes one per thread anyway)."""
+    """Django ``BaseCache`` backend over :class:`statekit.cache.Cache` (sync methods)
+    and :class:`statekit.cache.AsyncCache` (the ``a*`` methods, natively async).
+    Thread-safe: one instance may serve every thread (Django makes one per thread
+    anyway) and every event loop."""
 
     def __init__(self, location: str | None, params: dict[str, Any]) -> None:
         super().__init__(params)
@@ -63,11 +77,23 @@ class StatekitCache(BaseCache):
         if options["serializer"] == "signed-pickle":
             options.setdefault("secret_keys", settings.secret_keys)
         self._cache = Cache(url or None, default_ttl=None, **options)
+        self._acache = AsyncCache(url or None, default_ttl=None, **options)
 
     @property
     def statekit(self) -> Cache:
         """The underlying :class:`statekit.cache.Cache` (for ``lock``, ``stats`` ...)."""
         return self._cache
+
+    @property
+    def statekit_async(self) -> AsyncCache:
+        """The underlying :class:`statekit.cache.AsyncCache` of the ``a*`` methods."""
+        return self._acache
+
+    def _run(self, plan: Plan[T]) -> T:
+        return drive(plan, self._cache._effect)
+
+    async def _arun(self, plan: Plan[T]) -> T:
+        return await adrive(plan, self._acache._effect)
 
     def _ttl(self, timeout: Any) -> float | None:
         """Seconds to live; ``None`` for never; a value <= 0 means "expire now"."""
@@ -77,32 +103,76 @@ class StatekitCache(BaseCache):
             return None
         return float(timeout)
 
-    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+    # -- each operation once, as a plan on either cache --------------------------------
+
+    def _add(self, c: AnyCache, key: str, value: Any, timeout: Any, version: int | None) -> Plan[bool]:
         k = self.make_and_validate_key(key, version=version)
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
-            return not self._cache.has(k)
+            return (yield from c._ttl(k)) is None
         with unencodable_as_pickle_error():
-            return self._cache.add(k, value, ttl=ttl)
+            return (yield from c._add(k, value, ttl))
+
+    def _set(self, c: AnyCache, key: str, value: Any, timeout: Any, version: int | None) -> Plan[None]:
+        k = self.make_and_validate_key(key, version=version)
+        ttl = self._ttl(timeout)
+        if ttl is not None and ttl <= 0:
+            yield from c._delete(k)
+        else:
+            with unencodable_as_pickle_error():
+                yield from c._set(k, value, ttl)
+
+    def _touch(self, c: AnyCache, key: str, timeout: Any, version: int | None) -> Plan[bool]:
+        k = self.make_and_validate_key(key, version=version)
+        ttl = self._ttl(timeout)
+        if ttl is not None and ttl <= 0:
+            return (yield from c._delete(k))
+        return (yield from c._touch(k, ttl))
+
+    def _get_or_set(self, c: AnyCache, key: str, default: Any, ttl: float | None,
+                    version: int | None) -> Plan[Any]:
+        with unencodable_as_pickle_error():
+            return (yield from c._get_or_set(self.make_and_validate_key(key, version=version), default,
+                                             ttl, None))
+
+    def _get_many(self, c: AnyCache, keys: Iterable[str], version: int | None) -> Plan[dict[str, Any]]:
+        made = {self.make_and_validate_key(k, version=version): k for k in keys}
+        return {made[k]: v for k, v in (yield from c._get_many(list(made))).items()}
+
+    def _incr(self, c: AnyCache, key: str, delta: int, version: int | None) -> Plan[int]:
+        k = self.make_and_validate_key(key, version=version)
+        try:
+            return (yield from c._incr(k, delta, None, False))
+        except KeyError:
+            raise ValueError(f"Key '{key}' not found") from None
+        except ValueError as e:
+            if isinstance(e, StatekitError):
+                raise
+            raise TypeError(f"the value of key '{key}' is not an integer") from e
+
+    def _set_many(self, c: AnyCache, data: dict[str, Any], timeout: Any,
+                  version: int | None) -> Plan[list[str]]:
+        made = {self.make_and_validate_key(k, version=version): v for k, v in data.items()}
+        ttl = self._ttl(timeout)
+        if ttl is not None and ttl <= 0:
+            yield from c._delete_many(list(made))
+            return []
+        with unencodable_as_pickle_error():
+            return [] if (yield from c._set_many(made, ttl)) else list(data)
+
+    # -- sync -------------------------------------------------------------------------
+
+    def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        return self._run(self._add(self._cache, key, value, timeout, version))
 
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
         return self._cache.get(self.make_and_validate_key(key, version=version), default)
 
     def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
-        k = self.make_and_validate_key(key, version=version)
-        ttl = self._ttl(timeout)
-        if ttl is not None and ttl <= 0:
-            self._cache.delete(k)
-        else:
-            with unencodable_as_pickle_error():
-                self._cache.set(k, value, ttl=ttl)
+        self._run(self._set(self._cache, key, value, timeout, version))
 
     def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        k = self.make_and_validate_key(key, version=version)
-        ttl = self._ttl(timeout)
-        if ttl is not None and ttl <= 0:
-            return self._cache.delete(k)
-        return self._cache.touch(k, ttl=ttl)
+        return self._run(self._touch(self._cache, key, timeout, version))
 
     def get_or_set(self, key: str, default: Any, timeout: Any = DEFAULT_TIMEOUT,
                    version: int | None = None) -> Any:
@@ -111,43 +181,26 @@ class StatekitCache(BaseCache):
         ttl = self._ttl(timeout)
         if ttl is not None and ttl <= 0:
             return super().get_or_set(key, default, timeout=timeout, version=version)
-        with unencodable_as_pickle_error():
-            return self._cache.get_or_set(self.make_and_validate_key(key, version=version), default,
-                                          ttl=ttl)
+        return self._run(self._get_or_set(self._cache, key, default, ttl, version))
 
     def delete(self, key: str, version: int | None = None) -> bool:
         return self._cache.delete(self.make_and_validate_key(key, version=version))
 
     def get_many(self, keys: Iterable[str], version: int | None = None) -> dict[str, Any]:
-        made = {self.make_and_validate_key(k, version=version): k for k in keys}
-        return {made[k]: v for k, v in self._cache.get_many(list(made)).items()}
+        return self._run(self._get_many(self._cache, keys, version))
 
     def has_key(self, key: str, version: int | None = None) -> bool:
         return self._cache.has(self.make_and_validate_key(key, version=version))
 
     def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        k = self.make_and_validate_key(key, version=version)
-        try:
-            return self._cache.incr(k, delta, create=False)
-        except KeyError:
-            raise ValueError(f"Key '{key}' not found") from None
-        except ValueError as e:
-            if isinstance(e, StatekitError):
-                raise
-            raise TypeError(f"the value of key '{key}' is not an integer") from e
+        return self._run(self._incr(self._cache, key, delta, version))
 
     def decr(self, key: str, delta: int = 1, version: int | None = None) -> int:
         return self.incr(key, -delta, version=version)
 
     def set_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
                  version: int | None = None) -> list[str]:
-        made = {self.make_and_validate_key(k, version=version): v for k, v in data.items()}
-        ttl = self._ttl(timeout)
-        if ttl is not None and ttl <= 0:
-            self._cache.delete_many(list(made))
-            return []
-        with unencodable_as_pickle_error():
-            return [] if self._cache.set_many(made, ttl=ttl) else list(data)
+        return self._run(self._set_many(self._cache, data, timeout, version))
 
     def delete_many(self, keys: Iterable[str], version: int | None = None) -> None:
         self._cache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
@@ -159,3 +212,56 @@ class StatekitCache(BaseCache):
     def close(self, **kwargs: Any) -> None:
         """Django calls this after every request: connections are kept (they are
         per thread and reused), so there is nothing to do."""
+
+    # -- async: the same plans, awaited on the AsyncCache (no thread hop) ------------------
+
+    async def aadd(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> bool:
+        return await self._arun(self._add(self._acache, key, value, timeout, version))
+
+    async def aget(self, key: str, default: Any = None, version: int | None = None) -> Any:
+        return await self._acache.get(self.make_and_validate_key(key, version=version), default)
+
+    async def aset(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT,
+                   version: int | None = None) -> None:
+        await self._arun(self._set(self._acache, key, value, timeout, version))
+
+    async def atouch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
+        return await self._arun(self._touch(self._acache, key, timeout, version))
+
+    async def aget_or_set(self, key: str, default: Any, timeout: Any = DEFAULT_TIMEOUT,
+                          version: int | None = None) -> Any:
+        """:meth:`get_or_set`, awaited (a *default* that is an ``async def`` is awaited)."""
+        ttl = self._ttl(timeout)
+        if ttl is not None and ttl <= 0:
+            return await super().aget_or_set(key, default, timeout=timeout, version=version)
+        return await self._arun(self._get_or_set(self._acache, key, default, ttl, version))
+
+    async def adelete(self, key: str, version: int | None = None) -> bool:
+        return await self._acache.delete(self.make_and_validate_key(key, version=version))
+
+    async def aget_many(self, keys: Iterable[str], version: int | None = None) -> dict[str, Any]:
+        return await self._arun(self._get_many(self._acache, keys, version))
+
+    async def ahas_key(self, key: str, version: int | None = None) -> bool:
+        return await self._acache.has(self.make_and_validate_key(key, version=version))
+
+    async def aincr(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        return await self._arun(self._incr(self._acache, key, delta, version))
+
+    async def adecr(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        return await self.aincr(key, -delta, version=version)
+
+    async def aset_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
+                        version: int | None = None) -> list[str]:
+        return await self._arun(self._set_many(self._acache, data, timeout, version))
+
+    async def adelete_many(self, keys: Iterable[str], version: int | None = None) -> None:
+        await self._acache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
+
+    async def aclear(self) -> None:
+        """:meth:`clear`, awaited."""
+        await self._acache.clear()
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """Nothing to do, as :meth:`close`: each loop's connections are kept for reuse."""

@@ -269,3 +269,81 @@ def test_incr_of_a_non_integer_raises_type_error(dcache: StatekitCache) -> None:
     with pytest.raises(TypeError):
         dcache.decr("null")
     assert dcache.get("null") is None and dcache.has_key("null")
+
+
+def test_async_methods_are_native() -> None:
+    """Every async method Django's BaseCache defines is StatekitCache's own (no
+    sync_to_async thread hop), except the version helpers Django builds on them."""
+    import inspect
+
+    from django.core.cache.backends.base import BaseCache
+
+    names = [n for n, f in vars(BaseCache).items() if inspect.iscoroutinefunction(f)]
+    inherited = sorted(n for n in names if n not in vars(StatekitCache))
+    assert inherited == ["adecr_version", "aincr_version"]  # built on aget/aset/adelete
+
+
+async def _parity(c: StatekitCache) -> list[tuple[str, Any, Any]]:
+    """Each async method of BaseCache beside its sync twin, on fresh keys each."""
+    out: list[tuple[str, Any, Any]] = []
+
+    async def both(name: str, sync_args: tuple[Any, ...], async_args: tuple[Any, ...],
+                   **kw: Any) -> None:
+        sync_result = getattr(c, name)(*sync_args, **kw)
+        out.append((name, sync_result, await getattr(c, "a" + name)(*async_args, **kw)))
+
+    await both("set", ("s:set", 1), ("a:set", 1))
+    await both("add", ("s:set", 2), ("a:set", 2))
+    await both("add", ("s:add", 2), ("a:add", 2))
+    await both("get", ("s:set",), ("a:set",))
+    await both("get", ("s:missing", "dflt"), ("a:missing", "dflt"))
+    await both("set", ("s:zero", 1), ("a:zero", 1), timeout=0)
+    await both("has_key", ("s:zero",), ("a:zero",))
+    await both("touch", ("s:set", 30), ("a:set", 30))
+    await both("touch", ("s:nope", 30), ("a:nope", 30))
+    await both("set_many", ({"s:m1": 1, "s:m2": [2]},), ({"s:m1": 1, "s:m2": [2]},))
+    await both("get_many", (["s:m1", "s:m2", "s:m3"],), (["s:m1", "s:m2", "s:m3"],))
+    await both("has_key", ("s:m1",), ("s:m1",))
+    await both("incr", ("s:set",), ("a:set",))
+    await both("decr", ("s:set", 5), ("a:set", 5))
+    await both("get_or_set", ("s:gos", "v"), ("a:gos", "v"))
+    await both("get_or_set", ("s:gos2", lambda: "computed"), ("a:gos2", lambda: "computed"))
+    await both("incr_version", ("s:add",), ("a:add",))
+    await both("decr_version", ("s:add",), ("a:add",), version=2)
+    await both("delete", ("s:add",), ("a:add",))
+    await both("delete", ("s:add",), ("a:add",))
+    await both("delete_many", (["s:m1", "s:m2"],), (["s:m1", "s:m2"],))
+    await both("clear", (), ())
+    await both("get", ("s:set",), ("a:set",))
+    await both("close", (), ())
+    c.set("s:str", "text")
+    for key in ("s:absent", "s:str"):  # ValueError (missing), TypeError (not an integer)
+        errors: list[type[Exception]] = []
+        for sync in (True, False):
+            try:
+                c.incr(key) if sync else await c.aincr(key)
+            except Exception as e:  # noqa: BLE001 - compared below
+                errors.append(type(e))
+        out.append((f"incr {key}", errors[0], errors[-1]))
+    return out
+
+
+def test_async_methods_give_what_the_sync_ones_give(dcache: StatekitCache) -> None:
+    import asyncio
+
+    rows = asyncio.run(_parity(dcache))
+    assert len(rows) == 26
+    for name, sync_result, async_result in rows:
+        assert sync_result == async_result, name
+
+
+def test_sync_and_async_share_the_values(dcache: StatekitCache) -> None:
+    import asyncio
+
+    async def body() -> tuple[Any, Any]:
+        dcache.set("shared", {"from": "sync"})
+        seen = await dcache.aget("shared")
+        await dcache.aset("shared2", {"from": "async"})
+        return seen, dcache.get("shared2")
+
+    assert asyncio.run(body()) == ({"from": "sync"}, {"from": "async"})
