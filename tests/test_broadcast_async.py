@@ -18,7 +18,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -34,14 +34,6 @@ pytestmark = pytest.mark.redis
 def prefix() -> str:
     # hubs (one per process, backend and prefix) outlive a test: a prefix each
     return "a" + uuid.uuid4().hex[:12]
-
-
-@pytest.fixture
-def broadcasters() -> Iterator[list[Broadcaster]]:
-    made: list[Broadcaster] = []
-    yield made
-    for b in made:
-        b.stop(5)
 
 
 async def until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
@@ -86,13 +78,10 @@ def test_changed_times_out_when_nothing_is_published(redis_url: str, prefix: str
     assert value._waiters == []
 
 
-def test_one_computation_per_slot_across_sync_and_async(
-    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
-) -> None:
+def test_one_computation_per_slot_across_sync_and_async(redis_line_url: str, prefix: str) -> None:
     slots: list[tuple[int, str]] = []
     lock = threading.Lock()
     sync_b = Broadcaster(redis_line_url, key_prefix=prefix)
-    broadcasters.append(sync_b)
 
     @sync_b.every(0.1, name="tick", lease=1.0)
     def sync_tick() -> str:
@@ -131,7 +120,10 @@ def test_one_computation_per_slot_across_sync_and_async(
         await async_b.stop()
         await asyncio.to_thread(sync_b.stop, 5)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        sync_b.stop(5)  # a no-op unless the test failed midway
     seen = [slot for slot, _ in slots]
     assert len(seen) == len(set(seen)), slots
     assert sync_b.counters.get("computes") + async_b.counters.get("computes") == len(slots)
@@ -141,11 +133,8 @@ def test_one_computation_per_slot_across_sync_and_async(
     assert current_run() is None
 
 
-def test_stale_token_is_refused_across_sync_and_async(
-    redis_line_url: str, prefix: str, broadcasters: list[Broadcaster]
-) -> None:
-    sync_b = Broadcaster(redis_line_url, key_prefix=prefix)
-    broadcasters.append(sync_b)
+def test_stale_token_is_refused_across_sync_and_async(redis_line_url: str, prefix: str) -> None:
+    sync_b = Broadcaster(redis_line_url, key_prefix=prefix)  # driven by run_pending: no thread
     release = threading.Event()
     started = threading.Event()
 

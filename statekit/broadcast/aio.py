@@ -46,7 +46,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..backends import load_backend
@@ -54,7 +54,6 @@ from ..config import parse_url
 from ..errors import BackendUnavailable
 from ..redis import translate_errors
 from ..redis.aio import AsyncTransport, get_async_client
-from ..serializers import Serializer
 from .memory import deliver
 from .protocol import BUILTINS, Claim, Record, resolve_backend, scheme_of
 from .redis import READ_FIELDS, VERSION_FIELDS, RedisOps
@@ -132,21 +131,20 @@ class AsyncRedisBackend(RedisOps):
         reply = await self._transport.script(*self._publish_call(name, payload, token, now_ms))
         return self._published(name, token, reply)
 
-    async def read(self, names: Iterable[str]) -> dict[str, Record]:
+    async def _fetch(self, names: Iterable[str], fields: tuple[str, ...],
+                     what: str) -> tuple[list[str], list[Any]]:
+        """``(names, rows)``: the *fields* of each name's state hash, one pipeline."""
         names = list(names)
         if not names:
-            return {}
-        with translate_errors("broadcast read"):
-            rows = await self._hmget_pipeline(names, READ_FIELDS).execute()
-        return self._records(names, rows)
+            return names, []
+        with translate_errors(what):
+            return names, list(await self._hmget_pipeline(names, fields).execute())
+
+    async def read(self, names: Iterable[str]) -> dict[str, Record]:
+        return self._records(*await self._fetch(names, READ_FIELDS, "broadcast read"))
 
     async def versions(self, names: Iterable[str]) -> dict[str, tuple[bytes, int]]:
-        names = list(names)
-        if not names:
-            return {}
-        with translate_errors("broadcast check"):
-            rows = await self._hmget_pipeline(names, VERSION_FIELDS).execute()
-        return self._versions(names, rows)
+        return self._versions(*await self._fetch(names, VERSION_FIELDS, "broadcast check"))
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -184,20 +182,14 @@ class AsyncBroadcaster(SchedulerBase):
     first used it; used from another loop later, it opens new ones there.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Any = None,
-        serializer: str | Serializer | None = None,
-        key_prefix: str | None = None,
-    ) -> None:
+    def _open_backend(self, url: str | None, client: Any,
+                      key_prefix: str | None) -> tuple[Callable[[], Any], str]:
         found, prefix = resolve_backend(url, client, key_prefix)
         self._url = found
         self._client = client
         scheme = scheme_of(found) if found is not None else "redis"
         self._foreign = None if scheme in BUILTINS else load_backend("broadcast", scheme, BUILTINS)
-        super().__init__(self._open, prefix, serializer)
+        return self._open, prefix
 
     def _init_process_state(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None  # of the backend and the scheduler

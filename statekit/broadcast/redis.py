@@ -300,21 +300,19 @@ class RedisBackend(RedisOps):
         reply = self._transport.script(*self._publish_call(name, payload, token, now_ms))
         return self._published(name, token, reply)
 
-    def read(self, names: Iterable[str]) -> dict[str, Record]:
+    def _fetch(self, names: Iterable[str], fields: tuple[str, ...], what: str) -> tuple[list[str], list[Any]]:
+        """``(names, rows)``: the *fields* of each name's state hash, one pipeline."""
         names = list(names)
         if not names:
-            return {}
-        with translate_errors("broadcast read"):
-            rows = self._hmget_pipeline(names, READ_FIELDS).execute()
-        return self._records(names, rows)
+            return names, []
+        with translate_errors(what):
+            return names, list(self._hmget_pipeline(names, fields).execute())
+
+    def read(self, names: Iterable[str]) -> dict[str, Record]:
+        return self._records(*self._fetch(names, READ_FIELDS, "broadcast read"))
 
     def versions(self, names: Iterable[str]) -> dict[str, tuple[bytes, int]]:
-        names = list(names)
-        if not names:
-            return {}
-        with translate_errors("broadcast check"):
-            rows = self._hmget_pipeline(names, VERSION_FIELDS).execute()
-        return self._versions(names, rows)
+        return self._versions(*self._fetch(names, VERSION_FIELDS, "broadcast check"))
 
     def subscribe(self, ready: Callable[[], object] | None = None) -> RedisSubscription:
         if self.sharded:

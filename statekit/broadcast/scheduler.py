@@ -138,15 +138,27 @@ class SchedulerBase:
     share: the jobs, the counters, the owner identity and every scheduling decision
     (see the module docstring), as :data:`Steps` a driver runs.
 
-    A subclass provides :meth:`_call` (one backend call or computation, awaited),
+    :param url: the backend's URL; ``STATEKIT_BROADCAST_URL`` / ``STATEKIT_REDIS_URL``
+        by default.
+    :param client: a ready client instead of a URL.
+    :param serializer: codec of published values (JSON by default).
+    :param key_prefix: first part of every key (``STATEKIT_KEY_PREFIX``).
+
+    A subclass provides :meth:`_open_backend` (the backend factory),
+    :meth:`_call` (one backend call or computation, awaited),
     :meth:`_spawn` (run a computation's steps concurrently) and :meth:`_poke` (wake
     the scheduler loop early). Not meant to be used directly.
     """
 
-    def __init__(self, make_backend: Callable[[], Any], prefix: str,
-                 serializer: str | Serializer | None) -> None:
-        self._make_backend = make_backend
-        self.prefix = prefix
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        serializer: str | Serializer | None = None,
+        key_prefix: str | None = None,
+    ) -> None:
+        self._make_backend, self.prefix = self._open_backend(url, client, key_prefix)
         self._serializer = get_serializer(serializer)
         self._names: set[str] = set()  # names already checked (bounded)
         self.jobs: dict[str, Job] = {}
@@ -169,6 +181,11 @@ class SchedulerBase:
             job.timed_out = set()
 
     # -- what a driver provides ---------------------------------------------------
+    def _open_backend(self, url: str | None, client: Any,
+                      key_prefix: str | None) -> tuple[Callable[[], Any], str]:
+        """``(backend factory, key prefix)`` for these arguments (validated now)."""
+        raise NotImplementedError("SchedulerBase._open_backend")
+
     async def _call(self, call: Call) -> Any:
         raise NotImplementedError("SchedulerBase._call")
 
@@ -398,16 +415,10 @@ class Broadcaster(SchedulerBase):
     backend_errors, leader_acquired, leader_lost.
     """
 
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Any = None,
-        serializer: str | Serializer | None = None,
-        key_prefix: str | None = None,
-    ) -> None:
+    def _open_backend(self, url: str | None, client: Any,
+                      key_prefix: str | None) -> tuple[Callable[[], Any], str]:
         _, make_backend, prefix = open_backend(url, client, key_prefix)
-        super().__init__(make_backend, prefix, serializer)
+        return make_backend, prefix
 
     def _init_process_state(self) -> None:
         self._wake = threading.Event()
