@@ -1,5 +1,350 @@
-"""Starlette and FastAPI adapter for statekit (work in progress: see issue 18)."""
+"""Starlette and FastAPI adapter for statekit.
+
+::
+
+    from fastapi import Depends, FastAPI
+    from starlette_statekit import StateKit, cache, shared
+    from statekit import AsyncCache
+
+    app = FastAPI()
+    StateKit(app)          # STATEKIT_REDIS_URL, STATEKIT_BLOBS_URL, ... from the environment
+
+    @app.get("/report")
+    async def report(c: AsyncCache = Depends(cache), users: int = Depends(shared("users_count"))):
+        return {"report": await c.get_or_set("report", build_report, ttl=60), "users": users}
+
+``StateKit(app, **options)`` (or ``StateKit()`` then ``init_app(app)``) wires, for each
+capability that is enabled:
+
+* **sessions**: :class:`starlette_statekit.sessions.SessionMiddleware`, server-side
+  ``request.session`` in Redis (see that module);
+* **cache**: a :class:`statekit.AsyncCache` (``Depends(cache)``);
+* **blobs**: a :class:`statekit.AsyncBlobStore` (``Depends(blobs)``, and the helpers of
+  :mod:`starlette_statekit.uploads`);
+* **broadcast**: a :class:`statekit.broadcast.SharedValues` (``Depends(shared("name"))``);
+  with ``broadcaster=`` an :class:`~statekit.broadcast.aio.AsyncBroadcaster` the app's
+  lifespan runs it (the lease keeps each job to one computation per interval however
+  many workers run it);
+* **lifecycle**: :class:`statekit.asgi.LifecycleMiddleware`, outermost: ``/healthz``,
+  ``/readyz`` and the drain on SIGTERM (readiness 503, ``Connection: close``,
+  in-flight requests finish) before anything else runs.
+
+and a lifespan (wrapped around the app's own) that loads the shared values named in
+``STATEKIT_BROADCAST_DEFAULTS`` without blocking the loop, starts the broadcaster, and
+on shutdown stops it (releasing its leases) and gives back the connections and
+threads of the cache and blob store. Nothing connects before the first use, so an app
+served without its lifespan (``httpx.ASGITransport`` in tests) works too.
+
+**Settings.** Each ``STATEKIT_*`` setting comes from, in order: a keyword of
+``StateKit`` (``redis_url=`` sets ``STATEKIT_REDIS_URL``), the *config* mapping (a
+dict, or Starlette's ``Config``), then the environment: the names and meanings of
+``docs/settings.md``, as for the Flask and Django adapters. ``StateKit`` raises
+:class:`~statekit.errors.ConfigError` at start-up when an enabled capability cannot
+work (no Redis URL, a missing extra); switch off what you do not use with
+``STATEKIT_<FEATURE>_ENABLED=0`` (``sessions_enabled=False``).
+
+**Outages.** A :class:`~statekit.errors.BackendUnavailable` raised by a handler is
+answered ``503`` with a generic page and ``Retry-After`` (nothing about the backend:
+that goes to the ``statekit.outage`` log, once per outage).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, Response
+
+from statekit.broadcast import SharedValue, SharedValues
+from statekit.config import Settings
+from statekit.errors import BackendUnavailable, ConfigError
+from statekit.lifecycle import Lifecycle, check_extras, outage_name, outages
+
+__all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "blobs", "cache", "get_state",
+           "shared", "shared_value", "shared_values", "unavailable_response"]
+
+#: capabilities, in the order they are wired (the last added middleware is outermost)
+FEATURES = ("cache", "sessions", "blobs", "broadcast", "lifecycle")
+
+#: capabilities that need a Redis URL -> the :class:`Settings` field that holds it
+_REDIS_FEATURES = {"cache": "cache_url", "sessions": "session_url", "broadcast": "broadcast_url"}
+
+#: the body of every 503 statekit answers for an outage: nothing about the backend
+UNAVAILABLE_PAGE = (
+    "<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
+    "<p>This service is temporarily unavailable. Please try again in a few seconds.</p>"
+)
+
+#: Lifecycle keyword -> (setting, converter)
+_LIFECYCLE: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "health_path": ("STATEKIT_HEALTH_PATH", str),
+    "ready_path": ("STATEKIT_READY_PATH", str),
+    "mode": ("STATEKIT_DRAIN_MODE", str),
+    "budget": ("STATEKIT_READY_BUDGET", float),
+    "retry_after": ("STATEKIT_RETRY_AFTER", lambda v: int(float(v))),
+}
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class StateKitState:
+    """What the adapter keeps per app, at ``app.state.statekit``: :attr:`settings`,
+    :attr:`features` (enabled), and one attribute per enabled capability (``cache``,
+    ``blobs``, ``broadcast``, ``broadcaster``, ``lifecycle``). Reading one that is
+    not enabled raises ``AttributeError`` naming what is."""
+
+    def __init__(self, settings: Settings, get: Callable[..., Any]) -> None:
+        self.settings = settings
+        #: reads a ``STATEKIT_*`` setting (keyword, config, then environment)
+        self.get = get
+        self.features: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"statekit feature {name!r} is not enabled for this app "
+            f"(enabled: {', '.join(self.features) or 'none'})"
+        )
+
+    async def startup(self) -> None:
+        """Load the shared values with a default (in worker threads) and start the
+        broadcaster, if any. Run by the lifespan."""
+        values: SharedValues | None = self.__dict__.get("broadcast")
+        if values is not None:
+            for name in self.__dict__.get("preload", ()):
+                await values.value(name).aget()
+        broadcaster = self.__dict__.get("broadcaster")
+        if broadcaster is not None:
+            broadcaster.start()
+
+    async def shutdown(self) -> None:
+        """Stop the broadcaster (its leases released) and close the cache and blob
+        store. Run by the lifespan."""
+        for name in ("broadcaster", "cache", "blobs"):
+            obj = self.__dict__.get(name)
+            if obj is None:
+                continue
+            close = getattr(obj, "stop" if name == "broadcaster" else "aclose", None)
+            if close is not None:
+                await close()
+
+
+class StateKit:
+    """The Starlette/FastAPI integration (see the module docstring).
+
+    :param app: the app (``Starlette`` or ``FastAPI``), or ``None`` and :meth:`init_app`.
+    :param config: a mapping read for ``STATEKIT_*`` settings before the environment.
+    :param broadcaster: an :class:`~statekit.broadcast.aio.AsyncBroadcaster` the
+        lifespan starts and stops (``None``: publish elsewhere, e.g. ``statekit serve
+        --broadcaster``).
+    :param session_options: keywords for the session middleware.
+    :param cache_options: keywords for :class:`statekit.AsyncCache`.
+    :param options: settings by their lower-case name without ``STATEKIT_``
+        (``redis_url="redis://..."``, ``sessions_enabled=False``).
+
+    Keeps no reference to an app: one object can set up several.
+    """
+
+    def __init__(
+        self,
+        app: Any = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        broadcaster: Any = None,
+        session_options: Mapping[str, Any] | None = None,
+        cache_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = config
+        self.broadcaster = broadcaster
+        self.session_options = dict(session_options or {})
+        self.cache_options = dict(cache_options or {})
+        self.options = {f"STATEKIT_{k.upper()}": v for k, v in options.items()}
+        if app is not None:
+            self.init_app(app)
+
+    def _get(self, key: str, default: Any = None) -> Any:
+        for source in (self.options, self.config, os.environ):
+            if source is not None and key in source:
+                return source[key]
+        return default
+
+    def settings(self) -> Settings:
+        """The :class:`~statekit.config.Settings` these options, the config and the
+        environment give."""
+        names = ("STATEKIT_REDIS_URL", "STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL", "STATEKIT_BROADCAST_URL",
+                 "STATEKIT_BLOBS_URL", "STATEKIT_SECRET_KEYS", "STATEKIT_KEY_PREFIX")
+        env: dict[str, str] = {}
+        for name in names:
+            value = self._get(name)
+            if isinstance(value, (list, tuple)):
+                value = ",".join(value)
+            if value not in (None, ""):
+                env[name] = str(value)
+        return Settings.from_env(env)
+
+    def init_app(self, app: Any) -> None:
+        """Wire the enabled capabilities into *app* (see the module docstring).
+
+        :raises ConfigError: already set up, or an enabled capability cannot work.
+        """
+        if getattr(app.state, "statekit", None) is not None:
+            raise ConfigError("StateKit is already initialised for this app")
+        state = StateKitState(self.settings(), self._get)
+        enabled = [f for f in FEATURES if _flag(self._get(f"STATEKIT_{f.upper()}_ENABLED", True))
+                   and (f != "sessions" or importlib.util.find_spec(f"{__name__}.sessions") is not None)]
+        self._check_start(state.settings, enabled)
+        for feature in enabled:
+            getattr(self, f"_init_{feature}")(app, state)
+            state.features.append(feature)
+        app.state.statekit = state
+        app.add_exception_handler(BackendUnavailable, _on_backend_unavailable)
+        _wrap_lifespan(app, state)
+
+    @staticmethod
+    def _check_start(settings: Settings, enabled: list[str]) -> None:
+        missing = [f for f in enabled if f in _REDIS_FEATURES and not getattr(settings, _REDIS_FEATURES[f])]
+        if missing:
+            raise ConfigError(
+                f"StateKit: {', '.join(missing)} enabled but no Redis URL is configured: set "
+                "STATEKIT_REDIS_URL, or switch off what you do not use: "
+                + ", ".join(f"STATEKIT_{f.upper()}_ENABLED=0" for f in missing)
+            )
+        for url in {getattr(settings, _REDIS_FEATURES[f]) for f in enabled if f in _REDIS_FEATURES}:
+            check_extras(url)
+        if settings.blobs_url and "blobs" in enabled:
+            check_extras(settings.blobs_url, blobs=True)
+
+    # -- one method per capability -----------------------------------------------
+    def _init_cache(self, app: Any, state: StateKitState) -> None:
+        from statekit import AsyncCache  # type: ignore[attr-defined]
+
+        options = {"prefix": state.settings.key_prefix, **self.cache_options}
+        state.cache = AsyncCache(state.settings.cache_url, **options)  # type: ignore[attr-defined]
+
+    def _init_sessions(self, app: Any, state: StateKitState) -> None:
+        # H4's module; imported by name until it has landed
+        middleware = importlib.import_module(f"{__name__}.sessions").SessionMiddleware
+        app.add_middleware(middleware, settings=state.settings, **self.session_options)
+
+    def _init_blobs(self, app: Any, state: StateKitState) -> None:
+        from .uploads import init_app
+
+        init_app(app, state)
+
+    def _init_broadcast(self, app: Any, state: StateKitState) -> None:
+        defaults = self._get("STATEKIT_BROADCAST_DEFAULTS") or {}
+        if not isinstance(defaults, Mapping):
+            raise ConfigError("STATEKIT_BROADCAST_DEFAULTS must be a mapping of name -> default value")
+        max_age = self._get("STATEKIT_BROADCAST_MAX_AGE")
+        state.broadcast = SharedValues(  # type: ignore[attr-defined]
+            state.settings.broadcast_url, key_prefix=state.settings.key_prefix, defaults=dict(defaults),
+            max_age=float(max_age) if max_age not in (None, "") else None,
+        )
+        state.preload = list(defaults)  # type: ignore[attr-defined]
+        state.broadcaster = self.broadcaster  # type: ignore[attr-defined]
+
+    def _init_lifecycle(self, app: Any, state: StateKitState) -> None:
+        from statekit.asgi import LifecycleMiddleware
+
+        options: dict[str, Any] = {}
+        for keyword, (name, convert) in _LIFECYCLE.items():
+            raw = self._get(name)
+            if raw not in (None, ""):
+                try:
+                    options[keyword] = convert(raw)
+                except ValueError:
+                    raise ConfigError(f"{name}={raw!r} is not valid") from None
+        lifecycle = Lifecycle(state.settings, **options)
+        state.lifecycle = lifecycle  # type: ignore[attr-defined]
+        app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle)
+
+
+def _wrap_lifespan(app: Any, state: StateKitState) -> None:
+    """Run :meth:`StateKitState.startup` before the app's own lifespan and
+    :meth:`~StateKitState.shutdown` after it."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Any) -> AsyncIterator[Any]:
+        await state.startup()
+        try:
+            async with inner(app_) as value:
+                yield value
+        finally:
+            await state.shutdown()
+
+    app.router.lifespan_context = lifespan
+
+
+def unavailable_response(retry_after: int = 5) -> Response:
+    """The generic 503 (``Retry-After``, never cached)."""
+    return HTMLResponse(UNAVAILABLE_PAGE, status_code=503,
+                        headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"})
+
+
+async def _on_backend_unavailable(request: Request, error: Exception) -> Response:
+    state = get_state(request)
+    outages.down(outage_name(error, state.settings), error)
+    return unavailable_response()
+
+
+def get_state(where: HTTPConnection | Any) -> StateKitState:
+    """The :class:`StateKitState` of an app, or of the app serving a request.
+
+    :raises RuntimeError: ``StateKit`` was not set up for that app."""
+    app = where.app if isinstance(where, HTTPConnection) else where
+    state: StateKitState | None = getattr(app.state, "statekit", None)
+    if state is None:
+        raise RuntimeError("StateKit(app) has not been initialised for this app")
+    return state
+
+
+# -- dependencies (FastAPI's Depends, or plain calls from Starlette handlers) ------------
+def cache(request: HTTPConnection) -> Any:
+    """The app's :class:`statekit.AsyncCache`: ``c: AsyncCache = Depends(cache)``."""
+    return get_state(request).cache
+
+
+def blobs(request: HTTPConnection) -> Any:
+    """The app's :class:`statekit.AsyncBlobStore`: ``store = Depends(blobs)``.
+
+    :raises ConfigError: no store configured (``STATEKIT_BLOBS_URL``)."""
+    store = get_state(request).blobs
+    if store is None:
+        raise ConfigError("no blob store: set STATEKIT_BLOBS_URL")
+    return store
+
+
+def shared_values(request: HTTPConnection) -> SharedValues:
+    """The app's :class:`~statekit.broadcast.SharedValues` (every shared value by name)."""
+    values: SharedValues = get_state(request).broadcast
+    return values
+
+
+def shared(name: str, default: Any = None) -> Callable[[HTTPConnection], Any]:
+    """A dependency giving the current value of the shared value *name* (a memory
+    read; *default* while nothing was published): ``n = Depends(shared("users_count"))``."""
+    def dependency(request: HTTPConnection) -> Any:
+        return shared_values(request).get(name, default)
+
+    dependency.__name__ = f"shared_{name}"
+    return dependency
+
+
+def shared_value(name: str) -> Callable[[HTTPConnection], SharedValue[Any]]:
+    """A dependency giving the :class:`~statekit.broadcast.SharedValue` *name* itself
+    (``.version``, ``.age``, ``.is_stale``, ``await .changed()``)."""
+    def dependency(request: HTTPConnection) -> SharedValue[Any]:
+        return shared_values(request).value(name)
+
+    dependency.__name__ = f"shared_value_{name}"
+    return dependency
