@@ -196,7 +196,8 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = Path(__file__).resolve().parent
     projects = {"statekit": root, "flask-statekit": root / "adapters" / "flask-statekit",
-                "django-statekit": root / "adapters" / "django-statekit"}
+                "django-statekit": root / "adapters" / "django-statekit",
+                "starlette-statekit": root / "adapters" / "starlette-statekit"}
     out = tmp_path_factory.mktemp("wheels")
     pins = []
     for name, project in projects.items():
