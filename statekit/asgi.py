@@ -101,7 +101,7 @@ class LifecycleMiddleware:
         state = lc.drain
 
         async def drain_aware_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and state.draining:
+            if message["type"] == "http.response.start" and state.closing:
                 message = {**message, "headers": _closing(message.get("headers", ()))}
             await send(message)
 

@@ -30,7 +30,7 @@ __all__ = ["COMMANDS", "COMMAND_EXTRAS", "RUN_DIR", "PlainHelpFormatter", "defau
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("statekit.cli:dev", "start a private Redis and S3 endpoint; print their URLs"),
-    "serve": ("statekit.gunicorn:serve_main", "run a WSGI app on gunicorn with drain and reload"),
+    "serve": ("statekit.gunicorn:serve_main", "run a WSGI or ASGI app on gunicorn with drain and reload"),
     "reload": ("statekit.gunicorn:reload_main", "zero-downtime reload of a running 'statekit serve'"),
     "broadcast": ("statekit.broadcast:main", "run a broadcaster's jobs (module:broadcaster)"),
     "migrate-uploads": ("statekit.migrate:main", "copy a local uploads directory to a blob store"),
@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: third-party modules the commands import that :data:`statekit.backends.EXTRAS` does
 #: not list (the library itself never needs them) -> the extra that installs them
-COMMAND_EXTRAS: dict[str, str] = {"requests": "server"}
+COMMAND_EXTRAS: dict[str, str] = {"requests": "server", "uvicorn": "asgi", "uvicorn_worker": "asgi"}
 
 
 _ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")

@@ -1,6 +1,9 @@
 """``statekit serve``: gunicorn with graceful drain, rolling reload and the broadcaster.
 
-``statekit serve MODULE:APP`` runs the app on gunicorn (not a new server) with:
+``statekit serve MODULE:APP`` runs the app on gunicorn (not a new server) with the
+behaviour below, the same for a WSGI app (gthread workers) and an ASGI app (uvicorn
+workers, :mod:`statekit.gunicorn_asgi`; told apart by importing the app once in a
+short-lived child, or by ``--interface``):
 
 * **SIGTERM**: drain (readiness 503, ``Connection: close`` on every response, new
   requests rejected in mode ``reject``), wait ``--pre-stop-delay`` so load balancers
@@ -15,6 +18,12 @@
   the old workers keep serving.
 * **The broadcaster** (``--broadcaster MODULE:OBJ``) runs in the master: started
   after the first workers are forked, kept across reloads, stopped on exit.
+* **Recycling** (``--max-requests`` with ``--max-requests-jitter``,
+  ``--max-worker-age``, ``--max-worker-rss``): the master, not the worker, decides
+  that a worker is due, starts its successor, and stops it once the successor is
+  ready; one worker at a time, whatever the number due (gunicorn's own
+  ``max_requests`` lets every worker exit as soon as it reaches the limit, several
+  together, and readiness flaps: gunicorn #3427).
 * Crashed workers are replaced by gunicorn's arbiter as usual. A worker accepts a
   connection only while one of its threads is free (:class:`StatekitThreadWorker`),
   so a SIGKILLed worker loses only the requests it was executing, and the master
@@ -23,8 +32,9 @@
 Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, graceful
 timeout 25 s (+ pre-stop 2 s: inside the usual 30 s an orchestrator waits before
 SIGKILL), gunicorn's control socket off. No ``gunicorn.conf.py`` is read. The app is
-wrapped in :class:`~statekit.lifecycle.LifecycleMiddleware` unless it already is
-(``StateKit(app)``, ``django_statekit.lifecycle.get_wsgi_application()``).
+wrapped in :class:`~statekit.lifecycle.LifecycleMiddleware` (an ASGI app in
+:class:`statekit.asgi.LifecycleMiddleware`) unless it already is (``StateKit(app)``,
+``django_statekit.lifecycle.get_wsgi_application()``).
 
 **Your own gunicorn.conf.py.** ``from statekit.gunicorn import *`` installs the same
 behaviour through gunicorn's hooks: ``on_starting`` creates the shared drain state
@@ -32,7 +42,11 @@ and switches the arbiter's class to :class:`StatekitArbiter` (drain on TERM, rol
 HUP, broadcaster), the other hooks give workers their slot, report readiness and
 close connections while draining. Options come from the environment:
 ``STATEKIT_PRE_STOP_DELAY`` (2), ``STATEKIT_DRAIN_MODE`` (reject),
-``STATEKIT_BROADCASTER`` (``module:obj``), ``STATEKIT_READY_TIMEOUT`` (30). Wrap the
+``STATEKIT_BROADCASTER`` (``module:obj``), ``STATEKIT_READY_TIMEOUT`` (30),
+``STATEKIT_MAX_REQUESTS``, ``STATEKIT_MAX_REQUESTS_JITTER``, ``STATEKIT_MAX_WORKER_AGE``
+(seconds), ``STATEKIT_MAX_WORKER_RSS`` (MiB), all 0 (off); gunicorn's own
+``max_requests`` and ``max_requests_jitter`` are taken over by the master when those
+are unset. Wrap the
 app yourself (the adapters do). If you define one of these hooks too, call ours from
 it (``statekit.gunicorn.post_fork(server, worker)``). Switching the arbiter's class
 relies on gunicorn internals (tested with gunicorn 27); plain gunicorn *without*
@@ -55,6 +69,8 @@ import math
 import mmap
 import os
 import queue
+import random
+import select
 import signal
 import struct
 import sys
@@ -100,10 +116,12 @@ from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
 
 __all__ = [
     "DEFAULTS",
+    "INTERFACES",
     "StatekitApplication",
     "StatekitArbiter",
     "StatekitThreadWorker",
     "child_exit",
+    "detect_interface",
     "on_exit",
     "on_starting",
     "post_fork",
@@ -111,6 +129,7 @@ __all__ = [
     "pre_fork",
     "pre_request",
     "reload_main",
+    "report_ready",
     "serve_main",
     "worker_exit",
 ]
@@ -127,6 +146,12 @@ DEFAULTS: dict[str, Any] = {
     "errorlog": "-",
 }
 _SLOTS = 256
+#: ``statekit serve --interface`` choices
+INTERFACES = ("auto", "asgi", "wsgi")
+#: the worker class of each interface
+WORKER_CLASSES = {"wsgi": DEFAULTS["worker_class"], "asgi": "statekit.gunicorn_asgi.StatekitUvicornWorker"}
+#: seconds the master waits before recycling again after a successor failed to boot
+RECYCLE_BACKOFF = 10.0
 
 
 @dataclass
@@ -135,6 +160,14 @@ class _Options:
     drain_mode: str = "reject"
     broadcaster: Any = None
     ready_timeout: float = 30.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_worker_age: float = 0.0
+    max_worker_rss: int = 0  # bytes
+
+    @property
+    def recycling(self) -> bool:
+        return bool(self.max_requests or self.max_worker_age or self.max_worker_rss)
 
     @classmethod
     def from_env(cls) -> _Options:
@@ -143,6 +176,8 @@ class _Options:
             pre_stop_delay=_seconds(env.get("STATEKIT_PRE_STOP_DELAY", "2"), "STATEKIT_PRE_STOP_DELAY"),
             drain_mode=env.get("STATEKIT_DRAIN_MODE", "reject"),
             ready_timeout=_seconds(env.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+            **_recycling(env.get("STATEKIT_MAX_REQUESTS"), env.get("STATEKIT_MAX_REQUESTS_JITTER"),
+                         env.get("STATEKIT_MAX_WORKER_AGE"), env.get("STATEKIT_MAX_WORKER_RSS"), env=True),
         )
         if env.get("STATEKIT_BROADCASTER"):
             opts.broadcaster = load_object(env["STATEKIT_BROADCASTER"])
@@ -166,6 +201,27 @@ class _Runtime:
     broadcaster_started: bool = False
     reported: bool = False
     force_killing: bool = False
+    recycle_after: float = 0.0  # monotonic time before which no worker is recycled
+
+
+def _recycling(max_requests: str | None, jitter: str | None, age: str | None, rss_mib: str | None, *,
+               env: bool = False) -> dict[str, Any]:
+    """The recycling options from the command line (``--max-requests``) or the
+    environment (``STATEKIT_MAX_REQUESTS``, with *env*), checked; ``None`` or ``""``
+    is off. The RSS limit is given in MiB and returned in bytes."""
+    out: dict[str, Any] = {}
+    for key, raw, kind in (("max_requests", max_requests, int), ("max_requests_jitter", jitter, int),
+                           ("max_worker_age", age, float), ("max_worker_rss", rss_mib, float)):
+        name = f"STATEKIT_{key.upper()}" if env else "--" + key.replace("_", "-")
+        try:
+            value = kind(raw or 0)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a {'number' if kind is float else 'count'}") from None
+        if value < 0:
+            raise ConfigError(f"{name}={raw!r} must not be negative")
+        out[key] = value
+    out["max_worker_rss"] = int(out["max_worker_rss"] * 2**20)
+    return out
 
 
 def _seconds(raw: str, name: str) -> float:
@@ -196,16 +252,62 @@ def load_object(target: str) -> Any:
     return obj
 
 
-def wrap_app(app: Any) -> Any:
-    """Wrap *app* in a :class:`LifecycleMiddleware` unless it already is (Flask apps
-    set up by ``StateKit(app)``, Django's wrapped handler)."""
-    if isinstance(app, LifecycleMiddleware):
+def wrap_app(app: Any, interface: str | None = None) -> Any:
+    """Wrap *app* in the lifecycle middleware of its *interface* (``"wsgi"`` or
+    ``"asgi"``; default: :func:`statekit.asgi.interface_of`) unless it already is
+    (Flask apps set up by ``StateKit(app)``, Django's wrapped handlers, a Starlette
+    app with the middleware in its stack)."""
+    from . import asgi
+
+    if isinstance(app, (LifecycleMiddleware, asgi.LifecycleMiddleware)):
         return app
     if isinstance(getattr(app, "wsgi_app", None), LifecycleMiddleware):
         return app
+    if any(getattr(m, "cls", None) is asgi.LifecycleMiddleware for m in getattr(app, "user_middleware", ())):
+        return app
     from .config import Settings
 
-    return LifecycleMiddleware(app, Lifecycle(Settings.from_env()))
+    lifecycle = Lifecycle(Settings.from_env())
+    if (interface or asgi.interface_of(app)) == "asgi":
+        return asgi.LifecycleMiddleware(app, lifecycle)
+    return LifecycleMiddleware(app, lifecycle)
+
+
+def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
+    """``"asgi"`` or ``"wsgi"``: the interface of the app ``MODULE:APP`` (or
+    ``MODULE:factory()``), found by importing it in a forked child. The master must
+    not import the app itself: the workers it forks later would inherit the module,
+    and a reload would not see new code. An app that cannot be imported (or takes
+    longer than *timeout*) counts as WSGI: its workers then fail to boot with the
+    import's own traceback, as before."""
+    from .asgi import interface_of
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        answer = b"?"
+        try:
+            os.close(read_end)
+            answer = interface_of(util.import_app(app_uri)).encode()
+        except BaseException:  # noqa: BLE001,S110 -- any failure: the workers report it
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.write(write_end, answer)
+            os._exit(0)
+    os.close(write_end)
+    answer = b""
+    try:
+        if select.select([read_end], [], [], timeout)[0]:
+            answer = os.read(read_end, 8)
+    finally:
+        os.close(read_end)
+        if not answer:  # hung, or died without a word
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    kind = answer.decode(errors="replace")
+    return kind if kind in ("asgi", "wsgi") else "wsgi"
 
 
 # -- the worker ------------------------------------------------------------------
@@ -482,6 +584,8 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             pid, _ = active.pop(0)
             rt.stopping.add(pid)
             self.kill_worker(pid, signal.SIGTERM)
+        if rt.options.recycling and len(active) == self.num_workers and time.monotonic() >= rt.recycle_after:
+            self._recycle_one(active)
         broadcaster = rt.options.broadcaster
         if broadcaster is not None and not rt.broadcaster_started and os.getpid() == self.pid:
             rt.broadcaster_started = True
@@ -490,6 +594,50 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
                 self.log.info("statekit: broadcaster %r started in the master", broadcaster)
             except Exception:
                 self.log.exception("statekit: broadcaster failed to start; serving without it")
+
+    # -- recycling -----------------------------------------------------------------
+
+    def _due(self, pid: int, worker: Any) -> str | None:
+        """Why the worker *pid* is due for recycling, or ``None``."""
+        opts = self.statekit.options
+        info = self.statekit.drain.slot_info(worker.statekit_slot)
+        if info.pid != pid or info.state != READY:
+            return None
+        limit = getattr(worker, "statekit_max_requests", 0)
+        if limit and info.started >= limit:
+            return f"{info.started} requests (limit {limit})"
+        if opts.max_worker_age and time.time() - info.ready_at >= opts.max_worker_age:
+            return f"{time.time() - info.ready_at:.0f}s old (limit {opts.max_worker_age:g}s)"
+        if opts.max_worker_rss:
+            rss = _rss(pid)
+            if rss >= opts.max_worker_rss:
+                return f"RSS {rss / 2**20:.0f} MiB (limit {opts.max_worker_rss / 2**20:g} MiB)"
+        return None
+
+    def _recycle_one(self, active: list[tuple[int, Any]]) -> None:
+        """Replace the oldest due worker, if any: successor first, then the old one
+        stops. One per call, and the master does nothing else meanwhile, so at most
+        one worker is ever being replaced (the others wait for the next turns)."""
+        for pid, worker in active:  # oldest first
+            reason = self._due(pid, worker)
+            if reason is None:
+                continue
+            self.log.info("statekit: recycling worker %s (%s): its successor starts first", pid, reason)
+            if not self._replace(pid):
+                self.statekit.recycle_after = time.monotonic() + RECYCLE_BACKOFF
+                self.log.error("statekit: recycling of worker %s put off %.0fs: its successor did not "
+                               "become ready", pid, RECYCLE_BACKOFF)
+            return
+
+    def _replace(self, pid: int | None) -> bool:
+        """Start a worker, wait until it is ready, then stop *pid* (when given and
+        still there). ``False`` (and *pid* left serving) if the new one never got ready."""
+        if not self._spawn_and_wait_ready():
+            return False
+        if pid is not None and pid in self.WORKERS:
+            self.statekit.stopping.add(pid)
+            self.kill_worker(pid, signal.SIGTERM)
+        return True
 
     def _stop_broadcaster(self) -> None:
         rt = self.statekit
@@ -557,13 +705,15 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         self.log.info("statekit: rolling reload: replacing %d workers one at a time", len(old))
         started = time.monotonic()
         for i in range(max(target, len(old))):
-            if i < target and not self._spawn_and_wait_ready():
+            pid = old[i] if i < len(old) else None
+            if i >= target:  # fewer workers now: no successor
+                if pid is not None and pid in self.WORKERS:
+                    rt.stopping.add(pid)
+                    self.kill_worker(pid, signal.SIGTERM)
+            elif not self._replace(pid):
                 self.log.error("statekit: rolling reload aborted; %d old workers keep serving",
                                len([p for p in old[i:] if p in self.WORKERS]))
                 return False
-            if i < len(old) and old[i] in self.WORKERS:
-                rt.stopping.add(old[i])
-                self.kill_worker(old[i], signal.SIGTERM)
         self.log.info("statekit: rolling reload done in %.2fs", time.monotonic() - started)
         return True
 
@@ -711,6 +861,10 @@ def on_starting(server: Any) -> None:
         options = getattr(server.app, "statekit_options", None) or _Options.from_env()
         if options.drain_mode not in DRAIN_MODES:
             raise ConfigError(f"drain mode {options.drain_mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        if not options.max_requests and server.cfg.max_requests:
+            # gunicorn's own: every worker would exit at its limit, several at once
+            options.max_requests = server.cfg.max_requests
+            options.max_requests_jitter = server.cfg.max_requests_jitter
         drain = DrainState(_SLOTS, mode=options.drain_mode)
         set_drain_state(drain)
         server.statekit = _Runtime(options=options, drain=drain)
@@ -725,6 +879,10 @@ def pre_fork(server: Any, worker: Any) -> None:
             if rt.drain.slot_info(index).state != FREE:
                 _collect_slot(server, index)
             worker.statekit_slot = index
+            opts = rt.options
+            worker.statekit_max_requests = (
+                opts.max_requests + random.randint(0, opts.max_requests_jitter)  # noqa: S311 -- spreading only
+                if opts.max_requests else 0)
             rt.drain.reset_slot(index, state=BOOTING, forked_at=time.time())
             rt.held.reset(index)
             return
@@ -738,16 +896,35 @@ def post_fork(server: Any, worker: Any) -> None:
     worker.statekit_held = rt.held
     rt.options.broadcaster = None
     rt.broadcaster_started = False
+    # the master recycles (one worker at a time): no worker stops itself at a request count
+    worker.max_requests = sys.maxsize
+    config = getattr(worker, "config", None)  # uvicorn-worker's uvicorn Config
+    if config is not None and hasattr(config, "limit_max_requests"):
+        config.limit_max_requests = None
 
 
 def post_worker_init(worker: Any) -> None:
     """Worker, app loaded: report ready (the master's rolling reload waits for it), and
-    make every response that starts while draining close its connection."""
+    make every response that starts while draining close its connection. A worker
+    that reports readiness itself once it serves (:mod:`statekit.gunicorn_asgi`) is
+    left to do so; any ASGI worker's app closes connections through the ASGI
+    lifecycle middleware."""
+    from .asgi import interface_of
+
+    if getattr(worker, "statekit_reports_ready", False):
+        return
+    if interface_of(worker.wsgi) == "wsgi":
+        worker.wsgi = _close_when_draining(worker.wsgi)
+    report_ready(worker)
+
+
+def report_ready(worker: Any) -> None:
+    """Worker: log that it is ready and set its slot READY (the master's rolling
+    reload and recycling stop an old worker only after this)."""
     drain = get_drain_state()
     forked_at = drain.slot_info(drain.slot).forked_at
     # logged before the flag is set, so the line precedes the old worker's exit in the log
     worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), time.time() - forked_at)
-    worker.wsgi = _close_when_draining(worker.wsgi)
     drain.mark_ready()
 
 
@@ -824,6 +1001,15 @@ def _collect_slot(server: Any, index: int) -> None:
     rt.held.reset(index)
 
 
+def _rss(pid: int) -> int:
+    """Resident memory of *pid* in bytes (Linux ``/proc``; 0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _held(rt: _Runtime, index: int) -> int:
     """Requests the worker in slot *index* holds unanswered: the connections its
     threads hold (:class:`StatekitThreadWorker`), at least the requests inside the
@@ -849,16 +1035,30 @@ _HOOKS = {
 class StatekitApplication(BaseApplication):  # type: ignore[misc]
     """A gunicorn application: statekit's :data:`DEFAULTS`, the hooks above, the app
     from ``MODULE:APP`` (or ``MODULE:create_app()``) wrapped in the lifecycle
-    middleware unless it already is. No ``gunicorn.conf.py`` is read."""
+    middleware unless it already is. No ``gunicorn.conf.py`` is read.
+
+    :param interface: ``"wsgi"`` (gthread workers, :class:`StatekitThreadWorker`) or
+        ``"asgi"`` (uvicorn workers, ``statekit.gunicorn_asgi.StatekitUvicornWorker``);
+        an explicit ``worker_class`` in *options* wins.
+    :param max_requests: recycle a worker after this many requests (plus up to
+        *max_requests_jitter*), one worker at a time; 0: never. Likewise
+        *max_worker_age* (seconds since ready) and *max_worker_rss* (bytes).
+    """
 
     def __init__(self, app_uri: str, options: dict[str, Any] | None = None, *,
                  pre_stop_delay: float = 2.0, drain_mode: str = "reject",
-                 broadcaster: Any = None, ready_timeout: float = 30.0) -> None:
+                 broadcaster: Any = None, ready_timeout: float = 30.0, interface: str = "wsgi",
+                 max_requests: int = 0, max_requests_jitter: int = 0, max_worker_age: float = 0.0,
+                 max_worker_rss: int = 0) -> None:
         if drain_mode not in DRAIN_MODES:
             raise ConfigError(f"drain mode {drain_mode!r} must be one of {', '.join(DRAIN_MODES)}")
+        if interface not in WORKER_CLASSES:
+            raise ConfigError(f"interface {interface!r} must be 'wsgi' or 'asgi'")
         self.app_uri = app_uri
-        self.options = {**DEFAULTS, **(options or {})}
-        self.statekit_options = _Options(pre_stop_delay, drain_mode, broadcaster, ready_timeout)
+        self.interface = interface
+        self.options = {**DEFAULTS, "worker_class": WORKER_CLASSES[interface], **(options or {})}
+        self.statekit_options = _Options(pre_stop_delay, drain_mode, broadcaster, ready_timeout,
+                                         max_requests, max_requests_jitter, max_worker_age, max_worker_rss)
         super().__init__(prog="statekit serve")
 
     def load_config(self) -> None:
@@ -869,7 +1069,7 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, hook)
 
     def load(self) -> Any:
-        return wrap_app(util.import_app(self.app_uri))
+        return wrap_app(util.import_app(self.app_uri), self.interface)
 
     def run(self) -> None:
         try:
@@ -880,17 +1080,24 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """``statekit serve MODULE:APP [...]``: run a WSGI app on gunicorn with drain,
-    rolling reload and the broadcaster. Exits when the master stops."""
+    """``statekit serve MODULE:APP [...]``: run a WSGI or ASGI app on gunicorn with
+    drain, rolling reload, worker recycling and the broadcaster. Exits when the
+    master stops."""
     from .cli import PlainHelpFormatter, default_pid_file
 
     p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__,
                                 formatter_class=PlainHelpFormatter)
-    p.add_argument("app", metavar="MODULE:APP", help="WSGI app, or an app factory: MODULE:create_app()")
+    p.add_argument("app", metavar="MODULE:APP",
+                   help="WSGI or ASGI app, or an app factory: MODULE:create_app()")
+    p.add_argument("--interface", choices=INTERFACES, default="auto",
+                   help="wsgi: gthread workers; asgi: uvicorn workers (pip install 'statekit[asgi]'); auto "
+                        "(default): asgi when the app is an async callable, found by importing it once in a "
+                        "short-lived child process")
     p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT",
                    help="address to listen on (default $STATEKIT_BIND or 127.0.0.1:8000)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")), metavar="N",
-                   help="worker processes, 4 threads each (default $WEB_CONCURRENCY or 2)")
+                   help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
+                        "(default $WEB_CONCURRENCY or 2)")
     p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
                    help="seconds in-flight requests get after accepting stops (default 25)")
     p.add_argument("--pre-stop-delay", type=float, default=2.0, metavar="S",
@@ -903,8 +1110,20 @@ def serve_main(argv: Sequence[str]) -> int:
                         "./.statekit/serve-HOST-PORT.pid, which statekit reload finds from this directory; "
                         "'' for none)")
     p.add_argument("--broadcaster", metavar="MODULE:OBJ", help="a statekit Broadcaster to run in the master")
+    p.add_argument("--max-requests", metavar="N",
+                   help="recycle a worker after N requests: its successor starts first, one worker at a time "
+                        "(default 0: never)")
+    p.add_argument("--max-requests-jitter", metavar="N",
+                   help="add 0 to N requests to each worker's limit, so workers come due apart (default 0)")
+    p.add_argument("--max-worker-age", metavar="S",
+                   help="recycle a worker S seconds after it became ready (default 0: never)")
+    p.add_argument("--max-worker-rss", metavar="MIB",
+                   help="recycle a worker whose resident memory reaches MIB mebibytes (Linux; "
+                        "default 0: never)")
     p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
     opts = p.parse_args(list(argv))
+    recycling = _recycling(opts.max_requests, opts.max_requests_jitter, opts.max_worker_age,
+                           opts.max_worker_rss)
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     if opts.workers < 1:
@@ -914,7 +1133,12 @@ def serve_main(argv: Sequence[str]) -> int:
     if opts.pid is None:
         opts.pid = default_pid_file(opts.bind)
         os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
+    if recycling["max_worker_rss"] and not os.path.exists(f"/proc/{os.getpid()}/statm"):
+        raise ConfigError("--max-worker-rss reads /proc (Linux): not available here")
     sys.path.insert(0, os.getcwd())
+    interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
+    if interface == "asgi":
+        importlib.import_module("statekit.gunicorn_asgi")  # a missing extra: one line, before anything starts
     broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
     if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
                                         and callable(getattr(broadcaster, "stop", None))):
@@ -927,6 +1151,8 @@ def serve_main(argv: Sequence[str]) -> int:
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,
         ready_timeout=_seconds(os.environ.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+        interface=interface,
+        **recycling,
     )
     try:
         application.run()

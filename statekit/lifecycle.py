@@ -114,6 +114,7 @@ class DrainState:
         self.slot = 0
         self._map = mmap.mmap(-1, _HEADER_SIZE + slots * _SLOT_SIZE)
         self._lock = threading.Lock()
+        self._closing = False
         _HEADER.pack_into(self._map, 0, _MAGIC, 0, DRAIN_MODES.index(mode), 0, 0.0, 0.0, 0)
         self.reset_slot(0, pid=os.getpid(), state=READY)
 
@@ -163,6 +164,19 @@ class DrainState:
             h = list(self._header())
             h[1], h[4], h[5] = 0, 0.0, 0.0
             _HEADER.pack_into(self._map, 0, *h)
+
+    @property
+    def closing(self) -> bool:
+        """Whether responses should close their connections: while draining, or
+        once :meth:`close_connections` was called in this process."""
+        return self._closing or self.draining
+
+    def close_connections(self) -> None:
+        """This process alone is stopping (a worker replaced by a reload or recycled
+        while the others serve on): from now on its responses carry ``Connection:
+        close``, so a kept-alive client is told before its connection goes, instead
+        of finding it closed under its next request. Process-local: not shared."""
+        self._closing = True
 
     def accepting(self, mode: str | None = None) -> bool:
         """Whether a new request should run the app now."""
@@ -686,7 +700,7 @@ class LifecycleMiddleware:
 
         def drain_aware_start_response(status: str, headers: list[tuple[str, str]],
                                        exc_info: Any = None) -> Callable[[bytes], object]:
-            if state.draining and _may_send_connection_header(environ):
+            if state.closing and _may_send_connection_header(environ):
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"]
                 headers.append(("Connection", "close"))
             return start_response(status, headers, exc_info)

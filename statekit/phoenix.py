@@ -1,6 +1,7 @@
 """``statekit phoenix APP``: certify that an app keeps no state in its processes.
 
-Phoenix starts the app under ``statekit serve`` — by default two instances (two
+Phoenix starts the app — WSGI or ASGI, as ``statekit serve`` tells them apart (gthread
+or uvicorn workers) — under ``statekit serve``: by default two instances (two
 "machines", each in its own empty working directory) of N workers on loopback —
 drives a bounded, scripted load from many simulated users, and meanwhile SIGKILLs
 random workers and reloads the instances on a schedule. Every user sends each
@@ -400,7 +401,7 @@ class Instance:
     directory, on a free loopback port."""
 
     def __init__(self, index: int, app: str, workdir: str, *, workers: int, server: str,
-                 broadcaster: str | None, env: dict[str, str]) -> None:
+                 broadcaster: str | None, env: dict[str, str], interface: str = "wsgi") -> None:
         self.index = index
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -410,13 +411,15 @@ class Instance:
         bind = f"127.0.0.1:{self.port}"
         if server == "statekit":
             self.command = [sys.executable, "-m", "statekit", "serve", app, "--bind", bind,
-                            "--workers", str(workers), "--pid", self.pidfile,
+                            "--workers", str(workers), "--pid", self.pidfile, "--interface", interface,
                             "--graceful-timeout", "10", "--pre-stop-delay", "0"]
             if broadcaster:
                 self.command += ["--broadcaster", broadcaster]
         else:
             self.command = [sys.executable, "-m", "gunicorn", app, "--bind", bind, "--workers", str(workers),
                             "--pid", self.pidfile, "--graceful-timeout", "10"]
+            if interface == "asgi":
+                self.command += ["--worker-class", "uvicorn_worker.UvicornWorker"]
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -574,6 +577,8 @@ class PhoenixReport:
     examples: list[str]
     #: checks the app could not take (their route is missing) -> why
     unchecked: dict[str, str] = field(default_factory=dict)
+    #: ``"wsgi"`` or ``"asgi"``: how the app was served
+    interface: str = "wsgi"
 
     @property
     def lost_state(self) -> bool:
@@ -614,6 +619,25 @@ def _load_scenario(spec: str) -> type[Scenario]:
     return cls
 
 
+#: prints the app's interface (statekit.asgi.interface_of), imported as statekit serve does
+_DETECT = ("import sys\nfrom gunicorn.util import import_app\nfrom statekit.asgi import interface_of\n"
+           "print(interface_of(import_app(sys.argv[1])))\n")
+
+
+def _pick_interface(choice: str, app: str, env: dict[str, str], cwd: str) -> str:
+    """The app's interface: *choice*, or for ``auto`` what importing the app in a
+    child process says (an app that cannot be imported fails later, at start)."""
+    if choice != "auto":
+        return choice
+    try:
+        out = subprocess.run([sys.executable, "-c", _DETECT, app], cwd=cwd, env=env, capture_output=True,  # noqa: S603
+                             text=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        return "wsgi"
+    lines = out.stdout.split()
+    return "asgi" if out.returncode == 0 and lines and lines[-1] == "asgi" else "wsgi"
+
+
 def _pick_server(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -633,7 +657,7 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
         table.add_row(label, f"[red]{value}[/red]" if bad else str(value), note)
 
     row("setup", f"{report.instances} × {report.workers} workers",
-        f"{report.server}, {report.users} users, {report.duration:.0f} s")
+        f"{report.server} ({report.interface.upper()}), {report.users} users, {report.duration:.0f} s")
     row("requests", report.requests, f"{report.ok} ok")
     failed = sum(report.failures.values())
     row("failed requests", failed, ", ".join(f"{c}: {n}" for c, n in sorted(report.failures.items())))
@@ -729,6 +753,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         if not sep or not key:
             raise ConfigError(f"--env {item!r} must be KEY=VALUE")
         env[key] = value
+    interface = _pick_interface(opts.interface, opts.app, env, cwd)
     stack = contextlib.ExitStack()
     tmp = tempfile.mkdtemp(prefix="statekit-phoenix-")
     stack.callback(shutil.rmtree, tmp, True)
@@ -748,14 +773,14 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
             workdir = os.path.join(tmp, f"instance-{i}")
             os.makedirs(workdir)
             instances.append(Instance(i, opts.app, workdir, workers=opts.workers, server=server,
-                                      broadcaster=opts.broadcaster, env=env))
+                                      broadcaster=opts.broadcaster, env=env, interface=interface))
         for inst in instances:
             stack.callback(inst.stop)
             inst.start()
         for inst in instances:
             inst.wait_ready(opts.health_path, opts.start_timeout)
         console.print(f"[dim]phoenix: {opts.instances} instance(s) of {opts.app} ready on "
-                      f"{', '.join(i.base for i in instances)} ({server})[/dim]")
+                      f"{', '.join(i.base for i in instances)} ({server}, {interface.upper()})[/dim]")
 
         ledger = Ledger()
         rng = random.Random(opts.seed)  # noqa: S311
@@ -805,7 +830,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         shared_reads=len(ledger.shared_reads),
         shared_disagreements=shared_disagreements(ledger.shared_reads, opts.shared_grace),
         p50_ms=_percentile(lat, 50) * 1000, p99_ms=_percentile(lat, 99) * 1000, examples=ledger.examples,
-        unchecked=unchecked,
+        unchecked=unchecked, interface=interface,
     )
 
 
@@ -832,7 +857,10 @@ def main(argv: Sequence[str]) -> int:
         description="Certify an app stateless: run it under statekit serve, drive a scripted load from many "
                     "users while killing workers and reloading, and report any lost state.",
     )
-    parser.add_argument("app", metavar="MODULE:APP", help="the WSGI app, as for statekit serve")
+    parser.add_argument("app", metavar="MODULE:APP", help="the WSGI or ASGI app, as for statekit serve")
+    parser.add_argument("--interface", choices=("auto", "asgi", "wsgi"), default="auto",
+                        help="as for statekit serve: auto (default) imports the app once in a child process "
+                             "to tell; asgi runs uvicorn workers (with --server gunicorn: uvicorn-worker's)")
     parser.add_argument("--duration", type=_positive(float), default=20.0, metavar="S",
                         help="seconds of load (default 20)")
     parser.add_argument("--workers", type=_positive(int), default=2, metavar="N",

@@ -1,0 +1,344 @@
+"""``statekit serve`` on an ASGI app (Starlette on uvicorn workers under statekit's
+arbiter), and worker recycling for ASGI and WSGI: real processes on loopback,
+bounded load, every process started here is stopped here, by pid."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
+
+from statekit.gunicorn import detect_interface, reload_main
+
+pytestmark = pytest.mark.gunicorn
+
+#: the WSGI test app's routes, on Starlette; lifespan events noted in lifespan.log
+ASGI_APP = textwrap.dedent(
+    """
+    import asyncio, contextlib, os
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    def note(what):
+        with open("lifespan.log", "a") as f:
+            f.write(f"{what} {os.getpid()}\\n")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        note("startup")
+        yield
+        note("shutdown")
+
+    async def echo(request):
+        path = request.url.path
+        if path.startswith("/sleep/"):
+            await asyncio.sleep(float(path.split("/")[2]))
+        data = await request.body()
+        return PlainTextResponse(f"{os.getpid()} {len(data)}")
+
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])], lifespan=lifespan)
+    """
+)
+
+REPORT = re.compile(
+    r"statekit: shutdown: in_flight_at_term=(\d+) completed=(\d+) rejected=(\d+) force_killed=(\d+) "
+    r"lost_in_flight=(\d+)"
+)
+
+
+def serve(tmp_path: Path, *args: str, source: str = ASGI_APP) -> ServeProcess:
+    return ServeProcess(tmp_path, *args, app_source=source)
+
+
+def report(log: str) -> tuple[int, ...]:
+    found = REPORT.findall(log)
+    assert len(found) == 1, log
+    return tuple(int(x) for x in found[0])
+
+
+EVENTS = re.compile(r"statekit: worker (\d+) ready|Worker exiting \(pid: (\d+)\)"
+                    r"|statekit: recycling worker (\d+)")
+
+
+def ready_set_sizes(log: str, workers: int) -> list[int]:
+    """How many workers serve (ready, not stopping) after each event of the log, from
+    the moment the first *workers* are ready. A recycled worker leaves the set when
+    its successor is ready (the master TERMs it right then), or when it exits if that
+    comes first; a reloaded worker when it exits."""
+    ready: set[int] = set()
+    leaving: set[int] = set()
+    due: int | None = None
+    sizes: list[int] = []
+    for is_ready, exited, recycled in EVENTS.findall(log):
+        if recycled:
+            due = int(recycled)
+        elif is_ready:
+            ready.add(int(is_ready))
+            if due is not None:
+                leaving.add(due)
+                due = None
+        else:
+            ready.discard(int(exited))
+            leaving.discard(int(exited))
+        if sizes or len(ready) >= workers:
+            sizes.append(len(ready - leaving))
+    return sizes
+
+
+def slow_request(port: int, seconds: float, out: list) -> threading.Thread:
+    def run() -> None:
+        try:
+            out.append(request(port, f"/sleep/{seconds}", timeout=30))
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_asgi_app_drains_on_sigterm_with_the_in_flight_request_finishing(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2", "--pre-stop-delay", "2") as srv:
+        srv.wait_ready(2)
+        status, _, body = request(srv.port, "/x", "POST", b"abc")
+        assert status == 200 and body.endswith(b" 3")
+        slow: list = []
+        t = slow_request(srv.port, 1.5, slow)
+        time.sleep(0.3)  # inside a worker now
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
+        status, headers, _ = request(srv.port, "/x", "POST", b"data")
+        assert status == 503 and headers["connection"] == "close"
+        assert headers["retry-after"] == "1" and headers["x-statekit-drain"] == "reject"
+        assert request(srv.port, "/healthz")[0] == 200
+        assert srv.wait(30) == 0
+        t.join(10)
+        log = srv.log()
+    assert "Using worker: statekit.gunicorn_asgi.StatekitUvicornWorker" in log
+    assert slow and not isinstance(slow[0], Exception) and slow[0][0] == 200
+    in_flight, completed, rejected, forced, lost = report(log)
+    assert in_flight == 1 and completed >= 1 and rejected >= 1 and forced == 0 and lost == 0
+    # every worker ran the app's lifespan startup and shutdown, and exited on its own
+    events = (tmp_path / "lifespan.log").read_text().split("\n")
+    assert sorted(e.split()[0] for e in events if e) == ["shutdown", "shutdown", "startup", "startup"]
+    assert "died with" not in log and log.count("Worker exiting") == 2
+
+
+def test_asgi_serve_mode_serves_with_connection_close_while_draining(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "1", "--pre-stop-delay", "3", "--drain-mode", "serve",
+               "--interface", "asgi") as srv:
+        srv.wait_ready(1)
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
+        status, headers, _ = request(srv.port, "/served")
+        assert status == 200 and headers["connection"] == "close"
+        assert srv.wait(30) == 0
+        assert report(srv.log())[2] == 0  # nothing rejected
+
+
+class KeepAlive(threading.Thread):
+    """One client sending requests on one kept-alive connection (http.client opens a
+    new one only after a response said ``Connection: close``): a server that closes
+    the connection under it without saying so shows as a failure."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        while not self.halt.is_set():
+            try:
+                conn.request("GET", "/kept")
+                response = conn.getresponse()
+                response.read()
+                if response.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"HTTP {response.status}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failures.append(type(e).__name__)
+                conn.close()
+        conn.close()
+
+
+def test_asgi_rolling_reloads_under_load_fail_nothing(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "2") as srv:
+        srv.wait_ready(2)
+        before = set(srv.workers())
+        kept = [KeepAlive(srv.port) for _ in range(2)]
+        with Load(srv.port, threads=4) as load:
+            for k in kept:
+                k.start()
+            time.sleep(1)
+            for i in range(2):
+                assert reload_main(["--pid", str(srv.pidfile)]) == 0
+                wait_until(lambda n=i: srv.log().count("rolling reload done") == n + 1, 30, "reload")
+                time.sleep(1)
+            for k in kept:
+                k.halt.set()
+                k.join(20)
+        after = set(srv.workers())
+        log = srv.log()
+    kept_failures = [f for k in kept for f in k.failures]
+    print(f"reloads=2 requests={load.total} failed={len(load.failures)} "
+          f"kept-alive requests={sum(k.ok for k in kept)} failed={len(kept_failures)}")
+    assert load.total > 50 and load.failures == [], (load.reasons, log[-3000:])
+    assert all(k.ok > 20 for k in kept) and kept_failures == [], kept_failures
+    assert not before & after and len(after) == 2
+    sizes = ready_set_sizes(log, 2)
+    assert min(sizes) == 2 and sizes[-1] == 2, sizes  # each old worker exited after its successor was ready
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi"])
+def test_max_requests_recycles_one_worker_at_a_time(tmp_path: Path, interface: str) -> None:
+    """Three workers reach --max-requests together (no jitter): the master replaces
+    them one after the other, each successor ready before its predecessor stops
+    (gunicorn #3427: its own max_requests restarts them together)."""
+    source = ASGI_APP if interface == "asgi" else APP
+    args = ("--workers", "3", "--max-requests", "40", "--pre-stop-delay", "0")
+    with serve(tmp_path, *args, source=source) as srv:
+        srv.wait_ready(3)
+        first = set(srv.workers())
+        with Load(srv.port, threads=6) as load:
+            wait_until(lambda: srv.log().count("statekit: recycling worker") >= 3
+                       and not first & set(srv.workers()), 40, "three recycled workers")
+        log = srv.log()
+    sizes = ready_set_sizes(log, 3)
+    recycled = log.count("statekit: recycling worker")
+    low = min(sizes)
+    print(f"{interface}: recycled={recycled} requests={load.total} failed={len(load.failures)} "
+          f"fewest ready workers={low} of 3")
+    assert load.failures == [], (load.reasons, log[-3000:])
+    assert recycled >= 3 and low >= 2, sizes  # at most one missing from the ready set
+    assert "Maximum request limit" not in log and "died with" not in log
+
+
+def test_detect_interface_imports_the_app_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "asgi_one.py").write_text(ASGI_APP)
+    (tmp_path / "wsgi_one.py").write_text(APP)
+    (tmp_path / "broken_one.py").write_text("raise RuntimeError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert detect_interface("asgi_one:app") == "asgi"
+    assert detect_interface("wsgi_one:app") == "wsgi"
+    assert detect_interface("broken_one:app") == "wsgi"  # its workers report the import error
+    assert "asgi_one" not in sys.modules  # the master never imported it
+
+
+def test_a_missing_asgi_extra_is_one_line_naming_it(tmp_path: Path) -> None:
+    code = ("import sys\n"
+            "sys.modules['uvicorn_worker'] = None\n"
+            "from statekit.cli import main\n"
+            "sys.exit(main(['serve', 'app:app', '--interface', 'asgi', '--pid', '']))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "statekit serve: ConfigError: statekit serve for ASGI apps needs uvicorn and uvicorn-worker: "
+        "pip install 'statekit[asgi]'"
+    ]
+
+
+def test_recycling_options_are_checked() -> None:
+    from statekit.errors import ConfigError
+    from statekit.gunicorn import serve_main
+
+    with pytest.raises(ConfigError, match="--max-requests='x' is not a count"):
+        serve_main(["a:b", "--max-requests", "x"])
+    with pytest.raises(ConfigError, match="--max-worker-age='-1' must not be negative"):
+        serve_main(["a:b", "--max-worker-age", "-1"])
+
+
+#: the session routes of phoenix's contract on Starlette, the session in Redis (asyncio
+#: redis-py) under a cookie; no photos, no shared value (phoenix skips those checks)
+PHOENIX_APP = textwrap.dedent(
+    """
+    import json, os, secrets
+    from urllib.parse import parse_qs
+    import redis.asyncio as aioredis
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    clients = {}
+
+    def db():
+        pid = os.getpid()
+        if pid not in clients:
+            clients[pid] = aioredis.Redis.from_url(os.environ["STATEKIT_REDIS_URL"])
+        return clients[pid]
+
+    async def form(request):
+        return {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+
+    async def login(request):
+        user = (await form(request)).get("user")
+        if not user:
+            return PlainTextResponse("user?", status_code=400)
+        sid = secrets.token_hex(16)
+        await db().hset(f"phoenix:{sid}", mapping={"user": user})
+        response = JSONResponse({"user": user})
+        response.set_cookie("sid", sid)
+        return response
+
+    async def session(request):
+        key = f"phoenix:{request.cookies.get('sid', '-')}"
+        if request.method == "POST":
+            data = await form(request)
+            if "key" not in data:
+                return PlainTextResponse("key?", status_code=400)
+            await db().hset(key, data["key"], data.get("value", ""))
+            return JSONResponse({"ok": True})
+        stored = {k.decode(): v.decode() for k, v in (await db().hgetall(key)).items()}
+        user = stored.pop("user", None)
+        return JSONResponse({"user": user, "values": stored, "pid": os.getpid()})
+
+    app = Starlette(routes=[Route("/api/login", login, methods=["POST"]),
+                            Route("/api/session", session, methods=["GET", "POST"])])
+    """
+)
+
+
+@pytest.mark.redis
+def test_phoenix_on_an_asgi_app_loses_no_session_write(tmp_path: Path, redis_url: str) -> None:
+    import json
+    import os
+
+    (tmp_path / "phoenix_asgi_app.py").write_text(PHOENIX_APP)
+    out = tmp_path / "report.json"
+    env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": "memory://phoenix"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "statekit", "phoenix", "phoenix_asgi_app:app", "--duration", "6",
+         "--workers", "2", "--instances", "2", "--users", "6", "--kill-every", "1.5", "--reload-every", "3",
+         "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
+    )
+    output = proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    print(f"phoenix ASGI: requests={report['requests']} failures={report['failures']} "
+          f"kills={report['kills']} "
+          f"in flight at kills={report['in_flight_at_kills']} reloads={report['reloads']} "
+          f"session writes={report['session_writes']} lost={report['lost_session_writes']}")
+    assert proc.returncode == 0, output
+    assert report["interface"] == "asgi" and "(ASGI)" in output
+    assert report["kills"] >= 2 and report["reloads"] >= 1 and report["session_writes"] > 10, output
+    assert report["lost_session_writes"] == 0
+    assert set(report["unchecked"]) == {"uploads", "shared value"}
+    # what fails is what the SIGKILLs cut: uvicorn accepts eagerly and keeps connections
+    # alive, so a killed worker takes those along too (reloads fail nothing: the test above)
+    assert set(report["failures"]) <= {"connection reset"}, report["failures"]
