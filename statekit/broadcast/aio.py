@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..backends import load_backend
+from ..cache.plan import adrive
 from ..config import parse_url
 from ..errors import BackendUnavailable
 from ..redis import translate_errors
@@ -57,7 +58,7 @@ from ..redis.aio import AsyncTransport, get_async_client
 from .memory import deliver
 from .protocol import BUILTINS, Claim, Record, resolve_backend, scheme_of
 from .redis import READ_FIELDS, VERSION_FIELDS, RedisOps
-from .scheduler import Call, Job, SchedulerBase, Steps
+from .scheduler import Call, Job, SchedulerBase, Steps, T
 
 __all__ = ["AsyncBroadcastBackend", "AsyncBroadcaster", "AsyncMemoryBackend", "AsyncRedisBackend"]
 
@@ -223,7 +224,7 @@ class AsyncBroadcaster(SchedulerBase):
         return self._backend
 
     # -- the asyncio driver -----------------------------------------------------------
-    async def _call(self, call: Call) -> Any:
+    async def _do(self, call: Call) -> Any:
         method, args, kwargs = call
         if method == "compute":
             func = args[0].func
@@ -234,9 +235,12 @@ class AsyncBroadcaster(SchedulerBase):
             return await asyncio.to_thread(getattr(self.backend, method), *args, **kwargs)
         return await getattr(self.backend, method)(*args, **kwargs)
 
+    async def _run_steps(self, steps: Steps[T]) -> T:
+        return await adrive(steps, self._do)  # type: ignore[arg-type]
+
     def _spawn(self, job: Job, steps: Steps[None]) -> None:
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._drive(steps), name=f"statekit-broadcast-{job.name}")
+        task = loop.create_task(self._run_steps(steps), name=f"statekit-broadcast-{job.name}")
         self._runs.add(task)
         task.add_done_callback(self._runs.discard)
 
@@ -253,17 +257,17 @@ class AsyncBroadcaster(SchedulerBase):
         script, never sent twice, :class:`~statekit.errors.StaleToken` for an old
         *token*, :class:`~statekit.errors.BackendUnavailable` when the outcome is
         unknown."""
-        return await self._drive(self._publish_steps(name, value, token))
+        return await self._run_steps(self._publish_steps(name, value, token))
 
     async def retained(self, name: str) -> tuple[int, Any] | None:
         """``(version, value)`` currently retained for *name*, or ``None``."""
-        return await self._drive(self._retained_steps(name))
+        return await self._run_steps(self._retained_steps(name))
 
     # -- scheduling -------------------------------------------------------------
     async def run_pending(self, now: float | None = None) -> float:
         """One scheduler pass over every job (computations start as tasks); returns
         the time of the next pass. Backend failures are logged, counted and retried."""
-        return await self._drive(self._pass_steps(time.time() if now is None else now))
+        return await self._run_steps(self._pass_steps(time.time() if now is None else now))
 
     def start(self) -> asyncio.Task[None]:
         """Start the scheduler as a task on the running loop and return it; the
@@ -291,7 +295,7 @@ class AsyncBroadcaster(SchedulerBase):
                         await asyncio.wait_for(wake.wait(), delay)
                 wake.clear()
         finally:
-            await self._drive(self._release_steps())
+            await self._run_steps(self._release_steps())
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the scheduler, release its leases (another process takes over at

@@ -26,9 +26,9 @@ Fork: a forked child never inherits a running publisher (``os.register_at_fork``
 marks every broadcaster stopped in the child and gives it a new identity).
 
 **One scheduler, two drivers.** Every decision (claim, renew, fence, compute,
-publish, release) is written once in :class:`SchedulerBase` as a generator of
-backend calls (:data:`Steps`); :class:`Broadcaster` runs those calls on the
-synchronous backend in its thread, and
+publish, release) is written once in :class:`SchedulerBase` as a plan of backend
+calls (:data:`Steps`, run by the drivers of :mod:`statekit.cache.plan`);
+:class:`Broadcaster` makes those calls on the synchronous backend in its thread, and
 :class:`statekit.broadcast.aio.AsyncBroadcaster` awaits them on the asyncio one.
 Only the I/O differs.
 """
@@ -45,17 +45,17 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
+from ..cache.plan import Plan, drive
 from ..errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from ..metrics import Counters
 from ..serializers import Serializer, get_serializer
 from .protocol import BroadcastBackend, Claim, ClaimStatus, Record, check_name, open_backend
 
-__all__ = ["MAX_ABANDONED", "Broadcaster", "Call", "Job", "Run", "SchedulerBase", "Steps", "current_run",
-           "run_sync"]
+__all__ = ["MAX_ABANDONED", "Broadcaster", "Call", "Job", "Run", "SchedulerBase", "Steps", "current_run"]
 
 log = logging.getLogger("statekit.broadcast")
 
@@ -65,9 +65,10 @@ T = TypeVar("T")
 #: one backend call a scheduler step asks for: ``(method, args, kwargs)``; the method
 #: ``"compute"`` (args ``(job,)``) runs the job's function instead
 Call = tuple[str, tuple[Any, ...], dict[str, Any]]
-#: the scheduler's logic: a generator that yields the calls it needs, is sent their
-#: replies (or has their exceptions thrown in) and returns its result
-Steps = Generator[Call, Any, T]
+#: the scheduler's logic: a plan (:mod:`statekit.cache.plan`, whose drivers run it)
+#: that yields the calls it needs, is sent their replies (or has their exceptions
+#: thrown in) and returns its result
+Steps = Plan[T]
 
 
 @dataclass(eq=False)
@@ -116,20 +117,6 @@ def current_run() -> Run | None:
     return _current.get()
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends (every await in it is on a coroutine
-    that returns at once) in the calling thread, without an event loop: how
-    :class:`Broadcaster` runs the driver it shares with the asyncio broadcaster.
-
-    :raises RuntimeError: the coroutine did suspend (it awaited real I/O)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("run_sync: the coroutine suspended; it needs an event loop")
-
-
 _broadcasters: weakref.WeakSet[SchedulerBase] = weakref.WeakSet()
 
 
@@ -144,8 +131,10 @@ class SchedulerBase:
     :param serializer: codec of published values (JSON by default).
     :param key_prefix: first part of every key (``STATEKIT_KEY_PREFIX``).
 
-    A subclass provides :meth:`_open_backend` (the backend factory),
-    :meth:`_call` (one backend call or computation, awaited),
+    A subclass provides :meth:`_open_backend` (the backend factory), runs the
+    steps with :func:`~statekit.cache.plan.drive` or
+    :func:`~statekit.cache.plan.adrive` (each call a backend method or, for
+    ``"compute"``, the job's function),
     :meth:`_spawn` (run a computation's steps concurrently) and :meth:`_poke` (wake
     the scheduler loop early). Not meant to be used directly.
     """
@@ -186,30 +175,11 @@ class SchedulerBase:
         """``(backend factory, key prefix)`` for these arguments (validated now)."""
         raise NotImplementedError("SchedulerBase._open_backend")
 
-    async def _call(self, call: Call) -> Any:
-        raise NotImplementedError("SchedulerBase._call")
-
     def _spawn(self, job: Job, steps: Steps[None]) -> None:
         raise NotImplementedError("SchedulerBase._spawn")
 
     def _poke(self) -> None:
         raise NotImplementedError("SchedulerBase._poke")
-
-    async def _drive(self, steps: Steps[T]) -> T:
-        """Run *steps*: each call they yield is made (:meth:`_call`) and its reply
-        sent back, or its exception thrown in."""
-        reply: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                call = steps.send(reply) if error is None else steps.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            reply = error = None
-            try:
-                reply = await self._call(call)
-            except Exception as e:  # handed to the steps, which decide
-                error = e
 
     # -- registration -----------------------------------------------------------
     def every(
@@ -427,7 +397,7 @@ class Broadcaster(SchedulerBase):
         super()._init_process_state()
 
     # -- the synchronous driver -------------------------------------------------------
-    async def _call(self, call: Call) -> Any:  # never suspends: see run_sync
+    def _do(self, call: Call) -> Any:
         method, args, kwargs = call
         if method == "compute":
             func = args[0].func
@@ -437,7 +407,7 @@ class Broadcaster(SchedulerBase):
         return getattr(self.backend, method)(*args, **kwargs)
 
     def _run_steps(self, steps: Steps[T]) -> T:
-        return run_sync(self._drive(steps))
+        return drive(steps, self._do)  # type: ignore[arg-type]
 
     def _spawn(self, job: Job, steps: Steps[None]) -> None:
         threading.Thread(
