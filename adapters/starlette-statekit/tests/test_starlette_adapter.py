@@ -21,8 +21,9 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from starlette_statekit import StateKit, blobs, get_state, shared, shared_value, shared_values
+from starlette_statekit import StateKit, blobs, cache, get_state, shared, shared_value, shared_values
 from starlette_statekit.uploads import blob_url, save_upload
+from statekit import AsyncCache, Cache
 from statekit.blobs import AsyncBlobStore
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.broadcast.aio import AsyncBroadcaster
@@ -53,8 +54,8 @@ def client(app: Any) -> httpx.AsyncClient:
 
 
 def options(**extra: Any) -> dict[str, Any]:
-    """Only what exists so far: the session middleware and AsyncCache land separately."""
-    return {"sessions_enabled": False, "cache_enabled": False, **extra}
+    """Sessions off: test_starlette_sessions.py and the example's test cover them."""
+    return {"sessions_enabled": False, **extra}
 
 
 def test_settings_come_from_keywords_then_config_then_environment(
@@ -71,20 +72,49 @@ def test_settings_come_from_keywords_then_config_then_environment(
     assert settings.broadcast_url == redis_url
     app = FastAPI()
     kit.init_app(app)
-    assert get_state(app).features == ["blobs", "broadcast", "lifecycle"]
+    assert get_state(app).features == ["cache", "blobs", "broadcast", "lifecycle"]
     with pytest.raises(ConfigError, match="already initialised"):
         kit.init_app(app)
 
 
 def test_start_up_fails_loud_without_a_redis_url() -> None:
-    with pytest.raises(ConfigError, match="STATEKIT_BROADCAST_ENABLED=0"):
+    with pytest.raises(ConfigError, match="STATEKIT_CACHE_ENABLED=0, STATEKIT_BROADCAST_ENABLED=0"):
         StateKit(FastAPI(), **options())
     app = Starlette()
-    StateKit(app, **options(broadcast_enabled="0"))  # nothing left that needs Redis
+    StateKit(app, **options(broadcast_enabled="0", cache_enabled="no"))  # nothing left that needs Redis
     with pytest.raises(AttributeError, match="not enabled"):
         get_state(app).broadcast  # noqa: B018
     with pytest.raises(RuntimeError, match="has not been initialised"):
         get_state(Starlette())
+
+
+def test_the_cache_dependency_shares_values_with_a_sync_cache(redis_url: str, prefix: str) -> None:
+    app = FastAPI()
+    StateKit(app, redis_url=redis_url, key_prefix=prefix, **options())
+    computed: list[int] = []
+
+    async def build() -> dict[str, int]:
+        computed.append(1)
+        return {"rows": 3}
+
+    @app.get("/report")
+    async def report(c: Annotated[AsyncCache, Depends(cache)]) -> Any:
+        return await c.get_or_set("report", build, ttl=60)
+
+    async def main(rows: int) -> None:
+        async with app.router.lifespan_context(app):  # the lifespan closes the cache's connections
+            async with client(app) as http:
+                for _ in range(3):
+                    assert (await http.get("/report")).json() == {"rows": rows}
+
+    asyncio.run(main(3))
+    assert computed == [1]
+    sync = Cache(redis_url, prefix=prefix)
+    assert sync.get("report") == {"rows": 3}
+    sync.set("report", {"rows": 4})
+    asyncio.run(main(4))
+    assert computed == [1]  # the sync write is what the app serves now
+    sync.close()
 
 
 def test_shared_values_health_and_the_outage_page(redis_url: str, prefix: str) -> None:
