@@ -342,3 +342,45 @@ def test_cancelled_get_leaves_the_cache_usable(url: str) -> None:
         assert await c.get("k") == "v"
 
     run(_closing(AsyncCache(url, namespace="cancel"), body))
+
+
+@pytest.mark.cluster
+def test_cluster_keys_spread_and_interop(redis_cluster_url: str) -> None:
+    """On Cluster: the same per-key names as the sync cache (spread over the slots),
+    bulk calls across nodes, and a clear on either side seen by the other."""
+    sync = Cache(redis_cluster_url, namespace="acl")
+
+    async def body(c: AsyncCache) -> None:
+        items = {f"k{i}": i for i in range(300)}
+        assert await c.set_many(items)
+        assert sync.get_many(list(items)) == items
+        sync.set("from-sync", "s")
+        assert await c.get("from-sync") == "s"
+        assert await c.get_many([*items, "from-sync"]) == {**items, "from-sync": "s"}
+        assert await c.incr("n") == 1 and sync.incr("n") == 2
+        assert await c.delete_many(list(items)[:100]) == 100
+        assert len(sync.get_many(list(items))) == 200
+        await c.clear()
+        assert sync.get("from-sync") is None
+        sync.set("again", 1)
+        assert await c.get("again") == 1
+        sync.clear()
+        deadline = time.monotonic() + 5  # the counter's invalidation reaches the listener
+        while await c.get("again") is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert await c.get("again") is None
+
+    try:
+        run(_closing(AsyncCache(redis_cluster_url, namespace="acl"), body))
+    finally:
+        sync.close()
+
+
+@pytest.mark.sentinel
+def test_sentinel(sentinel_url: str) -> None:
+    async def body(c: AsyncCache) -> None:
+        await c.set("k", {"v": 1})
+        assert await c.get("k") == {"v": 1}
+        assert await c.incr("n") == 1
+
+    run(_closing(AsyncCache(sentinel_url, namespace="asent"), body))

@@ -101,16 +101,37 @@ def _check_bytes(client: Any) -> None:
         raise ConfigError("the cache needs a Redis client with decode_responses=False")
 
 
-async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Cluster: single-slot commands sent at once (each to its node by redis-py's
-    asyncio ``RedisCluster``); the replies in order. Raises the first failure after
-    every command finished (nothing is sent twice)."""
+def _gate(transport: Any) -> asyncio.Semaphore:
+    """Cluster: at most ``transport.limit`` cache commands in flight on this loop
+    (redis-py's asyncio ``RedisCluster`` fails a command past a node's
+    ``max_connections`` instead of waiting)."""
+    gate: asyncio.Semaphore | None = getattr(transport, "_statekit_cache_gate", None)
+    if gate is None:
+        gate = transport._statekit_cache_gate = asyncio.Semaphore(transport.limit)
+    return gate
 
-    def one(cmd: Sequence[Any]) -> Awaitable[Any]:
-        if cmd[0] == b"EVALSHA":
-            n = int(cmd[2])
-            return cast(Awaitable[Any], transport.script(SCRIPT, cmd[3:3 + n], cmd[3 + n:]))
-        return cast(Awaitable[Any], transport.command(*cmd))
+
+def _one(transport: Any, effect: tuple[Any, ...]) -> Awaitable[Any]:
+    """A ``CMD``, a ``RUN`` or a single ``EVALSHA`` command of a batch, unsent."""
+    if effect[0] == RUN:
+        return cast(Awaitable[Any], transport.script(SCRIPT, effect[1], effect[2]))
+    cmd = effect[1]
+    if cmd[0] == b"EVALSHA":
+        n = int(cmd[2])
+        return cast(Awaitable[Any], transport.script(SCRIPT, cmd[3:3 + n], cmd[3 + n:]))
+    return cast(Awaitable[Any], transport.command(*cmd))
+
+
+async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Cluster: single-slot commands sent concurrently (each to its node by redis-py's
+    asyncio ``RedisCluster``, at most ``transport.limit`` at once); the replies in
+    order. Raises the first failure after every command finished (nothing is sent
+    twice)."""
+    gate = _gate(transport)
+
+    async def one(cmd: Sequence[Any]) -> Any:
+        async with gate:
+            return await _one(transport, (CMD, cmd))
 
     replies = await asyncio.gather(*(one(cmd) for cmd in commands), return_exceptions=True)
     for reply in replies:
@@ -139,12 +160,12 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
     async def _do(self, effect: tuple[Any, ...]) -> Any:
         transport = self.transport.current()
         kind = effect[0]
-        if kind == CMD:
-            return await transport.command(*effect[1])
-        if kind == RUN:
-            return await transport.script(SCRIPT, effect[1], effect[2])
-        assert kind == BATCH  # noqa: S101 - the plans yield nothing else
-        return await _batch(transport, effect[1])
+        if kind == BATCH:
+            return await _batch(transport, effect[1])
+        if transport.direct:  # the transport bounds the commands in flight itself
+            return await _one(transport, effect)
+        async with _gate(transport):  # Cluster: redis-py raises past a node's max_connections
+            return await _one(transport, effect)
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Run the backend operation *name* (``"get"``, ``"set"``, ... as
