@@ -9,12 +9,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import test_lifecycle
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,9 +22,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from statekit.asgi import LifecycleMiddleware, interface_of
-from statekit.lifecycle import COUNTED, DrainState, Lifecycle, get_drain_state, set_drain_state
+from statekit.lifecycle import COUNTED, DrainState, Lifecycle, get_drain_state
 
 seen: list[str] = []
+#: the fixture: a fresh drain state installed as this process's
+drain = test_lifecycle.drain
 
 
 async def echo(request: Request) -> PlainTextResponse:
@@ -36,13 +38,9 @@ async def echo(request: Request) -> PlainTextResponse:
 app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
 
 
-@pytest.fixture
-def drain() -> Iterator[DrainState]:
-    state = DrainState()
-    set_drain_state(state)
+@pytest.fixture(autouse=True)
+def _forget_seen() -> None:
     seen.clear()
-    yield state
-    set_drain_state(None)
 
 
 def call(asgi_app: Any, *requests: tuple[str, str], **client: Any) -> list[httpx.Response]:

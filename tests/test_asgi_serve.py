@@ -5,7 +5,6 @@ bounded load, every process started here is stopped here, by pid."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
+import test_gunicorn
+from test_lifecycle_helpers import APP, Load, ServeProcess, wait_until
 
 from statekit.gunicorn import detect_interface, reload_main
 
@@ -49,20 +49,8 @@ ASGI_APP = textwrap.dedent(
     """
 )
 
-REPORT = re.compile(
-    r"statekit: shutdown: in_flight_at_term=(\d+) completed=(\d+) rejected=(\d+) force_killed=(\d+) "
-    r"lost_in_flight=(\d+)"
-)
-
-
 def serve(tmp_path: Path, *args: str, source: str = ASGI_APP) -> ServeProcess:
     return ServeProcess(tmp_path, *args, app_source=source)
-
-
-def report(log: str) -> tuple[int, ...]:
-    found = REPORT.findall(log)
-    assert len(found) == 1, log
-    return tuple(int(x) for x in found[0])
 
 
 EVENTS = re.compile(r"statekit: worker (\d+) ready|Worker exiting \(pid: (\d+)\)"
@@ -94,55 +82,29 @@ def ready_set_sizes(log: str, workers: int) -> list[int]:
     return sizes
 
 
-def slow_request(port: int, seconds: float, out: list) -> threading.Thread:
-    def run() -> None:
-        try:
-            out.append(request(port, f"/sleep/{seconds}", timeout=30))
-        except Exception as e:  # noqa: BLE001
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+def served_log(tmp_path: Path) -> str:
+    (log,) = tmp_path.glob("serve-*.log")
+    return log.read_text(errors="replace")
 
 
 def test_asgi_app_drains_on_sigterm_with_the_in_flight_request_finishing(tmp_path: Path) -> None:
-    with serve(tmp_path, "--workers", "2", "--pre-stop-delay", "2") as srv:
-        srv.wait_ready(2)
-        status, _, body = request(srv.port, "/x", "POST", b"abc")
-        assert status == 200 and body.endswith(b" 3")
-        slow: list = []
-        t = slow_request(srv.port, 1.5, slow)
-        time.sleep(0.3)  # inside a worker now
-        srv.signal(signal.SIGTERM)
-        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
-        status, headers, _ = request(srv.port, "/x", "POST", b"data")
-        assert status == 503 and headers["connection"] == "close"
-        assert headers["retry-after"] == "1" and headers["x-statekit-drain"] == "reject"
-        assert request(srv.port, "/healthz")[0] == 200
-        assert srv.wait(30) == 0
-        t.join(10)
-        log = srv.log()
+    """The WSGI test, on the Starlette app: a slow request in flight at SIGTERM
+    finishes, readiness 503, new requests 503 + Retry-After + Connection: close,
+    liveness 200, exit 0, the report counts it all; and each worker ran the app's
+    lifespan startup and shutdown and exited on its own."""
+    (tmp_path / "app.py").write_text(ASGI_APP)
+    test_gunicorn.test_sigterm_drains_rejects_finishes_in_flight_and_reports(tmp_path)
+    log = served_log(tmp_path)
     assert "Using worker: statekit.gunicorn_asgi.StatekitUvicornWorker" in log
-    assert slow and not isinstance(slow[0], Exception) and slow[0][0] == 200
-    in_flight, completed, rejected, forced, lost = report(log)
-    assert in_flight == 1 and completed >= 1 and rejected >= 1 and forced == 0 and lost == 0
-    # every worker ran the app's lifespan startup and shutdown, and exited on its own
     events = (tmp_path / "lifespan.log").read_text().split("\n")
     assert sorted(e.split()[0] for e in events if e) == ["shutdown", "shutdown", "startup", "startup"]
     assert "died with" not in log and log.count("Worker exiting") == 2
 
 
 def test_asgi_serve_mode_serves_with_connection_close_while_draining(tmp_path: Path) -> None:
-    with serve(tmp_path, "--workers", "1", "--pre-stop-delay", "3", "--drain-mode", "serve",
-               "--interface", "asgi") as srv:
-        srv.wait_ready(1)
-        srv.signal(signal.SIGTERM)
-        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
-        status, headers, _ = request(srv.port, "/served")
-        assert status == 200 and headers["connection"] == "close"
-        assert srv.wait(30) == 0
-        assert report(srv.log())[2] == 0  # nothing rejected
+    (tmp_path / "app.py").write_text(ASGI_APP)
+    test_gunicorn.test_serve_mode_keeps_serving_during_pre_stop_delay(tmp_path)
+    assert "StatekitUvicornWorker" in served_log(tmp_path)
 
 
 class KeepAlive(threading.Thread):
@@ -226,6 +188,24 @@ def test_max_requests_recycles_one_worker_at_a_time(tmp_path: Path, interface: s
     assert load.failures == [], (load.reasons, log[-3000:])
     assert recycled >= 3 and low >= 2, sizes  # at most one missing from the ready set
     assert "Maximum request limit" not in log and "died with" not in log
+
+
+@pytest.mark.parametrize(("option", "reason"),
+                         [("--max-worker-age=1", "s old"), ("--max-worker-rss=1", "RSS")])
+def test_age_and_rss_limits_recycle_one_worker_at_a_time(tmp_path: Path, option: str, reason: str) -> None:
+    """A 1 s age or a 1 MiB RSS limit makes every worker due as soon as it is ready:
+    the master still replaces one at a time, each successor ready first."""
+    with serve(tmp_path, "--workers", "2", option, "--pre-stop-delay", "0") as srv:
+        srv.wait_ready(2)
+        with Load(srv.port, threads=3) as load:
+            wait_until(lambda: srv.log().count("statekit: recycling worker") >= 3, 40, "three recyclings")
+        log = srv.log()
+    sizes = ready_set_sizes(log, 2)
+    lines = re.findall(r"statekit: recycling worker \d+ \((.*)\): its successor", log)
+    print(f"{option}: recycled={len(lines)} ({lines[0]}) requests={load.total} failed={len(load.failures)} "
+          f"fewest ready workers={min(sizes)} of 2")
+    assert all(reason in line for line in lines), lines
+    assert load.failures == [] and min(sizes) >= 1, (load.reasons, sizes)
 
 
 def test_detect_interface_imports_the_app_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
