@@ -56,12 +56,12 @@ T = TypeVar("T")
 
 
 class _Transports:
-    """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop, for a
-    URL (a client per loop) or for one ready client."""
+    """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop: on a
+    client of its own per loop for a URL (its pool bounds this cache family's
+    connections: caches on one URL do not share a pool, so one family's ``limit``
+    commands in flight never exhaust another's), or on the one ready client."""
 
     def __init__(self, url: str | None, client: Any, overrides: dict[str, Any]) -> None:
-        from ..redis import is_cluster
-
         self.url = url
         self.client = client
         self.overrides = overrides
@@ -73,26 +73,28 @@ class _Transports:
             _check_bytes(client)
         else:
             self.cluster = url is not None and url.partition("://")[0].lower() == "redis+cluster"
-        del is_cluster
 
     def current(self) -> Any:
         """The transport of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
         transport = self._by_loop.get(loop)
         if transport is None:
-            from ..redis.aio import AsyncTransport, get_async_client
+            from ..redis.aio import AsyncTransport, create_async_client
 
-            client = self.client if self.client is not None else get_async_client(
+            client = self.client if self.client is not None else create_async_client(
                 cast(str, self.url), **self.overrides)
             _check_bytes(client)
             transport = self._by_loop[loop] = AsyncTransport(client, what="cache", reply_error=_value_error)
         return transport
 
     async def aclose(self) -> None:
-        """Give the running loop's kept connections back to its pool."""
+        """Give the running loop's connections back (and close its client if the
+        cache made it)."""
         transport = self._by_loop.pop(asyncio.get_running_loop(), None)
         if transport is not None:
             await transport.aclose()
+            if self.client is None:
+                await transport.client.aclose()
 
 
 def _check_bytes(client: Any) -> None:
