@@ -1,0 +1,295 @@
+"""Server-side sessions for Starlette and FastAPI: :class:`SessionMiddleware`.
+
+::
+
+    from starlette_statekit.sessions import SessionMiddleware, destroy_session, rotate_session
+
+    app.add_middleware(SessionMiddleware, url="redis://127.0.0.1:6379/0", secret_key="s3cret")
+
+    async def login(request):
+        ...                                      # check the password
+        await rotate_session(request)           # a new id: no session fixation
+        request.session["user_id"] = user.id
+        return RedirectResponse("/")
+
+    async def logout(request):
+        await destroy_session(request)          # deleted now; the cookie is deleted
+        return RedirectResponse("/")
+
+A drop-in for :class:`starlette.middleware.sessions.SessionMiddleware`'s
+``request.session`` (the same dict API; FastAPI's ``request.session`` too): the data
+lives in Redis (:class:`~statekit.sessions.aio.AsyncSessionStore`, the same hashes,
+keys and scripts as the Flask and Django adapters, so a session written by a WSGI
+worker is read here and back), and the cookie holds only the signed session id
+(itsdangerous, HMAC-SHA256). A pure ASGI middleware: it loads the session before the
+app runs (one Redis round trip when the request has a cookie, none otherwise) and
+saves it when the response starts, before its headers go out.
+
+**Saves** write only the keys the request assigned or deleted (an in-place change of
+a mutable value, ``request.session["cart"].append(x)``, needs the value assigned
+again or ``request.session.modified = True``). Concurrent requests of one session
+that change different keys all keep their change; for one key the last save wins.
+
+**Rotation and logout.** :func:`rotate_session` on login gives the session a new id
+atomically; requests already in flight with the old cookie still write through it
+(into the new session) for the store's ``alias_window`` and send no cookie back,
+while a request that *loads* with the old cookie afterwards gets a fresh anonymous
+session (no fixation). :func:`destroy_session` (or ``request.session.clear()`` of a
+stored session) deletes the session and the cookie; what the same request sets
+afterwards (a "logged out" message) goes to a new session.
+
+**Cookies** are sent when the id is new or rotated, and with each write when
+*max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
+request that writes nothing sends no cookie: one in flight during a login would
+otherwise put the pre-login cookie back in the browser. A tampered, truncated or
+foreign cookie gives a fresh session without a Redis call (logged to
+``statekit.security``).
+
+**Outages.** Redis unreachable while loading: the request is answered ``503`` with
+``Retry-After`` before the app runs (a WebSocket is closed with 1013, "try again
+later"); while saving: the app's response is replaced by that 503. Either way the
+cookie is left alone (except the new id of a rotation Redis had already made) and
+nothing partial is written, so the same session is served when Redis is back: never
+a silent logout, never an empty session overwriting the stored one.
+
+**WebSockets** get ``websocket.session`` loaded; it is not saved by the middleware
+(``await get_session_store(websocket).save(websocket.session)`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+
+from statekit.config import Settings, parse_url
+from statekit.errors import BackendUnavailable, ConfigError
+from statekit.lifecycle import outages
+from statekit.sessions import Session
+from statekit.sessions.aio import AsyncSessionStore
+
+__all__ = ["STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session", "get_session_store", "incr_session",
+           "rotate_session"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: where the middleware puts its store in the ASGI scope (for the helpers below)
+STORE_SCOPE_KEY = "statekit.sessions"
+
+
+class _Down(Exception):
+    """The store failed while saving: answer 503 with these cookies."""
+
+    def __init__(self, cookies: list[str]) -> None:
+        super().__init__("session store unavailable")
+        self.cookies = cookies
+
+
+class SessionMiddleware:
+    """Server-side ``request.session`` in Redis (see the module docstring).
+
+    :param app: the ASGI app.
+    :param url: the session Redis URL (default: *settings*' ``session_url``, i.e.
+        ``STATEKIT_SESSION_URL`` or ``STATEKIT_REDIS_URL``).
+    :param store: a ready :class:`~statekit.sessions.aio.AsyncSessionStore` instead
+        (*url*, *secret_key* and *store_options* are then the store's).
+    :param settings: statekit :class:`~statekit.config.Settings` (the
+        ``StateKit`` extension passes its own); default: from the environment.
+    :param cookie_name: the cookie (``session_cookie`` is accepted as in Starlette).
+    :param max_age: the session's idle timeout in seconds and the cookie's
+        ``Max-Age``; ``None``: a browser-session cookie, 14 days idle on the server.
+    :param secret_key: signing key, or keys newest first (default: the settings'
+        ``STATEKIT_SECRET_KEYS``).
+    :param path: the cookie's ``Path``. :param domain: its ``Domain``.
+    :param https_only: mark the cookie ``Secure``.
+    :param same_site: ``lax``, ``strict`` or ``none``.
+    :param retry_after: seconds in the 503's ``Retry-After``.
+    :param store_options: more keywords for the store (``absolute_lifetime``,
+        ``alias_window``, ``codec``, ``user_key``, ``key_prefix``...).
+
+    Concurrency: no locks; saves merge per key (see :mod:`statekit.sessions`).
+    """
+
+    def __init__(self, app: ASGIApp, url: str | None = None, *, store: AsyncSessionStore | None = None,
+                 settings: Settings | None = None, cookie_name: str = "session",
+                 session_cookie: str | None = None, max_age: int | None = 14 * 86400,
+                 secret_key: str | bytes | Iterable[str | bytes] | None = None, path: str = "/",
+                 domain: str | None = None, https_only: bool = False, same_site: str = "lax",
+                 retry_after: int = 5, **store_options: Any) -> None:
+        self.app = app
+        if store is None:
+            settings = settings or Settings.from_env()
+            url = url or settings.session_url
+            if not url:
+                raise ConfigError("SessionMiddleware needs a Redis URL (url=, STATEKIT_SESSION_URL or "
+                                  "STATEKIT_REDIS_URL)")
+            keys = [secret_key] if isinstance(secret_key, (str, bytes)) else list(secret_key or ())
+            store_options.setdefault("key_prefix", settings.key_prefix)
+            if max_age:
+                store_options.setdefault("idle_timeout", max_age)
+            store = AsyncSessionStore(url, secret_keys=keys or settings.secret_keys, **store_options)
+            self.outage_name = f"session store {parse_url(url).redacted()}"
+        else:
+            self.outage_name = "session store"
+        self.store = store
+        self.cookie_name = session_cookie or cookie_name
+        self.max_age = max_age
+        self.retry_after = retry_after
+        if same_site.lower() not in ("lax", "strict", "none"):
+            raise ConfigError(f"same_site={same_site!r} must be lax, strict or none")
+        self._flags = f"; path={path}" + (f"; domain={domain}" if domain else "") + \
+            f"; httponly; samesite={same_site.lower()}" + ("; secure" if https_only else "")
+
+    # -- cookies ----------------------------------------------------------------------
+
+    def _cookie(self, session: Session) -> str:
+        age = f"; Max-Age={self.max_age}" if self.max_age else ""
+        return f"{self.cookie_name}={self.store.sign(session.sid)}{age}{self._flags}"
+
+    def _deleted_cookie(self) -> str:
+        return f"{self.cookie_name}=null; Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT{self._flags}"
+
+    # -- the request --------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        cookie = HTTPConnection(scope).cookies.get(self.cookie_name)
+        try:
+            session = await self.store.open(cookie, context=lambda: f"client {_client(scope)}")
+        except BackendUnavailable as e:
+            outages.down(self.outage_name, e)
+            await self._unavailable(scope, receive, send, [])
+            return
+        if not session.new and not session.unavailable:
+            outages.up(self.outage_name)
+        scope["session"] = session
+        scope[STORE_SCOPE_KEY] = self.store
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        had_data, had_cookie = bool(session), cookie is not None
+        replaced = False
+
+        async def send_saving(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start":
+                try:
+                    cookies = await self._commit(session, had_data, had_cookie)
+                except _Down as down:
+                    replaced = True
+                    await self._unavailable(scope, receive, send, down.cookies)
+                    return
+                if cookies:
+                    message.setdefault("headers", [])
+                    headers = MutableHeaders(scope=message)
+                    for value in cookies:
+                        headers.append("set-cookie", value)
+            elif replaced:
+                return  # the body of the response the 503 replaced
+            await send(message)
+
+        await self.app(scope, receive, send_saving)
+
+    async def _unavailable(self, scope: Scope, receive: Receive, send: Send, cookies: list[str]) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+            return
+        from . import unavailable_response
+
+        response = unavailable_response(self.retry_after)
+        for value in cookies:
+            response.headers.append("set-cookie", value)
+        await response(scope, receive, send)
+
+    async def _commit(self, session: Session, had_data: bool, had_cookie: bool) -> list[str]:
+        """Save *session* as the response starts; the ``Set-Cookie`` values to add.
+
+        :raises _Down: the store is unreachable (the response becomes a 503)."""
+        store = self.store
+        if session.unavailable or session.superseded:
+            # an outage's read-only session; or the cookie named a session a login
+            # rotated moments ago: the browser most likely holds the new cookie already
+            return []
+        try:
+            if not session.destroyed and had_data and not session and not session.new:
+                # emptied (session.clear()): a logout, unless a login rotated the session
+                # since this request loaded it; its save then follows the alias, and only
+                # the keys it removed go from the new session
+                await store.save(session)
+                if not session.through_alias:
+                    await store.destroy(session)
+            logged_out = session.destroyed
+            saved = await store.save(session)
+            carried = None
+            if logged_out and session:  # set after the logout: a new session of its own
+                carried = store.new()
+                carried.update(dict(session.items()))
+                await store.save(carried)
+        except BackendUnavailable as e:
+            outages.down(self.outage_name, e)
+            # rotated (or first stored) before Redis failed: the data lives under the new id
+            raise _Down([self._cookie(session)] if session.send_cookie and not session.new else []) from e
+        if logged_out:
+            if carried is not None:
+                return [self._cookie(carried)]
+            return [self._deleted_cookie()] if had_cookie else []
+        if not saved or session.new or session.through_alias:
+            # revoked meanwhile (the cookie opens a fresh session anyway); nothing stored;
+            # or an old cookie in flight during a login (the browser holds the new one)
+            return []
+        outages.up(self.outage_name)
+        if session.send_cookie or (self.max_age and session.written):
+            session.send_cookie = False
+            return [self._cookie(session)]
+        return []
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
+def get_session_store(conn: HTTPConnection) -> AsyncSessionStore:
+    """The store of the :class:`SessionMiddleware` serving *conn* (a request or a
+    WebSocket).
+
+    :raises RuntimeError: no statekit session middleware wraps this app."""
+    store = conn.scope.get(STORE_SCOPE_KEY)
+    if not isinstance(store, AsyncSessionStore):
+        raise RuntimeError("no statekit SessionMiddleware serves this request")
+    return store
+
+
+def _session(conn: HTTPConnection) -> Session:
+    session = conn.scope.get("session")
+    if not isinstance(session, Session):
+        raise RuntimeError("no statekit SessionMiddleware serves this request")
+    return session
+
+
+async def rotate_session(conn: HTTPConnection) -> None:
+    """Give the request's session a new id, keeping its data (call it on login); the
+    response sends the new cookie.
+
+    :raises BackendUnavailable: Redis unreachable (the old id still works)."""
+    await get_session_store(conn).rotate(_session(conn))
+
+
+async def destroy_session(conn: HTTPConnection) -> None:
+    """Delete the request's session now (logout); the response deletes the cookie.
+    Concurrent requests of this session cannot write it back."""
+    await get_session_store(conn).destroy(_session(conn))
+
+
+async def incr_session(conn: HTTPConnection, key: str, amount: int = 1) -> int:
+    """Atomically add *amount* to the integer under *key* of the request's session
+    and return it (concurrent increments are never lost)."""
+    return await get_session_store(conn).incr(_session(conn), key, amount)

@@ -1,0 +1,329 @@
+"""starlette_statekit.sessions.SessionMiddleware in-process (httpx.ASGITransport), on
+the suite's Redis: round trips, the signed id cookie, tampering, rotation with an old
+cookie in flight, logout, the 503 of an outage (Redis paused) and the same session
+afterwards, and 50 concurrent requests of one session each setting its own key."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from starlette_statekit.sessions import (
+    SessionMiddleware,
+    destroy_session,
+    get_session_store,
+    incr_session,
+    rotate_session,
+)
+from statekit.embedded import RedisServer
+from statekit.sessions import AsyncSessionStore, SessionStore
+
+pytestmark = [pytest.mark.redis]
+
+KEY = "starlette-sessions-test-key"
+
+
+@pytest.fixture(autouse=True)
+def _no_statekit_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("STATEKIT_REDIS_URL", "STATEKIT_SESSION_URL", "STATEKIT_KEY_PREFIX", "STATEKIT_SECRET_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+class Gate:
+    """Holds the ``/held`` route after its session loaded until the test opens it."""
+
+    def __init__(self) -> None:
+        self.loaded = asyncio.Event()
+        self.go = asyncio.Event()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+
+async def v_get(request: StarletteRequest) -> Response:
+    return JSONResponse(dict(request.session.items()))
+
+
+async def v_set(request: StarletteRequest) -> Response:
+    gate: Gate | None = getattr(request.app.state, "gate", None)
+    if gate is not None:  # count the requests running together
+        gate.in_flight += 1
+        gate.most_in_flight = max(gate.most_in_flight, gate.in_flight)
+        await asyncio.sleep(0)
+        gate.in_flight -= 1
+    request.session[request.path_params["key"]] = request.path_params["value"]
+    return PlainTextResponse("ok")
+
+
+async def v_held(request: StarletteRequest) -> Response:
+    gate: Gate = request.app.state.gate
+    gate.loaded.set()
+    await gate.go.wait()
+    request.session["held"] = "written"
+    return PlainTextResponse("ok")
+
+
+async def v_login(request: StarletteRequest) -> Response:
+    await rotate_session(request)
+    request.session["user"] = request.path_params["user"]
+    return PlainTextResponse("ok")
+
+
+async def v_logout(request: StarletteRequest) -> Response:
+    await destroy_session(request)
+    request.session["flash"] = "bye"
+    return PlainTextResponse("ok")
+
+
+async def v_incr(request: StarletteRequest) -> Response:
+    return PlainTextResponse(str(await incr_session(request, "n")))
+
+
+ROUTES = [Route("/get", v_get), Route("/set/{key}/{value}", v_set, methods=["POST"]),
+          Route("/held", v_held, methods=["POST"]), Route("/login/{user}", v_login, methods=["POST"]),
+          Route("/logout", v_logout, methods=["POST"]), Route("/incr", v_incr, methods=["POST"])]
+
+
+def make_app(url: str, prefix: str, **options: Any) -> Starlette:
+    app = Starlette(routes=ROUTES, middleware=[
+        Middleware(SessionMiddleware, url=url, secret_key=KEY, key_prefix=prefix, **options)])
+    app.state.gate = None
+    return app
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "st" + uuid.uuid4().hex[:10]
+
+
+def sync_store(url: str, prefix: str) -> SessionStore:
+    return SessionStore(url, secret_keys=[KEY], key_prefix=prefix)
+
+
+def test_round_trip_with_a_signed_id_cookie_read_by_the_sync_store(redis_url: str, prefix: str) -> None:
+    async def main() -> tuple[str, dict[str, Any], list[str]]:
+        async with client(make_app(redis_url, prefix)) as c:
+            first = await c.post("/set/color/blue")
+            cookie = c.cookies["session"]
+            await c.post("/set/size/L")
+            again = await c.get("/get")
+            sent = [first.headers.get("set-cookie", ""), again.headers.get("set-cookie", "")]
+            return cookie, again.json(), sent
+
+    cookie, data, set_cookies = asyncio.run(main())
+    assert data == {"color": "blue", "size": "L"}
+    assert "blue" not in cookie and "HttpOnly" in set_cookies[0].replace("httponly", "HttpOnly")
+    assert set_cookies[1] == ""  # a read writes nothing and sends no cookie
+    store = sync_store(redis_url, prefix)
+    try:
+        sid = store.unsign(cookie)
+        assert sid is not None
+        session = store.load(sid)
+        assert session is not None and dict(session.items()) == {"color": "blue", "size": "L"}
+    finally:
+        store.close()
+
+
+def test_a_session_written_by_the_sync_store_is_served_and_changed(redis_url: str, prefix: str) -> None:
+    store = sync_store(redis_url, prefix)
+    session = store.create({"from": "wsgi"})
+
+    async def main() -> dict[str, Any]:
+        async with client(make_app(redis_url, prefix)) as c:
+            c.cookies.set("session", store.sign(session.sid))
+            await c.post("/set/from-asgi/yes")
+            return dict((await c.get("/get")).json())
+
+    try:
+        assert asyncio.run(main()) == {"from": "wsgi", "from-asgi": "yes"}
+        reloaded = store.load(session.sid)
+        assert reloaded is not None and reloaded["from-asgi"] == "yes"
+    finally:
+        store.close()
+
+
+def test_a_tampered_cookie_gives_a_fresh_anonymous_session(redis_url: str, prefix: str) -> None:
+    store = AsyncSessionStore(redis_url, secret_keys=[KEY], key_prefix=prefix)
+    app = Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, store=store)])
+    app.state.gate = None
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], str | None]:
+        async with client(app) as c:
+            await c.post("/set/user/alice")
+            good = c.cookies["session"]
+            value, _, sig = good.rpartition(".")
+            c.cookies.set("session", value + "." + ("A" if sig[0] != "A" else "B") + sig[1:])
+            tampered = await c.get("/get")
+            c.cookies.set("session", good[:-3])
+            truncated = await c.get("/get")
+            return tampered.json(), truncated.json(), tampered.headers.get("set-cookie")
+
+    tampered, truncated, set_cookie = asyncio.run(main())
+    assert tampered == {} and truncated == {} and set_cookie is None
+    assert store.counters.get("rejected_cookies") == 2  # refused without a Redis call
+
+
+def test_rotation_keeps_the_data_and_an_old_cookie_in_flight_writes_through(redis_url: str,
+                                                                             prefix: str) -> None:
+    app = make_app(redis_url, prefix, alias_window=30)
+
+    async def main() -> dict[str, Any]:
+        gate = app.state.gate = Gate()
+        async with client(app) as c:
+            await c.post("/set/cart/apple")
+            old = c.cookies["session"]
+            # a request of the same browser in flight: loaded with the old cookie
+            tab = client(app)
+            tab.cookies.set("session", old)
+            held = asyncio.ensure_future(tab.post("/held"))
+            await asyncio.wait_for(gate.loaded.wait(), 10)
+            login = await c.post("/login/alice")
+            new = c.cookies["session"]
+            gate.go.set()
+            held_response = await asyncio.wait_for(held, 10)
+            await tab.aclose()
+            after = (await c.get("/get")).json()
+            c.cookies.set("session", old)
+            old_now = await c.get("/get")
+            return {"new_differs": new != old, "login_cookie": "set-cookie" in login.headers,
+                    "held_status": held_response.status_code,
+                    "held_cookie": held_response.headers.get("set-cookie"), "after": after,
+                    "old_now": old_now.json(), "old_now_cookie": old_now.headers.get("set-cookie")}
+
+    out = asyncio.run(main())
+    assert out["new_differs"] and out["login_cookie"]
+    assert out["held_status"] == 200 and out["held_cookie"] is None  # never the old cookie back
+    assert out["after"] == {"cart": "apple", "user": "alice", "held": "written"}
+    assert out["old_now"] == {} and out["old_now_cookie"] is None  # a tombstone: no fixation
+
+
+def test_logout_deletes_the_session_and_keeps_what_was_set_after_it(redis_url: str, prefix: str) -> None:
+    async def main() -> tuple[str, dict[str, Any], str]:
+        async with client(make_app(redis_url, prefix)) as c:
+            await c.post("/login/bob")
+            before = c.cookies["session"]
+            await c.post("/logout")
+            after = c.cookies["session"]
+            data = (await c.get("/get")).json()
+            return before, data, after
+
+    before, data, after = asyncio.run(main())
+    assert data == {"flash": "bye"} and after != before
+    store = sync_store(redis_url, prefix)
+    try:
+        sid = store.unsign(before)
+        assert sid is not None and store.load(sid) is None
+    finally:
+        store.close()
+
+
+def test_concurrent_increments_are_not_lost(redis_url: str, prefix: str) -> None:
+    async def main() -> list[int]:
+        async with client(make_app(redis_url, prefix)) as c:
+            await c.post("/set/x/1")
+            replies = await asyncio.gather(*(c.post("/incr") for _ in range(20)))
+            return sorted(int(r.text) for r in replies)
+
+    assert asyncio.run(main()) == list(range(1, 21))
+
+
+def test_fifty_concurrent_requests_each_setting_its_own_key_lose_nothing(redis_url: str,
+                                                                         prefix: str) -> None:
+    app = make_app(redis_url, prefix)
+
+    async def main() -> tuple[dict[str, Any], int, set[int]]:
+        gate = app.state.gate = Gate()
+        async with client(app) as c:
+            await c.post("/set/start/0")
+            replies = await asyncio.gather(*(c.post(f"/set/k{i}/{i}") for i in range(50)))
+            data = (await c.get("/get")).json()
+            return data, gate.most_in_flight, {r.status_code for r in replies}
+
+    data, most_in_flight, statuses = asyncio.run(main())
+    assert statuses == {200}
+    lost = [i for i in range(50) if data.get(f"k{i}") != str(i)]
+    assert lost == [] and data["start"] == "0"
+    assert most_in_flight > 1  # the requests did overlap (each loaded before others saved)
+
+
+def test_fastapi_request_session_is_the_server_side_session(redis_url: str, prefix: str) -> None:
+    app = FastAPI()
+    app.add_middleware(SessionMiddleware, url=redis_url, secret_key=KEY, key_prefix=prefix)
+
+    @app.post("/visit")
+    async def visit(request: Request) -> dict[str, Any]:
+        request.session["visits"] = request.session.get("visits", 0) + 1
+        return {"visits": request.session["visits"], "store": type(get_session_store(request)).__name__}
+
+    async def main() -> list[dict[str, Any]]:
+        async with client(app) as c:
+            return [(await c.post("/visit")).json() for _ in range(3)]
+
+    assert asyncio.run(main()) == [{"visits": n, "store": "AsyncSessionStore"} for n in (1, 2, 3)]
+
+
+@pytest.fixture
+def paused_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.resume()
+    server.stop()
+
+
+def test_outage_is_a_503_and_the_same_session_is_served_when_redis_returns(paused_redis: RedisServer,
+                                                                           prefix: str) -> None:
+    url = paused_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+    app = make_app(url, prefix, retry_after=7)
+
+    async def main() -> dict[str, Any]:
+        gate = app.state.gate = Gate()
+        out: dict[str, Any] = {}
+        async with client(app) as c:
+            await c.post("/login/carol")
+            cookie = c.cookies["session"]
+            paused_redis.pause()
+            try:
+                load = await c.get("/get")
+                write = await c.post("/set/cart/pear")
+            finally:
+                paused_redis.resume()
+            out["load"] = (load.status_code, load.headers.get("retry-after"), load.headers.get("set-cookie"))
+            out["write"] = (write.status_code, write.headers.get("set-cookie"))
+            # Redis stops between the load and the save: the app's answer becomes the 503
+            held = asyncio.ensure_future(c.post("/held"))
+            await asyncio.wait_for(gate.loaded.wait(), 10)
+            paused_redis.pause()
+            try:
+                gate.go.set()
+                saved = await asyncio.wait_for(held, 10)
+            finally:
+                paused_redis.resume()
+            out["save"] = (saved.status_code, saved.headers.get("retry-after"), saved.text[:200])
+            out["cookie_kept"] = c.cookies["session"] == cookie
+            out["after"] = (await c.get("/get")).json()
+        return out
+
+    out = asyncio.run(main())
+    assert out["load"] == (503, "7", None)
+    assert out["write"] == (503, None)
+    assert out["save"][:2] == (503, "7") and "ok" not in out["save"][2]
+    assert out["cookie_kept"]
+    # the same session: nothing lost. The save the 503 answered was sent before Redis
+    # paused: its outcome was unknown, and Redis ran it (all of it) once resumed
+    assert out["after"] in ({"user": "carol"}, {"user": "carol", "held": "written"})
