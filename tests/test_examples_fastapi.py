@@ -1,0 +1,127 @@
+"""The FastAPI demo (examples/fastapi_app), in-process with httpx.ASGITransport
+against the suite's Redis and moto S3: two app objects play two workers (each with
+its lifespan, so each runs the broadcaster), and a user's requests go to either.
+
+Checked: health and readiness, login with a rotated session id, session writes seen
+by the other worker, the cached report computed once for both, a photo upload stored
+in S3 and served through its presigned URL (and a non-image refused with 415), the
+users count computed under one lease and the same on both workers, "log out
+everywhere".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from statekit.phoenix import make_png
+
+pytestmark = [pytest.mark.redis, pytest.mark.s3]
+
+PNG = make_png(random.Random(7))
+
+
+@pytest.fixture
+def demo_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, s3_url: str, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.setenv("STATEKIT_REDIS_URL", redis_url)
+    monkeypatch.setenv("STATEKIT_BLOBS_URL", s3_url)
+    monkeypatch.setenv("STATEKIT_KEY_PREFIX", "demo" + str(random.randrange(10**8)))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/demo.sqlite3")
+    monkeypatch.setenv("SECRET_KEY", "fastapi-demo-test")
+    for name in ("STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL", "STATEKIT_BROADCAST_URL",
+                 "STATEKIT_SECRET_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def cookie(response: httpx.Response) -> str:
+    return response.cookies.get("session") or ""
+
+
+def cookie_header(value: str) -> dict[str, str]:
+    """The session cookie sent by hand: each request says which session it carries
+    (a user whose requests go to either worker)."""
+    return {"cookie": f"session={value}"}
+
+
+def test_the_demo_on_two_workers(demo_env: None) -> None:
+    from examples.fastapi_app.main import create_app
+
+    workers = [create_app({"users_count_interval": 0.2}) for _ in range(2)]
+
+    async def main() -> dict[str, Any]:
+        async with AsyncExitStack() as stack:
+            clients = []
+            for app in workers:
+                await stack.enter_async_context(app.router.lifespan_context(app))
+                transport = httpx.ASGITransport(app=app)
+                clients.append(await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://demo")))
+            a, b = clients
+            assert (await a.get("/healthz")).status_code == 200
+            assert (await b.get("/readyz")).status_code == 200, (await b.get("/readyz")).text
+
+            page = await a.get("/")
+            assert page.status_code == 200 and "Not logged in" in page.text
+            before = cookie(page)
+            assert before
+
+            login = await b.post("/api/login", data={"user": "ada"}, headers=cookie_header(before))
+            assert login.json()["user"] == "ada"
+            after = cookie(login)
+            assert after and after != before  # rotated on login
+            jar = cookie_header(after)
+            wrote = await a.post("/api/session", data={"key": "k", "value": "v"}, headers=jar)
+            assert wrote.status_code == 200
+            session = (await b.get("/api/session", headers=jar)).json()
+            assert session["user"] == "ada" and session["values"] == {"k": "v"}
+
+            first = await a.get("/", headers=jar)
+            second = await b.get("/", headers=jar)
+            assert "Logged in as <strong id=\"user\">ada</strong>" in second.text
+            origin = [p.text.split('id="report-origin">')[1].split("(")[0] for p in (first, second)]
+            assert origin[0] == origin[1]  # one computation, served by both workers
+
+            photo = await b.post("/api/photos", files={"photo": ("me.png", PNG, "image/png")}, headers=jar)
+            assert photo.status_code == 201, photo.text
+            found = await a.get(f"/api/photos/{photo.json()['id']}", headers=jar)
+            assert found.status_code == 307
+            async with httpx.AsyncClient() as s3:
+                assert (await s3.get(found.headers["location"])).content == PNG
+            text = {"photo": ("x.png", b"text", "image/png")}
+            refused = await a.post("/api/photos", files=text, headers=jar)
+            assert refused.status_code == 415
+            assert "me.png" in (await a.get("/", headers=jar)).text  # the photo on the page
+
+            shared = []
+            for _ in range(200):
+                shared = [(await c.get("/api/shared")).json() for c in clients]
+                if all(s["value"] == 1 for s in shared) and shared[0]["version"] == shared[1]["version"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert [s["value"] for s in shared] == [1, 1] and shared[0]["version"] == shared[1]["version"]
+
+            await b.post("/logout-everywhere", headers=jar)
+            gone = (await a.get("/api/session", headers=jar)).json()
+            assert gone["user"] is None
+            counters = [app.state.statekit.broadcaster.counters for app in workers]
+            return {"computes": sum(c.get("computes") for c in counters)}
+
+    result = asyncio.run(main())
+    assert result["computes"] >= 1
+    assert not any(app.state.statekit.broadcaster.running for app in workers)
+
+
+def test_package_builds_app_lazily(demo_env: None) -> None:
+    import examples.fastapi_app as package
+
+    app = package.app
+    assert package.app is app
+    assert app.state.statekit.features == ["cache", "sessions", "blobs", "broadcast", "lifecycle"]
