@@ -51,8 +51,6 @@ that goes to the ``statekit.outage`` log, once per outage).
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -199,8 +197,7 @@ class StateKit:
         if getattr(app.state, "statekit", None) is not None:
             raise ConfigError("StateKit is already initialised for this app")
         state = StateKitState(self.settings(), self._get)
-        enabled = [f for f in FEATURES if _flag(self._get(f"STATEKIT_{f.upper()}_ENABLED", True))
-                   and (f != "sessions" or importlib.util.find_spec(f"{__name__}.sessions") is not None)]
+        enabled = [f for f in FEATURES if _flag(self._get(f"STATEKIT_{f.upper()}_ENABLED", True))]
         self._check_start(state.settings, enabled)
         for feature in enabled:
             getattr(self, f"_init_{feature}")(app, state)
@@ -231,9 +228,9 @@ class StateKit:
         state.cache = AsyncCache(state.settings.cache_url, **options)  # type: ignore[attr-defined]
 
     def _init_sessions(self, app: Any, state: StateKitState) -> None:
-        # H4's module; imported by name until it has landed
-        middleware = importlib.import_module(f"{__name__}.sessions").SessionMiddleware
-        app.add_middleware(middleware, settings=state.settings, **self.session_options)
+        from .sessions import SessionMiddleware
+
+        app.add_middleware(SessionMiddleware, settings=state.settings, **self.session_options)
 
     def _init_blobs(self, app: Any, state: StateKitState) -> None:
         from .uploads import init_app
