@@ -65,6 +65,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import inspect
 import math
 import mmap
 import os
@@ -1143,6 +1144,10 @@ def serve_main(argv: Sequence[str]) -> int:
     if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
                                         and callable(getattr(broadcaster, "stop", None))):
         raise ConfigError(f"{opts.broadcaster!r} has no start() and stop(timeout) methods")
+    if broadcaster is not None and inspect.iscoroutinefunction(broadcaster.stop):
+        raise ConfigError(f"{opts.broadcaster!r} is an asyncio broadcaster: the master runs no event loop. "
+                          "Give --broadcaster a statekit Broadcaster (same keys and values: the app reads "
+                          "them with SharedValue.aget()), or run the AsyncBroadcaster in the app's lifespan")
     application = StatekitApplication(
         opts.app,
         {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),

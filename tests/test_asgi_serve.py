@@ -5,6 +5,7 @@ bounded load, every process started here is stopped here, by pid."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import test_gunicorn
-from test_lifecycle_helpers import APP, Load, ServeProcess, wait_until
+from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
 
 from statekit.gunicorn import detect_interface, reload_main
 
@@ -208,6 +209,46 @@ def test_age_and_rss_limits_recycle_one_worker_at_a_time(tmp_path: Path, option:
     assert load.failures == [] and min(sizes) >= 1, (load.reasons, sizes)
 
 
+HOOKS_CONF = textwrap.dedent(
+    """
+    from statekit.gunicorn import *  # noqa: F403
+
+    workers = 2
+    worker_class = "statekit.gunicorn_asgi.StatekitUvicornWorker"
+    max_requests = 30  # gunicorn's own: the master takes it over
+    control_socket_disable = True
+    """
+)
+
+
+def test_uvicorn_workers_in_a_users_own_gunicorn_conf(tmp_path: Path) -> None:
+    from statekit.embedded import free_port
+
+    (tmp_path / "gunicorn.conf.py").write_text(HOOKS_CONF)
+    (tmp_path / "app.py").write_text(ASGI_APP)
+    (tmp_path / "wrapped.py").write_text(
+        "from statekit.asgi import LifecycleMiddleware\n"
+        "import app as _a\n"
+        "app = LifecycleMiddleware(_a.app)\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+           "wrapped:app"]
+    srv = ServeProcess(tmp_path, command=cmd, port=port, env={"STATEKIT_PRE_STOP_DELAY": "2"})
+    with srv:
+        srv.wait_ready(2)
+        with Load(srv.port, threads=4) as load:
+            wait_until(lambda: srv.log().count("statekit: recycling worker") >= 2, 30, "two recyclings")
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
+        assert request(srv.port, "/")[0] == 503
+        assert srv.wait(30) == 0
+        log = srv.log()
+    assert load.failures == [], (load.reasons, log[-3000:])
+    assert "(limit 30)" in log and "Maximum request limit" not in log
+    assert min(ready_set_sizes(log.split("statekit: draining")[0], 2)) >= 1
+    assert test_gunicorn.report(log)[2] >= 1  # the drain rejected the request above
+
+
 def test_detect_interface_imports_the_app_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "asgi_one.py").write_text(ASGI_APP)
     (tmp_path / "wsgi_one.py").write_text(APP)
@@ -234,9 +275,17 @@ def test_a_missing_asgi_extra_is_one_line_naming_it(tmp_path: Path) -> None:
     ]
 
 
-def test_recycling_options_are_checked() -> None:
+def test_serve_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from statekit.errors import ConfigError
     from statekit.gunicorn import serve_main
+
+    (tmp_path / "async_jobs.py").write_text(
+        "class Jobs:\n    def start(self):\n        pass\n"
+        "    async def stop(self, timeout=5.0):\n        pass\n"
+        "jobs = Jobs()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="asyncio broadcaster: the master runs no event loop"):
+        serve_main(["a:b", "--interface", "wsgi", "--broadcaster", "async_jobs:jobs"])
 
     with pytest.raises(ConfigError, match="--max-requests='x' is not a count"):
         serve_main(["a:b", "--max-requests", "x"])
