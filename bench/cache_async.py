@@ -34,6 +34,9 @@ from _trees import commit  # noqa: E402
 VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags": ["a", "b", "c"],
          "score": 98.5}
 CONCURRENT = 100
+DJANGO_CACHES = {"django_redis": "django_redis.cache.RedisCache",
+                 "django": "django.core.cache.backends.redis.RedisCache",
+                 "statekit": "django_statekit.cache.StatekitCache"}
 
 Op = Callable[[], Awaitable[Any]]
 
@@ -154,15 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     url = server.url
     try:
-        settings.configure(
-            SECRET_KEY="bench-secret-key-0123456789abcdef",  # noqa: S106
-            INSTALLED_APPS=[],
-            CACHES={
-                "django_redis": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": url},
-                "django": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url},
-                "statekit": {"BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": url},
-            },
-        )
+        caches = {alias: {"BACKEND": backend, "LOCATION": url} for alias, backend in DJANGO_CACHES.items()}
+        settings.configure(SECRET_KEY="bench-async-secret-key-0123456789", INSTALLED_APPS=[],  # noqa: S106
+                           CACHES=caches)
         django.setup()
         host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
         print(f"statekit {commit()}; server: {server.binary.flavor} {server.version} on {url}; "

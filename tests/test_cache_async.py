@@ -154,13 +154,14 @@ def test_interop_with_the_sync_cache(url: str) -> None:
         sync.close()
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    """Await *check* until true (an invalidation reaching a listener), bounded."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
+    while not await check():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def test_near_caches_drop_each_others_writes(redis_line_url: str) -> None:
@@ -169,20 +170,22 @@ def test_near_caches_drop_each_others_writes(redis_line_url: str) -> None:
     async def body(c: AsyncCache) -> None:
         assert await c.near_ready() and sync.near_ready()
         await c.set("k", "v1")
-        deadline = time.monotonic() + 5  # the set's own invalidation may drop the first copies
-        while not (c.stats()["near_hits"] and sync.stats()["near_hits"]) and time.monotonic() < deadline:
+        async def both_near() -> bool:  # the set's own invalidation may drop the first copies
             assert await c.get("k") == "v1" and sync.get("k") == "v1"
-            await asyncio.sleep(0.01)
-        assert c.stats()["near_hits"] >= 1 and sync.stats()["near_hits"] >= 1  # both near copies
+            return bool(c.stats()["near_hits"] and sync.stats()["near_hits"])
+
+        assert await _eventually(both_near)  # both served a near copy
         sync.set("k", "v2")  # the async side's copy is dropped by the invalidation
-        deadline = time.monotonic() + 5
-        while await c.get("k") != "v2" and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert await c.get("k") == "v2"
+
+        async def seen(cache: Cache | AsyncCache, value: Any) -> bool:
+            got = await cache.get("k") if isinstance(cache, AsyncCache) else cache.get("k")
+            return bool(got == value)
+
+        assert await _eventually(lambda: seen(c, "v2"))
         await c.set("k", "v3")  # and the other way round
-        assert _wait(lambda: sync.get("k") == "v3")
+        assert await _eventually(lambda: seen(sync, "v3"))
         await c.clear()
-        assert _wait(lambda: sync.get("k") is None)
+        assert await _eventually(lambda: seen(sync, None))
 
     try:
         run(_closing(AsyncCache(redis_line_url, namespace="near", near_cache=100), body))
@@ -365,10 +368,11 @@ def test_cluster_keys_spread_and_interop(redis_cluster_url: str) -> None:
         sync.set("again", 1)
         assert await c.get("again") == 1
         sync.clear()
-        deadline = time.monotonic() + 5  # the counter's invalidation reaches the listener
-        while await c.get("again") is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert await c.get("again") is None
+
+        async def cleared() -> bool:  # once the counter's invalidation reaches the listener
+            return await c.get("again") is None
+
+        assert await _eventually(cleared)
 
     try:
         run(_closing(AsyncCache(redis_cluster_url, namespace="acl"), body))
