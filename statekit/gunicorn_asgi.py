@@ -19,6 +19,15 @@ differs is only where the worker is ready and how it stops:
 ``Connection: close`` while draining comes from the lifecycle middleware
 (:mod:`statekit.asgi`): uvicorn closes a connection whose response says so.
 
+Limit: uvicorn accepts connections eagerly (asyncio accepts several per wake-up) and
+keeps them alive between requests, so a worker that is SIGKILLed (the OOM killer, a
+crash, gunicorn's timeout) resets what it had accepted, which may be more than the
+requests it was executing; the gthread worker accepts only while a thread is free
+(:class:`~statekit.gunicorn.StatekitThreadWorker`) and has no uvicorn counterpart here.
+Measured with ``statekit phoenix`` (2 x 2 workers, 6 keep-alive users, a kill every
+1.5 s): 3 to 14 resets for 11 to 17 requests in flight at the kills. Graceful stops
+(drain, reload, recycling) fail nothing.
+
 Use it from your own ``gunicorn.conf.py`` with
 ``worker_class = "statekit.gunicorn_asgi.StatekitUvicornWorker"`` beside
 ``from statekit.gunicorn import *``.
