@@ -139,7 +139,8 @@ class StateKit:
     """The Starlette/FastAPI integration (see the module docstring).
 
     :param app: the app (``Starlette`` or ``FastAPI``), or ``None`` and :meth:`init_app`.
-    :param config: a mapping read for ``STATEKIT_*`` settings before the environment.
+    :param config: a mapping (or Starlette's ``Config``) read for ``STATEKIT_*``
+        settings before the environment.
     :param broadcaster: an :class:`~statekit.broadcast.aio.AsyncBroadcaster` the
         lifespan starts and stops (``None``: publish elsewhere, e.g. ``statekit serve
         --broadcaster``).
@@ -155,13 +156,13 @@ class StateKit:
         self,
         app: Any = None,
         *,
-        config: Mapping[str, Any] | None = None,
+        config: Any = None,
         broadcaster: Any = None,
         session_options: Mapping[str, Any] | None = None,
         cache_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self.config = config
+        self.config: Any = config
         self.broadcaster = broadcaster
         self.session_options = dict(session_options or {})
         self.cache_options = dict(cache_options or {})
@@ -170,10 +171,14 @@ class StateKit:
             self.init_app(app)
 
     def _get(self, key: str, default: Any = None) -> Any:
-        for source in (self.options, self.config, os.environ):
-            if source is not None and key in source:
-                return source[key]
-        return default
+        if key in self.options:
+            return self.options[key]
+        config = self.config
+        if config is not None:  # a mapping, or Starlette's Config (its get takes default=)
+            value = config.get(key) if isinstance(config, Mapping) else config.get(key, default=None)
+            if value is not None:
+                return value
+        return os.environ.get(key, default)
 
     def settings(self) -> Settings:
         """The :class:`~statekit.config.Settings` these options, the config and the

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 from starlette.applications import Starlette
+from starlette.config import Config
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -59,7 +60,7 @@ def options(**extra: Any) -> dict[str, Any]:
 
 
 def test_settings_come_from_keywords_then_config_then_environment(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("STATEKIT_REDIS_URL", redis_url)
     monkeypatch.setenv("STATEKIT_KEY_PREFIX", "from-env")
@@ -75,6 +76,10 @@ def test_settings_come_from_keywords_then_config_then_environment(
     assert get_state(app).features == ["cache", "blobs", "broadcast", "lifecycle"]
     with pytest.raises(ConfigError, match="already initialised"):
         kit.init_app(app)
+    env_file = tmp_path / ".env"
+    env_file.write_text("STATEKIT_KEY_PREFIX=from-dotenv\n")
+    monkeypatch.delenv("STATEKIT_KEY_PREFIX")  # Starlette's Config prefers the environment
+    assert StateKit(config=Config(env_file)).settings().key_prefix == "from-dotenv"  # Starlette's Config
 
 
 def test_start_up_fails_loud_without_a_redis_url() -> None:
