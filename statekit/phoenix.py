@@ -488,6 +488,15 @@ class Instance:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def _stop_all(instances: Sequence[Instance]) -> None:
+    """Stop every instance at once (their drains overlap) and wait for all."""
+    threads = [threading.Thread(target=inst.stop, name=f"phoenix-stop-{inst.index}") for inst in instances]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -774,8 +783,8 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
             os.makedirs(workdir)
             instances.append(Instance(i, opts.app, workdir, workers=opts.workers, server=server,
                                       broadcaster=opts.broadcaster, env=env, interface=interface))
+        stack.callback(_stop_all, instances)
         for inst in instances:
-            stack.callback(inst.stop)
             inst.start()
         for inst in instances:
             inst.wait_ready(opts.health_path, opts.start_timeout)
@@ -819,6 +828,8 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         time.sleep(0.5)
         for s in scenarios:
             _guarded(s.verify, ledger)
+        for client in (probe_client, *(s.client for s in scenarios)):
+            client.session.close()  # an idle keep-alive connection holds an instance's stop ~2 s
 
     lat = sorted(ledger.latencies)
     return PhoenixReport(

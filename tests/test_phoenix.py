@@ -24,8 +24,8 @@ def run_phoenix(
     env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": s3_url,
            "DATABASE_URL": f"sqlite:///{tmp_path}/demo.sqlite3", "USERS_COUNT_INTERVAL": "4"}
     proc = subprocess.run(
-        [sys.executable, "-m", "statekit", "phoenix", app, "--duration", "8", "--workers", "2",
-         "--instances", "2", "--users", "6", "--kill-every", "1.5", "--reload-every", "4",
+        [sys.executable, "-m", "statekit", "phoenix", app, "--duration", "5", "--workers", "2",
+         "--instances", "2", "--users", "6", "--kill-every", "1", "--reload-every", "2.5",
          "--json", str(report), *extra],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
@@ -108,7 +108,7 @@ def test_phoenix_soak_on_the_migrated_app(
     tmp_path: Path, redis_url: str, s3_url: str
 ) -> None:
     """60 s, 8 users, a kill every 2 s, a reload every 7 s. Runs with ``--soak`` (see
-    conftest.py); the default run has the 8 s version above."""
+    conftest.py); the default run has the 5 s version above."""
     status, report, output = run_phoenix(
         tmp_path, redis_url, s3_url, "examples.flask_app.wsgi:app",
         "--broadcaster", "examples.flask_app.jobs:broadcaster", "--duration", "60", "--users", "8",
