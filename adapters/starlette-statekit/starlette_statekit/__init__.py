@@ -204,6 +204,10 @@ class StateKit:
         state = StateKitState(self.settings(), self._get)
         enabled = [f for f in FEATURES if _flag(self._get(f"STATEKIT_{f.upper()}_ENABLED", True))]
         self._check_start(state.settings, enabled)
+        if ("sessions" in enabled and not state.settings.secret_keys
+                and not {"secret_key", "store"} & set(self.session_options)):
+            raise ConfigError("StateKit: sessions need signing keys: set STATEKIT_SECRET_KEYS (or pass "
+                              "secret_keys=), or switch them off: STATEKIT_SESSIONS_ENABLED=0")
         for feature in enabled:
             getattr(self, f"_init_{feature}")(app, state)
             state.features.append(feature)

@@ -91,6 +91,8 @@ def test_start_up_fails_loud_without_a_redis_url() -> None:
         get_state(app).broadcast  # noqa: B018
     with pytest.raises(RuntimeError, match="has not been initialised"):
         get_state(Starlette())
+    with pytest.raises(ConfigError, match="sessions need signing keys"):
+        StateKit(Starlette(), redis_url="redis://127.0.0.1:1/0")
 
 
 def test_the_cache_dependency_shares_values_with_a_sync_cache(redis_url: str, prefix: str) -> None:
