@@ -484,6 +484,27 @@ class _StoreCore:
 
     # -- the operations, as steps ------------------------------------------------------
 
+    async def _call(self, op: Call) -> Any:
+        """Make one call of the steps (:func:`call`): the sync and async stores' only
+        difference."""
+        raise NotImplementedError("_call")
+
+    async def _drive(self, steps: Steps[_T]) -> _T:
+        """Run *steps* to the end, each call they yield made by :meth:`_call` and its
+        result (or exception) sent back into them."""
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                reply = await self._call(op)
+            except BaseException as e:  # noqa: BLE001 - raised in the steps, where they may handle it
+                reply, error = None, e
+
     def _open_steps(self, cookie: str | bytes | None, context: str | Callable[[], str],
                     version_token: str | None) -> Steps[Session]:
         if not cookie:
@@ -782,22 +803,22 @@ class SessionStore(_StoreCore):
                                              **options)
         return engine
 
+    async def _call(self, op: Call) -> Any:
+        # never suspends: _run drives the steps without an event loop
+        target, args, kwargs = op
+        return (getattr(self.engine, target) if isinstance(target, str) else target)(*args, **kwargs)
+
     def _run(self, steps: Steps[_T]) -> _T:
-        """Run *steps*, making each call they ask for on the engine (the sync
-        store's only I/O)."""
-        engine = self.engine
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                target, args, kwargs = steps.send(reply) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            error = None
-            try:
-                reply = (getattr(engine, target) if isinstance(target, str) else target)(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - raised in the steps, where they may handle it
-                reply, error = None, e
+        """Run *steps*, making each call they ask for on the engine (the sync store's
+        only I/O): :meth:`_StoreCore._drive` with calls that never suspend, so one
+        ``send`` runs it to the end."""
+        drive = self._drive(steps)
+        try:
+            drive.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        drive.close()
+        raise RuntimeError("a sync session engine returned an awaitable")
 
     def close(self) -> None:
         """Release the engine's connections and threads."""

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backends import load_backend
-from . import _T, ENGINES, Session, SessionInfo, Steps, _StoreCore
+from . import _T, ENGINES, Call, Session, SessionInfo, Steps, _StoreCore
 
 __all__ = ["AsyncSessionStore"]
 
@@ -87,27 +87,18 @@ class AsyncSessionStore(_StoreCore):
             cls = load_backend("sessions", scheme, ENGINES)
         return cls.from_url(url, key_prefix=self.key_prefix, counters=self.counters, **options)
 
+    async def _call(self, op: Call) -> Any:
+        # blocking calls (a sync engine's, a previous store's) in a worker thread
+        target, args, kwargs = op
+        if not isinstance(target, str):
+            return await asyncio.to_thread(target, *args, **kwargs)
+        if self.threaded:
+            return await asyncio.to_thread(getattr(self.engine, target), *args, **kwargs)
+        return await getattr(self.engine, target)(*args, **kwargs)
+
     async def _run(self, steps: Steps[_T]) -> _T:
-        """Run *steps*, awaiting each engine call they ask for (blocking ones, of a
-        sync engine or a previous store, in a worker thread)."""
-        engine, threaded = self.engine, self.threaded
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                target, args, kwargs = steps.send(reply) if error is None else steps.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            error = None
-            try:
-                if not isinstance(target, str):
-                    reply = await asyncio.to_thread(target, *args, **kwargs)
-                elif threaded:
-                    reply = await asyncio.to_thread(getattr(engine, target), *args, **kwargs)
-                else:
-                    reply = await getattr(engine, target)(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - raised in the steps, where they may handle it
-                reply, error = None, e
+        """Run *steps*, awaiting each engine call they ask for."""
+        return await self._drive(steps)
 
     async def aclose(self) -> None:
         """Release the engine's connections on this event loop."""

@@ -277,17 +277,9 @@ def test_fastapi_request_session_is_the_server_side_session(redis_url: str, pref
     assert asyncio.run(main()) == [{"visits": n, "store": "AsyncSessionStore"} for n in (1, 2, 3)]
 
 
-@pytest.fixture
-def paused_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.resume()
-    server.stop()
-
-
-def test_outage_is_a_503_and_the_same_session_is_served_when_redis_returns(paused_redis: RedisServer,
+def test_outage_is_a_503_and_the_same_session_is_served_when_redis_returns(server: RedisServer,
                                                                            prefix: str) -> None:
+    paused_redis = server  # the root conftest's module Redis that tests may pause
     url = paused_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
     app = make_app(url, prefix, retry_after=7)
 
