@@ -43,8 +43,8 @@ def test_phoenix_passes_on_the_django_example(tmp_path: Path, redis_url: str, s3
     report = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "statekit", "phoenix", "django_demo.wsgi:application",
-         "--broadcaster", "django_demo.jobs:broadcaster", "--duration", "8", "--users", "6",
-         "--kill-every", "1.5", "--reload-every", "4", "--json", str(report)],
+         "--broadcaster", "django_demo.jobs:broadcaster", "--duration", "5", "--users", "6",
+         "--kill-every", "1", "--reload-every", "2.5", "--json", str(report)],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240, check=False,
     )
     output = proc.stdout + proc.stderr
