@@ -33,34 +33,35 @@ CMD, RUN, BATCH = "cmd", "run", "batch"
 BE, COMPUTE, LOCK, SLEEP, HOLD, UNHOLD = "be", "compute", "lock", "sleep", "hold", "unhold"
 
 
-def _advance(plan: Plan[Any], value: Any, error: BaseException | None) -> tuple[bool, Any]:
-    """Resume *plan* with *value* (or *error*): (done, its result or next effect)."""
-    try:
-        return False, plan.throw(error) if error is not None else plan.send(value)
-    except StopIteration as stop:
-        return True, stop.value
-
-
 def drive(plan: Plan[T], do: Callable[[tuple[Any, ...]], Any]) -> T:
-    """Run *plan* to its end, performing each effect with *do*."""
-    done, out = _advance(plan, None, None)
-    while not done:
-        try:
-            value, error = do(out), None
-        except Exception as e:  # noqa: BLE001 - handed to the plan, which raises it or recovers
-            value, error = None, e
-        done, out = _advance(plan, value, error)
-    return cast(T, out)
+    """Run *plan* to its end, performing each effect with *do* (its result is sent
+    back into the plan, its exception thrown in)."""
+    send = plan.send
+    try:
+        effect = send(None)
+        while True:
+            try:
+                value = do(effect)
+            except Exception as e:  # noqa: BLE001 - handed to the plan, which raises it or recovers
+                effect = plan.throw(e)
+            else:
+                effect = send(value)
+    except StopIteration as stop:
+        return cast(T, stop.value)
 
 
 async def adrive(plan: Plan[T], do: Callable[[tuple[Any, ...]], Awaitable[Any]]) -> T:
     """:func:`drive` with an async *do*: a cancellation is thrown into the plan too,
     so its ``finally`` clauses (a lock's release) still run."""
-    done, out = _advance(plan, None, None)
-    while not done:
-        try:
-            value, error = await do(out), None
-        except BaseException as e:  # noqa: BLE001 - the plan decides (CancelledError included)
-            value, error = None, e
-        done, out = _advance(plan, value, error)
-    return cast(T, out)
+    send = plan.send
+    try:
+        effect = send(None)
+        while True:
+            try:
+                value = await do(effect)
+            except BaseException as e:  # noqa: BLE001 - the plan decides (CancelledError included)
+                effect = plan.throw(e)
+            else:
+                effect = send(value)
+    except StopIteration as stop:
+        return cast(T, stop.value)
