@@ -484,9 +484,12 @@ class _StoreCore:
 
     # -- the operations, as steps ------------------------------------------------------
 
-    async def _call(self, op: Call) -> Any:
+    #: whether :meth:`_call` returns an awaitable (the async store) or the result
+    _awaits = False
+
+    def _call(self, op: Call) -> Any:
         """Make one call of the steps (:func:`call`): the sync and async stores' only
-        difference."""
+        difference (the async one returns an awaitable)."""
         raise NotImplementedError("_call")
 
     async def _drive(self, steps: Steps[_T]) -> _T:
@@ -501,7 +504,9 @@ class _StoreCore:
                 return done.value  # type: ignore[no-any-return]
             error = None
             try:
-                reply = await self._call(op)
+                reply = self._call(op)
+                if self._awaits:
+                    reply = await reply
             except BaseException as e:  # noqa: BLE001 - raised in the steps, where they may handle it
                 reply, error = None, e
 
@@ -803,14 +808,13 @@ class SessionStore(_StoreCore):
                                              **options)
         return engine
 
-    async def _call(self, op: Call) -> Any:
-        # never suspends: _run drives the steps without an event loop
+    def _call(self, op: Call) -> Any:
         target, args, kwargs = op
         return (getattr(self.engine, target) if isinstance(target, str) else target)(*args, **kwargs)
 
     def _run(self, steps: Steps[_T]) -> _T:
         """Run *steps*, making each call they ask for on the engine (the sync store's
-        only I/O): :meth:`_StoreCore._drive` with calls that never suspend, so one
+        only I/O): :meth:`_StoreCore._drive`, whose calls never suspend here, so one
         ``send`` runs it to the end."""
         drive = self._drive(steps)
         try:

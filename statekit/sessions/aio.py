@@ -87,7 +87,9 @@ class AsyncSessionStore(_StoreCore):
             cls = load_backend("sessions", scheme, ENGINES)
         return cls.from_url(url, key_prefix=self.key_prefix, counters=self.counters, **options)
 
-    async def _call(self, op: Call) -> Any:
+    _awaits = True
+
+    async def _call(self, op: Call) -> Any:  # type: ignore[override]
         # blocking calls (a sync engine's, a previous store's) in a worker thread
         target, args, kwargs = op
         if not isinstance(target, str):
