@@ -12,7 +12,10 @@ everywhere".
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -26,6 +29,7 @@ from statekit.phoenix import make_png
 pytestmark = [pytest.mark.redis, pytest.mark.s3]
 
 PNG = make_png(random.Random(7))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -125,3 +129,40 @@ def test_package_builds_app_lazily(demo_env: None) -> None:
     app = package.app
     assert package.app is app
     assert app.state.statekit.features == ["cache", "sessions", "blobs", "broadcast", "lifecycle"]
+
+
+@pytest.mark.gunicorn
+def test_statekit_serve_runs_the_demo(demo_env: None, tmp_path: Path) -> None:
+    from test_lifecycle_helpers import ServeProcess
+
+    with ServeProcess(tmp_path / "serve", "--workers", "1", app="examples.fastapi_app:app",
+                      env={"PYTHONPATH": str(ROOT)}) as served:
+        served.wait_ready(timeout=60)  # /readyz: Redis and S3 answered
+        with httpx.Client(base_url=f"http://127.0.0.1:{served.port}", timeout=10) as http:
+            assert http.post("/api/login", data={"user": "grace"}).json()["user"] == "grace"
+            assert http.get("/api/session").json()["user"] == "grace"
+            assert http.get("/api/shared").status_code == 200
+    assert "ASGI" in served.log() or "uvicorn" in served.log().lower(), served.log()
+
+
+@pytest.mark.slow
+@pytest.mark.gunicorn
+def test_phoenix_on_the_demo_loses_nothing(demo_env: None, tmp_path: Path) -> None:
+    """``statekit phoenix`` on the demo under uvicorn workers, kills and reloads:
+    nothing acknowledged is lost (the short version: test_the_demo_on_two_workers)."""
+    report_file = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "statekit", "phoenix", "examples.fastapi_app:app", "--duration", "10",
+         "--kill-every", "1", "--reload-every", "4", "--env", "USERS_COUNT_INTERVAL=1",
+         "--env", f"PYTHONPATH={ROOT}", "--json", str(report_file)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+    )
+    report = json.loads(report_file.read_text())
+    print({k: report[k] for k in ("requests", "failures", "kills", "reloads", "session_writes",
+                                  "uploads", "shared_reads")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["interface"] == "asgi" and report["passed"] and not report["unchecked"]
+    assert report["kills"] >= 3 and report["reloads"] >= 1
+    assert report["session_writes"] > 0 and report["uploads"] > 0 and report["shared_reads"] > 0
+    assert report["lost_session_writes"] == report["lost_uploads"] == report["corrupted_uploads"] == 0
+    assert report["shared_disagreements"] == 0
