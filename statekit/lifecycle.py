@@ -45,12 +45,16 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = [
+    "APP",
     "COUNTED",
     "DRAIN_MODES",
     "DrainState",
+    "HEALTH",
     "Lifecycle",
     "LifecycleMiddleware",
     "OutageLog",
+    "READINESS",
+    "REJECT",
     "Reply",
     "SlotInfo",
     "check_extras",
@@ -455,7 +459,8 @@ def _checks_from_settings(settings: Settings) -> dict[str, Check]:
 
 # -- lifecycle and middleware ---------------------------------------------------
 
-#: what :meth:`Lifecycle.admit` decides for a request
+#: what :meth:`Lifecycle.admit` decides for a request: answer liveness, answer
+#: readiness, refuse it (draining), or run the app
 HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
