@@ -125,14 +125,18 @@ class StateKitState:
 
     async def shutdown(self) -> None:
         """Stop the broadcaster (its leases released) and close the cache and blob
-        store. Run by the lifespan."""
-        for name in ("broadcaster", "cache", "blobs"):
-            obj = self.__dict__.get(name)
-            if obj is None:
-                continue
-            close = getattr(obj, "stop" if name == "broadcaster" else "aclose", None)
-            if close is not None:
-                await close()
+        store (a closed blob store is replaced by a new one, unopened, so a later
+        lifespan of the same app, as in tests, finds one). Run by the lifespan."""
+        broadcaster = self.__dict__.get("broadcaster")
+        if broadcaster is not None:
+            await broadcaster.stop()
+        cache = self.__dict__.get("cache")
+        if cache is not None:
+            await cache.aclose()
+        store = self.__dict__.get("blobs")
+        if store is not None:
+            self.blobs = self.open_blobs()
+            await store.aclose()
 
 
 class StateKit:

@@ -33,6 +33,7 @@ Settings: ``STATEKIT_BLOBS_URL``, ``STATEKIT_BLOBS_MAX_SIZE``,
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -71,10 +72,11 @@ def init_app(app: Any, state: StateKitState) -> None:
             allowed = [t.strip() for t in allowed.split(",") if t.strip()]
         keys = state.settings.secret_keys
         limit = parse_size(raw_size, name="STATEKIT_BLOBS_MAX_SIZE") if raw_size not in (None, "") else None
-        store = AsyncBlobStore(
-            url, max_size=limit, allowed_types=list(allowed) if allowed else None,
+        state.open_blobs = functools.partial(  # type: ignore[attr-defined]
+            AsyncBlobStore, url, max_size=limit, allowed_types=list(allowed) if allowed else None,
             secret=("statekit-blobs:" + keys[0]) if keys else None,
         )
+        store = state.open_blobs()
         if store.scheme != "s3":  # S3 serves presigned URLs itself; other stores need a route
             route = str(state.get("STATEKIT_BLOBS_ROUTE", "/_statekit/blobs")).rstrip("/")
             app.add_route(f"{route}/{{key:path}}", serve_blob, methods=["GET", "HEAD"], name="statekit_blob")

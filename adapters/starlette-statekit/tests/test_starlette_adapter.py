@@ -271,7 +271,7 @@ def test_file_store_urls_are_served_by_the_signed_route(redis_url: str, tmp_path
         return {"url": await blob_url(request, blob.key, download_name="report.txt")}
 
     async def main() -> None:
-        async with client(app) as http:
+        async with app.router.lifespan_context(app), client(app) as http:  # twice: a new store each time
             stored = await http.post("/files", files={"file": ("a.txt", b"hello file", "text/plain")})
             assert stored.status_code == 200, stored.text
             url = stored.json()["url"]
@@ -283,4 +283,5 @@ def test_file_store_urls_are_served_by_the_signed_route(redis_url: str, tmp_path
             assert (await http.get(url.replace("signature=", "signature=x"))).status_code == 403
             assert (await http.get("/_statekit/blobs/nope")).status_code in (403, 404)
 
+    asyncio.run(main())
     asyncio.run(main())
