@@ -15,6 +15,8 @@ Async tests run their coroutine with ``asyncio.run`` inside a plain test functio
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -65,6 +67,47 @@ def test_sync_publish_is_seen_by_async_reader_and_back(redis_line_url: str, pref
     assert sync_reader.get() == {"text": "from async"}
     assert async_reader.get() == {"text": "from async"}
     assert sync_b.retained("motd") == (2, {"text": "from async"})
+
+
+#: an async process: waits for "ping" (published by the test's sync process), answers "pong"
+ASYNC_PROCESS = """
+import asyncio, sys
+from statekit.broadcast import SharedValue
+from statekit.broadcast.aio import AsyncBroadcaster
+
+async def main(url, prefix):
+    ping = SharedValue("ping", url=url, key_prefix=prefix)
+    await ping.aget()  # loaded (nothing published yet): what changed() waits to change
+    waiting = asyncio.ensure_future(ping.changed(timeout=30))
+    await asyncio.sleep(0.01)
+    print("waiting", flush=True)
+    seen = await waiting
+    async with AsyncBroadcaster(url, key_prefix=prefix) as broadcaster:
+        await broadcaster.publish("pong", {"seen": seen})
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_a_sync_process_and_an_async_process_read_each_others_publishes(
+    redis_line_url: str, prefix: str
+) -> None:
+    pong = SharedValue("pong", url=redis_line_url, key_prefix=prefix)
+    assert pong.get() is None
+    child = subprocess.Popen([sys.executable, "-c", ASYNC_PROCESS, redis_line_url, prefix],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
+        Broadcaster(redis_line_url, key_prefix=prefix).publish("ping", [1, "from sync"])
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    wait_for(lambda: pong.version == 1, what="the async process's publish reaches this process")
+    assert pong.get() == {"seen": [1, "from sync"]}
 
 
 def test_changed_times_out_when_nothing_is_published(redis_url: str, prefix: str) -> None:
