@@ -184,7 +184,8 @@ class SharedValue(Generic[T]):
         Updates are applied by the subscriber thread, which wakes every waiting
         coroutine on its own event loop; several updates in a row may wake a waiter
         once, with the latest value. Loads the value first if needed (in a worker
-        thread).
+        thread): that load is the starting point, so a publish it already shows is
+        returned by :meth:`get`, not waited for.
 
         :param timeout: seconds to wait at most (``None``: no limit).
         :raises asyncio.TimeoutError: nothing was published within *timeout*.
