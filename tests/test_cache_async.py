@@ -407,3 +407,56 @@ def test_sentinel(sentinel_url: str) -> None:
         assert await c.incr("n") == 1
 
     run(_closing(AsyncCache(sentinel_url, namespace="asent"), body))
+
+
+def test_cancelled_compute_releases_the_single_flight_lock(url: str) -> None:
+    """A task cancelled while it computes under the lock releases it (the plan's
+    finally runs), so the next caller computes at once instead of waiting lock_wait."""
+
+    async def body(c: AsyncCache) -> None:
+        started = asyncio.Event()
+
+        async def never() -> str:
+            started.set()
+            await asyncio.sleep(60)
+            return "never"
+
+        task = asyncio.ensure_future(c.get_or_set("slow", never, ttl=60))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await c.get_or_set("slow", lambda: "next", ttl=60) == "next"
+        assert c.stats()["lock_waits"] == 0
+
+    run(_closing(AsyncCache(url, namespace="cancel-lock", lock_wait=30), body))
+
+
+def test_near_cache_with_a_ready_client(redis_line_url: str) -> None:
+    import redis.asyncio
+
+    async def body() -> None:
+        client = redis.asyncio.Redis.from_url(redis_line_url)
+        c = AsyncCache(client=client, namespace="near-client", near_cache=True)
+        sync = Cache(redis_line_url, namespace="near-client")
+        try:
+            assert await c.near_ready()
+            await c.set("k", 1)
+
+            async def near_hit() -> bool:
+                assert await c.get("k") in (1, 2)
+                return bool(c.stats()["near_hits"])
+
+            assert await _eventually(near_hit)
+            sync.set("k", 2)
+
+            async def dropped() -> bool:
+                return bool(await c.get("k") == 2)
+
+            assert await _eventually(dropped)
+        finally:
+            sync.close()
+            await c.aclose()
+            await client.aclose()
+
+    run(body())
