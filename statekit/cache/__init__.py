@@ -5,6 +5,10 @@ scheme with an entry point in the group ``statekit.cache``) and implements
 :class:`~statekit.cache.protocol.CacheBackend`; ``memory://`` is the Redis backend
 on an in-process fakeredis, so it runs the same script (no near cache there).
 
+For asyncio code, :class:`~statekit.cache.aio.AsyncCache` is the same cache awaited
+(same keys, codecs and generations: sync and async processes share a namespace); both
+run the same plans (:mod:`statekit.cache.plan`), only the I/O differs.
+
 This module is two things, like ``django.core.cache``:
 
 * :class:`Cache`, the class: ``Cache("redis://127.0.0.1:6379/0")``;
