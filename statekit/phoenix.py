@@ -762,7 +762,6 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         if not sep or not key:
             raise ConfigError(f"--env {item!r} must be KEY=VALUE")
         env[key] = value
-    interface = _pick_interface(opts.interface, opts.app, env, cwd)
     stack = contextlib.ExitStack()
     tmp = tempfile.mkdtemp(prefix="statekit-phoenix-")
     stack.callback(shutil.rmtree, tmp, True)
@@ -778,6 +777,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
                 s3_srv = stack.enter_context(S3Server("phoenix"))
                 env["STATEKIT_BLOBS_URL"] = s3_srv.url
             console.print("[dim]phoenix: private Redis and S3 endpoint started[/dim]")
+        interface = _pick_interface(opts.interface, opts.app, env, cwd)  # the app may need those URLs
         for i in range(opts.instances):
             workdir = os.path.join(tmp, f"instance-{i}")
             os.makedirs(workdir)
