@@ -2,6 +2,7 @@
 
 ::
 
+    from typing import Annotated
     from fastapi import Depends, FastAPI
     from starlette_statekit import StateKit, cache, shared
     from statekit import AsyncCache
@@ -10,8 +11,12 @@
     StateKit(app)          # STATEKIT_REDIS_URL, STATEKIT_BLOBS_URL, ... from the environment
 
     @app.get("/report")
-    async def report(c: AsyncCache = Depends(cache), users: int = Depends(shared("users_count"))):
+    async def report(c: Annotated[AsyncCache, Depends(cache)],
+                     users: Annotated[int, Depends(shared("users_count", 0))]):
         return {"report": await c.get_or_set("report", build_report, ttl=60), "users": users}
+
+In plain Starlette the dependencies are functions of the request: ``cache(request)``,
+``shared_values(request)["users_count"]``. The reference is ``docs/starlette.md``.
 
 ``StateKit(app, **options)`` (or ``StateKit()`` then ``init_app(app)``) wires, for each
 capability that is enabled:
