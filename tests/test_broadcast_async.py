@@ -110,6 +110,28 @@ def test_a_sync_process_and_an_async_process_read_each_others_publishes(
     assert pong.get() == {"seen": [1, "from sync"]}
 
 
+def test_a_publish_from_another_event_loop_leaves_the_scheduler_running(redis_url: str, prefix: str) -> None:
+    b = AsyncBroadcaster(redis_url, key_prefix=prefix)
+    runs: list[int] = []
+
+    @b.every(0.05, name="ticks")
+    async def ticks() -> int:
+        runs.append(1)
+        return len(runs)
+
+    async def main() -> None:
+        async with b:
+            await until(lambda: len(runs) >= 1, "a first computation")
+            # a thread with its own loop (asyncio.run per call): its own connections
+            assert await asyncio.to_thread(asyncio.run, b.publish("other", "from a thread")) == 1
+            done = len(runs)
+            await until(lambda: len(runs) > done + 1, "more computations on the first loop")
+            assert await b.retained("other") == (1, "from a thread")
+
+    asyncio.run(main())
+    assert b.counters.get("backend_errors") == 0
+
+
 def test_changed_times_out_when_nothing_is_published(redis_url: str, prefix: str) -> None:
     value = SharedValue("quiet", default=0, url=redis_url, key_prefix=prefix)
 

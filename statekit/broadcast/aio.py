@@ -46,6 +46,7 @@ import contextlib
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -193,7 +194,10 @@ class AsyncBroadcaster(SchedulerBase):
         return self._open, prefix
 
     def _init_process_state(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None  # of the backend and the scheduler
+        self._loop: asyncio.AbstractEventLoop | None = None  # the scheduler's
+        # one backend per event loop: redis-py's asyncio connections belong to one
+        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary())
         self._task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
@@ -218,10 +222,10 @@ class AsyncBroadcaster(SchedulerBase):
     def backend(self) -> Any:
         """The backend on the running event loop (built on first use there)."""
         loop = asyncio.get_running_loop()
-        if self._backend is None or self._loop is not loop:
-            self._loop = loop
-            self._backend = self._make_backend()
-        return self._backend
+        backend = self._backends.get(loop)
+        if backend is None:
+            backend = self._backends[loop] = self._make_backend()
+        return backend
 
     # -- the asyncio driver -----------------------------------------------------------
     async def _do(self, call: Call) -> Any:
@@ -275,9 +279,9 @@ class AsyncBroadcaster(SchedulerBase):
         if self._task is not None and not self._task.done():
             return self._task
         self._stopping = False
-        self.backend  # noqa: B018 - the backend and _poke now belong to this loop
+        self._loop = loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._schedule(), name="statekit-broadcaster")
+        self._task = loop.create_task(self._schedule(), name="statekit-broadcaster")
         return self._task
 
     async def run_forever(self) -> None:
@@ -299,9 +303,9 @@ class AsyncBroadcaster(SchedulerBase):
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the scheduler, release its leases (another process takes over at
-        once) and give back its connections. Computations still running after
-        *timeout* seconds are cancelled (their result is never published). Safe to
-        call more than once."""
+        once) and give back this loop's connections. Computations still running
+        after *timeout* seconds are cancelled (their result is never published).
+        Call it on the loop the scheduler runs on; safe to call more than once."""
         self._stopping = True
         task, runs = self._task, list(self._runs)
         if self._wake is not None:
@@ -314,10 +318,10 @@ class AsyncBroadcaster(SchedulerBase):
             for run in late:
                 run.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        backend, self._backend = self._backend, None
-        if backend is not None and self._loop is asyncio.get_running_loop() and hasattr(backend, "aclose"):
+        backend = self._backends.pop(asyncio.get_running_loop(), None)
+        if backend is not None and hasattr(backend, "aclose"):
             await backend.aclose()
-        elif backend is not None and hasattr(backend, "close"):
+        elif backend is not None and hasattr(backend, "close"):  # a synchronous third-party backend
             backend.close()
 
     @property

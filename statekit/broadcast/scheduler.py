@@ -162,7 +162,6 @@ class SchedulerBase:
              "backend_errors", "leader_acquired", "leader_lost"),
         )
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._backend: Any = None  # built on first use, again after fork
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()
         for job in self.jobs.values():
@@ -391,6 +390,7 @@ class Broadcaster(SchedulerBase):
         return make_backend, prefix
 
     def _init_process_state(self) -> None:
+        self._backend: BroadcastBackend | None = None  # built on first use, again after fork
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -421,7 +421,7 @@ class Broadcaster(SchedulerBase):
     @property
     def backend(self) -> BroadcastBackend:
         """The backend this broadcaster publishes to (built on first use)."""
-        backend: BroadcastBackend | None = self._backend
+        backend = self._backend
         if backend is None:
             backend = self._backend = self._make_backend()
         return backend
