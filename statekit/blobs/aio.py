@@ -13,7 +13,7 @@ Django async views), on the same objects, keys and metadata as :class:`BlobStore
 **One put pipeline.** An async store runs the sync :class:`BlobStore`'s own pipeline
 (sniffing, limits, generated keys, SHA-256, S3's conditional multipart writes with
 boto3) in a worker thread, fed from the event loop through a small bounded queue
-(:data:`QUEUE_DEPTH` chunks). The event loop only reads the body: memory stays
+(:data:`QUEUE_BYTES`). The event loop only reads the body: memory stays
 bounded (the queue plus the backend's part buffers, whatever the body's size), and a
 slow backend holds the body back (backpressure) instead of letting it pile up in
 memory. An async S3 client (aiobotocore) would need a second copy of the multipart,
@@ -43,7 +43,6 @@ signed URL (``verify_url``, ``check_params``), the counters -- is called on
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextvars
 import functools
@@ -57,10 +56,11 @@ from .protocol import Blob, BlobPage, PresignedUpload
 from .source import READ_CHUNK
 from .store import BlobStore
 
-__all__ = ["QUEUE_DEPTH", "AsyncBlobReader", "AsyncBlobStore"]
+__all__ = ["QUEUE_BYTES", "AsyncBlobReader", "AsyncBlobStore"]
 
-#: chunks held between the event loop and the worker thread of one put
-QUEUE_DEPTH = 4
+#: bytes held between the event loop and the worker thread of one put (the worker
+#: takes them all at once; one chunk more may wait in the body's own reader)
+QUEUE_BYTES = 1024 * 1024
 
 _T = TypeVar("_T")
 
@@ -68,28 +68,33 @@ _T = TypeVar("_T")
 class _Channel:
     """A bounded hand-over of chunks from the event loop to one worker thread.
 
-    The loop side :meth:`send`\\ s (waiting while :data:`QUEUE_DEPTH` chunks are
-    queued), then :meth:`close`\\ s or :meth:`fail`\\ s; the worker iterates, which
-    raises :class:`BlobError` after :meth:`fail` so the sync pipeline aborts its write.
+    The loop side :meth:`send`\\ s (waiting while :data:`QUEUE_BYTES` are queued), then
+    :meth:`close`\\ s or :meth:`fail`\\ s; the worker iterates, taking everything queued
+    at once (so a wake-up moves many small chunks), and raises :class:`BlobError` after
+    :meth:`fail` so the sync pipeline aborts its write. Each side is woken only when
+    it waits: thread wake-ups, not bytes, are what a busy machine makes slow.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = QUEUE_DEPTH) -> None:
-        self._loop, self._depth = loop, depth
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int | None = None) -> None:
+        self._loop, self._limit = loop, QUEUE_BYTES if limit is None else limit
         self._cond = threading.Condition()
-        self._items: collections.deque[bytes] = collections.deque()
-        self._closed = self._failed = False
+        self._items: list[bytes] = []
+        self._queued = 0
+        self._closed = self._failed = self._sender_waits = False
         self._space = asyncio.Event()
 
     # -- the event loop's side -------------------------------------------------------
     async def send(self, data: bytes, worker: concurrent.futures.Future[Any]) -> None:
         """Queue *data*, waiting for room; return at once when *worker* has stopped."""
         while True:
-            self._space.clear()
             with self._cond:
-                if len(self._items) < self._depth:
+                if self._queued < self._limit:
                     self._items.append(data)
+                    self._queued += len(data)
                     self._cond.notify()
                     return
+                self._space.clear()
+                self._sender_waits = True
             if worker.done():
                 return
             await self._space.wait()
@@ -104,7 +109,7 @@ class _Channel:
         """The body failed or the caller gave up: the worker's next read raises."""
         with self._cond:
             self._failed = True
-            self._items.clear()
+            self._items, self._queued = [], 0
             self._cond.notify()
 
     def wake(self) -> None:
@@ -124,9 +129,11 @@ class _Channel:
                     raise BlobError("upload interrupted: the body failed or the caller was cancelled")
                 if not self._items:
                     return
-                data = self._items.popleft()
-            self.wake()
-            yield data
+                batch, self._items, self._queued = self._items, [], 0
+                wake, self._sender_waits = self._sender_waits, False
+            if wake:
+                self.wake()
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
 
 
 class _FormFile:
