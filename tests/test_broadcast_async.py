@@ -26,6 +26,7 @@ import pytest
 
 from statekit.broadcast import Broadcaster, SharedValue, current_run
 from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.embedded import RedisServer
 from statekit.errors import StaleToken
 from statekit.pytest_plugin import wait_for
 
@@ -130,6 +131,41 @@ def test_a_publish_from_another_event_loop_leaves_the_scheduler_running(redis_ur
 
     asyncio.run(main())
     assert b.counters.get("backend_errors") == 0
+
+
+def test_the_async_scheduler_rides_out_a_hung_redis(private_redis: RedisServer, prefix: str) -> None:
+    """SIGSTOP for 1.5 s: calls time out (counted, retried), the loop keeps running,
+    and once Redis answers again the job is computed and reaches a sync reader."""
+    url = private_redis.url
+    b = AsyncBroadcaster(url, key_prefix=prefix)
+    reader = SharedValue("beat", default=0, url=url, key_prefix=prefix)
+    reader.get()
+
+    @b.every(0.1, name="beat", lease=1.0)
+    async def beat() -> float:
+        return time.time()
+
+    async def main() -> float:
+        lag = 0.0
+        async with b:
+            await until(lambda: reader.version >= 1, "a first publish reaches the reader")
+            private_redis.pause()
+            try:
+                end = time.monotonic() + 1.5
+                while time.monotonic() < end:  # a heartbeat: how long the loop was held
+                    start = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    lag = max(lag, time.monotonic() - start - 0.01)
+                await until(lambda: b.counters.get("backend_errors") > 0, "the outage is counted")
+            finally:
+                private_redis.resume()
+            seen = reader.version
+            await until(lambda: reader.version > seen + 1, "publishes resume after the outage", timeout=20)
+        return lag
+
+    lag = asyncio.run(main())
+    print(f"event loop lag during the outage: max {lag * 1000:.1f} ms")
+    assert b.counters.get("computes") >= 3
 
 
 def test_changed_times_out_when_nothing_is_published(redis_url: str, prefix: str) -> None:
