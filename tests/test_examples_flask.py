@@ -45,7 +45,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
         env.pop(var, None)
     log = open(tmp / "demo.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "statekit", "dev", "--", sys.executable, "-m", "examples.flask_app"],
+        # --pre-stop-delay goes to statekit serve: its 2 s drain only slows the teardown here
+        [sys.executable, "-m", "statekit", "dev", "--", sys.executable, "-m", "examples.flask_app",
+         "--pre-stop-delay", "0"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
