@@ -301,3 +301,54 @@ def test_an_increment_of_a_non_integer_is_a_session_error() -> None:
 
     with pytest.raises(SessionError, match="text"):
         asyncio.run(main())
+
+
+@pytest.mark.redis
+def test_the_near_cache_serves_loads_and_drops_a_change_made_elsewhere(redis_url: str) -> None:
+    """near_cache on the async store: the sync engine's copies and listener; a save
+    by another process (a sync store without a near cache) reaches the copy through
+    Redis's invalidation, and the version token orders a browser's own reads."""
+    prefix = "near" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    other = SessionStore(redis_url, secret_keys=KEYS, key_prefix=prefix)
+    assert store.near_cache
+
+    async def main() -> dict[str, Any]:
+        s = await store.create({"a": 1})
+        cookie = store.sign(s.sid)
+        first = await store.open(cookie)
+        for _ in range(500):  # until the listener is up and a load has kept a copy
+            await asyncio.sleep(0.01)
+            await store.open(cookie)
+            if s.key in store.engine.near.data:
+                break
+        hits = store.counters.get("near_hits")
+        again = await store.open(cookie)
+        out: dict[str, Any] = {"first": first["a"], "again": again["a"],
+                               "hit": store.counters.get("near_hits") > hits}
+        elsewhere = other.load(s.sid)
+        assert elsewhere is not None
+        elsewhere["a"] = 2
+        other.save(elsewhere)
+        seen = None
+        for _ in range(500):  # until the invalidation has arrived (well under a second)
+            seen = (await store.open(cookie))["a"]
+            if seen == 2:
+                break
+            await asyncio.sleep(0.01)
+        out["after_change"] = seen
+        mine = await store.open(cookie)
+        mine["b"] = 3
+        await store.save(mine)
+        out["token"] = store.version_token(mine, None)
+        out["version"] = mine.version
+        out["own_write"] = dict((await store.open(cookie, version_token=out["token"])).items())
+        await store.aclose()
+        return out
+
+    try:
+        out = asyncio.run(main())
+    finally:
+        other.close()
+    assert (out["first"], out["again"], out["hit"], out["after_change"]) == (1, 1, True, 2)
+    assert out["token"] == str(out["version"]) and out["own_write"] == {"a": 2, "b": 3}

@@ -17,8 +17,9 @@ the same keys through redis-py's asyncio client, so a session saved by a sync
 worker is opened by an async one and back, and concurrent saves of different keys
 from either side all survive (the per-key merge is in the script). Everything in
 the module docstring of :mod:`statekit.sessions` (concurrency, cookies, rotation,
-outages, Cluster) holds here too, except the near cache (not available: loads
-always ask Redis).
+outages, Cluster, the near cache with its version token) holds here too. The near
+cache is the sync engine's own machinery (one invalidation listener thread per
+store); a load served from it awaits nothing.
 
 The session objects are the same :class:`~statekit.sessions.Session` dicts. Their
 ``rotate()``, ``incr()`` and ``destroy()`` shortcuts are sync-only and raise
@@ -74,9 +75,7 @@ class AsyncSessionStore(_StoreCore):
     def _client_engine(self, client: Any, options: dict[str, Any]) -> Any:
         from .redis import AsyncRedisEngine
 
-        if options.get("near_cache"):
-            AsyncRedisEngine.from_url("", key_prefix=self.key_prefix, **options)  # raises ConfigError
-        return AsyncRedisEngine(client, self.key_prefix, counters=self.counters)
+        return AsyncRedisEngine(client, self.key_prefix, counters=self.counters, **options)
 
     def _url_engine(self, url: str, scheme: str, options: dict[str, Any]) -> Any:
         if scheme in ENGINES:

@@ -122,10 +122,109 @@ class _Layout:
     key_prefix: str
     _session_prefix: str
     cluster: bool
+    counters: Counters
+    near: NearCache[dict[str, bytes]] | None
+    listener: InvalidationListener | None
 
-    def _names(self, key_prefix: str) -> None:
+    def _names(self, key_prefix: str, counters: Counters | None) -> None:
         self.key_prefix = key_prefix
         self._session_prefix = f"{key_prefix}:session:"
+        self.counters = counters or Counters("sessions", key_prefix)
+        self.near = None
+        self.listener = None
+
+    def _near_setup(self, client: RedisClient, near_cache: int, near_max_age: float) -> None:
+        """Turn the near cache on: its listener reads invalidations on *client*'s server."""
+        listener = self.listener = _listener(client, self._session_prefix)
+        self.near = NearCache(near_cache, near_max_age)
+        listener.register(self._session_prefix, self.near, whole_keys=True)
+        weakref.finalize(self, listener.stop)
+
+    @property
+    def near_hits(self) -> int:
+        """Loads served from the near cache (the ``near_hits`` session counter)."""
+        return self.counters.get("near_hits")
+
+    def _near_copy(self, key: str, min_version: int) -> tuple[Mapping[str, bytes] | None, int]:
+        """A load's near-cache step: the copy of *key* to serve (at least
+        *min_version*, no invalidation pending), else ``None`` and the sequence number
+        under which the load may keep what it reads (``-1``: keep nothing)."""
+        near, listener = self.near, self.listener
+        if near is None or listener is None:
+            return None, -1
+        listener.ensure_running()
+        if not near.active:
+            return None, -1
+        hit = near.data.get(key)
+        if (hit is not None and hit[1] > time.monotonic() and not listener.pending()
+                and (not min_version or _version(hit[0]) >= min_version)):
+            self.counters.incr("near_hits")
+            return hit[0], -1
+        return None, near.seq
+
+    def _near_keep(self, key: str, out: dict[str, bytes], seq: int, tracked: bool) -> None:
+        """Keep what a load read (a live session, on a tracked connection)."""
+        if self.near is not None and seq >= 0 and "m:c" in out and tracked:
+            self.near.store(key, out, None, seq)
+
+    def _near_settle(self, key: str, result: Result, reply: Any, seq: int, tracked: bool) -> None:
+        """After a write under *seq*: keep the hash the script returned, or nothing."""
+        if seq >= 0 and self.near is not None:
+            fresh = result.status is Status.DONE and len(reply) > 2 and tracked
+            self.near.settle(key, _fields(reply[2]) if fresh else None, seq)
+
+    def _barrier(self) -> None:
+        """The sync engine's ``PING`` after a change (see :meth:`_changing`)."""
+        raise NotImplementedError("_barrier")
+
+    @contextlib.contextmanager
+    def _changing(self, key: str | None = None, *, stores: bool = False,
+                  barrier: bool = True) -> Iterator[int]:
+        """Around a change of *key* (of any session if ``None``) by this process,
+        with the near cache on. With *stores*, yields the sequence number under which
+        the block settles the key (:meth:`NearCache.settle`, keeping the value the
+        change left), else ``-1``.
+
+        Before the change, this process's copy is dropped. After it, the copy is
+        dropped again (unless the block settled it): a load of this process that
+        read the old value while the change was in flight must not keep it, and no
+        invalidation will come for it (``NOLOOP``).
+
+        With *barrier* (rotation, logout, revocation), a ``PING`` then waits until
+        Redis has written the invalidations for the other processes: Redis writes
+        the writer's reply before the invalidations of the same change (in one pass
+        of its event loop), and reads a command only in a later pass. This makes a
+        revoked session's copies go away before the revoking request answers
+        (delivery by the kernel may still take a moment under load). Saves and
+        ``incr`` skip it: the same user's next request is ordered after them by the
+        version token (see :mod:`statekit.sessions`). The async engine passes
+        ``barrier=False`` and awaits its own ``PING`` after the block."""
+        near = self.near
+        if near is None:
+            yield -1
+            return
+        if key is None:
+            near.flush()
+        else:
+            near.evict(key)
+        seq = near.seq if stores and near.active and key is not None else -1
+        try:
+            yield seq
+        except BaseException:
+            # the change may have reached Redis (a reply that timed out) and no
+            # invalidation will come for it (NOLOOP): refuse every copy of the key that
+            # a load of this process read before, whatever the block did
+            if key is None:
+                near.flush()
+            else:
+                near.settle(key, None, -1)
+            raise
+        if key is None:
+            near.flush()
+        elif seq < 0:  # else the block settled the key itself (see _write)
+            near.settle(key, None, -1)
+        if barrier:
+            self._barrier()
 
     def key(self, handle: str) -> str:
         """The Redis key of session *handle*."""
@@ -221,15 +320,9 @@ class RedisEngine(_Layout):
     def __init__(self, client: RedisClient, key_prefix: str = "statekit", *, near_cache: int = 0,
                  near_max_age: float = 60.0, counters: Counters | None = None) -> None:
         self.client = client
-        self._names(key_prefix)
-        self.near: NearCache[dict[str, bytes]] | None = None
-        self.listener: InvalidationListener | None = None
-        self.counters = counters or Counters("sessions", key_prefix)
+        self._names(key_prefix, counters)
         if near_cache:
-            listener = self.listener = _listener(client, self._session_prefix)
-            self.near = NearCache(near_cache, near_max_age)
-            listener.register(self._session_prefix, self.near, whole_keys=True)
-            weakref.finalize(self, listener.stop)
+            self._near_setup(client, near_cache, near_max_age)
         #: loads, saves and every script: one round trip on this thread's connection
         #: (tracked by the listener with the near cache on); pipelines go through *client*
         self.transport = Transport(client, what="session", tracking=self.listener)
@@ -258,63 +351,11 @@ class RedisEngine(_Layout):
     def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self.transport.script(script, keys, args)
 
-    # -- the near cache ---------------------------------------------------------------
-
-    @property
-    def near_hits(self) -> int:
-        """Loads served from the near cache (the ``near_hits`` session counter)."""
-        return self.counters.get("near_hits")
-
     def _tracked(self) -> bool:
         return self.transport.tracked()
 
-    @contextlib.contextmanager
-    def _changing(self, key: str | None = None, *, stores: bool = False,
-                  barrier: bool = True) -> Iterator[int]:
-        """Around a change of *key* (of any session if ``None``) by this process,
-        with the near cache on. With *stores*, yields the sequence number under which
-        the block settles the key (:meth:`NearCache.settle`, keeping the value the
-        change left), else ``-1``.
-
-        Before the change, this process's copy is dropped. After it, the copy is
-        dropped again (unless the block settled it): a load of this process that
-        read the old value while the change was in flight must not keep it, and no
-        invalidation will come for it (``NOLOOP``).
-
-        With *barrier* (rotation, logout, revocation), a ``PING`` then waits until
-        Redis has written the invalidations for the other processes: Redis writes
-        the writer's reply before the invalidations of the same change (in one pass
-        of its event loop), and reads a command only in a later pass. This makes a
-        revoked session's copies go away before the revoking request answers
-        (delivery by the kernel may still take a moment under load). Saves and
-        ``incr`` skip it: the same user's next request is ordered after them by the
-        version token (see :mod:`statekit.sessions`)."""
-        near = self.near
-        if near is None:
-            yield -1
-            return
-        if key is None:
-            near.flush()
-        else:
-            near.evict(key)
-        seq = near.seq if stores and near.active and key is not None else -1
-        try:
-            yield seq
-        except BaseException:
-            # the change may have reached Redis (a reply that timed out) and no
-            # invalidation will come for it (NOLOOP): refuse every copy of the key that
-            # a load of this process read before, whatever the block did
-            if key is None:
-                near.flush()
-            else:
-                near.settle(key, None, -1)
-            raise
-        if key is None:
-            near.flush()
-        elif seq < 0:  # else the block settled the key itself (see _write)
-            near.settle(key, None, -1)
-        if barrier:
-            self.transport.command(b"PING")
+    def _barrier(self) -> None:
+        self.transport.command(b"PING")
 
     # -- the contract -----------------------------------------------------------------
 
@@ -323,20 +364,12 @@ class RedisEngine(_Layout):
         of at least *min_version* that no invalidation has reached, else one
         ``HGETALL``. The returned dict is shared with the near cache: do not change it."""
         key = self._session_prefix + handle
-        near, listener = self.near, self.listener
-        seq = -1
-        if near is not None and listener is not None:
-            listener.ensure_running()
-            if near.active:
-                hit = near.data.get(key)
-                if (hit is not None and hit[1] > time.monotonic() and not listener.pending()
-                        and (not min_version or _version(hit[0]) >= min_version)):
-                    self.counters.incr("near_hits")
-                    return hit[0]
-                seq = near.seq
+        hit, seq = self._near_copy(key, min_version)
+        if hit is not None:
+            return hit
         out = _fields(self.transport.command(b"HGETALL", key))
-        if near is not None and seq >= 0 and "m:c" in out and self._tracked():
-            near.store(key, out, None, seq)
+        if seq >= 0:
+            self._near_keep(key, out, seq, self._tracked())
         return out
 
     def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
@@ -353,9 +386,8 @@ class RedisEngine(_Layout):
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session save")
-        if seq >= 0 and self.near is not None:
-            fresh = result.status is Status.DONE and len(reply) > 2 and self._tracked()
-            self.near.settle(key, _fields(reply[2]) if fresh else None, seq)
+        if seq >= 0:
+            self._near_settle(key, result, reply, seq, self._tracked())
         return result
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
@@ -440,7 +472,12 @@ class AsyncRedisEngine(_Layout):
     asyncio client: the keys, Lua scripts and replies of :class:`RedisEngine`, so a
     session written by either engine is read and written by the other; commands go
     through :class:`~statekit.redis.aio.AsyncTransport` (the same retry rule and
-    error map). No near cache (loads always ask Redis).
+    error map).
+
+    **Near cache** (``near_cache=N``, a URL of a standalone or Sentinel Redis): the
+    sync engine's, shared: the same copies, checks and invalidation listener thread
+    (:meth:`_Layout._near_copy`, :meth:`_Layout._changing`); the loop's connections
+    run ``CLIENT TRACKING`` to that listener. A hit costs no await at all.
 
     **Event loops.** redis-py's asyncio connections belong to one loop, so the engine
     keeps one client and transport per running loop (made from *url* on first use
@@ -453,11 +490,15 @@ class AsyncRedisEngine(_Layout):
     """
 
     def __init__(self, client: Any = None, key_prefix: str = "statekit", *, url: str | None = None,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, near_cache: int = 0, near_max_age: float = 60.0) -> None:
         if (client is None) == (url is None):
             raise ConfigError("AsyncRedisEngine takes a client or a url")
-        self._names(key_prefix)
-        self.counters = counters or Counters("sessions", key_prefix)
+        self._names(key_prefix, counters)
+        if near_cache:
+            if url is None or parse_url(url, kinds=("redis", "memory")).kind != "redis":
+                raise ConfigError("the async session near cache needs a Redis URL (not memory:// or client=)")
+            # the listener thread reads invalidations with a sync client of the same server
+            self._near_setup(get_client(url), near_cache, near_max_age)
         self._client = client
         self._url = url
         if client is not None:
@@ -473,13 +514,9 @@ class AsyncRedisEngine(_Layout):
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str, counters: Counters | None = None,
                  near_cache: int = 0, near_max_age: float = 60.0) -> AsyncRedisEngine:
-        """The engine for a Redis URL or ``memory://name``.
-
-        :raises ConfigError: *near_cache* asked for (not available on the async engine)."""
-        if near_cache:
-            raise ConfigError("the session near cache is not available with the async session store; "
-                              "leave near_cache off")
-        return cls(key_prefix=key_prefix, url=url, counters=counters)
+        """The engine for a Redis URL or ``memory://name`` (no near cache there)."""
+        return cls(key_prefix=key_prefix, url=url, counters=counters, near_cache=near_cache,
+                   near_max_age=near_max_age)
 
     async def _transport(self) -> AsyncTransport:
         """This loop's transport (and client), made on first use."""
@@ -489,7 +526,7 @@ class AsyncRedisEngine(_Layout):
             from ..redis.aio import AsyncTransport, create_async_client
 
             client = self._client if self._client is not None else create_async_client(self._url or "")
-            transport = AsyncTransport(client, what="session")
+            transport = AsyncTransport(client, what="session", tracking=self.listener)
             # closed when the loop shuts down (asyncio.run, asgiref and uvicorn call the
             # loop's shutdown_asyncgens): a loop that ends without aclose() leaves no
             # open socket behind
@@ -516,30 +553,50 @@ class AsyncRedisEngine(_Layout):
             self._queue_index(pipe, op)
             await pipe.execute()
 
+    async def _ping(self, transport: AsyncTransport) -> None:
+        """The barrier of :meth:`_Layout._changing`, awaited (with the near cache on)."""
+        if self.near is not None:
+            await transport.command(b"PING")
+
     async def load(self, handle: str, min_version: int = 0) -> Mapping[str, bytes]:
+        key = self._session_prefix + handle
+        hit, seq = self._near_copy(key, min_version)
+        if hit is not None:
+            return hit
         transport = await self._transport()
-        return _fields(await transport.command(b"HGETALL", self._session_prefix + handle))
+        out = _fields(await transport.command(b"HGETALL", key))
+        if seq >= 0:
+            self._near_keep(key, out, seq, transport.tracked())
+        return out
 
     async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
                     ttl_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
-        call = self._write_call(self._session_prefix + handle, create, sets, dels, ttl_ms, index, False)
-        result = _result(await transport.script(_WRITE, *call))
-        if result.status is Status.DONE:
-            await self._index_after(transport, index, "session save")
-        return result
+        key = self._session_prefix + handle
+        with self._changing(key, stores=True, barrier=False) as seq:
+            reply = await transport.script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index,
+                                                                     seq >= 0))
+            result = _result(reply)
+            if result.status is Status.DONE:
+                await self._index_after(transport, index, "session save")
+            if seq >= 0:
+                self._near_settle(key, result, reply, seq, transport.tracked())
+            return result
 
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
-        result = _result(await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
+        with self._changing(self._session_prefix + old, barrier=False):
+            result = _result(await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
+        await self._ping(transport)
         if result.status is Status.DONE:
             await self._index_after(transport, index, "session rotate")
         return result
 
     async def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
+        transport = await self._transport()
         try:
-            transport = await self._transport()
-            reply = await transport.script(_INCR, [self.key(handle)], [field, amount, codec])
+            with self._changing(self.key(handle), barrier=False):
+                reply = await transport.script(_INCR, [self.key(handle)], [field, amount, codec])
         except RedisReplyError as e:
             raise _incr_refused(field, e) from e
         return _incr_result(reply)
@@ -547,10 +604,12 @@ class AsyncRedisEngine(_Layout):
     async def destroy(self, handle: str, user: str | None) -> Result:
         transport = await self._transport()
         keys, index_key = self._destroy_keys(handle, user)
-        result = _result(await transport.script(_DESTROY, keys, [handle]))
-        if result.status is Status.DONE and index_key:
-            with translate_errors("session destroy"):
-                await transport.client.zrem(index_key, handle)
+        with self._changing(keys[0], barrier=False):
+            result = _result(await transport.script(_DESTROY, keys, [handle]))
+            if result.status is Status.DONE and index_key:
+                with translate_errors("session destroy"):
+                    await transport.client.zrem(index_key, handle)
+        await self._ping(transport)
         return result
 
     async def revoke_user(self, user: str, keep: str) -> int:
@@ -558,11 +617,14 @@ class AsyncRedisEngine(_Layout):
         batch leaves nothing but *keep* in the index."""
         index_key = self.index_key(user)
         total = 0
-        while True:
-            deleted, left = await self._revoke_batch(index_key, keep)
-            total += deleted
-            if left <= 0:
-                return total
+        with self._changing(barrier=False):  # other processes' copies: Redis invalidates them
+            while True:
+                deleted, left = await self._revoke_batch(index_key, keep)
+                total += deleted
+                if left <= 0:
+                    break
+        await self._ping(await self._transport())
+        return total
 
     async def _revoke_batch(self, index_key: str, keep: str) -> tuple[int, int]:
         transport = await self._transport()
@@ -598,7 +660,10 @@ class AsyncRedisEngine(_Layout):
         return _bytes(await transport.command(b"GET", name))
 
     async def aclose(self) -> None:
-        """Release this loop's connections (and close its client, unless it was given)."""
+        """Release this loop's connections (and close its client, unless it was given);
+        stop the near cache's listener (later loads ask Redis)."""
+        if self.listener is not None:
+            self.listener.stop()
         lane = self._lanes.get(asyncio.get_running_loop())
         if lane is not None:
             await lane[1].aclose()

@@ -52,6 +52,11 @@ cookie is left alone (except the new id of a rotation Redis had already made) an
 nothing partial is written, so the same session is served when Redis is back: never
 a silent logout, never an empty session overwriting the stored one.
 
+**Near cache** (``near_cache=N`` among the store options, or a store made with it):
+loads are served from this process's copies kept coherent by Redis (see
+:mod:`statekit.sessions`); the middleware then sends the version-token cookie
+(``<cookie_name>_v``) that orders a browser's reads after its own writes.
+
 **WebSockets** get ``websocket.session`` loaded; it is not saved by the middleware
 (``await get_session_store(websocket).save(websocket.session)`` does).
 """
@@ -139,6 +144,9 @@ class SessionMiddleware:
             self.outage_name = "session store"
         self.store = store
         self.cookie_name = session_cookie or cookie_name
+        #: the version-token cookie, read only with the near cache (see :mod:`statekit.sessions`)
+        self.token_name = self.cookie_name + "_v"
+        self._near = store.near_cache
         self.max_age = max_age
         self.retry_after = retry_after
         if same_site.lower() not in ("lax", "strict", "none"):
@@ -148,12 +156,13 @@ class SessionMiddleware:
 
     # -- cookies ----------------------------------------------------------------------
 
-    def _cookie(self, session: Session) -> str:
+    def _cookie(self, session: Session, name: str = "", value: str = "") -> str:
         age = f"; Max-Age={self.max_age}" if self.max_age else ""
-        return f"{self.cookie_name}={self.store.sign(session.sid)}{age}{self._flags}"
+        return f"{name or self.cookie_name}={value or self.store.sign(session.sid)}{age}{self._flags}"
 
-    def _deleted_cookie(self) -> str:
-        return f"{self.cookie_name}=null; Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT{self._flags}"
+    def _deleted_cookie(self, name: str = "") -> str:
+        expired = "Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT"
+        return f"{name or self.cookie_name}=null; {expired}{self._flags}"
 
     # -- the request --------------------------------------------------------------------
 
@@ -161,9 +170,12 @@ class SessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        cookie = HTTPConnection(scope).cookies.get(self.cookie_name)
+        cookies = HTTPConnection(scope).cookies
+        cookie = cookies.get(self.cookie_name)
+        token = cookies.get(self.token_name) if self._near else None
         try:
-            session = await self.store.open(cookie, context=lambda: f"client {_client(scope)}")
+            session = await self.store.open(cookie, context=lambda: f"client {_client(scope)}",
+                                            version_token=token)
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
             await self._unavailable(scope, receive, send, [])
@@ -182,7 +194,7 @@ class SessionMiddleware:
             nonlocal replaced
             if message["type"] == "http.response.start":
                 try:
-                    cookies = await self._commit(session, had_data, had_cookie)
+                    cookies = await self._commit(session, had_data, had_cookie, token)
                 except _Down as down:
                     replaced = True
                     await self._unavailable(scope, receive, send, down.cookies)
@@ -209,7 +221,8 @@ class SessionMiddleware:
             response.headers.append("set-cookie", value)
         await response(scope, receive, send)
 
-    async def _commit(self, session: Session, had_data: bool, had_cookie: bool) -> list[str]:
+    async def _commit(self, session: Session, had_data: bool, had_cookie: bool,
+                      token: str | None) -> list[str]:
         """Save *session* as the response starts; the ``Set-Cookie`` values to add.
 
         :raises _Down: the store is unreachable (the response becomes a 503)."""
@@ -238,18 +251,24 @@ class SessionMiddleware:
             # rotated (or first stored) before Redis failed: the data lives under the new id
             raise _Down([self._cookie(session)] if session.send_cookie and not session.new else []) from e
         if logged_out:
+            out = [self._deleted_cookie(self.token_name)] if token is not None else []
             if carried is not None:
-                return [self._cookie(carried)]
-            return [self._deleted_cookie()] if had_cookie else []
-        if not saved or session.new or session.through_alias:
-            # revoked meanwhile (the cookie opens a fresh session anyway); nothing stored;
-            # or an old cookie in flight during a login (the browser holds the new one)
+                return [*out, self._cookie(carried)]
+            return [*out, self._deleted_cookie()] if had_cookie else out
+        if not saved or session.new:
+            # revoked meanwhile (the cookie opens a fresh session anyway), or nothing stored
             return []
+        out = []
+        version = store.version_token(session, token)
+        if version is not None:  # the near cache: this browser's next load reads this save
+            out.append(self._cookie(session, self.token_name, version))
+        if session.through_alias:
+            return out  # an old cookie in flight during a login: the browser holds the new one
         outages.up(self.outage_name)
         if session.send_cookie or (self.max_age and session.written):
             session.send_cookie = False
-            return [self._cookie(session)]
-        return []
+            out.append(self._cookie(session))
+        return out
 
 
 def _client(scope: Scope) -> str:

@@ -319,3 +319,33 @@ def test_outage_is_a_503_and_the_same_session_is_served_when_redis_returns(serve
     # the same session: nothing lost. The save the 503 answered was sent before Redis
     # paused: its outcome was unknown, and Redis ran it (all of it) once resumed
     assert out["after"] in ({"user": "carol"}, {"user": "carol", "held": "written"})
+
+
+def test_with_the_near_cache_reads_are_served_locally_and_follow_the_browsers_writes(
+        redis_url: str, prefix: str) -> None:
+    store = AsyncSessionStore(redis_url, secret_keys=[KEY], key_prefix=prefix, near_cache=100)
+    app = Starlette(routes=ROUTES, middleware=[Middleware(SessionMiddleware, store=store)])
+    app.state.gate = None
+
+    async def main() -> dict[str, Any]:
+        async with client(app) as c:
+            wrote = await c.post("/set/color/blue")
+            token = c.cookies.get("session_v")
+            for _ in range(500):  # until the listener is up and a load kept a copy
+                await c.get("/get")
+                if store.counters.get("near_hits"):
+                    break
+                await asyncio.sleep(0.01)
+            hits = store.counters.get("near_hits")
+            read = (await c.get("/get")).json()
+            served_locally = store.counters.get("near_hits") > hits
+            await c.post("/set/color/green")  # the next read must see it: the token orders it
+            after = (await c.get("/get")).json()
+            await store.aclose()
+            return {"token": token,
+                    "token_header": any("session_v=" in v for v in wrote.headers.get_list("set-cookie")),
+                    "read": read, "local": served_locally, "after": after}
+
+    out = asyncio.run(main())
+    assert out["token"] and out["token_header"] and out["local"]
+    assert out["read"] == {"color": "blue"} and out["after"] == {"color": "green"}
