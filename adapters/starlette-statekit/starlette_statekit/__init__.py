@@ -15,8 +15,9 @@
                      users: Annotated[int, Depends(shared("users_count", 0))]):
         return {"report": await c.get_or_set("report", build_report, ttl=60), "users": users}
 
-In plain Starlette the dependencies are functions of the request: ``cache(request)``,
-``shared_values(request)["users_count"]``. The reference is ``docs/starlette.md``.
+In plain Starlette, reach the same objects from the request: ``get_state(request).cache``,
+``blob_store(request)``, ``shared_values(request)["users_count"]``. The reference is
+``docs/starlette.md``.
 
 ``StateKit(app, **options)`` (or ``StateKit()`` then ``init_app(app)``) wires, for each
 capability that is enabled:
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
@@ -68,8 +69,8 @@ from statekit.config import Settings
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle, check_extras, outage_name, outages
 
-__all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "blobs", "cache", "get_state",
-           "shared", "shared_value", "shared_values", "unavailable_response"]
+__all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "blob_store", "blobs", "cache",
+           "get_state", "shared", "shared_value", "shared_values", "unavailable_response"]
 
 #: capabilities, in the order they are wired (the last added middleware is outermost)
 FEATURES = ("cache", "sessions", "blobs", "broadcast", "lifecycle")
@@ -323,43 +324,56 @@ def get_state(where: HTTPConnection | Any) -> StateKitState:
     return state
 
 
-# -- dependencies (FastAPI's Depends, or plain calls from Starlette handlers) ------------
-def cache(request: HTTPConnection) -> Any:
-    """The app's :class:`statekit.AsyncCache`: ``c: AsyncCache = Depends(cache)``."""
+# -- dependencies: async, so FastAPI calls them on the loop (a plain def goes to its threadpool)
+async def cache(request: HTTPConnection) -> Any:
+    """The app's :class:`statekit.AsyncCache`: ``c: Annotated[AsyncCache, Depends(cache)]``
+    (in plain Starlette: ``get_state(request).cache``)."""
     return get_state(request).cache
 
 
-def blobs(request: HTTPConnection) -> Any:
-    """The app's :class:`statekit.AsyncBlobStore`: ``store = Depends(blobs)``.
+async def blobs(request: HTTPConnection) -> Any:
+    """The app's :class:`statekit.AsyncBlobStore`: ``Depends(blobs)`` (in plain
+    Starlette: :func:`blob_store`)."""
+    return blob_store(request)
+
+
+def blob_store(conn: HTTPConnection) -> Any:
+    """The :class:`statekit.AsyncBlobStore` of the app serving *conn*.
 
     :raises ConfigError: no store configured (``STATEKIT_BLOBS_URL``)."""
-    store = get_state(request).blobs
+    store = get_state(conn).blobs
     if store is None:
         raise ConfigError("no blob store: set STATEKIT_BLOBS_URL")
     return store
 
 
-def shared_values(request: HTTPConnection) -> SharedValues:
-    """The app's :class:`~statekit.broadcast.SharedValues` (every shared value by name)."""
-    values: SharedValues = get_state(request).broadcast
+def shared_values(conn: HTTPConnection) -> SharedValues:
+    """The app's :class:`~statekit.broadcast.SharedValues` (every shared value by
+    name: ``shared_values(request)["users_count"]``, a memory read once loaded)."""
+    values: SharedValues = get_state(conn).broadcast
     return values
 
 
-def shared(name: str, default: Any = None) -> Callable[[HTTPConnection], Any]:
+def shared(name: str, default: Any = None) -> Callable[[HTTPConnection], Awaitable[Any]]:
     """A dependency giving the current value of the shared value *name* (a memory
-    read; *default* while nothing was published): ``n = Depends(shared("users_count"))``."""
-    def dependency(request: HTTPConnection) -> Any:
-        return shared_values(request).get(name, default)
+    read; *default* while nothing was published; the first use in a process loads it
+    in a worker thread): ``n: Annotated[int, Depends(shared("users_count", 0))]``."""
+    async def dependency(request: HTTPConnection) -> Any:
+        values = shared_values(request)
+        await values.value(name).aget()
+        return values.get(name, default)
 
     dependency.__name__ = f"shared_{name}"
     return dependency
 
 
-def shared_value(name: str) -> Callable[[HTTPConnection], SharedValue[Any]]:
+def shared_value(name: str) -> Callable[[HTTPConnection], Awaitable[SharedValue[Any]]]:
     """A dependency giving the :class:`~statekit.broadcast.SharedValue` *name* itself
-    (``.version``, ``.age``, ``.is_stale``, ``await .changed()``)."""
-    def dependency(request: HTTPConnection) -> SharedValue[Any]:
-        return shared_values(request).value(name)
+    (``.version``, ``.age``, ``.is_stale``, ``await .changed()``), loaded."""
+    async def dependency(request: HTTPConnection) -> SharedValue[Any]:
+        value = shared_values(request).value(name)
+        await value.aget()
+        return value
 
     dependency.__name__ = f"shared_value_{name}"
     return dependency

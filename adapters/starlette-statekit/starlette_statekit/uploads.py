@@ -49,7 +49,7 @@ from statekit.config import parse_size
 from statekit.errors import BackendUnavailable, BlobError
 from statekit.lifecycle import outages
 
-from . import blobs
+from . import blob_store
 
 if TYPE_CHECKING:
     from . import StateKitState
@@ -61,7 +61,7 @@ DEFAULT_FORM_OVERHEAD = 64 * 1024
 
 def init_app(app: Any, state: StateKitState) -> None:
     """Open the blob store for *app* (called by ``StateKit``). Without
-    ``STATEKIT_BLOBS_URL`` ``state.blobs`` is ``None`` and :func:`~starlette_statekit.blobs`
+    ``STATEKIT_BLOBS_URL`` ``state.blobs`` is ``None`` and :func:`~starlette_statekit.blob_store`
     says what to set."""
     url = state.settings.blobs_url
     store: AsyncBlobStore | None = None
@@ -106,7 +106,7 @@ async def save_upload(
     :raises HTTPException: 400 no file, 413 too large, 415 refused type, 503 store
         unavailable; nothing is stored then.
     """
-    store: AsyncBlobStore = blobs(request)
+    store: AsyncBlobStore = blob_store(request)
     limit = max_size if max_size is not None else store.sync.max_size
     if limit is not None:
         overhead = int(request.app.state.statekit.get("STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD))
@@ -140,7 +140,7 @@ async def blob_url(request: Request, key: str, *, expires: int = 3600,
                    download_name: str | None = None) -> str:
     """A time-limited download URL for *key*: presigned on S3, else a signed URL of
     :func:`serve_blob` (a path under the app's root path)."""
-    store: AsyncBlobStore = blobs(request)
+    store: AsyncBlobStore = blob_store(request)
     if store.scheme == "s3":
         return await store.url(key, expires=expires, download_name=download_name)
     disposition = content_disposition(download_name) if download_name else None
@@ -153,7 +153,7 @@ async def serve_blob(request: Request) -> Response:
     """The route behind :func:`blob_url` for ``file://`` and ``memory://`` stores:
     checks the signature and expiry (403), streams the blob with its stored type as
     an attachment, with ``nosniff`` and a sandboxing CSP (no range requests)."""
-    store: AsyncBlobStore = blobs(request)
+    store: AsyncBlobStore = blob_store(request)
     key = request.path_params["key"]
     try:
         disposition = store.sync.check_params(key, request.query_params)
