@@ -47,7 +47,7 @@ from typing import Any, TypeVar, cast
 from ..errors import BackendUnavailable, ConfigError, LockError
 from . import _ABSENT, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, adrive
-from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
+from .redis import _UNAPPLIED, SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
 
 __all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
@@ -104,9 +104,9 @@ def _check_bytes(client: Any) -> None:
 
 
 def _gate(transport: Any) -> asyncio.Semaphore:
-    """Cluster: at most ``transport.limit`` cache commands in flight on this loop
+    """Cluster: at most ``transport.limit`` cache calls in flight on this loop
     (redis-py's asyncio ``RedisCluster`` fails a command past a node's
-    ``max_connections`` instead of waiting)."""
+    ``max_connections`` instead of waiting; a pipeline takes one connection per node)."""
     gate: asyncio.Semaphore | None = getattr(transport, "_statekit_cache_gate", None)
     if gate is None:
         gate = transport._statekit_cache_gate = asyncio.Semaphore(transport.limit)
@@ -125,21 +125,34 @@ def _one(transport: Any, effect: tuple[Any, ...]) -> Awaitable[Any]:
 
 
 async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Cluster: single-slot commands sent concurrently (each to its node by redis-py's
-    asyncio ``RedisCluster``, at most ``transport.limit`` at once); the replies in
-    order. Raises the first failure after every command finished (nothing is sent
-    twice)."""
-    gate = _gate(transport)
+    """Cluster: single-slot commands in one pipeline of redis-py's asyncio
+    ``RedisCluster`` (each node gets its share in one round trip, all nodes at once),
+    the replies in order. A command a node refused unapplied (``NOSCRIPT``, ``MOVED``,
+    ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``) is sent again alone through the
+    transport; a connection failure raises ``BackendUnavailable`` and nothing is sent
+    again (statekit's clients have redis-py's command retry off)."""
+    import redis
 
-    async def one(cmd: Sequence[Any]) -> Any:
-        async with gate:
-            return await _one(transport, (CMD, cmd))
-
-    replies = await asyncio.gather(*(one(cmd) for cmd in commands), return_exceptions=True)
-    for reply in replies:
-        if isinstance(reply, BaseException):
-            raise reply
-    return list(replies)
+    pipe = transport.client.pipeline(transaction=False)
+    for cmd in commands:
+        pipe.execute_command(cmd[0].decode(), *cmd[1:])  # redis-py routes by the str name
+    try:
+        async with _gate(transport):
+            replies = await pipe.execute(raise_on_error=False)
+    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.exceptions.RedisClusterException) as e:
+        raise BackendUnavailable(f"a Redis Cluster node failed during a cache call; the outcome of its "
+                                 f"commands is unknown and they were not sent again: {e}") from e
+    out = list(replies)
+    for i, reply in enumerate(out):
+        if isinstance(reply, redis.ResponseError):
+            if str(reply).split(" ", 1)[0] in _UNAPPLIED or type(reply).__name__ in (
+                    "MovedError", "AskError", "TryAgainError", "ClusterDownError", "NoScriptError"):
+                out[i] = await _one(transport, (CMD, commands[i]))
+            else:
+                raise transport._refused(reply) from reply
+        elif isinstance(reply, BaseException):
+            raise BackendUnavailable(f"a Redis Cluster node failed during a cache call: {reply}") from reply
+    return out
 
 
 class AsyncRedisCacheBackend(_RedisCachePlans):
