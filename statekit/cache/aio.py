@@ -270,8 +270,11 @@ class AsyncCache(_CacheCore):
     ``memory://`` included: a sync and an async ``memory://name`` cache share one
     in-process server) and the same methods, awaited. Safe for any number of tasks."""
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
-        super().__init__(url, **options)
+    def __init__(self, url: str | None = None, *, client: Any = None, **options: Any) -> None:
+        """:param client: a ready ``redis.asyncio`` client (``Redis``, a Sentinel
+            master, ``RedisCluster``; ``decode_responses`` off) instead of *url*.
+        :param options: the other keyword arguments of :class:`~statekit.cache.Cache`."""
+        super().__init__(url, client=client, **options)
         self._task_tokens: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, str]] = (
             weakref.WeakKeyDictionary())
 
