@@ -46,6 +46,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's statekit
+
+from statekit.testing.loop import LoopLag  # noqa: E402
+
 KiB, MiB = 1024, 1024 * 1024
 CHUNK = 64 * KiB
 PART = 5 * MiB
@@ -145,22 +149,9 @@ async def aiobotocore_put(client: Any, bucket: str, body: AsyncIterator[bytes]) 
 
 # -- one case in this process ------------------------------------------------------------
 async def _lagged(puts: Any) -> tuple[Any, float]:
-    lag, stop = 0.0, asyncio.Event()
-
-    async def heartbeat() -> None:
-        nonlocal lag
-        loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            t = loop.time()
-            await asyncio.sleep(0.005)
-            lag = max(lag, loop.time() - t - 0.005)
-
-    beat = asyncio.create_task(heartbeat())
-    try:
-        return await puts, lag
-    finally:
-        stop.set()
-        await beat
+    async with LoopLag() as lag:
+        result = await puts
+    return result, lag.worst
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,7 +236,6 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from statekit.embedded import S3_ACCESS_KEY, S3_SECRET_KEY, S3Server
 
     kinds = ["thread", "sync"] + (["aiobotocore"] if args.aiobotocore else [])

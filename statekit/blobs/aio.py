@@ -269,31 +269,22 @@ class AsyncBlobStore:
         return self.sync.describe()
 
     # -- writing -------------------------------------------------------------------
-    async def put(
-        self,
-        body: Any,
-        *,
-        filename: str | None = None,
-        content_type: str | None = None,
-        max_size: int | None = None,
-        allowed_types: Sequence[str] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        prefix: str = "",
-    ) -> Blob:
-        """Store *body* under a new generated key and return its :class:`Blob`, with
-        the rules of :meth:`BlobStore.put` (same parameters, limits and errors).
+    async def put(self, body: Any, **options: Any) -> Blob:
+        """Store *body* under a new generated key and return its :class:`Blob`: the
+        keyword arguments, limits, checks and errors of :meth:`BlobStore.put`
+        (``filename=``, ``content_type=``, ``max_size=``, ``allowed_types=``,
+        ``metadata=``, ``prefix=``), which runs it.
 
         :param body: an async iterator of ``bytes`` (``request.stream()``), an object
             with ``async read(n)`` (``UploadFile``), or what :meth:`BlobStore.put` takes.
 
-        *max_size* is enforced while the body streams: no more than one chunk past
+        ``max_size`` is enforced while the body streams: no more than one chunk past
         it is read. Cancelling the calling task aborts the write (see the module
         docstring); nothing is left under any key.
         """
-        limit = max_size if max_size is not None else self.sync.max_size
-        return await self._stream(body, limit, functools.partial(
-            self.sync.put, filename=filename, content_type=content_type, max_size=max_size,
-            allowed_types=allowed_types, metadata=metadata, prefix=prefix))
+        limit = options.get("max_size")
+        limit = self.sync.max_size if limit is None else limit
+        return await self._stream(body, limit, functools.partial(self.sync.put, **options))
 
     async def _stream(self, body: Any, limit: int | None, write: Callable[[Any], _T]) -> _T:
         """Run ``write(stream)`` (a sync store method) in an upload worker, *body*
