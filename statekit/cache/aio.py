@@ -39,6 +39,7 @@ caller's reply) and releases the single-flight lock it held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -75,11 +76,15 @@ class _Transports:
             self.cluster = url is not None and url.partition("://")[0].lower() == "redis+cluster"
 
     def current(self) -> Any:
-        """The transport of the running loop (made on first use)."""
+        """The transport of the running loop (made on first use; the ones of loops
+        closed since are dropped then, see :func:`_abandon`)."""
         loop = asyncio.get_running_loop()
         transport = self._by_loop.get(loop)
         if transport is None:
             from ..redis.aio import AsyncTransport, create_async_client
+
+            for old in [old for old in self._by_loop if old.is_closed()]:
+                _abandon(self._by_loop.pop(old), owned=self.client is None)
 
             client = self.client if self.client is not None else create_async_client(
                 cast(str, self.url), **self.overrides)
@@ -95,6 +100,34 @@ class _Transports:
             await transport.aclose()
             if self.client is None:
                 await transport.client.aclose()
+
+
+def _abandon(transport: Any, *, owned: bool) -> None:
+    """Close the sockets a closed event loop left open (``async_to_sync`` runs a loop
+    per call in a WSGI worker; asyncio cannot close a connection once its loop is
+    closed, and a transport kept per loop would keep them all): each socket is closed
+    directly and its connection forgotten, without touching the dead loop."""
+    client = transport.client
+    conns = list(transport._idle)
+    if owned:
+        pools = [getattr(client, "connection_pool", None)]
+        pools += [node for node in getattr(client, "get_nodes", list)()]  # Cluster: each node's
+        for pool in pools:
+            conns += getattr(pool, "_available_connections", ()) or ()
+            conns += list(getattr(pool, "_in_use_connections", ()) or ())
+            conns += getattr(pool, "_connections", ()) or ()
+    for conn in conns:
+        writer = getattr(conn, "_writer", None)
+        if writer is None:
+            continue
+        stream = writer.transport
+        sock = getattr(stream, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            # closed here: no "unclosed transport" / "loop is closed" warnings when collected
+            stream._sock, stream._closing = None, True
+        conn._writer = conn._reader = None
 
 
 def _check_bytes(client: Any) -> None:

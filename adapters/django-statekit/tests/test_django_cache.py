@@ -347,3 +347,25 @@ def test_sync_and_async_share_the_values(dcache: StatekitCache) -> None:
         return seen, dcache.get("shared2")
 
     assert asyncio.run(body()) == ({"from": "sync"}, {"from": "async"})
+
+
+def test_a_loop_per_call_does_not_pile_up_connections(dcache: StatekitCache, redis_url: str) -> None:
+    """Async views under WSGI run through async_to_sync, one event loop per call:
+    the connections a closed loop left are closed when the next loop comes, so 30
+    calls leave one loop's connections open, not 30."""
+    from asgiref.sync import async_to_sync
+
+    async def view() -> Any:
+        await dcache.aset("per-loop", 1)
+        return await dcache.aget("per-loop")
+
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        before = len(admin.client_list())
+        for _ in range(30):
+            assert async_to_sync(view)() == 1
+        left = len(admin.client_list()) - before
+    finally:
+        admin.close()
+    print(f"connections left after 30 async_to_sync calls: {left}")
+    assert left <= 2
