@@ -57,9 +57,12 @@ from gunicorn.arbiter import Arbiter
 
 __all__ = ["StatekitUvicornWorker"]
 
-#: seconds a stopping worker leaves its open connections to receive a request and be
+#: seconds a stopping worker leaves its busy connections to receive a request and be
 #: answered with ``Connection: close`` before uvicorn closes the silent ones
 CLOSE_GRACE = 5.0
+#: a kept-alive connection idle for this long is closed at once when the worker stops
+#: (its client is not in the middle of a run of requests)
+IDLE_CLOSE = 1.0
 
 
 class _Server(Server):
@@ -89,15 +92,33 @@ class _Server(Server):
         reads :meth:`~statekit.lifecycle.DrainState.close_connections`), and the
         connections get up to the keep-alive timeout (at most
         :data:`CLOSE_GRACE` seconds) to receive a request, be answered and close;
-        only those still silent after it are closed by uvicorn."""
+        only those still silent after it are closed by uvicorn. A connection idle for
+        :data:`IDLE_CLOSE` seconds already is not waited for: its client is not in
+        the middle of a run of requests (an idle pooled connection would otherwise
+        hold every stop for the whole keep-alive timeout)."""
         get_drain_state().close_connections()
         for server in getattr(self, "servers", ()):
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(float(self.config.timeout_keep_alive), CLOSE_GRACE)
-        while self.server_state.connections and loop.time() < deadline:
+        connections = self.server_state.connections
+        while loop.time() < deadline and any(self._busy(c, loop.time()) for c in connections):
             await asyncio.sleep(0.02)
         await super().shutdown(sockets)
+
+    def _busy(self, conn: Any, now: float) -> bool:
+        """Whether *conn* (an HTTP/1 protocol of uvicorn's) is worth waiting for:
+        accepted with its first request not read yet, a request under way, or
+        kept alive and used within the last :data:`IDLE_CLOSE` seconds."""
+        if not hasattr(conn, "cycle"):  # not an HTTP/1 connection (a websocket): uvicorn closes it
+            return False
+        cycle = conn.cycle
+        if cycle is None:
+            return True
+        if not cycle.response_complete:
+            return True
+        timer = getattr(conn, "timeout_keep_alive_task", None)  # armed when its last response ended
+        return timer is not None and now - (timer.when() - self.config.timeout_keep_alive) < IDLE_CLOSE
 
 
 class StatekitUvicornWorker(UvicornWorker):  # type: ignore[misc]

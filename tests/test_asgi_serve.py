@@ -5,17 +5,17 @@ bounded load, every process started here is stopped here, by pid."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import test_gunicorn
-from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
+from test_lifecycle_helpers import APP, Load, ServeProcess, wait_until
 
 from statekit.gunicorn import detect_interface, reload_main
 
@@ -205,6 +205,8 @@ def test_age_and_rss_limits_recycle_one_worker_at_a_time(tmp_path: Path, option:
     lines = re.findall(r"statekit: recycling worker \d+ \((.*)\): its successor", log)
     print(f"{option}: recycled={len(lines)} ({lines[0]}) requests={load.total} failed={len(load.failures)} "
           f"fewest ready workers={min(sizes)} of 2")
+    if min(sizes) < 2:
+        print(EVENTS.findall(log), sizes)
     assert all(reason in line for line in lines), lines
     assert load.failures == [] and min(sizes) >= 1, (load.reasons, sizes)
 
@@ -215,38 +217,52 @@ HOOKS_CONF = textwrap.dedent(
 
     workers = 2
     worker_class = "statekit.gunicorn_asgi.StatekitUvicornWorker"
-    max_requests = 30  # gunicorn's own: the master takes it over
     control_socket_disable = True
     """
 )
 
 
-def test_uvicorn_workers_in_a_users_own_gunicorn_conf(tmp_path: Path) -> None:
-    from statekit.embedded import free_port
-
-    (tmp_path / "gunicorn.conf.py").write_text(HOOKS_CONF)
+def test_uvicorn_workers_in_a_users_own_gunicorn_conf(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_gunicorn's hooks test (a rolling HUP, then drain on TERM) with uvicorn
+    workers and an ASGI app wrapped by the user."""
     (tmp_path / "app.py").write_text(ASGI_APP)
-    (tmp_path / "wrapped.py").write_text(
-        "from statekit.asgi import LifecycleMiddleware\n"
-        "import app as _a\n"
-        "app = LifecycleMiddleware(_a.app)\n")
-    port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-           "wrapped:app"]
-    srv = ServeProcess(tmp_path, command=cmd, port=port, env={"STATEKIT_PRE_STOP_DELAY": "2"})
-    with srv:
-        srv.wait_ready(2)
-        with Load(srv.port, threads=4) as load:
-            wait_until(lambda: srv.log().count("statekit: recycling worker") >= 2, 30, "two recyclings")
-        srv.signal(signal.SIGTERM)
-        wait_until(lambda: request(srv.port, "/readyz")[0] == 503, 5, "readiness 503")
-        assert request(srv.port, "/")[0] == 503
-        assert srv.wait(30) == 0
-        log = srv.log()
-    assert load.failures == [], (load.reasons, log[-3000:])
-    assert "(limit 30)" in log and "Maximum request limit" not in log
-    assert min(ready_set_sizes(log.split("statekit: draining")[0], 2)) >= 1
-    assert test_gunicorn.report(log)[2] >= 1  # the drain rejected the request above
+    monkeypatch.setattr(test_gunicorn, "GUNICORN_CONF", HOOKS_CONF)
+    monkeypatch.setattr(test_gunicorn, "WRAPPED_APP", test_gunicorn.WRAPPED_APP.replace(
+        "statekit.lifecycle", "statekit.asgi"))
+    test_gunicorn.test_hooks_in_a_users_own_gunicorn_conf(tmp_path)
+    log = served_log(tmp_path)
+    assert "Using worker: statekit.gunicorn_asgi.StatekitUvicornWorker" in log and "died with" not in log
+
+
+def test_the_hooks_take_over_gunicorns_max_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the hooks in a user's gunicorn.conf.py, gunicorn's ``max_requests`` (with
+    its jitter) becomes the master's recycling limit, and no worker, gthread or
+    uvicorn, stops itself at a request count."""
+    from types import SimpleNamespace
+
+    from statekit import gunicorn as sk
+
+    class Master:  # stands in for gunicorn's arbiter (on_starting switches its class)
+        def __init__(self) -> None:
+            self.cfg = SimpleNamespace(max_requests=30, max_requests_jitter=5)
+            self.app = self.statekit = None
+            self.START_CTX: dict = {}
+            self.WORKERS: dict = {}
+
+    server: Any = Master()
+    monkeypatch.setattr(sk.metrics, "_private_dir", lambda: None)  # no exporter in the test process
+    try:
+        sk.on_starting(server)
+        assert (server.statekit.options.max_requests, server.statekit.options.max_requests_jitter) == (30, 5)
+        worker = SimpleNamespace(max_requests=31, config=SimpleNamespace(limit_max_requests=31))
+        sk.pre_fork(server, worker)
+        assert 30 <= worker.statekit_max_requests <= 35
+        sk.post_fork(server, worker)
+        assert worker.max_requests == sys.maxsize and worker.config.limit_max_requests is None
+    finally:
+        sk.on_exit(server)
+        sk.set_drain_state(None)
 
 
 def test_detect_interface_imports_the_app_in_a_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -352,8 +368,8 @@ def test_phoenix_on_an_asgi_app_loses_no_session_write(tmp_path: Path, redis_url
     out = tmp_path / "report.json"
     env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": "memory://phoenix"}
     proc = subprocess.run(
-        [sys.executable, "-m", "statekit", "phoenix", "phoenix_asgi_app:app", "--duration", "6",
-         "--workers", "2", "--instances", "2", "--users", "6", "--kill-every", "1.5", "--reload-every", "3",
+        [sys.executable, "-m", "statekit", "phoenix", "phoenix_asgi_app:app", "--duration", "5",
+         "--workers", "2", "--instances", "2", "--users", "6", "--kill-every", "1", "--reload-every", "2.5",
          "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False,
     )
