@@ -283,6 +283,10 @@ DJANGO_ASGI = textwrap.dedent(
         state.start_drain()
         out["mw_reject"] = await send(plain, "POST", "/write")
         out["wrapped_reject"] = await send(wrapped, "POST", "/write")
+        lifecycle._lifecycle = Lifecycle(mode="serve")
+        state.stop_drain()
+        state.start_drain(serve_for=60)  # mode serve: served until the pre-stop delay ends
+        out["mw_served_while_draining"] = await send(plain, "POST", "/write")
         out["views"] = views
         out["slot"] = [state.slot_info(0).started, state.slot_info(0).rejected]
         print(json.dumps(out))
@@ -309,7 +313,11 @@ def test_django_asgi_application_and_async_drain_middleware(tmp_path: Path) -> N
     for key in ("mw_reject", "wrapped_reject"):
         status, headers, _ = r[key]
         assert status == 503 and headers["retry-after"] == "1" and headers["x-statekit-drain"] == "reject"
+        assert headers["connection"] == "close"
+    status, headers, _ = r["mw_served_while_draining"]
+    assert status == 200 and headers["connection"] == "close"
     # DrainMiddleware ran on the loop (no sync_to_async hop), but for the wrapped app
     # (it stepped aside before asking anything); the readiness check ran in a thread
-    assert r["views"] == ["middleware on loop", "check on thread", "middleware on loop", "middleware on loop"]
-    assert r["slot"] == [2, 2]
+    assert r["views"] == ["middleware on loop", "check on thread", "middleware on loop", "middleware on loop",
+                          "middleware on loop"]
+    assert r["slot"] == [3, 2]

@@ -24,7 +24,8 @@ first in ``MIDDLEWARE``: it answers the endpoints and rejects while draining, bu
 only once Django has built the request (so ``ALLOWED_HOSTS`` applies to probes) and
 its request counting ends when the view returns, not when a streamed body ends.
 It is sync and async capable: under ASGI it runs on the event loop (no thread hop
-per request), and readiness checks that have to run go to a worker thread. Under
+per request), readiness checks that have to run go to a worker thread, and while
+draining responses carry ``Connection: close``. Under
 the WSGI or ASGI wrapper as well, it steps aside (requests are not counted twice).
 
 Settings (then the environment): ``STATEKIT_HEALTH_PATH`` (``/healthz``),
@@ -45,7 +46,7 @@ from django.http import HttpRequest, HttpResponse
 
 from statekit import asgi
 from statekit.errors import ConfigError
-from statekit.lifecycle import APP, COUNTED, Lifecycle, LifecycleMiddleware, Reply
+from statekit.lifecycle import APP, COUNTED, REJECT, Lifecycle, LifecycleMiddleware, Reply
 
 from .conf import get_setting, get_settings
 
@@ -163,10 +164,18 @@ class DrainMiddleware:
             reply = lc.reply_now(kind)
             if reply is None:  # the readiness checks have to run: they block
                 reply = await asyncio.to_thread(lc.reply, kind)
-            return _response(reply)
+            return _closing(_response(reply), kind == REJECT)
         state = lc.drain
         state.request_started()
         try:
-            return await get_response(request)
+            return _closing(await get_response(request), state.closing)
         finally:
             state.request_finished()
+
+
+def _closing(response: HttpResponse, close: bool) -> HttpResponse:
+    """Under ASGI (whose servers, unlike wsgiref, take hop-by-hop headers from the
+    app): ``Connection: close`` while draining, as the ASGI middleware sends."""
+    if close:
+        response["Connection"] = "close"
+    return response
