@@ -143,6 +143,15 @@ def private_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def durable_redis() -> Iterator[RedisServer]:
+    """A private Redis with fsync-always AOF: a kill and restart keeps every write."""
+    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[RedisServer]:
     """A Redis for one test module whose tests pause it (SIGSTOP): resumed before it stops."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -268,14 +267,6 @@ def test_revoke_user_logs_out_everywhere(engine: str, _db: None) -> None:
 
 
 # -- outages -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def durable_redis() -> Iterator[RedisServer]:
-    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
-    server.start()
-    yield server
-    server.stop()
 
 
 def _outage_url(server: RedisServer) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,15 +282,6 @@ def test_unserializable_value_fails_at_assignment(app: Flask) -> None:
 
 
 # -- outages -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def durable_redis() -> Iterator[RedisServer]:
-    """A private Redis with fsync-always AOF: a kill and restart keeps every write."""
-    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
-    server.start()
-    yield server
-    server.stop()
 
 
 def _fails_fast(server: RedisServer) -> str:

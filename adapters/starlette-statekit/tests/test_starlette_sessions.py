@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -349,3 +350,206 @@ def test_with_the_near_cache_reads_are_served_locally_and_follow_the_browsers_wr
     out = asyncio.run(main())
     assert out["token"] and out["token_header"] and out["local"]
     assert out["read"] == {"color": "blue"} and out["after"] == {"color": "green"}
+
+
+# -- under `statekit serve` (uvicorn workers): the gunicorn session tests on ASGI --------
+
+SERVED_APP = '''
+import asyncio, os
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette_statekit.sessions import SessionMiddleware, get_session_store, incr_session, rotate_session
+
+async def get(request):
+    return JSONResponse(dict(request.session.items()))
+
+async def start(request):
+    request.session["owner"] = "me"
+    return PlainTextResponse("ok")
+
+async def own(request):  # read-modify-write of this client's own key
+    key = request.path_params["key"]
+    request.session[key] = request.session.get(key, 0) + 1
+    return PlainTextResponse(str(request.session[key]))
+
+async def mine(request):  # a load and a save some way apart: in flight at a login
+    loaded = dict(request.session.items())
+    await asyncio.sleep(0.005)
+    key = request.path_params["key"]
+    request.session[key] = request.session.get(key, 0) + 1
+    return JSONResponse({"owner": loaded.get("owner"), "user": loaded.get("_user_id"),
+                         "value": request.session[key]})
+
+async def incr(request):
+    return PlainTextResponse(str(await incr_session(request, "shared")))
+
+async def login(request):
+    await rotate_session(request)
+    request.session["_user_id"] = request.path_params["user"]
+    return PlainTextResponse("ok")
+
+async def revoke(request):
+    return PlainTextResponse(str(await get_session_store(request).revoke_user(request.path_params["user"])))
+
+app = Starlette(routes=[
+    Route("/get", get), Route("/start", start, methods=["POST"]), Route("/own/{key}", own, methods=["POST"]),
+    Route("/mine/{key}", mine, methods=["POST"]), Route("/incr", incr, methods=["POST"]),
+    Route("/login/{user}", login, methods=["POST"]), Route("/revoke/{user}", revoke, methods=["POST"]),
+], middleware=[Middleware(SessionMiddleware, url=os.environ["SESSIONS_URL"], secret_key="served-sessions-key",
+                          user_key="_user_id", alias_window=4, near_cache=int(os.environ["NEAR"]))])
+'''
+
+
+class Served:
+    """The app above under ``statekit serve`` (2 uvicorn workers) on a free port."""
+
+    def __init__(self, tmp: Path, url: str, near: int) -> None:
+        import subprocess
+        import sys
+
+        from statekit.embedded import free_port
+
+        (tmp / "served_sessions.py").write_text(SERVED_APP)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
+        env = {**__import__("os").environ, "PYTHONPATH": str(tmp), "SESSIONS_URL": url, "NEAR": str(near)}
+        self.proc = subprocess.Popen(  # noqa: S603 - our own command line
+            [sys.executable, "-m", "statekit", "serve", "served_sessions:app", "--interface", "asgi",
+             "--workers", "2", "--bind", f"127.0.0.1:{self.port}", "--pid", "", "--pre-stop-delay", "0",
+             "--graceful-timeout", "5"], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.tmp = tmp
+
+    async def ready(self) -> None:
+        async with httpx.AsyncClient(base_url=self.base) as c:
+            for _ in range(600):
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    if (await c.get("/get")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        self.stop()
+        raise AssertionError("the server did not start:\n" + (self.tmp / "serve.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except Exception:  # noqa: BLE001 - still running: kill the process we started
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture(params=[pytest.param(0, id="plain", marks=pytest.mark.slow),
+                        pytest.param(1000, id="near-cache")])
+def served(request: pytest.FixtureRequest, tmp_path: Path, durable_redis: RedisServer) -> Iterator[Served]:
+    """The near-cache variant runs in the suite (the in-process tests cover the plain
+    store's logic); the plain one is ``slow`` (about 15 s more)."""
+    s = Served(tmp_path, durable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", request.param)
+    try:
+        asyncio.run(s.ready())
+        yield s
+    finally:
+        s.stop()
+
+
+async def _posts(base: str, cookie: str, paths: list[str], n: int) -> list[httpx.Response]:
+    """Each path POSTed *n* times in turn by its own client, all clients at once."""
+    async def one(path: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base, cookies={"session": cookie}, timeout=15) as c:
+            return [await c.post(path) for _ in range(n)]
+
+    return [r for rs in await asyncio.gather(*(one(p) for p in paths)) for r in rs]
+
+
+@pytest.mark.gunicorn
+def test_served_concurrent_clients_lose_no_updates(served: Served) -> None:
+    Out = tuple[str, list[httpx.Response], dict[str, Any], list[httpx.Response], dict[str, Any]]
+
+    async def main() -> Out:
+        async with httpx.AsyncClient(base_url=served.base, timeout=15) as c:
+            cookie = str((await c.post("/start")).cookies["session"])
+            own = await _posts(served.base, cookie, [f"/own/k{i}" for i in range(4)], 25)
+            c.cookies.set("session", cookie)
+            data = (await c.get("/get")).json()
+            incr = await _posts(served.base, cookie, ["/incr"] * 4, 25)
+            return cookie, own, data, incr, (await c.get("/get")).json()
+
+    cookie, own, data, incr, after = asyncio.run(main())
+    assert {r.status_code for r in own + incr} == {200}
+    sent = {v.split(";")[0] for r in own for v in r.headers.get_list("set-cookie")
+            if v.startswith("session=")}
+    assert sent <= {f"session={cookie}"}  # a write may refresh the cookie's Max-Age, never change it
+    assert {k: v for k, v in data.items() if k.startswith("k")} == {f"k{i}": 25 for i in range(4)}
+    assert data["owner"] == "me" and after["shared"] == 100
+
+
+@pytest.mark.gunicorn
+def test_served_rotation_under_load(served: Served) -> None:
+    """Clients keep sending the pre-login cookie while another request logs in: no
+    request with the old cookie reads the logged-in state; every write of a request
+    that loaded the session before the login lands in the new session."""
+    async def main() -> tuple[str, str, dict[str, list[dict[str, Any]]], dict[str, Any], dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=served.base, timeout=15) as c:
+            old = (await c.post("/start")).cookies["session"]
+
+            async def client(key: str) -> list[dict[str, Any]]:
+                async with httpx.AsyncClient(base_url=served.base, cookies={"session": old}, timeout=15) as h:
+                    out = []
+                    for _ in range(25):
+                        r = await h.post(f"/mine/{key}")
+                        assert r.status_code == 200, r.text
+                        out.append(r.json())
+                    return out
+
+            async def login() -> str:
+                await asyncio.sleep(0.05)
+                async with httpx.AsyncClient(base_url=served.base, cookies={"session": old}, timeout=15) as h:
+                    return str((await h.post("/login/alice")).cookies["session"])
+
+            keys = [f"k{i}" for i in range(4)]
+            *runs, new = await asyncio.gather(*(client(k) for k in keys), login())
+            c.cookies.set("session", new)
+            data = (await c.get("/get")).json()
+            c.cookies.set("session", old)
+            old_now = (await c.get("/get")).json()
+            return old, new, dict(zip(keys, runs, strict=True)), data, old_now
+
+    old, new, results, data, old_now = asyncio.run(main())
+    answers = [a for rs in results.values() for a in rs]
+    assert new != old and all(a["user"] is None for a in answers)  # no fixation
+    before = {k: [a for a in rs if a["owner"] == "me"] for k, rs in results.items()}
+    after = [a for a in answers if a["owner"] is None]
+    assert after and any(before.values()), "the rotation did not happen mid-run; nothing was tested"
+    assert all(a["value"] == 1 for a in after)  # each a fresh session of its own
+    assert data["_user_id"] == "alice" and data["owner"] == "me"
+    for k, rs in before.items():  # every write of a request that loaded the session before
+        assert [a["value"] for a in rs] == list(range(1, len(rs) + 1)) and data.get(k, 0) == len(rs)
+    assert old_now == {}
+
+
+@pytest.mark.gunicorn
+def test_served_redis_stopped_mid_test(served: Served, durable_redis: RedisServer) -> None:
+    async def main() -> tuple[list[httpx.Response], httpx.Response, str]:
+        async with httpx.AsyncClient(base_url=served.base, timeout=15) as c:
+            await c.post("/start")
+            for _ in range(3):
+                await c.post("/own/n")
+            durable_redis.kill()
+            down = [await c.get("/get"), await c.post("/own/n"), await c.post("/incr")]
+            durable_redis.start()  # same port, AOF replayed
+            back = await c.get("/get")
+            return down, back, (await c.post("/own/n")).text
+
+    down, back, next_write = asyncio.run(main())
+    for r in down:
+        assert (r.status_code, r.headers.get("retry-after"), r.headers.get("set-cookie")) == (503, "5", None)
+    assert back.status_code == 200 and back.json() == {"owner": "me", "n": 3}
+    assert "set-cookie" not in back.headers and next_write == "4"
