@@ -110,21 +110,13 @@ class Gunicorn:
         self.log.close()
 
 
-@pytest.fixture
-def redis_server_private() -> Iterator[RedisServer]:
-    server = RedisServer(args=["--appendonly", "yes", "--appendfsync", "always"])
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["0", "on"], ids=["plain", "near-cache"])
 def gunicorn(request: pytest.FixtureRequest, tmp_path: Path,
-             redis_server_private: RedisServer) -> Iterator[Gunicorn]:
+             durable_redis: RedisServer) -> Iterator[Gunicorn]:
     """The app under gunicorn, without and with the session near cache (there each
     client's next request, often served by the other worker, must see its last
     write: read-your-writes across processes)."""
-    g = Gunicorn(tmp_path, redis_server_private.url + "?socket_timeout=0.5&socket_connect_timeout=0.5",
+    g = Gunicorn(tmp_path, durable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5",
                  STATEKIT_SESSION_ALIAS_WINDOW=str(ALIAS_WINDOW), STATEKIT_SESSION_NEAR_CACHE=request.param)
     yield g
     g.stop()
@@ -235,17 +227,17 @@ def test_rotation_under_load(gunicorn: Gunicorn) -> None:
     assert get(gunicorn, new).json() == {}
 
 
-def test_redis_stopped_mid_test(gunicorn: Gunicorn, redis_server_private: RedisServer) -> None:
+def test_redis_stopped_mid_test(gunicorn: Gunicorn, durable_redis: RedisServer) -> None:
     cookie = cookie_from(post(gunicorn, "/start", None))
     for _ in range(3):
         post(gunicorn, "/own/n", cookie)
-    redis_server_private.kill()
+    durable_redis.kill()
     for resp in (get(gunicorn, cookie), post(gunicorn, "/own/n", cookie), post(gunicorn, "/incr", cookie)):
         assert resp.status_code == 503
         assert resp.headers["Retry-After"] == "5"
         assert "Set-Cookie" not in resp.headers
         assert "Service Unavailable" in resp.text
-    redis_server_private.start()  # same port, AOF replayed
+    durable_redis.start()  # same port, AOF replayed
     resp = get(gunicorn, cookie)
     assert resp.status_code == 200 and resp.json() == {"owner": "me", "n": 3}
     assert "Set-Cookie" not in resp.headers
