@@ -24,8 +24,8 @@ keeps them alive between requests, so a worker that is SIGKILLed (the OOM killer
 crash, gunicorn's timeout) resets what it had accepted, which may be more than the
 requests it was executing; the gthread worker accepts only while a thread is free
 (:class:`~statekit.gunicorn.StatekitThreadWorker`) and has no uvicorn counterpart here.
-Measured with ``statekit phoenix`` (2 x 2 workers, 6 keep-alive users, a kill every
-1.5 s): 3 to 14 resets for 11 to 17 requests in flight at the kills. Graceful stops
+Measured with ``statekit phoenix`` (2 x 2 workers, 6 keep-alive users, a kill every 1
+to 1.5 s): 3 to 14 resets for 11 to 18 requests in flight at the kills. Graceful stops
 (drain, reload, recycling) fail nothing.
 
 Use it from your own ``gunicorn.conf.py`` with

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import test_gunicorn
-from test_lifecycle_helpers import APP, Load, ServeProcess, wait_until
+from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
 
 from statekit.gunicorn import detect_interface, reload_main
 
@@ -100,6 +100,25 @@ def test_asgi_app_drains_on_sigterm_with_the_in_flight_request_finishing(tmp_pat
     events = (tmp_path / "lifespan.log").read_text().split("\n")
     assert sorted(e.split()[0] for e in events if e) == ["shutdown", "shutdown", "startup", "startup"]
     assert "died with" not in log and log.count("Worker exiting") == 2
+
+
+def test_a_replacement_whose_lifespan_startup_fails_aborts_the_reload(tmp_path: Path) -> None:
+    """Ready means the lifespan startup is done: a new worker whose startup fails (its
+    database unreachable, say) never counts as ready, and the old workers serve on."""
+    source = ASGI_APP.replace('    note("startup")\n',
+                              '    note("startup")\n    if os.path.exists("fail"):\n'
+                              '        raise RuntimeError("cannot reach the database")\n')
+    with serve(tmp_path, "--workers", "2", source=source) as srv:
+        srv.wait_ready(2)
+        wait_until(lambda: srv.log().count("statekit: worker") >= 2, 10, "both workers ready")
+        before = set(srv.workers())
+        (tmp_path / "fail").write_text("")
+        assert reload_main(["--pid", str(srv.pidfile)]) == 0
+        wait_until(lambda: "rolling reload aborted" in srv.log(), 30, "the aborted reload")
+        assert set(srv.workers()) == before
+        assert request(srv.port, "/")[0] == 200
+        log = srv.log()
+    assert "Application startup failed" in log and "2 old workers keep serving" in log
 
 
 def test_asgi_serve_mode_serves_with_connection_close_while_draining(tmp_path: Path) -> None:
