@@ -182,6 +182,17 @@ class TestRedisLines(Cases):
         return redis_line_url
 
 
+@pytest.mark.redis
+@pytest.mark.cluster
+class TestCluster(Cases):
+    """Redis Cluster: the session scripts in the handle's slot, the user index in the
+    user's (a second call), through redis-py's asyncio RedisCluster."""
+
+    @pytest.fixture
+    def url(self, redis_cluster_url: str) -> str:
+        return redis_cluster_url
+
+
 class TestMemory(Cases):
     @pytest.fixture
     def url(self) -> str:
