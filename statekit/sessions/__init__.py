@@ -102,6 +102,12 @@ clients; it ends when a batch finds no other session of the user left in the
 index, so a session created or rotated while it runs (indexed in the same script
 as its write) is revoked too.
 
+**Async.** :class:`~statekit.sessions.aio.AsyncSessionStore` is this store with
+every Redis call awaited: the same constructor, methods and stored format (keys,
+Lua scripts, codecs), so sync and async workers share sessions both ways. Both run
+the same steps (:class:`_StoreCore`: each operation a generator that yields the
+engine calls it needs); only how a call is made differs.
+
 **Engines.** The store does ids, cookies, codecs, timeouts and the diff of a
 request's changes; an *engine* stores the hashes and user indexes and makes each
 operation atomic: the :class:`~statekit.sessions.protocol.SessionEngine` Protocol
@@ -125,6 +131,9 @@ on an in-process fakeredis, running the same Lua scripts).
 
    ``SessionStore("sqlite:///var/app/sessions.db", secret_keys=[...])`` (or
    ``STATEKIT_SESSION_URL``) then finds it (:func:`statekit.backends.load_backend`).
+   ``AsyncSessionStore`` finds it too and runs its methods in worker threads; a
+   native async engine implements
+   :class:`~statekit.sessions.protocol.AsyncSessionEngine` (pass it as ``engine=``).
 3. Run the shipped contract suite on it: subclass
    :class:`statekit.testing.contracts.sessions.SessionEngineContract` in your tests
    and give it a ``session_url`` fixture (and ``unreachable_session_url`` if your
