@@ -630,9 +630,10 @@ def memory_client(name: str = "") -> RedisClient:
 
     :raises ConfigError: the ``memory`` extra (fakeredis with Lua) is not installed.
     """
+    server = memory_server(name)  # first: it names the extra when fakeredis is missing
     import fakeredis
 
-    client: RedisClient = fakeredis.FakeRedis(server=memory_server(name))
+    client: RedisClient = fakeredis.FakeRedis(server=server)
     return client
 
 

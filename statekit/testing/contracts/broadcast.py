@@ -132,7 +132,9 @@ class BroadcastContract:
         # The polling above may start the new leader's job more than once (a new slot
         # every 0.1 s): once its last run is over, every version is one of its publishes.
         wait_for(lambda: new.jobs["job"].running == 0, what="new leader's run over")
-        version, value = new.retained("job")
+        retained = new.retained("job")
+        assert retained is not None
+        version, value = retained
         assert value == "new"
         assert version == new.counters.get("publishes") >= 1
         assert old.counters.get("publishes") == 0
