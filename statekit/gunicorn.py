@@ -23,7 +23,11 @@ short-lived child, or by ``--interface``):
   that a worker is due, starts its successor, and stops it once the successor is
   ready; one worker at a time, whatever the number due (gunicorn's own
   ``max_requests`` lets every worker exit as soon as it reaches the limit, several
-  together, and readiness flaps: gunicorn #3427).
+  together, and readiness flaps: gunicorn #3427). The limits are checked on each turn
+  of the master's loop (about once a second) and are soft: a due worker serves on
+  until its successor is ready and its turn comes. While it waits for a successor the
+  master does nothing else, as during a rolling reload (up to
+  ``STATEKIT_READY_TIMEOUT``; a successor that fails puts recycling off 10 s).
 * Crashed workers are replaced by gunicorn's arbiter as usual. A worker accepts a
   connection only while one of its threads is free (:class:`StatekitThreadWorker`),
   so a SIGKILLed worker loses only the requests it was executing, and the master
