@@ -117,17 +117,18 @@ def _stop_load(tmp_path: Path, after: float) -> None:
 
 
 def _finish(procs: list[tuple[subprocess.Popen[str], Path]], timeout: float) -> list[dict[str, Any]]:
-    logs = []
-    for proc, out in procs:
-        try:
+    """Wait for every load process (killing, by its handle, one still running after
+    *timeout*), then check they all succeeded: a failed one leaves none behind."""
+    try:
+        for proc, _ in procs:
             proc.communicate(timeout=timeout)
-            assert proc.returncode == 0
-        finally:
+    finally:
+        for proc, _ in procs:
             if proc.poll() is None:
-                proc.kill()  # ours, by its handle
+                proc.kill()
                 proc.communicate()
-        logs.append(json.loads(out.read_text()))
-    return logs
+    assert [proc.returncode for proc, _ in procs] == [0] * len(procs)
+    return [json.loads(out.read_text()) for _, out in procs]
 
 
 def _check(logs: list[dict[str, Any]], ambiguous: tuple[float, float] | None = None) -> dict[str, Any]:
