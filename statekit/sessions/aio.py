@@ -43,6 +43,7 @@ store on each loop that used it (``await store.aclose()``, or ``async with``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -67,10 +68,11 @@ class AsyncSessionStore(_StoreCore):
     cannot be reached, and nothing is half-written.
     """
 
-    def __init__(self, url: str | None = None, **options: Any) -> None:
-        super().__init__(url, **options)
-        #: the engine is sync (a third-party one): its calls run in worker threads
-        self.threaded = not inspect.iscoroutinefunction(getattr(type(self.engine), "load", None))
+    @functools.cached_property
+    def threaded(self) -> bool:
+        """Whether the engine is sync (a third-party one): its calls then run in worker
+        threads."""
+        return not inspect.iscoroutinefunction(getattr(type(self.engine), "load", None))
 
     def _client_engine(self, client: Any, options: dict[str, Any]) -> Any:
         from .redis import AsyncRedisEngine
