@@ -4,6 +4,8 @@ missing extra is a ConfigError that names the ``pip install`` fixing it."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -32,7 +34,7 @@ def build_wheel(project: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def wheel_files(wheels: Path) -> dict[str, Path]:
     """The wheels of the run (conftest.py builds them once), by import name."""
-    names = ("statekit", "flask_statekit", "django_statekit")
+    names = ("statekit", "flask_statekit", "django_statekit", "starlette_statekit")
     return {name: next(wheels.glob(f"{name}-*.whl")) for name in names}
 
 
@@ -41,7 +43,15 @@ def top_levels(wheel: Path) -> set[str]:
         return {n.split("/")[0] for n in z.namelist()}
 
 
-@pytest.mark.parametrize("package", ["statekit", "flask_statekit", "django_statekit"])
+ADAPTERS = ["flask_statekit", "django_statekit", "starlette_statekit"]
+
+
+def metadata(wheel: Path) -> str:
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+
+
+@pytest.mark.parametrize("package", ["statekit", *ADAPTERS])
 def test_wheel_ships_only_its_package(wheel_files: dict[str, Path], package: str) -> None:
     wheel = wheel_files[package]
     tops = top_levels(wheel)
@@ -54,6 +64,13 @@ def test_wheel_ships_only_its_package(wheel_files: dict[str, Path], package: str
     assert f"{package}/py.typed" in names
     assert f"{package}/__init__.py" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    assert not any(part in ("tests", "conftest.py") or part.startswith("test_")
+                   for n in names for part in n.split("/")), "tests inside the wheel"
+    source = ROOT if package == "statekit" else ROOT / "adapters" / package.replace("_", "-")
+    tracked = subprocess.run(["git", "ls-files", package], cwd=source, capture_output=True, text=True,
+                             check=True).stdout.split()
+    missing = sorted(set(tracked) - set(names))
+    assert tracked and missing == [], f"tracked files missing from the wheel: {missing}"
 
 
 def test_statekit_wheel_contents_and_metadata(wheel_files: dict[str, Path]) -> None:
@@ -62,23 +79,48 @@ def test_statekit_wheel_contents_and_metadata(wheel_files: dict[str, Path]) -> N
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         metadata = z.read(f"{dist_info}/METADATA").decode()
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
-    tracked = subprocess.run(
-        ["git", "ls-files", "statekit"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    missing = sorted(set(tracked) - names)
-    assert missing == [], f"tracked files missing from the wheel: {missing}"
-    for extra in ("redis", "s3", "msgpack", "embedded", "server", "prometheus", "blobs"):
+    for extra in ("redis", "s3", "msgpack", "embedded", "server", "asgi", "prometheus", "blobs"):
         assert f"Provides-Extra: {extra}" in metadata
     assert "statekit = statekit.cli:main" in entry_points
     assert "statekit = statekit.pytest_plugin" in entry_points
 
 
-@pytest.mark.parametrize("package", ["flask_statekit", "django_statekit"])
+@pytest.mark.parametrize("package", ADAPTERS)
 def test_adapter_wheels_depend_on_statekit(wheel_files: dict[str, Path], package: str) -> None:
-    with zipfile.ZipFile(wheel_files[package]) as z:
-        meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        metadata = z.read(meta_name).decode()
-    assert "Requires-Dist: statekit[redis]" in metadata
+    meta = metadata(wheel_files[package])
+    assert "Requires-Dist: statekit[redis]" in meta
+    assert "Classifier: Typing :: Typed" in meta and "Requires-Python: >=3.10" in meta
+    # every extra an adapter's extras name is one the statekit wheel provides
+    provided = set(re.findall(r"^Provides-Extra: (\S+)", metadata(wheel_files["statekit"]), re.M))
+    named = set(re.findall(r"^Requires-Dist: statekit\[([^\]]+)\]", meta, re.M))
+    assert {e for group in named for e in group.split(",")} <= provided
+
+
+def test_starlette_wheel_declares_what_it_imports(wheel_files: dict[str, Path]) -> None:
+    """starlette-statekit: Starlette and python-multipart (form uploads) are
+    dependencies, uvicorn comes with its ``serve`` extra (``statekit[asgi]``), S3 with
+    ``blobs``; FastAPI is not required. Every third-party module the wheel's code
+    imports is declared."""
+    wheel = wheel_files["starlette_statekit"]
+    meta = metadata(wheel)
+    requires = re.findall(r"^Requires-Dist: (.+)$", meta, re.M)
+    assert {r for r in requires if "extra ==" not in r} == {
+        "statekit[redis]", "starlette>=0.40", "python-multipart>=0.0.18"}
+    assert "statekit[asgi]; extra == 'serve'" in requires
+    assert "statekit[blobs]; extra == 'blobs'" in requires
+    assert not any(r.lower().startswith(("fastapi", "uvicorn")) for r in requires)
+    declared = {re.split(r"[\[<>=~;! ]", r, maxsplit=1)[0].lower() for r in requires}
+    imported: set[str] = set()
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.endswith(".py"):
+                for node in ast.walk(ast.parse(z.read(name))):
+                    if isinstance(node, ast.Import):
+                        imported |= {a.name.split(".")[0] for a in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"starlette_statekit"}
+    assert third_party and third_party <= declared, third_party - declared
 
 
 def test_wheel_alone_gives_an_importable_statekit(wheel_files: dict[str, Path], tmp_path: Path) -> None:
@@ -101,7 +143,7 @@ def test_pip_install_into_a_fresh_venv(wheel_files: dict[str, Path], tmp_path: P
     venv = tmp_path / "venv"
     subprocess.run([PY, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     vpy = venv / "bin" / "python"
-    for package in ("statekit", "flask_statekit", "django_statekit"):
+    for package in ("statekit", *ADAPTERS):
         subprocess.run(
             [PY, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--no-index",
              "--disable-pip-version-check", "-q", str(wheel_files[package])],
@@ -110,7 +152,7 @@ def test_pip_install_into_a_fresh_venv(wheel_files: dict[str, Path], tmp_path: P
     site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     installed = {p.name for p in Path(site).iterdir()}
-    assert {"statekit", "flask_statekit", "django_statekit"} <= installed
+    assert {"statekit", *ADAPTERS} <= installed
     assert not installed & {"adapters", "tests"}
     out = subprocess.run([str(vpy), "-c", "import statekit; print(statekit.__file__)"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
