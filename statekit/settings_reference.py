@@ -2,9 +2,10 @@
 the environment variable, and who reads it.
 
 The readers stay where they are (:class:`statekit.config.Settings`, the adapters'
-``conf``/``_config`` helpers, :mod:`statekit.gunicorn`); this module only describes
-them, and ``tests/test_settings_reference.py`` checks that every setting name the code
-reads has an entry here, so a setting added without one fails the suite.
+``conf``/``_config`` helpers and ``StateKit._get`` of ``starlette_statekit``,
+:mod:`statekit.gunicorn`); this module only describes them, and
+``tests/test_settings_reference.py`` checks that every setting name the code reads has
+an entry here, so a setting added without one fails the suite.
 
 ``python -m statekit.settings_reference`` writes ``docs/settings.md`` from
 :data:`SETTINGS`; ``--check`` exits 1 when the file differs from what it would write.
@@ -24,6 +25,8 @@ READERS = {
     "env": "the environment only (statekit itself, `statekit serve`, the gunicorn hooks)",
     "flask": "flask-statekit: `app.config`, then the environment variable of the same name",
     "django": "django-statekit: `django.conf.settings`, then the environment variable of the same name",
+    "starlette": "starlette-statekit: a keyword of `StateKit(app, ...)`, then its `config=` (a mapping "
+                 "or Starlette's `Config`), then the environment variable of the same name",
 }
 
 
@@ -32,7 +35,8 @@ class Setting:
     """One setting. ``env`` is the environment variable that sets it (``""`` when only
     the framework's settings do); ``read_by`` holds keys of :data:`READERS`;
     ``section`` is ``"statekit"``, ``"framework"`` (a Flask or Django setting statekit
-    also reads) or ``"other"`` (another environment variable)."""
+    also reads) or ``"other"`` (another environment variable). The Starlette adapter
+    reads statekit's names only (Starlette has no settings of its own)."""
 
     name: str
     type: str
@@ -44,12 +48,19 @@ class Setting:
 
 
 def _s(name: str, type_: str, default: str, doc: str, *read_by: str, env: bool = True) -> Setting:
-    return Setting(name, type_, default, doc, name if env else "", read_by or ("env", "flask", "django"))
+    return Setting(name, type_, default, doc, name if env else "", read_by or _ALL)
 
 
+_ALL = ("env", "flask", "django", "starlette")
 _FD = ("flask", "django")
 _F = ("flask",)
 _D = ("django",)
+#: read by the Flask adapter and the Starlette one
+_FS = ("flask", "starlette")
+#: statekit itself, Flask and Django (not the Starlette adapter)
+_EFD = ("env", "flask", "django")
+#: read by the three adapters
+_FDS = ("flask", "django", "starlette")
 
 SETTINGS: tuple[Setting, ...] = (
     # backends
@@ -60,12 +71,13 @@ SETTINGS: tuple[Setting, ...] = (
     _s("STATEKIT_SESSION_URL", "URL", "`STATEKIT_REDIS_URL`", "the session backend"),
     _s("STATEKIT_BROADCAST_URL", "URL", "`STATEKIT_REDIS_URL`", "the broadcast backend"),
     _s("STATEKIT_BLOBS_URL", "URL", "none", "the blob store: `s3://`, `file://` or `memory://`"),
-    _s("STATEKIT_SECRET_KEYS", "comma-separated list", "`SECRET_KEY` + `SECRET_KEY_FALLBACKS`",
+    _s("STATEKIT_SECRET_KEYS", "comma-separated list",
+       "Flask, Django: `SECRET_KEY` + `SECRET_KEY_FALLBACKS`; otherwise none",
        "keys that sign session ids, blob URLs and signed-pickle values, newest first"),
     _s("STATEKIT_KEY_PREFIX", "text", "`statekit`", "first part of every Redis key statekit writes"),
-    # Flask switches
+    # Flask and Starlette switches
     *(_s(f"STATEKIT_{feature}_ENABLED", "bool", "true",
-         f"`False` switches the {feature.lower()} capability off", *_F)
+         f"`False` switches the {feature.lower()} capability off", *_FS)
       for feature in ("CACHE", "SESSIONS", "BLOBS", "BROADCAST", "LIFECYCLE")),
     # cache
     _s("STATEKIT_CACHE_DEFAULT_TTL", "seconds", "none (no expiry)",
@@ -122,27 +134,28 @@ SETTINGS: tuple[Setting, ...] = (
     _s("STATEKIT_SESSION_COOKIE_PATH", "text", "the application root", "the cookie's `Path`", *_F),
     # blobs
     _s("STATEKIT_BLOBS_MAX_SIZE", "size (`10MiB`, bytes)", "none",
-       "default limit per uploaded file", *_F),
+       "default limit per uploaded file", *_FS),
     _s("STATEKIT_BLOBS_ALLOWED_TYPES", "comma-separated types", "any",
-       "default allow-list of sniffed content types (`image/*,application/pdf`)", *_F),
+       "default allow-list of sniffed content types (`image/*,application/pdf`)", *_FS),
     _s("STATEKIT_BLOBS_FORM_OVERHEAD", "bytes", "65536",
-       "bytes a form may carry beyond the file limit (multipart framing, other fields)", *_F),
+       "bytes a form may carry beyond the file limit (multipart framing, other fields)", *_FS),
     _s("STATEKIT_BLOBS_ROUTE", "URL path", "`/_statekit/blobs`",
-       "the download view of `file://` and `memory://` stores (S3 serves presigned URLs)", *_F),
+       "the download view of `file://` and `memory://` stores (S3 serves presigned URLs)", *_FS),
     # broadcast
     _s("STATEKIT_BROADCAST_DEFAULTS", "dict", "`{}`",
-       "default value per broadcast name, until a first value is published", *_FD, env=False),
-    _s("STATEKIT_BROADCAST_MAX_AGE", "seconds", "none", "after this long a value `is_stale`", *_FD),
+       "default value per broadcast name, until a first value is published (Starlette: "
+       "also loaded by the lifespan before the first request)", *_FDS, env=False),
+    _s("STATEKIT_BROADCAST_MAX_AGE", "seconds", "none", "after this long a value `is_stale`", *_FDS),
     _s("STATEKIT_BROADCASTER", "`module:attribute`", "none",
        "the broadcaster run by `flask statekit-broadcast`, `manage.py statekit_broadcast` "
-       "and the gunicorn hooks"),
+       "and the gunicorn hooks (Starlette: `StateKit(app, broadcaster=...)` instead)", *_EFD),
     # lifecycle and serving
-    _s("STATEKIT_HEALTH_PATH", "URL path", "`/healthz`", "liveness endpoint", *_FD),
-    _s("STATEKIT_READY_PATH", "URL path", "`/readyz`", "readiness endpoint (checks the backends)", *_FD),
+    _s("STATEKIT_HEALTH_PATH", "URL path", "`/healthz`", "liveness endpoint", *_FDS),
+    _s("STATEKIT_READY_PATH", "URL path", "`/readyz`", "readiness endpoint (checks the backends)", *_FDS),
     _s("STATEKIT_DRAIN_MODE", "`reject`, `serve`", "`reject`",
        "while draining: answer new requests 503 at once, or serve them until the pre-stop delay ends"),
-    _s("STATEKIT_READY_BUDGET", "seconds", "0.5", "time all readiness checks together may take", *_FD),
-    _s("STATEKIT_RETRY_AFTER", "seconds", "1", "`Retry-After` of the drain 503", *_FD),
+    _s("STATEKIT_READY_BUDGET", "seconds", "0.5", "time all readiness checks together may take", *_FDS),
+    _s("STATEKIT_RETRY_AFTER", "seconds", "1", "`Retry-After` of the drain 503", *_FDS),
     _s("STATEKIT_PRE_STOP_DELAY", "seconds", "2",
        "gunicorn hooks: seconds to drain before the listeners close", "env"),
     _s("STATEKIT_READY_TIMEOUT", "seconds", "30",
@@ -208,7 +221,8 @@ SETTINGS: tuple[Setting, ...] = (
 #: name families the code builds at run time (``f"STATEKIT_CACHE_{name}"``): prefix ->
 #: how the names are made; each name made is in :data:`SETTINGS`
 DYNAMIC: dict[str, str] = {
-    "STATEKIT_": "`StateKit(app, key=value)` sets `STATEKIT_KEY`; `STATEKIT_<FEATURE>_ENABLED`",
+    "STATEKIT_": "`StateKit(app, key=value)` (Flask, Starlette) sets `STATEKIT_KEY`; "
+                 "`STATEKIT_<FEATURE>_ENABLED`",
     "STATEKIT_CACHE_": "`STATEKIT_CACHE_<OPTION>` for each Flask cache option",
     "STATEKIT_SESSION_COOKIE_": "`STATEKIT_SESSION_COOKIE_<ATTRIBUTE>` for each Flask cookie attribute",
     "SESSION_COOKIE_": "Flask's `SESSION_COOKIE_<ATTRIBUTE>` where statekit's is not given",
@@ -222,14 +236,18 @@ _HEAD = """\
      edit that file, not this one; tests/test_settings_reference.py checks they agree -->
 
 Every setting statekit reads. Flask reads `app.config`, then the environment variable
-of the same name; Django reads `django.conf.settings`, then the environment; statekit
-itself, `statekit serve` and the gunicorn hooks read the environment only. Where a
-value comes from the environment, booleans are `1/true/yes/on` or `0/false/no/off`,
-lists are comma-separated, durations are seconds and sizes take `10MiB`-style units.
+of the same name; Django reads `django.conf.settings`, then the environment; Starlette
+and FastAPI (`starlette_statekit.StateKit`) read a keyword of `StateKit(app, ...)`
+(`redis_url=` for `STATEKIT_REDIS_URL`), then its `config=` mapping, then the
+environment; statekit itself, `statekit serve` and the gunicorn hooks read the
+environment only. Where a value comes from the environment, booleans are
+`1/true/yes/on` or `0/false/no/off`, lists are comma-separated, durations are seconds
+and sizes take `10MiB`-style units.
 
 "Read by": **env** = statekit itself and its commands, **flask** = flask-statekit,
-**django** = django-statekit. Coming from Flask-Session, Flask-Caching, django-redis
-or django-storages? See [the mapping tables](migration.md#settings-mapping) in the migration guide.
+**django** = django-statekit, **starlette** = starlette-statekit. Coming from
+Flask-Session, Flask-Caching, django-redis or django-storages? See
+[the mapping tables](migration.md#settings-mapping) in the migration guide.
 """
 
 _TITLES = {

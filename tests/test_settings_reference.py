@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit.settings_reference import DYNAMIC, SETTINGS, main, render
+from statekit.settings_reference import DYNAMIC, READERS, SETTINGS, main, render
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "statekit", *sorted((ROOT / "adapters").glob("*/*_statekit"))]
@@ -122,15 +122,50 @@ def test_every_setting_the_code_reads_has_an_entry() -> None:
 def test_the_names_built_at_run_time_have_entries() -> None:
     from flask_statekit import FEATURES
     from flask_statekit.cache import _OPTIONS
+    from starlette_statekit import FEATURES as STARLETTE_FEATURES
 
     registered = {s.name for s in SETTINGS}
-    made = {f"STATEKIT_{f.upper()}_ENABLED" for f in FEATURES} | {f"STATEKIT_CACHE_{o}" for o in _OPTIONS}
+    made = {f"STATEKIT_{f.upper()}_ENABLED" for f in (*FEATURES, *STARLETTE_FEATURES)}
+    made |= {f"STATEKIT_CACHE_{o}" for o in _OPTIONS}
     sessions = ast.parse((ROOT / "adapters/flask-statekit/flask_statekit/sessions.py").read_text())
     cookie = {str(_const(n.args[1])) for n in ast.walk(sessions) if isinstance(n, ast.Call)
               and isinstance(n.func, ast.Name) and n.func.id == "_cookie_option"}
     assert cookie, "no _cookie_option calls found: update this test"
     made |= {f"STATEKIT_SESSION_COOKIE_{c}" for c in cookie} | {f"SESSION_COOKIE_{c}" for c in cookie}
     assert made - registered == set()
+
+
+def test_the_starlette_entries_are_what_the_starlette_adapter_reads() -> None:
+    """``read_by`` names ``starlette`` exactly for the names starlette_statekit reads
+    (literally, or as ``STATEKIT_<FEATURE>_ENABLED``): a name it starts reading, or
+    stops reading, fails here until its entry says so."""
+    from starlette_statekit import FEATURES
+
+    package = ROOT / "adapters" / "starlette-statekit" / "starlette_statekit"
+    read: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        read |= scan(ast.parse(path.read_text(), str(path)))[0]
+    read |= {f"STATEKIT_{f.upper()}_ENABLED" for f in FEATURES}
+    assert read == {s.name for s in SETTINGS if "starlette" in s.read_by}
+    assert all(set(s.read_by) <= set(READERS) for s in SETTINGS)
+
+
+def test_starlette_reads_keyword_then_config_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order the reference states for the Starlette reader."""
+    from starlette.config import Config
+
+    from starlette_statekit import StateKit
+
+    monkeypatch.setenv("STATEKIT_KEY_PREFIX", "from-env")
+    monkeypatch.setenv("STATEKIT_REDIS_URL", "redis://env:6379/0")
+    config = {"STATEKIT_KEY_PREFIX": "from-config", "STATEKIT_CACHE_URL": "redis://config:6379/0"}
+    assert StateKit(config=config, key_prefix="from-keyword").settings().key_prefix == "from-keyword"
+    settings = StateKit(config=config).settings()
+    assert (settings.key_prefix, settings.cache_url, settings.session_url) == (
+        "from-config", "redis://config:6379/0", "redis://env:6379/0")
+    assert StateKit(config=Config(environ={"STATEKIT_KEY_PREFIX": "starlette-config"})).settings(
+        ).key_prefix == "starlette-config"
+    assert StateKit().settings().key_prefix == "from-env"
 
 
 def test_a_setting_added_without_an_entry_fails() -> None:
