@@ -1,0 +1,457 @@
+"""ASGI sessions benchmark (issue 18): a FastAPI app under uvicorn with statekit's
+Starlette session middleware (near cache off and on) vs Starlette's cookie
+``SessionMiddleware`` vs starsessions with its Redis store, side by side in one run,
+all against the same private Redis.
+
+One FastAPI app, three routes: ``POST /start`` fills a session, ``GET /read`` reads
+one key, ``POST /write`` changes one key. Each kind is served by its own uvicorn
+process (one worker, loopback, access log off) and measured
+
+1. **one request at a time**: one keep-alive raw-socket client (a browser: it sends
+   back the near cache's version token once it got one), the kinds interleaved in
+   rounds; per-request latency (p50, p99), the server's CPU per request (``/proc``)
+   and Redis commands per request (``INFO commandstats``, counting those run inside
+   a Lua script). Ratios to the cookie middleware are medians of per-round ratios;
+2. **N at once** (``--clients``, each a browser with its own session): requests per
+   second and CPU per request of uvicorn and of Redis, the load alternating between
+   the kinds in short slices; ratios are medians of neighbouring slices' ratios;
+3. **in process** (no HTTP server; the app called as an ASGI callable): the same
+   read request with no session middleware, each middleware, and the parts of a
+   statekit read alone (the cookie's signature check, ``store.open``, one raw
+   redis-py asyncio round trip): where a session read's time goes. ``--profile``
+   adds cProfile's top functions of statekit reads.
+
+The cookie middleware re-signs and re-sends its cookie on every response (the
+client keeps sending the first one, which stays valid); starsessions loads and
+saves the session on every request (two Redis round trips); statekit loads once and
+saves only what a request changed.
+
+Targets (issue 18): statekit session read <= 1.15x the cookie middleware's time;
+ahead of every other server-side store (starsessions here).
+
+Run: ``.venv/bin/python bench/sessions_asgi.py [--requests 300] [--rounds 5]
+[--clients 8] [--seconds 3] [--profile]`` (~45 s with the defaults; a private
+redis-server and the uvicorn processes are started and stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _trees import NOW, commit, env_for  # noqa: E402
+from sessions import _check_written, _commands, _cookie, _exchange, _redis_cpu, _tree_cpu, load  # noqa: E402
+
+from statekit.embedded import RedisServer, free_port  # noqa: E402
+
+KINDS = ("cookie", "starsessions", "statekit", "statekit-near")
+SECRET = "bench-sessions-secret-0123456789"
+
+APP = textwrap.dedent('''
+    import os
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import PlainTextResponse
+
+    SECRET = "bench-sessions-secret-0123456789"
+
+
+    def make(kind, url):
+        app = FastAPI()
+
+        @app.post("/start")
+        async def start(request: Request):
+            request.session["user"] = "alice"
+            request.session["cart"] = ["apple", "pear"]
+            request.session["n"] = 0
+            return PlainTextResponse("ok")
+
+        @app.get("/read")
+        async def read(request: Request):
+            session = request.scope.get("session")
+            return PlainTextResponse(str(session.get("n", 0) if session is not None else 0))
+
+        @app.post("/write")
+        async def write(request: Request):
+            request.session["n"] = request.session.get("n", 0) + 1
+            return PlainTextResponse("ok")
+
+        if kind == "cookie":
+            from starlette.middleware.sessions import SessionMiddleware
+            app.add_middleware(SessionMiddleware, secret_key=SECRET)
+        elif kind.startswith("statekit"):
+            from starlette_statekit.sessions import SessionMiddleware
+            app.add_middleware(SessionMiddleware, url=url, secret_key=SECRET, key_prefix="bench-asgi",
+                               near_cache=1000 if kind == "statekit-near" else 0)
+        elif kind == "starsessions":
+            from starsessions import SessionAutoloadMiddleware, SessionMiddleware
+            from starsessions.stores.redis import RedisStore
+            app.add_middleware(SessionAutoloadMiddleware)
+            app.add_middleware(SessionMiddleware, store=RedisStore(url), cookie_https_only=False,
+                               lifetime=14 * 86400)
+        return app
+
+
+    if os.environ.get("BENCH_KIND"):
+        app = make(os.environ["BENCH_KIND"], os.environ["BENCH_REDIS"])
+''')
+
+
+def uvicorn(tmp: Path, module: str, source: str, env: dict[str, str], target: str = "app",
+            probe: str = "/read") -> tuple[subprocess.Popen[bytes], int]:
+    """Serve ``module:target`` (written from *source* into *tmp*) with uvicorn, one
+    process on a free loopback port, access log off; return once *probe* answers."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / f"{module}.py").write_text(source)
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "uvicorn", f"{module}:{target}", "--host", "127.0.0.1", "--port", str(port),
+         "--app-dir", str(tmp), "--log-level", "warning", "--no-access-log"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", probe)
+            c.getresponse().read()
+            c.close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"uvicorn {module}:{target} ({env.get('BENCH_KIND')}) did not start")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the servers this run started (by their PIDs) and reap them."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) -> tuple[list[float], float]:
+    """*n* requests one at a time on one keep-alive connection: the latency of each
+    (seconds) and the server process's CPU seconds per request. Like a browser, the
+    client sends back the near cache's version token once it got one."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+
+    def build(token: bytes | None) -> bytes:
+        full = cookie + (f"; session_v={token.decode()}" if token else "")
+        return (f"{method} {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {full}\r\n"
+                f"Content-Length: 0\r\n\r\n").encode()
+
+    request = build(None)
+    out = []
+    try:
+        for _ in range(max(3, n // 10)):  # warm up: the token, pools, code paths
+            _, token = _exchange(sock, request, buf)
+            if token is not None:
+                request = build(token)
+        cpu0 = _tree_cpu(pid)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            status, token = _exchange(sock, request, buf)
+            out.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"{route}: HTTP {status}")
+            if token is not None:
+                request = build(token)
+        cpu = (_tree_cpu(pid) - cpu0) / n
+    finally:
+        sock.close()
+    return out, cpu
+
+
+def pct(values: list[float], q: float) -> float:
+    """The *q* quantile (0-1) of *values*."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_serial(servers: dict[str, tuple[int, int]], cookies: dict[str, str], r: Any,
+               routes: list[tuple[str, str]], rounds: int, n: int) -> dict[str, dict[str, Any]]:
+    """Every kind one request at a time, interleaved in *rounds* (rotating order):
+    per kind and route the latencies, per-round medians, CPU and Redis commands per request."""
+    out: dict[str, dict[str, Any]] = {k: {} for k in servers}
+    order = list(servers)
+    for i in range(rounds):
+        for method, route in routes:
+            for kind in order[i % len(order):] + order[:i % len(order)]:
+                r.config_resetstat()
+                lat, cpu = serial(*servers[kind], method, route, cookies[kind], n)
+                cmds = _commands(r) / n
+                row = out[kind]
+                row.setdefault(f"{route}_lat", []).extend(lat)
+                row.setdefault(f"{route}_rounds", []).append(statistics.median(lat))
+                row.setdefault(f"{route}_cpu", []).append(cpu)  # CPU s per request, this round
+                row.setdefault(f"{route}_cmds", []).append(cmds)
+    return out
+
+
+def run_concurrent(servers: dict[str, tuple[int, int]], cookies: dict[str, list[str]], r: Any,
+                   routes: list[tuple[str, str]], clients: int, seconds: float, slices: int
+                   ) -> dict[str, dict[str, Any]]:
+    """Every kind under *clients* concurrent keep-alive clients, alternating in
+    *slices* short slices: req/s per slice, CPU per request of the server and Redis."""
+    out: dict[str, dict[str, Any]] = {k: {} for k in servers}
+    order = list(servers)
+    for kind, (_, port) in servers.items():
+        load(port, cookies[kind], "GET", routes[0][1], clients, 0.3)  # warm up
+    for i in range(slices):
+        for method, route in routes:
+            for kind in order[i % len(order):] + order[:i % len(order)]:
+                pid, port = servers[kind]
+                app0, redis0 = _tree_cpu(pid), _redis_cpu(r)
+                count, took = load(port, cookies[kind], method, route, clients, seconds / slices)
+                row = out[kind]
+                row.setdefault(f"{route}_rps", []).append(count / took)
+                w = row.setdefault(f"{route}_work", [0.0, 0.0, 0.0])
+                w[0] += count
+                w[1] += _tree_cpu(pid) - app0
+                w[2] += _redis_cpu(r) - redis0
+    return out
+
+
+def ratio(rows: dict[str, dict[str, Any]], kind: str, base: str, key: str) -> float:
+    """The median of per-round (per-slice) ratios *kind* / *base* of *key*."""
+    return statistics.median(a / b for a, b in zip(rows[kind][key], rows[base][key], strict=True))
+
+
+async def _per_call(fn: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
+    """Best-of-*rounds* microseconds per await of *fn* (after a warm-up)."""
+    for _ in range(max(10, n // 10)):
+        await fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        best = min(best, (time.perf_counter() - t0) / n * 1e6)
+    return best
+
+
+def _asgi_get(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> Callable[[], Awaitable[Any]]:
+    """One ``GET`` through *app* as an ASGI callable (no server), checked for 200."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"bench"), *headers], "client": ("127.0.0.1", 1),
+             "server": ("bench", 80)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def call() -> None:
+        status = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(dict(scope), receive, send)
+        if status != [200]:
+            raise RuntimeError(f"{path}: {status}")
+
+    return call
+
+
+async def _start_cookie(app: Any) -> bytes:
+    """``POST /start`` through *app*; the session cookie pair it set."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/start", "raw_path": b"/start", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("bench", 80)}
+    found: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            found.extend(v.split(b";", 1)[0] for k, v in message.get("headers", [])
+                         if k == b"set-cookie" and v.startswith(b"session="))
+
+    await app(scope, receive, send)
+    return found[0]
+
+
+async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, float]:
+    """In-process microseconds per session read (no HTTP server) and its parts."""
+    import redis.asyncio as aioredis
+    from itsdangerous import TimestampSigner
+
+    (tmp / "bench_asgi_inproc.py").write_text(APP)
+    sys.path.insert(0, str(tmp))
+    make = importlib.import_module("bench_asgi_inproc").make
+    apps = {kind: make(kind, url) for kind in ("none", "cookie", "starsessions", "statekit")}
+    out: dict[str, float] = {}
+    calls = {}
+    for kind, app in apps.items():
+        headers = [] if kind == "none" else [(b"cookie", await _start_cookie(app))]
+        calls[kind] = _asgi_get(app, "/read", headers)
+    for _ in range(3):  # interleaved: take each kind's best over the passes
+        for kind, call in calls.items():
+            out[kind] = min(out.get(kind, float("inf")), await _per_call(call, n))
+
+    from statekit.sessions.aio import AsyncSessionStore
+
+    async with AsyncSessionStore(url, secret_keys=[SECRET], key_prefix="bench-asgi-parts") as store:
+        session = await store.create({"user": "alice", "cart": ["apple", "pear"], "n": 0})
+        signed = store.sign(session.sid)
+        out["store.unsign"] = await _per_call(lambda: asyncio.sleep(0, store.unsign(signed)), n)
+        out["store.open"] = await _per_call(lambda: store.open(signed), n)
+    raw = aioredis.Redis.from_url(url)
+    out["redis-py asyncio HGETALL"] = await _per_call(lambda: raw.hgetall("bench-asgi-missing"), n)
+    await raw.aclose()
+    signer = TimestampSigner(SECRET)
+    cookie = signer.sign(b"eyJ1c2VyIjogImFsaWNlIiwgImNhcnQiOiBbImFwcGxlIiwgInBlYXIiXSwgIm4iOiAwfQ==")
+    out["itsdangerous unsign+sign"] = await _per_call(
+        lambda: asyncio.sleep(0, (signer.unsign(cookie, max_age=86400), signer.sign(b"x" * 64))), n)
+    out["asyncio.sleep(0) (subtracted above)"] = await _per_call(lambda: asyncio.sleep(0), n)
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n):
+            await calls["statekit"]()
+        prof.disable()
+        print(f"\ncProfile of {n} statekit reads in process (top 15 by own time):")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    for app in apps.values():  # the statekit middleware's store: give its connections back
+        stack = getattr(app, "middleware_stack", None)
+        while stack is not None:
+            store = getattr(stack, "store", None)
+            if store is not None and hasattr(store, "aclose"):
+                await store.aclose()
+            stack = getattr(stack, "app", None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=300,
+                    help="one-at-a-time requests per kind, route and round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved one-at-a-time rounds")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (one session each)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="concurrent load per kind and route")
+    ap.add_argument("--slices", type=int, default=4, help="slices the concurrent load alternates in")
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions of statekit reads")
+    args = ap.parse_args(argv)
+    import redis
+    import uvicorn as uv
+
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
+    routes = [("GET", "/read"), ("POST", "/write")]
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RedisServer())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stack.callback(stop, procs)
+        r = redis.Redis.from_url(server.url)
+        stack.callback(r.close)
+        http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
+        loop_impl = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        print(f"statekit {commit()}; {server.binary.flavor} {server.version}; uvicorn {uv.__version__} "
+              f"(one process per kind, {loop_impl} loop, {http_impl}); "
+              f"{args.rounds} rounds x {args.requests} requests one at a time, "
+              f"{args.clients} clients x {args.seconds:g} s per kind and route; "
+              f"load average {load0:.2f} on {os.cpu_count()} CPUs", flush=True)
+        servers: dict[str, tuple[int, int]] = {}
+        for kind in KINDS:
+            proc, port = uvicorn(tmp / kind, "bench_asgi_sessions_app", APP,
+                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url))
+            procs.append(proc)
+            servers[kind] = proc.pid, port
+        first = {kind: _cookie(port) for kind, (_, port) in servers.items()}
+        serial_rows = run_serial(servers, first, r, routes, args.rounds, args.requests)
+        many = {kind: [_cookie(port) for _ in range(args.clients)] for kind, (_, port) in servers.items()}
+        conc = run_concurrent(servers, many, r, routes, args.clients, args.seconds, args.slices)
+        for kind, (_, port) in servers.items():
+            if kind != "cookie":  # a cookie session's writes go back only in the response
+                _check_written(port, first[kind], kind)
+        parts = asyncio.run(breakdown(tmp, server.url, max(200, args.requests * 2), args.profile))
+
+    print("\none request at a time (µs; CPU of the uvicorn process per request) and N at once (req/s; "
+          "CPU µs per request of uvicorn + Redis)\n")
+    print("| kind | read p50 µs | read p99 µs | read CPU µs | write p50 µs | write p99 µs | write CPU µs "
+          f"| read cmds | write cmds | {args.clients} at once: read req/s | write req/s "
+          "| read CPU µs/req app+Redis | write CPU µs/req app+Redis |")
+    print("|---" * 13 + "|")
+    for kind in KINDS:
+        s, c = serial_rows[kind], conc[kind]
+        cells = []
+        for route in ("/read", "/write"):
+            cells += [f"{statistics.median(s[f'{route}_rounds']) * 1e6:.0f}",
+                      f"{pct(s[f'{route}_lat'], 0.99) * 1e6:.0f}",
+                      f"{statistics.fmean(s[f'{route}_cpu']) * 1e6:.0f}"]
+        cells += [f"{statistics.median(s['/read_cmds']):.2f}", f"{statistics.median(s['/write_cmds']):.2f}"]
+        cells += [f"{statistics.median(c['/read_rps']):.0f}", f"{statistics.median(c['/write_rps']):.0f}"]
+        for route in ("/read", "/write"):
+            served, app_cpu, redis_cpu = c[f"{route}_work"]
+            cells.append(f"{app_cpu / served * 1e6:.0f} + {redis_cpu / served * 1e6:.0f}")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+
+    print("\nratios to Starlette's cookie SessionMiddleware (median of per-round / per-slice ratios)")
+    print(f"  {'kind':<14} {'read time':>10} {'write time':>11} {'read req/s':>11} {'write req/s':>12}")
+    for kind in KINDS[1:]:
+        print(f"  {kind:<14} {ratio(serial_rows, kind, 'cookie', '/read_rounds'):>9.2f}x "
+              f"{ratio(serial_rows, kind, 'cookie', '/write_rounds'):>10.2f}x "
+              f"{ratio(conc, kind, 'cookie', '/read_rps'):>10.2f}x "
+              f"{ratio(conc, kind, 'cookie', '/write_rps'):>11.2f}x")
+
+    print(f"\nin process, no HTTP server (µs per read request, best of 5 x {max(200, args.requests * 2)}):")
+    base = parts["none"]
+    for key in ("none", "cookie", "starsessions", "statekit"):
+        extra = "" if key == "none" else f"  (+{parts[key] - base:.0f} over no session middleware)"
+        print(f"  {('app, ' + key + ' session middleware'):<44} {parts[key]:>7.1f}{extra}")
+    sleep0 = parts["asyncio.sleep(0) (subtracted above)"]
+    for key in ("store.unsign", "itsdangerous unsign+sign"):
+        print(f"  {key:<44} {parts[key] - sleep0:>7.1f}")
+    for key in ("store.open", "redis-py asyncio HGETALL"):
+        print(f"  {key:<44} {parts[key]:>7.1f}")
+
+    print("\ntargets")
+    for kind in ("statekit", "statekit-near"):
+        read = ratio(serial_rows, kind, "cookie", "/read_rounds")
+        print(f"  {kind} read time / cookie middleware      {read:.2f}x  target <= 1.15x  "
+              f"{'met' if read <= 1.15 else 'MISSED'}")
+        for other in ("starsessions",):
+            t = ratio(serial_rows, kind, other, "/read_rounds")
+            w = ratio(serial_rows, kind, other, "/write_rounds")
+            rr = ratio(conc, kind, other, "/read_rps")
+            wr = ratio(conc, kind, other, "/write_rps")
+            ok = t < 1 and w < 1 and rr > 1 and wr > 1
+            print(f"  {kind} / {other}: read time {t:.2f}x, write time {w:.2f}x, read req/s {rr:.2f}x, "
+                  f"write req/s {wr:.2f}x  target: ahead  {'met' if ok else 'MISSED'}")
+    print(f"(load average {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
