@@ -65,7 +65,7 @@ from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationE
 from ..metrics import Counters
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
-from .plan import BE, COMPUTE, HOLD, LOCK, SLEEP, Plan, drive
+from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, Plan, drive
 from .protocol import CacheBackend
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
@@ -81,6 +81,7 @@ _C = TypeVar("_C", bound="_CacheCore")
 
 
 _ABSENT: Any = object()
+_IO = frozenset({CMD, RUN, BATCH})  # the effects of a Redis backend's plans
 
 _random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
@@ -468,7 +469,13 @@ class _CacheCore:
         if breaker._state != CLOSED and not breaker.allow():
             raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
         try:
-            result = yield (BE, name, args, kwargs)
+            # a Redis backend's own plan runs inside this one (one drive per call, its
+            # I/O effects performed by the backend's runner); another backend is called
+            plan = getattr(self._backend or self._connect(), "plan_" + name, None)
+            if plan is not None:
+                result = yield from plan(*args, **kwargs)
+            else:
+                result = yield (BE, name, args, kwargs)
         except BackendUnavailable:
             breaker.failure()
             self.counters.incr("errors")
@@ -923,6 +930,8 @@ class Cache(_CacheCore):
     def _effect(self, effect: tuple[Any, ...]) -> Any:
         """Run one effect of a plan (sync)."""
         kind = effect[0]
+        if kind in _IO:  # a Redis backend's plan: its runner
+            return self._backend._do(effect)
         if kind == BE:
             return getattr(self._backend or self._connect(), effect[1])(*effect[2], **effect[3])
         if kind == COMPUTE:

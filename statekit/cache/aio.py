@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from ..errors import BackendUnavailable, ConfigError, LockError
-from . import _ABSENT, _CacheCore, _check_name
+from . import _ABSENT, _IO, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, adrive
 from .redis import _UNAPPLIED, SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
@@ -341,8 +341,10 @@ class AsyncCache(_CacheCore):
     async def _effect(self, effect: tuple[Any, ...]) -> Any:
         """Perform one effect of a plan (async)."""
         kind = effect[0]
+        backend: AsyncRedisCacheBackend = self._backend or self._connect()
+        if kind in _IO:  # the backend's plans, run inside the cache's
+            return await backend._do(effect)
         if kind == BE:
-            backend: AsyncRedisCacheBackend = self._backend or self._connect()
             return await backend.call(effect[1], *effect[2], **effect[3])
         if kind == COMPUTE:
             result = effect[1]()
