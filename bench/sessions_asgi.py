@@ -169,7 +169,7 @@ def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) ->
     request = build(None)
     out = []
     try:
-        for _ in range(max(3, n // 10)):  # warm up: the token, pools, code paths
+        for _ in range(warmup(n)):  # warm up: the token, pools, code paths
             _, token = _exchange(sock, request, buf)
             if token is not None:
                 request = build(token)
@@ -188,6 +188,11 @@ def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) ->
     return out, cpu
 
 
+def warmup(n: int) -> int:
+    """How many requests :func:`serial` sends before timing *n*."""
+    return max(3, n // 10)
+
+
 def pct(values: list[float], q: float) -> float:
     """The *q* quantile (0-1) of *values*."""
     ordered = sorted(values)
@@ -197,20 +202,28 @@ def pct(values: list[float], q: float) -> float:
 def run_serial(servers: dict[str, tuple[int, int]], cookies: dict[str, str], r: Any,
                routes: list[tuple[str, str]], rounds: int, n: int) -> dict[str, dict[str, Any]]:
     """Every kind one request at a time, interleaved in *rounds* (rotating order):
-    per kind and route the latencies, per-round medians, CPU and Redis commands per request."""
+    per kind and route the latencies, per-round medians, CPU, Redis commands, and
+    connections opened and left open per request."""
     out: dict[str, dict[str, Any]] = {k: {} for k in servers}
     order = list(servers)
     for i in range(rounds):
         for method, route in routes:
             for kind in order[i % len(order):] + order[:i % len(order)]:
                 r.config_resetstat()
+                conns = r.info("stats")["total_connections_received"]
+                held = r.info("clients")["connected_clients"]
                 lat, cpu = serial(*servers[kind], method, route, cookies[kind], n)
-                cmds = _commands(r) / n
+                sent = n + warmup(n)
+                cmds = _commands(r) / sent
+                conns = (r.info("stats")["total_connections_received"] - conns) / sent
+                held = (r.info("clients")["connected_clients"] - held) / sent
                 row = out[kind]
                 row.setdefault(f"{route}_lat", []).extend(lat)
                 row.setdefault(f"{route}_rounds", []).append(statistics.median(lat))
                 row.setdefault(f"{route}_cpu", []).append(cpu)  # CPU s per request, this round
                 row.setdefault(f"{route}_cmds", []).append(cmds)
+                row.setdefault(f"{route}_conns", []).append(conns)
+                row.setdefault(f"{route}_held", []).append(held)
     return out
 
 
@@ -435,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<44} {parts[key] - sleep0:>7.1f}")
     for key in ("store.open", "redis-py asyncio HGETALL"):
         print(f"  {key:<44} {parts[key]:>7.1f}")
+
+    print("\nRedis connections per request, one at a time, read / write: opened; still open after the round")
+    for kind in KINDS:
+        print(f"  {kind:<14} " + "; ".join(
+            f"{statistics.median(serial_rows[kind][f'/read_{k}']):.2f} / "
+            f"{statistics.median(serial_rows[kind][f'/write_{k}']):.2f}" for k in ("conns", "held")))
 
     print("\ntargets")
     for kind in ("statekit", "statekit-near"):

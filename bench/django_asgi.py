@@ -1,0 +1,213 @@
+"""Django ASGI cache benchmark (issue 18): an async Django view under uvicorn reading
+and writing the cache, with django_statekit's ``StatekitCache`` (native ``aget`` /
+``aset``) vs Django's ``RedisCache`` and django-redis (whose async methods are
+Django's defaults: ``sync_to_async`` around the sync call, a thread hop per call),
+side by side in one run, all against the same private Redis.
+
+One Django project, no middleware, two ``async def`` views: ``GET /read`` awaits
+``cache.aget`` of a small dict, ``POST /write`` awaits ``cache.aset`` of it. Each
+backend is served by its own uvicorn process (one worker, loopback, access log off);
+``none`` is the same project with views that do not touch the cache (the floor:
+Django and uvicorn alone).
+
+``django.core.cache.cache`` under ASGI is a new backend object per request (Django's
+``CacheHandler`` keeps its objects in an ``asgiref.Local``, and each request runs
+in its own context), so a backend that connects per object connects per request.
+The ``-once`` kinds use one object for the process
+(``caches.create_connection("default")`` at import) to show each backend's own cost
+apart from that. Measured as in ``bench/sessions_asgi.py`` (whose
+harness this reuses): one request at a time (p50, p99, the server's CPU and Redis
+commands per request, interleaved rounds) and N concurrent clients (req/s, CPU per
+request of uvicorn and Redis, alternating slices). Ratios to Django's ``RedisCache``
+are medians of per-round / per-slice ratios.
+
+django-vcache (the issue's other anchor) needs Python >= 3.12 and is not measured
+on this venv's Python.
+
+Run: ``.venv/bin/python bench/django_asgi.py [--requests 100] [--rounds 5]
+[--clients 8] [--seconds 1.5]`` (~50 s with the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _trees import NOW, commit, env_for  # noqa: E402
+from sessions_asgi import pct, ratio, run_concurrent, run_serial, stop, uvicorn  # noqa: E402
+
+from statekit.embedded import RedisServer  # noqa: E402
+
+KINDS = ("none", "statekit", "statekit-once", "django", "django-once", "django-redis")
+LABELS = {"none": "no cache (floor)", "statekit": "StatekitCache (native aget/aset)",
+          "statekit-once": "StatekitCache, one backend object",
+          "django": "Django RedisCache (sync_to_async)", "django-once": "Django RedisCache, one object",
+          "django-redis": "django-redis (sync_to_async)"}
+
+APP = textwrap.dedent('''
+    import os
+
+    import django
+    from django.conf import settings
+
+    KIND = os.environ["BENCH_KIND"].removesuffix("-once")
+    BACKENDS = {"statekit": "django_statekit.cache.StatekitCache",
+                "django": "django.core.cache.backends.redis.RedisCache",
+                "django-redis": "django_redis.cache.RedisCache",
+                "none": "django.core.cache.backends.dummy.DummyCache"}
+    settings.configure(DEBUG=False, SECRET_KEY="bench-django-asgi-secret-0123456789", ROOT_URLCONF=__name__,
+                       ALLOWED_HOSTS=["*"], INSTALLED_APPS=[], MIDDLEWARE=[], USE_TZ=True,
+                       CACHES={"default": {"BACKEND": BACKENDS[KIND],
+                                           "LOCATION": os.environ["BENCH_REDIS"]}})
+    django.setup()
+
+    from django.core.asgi import get_asgi_application
+    from django.core.cache import cache, caches
+    from django.http import HttpResponse
+    from django.urls import path
+
+    if os.environ["BENCH_KIND"].endswith("-once"):  # one object for the process, not one per request
+        cache = caches.create_connection("default")
+    VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags": ["a", "b", "c"],
+             "score": 98.5}
+
+
+    def reply(text):
+        """A response with its Content-Length (what CommonMiddleware would add)."""
+        return HttpResponse(text, headers={"Content-Length": str(len(text))})
+
+
+    async def read(request):
+        if KIND == "none":
+            return reply(str(VALUE["id"]))
+        value = await cache.aget("bench:k")
+        if value is None:  # the first request fills it
+            await cache.aset("bench:k", VALUE, None)
+            return reply("miss")
+        return reply(str(value["id"]))
+
+
+    async def write(request):
+        if KIND != "none":
+            await cache.aset("bench:w", VALUE, 300)
+        return reply("ok")
+
+
+    urlpatterns = [path("read", read), path("write", write)]
+    application = get_asgi_application()
+''')
+
+
+def _read_body(port: int) -> bytes:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/read")
+    body = c.getresponse().read()
+    c.close()
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=100,
+                    help="one-at-a-time requests per kind, route and round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved one-at-a-time rounds")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    ap.add_argument("--seconds", type=float, default=1.5, help="concurrent load per kind and route")
+    ap.add_argument("--slices", type=int, default=4, help="slices the concurrent load alternates in")
+    args = ap.parse_args(argv)
+    import django
+    import redis
+    import uvicorn as uv
+
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
+    routes = [("GET", "/read"), ("POST", "/write")]
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RedisServer())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stack.callback(stop, procs)
+        r = redis.Redis.from_url(server.url)
+        stack.callback(r.close)
+        print(f"statekit {commit()}; {server.binary.flavor} {server.version}; Django {django.__version__}, "
+              f"uvicorn {uv.__version__} (one process per backend); {args.rounds} rounds x "
+              f"{args.requests} requests one at a time, {args.clients} clients x {args.seconds:g} s per "
+              f"backend and route; load average {load0:.2f} on {os.cpu_count()} CPUs", flush=True)
+        servers: dict[str, tuple[int, int]] = {}
+        for kind in KINDS:
+            proc, port = uvicorn(tmp / kind, "bench_django_asgi_app", APP,
+                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url), target="application")
+            procs.append(proc)
+            servers[kind] = proc.pid, port
+        for kind, (_, port) in servers.items():
+            body = _read_body(port)
+            if body != b"12345":
+                raise RuntimeError(f"{kind}: GET /read gave {body!r}, not the cached value: invalid run")
+        cookies = dict.fromkeys(servers, "bench=1")
+        serial_rows = run_serial(servers, cookies, r, routes, args.rounds, args.requests)
+        conc = run_concurrent(servers, {k: [v] for k, v in cookies.items()}, r, routes, args.clients,
+                              args.seconds, args.slices)
+
+    print("\none request at a time (µs; CPU of the uvicorn process per request) and N at once (req/s; "
+          "CPU µs per request of uvicorn + Redis)\n")
+    print("| backend | read p50 µs | read p99 µs | read CPU µs | write p50 µs | write p99 µs | write CPU µs "
+          f"| read cmds | write cmds | {args.clients} at once: read req/s | write req/s "
+          "| read CPU µs/req app+Redis | write CPU µs/req app+Redis |")
+    print("|---" * 13 + "|")
+    for kind in KINDS:
+        s, c = serial_rows[kind], conc[kind]
+        cells = []
+        for route in ("/read", "/write"):
+            cells += [f"{statistics.median(s[f'{route}_rounds']) * 1e6:.0f}",
+                      f"{pct(s[f'{route}_lat'], 0.99) * 1e6:.0f}",
+                      f"{statistics.fmean(s[f'{route}_cpu']) * 1e6:.0f}"]
+        cells += [f"{statistics.median(s['/read_cmds']):.2f}", f"{statistics.median(s['/write_cmds']):.2f}"]
+        cells += [f"{statistics.median(c['/read_rps']):.0f}", f"{statistics.median(c['/write_rps']):.0f}"]
+        for route in ("/read", "/write"):
+            served, app_cpu, redis_cpu = c[f"{route}_work"]
+            cells.append(f"{app_cpu / served * 1e6:.0f} + {redis_cpu / served * 1e6:.0f}")
+        print(f"| {LABELS[kind]} | " + " | ".join(cells) + " |")
+
+    print("\nratios to Django's RedisCache (median of per-round / per-slice ratios; "
+          "time: lower is better, req/s: higher is better)")
+    print(f"  {'backend':<40} {'read time':>10} {'write time':>11} {'read req/s':>11} {'write req/s':>12}")
+    for kind in KINDS:
+        print(f"  {LABELS[kind]:<40} {ratio(serial_rows, kind, 'django', '/read_rounds'):>9.2f}x "
+              f"{ratio(serial_rows, kind, 'django', '/write_rounds'):>10.2f}x "
+              f"{ratio(conc, kind, 'django', '/read_rps'):>10.2f}x "
+              f"{ratio(conc, kind, 'django', '/write_rps'):>11.2f}x")
+    print("\ncache's share of a request (time above the no-cache floor, one at a time, median of rounds):")
+    floor = {route: statistics.median(serial_rows["none"][f"{route}_rounds"])
+             for route in ("/read", "/write")}
+    for kind in KINDS[1:]:
+        extra = [statistics.median(serial_rows[kind][f"{route}_rounds"]) - floor[route]
+                 for route in ("/read", "/write")]
+        print(f"  {LABELS[kind]:<40} read +{extra[0] * 1e6:.0f} µs, write +{extra[1] * 1e6:.0f} µs")
+    print()
+    for kind in ("statekit", "statekit-once"):
+        best = all(ratio(conc, kind, other, f"{route}_rps") > 1 and
+                   ratio(serial_rows, kind, other, f"{route}_rounds") < 1
+                   for other in ("django", "django-once", "django-redis") for route in ("/read", "/write"))
+        print(f"target: {LABELS[kind]} ahead of every other backend, time and req/s, read and write: "
+              f"{'met' if best else 'MISSED'}")
+    print("\nRedis connections per request, one at a time, read / write: opened; still open after the round")
+    for kind in KINDS:
+        print(f"  {LABELS[kind]:<40} " + "; ".join(
+            f"{statistics.median(serial_rows[kind][f'/read_{k}']):.2f} / "
+            f"{statistics.median(serial_rows[kind][f'/write_{k}']):.2f}" for k in ("conns", "held")))
+    print(f"(load average {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
