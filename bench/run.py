@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _trees import BEFORE, NOW, before_tree, commit, env_for  # noqa: E402
 
-BENCHES = ["transport", "cache", "sessions", "blobs", "broadcast", "scaling", "lifecycle"]
+BENCHES = ["transport", "cache", "sessions", "blobs", "broadcast", "scaling", "lifecycle",
+           # asyncio and ASGI (issue 18): the async cache, FastAPI sessions, a Django ASGI view
+           "cache_async", "sessions_asgi", "django_asgi"]
 #: benchmarks that take ``--before PATH``
 COMPARED = {"sessions", "blobs", "broadcast"}
 

@@ -253,7 +253,7 @@ def run_concurrent(servers: dict[str, tuple[int, int]], cookies: dict[str, list[
 
 def ratio(rows: dict[str, dict[str, Any]], kind: str, base: str, key: str) -> float:
     """The median of per-round (per-slice) ratios *kind* / *base* of *key*."""
-    return statistics.median(a / b for a, b in zip(rows[kind][key], rows[base][key], strict=True))
+    return float(statistics.median(a / b for a, b in zip(rows[kind][key], rows[base][key], strict=True)))
 
 
 async def _per_call(fn: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
@@ -359,9 +359,9 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
     for app in apps.values():  # the statekit middleware's store: give its connections back
         stack = getattr(app, "middleware_stack", None)
         while stack is not None:
-            store = getattr(stack, "store", None)
-            if store is not None and hasattr(store, "aclose"):
-                await store.aclose()
+            held = getattr(stack, "store", None)
+            if held is not None and hasattr(held, "aclose"):
+                await held.aclose()
             stack = getattr(stack, "app", None)
     return out
 
