@@ -530,7 +530,7 @@ def test_readme_flask_snippet_under_statekit_serve(
 
 
 DJANGO_CHECK = """
-    import json, os, time
+    import asyncio, json, os, time
 
     import django
     from django.core.files.base import ContentFile
@@ -554,6 +554,17 @@ DJANGO_CHECK = """
     store["cart"] = [1, 2]
     store.save()
     out["session"] = import_module(settings.SESSION_ENGINE).SessionStore(store.session_key)["cart"]
+
+    async def async_view():  # the README's line: aget/aset and aload/asave, natively
+        await cache.aset("greeting", "hello async", 60)
+        other = import_module(settings.SESSION_ENGINE).SessionStore(store.session_key)
+        data = await other.aload()
+        other["cart"] = [*data["cart"], 3]
+        await other.asave()
+        return await cache.aget("greeting")
+
+    out["async"] = asyncio.run(async_view())
+    out["async_session"] = import_module(settings.SESSION_ENGINE).SessionStore(store.session_key)["cart"]
     name = default_storage.save("photos/p.png", ContentFile(bytes.fromhex(os.environ["PNG"]), name="p.png"))
     response = Client(HTTP_HOST="localhost").get(default_storage.url(name))  # DEBUG's ALLOWED_HOSTS
     out["blob"] = (b"".join(response.streaming_content).hex() if response.status_code == 200
@@ -574,9 +585,10 @@ def test_readme_django_snippets_in_a_new_project(
     venv: Venv, user_env: dict[str, str], app_dir: Path, serve: Callable[..., Served]
 ) -> None:
     """``django-admin startproject``, then each Django block appended as printed to the
-    file its first line names: ``manage.py check`` passes, the cache, sessions, a
-    ``file://`` blob through its URL and ``{{ shared.users_count }}`` work, and the
-    README's ``statekit serve`` command runs the project."""
+    file its first line names: ``manage.py check`` passes, the cache, sessions (and
+    their async methods, from an event loop), a ``file://`` blob through its URL and
+    ``{{ shared.users_count }}`` work, and the README's ``statekit serve`` command
+    runs the project."""
     blobs = app_dir / "blobs"
     blobs.mkdir()
     env = {**user_env, "STATEKIT_BLOBS_URL": f"file://{blobs}",
@@ -604,8 +616,8 @@ def test_readme_django_snippets_in_a_new_project(
     png = make_png(random.Random(3))
     run = venv.python_code(DJANGO_CHECK, app_dir, {**env, "PNG": png.hex()})
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == {"cache": "hello", "session": [1, 2], "blob": png.hex(),
-                                      "template": "42 users"}
+    assert json.loads(run.stdout) == {"cache": "hello", "session": [1, 2], "async": "hello async",
+                                      "async_session": [1, 2, 3], "blob": png.hex(), "template": "42 users"}
 
     command = re.search(r"Run it with `statekit serve ([^`]*)`", " ".join(section.split()))
     assert command, "the Django section names its statekit serve command"
