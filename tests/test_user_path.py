@@ -404,17 +404,26 @@ def run_phoenix(venv: Venv, cwd: Path, env: dict[str, str], *args: str) -> tuple
     return result.returncode, report, output
 
 
-def test_phoenix_certifies_the_demo(venv: Venv, user_env: dict[str, str], tmp_path: Path) -> None:
-    """The README's phoenix command on the demo (a short run: one kill, one reload)."""
-    shutil.copytree(ROOT / "examples" / "flask_app", tmp_path / "examples" / "flask_app",
-                    ignore=shutil.ignore_patterns("__pycache__", "instance"))
+@pytest.mark.parametrize(("demo", "args", "interface"), [
+    ("flask_app", ["examples.flask_app.wsgi:app", "--broadcaster", "examples.flask_app.jobs:broadcaster"],
+     "wsgi"),
+    ("fastapi_app", ["examples.fastapi_app:app"], "asgi"),  # its lifespan runs the broadcaster
+], ids=["flask", "fastapi"])
+def test_phoenix_certifies_the_demo(
+    venv: Venv, user_env: dict[str, str], tmp_path: Path, demo: str, args: list[str], interface: str
+) -> None:
+    """The README's phoenix command on the demo, and on its FastAPI twin under uvicorn
+    workers (a short run: one kill, one reload)."""
+    for name in {"flask_app", demo}:  # the FastAPI demo uses the Flask demo's database and pages
+        shutil.copytree(ROOT / "examples" / name, tmp_path / "examples" / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "instance"))
     env = {**user_env, "USERS_COUNT_INTERVAL": "1", "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}"}
-    status, report, output = run_phoenix(
-        venv, tmp_path, env, "examples.flask_app.wsgi:app",
-        "--broadcaster", "examples.flask_app.jobs:broadcaster",
-        "--duration", "4", "--kill-every", "2", "--reload-every", "3")
+    status, report, output = run_phoenix(venv, tmp_path, env, *args,
+                                         "--duration", "4", "--kill-every", "2", "--reload-every", "3")
+    print({k: report.get(k) for k in ("interface", "requests", "failures", "kills", "reloads",
+                                      "session_writes", "uploads", "shared_reads")})
     assert status == 0, output
-    assert report["passed"] and report["unchecked"] == {}, report
+    assert report["passed"] and report["unchecked"] == {} and report["interface"] == interface, report
     assert report["session_writes"] > 0 and report["uploads"] > 0 and report["shared_reads"] > 0, report
     assert "PASS: no state was lost." in output
 
