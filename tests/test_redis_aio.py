@@ -179,3 +179,30 @@ def test_two_hundred_concurrent_commands_use_bounded_connections(redis_url: str)
         print(f"200 concurrent GETs: {opened} connections, loop lag max {max(lags) * 1000:.2f} ms")
 
     run(lambda: _with(f"{redis_url}?max_connections=8", body))
+
+
+def test_per_loop_transports_close_with_their_loop(redis_url: str) -> None:
+    """asyncio.run's shutdown closes a loop's transport and client; a loop closed
+    without it has its sockets closed when the next loop asks (no connection kept per
+    dead loop, no 'unclosed transport' warning: filterwarnings=error)."""
+    from statekit.redis.aio import transports_per_loop
+
+    lanes = transports_per_loop(lambda: create_async_client(redis_url), owned=True, what="test")
+
+    async def use() -> AsyncTransport:
+        t = lanes.current()
+        assert lanes.current() is t
+        assert await t.command(b"PING") in (b"PONG", True)
+        return t
+
+    first = run(use)
+    assert lanes.items() == []  # closed at the loop's shutdown_asyncgens
+    assert not first._idle
+
+    loop = asyncio.new_event_loop()
+    second = loop.run_until_complete(use())
+    loop.close()  # no shutdown_asyncgens: the transport stays registered, its loop dead
+    assert lanes.items() == [second]
+    third = run(use)  # the next loop's first call abandons the dead loop's sockets
+    assert third is not second and lanes.items() == []
+    assert all(conn._writer is None for conn in second._idle)

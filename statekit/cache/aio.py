@@ -39,7 +39,6 @@ caller's reply) and releases the single-flight lock it held.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -57,16 +56,18 @@ T = TypeVar("T")
 
 
 class _Transports:
-    """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop: on a
-    client of its own per loop for a URL (its pool bounds this cache family's
-    connections: caches on one URL do not share a pool, so one family's ``limit``
-    commands in flight never exhaust another's), or on the one ready client."""
+    """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop
+    (:class:`~statekit.redis.aio.PerLoop`: closed with its loop): on a client of its
+    own per loop for a URL (its pool bounds this cache family's connections: caches
+    on one URL do not share a pool, so one family's ``limit`` commands in flight never
+    exhaust another's), or on the one ready client."""
 
     def __init__(self, url: str | None, client: Any, overrides: dict[str, Any]) -> None:
+        from ..redis.aio import create_async_client, transports_per_loop
+
         self.url = url
         self.client = client
         self.overrides = overrides
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         if client is not None:
             from redis.asyncio.cluster import RedisCluster
 
@@ -75,59 +76,20 @@ class _Transports:
         else:
             self.cluster = url is not None and url.partition("://")[0].lower() == "redis+cluster"
 
-    def current(self) -> Any:
-        """The transport of the running loop (made on first use; the ones of loops
-        closed since are dropped then, see :func:`_abandon`)."""
-        loop = asyncio.get_running_loop()
-        transport = self._by_loop.get(loop)
-        if transport is None:
-            from ..redis.aio import AsyncTransport, create_async_client
+        def make_client() -> Any:
+            made = client if client is not None else create_async_client(cast(str, url), **overrides)
+            _check_bytes(made)
+            return made
 
-            for old in [old for old in self._by_loop if old.is_closed()]:
-                _abandon(self._by_loop.pop(old), owned=self.client is None)
-
-            client = self.client if self.client is not None else create_async_client(
-                cast(str, self.url), **self.overrides)
-            _check_bytes(client)
-            transport = self._by_loop[loop] = AsyncTransport(client, what="cache", reply_error=_value_error)
-        return transport
+        self._lanes = transports_per_loop(make_client, owned=client is None, what="cache",
+                                          reply_error=_value_error)
+        #: the running loop's transport (made on first use there)
+        self.current = self._lanes.current
 
     async def aclose(self) -> None:
         """Give the running loop's connections back (and close its client if the
         cache made it)."""
-        transport = self._by_loop.pop(asyncio.get_running_loop(), None)
-        if transport is not None:
-            await transport.aclose()
-            if self.client is None:
-                await transport.client.aclose()
-
-
-def _abandon(transport: Any, *, owned: bool) -> None:
-    """Close the sockets a closed event loop left open (``async_to_sync`` runs a loop
-    per call in a WSGI worker; asyncio cannot close a connection once its loop is
-    closed, and a transport kept per loop would keep them all): each socket is closed
-    directly and its connection forgotten, without touching the dead loop."""
-    client = transport.client
-    conns = list(transport._idle)
-    if owned:
-        pools = [getattr(client, "connection_pool", None)]
-        pools += [node for node in getattr(client, "get_nodes", list)()]  # Cluster: each node's
-        for pool in pools:
-            conns += getattr(pool, "_available_connections", ()) or ()
-            conns += list(getattr(pool, "_in_use_connections", ()) or ())
-            conns += getattr(pool, "_connections", ()) or ()
-    for conn in conns:
-        writer = getattr(conn, "_writer", None)
-        if writer is None:
-            continue
-        stream = writer.transport
-        sock = getattr(stream, "_sock", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-            # closed here: no "unclosed transport" / "loop is closed" warnings when collected
-            stream._sock, stream._closing = None, True
-        conn._writer = conn._reader = None
+        await self._lanes.aclose()
 
 
 def _check_bytes(client: Any) -> None:

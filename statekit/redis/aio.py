@@ -16,7 +16,9 @@ read before a command is sent on it). At most *limit* commands are in flight per
 transport (default: the pool's ``max_connections``, capped at :data:`DEFAULT_LIMIT`);
 more callers wait their turn instead of opening more connections, so 200 concurrent
 ``await cache.get()`` on one loop use a bounded number of sockets. A Cluster client
-sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``).
+sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``),
+under the same bound (redis-py's asyncio cluster fails past a node's
+``max_connections`` instead of waiting).
 
 **Event loops.** redis-py's asyncio connections belong to the loop that opened them.
 :func:`get_async_client` keeps one client per URL *and running loop*, so a process
@@ -44,11 +46,12 @@ authentication replies raise ``BackendUnavailable``; other error replies raise w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from ..config import BackendURL, parse_url
 from ..errors import ConfigError
@@ -65,8 +68,10 @@ from . import (
 from .scripts import Script
 from .transport import STALE_CHECK_AFTER, RedisReplyError, _message, _name, packer
 
-__all__ = ["DEFAULT_LIMIT", "AsyncTransport", "create_async_client", "get_async_client",
-           "memory_async_client"]
+__all__ = ["DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets", "create_async_client",
+           "get_async_client", "memory_async_client", "transports_per_loop"]
+
+T = TypeVar("T")
 
 Arg = bytes | str | int | float
 
@@ -168,19 +173,122 @@ def _sentinel_master_class() -> Any:
     return _sentinel_master
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]] = weakref.WeakKeyDictionary()
+class PerLoop(Generic[T]):
+    """One *T* per running event loop (redis-py's asyncio connections belong to the
+    loop that opened them), made by *make* on first use on a loop.
+
+    A loop that shuts down the usual way (``asyncio.run``, uvicorn and asgiref call its
+    ``shutdown_asyncgens``) closes its *T* with *close* then: a small async generator
+    registered with the loop when the *T* is made runs it. A loop closed without that
+    (a hand-made loop, ``loop.close()`` alone) cannot run a coroutine any more: its
+    *T* is handed to *abandon* (close the sockets directly) the next time any loop
+    asks for one, so a process that runs a loop per call (``async_to_sync`` in a WSGI
+    worker) does not keep a connection per dead loop.
+    """
+
+    def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[None]],
+                 abandon: Callable[[T], None] | None = None) -> None:
+        self._make = make
+        self._close = close
+        self._abandon = abandon
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[T, Any]] = \
+            weakref.WeakKeyDictionary()
+
+    def current(self) -> T:
+        """The running loop's *T* (made now if it has none). Call it on a loop."""
+        loop = asyncio.get_running_loop()
+        lane = self._by_loop.get(loop)
+        if lane is None:
+            for old in [old for old in self._by_loop if old.is_closed()]:
+                thing = self._by_loop.pop(old)[0]
+                if self._abandon is not None:
+                    self._abandon(thing)
+            thing = self._make()
+            closer = self._closer(loop, thing)
+            # run to its yield now (no await before it): the loop's asyncgen hook has
+            # registered it, so shutdown_asyncgens will run its finally
+            step = closer.__anext__()
+            with contextlib.suppress(StopIteration):
+                step.send(None)
+            lane = self._by_loop[loop] = (thing, closer)
+        return lane[0]
+
+    async def _closer(self, loop: asyncio.AbstractEventLoop, thing: T) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            if self._by_loop.get(loop, (None,))[0] is thing:
+                del self._by_loop[loop]
+            await self._close(thing)
+
+    async def aclose(self) -> None:
+        """Close the running loop's *T*, if it has one (another is made on next use)."""
+        lane = self._by_loop.get(asyncio.get_running_loop())
+        if lane is not None:
+            await lane[1].aclose()
+
+    def items(self) -> list[T]:
+        """Every loop's *T* (for stats and tests)."""
+        return [lane[0] for lane in self._by_loop.values()]
+
+
+def abandon_sockets(transport: AsyncTransport, *, owned: bool) -> None:
+    """Close the sockets of *transport* whose loop is closed (asyncio cannot close a
+    connection once its loop is closed): each socket closed directly and its
+    connection forgotten, without touching the dead loop; with *owned*, every
+    connection of its client's pools too (Cluster: each node's)."""
+    client = transport.client
+    conns = list(transport._idle)
+    if owned:
+        pools = [getattr(client, "connection_pool", None)]
+        pools += [node for node in getattr(client, "get_nodes", list)()]
+        for pool in pools:
+            conns += getattr(pool, "_available_connections", ()) or ()
+            conns += list(getattr(pool, "_in_use_connections", ()) or ())
+            conns += getattr(pool, "_connections", ()) or ()
+    for conn in conns:
+        writer = getattr(conn, "_writer", None)
+        if writer is None:
+            continue
+        stream = writer.transport
+        sock = getattr(stream, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            # closed here: no "unclosed transport" / "loop is closed" warnings when collected
+            stream._sock, stream._closing = None, True
+        conn._writer = conn._reader = None
+
+
+def transports_per_loop(make_client: Callable[[], Any], *, owned: bool,
+                        **options: Any) -> PerLoop[AsyncTransport]:
+    """An :class:`AsyncTransport` per running loop on ``make_client()`` (*options* are
+    the transport's). With *owned*, each loop's client is the transport's own: closed
+    with it."""
+
+    def make() -> AsyncTransport:
+        return AsyncTransport(make_client(), **options)
+
+    async def close(transport: AsyncTransport) -> None:
+        await transport.aclose()
+        if owned:
+            await transport.client.aclose()
+
+    return PerLoop(make, close, lambda transport: abandon_sockets(transport, owned=owned))
+
+
+_shared: dict[Any, PerLoop[AsyncTransport]] = {}
 
 
 def get_async_client(url: str, **overrides: Any) -> Any:
     """This process's shared async client for *url* on the running event loop (one
-    pool per URL, options and loop), created on first use. Call it from a coroutine."""
-    loop = asyncio.get_running_loop()
-    clients = _clients.setdefault(loop, {})
+    pool per URL, options and loop), created on first use, closed with its loop
+    (:class:`PerLoop`). Call it on a loop."""
     key = (url, tuple(sorted(overrides.items())))
-    client = clients.get(key)
-    if client is None:
-        client = clients[key] = create_async_client(url, **overrides)
-    return client
+    lanes = _shared.get(key)
+    if lanes is None:
+        lanes = _shared[key] = transports_per_loop(lambda: create_async_client(url, **overrides), owned=True)
+    return lanes.current().client
 
 
 def memory_async_client(name: str = "") -> Any:
@@ -371,9 +479,9 @@ class AsyncTransport:
         :raises BackendUnavailable: Redis unreachable, timed out or refusing service.
         :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
         """
-        if not self.direct:
-            return await self._through_client(args)
         async with self._gate:
+            if not self.direct:
+                return await self._through_client(args)
             return await self._run(args)
 
     async def _run(self, args: Sequence[Arg], keep: type[Exception] | None = None) -> Any:
@@ -413,13 +521,13 @@ class AsyncTransport:
         nothing ran) load it and run it again. Errors as :meth:`command`."""
         evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
         no_script = self._redis.exceptions.NoScriptError
-        if not self.direct:
-            try:
-                return await self._through_client(evalsha, keep=no_script)
-            except no_script:
-                await self._through_client((b"SCRIPT", b"LOAD", script.source), target=keys)
-                return await self._through_client(evalsha)
         async with self._gate:
+            if not self.direct:
+                try:
+                    return await self._through_client(evalsha, keep=no_script)
+                except no_script:
+                    await self._through_client((b"SCRIPT", b"LOAD", script.source), target=keys)
+                    return await self._through_client(evalsha)
             try:
                 return await self._run(evalsha, keep=no_script)
             except no_script:

@@ -28,12 +28,11 @@ TRACKING on REDIRECT`` to the :class:`~statekit.redis.tracking.InvalidationListe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import time
 import weakref
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cache.near import NearCache
@@ -507,9 +506,12 @@ class AsyncRedisEngine(_Layout):
             self.cluster = isinstance(client, RedisCluster)
         else:
             self.cluster = parse_url(url or "", kinds=("redis", "memory")).scheme == "redis+cluster"
-        self._lanes: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncTransport, AsyncGenerator[None, None]]] = \
-            weakref.WeakKeyDictionary()
+        from ..redis.aio import create_async_client, transports_per_loop
+
+        # one transport (and client) per running loop, closed with the loop
+        self._lanes = transports_per_loop(
+            lambda: client if client is not None else create_async_client(url or ""),
+            owned=client is None, what="session", tracking=self.listener)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str, counters: Counters | None = None,
@@ -520,30 +522,7 @@ class AsyncRedisEngine(_Layout):
 
     async def _transport(self) -> AsyncTransport:
         """This loop's transport (and client), made on first use."""
-        loop = asyncio.get_running_loop()
-        lane = self._lanes.get(loop)
-        if lane is None:
-            from ..redis.aio import AsyncTransport, create_async_client
-
-            client = self._client if self._client is not None else create_async_client(self._url or "")
-            transport = AsyncTransport(client, what="session", tracking=self.listener)
-            # closed when the loop shuts down (asyncio.run, asgiref and uvicorn call the
-            # loop's shutdown_asyncgens): a loop that ends without aclose() leaves no
-            # open socket behind
-            closer = self._closer(loop, transport)
-            lane = self._lanes[loop] = (transport, closer)
-            await closer.__anext__()
-        return lane[0]
-
-    async def _closer(self, loop: asyncio.AbstractEventLoop,
-                      transport: AsyncTransport) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            self._lanes.pop(loop, None)
-            await transport.aclose()
-            if self._client is None:
-                await transport.client.aclose()
+        return self._lanes.current()
 
     async def _index_after(self, transport: AsyncTransport, op: IndexOp | None, what: str) -> None:
         if op is None or not self.cluster:
@@ -664,6 +643,4 @@ class AsyncRedisEngine(_Layout):
         stop the near cache's listener (later loads ask Redis)."""
         if self.listener is not None:
             self.listener.stop()
-        lane = self._lanes.get(asyncio.get_running_loop())
-        if lane is not None:
-            await lane[1].aclose()
+        await self._lanes.aclose()
