@@ -294,7 +294,8 @@ def _asgi_get(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> Callab
 
 
 async def _start_cookie(app: Any) -> bytes:
-    """``POST /start`` through *app*; the session cookie pair it set."""
+    """``POST /start`` through *app*; the ``Cookie`` header a browser sends back (the
+    session cookie and, with the near cache, its version token)."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/start", "raw_path": b"/start", "query_string": b"", "root_path": "",
              "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("bench", 80)}
@@ -306,10 +307,10 @@ async def _start_cookie(app: Any) -> bytes:
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             found.extend(v.split(b";", 1)[0] for k, v in message.get("headers", [])
-                         if k == b"set-cookie" and v.startswith(b"session="))
+                         if k == b"set-cookie" and v.startswith((b"session=", b"session_v=")))
 
     await app(scope, receive, send)
-    return found[0]
+    return b"; ".join(found)
 
 
 async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, float]:
@@ -320,7 +321,8 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
     (tmp / "bench_asgi_inproc.py").write_text(APP)
     sys.path.insert(0, str(tmp))
     make = importlib.import_module("bench_asgi_inproc").make
-    apps = {kind: make(kind, url) for kind in ("none", "cookie", "starsessions", "statekit")}
+    kinds = ("none", "cookie", "starsessions", "statekit", "statekit-near")
+    apps = {kind: make(kind, url) for kind in kinds}
     out: dict[str, float] = {}
     calls = {}
     for kind, app in apps.items():
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nin process, no HTTP server (µs per read request, best of 5 x {max(200, args.requests * 2)}):")
     base = parts["none"]
-    for key in ("none", "cookie", "starsessions", "statekit"):
+    for key in ("none", "cookie", "starsessions", "statekit", "statekit-near"):
         extra = "" if key == "none" else f"  (+{parts[key] - base:.0f} over no session middleware)"
         print(f"  {('app, ' + key + ' session middleware'):<44} {parts[key]:>7.1f}{extra}")
     sleep0 = parts["asyncio.sleep(0) (subtracted above)"]
