@@ -46,7 +46,6 @@ import contextlib
 import inspect
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -55,7 +54,7 @@ from ..cache.plan import adrive
 from ..config import parse_url
 from ..errors import BackendUnavailable
 from ..redis import translate_errors
-from ..redis.aio import AsyncTransport, get_async_client
+from ..redis.aio import AsyncTransport, PerLoop, get_async_client
 from .memory import deliver
 from .protocol import BUILTINS, Claim, Record, resolve_backend, scheme_of
 from .redis import READ_FIELDS, VERSION_FIELDS, RedisOps
@@ -196,8 +195,7 @@ class AsyncBroadcaster(SchedulerBase):
     def _init_process_state(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None  # the scheduler's
         # one backend per event loop: redis-py's asyncio connections belong to one
-        self._backends: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary())
+        self._backends: PerLoop[Any] = PerLoop(self._make_backend, _close_backend)
         self._task: asyncio.Task[None] | None = None
         self._runs: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
@@ -221,11 +219,7 @@ class AsyncBroadcaster(SchedulerBase):
     @property
     def backend(self) -> Any:
         """The backend on the running event loop (built on first use there)."""
-        loop = asyncio.get_running_loop()
-        backend = self._backends.get(loop)
-        if backend is None:
-            backend = self._backends[loop] = self._make_backend()
-        return backend
+        return self._backends.current()
 
     # -- the asyncio driver -----------------------------------------------------------
     async def _do(self, call: Call) -> Any:
@@ -318,11 +312,7 @@ class AsyncBroadcaster(SchedulerBase):
             for run in late:
                 run.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        backend = self._backends.pop(asyncio.get_running_loop(), None)
-        if backend is not None and hasattr(backend, "aclose"):
-            await backend.aclose()
-        elif backend is not None and hasattr(backend, "close"):  # a synchronous third-party backend
-            backend.close()
+        await self._backends.aclose()
 
     @property
     def running(self) -> bool:
@@ -335,3 +325,11 @@ class AsyncBroadcaster(SchedulerBase):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def _close_backend(backend: Any) -> None:
+    """Close one loop's backend (a synchronous third-party one by its ``close()``)."""
+    if hasattr(backend, "aclose"):
+        await backend.aclose()
+    elif hasattr(backend, "close"):
+        backend.close()
