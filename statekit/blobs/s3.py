@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import io
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -249,6 +250,31 @@ class _RangeReader(io.RawIOBase):
         super().close()
 
 
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _session(boto3: Any, key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
+    """A boto3 session for one store, on a botocore data loader shared by every
+    store of the process: each session would otherwise parse botocore's S3 model
+    again (60-500 ms a ``BlobStore``, most of opening one)."""
+    import botocore.session
+
+    global _loader
+    with _loader_lock:
+        core = botocore.session.Session()
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        core.register_component("data_loader", _loader)
+        paths = list(_loader.search_paths)
+        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret,
+                                        region_name=opts.get("region"), profile_name=opts.get("profile"),
+                                        botocore_session=core)
+        # boto3 appends its own data directory to the loader's paths, once per session
+        _loader.search_paths[:] = paths + [p for p in _loader.search_paths if p not in paths]
+    return session
+
+
 _CHECKSUM_SETTINGS = ("request_checksum_calculation", "response_checksum_validation")
 
 
@@ -321,8 +347,7 @@ class S3Backend(BlobBackend):
         boto3 = require("boto3", feature="s3:// URLs")
         from botocore.config import Config
 
-        session = boto3.session.Session(aws_access_key_id=key, aws_secret_access_key=secret,
-                                        region_name=opts.get("region"), profile_name=opts.get("profile"))
+        session = _session(boto3, key, secret, opts)
         checksums = {name: opts.get(name, default)
                      for name, default in _checksum_defaults(opts.get("endpoint_url")).items()}
         config = Config(
