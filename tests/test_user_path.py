@@ -655,8 +655,9 @@ def test_readme_fastapi_snippet_under_statekit_serve(
     venv: Venv, user_env: dict[str, str], app_dir: Path, serve: Callable[..., Served]
 ) -> None:
     """The FastAPI block written to myapp.py as printed, run with the README's command
-    (uvicorn workers, two here): a login rotates the session and its cookie carries
-    the user across requests on fresh connections (any worker), the cache counts
+    (uvicorn workers, two here): a login rotates the session (the id before it loads
+    nothing) and its cookie carries the user across requests on fresh connections
+    (any worker), the cache counts
     them (a sync ``Cache`` of this process reads the same key), a value published by
     a sync broadcaster reaches ``Depends(shared(...))``; SIGTERM exits 0."""
     from statekit.broadcast import Broadcaster
@@ -686,6 +687,12 @@ def test_readme_fastapi_snippet_under_statekit_serve(
         assert cache.get("views") == views[-1]
     finally:
         cache.close()
+    ada = browser.cookies["session"]
+    relogin = browser.post(s.base + "/login/grace", timeout=30)
+    assert relogin.json() == {"user": "grace"} and browser.cookies["session"] != ada, relogin.text
+    stale = requests.get(s.base + "/", cookies={"session": ada}, timeout=30)
+    assert stale.status_code == 200 and stale.json()["user"] is None, stale.text  # rotated: no fixation
+    assert browser.get(s.base + "/", timeout=30).json()["user"] == "grace"
     users = random.randrange(1_000, 10**6)
     Broadcaster(user_env["STATEKIT_REDIS_URL"]).publish("users_count", users)
     wait_until(lambda: browser.get(s.base + "/", timeout=30).json()["users"] == users,
