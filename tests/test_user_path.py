@@ -687,7 +687,7 @@ def test_readme_fastapi_snippet_under_statekit_serve(
         assert cache.get("views") == views[-1]
     finally:
         cache.close()
-    ada = browser.cookies["session"]
+    ada = str(browser.cookies["session"])
     relogin = browser.post(s.base + "/login/grace", timeout=30)
     assert relogin.json() == {"user": "grace"} and browser.cookies["session"] != ada, relogin.text
     stale = requests.get(s.base + "/", cookies={"session": ada}, timeout=30)
