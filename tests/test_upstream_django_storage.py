@@ -178,22 +178,6 @@ def _main(tests_dir: str, out: str) -> None:  # pragma: no cover - runs in the s
     url = os.environ["STATEKIT_TEST_BLOBS_URL"]
     scratch = tempfile.mkdtemp(prefix="upstream-storage-")
 
-    # Every test gets a new storage; on S3 each would make its own boto3 client, which
-    # loads botocore's S3 model again (0.2-0.7 s a test, most of this run): the
-    # storages share one client per URL instead, everything else is theirs.
-    from statekit.blobs.s3 import S3Backend
-
-    clients: dict[str, Any] = {}
-    make_client = S3Backend._make_client
-
-    def shared_client(key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
-        name = json.dumps([key, secret, opts], sort_keys=True, default=str)
-        if name not in clients:
-            clients[name] = make_client(key, secret, opts)
-        return clients[name]
-
-    S3Backend._make_client = staticmethod(shared_client)  # type: ignore[method-assign]
-
     def new_storage() -> BlobStorage:
         return BlobStorage(url.replace("{unique}", uuid.uuid4().hex[:12]))
 
