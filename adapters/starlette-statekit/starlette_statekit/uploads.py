@@ -13,7 +13,8 @@ from the current request, :func:`blob_url` gives a download URL::
 
 A request whose ``Content-Length`` already exceeds the limit (plus
 ``STATEKIT_BLOBS_FORM_OVERHEAD`` for the multipart framing) is answered 413 before
-its body is read. Starlette's form parser spools a file part to a temporary file, and
+its body is read; one without ``Content-Length`` (chunked) as soon as the body read
+passes that size. Starlette's form parser spools a file part to a temporary file, and
 the part is held to the exact limit while it streams to the store (no more than one
 chunk past it is read from the spool). Errors become HTTP errors: too large 413,
 wrong or disallowed type 415, missing field 400, store unavailable 503 (a generic
@@ -113,6 +114,11 @@ async def save_upload(
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + overhead:
             raise HTTPException(413, f"upload larger than {limit} bytes")
+        if upload is None and getattr(request, "_form", None) is None:
+            # a body without Content-Length (chunked) is counted as the form parser
+            # reads it (the form stays the request's own): it would otherwise spool a
+            # file part of any size to disk before the limit is checked
+            request._receive = _bounded(request.receive, limit, limit + overhead)
     form = None
     if upload is None:
         form = await request.form()
@@ -134,6 +140,21 @@ async def save_upload(
             await form.close()
     outages.up(f"blob store {store.describe()}")
     return blob
+
+
+def _bounded(receive: Any, limit: int, most: int) -> Any:
+    """*receive*, answering 413 once the request body passes *most* bytes."""
+    seen = 0
+
+    async def bounded() -> Any:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > most:
+            raise HTTPException(413, f"upload larger than {limit} bytes")
+        return message
+
+    return bounded
 
 
 async def blob_url(request: Request, key: str, *, expires: int = 3600,
