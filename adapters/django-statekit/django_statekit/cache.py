@@ -41,6 +41,7 @@ method runs with calls and the async one with awaits.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -58,12 +59,32 @@ __all__ = ["StatekitCache", "UnencodableValue"]
 T = TypeVar("T")
 AnyCache = Cache | AsyncCache
 
+_shared: dict[str, tuple[Cache, AsyncCache]] = {}
+_shared_lock = threading.Lock()
+
+
+def _statekit_caches(url: str | None, options: dict[str, Any]) -> tuple[Cache, AsyncCache]:
+    """The :class:`Cache` and :class:`AsyncCache` of one configuration, made once and
+    shared by every ``StatekitCache`` built with it: Django's cache handler is
+    context-local, so under ASGI it builds a backend object per request, and an
+    ``AsyncCache`` of its own per request opened a Redis connection per request
+    (left open until garbage collection) and an empty near cache."""
+    key = repr((url, sorted(options.items())))
+    with _shared_lock:
+        pair = _shared.get(key)
+        if pair is None:
+            pair = _shared[key] = (Cache(url, default_ttl=None, **options),
+                                   AsyncCache(url, default_ttl=None, **options))
+        return pair
+
 
 class StatekitCache(BaseCache):
     """Django ``BaseCache`` backend over :class:`statekit.cache.Cache` (sync methods)
     and :class:`statekit.cache.AsyncCache` (the ``a*`` methods, natively async).
     Thread-safe: one instance may serve every thread (Django makes one per thread
-    anyway) and every event loop."""
+    anyway, and one per request under ASGI) and every event loop; the instances of
+    one configuration share their statekit caches (connections, near cache,
+    breaker, counters)."""
 
     def __init__(self, location: str | None, params: dict[str, Any]) -> None:
         super().__init__(params)
@@ -76,8 +97,7 @@ class StatekitCache(BaseCache):
             options["serializer"] = "signed-pickle"
         if options["serializer"] == "signed-pickle":
             options.setdefault("secret_keys", settings.secret_keys)
-        self._cache = Cache(url or None, default_ttl=None, **options)
-        self._acache = AsyncCache(url or None, default_ttl=None, **options)
+        self._cache, self._acache = _statekit_caches(url or None, options)
 
     @property
     def statekit(self) -> Cache:
