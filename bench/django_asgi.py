@@ -45,7 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _trees import NOW, commit, env_for  # noqa: E402
-from sessions_asgi import pct, ratio, run_concurrent, run_serial, stop, uvicorn  # noqa: E402
+from run import stop  # noqa: E402
+from sessions_asgi import ratio, report, run_concurrent, run_serial, uvicorn  # noqa: E402
 
 from statekit.embedded import RedisServer  # noqa: E402
 
@@ -158,34 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         conc = run_concurrent(servers, {k: [v] for k, v in cookies.items()}, r, routes, args.clients,
                               args.seconds, args.slices)
 
-    print("\none request at a time (µs; CPU of the uvicorn process per request) and N at once (req/s; "
-          "CPU µs per request of uvicorn + Redis)\n")
-    print("| backend | read p50 µs | read p99 µs | read CPU µs | write p50 µs | write p99 µs | write CPU µs "
-          f"| read cmds | write cmds | {args.clients} at once: read req/s | write req/s "
-          "| read CPU µs/req app+Redis | write CPU µs/req app+Redis |")
-    print("|---" * 13 + "|")
-    for kind in KINDS:
-        s, c = serial_rows[kind], conc[kind]
-        cells = []
-        for route in ("/read", "/write"):
-            cells += [f"{statistics.median(s[f'{route}_rounds']) * 1e6:.0f}",
-                      f"{pct(s[f'{route}_lat'], 0.99) * 1e6:.0f}",
-                      f"{statistics.fmean(s[f'{route}_cpu']) * 1e6:.0f}"]
-        cells += [f"{statistics.median(s['/read_cmds']):.2f}", f"{statistics.median(s['/write_cmds']):.2f}"]
-        cells += [f"{statistics.median(c['/read_rps']):.0f}", f"{statistics.median(c['/write_rps']):.0f}"]
-        for route in ("/read", "/write"):
-            served, app_cpu, redis_cpu = c[f"{route}_work"]
-            cells.append(f"{app_cpu / served * 1e6:.0f} + {redis_cpu / served * 1e6:.0f}")
-        print(f"| {LABELS[kind]} | " + " | ".join(cells) + " |")
-
-    print("\nratios to Django's RedisCache (median of per-round / per-slice ratios; "
-          "time: lower is better, req/s: higher is better)")
-    print(f"  {'backend':<40} {'read time':>10} {'write time':>11} {'read req/s':>11} {'write req/s':>12}")
-    for kind in KINDS:
-        print(f"  {LABELS[kind]:<40} {ratio(serial_rows, kind, 'django', '/read_rounds'):>9.2f}x "
-              f"{ratio(serial_rows, kind, 'django', '/write_rounds'):>10.2f}x "
-              f"{ratio(conc, kind, 'django', '/read_rps'):>10.2f}x "
-              f"{ratio(conc, kind, 'django', '/write_rps'):>11.2f}x")
+    report(serial_rows, conc, LABELS, "django", "Django's RedisCache", args.clients)
     print("\ncache's share of a request (time above the no-cache floor, one at a time, median of rounds):")
     floor = {route: statistics.median(serial_rows["none"][f"{route}_rounds"])
              for route in ("/read", "/write")}
@@ -200,11 +174,6 @@ def main(argv: list[str] | None = None) -> int:
                    for other in ("django", "django-once", "django-redis") for route in ("/read", "/write"))
         print(f"target: {LABELS[kind]} ahead of every other backend, time and req/s, read and write: "
               f"{'met' if best else 'MISSED'}")
-    print("\nRedis connections per request, one at a time, read / write: opened; still open after the round")
-    for kind in KINDS:
-        print(f"  {LABELS[kind]:<40} " + "; ".join(
-            f"{statistics.median(serial_rows[kind][f'/read_{k}']):.2f} / "
-            f"{statistics.median(serial_rows[kind][f'/write_{k}']):.2f}" for k in ("conns", "held")))
     print(f"(load average {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -27,8 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -53,14 +54,20 @@ def burners(count: int, limit: float) -> Iterator[list[int]]:
     try:
         yield [p.pid for p in procs]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop(procs)
+
+
+def stop(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """Terminate the processes this run started (by their PIDs) and reap them
+    (killed after 10 s); the benchmarks stop their servers with it too."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
 
 
 def _load() -> str:

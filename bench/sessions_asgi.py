@@ -56,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _trees import NOW, commit, env_for  # noqa: E402
+from run import stop  # noqa: E402
 from sessions import _check_written, _commands, _cookie, _exchange, _redis_cpu, _tree_cpu, load  # noqa: E402
 
 from statekit.embedded import RedisServer, free_port  # noqa: E402
@@ -139,18 +140,6 @@ def uvicorn(tmp: Path, module: str, source: str, env: dict[str, str], target: st
     proc.kill()
     proc.wait(10)
     raise RuntimeError(f"uvicorn {module}:{target} ({env.get('BENCH_KIND')}) did not start")
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate the servers this run started (by their PIDs) and reap them."""
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) -> tuple[list[float], float]:
@@ -254,6 +243,49 @@ def run_concurrent(servers: dict[str, tuple[int, int]], cookies: dict[str, list[
 def ratio(rows: dict[str, dict[str, Any]], kind: str, base: str, key: str) -> float:
     """The median of per-round (per-slice) ratios *kind* / *base* of *key*."""
     return float(statistics.median(a / b for a, b in zip(rows[kind][key], rows[base][key], strict=True)))
+
+
+def report(serial_rows: dict[str, dict[str, Any]], conc: dict[str, dict[str, Any]], labels: dict[str, str],
+           base: str, base_name: str, clients: int) -> None:
+    """Print the figures of :func:`run_serial` and :func:`run_concurrent` for each
+    kind in *labels* (kind -> row label): a Markdown table, the ratios to *base*,
+    and the Redis connections opened and left open per request."""
+    width = max(len(label) for label in labels.values())
+    print("\none request at a time (µs; CPU of the uvicorn process per request) and N at once (req/s; "
+          "CPU µs per request of uvicorn + Redis)\n")
+    print("| kind | read p50 µs | read p99 µs | read CPU µs | write p50 µs | write p99 µs | write CPU µs "
+          f"| read cmds | write cmds | {clients} at once: read req/s | write req/s "
+          "| read CPU µs/req app+Redis | write CPU µs/req app+Redis |")
+    print("|---" * 13 + "|")
+    for kind, label in labels.items():
+        s, c = serial_rows[kind], conc[kind]
+        cells = []
+        for route in ("/read", "/write"):
+            cells += [f"{statistics.median(s[f'{route}_rounds']) * 1e6:.0f}",
+                      f"{pct(s[f'{route}_lat'], 0.99) * 1e6:.0f}",
+                      f"{statistics.fmean(s[f'{route}_cpu']) * 1e6:.0f}"]
+        cells += [f"{statistics.median(s['/read_cmds']):.2f}", f"{statistics.median(s['/write_cmds']):.2f}"]
+        cells += [f"{statistics.median(c['/read_rps']):.0f}", f"{statistics.median(c['/write_rps']):.0f}"]
+        for route in ("/read", "/write"):
+            served, app_cpu, redis_cpu = c[f"{route}_work"]
+            cells.append(f"{app_cpu / served * 1e6:.0f} + {redis_cpu / served * 1e6:.0f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+    print(f"\nratios to {base_name} (median of per-round / per-slice ratios; time: lower is better, "
+          "req/s: higher is better)")
+    print(f"  {'':<{width}} {'read time':>10} {'write time':>11} {'read req/s':>11} {'write req/s':>12}")
+    for kind, label in labels.items():
+        if kind != base:
+            print(f"  {label:<{width}} {ratio(serial_rows, kind, base, '/read_rounds'):>9.2f}x "
+                  f"{ratio(serial_rows, kind, base, '/write_rounds'):>10.2f}x "
+                  f"{ratio(conc, kind, base, '/read_rps'):>10.2f}x "
+                  f"{ratio(conc, kind, base, '/write_rps'):>11.2f}x")
+
+    print("\nRedis connections per request, one at a time, read / write: opened; still open after the round")
+    for kind, label in labels.items():
+        print(f"  {label:<{width}} " + "; ".join(
+            f"{statistics.median(serial_rows[kind][f'/read_{k}']):.2f} / "
+            f"{statistics.median(serial_rows[kind][f'/write_{k}']):.2f}" for k in ("conns", "held")))
 
 
 async def _per_call(fn: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
@@ -412,33 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                 _check_written(port, first[kind], kind)
         parts = asyncio.run(breakdown(tmp, server.url, max(200, args.requests * 2), args.profile))
 
-    print("\none request at a time (µs; CPU of the uvicorn process per request) and N at once (req/s; "
-          "CPU µs per request of uvicorn + Redis)\n")
-    print("| kind | read p50 µs | read p99 µs | read CPU µs | write p50 µs | write p99 µs | write CPU µs "
-          f"| read cmds | write cmds | {args.clients} at once: read req/s | write req/s "
-          "| read CPU µs/req app+Redis | write CPU µs/req app+Redis |")
-    print("|---" * 13 + "|")
-    for kind in KINDS:
-        s, c = serial_rows[kind], conc[kind]
-        cells = []
-        for route in ("/read", "/write"):
-            cells += [f"{statistics.median(s[f'{route}_rounds']) * 1e6:.0f}",
-                      f"{pct(s[f'{route}_lat'], 0.99) * 1e6:.0f}",
-                      f"{statistics.fmean(s[f'{route}_cpu']) * 1e6:.0f}"]
-        cells += [f"{statistics.median(s['/read_cmds']):.2f}", f"{statistics.median(s['/write_cmds']):.2f}"]
-        cells += [f"{statistics.median(c['/read_rps']):.0f}", f"{statistics.median(c['/write_rps']):.0f}"]
-        for route in ("/read", "/write"):
-            served, app_cpu, redis_cpu = c[f"{route}_work"]
-            cells.append(f"{app_cpu / served * 1e6:.0f} + {redis_cpu / served * 1e6:.0f}")
-        print(f"| {kind} | " + " | ".join(cells) + " |")
-
-    print("\nratios to Starlette's cookie SessionMiddleware (median of per-round / per-slice ratios)")
-    print(f"  {'kind':<14} {'read time':>10} {'write time':>11} {'read req/s':>11} {'write req/s':>12}")
-    for kind in KINDS[1:]:
-        print(f"  {kind:<14} {ratio(serial_rows, kind, 'cookie', '/read_rounds'):>9.2f}x "
-              f"{ratio(serial_rows, kind, 'cookie', '/write_rounds'):>10.2f}x "
-              f"{ratio(conc, kind, 'cookie', '/read_rps'):>10.2f}x "
-              f"{ratio(conc, kind, 'cookie', '/write_rps'):>11.2f}x")
+    report(serial_rows, conc, {k: k for k in KINDS}, "cookie", "Starlette's cookie SessionMiddleware",
+           args.clients)
 
     print(f"\nin process, no HTTP server (µs per read request, best of 5 x {max(200, args.requests * 2)}):")
     base = parts["none"]
@@ -450,12 +457,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<44} {parts[key] - sleep0:>7.1f}")
     for key in ("store.open", "redis-py asyncio HGETALL"):
         print(f"  {key:<44} {parts[key]:>7.1f}")
-
-    print("\nRedis connections per request, one at a time, read / write: opened; still open after the round")
-    for kind in KINDS:
-        print(f"  {kind:<14} " + "; ".join(
-            f"{statistics.median(serial_rows[kind][f'/read_{k}']):.2f} / "
-            f"{statistics.median(serial_rows[kind][f'/write_{k}']):.2f}" for k in ("conns", "held")))
 
     print("\ntargets")
     for kind in ("statekit", "statekit-near"):
