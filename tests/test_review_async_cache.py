@@ -3,14 +3,19 @@ uvicorn and plain asyncio users do, each reproduced against a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from statekit.cache import AsyncCache
 
 pytestmark = pytest.mark.redis
 
@@ -114,3 +119,104 @@ def test_django_asgi_requests_share_one_pool(tmp_path: Path, redis_url: str) -> 
           f"Redis connections left open: {r['left']}")
     assert r["left"] <= 2
     assert r["unraisable"] == []
+
+
+class _LateReplies:
+    """Replies read by redis-py's asyncio connections arrive late while *on* (the
+    command was applied by Redis; the caller has not seen its reply yet), as on a
+    slow network: a cancellation then lands between the command and its reply."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.connection import Connection
+
+        self.on = False
+        self.arrived: asyncio.Event | None = None
+        original = Connection.read_response
+
+        async def read_response(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            reply = await original(conn, *args, **kwargs)
+            if self.on:
+                assert self.arrived is not None
+                self.arrived.set()
+                await asyncio.sleep(30)
+            return reply
+
+        monkeypatch.setattr(Connection, "read_response", read_response)
+
+    def start(self) -> asyncio.Event:
+        self.on, self.arrived = True, asyncio.Event()
+        return self.arrived
+
+
+async def _free(cache: Any, name: str) -> bool:
+    """Whether another owner can take lock *name* right now."""
+    other = cache.lock(name, timeout=5)
+    taken = bool(await other.acquire(blocking=False))
+    if taken:
+        await other.release()
+    return taken
+
+
+def test_lock_acquire_cancelled_after_redis_granted_it_is_undone(redis_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``asyncio.wait_for(lock.acquire(), ...)`` or a cancelled request handler: the
+    cancellation lands after Redis applied the SET NX but before its reply was read.
+    The lock stayed held under a token nobody kept, for its whole timeout (30 s
+    here), so every other owner was locked out. Found by cancelling random tasks of
+    a mixed get_or_set/incr/set/``async with cache.lock()`` load: locks were left
+    held after every task had ended."""
+    late = _LateReplies(monkeypatch)
+
+    async def body() -> tuple[bool, bool]:
+        c = AsyncCache(redis_url, namespace="review-lock-a")
+        try:
+            await c.set("warm", 1)
+            lock = c.lock("job", timeout=30)
+            arrived = late.start()
+            task = asyncio.create_task(lock.acquire())
+            await asyncio.wait_for(arrived.wait(), 5)  # Redis granted it; the reply is "on the wire"
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            late.on = False
+            held = lock.locked()
+            await asyncio.sleep(0.1)  # the clean-up's own round trip
+            return held, await _free(c, "job")
+        finally:
+            await c.aclose()
+
+    held, free = asyncio.run(body())
+    assert held is False
+    assert free is True
+
+
+def test_lock_release_cancelled_before_it_was_sent_is_still_done(monkeypatch: pytest.MonkeyPatch,
+                                                                  redis_url: str) -> None:
+    """The release of ``async with cache.lock()`` waits for a connection (every one
+    of the loop's connections busy) and the task is cancelled there: the token was
+    already forgotten and the release never sent, so the lock stayed held for its
+    whole timeout."""
+    late = _LateReplies(monkeypatch)
+
+    async def body() -> bool:
+        c = AsyncCache(redis_url + "?max_connections=1", namespace="review-lock-r")
+        try:
+            lock = c.lock("job", timeout=30)
+            assert await lock.acquire()
+            arrived = late.start()
+            busy = asyncio.create_task(c.get("other"))  # holds the only connection
+            await asyncio.wait_for(arrived.wait(), 5)
+            late.on = False
+            release = asyncio.create_task(lock.release())
+            await asyncio.sleep(0.05)  # waiting for the connection: nothing sent yet
+            release.cancel()
+            busy.cancel()
+            for task in (release, busy):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.sleep(0.1)
+            return await _free(c, "job")
+        finally:
+            await c.aclose()
+
+    assert asyncio.run(body()) is True

@@ -39,6 +39,7 @@ caller's reply) and releases the single-flight lock it held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -198,6 +199,10 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         return None if self.sync is None else self.sync.generation_listener()
 
 
+#: lock releases under way in the background (referenced until done)
+_dropping: set[asyncio.Future[None]] = set()
+
+
 class AsyncLock(Lock):
     """:class:`~statekit.cache.tools.Lock` for asyncio: ``async with cache.lock("name"):``.
     The token is kept on this object (not per thread): one task takes and releases it."""
@@ -214,12 +219,49 @@ class AsyncLock(Lock):
         self._token = value
 
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
-        """Take the lock (see :meth:`Lock.acquire <statekit.cache.tools.Lock.acquire>`)."""
-        return await adrive(self._acquire(blocking, timeout), self.cache._effect)
+        """Take the lock (see :meth:`Lock.acquire <statekit.cache.tools.Lock.acquire>`).
+        Cancelled (or failed) while an attempt's reply was awaited, that attempt's
+        token is released in the background: Redis may have granted it."""
+        in_flight: list[str] = []
+
+        async def effect(effect: tuple[Any, ...]) -> Any:
+            if effect[0] != BE or effect[1] != "acquire_lock":
+                return await self.cache._effect(effect)
+            in_flight.append(effect[2][1])
+            result = await self.cache._effect(effect)
+            in_flight.pop()
+            return result
+
+        try:
+            return await adrive(self._acquire(blocking, timeout), effect)
+        except BaseException:
+            if in_flight:
+                self._drop(in_flight[-1])
+            raise
 
     async def release(self) -> None:  # type: ignore[override]
-        """Release the lock; :class:`~statekit.errors.LockError` if not held."""
-        await adrive(self._release(), self.cache._effect)
+        """Release the lock; :class:`~statekit.errors.LockError` if not held.
+        Cancelled, the release is sent again in the background (it may not have
+        been sent; a compare-and-delete of this token is harmless twice)."""
+        token = self.token
+        try:
+            await adrive(self._release(), self.cache._effect)
+        except asyncio.CancelledError:
+            if token is not None:
+                self._drop(token)
+            raise
+
+    def _drop(self, token: str) -> None:
+        """Release *token*'s hold in a task of its own (a cancelled caller cannot
+        wait for it); a no-op if *token* does not hold the lock."""
+
+        async def drop() -> None:
+            with contextlib.suppress(BackendUnavailable):  # then the lock expires on its own
+                await self.cache._effect((BE, "release_lock", (self.name, token), {}))
+
+        task = asyncio.ensure_future(drop())
+        _dropping.add(task)
+        task.add_done_callback(_dropping.discard)
 
     async def extend(self, timeout: float | None = None) -> None:  # type: ignore[override]
         """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
