@@ -403,6 +403,7 @@ def test_phoenix_on_an_asgi_app_loses_no_session_write(tmp_path: Path, redis_url
     assert report["kills"] >= 2 and report["reloads"] >= 1 and report["session_writes"] > 10, output
     assert report["lost_session_writes"] == 0
     assert set(report["unchecked"]) == {"uploads", "shared value"}
-    # what fails is what the SIGKILLs cut: uvicorn accepts eagerly and keeps connections
-    # alive, so a killed worker takes those along too (reloads fail nothing: the test above)
-    assert set(report["failures"]) <= {"connection reset"}, report["failures"]
+    # what fails is what the SIGKILLs cut (a reset, or a response cut mid-body): uvicorn
+    # accepts eagerly and keeps connections alive, so a killed worker takes those along
+    # too (reloads fail nothing: the test above)
+    assert set(report["failures"]) <= {"connection reset", "truncated response"}, report["failures"]
