@@ -116,7 +116,10 @@ class SessionMiddleware:
     :param same_site: ``lax``, ``strict`` or ``none``.
     :param retry_after: seconds in the 503's ``Retry-After``.
     :param store_options: more keywords for the store (``absolute_lifetime``,
-        ``alias_window``, ``codec``, ``user_key``, ``key_prefix``...).
+        ``alias_window``, ``codec``, ``key_prefix``...); ``user_key``, the session key
+        holding the logged-in user's id (what :meth:`~statekit.sessions.aio.AsyncSessionStore.revoke_user`
+        and ``list_user_sessions`` find sessions by), is ``"_user_id"`` unless given,
+        as in the Flask adapter.
 
     Concurrency: no locks; saves merge per key (see :mod:`statekit.sessions`).
     """
@@ -136,6 +139,9 @@ class SessionMiddleware:
                                   "STATEKIT_REDIS_URL)")
             keys = [secret_key] if isinstance(secret_key, (str, bytes)) else list(secret_key or ())
             store_options.setdefault("key_prefix", settings.key_prefix)
+            # the logged-in user's key, as in the Flask adapter (sessions are shared):
+            # indexed, so revoke_user and list_user_sessions find the user's sessions
+            store_options.setdefault("user_key", "_user_id")
             if max_age:
                 store_options.setdefault("idle_timeout", max_age)
             store = AsyncSessionStore(url, secret_keys=keys or settings.secret_keys, **store_options)

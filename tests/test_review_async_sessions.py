@@ -1,0 +1,40 @@
+"""Review of the async sessions (issue 18): defects found by a reviewer, each
+reproduced here against the suite's Redis (and moto S3 for the demo)."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+import httpx
+import pytest
+from test_examples_fastapi import demo_env  # noqa: F401 -- the demo's environment, a fixture
+
+
+@pytest.mark.redis
+@pytest.mark.s3
+@pytest.mark.usefixtures("demo_env")
+def test_the_fastapi_demos_log_out_everywhere_logs_out_the_users_other_browsers() -> None:
+    """The FastAPI demo's "log out everywhere" (revoke_user of the logged-in user)
+    left every other browser of that user logged in: the demo keeps the user under
+    ``_user_id`` but its session middleware had no ``user_key``, so no session was
+    ever put in the user's index and revoke_user found none (0 revoked). The demo's
+    own test used one cookie for both workers, which its destroy_session covers."""
+    from examples.fastapi_app.main import create_app
+
+    app = create_app()
+
+    async def main() -> tuple[str | None, str | None]:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            laptop, phone = [await stack.enter_async_context(httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://demo")) for _ in range(2)]
+            for browser in (laptop, phone):
+                assert (await browser.post("/api/login", data={"user": "ada"})).json()["user"] == "ada"
+            await laptop.post("/logout-everywhere")
+            return ((await laptop.get("/api/session")).json()["user"],
+                    (await phone.get("/api/session")).json()["user"])
+
+    laptop_user, phone_user = asyncio.run(main())
+    assert laptop_user is None
+    assert phone_user is None  # was "ada": the other browser stayed logged in
