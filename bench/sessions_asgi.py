@@ -301,9 +301,11 @@ async def _per_call(fn: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -
     return best
 
 
-def _asgi_get(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> Callable[[], Awaitable[Any]]:
-    """One ``GET`` through *app* as an ASGI callable (no server), checked for 200."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+def _asgi(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],
+          seen: list[bytes] | None = None) -> Callable[[], Awaitable[Any]]:
+    """One request through *app* as an ASGI callable (no server), checked for 200;
+    the session cookies it sets are appended to *seen* (as a browser's ``Cookie``)."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
              "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
              "headers": [(b"host", b"bench"), *headers], "client": ("127.0.0.1", 1),
              "server": ("bench", 80)}
@@ -317,36 +319,20 @@ def _asgi_get(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> Callab
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+                if seen is not None:
+                    seen.extend(v.split(b";", 1)[0] for k, v in message.get("headers", [])
+                                if k == b"set-cookie" and v.startswith((b"session=", b"session_v=")))
 
         await app(dict(scope), receive, send)
         if status != [200]:
-            raise RuntimeError(f"{path}: {status}")
+            raise RuntimeError(f"{method} {path}: {status}")
 
     return call
 
 
-async def _start_cookie(app: Any) -> bytes:
-    """``POST /start`` through *app*; the ``Cookie`` header a browser sends back (the
-    session cookie and, with the near cache, its version token)."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/start", "raw_path": b"/start", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1), "server": ("bench", 80)}
-    found: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            found.extend(v.split(b";", 1)[0] for k, v in message.get("headers", [])
-                         if k == b"set-cookie" and v.startswith((b"session=", b"session_v=")))
-
-    await app(scope, receive, send)
-    return b"; ".join(found)
-
-
 async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, float]:
-    """In-process microseconds per session read (no HTTP server) and its parts."""
+    """In-process microseconds per session read and write (no HTTP server), and the
+    parts of a read."""
     import redis.asyncio as aioredis
     from itsdangerous import TimestampSigner
 
@@ -358,8 +344,14 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
     out: dict[str, float] = {}
     calls = {}
     for kind, app in apps.items():
-        headers = [] if kind == "none" else [(b"cookie", await _start_cookie(app))]
-        calls[kind] = _asgi_get(app, "/read", headers)
+        headers = []
+        if kind != "none":
+            seen: list[bytes] = []
+            await _asgi(app, "POST", "/start", [], seen)()
+            headers = [(b"cookie", b"; ".join(seen))]
+        calls[f"{kind} read"] = _asgi(app, "GET", "/read", headers)
+        if kind != "none":
+            calls[f"{kind} write"] = _asgi(app, "POST", "/write", headers)
     for _ in range(3):  # interleaved: take each kind's best over the passes
         for kind, call in calls.items():
             out[kind] = min(out.get(kind, float("inf")), await _per_call(call, n))
@@ -386,7 +378,7 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(n):
-            await calls["statekit"]()
+            await calls["statekit read"]()
         prof.disable()
         print(f"\ncProfile of {n} statekit reads in process (top 15 by own time):")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
@@ -447,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     report(serial_rows, conc, {k: k for k in KINDS}, "cookie", "Starlette's cookie SessionMiddleware",
            args.clients)
 
-    print(f"\nin process, no HTTP server (µs per read request, best of 5 x {max(200, args.requests * 2)}):")
-    base = parts["none"]
-    for key in ("none", "cookie", "starsessions", "statekit", "statekit-near"):
-        extra = "" if key == "none" else f"  (+{parts[key] - base:.0f} over no session middleware)"
-        print(f"  {('app, ' + key + ' session middleware'):<44} {parts[key]:>7.1f}{extra}")
+    print(f"\nin process, no HTTP server (µs per request, best of 5 x {max(200, args.requests * 2)}; "
+          "read / write, and over no session middleware):")
+    base = parts["none read"]
+    print(f"  {'app, no session middleware (read)':<44} {base:>7.1f}")
+    for kind in KINDS:
+        read, write = parts[f"{kind} read"], parts[f"{kind} write"]
+        print(f"  {('app, ' + kind + ' session middleware'):<44} {read:>7.1f} / {write:>7.1f}  "
+              f"(+{read - base:.0f} / +{write - base:.0f})")
     sleep0 = parts["asyncio.sleep(0) (subtracted above)"]
     for key in ("store.unsign", "itsdangerous unsign+sign"):
         print(f"  {key:<44} {parts[key] - sleep0:>7.1f}")
