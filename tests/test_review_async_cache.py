@@ -130,12 +130,15 @@ class _LateReplies:
         from redis.asyncio.connection import Connection
 
         self.on = False
+        self.skip = 0
         self.arrived: asyncio.Event | None = None
         original = Connection.read_response
 
         async def read_response(conn: Any, *args: Any, **kwargs: Any) -> Any:
             reply = await original(conn, *args, **kwargs)
-            if self.on:
+            if self.on and self.skip:
+                self.skip -= 1
+            elif self.on:
                 assert self.arrived is not None
                 self.arrived.set()
                 await asyncio.sleep(30)
@@ -143,8 +146,9 @@ class _LateReplies:
 
         monkeypatch.setattr(Connection, "read_response", read_response)
 
-    def start(self) -> asyncio.Event:
-        self.on, self.arrived = True, asyncio.Event()
+    def start(self, skip: int = 0) -> asyncio.Event:
+        """Delay the reply after the next *skip* ones."""
+        self.on, self.skip, self.arrived = True, skip, asyncio.Event()
         return self.arrived
 
 
@@ -220,3 +224,37 @@ def test_lock_release_cancelled_before_it_was_sent_is_still_done(monkeypatch: py
             await c.aclose()
 
     assert asyncio.run(body()) is True
+
+
+def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock(redis_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A get_or_set of a missing key cancelled after Redis granted its single-flight
+    lock but before the reply was read: the lock stayed held for lock_ttl, so every
+    caller of that key in the meantime waited lock_wait before computing anyway."""
+    late = _LateReplies(monkeypatch)
+    computed: list[str] = []
+
+    async def compute() -> str:
+        computed.append("x")
+        return "value"
+
+    async def body() -> tuple[Any, float]:
+        c = AsyncCache(redis_url, namespace="review-sf", lock_ttl=30, lock_wait=1)
+        try:
+            await c.set("warm", 1)
+            arrived = late.start(skip=1)  # the read of the key answers; the lock's SET NX is late
+            task = asyncio.create_task(c.get_or_set("report", compute))
+            await asyncio.wait_for(arrived.wait(), 5)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            late.on = False
+            await asyncio.sleep(0.1)
+            value = await c.get_or_set("report", compute)
+            return value, c.stats()["lock_waits"]
+        finally:
+            await c.aclose()
+
+    value, waits = asyncio.run(body())
+    assert value == "value" and computed == ["x"]
+    assert waits == 0  # the next caller took the lock at once

@@ -786,9 +786,18 @@ class _CacheCore:
             ok = yield from self._call("acquire_lock", "sf:" + key, token, int(self.lock_ttl * 1000))
         except BackendUnavailable:
             return None
+        except BaseException as e:  # interrupted with the SET NX out: Redis may have granted it
+            if not isinstance(e, (Exception, GeneratorExit)):  # a cancellation, KeyboardInterrupt
+                self._abandoned(key, token)
+            raise
         if ok:
             self._tokens()[key] = token
         return bool(ok)
+
+    def _abandoned(self, key: str, token: str) -> None:
+        """The single-flight lock of *key* may be held with *token* by a caller that
+        was interrupted (an async task cancelled) before it knew: the async cache
+        releases it; a sync caller leaves it to expire."""
 
     def _tokens(self) -> dict[str, str]:
         """This thread's single-flight lock tokens, by key."""

@@ -203,6 +203,19 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
 _dropping: set[asyncio.Future[None]] = set()
 
 
+def _drop(release: Awaitable[Any]) -> None:
+    """Run the lock release *release* in a task of its own (a cancelled caller cannot
+    wait for it); if Redis is unavailable the lock expires on its own."""
+
+    async def drop() -> None:
+        with contextlib.suppress(BackendUnavailable):
+            await release
+
+    task = asyncio.ensure_future(drop())
+    _dropping.add(task)
+    task.add_done_callback(_dropping.discard)
+
+
 class AsyncLock(Lock):
     """:class:`~statekit.cache.tools.Lock` for asyncio: ``async with cache.lock("name"):``.
     The token is kept on this object (not per thread): one task takes and releases it."""
@@ -255,13 +268,7 @@ class AsyncLock(Lock):
         """Release *token*'s hold in a task of its own (a cancelled caller cannot
         wait for it); a no-op if *token* does not hold the lock."""
 
-        async def drop() -> None:
-            with contextlib.suppress(BackendUnavailable):  # then the lock expires on its own
-                await self.cache._effect((BE, "release_lock", (self.name, token), {}))
-
-        task = asyncio.ensure_future(drop())
-        _dropping.add(task)
-        task.add_done_callback(_dropping.discard)
+        _drop(self.cache._effect((BE, "release_lock", (self.name, token), {})))
 
     async def extend(self, timeout: float | None = None) -> None:  # type: ignore[override]
         """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
@@ -362,6 +369,12 @@ class AsyncCache(_CacheCore):
             return asyncio.ensure_future(self._keep_lock(effect[1], effect[2]))
         effect[1].cancel()  # UNHOLD
         return None
+
+    def _abandoned(self, key: str, token: str) -> None:
+        """A task cancelled while its single-flight lock's SET NX was out: release
+        that token in the background (Redis may have granted it)."""
+        backend: AsyncRedisCacheBackend = self._backend or self._connect()
+        _drop(backend.call("release_lock", "sf:" + key, token))
 
     async def _keep_lock(self, name: str, token: str) -> None:
         """Extend a single-flight lock every ``lock_ttl / 3`` while its compute runs."""
