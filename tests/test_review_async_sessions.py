@@ -4,11 +4,14 @@ reproduced here against the suite's Redis (and moto S3 for the demo)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from contextlib import AsyncExitStack
 
 import httpx
 import pytest
 from test_examples_fastapi import demo_env  # noqa: F401 -- the demo's environment, a fixture
+
+from statekit.sessions import AsyncSessionStore
 
 
 @pytest.mark.redis
@@ -38,3 +41,24 @@ def test_the_fastapi_demos_log_out_everywhere_logs_out_the_users_other_browsers(
     laptop_user, phone_user = asyncio.run(main())
     assert laptop_user is None
     assert phone_user is None  # was "ada": the other browser stayed logged in
+
+
+@pytest.mark.redis
+def test_listing_a_users_sessions_works_after_a_burst_of_loads(redis_url: str) -> None:
+    """After 64 or more session loads at once on one loop (a busy worker), every
+    connection of the engine's pool was kept by its transport, and
+    list_user_sessions (a redis-py pipeline on the same pool) raised
+    BackendUnavailable ("Too many connections"): a false outage, a 503 for good while
+    Redis was fine. It now goes through the transport's connections too."""
+    store = AsyncSessionStore(redis_url, secret_keys=["review-key"], key_prefix="r" + uuid.uuid4().hex[:8])
+
+    async def main() -> tuple[int, int, list[int]]:
+        async with store:
+            mine = [await store.create({"n": i}, user_id="ada") for i in range(3)]
+            await asyncio.gather(*(store.load(mine[0].sid) for _ in range(200)))
+            listed = await asyncio.gather(*(store.list_user_sessions("ada") for _ in range(20)))
+            return len(listed[0]), await store.revoke_user("ada"), [len(x) for x in listed]
+
+    count, revoked, every = asyncio.run(main())
+    assert (count, revoked) == (3, 3)
+    assert every == [3] * 20

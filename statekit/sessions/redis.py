@@ -28,6 +28,7 @@ TRACKING on REDIRECT`` to the :class:`~statekit.redis.tracking.InvalidationListe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -620,7 +621,17 @@ class AsyncRedisEngine(_Layout):
             return int(sum(results[:-1])), 1  # once more: sessions indexed meanwhile
 
     async def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:
-        client = (await self._transport()).client
+        transport = await self._transport()
+        if transport.direct:
+            # standalone, Sentinel: on the transport's connections, which may be every
+            # connection of the client's pool (a pipeline on that pool then failed with
+            # "Too many connections"); the hashes read at once under its bound
+            found = await transport.command(b"ZRANGEBYSCORE", self.index_key(user), since, b"+inf")
+            members = [_text(m) for m in found]
+            rows = await asyncio.gather(*(transport.command(b"HMGET", self._session_prefix + m, *_META)
+                                          for m in members))
+            return _listing(members, rows)
+        client = transport.client
         with translate_errors("session list"):
             members = [_text(m) for m in await client.zrangebyscore(self.index_key(user), since, "+inf")]
             if not members:
