@@ -51,7 +51,8 @@ work (no Redis URL, a missing extra); switch off what you do not use with
 
 **Outages.** A :class:`~statekit.errors.BackendUnavailable` raised by a handler is
 answered ``503`` with a generic page and ``Retry-After`` (nothing about the backend:
-that goes to the ``statekit.outage`` log, once per outage).
+that goes to the ``statekit.outage`` log, once per outage); a WebSocket is closed
+with 1013, "try again later".
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, Response
+from starlette.websockets import WebSocket, WebSocketState
 
 from statekit.broadcast import SharedValue, SharedValues
 from statekit.config import Settings
@@ -307,9 +309,15 @@ def unavailable_response(retry_after: int = 5) -> Response:
                         headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"})
 
 
-async def _on_backend_unavailable(request: Request, error: Exception) -> Response:
-    state = get_state(request)
+async def _on_backend_unavailable(conn: HTTPConnection, error: Exception) -> Response | None:
+    state = get_state(conn)
     outages.down(outage_name(error, state.settings), error)
+    if isinstance(conn, WebSocket):
+        # no HTTP answer on a WebSocket (once accepted it is a protocol error): closed
+        # with "try again later", as the session middleware does
+        if conn.application_state is not WebSocketState.DISCONNECTED:
+            await conn.close(code=1013, reason="try again later")
+        return None
     return unavailable_response()
 
 

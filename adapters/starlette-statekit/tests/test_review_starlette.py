@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from starlette.applications import Starlette
 
 from starlette_statekit import StateKit, get_state
 from starlette_statekit.uploads import save_upload
@@ -86,3 +87,57 @@ def test_a_chunked_upload_over_the_limit_is_refused_before_its_body_is_spooled(
     assert status == 413
     assert read <= 64 * 1024 + 64 * 1024 + 2 * chunk  # the limit, the form overhead, a chunk in flight
     assert (stored, only_small) == (1, True)
+
+
+def test_an_outage_in_a_websocket_handler_closes_it_with_try_again_later(redis_url: str) -> None:
+    """A BackendUnavailable raised by a WebSocket endpoint went to StateKit's handler,
+    which answered with the 503 page: after the accept that is an HTTP response on an
+    open WebSocket (``websocket.http.response.start``, an ASGI protocol error: uvicorn
+    fails the connection, 1011, with a traceback in the log). Now the socket is
+    closed with 1013, "try again later", as the session middleware closes one it
+    cannot load a session for."""
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    from statekit.errors import BackendUnavailable
+
+    async def after_accept(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        raise BackendUnavailable("Redis unavailable during a test")
+
+    async def before_accept(websocket: WebSocket) -> None:
+        raise BackendUnavailable("Redis unavailable during a test")
+
+    app = Starlette(routes=[WebSocketRoute("/after", after_accept), WebSocketRoute("/before", before_accept)])
+    StateKit(app, redis_url=redis_url, key_prefix="r" + uuid.uuid4().hex[:8], sessions_enabled=False,
+             broadcast_enabled=False)
+
+    async def connect(path: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        inbox = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop()
+            await asyncio.sleep(3600)  # the client says nothing more
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            sent.append(dict(message))
+
+        scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
+                 "client": ("127.0.0.1", 1), "server": None, "subprotocols": [],
+                 "extensions": {"websocket.http.response": {}}}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return sent
+
+    async def main() -> tuple[list[str], list[str], dict[str, Any]]:
+        after, before = await connect("/after"), await connect("/before")
+        return [m["type"] for m in after], [m["type"] for m in before], after[-1]
+
+    after, before, last = asyncio.run(main())
+    assert after == ["websocket.accept", "websocket.send", "websocket.close"]  # no HTTP response after accept
+    assert last["code"] == 1013
+    assert before == ["websocket.close"]  # refused before the accept: the server answers 403
