@@ -312,9 +312,11 @@ def unavailable_response(retry_after: int = 5) -> Response:
 async def _on_backend_unavailable(conn: HTTPConnection, error: Exception) -> Response | None:
     state = get_state(conn)
     outages.down(outage_name(error, state.settings), error)
-    if isinstance(conn, WebSocket):
-        # no HTTP answer on a WebSocket (once accepted it is a protocol error): closed
-        # with "try again later", as the session middleware does
+    deniable = "websocket.http.response" in (conn.scope.get("extensions") or {})
+    if isinstance(conn, WebSocket) and not (conn.application_state is WebSocketState.CONNECTING and deniable):
+        # no HTTP answer on an accepted WebSocket (a protocol error), nor before the
+        # accept without the server's denial-response extension: closed with "try
+        # again later", as the session middleware does
         if conn.application_state is not WebSocketState.DISCONNECTED:
             await conn.close(code=1013, reason="try again later")
         return None

@@ -93,9 +93,9 @@ def test_an_outage_in_a_websocket_handler_closes_it_with_try_again_later(redis_u
     """A BackendUnavailable raised by a WebSocket endpoint went to StateKit's handler,
     which answered with the 503 page: after the accept that is an HTTP response on an
     open WebSocket (``websocket.http.response.start``, an ASGI protocol error: uvicorn
-    fails the connection, 1011, with a traceback in the log). Now the socket is
-    closed with 1013, "try again later", as the session middleware closes one it
-    cannot load a session for."""
+    fails the connection, 1011, with a traceback in the log), and before it one the
+    server may not take. Now an accepted socket is closed with 1013, "try again
+    later", as the session middleware closes one it cannot load a session for."""
     from starlette.routing import WebSocketRoute
     from starlette.websockets import WebSocket
 
@@ -113,7 +113,7 @@ def test_an_outage_in_a_websocket_handler_closes_it_with_try_again_later(redis_u
     StateKit(app, redis_url=redis_url, key_prefix="r" + uuid.uuid4().hex[:8], sessions_enabled=False,
              broadcast_enabled=False)
 
-    async def connect(path: str) -> list[dict[str, Any]]:
+    async def connect(path: str, extensions: dict[str, Any]) -> list[dict[str, Any]]:
         sent: list[dict[str, Any]] = []
         inbox = [{"type": "websocket.connect"}]
 
@@ -129,15 +129,19 @@ def test_an_outage_in_a_websocket_handler_closes_it_with_try_again_later(redis_u
         scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": path,
                  "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
                  "client": ("127.0.0.1", 1), "server": None, "subprotocols": [],
-                 "extensions": {"websocket.http.response": {}}}
+                 "extensions": extensions}
         await asyncio.wait_for(app(scope, receive, send), 10)
         return sent
 
-    async def main() -> tuple[list[str], list[str], dict[str, Any]]:
-        after, before = await connect("/after"), await connect("/before")
-        return [m["type"] for m in after], [m["type"] for m in before], after[-1]
+    denial = {"websocket.http.response": {}}
 
-    after, before, last = asyncio.run(main())
-    assert after == ["websocket.accept", "websocket.send", "websocket.close"]  # no HTTP response after accept
-    assert last["code"] == 1013
-    assert before == ["websocket.close"]  # refused before the accept: the server answers 403
+    async def main() -> tuple[list[dict[str, Any]], ...]:
+        return await connect("/after", denial), await connect("/before", denial), await connect("/before", {})
+
+    after, denied, refused = asyncio.run(main())
+    assert [m["type"] for m in after] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert after[-1]["code"] == 1013  # no HTTP response on the open socket
+    # before the accept: the 503 page where the server takes a denial response, else a close
+    assert [m["type"] for m in denied] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert denied[0]["status"] == 503
+    assert [(m["type"], m["code"]) for m in refused] == [("websocket.close", 1013)]
