@@ -258,3 +258,41 @@ def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock(redis_url: st
     value, waits = asyncio.run(body())
     assert value == "value" and computed == ["x"]
     assert waits == 0  # the next caller took the lock at once
+
+
+def test_first_cluster_call_never_queries_the_topology_on_the_loop(redis_cluster_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first call of an AsyncCache on Cluster built the generation listener,
+    which started the sync Cluster client there: redis-py's blocking topology query
+    (CLUSTER SLOTS over plain sockets, up to the socket timeout per startup node
+    while a node hangs) ran on the event loop's thread. Found by recording the
+    thread of redis-py's NodesManager.initialize during a first ``await get()``."""
+    import threading
+    import time
+
+    import redis.cluster
+
+    threads: list[str] = []
+    initialize = redis.cluster.NodesManager.initialize
+
+    def recorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return initialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.cluster.NodesManager, "initialize", recorded)
+
+    async def body() -> tuple[str, Any, float]:
+        c = AsyncCache(redis_cluster_url + "?socket_timeout=2", namespace="review-topology")
+        try:
+            started = time.perf_counter()
+            await c.set("k", "v")
+            first = time.perf_counter() - started
+            return threading.current_thread().name, await c.get("k"), first
+        finally:
+            await c.aclose()
+
+    loop_thread, value, first = asyncio.run(body())
+    print(f"first AsyncCache call on Cluster: {first * 1000:.1f} ms; sync topology queries by thread: "
+          f"{threads}")
+    assert value == "v"
+    assert loop_thread not in threads

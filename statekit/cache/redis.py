@@ -75,6 +75,7 @@ script or ``MGET`` blocks Redis for long; each is atomic, the whole call is not.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -142,6 +143,15 @@ def _chunks(seq: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield seq[i:i + CHUNK]
 
 
+def _on_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop now."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _ttl_arg(ttl_ms: int | None) -> bytes:
     return b"" if ttl_ms is None else str(ttl_ms).encode()
 
@@ -173,8 +183,15 @@ class RedisTransport(Transport):
     """
 
     def __init__(self, client: RedisClient) -> None:
-        get_encoder = getattr(client, "get_encoder", None)
-        if get_encoder is not None and get_encoder().decode_responses:
+        # statekit's lazy Cluster client answers from its settings: asking its encoder
+        # would connect it now (on an event loop's thread for an AsyncCache)
+        settings = getattr(client, "__dict__", {}).get("_statekit_kwargs")
+        if settings is not None:
+            decodes = bool(settings.get("decode_responses"))
+        else:
+            get_encoder = getattr(client, "get_encoder", None)
+            decodes = get_encoder is not None and get_encoder().decode_responses
+        if decodes:
             raise ConfigError("the cache needs a Redis client with decode_responses=False")
         super().__init__(client, what="cache", reply_error=_value_error)
 
@@ -459,6 +476,11 @@ class _RedisCachePlans:
         from ..redis.tracking import InvalidationListener
 
         client: Any = self.transport.client
+        if self.cluster and _on_event_loop():  # an AsyncCache's first call: no blocking
+            # topology query here; the listener's thread connects the lazy client
+            from ..redis.tracking import CLUSTER_FOLLOW, endpoints_of
+
+            return InvalidationListener(lambda: endpoints_of(client), prefix, follow=CLUSTER_FOLLOW)
         if self.cluster:  # statekit's lazy Cluster client connects here, not in the listener's thread
             with contextlib.suppress(Exception):  # (two threads starting it at once fail one of them)
                 client.nodes_manager  # noqa: B018 - the attribute access is what starts it
