@@ -54,7 +54,7 @@ from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 
 from .conf import get_setting, get_settings
-from .sessions import version_token
+from .sessions import get_core_store, version_token
 
 __all__ = ["OUTAGE_PAGE", "UNAVAILABLE_PAGE", "SessionOutageMiddleware", "outage_response",
            "unavailable_response"]
@@ -163,7 +163,9 @@ class SessionOutageMiddleware:
                 response.delete_cookie(name, path=settings.SESSION_COOKIE_PATH,
                                        domain=settings.SESSION_COOKIE_DOMAIN)
             return
-        token = core.store.version_token(core, sent)
+        # the sync store's near cache (the one loads use), whichever store loaded the
+        # session: the async methods' store has none and would never send a token
+        token = get_core_store().version_token(core, sent)
         if token is not None:
             response.set_cookie(
                 name, token, max_age=None if settings.SESSION_EXPIRE_AT_BROWSER_CLOSE
