@@ -25,7 +25,7 @@ django-vcache (the issue's other anchor) needs Python >= 3.12 and is not measure
 on this venv's Python.
 
 Run: ``.venv/bin/python bench/django_asgi.py [--requests 100] [--rounds 5]
-[--clients 8] [--seconds 1.5]`` (~50 s with the defaults).
+[--clients 8] [--seconds 3]`` (~55 s with the defaults).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="one-at-a-time requests per kind, route and round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved one-at-a-time rounds")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    ap.add_argument("--seconds", type=float, default=1.5, help="concurrent load per kind and route")
+    ap.add_argument("--seconds", type=float, default=3.0, help="concurrent load per kind and route")
     ap.add_argument("--slices", type=int, default=4, help="slices the concurrent load alternates in")
     args = ap.parse_args(argv)
     import django
