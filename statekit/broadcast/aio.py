@@ -305,8 +305,13 @@ class AsyncBroadcaster(SchedulerBase):
         if self._wake is not None:
             self._wake.set()
         if task is not None:
-            with contextlib.suppress(asyncio.TimeoutError, BackendUnavailable):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
+            # asyncio.wait, not awaiting the task: a scheduler task cancelled by someone
+            # else (run_forever's caller, a task group) must not cancel this caller
+            await asyncio.wait({task}, timeout=timeout)
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None and not isinstance(error, BackendUnavailable):
+                    raise error
         if runs:
             _, late = await asyncio.wait(runs, timeout=timeout)
             for run in late:
