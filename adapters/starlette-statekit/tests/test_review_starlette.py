@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI, Request
 from starlette.applications import Starlette
+from test_starlette_adapter import _no_statekit_env, client  # noqa: F401 -- its environment fixture (autouse)
 
 from starlette_statekit import StateKit, get_state
 from starlette_statekit.uploads import save_upload
 
 pytestmark = [pytest.mark.redis]
-
-
-@pytest.fixture(autouse=True)
-def _no_statekit_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL", "STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL",
-                 "STATEKIT_BROADCAST_URL", "STATEKIT_KEY_PREFIX", "STATEKIT_SECRET_KEYS"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-
-
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
 def test_a_chunked_upload_over_the_limit_is_refused_before_its_body_is_spooled(
