@@ -19,6 +19,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,20 @@ until t[1] * 1000000 + t[2] - start > {int(seconds * 1_000_000)}
 return ARGV[1]
 """
     return Script("slow", source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest().encode())
+
+
+def test_an_attribute_error_inside_redis_pys_cluster_client_is_unavailable() -> None:
+    """redis-py's RedisCluster can raise AttributeError ('NoneType' object has no
+    attribute 'redis_connection') while a reshard drops a node's connection, before
+    anything is sent: BackendUnavailable, like any other moment of unavailability. An
+    AttributeError from anywhere else is a bug and passes through."""
+    from statekit.errors import BackendUnavailable
+    from statekit.redis import translate_errors
+
+    inside: dict[str, Any] = {}
+    exec(compile("def route():\n    return None.redis_connection\n",  # noqa: S102
+                 "/site-packages/redis/cluster.py", "exec"), inside)
+    with pytest.raises(BackendUnavailable, match="topology changed"), translate_errors("a cache call"):
+        inside["route"]()
+    with pytest.raises(AttributeError), translate_errors("a cache call"):
+        None.redis_connection  # type: ignore[attr-defined]  # noqa: B018

@@ -131,6 +131,20 @@ def reply_problem(message: str) -> Problem | None:
     return None
 
 
+def cluster_client_glitch(exc: BaseException) -> bool:
+    """Whether *exc* is an ``AttributeError`` raised inside redis-py's cluster client
+    while its topology changes (a node whose connection it dropped during a reshard:
+    ``'NoneType' object has no attribute 'redis_connection'``), before the command was
+    sent: a moment of unavailability, not a bug of the caller's."""
+    if not isinstance(exc, AttributeError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename.replace("\\", "/") if tb is not None else ""
+    return where.endswith(("redis/cluster.py", "redis/asyncio/cluster.py", "redis/commands/parser.py"))
+
+
 def _problem_of(exc: BaseException) -> Problem | None:
     """:func:`reply_problem` for a redis-py exception (which strips the code)."""
     import redis
@@ -690,6 +704,9 @@ class translate_errors:
             return False
         import redis
 
+        if cluster_client_glitch(exc):
+            raise unavailable(self.what, f"{exc} (redis-py's cluster client, while the cluster's "
+                              "topology changed; nothing sent)", "not now") from exc
         problem = _problem_of(exc)
         # CLUSTERDOWN / TRYAGAIN (a cluster that lost a master, or is resharding) and
         # READONLY (a failed-over master) are replies, not connection errors, but

@@ -61,6 +61,7 @@ from . import (
     _common_kwargs,
     _problem_of,
     _timed_out,
+    cluster_client_glitch,
     memory_server,
     reply_problem,
     unavailable,
@@ -542,6 +543,7 @@ class AsyncTransport:
         redis = self._redis
         name = _name(args[0])
         read_again = _is_read(args)
+        glitched = False
         options: dict[str, Any] = {}
         if target is not None and self.cluster:
             # SCRIPT LOAD goes to the node that will run the script
@@ -561,6 +563,13 @@ class AsyncTransport:
                 raise self._unavailable(e) from e
             except redis.exceptions.RedisClusterException as e:
                 raise self._unavailable(e) from e
+            except AttributeError as e:  # the cluster client mid-reshard: nothing sent
+                if not cluster_client_glitch(e):
+                    raise
+                if glitched:
+                    raise self._unavailable(e) from e
+                glitched = True  # once more, after a moment (as the sync transport does)
+                await asyncio.sleep(0.05)
 
 
 class _Unsent(Exception):

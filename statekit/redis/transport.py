@@ -60,6 +60,7 @@ from . import (
     RedisClient,
     _rule,
     call_with_rule,
+    cluster_client_glitch,
     is_cluster,
     reply_problem,
     retry_policy,
@@ -367,8 +368,8 @@ class Transport:
         read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
         with translate_errors(self._where):
             try:
-                return call_with_rule(lambda: self.client.execute_command(_name(name), *args[1:]), _noop,
-                                      read=read)
+                return call_with_rule(lambda: _routed(self.client.execute_command, _name(name), *args[1:]),
+                                      _noop, read=read)
             except self._response_error as e:
                 raise self._refused(e) from e
 
@@ -416,8 +417,21 @@ class Transport:
 
     def _through_client(self, args: Sequence[Arg]) -> Any:
         # RedisCluster finds a script's slot from its keys by the command's name
-        return call_with_rule(lambda: self.client.execute_command(_name(args[0]), *args[1:]), _noop)
+        return call_with_rule(lambda: _routed(self.client.execute_command, _name(args[0]), *args[1:]), _noop)
 
 
 def _noop(error: Exception) -> None:
     """Nothing to drop: redis-py's client dropped its connection itself."""
+
+
+def _routed(execute: Callable[..., Any], *args: Any) -> Any:
+    """``RedisCluster.execute_command(*args)``, once more after a moment when redis-py's
+    cluster client fails before sending because a reshard dropped a node's connection
+    under it (:func:`~statekit.redis.cluster_client_glitch`: nothing was sent)."""
+    try:
+        return execute(*args)
+    except AttributeError as e:
+        if not cluster_client_glitch(e):
+            raise
+        time.sleep(0.05)
+        return execute(*args)
