@@ -4,7 +4,6 @@ Cache (one namespace, one stored format), faults, and 200 concurrent gets on one
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ import pytest
 from statekit.cache import AsyncCache, Cache
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable, ConfigError, LockError
+from statekit.testing.loop import LoopLag
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
@@ -283,29 +283,15 @@ async def _lag_under(get: Callable[[int], Awaitable[Any]], connections: Callable
     """5 rounds of 200 concurrent ``get(i)`` with a 1 ms heartbeat task beside them:
     the new connections at the peak and how late the heartbeat woke (ms)."""
     before = await asyncio.to_thread(connections)
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def heartbeat() -> None:
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            await asyncio.sleep(0.001)
-            lags.append(time.perf_counter() - t0 - 0.001)
-
-    beat = asyncio.ensure_future(heartbeat())
     peak, elapsed = 0, 0.0
-    for _ in range(5):
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(get(i) for i in range(200)))
-        elapsed += time.perf_counter() - t0
-        assert results == list(range(200))
-        peak = max(peak, await asyncio.to_thread(connections))  # CLIENT LIST off the loop
-    stop.set()
-    await beat
-    return {"new_connections_peak": peak - before, "seconds": round(elapsed, 3),
-            "lag_ms_median": round(statistics.median(lags) * 1000, 2),
-            "lag_ms_p90": round(sorted(lags)[int(len(lags) * 0.9)] * 1000, 2),
-            "lag_ms_max": round(max(lags) * 1000, 2), "heartbeats": len(lags)}
+    async with LoopLag(0.001) as lag:
+        for _ in range(5):
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(get(i) for i in range(200)))
+            elapsed += time.perf_counter() - t0
+            assert results == list(range(200))
+            peak = max(peak, await asyncio.to_thread(connections))  # CLIENT LIST off the loop
+    return {"new_connections_peak": peak - before, "seconds": round(elapsed, 3), **lag.summary()}
 
 
 def test_200_concurrent_gets_bounded_connections_and_loop_lag(redis_line_url: str) -> None:
