@@ -296,3 +296,52 @@ def test_first_cluster_call_never_queries_the_topology_on_the_loop(redis_cluster
           f"{threads}")
     assert value == "v"
     assert loop_thread not in threads
+
+
+def test_one_cache_from_the_loops_of_many_threads(redis_url: str) -> None:
+    """One AsyncCache used from event loops of several threads at once, each loop
+    made and closed per call (async views of a threaded WSGI worker through
+    async_to_sync, hand-made loops): PerLoop's table of loops was added to, swept
+    and emptied by those threads without a lock, so calls failed with KeyError or
+    'dictionary changed size during iteration' (5 runs of 16 threads x 60 calls: 5
+    failed). Found with that load, the switch interval shortened to expose it."""
+    import sys
+    import threading
+
+    c = AsyncCache(redis_url, namespace="review-threads")
+    errors: list[str] = []
+    results: list[Any] = []
+
+    def worker() -> None:
+        for _ in range(60):
+            try:
+                results.append(on_a_loop_of_its_own(c.get("k", "d")))
+            except Exception as e:  # noqa: BLE001 - counted and shown below
+                errors.append(repr(e))
+
+    def on_a_loop_of_its_own(coro: Any) -> Any:
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+
+    on_a_loop_of_its_own(c.get("k", "d"))  # everything imported before the switches speed up
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+        async def last() -> None:  # a new loop sweeps the sockets of the loops closed above
+            await c.get("k", "d")
+            await c.aclose()
+
+        on_a_loop_of_its_own(last())
+    assert errors == []
+    assert results == ["d"] * 960

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import weakref
 from collections import deque
@@ -194,32 +195,37 @@ class PerLoop(Generic[T]):
         self._abandon = abandon
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[T, Any]] = \
             weakref.WeakKeyDictionary()
+        # loops of several threads (async_to_sync in a threaded WSGI worker) add,
+        # sweep and remove entries at once
+        self._lock = threading.Lock()
 
     def current(self) -> T:
         """The running loop's *T* (made now if it has none). Call it on a loop."""
         loop = asyncio.get_running_loop()
         lane = self._by_loop.get(loop)
         if lane is None:
-            for old in [old for old in self._by_loop if old.is_closed()]:
-                thing = self._by_loop.pop(old)[0]
-                if self._abandon is not None:
-                    self._abandon(thing)
-            thing = self._make()
-            closer = self._closer(loop, thing)
+            with self._lock:
+                dead = [(old, self._by_loop.pop(old)[0]) for old in list(self._by_loop) if old.is_closed()]
+                thing = self._make()
+                closer = self._closer(loop, thing)
+                lane = self._by_loop[loop] = (thing, closer)
+            if self._abandon is not None:
+                for _, old_thing in dead:
+                    self._abandon(old_thing)
             # run to its yield now (no await before it): the loop's asyncgen hook has
             # registered it, so shutdown_asyncgens will run its finally
             step = closer.__anext__()
             with contextlib.suppress(StopIteration):
                 step.send(None)
-            lane = self._by_loop[loop] = (thing, closer)
         return lane[0]
 
     async def _closer(self, loop: asyncio.AbstractEventLoop, thing: T) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            if self._by_loop.get(loop, (None,))[0] is thing:
-                del self._by_loop[loop]
+            with self._lock:
+                if self._by_loop.get(loop, (None,))[0] is thing:
+                    del self._by_loop[loop]
             await self._close(thing)
 
     async def aclose(self) -> None:
@@ -230,7 +236,8 @@ class PerLoop(Generic[T]):
 
     def items(self) -> list[T]:
         """Every loop's *T* (for stats and tests)."""
-        return [lane[0] for lane in self._by_loop.values()]
+        with self._lock:
+            return [lane[0] for lane in self._by_loop.values()]
 
 
 def abandon_sockets(transport: AsyncTransport, *, owned: bool) -> None:
