@@ -121,6 +121,47 @@ def test_django_asgi_requests_share_one_pool(tmp_path: Path, redis_url: str) -> 
     assert r["unraisable"] == []
 
 
+DJANGO_GET_OR_SET_NOW = textwrap.dedent(
+    '''
+    import asyncio, json, sys, warnings
+    import django
+    from django.conf import settings
+
+    warnings.simplefilter("error")
+    settings.configure(SECRET_KEY="x" * 50, INSTALLED_APPS=[], CACHES={"default": {
+        "BACKEND": "django_statekit.cache.StatekitCache", "LOCATION": sys.argv[1]}})
+    django.setup()
+    from django.core.cache import cache
+
+
+    async def fetch():
+        return "computed"
+
+
+    async def main():
+        return [repr(await cache.aget_or_set("review-now", fetch, timeout=0)),
+                repr(await cache.aget_or_set("review-later", fetch, timeout=5)),
+                repr(cache.get_or_set("review-now-sync", lambda: "computed", timeout=0))]
+
+
+    print(json.dumps(asyncio.run(main())))
+    '''
+)
+
+
+def test_django_aget_or_set_with_a_zero_timeout_awaits_its_default(tmp_path: Path, redis_url: str) -> None:
+    """``await cache.aget_or_set(key, async_fn, timeout=0)`` (the documented "a
+    default that is an async def is awaited") returned the coroutine object, never
+    awaited: the zero-timeout path handed the default to Django's generic
+    ``aget_or_set``, which only calls it."""
+    script = tmp_path / "django_get_or_set_now.py"
+    script.write_text(DJANGO_GET_OR_SET_NOW)
+    out = subprocess.run([sys.executable, str(script), redis_url], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["'computed'"] * 3
+
+
 class _LateReplies:
     """Replies read by redis-py's asyncio connections arrive late while *on* (the
     command was applied by Redis; the caller has not seen its reply yet), as on a

@@ -41,6 +41,7 @@ method runs with calls and the async one with awaits.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -253,7 +254,11 @@ class StatekitCache(BaseCache):
                           version: int | None = None) -> Any:
         """:meth:`get_or_set`, awaited (a *default* that is an ``async def`` is awaited)."""
         ttl = self._ttl(timeout)
-        if ttl is not None and ttl <= 0:
+        if ttl is not None and ttl <= 0:  # nothing is stored: Django's own, the default awaited here
+            if callable(default):
+                default = default()
+                if inspect.isawaitable(default):
+                    default = await default
             return await super().aget_or_set(key, default, timeout=timeout, version=version)
         return await self._arun(self._get_or_set(self._acache, key, default, ttl, version))
 
