@@ -30,8 +30,9 @@ Targets (issue 18): statekit session read <= 1.15x the cookie middleware's time;
 ahead of every other server-side store (starsessions here).
 
 Run: ``.venv/bin/python bench/sessions_asgi.py [--requests 300] [--rounds 5]
-[--clients 8] [--seconds 3] [--profile]`` (~45 s with the defaults; a private
-redis-server and the uvicorn processes are started and stopped).
+[--clients 8] [--seconds 3] [--profile]`` (~50 s with the defaults, about twice that
+under ``bench/run.py --busy``; a private redis-server and the uvicorn processes are
+started and stopped).
 """
 
 from __future__ import annotations
@@ -352,7 +353,7 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
         calls[f"{kind} read"] = _asgi(app, "GET", "/read", headers)
         if kind != "none":
             calls[f"{kind} write"] = _asgi(app, "POST", "/write", headers)
-    for _ in range(3):  # interleaved: take each kind's best over the passes
+    for _ in range(2):  # interleaved: take each kind's best over the passes
         for kind, call in calls.items():
             out[kind] = min(out.get(kind, float("inf")), await _per_call(call, n))
 
@@ -434,12 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         for kind, (_, port) in servers.items():
             if kind != "cookie":  # a cookie session's writes go back only in the response
                 _check_written(port, first[kind], kind)
-        parts = asyncio.run(breakdown(tmp, server.url, max(200, args.requests * 2), args.profile))
+        parts = asyncio.run(breakdown(tmp, server.url, max(200, args.requests), args.profile))
 
     report(serial_rows, conc, {k: k for k in KINDS}, "cookie", "Starlette's cookie SessionMiddleware",
            args.clients)
 
-    print(f"\nin process, no HTTP server (µs per request, best of 5 x {max(200, args.requests * 2)}; "
+    print(f"\nin process, no HTTP server (µs per request, best of 10 x {max(200, args.requests)}; "
           "read / write, and over no session middleware):")
     base = parts["none read"]
     print(f"  {'app, no session middleware (read)':<44} {base:>7.1f}")
