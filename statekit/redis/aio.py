@@ -13,7 +13,8 @@ from the client's pool and kept by the transport between calls (no pool lock and
 readiness probe per command: a connection idle for more than
 :data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked with one non-blocking
 read before a command is sent on it). At most *limit* commands are in flight per
-transport (default: the pool's ``max_connections``, capped at :data:`DEFAULT_LIMIT`);
+transport (default: the pool's ``max_connections`` less a few kept free for the
+client's own pipelines and pub/sub, at most :data:`DEFAULT_LIMIT`);
 more callers wait their turn instead of opening more connections, so 200 concurrent
 ``await cache.get()`` on one loop use a bounded number of sockets. A Cluster client
 sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``),
@@ -140,7 +141,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         client.statekit_sentinels = sentinel.sentinels
     else:
         kwargs.pop("sentinel_password", None)
-        kwargs.setdefault("max_connections", DEFAULT_LIMIT)
+        kwargs.setdefault("max_connections", DEFAULT_LIMIT + 8)  # the transport's, and 8 for pipelines
         if parsed.scheme == "unix":
             client = aioredis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
         else:
@@ -321,7 +322,8 @@ class AsyncTransport:
         connection runs ``CLIENT TRACKING on REDIRECT <id> NOLOOP`` after connecting
         while the listener is up. Standalone and Sentinel only.
     :param limit: commands in flight at once (default: the pool's
-        ``max_connections``, at most :data:`DEFAULT_LIMIT`).
+        ``max_connections`` less a quarter of it, at most 8, left for the client's own
+        pipelines and pub/sub; at most :data:`DEFAULT_LIMIT`).
 
     Use it on one event loop (the loop its connections belong to).
     """
@@ -346,7 +348,11 @@ class AsyncTransport:
         self.direct = pool is not None
         self._pool = pool
         if limit is None:
-            limit = min(getattr(pool, "max_connections", DEFAULT_LIMIT) or DEFAULT_LIMIT, DEFAULT_LIMIT)
+            size = getattr(pool, "max_connections", None) or getattr(client, "max_connections", None) \
+                or DEFAULT_LIMIT
+            # a quarter of the pool (at most 8) stays free for the client's own pipelines
+            # and pub/sub, whose checkouts would fail if the transport kept every connection
+            limit = max(1, min(size - min(8, size // 4), DEFAULT_LIMIT))
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
         self._idle: deque[Any] = deque()
