@@ -200,3 +200,30 @@ def test_per_loop_transports_close_with_their_loop(redis_url: str) -> None:
     third = run(use)  # the next loop's first call abandons the dead loop's sockets
     assert third is not second and lanes.items() == []
     assert all(conn._writer is None for conn in second._idle)
+
+
+def test_out_of_memory_is_unavailable_on_both_transports(private_redis: RedisServer) -> None:
+    """A Redis at maxmemory with noeviction refuses writes with OOM, applying nothing:
+    BackendUnavailable (a cache degrades, a session store answers 503), not a bug's
+    500, from the sync and the async transport alike."""
+    with private_redis.client() as admin:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+    try:
+        sync = Transport(create_client(private_redis.url), what="test")
+        with pytest.raises(BackendUnavailable, match="OOM"):
+            sync.command(b"SET", "k", "v")
+        with pytest.raises(BackendUnavailable, match="OOM"):
+            sync.script(SCRIPT, ["n"], ["a"])
+        sync.client.close()
+
+        async def body(t: AsyncTransport) -> None:
+            with pytest.raises(BackendUnavailable, match="OOM"):
+                await t.command(b"SET", "k", "v")
+            with pytest.raises(BackendUnavailable, match="OOM"):
+                await t.script(SCRIPT, ["n"], ["a"])
+
+        run(lambda: _with(private_redis.url, body))
+    finally:
+        with private_redis.client() as admin:
+            admin.config_set("maxmemory", "0")

@@ -102,11 +102,14 @@ IDEMPOTENT_READS = frozenset({
 # also for an error inside a script) or after "-" inside a script error (Redis 6.2:
 # "ERR Error running script (call to f_...): @user_script:1: @user_script: 1:
 # -READONLY You can't write against a read only replica.").
-_CODE = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|LOADING|CLUSTERDOWN|TRYAGAIN|NOAUTH|WRONGPASS)\b")
+_CODE = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|LOADING|CLUSTERDOWN|TRYAGAIN|OOM|BUSY|NOAUTH|WRONGPASS)\b")
 _AUTH_TEXT = ("unauthenticated multibulk", "unauthenticated bulk", "invalid password",
               "invalid username-password", "must be called with the client already authenticated")
 _WRONG_NODE = frozenset({"READONLY", "MASTERDOWN"})
-_NOT_NOW = frozenset({"LOADING", "CLUSTERDOWN", "TRYAGAIN"})
+#: nothing applied, the server cannot serve it now: loading, a cluster without all its
+#: slots, a resharding slot, out of memory (``maxmemory`` with ``noeviction``), a
+#: script running past ``busy-reply-threshold``
+_NOT_NOW = frozenset({"LOADING", "CLUSTERDOWN", "TRYAGAIN", "OOM", "BUSY"})
 
 Problem = Literal["wrong node", "not now", "authentication"]
 
@@ -115,8 +118,9 @@ def reply_problem(message: str) -> Problem | None:
     """What the error reply *message* (with its code, as the server sent it) says
     about the server rather than the command: ``"wrong node"`` (a replica or a
     demoted master: ask for the master again; nothing was applied), ``"not now"``
-    (loading, cluster down: nothing was applied), ``"authentication"`` (missing or
-    wrong credentials), or ``None`` (an error of the command itself)."""
+    (loading, cluster down, out of memory, busy with a script: nothing was
+    applied), ``"authentication"`` (missing or wrong credentials), or ``None`` (an
+    error of the command itself)."""
     m = _CODE.search(message)
     if m is not None:
         code = m.group(1)
