@@ -30,25 +30,18 @@ Run: ``.venv/bin/python bench/django_asgi.py [--requests 100] [--rounds 5]
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import http.client
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _trees import NOW, commit, env_for  # noqa: E402
-from run import stop  # noqa: E402
-from sessions_asgi import ratio, report, run_concurrent, run_serial, uvicorn  # noqa: E402
-
-from statekit.embedded import RedisServer  # noqa: E402
+from _trees import commit  # noqa: E402
+from sessions_asgi import options, ratio, report, run_concurrent, run_serial, served  # noqa: E402
 
 KINDS = ("none", "statekit", "statekit-once", "django", "django-once", "django-redis")
 LABELS = {"none": "no cache (floor)", "statekit": "StatekitCache (native aget/aset)",
@@ -119,44 +112,25 @@ def _read_body(port: int) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=100,
-                    help="one-at-a-time requests per kind, route and round")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved one-at-a-time rounds")
-    ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    ap.add_argument("--seconds", type=float, default=3.0, help="concurrent load per kind and route")
-    ap.add_argument("--slices", type=int, default=4, help="slices the concurrent load alternates in")
-    args = ap.parse_args(argv)
+    args = options(__doc__ or "", requests=100, seconds=3.0).parse_args(argv)
     import django
-    import redis
     import uvicorn as uv
 
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     routes = [("GET", "/read"), ("POST", "/write")]
-    procs: list[subprocess.Popen[bytes]] = []
-    with contextlib.ExitStack() as stack:
-        server = stack.enter_context(RedisServer())
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        stack.callback(stop, procs)
-        r = redis.Redis.from_url(server.url)
-        stack.callback(r.close)
-        print(f"statekit {commit()}; {server.binary.flavor} {server.version}; Django {django.__version__}, "
+    with served(KINDS, "bench_django_asgi_app", APP, target="application") as run:
+        print(f"statekit {commit()}; {run.redis_name}; Django {django.__version__}, "
               f"uvicorn {uv.__version__} (one process per backend); {args.rounds} rounds x "
               f"{args.requests} requests one at a time, {args.clients} clients x {args.seconds:g} s per "
               f"backend and route; load average {load0:.2f} on {os.cpu_count()} CPUs", flush=True)
-        servers: dict[str, tuple[int, int]] = {}
-        for kind in KINDS:
-            proc, port = uvicorn(tmp / kind, "bench_django_asgi_app", APP,
-                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url), target="application")
-            procs.append(proc)
-            servers[kind] = proc.pid, port
+        servers = run.servers
         for kind, (_, port) in servers.items():
             body = _read_body(port)
             if body != b"12345":
                 raise RuntimeError(f"{kind}: GET /read gave {body!r}, not the cached value: invalid run")
         cookies = dict.fromkeys(servers, "bench=1")
-        serial_rows = run_serial(servers, cookies, r, routes, args.rounds, args.requests)
-        conc = run_concurrent(servers, {k: [v] for k, v in cookies.items()}, r, routes, args.clients,
+        serial_rows = run_serial(servers, cookies, run.r, routes, args.rounds, args.requests)
+        conc = run_concurrent(servers, {k: [v] for k, v in cookies.items()}, run.r, routes, args.clients,
                               args.seconds, args.slices)
 
     report(serial_rows, conc, LABELS, "django", "Django's RedisCache", args.clients)

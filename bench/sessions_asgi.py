@@ -40,8 +40,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import importlib
+import importlib.util
 import os
 import socket
 import statistics
@@ -50,7 +52,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -393,21 +395,37 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=300,
+def options(doc: str, requests: int, seconds: float) -> argparse.ArgumentParser:
+    """The command-line options of the ASGI benchmarks (their defaults differ)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=requests,
                     help="one-at-a-time requests per kind, route and round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved one-at-a-time rounds")
-    ap.add_argument("--clients", type=int, default=8, help="concurrent clients (one session each)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="concurrent load per kind and route")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    ap.add_argument("--seconds", type=float, default=seconds, help="concurrent load per kind and route")
     ap.add_argument("--slices", type=int, default=4, help="slices the concurrent load alternates in")
-    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions of statekit reads")
-    args = ap.parse_args(argv)
-    import redis
-    import uvicorn as uv
+    return ap
 
-    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
-    routes = [("GET", "/read"), ("POST", "/write")]
+
+@dataclasses.dataclass
+class Served:
+    """What :func:`served` started: the private Redis (its URL, a client, a name for
+    the header) and the uvicorn servers, kind -> (PID, port)."""
+
+    url: str
+    redis_name: str
+    r: Any
+    tmp: Path
+    servers: dict[str, tuple[int, int]]
+
+
+@contextlib.contextmanager
+def served(kinds: tuple[str, ...], module: str, source: str, target: str = "app") -> Iterator[Served]:
+    """A private redis-server and, for each of *kinds*, uvicorn serving
+    ``module:target`` (*source*) with ``BENCH_KIND`` and ``BENCH_REDIS`` set;
+    everything is stopped (by PID) afterwards."""
+    import redis
+
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(RedisServer())
@@ -415,27 +433,40 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(stop, procs)
         r = redis.Redis.from_url(server.url)
         stack.callback(r.close)
-        http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        loop_impl = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-        print(f"statekit {commit()}; {server.binary.flavor} {server.version}; uvicorn {uv.__version__} "
+        servers: dict[str, tuple[int, int]] = {}
+        for kind in kinds:
+            proc, port = uvicorn(tmp / kind, module, source,
+                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url), target=target)
+            procs.append(proc)
+            servers[kind] = proc.pid, port
+        yield Served(server.url, f"{server.binary.flavor} {server.version}", r, tmp, servers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = options(__doc__ or "", requests=300, seconds=3.0)
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions of statekit reads")
+    args = ap.parse_args(argv)
+    import uvicorn as uv
+
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
+    routes = [("GET", "/read"), ("POST", "/write")]
+    http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop_impl = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    with served(KINDS, "bench_asgi_sessions_app", APP) as run:
+        print(f"statekit {commit()}; {run.redis_name}; uvicorn {uv.__version__} "
               f"(one process per kind, {loop_impl} loop, {http_impl}); "
               f"{args.rounds} rounds x {args.requests} requests one at a time, "
               f"{args.clients} clients x {args.seconds:g} s per kind and route; "
               f"load average {load0:.2f} on {os.cpu_count()} CPUs", flush=True)
-        servers: dict[str, tuple[int, int]] = {}
-        for kind in KINDS:
-            proc, port = uvicorn(tmp / kind, "bench_asgi_sessions_app", APP,
-                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url))
-            procs.append(proc)
-            servers[kind] = proc.pid, port
+        servers = run.servers
         first = {kind: _cookie(port) for kind, (_, port) in servers.items()}
-        serial_rows = run_serial(servers, first, r, routes, args.rounds, args.requests)
+        serial_rows = run_serial(servers, first, run.r, routes, args.rounds, args.requests)
         many = {kind: [_cookie(port) for _ in range(args.clients)] for kind, (_, port) in servers.items()}
-        conc = run_concurrent(servers, many, r, routes, args.clients, args.seconds, args.slices)
+        conc = run_concurrent(servers, many, run.r, routes, args.clients, args.seconds, args.slices)
         for kind, (_, port) in servers.items():
             if kind != "cookie":  # a cookie session's writes go back only in the response
                 _check_written(port, first[kind], kind)
-        parts = asyncio.run(breakdown(tmp, server.url, max(200, args.requests), args.profile))
+        parts = asyncio.run(breakdown(run.tmp, run.url, max(200, args.requests), args.profile))
 
     report(serial_rows, conc, {k: k for k in KINDS}, "cookie", "Starlette's cookie SessionMiddleware",
            args.clients)
