@@ -498,15 +498,19 @@ class AsyncTransport:
                 return await self._through_client(args)
             return await self._run(args)
 
-    async def _run(self, args: Sequence[Arg], keep: type[Exception] | None = None) -> Any:
-        """:meth:`_once` under the retry rule and the error map (an error reply of type
-        *keep* is raised as redis-py raised it)."""
+    async def _run(self, args: Sequence[Arg], keep: type[Exception] | None = None,
+                   send: Callable[[Sequence[Arg]], Awaitable[Any]] | None = None) -> Any:
+        """``send(args)`` (default :meth:`_once`) under the retry rule and the error map
+        (an error reply of type *keep* is raised as redis-py raised it)."""
         redis = self._redis
+        direct = send is None
+        send = self._once if send is None else send
         failures = 0
         read_again = _is_read(args)
+        glitched = False
         while True:
             try:
-                return await self._once(args)
+                return await send(args)
             except _Unsent as e:  # nothing applied: retried with backoff
                 failures += 1
                 if failures > self._retries:
@@ -520,8 +524,19 @@ class AsyncTransport:
                 if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
                     read_again = False  # an idempotent read after a dropped connection: once
                     continue
-                raise unavailable(self._where, f"{e} (the command was sent: its outcome is unknown)",
-                                  _problem_of(e)) from e
+                if direct:
+                    raise unavailable(self._where, f"{e} (the command was sent: its outcome is unknown)",
+                                      _problem_of(e)) from e
+                raise self._unavailable(e) from e
+            except redis.exceptions.RedisClusterException as e:
+                raise self._unavailable(e) from e
+            except AttributeError as e:  # the cluster client mid-reshard: nothing sent
+                if not cluster_client_glitch(e):
+                    raise
+                if glitched:
+                    raise self._unavailable(e) from e
+                glitched = True  # once more, after a moment (as the sync transport does)
+                await asyncio.sleep(0.05)
 
     def _refused(self, error: Exception) -> Exception:
         message = _message(error)
@@ -551,38 +566,20 @@ class AsyncTransport:
     async def _through_client(self, args: Sequence[Arg], keep: type[Exception] | None = None,
                               target: Sequence[str | bytes] | None = None) -> Any:
         """One command through the client's own ``execute_command`` (Cluster, or a
-        client whose pool the transport does not drive): redis-py's command retry is
-        off on statekit's clients, so nothing is resent; idempotent reads once."""
-        redis = self._redis
+        client whose pool the transport does not drive), under :meth:`_run`'s rule:
+        redis-py's command retry is off on statekit's clients, so nothing is resent;
+        idempotent reads once."""
         name = _name(args[0])
-        read_again = _is_read(args)
-        glitched = False
         options: dict[str, Any] = {}
         if target is not None and self.cluster:
             # SCRIPT LOAD goes to the node that will run the script
             options["target_nodes"] = self.client.get_node_from_key(target[0]) if target else \
                 self.client.get_random_node()
-        while True:
-            try:
-                return await self.client.execute_command(name, *args[1:], **options)
-            except redis.ResponseError as e:
-                if keep is not None and isinstance(e, keep):
-                    raise
-                raise self._refused(e) from e
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
-                    read_again = False
-                    continue
-                raise self._unavailable(e) from e
-            except redis.exceptions.RedisClusterException as e:
-                raise self._unavailable(e) from e
-            except AttributeError as e:  # the cluster client mid-reshard: nothing sent
-                if not cluster_client_glitch(e):
-                    raise
-                if glitched:
-                    raise self._unavailable(e) from e
-                glitched = True  # once more, after a moment (as the sync transport does)
-                await asyncio.sleep(0.05)
+
+        def send(args: Sequence[Arg]) -> Awaitable[Any]:
+            return self.client.execute_command(name, *args[1:], **options)  # type: ignore[no-any-return]
+
+        return await self._run(args, keep, send)
 
 
 class _Unsent(Exception):
