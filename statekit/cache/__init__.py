@@ -483,22 +483,20 @@ class _CacheCore:
         breaker.success()
         return result
 
-    def _read(self, name: str, default: Any, *args: Any) -> Plan[Any]:
+    def _read(self, name: str, default: Any, *args: Any, write: bool = False) -> Plan[Any]:
+        """The backend's *name* call; when the backend is unavailable, *default*
+        (counted as a dropped write for a *write*), unless ``on_error="raise"``."""
         try:
             return (yield from self._call(name, *args))
         except BackendUnavailable:
             if self.on_error == "raise":
                 raise
+            if write:
+                self.counters.incr("dropped_writes")
             return default
 
     def _write(self, name: str, default: Any, *args: Any) -> Plan[Any]:
-        try:
-            return (yield from self._call(name, *args))
-        except BackendUnavailable:
-            if self.on_error == "raise":
-                raise
-            self.counters.incr("dropped_writes")
-            return default
+        return (yield from self._read(name, default, *args, write=True))
 
     def _lagging(self) -> bool:
         """Whether the invalidation listener has invalidations it has not applied
