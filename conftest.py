@@ -189,6 +189,30 @@ def redis_sentinel() -> Iterator[RedisSentinel]:
     setup.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _upstream_in_background(request: pytest.FixtureRequest,
+                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start the collected upstream suites' runs (``BACKGROUND`` of the test modules,
+    see ``tests/upstream.py``) now, one at a time, on a Redis of their own: each is a
+    subprocess the rest of the suite need not wait for. Their tests take the reports."""
+    wanted = [(item.name, item.module.BACKGROUND[item.name]) for item in request.session.items
+              if item.name in getattr(getattr(item, "module", None), "BACKGROUND", {})]
+    if not wanted:
+        yield
+        return
+    import upstream
+
+    server = RedisServer()
+    server.start()
+    try:
+        for name, run in wanted:
+            upstream.start(name, lambda run=run, name=name: run(tmp_path_factory.mktemp(name), server.url))
+        yield
+    finally:
+        upstream.stop_background()
+        server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _reset_memory_backends() -> Iterator[None]:
     yield

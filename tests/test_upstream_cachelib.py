@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import upstream
 from upstream import ROOT, run_pytest, upstream_source
 
 pytestmark = pytest.mark.redis
@@ -105,8 +106,12 @@ def _run(tmp_path: Path, redis_url: str) -> dict[str, dict[str, str]]:
                                            "CACHELIB_TESTS_DIR": str(tests_dir)})
 
 
+#: started at the session's start by the root conftest (upstream.start)
+BACKGROUND = {"test_cachelibs_suites_pass": _run}
+
+
 def test_cachelibs_suites_pass(tmp_path: Path, redis_url: str) -> None:
-    report = _run(tmp_path, redis_url)
+    report = upstream.report("test_cachelibs_suites_pass", lambda: _run(tmp_path, redis_url))
     outcomes = report["outcomes"]
     failed = {k: report["errors"].get(k, "") for k, v in outcomes.items() if v != "passed"}
     assert not failed, "\n\n".join(f"{k}\n{v}" for k, v in failed.items())

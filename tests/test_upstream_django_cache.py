@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import upstream
 from upstream import ROOT, run_django_tests
 
 pytestmark = pytest.mark.redis
@@ -139,8 +140,22 @@ class StatekitAsyncCacheTests(upstream.BaseCacheTests, TestCase):
 """
 
 
+def _run_async(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    return run_django_tests(tmp_path, SETTINGS, ASYNC_MODULE, ASYNC_TESTS, ASYNC_DESELECTED, redis_url)
+
+
+def _run_sync(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    return run_django_tests(tmp_path, SETTINGS, MODULE, TESTS, DESELECTED, redis_url)
+
+
+#: started at the session's start by the root conftest (upstream.start)
+BACKGROUND = {"test_djangos_cache_suite_passes_through_the_async_methods": _run_async,
+              "test_djangos_cache_suite_passes": _run_sync}
+
+
 def test_djangos_cache_suite_passes_through_the_async_methods(tmp_path: Path, redis_url: str) -> None:
-    report = run_django_tests(tmp_path, SETTINGS, ASYNC_MODULE, ASYNC_TESTS, ASYNC_DESELECTED, redis_url)
+    report = upstream.report("test_djangos_cache_suite_passes_through_the_async_methods",
+                             lambda: _run_async(tmp_path, redis_url))
     passed = _passed(report, ASYNC_MODULE, ASYNC_DESELECTED)
     print(f"Django's BaseCacheTests through the async methods: {passed} passed")
     assert passed >= 45  # 49 of BaseCacheTests (Django 5.2)
@@ -156,7 +171,7 @@ def _passed(report: dict[str, Any], module: str, deselected: dict[str, str]) -> 
 
 
 def test_djangos_cache_suite_passes(tmp_path: Path, redis_url: str) -> None:
-    report = run_django_tests(tmp_path, SETTINGS, MODULE, TESTS, DESELECTED, redis_url)
+    report = upstream.report("test_djangos_cache_suite_passes", lambda: _run_sync(tmp_path, redis_url))
     assert _passed(report, MODULE, DESELECTED) >= 100
 
 

@@ -19,7 +19,8 @@ import sys
 import tarfile
 import textwrap
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,35 @@ def run_django_tests(tmp_path: Path, settings: str, module: str, tests: str,
         args += ["--deselect", f"{module}::{name}"]
     return run_pytest(tmp_path, args, env={"STATEKIT_UPSTREAM_REDIS_URL": redis_url,
                                            "DJANGO_TESTS_DIR": str(tests_dir)})
+
+
+# -- upstream runs in the background ---------------------------------------------------
+#
+# An upstream suite is a subprocess that keeps one core busy for 20-25 s while this
+# process waits. The root conftest starts the runs of the upstream tests that were
+# collected (each module's ``BACKGROUND``: test name -> ``run(tmp_path, redis_url)``)
+# when the session starts, one at a time on a Redis of their own, beside the rest of
+# the suite; each test then takes its run's report (or runs it itself when it was not
+# started, e.g. without the conftest).
+
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upstream")
+_started: dict[str, Future[dict[str, Any]]] = {}
+
+
+def start(name: str, run: Callable[[], dict[str, Any]]) -> None:
+    """Start the run *name* in the background (once)."""
+    if name not in _started:
+        _started[name] = _background.submit(run)
+
+
+def report(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The report of the run *name*: the background one if :func:`start` started it,
+    else ``run()`` now."""
+    future = _started.pop(name, None)
+    return future.result(timeout=600) if future is not None else run()
+
+
+def stop_background() -> None:
+    """Wait for the runs under way; drop the ones not started."""
+    _background.shutdown(wait=True, cancel_futures=True)
+
