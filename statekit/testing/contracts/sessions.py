@@ -23,27 +23,53 @@ sessions than one batch, ``revoke_session``), the carry-over claims, and outages
 :class:`~statekit.errors.BackendUnavailable`. No test asserts a duration.
 statekit runs it on ``memory://``, on ``redis://`` of every server line found, and
 on Redis Cluster.
+
+An async engine (:class:`~statekit.sessions.protocol.AsyncSessionEngine`) passes
+:class:`AsyncSessionEngineContract`: the same tests, each engine call run on one
+background event loop, plus async-only checks; its subclass also provides the
+``make_async_engine`` fixture (a callable: URL to a new async engine)::
+
+    class TestAsyncSQLiteSessions(AsyncSessionEngineContract):
+        @pytest.fixture
+        def session_url(self, tmp_path) -> str:
+            return f"sqlite://{tmp_path}/sessions.db"
+
+        @pytest.fixture
+        def make_async_engine(self):
+            return lambda url: AsyncSQLiteEngine.from_url(url, key_prefix="statekit")
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
+import inspect
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
 from ...errors import BackendUnavailable, SessionError
 from ...pytest_plugin import run_threads, wait_for
-from ...sessions import Session, SessionStore
-from ...sessions.protocol import Status
+from ...sessions import ENGINES, Session, SessionStore
+from ...sessions.aio import AsyncSessionStore
+from ...sessions.protocol import AsyncSessionEngine, Status
 
-__all__ = ["SessionEngineContract", "StoreFactory"]
+__all__ = ["AsyncEngineFactory", "AsyncSessionEngineContract", "SessionEngineContract", "StoreFactory"]
 
 StoreFactory = Callable[..., SessionStore]
+#: ``make_async_engine(url)``: a new :class:`~statekit.sessions.protocol.AsyncSessionEngine` on *url*
+AsyncEngineFactory = Callable[[str], Any]
 KEYS = ["contract-key-0123456789"]
+_T = TypeVar("_T")
+#: the engine's coroutine methods the bridge runs (all of the protocol's but ``aclose``)
+_ASYNC_METHODS = frozenset(name for name, f in vars(AsyncSessionEngine).items()
+                           if inspect.iscoroutinefunction(f) and name != "aclose")
+#: a bridged call that has not answered after this many seconds is a hung engine (a failure)
+_HUNG_AFTER = 60.0
 
 
 class SessionEngineContract:
@@ -58,13 +84,19 @@ class SessionEngineContract:
         pytest.skip("this backend gave no unreachable_session_url: no outage tests")
 
     @pytest.fixture
-    def make_store(self, session_url: str) -> Iterator[StoreFactory]:
+    def open_store(self) -> StoreFactory:
+        """``open_store(url, **kw)``: a store on the engine of *url*, not closed for the
+        caller (:class:`AsyncSessionEngineContract` puts its async engine here)."""
+        return SessionStore
+
+    @pytest.fixture
+    def make_store(self, session_url: str, open_store: StoreFactory) -> Iterator[StoreFactory]:
         """Stores on the backend under test (each with its own engine), closed after the test."""
         made: list[SessionStore] = []
 
         def make(**kw: Any) -> SessionStore:
             kw.setdefault("secret_keys", KEYS)
-            store = SessionStore(session_url, **kw)
+            store = open_store(session_url, **kw)
             made.append(store)
             return store
 
@@ -408,8 +440,9 @@ class SessionEngineContract:
 
     # -- outages ----------------------------------------------------------------------
 
-    def test_an_outage_is_backend_unavailable(self, unreachable_session_url: str) -> None:
-        store = SessionStore(unreachable_session_url, secret_keys=KEYS)
+    def test_an_outage_is_backend_unavailable(self, unreachable_session_url: str,
+                                              open_store: StoreFactory) -> None:
+        store = open_store(unreachable_session_url, secret_keys=KEYS)
         try:
             cookie = store.sign(store.new().sid)
             with pytest.raises(BackendUnavailable):
@@ -426,8 +459,9 @@ class SessionEngineContract:
         finally:
             store.close()
 
-    def test_an_outage_with_the_anonymous_policy_is_read_only(self, unreachable_session_url: str) -> None:
-        store = SessionStore(unreachable_session_url, secret_keys=KEYS, outage_policy="anonymous")
+    def test_an_outage_with_the_anonymous_policy_is_read_only(self, unreachable_session_url: str,
+                                                              open_store: StoreFactory) -> None:
+        store = open_store(unreachable_session_url, secret_keys=KEYS, outage_policy="anonymous")
         try:
             sid = store.new().sid
             s = store.open(store.sign(sid))
@@ -439,3 +473,203 @@ class SessionEngineContract:
             assert store.save(s) is False
         finally:
             store.close()
+
+
+class _LoopThread:
+    """One event loop running in a daemon thread: :meth:`run` waits, from any thread,
+    for a coroutine run there (``asyncio.run_coroutine_threadsafe``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="statekit-contract-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(_HUNG_AFTER)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise AssertionError(f"an async engine call hung (no answer in {_HUNG_AFTER:.0f} s)") from None
+
+    def close(self) -> None:
+        """Cancel what is left on the loop, stop it, join its thread and close it."""
+
+        async def drain() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+            await self.loop.shutdown_default_executor()
+
+        try:
+            self.run(drain())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(_HUNG_AFTER)
+            self.loop.close()
+
+
+class _SyncBridge:
+    """An :class:`~statekit.sessions.protocol.AsyncSessionEngine` seen as a sync
+    :class:`~statekit.sessions.protocol.SessionEngine`: each method runs the engine's
+    coroutine on one :class:`_LoopThread` and waits for it, so calls from many
+    threads become concurrent tasks of that one loop. :meth:`close` awaits
+    ``aclose()`` there (once)."""
+
+    def __init__(self, engine: Any, loop: _LoopThread) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._closed = False
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name not in _ASYNC_METHODS:
+            raise AttributeError(name)
+        method = getattr(self.engine, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run(method(*args, **kwargs))
+
+        return call
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._loop.run(self.engine.aclose())
+
+
+class AsyncSessionEngineContract(SessionEngineContract):
+    """The contract suite for an :class:`~statekit.sessions.protocol.AsyncSessionEngine`:
+    every test of :class:`SessionEngineContract`, each store on the async engine
+    through a bridge that runs its coroutines on one background event loop (the
+    suite's threads become concurrent tasks of that loop), plus async-only checks
+    (its methods are coroutines, concurrent calls on one loop each get their own
+    answer, a cancelled call leaves the engine usable, :class:`AsyncSessionStore`
+    works on it). The loop and every engine are closed at teardown.
+
+    Provide ``session_url`` (and optionally ``unreachable_session_url``) as for the
+    sync suite, and ``make_async_engine``: a callable taking a URL and returning a new
+    async engine on it (called on the suite's loop). By default it makes statekit's
+    :class:`~statekit.sessions.redis.AsyncRedisEngine` for statekit's schemes.
+    """
+
+    @pytest.fixture
+    def make_async_engine(self) -> AsyncEngineFactory:
+        def make(url: str) -> Any:
+            if url.partition("://")[0].lower() not in ENGINES:
+                raise NotImplementedError("an AsyncSessionEngineContract subclass for another scheme "
+                                          "provides the make_async_engine fixture")
+            from ...sessions.redis import AsyncRedisEngine
+
+            return AsyncRedisEngine.from_url(url, key_prefix="statekit")
+
+        return make
+
+    @pytest.fixture
+    def engine_loop(self) -> Iterator[_LoopThread]:
+        """The event loop every engine of the test runs on, closed after it."""
+        loop = _LoopThread()
+        yield loop
+        loop.close()
+
+    @pytest.fixture
+    def open_store(self, make_async_engine: AsyncEngineFactory,
+                   engine_loop: _LoopThread) -> Iterator[StoreFactory]:
+        bridges: list[_SyncBridge] = []
+
+        async def made(url: str) -> Any:
+            return make_async_engine(url)
+
+        def open_store(url: str, **kw: Any) -> SessionStore:
+            bridge = _SyncBridge(engine_loop.run(made(url)), engine_loop)
+            bridges.append(bridge)
+            return SessionStore(engine=bridge, **kw)
+
+        yield open_store
+        for bridge in bridges:
+            bridge.close()
+
+    @staticmethod
+    def async_engine(store: SessionStore) -> Any:
+        """The async engine under *store* (a store of ``make_store``)."""
+        bridge = store.engine
+        assert isinstance(bridge, _SyncBridge)
+        return bridge.engine
+
+    # -- async only -------------------------------------------------------------------
+
+    def test_the_engine_methods_are_coroutines(self, store: SessionStore) -> None:
+        engine = self.async_engine(store)
+        for name in sorted(_ASYNC_METHODS | {"aclose"}):
+            assert inspect.iscoroutinefunction(getattr(engine, name)), f"{name} is not a coroutine function"
+
+    def test_concurrent_loads_on_one_loop_each_get_their_answer(self, store: SessionStore,
+                                                                 engine_loop: _LoopThread) -> None:
+        """Loads of a session and of a missing handle at once on one loop: none gets
+        another's reply."""
+        engine = self.async_engine(store)
+        s = store.create({"a": 1})
+        live, ghost = store._handle(s.sid), store._handle(store.new().sid)
+
+        async def loads() -> list[Any]:
+            return await asyncio.gather(*(engine.load(ghost if i % 2 else live) for i in range(40)))
+
+        answers = engine_loop.run(loads())
+        assert all(dict(a) == {} for a in answers[1::2])
+        assert all(a.get("d:a") == b"1" and "m:c" in a for a in answers[::2])
+
+    def test_concurrent_writes_on_one_loop_merge(self, store: SessionStore, engine_loop: _LoopThread) -> None:
+        engine = self.async_engine(store)
+        s = store.create({"base": 0})
+        handle = store._handle(s.sid)
+
+        async def writes() -> list[Any]:
+            return await asyncio.gather(*(
+                engine.write(handle, create=False, sets={f"d:k{i}": str(i).encode()}, dels=[], ttl_ms=60_000,
+                             index=None) for i in range(20)))
+
+        results = engine_loop.run(writes())
+        assert all(r.status is Status.DONE for r in results)
+        assert len({r.version for r in results}) == 20
+        assert store.load(s.sid) == {"base": 0, **{f"k{i}": i for i in range(20)}}
+
+    def test_a_cancelled_call_leaves_the_engine_usable(self, store: SessionStore,
+                                                       engine_loop: _LoopThread) -> None:
+        """Loads cancelled in flight (a request that went away): the next calls on the
+        loop get their own replies, never a late one."""
+        engine = self.async_engine(store)
+        s = store.create({"a": 1})
+        other = store.create({"b": 2})
+
+        async def cancel_then_load() -> list[Any]:
+            answers = []
+            for _ in range(10):
+                task = asyncio.ensure_future(engine.load(store._handle(other.sid)))
+                await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                answers.append(await engine.load(store._handle(s.sid)))
+            return answers
+
+        assert all(a.get("d:a") == b"1" and "d:b" not in a for a in engine_loop.run(cancel_then_load()))
+
+    def test_the_async_store_runs_on_the_engine(self, store: SessionStore, engine_loop: _LoopThread) -> None:
+        """:class:`AsyncSessionStore` on the engine (awaits, no bridge) and the bridged
+        store read each other's sessions."""
+        async_store = AsyncSessionStore(engine=self.async_engine(store), secret_keys=KEYS, alias_window=30)
+        s = store.create({"from": "sync"})
+
+        async def requests() -> Session:
+            mine = await async_store.open(store.sign(s.sid))
+            assert mine == {"from": "sync"}
+            mine["async"] = True
+            assert await async_store.save(mine)
+            await async_store.rotate(mine)
+            assert await async_store.incr(mine, "n") == 1
+            return mine
+
+        rotated = engine_loop.run(requests())
+        assert store.load(rotated.sid) == {"from": "sync", "async": True, "n": 1}
+        assert store.load(s.sid) is None
