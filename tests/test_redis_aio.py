@@ -227,3 +227,25 @@ def test_out_of_memory_is_unavailable_on_both_transports(private_redis: RedisSer
     finally:
         with private_redis.client() as admin:
             admin.config_set("maxmemory", "0")
+
+
+def test_a_refused_tracking_set_up_keeps_its_connection_and_reads_untracked(redis_url: str) -> None:
+    """A server that refuses CLIENT TRACKING (an ACL, a proxy; here a redirect to a
+    client that does not exist): the transport serves untracked, says so (a near
+    cache must not keep what it reads), and keeps reusing its connection instead of
+    opening one per call."""
+    import threading
+    from types import SimpleNamespace
+
+    connected = threading.Event()
+    connected.set()
+    listener = SimpleNamespace(client_id=2**40, generation=1, connected=connected)
+
+    async def body(t: AsyncTransport) -> None:
+        for _ in range(5):
+            assert await t.command(b"PING") in (b"PONG", True)
+        assert not t.tracked()
+        pool = t.client.connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) == 1
+
+    run(lambda: _with(redis_url, body, tracking=listener))

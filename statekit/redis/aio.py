@@ -364,6 +364,8 @@ class AsyncTransport:
         self._backoff = ExponentialBackoff(cap=cap, base=0.02)
         self._redis = redis
         self._closed = False
+        #: the negated listener generation whose CLIENT TRACKING set-up the server refused
+        self._refused_tag = 0
 
     # -- errors --------------------------------------------------------------------
 
@@ -386,7 +388,8 @@ class AsyncTransport:
         idle = self._idle
         while idle:
             conn = idle.pop()
-            if conn._statekit_tag != self._tag() or not conn.is_connected:
+            # set up for an earlier listener connection (a refused set-up is kept negated)
+            if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
                 await self._discard(conn)
                 continue
             if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
@@ -425,15 +428,16 @@ class AsyncTransport:
         try:
             await conn.read_response()
         except self._redis.ResponseError:
-            conn._statekit_tag = -tag
+            conn._statekit_tag = self._refused_tag = -tag
         else:
             conn._statekit_tag = tag
 
     def tracked(self) -> bool:
         """Whether new commands report their reads to the live listener (every kept
-        connection is set up for the listener's current generation before use)."""
+        connection is set up for the listener's current generation before use; a
+        server that refused the set-up for that generation serves untracked)."""
         tag = self._tag()
-        return tag > 0
+        return tag > 0 and self._refused_tag != -tag
 
     async def _discard(self, conn: Any) -> None:
         """Close *conn* and give it back to the pool (its state is unknown)."""
