@@ -37,14 +37,21 @@ the generation it read last only while that listener has stayed connected,
 tracks the counter, has applied no counter invalidation since the read and has
 none waiting (:meth:`~statekit.redis.tracking.InvalidationListener.pending`, one
 zero-timeout ``poll``); otherwise it reads the counter again (one ``GET`` more).
-Redis queues the invalidation to the listener's connection while it executes the
-clearing ``INCR`` and writes it out in the same event-loop pass as the clearing
-client's reply, but not always before it: **a process serves values of the cleared
-generation at most until that invalidation reaches its listener** (one loopback or
-network hop after the clear's reply; measured in ``tests/test_cache_cluster.py``: 0
-old values in 8 clears from another process, with and without a near cache; a read
-issued by the same thread right after a plain client's ``INCR`` returned was seen to
-win that race). Standalone and Sentinel are exact (the script checks the counter).
+Redis queues the invalidation to every listener while it executes the clearing
+``INCR`` and writes it out in the same event-loop pass as the ``INCR``'s reply, but
+not always before it; so :meth:`~RedisCacheBackend.clear` then reads the counter once
+(a ``GET`` to the same node: the barrier), which Redis runs in a later pass, after
+every listener's connection was written. When ``clear()`` returns, the invalidation
+is therefore on its way to every listener ahead of anything the clearing process does
+next: on one host (loopback) it is already in each listener's receive buffer, where
+the reader's ``pending()`` sees it, so **a read that starts after ``clear()`` returned,
+in any process, never serves the cleared generation**; across hosts the remaining
+window is the difference between two network paths (the listener's, and the clearing
+process's reply plus whatever message it sends next). Measured in
+``tests/test_cache_cluster.py``: 0 old values after 200 clears, each followed at once
+by a signal to another process that reads straight away, with and without a near
+cache; a clear made by a plain ``INCR`` from another client (no barrier) can lose that
+race, and was seen to. Standalone and Sentinel are exact (the script checks the counter).
 A read already under way when the clear ran may still return old values, as
 anywhere. While the listener is down (start-up, a reconnect, a failover; a
 namespace the family opened later until the listener has reconnected to track its
@@ -661,6 +668,15 @@ class _RedisCachePlans:
     def plan_clear(self) -> Plan[None]:
         """:meth:`clear` as a plan."""
         gen = int((yield (CMD, (b"INCR", self._gen_key))))
+        if self.cluster:
+            # the barrier (see the module docstring): Redis writes the counter's
+            # invalidation to every listener in the event-loop pass that ran the INCR,
+            # not always before the INCR's reply; a command sent after that reply runs
+            # in a later pass, so once its reply is here every listener's connection
+            # has the invalidation (on loopback: in its receive buffer, where pending()
+            # sees it). The clear has applied: a barrier that fails does not fail it
+            with contextlib.suppress(BackendUnavailable):
+                gen = max(gen, int((yield (CMD, (b"GET", self._gen_key))) or 0))
         _epochs[self._gen_key] = _epochs.get(self._gen_key, 0) + 1
         self._gen = str(gen).encode()
         self._epoch = _epochs[self._gen_key]
