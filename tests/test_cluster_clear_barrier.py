@@ -135,3 +135,27 @@ def test_a_read_right_after_clear_in_another_process_misses(line_cluster: RedisC
           f"{stale['clear()']} of {clears}; right after a plain INCR (no barrier) "
           f"{stale['plain INCR']} of {ROUNDS // 4}; reader's warm-up reads {warm_tries} for {ROUNDS}")
     assert stale["clear()"] == 0
+
+
+def test_a_failing_barrier_does_not_fail_the_applied_clear() -> None:
+    """The INCR applied; the barrier's GET then fails (the node went away): clear()
+    reports success with the generation the INCR returned (pure plan logic, no
+    server: the driver answers the INCR and fails the GET)."""
+    from types import SimpleNamespace
+
+    from statekit.cache import redis as rediscache
+    from statekit.cache.plan import drive
+    from statekit.errors import BackendUnavailable
+
+    plans = rediscache._RedisCachePlans(SimpleNamespace(cluster=True), "barrier:{default}:")
+    sent: list[tuple[Any, ...]] = []
+
+    def do(effect: tuple[Any, ...]) -> Any:
+        sent.append(effect[1])
+        if effect[1][0] == b"INCR":
+            return 7
+        raise BackendUnavailable("the node went away")
+
+    drive(plans.plan_clear(), do)
+    assert sent == [(b"INCR", "barrier:{default}:gen"), (b"GET", "barrier:{default}:gen")]
+    assert plans._gen == b"7"
