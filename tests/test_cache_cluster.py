@@ -310,3 +310,36 @@ def _owns(r: Any, key: str) -> bool:
         if int(start) <= slot <= int(end):
             return int(primary[1]) == r.connection_pool.connection_kwargs["port"]
     return False
+
+
+def test_a_one_node_cluster_is_listened_to() -> None:
+    """A one-master cluster (its node lists itself in CLUSTER NODES without a host,
+    having met no other): the generation listener connects all the same, so reads
+    trust the generation (no read of the counter per call; before the fix every call
+    read it and near caches never turned on), and a clear from another cache object
+    is seen by the next read."""
+    with RedisCluster(masters=1) as cluster:
+        with cluster.nodes[0].client() as r:
+            nodes = r.execute_command("CLUSTER NODES")  # parsed by redis-py: {address: info}
+            assert any(str(addr).startswith(":") for addr in nodes)  # the host-less line
+        cache, other = Cache(cluster.url, prefix="one"), Cache(cluster.url, prefix="one")
+        try:
+            cache.set("k", 1)
+            _listening(cache)
+            backend: Any = cache._backend
+            command = backend.transport.command
+            counter_reads = 0
+
+            def counting(*args: Any) -> Any:
+                nonlocal counter_reads
+                counter_reads += args[1:] == (backend._gen_key,)
+                return command(*args)
+
+            backend.transport.command = counting
+            assert [cache.get("k") for _ in range(20)] == [1] * 20
+            assert counter_reads == 0
+            assert other.clear() is True
+            assert cache.get("k") is None
+        finally:
+            cache.close()
+            other.close()

@@ -98,14 +98,21 @@ def cluster_nodes(client: Any) -> list[tuple[str, int]]:
 
     The listener listens to all of them: a replica sends the invalidations of the
     writes it replicates, so when it is promoted the near caches miss nothing, and a
-    node added to the cluster is listened to before slots move to it."""
+    node added to the cluster is listened to before slots move to it.
+
+    A node that never met another (a one-node cluster) lists itself without a host
+    (``:6379``): its host is then the one redis-py's client knows for that port (as
+    redis-py does, from the address it was given)."""
+    known = {int(n.port): n.host for n in client.get_nodes()}
     out = set()
     for addr, info in client.cluster_nodes().items():
         flags = set(str(info.get("flags", "")).split(","))
         if flags & {"fail", "noaddr", "handshake"}:
             continue
         host, _, port = str(addr).rpartition(":")
-        out.add((host, int(port)))
+        host = host or known.get(int(port), "")
+        if host:
+            out.add((host, int(port)))
     return sorted(out)
 
 
