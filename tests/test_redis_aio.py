@@ -4,6 +4,7 @@ replies, scripts, error map and retry rule as the sync transport."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -249,3 +250,127 @@ def test_a_refused_tracking_set_up_keeps_its_connection_and_reads_untracked(redi
         assert len(pool._in_use_connections) + len(pool._available_connections) == 1
 
     run(lambda: _with(redis_url, body, tracking=listener))
+
+
+def test_shared_client_first_use_from_two_threads(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads, each on its own loop, asking for a URL's shared client for the
+    first time at once: one registry wins, each loop keeps the one client it was
+    given (asked again, the same) and no other client is made."""
+    import threading
+
+    from statekit.redis import aio
+
+    made: list[Any] = []
+    real_create, real_lanes = aio.create_async_client, aio.transports_per_loop
+    both_in = threading.Barrier(2)
+
+    def create(url: str, **overrides: Any) -> Any:
+        made.append(real_create(url, **overrides))
+        return made[-1]
+
+    def lanes(*args: Any, **kwargs: Any) -> Any:
+        # hold the first caller until the second arrives: both have seen no registry
+        # (unless the second is kept out, then the wait times out)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_in.wait(timeout=0.5)
+        return real_lanes(*args, **kwargs)
+
+    monkeypatch.setattr(aio, "create_async_client", create)
+    monkeypatch.setattr(aio, "transports_per_loop", lanes)
+    checked = threading.Barrier(2, timeout=10)
+    got: dict[str, tuple[Any, Any, int]] = {}
+
+    def thread(name: str) -> None:
+        async def main() -> None:
+            first = get_async_client(redis_url, client_name="first-use")
+            assert await first.ping()
+            await asyncio.to_thread(checked.wait)  # both threads have their first client
+            again = get_async_client(redis_url, client_name="first-use")
+            key = (redis_url, (("client_name", "first-use"),))
+            got[name] = (first, again, len(aio._shared[key].items()))
+            await asyncio.to_thread(checked.wait)  # both loops alive until both counted
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=thread, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(got) == {"a", "b"}
+    for first, again, loops in got.values():
+        assert first is again
+        assert loops == 2
+    assert {id(c) for c in made} == {id(got["a"][0]), id(got["b"][0])}  # no third client
+
+
+def test_cluster_client_giving_up_is_backend_unavailable() -> None:
+    """redis-py's cluster client raising ``ClusterError`` ("TTL exhausted." after too
+    many redirects) is ``BackendUnavailable``, commands and scripts alike, and
+    nothing is sent again."""
+    import redis
+
+    client = create_async_client("redis+cluster://127.0.0.1:1")  # connects on first use only
+    calls: list[tuple[Any, ...]] = []
+
+    async def exhausted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        raise redis.exceptions.ClusterError("TTL exhausted.")
+
+    client.execute_command = exhausted
+
+    async def main() -> None:
+        t = AsyncTransport(client, what="test")
+        with pytest.raises(BackendUnavailable, match="TTL exhausted"):
+            await t.command(b"GET", "k")
+        with pytest.raises(BackendUnavailable, match="TTL exhausted"):
+            await t.command(b"INCR", "n")
+        with pytest.raises(BackendUnavailable, match="TTL exhausted"):
+            await t.script(SCRIPT, ["{c}n"], ["a"])
+
+    run(main)
+    assert [c[0] for c in calls] == ["GET", "INCR", "EVALSHA"]  # each sent once
+
+
+def test_new_connections_are_opened_a_few_at_a_time(redis_url: str) -> None:
+    """200 concurrent commands on a fresh transport: at most CONNECTS_AT_ONCE connects
+    under way at any moment (the others wait for a connection given back), every
+    reply right, and callers cancelled while waiting leave no connection behind: each
+    one the pool handed out is back in the transport's keep."""
+    from statekit.redis import aio
+
+    async def body(t: AsyncTransport) -> None:
+        await t.command(b"SET", "k", "v")
+        await t.aclose()
+        t._closed = False
+        pool = t.client.connection_pool
+        real_get = pool.get_connection
+        under_way, peak = 0, 0
+
+        async def get_connection() -> Any:
+            nonlocal under_way, peak
+            under_way += 1
+            peak = max(peak, under_way)
+            try:
+                await asyncio.sleep(0.005)  # a slow handshake: the connects overlap
+                return await real_get()
+            finally:
+                under_way -= 1
+
+        pool.get_connection = get_connection
+        calls = [asyncio.ensure_future(t.command(b"GET", "k")) for _ in range(200)]
+        await asyncio.sleep(0.002)
+        for call in calls[1::3]:
+            call.cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(r == b"v" or isinstance(r, asyncio.CancelledError) for r in done)
+        assert done.count(b"v") >= 200 - len(calls[1::3])
+        assert 1 <= peak <= aio.CONNECTS_AT_ONCE
+        assert not t._waiters or all(w.done() for w in t._waiters)
+        # a cancelled caller may have had its connection dropped mid-command (sent, no
+        # reply read); every other connection the pool handed out is kept for reuse
+        assert len(t._idle) == len(pool._in_use_connections)
+        print(f"200 concurrent GETs, a third cancelled: {len(t._idle)} connections, "
+              f"at most {peak} connecting at once")
+
+    run(lambda: _with(redis_url, body))

@@ -16,7 +16,10 @@ read before a command is sent on it). At most *limit* commands are in flight per
 transport (default: the pool's ``max_connections`` less a few kept free for the
 client's own pipelines and pub/sub, at most :data:`DEFAULT_LIMIT`);
 more callers wait their turn instead of opening more connections, so 200 concurrent
-``await cache.get()`` on one loop use a bounded number of sockets. A Cluster client
+``await cache.get()`` on one loop use a bounded number of sockets. New connections
+are opened at most :data:`CONNECTS_AT_ONCE` at a time (redis-py's handshake is CPU
+on the loop: a burst of connects at once stalled it for 10-20 ms); a caller past
+that bound gets the next connection another caller gives back. A Cluster client
 sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``),
 under the same bound (redis-py's asyncio cluster fails past a node's
 ``max_connections`` instead of waiting).
@@ -71,8 +74,8 @@ from . import (
 from .scripts import Script
 from .transport import STALE_CHECK_AFTER, RedisReplyError, _message, _name, packer
 
-__all__ = ["DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets", "create_async_client",
-           "get_async_client", "memory_async_client", "transports_per_loop"]
+__all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
+           "create_async_client", "get_async_client", "memory_async_client", "transports_per_loop"]
 
 T = TypeVar("T")
 
@@ -80,6 +83,12 @@ Arg = bytes | str | int | float
 
 #: commands in flight per transport unless the pool allows fewer
 DEFAULT_LIMIT = 64
+#: new connections a transport opens at once: redis-py's handshake (connect, ``HELLO``,
+#: a health ``PING``, ``CLIENT SETINFO``) costs the loop about 0.4 ms of CPU per
+#: connection, spread over a few loop passes; 63 of them at once made single passes
+#: of 10-20 ms. Callers past this bound wait for a connection a caller gives back
+#: (handed over directly) or for a connect to finish.
+CONNECTS_AT_ONCE = 8
 
 _monotonic = time.monotonic
 
@@ -287,16 +296,23 @@ def transports_per_loop(make_client: Callable[[], Any], *, owned: bool,
 
 
 _shared: dict[Any, PerLoop[AsyncTransport]] = {}
+_shared_lock = threading.Lock()
 
 
 def get_async_client(url: str, **overrides: Any) -> Any:
     """This process's shared async client for *url* on the running event loop (one
     pool per URL, options and loop), created on first use, closed with its loop
-    (:class:`PerLoop`). Call it on a loop."""
+    (:class:`PerLoop`). Call it on a loop; threads (each on its own loop) asking
+    at once for the first time share one :class:`PerLoop`, so each loop keeps
+    exactly one client."""
     key = (url, tuple(sorted(overrides.items())))
     lanes = _shared.get(key)
     if lanes is None:
-        lanes = _shared[key] = transports_per_loop(lambda: create_async_client(url, **overrides), owned=True)
+        with _shared_lock:
+            lanes = _shared.get(key)
+            if lanes is None:
+                lanes = _shared[key] = transports_per_loop(lambda: create_async_client(url, **overrides),
+                                                           owned=True)
     return lanes.current().client
 
 
@@ -356,6 +372,10 @@ class AsyncTransport:
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
         self._idle: deque[Any] = deque()
+        #: connects under way (at most CONNECTS_AT_ONCE) and the callers waiting for a
+        #: connection: each gets one given back (:meth:`_keep`) or ``None`` (connect now)
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[Any]] = deque()
         self._pack = packer(pool) if self.direct else None
         from redis.backoff import ExponentialBackoff
 
@@ -383,25 +403,36 @@ class AsyncTransport:
 
     async def _checkout(self) -> Any:
         """A connected connection: an idle one kept from an earlier call (checked if
-        idle for a while), else one from the pool. Nothing is sent here, so its
-        failures may be retried."""
+        idle for a while), one another caller gives back, else a new one from the
+        pool (at most :data:`CONNECTS_AT_ONCE` connecting at a time). Nothing is sent
+        here, so its failures may be retried."""
         idle = self._idle
-        while idle:
-            conn = idle.pop()
-            # set up for an earlier listener connection (a refused set-up is kept negated)
-            if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
-                await self._discard(conn)
-                continue
-            if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
-                try:
-                    stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
-                except (self._redis.ConnectionError, OSError):
-                    stale = True
-                if stale:
+        handed: Any = None
+        while True:
+            while handed is not None or idle:
+                conn, handed = (handed if handed is not None else idle.pop()), None
+                # set up for an earlier listener connection (a refused set-up is kept negated)
+                if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
                     await self._discard(conn)
                     continue
-            return conn
-        conn = await self._pool.get_connection()
+                if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
+                    try:
+                        stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
+                    except (self._redis.ConnectionError, OSError):
+                        stale = True
+                    if stale:
+                        await self._discard(conn)
+                        continue
+                return conn
+            if self._connecting < CONNECTS_AT_ONCE:
+                break
+            handed = await self._turn()
+        self._connecting += 1
+        try:
+            conn = await self._pool.get_connection()
+        finally:
+            self._connecting -= 1
+            self._wake(None)  # a connect slot is free: the next waiter may take it
         conn._statekit_last = _monotonic()
         conn._statekit_tag = 0
         try:
@@ -410,6 +441,34 @@ class AsyncTransport:
             await self._discard(conn)
             raise
         return conn
+
+    async def _turn(self) -> Any:
+        """Wait for a connection given back (returned) or a free connect slot
+        (``None``). Cancelled after being handed a connection, it hands it on."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            elif waiter.result() is not None:
+                self._keep(waiter.result())
+            else:
+                self._wake(None)
+            raise
+
+    def _wake(self, conn: Any) -> bool:
+        """Give *conn* (or ``None``: a free connect slot) to the longest waiting caller;
+        ``False`` if none waits."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
 
     def _tag(self) -> int:
         listener = self.tracking
@@ -448,6 +507,8 @@ class AsyncTransport:
 
     def _keep(self, conn: Any) -> None:
         conn._statekit_last = _monotonic()
+        if self._waiters and self._wake(conn):
+            return
         if self._closed:
             asyncio.ensure_future(self._pool.release(conn))
         else:
@@ -532,7 +593,9 @@ class AsyncTransport:
                     raise unavailable(self._where, f"{e} (the command was sent: its outcome is unknown)",
                                       _problem_of(e)) from e
                 raise self._unavailable(e) from e
-            except redis.exceptions.RedisClusterException as e:
+            except (redis.exceptions.RedisClusterException, redis.exceptions.ClusterError) as e:
+                # the cluster client gave up ("TTL exhausted." after redirects, no node
+                # reachable, a slot not covered): nothing is sent again
                 raise self._unavailable(e) from e
             except AttributeError as e:  # the cluster client mid-reshard: nothing sent
                 if not cluster_client_glitch(e):
