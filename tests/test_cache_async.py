@@ -449,3 +449,80 @@ def test_near_cache_with_a_ready_client(redis_line_url: str) -> None:
             await client.aclose()
 
     run(body())
+
+
+def test_double_cancel_releases_the_single_flight_lock(url: str) -> None:
+    """The task computing under the single-flight lock is cancelled, then cancelled
+    again while its ``finally`` releases the lock (before the release was sent): the
+    CancelledError propagates, the release still happens (in the background), and a
+    task waiting for the lock (lock_wait 30 s, lock_ttl 60 s) is not left waiting: it computes. A
+    second waiter cancelled twice while it polls propagates too and holds nothing."""
+
+    async def body(c: AsyncCache) -> None:
+        started = asyncio.Event()
+        releasing = asyncio.Event()
+
+        async def never() -> str:
+            started.set()
+            await asyncio.sleep(60)
+            return "never"
+
+        holder = asyncio.ensure_future(c.get_or_set("slow", never, ttl=60))
+        await started.wait()
+        transport = c._backend.transport.current()
+        script = transport.script
+
+        async def slow_unlock(source: Any, keys: Any, args: Any) -> Any:
+            if args and args[0] == b"unlock" and not releasing.is_set():
+                releasing.set()  # the holder's release: not sent before the second cancel
+                await asyncio.sleep(0.2)
+            return await script(source, keys, args)
+
+        transport.script = slow_unlock
+        waiter = asyncio.ensure_future(c.get_or_set("slow", lambda: "waiter", ttl=60))
+        quitter = asyncio.ensure_future(c.get_or_set("slow", lambda: "quitter", ttl=60))
+        await asyncio.sleep(0.05)  # both poll the lock
+        assert c.stats()["lock_waits"] == 2
+        holder.cancel()
+        await releasing.wait()
+        holder.cancel()
+        quitter.cancel()
+        await asyncio.sleep(0)
+        quitter.cancel()
+        for task in (holder, quitter):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert await asyncio.wait_for(waiter, 10) == "waiter"  # a guard against a hang, not a timing
+        assert await c.get("slow") == "waiter"
+
+    run(_closing(AsyncCache(url, namespace="double-cancel", lock_wait=30, lock_ttl=60), body))
+
+
+def test_cluster_batch_giving_up_is_backend_unavailable() -> None:
+    """A Cluster bulk call whose pipeline redis-py gives up on (``ClusterError``,
+    "TTL exhausted." after redirects) raises ``BackendUnavailable``, as a lost
+    connection does, and sends nothing again."""
+    import redis
+
+    from statekit.cache.aio import _batch
+
+    sent: list[Any] = []
+
+    class Pipe:
+        def execute_command(self, *args: Any) -> None:
+            sent.append(args)
+
+        async def execute(self, raise_on_error: bool = True) -> list[Any]:
+            raise redis.exceptions.ClusterError("TTL exhausted.")
+
+    class Client:
+        def pipeline(self, transaction: bool = True) -> Pipe:
+            return Pipe()
+
+    class Transport:
+        client = Client()
+        limit = 4
+
+    with pytest.raises(BackendUnavailable, match="TTL exhausted"):
+        run(_batch(Transport(), [(b"MGET", b"a"), (b"MGET", b"b")]))
+    assert sent == [("MGET", b"a"), ("MGET", b"b")]  # queued once, never again

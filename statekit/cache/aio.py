@@ -47,7 +47,7 @@ from typing import Any, TypeVar, cast
 
 from ..errors import BackendUnavailable, ConfigError, LockError
 from . import _ABSENT, _IO, _CacheCore, _check_name
-from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, adrive
+from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, Plan, adrive
 from .redis import _UNAPPLIED, SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
 
@@ -135,7 +135,8 @@ async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]
     try:
         async with _gate(transport):
             replies = await pipe.execute(raise_on_error=False)
-    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.exceptions.RedisClusterException) as e:
+    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.exceptions.RedisClusterException,
+            redis.exceptions.ClusterError) as e:
         raise BackendUnavailable(f"a Redis Cluster node failed during a cache call; the outcome of its "
                                  f"commands is unknown and they were not sent again: {e}") from e
     out = list(replies)
@@ -182,6 +183,18 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         """Run the backend operation *name* (``"get"``, ``"set"``, ... as
         :class:`~statekit.cache.protocol.CacheBackend` names them)."""
         return await adrive(getattr(self, "plan_" + name)(*args, **kwargs), self._do)
+
+    def plan_release_lock(self, name: str, token: str) -> Plan[bool]:
+        """:meth:`release_lock` as a plan. Cancelled before its reply came (a task
+        cancelled again while a ``finally`` releases its single-flight lock, or while
+        it releases an :class:`AsyncLock`), the release is sent again in a task of its
+        own: a compare-and-delete of this token is harmless twice, and without it the
+        lock would stay until its TTL, every waiter with it."""
+        try:
+            return (yield from super().plan_release_lock(name, token))
+        except asyncio.CancelledError:
+            _drop(adrive(super().plan_release_lock(name, token), self._do))
+            raise
 
     def near_listener(self, prefix: str) -> Any:
         if self.sync is not None:
@@ -255,14 +268,9 @@ class AsyncLock(Lock):
     async def release(self) -> None:  # type: ignore[override]
         """Release the lock; :class:`~statekit.errors.LockError` if not held.
         Cancelled, the release is sent again in the background (it may not have
-        been sent; a compare-and-delete of this token is harmless twice)."""
-        token = self.token
-        try:
-            await adrive(self._release(), self.cache._effect)
-        except asyncio.CancelledError:
-            if token is not None:
-                self._drop(token)
-            raise
+        been sent; a compare-and-delete of this token is harmless twice: see
+        :meth:`AsyncRedisCacheBackend.plan_release_lock`)."""
+        await adrive(self._release(), self.cache._effect)
 
     def _drop(self, token: str) -> None:
         """Release *token*'s hold in a task of its own (a cancelled caller cannot
