@@ -4,6 +4,7 @@ Django's sync_to_async wrapper; StatekitCache natively), side by side in one run
 same private Redis, same values, on one event loop.
 
     .venv/bin/python bench/cache_async.py [--rounds 15] [--scale 1.0]
+    .venv/bin/python bench/cache_async.py --lag 5 [--before REV|PATH]
 
 Contestants run in interleaved rounds (A B C ... A B C ...) so load from other
 processes hits all of them alike; the table shows the best and the median round
@@ -11,25 +12,43 @@ processes hits all of them alike; the table shows the best and the median round
 row. Two workloads: one task awaiting gets (or sets) one after another (latency), and
 100 tasks awaiting gets at once (throughput of one loop: microseconds per get).
 
+The near-cache contestant has a key prefix of its own: its invalidation listener
+tracks its prefix (``BCAST``), so on the shared prefix every other contestant's write
+would also cost this process an invalidation message to read and route (measured:
+``AsyncCache.set`` 95 -> 142 µs); the row ``AsyncCache.set, near cache`` shows what a
+write costs with that listener.
+
+``--lag N``: loop lag under 200 concurrent gets (issue 18), N runs, each on a fresh
+loop with no connection yet: ``AsyncCache`` and raw redis-py asyncio (a
+``BlockingConnectionPool`` of the transport's limit), 5 batches each, a 1 ms
+heartbeat task beside them; the heartbeat's worst lag in the first batch (the
+connections opening) and over all batches, p90 and median, and the connections
+opened. ``--before`` measures another tree in the same runs (interleaved).
+
 Targets (issue 18): ``AsyncCache.get`` no slower than a raw redis-py asyncio ``GET``
-and ahead of cashews and aiocache on the same work.
+and ahead of cashews and aiocache on the same work; ``AsyncCache.set`` ahead of
+cashews and aiocache, as close to raw as it gets; 200 concurrent gets never block
+the loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "adapters", "django-statekit"))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _trees import commit  # noqa: E402
+from _trees import before_tree, commit, env_for  # noqa: E402
 
 VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags": ["a", "b", "c"],
          "score": 98.5}
@@ -85,13 +104,11 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
 
     raw = aioredis.Redis.from_url(url)
     sk = AsyncCache(url, namespace="bench")
-    near = AsyncCache(url, namespace="bench-near", near_cache=True)
+    near = AsyncCache(url, prefix="bench-near", namespace="bench-near", near_cache=True)
     cashews = Cashews()
     cashews.setup(f"{url}?client_side=false", suppress=False)
     aio = AioCache(endpoint=host, port=port, namespace="aio")
     djr, djc, djs = caches["django_redis"], caches["django"], caches["statekit"]
-
-    import json
 
     await raw.set("raw:k", json.dumps(VALUE))
     await sk.set("k", VALUE)
@@ -123,6 +140,7 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     sets: dict[str, Op] = {
         "redis-py asyncio SET (json.dumps)": lambda: raw.set("raw:s", json.dumps(VALUE), ex=300),
         "statekit AsyncCache.set": lambda: sk.set("s", VALUE, ttl=300),
+        "statekit AsyncCache.set, near cache": lambda: near.set("s", VALUE, ttl=300),
         "cashews (redis) set": lambda: cashews.set("cashews:s", VALUE, expire=300),
         "aiocache RedisCache set": lambda: aio.set("s", VALUE, ttl=300),
         "django StatekitCache.aset (native)": lambda: djs.aset("s", VALUE, 300),
@@ -141,11 +159,116 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     return out
 
 
+LAG_BATCHES = 5
+
+
+async def lag_one(url: str, contestant: str) -> dict[str, Any]:
+    """One contestant of one ``--lag`` run, on this (fresh) loop."""
+    import redis
+    import redis.asyncio as aioredis
+
+    from statekit.cache import AsyncCache
+    from statekit.testing.loop import LoopLag
+
+    admin = redis.Redis.from_url(url)
+
+    def connections() -> int:
+        return len(admin.client_list()) - 1
+
+    before = await asyncio.to_thread(connections)
+    close: list[Callable[[], Awaitable[Any]]] = []
+    if contestant == "AsyncCache":
+        cache = AsyncCache(url, namespace="lag")
+        await cache.set_many({f"k{i}": i for i in range(200)})  # one connection, kept
+
+        def get(i: int) -> Awaitable[Any]:
+            return cache.get(f"k{i}")
+
+        limit = cache._backend.transport.current().limit
+        close.append(cache.aclose)
+    else:
+        probe = AsyncCache(url, namespace="lag")
+        limit = (probe._backend or probe._connect()).transport.current().limit
+        await probe.aclose()
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=limit)
+        raw = aioredis.Redis(connection_pool=pool)
+        await raw.mset({f"raw{i}": json.dumps(i) for i in range(200)})
+
+        async def get(i: int) -> Any:
+            return json.loads(await raw.get(f"raw{i}"))
+
+        close += [raw.aclose, pool.aclose]
+        before += 1  # the MSET's connection
+    lags: list[float] = []
+    first = worst = 0.0
+    for batch in range(LAG_BATCHES):
+        async with LoopLag(0.001) as lag:
+            results = await asyncio.gather(*(get(i) for i in range(200)))
+        assert results == list(range(200))
+        lags += lag.lags
+        worst = max(worst, lag.worst)
+        if batch == 0:
+            first = lag.worst
+    opened = await asyncio.to_thread(connections) - before
+    for fn in close:
+        await fn()
+    admin.close()
+    ordered = sorted(lags)
+    return {"first_max": first * 1000, "max": worst * 1000, "p90": ordered[int(len(ordered) * 0.9)] * 1000,
+            "median": ordered[len(ordered) // 2] * 1000, "connections": opened, "limit": limit}
+
+
+def lag_runs(url: str, runs: int, before: str | None) -> None:
+    """``--lag``: each run a subprocess per tree and contestant (a fresh loop and
+    process), the trees and contestants interleaved."""
+    from _trees import NOW
+
+    trees = [("now", NOW)]
+    with before_tree(before) if before else _no_tree() as old:
+        if old is not None:
+            trees.append(("before", old))
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for run in range(runs):
+            load = open("/proc/loadavg").read().split()[0]  # noqa: SIM115
+            for tree_name, tree in trees:
+                for contestant in ("AsyncCache", "redis-py asyncio"):
+                    if tree_name == "before" and contestant != "AsyncCache":
+                        continue
+                    out = subprocess.run([sys.executable, __file__, "--lag-one", url, contestant],  # noqa: S603
+                                         env=env_for(tree), capture_output=True, text=True, check=True)
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    name = f"{contestant} ({tree_name}, {commit(tree)})"
+                    rows.setdefault(name, []).append(row)
+                    print(f"run {run + 1} load {load}  {name:<40} first batch max {row['first_max']:6.1f}"
+                          f" ms, all: max {row['max']:6.1f} p90 {row['p90']:5.2f} median {row['median']:5.2f}"
+                          f" ms, {row['connections']} connections (limit {row['limit']})")
+    print(f"\nmedians over {runs} runs (ms; 200 concurrent gets x {LAG_BATCHES} batches, 1 ms heartbeat); "
+          f"load {os.getloadavg()[0]:.2f}")
+    for name, got in rows.items():
+        med = {k: statistics.median(r[k] for r in got)
+               for k in ("first_max", "max", "p90", "median", "connections")}
+        span = f"{min(r['first_max'] for r in got):.1f}-{max(r['first_max'] for r in got):.1f}"
+        print(f"  {name:<40} first batch max {med['first_max']:6.1f} (range {span}), all: max "
+              f"{med['max']:6.1f} p90 {med['p90']:5.2f} median {med['median']:5.2f}; "
+              f"{med['connections']:.0f} connections")
+
+
+@contextlib.contextmanager
+def _no_tree() -> Iterator[None]:
+    yield None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply iteration counts")
+    ap.add_argument("--lag", type=int, metavar="RUNS", help="loop lag under 200 concurrent gets, RUNS runs")
+    ap.add_argument("--before", help="with --lag: also measure this commit or checkout")
+    ap.add_argument("--lag-one", nargs=2, metavar=("URL", "CONTESTANT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.lag_one:
+        print(json.dumps(asyncio.run(lag_one(*args.lag_one))))
+        return 0
 
     import django
     import redis
@@ -156,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     server = RedisServer()
     server.start()
     url = server.url
+    if args.lag:
+        try:
+            print(f"statekit {commit()}; server: {server.binary.flavor} {server.version}; "
+                  f"load {os.getloadavg()[0]:.2f}")
+            lag_runs(url, args.lag, args.before)
+        finally:
+            server.stop()
+        return 0
     try:
         caches = {alias: {"BACKEND": backend, "LOCATION": url} for alias, backend in DJANGO_CACHES.items()}
         settings.configure(SECRET_KEY="bench-async-secret-key-0123456789", INSTALLED_APPS=[],  # noqa: S106
