@@ -417,3 +417,66 @@ def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[Session
     assert s.key not in _copies(a)
     again = a.load(s.sid)
     assert again is not None and again["n"] == 2
+
+
+def _stored(url: str, key: str) -> dict[str, bytes]:
+    with redis.Redis.from_url(url) as r:
+        return {k.decode(): v for k, v in r.hgetall(key).items()}
+
+
+def test_the_copy_a_save_keeps_is_the_stored_hash(pair: tuple[SessionStore, SessionStore],
+                                                  redis_line_url: str) -> None:
+    """A save that goes on from this process's copy is not sent the hash back (the
+    copy with its fields applied is the hash): that copy equals what Redis holds,
+    fields set and deleted, the user, the idle timeout and the version alike, and
+    the key stays tracked (a change elsewhere still drops it)."""
+    a, b = pair
+    s = _warm_new(a, {"n": 1, "gone": "x", "cart": ["apple"]})
+    for step in range(3):
+        before = _hgetalls(redis_line_url)
+        loaded = a.load(s.sid)
+        assert loaded is not None
+        loaded["n"] = step
+        loaded.pop("gone", None)
+        loaded.user_id = f"u{step}"
+        loaded.idle_timeout = 3600.0 + step
+        assert a.save(loaded)
+        assert _hgetalls(redis_line_url) == before  # a load from the copy, a save not sent the hash
+        copy = _copies(a)[s.key]
+        assert copy[0] == _stored(redis_line_url, s.key) and _version_of(copy[0]) == loaded.version  # type: ignore[index]
+    theirs = b.load(s.sid)
+    assert theirs is not None
+    theirs["n"] = 99
+    assert b.save(theirs)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+
+
+def test_a_copy_behind_the_stored_hash_gets_the_hash_back(pair: tuple[SessionStore, SessionStore],
+                                                          redis_line_url: str) -> None:
+    """A save from a copy that another change has passed (its invalidation not yet
+    applied here: simulated by putting an older copy back) keeps the hash Redis sends
+    back, never that copy with this save's fields applied."""
+    a, b = pair
+    s = _warm_new(a, {"n": 1})
+    near = _engine(a).near
+    assert near is not None
+    old = dict(_copies(a)[s.key][0])  # type: ignore[index]
+    theirs = b.load(s.sid)
+    assert theirs is not None
+    theirs["theirs"] = True
+    assert b.save(theirs)
+    wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    with near.lock:
+        near._put(s.key, old, 60)  # the older copy, as if the invalidation were still on its way
+    mine = a.load(s.sid)
+    assert mine is not None and "theirs" not in mine
+    mine["n"] = 2
+    before = _hgetalls(redis_line_url)
+    assert a.save(mine)
+    assert _hgetalls(redis_line_url) == before + 1  # the script sent the hash back
+    copy = _copies(a)[s.key][0]  # type: ignore[index]
+    assert copy == _stored(redis_line_url, s.key) and copy["d:theirs"] == b"true"
+
+
+def _version_of(raw: dict[str, bytes]) -> int:
+    return int(raw["m:v"])

@@ -167,11 +167,32 @@ class _Layout:
         if self.near is not None and seq >= 0 and "m:c" in out and tracked:
             self.near.store(key, out, None, seq)
 
-    def _near_settle(self, key: str, result: Result, reply: Any, seq: int, tracked: bool) -> None:
-        """After a write under *seq*: keep the hash the script returned, or nothing."""
+    def _near_base(self, key: str, create: bool) -> Mapping[str, bytes] | None:
+        """The hash a write of *key* starts from, as far as this process knows, taken
+        before :meth:`_changing` drops the copy: none for a create, else the near
+        copy (``None``: no copy). See :meth:`_near_settle`."""
+        if create:
+            return {}
+        hit = self.near.data.get(key) if self.near is not None else None
+        return None if hit is None else hit[0]
+
+    def _near_settle(self, key: str, result: Result, reply: Any, seq: int, tracked: bool,
+                     base: Mapping[str, bytes] | None, sets: Mapping[str, bytes],
+                     dels: Sequence[str]) -> None:
+        """After a write under *seq*: keep the hash it left, or nothing. The script
+        returns the hash unless the write took it from *base*'s version to the next
+        (no other change between): the hash is then *base* with *sets* and *dels*
+        applied, built here instead of sent back."""
         if seq >= 0 and self.near is not None:
-            fresh = result.status is Status.DONE and len(reply) > 2 and tracked
-            self.near.settle(key, _fields(reply[2]) if fresh else None, seq)
+            fresh: dict[str, bytes] | None = None
+            if result.status is Status.DONE and tracked:
+                if len(reply) > 2:
+                    fresh = _fields(reply[2])
+                elif base is not None:
+                    fresh = {**base, **sets, "m:v": str(result.version).encode()}
+                    for f in dels:
+                        fresh.pop(f, None)
+            self.near.settle(key, fresh, seq)
 
     def _barrier(self) -> None:
         """The sync engine's ``PING`` after a change (see :meth:`_changing`)."""
@@ -243,9 +264,12 @@ class _Layout:
                       "1" if op.add else "0", "1" if op.remove else "0"]
 
     def _write_call(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
-                    ttl_ms: int, index: IndexOp | None, track: bool) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of the write script (*track*: reply with the hash)."""
-        args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, "1" if track else "0", len(sets)]
+                    ttl_ms: int, index: IndexOp | None, near: bool,
+                    base: Mapping[str, bytes] | None = None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the write script (*near*: keep the key tracked and
+        reply with the hash unless the write went on from *base*, the caller's copy)."""
+        held = ("-1" if base is None else _version(base)) if near else ""
+        args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, held, len(sets)]
         for f, v in sets.items():
             args += [f, v]
         args += [len(dels), *dels]
@@ -376,18 +400,20 @@ class RedisEngine(_Layout):
               ttl_ms: int, index: IndexOp | None) -> Result:
         key = self._session_prefix + handle
         if self.near is None:  # the usual path: nothing to keep coherent
-            return self._write(key, create, sets, dels, ttl_ms, index, -1)
+            return self._write(key, create, sets, dels, ttl_ms, index, -1, None)
+        base = self._near_base(key, create)
         with self._changing(key, stores=True, barrier=False) as seq:
-            return self._write(key, create, sets, dels, ttl_ms, index, seq)
+            return self._write(key, create, sets, dels, ttl_ms, index, seq, base)
 
     def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
-               ttl_ms: int, index: IndexOp | None, seq: int) -> Result:
-        reply = self._script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0))
+               ttl_ms: int, index: IndexOp | None, seq: int, base: Mapping[str, bytes] | None) -> Result:
+        call = self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0, base)
+        reply = self._script(_WRITE, *call)
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session save")
         if seq >= 0:
-            self._near_settle(key, result, reply, seq, self._tracked())
+            self._near_settle(key, result, reply, seq, self._tracked(), base, sets, dels)
         return result
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
@@ -553,14 +579,15 @@ class AsyncRedisEngine(_Layout):
                     ttl_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         key = self._session_prefix + handle
+        base = self._near_base(key, create)
         with self._changing(key, stores=True, barrier=False) as seq:
             reply = await transport.script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index,
-                                                                     seq >= 0))
+                                                                     seq >= 0, base))
             result = _result(reply)
             if result.status is Status.DONE:
                 await self._index_after(transport, index, "session save")
             if seq >= 0:
-                self._near_settle(key, result, reply, seq, transport.tracked())
+                self._near_settle(key, result, reply, seq, transport.tracked(), base, sets, dels)
             return result
 
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:

@@ -1,14 +1,18 @@
 -- Write a session: set and delete the fields named, bump m:v, set the expiry, and
 -- keep the user indexes in step (statekit.sessions.redis.RedisEngine.write).
 -- KEYS: session [, add-index] [, remove-index]
--- ARGV: create ('0', or the new session's m:c), ttl_ms, return the hash ('0'/'1'),
+-- ARGV: create ('0', or the new session's m:c), ttl_ms, near (see below),
 --       nsets, f1, v1, ..., ndels, f1, ..., [index: member, score, cutoff, ttl_ms,
 --       old member, has add ('0'/'1'), has remove ('0'/'1')]
 -- Returns {1, version [, hash]} done, {0} gone, {2, handle} an alias, {-1} taken.
 -- A create finding its own m:c is that create retried (its reply was lost), not a
 -- collision. Fields go in chunks of 1000 arguments (unpack fails past about 8000).
--- The closing HGETALL (near cache) makes the calling connection track the key again:
--- the write itself ended its tracking.
+-- near: '' without a near cache; else the version of the copy of this hash the
+-- caller holds ('0' for a create, '-1' for none). The closing read makes the calling
+-- connection track the key again (the write itself ended its tracking). The hash
+-- is returned only when this write did not take it from that version to the next:
+-- otherwise the caller's copy with this write's fields applied is the hash (every
+-- change of a session hash bumps m:v), and sending it back cost ~20 us a write.
 if ARGV[1] ~= '0' then
   local c = redis.call('HGET', KEYS[1], 'm:c')
   if c ~= ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
@@ -41,5 +45,9 @@ if ARGV[i] then
   end
   if ARGV[i + 6] == '1' then redis.call('ZREM', KEYS[k], ARGV[i + 4]) end
 end
-if ARGV[3] == '1' then return {1, v, redis.call('HGETALL', KEYS[1])} end
-return {1, v}
+if ARGV[3] == '' then return {1, v} end
+if v - 1 == tonumber(ARGV[3]) then
+  redis.call('HEXISTS', KEYS[1], 'm:v')
+  return {1, v}
+end
+return {1, v, redis.call('HGETALL', KEYS[1])}
