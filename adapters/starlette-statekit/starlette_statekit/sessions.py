@@ -52,10 +52,15 @@ cookie is left alone (except the new id of a rotation Redis had already made) an
 nothing partial is written, so the same session is served when Redis is back: never
 a silent logout, never an empty session overwriting the stored one.
 
-**Near cache** (``near_cache=N`` among the store options, or a store made with it):
-loads are served from this process's copies kept coherent by Redis (see
-:mod:`statekit.sessions`); the middleware then sends the version-token cookie
-(``<cookie_name>_v``) that orders a browser's reads after its own writes.
+**Near cache, on by default** (:data:`NEAR_CACHE` sessions per process, for a
+``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL; ``near_cache=0``
+turns it off, ``near_cache=N`` sets the size; never on Redis Cluster or ``memory://``,
+and a ready ``store=`` keeps its own setting): loads are served from this process's
+copies, kept coherent by Redis (client-side caching, see :mod:`statekit.sessions`),
+so a request that only reads its session makes no Redis call and one that writes
+makes one. The middleware then sends the version-token cookie (``<cookie_name>_v``)
+that orders a browser's reads after its own writes. What it costs and what may be
+stale, for how long: docs/starlette.md, "Near cache".
 
 **WebSockets** get ``websocket.session`` loaded; it is not saved by the middleware
 (``await get_session_store(websocket).save(websocket.session)`` does).
@@ -67,7 +72,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, cookie_parser
 
 from statekit.config import Settings, parse_url
 from statekit.errors import BackendUnavailable, ConfigError
@@ -75,8 +80,8 @@ from statekit.lifecycle import outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
 
-__all__ = ["STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session", "get_session_store", "incr_session",
-           "rotate_session"]
+__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session", "get_session_store",
+           "incr_session", "rotate_session"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -86,6 +91,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: where the middleware puts its store in the ASGI scope (for the helpers below)
 STORE_SCOPE_KEY = "statekit.sessions"
+#: sessions each process keeps in its near cache by default (``near_cache=``)
+NEAR_CACHE = 10_000
+#: the URL schemes whose store may keep a near cache (standalone and Sentinel Redis)
+_NEAR_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 
 
 class _Down(Exception):
@@ -116,7 +125,8 @@ class SessionMiddleware:
     :param same_site: ``lax``, ``strict`` or ``none``.
     :param retry_after: seconds in the 503's ``Retry-After``.
     :param store_options: more keywords for the store (``absolute_lifetime``,
-        ``alias_window``, ``codec``, ``key_prefix``...); ``user_key``, the session key
+        ``alias_window``, ``codec``, ``key_prefix``, ``near_cache``: :data:`NEAR_CACHE`
+        unless given, where the URL allows it, ``0`` turns it off...); ``user_key``, the session key
         holding the logged-in user's id (what :meth:`~statekit.sessions.aio.AsyncSessionStore.revoke_user`
         and ``list_user_sessions`` find sessions by), is ``"_user_id"`` unless given,
         as in the Flask adapter.
@@ -144,6 +154,8 @@ class SessionMiddleware:
             store_options.setdefault("user_key", "_user_id")
             if max_age:
                 store_options.setdefault("idle_timeout", max_age)
+            if url.partition("://")[0].lower() in _NEAR_SCHEMES:
+                store_options.setdefault("near_cache", NEAR_CACHE)
             store = AsyncSessionStore(url, secret_keys=keys or settings.secret_keys, **store_options)
             self.outage_name = f"session store {parse_url(url).redacted()}"
         else:
@@ -176,7 +188,7 @@ class SessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        cookies = HTTPConnection(scope).cookies
+        cookies = _cookies(scope)
         cookie = cookies.get(self.cookie_name)
         token = cookies.get(self.token_name) if self._near else None
         try:
@@ -275,6 +287,15 @@ class SessionMiddleware:
             session.send_cookie = False
             out.append(self._cookie(session))
         return out
+
+
+def _cookies(scope: Scope) -> dict[str, str]:
+    """The request's cookies, read as Starlette's ``HTTPConnection.cookies`` reads them
+    (its first ``Cookie`` header) without building a connection and its headers."""
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            return cookie_parser(value.decode("latin-1"))
+    return {}
 
 
 def _client(scope: Scope) -> str:

@@ -203,12 +203,15 @@ def test_rotation_keeps_the_data_and_an_old_cookie_in_flight_writes_through(redi
             old_now = await c.get("/get")
             return {"new_differs": new != old, "login_cookie": "set-cookie" in login.headers,
                     "held_status": held_response.status_code,
-                    "held_cookie": held_response.headers.get("set-cookie"), "after": after,
+                    "held_cookies": held_response.headers.get_list("set-cookie"), "after": after,
                     "old_now": old_now.json(), "old_now_cookie": old_now.headers.get("set-cookie")}
 
     out = asyncio.run(main())
     assert out["new_differs"] and out["login_cookie"]
-    assert out["held_status"] == 200 and out["held_cookie"] is None  # never the old cookie back
+    # never the old cookie back; with the near cache (the default) the version token of
+    # the new session the write went to, so this browser's next read sees it
+    assert out["held_status"] == 200
+    assert [v.split("=")[0] for v in out["held_cookies"]] == ["session_v"]
     assert out["after"] == {"cart": "apple", "user": "alice", "held": "written"}
     assert out["old_now"] == {} and out["old_now_cookie"] is None  # a tombstone: no fixation
 
