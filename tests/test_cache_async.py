@@ -398,20 +398,27 @@ def test_sentinel(sentinel_url: str) -> None:
     run(_closing(AsyncCache(sentinel_url, namespace="asent"), body))
 
 
+async def _computing(c: AsyncCache, key: str) -> asyncio.Future[Any]:
+    """A task in ``get_or_set(key)`` whose compute never ends, once it computes
+    (holding the single-flight lock)."""
+    started = asyncio.Event()
+
+    async def never() -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    task = asyncio.ensure_future(c.get_or_set(key, never, ttl=60))
+    await started.wait()
+    return task
+
+
 def test_cancelled_compute_releases_the_single_flight_lock(url: str) -> None:
     """A task cancelled while it computes under the lock releases it (the plan's
     finally runs), so the next caller computes at once instead of waiting lock_wait."""
 
     async def body(c: AsyncCache) -> None:
-        started = asyncio.Event()
-
-        async def never() -> str:
-            started.set()
-            await asyncio.sleep(60)
-            return "never"
-
-        task = asyncio.ensure_future(c.get_or_set("slow", never, ttl=60))
-        await started.wait()
+        task = await _computing(c, "slow")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -455,20 +462,13 @@ def test_double_cancel_releases_the_single_flight_lock(url: str) -> None:
     """The task computing under the single-flight lock is cancelled, then cancelled
     again while its ``finally`` releases the lock (before the release was sent): the
     CancelledError propagates, the release still happens (in the background), and a
-    task waiting for the lock (lock_wait 30 s, lock_ttl 60 s) is not left waiting: it computes. A
-    second waiter cancelled twice while it polls propagates too and holds nothing."""
+    task waiting for the lock (lock_wait 30 s, lock_ttl 60 s) is not left waiting: it
+    computes. A second waiter cancelled twice while it polls propagates too and holds
+    nothing."""
 
     async def body(c: AsyncCache) -> None:
-        started = asyncio.Event()
         releasing = asyncio.Event()
-
-        async def never() -> str:
-            started.set()
-            await asyncio.sleep(60)
-            return "never"
-
-        holder = asyncio.ensure_future(c.get_or_set("slow", never, ttl=60))
-        await started.wait()
+        holder = await _computing(c, "slow")
         transport = c._backend.transport.current()
         script = transport.script
 
