@@ -149,7 +149,14 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
         "django StatekitCache.aset (native)": lambda: djs.aset("s", VALUE, 300),
         "django-redis aset (sync_to_async)": lambda: djr.aset("s", VALUE, 300),
     }
+    await raw.config_resetstat()
     out["set"] = await run_group("set, one task (µs per set)", sets, n, rounds)
+    # the server's side of a set: statekit's EVALSHA of the cache script (its generation
+    # check and SET included) against the plain SETs of the others (and the script's own)
+    stats = await raw.info("commandstats")
+    print("  server time per call (INFO commandstats, this group): " + ", ".join(
+        f"{name.removeprefix('cmdstat_').upper()} {stats[name]['usec_per_call']:.2f} µs"
+        for name in ("cmdstat_evalsha", "cmdstat_set", "cmdstat_get") if name in stats))
     concurrent = {k: v for k, v in gets.items() if "sync_to_async" not in k}
     concurrent["django-redis aget (sync_to_async)"] = gets["django-redis aget (sync_to_async)"]
     out["concurrent"] = await run_group(f"get, {CONCURRENT} tasks at once (µs per get)", concurrent,
