@@ -30,9 +30,15 @@ Targets (issue 18): statekit session read <= 1.15x the cookie middleware's time;
 ahead of every other server-side store (starsessions here).
 
 Run: ``.venv/bin/python bench/sessions_asgi.py [--requests 300] [--rounds 5]
-[--clients 8] [--seconds 3] [--profile]`` (~50 s with the defaults, about twice that
-under ``bench/run.py --busy``; a private redis-server and the uvicorn processes are
-started and stopped).
+[--clients 8] [--seconds 3] [--profile] [--before REV]`` (~50 s with the defaults, about
+twice that under ``bench/run.py --busy``; a private redis-server and the uvicorn
+processes are started and stopped). ``--before REV`` (a commit, or the path of a ready
+checkout) adds ``statekit@before`` and ``statekit-near@before``: the same two kinds
+served from that tree (a ``git worktree``), interleaved with the others in the same
+run, so a change is measured against its parent on the same machine at the same load.
+
+The kinds pass ``near_cache`` explicitly (0, 1000): ``statekit`` stays the plain store
+whatever the middleware's default (the near cache, since the commit that made it so).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _trees import NOW, commit, env_for  # noqa: E402
+from _trees import NOW, before_tree, commit, env_for  # noqa: E402
 from run import stop  # noqa: E402
 from sessions import _check_written, _commands, _cookie, _exchange, _redis_cpu, _tree_cpu, load  # noqa: E402
 
@@ -420,10 +426,13 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(kinds: tuple[str, ...], module: str, source: str, target: str = "app") -> Iterator[Served]:
+def served(kinds: tuple[str, ...], module: str, source: str, target: str = "app",
+           trees: dict[str, Path] | None = None) -> Iterator[Served]:
     """A private redis-server and, for each of *kinds*, uvicorn serving
     ``module:target`` (*source*) with ``BENCH_KIND`` and ``BENCH_REDIS`` set;
-    everything is stopped (by PID) afterwards."""
+    everything is stopped (by PID) afterwards. A kind ``<kind>@<name>`` is *kind*
+    served from the tree ``trees[name]`` (statekit and the Starlette adapter
+    imported from there); the others from this checkout."""
     import redis
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -435,8 +444,12 @@ def served(kinds: tuple[str, ...], module: str, source: str, target: str = "app"
         stack.callback(r.close)
         servers: dict[str, tuple[int, int]] = {}
         for kind in kinds:
-            proc, port = uvicorn(tmp / kind, module, source,
-                                 env_for(NOW, BENCH_KIND=kind, BENCH_REDIS=server.url), target=target)
+            base, _, name = kind.partition("@")
+            tree = (trees or {})[name] if name else NOW
+            env = env_for(tree, BENCH_KIND=base, BENCH_REDIS=server.url)
+            adapter = tree / "adapters" / "starlette-statekit"
+            env["PYTHONPATH"] = os.pathsep.join((str(adapter), env["PYTHONPATH"]))
+            proc, port = uvicorn(tmp / kind, module, source, env, target=target)
             procs.append(proc)
             servers[kind] = proc.pid, port
         yield Served(server.url, f"{server.binary.flavor} {server.version}", r, tmp, servers)
@@ -445,14 +458,25 @@ def served(kinds: tuple[str, ...], module: str, source: str, target: str = "app"
 def main(argv: list[str] | None = None) -> int:
     ap = options(__doc__ or "", requests=300, seconds=3.0)
     ap.add_argument("--profile", action="store_true", help="print cProfile's top functions of statekit reads")
+    ap.add_argument("--before", metavar="REV",
+                    help="also serve the statekit kinds from this commit (or checkout)")
     args = ap.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        trees = {"before": stack.enter_context(before_tree(args.before))} if args.before else {}
+        return _main(args, trees)
+
+
+def _main(args: argparse.Namespace, trees: dict[str, Path]) -> int:
     import uvicorn as uv
 
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     routes = [("GET", "/read"), ("POST", "/write")]
     http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
     loop_impl = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    with served(KINDS, "bench_asgi_sessions_app", APP) as run:
+    kinds = KINDS + tuple(f"{k}@before" for k in KINDS if k.startswith("statekit") and trees)
+    with served(kinds, "bench_asgi_sessions_app", APP, trees=trees) as run:
+        if trees:
+            print(f"before: {commit(trees['before'])} ({args.before})")
         print(f"statekit {commit()}; {run.redis_name}; uvicorn {uv.__version__} "
               f"(one process per kind, {loop_impl} loop, {http_impl}); "
               f"{args.rounds} rounds x {args.requests} requests one at a time, "
@@ -468,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 _check_written(port, first[kind], kind)
         parts = asyncio.run(breakdown(run.tmp, run.url, max(200, args.requests), args.profile))
 
-    report(serial_rows, conc, {k: k for k in KINDS}, "cookie", "Starlette's cookie SessionMiddleware",
+    report(serial_rows, conc, {k: k for k in kinds}, "cookie", "Starlette's cookie SessionMiddleware",
            args.clients)
 
     print(f"\nin process, no HTTP server (µs per request, best of 10 x {max(200, args.requests)}; "
@@ -486,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<44} {parts[key]:>7.1f}")
 
     print("\ntargets")
-    for kind in ("statekit", "statekit-near"):
+    for kind in [k for k in kinds if k.startswith("statekit")]:
         read = ratio(serial_rows, kind, "cookie", "/read_rounds")
         print(f"  {kind} read time / cookie middleware      {read:.2f}x  target <= 1.15x  "
               f"{'met' if read <= 1.15 else 'MISSED'}")
