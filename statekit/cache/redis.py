@@ -257,39 +257,39 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
                 alone.append(i)
                 continue
             by_node.setdefault(node.name, (node, []))[1].append(i)
-    lanes: list[tuple[Any, Any, list[int]]] = []
-    try:
-        for node, idx in by_node.values():
+    lanes: list[tuple[Any, list[int]]] = []
+    for node, idx in by_node.values():
+        try:
+            client.get_redis_connection(node)  # made if redis-py has not yet
+            lane = transport.node_lane(node)  # this thread's connection to the node
+        except conn_errors:
+            lane = None
+        if lane is None:  # nothing sent: the cluster client finds the new node
+            alone.extend(idx)
+            continue
+        if lane.conn._statekit_unread:  # an earlier call was cut between send and reply
+            lane.conn.disconnect()
+        lanes.append((lane.conn, idx))
+    sent: list[tuple[Any, list[int]]] = []
+    for conn, idx in lanes:
+        try:
+            conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
+        except conn_errors as e:
+            conn.disconnect()
+            (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
+            continue
+        sent.append((conn, idx))
+    for conn, idx in sent:
+        for n, i in enumerate(idx):
             try:
-                pool = client.get_redis_connection(node).connection_pool
-                conn = pool.get_connection()
-            except conn_errors:  # nothing sent: the cluster client finds the new node
-                alone.extend(idx)
-                continue
-            lanes.append((pool, conn, idx))
-        sent: list[tuple[Any, Any, list[int]]] = []
-        for pool, conn, idx in lanes:
-            try:
-                conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
-            except conn_errors as e:
-                conn.disconnect()
-                (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
-                continue
-            sent.append((pool, conn, idx))
-        for _pool, conn, idx in sent:
-            for n, i in enumerate(idx):
-                try:
-                    results[i] = conn.read_response()
-                except error_cls as e:
-                    results[i] = e
-                except conn_errors as e:  # this one refused unapplied, or its outcome unknown;
-                    conn.disconnect()  # the ones after it were sent: theirs is unknown
-                    (unknown.append((i, e)) if outcome_unknown(e) else alone.append(i))
-                    unknown.extend((j, e) for j in idx[n + 1:])
-                    break
-    finally:
-        for pool, conn, _ in lanes:
-            pool.release(conn)
+                results[i] = conn.read_response()
+            except error_cls as e:
+                results[i] = e
+            except conn_errors as e:  # this one refused unapplied, or its outcome unknown;
+                conn.disconnect()  # the ones after it were sent: theirs is unknown
+                (unknown.append((i, e)) if outcome_unknown(e) else alone.append(i))
+                unknown.extend((j, e) for j in idx[n + 1:])
+                break
     for i, value in enumerate(results):
         if isinstance(value, error_cls):
             if str(value).split(" ", 1)[0] in _UNAPPLIED or type(value).__name__ in (

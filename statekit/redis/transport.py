@@ -11,15 +11,24 @@ redis-py's, taken from the client's own connection pool.
 connection per thread: a command is packed by the connection's packer and costs one
 ``send_packed_command`` and one ``read_response`` (no pool checkout per call). On
 Sentinel the connection is the master's (it asks the sentinels again after a
-wrong-node reply dropped it). A Cluster client sends through ``RedisCluster``,
-which routes by slot and follows ``MOVED``/``ASK``.
+wrong-node reply dropped it). On Cluster a command whose key is known (the
+commands of :data:`KEY_AT` and ``EVALSHA`` with keys) goes the same way to the
+key's node as redis-py's slot map gives it: one dedicated connection per thread and
+node, from that node's pool. Anything else, and a command that node answers with
+``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN``, whose connection cannot be made, or
+that must run once more (an idempotent read after a dropped connection), goes
+through ``RedisCluster``, which routes by slot, follows redirections and refreshes
+its slot map (so the next direct call finds the new node). A write whose outcome is
+unknown is never sent again on either path. (``RedisCluster.execute_command`` costs
+~60 µs of CPU per command on its own; the direct path about what a standalone
+command costs.)
 
 **Reply shape.** On the per-thread connection replies are raw, as the connection's
 protocol gives them (``SET`` gives ``b"OK"``; ``HGETALL`` a flat list in RESP2, a
 dict in RESP3, redis-py 8's default), also when the call goes through an
 instrumented ``execute_command`` (below). Through ``RedisCluster`` redis-py's reply
 callbacks apply (``SET`` gives ``True``, ``HGETALL`` a dict): callers that run on
-Cluster accept both.
+Cluster accept both (a Cluster command takes either path).
 
 **Observability.** When ``redis.Redis.execute_command`` is wrapped (OpenTelemetry's
 redis instrumentation wraps it; detected by ``__wrapped__`` at each call), the
@@ -48,6 +57,7 @@ authentication replies raise ``BackendUnavailable``; other error replies raise w
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -59,6 +69,7 @@ from . import (
     IDEMPOTENT_READS,
     RedisClient,
     _rule,
+    _timed_out,
     call_with_rule,
     cluster_client_glitch,
     is_cluster,
@@ -82,7 +93,7 @@ try:  # redis-py 7 and later
 except ImportError:  # pragma: no cover - redis-py 6
     _record = None
 
-__all__ = ["STALE_CHECK_AFTER", "RedisReplyError", "Transport"]
+__all__ = ["KEY_AT", "STALE_CHECK_AFTER", "RedisReplyError", "Transport"]
 
 Arg = bytes | str | int | float
 
@@ -91,6 +102,15 @@ Arg = bytes | str | int | float
 STALE_CHECK_AFTER = 0.001
 
 _monotonic = time.monotonic
+
+#: Cluster: commands sent straight to their key's node, and where their (first) key
+#: is; every key of a command must be in that key's slot (as ``RedisCluster`` needs)
+KEY_AT: dict[Arg, int] = {
+    name: 1
+    for text in ("GET", "SET", "MGET", "INCR", "INCRBY", "DEL", "UNLINK", "EXISTS", "PTTL", "PEXPIRE",
+                 "HGETALL", "HGET", "HMGET", "HSET", "HDEL", "HINCRBY", "SMEMBERS", "SADD", "SREM")
+    for name in (text.encode(), text)
+}
 
 
 def packer(pool: Any) -> Callable[[Sequence[Arg]], Any] | None:
@@ -124,8 +144,8 @@ def _message(error: Exception) -> str:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry", "pool",
-                 "port", "tag", "tracking")
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry", "pack",
+                 "pool", "port", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
         # not the transport itself: a dropped transport gives its connections back at
@@ -133,6 +153,7 @@ class _Lane:
         self.tracking = transport.tracking
         self.pool = pool
         self.conn = conn
+        self.pack = transport._pack if transport.direct else packer(pool)
         self.original = type(conn)
         # a caller's pool: the rule applies to this connection too, while it is lent
         conn.__class__ = with_rule(self.original)
@@ -246,6 +267,8 @@ class Transport:
         self._pack = packer(pool) if self.direct else None
         if self.cluster and tracking is not None:
             raise ValueError("a tracking transport needs a standalone or Sentinel client")
+        #: Cluster: commands of :data:`KEY_AT` go straight to their key's node
+        self.cluster_direct = self.cluster  # (not asked of the client: statekit's connects on first use)
         retry = None
         if self.direct:
             retry = pool.connection_kwargs.get("retry")
@@ -280,10 +303,11 @@ class Transport:
 
     def reset_after_fork(self) -> None:
         """Forget the parent's connections (called in a forked child)."""
-        lane = getattr(self._local, "lane", None)
-        if lane is not None:
-            lane.conn = None  # the parent's: neither used nor released here
-            lane.bound = None
+        lanes = [getattr(self._local, "lane", None), *getattr(self._local, "nodes", {}).values()]
+        for lane in lanes:
+            if lane is not None:
+                lane.conn = None  # the parent's: neither used nor released here
+                lane.bound = None
         self._local = threading.local()
 
     def _lane(self) -> _Lane:
@@ -294,9 +318,68 @@ class Transport:
         return lane
 
     def _drop(self) -> None:
-        lane: _Lane | None = getattr(self._local, "lane", None)
-        if lane is not None and lane.conn is not None:
-            lane.conn.disconnect()
+        for lane in (getattr(self._local, "lane", None), *getattr(self._local, "nodes", {}).values()):
+            if lane is not None and lane.conn is not None:
+                lane.conn.disconnect()
+
+    def _node_lane(self, args: Sequence[Arg]) -> _Lane | None:
+        """Cluster: this thread's connection to the node of *args*'s key (see the
+        module docstring), or ``None``: the command goes through ``RedisCluster``."""
+        at = KEY_AT.get(args[0])
+        if at is None:
+            if args[0] != b"EVALSHA" or len(args) < 4 or not int(args[2]):
+                return None
+            at = 3
+        if len(args) <= at or getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
+            return None  # keyless, or instrumented: redis-py's own path gives the spans
+        key = args[at]
+        slot = _key_slot(key if isinstance(key, bytes) else str(key).encode())
+        try:
+            node = self.client.nodes_manager.get_node_from_slot(slot)  # AttributeError: another kind
+        except Exception:  # noqa: BLE001 - an uncovered slot, no map yet: RedisCluster says why
+            return None
+        return self.node_lane(node)
+
+    def node_lane(self, node: Any) -> _Lane | None:
+        """Cluster: this thread's connection to the redis-py ``ClusterNode`` *node*
+        (made on first use, from the node's pool; ``lane.conn``), or ``None`` when
+        it cannot be made (nothing was sent). Bulk calls send their pipelines on it
+        too (:func:`statekit.cache.redis.cluster_batch`), so a thread holds one
+        connection per node."""
+        nodes: dict[str, _Lane] = self._local.__dict__.setdefault("nodes", {})
+        lane = nodes.get(node.name)
+        if lane is None or lane.conn is None:
+            redis_conn = node.redis_connection
+            if redis_conn is None:
+                return None
+            pool = redis_conn.connection_pool
+            try:
+                conn = pool.get_connection()
+            except (self._connection_error, _rule().redis.TimeoutError):
+                return None  # nothing sent: RedisCluster finds the node's successor
+            lane = nodes[node.name] = _Lane(self, pool, conn)
+        return lane
+
+    def _node_failed(self, lane: _Lane, args: Sequence[Arg], error: Exception) -> None:
+        """After *args* failed with *error* on its node's connection: raise, or return
+        when the rule lets it go through ``RedisCluster`` (once): a reply that says
+        the node applied nothing (a redirection, a slot on the move, a script the
+        node lacks), a connection refused or dropped before sending, an idempotent
+        read after a dropped connection. A write whose outcome is unknown raises;
+        other error replies are mapped."""
+        rule = _rule()
+        if isinstance(error, self._response_error):
+            if not isinstance(error, self._no_script) and not _cluster_unapplied(error):
+                with translate_errors(self._where):
+                    raise self._refused(error) from error
+        elif isinstance(error, (self._connection_error, rule.redis.TimeoutError)):
+            if lane.conn is not None:
+                lane.conn.disconnect()
+            if isinstance(error, rule.OutcomeUnknown) and (not _is_read(args) or _timed_out(error)):
+                with translate_errors(self._where):
+                    raise error
+        else:
+            raise error
 
     def tracked(self) -> bool:
         """Whether this thread's connection reports its reads to the live listener
@@ -314,13 +397,17 @@ class Transport:
         if lane is not None:
             lane.release()
             self._local.lane = None
+        for lane in getattr(self._local, "nodes", {}).values():
+            lane.release()
+        self._local.nodes = {}
 
     # -- commands --------------------------------------------------------------------
 
-    def _send(self, args: Sequence[Arg]) -> Any:
-        """One command on this thread's connection: raw reply, error replies raised
-        as redis-py exceptions."""
-        lane = self._lane()
+    def _send(self, args: Sequence[Arg], lane: _Lane | None = None) -> Any:
+        """One command on this thread's connection (or *lane*'s): raw reply, error
+        replies raised as redis-py exceptions."""
+        if lane is None:
+            lane = self._lane()
         conn = lane.conn
         listener = self.tracking
         if conn._statekit_unread:  # the last call was interrupted between send and reply:
@@ -339,7 +426,7 @@ class Transport:
             lane.last = _monotonic()
             return reply
         start = _monotonic()
-        pack = self._pack
+        pack = lane.pack
         conn.send_packed_command([pack(args)] if pack is not None else conn.pack_command(*args))
         reply = conn.read_response()
         lane.last = end = _monotonic()
@@ -364,14 +451,14 @@ class Transport:
                 return self._send(args)
             except Exception as e:  # the rule and the error map, off the hot path
                 return self._recover(args, e)
-        name = args[0]
-        read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
-        with translate_errors(self._where):
-            try:
-                return call_with_rule(lambda: _routed(self.client.execute_command, _name(name), *args[1:]),
-                                      _noop, read=read)
-            except self._response_error as e:
-                raise self._refused(e) from e
+        if self.cluster_direct:
+            lane = self._node_lane(args)
+            if lane is not None:
+                try:
+                    return self._send(args, lane)
+                except Exception as e:  # noqa: BLE001 - the rule decides
+                    self._node_failed(lane, args, e)
+        return self._through_client(args)
 
     def _recover(self, args: Sequence[Arg], error: Exception, keep: type[Exception] | None = None) -> Any:
         """After the first attempt of *args* on this thread's connection failed with
@@ -405,19 +492,37 @@ class Transport:
             except self._no_script:
                 self.command(b"SCRIPT", b"LOAD", script.source)
                 return self.command(*evalsha)
+        if self.cluster_direct:
+            lane = self._node_lane(evalsha)
+            if lane is not None:
+                try:
+                    return self._send(evalsha, lane)
+                except Exception as e:  # noqa: BLE001 - the rule decides; a script that
+                    self._node_failed(lane, evalsha, e)  # node lacks is loaded below
         with translate_errors(self._where):
             try:
                 try:
-                    return self._through_client(evalsha)
+                    return self._routed_call(evalsha)
                 except self._no_script:
                     self.client.script_load(script.source)
-                    return self._through_client(evalsha)
+                    return self._routed_call(evalsha)
             except self._response_error as e:
                 raise self._refused(e) from e
 
-    def _through_client(self, args: Sequence[Arg]) -> Any:
+    def _routed_call(self, args: Sequence[Arg]) -> Any:
         # RedisCluster finds a script's slot from its keys by the command's name
         return call_with_rule(lambda: _routed(self.client.execute_command, _name(args[0]), *args[1:]), _noop)
+
+    def _through_client(self, args: Sequence[Arg]) -> Any:
+        """*args* through the client's own ``execute_command`` (``RedisCluster``
+        routing, or a client whose pool the transport does not drive), under the rule
+        (an idempotent read once more after a dropped connection) and the error map."""
+        with translate_errors(self._where):
+            try:
+                return call_with_rule(lambda: _routed(self.client.execute_command, _name(args[0]), *args[1:]),
+                                      _noop, read=_is_read(args))
+            except self._response_error as e:
+                raise self._refused(e) from e
 
 
 def _noop(error: Exception) -> None:
@@ -435,3 +540,27 @@ def _routed(execute: Callable[..., Any], *args: Any) -> Any:
             raise
         time.sleep(0.05)
         return execute(*args)
+
+
+def _is_read(args: Sequence[Arg]) -> bool:
+    name = args[0]
+    return (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
+
+
+def _cluster_unapplied(error: Exception) -> bool:
+    """Whether the error reply *error* says the Cluster node applied nothing and
+    ``RedisCluster`` knows what to do (redirect, wait for the slot, refresh)."""
+    code = _message(error).split(" ", 1)[0].upper()
+    return code in ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN") or type(error).__name__ in (
+        "MovedError", "AskError", "TryAgainError", "ClusterDownError")
+
+
+@functools.cache
+def _slot_function() -> Callable[[bytes], int]:
+    from redis.crc import key_slot
+
+    return key_slot  # type: ignore[no-any-return]
+
+
+def _key_slot(key: bytes) -> int:
+    return _slot_function()(key)
