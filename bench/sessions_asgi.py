@@ -339,6 +339,46 @@ def _asgi(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]],
     return call
 
 
+#: the in-process rows of a near-cache write, and the same with the hash sent back
+NEAR_SAVE, HASH_BACK = "store.open + save, near cache (median)", "  same, the hash sent back (before 5ad17f6)"
+
+
+async def _near_saves(url: str, n: int, rounds: int = 12) -> dict[str, float]:
+    """Microseconds per ``open`` (a near-cache hit) + ``save`` of one key, the median
+    of *rounds* rounds of *n* interleaved with the same where the write script sends
+    the hash back (the engine given no copy to go on from, as every near-cache write
+    did before 5ad17f6)."""
+    from statekit.sessions import redis as engine_module
+    from statekit.sessions.aio import AsyncSessionStore
+
+    layout = engine_module._Layout
+    real = layout._near_base
+    times: dict[str, list[float]] = {NEAR_SAVE: [], HASH_BACK: []}
+    store = AsyncSessionStore(url, secret_keys=[SECRET], key_prefix="bench-asgi-near", near_cache=1000)
+    async with store:
+        signed = store.sign((await store.create({"user": "alice", "cart": ["apple", "pear"], "n": 0})).sid)
+
+        async def open_save() -> None:
+            session = await store.open(signed)
+            session["n"] = session["n"] + 1
+            await store.save(session)
+
+        kinds = ((NEAR_SAVE, real), (HASH_BACK, lambda self, key, create: None))
+        try:
+            for _ in range(max(10, n // 10)):
+                await open_save()
+            for i in range(rounds):
+                for name, base in kinds if i % 2 else kinds[::-1]:
+                    layout._near_base = base  # type: ignore[method-assign,assignment]
+                    t0 = time.perf_counter()
+                    for _ in range(n):
+                        await open_save()
+                    times[name].append((time.perf_counter() - t0) / n * 1e6)
+        finally:
+            layout._near_base = real  # type: ignore[method-assign]
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, float]:
     """In-process microseconds per session read and write (no HTTP server), and the
     parts of a read."""
@@ -372,6 +412,7 @@ async def breakdown(tmp: Path, url: str, n: int, profile: bool) -> dict[str, flo
         signed = store.sign(session.sid)
         out["store.unsign"] = await _per_call(lambda: asyncio.sleep(0, store.unsign(signed)), n)
         out["store.open"] = await _per_call(lambda: store.open(signed), n)
+    out.update(await _near_saves(url, n))
     raw = aioredis.Redis.from_url(url)
     out["redis-py asyncio HGETALL"] = await _per_call(lambda: raw.hgetall("bench-asgi-missing"), n)
     await raw.aclose()
@@ -506,7 +547,7 @@ def _main(args: argparse.Namespace, trees: dict[str, Path]) -> int:
     sleep0 = parts["asyncio.sleep(0) (subtracted above)"]
     for key in ("store.unsign", "itsdangerous unsign+sign"):
         print(f"  {key:<44} {parts[key] - sleep0:>7.1f}")
-    for key in ("store.open", "redis-py asyncio HGETALL"):
+    for key in ("store.open", "redis-py asyncio HGETALL", NEAR_SAVE, HASH_BACK):
         print(f"  {key:<44} {parts[key]:>7.1f}")
 
     print("\ntargets")
