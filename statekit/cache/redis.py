@@ -88,6 +88,7 @@ import functools
 import logging
 import threading
 import time
+from binascii import crc_hqx as _crc16
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,7 @@ from .protocol import CacheBackend, Stored
 
 if TYPE_CHECKING:
     from ..redis.tracking import InvalidationListener
+    from ..redis.transport import _Lane
 
 __all__ = ["CHUNK", "GENERATION_TTL", "RedisCacheBackend", "RedisTransport", "cluster_batch", "sweep",
            "sweeper"]
@@ -249,15 +251,15 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
     unknown: list[tuple[int, Exception]] = []
     by_node: dict[str, tuple[Any, list[int]]] = {}
     with translate_errors("a cache call"):
-        nodes = client.nodes_manager
+        owners = client.nodes_manager.slots_cache  # replaced whole when redis-py refreshes it
         for i, slot in enumerate(slots):
-            try:
-                node = nodes.get_node_from_slot(slot)
-            except Exception:  # noqa: BLE001 - an uncovered slot: the lone path says why
+            owner = owners.get(slot)
+            if not owner:  # an uncovered slot: the lone path says why
                 alone.append(i)
                 continue
+            node = owner[0]  # the primary
             by_node.setdefault(node.name, (node, []))[1].append(i)
-    lanes: list[tuple[Any, list[int]]] = []
+    lanes: list[tuple[_Lane, list[int]]] = []
     for node, idx in by_node.values():
         try:
             client.get_redis_connection(node)  # made if redis-py has not yet
@@ -269,11 +271,17 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
             continue
         if lane.conn._statekit_unread:  # an earlier call was cut between send and reply
             lane.conn.disconnect()
-        lanes.append((lane.conn, idx))
+        lanes.append((lane, idx))
     sent: list[tuple[Any, list[int]]] = []
-    for conn, idx in lanes:
+    for lane, idx in lanes:
+        conn, pack = lane.conn, lane.pack
         try:
-            conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
+            if pack is not None:  # hiredis: one C call per command, no encoder per argument
+                packed = b"".join([pack(commands[i]) for i in idx])
+                conn._statekit_batch = len(idx)  # what pack_commands() tells the rule
+                conn.send_packed_command([packed])
+            else:
+                conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
         except conn_errors as e:
             conn.disconnect()
             (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
@@ -569,21 +577,23 @@ class _RedisCachePlans:
             return out
         gen = yield from self._generation()
         names = [n.encode() for n in self._names(gen, keys)]  # packed as they are
-        slot_of = _key_slot()
+        # the names start with an empty hash tag ("{}"): the Cluster hashes the whole name
         groups: dict[int, list[int]] = {}
         for i, name in enumerate(names):
-            groups.setdefault(slot_of(name), []).append(i)
+            groups.setdefault(_crc16(name, 0) & 16383, []).append(i)
         commands: list[tuple[Any, ...]] = []
         slots: list[int] = []
         parts: list[list[int]] = []
+        name_of = names.__getitem__
         for slot, idx in groups.items():
-            for c in range(0, len(idx), CHUNK):
-                part = idx[c:c + CHUNK]
+            # most slots hold one key of a call: no slicing, no comprehension per slot
+            chunks = (idx,) if len(idx) <= CHUNK else [idx[c:c + CHUNK] for c in range(0, len(idx), CHUNK)]
+            for part in chunks:
                 if op == b"mget":
-                    commands.append((b"MGET", *[names[i] for i in part]))
+                    commands.append((b"MGET", *map(name_of, part)))
                 else:
-                    extra = [per_key[i] for i in part] if per_key else ()
-                    commands.append((b"EVALSHA", SCRIPT.sha, len(part), *[names[i] for i in part],
+                    extra = list(map(per_key.__getitem__, part)) if per_key else ()
+                    commands.append((b"EVALSHA", SCRIPT.sha, len(part), *map(name_of, part),
                                      op, b"", *args, *extra))
                 slots.append(slot)
                 parts.append(part)

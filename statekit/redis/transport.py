@@ -334,11 +334,13 @@ class Transport:
             return None  # keyless, or instrumented: redis-py's own path gives the spans
         key = args[at]
         slot = _key_slot(key if isinstance(key, bytes) else str(key).encode())
-        try:
-            node = self.client.nodes_manager.get_node_from_slot(slot)  # AttributeError: another kind
-        except Exception:  # noqa: BLE001 - an uncovered slot, no map yet: RedisCluster says why
+        try:  # redis-py replaces its slot map whole when it refreshes it: read without its lock
+            owner = self.client.nodes_manager.slots_cache.get(slot)
+        except AttributeError:  # not connected yet, or another kind of client
             return None
-        return self.node_lane(node)
+        if not owner:  # an uncovered slot, no map yet: RedisCluster says why
+            return None
+        return self.node_lane(owner[0])
 
     def node_lane(self, node: Any) -> _Lane | None:
         """Cluster: this thread's connection to the redis-py ``ClusterNode`` *node*
