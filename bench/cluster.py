@@ -125,11 +125,11 @@ def _stale_reader(url: str, near: bool, seconds: float, ready: Any, result: Any)
         cache.near_ready(10)
     cache.get("k0")
     ready.set()
-    seen: list[tuple[float, bool]] = []
+    seen: list[tuple[float, Any]] = []
     end = time.time() + seconds
     while time.time() < end:
         started = time.time()
-        seen.append((started, cache.get("k0") is not None))
+        seen.append((started, cache.get("k0")))
     result.put(seen)
 
 
@@ -143,22 +143,22 @@ def staleness(url: str, near: bool, clears: int = 8) -> list[float]:
     result = ctx.Queue()
     window = clears * 1.0 + 1.0
     reader = ctx.Process(target=_stale_reader, args=(url, near, window, ready, result))
-    cache.set("k0", "old", ttl=600)
+    cache.set("k0", "start", ttl=600)
     reader.start()
     ready.wait(30)
-    marks: list[tuple[float, float]] = []  # (clear() returned, the next value written)
-    for _ in range(clears):
-        cache.set("k0", "old", ttl=600)
+    marks: list[float] = []  # when clear() returned, per round
+    for n in range(clears):
+        cache.set("k0", f"v{n}", ttl=600)  # a value of its own per round: a read that
+        # overlaps the next round's set is not taken for a stale one
         time.sleep(0.3 + random.random() * 0.5)  # noqa: S311 - any phase of the reader's GENERATION_TTL
         cache.clear()
-        cleared = time.time()
+        marks.append(time.time())
         time.sleep(0.7)
-        marks.append((cleared, time.time()))
     seen = result.get(timeout=window + 60)
     reader.join(10)
     out = []
-    for cleared, rewritten in marks:
-        late = [t for t, present in seen if cleared <= t < rewritten and present]
+    for n, cleared in enumerate(marks):
+        late = [t for t, value in seen if t >= cleared and value == f"v{n}"]
         out.append((max(late) - cleared) * 1e3 if late else 0.0)
     return out
 
