@@ -374,3 +374,26 @@ def test_new_connections_are_opened_a_few_at_a_time(redis_url: str) -> None:
               f"at most {peak} connecting at once")
 
     run(lambda: _with(redis_url, body))
+
+
+def test_a_command_larger_than_the_socket_takes_is_drained_under_the_timeout(server: RedisServer) -> None:
+    """A 32 MiB value: what the socket does not take at once is drained, the reply
+    comes and the value reads back; with the server paused the drain times out:
+    BackendUnavailable (sent in part, outcome unknown), never sent again, and the
+    half-written command is never run (its connection is closed)."""
+    url = f"{server.url}?socket_timeout=1"
+    big = b"x" * (32 << 20)
+
+    async def body(t: AsyncTransport) -> None:
+        assert await t.command(b"SET", "big", big) in (b"OK", True)
+        assert await t.command(b"STRLEN", "big") == 32 << 20
+        server.pause()
+        try:
+            with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+                await t.command(b"SET", "big2", big)
+        finally:
+            server.resume()
+        assert await t.command(b"EXISTS", "big2") == 0
+        await t.command(b"DEL", "big")
+
+    run(lambda: _with(url, body))
