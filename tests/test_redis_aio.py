@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -397,3 +398,21 @@ def test_a_command_larger_than_the_socket_takes_is_drained_under_the_timeout(ser
         await t.command(b"DEL", "big")
 
     run(lambda: _with(url, body))
+
+
+def test_commands_scripts_and_a_large_value_over_tls(server: RedisServer, tmp_path: Path) -> None:
+    """rediss:// (a TLS proxy in front of the server): commands and scripts, and a
+    value larger than one TLS write takes, so the transport's drain runs on the TLS
+    stream too."""
+    from test_redis_helpers import tls_url
+
+    big = b"y" * (4 << 20)
+
+    async def body(t: AsyncTransport) -> None:
+        assert await t.command(b"SET", "tls", big) in (b"OK", True)
+        assert await t.command(b"GET", "tls") == big
+        assert (await t.script(SCRIPT, ["{tls}n"], ["a"]))[1] == b"a"
+        await t.command(b"DEL", "tls", "{tls}n")
+
+    with tls_url(server, tmp_path) as url:
+        run(lambda: _with(url, body))
