@@ -98,3 +98,19 @@ def test_the_check_finds_what_it_looks_for(tmp_path: Path) -> None:
     assert any(RESP.search(c) for c in constants)
     assert not _only_the_packer(tree)  # the Reader is never allowed, even in transport.py
     assert _only_the_packer(ast.parse("from hiredis import pack_command\n"))
+
+
+def test_a_cluster_client_that_gave_up_is_unavailable() -> None:
+    """redis-py's cluster client raises ClusterError ("TTL exhausted.") when it ran
+    out of redirections and retries: the sync error map makes it BackendUnavailable,
+    as the asyncio one does (it was raised raw)."""
+    import pytest
+    import redis
+
+    from statekit.errors import BackendUnavailable
+    from statekit.redis import translate_errors
+
+    with pytest.raises(BackendUnavailable, match="TTL exhausted") as info:
+        with translate_errors("a cache call"):
+            raise redis.exceptions.ClusterError("TTL exhausted.")
+    assert isinstance(info.value.__cause__, redis.exceptions.ClusterError)

@@ -715,8 +715,11 @@ class translate_errors:
         # CLUSTERDOWN / TRYAGAIN (a cluster that lost a master, or is resharding) and
         # READONLY (a failed-over master) are replies, not connection errors, but
         # they say the same thing: the backend cannot serve this call right now.
+        # ClusterError: redis-py's cluster client gave up redirecting and retrying
+        # ("TTL exhausted."), the cluster in flux
         if problem is not None or isinstance(
-            exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException)
+            exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.RedisClusterException,
+                  redis.exceptions.ClusterError)
         ):
             if problem is None and isinstance(exc.__cause__, Exception):
                 problem = _problem_of(exc.__cause__)  # a NotApplied of a READONLY reply
