@@ -114,3 +114,34 @@ def test_a_cluster_client_that_gave_up_is_unavailable() -> None:
         with translate_errors("a cache call"):
             raise redis.exceptions.ClusterError("TTL exhausted.")
     assert isinstance(info.value.__cause__, redis.exceptions.ClusterError)
+
+
+def test_read_replies_of_a_pipeline(redis_url: str) -> None:
+    """The rule's connection reads a pipeline's replies in one call: error replies
+    come back as values, and a reply that does not come in time stops the read with
+    OutcomeUnknown after the replies that came (the connection is dropped, so the
+    late reply is never read by the next command)."""
+    import redis
+
+    from statekit.redis import _rule, outcome_unknown, with_rule
+
+    pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=0.3)
+    conn = pool.get_connection()
+    conn.__class__ = with_rule(type(conn))
+    try:
+        pipeline = [("SET", "rr:k", "x"), ("INCR", "rr:k"), ("GET", "rr:k")]
+        conn.send_packed_command(conn.pack_commands(pipeline))
+        replies, failed = conn.read_replies(3)
+        assert failed is None
+        assert replies[0] in (b"OK", "OK") and replies[2] == b"x"
+        assert isinstance(replies[1], redis.ResponseError) and "not an integer" in str(replies[1])
+        assert conn._statekit_unread == 0
+        conn.send_packed_command(conn.pack_commands([("PING",), ("BLPOP", "rr:empty", "2"), ("PING",)]))
+        replies, failed = conn.read_replies(3)
+        assert replies in ([b"PONG"], ["PONG"], [True])
+        assert isinstance(failed, _rule().OutcomeUnknown) and outcome_unknown(failed)
+        assert conn._sock is None  # dropped: the BLPOP's and the last PING's replies are never read
+        assert conn.send_command("PING") is None and conn.read_response() in (b"PONG", "PONG", True)
+    finally:
+        conn.disconnect()
+        pool.disconnect()

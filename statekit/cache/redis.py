@@ -288,16 +288,13 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
             continue
         sent.append((conn, idx))
     for conn, idx in sent:
-        for n, i in enumerate(idx):
-            try:
-                results[i] = conn.read_response()
-            except error_cls as e:
-                results[i] = e
-            except conn_errors as e:  # this one refused unapplied, or its outcome unknown;
-                conn.disconnect()  # the ones after it were sent: theirs is unknown
-                (unknown.append((i, e)) if outcome_unknown(e) else alone.append(i))
-                unknown.extend((j, e) for j in idx[n + 1:])
-                break
+        replies, failed = conn.read_replies(len(idx))  # error replies as values
+        for i, reply in zip(idx, replies, strict=False):
+            results[i] = reply
+        if failed is not None:  # this one refused unapplied, or its outcome unknown; the
+            n = len(replies)  # ones after it were sent: theirs is unknown
+            (unknown.append((idx[n], failed)) if outcome_unknown(failed) else alone.append(idx[n]))
+            unknown.extend((j, failed) for j in idx[n + 1:])
     for i, value in enumerate(results):
         if isinstance(value, error_cls):
             if str(value).split(" ", 1)[0] in _UNAPPLIED or type(value).__name__ in (

@@ -290,6 +290,37 @@ class _Rule:
         self._statekit_unread = max(self._statekit_unread - 1, 0)
         return reply
 
+    def read_replies(self, count: int) -> tuple[list[Any], Exception | None]:
+        """The next *count* replies of the commands just sent (a pipeline), read from
+        the parser directly (no per-reply wrapper: a few µs less per reply), error
+        replies as values. Returns the replies read and, if reading stopped early, the
+        error: :class:`OutcomeUnknown` (a dropped connection or a timeout: the rest were
+        sent, their outcome is unknown) or what :meth:`_statekit_refused` makes of a
+        wrong-node reply; the connection is dropped then."""
+        rule = _rule()
+        redis = rule.redis
+        read = self._parser.read_response  # type: ignore[attr-defined]
+        error_cls = redis.ResponseError
+        out: list[Any] = []
+        try:
+            while len(out) < count:
+                reply = read()
+                if isinstance(reply, error_cls) and _problem_of(reply) == "wrong node":
+                    self._statekit_replies = len(out)
+                    return out, self._statekit_refused(reply)
+                out.append(reply)
+        except (OSError, redis.ConnectionError, redis.TimeoutError) as e:
+            self.disconnect()  # type: ignore[attr-defined]
+            return out, rule.OutcomeUnknown(f"{e} (waiting for a reply: the outcome is unknown)")
+        except BaseException:
+            self.disconnect()  # type: ignore[attr-defined]
+            raise
+        self._statekit_replies += count
+        self._statekit_unread = max(self._statekit_unread - count, 0)
+        if self.health_check_interval:  # type: ignore[attr-defined]
+            self.next_health_check = _monotonic() + self.health_check_interval  # type: ignore[attr-defined]
+        return out, None
+
     def _statekit_refused(self, error: Exception) -> Exception:
         """The error for a reply that says the node applied nothing (the connection is
         dropped): :class:`NotApplied`, unless replies to earlier commands sent with it
