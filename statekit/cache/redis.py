@@ -522,9 +522,12 @@ class _RedisCachePlans:
         epoch = _epochs.get(self._gen_key, 0)
         listener = self._listener
         if listener is not None:
+            # pending() first: an invalidation the listener takes off its socket and
+            # applies after it returned changes the token read next, while one applied
+            # between reading the token and pending() would be seen by neither
+            quiet = not listener.pending()
             token = (listener.generation, listener.counter_changes)
-            if (token == self._token and epoch == self._epoch and listener.connected.is_set()
-                    and not listener.pending()):
+            if quiet and token == self._token and epoch == self._epoch and listener.connected.is_set():
                 return self._gen
             listener.ensure_running()
             covered = listener.connected.is_set() and listener.covers(self._gen_key)
