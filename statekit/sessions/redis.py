@@ -156,8 +156,10 @@ class _Layout:
         if not near.active:
             return None, -1
         hit = near.data.get(key)
+        # looked up again after pending(): an invalidation the listener thread took
+        # and applied between the first lookup and pending() is seen by neither
         if (hit is not None and hit[1] > time.monotonic() and not listener.pending()
-                and (not min_version or _version(hit[0]) >= min_version)):
+                and near.data.get(key) is hit and (not min_version or _version(hit[0]) >= min_version)):
             self.counters.incr("near_hits")
             return hit[0], -1
         return None, near.seq
