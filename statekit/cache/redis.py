@@ -269,10 +269,9 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
         if lane is None:  # nothing sent: the cluster client finds the new node
             alone.extend(idx)
             continue
-        if lane.conn._statekit_unread:  # an earlier call was cut between send and reply
-            lane.conn.disconnect()
+        lane.freshen()  # an earlier call cut between send and reply, closed while idle
         lanes.append((lane, idx))
-    sent: list[tuple[Any, list[int]]] = []
+    sent: list[tuple[_Lane, list[int]]] = []
     for lane, idx in lanes:
         conn, pack = lane.conn, lane.pack
         try:
@@ -286,9 +285,10 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
             conn.disconnect()
             (unknown.extend((i, e) for i in idx) if outcome_unknown(e) else alone.extend(idx))
             continue
-        sent.append((conn, idx))
-    for conn, idx in sent:
-        replies, failed = conn.read_replies(len(idx))  # error replies as values
+        sent.append((lane, idx))
+    for lane, idx in sent:
+        replies, failed = lane.conn.read_replies(len(idx))  # error replies as values
+        lane.last = _monotonic()
         for i, reply in zip(idx, replies, strict=False):
             results[i] = reply
         if failed is not None:  # this one refused unapplied, or its outcome unknown; the

@@ -189,6 +189,26 @@ class _Lane:
         else:
             self.tag = generation
 
+    def freshen(self) -> None:
+        """Before commands are sent on the connection: drop it (it reconnects on send)
+        when the last call was cut between send and reply (its reply may still come,
+        and must not be read as another's), it was set up for an earlier listener
+        connection, or the server closed it while idle (found before anything is
+        sent, so the command is not one whose outcome is unknown)."""
+        conn = self.conn
+        listener = self.tracking
+        if conn._statekit_unread:
+            conn.disconnect()
+        elif listener is not None and abs(self.tag) != listener.generation and listener.connected.is_set():
+            conn.disconnect()
+        elif conn._sock is not None and _monotonic() - self.last > STALE_CHECK_AFTER:
+            try:
+                stale = conn.can_read(timeout=0)
+            except _rule().redis.ConnectionError:
+                stale = True
+            if stale:  # closed by the server while idle (or out of step)
+                conn.disconnect()
+
     def client(self) -> Any:
         """A ``redis.Redis`` driving this connection (for an instrumented
         ``execute_command``), with no reply callbacks: raw replies as on the direct
@@ -411,18 +431,7 @@ class Transport:
         if lane is None:
             lane = self._lane()
         conn = lane.conn
-        listener = self.tracking
-        if conn._statekit_unread:  # the last call was interrupted between send and reply:
-            conn.disconnect()  # its reply may still come, and must not be read as this one's
-        elif listener is not None and abs(lane.tag) != listener.generation and listener.connected.is_set():
-            conn.disconnect()  # set up for an earlier listener connection: reconnect
-        elif conn._sock is not None and _monotonic() - lane.last > STALE_CHECK_AFTER:
-            try:
-                stale = conn.can_read(timeout=0)
-            except self._connection_error:
-                stale = True
-            if stale:  # closed by the server while idle (or out of step): nothing sent yet
-                conn.disconnect()
+        lane.freshen()
         if getattr(self._client_type.execute_command, "__wrapped__", None) is not None:
             reply = lane.client().execute_command(_name(args[0]), *args[1:])
             lane.last = _monotonic()
