@@ -86,12 +86,13 @@ def test_clear_is_one_command(redis_cluster_url: str, redis_cluster: RedisCluste
     assert cache.get_many([f"k{i}" for i in range(1000)]) == {}
 
 
-_READER = textwrap.dedent("""
-    import json, sys, time
+#: the start of a reader process (tests/test_cluster_clear_barrier.py uses it too):
+#: ``url``, ``near``, ``prefix`` and the first read's ``keys`` are set before it; a
+#: cache whose generation listener is up, its reads of the counter counted in
+#: ``counter_reads``; prints "ready"
+READER_START = textwrap.dedent("""
     from statekit.cache import Cache
-    url, near, seconds = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
-    cache = Cache(url, prefix="stale", near_cache=near)
-    keys = [f"k{i}" for i in range(50)]
+    cache = Cache(url, prefix=prefix, near_cache=near)
     cache.get_many(keys)
     backend, listener = cache._backend, cache._listener
     assert listener is not None and listener.connected.wait(10)
@@ -105,6 +106,13 @@ _READER = textwrap.dedent("""
 
     backend.transport.command = counting
     print("ready", flush=True)
+""")
+
+_READER = textwrap.dedent("""
+    import json, sys, time
+    url, near, seconds = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
+    prefix, keys = "stale", [f"k{i}" for i in range(50)]
+""") + READER_START + textwrap.dedent("""
     seen, reads, end = {}, 0, time.time() + seconds
     while time.time() < end:
         started = time.time()

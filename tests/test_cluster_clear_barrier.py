@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_cache_cluster import READER_START
 
 from statekit.cache import Cache
 from statekit.embedded import RedisBinary, RedisCluster
@@ -35,22 +36,9 @@ ROUNDS = 150
 
 _READER = textwrap.dedent("""
     import json, sys
-    from statekit.cache import Cache
     url, near = sys.argv[1], sys.argv[2] == "1"
-    cache = Cache(url, prefix="barrier", near_cache=near)
-    cache.get("k")
-    backend, listener = cache._backend, cache._listener
-    assert listener is not None and listener.connected.wait(10)
-    counter_reads = 0
-    command = backend.transport.command
-
-    def counting(*args):
-        global counter_reads
-        counter_reads += args[1:] == (backend._gen_key,)
-        return command(*args)
-
-    backend.transport.command = counting
-    print("ready", flush=True)
+    prefix, keys = "barrier", ["k"]
+""") + READER_START + textwrap.dedent("""
     for line in sys.stdin:
         op = line.strip()
         if op == "stop":
