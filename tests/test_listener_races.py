@@ -47,38 +47,30 @@ def listener_held_until_pending(listener: Any, applied: Callable[[], bool]) -> I
         del listener._handle, listener.pending
 
 
-@pytest.fixture
-def pair(redis_line_url: str) -> Iterator[tuple[SessionStore, SessionStore]]:
-    stores = tuple(SessionStore(redis_line_url, secret_keys=["race-secret"], near_cache=100)
-                   for _ in range(2))
-    yield stores  # type: ignore[misc]
-    for s in stores:
-        engine = s.engine
-        assert isinstance(engine, RedisEngine) and engine.listener is not None
-        engine.listener.stop()
-
-
-def test_an_invalidation_applied_during_the_load_check_is_seen(
-        pair: tuple[SessionStore, SessionStore]) -> None:
+def test_an_invalidation_applied_during_the_load_check_is_seen(redis_line_url: str) -> None:
     """A load took the copy, then asked ``pending()`` whether an invalidation waits.
     The listener thread may take the invalidation off its socket and apply it
     between the two (a thread switch): ``pending()`` then says no, and the copy taken
     before was served although it had just been invalidated (a change made and
     acknowledged elsewhere before the load began, not seen). Here the switch is
     forced: ``pending()`` first waits until the listener dropped the copy."""
-    a, b = pair
+    a = SessionStore(redis_line_url, secret_keys=["race-secret"], near_cache=100)
+    b = SessionStore(redis_line_url, secret_keys=["race-secret"])
     engine = a.engine
     assert isinstance(engine, RedisEngine) and engine.near is not None and engine.listener is not None
     near, listener = engine.near, engine.listener
-    s = a.create({"n": 1})
-    wait_for(lambda: a.load(s.sid) is not None and s.key in near.data, timeout=10, what="a near-cache copy")
-    with listener_held_until_pending(listener, lambda: s.key not in near.data):
-        theirs = b.load(s.sid)
-        assert theirs is not None
-        theirs["n"] = 2
-        assert b.save(theirs)
-        mine = a.load(s.sid)
-    assert mine is not None and mine["n"] == 2
+    try:
+        s = a.create({"n": 1})
+        wait_for(lambda: a.load(s.sid) is not None and s.key in near.data, timeout=10, what="a copy")
+        with listener_held_until_pending(listener, lambda: s.key not in near.data):
+            theirs = b.load(s.sid)
+            assert theirs is not None
+            theirs["n"] = 2
+            assert b.save(theirs)  # acknowledged before a's load begins
+            mine = a.load(s.sid)
+        assert mine is not None and mine["n"] == 2
+    finally:
+        listener.stop()
 
 
 @pytest.mark.cluster
