@@ -203,20 +203,22 @@ def _stored(dest: Path) -> list[Path]:
 
 
 def test_sigint_at_half_of_1000_files_keeps_the_map_and_resumes(tmp_path: Path) -> None:
-    # interrupted once a fifth is recorded (not half: on a busy machine the second half
-    # was copied between the manifest's 500th line and the signal, and the run ended 0)
     n = 1000
     src, dest, out = tmp_path / "uploads", tmp_path / "dest", tmp_path / "out"
     sums = make_tree(src, n)
     args = ["migrate-uploads", str(src), f"file://{dest}?create=1", "--workers", "2",
             "--output-dir", str(out), "--progress", "off"]
     manifest = out / "manifest.jsonl"
+    # SIGINT as a terminal delivers it: a suite started as a background job of a
+    # non-interactive shell (CI scripts, `make test &`) has SIGINT ignored, and a
+    # child inherits that (the run then ignored the signal and finished: exit 0)
     proc = subprocess.Popen([sys.executable, "-m", "statekit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.exists() and manifest.read_bytes().count(b"\n") >= n // 5:
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= n // 2:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "migration ended before it could be interrupted"
@@ -229,7 +231,7 @@ def test_sigint_at_half_of_1000_files_keeps_the_map_and_resumes(tmp_path: Path) 
     assert proc.returncode == 130, stdout + stderr
     assert "run the same command again to resume" in stderr and "Traceback" not in stderr
     done_first = load_manifest(str(manifest))
-    assert n // 5 <= len(done_first) < n
+    assert n // 2 <= len(done_first) < n
     mapped = json.loads((out / "map.json").read_text())
     # the map on disk holds every file copied so far, and nothing was copied unrecorded
     assert mapped == {rel: e["key"] for rel, e in done_first.items()}
