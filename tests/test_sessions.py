@@ -27,6 +27,7 @@ from statekit.errors import ConfigError, InvalidKey, SerializationError
 from statekit.pytest_plugin import redis_command_calls
 from statekit.sessions import Session, SessionStore
 from statekit.sessions.redis import RedisEngine
+from statekit.testing import tampered
 from statekit.testing.contracts.sessions import SessionEngineContract
 
 KEYS = ["new-key-0123456789", "old-key-0123456789"]
@@ -296,7 +297,7 @@ def test_bad_cookies_make_no_redis_calls(redis_line_url: str, mangle: str) -> No
     r = redis.Redis.from_url(redis_line_url)
     store = SessionStore(client=redis.Redis.from_url(redis_line_url), secret_keys=KEYS)
     good = store.sign(store.create({"a": 1}).sid)
-    cookie = {"tampered": good[:-3] + "abc", "truncated": good[: len(good) // 2],
+    cookie = {"tampered": tampered(good), "truncated": good[: len(good) // 2],
               "foreign": SessionStore("memory://", secret_keys=["x"]).sign(store.new().sid),
               "oversized": good * 4}[mangle]
     r.config_resetstat()

@@ -93,3 +93,21 @@ def test_a_session_id_is_the_whole_string() -> None:
     sid = SessionStore("memory://signer-id", secret_keys=["k" * 32]).new().sid
     assert _ID_RE.match(sid)
     assert not _ID_RE.match(sid + "\n") and not _ID_RE.match(sid + "x") and not _ID_RE.match(sid[:-1])
+
+
+def test_tampered_changes_the_signature_itself() -> None:
+    """statekit.testing.tampered changes a character the signature's bytes depend on:
+    for every cookie of 2,000, the tampered one is refused (replacing the last two
+    characters was not: their padding bits do not count)."""
+    import pytest
+
+    from statekit.sessions import SessionStore
+    from statekit.testing import tampered
+
+    store = SessionStore("memory://", secret_keys=["tamper-secret"])
+    for _ in range(2000):
+        good = store.sign(store.new().sid)
+        assert store.unsign(good) is not None
+        assert store.unsign(tampered(good)) is None
+    with pytest.raises(ValueError):
+        tampered("abc")

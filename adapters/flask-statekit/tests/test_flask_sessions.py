@@ -19,6 +19,7 @@ from statekit.embedded import RedisServer
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.sessions import SessionStore
+from statekit.testing import tampered
 
 pytestmark = pytest.mark.redis
 
@@ -136,7 +137,7 @@ def test_bad_cookies_fresh_session_zero_redis_calls(client: FlaskClient, redis_u
     good = cookie_of(client)
     assert good
     foreign = SessionStore("memory://", secret_keys=["another-app-key"])
-    cookie = {"tampered": good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+    cookie = {"tampered": tampered(good),
               "truncated": good[:20],
               "foreign": foreign.sign(foreign.new().sid),
               "oversized": good + "A" * 1000}[mangle]
