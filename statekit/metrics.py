@@ -262,8 +262,17 @@ def _private_dir() -> str | None:
     a new private directory and return it; the master removes it as it exits
     (:func:`_remove_private_dir`). A master re-executed by USR2 starts from
     gunicorn's original environment, so it makes its own. Without prometheus_client
-    nothing is created."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or importlib.util.find_spec("prometheus_client") is None:
+    nothing is created.
+
+    prometheus_client is imported here, in the master's main thread, before the
+    exporter thread starts and before any signal arrives: imported for the first time
+    by the exporter thread and, at once, by :func:`mark_process_dead` in a signal
+    handler, one of them got the other's partially initialised module (``cannot
+    import name 'Counter'``) and the master's SIGTERM ended in a traceback."""
+    if importlib.util.find_spec("prometheus_client") is None:
+        return None
+    importlib.import_module("prometheus_client.multiprocess")  # and prometheus_client itself
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return None
     path = tempfile.mkdtemp(prefix="statekit-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,3 +321,24 @@ def test_serve_usr2_new_master_gets_its_own_dir(tmp_path: Any) -> None:
             os.kill(successor, signal.SIGTERM)
             wait_until(lambda: _gone(successor), 40, "the new master to exit")
     assert not os.path.exists(new_dir)
+
+
+def test_serve_master_imports_prometheus_client_before_its_threads_and_signals(tmp_path: Path) -> None:
+    """statekit serve's master (``_private_dir``, before it forks or starts the
+    exporter thread) imports prometheus_client.multiprocess itself, in a fresh
+    interpreter: a first import by the exporter thread racing one by ``child_exit``
+    in a SIGTERM handler gave a partially initialised module and a traceback at
+    shutdown (seen in a clean-clone run of the user-path serve test). Also when the
+    user set PROMETHEUS_MULTIPROC_DIR (no private directory then)."""
+    code = ("import sys, statekit.metrics as m\n"
+            "path = m._private_dir()\n"
+            "assert 'prometheus_client.multiprocess' in sys.modules, sorted(sys.modules)\n"
+            "m._remove_private_dir(path)\n"
+            "print('ok', path is None)\n")
+    for env_dir, private in ((None, "False"), (str(tmp_path), "True")):
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        if env_dir:
+            env["PROMETHEUS_MULTIPROC_DIR"] = env_dir
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             timeout=60, check=True).stdout
+        assert out.split() == ["ok", private]
