@@ -46,9 +46,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from ..errors import BackendUnavailable, ConfigError, LockError
+from ..redis import cluster_unapplied
 from . import _ABSENT, _IO, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, Plan, adrive
-from .redis import _UNAPPLIED, SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
+from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
 
 __all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
@@ -142,8 +143,7 @@ async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]
     out = list(replies)
     for i, reply in enumerate(out):
         if isinstance(reply, redis.ResponseError):
-            if str(reply).split(" ", 1)[0] in _UNAPPLIED or type(reply).__name__ in (
-                    "MovedError", "AskError", "TryAgainError", "ClusterDownError", "NoScriptError"):
+            if cluster_unapplied(reply):
                 out[i] = await _one(transport, (CMD, commands[i]))
             else:
                 raise transport._refused(reply) from reply

@@ -89,13 +89,13 @@ import logging
 import threading
 import time
 from binascii import crc_hqx as _crc16
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._fork import reset_in_child
 from ..backends import require
 from ..errors import BackendUnavailable, ConfigError, StatekitError
-from ..redis import RedisClient, outcome_unknown, translate_errors
+from ..redis import RedisClient, cluster_unapplied, key_slot, outcome_unknown, translate_errors
 from ..redis.scripts import load
 from ..redis.transport import Transport
 from .plan import BATCH, CMD, RUN, Plan, drive
@@ -123,8 +123,6 @@ _monotonic = time.monotonic
 #: generation key -> clears made by this process (other backends of the same
 #: namespace in this process read the counter again when it moved)
 _epochs: dict[str, int] = {}
-#: error replies that say a node applied nothing: the command may be sent again
-_UNAPPLIED = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT")
 
 
 class StaleGeneration(StatekitError):
@@ -212,17 +210,6 @@ class RedisTransport(Transport):
 # -- Cluster: one pipeline per node, all nodes at once ---------------------------------
 
 
-@functools.cache
-def _key_slot() -> Callable[[bytes], int]:
-    from redis.crc import key_slot
-
-    return key_slot  # type: ignore[no-any-return]
-
-
-def _slot(key: str) -> int:
-    return _key_slot()(key.encode())
-
-
 def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], slots: Sequence[int], *,
                   read: bool) -> list[Any]:
     """Run single-slot commands on a Redis Cluster: each node gets its commands in
@@ -297,8 +284,7 @@ def cluster_batch(transport: RedisTransport, commands: Sequence[Sequence[Any]], 
             unknown.extend((j, failed) for j in idx[n + 1:])
     for i, value in enumerate(results):
         if isinstance(value, error_cls):
-            if str(value).split(" ", 1)[0] in _UNAPPLIED or type(value).__name__ in (
-                    "MovedError", "AskError", "TryAgainError", "ClusterDownError", "NoScriptError"):
+            if cluster_unapplied(value):
                 alone.append(i)
             else:
                 raise transport._refused(value) from value
@@ -349,7 +335,7 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
         if transport.cluster:
             groups: dict[int, list[str]] = {}
             for key in batch:
-                groups.setdefault(_slot(key), []).append(key)
+                groups.setdefault(key_slot(key), []).append(key)
             slots = list(groups)
             unlinks = [(b"UNLINK", *groups[s]) for s in slots]
             removed += sum(int(n) for n in cluster_batch(transport, unlinks, slots, read=False))

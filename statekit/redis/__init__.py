@@ -57,6 +57,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ..backends import require
@@ -75,9 +76,12 @@ __all__ = [
     "IDEMPOTENT_READS",
     "RedisClient",
     "call_with_rule",
+    "cluster_unapplied",
     "create_client",
     "get_client",
     "is_cluster",
+    "is_read",
+    "key_slot",
     "memory_client",
     "reply_problem",
     "reset_memory",
@@ -133,6 +137,41 @@ def reply_problem(message: str) -> Problem | None:
     if any(text in low for text in _AUTH_TEXT):
         return "authentication"
     return None
+
+
+def is_read(args: Sequence[Any]) -> bool:
+    """Whether the command *args* only reads (:data:`IDEMPOTENT_READS`)."""
+    name = args[0]
+    return (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
+
+
+#: Cluster error replies that say the node applied nothing and redis-py's
+#: ``RedisCluster`` knows what to do: redirect, wait for the slot, refresh its map,
+#: load the script (redis-py strips some codes from the message: their types too)
+_CLUSTER_UNAPPLIED = frozenset({"MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT"})
+_CLUSTER_UNAPPLIED_TYPES = frozenset({"MovedError", "AskError", "TryAgainError", "ClusterDownError",
+                                      "NoScriptError"})
+
+
+def cluster_unapplied(error: BaseException) -> bool:
+    """Whether the error reply *error* of a Cluster node says nothing was applied and
+    the command may go through ``RedisCluster`` (``MOVED``, ``ASK``, ``TRYAGAIN``,
+    ``CLUSTERDOWN``, ``NOSCRIPT``)."""
+    return (type(error).__name__ in _CLUSTER_UNAPPLIED_TYPES
+            or str(error).split(" ", 1)[0].upper() in _CLUSTER_UNAPPLIED)
+
+
+_slot_of: Any = None  # redis.crc.key_slot, imported on first use (redis is optional)
+
+
+def key_slot(key: bytes | str) -> int:
+    """The Redis Cluster hash slot of *key* (redis-py's ``key_slot``: hash tags apply)."""
+    global _slot_of
+    if _slot_of is None:
+        from redis.crc import key_slot as slot
+
+        _slot_of = slot
+    return int(_slot_of(key if isinstance(key, bytes) else key.encode()))
 
 
 def cluster_client_glitch(exc: BaseException) -> bool:

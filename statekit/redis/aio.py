@@ -62,11 +62,11 @@ from ..config import BackendURL, parse_url
 from ..errors import ConfigError
 from . import (
     _RETRY_DEFAULTS,
-    IDEMPOTENT_READS,
     _common_kwargs,
     _problem_of,
     _timed_out,
     cluster_client_glitch,
+    is_read,
     memory_server,
     reply_problem,
     unavailable,
@@ -606,7 +606,7 @@ class AsyncTransport:
         direct = send is None
         send = self._once if send is None else send
         failures = 0
-        read_again = _is_read(args)
+        read_again = is_read(args)
         glitched = False
         while True:
             try:
@@ -690,11 +690,6 @@ class _Unsent(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _is_read(args: Sequence[Arg]) -> bool:
-    name = args[0]
-    return (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
 
 
 _recorder: Any = None

@@ -57,7 +57,6 @@ authentication replies raise ``BackendUnavailable``; other error replies raise w
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,13 +65,15 @@ from typing import Any
 from .._fork import reset_in_child
 from ..errors import StatekitError
 from . import (
-    IDEMPOTENT_READS,
     RedisClient,
     _rule,
     _timed_out,
     call_with_rule,
     cluster_client_glitch,
+    cluster_unapplied,
     is_cluster,
+    is_read,
+    key_slot,
     reply_problem,
     retry_policy,
     translate_errors,
@@ -353,7 +354,7 @@ class Transport:
         if len(args) <= at or getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
             return None  # keyless, or instrumented: redis-py's own path gives the spans
         key = args[at]
-        slot = _key_slot(key if isinstance(key, bytes) else str(key).encode())
+        slot = key_slot(key if isinstance(key, (bytes, str)) else str(key))
         try:  # redis-py replaces its slot map whole when it refreshes it: read without its lock
             owner = self.client.nodes_manager.slots_cache.get(slot)
         except AttributeError:  # not connected yet, or another kind of client
@@ -391,13 +392,13 @@ class Transport:
         other error replies are mapped."""
         rule = _rule()
         if isinstance(error, self._response_error):
-            if not isinstance(error, self._no_script) and not _cluster_unapplied(error):
+            if not cluster_unapplied(error):  # a redirection, a slot on the move, NOSCRIPT
                 with translate_errors(self._where):
                     raise self._refused(error) from error
         elif isinstance(error, (self._connection_error, rule.redis.TimeoutError)):
             if lane.conn is not None:
                 lane.conn.disconnect()
-            if isinstance(error, rule.OutcomeUnknown) and (not _is_read(args) or _timed_out(error)):
+            if isinstance(error, rule.OutcomeUnknown) and (not is_read(args) or _timed_out(error)):
                 with translate_errors(self._where):
                     raise error
         else:
@@ -475,11 +476,9 @@ class Transport:
         """After the first attempt of *args* on this thread's connection failed with
         *error*: the retry rule (:func:`~statekit.redis.call_with_rule`) and the error
         map (an error reply of type *keep* is raised as redis-py raised it)."""
-        name = args[0]
-        read = (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
         with translate_errors(self._where):
             try:
-                return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=read,
+                return call_with_rule(lambda: self._send(args), self._fail, self._retry, read=is_read(args),
                                       error=error)
             except self._response_error as e:
                 if keep is not None and isinstance(e, keep):
@@ -531,7 +530,7 @@ class Transport:
         with translate_errors(self._where):
             try:
                 return call_with_rule(lambda: _routed(self.client.execute_command, _name(args[0]), *args[1:]),
-                                      _noop, read=_is_read(args))
+                                      _noop, read=is_read(args))
             except self._response_error as e:
                 raise self._refused(e) from e
 
@@ -553,25 +552,3 @@ def _routed(execute: Callable[..., Any], *args: Any) -> Any:
         return execute(*args)
 
 
-def _is_read(args: Sequence[Arg]) -> bool:
-    name = args[0]
-    return (name if isinstance(name, bytes) else str(name).encode()).upper() in IDEMPOTENT_READS
-
-
-def _cluster_unapplied(error: Exception) -> bool:
-    """Whether the error reply *error* says the Cluster node applied nothing and
-    ``RedisCluster`` knows what to do (redirect, wait for the slot, refresh)."""
-    code = _message(error).split(" ", 1)[0].upper()
-    return code in ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN") or type(error).__name__ in (
-        "MovedError", "AskError", "TryAgainError", "ClusterDownError")
-
-
-@functools.cache
-def _slot_function() -> Callable[[bytes], int]:
-    from redis.crc import key_slot
-
-    return key_slot  # type: ignore[no-any-return]
-
-
-def _key_slot(key: bytes) -> int:
-    return _slot_function()(key)
