@@ -172,7 +172,7 @@ def test_transport_tracks_for_the_live_listener_only(private_redis: RedisServer)
     try:
         assert listener.connected.wait(10)
         transport.command("GET", "t:a")  # set up again for this listener, then read
-        assert transport.tracked()
+        assert transport.tracked("t:a")
         near.store("t:a", "v", None, near.seq)
         redis.Redis.from_url(private_redis.url).set("t:a", 1)
         assert _until(lambda: "t:a" not in near.data)
@@ -180,9 +180,9 @@ def test_transport_tracks_for_the_live_listener_only(private_redis: RedisServer)
         with redis.Redis.from_url(private_redis.url) as admin:  # kill the listener's connection
             admin.client_kill_filter(_id=listener.client_id)
         assert _until(lambda: listener.generation > first and listener.connected.is_set())
-        assert not transport.tracked()  # set up for the old listener connection
+        assert not transport.tracked("t:a")  # set up for the old listener connection
         transport.command("GET", "t:a")
-        assert transport.tracked()
+        assert transport.tracked("t:a")
         near.store("t:a", "v", None, near.seq)
         redis.Redis.from_url(private_redis.url).set("t:a", 2)
         assert _until(lambda: "t:a" not in near.data)
@@ -234,7 +234,7 @@ def test_sentinel_listener_follows_the_master_and_tracking_transports_follow_it(
                 transport.command("GET", "fo:a")  # refused by the demoted master at first
             except Exception:  # noqa: BLE001 - BackendUnavailable until it reconnects
                 return False
-            return transport.tracked()
+            return transport.tracked("fo:a")
 
         assert _until(tracked_read, 20)
         near.store("fo:a", "v", None, near.seq)

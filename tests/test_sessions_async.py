@@ -7,6 +7,7 @@ carry-over, and an outage (Redis paused: BackendUnavailable, nothing lost)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -363,3 +364,54 @@ def test_the_near_cache_serves_loads_and_drops_a_change_made_elsewhere(redis_url
         other.close()
     assert (out["first"], out["again"], out["hit"], out["after_change"]) == (1, 1, True, 2)
     assert out["token"] == str(out["version"]) and out["own_write"] == {"a": 2, "b": 3}
+
+
+@pytest.mark.redis
+def test_concurrent_requests_keep_the_near_copies_of_their_sessions(redis_line_url: str) -> None:
+    """8 sessions saved concurrently on one loop, in a shuffled order each round (a
+    busy ASGI worker: any request may take any connection). Every load after the
+    first is a near hit and no invalidation reaches the listener: a session's
+    commands run on the connection its key's lane keeps, so ``NOLOOP`` covers the
+    process's own saves. From a pool, a save on one connection invalidated the copy
+    a load had tracked on another: ~every load went to Redis (HGETALL per request)."""
+    prefix = "near" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    rounds, rng = 30, random.Random(7)
+
+    async def main() -> tuple[int, int, int, list[int]]:
+        sessions = [await store.create({"n": 0}) for _ in range(8)]
+        engine = store.engine
+        for _ in range(500):  # until the listener is up
+            await asyncio.sleep(0.01)
+            await store.load(sessions[0].sid)
+            if engine.listener.connected.is_set() and sessions[0].key in engine.near.data:
+                break
+        versions = {s.sid: s.version for s in sessions}
+        messages0, hits0 = engine.listener.messages, store.counters.get("near_hits")
+
+        async def request(sid: str) -> None:
+            s = await store.load(sid, min_version=versions[sid])
+            assert s is not None
+            s["n"] += 1
+            await store.save(s)
+            versions[sid] = s.version
+
+        for _ in range(rounds):
+            order = [s.sid for s in sessions]
+            rng.shuffle(order)
+            await asyncio.gather(*(request(sid) for sid in order))
+            for _ in range(100):  # the listener applied what arrived (nothing, expected)
+                if not engine.listener.pending():
+                    break
+                await asyncio.sleep(0.01)
+        counts = [(await store.load(s.sid))["n"] for s in sessions]  # type: ignore[index]
+        out = (engine.listener.messages - messages0, store.counters.get("near_hits") - hits0,
+               len(getattr(engine._lanes.current(), "_lanes", None) or ()), counts)
+        await store.aclose()
+        return out
+
+    messages, hits, lanes, counts = asyncio.run(main())
+    assert counts == [rounds] * 8
+    assert messages == 0
+    assert hits >= 8 * rounds
+    assert lanes > 1

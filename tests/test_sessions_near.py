@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -335,11 +336,11 @@ def test_while_the_listener_is_down_one_connection_serves(pair: tuple[SessionSto
         for _ in range(5):
             assert a.load(s.sid, min_version=10**6) is not None  # a newer token: from Redis
         assert r.info("stats")["total_connections_received"] - before == 1
-        assert not engine.transport.tracked()
+        assert not engine.transport.tracked(s.key)
         listener.connected.set()
         assert a.load(s.sid, min_version=10**6) is not None
         assert r.info("stats")["total_connections_received"] - before == 2
-    assert engine.transport.tracked()
+    assert engine.transport.tracked(s.key)
 
 
 def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, SessionStore]) -> None:
@@ -367,6 +368,74 @@ def test_threads_of_one_process_keep_their_copies(pair: tuple[SessionStore, Sess
     assert engine.near_hits - hits0 >= 0.9 * loads  # ~100 %; 5 % before the fixes
 
 
+def test_one_session_served_by_every_thread_in_turn_keeps_its_copy(pair: tuple[SessionStore, SessionStore],
+                                                                    ) -> None:
+    """A user's requests land on any thread of a gthread worker: 4 threads take turns
+    on one session (load, change, save; the next thread loads). Every load after the
+    first is a near hit, and no invalidation reaches the listener: the process's own
+    saves run on the connection its loads tracked the key on (``NOLOOP``). With a
+    connection per thread, each save on one thread invalidated the copy the
+    previous thread's connection tracked: ~every load went to Redis."""
+    a, _ = pair
+    s = _warm_new(a, {"n": 0})
+    engine = _engine(a)
+    assert engine.listener is not None
+    hits0, messages0 = engine.near_hits, engine.listener.messages
+    turn = threading.Condition()
+    state = {"next": 0, "version": s.version}
+    rounds = 50
+
+    def run(i: int) -> None:
+        for r in range(rounds):
+            with turn:
+                assert turn.wait_for(lambda r=r: state["next"] == 4 * r + i, timeout=10)  # type: ignore[misc]
+            session = a.load(s.sid, min_version=state["version"])
+            assert session is not None
+            session["n"] += 1
+            a.save(session)
+            wait_for(lambda: not engine.listener.pending(), timeout=5, what="the listener")  # type: ignore[union-attr]
+            with turn:
+                state["version"] = session.version
+                state["next"] += 1
+                turn.notify_all()
+
+    run_threads(run, 4)
+    loads = 4 * rounds
+    assert a.load(s.sid)["n"] == loads  # type: ignore[index]
+    assert engine.listener.messages - messages0 == 0
+    assert engine.near_hits - hits0 >= loads
+
+
+def test_a_tracked_connection_lost_takes_the_copies_it_tracked(pair: tuple[SessionStore, SessionStore],
+                                                               ) -> None:
+    """The server closes the connection a copy was tracked on (``CLIENT KILL``, an
+    idle timeout): Redis sends no invalidation for that key any more. When the
+    process finds the connection closed (its next command on it), every near copy
+    goes: a change made elsewhere meanwhile is read, not the copy."""
+    from statekit.redis.transport import TRACKED_LANES, lane_index
+
+    a, b = pair
+    s = _warm_new(a, {"n": 1})
+    engine = _engine(a)
+    i = lane_index(s.key, TRACKED_LANES)
+    other = a.create({"n": 0})  # a session whose commands share s's connection
+    while lane_index(other.key, TRACKED_LANES) != i:
+        other = a.create({"n": 0})
+    lane = engine.transport._shared[i]  # type: ignore[index]
+    assert lane is not None and engine.transport.tracked(s.key)
+    with redis.Redis(connection_pool=lane.pool) as r:
+        lane.conn.send_command("CLIENT", "ID")
+        r.client_kill_filter(_id=lane.conn.read_response())
+        changed = b.load(s.sid)
+        assert changed is not None
+        changed["n"] = 2
+        b.save(changed)  # no invalidation comes: the connection tracking s is gone
+    assert a.load(s.sid)["n"] == 1  # type: ignore[index]  # the copy, until the loss is found
+    again = a.load(other.sid, min_version=10**6)  # a command on that connection finds it closed
+    assert again is not None
+    assert a.load(s.sid)["n"] == 2  # type: ignore[index]
+
+
 def test_refused_tracking_serves_untracked_without_reconnecting(pair: tuple[SessionStore, SessionStore],
                                                                  redis_line_url: str) -> None:
     """``CLIENT TRACKING`` answered with an error (an ACL, a proxy, a listener id that
@@ -383,7 +452,7 @@ def test_refused_tracking_serves_untracked_without_reconnecting(pair: tuple[Sess
         for _ in range(50):
             assert a.load(s.sid, min_version=10**6) is not None  # past any copy: from Redis
         assert r.info("stats")["total_connections_received"] - before == 1
-    assert not engine.transport.tracked()
+    assert not engine.transport.tracked(s.key)
 
 
 def test_a_failed_save_drops_the_copy_a_concurrent_load_kept(pair: tuple[SessionStore, SessionStore]) -> None:

@@ -24,6 +24,15 @@ sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK
 under the same bound (redis-py's asyncio cluster fails past a node's
 ``max_connections`` instead of waiting).
 
+**A tracking transport** (a session near cache's) sends each command on one of
+:data:`~statekit.redis.transport.TRACKED_LANES` connections chosen by the command's
+key, one command at a time per connection (an ``asyncio.Lock`` each): every command
+on a key runs on the same connection, so ``NOLOOP`` keeps this process's own writes
+from invalidating the copies its loads tracked (from a pool, a save on one connection
+sent an invalidation for the copy a load had tracked on another: under concurrency
+the near cache reloaded the session on every request). A tracked connection that
+closes takes what it tracked with it: the listener's near caches are flushed then.
+
 **Event loops.** redis-py's asyncio connections belong to the loop that opened them.
 :func:`get_async_client` keeps one client per URL *and running loop*, so a process
 with several loops (a test runner, ``asyncio.run`` per request in a thread) never
@@ -72,7 +81,16 @@ from . import (
     unavailable,
 )
 from .scripts import Script
-from .transport import STALE_CHECK_AFTER, RedisReplyError, _message, _name, packer
+from .transport import (
+    STALE_CHECK_AFTER,
+    TRACKED_LANES,
+    RedisReplyError,
+    _message,
+    _name,
+    command_key,
+    lane_index,
+    packer,
+)
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
            "create_async_client", "get_async_client", "memory_async_client", "transports_per_loop"]
@@ -386,6 +404,9 @@ class AsyncTransport:
         self._closed = False
         #: the negated listener generation whose CLIENT TRACKING set-up the server refused
         self._refused_tag = 0
+        #: a tracking transport's connections, one per key lane (module docstring)
+        self._lanes: list[_KeyLane] | None = [_KeyLane() for _ in range(min(TRACKED_LANES, limit))] \
+            if tracking is not None and self.direct else None
 
     # -- errors --------------------------------------------------------------------
 
@@ -411,19 +432,8 @@ class AsyncTransport:
         while True:
             while handed is not None or idle:
                 conn, handed = (handed if handed is not None else idle.pop()), None
-                # set up for an earlier listener connection (a refused set-up is kept negated)
-                if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
-                    await self._discard(conn)
-                    continue
-                if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
-                    try:
-                        stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
-                    except (self._redis.ConnectionError, OSError):
-                        stale = True
-                    if stale:
-                        await self._discard(conn)
-                        continue
-                return conn
+                if await self._usable(conn):
+                    return conn
             if self._connecting < CONNECTS_AT_ONCE:
                 break
             handed = await self._turn()
@@ -441,6 +451,23 @@ class AsyncTransport:
             await self._discard(conn)
             raise
         return conn
+
+    async def _usable(self, conn: Any) -> bool:
+        """Whether a kept connection may take a command: set up for the current
+        listener connection (a refused set-up is kept negated), connected, and not
+        closed by the server while idle (checked after a moment). Discarded if not."""
+        if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
+            await self._discard(conn)
+            return False
+        if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
+            try:
+                stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
+            except (self._redis.ConnectionError, OSError):
+                stale = True
+            if stale:
+                await self._discard(conn)
+                return False
+        return True
 
     async def _turn(self) -> Any:
         """Wait for a connection given back (returned) or a free connect slot
@@ -491,22 +518,35 @@ class AsyncTransport:
         else:
             conn._statekit_tag = tag
 
-    def tracked(self) -> bool:
-        """Whether new commands report their reads to the live listener (every kept
-        connection is set up for the listener's current generation before use; a
-        server that refused the set-up for that generation serves untracked)."""
+    def tracked(self, key: str | bytes | None = None) -> bool:
+        """Whether the connection that serves *key* reports its reads to the live
+        listener (set up for the listener's current generation; a server that
+        refused the set-up for that generation serves untracked)."""
         tag = self._tag()
-        return tag > 0 and self._refused_tag != -tag
+        if tag <= 0 or self._refused_tag == -tag:
+            return False
+        lanes = self._lanes
+        if lanes is None:
+            return True
+        conn = lanes[lane_index(key, len(lanes))].conn
+        return conn is not None and conn._statekit_tag == tag and conn.is_connected
 
     async def _discard(self, conn: Any) -> None:
-        """Close *conn* and give it back to the pool (its state is unknown)."""
+        """Close *conn* and give it back to the pool (its state is unknown). A
+        tracked connection takes what it tracked with it: near copies go."""
+        if conn._statekit_tag > 0:
+            conn._statekit_tag = 0
+            self.tracking.tracking_lost()
         try:
             await conn.disconnect(nowait=True)
         finally:
             await self._pool.release(conn)
 
-    def _keep(self, conn: Any) -> None:
+    def _keep(self, conn: Any, lane: _KeyLane | None = None) -> None:
         conn._statekit_last = _monotonic()
+        if lane is not None:
+            lane.conn = conn
+            return
         if self._waiters and self._wake(conn):
             return
         if self._closed:
@@ -521,14 +561,34 @@ class AsyncTransport:
         idle, self._idle = self._idle, deque()
         for conn in idle:
             await self._pool.release(conn)
+        for lane in self._lanes or ():
+            async with lane.lock:
+                conn, lane.conn = lane.conn, None
+                if conn is not None:
+                    await self._discard(conn)  # tracking on: not lent on
 
     # -- commands ------------------------------------------------------------------
 
     async def _once(self, args: Sequence[Arg]) -> Any:
-        """Send *args* on a kept connection and read the reply (raw). Raises
-        ``_Unsent`` wrapping a failure before anything was sent."""
+        """Send *args* on a kept connection (a tracking transport: its key lane's)
+        and read the reply (raw). Raises ``_Unsent`` wrapping a failure before
+        anything was sent."""
+        lanes = self._lanes
+        if lanes is None:
+            return await self._once_on(args, None)
+        lane = lanes[lane_index(command_key(args), len(lanes))]
+        async with lane.lock:
+            return await self._once_on(args, lane)
+
+    async def _once_on(self, args: Sequence[Arg], lane: _KeyLane | None) -> Any:
         try:
-            conn = await self._checkout()
+            conn = None
+            if lane is not None and lane.conn is not None:
+                conn, lane.conn = lane.conn, None
+                if not await self._usable(conn):
+                    conn = None
+            if conn is None:
+                conn = await self._checkout()
         except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
             raise _Unsent(e) from e
         start = _monotonic()
@@ -541,12 +601,12 @@ class AsyncTransport:
             if reply_problem(_message(e)) == "wrong node":
                 await self._discard(conn)
                 raise _Unsent(e) from e
-            self._keep(conn)
+            self._keep(conn, lane)
             raise
         except BaseException:  # sent, no reply read: the connection is out of step
             await self._discard(conn)
             raise
-        self._keep(conn)
+        self._keep(conn, lane)
         await _record(args, start, conn)
         return reply
 
@@ -682,6 +742,17 @@ class AsyncTransport:
             return self.client.execute_command(name, *args[1:], **options)  # type: ignore[no-any-return]
 
         return await self._run(args, keep, send)
+
+
+class _KeyLane:
+    """One key lane of a tracking transport: its connection (``None`` until first
+    use, or while a command holds it) and the lock taken per command."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.lock = asyncio.Lock()
 
 
 class _Unsent(Exception):

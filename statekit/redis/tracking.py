@@ -337,6 +337,13 @@ class InvalidationListener:
         except (OSError, ValueError):  # closed under us: the thread is reconnecting
             return True
 
+    def tracking_lost(self) -> None:
+        """A data connection that tracked keys for this listener closed or reconnected:
+        Redis forgot what it read and sends no invalidation for those keys any more,
+        so every near copy goes (its next load reads Redis again)."""
+        for near in self._nears():
+            near.flush()
+
     def _set_active(self, active: bool) -> None:
         if active:
             self.connected.set()

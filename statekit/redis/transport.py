@@ -39,7 +39,16 @@ metrics hook (``redis.observability.recorder.record_operation_duration``, redis-
 
 **Concurrency.** Safe to share between threads: threads never share a connection
 (a ``threading.local``), so no lock is taken per call and a slow reply on one thread
-never delays another. A thread's connection goes back to the pool when the thread
+never delays another. The exception is a *tracking* transport (a session near
+cache's): its commands go to one of :data:`TRACKED_LANES` shared connections chosen
+by the command's key, each used by one thread at a time (a lock per connection), so
+every command on a key runs on the same connection and ``NOLOOP`` keeps this
+process's own writes from invalidating the copies its other threads read (with a
+connection per thread, a save on one thread sent an invalidation for the copy the
+load of another had tracked: the near cache reloaded the session on every request
+under concurrency). A tracked connection that closes or reconnects takes what it
+tracked with it (Redis sends no invalidation for it any more): the listener's near
+caches are flushed then. A thread's connection goes back to the pool when the thread
 ends (or on :meth:`Transport.close`), so the pool's ``max_connections`` bounds
 them: a thread beyond it gets ``BackendUnavailable`` (a ``BlockingConnectionPool``
 waits for a connection first). After ``fork()`` the child forgets every inherited
@@ -59,6 +68,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,7 +104,7 @@ try:  # redis-py 7 and later
 except ImportError:  # pragma: no cover - redis-py 6
     _record = None
 
-__all__ = ["KEY_AT", "STALE_CHECK_AFTER", "RedisReplyError", "Transport"]
+__all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key"]
 
 Arg = bytes | str | int | float
 
@@ -112,6 +122,33 @@ KEY_AT: dict[Arg, int] = {
                  "HGETALL", "HGET", "HMGET", "HSET", "HDEL", "HINCRBY", "SMEMBERS", "SADD", "SREM")
     for name in (text.encode(), text)
 }
+
+
+#: shared connections of a tracking transport (sync and asyncio): a command's key
+#: picks one, so every command on a key runs on the same connection
+TRACKED_LANES = 8
+
+
+def command_key(args: Sequence[Arg]) -> bytes | None:
+    """The (first) key of command *args* (a command of :data:`KEY_AT`, or ``EVALSHA``
+    with keys) as bytes, else ``None``."""
+    at = KEY_AT.get(args[0])
+    if at is None:
+        if args[0] != b"EVALSHA" or len(args) < 4 or not int(args[2]):
+            return None
+        at = 3
+    if len(args) <= at:
+        return None
+    key = args[at]
+    return key if isinstance(key, bytes) else str(key).encode()
+
+
+def lane_index(key: str | bytes | None, count: int) -> int:
+    """Which of *count* shared tracked connections serves *key* (``None``: a keyless
+    command, any one: this thread's)."""
+    if key is None:
+        return threading.get_ident() % count
+    return zlib.crc32(key if isinstance(key, bytes) else key.encode()) % count
 
 
 def packer(pool: Any) -> Callable[[Sequence[Arg]], Any] | None:
@@ -145,8 +182,8 @@ def _message(error: Exception) -> str:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry", "pack",
-                 "pool", "port", "tag", "tracking")
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "lock", "original", "original_retry",
+                 "pack", "pool", "port", "stale", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
         # not the transport itself: a dropped transport gives its connections back at
@@ -167,6 +204,10 @@ class _Lane:
         self.db = str(getattr(conn, "db", 0))
         #: the listener generation this connection reports to (negative: refused)
         self.tag = 0
+        #: a shared (tracked) connection's lock; ``None``: one thread's own
+        self.lock: threading.Lock | None = None
+        #: drop the connection before its next command (an error reply about the server)
+        self.stale = False
         if self.tracking is not None:
             conn.register_connect_callback(self.on_connect)
 
@@ -174,6 +215,8 @@ class _Lane:
         """After each (re)connect: ``CLIENT TRACKING on REDIRECT <listener>`` while the
         listener is up (the tracking transport)."""
         listener = self.tracking
+        if self.tag > 0:  # reconnected: what the old connection tracked is forgotten
+            listener.tracking_lost()
         self.tag = 0
         if listener is None:
             return
@@ -198,17 +241,27 @@ class _Lane:
         sent, so the command is not one whose outcome is unknown)."""
         conn = self.conn
         listener = self.tracking
-        if conn._statekit_unread:
-            conn.disconnect()
+        if conn._statekit_unread or self.stale:
+            self.disconnect()
         elif listener is not None and abs(self.tag) != listener.generation and listener.connected.is_set():
-            conn.disconnect()
+            self.disconnect()
         elif conn._sock is not None and _monotonic() - self.last > STALE_CHECK_AFTER:
             try:
                 stale = conn.can_read(timeout=0)
             except _rule().redis.ConnectionError:
                 stale = True
             if stale:  # closed by the server while idle (or out of step)
-                conn.disconnect()
+                self.disconnect()
+
+    def disconnect(self) -> None:
+        """Close the connection (it reconnects on the next send); with tracking on, the
+        keys it tracked lose their invalidations: the listener's near caches are
+        flushed (:meth:`on_connect` does it too, for a reconnect redis-py made)."""
+        self.stale = False
+        if self.tag > 0:
+            self.tag = 0
+            self.tracking.tracking_lost()
+        self.conn.disconnect()
 
     def client(self) -> Any:
         """A ``redis.Redis`` driving this connection (for an instrumented
@@ -233,6 +286,8 @@ class _Lane:
             self.bound.connection = None  # its close() must not release it again
             self.bound = None
         if self.tag or conn._statekit_unread:  # tracking on, or a reply in flight: never lent on
+            if self.tag > 0:
+                self.tracking.tracking_lost()
             conn.disconnect()
         try:
             conn.deregister_connect_callback(self.on_connect)
@@ -300,6 +355,10 @@ class Transport:
         self._no_script = redis.exceptions.NoScriptError
         self._connection_error = redis.ConnectionError
         self._local = threading.local()
+        #: a tracking transport's shared connections (see the module docstring)
+        shared = tracking is not None and self.direct
+        self._shared: list[_Lane | None] | None = [None] * TRACKED_LANES if shared else None
+        self._shared_lock = threading.Lock()
         reset_in_child(self)
 
     # -- errors ----------------------------------------------------------------------
@@ -330,6 +389,13 @@ class Transport:
                 lane.conn = None  # the parent's: neither used nor released here
                 lane.bound = None
         self._local = threading.local()
+        if self._shared is not None:
+            for lane in self._shared:
+                if lane is not None:
+                    lane.conn = None
+                    lane.bound = None
+            self._shared = [None] * len(self._shared)
+            self._shared_lock = threading.Lock()  # another thread may have held it
 
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
@@ -338,23 +404,37 @@ class Transport:
             lane = self._local.lane = _Lane(self, pool, pool.get_connection())
         return lane
 
+    def _shared_lane(self, key: str | bytes | None) -> _Lane:
+        """The tracking transport's shared connection for *key* (made on first use)."""
+        shared = self._shared
+        assert shared is not None
+        i = lane_index(key, len(shared))
+        lane = shared[i]
+        if lane is None or lane.conn is None:
+            with self._shared_lock:
+                lane = shared[i]
+                if lane is None or lane.conn is None:
+                    pool = self._pool
+                    lane = _Lane(self, pool, pool.get_connection())
+                    lane.lock = threading.Lock()
+                    shared[i] = lane
+        return lane
+
     def _drop(self) -> None:
         for lane in (getattr(self._local, "lane", None), *getattr(self._local, "nodes", {}).values()):
             if lane is not None and lane.conn is not None:
                 lane.conn.disconnect()
+        for lane in self._shared or ():
+            if lane is not None:
+                lane.stale = True  # another thread may be using it: dropped before its next command
 
     def _node_lane(self, args: Sequence[Arg]) -> _Lane | None:
         """Cluster: this thread's connection to the node of *args*'s key (see the
         module docstring), or ``None``: the command goes through ``RedisCluster``."""
-        at = KEY_AT.get(args[0])
-        if at is None:
-            if args[0] != b"EVALSHA" or len(args) < 4 or not int(args[2]):
-                return None
-            at = 3
-        if len(args) <= at or getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
+        key = command_key(args)
+        if key is None or getattr(type(self.client).execute_command, "__wrapped__", None) is not None:
             return None  # keyless, or instrumented: redis-py's own path gives the spans
-        key = args[at]
-        slot = key_slot(key if isinstance(key, (bytes, str)) else str(key))
+        slot = key_slot(key)
         try:  # redis-py replaces its slot map whole when it refreshes it: read without its lock
             owner = self.client.nodes_manager.slots_cache.get(slot)
         except AttributeError:  # not connected yet, or another kind of client
@@ -404,11 +484,16 @@ class Transport:
         else:
             raise error
 
-    def tracked(self) -> bool:
-        """Whether this thread's connection reports its reads to the live listener
-        (set up for its current generation)."""
+    def tracked(self, key: str | bytes | None = None) -> bool:
+        """Whether the connection that serves *key* (this thread's, or a tracking
+        transport's shared one) reports its reads to the live listener (set up for
+        its current generation)."""
         listener = self.tracking
-        lane: _Lane | None = getattr(self._local, "lane", None)
+        lane: _Lane | None
+        if self._shared is not None:
+            lane = self._shared[lane_index(key, len(self._shared))]
+        else:
+            lane = getattr(self._local, "lane", None)
         if listener is None or lane is None or lane.conn is None or not lane.conn._sock:
             return False
         return lane.tag > 0 and lane.tag == listener.generation
@@ -423,14 +508,29 @@ class Transport:
         for lane in getattr(self._local, "nodes", {}).values():
             lane.release()
         self._local.nodes = {}
+        shared = self._shared
+        if shared is not None:  # a tracking transport's: closed with the store
+            for i, lane in enumerate(shared):
+                if lane is not None:
+                    with lane.lock:  # type: ignore[union-attr]
+                        lane.release()
+                    shared[i] = None
 
     # -- commands --------------------------------------------------------------------
 
     def _send(self, args: Sequence[Arg], lane: _Lane | None = None) -> Any:
-        """One command on this thread's connection (or *lane*'s): raw reply, error
-        replies raised as redis-py exceptions."""
+        """One command on this thread's connection (a tracking transport: the shared
+        one of its key; or *lane*'s): raw reply, error replies raised as redis-py
+        exceptions."""
         if lane is None:
+            if self._shared is not None:
+                lane = self._shared_lane(command_key(args))
+                with lane.lock:  # type: ignore[union-attr]
+                    return self._send_on(args, lane)
             lane = self._lane()
+        return self._send_on(args, lane)
+
+    def _send_on(self, args: Sequence[Arg], lane: _Lane) -> Any:
         conn = lane.conn
         lane.freshen()
         if getattr(self._client_type.execute_command, "__wrapped__", None) is not None:

@@ -377,8 +377,8 @@ class RedisEngine(_Layout):
     def _script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self.transport.script(script, keys, args)
 
-    def _tracked(self) -> bool:
-        return self.transport.tracked()
+    def _tracked(self, key: str) -> bool:
+        return self.transport.tracked(key)
 
     def _barrier(self) -> None:
         self.transport.command(b"PING")
@@ -395,7 +395,7 @@ class RedisEngine(_Layout):
             return hit
         out = _fields(self.transport.command(b"HGETALL", key))
         if seq >= 0:
-            self._near_keep(key, out, seq, self._tracked())
+            self._near_keep(key, out, seq, self._tracked(key))
         return out
 
     def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
@@ -415,7 +415,7 @@ class RedisEngine(_Layout):
         if result.status is Status.DONE:
             self._index_after(index, "session save")
         if seq >= 0:
-            self._near_settle(key, result, reply, seq, self._tracked(), base, sets, dels)
+            self._near_settle(key, result, reply, seq, self._tracked(key), base, sets, dels)
         return result
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
@@ -574,7 +574,7 @@ class AsyncRedisEngine(_Layout):
         transport = await self._transport()
         out = _fields(await transport.command(b"HGETALL", key))
         if seq >= 0:
-            self._near_keep(key, out, seq, transport.tracked())
+            self._near_keep(key, out, seq, transport.tracked(key))
         return out
 
     async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
@@ -589,7 +589,7 @@ class AsyncRedisEngine(_Layout):
             if result.status is Status.DONE:
                 await self._index_after(transport, index, "session save")
             if seq >= 0:
-                self._near_settle(key, result, reply, seq, transport.tracked(), base, sets, dels)
+                self._near_settle(key, result, reply, seq, transport.tracked(key), base, sets, dels)
             return result
 
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
