@@ -182,7 +182,10 @@ class JSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return json.loads(data, object_hook=self._hook)
+            decoder = self.__dict__.get("_decoder")
+            if decoder is None:  # one decoder per codec: json.loads with a hook builds one per call
+                decoder = self.__dict__["_decoder"] = json.JSONDecoder(object_hook=self._hook)
+            return decoder.decode(data if isinstance(data, str) else str(data, "utf-8"))
         except Exception as e:  # a crafted tag payload can raise Overflow/Attribute/RecursionError
             raise SerializationError(f"the {self.name} codec refused a payload of {_length(data)}") from e
 
