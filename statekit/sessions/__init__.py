@@ -63,11 +63,16 @@ it). Standalone and Sentinel do both in one script.
 connection kind: TCP, TLS, unix socket, RESP2 or RESP3). Each process keeps a copy
 of the sessions it recently loaded or saved, so a request whose session is
 unchanged since needs no Redis call at all (a save still
-needs one). Redis keeps the copies coherent: each thread's connection that reads
-sessions runs ``CLIENT TRACKING on REDIRECT <listener> NOLOOP``
+needs one). Redis keeps the copies coherent: the connections that read and write
+sessions run ``CLIENT TRACKING on REDIRECT <listener> NOLOOP``
 (:class:`~statekit.redis.transport.Transport` with ``tracking=``), so every later change of a
 session by any other connection (a save elsewhere, a rotation, a revocation, the
-key expiring) sends its key to a listener thread, which drops the copy. Before a
+key expiring) sends its key to a listener thread, which drops the copy. Every
+command on one session runs on the same connection (one of a few, chosen by the
+key: ``TRACKED_LANES``), so ``NOLOOP`` keeps the process's own saves from
+invalidating the copies they leave, whichever thread or task served the request;
+a tracked connection that closes flushes the copies (Redis forgets what it
+tracked). Before a
 copy is used, that listener's connection is checked for messages not handled yet (a
 zero-timeout ``poll``), so a message that has reached this host is never missed,
 whatever the thread scheduling. The delivery itself races with the writer's own
