@@ -1,10 +1,21 @@
 """Async cache benchmark: statekit's AsyncCache vs raw redis-py asyncio, cashews,
 aiocache and Django's async cache API (django-redis and Django's RedisCache through
-Django's sync_to_async wrapper; StatekitCache natively), side by side in one run,
-same private Redis, same values, on one event loop.
+Django's sync_to_async wrapper; StatekitCache and django-vcache natively), side by
+side in one run, same private Redis, same values, on one event loop.
 
     .venv/bin/python bench/cache_async.py [--rounds 15] [--scale 1.0]
     .venv/bin/python bench/cache_async.py --lag 5 [--before REV|PATH]
+    .venv/bin/python bench/cache_async.py --python /tmp/vcache-venv/bin/python [--rounds 15]
+
+django-vcache (issue 18's async Django anchor: its own Rust driver, one multiplexed
+connection per process, msgpack) is measured through Django's API on its backend
+object (``aget``/``aset``) beside ``StatekitCache``'s, configured as its README does
+(``BACKEND``, ``LOCATION``; a ``KEY_PREFIX`` of its own, as its msgpack entries would be
+unreadable to the pickling backends on the shared keys), and with its opt-in
+``CLIENT_SIDE_CACHE`` beside statekit's near cache. It needs Python >= 3.12 and this
+venv runs 3.11: here its rows are skipped with a line saying so; ``--python PATH``
+runs the whole benchmark under that interpreter (``bench/vcache-venv.sh`` builds one,
+see ``bench/_vcache.py``).
 
 Contestants run in interleaved rounds (A B C ... A B C ...) so load from other
 processes hits all of them alike; the table shows the best and the median round
@@ -28,7 +39,7 @@ interpreter's full (generation 2) collections stall a loop too, whatever the cli
 each run lists their pauses beside the worst lag of each batch.
 
 Targets (issue 18): ``AsyncCache.get`` no slower than a raw redis-py asyncio ``GET``
-and ahead of cashews and aiocache on the same work; ``AsyncCache.set`` ahead of
+and ahead of cashews, aiocache and django-vcache on the same work; ``AsyncCache.set`` ahead of
 cashews and aiocache, as close to raw as it gets; 200 concurrent gets never block
 the loop.
 """
@@ -51,6 +62,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "adapters", "django-statekit"))
 sys.path.insert(0, os.path.dirname(__file__))
 
+import _vcache  # noqa: E402
 from _trees import before_tree, commit, env_for  # noqa: E402
 
 VALUE = {"id": 12345, "name": "Ada Lovelace", "email": "ada@example.org", "tags": ["a", "b", "c"],
@@ -59,6 +71,13 @@ CONCURRENT = 100
 DJANGO_CACHES = {"django_redis": "django_redis.cache.RedisCache",
                  "django": "django.core.cache.backends.redis.RedisCache",
                  "statekit": "django_statekit.cache.StatekitCache"}
+#: django-vcache's aliases, where it runs: plain, and with its client-side cache
+VCACHES: dict[str, dict[str, Any]] = {
+    "vcache": {"KEY_PREFIX": "vcache"},
+    "vcache_csc": {"KEY_PREFIX": "vcache-csc", "OPTIONS": {"CLIENT_SIDE_CACHE": {"ENABLED": True}}},
+}
+VC_GET, VC_GET_CSC = "django-vcache aget (native)", "django-vcache aget, client-side cache"
+VC_SET, VC_SET_CSC = "django-vcache aset (native)", "django-vcache aset, client-side cache"
 
 Op = Callable[[], Awaitable[Any]]
 
@@ -101,6 +120,7 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     import redis.asyncio as aioredis
     from aiocache import RedisCache as AioCache
     from cashews import Cache as Cashews
+    from django.conf import settings
     from django.core.cache import caches
 
     from statekit.cache import AsyncCache
@@ -112,6 +132,7 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     cashews.setup(f"{url}?client_side=false", suppress=False)
     aio = AioCache(endpoint=host, port=port, namespace="aio")
     djr, djc, djs = caches["django_redis"], caches["django"], caches["statekit"]
+    vcache = [caches[alias] for alias in VCACHES if alias in settings.CACHES]
 
     await raw.set("raw:k", json.dumps(VALUE))
     await sk.set("k", VALUE)
@@ -119,7 +140,7 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     assert await near.near_ready(10)
     await cashews.set("cashews:k", VALUE)
     await aio.set("k", VALUE)
-    for c in (djr, djc, djs):
+    for c in (djr, djc, djs, *vcache):
         await c.aset("k", VALUE)
 
     async def raw_get() -> Any:
@@ -136,6 +157,10 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
         "django-redis aget (sync_to_async)": lambda: djr.aget("k"),
         "django RedisCache aget (sync_to_async)": lambda: djc.aget("k"),
     }
+    if vcache:
+        vc, vcsc = vcache
+        gets[VC_GET] = lambda: vc.aget("k")
+        gets[VC_GET_CSC] = lambda: vcsc.aget("k")
     for fn in gets.values():
         assert await fn() == VALUE or fn is raw_get
     out: dict[str, Any] = {}
@@ -149,6 +174,9 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
         "django StatekitCache.aset (native)": lambda: djs.aset("s", VALUE, 300),
         "django-redis aset (sync_to_async)": lambda: djr.aset("s", VALUE, 300),
     }
+    if vcache:
+        sets[VC_SET] = lambda: vc.aset("s", VALUE, 300)
+        sets[VC_SET_CSC] = lambda: vcsc.aset("s", VALUE, 300)
     await raw.config_resetstat()
     out["set"] = await run_group("set, one task (µs per set)", sets, n, rounds)
     # the server's side of a set: statekit's EVALSHA of the cache script (its generation
@@ -167,6 +195,26 @@ async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> di
     await aio.close()
     await cashews.close()
     return out
+
+
+def vcache_targets(out: dict[str, Any]) -> None:
+    """The lines comparing statekit with django-vcache (``< 1``: statekit ahead)."""
+    rows = [("get", "django StatekitCache.aget (native)", VC_GET),
+            ("get", "statekit AsyncCache.get", VC_GET),
+            ("get", "statekit AsyncCache.get, near cache", VC_GET_CSC),
+            ("set", "django StatekitCache.aset (native)", VC_SET),
+            ("set", "statekit AsyncCache.set", VC_SET),
+            ("set", "statekit AsyncCache.set, near cache", VC_SET_CSC),
+            ("concurrent", "django StatekitCache.aget (native)", VC_GET),
+            ("concurrent", "statekit AsyncCache.get", VC_GET),
+            ("concurrent", "statekit AsyncCache.get, near cache", VC_GET_CSC)]
+    print("\nstatekit / django-vcache, time per operation (< 1: statekit ahead):")
+    for group, ours, theirs in rows:
+        best = out[group][ours][0] / out[group][theirs][0]
+        median = out[group][ours][1] / out[group][theirs][1]
+        where = f"{CONCURRENT} at once" if group == "concurrent" else "one task"
+        verdict = "ahead" if best < 1 and median < 1 else "behind" if best > 1 and median > 1 else "mixed"
+        print(f"  {where:<12} {ours:<36} / {theirs:<37} = {best:.2f} best, {median:.2f} median: {verdict}")
 
 
 LAG_BATCHES = 5
@@ -287,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lag", type=int, metavar="RUNS", help="loop lag under 200 concurrent gets, RUNS runs")
     ap.add_argument("--before", help="with --lag: also measure this commit or checkout")
     ap.add_argument("--lag-one", nargs=2, metavar=("URL", "CONTESTANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--python", metavar="PATH",
+                    help="run this benchmark under PATH (a Python >= 3.12 with django-vcache)")
     args = ap.parse_args(argv)
+    if args.python:
+        return _vcache.rerun(args.python, __file__, sys.argv[1:] if argv is None else argv)
     if args.lag_one:
         print(json.dumps(asyncio.run(lag_one(*args.lag_one))))
         return 0
@@ -311,13 +363,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         caches = {alias: {"BACKEND": backend, "LOCATION": url} for alias, backend in DJANGO_CACHES.items()}
+        skipped = _vcache.missing()
+        if not skipped:
+            caches.update({alias: {"BACKEND": _vcache.BACKEND, "LOCATION": url, **conf}
+                           for alias, conf in VCACHES.items()})
         settings.configure(SECRET_KEY="bench-async-secret-key-0123456789", INSTALLED_APPS=[],  # noqa: S106
                            CACHES=caches)
         django.setup()
         host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
         print(f"statekit {commit()}; server: {server.binary.flavor} {server.version} on {url}; "
-              f"redis-py {redis.__version__}, hiredis parser: {redis.utils.HIREDIS_AVAILABLE}; "
+              f"Python {sys.version.split()[0]}, redis-py {redis.__version__}, hiredis parser: "
+              f"{redis.utils.HIREDIS_AVAILABLE}, Django {django.__version__}"
+              f"{'' if skipped else ', django-vcache ' + _vcache.version()}; "
               f"rounds={args.rounds}; load {os.getloadavg()[0]:.2f}")
+        if skipped:
+            print(skipped)
         out = asyncio.run(bench(url, host, int(port), args.rounds, args.scale))
         raw_best, raw_median = out["get"]["redis-py asyncio GET (+ json.loads)"]
         sk_best, sk_median = out["get"]["statekit AsyncCache.get"]
@@ -333,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
               f"/ cashews = {c['statekit AsyncCache.get'][0] / c['cashews (redis) get'][0]:.2f}; "
               f"/ aiocache = {c['statekit AsyncCache.get'][0] / c['aiocache RedisCache get'][0]:.2f}; "
               f"load {os.getloadavg()[0]:.2f}")
+        if not skipped:
+            vcache_targets(out)
     finally:
         server.stop()
     return 0

@@ -21,11 +21,19 @@ commands per request, interleaved rounds) and N concurrent clients (req/s, CPU p
 request of uvicorn and Redis, alternating slices). Ratios to Django's ``RedisCache``
 are medians of per-round / per-slice ratios.
 
-django-vcache (the issue's other anchor) needs Python >= 3.12 and is not measured
-on this venv's Python.
+django-vcache (the issue's other anchor: an async-native Django backend on its own
+Rust driver, one multiplexed connection per process, msgpack) is the kind
+``django-vcache``, configured as its README does (``BACKEND`` and ``LOCATION``; a
+``KEY_PREFIX`` of its own, as its msgpack entries would be unreadable to the pickling
+backends on the shared keys). It needs Python >= 3.12 and this venv runs 3.11: here
+the kind is skipped with a line saying so; ``--python PATH`` runs the whole benchmark,
+every kind in one run, under that interpreter (``bench/vcache-venv.sh`` builds one,
+see ``bench/_vcache.py``). Its backend objects share one driver per process (a
+module-level registry), so it has no ``-once`` variant.
 
 Run: ``.venv/bin/python bench/django_asgi.py [--requests 100] [--rounds 5]
-[--clients 8] [--seconds 3]`` (~55 s with the defaults).
+[--clients 8] [--seconds 3] [--python /tmp/vcache-venv/bin/python]`` (~55 s with the
+defaults, ~65 s with django-vcache).
 """
 
 from __future__ import annotations
@@ -40,14 +48,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _vcache  # noqa: E402
 from _trees import commit  # noqa: E402
 from sessions_asgi import options, ratio, report, run_concurrent, run_serial, served  # noqa: E402
 
-KINDS = ("none", "statekit", "statekit-once", "django", "django-once", "django-redis")
+KINDS = ("none", "statekit", "statekit-once", "django", "django-once", "django-redis", "django-vcache")
 LABELS = {"none": "no cache (floor)", "statekit": "StatekitCache (native aget/aset)",
           "statekit-once": "StatekitCache, one backend object",
           "django": "Django RedisCache (sync_to_async)", "django-once": "Django RedisCache, one object",
-          "django-redis": "django-redis (sync_to_async)"}
+          "django-redis": "django-redis (sync_to_async)",
+          "django-vcache": "django-vcache (native, Rust driver)"}
 
 APP = textwrap.dedent('''
     import os
@@ -59,10 +69,13 @@ APP = textwrap.dedent('''
     BACKENDS = {"statekit": "django_statekit.cache.StatekitCache",
                 "django": "django.core.cache.backends.redis.RedisCache",
                 "django-redis": "django_redis.cache.RedisCache",
+                "django-vcache": "django_vcache.backend.ValkeyCache",
                 "none": "django.core.cache.backends.dummy.DummyCache"}
+    # django-vcache's msgpack entries on the pickling backends' keys would read as errors there
+    PREFIX = {"django-vcache": "vcache"}.get(KIND, "")
     settings.configure(DEBUG=False, SECRET_KEY="bench-django-asgi-secret-0123456789", ROOT_URLCONF=__name__,
                        ALLOWED_HOSTS=["*"], INSTALLED_APPS=[], MIDDLEWARE=[], USE_TZ=True,
-                       CACHES={"default": {"BACKEND": BACKENDS[KIND],
+                       CACHES={"default": {"BACKEND": BACKENDS[KIND], "KEY_PREFIX": PREFIX,
                                            "LOCATION": os.environ["BENCH_REDIS"]}})
     django.setup()
 
@@ -112,17 +125,29 @@ def _read_body(port: int) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = options(__doc__ or "", requests=100, seconds=3.0).parse_args(argv)
+    ap = options(__doc__ or "", requests=100, seconds=3.0)
+    ap.add_argument("--python", metavar="PATH",
+                    help="run this benchmark, every kind, under PATH (a Python >= 3.12 with django-vcache)")
+    args = ap.parse_args(argv)
+    if args.python:
+        return _vcache.rerun(args.python, __file__, sys.argv[1:] if argv is None else argv)
     import django
     import uvicorn as uv
 
+    skipped = _vcache.missing()
+    kinds = tuple(k for k in KINDS if not (skipped and k == "django-vcache"))
+    labels = {k: LABELS[k] for k in kinds}
+    vcache = "" if skipped else f", django-vcache {_vcache.version()}"
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     routes = [("GET", "/read"), ("POST", "/write")]
-    with served(KINDS, "bench_django_asgi_app", APP, target="application") as run:
-        print(f"statekit {commit()}; {run.redis_name}; Django {django.__version__}, "
-              f"uvicorn {uv.__version__} (one process per backend); {args.rounds} rounds x "
-              f"{args.requests} requests one at a time, {args.clients} clients x {args.seconds:g} s per "
-              f"backend and route; load average {load0:.2f} on {os.cpu_count()} CPUs", flush=True)
+    with served(kinds, "bench_django_asgi_app", APP, target="application") as run:
+        print(f"statekit {commit()}; {run.redis_name}; Python {sys.version.split()[0]}, Django "
+              f"{django.__version__}{vcache}, uvicorn {uv.__version__} (one process per backend); "
+              f"{args.rounds} rounds x {args.requests} requests one at a time, {args.clients} clients x "
+              f"{args.seconds:g} s per backend and route; load average {load0:.2f} on {os.cpu_count()} CPUs",
+              flush=True)
+        if skipped:
+            print(skipped, flush=True)
         servers = run.servers
         for kind, (_, port) in servers.items():
             body = _read_body(port)
@@ -133,23 +158,28 @@ def main(argv: list[str] | None = None) -> int:
         conc = run_concurrent(servers, {k: [v] for k, v in cookies.items()}, run.r, routes, args.clients,
                               args.seconds, args.slices)
 
-    report(serial_rows, conc, LABELS, "django", "Django's RedisCache", args.clients)
+    report(serial_rows, conc, labels, "django", "Django's RedisCache", args.clients)
     print("\ncache's share of a request (time above the no-cache floor, one at a time, median of rounds):")
     floor = {route: statistics.median(serial_rows["none"][f"{route}_rounds"])
              for route in ("/read", "/write")}
-    for kind in KINDS[1:]:
+    for kind in kinds[1:]:
         extra = [statistics.median(serial_rows[kind][f"{route}_rounds"]) - floor[route]
                  for route in ("/read", "/write")]
-        print(f"  {LABELS[kind]:<40} read +{extra[0] * 1e6:.0f} µs, write +{extra[1] * 1e6:.0f} µs")
-    print("\nStatekitCache (native aget/aset) / each other backend: read time, write time, read req/s, "
-          "write req/s (ahead: time < 1, req/s > 1)")
-    for other in ("django", "django-once", "django-redis"):
-        got = [ratio(serial_rows, "statekit", other, "/read_rounds"),
-               ratio(serial_rows, "statekit", other, "/write_rounds"),
-               ratio(conc, "statekit", other, "/read_rps"), ratio(conc, "statekit", other, "/write_rps")]
-        ahead = got[0] < 1 and got[1] < 1 and got[2] > 1 and got[3] > 1
-        print(f"  / {LABELS[other]:<36} " + ", ".join(f"{g:.2f}x" for g in got)
-              + f"  {'ahead' if ahead else 'NOT ahead on every figure'}")
+        print(f"  {LABELS[kind]:<40} read {extra[0] * 1e6:+.0f} µs, write {extra[1] * 1e6:+.0f} µs")
+    print(f"\nStatekitCache / another backend: read (get) time, write (set) time one at a time; read req/s, "
+          f"write req/s at {args.clients} clients (ahead: time < 1, req/s > 1)")
+    pairs = [("statekit", other) for other in ("django", "django-once", "django-redis", "django-vcache")]
+    pairs.append(("statekit-once", "django-vcache"))
+    for kind, other in pairs:
+        if other not in serial_rows:
+            continue
+        got = [ratio(serial_rows, kind, other, "/read_rounds"),
+               ratio(serial_rows, kind, other, "/write_rounds"),
+               ratio(conc, kind, other, "/read_rps"), ratio(conc, kind, other, "/write_rps")]
+        ahead = [got[0] < 1, got[1] < 1, got[2] > 1, got[3] > 1]
+        print(f"  {LABELS[kind]} / {LABELS[other]}: " + ", ".join(
+            f"{g:.2f}x {'ahead' if a else 'behind'}" for g, a in zip(got, ahead, strict=True))
+            + ("  ahead on every figure" if all(ahead) else ""))
     print(f"(load average {os.getloadavg()[0]:.2f} at the end; {time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -14,6 +14,11 @@ measures statekit and its anchors side by side in one run, and prints ratios.
 * ``--before REV`` (default 49db0e6, main before issue 17; ``--before none`` to
   skip) checks REV out once with ``git worktree`` (removed at the end) and has the
   sessions, blobs and broadcast benchmarks measure it interleaved with this tree.
+* django-vcache (issue 18's async Django anchor) needs Python >= 3.12: when one with
+  django-vcache is found (``$STATEKIT_VCACHE_PYTHON``, else ``/tmp/vcache-venv/bin/python``;
+  ``bench/vcache-venv.sh`` builds it), cache_async and django_asgi run under it
+  (``--python``), django-vcache beside the others; otherwise they run here and say
+  it was skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _vcache  # noqa: E402
 from _trees import BEFORE, NOW, before_tree, commit, env_for  # noqa: E402
 
 BENCHES = ["transport", "cache", "sessions", "blobs", "broadcast", "scaling", "lifecycle",
@@ -40,6 +46,8 @@ BENCHES = ["transport", "cache", "sessions", "blobs", "broadcast", "scaling", "l
            "cache_async", "sessions_asgi", "django_asgi"]
 #: benchmarks that take ``--before PATH``
 COMPARED = {"sessions", "blobs", "broadcast"}
+#: benchmarks with a django-vcache contestant, which needs Python >= 3.12 (``--python``)
+VCACHE = {"cache_async", "django_asgi"}
 
 BURN = ("import sys, time\nend = time.monotonic() + float(sys.argv[1])\n"
         "while time.monotonic() < end:\n    pass\n")
@@ -82,6 +90,13 @@ def _children_cpu() -> float:
 def run(chosen: list[str], before: Path | None, extra: dict[str, list[str]]) -> list[str]:
     here = Path(__file__).parent
     failed = []
+    with_vcache = sorted(VCACHE.intersection(chosen))
+    vcache_python = _vcache.find_python() if with_vcache else None
+    if vcache_python:
+        print(f"django-vcache: {', '.join(with_vcache)} run under {vcache_python}", flush=True)
+    elif with_vcache:
+        print(f"django-vcache: skipped, no Python >= 3.12 with it found ($STATEKIT_VCACHE_PYTHON, "
+              f"{_vcache.VENV}/bin/python; sh bench/vcache-venv.sh builds it)", flush=True)
     for name in chosen:
         script = here / f"{name}.py"
         if not script.exists():
@@ -91,6 +106,8 @@ def run(chosen: list[str], before: Path | None, extra: dict[str, list[str]]) -> 
         args = list(extra.get(name, []))
         if before is not None and name in COMPARED:
             args += ["--before", str(before)]
+        if vcache_python and name in VCACHE:
+            args += ["--python", vcache_python]
         command = " ".join(["bench/" + script.name, *args])
         print(f"\n== {name}: {command}  (load average {_load()} at start, "
               f"{time.strftime('%H:%M:%S', time.gmtime())} UTC)", flush=True)
