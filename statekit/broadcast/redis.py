@@ -30,6 +30,7 @@ and a publish whose outcome is unknown is never sent again.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import time
 import uuid
@@ -49,6 +50,16 @@ __all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisOps", "RedisSubsc
 PING_EVERY = 5.0
 #: seconds a PING may stay unanswered before the connection is considered dead
 PING_TIMEOUT = 3.0
+
+_record_received: Any
+_RECEIVE: Any
+try:  # redis-py 7 and later: its pub/sub metrics (what get_message records)
+    from redis.observability.attributes import PubSubDirection
+    from redis.observability.recorder import record_pubsub_message as _record_received
+
+    _RECEIVE = PubSubDirection.RECEIVE
+except ImportError:  # pragma: no cover - redis-py 6
+    _record_received = _RECEIVE = None
 
 #: a script, its keys and its arguments: what :meth:`Transport.script` takes
 ScriptCall = tuple[Script, list[str], list[Any]]
@@ -80,24 +91,64 @@ def parse_message(data: bytes) -> Record:
     return Record(epoch, int(version), int(ms), payload)
 
 
+def _timed_reads(conn: Any) -> bool:
+    """Whether *conn* is a redis-py socket connection whose reads take a timeout
+    (``read_response(timeout=)``, the read redis-py's own ``get_message`` makes):
+    the first class of its MRO, past statekit's retry rule mixin, that defines
+    ``read_response`` is redis-py's and takes ``timeout`` (not fakeredis's
+    ``memory://`` connection, nor an older redis-py)."""
+    for cls in type(conn).__mro__:
+        if "read_response" in vars(cls) and not cls.__module__.startswith("statekit."):
+            return cls.__module__.startswith("redis.") and (
+                "timeout" in inspect.signature(vars(cls)["read_response"]).parameters)
+    return False
+
+
 class RedisSubscription:
     """A redis-py ``PubSub`` pattern-subscribed to ``<prefix>:broadcast:*``
-    (see :class:`~statekit.broadcast.protocol.Subscription`)."""
+    (see :class:`~statekit.broadcast.protocol.Subscription`).
+
+    :meth:`get` reads the subscription's connection with
+    ``read_response(timeout=...)``, the read ``PubSub.get_message`` itself ends in,
+    without the readiness and closed-socket checks before it (four system calls of
+    eight per message on redis-py 8, and its per-message dict): every worker
+    process pays them for every publish, the fan-out's CPU on a busy host. A
+    partial message left by the timeout stays in redis-py's parser for the next
+    read, as in ``get_message``; a dropped connection raises, and the hub
+    subscribes again (then re-reads every retained value). Each message is counted
+    in redis-py's pub/sub metrics, as ``get_message`` counts it. A redis-py whose
+    reads take no timeout (older releases), or another connection class
+    (``memory://``'s), is read through ``PubSub.parse_response``."""
 
     def __init__(self, client: Any, prefix: str) -> None:
+        import redis
+
         self._prefix = f"{prefix}:broadcast:".encode()
-        self._names: dict[bytes, str] = {}
+        self._names: dict[bytes, tuple[str, str]] = {}  # channel -> (name, channel as text)
         self._pubsub = client.pubsub()
         with translate_errors("broadcast subscribe"):
             self._pubsub.psubscribe(self._prefix + b"*")
+        self._timeout_error = redis.TimeoutError
+        #: read the connection directly (see the class docstring)
+        self.timed_reads = _timed_reads(self._pubsub.connection)
         self._last_rx = self._last_ping = time.monotonic()
         self._pinged = False
 
+    def _read(self, timeout: float) -> Any:
+        """The next raw reply within *timeout* seconds, or ``None``."""
+        if not self.timed_reads:
+            return self._pubsub.parse_response(block=False, timeout=timeout)
+        try:
+            return self._pubsub.connection.read_response(
+                disconnect_on_error=False, push_request=True, timeout=timeout)
+        except self._timeout_error:  # nothing (whole) within timeout
+            return None
+
     def get(self, timeout: float) -> Message | Subscribed | None:
         with translate_errors("broadcast subscriber"):
-            msg = self._pubsub.get_message(timeout=timeout)
+            reply = self._read(timeout)
             now = time.monotonic()
-            if msg is None:
+            if reply is None:
                 if self._pinged and now - self._last_ping > PING_TIMEOUT:
                     raise BackendUnavailable("broadcast subscriber: Redis did not answer a PING")
                 if not self._pinged and now - self._last_rx > PING_EVERY:
@@ -105,18 +156,20 @@ class RedisSubscription:
                     self._last_ping, self._pinged = now, True
                 return None
         self._last_rx, self._pinged = now, False
-        kind = msg["type"]
-        if kind == "psubscribe":
-            return Subscribed()
-        if kind != "pmessage":
-            return None  # a PONG
-        chan: bytes = msg["channel"]
-        name = self._names.get(chan)
-        if name is None:
-            name = chan[len(self._prefix):].decode("utf-8", "replace")
+        # [b"pmessage", pattern, channel, data]; [b"psubscribe", pattern, count];
+        # a PONG ([b"pong", b""], or b"PONG" on RESP3)
+        kind = reply[0] if isinstance(reply, list) and reply else None
+        if kind != b"pmessage":
+            return Subscribed() if kind == b"psubscribe" else None
+        chan: bytes = reply[2]
+        known = self._names.get(chan)
+        if known is None:
+            known = (chan[len(self._prefix):].decode("utf-8", "replace"), chan.decode("utf-8", "replace"))
             if len(self._names) < 4096:
-                self._names[chan] = name
-        return Message(name, parse_message(msg["data"]))
+                self._names[chan] = known
+        if _record_received is not None:
+            _record_received(direction=_RECEIVE, channel=known[1])
+        return Message(known[0], parse_message(reply[3]))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
