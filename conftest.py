@@ -20,7 +20,9 @@ end names the lines that served tests, so a CI log says what ran.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -118,12 +120,64 @@ def s3_url(statekit_s3_url: str) -> str:
     return statekit_s3_url
 
 
+class _SharedClusters:
+    """The run's shared Redis Clusters, each started once, in a thread of its own.
+
+    A cluster spends about 2 s waiting before its masters turn ``cluster_state:ok``
+    (a master waits that long after its start before it takes writes): started ahead,
+    at the session's start (:func:`_clusters_in_background`), that wait overlaps the
+    tests that run meanwhile. The threads live until :meth:`stop`: the nodes die with
+    the thread that started them (``PR_SET_PDEATHSIG``)."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1 + len(REDIS_LINES), thread_name_prefix="cluster")
+        self._started: dict[str, Future[RedisCluster]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, binary: RedisBinary | None) -> Future[RedisCluster]:
+        """The cluster of *binary* (a line's, or with ``None`` the one of
+        ``redis_cluster``), its start begun if it was not."""
+        key = binary.line if binary is not None else ""
+        with self._lock:
+            if key not in self._started:
+                self._started[key] = self._pool.submit(self._start, binary)
+            return self._started[key]
+
+    @staticmethod
+    def _start(binary: RedisBinary | None) -> RedisCluster:
+        cluster = RedisCluster(binary=binary)
+        cluster.start()
+        return cluster
+
+    def stop(self) -> None:
+        for started in self._started.values():
+            if started.exception() is None:
+                started.result().stop()
+        self._pool.shutdown()
+
+
+_CLUSTERS = _SharedClusters()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clusters_in_background(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Begin the start of the shared clusters the collected tests use; stop them last."""
+    wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    if wanted & {"redis_cluster", "redis_cluster_url"}:
+        _CLUSTERS.start(None)
+    if "redis_line_cluster" in wanted:
+        for binary in REDIS_LINES:
+            _CLUSTERS.start(binary)
+    try:
+        yield
+    finally:
+        _CLUSTERS.stop()
+
+
 @pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    cluster = RedisCluster()
-    cluster.start()
-    yield cluster
-    cluster.stop()
+def redis_cluster() -> RedisCluster:
+    """A local Redis Cluster (3 masters, the preferred server) shared by the run."""
+    return _CLUSTERS.start(None).result()
 
 
 @pytest.fixture
@@ -132,6 +186,25 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
         with node.client() as c:
             c.flushall()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session", params=REDIS_LINES, ids=[b.line for b in REDIS_LINES])
+def redis_line_cluster(request: pytest.FixtureRequest) -> RedisCluster:
+    """A local Redis Cluster (3 masters) per server line, shared by the run's tests
+    of that line (never paused, killed or resharded: a test that does takes its own
+    :class:`~statekit.embedded.RedisCluster`); :func:`redis_line_cluster_url` flushes it."""
+    cluster = _CLUSTERS.start(request.param).result()
+    _RAN[cluster.binary.line] = cluster.binary
+    return cluster
+
+
+@pytest.fixture
+def redis_line_cluster_url(redis_line_cluster: RedisCluster) -> str:
+    """The line's shared cluster's URL, every node flushed."""
+    for node in redis_line_cluster.nodes:
+        with node.client() as c:
+            c.flushall()
+    return redis_line_cluster.url
 
 
 @pytest.fixture

@@ -5,29 +5,25 @@ workers ``SSUBSCRIBE`` per name; on Redis 6.2 the pattern subscription and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from statekit.broadcast import Broadcaster, SharedValue
 from statekit.embedded import RedisBinary, RedisCluster
-from statekit.pytest_plugin import redis_command_calls, server_lines, wait_for
+from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.redis import get_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
 
-@pytest.fixture(scope="module", params=server_lines(), ids=[b.line for b in server_lines()])
-def line_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
-    binary: RedisBinary = request.param
-    cluster = RedisCluster(binary=binary)
-    cluster.start()
+@pytest.fixture
+def line_cluster(redis_line_cluster: RedisCluster, redis_line_cluster_url: str) -> RedisCluster:
+    """The line's shared cluster (conftest.py), flushed."""
     # started here: statekit's lazy Cluster client fails a thread that uses it while
     # another (the subscriber) starts it (a Redis-layer bug, reported)
-    get_client(cluster.url).get_nodes()
-    yield cluster
-    cluster.stop()
+    get_client(redis_line_cluster_url).get_nodes()
+    return redis_line_cluster
 
 
 def _sharded(binary: RedisBinary) -> bool:

@@ -19,15 +19,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from test_cache_cluster import READER_START
 
 from statekit.cache import Cache
-from statekit.embedded import RedisBinary, RedisCluster
-from statekit.pytest_plugin import server_lines
+from statekit.embedded import RedisCluster
 from statekit.redis import create_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
@@ -48,11 +46,10 @@ _READER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module", params=server_lines(), ids=[b.line for b in server_lines()])
-def line_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
-    binary: RedisBinary = request.param
-    with RedisCluster(binary=binary) as cluster:
-        yield cluster
+@pytest.fixture
+def line_cluster(redis_line_cluster: RedisCluster, redis_line_cluster_url: str) -> RedisCluster:
+    """The line's shared cluster (conftest.py), flushed."""
+    return redis_line_cluster
 
 
 def _reader(url: str, near: bool) -> subprocess.Popen[str]:
