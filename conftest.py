@@ -296,19 +296,13 @@ def _reset_memory_backends() -> Iterator[None]:
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """statekit's wheel and the two adapters', built once per run into one
     ``--find-links`` directory (with ``pins.txt``, one ``name==version`` per line)."""
-    import shutil
-
-    from test_packaging import build_wheel  # tests/ is on sys.path once a test module is collected
+    from test_packaging import build_wheels  # tests/ is on sys.path once a test module is collected
 
     root = Path(__file__).resolve().parent
     projects = {"statekit": root, "flask-statekit": root / "adapters" / "flask-statekit",
                 "django-statekit": root / "adapters" / "django-statekit",
                 "starlette-statekit": root / "adapters" / "starlette-statekit"}
     out = tmp_path_factory.mktemp("wheels")
-    pins = []
-    for name, project in projects.items():
-        wheel = build_wheel(project, tmp_path_factory.mktemp(f"build-{name}"))
-        shutil.copy(wheel, out / wheel.name)
-        pins.append(f"{name}=={wheel.name.split('-')[1]}")
+    pins = [f"{name}=={wheel.name.split('-')[1]}" for name, wheel in build_wheels(projects, out).items()]
     (out / "pins.txt").write_text("\n".join(pins) + "\n")
     return out
