@@ -150,7 +150,19 @@ def test_output_matching() -> None:
 @pytest.mark.redis
 @pytest.mark.s3
 @pytest.mark.gunicorn
-def test_migration_guide_runs(tmp_path: Path, redis_url: str, s3_url: str) -> None:
+def test_migration_guide_runs(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    import upstream  # here: this file also runs as a script (below), where pytest's path is not set
+
+    run = upstream.report("test_migration_guide_runs", lambda: _run_guide(
+        tmp_path, request.getfixturevalue("redis_url"), request.getfixturevalue("s3_url")))
+    output = run["output"]
+    assert run["returncode"] == 0, output
+    blocks = len(_fences(GUIDE.read_text())) + GUIDE.read_text().count("<!-- invisible-code-block: python")
+    assert f"{blocks} examples passed" in output, output
+
+
+def _run_guide(tmp_path: Path, redis_url: str, s3_url: str) -> dict[str, Any]:
+    """The guide run by sybil in a subprocess, in *tmp_path*: its exit status and output."""
     for name in ("examples", "deploy"):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": s3_url,
@@ -159,10 +171,25 @@ def test_migration_guide_runs(tmp_path: Path, redis_url: str, s3_url: str) -> No
     env.pop("DJANGO_SETTINGS_MODULE", None)
     proc = subprocess.run([sys.executable, str(Path(__file__)), str(GUIDE)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=280, check=False)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output
-    blocks = len(_fences(GUIDE.read_text())) + GUIDE.read_text().count("<!-- invisible-code-block: python")
-    assert f"{blocks} examples passed" in output, output
+    return {"returncode": proc.returncode, "output": proc.stdout + proc.stderr}
+
+
+def _run_guide_in_background(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    """:func:`_run_guide` beside the rest of the suite (conftest.py's background runs,
+    tests/upstream.py): the guide's ~25 s subprocess need not be waited for. On the
+    background runs' Redis (emptied first: the runs take turns) and an S3 endpoint of
+    its own."""
+    import redis
+
+    from statekit.embedded import S3Server
+
+    with redis.Redis.from_url(redis_url) as r:
+        r.flushall()
+    with S3Server() as s3:
+        return _run_guide(tmp_path, redis_url, s3.url)
+
+
+BACKGROUND = {"test_migration_guide_runs": _run_guide_in_background}
 
 
 if __name__ == "__main__":
