@@ -267,10 +267,16 @@ def _upstream_in_background(request: pytest.FixtureRequest,
                             tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Start the collected upstream suites' runs (``BACKGROUND`` of the test modules,
     see ``tests/upstream.py``) now, one at a time, on a Redis of their own: each is a
-    subprocess the rest of the suite need not wait for. Their tests take the reports."""
+    subprocess the rest of the suite need not wait for. Their tests take the reports.
+    Then the builds of the session fixtures the collected tests use among the test
+    modules' ``BACKGROUND_FIXTURES`` (name -> ``build(tmp_path_factory)``: the
+    user-path venv); each fixture takes its build's result."""
     wanted = [(item.name, item.module.BACKGROUND[item.name]) for item in request.session.items
               if item.name in getattr(getattr(item, "module", None), "BACKGROUND", {})]
-    if not wanted:
+    fixtures = {name: build for item in request.session.items
+                for name, build in getattr(getattr(item, "module", None), "BACKGROUND_FIXTURES", {}).items()
+                if name in getattr(item, "fixturenames", ())}
+    if not wanted and not fixtures:
         yield
         return
     import upstream
@@ -280,6 +286,8 @@ def _upstream_in_background(request: pytest.FixtureRequest,
     try:
         for name, run in wanted:
             upstream.start(name, lambda run=run, name=name: run(tmp_path_factory.mktemp(name), server.url))
+        for name, build in fixtures.items():
+            upstream.start(name, lambda build=build: build(tmp_path_factory))
         yield
     finally:
         upstream.stop_background()
@@ -294,15 +302,8 @@ def _reset_memory_backends() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """statekit's wheel and the two adapters', built once per run into one
+    """statekit's wheel and the adapters', built once per run into one
     ``--find-links`` directory (with ``pins.txt``, one ``name==version`` per line)."""
-    from test_packaging import build_wheels  # tests/ is on sys.path once a test module is collected
+    from test_packaging import run_wheels  # tests/ is on sys.path once a test module is collected
 
-    root = Path(__file__).resolve().parent
-    projects = {"statekit": root, "flask-statekit": root / "adapters" / "flask-statekit",
-                "django-statekit": root / "adapters" / "django-statekit",
-                "starlette-statekit": root / "adapters" / "starlette-statekit"}
-    out = tmp_path_factory.mktemp("wheels")
-    pins = [f"{name}=={wheel.name.split('-')[1]}" for name, wheel in build_wheels(projects, out).items()]
-    (out / "pins.txt").write_text("\n".join(pins) + "\n")
-    return out
+    return run_wheels(tmp_path_factory)

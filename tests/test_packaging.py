@@ -8,6 +8,7 @@ import ast
 import re
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def build_wheels(projects: dict[str, Path], out: Path) -> dict[str, Path]:
     the empty directory *out*, by distribution name."""
     wheels = {w.name.split("-")[0]: w for w in _pip_wheel(list(projects.values()), out)}
     return {name: wheels[re.sub(r"[-_.]+", "_", name).lower()] for name in projects}
+
+
+_run_wheels: list[Path] = []
+_run_wheels_lock = threading.Lock()
+
+
+def run_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """statekit's wheel and the adapters', built once per run (by the first caller:
+    the ``wheels`` fixture, or the user-path venv built in the background) into one
+    ``--find-links`` directory, with ``pins.txt``, one ``name==version`` per line."""
+    with _run_wheels_lock:
+        if not _run_wheels:
+            projects = {"statekit": ROOT, "flask-statekit": ROOT / "adapters" / "flask-statekit",
+                        "django-statekit": ROOT / "adapters" / "django-statekit",
+                        "starlette-statekit": ROOT / "adapters" / "starlette-statekit"}
+            out = tmp_path_factory.mktemp("wheels")
+            built = build_wheels(projects, out)
+            (out / "pins.txt").write_text("".join(f"{n}=={w.name.split('-')[1]}\n" for n, w in built.items()))
+            _run_wheels.append(out)
+        return _run_wheels[0]
 
 
 @pytest.fixture(scope="module")

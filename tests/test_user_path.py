@@ -37,6 +37,8 @@ from urllib.parse import urljoin
 
 import pytest
 import requests
+import upstream
+from test_packaging import run_wheels
 
 from statekit.blobs import open_blob_store
 from statekit.phoenix import make_png
@@ -141,13 +143,23 @@ def make_venv(path: Path) -> Venv:
     return Venv(path)
 
 
-@pytest.fixture(scope="session")
-def venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+def user_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     """A fresh venv with every install line of the README, in order."""
+    wheels = run_wheels(tmp_path_factory)
     v = make_venv(tmp_path_factory.mktemp("user") / "venv")
     for args in install_commands():
         v.pip_install(args, wheels)
     return v
+
+
+#: built beside the suite from the session's start (conftest.py): ~10-30 s of pip
+BACKGROUND_FIXTURES = {"venv": user_venv}
+
+
+@pytest.fixture(scope="session")
+def venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """:func:`user_venv`, built in the background if conftest.py started it."""
+    return upstream.report("venv", lambda: user_venv(tmp_path_factory))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -158,16 +158,17 @@ def run_django_tests(tmp_path: Path, settings: str, module: str, tests: str,
 # started, e.g. without the conftest).
 
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upstream")
-_started: dict[str, Future[dict[str, Any]]] = {}
+_started: dict[str, Future[Any]] = {}
+T = TypeVar("T")
 
 
-def start(name: str, run: Callable[[], dict[str, Any]]) -> None:
+def start(name: str, run: Callable[[], Any]) -> None:
     """Start the run *name* in the background (once)."""
     if name not in _started:
         _started[name] = _background.submit(run)
 
 
-def report(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def report(name: str, run: Callable[[], T]) -> T:
     """The report of the run *name*: the background one if :func:`start` started it,
     else ``run()`` now."""
     future = _started.pop(name, None)
