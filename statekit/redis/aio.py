@@ -32,6 +32,9 @@ from invalidating the copies its loads tracked (from a pool, a save on one conne
 sent an invalidation for the copy a load had tracked on another: under concurrency
 the near cache reloaded the session on every request). A tracked connection that
 closes takes what it tracked with it: the listener's near caches are flushed then.
+A command waits for its lane at most the socket timeout, then raises
+``BackendUnavailable`` unsent (a paused Redis: each request fails within its own
+timeouts, not after every command queued on its lane before it).
 
 **Event loops.** redis-py's asyncio connections belong to the loop that opened them.
 :func:`get_async_client` keeps one client per URL *and running loop*, so a process
@@ -88,8 +91,11 @@ from .transport import (
     _message,
     _name,
     command_key,
+    lane_busy,
     lane_index,
+    lane_wait,
     packer,
+    pool_share,
 )
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
@@ -384,9 +390,7 @@ class AsyncTransport:
         if limit is None:
             size = getattr(pool, "max_connections", None) or getattr(client, "max_connections", None) \
                 or DEFAULT_LIMIT
-            # a quarter of the pool (at most 8) stays free for the client's own pipelines
-            # and pub/sub, whose checkouts would fail if the transport kept every connection
-            limit = max(1, min(size - min(8, size // 4), DEFAULT_LIMIT))
+            limit = min(pool_share(size), DEFAULT_LIMIT)
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
         self._idle: deque[Any] = deque()
@@ -407,6 +411,8 @@ class AsyncTransport:
         #: a tracking transport's connections, one per key lane (module docstring)
         self._lanes: list[_KeyLane] | None = [_KeyLane() for _ in range(min(TRACKED_LANES, limit))] \
             if tracking is not None and self.direct else None
+        #: how long a command waits for its key lane's connection (``None``: no bound)
+        self._lane_wait = lane_wait(pool) if self._lanes is not None else None
 
     # -- errors --------------------------------------------------------------------
 
@@ -577,8 +583,18 @@ class AsyncTransport:
         if lanes is None:
             return await self._once_on(args, None)
         lane = lanes[lane_index(command_key(args), len(lanes))]
-        async with lane.lock:
+        lock, wait = lane.lock, self._lane_wait
+        if wait is None or not (lock.locked() or getattr(lock, "_waiters", None)):
+            await lock.acquire()  # free: taken at once (no wait_for task per command)
+        else:
+            try:
+                await asyncio.wait_for(lock.acquire(), wait)
+            except asyncio.TimeoutError:
+                raise lane_busy(self._where, wait) from None
+        try:
             return await self._once_on(args, lane)
+        finally:
+            lock.release()
 
     async def _once_on(self, args: Sequence[Arg], lane: _KeyLane | None) -> Any:
         try:

@@ -48,8 +48,12 @@ connection per thread, a save on one thread sent an invalidation for the copy th
 load of another had tracked: the near cache reloaded the session on every request
 under concurrency). A tracked connection that closes or reconnects takes what it
 tracked with it (Redis sends no invalidation for it any more): the listener's near
-caches are flushed then. A thread's connection goes back to the pool when the thread
-ends (or on :meth:`Transport.close`), so the pool's ``max_connections`` bounds
+caches are flushed then, also when redis-py closed it after a timeout or an error.
+The lanes take at most :func:`pool_share` of the pool (three of a pool of 4), and a
+command waits for its lane at most the socket timeout, then raises
+``BackendUnavailable`` unsent (:func:`lane_busy`). A thread's connection goes back
+to the pool when the thread ends (or on :meth:`Transport.close`), so the pool's
+``max_connections`` bounds
 them: a thread beyond it gets ``BackendUnavailable`` (a ``BlockingConnectionPool``
 waits for a connection first). After ``fork()`` the child forgets every inherited
 connection (:func:`statekit._fork.reset_in_child`) and opens its own on first use.
@@ -104,7 +108,8 @@ try:  # redis-py 7 and later
 except ImportError:  # pragma: no cover - redis-py 6
     _record = None
 
-__all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key"]
+__all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key",
+           "lane_busy", "lane_index", "lane_wait", "pool_share"]
 
 Arg = bytes | str | int | float
 
@@ -141,6 +146,30 @@ def command_key(args: Sequence[Arg]) -> bytes | None:
         return None
     key = args[at]
     return key if isinstance(key, bytes) else str(key).encode()
+
+
+def pool_share(size: int) -> int:
+    """How many connections of a pool of *size* a transport keeps at most (sync and
+    asyncio): all but a quarter of them (at most 8), left for the client's own
+    pipelines and pub/sub, whose checkouts would fail (or wait) if the transport kept
+    every connection."""
+    return max(1, size - min(8, size // 4))
+
+
+def lane_wait(pool: Any) -> float | None:
+    """How long a command waits for its key lane (the connection another command
+    uses): the socket timeout of *pool*'s connections (``None``: as long as it
+    takes). Past it the command fails unsent (:func:`lane_busy`): each request of a
+    paused Redis fails within its own timeouts, not after every command queued on its
+    lane before it timed out in turn."""
+    timeout = pool.connection_kwargs.get("socket_timeout")
+    return float(timeout) if timeout else None
+
+
+def lane_busy(where: str, timeout: float) -> Exception:
+    """The error of a command whose key lane stayed busy for *timeout* seconds."""
+    return unavailable(where, f"its connection stayed busy with other commands for {timeout:g} s (the "
+                       "socket timeout; nothing was sent)", None)
 
 
 def lane_index(key: str | bytes | None, count: int) -> int:
@@ -215,8 +244,7 @@ class _Lane:
         """After each (re)connect: ``CLIENT TRACKING on REDIRECT <listener>`` while the
         listener is up (the tracking transport)."""
         listener = self.tracking
-        if self.tag > 0:  # reconnected: what the old connection tracked is forgotten
-            listener.tracking_lost()
+        self.forget()  # reconnected: what the old connection tracked is forgotten
         self.tag = 0
         if listener is None:
             return
@@ -258,10 +286,16 @@ class _Lane:
         keys it tracked lose their invalidations: the listener's near caches are
         flushed (:meth:`on_connect` does it too, for a reconnect redis-py made)."""
         self.stale = False
+        self.forget()
+        self.conn.disconnect()
+
+    def forget(self) -> None:
+        """The connection closed, or is about to: Redis forgets the keys it tracked and
+        sends no invalidation for them any more, so the listener's near caches are
+        flushed (if it reported to the listener)."""
         if self.tag > 0:
             self.tag = 0
             self.tracking.tracking_lost()
-        self.conn.disconnect()
 
     def client(self) -> Any:
         """A ``redis.Redis`` driving this connection (for an instrumented
@@ -286,8 +320,7 @@ class _Lane:
             self.bound.connection = None  # its close() must not release it again
             self.bound = None
         if self.tag or conn._statekit_unread:  # tracking on, or a reply in flight: never lent on
-            if self.tag > 0:
-                self.tracking.tracking_lost()
+            self.forget()
             conn.disconnect()
         try:
             conn.deregister_connect_callback(self.on_connect)
@@ -357,8 +390,13 @@ class Transport:
         self._local = threading.local()
         #: a tracking transport's shared connections (see the module docstring)
         shared = tracking is not None and self.direct
-        self._shared: list[_Lane | None] | None = [None] * TRACKED_LANES if shared else None
+        # within the pool's share: a lane holds its connection for good (a pool of 4
+        # gave all 4 to lanes: the keys of the other lanes and pipelines got none)
+        lanes = min(TRACKED_LANES, pool_share(getattr(pool, "max_connections", None) or TRACKED_LANES))
+        self._shared: list[_Lane | None] | None = [None] * lanes if shared else None
         self._shared_lock = threading.Lock()
+        #: how long a command waits for its shared connection (-1: no bound)
+        self._lane_wait = (lane_wait(pool) or -1) if shared else -1
         reset_in_child(self)
 
     # -- errors ----------------------------------------------------------------------
@@ -525,8 +563,17 @@ class Transport:
         if lane is None:
             if self._shared is not None:
                 lane = self._shared_lane(command_key(args))
-                with lane.lock:  # type: ignore[union-attr]
+                lock: Any = lane.lock
+                if not lock.acquire(timeout=self._lane_wait):
+                    raise lane_busy(self._where, self._lane_wait)
+                try:
                     return self._send_on(args, lane)
+                except BaseException:
+                    if not lane.conn._sock:  # closed by redis-py (a timeout, an error):
+                        lane.forget()  # its copies go now, not at the lane's next command
+                    raise
+                finally:
+                    lock.release()
             lane = self._lane()
         return self._send_on(args, lane)
 
