@@ -9,6 +9,10 @@ and docs/starlette.md ("Near cache, on by default")."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
 from statekit.pytest_plugin import run_threads, wait_for
 from statekit.redis.transport import TRACKED_LANES, lane_index
@@ -61,11 +66,12 @@ def stores(redis_line_url: str) -> Iterator[tuple[SessionStore, SessionStore]]:
         s.close()
 
 
-def test_a_small_pool_serves_every_lane_and_leaves_room_for_pipelines(redis_line_url: str) -> None:
-    """``max_connections=4``: the shared connections must not take the whole pool
-    (sessions on the other lanes could never get one, nor the pipelines of a
+@pytest.mark.parametrize("size", [2, 4])
+def test_a_small_pool_serves_every_lane_and_leaves_room_for_pipelines(redis_line_url: str, size: int) -> None:
+    """``max_connections=4`` (or 2): the shared connections must not take the whole
+    pool (sessions on the other lanes could never get one, nor the pipelines of a
     listing), whatever the number of threads."""
-    store = SessionStore(redis_line_url + "?max_connections=4", secret_keys=KEYS, near_cache=100)
+    store = SessionStore(redis_line_url + f"?max_connections={size}", secret_keys=KEYS, near_cache=100)
     try:
         sessions = [_on_lane(store, i % TRACKED_LANES, {"n": i}, "u") for i in range(4 * TRACKED_LANES)]
 
@@ -205,3 +211,197 @@ def test_an_async_lane_busy_past_the_socket_timeout_fails_its_other_keys(redis_l
         return first, again
 
     assert asyncio.run(main()) == ("busy", True)
+
+
+def test_a_fork_while_a_lane_is_held_serves_the_child(stores: tuple[SessionStore, SessionStore]) -> None:
+    """``fork()`` while another thread holds a shared connection (mid-command): the
+    child neither waits for that lock (no thread releases it there) nor uses the
+    parent's socket; its loads and saves of that lane's sessions run on its own
+    connection, and the parent's lane is intact after."""
+    a, _ = stores
+    s = a.create({"n": 1})
+    _warm(a, s)
+    transport = _engine(a).transport
+    lane = transport._shared[lane_index(s.key, TRACKED_LANES)]  # type: ignore[index]
+    assert lane is not None and lane.lock is not None
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lane.lock:  # type: ignore[union-attr]
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        rd, wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one load and one save of s, then report
+            code = 1
+            try:
+                mine = a.load(s.sid, min_version=10**6)
+                assert mine is not None
+                mine["n"] = 2
+                assert a.save(mine)
+                os.write(wr, b"ok")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wr)
+        with os.fdopen(rd, "rb") as f:
+            said = f.read()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        done.set()
+        holder.join()
+    assert (os.waitstatus_to_exitcode(status), said) == (0, b"ok")
+    seen = a.load(s.sid, min_version=10**6)  # the parent's lane, after the child's save
+    assert seen is not None and seen["n"] == 2
+
+
+def test_a_save_cut_by_a_timeout_is_never_sent_again(stores: tuple[SessionStore, SessionStore],
+                                                     redis_line_url: str) -> None:
+    """A save on a lane times out (writes paused): ``BackendUnavailable``, and the
+    script is not sent again, on that lane or another (the server ran it at most
+    once: one ``EVALSHA`` at most, the version moved by one at most); the next
+    save of that lane runs on a new connection."""
+    a, _ = stores
+    s = a.create({"n": 1})
+    mine = a.load(s.sid)
+    assert mine is not None
+    mine["n"] = 2
+    admin = redis.Redis.from_url(redis_line_url)
+
+    def evalshas() -> int:
+        return int(admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evalshas()
+    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+    try:
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            a.save(mine)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    stored = a.load(s.sid, min_version=10**6)
+    assert stored is not None and stored.version in (s.version, s.version + 1)
+    assert evalshas() - before <= 1
+    stored["n"] = 3
+    assert a.save(stored)
+    assert a.load(s.sid, min_version=10**6)["n"] == 3  # type: ignore[index]
+
+
+def test_a_cancelled_async_save_leaves_its_lane_in_step(redis_line_url: str) -> None:
+    """A request cancelled between its save's send and reply (writes paused; a client
+    gone, a timeout middleware): the lane's connection is dropped, so the reply that
+    comes later is never read as the next command's. The next loads of sessions of
+    that lane (queued behind it, and after) get their own hashes."""
+    prefix = "lanes" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    admin = redis.Redis.from_url(redis_line_url)
+
+    async def main() -> list[object]:
+        s = await store.create({"who": "s"})
+        transport = await store.engine._transport()  # type: ignore[attr-defined]
+        count = len(transport._lanes)
+        other = await store.create({"who": "other"})
+        while lane_index(other.key, count) != lane_index(s.key, count):
+            other = await store.create({"who": "other"})
+        mine = await store.load(s.sid)
+        assert mine is not None
+        mine["who"] = "s2"
+        admin.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+        save = asyncio.ensure_future(store.save(mine))
+        await asyncio.sleep(0.2)  # sent, waiting for its reply
+        queued = asyncio.ensure_future(store.load(other.sid, min_version=10**6))  # behind it on the lane
+        await asyncio.sleep(0)
+        save.cancel()
+        out: list[object] = []
+        try:
+            await save
+        except asyncio.CancelledError:
+            out.append("cancelled")
+        loaded = await queued
+        out.append(loaded["who"] if loaded else None)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        again = await store.load(other.sid, min_version=10**6)
+        out.append(again["who"] if again else None)
+        after = await store.load(s.sid, min_version=10**6)
+        out.append(after["who"] in ("s", "s2") if after else None)
+        await store.aclose()
+        return out
+
+    assert asyncio.run(main()) == ["cancelled", "other", "other", True]
+
+
+GEVENT_CHILD = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json, sys
+import gevent
+
+from statekit.errors import BackendUnavailable
+from statekit.redis.transport import lane_index
+from statekit.sessions import SessionStore
+
+store = SessionStore(sys.argv[1], secret_keys=["k" * 32], key_prefix="lanes-gevent", near_cache=100)
+count = len(store.engine.transport._shared)
+sids = []
+while len(sids) < 8:  # 8 sessions of one lane
+    s = store.create({"a": 1})
+    if lane_index(s.key, count) == 0:
+        sids.append(s.sid)
+        store.load(s.sid)
+print("ready", flush=True)
+sys.stdin.readline()  # the server is paused now
+ticks = [0]
+
+def tick():
+    while True:
+        ticks[0] += 1
+        gevent.sleep(0.01)
+
+def load(sid):
+    try:
+        store.load(sid, min_version=10**6)
+        return "returned"
+    except BackendUnavailable as e:
+        return "busy" if "busy" in str(e) else "timeout" if "imeout" in str(e) else str(e)
+
+ticker = gevent.spawn(tick)
+outcomes = [g.get() for g in [gevent.spawn(load, sid) for sid in sids]]
+ticker.kill()
+print(json.dumps({"outcomes": outcomes, "ticks": ticks[0]}), flush=True)
+"""
+
+
+def test_greenlets_on_one_lane_of_a_paused_redis_fail_within_their_timeouts(server: RedisServer) -> None:
+    """gevent (``threading.Lock`` patched), Redis paused (SIGSTOP): 8 greenlets load
+    sessions of one lane. The first times out on its socket; the others give up
+    waiting for the lane after the socket timeout (``busy``) instead of each taking
+    the lane in turn for its own reconnect attempts (up to 86 s for the last of
+    them); the hub keeps running other greenlets meanwhile."""
+    url = f"{server.url}?socket_timeout=0.5&socket_connect_timeout=0.5"
+    child = subprocess.Popen([sys.executable, "-c", GEVENT_CHILD, url], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        server.pause()
+        try:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            out, _ = child.communicate(timeout=120)
+        finally:
+            server.resume()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out
+    report = json.loads(out.strip().splitlines()[-1])
+    outcomes = report["outcomes"]
+    assert set(outcomes) <= {"busy", "timeout"}, report
+    assert "busy" in outcomes, report
+    assert report["ticks"] > 0, report

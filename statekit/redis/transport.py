@@ -49,7 +49,7 @@ load of another had tracked: the near cache reloaded the session on every reques
 under concurrency). A tracked connection that closes or reconnects takes what it
 tracked with it (Redis sends no invalidation for it any more): the listener's near
 caches are flushed then, also when redis-py closed it after a timeout or an error.
-The lanes take at most :func:`pool_share` of the pool (three of a pool of 4), and a
+The lanes take at most :func:`pool_share` of the pool (3 of a pool of 4, 1 of 2), and a
 command waits for its lane at most the socket timeout, then raises
 ``BackendUnavailable`` unsent (:func:`lane_busy`). A thread's connection goes back
 to the pool when the thread ends (or on :meth:`Transport.close`), so the pool's
@@ -390,9 +390,11 @@ class Transport:
         self._local = threading.local()
         #: a tracking transport's shared connections (see the module docstring)
         shared = tracking is not None and self.direct
-        # within the pool's share: a lane holds its connection for good (a pool of 4
-        # gave all 4 to lanes: the keys of the other lanes and pipelines got none)
-        lanes = min(TRACKED_LANES, pool_share(getattr(pool, "max_connections", None) or TRACKED_LANES))
+        # within the pool's share, one left at least for the client's pipelines: a lane
+        # holds its connection for good (a pool of 4 gave all 4 to lanes: the keys of
+        # the other lanes and every pipeline got none)
+        size = getattr(pool, "max_connections", None)
+        lanes = max(1, min(TRACKED_LANES, pool_share(size), size - 1)) if size else TRACKED_LANES
         self._shared: list[_Lane | None] | None = [None] * lanes if shared else None
         self._shared_lock = threading.Lock()
         #: how long a command waits for its shared connection (-1: no bound)
