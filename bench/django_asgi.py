@@ -29,7 +29,11 @@ backends on the shared keys). It needs Python >= 3.12 and this venv runs 3.11: h
 the kind is skipped with a line saying so; ``--python PATH`` runs the whole benchmark,
 every kind in one run, under that interpreter (``bench/vcache-venv.sh`` builds one,
 see ``bench/_vcache.py``). Its backend objects share one driver per process (a
-module-level registry), so it has no ``-once`` variant.
+module-level registry), so it has no ``-once`` variant. Measured at d0069d7 (five runs,
+Python 3.12.1, django-vcache 3.2.0, load 2.4-5.9; bench/RESULTS.md, "Django ASGI
+cache"): ``StatekitCache`` / django-vcache read time 0.82-1.20x (behind in 4 of 5),
+write time 0.89-1.10x (level), read req/s at 8 clients 0.75-1.35x (ahead in 4 of 5),
+write req/s 0.54-1.41x (behind in 3 of 5): statekit is not ahead of django-vcache here.
 
 Run: ``.venv/bin/python bench/django_asgi.py [--requests 100] [--rounds 5]
 [--clients 8] [--seconds 3] [--python /tmp/vcache-venv/bin/python]`` (~55 s with the
