@@ -9,16 +9,15 @@ and docs/starlette.md ("Near cache, on by default")."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+import test_redis_gevent  # tests/ is on sys.path: its paused-child runner
 
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
@@ -53,6 +52,29 @@ def _on_lane(store: SessionStore, lane: int, data: dict[str, object], user_id: s
         if lane_index(s.key, TRACKED_LANES) == lane:
             return s
         store.destroy(s)
+
+
+@contextlib.contextmanager
+def _held(store: SessionStore, session: Session) -> Iterator[None]:
+    """Another thread holds the shared connection of *session*'s lane meanwhile (a
+    command stuck on it)."""
+    lane = _engine(store).transport._shared[lane_index(session.key, TRACKED_LANES)]  # type: ignore[index]
+    assert lane is not None and lane.lock is not None
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lane.lock:  # type: ignore[union-attr]
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        done.set()
+        holder.join()
 
 
 @pytest.fixture
@@ -156,24 +178,9 @@ def test_a_lane_busy_past_the_socket_timeout_fails_its_other_keys(stores: tuple[
     a, _ = stores
     s = a.create({"n": 1})
     _warm(a, s)
-    lane = _engine(a).transport._shared[lane_index(s.key, TRACKED_LANES)]  # type: ignore[index]
-    assert lane is not None and lane.lock is not None
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:  # stands for a command stuck on that connection
-        with lane.lock:  # type: ignore[union-attr]
-            held.set()
-            done.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with _held(a, s):
         with pytest.raises(BackendUnavailable, match="busy"):
             a.load(s.sid, min_version=10**6)  # past the copy: a command on that lane
-    finally:
-        done.set()
-        holder.join()
     assert a.load(s.sid, min_version=10**6) is not None  # the lane serves again
 
 
@@ -221,20 +228,7 @@ def test_a_fork_while_a_lane_is_held_serves_the_child(stores: tuple[SessionStore
     a, _ = stores
     s = a.create({"n": 1})
     _warm(a, s)
-    transport = _engine(a).transport
-    lane = transport._shared[lane_index(s.key, TRACKED_LANES)]  # type: ignore[index]
-    assert lane is not None and lane.lock is not None
-    held, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lane.lock:  # type: ignore[union-attr]
-            held.set()
-            done.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with _held(a, s):
         rd, wr = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: one load and one save of s, then report
@@ -252,9 +246,6 @@ def test_a_fork_while_a_lane_is_held_serves_the_child(stores: tuple[SessionStore
         with os.fdopen(rd, "rb") as f:
             said = f.read()
         _, status = os.waitpid(pid, 0)
-    finally:
-        done.set()
-        holder.join()
     assert (os.waitstatus_to_exitcode(status), said) == (0, b"ok")
     seen = a.load(s.sid, min_version=10**6)  # the parent's lane, after the child's save
     assert seen is not None and seen["n"] == 2
@@ -353,14 +344,6 @@ while len(sids) < 8:  # 8 sessions of one lane
     if lane_index(s.key, count) == 0:
         sids.append(s.sid)
         store.load(s.sid)
-print("ready", flush=True)
-sys.stdin.readline()  # the server is paused now
-ticks = [0]
-
-def tick():
-    while True:
-        ticks[0] += 1
-        gevent.sleep(0.01)
 
 def load(sid):
     try:
@@ -369,39 +352,21 @@ def load(sid):
     except BackendUnavailable as e:
         return "busy" if "busy" in str(e) else "timeout" if "imeout" in str(e) else str(e)
 
-ticker = gevent.spawn(tick)
-outcomes = [g.get() for g in [gevent.spawn(load, sid) for sid in sids]]
-ticker.kill()
-print(json.dumps({"outcomes": outcomes, "ticks": ticks[0]}), flush=True)
+print("ready", flush=True)
+sys.stdin.readline()  # the server is paused now
+print(json.dumps({"outcomes": [g.get() for g in [gevent.spawn(load, sid) for sid in sids]]}), flush=True)
 """
 
 
-def test_greenlets_on_one_lane_of_a_paused_redis_fail_within_their_timeouts(server: RedisServer) -> None:
+def test_greenlets_on_one_lane_of_a_paused_redis_fail_within_their_timeouts(
+        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """gevent (``threading.Lock`` patched), Redis paused (SIGSTOP): 8 greenlets load
     sessions of one lane. The first times out on its socket; the others give up
     waiting for the lane after the socket timeout (``busy``) instead of each taking
     the lane in turn for its own reconnect attempts (up to 86 s for the last of
-    them); the hub keeps running other greenlets meanwhile."""
-    url = f"{server.url}?socket_timeout=0.5&socket_connect_timeout=0.5"
-    child = subprocess.Popen([sys.executable, "-c", GEVENT_CHILD, url], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.readline().strip() == "ready"
-        server.pause()
-        try:
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            out, _ = child.communicate(timeout=120)
-        finally:
-            server.resume()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 0, out
-    report = json.loads(out.strip().splitlines()[-1])
+    them). (tests/test_redis_gevent.py: the hub keeps running meanwhile.)"""
+    monkeypatch.setattr(test_redis_gevent, "CHILD", GEVENT_CHILD)  # its child protocol, this child
+    report = test_redis_gevent.run_paused(server, "session-lanes")
     outcomes = report["outcomes"]
     assert set(outcomes) <= {"busy", "timeout"}, report
     assert "busy" in outcomes, report
-    assert report["ticks"] > 0, report
