@@ -130,8 +130,9 @@ class _SharedClusters:
     the thread that started them (``PR_SET_PDEATHSIG``)."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1 + len(REDIS_LINES), thread_name_prefix="cluster")
+        self._pool = ThreadPoolExecutor(max_workers=2 + len(REDIS_LINES), thread_name_prefix="cluster")
         self._started: dict[str, Future[RedisCluster]] = {}
+        self._spare: Future[RedisCluster] | None = None
         self._lock = threading.Lock()
 
     def start(self, binary: RedisBinary | None) -> Future[RedisCluster]:
@@ -143,6 +144,22 @@ class _SharedClusters:
                 self._started[key] = self._pool.submit(self._start, binary)
             return self._started[key]
 
+    def own(self) -> RedisCluster:
+        """A started cluster (3 masters, the preferred server) of the caller's own: it
+        may pause, kill or reshard it, and stops it. The next one starts now, for the
+        next caller."""
+        with self._lock:
+            taken = self._spare or self._pool.submit(self._start, None)
+            self._spare = None
+        self.start_spare()
+        return taken.result()
+
+    def start_spare(self) -> None:
+        """Begin the start of the cluster :meth:`own` returns next."""
+        with self._lock:
+            if self._spare is None:
+                self._spare = self._pool.submit(self._start, None)
+
     @staticmethod
     def _start(binary: RedisBinary | None) -> RedisCluster:
         cluster = RedisCluster(binary=binary)
@@ -150,7 +167,7 @@ class _SharedClusters:
         return cluster
 
     def stop(self) -> None:
-        for started in self._started.values():
+        for started in [*self._started.values(), *([self._spare] if self._spare else [])]:
             if started.exception() is None:
                 started.result().stop()
         self._pool.shutdown()
@@ -168,6 +185,8 @@ def _clusters_in_background(request: pytest.FixtureRequest) -> Iterator[None]:
     if "redis_line_cluster" in wanted:
         for binary in REDIS_LINES:
             _CLUSTERS.start(binary)
+    if "own_redis_cluster" in wanted:
+        _CLUSTERS.start_spare()
     try:
         yield
     finally:
@@ -186,6 +205,20 @@ def redis_cluster_url(redis_cluster: RedisCluster) -> str:
         with node.client() as c:
             c.flushall()
     return redis_cluster.url
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisCluster]:
+    """A local Redis Cluster (3 masters, the preferred server) of the test's own: it
+    may pause, kill, add or reshard nodes. Started ahead (while the test before it
+    ran); stopped after the test."""
+    cluster = _CLUSTERS.own()
+    try:
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            node.resume()
+        cluster.stop()
 
 
 @pytest.fixture(scope="session", params=REDIS_LINES, ids=[b.line for b in REDIS_LINES])

@@ -339,9 +339,8 @@ def test_sentinel_url_follows_failover(redis_sentinel: RedisSentinel) -> None:
 
 @pytest.mark.redis
 @pytest.mark.cluster
-def test_cluster_that_lost_a_master_is_backend_unavailable() -> None:
-    cluster = RedisCluster()
-    cluster.start()
+def test_cluster_that_lost_a_master_is_backend_unavailable(own_redis_cluster: RedisCluster) -> None:
+    cluster = own_redis_cluster
     try:
         client = create_client(cluster.url)
         keys = [f"k{i}" for i in range(30)]

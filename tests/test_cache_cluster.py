@@ -285,32 +285,32 @@ def test_old_single_slot_layout_is_never_read_and_is_swept(redis_cluster_url: st
     assert cache.get("k0") is None
 
 
-def test_a_bulk_write_whose_outcome_is_unknown_is_not_sent_again() -> None:
+def test_a_bulk_write_whose_outcome_is_unknown_is_not_sent_again(own_redis_cluster: RedisCluster) -> None:
     """set_many over 3 masters while one is paused (SIGSTOP) past the socket timeout:
     BackendUnavailable; the other masters' shares are written; once the paused master
     runs again it executes its share exactly once (counted by the server)."""
-    with RedisCluster() as cluster:
-        cache = Cache(cluster.url + "?retries=0", prefix="unknown", timeout=0.3)
-        cache.set("warm", 1)  # the slot map is read, the script loaded
-        items = {f"k{i}": i for i in range(60)}
-        paused = cluster.nodes[0]
-        with paused.client() as r:
-            r.config_resetstat()
-        paused.pause()
-        try:
-            with pytest.raises(BackendUnavailable, match="outcome"):
-                cache.set_many(items, ttl=60)
-        finally:
-            paused.resume()
-        with paused.client() as r:
-            names = [f"unknown:{{}}{{default}}:0:{k}" for k in items]
-            slots = {r.execute_command("CLUSTER KEYSLOT", n) for n in names if _owns(r, n)}
-            assert slots
-            assert wait_for(lambda: redis_command_calls(r).get("evalsha", 0) >= len(slots), 10,
-                            "the paused share")
-            time.sleep(0.5)  # nothing more arrives: the share was sent once
-            assert redis_command_calls(r).get("evalsha") == len(slots)
-        assert cache.get_many(list(items)) == items
+    cluster = own_redis_cluster
+    cache = Cache(cluster.url + "?retries=0", prefix="unknown", timeout=0.3)
+    cache.set("warm", 1)  # the slot map is read, the script loaded
+    items = {f"k{i}": i for i in range(60)}
+    paused = cluster.nodes[0]
+    with paused.client() as r:
+        r.config_resetstat()
+    paused.pause()
+    try:
+        with pytest.raises(BackendUnavailable, match="outcome"):
+            cache.set_many(items, ttl=60)
+    finally:
+        paused.resume()
+    with paused.client() as r:
+        names = [f"unknown:{{}}{{default}}:0:{k}" for k in items]
+        slots = {r.execute_command("CLUSTER KEYSLOT", n) for n in names if _owns(r, n)}
+        assert slots
+        assert wait_for(lambda: redis_command_calls(r).get("evalsha", 0) >= len(slots), 10,
+                        "the paused share")
+        time.sleep(0.5)  # nothing more arrives: the share was sent once
+        assert redis_command_calls(r).get("evalsha") == len(slots)
+    assert cache.get_many(list(items)) == items
 
 
 def _owns(r: Any, key: str) -> bool:

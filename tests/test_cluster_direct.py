@@ -55,54 +55,55 @@ def test_gets_and_sets_go_straight_to_the_node(redis_cluster_url: str, redis_clu
     cache.close()
 
 
-def test_a_moved_slot_is_followed_and_then_served_straight(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_moved_slot_is_followed_and_then_served_straight(own_redis_cluster: RedisCluster,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The slot of a key moves to another master behind the cache's back: the next
     get is answered MOVED by the old node, goes through RedisCluster (which follows
     it and refreshes its map), and the calls after it go straight to the new node."""
     from redis.crc import key_slot
 
-    with RedisCluster() as cluster:
-        cache = Cache(cluster.url, prefix="moved")
-        cache.set("k", "v", ttl=60)
-        name = b"moved:{}{default}:0:k"
-        slot = key_slot(name)
-        owner = cluster.nodes[0] if slot < 16384 // 3 else cluster.nodes[1] if slot < 2 * (16384 // 3) \
-            else cluster.nodes[2]
-        target = next(n for n in cluster.masters() if n is not owner)
-        assert cache.get("k") == "v"
-        cluster.move_slots([slot], to=target)
-        cluster.wait_ok()
-        sent = _through_client(cache, monkeypatch)
-        assert cache.get("k") == "v"
-        assert [args[0] for args in sent] == ["GET"]  # the MOVED one, followed by RedisCluster
-        assert [cache.get("k") for _ in range(5)] == ["v"] * 5
-        assert len(sent) == 1
-        with target.client() as r:
-            assert wait_for(lambda: redis_command_calls(r).get("get", 0) >= 6, 5, "the new owner's gets")  # noqa: B023
-        cache.close()
+    cluster = own_redis_cluster
+    cache = Cache(cluster.url, prefix="moved")
+    cache.set("k", "v", ttl=60)
+    name = b"moved:{}{default}:0:k"
+    slot = key_slot(name)
+    owner = cluster.nodes[0] if slot < 16384 // 3 else cluster.nodes[1] if slot < 2 * (16384 // 3) \
+        else cluster.nodes[2]
+    target = next(n for n in cluster.masters() if n is not owner)
+    assert cache.get("k") == "v"
+    cluster.move_slots([slot], to=target)
+    cluster.wait_ok()
+    sent = _through_client(cache, monkeypatch)
+    assert cache.get("k") == "v"
+    assert [args[0] for args in sent] == ["GET"]  # the MOVED one, followed by RedisCluster
+    assert [cache.get("k") for _ in range(5)] == ["v"] * 5
+    assert len(sent) == 1
+    with target.client() as r:
+        assert wait_for(lambda: redis_command_calls(r).get("get", 0) >= 6, 5, "the new owner's gets")  # noqa: B023
+    cache.close()
 
 
-def test_a_set_whose_outcome_is_unknown_is_not_sent_again() -> None:
+def test_a_set_whose_outcome_is_unknown_is_not_sent_again(own_redis_cluster: RedisCluster) -> None:
     """The key's master is paused (SIGSTOP) past the socket timeout while a set is in
     flight: BackendUnavailable; once it runs again it executes that set once."""
-    with RedisCluster() as cluster:
-        cache = Cache(cluster.url + "?retries=0", prefix="unknown", timeout=0.3)
-        cache.set("k", "warm")
-        from redis.crc import key_slot
+    cluster = own_redis_cluster
+    cache = Cache(cluster.url + "?retries=0", prefix="unknown", timeout=0.3)
+    cache.set("k", "warm")
+    from redis.crc import key_slot
 
-        slot = key_slot(b"unknown:{}{default}:0:k")
-        per = 16384 // 3
-        paused = cluster.nodes[min(slot // per, 2)]
-        with paused.client() as r:
-            r.config_resetstat()
-        paused.pause()
-        try:
-            with pytest.raises(BackendUnavailable, match="outcome"):
-                cache.set("k", "new")
-        finally:
-            paused.resume()
-        with paused.client() as r:
-            assert wait_for(lambda: redis_command_calls(r).get("evalsha", 0) >= 1, 10, "the set ran")  # noqa: B023
-            assert redis_command_calls(r).get("evalsha", 0) == 1
-        assert cache.get("k") == "new"
-        cache.close()
+    slot = key_slot(b"unknown:{}{default}:0:k")
+    per = 16384 // 3
+    paused = cluster.nodes[min(slot // per, 2)]
+    with paused.client() as r:
+        r.config_resetstat()
+    paused.pause()
+    try:
+        with pytest.raises(BackendUnavailable, match="outcome"):
+            cache.set("k", "new")
+    finally:
+        paused.resume()
+    with paused.client() as r:
+        assert wait_for(lambda: redis_command_calls(r).get("evalsha", 0) >= 1, 10, "the set ran")  # noqa: B023
+        assert redis_command_calls(r).get("evalsha", 0) == 1
+    assert cache.get("k") == "new"
+    cache.close()

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +85,9 @@ _LOAD = textwrap.dedent("""
 
 
 @pytest.fixture
-def cluster() -> Iterator[RedisCluster]:
-    c = RedisCluster()
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(own_redis_cluster: RedisCluster) -> RedisCluster:
+    """This test's own cluster (conftest.py: started ahead, stopped after the test)."""
+    return own_redis_cluster
 
 
 def _start_load(url: str, seconds: float, tmp_path: Path) -> list[tuple[subprocess.Popen[str], Path]]:
