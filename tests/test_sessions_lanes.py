@@ -58,12 +58,11 @@ def _on_lane(store: SessionStore, lane: int, data: dict[str, object], user_id: s
 def _held(store: SessionStore, session: Session) -> Iterator[None]:
     """Another thread holds the shared connection of *session*'s lane meanwhile (a
     command stuck on it)."""
-    lane = _engine(store).transport._shared[lane_index(session.key, TRACKED_LANES)]  # type: ignore[index]
-    assert lane is not None and lane.lock is not None
+    lock = _engine(store).transport._lane_locks[lane_index(session.key, TRACKED_LANES)]
     held, done = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with lane.lock:  # type: ignore[union-attr]
+        with lock:
             held.set()
             done.wait(10)
 
@@ -370,3 +369,52 @@ def test_greenlets_on_one_lane_of_a_paused_redis_fail_within_their_timeouts(
     outcomes = report["outcomes"]
     assert set(outcomes) <= {"busy", "timeout"}, report
     assert "busy" in outcomes, report
+
+
+def test_a_lane_still_connecting_holds_up_only_its_own_keys(redis_line_url: str) -> None:
+    """The first command of a lane connects it; a connect that hangs (a paused or
+    unreachable server: redis-py's retries take seconds) must not hold up the first
+    commands of the other lanes: they connect their own meanwhile."""
+    store = SessionStore(redis_line_url, secret_keys=KEYS, near_cache=100)
+    try:
+        s = store.create({"n": 1})
+        t = _engine(store).transport
+        pool = t.client.connection_pool
+        stuck, go = threading.Event(), threading.Event()
+        get_connection = pool.get_connection
+
+        def hanging(*args: object, **kwargs: object) -> object:
+            if threading.current_thread().name == "first":  # this lane's connect hangs
+                stuck.set()
+                go.wait(10)
+            return get_connection(*args, **kwargs)
+
+        t.close()  # no lane connected yet
+        i = lane_index(s.key, TRACKED_LANES)
+        other = _on_lane(store, (i + 1) % TRACKED_LANES, {"n": 2})
+        t.close()
+        order: list[str] = []
+        pool.get_connection = hanging  # type: ignore[method-assign]
+        first = threading.Thread(target=lambda: order.append(f"first {store.load(s.sid) is not None}"),
+                                 name="first")
+        first.start()
+        try:
+            assert stuck.wait(10)
+            order.append(f"other {store.load(other.sid) is not None}")  # another lane, meanwhile
+        finally:
+            go.set()
+            first.join()
+            pool.get_connection = get_connection  # type: ignore[method-assign]
+        assert order == ["other True", "first True"]
+    finally:
+        store.close()
+
+
+def test_the_keyless_commands_of_threads_spread_over_the_lanes() -> None:
+    """A command with no key (the ``PING`` barrier after a rotation or a logout,
+    ``SCRIPT LOAD``) takes "this thread's" lane. Thread ids are aligned addresses
+    (multiples of 8 and more): ``ident % 8`` sent every thread's to lane 0, where
+    they queued behind (and held up) the commands of that lane's sessions."""
+    lanes: set[int] = set()
+    run_threads(lambda i: lanes.add(lane_index(None, TRACKED_LANES)), 8)
+    assert len(lanes) > 1

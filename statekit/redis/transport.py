@@ -174,9 +174,10 @@ def lane_busy(where: str, timeout: float) -> Exception:
 
 def lane_index(key: str | bytes | None, count: int) -> int:
     """Which of *count* shared tracked connections serves *key* (``None``: a keyless
-    command, any one: this thread's)."""
+    command, any one: this thread's, by a hash of its id: thread ids are aligned
+    addresses, all of them 0 modulo 8)."""
     if key is None:
-        return threading.get_ident() % count
+        return zlib.crc32(threading.get_ident().to_bytes(8, "little")) % count
     return zlib.crc32(key if isinstance(key, bytes) else key.encode()) % count
 
 
@@ -211,7 +212,7 @@ def _message(error: Exception) -> str:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "lock", "original", "original_retry",
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry",
                  "pack", "pool", "port", "stale", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
@@ -233,8 +234,6 @@ class _Lane:
         self.db = str(getattr(conn, "db", 0))
         #: the listener generation this connection reports to (negative: refused)
         self.tag = 0
-        #: a shared (tracked) connection's lock; ``None``: one thread's own
-        self.lock: threading.Lock | None = None
         #: drop the connection before its next command (an error reply about the server)
         self.stale = False
         if self.tracking is not None:
@@ -396,7 +395,9 @@ class Transport:
         size = getattr(pool, "max_connections", None)
         lanes = max(1, min(TRACKED_LANES, pool_share(size), size - 1)) if size else TRACKED_LANES
         self._shared: list[_Lane | None] | None = [None] * lanes if shared else None
-        self._shared_lock = threading.Lock()
+        #: one lock per shared connection: held while a command (or the connect of its
+        #: first one) uses it
+        self._lane_locks = [threading.Lock() for _ in range(lanes)] if shared else []
         #: how long a command waits for its shared connection (-1: no bound)
         self._lane_wait = (lane_wait(pool) or -1) if shared else -1
         reset_in_child(self)
@@ -435,7 +436,7 @@ class Transport:
                     lane.conn = None
                     lane.bound = None
             self._shared = [None] * len(self._shared)
-            self._shared_lock = threading.Lock()  # another thread may have held it
+            self._lane_locks = [threading.Lock() for _ in self._shared]  # other threads may have held them
 
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
@@ -444,20 +445,15 @@ class Transport:
             lane = self._local.lane = _Lane(self, pool, pool.get_connection())
         return lane
 
-    def _shared_lane(self, key: str | bytes | None) -> _Lane:
-        """The tracking transport's shared connection for *key* (made on first use)."""
+    def _shared_lane(self, i: int) -> _Lane:
+        """The tracking transport's shared connection *i*, made on first use (under
+        its lock: a connect that hangs holds up the commands of this lane only)."""
         shared = self._shared
         assert shared is not None
-        i = lane_index(key, len(shared))
         lane = shared[i]
         if lane is None or lane.conn is None:
-            with self._shared_lock:
-                lane = shared[i]
-                if lane is None or lane.conn is None:
-                    pool = self._pool
-                    lane = _Lane(self, pool, pool.get_connection())
-                    lane.lock = threading.Lock()
-                    shared[i] = lane
+            pool = self._pool
+            lane = shared[i] = _Lane(self, pool, pool.get_connection())
         return lane
 
     def _drop(self) -> None:
@@ -550,11 +546,11 @@ class Transport:
         self._local.nodes = {}
         shared = self._shared
         if shared is not None:  # a tracking transport's: closed with the store
-            for i, lane in enumerate(shared):
-                if lane is not None:
-                    with lane.lock:  # type: ignore[union-attr]
+            for i, lock in enumerate(self._lane_locks):
+                with lock:
+                    lane, shared[i] = shared[i], None
+                    if lane is not None:
                         lane.release()
-                    shared[i] = None
 
     # -- commands --------------------------------------------------------------------
 
@@ -564,16 +560,18 @@ class Transport:
         exceptions."""
         if lane is None:
             if self._shared is not None:
-                lane = self._shared_lane(command_key(args))
-                lock: Any = lane.lock
+                i = lane_index(command_key(args), len(self._shared))
+                lock = self._lane_locks[i]
                 if not lock.acquire(timeout=self._lane_wait):
                     raise lane_busy(self._where, self._lane_wait)
                 try:
-                    return self._send_on(args, lane)
-                except BaseException:
-                    if not lane.conn._sock:  # closed by redis-py (a timeout, an error):
-                        lane.forget()  # its copies go now, not at the lane's next command
-                    raise
+                    lane = self._shared_lane(i)
+                    try:
+                        return self._send_on(args, lane)
+                    except BaseException:
+                        if not lane.conn._sock:  # closed by redis-py (a timeout, an error):
+                            lane.forget()  # its copies go now, not at the lane's next command
+                        raise
                 finally:
                     lock.release()
             lane = self._lane()
