@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 import redis
@@ -29,6 +31,7 @@ from statekit.sessions.redis import RedisEngine
 pytestmark = pytest.mark.redis
 
 KEYS = ["lanes-secret"]
+T = TypeVar("T")
 
 
 def _engine(store: SessionStore) -> RedisEngine:
@@ -74,6 +77,14 @@ def _held(store: SessionStore, session: Session) -> Iterator[None]:
     finally:
         done.set()
         holder.join()
+
+
+def _answered(call: Callable[[], T]) -> T | None:
+    """*call*'s result, ``None`` for ``BackendUnavailable``."""
+    try:
+        return call()
+    except BackendUnavailable:
+        return None
 
 
 @pytest.fixture
@@ -418,3 +429,62 @@ def test_the_keyless_commands_of_threads_spread_over_the_lanes() -> None:
     lanes: set[int] = set()
     run_threads(lambda i: lanes.add(lane_index(None, TRACKED_LANES)), 8)
     assert len(lanes) > 1
+
+
+def test_copies_stay_coherent_while_saves_time_out(stores: tuple[SessionStore, SessionStore],
+                                                   redis_line_url: str) -> None:
+    """Bounded stress: 4 threads of process A load and save 16 sessions (every lane)
+    while writes are paused now and then (A's saves time out, redis-py closes those
+    lanes' connections), and process B changes them. After each change of B and its
+    ``PING`` (the invalidation is on A's host then), A never serves an older version
+    of that session: every tracked connection A lost, A found lost itself."""
+    a, b = stores
+    sessions = [_on_lane(a, i % TRACKED_LANES, {"n": 0}) for i in range(16)]
+    for s in sessions:
+        _warm(a, s)
+    admin = redis.Redis.from_url(redis_line_url)
+    stop = threading.Event()
+    timeouts = [0]
+
+    def process_a(i: int) -> None:
+        rng = random.Random(i)
+        while not stop.is_set():
+            s = rng.choice(sessions)
+            try:
+                mine = a.load(s.sid)
+                if mine is None:
+                    continue
+                mine[f"a{i}"] = rng.random()
+                a.save(mine)
+            except BackendUnavailable:  # a save timed out, or waited for its lane too long
+                timeouts[0] += 1
+
+    threads = [threading.Thread(target=process_a, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    stale: list[tuple[int, int]] = []
+    try:
+        rng = random.Random(99)
+        for round_ in range(60):
+            if round_ % 15 == 5:
+                admin.execute_command("CLIENT", "PAUSE", 700, "WRITE")  # A's saves meanwhile time out
+            s = rng.choice(sessions)
+            for _ in range(20):
+                theirs = b.load(s.sid, min_version=10**6)
+                assert theirs is not None
+                theirs["n"] += 1
+                try:
+                    if b.save(theirs):
+                        break
+                except BackendUnavailable:  # paused
+                    continue
+            admin.ping()  # the invalidations of B's save are on A's host now
+            seen = wait_for(lambda s=s: _answered(lambda: a.load(s.sid)), timeout=10, what="a load")
+            if seen.version < theirs.version:
+                stale.append((seen.version, theirs.version))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert timeouts[0] > 0  # the pauses cut some of A's saves
+    assert stale == []
