@@ -526,3 +526,68 @@ def test_cluster_batch_giving_up_is_backend_unavailable() -> None:
     with pytest.raises(BackendUnavailable, match="TTL exhausted"):
         run(_batch(Transport(), [(b"MGET", b"a"), (b"MGET", b"b")]))
     assert sent == [("MGET", b"a"), ("MGET", b"b")]  # queued once, never again
+
+
+def test_concurrent_gets_go_out_together_each_with_its_own_value(url: str) -> None:
+    """100 gets at once on one loop (present, missing, undecodable and repeated keys):
+    each caller gets its own key's value or default, in a handful of round trips
+    (one ``MGET`` for the gets asked while another was in flight), not 100."""
+    import redis
+
+    async def body(c: AsyncCache) -> tuple[list[Any], int]:
+        await c.set_many({f"k{i}": {"i": i} for i in range(0, 100, 2)})
+        await c.get("warm")
+        before = await asyncio.to_thread(_mgets, url)
+        keys = [f"k{i}" for i in range(100)] + ["k4", "k4"]
+        got = await asyncio.gather(*(c.get(k, "none") for k in keys))
+        return got, await asyncio.to_thread(_mgets, url) - before
+
+    def _mgets(url: str) -> int:
+        if url.startswith("memory://"):
+            return 0
+        with redis.Redis.from_url(url) as r:
+            return int(r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0))
+
+    got, mgets = run(_closing(AsyncCache(url, namespace="batch"), body))
+    assert got == [{"i": i} if i % 2 == 0 else "none" for i in range(100)] + [{"i": 4}, {"i": 4}]
+    if not url.startswith("memory://"):
+        assert 1 <= mgets <= 3  # the first get alone, then the other 101 in one MGET
+
+
+def test_a_batched_get_failing_reaches_every_waiter_and_cancelled_ones_are_skipped(
+        private_redis: RedisServer) -> None:
+    """Redis paused under a batch: every waiting caller gets BackendUnavailable (or
+    its default with on_error="miss"); a caller cancelled meanwhile takes nothing, and
+    the cache serves the next gets once Redis is back."""
+
+    async def body(c: AsyncCache, miss: AsyncCache) -> tuple[list[Any], list[Any], Any]:
+        await c.set("k", 1)
+        private_redis.pause()
+        try:
+            tasks = [asyncio.ensure_future(c.get(f"k{i}")) for i in range(20)]
+            misses = [asyncio.ensure_future(miss.get(f"k{i}", "dflt")) for i in range(5)]
+            await asyncio.sleep(0.01)
+            tasks[3].cancel()
+            raised = await asyncio.gather(*tasks, return_exceptions=True)
+            missed = await asyncio.gather(*misses)
+        finally:
+            private_redis.resume()
+        await asyncio.sleep(0.3)  # the breaker's reset
+        return ([type(e).__name__ for e in raised], missed,
+                await asyncio.gather(*(c.get("k") for _ in range(10))))
+
+    async def both() -> tuple[list[Any], list[Any], Any]:
+        c = AsyncCache(private_redis.url, namespace="bfail", timeout=0.3, breaker_reset=0.2,
+                       failure_threshold=100)
+        miss = AsyncCache(private_redis.url, namespace="bfail", timeout=0.3, on_error="miss")
+        try:
+            return await body(c, miss)
+        finally:
+            await c.aclose()
+            await miss.aclose()
+
+    raised, missed, after = run(both())
+    assert raised[3] == "CancelledError"
+    assert [name for i, name in enumerate(raised) if i != 3] == ["BackendUnavailable"] * 19
+    assert missed == ["dflt"] * 5
+    assert after == [1] * 10

@@ -65,7 +65,7 @@ from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationE
 from ..metrics import Counters
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
-from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, Plan, drive
+from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, drive
 from .protocol import CacheBackend
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
@@ -81,7 +81,7 @@ _C = TypeVar("_C", bound="_CacheCore")
 
 
 _ABSENT: Any = object()
-_IO = frozenset({CMD, RUN, BATCH})  # the effects of a Redis backend's plans
+_IO = frozenset({CMD, RUN, BATCH, GET})  # the effects of a Redis backend's plans
 
 _random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)

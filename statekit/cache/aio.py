@@ -48,7 +48,7 @@ from typing import Any, TypeVar, cast
 from ..errors import BackendUnavailable, ConfigError, LockError
 from ..redis import cluster_unapplied
 from . import _ABSENT, _IO, _CacheCore, _check_name
-from .plan import BATCH, BE, CMD, COMPUTE, HOLD, LOCK, RUN, SLEEP, Plan, adrive
+from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, adrive
 from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
 
@@ -165,6 +165,8 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         #: generations and makes the invalidation listener
         self.sync = sync
         self.sweeping = sync
+        #: per event loop: the gets in flight and those waiting for the next batch
+        self._gets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gets] = weakref.WeakKeyDictionary()
 
     def namespace(self, base: str) -> AsyncRedisCacheBackend:
         return type(self)(self.transport, base, None if self.sync is None else self.sync.namespace(base))
@@ -172,6 +174,8 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
     async def _do(self, effect: tuple[Any, ...]) -> Any:
         transport = self.transport.current()
         kind = effect[0]
+        if kind == GET:
+            return await self._get_batched(effect[1])
         if kind == BATCH:
             return await _batch(transport, effect[1])
         if transport.direct:  # the transport bounds the commands in flight itself
@@ -183,6 +187,64 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         """Run the backend operation *name* (``"get"``, ``"set"``, ... as
         :class:`~statekit.cache.protocol.CacheBackend` names them)."""
         return await adrive(getattr(self, "plan_" + name)(*args, **kwargs), self._do)
+
+    def plan_get(self, key: str) -> Plan[bytes | None]:
+        """:meth:`get` as a plan: standalone and Sentinel, a ``(GET, key)`` effect
+        that :meth:`_do` batches (:meth:`_get_batched`)."""
+        if self.cluster:
+            return (yield from super().plan_get(key))
+        value: bytes | None = yield (GET, key)
+        return value
+
+    def _get_batched(self, key: str) -> Awaitable[bytes | None]:
+        """``get`` of *key*, sent at once when no other ``get`` of this namespace is in
+        flight on this loop; else joined to the gets asked in the same pass of the
+        loop, sent together as one ``MGET`` (:meth:`plan_get_many`) in the next pass:
+        100 concurrent gets cost a few round trips, not 100. Every waiter gets its
+        own value, or the batch's exception (a read: nothing to resend)."""
+        loop = asyncio.get_running_loop()
+        state = self._gets.get(loop)
+        if state is None:
+            state = self._gets[loop] = _Gets()
+        if not state.in_flight and state.keys is None:
+            return self._get_now(state, key)
+        if state.keys is None:
+            state.keys, state.waiters = [], []
+            loop.call_soon(self._send_gets, state)
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        state.keys.append(key)
+        state.waiters.append(waiter)
+        return waiter
+
+    async def _get_now(self, state: _Gets, key: str) -> bytes | None:
+        state.in_flight += 1
+        try:
+            return await adrive(super().plan_get(key), self._do)
+        finally:
+            state.in_flight -= 1
+
+    def _send_gets(self, state: _Gets) -> None:
+        keys, waiters = state.keys or [], state.waiters
+        state.keys, state.waiters = None, []
+        state.in_flight += 1
+        task = asyncio.ensure_future(adrive(self.plan_get_many(keys), self._do))
+        _batches.add(task)
+
+        def done(task: asyncio.Future[list[bytes | None]]) -> None:
+            _batches.discard(task)
+            state.in_flight -= 1
+            error = None if task.cancelled() else task.exception()
+            for i, waiter in enumerate(waiters):
+                if waiter.done():  # its caller was cancelled
+                    continue
+                if task.cancelled():
+                    waiter.cancel()
+                elif error is not None:
+                    waiter.set_exception(error)
+                else:
+                    waiter.set_result(task.result()[i])
+
+        task.add_done_callback(done)
 
     def plan_release_lock(self, name: str, token: str) -> Plan[bool]:
         """:meth:`release_lock` as a plan. Cancelled before its reply came (a task
@@ -211,6 +273,20 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
     def generation_listener(self) -> Any:
         return None if self.sync is None else self.sync.generation_listener()
 
+
+class _Gets:
+    """One loop's gets of one namespace (see :meth:`AsyncRedisCacheBackend._get_batched`)."""
+
+    __slots__ = ("in_flight", "keys", "waiters")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.keys: list[str] | None = None
+        self.waiters: list[asyncio.Future[bytes | None]] = []
+
+
+#: batched gets under way (referenced until done)
+_batches: set[asyncio.Future[Any]] = set()
 
 #: lock releases under way in the background (referenced until done)
 _dropping: set[asyncio.Future[None]] = set()
