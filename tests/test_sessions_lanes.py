@@ -427,7 +427,13 @@ def test_the_keyless_commands_of_threads_spread_over_the_lanes() -> None:
     (multiples of 8 and more): ``ident % 8`` sent every thread's to lane 0, where
     they queued behind (and held up) the commands of that lane's sessions."""
     lanes: set[int] = set()
-    run_threads(lambda i: lanes.add(lane_index(None, TRACKED_LANES)), 8)
+    together = threading.Barrier(8)  # all alive at once: an ended thread's id is reused
+
+    def run(i: int) -> None:
+        together.wait(10)
+        lanes.add(lane_index(None, TRACKED_LANES))
+
+    run_threads(run, 8)
     assert len(lanes) > 1
 
 
