@@ -494,3 +494,29 @@ def test_copies_stay_coherent_while_saves_time_out(stores: tuple[SessionStore, S
             t.join()
     assert timeouts[0] > 0  # the pauses cut some of A's saves
     assert stale == []
+
+
+def test_a_save_that_times_out_reconnects_its_own_lane_only(stores: tuple[SessionStore, SessionStore],
+                                                            redis_line_url: str) -> None:
+    """One save times out (writes paused): its lane's connection is replaced, the
+    other lanes keep theirs (each reconnect flushes every near copy again and costs a
+    handshake: a slow command should not make all 8 reconnect). A wrong-node reply
+    (a failover) still sends every lane to the new master (tests of Sentinel)."""
+    a, _ = stores
+    sessions = [_on_lane(a, i, {"n": i}) for i in range(TRACKED_LANES)]
+    for s in sessions:
+        _warm(a, s)
+    mine = a.load(sessions[0].sid)
+    assert mine is not None
+    mine["n"] = 10
+    admin = redis.Redis.from_url(redis_line_url)
+    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+    try:
+        with pytest.raises(BackendUnavailable):
+            a.save(mine)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    before = admin.info("stats")["total_connections_received"]
+    for s in sessions:  # one command on each lane
+        assert a.load(s.sid, min_version=10**6) is not None
+    assert admin.info("stats")["total_connections_received"] - before == 1

@@ -456,11 +456,14 @@ class Transport:
             lane = shared[i] = _Lane(self, pool, pool.get_connection())
         return lane
 
-    def _drop(self) -> None:
+    def _drop(self, shared: bool = True) -> None:
+        """Drop this thread's connections, and with *shared* mark a tracking
+        transport's shared ones for a reconnect (a wrong-node reply: they all point to
+        the old master)."""
         for lane in (getattr(self._local, "lane", None), *getattr(self._local, "nodes", {}).values()):
             if lane is not None and lane.conn is not None:
                 lane.conn.disconnect()
-        for lane in self._shared or ():
+        for lane in (self._shared or ()) if shared else ():
             if lane is not None:
                 lane.stale = True  # another thread may be using it: dropped before its next command
 
@@ -594,7 +597,10 @@ class Transport:
         return reply
 
     def _fail(self, error: Exception) -> None:
-        self._drop()
+        # a timeout or a dropped connection closed the failed command's connection
+        # (redis-py does): the other shared ones stay (a reconnect of each flushed every
+        # near copy again); a wrong-node reply sends them all to the new master
+        self._drop(shared=isinstance(error, _rule().NotApplied))
 
     def command(self, *args: Arg) -> Any:
         """Run one Redis command: one round trip, raw reply (see the module
