@@ -5,11 +5,13 @@ workers ``SSUBSCRIBE`` per name; on Redis 6.2 the pattern subscription and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from statekit.broadcast import Broadcaster, SharedValue
+from statekit.broadcast import hub as _hub
 from statekit.embedded import RedisBinary, RedisCluster
 from statekit.pytest_plugin import redis_command_calls, wait_for
 from statekit.redis import get_client
@@ -18,12 +20,20 @@ pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
 
 @pytest.fixture
-def line_cluster(redis_line_cluster: RedisCluster, redis_line_cluster_url: str) -> RedisCluster:
-    """The line's shared cluster (conftest.py), flushed."""
+def line_cluster(redis_line_cluster: RedisCluster, redis_line_cluster_url: str) -> Iterator[RedisCluster]:
+    """The line's shared cluster (conftest.py), flushed. The subscriber threads the
+    test starts stop with it: the cluster outlives the test, and a subscriber left
+    reading from it would read on into later tests (one took the interruption
+    test_redis_interrupt.py arms for its own next read)."""
     # started here: statekit's lazy Cluster client fails a thread that uses it while
     # another (the subscriber) starts it (a Redis-layer bug, reported)
     get_client(redis_line_cluster_url).get_nodes()
-    return redis_line_cluster
+    before = set(_hub._hubs)
+    yield redis_line_cluster
+    with _hub._hubs_lock:
+        started = [_hub._hubs.pop(k) for k in set(_hub._hubs) - before]
+    for hub in started:
+        hub.stop()
 
 
 def _sharded(binary: RedisBinary) -> bool:
