@@ -15,7 +15,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -520,3 +520,68 @@ def test_a_save_that_times_out_reconnects_its_own_lane_only(stores: tuple[Sessio
     for s in sessions:  # one command on each lane
         assert a.load(s.sid, min_version=10**6) is not None
     assert admin.info("stats")["total_connections_received"] - before == 1
+
+
+def test_lanes_set_up_for_a_lost_listener_do_not_flush_again(stores: tuple[SessionStore, SessionStore],
+                                                             redis_line_url: str) -> None:
+    """The listener reconnects (its connection killed): the near caches were flushed
+    then, and each lane reconnects at its next command to report to the new listener
+    connection. Those reconnects must not flush again: what the old connections
+    tracked was gone with the old listener, and the copies kept since were tracked by
+    lanes of the new one (8 lanes: 8 more flushes of every copy after each
+    listener reconnect)."""
+    a, _ = stores
+    s0, s1 = _on_lane(a, 0, {"n": 0}), _on_lane(a, 1, {"n": 1})
+    _warm(a, s0)
+    _warm(a, s1)
+    listener = _engine(a).listener
+    assert listener is not None
+    generation = listener.generation
+    with redis.Redis.from_url(redis_line_url) as admin:
+        admin.client_kill_filter(_id=listener.client_id)
+    wait_for(lambda: listener.generation > generation and listener.connected.is_set(), timeout=10,
+             what="the listener's reconnect")
+    _warm(a, s0)  # lane 0 reports to the new listener connection: a copy again
+    assert a.load(s1.sid, min_version=10**6) is not None  # lane 1's first command since
+    near = _engine(a).near
+    assert near is not None and s0.key in near.data
+
+
+def test_async_lanes_set_up_for_a_lost_listener_do_not_flush_again(redis_line_url: str) -> None:
+    """The same on the asyncio store: after the listener reconnected, the first
+    command of another lane (set up for the old listener connection: replaced) keeps
+    the copy a load kept since."""
+    prefix = "lanes" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    engine: Any = store.engine
+
+    async def warm(s: Session) -> None:
+        for _ in range(500):
+            await store.load(s.sid)
+            if engine.listener.connected.is_set() and s.key in engine.near.data:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("no near copy")
+
+    async def main() -> bool:
+        s0 = await store.create({"n": 0})
+        count = len((await engine._transport())._lanes)
+        s1 = await store.create({"n": 1})
+        while lane_index(s1.key, count) == lane_index(s0.key, count):
+            s1 = await store.create({"n": 1})
+        await warm(s0)
+        await warm(s1)
+        generation = engine.listener.generation
+        with redis.Redis.from_url(redis_line_url) as admin:
+            admin.client_kill_filter(_id=engine.listener.client_id)
+        for _ in range(1000):
+            if engine.listener.generation > generation and engine.listener.connected.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await warm(s0)
+        assert await store.load(s1.sid, min_version=10**6) is not None  # the other lane's first since
+        kept = s0.key in engine.near.data
+        await store.aclose()
+        return kept
+
+    assert asyncio.run(main())

@@ -541,8 +541,8 @@ class AsyncTransport:
         """Close *conn* and give it back to the pool (its state is unknown). A
         tracked connection takes what it tracked with it: near copies go."""
         if conn._statekit_tag > 0:
-            conn._statekit_tag = 0
-            self.tracking.tracking_lost()
+            tag, conn._statekit_tag = conn._statekit_tag, 0
+            self.tracking.tracking_lost(tag)
         try:
             await conn.disconnect(nowait=True)
         finally:

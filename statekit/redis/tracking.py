@@ -337,10 +337,14 @@ class InvalidationListener:
         except (OSError, ValueError):  # closed under us: the thread is reconnecting
             return True
 
-    def tracking_lost(self) -> None:
-        """A data connection that tracked keys for this listener closed or reconnected:
-        Redis forgot what it read and sends no invalidation for those keys any more,
-        so every near copy goes (its next load reads Redis again)."""
+    def tracking_lost(self, generation: int) -> None:
+        """A data connection that tracked keys for this listener's *generation* closed
+        or reconnected: Redis forgot what it read and sends no invalidation for those
+        keys any more, so every near copy goes (its next load reads Redis again).
+        Nothing to do for a past generation: its copies went when this listener
+        reconnected (and those kept since were tracked for the current one)."""
+        if generation != self.generation:
+            return
         for near in self._nears():
             near.flush()
 

@@ -293,8 +293,8 @@ class _Lane:
         sends no invalidation for them any more, so the listener's near caches are
         flushed (if it reported to the listener)."""
         if self.tag > 0:
-            self.tag = 0
-            self.tracking.tracking_lost()
+            tag, self.tag = self.tag, 0
+            self.tracking.tracking_lost(tag)
 
     def client(self) -> Any:
         """A ``redis.Redis`` driving this connection (for an instrumented
