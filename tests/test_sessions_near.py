@@ -535,6 +535,9 @@ def test_a_copy_behind_the_stored_hash_gets_the_hash_back(pair: tuple[SessionSto
     theirs["theirs"] = True
     assert b.save(theirs)
     wait_for(lambda: s.key not in _copies(a), timeout=5, what="the invalidation")
+    listener = _engine(a).listener
+    assert listener is not None  # done applying it (pending() is True until then: a load goes to Redis)
+    wait_for(lambda: not listener.pending(), timeout=5, what="the listener")
     with near.lock:
         near._put(s.key, old, 60)  # the older copy, as if the invalidation were still on its way
     mine = a.load(s.sid)
