@@ -585,3 +585,48 @@ def test_async_lanes_set_up_for_a_lost_listener_do_not_flush_again(redis_line_ur
         return kept
 
     assert asyncio.run(main())
+
+
+def test_an_async_lane_killed_by_the_server_flushes_when_found(redis_line_url: str) -> None:
+    """The asyncio store: the server closes the connection a copy was tracked on
+    (``CLIENT KILL``); the next command on that lane finds it closed and the copies
+    go, so a change made elsewhere meanwhile is read, not the copy."""
+    prefix = "lanes" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    other_process = SessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix)
+    engine: Any = store.engine
+
+    async def main() -> tuple[int, int]:
+        s = await store.create({"n": 1})
+        for _ in range(500):
+            await store.load(s.sid)
+            if engine.listener.connected.is_set() and s.key in engine.near.data:
+                break
+            await asyncio.sleep(0.01)
+        transport = await engine._transport()
+        lanes = transport._lanes
+        i = lane_index(s.key, len(lanes))
+        other = await store.create({"n": 0})
+        while lane_index(other.key, len(lanes)) != i:
+            other = await store.create({"n": 0})
+        conn = lanes[i].conn
+        with redis.Redis.from_url(redis_line_url) as admin:
+            admin.client_kill_filter(_id=await _client_id(conn))
+        changed = other_process.load(s.sid)
+        assert changed is not None
+        changed["n"] = 2
+        assert other_process.save(changed)  # no invalidation comes: the connection tracking s is gone
+        before = (await store.load(s.sid))["n"]  # type: ignore[index]  # the copy, until the loss is found
+        assert await store.load(other.sid, min_version=10**6) is not None  # finds it closed
+        after = (await store.load(s.sid))["n"]  # type: ignore[index]
+        await store.aclose()
+        return before, after
+
+    async def _client_id(conn: Any) -> int:
+        await conn.send_command("CLIENT", "ID")
+        return int(await conn.read_response())
+
+    try:
+        assert asyncio.run(main()) == (1, 2)
+    finally:
+        other_process.close()
