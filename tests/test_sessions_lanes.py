@@ -87,6 +87,32 @@ def _answered(call: Callable[[], T]) -> T | None:
         return None
 
 
+def _save_timing_out(store: SessionStore, session: Session, url: str) -> None:
+    """A save of *session* (loaded, changed) while Redis pauses writes: it times out,
+    ``BackendUnavailable`` (redis-py closes its lane's connection)."""
+    mine = store.load(session.sid)
+    assert mine is not None
+    mine["n"] = -1
+    admin = redis.Redis.from_url(url)
+    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+    try:
+        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            store.save(mine)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+
+
+async def _awarm(store: AsyncSessionStore, session: Session) -> None:
+    """Load until the asyncio store keeps a copy (the listener connects on first use)."""
+    engine: Any = store.engine
+    for _ in range(500):
+        await store.load(session.sid)
+        if engine.listener.connected.is_set() and session.key in engine.near.data:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no near copy")
+
+
 @pytest.fixture
 def stores(redis_line_url: str) -> Iterator[tuple[SessionStore, SessionStore]]:
     """Two processes' stores (their own listeners and lanes), commands timing out
@@ -158,18 +184,8 @@ def test_a_lane_dropped_by_a_failed_command_flushes_at_once(stores: tuple[Sessio
     a, b = stores
     s = a.create({"n": 1})
     _warm(a, s)
-    lane = lane_index(s.key, TRACKED_LANES)
-    other = _on_lane(a, lane, {"n": 0})
-    mine = a.load(other.sid)
-    assert mine is not None
-    mine["n"] = 1
-    admin = redis.Redis.from_url(redis_line_url)
-    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
-    try:
-        with pytest.raises(BackendUnavailable):
-            a.save(mine)  # timed out: its connection is closed
-    finally:
-        admin.execute_command("CLIENT", "UNPAUSE")
+    other = _on_lane(a, lane_index(s.key, TRACKED_LANES), {"n": 0})
+    _save_timing_out(a, other, redis_line_url)  # its connection is closed
     theirs = b.load(s.sid)
     assert theirs is not None
     theirs["n"] = 2
@@ -269,21 +285,13 @@ def test_a_save_cut_by_a_timeout_is_never_sent_again(stores: tuple[SessionStore,
     save of that lane runs on a new connection."""
     a, _ = stores
     s = a.create({"n": 1})
-    mine = a.load(s.sid)
-    assert mine is not None
-    mine["n"] = 2
     admin = redis.Redis.from_url(redis_line_url)
 
     def evalshas() -> int:
         return int(admin.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
     before = evalshas()
-    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
-    try:
-        with pytest.raises(BackendUnavailable, match="outcome is unknown"):
-            a.save(mine)
-    finally:
-        admin.execute_command("CLIENT", "UNPAUSE")
+    _save_timing_out(a, s, redis_line_url)
     stored = a.load(s.sid, min_version=10**6)
     assert stored is not None and stored.version in (s.version, s.version + 1)
     assert evalshas() - before <= 1
@@ -506,16 +514,8 @@ def test_a_save_that_times_out_reconnects_its_own_lane_only(stores: tuple[Sessio
     sessions = [_on_lane(a, i, {"n": i}) for i in range(TRACKED_LANES)]
     for s in sessions:
         _warm(a, s)
-    mine = a.load(sessions[0].sid)
-    assert mine is not None
-    mine["n"] = 10
+    _save_timing_out(a, sessions[0], redis_line_url)
     admin = redis.Redis.from_url(redis_line_url)
-    admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
-    try:
-        with pytest.raises(BackendUnavailable):
-            a.save(mine)
-    finally:
-        admin.execute_command("CLIENT", "UNPAUSE")
     before = admin.info("stats")["total_connections_received"]
     for s in sessions:  # one command on each lane
         assert a.load(s.sid, min_version=10**6) is not None
@@ -555,22 +555,14 @@ def test_async_lanes_set_up_for_a_lost_listener_do_not_flush_again(redis_line_ur
     store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
     engine: Any = store.engine
 
-    async def warm(s: Session) -> None:
-        for _ in range(500):
-            await store.load(s.sid)
-            if engine.listener.connected.is_set() and s.key in engine.near.data:
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("no near copy")
-
     async def main() -> bool:
         s0 = await store.create({"n": 0})
         count = len((await engine._transport())._lanes)
         s1 = await store.create({"n": 1})
         while lane_index(s1.key, count) == lane_index(s0.key, count):
             s1 = await store.create({"n": 1})
-        await warm(s0)
-        await warm(s1)
+        await _awarm(store, s0)
+        await _awarm(store, s1)
         generation = engine.listener.generation
         with redis.Redis.from_url(redis_line_url) as admin:
             admin.client_kill_filter(_id=engine.listener.client_id)
@@ -578,7 +570,7 @@ def test_async_lanes_set_up_for_a_lost_listener_do_not_flush_again(redis_line_ur
             if engine.listener.generation > generation and engine.listener.connected.is_set():
                 break
             await asyncio.sleep(0.01)
-        await warm(s0)
+        await _awarm(store, s0)
         assert await store.load(s1.sid, min_version=10**6) is not None  # the other lane's first since
         kept = s0.key in engine.near.data
         await store.aclose()
@@ -598,11 +590,7 @@ def test_an_async_lane_killed_by_the_server_flushes_when_found(redis_line_url: s
 
     async def main() -> tuple[int, int]:
         s = await store.create({"n": 1})
-        for _ in range(500):
-            await store.load(s.sid)
-            if engine.listener.connected.is_set() and s.key in engine.near.data:
-                break
-            await asyncio.sleep(0.01)
+        await _awarm(store, s)
         transport = await engine._transport()
         lanes = transport._lanes
         i = lane_index(s.key, len(lanes))
