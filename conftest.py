@@ -199,12 +199,17 @@ def redis_cluster() -> RedisCluster:
     return _CLUSTERS.start(None).result()
 
 
-@pytest.fixture
-def redis_cluster_url(redis_cluster: RedisCluster) -> str:
-    for node in redis_cluster.nodes:
+def _flushed(cluster: RedisCluster) -> str:
+    """*cluster*'s URL, every node flushed."""
+    for node in cluster.nodes:
         with node.client() as c:
             c.flushall()
-    return redis_cluster.url
+    return cluster.url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    return _flushed(redis_cluster)
 
 
 @pytest.fixture
@@ -234,10 +239,7 @@ def redis_line_cluster(request: pytest.FixtureRequest) -> RedisCluster:
 @pytest.fixture
 def redis_line_cluster_url(redis_line_cluster: RedisCluster) -> str:
     """The line's shared cluster's URL, every node flushed."""
-    for node in redis_line_cluster.nodes:
-        with node.client() as c:
-            c.flushall()
-    return redis_line_cluster.url
+    return _flushed(redis_line_cluster)
 
 
 @pytest.fixture
