@@ -618,3 +618,39 @@ def test_an_async_lane_killed_by_the_server_flushes_when_found(redis_line_url: s
         assert asyncio.run(main()) == (1, 2)
     finally:
         other_process.close()
+
+
+def test_an_async_command_behind_aclose_gives_its_connection_back(redis_line_url: str) -> None:
+    """A request still running while the store closes (a shutdown with requests in
+    flight): its command, queued on a lane behind ``aclose()``, runs on a new
+    connection once the lane is emptied; that connection goes back to the pool
+    (closed: tracking on) instead of staying in the closed transport's lane."""
+    prefix = "lanes" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    engine: Any = store.engine
+
+    async def main() -> tuple[bool, int]:
+        s = await store.create({"n": 1})
+        transport = await engine._transport()
+        lane = transport._lanes[lane_index(s.key, len(transport._lanes))]
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with lane.lock:
+                await release.wait()
+
+        holder = asyncio.ensure_future(hold())
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(transport.aclose())  # waits for the lane, first
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(transport.command(b"HGETALL", s.key))  # then this one
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(holder, closing, late)
+        for _ in range(100):  # the connection given back
+            if not transport._pool._in_use_connections:
+                break
+            await asyncio.sleep(0.01)
+        return lane.conn is None, len(transport._pool._in_use_connections)
+
+    assert asyncio.run(main()) == (True, 0)

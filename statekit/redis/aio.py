@@ -551,7 +551,10 @@ class AsyncTransport:
     def _keep(self, conn: Any, lane: _KeyLane | None = None) -> None:
         conn._statekit_last = _monotonic()
         if lane is not None:
-            lane.conn = conn
+            if self._closed:  # aclose() emptied the lanes meanwhile: closed, not kept
+                asyncio.ensure_future(self._discard(conn))
+            else:
+                lane.conn = conn
             return
         if self._waiters and self._wake(conn):
             return
