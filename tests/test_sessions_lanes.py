@@ -654,3 +654,50 @@ def test_an_async_command_behind_aclose_gives_its_connection_back(redis_line_url
         return lane.conn is None, len(transport._pool._in_use_connections)
 
     assert asyncio.run(main()) == (True, 0)
+
+
+def test_an_async_command_cancelled_while_its_lane_is_checked_gives_the_connection_back(
+        redis_line_url: str) -> None:
+    """A task cancelled while its lane's idle connection is checked (``can_read``,
+    an await: redis-py before 8 reads the socket there) must not lose that
+    connection: it is closed and given back to the pool, not left in use for good
+    (each such cancel took one connection of the pool out of service)."""
+    prefix = "lanes" + uuid.uuid4().hex[:6]
+    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    engine: Any = store.engine
+
+    async def main() -> tuple[int, bool]:
+        s = await store.create({"n": 1})
+        transport = await engine._transport()
+        lane = transport._lanes[lane_index(s.key, len(transport._lanes))]
+        conn = lane.conn
+        checking = asyncio.Event()
+
+        async def slow_check(*args: Any, **kwargs: Any) -> bool:
+            checking.set()
+            await asyncio.sleep(10)
+            return False
+
+        conn.can_read = conn.can_read_destructive = slow_check
+        conn._statekit_last -= 1  # idle for a while: checked before use
+        task = asyncio.ensure_future(transport.command(b"HGETALL", s.key))
+        await checking.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del conn.can_read, conn.can_read_destructive  # (the pool may lend it again)
+
+        def lost() -> int:  # connections in use that no lane keeps
+            kept = sum(lane.conn is not None for lane in transport._lanes)
+            return len(transport._pool._in_use_connections) - kept
+
+        for _ in range(100):
+            if not lost():
+                break
+            await asyncio.sleep(0.01)
+        in_use = lost()
+        again = await store.load(s.sid, min_version=10**6) is not None
+        await store.aclose()
+        return in_use, again
+
+    assert asyncio.run(main()) == (0, True)

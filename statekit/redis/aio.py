@@ -470,6 +470,9 @@ class AsyncTransport:
                 stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
             except (self._redis.ConnectionError, OSError):
                 stale = True
+            except BaseException:  # cancelled while checking: neither lost nor kept
+                await asyncio.shield(self._discard(conn))
+                raise
             if stale:
                 await self._discard(conn)
                 return False
