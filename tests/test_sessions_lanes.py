@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,7 +64,7 @@ def _on_lane(store: SessionStore, lane: int, data: dict[str, object], user_id: s
 def _held(store: SessionStore, session: Session) -> Iterator[None]:
     """Another thread holds the shared connection of *session*'s lane meanwhile (a
     command stuck on it)."""
-    lock = _engine(store).transport._lane_locks[lane_index(session.key, TRACKED_LANES)]
+    lock = _engine(store).transport._lane_lock(lane_index(session.key, TRACKED_LANES))
     held, done = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -701,3 +704,59 @@ def test_an_async_command_cancelled_while_its_lane_is_checked_gives_the_connecti
         return in_use, again
 
     assert asyncio.run(main()) == (0, True)
+
+
+PRELOADED_CHILD = r"""
+import json, sys
+
+from statekit.redis.transport import lane_index
+from statekit.sessions import SessionStore
+
+# made before gevent patches threading, as a preloaded app (gunicorn --preload -k
+# gevent) makes it in the master; used by greenlets once the worker patched
+store = SessionStore(sys.argv[1], secret_keys=["k" * 32], key_prefix="lanes-preload", near_cache=100)
+
+from gevent import monkey
+monkey.patch_all()
+import gevent
+import gevent.event
+
+from statekit.errors import BackendUnavailable
+
+transport = store.engine.transport
+count = len(transport._shared)
+sids = {}
+while len(sids) < count:
+    s = store.create({"a": 1})
+    sids.setdefault(lane_index(s.key, count), s.sid)
+held = {}
+holding = gevent.event.Event()
+
+def hold():  # a blocking command on this greenlet's lane (keyless: its own lane)
+    held["lane"] = lane_index(None, count)
+    holding.set()
+    transport.command(b"BLPOP", b"lanes-preload-nothing", b"0.3")
+
+def load():  # a session of that lane, meanwhile
+    holding.wait()
+    try:
+        return "returned" if store.load(sids[held["lane"]], min_version=10**6) is not None else "none"
+    except BackendUnavailable as e:
+        return "busy" if "busy" in str(e) else str(e)
+
+holder, loader = gevent.spawn(hold), gevent.spawn(load)
+print(json.dumps({"load": loader.get(), "hold": holder.get()}), flush=True)
+"""
+
+
+def test_a_store_made_before_gevent_patches_waits_for_its_lanes_cooperatively(redis_line_url: str) -> None:
+    """A store made before ``monkey.patch_all()`` (a preloaded app under gunicorn's
+    gevent worker) and used by greenlets after: a greenlet waiting for a lane another
+    one holds (a command in flight) must yield to the hub, so the holder gets its
+    reply and the waiter its turn. With the lane locks made with the store (real
+    locks) the waiter blocked the whole worker until it gave up (``busy``)."""
+    url = f"{redis_line_url}?socket_timeout=0.5"
+    out = subprocess.run([sys.executable, "-c", PRELOADED_CHILD, url], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"load": "returned", "hold": None}

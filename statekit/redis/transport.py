@@ -395,9 +395,10 @@ class Transport:
         size = getattr(pool, "max_connections", None)
         lanes = max(1, min(TRACKED_LANES, pool_share(size), size - 1)) if size else TRACKED_LANES
         self._shared: list[_Lane | None] | None = [None] * lanes if shared else None
-        #: one lock per shared connection: held while a command (or the connect of its
-        #: first one) uses it
-        self._lane_locks = [threading.Lock() for _ in range(lanes)] if shared else []
+        #: one lock per shared connection, held while a command (or the connect of its
+        #: first one) uses it; made on first use (:meth:`_lane_lock`)
+        self._lane_locks: list[threading.Lock | None] = [None] * lanes if shared else []
+        self._lane_locks_made = threading.Lock()
         #: how long a command waits for its shared connection (-1: no bound)
         self._lane_wait = (lane_wait(pool) or -1) if shared else -1
         reset_in_child(self)
@@ -436,7 +437,8 @@ class Transport:
                     lane.conn = None
                     lane.bound = None
             self._shared = [None] * len(self._shared)
-            self._lane_locks = [threading.Lock() for _ in self._shared]  # other threads may have held them
+            self._lane_locks = [None] * len(self._shared)  # other threads may have held them
+            self._lane_locks_made = threading.Lock()
 
     def _lane(self) -> _Lane:
         lane: _Lane | None = getattr(self._local, "lane", None)
@@ -444,6 +446,20 @@ class Transport:
             pool = self._pool
             lane = self._local.lane = _Lane(self, pool, pool.get_connection())
         return lane
+
+    def _lane_lock(self, i: int) -> threading.Lock:
+        """The lock of shared connection *i*, made on first use: by the
+        ``threading.Lock`` of that moment, so a store made before gevent patched
+        threading (a preloaded app) gets gevent's, and a greenlet waiting for a lane
+        yields to the others instead of blocking the worker. (The lock guarding its
+        making is held for no I/O.)"""
+        lock = self._lane_locks[i]
+        if lock is None:
+            with self._lane_locks_made:
+                lock = self._lane_locks[i]
+                if lock is None:
+                    lock = self._lane_locks[i] = threading.Lock()
+        return lock
 
     def _shared_lane(self, i: int) -> _Lane:
         """The tracking transport's shared connection *i*, made on first use (under
@@ -549,8 +565,8 @@ class Transport:
         self._local.nodes = {}
         shared = self._shared
         if shared is not None:  # a tracking transport's: closed with the store
-            for i, lock in enumerate(self._lane_locks):
-                with lock:
+            for i in range(len(shared)):
+                with self._lane_lock(i):
                     lane, shared[i] = shared[i], None
                     if lane is not None:
                         lane.release()
@@ -564,7 +580,7 @@ class Transport:
         if lane is None:
             if self._shared is not None:
                 i = lane_index(command_key(args), len(self._shared))
-                lock = self._lane_locks[i]
+                lock = self._lane_lock(i)
                 if not lock.acquire(timeout=self._lane_wait):
                     raise lane_busy(self._where, self._lane_wait)
                 try:
