@@ -116,6 +116,17 @@ async def _awarm(store: AsyncSessionStore, session: Session) -> None:
     raise AssertionError("no near copy")
 
 
+def _async_store(url: str) -> AsyncSessionStore:
+    """An asyncio store with the near cache, its own key prefix."""
+    return AsyncSessionStore(url, secret_keys=KEYS, key_prefix="lanes" + uuid.uuid4().hex[:6], near_cache=100)
+
+
+async def _lane_of(store: AsyncSessionStore, session: Session) -> tuple[Any, Any]:
+    """The asyncio store's transport on this loop and *session*'s lane of it."""
+    transport: Any = await store.engine._transport()  # type: ignore[attr-defined]
+    return transport, transport._lanes[lane_index(session.key, len(transport._lanes))]
+
+
 @pytest.fixture
 def stores(redis_line_url: str) -> Iterator[tuple[SessionStore, SessionStore]]:
     """Two processes' stores (their own listeners and lanes), commands timing out
@@ -308,8 +319,7 @@ def test_a_cancelled_async_save_leaves_its_lane_in_step(redis_line_url: str) -> 
     gone, a timeout middleware): the lane's connection is dropped, so the reply that
     comes later is never read as the next command's. The next loads of sessions of
     that lane (queued behind it, and after) get their own hashes."""
-    prefix = "lanes" + uuid.uuid4().hex[:6]
-    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    store = _async_store(redis_line_url)
     admin = redis.Redis.from_url(redis_line_url)
 
     async def main() -> list[object]:
@@ -554,8 +564,7 @@ def test_async_lanes_set_up_for_a_lost_listener_do_not_flush_again(redis_line_ur
     """The same on the asyncio store: after the listener reconnected, the first
     command of another lane (set up for the old listener connection: replaced) keeps
     the copy a load kept since."""
-    prefix = "lanes" + uuid.uuid4().hex[:6]
-    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
+    store = _async_store(redis_line_url)
     engine: Any = store.engine
 
     async def main() -> bool:
@@ -586,9 +595,8 @@ def test_an_async_lane_killed_by_the_server_flushes_when_found(redis_line_url: s
     """The asyncio store: the server closes the connection a copy was tracked on
     (``CLIENT KILL``); the next command on that lane finds it closed and the copies
     go, so a change made elsewhere meanwhile is read, not the copy."""
-    prefix = "lanes" + uuid.uuid4().hex[:6]
-    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
-    other_process = SessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix)
+    store = _async_store(redis_line_url)
+    other_process = SessionStore(redis_line_url, secret_keys=KEYS, key_prefix=store.key_prefix)
     engine: Any = store.engine
 
     async def main() -> tuple[int, int]:
@@ -628,14 +636,11 @@ def test_an_async_command_behind_aclose_gives_its_connection_back(redis_line_url
     flight): its command, queued on a lane behind ``aclose()``, runs on a new
     connection once the lane is emptied; that connection goes back to the pool
     (closed: tracking on) instead of staying in the closed transport's lane."""
-    prefix = "lanes" + uuid.uuid4().hex[:6]
-    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
-    engine: Any = store.engine
+    store = _async_store(redis_line_url)
 
     async def main() -> tuple[bool, int]:
         s = await store.create({"n": 1})
-        transport = await engine._transport()
-        lane = transport._lanes[lane_index(s.key, len(transport._lanes))]
+        transport, lane = await _lane_of(store, s)
         release = asyncio.Event()
 
         async def hold() -> None:
@@ -665,14 +670,11 @@ def test_an_async_command_cancelled_while_its_lane_is_checked_gives_the_connecti
     an await: redis-py before 8 reads the socket there) must not lose that
     connection: it is closed and given back to the pool, not left in use for good
     (each such cancel took one connection of the pool out of service)."""
-    prefix = "lanes" + uuid.uuid4().hex[:6]
-    store = AsyncSessionStore(redis_line_url, secret_keys=KEYS, key_prefix=prefix, near_cache=100)
-    engine: Any = store.engine
+    store = _async_store(redis_line_url)
 
     async def main() -> tuple[int, bool]:
         s = await store.create({"n": 1})
-        transport = await engine._transport()
-        lane = transport._lanes[lane_index(s.key, len(transport._lanes))]
+        transport, lane = await _lane_of(store, s)
         conn = lane.conn
         checking = asyncio.Event()
 
