@@ -17,8 +17,8 @@ login at that very instant may escape it).
 
 All commands and scripts go through :class:`~statekit.redis.transport.Transport`
 (one connection per thread, or with the near cache one per key lane; redis-py's
-parser, the retry rule and error map of :mod:`statekit.redis`); pipelines (Cluster index updates, listings) through the
-redis-py client.
+parser, the retry rule and error map of :mod:`statekit.redis`); pipelines (Cluster
+index updates, listings) through the redis-py client.
 
 **Near cache** (``near_cache=N``; standalone or Sentinel): see "Near cache" in
 :mod:`statekit.sessions`. Loads are served from a per-process copy that Redis
