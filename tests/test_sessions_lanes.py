@@ -427,12 +427,14 @@ def test_a_lane_still_connecting_holds_up_only_its_own_keys(redis_line_url: str)
         t.close()
         order: list[str] = []
         pool.get_connection = hanging  # type: ignore[method-assign]
-        first = threading.Thread(target=lambda: order.append(f"first {store.load(s.sid) is not None}"),
-                                 name="first")
+        def load(what: str, session: Session) -> None:  # from Redis: a command on its lane
+            order.append(f"{what} {store.load(session.sid, min_version=10**6) is not None}")
+
+        first = threading.Thread(target=load, args=("first", s), name="first")
         first.start()
         try:
             assert stuck.wait(10)
-            order.append(f"other {store.load(other.sid) is not None}")  # another lane, meanwhile
+            load("other", other)  # another lane, meanwhile
         finally:
             go.set()
             first.join()
