@@ -440,8 +440,18 @@ class Transport:
             self._lane_locks = [None] * len(self._shared)  # other threads may have held them
             self._lane_locks_made = threading.Lock()
 
+    def _here(self) -> threading.local:
+        """This thread's (or greenlet's) state. A transport made before gevent patched
+        ``threading`` (an app preloaded by gunicorn's master) holds a real thread
+        local, which every greenlet of the worker would share, one connection for
+        all: it is replaced by a patched one the first time it is used after."""
+        local = self._local
+        if type(local) is not threading.local:
+            local = self._local = threading.local()
+        return local
+
     def _lane(self) -> _Lane:
-        lane: _Lane | None = getattr(self._local, "lane", None)
+        lane: _Lane | None = getattr(self._here(), "lane", None)
         if lane is None or lane.conn is None:
             pool = self._pool
             lane = self._local.lane = _Lane(self, pool, pool.get_connection())
@@ -504,7 +514,7 @@ class Transport:
         it cannot be made (nothing was sent). Bulk calls send their pipelines on it
         too (:func:`statekit.cache.redis.cluster_batch`), so a thread holds one
         connection per node."""
-        nodes: dict[str, _Lane] = self._local.__dict__.setdefault("nodes", {})
+        nodes: dict[str, _Lane] = self._here().__dict__.setdefault("nodes", {})
         lane = nodes.get(node.name)
         if lane is None or lane.conn is None:
             redis_conn = node.redis_connection
