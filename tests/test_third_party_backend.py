@@ -23,8 +23,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import upstream
 from test_docs import _fences  # tests/ is on sys.path (rootdir-relative test modules)
-from test_packaging import build_wheel
+from test_packaging import build_wheel, run_wheels
 from test_user_path import Venv, make_venv
 
 from statekit.testing.contracts.sessions import SessionEngineContract
@@ -36,16 +37,26 @@ GUIDE = ROOT / "docs" / "backends.md"
 pytestmark = [pytest.mark.userpath]
 
 
-@pytest.fixture(scope="module")
-def backend_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+def _backend_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     """A fresh venv with the example's wheel and its test extra (pytest, statekit[msgpack]),
     statekit from its built wheel, and sybil for the guide."""
+    wheels = run_wheels(tmp_path_factory)
     built = build_wheel(EXAMPLE, tmp_path_factory.mktemp("build-sqlite-sessions"))
     version = built.name.split("-")[1]
     venv = make_venv(tmp_path_factory.mktemp("backend-author") / "venv")
     venv.pip_install(["--find-links", str(built.parent), f"statekit-sqlite-sessions[test]=={version}",
                       "sybil"], wheels)
     return venv
+
+
+#: built beside the suite from the session's start (conftest.py), like the user-path venv
+BACKGROUND_FIXTURES = {"backend_venv": _backend_venv}
+
+
+@pytest.fixture(scope="module")
+def backend_venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """:func:`_backend_venv`, built in the background if conftest.py started it."""
+    return upstream.report("backend_venv", lambda: _backend_venv(tmp_path_factory))
 
 
 def contract_tests() -> list[str]:
