@@ -4,6 +4,7 @@ leave that reply for the next command on the same connection to read."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,9 +34,12 @@ def interrupt_next_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[BaseEx
     the command went out would (a ``None`` first lets one read through)."""
     armed: list[BaseException | None] = []
     real = _Rule.read_response
+    # this test's thread only: a thread another test left running (a listener, a
+    # subscriber) reads on statekit connections too and must not take the interruption
+    mine = threading.get_ident()
 
     def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if armed and not self._statekit_setup:
+        if armed and not self._statekit_setup and threading.get_ident() == mine:
             item = armed.pop(0)
             if item is not None:
                 raise item
