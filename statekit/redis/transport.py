@@ -486,7 +486,8 @@ class Transport:
         """Drop this thread's connections, and with *shared* mark a tracking
         transport's shared ones for a reconnect (a wrong-node reply: they all point to
         the old master)."""
-        for lane in (getattr(self._local, "lane", None), *getattr(self._local, "nodes", {}).values()):
+        local = self._here()
+        for lane in (getattr(local, "lane", None), *getattr(local, "nodes", {}).values()):
             if lane is not None and lane.conn is not None:
                 lane.conn.disconnect()
         for lane in (self._shared or ()) if shared else ():
@@ -558,7 +559,7 @@ class Transport:
         if self._shared is not None:
             lane = self._shared[lane_index(key, len(self._shared))]
         else:
-            lane = getattr(self._local, "lane", None)
+            lane = getattr(self._here(), "lane", None)
         if listener is None or lane is None or lane.conn is None or not lane.conn._sock:
             return False
         return lane.tag > 0 and lane.tag == listener.generation
@@ -566,13 +567,14 @@ class Transport:
     def close(self) -> None:
         """Give this thread's connection back to the pool (other threads' go back when
         they end)."""
-        lane: _Lane | None = getattr(self._local, "lane", None)
+        local = self._here()
+        lane: _Lane | None = getattr(local, "lane", None)
         if lane is not None:
             lane.release()
-            self._local.lane = None
-        for lane in getattr(self._local, "nodes", {}).values():
+            local.lane = None
+        for lane in getattr(local, "nodes", {}).values():
             lane.release()
-        self._local.nodes = {}
+        local.nodes = {}
         shared = self._shared
         if shared is not None:  # a tracking transport's: closed with the store
             for i in range(len(shared)):
