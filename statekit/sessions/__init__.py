@@ -189,6 +189,10 @@ ENGINES = dict.fromkeys(("redis", "rediss", "unix", "redis+sentinel", "redis+clu
 
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
+#: entries a store's memo of verified cookies, ids' handles and signed ids holds at
+#: most (each emptied when full: see :func:`_remember`)
+MEMO_SIZE = 8192
 #: what a store's steps yield: ``(engine method name or blocking function, args, kwargs)``
 Call = tuple[str | Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 #: a store operation as a generator of engine calls (see :class:`_StoreCore`)
@@ -252,6 +256,23 @@ def _fast_json_loads(data: bytes) -> Any:
         return _JSON_DECODER.decode(data.decode("utf-8"))
     except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation) as e:
         raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
+
+
+def _remember(memo: dict[_K, _T], key: _K, value: _T) -> _T:
+    """Put *value* under *key* in one of a store's memos (what a pure function of an
+    immutable input gave: the id of a cookie that verified, an id's handle, an id's
+    signed cookie), emptying it first when it holds :data:`MEMO_SIZE` entries: bounded,
+    one lookup per hit, no lock (a race between threads can only lose entries)."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _handle_of(sid: str) -> str:
+    """The handle of session id *sid*: its slot tag and a SHA-256 of it (a Redis dump
+    holds no usable cookie)."""
+    return f"{{{sid[:4]}}}:{hashlib.sha256(sid.encode()).hexdigest()[:40]}"
 
 
 def parse_version_token(token: str | None) -> int:
@@ -328,6 +349,11 @@ class _StoreCore:
         if "pickle" in self.codec.name:
             raise ConfigError("sessions never use pickle; choose the json or msgpack codec")
         self._signer = _CookieSigner([k if isinstance(k, bytes) else k.encode() for k in keys])
+        # what signing, verifying and hashing ids gave before (the keys never change):
+        # cookie -> id, id -> handle, id -> cookie (:func:`_remember`)
+        self._verified: dict[str | bytes, str] = {}
+        self._handles: dict[str, str] = {}
+        self._signed: dict[str, str] = {}
         self._loads = _fast_json_loads if isinstance(self.codec, JSONSerializer) else self.codec.loads
         self.key_prefix = key_prefix
         self.idle_timeout = float(idle_timeout)
@@ -383,7 +409,9 @@ class _StoreCore:
     # -- ids, keys, cookies ------------------------------------------------------
 
     def _handle(self, sid: str) -> str:
-        return f"{{{sid[:4]}}}:{hashlib.sha256(sid.encode()).hexdigest()[:40]}"
+        """The handle of id *sid* (remembered for the ids of cookies this store
+        verified or signed, not for every new id)."""
+        return self._handles.get(sid) or _handle_of(sid)
 
     def _key(self, sid: str) -> str:
         return self._key_of(self._handle(sid))
@@ -399,7 +427,12 @@ class _StoreCore:
 
     def sign(self, sid: str) -> str:
         """The cookie value for session id *sid*."""
-        return self._signer.sign(sid).decode("ascii")
+        cookie = self._signed.get(sid)
+        if cookie is None:
+            cookie = _remember(self._signed, sid, self._signer.sign(sid).decode("ascii"))
+            if _ID_RE.match(sid):  # as a load would check it
+                self._known(cookie, sid)
+        return cookie
 
     def unsign(self, cookie: str | bytes | None, *, context: str | Callable[[], str] = "") -> str | None:
         """The session id in *cookie*, or ``None`` (logged to ``statekit.security``)
@@ -418,13 +451,27 @@ class _StoreCore:
         """``(id, "")`` for a valid cookie, else ``(None, why it is refused)``."""
         if len(cookie) > self.max_cookie_size:
             return None, f"oversized ({len(cookie)} bytes)"
+        known = self._verified.get(cookie)
+        if known is not None:
+            return known, ""
         raw = self._signer.unsign(cookie)
         if raw is None:
             return None, "bad signature (tampered, truncated or signed with an unknown key)"
         sid = raw.decode("ascii", "replace")
         if _ID_RE.match(sid):
+            self._known(cookie, sid)
             return sid, ""
         return None, "malformed id"
+
+    def _known(self, cookie: str | bytes, sid: str) -> None:
+        """Remember that *cookie* (signed by this store, or verified by it) names *sid*,
+        and *sid*'s handle: the next request with that cookie neither verifies its
+        signature nor hashes the id again. Only cookies that verified are remembered,
+        so a forged one is checked (and refused) every time; a lookup compares the
+        whole cookie, whose hash an attacker cannot aim at (str hashing is keyed)."""
+        _remember(self._verified, cookie, sid)
+        if sid not in self._handles:
+            _remember(self._handles, sid, _handle_of(sid))
 
     def _reject(self, reason: str, context: str | Callable[[], str]) -> None:
         self.counters.incr("rejected_cookies")
