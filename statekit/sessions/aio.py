@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from ..backends import load_backend
@@ -90,18 +90,21 @@ class AsyncSessionStore(_StoreCore):
 
     _awaits = True
 
-    async def _call(self, op: Call) -> Any:  # type: ignore[override]
-        # blocking calls (a sync engine's, a previous store's) in a worker thread
+    def _call(self, op: Call) -> Awaitable[Any]:
+        """The awaitable of one call (the engine's own coroutine, awaited by
+        :meth:`_drive` with no wrapper); blocking calls (a sync engine's, a previous
+        store's) in a worker thread."""
         target, args, kwargs = op
         if not isinstance(target, str):
-            return await asyncio.to_thread(target, *args, **kwargs)
+            return asyncio.to_thread(target, *args, **kwargs)
         if self.threaded:
-            return await asyncio.to_thread(getattr(self.engine, target), *args, **kwargs)
-        return await getattr(self.engine, target)(*args, **kwargs)
+            return asyncio.to_thread(getattr(self.engine, target), *args, **kwargs)
+        return getattr(self.engine, target)(*args, **kwargs)  # type: ignore[no-any-return]
 
-    async def _run(self, steps: Steps[_T]) -> _T:
-        """Run *steps*, awaiting each engine call they ask for."""
-        return await self._drive(steps)
+    def _run(self, steps: Steps[_T]) -> Coroutine[Any, Any, _T]:
+        """Run *steps*, awaiting each engine call they ask for (the coroutine of
+        :meth:`_drive`, awaited by the caller)."""
+        return self._drive(steps)
 
     async def aclose(self) -> None:
         """Release the engine's connections on this event loop."""
