@@ -71,7 +71,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection, cookie_parser
 
 from statekit.config import Settings, parse_url
@@ -218,10 +217,9 @@ class SessionMiddleware:
                     await self._unavailable(scope, receive, send, down.cookies)
                     return
                 if cookies:
-                    message.setdefault("headers", [])
-                    headers = MutableHeaders(scope=message)
-                    for value in cookies:
-                        headers.append("set-cookie", value)
+                    # as MutableHeaders(scope=message).append would, without building one
+                    headers = message["headers"] = list(message.get("headers", ()))
+                    headers += [(b"set-cookie", value.encode("latin-1")) for value in cookies]
             elif replaced:
                 return  # the body of the response the 503 replaced
             await send(message)
