@@ -42,11 +42,17 @@ method runs with calls and the async one with awaits.
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import (
+    DEFAULT_TIMEOUT,
+    MEMCACHE_MAX_KEY_LENGTH,
+    BaseCache,
+    memcached_error_chars_re,
+)
 
 from statekit.cache import AsyncCache, Cache
 from statekit.cache.plan import Plan, adrive, drive
@@ -59,6 +65,10 @@ __all__ = ["StatekitCache", "UnencodableValue"]
 
 T = TypeVar("T")
 AnyCache = Cache | AsyncCache
+
+#: Django's test for characters memcached refuses, compiled here (Django's is a lazy object)
+_unportable = re.compile(memcached_error_chars_re.pattern).search
+_validate_key = BaseCache.validate_key
 
 _shared: dict[str, tuple[Cache, AsyncCache]] = {}
 _shared_lock = threading.Lock()
@@ -109,6 +119,20 @@ class StatekitCache(BaseCache):
     def statekit_async(self) -> AsyncCache:
         """The underlying :class:`statekit.cache.AsyncCache` of the ``a*`` methods."""
         return self._acache
+
+    def make_and_validate_key(self, key: Any, version: int | None = None) -> str:
+        """Django's, with its memcached portability check skipped where it has nothing
+        to say: a key of at most 250 characters with no control character or space
+        gives no warning. Any other key, and every key under a ``validate_key`` of a
+        subclass (or patched on the object), goes through ``validate_key`` as in
+        Django, so the warnings are the same; only their cost changes (Django's
+        check builds a generator and touches a lazy regex per call: ~1.6 µs of an
+        ``aget``)."""
+        made: str = self.make_key(key, version=version)
+        if (type(made) is not str or len(made) > MEMCACHE_MAX_KEY_LENGTH or _unportable(made) is not None
+                or getattr(self.validate_key, "__func__", None) is not _validate_key):
+            self.validate_key(made)
+        return made
 
     def _run(self, plan: Plan[T]) -> T:
         return drive(plan, self._cache._effect)
