@@ -167,19 +167,27 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         self.sweeping = sync
         #: per event loop: the gets in flight and those waiting for the next batch
         self._gets: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gets] = weakref.WeakKeyDictionary()
+        #: the loop whose gets were asked last, and its entry (most calls: no dictionary lookup)
+        self._last_gets: tuple[Callable[[], asyncio.AbstractEventLoop | None], _Gets] | None = None
 
     def namespace(self, base: str) -> AsyncRedisCacheBackend:
         return type(self)(self.transport, base, None if self.sync is None else self.sync.namespace(base))
 
-    async def _do(self, effect: tuple[Any, ...]) -> Any:
-        transport = self.transport.current()
+    def _do(self, effect: tuple[Any, ...]) -> Awaitable[Any]:
+        """Perform one effect of a plan: the awaitable that does it (the transport's
+        command itself on the common path, no coroutine frame of its own)."""
         kind = effect[0]
         if kind == GET:
-            return await self._get_batched(effect[1])
+            return self._get_batched(effect[1])
+        transport = self.transport.current()
         if kind == BATCH:
-            return await _batch(transport, effect[1])
+            return _batch(transport, effect[1])
         if transport.direct:  # the transport bounds the commands in flight itself
-            return await _one(transport, effect)
+            return _one(transport, effect)
+        return self._gated(transport, effect)
+
+    @staticmethod
+    async def _gated(transport: Any, effect: tuple[Any, ...]) -> Any:
         async with _gate(transport):  # Cluster: redis-py raises past a node's max_connections
             return await _one(transport, effect)
 
@@ -188,40 +196,47 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         :class:`~statekit.cache.protocol.CacheBackend` names them)."""
         return await adrive(getattr(self, "plan_" + name)(*args, **kwargs), self._do)
 
-    def plan_get(self, key: str) -> Plan[bytes | None]:
-        """:meth:`get` as a plan: standalone and Sentinel, a ``(GET, key)`` effect
-        that :meth:`_do` batches (:meth:`_get_batched`)."""
-        if self.cluster:
-            return (yield from super().plan_get(key))
-        value: bytes | None = yield (GET, key)
-        return value
-
-    def _get_batched(self, key: str) -> Awaitable[bytes | None]:
-        """``get`` of *key*, sent at once when no other ``get`` of this namespace is in
-        flight on this loop; else joined to the gets asked in the same pass of the
-        loop, sent together as one ``MGET`` (:meth:`plan_get_many`) in the next pass:
-        100 concurrent gets cost a few round trips, not 100. Every waiter gets its
-        own value, or the batch's exception (a read: nothing to resend)."""
+    def _loop_gets(self) -> _Gets:
+        """This loop's gets of this namespace."""
         loop = asyncio.get_running_loop()
+        last = self._last_gets
+        if last is not None and last[0]() is loop:
+            return last[1]
         state = self._gets.get(loop)
         if state is None:
             state = self._gets[loop] = _Gets()
-        if not state.in_flight and state.keys is None:
-            return self._get_now(state, key)
+        self._last_gets = (weakref.ref(loop), state)
+        return state
+
+    def plan_get(self, key: str) -> Plan[bytes | None]:
+        """:meth:`get` as a plan. Standalone and Sentinel: sent at once, from this plan,
+        when no other ``get`` of this namespace is in flight on this loop; else a
+        ``(GET, key)`` effect that joins the gets asked in the same pass of the loop
+        (:meth:`_get_batched`): 100 concurrent gets cost a few round trips, not 100."""
+        if self.cluster:
+            return (yield from super().plan_get(key))
+        state = self._loop_gets()
+        if state.in_flight or state.keys is not None:
+            value: bytes | None = yield (GET, key)
+            return value
+        state.in_flight += 1
+        try:
+            return (yield from self._mget((key,)))[0]  # (super().plan_get, one frame less)
+        finally:
+            state.in_flight -= 1
+
+    def _get_batched(self, key: str) -> Awaitable[bytes | None]:
+        """``get`` of *key*, joined to the gets asked in the same pass of the loop, sent
+        together as one ``MGET`` (:meth:`plan_get_many`) in the next pass. Every waiter
+        gets its own value, or the batch's exception (a read: nothing to resend)."""
+        state = self._loop_gets()
         if state.keys is None:
             state.keys, state.waiters = [], []
-            loop.call_soon(self._send_gets, state)
-        waiter: asyncio.Future[bytes | None] = loop.create_future()
+            asyncio.get_running_loop().call_soon(self._send_gets, state)
+        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         state.keys.append(key)
         state.waiters.append(waiter)
         return waiter
-
-    async def _get_now(self, state: _Gets, key: str) -> bytes | None:
-        state.in_flight += 1
-        try:
-            return await adrive(super().plan_get(key), self._do)
-        finally:
-            state.in_flight -= 1
 
     def _send_gets(self, state: _Gets) -> None:
         keys, waiters = state.keys or [], state.waiters
@@ -433,12 +448,16 @@ class AsyncCache(_CacheCore):
             tokens = self._task_tokens[task] = {}
         return tokens
 
-    async def _effect(self, effect: tuple[Any, ...]) -> Any:
-        """Perform one effect of a plan (async)."""
-        kind = effect[0]
+    def _effect(self, effect: tuple[Any, ...]) -> Awaitable[Any]:
+        """Perform one effect of a plan (async): the awaitable that does it (a backend's
+        I/O is the backend's own awaitable, no coroutine frame of its own)."""
         backend: AsyncRedisCacheBackend = self._backend or self._connect()
-        if kind in _IO:  # the backend's plans, run inside the cache's
-            return await backend._do(effect)
+        if effect[0] in _IO:  # the backend's plans, run inside the cache's
+            return backend._do(effect)
+        return self._facade_effect(backend, effect)
+
+    async def _facade_effect(self, backend: AsyncRedisCacheBackend, effect: tuple[Any, ...]) -> Any:
+        kind = effect[0]
         if kind == BE:
             return await backend.call(effect[1], *effect[2], **effect[3])
         if kind == COMPUTE:
