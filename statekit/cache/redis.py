@@ -447,6 +447,7 @@ class _RedisCachePlans:
         self.head = base.replace("{", "{}{", 1) if self.cluster else base
         self._gen_key = base + "gen"
         self._gen = b"0"  # the generation last seen
+        self._named = (b"0", self.head + "0:")  # a generation and its value names' start
         self._fresh_until = 0.0  # Cluster without a listener: trusted until then (monotonic seconds)
         self._epoch = 0  # _epochs[gen key] when the generation was read
         self._listener: InvalidationListener | None = None  # Cluster: keeps the generation current
@@ -531,8 +532,11 @@ class _RedisCachePlans:
         return self._gen
 
     def _names(self, gen: bytes, keys: Sequence[str]) -> list[str]:
-        prefix = self.head + gen.decode() + ":"
-        return [prefix + k for k in keys]
+        named = self._named  # (one tuple: threads replace it whole)
+        if named[0] is not gen:
+            named = self._named = (gen, self.head + gen.decode() + ":")
+        prefix = named[1]
+        return [prefix + keys[0]] if len(keys) == 1 else [prefix + k for k in keys]
 
     def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str]) -> Plan[Any]:
         """Run *op* of the cache script on *keys* (at most :data:`CHUNK`; on Cluster,
