@@ -354,7 +354,9 @@ class _StoreCore:
         self._verified: dict[str | bytes, str] = {}
         self._handles: dict[str, str] = {}
         self._signed: dict[str, str] = {}
-        self._loads = _fast_json_loads if isinstance(self.codec, JSONSerializer) else self.codec.loads
+        # the shared decoder knows only the plain codec's tags: a subclass (WebJSONSerializer's
+        # Markup, responses) decodes with its own hook
+        self._loads = _fast_json_loads if type(self.codec) is JSONSerializer else self.codec.loads
         self.key_prefix = key_prefix
         self.idle_timeout = float(idle_timeout)
         self.absolute_lifetime = float(absolute_lifetime)
