@@ -5,6 +5,7 @@ of their check: the thread switch is forced, on real servers."""
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -100,3 +101,75 @@ def test_a_counter_invalidation_applied_during_the_trust_check_is_seen(redis_clu
     finally:
         other.close()
         cache.close()
+
+
+
+def test_an_invalidation_taken_off_the_socket_during_the_load_check_is_seen(
+        redis_line_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pending()`` asks two things: is the listener applying messages it took off
+    its socket (``_handling``), and are bytes waiting on the socket (a poll). Asked in
+    that order, the listener could take the invalidation off its socket between the
+    two (a thread switch, or the reader descheduled at its poll syscall under load):
+    not handling yet, nothing on the socket any more, so the copy was served while
+    the invalidation sat unapplied in the listener thread (the clean-clone make test
+    failure of test_copies_stay_coherent_while_saves_time_out: 15 served after 16 and
+    a PING, on valkey-8.1). Here that order of events is forced: the listener waits
+    after ``select`` until the reader polls, then takes the message off its socket and
+    stops before applying it."""
+    a = SessionStore(redis_line_url, secret_keys=["race-secret"], near_cache=100)
+    b = SessionStore(redis_line_url, secret_keys=["race-secret"])
+    engine = a.engine
+    assert isinstance(engine, RedisEngine) and engine.near is not None and engine.listener is not None
+    near, listener = engine.near, engine.listener
+    listener.timeout = 30.0  # no PING meanwhile: only the invalidation comes on its socket
+    entered, selected, release, taken, apply = (threading.Event() for _ in range(5))
+    real_select, handle = select.select, listener._handle
+
+    def held_select(*args: Any) -> Any:
+        mine = threading.current_thread() is listener._thread
+        if mine:
+            entered.set()
+        ready = real_select(*args)
+        if mine and ready[0] and not selected.is_set():
+            selected.set()
+            release.wait(10)  # until the reader polls
+        return ready
+
+    def held_handle(msg: Any) -> Any:
+        if isinstance(msg, list) and msg[:1] == [b"message"]:
+            taken.set()  # off the socket, not applied yet
+            apply.wait(10)
+        return handle(msg)
+
+    try:
+        s = a.create({"n": 1})
+        wait_for(lambda: a.load(s.sid) is not None and s.key in near.data, timeout=10, what="a copy")
+        check = listener._pending
+        assert check is not None
+
+        def reader_polls() -> bool:
+            release.set()  # the listener goes on: takes the message off its socket
+            taken.wait(10)
+            return check()
+
+        monkeypatch.setattr(select, "select", held_select)
+        listener._handle = held_handle  # type: ignore[method-assign]
+        assert entered.wait(10)
+        theirs = b.load(s.sid)
+        assert theirs is not None
+        theirs["n"] = 2
+        assert b.save(theirs)  # acknowledged before a's load begins
+        assert selected.wait(10), "the invalidation did not reach the listener"
+        listener._pending = reader_polls
+        mine = a.load(s.sid)
+        assert taken.is_set()
+        assert mine is not None and mine["n"] == 2
+    finally:
+        release.set()
+        apply.set()
+        del listener._handle
+        listener.stop()
+        a.close()
+        b.close()
+        if listener._thread is not None:
+            listener._thread.join(10)

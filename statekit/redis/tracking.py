@@ -326,16 +326,22 @@ class InvalidationListener:
         """Whether invalidations have arrived that the thread has not applied yet
         (one zero-timeout ``poll`` of the listener connections, no lock): a reader
         then bypasses its near cache instead of waiting for the thread to get the
-        GIL. ``False`` while disconnected (near caches are inactive then)."""
-        if self._handling:
-            return True
+        GIL. ``False`` while disconnected (near caches are inactive then).
+
+        The socket is polled *before* ``_handling`` is read: the thread sets it
+        before it takes bytes off the socket and clears it after applying them, so
+        a message gone from the socket at the poll is either applied or still being
+        handled when the flag is read. (Read first, the flag could say "idle" just
+        before the thread took the message off: then neither check saw it, and a copy
+        it invalidates was served.)"""
         check = self._pending
-        if check is None:
-            return False
-        try:
-            return check()
-        except (OSError, ValueError):  # closed under us: the thread is reconnecting
-            return True
+        if check is not None:
+            try:
+                if check():
+                    return True
+            except (OSError, ValueError):  # closed under us: the thread is reconnecting
+                return True
+        return self._handling
 
     def tracking_lost(self, generation: int) -> None:
         """A data connection that tracked keys for this listener's *generation* closed
@@ -379,6 +385,7 @@ class InvalidationListener:
                 pass
             finally:
                 self._set_active(False)
+                self._handling = False  # what a failed read took off the socket: flushed above
                 self._pending = None
                 for conn in conns:
                     conn.disconnect()
@@ -417,15 +424,14 @@ class InvalidationListener:
             for fd in ready:
                 conn = by_fd[fd]
                 # from taking bytes off the connection until they are applied, readers
-                # must not trust their copies (see pending())
+                # must not trust their copies (see pending()); a read that fails keeps
+                # it set until _run has flushed the near caches
                 self._handling = True
-                try:
-                    while True:
-                        self._handle(conn.read_response())
-                        if not conn.can_read(0):  # TLS: decrypted bytes count too
-                            break
-                finally:
-                    self._handling = False
+                while True:
+                    self._handle(conn.read_response())
+                    if not conn.can_read(0):  # TLS: decrypted bytes count too
+                        break
+                self._handling = False
                 last_seen[conn] = now
             if now - last_ping >= self.timeout:
                 for conn in conns:
