@@ -178,6 +178,11 @@ __all__ = ["AsyncSessionStore", "Session", "SessionInfo", "SessionStore", "parse
 security_log = logging.getLogger("statekit.security")
 
 _ID_RE = re.compile(r"[0-9a-f]{4}[A-Za-z0-9_-]{43}\Z")
+#: a cookie as :meth:`_StoreCore.sign` writes it: the id, ``.``, and HMAC-SHA256's 32 bytes
+#: in unpadded URL-safe base64 (the last character's two spare bits zero). itsdangerous
+#: also verifies variants (characters outside the alphabet dropped, padding or spare bits
+#: added): no store issues them, so they are refused, and never fill the memo of cookies.
+_COOKIE_RE = re.compile(r"[0-9a-f]{4}[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]\Z")
 _MAX_KEY_LEN = 256
 _SALT = "statekit.session.v1"
 #: rotation aliases followed at most (each rotation within the alias window adds one)
@@ -460,10 +465,12 @@ class _StoreCore:
         if raw is None:
             return None, "bad signature (tampered, truncated or signed with an unknown key)"
         sid = raw.decode("ascii", "replace")
-        if _ID_RE.match(sid):
-            self._known(cookie, sid)
-            return sid, ""
-        return None, "malformed id"
+        if not _ID_RE.match(sid):
+            return None, "malformed id"
+        if not _COOKIE_RE.match(cookie if isinstance(cookie, str) else cookie.decode("latin-1")):
+            return None, "altered signature encoding (a valid cookie with characters added or changed)"
+        self._known(cookie, sid)
+        return sid, ""
 
     def _known(self, cookie: str | bytes, sid: str) -> None:
         """Remember that *cookie* (signed by this store, or verified by it) names *sid*,
