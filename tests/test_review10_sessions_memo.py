@@ -12,53 +12,54 @@ from statekit import sessions
 from statekit.sessions import SessionStore
 
 
-@pytest.fixture
-def store() -> SessionStore:
-    return SessionStore("memory://review10-memo", secret_keys=["k-new", "k-old"])
+def _store(*keys: str) -> SessionStore:
+    return SessionStore("memory://review10-memo", secret_keys=keys or ("k-new", "k-old"))
 
 
-def test_a_valid_cookie_with_bytes_added_is_refused_and_not_remembered(store: SessionStore) -> None:
+def _cookie_of_new_session(store: SessionStore) -> tuple[str, str]:
+    sid = store.create({"n": 1}).sid
+    return sid, store.sign(sid)
+
+
+def test_a_valid_cookie_with_bytes_added_is_refused_and_not_remembered() -> None:
     # itsdangerous decodes the signature leniently (non-alphabet characters dropped,
     # any padding accepted): these verify, but no store ever issued them
-    s = store.create({"n": 1})
-    cookie = store.sign(s.sid)
-    assert store.unsign(cookie) == s.sid
+    store = _store()
+    sid, cookie = _cookie_of_new_session(store)
+    assert store.unsign(cookie) == sid
     remembered = len(store._verified)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     unused_bit = cookie[:-1] + alphabet[alphabet.index(cookie[-1]) + 1]  # the same 32 bytes
     variants = [cookie + "!!", cookie + "==", cookie + "=", cookie + "!" * 9, unused_bit]
     for variant in variants:
-        fresh = SessionStore("memory://review10-memo", secret_keys=["k-new", "k-old"])
-        assert fresh.unsign(variant) is None, variant
+        assert _store().unsign(variant) is None, variant
         assert store.unsign(variant) is None, variant
         assert store.open(variant).new
     assert len(store._verified) == remembered
-    assert store.unsign(cookie) == s.sid
+    assert store.unsign(cookie) == sid
 
 
-def test_truncated_and_other_key_cookies_are_refused_after_the_real_one_is_remembered(
-        store: SessionStore) -> None:
-    s = store.create({"n": 1})
-    cookie = store.sign(s.sid)
-    assert store.unsign(cookie) == s.sid and store.unsign(cookie.encode()) == s.sid
-    for bad in (cookie[:-1], cookie[:-5], cookie[:48], s.sid, cookie + "A"):
+def test_truncated_and_other_key_cookies_are_refused_after_the_real_one_is_remembered() -> None:
+    store = _store()
+    sid, cookie = _cookie_of_new_session(store)
+    assert store.unsign(cookie) == sid and store.unsign(cookie.encode()) == sid
+    for bad in (cookie[:-1], cookie[:-5], cookie[:48], sid, cookie + "A"):
         assert store.unsign(bad) is None, bad
         assert store.unsign(bad.encode()) is None, bad
-    other = SessionStore("memory://review10-memo", secret_keys=["another"])
-    foreign = other.sign(s.sid)  # the same id, signed with a key this store does not hold
-    assert other.unsign(foreign) == s.sid
+    other = _store("another")
+    foreign = other.sign(sid)  # the same id, signed with a key this store does not hold
+    assert other.unsign(foreign) == sid
     assert store.unsign(foreign) is None
-    retired = SessionStore("memory://review10-memo", secret_keys=["k-new"])  # k-old retired
-    old = SessionStore("memory://review10-memo", secret_keys=["k-old"]).sign(s.sid)
-    assert store.unsign(old) == s.sid  # still accepted where k-old is held, remembered
-    assert retired.unsign(old) is None
+    old = _store("k-old").sign(sid)
+    assert store.unsign(old) == sid  # still accepted where k-old is held, remembered
+    assert _store("k-new").unsign(old) is None  # k-old retired
 
 
-def test_the_memo_stays_right_under_threads_clearing_it(store: SessionStore,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_memo_stays_right_under_threads_clearing_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sessions, "MEMO_SIZE", 4)  # cleared again and again while read
+    store = _store()
     ids = [store._new_id() for _ in range(16)]
-    cookies = [SessionStore("memory://review10-memo", secret_keys=["k-new"]).sign(i) for i in ids]
+    cookies = [_store("k-new").sign(i) for i in ids]
     wrong: list[tuple[str, str | None]] = []
 
     def work(offset: int) -> None:
