@@ -17,7 +17,9 @@ __all__ = ["get_setting", "get_settings"]
 _ENV = ("STATEKIT_REDIS_URL", "STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL", "STATEKIT_BROADCAST_URL",
         "STATEKIT_BLOBS_URL", "STATEKIT_SECRET_KEYS", "STATEKIT_KEY_PREFIX")
 #: os.environ's own table and its keys for those names (a lookup in it costs no
-#: exception for an unset name, as ``os.environ.get`` does: ~1.3 µs each)
+#: exception for an unset name, as ``os.environ.get`` does: ~1.3 µs each), used while
+#: ``os.environ`` is still that object (``mock.patch("os.environ", ...)`` replaces it)
+_environ_object = os.environ
 _environ: Any = getattr(os.environ, "_data", None)
 _env_keys: tuple[Any, ...] = ()
 if _environ is not None and callable(getattr(os.environ, "encodekey", None)):
@@ -48,7 +50,11 @@ def get_settings() -> Settings:
     (A setting assigned directly at run time, which Django advises against and
     signals nothing for, is not seen.)"""
     global _kept
-    env = tuple(map(_environ.get, _env_keys)) if _environ is not None else tuple(map(os.environ.get, _ENV))
+    environ = os.environ
+    if environ is _environ_object and _environ is not None:
+        env = tuple(map(_environ.get, _env_keys))
+    else:
+        env = tuple(map(environ.get, _ENV))
     kept = _kept
     if kept is not None and kept[0] == _epoch and kept[1] == env:
         return kept[2]

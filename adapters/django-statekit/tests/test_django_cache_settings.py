@@ -40,3 +40,13 @@ def test_a_django_setting_wins_over_the_environment(monkeypatch: pytest.MonkeyPa
     assert get_settings().key_prefix == "from-env"
     django_settings.set(STATEKIT_KEY_PREFIX="from-django")
     assert get_settings().key_prefix == "from-django"
+
+
+def test_a_replaced_os_environ_is_seen() -> None:
+    """``mock.patch("os.environ", ...)`` puts another object in its place: read through it."""
+    from unittest import mock
+
+    get_settings()
+    with mock.patch("os.environ", {"STATEKIT_KEY_PREFIX": "replaced-env"}):
+        assert get_settings().key_prefix == "replaced-env"
+    assert get_settings().key_prefix == "statekit"
