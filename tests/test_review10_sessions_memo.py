@@ -4,11 +4,13 @@ one valid cookie cannot fill or churn the memo with variants of it."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 
 from statekit import sessions
+from statekit.errors import SerializationError
 from statekit.sessions import SessionStore
 
 
@@ -78,3 +80,27 @@ def test_the_memo_stays_right_under_threads_clearing_it(monkeypatch: pytest.Monk
         t.join()
     assert wrong == []
     assert len(store._verified) <= 4 + len(threads) and len(store._signed) <= 4 + len(threads)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("payload", [
+    {"\x00": ["u", 5]},  # uuid.UUID(5): AttributeError
+    {"\x00": ["td", [1e300, 0, 0]]},  # timedelta: OverflowError
+], ids=["uuid", "timedelta"])
+def test_a_corrupt_stored_value_is_a_serialization_error(redis_url: str, payload: object) -> None:
+    # the store's shared JSON decoder caught fewer errors than the json codec it stands
+    # in for: a value the codec refuses with SerializationError escaped as a raw error
+    import redis
+
+    store = SessionStore(redis_url, secret_keys=["k"], key_prefix="review10-corrupt")
+    try:
+        session = store.create({"k": 1, "other": 2})
+        with redis.Redis.from_url(redis_url) as raw:
+            assert raw.hexists(store._key(session.sid), "d:k")
+            raw.hset(store._key(session.sid), "d:k", json.dumps(payload))
+        opened = store.open(store.sign(session.sid))
+        assert opened["other"] == 2
+        with pytest.raises(SerializationError, match="session key 'k': stored value cannot be decoded"):
+            opened["k"]
+    finally:
+        store.close()

@@ -147,9 +147,7 @@ on an in-process fakeredis, running the same Lua scripts).
 
 from __future__ import annotations
 
-import decimal
 import hashlib
-import json
 import logging
 import math
 import re
@@ -164,7 +162,7 @@ from ..backends import load_backend
 from ..config import Settings
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from ..metrics import Counters
-from ..serializers import JSONSerializer, Serializer, _key_list, _untag_hook, get_serializer
+from ..serializers import Serializer, _key_list, get_serializer
 from .protocol import IndexOp, Result, SessionEngine, Status
 from .session import Session, SessionInfo
 
@@ -250,17 +248,6 @@ class _CookieSigner:
             return self._signer.unsign(signed)
         except BadSignature:
             return None
-
-
-_JSON_DECODER = json.JSONDecoder(object_hook=_untag_hook)
-
-
-def _fast_json_loads(data: bytes) -> Any:
-    """``JSONSerializer.loads`` with one shared decoder (it builds one per call)."""
-    try:
-        return _JSON_DECODER.decode(data.decode("utf-8"))
-    except (ValueError, TypeError, KeyError, IndexError, decimal.InvalidOperation) as e:
-        raise SerializationError(f"the json codec refused a payload of {len(data)} bytes") from e
 
 
 def _remember(memo: dict[_K, _T], key: _K, value: _T) -> _T:
@@ -359,9 +346,9 @@ class _StoreCore:
         self._verified: dict[str | bytes, str] = {}
         self._handles: dict[str, str] = {}
         self._signed: dict[str, str] = {}
-        # the shared decoder knows only the plain codec's tags: a subclass (WebJSONSerializer's
-        # Markup, responses) decodes with its own hook
-        self._loads = _fast_json_loads if type(self.codec) is JSONSerializer else self.codec.loads
+        # the codec's own loads (it keeps one decoder): its errors are SerializationError,
+        # whatever a corrupt stored value makes a tag's decoder raise
+        self._loads = self.codec.loads
         self.key_prefix = key_prefix
         self.idle_timeout = float(idle_timeout)
         self.absolute_lifetime = float(absolute_lifetime)
