@@ -155,6 +155,11 @@ def _untag_hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+#: what ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)`` builds per call,
+#: built once (the same text; 1.6 against 3.4 µs for a small dict)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 class JSONSerializer:
     """JSON with tagged types (the default codec).
 
@@ -170,9 +175,7 @@ class JSONSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return json.dumps(
-                _tag(value, self._ext), separators=(",", ":"), ensure_ascii=False
-            ).encode("utf-8")
+            return _ENCODER.encode(_tag(value, self._ext)).encode("utf-8")
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as e:
@@ -393,33 +396,21 @@ def _derive(key: str | bytes) -> bytes:
     return hmac.new(raw, _SALT, hashlib.sha256).digest()
 
 
-_BLOCK = 64  # SHA-256's block size
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
 class _Mac:
-    """HMAC-SHA256 under one key with its inner and outer hashes keyed once (RFC 2104,
-    as :mod:`hmac` computes it): each message costs two hash copies, not the key
-    schedule ``hmac.new`` runs per call (0.65 against 1.6 µs for a small pickle).
-    The same bytes as ``hmac.new(key, body, hashlib.sha256).digest()``; the prepared
-    hashes are only copied, never updated, so one object serves every thread."""
+    """HMAC-SHA256 under one key, keyed once: :mod:`hmac`'s object for the key is
+    made here and copied per message (``hmac.new`` per call runs the key schedule
+    again: 1.15 against 1.7 µs for a small pickle). Copying takes the object's lock,
+    so one object serves every thread."""
 
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def __call__(self, body: bytes | memoryview) -> bytes:
-        inner = self._inner.copy()
-        inner.update(body)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        mac = self._keyed.copy()
+        mac.update(body)
+        return mac.digest()
 
 
 class SignedPickleSerializer:
