@@ -47,3 +47,35 @@ def test_a_cancelled_lone_get_leaves_nothing_in_flight(redis_url: str) -> None:
     assert seen[-1] == 0 and all(n == 0 for n in seen[1::2]), seen
     assert kept and all(v == "v" for v in kept)
     assert last == "v"
+
+
+
+def test_a_failed_lone_get_leaves_nothing_in_flight() -> None:
+    import socket
+
+    from statekit.errors import BackendUnavailable
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def body() -> tuple[list[str], int]:
+        c = AsyncCache(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5", namespace="review10-down")
+        try:
+            errors = []
+            for _ in range(3):  # alone: each sent from its own plan
+                try:
+                    await c.get("k", "default")
+                except BackendUnavailable as e:
+                    errors.append(type(e).__name__)
+            done = await asyncio.gather(*(c.get("k", "default") for _ in range(5)), return_exceptions=True)
+            errors += [type(e).__name__ for e in done]
+            backend = c._backend
+            assert backend is not None
+            return errors, backend._loop_gets().in_flight
+        finally:
+            await c.aclose()
+
+    errors, in_flight = asyncio.run(body())
+    assert errors == ["BackendUnavailable"] * 8  # as the sync Cache, at 4dcf5dc and now
+    assert in_flight == 0
