@@ -1,24 +1,15 @@
 """Review (issue 18) of ``django_statekit.conf.get_settings``'s memo (13d05cc): what it
-keeps must follow the environment the way the uncached reader did."""
+keeps must follow the environment the way the uncached reader did, an os.environ
+replaced by ``mock.patch("os.environ", ...)`` included (fixed in e3d8104)."""
 
 from __future__ import annotations
 
 import os
 from unittest import mock
 
-import pytest
-
 from django_statekit.conf import get_settings
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "13d05cc fingerprints the STATEKIT_* variables in the os.environ seen at import "
-    "(its _data table): an os.environ replaced by mock.patch('os.environ', ...) or "
-    "monkeypatch.setattr(os, 'environ', ...) changes nothing there, so the Settings read "
-    "before are served; get_setting reads the new os.environ, as every call did before. "
-    "Fix (django_statekit/conf.py, not this reviewer's file): fingerprint with the "
-    "_data table only while os.environ is the object it was taken from, else "
-    "tuple(map(os.environ.get, _ENV))"))
 def test_a_replaced_os_environ_is_seen() -> None:
     before = os.environ.get("STATEKIT_KEY_PREFIX")
     assert get_settings().key_prefix == (before or "statekit")
