@@ -13,12 +13,6 @@ from statekit.cache import Cache
 pytestmark = pytest.mark.redis
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "statekit/cache/__init__.py _loads/_loads_marked (6017ddf, before this session) catch "
-    "(ValueError, StopIteration) around json's C scanner; a nesting past the recursion "
-    "limit raises RecursionError, which escapes get() instead of reading as a miss. Fix "
-    "(not this reviewer's file): catch RecursionError there too and fall through to "
-    "self._codec.loads, which turns it into SerializationError"))
 def test_a_deeply_nested_entry_is_a_miss(redis_url: str) -> None:
     cache = Cache(redis_url, namespace="review10-deep")
     try:

@@ -14,13 +14,6 @@ import pytest
 from statekit.serializers import SignedPickleSerializer
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "9280496 keeps a prepared hashlib/hmac object per key in _Mac (__slots__); those "
-    "cannot be pickled, so copy.deepcopy(codec) and pickle.dumps(codec) raise TypeError "
-    "(before: a list of derived keys, both worked). Fix (statekit/serializers.py, not this "
-    "reviewer's file): keep the derived key on _Mac and give it "
-    "__reduce__ = lambda self: (_Mac, (self._key,)), or __deepcopy__ returning self "
-    "(it is immutable) plus that __reduce__"))
 @pytest.mark.parametrize("clone", [copy.deepcopy, lambda c: pickle.loads(pickle.dumps(c))],  # noqa: S301
                          ids=["deepcopy", "pickle"])
 def test_a_copied_codec_reads_what_the_original_wrote(

@@ -399,28 +399,18 @@ class _CacheCore:
             return b"\x01" + self._dumps(value)
         return b"\x02" + _ENV.pack(expires_at, delta) + self._dumps(value)
 
-    def _loads(self, body: bytes) -> Any:
+    def _loads(self, body: bytes, start: int = 0) -> Any:
+        """Decode the payload at *start* of *body* (``1``: after a ``\\x01`` mark,
+        without copying it first)."""
         if self._plain_json and b"\\u0000" not in body:  # no tagged types: the C scanner alone
             try:
                 text = body.decode("utf-8")
-                value, end = _json_scan(text, 0)
+                value, end = _json_scan(text, start)
                 if end == len(text):
                     return value
-            except (ValueError, StopIteration):
-                pass  # let the codec raise its own error
-        return self._codec.loads(body)
-
-    def _loads_marked(self, data: bytes) -> Any:
-        """Decode a ``\\x01``-marked payload without copying it first."""
-        if self._plain_json and b"\\u0000" not in data:
-            try:
-                text = data.decode("utf-8")
-                value, end = _json_scan(text, 1)
-                if end == len(text):
-                    return value
-            except (ValueError, StopIteration):
-                pass
-        return self._codec.loads(data[1:])
+            except (ValueError, StopIteration, RecursionError):
+                pass  # let the codec raise its own error (a miss for the cache)
+        return self._codec.loads(body[start:] if start else body)
 
     def _decode(self, data: bytes) -> tuple[Any, float, float]:
         mark = data[0] if data else 0
@@ -1021,7 +1011,7 @@ class Cache(_CacheCore):
             return default
         if data and data[0] == 1:
             try:
-                value = self._loads_marked(data)
+                value = self._loads(data, 1)
             except SerializationError as e:
                 self._undecodable(key, e)
                 self.counters.misses += 1
