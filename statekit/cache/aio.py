@@ -221,7 +221,7 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
             return value
         state.in_flight += 1
         try:
-            return (yield from self._mget((key,)))[0]  # (super().plan_get, one frame less)
+            return (yield from super().plan_get(key))
         finally:
             state.in_flight -= 1
 
@@ -230,10 +230,11 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         together as one ``MGET`` (:meth:`plan_get_many`) in the next pass. Every waiter
         gets its own value, or the batch's exception (a read: nothing to resend)."""
         state = self._loop_gets()
+        loop = asyncio.get_running_loop()
         if state.keys is None:
             state.keys, state.waiters = [], []
-            asyncio.get_running_loop().call_soon(self._send_gets, state)
-        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            loop.call_soon(self._send_gets, state)
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
         state.keys.append(key)
         state.waiters.append(waiter)
         return waiter
