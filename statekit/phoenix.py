@@ -43,7 +43,8 @@ What counts as lost state (any of these makes the exit status 1):
 Failed requests (connection reset by a SIGKILL, 5xx) are reported by cause but are
 not lost state: a request that was not acknowledged promised nothing. A worker killed
 mid-request fails the requests it was serving; the report shows how many requests
-were in flight at the kills to compare.
+were in flight on its instance at the kills, or sent there while the killed worker was
+dying (its keep-alive connections still open), to compare.
 
 Write your own scenario by subclassing :class:`Scenario` and pass
 ``--scenario module:Class``. Load and faults stay on loopback, are bounded in time
@@ -115,6 +116,7 @@ class Ledger:
     failures: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)  # per instance base URL
+    started: Counter[str] = field(default_factory=Counter)  # per instance base URL
     session_writes: int = 0
     lost_session_writes: int = 0
     uploads: int = 0
@@ -160,6 +162,7 @@ class Client:
         led = self.ledger
         with led.lock:
             led.in_flight[base] += 1
+            led.started[base] += 1
         start = time.monotonic()
         cause = None
         response = None
@@ -504,6 +507,19 @@ def _free_port() -> int:
         return port
 
 
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until *pid* has exited (gone, or a zombie its parent has not reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
 class Chaos(threading.Thread):
     """Kills a random worker every *kill_every* seconds and reloads a random instance
     every *reload_every* seconds (0 disables either)."""
@@ -539,13 +555,17 @@ class Chaos(threading.Thread):
         pid = self.rng.choice(workers)
         with self.ledger.lock:
             in_flight = self.ledger.in_flight[instance.base]  # on the whole instance: an upper bound
+            started = self.ledger.started[instance.base]
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             return
+        # A request sent while the worker is dying (its keep-alive connection not yet
+        # closed by the kernel) fails too: count those sent until it is gone.
+        _wait_gone(pid, timeout=1.0)
         with self.ledger.lock:
             self.ledger.kills += 1
-            self.ledger.in_flight_at_kills += in_flight
+            self.ledger.in_flight_at_kills += in_flight + self.ledger.started[instance.base] - started
 
     def reload_one(self) -> None:
         instance = self.rng.choice(list(self.instances))
