@@ -5,6 +5,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.statekit-installed
 PYTEST_ARGS ?=
+# two pytest-xdist workers, a test file each at a time (module fixtures stay whole);
+# PYTEST_JOBS=0 runs the suite in one process
+PYTEST_JOBS ?= 2
 
 .PHONY: demo test lint typecheck pytest bench clean install
 
@@ -30,7 +33,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_JOBS)),-n $(PYTEST_JOBS) --dist loadfile) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

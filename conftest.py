@@ -55,6 +55,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"server lines: {lines}; other Redis tests use {preferred}"]
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: tell the controller
+        workeroutput["statekit_lines_ran"] = sorted(_RAN)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist's controller: the lines a worker ran, for the summary."""
+    known = {b.line: b for b in [*FOUND, *REDIS_LINES]}
+    for line in getattr(node, "workeroutput", {}).get("statekit_lines_ran", []):
+        if line in known:
+            _RAN[line] = known[line]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     ran = sorted(_RAN.values(), key=_version)
     terminalreporter.write_line(
@@ -305,16 +320,24 @@ def _upstream_in_background(request: pytest.FixtureRequest,
     subprocess the rest of the suite need not wait for. Their tests take the reports.
     Then the builds of the session fixtures the collected tests use among the test
     modules' ``BACKGROUND_FIXTURES`` (name -> ``build(tmp_path_factory)``: the
-    user-path venv); each fixture takes its build's result."""
+    user-path venv); each fixture takes its build's result. Under pytest-xdist
+    (``make test``) each of them runs in one worker only, the first to claim it."""
     wanted = [(item.name, item.module.BACKGROUND[item.name]) for item in request.session.items
               if item.name in getattr(getattr(item, "module", None), "BACKGROUND", {})]
     fixtures = {name: build for item in request.session.items
                 for name, build in getattr(getattr(item, "module", None), "BACKGROUND_FIXTURES", {}).items()
                 if name in getattr(item, "fixturenames", ())}
+    try:
+        import upstream  # on sys.path once a module of tests/ is collected
+    except ImportError:  # only the adapters' tests: none of the runs, no wheels
+        yield
+        return
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # every worker collects every test: each run once for all (tests/upstream.py)
+        upstream.share(tmp_path_factory.getbasetemp().parent)
     if not wanted and not fixtures:
         yield
         return
-    import upstream
 
     server = RedisServer()
     server.start()

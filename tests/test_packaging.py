@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import upstream
 
 from statekit.errors import ConfigError
 
@@ -54,17 +55,21 @@ _run_wheels_lock = threading.Lock()
 
 def run_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """statekit's wheel and the adapters', built once per run (by the first caller:
-    the ``wheels`` fixture, or the user-path venv built in the background) into one
+    the ``wheels`` fixture, or the user-path venv built in the background; by the first
+    worker to ask under xdist) into one
     ``--find-links`` directory, with ``pins.txt``, one ``name==version`` per line."""
+    def build() -> Path:
+        projects = {"statekit": ROOT, "flask-statekit": ROOT / "adapters" / "flask-statekit",
+                    "django-statekit": ROOT / "adapters" / "django-statekit",
+                    "starlette-statekit": ROOT / "adapters" / "starlette-statekit"}
+        out = tmp_path_factory.mktemp("wheels")
+        built = build_wheels(projects, out)
+        (out / "pins.txt").write_text("".join(f"{n}=={w.name.split('-')[1]}\n" for n, w in built.items()))
+        return out
+
     with _run_wheels_lock:
         if not _run_wheels:
-            projects = {"statekit": ROOT, "flask-statekit": ROOT / "adapters" / "flask-statekit",
-                        "django-statekit": ROOT / "adapters" / "django-statekit",
-                        "starlette-statekit": ROOT / "adapters" / "starlette-statekit"}
-            out = tmp_path_factory.mktemp("wheels")
-            built = build_wheels(projects, out)
-            (out / "pins.txt").write_text("".join(f"{n}=={w.name.split('-')[1]}\n" for n, w in built.items()))
-            _run_wheels.append(out)
+            _run_wheels.append(upstream.once("wheels", build))  # once for every xdist worker
         return _run_wheels[0]
 
 

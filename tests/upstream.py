@@ -11,6 +11,7 @@ reason.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import tarfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -41,10 +43,12 @@ def upstream_source(dist: str) -> Path:
     version = importlib.metadata.version(dist)
     cache = _cache_dir()
     marker = cache / f"{dist}-{version}.unpacked"
-    with _lock:
+    cache.mkdir(parents=True, exist_ok=True)
+    # a lock file too: the pytest-xdist workers of one run may both ask first
+    with _lock, open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.is_file():
             return Path(marker.read_text())
-        cache.mkdir(parents=True, exist_ok=True)
         download = cache / f"{dist}-{version}-download"
         download.mkdir(exist_ok=True)
         result = subprocess.run(  # noqa: S603 - pip, with a pinned requirement
@@ -158,24 +162,114 @@ def run_django_tests(tmp_path: Path, settings: str, module: str, tests: str,
 # started, e.g. without the conftest).
 
 _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upstream")
-_started: dict[str, Future[Any]] = {}
+_started: dict[str, Future[Any] | Path] = {}
 T = TypeVar("T")
+
+# -- once per run under pytest-xdist ---------------------------------------------------
+#
+# Under ``make test`` the suite runs in two pytest-xdist workers, each with its own
+# session: without this, each would run every background run and build every venv.
+# :func:`share` (the root conftest, in a worker) names the directory the workers
+# share; a run is then claimed by the first worker to start it (an exclusively
+# created file there), whose result -- a JSON report, a path, or a ``Venv`` -- it
+# writes beside the claim; the other worker's test waits for that file.
+
+_shared: Path | None = None
+
+
+def share(directory: Path | None) -> None:
+    """Run each background run once for the workers sharing *directory*."""
+    global _shared
+    _shared = directory
+
+
+def _result_file(name: str) -> Path:
+    assert _shared is not None
+    return _shared / f"upstream-{name}.json"
+
+
+def _claim(name: str) -> bool:
+    """True if this worker is the one to run *name* (always, outside xdist)."""
+    if _shared is None:
+        return True
+    try:
+        os.close(os.open(_shared / f"upstream-{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if hasattr(value, "root") and isinstance(value.root, Path):  # a Venv
+        return {"__object__": [type(value).__module__, type(value).__qualname__, str(value.root)]}
+    raise TypeError(f"cannot share a {type(value).__name__} between workers")
+
+
+def _decode(data: dict[str, Any]) -> Any:
+    if "__path__" in data:
+        return Path(data["__path__"])
+    if "__object__" in data:
+        module, qualname, root = data["__object__"]
+        return getattr(importlib.import_module(module), qualname)(Path(root))
+    return data
+
+
+def _publish(name: str, run: Callable[[], T]) -> T:
+    """``run()``, its outcome written for the other workers."""
+    try:
+        result = run()
+    except BaseException as e:  # noqa: BLE001 - pytest.skip's Skipped included: passed on as is
+        outcome = {"skip": str(e)} if isinstance(e, pytest.skip.Exception) else {"error": repr(e)}
+        _result_file(name).write_text(json.dumps(outcome))
+        raise
+    _result_file(name).write_text(json.dumps({"result": result}, default=_encode))
+    return result
+
+
+def _wait_shared(name: str, timeout: float) -> Any:
+    path = _result_file(name)
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the other worker's run {name} did not finish in {timeout} s")
+        time.sleep(0.2)
+    outcome = json.loads(path.read_text(), object_hook=_decode)
+    if "skip" in outcome:
+        pytest.skip(outcome["skip"])
+    if "error" in outcome:
+        raise AssertionError(f"the other worker's run {name} failed: {outcome['error']}")
+    return outcome["result"]
 
 
 def start(name: str, run: Callable[[], Any]) -> None:
-    """Start the run *name* in the background (once)."""
+    """Start the run *name* in the background (once; under xdist, once for all workers)."""
     if name not in _started:
-        _started[name] = _background.submit(run)
+        _started[name] = (_background.submit(_publish, name, run) if _shared is not None and _claim(name)
+                          else _background.submit(run) if _shared is None else _result_file(name))
 
 
 def report(name: str, run: Callable[[], T]) -> T:
-    """The report of the run *name*: the background one if :func:`start` started it,
-    else ``run()`` now."""
-    future = _started.pop(name, None)
-    return future.result(timeout=600) if future is not None else run()
+    """The report of the run *name*: the background one if :func:`start` started it
+    (in this worker or another), else ``run()`` now."""
+    started = _started.pop(name, None)
+    if isinstance(started, Path):
+        result: T = _wait_shared(name, timeout=600)
+        return result
+    return started.result(timeout=600) if started is not None else run()
+
+
+def once(name: str, run: Callable[[], T]) -> T:
+    """``run()`` once for the run: under xdist the first worker to ask runs it, the
+    others wait for its result (a path, or a JSON report)."""
+    if _claim(name):
+        return _publish(name, run) if _shared is not None else run()
+    result: T = _wait_shared(name, timeout=600)
+    return result
 
 
 def stop_background() -> None:
     """Wait for the runs under way; drop the ones not started."""
-    _background.shutdown(wait=True, cancel_futures=True)
-
+    # under xdist a run this worker claimed may be another worker's to report: run it
+    _background.shutdown(wait=True, cancel_futures=_shared is None)
