@@ -57,7 +57,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "adapters", "django-statekit"))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -82,6 +82,29 @@ VC_SET, VC_SET_CSC = "django-vcache aset (native)", "django-vcache aset, client-
 Op = Callable[[], Awaitable[Any]]
 
 
+class Row(NamedTuple):
+    """A contestant's rounds (µs per operation), in the order they ran."""
+
+    walls: list[float]
+    cpus: list[float]
+
+    @property
+    def best(self) -> float:
+        return min(self.walls)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.walls)
+
+
+def paired(ours: Row, theirs: Row) -> tuple[float, int, float]:
+    """Round by round (each round runs both, moments apart): the median of the rounds'
+    time ratios, the rounds *ours* was faster in, and the median CPU ratio."""
+    ratios = [a / b for a, b in zip(ours.walls, theirs.walls, strict=True)]
+    cpu = statistics.median(a / b for a, b in zip(ours.cpus, theirs.cpus, strict=True))
+    return statistics.median(ratios), sum(r < 1 for r in ratios), cpu
+
+
 async def timed(fn: Op, n: int, concurrent: int) -> tuple[float, float]:
     """(wall, CPU) microseconds per operation: *n* operations, *concurrent* at a time."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -96,24 +119,21 @@ async def timed(fn: Op, n: int, concurrent: int) -> tuple[float, float]:
 
 
 async def run_group(title: str, contestants: dict[str, Op], n: int, rounds: int,
-                    concurrent: int = 1) -> dict[str, tuple[float, float]]:
-    walls: dict[str, list[float]] = {name: [] for name in contestants}
-    cpus: dict[str, list[float]] = {name: [] for name in contestants}
+                    concurrent: int = 1) -> dict[str, Row]:
+    rows = {name: Row([], []) for name in contestants}
     for fn in contestants.values():  # warm up: connections, scripts, code paths
         await timed(fn, max(concurrent, n // 10), concurrent)
     for _ in range(rounds):
         for name, fn in contestants.items():
             wall, cpu = await timed(fn, n, concurrent)
-            walls[name].append(wall)
-            cpus[name].append(cpu)
-    best = {name: min(v) for name, v in walls.items()}
-    median = {name: statistics.median(v) for name, v in walls.items()}
-    base, mbase = next(iter(best.values())), next(iter(median.values()))
+            rows[name].walls.append(wall)
+            rows[name].cpus.append(cpu)
+    base = next(iter(rows.values()))
     print(f"\n{title:<44} {'best µs':>9}  ratio {'median µs':>10}  ratio {'CPU µs':>8}")
-    for name in contestants:
-        print(f"  {name:<42} {best[name]:>9.1f} {best[name] / base:>6.2f} {median[name]:>10.1f} "
-              f"{median[name] / mbase:>6.2f} {statistics.median(cpus[name]):>8.1f}")
-    return {name: (best[name], median[name]) for name in contestants}
+    for name, row in rows.items():
+        print(f"  {name:<42} {row.best:>9.1f} {row.best / base.best:>6.2f} {row.median:>10.1f} "
+              f"{row.median / base.median:>6.2f} {statistics.median(row.cpus):>8.1f}")
+    return rows
 
 
 async def bench(url: str, host: str, port: int, rounds: int, scale: float) -> dict[str, Any]:
@@ -208,13 +228,16 @@ def vcache_targets(out: dict[str, Any]) -> None:
             ("concurrent", "django StatekitCache.aget (native)", VC_GET),
             ("concurrent", "statekit AsyncCache.get", VC_GET),
             ("concurrent", "statekit AsyncCache.get, near cache", VC_GET_CSC)]
-    print("\nstatekit / django-vcache, time per operation (< 1: statekit ahead):")
+    print("\nstatekit / django-vcache, time per operation (< 1: statekit ahead); paired: the median"
+          " of the rounds' ratios (each round runs both), the rounds statekit was faster in, CPU:")
     for group, ours, theirs in rows:
-        best = out[group][ours][0] / out[group][theirs][0]
-        median = out[group][ours][1] / out[group][theirs][1]
+        a, b = out[group][ours], out[group][theirs]
+        best, median = a.best / b.best, a.median / b.median
+        in_pairs, faster, cpu = paired(a, b)
         where = f"{CONCURRENT} at once" if group == "concurrent" else "one task"
         verdict = "ahead" if best < 1 and median < 1 else "behind" if best > 1 and median > 1 else "mixed"
-        print(f"  {where:<12} {ours:<36} / {theirs:<37} = {best:.2f} best, {median:.2f} median: {verdict}")
+        print(f"  {where:<12} {ours:<36} / {theirs:<37} = {best:.2f} best, {median:.2f} median: {verdict}; "
+              f"paired {in_pairs:.2f}, faster in {faster}/{len(a.walls)} rounds, CPU {cpu:.2f}")
 
 
 LAG_BATCHES = 5
@@ -379,19 +402,19 @@ def main(argv: list[str] | None = None) -> int:
         if skipped:
             print(skipped)
         out = asyncio.run(bench(url, host, int(port), args.rounds, args.scale))
-        raw_best, raw_median = out["get"]["redis-py asyncio GET (+ json.loads)"]
-        sk_best, sk_median = out["get"]["statekit AsyncCache.get"]
-        print(f"\ntargets: AsyncCache.get / raw redis-py asyncio GET = {sk_best / raw_best:.2f} best, "
-              f"{sk_median / raw_median:.2f} median (target <= 1.0)")
+        raw, sk = out["get"]["redis-py asyncio GET (+ json.loads)"], out["get"]["statekit AsyncCache.get"]
+        print(f"\ntargets: AsyncCache.get / raw redis-py asyncio GET = {sk.best / raw.best:.2f} best, "
+              f"{sk.median / raw.median:.2f} median, paired {paired(sk, raw)[0]:.2f} (target <= 1.0)")
         for rival in ("cashews (redis) get", "aiocache RedisCache get"):
-            best, median = out["get"][rival]
-            print(f"         AsyncCache.get / {rival} = {sk_best / best:.2f} best, {sk_median / median:.2f} "
-                  "median (target < 1.0)")
+            theirs = out["get"][rival]
+            print(f"         AsyncCache.get / {rival} = {sk.best / theirs.best:.2f} best, "
+                  f"{sk.median / theirs.median:.2f} median (target < 1.0)")
         c = out["concurrent"]
+        ours = c["statekit AsyncCache.get"].best
         print(f"         {CONCURRENT} at once: AsyncCache.get / raw = "
-              f"{c['statekit AsyncCache.get'][0] / c['redis-py asyncio GET (+ json.loads)'][0]:.2f} best; "
-              f"/ cashews = {c['statekit AsyncCache.get'][0] / c['cashews (redis) get'][0]:.2f}; "
-              f"/ aiocache = {c['statekit AsyncCache.get'][0] / c['aiocache RedisCache get'][0]:.2f}; "
+              f"{ours / c['redis-py asyncio GET (+ json.loads)'].best:.2f} best; "
+              f"/ cashews = {ours / c['cashews (redis) get'].best:.2f}; "
+              f"/ aiocache = {ours / c['aiocache RedisCache get'].best:.2f}; "
               f"load {os.getloadavg()[0]:.2f}")
         if not skipped:
             vcache_targets(out)

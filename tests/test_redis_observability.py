@@ -8,15 +8,15 @@ each test instruments and uninstruments around itself."""
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from test_redis_helpers import tls_url
 
 from statekit.embedded import RedisSentinel, RedisServer
@@ -58,16 +58,35 @@ def url(request: pytest.FixtureRequest, server: RedisServer, tmp_path: Path) -> 
         yield request.getfixturevalue("sentinel").url
 
 
+class _ThisThread(SpanProcessor):
+    """Keeps the names of the spans started on the thread that made it: the run's
+    other threads (its shared clusters starting in the background) use redis-py too."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._thread = threading.get_ident()
+        self._mine: set[int] = set()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if threading.get_ident() == self._thread:
+            self._mine.add(span.context.span_id)
+
+    def on_end(self, span: Any) -> None:
+        if span.context.span_id in self._mine:
+            self.names.append(span.name)
+
+
 @pytest.fixture
 def spans() -> Iterator[Callable[[], list[str]]]:
-    """The names of the spans finished so far (while the instrumentation is on)."""
-    exporter = InMemorySpanExporter()
+    """The names of the spans this test's thread finished so far (while the
+    instrumentation is on)."""
+    mine = _ThisThread()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(mine)
     instrumentor = RedisInstrumentor()
     instrumentor.instrument(tracer_provider=provider)
     try:
-        yield lambda: [s.name for s in exporter.get_finished_spans()]
+        yield lambda: list(mine.names)
     finally:
         instrumentor.uninstrument()
 
@@ -93,12 +112,83 @@ def test_redis_py_metrics_hook_sees_each_direct_command(url: str, monkeypatch: p
         assert duration_seconds >= 0
         seen.append(command_name)
 
-    monkeypatch.setattr(transport_module, "_record", record)
+    class On:  # the hook while redis-py's observability is on (the run below has the real one)
+        def on(self) -> bool:
+            return True
+
+    hook = On()
+    hook.record = record  # type: ignore[attr-defined]
+    monkeypatch.setattr(transport_module, "METRICS", hook)
     t = Transport(create_client(url), what="test")
     t.command("SET", "obs", "1")
     t.command(b"GET", "obs")
     t.script(INCR, ["obs"], [])
     assert seen[-3:] == ["SET", "GET", "EVALSHA"]
+
+
+METRICS_RUN = """
+import asyncio, json, sys
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from redis.observability.config import MetricGroup, OTelConfig
+from redis.observability.providers import get_observability_instance
+from statekit.cache import AsyncCache, Cache
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+url = sys.argv[1]
+sync, aio = Cache(url, namespace="sync"), AsyncCache(url, namespace="aio")
+
+
+def counted():
+    seen = {}
+    data = reader.get_metrics_data()
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == "db.client.operation.duration":
+                    for p in m.data.data_points:
+                        name = p.attributes.get("db.operation.name")
+                        seen[name] = seen.get(name, 0) + p.count
+    return seen
+
+
+async def main():
+    sync.set("k", 1)  # before observability is on: redis-py caches "off"
+    await aio.set("k", 1)
+    assert sync.get("k") == 1 and await aio.get("k") == 1
+    before = counted()
+    get_observability_instance().init(OTelConfig(metric_groups=[MetricGroup.COMMAND]))  # on now
+    for _ in range(3):
+        assert sync.get("k") == 1
+        assert await aio.get("k") == 1
+    after = counted()
+    print(json.dumps({"before": before, "after": after}))
+    await aio.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_redis_py_metrics_see_direct_commands_once_enabled(server: RedisServer, tmp_path: Path) -> None:
+    """redis-py's own metrics (OTel, ``db.client.operation.duration``) enabled after a
+    first command (redis-py has cached "off" then) count every command the sync and
+    the asyncio transports send from then on: in a process of its own (the meter
+    provider is global)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "metrics_run.py"
+    script.write_text(METRICS_RUN)
+    proc = subprocess.run([sys.executable, str(script), server.url], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    before, after = seen["before"], seen["after"]
+    assert before == {}  # off: nothing recorded
+    # 3 sync and 3 async gets, each one MGET (the value and its namespace generation)
+    assert after.get("MGET", 0) == 6, after
 
 
 @pytest.fixture

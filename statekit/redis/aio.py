@@ -92,6 +92,7 @@ from .scripts import Script
 from .transport import (
     STALE_CHECK_AFTER,
     TRACKED_LANES,
+    MetricsHook,
     RedisReplyError,
     _message,
     _name,
@@ -669,7 +670,8 @@ class AsyncTransport:
             await self._discard(conn)
         else:
             self._keep(conn, lane)
-        await _record(args, start, conn)
+        if METRICS.on():
+            await _record(args, start, conn)
         return reply
 
     def _bark(self) -> None:
@@ -850,21 +852,13 @@ class _Unsent(Exception):
         self.error = error
 
 
-_recorder: Any = None
+#: redis-py's asyncio metrics hook (the sync transport's :class:`MetricsHook`)
+METRICS = MetricsHook("redis.asyncio.observability.recorder", "_async_")
 
 
 async def _record(args: Sequence[Arg], start: float, conn: Any) -> None:
     """Report a command sent directly to redis-py's own metrics hook (redis-py 7+), as
-    redis-py reports its own (a no-op unless observability is configured)."""
-    global _recorder
-    if _recorder is None:
-        recorder: Any
-        try:
-            from redis.asyncio.observability import recorder
-        except ImportError:  # pragma: no cover - redis-py 6
-            recorder = None
-        _recorder = getattr(recorder, "record_operation_duration", False)
-    if _recorder:
-        await _recorder(command_name=_name(args[0]), duration_seconds=_monotonic() - start,
-                        server_address=getattr(conn, "host", None), server_port=getattr(conn, "port", None),
-                        db_namespace=str(getattr(conn, "db", 0)))
+    redis-py reports its own (called only when :data:`METRICS` is on)."""
+    await METRICS.record(command_name=_name(args[0]), duration_seconds=_monotonic() - start,
+                         server_address=getattr(conn, "host", None), server_port=getattr(conn, "port", None),
+                         db_namespace=str(getattr(conn, "db", 0)))

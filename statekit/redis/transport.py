@@ -35,7 +35,7 @@ redis instrumentation wraps it; detected by ``__wrapped__`` at each call), the
 per-thread connection is driven through a ``redis.Redis`` bound to it, so every
 command gets its span. Each command sent directly is reported to redis-py's own
 metrics hook (``redis.observability.recorder.record_operation_duration``, redis-py
-7 and later) as redis-py reports its own.
+7 and later) as redis-py reports its own (:class:`MetricsHook`).
 
 **Concurrency.** Safe to share between threads: threads never share a connection
 (a ``threading.local``), so no lock is taken per call and a slow reply on one thread
@@ -102,11 +102,41 @@ try:  # commands packed by hiredis where installed (the redis extra has it)
 except ImportError:  # pragma: no cover - redis-py's own packer
     _hiredis_pack = None
 
-_record: Any
-try:  # redis-py 7 and later
-    from redis.observability.recorder import record_operation_duration as _record
-except ImportError:  # pragma: no cover - redis-py 6
-    _record = None
+
+
+class MetricsHook:
+    """redis-py's metrics hook (redis-py 7 and later: *module*'s
+    ``record_operation_duration``) for the commands statekit sends directly, called
+    as redis-py calls it. :meth:`on` reads redis-py's own cached lookup (*prefix*
+    ``metrics_collector`` / ``collector_resolved``): while redis-py has found
+    observability off, the call is skipped (~2 us of CPU a command: its asyncio
+    client makes it every time). ``ObservabilityInstance.init()`` clears that cache,
+    so observability enabled later is seen at the next command; a redis-py without
+    those names gets every call."""
+
+    def __init__(self, module: str, prefix: str) -> None:
+        import importlib
+
+        try:
+            found: Any = importlib.import_module(module)
+        except ImportError:  # pragma: no cover - redis-py 6
+            found = None
+        #: the hook, ``None`` where redis-py has none
+        self.record: Any = getattr(found, "record_operation_duration", None)
+        self._collector, self._resolved = f"{prefix}metrics_collector", f"{prefix}collector_resolved"
+        state = vars(found) if found is not None else {}
+        self._state = state if self._collector in state and self._resolved in state else None
+
+    def on(self) -> bool:
+        """Whether to call :attr:`record` for the command just run."""
+        state = self._state
+        if state is None:
+            return self.record is not None
+        return not state[self._resolved] or state[self._collector] is not None
+
+
+#: redis-py's metrics hook for the commands this module's transport sends
+METRICS = MetricsHook("redis.observability.recorder", "_")
 
 __all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key",
            "lane_busy", "lane_index", "lane_wait", "pool_share"]
@@ -620,8 +650,8 @@ class Transport:
         conn.send_packed_command([pack(args)] if pack is not None else conn.pack_command(*args))
         reply = conn.read_response()
         lane.last = end = _monotonic()
-        if _record is not None:
-            _record(_name(args[0]), end - start, lane.host, lane.port, lane.db)
+        if METRICS.on():
+            METRICS.record(_name(args[0]), end - start, lane.host, lane.port, lane.db)
         return reply
 
     def _fail(self, error: Exception) -> None:
