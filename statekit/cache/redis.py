@@ -316,9 +316,15 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
     (unreachable since a clear), in both layouts (see the module docstring): ``SCAN
     MATCH`` (on every primary of a cluster), then ``UNLINK`` per :data:`CHUNK` keys
     (on Cluster per slot, one pipeline per node). Each chunk is removed only while
-    the generation counter is at least *below* (read just before): a counter that
-    was lost (``FLUSHALL``, eviction) restarted below it, and those names are live
-    again. Returns how many keys were removed.
+    the generation counter is at least *below*: a counter that was lost
+    (``FLUSHALL``, eviction) restarted below it, and those names may be live again.
+    On standalone, Sentinel and ``memory://`` the check and the ``UNLINK`` are one
+    step (the cache script's ``sweep``), so a counter lost and values written again
+    between them cannot happen. On Cluster the counter lives in another slot than
+    the names, so each chunk's check is a ``GET`` of the counter just before its
+    ``UNLINK``s: a counter lost in between (a ``FLUSHALL`` during the sweep) can
+    still cost the values written under the old names in that round trip. Returns
+    how many keys were removed.
 
     :raises BackendUnavailable: Redis failed (what was removed stays removed).
     """
@@ -329,18 +335,20 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
 
     def unlink() -> bool:
         nonlocal removed
-        current = transport.command(b"GET", backend._gen_key)
-        if int(current or 0) < below:
-            return False
         if transport.cluster:
+            if int(transport.command(b"GET", backend._gen_key) or 0) < below:
+                return False
             groups: dict[int, list[str]] = {}
             for key in batch:
                 groups.setdefault(key_slot(key), []).append(key)
             slots = list(groups)
             unlinks = [(b"UNLINK", *groups[s]) for s in slots]
-            removed += sum(int(n) for n in cluster_batch(transport, unlinks, slots, read=False))
-        else:
-            removed += int(transport.command(b"UNLINK", *batch))
+            gone = sum(int(n) for n in cluster_batch(transport, unlinks, slots, read=False))
+        else:  # the check and the removal in one step: -1 when the counter is below
+            gone = int(transport.run([backend._gen_key, *batch], (b"sweep", str(below).encode())))
+            if gone < 0:
+                return False
+        removed += gone
         batch.clear()
         return True
 

@@ -1,5 +1,5 @@
--- The cache's one script: every write and compound operation of statekit.cache.redis,
--- run by Redis, Redis Cluster and memory:// (fakeredis with Lua) alike.
+-- The cache's one script: every write and compound operation of statekit.cache.redis
+-- and the sweep's removals (op 'sweep', below), run by Redis, Redis Cluster and memory:// (fakeredis with Lua) alike.
 -- KEYS: the names the operation touches, already qualified with a generation
 -- ('<head><gen>:<key>'; locks: '<head>lock:<name>'), all in one hash slot.
 -- ARGV[1] = the operation; ARGV[2] = the generation those names carry, to be checked
@@ -9,6 +9,15 @@
 -- ARGV[3..] = the operation's arguments.
 -- A failed check changes nothing and answers the error 'STALEGEN <current>'.
 local op = ARGV[1]
+if op == 'sweep' then
+  -- standalone and Sentinel: KEYS[1] the counter, KEYS[2..] names of generations below
+  -- ARGV[2] (found by SCAN), unlinked only while the counter is at least ARGV[2], in the
+  -- same step: a counter that was lost (FLUSHALL, eviction) restarted below it, and
+  -- names of those generations may be live again. Answers how many went, or -1 (the
+  -- counter is below: nothing removed)
+  if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[2]) then return -1 end
+  return redis.call('UNLINK', unpack(KEYS, 2))
+end
 local f = 1
 if ARGV[2] ~= '' then
   local g = redis.call('GET', KEYS[1]) or '0'
