@@ -612,7 +612,9 @@ def test_a_write_by_another_process_is_read_here_at_once(redis_line_url: str, pr
     version token of that write (as a near-cache adapter elsewhere sends it); even
     rounds: no new token, the writer's barrier (its invalidation is on its way to
     this host: pending() must keep the copy from being used until it is applied)."""
-    rounds = 40
+    # rounds until 20 of them read from the copy (a loaded machine's listener lags, and
+    # a read while an invalidation is unread bypasses the copy), at most 160
+    most, enough = 160, 20
     app = make_app(redis_line_url, prefix)  # no near_cache=: the default
 
     async def main() -> tuple[bool, int, int, list[tuple[str, str]]]:
@@ -638,7 +640,9 @@ def test_a_write_by_another_process_is_read_here_at_once(redis_line_url: str, pr
             assert writer.stdin is not None and writer.stdout is not None
             local, seen = 0, []
             try:
-                for i in range(rounds):
+                for i in range(most):
+                    if local >= enough:
+                        break
                     local += await hits_grow()  # this process holds the copy now
                     writer.stdin.write(f"{sid} v{i} {'token' if i % 2 else 'barrier'}\n")
                     writer.stdin.flush()
@@ -654,7 +658,7 @@ def test_a_write_by_another_process_is_read_here_at_once(redis_line_url: str, pr
 
     near, hits, local, seen = asyncio.run(main())
     assert near and hits > 0
-    assert local >= rounds // 2, "the copies were not used: nothing was tested"
+    assert local >= enough, f"the copies were used in {local} of {len(seen)} rounds: too few tested"
     assert [got for got, _ in seen] == [want for _, want in seen]
 
 
