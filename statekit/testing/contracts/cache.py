@@ -392,6 +392,7 @@ class CacheContract:
 
         def other_thread() -> None:
             assert shared.acquire(timeout=10)  # waits for the first lease to expire
+            shared.extend(30)  # this lease outlives the checks below, however slow the machine
             taken.set()
             done.wait(10)
             shared.release()
