@@ -138,3 +138,32 @@ def test_replies_that_come_leave_no_timer_and_no_watched_connection(redis_url: s
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_memory_commands_enter_no_wait_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory:// (fakeredis's in-process server) reads and drains with no timeout: given
+    one, fakeredis enters ``asyncio.wait_for`` per reply, which on Python 3.11 can
+    swallow a cancellation that lands as the reply comes (a cancelled single-flight
+    waiter then returned a value instead of raising CancelledError)."""
+    from statekit.cache import AsyncCache
+
+    entered: list[object] = []
+    real = asyncio.wait_for
+
+    def counting(fut: Any, timeout: Any) -> Any:
+        entered.append(timeout)
+        return real(fut, timeout)
+
+    async def main() -> None:
+        cache = AsyncCache("memory://no-wait-for", namespace="w")
+        try:
+            assert await cache.set("k", 1) is True
+            monkeypatch.setattr(asyncio, "wait_for", counting)
+            for _ in range(20):
+                assert await cache.get("k") == 1
+                assert await cache.incr("n") >= 1
+        finally:
+            await cache.aclose()
+
+    asyncio.run(main())
+    assert entered == []

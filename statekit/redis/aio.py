@@ -429,6 +429,11 @@ class AsyncTransport:
         #: timer that closes overdue ones (:meth:`_bark`)
         self._watched: dict[Any, float] = {}
         self._watchdog: asyncio.TimerHandle | None = None
+        #: memory:// (fakeredis's in-process server): its reads never wait on a socket,
+        #: so no read timeout; given one, fakeredis enters ``asyncio.wait_for`` per reply,
+        #: which on Python 3.11 can swallow a cancellation that lands as the reply comes
+        self._in_process = pool is not None and \
+            getattr(pool.connection_class, "__module__", "").startswith("fakeredis")
 
     # -- errors --------------------------------------------------------------------
 
@@ -633,7 +638,7 @@ class AsyncTransport:
         except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
             raise _Unsent(e) from e
         start = _monotonic()
-        timeout = conn.socket_timeout
+        timeout = None if self._in_process else conn.socket_timeout
         watched = self._watched
         reading = False
         try:
@@ -725,7 +730,7 @@ class AsyncTransport:
         command is dropped, never written later (a close would still flush it, and
         the server run it, after the caller was told it failed)."""
         writer = conn._writer
-        timeout = conn.socket_timeout
+        timeout = None if self._in_process else conn.socket_timeout
         try:
             await asyncio.wait_for(writer.drain(), timeout) if timeout else await writer.drain()
         except BaseException as e:
