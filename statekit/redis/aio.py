@@ -618,7 +618,7 @@ class AsyncTransport:
             await lock.acquire()  # free: taken at once (no wait_for task per command)
         else:
             try:
-                await asyncio.wait_for(lock.acquire(), wait)
+                await _within(lock.acquire(), wait)
             except asyncio.TimeoutError:
                 raise lane_busy(self._where, wait) from None
         try:
@@ -732,7 +732,7 @@ class AsyncTransport:
         writer = conn._writer
         timeout = None if self._in_process else conn.socket_timeout
         try:
-            await asyncio.wait_for(writer.drain(), timeout) if timeout else await writer.drain()
+            await _within(writer.drain(), timeout) if timeout else await writer.drain()
         except BaseException as e:
             writer.transport.abort()
             if isinstance(e, asyncio.TimeoutError):
@@ -855,6 +855,17 @@ class _Unsent(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+async def _within(aw: Awaitable[T], timeout: float) -> T:
+    """``await aw``, at most *timeout* seconds (``asyncio.TimeoutError``). On Python
+    3.11+ under ``asyncio.timeout``: 3.11's ``wait_for`` can swallow a cancellation
+    that lands as *aw* completes (the caller then goes on as if not cancelled)."""
+    scope = getattr(asyncio, "timeout", None)
+    if scope is None:  # pragma: no cover - Python 3.10
+        return await asyncio.wait_for(aw, timeout)
+    async with scope(timeout):
+        return await aw
 
 
 #: redis-py's asyncio metrics hook (the sync transport's :class:`MetricsHook`)
