@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,13 +113,8 @@ def test_redis_py_metrics_hook_sees_each_direct_command(url: str, monkeypatch: p
         assert duration_seconds >= 0
         seen.append(command_name)
 
-    class On:  # the hook while redis-py's observability is on (the run below has the real one)
-        def on(self) -> bool:
-            return True
-
-    hook = On()
-    hook.record = record  # type: ignore[attr-defined]
-    monkeypatch.setattr(transport_module, "METRICS", hook)
+    # the hook while redis-py's observability is on (the run below has the real one)
+    monkeypatch.setattr(transport_module, "METRICS", SimpleNamespace(on=lambda: True, record=record))
     t = Transport(create_client(url), what="test")
     t.command("SET", "obs", "1")
     t.command(b"GET", "obs")

@@ -217,14 +217,22 @@ def _decode(data: dict[str, Any]) -> Any:
 
 
 def _publish(name: str, run: Callable[[], T]) -> T:
-    """``run()``, its outcome written for the other workers."""
+    """``run()``; under xdist its outcome written for the other workers (whole: a
+    worker waiting for the file never reads half of it)."""
+    if _shared is None:
+        return run()
+
+    def write(outcome: str) -> None:
+        part = _result_file(name).with_suffix(".part")
+        part.write_text(outcome)
+        os.replace(part, _result_file(name))
+
     try:
         result = run()
     except BaseException as e:  # noqa: BLE001 - pytest.skip's Skipped included: passed on as is
-        outcome = {"skip": str(e)} if isinstance(e, pytest.skip.Exception) else {"error": repr(e)}
-        _result_file(name).write_text(json.dumps(outcome))
+        write(json.dumps({"skip": str(e)} if isinstance(e, pytest.skip.Exception) else {"error": repr(e)}))
         raise
-    _result_file(name).write_text(json.dumps({"result": result}, default=_encode))
+    write(json.dumps({"result": result}, default=_encode))
     return result
 
 
@@ -246,8 +254,7 @@ def _wait_shared(name: str, timeout: float) -> Any:
 def start(name: str, run: Callable[[], Any]) -> None:
     """Start the run *name* in the background (once; under xdist, once for all workers)."""
     if name not in _started:
-        _started[name] = (_background.submit(_publish, name, run) if _shared is not None and _claim(name)
-                          else _background.submit(run) if _shared is None else _result_file(name))
+        _started[name] = _background.submit(_publish, name, run) if _claim(name) else _result_file(name)
 
 
 def report(name: str, run: Callable[[], T]) -> T:
@@ -264,7 +271,7 @@ def once(name: str, run: Callable[[], T]) -> T:
     """``run()`` once for the run: under xdist the first worker to ask runs it, the
     others wait for its result (a path, or a JSON report)."""
     if _claim(name):
-        return _publish(name, run) if _shared is not None else run()
+        return _publish(name, run)
     result: T = _wait_shared(name, timeout=600)
     return result
 

@@ -857,14 +857,16 @@ class _Unsent(Exception):
         self.error = error
 
 
+_timeout_scope: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
 async def _within(aw: Awaitable[T], timeout: float) -> T:
     """``await aw``, at most *timeout* seconds (``asyncio.TimeoutError``). On Python
     3.11+ under ``asyncio.timeout``: 3.11's ``wait_for`` can swallow a cancellation
     that lands as *aw* completes (the caller then goes on as if not cancelled)."""
-    scope = getattr(asyncio, "timeout", None)
-    if scope is None:  # pragma: no cover - Python 3.10
+    if _timeout_scope is None:  # pragma: no cover - Python 3.10
         return await asyncio.wait_for(aw, timeout)
-    async with scope(timeout):
+    async with _timeout_scope(timeout):
         return await aw
 
 

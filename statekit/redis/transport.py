@@ -103,7 +103,6 @@ except ImportError:  # pragma: no cover - redis-py's own packer
     _hiredis_pack = None
 
 
-
 class MetricsHook:
     """redis-py's metrics hook (redis-py 7 and later: *module*'s
     ``record_operation_duration``) for the commands statekit sends directly, called
