@@ -49,10 +49,29 @@ def cookie(response: httpx.Response) -> str:
     return response.cookies.get("session") or ""
 
 
-def cookie_header(value: str) -> dict[str, str]:
-    """The session cookie sent by hand: each request says which session it carries
-    (a user whose requests go to either worker)."""
-    return {"cookie": f"session={value}"}
+class Browser:
+    """One browser whose requests go to either worker: it keeps every cookie the
+    app sets (the session id and, with the near cache, its version token
+    ``session_v``) and sends them all, as a browser does. Sending the session
+    cookie alone would drop the token that makes the next request read this one's
+    write on another worker; it would then rely on the invalidation reaching that
+    worker first, which under load it may not (a CI run saw the login's copy)."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def headers(self) -> dict[str, str]:
+        return {"cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+
+    def keep(self, response: httpx.Response) -> httpx.Response:
+        for line in response.headers.get_list("set-cookie"):
+            name, _, rest = line.partition("=")
+            value, _, attributes = rest.partition(";")
+            if "max-age=0" in attributes.lower().replace(" ", ""):
+                self.cookies.pop(name.strip(), None)
+            else:
+                self.cookies[name.strip()] = value.strip()
+        return response
 
 
 def test_the_demo_on_two_workers(demo_env: None) -> None:
@@ -72,37 +91,41 @@ def test_the_demo_on_two_workers(demo_env: None) -> None:
             assert (await a.get("/healthz")).status_code == 200
             assert (await b.get("/readyz")).status_code == 200, (await b.get("/readyz")).text
 
-            page = await a.get("/")
+            user = Browser()
+            page = user.keep(await a.get("/"))
             assert page.status_code == 200 and "Not logged in" in page.text
             before = cookie(page)
             assert before
 
-            login = await b.post("/api/login", data={"user": "ada"}, headers=cookie_header(before))
+            login = user.keep(await b.post("/api/login", data={"user": "ada"}, headers=user.headers()))
             assert login.json()["user"] == "ada"
             after = cookie(login)
             assert after and after != before  # rotated on login
-            jar = cookie_header(after)
-            wrote = await a.post("/api/session", data={"key": "k", "value": "v"}, headers=jar)
+            wrote = user.keep(await a.post("/api/session", data={"key": "k", "value": "v"},
+                                           headers=user.headers()))
             assert wrote.status_code == 200
-            session = (await b.get("/api/session", headers=jar)).json()
+            assert "session_v" in user.cookies  # the near cache's version token
+            session = (await b.get("/api/session", headers=user.headers())).json()
             assert session["user"] == "ada" and session["values"] == {"k": "v"}
 
-            first = await a.get("/", headers=jar)
-            second = await b.get("/", headers=jar)
+            first = user.keep(await a.get("/", headers=user.headers()))
+            second = user.keep(await b.get("/", headers=user.headers()))
             assert "Logged in as <strong id=\"user\">ada</strong>" in second.text
             origin = [p.text.split('id="report-origin">')[1].split("(")[0] for p in (first, second)]
             assert origin[0] == origin[1]  # one computation, served by both workers
 
-            photo = await b.post("/api/photos", files={"photo": ("me.png", PNG, "image/png")}, headers=jar)
+            photo = user.keep(await b.post("/api/photos", files={"photo": ("me.png", PNG, "image/png")},
+                                           headers=user.headers()))
             assert photo.status_code == 201, photo.text
-            found = await a.get(f"/api/photos/{photo.json()['id']}", headers=jar)
+            found = user.keep(await a.get(f"/api/photos/{photo.json()['id']}", headers=user.headers()))
             assert found.status_code == 307
             async with httpx.AsyncClient() as s3:
                 assert (await s3.get(found.headers["location"])).content == PNG
             text = {"photo": ("x.png", b"text", "image/png")}
-            refused = await a.post("/api/photos", files=text, headers=jar)
+            refused = user.keep(await a.post("/api/photos", files=text, headers=user.headers()))
             assert refused.status_code == 415
-            assert "me.png" in (await a.get("/", headers=jar)).text  # the photo on the page
+            page = user.keep(await a.get("/", headers=user.headers()))
+            assert "me.png" in page.text  # the photo on the page
 
             shared = []
             for _ in range(200):
@@ -112,9 +135,17 @@ def test_the_demo_on_two_workers(demo_env: None) -> None:
                 await asyncio.sleep(0.05)
             assert [s["value"] for s in shared] == [1, 1] and shared[0]["version"] == shared[1]["version"]
 
-            await b.post("/logout-everywhere", headers=jar)
-            gone = (await a.get("/api/session", headers=jar)).json()
-            assert gone["user"] is None
+            held = user.headers()  # another device of ada's, logged in with this session
+            user.keep(await b.post("/logout-everywhere", headers=user.headers()))
+            assert (await a.get("/api/session", headers=user.headers())).json()["user"] is None
+            assert (await b.get("/api/session", headers=held)).json()["user"] is None
+            # worker a drops its near copy when the invalidation reaches it (its listener
+            # thread; normally well under a millisecond, here bounded by 2 s)
+            for _ in range(40):
+                if (await a.get("/api/session", headers=held)).json()["user"] is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await a.get("/api/session", headers=held)).json()["user"] is None
             counters = [app.state.statekit.broadcaster.counters for app in workers]
             return {"computes": sum(c.get("computes") for c in counters)}
 
