@@ -354,8 +354,14 @@ def _upstream_in_background(request: pytest.FixtureRequest,
 
 @pytest.fixture(autouse=True)
 def _reset_memory_backends() -> Iterator[None]:
+    """Process-wide state a test leaves goes with it: memory:// stores, and the outage
+    log (a backend one test left "down" would not log the next test's first failure:
+    the Flask and Django S3 outage tests name the same store)."""
+    from statekit.lifecycle import outages
+
     yield
     memory.reset()
+    outages.reset()
 
 
 @pytest.fixture(scope="session")
