@@ -65,6 +65,11 @@ BUILTIN_BACKENDS = {
 _PENDING = RESERVED_PREFIX + "pending/"
 #: where :meth:`BlobStore.receive_upload` keeps a direct upload until it is confirmed
 _STAGED = RESERVED_PREFIX + "incoming/"
+#: where the fate of a pending direct upload is decided, once: ``confirmed`` by
+#: :meth:`BlobStore.confirm` or ``expired`` by :meth:`BlobStore.cleanup_incomplete`
+#: (see :meth:`BlobStore._decide`)
+_VERDICT = RESERVED_PREFIX + "verdict/"
+_CONFIRMED, _EXPIRED = "confirmed", "expired"
 
 
 def require_extras(scheme: str) -> None:
@@ -396,8 +401,12 @@ class BlobStore:
         uploads to a staging key (S3's own, or :meth:`receive_upload`'s under
         ``.statekit/``) that this copies to *key* and deletes: nothing unchecked is
         ever visible under *key*, and a form sent again after the check only
-        reaches the staging key, never the accepted blob.
-        :raises BlobNotFound: nothing was uploaded (the pending marker stays).
+        reaches the staging key, never the accepted blob. Against a
+        :meth:`cleanup_incomplete` that judges the same upload stale at the same moment,
+        one of the two decides (:meth:`_decide`): a confirm that returns has kept the
+        blob, one that lost raises :class:`BlobNotFound` and leaves nothing behind.
+        :raises BlobNotFound: nothing was uploaded (the pending marker stays), or the
+        upload expired and was removed by :meth:`cleanup_incomplete`.
         """
         validate_key(key)
         backend = self.backend
@@ -425,8 +434,20 @@ class BlobStore:
         except (BlobTooLarge, ContentTypeMismatch, DisallowedContentType):
             self._drop_upload(key, blob=True)
             raise
-        self._drop_upload(key, blob=False)
-        return blob
+        held, verdict, _ = self._decide(key, _CONFIRMED)
+        if verdict == _EXPIRED:  # cleanup_incomplete judged it first: it removes the upload
+            self.backend.delete(key)  # the copy above may have come after its delete
+            raise BlobNotFound(f"direct upload {key!r} expired: cleanup_incomplete removed it before "
+                               f"it was confirmed")
+        if held:  # (a process stopped before the end leaves the verdict: cleanup finishes)
+            pending = self._policy(key) is not None
+            if pending:  # this call accepts it
+                self._drop_upload(key, blob=False)
+            self.backend.delete(_VERDICT + key)
+            if pending:
+                return blob
+        # accepted by another confirm (or judged and removed before this call decided)
+        return backend.stat(key)
 
     def _copy(self, source: str, key: str) -> None:
         """Write the object *source* to the new key *key*, streamed, with its type and
@@ -447,6 +468,45 @@ class BlobStore:
         for target in {_STAGED + key, self.backend.upload_target(key)} - {key}:
             self.backend.delete(target)
 
+    def _decide(self, key: str, verdict: str) -> tuple[bool, str, float]:
+        """Record *verdict* as the fate of the direct upload of *key*, unless one is
+        recorded: ``(held, the verdict that stands, when it was recorded)``, *held*
+        when this call recorded it (the caller then finishes the upload's fate and
+        deletes the record). One record per upload, created only if absent (every
+        backend's writes never overwrite: S3's conditional create, ``link`` on disk),
+        so a :meth:`confirm` and a :meth:`cleanup_incomplete` that judged the upload
+        stale at the same moment cannot both act on it: the second reads the first's
+        verdict. Whoever holds the record checks the pending marker again before
+        acting (the other may have finished and deleted its record just before)."""
+        name = _VERDICT + key
+        for _ in range(5):
+            at = time.time()
+            now = dt.datetime.fromtimestamp(int(at), dt.timezone.utc)
+            try:
+                self._write(WriteRequest(name, "text/plain", "attachment", {}, now),
+                            iter([f"{verdict} {at:.3f}".encode()]))
+                return True, verdict, at
+            except BlobExists:
+                pass
+            recorded = self._verdict(key)
+            if recorded is not None:
+                return (False, *recorded)
+            # its holder finished between the two calls: decide again
+        raise BlobError(f"the direct upload {key!r} is being decided elsewhere; try again")
+
+    def _verdict(self, key: str) -> tuple[str, float] | None:
+        """The recorded verdict on the direct upload of *key* and when it was recorded
+        (a record that does not parse counts as ``expired``, long ago), or ``None``."""
+        try:
+            raw = self.backend.read_range(_VERDICT + key, 0, 64).decode("ascii", "replace")
+        except BlobNotFound:
+            return None
+        verdict, _, at = raw.partition(" ")
+        try:
+            return (verdict if verdict == _CONFIRMED else _EXPIRED), float(at)
+        except ValueError:
+            return _EXPIRED, 0.0
+
     def _policy(self, key: str) -> bytes | None:
         """The policy of the pending direct upload of *key* (JSON), or ``None``."""
         try:
@@ -464,7 +524,9 @@ class BlobStore:
         ago: S3 multipart uploads are aborted, temporary files removed, and direct
         uploads never confirmed (pending past their expiry) are deleted, as are the
         staged copies of forms sent again after their upload was confirmed (S3).
-        Returns how many items were removed. Safe to run from several processes at once."""
+        Returns how many items were removed. Safe to run from several processes at once,
+        and beside :meth:`confirm`: an upload confirmed while it is judged stale is kept
+        (the two record one verdict per upload, :meth:`_decide`)."""
         removed = self.backend.cleanup_partial(older_than)
         now = time.time()
         for item in list(self._internal(_PENDING)):
@@ -477,9 +539,13 @@ class BlobStore:
                 stale = now > max(float(policy["expires"]), float(policy["created"]) + older_than)
             except (ValueError, KeyError, TypeError):
                 stale = True
-            if stale:
-                self._drop_upload(key, blob=True)
+            if stale and self._expire(key, older_than, now):
                 removed += 1
+        for item in list(self._internal(_VERDICT)):  # left by a process that stopped mid-way
+            key = item.key[len(_VERDICT):]
+            recorded = self._verdict(key)
+            if recorded is not None and recorded[1] <= now - older_than and self._policy(key) is None:
+                self.backend.delete(item.key)
         for staging in {_STAGED, self.backend.upload_target("")} - {""}:
             for item in list(self._internal(staging)):
                 old = item.created is not None and item.created.timestamp() <= now - older_than
@@ -487,6 +553,20 @@ class BlobStore:
                     self.backend.delete(item.key)
                     removed += 1
         return removed
+
+    def _expire(self, key: str, older_than: float, now: float) -> bool:
+        """Remove the stale direct upload of *key* unless a :meth:`confirm` decided
+        its fate first (:meth:`_decide`); whether this call removed it. A verdict
+        left by a process that stopped before finishing (older than *older_than*)
+        is finished here."""
+        held, verdict, at = self._decide(key, _EXPIRED)
+        if not held and at > now - older_than:
+            return False  # being acted on now
+        pending = self._policy(key) is not None  # else confirmed (or removed) before the verdict
+        if pending:
+            self._drop_upload(key, blob=verdict == _EXPIRED)
+        self.backend.delete(_VERDICT + key)
+        return pending and verdict == _EXPIRED
 
     def close(self) -> None:
         """Release connections and files (the store is unusable afterwards)."""

@@ -346,6 +346,96 @@ class BlobStoreContract:
         assert not store.exists(abandoned.key)
         assert [b.key for b in store.list()] == [good.key]
 
+    # -- confirm and cleanup at the same moment: one verdict per upload ----------------
+    @staticmethod
+    def _later(monkeypatch: pytest.MonkeyPatch, seconds: float = 3600) -> None:
+        """cleanup_incomplete's clock *seconds* ahead: every pending upload is stale."""
+        import types
+
+        from ...blobs import store as store_module
+
+        now = time.time
+        monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: now() + seconds))
+
+    @staticmethod
+    def _leftovers(store: BlobStore) -> list[str]:
+        """statekit's own objects left for direct uploads (markers, verdicts, staged copies)."""
+        return [b.key for prefix in ("pending/", "verdict/", "incoming/")
+                for b in store._internal(".statekit/" + prefix)]
+
+    def test_confirm_while_cleanup_judges_the_upload_stale_keeps_it(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """cleanup_incomplete read the pending policy (stale: the confirm comes after
+        the form expired), then the upload is confirmed elsewhere before cleanup
+        acts: confirm() told its caller the upload was accepted, so it stays."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        self._later(monkeypatch)
+        read_policy, confirmed = store._policy, list[Any]()
+
+        def policy(key: str) -> bytes | None:
+            raw = read_policy(key)
+            if not confirmed:  # cleanup has read the stale policy: the other process confirms now
+                confirmed.append(None)
+                confirmed[0] = store.confirm(key)
+            return raw
+
+        monkeypatch.setattr(store, "_policy", policy)
+        assert store.cleanup_incomplete(older_than=60) == 0
+        assert confirmed[0].key == up.key
+        assert read_all(store, up.key) == png_bytes()
+        assert store.confirm(up.key).key == up.key  # still idempotent
+        assert self._leftovers(store) == []
+
+    def test_confirm_after_cleanup_decided_raises_and_leaves_nothing(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """cleanup_incomplete decided first (the upload expired) and is removing it when
+        a confirm arrives: the confirm raises BlobNotFound, never returns a blob
+        that is then deleted, and nothing of the upload is left."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        self._later(monkeypatch)
+        drop, raised = store._drop_upload, list[str]()
+
+        def dropping(key: str, *, blob: bool) -> None:
+            if blob and not raised:  # cleanup holds the verdict: the other process confirms now
+                with pytest.raises(BlobNotFound, match="expired"):
+                    store.confirm(key)
+                raised.append(key)
+            drop(key, blob=blob)
+
+        monkeypatch.setattr(store, "_drop_upload", dropping)
+        assert store.cleanup_incomplete(older_than=60) == 1
+        assert raised == [up.key]
+        assert not store.exists(up.key)
+        with pytest.raises(BlobNotFound):
+            store.confirm(up.key)
+        assert self._leftovers(store) == []
+
+    def test_a_confirm_that_stopped_after_deciding_keeps_the_blob(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A confirm recorded its verdict, then its process stopped before it cleaned up:
+        cleanup_incomplete finishes that confirm's work and keeps the blob."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        drop = store._drop_upload
+
+        def crash(key: str, *, blob: bool) -> None:
+            raise SystemExit("the process stopped")
+
+        monkeypatch.setattr(store, "_drop_upload", crash)
+        with pytest.raises(SystemExit):
+            store.confirm(up.key)
+        monkeypatch.setattr(store, "_drop_upload", drop)
+        self._later(monkeypatch)
+        assert store.cleanup_incomplete(older_than=60) == 0
+        assert read_all(store, up.key) == png_bytes()
+        assert store.confirm(up.key).key == up.key
+        assert self._leftovers(store) == []
+
     def test_receive_upload_refuses_a_tampered_form(self, store: BlobStore) -> None:
         up = store.presign_upload(max_size=10_000, expires=60)
         if _served_by_store(store, up.url):
