@@ -26,6 +26,7 @@ the subdirectory, so nothing is reported twice); :func:`make_wsgi_app` includes 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import importlib.util
 import logging
@@ -224,6 +225,9 @@ class _Exporter:
         folder = os.path.join(path, _SUBDIR)
         with self._lock:
             if self._pid != os.getpid() or not os.path.isdir(folder):  # a new directory: new files
+                for old in self._files.values():  # (a forked child closes its copies of the parent's)
+                    with contextlib.suppress(Exception):
+                        old.close()
                 self._files, self._written, self._pid = {}, {}, os.getpid()
                 os.makedirs(folder, exist_ok=True)
             for (component, instance), (counts, gauges) in _merged().items():
