@@ -402,3 +402,43 @@ def test_cleanup_leaves_an_upload_confirmed_while_it_runs(monkeypatch: pytest.Mo
     assert store.cleanup_incomplete(older_than=0) == 0
     with store.open(up.key) as f:
         assert f.read() == png_bytes()
+
+
+def test_a_verdict_read_while_it_is_written_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a filesystem without hard links a record is claimed empty, then its bytes are
+    renamed over the claim. A second confirm that read the first's verdict in between
+    took the empty record for an old 'expired' one and deleted the blob the first then
+    accepted and returned; it now waits for the record, and is told to try again."""
+    import errno
+
+    from statekit.errors import BlobError
+
+    store = BlobStore(f"file://{tmp_path}/volume?create=1")
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    direct_upload(store, up, png_bytes(), "image/png")
+    real_replace, second = os.replace, list[object]()
+
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def replace(src: str, dst: str) -> None:
+        parts = Path(dst).parts
+        if "verdict" in parts and "meta" not in parts and not second:  # the first's verdict is claimed, empty
+            second.append(None)
+            try:
+                second[0] = store.confirm(up.key)
+            except BlobError as e:
+                second[0] = e
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "replace", replace)
+    first = store.confirm(up.key)
+    monkeypatch.undo()
+    assert first.key == up.key
+    with store.open(up.key) as f:
+        assert f.read() == png_bytes()
+    assert isinstance(second[0], BlobError) and not isinstance(second[0], BlobNotFound), second
+    assert store.confirm(up.key).key == up.key

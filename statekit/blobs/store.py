@@ -70,6 +70,10 @@ _STAGED = RESERVED_PREFIX + "incoming/"
 #: (see :meth:`BlobStore._decide`)
 _VERDICT = RESERVED_PREFIX + "verdict/"
 _CONFIRMED, _EXPIRED = "confirmed", "expired"
+#: how long a verdict is left to its holder, whatever ``older_than`` a cleanup is given:
+#: younger, it is neither taken over nor removed. Its holder's few backend calls end
+#: well within it (each has a timeout); processes' clocks must agree within it.
+_VERDICT_LEASE = 3600.0
 
 
 def require_extras(scheme: str) -> None:
@@ -405,8 +409,12 @@ class BlobStore:
         :meth:`cleanup_incomplete` that judges the same upload stale at the same moment,
         one of the two decides (:meth:`_decide`): a confirm that returns has kept the
         blob, one that lost raises :class:`BlobNotFound` and leaves nothing behind.
+        So do two confirms of one upload at once (a form sent twice): the second
+        returns the blob the first accepted, or raises when its *allowed_types* refuse
+        it, and then leaves the blob to the first.
         :raises BlobNotFound: nothing was uploaded (the pending marker stays), or the
         upload expired and was removed by :meth:`cleanup_incomplete`.
+        :raises BlobError: another process is recording its verdict; try again.
         """
         validate_key(key)
         backend = self.backend
@@ -414,13 +422,13 @@ class BlobStore:
         if raw is None:
             return backend.stat(key)
         policy = json.loads(raw)
-        if policy.get("staged"):  # received by receive_upload: copied here, checked below
+        target = _STAGED + key if policy.get("staged") else backend.upload_target(key)
+        if target != key:  # the checks below run on the copy, which no replayed form can reach
             with contextlib.suppress(BlobNotFound, BlobExists):  # nothing sent / a racing confirm copied it
-                self._copy(_STAGED + key, key)
-        else:
-            target = backend.upload_target(key)
-            if target != key:  # the checks below run on the copy, which no replayed form can reach
-                backend.accept_upload(target, key)
+                if policy.get("staged"):  # received by receive_upload
+                    self._copy(target, key)
+                else:
+                    backend.accept_upload(target, key)
         blob = backend.stat(key)
         try:
             if blob.size > int(policy["max_size"]):
@@ -432,22 +440,22 @@ class BlobStore:
             if type_prefix and not type_allowed(final, [type_prefix + "*"]):
                 raise DisallowedContentType(f"direct upload is not of type {type_prefix}*")
         except (BlobTooLarge, ContentTypeMismatch, DisallowedContentType):
-            self._drop_upload(key, blob=True)
+            held, verdict, _ = self._decide(key, _EXPIRED)  # refused: removed, unless accepted first
+            if held:
+                self._carry_out(key, _EXPIRED)
+            elif verdict == _EXPIRED:  # removed elsewhere: the copy above may have come after its delete
+                backend.delete(key)
             raise
         held, verdict, _ = self._decide(key, _CONFIRMED)
-        if verdict == _EXPIRED:  # cleanup_incomplete judged it first: it removes the upload
-            self.backend.delete(key)  # the copy above may have come after its delete
-            raise BlobNotFound(f"direct upload {key!r} expired: cleanup_incomplete removed it before "
-                               f"it was confirmed")
-        if held:  # (a process stopped before the end leaves the verdict: cleanup finishes)
-            pending = self._policy(key) is not None
-            if pending:  # this call accepts it
-                self._drop_upload(key, blob=False)
-            self.backend.delete(_VERDICT + key)
-            if pending:
-                return blob
-        # accepted by another confirm (or judged and removed before this call decided)
-        return backend.stat(key)
+        if verdict == _EXPIRED:  # judged first (a cleanup, or a confirm that refused it): removed
+            backend.delete(key)  # the copy above may have come after its delete
+            raise BlobNotFound(f"direct upload {key!r} expired (or was refused): removed before this "
+                               f"call could confirm it")
+        if not verdict:
+            raise BlobError(f"the direct upload {key!r} is being decided elsewhere; try again")
+        if held and self._carry_out(key, _CONFIRMED):
+            return blob
+        return backend.stat(key)  # accepted by the confirm that holds the verdict
 
     def _copy(self, source: str, key: str) -> None:
         """Write the object *source* to the new key *key*, streamed, with its type and
@@ -471,41 +479,65 @@ class BlobStore:
     def _decide(self, key: str, verdict: str) -> tuple[bool, str, float]:
         """Record *verdict* as the fate of the direct upload of *key*, unless one is
         recorded: ``(held, the verdict that stands, when it was recorded)``, *held*
-        when this call recorded it (the caller then finishes the upload's fate and
-        deletes the record). One record per upload, created only if absent (every
-        backend's writes never overwrite: S3's conditional create, ``link`` on disk),
-        so a :meth:`confirm` and a :meth:`cleanup_incomplete` that judged the upload
-        stale at the same moment cannot both act on it: the second reads the first's
-        verdict. Whoever holds the record checks the pending marker again before
-        acting (the other may have finished and deleted its record just before)."""
+        when this call recorded it; the verdict is ``""`` when the record stayed
+        unreadable (being written) while this call waited. The caller then carries
+        out the verdict it holds (:meth:`_carry_out`).
+
+        One record per upload, created only if absent (every backend's writes never
+        overwrite: S3's conditional create, ``link`` on disk), and never replaced: the
+        first :meth:`confirm` (accepting or refusing) or :meth:`cleanup_incomplete` to
+        record its verdict decides, and every later one, even one that read the
+        pending marker before it went, reads that verdict and follows it. The record
+        stays until a cleanup finds it older than the lease (:data:`_VERDICT_LEASE`).
+        A write stored whose caller still saw it refused (S3 answers a request
+        retried after a lost answer with 412) is recognised as this call's own."""
         name = _VERDICT + key
-        for _ in range(5):
-            at = time.time()
+        for attempt in range(5):
+            at = round(time.time(), 6)
             now = dt.datetime.fromtimestamp(int(at), dt.timezone.utc)
             try:
                 self._write(WriteRequest(name, "text/plain", "attachment", {}, now),
-                            iter([f"{verdict} {at:.3f}".encode()]))
+                            iter([f"{verdict} {at:.6f}".encode()]))
                 return True, verdict, at
             except BlobExists:
                 pass
             recorded = self._verdict(key)
-            if recorded is not None:
+            if recorded == (verdict, at):
+                return True, verdict, at
+            if recorded is not None and (recorded[0] or attempt == 4):
                 return (False, *recorded)
-            # its holder finished between the two calls: decide again
+            if recorded is not None:  # being written: its bytes come next
+                time.sleep(0.05 * (attempt + 1))
+            # else removed by a cleanup past the lease between the two calls: decide again
         raise BlobError(f"the direct upload {key!r} is being decided elsewhere; try again")
 
     def _verdict(self, key: str) -> tuple[str, float] | None:
-        """The recorded verdict on the direct upload of *key* and when it was recorded
-        (a record that does not parse counts as ``expired``, long ago), or ``None``."""
+        """The recorded verdict on the direct upload of *key* and when it was recorded,
+        or ``None``. A record that does not parse is being written (a filesystem
+        without hard links claims the name empty, then renames the bytes over it): its
+        verdict is ``""`` within the lease, ``expired`` after (its writer stopped
+        before it could act on it)."""
+        name = _VERDICT + key
         try:
-            raw = self.backend.read_range(_VERDICT + key, 0, 64).decode("ascii", "replace")
+            raw = self.backend.read_range(name, 0, 64).decode("ascii", "replace")
+            verdict, _, at = raw.partition(" ")
+            try:
+                return (verdict if verdict == _CONFIRMED else _EXPIRED), float(at)
+            except ValueError:
+                created = self.backend.stat(name).created
         except BlobNotFound:
             return None
-        verdict, _, at = raw.partition(" ")
-        try:
-            return (verdict if verdict == _CONFIRMED else _EXPIRED), float(at)
-        except ValueError:
-            return _EXPIRED, 0.0
+        made = created.timestamp() if created is not None else 0.0
+        return ("" if made > time.time() - _VERDICT_LEASE else _EXPIRED), made
+
+    def _carry_out(self, key: str, verdict: str) -> bool:
+        """As the holder of the *verdict* that stands on the direct upload of *key*:
+        forget the upload if it is still pending, with its blob when ``expired``;
+        whether it was. The record stays (see :meth:`_decide`)."""
+        if self._policy(key) is None:
+            return False
+        self._drop_upload(key, blob=verdict == _EXPIRED)
+        return True
 
     def _policy(self, key: str) -> bytes | None:
         """The policy of the pending direct upload of *key* (JSON), or ``None``."""
@@ -526,7 +558,9 @@ class BlobStore:
         staged copies of forms sent again after their upload was confirmed (S3).
         Returns how many items were removed. Safe to run from several processes at once,
         and beside :meth:`confirm`: an upload confirmed while it is judged stale is kept
-        (the two record one verdict per upload, :meth:`_decide`)."""
+        (the two record one verdict per upload, :meth:`_decide`). A verdict is left to
+        its holder for an hour (:data:`_VERDICT_LEASE`) even with ``older_than=0``: a
+        process that stopped after recording one is finished after that."""
         removed = self.backend.cleanup_partial(older_than)
         now = time.time()
         for item in list(self._internal(_PENDING)):
@@ -541,10 +575,13 @@ class BlobStore:
                 stale = True
             if stale and self._expire(key, older_than, now):
                 removed += 1
-        for item in list(self._internal(_VERDICT)):  # left by a process that stopped mid-way
+        cutoff = now - max(older_than, _VERDICT_LEASE)
+        for item in list(self._internal(_VERDICT)):  # no one acts on them any more
+            if item.created is not None and item.created.timestamp() > cutoff:
+                continue
             key = item.key[len(_VERDICT):]
             recorded = self._verdict(key)
-            if recorded is not None and recorded[1] <= now - older_than and self._policy(key) is None:
+            if recorded is not None and recorded[1] <= cutoff and self._policy(key) is None:
                 self.backend.delete(item.key)
         for staging in {_STAGED, self.backend.upload_target("")} - {""}:
             for item in list(self._internal(staging)):
@@ -557,16 +594,12 @@ class BlobStore:
     def _expire(self, key: str, older_than: float, now: float) -> bool:
         """Remove the stale direct upload of *key* unless a :meth:`confirm` decided
         its fate first (:meth:`_decide`); whether this call removed it. A verdict
-        left by a process that stopped before finishing (older than *older_than*)
-        is finished here."""
+        left by a process that stopped before carrying it out (older than
+        *older_than* and the lease) is carried out here."""
         held, verdict, at = self._decide(key, _EXPIRED)
-        if not held and at > now - older_than:
-            return False  # being acted on now
-        pending = self._policy(key) is not None  # else confirmed (or removed) before the verdict
-        if pending:
-            self._drop_upload(key, blob=verdict == _EXPIRED)
-        self.backend.delete(_VERDICT + key)
-        return pending and verdict == _EXPIRED
+        if not held and (not verdict or at > now - max(older_than, _VERDICT_LEASE)):
+            return False  # being carried out now
+        return self._carry_out(key, verdict) and verdict == _EXPIRED
 
     def close(self) -> None:
         """Release connections and files (the store is unusable afterwards)."""

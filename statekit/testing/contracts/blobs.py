@@ -26,13 +26,15 @@ Needs pytest; the HTTP checks of stores that presign their own URLs need
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import re
 import secrets
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import pytest
 
 from ...blobs import Blob, BlobStore, PresignedUpload
 from ...blobs.protocol import BlobBackend
+from ...blobs.store import _VERDICT_LEASE
 from ...errors import (
     BlobError,
     BlobExists,
@@ -103,6 +106,78 @@ def direct_upload(store: BlobStore, up: PresignedUpload, data: bytes, ctype: str
         return bool(resp.status_code in (200, 201, 204))
     store.receive_upload(up.fields, io.BytesIO(data), content_type=ctype)
     return True
+
+
+class _Interleaving:
+    """Calls run in threads, each held at the points the test names until the test lets
+    it go on: one interleaving of several processes' steps, the same on every run. A
+    point is a call of a method of the store (``"_decide"``) or of its backend
+    (``"backend.delete"``): ``hold("cleanup", "_policy", 2)`` holds the thread
+    ``cleanup`` before its second ``_policy`` call. Use it as a context manager: on
+    leaving, every hold is released and every thread joined."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: BlobStore) -> None:
+        self._mp, self._store = monkeypatch, store
+        self._gates: dict[tuple[str, str, int], tuple[threading.Event, threading.Event]] = {}
+        self._calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._outcomes: dict[str, Any] = {}
+
+    def hold(self, thread: str, point: str, n: int = 1) -> None:
+        if not any(p == point for _, p, _ in self._gates):
+            owner: Any = self._store.backend if point.startswith("backend.") else self._store
+            method = point.removeprefix("backend.")
+            self._mp.setattr(owner, method, self._gated(point, getattr(owner, method)))
+        self._gates[(thread, point, n)] = (threading.Event(), threading.Event())
+
+    def _gated(self, point: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            thread = threading.current_thread().name
+            with self._lock:
+                self._calls[(thread, point)] += 1
+                gate = self._gates.get((thread, point, self._calls[(thread, point)]))
+            if gate is not None:
+                gate[0].set()
+                gate[1].wait(30)
+            return real(*args, **kwargs)
+        return call
+
+    def start(self, thread: str, call: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                self._outcomes[thread] = call()
+            except BaseException as e:  # handed to the test
+                self._outcomes[thread] = e
+        self._threads[thread] = threading.Thread(target=run, name=thread, daemon=True)
+        self._threads[thread].start()
+
+    def reached(self, thread: str, point: str, n: int = 1) -> bool:
+        """Wait until *thread* is held there (``True``) or has ended without getting there."""
+        arrived, deadline = self._gates[(thread, point, n)][0], time.monotonic() + 30
+        while not arrived.wait(0.005):
+            if not self._threads[thread].is_alive():
+                return arrived.is_set()
+            assert time.monotonic() < deadline, f"{thread} neither reached {point} nor ended"
+        return True
+
+    def release(self, thread: str, point: str, n: int = 1) -> None:
+        self._gates[(thread, point, n)][1].set()
+
+    def outcome(self, thread: str) -> Any:
+        """What *thread*'s call returned or raised, once it ended."""
+        self._threads[thread].join(30)
+        assert not self._threads[thread].is_alive(), f"{thread} did not end"
+        return self._outcomes[thread]
+
+    def __enter__(self) -> _Interleaving:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, release in self._gates.values():
+            release.set()
+        for thread in self._threads.values():
+            thread.join(30)
 
 
 class BlobStoreContract:
@@ -355,13 +430,20 @@ class BlobStoreContract:
         from ...blobs import store as store_module
 
         now = time.time
-        monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: now() + seconds))
+        monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: now() + seconds,
+                                                                       sleep=time.sleep))
 
     @staticmethod
     def _leftovers(store: BlobStore) -> list[str]:
         """statekit's own objects left for direct uploads (markers, verdicts, staged copies)."""
         return [b.key for prefix in ("pending/", "verdict/", "incoming/")
                 for b in store._internal(".statekit/" + prefix)]
+
+    def _swept(self, store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        """What is left once a cleanup runs after every verdict's lease: nothing."""
+        self._later(monkeypatch, _VERDICT_LEASE + 7200)
+        store.cleanup_incomplete(older_than=60)
+        return self._leftovers(store)
 
     def test_confirm_while_cleanup_judges_the_upload_stale_keeps_it(
         self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
@@ -386,7 +468,8 @@ class BlobStoreContract:
         assert confirmed[0].key == up.key
         assert read_all(store, up.key) == png_bytes()
         assert store.confirm(up.key).key == up.key  # still idempotent
-        assert self._leftovers(store) == []
+        assert self._leftovers(store) == [f".statekit/verdict/{up.key}"]  # answers late comers
+        assert self._swept(store, monkeypatch) == []
 
     def test_confirm_after_cleanup_decided_raises_and_leaves_nothing(
         self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
@@ -412,13 +495,15 @@ class BlobStoreContract:
         assert not store.exists(up.key)
         with pytest.raises(BlobNotFound):
             store.confirm(up.key)
-        assert self._leftovers(store) == []
+        assert self._leftovers(store) == [f".statekit/verdict/{up.key}"]  # answers late comers
+        assert self._swept(store, monkeypatch) == []
 
     def test_a_confirm_that_stopped_after_deciding_keeps_the_blob(
         self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A confirm recorded its verdict, then its process stopped before it cleaned up:
-        cleanup_incomplete finishes that confirm's work and keeps the blob."""
+        a cleanup past the verdict's lease finishes that confirm's work and keeps the
+        blob (one within it leaves the verdict to its holder)."""
         up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
         assert direct_upload(store, up, png_bytes(), "image/png")
         drop = store._drop_upload
@@ -430,11 +515,143 @@ class BlobStoreContract:
         with pytest.raises(SystemExit):
             store.confirm(up.key)
         monkeypatch.setattr(store, "_drop_upload", drop)
-        self._later(monkeypatch)
+        self._later(monkeypatch, 60)
+        assert store.cleanup_incomplete(older_than=60) == 0  # within the lease: left to its holder
+        assert store._policy(up.key) is not None
+        self._later(monkeypatch, _VERDICT_LEASE + 60)
         assert store.cleanup_incomplete(older_than=60) == 0
         assert read_all(store, up.key) == png_bytes()
         assert store.confirm(up.key).key == up.key
         assert self._leftovers(store) == []
+
+    def test_a_cleanup_that_decides_after_a_confirm_accepted_keeps_the_upload(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A form confirmed twice (a double click) while a cleanup judges it stale: the
+        first confirm accepts it while the second and the cleanup are under way, both
+        having read the pending marker. The cleanup decides too late to act, and the
+        second confirm, deciding after it, returns the accepted blob: neither removes it."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        self._later(monkeypatch)
+        with _Interleaving(monkeypatch, store) as run:
+            run.hold("confirm", "_decide")  # copied and checked the upload
+            run.hold("cleanup", "_decide")  # read the stale policy
+            run.hold("cleanup", "_policy", 2)  # decided
+            run.start("confirm", lambda: store.confirm(up.key))
+            assert run.reached("confirm", "_decide")
+            run.start("cleanup", lambda: store.cleanup_incomplete(older_than=60))
+            assert run.reached("cleanup", "_decide")
+            first = store.confirm(up.key)  # the first request, all the way through
+            run.release("cleanup", "_decide")
+            run.reached("cleanup", "_policy", 2)
+            run.release("confirm", "_decide")
+            second = run.outcome("confirm")
+            run.release("cleanup", "_policy", 2)
+            assert run.outcome("cleanup") == 0
+        assert isinstance(second, Blob), second
+        assert first.key == second.key == up.key
+        assert read_all(store, up.key) == png_bytes()
+
+    def test_a_cleanup_still_at_work_is_not_taken_over(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``older_than=0`` finishes what a stopped process left at once, but a verdict
+        whose holder is still carrying it out is not left: a second cleanup that took
+        the first's over removed the marker and the verdict, a confirm then held one of
+        its own and returned the blob, which the first cleanup went on to delete."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        self._later(monkeypatch)
+        copy = "backend.accept_upload" if store.backend.upload_target(up.key) != up.key else "_copy"
+        with _Interleaving(monkeypatch, store) as run:
+            run.hold("first", "_drop_upload")  # decided "expired" and read the marker
+            run.hold("confirm", copy)  # read the marker
+            run.hold("confirm", "_decide")
+            run.hold("second", "backend.delete", 2)  # removed the blob (not yet there), not the rest
+            run.start("first", lambda: store.cleanup_incomplete(older_than=0))
+            assert run.reached("first", "_drop_upload")
+            run.start("confirm", lambda: store.confirm(up.key))
+            assert run.reached("confirm", copy)
+            run.start("second", lambda: store.cleanup_incomplete(older_than=0))
+            taken_over = run.reached("second", "backend.delete", 2)
+            run.release("confirm", copy)
+            assert run.reached("confirm", "_decide")
+            run.release("second", "backend.delete", 2)
+            second = run.outcome("second")
+            run.release("confirm", "_decide")
+            confirmed = run.outcome("confirm")
+            run.release("first", "_drop_upload")
+            assert run.outcome("first") == 1
+        if isinstance(confirmed, Blob):  # the guarantee: a confirm that returns has kept the blob
+            assert read_all(store, up.key) == png_bytes()
+        assert (taken_over, second) == (False, 0)
+        assert isinstance(confirmed, BlobNotFound) and not store.exists(up.key)
+        assert self._swept(store, monkeypatch) == []
+
+    @pytest.mark.parametrize("allowed", [None, ["application/pdf"]])
+    def test_a_second_confirm_at_the_same_moment_keeps_the_accepted_upload(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch, allowed: list[str] | None
+    ) -> None:
+        """A form confirmed twice at once (a double click, a retried request): the
+        second read the pending marker before the first accepted the upload. It returns
+        the accepted blob, or raises when its allowed types refuse it, but never
+        removes what the first confirm returned (nor reads the staged copy the first
+        removed as a missing upload)."""
+        up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, up, png_bytes(), "image/png")
+        read_policy, first = store._policy, list[Blob]()
+
+        def policy(key: str) -> bytes | None:
+            raw = read_policy(key)
+            if not first:  # the second has read the marker: the first request runs through
+                first.append(Blob(key, 0))
+                first[0] = store.confirm(key)
+            return raw
+
+        monkeypatch.setattr(store, "_policy", policy)
+        if allowed:
+            with pytest.raises(DisallowedContentType):
+                store.confirm(up.key, allowed_types=allowed)
+        else:
+            assert store.confirm(up.key).key == up.key
+        assert first[0].key == up.key and first[0].size == len(png_bytes())
+        assert read_all(store, up.key) == png_bytes()
+        assert self._swept(store, monkeypatch) == []
+
+    def test_a_verdict_stored_by_a_write_that_then_failed_is_its_writers(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A write can be stored and still fail for its caller: S3 answers a request
+        retried after a lost answer with 412, the object being its own. The verdict is
+        still its writer's: confirm accepts the upload and cleanup removes a stale one,
+        neither left pending for a later cleanup to finish."""
+        kept = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+        assert direct_upload(store, kept, png_bytes(), "image/png")
+        stale = store.presign_upload(max_size=10_000, expires=60)
+        assert direct_upload(store, stale, b"never confirmed", "text/plain")
+        real_writer = store.backend.writer
+
+        def writer(req: Any) -> Any:
+            w = real_writer(req)
+            if req.key.startswith(".statekit/verdict/"):
+                commit = w.commit
+
+                def stored_then_refused(sha256: str, size: int) -> None:
+                    commit(sha256, size)
+                    raise BlobExists(f"the retried write of {req.key!r} found it")
+
+                w.commit = stored_then_refused  # type: ignore[method-assign]
+            return w
+
+        monkeypatch.setattr(store.backend, "writer", writer)
+        assert store.confirm(kept.key).key == kept.key
+        assert store._policy(kept.key) is None  # accepted: no longer pending
+        self._later(monkeypatch)
+        assert store.cleanup_incomplete(older_than=60) == 1
+        assert not store.exists(stale.key)
+        assert read_all(store, kept.key) == png_bytes()
+        assert self._swept(store, monkeypatch) == []
 
     def test_receive_upload_refuses_a_tampered_form(self, store: BlobStore) -> None:
         up = store.presign_upload(max_size=10_000, expires=60)
