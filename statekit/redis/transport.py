@@ -14,14 +14,17 @@ Sentinel the connection is the master's (it asks the sentinels again after a
 wrong-node reply dropped it). On Cluster a command whose key is known (the
 commands of :data:`KEY_AT` and ``EVALSHA`` with keys) goes the same way to the
 key's node as redis-py's slot map gives it: one dedicated connection per thread and
-node, from that node's pool. Anything else, and a command that node answers with
-``MOVED``/``ASK``/``TRYAGAIN``/``CLUSTERDOWN``, whose connection cannot be made, or
-that must run once more (an idempotent read after a dropped connection), goes
-through ``RedisCluster``, which routes by slot, follows redirections and refreshes
-its slot map (so the next direct call finds the new node). A write whose outcome is
-unknown is never sent again on either path. (``RedisCluster.execute_command`` costs
-~60 µs of CPU per command on its own; the direct path about what a standalone
-command costs.)
+node, from that node's pool. A script that node lacks (``NOSCRIPT``: a restarted
+node, or one never asked to load it, as the asyncio transport loads a script on the
+node that runs it only) is loaded there and on every other primary, on this thread's
+connections as ``RedisCluster``'s ``SCRIPT LOAD`` would, and run again there. Anything
+else, and a command that node answers with ``MOVED``/``ASK``/``TRYAGAIN``/
+``CLUSTERDOWN``, whose connection cannot be made, or that must run once more (an
+idempotent read after a dropped connection), goes through ``RedisCluster``, which
+routes by slot, follows redirections and refreshes its slot map (so the next direct
+call finds the new node). A write whose outcome is unknown is never sent again on
+either path. (``RedisCluster.execute_command`` costs ~60 µs of CPU per command on
+its own; the direct path about what a standalone command costs.)
 
 **Reply shape.** On the per-thread connection replies are raw, as the connection's
 protocol gives them (``SET`` gives ``b"OK"``; ``HGETALL`` a flat list in RESP2, a
@@ -70,6 +73,7 @@ authentication replies raise ``BackendUnavailable``; other error replies raise w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import zlib
@@ -715,10 +719,18 @@ class Transport:
         if self.cluster_direct:
             lane = self._node_lane(evalsha)
             if lane is not None:
+                sent: Sequence[Arg] = evalsha
                 try:
-                    return self._send(evalsha, lane)
-                except Exception as e:  # noqa: BLE001 - the rule decides; a script that
-                    self._node_failed(lane, evalsha, e)  # node lacks is loaded below
+                    try:
+                        return self._send(evalsha, lane)
+                    except self._no_script:  # nothing ran: loaded on every primary, run here
+                        sent = (b"SCRIPT", b"LOAD", script.source)
+                        self._send(sent, lane)
+                        self._load_elsewhere(sent, lane)
+                        sent = evalsha
+                        return self._send(evalsha, lane)
+                except Exception as e:  # noqa: BLE001 - the rule decides
+                    self._node_failed(lane, sent, e)
         with translate_errors(self._where):
             try:
                 try:
@@ -728,6 +740,21 @@ class Transport:
                     return self._routed_call(evalsha)
             except self._response_error as e:
                 raise self._refused(e) from e
+
+    def _load_elsewhere(self, load: Sequence[Arg], lane: _Lane) -> None:
+        """Cluster: *load* (a ``SCRIPT LOAD`` that *lane*'s node answered) on this
+        thread's connection to every other primary, as ``RedisCluster`` sends ``SCRIPT
+        LOAD`` to every primary: a bulk call's pipelines then find the script on each
+        node (:func:`statekit.cache.redis.cluster_batch` sends a command answered
+        ``NOSCRIPT`` again alone, and raises before that when another node's outcome is
+        unknown). Best effort, before the caller's command runs: a node that fails (down,
+        or paused past the socket timeout) loads it at its own ``NOSCRIPT``."""
+        failed = (self._connection_error, self._response_error, _rule().redis.TimeoutError)
+        for node in self.client.get_primaries():
+            other = self.node_lane(node)
+            if other is not None and other is not lane:
+                with contextlib.suppress(*failed):
+                    self._send(load, other)
 
     def _routed_call(self, args: Sequence[Arg]) -> Any:
         # RedisCluster finds a script's slot from its keys by the command's name
