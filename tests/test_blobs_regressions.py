@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit.blobs import BlobStore
+from statekit.blobs import Blob, BlobStore
 from statekit.errors import (
     BackendUnavailable,
     BlobNotFound,
@@ -442,3 +442,32 @@ def test_a_verdict_read_while_it_is_written_is_waited_for(
         assert f.read() == png_bytes()
     assert isinstance(second[0], BlobError) and not isinstance(second[0], BlobNotFound), second
     assert store.confirm(up.key).key == up.key
+
+
+@pytest.mark.s3
+def test_s3_form_replayed_between_two_confirms_never_replaces_the_accepted_blob(
+    s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3's copy from the staging key replaces what is there. A second confirm of a
+    form (it read the pending marker before the first accepted the upload) copied a
+    form sent again meanwhile (HTML for an image) over the accepted blob, then
+    refused it: the HTML stayed under the key the first confirm had returned."""
+    store = BlobStore(s3_url)
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    direct_upload(store, up, png_bytes(), "image/png")
+    read_policy, first = store._policy, list[object]()
+
+    def policy(key: str) -> bytes | None:
+        raw = read_policy(key)
+        if not first:  # the second has read the marker: the first runs through, then the replay
+            first.append(None)
+            first[0] = store.confirm(key)
+            direct_upload(store, up, HTML, "image/png")
+        return raw
+
+    monkeypatch.setattr(store, "_policy", policy)
+    second = store.confirm(up.key)
+    assert isinstance(first[0], Blob) and first[0].key == second.key == up.key
+    assert second.size == len(png_bytes())
+    with store.open(up.key) as f:
+        assert f.read() == png_bytes()

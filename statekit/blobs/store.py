@@ -427,7 +427,7 @@ class BlobStore:
             with contextlib.suppress(BlobNotFound, BlobExists):  # nothing sent / a racing confirm copied it
                 if policy.get("staged"):  # received by receive_upload
                     self._copy(target, key)
-                else:
+                elif not self.exists(key):  # a backend's copy may replace what another confirm checked
                     backend.accept_upload(target, key)
         blob = backend.stat(key)
         try:
