@@ -250,3 +250,27 @@ def test_local_pending_upload_recorded_by_an_old_worker_after_start_is_still_che
     assert store.cleanup_incomplete(older_than=3600) == 1
     assert not store.exists(abandoned)
     assert [p for p in (root / ".statekit" / "pending").rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("conditional", [True, False])
+def test_s3_confirm_copies_the_upload_only_where_nothing_is(s3_url: str, conditional: bool) -> None:
+    """confirm()'s copy from S3's staging key to the blob's key is a create like every
+    other write: ``If-None-Match: *`` on the CopyObject (moto does not enforce it on a
+    copy, so the header is what is checked), or, with ``conditional_writes=false``, a
+    HEAD first that refuses an existing key."""
+    from statekit.errors import BlobExists
+    from statekit.testing.contracts.blobs import direct_upload, png_bytes
+
+    store = BlobStore(s3_url + ("" if conditional else "&conditional_writes=false"))
+    rec = Recorder(store.client)
+    up = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
+    assert direct_upload(store, up, png_bytes(), "image/png")
+    assert store.confirm(up.key).size == len(png_bytes())
+    copies = rec.ops("CopyObject")
+    assert len(copies) == 1
+    assert copies[0]["headers"].get("if-none-match") == ("*" if conditional else None)
+    if not conditional:
+        with pytest.raises(BlobExists):  # the key is taken: no copy is sent
+            store.backend.accept_upload(store.backend.upload_target(up.key), up.key)
+        assert len(rec.ops("CopyObject")) == 1

@@ -18,7 +18,10 @@ under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
 ``part_size`` (5 MiB, S3's minimum), ``max_concurrency`` (2), ``profile``,
 ``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
-off only for stores that reject ``If-None-Match``), ``request_checksum_calculation``
+off only for stores that reject ``If-None-Match``: every write is then a ``HEAD``
+before the ``PUT``, so two writers of one key at the same instant can both succeed,
+and a direct upload's ``confirm()`` and ``cleanup_incomplete()`` can both act on it
+again, within that instant), ``request_checksum_calculation``
 and ``response_checksum_validation`` (botocore's ``when_supported`` /
 ``when_required``).
 
@@ -455,8 +458,17 @@ class S3Backend(BlobBackend):
         return RESERVED_PREFIX + "incoming/" + key
 
     def accept_upload(self, target: str, key: str) -> None:
+        """Copy the browser's upload to *key*, only if nothing is there (``If-None-Match:
+        *`` on the copy, as on every write): a form sent again after a confirm never
+        replaces the accepted blob. :raises BlobExists:"""
+        if self.conditional_writes:
+            cond = {"IfNoneMatch": "*"}
+        else:
+            cond = {}
+            self._refuse_existing(key)
         self._call("copy_object", key, Bucket=self.bucket, Key=self._full(key),
-                   CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY")
+                   CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY",
+                   **cond)
 
     def cleanup_partial(self, older_than: float) -> int:
         """Abort multipart uploads under the store prefix started before the cutoff."""
