@@ -8,6 +8,7 @@ is unknown is not sent again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -39,11 +40,19 @@ def _through_client(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> list[tuple
     return sent
 
 
+def _why(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Why commands went through RedisCluster (the transport's debug log), once
+    ``caplog`` records ``statekit.redis`` at debug level."""
+    return [r.getMessage() for r in caplog.records if r.name == "statekit.redis" and "through" in r.msg]
+
+
 def test_gets_and_sets_go_straight_to_the_node(redis_cluster_url: str, redis_cluster: RedisCluster,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     cache = Cache(redis_cluster_url, prefix="direct")
     for i in range(30):  # the slot map read, this thread's connection to each master made, the
         cache.set(f"k{i}", -1)  # script loaded on each (a NOSCRIPT'd EVALSHA counts in the stats)
+    caplog.set_level(logging.DEBUG, logger="statekit.redis")
     sent = _through_client(cache, monkeypatch)
     for node in redis_cluster.masters():
         with node.client() as r:
@@ -52,7 +61,8 @@ def test_gets_and_sets_go_straight_to_the_node(redis_cluster_url: str, redis_clu
         cache.set(f"k{i}", i, ttl=60)
     assert [cache.get(f"k{i}") for i in range(30)] == list(range(30))
     assert cache.incr("n") == 1
-    assert sent == []
+    assert sent == [], _why(caplog)
+    assert _why(caplog) == []
     per_node = []
     for node in redis_cluster.masters():
         with node.client() as r:
@@ -113,10 +123,12 @@ def test_a_script_a_master_lacks_is_loaded_on_its_connection(redis_cluster_url: 
 
 
 def test_a_moved_slot_is_followed_and_then_served_straight(own_redis_cluster: RedisCluster,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     """The slot of a key moves to another master behind the cache's back: the next
     get is answered MOVED by the old node, goes through RedisCluster (which follows
-    it and refreshes its map), and the calls after it go straight to the new node."""
+    it and refreshes its map), and the calls after it go straight to the new node.
+    The transport's debug log says why that get went through RedisCluster."""
     from redis.crc import key_slot
 
     cluster = own_redis_cluster
@@ -131,12 +143,50 @@ def test_a_moved_slot_is_followed_and_then_served_straight(own_redis_cluster: Re
     cluster.move_slots([slot], to=target)
     cluster.wait_ok()
     sent = _through_client(cache, monkeypatch)
+    caplog.set_level(logging.DEBUG, logger="statekit.redis")
     assert cache.get("k") == "v"
     assert [args[0] for args in sent] == ["GET"]  # the MOVED one, followed by RedisCluster
     assert [cache.get("k") for _ in range(5)] == ["v"] * 5
     assert len(sent) == 1
+    assert _why(caplog) == [f"Cluster: through RedisCluster: GET on 127.0.0.1:{owner.port}: MovedError: "
+                            f"{slot} 127.0.0.1:{target.port}"]
     with target.client() as r:
         assert wait_for(lambda: redis_command_calls(r).get("get", 0) >= 6, 5, "the new owner's gets")  # noqa: B023
+    cache.close()
+
+
+def test_a_node_connection_not_made_goes_through_the_client_once(redis_cluster_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """This thread's connection to the key's master cannot be made (its pool's
+    checkout fails: a node going down, a failover): nothing was sent, so the set
+    goes through RedisCluster, once, and the transport's debug log says why; the
+    next set makes the connection and goes straight."""
+    import redis
+
+    warm = Cache(redis_cluster_url, prefix="noconn")
+    warm.set("warm", 0)  # the slot map read, the script loaded
+    warm.close()
+    cache = Cache(redis_cluster_url, prefix="noconn")  # a transport with no connection yet
+    sent = _through_client(cache, monkeypatch)
+    node: Any = cache._be().transport.client.get_node_from_key("noconn:{}{default}:0:k")
+    pool = node.redis_connection.connection_pool
+    checkout, refused, here = pool.get_connection, [], threading.get_ident()
+
+    def refused_once(*args: Any, **kwargs: Any) -> Any:
+        if not refused and threading.get_ident() == here:  # (not the listener's CLUSTER NODES)
+            refused.append(here)
+            raise redis.ConnectionError("Connection refused (the test's)")
+        return checkout(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "get_connection", refused_once)
+    caplog.set_level(logging.DEBUG, logger="statekit.redis")
+    cache.set("k", 1)
+    cache.set("k", 2)
+    assert cache.get("k") == 2
+    assert [args[0] for args in sent] == ["EVALSHA"]
+    assert _why(caplog) == [f"Cluster: through RedisCluster: no connection to {node.name}: ConnectionError: "
+                            "Connection refused (the test's)"]
     cache.close()
 
 

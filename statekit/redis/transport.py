@@ -74,6 +74,7 @@ authentication replies raise ``BackendUnavailable``; other error replies raise w
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import zlib
@@ -140,6 +141,8 @@ class MetricsHook:
 
 #: redis-py's metrics hook for the commands this module's transport sends
 METRICS = MetricsHook("redis.observability.recorder", "_")
+
+_log = logging.getLogger("statekit.redis")
 
 __all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key",
            "lane_busy", "lane_index", "lane_wait", "pool_share"]
@@ -537,27 +540,31 @@ class Transport:
         try:  # redis-py replaces its slot map whole when it refreshes it: read without its lock
             owner = self.client.nodes_manager.slots_cache.get(slot)
         except AttributeError:  # not connected yet, or another kind of client
+            _through("%s: no slot map yet", _name(args[0]))
             return None
         if not owner:  # an uncovered slot, no map yet: RedisCluster says why
+            _through("%s: slot %d is not in the slot map", _name(args[0]), slot)
             return None
         return self.node_lane(owner[0])
 
     def node_lane(self, node: Any) -> _Lane | None:
         """Cluster: this thread's connection to the redis-py ``ClusterNode`` *node*
         (made on first use, from the node's pool; ``lane.conn``), or ``None`` when
-        it cannot be made (nothing was sent). Bulk calls send their pipelines on it
-        too (:func:`statekit.cache.redis.cluster_batch`), so a thread holds one
-        connection per node."""
+        it cannot be made (nothing was sent; :func:`_through` logs why). Bulk calls
+        send their pipelines on it too (:func:`statekit.cache.redis.cluster_batch`),
+        so a thread holds one connection per node."""
         nodes: dict[str, _Lane] = self._here().__dict__.setdefault("nodes", {})
         lane = nodes.get(node.name)
         if lane is None or lane.conn is None:
             redis_conn = node.redis_connection
             if redis_conn is None:
+                _through("redis-py has no client for %s", node.name)
                 return None
             pool = redis_conn.connection_pool
             try:
                 conn = pool.get_connection()
-            except (self._connection_error, _rule().redis.TimeoutError):
+            except (self._connection_error, _rule().redis.TimeoutError) as e:
+                _through("no connection to %s: %s: %s", node.name, type(e).__name__, e)
                 return None  # nothing sent: RedisCluster finds the node's successor
             lane = nodes[node.name] = _Lane(self, pool, conn)
         return lane
@@ -582,6 +589,7 @@ class Transport:
                     raise error
         else:
             raise error
+        _through("%s on %s:%s: %s: %s", _name(args[0]), lane.host, lane.port, type(error).__name__, error)
 
     def tracked(self, key: str | bytes | None = None) -> bool:
         """Whether the connection that serves *key* (this thread's, or a tracking
@@ -770,6 +778,13 @@ class Transport:
                                       _noop, read=is_read(args))
             except self._response_error as e:
                 raise self._refused(e) from e
+
+
+def _through(why: str, *detail: Any) -> None:
+    """Log (``statekit.redis``, debug) why a Cluster command whose key is known goes
+    through ``RedisCluster`` instead of its node's connection. Off the hot path: only
+    a command that falls back calls it."""
+    _log.debug("Cluster: through RedisCluster: " + why, *detail)
 
 
 def _noop(error: Exception) -> None:
