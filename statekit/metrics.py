@@ -163,6 +163,7 @@ class _Exporter:
         self._written: dict[tuple[str, str], float] = {}
         self._keys: dict[tuple[str, str, str, bool], str] = {}
         self._pid = os.getpid()
+        self._exited = False
         self.thread: threading.Thread | None = None
         self._warned = False
         if _registry and multiprocess_dir() is not None:  # a forked worker reports its own
@@ -218,17 +219,31 @@ class _Exporter:
             mmaped.write_value(key, value)
         self._written[(name, key)] = value
 
+    def _close_files(self) -> None:
+        """Close the value files and forget what they hold (the caller holds the lock)."""
+        for mmaped in self._files.values():
+            with contextlib.suppress(Exception):
+                mmaped.close()
+        self._files, self._written = {}, {}
+
+    def at_exit(self) -> None:
+        """The last write, then the files closed (not left to the interpreter's teardown)."""
+        self.flush_quietly()
+        with self._lock:
+            self._close_files()
+            self._exited = True  # the daemon thread's next flush must not open them again
+
     def flush(self) -> None:
         path = multiprocess_dir()
         if path is None:
             return
         folder = os.path.join(path, _SUBDIR)
         with self._lock:
+            if self._exited:
+                return
             if self._pid != os.getpid() or not os.path.isdir(folder):  # a new directory: new files
-                for old in self._files.values():  # (a forked child closes its copies of the parent's)
-                    with contextlib.suppress(Exception):
-                        old.close()
-                self._files, self._written, self._pid = {}, {}, os.getpid()
+                self._close_files()  # (a forked child closes its copies of the parent's)
+                self._pid = os.getpid()
                 os.makedirs(folder, exist_ok=True)
             for (component, instance), (counts, gauges) in _merged().items():
                 for name, value in counts.items():
@@ -238,7 +253,7 @@ class _Exporter:
 
 
 _exporter = _Exporter()
-atexit.register(_exporter.flush_quietly)
+atexit.register(_exporter.at_exit)
 
 
 def flush() -> None:
