@@ -301,17 +301,23 @@ class AsyncBroadcaster(SchedulerBase):
         after *timeout* seconds are cancelled (their result is never published).
         Call it on the loop the scheduler runs on; safe to call more than once."""
         self._stopping = True
-        task, runs = self._task, list(self._runs)
+        task = self._task
         if self._wake is not None:
             self._wake.set()
         if task is not None:
             # asyncio.wait, not awaiting the task: a scheduler task cancelled by someone
             # else (run_forever's caller, a task group) must not cancel this caller
             await asyncio.wait({task}, timeout=timeout)
-            if task.done() and not task.cancelled():
+            if not task.done():  # stuck in a backend call: it must start nothing more
+                task.cancel()
+                await asyncio.wait({task})
+            if not task.cancelled():
                 error = task.exception()
                 if error is not None and not isinstance(error, BackendUnavailable):
                     raise error
+        # taken once the scheduler ended: a claim answered while it stopped may have
+        # started a computation, which must not outlive stop() (nor its connections)
+        runs = list(self._runs)
         if runs:
             _, late = await asyncio.wait(runs, timeout=timeout)
             for run in late:

@@ -169,7 +169,10 @@ class BroadcastBackend(Protocol):
         """Take *name*'s lease for *owner* if it is free (a new fencing token), or
         renew it if *owner* holds it; then claim *slot* unless it or a later one was
         claimed (``slot=-1``: the lease only). The scheduler passes the time the slot
-        starts, in ms since the epoch; a backend only compares the numbers."""
+        starts, in ms since the epoch; a backend only compares the numbers. A slot
+        claimed (:attr:`ClaimStatus.COMPUTE`) gets a new fencing token even when
+        *owner* already held the lease: an earlier slot's computation then publishes
+        with a stale token and is refused."""
         ...
 
     def renew(self, name: str, owner: str, token: int, lease_ms: int) -> bool:

@@ -8,7 +8,10 @@ lease if it is free (with a new fencing token) or renews it if the caller holds
 it, refuses if another process holds it, and records the slot as claimed so no
 later leader computes that slot again. Only the process whose claim succeeded
 computes. Its publish carries the token; a stale token (a paused old leader)
-raises :class:`~statekit.errors.StaleToken` and changes nothing. A leader renews
+raises :class:`~statekit.errors.StaleToken` and changes nothing. Each slot claimed
+gets a new token, so only the latest slot's computation can publish: one of an
+earlier slot (timed out, or paused before its publish reached the backend) is
+refused even when the same process still leads. A leader renews
 its lease every ``lease / 3`` seconds; when it dies, the lease expires and the next
 claim by another process (made at the lease's expiry) wins. A slot whose leader
 died mid-computation is skipped rather than computed twice. Slots come from each
@@ -272,7 +275,7 @@ class SchedulerBase:
                 # try again when the lease expires, or at the next slot at the latest
                 job.retry_at = min(now + max(claim.lease_left_ms, 1) / 1000.0 + 0.002, wake)
                 return job.retry_at
-            if job.token != claim.token:
+            if job.token is None:  # a new token with every slot claimed: not a new leader
                 self.counters.incr("leader_acquired")
                 log.info("broadcast job %r: this process leads (fencing token %s)", job.name, claim.token)
             job.token = claim.token

@@ -1,5 +1,8 @@
 -- Claim (or renew) a broadcast job's lease and record the slot as claimed.
 -- KEYS: state hash, lease, fence. ARGV: owner, lease_ms, slot (its start in ms; -1: lease only).
+-- A new fencing token when the lease is taken and with every slot claimed, so a
+-- publish is only accepted from the latest slot's computation (an older one of the
+-- same leader, paused past its timeout, is refused too).
 -- -> {0, holder_token, pttl} held by another
 --  | {1, token, 0} leader, slot already claimed
 --  | {2, token, 0} leader, slot claimed now: compute it
@@ -11,14 +14,15 @@ if cur then
   if string.sub(cur, 1, sep - 1) ~= ARGV[1] then
     return {0, token, redis.call('PTTL', KEYS[2])}
   end
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-else
-  token = redis.call('INCR', KEYS[3])
-  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 end
 local slot = tonumber(ARGV[3])
-if slot < 0 then return {1, token, 0} end
-local last = tonumber(redis.call('HGET', KEYS[1], 'slot') or '-1')
-if slot <= last then return {1, token, 0} end
+local claimed = slot >= 0 and slot > tonumber(redis.call('HGET', KEYS[1], 'slot') or '-1')
+if cur and not claimed then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {1, token, 0}
+end
+token = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+if not claimed then return {1, token, 0} end
 redis.call('HSET', KEYS[1], 'slot', ARGV[3])
 return {2, token, 0}

@@ -1,0 +1,160 @@
+"""Broadcast leadership and fencing, driven step by step (review of the scheduler,
+the hub and the asyncio driver): each test pauses a thread or a task at a chosen
+point (a gated backend call), then lets it go, and checks what Redis retains and
+what workers show. No sleeps-and-hope: every wait is for an event the test sets.
+
+What the shipped contract (statekit.testing.contracts.broadcast) and
+test_broadcast*.py already cover (a paused leader of another process refused, one
+computation per slot, stop releasing the lease, a missed message picked up after a
+reconnect) is not repeated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from statekit.broadcast import Broadcaster
+from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return "lr" + str(abs(hash(request.node.nodeid)) % 10**8)
+
+
+@pytest.fixture
+def broadcasters() -> Iterator[list[Broadcaster]]:
+    made: list[Broadcaster] = []
+    yield made
+    for b in made:
+        b.stop(5)
+
+
+class Gated:
+    """A backend whose first call of *method* stops at a gate: ``entered`` is set
+    when the call arrives, and it goes on (to the real backend) once ``go`` is set.
+    Every other call goes straight through."""
+
+    def __init__(self, backend: Any, method: str) -> None:
+        self._backend = backend
+        self._method = method
+        self.entered = threading.Event()
+        self.go = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._backend, name)
+        if name != self._method:
+            return real
+
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                assert self.go.wait(10)
+            return real(*args, **kwargs)
+
+        return gated
+
+
+# -- one process, two computations of one job ------------------------------------------
+def test_a_timed_out_computation_paused_before_its_publish_never_overwrites_the_next_slot(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    """The leader keeps its lease and token from slot to slot. A computation that
+    returned within its timeout, then paused (GC) before its publish reached Redis,
+    is timed out by the scheduler, which starts the next slot's computation under
+    the same lease; that one publishes; then the paused one resumes. Its publish
+    must be refused: it carries the value of an older slot."""
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(b)
+    values = iter(["slot 1", "slot 2"])
+    b.every(1, name="job", lease=30, timeout=1)(lambda: next(values))
+    gate = Gated(b.backend, "publish")
+    b._backend = gate  # type: ignore[assignment]
+    t0 = time.time()
+    b.run_pending(t0)  # claims slot 1, its computation stops at its publish
+    assert gate.entered.wait(10)
+    b.run_pending(t0 + 3)  # slot 1's run timed out: slot 2 is claimed and computed
+    wait_for(lambda: b.counters.get("publishes") == 1, what="slot 2 published")
+    assert b.retained("job") == (1, "slot 2")
+    gate.go.set()  # the paused computation of slot 1 resumes
+    wait_for(lambda: b.jobs["job"].running == 0, what="slot 1's run over")
+    assert b.retained("job") == (1, "slot 2")
+    assert b.counters.get("stale_tokens") == 1
+
+
+# -- asyncio: stop and cancellation --------------------------------------------------
+class AsyncGated:
+    """:class:`Gated` for an asyncio backend (the events are asyncio's)."""
+
+    def __init__(self, backend: Any, method: str) -> None:
+        self._backend = backend
+        self._method = method
+        self.entered = asyncio.Event()
+        self.go = asyncio.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._backend, name)
+        if name != self._method:
+            return real
+
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                await self.go.wait()
+            return await real(*args, **kwargs)
+
+        return gated
+
+
+def _gate(broadcaster: AsyncBroadcaster, method: str) -> AsyncGated:
+    """Put a gate on *broadcaster*'s backend for the running loop."""
+    gate = AsyncGated(broadcaster.backend, method)
+    broadcaster._backends.current = lambda: gate  # type: ignore[method-assign]
+    return gate
+
+
+def test_async_stop_while_a_claim_is_in_flight_leaves_no_computation_running(
+    redis_url: str, prefix: str
+) -> None:
+    """stop() is called while the scheduler waits for its claim; the claim then
+    says "compute". The computation it starts must be awaited (or cancelled) by
+    stop() like any other: none may still run after stop() returned, on a backend
+    whose connections stop() already gave back."""
+    started = asyncio.Event()
+
+    async def main() -> tuple[list[str], int]:
+        b = AsyncBroadcaster(redis_url, key_prefix=prefix)
+
+        @b.every(1, name="job", lease=30)
+        async def job() -> str:
+            started.set()
+            await asyncio.Event().wait()  # a computation that never ends by itself
+            return "never"
+
+        gate = _gate(b, "claim")
+        b.start()
+        await gate.entered.wait()
+        stopping = asyncio.create_task(b.stop(timeout=0.5))
+        await asyncio.sleep(0)  # stop() has begun: it waits for the scheduler task
+        gate.go.set()
+        await started.wait()
+        await stopping
+        left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("statekit-broadcast")]
+        return left, b.counters.get("publishes")
+
+    left, publishes = asyncio.run(main())
+    assert left == []
+    assert publishes == 0
