@@ -158,3 +158,65 @@ def test_async_stop_while_a_claim_is_in_flight_leaves_no_computation_running(
     left, publishes = asyncio.run(main())
     assert left == []
     assert publishes == 0
+
+
+class AppliedThenGated(AsyncGated):
+    """:class:`AsyncGated` whose first call reaches the backend (it is applied)
+    and then stops before its reply is handed back: a reply in flight."""
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._backend, name)
+        if name != self._method:
+            return real
+
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            result = await real(*args, **kwargs)
+            if self.calls == 1:
+                self.entered.set()
+                await self.go.wait()
+            return result
+
+        return gated
+
+
+@pytest.mark.parametrize("leading", [False, True], ids=["first-claim", "leader's-next-claim"])
+def test_async_scheduler_cancelled_while_its_claims_reply_is_in_flight_releases_the_lease(
+    redis_url: str, prefix: str, leading: bool
+) -> None:
+    """The scheduler task is cancelled (a task group closing, a lifespan cancelling
+    it) while a claim the server applied has not answered yet: stop() must still
+    release the lease, so another process leads at once, as documented."""
+
+    async def main() -> int:
+        first = AsyncBroadcaster(redis_url, key_prefix=prefix)
+        second = AsyncBroadcaster(redis_url, key_prefix=prefix)
+        for b in (first, second):
+            b.every(0.2, name="job", lease=30)(_one)
+        if leading:  # it already leads: the claim of its next slot is cut
+            task = first.start()
+            while not first.counters.get("publishes"):
+                await asyncio.sleep(0.01)
+            gate = _gate_applied(first, "claim")
+        else:
+            gate = _gate_applied(first, "claim")
+            task = first.start()
+        await gate.entered.wait()
+        task.cancel()
+        await asyncio.wait({task})
+        await first.stop()
+        await second.run_pending()
+        await second.stop()
+        return second.counters.get("leader_acquired")
+
+    assert asyncio.run(main()) == 1
+
+
+def _gate_applied(broadcaster: AsyncBroadcaster, method: str) -> AppliedThenGated:
+    gate = AppliedThenGated(broadcaster.backend, method)
+    broadcaster._backends.current = lambda: gate  # type: ignore[method-assign]
+    return gate
+
+
+async def _one() -> int:
+    return 1

@@ -92,6 +92,9 @@ class Job:
     started_at: float = 0.0
     timed_out: set[int] = field(default_factory=set)
     failing: bool = False
+    #: a claim's reply never came (an outage, a cancellation): it may have given
+    #: this process the lease with a token it does not know
+    unsure: bool = False
 
     def next_boundary(self, now: float) -> float:
         return (math.floor(now / self.interval) + 1) * self.interval
@@ -168,7 +171,7 @@ class SchedulerBase:
         self._lock = threading.Lock()
         self._runs_lock = threading.Lock()
         for job in self.jobs.values():
-            job.token, job.done_slot, job.running, job.retry_at = None, -1, 0, 0.0
+            job.token, job.done_slot, job.running, job.retry_at, job.unsure = None, -1, 0, 0.0, False
             job.timed_out = set()
 
     # -- what a driver provides ---------------------------------------------------
@@ -269,7 +272,12 @@ class SchedulerBase:
             # the slot's start in ms, not its index: comparable across intervals, so a
             # deploy that lengthens the interval does not find "later" slots claimed
             start_ms = round(slot * job.interval * 1000)
-            claim: Claim = yield "claim", (job.name, self.owner, lease_ms, start_ms), {}
+            try:
+                claim: Claim = yield "claim", (job.name, self.owner, lease_ms, start_ms), {}
+            except BaseException:  # CancelledError too: the claim may have been applied
+                job.unsure = True
+                raise
+            job.unsure = False
             if claim.status is ClaimStatus.HELD:
                 self._lost(job)
                 # try again when the lease expires, or at the next slot at the latest
@@ -361,13 +369,16 @@ class SchedulerBase:
 
     def _release_steps(self) -> Steps[None]:
         for job in list(self.jobs.values()):
-            if job.token is None:
-                continue
+            token = job.token
             try:
-                yield "release", (job.name, self.owner, job.token), {}
+                if job.unsure:  # learn the token a claim whose reply never came gave us
+                    claim: Claim = yield "claim", (job.name, self.owner, int(job.lease * 1000), -1), {}
+                    token = None if claim.status is ClaimStatus.HELD else claim.token
+                if token is not None:
+                    yield "release", (job.name, self.owner, token), {}
             except BackendUnavailable as e:
                 log.warning("broadcast job %r: lease not released (%s); it expires", job.name, e)
-            job.token = None
+            job.token, job.unsure = None, False
 
     def _after_fork(self) -> None:
         self._init_process_state()
