@@ -44,6 +44,7 @@ recompute the value and overwrite it, so the cache heals on its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -63,6 +64,7 @@ from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
 from ..config import SCHEMES, Settings, parse_url
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from ..metrics import Counters
+from ..redis import _timed_out, outcome_unknown
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, drive
@@ -770,22 +772,31 @@ class _CacheCore:
         """Take the single-flight lock of *key*: ``True`` taken, ``False`` held by
         another caller, ``None`` the backend is unavailable."""
         token = self._lock_token()
+        name = "sf:" + key
         try:
-            ok = yield from self._call("acquire_lock", "sf:" + key, token, int(self.lock_ttl * 1000))
-        except BackendUnavailable:
-            return None
-        except BaseException as e:  # interrupted with the SET NX out: Redis may have granted it
-            if not isinstance(e, (Exception, GeneratorExit)):  # a cancellation, KeyboardInterrupt
-                self._abandoned(key, token)
+            ok = yield from self._call("acquire_lock", name, token, int(self.lock_ttl * 1000))
+        except BaseException as e:  # interrupted or failed with the SET NX out: Redis may have granted it
+            if not isinstance(e, GeneratorExit):
+                self._abandoned(name, token, e)
+            if isinstance(e, BackendUnavailable):
+                return None
             raise
         if ok:
             self._tokens()[key] = token
         return bool(ok)
 
-    def _abandoned(self, key: str, token: str) -> None:
-        """The single-flight lock of *key* may be held with *token* by a caller that
-        was interrupted (an async task cancelled) before it knew: the async cache
-        releases it; a sync caller leaves it to expire."""
+    def _abandoned(self, name: str, token: str, error: BaseException) -> None:
+        """The lock *name* (a single-flight lock, or a :class:`Lock`'s) may be held with
+        *token* by a caller whose ``SET NX`` failed with *error* before it knew. Sync:
+        a reply lost with its connection (the outcome unknown, not a timeout) releases
+        the token at once (a compare-and-delete of a token only this attempt had: not
+        the ``SET`` sent again), so the lock is not left held by nobody for its whole
+        TTL; after a timeout (a server that did not answer: a release would wait as
+        long again) or an interruption (``KeyboardInterrupt``) it is left to expire.
+        :class:`~statekit.cache.aio.AsyncCache` releases in the background."""
+        if isinstance(error, BackendUnavailable) and outcome_unknown(error) and not _timed_out(error):
+            with contextlib.suppress(BackendUnavailable):
+                (self._backend or self._connect()).release_lock(name, token)
 
     def _tokens(self) -> dict[str, str]:
         """This thread's single-flight lock tokens, by key."""
@@ -819,7 +830,7 @@ class _CacheCore:
             token = self._tokens().get(key)
             held = (yield (HOLD, "sf:" + key, token)) if token else None
             try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
-                return (yield from self._compute_store(key, compute, secs, stale))
+                return (yield from self._compute_store(key, compute, secs, stale, token))
             finally:
                 if held is not None:
                     yield ("unhold", held)
@@ -827,7 +838,12 @@ class _CacheCore:
             yield from self._release(key)
 
     def _compute_store(self, key: str, compute: Callable[[], Any], secs: float | None,
-                       stale: float) -> Plan[Any]:
+                       stale: float, token: str | None = None) -> Plan[Any]:
+        """Compute and store. With the single-flight lock's *token* (a leader), the
+        value is stored only while that token still holds the lock (a backend without
+        ``set_if_locked`` stores it anyway): a leader whose lease lapsed while it
+        computed returns its value without writing over the one the next leader may
+        have stored since (computed later, so fresher)."""
         started = _monotonic()
         value = yield (COMPUTE, compute)
         delta = _monotonic() - started
@@ -838,9 +854,15 @@ class _CacheCore:
         else:
             data = self._encode(value, _time() + secs, delta)
             ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
+        backend = self._backend or self._connect()
+        fenced = token is not None and (hasattr(backend, "plan_set_if_locked")
+                                        or hasattr(backend, "set_if_locked"))
         self._forget(key)
         try:
-            yield from self._write("set", None, key, data, ttl_ms)
+            if fenced:
+                yield from self._write("set_if_locked", None, key, data, ttl_ms, "sf:" + key, token)
+            else:
+                yield from self._write("set", None, key, data, ttl_ms)
         finally:
             self._forget(key)
         return value

@@ -339,23 +339,9 @@ class AsyncLock(Lock):
     async def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:  # type: ignore[override]
         """Take the lock (see :meth:`Lock.acquire <statekit.cache.tools.Lock.acquire>`).
         Cancelled (or failed) while an attempt's reply was awaited, that attempt's
-        token is released in the background: Redis may have granted it."""
-        in_flight: list[str] = []
-
-        async def effect(effect: tuple[Any, ...]) -> Any:
-            if effect[0] != BE or effect[1] != "acquire_lock":
-                return await self.cache._effect(effect)
-            in_flight.append(effect[2][1])
-            result = await self.cache._effect(effect)
-            in_flight.pop()
-            return result
-
-        try:
-            return await adrive(self._acquire(blocking, timeout), effect)
-        except BaseException:
-            if in_flight:
-                self._drop(in_flight[-1])
-            raise
+        token is released in the background: Redis may have granted it
+        (:meth:`AsyncCache._abandoned`)."""
+        return await adrive(self._acquire(blocking, timeout), self.cache._effect)
 
     async def release(self) -> None:  # type: ignore[override]
         """Release the lock; :class:`~statekit.errors.LockError` if not held.
@@ -363,12 +349,6 @@ class AsyncLock(Lock):
         been sent; a compare-and-delete of this token is harmless twice: see
         :meth:`AsyncRedisCacheBackend.plan_release_lock`)."""
         await adrive(self._release(), self.cache._effect)
-
-    def _drop(self, token: str) -> None:
-        """Release *token*'s hold in a task of its own (a cancelled caller cannot
-        wait for it); a no-op if *token* does not hold the lock."""
-
-        _drop(self.cache._effect((BE, "release_lock", (self.name, token), {})))
 
     async def extend(self, timeout: float | None = None) -> None:  # type: ignore[override]
         """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
@@ -474,11 +454,16 @@ class AsyncCache(_CacheCore):
         effect[1].cancel()  # UNHOLD
         return None
 
-    def _abandoned(self, key: str, token: str) -> None:
-        """A task cancelled while its single-flight lock's SET NX was out: release
-        that token in the background (Redis may have granted it)."""
+    def _abandoned(self, name: str, token: str, error: BaseException) -> None:
+        """A task cancelled, or a call failed, while the ``SET NX`` of lock *name* was
+        out (a single-flight or an :class:`AsyncLock`): release that token in the
+        background (Redis may have granted it; a no-op if not). A refused command or
+        a breaker that sent nothing (an error without a cause) holds nothing."""
+        if isinstance(error, Exception) and not (isinstance(error, BackendUnavailable)
+                                                 and error.__cause__ is not None):
+            return
         backend: AsyncRedisCacheBackend = self._backend or self._connect()
-        _drop(backend.call("release_lock", "sf:" + key, token))
+        _drop(backend.call("release_lock", name, token))
 
     async def _keep_lock(self, name: str, token: str) -> None:
         """Extend a single-flight lock every ``lock_ttl / 3`` while its compute runs."""

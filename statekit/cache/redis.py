@@ -546,16 +546,17 @@ class _RedisCachePlans:
         prefix = named[1]
         return [prefix + keys[0]] if len(keys) == 1 else [prefix + k for k in keys]
 
-    def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str]) -> Plan[Any]:
+    def _run(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str], *last: str) -> Plan[Any]:
         """Run *op* of the cache script on *keys* (at most :data:`CHUNK`; on Cluster,
-        one slot) in the current generation (see the module docstring)."""
+        one slot) in the current generation (see the module docstring); *last* are
+        names outside the generations (a lock's), passed after them as they are."""
         if self.cluster:
             gen = yield from self._generation()
-            return (yield (RUN, self._names(gen, keys), (op, b"", *args)))
+            return (yield (RUN, [*self._names(gen, keys), *last], (op, b"", *args)))
         for _ in range(_TRIES):
             gen = self._gen
             try:
-                return (yield (RUN, [self._gen_key, *self._names(gen, keys)], (op, gen, *args)))
+                return (yield (RUN, [self._gen_key, *self._names(gen, keys), *last], (op, gen, *args)))
             except StaleGeneration as e:
                 self._gen = e.gen
         raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one call")
@@ -650,6 +651,23 @@ class _RedisCachePlans:
     def plan_set(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[None]:
         """:meth:`set` as a plan."""
         yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
+
+    def plan_set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str,
+                           token: str) -> Plan[bool]:
+        """:meth:`set` only while *token* holds the lock *lock*: the store of a
+        single-flight leader, whose lease may have lapsed while it computed (a paused
+        process) and the next leader stored a fresher value since. ``False`` if
+        refused. Standalone, Sentinel, ``memory://``: one step of the script (the lock
+        shares the namespace's hash tag). Cluster: the lock lives in another slot, so
+        it is read (``GET``) just before the ``set``: a leader paused between the two
+        can still write over."""
+        name = self._lock_key(lock)
+        if self.cluster:
+            if (yield (CMD, (b"GET", name))) != token.encode():
+                return False
+            yield from self.plan_set(key, value, ttl_ms)
+            return True
+        return bool((yield from self._run(b"fset", (key,), (_ttl_arg(ttl_ms), value, token.encode()), name)))
 
     def plan_add(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[bool]:
         """:meth:`add` as a plan."""
@@ -767,6 +785,9 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
 
     def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
         drive(self.plan_set(key, value, ttl_ms), self._do)
+
+    def set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str, token: str) -> bool:
+        return drive(self.plan_set_if_locked(key, value, ttl_ms, lock, token), self._do)
 
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
         return drive(self.plan_add(key, value, ttl_ms), self._do)

@@ -96,7 +96,13 @@ class Lock:
         deadline = None if wait is None else _monotonic() + wait
         pause = 0.005
         while True:
-            if (yield (BE, "acquire_lock", (self.name, token, self._ms), {})):
+            try:
+                taken = yield (BE, "acquire_lock", (self.name, token, self._ms), {})
+            except BaseException as e:  # Redis may have granted it: the cache decides (_abandoned)
+                if not isinstance(e, GeneratorExit):
+                    self.cache._abandoned(self.name, token, e)
+                raise
+            if taken:
                 self.token = token
                 return True
             if not blocking or (deadline is not None and _monotonic() >= deadline):
@@ -116,7 +122,12 @@ class Lock:
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take the lock; wait up to *timeout* (default ``blocking_timeout``, ``None``
-        for ever) when *blocking*. ``True`` if taken."""
+        for ever) when *blocking*. ``True`` if taken. An attempt whose reply was lost
+        with its connection (Redis may have granted it; the ``SET`` is not sent again)
+        raises :class:`~statekit.errors.BackendUnavailable` after releasing that
+        attempt's token (a compare-and-delete: a no-op if it was not granted), so the
+        lock is not left held for *timeout* by nobody; after a timeout (a server that
+        did not answer) it is left to expire."""
         return drive(self._acquire(blocking, timeout), self.cache._effect)
 
     def release(self) -> None:

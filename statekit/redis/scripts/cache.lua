@@ -67,6 +67,14 @@ elseif op == 'touch' then
     return 0
   end
   return redis.call('PEXPIRE', r, ARGV[3])
+elseif op == 'fset' then
+  -- a single-flight leader's store: 'set' of KEYS[f] only while its token ARGV[5] holds
+  -- the lock KEYS[f + 1] (a leader whose lease lapsed while it computed must not write
+  -- over what the next leader stored since). 1 stored, 0 refused
+  if redis.call('GET', KEYS[f + 1]) ~= ARGV[5] then return 0 end
+  if ARGV[3] == '' then redis.call('SET', KEYS[f], ARGV[4])
+  else redis.call('SET', KEYS[f], ARGV[4], 'PX', ARGV[3]) end
+  return 1
 elseif op == 'unlock' then
   if redis.call('GET', KEYS[f]) == ARGV[3] then return redis.call('DEL', KEYS[f]) end
   return 0
