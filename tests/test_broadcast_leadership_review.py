@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from statekit.broadcast import Broadcaster
+from statekit.broadcast import Broadcaster, state_key
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.pytest_plugin import wait_for
 
@@ -91,6 +91,37 @@ def test_a_timed_out_computation_paused_before_its_publish_never_overwrites_the_
     wait_for(lambda: b.jobs["job"].running == 0, what="slot 1's run over")
     assert b.retained("job") == (1, "slot 2")
     assert b.counters.get("stale_tokens") == 1
+
+
+@pytest.mark.parametrize("url", ["redis", "memory"])
+def test_after_redis_lost_its_data_an_old_leaders_publish_is_refused(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster], url: str
+) -> None:
+    """Redis restarts without persistence while the leader (token 1, the first
+    ever) is paused before its publish. The fencing counter starts over, another
+    process claims the job, gets token 1 as well, computes and publishes. When the
+    old leader resumes, its publish carries the older slot's value and must be
+    refused, not accepted because the counter came back to the same number."""
+    if url == "memory":
+        redis_url = f"memory://{prefix}"
+    old = Broadcaster(redis_url, key_prefix=prefix)
+    new = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters += [old, new]
+    old.every(1, name="job", lease=30)(lambda: "old leader")
+    new.every(1, name="job", lease=30)(lambda: "new leader")
+    gate = Gated(old.backend, "publish")
+    old._backend = gate  # type: ignore[assignment]
+    t0 = time.time()
+    old.run_pending(t0)
+    assert gate.entered.wait(10)
+    client = new.backend.client  # type: ignore[attr-defined]
+    client.delete(*(state_key(prefix, "job") + s for s in ("", ":lease", ":fence")))  # data lost
+    new.run_pending(t0 + 1)
+    wait_for(lambda: new.counters.get("publishes") == 1, what="the new leader published")
+    gate.go.set()
+    wait_for(lambda: old.jobs["job"].running == 0, what="the old leader's run over")
+    assert new.retained("job") == (1, "new leader")
+    assert old.counters.get("stale_tokens") == 1
 
 
 # -- asyncio: stop and cancellation --------------------------------------------------

@@ -20,10 +20,11 @@ computed, never make one slot computed twice (the claimed slot is kept in the
 backend, as the time it starts, so a deploy that changes the interval skips at most
 the slot under way). If Redis loses its data (a restart without persistence), that record,
 the lease and the fencing counter start over: one slot around the restart may be
-computed twice, and versions start again at 1 under a new epoch, which workers
-accept. If it comes back from an older snapshot, workers take the older retained
-version when they re-subscribe (or at their next check) and follow the publishes
-after it.
+computed twice (the counter starts again at the server's time in us, past every
+token given before, so an old leader's publish is still refused), and versions
+start again at 1 under a new epoch, which workers accept. If it comes back from an
+older snapshot, workers take the older retained version when they re-subscribe (or
+at their next check) and follow the publishes after it.
 
 Fork: a forked child never inherits a running publisher (``os.register_at_fork``
 marks every broadcaster stopped in the child and gives it a new identity).
