@@ -27,7 +27,7 @@ from statekit.cache import AsyncCache, Cache
 from statekit.cache import aio as cache_aio
 from statekit.cache.plan import adrive
 from statekit.embedded import RedisServer
-from statekit.errors import BackendUnavailable
+from statekit.errors import BackendUnavailable, LockError
 
 pytestmark = pytest.mark.redis
 
@@ -189,3 +189,97 @@ def test_an_async_leader_whose_lease_lapsed_does_not_overwrite_a_fresher_value(w
             await b.aclose()
 
     assert asyncio.run(body()) == ("old", "new")
+
+
+# -- an AsyncCache compute that blocks the loop ------------------------------------------
+
+
+def test_an_async_leader_computing_on_the_loop_keeps_its_lock(redis_url: str) -> None:
+    """AsyncCache.get_or_set takes a plain function too, which runs on the loop's
+    thread: while it runs, no task does, so the lock's extensions (every lock_ttl / 3)
+    must not depend on the loop. The compute watches the lock (a plain client) until it
+    was extended (its TTL went up) or it lapsed (gone: another caller would compute the
+    same value again), bounded by 30 s; no timing is asserted."""
+    import redis as redis_py
+
+    watcher = redis_py.Redis.from_url(redis_url)
+    seen: list[str] = []
+
+    def blocking() -> str:  # sync: runs on the loop's thread, blocking it
+        name = next(iter(watcher.scan_iter(match="*lock:sf:report")))
+        last = watcher.pttl(name)
+        for _ in range(3000):
+            ttl = watcher.pttl(name)
+            if ttl < 0:
+                seen.append("lapsed")
+                break
+            if ttl > last:
+                seen.append("extended")
+                break
+            last = ttl
+            threading.Event().wait(0.01)
+        return "value"
+
+    async def body() -> str:
+        c = AsyncCache(redis_url, namespace="review-blocking", lock_ttl=3.0)
+        try:
+            return str(await c.get_or_set("report", blocking, ttl=60))
+        finally:
+            await c.aclose()
+
+    try:
+        assert asyncio.run(body()) == "value"
+    finally:
+        watcher.close()
+    assert seen == ["extended"]
+
+
+# -- an extend refused --------------------------------------------------------------------
+
+
+def test_a_refused_extend_forgets_the_token(redis_url: str) -> None:
+    """extend() of a lease that lapsed raises LockError; the lock object then no longer
+    says it holds the lock (locked() is "as far as it knows": it knows now)."""
+
+    async def run_async(cache: AsyncCache) -> tuple[bool, bool]:
+        try:
+            lock = cache.lock("lapsing", timeout=60)
+            assert await lock.acquire(blocking=False)
+            assert cache._backend.sync.transport.client.delete(cache._backend._lock_key(lock.name)) == 1
+            with pytest.raises(LockError):
+                await lock.extend()
+            return lock.locked(), bool(await cache.lock("lapsing").acquire(blocking=False))
+        finally:
+            await cache.aclose()
+
+    cache = Cache(redis_url, namespace="review-extend")
+    try:
+        lock = cache.lock("lapsing", timeout=60)
+        assert lock.acquire(blocking=False)
+        assert cache._be().transport.client.delete(cache._be()._lock_key(lock.name)) == 1
+        with pytest.raises(LockError):
+            lock.extend()
+        assert not lock.locked()
+    finally:
+        cache.close()
+    assert asyncio.run(run_async(AsyncCache(redis_url, namespace="review-aextend"))) == (False, True)
+
+
+def test_the_keeper_lets_go_of_a_task_that_cannot_release(redis_url: str) -> None:
+    """The async leader's lock is now extended from the keeper thread, which outlives
+    tasks: a leader task that can no longer run its ``finally`` (done, destroyed, or
+    left pending on a closed loop) must not keep its lock extended for ever. The
+    keeper's check for that, on a task left pending on a closed loop."""
+    loop = asyncio.new_event_loop()
+
+    async def start() -> tuple[asyncio.Task[Any], Any]:
+        task = asyncio.ensure_future(asyncio.Event().wait())
+        await asyncio.sleep(0)
+        return task, cache_aio._alive(task)
+
+    task, alive = loop.run_until_complete(start())
+    assert alive() is True
+    loop.close()
+    assert alive() is False  # pending on a closed loop: its finally never runs
+    assert cache_aio._alive(None)() is False
+    del task

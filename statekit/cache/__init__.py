@@ -798,6 +798,16 @@ class _CacheCore:
             with contextlib.suppress(BackendUnavailable):
                 (self._backend or self._connect()).release_lock(name, token)
 
+    def _keep(self, backend: CacheBackend, name: str, token: str,
+              alive: Callable[[], bool] | None = None) -> int:
+        """Have the process's :data:`~statekit.cache.tools.lock_keeper` thread extend
+        the lock *name* held with *token* every ``lock_ttl / 3`` through the sync
+        *backend* (until ``lock_keeper.release`` of the returned id, or *alive* says
+        the holder is gone): a thread, so the extensions go on whatever the computing
+        thread or event loop does."""
+        return lock_keeper.hold(functools.partial(
+            backend.extend_lock, name, token, int(self.lock_ttl * 1000)), self.lock_ttl / 3, alive)
+
     def _tokens(self) -> dict[str, str]:
         """This thread's single-flight lock tokens, by key."""
         tokens: dict[str, str] | None = getattr(self._sf_local, "tokens", None)
@@ -961,8 +971,7 @@ class Cache(_CacheCore):
             time.sleep(effect[1])
             return None
         if kind == HOLD:
-            return lock_keeper.hold(functools.partial(
-                self._be().extend_lock, effect[1], effect[2], int(self.lock_ttl * 1000)), self.lock_ttl / 3)
+            return self._keep(self._be(), effect[1], effect[2])
         lock_keeper.release(effect[1])
         return None
 

@@ -50,7 +50,7 @@ from ..redis import cluster_unapplied
 from . import _ABSENT, _IO, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, adrive
 from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
-from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds
+from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 __all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
 
@@ -308,6 +308,18 @@ _batches: set[asyncio.Future[Any]] = set()
 _dropping: set[asyncio.Future[None]] = set()
 
 
+def _alive(task: asyncio.Task[Any] | None) -> Callable[[], bool]:
+    """Whether *task* may still run its ``finally`` (the lock keeper's check: a task
+    destroyed pending, or left on a closed loop, never releases what it holds)."""
+    ref = weakref.ref(task) if task is not None else None
+
+    def alive() -> bool:
+        t = None if ref is None else ref()
+        return t is not None and not t.done() and not t.get_loop().is_closed()
+
+    return alive
+
+
 def _drop(release: Awaitable[Any]) -> None:
     """Run the lock release *release* in a task of its own (a cancelled caller cannot
     wait for it); if Redis is unavailable the lock expires on its own."""
@@ -450,8 +462,14 @@ class AsyncCache(_CacheCore):
             await asyncio.sleep(effect[1])
             return None
         if kind == HOLD:
+            if backend.sync is not None:  # a thread: a plain function computing on the loop blocks tasks
+                return self._keep(backend.sync, effect[1], effect[2], _alive(asyncio.current_task()))
             return asyncio.ensure_future(self._keep_lock(effect[1], effect[2]))
-        effect[1].cancel()  # UNHOLD
+        held = effect[1]  # UNHOLD
+        if isinstance(held, int):
+            lock_keeper.release(held)
+        else:
+            held.cancel()
         return None
 
     def _abandoned(self, name: str, token: str, error: BaseException) -> None:
@@ -466,7 +484,9 @@ class AsyncCache(_CacheCore):
         _drop(backend.call("release_lock", name, token))
 
     async def _keep_lock(self, name: str, token: str) -> None:
-        """Extend a single-flight lock every ``lock_ttl / 3`` while its compute runs."""
+        """Extend a single-flight lock every ``lock_ttl / 3`` while its compute runs:
+        a cache made with ``client=`` (no sync backend for :meth:`_keep`'s thread; a
+        compute that blocks the loop for longer than ``lock_ttl`` loses the lock)."""
         backend: AsyncRedisCacheBackend = self._backend or self._connect()
         while True:
             await asyncio.sleep(self.lock_ttl / 3)
@@ -543,7 +563,10 @@ class AsyncCache(_CacheCore):
                          stale_ttl: float | None = None) -> Any:
         """:meth:`Cache.get_or_set <statekit.cache.Cache.get_or_set>`, awaited.
         *default* may be a value, a function or an ``async def`` (awaited): one caller
-        across processes computes it while the others wait or get the stale value."""
+        across processes computes it while the others wait or get the stale value. A
+        plain function runs on the loop's thread; its lock is extended all the same,
+        from the process's lock keeper thread (not for a cache made with ``client=``:
+        there a compute must not block the loop for ``lock_ttl``)."""
         return await adrive(self._get_or_set(key, default, ttl, stale_ttl), self._effect)
 
     def cached(self, ttl: TTL = DEFAULT, *, key: str | Callable[..., str] | None = None,

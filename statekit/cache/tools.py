@@ -118,6 +118,7 @@ class Lock:
     def _extend(self, timeout: float | None) -> Plan[None]:
         ms = self._ms if timeout is None else _lock_ms(timeout)
         if self.token is None or not (yield (BE, "extend_lock", (self.name, self.token, ms), {})):
+            self.token = None  # the lease lapsed: locked() says so from now on
             raise LockError(f"lock {self.name[2:]!r} is not held by this owner")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
@@ -136,7 +137,9 @@ class Lock:
         drive(self._release(), self.cache._effect)
 
     def extend(self, timeout: float | None = None) -> None:
-        """Reset the lock's TTL to *timeout* (default: the lock's timeout)."""
+        """Reset the lock's TTL to *timeout* (default: the lock's timeout);
+        :class:`~statekit.errors.LockError` if this object no longer holds it (its
+        lease lapsed), after which :meth:`locked` is ``False``."""
         drive(self._extend(timeout), self.cache._effect)
 
     def locked(self) -> bool:
@@ -283,8 +286,9 @@ class LockKeeper:
     else starts the same compute. The thread starts on the first :meth:`hold` and
     ends after a minute with nothing held; a forked child starts its own.
 
-    A lock whose holder died is not extended (the holder's process is gone), so it
-    still expires ``lock_ttl`` after its last extension."""
+    A lock whose holder died is not extended (the holder's process is gone, or the
+    *alive* check given to :meth:`hold` fails: an asyncio task that ended without
+    its ``finally``), so it still expires ``lock_ttl`` after its last extension."""
 
     def __init__(self) -> None:
         self.reset_after_fork()
@@ -292,15 +296,17 @@ class LockKeeper:
 
     def reset_after_fork(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._held: dict[int, list[Any]] = {}  # id -> [extend, every, next due]
+        self._held: dict[int, list[Any]] = {}  # id -> [extend, every, next due, alive]
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
 
-    def hold(self, extend: Callable[[], object], every: float) -> int:
-        """Call *extend* every *every* seconds until :meth:`release` of the returned id."""
+    def hold(self, extend: Callable[[], object], every: float,
+             alive: Callable[[], bool] | None = None) -> int:
+        """Call *extend* every *every* seconds until :meth:`release` of the returned id
+        (or until *alive* returns ``False``: the holder is gone)."""
         with self._cond:
             hid = next(self._ids)
-            self._held[hid] = [extend, every, time.monotonic() + every]
+            self._held[hid] = [extend, every, time.monotonic() + every, alive]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="statekit-lock-keeper", daemon=True)
                 self._thread.start()
@@ -321,10 +327,15 @@ class LockKeeper:
                         return
                 now = time.monotonic()
                 due = []
-                for entry in self._held.values():
+                for hid, entry in list(self._held.items()):
                     if entry[2] <= now:
+                        if entry[3] is not None and not entry[3]():
+                            del self._held[hid]
+                            continue
                         entry[2] = now + entry[1]
                         due.append(entry[0])
+                if not self._held:
+                    continue
                 if not due:
                     self._cond.wait(max(0.0, min(e[2] for e in self._held.values()) - now))
                     continue
