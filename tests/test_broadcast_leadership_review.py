@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from statekit.broadcast import Broadcaster, state_key
+from statekit.broadcast import Broadcaster, SharedValue, state_key
+from statekit.broadcast import hub as _hub
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.pytest_plugin import wait_for
 
@@ -122,6 +123,46 @@ def test_after_redis_lost_its_data_an_old_leaders_publish_is_refused(
     wait_for(lambda: old.jobs["job"].running == 0, what="the old leader's run over")
     assert new.retained("job") == (1, "new leader")
     assert old.counters.get("stale_tokens") == 1
+
+
+# -- subscribers ----------------------------------------------------------------------
+def test_a_retained_read_overtaken_by_a_refresh_does_not_take_the_copy_back(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    """The subscriber re-reads the retained value (it has just subscribed) and is
+    paused after the read. Meanwhile a publish lands and a request thread's
+    refresh() shows it. The subscriber's older read must not then replace the
+    newer copy (the retained read is taken even when older only because the
+    backend may have gone back in time): readers and on_change callbacks would see
+    the version go 2, 1, 2."""
+    publisher = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(publisher)
+    publisher.publish("value", "first")
+    sv: SharedValue[str] = SharedValue("value", url=redis_url, key_prefix=prefix)
+    hub = _hub.get_hub(sv._hub_key, sv._prefix, sv._backend)
+    read, read_done, go = hub.read, threading.Event(), threading.Event()
+
+    def gated_read(names: Any) -> Any:
+        records = read(names)
+        if threading.current_thread() is hub._thread and not go.is_set():
+            read_done.set()  # the subscriber's re-read is done; it offers it when let go
+            assert go.wait(10)
+        return records
+
+    hub.read = gated_read  # type: ignore[method-assign]
+    seen: list[int] = []
+    try:
+        sv.on_change(lambda _value, version: seen.append(version))  # loads: version 1
+        assert read_done.wait(10)
+        publisher.publish("value", "second")
+        assert sv.refresh() == "second"
+        go.set()
+        wait_for(lambda: hub.counters.get("messages") >= 1, what="the publish's message handled")
+        assert (sv.get(), sv.version) == ("second", 2)
+        assert all(version >= 2 for version in seen), seen  # never back to 1 once it showed 2
+    finally:
+        go.set()
+        hub.stop()
 
 
 # -- asyncio: stop and cancellation --------------------------------------------------

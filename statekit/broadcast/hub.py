@@ -29,6 +29,7 @@ thread does not exist in the child, which starts its own on first use.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ from ..errors import BackendUnavailable
 from ..metrics import Counters
 from .protocol import BroadcastBackend, Message, Record, Subscription
 
-__all__ = ["CHECK_EVERY", "Hub", "LocalCopy", "get_hub"]
+__all__ = ["CHECK_EVERY", "Hub", "LocalCopy", "get_hub", "tick"]
 
 log = logging.getLogger("statekit.broadcast")
 
@@ -50,6 +51,15 @@ log = logging.getLogger("statekit.broadcast")
 CHECK_EVERY = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
+
+_ticks = itertools.count(1)
+
+
+def tick() -> int:
+    """A number larger than every one returned before in this process: when a
+    retained read started, or a local copy was applied (see :meth:`Hub.offer`)."""
+    return next(_ticks)
+
 
 # one lock for every synchronous hub's deliveries: re-entrant (a callback may
 # publish again) and single (two hubs' callbacks publishing to each other from two
@@ -62,9 +72,11 @@ class LocalCopy(Protocol):
 
     name: str
 
-    def _offer(self, record: Record, retained: bool = False) -> bool:
-        """Apply *record* if it is newer (or the *retained* one and different);
-        called with the hub's lock held. Returns whether it changed."""
+    def _offer(self, record: Record, since: int = 0) -> bool:
+        """Apply *record* if it is newer, or if it was read from the backend
+        (retained) by a read that started at :func:`tick` *since*, after the copy
+        shown was applied, and differs; called with the hub's lock held. Returns
+        whether it changed."""
         ...
 
     def _notify(self) -> None:
@@ -154,13 +166,17 @@ class Hub:
         """
         return self.backend.read(names)
 
-    def offer(self, name: str, record: Record, *, retained: bool = False) -> None:
+    def offer(self, name: str, record: Record, *, since: int = 0) -> None:
         """Hand *record* to every registered value called *name* (newer ones win).
 
-        :param retained: *record* was read from the backend by the subscriber,
-            after every message it applied: it is taken even if older than the
-            local copy, which only happens when the backend went back in time (a
-            restart from an older snapshot, a failover to a lagging replica)."""
+        :param since: *record* was read from the backend by the subscriber, after
+            every message it applied, in a read that started at :func:`tick`
+            *since*: it is taken even if older than a local copy applied before
+            that read started, which only happens when the backend went back in
+            time (a restart from an older snapshot, a failover to a lagging
+            replica). A copy applied meanwhile (a :meth:`SharedValue.refresh
+            <statekit.broadcast.SharedValue.refresh>` in another thread) is newer
+            than that read and stays."""
         refs = self._refs.get(name)
         if not refs:
             return
@@ -168,7 +184,7 @@ class Hub:
         with self.lock:
             for ref in refs:
                 value = ref()
-                if value is not None and value._offer(record, retained):
+                if value is not None and value._offer(record, since):
                     changed.append(value)
             if changed:
                 self.gauge(name, record)
@@ -188,10 +204,11 @@ class Hub:
     def resync(self) -> None:
         """Re-read the retained value of every registered name and take it (done
         each time the subscription is confirmed, before any message)."""
+        since = tick()
         records = self.read(self._live_names())
         self.counters.incr("resyncs")
         for name, record in records.items():
-            self.offer(name, record, retained=True)
+            self.offer(name, record, since=since)
 
     def check(self) -> None:
         """Compare retained versions with the local copies (a small read) and fetch
@@ -209,8 +226,9 @@ class Hub:
                       if any(not v._shows(epoch, version) for v in self._values.get(name, ()))]
         if behind:
             self.counters.incr("missed")
+            since = tick()
             for name, record in self.read(behind).items():
-                self.offer(name, record, retained=True)
+                self.offer(name, record, since=since)
 
     def _retire_if_idle(self) -> bool:
         """End the thread when every value of this hub is gone (nothing to keep
@@ -252,8 +270,9 @@ class Hub:
         new = sorted(set(self._live_names()) - watched)
         if new:
             watch(new)
+            since = tick()
             for name, record in self.read(new).items():
-                self.offer(name, record, retained=True)
+                self.offer(name, record, since=since)
         return watched | set(new)
 
     def _run(self) -> None:

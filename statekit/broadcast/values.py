@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import BackendUnavailable, ConfigError, InvalidKey
 from ..serializers import Serializer, get_serializer
-from .hub import Hub, get_hub
+from .hub import Hub, get_hub, tick
 from .protocol import Record, check_name, open_backend
 
 __all__ = ["SharedValue", "SharedValues"]
@@ -65,7 +65,8 @@ class SharedValue(Generic[T]):
 
     __slots__ = (
         "__weakref__", "_backend", "_callbacks", "_epoch", "_hub", "_hub_key", "_prefix",
-        "_serializer", "_updated_at", "_value", "_version", "_waiters", "default", "max_age", "name",
+        "_serializer", "_since", "_updated_at", "_value", "_version", "_waiters", "default", "max_age",
+        "name",
     )
 
     def __init__(
@@ -95,6 +96,7 @@ class SharedValue(Generic[T]):
         self._hub: Hub | None = None
         self._epoch = b""
         self._version = 0
+        self._since = 0  # the tick() when the copy shown was applied
         self._updated_at: float | None = None
         self._value = _UNLOADED
 
@@ -125,11 +127,12 @@ class SharedValue(Generic[T]):
     def _shows(self, epoch: bytes, version: int) -> bool:
         return self._epoch == epoch and self._version == version
 
-    def _offer(self, record: Record, retained: bool = False) -> bool:
-        """Apply *record* if it is newer, or if it is the *retained* one and differs
-        (see :meth:`Hub.offer`); the caller holds the hub lock."""
-        if record.epoch == self._epoch and (
-                record.version == self._version or (record.version < self._version and not retained)):
+    def _offer(self, record: Record, since: int = 0) -> bool:
+        """Apply *record* if it is newer, or if it is a retained one read since the
+        copy shown was applied and differs (see :meth:`Hub.offer`); the caller holds
+        the hub lock."""
+        if record.epoch == self._epoch and (record.version == self._version or (
+                record.version < self._version and since <= self._since)):
             return False
         try:
             value = self._serializer.loads(record.payload)
@@ -138,6 +141,7 @@ class SharedValue(Generic[T]):
             return False
         self._epoch = record.epoch
         self._version = record.version
+        self._since = tick()
         self._updated_at = record.updated_ms / 1000.0
         self._value = value
         return True
