@@ -165,6 +165,43 @@ def test_a_retained_read_overtaken_by_a_refresh_does_not_take_the_copy_back(
         hub.stop()
 
 
+def test_a_value_older_code_published_is_never_served_and_not_fetched_again_and_again(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process of another code version publishes a payload this worker's codec
+    cannot decode. The worker keeps its last good value (no exception, no garbage,
+    no callback), takes the next good publish, and its periodic check does not
+    count that version as a missed message and fetch and log it again every
+    CHECK_EVERY seconds for as long as it stays retained."""
+    publisher = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(publisher)
+    publisher.publish("value", "good")
+    sv: SharedValue[str] = SharedValue("value", url=redis_url, key_prefix=prefix)
+    seen: list[int] = []
+    sv.on_change(lambda _value, version: seen.append(version))
+    hub = sv._hub
+    assert hub is not None
+    try:
+        wait_for(hub.connected.is_set, what="subscribed")
+        messages = hub.counters.get("messages")
+        publisher.backend.publish("value", b"\x80 not JSON", token=None, now_ms=int(time.time() * 1000))
+        wait_for(lambda: hub.counters.get("messages") > messages, what="the message handled")
+        assert (sv.get(), sv.version) == ("good", 1)
+        logged = sum("not decodable" in r.getMessage() for r in caplog.records)
+        assert logged >= 1
+        missed = hub.counters.get("missed")
+        hub.check()
+        hub.check()
+        assert hub.counters.get("missed") == missed
+        assert sum("not decodable" in r.getMessage() for r in caplog.records) == logged
+        publisher.publish("value", "good again")
+        wait_for(lambda: sv.get() == "good again", what="the next good publish")
+        assert sv.version == 3
+        assert seen == [3]
+    finally:
+        hub.stop()
+
+
 # -- asyncio: stop and cancellation --------------------------------------------------
 class AsyncGated:
     """:class:`Gated` for an asyncio backend (the events are asyncio's)."""

@@ -64,7 +64,7 @@ class SharedValue(Generic[T]):
     """
 
     __slots__ = (
-        "__weakref__", "_backend", "_callbacks", "_epoch", "_hub", "_hub_key", "_prefix",
+        "__weakref__", "_backend", "_callbacks", "_epoch", "_hub", "_hub_key", "_prefix", "_rejected",
         "_serializer", "_since", "_updated_at", "_value", "_version", "_waiters", "default", "max_age",
         "name",
     )
@@ -97,6 +97,7 @@ class SharedValue(Generic[T]):
         self._epoch = b""
         self._version = 0
         self._since = 0  # the tick() when the copy shown was applied
+        self._rejected: tuple[bytes, int] | None = None  # the last (epoch, version) not decodable
         self._updated_at: float | None = None
         self._value = _UNLOADED
 
@@ -125,7 +126,9 @@ class SharedValue(Generic[T]):
         return self._value  # type: ignore[no-any-return]
 
     def _shows(self, epoch: bytes, version: int) -> bool:
-        return self._epoch == epoch and self._version == version
+        """Whether the copy is current with this epoch and version: it shows it, or
+        it could not decode it (fetched again, it would be refused again)."""
+        return (self._epoch == epoch and self._version == version) or self._rejected == (epoch, version)
 
     def _offer(self, record: Record, since: int = 0) -> bool:
         """Apply *record* if it is newer, or if it is a retained one read since the
@@ -134,9 +137,13 @@ class SharedValue(Generic[T]):
         if record.epoch == self._epoch and (record.version == self._version or (
                 record.version < self._version and since <= self._since)):
             return False
+        if self._rejected == (record.epoch, record.version):
+            return False
         try:
             value = self._serializer.loads(record.payload)
         except Exception as e:  # SerializationError, or a bad custom codec
+            # another code version's publish: keep the last good value, say it once
+            self._rejected = (record.epoch, record.version)
             log.warning("shared value %r: version %d not decodable: %s", self.name, record.version, e)
             return False
         self._epoch = record.epoch
