@@ -165,6 +165,50 @@ def test_a_retained_read_overtaken_by_a_refresh_does_not_take_the_copy_back(
         hub.stop()
 
 
+def test_a_refresh_that_read_before_redis_lost_its_data_does_not_bring_the_lost_value_back(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    """A request thread's refresh() reads version 2, then pauses. Redis loses its
+    data, a new publish starts a new epoch and the subscriber shows it. The
+    paused refresh's record (the old epoch: another epoch is always taken) must
+    not replace it: the copy would show a value Redis no longer has until the next
+    publish or check."""
+    publisher = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(publisher)
+    publisher.publish("value", "first")
+    sv: SharedValue[str] = SharedValue("value", url=redis_url, key_prefix=prefix)
+    assert sv.get() == "first"
+    hub = sv._hub
+    assert hub is not None
+    read, read_done, go = hub.read, threading.Event(), threading.Event()
+    try:
+        wait_for(hub.connected.is_set, what="subscribed")
+        publisher.publish("value", "second")
+        wait_for(lambda: sv.version == 2, what="version 2 shown")
+
+        def gated_read(names: Any) -> Any:
+            records = read(names)
+            if threading.current_thread().name == "refresh":
+                read_done.set()
+                assert go.wait(10)
+            return records
+
+        hub.read = gated_read  # type: ignore[method-assign]
+        refresh = threading.Thread(target=sv.refresh, name="refresh")
+        refresh.start()
+        assert read_done.wait(10)
+        publisher.backend.client.delete(state_key(prefix, "value"))  # type: ignore[attr-defined]
+        publisher.publish("value", "after the loss")
+        wait_for(lambda: sv.get() == "after the loss", what="the new epoch shown")
+        go.set()
+        refresh.join(10)
+        assert not refresh.is_alive()
+        assert (sv.get(), sv.version) == ("after the loss", 1)
+    finally:
+        go.set()
+        hub.stop()
+
+
 def test_a_value_older_code_published_is_never_served_and_not_fetched_again_and_again(
     redis_url: str, prefix: str, broadcasters: list[Broadcaster], caplog: pytest.LogCaptureFixture
 ) -> None:

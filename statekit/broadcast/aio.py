@@ -298,8 +298,12 @@ class AsyncBroadcaster(SchedulerBase):
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop the scheduler, release its leases (another process takes over at
         once) and give back this loop's connections. Computations still running
-        after *timeout* seconds are cancelled (their result is never published).
-        Call it on the loop the scheduler runs on; safe to call more than once."""
+        after *timeout* seconds are cancelled: a result not yet sent is never
+        published (one whose publish was already on its way may be, as any publish
+        whose outcome is unknown; its token still fences it). A plain-function job
+        runs in a worker thread, which a cancellation cannot stop: ``asyncio.run``
+        waits for that thread when it closes the loop. Call it on the loop the
+        scheduler runs on; safe to call more than once."""
         self._stopping = True
         task = self._task
         if self._wake is not None:

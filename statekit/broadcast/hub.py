@@ -171,10 +171,11 @@ class Hub:
 
         :param since: *record* was read from the backend by the subscriber, after
             every message it applied, in a read that started at :func:`tick`
-            *since*: it is taken even if older than a local copy applied before
-            that read started, which only happens when the backend went back in
-            time (a restart from an older snapshot, a failover to a lagging
-            replica). A copy applied meanwhile (a :meth:`SharedValue.refresh
+            *since*: it is taken even if older than (or of another epoch than) a
+            local copy applied before that read started, which only happens when
+            the backend went back in time (a restart from an older snapshot, a
+            failover to a lagging replica) or lost its data. A copy applied
+            meanwhile (a :meth:`SharedValue.refresh
             <statekit.broadcast.SharedValue.refresh>` in another thread) is newer
             than that read and stays."""
         refs = self._refs.get(name)

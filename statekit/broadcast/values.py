@@ -112,6 +112,7 @@ class SharedValue(Generic[T]):
         hub = get_hub(self._hub_key, self._prefix, self._backend)
         self._hub = hub
         hub.register(self)
+        since = tick()
         try:
             record = hub.read([self.name]).get(self.name)
         except BackendUnavailable as e:
@@ -119,7 +120,7 @@ class SharedValue(Generic[T]):
             hub.counters.incr("errors")
             record = None
         with hub.lock:
-            if record is not None and self._offer(record):
+            if record is not None and self._offer(record, since):
                 hub.gauge(self.name, record)
             if self._value is _UNLOADED:
                 self._value = self.default
@@ -131,11 +132,15 @@ class SharedValue(Generic[T]):
         return (self._epoch == epoch and self._version == version) or self._rejected == (epoch, version)
 
     def _offer(self, record: Record, since: int = 0) -> bool:
-        """Apply *record* if it is newer, or if it is a retained one read since the
-        copy shown was applied and differs (see :meth:`Hub.offer`); the caller holds
-        the hub lock."""
-        if record.epoch == self._epoch and (record.version == self._version or (
-                record.version < self._version and since <= self._since)):
+        """Apply *record* if it is newer in the same epoch; a published message
+        (*since* 0) also from another epoch; a retained one (read from the backend
+        in a read that started at :func:`~statekit.broadcast.hub.tick` *since*)
+        whatever it is, if that read started after the copy shown was applied (see
+        :meth:`Hub.offer`). The caller holds the hub lock."""
+        if record.epoch == self._epoch:
+            if record.version == self._version or (record.version < self._version and since <= self._since):
+                return False
+        elif since and since <= self._since:  # another epoch, read before the copy shown came
             return False
         if self._rejected == (record.epoch, record.version):
             return False
@@ -221,10 +226,11 @@ class SharedValue(Generic[T]):
             return self._load()
         hub = self._hub
         assert hub is not None
+        since = tick()
         record = hub.read([self.name]).get(self.name)
         if record is not None:
             with hub.lock:
-                self._offer(record)
+                self._offer(record, since)
         return self._value  # type: ignore[no-any-return]
 
     @property
