@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import test_broadcast  # tests/ is on sys.path
 
 from statekit.broadcast import Broadcaster, SharedValue, state_key
 from statekit.broadcast import hub as _hub
@@ -26,18 +26,8 @@ from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
-
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return "lr" + str(abs(hash(request.node.nodeid)) % 10**8)
-
-
-@pytest.fixture
-def broadcasters() -> Iterator[list[Broadcaster]]:
-    made: list[Broadcaster] = []
-    yield made
-    for b in made:
-        b.stop(5)
+# test_broadcast's fixtures: a prefix per test, broadcasters stopped at the end
+prefix, broadcasters = test_broadcast.prefix, test_broadcast.broadcasters
 
 
 class Gated:
@@ -45,18 +35,20 @@ class Gated:
     when the call arrives, and it goes on (to the real backend) once ``go`` is set.
     Every other call goes straight through."""
 
+    event: Any = threading.Event
+
     def __init__(self, backend: Any, method: str) -> None:
         self._backend = backend
         self._method = method
-        self.entered = threading.Event()
-        self.go = threading.Event()
+        self.entered = self.event()
+        self.go = self.event()
         self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._backend, name)
-        if name != self._method:
-            return real
+        return self._gated(real) if name == self._method else real
 
+    def _gated(self, real: Any) -> Any:
         def gated(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             if self.calls == 1:
@@ -247,21 +239,12 @@ def test_a_value_older_code_published_is_never_served_and_not_fetched_again_and_
 
 
 # -- asyncio: stop and cancellation --------------------------------------------------
-class AsyncGated:
+class AsyncGated(Gated):
     """:class:`Gated` for an asyncio backend (the events are asyncio's)."""
 
-    def __init__(self, backend: Any, method: str) -> None:
-        self._backend = backend
-        self._method = method
-        self.entered = asyncio.Event()
-        self.go = asyncio.Event()
-        self.calls = 0
+    event = asyncio.Event
 
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self._backend, name)
-        if name != self._method:
-            return real
-
+    def _gated(self, real: Any) -> Any:
         async def gated(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             if self.calls == 1:
@@ -317,11 +300,7 @@ class AppliedThenGated(AsyncGated):
     """:class:`AsyncGated` whose first call reaches the backend (it is applied)
     and then stops before its reply is handed back: a reply in flight."""
 
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self._backend, name)
-        if name != self._method:
-            return real
-
+    def _gated(self, real: Any) -> Any:
         async def gated(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             result = await real(*args, **kwargs)
@@ -333,26 +312,29 @@ class AppliedThenGated(AsyncGated):
         return gated
 
 
-@pytest.mark.parametrize("leading", [False, True], ids=["first-claim", "leader's-next-claim"])
-def test_async_scheduler_cancelled_while_its_claims_reply_is_in_flight_releases_the_lease(
-    redis_url: str, prefix: str, leading: bool
+@pytest.mark.parametrize(("method", "leading"), [("claim", False), ("claim", True), ("renew", True)],
+                         ids=["first-claim", "leader's-next-claim", "leader's-renewal"])
+def test_async_scheduler_cancelled_while_a_lease_calls_reply_is_in_flight_releases_the_lease(
+    redis_url: str, prefix: str, method: str, leading: bool
 ) -> None:
     """The scheduler task is cancelled (a task group closing, a lifespan cancelling
-    it) while a claim the server applied has not answered yet: stop() must still
-    release the lease, so another process leads at once, as documented."""
+    it) while a claim or renewal the server applied has not answered yet: stop()
+    must still release the lease, so another process leads at once, as documented."""
 
     async def main() -> int:
         first = AsyncBroadcaster(redis_url, key_prefix=prefix)
         second = AsyncBroadcaster(redis_url, key_prefix=prefix)
+        # a claim every 0.2 s; or one claim, then a renewal every 0.1 s
+        interval, lease = (0.2, 30) if method == "claim" else (60, 0.3)
         for b in (first, second):
-            b.every(0.2, name="job", lease=30)(_one)
-        if leading:  # it already leads: the claim of its next slot is cut
+            b.every(interval, name="job", lease=lease)(_one)
+        if leading:  # it already leads: its next call of *method* is cut
             task = first.start()
             while not first.counters.get("publishes"):
                 await asyncio.sleep(0.01)
-            gate = _gate_applied(first, "claim")
+            gate = _gate_applied(first, method)
         else:
-            gate = _gate_applied(first, "claim")
+            gate = _gate_applied(first, method)
             task = first.start()
         await gate.entered.wait()
         task.cancel()
