@@ -22,6 +22,7 @@ import test_broadcast  # tests/ is on sys.path
 from statekit.broadcast import Broadcaster, SharedValue, state_key
 from statekit.broadcast import hub as _hub
 from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.errors import BroadcastError
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
@@ -294,6 +295,45 @@ def test_async_stop_while_a_claim_is_in_flight_leaves_no_computation_running(
     left, publishes = asyncio.run(main())
     assert left == []
     assert publishes == 0
+
+
+class Refusing(AsyncGated):
+    """:class:`AsyncGated` whose *method* raises :class:`BroadcastError` (a reply
+    error: an ACL that forbids the script, a key of the wrong type)."""
+
+    def _gated(self, real: Any) -> Any:
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise BroadcastError("refused by the test")
+
+        return refused
+
+
+def test_async_stop_whose_release_fails_still_ends_the_running_computations(
+    redis_url: str, prefix: str
+) -> None:
+    """The lease's release fails with something else than an outage (a reply
+    error): stop() raises it, but only after it did the rest of its work (the
+    running computations awaited or cancelled, the connections given back)."""
+    started = asyncio.Event()
+
+    async def main() -> list[str]:
+        b = AsyncBroadcaster(redis_url, key_prefix=prefix)
+
+        @b.every(1, name="job", lease=30)
+        async def job() -> str:
+            started.set()
+            await asyncio.Event().wait()
+            return "never"
+
+        b.start()
+        await started.wait()
+        backend = b.backend
+        b._backends.current = lambda: Refusing(backend, "release")  # type: ignore[method-assign]
+        with pytest.raises(BroadcastError):
+            await b.stop(timeout=0.2)
+        return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("statekit-broadcast")]
+
+    assert asyncio.run(main()) == []
 
 
 class AppliedThenGated(AsyncGated):

@@ -305,7 +305,7 @@ class AsyncBroadcaster(SchedulerBase):
         waits for that thread when it closes the loop. Call it on the loop the
         scheduler runs on; safe to call more than once."""
         self._stopping = True
-        task = self._task
+        task, error = self._task, None
         if self._wake is not None:
             self._wake.set()
         if task is not None:
@@ -315,10 +315,8 @@ class AsyncBroadcaster(SchedulerBase):
             if not task.done():  # stuck in a backend call: it must start nothing more
                 task.cancel()
                 await asyncio.wait({task})
-            if not task.cancelled():
-                error = task.exception()
-                if error is not None and not isinstance(error, BackendUnavailable):
-                    raise error
+            if not task.cancelled() and not isinstance(task.exception(), BackendUnavailable):
+                error = task.exception()  # raised once the rest is done
         # taken once the scheduler ended: a claim answered while it stopped may have
         # started a computation, which must not outlive stop() (nor its connections)
         runs = list(self._runs)
@@ -328,6 +326,8 @@ class AsyncBroadcaster(SchedulerBase):
                 run.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         await self._backends.aclose()
+        if error is not None:
+            raise error
 
     @property
     def running(self) -> bool:
