@@ -148,8 +148,10 @@ class BroadcastBackend(Protocol):
     **Failures.** A backend that cannot be reached, times out or refuses service
     raises :class:`~statekit.errors.BackendUnavailable`; a write whose outcome is
     unknown is never sent again (the caller decides). Nothing else is raised for an
-    outage. If the backend loses its data, leases and fencing counters start over and
-    :meth:`publish` starts a new epoch.
+    outage. If the backend loses its data, leases start over, :meth:`publish` starts
+    a new epoch, and a fencing counter starts again above every token issued before
+    the loss (Redis: at the server's time in microseconds), so a leader paused across
+    the loss publishes with a stale token and is refused.
     """
 
     #: ``True`` when :meth:`publish` delivers to this process's subscriptions of the

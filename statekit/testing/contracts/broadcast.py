@@ -93,6 +93,24 @@ class BroadcastContract:
         assert second.status is ClaimStatus.COMPUTE and second.token > first.token
         assert backend.claim("job", "b", 10_000, -1).status is ClaimStatus.LEADER  # lease only
 
+    def test_every_slot_claimed_gets_a_new_token(self, broadcast_url: str, prefix: str) -> None:
+        """A leader that claims the next slot gets a new fencing token although it held
+        the lease: the previous slot's computation, paused past its timeout, then
+        publishes with a stale token and is refused (it never overwrites the newer
+        slot's value). A renewal and a lease-only claim keep the token."""
+        b = Broadcaster(broadcast_url, key_prefix=prefix)
+        backend = b.backend
+        first = backend.claim("slots", b.owner, 10_000, 5)
+        assert first.status is ClaimStatus.COMPUTE
+        assert backend.renew("slots", b.owner, first.token, 10_000)
+        assert backend.claim("slots", b.owner, 10_000, -1).token == first.token
+        second = backend.claim("slots", b.owner, 10_000, 6)
+        assert second.status is ClaimStatus.COMPUTE and second.token > first.token
+        assert b.publish("slots", "slot 6", token=second.token) == 1
+        with pytest.raises(StaleToken):
+            b.publish("slots", "slot 5, late", token=first.token)
+        assert b.retained("slots") == (1, "slot 6")
+
     def test_stale_token_is_refused_and_changes_nothing(self, broadcast_url: str, prefix: str) -> None:
         old = Broadcaster(broadcast_url, key_prefix=prefix)
         new = Broadcaster(broadcast_url, key_prefix=prefix)
