@@ -532,8 +532,8 @@ class _StoreCore:
     def _index_op(self, session: Session, t: float, user: str | None, member: str,
                   old_member: str | None = None) -> IndexOp | None:
         old = session.loaded_user
-        if user is None and old is None:
-            return None
+        if user is None and old is None and old_member is None:
+            return None  # a rotation always passes one: the engine checks its user
         return IndexOp(member=member, score=t, cutoff=t - self.absolute_lifetime,
                        ttl_ms=int(self.absolute_lifetime * 1000), add=user,
                        remove=old if old and (old != user or old_member) else None,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 import weakref
@@ -60,6 +61,9 @@ REVOKE_BATCH = 256
 _WRITE, _ROTATE, _INCR, _DESTROY, _REVOKE, _CLAIM = (
     load(f"session_{name}") for name in ("write", "rotate", "incr", "destroy", "revoke", "claim"))
 _META = ("m:c", "m:s", "m:u", "m:i", "m:v")
+#: rotate script calls at most, each with the index of the user the last one found
+#: stored (see :meth:`_Layout._rotate_again`)
+_ROTATE_TRIES = 4
 
 
 def _text(value: Any) -> Any:
@@ -280,9 +284,28 @@ class _Layout:
 
     def _rotate_call(self, old: str, new: str, alias_ms: int,
                      index: IndexOp | None) -> tuple[list[str], list[Any]]:
+        """The rotate script's keys and arguments: it checks that the session's stored
+        user is *index*'s (the hash moves with its ``m:u``, and the new handle must go
+        to that user's index: see :meth:`_rotate_again`)."""
         index_keys, index_args = self._index(index)
         keys = [self._session_prefix + old, self._session_prefix + new, *index_keys]
-        return keys, [new, alias_ms, *index_args]
+        user = "" if index is None else "n" if index.add is None else "u" + index.add
+        return keys, [new, alias_ms, user, *index_args]
+
+    @staticmethod
+    def _rotate_again(index: IndexOp | None, reply: Sequence[Any], tries: int) -> IndexOp | None:
+        """After the rotate script's *reply*: ``None`` if it is final, else the index
+        operation to call it again with, for the user the session holds now (another
+        request changed it since this one loaded it: indexed under the loaded user,
+        the rotated session escaped a ``revoke_user`` of the stored one).
+
+        :raises SessionError: the user changed under every one of *tries* calls."""
+        if reply[0] != 3:
+            return None
+        if tries <= 1 or index is None:
+            raise SessionError("the session's user kept changing while it was rotated; nothing was done")
+        user = _text(reply[1])
+        return dataclasses.replace(index, add=user, remove=user)
 
     def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
         """The destroy script's keys, and the index key a Cluster cleans up after it."""
@@ -420,7 +443,13 @@ class RedisEngine(_Layout):
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         with self._changing(self._session_prefix + old):
-            result = _result(self._script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
+            for tries in range(_ROTATE_TRIES, 0, -1):
+                reply = self._script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
+                again = self._rotate_again(index, reply, tries)
+                if again is None:
+                    break
+                index = again
+        result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session rotate")
         return result
@@ -595,7 +624,13 @@ class AsyncRedisEngine(_Layout):
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         with self._changing(self._session_prefix + old, barrier=False):
-            result = _result(await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index)))
+            for tries in range(_ROTATE_TRIES, 0, -1):
+                reply = await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
+                again = self._rotate_again(index, reply, tries)
+                if again is None:
+                    break
+                index = again
+        result = _result(reply)
         await self._ping(transport)
         if result.status is Status.DONE:
             await self._index_after(transport, index, "session rotate")
