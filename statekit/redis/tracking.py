@@ -225,7 +225,7 @@ class InvalidationListener:
         self.client_id: int | None = None
         #: bumped on every (re)connect, after :attr:`client_id` is set
         self.generation = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._stop = threading.Event()
@@ -309,7 +309,7 @@ class InvalidationListener:
             self._thread.start()
 
     def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._lock = threading.RLock()  # another thread may have held it at fork time
         self._thread = None
         self._pid = 0
         self._pending = None
@@ -355,12 +355,17 @@ class InvalidationListener:
             near.flush()
 
     def _set_active(self, active: bool) -> None:
-        if active:
-            self.connected.set()
-        else:
-            self.connected.clear()
-        for near in self._nears():
-            near.set_active(active)
+        # under the lock :meth:`register` checks ``connected`` and activates under:
+        # else a near cache registered while the connection dropped could be
+        # activated after this loop deactivated it, and stay active with nothing
+        # listening (re-entrant: a dropped cache's finalizer may call stop() here)
+        with self._lock:
+            if active:
+                self.connected.set()
+            else:
+                self.connected.clear()
+            for near in self._nears():
+                near.set_active(active)
 
     # -- the thread ------------------------------------------------------------------
 
