@@ -18,7 +18,10 @@ or deleted, in one atomic engine write (one Lua script on Redis). Two concurrent
 requests that change *different* keys both keep their change; for the *same* key
 the last writer wins, for that key only.
 :meth:`SessionStore.incr` is an atomic counter. No write recreates a session that
-was destroyed, revoked or expired meanwhile.
+was destroyed, revoked or expired meanwhile. The per-user index follows the user
+stored in the session (``m:u``, last writer wins like any key): a save or rotation by
+a request that loaded the session before another request changed its user indexes it
+under the stored user, so it is listed and revoked as that user's, and no one else's.
 
 **Ids and cookies.** Ids are 256-bit random values (plus a 4-hex-digit slot tag kept
 across rotations, so a session's old and new keys share a Redis Cluster slot). The

@@ -81,6 +81,12 @@ class IndexOp:
     Add *member* (a handle) with *score* (the time, seconds) to the index of user
     *add*, dropping that index's entries scored below *cutoff*, and keep that index
     *ttl_ms* longer; remove *old_member* from the index of user *remove*.
+
+    It is made from the user the request loaded. If the session stores another
+    user now (``m:u``: another request changed it since), the engine applies it as
+    for that user, atomically with the write (the Redis engine's scripts refuse and
+    it calls again with that user's index): a session is indexed under the user it
+    holds, or a ``revoke_user`` of that user misses it.
     """
 
     member: str

@@ -61,9 +61,9 @@ REVOKE_BATCH = 256
 _WRITE, _ROTATE, _INCR, _DESTROY, _REVOKE, _CLAIM = (
     load(f"session_{name}") for name in ("write", "rotate", "incr", "destroy", "revoke", "claim"))
 _META = ("m:c", "m:s", "m:u", "m:i", "m:v")
-#: rotate script calls at most, each with the index of the user the last one found
-#: stored (see :meth:`_Layout._rotate_again`)
-_ROTATE_TRIES = 4
+#: write or rotate script calls at most, each with the index of the user the last one
+#: found stored (see :meth:`_Layout._index_again`)
+_INDEX_TRIES = 4
 
 
 def _text(value: Any) -> Any:
@@ -105,6 +105,17 @@ def _fields(raw: Any) -> dict[str, bytes]:
         return {k.decode(): v for k, v in raw.items()}
     except AttributeError:  # a client with decode_responses
         return {_text(k): v for k, v in raw.items()}
+
+
+def _loaded_user(index: IndexOp | None, changes_user: bool) -> str:
+    """The user a write or rotate script checks the stored one against (``u<id>``,
+    ``n`` for none, ``""``: no check, without an index operation): the user the
+    request loaded, as the store's index operation implies it (it adds to that
+    user's index unless the write changes the user, and then removes from it)."""
+    if index is None:
+        return ""
+    user = index.remove if changes_user else index.add
+    return "n" if user is None else "u" + user
 
 
 def _result(reply: Sequence[Any]) -> Result:
@@ -278,34 +289,42 @@ class _Layout:
         args: list[Any] = [sets["m:c"] if create else "0", ttl_ms, held, len(sets)]
         for f, v in sets.items():
             args += [f, v]
-        args += [len(dels), *dels]
+        args += [len(dels), *dels, "" if create else _loaded_user(index, "m:u" in sets or "m:u" in dels)]
         index_keys, index_args = self._index(index)
         return [key, *index_keys], args + index_args
 
     def _rotate_call(self, old: str, new: str, alias_ms: int,
                      index: IndexOp | None) -> tuple[list[str], list[Any]]:
-        """The rotate script's keys and arguments: it checks that the session's stored
-        user is *index*'s (the hash moves with its ``m:u``, and the new handle must go
-        to that user's index: see :meth:`_rotate_again`)."""
+        """The rotate script's keys and arguments (it checks the stored user: see
+        :meth:`_index_again`)."""
         index_keys, index_args = self._index(index)
         keys = [self._session_prefix + old, self._session_prefix + new, *index_keys]
-        user = "" if index is None else "n" if index.add is None else "u" + index.add
-        return keys, [new, alias_ms, user, *index_args]
+        return keys, [new, alias_ms, _loaded_user(index, False), *index_args]
 
     @staticmethod
-    def _rotate_again(index: IndexOp | None, reply: Sequence[Any], tries: int) -> IndexOp | None:
-        """After the rotate script's *reply*: ``None`` if it is final, else the index
-        operation to call it again with, for the user the session holds now (another
-        request changed it since this one loaded it: indexed under the loaded user,
-        the rotated session escaped a ``revoke_user`` of the stored one).
+    def _index_again(index: IndexOp | None, reply: Sequence[Any], tries: int,
+                     changes_user: bool) -> IndexOp | None:
+        """After a write or rotate script's *reply*: ``None`` if it is final, else the
+        index operation to call it again with. The scripts refuse (``{3, user}``) when
+        the session's stored user is not the one the request loaded (another request
+        changed it since): indexed for the loaded user, a rotated session escaped a
+        ``revoke_user`` of the stored one, and a save put the session back in the
+        index of a user it no longer belongs to (who then listed and revoked it).
+        The new operation is the one the store would have made had it loaded that
+        user (:meth:`~statekit.sessions._StoreCore._index_op`).
 
+        :param changes_user: the write sets or deletes ``m:u`` (the user this request
+            gives the session: the index it adds to stays).
         :raises SessionError: the user changed under every one of *tries* calls."""
         if reply[0] != 3:
             return None
         if tries <= 1 or index is None:
-            raise SessionError("the session's user kept changing while it was rotated; nothing was done")
-        user = _text(reply[1])
-        return dataclasses.replace(index, add=user, remove=user)
+            raise SessionError("the session's user kept changing under this write; nothing was written")
+        stored = _text(reply[1])
+        add = index.add if changes_user else stored
+        moves = index.old_member not in (None, index.member)  # a rotation: the old handle goes
+        return dataclasses.replace(index, add=add, remove=stored if stored and (stored != add or moves)
+                                   else None)
 
     def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
         """The destroy script's keys, and the index key a Cluster cleans up after it."""
@@ -432,8 +451,14 @@ class RedisEngine(_Layout):
 
     def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
                ttl_ms: int, index: IndexOp | None, seq: int, base: Mapping[str, bytes] | None) -> Result:
-        call = self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0, base)
-        reply = self._script(_WRITE, *call)
+        changes_user = "m:u" in sets or "m:u" in dels
+        for tries in range(_INDEX_TRIES, 0, -1):
+            reply = self._script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0,
+                                                           base))
+            again = self._index_again(index, reply, tries, changes_user)
+            if again is None:
+                break
+            index = again
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session save")
@@ -443,9 +468,9 @@ class RedisEngine(_Layout):
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         with self._changing(self._session_prefix + old):
-            for tries in range(_ROTATE_TRIES, 0, -1):
+            for tries in range(_INDEX_TRIES, 0, -1):
                 reply = self._script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
-                again = self._rotate_again(index, reply, tries)
+                again = self._index_again(index, reply, tries, False)
                 if again is None:
                     break
                 index = again
@@ -612,8 +637,14 @@ class AsyncRedisEngine(_Layout):
         key = self._session_prefix + handle
         base = self._near_base(key, create)
         with self._changing(key, stores=True, barrier=False) as seq:
-            reply = await transport.script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index,
-                                                                     seq >= 0, base))
+            changes_user = "m:u" in sets or "m:u" in dels
+            for tries in range(_INDEX_TRIES, 0, -1):
+                call = self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0, base)
+                reply = await transport.script(_WRITE, *call)
+                again = self._index_again(index, reply, tries, changes_user)
+                if again is None:
+                    break
+                index = again
             result = _result(reply)
             if result.status is Status.DONE:
                 await self._index_after(transport, index, "session save")
@@ -624,9 +655,9 @@ class AsyncRedisEngine(_Layout):
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         with self._changing(self._session_prefix + old, barrier=False):
-            for tries in range(_ROTATE_TRIES, 0, -1):
+            for tries in range(_INDEX_TRIES, 0, -1):
                 reply = await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
-                again = self._rotate_again(index, reply, tries)
+                again = self._index_again(index, reply, tries, False)
                 if again is None:
                     break
                 index = again
