@@ -4,7 +4,9 @@ writes elsewhere and the invalidation listener's connection, driven step by step
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -94,3 +96,107 @@ def test_a_namespace_registered_while_the_listener_drops_stays_inactive(
         monkeypatch.undo()  # before the caches go (their finalizers call set_active)
         family.close()
         other.close()
+
+
+def _applied(listener: Any, before: int) -> None:
+    """Wait until *listener* applied an invalidation after *before* messages, and
+    has nothing more waiting."""
+    wait_for(lambda: listener.messages > before and not listener.pending(), timeout=10,
+             what="the invalidation applied")
+
+
+def test_a_near_copy_does_not_outlive_the_key_in_redis(redis_line_url: str) -> None:
+    """A near copy's deadline is the key's Redis TTL. The TTL a load reads is what
+    was left when Redis ran the read, but it was counted from when the copy was
+    stored: a reply that took long to come back (a loaded event loop, a slow
+    network) left a copy that was served after the key had expired in Redis, whose
+    expiry invalidation comes only when Redis removes the key (when it is read, or
+    found by its sampling). Forced here: the load's reply is held until the key has
+    expired, and ``CLIENT PAUSE WRITE`` keeps Redis from removing it meanwhile."""
+    cache = Cache(redis_line_url, near_cache=True, prefix="neardl")
+    other = Cache(redis_line_url, prefix="neardl")
+    r = redis.Redis.from_url(redis_line_url)
+    assert cache.near_ready(10)
+    backend = cache._connect()
+    near, listener = cache._near, cache._listener
+    assert near is not None and listener is not None
+    real_do = backend._do
+    expired_after = [0.0]
+
+    def held(step: Any) -> Any:
+        reply = real_do(step)
+        if isinstance(step, tuple) and len(step) == 3 and tuple(step[2][:1]) == (b"gett",):
+            r.execute_command("CLIENT", "PAUSE", "10000", "WRITE")  # no expiry from here on
+            wait_for(lambda: time.monotonic() > expired_after[0], timeout=10, what="the key's expiry")
+        return reply
+
+    try:
+        applied = listener.messages
+        other.set("k", "v", ttl=0.3)
+        expired_after[0] = time.monotonic() + 0.35
+        _applied(listener, applied)  # the set's own invalidation does not refuse the copy
+        backend._do = held
+        assert cache.get("k") == "v"  # read while it lived
+        backend._do = real_do
+        assert "k" not in near.data  # nothing to serve after the key expired in Redis
+    finally:
+        backend._do = real_do
+        r.execute_command("CLIENT", "UNPAUSE")
+    try:
+        assert cache.get("k") is None
+    finally:
+        r.close()
+        cache.close()
+        other.close()
+
+
+def test_an_async_near_copy_does_not_outlive_the_key_in_redis(redis_line_url: str) -> None:
+    """The same for :class:`AsyncCache`, whose reply waits for the event loop too:
+    the reply is held (the task resumed late) until the key expired in Redis."""
+    from statekit.cache import AsyncCache
+
+    r = redis.Redis.from_url(redis_line_url)
+    expired_after = [0.0]
+
+    async def main() -> tuple[Any, bool, Any]:
+        cache = AsyncCache(redis_line_url, near_cache=True, prefix="neardla")
+        other = AsyncCache(redis_line_url, prefix="neardla")
+        try:
+            assert await cache.near_ready(10)
+            await cache.get("warm")
+            backend, near, listener = cache._backend, cache._near, cache._listener
+            assert backend is not None and near is not None and listener is not None
+            real_do = backend._do
+
+            async def held(step: Any) -> Any:
+                reply = await real_do(step)
+                if isinstance(step, tuple) and len(step) == 3 and tuple(step[2][:1]) == (b"gett",):
+                    r.execute_command("CLIENT", "PAUSE", "10000", "WRITE")  # no expiry from here on
+                    while time.monotonic() <= expired_after[0]:
+                        await asyncio.sleep(0.01)
+                return reply
+
+            try:
+                applied = listener.messages
+                await other.set("k", "v", ttl=0.3)
+                expired_after[0] = time.monotonic() + 0.35
+                _applied(listener, applied)  # (see the sync test)
+                backend._do = held
+                first = await cache.get("k")
+                backend._do = real_do
+                kept = "k" in near.data
+            finally:
+                backend._do = real_do
+                r.execute_command("CLIENT", "UNPAUSE")
+            return first, kept, await cache.get("k")
+        finally:
+            await cache.aclose()
+            await other.aclose()
+
+    try:
+        first, kept, after = asyncio.run(main())
+    finally:
+        r.close()
+    assert first == "v"  # read while it lived
+    assert not kept  # nothing to serve after the key expired in Redis
+    assert after is None

@@ -86,6 +86,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from binascii import crc_hqx as _crc16
@@ -178,6 +179,13 @@ def _stored(flat: Sequence[Any]) -> Iterator[Stored]:
     for i in range(0, len(flat), 2):
         value, ttl = flat[i], flat[i + 1]
         yield _MISSING if value is None else Stored(value, None if ttl < 0 else int(ttl))
+
+
+def _aged(rows: list[Stored], sent: float) -> list[Stored]:
+    """*rows* with each TTL less the milliseconds since *sent* (rounded up, never
+    below 0: a key that expired on the way has 0 left)."""
+    spent = math.ceil((_monotonic() - sent) * 1000)
+    return [row if row.ttl_ms is None else Stored(row.value, max(0, row.ttl_ms - spent)) for row in rows]
 
 
 class RedisTransport(Transport):
@@ -632,17 +640,22 @@ class _RedisCachePlans:
         return out
 
     def plan_get_many_with_ttl(self, keys: Sequence[str]) -> Plan[list[Stored]]:
-        """:meth:`get_many_with_ttl` as a plan."""
+        """:meth:`get_many_with_ttl` as a plan. Each TTL is what was left when Redis
+        ran the read, less the time the reply took to come back (counted from
+        before the send): the near cache counts a copy's deadline from when it
+        stores it, and a reply delayed on the way (a loaded event loop, the network)
+        must not keep a copy alive after the key expired in Redis."""
+        sent = _monotonic()
         if not self.cluster or len(keys) == 1:
             out: list[Stored] = []
             for chunk in _chunks(keys):
                 out.extend(_stored((yield from self._run(b"gett", chunk, ()))))
-            return out
+            return _aged(out, sent)
         rows: list[Stored] = [_MISSING] * len(keys)
         for part, reply in (yield from self._bulk(b"gett", keys, (), read=True)):
             for i, row in zip(part, _stored(reply), strict=True):
                 rows[i] = row
-        return rows
+        return _aged(rows, sent)
 
     def plan_set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> Plan[None]:
         """:meth:`set_many` as a plan."""
