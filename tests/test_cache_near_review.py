@@ -5,6 +5,7 @@ writes elsewhere and the invalidation listener's connection, driven step by step
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from typing import Any
@@ -200,3 +201,44 @@ def test_an_async_near_copy_does_not_outlive_the_key_in_redis(redis_line_url: st
     assert first == "v"  # read while it lived
     assert not kept  # nothing to serve after the key expired in Redis
     assert after is None
+
+
+def test_two_near_caches_of_one_namespace_both_get_its_invalidations(redis_line_url: str) -> None:
+    """The listener kept one near cache per namespace base: a second cache of the
+    same namespace in the family (``cache.namespace("default")`` on a root whose
+    namespace is ``default``, or two threads opening ``namespace("x")`` for the first
+    time at once, which makes two) replaced the first one's registration, and the
+    first one kept serving its copies after writes elsewhere; when the one that
+    registered last was dropped, the namespace's base was unregistered and the
+    survivor got no invalidation at all."""
+    root = Cache(redis_line_url, near_cache=True, prefix="neardup")
+    other = Cache(redis_line_url, prefix="neardup")
+    assert root.near_ready(10)
+    listener: Any = root._listener
+    try:
+        other.set("k", "v1")
+        other.namespace("x").set("k", "v1")
+        assert root.get("k") == "v1"
+        alias = root.namespace("default")  # the root's own namespace, a second near cache
+        assert alias.get("k") == "v1"
+
+        # two siblings of one new namespace (two threads' first namespace("x") at once)
+        first = Cache(None, client=root.client, prefix="neardup", namespace="x", near_cache=True,
+                      _parent=root)
+        second = root.namespace("x")
+        assert second is not first
+        assert first.get("k") == "v1" and second.get("k") == "v1"
+        del second  # the one registered last is dropped ...
+        gc.collect()
+
+        applied = listener.messages
+        other.set("k", "v2")
+        other.namespace("x").set("k", "v2")
+        wait_for(lambda: listener.messages >= applied + 2 and not listener.pending(), timeout=10,
+                 what="the invalidations applied")
+        assert root.get("k") == "v2"
+        assert alias.get("k") == "v2"
+        assert first.get("k") == "v2"  # ... and the survivor still gets its invalidations
+    finally:
+        root.close()
+        other.close()

@@ -213,10 +213,11 @@ class InvalidationListener:
         self.follow = follow or 0.0
         self.timeout = timeout
         self.bcast = bcast
-        # base -> weak reference to its near cache; tagged bases ("...}:") by exact
-        # cut, the others by length (see the module docstring)
-        self._tagged: dict[str, weakref.ref[Any]] = {}
-        self._others: dict[str, weakref.ref[Any]] = {}
+        # base -> weak references to its near caches (a family may hold two of one
+        # namespace); tagged bases ("...}:") by exact cut, the others by length (see
+        # the module docstring)
+        self._tagged: dict[str, tuple[weakref.ref[Any], ...]] = {}
+        self._others: dict[str, tuple[weakref.ref[Any], ...]] = {}
         self._other_lengths: tuple[int, ...] = ()
         self._whole: set[str] = set()
         self._pending: Callable[[], bool] | None = None
@@ -244,19 +245,27 @@ class InvalidationListener:
         """Drop entries of *near* for invalidated keys starting with *base* (held
         weakly: unregistered when *near* is freed). The cache keys its entries by
         the rest of a versioned key; with *whole_keys* the entries are keyed by the
-        whole Redis key."""
+        whole Redis key. Several near caches may share a base (two caches of one
+        namespace in a family): each gets the invalidations."""
         tagged = base.find("}:") == len(base) - 2
         table = self._tagged if tagged else self._others
 
         def gone(ref: weakref.ref[Any], base: str = base, table: dict[str, Any] = table) -> None:
-            if table.get(base) is ref:  # no lock: a finalizer may run inside a locked section
-                table.pop(base, None)
-                self._whole.discard(base)
-                if table is self._others:
-                    self._other_lengths = tuple(sorted({len(b) for b in list(self._others)}))
+            # no lock: a finalizer may run inside a locked section
+            refs = table.get(base, ())
+            if ref not in refs:
+                return
+            rest = tuple(r for r in refs if r is not ref)
+            if rest:
+                table[base] = rest
+                return
+            table.pop(base, None)
+            self._whole.discard(base)
+            if table is self._others:
+                self._other_lengths = tuple(sorted({len(b) for b in list(self._others)}))
 
         with self._lock:
-            table[base] = weakref.ref(near, gone)
+            table[base] = (*table.get(base, ()), weakref.ref(near, gone))
             if whole_keys:
                 self._whole.add(base)
             if not tagged:
@@ -288,10 +297,11 @@ class InvalidationListener:
 
     def registered(self) -> int:
         """How many near caches are registered (dropped ones are not)."""
-        return len(self._tagged) + len(self._others)
+        return sum(len(refs) for refs in [*self._tagged.values(), *self._others.values()])
 
     def _nears(self) -> list[Any]:
-        refs = [*self._tagged.values(), *self._others.values()]
+        tables = (self._tagged, self._others)
+        refs = [ref for table in tables for refs in list(table.values()) for ref in refs]
         return [near for near in (ref() for ref in refs) if near is not None]
 
     # -- life cycle ------------------------------------------------------------------
@@ -475,27 +485,28 @@ class InvalidationListener:
         cut = key.find("}:")
         if cut >= 0:
             visits += 1
-            ref = self._tagged.get(key[: cut + 2])
-            if ref is not None:
-                self._drop(key, key[: cut + 2], ref)
+            refs = self._tagged.get(key[: cut + 2])
+            if refs is not None:
+                self._drop(key, key[: cut + 2], refs)
         others = self._others
         for length in self._other_lengths:
             visits += 1
             base = key[:length]
-            ref = others.get(base)
-            if ref is not None:
-                self._drop(key, base, ref)
+            refs = others.get(base)
+            if refs is not None:
+                self._drop(key, base, refs)
         self.visits += visits
 
-    def _drop(self, key: str, base: str, ref: weakref.ref[Any]) -> None:
-        near = ref()
-        if near is None:
-            return
-        if base in self._whole:
-            near.evict(key)
-            return
-        rest = key[len(base):]
-        if rest == "gen":
-            near.flush()
-        elif rest[:1].isdigit():
-            near.evict(rest.partition(":")[2])
+    def _drop(self, key: str, base: str, refs: tuple[weakref.ref[Any], ...]) -> None:
+        for ref in refs:
+            near = ref()
+            if near is None:
+                continue
+            if base in self._whole:
+                near.evict(key)
+                continue
+            rest = key[len(base):]
+            if rest == "gen":
+                near.flush()
+            elif rest[:1].isdigit():
+                near.evict(rest.partition(":")[2])
