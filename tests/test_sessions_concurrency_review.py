@@ -153,3 +153,105 @@ def test_async_a_late_request_of_the_previous_user_leaves_the_session_to_the_sto
         asyncio.run(main())
     finally:
         sync.close()
+
+
+def test_a_load_across_a_listener_reconnect_keeps_nothing_stale(redis_line_url: str) -> None:
+    """Near cache: process a's load reads the session on its tracked connection; then,
+    before the load keeps what it read, a's listener connection drops and comes back
+    (a new client id: what the read's tracking redirected to is gone, so the
+    invalidation of b's change just after is lost) and b changes the session. The
+    load must not keep its copy: a's next load, with b's version token, and without
+    one, reads b's change."""
+    import redis as redis_py
+
+    from statekit.pytest_plugin import wait_for
+    from statekit.sessions.redis import RedisEngine
+
+    a, b = (SessionStore(redis_line_url, secret_keys=["k"], near_cache=100) for _ in range(2))
+    engine = a.engine
+    assert isinstance(engine, RedisEngine) and engine.listener is not None
+    listener, transport = engine.listener, engine.transport
+    try:
+        s = b.create({"n": 1})
+        near = engine.near
+        assert near is not None
+        # a's listener connects and its connection tracks: a load keeps a copy
+        wait_for(lambda: a.load(s.sid) is not None and s.key in near.data, timeout=10, what="a near copy")
+        near.evict(s.key)  # the next load reads Redis
+        kept: list[bool] = []
+        keep = engine._near_keep
+        engine._near_keep = lambda *args: kept.append(args[2] >= 0) or keep(*args)  # type: ignore[method-assign]
+        real = transport.command
+        changed: list[int] = []
+
+        def read_then_reconnect_then_change(*args: object) -> object:
+            out = real(*args)
+            if args[0] == b"HGETALL" and not changed:
+                generation = listener.generation
+                with redis_py.Redis.from_url(redis_line_url) as r:
+                    r.client_kill_filter(_id=str(listener.client_id))
+                wait_for(lambda: listener.generation > generation and listener.connected.is_set(),
+                         timeout=10, what="the listener to reconnect")
+                other = b.load(s.sid)
+                assert other is not None
+                other["n"] = 2
+                assert b.save(other)
+                changed.append(other.version)
+            return out
+
+        transport.command = read_then_reconnect_then_change  # type: ignore[method-assign]
+        try:
+            first = a.load(s.sid)
+        finally:
+            transport.command = real  # type: ignore[method-assign]
+        assert first is not None and first["n"] == 1 and changed
+        assert kept == [True]  # the load went to keep what it read (begun while the listener lived) ...
+        assert s.key not in near.data  # ... and was refused
+        again = a.load(s.sid)
+        assert again is not None and again["n"] == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_rotation_whose_reply_was_lost_is_not_sent_again_and_a_retry_keeps_the_data(redis_url: str) -> None:
+    """A login's rotation reaches Redis but its reply is lost: rotate() raises, the
+    old id is a tombstone (the transport never sends a script again), and the
+    rotation is not taken over by a retry: the retried rotate gives the request's
+    session a new id of its own holding the data it loaded, stored by its save."""
+    from statekit.errors import BackendUnavailable
+    from statekit.sessions.redis import RedisEngine
+
+    store = SessionStore(redis_url, secret_keys=["k"])
+    engine = store.engine
+    assert isinstance(engine, RedisEngine)
+    real = engine.transport.script
+    lost: list[object] = []
+
+    def reply_lost(script: object, keys: object, args: object) -> object:
+        out = real(script, keys, args)  # type: ignore[arg-type]
+        if not lost:
+            lost.append(out)
+            raise BackendUnavailable("simulated: the rotation's reply timed out")
+        return out
+
+    try:
+        s = store.load(store.create({"cart": ["apple"]}, user_id="u").sid)
+        assert s is not None
+        old = s.sid
+        engine.transport.script = reply_lost  # type: ignore[method-assign]
+        try:
+            with pytest.raises(BackendUnavailable):
+                store.rotate(s)
+            assert s.sid == old and lost == [[1]]
+            assert store.load(old) is None  # a tombstone: the rotation landed
+            store.rotate(s)
+        finally:
+            engine.transport.script = real  # type: ignore[method-assign]
+        assert s.sid != old and s.new and dict(s) == {"cart": ["apple"]}
+        assert store.save(s)
+        again = store.load(s.sid)
+        assert again is not None and dict(again) == {"cart": ["apple"]} and again.user_id == "u"
+        assert store.revoke_user("u") == 2  # the one this request holds, and the one it lost
+    finally:
+        store.close()

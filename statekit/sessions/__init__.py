@@ -945,7 +945,12 @@ class SessionStore(_StoreCore):
         *session* becomes a new, empty session: a revoked session never comes back
         through a rotation.
 
-        :raises BackendUnavailable: Redis unreachable; the old id still works.
+        :raises BackendUnavailable: Redis unreachable; the old id still works, unless
+            the rotation reached Redis and only its reply was lost (a timeout): the
+            data is then at a new id this request never learned, and the old id is a
+            tombstone (its next load gets a fresh session). A retried ``rotate`` of
+            the same *session* finds that rotation and, as for one made by another
+            request, gives *session* a new id of its own with the data it loaded.
         """
         return self._run(self._rotate_steps(session))
 

@@ -409,7 +409,7 @@ class RedisEngine(_Layout):
 
     def _index_after(self, op: IndexOp | None, what: str) -> None:
         """Redis Cluster: *op* as a second call (the index lives in another slot)."""
-        if op is None or not self.cluster:
+        if op is None or not self.cluster or not (op.add or op.remove):
             return
         with translate_errors(what):
             pipe = self.client.pipeline(transaction=False)
@@ -608,7 +608,7 @@ class AsyncRedisEngine(_Layout):
         return self._lanes.current()
 
     async def _index_after(self, transport: AsyncTransport, op: IndexOp | None, what: str) -> None:
-        if op is None or not self.cluster:
+        if op is None or not self.cluster or not (op.add or op.remove):
             return
         with translate_errors(what):
             pipe = transport.client.pipeline(transaction=False)
