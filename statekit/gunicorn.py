@@ -746,9 +746,15 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             if self._stop_requested():
                 return False
             time.sleep(0.02)
-        self.log.error("statekit: new worker %s not ready within %.0fs", pid, rt.options.ready_timeout)
+        info = rt.drain.slot_info(slot)
+        if info.pid == pid and info.state == READY:  # just in time
+            return True
+        self.log.error("statekit: new worker %s not ready within %gs: killed", pid, rt.options.ready_timeout)
         rt.stopping.add(pid)
-        self.kill_worker(pid, signal.SIGTERM)
+        # still loading the app, it holds no request; a SIGTERM would only take effect
+        # once the import ends (gthread checks it in its loop), and the worker would
+        # hang on until gunicorn's worker timeout (as stop() does for booting workers)
+        self.kill_worker(pid, signal.SIGKILL)
         return False
 
     # -- shutdown ------------------------------------------------------------------
