@@ -46,7 +46,7 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -83,6 +83,24 @@ def translate_error(e: BaseException, what: str) -> StatekitError:
     if isinstance(e, (BotoCoreError, OSError)) or type(e).__module__.startswith("urllib3"):
         return BackendUnavailable(f"S3 {what}: {type(e).__name__}: {e}")
     return BlobError(f"S3 {what}: {type(e).__name__}: {e}")
+
+
+_commit = threading.local()  # .active while this thread sends a commit (see _no_resend)
+
+
+def _no_resend(caught_exception: BaseException | None = None, response: Any = None, **_: Any) -> None:
+    """botocore ``needs-retry`` hook: a commit (``PutObject``, ``CompleteMultipartUpload``)
+    that failed without S3's verdict -- no reply, or a 5xx other than 503's "slow down" --
+    may have been applied, so it is not sent again: the error goes to the writer."""
+    if not getattr(_commit, "active", False):
+        return
+    if caught_exception is not None:
+        raise caught_exception
+    if response is not None:
+        status = int(getattr(response[0], "status_code", 0) or 0)
+        if status >= 500 and status != 503:
+            err = response[1].get("Error", {}) if isinstance(response[1], dict) else {}
+            raise BackendUnavailable(f"S3 commit: {err.get('Code') or status}: {err.get('Message', '')}")
 
 
 def _b64(digest: bytes) -> str:
@@ -155,8 +173,9 @@ class _S3Writer(BlobWriter):
             body, self._buf = self._buf, bytearray()
             if not cond:
                 self._s._refuse_existing(self._req.key)
-            self._s._call("put_object", self._req.key, Bucket=self._s.bucket, Key=self._full, Body=body,
-                          Metadata=dict(self._req.metadata, **{META_SHA256: sha256}), **kwargs, **cond)
+            with self._unknown_outcome():
+                self._s._call("put_object", self._req.key, Bucket=self._s.bucket, Key=self._full, Body=body,
+                              Metadata=dict(self._req.metadata, **{META_SHA256: sha256}), **kwargs, **cond)
             return
         if self._buf or not self._parts and not self._inflight:
             self._flush_part()
@@ -164,14 +183,43 @@ class _S3Writer(BlobWriter):
             self._parts.append(self._inflight.popleft().result())
         if not cond:
             self._s._refuse_existing(self._req.key)
-        self._s._call("complete_multipart_upload", self._req.key, Bucket=self._s.bucket, Key=self._full,
-                      UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}, **cond)
+        with self._unknown_outcome():
+            self._s._call("complete_multipart_upload", self._req.key, Bucket=self._s.bucket, Key=self._full,
+                          UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}, **cond)
         self._upload_id = None
         self._shutdown()
         # The whole-object SHA-256 is known only now; a tag carries it for stat().
         with contextlib.suppress(StatekitError):
             self._s._call("put_object_tagging", self._req.key, Bucket=self._s.bucket, Key=self._full,
                           Tagging={"TagSet": [{"Key": META_SHA256, "Value": sha256}]})
+
+    @contextlib.contextmanager
+    def _unknown_outcome(self) -> Iterator[None]:
+        """The commit call: when it fails without a verdict from S3 (a timeout, a lost
+        connection, a 5xx), S3 may have stored the object all the same. It is never sent
+        again; the object, under a key generated for this put alone, is deleted (the
+        multipart upload aborted first), so "nothing is stored" holds, and the error
+        says the outcome was unknown and whether the delete failed (then the object
+        may be there, under the key it names)."""
+        _commit.active = True
+        try:
+            yield
+        except BackendUnavailable as e:
+            _commit.active = False
+            try:
+                if self._upload_id is not None:
+                    upload_id, self._upload_id = self._upload_id, None
+                    with contextlib.suppress(BlobNotFound):
+                        self._s._call("abort_multipart_upload", self._req.key, Bucket=self._s.bucket,
+                                      Key=self._full, UploadId=upload_id)
+                self._s._call("delete_object", self._req.key, Bucket=self._s.bucket, Key=self._full)
+            except StatekitError as gone:
+                raise BackendUnavailable(f"{e} (outcome unknown: the blob may exist under {self._req.key!r}, "
+                                         f"and deleting it failed: {gone})") from e
+            raise BackendUnavailable(f"{e} (outcome unknown: whatever S3 stored was deleted; "
+                                     "nothing is stored)") from e
+        finally:
+            _commit.active = False
 
     def _shutdown(self) -> None:
         if self._pool is not None:
@@ -331,6 +379,9 @@ class S3Backend(BlobBackend):
         if client is None or not bucket:
             raise ConfigError("S3Backend needs an s3:// URL, or client= and bucket=")
         self.client = client
+        for op in ("PutObject", "CompleteMultipartUpload"):  # more specific: before botocore's retry
+            client.meta.events.register(f"needs-retry.s3.{op}", _no_resend,
+                                        unique_id=f"statekit-no-resend-{op}")
         #: signs the URLs handed to browsers (no requests go through it)
         self.presign_client = presign_client or client
         self.bucket = bucket
