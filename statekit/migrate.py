@@ -14,15 +14,18 @@ generated key (its name is kept as the blob's filename). The run is:
   files again;
 * **verified** -- the file's SHA-256 is computed from disk, compared with the digest
   computed while uploading (which S3 also checked), and at the end every migrated
-  key is checked with ``stat``: size and SHA-256 must match the manifest. A file that
+  key is checked with ``stat``: size and SHA-256 must match the manifest (a blob
+  stored without its SHA-256, as when S3's tag was lost, is read back and hashed). A file that
   fails this check is marked in the manifest and copied again by the next run;
 * **interruptible** -- on Ctrl-C (SIGINT) or SIGTERM the files already being copied
   finish and are recorded, the mapping is written with everything copied so far, and
   the command says how to resume (run it again: finished files are not copied twice);
 * **loud, not stuck** -- directories that cannot be read are failures (exit status
   1); a symbolic link (which may lead out of ``SRC_DIR``; a linked directory is
-  reported once, as one line, and not descended into) is a warning: it is not copied
-  and the run goes on. The summary shows the first few warnings and failures and a
+  reported once, as one line, and not descended into) or a special file (FIFO, socket,
+  device) is a warning: it is not copied and the run goes on. A file replaced after it
+  was listed (by a link, a FIFO or another file) is not read: a failure, the next run
+  sees what is there now. The summary shows the first few warnings and failures and a
   count; the full list goes to ``warnings.txt`` in the output directory;
 * **mapped** -- a JSON file maps each old relative path to its new key, for the
   application to update its references (see "Rewrite the rows" in
@@ -41,17 +44,19 @@ fewer than ``2 * --workers`` unreferenced objects; they are not in the mapping.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from .blobs import BlobStore, open_blob_store
 from .errors import ContentTypeMismatch, StatekitError
@@ -110,18 +115,42 @@ def _walk(src: str, problems: dict[str, str],
                 st = os.lstat(path)
             except FileNotFoundError:  # deleted since the directory was listed
                 continue
-            if st.st_mode & 0o170000 == 0o100000:  # regular files only
+            if stat.S_ISREG(st.st_mode):  # regular files only
                 yield rel(path), st
-            elif st.st_mode & 0o170000 == 0o120000:
+            elif stat.S_ISLNK(st.st_mode):
                 warnings[rel(path)] = "symbolic link: not copied (replace it with the file it points to)"
+            else:
+                warnings[rel(path)] = "not a regular file (a FIFO, socket or device): not copied"
 
 
-def _sha256_file(path: str) -> str:
+def _sha256(f: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
+    while chunk := f.read(1024 * 1024):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def _open_listed(path: str, st: os.stat_result) -> BinaryIO:
+    """*path* opened for reading if it is still the regular file the walk listed (*st*).
+
+    A file replaced since by a symbolic link (which may lead out of ``SRC_DIR``), a
+    FIFO (opening it would wait for a writer) or another file is not read:
+    :class:`StatekitError`, the next run sees what is there now. Hashing and upload
+    both read this one open file."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise StatekitError("replaced by a symbolic link since it was listed: not copied; run again") from e
+    f = os.fdopen(fd, "rb")
+    now = os.fstat(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        f.close()
+        raise StatekitError("replaced by another file since it was listed: not copied; run again")
+    return f
 
 
 def load_manifest(path: str) -> dict[str, dict[str, Any]]:
@@ -204,10 +233,11 @@ def migrate(
 
     def one(rel: str, st: os.stat_result) -> dict[str, Any]:
         path = os.path.join(src, *rel.split("/"))
-        local_sha = _sha256_file(path)
         name = os.path.basename(rel)
         retyped = False
-        with open(path, "rb") as f:
+        with _open_listed(path, st) as f:
+            local_sha = _sha256(f)
+            f.seek(0)
             try:
                 blob = store.put(f, filename=name, prefix=prefix)
             except ContentTypeMismatch:
@@ -299,10 +329,17 @@ def _verify(store: BlobStore, key: str, entry: dict[str, Any]) -> str | None:
         blob = store.stat(key)
     except StatekitError as e:
         return f"{type(e).__name__}: {e}"
-    if blob.size != entry.get("size") or (blob.sha256 is not None and blob.sha256 != entry.get("sha256")):
+    sha256 = blob.sha256
+    if sha256 is None and blob.size == entry.get("size"):
+        # e.g. S3's tag lost after the upload completed: the content is checked instead of
+        # copying the file again under a second key
+        try:
+            with store.open(key) as f:
+                sha256 = _sha256(f)
+        except StatekitError as e:
+            return f"{type(e).__name__}: {e}"
+    if blob.size != entry.get("size") or sha256 != entry.get("sha256"):
         return f"{key} does not match the manifest (size or SHA-256)"
-    if blob.sha256 is None:
-        return f"{key} has no SHA-256 to check"
     return None
 
 
@@ -374,8 +411,8 @@ def main(argv: Sequence[str]) -> int:
     if (notes or report.failed) and not opts.dry_run:
         os.makedirs(opts.output_dir, exist_ok=True)
         with open(listing, "w", encoding="utf-8") as f:
-            f.writelines(f"FAILED {rel}: {err}\n" for rel, err in sorted(report.failed.items()))
-            f.writelines(f"warning {rel}: {text}\n" for rel, text in sorted(notes.items()))
+            f.writelines(f"FAILED {_shown(rel)}: {err}\n" for rel, err in sorted(report.failed.items()))
+            f.writelines(f"warning {_shown(rel)}: {text}\n" for rel, text in sorted(notes.items()))
     _summarise("warning", "warnings", notes, sys.stdout, None if opts.dry_run else listing)
     _summarise("FAILED", "failures", report.failed, sys.stderr, None if opts.dry_run else listing)
     if not opts.dry_run:
@@ -383,10 +420,16 @@ def main(argv: Sequence[str]) -> int:
     return 0 if report.ok else 1
 
 
+def _shown(rel: str) -> str:
+    """*rel* for people and text files: bytes of a name that is not UTF-8 (kept by
+    ``os.walk`` as surrogates, which no UTF-8 stream accepts) as ``\\xe9``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _summarise(label: str, plural: str, items: dict[str, str], stream: Any, listing: str | None) -> None:
     """The first :data:`SHOWN` of *items*, then how many more and where they all are."""
     for rel, text in sorted(items.items())[:SHOWN]:
-        print(f"{label} {rel}: {text}", file=stream)
+        print(f"{label} {_shown(rel)}: {text}", file=stream)
     if len(items) > SHOWN:
         where = f" (all in {listing})" if listing else ""
         print(f"... and {len(items) - SHOWN} more {plural}{where}", file=stream)
