@@ -10,7 +10,11 @@ short-lived child, or by ``--interface``):
   notice, stop accepting, let in-flight requests finish within
   ``--graceful-timeout``, SIGKILL what is left, exit. One log line reports the
   shutdown, every count since TERM: requests in flight at TERM, completed,
-  rejected, workers force-killed, requests lost.
+  rejected, workers force-killed, requests lost. A SIGTERM sent to the whole
+  process group (systemd's default ``KillMode=control-group``, dumb-init, ``kill
+  -TERM -PGID``) drains the same way: a worker that gets it while the master drains
+  serves the drain until the master stops it (a SIGTERM to a worker alone takes
+  effect after :data:`GROUP_SIGNAL_GRACE`).
 * **Reload** (SIGHUP or ``statekit reload``): workers are replaced one at a time;
   each old worker gets SIGTERM only after its replacement has loaded the app and
   reported ready (gunicorn's own HUP starts all new workers and stops the old ones
@@ -127,6 +131,7 @@ __all__ = [
     "StatekitThreadWorker",
     "child_exit",
     "detect_interface",
+    "group_sigterm",
     "on_exit",
     "on_starting",
     "post_fork",
@@ -157,6 +162,9 @@ INTERFACES = ("auto", "asgi", "wsgi")
 WORKER_CLASSES = {"wsgi": DEFAULTS["worker_class"], "asgi": "statekit.gunicorn_asgi.StatekitUvicornWorker"}
 #: seconds the master waits before recycling again after a successor failed to boot
 RECYCLE_BACKOFF = 10.0
+#: seconds a gthread worker waits after SIGTERM to tell the master's stop from a signal
+#: sent to the whole process group while the master drains (see StatekitThreadWorker.handle_exit)
+GROUP_SIGNAL_GRACE = 0.25
 
 
 @dataclass
@@ -465,6 +473,32 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         if counters is not None:
             with self._statekit_lock:
                 counters.add(self.statekit_slot, 1 if held else -1)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: stop, unless the signal went to the whole process group (systemd's
+        default ``KillMode=control-group``, dumb-init, ``kill -TERM -PGID``) while the
+        master drains: the master sends its own SIGTERM once the pre-stop delay is
+        over, and until then this worker serves the drain (503 + ``Connection:
+        close``). The master may get the group's signal a moment after us, so the
+        decision waits :data:`GROUP_SIGNAL_GRACE` seconds; a SIGTERM sent to this
+        worker alone (not draining) takes effect then."""
+        if not self.alive or getattr(self, "_statekit_exit_pending", False):
+            return
+        self._statekit_exit_pending = True
+        timer = threading.Timer(GROUP_SIGNAL_GRACE, self._statekit_wake, (sig, frame))
+        timer.daemon = True
+        timer.start()
+
+    def _statekit_wake(self, sig: int, frame: Any) -> None:
+        try:  # decided in the main loop, where gthread's own handler runs
+            self.method_queue.defer(self._statekit_decide_exit, sig, frame)
+        except Exception:  # noqa: BLE001 -- its queue not set up yet (still booting): stop
+            self.alive = False
+
+    def _statekit_decide_exit(self, sig: int, frame: Any) -> None:
+        self._statekit_exit_pending = False
+        if not group_sigterm(self.log):
+            super().handle_exit(sig, frame)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         super().set_accept_enabled(enabled and self._statekit_busy < self.cfg.threads)
@@ -807,6 +841,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         limit = time.monotonic() + (self.cfg.graceful_timeout if sig == signal.SIGTERM else 2.0)
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(sig)
+        rt.drain.stop_workers()
         self.kill_workers(sig)
         for pid, w in list(self.WORKERS.items()):
             # a worker still loading the app holds no request: no reason to wait for it
@@ -828,9 +863,15 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             self.reap_workers()  # count workers that gave up on their own before the kill
         forced = [w for w in forced if w.pid in self.WORKERS]
         rt.force_killing = True
+        waited = f"the graceful timeout ({self.cfg.graceful_timeout}s)" if sig == signal.SIGTERM else "2s"
         for w in forced:
+            held = 0
             with contextlib.suppress(IndexError, AttributeError):
-                rt.lost += _held(rt, w.statekit_slot)
+                held = _held(rt, w.statekit_slot)
+            rt.lost += held
+            # gunicorn then logs "was sent SIGKILL! Perhaps out of memory?": say why
+            self.log.warning("statekit: worker %s still running after %s: SIGKILL, %d requests in "
+                             "flight lost", w.pid, waited, held)
         self.kill_workers(signal.SIGKILL)
         if self.dirty_arbiter_pid:
             self.kill_dirty_arbiter(signal.SIGKILL)
@@ -937,6 +978,18 @@ def report_ready(worker: Any) -> None:
     # logged before the flag is set, so the line precedes the old worker's exit in the log
     worker.log.info("statekit: worker %s ready %.3fs after fork", os.getpid(), time.time() - forked_at)
     drain.mark_ready()
+
+
+def group_sigterm(log: Any) -> bool:
+    """Worker, :data:`GROUP_SIGNAL_GRACE` after a SIGTERM: whether it was the signal
+    sent to the whole process group while the master drains (logged; the worker
+    then serves the drain until the master's own SIGTERM), not one to obey now."""
+    drain = get_drain_state()
+    if drain.draining and not drain.workers_stopping:
+        log.info("statekit: worker %s: SIGTERM sent to the process group; serving the drain until "
+                 "the master stops the workers", os.getpid())
+        return True
+    return False
 
 
 def _close_when_draining(app: Any) -> Any:

@@ -36,6 +36,7 @@ Use it from your own ``gunicorn.conf.py`` with
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from types import FrameType
 from typing import Any
 
 from .errors import ConfigError
-from .gunicorn import report_ready
+from .gunicorn import GROUP_SIGNAL_GRACE, group_sigterm, report_ready
 from .lifecycle import get_drain_state
 
 try:
@@ -74,9 +75,27 @@ class _Server(Server):
         self._on_started = on_started
 
     async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         if self.started:
             self._on_started()
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """uvicorn's signal handler while it serves: a SIGTERM is obeyed only once
+        :data:`~statekit.gunicorn.GROUP_SIGNAL_GRACE` has shown it is not the signal
+        sent to the whole process group while the master drains (see
+        :meth:`statekit.gunicorn.StatekitThreadWorker.handle_exit`)."""
+        loop = self._loop
+        if sig != signal.SIGTERM or loop is None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        loop.call_soon_threadsafe(loop.call_later, GROUP_SIGNAL_GRACE, self._decide_exit, sig, frame)
+
+    def _decide_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not group_sigterm(logging.getLogger("uvicorn.error")):
+            super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: Any = None) -> None:
         """Stop accepting, tell clients before closing their connections, then shut

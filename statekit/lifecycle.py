@@ -69,7 +69,7 @@ __all__ = [
 DRAIN_MODES = ("reject", "serve")
 
 _MAGIC = b"SKLC"
-_HEADER = struct.Struct("<4sIIIddQ")  # magic, draining, mode, pad, drain_started, serve_until, spare
+_HEADER = struct.Struct("<4sIIIddQ")  # magic, draining, mode, pad, drain_started, serve_until, stopping
 _HEADER_SIZE = 64
 #: WSGI environ key set by :class:`LifecycleMiddleware` on the requests it counts
 COUNTED = "statekit.lifecycle.counted"
@@ -166,7 +166,21 @@ class DrainState:
         """Clear the flag (tests; a drain that was called off)."""
         with self._lock:
             h = list(self._header())
-            h[1], h[4], h[5] = 0, 0.0, 0.0
+            h[1], h[4], h[5], h[6] = 0, 0.0, 0.0, 0
+            _HEADER.pack_into(self._map, 0, *h)
+
+    @property
+    def workers_stopping(self) -> bool:
+        """Whether the master has told the workers to stop (the pre-stop delay is
+        over). Until then, a worker of a draining group that gets SIGTERM got the
+        signal sent to the whole process group, not the master's."""
+        return bool(self._header()[6])
+
+    def stop_workers(self) -> None:
+        """Master: the workers are told to stop now (see :attr:`workers_stopping`)."""
+        with self._lock:
+            h = list(self._header())
+            h[6] = 1
             _HEADER.pack_into(self._map, 0, *h)
 
     @property

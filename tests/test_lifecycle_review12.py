@@ -9,10 +9,11 @@ import re
 import signal
 import socket
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
-from test_lifecycle_helpers import APP, ServeProcess, request, wait_until
+from test_lifecycle_helpers import APP, Load, ServeProcess, request, wait_until
 
 pytestmark = pytest.mark.gunicorn
 
@@ -101,3 +102,168 @@ def test_a_kept_alive_connection_sending_its_next_request_during_the_drain(tmp_p
             assert sock.recv(1) == b""  # closed by the server, after the answer
         assert srv.wait(20) == 0
     assert re.search(r"rejected=1 force_killed=0 lost_in_flight=0", srv.log()), srv.log()
+
+
+SLOW_IMPORT_APP = textwrap.dedent(
+    """
+    import os, time
+    if os.path.exists("slow"):  # created by the test: later workers take a while to import
+        time.sleep(1.0)
+    """
+) + APP
+
+
+def test_a_reload_asked_for_while_a_reload_is_under_way(tmp_path: Path) -> None:
+    """A second SIGHUP while the first reload waits for a successor: the first
+    reload finishes, then the second replaces every worker again (it may carry newer
+    code), one at a time; no request fails and at no point do fewer workers serve
+    than configured (every exit follows one more ready than before it)."""
+    srv = ServeProcess(tmp_path, "--workers", "2", "--graceful-timeout", "5", app_source=SLOW_IMPORT_APP)
+    with srv:
+        srv.wait_ready(2)
+        wait_until(lambda: len(re.findall(r"statekit: worker \d+ ready", srv.log())) == 2, 30, "ready")
+        first = set(srv.workers())
+        (tmp_path / "slow").write_text("")
+        with Load(srv.port, threads=3) as load:
+            srv.signal(signal.SIGHUP)
+            wait_until(lambda: len(srv.workers()) == 3, 10, "the first successor forked")
+            srv.signal(signal.SIGHUP)  # the first reload is waiting for that successor
+            wait_until(lambda: srv.log().count("rolling reload done") == 2, 30, "both reloads")
+            wait_until(lambda: len(srv.workers()) == 2, 10, "the replaced workers gone")
+        log = srv.log()
+        assert request(srv.port, "/")[0] == 200
+        last = set(srv.workers())
+    assert load.failures == [], (load.reasons, log)
+    assert not first & last
+    order = [("ready", int(a)) if a else ("exit", int(b))
+             for a, b in re.findall(r"statekit: worker (\d+) ready|Worker exiting \(pid: (\d+)\)", log)]
+    assert sum(kind == "ready" for kind, _ in order) == 2 + 2 * 2, order
+    for idx, (kind, _pid) in enumerate(order):
+        if kind == "exit":
+            readies = sum(1 for k, _ in order[:idx] if k == "ready")
+            assert readies >= 2 + sum(1 for k, _ in order[:idx + 1] if k == "exit"), order
+
+
+def test_asgi_sigterm_twice_then_the_graceful_timeout_exceeded(tmp_path: Path) -> None:
+    """ASGI (the WSGI case has its own test): a request that outlives the graceful
+    timeout, and a second SIGTERM during the drain. The second TERM changes nothing
+    (no early stop, one report); at the timeout the worker is SIGKILLed, the client's
+    request fails (never a 200 it did not get), and the report says so."""
+    from test_asgi_serve import ASGI_APP
+
+    sleep = "        await asyncio.sleep("
+    source = ASGI_APP.replace(sleep, '        note("request")\n' + sleep)  # noted once in the app
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "1", "--graceful-timeout", "2",
+                       "--interface", "asgi", app_source=source)
+    out: list[object] = []
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+
+        def slow() -> None:
+            try:
+                out.append(request(srv.port, "/sleep/30", timeout=20)[0])
+            except Exception as e:  # noqa: BLE001 -- the failure is the outcome looked at
+                out.append(e)
+
+        client = threading.Thread(target=slow, daemon=True)
+        client.start()
+        wait_until(lambda: "request" in (tmp_path / "lifespan.log").read_text(), 10, "the request in the app")
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: "statekit: draining" in srv.log(), 10, "the drain")
+        srv.signal(signal.SIGTERM)
+        assert srv.wait(20) == 0
+        client.join(20)
+        log = srv.log()
+    assert len(out) == 1 and not isinstance(out[0], int), out
+    assert log.count("statekit: shutdown:") == 1, log
+    assert re.search(r"in_flight_at_term=1 completed=0 rejected=0 force_killed=1 lost_in_flight=1", log), log
+    # the kill is explained before gunicorn's "was sent SIGKILL! Perhaps out of memory?"
+    killed = re.search(r"statekit: worker (\d+) still running after the graceful timeout \(2s\): SIGKILL, "
+                       r"1 requests in flight lost", log)
+    assert killed and log.index(killed[0]) < log.index(f"Worker (pid:{killed[1]}) was sent SIGKILL"), log
+
+
+STREAM_WSGI = APP.replace("def app(environ, start_response):\n", '''def app(environ, start_response):
+    if environ["PATH_INFO"] == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (time.sleep(0.25 if i else 0) or f"chunk{i};".encode() for i in range(10))
+''')
+assert "/stream" in STREAM_WSGI
+STREAM_ASGI = textwrap.dedent(
+    """
+    import asyncio
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def chunks():
+        for i in range(10):
+            if i:
+                await asyncio.sleep(0.25)
+            yield f"chunk{i};".encode()
+
+    async def stream(request):
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/stream", stream)])
+    """
+)
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_a_streaming_response_in_flight_through_the_drain_and_the_stop(tmp_path: Path,
+                                                                       interface: str) -> None:
+    """A response whose first chunk left before SIGTERM and whose last leaves after
+    the pre-stop delay, once the worker itself was told to stop: the client gets the
+    whole body and its end, and the report counts it completed."""
+    source = STREAM_ASGI if interface == "asgi" else STREAM_WSGI
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0.5", "--graceful-timeout", "10",
+                       "--interface", interface, app_source=source)
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            data = b""
+            while b"chunk0;" not in data:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            srv.signal(signal.SIGTERM)
+            while chunk:
+                chunk = sock.recv(65536)
+                data += chunk
+        assert srv.wait(20) == 0
+        log = srv.log()
+    body = b"".join(data.partition(b"\r\n\r\n")[2].split(b"\r\n")[1::2])  # chunked: size, data, ...
+    assert body == b"".join(f"chunk{i};".encode() for i in range(10)), data
+    assert data.endswith(b"0\r\n\r\n"), data
+    assert re.search(r"in_flight_at_term=1 completed=1 rejected=0 force_killed=0 lost_in_flight=0", log), log
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_sigterm_sent_to_the_whole_process_group_still_drains(tmp_path: Path, interface: str) -> None:
+    """systemd's default KillMode=control-group, dumb-init, ``kill -TERM -PGID`` and
+    Ctrl-\\ in a shell send SIGTERM to the master and every worker at once. The
+    workers must still serve the drain (a request during the pre-stop delay gets the
+    503 with Connection: close, readiness 503), not stop accepting at once and leave
+    new connections in the listener's queue to be reset when the master closes it."""
+    from test_asgi_serve import ASGI_APP
+
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "2", "--graceful-timeout", "5",
+                       "--interface", interface, app_source=ASGI_APP if interface == "asgi" else APP)
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+        (worker,) = srv.workers()
+        srv.signal(signal.SIGTERM)
+        os.kill(worker, signal.SIGTERM)  # as a signal to the process group does
+        wait_until(lambda: "statekit: draining" in srv.log(), 10, "the drain")
+        wait_until(lambda: "SIGTERM sent to the process group" in srv.log(), 5, "the worker to stay")
+        status, headers, _ = request(srv.port, "/", timeout=5)
+        assert (status, headers.get("x-statekit-drain")) == (503, "reject"), srv.log()
+        assert request(srv.port, "/readyz", timeout=5)[0] == 503
+        assert srv.wait(20) == 0
+        log = srv.log()
+    assert re.search(r"rejected=1 force_killed=0 lost_in_flight=0", log), log
