@@ -198,7 +198,7 @@ def test_s3_retries_option_is_the_number_of_retries(retries: int) -> None:
         store = BlobStore(f"s3://k:s@bucket?endpoint_url=http://127.0.0.1:{endpoint.port}"
                           f"&read_timeout=0.5&retries={retries}")
         with pytest.raises(BackendUnavailable):
-            store.put(b"hello", content_type="text/plain")
+            store.stat("2026/12/07/" + "0" * 32 + ".txt")  # a read: a write is never sent again
         # retries=0: one attempt, not two (the listener thread may count the last one late)
         wait_for(lambda: endpoint.requests >= retries + 1, what="every attempt counted")
         assert endpoint.requests == retries + 1

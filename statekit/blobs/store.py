@@ -186,7 +186,11 @@ class BlobStore:
         :param prefix: a key prefix (``"avatars"``) placed before the date.
         :raises BlobTooLarge, ContentTypeMismatch, DisallowedContentType: the upload was
             refused; nothing is stored.
-        :raises BackendUnavailable: the backend failed; nothing is stored.
+        :raises BackendUnavailable: the backend failed; nothing is stored. When the
+            final write's reply was lost (S3: the commit may have been applied), the
+            message says the outcome is unknown: the write is never sent again, and
+            what may have been stored under the (generated) key was deleted, or the
+            message names the key when that delete failed too.
 
         Memory stays bounded (a read chunk plus the backend's part buffers). Any
         exception, including one raised by *stream* itself, aborts the write.
