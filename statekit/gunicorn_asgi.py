@@ -77,10 +77,19 @@ class _Server(Server):
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
-        if self.started:
-            self._on_started()
+        self._report_if_ready()
 
     _loop: asyncio.AbstractEventLoop | None = None
+    _term_pending = False
+    _reported = False
+
+    def _report_if_ready(self) -> None:
+        """Report ready once started, unless told to stop meanwhile (a SIGTERM during
+        the lifespan startup): a reload would stop the old worker for one that is
+        about to exit."""
+        if self.started and not self.should_exit and not self._term_pending and not self._reported:
+            self._reported = True
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler while it serves: a SIGTERM is obeyed only once
@@ -91,10 +100,14 @@ class _Server(Server):
         if sig != signal.SIGTERM or loop is None or self.should_exit:
             super().handle_exit(sig, frame)
             return
+        self._term_pending = True
         loop.call_soon_threadsafe(loop.call_later, GROUP_SIGNAL_GRACE, self._decide_exit, sig, frame)
 
     def _decide_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not group_sigterm(logging.getLogger("uvicorn.error")):
+        self._term_pending = False
+        if group_sigterm(logging.getLogger("uvicorn.error")):
+            self._report_if_ready()
+        else:
             super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: Any = None) -> None:

@@ -267,3 +267,31 @@ def test_sigterm_sent_to_the_whole_process_group_still_drains(tmp_path: Path, in
         assert srv.wait(20) == 0
         log = srv.log()
     assert re.search(r"rejected=1 force_killed=0 lost_in_flight=0", log), log
+
+
+def test_an_asgi_successor_told_to_stop_during_its_lifespan_startup_is_not_ready(tmp_path: Path) -> None:
+    """A reload's new uvicorn worker that gets SIGTERM while its lifespan startup
+    runs finishes starting, then shuts down: it must not report ready on the way,
+    or the master stops the old worker too and nothing serves."""
+    from test_asgi_serve import ASGI_APP
+
+    source = ASGI_APP.replace('    note("startup")\n', '    note("startup")\n'
+                              '    while os.path.exists("hold"):\n        await asyncio.sleep(0.02)\n')
+    srv = ServeProcess(tmp_path, "--workers", "1", "--graceful-timeout", "5", "--interface", "asgi",
+                       app_source=source)
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+        before = set(srv.workers())
+        (tmp_path / "hold").write_text("")
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: (tmp_path / "lifespan.log").read_text().count("startup") == 2, 10, "its startup")
+        (successor,) = set(srv.workers()) - before
+        os.kill(successor, signal.SIGTERM)
+        os.unlink(tmp_path / "hold")
+        wait_until(lambda: "rolling reload aborted" in srv.log() or "rolling reload done" in srv.log(), 15,
+                   "the reload's end")
+        log = srv.log()
+        assert "rolling reload aborted" in log, log
+        assert set(srv.workers()) == before
+        assert request(srv.port, "/")[0] == 200
