@@ -967,7 +967,10 @@ def post_worker_init(worker: Any) -> None:
         return
     if interface_of(worker.wsgi) == "wsgi":
         worker.wsgi = _close_when_draining(worker.wsgi)
-    report_ready(worker)
+    if getattr(worker, "alive", True) and not getattr(worker, "_statekit_exit_pending", False):
+        # not when told to stop while loading the app: a reload would stop the old
+        # worker for one about to exit
+        report_ready(worker)
 
 
 def report_ready(worker: Any) -> None:

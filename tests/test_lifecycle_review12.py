@@ -295,3 +295,33 @@ def test_an_asgi_successor_told_to_stop_during_its_lifespan_startup_is_not_ready
         assert "rolling reload aborted" in log, log
         assert set(srv.workers()) == before
         assert request(srv.port, "/")[0] == 200
+
+
+def test_a_wsgi_successor_told_to_stop_while_loading_the_app_is_not_ready(tmp_path: Path) -> None:
+    """The gthread worker's case of the test above: SIGTERM while it imports the app."""
+    source = textwrap.dedent(
+        """
+        import os, time
+        if os.path.exists("hold"):
+            open("loading", "w").close()
+            while os.path.exists("hold"):
+                time.sleep(0.02)
+        """
+    ) + APP
+    srv = ServeProcess(tmp_path, "--workers", "1", "--graceful-timeout", "5", app_source=source)
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+        before = set(srv.workers())
+        (tmp_path / "hold").write_text("")
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: (tmp_path / "loading").exists(), 10, "the successor loading the app")
+        (successor,) = set(srv.workers()) - before
+        os.kill(successor, signal.SIGTERM)
+        os.unlink(tmp_path / "hold")
+        wait_until(lambda: "rolling reload aborted" in srv.log() or "rolling reload done" in srv.log(), 15,
+                   "the reload's end")
+        log = srv.log()
+        assert "rolling reload aborted" in log, log
+        assert set(srv.workers()) == before
+        assert request(srv.port, "/")[0] == 200
