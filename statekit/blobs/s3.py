@@ -164,15 +164,13 @@ class _S3Writer(BlobWriter):
         return part
 
     def commit(self, sha256: str, size: int) -> None:
-        cond = {"IfNoneMatch": "*"} if self._s.conditional_writes else {}
         if self._upload_id is None:
             kwargs = self._common()
             if self._s.checksum:
                 kwargs["ChecksumSHA256"] = _b64(bytes.fromhex(sha256))
                 kwargs["ChecksumAlgorithm"] = "SHA256"
             body, self._buf = self._buf, bytearray()
-            if not cond:
-                self._s._refuse_existing(self._req.key)
+            cond = self._s._if_absent(self._req.key)
             with self._unknown_outcome():
                 self._s._call("put_object", self._req.key, Bucket=self._s.bucket, Key=self._full, Body=body,
                               Metadata=dict(self._req.metadata, **{META_SHA256: sha256}), **kwargs, **cond)
@@ -181,8 +179,7 @@ class _S3Writer(BlobWriter):
             self._flush_part()
         while self._inflight:
             self._parts.append(self._inflight.popleft().result())
-        if not cond:
-            self._s._refuse_existing(self._req.key)
+        cond = self._s._if_absent(self._req.key)
         with self._unknown_outcome():
             self._s._call("complete_multipart_upload", self._req.key, Bucket=self._s.bucket, Key=self._full,
                           UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}, **cond)
@@ -433,6 +430,15 @@ class S3Backend(BlobBackend):
                 raise translate_error(e, f"{op} {key!r}" if key else op) from e
             raise
 
+    def _if_absent(self, key: str) -> dict[str, str]:
+        """The arguments that make a write of *key* a create (``If-None-Match: *``), or,
+        for a store without conditional writes, none after a ``HEAD`` that refuses an
+        existing key (racy, documented). :raises BlobExists:"""
+        if self.conditional_writes:
+            return {"IfNoneMatch": "*"}
+        self._refuse_existing(key)
+        return {}
+
     def _refuse_existing(self, key: str) -> None:
         """Best-effort check for stores without conditional writes (racy, documented)."""
         with contextlib.suppress(BlobNotFound):
@@ -512,11 +518,7 @@ class S3Backend(BlobBackend):
         """Copy the browser's upload to *key*, only if nothing is there (``If-None-Match:
         *`` on the copy, as on every write): a form sent again after a confirm never
         replaces the accepted blob. :raises BlobExists:"""
-        if self.conditional_writes:
-            cond = {"IfNoneMatch": "*"}
-        else:
-            cond = {}
-            self._refuse_existing(key)
+        cond = self._if_absent(key)
         self._call("copy_object", key, Bucket=self.bucket, Key=self._full(key),
                    CopySource={"Bucket": self.bucket, "Key": self._full(target)}, MetadataDirective="COPY",
                    **cond)
