@@ -220,7 +220,9 @@ class BlobBackend(Protocol):
 
     def accept_upload(self, target: str, key: str) -> None:
         """Copy the direct upload at *target* to *key* (only called when
-        :meth:`upload_target` differs from *key*). :raises BlobNotFound:"""
+        :meth:`upload_target` differs from *key*), never over an object already
+        there, as every write (the façade also checks first, for stores that ignore
+        a copy's condition). :raises BlobNotFound: :raises BlobExists:"""
         raise BlobError(f"{type(self).__name__} stages direct uploads but has no accept_upload()")
 
     def cleanup_partial(self, older_than: float) -> int:
