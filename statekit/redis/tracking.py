@@ -498,15 +498,21 @@ class InvalidationListener:
         self.visits += visits
 
     def _drop(self, key: str, base: str, refs: tuple[weakref.ref[Any], ...]) -> None:
+        # what the key means is worked out once, then applied to each near cache of base
+        flush, name = False, key
+        if base not in self._whole:
+            rest = key[len(base):]
+            if rest == "gen":
+                flush = True
+            elif rest[:1].isdigit():
+                name = rest.partition(":")[2]
+            else:
+                return
         for ref in refs:
             near = ref()
             if near is None:
                 continue
-            if base in self._whole:
-                near.evict(key)
-                continue
-            rest = key[len(base):]
-            if rest == "gen":
+            if flush:
                 near.flush()
-            elif rest[:1].isdigit():
-                near.evict(rest.partition(":")[2])
+            else:
+                near.evict(name)
