@@ -263,7 +263,17 @@ class SchedulerBase:
             if job.running >= MAX_ABANDONED + 1:
                 busy = True  # that many hung computations: start no more
         if job.token is not None and now >= job.renew_at:
-            if (yield "renew", (job.name, self.owner, job.token, lease_ms), {}):
+            if job.unsure:
+                # the last claim's reply was lost: it may have given a new token, so a
+                # renewal with this one would report a false loss; a lease-only claim
+                # renews and tells the token (held by another: lost indeed)
+                claim = yield from self._claim_steps(job, lease_ms, -1)
+                held = claim.status is not ClaimStatus.HELD
+                if held:
+                    job.token = claim.token
+            else:
+                held = yield "renew", (job.name, self.owner, job.token, lease_ms), {}
+            if held:
                 job.renew_at = now + job.lease / 3
             else:
                 self._lost(job)
@@ -273,12 +283,7 @@ class SchedulerBase:
             # the slot's start in ms, not its index: comparable across intervals, so a
             # deploy that lengthens the interval does not find "later" slots claimed
             start_ms = round(slot * job.interval * 1000)
-            try:
-                claim: Claim = yield "claim", (job.name, self.owner, lease_ms, start_ms), {}
-            except BaseException:  # CancelledError too: the claim may have been applied
-                job.unsure = True
-                raise
-            job.unsure = False
+            claim = yield from self._claim_steps(job, lease_ms, start_ms)
             if claim.status is ClaimStatus.HELD:
                 self._lost(job)
                 # try again when the lease expires, or at the next slot at the latest
@@ -300,6 +305,16 @@ class SchedulerBase:
         if job.token is not None:
             wake = min(wake, job.renew_at)
         return wake
+
+    def _claim_steps(self, job: Job, lease_ms: int, slot: int) -> Steps[Claim]:
+        """*job*'s claim; :attr:`Job.unsure` while its outcome is unknown."""
+        try:
+            claim: Claim = yield "claim", (job.name, self.owner, lease_ms, slot), {}
+        except BaseException:  # CancelledError too: the claim may have been applied
+            job.unsure = True
+            raise
+        job.unsure = False
+        return claim
 
     def _lost(self, job: Job) -> None:
         if job.token is not None:
@@ -369,6 +384,9 @@ class SchedulerBase:
         return wake
 
     def _release_steps(self) -> Steps[None]:
+        """Release every job's lease; a reply error (not an outage) is raised once
+        every other job's lease was released."""
+        error: Exception | None = None
         for job in list(self.jobs.values()):
             token = job.token
             try:
@@ -377,9 +395,14 @@ class SchedulerBase:
                     token = None if claim.status is ClaimStatus.HELD else claim.token
                 if token is not None:
                     yield "release", (job.name, self.owner, token), {}
-            except BackendUnavailable as e:
-                log.warning("broadcast job %r: lease not released (%s); it expires", job.name, e)
+            except Exception as e:
+                log.warning("broadcast job %r: lease not released (%s: %s); it expires",
+                            job.name, type(e).__name__, e)
+                if error is None and not isinstance(e, BackendUnavailable):
+                    error = e
             job.token, job.unsure = None, False
+        if error is not None:
+            raise error
 
     def _after_fork(self) -> None:
         self._init_process_state()
