@@ -33,6 +33,7 @@ unknown (sent, no reply) is never sent again by the engine. Bad input is a
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -83,10 +84,13 @@ class IndexOp:
     *ttl_ms* longer; remove *old_member* from the index of user *remove*.
 
     It is made from the user the request loaded. If the session stores another
-    user now (``m:u``: another request changed it since), the engine applies it as
-    for that user, atomically with the write (the Redis engine's scripts refuse and
-    it calls again with that user's index): a session is indexed under the user it
-    holds, or a ``revoke_user`` of that user misses it.
+    user now (``m:u``: another request changed it since), the engine applies
+    :meth:`for_stored` of that user instead, atomically with the write (an engine
+    with transactions reads ``m:u`` in the write's transaction; the Redis engine's
+    scripts refuse and it calls again with that user's index): a session is indexed
+    under the user it holds, or a ``revoke_user`` of that user misses it, and a late
+    save of the previous user puts it back in theirs. The shipped contract checks
+    both.
     """
 
     member: str
@@ -96,6 +100,20 @@ class IndexOp:
     add: str | None = None
     remove: str | None = None
     old_member: str | None = None
+
+    def for_stored(self, stored: str | None, changes_user: bool) -> IndexOp:
+        """This operation as the store would have made it had the request loaded
+        the user *stored* (the session's ``m:u`` now, ``None`` for none): what an
+        engine applies, in the same atomic step, when the two differ. The same
+        operation when they do not, so an engine may apply it unconditionally.
+
+        :param changes_user: the write sets or deletes ``m:u`` (the user this
+            request gives the session: the index it adds to stays); ``False`` for
+            a rotation."""
+        add = self.add if changes_user else stored
+        moves = self.old_member not in (None, self.member)  # a rotation: the old handle goes
+        return dataclasses.replace(self, add=add, remove=stored if stored and (stored != add or moves)
+                                   else None)
 
 
 class SessionEngine(Protocol):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import time
 import weakref
@@ -310,8 +309,8 @@ class _Layout:
         changed it since): indexed for the loaded user, a rotated session escaped a
         ``revoke_user`` of the stored one, and a save put the session back in the
         index of a user it no longer belongs to (who then listed and revoked it).
-        The new operation is the one the store would have made had it loaded that
-        user (:meth:`~statekit.sessions._StoreCore._index_op`).
+        The new operation is :meth:`IndexOp.for_stored
+        <statekit.sessions.protocol.IndexOp.for_stored>` of that user.
 
         :param changes_user: the write sets or deletes ``m:u`` (the user this request
             gives the session: the index it adds to stays).
@@ -320,11 +319,7 @@ class _Layout:
             return None
         if tries <= 1 or index is None:
             raise SessionError("the session's user kept changing under this write; nothing was written")
-        stored = _text(reply[1])
-        add = index.add if changes_user else stored
-        moves = index.old_member not in (None, index.member)  # a rotation: the old handle goes
-        return dataclasses.replace(index, add=add, remove=stored if stored and (stored != add or moves)
-                                   else None)
+        return index.for_stored(_text(reply[1]), changes_user)
 
     def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
         """The destroy script's keys, and the index key a Cluster cleans up after it."""

@@ -402,6 +402,35 @@ class SessionEngineContract:
         assert store.revoke_user("busy") == len(listed)
         assert store.list_user_sessions("busy") == []
 
+    @pytest.mark.parametrize("late", ["save", "rotate", "logout", "login-as-w"])
+    def test_a_late_request_of_the_previous_user_indexes_the_session_as_the_stored_users(
+            self, store: SessionStore, late: str) -> None:
+        """Request A loaded the session as user u; request B switched it to user v;
+        then A saves or rotates it with an index operation made for u. The engine
+        applies it for the stored user (:meth:`IndexOp.for_stored
+        <statekit.sessions.protocol.IndexOp.for_stored>`): the session is listed and
+        revoked as the user it holds, and no one else's (else revoke_user('v') missed
+        the rotated session, and revoke_user('u') logged v out)."""
+        s = store.create({"n": 1}, user_id="u")
+        a, b = self.reopen(store, s), self.reopen(store, s)
+        b.user_id = "v"
+        assert store.save(b)
+        owner = {"logout": None, "login-as-w": "w"}.get(late, "v")
+        if late == "rotate":
+            store.rotate(a)
+        else:
+            a["late"] = True
+            a.user_id = owner if late != "save" else a.user_id
+            assert store.save(a)
+        for user in ("u", "v", "w"):
+            mine = [store._handle(a.sid)] if user == owner else []
+            assert [i.handle for i in store.list_user_sessions(user)] == mine, f"the index of {user}"
+            if user != owner:
+                assert store.revoke_user(user) == 0, f"revoke_user({user!r}) deleted {owner}'s session"
+        assert store.load(a.sid) is not None
+        if owner is not None:
+            assert store.revoke_user(owner) == 1 and store.load(a.sid) is None
+
     def test_user_key_drives_the_index_and_rotation_keeps_it(self, make_store: StoreFactory) -> None:
         store = make_store(user_key="_user_id")
         s = store.create({"cart": 1})
