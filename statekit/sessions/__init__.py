@@ -758,12 +758,19 @@ class _StoreCore:
     def _lives_steps(self, handle: str) -> Steps[bool]:
         """Whether the session a rotation alias names (following further aliases)
         still lives: destroyed or revoked, it must not come back as a copy."""
+        _, raw = yield from self._follow_steps(handle)
+        return "m:c" in raw
+
+    def _follow_steps(self, handle: str) -> Steps[tuple[str, Mapping[str, bytes]]]:
+        """The handle *handle* leads to through rotation aliases (itself if it is
+        none), and its hash."""
         raw = yield call("load", handle, 0)
         for _ in range(_HOPS):
             if "m:a" not in raw:
                 break
-            raw = yield call("load", raw["m:a"].decode(), 0)
-        return "m:c" in raw
+            handle = raw["m:a"].decode()
+            raw = yield call("load", handle, 0)
+        return handle, raw
 
     def _destroy_session_steps(self, session: Session) -> Steps[None]:
         if not session.new:
@@ -819,6 +826,10 @@ class _StoreCore:
             keep = except_session.handle
         elif except_session:
             keep = except_session
+        if keep:
+            # rotated since it was loaded (a login in another tab of that browser): the
+            # session to keep is the one its alias names
+            keep, _ = yield from self._follow_steps(keep)
         deleted: int = yield call("revoke_user", str(user_id), keep)
         return deleted
 
@@ -983,9 +994,10 @@ class SessionStore(_StoreCore):
         return self._run(self._list_steps(user_id))
 
     def revoke_user(self, user_id: str, except_session: Session | str | None = None) -> int:
-        """Log *user_id* out everywhere (but *except_session*, a session or handle):
-        delete their sessions, including any created while this runs. Returns how
-        many were deleted. Requests of those sessions in flight cannot write them
+        """Log *user_id* out everywhere (but *except_session*, a session or handle:
+        if another request rotated it since, the session it was rotated to): delete
+        their sessions, including any created while this runs. Returns how many were
+        deleted. Requests of those sessions in flight cannot write them
         back. Runs in batches (see the engine's ``revoke_user``): a user with tens of
         thousands of sessions never holds up the other clients of Redis."""
         return self._run(self._revoke_steps(user_id, except_session))

@@ -367,6 +367,22 @@ class SessionEngineContract:
         assert [i.handle for i in store.list_user_sessions("alice")] == [store._handle(mine[0].sid)]
         assert store.load(other.sid) == {"i": 9}
 
+    @pytest.mark.parametrize("given", ["session", "handle"])
+    def test_revoke_user_keeps_the_session_its_except_session_was_rotated_to(
+            self, store: SessionStore, given: str) -> None:
+        """The request that logs the user out elsewhere loaded its session before
+        another request of the same browser rotated it (a login in a second tab):
+        the session to keep is the rotated one, which its handle now names (an
+        alias). It was deleted: the very device meant to be kept was logged out."""
+        kept = store.create({"i": 0}, user_id="k")
+        other = store.create({"i": 1}, user_id="k")
+        here = self.reopen(store, kept)
+        store.rotate(kept)
+        except_session = here if given == "session" else here.handle
+        assert store.revoke_user("k", except_session=except_session) == 1
+        assert store.load(kept.sid) == {"i": 0} and store.load(other.sid) is None
+        assert [i.handle for i in store.list_user_sessions("k")] == [store._handle(kept.sid)]
+
     def test_revoke_user_of_many_sessions(self, store: SessionStore) -> None:
         """More sessions than any engine's batch: every one of them goes."""
         sessions = [store.create({"i": i}, user_id="many") for i in range(600)]
