@@ -303,8 +303,12 @@ class SessionStore(SessionBase):
         core = self._synced(store, data)
         if core.unavailable:
             return
-        if self.modified:
-            core.modified = True
+        # Django's engines store the whole dict at every save: a value changed in place
+        # (``session["cart"].append(x)``) is kept whenever the session is saved (another
+        # key set, or SESSION_SAVE_EVERY_REQUEST). So every key this request decoded is
+        # compared with what it loaded; only those that differ are written, so a key
+        # another request changed meanwhile is not put back
+        core.modified = True
         expiry = self.get("_session_expiry")
         age = float(self.get_expiry_age()) if expiry else None
         core.idle_timeout = age
