@@ -12,6 +12,14 @@ then *linked* into place (``os.link`` fails if the name exists, so nothing is ev
 overwritten; a filesystem without hard links falls back to an ``O_EXCL`` placeholder
 and ``os.replace``). Keys are validated and the resolved path must stay inside the
 root, so symlinks cannot lead a write outside it.
+
+The record goes in place first, then the blob, so a visible blob always has its
+record. Its writer holds an exclusive ``flock`` on the record from before it is
+visible until the blob is linked or the record removed: a record with no blob whose
+lock is free was left by a writer that died between the two (the kernel released the
+lock), and the next write of that key, or :meth:`LocalBackend.cleanup_partial`, removes
+it instead of refusing the key until the record is a day old. (A network volume
+needs working ``flock``: NFS's, which Linux maps to byte-range locks, is.)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import fcntl
 import json
 import mimetypes
 import os
@@ -80,6 +89,7 @@ class _LocalWriter(BlobWriter):
         self._req = req
         self._final = store._path(req.key)
         self._meta_final: str | None = None
+        self._meta_lock: int | None = None  # an fd holding the flock on our record
         directory = os.path.dirname(self._final)
         try:
             store._makedirs(directory)
@@ -111,10 +121,11 @@ class _LocalWriter(BlobWriter):
             record = {"content_type": req.content_type, "created": req.created.isoformat(),
                       "metadata": dict(req.metadata, **{META_SHA256: sha256}), "size": size}
             meta_path = self._store._meta_path(req.key)
-            self._store._write_json(meta_path, record)
+            self._meta_lock = self._store._write_json(meta_path, record, claim_for=self._final)
             self._meta_final = meta_path
             _link_exclusive(self._tmp, self._final)
             self._meta_final = None
+            self._release()
             if self._store.fsync:
                 _fsync_dir(os.path.dirname(self._final))
         except FileExistsError:
@@ -122,14 +133,20 @@ class _LocalWriter(BlobWriter):
         except OSError as e:
             raise _oserror(e, f"committing {req.key!r}") from e
 
+    def _release(self) -> None:
+        if self._meta_lock is not None:
+            lock, self._meta_lock = self._meta_lock, None
+            os.close(lock)
+
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-        if self._meta_final is not None:
+        if self._meta_final is not None:  # removed under our lock: no one else's record
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._meta_final)
+        self._release()
 
 
 class LocalBackend(BlobBackend):
@@ -228,21 +245,70 @@ class LocalBackend(BlobBackend):
     def _meta_path(self, key: str) -> str:
         return os.path.join(self.root, _INTERNAL, "meta", *key.split("/")) + ".json"
 
-    def _write_json(self, path: str, record: Any) -> None:
-        """Write *record* to *path*, which must not exist (:class:`FileExistsError`)."""
+    def _write_json(self, path: str, record: Any, *, claim_for: str) -> int:
+        """Write *record*, the record of the blob *claim_for*, to *path*, which must not
+        exist (:class:`FileExistsError`) unless its writer died before linking the blob
+        (:meth:`_remove_orphan`). Returns an fd holding an exclusive ``flock`` on it,
+        taken before it became visible: close it once the blob is linked (or the
+        record removed)."""
         directory = os.path.dirname(path)
         self._makedirs(directory)
         fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
+        lock = -1
         try:
+            lock = os.open(tmp, os.O_RDONLY)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a new private file: never waits
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(record, f)
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
-            _link_exclusive(tmp, path)
+            tries = 0
+            while True:
+                try:
+                    _link_exclusive(tmp, path)
+                    return lock
+                except FileExistsError:
+                    tries += 1
+                    if tries == 3 or not self._remove_orphan(path, claim_for):
+                        raise
+        except BaseException:
+            if lock >= 0:
+                os.close(lock)
+            raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    @staticmethod
+    def _remove_orphan(meta: str, blob: str) -> bool:
+        """Remove the record *meta* if it is an orphan: no *blob* beside it, and its
+        writer gone (its ``flock`` is free); whether *meta* is gone now. A record being
+        written (its writer holds the lock), one whose blob is linked, and an empty
+        placeholder of a filesystem without hard links (never locked) are left."""
+        if os.path.lexists(blob):
+            return False
+        try:
+            fd = os.open(meta, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its writer is alive
+            found = os.fstat(fd)
+            if found.st_size == 0 or os.path.lexists(blob):
+                return False
+            try:
+                now = os.stat(meta)
+            except FileNotFoundError:
+                return True
+            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                os.unlink(meta)  # only a holder of its lock removes it: not another's record
+            return True
+        finally:
+            os.close(fd)
 
     # -- contract ------------------------------------------------------------------
     def writer(self, req: WriteRequest) -> BlobWriter:
@@ -344,7 +410,7 @@ class LocalBackend(BlobBackend):
                 path = os.path.join(dirpath, name)
                 key = os.path.relpath(path, meta_top)[: -len(".json")].replace(os.sep, "/")
                 with contextlib.suppress(FileNotFoundError):
-                    if not os.path.exists(self._path(key)) and os.stat(path).st_mtime < cutoff:
-                        os.unlink(path)  # the record of a write that crashed before its link
+                    # the record of a write that crashed before its link (not one being written)
+                    if os.stat(path).st_mtime < cutoff and self._remove_orphan(path, self._path(key)):
                         removed += 1
         return removed
