@@ -83,6 +83,7 @@ __all__ = [
     "is_read",
     "key_slot",
     "memory_client",
+    "refused_unapplied",
     "reply_problem",
     "reset_memory",
     "retry_policy",
@@ -188,11 +189,26 @@ def cluster_client_glitch(exc: BaseException) -> bool:
     return where.endswith(("redis/cluster.py", "redis/asyncio/cluster.py", "redis/commands/parser.py"))
 
 
+def refused_unapplied(exc: BaseException) -> bool:
+    """Whether the redis-py ``ConnectionError`` *exc* stands for a reply that says the
+    node applied nothing (sync and asyncio alike): ``LOADING`` (redis-py raises it as
+    ``BusyLoadingError``, a ``ConnectionError``) or ``READONLY``, which redis-py's
+    Sentinel connection turns into a ``ConnectionError`` ("The previous master is now
+    a slave") after dropping the connection. Such a command is sent again like one
+    that was never sent (the retry rule), not reported as one whose outcome is
+    unknown."""
+    import redis
+
+    return isinstance(exc, redis.BusyLoadingError) or isinstance(exc.__context__, redis.ReadOnlyError)
+
+
 def _problem_of(exc: BaseException) -> Problem | None:
     """:func:`reply_problem` for a redis-py exception (which strips the code)."""
     import redis
 
     e = redis.exceptions
+    if isinstance(exc, e.ConnectionError) and isinstance(exc.__context__, e.ReadOnlyError):
+        return "wrong node"  # a Sentinel connection's READONLY (refused_unapplied)
     if isinstance(exc, (e.AuthenticationError, e.AuthenticationWrongNumberOfArgsError)):
         return "authentication"
     if isinstance(exc, (e.ReadOnlyError, e.MasterDownError)):
@@ -319,7 +335,7 @@ class _Rule:
         except (redis.ConnectionError, redis.TimeoutError) as e:
             # redis-py's Sentinel connection turns READONLY into a ConnectionError,
             # and LOADING is a ConnectionError: replies, nothing applied
-            if isinstance(e, redis.BusyLoadingError) or isinstance(e.__context__, redis.ReadOnlyError):
+            if refused_unapplied(e):
                 raise self._statekit_refused(e) from e
             # the reply may still come: never read by the next command (redis-py's
             # Sentinel connection before 8.2 reads with disconnect_on_error=False)

@@ -85,6 +85,7 @@ from . import (
     cluster_client_glitch,
     is_read,
     memory_server,
+    refused_unapplied,
     reply_problem,
     unavailable,
 )
@@ -670,6 +671,8 @@ class AsyncTransport:
             await self._discard(conn)
             if overdue and isinstance(e, Exception):  # _bark closed it: the reply timed out
                 raise self._redis.TimeoutError(f"Timeout reading from {_host(conn)}") from e
+            if isinstance(e, Exception) and refused_unapplied(e):  # LOADING, a Sentinel's READONLY
+                raise _Unsent(e) from e
             raise
         if reading and watched.pop(conn, None) is None:  # the reply came as _bark closed it
             await self._discard(conn)
@@ -850,7 +853,8 @@ class _KeyLane:
 
 
 class _Unsent(Exception):
-    """A failure before the command was sent (nothing applied): retryable."""
+    """A failure before the command was sent, or a reply saying nothing was applied
+    (:func:`~statekit.redis.refused_unapplied`): retryable."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
