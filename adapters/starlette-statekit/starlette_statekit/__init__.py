@@ -134,17 +134,19 @@ class StateKitState:
     async def shutdown(self) -> None:
         """Stop the broadcaster (its leases released) and close the cache and blob
         store (a closed blob store is replaced by a new one, unopened, so a later
-        lifespan of the same app, as in tests, finds one). Run by the lifespan."""
-        broadcaster = self.__dict__.get("broadcaster")
-        if broadcaster is not None:
-            await broadcaster.stop()
-        cache = self.__dict__.get("cache")
-        if cache is not None:
-            await cache.aclose()
-        store = self.__dict__.get("blobs")
-        if store is not None:
-            self.blobs = self.open_blobs()
-            await store.aclose()
+        lifespan of the same app, as in tests, finds one). Run by the lifespan; each
+        step runs even if one before it raised (raised once all ran)."""
+        async with contextlib.AsyncExitStack() as steps:  # run last-pushed first
+            store = self.__dict__.get("blobs")
+            if store is not None:
+                self.blobs = self.open_blobs()
+                steps.push_async_callback(store.aclose)
+            cache = self.__dict__.get("cache")
+            if cache is not None:
+                steps.push_async_callback(cache.aclose)
+            broadcaster = self.__dict__.get("broadcaster")
+            if broadcaster is not None:
+                steps.push_async_callback(broadcaster.stop)
 
 
 class StateKit:

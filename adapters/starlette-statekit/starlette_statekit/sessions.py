@@ -23,7 +23,11 @@ keys and scripts as the Flask and Django adapters, so a session written by a WSG
 worker is read here and back), and the cookie holds only the signed session id
 (itsdangerous, HMAC-SHA256). A pure ASGI middleware: it loads the session before the
 app runs (one Redis round trip when the request has a cookie, none otherwise) and
-saves it when the response starts, before its headers go out.
+saves it when the response starts, before its headers go out. What the app changes
+after that (a ``BackgroundTask``, a streaming body) is saved once the app returns,
+without a cookie (none can go out any more): only for a session the browser already
+holds (stored before this request, or by this response); otherwise it is logged and
+dropped.
 
 **Saves** write only the keys the request assigned or deleted (an in-place change of
 a mutable value, ``request.session["cart"].append(x)``, needs the value assigned
@@ -47,7 +51,10 @@ foreign cookie gives a fresh session without a Redis call (logged to
 
 **Outages.** Redis unreachable while loading: the request is answered ``503`` with
 ``Retry-After`` before the app runs (a WebSocket is closed with 1013, "try again
-later"); while saving: the app's response is replaced by that 503. Either way the
+later"); inside the app (:func:`rotate_session`, :func:`destroy_session`,
+:func:`incr_session` raising :class:`~statekit.errors.BackendUnavailable` before the
+response starts): the same 503; while saving: the app's response is replaced by
+that 503. Either way the
 cookie is left alone (except the new id of a rotation Redis had already made) and
 nothing partial is written, so the same session is served when Redis is back: never
 a silent logout, never an empty session overwriting the stored one.
@@ -68,6 +75,7 @@ stale, for how long: docs/starlette.md, "Near cache".
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -87,6 +95,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("statekit.sessions")
 
 #: where the middleware puts its store in the ASGI scope (for the helpers below)
 STORE_SCOPE_KEY = "statekit.sessions"
@@ -205,11 +215,12 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         had_data, had_cookie = bool(session), cookie is not None
-        replaced = False
+        replaced = started = False
 
         async def send_saving(message: Message) -> None:
-            nonlocal replaced
+            nonlocal replaced, started
             if message["type"] == "http.response.start":
+                started = True
                 try:
                     cookies = await self._commit(session, had_data, had_cookie, token)
                 except _Down as down:
@@ -224,7 +235,31 @@ class SessionMiddleware:
                 return  # the body of the response the 503 replaced
             await send(message)
 
-        await self.app(scope, receive, send_saving)
+        try:
+            await self.app(scope, receive, send_saving)
+        except BackendUnavailable as e:
+            if started:
+                raise
+            # rotate_session, destroy_session, incr_session... in the app: the same 503
+            # as at load and save (StateKit's exception handler, when installed, answers first)
+            outages.down(self.outage_name, e)
+            await self._unavailable(scope, receive, send, [])
+            return
+        if started and not replaced and session.modified:
+            await self._save_late(session)
+
+    async def _save_late(self, session: Session) -> None:
+        """Save what the app changed after its response started (a ``BackgroundTask``):
+        no cookie can go out any more, so only a session the browser holds is saved."""
+        if session.new or session.destroyed or session.unavailable or session.superseded:
+            log.warning("session changed after the response started, not saved: the browser "
+                        "holds no cookie for it (set it before the response, or store it yourself)")
+            return
+        try:
+            await self.store.save(session)
+        except BackendUnavailable as e:
+            outages.down(self.outage_name, e)
+            log.warning("session changed after the response started, not saved: %s", e)
 
     async def _unavailable(self, scope: Scope, receive: Receive, send: Send, cookies: list[str]) -> None:
         if scope["type"] == "websocket":

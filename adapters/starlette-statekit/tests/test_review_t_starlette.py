@@ -1,0 +1,163 @@
+"""Review (helper T) of the Starlette adapter as a demanding Starlette/FastAPI user
+drives it: background tasks that change the session after the response, the
+store failing inside the app (not only at load and save), and a shutdown whose
+broadcaster fails to stop. In-process (httpx.ASGITransport) on the suite's Redis;
+each failure is injected at a chosen call, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from starlette_statekit import StateKit, get_state
+from starlette_statekit.sessions import SessionMiddleware, destroy_session, incr_session, rotate_session
+from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.errors import BackendUnavailable, BroadcastError
+from statekit.sessions.aio import AsyncSessionStore
+
+pytestmark = [pytest.mark.redis]
+
+KEY = "starlette-review-t-key"
+
+
+@pytest.fixture(autouse=True)
+def _no_statekit_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL", "STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL",
+                 "STATEKIT_BROADCAST_URL", "STATEKIT_KEY_PREFIX", "STATEKIT_SECRET_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def v_get(request: Request) -> Response:
+    return JSONResponse(dict(request.session.items()))
+
+
+async def v_set(request: Request) -> Response:
+    request.session[request.path_params["key"]] = request.path_params["value"]
+    return PlainTextResponse("ok")
+
+
+async def v_later(request: Request) -> Response:
+    """Answers at once; a background task then records the request in the session."""
+
+    async def record() -> None:
+        request.session["audit"] = "recorded after the response"
+
+    return PlainTextResponse("accepted", background=BackgroundTask(record))
+
+
+async def v_login(request: Request) -> Response:
+    await rotate_session(request)
+    request.session["user"] = "carol"
+    return PlainTextResponse("ok")
+
+
+async def v_logout(request: Request) -> Response:
+    await destroy_session(request)
+    return PlainTextResponse("ok")
+
+
+async def v_incr(request: Request) -> Response:
+    return PlainTextResponse(str(await incr_session(request, "n")))
+
+
+ROUTES = [Route("/get", v_get), Route("/set/{key}/{value}", v_set, methods=["POST"]),
+          Route("/later", v_later, methods=["POST"]), Route("/login", v_login, methods=["POST"]),
+          Route("/logout", v_logout, methods=["POST"]), Route("/incr", v_incr, methods=["POST"])]
+
+
+def make_app(url: str, **options: Any) -> Starlette:
+    prefix = "rt" + uuid.uuid4().hex[:10]
+    return Starlette(routes=ROUTES, middleware=[
+        Middleware(SessionMiddleware, url=url, secret_key=KEY, key_prefix=prefix, **options)])
+
+
+def test_a_background_task_changing_the_session_after_the_response_is_saved(redis_url: str) -> None:
+    """The session is saved as the response starts; a BackgroundTask runs after the
+    response was sent and sets a key. Its change was dropped without a word (the
+    next request did not see it); it is saved once the task is done (no cookie can
+    go out any more: the session is the one the browser already holds)."""
+    app = make_app(redis_url, near_cache=0)
+
+    async def main() -> tuple[dict[str, Any], str | None]:
+        async with client(app) as c:
+            await c.post("/set/cart/pear")
+            later = await c.post("/later")
+            return (await c.get("/get")).json(), later.headers.get("set-cookie")
+
+    seen, cookie = asyncio.run(main())
+    assert seen == {"cart": "pear", "audit": "recorded after the response"}
+    assert cookie is None
+
+
+@pytest.mark.parametrize("route", ["/login", "/logout", "/incr"])
+def test_the_store_failing_inside_the_app_is_a_503_not_a_500(redis_url: str, route: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """rotate_session, destroy_session and incr_session reach Redis from inside the
+    app. Redis failing there (BackendUnavailable) must be the middleware's 503 with
+    Retry-After, cookie untouched, as at load and save; it was a 500 without
+    Retry-After (a server error page, the client does not retry) unless StateKit's
+    exception handler was installed."""
+    app = make_app(redis_url, near_cache=0, retry_after=9)
+    method = {"/login": "rotate", "/logout": "destroy", "/incr": "incr"}[route]
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("session store down (test)")
+
+    async def main() -> tuple[int, str | None, str | None, dict[str, Any]]:
+        async with client(app) as c:
+            await c.post("/set/cart/pear")
+            with monkeypatch.context() as m:
+                m.setattr(AsyncSessionStore, method, down)
+                answer = await c.post(route)
+            after = (await c.get("/get")).json()
+        return answer.status_code, answer.headers.get("retry-after"), answer.headers.get("set-cookie"), after
+
+    status, retry_after, cookie, after = asyncio.run(main())
+    assert (status, retry_after, cookie) == (503, "9", None)
+    assert after == {"cart": "pear"}  # the same session, nothing lost
+
+
+def test_shutdown_closes_the_cache_even_when_the_broadcaster_fails_to_stop(redis_url: str) -> None:
+    """The lifespan's shutdown stops the broadcaster, then closes the cache and the
+    blob store. A broadcaster whose stop() raises (a release refused by Redis) left
+    the cache's connections and threads open."""
+    prefix = "rt" + uuid.uuid4().hex[:10]
+    broadcaster = AsyncBroadcaster(redis_url, key_prefix=prefix)
+
+    async def refused(timeout: float = 5.0) -> None:
+        raise BroadcastError("release refused (test)")
+
+    broadcaster.stop = refused  # type: ignore[method-assign]
+    app = Starlette(routes=ROUTES)
+    StateKit(app, redis_url=redis_url, key_prefix=prefix, broadcaster=broadcaster, sessions_enabled=False)
+    state = get_state(app)
+    closed: list[str] = []
+
+    async def aclose() -> None:
+        closed.append("cache")
+
+    state.cache.aclose = aclose
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(BroadcastError):
+        asyncio.run(main())
+    assert closed == ["cache"]
