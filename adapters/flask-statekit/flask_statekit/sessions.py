@@ -15,7 +15,10 @@ such a request, and its answer must not replace the new cookie),
 (unless a login in a parallel request rotated it since this request loaded it: then
 only the keys this request removed go from the new session). As
 with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
-saved only after ``session.modified = True`` (or assigning the value again).
+saved only after ``session.modified = True`` (or assigning the value again), except in
+a permanent session with ``SESSION_REFRESH_EACH_REQUEST`` (on by default), where
+Flask and Flask-Session store the whole session on every request: there every key
+the request read is compared with what it loaded, and the ones that differ are saved.
 
 Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN``,
 ``_SAMESITE``, ``_SECURE`` (when on), ``_HTTPONLY`` and ``_PARTITIONED`` apply where the
@@ -241,6 +244,11 @@ class StatekitSessionInterface(SessionInterface):
             # its cookie named a session a login rotated moments ago: the browser most
             # likely holds the new cookie, which any cookie sent now would replace
             return
+        if session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]:
+            # Flask (and Flask-Session) store the whole session whenever they refresh
+            # the cookie, so a value changed in place is kept: compare every key this
+            # request read; only those that differ from what it loaded are written
+            session.modified = True
         try:
             if not session.destroyed and session.had_data and not session and not session.new:
                 # emptied (session.clear()): a logout, unless a login rotated the session

@@ -1,0 +1,98 @@
+"""Review 13 of the Flask session interface, as users of Flask's own sessions,
+Flask-Session and Flask-Login use it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from flask import Flask, session
+
+from flask_statekit import StateKit
+
+pytestmark = pytest.mark.redis
+
+SECRET = "flask-review13-secret-0123456789abcdef"
+
+
+def make_app(url: str, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update({"SECRET_KEY": SECRET, "STATEKIT_SESSION_URL": url, "STATEKIT_CACHE_ENABLED": False,
+                       "STATEKIT_BROADCAST_ENABLED": False, **config})
+    StateKit(app)
+
+    @app.post("/cart/<int:permanent>")
+    def new_cart(permanent: int) -> Any:
+        session.permanent = bool(permanent)
+        session["cart"] = []
+        session["color"] = "red"
+        return "ok"
+
+    @app.post("/append/<item>")
+    def append(item: str) -> Any:
+        session["cart"].append(item)  # in place: session.modified stays False
+        return "ok"
+
+    @app.post("/color/<color>")
+    def set_color(color: str) -> Any:
+        session["color"] = color
+        return "ok"
+
+    @app.get("/get")
+    def get() -> Any:
+        return dict(session)
+
+    return app
+
+
+@pytest.mark.parametrize("refresh", [True, False], ids=["refresh-each-request", "no-refresh"])
+@pytest.mark.parametrize("permanent", [1, 0], ids=["permanent", "browser-session"])
+def test_in_place_changes_are_kept_when_flask_keeps_them(redis_url: str, permanent: int,
+                                                         refresh: bool) -> None:
+    """Flask stores the whole session whenever it sets the cookie: after a change, and
+    on every request of a permanent session with ``SESSION_REFRESH_EACH_REQUEST`` (on
+    by default; Flask-Session, permanent by default, does the same). A value changed
+    in place (``session["cart"].append(x)``) is then kept, otherwise not. Flask's own
+    cookie sessions are the reference: the same answers."""
+    answers = []
+    for statekit in (True, False):
+        app = make_app(redis_url, SESSION_REFRESH_EACH_REQUEST=refresh, STATEKIT_SESSIONS_ENABLED=statekit)
+        client = app.test_client()
+        client.post(f"/cart/{permanent}")
+        client.post("/append/apple")
+        client.post("/append/pear")
+        answers.append(client.get("/get").json)
+    assert answers[0] == answers[1]
+    assert answers[0]["cart"] == (["apple", "pear"] if permanent and refresh else [])
+
+
+def test_a_permanent_session_writes_back_no_key_it_only_read(redis_url: str) -> None:
+    """The comparison that keeps in-place changes writes only keys that differ from
+    what the request loaded: a request of a permanent session that read ``color``
+    and appended to ``cart`` in place, while another request of the same browser
+    set ``color``, keeps that other request's ``color``."""
+    app = make_app(redis_url)
+    loaded, go = threading.Event(), threading.Event()
+
+    @app.post("/slow-append/<item>")
+    def slow_append(item: str) -> Any:
+        seen = session["color"]
+        loaded.set()
+        assert go.wait(30)
+        session["cart"].append(item)
+        return seen
+
+    browser = app.test_client()
+    browser.post("/cart/1")
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=browser.post("/slow-append/apple")))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        assert browser.post("/color/blue").status_code == 200
+    finally:
+        go.set()
+        t.join(30)
+    assert result["r"].text == "red"
+    assert browser.get("/get").json == {"_permanent": True, "cart": ["apple"], "color": "blue"}
