@@ -227,6 +227,7 @@ class SessionMiddleware:
                     replaced = True
                     await self._unavailable(scope, receive, send, down.cookies)
                     return
+                session.modified = False  # handled (saved, carried or dropped): see _save_late
                 if cookies:
                     # as MutableHeaders(scope=message).append would, without building one
                     headers = message["headers"] = list(message.get("headers", ()))
@@ -251,7 +252,9 @@ class SessionMiddleware:
     async def _save_late(self, session: Session) -> None:
         """Save what the app changed after its response started (a ``BackgroundTask``):
         no cookie can go out any more, so only a session the browser holds is saved."""
-        if session.new or session.destroyed or session.unavailable or session.superseded:
+        if session.destroyed or session.unavailable or session.superseded:
+            return  # as at the response's start: nothing of this session is saved
+        if session.new:
             log.warning("session changed after the response started, not saved: the browser "
                         "holds no cookie for it (set it before the response, or store it yourself)")
             return

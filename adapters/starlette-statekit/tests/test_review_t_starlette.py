@@ -69,6 +69,8 @@ async def v_login(request: Request) -> Response:
 
 async def v_logout(request: Request) -> Response:
     await destroy_session(request)
+    if request.query_params.get("flash"):
+        request.session["flash"] = "bye"  # goes to a new session of its own
     return PlainTextResponse("ok")
 
 
@@ -103,6 +105,24 @@ def test_a_background_task_changing_the_session_after_the_response_is_saved(redi
     seen, cookie = asyncio.run(main())
     assert seen == {"cart": "pear", "audit": "recorded after the response"}
     assert cookie is None
+
+
+def test_what_a_logout_sets_afterwards_is_saved_once_and_no_loss_is_reported(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The response's save carries what the request set after destroy_session into
+    a new session: nothing is left to save once the app returns, and no warning of
+    a dropped change may be logged (a false alarm)."""
+    app = make_app(redis_url, near_cache=0)
+
+    async def main() -> dict[str, Any]:
+        async with client(app) as c:
+            await c.post("/set/cart/pear")
+            await c.post("/logout?flash=1")
+            return (await c.get("/get")).json()
+
+    assert asyncio.run(main()) == {"flash": "bye"}
+    assert not [r for r in caplog.records if "not saved" in r.getMessage()]
 
 
 @pytest.mark.parametrize("route", ["/login", "/logout", "/incr"])
