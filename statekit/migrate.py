@@ -37,13 +37,16 @@ current directory): ``manifest.jsonl``, ``map.json`` and ``warnings.txt``.
 
 ``--dry-run`` reads and counts but writes nothing. Files whose content contradicts
 their extension (HTML named ``photo.png``) are stored under their sniffed type and
-reported. A hard kill (``kill -9``) between an upload and its manifest line can leave
-fewer than ``2 * --workers`` unreferenced objects; they are not in the mapping.
+reported. Each upload's manifest line is written by the thread that stored it, as
+soon as it is stored, so no interruption of the main thread loses one; a hard kill
+(``kill -9``) between an upload and its line can leave at most ``--workers``
+unreferenced objects; they are not in the mapping.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import hashlib
 import json
@@ -130,8 +133,11 @@ def _sha256(f: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _open_listed(path: str, st: os.stat_result) -> BinaryIO:
-    """*path* opened for reading if it is still the regular file the walk listed (*st*).
+def _open_listed(path: str, st: os.stat_result) -> tuple[BinaryIO, os.stat_result]:
+    """*path* opened for reading if it is still the regular file the walk listed (*st*),
+    with its ``fstat`` as opened: the size and mtime the manifest records, those of
+    what is read (the file may have been rewritten in place since the listing; a
+    change after this is seen by the next run, or by the SHA-256 check).
 
     A file replaced since by a symbolic link (which may lead out of ``SRC_DIR``), a
     FIFO (opening it would wait for a writer) or another file is not read:
@@ -150,7 +156,7 @@ def _open_listed(path: str, st: os.stat_result) -> BinaryIO:
     if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
         f.close()
         raise StatekitError("replaced by another file since it was listed: not copied; run again")
-    return f
+    return f, now
 
 
 def load_manifest(path: str) -> dict[str, dict[str, Any]]:
@@ -173,6 +179,11 @@ def load_manifest(path: str) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         pass
     return done
+
+
+def _fsync(path: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        os.fsync(f.fileno())
 
 
 def _write_json_atomic(path: str, data: Any) -> None:
@@ -235,7 +246,8 @@ def migrate(
         path = os.path.join(src, *rel.split("/"))
         name = os.path.basename(rel)
         retyped = False
-        with _open_listed(path, st) as f:
+        f, st = _open_listed(path, st)
+        with f:
             local_sha = _sha256(f)
             f.seek(0)
             try:
@@ -251,54 +263,67 @@ def migrate(
                 "key": blob.key, "content_type": blob.content_type, "retyped": retyped, "store": dest,
                 "src": origin, "status": "done"}
 
-    def record(fut: Future[dict[str, Any]], rel: str, out: Any) -> None:
-        nonlocal files_done, bytes_done, mapped_at
+    lock = threading.Lock()
+    outcomes: collections.deque[tuple[str, dict[str, Any] | None, str]] = collections.deque()
+
+    def run(rel: str, st: os.stat_result) -> None:
+        """:func:`one` in a worker, which appends the file's manifest line itself: the
+        main thread may be interrupted (Ctrl-C, once or twice) at any point of its
+        bookkeeping, a stored object is recorded all the same. The main thread takes
+        the outcome into the report (:func:`settle`)."""
         try:
-            entry = fut.result()
+            entry = one(rel, st)
         except (StatekitError, OSError) as e:
-            report.failed[rel] = f"{type(e).__name__}: {e}"
+            outcomes.append((rel, None, f"{type(e).__name__}: {e}"))
             return
-        out.write(json.dumps(entry) + "\n")
-        out.flush()
-        report.uploaded += 1
-        report.uploaded_bytes += int(entry["size"])
-        report.mapping[rel] = str(entry["key"])
-        if entry["retyped"]:
-            report.retyped.append(rel)
-        files_done += 1
-        bytes_done += int(entry["size"])
+        with lock, open(manifest, "a", encoding="utf-8") as out:
+            out.write(json.dumps(entry) + "\n")
+        outcomes.append((rel, entry, ""))
+
+    def settle() -> None:
+        """Take the finished uploads into the report, the mapping and the progress. An
+        outcome is dropped once taken in; one interrupted half-way is taken in again
+        (by the mapping, each file counts once)."""
+        nonlocal files_done, bytes_done, mapped_at
+        while outcomes:
+            rel, entry, error = outcomes[0]
+            if entry is None:
+                report.failed[rel] = error
+            elif report.mapping.get(rel) != entry["key"]:
+                report.mapping[rel] = str(entry["key"])
+                report.uploaded += 1
+                report.uploaded_bytes += int(entry["size"])
+                if entry["retyped"]:
+                    report.retyped.append(rel)
+                files_done += 1
+                bytes_done += int(entry["size"])
+                if progress is not None:
+                    progress(files_done, bytes_done)
+            outcomes.popleft()
         if mapping and time.monotonic() - mapped_at >= _MAP_EVERY:
             _write_json_atomic(mapping, report.mapping)
             mapped_at = time.monotonic()
-        if progress is not None:
-            progress(files_done, bytes_done)
 
-    with open(manifest, "a", encoding="utf-8") as out, ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: dict[Future[dict[str, Any]], str] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: set[Future[None]] = set()
         queue = iter(todo)
         try:
             while True:
-                while len(pending) < max(1, workers) * 2:
-                    item = next(queue, None)
-                    if item is None:
-                        break
-                    pending[pool.submit(one, *item)] = item[0]
+                while len(pending) < max(1, workers) * 2 and (item := next(queue, None)) is not None:
+                    pending.add(pool.submit(run, *item))
                 if not pending:
                     break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    record(fut, pending.pop(fut), out)
+                    fut.result()  # an unexpected error stops the run
+                settle()
         except BaseException:
-            # keep what was done: uploads under way finish and are recorded, so the next
-            # run neither copies them again nor leaves them as unreferenced objects
-            for fut in list(pending):
-                if fut.cancel():
-                    del pending[fut]
-            wait(pending)
-            for fut, rel in pending.items():
-                if fut.exception() is None or isinstance(fut.exception(), (StatekitError, OSError)):
-                    record(fut, rel, out)
-            os.fsync(out.fileno())
+            # keep what was done: uploads under way finish and are recorded (by their
+            # workers, whatever happens here), so the next run neither copies them again
+            # nor leaves them as unreferenced objects; those not started are not
+            pool.shutdown(wait=True, cancel_futures=True)
+            settle()
+            _fsync(manifest)
             if mapping:
                 _write_json_atomic(mapping, report.mapping)
             raise
