@@ -533,8 +533,8 @@ class _StoreCore:
         return session.user_id
 
     def _index_op(self, session: Session, t: float, user: str | None, member: str,
-                  old_member: str | None = None) -> IndexOp | None:
-        old = session.loaded_user
+                  old_member: str | None = None, *, loaded: str | None = None) -> IndexOp | None:
+        old = session.loaded_user or loaded
         if user is None and old is None and old_member is None:
             return None  # a rotation always passes one: the engine checks its user
         return IndexOp(member=member, score=t, cutoff=t - self.absolute_lifetime,
@@ -628,21 +628,30 @@ class _StoreCore:
         t = now()
         user = self._user_of(session)
         sets, dels = self._changes(session, user)
+        pending = session._pending if session.new else None
         idle = session.idle_timeout or self.idle_timeout
         if not sets and not dels and not force:
             # at most half the idle timeout: a session used more often than that never ends
             if session.new or t - session.last_seen < min(self.refresh_interval, idle / 2):
+                yield from self._drop_pending_steps(session)  # a lost create of what is gone now
                 session.modified = False
                 return True
             self.counters.incr("refreshes")
-        created = t if session.new else session.created
+        sets["m:s"] = repr(t).encode()
+        if session.new:
+            # a create whose reply was lost is sent again as the same create (its m:c:
+            # the engine knows it), never as another (a "collision", or a second session)
+            sets["m:c"] = sets["m:s"] if pending is None else pending["m:c"]
+        created = _float(sets["m:c"]) if session.new else session.created
         ttl = min(idle, created + self.absolute_lifetime - t)
         if ttl <= 0:
             return False
-        sets["m:s"] = repr(t).encode()
         if session.new:
-            sets["m:c"] = sets["m:s"]
-        result = yield from self._write_steps(session, sets, dels, max(1, int(ttl * 1000)), t, user)
+            dels += [f for f in pending or () if f not in sets]  # set then, no longer held
+            session._pending = {**(pending or {}), **sets}
+        result = yield from self._write_steps(session, sets, dels, max(1, int(ttl * 1000)), t, user,
+                                              self._pending_user(pending))
+        session._pending = None
         if result.status is Status.EXISTS:
             raise SessionError("session id collision; refusing to overwrite")
         if result.status is not Status.DONE:
@@ -691,12 +700,14 @@ class _StoreCore:
         return sets, dels
 
     def _write_steps(self, session: Session, sets: dict[str, bytes], dels: list[str], ttl_ms: int,
-                     t: float, user: str | None) -> Steps[Result]:
+                     t: float, user: str | None, sent_user: str | None) -> Steps[Result]:
         """The engine write of a save, following rotations by other requests (this
-        request loaded the session before them: its write goes to the successor)."""
+        request loaded the session before them: its write goes to the successor).
+        *sent_user*: the user a lost create of this new session may have indexed."""
         for _ in range(_HOPS + 1):
             result: Result = yield call("write", session.handle, create=session.new, sets=sets, dels=dels,
-                                        ttl_ms=ttl_ms, index=self._index_op(session, t, user, session.handle))
+                                        ttl_ms=ttl_ms, index=self._index_op(session, t, user, session.handle,
+                                                                            loaded=sent_user))
             if result.status is not Status.ROTATED or session.new:
                 return result
             assert result.handle is not None
@@ -713,7 +724,7 @@ class _StoreCore:
             if f[:2] == "d:":
                 session._encoded.pop(f[2:], None)
         if session.new:
-            session.created = t
+            session.created = _float(sets["m:c"])
             session.send_cookie = True
         session.version = version
         session.new = session.modified = False
@@ -722,9 +733,24 @@ class _StoreCore:
         session.loaded_user = session.user_id = user
         session._loaded_idle = session.idle_timeout
 
+    @staticmethod
+    def _pending_user(pending: Mapping[str, bytes] | None) -> str | None:
+        """The user creates of a new session whose outcome is unknown may have indexed."""
+        user = (pending or {}).get("m:u")
+        return None if user is None else user.decode()
+
+    def _drop_pending_steps(self, session: Session) -> Steps[None]:
+        """Delete what creates of new *session* whose reply was lost may have stored:
+        it is not to be stored (emptied, destroyed) or moves to a new id (rotated),
+        and no cookie will ever name it."""
+        if session.new and session._pending is not None:
+            yield call("destroy", session.handle, self._pending_user(session._pending))
+            session._pending = None
+
     def _rotate_steps(self, session: Session) -> Steps[Session]:
         if session.unavailable:
             raise BackendUnavailable("the session store is unavailable: cannot rotate the session id")
+        yield from self._drop_pending_steps(session)
         new_sid = self._new_id(session.sid[:4])
         new_handle = self._handle(new_sid)
         if not session.new:
@@ -775,6 +801,7 @@ class _StoreCore:
     def _destroy_session_steps(self, session: Session) -> Steps[None]:
         if not session.new:
             yield from self._destroy_steps(session.handle, session.loaded_user)
+        yield from self._drop_pending_steps(session)
         dict.clear(session)
         session._encoded.clear()
         session.destroyed = True
@@ -938,7 +965,12 @@ class SessionStore(_StoreCore):
         (outage) session is never written.
 
         :raises SerializationError: a value cannot be encoded (names the key).
-        :raises BackendUnavailable: Redis unreachable; nothing was written.
+        :raises BackendUnavailable: Redis unreachable: nothing was written, unless
+            the write reached Redis and only its reply was lost (a timeout; the
+            outcome is unknown, and the write is never sent again by itself). Calling
+            ``save`` again is safe: it writes the same changes, and for a new session
+            the same create (never a second session, nor a "session id collision");
+            a ``rotate`` or ``destroy`` instead deletes what that create may have stored.
         """
         return self._run(self._save_steps(session, force))
 

@@ -143,7 +143,8 @@ class AsyncSessionStore(_StoreCore):
         only; ``False`` if the session ended meanwhile (:meth:`SessionStore.save
         <statekit.sessions.SessionStore.save>`).
 
-        :raises BackendUnavailable: Redis unreachable; nothing was written.
+        :raises BackendUnavailable: Redis unreachable, or the reply lost (then
+            calling ``save`` again is safe, as with the sync store).
         """
         return await self._run(self._save_steps(session, force))
 

@@ -86,6 +86,9 @@ class Session(dict[str, Any]):
                 self._decoded(key)
         # encodings made at assignment, for immutable values only (reused by save)
         self._fresh: dict[str, tuple[Any, bytes]] | None = None
+        # the fields sent by creates of this new session whose outcome is unknown (a
+        # reply lost): the next save sends the same create (their m:c), never another
+        self._pending: dict[str, bytes] | None = None
 
     @property
     def key(self) -> str:

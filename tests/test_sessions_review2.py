@@ -1,0 +1,161 @@
+"""Adversarial review of server-side sessions (helper S, thirteenth session): the
+holes left by the twelfth, driven step by step (an engine wrapper that loses a
+reply or pauses a call at a chosen point; no sleeps), sync and async.
+
+* a save of a new session whose reply was lost (a timeout) raised "session id
+  collision" when the request tried again: the retry sent another create time, so
+  the engine saw another session's create. A retry must neither lose the session
+  nor make a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from statekit.errors import BackendUnavailable
+from statekit.sessions import SessionStore
+from statekit.sessions.aio import AsyncSessionStore
+
+pytestmark = pytest.mark.redis
+
+
+class _LosesReplies:
+    """A store's engine whose calls named in :attr:`lose` reach the engine, and whose
+    replies are then lost (``BackendUnavailable``, as a timeout after the command was
+    sent): each name once."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.lose: set[str] = set()
+        self.lost: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._engine, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = method(*args, **kwargs)
+            if name in self.lose:
+                self.lose.discard(name)
+                self.lost.append(name)
+                raise BackendUnavailable(f"simulated: the reply of {name} timed out")
+            return out
+
+        return call
+
+
+class _LosesRepliesAsync(_LosesReplies):
+    """:class:`_LosesReplies` for an async engine (its methods are coroutines, as the
+    async store checks)."""
+
+    async def _lossy(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        out = await getattr(self._engine, name)(*args, **kwargs)
+        if name in self.lose:
+            self.lose.discard(name)
+            self.lost.append(name)
+            raise BackendUnavailable(f"simulated: the reply of {name} timed out")
+        return out
+
+
+def _lossy_method(name: str) -> Any:
+    async def method(self: _LosesRepliesAsync, *args: Any, **kwargs: Any) -> Any:
+        return await self._lossy(name, *args, **kwargs)
+
+    return method
+
+
+for _name in ("load", "write", "rotate", "incr", "destroy", "revoke_user", "list_user", "claim", "peek"):
+    setattr(_LosesRepliesAsync, _name, _lossy_method(_name))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[SessionStore]:
+    url = "memory://review2" if request.param == "memory" else request.getfixturevalue("redis_url")
+    base = SessionStore(url, secret_keys=["k"])
+    yield SessionStore(engine=_LosesReplies(base.engine), secret_keys=["k"])
+    base.close()
+
+
+def _lose_next(store: SessionStore | AsyncSessionStore, *names: str) -> _LosesReplies:
+    engine = store.engine
+    assert isinstance(engine, _LosesReplies)
+    engine.lose.update(names)
+    return engine
+
+
+def test_a_retried_save_of_a_new_session_after_a_lost_reply_stores_it_once(store: SessionStore) -> None:
+    s = store.new()
+    s["cart"] = ["apple"]
+    s.user_id = "u"
+    engine = _lose_next(store, "write")
+    with pytest.raises(BackendUnavailable):
+        store.save(s)
+    assert engine.lost == ["write"] and s.new
+    assert store.save(s)  # the same create again: no collision
+    loaded = store.load(s.sid)
+    assert loaded is not None and dict(loaded) == {"cart": ["apple"]} and loaded.user_id == "u"
+    assert loaded.created == s.created
+    assert [i.handle for i in store.list_user_sessions("u")] == [s.handle]
+
+
+def test_a_retry_after_a_lost_create_stores_what_the_request_holds_then(store: SessionStore) -> None:
+    """Between the lost create and the retry the request dropped a key and changed
+    the user: the retry leaves neither in the stored session nor in u's index."""
+    s = store.new()
+    s.update({"cart": ["apple"], "flash": "hi"})
+    s.user_id = "u"
+    _lose_next(store, "write")
+    with pytest.raises(BackendUnavailable):
+        store.save(s)
+    del s["flash"]
+    s.user_id = "w"
+    assert store.save(s)
+    loaded = store.load(s.sid)
+    assert loaded is not None and dict(loaded) == {"cart": ["apple"]} and loaded.user_id == "w"
+    assert store.list_user_sessions("u") == [] and store.revoke_user("u") == 0
+    assert [i.handle for i in store.list_user_sessions("w")] == [s.handle]
+
+
+@pytest.mark.parametrize("then", ["rotate", "destroy"])
+def test_a_lost_create_then_rotated_or_destroyed_leaves_no_second_session(store: SessionStore,
+                                                                          then: str) -> None:
+    """A login (rotate) or logout (destroy) after a create whose reply was lost: the
+    create may have landed under the first id, which no cookie will ever name."""
+    s = store.new()
+    s["cart"] = ["apple"]
+    s.user_id = "u"
+    _lose_next(store, "write")
+    with pytest.raises(BackendUnavailable):
+        store.save(s)
+    first = s.handle
+    if then == "rotate":
+        store.rotate(s)
+        assert store.save(s) and s.handle != first
+        assert [i.handle for i in store.list_user_sessions("u")] == [s.handle]
+    else:
+        store.destroy(s)
+        assert store.list_user_sessions("u") == []
+    assert dict(store.engine.load(first)) == {}
+
+
+def test_async_a_retried_save_of_a_new_session_after_a_lost_reply_stores_it_once(redis_url: str) -> None:
+    async def main() -> None:
+        async with AsyncSessionStore(redis_url, secret_keys=["k"]) as base:
+            store = AsyncSessionStore(engine=_LosesRepliesAsync(base.engine), secret_keys=["k"])
+            s = store.new()
+            s["n"] = 1
+            s.user_id = "u"
+            _lose_next(store, "write")
+            with pytest.raises(BackendUnavailable):
+                await store.save(s)
+            assert await store.incr(s, "n") == 2  # stores the new session first: the same create
+            assert [i.handle for i in await store.list_user_sessions("u")] == [s.handle]
+            loaded = await store.load(s.sid)
+            assert loaded is not None and dict(loaded) == {"n": 2}
+
+    asyncio.run(main())
