@@ -162,6 +162,9 @@ INTERFACES = ("auto", "asgi", "wsgi")
 WORKER_CLASSES = {"wsgi": DEFAULTS["worker_class"], "asgi": "statekit.gunicorn_asgi.StatekitUvicornWorker"}
 #: seconds the master waits before recycling again after a successor failed to boot
 RECYCLE_BACKOFF = 10.0
+#: seconds a worker still importing the app gets to exit after the master's SIGTERM
+#: (it exits at once, cleanly) before it is SIGKILLed (an import stuck in C code)
+BOOT_STOP_GRACE = 1.0
 #: seconds a gthread worker waits after SIGTERM to tell the master's stop from a signal
 #: sent to the whole process group while the master drains (see StatekitThreadWorker.handle_exit)
 GROUP_SIGNAL_GRACE = 0.25
@@ -484,6 +487,8 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         worker alone (not draining) takes effect then."""
         if not self.alive or getattr(self, "_statekit_exit_pending", False):
             return
+        if not hasattr(self, "wsgi") and get_drain_state().workers_stopping:
+            raise SystemExit(0)  # the master's stop while the app loads: nothing to finish
         self._statekit_exit_pending = True
         timer = threading.Timer(GROUP_SIGNAL_GRACE, self._statekit_wake, (sig, frame))
         timer.daemon = True
@@ -662,7 +667,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             if reason is None:
                 continue
             self.log.info("statekit: recycling worker %s (%s): its successor starts first", pid, reason)
-            if not self._replace(pid):
+            if not self._replace(pid) and not self._stop_requested():
                 self.statekit.recycle_after = time.monotonic() + RECYCLE_BACKOFF
                 self.log.error("statekit: recycling of worker %s put off %.0fs: its successor did not "
                                "become ready", pid, RECYCLE_BACKOFF)
@@ -750,8 +755,11 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
                     rt.stopping.add(pid)
                     self.kill_worker(pid, signal.SIGTERM)
             elif not self._replace(pid):
-                self.log.error("statekit: rolling reload aborted; %d old workers keep serving",
-                               len([p for p in old[i:] if p in self.WORKERS]))
+                if self._stop_requested():  # not a failure: the server stops, as asked
+                    self.log.info("statekit: rolling reload aborted by a stop request; the workers stop")
+                else:
+                    self.log.error("statekit: rolling reload aborted; %d old workers keep serving",
+                                   len([p for p in old[i:] if p in self.WORKERS]))
                 return False
         self.log.info("statekit: rolling reload done in %.2fs", time.monotonic() - started)
         return True
@@ -809,6 +817,17 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
                 self.reap_workers()
             time.sleep(max(min(0.05, deadline - time.monotonic()), 0))
 
+    def _kill_booting(self) -> None:
+        """SIGKILL the workers still importing the app (stuck: they hold no request)."""
+        rt = self.statekit
+        for pid, w in list(self.WORKERS.items()):
+            slot = getattr(w, "statekit_slot", None)
+            if slot is not None and rt.drain.slot_info(slot).state == BOOTING:
+                # gunicorn then logs "was sent SIGKILL! Perhaps out of memory?": say why
+                self.log.warning("statekit: worker %s still loading the app %gs after SIGTERM: SIGKILL "
+                                 "(no request lost)", pid, BOOT_STOP_GRACE)
+                self.kill_worker(pid, signal.SIGKILL)
+
     def stop(self, graceful: bool = True) -> None:
         """Drain (after TERM), close the listeners, stop the workers within the
         graceful timeout, SIGKILL the rest, stop the broadcaster, report.
@@ -843,12 +862,14 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             self.kill_dirty_arbiter(sig)
         rt.drain.stop_workers()
         self.kill_workers(sig)
-        for pid, w in list(self.WORKERS.items()):
-            # a worker still loading the app holds no request: no reason to wait for it
-            slot = getattr(w, "statekit_slot", None)
-            if slot is not None and rt.drain.slot_info(slot).state == BOOTING:
-                self.kill_worker(pid, signal.SIGKILL)
+        # a worker still loading the app holds no request: it exits at once (its
+        # SIGTERM handler), or is SIGKILLed soon; one running its lifespan startup
+        # (STARTING) is waited for like one serving: its shutdown runs
+        booting_until: float | None = time.monotonic() + BOOT_STOP_GRACE
         while (self.WORKERS or self.dirty_arbiter_pid) and time.monotonic() < limit:
+            if booting_until is not None and time.monotonic() >= booting_until:
+                booting_until = None
+                self._kill_booting()
             if sig == signal.SIGTERM and self._quick_requested():
                 self.log.info("Quick shutdown requested")
                 sig = signal.SIGQUIT

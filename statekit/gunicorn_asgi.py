@@ -9,7 +9,10 @@ differs is only where the worker is ready and how it stops:
 * **Ready** once uvicorn's server has run the app's lifespan startup and listens
   (not merely once the app is imported): a rolling reload or a recycling stops the
   old worker only then.
-* **SIGTERM** makes uvicorn stop accepting, close idle keep-alive connections, let
+* **SIGTERM** during the lifespan startup lets it end, then runs the lifespan
+  shutdown (the master waits for such a worker as for one serving, within
+  ``--graceful-timeout``; only one still importing the app is SIGKILLed at once).
+  Once serving, SIGTERM makes uvicorn stop accepting, close idle keep-alive connections, let
   the requests in flight finish and run the lifespan shutdown; the worker then
   exits normally (uvicorn re-raises the signal it caught once it is done; here that
   ends nothing), so the master sees a clean exit, not a death by signal.
@@ -184,6 +187,8 @@ class StatekitUvicornWorker(UvicornWorker):  # type: ignore[misc]
         # UvicornWorker._serve, with our server
         self.config.app = self.wsgi
         server = self._statekit_server = _Server(self.config, lambda: report_ready(self))
+        # no longer BOOTING: a stop now lets the lifespan startup end and its shutdown run
+        get_drain_state().mark_starting()
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

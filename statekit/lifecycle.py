@@ -76,8 +76,9 @@ COUNTED = "statekit.lifecycle.counted"
 _SLOT = struct.Struct("<qqqqqqdd")  # pid, state, in_flight, started, completed, rejected, forked, ready
 _SLOT_SIZE = 64
 
-#: slot states
-FREE, BOOTING, READY, EXITED = 0, 1, 2, 3
+#: slot states: STARTING is a worker that loaded the app and runs its lifespan
+#: startup (an ASGI worker): unlike BOOTING, stopping it must let its shutdown run
+FREE, BOOTING, READY, EXITED, STARTING = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,10 @@ class DrainState:
         self.slot = index
         self._lock = threading.Lock()
         self._update(index, put={"pid": os.getpid(), "state": BOOTING})
+
+    def mark_starting(self) -> None:
+        """The worker loaded the app and runs its lifespan startup (not ready yet)."""
+        self._update(self.slot, put={"state": STARTING})
 
     def mark_ready(self) -> None:
         """The worker loaded the app and is about to accept requests."""

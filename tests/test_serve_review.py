@@ -1,0 +1,106 @@
+"""``statekit serve`` review (helper T): what earlier reviews noticed and left, on
+real processes (loopback only; every process started here is stopped here). Each
+wait is for a file or a log line the processes write, not a sleep."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_asgi_serve import ASGI_APP
+from test_lifecycle_helpers import ServeProcess, wait_until
+
+pytestmark = pytest.mark.gunicorn
+
+#: the lifespan startup held while the file "hold" exists, after creating "loading";
+#: the SIGTERM the worker gets meanwhile is noted in "termed" (then handled by uvicorn)
+HELD_STARTUP = ASGI_APP.replace('    note("startup")\n', '    note("startup")\n' + textwrap.indent(
+    textwrap.dedent(
+        """
+        if os.path.exists("hold"):
+            import signal, time
+            uvicorns = signal.getsignal(signal.SIGTERM)
+
+            def noting(sig, frame):
+                open("termed", "w").close()
+                uvicorns(sig, frame)
+
+            signal.signal(signal.SIGTERM, noting)
+            open("loading", "w").close()
+            while os.path.exists("hold"):
+                time.sleep(0.02)
+        """
+    ), "    "))
+assert "loading" in HELD_STARTUP
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stop_while_a_uvicorn_worker_runs_its_lifespan_startup_runs_its_shutdown(tmp_path: Path) -> None:
+    """SIGTERM to the master while the only worker is inside the app's lifespan
+    startup (connecting pools, starting a broadcaster): the worker has loaded the
+    app, so what its startup opened must be closed by its lifespan shutdown. It was
+    SIGKILLed at once like a worker still importing the app: no shutdown ran."""
+    (tmp_path / "hold").write_text("")
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0", "--graceful-timeout", "10",
+                       "--interface", "asgi", app_source=HELD_STARTUP)
+    with srv:
+        wait_until(lambda: (tmp_path / "loading").exists(), 30, "the lifespan startup under way")
+        (worker,) = srv.workers()
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: (tmp_path / "termed").exists() or not _alive(worker), 10,
+                   "the master's signal to the worker")
+        os.unlink(tmp_path / "hold")
+        assert srv.wait(20) == 0
+        log = srv.log()
+    notes = (tmp_path / "lifespan.log").read_text()
+    assert f"shutdown {worker}" in notes, (notes, log)
+    assert f"statekit: worker {worker} ready" not in log, log
+    assert re.search(r"force_killed=0 lost_in_flight=0", log), log
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_sigterm_during_a_rolling_reload_is_logged_as_a_stop_not_as_a_failure(tmp_path: Path,
+                                                                               interface: str) -> None:
+    """SIGTERM while a reload waits for a new worker (importing the app, or running
+    its lifespan startup): the reload ends and the server stops, as asked. Nothing
+    failed, so nothing may be logged at ERROR ("rolling reload aborted", gunicorn's
+    "was sent SIGKILL! Perhaps out of memory?"): operators alert on those."""
+    from test_lifecycle_helpers import APP
+    from test_lifecycle_review12 import HOLD
+
+    if interface == "asgi":
+        source = HELD_STARTUP
+    else:
+        source = "import os, time\n" + HOLD + APP
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0", "--graceful-timeout", "10",
+                       "--interface", interface, app_source=source)
+    with srv:
+        srv.wait_ready(1)
+        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+        (old,) = srv.workers()
+        (tmp_path / "hold").write_text("")
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: (tmp_path / "loading").exists(), 10, "the new worker starting")
+        (new,) = set(srv.workers()) - {old}
+        srv.signal(signal.SIGTERM)
+        wait_until(lambda: "rolling reload" in srv.log().split("replacing 1 workers", 1)[1], 10,
+                   "the reload's end")
+        os.unlink(tmp_path / "hold")
+        assert srv.wait(20) == 0
+        log = srv.log()
+    assert "[ERROR]" not in log, log
+    assert "rolling reload aborted by a stop request" in log, log
+    assert re.search(r"force_killed=0 lost_in_flight=0", log), log
+    if interface == "asgi":  # its lifespan startup ran: so does its shutdown
+        assert f"shutdown {new}" in (tmp_path / "lifespan.log").read_text()
