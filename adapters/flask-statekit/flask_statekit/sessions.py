@@ -11,6 +11,9 @@ fresh, anonymous session, which for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds is
 neither stored nor sent as a cookie: the browser that logged in may still have sent
 such a request, and its answer must not replace the new cookie),
 ``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
+With Flask-Login installed, its logins rotate a stored session themselves:
+``login_user()`` and the login from its remember-me cookie (a path no view runs, so
+an app could not call ``rotate()`` there), unless the request rotated it already.
 ``session.clear()`` on a stored session also destroys it and deletes the cookie
 (unless a login in a parallel request rotated it since this request loaded it: then
 only the keys this request removed go from the new session). As
@@ -73,6 +76,8 @@ request runs with an empty read-only session instead; writing to it raises
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Request, Response, session
@@ -307,6 +312,26 @@ class StatekitSessionInterface(SessionInterface):
         self._set_cookie(app, session, response)
 
 
+def _rotate_on_login(sender: Flask, **extra: Any) -> None:
+    """Flask-Login's ``user_logged_in`` and ``user_loaded_from_cookie``: a new session
+    id for the login (no session fixation: a cookie planted before it stays
+    anonymous). A session not yet stored already has an id made in this request; one
+    rotated or destroyed in this request needs none (rotating a destroyed one would
+    drop the login's keys)."""
+    s = session._get_current_object()  # type: ignore[attr-defined]
+    if isinstance(s, FlaskSession) and not (s.new or s.rotated or s.destroyed or s.unavailable):
+        s.rotate()
+
+
+def _connect_flask_login(app: Flask) -> None:
+    """Rotate on Flask-Login's logins in *app*, when Flask-Login is installed."""
+    if importlib.util.find_spec("flask_login") is None:
+        return
+    signals = importlib.import_module("flask_login.signals")
+    for name in ("user_logged_in", "user_loaded_from_cookie"):
+        getattr(signals, name).connect(_rotate_on_login, sender=app, weak=False)
+
+
 def _guard() -> Response | None:
     """First ``before_request`` hook: a session that could not be loaded answers 503
     before any view (or later hook) runs."""
@@ -387,6 +412,7 @@ def init_app(app: Flask, state: StateKitState) -> None:
 
     store.carry_over = carry_over_from_config(app)
     state.sessions = store  # type: ignore[attr-defined]
+    _connect_flask_login(app)
     app.before_request_funcs.setdefault(None, []).insert(0, _guard)
     handlers = app.error_handler_spec.get(None, {}).get(None, {})
     if BackendUnavailable not in handlers:

@@ -96,3 +96,57 @@ def test_a_permanent_session_writes_back_no_key_it_only_read(redis_url: str) -> 
         t.join(30)
     assert result["r"].text == "red"
     assert browser.get("/get").json == {"_permanent": True, "cart": ["apple"], "color": "blue"}
+
+
+# -- Flask-Login -----------------------------------------------------------------------
+
+
+def login_app(url: str, **config: Any) -> Flask:
+    """An app on Flask-Login, whose login view does not call ``session.rotate()``
+    (Flask-Login's own examples do not: cookie sessions need no rotation)."""
+    flask_login = pytest.importorskip("flask_login")
+
+    class User(flask_login.UserMixin):  # type: ignore[name-defined,misc]
+        def __init__(self, uid: str) -> None:
+            self.id = uid
+
+    app = make_app(url, **config)
+    manager = flask_login.LoginManager(app)
+    manager.user_loader(User)
+
+    @app.post("/login/<uid>")
+    def login(uid: str) -> Any:
+        flask_login.login_user(User(uid), remember=True)
+        return "ok"
+
+    @app.get("/who")
+    def who() -> Any:
+        return str(flask_login.current_user.get_id())
+
+    return app
+
+
+@pytest.mark.parametrize("how", ["login_user", "remember-me"])
+def test_flask_login_planted_cookie_never_gets_the_login(redis_url: str, how: str) -> None:
+    """Session fixation through Flask-Login: an attacker plants the cookie of a session
+    they hold in the victim's browser; the victim then logs in (``login_user``), or
+    comes back with Flask-Login's remember-me cookie and is logged in from it (a path
+    no view of the app runs, so it cannot call ``session.rotate()`` there). The
+    attacker's cookie must stay anonymous: the login goes to a new session id."""
+    app = login_app(redis_url)
+    attacker = app.test_client()
+    attacker.post("/color/green")  # a stored session the attacker holds
+    planted = attacker.get_cookie("session").value  # type: ignore[union-attr]
+    victim = app.test_client()
+    if how == "remember-me":
+        victim.post("/login/victim")  # long ago, with "remember me"
+        victim.delete_cookie("session")  # the browser session ended; remember_token stays
+    victim.set_cookie("session", planted)
+    if how == "login_user":
+        assert victim.post("/login/victim").status_code == 200
+    else:
+        assert victim.get("/who").text == "victim"  # logged in from the remember cookie
+    assert victim.get("/who").text == "victim"
+    assert victim.get_cookie("session").value != planted  # type: ignore[union-attr]
+    assert attacker.get("/who").text == "None"
+    assert attacker.get("/get").json == {}  # the planted id names no session any more
