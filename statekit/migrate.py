@@ -77,7 +77,8 @@ _MAP_EVERY = 2.0  # seconds between rewrites of the mapping during a run
 class MigrationReport:
     """What a run did. ``failed`` maps relative paths to error messages (the files
     were not copied: exit status 1); ``warnings`` maps relative paths to what was
-    left out on purpose (symbolic links) and does not fail the run."""
+    left out on purpose (symbolic links) or copied with a caveat (a blob stored without
+    its SHA-256, verified by reading it back) and does not fail the run."""
 
     total: int = 0
     total_bytes: int = 0
@@ -331,7 +332,7 @@ def migrate(
     entries = load_manifest(manifest)
     unverified: list[str] = []
     for rel, key in sorted(report.mapping.items()):
-        problem = _verify(store, key, entries.get(rel, {}))
+        problem = _verify(store, key, entries.get(rel, {}), report.warnings, rel)
         if problem is None:
             report.verified += 1
         else:
@@ -348,8 +349,10 @@ def migrate(
     return report
 
 
-def _verify(store: BlobStore, key: str, entry: dict[str, Any]) -> str | None:
-    """What is wrong with the blob *key* against its manifest *entry*, or ``None``."""
+def _verify(store: BlobStore, key: str, entry: dict[str, Any], warnings: dict[str, str],
+            rel: str) -> str | None:
+    """What is wrong with the blob *key* against its manifest *entry*, or ``None``; a
+    blob stored without its SHA-256 is a warning for *rel* in *warnings*."""
     try:
         blob = store.stat(key)
     except StatekitError as e:
@@ -363,6 +366,8 @@ def _verify(store: BlobStore, key: str, entry: dict[str, Any]) -> str | None:
                 sha256 = _sha256(f)
         except StatekitError as e:
             return f"{type(e).__name__}: {e}"
+        warnings[rel] = (f"stored as {key} without its SHA-256 (S3 lost its tag): verified by reading "
+                         "it back; stat() reports sha256=None")
     if blob.size != entry.get("size") or sha256 != entry.get("sha256"):
         return f"{key} does not match the manifest (size or SHA-256)"
     return None

@@ -13,10 +13,15 @@ hooks, tasks and threads held on events) and failing before its fix:
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from statekit.blobs import BlobStore
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
@@ -59,3 +64,23 @@ def test_file_store_record_left_by_a_killed_writer_does_not_block_the_verdict(tm
     assert blob.size == len(png_bytes()) and store.stat(up.key).sha256 == blob.sha256
     assert [b.key for b in store.list()] == [up.key]
 
+
+
+@pytest.mark.s3
+def test_s3_lost_sha256_tag_is_reported(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A multipart put whose SHA-256 tag is lost (``put_object_tagging`` fails after the
+    object completed) still succeeds, as its content is intact, but is logged with the
+    key and the digest stat() will not report; it passed in silence."""
+    from botocore.exceptions import ReadTimeoutError
+
+    store = BlobStore(s3_url + "&retries=0", part_size=5 * 2**20, multipart_threshold=5 * 2**20)
+
+    def lost(**_: Any) -> Any:
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1")
+
+    store.backend.client.put_object_tagging = lost
+    with caplog.at_level(logging.WARNING, logger="statekit.blobs"):
+        blob = store.put(os.urandom(6 * 2**20), content_type="application/octet-stream")
+    assert store.stat(blob.key).sha256 is None
+    [record] = [r for r in caplog.records if r.name == "statekit.blobs"]
+    assert blob.key in record.getMessage() and str(blob.sha256) in record.getMessage()

@@ -4,6 +4,7 @@ was read, not from the listing. Each case failed before its fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -114,3 +115,16 @@ def test_manifest_keeps_the_size_and_mtime_of_the_file_that_was_read(
     [blob] = store.list()
     with store.open(blob.key) as f:
         assert f.read() == b"other version\n"
+
+
+def test_a_blob_stored_without_its_sha256_is_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob whose stat() has no SHA-256 (S3's tag lost) is verified by reading it
+    back, and the run says so (it passed in silence)."""
+    _tree(tmp_path / "src", 2)
+    store = BlobStore("memory://")
+    real = store.backend.stat
+    monkeypatch.setattr(store.backend, "stat", lambda key: dataclasses.replace(real(key), sha256=None))
+    report = migrate(str(tmp_path / "src"), store, manifest=str(tmp_path / "m.jsonl"))
+    assert report.ok and report.verified == 2
+    assert sorted(report.warnings) == ["f00.txt", "f01.txt"] and "SHA-256" in report.warnings["f00.txt"]

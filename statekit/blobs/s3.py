@@ -42,6 +42,7 @@ import collections
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
@@ -85,6 +86,7 @@ def translate_error(e: BaseException, what: str) -> StatekitError:
     return BlobError(f"S3 {what}: {type(e).__name__}: {e}")
 
 
+_log = logging.getLogger("statekit.blobs")
 _commit = threading.local()  # .active while this thread sends a commit (see _no_resend)
 
 
@@ -185,10 +187,14 @@ class _S3Writer(BlobWriter):
                           UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}, **cond)
         self._upload_id = None
         self._shutdown()
-        # The whole-object SHA-256 is known only now; a tag carries it for stat().
-        with contextlib.suppress(StatekitError):
+        # The whole-object SHA-256 is known only now; a tag carries it for stat(). The
+        # object is complete and visible without it: the put succeeds, and says so.
+        try:
             self._s._call("put_object_tagging", self._req.key, Bucket=self._s.bucket, Key=self._full,
                           Tagging={"TagSet": [{"Key": META_SHA256, "Value": sha256}]})
+        except StatekitError as e:
+            _log.warning("S3 blob %r stored without its SHA-256 tag (%s): stat() reports sha256=None; "
+                         "the content is intact (its SHA-256 is %s)", self._req.key, e, sha256)
 
     @contextlib.contextmanager
     def _unknown_outcome(self) -> Iterator[None]:
