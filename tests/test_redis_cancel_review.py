@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from statekit.redis import create_client
+from statekit.embedded import RedisCluster
+from statekit.redis import create_client, key_slot
 from statekit.redis.aio import AsyncTransport, create_async_client
 from statekit.redis.scripts import Script
 from statekit.redis.transport import Transport
@@ -84,3 +86,101 @@ def test_a_write_refused_unapplied_is_sent_again_and_applied_once_async(
         assert sync.command(b"GET", keys[1]) == b"2"
     finally:
         sync.client.close()
+
+
+# -- Cluster: a script a node lacks ---------------------------------------------------
+
+GET_SCRIPT = _script("review-get", "return redis.call('GET', KEYS[1])")
+
+
+def _flush_scripts(cluster: RedisCluster) -> None:
+    for node in cluster.masters():
+        with node.client() as r:
+            r.script_flush()
+
+
+def _loaded_on(cluster: RedisCluster, script: Script) -> list[bool]:
+    loaded = []
+    for node in cluster.masters():
+        with node.client() as r:
+            loaded.append(bool(r.script_exists(script.sha)[0]))
+    return loaded
+
+
+@pytest.mark.cluster
+def test_a_script_the_async_transport_loads_is_loaded_on_every_primary(
+        redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+    """asyncio, Cluster: at ``NOSCRIPT`` the script is loaded on the key's node (then
+    run there) and on every other primary, as the sync transport does (it was loaded
+    on the key's node only: a sync process's or a bulk call's pipelines then met
+    ``NOSCRIPT`` on every other master)."""
+    _flush_scripts(redis_cluster)
+
+    async def main() -> None:
+        client = create_async_client(redis_cluster_url)
+        t = AsyncTransport(client, what="test")
+        try:
+            await t.command(b"SET", "{s}k", "v")
+            assert await t.script(GET_SCRIPT, ["{s}k"], []) == b"v"
+            await asyncio.gather(*t._loading.values())  # the other primaries' loads, not awaited by the call
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+    assert _loaded_on(redis_cluster, GET_SCRIPT) == [True] * len(redis_cluster.masters())
+
+
+def _keys_by_port(t: Transport, count: int) -> dict[int, str]:
+    """A key on each of *count* masters (set to ``"v"``, which also makes this
+    thread's connection to each)."""
+    by_port: dict[int, str] = {}
+    i = 0
+    while len(by_port) < count:
+        key = f"k{i}"
+        i += 1
+        t.command(b"SET", key, "v")
+        by_port.setdefault(t.client.nodes_manager.slots_cache[key_slot(key)][0].port, key)
+    return by_port
+
+
+@pytest.mark.cluster
+def test_a_script_load_on_the_other_masters_never_waits_for_a_paused_one(
+        own_redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync, Cluster direct path: at ``NOSCRIPT`` the script is loaded on every other
+    primary too, best effort. A paused one (SIGSTOP) made the call wait for that
+    reply up to the socket timeout, on every call that met ``NOSCRIPT``: now the
+    loads are sent first and only the replies already there are read. The paused
+    master's connection owes its reply: its next command reads its own reply."""
+    cluster = own_redis_cluster
+    _flush_scripts(cluster)
+    t = Transport(create_client(f"{cluster.url}?socket_timeout=1&retries=0"), what="test")
+    try:
+        by_port = _keys_by_port(t, len(cluster.masters()))
+        run_port, paused_port = sorted(by_port)[:2]
+        paused = next(node for node in cluster.masters() if node.port == paused_port)
+        lane = next(lane for lane in t._here().nodes.values() if lane.port == paused_port)
+        conn = lane.conn
+        waited: list[int] = []
+        read = conn.read_response
+
+        def read_response(*args: Any, **kwargs: Any) -> Any:
+            waited.append(paused_port)
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(conn, "read_response", read_response)
+        paused.pause()
+        try:
+            start = time.monotonic()
+            assert t.script(GET_SCRIPT, [by_port[run_port]], []) == b"v"
+            took = time.monotonic() - start
+            assert waited == []  # the paused master's reply was never waited for
+        finally:
+            paused.resume()
+        print(f"NOSCRIPT with a paused master: {took * 1000:.1f} ms")
+        monkeypatch.undo()
+        assert t.command(b"GET", by_port[paused_port]) == b"v"  # its own reply, not the load's
+        assert t.script(GET_SCRIPT, [by_port[paused_port]], []) == b"v"
+    finally:
+        t.close()
+        t.client.close()

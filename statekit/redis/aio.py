@@ -22,7 +22,10 @@ on the loop: a burst of connects at once stalled it for 10-20 ms); a caller past
 that bound gets the next connection another caller gives back. A Cluster client
 sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``),
 under the same bound (redis-py's asyncio cluster fails past a node's
-``max_connections`` instead of waiting). A reply is awaited at most the connection's
+``max_connections`` instead of waiting). A script a node lacks (``NOSCRIPT``) is
+loaded on that node and run there, and loaded on every other primary in the
+background, as the sync transport does (never waited for: a paused primary delays
+nobody). A reply is awaited at most the connection's
 socket timeout, kept by one timer per transport (``_bark``: it closes the connections
 whose reply is overdue, and their reads are raised as redis-py's ``TimeoutError``)
 rather than the ``asyncio.timeout`` redis-py enters per reply (5-7 µs of the loop's
@@ -101,6 +104,7 @@ from .transport import (
     lane_busy,
     lane_index,
     lane_wait,
+    other_primaries,
     packer,
     pool_share,
 )
@@ -435,6 +439,9 @@ class AsyncTransport:
         #: which on Python 3.11 can swallow a cancellation that lands as the reply comes
         self._in_process = pool is not None and \
             getattr(pool.connection_class, "__module__", "").startswith("fakeredis")
+        #: Cluster: a script's loads on the primaries other than the node that runs it
+        #: (by sha), under way in the background (:meth:`_load_elsewhere`)
+        self._loading: dict[bytes, asyncio.Future[Any]] = {}
 
     # -- errors --------------------------------------------------------------------
 
@@ -592,6 +599,8 @@ class AsyncTransport:
         """Give every kept connection back to the pool (the client stays open: it may
         be shared)."""
         self._closed = True
+        for loading in list(self._loading.values()):
+            loading.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -814,7 +823,12 @@ class AsyncTransport:
                 try:
                     return await self._through_client(evalsha, keep=no_script)
                 except no_script:
-                    await self._through_client((b"SCRIPT", b"LOAD", script.source), target=keys)
+                    node = None
+                    if self.cluster:  # the node that will run it, and every other primary
+                        client = self.client
+                        node = client.get_node_from_key(keys[0]) if keys else client.get_random_node()
+                        self._load_elsewhere(script, node)
+                    await self._through_client((b"SCRIPT", b"LOAD", script.source), node=node)
                     return await self._through_client(evalsha)
             try:
                 return await self._run(evalsha, keep=no_script)
@@ -823,22 +837,45 @@ class AsyncTransport:
                 return await self._run(evalsha)
 
     async def _through_client(self, args: Sequence[Arg], keep: type[Exception] | None = None,
-                              target: Sequence[str | bytes] | None = None) -> Any:
+                              node: Any = None) -> Any:
         """One command through the client's own ``execute_command`` (Cluster, or a
         client whose pool the transport does not drive), under :meth:`_run`'s rule:
         redis-py's command retry is off on statekit's clients, so nothing is resent;
-        idempotent reads once."""
+        idempotent reads once. Cluster: sent to *node* when given."""
         name = _name(args[0])
         options: dict[str, Any] = {}
-        if target is not None and self.cluster:
-            # SCRIPT LOAD goes to the node that will run the script
-            options["target_nodes"] = self.client.get_node_from_key(target[0]) if target else \
-                self.client.get_random_node()
+        if node is not None:
+            options["target_nodes"] = node
 
         def send(args: Sequence[Arg]) -> Awaitable[Any]:
             return self.client.execute_command(name, *args[1:], **options)  # type: ignore[no-any-return]
 
         return await self._run(args, keep, send)
+
+
+    def _load_elsewhere(self, script: Script, node: Any) -> None:
+        """Cluster: load *script* on every primary but *node* (which loads and runs it
+        now: :func:`~statekit.redis.transport.other_primaries`), in the background:
+        the caller never waits for another node (a paused one). One load per script at
+        a time; failures are dropped (a node that missed it loads it at its own
+        ``NOSCRIPT``); :meth:`aclose` cancels what is under way."""
+        sha = script.sha
+        if sha in self._loading:
+            return
+        others = other_primaries(self.client, node.name)
+        if not others:
+            return
+        loading = self._loading[sha] = asyncio.ensure_future(self._load_on(others, script.source))
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if self._loading.get(sha) is future:
+                del self._loading[sha]
+
+        loading.add_done_callback(done)
+
+    async def _load_on(self, nodes: list[Any], source: str) -> None:
+        with contextlib.suppress(Exception):  # best effort (_load_elsewhere)
+            await self.client.execute_command("SCRIPT", "LOAD", source, target_nodes=nodes)
 
 
 class _KeyLane:

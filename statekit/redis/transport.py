@@ -15,9 +15,10 @@ wrong-node reply dropped it). On Cluster a command whose key is known (the
 commands of :data:`KEY_AT` and ``EVALSHA`` with keys) goes the same way to the
 key's node as redis-py's slot map gives it: one dedicated connection per thread and
 node, from that node's pool. A script that node lacks (``NOSCRIPT``: a restarted
-node, or one never asked to load it, as the asyncio transport loads a script on the
-node that runs it only) is loaded there and on every other primary, on this thread's
-connections as ``RedisCluster``'s ``SCRIPT LOAD`` would, and run again there. Anything
+node, or a flushed one) is loaded there and on every other primary, on this thread's
+connections as ``RedisCluster``'s ``SCRIPT LOAD`` would, and run again there; the other
+primaries' replies are read only if they came meanwhile (a paused one is never waited
+for: its connection, owing a reply, is dropped before its next command). Anything
 else, and a command that node answers with ``MOVED``/``ASK``/``TRYAGAIN``/
 ``CLUSTERDOWN``, whose connection cannot be made, or that must run once more (an
 idempotent read after a dropped connection), goes through ``RedisCluster``, which
@@ -145,7 +146,7 @@ METRICS = MetricsHook("redis.observability.recorder", "_")
 _log = logging.getLogger("statekit.redis")
 
 __all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key",
-           "lane_busy", "lane_index", "lane_wait", "pool_share"]
+           "lane_busy", "lane_index", "lane_wait", "other_primaries", "pool_share"]
 
 Arg = bytes | str | int | float
 
@@ -215,6 +216,17 @@ def lane_index(key: str | bytes | None, count: int) -> int:
     if key is None:
         return zlib.crc32(threading.get_ident().to_bytes(8, "little")) % count
     return zlib.crc32(key if isinstance(key, bytes) else key.encode()) % count
+
+
+def other_primaries(client: Any, name: str) -> list[Any]:
+    """Cluster: the primaries of *client* (a ``RedisCluster``, sync or asyncio) other
+    than the node named *name*. A script a node answered ``NOSCRIPT`` for is loaded on
+    that node, which runs it, and on these too (sync and asyncio transports alike), as
+    ``RedisCluster``'s ``SCRIPT LOAD`` loads on every primary: a bulk call's
+    pipelines then find it on each node. Best effort, never waited for by the
+    caller: a paused primary's reply is not waited for (a node that missed the load
+    loads the script at its own ``NOSCRIPT``)."""
+    return [node for node in client.get_primaries() if node.name != name]
 
 
 def packer(pool: Any) -> Callable[[Sequence[Arg]], Any] | None:
@@ -733,10 +745,13 @@ class Transport:
                         return self._send(evalsha, lane)
                     except self._no_script:  # nothing ran: loaded on every primary, run here
                         sent = (b"SCRIPT", b"LOAD", script.source)
-                        self._send(sent, lane)
-                        self._load_elsewhere(sent, lane)
-                        sent = evalsha
-                        return self._send(evalsha, lane)
+                        owed = self._load_elsewhere(sent, lane)
+                        try:
+                            self._send(sent, lane)
+                            sent = evalsha
+                            return self._send(evalsha, lane)
+                        finally:
+                            self._collect(owed)
                 except Exception as e:  # noqa: BLE001 - the rule decides
                     self._node_failed(lane, sent, e)
         with translate_errors(self._where):
@@ -749,20 +764,41 @@ class Transport:
             except self._response_error as e:
                 raise self._refused(e) from e
 
-    def _load_elsewhere(self, load: Sequence[Arg], lane: _Lane) -> None:
-        """Cluster: *load* (a ``SCRIPT LOAD`` that *lane*'s node answered) on this
-        thread's connection to every other primary, as ``RedisCluster`` sends ``SCRIPT
-        LOAD`` to every primary: a bulk call's pipelines then find the script on each
-        node (:func:`statekit.cache.redis.cluster_batch` sends a command answered
-        ``NOSCRIPT`` again alone, and raises before that when another node's outcome is
-        unknown). Best effort, before the caller's command runs: a node that fails (down,
-        or paused past the socket timeout) loads it at its own ``NOSCRIPT``."""
+    def _load_elsewhere(self, load: Sequence[Arg], lane: _Lane) -> list[_Lane]:
+        """Cluster: send *load* (a ``SCRIPT LOAD`` for *lane*'s node) on this thread's
+        connection to every other primary (:func:`other_primaries`), before the
+        caller's own load and command, without reading the replies: returns the
+        connections that owe one (:meth:`_collect`). A bulk call's pipelines then find
+        the script on each node (:func:`statekit.cache.redis.cluster_batch` sends a
+        command answered ``NOSCRIPT`` again alone, and raises before that when another
+        node's outcome is unknown). Best effort: a node that fails loads it at its own
+        ``NOSCRIPT``. (A primary this thread has no open connection to is connected
+        first: that waits for a paused one's handshake, up to the socket timeout.)"""
         failed = (self._connection_error, self._response_error, _rule().redis.TimeoutError)
-        for node in self.client.get_primaries():
+        owed = []
+        for node in other_primaries(self.client, f"{lane.host}:{lane.port}"):
             other = self.node_lane(node)
-            if other is not None and other is not lane:
-                with contextlib.suppress(*failed):
-                    self._send(load, other)
+            if other is None or other is lane:
+                continue
+            with contextlib.suppress(*failed):
+                other.freshen()
+                conn, pack = other.conn, other.pack
+                conn.send_packed_command([pack(load)] if pack is not None else conn.pack_command(*load))
+                owed.append(other)
+        return owed
+
+    def _collect(self, owed: list[_Lane]) -> None:
+        """Read the replies of :meth:`_load_elsewhere`'s loads that have come, without
+        waiting for any (a paused primary's): a reply not there yet is left unread,
+        and its connection is dropped before its next command (:meth:`_Lane.freshen`),
+        so it is never read as another command's."""
+        failed = (self._connection_error, self._response_error, _rule().redis.TimeoutError, OSError)
+        for other in owed:
+            conn = other.conn
+            with contextlib.suppress(*failed):
+                if conn is not None and conn._sock is not None and conn._statekit_unread \
+                        and conn.can_read(timeout=0):
+                    conn.read_response()
 
     def _routed_call(self, args: Sequence[Arg]) -> Any:
         # RedisCluster finds a script's slot from its keys by the command's name
