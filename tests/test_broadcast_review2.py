@@ -126,3 +126,44 @@ def test_a_release_refused_for_one_job_still_releases_the_jobs_after_it(redis_ur
 
 async def _one() -> int:
     return 1
+
+
+class RefusedReleaseSync:
+    """:class:`RefusedRelease` for the thread broadcaster's backend."""
+
+    def __init__(self, backend: Any, name: str) -> None:
+        self._backend = backend
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._backend, attr)
+
+    def release(self, name: str, owner: str, token: int) -> bool:
+        if name == self._name:
+            raise BroadcastError("refused by the test")
+        result: bool = self._backend.release(name, owner, token)
+        return result
+
+
+def test_the_thread_broadcasters_stop_raises_a_refused_release_after_releasing_the_rest(
+    redis_url: str, prefix: str, broadcasters: list[Broadcaster]
+) -> None:
+    """As AsyncBroadcaster.stop() does: the error of a refused release reaches the
+    caller of stop() (the master logs "broadcaster did not stop cleanly"), once the
+    other leases were released. It was raised in the scheduler thread instead, an
+    unhandled exception there, and stop() returned as if all went well."""
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    other = Broadcaster(redis_url, key_prefix=prefix)
+    broadcasters.append(other)
+    for each in (b, other):
+        each.every(60, name="refused", lease=30)(lambda: 1)
+        each.every(60, name="released", lease=30)(lambda: 1)
+    b.start()
+    wait_for(lambda: b.counters.get("publishes") == 2, what="both jobs published")
+    b._backend = RefusedReleaseSync(b.backend, "refused")  # type: ignore[assignment]
+    with pytest.raises(BroadcastError):
+        b.stop()
+    assert not b.running
+    b.stop()  # raised once: a second stop is quiet
+    other.run_pending()
+    assert [name for name, job in other.jobs.items() if job.token is not None] == ["released"]

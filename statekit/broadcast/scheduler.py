@@ -432,6 +432,7 @@ class Broadcaster(SchedulerBase):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._release_error: Exception | None = None  # the thread's, raised by stop()
         super()._init_process_state()
 
     # -- the synchronous driver -------------------------------------------------------
@@ -516,6 +517,12 @@ class Broadcaster(SchedulerBase):
         finally:
             self._run_steps(self._release_steps())
 
+    def _run_thread(self) -> None:
+        try:
+            self._run()
+        except Exception as e:  # a refused release: stop() raises it in its caller
+            self._release_error = e
+
     def start(self) -> None:
         """Start the scheduler in a daemon thread; no-op if it already runs here."""
         with self._lock:
@@ -523,7 +530,7 @@ class Broadcaster(SchedulerBase):
                 return
             self._stopping.clear()
             self._thread = threading.Thread(  # not run_forever: a stop() right away must hold
-                target=self._run, name="statekit-broadcaster", daemon=True
+                target=self._run_thread, name="statekit-broadcaster", daemon=True
             )
             self._thread.start()
 
@@ -533,12 +540,18 @@ class Broadcaster(SchedulerBase):
         Waits up to *timeout* seconds for the thread; a computation still running is
         not interrupted, but its result is published only if its token is still the
         current one. Safe to call from a signal handler and more than once.
+
+        :raises BroadcastError: a lease's release was refused (a reply error, not an
+            outage), raised once the thread ended and the other leases were released.
         """
         self._stopping.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            error, self._release_error = self._release_error, None  # set as the thread ends
+            if error is not None:
+                raise error
 
     @property
     def running(self) -> bool:
