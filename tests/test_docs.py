@@ -5,10 +5,13 @@ settings, which must not meet the adapter tests' settings in this process), in a
 scratch directory, against the suite's private Redis and S3 endpoint:
 
 * ``python`` blocks (visible, and invisible ones in ``<!-- invisible-code-block -->``
-  comments that check what the visible ones do) share one namespace, in order;
+  comments that check what the visible ones do) share one namespace, in order; the
+  invisible blocks' setup (imports, the test database) must not hold up a visible
+  block: each one binds every name it uses, as a reader who pastes it alone needs
+  (:func:`test_every_python_block_stands_on_its_own`);
 * ``console`` blocks run each ``$ command`` (``statekit``/``python`` mean this
-  interpreter) and match the expected output lines in order, whitespace-insensitive,
-  ``...`` matching anything;
+  interpreter), check its exit status (0, or what :data:`EXIT_STATUS` says) and match
+  the expected output lines in order, whitespace-insensitive, ``...`` matching anything;
 * ``nginx`` blocks are checked with ``nginx -t`` when nginx is installed.
 
 Run by hand: ``python tests/test_docs.py docs/migration.md`` with ``STATEKIT_REDIS_URL``
@@ -17,14 +20,19 @@ and ``STATEKIT_BLOBS_URL`` set (e.g. under ``statekit dev --``).
 
 from __future__ import annotations
 
+import builtins
+import io
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import symtable
 import sys
 import tempfile
+import tokenize
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,6 +40,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "migration.md"
 LANGUAGES = {"python", "console", "nginx"}
+#: the exit status of a console command that does not end with 0, by the start of its
+#: command line (the guide says why in its text: the audit exits 1 when it finds
+#: something, phoenix when state was lost)
+EXIT_STATUS = {
+    "statekit audit examples/flask_app/before": 1,
+    "statekit phoenix examples.flask_app.before.app:app": 1,
+}
 
 
 def _normalize(line: str) -> str:
@@ -72,6 +87,10 @@ def run_console(example: Any) -> None:
             args = [sys.executable, *args[1:]]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=240, check=False)  # noqa: S603
         output = proc.stdout + proc.stderr
+        status = next((s for start, s in EXIT_STATUS.items() if command.startswith(start)), 0)
+        if proc.returncode != status:
+            raise AssertionError(
+                f"$ {command}\nexit status {proc.returncode}, not {status}\n--- output:\n{output}")
         missing = _matches(expected, output)
         if missing is not None:
             raise AssertionError(f"$ {command}\nexpected line not found: {missing!r}\n--- output:\n{output}")
@@ -138,6 +157,60 @@ def test_every_block_is_executable() -> None:
                               CodeBlockParser("nginx", check_nginx))
     invisible = len(re.findall(r"<!-- invisible-code-block: python", text))
     assert len(list(document)) == len(languages) + invisible
+
+
+def unbound_names(code: str) -> set[str]:
+    """The names *code* uses that it does not bind (assign, import, ``def``, ``class``)
+    and that are not builtins: what a reader who pastes the block alone must bring."""
+    top = symtable.symtable(code, "<block>", "exec")
+    bound = {s.get_name() for s in top.get_symbols()
+             if s.is_assigned() or s.is_imported() or s.is_namespace()}
+    used: set[str] = set()
+
+    def walk(table: symtable.SymbolTable) -> None:
+        for s in table.get_symbols():
+            if s.is_referenced() and (table is top or s.is_global()):
+                used.add(s.get_name())
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    return used - bound - set(dir(builtins))
+
+
+def _commented(code: str) -> set[str]:
+    """Every word of *code*'s comments."""
+    comments = [tok.string for tok in tokenize.generate_tokens(io.StringIO(code).readline)
+                if tok.type == tokenize.COMMENT]
+    return set(re.findall(r"\w+", " ".join(comments)))
+
+
+def test_every_python_block_stands_on_its_own() -> None:
+    """Each visible ``python`` block binds every name it uses, or names it in a comment
+    (``# photos: your Table``, ``# BASE_DIR: Django's``): a reader pastes one block into
+    a file, and the invisible blocks' setup (``import os``, ``BASE_DIR``) that the guide
+    run shares with it is not on the page."""
+    text = GUIDE.read_text()
+    problems = []
+    for m in re.finditer(r"^```python\n(.*?)^```$", text, re.S | re.M):
+        code = m.group(1)
+        missing = unbound_names(code) - _commented(code)
+        if missing:
+            problems.append(f"docs/migration.md:{text.count(chr(10), 0, m.start()) + 1}: {sorted(missing)}")
+    assert not problems, "blocks that use names they neither bind nor explain:\n" + "\n".join(problems)
+
+
+def test_unbound_names() -> None:
+    code = ("import os\nfrom x import y as z\n\n\ndef f(a):\n    return a + b + z + os.sep\n\n\n"
+            "class C:\n    m = models.X\n\n    def meth(self):\n        return C, [q for q in w]\n")
+    assert unbound_names(code) == {"b", "models", "w"}
+    assert _commented("x = photos  # photos: your Table\n") == {"photos", "your", "Table"}
+
+
+def test_a_console_command_must_end_with_its_exit_status() -> None:
+    run_console(SimpleNamespace(parsed="$ python -c 'print(1)'\n1\n"))
+    with pytest.raises(AssertionError, match="exit status 3, not 0"):
+        run_console(SimpleNamespace(parsed="$ python -c 'import sys; print(1); sys.exit(3)'\n1\n"))
 
 
 def test_output_matching() -> None:
