@@ -138,8 +138,8 @@ class SQLiteEngine:
             raise
 
     def _head(self, conn: sqlite3.Connection, key: str, now: float) -> dict[str, bytes] | None:
-        """The ``m:c``, ``m:a`` and ``m:v`` of a live hash (``None``: no live hash; an
-        expired one is dropped)."""
+        """The ``m:c``, ``m:a``, ``m:u`` and ``m:v`` of a live hash (``None``: no live
+        hash; an expired one is dropped)."""
         row = conn.execute("SELECT expires FROM hashes WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
@@ -147,7 +147,7 @@ class SQLiteEngine:
             self._drop(conn, key, now)
             return None
         return dict(conn.execute("SELECT field, value FROM fields WHERE key = ? AND field IN "
-                                 "('m:c', 'm:a', 'm:v')", (key,)).fetchall())
+                                 "('m:c', 'm:a', 'm:u', 'm:v')", (key,)).fetchall())
 
     @staticmethod
     def _gone(head: dict[str, bytes] | None) -> Result | None:
@@ -169,12 +169,18 @@ class SQLiteEngine:
         conn.execute("INSERT OR REPLACE INTO fields VALUES (?, 'm:v', ?)", (key, str(version).encode()))
         return version
 
-    def _index(self, conn: sqlite3.Connection, op: IndexOp | None, now: float) -> None:
-        """Apply *op*. Each entry expires *ttl_ms* after it was written: no session it
-        names outlives that (a session's expiry is at most its lifetime from its last
-        write, which re-adds it)."""
+    def _index(self, conn: sqlite3.Connection, op: IndexOp | None, now: float,
+               head: dict[str, bytes] | None, changes_user: bool) -> None:
+        """Apply *op*, for the user the session holds (*head*'s ``m:u``): another
+        request may have changed it since this one loaded the session, and a session
+        is indexed under the user it holds (``IndexOp.for_stored``). Each entry
+        expires *ttl_ms* after it was written: no session it names outlives that (a
+        session's expiry is at most its lifetime from its last write, which re-adds
+        it)."""
         if op is None:
             return
+        stored = head.get("m:u") if head else None
+        op = op.for_stored(stored.decode() if stored else None, changes_user)
         if op.add:
             user = self._p + op.add
             conn.execute("INSERT OR REPLACE INTO user_index VALUES (?, ?, ?, ?)",
@@ -215,14 +221,15 @@ class SQLiteEngine:
             conn.executemany("DELETE FROM fields WHERE key = ? AND field = ?", [(key, f) for f in dels])
             version = self._bump(conn, key, head)
             conn.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?)", (key, now + ttl_ms / 1000))
-            self._index(conn, index, now)
+            self._index(conn, index, now, head, "m:u" in sets or "m:u" in dels)
             return Result(Status.DONE, version=version)
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         old_key, new_key = self._p + old, self._p + new
         with self._tx("session rotate") as conn:
             now = time.time()
-            if (gone := self._gone(self._head(conn, old_key, now))) is not None:
+            head = self._head(conn, old_key, now)
+            if (gone := self._gone(head)) is not None:
                 return gone
             if self._head(conn, new_key, now) is not None:
                 return EXISTS
@@ -230,7 +237,7 @@ class SQLiteEngine:
                 conn.execute(f"UPDATE {table} SET key = ? WHERE key = ?", (new_key, old_key))  # noqa: S608
             conn.execute("INSERT INTO hashes VALUES (?, ?)", (old_key, now + alias_ms / 1000))
             conn.execute("INSERT INTO fields VALUES (?, 'm:a', ?)", (old_key, new.encode()))
-            self._index(conn, index, now)
+            self._index(conn, index, now, head, False)
             return DONE
 
     def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
