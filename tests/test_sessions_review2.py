@@ -159,3 +159,46 @@ def test_async_a_retried_save_of_a_new_session_after_a_lost_reply_stores_it_once
             assert loaded is not None and dict(loaded) == {"n": 2}
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("op", ["save", "rotate"])
+def test_async_on_cluster_a_request_cancelled_after_its_session_script_still_indexes_it(
+        redis_cluster_url: str, op: str) -> None:
+    """Redis Cluster updates a user's index by a second call after the session script
+    (another slot). A request cancelled between the two (its client went away) left
+    the session stored but unindexed: revoke_user missed it."""
+
+    async def main() -> None:
+        async with AsyncSessionStore(redis_cluster_url, secret_keys=["k"]) as store:
+            engine: Any = store.engine
+            s = store.new()
+            s["n"] = 1
+            s.user_id = "u"
+            if op == "rotate":
+                assert await store.save(s)
+            old = s.handle
+            paused, gate = asyncio.Event(), asyncio.Event()
+            real = engine._index_after
+
+            async def index_after(*args: Any) -> None:
+                paused.set()
+                await gate.wait()
+                await real(*args)
+
+            engine._index_after = index_after
+            try:
+                task = asyncio.ensure_future(store.save(s) if op == "save" else store.rotate(s))
+                await paused.wait()
+                task.cancel()
+                gate.set()
+                await asyncio.gather(task, return_exceptions=True)
+            finally:
+                engine._index_after = real
+            assert task.cancelled()
+            stored = old if op == "save" else (await engine.load(old))["m:a"].decode()
+            assert "m:c" in await engine.load(stored)
+            assert [i.handle for i in await store.list_user_sessions("u")] == [stored]
+            assert await store.revoke_user("u") == 1
+            assert dict(await engine.load(stored)) == {}
+
+    asyncio.run(main())

@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cache.near import NearCache
@@ -321,6 +321,10 @@ class _Layout:
             raise SessionError("the session's user kept changing under this write; nothing was written")
         return index.for_stored(_text(reply[1]), changes_user)
 
+    def _indexed_apart(self, op: IndexOp | None) -> bool:
+        """Whether *op* is a second call after the session script (Redis Cluster)."""
+        return op is not None and self.cluster and bool(op.add or op.remove)
+
     def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
         """The destroy script's keys, and the index key a Cluster cleans up after it."""
         key = self._session_prefix + handle
@@ -364,6 +368,25 @@ def _listing(members: Sequence[str], rows: Sequence[Any]) -> list[tuple[str, Map
             for m, row in zip(members, rows, strict=True) if row[0] is not None]
 
 
+async def _finish(step: Coroutine[Any, Any, None]) -> None:
+    """Run *step* to its end even if the caller is cancelled meanwhile (its client
+    went away), then raise the first cancellation: *step* completes a change Redis has
+    made already (Redis Cluster's index update after the session script), and left
+    half-done the session would escape ``revoke_user``."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError as e:
+            cancelled = cancelled or e
+    if cancelled is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancelled caller gets its cancellation
+        raise cancelled
+    task.result()
+
+
 def _incr_refused(field: str, error: Exception) -> SessionError:
     return SessionError(f"cannot increment session key {field[2:]!r}: {error}")
 
@@ -404,7 +427,7 @@ class RedisEngine(_Layout):
 
     def _index_after(self, op: IndexOp | None, what: str) -> None:
         """Redis Cluster: *op* as a second call (the index lives in another slot)."""
-        if op is None or not self.cluster or not (op.add or op.remove):
+        if op is None or not self._indexed_apart(op):
             return
         with translate_errors(what):
             pipe = self.client.pipeline(transaction=False)
@@ -603,12 +626,18 @@ class AsyncRedisEngine(_Layout):
         return self._lanes.current()
 
     async def _index_after(self, transport: AsyncTransport, op: IndexOp | None, what: str) -> None:
-        if op is None or not self.cluster or not (op.add or op.remove):
+        if op is None or not self._indexed_apart(op):
             return
         with translate_errors(what):
             pipe = transport.client.pipeline(transaction=False)
             self._queue_index(pipe, op)
             await pipe.execute()
+
+    @staticmethod
+    async def _unindex(transport: AsyncTransport, index_key: str, handle: str) -> None:
+        """Redis Cluster: a destroyed session's index entry, removed after its script."""
+        with translate_errors("session destroy"):
+            await transport.client.zrem(index_key, handle)
 
     async def _ping(self, transport: AsyncTransport) -> None:
         """The barrier of :meth:`_Layout._changing`, awaited (with the near cache on)."""
@@ -641,8 +670,8 @@ class AsyncRedisEngine(_Layout):
                     break
                 index = again
             result = _result(reply)
-            if result.status is Status.DONE:
-                await self._index_after(transport, index, "session save")
+            if result.status is Status.DONE and self._indexed_apart(index):
+                await _finish(self._index_after(transport, index, "session save"))
             if seq >= 0:
                 self._near_settle(key, result, reply, seq, transport.tracked(key), base, sets, dels)
             return result
@@ -657,9 +686,9 @@ class AsyncRedisEngine(_Layout):
                     break
                 index = again
         result = _result(reply)
+        if result.status is Status.DONE and self._indexed_apart(index):
+            await _finish(self._index_after(transport, index, "session rotate"))
         await self._ping(transport)
-        if result.status is Status.DONE:
-            await self._index_after(transport, index, "session rotate")
         return result
 
     async def incr(self, handle: str, field: str, amount: int, codec: str) -> Result:
@@ -677,8 +706,7 @@ class AsyncRedisEngine(_Layout):
         with self._changing(keys[0], barrier=False):
             result = _result(await transport.script(_DESTROY, keys, [handle]))
             if result.status is Status.DONE and index_key:
-                with translate_errors("session destroy"):
-                    await transport.client.zrem(index_key, handle)
+                await _finish(self._unindex(transport, index_key, handle))
         await self._ping(transport)
         return result
 
