@@ -42,6 +42,10 @@ session (no fixation). :func:`destroy_session` (or ``request.session.clear()`` o
 stored session) deletes the session and the cookie; what the same request sets
 afterwards (a "logged out" message) goes to a new session.
 
+**Errors.** An exception the app does not handle (Starlette's 500) saves nothing of
+the request; a response an exception handler gives (``HTTPException``'s 400) saves
+like any other.
+
 **Cookies** are sent when the id is new or rotated, and with each write when
 *max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
 request that writes nothing sends no cookie: one in flight during a login would
@@ -53,8 +57,8 @@ foreign cookie gives a fresh session without a Redis call (logged to
 ``Retry-After`` before the app runs (a WebSocket is closed with 1013, "try again
 later"); inside the app (:func:`rotate_session`, :func:`destroy_session`,
 :func:`incr_session` raising :class:`~statekit.errors.BackendUnavailable` before the
-response starts): the same 503; while saving: the app's response is replaced by
-that 503. Either way the
+response starts; any statekit backend's, in fact): the same 503; while saving: the
+app's response is replaced by that 503. Either way the
 cookie is left alone (except the new id of a rotation Redis had already made) and
 nothing partial is written, so the same session is served when Redis is back: never
 a silent logout, never an empty session overwriting the stored one.
@@ -83,7 +87,7 @@ from starlette.requests import HTTPConnection, cookie_parser
 
 from statekit.config import Settings, parse_url
 from statekit.errors import BackendUnavailable, ConfigError
-from statekit.lifecycle import outages
+from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
 
@@ -241,9 +245,11 @@ class SessionMiddleware:
         except BackendUnavailable as e:
             if started:
                 raise
-            # rotate_session, destroy_session, incr_session... in the app: the same 503
-            # as at load and save (StateKit's exception handler, when installed, answers first)
-            outages.down(self.outage_name, e)
+            # rotate_session, destroy_session, incr_session... in the app (or another
+            # statekit backend): the same 503 as at load and save (StateKit's exception
+            # handler, when installed, answers first)
+            name = outage_name(e)
+            outages.down(self.outage_name if name == "session store" else name, e)
             await self._unavailable(scope, receive, send, [])
             return
         if started and not replaced and session.modified:

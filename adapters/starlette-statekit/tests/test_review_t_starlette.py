@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -78,7 +79,15 @@ async def v_incr(request: Request) -> Response:
     return PlainTextResponse(str(await incr_session(request, "n")))
 
 
-ROUTES = [Route("/get", v_get), Route("/set/{key}/{value}", v_set, methods=["POST"]),
+async def v_fails(request: Request) -> Response:
+    request.session["half"] = "done"
+    if request.path_params["how"] == "crash":
+        raise RuntimeError("a bug")
+    raise HTTPException(400)
+
+
+ROUTES = [Route("/get", v_get), Route("/fails/{how}", v_fails, methods=["POST"]),
+          Route("/set/{key}/{value}", v_set, methods=["POST"]),
           Route("/later", v_later, methods=["POST"]), Route("/login", v_login, methods=["POST"]),
           Route("/logout", v_logout, methods=["POST"]), Route("/incr", v_incr, methods=["POST"])]
 
@@ -123,6 +132,24 @@ def test_what_a_logout_sets_afterwards_is_saved_once_and_no_loss_is_reported(
 
     assert asyncio.run(main()) == {"flash": "bye"}
     assert not [r for r in caplog.records if "not saved" in r.getMessage()]
+
+
+def test_an_unhandled_error_saves_nothing_and_a_handled_one_saves_like_any_response(redis_url: str) -> None:
+    """What the docstring says of errors: the 500 of a crash (sent by Starlette's
+    outermost middleware) saves nothing the request changed; the 400 an exception
+    handler gives is a response like any other."""
+    app = make_app(redis_url, near_cache=0)
+
+    async def main() -> list[Any]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            await c.post("/set/cart/pear")
+            crash = await c.post("/fails/crash")
+            after_crash = (await c.get("/get")).json()
+            handled = await c.post("/fails/handled")
+            return [crash.status_code, after_crash, handled.status_code, (await c.get("/get")).json()]
+
+    assert asyncio.run(main()) == [500, {"cart": "pear"}, 400, {"cart": "pear", "half": "done"}]
 
 
 @pytest.mark.parametrize("route", ["/login", "/logout", "/incr"])
