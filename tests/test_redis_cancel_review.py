@@ -184,3 +184,71 @@ def test_a_script_load_on_the_other_masters_never_waits_for_a_paused_one(
     finally:
         t.close()
         t.client.close()
+
+
+# -- connections redis-py marks for reconnect (should_reconnect) -----------------------
+# redis-py marks a pool's connections in use for reconnect when the server announces
+# a move (maintenance notifications, on by default with RESP3) or a Cluster node
+# leaves the topology: "closed once their current command completes". The
+# transports keep connections between commands (per thread, per node, or idle on the
+# loop), so they must look at the mark themselves.
+
+
+def test_a_connection_marked_for_reconnect_is_reconnected_before_its_next_command_sync(
+        redis_url: str) -> None:
+    t = Transport(create_client(redis_url), what="test")
+    try:
+        first = t.command(b"CLIENT", b"ID")
+        t.client.connection_pool.update_active_connections_for_reconnect()
+        second = t.command(b"CLIENT", b"ID")
+        assert second != first
+        assert t.command(b"CLIENT", b"ID") == second  # once
+    finally:
+        t.close()
+        t.client.close()
+
+
+def test_a_connection_marked_for_reconnect_is_reconnected_before_its_next_command_async(
+        redis_url: str) -> None:
+    async def main() -> None:
+        client = create_async_client(redis_url)
+        t = AsyncTransport(client, what="test", limit=1)
+        try:
+            first = await t.command(b"CLIENT", b"ID")
+            await client.connection_pool.update_active_connections_for_reconnect()
+            second = await t.command(b"CLIENT", b"ID")
+            assert second != first
+            assert await t.command(b"CLIENT", b"ID") == second  # once
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+
+
+@pytest.mark.cluster
+def test_a_node_connection_marked_for_reconnect_is_not_kept_by_the_thread(redis_cluster_url: str) -> None:
+    """Cluster direct path: this thread's connection to a node is reconnected before
+    its next command once marked, and one the thread no longer uses (its node left
+    the topology) goes back to its pool when the thread opens its next one."""
+    t = Transport(create_client(redis_cluster_url), what="test")
+    try:
+        by_port = _keys_by_port(t, 3)
+        t.close()  # this thread's node connections given back: the next ones are made as needed
+        (a_port, a_key), (b_port, b_key), (_, c_key) = sorted(by_port.items())
+        assert t.command(b"GET", a_key) == t.command(b"GET", b_key) == b"v"
+        lanes = t._here().nodes
+        a, b = (next(lane for lane in lanes.values() if lane.port == port) for port in (a_port, b_port))
+        sock = a.conn._sock
+        a.pool.update_active_connections_for_reconnect()
+        assert t.command(b"GET", a_key) == b"v"
+        assert a.conn._sock is not None and a.conn._sock is not sock and not a.conn.should_reconnect()
+        # b's node leaves the topology (redis-py marks its connections); the thread's
+        # next new connection (to c's node) gives b's back
+        conn = b.conn
+        b.pool.update_active_connections_for_reconnect()
+        assert t.command(b"GET", c_key) == b"v"
+        assert b not in lanes.values() and conn not in b.pool._in_use_connections
+    finally:
+        t.close()
+        t.client.close()

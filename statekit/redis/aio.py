@@ -137,8 +137,9 @@ try:  # redis-py 8 renamed the non-blocking readiness probe
     from redis.asyncio.connection import AbstractConnection as _Conn
 
     _HAS_CAN_READ = hasattr(_Conn, "can_read")
+    _HAS_MARKS = hasattr(_Conn, "should_reconnect")  # redis-py 6.4+
 except ImportError:  # pragma: no cover - redis not installed
-    _HAS_CAN_READ = False
+    _HAS_CAN_READ = _HAS_MARKS = False
 
 
 def _no_command_retry() -> Any:
@@ -489,9 +490,11 @@ class AsyncTransport:
 
     async def _usable(self, conn: Any) -> bool:
         """Whether a kept connection may take a command: set up for the current
-        listener connection (a refused set-up is kept negated), connected, and not
-        closed by the server while idle (checked after a moment). Discarded if not."""
-        if abs(conn._statekit_tag) != self._tag() or not conn.is_connected:
+        listener connection (a refused set-up is kept negated), connected, not marked
+        for reconnect by redis-py (a server that announced a move), and not closed by
+        the server while idle (checked after a moment). Discarded if not."""
+        if abs(conn._statekit_tag) != self._tag() or not conn.is_connected or \
+                (_HAS_MARKS and conn.should_reconnect()):
             await self._discard(conn)
             return False
         if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:

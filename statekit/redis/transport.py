@@ -257,10 +257,15 @@ def _message(error: Exception) -> str:
     return f"{code} {text}" if code and not text.startswith(code) else text
 
 
+def _unmarked() -> bool:
+    """``should_reconnect`` of a redis-py without it (before 6.4): never marked."""
+    return False
+
+
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "original", "original_retry",
+    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "marked", "original", "original_retry",
                  "pack", "pool", "port", "stale", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
@@ -284,6 +289,8 @@ class _Lane:
         self.tag = 0
         #: drop the connection before its next command (an error reply about the server)
         self.stale = False
+        #: whether redis-py marked the connection for reconnect (redis-py 6.4+)
+        self.marked: Callable[[], bool] = getattr(conn, "should_reconnect", _unmarked)
         if self.tracking is not None:
             conn.register_connect_callback(self.on_connect)
 
@@ -311,12 +318,14 @@ class _Lane:
     def freshen(self) -> None:
         """Before commands are sent on the connection: drop it (it reconnects on send)
         when the last call was cut between send and reply (its reply may still come,
-        and must not be read as another's), it was set up for an earlier listener
+        and must not be read as another's), redis-py marked it for reconnect (a
+        server that announced a move, a Cluster node that left the topology: "closed
+        once its current command completes"), it was set up for an earlier listener
         connection, or the server closed it while idle (found before anything is
         sent, so the command is not one whose outcome is unknown)."""
         conn = self.conn
         listener = self.tracking
-        if conn._statekit_unread or self.stale:
+        if conn._statekit_unread or self.stale or self.marked():
             self.disconnect()
         elif listener is not None and abs(self.tag) != listener.generation and listener.connected.is_set():
             self.disconnect()
@@ -578,6 +587,10 @@ class Transport:
             except (self._connection_error, _rule().redis.TimeoutError) as e:
                 _through("no connection to %s: %s: %s", node.name, type(e).__name__, e)
                 return None  # nothing sent: RedisCluster finds the node's successor
+            for name, old in list(nodes.items()):  # (a new connection: the topology may have changed)
+                if old.conn is not None and old.marked():
+                    del nodes[name]  # its node left (or moved): given back, not kept for good
+                    old.release()
             lane = nodes[node.name] = _Lane(self, pool, conn)
         return lane
 
