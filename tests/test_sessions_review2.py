@@ -202,3 +202,131 @@ def test_async_on_cluster_a_request_cancelled_after_its_session_script_still_ind
             assert dict(await engine.load(stored)) == {}
 
     asyncio.run(main())
+
+
+class _PausesAt:
+    """Wraps a loop's :class:`~statekit.redis.aio.AsyncTransport`: the *n*-th command
+    or script pauses (forever: the test cancels it there), *before* it is sent or
+    *after* Redis answered it (a reply the cancelled request never reads)."""
+
+    def __init__(self, transport: Any, n: int, after: bool) -> None:
+        self.transport, self.n, self.after = transport, n, after
+        self.calls = 0
+        self.paused = asyncio.Event()
+        self.real = {name: getattr(transport, name) for name in ("command", "script")}
+        for name, real in self.real.items():
+            setattr(transport, name, self._wrap(real))
+
+    def _wrap(self, real: Any) -> Any:
+        async def call(*args: Any) -> Any:
+            self.calls += 1
+            hit = self.calls == self.n
+            if hit and not self.after:
+                self.paused.set()
+                await asyncio.Event().wait()
+            out = await real(*args)
+            if hit:
+                self.paused.set()
+                await asyncio.Event().wait()
+            return out
+
+        return call
+
+    def restore(self) -> None:
+        for name, real in self.real.items():
+            setattr(self.transport, name, real)
+
+
+def _indexes_agree(redis_url: str, users: tuple[str, ...]) -> None:
+    """Every live session is in the index of the user it stores and no other; an
+    index entry names a live session of its user (or none: list_user skips it and
+    the index's own expiry cleans it)."""
+    import redis as redis_py
+
+    from statekit.sessions.redis import RedisEngine
+
+    layout = RedisEngine(redis_py.Redis.from_url(redis_url), "review2")
+    client = layout.client
+    try:
+        stored = {}
+        for key in client.scan_iter(match=b"review2:session:*"):
+            fields = client.hgetall(key)
+            if b"m:c" in fields and b"m:a" not in fields:
+                stored[key.decode()[len("review2:session:"):]] = (fields.get(b"m:u") or b"").decode()
+        for user in users:
+            members = {m.decode() for m in client.zrange(layout.index_key(user), 0, -1)}
+            assert {h for h, u in stored.items() if u == user} <= members, f"a session of {user} is unindexed"
+            assert all(stored.get(m, user) == user for m in members), f"{user}'s index names another's"
+    finally:
+        layout.close()
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-sent", "reply-unread"])
+@pytest.mark.parametrize("op", ["open", "create", "save", "login-as-w", "rotate", "destroy",
+                                "destroy-through-alias"])
+def test_async_a_request_cancelled_at_any_await_leaves_no_half_state(redis_url: str, op: str,
+                                                                      after: bool) -> None:
+    """A request cancelled (its client went away) at each command or script of load,
+    save, rotate and destroy, before the command was sent or after Redis answered
+    it, with the near cache on: the session is all old or all new, indexed under the
+    user it stores and only there, and the near copy this process keeps is what Redis
+    holds (a load through it equals a load without it)."""
+
+    async def run(n: int) -> bool:
+        opts: dict[str, Any] = {"secret_keys": ["k"], "key_prefix": "review2"}
+        async with AsyncSessionStore(redis_url, near_cache=100, **opts) as store, \
+                AsyncSessionStore(redis_url, **opts) as plain:
+            base = await store.create({"a": 1, "b": 1}, user_id="u")
+            s = await store.load(base.sid)
+            assert s is not None
+            if op == "destroy-through-alias":
+                other = await plain.load(base.sid)
+                assert other is not None
+                await plain.rotate(other)
+            transport = store.engine._lanes.current()
+            pause = _PausesAt(transport, n, after)
+            try:
+                if op == "create":
+                    s = store.new()
+                    s.update({"a": 2, "b": 2})
+                    s.user_id = "u"
+                    work: Any = store.save(s)
+                elif op in ("save", "login-as-w"):
+                    s.update({"a": 2, "b": 2})
+                    s.user_id = "w" if op == "login-as-w" else "u"
+                    work = store.save(s)
+                elif op == "rotate":
+                    work = store.rotate(s)
+                elif op == "open":
+                    elsewhere = await plain.load(base.sid)  # changed by another process's request
+                    assert elsewhere is not None
+                    elsewhere.update({"a": 3, "b": 3})
+                    assert await plain.save(elsewhere)
+                    work = store.open(store.sign(base.sid))
+                else:
+                    work = store.destroy(s)
+                task = asyncio.ensure_future(work)
+                await asyncio.wait([task, asyncio.ensure_future(pause.paused.wait())],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                reached = pause.paused.is_set()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            finally:
+                pause.restore()
+            for sid in {base.sid, s.sid}:
+                near, fresh = await store.load(sid), await plain.load(sid)
+                assert (near is None) == (fresh is None)
+                if near is not None and fresh is not None:
+                    assert dict(near) == dict(fresh) and near.version == fresh.version
+                    assert fresh["a"] == fresh["b"], "half of a save"
+            _indexes_agree(redis_url, ("u", "w"))
+            await store.engine._lanes.current().client.flushdb()
+            return reached
+
+    async def main() -> int:
+        n = 1
+        while await run(n):
+            n += 1
+        return n
+
+    assert asyncio.run(main()) > 1
