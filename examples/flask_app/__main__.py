@@ -7,14 +7,16 @@ The photos are files in ``instance/blobs``, next to the demo's SQLite database
 (the in-memory S3 endpoint ``statekit dev`` starts without ``--blobs-dir`` would
 forget them); delete ``instance/`` to start afresh. Extra arguments go to ``statekit
 serve`` (e.g. ``--bind 0.0.0.0:8000``).
+
+It *execs* ``python -m statekit serve ...`` rather than calling it: the master's command
+line then names statekit, which ``statekit reload`` (run with no arguments from this
+directory) checks before it trusts the pid file under ``.statekit/``.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-
-from statekit.cli import main as statekit_main
 
 
 def main(argv: list[str]) -> int:
@@ -31,7 +33,7 @@ def main(argv: list[str]) -> int:
             "--broadcaster", "examples.flask_app.jobs:broadcaster"]
     if "--bind" not in argv:
         args += ["--bind", bind]
-    return statekit_main(args + argv)
+    os.execv(sys.executable, [sys.executable, "-m", "statekit", *args, *argv])  # noqa: S606
 
 
 if __name__ == "__main__":
