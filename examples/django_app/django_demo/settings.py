@@ -88,4 +88,7 @@ STATEKIT_BROADCASTER = "django_demo.jobs:broadcaster"
 STATEKIT_BROADCAST_DEFAULTS = {"users_count": 0}
 
 USE_TZ = True
+# Django's default is America/Chicago, and Django sets the process's TZ to it: the
+# workers' (and the broadcaster's master's) log lines would show -0600 beside UTC
+TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

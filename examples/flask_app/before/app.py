@@ -12,10 +12,10 @@ several workers, several machines, or a restart:
   per interval, N different answers;
 * a ``functools.lru_cache`` keeps database rows in one worker's memory forever.
 
-Run it the classic way: ``gunicorn -w 4 examples.flask_app.before.app:app``.
-``statekit audit examples/flask_app/before`` lists each habit with the guide section
-that fixes it, and ``statekit phoenix examples.flask_app.before.app:app`` shows the
-lost state.
+Run it the classic way, after ``pip install Flask-Session`` (statekit does not need it):
+``gunicorn -w 4 examples.flask_app.before.app:app``. ``statekit audit
+examples/flask_app/before`` lists each habit with the guide section that fixes it, and
+``statekit phoenix examples.flask_app.before.app:app`` shows the lost state.
 """
 
 from __future__ import annotations
