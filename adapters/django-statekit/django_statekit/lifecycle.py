@@ -41,13 +41,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from statekit import asgi
 from statekit.errors import ConfigError
 from statekit.lifecycle import APP, COUNTED, REJECT, Lifecycle, LifecycleMiddleware, Reply
 
+from ._middleware import HybridMiddleware
 from .conf import get_setting, get_settings
 
 __all__ = ["DrainMiddleware", "get_asgi_application", "get_lifecycle", "get_wsgi_application",
@@ -124,19 +124,10 @@ def _wrapped(request: HttpRequest) -> bool:
     return bool(request.META.get(COUNTED) or (getattr(request, "scope", None) or {}).get(COUNTED))
 
 
-class DrainMiddleware:
+class DrainMiddleware(HybridMiddleware):
     """Django middleware variant of :class:`~statekit.lifecycle.LifecycleMiddleware`
     (see the module docstring for what it cannot do). Thread-safe; sync or async,
     whichever the middleware chain below it is."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

@@ -42,7 +42,6 @@ Django made it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -53,6 +52,7 @@ from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 
+from ._middleware import HybridMiddleware
 from .conf import get_setting, get_settings
 from .sessions import get_core_store, version_token
 
@@ -94,21 +94,39 @@ def _secure() -> bool:
     return secure not in (False, "0", "false", "False", "no", "off")
 
 
-class SessionOutageMiddleware:
+class SessionOutageMiddleware(HybridMiddleware):
     """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
-    and send the session cookie with ``Secure`` outside ``DEBUG``."""
+    and send the session cookie with ``Secure`` outside ``DEBUG``.
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
-        self.get_response = get_response
+    Sync and async capable, whichever the middleware chain below it is: under ASGI it
+    runs on the event loop, so putting it first costs no thread hop per request (a
+    sync-only middleware at the top made Django run the whole chain below it through
+    ``async_to_sync`` from a worker thread)."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        token_name = settings.SESSION_COOKIE_NAME + "_v"
-        sent = request.COOKIES.get(token_name)
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        sent = request.COOKIES.get(settings.SESSION_COOKIE_NAME + "_v")
         reset = version_token.set(sent)
         try:
             response = self.get_response(request)
         finally:
             version_token.reset(reset)
+        return self._finish(request, response, sent)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        sent = request.COOKIES.get(settings.SESSION_COOKIE_NAME + "_v")
+        reset = version_token.set(sent)
+        try:
+            response = await self.get_response(request)
+        finally:
+            version_token.reset(reset)
+        return self._finish(request, response, sent)
+
+    def _finish(self, request: HttpRequest, response: HttpResponseBase, sent: str | None) -> HttpResponseBase:
+        """The response to send, once the chain below answered (no I/O: it runs on the
+        event loop under ASGI)."""
+        token_name = settings.SESSION_COOKIE_NAME + "_v"
         session = getattr(request, "session", None)
         if getattr(session, "outage", False):
             outage = outage_response()

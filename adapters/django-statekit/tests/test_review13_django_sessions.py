@@ -3,12 +3,14 @@ what Django's own engines store and when."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pytest
 import tests_django_urls
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.test import Client
+from django.test import AsyncClient, Client
 from django.urls import path
 
 pytestmark = pytest.mark.redis
@@ -34,7 +36,22 @@ def v_get(request: HttpRequest) -> HttpResponse:
     return JsonResponse(dict(request.session.items()))
 
 
+_threads: dict[str, int] = {}
+
+
+async def v_async_read(request: HttpRequest) -> HttpResponse:
+    _threads["view"] = threading.get_ident()
+    return HttpResponse(str(await request.session.aget("cart")))
+
+
+async def v_async_set(request: HttpRequest, value: str) -> HttpResponse:
+    await request.session.aset("cart", value)
+    return HttpResponse("ok")
+
+
 tests_django_urls.urlpatterns += [
+    path("r13/async-read", v_async_read),
+    path("r13/async-set/<str:value>", v_async_set),
     path("r13/new-cart", v_new_cart),
     path("r13/append/<str:item>", v_append),
     path("r13/get", v_get),
@@ -74,3 +91,66 @@ def test_a_save_writes_back_no_key_it_only_read(django_settings: Any, redis_url:
     b.save()
     a.save()  # SESSION_SAVE_EVERY_REQUEST's save of a request that changed nothing itself
     assert dict(SessionStore(s.session_key).items()) == {"cart": ["apple", "pear"], "color": "blue"}
+
+
+# -- the outage middleware under ASGI --------------------------------------------------
+
+
+@pytest.fixture
+def asgi_engine(django_settings: Any, redis_url: str) -> str:
+    django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_SESSION_URL=redis_url,
+                        MIDDLEWARE=MIDDLEWARE, STATEKIT_SESSION_COOKIE_SECURE=False)
+    return redis_url
+
+
+def test_the_outage_middleware_runs_on_the_event_loop_under_asgi(asgi_engine: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ASGI the middleware (required first in ``MIDDLEWARE``) runs on the event
+    loop, as the async view does: a sync-only one made Django run it in a worker
+    thread and the rest of the chain through ``async_to_sync``, two thread hops per
+    request for every async view."""
+    from django_statekit import middleware
+
+    real = middleware.get_core_store
+
+    def spy() -> Any:
+        _threads["middleware"] = threading.get_ident()
+        return real()
+
+    monkeypatch.setattr(middleware, "get_core_store", spy)
+
+    async def flow() -> bytes:
+        c = AsyncClient()
+        await c.get("/r13/async-set/apple")
+        _threads.clear()
+        return (await c.get("/r13/async-read")).content
+
+    assert asyncio.run(flow()) == b"apple"
+    assert _threads["middleware"] == _threads["view"]
+
+
+@pytest.mark.parametrize("step", ["load", "write"])
+def test_outage_under_asgi_is_503_and_keeps_the_cookie(asgi_engine: str, monkeypatch: pytest.MonkeyPatch,
+                                                       step: str) -> None:
+    """The async view's load (the async store) or SessionMiddleware's save fails:
+    503 with ``Retry-After``, no cookie sent, the session as it was once Redis
+    answers again."""
+    from django_statekit.sessions import get_async_core_store, get_core_store
+    from statekit.errors import BackendUnavailable
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("Redis stopped (test)")
+
+    async def flow() -> tuple[int, str | None, bool, bytes]:
+        c = AsyncClient(raise_request_exception=False)
+        await c.get("/r13/async-set/apple")
+        cookie = c.cookies["sessionid"].value
+        engine = get_async_core_store().engine if step == "load" else get_core_store().engine
+        with monkeypatch.context() as m:
+            m.setattr(engine, step, down)
+            resp = await c.get("/r13/async-set/pear")
+        after = (await c.get("/r13/async-read")).content
+        return resp.status_code, resp.get("Retry-After"), "sessionid" in resp.cookies, \
+            after if c.cookies["sessionid"].value == cookie else b"cookie changed"
+
+    assert asyncio.run(flow()) == (503, "5", False, b"apple")
