@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,23 @@ def cookie_of(client: FlaskClient) -> str | None:
 
 def calls(r: redis.Redis) -> int:
     return sum(redis_command_calls(r).values())
+
+
+def while_paused(request: Callable[[], Any], loaded: threading.Event, go: threading.Event,
+                 during: Callable[[], Any]) -> tuple[Any, Any]:
+    """Send *request* from a thread; once its view has loaded the session and set
+    *loaded*, run *during* (another request of the same browser), then let the view
+    go on (*go*). Returns the paused request's response and *during*'s result."""
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(r=request()))
+    t.start()
+    try:
+        assert loaded.wait(30)
+        done = during()
+    finally:
+        go.set()
+        t.join(30)
+    return result["r"], done
 
 
 def test_interface_installed(app: Flask) -> None:
@@ -239,16 +257,10 @@ def test_login_fixation_an_in_flight_write_then_rotate_stays_out(redis_url: str)
     assert planted
     victim = app.test_client()
     victim.set_cookie("session", planted)
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(r=attacker.post("/slow-incr-rotate")))
-    t.start()
-    try:
-        assert loaded.wait(30)
-        assert victim.post("/login/victim").status_code == 200
-    finally:
-        go.set()
-        t.join(30)
-    assert result["r"].status_code == 200
+    paused, login = while_paused(lambda: attacker.post("/slow-incr-rotate"), loaded, go,
+                                 lambda: victim.post("/login/victim"))
+    assert login.status_code == 200
+    assert paused.status_code == 200
     assert cookie_of(attacker) not in (None, planted, cookie_of(victim))
     assert "_user_id" not in attacker.get("/get").json  # never the victim's logged-in session
     assert victim.get("/get").json.get("_user_id") == "victim"  # and the victim stays logged in
@@ -489,18 +501,10 @@ def test_old_cookie_in_flight_during_login_is_not_sent_back(redis_url: str) -> N
     assert old
     in_flight = app.test_client()
     in_flight.set_cookie("session", old)
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(r=in_flight.post("/slow-set/color/blue")))
-    t.start()
-    try:
-        assert loaded.wait(30)
-        browser.post("/login/alice")
-    finally:
-        go.set()
-        t.join(30)
+    write, _ = while_paused(lambda: in_flight.post("/slow-set/color/blue"), loaded, go,
+                            lambda: browser.post("/login/alice"))
     new = cookie_of(browser)
     assert new and new != old
-    write = result["r"]
     assert write.status_code == 200 and write.text == "user=None"
     assert not any(old in h for h in write.headers.getlist("Set-Cookie"))
     resp = browser.get("/get")  # the new cookie is refreshed with the server's TTL refresh only
@@ -531,16 +535,9 @@ def test_request_in_flight_at_login_emptying_the_session_keeps_the_browser_logge
     browser.post("/set/notice/hello")
     old = cookie_of(browser)
     assert old
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(r=browser.post("/slow-pop/notice")))
-    t.start()
-    try:
-        assert loaded.wait(30)
-        assert browser.post("/login/alice").status_code == 200
-    finally:
-        go.set()
-        t.join(30)
-    resp = result["r"]
+    resp, login = while_paused(lambda: browser.post("/slow-pop/notice"), loaded, go,
+                               lambda: browser.post("/login/alice"))
+    assert login.status_code == 200
     assert resp.status_code == 200 and resp.text == "notice=hello" and "Set-Cookie" not in resp.headers
     assert cookie_of(browser) not in (None, old)
     assert browser.get("/get").json == {"_user_id": "alice"}
@@ -582,18 +579,11 @@ def test_read_only_request_in_flight_at_login_keeps_the_browser_logged_in(
     old = cookie_of(browser)
     assert old
     clock[0] += 61 if refresh_due else 1
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(r=browser.get("/slow-get")))
-    t.start()
-    try:
-        assert loaded.wait(30)
-        assert browser.post("/login/alice").status_code == 200
-    finally:
-        go.set()
-        t.join(30)
+    poll, login = while_paused(lambda: browser.get("/slow-get"), loaded, go,
+                               lambda: browser.post("/login/alice"))
+    assert login.status_code == 200
     new = cookie_of(browser)
     assert new and new != old
-    poll = result["r"]
     assert poll.status_code == 200 and poll.text == "user=None"
     assert "Set-Cookie" not in poll.headers
     assert browser.get("/get").json == {"_permanent": True, "cart": "apple", "_user_id": "alice"}

@@ -8,19 +8,15 @@ from typing import Any
 
 import pytest
 from flask import Flask, session
-
-from flask_statekit import StateKit
+from test_flask_sessions import make_app as base_app
+from test_flask_sessions import while_paused
 
 pytestmark = pytest.mark.redis
 
-SECRET = "flask-review13-secret-0123456789abcdef"
-
 
 def make_app(url: str, **config: Any) -> Flask:
-    app = Flask(__name__)
-    app.config.update({"SECRET_KEY": SECRET, "STATEKIT_SESSION_URL": url, "STATEKIT_CACHE_ENABLED": False,
-                       "STATEKIT_BROADCAST_ENABLED": False, **config})
-    StateKit(app)
+    """The session tests' app, with a cart changed in place."""
+    app = base_app(url, **config)
 
     @app.post("/cart/<int:permanent>")
     def new_cart(permanent: int) -> Any:
@@ -33,15 +29,6 @@ def make_app(url: str, **config: Any) -> Flask:
     def append(item: str) -> Any:
         session["cart"].append(item)  # in place: session.modified stays False
         return "ok"
-
-    @app.post("/color/<color>")
-    def set_color(color: str) -> Any:
-        session["color"] = color
-        return "ok"
-
-    @app.get("/get")
-    def get() -> Any:
-        return dict(session)
 
     return app
 
@@ -85,16 +72,9 @@ def test_a_permanent_session_writes_back_no_key_it_only_read(redis_url: str) -> 
 
     browser = app.test_client()
     browser.post("/cart/1")
-    result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(r=browser.post("/slow-append/apple")))
-    t.start()
-    try:
-        assert loaded.wait(30)
-        assert browser.post("/color/blue").status_code == 200
-    finally:
-        go.set()
-        t.join(30)
-    assert result["r"].text == "red"
+    paused, changed = while_paused(lambda: browser.post("/slow-append/apple"), loaded, go,
+                                   lambda: browser.post("/set/color/blue"))
+    assert changed.status_code == 200 and paused.text == "red"
     assert browser.get("/get").json == {"_permanent": True, "cart": ["apple"], "color": "blue"}
 
 
@@ -114,8 +94,8 @@ def login_app(url: str, **config: Any) -> Flask:
     manager = flask_login.LoginManager(app)
     manager.user_loader(User)
 
-    @app.post("/login/<uid>")
-    def login(uid: str) -> Any:
+    @app.post("/flask-login/<uid>")
+    def flask_login_view(uid: str) -> Any:
         flask_login.login_user(User(uid), remember=True)
         return "ok"
 
@@ -135,15 +115,15 @@ def test_flask_login_planted_cookie_never_gets_the_login(redis_url: str, how: st
     attacker's cookie must stay anonymous: the login goes to a new session id."""
     app = login_app(redis_url)
     attacker = app.test_client()
-    attacker.post("/color/green")  # a stored session the attacker holds
+    attacker.post("/set/color/green")  # a stored session the attacker holds
     planted = attacker.get_cookie("session").value  # type: ignore[union-attr]
     victim = app.test_client()
     if how == "remember-me":
-        victim.post("/login/victim")  # long ago, with "remember me"
+        victim.post("/flask-login/victim")  # long ago, with "remember me"
         victim.delete_cookie("session")  # the browser session ended; remember_token stays
     victim.set_cookie("session", planted)
     if how == "login_user":
-        assert victim.post("/login/victim").status_code == 200
+        assert victim.post("/flask-login/victim").status_code == 200
     else:
         assert victim.get("/who").text == "victim"  # logged in from the remember cookie
     assert victim.get("/who").text == "victim"
