@@ -99,6 +99,7 @@ from .lifecycle import (
     EXITED,
     FREE,
     READY,
+    STARTING,
     DrainState,
     Lifecycle,
     LifecycleMiddleware,
@@ -791,8 +792,16 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         info = rt.drain.slot_info(slot)
         if info.pid == pid and info.state == READY:  # just in time
             return True
-        self.log.error("statekit: new worker %s not ready within %gs: killed", pid, rt.options.ready_timeout)
         rt.stopping.add(pid)
+        if info.pid == pid and info.state == STARTING:
+            # the app loaded, its lifespan startup still runs: told to stop, it ends the
+            # startup, never reports ready and runs its shutdown (gunicorn's worker
+            # timeout ends it if the startup hangs for good)
+            self.log.error("statekit: new worker %s not ready within %gs (lifespan startup): stopped",
+                           pid, rt.options.ready_timeout)
+            self.kill_worker(pid, signal.SIGTERM)
+            return False
+        self.log.error("statekit: new worker %s not ready within %gs: killed", pid, rt.options.ready_timeout)
         # still loading the app, it holds no request; a SIGTERM would only take effect
         # once the import ends (gthread checks it in its loop), and the worker would
         # hang on until gunicorn's worker timeout (as stop() does for booting workers)

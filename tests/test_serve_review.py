@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 from test_asgi_serve import ASGI_APP
-from test_lifecycle_helpers import ServeProcess, wait_until
+from test_lifecycle_helpers import APP, ServeProcess, wait_until
+from test_lifecycle_review12 import HOLD, _alive
 
 pytestmark = pytest.mark.gunicorn
 
@@ -38,12 +39,17 @@ HELD_STARTUP = ASGI_APP.replace('    note("startup")\n', '    note("startup")\n'
 assert "loading" in HELD_STARTUP
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
+def _reload_held(srv: ServeProcess, tmp_path: Path) -> tuple[int, int]:
+    """Serve, then reload while "hold" holds the new worker's start: ``(old, new)``
+    pids once the new worker is held."""
+    srv.wait_ready(1)
+    wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
+    (old,) = srv.workers()
+    (tmp_path / "hold").write_text("")
+    srv.signal(signal.SIGHUP)
+    wait_until(lambda: (tmp_path / "loading").exists(), 10, "the new worker starting")
+    (new,) = set(srv.workers()) - {old}
+    return old, new
 
 
 def test_stop_while_a_uvicorn_worker_runs_its_lifespan_startup_runs_its_shutdown(tmp_path: Path) -> None:
@@ -76,9 +82,6 @@ def test_sigterm_during_a_rolling_reload_is_logged_as_a_stop_not_as_a_failure(tm
     its lifespan startup): the reload ends and the server stops, as asked. Nothing
     failed, so nothing may be logged at ERROR ("rolling reload aborted", gunicorn's
     "was sent SIGKILL! Perhaps out of memory?"): operators alert on those."""
-    from test_lifecycle_helpers import APP
-    from test_lifecycle_review12 import HOLD
-
     if interface == "asgi":
         source = HELD_STARTUP
     else:
@@ -86,13 +89,7 @@ def test_sigterm_during_a_rolling_reload_is_logged_as_a_stop_not_as_a_failure(tm
     srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0", "--graceful-timeout", "10",
                        "--interface", interface, app_source=source)
     with srv:
-        srv.wait_ready(1)
-        wait_until(lambda: " ready " in srv.log(), 30, "the worker ready")
-        (old,) = srv.workers()
-        (tmp_path / "hold").write_text("")
-        srv.signal(signal.SIGHUP)
-        wait_until(lambda: (tmp_path / "loading").exists(), 10, "the new worker starting")
-        (new,) = set(srv.workers()) - {old}
+        old, new = _reload_held(srv, tmp_path)
         srv.signal(signal.SIGTERM)
         wait_until(lambda: "rolling reload" in srv.log().split("replacing 1 workers", 1)[1], 10,
                    "the reload's end")
@@ -104,3 +101,24 @@ def test_sigterm_during_a_rolling_reload_is_logged_as_a_stop_not_as_a_failure(tm
     assert re.search(r"force_killed=0 lost_in_flight=0", log), log
     if interface == "asgi":  # its lifespan startup ran: so does its shutdown
         assert f"shutdown {new}" in (tmp_path / "lifespan.log").read_text()
+
+
+def test_a_successor_whose_lifespan_startup_outlasts_the_ready_timeout_still_runs_its_shutdown(
+    tmp_path: Path
+) -> None:
+    """A reload's new uvicorn worker still in its lifespan startup at
+    STATEKIT_READY_TIMEOUT: the reload is aborted and the old worker serves on, as
+    for a hung import, but this worker has loaded the app and its startup has
+    opened things: it is told to stop (it ends its startup, never reports ready,
+    runs its shutdown), not SIGKILLed."""
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0", "--graceful-timeout", "10",
+                       "--interface", "asgi", env={"STATEKIT_READY_TIMEOUT": "1.5"}, app_source=HELD_STARTUP)
+    with srv:
+        old, new = _reload_held(srv, tmp_path)
+        wait_until(lambda: "not ready within" in srv.log(), 20, "the ready timeout")
+        os.unlink(tmp_path / "hold")
+        wait_until(lambda: not _alive(new), 10, f"the new worker {new} to end")
+        assert f"shutdown {new}" in (tmp_path / "lifespan.log").read_text(), srv.log()
+        assert "rolling reload aborted" in srv.log()
+        assert srv.workers() == [old]
+        assert f"statekit: worker {new} ready" not in srv.log()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from test_starlette_adapter import _no_statekit_env, client  # noqa: F401 -- its environment fixture (autouse)
 
 from starlette_statekit import StateKit, get_state
 from starlette_statekit.sessions import SessionMiddleware, destroy_session, incr_session, rotate_session
@@ -30,18 +30,6 @@ from statekit.sessions.aio import AsyncSessionStore
 pytestmark = [pytest.mark.redis]
 
 KEY = "starlette-review-t-key"
-
-
-@pytest.fixture(autouse=True)
-def _no_statekit_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("STATEKIT_REDIS_URL", "STATEKIT_BLOBS_URL", "STATEKIT_CACHE_URL", "STATEKIT_SESSION_URL",
-                 "STATEKIT_BROADCAST_URL", "STATEKIT_KEY_PREFIX", "STATEKIT_SECRET_KEYS"):
-        monkeypatch.delenv(name, raising=False)
-    yield
-
-
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
 
 
 async def v_get(request: Request) -> Response:
