@@ -13,17 +13,22 @@ hooks, tasks and threads held on events) and failing before its fix:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_blobs_async import BLOCK, body, leftovers
 
-from statekit.blobs import BlobStore
+from statekit.blobs import AsyncBlobStore, BlobStore
+from statekit.errors import BlobTooLarge
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
 
 
@@ -84,3 +89,130 @@ def test_s3_lost_sha256_tag_is_reported(s3_url: str, caplog: pytest.LogCaptureFi
     assert store.stat(blob.key).sha256 is None
     [record] = [r for r in caplog.records if r.name == "statekit.blobs"]
     assert blob.key in record.getMessage() and str(blob.sha256) in record.getMessage()
+
+
+def test_async_put_cancelled_while_waiting_for_a_worker_ends_at_once(tmp_path: Path) -> None:
+    """One upload worker, held by a client whose body stalls: a second put, cancelled
+    (its client went away) while its write waits for that worker, ends without
+    waiting for the first client (it waited for the first upload to end); the first
+    upload then completes, and nothing of the second is stored."""
+    async def main() -> None:
+        async with AsyncBlobStore(f"file://{tmp_path}/s?create=1", upload_threads=1) as store:
+            stall, sent = asyncio.Event(), [0]
+            first = asyncio.create_task(store.put(body(2 * len(BLOCK), sent, then=stall)))
+            try:
+                while sent[0] < 2 * len(BLOCK):
+                    await asyncio.sleep(0.01)
+                queued_sent = [0]
+                second = asyncio.create_task(store.put(body(4 * 2**20, queued_sent)))
+                while queued_sent[0] == 0:
+                    await asyncio.sleep(0.01)
+                second.cancel()
+                done, _ = await asyncio.wait([second], timeout=30)
+                assert second in done and second.cancelled() and not first.done()
+            finally:
+                stall.set()
+            blob = await first
+            assert [b.key async for b in store.list()] == [blob.key]
+            assert leftovers(store.sync) == [blob.key]
+
+    asyncio.run(main())
+
+
+def test_async_receive_upload_reads_one_chunk_past_the_signed_size(tmp_path: Path) -> None:
+    """The server side of a direct upload holds the body to the form's max_size as the
+    sync store does, at most one chunk past it (it read up to the 1 MiB queue more)."""
+    async def main() -> None:
+        async with AsyncBlobStore(f"file://{tmp_path}/s?create=1") as store:
+            up = await store.presign_upload(max_size=10_000, expires=60)
+            sent = [0]
+            with pytest.raises(BlobTooLarge):
+                await store.receive_upload(up.fields, body(8 * 2**20, sent), content_type="text/plain")
+            assert sent[0] <= 10_000 + len(BLOCK)
+            assert leftovers(store.sync) == [] and not await store.exists(up.key)
+
+    asyncio.run(main())
+
+
+MiB = 2**20
+
+
+async def _broken(total: int, at: int, reached: asyncio.Event, *, fail: bool) -> AsyncIterator[bytes]:
+    """*total* bytes of a client that, once *at* bytes are sent, raises (it went away)
+    or stalls until its task is cancelled."""
+    done = 0
+    while True:
+        if done >= at:
+            reached.set()
+            if fail:
+                raise ConnectionResetError("client went away")
+            await asyncio.Event().wait()
+        if done >= total:
+            return
+        data = bytes(BLOCK)
+        done += len(data)
+        yield data
+
+
+@pytest.mark.parametrize("fail", [True, False], ids=["raises", "cancelled"])
+@pytest.mark.parametrize("at", [0, 5 * MiB, 10 * MiB + len(BLOCK)], ids=["first-chunk", "part-boundary",
+                                                                         "after-the-last-byte"])
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_async_body_stopping_at_each_point_leaves_nothing(
+        scheme: str, at: int, fail: bool, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A claim that held, checked at each point: the body raises or its task is
+    cancelled before its first chunk, as S3's first part (5 MiB) is due, and after its
+    last byte (the last part buffered, before the commit): the body's error or the
+    cancellation is raised, and nothing is left, S3's multipart uploads included."""
+    url = str(request.getfixturevalue("s3_url")) if scheme == "s3" else f"file://{tmp_path}/s?create=1"
+    options = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB} if scheme == "s3" else {}
+
+    async def main() -> None:
+        async with AsyncBlobStore(url, **options) as store:
+            reached = asyncio.Event()
+            task = asyncio.create_task(store.put(_broken(10 * MiB + len(BLOCK), at, reached, fail=fail)))
+            await reached.wait()
+            if fail:
+                with pytest.raises(ConnectionResetError):
+                    await task
+            else:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert leftovers(store.sync) == []
+            assert store.sync.counters.get("aborts") == (0 if at == 0 else 1)
+
+    asyncio.run(main())
+
+
+@pytest.mark.s3
+def test_async_put_cancelled_mid_part_returns_after_the_part_thread_stopped(s3_url: str) -> None:
+    """A claim that held: cancelled while boto3's part thread is sending a part, the put
+    returns only once that thread is done and the multipart upload aborted (nothing
+    keeps writing after the task is gone)."""
+    async def main() -> None:
+        async with AsyncBlobStore(s3_url, part_size=5 * MiB, multipart_threshold=5 * MiB) as store:
+            client = store.sync.backend.client
+            real, sending, release, returned = client.upload_part, threading.Event(), threading.Event(), []
+
+            def held_part(**kwargs: Any) -> Any:
+                sending.set()
+                release.wait(30)
+                try:
+                    return real(**kwargs)
+                finally:
+                    returned.append(threading.current_thread().name)
+
+            client.upload_part = held_part
+            stall = asyncio.Event()
+            task = asyncio.create_task(store.put(body(6 * MiB, then=stall)))
+            await asyncio.to_thread(sending.wait, 30)
+            task.cancel()
+            asyncio.get_running_loop().call_later(0.2, release.set)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert returned and returned[0].startswith("statekit-s3-part")
+            assert not any(t.name.startswith("statekit-s3-part") for t in threading.enumerate())
+            assert leftovers(store.sync) == []
+
+    asyncio.run(main())

@@ -31,8 +31,11 @@ iterable of ``bytes``), which is then read in the worker thread.
 exception from the body (a client that disconnected), the backend, or the calling
 task being cancelled -- aborts the write: no object is ever visible under the key.
 A cancelled put returns (re-raising :class:`asyncio.CancelledError`) only once its
-worker has aborted; if the write had already been committed when the cancellation
-came, the new blob is deleted, since its key never reached the caller.
+worker has aborted, or at once when its write has not started (every upload thread
+busy with other clients: it is dropped, not waited for); if the write had already
+been committed when the cancellation came, the new blob is deleted, since its key
+never reached the caller. :meth:`AsyncBlobStore.receive_upload` holds the body to the
+form's ``max_size`` as :meth:`AsyncBlobStore.put` holds it to its own.
 
 Reads, listings, deletes, signed URLs and direct uploads run the sync store's methods
 in a worker thread (``asyncio.to_thread``). What touches no backend -- checking a
@@ -168,10 +171,11 @@ def _chunks(body: Any) -> Callable[[], Awaitable[bytes]] | None:
     return None
 
 
-async def _settle(worker: concurrent.futures.Future[_T]) -> asyncio.Future[_T]:
+async def _settle(worker: concurrent.futures.Future[_T], *, drop: bool = True) -> asyncio.Future[_T]:
     """Wait until *worker* has finished, however often the caller is cancelled
     meanwhile (the first cancellation is raised afterwards); its result as a done
-    future."""
+    future. With *drop*, a cancelled caller drops a worker that has not started (all
+    upload threads busy): it never runs, instead of being waited for."""
     waiter = asyncio.wrap_future(worker)
     cancelled: BaseException | None = None
     while not waiter.done():
@@ -179,6 +183,8 @@ async def _settle(worker: concurrent.futures.Future[_T]) -> asyncio.Future[_T]:
             await asyncio.wait([waiter])
         except asyncio.CancelledError as e:
             cancelled = cancelled or e
+            if drop:
+                worker.cancel()
     if not waiter.cancelled():
         waiter.exception()  # retrieved: the caller decides what to raise
     if cancelled is not None:
@@ -307,13 +313,14 @@ class AsyncBlobStore:
                 channel.close()
             except BaseException:
                 channel.fail()
+                worker.cancel()  # not started (all upload threads busy): it never writes
                 await _settle(worker)
                 raise
         try:
             return (await _settle(worker)).result()
         except asyncio.CancelledError:
             if not worker.cancelled() and worker.exception() is None:
-                await _settle(self._uploads.submit(self._forget, worker.result()))
+                await _settle(self._uploads.submit(self._forget, worker.result()), drop=False)
             raise
 
     def _forget(self, result: object) -> None:
@@ -377,8 +384,12 @@ class AsyncBlobStore:
                              content_type: str | None = None) -> None:
         """The server side of a direct upload for stores without their own
         (:meth:`BlobStore.receive_upload`), *body* streamed as :meth:`put` streams it."""
-        await self._stream(body, None, lambda stream: self.sync.receive_upload(fields, stream,
-                                                                               content_type=content_type))
+        try:  # the signed limit, checked by the sync store's Source as it reads
+            limit: int | None = int(fields.get("max_size", "0"))
+        except ValueError:
+            limit = None  # refused by the signature check
+        await self._stream(body, limit, lambda stream: self.sync.receive_upload(fields, stream,
+                                                                                content_type=content_type))
 
     async def confirm(self, key: str, *, allowed_types: Sequence[str] | None = None) -> Blob:
         """Check a direct upload against its policy and accept it (:meth:`BlobStore.confirm`)."""
