@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from statekit.errors import BackendUnavailable
+from statekit.errors import BackendUnavailable, SerializationError
 from statekit.sessions import SessionStore
 from statekit.sessions.aio import AsyncSessionStore
+from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, loads_plain_pickle
 
 pytestmark = pytest.mark.redis
 
@@ -330,3 +331,79 @@ def test_async_a_request_cancelled_at_any_await_leaves_no_half_state(redis_url: 
         return n
 
     assert asyncio.run(main()) > 1
+
+
+def _shared_lists_pickle(levels: int) -> bytes:
+    """A protocol-2 pickle of ``{"a": L}``: each level a list holding the one below
+    twice (by memo reference), so *levels* levels expand to 2**levels strings."""
+    body = b"X\x01\x00\x00\x00xq\x000"  # "x", memo 0
+    for i in range(levels):
+        body += b"](h" + bytes([i]) + b"h" + bytes([i]) + b"eq" + bytes([i + 1]) + b"0"
+    return b"\x80\x02}X\x01\x00\x00\x00a" + body + b"h" + bytes([levels]) + b"s."
+
+
+def test_a_plain_pickle_whose_shared_references_expand_is_refused() -> None:
+    bomb = _shared_lists_pickle(40)
+    assert len(bomb) < 500
+    with pytest.raises(SerializationError, match="larger than"):
+        loads_plain_pickle(bomb)
+    assert loads_plain_pickle(_shared_lists_pickle(2)) == {"a": [["x", "x"], ["x", "x"]]}
+
+
+def test_a_plain_pickle_of_itself_is_refused() -> None:
+    loop = b"\x80\x02]q\x00h\x00a."  # a list holding itself
+    with pytest.raises(SerializationError):
+        loads_plain_pickle(loop)
+
+
+def test_deeply_nested_old_json_is_refused_not_an_error() -> None:
+    old = FlaskSessionRedis(client=object())
+    with pytest.raises(SerializationError):
+        old._decode(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+
+
+class _OneOldSession:
+    name = "old"
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {"old-cookie": {"_user_id": "alice", "cart": ["apple"]}}
+
+    def read(self, cookie: str) -> dict[str, Any] | None:
+        return self.data.get(cookie)
+
+    def forget(self, cookie: str) -> None:
+        self.data.pop(cookie, None)
+
+
+@pytest.fixture
+def carrying(store: SessionStore) -> SessionStore:
+    carrying = SessionStore(engine=store.engine, secret_keys=["k"], user_key="_user_id")
+    carrying.carry_over = CarryOver(_OneOldSession())
+    return carrying
+
+
+@pytest.mark.parametrize("sender", ["carried it", "found the claim"])
+def test_a_carried_session_rotated_by_a_parallel_login_does_not_send_its_cookie(carrying: SessionStore,
+                                                                               sender: str) -> None:
+    """A browser's first requests after the switch all carry the old cookie: A carries
+    the session over (or finds it claimed), B, a login, finds the claim and rotates
+    it. A's unchanged session must not send its cookie after that: it names a
+    tombstone now, and would replace B's in the browser (logged out)."""
+    first = carrying.open("old-cookie")
+    a = first if sender == "carried it" else carrying.open("old-cookie")
+    b = carrying.open("old-cookie")
+    assert a.sid == b.sid == first.sid and a.send_cookie
+    carrying.rotate(b)
+    assert carrying.save(b) and b.send_cookie
+    assert carrying.save(a)
+    assert a.through_alias, "A sends the cookie of the rotated (logged-in) session's tombstone"
+
+
+def test_a_claim_leading_to_a_rotated_session_gives_a_superseded_session(carrying: SessionStore) -> None:
+    """C comes after B's login rotated the carried session (within the claim's
+    window): a fresh session, marked superseded, so no cookie replaces B's."""
+    b = carrying.open("old-cookie")
+    carrying.rotate(b)
+    assert carrying.save(b)
+    c = carrying.open("old-cookie")
+    assert c.new and c == {} and c.superseded

@@ -631,8 +631,12 @@ class _StoreCore:
         pending = session._pending if session.new else None
         idle = session.idle_timeout or self.idle_timeout
         if not sets and not dels and not force:
-            # at most half the idle timeout: a session used more often than that never ends
-            if session.new or t - session.last_seen < min(self.refresh_interval, idle / 2):
+            # at most half the idle timeout: a session used more often than that never ends.
+            # A carried-over session whose cookie is still to be sent writes: a parallel
+            # request of the browser that found it through the claim may have rotated it
+            # (a login), and its cookie would then replace the new one (through_alias)
+            shared = session._shared and session.send_cookie
+            if session.new or (not shared and t - session.last_seen < min(self.refresh_interval, idle / 2)):
                 yield from self._drop_pending_steps(session)  # a lost create of what is gone now
                 session.modified = False
                 return True

@@ -153,16 +153,41 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refused: the pickle holds a persistent id")
 
 
+def _within(value: Any, budget: int) -> None:
+    """Refuse *value* if it holds more than *budget* values counted as a tree (a value
+    reached twice counts twice): what storing it will encode. A pickle's memo lets
+    a few hundred bytes hold lists that share each other 40 levels deep, 2**40
+    values once encoded, or hold themselves; without shared containers a pickle
+    spends at least a byte on each value, so a few times its length is ample."""
+    stack = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > budget:
+            raise pickle.UnpicklingError("refused: the pickle's data is larger than the pickle "
+                                         "(containers shared or holding themselves)")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+
+
 def loads_plain_pickle(data: bytes) -> Any:
     """Unpickle *data* holding plain data only (dicts, lists, tuples, sets, strings,
     bytes, numbers, booleans, ``None``). Any pickle naming a class or function (every
     way a pickle has to call code) raises :class:`~statekit.errors.SerializationError`
     before anything is called; the only names allowed are how the old protocols 0-2
     spell sets and bytes (``set``, ``frozenset``, ``bytes``, ``bytearray``, and
-    ``_codecs.encode`` for latin-1 only)."""
+    ``_codecs.encode`` for latin-1 only). So is data larger, as a tree, than the
+    pickle itself (containers shared through its memo: what storing it would
+    encode grows exponentially with its length, or without end)."""
     try:
         _check_opcodes(data)
-        return _PlainUnpickler(BytesIO(data)).load()
+        value = _PlainUnpickler(BytesIO(data)).load()
+        _within(value, 4 * len(data) + 1024)
+        return value
     except Exception as e:  # noqa: BLE001 - any malformed or refused pickle is one outcome
         raise SerializationError(f"refused an old session's pickle: {e}") from e
 
@@ -217,9 +242,14 @@ class CarryOver:
         sid = bytes(a ^ b for a, b in zip(value[8:], pad, strict=False)).decode("ascii", "replace")
         if not _ID_RE.match(sid):
             return None
-        session, _ = yield from store._load_steps(sid, 0)
+        session, superseded = yield from store._load_steps(sid, 0)
         if session is not None:
-            session.send_cookie = True
+            session.send_cookie = session._shared = True
+        elif superseded:
+            # rotated by a parallel request's login: the browser most likely holds (or
+            # is about to get) the new cookie, which no cookie for this one may replace
+            session = store.new()
+            session.superseded = True
         return session
 
     def take(self, store: SessionStore, cookie: str) -> Session | None:
@@ -279,7 +309,7 @@ class CarryOver:
                 _log.warning("an old %s session was carried over but not deleted: %s",
                              self.previous.name, e)
         store.counters.incr("carried_over")
-        session.rotated = session.send_cookie = True
+        session.rotated = session.send_cookie = session._shared = True
         return session
 
 
@@ -349,6 +379,8 @@ class FlaskSessionRedis:
         except Exception:  # noqa: BLE001 - not msgpack: try the next format
             try:
                 value = json.loads(raw)
+            except RecursionError as e:  # JSON nested too deep: no session statekit would store
+                raise SerializationError(f"not a session: {e}") from e
             except ValueError:
                 value = self._unpickle(raw)
         if not isinstance(value, dict):

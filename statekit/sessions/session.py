@@ -86,6 +86,9 @@ class Session(dict[str, Any]):
                 self._decoded(key)
         # encodings made at assignment, for immutable values only (reused by save)
         self._fresh: dict[str, tuple[Any, bytes]] | None = None
+        # its id reached other requests before its cookie reached the browser (a
+        # carry-over's claim): a save writes, to learn of a rotation by one of them
+        self._shared = False
         # the fields sent by creates of this new session whose outcome is unknown (a
         # reply lost): the next save sends the same create (their m:c), never another
         self._pending: dict[str, bytes] | None = None
