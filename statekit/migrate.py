@@ -16,7 +16,8 @@ generated key (its name is kept as the blob's filename). The run is:
   computed while uploading (which S3 also checked), and at the end every migrated
   key is checked with ``stat``: size and SHA-256 must match the manifest (a blob
   stored without its SHA-256, as when S3's tag was lost, is read back and hashed). A file that
-  fails this check is marked in the manifest and copied again by the next run;
+  fails this check is a failure, left out of the mapping, marked in the manifest and
+  copied again by the next run;
 * **interruptible** -- on Ctrl-C (SIGINT) or SIGTERM the files already being copied
   finish and are recorded, the mapping is written with everything copied so far, and
   the command says how to resume (run it again: finished files are not copied twice);
@@ -330,22 +331,23 @@ def migrate(
             raise
 
     entries = load_manifest(manifest)
-    unverified: list[str] = []
-    for rel, key in sorted(report.mapping.items()):
-        problem = _verify(store, key, entries.get(rel, {}), report.warnings, rel)
-        if problem is None:
-            report.verified += 1
-        else:
+    try:  # the mapping is written at the end, interrupted or not
+        for rel, key in sorted(report.mapping.items()):
+            problem = _verify(store, key, entries.get(rel, {}), report.warnings, rel)
+            if problem is None:
+                report.verified += 1
+                continue
             report.failed[rel] = f"verify: {problem}"
-            unverified.append(rel)
-    if unverified:  # the next run copies these again instead of trusting the manifest
-        with open(manifest, "a", encoding="utf-8") as out:
-            for rel in unverified:
+            # the next run copies it again instead of trusting the manifest; until then
+            # the mapping names no blob for it (not one that is missing or differs)
+            with open(manifest, "a", encoding="utf-8") as out:
                 out.write(json.dumps({"path": rel, "status": "unverified"}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-    if mapping:
-        _write_json_atomic(mapping, report.mapping)
+                out.flush()
+                os.fsync(out.fileno())
+            del report.mapping[rel]
+    finally:
+        if mapping:
+            _write_json_atomic(mapping, report.mapping)
     return report
 
 

@@ -5,6 +5,7 @@ was read, not from the listing. Each case failed before its fix."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,3 +129,36 @@ def test_a_blob_stored_without_its_sha256_is_a_warning(
     report = migrate(str(tmp_path / "src"), store, manifest=str(tmp_path / "m.jsonl"))
     assert report.ok and report.verified == 2
     assert sorted(report.warnings) == ["f00.txt", "f01.txt"] and "SHA-256" in report.warnings["f00.txt"]
+
+
+def test_ctrl_c_during_verification_still_writes_the_mapping(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file is copied; Ctrl-C comes while the run checks the stored blobs: the
+    mapping on disk names every copied file (it was the last periodic rewrite, or
+    none at all for a run under 2 seconds)."""
+    _tree(tmp_path / "src", 3)
+    store, mapping = BlobStore("memory://"), tmp_path / "map.json"
+    real = migrate_module._verify
+
+    def interrupted(store: BlobStore, key: str, *args: Any) -> Any:
+        if key == max(b.key for b in store.list()):
+            raise KeyboardInterrupt
+        return real(store, key, *args)
+
+    monkeypatch.setattr(migrate_module, "_verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        migrate(str(tmp_path / "src"), store, manifest=str(tmp_path / "m.jsonl"), mapping=str(mapping))
+    assert set(json.loads(mapping.read_text()).values()) == {b.key for b in store.list()}
+
+
+def test_a_file_that_fails_verification_is_left_out_of_the_mapping(tmp_path: Path) -> None:
+    """The mapping is what the application rewrites its references with: a file whose
+    blob is gone (or differs) is a failure and gets no key there until a run copies it
+    again (it kept the missing blob's key)."""
+    _tree(tmp_path / "src", 2)
+    store, manifest, mapping = BlobStore("memory://"), str(tmp_path / "m.jsonl"), tmp_path / "map.json"
+    first = migrate(str(tmp_path / "src"), store, manifest=manifest)
+    store.delete(first.mapping["f00.txt"])
+    second = migrate(str(tmp_path / "src"), store, manifest=manifest, mapping=str(mapping))
+    assert list(second.failed) == ["f00.txt"] and sorted(second.mapping) == ["f01.txt"]
+    assert json.loads(mapping.read_text()) == {"f01.txt": first.mapping["f01.txt"]}
