@@ -28,7 +28,7 @@ import pytest
 from test_blobs_async import BLOCK, body, leftovers
 
 from statekit.blobs import AsyncBlobStore, BlobStore
-from statekit.errors import BlobTooLarge
+from statekit.errors import BackendUnavailable, BlobTooLarge
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
 
 
@@ -216,3 +216,39 @@ def test_async_put_cancelled_mid_part_returns_after_the_part_thread_stopped(s3_u
             assert leftovers(store.sync) == []
 
     asyncio.run(main())
+
+
+def test_async_put_cancelled_after_its_commit_names_a_blob_it_could_not_delete(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Cancelled once the worker committed: the blob is deleted, its key having reached
+    no one; when that delete fails (the backend went down), the key is logged (it was
+    left in silence, under a key nobody knows)."""
+    async def main() -> str:
+        store = AsyncBlobStore("memory://forget")
+        committed, release = threading.Event(), threading.Event()
+        real_put = store.sync.put
+
+        def slow_put(stream: Any, **kwargs: Any) -> Any:
+            blob = real_put(stream, **kwargs)
+            committed.set()
+            release.wait(30)
+            return blob
+
+        def down(key: str) -> bool:
+            raise BackendUnavailable("the store went away")
+
+        store.sync.put = slow_put  # type: ignore[method-assign]
+        store.sync.delete = down  # type: ignore[method-assign]
+        task = asyncio.create_task(store.put(b"committed, never returned", content_type="text/plain"))
+        await asyncio.to_thread(committed.wait, 30)
+        task.cancel()
+        asyncio.get_running_loop().call_soon(release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [blob] = store.sync.list()
+        await store.aclose()
+        return blob.key
+
+    with caplog.at_level(logging.WARNING, logger="statekit.blobs"):
+        key = asyncio.run(main())
+    assert any(key in r.getMessage() and "BackendUnavailable" in r.getMessage() for r in caplog.records)

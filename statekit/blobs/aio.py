@@ -50,6 +50,7 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar
@@ -64,6 +65,8 @@ __all__ = ["QUEUE_BYTES", "AsyncBlobReader", "AsyncBlobStore"]
 #: bytes held between the event loop and the worker thread of one put (the worker
 #: takes them all at once; one chunk more may wait in the body's own reader)
 QUEUE_BYTES = 1024 * 1024
+
+_log = logging.getLogger("statekit.blobs")
 
 _T = TypeVar("_T")
 
@@ -324,9 +327,15 @@ class AsyncBlobStore:
             raise
 
     def _forget(self, result: object) -> None:
-        """Delete the blob a cancelled put committed: its key never reached anyone."""
+        """Delete the blob a cancelled put committed: its key never reached anyone. When
+        the delete fails, the key is logged: no caller is left to be told."""
         if isinstance(result, Blob):
-            self.sync.delete(result.key)
+            try:
+                self.sync.delete(result.key)
+            except Exception as e:
+                _log.warning("a cancelled put committed %r (%s) and deleting it failed: %s: %s; "
+                             "nothing refers to it", result.key, self.describe(), type(e).__name__, e)
+                raise
 
     # -- reading -------------------------------------------------------------------
     async def open(self, key: str) -> AsyncBlobReader:
