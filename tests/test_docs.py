@@ -15,7 +15,11 @@ scratch directory, against the suite's private Redis and S3 endpoint:
 * ``nginx`` blocks are checked with ``nginx -t`` when nginx is installed.
 
 Run by hand: ``python tests/test_docs.py docs/migration.md`` with ``STATEKIT_REDIS_URL``
-and ``STATEKIT_BLOBS_URL`` set (e.g. under ``statekit dev --``).
+and ``STATEKIT_BLOBS_URL`` set (e.g. under ``statekit dev --``), from a scratch directory
+(the guide writes ``app.db``, ``uploads/``, ``migration/`` there) holding links to
+``examples`` and ``deploy`` and on ``PYTHONPATH``, as :func:`_run_guide` does. Beside the
+README's install it needs pytest, sybil, SQLAlchemy, Flask-Session, Flask-Caching and
+httpx (the libraries the guide migrates from, and the checks' client).
 """
 
 from __future__ import annotations
