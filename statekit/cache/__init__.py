@@ -50,6 +50,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import random
 import struct
 import threading
@@ -218,6 +219,16 @@ class _NamespaceNear(NearCache[Entry]):
             self.on_flush()
 
 
+def _stop_soon(listener: InvalidationListener) -> None:
+    """A dropped cache's finalizer: tell its listener thread to stop, and nothing more.
+    A finalizer runs on whatever thread frees the cache, maybe the listener's own while
+    it holds a near cache's lock (a garbage collection inside ``evict``):
+    :meth:`~InvalidationListener.stop` takes that lock to switch the near caches off
+    and would wait for ever; the thread switches them off itself as it ends (within
+    its half-second ``select``), and applies every invalidation until then."""
+    listener._stop.set()
+
+
 def _backend_class(url: str) -> type[CacheBackend]:
     """The backend class for *url*'s scheme; a built-in scheme's URL is validated too.
 
@@ -327,7 +338,7 @@ class _CacheCore:
             else:
                 backend, listener = self._build()
                 if listener is not None:  # a cache that is dropped stops its listener thread
-                    weakref.finalize(self, listener.stop)
+                    weakref.finalize(self, _stop_soon, listener)
             if listener is not None:  # on Cluster it keeps the generation current, near cache or not
                 watch = getattr(backend, "watch_generation", None)
                 if watch is not None:
@@ -372,7 +383,12 @@ class _CacheCore:
         namespace's keys spread over every slot and node (see
         :mod:`statekit.cache.redis`)."""
         child = self._children.get(name)
-        if child is None:
+        if child is not None:
+            return cast(_C, child)
+        with self._init_lock:  # two threads' first call for *name* make one cache
+            child = self._children.get(name)
+            if child is not None:
+                return cast(_C, child)
             child = type(self)(
                 self.url, client=self.client, prefix=self.prefix, namespace=name,
                 default_ttl=self.default_ttl, serializer=self._codec,
@@ -382,7 +398,7 @@ class _CacheCore:
                 _parent=self._parent or self,
             )
             self._children[name] = child
-        return cast(_C, child)
+            return child
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -768,13 +784,15 @@ class _CacheCore:
     def _lock_token(self) -> str:
         return uuid.uuid4().hex
 
-    def _take_lock(self, key: str) -> Plan[bool | None]:
-        """Take the single-flight lock of *key*: ``True`` taken, ``False`` held by
-        another caller, ``None`` the backend is unavailable."""
+    def _take_lock(self, key: str, steal: bool = False) -> Plan[bool | None]:
+        """Take the single-flight lock of *key* (with *steal*, from whoever holds it):
+        ``True`` taken, ``False`` held by another caller, ``None`` the backend is
+        unavailable."""
         token = self._lock_token()
         name = "sf:" + key
         try:
-            ok = yield from self._call("acquire_lock", name, token, int(self.lock_ttl * 1000))
+            ok = yield from self._call("steal_lock" if steal else "acquire_lock", name, token,
+                                       int(self.lock_ttl * 1000))
         except BaseException as e:  # interrupted or failed with the SET NX out: Redis may have granted it
             if not isinstance(e, GeneratorExit):
                 self._abandoned(name, token, e)
@@ -809,11 +827,19 @@ class _CacheCore:
             backend.extend_lock, name, token, int(self.lock_ttl * 1000)), self.lock_ttl / 3, alive)
 
     def _tokens(self) -> dict[str, str]:
-        """This thread's single-flight lock tokens, by key."""
-        tokens: dict[str, str] | None = getattr(self._sf_local, "tokens", None)
-        if tokens is None:
-            tokens = self._sf_local.tokens = {}
-        return tokens
+        """This thread's single-flight lock tokens, by key (a forked child's copy of
+        the thread holds none: the parent's flights are the parent's)."""
+        held: tuple[int, dict[str, str]] | None = getattr(self._sf_local, "tokens", None)
+        pid = os.getpid()
+        if held is None or held[0] != pid:
+            held = self._sf_local.tokens = (pid, {})
+        return held[1]
+
+    def _flights(self) -> bool:
+        """Whether the backend fences a flight's store (:meth:`_compute_store`): the
+        Redis backends; another backend stores what a flight computed as it is."""
+        backend = self._backend or self._connect()
+        return hasattr(backend, "plan_set_if_locked") or hasattr(backend, "set_if_locked")
 
     def _release(self, key: str) -> Plan[None]:
         token = self._tokens().pop(key, None)
@@ -824,58 +850,95 @@ class _CacheCore:
                 pass  # the lock expires on its own
 
     def _compute_locked(self, key: str, compute: Callable[[], Any], secs: float | None, stale: float,
-                        seen: float | None) -> Plan[Any]:
+                        seen: float | None, *, refresh: bool = False) -> Plan[Any]:
         """Holding the lock: unless another caller stored a new value since we looked
-        (*seen*: the logical expiry we saw, ``None`` for a miss), compute and store.
-        Then release the lock."""
+        (*seen*: the logical expiry we saw, ``None`` for a miss; not looked at for a
+        *refresh*), compute and store. Then release the lock."""
         try:
-            try:
-                current = yield from self._fetch(key, report=False)  # the caller's read counted a bad entry
-            except BackendUnavailable:
-                current = None
-            if current is not None and (seen is None or current[1] != seen) and (
-                    not current[1] or current[1] > _time()):
-                self.counters.incr("hits")
-                return current[0]
+            gen = None
+            if refresh:  # nothing read first: the generation the flight begins in
+                gen = yield from self._read("read_generation", None)
+            else:
+                try:
+                    # report=False: the caller's read counted a bad entry
+                    current = yield from self._fetch(key, report=False)
+                except BackendUnavailable:
+                    current = None
+                if current is not None and (seen is None or current[1] != seen) and (
+                        not current[1] or current[1] > _time()):
+                    self.counters.incr("hits")
+                    return current[0]
             token = self._tokens().get(key)
             held = (yield (HOLD, "sf:" + key, token)) if token else None
             try:  # a compute longer than lock_ttl keeps the lock (extended every lock_ttl / 3)
-                return (yield from self._compute_store(key, compute, secs, stale, token))
+                return (yield from self._compute_store(key, compute, secs, stale, token, gen))
             finally:
                 if held is not None:
                     yield ("unhold", held)
         finally:
             yield from self._release(key)
 
-    def _compute_store(self, key: str, compute: Callable[[], Any], secs: float | None,
-                       stale: float, token: str | None = None) -> Plan[Any]:
-        """Compute and store. With the single-flight lock's *token* (a leader), the
-        value is stored only while that token still holds the lock (a backend without
-        ``set_if_locked`` stores it anyway): a leader whose lease lapsed while it
-        computed returns its value without writing over the one the next leader may
-        have stored since (computed later, so fresher)."""
+    def _compute_store(self, key: str, compute: Callable[[], Any], secs: float | None, stale: float,
+                       token: str | None = None, gen: bytes | None = None, steal: bool = False) -> Plan[Any]:
+        """Compute and store: a *flight*. With a single-flight lock's *token* (a leader's,
+        ``refresh()``'s, or with *steal* the holder's a caller gave up waiting for) the
+        value is stored only if, since the flight began, that token kept the lock (not
+        lapsed: the next leader may have stored a fresher value; not removed by a
+        :meth:`delete`) and no :meth:`clear` moved the namespace on (*gen*, else the
+        generation seen last); with *steal* the store takes the lock from its holder, so
+        the holder's slower store is refused. A refused value is returned, not stored:
+        it was computed before the change. A backend without ``set_if_locked`` stores
+        it anyway. A child forked by the compute returns without storing (the flight
+        and its lease are the parent's)."""
+        backend = self._backend or self._connect()
+        fenced = token is not None and self._flights()
+        if fenced and gen is None:
+            mark = getattr(backend, "flight_generation", None)
+            gen = mark() if mark is not None else None
+        pid = os.getpid()
         started = _monotonic()
         value = yield (COMPUTE, compute)
         delta = _monotonic() - started
         self.counters.incr("recomputes")
+        if os.getpid() != pid:
+            return value
         if secs is None or type(value) is int:
             data = self._encode(value)
             ttl_ms = self._ttl_ms(secs)
         else:
             data = self._encode(value, _time() + secs, delta)
             ttl_ms = max(1, int((secs + max(stale, 0.0)) * 1000))
-        backend = self._backend or self._connect()
-        fenced = token is not None and (hasattr(backend, "plan_set_if_locked")
-                                        or hasattr(backend, "set_if_locked"))
         self._forget(key)
         try:
             if fenced:
-                yield from self._write("set_if_locked", None, key, data, ttl_ms, "sf:" + key, token)
+                yield from self._write("set_if_locked", None, key, data, ttl_ms, "sf:" + key, token, gen,
+                                       steal)
             else:
                 yield from self._write("set", None, key, data, ttl_ms)
         finally:
             self._forget(key)
         return value
+
+    def _compute_only(self, compute: Callable[[], Any]) -> Plan[Any]:
+        """Compute without storing (nobody can coordinate: an outage)."""
+        value = yield (COMPUTE, compute)
+        self.counters.incr("recomputes")
+        return value
+
+    def _refresh(self, key: str, compute: Callable[[], Any], secs: float | None, stale: float) -> Plan[Any]:
+        """``refresh()`` of a cached function: a flight that takes the single-flight
+        lock from whoever holds it (a leader computing from older data must not
+        overwrite the value computed now) and stores what it computes unless a
+        :meth:`delete` or a :meth:`clear` came since it began."""
+        self._check_key(key)
+        if not self._flights():
+            return (yield from self._compute_store(key, compute, secs, stale))
+        taken = yield from self._take_lock(key, steal=True)
+        if taken is None:
+            if self.on_error == "raise":
+                raise BackendUnavailable("cache unavailable while taking the recompute lock")
+            return (yield from self._compute_only(compute))
+        return (yield from self._compute_locked(key, compute, secs, stale, None, refresh=True))
 
     def _wait_or_compute(self, key: str, compute: Callable[[], Any], secs: float | None,
                          stale: float) -> Plan[Any]:
@@ -884,17 +947,24 @@ class _CacheCore:
         waited = False
         while True:
             locked = yield (LOCK, key)
-            if locked is None:  # outage: nobody can coordinate, compute (the write may be dropped)
+            if locked is None:  # outage: nobody can coordinate, compute without storing
                 if self.on_error == "raise":
                     raise BackendUnavailable("cache unavailable while taking the recompute lock")
-                return (yield from self._compute_store(key, compute, secs, stale))
+                return (yield from self._compute_only(compute))
             if locked:  # re-read first: the previous holder may have stored it just now
                 return (yield from self._compute_locked(key, compute, secs, stale, None))
             if not waited:
                 self.counters.incr("lock_waits")
                 waited = True
             if _monotonic() >= deadline:
-                return (yield from self._compute_store(key, compute, secs, stale))
+                if not self._flights():
+                    return (yield from self._compute_store(key, compute, secs, stale))
+                holder = yield from self._read("lock_holder", _ABSENT, "sf:" + key)
+                if holder is _ABSENT:  # outage (on_error="miss")
+                    return (yield from self._compute_only(compute))
+                if holder is not None:  # give up on it: fenced on its lock (see _compute_store)
+                    return (yield from self._compute_store(key, compute, secs, stale, holder, steal=True))
+                # released just now: its value is probably there (read below), else lock again
             yield (SLEEP, pause)
             pause = min(pause * 1.5, 0.05)
             try:
@@ -1005,7 +1075,8 @@ class Cache(_CacheCore):
         drive(self._release(key), self._effect)
 
     def _compute_and_store(self, key: str, compute: Callable[[], T], secs: float | None, stale: float) -> T:
-        return cast(T, drive(self._compute_store(key, compute, secs, stale), self._effect))
+        """``refresh()`` (see :meth:`_refresh`)."""
+        return cast(T, drive(self._refresh(key, compute, secs, stale), self._effect))
 
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -395,8 +395,8 @@ class AsyncCachedFunction(CachedFunction[Awaitable[T]]):
         secs = cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
         stale = cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
         cache._backend or cache._connect()
-        plan = cache._compute_store(self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs),
-                                    secs, stale)
+        plan = cache._refresh(self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs),
+                              secs, stale)
         return cast(T, await adrive(plan, cache._effect))
 
 

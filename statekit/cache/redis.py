@@ -570,16 +570,24 @@ class _RedisCachePlans:
         raise BackendUnavailable(f"cache namespace {self.base} was cleared {_TRIES} times during one call")
 
     def _bulk(self, op: bytes, keys: Sequence[str], args: Sequence[bytes | str],
-              per_key: Sequence[bytes] = (), *, read: bool = False) -> Plan[list[tuple[list[int], Any]]]:
+              per_key: Sequence[bytes] = (), *, read: bool = False,
+              locks: bool = False) -> Plan[list[tuple[list[int], Any]]]:
         """*op* on many keys: per :data:`CHUNK` (standalone) or per slot, each node's
         share in one pipeline (Cluster). *per_key* are arguments that follow *keys*
-        one for one (the values of a ``set``). Returns (the keys' indexes, the reply)
-        per call."""
+        one for one (the values of a ``set``). With *locks* (a ``del``) the keys'
+        single-flight locks are removed too: in the same step, or on Cluster first.
+        Returns (the keys' indexes, the reply) per call."""
         if not self.cluster:
             out: list[tuple[list[int], Any]] = []
             for i in range(0, len(keys), CHUNK):
-                reply = (yield from self._mget(keys[i:i + CHUNK])) if op == b"mget" else (
-                    yield from self._run(op, keys[i:i + CHUNK], (*args, *per_key[i:i + CHUNK])))
+                chunk = keys[i:i + CHUNK]
+                if op == b"mget":
+                    reply = yield from self._mget(chunk)
+                elif locks:
+                    reply = yield from self._run(op, chunk, (str(len(chunk)).encode(),),
+                                                 *[self._lock_key("sf:" + k) for k in chunk])
+                else:
+                    reply = yield from self._run(op, chunk, (*args, *per_key[i:i + CHUNK]))
                 out.append((list(range(i, min(i + CHUNK, len(keys)))), reply))
             return out
         gen = yield from self._generation()
@@ -588,8 +596,10 @@ class _RedisCachePlans:
         groups: dict[int, list[int]] = {}
         for i, name in enumerate(names):
             groups.setdefault(_crc16(name, 0) & 16383, []).append(i)
-        commands: list[tuple[Any, ...]] = []
-        slots: list[int] = []
+        commands: list[tuple[Any, ...]] = self._lock_dels(keys) if locks else []
+        slots: list[int] = [slot for slot, _ in commands]
+        commands = [cmd for _, cmd in commands]
+        ahead = len(commands)  # the locks' replies, not returned
         parts: list[list[int]] = []
         name_of = names.__getitem__
         for slot, idx in groups.items():
@@ -605,7 +615,17 @@ class _RedisCachePlans:
                 slots.append(slot)
                 parts.append(part)
         replies = yield (BATCH, commands, slots, read)
-        return list(zip(parts, replies, strict=True))
+        return list(zip(parts, replies[ahead:], strict=True))
+
+    def _lock_dels(self, keys: Sequence[str]) -> list[Any]:
+        """Cluster: (slot, ``DEL``) commands that remove the single-flight locks of
+        *keys*, sent ahead of the values' in the same pipelines (see :meth:`plan_delete`)."""
+        groups: dict[int, list[bytes]] = {}
+        for k in keys:
+            name = self._lock_key("sf:" + k).encode()  # "{}" first: the whole name hashes
+            groups.setdefault(_crc16(name, 0) & 16383, []).append(name)
+        return [(slot, (b"DEL", *names[c:c + CHUNK]))
+                for slot, names in groups.items() for c in range(0, len(names), CHUNK)]
 
     def _mget(self, keys: Sequence[str]) -> Plan[list[bytes | None]]:
         """Standalone: ``MGET gen, <head><gen>:<key>...`` with the generation seen
@@ -665,34 +685,102 @@ class _RedisCachePlans:
         """:meth:`set` as a plan."""
         yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
 
-    def plan_set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str,
-                           token: str) -> Plan[bool]:
+    def plan_set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str, token: str,
+                           gen: bytes | None = None, steal: bool = False) -> Plan[bool]:
         """:meth:`set` only while *token* holds the lock *lock*: the store of a
-        single-flight leader, whose lease may have lapsed while it computed (a paused
-        process) and the next leader stored a fresher value since. ``False`` if
-        refused. Standalone, Sentinel, ``memory://``: one step of the script (the lock
-        shares the namespace's hash tag). Cluster: the lock lives in another slot, so
-        it is read (``GET``) just before the ``set``: a leader paused between the two
-        can still write over."""
+        single-flight *flight* (a leader, ``refresh()``, or with *steal* a caller that
+        gave up waiting for *token*'s holder), whose value must not land when, since
+        the flight began, the lease lapsed (the next leader stored a fresher value), a
+        :meth:`delete` removed the lock, or, with *gen* (the generation the flight
+        began in, :meth:`flight_generation`), a :meth:`clear` moved the namespace on.
+        With *steal* the store also removes the lock, so the holder's own (slower,
+        older) store is refused. ``False`` if refused.
+
+        Standalone, Sentinel, ``memory://``: one step of the script (the lock shares
+        the namespace's hash tag; the generation is checked in it, and a stale one is
+        not moved to the new generation as other writes are). Cluster: the lock lives
+        in another slot: it is read (``GET``) before the ``set`` and again after it
+        (with *steal*: removed if still *token*'s), and a value whose lock was gone by
+        then is taken back (deleted if it is still this value); a delete removes the
+        lock before the value, so a value computed before it is gone, at the latest,
+        two round trips after it landed (a leader paused between them, or whose take
+        back failed, leaves it until its TTL). The value is written under *gen*'s names:
+        after a clear, unreachable."""
         name = self._lock_key(lock)
+        tok = token.encode()
         if self.cluster:
-            if (yield (CMD, (b"GET", name))) != token.encode():
+            if (yield (CMD, (b"GET", name))) != tok:
                 return False
-            yield from self.plan_set(key, value, ttl_ms)
-            return True
-        return bool((yield from self._run(b"fset", (key,), (_ttl_arg(ttl_ms), value, token.encode()), name)))
+            if gen is None:
+                gen = yield from self._generation()
+            target = self._names(gen, (key,))
+            yield (RUN, target, (b"set", b"", _ttl_arg(ttl_ms), value))
+            held = ((yield (RUN, (name,), (b"unlock", b"", tok))) if steal
+                    else (yield (CMD, (b"GET", name))) == tok)
+            if held:
+                return True
+            with contextlib.suppress(BackendUnavailable):  # compare-and-delete of this value
+                yield (RUN, target, (b"unlock", b"", value))
+            return False
+        args = (_ttl_arg(ttl_ms), value, tok, b"1" if steal else b"")
+        if gen is None:
+            return bool((yield from self._run(b"fset", (key,), args, name)))
+        try:
+            names = [self._gen_key, *self._names(gen, (key,)), name]
+            return bool((yield (RUN, names, (b"fset", gen, *args))))
+        except StaleGeneration as e:  # cleared since the flight began: not stored
+            self._gen = e.gen
+            return False
+
+    def flight_generation(self) -> bytes:
+        """The generation a flight starting now stores in (:meth:`plan_set_if_locked`):
+        the one seen last (no I/O; a leader has just read its key). One older than the
+        counter only costs that flight its store."""
+        return self._gen
+
+    def plan_read_generation(self) -> Plan[bytes]:
+        """:meth:`flight_generation` for a flight that read nothing first
+        (``refresh()``): the counter, read (on Cluster while the listener does not
+        vouch for the one read last)."""
+        if self.cluster:
+            return (yield from self._generation())
+        self._gen = (yield (CMD, (b"GET", self._gen_key))) or b"0"
+        return self._gen
+
+    def plan_lock_holder(self, name: str) -> Plan[str | None]:
+        """The token that holds lock *name*, ``None`` if it is free."""
+        token = yield (CMD, (b"GET", self._lock_key(name)))
+        return None if token is None else bytes(token).decode()
+
+    def plan_steal_lock(self, name: str, token: str, ttl_ms: int) -> Plan[bool]:
+        """Take lock *name* for *token* whoever holds it (``refresh()``: the holder's
+        store is then refused). Always ``True``."""
+        yield (CMD, (b"SET", self._lock_key(name), token, b"PX", ttl_ms))
+        return True
 
     def plan_add(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[bool]:
         """:meth:`add` as a plan."""
         return bool((yield from self._run(b"add", (key,), (_ttl_arg(ttl_ms), value))))
 
     def plan_delete(self, key: str) -> Plan[bool]:
-        """:meth:`delete` as a plan."""
-        return int((yield from self._run(b"del", (key,), ()))) > 0
+        """:meth:`delete` as a plan: the key's single-flight lock goes with it, so a
+        value computed before the delete is not stored after it
+        (:meth:`plan_set_if_locked`). On Cluster the lock (another slot) goes first, one
+        round trip more; :meth:`delete_many` sends the locks' removals ahead of the
+        values' in the same pipelines (one round trip per node), so there a flight whose
+        store and check both ran between the removal of its value and that of its lock
+        (on another node: more than a round trip of skew between two nodes) keeps its
+        value until its TTL."""
+        lock = self._lock_key("sf:" + key)
+        if self.cluster:
+            yield (CMD, (b"DEL", lock))
+            return int((yield from self._run(b"del", (key,), ()))) > 0
+        return int((yield from self._run(b"del", (key,), (b"1",), lock))) > 0
 
     def plan_delete_many(self, keys: Sequence[str]) -> Plan[int]:
-        """:meth:`delete_many` as a plan."""
-        return sum(int(reply) for _, reply in (yield from self._bulk(b"del", keys, ())))
+        """:meth:`delete_many` as a plan (the keys' single-flight locks too, as
+        :meth:`plan_delete`)."""
+        return sum(int(reply) for _, reply in (yield from self._bulk(b"del", keys, (), locks=True)))
 
     def plan_incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> Plan[int | None]:
         """:meth:`incr` as a plan."""
@@ -799,8 +887,18 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
     def set(self, key: str, value: bytes, ttl_ms: int | None) -> None:
         drive(self.plan_set(key, value, ttl_ms), self._do)
 
-    def set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str, token: str) -> bool:
-        return drive(self.plan_set_if_locked(key, value, ttl_ms, lock, token), self._do)
+    def set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str, token: str,
+                      gen: bytes | None = None, steal: bool = False) -> bool:
+        return drive(self.plan_set_if_locked(key, value, ttl_ms, lock, token, gen, steal), self._do)
+
+    def read_generation(self) -> bytes:
+        return drive(self.plan_read_generation(), self._do)
+
+    def lock_holder(self, name: str) -> str | None:
+        return drive(self.plan_lock_holder(name), self._do)
+
+    def steal_lock(self, name: str, token: str, ttl_ms: int) -> bool:
+        return drive(self.plan_steal_lock(name, token, ttl_ms), self._do)
 
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
         return drive(self.plan_add(key, value, ttl_ms), self._do)

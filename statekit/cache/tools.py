@@ -11,6 +11,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 import threading
 import time
 import uuid
@@ -59,6 +60,15 @@ def _lock_ms(timeout: Any) -> int:
     return max(1, int(timeout * 1000))
 
 
+def _wait_seconds(wait: Any) -> float | None:
+    """*wait* (seconds to wait for a lock, ``None`` for ever), checked: ``nan`` compares
+    false with every deadline, so it waited for ever."""
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
+                             or math.isnan(wait)):
+        raise ValueError(f"a lock wait must be a number of seconds or None (for ever), not {wait!r}")
+    return wait
+
+
 class Lock:
     """A lock shared by every process using the cache's backend.
 
@@ -68,8 +78,12 @@ class Lock:
     compare-and-delete), so a holder whose lock expired cannot release another's.
     The token is kept per thread (as redis-py's ``Lock`` does by default): one Lock
     object shared by threads is held by the thread that acquired it, and must be
-    released by that thread. Not re-entrant. Backend errors raise
-    :class:`~statekit.errors.BackendUnavailable` whatever ``on_error``.
+    released by that thread. A process forked while a thread held the lock does not
+    hold it (the parent does: the child's :meth:`locked` is ``False`` and its
+    :meth:`release` raises :class:`~statekit.errors.LockError`). Not re-entrant.
+    Backend errors raise :class:`~statekit.errors.BackendUnavailable` whatever
+    ``on_error``. A wait that is not a number of seconds (``nan``) raises
+    ``ValueError``.
     """
 
     def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
@@ -77,22 +91,23 @@ class Lock:
         self.cache = cache
         self.name = "u:" + name
         self.timeout = timeout
-        self.blocking_timeout = blocking_timeout
+        self.blocking_timeout = _wait_seconds(blocking_timeout)
         self._local = threading.local()
 
     @property
     def token(self) -> str | None:
-        """The token this thread holds the lock with, ``None`` if it does not."""
-        token: str | None = getattr(self._local, "token", None)
-        return token
+        """The token this thread of this process holds the lock with, ``None`` if it
+        does not (a forked child's copy of the thread holds nothing)."""
+        held: tuple[int, str] | None = getattr(self._local, "token", None)
+        return held[1] if held is not None and held[0] == os.getpid() else None
 
     @token.setter
     def token(self, value: str | None) -> None:
-        self._local.token = value
+        self._local.token = None if value is None else (os.getpid(), value)
 
     def _acquire(self, blocking: bool, timeout: float | None) -> Plan[bool]:
         token = uuid.uuid4().hex
-        wait = self.blocking_timeout if timeout is None else timeout
+        wait = self.blocking_timeout if timeout is None else _wait_seconds(timeout)
         deadline = None if wait is None else _monotonic() + wait
         pause = 0.005
         while True:

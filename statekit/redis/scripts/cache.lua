@@ -45,8 +45,15 @@ elseif op == 'add' then
   if r then return 1 end
   return 0
 elseif op == 'del' then
+  -- ARGV[3] (if given) = how many of KEYS[f..] are values (counted); the names after
+  -- them are the values' single-flight locks, removed too: a value computed before
+  -- this delete is then refused when its flight stores it ('fset' checks the lock)
+  local n = tonumber(ARGV[3] or '') or (#KEYS - f + 1)
   local c = 0
-  for i = f, #KEYS do c = c + redis.call('DEL', KEYS[i]) end
+  for i = f, #KEYS do
+    local d = redis.call('DEL', KEYS[i])
+    if i < f + n then c = c + d end
+  end
   return c
 elseif op == 'incr' then
   -- the result is read back as text: INCRBY's integer reply becomes a Lua double,
@@ -68,14 +75,19 @@ elseif op == 'touch' then
   end
   return redis.call('PEXPIRE', r, ARGV[3])
 elseif op == 'fset' then
-  -- a single-flight leader's store: 'set' of KEYS[f] only while its token ARGV[5] holds
-  -- the lock KEYS[f + 1] (a leader whose lease lapsed while it computed must not write
-  -- over what the next leader stored since). 1 stored, 0 refused
+  -- a flight's store: 'set' of KEYS[f] only while the token ARGV[5] holds the lock
+  -- KEYS[f + 1] (a leader whose lease lapsed while it computed must not write over what
+  -- the next leader stored since; a delete since removed the lock). ARGV[6] = '1': the
+  -- store of a caller that gave up waiting for that token's holder, which also removes
+  -- the lock, so the slower holder's own store is refused. 1 stored, 0 refused
   if redis.call('GET', KEYS[f + 1]) ~= ARGV[5] then return 0 end
   if ARGV[3] == '' then redis.call('SET', KEYS[f], ARGV[4])
   else redis.call('SET', KEYS[f], ARGV[4], 'PX', ARGV[3]) end
+  if ARGV[6] == '1' then redis.call('DEL', KEYS[f + 1]) end
   return 1
 elseif op == 'unlock' then
+  -- compare-and-delete: a lock held by the token ARGV[3] (or, on Cluster, a value a
+  -- refused flight wrote, taken back: see plan_set_if_locked)
   if redis.call('GET', KEYS[f]) == ARGV[3] then return redis.call('DEL', KEYS[f]) end
   return 0
 elseif op == 'extend' then
