@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import time
 import weakref
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..cache.near import NearCache
@@ -467,16 +467,24 @@ class RedisEngine(_Layout):
         with self._changing(key, stores=True, barrier=False) as seq:
             return self._write(key, create, sets, dels, ttl_ms, index, seq, base)
 
-    def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
-               ttl_ms: int, index: IndexOp | None, seq: int, base: Mapping[str, bytes] | None) -> Result:
-        changes_user = "m:u" in sets or "m:u" in dels
+    def _as_stored(self, script: Script, call: Callable[[IndexOp | None], tuple[list[str], list[Any]]],
+                   index: IndexOp | None, changes_user: bool) -> tuple[Any, IndexOp | None]:
+        """Run the write or rotate *script* with the arguments ``call(index)`` until it
+        is not refused for the stored user (:meth:`_index_again`): its reply and the
+        index operation it applied."""
         for tries in range(_INDEX_TRIES, 0, -1):
-            reply = self._script(_WRITE, *self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0,
-                                                           base))
+            reply = self._script(script, *call(index))
             again = self._index_again(index, reply, tries, changes_user)
             if again is None:
-                break
+                return reply, index
             index = again
+        raise AssertionError("unreachable: _index_again raises on the last try")
+
+    def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
+               ttl_ms: int, index: IndexOp | None, seq: int, base: Mapping[str, bytes] | None) -> Result:
+        reply, index = self._as_stored(
+            _WRITE, lambda op: self._write_call(key, create, sets, dels, ttl_ms, op, seq >= 0, base),
+            index, "m:u" in sets or "m:u" in dels)
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session save")
@@ -486,12 +494,8 @@ class RedisEngine(_Layout):
 
     def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         with self._changing(self._session_prefix + old):
-            for tries in range(_INDEX_TRIES, 0, -1):
-                reply = self._script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
-                again = self._index_again(index, reply, tries, False)
-                if again is None:
-                    break
-                index = again
+            reply, index = self._as_stored(_ROTATE, lambda op: self._rotate_call(old, new, alias_ms, op),
+                                           index, False)
         result = _result(reply)
         if result.status is Status.DONE:
             self._index_after(index, "session rotate")
@@ -655,23 +659,33 @@ class AsyncRedisEngine(_Layout):
             self._near_keep(key, out, seq, transport.tracked(key))
         return out
 
+    async def _as_stored(self, transport: AsyncTransport, script: Script,
+                         call: Callable[[IndexOp | None], tuple[list[str], list[Any]]],
+                         index: IndexOp | None, changes_user: bool, what: str) -> tuple[Any, Result]:
+        """:meth:`RedisEngine._as_stored`, awaited, then the index update a Redis
+        Cluster makes after the script: run to its end even if this request is
+        cancelled meanwhile (:func:`_finish`). The script's reply and its result."""
+        for tries in range(_INDEX_TRIES, 0, -1):
+            reply = await transport.script(script, *call(index))
+            again = self._index_again(index, reply, tries, changes_user)
+            if again is None:
+                break
+            index = again
+        result = _result(reply)
+        if result.status is Status.DONE and self._indexed_apart(index):
+            await _finish(self._index_after(transport, index, what))
+        return reply, result
+
     async def write(self, handle: str, *, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
                     ttl_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         key = self._session_prefix + handle
         base = self._near_base(key, create)
         with self._changing(key, stores=True, barrier=False) as seq:
-            changes_user = "m:u" in sets or "m:u" in dels
-            for tries in range(_INDEX_TRIES, 0, -1):
-                call = self._write_call(key, create, sets, dels, ttl_ms, index, seq >= 0, base)
-                reply = await transport.script(_WRITE, *call)
-                again = self._index_again(index, reply, tries, changes_user)
-                if again is None:
-                    break
-                index = again
-            result = _result(reply)
-            if result.status is Status.DONE and self._indexed_apart(index):
-                await _finish(self._index_after(transport, index, "session save"))
+            reply, result = await self._as_stored(
+                transport, _WRITE,
+                lambda op: self._write_call(key, create, sets, dels, ttl_ms, op, seq >= 0, base),
+                index, "m:u" in sets or "m:u" in dels, "session save")
             if seq >= 0:
                 self._near_settle(key, result, reply, seq, transport.tracked(key), base, sets, dels)
             return result
@@ -679,15 +693,9 @@ class AsyncRedisEngine(_Layout):
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         with self._changing(self._session_prefix + old, barrier=False):
-            for tries in range(_INDEX_TRIES, 0, -1):
-                reply = await transport.script(_ROTATE, *self._rotate_call(old, new, alias_ms, index))
-                again = self._index_again(index, reply, tries, False)
-                if again is None:
-                    break
-                index = again
-        result = _result(reply)
-        if result.status is Status.DONE and self._indexed_apart(index):
-            await _finish(self._index_after(transport, index, "session rotate"))
+            _, result = await self._as_stored(transport, _ROTATE,
+                                              lambda op: self._rotate_call(old, new, alias_ms, op),
+                                              index, False, "session rotate")
         await self._ping(transport)
         return result
 
