@@ -14,6 +14,7 @@ hooks, tasks and threads held on events) and failing before its fix:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import subprocess
@@ -28,8 +29,11 @@ import pytest
 from test_blobs_async import BLOCK, body, leftovers
 
 from statekit.blobs import AsyncBlobStore, BlobStore
-from statekit.errors import BackendUnavailable, BlobTooLarge
+from statekit.blobs.protocol import WriteRequest
+from statekit.errors import BackendUnavailable, BlobExists, BlobTooLarge
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
+
+_NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 def _confirm_killed_at_link(url: str, key: str, *, linking: str) -> int:
@@ -70,6 +74,25 @@ def test_file_store_record_left_by_a_killed_writer_does_not_block_the_verdict(tm
     assert [b.key for b in store.list()] == [up.key]
 
 
+
+
+def test_file_store_cleanup_removes_an_old_empty_record_claim(tmp_path: Path) -> None:
+    """A filesystem without hard links claims a record's name empty (``O_EXCL``) and then
+    renames the record over it; a writer killed in between leaves the empty claim, which
+    no lock guards. A write does not take it over (its writer may be about to rename),
+    cleanup_partial removes it once older than its cutoff."""
+    store = BlobStore(f"file://{tmp_path}/s?create=1")
+    key = "2026/01/01/" + "0" * 32
+    meta = Path(store.backend._meta_path(key))
+    meta.parent.mkdir(parents=True)
+    meta.touch()
+    writer = store.backend.writer(WriteRequest(key, "text/plain", "attachment", {}, _NOW))
+    with pytest.raises(BlobExists):
+        writer.commit("0" * 64, 0)
+    writer.abort()
+    assert store.backend.cleanup_partial(3600) == 0 and meta.exists()
+    os.utime(meta, (1, 1))
+    assert store.backend.cleanup_partial(3600) == 1 and not meta.exists()
 
 @pytest.mark.s3
 def test_s3_lost_sha256_tag_is_reported(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:

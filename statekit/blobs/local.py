@@ -281,11 +281,12 @@ class LocalBackend(BlobBackend):
                 os.unlink(tmp)
 
     @staticmethod
-    def _remove_orphan(meta: str, blob: str) -> bool:
+    def _remove_orphan(meta: str, blob: str, *, placeholder: bool = False) -> bool:
         """Remove the record *meta* if it is an orphan: no *blob* beside it, and its
         writer gone (its ``flock`` is free); whether *meta* is gone now. A record being
-        written (its writer holds the lock), one whose blob is linked, and an empty
-        placeholder of a filesystem without hard links (never locked) are left."""
+        written (its writer holds the lock) and one whose blob is linked are left, as
+        is an empty placeholder of a filesystem without hard links (never locked; its
+        writer may be about to replace it) unless *placeholder* (it is old)."""
         if os.path.lexists(blob):
             return False
         try:
@@ -298,7 +299,7 @@ class LocalBackend(BlobBackend):
             except BlockingIOError:
                 return False  # its writer is alive
             found = os.fstat(fd)
-            if found.st_size == 0 or os.path.lexists(blob):
+            if (found.st_size == 0 and not placeholder) or os.path.lexists(blob):
                 return False
             try:
                 now = os.stat(meta)
@@ -411,6 +412,7 @@ class LocalBackend(BlobBackend):
                 key = os.path.relpath(path, meta_top)[: -len(".json")].replace(os.sep, "/")
                 with contextlib.suppress(FileNotFoundError):
                     # the record of a write that crashed before its link (not one being written)
-                    if os.stat(path).st_mtime < cutoff and self._remove_orphan(path, self._path(key)):
+                    if os.stat(path).st_mtime < cutoff and self._remove_orphan(path, self._path(key),
+                                                                               placeholder=True):
                         removed += 1
         return removed
