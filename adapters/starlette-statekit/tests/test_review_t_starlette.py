@@ -196,3 +196,33 @@ def test_shutdown_closes_the_cache_even_when_the_broadcaster_fails_to_stop(redis
     with pytest.raises(BroadcastError):
         asyncio.run(main())
     assert closed == ["cache"]
+
+
+def test_a_login_whose_save_fails_after_the_rotation_sends_the_new_cookie_with_the_503(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docstring's exception to "the cookie is left alone": rotate_session gave
+    the session a new id in Redis, then the response's save failed. The 503 must
+    carry the new id (the old one names a tombstone now: keeping it would be a
+    logout), and the data stays reachable through it when Redis is back."""
+    app = make_app(redis_url, near_cache=0)
+    real_save = AsyncSessionStore.save
+
+    async def main() -> tuple[int, bool, dict[str, Any]]:
+        async with client(app) as c:
+            await c.post("/set/cart/pear")
+            old = c.cookies["session"]
+
+            async def down(self: AsyncSessionStore, session: Any) -> Any:
+                if session.rotated:
+                    raise BackendUnavailable("down after the rotation (test)")
+                return await real_save(self, session)
+
+            with monkeypatch.context() as m:
+                m.setattr(AsyncSessionStore, "save", down)
+                answer = await c.post("/login")
+            return answer.status_code, c.cookies["session"] != old, (await c.get("/get")).json()
+
+    status, renewed, after = asyncio.run(main())
+    assert (status, renewed) == (503, True)
+    assert after == {"cart": "pear"}  # the rotated session, without the unsaved "user"
