@@ -275,3 +275,25 @@ def test_async_put_cancelled_after_its_commit_names_a_blob_it_could_not_delete(
     with caplog.at_level(logging.WARNING, logger="statekit.blobs"):
         key = asyncio.run(main())
     assert any(key in r.getMessage() and "BackendUnavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_async_read_body_is_read_one_byte_past_max_size() -> None:
+    """A body with ``async read(n)`` is asked for no more than one byte past
+    ``max_size``, as the sync store reads a file (it was asked for a whole chunk)."""
+    class Body:
+        def __init__(self) -> None:
+            self.taken = 0
+
+        async def read(self, size: int = -1) -> bytes:
+            self.taken += size
+            return b"x" * size
+
+    async def main() -> int:
+        async with AsyncBlobStore("memory://read-size") as store:
+            given = Body()
+            with pytest.raises(BlobTooLarge):
+                await store.put(given, max_size=1000, content_type="text/plain")
+            assert [b async for b in store.list()] == []
+            return given.taken
+
+    assert asyncio.run(main()) == 1001

@@ -53,11 +53,11 @@ import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from ..errors import BlobError, ConfigError
 from .protocol import Blob, BlobPage, PresignedUpload
-from .source import READ_CHUNK
+from .source import READ_CHUNK, read_size
 from .store import BlobStore
 
 __all__ = ["QUEUE_BYTES", "AsyncBlobReader", "AsyncBlobStore"]
@@ -155,16 +155,17 @@ class _FormFile:
         self.content_length: int | None = size if isinstance(size, int) else None
 
 
-def _chunks(body: Any) -> Callable[[], Awaitable[bytes]] | None:
+def _chunks(body: Any) -> Callable[[int], Awaitable[bytes]] | None:
     """A function returning the next chunk of an async *body* (``b""`` at its end),
-    or ``None`` when *body* is not async (the worker reads it)."""
+    given how many bytes are wanted (an ``async read(n)`` reads no more; an iterator
+    yields what it has), or ``None`` when *body* is not async (the worker reads it)."""
     read = getattr(body, "read", None)
     if read is not None and inspect.iscoroutinefunction(read):
-        return functools.partial(read, READ_CHUNK)
+        return cast("Callable[[int], Awaitable[bytes]]", read)
     if hasattr(body, "__aiter__"):
         it: AsyncIterator[bytes] = body.__aiter__()
 
-        async def anext_chunk() -> bytes:
+        async def anext_chunk(_: int) -> bytes:
             async for data in it:
                 if data:
                     return data
@@ -287,8 +288,9 @@ class AsyncBlobStore:
         :param body: an async iterator of ``bytes`` (``request.stream()``), an object
             with ``async read(n)`` (``UploadFile``), or what :meth:`BlobStore.put` takes.
 
-        ``max_size`` is enforced while the body streams: no more than one chunk past
-        it is read. Cancelling the calling task aborts the write (see the module
+        ``max_size`` is enforced while the body streams, as the sync store enforces it:
+        an ``async read(n)`` body is read at most one byte past it, an async iterator
+        one chunk past it. Cancelling the calling task aborts the write (see the module
         docstring); nothing is left under any key.
         """
         limit = options.get("max_size")
@@ -308,7 +310,7 @@ class AsyncBlobStore:
         if next_chunk is not None:
             try:
                 total = 0
-                while not worker.done() and (data := await next_chunk()):
+                while not worker.done() and (data := await next_chunk(read_size(limit, total))):
                     await channel.send(data, worker)
                     total += len(data)
                     if limit is not None and total > limit:

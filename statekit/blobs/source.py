@@ -10,10 +10,18 @@ from typing import Any
 
 from ..errors import BlobError, BlobTooLarge
 
-__all__ = ["READ_CHUNK", "Source"]
+__all__ = ["READ_CHUNK", "Source", "read_size"]
 
 #: size of each read from the input
 READ_CHUNK = 256 * 1024
+
+
+def read_size(max_size: int | None, total: int) -> int:
+    """How much to ask a file-like input for after *total* bytes: a chunk, but no more
+    than one byte past *max_size* (enough to know it is exceeded)."""
+    if max_size is None:
+        return READ_CHUNK
+    return max(1, min(READ_CHUNK, max_size + 1 - total))
 
 
 class Source:
@@ -67,10 +75,7 @@ class Source:
 
     def _next(self) -> bytes:
         if self._read is not None:
-            want = READ_CHUNK
-            if self.max_size is not None:
-                want = max(1, min(want, self.max_size + 1 - self.total))
-            data = self._read(want)
+            data = self._read(read_size(self.max_size, self.total))
             if data is None:
                 raise BlobError("non-blocking input returned no data")
         else:
