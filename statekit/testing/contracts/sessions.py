@@ -72,6 +72,37 @@ _ASYNC_METHODS = frozenset(name for name, f in vars(AsyncSessionEngine).items()
 _HUNG_AFTER = 60.0
 
 
+class _LosesReplies:
+    """A store's engine whose calls named in :attr:`lose` reach the engine, and whose
+    replies are then lost (``BackendUnavailable``, as a timeout after the command was
+    sent): each name once."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.lose: set[str] = set()
+        self.lost: list[str] = []
+
+    def _lost(self, name: str) -> bool:
+        if name not in self.lose:
+            return False
+        self.lose.discard(name)
+        self.lost.append(name)
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._engine, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            out = method(*args, **kwargs)
+            if self._lost(name):
+                raise BackendUnavailable(f"simulated: the reply of {name} timed out")
+            return out
+
+        return call
+
+
 class SessionEngineContract:
     """The session-engine contract suite (see the module docstring)."""
 
@@ -190,6 +221,28 @@ class SessionEngineContract:
         assert create(sets) is Status.DONE
         assert create(sets) is Status.DONE  # the same create again (its reply was lost)
         assert create(dict(sets, **{"m:c": b"1700000001.5"})) is Status.EXISTS
+
+    def test_a_save_retried_after_a_lost_create_stores_it_once(self, store: SessionStore) -> None:
+        """A new session's save reaches the engine but its reply is lost; the request
+        then drops a key and changes the user, and saves again: the store sends the
+        same create (its ``m:c``) with the key deleted and the old user's index entry
+        removed. One session, as the request holds it, indexed under its user only."""
+        engine = _LosesReplies(store.engine)
+        lossy = SessionStore(engine=engine, secret_keys=KEYS)
+        s = lossy.new()
+        s.update({"cart": ["apple"], "flash": "hi"})
+        s.user_id = "u"
+        engine.lose.add("write")
+        with pytest.raises(BackendUnavailable):
+            lossy.save(s)
+        assert engine.lost == ["write"] and s.new
+        del s["flash"]
+        s.user_id = "w"
+        assert lossy.save(s)  # no "session id collision"
+        loaded = store.load(s.sid)
+        assert loaded is not None and loaded == {"cart": ["apple"]} and loaded.user_id == "w"
+        assert store.list_user_sessions("u") == [] and store.revoke_user("u") == 0
+        assert [i.handle for i in store.list_user_sessions("w")] == [s.handle]
 
     def test_a_write_to_a_missing_session_changes_nothing(self, store: SessionStore) -> None:
         handle = store._handle(store.new().sid)
