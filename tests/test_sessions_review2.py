@@ -69,8 +69,9 @@ def test_a_retried_save_of_a_new_session_after_a_lost_reply_stores_it_once(store
     engine = _lose_next(store, "write")
     with pytest.raises(BackendUnavailable):
         store.save(s)
-    assert engine.lost == ["write"] and s.new
+    assert engine.lost == ["write"] and s.new and s.maybe_stored
     assert store.save(s)  # the same create again: no collision
+    assert not s.new and not s.maybe_stored
     loaded = store.load(s.sid)
     assert loaded is not None and dict(loaded) == {"cart": ["apple"]} and loaded.user_id == "u"
     assert loaded.created == s.created

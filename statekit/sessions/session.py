@@ -173,6 +173,16 @@ class Session(dict[str, Any]):
             self._fresh = None
 
     @property
+    def maybe_stored(self) -> bool:
+        """Whether this new session's first save reached the store and its reply was
+        lost (a timeout, or the request cancelled): it may be stored under
+        :attr:`sid`. The next :meth:`SessionStore.save` sends the same create, never a
+        second session; an adapter answering 503 may send the cookie anyway, so the
+        browser's retry continues this session if it was stored (else that cookie
+        opens a fresh one)."""
+        return self.new and self._pending is not None
+
+    @property
     def through_alias(self) -> bool:
         """Whether this request loaded the session before another request rotated it
         (a request in flight with the pre-login cookie) and its writes followed the
