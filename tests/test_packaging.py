@@ -209,7 +209,7 @@ def test_missing_redis_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from statekit.redis import create_client
 
     monkeypatch.setitem(sys.modules, "redis", None)
-    message = r"redis:// URLs need the 'redis' package: pip install 'statekit\[redis\]'"
+    message = r"the 'redis' package is required for redis:// URLs: pip install 'statekit\[redis\]'"
     with pytest.raises(ConfigError, match=message):
         create_client("redis://127.0.0.1:6379/0")
 

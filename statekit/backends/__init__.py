@@ -54,7 +54,7 @@ def require(module: str, *, feature: str) -> ModuleType:
         top = module.split(".")[0]
         extra = EXTRAS.get(top, top)
         raise ConfigError(
-            f"{feature} need the {top!r} package: pip install 'statekit[{extra}]'"
+            f"the {top!r} package is required for {feature}: pip install 'statekit[{extra}]'"
         ) from e
 
 

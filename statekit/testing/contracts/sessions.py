@@ -149,7 +149,7 @@ class SessionEngineContract:
 
     def test_round_trip_of_tagged_values(self, store: SessionStore) -> None:
         s = store.new()
-        value = {"when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC), "raw": b"\x00\x01",
+        value = {"when": dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc), "raw": b"\x00\x01",
                  "pair": (1, 2), "tags": {"a"}, "none": None}
         s["v"] = value
         s["n"] = 3
