@@ -486,10 +486,10 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         close``). The master may get the group's signal a moment after us, so the
         decision waits :data:`GROUP_SIGNAL_GRACE` seconds; a SIGTERM sent to this
         worker alone (not draining) takes effect then."""
-        if not self.alive or getattr(self, "_statekit_exit_pending", False):
-            return
         if not hasattr(self, "wsgi") and get_drain_state().workers_stopping:
             raise SystemExit(0)  # the master's stop while the app loads: nothing to finish
+        if not self.alive or getattr(self, "_statekit_exit_pending", False):
+            return
         self._statekit_exit_pending = True
         timer = threading.Timer(GROUP_SIGNAL_GRACE, self._statekit_wake, (sig, frame))
         timer.daemon = True

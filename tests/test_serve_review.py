@@ -122,3 +122,24 @@ def test_a_successor_whose_lifespan_startup_outlasts_the_ready_timeout_still_run
         assert "rolling reload aborted" in srv.log()
         assert srv.workers() == [old]
         assert f"statekit: worker {new} ready" not in srv.log()
+
+
+def test_a_worker_importing_the_app_when_the_whole_group_gets_sigterm_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM to the process group (systemd, dumb-init) while a gthread worker is
+    still importing the app: its own copy of the signal is taken for the group's and
+    waits for the master. The master's own SIGTERM, after the pre-stop delay, must
+    then end it at once (it holds no request), not find it "already stopping" and
+    SIGKILL it (gunicorn: "was sent SIGKILL! Perhaps out of memory?", at ERROR)."""
+    (tmp_path / "hold").write_text("")
+    srv = ServeProcess(tmp_path, "--workers", "1", "--pre-stop-delay", "0.5", "--graceful-timeout", "10",
+                       "--interface", "wsgi", app_source="import os, time\n" + HOLD + APP)
+    with srv:
+        wait_until(lambda: (tmp_path / "loading").exists(), 30, "the worker importing the app")
+        (worker,) = srv.workers()
+        srv.signal(signal.SIGTERM)
+        os.kill(worker, signal.SIGTERM)  # as a signal to the process group does
+        assert srv.wait(20) == 0
+        log = srv.log()
+    os.unlink(tmp_path / "hold")
+    assert "SIGKILL" not in log, log
+    assert "[ERROR]" not in log, log
