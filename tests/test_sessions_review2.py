@@ -363,3 +363,22 @@ def test_a_claim_leading_to_a_rotated_session_gives_a_superseded_session(carryin
     assert carrying.save(b)
     c = carrying.open("old-cookie")
     assert c.new and c == {} and c.superseded
+
+
+def test_an_old_cookie_naming_a_key_of_another_type_gives_a_fresh_session(redis_url: str) -> None:
+    """Flask-Session without its signer: the cookie is the key's name, any text a
+    client sends. One naming a key of another type (a hash of the old app's) made
+    the read fail with WRONGTYPE: a 500 on every request with it."""
+    import redis as redis_py
+
+    old = redis_py.Redis.from_url(redis_url)
+    store = SessionStore(redis_url, secret_keys=["k"], key_prefix="review2-carry")
+    try:
+        old.hset("session:not-a-session", "field", "value")
+        store.carry_over = CarryOver(FlaskSessionRedis(client=old))
+        fresh = store.open("not-a-session")
+        assert fresh.new and fresh == {}
+        assert old.hgetall("session:not-a-session") == {b"field": b"value"}  # left alone
+    finally:
+        store.close()
+        old.close()

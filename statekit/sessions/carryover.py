@@ -360,11 +360,18 @@ class FlaskSessionRedis:
         return None
 
     def read(self, cookie: str) -> Mapping[str, Any] | None:
+        import redis
+
         sid = self._sid(cookie)
         if sid is None:
             return None
-        with translate_errors("reading the previous session store"):
-            raw = self.client.get(self.key_prefix + sid)
+        try:
+            with translate_errors("reading the previous session store"):
+                raw = self.client.get(self.key_prefix + sid)
+        except redis.ResponseError as e:
+            if not str(e).startswith("WRONGTYPE"):
+                raise
+            return None  # a key of another kind (without the signer the cookie names any): no session
         if raw is None:
             return None
         return self._decode(raw)
