@@ -5,7 +5,18 @@ reply or pauses a call at a chosen point; no sleeps), sync and async.
 * a save of a new session whose reply was lost (a timeout) raised "session id
   collision" when the request tried again: the retry sent another create time, so
   the engine saw another session's create. A retry must neither lose the session
-  nor make a second one.
+  nor make a second one (the case with a key dropped and the user changed between
+  is in the shipped contract).
+* Redis Cluster, async: a request cancelled between the session script and the
+  index update after it left the session unindexed (revoke_user missed it).
+* async cancellation at every command of open, save, rotate and destroy (the
+  claims held: all old or all new, indexed as stored, near copy equal to Redis).
+* the carry-over: a 422-byte plain-data pickle whose lists share references
+  expanded to 2**40 values when stored (a worker spinning forever); deep JSON raised
+  RecursionError (a 500 on every request with that cookie); a request that found the
+  carried session through the claim, or carried it itself, sent its cookie after a
+  parallel login had rotated it (the browser logged out); an unsigned Flask-Session
+  cookie naming a key of another type (WRONGTYPE) was a 500, not a fresh session.
 """
 
 from __future__ import annotations
