@@ -8,7 +8,10 @@ Put it *before* ``SessionMiddleware``::
 A :class:`~statekit.errors.BackendUnavailable` raised by a view (loading the
 session, or writing to the read-only session of the ``anonymous`` policy) becomes a
 503 with ``Retry-After``; so does a failed save in ``SessionMiddleware`` (Django
-first turns it into a 500, which this middleware replaces). The 503 is a new
+first turns it into a 500, which this middleware replaces), and a write by another
+middleware to that read-only session (``CsrfViewMiddleware`` with
+``CSRF_USE_SESSIONS``, ``MessageMiddleware``), which Django's 500 page itself may
+repeat. The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
 gets the same session back once Redis returns; except the new key of a rotation (a
 login) or a carry-over Redis had already made, since the data lives there only.
@@ -41,10 +44,12 @@ Django made it.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.http import http_date
 
@@ -94,6 +99,50 @@ def _secure() -> bool:
     return secure not in (False, "0", "false", "False", "no", "off")
 
 
+#: the request attribute that holds a BackendUnavailable raised outside the views
+_RAISED = "_statekit_unavailable"
+
+
+def _note_raised(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """Django's ``got_request_exception``: a :class:`~statekit.errors.BackendUnavailable`
+    raised outside the views, which ``process_exception`` never sees (another
+    middleware writing the read-only session of the ``anonymous`` policy after the
+    view: ``CsrfViewMiddleware`` with ``CSRF_USE_SESSIONS``, ``MessageMiddleware``; a
+    cache call in a middleware), is a 500 by the time the response reaches
+    :class:`SessionOutageMiddleware`: noted on the request, it is answered as the
+    outage it is."""
+    raised = sys.exc_info()[1]
+    if request is not None and isinstance(raised, BackendUnavailable):
+        setattr(request, _RAISED, raised)
+
+
+got_request_exception.connect(_note_raised, dispatch_uid="django_statekit.middleware")
+
+
+class _Pass:
+    """One request's way through :class:`SessionOutageMiddleware`: the version token
+    the browser sent is the request's (:data:`~django_statekit.sessions.version_token`)
+    while the chain below runs, and a :class:`~statekit.errors.BackendUnavailable` that
+    escaped even Django's 500 handler (whose ``requires_csrf_token`` writes the
+    read-only session again with ``CSRF_USE_SESSIONS``) is kept for the answer."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self.sent = request.COOKIES.get(settings.SESSION_COOKIE_NAME + "_v")
+        self.response: HttpResponseBase = HttpResponse(status=500)
+
+    def __enter__(self) -> _Pass:
+        self._reset = version_token.set(self.sent)
+        return self
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> bool:
+        version_token.reset(self._reset)
+        if isinstance(error, BackendUnavailable):
+            setattr(self.request, _RAISED, error)  # answered 503 by _finish
+            return True
+        return False
+
+
 class SessionOutageMiddleware(HybridMiddleware):
     """Turn session-store outages into ``503 Service Unavailable`` + ``Retry-After``,
     and send the session cookie with ``Secure`` outside ``DEBUG``.
@@ -106,26 +155,19 @@ class SessionOutageMiddleware(HybridMiddleware):
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        sent = request.COOKIES.get(settings.SESSION_COOKIE_NAME + "_v")
-        reset = version_token.set(sent)
-        try:
-            response = self.get_response(request)
-        finally:
-            version_token.reset(reset)
-        return self._finish(request, response, sent)
+        with _Pass(request) as p:
+            p.response = self.get_response(request)
+        return self._finish(request, p)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        sent = request.COOKIES.get(settings.SESSION_COOKIE_NAME + "_v")
-        reset = version_token.set(sent)
-        try:
-            response = await self.get_response(request)
-        finally:
-            version_token.reset(reset)
-        return self._finish(request, response, sent)
+        with _Pass(request) as p:
+            p.response = await self.get_response(request)
+        return self._finish(request, p)
 
-    def _finish(self, request: HttpRequest, response: HttpResponseBase, sent: str | None) -> HttpResponseBase:
+    def _finish(self, request: HttpRequest, p: _Pass) -> HttpResponseBase:
         """The response to send, once the chain below answered (no I/O: it runs on the
         event loop under ASGI)."""
+        response, sent = p.response, p.sent
         token_name = settings.SESSION_COOKIE_NAME + "_v"
         session = getattr(request, "session", None)
         if getattr(session, "outage", False):
@@ -136,6 +178,9 @@ class SessionOutageMiddleware(HybridMiddleware):
                 # under the new key only, and the old one is a tombstone
                 self._set_session_cookie(session, core, outage)
             return outage
+        raised = getattr(request, _RAISED, None)
+        if raised is not None and response.status_code == 500:
+            return self._unavailable(request, raised)  # raised outside a view (see _note_raised)
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
         core = getattr(session, "_core", None)
         if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
@@ -195,6 +240,12 @@ class SessionOutageMiddleware(HybridMiddleware):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, BackendUnavailable):
             return None
+        return self._unavailable(request, exception)
+
+    @staticmethod
+    def _unavailable(request: HttpRequest, exception: BackendUnavailable) -> HttpResponse:
+        """The 503 for *exception*: the session's page when the session store failed
+        (or served the read-only session of the ``anonymous`` policy), else the generic one."""
         outages.down(outage_name(exception, get_settings()), exception)
         session = getattr(request, "session", None)
         core = getattr(session, "_core", None)

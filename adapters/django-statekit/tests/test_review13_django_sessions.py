@@ -49,7 +49,17 @@ async def v_async_set(request: HttpRequest, value: str) -> HttpResponse:
     return HttpResponse("ok")
 
 
+def v_form(request: HttpRequest) -> HttpResponse:
+    """A page with a form (a CSRF token) and a message: what a login page renders."""
+    from django.contrib import messages
+    from django.middleware.csrf import get_token
+
+    messages.info(request, "Please sign in", fail_silently=True)
+    return HttpResponse(f"<form><input name=csrfmiddlewaretoken value={get_token(request)}></form>")
+
+
 tests_django_urls.urlpatterns += [
+    path("r13/form", v_form),
     path("r13/async-read", v_async_read),
     path("r13/async-set/<str:value>", v_async_set),
     path("r13/new-cart", v_new_cart),
@@ -154,3 +164,35 @@ def test_outage_under_asgi_is_503_and_keeps_the_cookie(asgi_engine: str, monkeyp
             after if c.cookies["sessionid"].value == cookie else b"cookie changed"
 
     assert asyncio.run(flow()) == (503, "5", False, b"apple")
+
+
+@pytest.mark.parametrize("writer", ["csrf", "messages"])
+def test_anonymous_outage_a_middleware_writing_the_session_is_503(
+        django_settings: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, writer: str) -> None:
+    """The ``anonymous`` outage policy serves a read-only empty session. A middleware
+    that writes to it after the view (``CsrfViewMiddleware`` with ``CSRF_USE_SESSIONS``
+    storing a new token, ``MessageMiddleware`` storing a message in the session) gets
+    :class:`~statekit.errors.BackendUnavailable`, outside any view: the answer is the
+    outage's 503 with ``Retry-After`` and no cookie change, not Django's 500."""
+    from django_statekit.sessions import get_core_store
+    from statekit.errors import BackendUnavailable
+
+    extra = {"csrf": ["django.middleware.csrf.CsrfViewMiddleware"],
+             "messages": ["django.contrib.messages.middleware.MessageMiddleware"]}[writer]
+    django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_SESSION_URL=redis_url,
+                        STATEKIT_SESSION_OUTAGE_POLICY="anonymous", MIDDLEWARE=MIDDLEWARE + extra,
+                        CSRF_USE_SESSIONS=writer == "csrf",
+                        MESSAGE_STORAGE="django.contrib.messages.storage.session.SessionStorage")
+    c = Client(raise_request_exception=False)
+    c.get("/r13/new-cart")
+    cookie = c.cookies["sessionid"].value
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("Redis stopped (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(get_core_store().engine, "load", down)
+        resp = c.get("/r13/form")
+    assert (resp.status_code, resp.get("Retry-After"), "sessionid" in resp.cookies) == (503, "5", False)
+    assert c.cookies["sessionid"].value == cookie
+    assert c.get("/r13/get").json() == {"cart": [], "color": "red"}
