@@ -1,4 +1,4 @@
-"""Every code block of docs/migration.md runs.
+"""Every code block of docs/migration.md and docs/starlette.md runs.
 
 The guide is executed with sybil in a subprocess (its Django blocks configure Django
 settings, which must not meet the adapter tests' settings in this process), in a
@@ -43,6 +43,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "migration.md"
+#: every guide whose blocks run as printed
+GUIDES = [GUIDE, ROOT / "docs" / "starlette.md"]
 LANGUAGES = {"python", "console", "nginx"}
 #: the exit status of a console command that does not end with 0, by the start of its
 #: command line (the guide says why in its text: the audit exits 1 when it finds
@@ -150,14 +152,15 @@ def _fences(text: str) -> list[str]:
     return languages
 
 
-def test_every_block_is_executable() -> None:
-    text = GUIDE.read_text()
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.name)
+def test_every_block_is_executable(guide: Path) -> None:
+    text = guide.read_text()
     languages = _fences(text)
     assert languages and set(languages) <= LANGUAGES, languages
     from sybil import Document
     from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser
 
-    document = Document.parse(str(GUIDE), PythonCodeBlockParser(), CodeBlockParser("console", run_console),
+    document = Document.parse(str(guide), PythonCodeBlockParser(), CodeBlockParser("console", run_console),
                               CodeBlockParser("nginx", check_nginx))
     invisible = len(re.findall(r"<!-- invisible-code-block: python", text))
     assert len(list(document)) == len(languages) + invisible
@@ -189,18 +192,19 @@ def _commented(code: str) -> set[str]:
     return set(re.findall(r"\w+", " ".join(comments)))
 
 
-def test_every_python_block_stands_on_its_own() -> None:
+@pytest.mark.parametrize("guide", GUIDES, ids=lambda p: p.name)
+def test_every_python_block_stands_on_its_own(guide: Path) -> None:
     """Each visible ``python`` block binds every name it uses, or names it in a comment
     (``# photos: your Table``, ``# BASE_DIR: Django's``): a reader pastes one block into
     a file, and the invisible blocks' setup (``import os``, ``BASE_DIR``) that the guide
     run shares with it is not on the page."""
-    text = GUIDE.read_text()
+    text = guide.read_text()
     problems = []
     for m in re.finditer(r"^```python\n(.*?)^```$", text, re.S | re.M):
         code = m.group(1)
         missing = unbound_names(code) - _commented(code)
         if missing:
-            problems.append(f"docs/migration.md:{text.count(chr(10), 0, m.start()) + 1}: {sorted(missing)}")
+            problems.append(f"docs/{guide.name}:{text.count(chr(10), 0, m.start()) + 1}: {sorted(missing)}")
     assert not problems, "blocks that use names they neither bind nor explain:\n" + "\n".join(problems)
 
 
@@ -238,15 +242,16 @@ def test_migration_guide_runs(request: pytest.FixtureRequest, tmp_path: Path) ->
     assert f"{blocks} examples passed" in output, output
 
 
-def _run_guide(tmp_path: Path, redis_url: str, s3_url: str) -> dict[str, Any]:
-    """The guide run by sybil in a subprocess, in *tmp_path*: its exit status and output."""
+def _run_guide(tmp_path: Path, redis_url: str, s3_url: str, guide: Path = GUIDE,
+               **extra_env: str) -> dict[str, Any]:
+    """*guide* run by sybil in a subprocess, in *tmp_path*: its exit status and output."""
     for name in ("examples", "deploy"):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "STATEKIT_REDIS_URL": redis_url, "STATEKIT_BLOBS_URL": s3_url,
            "DATABASE_URL": f"sqlite:///{tmp_path}/demo.sqlite3", "USERS_COUNT_INTERVAL": "4",
-           "SECRET_KEY": "docs-test-secret", "PYTHONPATH": str(tmp_path)}
+           "SECRET_KEY": "docs-test-secret", "PYTHONPATH": str(tmp_path), **extra_env}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    proc = subprocess.run([sys.executable, str(Path(__file__)), str(GUIDE)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, str(Path(__file__)), str(guide)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=280, check=False)
     return {"returncode": proc.returncode, "output": proc.stdout + proc.stderr}
 
@@ -267,6 +272,19 @@ def _run_guide_in_background(tmp_path: Path, redis_url: str) -> dict[str, Any]:
 
 
 BACKGROUND = {"test_migration_guide_runs": _run_guide_in_background}
+
+
+@pytest.mark.redis
+@pytest.mark.s3
+def test_starlette_guide_runs(redis_url: str, s3_url: str, tmp_path: Path) -> None:
+    """docs/starlette.md's blocks as printed, with the environment its quick start names;
+    its invisible blocks drive the apps through ``httpx.ASGITransport`` with their
+    lifespan (a login, the cache, an upload and a refused one, a shared value, health)."""
+    guide = GUIDES[1]
+    run = _run_guide(tmp_path, redis_url, s3_url, guide, STATEKIT_SECRET_KEYS="docs-test-secret")
+    blocks = len(_fences(guide.read_text())) + guide.read_text().count("<!-- invisible-code-block: python")
+    assert run["returncode"] == 0, run["output"]
+    assert f"{blocks} examples passed" in run["output"], run["output"]
 
 
 if __name__ == "__main__":
