@@ -316,7 +316,8 @@ class AsyncBroadcaster(SchedulerBase):
                 task.cancel()
                 await asyncio.wait({task})
             if not task.cancelled() and not isinstance(task.exception(), BackendUnavailable):
-                error = task.exception()  # raised once the rest is done
+                error = task.exception()  # raised once the rest is done, and only once
+            self._task = None
         # taken once the scheduler ended: a claim answered while it stopped may have
         # started a computation, which must not outlive stop() (nor its connections)
         runs = list(self._runs)
