@@ -244,6 +244,19 @@ class SessionEngineContract:
         assert store.list_user_sessions("u") == [] and store.revoke_user("u") == 0
         assert [i.handle for i in store.list_user_sessions("w")] == [s.handle]
 
+    def test_a_session_ends_with_its_ttl(self, store: SessionStore) -> None:
+        """A hash lives *ttl_ms* after its last write (the store passes the idle
+        timeout): an engine that kept it would keep every abandoned session, and a
+        revoked user's index would name them forever."""
+        handle = store._handle(store.new().sid)
+        sets = {"m:c": b"1700000000.5", "m:s": b"1700000000.5", "d:a": b"1"}
+        first = store.engine.write(handle, create=True, sets=sets, dels=[], ttl_ms=100, index=None)
+        assert first.status is Status.DONE
+        wait_for(lambda: not store.engine.load(handle), timeout=30, what="the session to expire")
+        late = store.engine.write(handle, create=False, sets={"d:a": b"2"}, dels=[], ttl_ms=60_000,
+                                  index=None)
+        assert late.status is Status.GONE and dict(store.engine.load(handle)) == {}
+
     def test_a_write_to_a_missing_session_changes_nothing(self, store: SessionStore) -> None:
         handle = store._handle(store.new().sid)
         result = store.engine.write(handle, create=False, sets={"d:a": b"1"}, dels=[], ttl_ms=60_000,
