@@ -54,14 +54,16 @@ foreign cookie gives a fresh session without a Redis call (logged to
 ``statekit.security``).
 
 **Outages.** Redis unreachable while loading: the request is answered ``503`` with
-``Retry-After`` before the app runs (a WebSocket is closed with 1013, "try again
-later"); inside the app (:func:`rotate_session`, :func:`destroy_session`,
-:func:`incr_session` raising :class:`~statekit.errors.BackendUnavailable` before the
-response starts; any statekit backend's, in fact): the same 503; while saving: the
-app's response is replaced by that 503. Either way the
-cookie is left alone (except the new id of a rotation Redis had already made) and
-nothing partial is written, so the same session is served when Redis is back: never
-a silent logout, never an empty session overwriting the stored one.
+``Retry-After`` before the app runs (a WebSocket's handshake too, where the server
+takes a denial response, ``websocket.http.response``, as uvicorn does; elsewhere it
+is closed with 1013, "try again later", which a server may answer 403); inside the
+app (:func:`rotate_session`, :func:`destroy_session`, :func:`incr_session`, or any
+statekit backend, raising :class:`~statekit.errors.BackendUnavailable` before the
+response starts): the same 503; while saving: the app's response is replaced by that
+503. Either way the cookie is left alone (except the new id of a rotation Redis had
+already made) and nothing partial is written, so the same session is served when
+Redis is back: never a silent logout, never an empty session overwriting the stored
+one.
 
 **Near cache, on by default** (:data:`NEAR_CACHE` sessions per process, for a
 ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL; ``near_cache=0``
@@ -271,10 +273,11 @@ class SessionMiddleware:
             log.warning("session changed after the response started, not saved: %s", e)
 
     async def _unavailable(self, scope: Scope, receive: Receive, send: Send, cookies: list[str]) -> None:
-        if scope["type"] == "websocket":
+        if scope["type"] == "websocket" and "websocket.http.response" not in (scope.get("extensions") or {}):
+            # a close before the accept: the server refuses the handshake (uvicorn: 403)
             await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
             return
-        from . import unavailable_response
+        from . import unavailable_response  # a WebSocket's handshake denied with it where the server can
 
         response = unavailable_response(self.retry_after)
         for value in cookies:

@@ -226,3 +226,59 @@ def test_a_login_whose_save_fails_after_the_rotation_sends_the_new_cookie_with_t
     status, renewed, after = asyncio.run(main())
     assert (status, renewed) == (503, True)
     assert after == {"cart": "pear"}  # the rotated session, without the unsaved "user"
+
+
+def test_a_websocket_whose_session_cannot_load_is_denied_with_the_503_where_the_server_can(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down while the middleware loads a WebSocket's session, before the app
+    runs: a ``websocket.close`` before the accept is turned by the server into an
+    HTTP 403 on the handshake (uvicorn), which a client takes for "not allowed" (a
+    front end logs the user out), not "try again". Where the server takes a denial
+    response (``websocket.http.response``) it must get the 503 with Retry-After, as
+    StateKit's exception handler gives; elsewhere the close with 1013 stays."""
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    prefix = "rt" + uuid.uuid4().hex[:10]
+    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)], middleware=[
+        Middleware(SessionMiddleware, url=redis_url, secret_key=KEY, key_prefix=prefix, near_cache=0,
+                   retry_after=9)])
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise BackendUnavailable("session store down (test)")
+
+    monkeypatch.setattr(AsyncSessionStore, "open", down)
+
+    async def connect(extensions: dict[str, Any]) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        inbox = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop()
+            await asyncio.Event().wait()  # the client says nothing more
+            raise AssertionError("unreachable")
+
+        async def send(message: Any) -> None:
+            sent.append(dict(message))
+
+        scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": "ws", "path": "/ws",
+                 "raw_path": b"/ws", "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+                 "headers": [(b"cookie", b"session=" + b"x" * 40)], "server": None, "subprotocols": [],
+                 "extensions": extensions}
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return sent
+
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return await connect({"websocket.http.response": {}}), await connect({})
+
+    denied, refused = asyncio.run(main())
+    assert [m["type"] for m in denied] == ["websocket.http.response.start", "websocket.http.response.body"]
+    assert denied[0]["status"] == 503
+    assert (b"retry-after", b"9") in denied[0]["headers"]
+    assert [(m["type"], m["code"]) for m in refused] == [("websocket.close", 1013)]
