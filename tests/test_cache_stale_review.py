@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import multiprocessing
 import os
 import threading
 import warnings
@@ -54,8 +55,10 @@ def where(request: pytest.FixtureRequest, redis_line_url: str) -> str:
     return "memory://stale-review"
 
 
-def _paused(value: str) -> tuple[Callable[[], str], threading.Event, threading.Event]:
-    """A compute that says it started, then waits to be let go, and returns *value*."""
+def _while_computing(call: Callable[[Callable[[], str]], Any], value: str, action: Callable[[], Any]) -> Any:
+    """Run ``call(compute)`` in a thread; while *compute* is paused (it has started,
+    it will return *value*), run *action*; then let it finish. Returns what *call*
+    returned."""
     started, go = threading.Event(), threading.Event()
 
     def compute() -> str:
@@ -63,14 +66,17 @@ def _paused(value: str) -> tuple[Callable[[], str], threading.Event, threading.E
         assert go.wait(30)
         return value
 
-    return compute, started, go
-
-
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(fn()))
+    t = threading.Thread(target=lambda: out.append(call(compute)))
     t.start()
-    return t, out
+    try:
+        assert started.wait(30)
+        action()
+    finally:
+        go.set()
+        t.join(30)
+    assert len(out) == 1, "the call failed"
+    return out[0]
 
 
 # -- a delete or a clear while a value is computed ----------------------------------------
@@ -83,16 +89,10 @@ def test_a_leaders_value_computed_before_a_delete_is_not_stored_after_it(where: 
     but the cache does not keep it (the next reader recomputes from the new data)."""
     cache = Cache(where, namespace=f"stale-{change}")
     writer = Cache(where, namespace=f"stale-{change}")
-    compute, started, go = _paused("before")
-    t, got = _in_thread(lambda: cache.get_or_set("report", compute, ttl=60))
     try:
-        assert started.wait(30)
-        assert writer.delete("report") is False if change == "delete" else writer.clear()
-    finally:
-        go.set()
-        t.join(30)
-    try:
-        assert got == ["before"]
+        change_it = writer.delete if change == "delete" else lambda _key: writer.clear()
+        assert _while_computing(lambda f: cache.get_or_set("report", f, ttl=60), "before",
+                                lambda: change_it("report")) == "before"
         assert writer.get("report") is None
         assert cache.get_or_set("report", lambda: "after", ttl=60) == "after"
     finally:
@@ -103,26 +103,21 @@ def test_a_leaders_value_computed_before_a_delete_is_not_stored_after_it(where: 
 def test_a_cached_functions_result_computed_before_an_invalidate_is_not_stored(where: str) -> None:
     cache = Cache(where, namespace="stale-cached")
     data = {"n": 1}
-    started, go = threading.Event(), threading.Event()
+    compute: list[Callable[[], str]] = []
 
     @cache.cached(ttl=60, key="n")
     def read() -> int:
         n = data["n"]
-        started.set()
-        assert go.wait(30)
+        if compute:
+            compute.pop()()
         return n
 
-    t, got = _in_thread(read)
-    try:
-        assert started.wait(30)
+    def change() -> None:
         data["n"] = 2
         read.invalidate()
-    finally:
-        go.set()
-        t.join(30)
+
     try:
-        assert got == [1]
-        started.clear()
+        assert _while_computing(lambda f: (compute.append(f), read())[1], "", change) == 1
         assert read() == 2
     finally:
         cache.close()
@@ -155,22 +150,11 @@ def test_an_async_leaders_value_computed_before_a_delete_is_not_stored(where: st
 
 def test_refresh_computed_before_a_delete_is_not_stored(where: str) -> None:
     cache = Cache(where, namespace="stale-refresh")
-    compute, started, go = _paused("before")
-
-    @cache.cached(ttl=60, key="r")
-    def read() -> str:
-        return compute()
-
-    t, got = _in_thread(read.refresh)
+    key = cache.cached(ttl=60, key="r")(lambda: "").key_for()  # any function's, same arguments
     try:
-        assert started.wait(30)
-        read.invalidate()
-    finally:
-        go.set()
-        t.join(30)
-    try:
-        assert got == ["before"]
-        assert cache.get(read.key_for()) is None
+        assert _while_computing(lambda f: cache.cached(ttl=60, key="r")(f).refresh(), "before",
+                                lambda: cache.delete(key)) == "before"
+        assert cache.get(key) is None
     finally:
         cache.close()
 
@@ -182,17 +166,9 @@ def test_refresh_is_not_overwritten_by_a_leader_computing_from_older_data(where:
     """A leader computes from the old data; the data changes and refresh() stores the
     new value; then the leader's compute ends: the cache keeps refresh()'s value."""
     cache = Cache(where, namespace="stale-refresh-leader")
-    compute, started, go = _paused("old")
-    t, got = _in_thread(lambda: cache.get_or_set("k", compute, ttl=60))
     fresh = cache.cached(ttl=60, key=lambda: "k")(lambda: "new")
     try:
-        assert started.wait(30)
-        assert fresh.refresh() == "new"
-    finally:
-        go.set()
-        t.join(30)
-    try:
-        assert got == ["old"]
+        assert _while_computing(lambda f: cache.get_or_set("k", f, ttl=60), "old", fresh.refresh) == "old"
         assert cache.get("k") == "new"
     finally:
         cache.close()
@@ -204,17 +180,13 @@ def test_a_caller_that_gave_up_waiting_is_not_overwritten_by_the_slower_leader(w
     the cache keeps the newer value."""
     leader = Cache(where, namespace="stale-follower")
     follower = Cache(where, namespace="stale-follower", lock_wait=0.05)
-    compute, started, go = _paused("old")
-    t, got = _in_thread(lambda: leader.get_or_set("k", compute, ttl=60))
-    try:
-        assert started.wait(30)
+
+    def follow() -> None:
         assert follower.get_or_set("k", lambda: "new", ttl=60) == "new"
         assert follower.get("k") == "new"
-    finally:
-        go.set()
-        t.join(30)
+
     try:
-        assert got == ["old"]
+        assert _while_computing(lambda f: leader.get_or_set("k", f, ttl=60), "old", follow) == "old"
         assert follower.get("k") == "new"
     finally:
         leader.close()
@@ -224,23 +196,13 @@ def test_a_caller_that_gave_up_waiting_is_not_overwritten_by_the_slower_leader(w
 def test_a_caller_that_gave_up_waiting_does_not_store_a_value_computed_before_a_delete(where: str) -> None:
     leader = Cache(where, namespace="stale-follower-del")
     follower = Cache(where, namespace="stale-follower-del", lock_wait=0.05)
-    lead, lead_started, lead_go = _paused("leader")
-    follow, follow_started, follow_go = _paused("follower")
-    t1, got1 = _in_thread(lambda: leader.get_or_set("k", lead, ttl=60))
+
+    def follow() -> None:
+        assert _while_computing(lambda f: follower.get_or_set("k", f, ttl=60), "follower",
+                                lambda: leader.delete("k")) == "follower"
+
     try:
-        assert lead_started.wait(30)
-        t2, got2 = _in_thread(lambda: follower.get_or_set("k", follow, ttl=60))
-        try:
-            assert follow_started.wait(30)
-            leader.delete("k")
-        finally:
-            follow_go.set()
-            t2.join(30)
-    finally:
-        lead_go.set()
-        t1.join(30)
-    try:
-        assert (got1, got2) == (["leader"], ["follower"])
+        assert _while_computing(lambda f: leader.get_or_set("k", f, ttl=60), "leader", follow) == "leader"
         assert leader.get("k") is None
     finally:
         leader.close()
@@ -273,28 +235,24 @@ def test_a_forked_child_does_not_hold_its_parents_lock(redis_line_url: str) -> N
     lock = cache.lock("job", timeout=60)
     try:
         assert lock.acquire(blocking=False)
-        read, write = os.pipe()
+        parent, child = multiprocessing.get_context("fork").Pipe()
+
+        def in_child() -> None:  # what the child's copy of this thread thinks it holds
+            held = lock.locked()
+            try:
+                lock.release()
+                released = True
+            except LockError:
+                released = False
+            child.send((held, released))
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-            pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                held = lock.locked()
-                try:
-                    lock.release()
-                    released = True
-                except LockError:
-                    released = False
-                os.write(write, b"%d%d" % (held, released))
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read, "rb") as f:
-            report = f.read()
-        assert os.waitpid(pid, 0)[1] == 0
-        assert report == b"00"  # the child neither holds nor releases it
+            proc = multiprocessing.get_context("fork").Process(target=in_child)
+            proc.start()
+        proc.join(30)
+        assert proc.exitcode == 0
+        assert parent.recv() == (False, False)  # the child neither holds nor releases it
         assert lock.locked()
         lock.release()  # still the parent's
     finally:

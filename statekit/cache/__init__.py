@@ -32,8 +32,13 @@ Failure policy: every call is bounded by the client's timeouts. With
 ``on_error="raise"`` (the default) an outage raises
 :class:`~statekit.errors.BackendUnavailable`; with ``on_error="miss"`` reads return
 the default and writes are dropped (both counted). After ``failure_threshold``
-consecutive failures a circuit breaker fails calls at once, without I/O, and lets
-a trial call through every ``breaker_reset`` seconds, so it closes on its own.
+consecutive failures a circuit breaker fails calls at once (:meth:`Cache.lock`'s
+acquire too), without I/O, and lets a trial call through every ``breaker_reset``
+seconds, so it closes on its own. A failure is a call Redis did not answer (a timeout,
+a lost connection); an error reply is an answer (``OOM`` from a Redis at
+``maxmemory`` that still serves reads, an ``incr`` of a value that is not an integer):
+it raises as before but counts as a success, so it never opens the breaker and a
+half-open trial it answers closes it.
 
 An entry this cache cannot decode (written with another codec or secret key by an
 older deploy, tampered with, truncated) is a miss on every read path, never an
@@ -217,6 +222,16 @@ class _NamespaceNear(NearCache[Entry]):
         super().flush()
         if self.on_flush is not None:
             self.on_flush()
+
+
+def _answered(error: BaseException) -> bool:
+    """Whether the failure *error* is an error reply (the server answered), not a
+    timeout or a lost connection (redis-py's ``ResponseError``, which a connection
+    error is not: ``LOADING`` and a Sentinel's ``READONLY`` come as connection errors)."""
+    import redis
+
+    cause = error.__cause__
+    return isinstance(cause, redis.ResponseError) and not isinstance(cause, redis.ConnectionError)
 
 
 def _stop_soon(listener: InvalidationListener) -> None:
@@ -484,12 +499,26 @@ class _CacheCore:
                 result = yield from plan(*args, **kwargs)
             else:
                 result = yield (BE, name, args, kwargs)
-        except BackendUnavailable:
-            breaker.failure()
-            self.counters.incr("errors")
+        except BackendUnavailable as e:
+            self._failed(e)
+            raise
+        except ValueError:  # an error reply of the command (not an integer, another type): an answer
+            breaker.success()
             raise
         breaker.success()
         return result
+
+    def _failed(self, error: BackendUnavailable) -> None:
+        """Count the failed call *error* and tell the breaker: a failure when Redis did
+        not answer (a timeout, a lost connection), a success when it answered with an
+        error reply (``OOM`` with ``maxmemory``, ``BUSY``, ``CLUSTERDOWN``): failing
+        the next calls at once would save no wait, and a Redis out of memory still
+        serves reads."""
+        self.counters.incr("errors")
+        if _answered(error):
+            self.breaker.success()
+        else:
+            self.breaker.failure()
 
     def _read(self, name: str, default: Any, *args: Any, write: bool = False) -> Plan[Any]:
         """The backend's *name* call; when the backend is unavailable, *default*
@@ -1100,9 +1129,8 @@ class Cache(_CacheCore):
             return default
         try:
             data = backend.get(key)
-        except BackendUnavailable:
-            breaker.failure()
-            self.counters.incr("errors")
+        except BackendUnavailable as e:
+            self._failed(e)
             if self.on_error == "raise":
                 raise
             return default

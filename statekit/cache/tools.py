@@ -82,8 +82,10 @@ class Lock:
     hold it (the parent does: the child's :meth:`locked` is ``False`` and its
     :meth:`release` raises :class:`~statekit.errors.LockError`). Not re-entrant.
     Backend errors raise :class:`~statekit.errors.BackendUnavailable` whatever
-    ``on_error``. A wait that is not a number of seconds (``nan``) raises
-    ``ValueError``.
+    ``on_error``; :meth:`acquire` goes through the cache's circuit breaker (open, it
+    raises at once, without I/O; its failures count), :meth:`release` and
+    :meth:`extend` are always sent (a lock must not stay held because of it). A wait
+    that is not a number of seconds (``nan``) raises ``ValueError``.
     """
 
     def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
@@ -111,8 +113,8 @@ class Lock:
         deadline = None if wait is None else _monotonic() + wait
         pause = 0.005
         while True:
-            try:
-                taken = yield (BE, "acquire_lock", (self.name, token, self._ms), {})
+            try:  # through the breaker: open, it fails at once; a failure counts
+                taken = yield from self.cache._call("acquire_lock", self.name, token, self._ms)
             except BaseException as e:  # Redis may have granted it: the cache decides (_abandoned)
                 if not isinstance(e, GeneratorExit):
                     self.cache._abandoned(self.name, token, e)
