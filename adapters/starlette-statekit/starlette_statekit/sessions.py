@@ -260,9 +260,9 @@ class SessionMiddleware:
     async def _save_late(self, session: Session) -> None:
         """Save what the app changed after its response started (a ``BackgroundTask``):
         no cookie can go out any more, so only a session the browser holds is saved."""
-        if session.destroyed or session.unavailable or session.superseded:
+        if session.unavailable or session.superseded:
             return  # as at the response's start: nothing of this session is saved
-        if session.new:
+        if session.new or session.destroyed:
             log.warning("session changed after the response started, not saved: the browser "
                         "holds no cookie for it (set it before the response, or store it yourself)")
             return
