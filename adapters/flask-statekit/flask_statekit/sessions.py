@@ -71,16 +71,21 @@ cookie is left alone (never deleted, never replaced, except by the new id of a
 rotation Redis had already done) and nothing partial is written, so the same
 session is served once Redis is back. With the ``anonymous`` policy the
 request runs with an empty read-only session instead; writing to it raises
-:class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503.
+:class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503 (a
+write after the view, by an ``after_request`` hook, is not stored either and makes
+the response that 503). A hook that writes the session while a static file or an
+outage's 503 is answered (``session.permanent = True`` in ``before_request``) changes
+nothing: that session is never stored.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, Response, session
+from flask import Flask, Request, Response, after_this_request, session
 from flask.sessions import SessionInterface, SessionMixin
 
 from statekit.config import parse_url
@@ -113,6 +118,21 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         self.had_data = bool(self)
         self.loaded_permanent = bool(dict.get(self, "_permanent", False))
         self.token_sent: str | None = None  # the version token the browser sent
+        #: a read-only session (:attr:`unavailable`) that takes writes and drops them
+        #: instead of raising: a static file's, an outage's already answered 503, the
+        #: ``anonymous`` policy's once the view has run (see :meth:`_changing`)
+        self.drops_writes = False
+        #: a write was dropped; :attr:`static`: the session of a static file
+        self.dropped = self.static = False
+
+    def _changing(self, key: str) -> None:
+        if self.unavailable and self.drops_writes:
+            # after the view (Flask's after_request hooks, Flask-Login's remember-cookie
+            # refresh) or for a static file (``session.permanent = True`` in a
+            # before_request hook): raising here was Flask's 500, or a 503 per static file
+            self.dropped = True
+            return
+        super()._changing(key)
 
     def __getitem__(self, key: str) -> Any:
         self.accessed = True
@@ -192,8 +212,10 @@ class StatekitSessionInterface(SessionInterface):
         static = app.static_url_path
         if static is not None and request.path.startswith(static + "/") and app.has_static_folder:
             # Flask's static files never use the session: no round trip, and no 503
-            # for them while Redis is away
-            return self._read_only()
+            # for them while Redis is away; a hook's write to it is dropped
+            detached = self._read_only()
+            detached.drops_writes = detached.static = True
+            return detached
         cookies = request.cookies
         cookie = cookies.get(self.cookie_name)
         token = cookies.get(self.token_name) if self._near else None
@@ -202,7 +224,7 @@ class StatekitSessionInterface(SessionInterface):
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
             s = self._read_only()
-            s.outage = True
+            s.outage = s.drops_writes = True  # _guard answers 503 before any view
         else:
             if not s.new and not s.unavailable:  # loaded: the store answered
                 outages.up(self.outage_name)
@@ -211,7 +233,8 @@ class StatekitSessionInterface(SessionInterface):
         return s
 
     def _read_only(self) -> FlaskSession:
-        """An empty session that is never saved and refuses writes (as in an outage)."""
+        """An empty session that is never saved and refuses writes (as in an outage;
+        or drops them, :attr:`FlaskSession.drops_writes`)."""
         s = self.store.session_class(self.store, "", new=False)
         assert isinstance(s, FlaskSession)
         s.unavailable = True
@@ -236,10 +259,21 @@ class StatekitSessionInterface(SessionInterface):
         self.store.save(carried)
         return carried
 
+    @staticmethod
+    def _outage_body(response: Response) -> None:
+        """Make *response* the outage's 503 page (the caller marks it)."""
+        response.status_code = 503
+        for header in _BODY_HEADERS:  # they describe the body being replaced
+            del response.headers[header]
+        response.set_data(OUTAGE_PAGE)
+        response.mimetype = "text/html"
+
     def save_session(self, app: Flask, session: SessionMixin | None, response: Response) -> None:
         if not isinstance(session, FlaskSession):
             return
         if session.unavailable:  # outage: never touch the cookie
+            if session.dropped and not session.static and response.status_code != 503:
+                self._outage_body(response)  # the anonymous policy's session written after the view
             if response.status_code == 503:
                 _mark_outage(response, self.retry_after)
             return
@@ -267,11 +301,7 @@ class StatekitSessionInterface(SessionInterface):
             carried = self._carry_after_logout(session) if logged_out and session else None
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
-            response.status_code = 503
-            for header in _BODY_HEADERS:  # they describe the body being replaced
-                del response.headers[header]
-            response.set_data(OUTAGE_PAGE)
-            response.mimetype = "text/html"
+            self._outage_body(response)
             _mark_outage(response, self.retry_after)
             if session.send_cookie and not session.new:
                 # rotated (or first stored) before Redis failed: the data lives under the
@@ -338,11 +368,23 @@ def _guard() -> Response | None:
     from flask import current_app
 
     s = session._get_current_object()  # type: ignore[attr-defined]
-    if isinstance(s, FlaskSession) and s.outage:
+    if not isinstance(s, FlaskSession) or not s.unavailable:
+        return None
+    if s.outage:
         iface = current_app.session_interface
         retry = iface.retry_after if isinstance(iface, StatekitSessionInterface) else 5
         return outage_response(retry)
+    if not s.drops_writes:  # the anonymous policy: its view's writes raise, later ones are dropped
+        after_this_request(functools.partial(_view_done, s))
     return None
+
+
+def _view_done(s: FlaskSession, response: Response) -> Response:
+    """The first after-request function (``after_this_request`` from :func:`_guard`):
+    from now on the ``anonymous`` policy's read-only session drops writes, and
+    ``save_session`` answers the outage's 503 if one was made."""
+    s.drops_writes = True
+    return response
 
 
 def _on_backend_unavailable(error: BackendUnavailable) -> Response:

@@ -4,12 +4,18 @@ Flask-Session and Flask-Login use it."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask, session
 from test_flask_sessions import make_app as base_app
 from test_flask_sessions import while_paused
+
+from flask_statekit import get_state
+from statekit.errors import BackendUnavailable
+from statekit.pytest_plugin import redis_command_calls
 
 pytestmark = pytest.mark.redis
 
@@ -130,3 +136,60 @@ def test_flask_login_planted_cookie_never_gets_the_login(redis_url: str, how: st
     assert victim.get_cookie("session").value != planted  # type: ignore[union-attr]
     assert attacker.get("/who").text == "None"
     assert attacker.get("/get").json == {}  # the planted id names no session any more
+
+
+# -- hooks that write the session: static files and outages ----------------------------
+
+
+def _down(*args: Any, **kwargs: Any) -> Any:
+    raise BackendUnavailable("Redis stopped (test)")
+
+
+def test_static_files_with_a_hook_writing_the_session_are_served(redis_url: str, tmp_path: Path) -> None:
+    """Flask's common idiom ``@app.before_request``: ``session.permanent = True`` runs
+    for static files too, whose session is never loaded: the write is dropped (that
+    session is never stored), the file is served, no Redis call, no cookie; it was a
+    503 "cannot reach your session" for every static file."""
+    (tmp_path / "site.css").write_text("body{}")
+    app = make_app(redis_url)
+    app.static_folder = str(tmp_path)
+    app.static_url_path = "/static"  # as registered (setting the folder renamed it)
+
+    @app.before_request
+    def make_permanent() -> None:
+        session.permanent = True
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    r = redis.Redis.from_url(redis_url)
+    r.config_resetstat()
+    with client.get("/static/site.css") as resp:
+        assert (resp.status_code, resp.data, "Set-Cookie" in resp.headers) == (200, b"body{}", False)
+    assert redis_command_calls(r) == {}
+    assert client.get("/get").json == {"_permanent": True, "cart": "apple"}
+
+
+@pytest.mark.parametrize("policy", ["raise", "anonymous"])
+def test_outage_with_an_after_request_hook_writing_the_session_is_503(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+    """An ``after_request`` hook that writes the session (``session["seen"] = ...``,
+    Flask-Login's remember-cookie refresh) during an outage: the answer is the
+    outage's 503 with ``Retry-After`` and the cookie kept, as without the hook; the
+    hook's write refused by the read-only session made it Flask's 500."""
+    app = make_app(redis_url, STATEKIT_SESSION_OUTAGE_POLICY=policy)
+
+    @app.after_request
+    def seen(response: Any) -> Any:
+        session["seen"] = "now"
+        return response
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    cookie = client.get_cookie("session").value  # type: ignore[union-attr]
+    with monkeypatch.context() as m:
+        m.setattr(get_state(app).sessions.engine, "load", _down)
+        resp = client.get("/get")
+    answer = (resp.status_code, resp.headers.get("Retry-After"), "Set-Cookie" in resp.headers)
+    assert answer == (503, "5", False)
+    assert client.get_cookie("session").value == cookie  # type: ignore[union-attr]
+    assert client.get("/get").json == {"cart": "apple", "seen": "now"}
