@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import os
 import subprocess
@@ -28,7 +29,7 @@ from typing import Any
 import pytest
 from test_blobs_async import BLOCK, body, leftovers
 
-from statekit.blobs import AsyncBlobStore, BlobStore
+from statekit.blobs import AsyncBlobStore, BlobStore, local
 from statekit.blobs.protocol import WriteRequest
 from statekit.errors import BackendUnavailable, BlobExists, BlobTooLarge
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
@@ -93,6 +94,55 @@ def test_file_store_cleanup_removes_an_old_empty_record_claim(tmp_path: Path) ->
     assert store.backend.cleanup_partial(3600) == 0 and meta.exists()
     os.utime(meta, (1, 1))
     assert store.backend.cleanup_partial(3600) == 1 and not meta.exists()
+
+
+def test_file_store_record_of_a_live_writer_is_kept_under_process_wide_locks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On NFS, Linux emulates flock with POSIX locks, which belong to the process: a
+    second thread of the writer's process gets the lock of a record being written.
+    Two threads write one key (two confirms recording one verdict at once), the first
+    held between its record and its link: the second is refused, and the first's blob
+    keeps its record (the second removed it as an orphan, and the blob was stored
+    without its record)."""
+    import types
+
+    process_wide = types.SimpleNamespace(flock=lambda fd, op: None, LOCK_EX=2, LOCK_NB=4)
+    monkeypatch.setattr(local, "fcntl", process_wide)
+    store = BlobStore(f"file://{tmp_path}/s?create=1")
+    key = ".statekit/verdict/2026/01/01/" + "1" * 32
+    blob_path, at_link, go = store.backend._path(key), threading.Event(), threading.Event()
+    real = local._link_exclusive
+
+    def held(src: str, dst: str) -> None:
+        if dst == blob_path and threading.current_thread().name == "first":
+            at_link.set()
+            go.wait(30)
+        real(src, dst)
+
+    monkeypatch.setattr(local, "_link_exclusive", held)
+    outcomes: dict[str, Any] = {}
+
+    def write(name: str, data: bytes) -> None:
+        writer = store.backend.writer(WriteRequest(key, "text/plain", "attachment", {}, _NOW))
+        try:
+            writer.write(data)
+            writer.commit(hashlib.sha256(data).hexdigest(), len(data))
+            outcomes[name] = data
+        except BlobExists as e:
+            writer.abort()
+            outcomes[name] = e
+
+    first = threading.Thread(target=write, args=("first", b"confirmed 1"), name="first")
+    first.start()
+    try:
+        assert at_link.wait(30)
+        write("second", b"expired 2")
+    finally:
+        go.set()
+        first.join(30)
+    assert outcomes["first"] == b"confirmed 1" and isinstance(outcomes["second"], BlobExists)
+    found = store.backend.stat(key)
+    assert (found.content_type, found.sha256) == ("text/plain", hashlib.sha256(b"confirmed 1").hexdigest())
 
 @pytest.mark.s3
 def test_s3_lost_sha256_tag_is_reported(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:

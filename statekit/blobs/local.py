@@ -19,7 +19,9 @@ visible until the blob is linked or the record removed: a record with no blob wh
 lock is free was left by a writer that died between the two (the kernel released the
 lock), and the next write of that key, or :meth:`LocalBackend.cleanup_partial`, removes
 it instead of refusing the key until the record is a day old. (A network volume
-needs working ``flock``: NFS's, which Linux maps to byte-range locks, is.)
+needs working ``flock``: NFS's, which Linux maps to byte-range locks, is. Those are
+the process's, not the open file's, so the records this process's threads are
+writing are also kept in a set that is checked first.)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import mimetypes
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -43,6 +46,9 @@ from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, Writ
 __all__ = ["LocalBackend"]
 
 _TMP = ".tmp-"
+#: the records this process's writers hold (see the module docstring)
+_held: set[str] = set()
+_held_lock = threading.Lock()
 _INTERNAL = ".statekit"
 _PENDING = _INTERNAL + "/pending/"  # the façade's markers of pending direct uploads
 
@@ -137,6 +143,8 @@ class _LocalWriter(BlobWriter):
         if self._meta_lock is not None:
             lock, self._meta_lock = self._meta_lock, None
             os.close(lock)
+            with _held_lock:
+                _held.discard(self._store._meta_path(self._req.key))
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -265,12 +273,20 @@ class LocalBackend(BlobBackend):
                     os.fsync(f.fileno())
             tries = 0
             while True:
+                with _held_lock:
+                    if path in _held:  # another thread of this process is writing it
+                        raise FileExistsError(errno.EEXIST, "being written", path)
+                    _held.add(path)
                 try:
                     _link_exclusive(tmp, path)
                     return lock
-                except FileExistsError:
+                except BaseException as e:
+                    with _held_lock:
+                        _held.discard(path)
                     tries += 1
-                    if tries == 3 or not self._remove_orphan(path, claim_for):
+                    if not isinstance(e, FileExistsError) or tries == 3:
+                        raise
+                    if not self._remove_orphan(path, claim_for):
                         raise
         except BaseException:
             if lock >= 0:
@@ -286,30 +302,33 @@ class LocalBackend(BlobBackend):
         writer gone (its ``flock`` is free); whether *meta* is gone now. A record being
         written (its writer holds the lock) and one whose blob is linked are left, as
         is an empty placeholder of a filesystem without hard links (never locked; its
-        writer may be about to replace it) unless *placeholder* (it is old)."""
-        if os.path.lexists(blob):
-            return False
-        try:
-            fd = os.open(meta, os.O_RDONLY)
-        except FileNotFoundError:
-            return True
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False  # its writer is alive
-            found = os.fstat(fd)
-            if (found.st_size == 0 and not placeholder) or os.path.lexists(blob):
+        writer may be about to replace it) unless *placeholder* (it is old). Runs under
+        the lock of this process's records, so none of its threads makes one visible
+        meanwhile."""
+        with _held_lock:
+            if meta in _held or os.path.lexists(blob):
                 return False
             try:
-                now = os.stat(meta)
+                fd = os.open(meta, os.O_RDONLY)
             except FileNotFoundError:
                 return True
-            if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
-                os.unlink(meta)  # only a holder of its lock removes it: not another's record
-            return True
-        finally:
-            os.close(fd)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # its writer is alive
+                found = os.fstat(fd)
+                if (found.st_size == 0 and not placeholder) or os.path.lexists(blob):
+                    return False
+                try:
+                    now = os.stat(meta)
+                except FileNotFoundError:
+                    return True
+                if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                    os.unlink(meta)  # only a holder of its lock removes it: not another's record
+                return True
+            finally:
+                os.close(fd)
 
     # -- contract ------------------------------------------------------------------
     def writer(self, req: WriteRequest) -> BlobWriter:
