@@ -58,7 +58,26 @@ def v_form(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"<form><input name=csrfmiddlewaretoken value={get_token(request)}></form>")
 
 
+_pause: dict[str, asyncio.Event] = {}
+
+
+async def v_async_slow_set(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    """Loads the session, waits until the test lets it go on, then sets *key*."""
+    seen = await request.session.aget("color")
+    _pause["loaded"].set()
+    await _pause["go"].wait()
+    await request.session.aset(key, value)
+    return HttpResponse(str(seen))
+
+
+def v_set(request: HttpRequest, key: str, value: str) -> HttpResponse:
+    request.session[key] = value
+    return HttpResponse("ok")
+
+
 tests_django_urls.urlpatterns += [
+    path("r13/async-slow-set/<str:key>/<str:value>", v_async_slow_set),
+    path("r13/set/<str:key>/<str:value>", v_set),
     path("r13/form", v_form),
     path("r13/async-read", v_async_read),
     path("r13/async-set/<str:value>", v_async_set),
@@ -196,3 +215,27 @@ def test_anonymous_outage_a_middleware_writing_the_session_is_503(
     assert (resp.status_code, resp.get("Retry-After"), "sessionid" in resp.cookies) == (503, "5", False)
     assert c.cookies["sessionid"].value == cookie
     assert c.get("/r13/get").json() == {"cart": [], "color": "red"}
+
+
+def test_an_async_and_a_sync_view_of_one_session_keep_both_changes(asgi_engine: str) -> None:
+    """Under ASGI an async view loads the session (the async store) and pauses; a sync
+    view of the same browser sets another key and saves meanwhile; then the async
+    view sets its key and SessionMiddleware saves it: both changes are kept (each
+    save writes only what its request changed), and neither key is put back."""
+
+    async def flow() -> tuple[bytes, dict[str, Any]]:
+        _pause.update(loaded=asyncio.Event(), go=asyncio.Event())
+        browser = AsyncClient()
+        await browser.get("/r13/new-cart")
+        sync_browser = Client()
+        sync_browser.cookies = browser.cookies
+        paused = asyncio.ensure_future(browser.get("/r13/async-slow-set/size/L"))
+        await _pause["loaded"].wait()
+        changed = await asyncio.to_thread(sync_browser.get, "/r13/set/color/blue")
+        assert changed.status_code == 200
+        _pause["go"].set()
+        resp = await paused
+        return resp.content, (await browser.get("/r13/get")).json()
+
+    seen, data = asyncio.run(flow())
+    assert seen == b"red" and data == {"cart": [], "color": "blue", "size": "L"}
