@@ -264,13 +264,15 @@ class LocalBackend(BlobBackend):
         fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
         lock = -1
         try:
-            lock = os.open(tmp, os.O_RDONLY)
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a new private file: never waits
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(record, f)
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
+            # locked once the file written is closed (NFS's POSIX locks go with any close)
+            # and before it is visible; a private file, so this never waits
+            lock = os.open(tmp, os.O_RDONLY)
+            fcntl.flock(lock, fcntl.LOCK_EX)
             tries = 0
             while True:
                 with _held_lock:
