@@ -34,9 +34,8 @@ from typing import Any
 
 import pytest
 
-from conftest import REDIS_LINES
 from statekit.cache import AsyncCache, Cache
-from statekit.errors import LockError
+from statekit.errors import ConfigError, LockError
 
 pytestmark = pytest.mark.redis
 
@@ -48,7 +47,7 @@ def where(request: pytest.FixtureRequest, redis_line_url: str) -> str:
     docstring of statekit.cache.redis), those two once, with the first line."""
     if request.param == "line":
         return redis_line_url
-    if request.node.callspec.params.get("redis_line_server") is not REDIS_LINES[0]:
+    if request.node.callspec.indices.get("redis_line_server", 0) != 0:
         pytest.skip("memory:// and Cluster run once, with the first server line")
     if request.param == "cluster":
         return str(request.getfixturevalue("redis_cluster_url"))
@@ -225,6 +224,18 @@ def test_a_lock_wait_of_nan_is_refused(redis_line_url: str) -> None:
         holder.release()
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("setting", ["lock_wait", "lock_ttl", "stale_ttl", "breaker_reset", "xfetch_beta",
+                                     "near_max_age"])
+def test_a_cache_setting_of_nan_is_refused(setting: str) -> None:
+    """``lock_wait=nan``: a get_or_set behind a slow leader never reached its deadline
+    (the same NaN as acquire()'s); ``breaker_reset=nan`` kept the breaker from ever
+    staying open; ``lock_ttl=nan`` failed only at the first lock. All refused at once."""
+    with pytest.raises(ConfigError, match=setting):
+        Cache("memory://stale-settings", **{setting: math.nan})
+    with pytest.raises(ConfigError, match=setting):
+        Cache("memory://stale-settings", **{setting: "1"})
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")

@@ -256,6 +256,16 @@ def _backend_class(url: str) -> type[CacheBackend]:
     return cls
 
 
+def _check_number(name: str, value: Any, positive: bool) -> None:
+    """A numeric setting: a number, ``> 0`` and finite when *positive* (a lock's TTL,
+    the breaker's reset), else ``>= 0`` (``inf`` allowed: a wait for ever). ``nan``
+    compares false with every deadline and bound, so it is refused too."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+            or (value <= 0 or math.isinf(value) if positive else value < 0)):
+        bound = "a positive finite number" if positive else "a number >= 0"
+        raise ConfigError(f"cache setting {name} must be {bound}, not {value!r}")
+
+
 def _check_name(kind: str, value: str) -> str:
     if not value or any(c in value for c in "{}") or any(ord(c) < 33 for c in value) or len(value) > 128:
         raise ConfigError(
@@ -295,6 +305,11 @@ class _CacheCore:
     ) -> None:
         if on_error not in ("raise", "miss"):
             raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
+        for name, number, positive in (
+                ("lock_ttl", lock_ttl, True), ("breaker_reset", breaker_reset, True),
+                ("lock_wait", lock_wait, False), ("stale_ttl", stale_ttl, False),
+                ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
+            _check_number(name, number, positive)
         if url is not None:
             _backend_class(url)
         self.url = url
