@@ -270,6 +270,42 @@ def test_a_forked_child_does_not_hold_its_parents_lock(redis_line_url: str) -> N
         cache.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_by_a_compute_does_not_store_under_the_parents_lease(redis_line_url: str) -> None:
+    """A compute that forks: the child returns into the same get_or_set, with the
+    parent's single-flight token at hand. It stored its value under the parent's lease
+    and released the parent's lock (another caller then computed again)."""
+    cache = Cache(redis_line_url, namespace="stale-fork-sf")
+    observer = Cache(redis_line_url, namespace="stale-fork-sf")
+    parent = os.getpid()
+    seen: list[Any] = []
+
+    def compute() -> str:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            return "child"
+        seen.append(os.waitpid(pid, 0)[1])
+        seen.append(observer.get("k"))
+        seen.append(observer._try_lock("k"))  # still the parent's
+        return "parent"
+
+    result = None
+    try:
+        result = cache.get_or_set("k", compute, ttl=60)
+    finally:
+        if os.getpid() != parent:  # pragma: no cover - the child: its get_or_set returned
+            os._exit(0 if result == "child" else 1)
+    try:
+        assert result == "parent"
+        assert seen == [0, None, False]
+        assert observer.get("k") == "parent"
+    finally:
+        cache.close()
+        observer.close()
+
+
 # -- namespaces and the near cache ----------------------------------------------------------
 
 
