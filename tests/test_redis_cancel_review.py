@@ -252,3 +252,291 @@ def test_a_node_connection_marked_for_reconnect_is_not_kept_by_the_thread(redis_
     finally:
         t.close()
         t.client.close()
+
+
+# -- asyncio: a task cancelled at each await point of a command -----------------------
+# An ASGI server cancels a request's task when its client goes away. Wherever the
+# cancellation lands, no later command may read the cancelled one's reply, the
+# transport keeps no connection it does not account for, a write is applied at most
+# once (never sent again), and the transport serves on.
+
+BIG = 8 << 20  # larger than loopback's socket buffers take at once
+
+
+class _Hold:
+    """Hold a command at one await point: ``reached`` is set there, then it waits
+    forever (until cancelled)."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self.held = 0
+
+    async def wait(self) -> None:
+        self.held += 1
+        self.reached.set()
+        await asyncio.get_running_loop().create_future()
+
+
+def _hold_reads(monkeypatch: pytest.MonkeyPatch, conn: Any, hold: _Hold, *, skip: int = 0,
+                mid_reply: bool = False) -> None:
+    """Hold *conn*'s next reply read (after *skip* reads), before anything of it is
+    read, or (*mid_reply*) once its first chunk was read."""
+    if mid_reply:
+        stream = conn._reader
+        read = stream.read
+
+        async def read_chunk(n: int = -1) -> bytes:
+            data = await read(n)
+            stream.read = hold_read
+            return data
+
+        async def hold_read(n: int = -1) -> bytes:
+            await hold.wait()
+            return b""
+
+        stream.read = read_chunk
+        return
+    read_response = conn.read_response
+    left = [skip]
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        if left[0]:
+            left[0] -= 1
+            return await read_response(*args, **kwargs)
+        await hold.wait()
+
+    monkeypatch.setattr(conn, "read_response", held)  # undone: the pool lends the connection again
+
+
+POINTS = ["gate", "connection", "idle-check", "drain", "reply", "mid-reply", "noscript-load",
+          "noscript-again"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_command_cancelled_at_each_await_point_leaves_nothing_behind(
+        point: str, redis_line_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.redis import aio
+
+    server = redis_line_server
+    url = f"{server.url}?socket_timeout=30&max_connections=4"
+    with server.client() as r:
+        r.flushall()
+        r.script_flush()
+        r.set("a", "reply-of-a")
+        r.set("big", b"y" * BIG)
+        r.config_resetstat()
+
+    async def main() -> None:
+        client = create_async_client(url)
+        t = AsyncTransport(client, what="test", limit=2)
+        pool = client.connection_pool
+        hold = _Hold()
+        try:
+            assert await t.command(b"GET", "a") == b"reply-of-a"  # one kept connection
+            conn = t._idle[0]
+            blocker: asyncio.Task[Any] | None = None
+            command: tuple[Any, ...] = (b"INCR", "n")
+            if point == "gate":  # both slots taken by held commands
+                _hold_reads(monkeypatch, conn, hold)
+                first = asyncio.ensure_future(t.command(b"GET", "a"))
+                await hold.reached.wait()
+                hold.reached.clear()
+                blocker = asyncio.ensure_future(t.command(b"GET", "a"))  # a new connection, held too
+                while len(pool._in_use_connections) < 2:
+                    await asyncio.sleep(0)
+                other = next(c for c in pool._in_use_connections if c is not conn)
+                _hold_reads(monkeypatch, other, hold)
+                await hold.reached.wait()
+                task = asyncio.ensure_future(t.command(*command))
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                assert t._gate.locked()
+                hold.reached.set()
+                blockers = [first, blocker]
+            elif point == "connection":  # a connect under way, at most one at once
+                monkeypatch.setattr(aio, "CONNECTS_AT_ONCE", 1)
+                t._idle.clear()
+                await pool.release(conn)
+                get = pool.get_connection
+
+                async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+                    await hold.wait()
+                    return await get(*args, **kwargs)
+
+                monkeypatch.setattr(pool, "get_connection", slow_connect)
+                blockers = [asyncio.ensure_future(t.command(b"GET", "a"))]
+                await hold.reached.wait()
+                task = asyncio.ensure_future(t.command(*command))
+                while not t._waiters:
+                    await asyncio.sleep(0)
+            elif point == "idle-check":
+                monkeypatch.setattr(conn, "can_read", hold.wait)
+                monkeypatch.setattr(aio, "STALE_CHECK_AFTER", -1.0)
+                task, blockers = asyncio.ensure_future(t.command(*command)), []
+            elif point == "drain":
+                drain = conn._writer.drain
+
+                async def held_drain() -> None:
+                    await hold.wait()
+                    await drain()
+
+                monkeypatch.setattr(conn._writer, "drain", held_drain)
+                command = (b"SET", "n", b"z" * BIG)
+                task, blockers = asyncio.ensure_future(t.command(*command)), []
+            elif point in ("reply", "mid-reply"):
+                _hold_reads(monkeypatch, conn, hold, mid_reply=point == "mid-reply")
+                if point == "mid-reply":
+                    command = (b"GET", "big")
+                task, blockers = asyncio.ensure_future(t.command(*command)), []
+            else:  # EVALSHA answered NOSCRIPT, then SCRIPT LOAD, then EVALSHA again
+                # (each runs on the one kept connection: the NOSCRIPT reply is read first)
+                _hold_reads(monkeypatch, conn, hold, skip=1 if point == "noscript-load" else 2)
+                task = asyncio.ensure_future(t.script(INCR_SCRIPT, ["n"], []))
+                blockers = []
+            await hold.reached.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for blocker_task in blockers:
+                blocker_task.cancel()
+            await asyncio.gather(*blockers, return_exceptions=True)
+            monkeypatch.undo()
+            # every later command reads its own reply
+            assert await t.command(b"GET", "a") == b"reply-of-a"
+            assert await t.command(b"STRLEN", "big") == BIG
+            replies = await asyncio.gather(*[t.command(b"GET", "a") for _ in range(8)])
+            assert replies == [b"reply-of-a"] * 8
+            # the cancelled write ran at most once, and was never sent again
+            n = await t.command(b"GET", "n")
+            assert n in (None, b"1") or (point == "drain" and n in (None, b"z" * BIG))
+            # no connection unaccounted for: each in use is one the transport keeps
+            assert set(pool._in_use_connections) == set(t._idle)
+            assert len(pool._in_use_connections) + len(pool._available_connections) <= 4
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+    with server.client() as r:
+        stats = r.info("commandstats")
+    calls = {name[8:]: stats[name]["calls"] for name in stats}
+    print(f"{point}: on the server: " + ", ".join(f"{name} {calls[name]}" for name in sorted(calls)
+                                                  if name in ("incr", "evalsha", "set")))
+
+
+INCR_SCRIPT = _script("review-incr", "return redis.call('INCR', KEYS[1])")
+
+
+# -- asyncio: many cancellations, then the pool still serves -------------------------
+
+
+async def _cancel_many(t: AsyncTransport, rounds: int) -> None:
+    """*rounds* bursts of reads and writes, each cancelled after 0-8 loop passes
+    (asyncio's cancel: before the gate, waiting for a connection or a connect,
+    after sending, mid-reply), every third burst inside an anyio cancel scope
+    instead (its cancellation is delivered again at every await until the scope
+    exits: the transport's cleanup must not await its way into a leak)."""
+    import anyio
+
+    async def scoped(command: Awaitable[Any], delay: float) -> None:
+        with anyio.move_on_after(delay):
+            await command
+
+    for i in range(rounds):
+        commands = [t.command(b"GET", f"{{c}}k{j}") for j in range(i % 6 + 1)]
+        commands.append(t.command(b"INCR", "{c}n"))
+        if i % 3 == 2:
+            tasks = [asyncio.ensure_future(scoped(c, (i % 4) * 1e-4)) for c in commands]
+        else:
+            tasks = [asyncio.ensure_future(c) for c in commands]
+            for _ in range(i % 9):
+                await asyncio.sleep(0)
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _serves(t: AsyncTransport) -> int:
+    """Every key reads its own value, from many commands at once; returns the
+    counter the cancelled INCRs left."""
+    keys = [f"{{c}}k{j}" for j in range(6)]
+    replies = await asyncio.gather(*[t.command(b"GET", key) for key in keys * 10])
+    assert replies == [key.encode() for key in keys] * 10
+    n = await t.command(b"GET", "{c}n")
+    return int(n or 0)
+
+
+def test_five_hundred_cancellations_leak_no_connection(redis_line_url: str) -> None:
+    url = f"{redis_line_url}?max_connections=8"
+
+    async def main() -> None:
+        client = create_async_client(url)
+        t = AsyncTransport(client, what="test")
+        pool = client.connection_pool
+        try:
+            for j in range(6):
+                await t.command(b"SET", f"{{c}}k{j}", f"{{c}}k{j}")
+            await t.command(b"DEL", "{c}n")
+            await _cancel_many(t, 500)
+            n = await _serves(t)
+            assert 0 <= n <= 500
+            assert set(pool._in_use_connections) == set(t._idle)  # none lost, none lent twice
+            # what the transport leaves of max_connections still serves the client's own
+            # pipelines, all at once
+            async def pipe() -> Any:
+                async with client.pipeline(transaction=False) as p:
+                    return await p.get("{c}k0").execute()
+
+            spare = 8 - len(pool._in_use_connections)
+            assert spare >= 8 - t.limit
+            assert await asyncio.gather(*[pipe() for _ in range(spare)]) == [[b"{c}k0"]] * spare
+            print(f"after 500 cancelled bursts: counter {n}, {len(t._idle)} kept, {spare} spare")
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+
+
+@pytest.mark.cluster
+def test_cluster_commands_in_flight_stay_under_a_nodes_max_connections(redis_cluster_url: str) -> None:
+    """redis-py's asyncio cluster raises ``MaxConnectionsError`` past a node's
+    ``max_connections`` instead of waiting; the transport bounds its commands in
+    flight by it (module docstring). It read the bound from the client's
+    ``max_connections``, which ``RedisCluster`` does not have: with
+    ``max_connections=8`` in the URL, 60 concurrent gets of one slot failed
+    (BackendUnavailable) instead of waiting their turn."""
+    async def main() -> None:
+        client = create_async_client(f"{redis_cluster_url}?max_connections=8")
+        t = AsyncTransport(client, what="test")
+        try:
+            await t.command(b"SET", "{m}k", "v")
+            assert await asyncio.gather(*[t.command(b"GET", "{m}k") for _ in range(60)]) == [b"v"] * 60
+            assert t.limit <= 8
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+
+
+@pytest.mark.cluster
+def test_five_hundred_cancellations_leak_no_connection_on_cluster(redis_cluster_url: str) -> None:
+    async def main() -> None:
+        client = create_async_client(f"{redis_cluster_url}?max_connections=8")
+        t = AsyncTransport(client, what="test")
+        try:
+            for j in range(6):
+                await t.command(b"SET", f"{{c}}k{j}", f"{{c}}k{j}")
+            await t.command(b"DEL", "{c}n")
+            await _cancel_many(t, 500)
+            n = await _serves(t)
+            assert 0 <= n <= 500
+            for node in client.get_nodes():  # every connection given back to its node
+                assert len(node._free) == len(node._connections) <= 8
+            print(f"after 500 cancelled bursts on Cluster: counter {n}")
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)

@@ -380,8 +380,8 @@ class AsyncTransport:
         connection runs ``CLIENT TRACKING on REDIRECT <id> NOLOOP`` after connecting
         while the listener is up. Standalone and Sentinel only.
     :param limit: commands in flight at once (default: the pool's
-        ``max_connections`` less a quarter of it, at most 8, left for the client's own
-        pipelines and pub/sub; at most :data:`DEFAULT_LIMIT`).
+        ``max_connections``, a Cluster node's, less a quarter of it, at most 8, left
+        for the client's own pipelines and pub/sub; at most :data:`DEFAULT_LIMIT`).
 
     Use it on one event loop (the loop its connections belong to).
     """
@@ -406,8 +406,10 @@ class AsyncTransport:
         self.direct = pool is not None
         self._pool = pool
         if limit is None:
+            # Cluster: each node's bound (in the client's connection_kwargs), all of
+            # them at once possibly on one node
             size = getattr(pool, "max_connections", None) or getattr(client, "max_connections", None) \
-                or DEFAULT_LIMIT
+                or (getattr(client, "connection_kwargs", None) or {}).get("max_connections") or DEFAULT_LIMIT
             limit = min(pool_share(size), DEFAULT_LIMIT)
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
