@@ -393,3 +393,39 @@ def test_an_old_cookie_naming_a_key_of_another_type_gives_a_fresh_session(redis_
     finally:
         store.close()
         old.close()
+
+
+def test_revoke_user_keeps_the_session_rotated_while_it_runs(redis_url: str) -> None:
+    """The device to keep logs in again (its session rotated) while revoke_user works
+    through the user's other sessions batch by batch: the batches after the rotation
+    keep the session its handle now names (else the kept device was logged out)."""
+    from statekit.sessions.redis import REVOKE_BATCH, RedisEngine
+
+    store = SessionStore(redis_url, secret_keys=["k"])
+    other = SessionStore(redis_url, secret_keys=["k"])
+    try:
+        kept = store.create({"i": -1}, user_id="k")
+        others = [store.create({"i": i}, user_id="k") for i in range(REVOKE_BATCH + 10)]
+        here = store.load(kept.sid)
+        assert here is not None
+        engine = store.engine
+        assert isinstance(engine, RedisEngine)
+        real = engine._revoke_batch
+        rotated: list[str] = []
+
+        def batch(index_key: str, keep: str) -> tuple[int, int]:
+            out = real(index_key, keep)
+            if not rotated:  # between two batches: a login in another tab of the kept device
+                login = other.load(kept.sid)
+                assert login is not None
+                other.rotate(login)
+                rotated.append(login.sid)
+            return out
+
+        engine._revoke_batch = batch  # type: ignore[method-assign]
+        assert store.revoke_user("k", except_session=here) == len(others)
+        assert store.load(rotated[0]) == {"i": -1}
+        assert store.load(others[-1].sid) is None
+    finally:
+        store.close()
+        other.close()

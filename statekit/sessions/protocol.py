@@ -169,7 +169,10 @@ class SessionEngine(Protocol):
         """Delete every session in *user*'s index but *keep* (a handle, or ``""``),
         including sessions indexed while it runs, and return how many were deleted.
         Need not be one atomic step; must not block other clients of the backend for
-        long (a user may have tens of thousands of sessions)."""
+        long (a user may have tens of thousands of sessions). The store passes the
+        handle *keep*'s rotation aliases lead to when it calls; an engine working in
+        several steps should keep what *keep* is rotated to between them too (a login
+        on the device being kept: the Redis engine does, standalone and Sentinel)."""
         ...
 
     def list_user(self, user: str, since: float) -> list[tuple[str, Mapping[str, bytes]]]:

@@ -527,7 +527,9 @@ class RedisEngine(_Layout):
         rotated) while the batches run is in the index by then (the write adds it in
         the same script) and a later batch deletes it. It ends when a batch leaves
         the index holding nothing but *keep*: every session indexed before that
-        instant is deleted."""
+        instant is deleted. Each batch keeps the handles *keep*'s aliases lead to
+        then (rotated by a login on the kept device meanwhile); on Redis Cluster
+        only *keep* itself (a rotation of it while this runs logs that device out)."""
         index_key = self.index_key(user)
         total = 0
         with self._changing():  # other processes' copies: Redis invalidates them
