@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from statekit.embedded import RedisCluster
+from statekit.errors import BackendUnavailable
 from statekit.redis import create_client, key_slot
 from statekit.redis.aio import AsyncTransport, create_async_client
 from statekit.redis.scripts import Script
@@ -265,16 +266,18 @@ BIG = 8 << 20  # larger than loopback's socket buffers take at once
 
 class _Hold:
     """Hold a command at one await point: ``reached`` is set there, then it waits
-    forever (until cancelled)."""
+    until :meth:`release` (or until cancelled)."""
 
     def __init__(self) -> None:
         self.reached = asyncio.Event()
-        self.held = 0
+        self.go = asyncio.Event()
 
     async def wait(self) -> None:
-        self.held += 1
         self.reached.set()
-        await asyncio.get_running_loop().create_future()
+        await self.go.wait()
+
+    def release(self) -> None:
+        self.go.set()
 
 
 def _hold_reads(monkeypatch: pytest.MonkeyPatch, conn: Any, hold: _Hold, *, skip: int = 0,
@@ -304,6 +307,7 @@ def _hold_reads(monkeypatch: pytest.MonkeyPatch, conn: Any, hold: _Hold, *, skip
             left[0] -= 1
             return await read_response(*args, **kwargs)
         await hold.wait()
+        return await read_response(*args, **kwargs)
 
     monkeypatch.setattr(conn, "read_response", held)  # undone: the pool lends the connection again
 
@@ -535,6 +539,150 @@ def test_five_hundred_cancellations_leak_no_connection_on_cluster(redis_cluster_
             for node in client.get_nodes():  # every connection given back to its node
                 assert len(node._free) == len(node._connections) <= 8
             print(f"after 500 cancelled bursts on Cluster: counter {n}")
+        finally:
+            await t.aclose()
+            await client.aclose()
+
+    run(main)
+
+
+# -- a read timeout mid-reply, then the next command on that connection --------------
+
+HUGE = 32 << 20  # more than loopback buffers hold: the server is stopped mid-reply
+
+
+class _PausingSocket:
+    """A connection's socket that stops the server (SIGSTOP) once the first chunk of
+    a reply was read: the rest of the reply never comes, the read times out."""
+
+    def __init__(self, sock: Any, server: Any) -> None:
+        self._sock, self._server, self.paused = sock, server, False
+
+    def recv_into(self, *args: Any) -> int:
+        n = int(self._sock.recv_into(*args))
+        if not self.paused:
+            self.paused = True
+            self._server.pause()
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("side", ["sync", "asyncio"])
+def test_a_read_timed_out_mid_reply_leaves_nothing_for_the_next_command(
+        side: str, redis_line_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GET of a 32 MiB value whose server stops after the first chunk: the read
+    times out (BackendUnavailable, never sent again: a timeout), and the next command
+    on that thread's (or loop's) connection reads its own reply, not the rest of the
+    value."""
+    server = redis_line_server
+    url = f"{server.url}?socket_timeout=0.5&retries=0"
+    with server.client() as r:
+        r.set("a", "reply-of-a")
+        r.set("huge", b"h" * HUGE)
+    try:
+        if side == "sync":
+            t = Transport(create_client(url), what="test")
+            try:
+                assert t.command(b"GET", "a") == b"reply-of-a"
+                conn = t._here().lane.conn
+                sock = _PausingSocket(conn._parser._sock, server)
+                monkeypatch.setattr(conn._parser, "_sock", sock)
+                with pytest.raises(BackendUnavailable, match="outcome is unknown|Timeout"):
+                    t.command(b"GET", "huge")
+                assert sock.paused
+                server.resume()
+                assert t.command(b"GET", "a") == b"reply-of-a"
+                assert t.command(b"STRLEN", "huge") == HUGE
+            finally:
+                t.close()
+                t.client.close()
+            return
+
+        async def main() -> None:
+            client = create_async_client(url)
+            t = AsyncTransport(client, what="test", limit=1)
+            try:
+                assert await t.command(b"GET", "a") == b"reply-of-a"
+                stream = t._idle[0]._reader
+                read = stream.read
+                paused: list[bool] = []
+
+                async def read_then_pause(n: int = -1) -> bytes:
+                    data = await read(n)
+                    if not paused:
+                        paused.append(True)
+                        server.pause()
+                    return data
+
+                monkeypatch.setattr(stream, "read", read_then_pause)
+                with pytest.raises(BackendUnavailable, match="outcome is unknown|Timeout"):
+                    await t.command(b"GET", "huge")
+                assert paused
+                server.resume()
+                assert await t.command(b"GET", "a") == b"reply-of-a"
+                assert await t.command(b"STRLEN", "huge") == HUGE
+            finally:
+                await t.aclose()
+                await client.aclose()
+
+        run(main)
+    finally:
+        server.resume()
+        with server.client() as r:
+            r.delete("huge")
+
+
+# -- Sentinel failover mid-command (asyncio) --------------------------------------------
+
+
+@pytest.mark.sentinel
+def test_a_sentinel_failover_mid_command_follows_the_one_rule_async(
+        redis_sentinel: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio on Sentinel: a GET sent to the master, its reply read only after the
+    master failed over (held there), then writes: the GET reads its own reply (or,
+    its connection dropped, is sent once more: a read), and the first INCR after the
+    failover, on a kept connection to the demoted master (READONLY) or a new one, is
+    applied once on the new master, never twice."""
+    from statekit.pytest_plugin import wait_for
+
+    setup = redis_sentinel
+    url = f"{setup.url}?socket_timeout=2&retries=4&retry_backoff_cap=0.2"
+
+    def synced() -> None:
+        with setup.master.client() as r:
+            offset = int(r.info("replication")["master_repl_offset"])
+        for replica in setup.replicas:
+            with replica.client() as r:
+                wait_for(lambda r=r: int(r.info("replication").get("slave_repl_offset", -1)) >= offset,
+                         timeout=30, what="the replica caught up")
+
+    async def main() -> None:
+        client = create_async_client(url)
+        t = AsyncTransport(client, what="test", limit=2)
+        hold = _Hold()
+        try:
+            assert await t.command(b"INCR", "n") == 1
+            await asyncio.to_thread(synced)
+            _hold_reads(monkeypatch, t._idle[0], hold)
+            read = asyncio.ensure_future(t.command(b"GET", "n"))
+            await hold.reached.wait()
+            await asyncio.to_thread(setup.failover)
+            hold.release()
+            assert await read == b"1"
+            monkeypatch.undo()
+            outcomes = []
+            for _ in range(20):  # each refused unapplied, or applied: stop at the first applied
+                try:
+                    outcomes.append(await t.command(b"INCR", "n"))
+                    break
+                except BackendUnavailable as e:  # the failover still under way: nothing applied
+                    assert "outcome is unknown" not in str(e)
+                    outcomes.append(str(e))
+                    await asyncio.sleep(0.25)
+            assert outcomes[-1] == 2, outcomes
+            assert await t.command(b"GET", "n") == b"2"
         finally:
             await t.aclose()
             await client.aclose()
