@@ -125,6 +125,21 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         #: a write was dropped; :attr:`static`: the session of a static file
         self.dropped = self.static = False
 
+    @property
+    def permanent(self) -> bool:
+        return bool(self.get("_permanent", False))
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if self.unavailable:
+            # the read-only session of an outage or a static file: never stored and no
+            # cookie sent, so the flag (``session.permanent = True`` in a before_request
+            # hook, the migration guide's idiom) is this request's only, not a write
+            # refused (the anonymous policy would answer every request 503)
+            dict.__setitem__(self, "_permanent", bool(value))
+            return
+        self["_permanent"] = bool(value)
+
     def _changing(self, key: str) -> None:
         if self.unavailable and self.drops_writes:
             # after the view (Flask's after_request hooks, Flask-Login's remember-cookie

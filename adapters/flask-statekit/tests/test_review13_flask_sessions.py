@@ -193,3 +193,27 @@ def test_outage_with_an_after_request_hook_writing_the_session_is_503(
     assert answer == (503, "5", False)
     assert client.get_cookie("session").value == cookie  # type: ignore[union-attr]
     assert client.get("/get").json == {"cart": "apple", "seen": "now"}
+
+
+def test_anonymous_outage_serves_an_app_that_makes_its_sessions_permanent(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The migration guide's ``session.permanent = True`` in ``before_request`` with the
+    ``anonymous`` policy: during an outage the read-only session takes the flag (it
+    is never stored, and no cookie is sent) and the page is served read-only, as the
+    policy says (the flag is this request's only); the flag's write made every request
+    a 503."""
+    app = make_app(redis_url, STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
+
+    @app.before_request
+    def make_permanent() -> None:
+        session.permanent = True
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    with monkeypatch.context() as m:
+        m.setattr(get_state(app).sessions.engine, "load", _down)
+        resp = client.get("/get")
+        answer = (resp.status_code, resp.json, "Set-Cookie" in resp.headers)
+        assert answer == (200, {"_permanent": True}, False)
+        assert client.post("/set/cart/pear").status_code == 503  # a write of the view still refused
+    assert client.get("/get").json == {"_permanent": True, "cart": "apple"}
