@@ -785,18 +785,23 @@ class Transport:
         the script on each node (:func:`statekit.cache.redis.cluster_batch` sends a
         command answered ``NOSCRIPT`` again alone, and raises before that when another
         node's outcome is unknown). Best effort: a node that fails loads it at its own
-        ``NOSCRIPT``. (A primary this thread has no open connection to is connected
-        first: that waits for a paused one's handshake, up to the socket timeout.)"""
+        ``NOSCRIPT``: a connection that is closed, still owes a reply (a primary paused
+        at an earlier load) or is due for a reconnect is left alone, since
+        reconnecting waits for a paused primary's handshake. (A primary this thread
+        has no connection to yet is connected first: that waits for a paused one's
+        handshake, up to the socket timeout.)"""
         failed = (self._connection_error, self._response_error, _rule().redis.TimeoutError)
         owed = []
         for node in other_primaries(self.client, f"{lane.host}:{lane.port}"):
             other = self.node_lane(node)
             if other is None or other is lane:
                 continue
+            conn, pack = other.conn, other.pack
+            if conn._sock is None or conn._statekit_unread or other.stale or other.marked():
+                continue
+            packed = [pack(load)] if pack is not None else conn.pack_command(*load)
             with contextlib.suppress(*failed):
-                other.freshen()
-                conn, pack = other.conn, other.pack
-                conn.send_packed_command([pack(load)] if pack is not None else conn.pack_command(*load))
+                conn.send_packed_command(packed, False)  # (no health check: it would wait for the reply)
                 owed.append(other)
         return owed
 
