@@ -19,7 +19,10 @@ anonymous, as with Django's own engines: no session fixation); for
 ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds it is a tombstone through which requests
 that loaded the session before the login still save. Saves write only the keys that
 changed, so concurrent requests of one session keep each other's
-changes; ``request.session.incr(key)`` is an atomic counter.
+changes; ``request.session.incr(key)`` is an atomic counter. Every key a request read
+is compared at its save, so a value changed in place (``session["cart"].append(x)``)
+is kept whenever Django saves (another key set, or ``SESSION_SAVE_EVERY_REQUEST``),
+as Django's own engines keep it.
 
 Settings: ``SESSION_COOKIE_AGE`` is the idle timeout, counted from the last save as
 in Django's own backends (``SessionMiddleware`` saves a modified session); with
