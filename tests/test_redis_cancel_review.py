@@ -51,20 +51,19 @@ REPLIES = {
 }
 
 
-def _url(kind: str, redis_url: str, sentinel_url: str) -> str:
-    return f"{sentinel_url if kind == 'sentinel' else redis_url}?retries=2&retry_backoff_cap=0.01"
-
-
 @pytest.mark.sentinel
-@pytest.mark.parametrize("kind", ["standalone", "sentinel"])
+@pytest.mark.parametrize("kind", ["standalone", "sentinel",
+                                  pytest.param("cluster", marks=pytest.mark.cluster)])
 @pytest.mark.parametrize("reply", sorted(REPLIES))
 def test_a_write_refused_unapplied_is_sent_again_and_applied_once_async(
-        kind: str, reply: str, redis_url: str, sentinel_url: str) -> None:
+        kind: str, reply: str, request: pytest.FixtureRequest) -> None:
     """asyncio: redis-py's Sentinel connection turns READONLY into a
     ``ConnectionError`` and LOADING is one (``BusyLoadingError``): both were taken
     for a dropped connection after sending (outcome unknown, not retried), where the
-    sync transport retries them as the rule says."""
-    url = _url(kind, redis_url, sentinel_url)
+    sync transport retries them as the rule says; through ``RedisCluster`` neither
+    was retried either."""
+    fixture = {"standalone": "redis_url", "sentinel": "sentinel_url", "cluster": "redis_cluster_url"}[kind]
+    url = f"{request.getfixturevalue(fixture)}?retries=2&retry_backoff_cap=0.01"
     keys = ["{r}n", "{r}attempts"]
 
     async def main() -> None:

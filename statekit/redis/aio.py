@@ -846,14 +846,28 @@ class AsyncTransport:
         """One command through the client's own ``execute_command`` (Cluster, or a
         client whose pool the transport does not drive), under :meth:`_run`'s rule:
         redis-py's command retry is off on statekit's clients, so nothing is resent;
-        idempotent reads once. Cluster: sent to *node* when given."""
+        idempotent reads once; a reply saying nothing was applied (``READONLY``,
+        ``MASTERDOWN``, ``LOADING``) is retried as unsent. Cluster: sent to *node*
+        when given."""
         name = _name(args[0])
         options: dict[str, Any] = {}
         if node is not None:
             options["target_nodes"] = node
 
-        def send(args: Sequence[Arg]) -> Awaitable[Any]:
-            return self.client.execute_command(name, *args[1:], **options)  # type: ignore[no-any-return]
+        redis = self._redis
+        execute = self.client.execute_command
+
+        async def send(args: Sequence[Arg]) -> Any:
+            try:
+                return await execute(name, *args[1:], **options)
+            except redis.ResponseError as e:  # READONLY, MASTERDOWN: nothing applied
+                if _problem_of(e) == "wrong node":
+                    raise _Unsent(e) from e
+                raise
+            except redis.ConnectionError as e:  # LOADING: nothing applied
+                if refused_unapplied(e):
+                    raise _Unsent(e) from e
+                raise
 
         return await self._run(args, keep, send)
 
