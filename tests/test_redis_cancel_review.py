@@ -252,10 +252,13 @@ def test_a_node_connection_marked_for_reconnect_is_not_kept_by_the_thread(redis_
         assert a.conn._sock is not None and a.conn._sock is not sock and not a.conn.should_reconnect()
         # b's node leaves the topology (redis-py marks its connections); the thread's
         # next new connection (to c's node) gives b's back
-        conn = b.conn
-        b.pool.update_active_connections_for_reconnect()
+        conn, pool = b.conn, b.pool
+        pool.update_active_connections_for_reconnect()
         assert t.command(b"GET", c_key) == b"v"
-        assert b not in lanes.values() and conn not in b.pool._in_use_connections
+        assert b not in lanes.values()
+        assert b.conn is conn  # still whole while held (a bulk call holds its lanes between send and read)
+        del a, b
+        assert conn not in pool._in_use_connections  # given back with the last reference
     finally:
         t.close()
         t.client.close()

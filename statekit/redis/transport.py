@@ -589,8 +589,10 @@ class Transport:
                 return None  # nothing sent: RedisCluster finds the node's successor
             for name, old in list(nodes.items()):  # (a new connection: the topology may have changed)
                 if old.conn is not None and old.marked():
-                    del nodes[name]  # its node left (or moved): given back, not kept for good
-                    old.release()
+                    # its node left (or moved): not kept for good. Given back when the
+                    # last reference goes (_Lane.__del__): a bulk call of this thread may
+                    # hold it now, between its connections' sends and reads
+                    del nodes[name]
             lane = nodes[node.name] = _Lane(self, pool, conn)
         return lane
 
