@@ -40,18 +40,19 @@ from statekit.errors import ConfigError, LockError
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(params=["line", "memory", "cluster"])
+@pytest.fixture(params=["line", "memory", "sentinel", "cluster"])
 def where(request: pytest.FixtureRequest, redis_line_url: str) -> str:
-    """Every server line, then memory:// and a Cluster (the lock and the value in
-    different slots: the fence is checked around the store, see the module
-    docstring of statekit.cache.redis), those two once, with the first line."""
+    """Every server line, then memory://, Sentinel and a Cluster (the lock and the
+    value in different slots: the fence is checked around the store, see the module
+    docstring of statekit.cache.redis), those three once, with the first line."""
     if request.param == "line":
         return redis_line_url
     if request.node.callspec.indices.get("redis_line_server", 0) != 0:
-        pytest.skip("memory:// and Cluster run once, with the first server line")
-    if request.param == "cluster":
-        return str(request.getfixturevalue("redis_cluster_url"))
-    return "memory://stale-review"
+        pytest.skip("memory://, Sentinel and Cluster run once, with the first server line")
+    if request.param == "memory":
+        return "memory://stale-review"
+    fixture = "sentinel_url" if request.param == "sentinel" else "redis_cluster_url"
+    return str(request.getfixturevalue(fixture))
 
 
 def _while_computing(call: Callable[[Callable[[], str]], Any], value: str, action: Callable[[], Any]) -> Any:
