@@ -872,9 +872,10 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         rt.drain.stop_workers()
         self.kill_workers(sig)
         # a worker still loading the app holds no request: it exits at once (its
-        # SIGTERM handler), or is SIGKILLed soon; one running its lifespan startup
+        # SIGTERM handler), or is SIGKILLed soon (before a short graceful timeout
+        # ends too: it is not force-killed); one running its lifespan startup
         # (STARTING) is waited for like one serving: its shutdown runs
-        booting_until: float | None = time.monotonic() + BOOT_STOP_GRACE
+        booting_until: float | None = min(time.monotonic() + BOOT_STOP_GRACE, limit - 0.2)
         while (self.WORKERS or self.dirty_arbiter_pid) and time.monotonic() < limit:
             if booting_until is not None and time.monotonic() >= booting_until:
                 booting_until = None
