@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
+from test_redis_aio import _with, run  # tests/ is on sys.path
 
 from statekit.embedded import RedisCluster
 from statekit.errors import BackendUnavailable
 from statekit.redis import create_client, key_slot
-from statekit.redis.aio import AsyncTransport, create_async_client
+from statekit.redis.aio import AsyncTransport
 from statekit.redis.scripts import Script
 from statekit.redis.transport import Transport
 
@@ -27,10 +28,6 @@ pytestmark = pytest.mark.redis
 
 def _script(name: str, source: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest().encode())
-
-
-def run(make: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(make())  # type: ignore[arg-type]
 
 
 # -- a reply that says nothing was applied (READONLY, LOADING) ----------------------
@@ -66,18 +63,12 @@ def test_a_write_refused_unapplied_is_sent_again_and_applied_once_async(
     url = f"{request.getfixturevalue(fixture)}?retries=2&retry_backoff_cap=0.01"
     keys = ["{r}n", "{r}attempts"]
 
-    async def main() -> None:
-        client = create_async_client(url)
-        t = AsyncTransport(client, what="test")
-        try:
-            await t.command(b"DEL", *keys)
-            assert await t.script(REFUSED_ONCE, keys, [REPLIES[reply]]) == 1
-            assert await t.command(b"GET", keys[1]) == b"2"  # two attempts, the write applied once
-        finally:
-            await t.aclose()
-            await client.aclose()
+    async def main(t: AsyncTransport) -> None:
+        await t.command(b"DEL", *keys)
+        assert await t.script(REFUSED_ONCE, keys, [REPLIES[reply]]) == 1
+        assert await t.command(b"GET", keys[1]) == b"2"  # two attempts, the write applied once
 
-    run(main)
+    run(lambda: _with(url, main))
     # the sync transport, for comparison (the one rule)
     sync = Transport(create_client(url), what="test")
     try:
@@ -117,18 +108,12 @@ def test_a_script_the_async_transport_loads_is_loaded_on_every_primary(
     ``NOSCRIPT`` on every other master)."""
     _flush_scripts(redis_cluster)
 
-    async def main() -> None:
-        client = create_async_client(redis_cluster_url)
-        t = AsyncTransport(client, what="test")
-        try:
-            await t.command(b"SET", "{s}k", "v")
-            assert await t.script(GET_SCRIPT, ["{s}k"], []) == b"v"
-            await asyncio.gather(*t._loading.values())  # the other primaries' loads, not awaited by the call
-        finally:
-            await t.aclose()
-            await client.aclose()
+    async def main(t: AsyncTransport) -> None:
+        await t.command(b"SET", "{s}k", "v")
+        assert await t.script(GET_SCRIPT, ["{s}k"], []) == b"v"
+        await asyncio.gather(*t._loading.values())  # the other primaries' loads, not awaited by the call
 
-    run(main)
+    run(lambda: _with(redis_cluster_url, main))
     assert _loaded_on(redis_cluster, GET_SCRIPT) == [True] * len(redis_cluster.masters())
 
 
@@ -217,20 +202,15 @@ def test_a_connection_marked_for_reconnect_is_reconnected_before_its_next_comman
 
 def test_a_connection_marked_for_reconnect_is_reconnected_before_its_next_command_async(
         redis_url: str) -> None:
-    async def main() -> None:
-        client = create_async_client(redis_url)
-        t = AsyncTransport(client, what="test", limit=1)
-        try:
-            first = await t.command(b"CLIENT", b"ID")
-            await client.connection_pool.update_active_connections_for_reconnect()
-            second = await t.command(b"CLIENT", b"ID")
-            assert second != first
-            assert await t.command(b"CLIENT", b"ID") == second  # once
-        finally:
-            await t.aclose()
-            await client.aclose()
+    async def main(t: AsyncTransport) -> None:
+        client = t.client
+        first = await t.command(b"CLIENT", b"ID")
+        await client.connection_pool.update_active_connections_for_reconnect()
+        second = await t.command(b"CLIENT", b"ID")
+        assert second != first
+        assert await t.command(b"CLIENT", b"ID") == second  # once
 
-    run(main)
+    run(lambda: _with(redis_url, main, limit=1))
 
 
 @pytest.mark.cluster
@@ -339,97 +319,92 @@ def test_a_command_cancelled_at_each_await_point_leaves_nothing_behind(
         r.set("big", b"y" * BIG)
         r.config_resetstat()
 
-    async def main() -> None:
-        client = create_async_client(url)
-        t = AsyncTransport(client, what="test", limit=2)
+    async def main(t: AsyncTransport) -> None:
+        client = t.client
         pool = client.connection_pool
         hold = _Hold()
-        try:
-            assert await t.command(b"GET", "a") == b"reply-of-a"  # one kept connection
-            conn = t._idle[0]
-            blocker: asyncio.Task[Any] | None = None
-            command: tuple[Any, ...] = (b"INCR", "n")
-            if point == "gate":  # both slots taken by held commands
-                _hold_reads(monkeypatch, conn, hold)
-                first = asyncio.ensure_future(t.command(b"GET", "a"))
-                await hold.reached.wait()
-                hold.reached.clear()
-                blocker = asyncio.ensure_future(t.command(b"GET", "a"))  # a new connection, held too
-                while len(pool._in_use_connections) < 2:
-                    await asyncio.sleep(0)
-                other = next(c for c in pool._in_use_connections if c is not conn)
-                _hold_reads(monkeypatch, other, hold)
-                await hold.reached.wait()
-                task = asyncio.ensure_future(t.command(*command))
-                for _ in range(3):
-                    await asyncio.sleep(0)
-                assert t._gate.locked()
-                hold.reached.set()
-                blockers = [first, blocker]
-            elif point == "connection":  # a connect under way, at most one at once
-                monkeypatch.setattr(aio, "CONNECTS_AT_ONCE", 1)
-                t._idle.clear()
-                await pool.release(conn)
-                get = pool.get_connection
-
-                async def slow_connect(*args: Any, **kwargs: Any) -> Any:
-                    await hold.wait()
-                    return await get(*args, **kwargs)
-
-                monkeypatch.setattr(pool, "get_connection", slow_connect)
-                blockers = [asyncio.ensure_future(t.command(b"GET", "a"))]
-                await hold.reached.wait()
-                task = asyncio.ensure_future(t.command(*command))
-                while not t._waiters:
-                    await asyncio.sleep(0)
-            elif point == "idle-check":
-                monkeypatch.setattr(conn, "can_read", hold.wait)
-                monkeypatch.setattr(aio, "STALE_CHECK_AFTER", -1.0)
-                task, blockers = asyncio.ensure_future(t.command(*command)), []
-            elif point == "drain":
-                drain = conn._writer.drain
-
-                async def held_drain() -> None:
-                    await hold.wait()
-                    await drain()
-
-                monkeypatch.setattr(conn._writer, "drain", held_drain)
-                command = (b"SET", "n", b"z" * BIG)
-                task, blockers = asyncio.ensure_future(t.command(*command)), []
-            elif point in ("reply", "mid-reply"):
-                _hold_reads(monkeypatch, conn, hold, mid_reply=point == "mid-reply")
-                if point == "mid-reply":
-                    command = (b"GET", "big")
-                task, blockers = asyncio.ensure_future(t.command(*command)), []
-            else:  # EVALSHA answered NOSCRIPT, then SCRIPT LOAD, then EVALSHA again
-                # (each runs on the one kept connection: the NOSCRIPT reply is read first)
-                _hold_reads(monkeypatch, conn, hold, skip=1 if point == "noscript-load" else 2)
-                task = asyncio.ensure_future(t.script(INCR_SCRIPT, ["n"], []))
-                blockers = []
+        assert await t.command(b"GET", "a") == b"reply-of-a"  # one kept connection
+        conn = t._idle[0]
+        blocker: asyncio.Task[Any] | None = None
+        command: tuple[Any, ...] = (b"INCR", "n")
+        if point == "gate":  # both slots taken by held commands
+            _hold_reads(monkeypatch, conn, hold)
+            first = asyncio.ensure_future(t.command(b"GET", "a"))
             await hold.reached.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            for blocker_task in blockers:
-                blocker_task.cancel()
-            await asyncio.gather(*blockers, return_exceptions=True)
-            monkeypatch.undo()
-            # every later command reads its own reply
-            assert await t.command(b"GET", "a") == b"reply-of-a"
-            assert await t.command(b"STRLEN", "big") == BIG
-            replies = await asyncio.gather(*[t.command(b"GET", "a") for _ in range(8)])
-            assert replies == [b"reply-of-a"] * 8
-            # the cancelled write ran at most once, and was never sent again
-            n = await t.command(b"GET", "n")
-            assert n in (None, b"1") or (point == "drain" and n in (None, b"z" * BIG))
-            # no connection unaccounted for: each in use is one the transport keeps
-            assert set(pool._in_use_connections) == set(t._idle)
-            assert len(pool._in_use_connections) + len(pool._available_connections) <= 4
-        finally:
-            await t.aclose()
-            await client.aclose()
+            hold.reached.clear()
+            blocker = asyncio.ensure_future(t.command(b"GET", "a"))  # a new connection, held too
+            while len(pool._in_use_connections) < 2:
+                await asyncio.sleep(0)
+            other = next(c for c in pool._in_use_connections if c is not conn)
+            _hold_reads(monkeypatch, other, hold)
+            await hold.reached.wait()
+            task = asyncio.ensure_future(t.command(*command))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert t._gate.locked()
+            hold.reached.set()
+            blockers = [first, blocker]
+        elif point == "connection":  # a connect under way, at most one at once
+            monkeypatch.setattr(aio, "CONNECTS_AT_ONCE", 1)
+            t._idle.clear()
+            await pool.release(conn)
+            get = pool.get_connection
 
-    run(main)
+            async def slow_connect(*args: Any, **kwargs: Any) -> Any:
+                await hold.wait()
+                return await get(*args, **kwargs)
+
+            monkeypatch.setattr(pool, "get_connection", slow_connect)
+            blockers = [asyncio.ensure_future(t.command(b"GET", "a"))]
+            await hold.reached.wait()
+            task = asyncio.ensure_future(t.command(*command))
+            while not t._waiters:
+                await asyncio.sleep(0)
+        elif point == "idle-check":
+            monkeypatch.setattr(conn, "can_read", hold.wait)
+            monkeypatch.setattr(aio, "STALE_CHECK_AFTER", -1.0)
+            task, blockers = asyncio.ensure_future(t.command(*command)), []
+        elif point == "drain":
+            drain = conn._writer.drain
+
+            async def held_drain() -> None:
+                await hold.wait()
+                await drain()
+
+            monkeypatch.setattr(conn._writer, "drain", held_drain)
+            command = (b"SET", "n", b"z" * BIG)
+            task, blockers = asyncio.ensure_future(t.command(*command)), []
+        elif point in ("reply", "mid-reply"):
+            _hold_reads(monkeypatch, conn, hold, mid_reply=point == "mid-reply")
+            if point == "mid-reply":
+                command = (b"GET", "big")
+            task, blockers = asyncio.ensure_future(t.command(*command)), []
+        else:  # EVALSHA answered NOSCRIPT, then SCRIPT LOAD, then EVALSHA again
+            # (each runs on the one kept connection: the NOSCRIPT reply is read first)
+            _hold_reads(monkeypatch, conn, hold, skip=1 if point == "noscript-load" else 2)
+            task = asyncio.ensure_future(t.script(INCR_SCRIPT, ["n"], []))
+            blockers = []
+        await hold.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for blocker_task in blockers:
+            blocker_task.cancel()
+        await asyncio.gather(*blockers, return_exceptions=True)
+        monkeypatch.undo()
+        # every later command reads its own reply
+        assert await t.command(b"GET", "a") == b"reply-of-a"
+        assert await t.command(b"STRLEN", "big") == BIG
+        replies = await asyncio.gather(*[t.command(b"GET", "a") for _ in range(8)])
+        assert replies == [b"reply-of-a"] * 8
+        # the cancelled write ran at most once, and was never sent again
+        n = await t.command(b"GET", "n")
+        assert n in (None, b"1") or (point == "drain" and n in (None, b"z" * BIG))
+        # no connection unaccounted for: each in use is one the transport keeps
+        assert set(pool._in_use_connections) == set(t._idle)
+        assert len(pool._in_use_connections) + len(pool._available_connections) <= 4
+
+    run(lambda: _with(url, main, limit=2))
     with server.client() as r:
         stats = r.info("commandstats")
     calls = {name[8:]: stats[name]["calls"] for name in stats}
@@ -443,13 +418,18 @@ INCR_SCRIPT = _script("review-incr", "return redis.call('INCR', KEYS[1])")
 # -- asyncio: many cancellations, then the pool still serves -------------------------
 
 
-async def _cancel_many(t: AsyncTransport, rounds: int) -> None:
+async def _cancel_many(t: AsyncTransport, rounds: int) -> int:
     """*rounds* bursts of reads and writes, each cancelled after 0-8 loop passes
     (asyncio's cancel: before the gate, waiting for a connection or a connect,
     after sending, mid-reply), every third burst inside an anyio cancel scope
     instead (its cancellation is delivered again at every await until the scope
-    exits: the transport's cleanup must not await its way into a leak)."""
+    exits: the transport's cleanup must not await its way into a leak). Then every
+    key reads its own value (:func:`_serves`); returns the counter the INCRs left."""
     import anyio
+
+    for j in range(6):
+        await t.command(b"SET", f"{{c}}k{j}", f"{{c}}k{j}")
+    await t.command(b"DEL", "{c}n")
 
     async def scoped(command: Awaitable[Any], delay: float) -> None:
         with anyio.move_on_after(delay):
@@ -467,6 +447,9 @@ async def _cancel_many(t: AsyncTransport, rounds: int) -> None:
             for task in tasks:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    n = await _serves(t)
+    assert 0 <= n <= rounds  # each INCR applied at most once
+    return n
 
 
 async def _serves(t: AsyncTransport) -> int:
@@ -482,33 +465,23 @@ async def _serves(t: AsyncTransport) -> int:
 def test_five_hundred_cancellations_leak_no_connection(redis_line_url: str) -> None:
     url = f"{redis_line_url}?max_connections=8"
 
-    async def main() -> None:
-        client = create_async_client(url)
-        t = AsyncTransport(client, what="test")
+    async def main(t: AsyncTransport) -> None:
+        client = t.client
         pool = client.connection_pool
-        try:
-            for j in range(6):
-                await t.command(b"SET", f"{{c}}k{j}", f"{{c}}k{j}")
-            await t.command(b"DEL", "{c}n")
-            await _cancel_many(t, 500)
-            n = await _serves(t)
-            assert 0 <= n <= 500
-            assert set(pool._in_use_connections) == set(t._idle)  # none lost, none lent twice
-            # what the transport leaves of max_connections still serves the client's own
-            # pipelines, all at once
-            async def pipe() -> Any:
-                async with client.pipeline(transaction=False) as p:
-                    return await p.get("{c}k0").execute()
+        n = await _cancel_many(t, 500)
+        assert set(pool._in_use_connections) == set(t._idle)  # none lost, none lent twice
+        # what the transport leaves of max_connections still serves the client's own
+        # pipelines, all at once
+        async def pipe() -> Any:
+            async with client.pipeline(transaction=False) as p:
+                return await p.get("{c}k0").execute()
 
-            spare = 8 - len(pool._in_use_connections)
-            assert spare >= 8 - t.limit
-            assert await asyncio.gather(*[pipe() for _ in range(spare)]) == [[b"{c}k0"]] * spare
-            print(f"after 500 cancelled bursts: counter {n}, {len(t._idle)} kept, {spare} spare")
-        finally:
-            await t.aclose()
-            await client.aclose()
+        spare = 8 - len(pool._in_use_connections)
+        assert spare >= 8 - t.limit
+        assert await asyncio.gather(*[pipe() for _ in range(spare)]) == [[b"{c}k0"]] * spare
+        print(f"after 500 cancelled bursts: counter {n}, {len(t._idle)} kept, {spare} spare")
 
-    run(main)
+    run(lambda: _with(url, main))
 
 
 @pytest.mark.cluster
@@ -519,40 +492,23 @@ def test_cluster_commands_in_flight_stay_under_a_nodes_max_connections(redis_clu
     ``max_connections``, which ``RedisCluster`` does not have: with
     ``max_connections=8`` in the URL, 60 concurrent gets of one slot failed
     (BackendUnavailable) instead of waiting their turn."""
-    async def main() -> None:
-        client = create_async_client(f"{redis_cluster_url}?max_connections=8")
-        t = AsyncTransport(client, what="test")
-        try:
-            await t.command(b"SET", "{m}k", "v")
-            assert await asyncio.gather(*[t.command(b"GET", "{m}k") for _ in range(60)]) == [b"v"] * 60
-            assert t.limit <= 8
-        finally:
-            await t.aclose()
-            await client.aclose()
+    async def main(t: AsyncTransport) -> None:
+        await t.command(b"SET", "{m}k", "v")
+        assert await asyncio.gather(*[t.command(b"GET", "{m}k") for _ in range(60)]) == [b"v"] * 60
+        assert t.limit <= 8
 
-    run(main)
+    run(lambda: _with(f"{redis_cluster_url}?max_connections=8", main))
 
 
 @pytest.mark.cluster
 def test_five_hundred_cancellations_leak_no_connection_on_cluster(redis_cluster_url: str) -> None:
-    async def main() -> None:
-        client = create_async_client(f"{redis_cluster_url}?max_connections=8")
-        t = AsyncTransport(client, what="test")
-        try:
-            for j in range(6):
-                await t.command(b"SET", f"{{c}}k{j}", f"{{c}}k{j}")
-            await t.command(b"DEL", "{c}n")
-            await _cancel_many(t, 500)
-            n = await _serves(t)
-            assert 0 <= n <= 500
-            for node in client.get_nodes():  # every connection given back to its node
-                assert len(node._free) == len(node._connections) <= 8
-            print(f"after 500 cancelled bursts on Cluster: counter {n}")
-        finally:
-            await t.aclose()
-            await client.aclose()
+    async def main(t: AsyncTransport) -> None:
+        n = await _cancel_many(t, 500)
+        for node in t.client.get_nodes():  # every connection given back to its node
+            assert len(node._free) == len(node._connections) <= 8
+        print(f"after 500 cancelled bursts on Cluster: counter {n}")
 
-    run(main)
+    run(lambda: _with(f"{redis_cluster_url}?max_connections=8", main))
 
 
 # -- a read timeout mid-reply, then the next command on that connection --------------
@@ -609,34 +565,28 @@ def test_a_read_timed_out_mid_reply_leaves_nothing_for_the_next_command(
                 t.client.close()
             return
 
-        async def main() -> None:
-            client = create_async_client(url)
-            t = AsyncTransport(client, what="test", limit=1)
-            try:
-                assert await t.command(b"GET", "a") == b"reply-of-a"
-                stream = t._idle[0]._reader
-                read = stream.read
-                paused: list[bool] = []
+        async def main(t: AsyncTransport) -> None:
+            assert await t.command(b"GET", "a") == b"reply-of-a"
+            stream = t._idle[0]._reader
+            read = stream.read
+            paused: list[bool] = []
 
-                async def read_then_pause(n: int = -1) -> bytes:
-                    data = await read(n)
-                    if not paused:
-                        paused.append(True)
-                        server.pause()
-                    return data
+            async def read_then_pause(n: int = -1) -> bytes:
+                data = await read(n)
+                if not paused:
+                    paused.append(True)
+                    server.pause()
+                return data
 
-                monkeypatch.setattr(stream, "read", read_then_pause)
-                with pytest.raises(BackendUnavailable, match="outcome is unknown|Timeout"):
-                    await t.command(b"GET", "huge")
-                assert paused
-                server.resume()
-                assert await t.command(b"GET", "a") == b"reply-of-a"
-                assert await t.command(b"STRLEN", "huge") == HUGE
-            finally:
-                await t.aclose()
-                await client.aclose()
+            monkeypatch.setattr(stream, "read", read_then_pause)
+            with pytest.raises(BackendUnavailable, match="outcome is unknown|Timeout"):
+                await t.command(b"GET", "huge")
+            assert paused
+            server.resume()
+            assert await t.command(b"GET", "a") == b"reply-of-a"
+            assert await t.command(b"STRLEN", "huge") == HUGE
 
-        run(main)
+        run(lambda: _with(url, main, limit=1))
     finally:
         server.resume()
         with server.client() as r:
@@ -659,41 +609,33 @@ def test_a_sentinel_failover_mid_command_follows_the_one_rule_async(
     setup = redis_sentinel
     url = f"{setup.url}?socket_timeout=2&retries=4&retry_backoff_cap=0.2"
 
-    def synced() -> None:
-        with setup.master.client() as r:
-            offset = int(r.info("replication")["master_repl_offset"])
-        for replica in setup.replicas:
-            with replica.client() as r:
-                wait_for(lambda r=r: int(r.info("replication").get("slave_repl_offset", -1)) >= offset,
-                         timeout=30, what="the replica caught up")
+    for replica in setup.replicas:  # (WAIT may count a replica still syncing: valkey 9)
+        with replica.client() as r:
+            wait_for(lambda r=r: r.info("replication").get("master_link_status") == "up", timeout=30,
+                     what="the replica synced")
 
-    async def main() -> None:
-        client = create_async_client(url)
-        t = AsyncTransport(client, what="test", limit=2)
+    async def main(t: AsyncTransport) -> None:
         hold = _Hold()
-        try:
-            assert await t.command(b"INCR", "n") == 1
-            await asyncio.to_thread(synced)
-            _hold_reads(monkeypatch, t._idle[0], hold)
-            read = asyncio.ensure_future(t.command(b"GET", "n"))
-            await hold.reached.wait()
-            await asyncio.to_thread(setup.failover)
-            hold.release()
-            assert await read == b"1"
-            monkeypatch.undo()
-            outcomes = []
-            for _ in range(20):  # each refused unapplied, or applied: stop at the first applied
-                try:
-                    outcomes.append(await t.command(b"INCR", "n"))
-                    break
-                except BackendUnavailable as e:  # the failover still under way: nothing applied
-                    assert "outcome is unknown" not in str(e)
-                    outcomes.append(str(e))
-                    await asyncio.sleep(0.25)
-            assert outcomes[-1] == 2, outcomes
-            assert await t.command(b"GET", "n") == b"2"
-        finally:
-            await t.aclose()
-            await client.aclose()
+        assert await t.command(b"INCR", "n") == 1
+        # on the INCR's connection (the one kept): every replica has it, the new master too
+        assert await t.command(b"WAIT", len(setup.replicas), 30000) == len(setup.replicas)
+        _hold_reads(monkeypatch, t._idle[0], hold)
+        read = asyncio.ensure_future(t.command(b"GET", "n"))
+        await hold.reached.wait()
+        await asyncio.to_thread(setup.failover)
+        hold.release()
+        assert await read == b"1"
+        monkeypatch.undo()
+        outcomes = []
+        for _ in range(20):  # each refused unapplied, or applied: stop at the first applied
+            try:
+                outcomes.append(await t.command(b"INCR", "n"))
+                break
+            except BackendUnavailable as e:  # the failover still under way: nothing applied
+                assert "outcome is unknown" not in str(e)
+                outcomes.append(str(e))
+                await asyncio.sleep(0.25)
+        assert outcomes[-1] == 2, outcomes
+        assert await t.command(b"GET", "n") == b"2"
 
-    run(main)
+    run(lambda: _with(url, main, limit=2))
