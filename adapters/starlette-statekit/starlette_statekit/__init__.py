@@ -39,7 +39,11 @@ and a lifespan (wrapped around the app's own) that loads the shared values named
 ``STATEKIT_BROADCAST_DEFAULTS`` without blocking the loop, starts the broadcaster, and
 on shutdown stops it (releasing its leases) and gives back the connections and
 threads of the cache and blob store. Nothing connects before the first use, so an app
-served without its lifespan (``httpx.ASGITransport`` in tests) works too.
+served without its lifespan (``httpx.ASGITransport`` in tests) works too, but its
+broadcaster does not run. Starlette runs the lifespan of the outermost app only: for
+a sub-app (``Mount("/api", app=sub)``) set up with ``StateKit(sub)``, call ``await
+get_state(sub).startup()`` and ``await get_state(sub).shutdown()`` from the parent's
+lifespan.
 
 **Settings.** Each ``STATEKIT_*`` setting comes from, in order: a keyword of
 ``StateKit`` (``redis_url=`` sets ``STATEKIT_REDIS_URL``), the *config* mapping (a
