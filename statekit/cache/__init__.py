@@ -1217,7 +1217,11 @@ class Cache(_CacheCore):
         return drive(self._set_many(mapping, ttl), self._effect)
 
     def delete(self, key: str) -> bool:
-        """Delete *key*; ``True`` if it existed."""
+        """Delete *key*; ``True`` if it existed. A value of *key* being computed when
+        the delete runs (:meth:`get_or_set`, :meth:`cached` and its ``refresh()``) is
+        returned to its caller but not stored after it: the next reader computes from
+        the data the delete announced (on Redis Cluster, see
+        :meth:`statekit.cache.redis.RedisCacheBackend.plan_set_if_locked`)."""
         return drive(self._delete(key), self._effect)
 
     def delete_many(self, keys: Iterable[str]) -> int:
@@ -1249,7 +1253,8 @@ class Cache(_CacheCore):
         namespaces, other prefixes and locks are untouched. The old generation's keys
         are unreachable at once and removed afterwards by a background thread (SCAN
         and UNLINK, 500 keys per call; see :mod:`statekit.cache.redis`), also those
-        stored with no TTL. ``False`` if dropped during an outage with
+        stored with no TTL. A value being computed when the clear runs is not stored
+        after it (as for :meth:`delete`). ``False`` if dropped during an outage with
         ``on_error="miss"``."""
         return drive(self._clear(), self._effect)
 
@@ -1268,7 +1273,11 @@ class Cache(_CacheCore):
 
         Across processes only one caller computes a missing or expired value: it
         holds a short lock (``lock_ttl``) while the others poll for the result for up
-        to ``lock_wait`` seconds, then compute themselves. An expired value is served
+        to ``lock_wait`` seconds, then compute themselves (one that gave up stores its
+        value only while the caller it waited for still holds the lock, and takes the
+        lock from it, so that caller's older value does not replace it). A value whose
+        key was deleted (or the namespace cleared) while it was computed is returned
+        but not stored. An expired value is served
         for up to *stale_ttl* more seconds to callers that do not hold the lock. Before
         expiry a caller refreshes early with XFetch probability, so hot keys rarely
         expire at all. With ``on_error="miss"`` an outage computes without storing.

@@ -390,7 +390,8 @@ class AsyncCachedFunction(CachedFunction[Awaitable[T]]):
         return await cast(AsyncCache, self.cache).delete(self.key_for(*args, **kwargs))
 
     async def refresh(self, *args: Any, **kwargs: Any) -> T:  # type: ignore[override]
-        """Recompute the result now, store it and return it."""
+        """Recompute the result now, store it and return it (as
+        :meth:`CachedFunction.refresh <statekit.cache.tools.CachedFunction.refresh>`)."""
         cache = cast(AsyncCache, self.cache)
         secs = cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
         stale = cache.stale_ttl if self.stale_ttl is None else self.stale_ttl

@@ -229,7 +229,10 @@ class CachedFunction(Generic[T]):
         return self.cache.delete(self.key_for(*args, **kwargs))
 
     def refresh(self, *args: Any, **kwargs: Any) -> T:
-        """Recompute the result now, store it and return it."""
+        """Recompute the result now, store it and return it. It takes the call's
+        single-flight lock from any caller computing it (whose older value is then
+        not stored); an :meth:`invalidate` (or a clear) while it computes leaves its
+        value unstored."""
         key = self.key_for(*args, **kwargs)
         secs = self.cache.default_ttl if self.ttl is DEFAULT else _ttl_seconds(self.ttl)
         stale = self.cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
