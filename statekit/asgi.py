@@ -11,8 +11,13 @@ runs. Readiness checks that have to run (Redis ``PING``, S3 ``HeadBucket``) run 
 worker thread, never on the event loop; a cached result or a draining answer is
 given on the loop.
 
-``lifespan`` and ``websocket`` scopes pass through untouched (a websocket is not a
-request a load balancer retries; it ends when the worker stops).
+``lifespan`` scopes pass through untouched. A WebSocket handshake passes through
+too, except while the process drains in mode ``reject``: it is denied as a request
+would be, with ``503`` and ``Retry-After`` where the server supports denial responses
+(the ``websocket.http.response`` extension: uvicorn with ``websockets``), else closed
+before the accept with code 1013 (try again later; the client sees the handshake
+refused), so a client reconnects to a worker that stays rather than to one about to
+stop. A WebSocket already open is left alone: it ends when the worker stops.
 
     from statekit.asgi import LifecycleMiddleware
     app = LifecycleMiddleware(app)  # or Lifecycle(Settings.from_env()) as second argument
@@ -79,7 +84,7 @@ class LifecycleMiddleware:
         self.lifecycle = lifecycle or Lifecycle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get(COUNTED):
+        if scope["type"] not in ("http", "websocket") or scope.get(COUNTED):
             await self.app(scope, receive, send)
             return
         lc = self.lifecycle
@@ -88,6 +93,12 @@ class LifecycleMiddleware:
         if root and path.startswith(root):  # PATH_INFO, as the WSGI middleware sees it
             path = path[len(root):]
         kind = lc.admit(path)
+        if scope["type"] == "websocket":
+            if kind == REJECT:
+                await self._deny_websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
         if kind != APP:
             reply = lc.reply_now(kind)
             if reply is None:  # the readiness checks have to run: they block
@@ -112,3 +123,15 @@ class LifecycleMiddleware:
             await self.app(scope, receive, drain_aware_send)
         finally:
             state.request_finished()
+
+    async def _deny_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a WebSocket handshake while draining (the module docstring)."""
+        reply = self.lifecycle.reply_now(REJECT)
+        assert reply is not None  # a rejection never runs the checks
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+            await send({"type": "websocket.http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": reply.body})
+        else:
+            await send({"type": "websocket.close", "code": 1013, "reason": "draining"})

@@ -4,11 +4,13 @@ raw ASGI calls), and Django's ASGI path (in a subprocess with its own settings).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +171,52 @@ def test_lifespan_and_websocket_scopes_pass_through(drain: DrainState) -> None:
     assert events == [("lifespan", False), "lifespan.startup", "lifespan.shutdown", ("websocket", False)]
 
 
+def _handshake(mw: Any, extensions: dict[str, Any]) -> tuple[list[Any], list[str]]:
+    """One WebSocket handshake to /ws through *mw*: what it sent, and what the app saw."""
+    ran: list[str] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    async def run() -> list[Any]:
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "websocket.connect"}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {"type": "websocket", "path": "/ws", "extensions": extensions}
+        await LifecycleMiddleware(inner, mw.lifecycle)(scope, receive, send)
+        return sent
+
+    return asyncio.run(run()), ran
+
+
+def test_a_websocket_handshake_is_denied_while_draining_in_reject_mode(drain: DrainState) -> None:
+    """Refused as a request would be: a 503 with Retry-After where the server takes a
+    denial response, else a close before the accept (1013: try again later); served
+    when not draining, and while draining in mode serve."""
+    mw = LifecycleMiddleware(app, Lifecycle())
+    sent, ran = _handshake(mw, {})
+    assert sent == [{"type": "websocket.accept"}] and ran == ["/ws"]
+    drain.start_drain(serve_for=60)
+    sent, ran = _handshake(mw, {"websocket.http.response": {}})
+    assert ran == [] and [m["type"] for m in sent] == ["websocket.http.response.start",
+                                                       "websocket.http.response.body"]
+    assert sent[0]["status"] == 503 and b"retry-after" in dict(sent[0]["headers"])
+    assert json.loads(sent[1]["body"]) == {"status": "draining"}
+    sent, ran = _handshake(mw, {})
+    assert ran == [] and sent == [{"type": "websocket.close", "code": 1013, "reason": "draining"}]
+    assert drain.slot_info(0).rejected == 2
+    drain.mode = "serve"
+    sent, ran = _handshake(LifecycleMiddleware(app, Lifecycle(mode="serve")), {})
+    assert sent == [{"type": "websocket.accept"}] and ran == ["/ws"]
+
+
 def test_an_app_error_still_counts_the_request_finished(drain: DrainState) -> None:
     async def boom(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
@@ -321,3 +369,55 @@ def test_django_asgi_application_and_async_drain_middleware(tmp_path: Path) -> N
     assert r["views"] == ["middleware on loop", "check on thread", "middleware on loop", "middleware on loop",
                           "middleware on loop"]
     assert r["slot"] == [3, 2]
+
+
+def test_a_websocket_handshake_to_a_draining_uvicorn_gets_503(drain: DrainState) -> None:
+    """The same on a real uvicorn (``websockets``, the ``asgi`` extra's WebSocket
+    library): the handshake is served, then refused with 503 and Retry-After while
+    the process drains, then served again."""
+    import socket
+
+    import uvicorn
+    import websockets
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def hello(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi")
+        await websocket.close()
+
+    served = LifecycleMiddleware(Starlette(routes=[WebSocketRoute("/ws", hello)]), Lifecycle())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(served, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    async def handshakes() -> list[Any]:
+        url = f"ws://127.0.0.1:{port}/ws"
+        out: list[Any] = []
+        async with websockets.connect(url) as c:
+            out.append(await c.recv())
+        drain.start_drain(serve_for=60)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        out.append((refused.value.response.status_code, refused.value.response.headers.get("Retry-After")))
+        drain.stop_drain()
+        async with websockets.connect(url) as c:
+            out.append(await c.recv())
+        return out
+
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.02)
+        assert server.started
+        assert asyncio.run(handshakes()) == ["hi", (503, "1"), "hi"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert not thread.is_alive()
