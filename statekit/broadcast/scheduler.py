@@ -161,6 +161,11 @@ class SchedulerBase:
         self._init_process_state()
         _broadcasters.add(self)
 
+    def __repr__(self) -> str:
+        """Its jobs, for logs (``statekit serve`` names the one it starts)."""
+        jobs = ", ".join(f"{j.name} every {j.interval:g} s" for j in self.jobs.values()) or "no jobs"
+        return f"<{type(self).__name__} {self.prefix!r}: {jobs}>"
+
     def _init_process_state(self) -> None:
         # new locks and counters: a forked child must not inherit one held by a thread
         self.counters = Counters(
