@@ -44,18 +44,35 @@ Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), se
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import import_module
 from typing import Any
 
 from django.contrib.sessions.backends.base import SessionBase
 
-from statekit.errors import ConfigError, SerializationError
+from statekit.errors import BackendUnavailable, ConfigError, SerializationError
 from statekit.redis import translate_errors
 from statekit.sessions.carryover import CarryOver, loads_plain_pickle
 
 __all__ = ["DjangoSessions", "carry_over_for"]
+
+
+@contextlib.contextmanager
+def _old_store(what: str) -> Iterator[None]:
+    """The error map for the previous store: Redis errors (the cache and cached_db
+    engines) as :class:`~statekit.redis.translate_errors` maps them, and a database
+    that cannot be reached or used now (``OperationalError``, ``InterfaceError``: the
+    db and cached_db engines) as :class:`~statekit.errors.BackendUnavailable`, so the
+    request gets the outage's 503 with the cookie kept, not a 500."""
+    from django.db import InterfaceError, OperationalError
+
+    try:
+        with translate_errors(what):
+            yield
+    except (OperationalError, InterfaceError) as e:
+        raise BackendUnavailable(f"{what}: the database: {e}") from e
 
 _DB = "django.contrib.sessions.backends.db"
 _CACHED_DB = "django.contrib.sessions.backends.cached_db"
@@ -95,7 +112,8 @@ class DjangoSessions:
         if self.engine == _CACHE:
             data = self._read_cache(cookie)
         else:
-            data = self._db(cookie).load()  # Django verifies the signature (and the expiry)
+            with _old_store("reading the previous session store"):
+                data = self._db(cookie).load()  # Django verifies the signature (and the expiry)
         return data if isinstance(data, dict) and data else None
 
     def _unpickle(self, raw: bytes) -> Any:
@@ -147,7 +165,7 @@ class DjangoSessions:
         from django.contrib.sessions.backends.cache import KEY_PREFIX
 
         get_raw, decode = self._raw_reader()
-        with translate_errors("reading the previous session store"):
+        with _old_store("reading the previous session store"):
             raw = get_raw(KEY_PREFIX + cookie)
         if raw is None:
             return None
@@ -156,7 +174,7 @@ class DjangoSessions:
     def forget(self, cookie: str) -> None:
         if not _KEY_RE.match(cookie):
             return
-        with translate_errors("deleting from the previous session store"):
+        with _old_store("deleting from the previous session store"):
             if self.engine == _CACHE:
                 from django.contrib.sessions.backends.cache import KEY_PREFIX
                 from django.core.cache import caches

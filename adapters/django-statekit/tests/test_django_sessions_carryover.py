@@ -268,3 +268,28 @@ def test_switched_off_an_old_cookie_is_an_unknown_cookie(django_settings: Any, r
     switch(django_settings, redis_url, None)
     browser = after(browser)
     assert browser.get("/carry/me").json() == {"user": "anonymous", "cart": None}
+
+
+def test_an_old_database_that_cannot_be_read_is_a_503_with_the_cookie_kept(
+        django_settings: Any, redis_url: str, _db: None) -> None:
+    """The db engine's table unusable at the first contact (here: renamed away; a
+    database down is an OperationalError too): the outage's 503 with Retry-After, the
+    old cookie kept and nothing carried; once the database is back the same browser
+    is carried over. Before: a 500 (Django's engine lets the error out)."""
+    from django.db import connection
+
+    engine = before(django_settings, redis_url, "db")
+    browser, old = logged_in("db")
+    switch(django_settings, redis_url, engine)
+    browser = after(browser)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE django_session RENAME TO django_session_away")
+    try:
+        response = browser.get("/carry/data")
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert browser.cookies["sessionid"].value == old
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE django_session_away RENAME TO django_session")
+    assert browser.get("/carry/data").json() == {"auth": True, "cart": CART}
+    assert browser.cookies["sessionid"].value != old
