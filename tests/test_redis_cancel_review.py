@@ -639,3 +639,27 @@ def test_a_sentinel_failover_mid_command_follows_the_one_rule_async(
         assert await t.command(b"GET", "n") == b"2"
 
     run(lambda: _with(url, main, limit=2))
+
+
+@pytest.mark.sentinel
+def test_after_a_failover_every_kept_connection_to_the_demoted_master_is_dropped_async(
+        redis_sentinel: Any) -> None:
+    """asyncio on Sentinel: the transport keeps several connections; after a failover
+    they all point at the demoted master. The first wrong-node reply drops them all
+    (as the sync transport drops its own), so the write is retried on the new master
+    within the URL's retries: each kept connection took one retry (READONLY again)
+    and with more kept connections than retries the write failed."""
+    setup = redis_sentinel
+    url = f"{setup.url}?socket_timeout=2&retries=2&retry_backoff_cap=0.05"
+
+    async def main(t: AsyncTransport) -> None:
+        assert await t.command(b"INCR", "n") == 1
+        assert await t.command(b"WAIT", len(setup.replicas), 30000) == len(setup.replicas)
+        assert await asyncio.gather(*[t.command(b"GET", "n") for _ in range(6)]) == [b"1"] * 6
+        kept = len(t._idle)
+        await asyncio.to_thread(setup.failover)
+        assert await t.command(b"INCR", "n") == 2  # the first write after the failover, applied once
+        print(f"{kept} connections kept before the failover")
+        assert kept > 3
+
+    run(lambda: _with(url, main, limit=6))

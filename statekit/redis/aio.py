@@ -677,6 +677,7 @@ class AsyncTransport:
                 raise
             if reply_problem(_message(e)) == "wrong node":
                 await self._discard(conn)
+                await self._drop_kept()
                 raise _Unsent(e) from e
             self._keep(conn, lane)
             raise
@@ -686,6 +687,8 @@ class AsyncTransport:
             if overdue and isinstance(e, Exception):  # _bark closed it: the reply timed out
                 raise self._redis.TimeoutError(f"Timeout reading from {_host(conn)}") from e
             if isinstance(e, Exception) and refused_unapplied(e):  # LOADING, a Sentinel's READONLY
+                if _problem_of(e) == "wrong node":
+                    await self._drop_kept()
                 raise _Unsent(e) from e
             raise
         if reading and watched.pop(conn, None) is None:  # the reply came as _bark closed it
@@ -695,6 +698,20 @@ class AsyncTransport:
         if METRICS.on():
             await _record(args, start, conn)
         return reply
+
+    async def _drop_kept(self) -> None:
+        """After a wrong-node reply (a demoted master): close every connection kept
+        idle, and each key lane's not in use, as they point at that node too (a
+        command in flight on one finds out itself), so the retry and the commands
+        after it ask Sentinel (or DNS) for the master again instead of spending a
+        retry each on the old one (as the sync transport drops its own)."""
+        conns, self._idle = list(self._idle), deque()
+        for lane in self._lanes or ():
+            if lane.conn is not None and not lane.lock.locked():
+                conns.append(lane.conn)
+                lane.conn = None
+        if conns:  # (all of them, also if the caller is cancelled meanwhile)
+            await asyncio.shield(asyncio.gather(*[self._discard(conn) for conn in conns]))
 
     def _bark(self) -> None:
         """The read timeout of :meth:`_once_on`: close every connection whose reply is
