@@ -55,6 +55,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
+from .._settle import settle
 from ..errors import BlobError, ConfigError
 from .protocol import Blob, BlobPage, PresignedUpload
 from .source import READ_CHUNK, read_size
@@ -177,23 +178,10 @@ def _chunks(body: Any) -> Callable[[int], Awaitable[bytes]] | None:
 
 async def _settle(worker: concurrent.futures.Future[_T], *, drop: bool = True) -> asyncio.Future[_T]:
     """Wait until *worker* has finished, however often the caller is cancelled
-    meanwhile (the first cancellation is raised afterwards); its result as a done
-    future. With *drop*, a cancelled caller drops a worker that has not started (all
-    upload threads busy): it never runs, instead of being waited for."""
-    waiter = asyncio.wrap_future(worker)
-    cancelled: BaseException | None = None
-    while not waiter.done():
-        try:
-            await asyncio.wait([waiter])
-        except asyncio.CancelledError as e:
-            cancelled = cancelled or e
-            if drop:
-                worker.cancel()
-    if not waiter.cancelled():
-        waiter.exception()  # retrieved: the caller decides what to raise
-    if cancelled is not None:
-        raise cancelled
-    return waiter
+    meanwhile (:func:`statekit._settle.settle`); its result as a done future. With
+    *drop*, a cancelled caller drops a worker that has not started (all upload
+    threads busy): it never runs, instead of being waited for."""
+    return await settle(asyncio.wrap_future(worker), worker.cancel if drop else None)
 
 
 class AsyncBlobReader:

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._settle import settle
 from ..cache.near import NearCache
 from ..config import parse_url
 from ..errors import ConfigError, SessionError
@@ -370,21 +371,11 @@ def _listing(members: Sequence[str], rows: Sequence[Any]) -> list[tuple[str, Map
 
 async def _finish(step: Coroutine[Any, Any, None]) -> None:
     """Run *step* to its end even if the caller is cancelled meanwhile (its client
-    went away), then raise the first cancellation: *step* completes a change Redis has
-    made already (Redis Cluster's index update after the session script), and left
-    half-done the session would escape ``revoke_user``."""
-    task = asyncio.ensure_future(step)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait([task])
-        except asyncio.CancelledError as e:
-            cancelled = cancelled or e
-    if cancelled is not None:
-        if not task.cancelled():
-            task.exception()  # retrieved: the cancelled caller gets its cancellation
-        raise cancelled
-    task.result()
+    went away; :func:`statekit._settle.settle`), then raise the first cancellation:
+    *step* completes a change Redis has made already (Redis Cluster's index update
+    after the session script), and left half-done the session would escape
+    ``revoke_user``."""
+    (await settle(asyncio.ensure_future(step))).result()
 
 
 def _incr_refused(field: str, error: Exception) -> SessionError:
