@@ -663,3 +663,44 @@ def test_after_a_failover_every_kept_connection_to_the_demoted_master_is_dropped
         assert kept > 3
 
     run(lambda: _with(url, main, limit=6))
+
+
+def test_a_pipeline_cancelled_after_its_first_reply_leaves_nothing_behind_async(
+        redis_line_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio, a caller's own pipeline on statekit's client (a listing, a bulk
+    call): cancelled after its first reply was read, the other replies never reach
+    the next pipeline on that connection, the connection goes back to the pool and
+    the pipeline's writes are not sent again."""
+    url = f"{redis_line_url}?max_connections=4"
+
+    async def main(t: AsyncTransport) -> None:
+        client = t.client
+        pool = client.connection_pool
+        await t.command(b"SET", "a", "reply-of-a")
+        await t.command(b"DEL", "n")
+        hold = _Hold()
+        get = pool.get_connection
+
+        async def held_connection(*args: Any, **kwargs: Any) -> Any:
+            conn = await get(*args, **kwargs)
+            _hold_reads(monkeypatch, conn, hold, skip=1)
+            return conn
+
+        monkeypatch.setattr(pool, "get_connection", held_connection)
+
+        async def pipeline() -> Any:
+            async with client.pipeline(transaction=False) as p:
+                return await p.incr("n").get("a").incr("n").execute()
+
+        task = asyncio.ensure_future(pipeline())
+        await hold.reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        async with client.pipeline(transaction=False) as p:
+            assert await p.get("a").get("a").execute() == [b"reply-of-a", b"reply-of-a"]
+        assert await t.command(b"GET", "n") == b"2"  # each INCR of the pipeline ran once
+        assert len(pool._in_use_connections) == len(t._idle)  # the pipeline's connection given back
+
+    run(lambda: _with(url, main))
