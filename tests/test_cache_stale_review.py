@@ -356,4 +356,7 @@ def test_a_dropped_caches_finalizer_inside_a_near_cache_lock_does_not_deadlock(r
     t.start()
     t.join(30)
     assert done.is_set(), "the finalizer deadlocked on the near cache's lock"
-    listener.stop()
+    thread = listener._thread
+    assert thread is not None
+    thread.join(10)  # told to stop by the finalizer: it ends on its own
+    assert not thread.is_alive() and not near.active
