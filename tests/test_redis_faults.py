@@ -251,6 +251,7 @@ def test_transport_reply_lost_after_a_write_is_not_sent_again(server: RedisServe
         proxy.cut = 2  # ... only once
         with pytest.raises(BackendUnavailable):
             t.command("GET", "lost")
+        t.command("SCRIPT", "LOAD", _INCR.source)  # run alone, no earlier test loaded it
         proxy.cut, proxy.cut_on = 1, b"EVALSHA"  # a script: never sent again
         with pytest.raises(BackendUnavailable, match="outcome is unknown"):
             t.script(_INCR, ["lost"], [])
