@@ -1194,9 +1194,11 @@ class Cache(_CacheCore):
 
     def set(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
         """Store *value* (``ttl`` seconds, ``None`` for no expiry); the last writer
-        wins. Returns ``False`` if the write was dropped (``on_error="miss"`` during
-        an outage). A value the codec cannot encode raises
-        :class:`~statekit.errors.SerializationError` before any I/O."""
+        wins. A value of *key* being computed meanwhile (:meth:`get_or_set`,
+        :meth:`cached`) is not stored over it, except on Redis Cluster (see
+        :meth:`delete`; there a ``delete`` cancels it). Returns ``False`` if the write
+        was dropped (``on_error="miss"`` during an outage). A value the codec cannot
+        encode raises :class:`~statekit.errors.SerializationError` before any I/O."""
         return drive(self._set(key, value, ttl), self._effect)
 
     def add(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
@@ -1208,7 +1210,8 @@ class Cache(_CacheCore):
 
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """Store every item with the same TTL: one round trip per 500 items
-        (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none; on
+        (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none; as for
+        :meth:`set`, values being computed meanwhile are not stored over these; on
         Redis Cluster the keys are grouped by slot, each node's share sent in one
         pipeline, all nodes at once, each slot's group atomic), so a big write never
         blocks Redis for long. A failure after the first chunk leaves the earlier

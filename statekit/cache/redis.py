@@ -574,8 +574,9 @@ class _RedisCachePlans:
               locks: bool = False) -> Plan[list[tuple[list[int], Any]]]:
         """*op* on many keys: per :data:`CHUNK` (standalone) or per slot, each node's
         share in one pipeline (Cluster). *per_key* are arguments that follow *keys*
-        one for one (the values of a ``set``). With *locks* (a ``del``) the keys'
-        single-flight locks are removed too: in the same step, or on Cluster first.
+        one for one (the values of a ``set``). With *locks* (a ``del``, a ``set`` but
+        on Cluster) the keys' single-flight locks are removed too: in the same step, or
+        on Cluster in the same pipelines, ahead of the values.
         Returns (the keys' indexes, the reply) per call."""
         if not self.cluster:
             out: list[tuple[list[int], Any]] = []
@@ -583,9 +584,10 @@ class _RedisCachePlans:
                 chunk = keys[i:i + CHUNK]
                 if op == b"mget":
                     reply = yield from self._mget(chunk)
-                elif locks:
-                    reply = yield from self._run(op, chunk, (str(len(chunk)).encode(),),
-                                                 *[self._lock_key("sf:" + k) for k in chunk])
+                elif locks:  # a del counts the values; a set has one value per name
+                    argv = (str(len(chunk)).encode(),) if op == b"del" else (*args, *per_key[i:i + CHUNK])
+                    locked = [self._lock_key("sf:" + k) for k in chunk]
+                    reply = yield from self._run(op, chunk, argv, *locked)
                 else:
                     reply = yield from self._run(op, chunk, (*args, *per_key[i:i + CHUNK]))
                 out.append((list(range(i, min(i + CHUNK, len(keys)))), reply))
@@ -678,12 +680,20 @@ class _RedisCachePlans:
         return _aged(rows, sent)
 
     def plan_set_many(self, items: Mapping[str, bytes], ttl_ms: int | None) -> Plan[None]:
-        """:meth:`set_many` as a plan."""
-        yield from self._bulk(b"set", list(items), (_ttl_arg(ttl_ms),), list(items.values()))
+        """:meth:`set_many` as a plan (the keys' single-flight locks too, as :meth:`plan_set`)."""
+        yield from self._bulk(b"set", list(items), (_ttl_arg(ttl_ms),), list(items.values()),
+                              locks=not self.cluster)
 
     def plan_set(self, key: str, value: bytes, ttl_ms: int | None) -> Plan[None]:
-        """:meth:`set` as a plan."""
-        yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
+        """:meth:`set` as a plan. Standalone, Sentinel, ``memory://``: the key's
+        single-flight lock goes in the same step, as :meth:`plan_delete`'s, so a value
+        computed before this write is not stored over it. Cluster: the lock is in
+        another slot (one round trip more on every ``set``): not removed, so there only
+        a delete (or a clear) cancels a flight."""
+        if self.cluster:
+            yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value))
+        else:
+            yield from self._run(b"set", (key,), (_ttl_arg(ttl_ms), value), self._lock_key("sf:" + key))
 
     def plan_set_if_locked(self, key: str, value: bytes, ttl_ms: int | None, lock: str, token: str,
                            gen: bytes | None = None, steal: bool = False) -> Plan[bool]:

@@ -32,12 +32,17 @@ if op == 'gett' then
   end
   return out
 elseif op == 'set' then
+  -- ARGV[4..]: the values of KEYS[f..]; the names after those are the values'
+  -- single-flight locks, removed too (as 'del' does): a value computed before this
+  -- write is then not stored over it
   local ttl = ARGV[3]
-  for i = f, #KEYS do
+  local n = #ARGV - 3
+  for i = f, f + n - 1 do
     if ttl == '' then redis.call('SET', KEYS[i], ARGV[i - f + 4])
     else redis.call('SET', KEYS[i], ARGV[i - f + 4], 'PX', ttl) end
   end
-  return #KEYS - f + 1
+  for i = f + n, #KEYS do redis.call('DEL', KEYS[i]) end
+  return n
 elseif op == 'add' then
   local r
   if ARGV[3] == '' then r = redis.call('SET', KEYS[f], ARGV[4], 'NX')
