@@ -15,9 +15,11 @@ format under a ``statekit/`` subdirectory, once a second, when it is scraped and
 when it exits; the collector of :func:`register_prometheus` and :func:`make_wsgi_app`
 then report the sum over every process, living or exited, so any worker answers for
 the whole instance (another worker's last second may be missing). Gauges report the
-largest value among living processes. ``statekit serve`` sets the variable to a
-private directory it creates and removes (a directory you set is kept, and you wipe
-it between runs as prometheus_client asks), and tells this module when a worker
+largest value among living processes. A forked child's counters start at zero: what
+a ``--preload`` master counted before forking is reported once, by the master.
+``statekit serve`` sets the variable to a private directory it creates and removes
+(a directory you set is kept, and you wipe it between runs as prometheus_client
+asks), and tells this module when a worker
 exits (:func:`mark_process_dead`). Your own prometheus_client metrics in the same
 directory are collected by a ``MultiProcessCollector`` as usual (it does not read
 the subdirectory, so nothing is reported twice); :func:`make_wsgi_app` includes them.
@@ -80,8 +82,13 @@ class Counters:
             _exporter.ensure_running()
 
     def reset_after_fork(self) -> None:
-        # a lock the parent's metrics thread held at fork would never be released here
+        """In a forked child: counters start at zero (what the parent counted before
+        the fork is the parent's: in multiprocess mode its own file reports it, and a
+        child that started from it counted it again in every worker's file). Gauges
+        keep their values. A new lock: one the parent's metrics thread held at fork
+        would never be released here."""
         self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self._counts, 0)
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:

@@ -55,6 +55,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, TypeVar, cast
 
+from .._fork import reset_in_child
 from .._settle import settle
 from ..errors import BlobError, ConfigError
 from .protocol import Blob, BlobPage, PresignedUpload
@@ -240,7 +241,8 @@ class AsyncBlobStore:
         by the bounded queue) until a worker is free. A put holds its worker while
         its client sends, so size this to the uploads you expect at once.
 
-    Safe to share between tasks and event loops of one process. Failures raise what
+    Safe to share between tasks and event loops of one process; a forked child (a
+    ``--preload`` master's worker) gets an upload pool of its own. Failures raise what
     the sync store raises (:class:`~statekit.errors.BackendUnavailable`, ...).
     """
 
@@ -254,7 +256,15 @@ class AsyncBlobStore:
             raise ConfigError("upload_threads must be at least 1")
         #: the sync store this one runs (the same objects, counters and secret)
         self.sync = store
-        self._uploads = concurrent.futures.ThreadPoolExecutor(upload_threads,
+        self._upload_threads = upload_threads
+        self.reset_after_fork()
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        """A new upload pool (also in a forked child: the parent's pool counts its
+        idle workers, threads the child does not have, and gave them the child's
+        puts, which then waited for ever)."""
+        self._uploads = concurrent.futures.ThreadPoolExecutor(self._upload_threads,
                                                               thread_name_prefix="statekit-blobs-put")
 
     @property

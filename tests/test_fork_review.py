@@ -1,0 +1,145 @@
+"""Fork safety review ("cloned ten times"): objects a gunicorn master (``--preload``)
+made and used before forking, held to "a forked child never uses its parent's
+connections, threads, locks or tokens, and the parent is unaffected by the child".
+
+Real forks (``os.fork``); each child reports through a pipe and ends with
+``os._exit``, so no child outlives its test.
+
+Holes found here (each test failed before its fix):
+
+* an :class:`AsyncBlobStore` that had uploaded before the fork never uploaded in
+  the child: its upload pool counted the parent's idle worker (a thread the child
+  does not have) and queued the put for it, for ever;
+* a forked child's counters started from the parent's values, so in multiprocess
+  mode (``PROMETHEUS_MULTIPROC_DIR``) what the master counted before forking was
+  counted again in every worker's file;
+* one object whose ``reset_after_fork()`` raised left every object registered after
+  it with its parent's connections (``statekit._fork`` stopped at the first error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from statekit import _fork
+from statekit.blobs.aio import AsyncBlobStore
+from statekit.metrics import Counters, flush, register_prometheus
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+
+def _in_child(work: Callable[[], bytes], timeout: float = 30.0) -> bytes:
+    """Run *work* in a forked child; its answer (or the error it raised) read here."""
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            try:
+                said = work()
+                code = 0
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                said = f"{type(e).__name__}: {e}".encode()
+            os.write(wr, said)
+        finally:
+            os._exit(code)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        said = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    return said
+
+
+def test_an_async_blob_store_used_before_the_fork_uploads_in_the_child() -> None:
+    """The master uploaded once (its pool keeps an idle worker thread); a worker's
+    put is run by a thread of its own, and the master's store still works after."""
+    store = AsyncBlobStore("memory://fork-review-blobs", upload_threads=2)
+    try:
+        first = asyncio.run(store.put(b"in the parent"))
+
+        def child() -> bytes:
+            async def put() -> bytes:
+                blob = await asyncio.wait_for(store.put(b"in the child"), 5)
+                return await store.read_range(blob.key, 0, blob.size)
+
+            return asyncio.run(put())
+
+        assert _in_child(child) == b"in the child"
+        assert asyncio.run(store.read_range(first.key, 0, first.size)) == b"in the parent"
+        again = asyncio.run(store.put(b"after"))
+        assert asyncio.run(store.read_range(again.key, 0, again.size)) == b"after"
+    finally:
+        asyncio.run(store.aclose())
+
+
+def _file_total(folder: str, family: str, instance: str) -> float:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    register_prometheus(registry)
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith(f'{family}{{instance="{instance}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"{family} not reported from {folder}")
+
+
+def test_a_forked_child_does_not_count_its_parents_counts_again(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multiprocess mode: the master counted 5 before forking and wrote them to its
+    own file; a worker that counts 1 more adds 1 to the instance's sum, not 6."""
+    pytest.importorskip("prometheus_client")
+    from statekit import metrics
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    counters = Counters("forkjobs", "t-fork", names=("runs",))
+    try:
+        counters.incr("runs", 5)
+        flush()
+
+        def child() -> bytes:
+            counters.incr("runs")
+            flush()
+            return str(counters.get("runs")).encode()
+
+        assert _in_child(child) == b"1"  # this process's own count
+        assert counters.get("runs") == 5
+        assert _file_total(str(tmp_path), "statekit_forkjobs_runs_total", "t-fork") == 6.0
+    finally:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+        thread = metrics._exporter.thread
+        if thread is not None:  # it ends once the directory is gone from the environment
+            thread.join(10)
+        with metrics._exporter._lock:
+            metrics._exporter._close_files()
+
+
+class _Failing:
+    """An object whose reset fails after noting that it was called."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset_after_fork(self) -> None:
+        self.resets += 1
+        raise RuntimeError("a reset that fails")
+
+
+def test_a_failing_reset_does_not_skip_the_others() -> None:
+    """Two objects whose reset raises: in the child both were reset (whichever came
+    first, the other is not left holding its parent's connections)."""
+    objects = [_Failing(), _Failing()]
+    for obj in objects:
+        _fork.reset_in_child(obj)
+    try:
+        said = _in_child(lambda: str([obj.resets for obj in objects]).encode())
+        assert said == b"[1, 1]"
+        assert [obj.resets for obj in objects] == [0, 0]  # the parent's were not touched
+    finally:
+        for obj in objects:
+            _fork._objects.discard(obj)
