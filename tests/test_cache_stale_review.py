@@ -81,6 +81,21 @@ def _while_computing(call: Callable[[Callable[[], str]], Any], value: str, actio
     return out[0]
 
 
+def _leader_and(where: str, namespace: str, value: str, action: Callable[[Cache], Any],
+                **other: Any) -> tuple[Any, Any]:
+    """A leader computes *value* for key ``"k"`` (paused) while *action* runs with
+    another cache of the namespace (made with *other* settings). Returns what the
+    leader's get_or_set returned and what the key holds afterwards."""
+    leader = Cache(where, namespace=namespace)
+    writer = Cache(where, namespace=namespace, **other)
+    try:
+        got = _while_computing(lambda f: leader.get_or_set("k", f, ttl=60), value, lambda: action(writer))
+        return got, writer.get("k")
+    finally:
+        leader.close()
+        writer.close()
+
+
 # -- a delete or a clear while a value is computed ----------------------------------------
 
 
@@ -89,17 +104,10 @@ def test_a_leaders_value_computed_before_a_delete_is_not_stored_after_it(where: 
     """The leader reads the data, the data changes and the writer deletes the key (or
     clears the namespace), then the leader's compute ends: its caller gets its value,
     but the cache does not keep it (the next reader recomputes from the new data)."""
-    cache = Cache(where, namespace=f"stale-{change}")
-    writer = Cache(where, namespace=f"stale-{change}")
-    try:
-        change_it = writer.delete if change == "delete" else lambda _key: writer.clear()
-        assert _while_computing(lambda f: cache.get_or_set("report", f, ttl=60), "before",
-                                lambda: change_it("report")) == "before"
-        assert writer.get("report") is None
-        assert cache.get_or_set("report", lambda: "after", ttl=60) == "after"
-    finally:
-        cache.close()
-        writer.close()
+    def act(writer: Cache) -> Any:
+        return writer.delete("k") if change == "delete" else writer.clear()
+
+    assert _leader_and(where, f"stale-{change}", "before", act) == ("before", None)
 
 
 @pytest.mark.parametrize("write", ["set", "set_many"])
@@ -109,16 +117,11 @@ def test_a_leaders_value_computed_before_a_set_does_not_overwrite_it(where: str,
     (documented: there only a delete or a clear cancels a flight)."""
     if where.startswith("redis+cluster"):
         pytest.skip("on Cluster a set does not cancel a flight (its lock lives in another slot)")
-    cache = Cache(where, namespace=f"stale-{write}")
-    writer = Cache(where, namespace=f"stale-{write}")
-    try:
-        store = ((lambda: writer.set("report", "after", ttl=60)) if write == "set"
-                 else (lambda: writer.set_many({"report": "after", "other": 1}, ttl=60)))
-        assert _while_computing(lambda f: cache.get_or_set("report", f, ttl=60), "before", store) == "before"
-        assert cache.get("report") == "after"
-    finally:
-        cache.close()
-        writer.close()
+
+    def act(writer: Cache) -> Any:
+        return writer.set("k", "after") if write == "set" else writer.set_many({"k": "after", "o": 1})
+
+    assert _leader_and(where, f"stale-{write}", "before", act) == ("before", "after")
 
 
 def test_a_cached_functions_result_computed_before_an_invalidate_is_not_stored(where: str) -> None:
@@ -183,48 +186,31 @@ def test_refresh_computed_before_a_delete_is_not_stored(where: str) -> None:
 def test_refresh_is_not_overwritten_by_a_leader_computing_from_older_data(where: str) -> None:
     """A leader computes from the old data; the data changes and refresh() stores the
     new value; then the leader's compute ends: the cache keeps refresh()'s value."""
-    cache = Cache(where, namespace="stale-refresh-leader")
-    fresh = cache.cached(ttl=60, key=lambda: "k")(lambda: "new")
-    try:
-        assert _while_computing(lambda f: cache.get_or_set("k", f, ttl=60), "old", fresh.refresh) == "old"
-        assert cache.get("k") == "new"
-    finally:
-        cache.close()
+    def act(writer: Cache) -> None:
+        assert writer.cached(ttl=60, key=lambda: "k")(lambda: "new").refresh() == "new"
+
+    assert _leader_and(where, "stale-refresh-leader", "old", act) == ("old", "new")
 
 
 def test_a_caller_that_gave_up_waiting_is_not_overwritten_by_the_slower_leader(where: str) -> None:
     """The leader computes from the old data (paused); a second caller waits lock_wait,
     gives up, computes from the new data and stores; then the leader's compute ends:
     the cache keeps the newer value."""
-    leader = Cache(where, namespace="stale-follower")
-    follower = Cache(where, namespace="stale-follower", lock_wait=0.05)
-
-    def follow() -> None:
+    def act(follower: Cache) -> None:
         assert follower.get_or_set("k", lambda: "new", ttl=60) == "new"
         assert follower.get("k") == "new"
 
-    try:
-        assert _while_computing(lambda f: leader.get_or_set("k", f, ttl=60), "old", follow) == "old"
-        assert follower.get("k") == "new"
-    finally:
-        leader.close()
-        follower.close()
+    assert _leader_and(where, "stale-follower", "old", act, lock_wait=0.05) == ("old", "new")
 
 
 def test_a_caller_that_gave_up_waiting_does_not_store_a_value_computed_before_a_delete(where: str) -> None:
-    leader = Cache(where, namespace="stale-follower-del")
-    follower = Cache(where, namespace="stale-follower-del", lock_wait=0.05)
-
-    def follow() -> None:
+    """The leader and a caller that gave up waiting for it both compute (paused); a
+    delete comes: neither value is stored."""
+    def act(follower: Cache) -> None:
         assert _while_computing(lambda f: follower.get_or_set("k", f, ttl=60), "follower",
-                                lambda: leader.delete("k")) == "follower"
+                                lambda: follower.delete("k")) == "follower"
 
-    try:
-        assert _while_computing(lambda f: leader.get_or_set("k", f, ttl=60), "leader", follow) == "leader"
-        assert leader.get("k") is None
-    finally:
-        leader.close()
-        follower.close()
+    assert _leader_and(where, "stale-follower-del", "leader", act, lock_wait=0.05) == ("leader", None)
 
 
 # -- locks ----------------------------------------------------------------------------------
