@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -143,3 +144,44 @@ def test_a_failing_reset_does_not_skip_the_others() -> None:
     finally:
         for obj in objects:
             _fork._objects.discard(obj)
+
+
+def test_an_async_cache_on_a_callers_client_sends_nothing_on_the_parents_sockets(redis_url: str) -> None:
+    """A master whose event loop (in a thread) used an ``AsyncCache`` on its own
+    ``redis.asyncio`` client, and the client directly: a child's set runs on a
+    connection of its own (it was written on the parent's pooled socket, its reply
+    left there, and the child got a ``RuntimeError`` about another loop), and the
+    parent's pooled connection is still the one it had (no stray reply found on it)."""
+    import redis.asyncio
+
+    from statekit.cache.aio import AsyncCache
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    cache = AsyncCache(client=client, namespace="fork-review-aio")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+
+    def run(step: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(step, loop).result(10)
+
+    try:
+        run(cache.set("k", "parent"))
+        before = run(client.client_id())
+
+        def child() -> bytes:
+            async def go() -> bytes:
+                assert await asyncio.wait_for(cache.set("k", "child"), 5)
+                return str(await asyncio.wait_for(client.client_id(), 5)).encode()
+
+            return asyncio.run(go())
+
+        assert int(_in_child(child)) != before
+        assert run(client.client_id()) == before
+        assert run(cache.get("k")) == "child"
+    finally:
+        run(cache.aclose())
+        run(client.aclose())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

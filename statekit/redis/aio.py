@@ -47,6 +47,9 @@ timeouts, not after every command queued on its lane before it).
 :func:`get_async_client` keeps one client per URL *and running loop*, so a process
 with several loops (a test runner, ``asyncio.run`` per request in a thread) never
 shares a connection between them; a transport made for one loop is used on that loop.
+A forked child (a ``--preload`` master's worker) has none of its parent's loops: what
+it inherited is dropped there, the sockets closed in the child only, and its own loops
+connect afresh, on a caller's client too (:class:`PerLoop`).
 
 **The retry rule** (module docstring of :mod:`statekit.redis`): a failure before a
 command is sent (connecting, the handshake, a pooled socket found closed) is retried
@@ -78,6 +81,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from .._fork import reset_in_child
 from ..config import BackendURL, parse_url
 from ..errors import ConfigError
 from . import (
@@ -238,18 +242,36 @@ class PerLoop(Generic[T]):
     *T* is handed to *abandon* (close the sockets directly) the next time any loop
     asks for one, so a process that runs a loop per call (``async_to_sync`` in a WSGI
     worker) does not keep a connection per dead loop.
+
+    A forked child has none of its parent's loops: every *T* it inherited is handed to
+    *abandon* with ``forked=True`` there (every socket of its client closed in the
+    child only, the parent's copies untouched), so the child's loops make their own
+    and never write on a socket the parent reads.
     """
 
     def __init__(self, make: Callable[[], T], close: Callable[[T], Awaitable[None]],
-                 abandon: Callable[[T], None] | None = None) -> None:
+                 abandon: Callable[[T, bool], None] | None = None) -> None:
         self._make = make
         self._close = close
         self._abandon = abandon
+        self._start()
+        reset_in_child(self)
+
+    def _start(self) -> None:
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[T, Any]] = \
             weakref.WeakKeyDictionary()
         # loops of several threads (async_to_sync in a threaded WSGI worker) add,
         # sweep and remove entries at once
         self._lock = threading.Lock()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's loops, their *T* abandoned (see the
+        class docstring); a new lock (a parent thread may have held it)."""
+        inherited = [lane[0] for lane in self._by_loop.values()]
+        self._start()
+        if self._abandon is not None:
+            for thing in inherited:
+                self._abandon(thing, True)
 
     def current(self) -> T:
         """The running loop's *T* (made now if it has none). Call it on a loop."""
@@ -263,7 +285,7 @@ class PerLoop(Generic[T]):
                 lane = self._by_loop[loop] = (thing, closer)
             if self._abandon is not None:
                 for _, old_thing in dead:
-                    self._abandon(old_thing)
+                    self._abandon(old_thing, False)
             # run to its yield now (no await before it): the loop's asyncgen hook has
             # registered it, so shutdown_asyncgens will run its finally
             step = closer.__anext__()
@@ -292,20 +314,31 @@ class PerLoop(Generic[T]):
             return [lane[0] for lane in self._by_loop.values()]
 
 
-def abandon_sockets(transport: AsyncTransport, *, owned: bool) -> None:
+def abandon_sockets(transport: AsyncTransport, *, owned: bool, forked: bool = False) -> None:
     """Close the sockets of *transport* whose loop is closed (asyncio cannot close a
     connection once its loop is closed): each socket closed directly and its
     connection forgotten, without touching the dead loop; with *owned*, every
-    connection of its client's pools too (Cluster: each node's)."""
+    connection of its client's pools too (Cluster: each node's).
+
+    With *forked* (in a forked child, for a transport of the parent's loop): every
+    connection of its client's pools, owned or not (a caller's client too: redis-py's
+    asyncio pool does not check the process, and would lend the child a connection
+    on the parent's socket), and those the parent had lent out are given back, so the
+    child's own loops reconnect them. ``socket.close()`` closes the child's copy of
+    the descriptor only: the parent's connections are untouched."""
     client = transport.client
     conns = list(transport._idle)
-    if owned:
+    if owned or forked:
         pools = [getattr(client, "connection_pool", None)]
         pools += [node for node in getattr(client, "get_nodes", list)()]
         for pool in pools:
-            conns += getattr(pool, "_available_connections", ()) or ()
-            conns += list(getattr(pool, "_in_use_connections", ()) or ())
+            available = getattr(pool, "_available_connections", None)
+            in_use = getattr(pool, "_in_use_connections", None)
+            conns += list(available or ()) + list(in_use or ())
             conns += getattr(pool, "_connections", ()) or ()
+            if forked and in_use and isinstance(available, list):
+                available.extend(in_use)  # no parent task holds them here
+                in_use.clear()
     for conn in conns:
         writer = getattr(conn, "_writer", None)
         if writer is None:
@@ -334,7 +367,10 @@ def transports_per_loop(make_client: Callable[[], Any], *, owned: bool,
         if owned:
             await transport.client.aclose()
 
-    return PerLoop(make, close, lambda transport: abandon_sockets(transport, owned=owned))
+    def abandon(transport: AsyncTransport, forked: bool) -> None:
+        abandon_sockets(transport, owned=owned, forked=forked)
+
+    return PerLoop(make, close, abandon)
 
 
 _shared: dict[Any, PerLoop[AsyncTransport]] = {}
