@@ -185,3 +185,51 @@ def test_an_async_cache_on_a_callers_client_sends_nothing_on_the_parents_sockets
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+
+def test_a_blob_store_opens_in_a_child_forked_while_another_thread_opens_one(s3_url: str) -> None:
+    """A parent thread is inside ``BlobStore("s3://...")`` (holding the lock around
+    botocore's shared data loader) when the process forks: the child opens its own
+    store (it waited for ever for a lock no thread of its own would release)."""
+    import signal
+
+    from statekit.blobs import BlobStore, s3
+
+    inside, go_on = threading.Event(), threading.Event()
+    real = s3._session
+
+    def slow_session(*args: Any) -> Any:
+        session = real(*args)
+        if threading.current_thread() is not threading.main_thread():
+            with s3._loader_lock:  # the parent thread caught inside the lock at fork time
+                inside.set()
+                go_on.wait(10)
+        return session
+
+    s3._session = slow_session
+    opener = threading.Thread(target=lambda: BlobStore(s3_url).close())
+    try:
+        opener.start()
+        assert inside.wait(10)
+
+        def child() -> bytes:
+            def deadlocked(*_: Any) -> None:
+                raise TimeoutError("the child waited 10 s for the loader lock")
+
+            signal.signal(signal.SIGALRM, deadlocked)  # a deadlocked child ends, and says so
+            signal.alarm(10)
+            store = BlobStore(s3_url)
+            try:
+                blob = store.put(b"child")
+                with store.open(blob.key) as f:
+                    return bytes(f.read())
+            finally:
+                signal.alarm(0)
+                store.close()
+
+        assert _in_child(child) == b"child"
+    finally:
+        go_on.set()
+        opener.join(10)
+        s3._session = real

@@ -308,6 +308,16 @@ _loader_lock = threading.Lock()
 _loader: Any = None
 
 
+def _new_loader_lock() -> None:
+    """In a forked child: a new lock (a parent thread opening a store at fork time
+    held it, and no thread of the child would ever release it)."""
+    global _loader_lock
+    _loader_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_loader_lock)
+
+
 def _session(boto3: Any, key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
     """A boto3 session for one store, on a botocore data loader shared by every
     store of the process: each session would otherwise parse botocore's S3 model
