@@ -234,16 +234,6 @@ def _answered(error: BaseException) -> bool:
     return isinstance(cause, redis.ResponseError) and not isinstance(cause, redis.ConnectionError)
 
 
-def _stop_soon(listener: InvalidationListener) -> None:
-    """A dropped cache's finalizer: tell its listener thread to stop, and nothing more.
-    A finalizer runs on whatever thread frees the cache, maybe the listener's own while
-    it holds a near cache's lock (a garbage collection inside ``evict``):
-    :meth:`~InvalidationListener.stop` takes that lock to switch the near caches off
-    and would wait for ever; the thread switches them off itself as it ends (within
-    its half-second ``select``), and applies every invalidation until then."""
-    listener._stop.set()
-
-
 def _backend_class(url: str) -> type[CacheBackend]:
     """The backend class for *url*'s scheme; a built-in scheme's URL is validated too.
 
@@ -368,7 +358,7 @@ class _CacheCore:
             else:
                 backend, listener = self._build()
                 if listener is not None:  # a cache that is dropped stops its listener thread
-                    weakref.finalize(self, _stop_soon, listener)
+                    weakref.finalize(self, listener.stop_soon)
             if listener is not None:  # on Cluster it keeps the generation current, near cache or not
                 watch = getattr(backend, "watch_generation", None)
                 if watch is not None:

@@ -332,6 +332,16 @@ class InvalidationListener:
         self._stop.set()
         self._set_active(False)
 
+    def stop_soon(self) -> None:
+        """Tell the thread to stop, and nothing more: the stop of a dropped cache's or
+        session store's finalizer. A finalizer runs on whatever thread frees its
+        object, maybe this listener's own while it holds a near cache's lock (a garbage
+        collection inside ``evict``): :meth:`stop` takes that lock to switch the near
+        caches off and would wait for ever; the thread switches them off itself as it
+        ends (within its half-second ``select``), and applies every invalidation until
+        then."""
+        self._stop.set()
+
     def pending(self) -> bool:
         """Whether invalidations have arrived that the thread has not applied yet
         (one zero-timeout ``poll`` of the listener connections, no lock): a reader

@@ -153,7 +153,7 @@ class _Layout:
         listener = self.listener = _listener(client, self._session_prefix)
         self.near = NearCache(near_cache, near_max_age)
         listener.register(self._session_prefix, self.near, whole_keys=True)
-        weakref.finalize(self, listener.stop)
+        weakref.finalize(self, listener.stop_soon)  # not stop(): see stop_soon
 
     @property
     def near_hits(self) -> int:
