@@ -233,3 +233,69 @@ def test_a_blob_store_opens_in_a_child_forked_while_another_thread_opens_one(s3_
         go_on.set()
         opener.join(10)
         s3._session = real
+
+
+def _bounded(seconds: int) -> None:
+    """In a child: raise after *seconds* (a deadlock ends, and says so)."""
+    import signal
+
+    def deadlocked(*_: Any) -> None:
+        raise TimeoutError(f"the child waited {seconds} s (a lock no thread of its own holds)")
+
+    signal.signal(signal.SIGALRM, deadlocked)
+    signal.alarm(seconds)
+
+
+def test_a_child_forked_while_a_parent_thread_makes_a_shared_client_makes_its_own(redis_url: str) -> None:
+    """A parent thread is inside ``get_client`` (holding its lock: a broadcaster
+    thread of the master starting up) when the process forks: the child's own
+    ``get_client`` returns (it waited for ever)."""
+    from statekit import redis as sk_redis
+
+    with sk_redis._clients_lock:  # as the parent thread caught at fork time holds it
+
+        def child() -> bytes:
+            _bounded(10)
+            return str(sk_redis.get_client(redis_url, socket_timeout=3.5).ping()).encode()
+
+        assert _in_child(child) == b"True"
+
+
+def test_a_cluster_client_a_parent_thread_was_connecting_at_fork_connects_in_the_child(
+        redis_cluster_url: str) -> None:
+    """statekit's Cluster client connects on first use, under a lock: a parent
+    thread is inside that first connect when the process forks. The child's first
+    command connects it there (it waited for ever for the parent thread's lock), and
+    the parent's connect finishes as before."""
+    from redis.cluster import RedisCluster
+
+    from statekit import redis as sk_redis
+
+    client: Any = sk_redis.create_client(redis_cluster_url)
+    inside, go_on = threading.Event(), threading.Event()
+    real = RedisCluster.__init__
+
+    def paused(cluster: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            inside.set()  # before the slot map is fetched: nothing of it set yet
+            go_on.wait(10)
+        real(cluster, **kwargs)
+
+    RedisCluster.__init__ = paused  # type: ignore[method-assign]
+    first = threading.Thread(target=client.ping)
+    try:
+        first.start()
+        assert inside.wait(10)
+
+        def child() -> bytes:
+            _bounded(10)
+            client.set("fork-review-cluster", b"child")
+            return bytes(client.get("fork-review-cluster"))
+
+        assert _in_child(child) == b"child"
+    finally:
+        go_on.set()
+        first.join(10)
+        RedisCluster.__init__ = real  # type: ignore[method-assign]
+    assert client.get("fork-review-cluster") == b"child"
+    client.close()

@@ -60,6 +60,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from .._fork import reset_in_child
 from ..backends import require
 from ..config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, BackendURL, parse_url
 from ..errors import BackendUnavailable, ConfigError
@@ -458,6 +459,19 @@ _rules: _RuleClasses | None = None
 _rules_lock = threading.Lock()
 
 
+def _new_locks_in_child() -> None:
+    """A forked child gets new module locks: a parent thread inside :func:`get_client`
+    or building the rule's classes at fork time held one, and no thread of the child
+    would ever release it (its first ``get_client`` waited for ever)."""
+    global _clients_lock, _rules_lock
+    _clients_lock, _rules_lock = threading.Lock(), threading.Lock()
+    if _rules is not None:
+        _rules.lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 def _rule() -> _RuleClasses:
     """The rule's classes, built once per process (under a lock: two threads building
     them at once would make two ``OutcomeUnknown`` classes, one of them retryable)."""
@@ -676,6 +690,18 @@ def _lazy_cluster(**kwargs: Any) -> RedisClient:
                 # reentrant: the constructor running in this thread reads attributes it
                 # has not set yet (AttributeError then); other threads wait for it
                 object.__setattr__(self, "_statekit_init_lock", threading.RLock())
+                reset_in_child(self)
+
+            def reset_after_fork(self) -> None:
+                """In a forked child: a new lock, and a first connect a parent thread
+                had under way at fork time started over by the child's first command
+                (that thread is not in the child: its lock was never released there)."""
+                state = self.__dict__
+                state["_statekit_init_lock"] = threading.RLock()
+                if state.get("_statekit_started") and not state.get("_statekit_ready"):
+                    for key in [k for k in state if not k.startswith("_statekit_")]:
+                        del state[key]
+                    state["_statekit_started"] = False
 
             def __getattr__(self, name: str) -> Any:
                 # only reached for attributes the real constructor would have set

@@ -74,6 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 import time
 import weakref
@@ -375,6 +376,14 @@ def transports_per_loop(make_client: Callable[[], Any], *, owned: bool,
 
 _shared: dict[Any, PerLoop[AsyncTransport]] = {}
 _shared_lock = threading.Lock()
+
+
+def _new_shared_lock() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_new_shared_lock)
 
 
 def get_async_client(url: str, **overrides: Any) -> Any:
