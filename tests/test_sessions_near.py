@@ -552,3 +552,38 @@ def test_a_copy_behind_the_stored_hash_gets_the_hash_back(pair: tuple[SessionSto
 
 def _version_of(raw: dict[str, bytes]) -> int:
     return int(raw["m:v"])
+
+
+def test_a_dropped_stores_finalizer_inside_a_near_cache_lock_does_not_deadlock(redis_line_url: str) -> None:
+    """As test_cache_stale_review's case for a cache: a garbage collection frees a
+    session store while the freeing thread is inside a locked section of its near
+    cache (the listener's thread inside ``evict``); neither its finalizer (it called
+    ``stop()``) nor its connections' (they flush the copies they tracked) may wait for
+    that lock. The listener thread ends on its own, its copies off."""
+    import gc
+
+    store = SessionStore(redis_line_url, secret_keys=["near-secret"], near_cache=100)
+    _warm_new(store, {"n": 1})
+    engine = _engine(store)
+    near, listener = engine.near, engine.listener
+    assert near is not None and listener is not None
+    done = threading.Event()
+
+    def evicting() -> None:
+        nonlocal store, engine
+        near._enter()  # inside a locked section, as evict() is
+        try:
+            del store, engine
+            gc.collect()  # the store's finalizer, and its connections' (they flush)
+        finally:
+            near._leave()
+        done.set()
+
+    t = threading.Thread(target=evicting, daemon=True)
+    t.start()
+    t.join(30)
+    assert done.is_set(), "the finalizer deadlocked on the near cache's lock"
+    thread = listener._thread
+    assert thread is not None
+    thread.join(10)
+    assert not thread.is_alive() and not near.active

@@ -67,7 +67,10 @@ class NearCache(Generic[T]):
     """Bounded LRU of decoded entries for one namespace.
 
     Reads (:attr:`data` lookups by :class:`~statekit.cache.Cache`) take no lock;
-    :meth:`store`, :meth:`evict` and :meth:`flush` take a short one.
+    :meth:`store`, :meth:`evict` and :meth:`flush` take a short one. A :meth:`flush`
+    from inside one of those sections on the same thread (a finalizer run by a garbage
+    collection there: a dropped connection's, which flushes what it tracked) does not
+    wait for the lock its own thread holds: the section flushes as it ends.
 
     Race check: a reader takes :attr:`seq` before it reads from Redis and passes it
     to :meth:`store`, which refuses the value if that key was evicted (or the whole
@@ -85,6 +88,8 @@ class NearCache(Generic[T]):
         self.active = False
         self.seq = 0
         self.lock = threading.Lock()
+        self._owner = 0  # the thread inside a locked section of this cache (0: none)
+        self._flush_due = False  # a flush asked for from inside that section
         self._evicted: OrderedDict[str, int] = OrderedDict()  # key -> seq of its latest eviction
         self._max_evicted = max(1, evictions)
         self._floor = 0  # reads that began before this are refused (flushes, forgotten evictions)
@@ -95,9 +100,12 @@ class NearCache(Generic[T]):
         age = self.max_age if ttl_ms is None else min(self.max_age, ttl_ms / 1000.0)
         if age <= 0:
             return
-        with self.lock:
+        self._enter()
+        try:
             if self._fresh(key, seq):
                 self._put(key, entry, age)
+        finally:
+            self._leave()
 
     def settle(self, key: str, entry: T | None, seq: int) -> None:
         """After this process changed *key* itself: keep *entry* (the value the
@@ -105,11 +113,27 @@ class NearCache(Generic[T]):
         case refuse the values that reads of *key* begun before now would store.
         Needed where the change sends no invalidation back to this process
         (``NOLOOP``)."""
-        with self.lock:
+        self._enter()
+        try:
             keep = entry is not None and self._fresh(key, seq)
             self._evict(key)
             if keep:
                 self._put(key, entry, self.max_age)  # type: ignore[arg-type]
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        self.lock.acquire()
+        self._owner = threading.get_ident()
+
+    def _leave(self) -> None:
+        try:
+            if self._flush_due:
+                self._flush_due = False
+                self._flush()
+        finally:
+            self._owner = 0
+            self.lock.release()
 
     def _fresh(self, key: str, seq: int) -> bool:
         """Whether a value read after :attr:`seq` was *seq* may be kept (under :attr:`lock`)."""
@@ -135,12 +159,21 @@ class NearCache(Generic[T]):
             self._floor = max(self._floor, evicted.popitem(last=False)[1])
 
     def evict(self, key: str) -> None:
-        with self.lock:
+        self._enter()
+        try:
             self._evict(key)
+        finally:
+            self._leave()
 
     def flush(self) -> None:
-        with self.lock:
+        if self._owner == threading.get_ident():  # from inside a section (class docstring)
+            self._flush_due = True
+            return
+        self._enter()
+        try:
             self._flush()
+        finally:
+            self._leave()
 
     def _flush(self) -> None:
         self.seq += 1
@@ -149,9 +182,12 @@ class NearCache(Generic[T]):
         self._evicted.clear()
 
     def set_active(self, active: bool) -> None:
-        with self.lock:
+        self._enter()
+        try:
             self._flush()
             self.active = active
+        finally:
+            self._leave()
 
     def __len__(self) -> int:
         return len(self.data)
