@@ -299,3 +299,60 @@ def test_a_cluster_client_a_parent_thread_was_connecting_at_fork_connects_in_the
         RedisCluster.__init__ = real  # type: ignore[method-assign]
     assert client.get("fork-review-cluster") == b"child"
     client.close()
+
+
+def test_a_child_forked_during_a_file_write_does_not_keep_its_record_locked(tmp_path: Any) -> None:
+    """A ``file://`` write holds a ``flock`` on its record until its blob is linked:
+    a lock left free tells a writer that died (its orphan record is then removed).
+    A child forked during the write shared that lock and kept it for its whole life
+    after the parent's write ended (a parent that died mid-write left a record that
+    looked written to until the child exited); now the child lets go of it."""
+    import fcntl
+    import glob
+
+    from statekit.blobs import BlobStore, local
+
+    store = BlobStore(f"file://{tmp_path}/fork?create=1")
+    inside, go_on = threading.Event(), threading.Event()
+    real = local._link_exclusive
+
+    def paused(src: str, dst: str) -> None:
+        if "/.statekit/" not in dst and threading.current_thread() is not threading.main_thread():
+            inside.set()  # the record is in place and locked, the blob not yet linked
+            go_on.wait(10)
+        real(src, dst)
+
+    local._link_exclusive = paused
+    writer = threading.Thread(target=lambda: store.put(b"written"))
+    try:
+        writer.start()
+        assert inside.wait(10)
+        [record] = glob.glob(f"{tmp_path}/fork/.statekit/meta/**/*.json", recursive=True)
+        hold_rd, hold_wr = os.pipe()
+        ready_rd, ready_wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child lives on (a worker) until the parent has looked
+            try:
+                os.write(ready_wr, b"r")  # running: past the fork handlers
+                os.read(hold_rd, 1)
+            finally:
+                os._exit(0)
+        try:
+            assert os.read(ready_rd, 1) == b"r"
+            go_on.set()
+            writer.join(10)  # the parent's write is done: its lock closed
+            probe = os.open(record, os.O_RDONLY)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held
+            finally:
+                os.close(probe)
+        finally:
+            os.write(hold_wr, b"x")
+            os.waitpid(pid, 0)
+            for fd in (hold_rd, hold_wr, ready_rd, ready_wr):
+                os.close(fd)
+    finally:
+        go_on.set()
+        writer.join(10)
+        local._link_exclusive = real
+        store.close()

@@ -46,9 +46,28 @@ from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, Writ
 __all__ = ["LocalBackend"]
 
 _TMP = ".tmp-"
-#: the records this process's writers hold (see the module docstring)
-_held: set[str] = set()
+#: the records this process's writers hold (see the module docstring) -> their lock's fd
+_held: dict[str, int] = {}
 _held_lock = threading.Lock()
+
+
+def _let_go_in_child() -> None:
+    """In a forked child: the records the parent's writers hold are not the child's.
+    Its copies of their lock descriptors are closed (a ``flock`` belongs to the open
+    file, which the child shared: it kept the parent's records locked for its whole
+    life, so a record of a parent that died mid-write looked written to until then).
+    The fork waits for the lock (``before``), so the table and the descriptors agree:
+    a writer closes its descriptor and leaves the table under it."""
+    global _held_lock
+    _held_lock = threading.Lock()
+    for fd in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(before=lambda: _held_lock.acquire(), after_in_parent=lambda: _held_lock.release(),
+                    after_in_child=_let_go_in_child)
 _INTERNAL = ".statekit"
 _PENDING = _INTERNAL + "/pending/"  # the façade's markers of pending direct uploads
 
@@ -142,9 +161,9 @@ class _LocalWriter(BlobWriter):
     def _release(self) -> None:
         if self._meta_lock is not None:
             lock, self._meta_lock = self._meta_lock, None
-            os.close(lock)
             with _held_lock:
-                _held.discard(self._store._meta_path(self._req.key))
+                _held.pop(self._store._meta_path(self._req.key), None)
+                os.close(lock)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -278,13 +297,13 @@ class LocalBackend(BlobBackend):
                 with _held_lock:
                     if path in _held:  # another thread of this process is writing it
                         raise FileExistsError(errno.EEXIST, "being written", path)
-                    _held.add(path)
+                    _held[path] = lock
                 try:
                     _link_exclusive(tmp, path)
                     return lock
                 except BaseException as e:
                     with _held_lock:
-                        _held.discard(path)
+                        _held.pop(path, None)
                     tries += 1
                     if not isinstance(e, FileExistsError) or tries == 3:
                         raise
