@@ -356,3 +356,26 @@ def test_a_child_forked_during_a_file_write_does_not_keep_its_record_locked(tmp_
         writer.join(10)
         local._link_exclusive = real
         store.close()
+
+
+def test_a_child_forked_while_the_listener_applies_a_message_trusts_its_near_cache(redis_url: str) -> None:
+    """The parent's invalidation thread is applying a message at fork time (its
+    "handling" flag set): in the child, nothing is pending (the flag stayed set, and
+    every read there bypassed the near caches until its own thread applied one)."""
+    import redis
+
+    from statekit.redis.tracking import InvalidationListener
+
+    client = redis.Redis.from_url(redis_url)
+    listener = InvalidationListener(client, "fork-review:")
+    try:
+        listener._handling = True  # as its thread sets it while it applies a message
+
+        def child() -> bytes:
+            return str((listener.pending(), listener.tracked, listener.connected.is_set())).encode()
+
+        assert _in_child(child) == b"(False, (), False)"
+        assert listener.pending()  # the parent's: untouched
+    finally:
+        listener.stop()
+        client.close()

@@ -323,6 +323,10 @@ class InvalidationListener:
         self._thread = None
         self._pid = 0
         self._pending = None
+        # set by the parent's thread mid-message at fork time, it would say "pending"
+        # until the child's thread handled a message: every read bypassed the near caches
+        self._handling = False
+        self.tracked, self.current = (), []  # the parent's connections
         self.connected = threading.Event()
         for near in self._nears():
             near.lock = threading.Lock()
