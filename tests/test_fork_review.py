@@ -379,3 +379,47 @@ def test_a_child_forked_while_the_listener_applies_a_message_trusts_its_near_cac
     finally:
         listener.stop()
         client.close()
+
+
+def test_a_child_forked_while_the_master_computes_under_its_lease_does_not_hold_it(redis_url: str) -> None:
+    """A ``--preload`` master's broadcaster holds a job's lease and is computing when
+    a worker is forked. The worker holds no token and has a new owner id: its pass
+    over the jobs finds the lease held by the master and computes nothing; the
+    master's publish, fenced by its token, is still accepted after (no stale token)."""
+    from statekit.broadcast import Broadcaster
+
+    prefix = f"fork-review-{os.getpid()}"
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    computing, go_on = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    @b.every(3600, name="users", lease=60)
+    def users() -> int:
+        calls.append(os.getpid())
+        if os.getpid() == parent:
+            computing.set()
+            go_on.wait(10)
+        return 42
+
+    parent = os.getpid()
+    try:
+        b.run_pending()  # claims the slot, computes in a thread of its own
+        assert computing.wait(10)
+        owner, token = b.owner, b.jobs["users"].token
+        assert token is not None
+
+        def child() -> bytes:
+            job = b.jobs["users"]
+            mine = (b.owner != owner, job.token, job.running)
+            b.run_pending()  # the lease is the master's: nothing to compute here
+            return str((*mine, job.token, job.running, calls)).encode()
+
+        assert _in_child(child) == f"(True, None, 0, None, 0, [{parent}])".encode()
+        [computation] = [t for t in threading.enumerate() if t.name == "statekit-broadcast-users"]
+        go_on.set()
+        computation.join(10)  # the master's computation publishes, fenced by its token
+        assert (b.counters.get("publishes"), b.counters.get("stale_tokens")) == (1, 0)
+        assert b.retained("users") == (1, 42)
+    finally:
+        go_on.set()
+        b.stop()
