@@ -10,11 +10,16 @@ SK102    ``open(..., "wb")`` (or another write mode) in a request handler
 SK103    files stored on the local disk (Django ``FileSystemStorage`` / ``MEDIA_ROOT``)
 SK201    Flask-Session keeps sessions in local files or process memory
 SK202    Django ``SESSION_ENGINE`` is file-based or a cache backed by process memory
-SK301    a module-level dict/list/set is written from a request handler
+SK301    a module-level dict/list/set (or a class attribute holding one) is written from
+         a request handler
 SK302    ``global`` in a request handler
-SK303    ``lru_cache``/``cache`` on a function that queries a database
+SK303    ``lru_cache``/``cache`` (or cachetools' ``cached``/``ttl_cache``...) on a function
+         that queries a database
 SK304    a cache local to one process or machine: Django ``CACHES`` locmem/file,
-         Flask-Caching ``SimpleCache``/``FileSystemCache``, a module-level cachelib cache
+         Flask-Caching ``SimpleCache``/``FileSystemCache``, a module-level cachelib or
+         cachetools cache
+SK305    an SQLite database in one process's memory or in a file per worker (its pid, a
+         fresh temporary directory)
 SK401    a timer, thread or scheduler started at import (once per worker process)
 SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory)
 SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
@@ -58,7 +63,9 @@ RULES: dict[str, tuple[str, str]] = {
     "SK301": ("module-level-cache", "module-level container written from a handler"),
     "SK302": ("module-level-cache", "global in a request handler"),
     "SK303": ("module-level-cache", "lru_cache on a database query"),
-    "SK304": ("module-level-cache", "cache local to one process (Django, Flask-Caching, cachelib)"),
+    "SK304": ("module-level-cache", "cache local to one process (Django, Flask-Caching, cachelib, "
+                                    "cachetools)"),
+    "SK305": ("module-level-cache", "SQLite database in one process's memory or a per-worker file"),
     "SK401": ("per-worker-scheduled-computation", "timer started at import"),
     "SK402": ("per-worker-scheduled-computation", "timer started per worker"),
     "SK501": ("sticky-sessions", "sticky sessions"),
@@ -78,7 +85,16 @@ _DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", 
 _THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
                    "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
 _PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready"}
-_CACHE_DECORATORS = {"lru_cache", "cache"}
+_CACHE_DECORATORS = {"lru_cache", "cache", "ttl_cache", "tlru_cache", "lfu_cache", "rr_cache", "fifo_cache",
+                     "mru_cache"}
+#: module-level constructors of one process's cache -> their library
+_LOCAL_CACHES = {"SimpleCache": "cachelib", "FileSystemCache": "cachelib", "TTLCache": "cachetools",
+                 "LRUCache": "cachetools", "LFUCache": "cachetools", "RRCache": "cachetools",
+                 "FIFOCache": "cachetools", "MRUCache": "cachetools", "TLRUCache": "cachetools"}
+_TEMP_CALLS = {"getpid", "mkdtemp", "mkstemp", "gettempdir", "TemporaryDirectory", "NamedTemporaryFile"}
+_SQLITE_MEMORY_RE = re.compile(r"^sqlite(\+\w+)?://(/:memory:.*)?$")
+#: modules whose ``open(path, mode)`` writes a file like the builtin's
+_OPEN_MODULES = {"aiofiles", "io", "codecs", "gzip", "bz2", "lzma", "anyio"}
 _IGNORE_RE = re.compile(r"#\s*statekit:\s*ignore(?:\[([A-Z0-9, ]+)\])?")
 _STICKY_RE = re.compile(
     r"^\s*(ip_hash\s*;|sticky\b|hash\s+\$(?:cookie_|remote_addr)|balance\s+source\b|"
@@ -133,9 +149,22 @@ class _Module:
         self.handlers: list[tuple[_Func, str]] = []  # (function, why)
         self.containers: dict[str, int] = {}  # module-level mutable container -> line
         self.thread_names: set[str] = set()  # names bound to Thread/Timer/scheduler objects
+        self.classes: dict[str, dict[str, _Func]] = {}  # module-level class -> its methods
+        self.owner: dict[int, str] = {}  # id(method) -> the name of its module-level class
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
+            elif isinstance(node, ast.ClassDef):
+                methods = self.classes[node.name] = {}
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        methods[item.name] = item
+                        self.owner[id(item)] = node.name
+                    elif isinstance(item, (ast.Assign, ast.AnnAssign)) and item.value is not None:
+                        names = item.targets if isinstance(item, ast.Assign) else [item.target]
+                        for t in names:
+                            if isinstance(t, ast.Name) and self._is_container(item.value):
+                                self.containers[f"{node.name}.{t.id}"] = item.lineno
             elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
                 targets: list[ast.expr] = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for t in targets:
@@ -181,11 +210,16 @@ class _Module:
         while todo:
             func = todo.pop()
             for node in ast.walk(func):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if not isinstance(node, ast.Call):
+                    continue
+                callee = None
+                if isinstance(node.func, ast.Name):
                     callee = self.functions.get(node.func.id)
-                    if callee is not None and id(callee) not in scope:
-                        scope[id(callee)] = (callee, f"{callee.name}() called from {func.name}()")
-                        todo.append(callee)
+                elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+                    callee = self.classes.get(node.func.value.id, {}).get(node.func.attr)  # Registry.add()
+                if callee is not None and id(callee) not in scope:
+                    scope[id(callee)] = (callee, f"{callee.name}() called from {func.name}()")
+                    todo.append(callee)
         return scope
 
 
@@ -249,9 +283,59 @@ def _write_mode(call: ast.Call) -> str | None:
     return text if text and any(c in text for c in "wax") else None
 
 
+def _open_mode(call: ast.Call) -> str | None:
+    """The write mode of ``open(path, mode)``, ``aiofiles.open(path, mode)`` or
+    ``<path>.open(mode)`` (``None``: not a write, or not a file on this machine)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return _write_mode(call)
+    if not isinstance(func, ast.Attribute):
+        return None
+    if isinstance(func.value, ast.Name) and func.value.id in _OPEN_MODULES:
+        return _write_mode(call)
+    if _is_local_path(func.value):  # pathlib: the mode comes first
+        return _write_mode(ast.Call(func=func, args=[func.value, *call.args], keywords=call.keywords))
+    return None
+
+
+def _is_upload(node: ast.AST, names: set[str]) -> bool:
+    """Whether *node* is an uploaded file: ``request.files[...]``, ``request.files.get(...)``,
+    or a name bound to one."""
+    if isinstance(node, ast.Name):
+        return node.id in names
+    return any(isinstance(n, ast.Attribute) and n.attr == "files" and _name(n.value) == "request"
+               for n in ast.walk(node))
+
+
+def _upload_names(func: _Func) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(func):
+        if isinstance(node, (ast.Assign, ast.For)):
+            value = node.value if isinstance(node, ast.Assign) else node.iter
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if _is_upload(value, set()):
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def _container(node: ast.AST, mod: _Module, local: set[str], owner: str | None) -> str | None:
+    """The module-level container (or class attribute) *node* names, if any:
+    ``CACHE``, ``Registry.users``, ``cls.users`` in a method of ``Registry``."""
+    if isinstance(node, ast.Name):
+        return node.id if _mutated(node.id, mod, local) else None
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        cls = owner if node.value.id == "cls" and owner else node.value.id
+        name = f"{cls}.{node.attr}"
+        if name in mod.containers and (node.value.id == "cls" or node.value.id not in local):
+            return name
+    return None
+
+
 def _check_handlers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
     for func, why in mod.handler_scope().values():
         local = _locals_of(func)
+        uploads = _upload_names(func)
+        owner = mod.owner.get(id(func))
         for node in ast.walk(func):
             if isinstance(node, ast.Global) and not all(_lazy_init_only(func, n) for n in node.names):
                 out.append((node.lineno, "SK302",
@@ -259,27 +343,28 @@ def _check_handlers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
                             "copy, lost on restart"))
             elif isinstance(node, ast.Call):
                 fname = _name(node)
-                if (fname == "save" and isinstance(node.func, ast.Attribute) and node.args
-                        and _is_local_path(node.args[0])):
+                if (fname == "save" and isinstance(node.func, ast.Attribute) and (node.args or node.keywords)
+                        and (_is_upload(node.func.value, uploads)
+                             or bool(node.args and _is_local_path(node.args[0])))):
                     out.append((node.lineno, "SK101",
                                 f"uploaded file saved to a local path in {why}: only this machine has it, "
                                 "and a new container starts without it"))
-                elif fname == "open" and isinstance(node.func, ast.Name) and _write_mode(node):
+                elif fname == "open" and _open_mode(node):
                     out.append((node.lineno, "SK102",
-                                f"open(..., {_write_mode(node)!r}) in {why}: the file stays on this machine"))
+                                f"open(..., {_open_mode(node)!r}) in {why}: the file stays on this machine"))
                 elif fname in ("write_bytes", "write_text") and isinstance(node.func, ast.Attribute):
                     out.append((node.lineno, "SK102",
                                 f"Path.{fname}() in {why}: the file stays on this machine"))
-                elif (fname in _MUTATORS and isinstance(node.func, ast.Attribute)
-                        and isinstance(node.func.value, ast.Name)):
-                    if _mutated(node.func.value.id, mod, local):
-                        _report_write(mod, node.func.value.id, node.lineno, why, out)
+                elif fname in _MUTATORS and isinstance(node.func, ast.Attribute):
+                    name = _container(node.func.value, mod, local, owner)
+                    if name:
+                        _report_write(mod, name, node.lineno, why, out)
             elif isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
                 targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
                 for t in targets:
-                    if (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)
-                            and _mutated(t.value.id, mod, local)):
-                        _report_write(mod, t.value.id, node.lineno, why, out)
+                    name = _container(t.value, mod, local, owner) if isinstance(t, ast.Subscript) else None
+                    if name:
+                        _report_write(mod, name, node.lineno, why, out)
 
 
 def _mutated(name: str, mod: _Module, local: set[str]) -> bool:
@@ -287,8 +372,9 @@ def _mutated(name: str, mod: _Module, local: set[str]) -> bool:
 
 
 def _report_write(mod: _Module, name: str, line: int, why: str, out: list[tuple[int, str, str]]) -> None:
+    kind = "class attribute" if "." in name else "module-level"
     out.append((line, "SK301",
-                f"module-level {name!r} (line {mod.containers[name]}) is written in {why}: every worker "
+                f"{kind} {name!r} (line {mod.containers[name]}) is written in {why}: every worker "
                 "has a different copy, lost on restart"))
 
 
@@ -296,18 +382,30 @@ def _check_cached_queries(mod: _Module, out: list[tuple[int, str, str]]) -> None
     for node in ast.walk(mod.tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        decorator = next((d for d in node.decorator_list if _name(d) in _CACHE_DECORATORS), None)
+        decorator = next((d for d in node.decorator_list if _is_cache_decorator(d)), None)
         if decorator is None:
             continue
         queries = any(
             (isinstance(n, ast.Call) and _name(n) in _DB_CALLS)
-            or (isinstance(n, ast.Attribute) and n.attr == "objects")
+            or (isinstance(n, ast.Attribute) and (n.attr in ("objects", "query")  # Django, Flask-SQLAlchemy
+                                                  or (n.attr == "session" and _name(n.value) == "db")))
             for n in ast.walk(node)
         )
         if queries:
             out.append((decorator.lineno, "SK303",
                         f"@{_name(decorator)} on {node.name}() which queries a database: each worker "
                         "keeps its own copy and never sees changes"))
+
+
+def _is_cache_decorator(dec: ast.AST) -> bool:
+    """functools' or cachetools' memoizing decorators; ``cached`` only as cachetools'
+    (``@cached(...)``, ``@cachetools.cached``), not Flask-Caching's ``@cache.cached``."""
+    name = _name(dec)
+    if name in _CACHE_DECORATORS:
+        return True
+    target = dec.func if isinstance(dec, ast.Call) else dec
+    return name == "cached" and (isinstance(target, ast.Name) or (
+        isinstance(target, ast.Attribute) and _name(target.value) == "cachetools"))
 
 
 def _starts_thread(call: ast.Call, mod: _Module) -> bool:
@@ -331,7 +429,8 @@ def _thread_starts(body: Iterable[ast.AST], mod: _Module) -> Iterator[ast.Call]:
 
 def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
     top = [s for s in mod.tree.body
-           if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+           if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+           and not _is_main_guard(s)]
     for call in _thread_starts(top, mod):
         out.append((call.lineno, "SK401",
                     "background timer/thread started at import: every worker process runs its own copy "
@@ -353,6 +452,16 @@ def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
                             "app), not once per cluster"))
 
 
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """``if __name__ == "__main__":``: not run when a server imports the module."""
+    test = stmt.test if isinstance(stmt, ast.If) else None
+    if not (isinstance(test, ast.Compare) and len(test.comparators) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    left, right = test.left, test.comparators[0]
+    sides = {_name(left), _const_str(left), _name(right), _const_str(right)}
+    return {"__name__", "__main__"} <= sides
+
+
 def _config_pairs(tree: ast.Module) -> Iterator[tuple[str, ast.AST, int]]:
     """``(KEY, value node, line)`` for settings written as ``KEY = v``, ``x["KEY"] = v``,
     ``x.update(KEY=v)`` or ``{"KEY": v}``."""
@@ -372,7 +481,7 @@ def _config_pairs(tree: ast.Module) -> Iterator[tuple[str, ast.AST, int]]:
         elif isinstance(node, ast.Dict):
             for k, v in zip(node.keys, node.values, strict=True):
                 key = _const_str(k)
-                if key and key.isupper() and key.startswith(("SESSION_", "STORAGES", "CACHES")):
+                if key and key.isupper() and key.startswith(("SESSION_", "STORAGES", "CACHES", "CACHE_TYPE")):
                     yield key, v, v.lineno
 
 
@@ -425,10 +534,9 @@ def _check_settings(tree: ast.Module, out: list[tuple[int, str, str]]) -> None:
                     out.append((v.lineno, "SK304",
                                 f"cache {_const_str(k)!r} uses {cache_backend.rsplit('.', 1)[-1]}: every "
                                 "process (or machine) has its own, different copy"))
-    if "CACHE_TYPE" in pairs:  # Flask-Caching
-        value, line = pairs["CACHE_TYPE"]
+    for key, value, line in _config_pairs(tree):  # Flask-Caching: every Cache(config=...) of the module
         kind = (_const_str(value) or "").rsplit(".", 1)[-1].lower()
-        if kind in ("simple", "simplecache", "filesystem", "filesystemcache"):
+        if key == "CACHE_TYPE" and kind in ("simple", "simplecache", "filesystem", "filesystemcache"):
             out.append((line, "SK304", f"Flask-Caching CACHE_TYPE {_const_str(value)!r}: every process (or "
                                        "machine) has its own, different copy"))
     storages = pairs.get("STORAGES")
@@ -452,13 +560,24 @@ def _check_local_constructors(mod: _Module, out: list[tuple[int, str, str]]) -> 
     """``cache = SimpleCache()`` at module level; ``FileSystemStorage(...)`` anywhere."""
     for node in mod.tree.body:
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)
-                and _name(node.value) in ("SimpleCache", "FileSystemCache")
+                and _name(node.value) in _LOCAL_CACHES
                 and any(isinstance(t, ast.Name) for t in node.targets)):
-            out.append((node.lineno, "SK304", f"cachelib {_name(node.value)} at module level: every process "
+            cls = _name(node.value)
+            out.append((node.lineno, "SK304", f"{_LOCAL_CACHES[cls]} {cls} at module level: every process "
                                               "(or machine) has its own, different copy"))
     for n in ast.walk(mod.tree):
         if isinstance(n, ast.Call) and _name(n) == "FileSystemStorage":
             out.append((n.lineno, "SK103", "FileSystemStorage: these files stay on one machine"))
+        elif isinstance(n, ast.Call) and _name(n) in ("connect", "create_engine") and n.args and (
+                _const_str(n.args[0]) == ":memory:"
+                or any(isinstance(a, ast.Call) and _name(a) in _TEMP_CALLS for a in ast.walk(n.args[0]))):
+            out.append((n.lineno, "SK305", _SQLITE_LOCAL))
+        elif _SQLITE_MEMORY_RE.match(_const_str(n) or "-"):
+            out.append((getattr(n, "lineno", 0), "SK305", _SQLITE_LOCAL))
+
+
+_SQLITE_LOCAL = ("SQLite database in this process's memory (or a file of this worker): every worker has "
+                 "its own, lost on restart")
 
 
 def _ignored(lines: Sequence[str], line: int, code: str) -> bool:
