@@ -33,12 +33,21 @@ reloads measured (``GET /``) and exit status 1.
 What counts as lost state (any of these makes the exit status 1):
 
 * **lost session write**: a session value (or the login) the app acknowledged with a
-  2xx is missing or different in a later read of the same session;
+  2xx is missing or different in a later read of the same session, or that read is
+  refused as not logged in (401, 403, or a redirect: redirects are not followed);
 * **lost upload**: an acknowledged upload answers 404; **corrupted upload**: its bytes
   differ (SHA-256);
 * **shared-value disagreement**: a read returns an older version than one another
-  read had already returned more than ``--shared-grace`` seconds before it started
-  (workers showing different values of a value that should be the same everywhere).
+  read had already returned more than ``--shared-grace`` seconds before it started,
+  or another value under a version another read returned with a different value
+  (workers showing different values of a value that should be the same everywhere);
+* **unverified write**: once the faults have stopped, phoenix reads every user's
+  session and every acknowledged upload back from *every* instance, retrying a failed
+  read for a few seconds; an instance that still cannot answer it (a 5xx, a reset)
+  leaves that write uncertified, and the run fails.
+
+A check that nothing was acknowledged for (every login failed, no upload stored, no
+shared read carried a version) is reported as not checked, not as passed.
 
 Failed requests (connection reset by a SIGKILL, 5xx) are reported by cause but are
 not lost state: a request that was not acknowledged promised nothing. A worker killed
@@ -55,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -89,6 +99,7 @@ __all__ = [
     "main",
     "make_png",
     "shared_disagreements",
+    "shared_value_conflicts",
 ]
 
 REQUEST_TIMEOUT = 10.0
@@ -123,18 +134,27 @@ class Ledger:
     lost_uploads: int = 0
     corrupted_uploads: int = 0
     shared_reads: list[tuple[float, float, float]] = field(default_factory=list)
+    shared_values: list[tuple[float, str]] = field(default_factory=list)  # (version, value as JSON)
+    unverified: int = 0
+    #: instances a read-back gave up on (failing for the whole patience): later read-backs
+    #: there try once, so an instance that lost everything costs one patience, not one each
+    given_up: set[str] = field(default_factory=set)
     kills: int = 0
     in_flight_at_kills: int = 0
     reloads: int = 0
     examples: list[str] = field(default_factory=list)
 
     def lost(self, kind: str, detail: str) -> None:
-        """Record lost state of *kind* (``session``, ``upload``, ``corrupted``)."""
+        """Record lost state of *kind* (``session``, ``upload``, ``corrupted``), or an
+        acknowledged write that could not be read back once the faults stopped
+        (``unverified``)."""
         with self.lock:
             if kind == "session":
                 self.lost_session_writes += 1
             elif kind == "upload":
                 self.lost_uploads += 1
+            elif kind == "unverified":
+                self.unverified += 1
             else:
                 self.corrupted_uploads += 1
             if len(self.examples) < 8:
@@ -154,10 +174,12 @@ class Client:
         self.ledger = ledger
         self.rng = rng
 
-    def request(self, method: str, path: str, *, ok: Sequence[int] = (), **kwargs: Any) -> Any:
-        """Send one request; returns the response, or ``None`` when it failed
-        (connection error, timeout, 5xx, or a status not 2xx/3xx nor in *ok*)."""
-        base = self.rng.choice(self.bases)
+    def request(self, method: str, path: str, *, ok: Sequence[int] = (), base: str | None = None,
+                **kwargs: Any) -> Any:
+        """Send one request to *base* (default: a random instance); returns the response,
+        or ``None`` when it failed (connection error, timeout, 5xx, or a status not
+        2xx/3xx nor in *ok*)."""
+        base = base or self.rng.choice(self.bases)
         url = base + path
         led = self.ledger
         with led.lock:
@@ -227,6 +249,12 @@ class Scenario:
     def verify(self) -> None:
         """Check, once the faults have stopped, that every acknowledged write is there."""
 
+    @classmethod
+    def unexercised(cls, ledger: Ledger, skip: frozenset[str]) -> dict[str, str]:
+        """Called after the run: ``{check: why}`` for each check (not in *skip*) that
+        nothing was acknowledged for, so it certified nothing. The default: none."""
+        return {}
+
 
 class DefaultScenario(Scenario):
     """Log in, write session values, upload photos, read them back, read the shared
@@ -239,6 +267,16 @@ class DefaultScenario(Scenario):
         "uploads": ("POST", "/api/photos"),
         "shared value": ("GET", "/api/shared"),
     }
+    #: seconds :meth:`verify` retries a failed read before counting it unverified
+    verify_patience: float = 5.0
+
+    @classmethod
+    def unexercised(cls, ledger: Ledger, skip: frozenset[str]) -> dict[str, str]:
+        with ledger.lock:
+            empty = {"sessions": (ledger.session_writes, "no login or session write was acknowledged"),
+                     "uploads": (ledger.uploads, "no upload was acknowledged"),
+                     "shared value": (len(ledger.shared_reads), "no read returned a version")}
+        return {check: why for check, (count, why) in empty.items() if not count and check not in skip}
 
     @classmethod
     def probe(cls, client: Client) -> dict[str, str]:
@@ -296,14 +334,20 @@ class DefaultScenario(Scenario):
         elif key in self.values:
             self.values[key].add(value)
 
-    def check_session(self, response: Any = None) -> bool:
-        response = response or self.client.request("GET", "/api/session")
+    def check_session(self, response: Any = None, base: str | None = None) -> bool:
+        """Read the session (from *base*, default a random instance) and report what it
+        lost; ``False`` when the read failed and told nothing."""
+        response = response or self.client.request("GET", "/api/session", ok=(401, 403), base=base,
+                                                   allow_redirects=False)
         if response is None:
             return False
-        try:
-            data = response.json()
-        except ValueError:
-            return False
+        if response.status_code in (401, 403) or 300 <= response.status_code < 400:
+            data: Any = {"pid": f"?, answered {response.status_code}"}  # not logged in any more
+        else:
+            try:
+                data = response.json()
+            except ValueError:
+                return False
         lost = []
         if data.get("user") != self.user:
             lost.append("login")
@@ -337,13 +381,13 @@ class DefaultScenario(Scenario):
         with self.ledger.lock:
             self.ledger.uploads += 1
 
-    def read_upload(self, blob_id: str | None = None) -> bool:
+    def read_upload(self, blob_id: str | None = None, base: str | None = None) -> bool:
         candidates = [b for b in self.uploads if b not in self.gone]
         if blob_id is None:
             if not candidates:
                 return True
             blob_id = self.rng.choice(candidates)
-        response = self.client.request("GET", f"/api/photos/{blob_id}", ok=(404,))
+        response = self.client.request("GET", f"/api/photos/{blob_id}", ok=(404,), base=base)
         if response is None:
             return False
         if response.status_code == 404:
@@ -361,25 +405,46 @@ class DefaultScenario(Scenario):
         if response is None:
             return
         try:
-            version = response.json().get("version")
-        except ValueError:
+            data = response.json()
+            version = data.get("version")
+            value = json.dumps(data.get("value"), sort_keys=True)
+        except (ValueError, AttributeError, TypeError):
             return
         if isinstance(version, (int, float)) and version:
             with self.ledger.lock:
                 self.ledger.shared_reads.append((t0, t1, float(version)))
+                self.ledger.shared_values.append((float(version), value))
 
     def verify(self) -> None:
-        for _ in range(5):
-            if "sessions" in self.skip or not self.logged_in or self.check_session():
-                break
+        """Read the session and every upload back from every instance: state only one
+        instance can answer for is not certified."""
+        for base in self.client.bases:
+            if "sessions" not in self.skip and self.logged_in:
+                self._read_back(functools.partial(self.check_session, None, base), f"{self.user}'s session",
+                                base)
+            for blob_id in list(self.uploads):
+                if blob_id not in self.gone:
+                    self._read_back(functools.partial(self.read_upload, blob_id, base),
+                                    f"{self.user}'s photo {blob_id}", base)
+
+    def _read_back(self, read: Callable[[], bool], what: str, base: str) -> None:
+        with self.ledger.lock:
+            patience = 0.0 if base in self.ledger.given_up else self.verify_patience
+        deadline = time.monotonic() + patience
+        while not read():
+            if time.monotonic() >= deadline:
+                self.ledger.lost("unverified", f"{what} could not be read from {base} after the faults")
+                with self.ledger.lock:
+                    self.ledger.given_up.add(base)
+                return
             time.sleep(0.2)
-        for blob_id in list(self.uploads):
-            if blob_id in self.gone:
-                continue
-            for _ in range(5):
-                if self.read_upload(blob_id):
-                    break
-                time.sleep(0.2)
+
+
+def shared_value_conflicts(values: Sequence[tuple[float, str]]) -> int:
+    """Reads that returned another value under a version than the first read of that
+    version did (each worker computing its own value)."""
+    first: dict[float, str] = {}
+    return sum(first.setdefault(version, value) != value for version, value in values)
 
 
 def shared_disagreements(reads: Sequence[tuple[float, float, float]], grace: float) -> int:
@@ -608,6 +673,8 @@ class PhoenixReport:
     unchecked: dict[str, str] = field(default_factory=dict)
     #: ``"wsgi"`` or ``"asgi"``: how the app was served
     interface: str = "wsgi"
+    #: acknowledged writes some instance could not answer for once the faults stopped
+    unverified: int = 0
 
     @property
     def lost_state(self) -> bool:
@@ -621,7 +688,7 @@ class PhoenixReport:
 
     @property
     def passed(self) -> bool:
-        return self.ok > 0 and not self.lost_state and not self.nothing_checked
+        return self.ok > 0 and not self.lost_state and not self.unverified and not self.nothing_checked
 
     def as_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -712,6 +779,8 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
             f"in {report.shared_reads} reads" if report.shared_reads
             else "no computed value seen (is the broadcaster running?)",
             bad=report.shared_disagreements > 0)
+    row("unverified writes", report.unverified, "not readable from every instance after the faults",
+        bad=report.unverified > 0)
     row("latency p50 / p99", f"{report.p50_ms:.1f} / {report.p99_ms:.1f} ms")
     console.print(table)
     for example in report.examples:
@@ -728,6 +797,9 @@ def _print_report(report: PhoenixReport, console: Any) -> None:
             "reloads. Implement the routes (statekit.phoenix) or pass --scenario.")
     elif report.ok == 0:
         console.print("[bold red]FAIL[/bold red]: no request succeeded.")
+    elif not report.lost_state:
+        console.print(f"[bold red]FAIL[/bold red]: {report.unverified} acknowledged writes could not be read "
+                      "back from every instance once the faults stopped — see docs/migration.md.")
     else:
         console.print("[bold red]FAIL[/bold red]: state was lost — see docs/migration.md.")
 
@@ -848,6 +920,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         time.sleep(0.5)
         for s in scenarios:
             _guarded(s.verify, ledger)
+        unchecked = {**unchecked, **scenario_cls.unexercised(ledger, frozenset(unchecked))}
         for client in (probe_client, *(s.client for s in scenarios)):
             client.session.close()  # an idle keep-alive connection holds an instance's stop ~2 s
 
@@ -859,9 +932,10 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         session_writes=ledger.session_writes, lost_session_writes=ledger.lost_session_writes,
         uploads=ledger.uploads, lost_uploads=ledger.lost_uploads, corrupted_uploads=ledger.corrupted_uploads,
         shared_reads=len(ledger.shared_reads),
-        shared_disagreements=shared_disagreements(ledger.shared_reads, opts.shared_grace),
+        shared_disagreements=(shared_disagreements(ledger.shared_reads, opts.shared_grace)
+                              + shared_value_conflicts(ledger.shared_values)),
         p50_ms=_percentile(lat, 50) * 1000, p99_ms=_percentile(lat, 99) * 1000, examples=ledger.examples,
-        unchecked=unchecked, interface=interface,
+        unchecked=unchecked, interface=interface, unverified=ledger.unverified,
     )
 
 
