@@ -86,9 +86,10 @@ class Counters:
         the fork is the parent's: in multiprocess mode its own file reports it, and a
         child that started from it counted it again in every worker's file). Gauges
         keep their values. A new lock: one the parent's metrics thread held at fork
-        would never be released here."""
+        would never be released here. Through :meth:`reset`, so a subclass that keeps
+        some counts elsewhere (the cache's hottest ones) zeroes them too."""
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(self._counts, 0)
+        self.reset()
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:

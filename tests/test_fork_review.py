@@ -423,3 +423,49 @@ def test_a_child_forked_while_the_master_computes_under_its_lease_does_not_hold_
     finally:
         go_on.set()
         b.stop()
+
+
+_PRELOADED_APP = """
+import os
+
+from statekit.broadcast import Broadcaster
+from statekit.cache import Cache
+from statekit.metrics import make_wsgi_app
+
+cache = Cache("memory://serve-preloaded", prefix="pre")
+cache.get("counted-once")  # at import: in the master, which imports this module for --broadcaster
+bc = Broadcaster("memory://serve-preloaded")
+metrics = make_wsgi_app()
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/metrics":
+        return metrics(environ, start_response)
+    cache.get("k")  # a miss, counted by the worker that served it
+    body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@pytest.mark.gunicorn
+def test_serve_counts_what_the_master_counted_before_forking_once(tmp_path: Any) -> None:
+    """``statekit serve --broadcaster app:bc`` imports the app's module in the master,
+    whose cache counts a miss there; the 2 workers forked after count their own. A
+    scrape reports the master's miss once: each worker reported it again before (2
+    more than were made)."""
+    from test_lifecycle_helpers import ServeProcess, request, wait_until
+    from test_metrics import _sample, _spread
+
+    def scraped(port: int) -> float | None:
+        status, _, body = request(port, "/metrics")
+        assert status == 200
+        return _sample(body.decode(), "statekit_cache_misses_total", "pre:default")
+
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    with ServeProcess(tmp_path, "--workers", "2", "--broadcaster", "app:bc", app_source=_PRELOADED_APP,
+                      env=env) as srv:
+        srv.wait_ready(2)
+        sent = _spread(srv.port, set(srv.workers()))
+        wait_until(lambda: scraped(srv.port) == sent + 1, 20, f"a scrape showing {sent} + 1 misses")
+        assert [scraped(srv.port) for _ in range(4)] == [sent + 1] * 4  # whichever worker answers
