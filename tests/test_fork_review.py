@@ -469,3 +469,33 @@ def test_serve_counts_what_the_master_counted_before_forking_once(tmp_path: Any)
         sent = _spread(srv.port, set(srv.workers()))
         wait_until(lambda: scraped(srv.port) == sent + 1, 20, f"a scrape showing {sent} + 1 misses")
         assert [scraped(srv.port) for _ in range(4)] == [sent + 1] * 4  # whichever worker answers
+
+
+def test_a_fork_from_a_request_thread_gives_the_child_its_own_connections(redis_url: str) -> None:
+    """A worker's request thread forks (multiprocessing in a view) while that thread
+    and the main thread each have their own connection: the child, running on the
+    forking thread, uses neither, and both parent threads keep theirs."""
+    import redis
+
+    from statekit.redis.transport import Transport
+
+    client = redis.Redis.from_url(redis_url)
+    transport = Transport(client, what="fork-review")
+    main_id = transport.command("CLIENT", "ID")
+    seen: dict[str, Any] = {}
+
+    def request_thread() -> None:
+        seen["before"] = transport.command("CLIENT", "ID")
+        seen["child"] = int(_in_child(lambda: str(transport.command("CLIENT", "ID")).encode()))
+        seen["after"] = transport.command("CLIENT", "ID")
+
+    try:
+        thread = threading.Thread(target=request_thread)
+        thread.start()
+        thread.join(30)
+        assert seen["before"] == seen["after"] != main_id
+        assert seen["child"] not in (main_id, seen["before"])
+        assert transport.command("CLIENT", "ID") == main_id
+    finally:
+        transport.close()
+        client.close()
