@@ -2,8 +2,9 @@
 made and used before forking, held to "a forked child never uses its parent's
 connections, threads, locks or tokens, and the parent is unaffected by the child".
 
-Real forks (``os.fork``); each child reports through a pipe and ends with
-``os._exit``, so no child outlives its test.
+Real forks (``multiprocessing``'s fork start method, ``os.fork`` where the child must
+outlive a step of the parent); each child reports through a pipe and is waited for,
+so no child outlives its test.
 
 Holes found here (each test failed before its fix):
 
@@ -35,26 +36,31 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
 
 def _in_child(work: Callable[[], bytes], timeout: float = 30.0) -> bytes:
-    """Run *work* in a forked child; its answer (or the error it raised) read here."""
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
+    """Run *work* in a child forked by the calling thread (``multiprocessing``'s
+    fork start method); its answer, or the error it raised, is returned here."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    answers, answer = ctx.Pipe(duplex=False)
+
+    def run() -> None:  # bytes over the pipe, a status byte first (nothing pickled)
         try:
-            try:
-                said = work()
-                code = 0
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                said = f"{type(e).__name__}: {e}".encode()
-            os.write(wr, said)
-        finally:
-            os._exit(code)
-    os.close(wr)
-    with os.fdopen(rd, "rb") as f:
-        said = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, said
-    return said
+            answer.send_bytes(b"+" + work())
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            answer.send_bytes(b"-" + f"{type(e).__name__}: {e}".encode())
+
+    proc = ctx.Process(target=run, name="fork-review-child")
+    proc.start()
+    answer.close()  # the child's end: a child that dies unheard gives EOFError, not a hang
+    try:
+        if not answers.poll(timeout):
+            raise AssertionError(f"no answer from the child in {timeout} s")
+        said = answers.recv_bytes()
+    finally:
+        proc.join(timeout)
+        answers.close()
+    assert said[:1] == b"+" and proc.exitcode == 0, said
+    return said[1:]
 
 
 def test_an_async_blob_store_used_before_the_fork_uploads_in_the_child() -> None:
