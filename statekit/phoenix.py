@@ -5,7 +5,8 @@ or uvicorn workers) — under ``statekit serve``: by default two instances (two
 "machines", each in its own empty working directory) of N workers on loopback —
 drives a bounded, scripted load from many simulated users, and meanwhile SIGKILLs
 random workers and reloads the instances on a schedule. Every user sends each
-request to a random instance, the way a load balancer without sticky sessions does.
+request to a random instance, on a new connection (so to any of its workers), the way
+a load balancer without sticky sessions does.
 At the end it checks that every write the app acknowledged is still there, prints a
 report, and exits non-zero when any state was lost.
 
@@ -163,13 +164,17 @@ class Ledger:
 
 class Client:
     """An HTTP client for one simulated user: its own cookies, every request to a
-    random instance. Records each request in the :class:`Ledger`."""
+    random instance on a connection of its own (``Connection: close``), so that it
+    reaches any of that instance's workers, as behind a load balancer that spreads
+    requests; a kept-alive connection would pin the user to one worker, where state
+    kept per worker looks shared. Records each request in the :class:`Ledger`."""
 
     def __init__(self, bases: Sequence[str], ledger: Ledger, rng: random.Random) -> None:
         import requests
 
         self._requests = requests
         self.session = requests.Session()
+        self.session.headers["Connection"] = "close"
         self.bases = list(bases)
         self.ledger = ledger
         self.rng = rng

@@ -175,3 +175,17 @@ def test_phoenix_passes_a_correct_app_with_outages_and_slow_requests(
     assert report["failures"].get("http 503", 0) > 0, output  # the outage was there
     assert report["session_writes"] > 5 and report["uploads"] > 0 and report["shared_reads"] > 0, output
     assert report["unverified"] == 0 and report["unchecked"] == {}
+
+
+@pytest.mark.redis
+@pytest.mark.gunicorn
+def test_phoenix_fails_per_worker_sessions_on_one_instance(
+    tmp_path: Any, redis_url: str, s3_url: str
+) -> None:
+    """One instance, no faults: each user's keep-alive connection pinned it to one
+    worker, so sessions kept per worker were never read elsewhere (PASS, 0 lost of
+    3458). A load balancer spreads requests, not connections: every request gets its own."""
+    status, report, output = run_phoenix(tmp_path, redis_url, s3_url, "tests.phoenix_apps.asgi_stateful:app",
+                                         "--instances", "1", "--kill-every", "0", "--reload-every", "0")
+    assert status == 1, output
+    assert report["lost_session_writes"] > 0, output
