@@ -10,8 +10,8 @@ SK102    ``open(..., "wb")`` (or another write mode) in a request handler
 SK103    files stored on the local disk (Django ``FileSystemStorage`` / ``MEDIA_ROOT``)
 SK201    Flask-Session keeps sessions in local files or process memory
 SK202    Django ``SESSION_ENGINE`` is file-based or a cache backed by process memory
-SK301    a module-level dict/list/set (or a class attribute holding one) is written from
-         a request handler
+SK301    a module-level dict/list/set (or a class attribute holding one, or an attribute
+         of a module-level object) is written from a request handler
 SK302    ``global`` in a request handler
 SK303    ``lru_cache``/``cache`` (or cachetools' ``cached``/``ttl_cache``...) on a function
          that queries a database
@@ -21,7 +21,8 @@ SK304    a cache local to one process or machine: Django ``CACHES`` locmem/file,
 SK305    an SQLite database in one process's memory or in a file per worker (its pid, a
          fresh temporary directory)
 SK401    a timer, thread or scheduler started at import (once per worker process)
-SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory)
+SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory,
+         a startup hook or lifespan)
 SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
 =======  ==========================================================================
 
@@ -84,7 +85,10 @@ _DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", 
              "scalars", "query", "raw", "cursor"}
 _THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
                    "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
-_PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready"}
+_PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready",
+                     "lifespan"}
+#: decorators of functions every worker runs once (startup hooks)
+_PER_WORKER_DECORATORS = {"on_event", "before_first_request", "before_serving", "on_startup"}
 _CACHE_DECORATORS = {"lru_cache", "cache", "ttl_cache", "tlru_cache", "lfu_cache", "rr_cache", "fifo_cache",
                      "mru_cache"}
 #: module-level constructors of one process's cache -> their library
@@ -151,6 +155,7 @@ class _Module:
         self.thread_names: set[str] = set()  # names bound to Thread/Timer/scheduler objects
         self.classes: dict[str, dict[str, _Func]] = {}  # module-level class -> its methods
         self.owner: dict[int, str] = {}  # id(method) -> the name of its module-level class
+        self.objects: dict[str, int] = {}  # module-level SimpleNamespace/instance of a module class -> line
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
@@ -171,6 +176,9 @@ class _Module:
                     if isinstance(t, ast.Name):
                         if self._is_container(node.value):
                             self.containers[t.id] = node.lineno
+                        elif (isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                              and node.value.func.id in {"SimpleNamespace", *self.classes}):
+                            self.objects[t.id] = node.lineno
         for any_node in ast.walk(tree):
             if (isinstance(any_node, ast.Assign) and isinstance(any_node.value, ast.Call)
                     and _name(any_node.value) in _THREAD_CLASSES):
@@ -363,6 +371,9 @@ def _check_handlers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
                 targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
                 for t in targets:
                     name = _container(t.value, mod, local, owner) if isinstance(t, ast.Subscript) else None
+                    if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                            and t.value.id in mod.objects and t.value.id not in local):
+                        name = t.value.id
                     if name:
                         _report_write(mod, name, node.lineno, why, out)
 
@@ -372,9 +383,10 @@ def _mutated(name: str, mod: _Module, local: set[str]) -> bool:
 
 
 def _report_write(mod: _Module, name: str, line: int, why: str, out: list[tuple[int, str, str]]) -> None:
-    kind = "class attribute" if "." in name else "module-level"
+    kind, defined = (("module-level object", mod.objects[name]) if name in mod.objects
+                     else ("class attribute" if "." in name else "module-level", mod.containers[name]))
     out.append((line, "SK301",
-                f"{kind} {name!r} (line {mod.containers[name]}) is written in {why}: every worker "
+                f"{kind} {name!r} (line {defined}) is written in {why}: every worker "
                 "has a different copy, lost on restart"))
 
 
@@ -445,7 +457,9 @@ def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
                         f"background timer/thread started by {name}(), called at import: every worker "
                         "process runs its own copy"))
     for node in ast.walk(mod.tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in _PER_WORKER_FUNCS:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                node.name in _PER_WORKER_FUNCS
+                or any(_name(d) in _PER_WORKER_DECORATORS for d in node.decorator_list)):
             for call in _thread_starts(node.body, mod):
                 out.append((call.lineno, "SK402",
                             f"background timer/thread started in {node.name}(): once per worker (or per "

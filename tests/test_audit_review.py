@@ -137,3 +137,40 @@ def test_a_thread_under_the_main_guard_is_not_started_by_a_worker() -> None:
         app.run()
     """
     assert codes(src) == []
+
+
+def test_module_level_objects_whose_attributes_a_handler_writes() -> None:
+    """``stats = SimpleNamespace(hits=0)`` or an instance of a module class is a
+    container with attributes: ``stats.hits += 1`` in a handler is per worker."""
+    src = """
+    from types import SimpleNamespace
+    class Stats:
+        hits = 0
+    stats = Stats()
+    totals = SimpleNamespace(bytes=0)
+    app = Flask(__name__)
+    @app.get("/")
+    def index():
+        stats.hits += 1
+        totals.bytes = totals.bytes + 10
+        app.config["SEEN"] = True
+        return str(stats.hits)
+    """
+    assert codes(src) == [(10, "SK301"), (11, "SK301")]
+
+
+def test_a_thread_started_by_a_startup_hook_runs_per_worker() -> None:
+    src = """
+    import threading
+    @app.on_event("startup")
+    async def start_refresh():
+        threading.Thread(target=loop, daemon=True).start()
+    @app.before_first_request
+    def warm():
+        threading.Timer(60, refresh).start()
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=loop, daemon=True).start()
+        yield
+    """
+    assert codes(src) == [(5, "SK402"), (8, "SK402"), (11, "SK402")]
