@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._fork import reset_in_child
+
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "CircuitBreaker"]
 
 CLOSED = "closed"
@@ -61,6 +63,15 @@ class CircuitBreaker:
         self._trial_running = False
         self._trial_started = 0.0
         self.opened = 0  # how many times the breaker opened
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new lock (a parent thread may have held it at the
+        fork) and no trial in progress (the parent's trial call runs in the parent:
+        a half-open breaker lets the child's first call try at once). The state and
+        the failures stay: the backend was failing a moment ago."""
+        self._lock = threading.Lock()
+        self._trial_running = False
 
     @property
     def state(self) -> str:

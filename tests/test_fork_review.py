@@ -505,3 +505,23 @@ def test_a_fork_from_a_request_thread_gives_the_child_its_own_connections(redis_
     finally:
         transport.close()
         client.close()
+
+
+def test_a_half_open_breaker_lets_a_forked_childs_first_call_try() -> None:
+    """The parent's trial call is running when the worker is forked: the child's
+    breaker does not wait for that trial (it runs in the parent, and would keep the
+    child refused for a whole ``reset_timeout``); the child makes its own trial, and
+    the parent's trial is still the only one there."""
+    from statekit.breaker import HALF_OPEN, CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60, clock=lambda: now[0])
+    breaker.failure()
+    now[0] = 60.0
+    assert breaker.allow()  # the parent's trial starts
+
+    def child() -> bytes:
+        return f"{breaker.state} {breaker.allow()} {breaker.allow()}".encode()
+
+    assert _in_child(child) == f"{HALF_OPEN} True False".encode()
+    assert not breaker.allow()  # the parent's trial still runs
