@@ -122,6 +122,13 @@ class NearCache(Generic[T]):
         finally:
             self._leave()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new lock and no locked section in progress (a parent
+        thread may have been in one). The listener switches the copies off next."""
+        self.lock = threading.Lock()
+        self._owner = 0
+        self._flush_due = False
+
     def _enter(self) -> None:
         self.lock.acquire()
         self._owner = threading.get_ident()

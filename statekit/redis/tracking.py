@@ -329,7 +329,7 @@ class InvalidationListener:
         self.tracked, self.current = (), []  # the parent's connections
         self.connected = threading.Event()
         for near in self._nears():
-            near.lock = threading.Lock()
+            near.reset_after_fork()
             near.set_active(False)
 
     def stop(self) -> None:
