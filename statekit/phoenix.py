@@ -353,6 +353,8 @@ class DefaultScenario(Scenario):
                 data = response.json()
             except ValueError:
                 return False
+            if not isinstance(data, dict):
+                return False
         lost = []
         if data.get("user") != self.user:
             lost.append("login")

@@ -189,3 +189,13 @@ def test_phoenix_fails_per_worker_sessions_on_one_instance(
                                          "--instances", "1", "--kill-every", "0", "--reload-every", "0")
     assert status == 1, output
     assert report["lost_session_writes"] > 0, output
+
+
+def test_a_session_answer_that_is_not_an_object_leaves_the_write_unverified() -> None:
+    """A read answering JSON that is not an object (a list, a string) raised inside
+    verify(): the run counted a scenario error and certified the rest unread."""
+    scenario, client, ledger = _user()
+    client.answers[("/api/session", None)] = [_Response(200, ["not", "a", "session"])]
+    scenario.verify_patience = 0.0
+    scenario.verify()
+    assert ledger.unverified == 2 and not ledger.failures  # one read per instance
