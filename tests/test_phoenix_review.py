@@ -199,3 +199,18 @@ def test_a_session_answer_that_is_not_an_object_leaves_the_write_unverified() ->
     scenario.verify_patience = 0.0
     scenario.verify()
     assert ledger.unverified == 2 and not ledger.failures  # one read per instance
+
+
+@pytest.mark.redis
+@pytest.mark.gunicorn
+def test_phoenix_fails_sessions_written_through_late_from_a_near_copy(
+    tmp_path: Any, redis_url: str, s3_url: str
+) -> None:
+    """tests/phoenix_apps/flask_write_behind.py: sessions in a per-worker near copy,
+    written to Redis once a second. Checked, not changed: phoenix already failed it."""
+    status, report, output = run_phoenix(tmp_path, redis_url, s3_url,
+                                         "tests.phoenix_apps.flask_write_behind:app")
+    print(f"flask_write_behind: lost sessions={report.get('lost_session_writes')} "
+          f"of {report.get('session_writes')}")
+    assert status == 1, output
+    assert report["lost_session_writes"] > 0, output
