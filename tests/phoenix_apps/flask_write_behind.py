@@ -50,24 +50,19 @@ def _session(sid: str) -> dict[str, object] | None:
         return SESSIONS.setdefault(sid, json.loads(raw))
 
 
-@app.get("/healthz")
-def healthz() -> str:
-    return "ok"
+app.add_url_rule("/healthz", "healthz", lambda: "ok")
 
 
 @app.post("/api/login")
 def login() -> object:
-    user = request.form.get("user")
-    if not user:
+    if not request.form.get("user"):
         return "user?", 400
     sid = secrets.token_hex(8)
-    _session(sid)
+    _session(sid)  # starts this worker's writer
     with LOCK:
-        SESSIONS[sid] = {"user": user, "values": {}}
+        SESSIONS[sid] = {"user": request.form["user"], "values": {}}
         DIRTY.add(sid)
-    response = jsonify(user=user)
-    response.set_cookie("sid", sid)
-    return response
+    return jsonify(user=request.form["user"]), 200, {"Set-Cookie": f"sid={sid}; Path=/"}
 
 
 @app.route("/api/session", methods=["GET", "POST"])
