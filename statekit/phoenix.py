@@ -45,7 +45,8 @@ What counts as lost state (any of these makes the exit status 1):
 * **unverified write**: once the faults have stopped, phoenix reads every user's
   session and every acknowledged upload back from *every* instance, retrying a failed
   read for a few seconds; an instance that still cannot answer it (a 5xx, a reset)
-  leaves that write uncertified, and the run fails.
+  leaves that write uncertified, and the run fails (that instance's other writes are
+  then counted unverified without asking it again).
 
 A check that nothing was acknowledged for (every login failed, no upload stored, no
 shared read carried a version) is reported as not checked, not as passed.
@@ -137,8 +138,8 @@ class Ledger:
     shared_reads: list[tuple[float, float, float]] = field(default_factory=list)
     shared_values: list[tuple[float, str]] = field(default_factory=list)  # (version, value as JSON)
     unverified: int = 0
-    #: instances a read-back gave up on (failing for the whole patience): later read-backs
-    #: there try once, so an instance that lost everything costs one patience, not one each
+    #: instances a read-back gave up on (failing for the whole patience): their later
+    #: read-backs count unverified unasked, so verifying is bounded whatever they do
     given_up: set[str] = field(default_factory=set)
     kills: int = 0
     in_flight_at_kills: int = 0
@@ -436,8 +437,10 @@ class DefaultScenario(Scenario):
 
     def _read_back(self, read: Callable[[], bool], what: str, base: str) -> None:
         with self.ledger.lock:
-            patience = 0.0 if base in self.ledger.given_up else self.verify_patience
-        deadline = time.monotonic() + patience
+            if base in self.ledger.given_up:  # asked again, a hung instance would cost a timeout each
+                self.ledger.unverified += 1
+                return
+        deadline = time.monotonic() + self.verify_patience
         while not read():
             if time.monotonic() >= deadline:
                 self.ledger.lost("unverified", f"{what} could not be read from {base} after the faults")

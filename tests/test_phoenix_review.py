@@ -103,6 +103,7 @@ def test_verify_reads_each_upload_on_every_instance() -> None:
     assert ledger.unverified == 1 and ledger.lost_uploads == 0
     # an instance that answers 404 once the faults stopped lost it
     scenario.gone.clear()
+    ledger.given_up.clear()
     client.answers[("/api/photos/x", "http://b")] = [_Response(404)]
     scenario.verify()
     assert ledger.lost_uploads == 1
@@ -214,3 +215,20 @@ def test_phoenix_fails_sessions_written_through_late_from_a_near_copy(
           f"of {report.get('session_writes')}")
     assert status == 1, output
     assert report["lost_session_writes"] > 0, output
+
+
+def test_an_instance_verify_gave_up_on_is_not_asked_again() -> None:
+    """Once an instance failed a read-back for the whole patience, the rest of its
+    read-backs are counted unverified without a request: a hung instance cost one
+    request timeout (10 s) per acknowledged write, an unbounded verify."""
+    scenario, client, ledger = _user()
+    scenario.skip = frozenset({"shared value"})
+    scenario.uploads = {"x": "0" * 64, "y": "0" * 64}
+    client.answers[("/api/session", "http://a")] = [_Response(200, {"user": "u", "values": {"k1": "0-1"}})]
+    client.answers[("/api/session", "http://b")] = [_Response(500)]
+    scenario.verify_patience = 0.0
+    client.bases.reverse()  # b, the failing instance, first
+    scenario.verify()
+    assert [sent for sent in client.sent if sent[2] == "http://b"] == [("GET", "/api/session", "http://b")]
+    # b: its session and both photos; a: both photos (it answers none either)
+    assert ledger.unverified == 5
