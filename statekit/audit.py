@@ -301,6 +301,11 @@ def _open_mode(call: ast.Call) -> str | None:
         return None
     if isinstance(func.value, ast.Name) and func.value.id in _OPEN_MODULES:
         return _write_mode(call)
+    if isinstance(func.value, ast.Name) and func.value.id in ("shelve", "dbm"):  # flag "c" by default
+        flag = (call.args[1] if len(call.args) > 1
+                else next((k.value for k in call.keywords if k.arg == "flag"), None))
+        text = _const_str(flag) if flag is not None else "c"
+        return text if text and any(c in text for c in "wcn") else None
     if _is_local_path(func.value):  # pathlib: the mode comes first
         return _write_mode(ast.Call(func=func, args=[func.value, *call.args], keywords=call.keywords))
     return None

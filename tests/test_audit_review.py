@@ -174,3 +174,19 @@ def test_a_thread_started_by_a_startup_hook_runs_per_worker() -> None:
         yield
     """
     assert codes(src) == [(5, "SK402"), (8, "SK402"), (11, "SK402")]
+
+
+def test_shelve_and_dbm_in_a_handler_are_local_files() -> None:
+    """``shelve.open``/``dbm.open`` create and write a file by default (mode "c")."""
+    src = """
+    import dbm, shelve
+    @app.post("/a")
+    def a():
+        with shelve.open("visits") as db:
+            db[request.remote_addr] = 1
+        with dbm.open("cache.db", "c") as d:
+            d["k"] = "v"
+        with dbm.open("ro.db", "r") as r:
+            return r["k"]
+    """
+    assert codes(src) == [(5, "SK102"), (7, "SK102")]
