@@ -14,7 +14,9 @@ middleware to that read-only session (``CsrfViewMiddleware`` with
 repeat. The 503 is a new
 response: it carries no ``Set-Cookie``, so the browser keeps its session cookie and
 gets the same session back once Redis returns; except the new key of a rotation (a
-login) or a carry-over Redis had already made, since the data lives there only.
+login) or a carry-over Redis had already made, since the data lives there only, and
+the key of a new session whose first save timed out (it may be stored: the
+browser's retry then continues it).
 Any other outage reaching it (the cache or the blob store in a view) gets the same
 503 with a generic page.
 
@@ -173,9 +175,11 @@ class SessionOutageMiddleware(HybridMiddleware):
         if getattr(session, "outage", False):
             outage = outage_response()
             core = getattr(session, "_core", None)
-            if isinstance(core, Session) and core.send_cookie and not core.new and not core.unavailable:
+            if isinstance(core, Session) and not core.unavailable and (
+                    core.send_cookie and not core.new or core.maybe_stored):
                 # rotated (a login) or carried over before Redis failed: the data lives
-                # under the new key only, and the old one is a tombstone
+                # under the new key only, and the old one is a tombstone. Or a new
+                # session's create timed out: stored or not, the retry continues it
                 self._set_session_cookie(session, core, outage)
             return outage
         raised = getattr(request, _RAISED, None)

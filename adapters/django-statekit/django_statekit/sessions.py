@@ -51,7 +51,8 @@ is not used: values go through statekit's codec, never pickle.
 **Outages.** Loading or saving with Redis unreachable raises
 :class:`~statekit.errors.BackendUnavailable` and sets ``request.session.outage``;
 :class:`django_statekit.middleware.SessionOutageMiddleware` turns that into a 503 with
-``Retry-After`` and no cookie change. With the ``anonymous`` policy the session loads
+``Retry-After`` and no cookie change (but the new key of a login Redis had made, or of
+a new session whose first save timed out: see the middleware). With the ``anonymous`` policy the session loads
 as empty and read-only instead.
 """
 

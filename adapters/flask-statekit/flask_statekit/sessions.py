@@ -68,8 +68,9 @@ session: no Redis round trip, and no 503 while Redis is away.
 answered ``503 Service Unavailable`` with ``Retry-After`` before any view runs; when
 it fails while saving, the response is replaced by the same 503. Either way the
 cookie is left alone (never deleted, never replaced, except by the new id of a
-rotation Redis had already done) and nothing partial is written, so the same
-session is served once Redis is back. With the ``anonymous`` policy the
+rotation Redis had already done, or the id of a new session whose first save timed
+out: it may be stored, and the browser's retry then continues it) and nothing
+partial is written, so the same session is served once Redis is back. With the ``anonymous`` policy the
 request runs with an empty read-only session instead; writing to it raises
 :class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503 (a
 write after the view, by an ``after_request`` hook, is not stored either and makes
@@ -318,9 +319,10 @@ class StatekitSessionInterface(SessionInterface):
             outages.down(self.outage_name, e)
             self._outage_body(response)
             _mark_outage(response, self.retry_after)
-            if session.send_cookie and not session.new:
+            if session.send_cookie and not session.new or session.maybe_stored:
                 # rotated (or first stored) before Redis failed: the data lives under the
-                # new id only, and the old one is an alias for a few seconds
+                # new id only, and the old one is an alias for a few seconds. Or a new
+                # session's create timed out: stored or not, the retry continues it
                 self._set_cookie(app, session, response)
             return
         if logged_out:

@@ -61,7 +61,8 @@ app (:func:`rotate_session`, :func:`destroy_session`, :func:`incr_session`, or a
 statekit backend, raising :class:`~statekit.errors.BackendUnavailable` before the
 response starts): the same 503; while saving: the app's response is replaced by that
 503. Either way the cookie is left alone (except the new id of a rotation Redis had
-already made) and nothing partial is written, so the same session is served when
+already made, or of a new session whose first save timed out: it may be stored, and
+the browser's retry then continues it) and nothing partial is written, so the same session is served when
 Redis is back: never a silent logout, never an empty session overwriting the stored
 one.
 
@@ -311,8 +312,10 @@ class SessionMiddleware:
                 await store.save(carried)
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
-            # rotated (or first stored) before Redis failed: the data lives under the new id
-            raise _Down([self._cookie(session)] if session.send_cookie and not session.new else []) from e
+            # rotated (or first stored) before Redis failed: the data lives under the new
+            # id. Or a new session's create timed out: stored or not, the retry continues it
+            resend = session.send_cookie and not session.new or session.maybe_stored
+            raise _Down([self._cookie(session)] if resend else []) from e
         if logged_out:
             out = [self._deleted_cookie(self.token_name)] if token is not None else []
             if carried is not None:

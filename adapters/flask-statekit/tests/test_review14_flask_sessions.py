@@ -1,0 +1,68 @@
+"""Review 14 of the Flask session interface: what a 503 of an outage tells the
+browser (a new session whose first save timed out; a logout cut between its two
+writes), on a real Redis that is paused (SIGSTOP: the write reaches it, the reply
+is lost) or killed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask, session
+from test_flask_sessions import make_app
+
+from flask_statekit import get_state
+from statekit.embedded import RedisServer
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def _fails_fast(server: RedisServer) -> str:
+    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+
+
+def _stored_sessions(app: Flask, server: RedisServer) -> int:
+    with server.client() as r:
+        return len(r.keys(f"{get_state(app).sessions.key_prefix}:session:*"))
+
+
+@pytest.mark.parametrize("fault", ["pause", "kill"])
+def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
+        durable_redis: RedisServer, fault: str) -> None:
+    """A new session's first save times out (Redis paused: the create reached it, its
+    reply was lost; or killed: it did not). The 503 carries the new session's cookie
+    (``Session.maybe_stored``): if the create was stored, the browser's retry continues
+    that session (the cart is there, no second session); if not, that cookie opens a
+    fresh one. Without the cookie a stored create was orphaned under an id the
+    browser never learned, and the cart was lost."""
+    app = make_app(_fails_fast(durable_redis))
+
+    @app.post("/first-cart")
+    def first_cart() -> Any:
+        session["cart"] = "apple"
+        getattr(durable_redis, fault)()  # between the view and the save
+        return "ok"
+
+    app.test_client().post("/set/warm/up")  # a pooled connection: the create is sent on it
+    browser = app.test_client()
+    try:
+        resp = browser.post("/first-cart")
+    finally:
+        if fault == "pause":
+            durable_redis.resume()
+    cookie = browser.get_cookie("session")
+    answer = (resp.status_code, resp.headers.get("Retry-After"), cookie is not None)
+    assert answer == (503, "5", True)
+    assert "HttpOnly" in resp.headers["Set-Cookie"] and "SameSite=Lax" in resp.headers["Set-Cookie"]
+    store = get_state(app).sessions
+    sid = store.unsign(cookie.value)  # type: ignore[union-attr]
+    assert sid is not None
+    if fault == "kill":
+        durable_redis.start()
+        assert browser.get("/get").json == {}  # nothing was stored: a fresh session
+        return
+    wait_for(lambda: store.load(sid) is not None, timeout=30, what="Redis to run the create it took")
+    assert browser.get("/get").json == {"cart": "apple"}
+    assert browser.get_cookie("session").value == cookie.value  # type: ignore[union-attr]
+    assert _stored_sessions(app, durable_redis) == 2  # the warm-up's and this one: no second session

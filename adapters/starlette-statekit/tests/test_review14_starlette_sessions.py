@@ -1,0 +1,81 @@
+"""Review 14 of starlette_statekit's SessionMiddleware: what a 503 of an outage tells
+the browser when a new session's first save timed out, on a real Redis that is
+paused (SIGSTOP: the write reaches it, the reply is lost) or killed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from test_starlette_sessions import client, make_app, sync_store
+
+from statekit.embedded import RedisServer
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def _fails_fast(server: RedisServer) -> str:
+    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+
+
+@pytest.mark.parametrize("fault", ["pause", "kill"])
+def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
+        durable_redis: RedisServer, fault: str) -> None:
+    """A new session's first save (as the response starts) times out: Redis paused,
+    the create reached it and its reply was lost; or killed, it did not. The 503
+    carries the new session's cookie (``Session.maybe_stored``): if the create was
+    stored, the browser's retry continues that session (no second one); if not, that
+    cookie opens a fresh one. Without it a stored create was orphaned under an id the
+    browser never learned, and the cart was lost."""
+    prefix = "st" + uuid.uuid4().hex[:10]
+    # near cache off: with it on, a paused Redis times the save out before the create
+    # is sent (nothing stored: the kill case's answer), not after
+    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+
+    async def first_cart(request: Request) -> Response:
+        request.session["cart"] = "apple"
+        getattr(durable_redis, fault)()  # between the app and the save
+        return PlainTextResponse("ok")
+
+    app.router.routes.append(Route("/first-cart", first_cart, methods=["POST"]))
+
+    async def down() -> tuple[httpx.Response, httpx.Cookies]:
+        async with client(app) as warm:
+            await warm.post("/set/warm/up")  # a pooled connection: the create is sent on it
+        async with client(app) as browser:
+            try:
+                return await browser.post("/first-cart"), browser.cookies
+            finally:
+                if fault == "pause":
+                    durable_redis.resume()
+
+    async def retry(cookies: httpx.Cookies) -> Any:
+        async with client(app) as browser:
+            browser.cookies = cookies
+            return (await browser.get("/get")).json()
+
+    resp, cookies = asyncio.run(down())
+    answer = (resp.status_code, resp.headers.get("retry-after"), "session" in cookies)
+    assert answer == (503, "5", True)
+    assert "httponly" in resp.headers["set-cookie"] and "samesite=lax" in resp.headers["set-cookie"]
+    store = sync_store(durable_redis.url, prefix)
+    try:
+        sid = store.unsign(cookies["session"])
+        assert sid is not None
+        if fault == "kill":
+            durable_redis.start()
+            assert asyncio.run(retry(cookies)) == {}  # nothing was stored: a fresh session
+            return
+        wait_for(lambda: store.load(sid) is not None, timeout=30, what="Redis to run the create it took")
+        assert asyncio.run(retry(cookies)) == {"cart": "apple"}
+        with durable_redis.client() as r:  # the warm-up's and this one: no second session
+            assert len(r.keys(f"{prefix}:session:*")) == 2
+    finally:
+        store.close()
