@@ -18,7 +18,9 @@ record. Its writer holds an exclusive ``flock`` on the record from before it is
 visible until the blob is linked or the record removed: a record with no blob whose
 lock is free was left by a writer that died between the two (the kernel released the
 lock), and the next write of that key, or :meth:`LocalBackend.cleanup_partial`, removes
-it instead of refusing the key until the record is a day old. (A network volume
+it instead of refusing the key until the record is a day old. A delete unlinks the
+blob, then removes its record the same way, as an orphan: a write of the same key
+committing meanwhile keeps its record (see :meth:`LocalBackend.delete`). (A network volume
 needs working ``flock``: NFS's, which Linux maps to byte-range locks, is. Those are
 the process's, not the open file's, so the records this process's threads are
 writing are also kept in a set that is checked first.)
@@ -69,6 +71,8 @@ def _let_go_in_child() -> None:
 os.register_at_fork(before=lambda: _held_lock.acquire(), after_in_parent=lambda: _held_lock.release(),
                     after_in_child=_let_go_in_child)
 _INTERNAL = ".statekit"
+#: the longest a delete waits for the writer of its key's record (see LocalBackend._drop_record)
+_RECORD_WAIT = 5.0
 _PENDING = _INTERNAL + "/pending/"  # the façade's markers of pending direct uploads
 
 
@@ -331,7 +335,7 @@ class LocalBackend(BlobBackend):
                 return False
             try:
                 fd = os.open(meta, os.O_RDONLY)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return True
             try:
                 try:
@@ -390,6 +394,10 @@ class LocalBackend(BlobBackend):
         return stored_blob(key, st.st_size, ctype, record.get("metadata", {}), created)
 
     def delete(self, key: str) -> bool:
+        """Unlink the blob (the version there at that instant), then its record, unless
+        a write of the same key committing meanwhile has made it its own: a delete
+        racing a write leaves the new blob whole (deleted with its record, or kept with
+        it), never a blob without its record."""
         path = self._path(key)
         try:
             os.unlink(path)
@@ -401,9 +409,24 @@ class LocalBackend(BlobBackend):
             return False
         except OSError as e:
             raise _oserror(e, f"deleting {key!r}") from e
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(self._meta_path(key))
+        self._drop_record(self._meta_path(key), path)
         return existed
+
+    def _drop_record(self, meta: str, blob: str) -> None:
+        """Remove the record *meta* of the blob *blob* a delete just unlinked, as an
+        orphan (:meth:`_remove_orphan`): never the record of a write of the same key
+        committing meanwhile, which took the old record's place (a blob is linked
+        again) or holds its own (its lock is taken). A writer lets go of its record
+        moments after it linked its blob, so a held record is waited for, up to
+        :data:`_RECORD_WAIT` seconds: then it is the new blob's record, or gone, or
+        (its writer stopped on the way) an orphan for the next write of the key or
+        :meth:`cleanup_partial`."""
+        deadline, pause = time.monotonic() + _RECORD_WAIT, 0.001
+        while not self._remove_orphan(meta, blob) and not os.path.lexists(blob):
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
     def _walk(self, top: str) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(top):

@@ -175,7 +175,9 @@ class BlobBackend(Protocol):
 
     @abstractmethod
     def delete(self, key: str) -> bool:
-        """Delete the object and its record; ``True`` if it existed. Idempotent."""
+        """Delete the object and its record; ``True`` if it existed. Idempotent. A write
+        of the same key committing meanwhile is deleted whole or kept whole: its
+        record is never removed from under it."""
 
     @abstractmethod
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
