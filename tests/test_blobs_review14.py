@@ -2,6 +2,9 @@
 held on an event, a botocore hook answering for moto, a step boundary of a delete),
 each failing before its fix:
 
+* S3: ``stat()`` of a multipart blob answered ``sha256=None`` when reading its
+  SHA-256 tag failed for any reason (an outage, the object deleted meanwhile), as
+  for a blob with no digest recorded;
 * ``file://``: ``delete(key)`` racing a new write of the same key removed the new
   blob's record (the blob stayed, without its type, filename and SHA-256).
 """
@@ -9,9 +12,12 @@ each failing before its fix:
 from __future__ import annotations
 
 import datetime
+import hashlib
+import logging
 import os
 import threading
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +25,101 @@ import pytest
 
 from statekit.blobs import BlobStore, local
 from statekit.blobs.protocol import WriteRequest, encode_meta
+from statekit.errors import BackendUnavailable, BlobNotFound
 
 MiB = 2**20
 CHUNK = 256 * 1024
 _NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+# -- 2. S3 stat() and the SHA-256 tag ----------------------------------------------------------
+def _multipart_blob(store: BlobStore) -> tuple[str, str]:
+    """A 6 MiB blob stored in two parts (its SHA-256 in a tag); its key and SHA-256."""
+    data = os.urandom(6 * MiB)
+    blob = store.put(data, content_type="application/octet-stream")
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    return blob.key, blob.sha256
+
+
+class _Raw:
+    """The raw body botocore reads a response from."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def _refused(status: int, code: str) -> Any:
+    """A botocore hook answering for S3 with *status* and error *code* (403 AccessDenied:
+    credentials without ``s3:GetObjectTagging``; 501 NotImplemented: a store without tags)."""
+    from botocore.awsrequest import AWSResponse
+
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{code}</Message><RequestId>r</RequestId></Error>").encode()
+
+    def answer(request: Any, **_: Any) -> Any:
+        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))
+
+    return answer
+
+
+@pytest.mark.s3
+def test_s3_stat_raises_when_the_sha256_tag_cannot_be_read_for_an_outage(s3_url: str) -> None:
+    """GetObjectTagging fails without S3's answer (the connection timed out, after
+    botocore's retries): stat() raises BackendUnavailable, as for the HEAD before it.
+    It answered sha256=None, as for a blob with no digest recorded."""
+    from botocore.exceptions import ConnectTimeoutError
+
+    store = BlobStore(s3_url + "&retries=1", part_size=5 * MiB, multipart_threshold=5 * MiB)
+    key, sha = _multipart_blob(store)
+    assert store.stat(key).sha256 == sha
+    calls: list[str] = []
+
+    def down(request: Any, **_: Any) -> Any:
+        calls.append(request.url)
+        raise ConnectTimeoutError(endpoint_url=request.url)
+
+    store.backend.client.meta.events.register("before-send.s3.GetObjectTagging", down)
+    with pytest.raises(BackendUnavailable, match="get_object_tagging"):
+        store.stat(key)
+    assert len(calls) == 2  # botocore retried it once, as configured
+
+
+@pytest.mark.s3
+def test_s3_stat_of_a_blob_deleted_after_its_head_is_not_found(s3_url: str) -> None:
+    """The blob is deleted between stat()'s HEAD and its GetObjectTagging: stat()
+    raises BlobNotFound (it returned the record of a blob no longer there)."""
+    store = BlobStore(s3_url, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    key, _ = _multipart_blob(store)
+    other = BlobStore(s3_url)
+
+    def delete_first(request: Any, **_: Any) -> None:
+        other.backend.client.delete_object(Bucket=other.backend.bucket, Key=other.backend._full(key))
+
+    store.backend.client.meta.events.register("before-send.s3.GetObjectTagging", delete_first)
+    with pytest.raises(BlobNotFound):
+        store.stat(key)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (501, "NotImplemented")])
+def test_s3_stat_without_permission_to_read_tags_says_so_once(
+        s3_url: str, caplog: pytest.LogCaptureFixture, status: int, code: str) -> None:
+    """Credentials without ``s3:GetObjectTagging`` (S3 answers 403 AccessDenied), or a
+    store without tags (501): a setting, not an outage. stat() keeps working for size,
+    type and dates (Django's size()/exists() go through it), answers sha256=None, and
+    the store logs once, naming the permission, so "not readable here" is told apart
+    from "none recorded" (it said nothing)."""
+    store = BlobStore(s3_url + "&retries=0", part_size=5 * MiB, multipart_threshold=5 * MiB)
+    key, _ = _multipart_blob(store)
+    store.backend.client.meta.events.register("before-send.s3.GetObjectTagging", _refused(status, code))
+    with caplog.at_level(logging.WARNING, logger="statekit.blobs"):
+        first, second = store.stat(key), store.stat(key)
+    assert first.sha256 is None and second.sha256 is None and first.size == 6 * MiB
+    records = [r.getMessage() for r in caplog.records if r.name == "statekit.blobs"]
+    assert len(records) == 1 and "s3:GetObjectTagging" in records[0] and code in records[0]
 
 
 # -- 3. file:// delete racing a new write of the same key --------------------------------------

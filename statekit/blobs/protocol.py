@@ -58,7 +58,8 @@ class Blob:
 
     ``key`` is relative to the store (its URL prefix is not part of it). Listings
     fill only ``key``, ``size`` and ``created``; :meth:`BlobStore.stat` fills what
-    the backend keeps (``sha256`` may be ``None`` for objects statekit did not write).
+    the backend keeps (``sha256`` may be ``None`` for objects statekit did not write,
+    and on S3 for a multipart object whose tag these credentials may not read).
     """
 
     key: str

@@ -408,6 +408,7 @@ class S3Backend(BlobBackend):
         self.checksum = opts.get("checksum", "sha256") == "sha256"
         self.conditional_writes = bool(opts.get("conditional_writes", True))
         self.read_window = read_window
+        self._tags_refused = False  # S3 refused GetObjectTagging (logged once)
 
     @staticmethod
     def _make_client(key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
@@ -475,15 +476,46 @@ class S3Backend(BlobBackend):
         return io.BufferedReader(raw, buffer_size=256 * 1024)
 
     def stat(self, key: str) -> Blob:
+        """The object's record (a ``HEAD``; for a multipart object, its SHA-256 tag too).
+
+        ``sha256`` is ``None`` when no digest was recorded (an object statekit did not
+        write, or whose tag could not be written: logged then), or when these
+        credentials may not read tags (``s3:GetObjectTagging`` refused, or a store
+        without tags: logged once per store). Any other failure to read the tag
+        raises, as the ``HEAD``'s would: :class:`BackendUnavailable` for an outage,
+        :class:`BlobNotFound` for an object deleted meanwhile.
+        """
         head = self._head(key)
         meta = head.get("Metadata", {})
         sha = None
         if META_SHA256 not in meta and "-" in str(head.get("ETag", "")):  # multipart: the tag holds it
-            with contextlib.suppress(StatekitError):
-                tags = self._call("get_object_tagging", key, Bucket=self.bucket, Key=self._full(key))
-                sha = {t["Key"]: t["Value"] for t in tags.get("TagSet", [])}.get(META_SHA256)
+            sha = self._tagged_sha256(key)
         return stored_blob(key, int(head["ContentLength"]), head.get("ContentType"), meta,
                            head.get("LastModified"), sha256=sha)
+
+    def _tagged_sha256(self, key: str) -> str | None:
+        """The SHA-256 tag of the multipart object *key*; ``None`` without one, or when
+        reading tags is refused (these credentials lack ``s3:GetObjectTagging``, or the
+        store has no tags: 501). That is a setting, not an outage: the record's other
+        fields, which Django's ``size()`` and ``exists()`` read, stay readable with the
+        permissions they need (logged once). :raises BackendUnavailable:
+        :raises BlobNotFound:"""
+        try:
+            tags = self._call("get_object_tagging", key, Bucket=self.bucket, Key=self._full(key))
+        except BlobNotFound:
+            raise
+        except (BackendUnavailable, BlobError) as e:
+            status = getattr(e.__cause__, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(e, BackendUnavailable) and status != 501:  # 501: a store without tags
+                raise
+            if not self._tags_refused:
+                self._tags_refused = True
+                _log.warning("%s: reading the SHA-256 tag of multipart blobs was refused (%s): stat() "
+                             "reports sha256=None for them; grant s3:GetObjectTagging to read it "
+                             "(or use a store with object tags)", self.describe(), e)
+            return None
+        found: str | None = {t["Key"]: t["Value"] for t in tags.get("TagSet", [])}.get(META_SHA256)
+        return found
 
     def delete(self, key: str) -> bool:
         try:
