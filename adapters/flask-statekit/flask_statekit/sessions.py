@@ -70,7 +70,12 @@ it fails while saving, the response is replaced by the same 503. Either way the
 cookie is left alone (never deleted, never replaced, except by the new id of a
 rotation Redis had already done, or the id of a new session whose first save timed
 out: it may be stored, and the browser's retry then continues it) and nothing
-partial is written, so the same session is served once Redis is back. With the ``anonymous`` policy the
+partial is written, so the same session is served once Redis is back. A logout by
+``session.clear()`` is two writes, the emptied session then its deletion: Redis
+failing between them leaves the session empty (signed out) and still named by the
+cookie. Its 503 has the generic page, not "you are still signed in" (as has one after
+``session.destroy()``), and the retried logout completes it (the session deleted, the
+cookie too). With the ``anonymous`` policy the
 request runs with an empty read-only session instead; writing to it raises
 :class:`~statekit.errors.BackendUnavailable`, which is also answered with a 503 (a
 write after the view, by an ``after_request`` hook, is not stored either and makes
@@ -94,7 +99,7 @@ from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outages
 from statekit.sessions import Session, SessionStore
 
-from . import _config, _flag
+from . import UNAVAILABLE_PAGE, _config, _flag
 from . import _on_backend_unavailable as _generic_unavailable
 
 if TYPE_CHECKING:
@@ -125,6 +130,9 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         self.drops_writes = False
         #: a write was dropped; :attr:`static`: the session of a static file
         self.dropped = self.static = False
+        #: ``clear()`` was called: emptied, a stored session is a logout even if it held
+        #: nothing (a logout cut by an outage between its save and its destroy, retried)
+        self.cleared = False
 
     @property
     def permanent(self) -> bool:
@@ -149,6 +157,10 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
             self.dropped = True
             return
         super()._changing(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.cleared = True
 
     def __getitem__(self, key: str) -> Any:
         self.accessed = True
@@ -276,12 +288,12 @@ class StatekitSessionInterface(SessionInterface):
         return carried
 
     @staticmethod
-    def _outage_body(response: Response) -> None:
+    def _outage_body(response: Response, page: str = OUTAGE_PAGE) -> None:
         """Make *response* the outage's 503 page (the caller marks it)."""
         response.status_code = 503
         for header in _BODY_HEADERS:  # they describe the body being replaced
             del response.headers[header]
-        response.set_data(OUTAGE_PAGE)
+        response.set_data(page)
         response.mimetype = "text/html"
 
     def save_session(self, app: Flask, session: SessionMixin | None, response: Response) -> None:
@@ -304,12 +316,15 @@ class StatekitSessionInterface(SessionInterface):
             # the cookie, so a value changed in place is kept: compare every key this
             # request read; only those that differ from what it loaded are written
             session.modified = True
+        emptied = not session.destroyed and (session.had_data or session.cleared) and not session \
+            and not session.new
         try:
-            if not session.destroyed and session.had_data and not session and not session.new:
+            if emptied:
                 # emptied (session.clear()): a logout, unless a login rotated the session
-                # since this request loaded it; its save then follows the alias, and only
-                # the keys it removed go from the new session
-                self.store.save(session)
+                # since this request loaded it; its save (a write, even of a session that
+                # was empty already) then follows the alias, and only the keys it removed
+                # go from the new session
+                self.store.save(session, force=True)
                 if not session.through_alias:
                     self.store.destroy(session)
             logged_out = session.destroyed
@@ -317,7 +332,9 @@ class StatekitSessionInterface(SessionInterface):
             carried = self._carry_after_logout(session) if logged_out and session else None
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
-            self._outage_body(response)
+            # a logout Redis failed in may be half done (the session emptied, not yet
+            # destroyed): no "you are still signed in"; its retry completes it
+            self._outage_body(response, UNAVAILABLE_PAGE if emptied or session.destroyed else OUTAGE_PAGE)
             _mark_outage(response, self.retry_after)
             if session.send_cookie and not session.new or session.maybe_stored:
                 # rotated (or first stored) before Redis failed: the data lives under the

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask, session
 from test_flask_sessions import make_app
 
-from flask_statekit import get_state
+from flask_statekit import UNAVAILABLE_PAGE, get_state
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 
@@ -66,3 +66,40 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
     assert browser.get("/get").json == {"cart": "apple"}
     assert browser.get_cookie("session").value == cookie.value  # type: ignore[union-attr]
     assert _stored_sessions(app, durable_redis) == 2  # the warm-up's and this one: no second session
+
+
+def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
+        durable_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``session.clear()`` (a logout) saves the emptied session, then destroys it.
+    Redis dies between the two: the 503 keeps the cookie, and the stored session is
+    already empty (the user is logged out: a read finds no user). The browser's
+    retry of the logout completes it: the session is destroyed and the cookie
+    deleted. It answered 200 and did neither (an empty session loaded with no data
+    was no logout), so the id lived on, empty, until its idle timeout; and the 503
+    said "you are still signed in", which the user no longer was."""
+    app = make_app(_fails_fast(durable_redis))
+    store = get_state(app).sessions
+    browser = app.test_client()
+    browser.post("/login/ada")
+    cookie = browser.get_cookie("session").value  # type: ignore[union-attr]
+    sid = store.unsign(cookie)
+    assert sid is not None
+    destroy = store.destroy
+
+    def dies_first(session: Any) -> None:
+        durable_redis.kill()
+        destroy(session)
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "destroy", dies_first)
+        resp = browser.post("/logout")
+    assert (resp.status_code, "Set-Cookie" in resp.headers) == (503, False)
+    assert resp.text == UNAVAILABLE_PAGE  # not "you are still signed in": it may be half done
+    durable_redis.start()  # AOF: the emptied session's save is kept
+    left = store.load(sid)
+    assert left is not None and dict(left) == {} and left.user_id is None
+    assert browser.get("/get").json == {}  # logged out already
+    resp = browser.post("/logout")
+    assert resp.status_code == 200 and resp.headers["Set-Cookie"].startswith("session=;")
+    assert browser.get_cookie("session") is None
+    assert store.load(sid) is None
