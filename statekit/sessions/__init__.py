@@ -55,6 +55,15 @@ never comes back. A rotation by such a request (two logins at once) does not tak
 rotated session over (its new id would reach a pre-rotation cookie): it gets a new
 session of its own with the data it loaded, if the session still lives.
 
+**Devices.** :meth:`SessionStore.list_user_sessions` lists a user's live sessions
+(a :class:`SessionInfo` each: when created and last seen, and a *handle* that names
+the session without revealing its id); :meth:`SessionStore.revoke_session` signs one
+out. Pass it the signed-in user, ``store.revoke_session(request.form["handle"],
+current_user.id)``: it deletes the session only if that user holds it (checked in
+the destroy script itself), so a handle another user sends (a device page shows
+them) signs no one out and returns ``False``. :meth:`SessionStore.revoke_user` signs
+a user out everywhere.
+
 **Redis Cluster.** A session's hash, its rotation alias and its successor share a
 slot (the id's tag is the hash tag), so save, rotate and incr stay single atomic
 scripts. The per-user index lives in the user's slot: in cluster mode it is updated
@@ -810,14 +819,33 @@ class _StoreCore:
         session._encoded.clear()
         session.destroyed = True
 
-    def _destroy_steps(self, handle: str, user: str | None) -> Steps[None]:
-        """Delete session *handle*, and the one it is a rotation alias of."""
+    def _destroy_steps(self, handle: str, user: str | None, check_user: bool = False) -> Steps[bool]:
+        """Delete session *handle*, and the one it is a rotation alias of (*user*: the
+        index to drop it from). With *check_user*, only if *user* holds it: the engine
+        checks the session an alias leads to (the alias's owner is its successor's)
+        atomically with deleting it, and the aliases followed go after it. Whether a
+        live session was deleted."""
+        aliases: list[str] = []
         for _ in range(_HOPS + 1):
-            result: Result = yield call("destroy", handle, user)
+            # check_user is passed only when set: an engine written before it still logs out
+            result: Result = yield (call("destroy", handle, user, check_user=True) if check_user
+                                    else call("destroy", handle, user))
             if result.status is not Status.ROTATED or result.handle is None:
                 break
+            aliases.append(handle)
             handle = result.handle
-        self.counters.incr("destroyed")
+        deleted = result.status is Status.DONE
+        if check_user and deleted:
+            for alias in aliases:
+                yield call("destroy", alias, None)
+        if deleted or not check_user:
+            self.counters.incr("destroyed")
+        return deleted
+
+    def _revoke_session_steps(self, handle: str, user_id: str | None) -> Steps[bool]:
+        if user_id is None:
+            return (yield from self._destroy_steps(handle, None))
+        return (yield from self._destroy_steps(handle, str(user_id), check_user=True))
 
     def _incr_steps(self, session: Session, key: str, amount: int) -> Steps[int]:
         if not isinstance(amount, int) or isinstance(amount, bool):
@@ -1038,9 +1066,24 @@ class SessionStore(_StoreCore):
         thousands of sessions never holds up the other clients of Redis."""
         return self._run(self._revoke_steps(user_id, except_session))
 
-    def revoke_session(self, handle: str, user_id: str | None = None) -> None:
-        """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
-        self._run(self._destroy_steps(handle, str(user_id) if user_id else None))
+    def revoke_session(self, handle: str, user_id: str | None = None) -> bool:
+        """Delete the session named by *handle* (a :attr:`SessionInfo.handle` from
+        :meth:`list_user_sessions`) if *user_id* holds it; returns whether a session
+        was deleted. A handle listed before its device logged in again (a rotation)
+        names the session it was rotated to, which is deleted (with the old handle)
+        if *user_id* holds it. Another user's session, an anonymous one, or none at
+        all: ``False``, and nothing changes. The check and the delete are one atomic
+        engine step, so a "sign out this device" view may pass the handle its form
+        sent::
+
+            @app.post("/devices/sign-out")
+            def sign_out():
+                ok = store.revoke_session(request.form["handle"], current_user.id)
+                return ("", 204) if ok else ("no such device", 404)
+
+        Without *user_id* (an administrator's revocation) the session is deleted
+        whoever holds it: never pass ``None`` for a user taken from a request."""
+        return self._run(self._revoke_session_steps(handle, user_id))
 
 
 def __getattr__(name: str) -> Any:

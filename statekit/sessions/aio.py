@@ -175,6 +175,16 @@ class AsyncSessionStore(_StoreCore):
         deleted (:meth:`SessionStore.revoke_user <statekit.sessions.SessionStore.revoke_user>`)."""
         return await self._run(self._revoke_steps(user_id, except_session))
 
-    async def revoke_session(self, handle: str, user_id: str | None = None) -> None:
-        """Delete the session named by *handle* (from :meth:`list_user_sessions`)."""
-        await self._run(self._destroy_steps(handle, str(user_id) if user_id else None))
+    async def revoke_session(self, handle: str, user_id: str | None = None) -> bool:
+        """Delete the session named by *handle* (from :meth:`list_user_sessions`) if
+        *user_id* holds it; whether a session was deleted (:meth:`SessionStore.revoke_session
+        <statekit.sessions.SessionStore.revoke_session>`: another user's session is left
+        as it is, ``False``)::
+
+            @app.post("/devices/sign-out")
+            async def sign_out(request: Request):
+                handle = (await request.form())["handle"]
+                store = get_session_store(request)
+                if not await store.revoke_session(handle, request.session["_user_id"]):
+                    raise HTTPException(404)"""
+        return await self._run(self._revoke_session_steps(handle, user_id))

@@ -159,10 +159,20 @@ class SessionEngine(Protocol):
             codec's exact range (64 bits signed for json, 2**53 for msgpack)."""
         ...
 
-    def destroy(self, handle: str, user: str | None) -> Result:
-        """Delete session *handle* and its entry in *user*'s index. If *handle* is an
-        alias it is deleted and ``ROTATED`` names its successor (the store deletes
-        that too); else ``DONE``, whether or not it existed."""
+    def destroy(self, handle: str, user: str | None, check_user: bool = False) -> Result:
+        """Delete session *handle* and its entry in *user*'s index: ``DONE`` if a
+        live session was deleted, ``GONE`` if there was none (its index entry goes
+        either way). If *handle* is an alias it is deleted and ``ROTATED`` names its
+        successor (the store deletes that too).
+
+        With *check_user* (:meth:`SessionStore.revoke_session
+        <statekit.sessions.SessionStore.revoke_session>` given a user id: the store
+        passes it only then, as a keyword), delete the session only if its stored
+        user (``m:u``) is *user*, checked atomically with the delete; else change
+        nothing but the index entry and return ``GONE`` (another user's session, or
+        one without a user). An alias is then kept and ``ROTATED`` names its
+        successor, whose user is the alias's: the store checks the successor, and
+        deletes the alias (without the check) once the successor is deleted."""
         ...
 
     def revoke_user(self, user: str, keep: str) -> int:
@@ -227,7 +237,7 @@ class AsyncSessionEngine(Protocol):
         """:meth:`SessionEngine.incr`."""
         ...
 
-    async def destroy(self, handle: str, user: str | None) -> Result:
+    async def destroy(self, handle: str, user: str | None, check_user: bool = False) -> Result:
         """:meth:`SessionEngine.destroy`."""
         ...
 

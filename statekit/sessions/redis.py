@@ -326,13 +326,17 @@ class _Layout:
         """Whether *op* is a second call after the session script (Redis Cluster)."""
         return op is not None and self.cluster and bool(op.add or op.remove)
 
-    def _destroy_keys(self, handle: str, user: str | None) -> tuple[list[str], str | None]:
-        """The destroy script's keys, and the index key a Cluster cleans up after it."""
+    def _destroy_call(self, handle: str, user: str | None,
+                      check_user: bool) -> tuple[list[str], list[str], str | None]:
+        """The destroy script's keys and arguments (the owner it checks: ``u<id>``;
+        ``n`` with no user, which no session matches; ``""`` for no check), and the
+        index key a Cluster cleans up after it."""
         key = self._session_prefix + handle
+        owner = ("n" if user is None else "u" + user) if check_user else ""
         index_key = self.index_key(user) if user else None
         if index_key and not self.cluster:
-            return [key, index_key], None
-        return [key], index_key
+            return [key, index_key], [handle, owner], None
+        return [key], [handle, owner], index_key
 
     def _queue_index(self, pipe: Any, op: IndexOp) -> None:
         """Redis Cluster: *op* queued on *pipe* (the index lives in another slot)."""
@@ -501,11 +505,11 @@ class RedisEngine(_Layout):
             raise _incr_refused(field, e) from e
         return _incr_result(reply)
 
-    def destroy(self, handle: str, user: str | None) -> Result:
-        keys, index_key = self._destroy_keys(handle, user)
+    def destroy(self, handle: str, user: str | None, check_user: bool = False) -> Result:
+        keys, args, index_key = self._destroy_call(handle, user, check_user)
         with self._changing(keys[0]):
-            result = _result(self._script(_DESTROY, keys, [handle]))
-            if result.status is Status.DONE and index_key:
+            result = _result(self._script(_DESTROY, keys, args))
+            if result.status is not Status.ROTATED and index_key:
                 with translate_errors("session destroy"):
                     self.client.zrem(index_key, handle)
         return result
@@ -701,12 +705,12 @@ class AsyncRedisEngine(_Layout):
             raise _incr_refused(field, e) from e
         return _incr_result(reply)
 
-    async def destroy(self, handle: str, user: str | None) -> Result:
+    async def destroy(self, handle: str, user: str | None, check_user: bool = False) -> Result:
         transport = await self._transport()
-        keys, index_key = self._destroy_keys(handle, user)
+        keys, args, index_key = self._destroy_call(handle, user, check_user)
         with self._changing(keys[0], barrier=False):
-            result = _result(await transport.script(_DESTROY, keys, [handle]))
-            if result.status is Status.DONE and index_key:
+            result = _result(await transport.script(_DESTROY, keys, args))
+            if result.status is not Status.ROTATED and index_key:
                 await _finish(self._unindex(transport, index_key, handle))
         await self._ping(transport)
         return result

@@ -267,7 +267,8 @@ class Session(dict[str, Any]):
 @dataclass(frozen=True)
 class SessionInfo:
     """One entry of :meth:`SessionStore.list_user_sessions`. ``handle`` names the
-    session for :meth:`SessionStore.revoke_session` without revealing its id."""
+    session for :meth:`SessionStore.revoke_session` (given the signed-in user, it
+    deletes only that user's session) without revealing its id."""
 
     handle: str
     created: float

@@ -528,9 +528,63 @@ class SessionEngineContract:
     def test_revoke_one_session_by_handle(self, store: SessionStore) -> None:
         a = store.create({}, user_id="u")
         b = store.create({}, user_id="u")
-        store.revoke_session(store._handle(a.sid), "u")
+        assert store.revoke_session(store._handle(a.sid), "u") is True
         assert store.load(a.sid) is None and store.load(b.sid) is not None
         assert [i.handle for i in store.list_user_sessions("u")] == [store._handle(b.sid)]
+        assert store.revoke_session(store._handle(a.sid), "u") is False  # gone already
+
+    @pytest.mark.parametrize("caller", ["mallory", "", "0"])
+    def test_revoke_session_deletes_only_a_session_of_the_user_given(self, store: SessionStore,
+                                                                      caller: str) -> None:
+        """A "sign out this device" view passes the signed-in user with the handle a
+        form sent: another user's session, or an anonymous one, is left as it is
+        (``False``), whatever the caller (an empty or a falsy-looking user id
+        included: it is a user to check, not "no check")."""
+        alice = store.create({"secret": 1}, user_id="alice")
+        anonymous = store.create({"cart": 2})
+        for victim in (alice, anonymous):
+            assert store.revoke_session(store._handle(victim.sid), caller) is False
+        assert store.load(alice.sid) == {"secret": 1} and store.load(anonymous.sid) == {"cart": 2}
+        assert [i.handle for i in store.list_user_sessions("alice")] == [store._handle(alice.sid)]
+        inflight = self.reopen(store, alice)
+        inflight["more"] = 3
+        assert store.save(inflight)
+
+    @pytest.mark.parametrize("caller", ["alice", "bob"])
+    def test_revoke_session_by_a_handle_rotated_since_checks_the_session_it_names(
+            self, store: SessionStore, caller: str) -> None:
+        """The handle was listed before its device logged in again (a rotation: it now
+        names a tombstone alias): the session it leads to is the one revoked, it and
+        its alias together, if it is the caller's; else neither changes (a request in
+        flight at the rotation still writes through the alias)."""
+        s = store.create({"a": 1}, user_id="alice")
+        listed = store._handle(s.sid)
+        inflight = self.reopen(store, s)
+        store.rotate(s)
+        assert store.save(s)
+        mine = caller == "alice"
+        assert store.revoke_session(listed, caller) is mine
+        assert (store.load(s.sid) is None) is mine
+        assert (dict(store.engine.load(listed)) == {}) is mine, "the alias"
+        inflight["late"] = True
+        assert store.save(inflight) is not mine
+        listed_now = [i.handle for i in store.list_user_sessions("alice")]
+        assert listed_now == ([] if mine else [store._handle(s.sid)])
+        if not mine:
+            assert store.load(s.sid) == {"a": 1, "late": True}
+
+    def test_revoke_session_without_a_user_says_whether_it_deleted_one(self, store: SessionStore) -> None:
+        """No user given (an administrator's revocation): whoever holds it, followed
+        through its rotation aliases."""
+        s = store.create({"a": 1}, user_id="alice")
+        listed = store._handle(s.sid)
+        store.rotate(s)
+        anonymous = store.create({"b": 2})
+        assert store.revoke_session(listed) is True and store.load(s.sid) is None
+        assert store.revoke_session(store._handle(anonymous.sid)) is True
+        assert store.load(anonymous.sid) is None
+        assert store.revoke_session(listed) is False
+        assert store.list_user_sessions("alice") == []
 
     # -- carry-over claims ------------------------------------------------------------
 
@@ -784,3 +838,19 @@ class AsyncSessionEngineContract(SessionEngineContract):
         rotated = engine_loop.run(requests())
         assert store.load(rotated.sid) == {"from": "sync", "async": True, "n": 1}
         assert store.load(s.sid) is None
+
+    def test_the_async_store_revokes_only_the_given_users_session(self, store: SessionStore,
+                                                                  engine_loop: _LoopThread) -> None:
+        """:meth:`AsyncSessionStore.revoke_session` checks the owner as the sync store
+        does: another user's handle is ``False`` and that session still loads."""
+        async_store = AsyncSessionStore(engine=self.async_engine(store), secret_keys=KEYS)
+        alice = store.create({"a": 1}, user_id="alice")
+        bob = store.create({"b": 2}, user_id="bob")
+
+        async def revoke() -> list[bool]:
+            return [await async_store.revoke_session(store._handle(alice.sid), "bob"),
+                    await async_store.revoke_session(store._handle(bob.sid), "bob"),
+                    await async_store.revoke_session(store._handle(bob.sid), "bob")]
+
+        assert engine_loop.run(revoke()) == [False, True, False]
+        assert store.load(alice.sid) == {"a": 1} and store.load(bob.sid) is None

@@ -266,17 +266,21 @@ class SQLiteEngine:
                          (key, field, serializer.dumps(value)))
             return Result(Status.DONE, version=self._bump(conn, key, head), value=value)
 
-    def destroy(self, handle: str, user: str | None) -> Result:
+    def destroy(self, handle: str, user: str | None, check_user: bool = False) -> Result:
         key = self._p + handle
         with self._tx("session destroy") as conn:
             now = time.time()
-            head = self._head(conn, key, now)
-            self._drop(conn, key, now)
-            if head is not None and "m:a" in head:
+            head = self._head(conn, key, now) or {}
+            if "m:a" in head:  # checked: the store checks the successor, then deletes the alias
+                if not check_user:
+                    self._drop(conn, key, now)
                 return Result(Status.ROTATED, handle=head["m:a"].decode())
             if user:
                 conn.execute("DELETE FROM user_index WHERE user = ? AND member = ?", (self._p + user, handle))
-            return DONE
+            if check_user and (user is None or head.get("m:u") != user.encode()):
+                return GONE  # not the user's (another's, or no user's): left as it is
+            self._drop(conn, key, now)
+            return DONE if "m:c" in head else GONE
 
     def revoke_user(self, user: str, keep: str) -> int:
         """:data:`REVOKE_BATCH` sessions per transaction, until one finds no other
