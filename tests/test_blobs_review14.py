@@ -2,6 +2,9 @@
 held on an event, a botocore hook answering for moto, a step boundary of a delete),
 each failing before its fix:
 
+* async: a put of a *sync* body (a file, an iterator of bytes) whose task was
+  cancelled went on reading and uploading the whole body in its worker thread, then
+  deleted the object: the cancel waited for the whole transfer;
 * S3: ``stat()`` of a multipart blob answered ``sha256=None`` when reading its
   SHA-256 tag failed for any reason (an outage, the object deleted meanwhile), as
   for a blob with no digest recorded;
@@ -11,8 +14,10 @@ each failing before its fix:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
+import io
 import logging
 import os
 import threading
@@ -22,14 +27,104 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_blobs_async import leftovers
 
-from statekit.blobs import BlobStore, local
+from statekit.blobs import AsyncBlobStore, BlobStore, local
 from statekit.blobs.protocol import WriteRequest, encode_meta
 from statekit.errors import BackendUnavailable, BlobNotFound
 
 MiB = 2**20
 CHUNK = 256 * 1024
 _NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+# -- 1. a cancelled put of a sync body -------------------------------------------------------
+class _Held:
+    """What a sync body's reader sees: *total* bytes, held at *at* bytes until *go*;
+    counts the reads answered after that (``late``)."""
+
+    def __init__(self, total: int, at: int) -> None:
+        self.total, self.at, self.done, self.late = total, at, 0, 0
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def take(self, n: int) -> bytes:
+        if self.done >= self.at:
+            self.reached.set()
+            assert self.go.wait(60), "the test never released the body"
+            self.late += 1
+        data = os.urandom(max(0, min(n, self.total - self.done)))
+        self.done += len(data)
+        return data
+
+
+class _HeldFile(io.RawIOBase):
+    """A binary file object (``read(n)``) over :class:`_Held`."""
+
+    def __init__(self, held: _Held) -> None:
+        self.held = held
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self.held.take(CHUNK if n < 0 else n)
+
+
+def _held_chunks(held: _Held) -> Iterator[bytes]:
+    """An iterator of ``bytes`` over :class:`_Held`."""
+    while data := held.take(CHUNK):
+        yield data
+
+
+@pytest.mark.parametrize("kind", ["file", "iterator"])
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_async_put_of_a_sync_body_stops_reading_when_cancelled(
+        scheme: str, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """40 MiB in 256 KiB reads, held at 12 MiB (two S3 parts sent): the task is
+    cancelled there, the body released just after the cancellation reached the put.
+    The worker reads at most the read it was in, aborts (S3: the multipart upload),
+    and the put raises CancelledError with nothing left. It read all 40 MiB before
+    (160 reads), uploaded them, and only then deleted the object."""
+    url = str(request.getfixturevalue("s3_url")) if scheme == "s3" else f"file://{tmp_path}/s?create=1"
+    options = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB} if scheme == "s3" else {}
+    held = _Held(40 * MiB, 12 * MiB)
+    source: Any = _HeldFile(held) if kind == "file" else _held_chunks(held)
+
+    async def main() -> None:
+        async with AsyncBlobStore(url, **options) as store:
+            task = asyncio.create_task(store.put(source, content_type="application/octet-stream"))
+            assert await asyncio.to_thread(held.reached.wait, 60)
+            task.cancel()
+            # runs after the task's wake-up, which the cancel scheduled first: the put
+            # has seen its cancellation when the body answers its pending read
+            asyncio.get_running_loop().call_soon(held.go.set)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert held.late <= 1 and held.done < held.total, (held.late, held.done)
+            assert leftovers(store.sync) == []
+            assert store.sync.counters.get("aborts") == 1 and store.sync.counters.get("puts") == 0
+
+    asyncio.run(main())
+
+
+def test_async_put_of_a_sync_body_not_cancelled_reads_it_all(tmp_path: Path) -> None:
+    """The interruption is the cancelled put's alone: a put of a sync body next to it,
+    on the same store, stores every byte."""
+    async def main() -> None:
+        async with AsyncBlobStore(f"file://{tmp_path}/s?create=1") as store:
+            held = _Held(4 * MiB, 1 * MiB)
+            task = asyncio.create_task(store.put(_held_chunks(held), content_type="application/octet-stream"))
+            assert await asyncio.to_thread(held.reached.wait, 60)
+            task.cancel()
+            asyncio.get_running_loop().call_soon(held.go.set)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            data = os.urandom(3 * MiB)
+            blob = await store.put(iter([data[:MiB], data[MiB:]]), content_type="application/octet-stream")
+            assert blob.size == len(data) and blob.sha256 == hashlib.sha256(data).hexdigest()
+            assert await store.read_range(blob.key, 0, len(data)) == data
+
+    asyncio.run(main())
 
 
 # -- 2. S3 stat() and the SHA-256 tag ----------------------------------------------------------

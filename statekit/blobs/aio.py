@@ -32,10 +32,14 @@ exception from the body (a client that disconnected), the backend, or the callin
 task being cancelled -- aborts the write: no object is ever visible under the key.
 A cancelled put returns (re-raising :class:`asyncio.CancelledError`) only once its
 worker has aborted, or at once when its write has not started (every upload thread
-busy with other clients: it is dropped, not waited for); if the write had already
-been committed when the cancellation came, the new blob is deleted, since its key
-never reached the caller. :meth:`AsyncBlobStore.receive_upload` holds the body to the
-form's ``max_size`` as :meth:`AsyncBlobStore.put` holds it to its own.
+busy with other clients: it is dropped, not waited for). The worker stops at once:
+it reads no more of the body, a sync body (a file, an iterator) read in the worker
+included, once the read under way returns (a read blocked on a pipe or a socket is
+not interrupted); S3's parts being sent finish, then the multipart upload is
+aborted. If the write had already been committed when the cancellation came, the
+new blob is deleted, since its key never reached the caller.
+:meth:`AsyncBlobStore.receive_upload` holds the body to the form's ``max_size`` as
+:meth:`AsyncBlobStore.put` holds it to its own.
 
 Reads, listings, deletes, signed URLs and direct uploads run the sync store's methods
 in a worker thread (``asyncio.to_thread``). What touches no backend -- checking a
@@ -59,7 +63,7 @@ from .._fork import reset_in_child
 from .._settle import settle
 from ..errors import BlobError, ConfigError
 from .protocol import Blob, BlobPage, PresignedUpload
-from .source import READ_CHUNK, read_size
+from .source import INTERRUPT, READ_CHUNK, read_size
 from .store import BlobStore
 
 __all__ = ["QUEUE_BYTES", "AsyncBlobReader", "AsyncBlobStore"]
@@ -177,12 +181,12 @@ def _chunks(body: Any) -> Callable[[int], Awaitable[bytes]] | None:
     return None
 
 
-async def _settle(worker: concurrent.futures.Future[_T], *, drop: bool = True) -> asyncio.Future[_T]:
+async def _settle(worker: concurrent.futures.Future[_T],
+                  on_cancel: Callable[[], object] | None = None) -> asyncio.Future[_T]:
     """Wait until *worker* has finished, however often the caller is cancelled
-    meanwhile (:func:`statekit._settle.settle`); its result as a done future. With
-    *drop*, a cancelled caller drops a worker that has not started (all upload
-    threads busy): it never runs, instead of being waited for."""
-    return await settle(asyncio.wrap_future(worker), worker.cancel if drop else None)
+    meanwhile (:func:`statekit._settle.settle`, which calls *on_cancel* at each
+    cancellation); its result as a done future."""
+    return await settle(asyncio.wrap_future(worker), on_cancel)
 
 
 class AsyncBlobReader:
@@ -302,9 +306,20 @@ class AsyncBlobStore:
         next_chunk = _chunks(body)
         channel = _Channel(loop)
         source = body if next_chunk is None else _FormFile(channel, body)
+        stop = threading.Event()  # the worker's Source reads no more once it is set
         ctx = contextvars.copy_context()
+        ctx.run(INTERRUPT.set, stop)
         worker = self._uploads.submit(ctx.run, write, source)
         worker.add_done_callback(lambda _: channel.wake())
+
+        def interrupt() -> None:
+            """Abort the write: the worker reads the body no further (a sync body's
+            read under way ends first), and one not started (all upload threads busy)
+            never runs."""
+            stop.set()
+            channel.fail()
+            worker.cancel()
+
         if next_chunk is not None:
             try:
                 total = 0
@@ -315,15 +330,14 @@ class AsyncBlobStore:
                         break  # the worker refuses it: read no further
                 channel.close()
             except BaseException:
-                channel.fail()
-                worker.cancel()  # not started (all upload threads busy): it never writes
-                await _settle(worker)
+                interrupt()
+                await _settle(worker, interrupt)
                 raise
         try:
-            return (await _settle(worker)).result()
+            return (await _settle(worker, interrupt)).result()
         except asyncio.CancelledError:
             if not worker.cancelled() and worker.exception() is None:
-                await _settle(self._uploads.submit(self._forget, worker.result()), drop=False)
+                await _settle(self._uploads.submit(self._forget, worker.result()))
             raise
 
     def _forget(self, result: object) -> None:

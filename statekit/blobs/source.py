@@ -4,16 +4,24 @@ or an iterable of ``bytes``)."""
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import BlobError, BlobTooLarge
 
-__all__ = ["READ_CHUNK", "Source", "read_size"]
+__all__ = ["INTERRUPT", "READ_CHUNK", "Source", "read_size"]
 
 #: size of each read from the input
 READ_CHUNK = 256 * 1024
+
+#: an event that, once set, stops the :class:`Source` made in this context before its
+#: next read of the input (:class:`~statekit.blobs.AsyncBlobStore` sets one for the
+#: put it runs in a worker thread, and sets it when the calling task is cancelled)
+INTERRUPT: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("statekit_blobs_interrupt",
+                                                                                  default=None)
 
 
 def read_size(max_size: int | None, total: int) -> int:
@@ -39,6 +47,7 @@ class Source:
         self.declared_size: int | None = None  # refused early when above max_size
         self.size_hint: int | None = None  # sizes the backend's parts: only sizes we can trust
         self._head = b""
+        self._interrupt = INTERRUPT.get()
         inner = stream
         # werkzeug FileStorage: .filename, .mimetype, .stream, .content_length
         if hasattr(stream, "filename") and hasattr(stream, "stream") and hasattr(stream, "mimetype"):
@@ -74,6 +83,8 @@ class Source:
             raise BlobTooLarge(f"upload of {self.declared_size} bytes exceeds max_size={self.max_size}")
 
     def _next(self) -> bytes:
+        if self._interrupt is not None and self._interrupt.is_set():
+            raise BlobError("upload interrupted: the caller was cancelled")
         if self._read is not None:
             data = self._read(read_size(self.max_size, self.total))
             if data is None:
