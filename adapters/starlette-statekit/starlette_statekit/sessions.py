@@ -40,7 +40,10 @@ atomically; requests already in flight with the old cookie still write through i
 while a request that *loads* with the old cookie afterwards gets a fresh anonymous
 session (no fixation). :func:`destroy_session` (or ``request.session.clear()`` of a
 stored session) deletes the session and the cookie; what the same request sets
-afterwards (a "logged out" message) goes to a new session.
+afterwards (a "logged out" message) goes to a new session. ``clear()`` is two writes,
+the emptied session then its deletion: one an outage cuts between them (a 503, the
+session empty and its cookie kept) is completed by its retry, which finds that empty
+session and clears it again.
 
 **Errors.** An exception the app does not handle (Starlette's 500) saves nothing of
 the request; a response an exception handler gives (``HTTPException``'s 400) saves
@@ -94,8 +97,8 @@ from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
 
-__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session", "get_session_store",
-           "incr_session", "rotate_session"]
+__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "StarletteSession", "destroy_session",
+           "get_session_store", "incr_session", "rotate_session"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,6 +114,18 @@ STORE_SCOPE_KEY = "statekit.sessions"
 NEAR_CACHE = 10_000
 #: the URL schemes whose store may keep a near cache (standalone and Sentinel Redis)
 _NEAR_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+
+
+class StarletteSession(Session):
+    """``request.session``: a :class:`~statekit.sessions.Session` that notes a
+    ``clear()``, so that emptying a stored session is a logout even when it held
+    nothing (the retry of a logout an outage cut between its save and its destroy)."""
+
+    cleared = False
+
+    def clear(self) -> None:
+        super().clear()
+        self.cleared = True
 
 
 class _Down(Exception):
@@ -168,6 +183,7 @@ class SessionMiddleware:
             # the logged-in user's key, as in the Flask adapter (sessions are shared):
             # indexed, so revoke_user and list_user_sessions find the user's sessions
             store_options.setdefault("user_key", "_user_id")
+            store_options.setdefault("session_class", StarletteSession)
             if max_age:
                 store_options.setdefault("idle_timeout", max_age)
             if url.partition("://")[0].lower() in _NEAR_SCHEMES:
@@ -295,12 +311,16 @@ class SessionMiddleware:
             # an outage's read-only session; or the cookie named a session a login
             # rotated moments ago: the browser most likely holds the new cookie already
             return []
+        # (a ready store's session class may not note a clear())
+        emptied = not session.destroyed and (had_data or getattr(session, "cleared", False)) \
+            and not session and not session.new
         try:
-            if not session.destroyed and had_data and not session and not session.new:
+            if emptied:
                 # emptied (session.clear()): a logout, unless a login rotated the session
-                # since this request loaded it; its save then follows the alias, and only
-                # the keys it removed go from the new session
-                await store.save(session)
+                # since this request loaded it; its save (a write, even of a session that
+                # was empty already) then follows the alias, and only the keys it removed
+                # go from the new session
+                await store.save(session, force=True)
                 if not session.through_alias:
                     await store.destroy(session)
             logged_out = session.destroyed

@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from test_starlette_sessions import client, make_app, sync_store
+from test_starlette_sessions import client, make_app, middleware, sync_store
 
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
@@ -79,3 +79,52 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
             assert len(r.keys(f"{prefix}:session:*")) == 2
     finally:
         store.close()
+
+
+def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
+        durable_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``request.session.clear()`` of a stored session (a logout) saves the emptied
+    session, then destroys it. Redis dies between the two: the 503 keeps the cookie,
+    and the stored session is already empty (signed out). The browser's retry of the
+    logout completes it: the session is destroyed and the cookie deleted. It answered
+    200 and did neither (an empty session loaded with no data was no logout), so the
+    id lived on, empty, until its idle timeout."""
+    prefix = "st" + uuid.uuid4().hex[:10]
+    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+
+    async def clear(request: Request) -> Response:
+        request.session.clear()
+        return PlainTextResponse("ok")
+
+    app.router.routes.append(Route("/clear", clear, methods=["POST"]))
+    store = sync_store(durable_redis.url, prefix)
+
+    async def main() -> tuple[httpx.Response, Any, httpx.Response, bool]:
+        async with client(app) as browser:
+            await browser.post("/login/ada")
+            sid = store.unsign(browser.cookies["session"])
+            assert sid is not None
+            destroy = middleware(app).store.destroy
+
+            async def dies_first(session: Any) -> None:
+                durable_redis.kill()
+                await destroy(session)
+
+            with monkeypatch.context() as m:
+                m.setattr(middleware(app).store, "destroy", dies_first)
+                cut = await browser.post("/clear")
+            durable_redis.start()  # AOF: the emptied session's save is kept
+            left = await asyncio.to_thread(store.load, sid)
+            between = (await browser.get("/get")).json()
+            retry = await browser.post("/clear")
+            return cut, (left is not None and dict(left), between), retry, "session" in browser.cookies
+
+    try:
+        cut, (left, between), retry, kept = asyncio.run(main())
+    finally:
+        store.close()
+    answer = (cut.status_code, cut.headers.get("retry-after"), cut.headers.get("set-cookie"))
+    assert answer == (503, "5", None)
+    assert left == {} and between == {}  # signed out already, the id still stored
+    assert retry.status_code == 200 and retry.headers["set-cookie"].startswith("session=null;")
+    assert not kept
