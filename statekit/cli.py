@@ -8,6 +8,7 @@ command that needs it. A sub-command is a function ``main(argv) -> exit status``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import os
@@ -18,14 +19,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from urllib.parse import quote
 
 from .errors import StatekitError
 
-__all__ = ["COMMANDS", "COMMAND_EXTRAS", "RUN_DIR", "PlainHelpFormatter", "default_pid_file", "dev",
-           "find_pid_file", "main", "plain"]
+__all__ = ["COMMANDS", "COMMAND_EXTRAS", "DEV_STOP_TIMEOUT", "RUN_DIR", "PlainHelpFormatter",
+           "default_pid_file", "dev", "find_pid_file", "main", "plain"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -196,13 +198,79 @@ def _broken_pipe() -> int:
     return 128 + signal.SIGPIPE
 
 
+#: seconds the process group of ``statekit dev``'s command gets to exit after a stop
+#: signal (or after the command exited, leaving processes behind) before it is SIGKILLed
+DEV_STOP_TIMEOUT = 30.0
+
+#: the signals that stop ``statekit dev`` -> the one its command's group gets: SIGHUP
+#: (the terminal closed) stops it as SIGTERM does (a HUP would reload a gunicorn)
+_DEV_STOP_SIGNALS: dict[int, int] = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM,
+                                     signal.SIGHUP: signal.SIGTERM}
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether *proc* has exited, without reaping it: until ``proc.wait()`` its pid, and
+    so its process group's id, cannot be given to another process."""
+    if not hasattr(os, "waitid"):  # pragma: no cover (not Linux nor macOS)
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _group_running(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a process of *proc*'s group (*proc* leads it) still runs: *proc*, or on
+    Linux any other member that is not a zombie. Elsewhere only *proc* can be seen."""
+    if not _exited(proc):
+        return True
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rpartition(b")")[2].split()  # state, ppid, pgrp, ...
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(proc.pid).encode() and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """Send *signum* to the process group *proc* leads (only while *proc* is not reaped)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], asked: bool) -> None:
+    """Once dev's command exited, or was forwarded a stop signal (*asked*): SIGTERM to
+    what it left running (not asked), a wait of up to :data:`DEV_STOP_TIMEOUT` for every
+    process of its group (a graceful stop takes its time), then SIGKILL to the group."""
+    if not asked and _group_running(proc):
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + DEV_STOP_TIMEOUT
+    while _group_running(proc):
+        if time.monotonic() >= deadline:
+            _signal_group(proc, signal.SIGKILL)
+            return
+        time.sleep(0.1)
+
+
 def dev(argv: Sequence[str]) -> int:
     """``statekit dev [--blobs-dir DIR] [-- COMMAND ...]``: start a private Redis and S3
     endpoint.
 
-    Prints their URLs and an environment block to paste, then waits for Ctrl-C or
-    SIGTERM and stops both. With a command after ``--``, runs it with the variables
-    set and stops the servers when it exits (or on SIGTERM, after stopping it).
+    Prints their URLs and an environment block to paste, then waits for Ctrl-C,
+    SIGTERM or SIGHUP and stops both. With a command after ``--``, runs it with the
+    variables set and stops the servers when it exits (or on a stop signal, after
+    stopping it). The command runs in a session of its own: Ctrl-C and SIGTERM are
+    passed on to its whole process group (a shell's or launcher's children too, SIGHUP
+    as SIGTERM), which gets 30 s to exit before it is killed; processes the command
+    leaves behind when it exits get SIGTERM.
 
     The S3 endpoint (moto) keeps its objects in memory: they are gone when ``statekit
     dev`` stops. With ``--blobs-dir DIR`` no S3 endpoint is started and
@@ -241,9 +309,8 @@ def dev(argv: Sequence[str]) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
         received.append((signum, bool(child)))
-        for proc in child:
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        for proc in child:  # not yet reaped (see _exited): the group id is still its
+            _signal_group(proc, _DEV_STOP_SIGNALS[signum])
 
     redis_srv = RedisServer(port=opts.redis_port)  # ConfigError if there is no server binary
     try:
@@ -251,7 +318,8 @@ def dev(argv: Sequence[str]) -> int:
     except BaseException:
         redis_srv.stop()  # its temporary directory
         raise
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, on_signal) for s in _DEV_STOP_SIGNALS  # nohup's ignored SIGHUP is kept
+           if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN)}
     try:
         redis_srv.start()
         if s3_srv is not None:
@@ -273,10 +341,10 @@ def dev(argv: Sequence[str]) -> int:
         if command:
             if stop.is_set():  # stopped while the servers were starting
                 return 0
-            try:  # SIGTERM when dev dies, even by SIGKILL; it stays in the terminal's group
+            try:  # its own session: dev signals its whole group, the terminal signals dev only
                 proc = subprocess.Popen(  # noqa: S603
-                    command, env={**os.environ, **env},
-                    preexec_fn=functools.partial(  # noqa: PLW1509
+                    command, env={**os.environ, **env}, start_new_session=True,
+                    preexec_fn=functools.partial(  # noqa: PLW1509 (SIGTERM when dev dies, even by SIGKILL)
                         _die_with_parent, os.getpid(), signal.SIGTERM, own_group=False
                     ),
                 )
@@ -285,14 +353,12 @@ def dev(argv: Sequence[str]) -> int:
                 return 127 if isinstance(e, FileNotFoundError) else 126
             child.append(proc)
             if received and not received[-1][1]:  # the signal came before the command existed
-                proc.send_signal(received[-1][0])
-            while proc.poll() is None and not stop.is_set():
+                _signal_group(proc, _DEV_STOP_SIGNALS[received[-1][0]])
+            while not _exited(proc) and not stop.is_set():
                 stop.wait(0.2)
-            try:
-                status = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                status = proc.wait()
+            _stop_group(proc, asked=stop.is_set())
+            child.clear()  # reaped next: its group id is no longer dev's to signal
+            status = proc.wait()
             # a command killed by signal N exits 128 + N, as in a shell
             return 0 if stop.is_set() else status if status >= 0 else 128 - status
         print("\nPress Ctrl-C to stop.", flush=True)
