@@ -15,10 +15,13 @@ wrong-node reply dropped it). On Cluster a command whose key is known (the
 commands of :data:`KEY_AT` and ``EVALSHA`` with keys) goes the same way to the
 key's node as redis-py's slot map gives it: one dedicated connection per thread and
 node, from that node's pool. A script that node lacks (``NOSCRIPT``: a restarted
-node, or a flushed one) is loaded there and on every other primary, on this thread's
-connections as ``RedisCluster``'s ``SCRIPT LOAD`` would, and run again there; the other
-primaries' replies are read only if they came meanwhile (a paused one is never waited
-for: its connection, owing a reply, is dropped before its next command). Anything
+node, or a flushed one) is loaded there and on every other primary, as
+``RedisCluster``'s ``SCRIPT LOAD`` would, and run again there: on this thread's
+connections to the other primaries, whose replies are read only if they came
+meanwhile (a paused one is never waited for: its connection, owing a reply, is
+dropped before its next command), and on a primary it has no connection to yet from
+a thread of its own (connecting waits for the handshake, a paused primary's up to
+the socket timeout: a call to a healthy one does not wait for it). Anything
 else, and a command that node answers with ``MOVED``/``ASK``/``TRYAGAIN``/
 ``CLUSTERDOWN``, whose connection cannot be made, or that must run once more (an
 idempotent read after a dropped connection), goes through ``RedisCluster``, which
@@ -224,8 +227,8 @@ def other_primaries(client: Any, name: str) -> list[Any]:
     that node, which runs it, and on these too (sync and asyncio transports alike), as
     ``RedisCluster``'s ``SCRIPT LOAD`` loads on every primary: a bulk call's
     pipelines then find it on each node. Best effort, never waited for by the
-    caller: a paused primary's reply is not waited for (a node that missed the load
-    loads the script at its own ``NOSCRIPT``)."""
+    caller: a paused primary's reply or handshake is not waited for (a node that
+    missed the load loads the script at its own ``NOSCRIPT``)."""
     return [node for node in client.get_primaries() if node.name != name]
 
 
@@ -444,6 +447,10 @@ class Transport:
         self._no_script = redis.exceptions.NoScriptError
         self._connection_error = redis.ConnectionError
         self._local = threading.local()
+        #: Cluster: script loads under way in the background, by (node name, source)
+        #: (:meth:`_load_behind`), and the lock guarding the table
+        self._loads: dict[tuple[str, Arg], threading.Event] = {}
+        self._loads_lock = threading.Lock()
         #: a tracking transport's shared connections (see the module docstring)
         shared = tracking is not None and self.direct
         # within the pool's share, one left at least for the client's pipelines: a lane
@@ -488,6 +495,8 @@ class Transport:
                 lane.conn = None  # the parent's: neither used nor released here
                 lane.bound = None
         self._local = threading.local()
+        self._loads = {}  # the parent's loading threads are not here: none would end
+        self._loads_lock = threading.Lock()
         if self._shared is not None:
             for lane in self._shared:
                 if lane is not None:
@@ -594,6 +603,7 @@ class Transport:
                     # hold it now, between its connections' sends and reads
                     del nodes[name]
             lane = nodes[node.name] = _Lane(self, pool, conn)
+            self._await_loads(node.name, pool)
         return lane
 
     def _node_failed(self, lane: _Lane, args: Sequence[Arg], error: Exception) -> None:
@@ -781,22 +791,27 @@ class Transport:
 
     def _load_elsewhere(self, load: Sequence[Arg], lane: _Lane) -> list[_Lane]:
         """Cluster: send *load* (a ``SCRIPT LOAD`` for *lane*'s node) on this thread's
-        connection to every other primary (:func:`other_primaries`), before the
+        open connection to every other primary (:func:`other_primaries`), before the
         caller's own load and command, without reading the replies: returns the
         connections that owe one (:meth:`_collect`). A bulk call's pipelines then find
         the script on each node (:func:`statekit.cache.redis.cluster_batch` sends a
         command answered ``NOSCRIPT`` again alone, and raises before that when another
-        node's outcome is unknown). Best effort: a node that fails loads it at its own
-        ``NOSCRIPT``: a connection that is closed, still owes a reply (a primary paused
-        at an earlier load) or is due for a reconnect is left alone, since
-        reconnecting waits for a paused primary's handshake. (A primary this thread
-        has no connection to yet is connected first: that waits for a paused one's
-        handshake, up to the socket timeout.)"""
+        node's outcome is unknown). A primary this thread has no connection to yet is
+        not connected here (the handshake waits for a paused one, up to the socket
+        timeout, on a call that does not need it): its load is sent from a thread of
+        its own (:meth:`_load_behind`). Best effort: a node that fails loads it at its
+        own ``NOSCRIPT``: a connection that is closed, still owes a reply (a primary
+        paused at an earlier load) or is due for a reconnect is left alone, since
+        reconnecting waits for a paused primary's handshake."""
         failed = (self._connection_error, self._response_error, _rule().redis.TimeoutError)
         owed = []
+        nodes: dict[str, _Lane] = self._here().__dict__.get("nodes", {})
         for node in other_primaries(self.client, f"{lane.host}:{lane.port}"):
-            other = self.node_lane(node)
-            if other is None or other is lane:
+            other = nodes.get(node.name)
+            if other is None or other.conn is None:
+                self._load_behind(node, load)
+                continue
+            if other is lane:
                 continue
             conn, pack = other.conn, other.pack
             if conn._sock is None or conn._statekit_unread or other.stale or other.marked():
@@ -806,6 +821,44 @@ class Transport:
                 conn.send_packed_command(packed, False)  # (no health check: it would wait for the reply)
                 owed.append(other)
         return owed
+
+    def _load_behind(self, node: Any, load: Sequence[Arg]) -> None:
+        """Cluster: send *load* to *node*, a primary this thread has no connection to,
+        from a thread of its own through the node's client (redis-py's, as
+        ``RedisCluster`` runs it): connecting waits for the node's handshake, a paused
+        one's up to the socket timeout, which a call to another node must not wait
+        for. One load per node and script at a time; its failures are dropped (the
+        node loads the script at its own ``NOSCRIPT``). A thread's first connection to
+        *node* waits for the load to end (:meth:`_await_loads`), so its first bulk
+        call's pipeline there finds the script as one sent on a connection it had."""
+        key = (node.name, load[-1])
+        with self._loads_lock:
+            if key in self._loads:
+                return
+            done = self._loads[key] = threading.Event()
+
+        def run() -> None:
+            try:
+                self.client.get_redis_connection(node).execute_command(*load)
+            except Exception as e:  # noqa: BLE001 - best effort (the docstring)
+                _log.debug("Cluster: a script load on %s failed: %s: %s", node.name, type(e).__name__, e)
+            finally:
+                done.set()
+                with self._loads_lock:
+                    if self._loads.get(key) is done:
+                        del self._loads[key]
+
+        threading.Thread(target=run, name=f"statekit-script-load-{node.name}", daemon=True).start()
+
+    def _await_loads(self, name: str, pool: Any) -> None:
+        """Wait for the loads :meth:`_load_behind` sends to the node named *name* (at
+        most the socket timeout of *pool*, the node's, each): called as this thread
+        connects to the node, after the handshake, so only a caller that talks to that
+        node waits, and not twice for a paused one."""
+        with self._loads_lock:
+            pending = [done for (node, _), done in self._loads.items() if node == name]
+        for done in pending:
+            done.wait(lane_wait(pool))
 
     def _collect(self, owed: list[_Lane]) -> None:
         """Read the replies of :meth:`_load_elsewhere`'s loads that have come, without

@@ -1,0 +1,152 @@
+"""Review of the Redis layer on Cluster (statekit/redis: aio.py, transport.py):
+script loading on masters whose script caches diverge, connections redis-py marks
+for reconnect, and a paused master's effect on calls to the others. Real local
+clusters; what each test checks is in its docstring."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+from test_redis_aio import _with, run  # tests/ is on sys.path
+from test_redis_cancel_review import GET_SCRIPT, _flush_scripts
+
+from statekit.embedded import RedisCluster, RedisServer
+from statekit.pytest_plugin import redis_command_calls, wait_for
+from statekit.redis import create_client, key_slot
+from statekit.redis.aio import AsyncTransport
+from statekit.redis.transport import Transport
+
+pytestmark = [pytest.mark.redis, pytest.mark.cluster]
+
+T = TypeVar("T")
+
+
+def _key_on(cluster: RedisCluster, node: RedisServer, tag: str = "") -> str:
+    """A key whose slot *node* serves (the fixture's even split of the slots)."""
+    per = 16384 // len(cluster.nodes)
+    i = cluster.nodes.index(node)
+    n = 0
+    while True:
+        key = f"{tag}k{n}"
+        if min(key_slot(key) // per, len(cluster.nodes) - 1) == i:
+            return key
+        n += 1
+
+
+def _on_masters(cluster: RedisCluster, do: Callable[[Any], T]) -> list[T]:
+    """``do(client)`` on each master, in the order of ``cluster.masters()``."""
+    out = []
+    for node in cluster.masters():
+        with node.client() as r:
+            out.append(do(r))
+    return out
+
+
+def _checkouts_here(t: Transport, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ports of the masters whose pool this thread takes a connection from (a
+    connection made, or an idle one taken), from now on."""
+    here = threading.get_ident()
+    ports: list[int] = []
+    for node in t.client.get_primaries():
+        pool = t.client.get_redis_connection(node).connection_pool
+
+        def counting(*args: Any, _port: int = node.port, _checkout: Any = pool.get_connection,
+                     **kwargs: Any) -> Any:
+            if threading.get_ident() == here:
+                ports.append(_port)
+            return _checkout(*args, **kwargs)
+
+        monkeypatch.setattr(pool, "get_connection", counting)
+    return ports
+
+
+# -- 1. masters whose script caches diverge ---------------------------------------------
+
+
+def test_an_async_script_on_masters_whose_script_caches_diverge(redis_cluster_url: str,
+                                                                redis_cluster: RedisCluster) -> None:
+    """asyncio: the script is on every master, then one master forgets it (a restart, a
+    ``SCRIPT FLUSH``). Calls routed to that master meet ``NOSCRIPT`` once: the script
+    is loaded there and run, and every later call is one ``EVALSHA`` (no failure, no
+    extra round trip per call); the other masters see their own calls and at most the
+    background load of a script they have. (The last session's note said the async
+    transport loaded a script on one node only: ee18b92 fixed that already.)"""
+    masters = redis_cluster.masters()
+    keys = {node.port: _key_on(redis_cluster, node, "div") for node in masters}
+    for node in masters:
+        with node.client() as r:
+            r.script_load(GET_SCRIPT.source)
+            r.set(keys[node.port], node.port)
+    forgot = masters[1]
+    with forgot.client() as r:
+        r.script_flush()
+    _on_masters(redis_cluster, lambda r: r.config_resetstat())
+
+    async def main(t: AsyncTransport) -> None:
+        for _ in range(10):
+            for node in masters:
+                assert await t.script(GET_SCRIPT, [keys[node.port]], []) == str(node.port).encode()
+
+    run(lambda: _with(redis_cluster_url, main))
+    evalsha = _on_masters(redis_cluster, lambda r: redis_command_calls(r).get("evalsha", 0))
+    scripts = _on_masters(redis_cluster, lambda r: redis_command_calls(r).get("script", 0))
+    assert evalsha == [10 + (node is forgot) for node in masters]
+    assert scripts[masters.index(forgot)] == 1
+    assert all(n <= 1 for n in scripts)  # (the others at most the background load)
+
+
+# -- 3. a paused master and a call to a healthy one ---------------------------------------
+
+
+def test_a_call_to_a_healthy_master_is_not_delayed_by_a_paused_one_it_never_used(
+        own_redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync, Cluster direct path: this thread has a connection to one master only; the
+    script is on no master; another master is paused (SIGSTOP). A script call on the
+    healthy master meets ``NOSCRIPT``, loads the script there and on the other
+    primaries, best effort. The calling thread connected to the paused master for
+    that load and waited for its handshake, the whole socket timeout (2.00 s here), on
+    a call that never needed it: now it makes no connection there (the loads on the
+    primaries it has none to are sent from a thread of their own). Once the paused
+    master runs again it has the script (that load came through), and this thread's
+    first call there runs it at once."""
+    cluster = own_redis_cluster
+    _flush_scripts(cluster)
+    healthy, paused, third = cluster.nodes
+    key, paused_key, third_key = (_key_on(cluster, node) for node in (healthy, paused, third))
+    t = Transport(create_client(f"{cluster.url}?socket_timeout=2&retries=0"), what="test")
+    try:
+        t.command(b"SET", key, "v")
+        assert [lane.port for lane in t._here().nodes.values()] == [healthy.port]
+        connects = _checkouts_here(t, monkeypatch)
+        paused.pause()
+        try:
+            start = time.monotonic()
+            reply = t.script(GET_SCRIPT, [key], [])
+            took = time.monotonic() - start
+        finally:
+            paused.resume()
+        assert reply == b"v"
+        assert connects == []  # no connection made by the call (to the paused master or any)
+        print(f"NOSCRIPT with a paused master this thread had no connection to: {took * 1000:.1f} ms")
+        with paused.client() as r:
+            assert wait_for(lambda: r.script_exists(GET_SCRIPT.sha)[0], 10, "the load on the paused master")  # noqa: B023
+            r.config_resetstat()
+        with third.client() as r:
+            assert wait_for(lambda: r.script_exists(GET_SCRIPT.sha)[0], 10, "the load on the third master")  # noqa: B023
+            r.config_resetstat()
+        assert t.command(b"SET", paused_key, "w") in (b"OK", True)
+        assert t.command(b"SET", third_key, "x") in (b"OK", True)
+        assert t.script(GET_SCRIPT, [paused_key], []) == b"w"
+        assert t.script(GET_SCRIPT, [third_key], []) == b"x"
+        for node in (paused, third):
+            with node.client() as r:
+                calls = redis_command_calls(r)
+                assert calls.get("evalsha") == 1 and "script" not in calls  # no NOSCRIPT there
+        assert sorted(connects) == sorted([paused.port, third.port])  # made by the calls that need them
+    finally:
+        t.close()
+        t.client.close()
