@@ -9,6 +9,13 @@ raised something else, or its thread died) is replaced by a new one after anothe
 ``reset_timeout``, so a lost trial cannot keep the breaker half-open for good. So the
 breaker closes on its own once the backend is back, without any caller having to notice.
 
+Each call reads :attr:`CircuitBreaker.epoch` as it starts and hands it back with its
+failure: a failure counts only in the period it began in (the epoch changes when the
+breaker opens, closes or lets a trial through). Calls that were already waiting when
+the breaker opened fail later, one after the other (each at its own timeout); they
+neither move the open time (the trial still comes ``reset_timeout`` after the breaker
+opened) nor end a trial that began after them.
+
 All methods are safe from any thread. The closed-state fast path (:meth:`allow`,
 :meth:`success`) takes no lock.
 """
@@ -63,6 +70,9 @@ class CircuitBreaker:
         self._trial_running = False
         self._trial_started = 0.0
         self.opened = 0  # how many times the breaker opened
+        #: the current period: changes when the breaker opens, closes or lets a trial
+        #: through (read by a call as it starts, handed to :meth:`failure`)
+        self.epoch = 0
         reset_in_child(self)
 
     def reset_after_fork(self) -> None:
@@ -97,6 +107,7 @@ class CircuitBreaker:
                 return False
             self._trial_running = True
             self._trial_started = now
+            self.epoch += 1  # the trial's own: older calls' outcomes do not end it
         if changed is not None:
             self._notify(changed)
         return True
@@ -110,12 +121,21 @@ class CircuitBreaker:
             self._state = CLOSED
             self._failures = 0
             self._trial_running = False
+            if changed:
+                self.epoch += 1
         if changed:
             self._notify(CLOSED)
 
-    def failure(self) -> None:
-        """Record a failed call (a timeout or connection error, not a bad value)."""
+    def failure(self, epoch: int | None = None) -> None:
+        """Record a failed call (a timeout or connection error, not a bad value).
+
+        :param epoch: :attr:`epoch` as the call started; a call that began in an
+            earlier period (before the breaker opened, before the current trial,
+            before it closed) is not counted. ``None``: a call of the current period.
+        """
         with self._lock:
+            if epoch is not None and epoch != self.epoch:
+                return
             self._failures += 1
             self._trial_running = False
             if self._state == CLOSED and self._failures < self.failure_threshold:
@@ -123,6 +143,7 @@ class CircuitBreaker:
             reopened = self._state != OPEN
             self._state = OPEN
             self._opened_at = self._clock()
+            self.epoch += 1
             if reopened:
                 self.opened += 1
         if reopened:
@@ -134,6 +155,7 @@ class CircuitBreaker:
             self._state = CLOSED
             self._failures = 0
             self._trial_running = False
+            self.epoch += 1
 
     def _notify(self, state: str) -> None:
         if self._on_change is not None:

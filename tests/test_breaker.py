@@ -41,6 +41,39 @@ def test_trial_lease_survives_a_clock_that_goes_backwards() -> None:
     assert b.state == HALF_OPEN
 
 
+
+def test_failures_of_calls_begun_before_the_breaker_opened_do_not_extend_it() -> None:
+    """Five calls start while closed; two fail and open it; the other three time out
+    later. They do not move the open time, count, or end the trial."""
+    now = [0.0]
+    b = CircuitBreaker(2, 1.0, clock=lambda: now[0])
+    started = [b.epoch for _ in range(5)]
+    b.failure(started[0])
+    b.failure(started[1])
+    assert b.state == OPEN and b.opened == 1
+    now[0] = 0.9
+    b.failure(started[2])
+    now[0] = 1.0
+    assert b.state == HALF_OPEN
+    assert b.allow()  # the trial
+    trial = b.epoch
+    b.failure(started[3])  # not the trial's: it is still out
+    assert not b.allow() and b.state == HALF_OPEN
+    b.failure(trial)  # the trial's failure reopens, for a full reset_timeout
+    assert b.state == OPEN and b.opened == 2
+    now[0] = 1.9
+    b.failure(started[4])
+    now[0] = 2.0
+    assert b.state == HALF_OPEN and b.allow()
+    b.success()
+    assert b.state == CLOSED
+    b.failure(trial)  # from before it closed: not one of the new consecutive failures
+    b.failure(b.epoch)
+    assert b.state == CLOSED  # threshold 2: one failure counted
+    b.failure(b.epoch)
+    assert b.state == OPEN
+
+
 @pytest.mark.redis
 def test_cache_recovers_after_a_trial_call_that_raised_a_value_error() -> None:
     """Redis comes back; the first call through the half-open breaker is an incr on

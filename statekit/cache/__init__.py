@@ -496,6 +496,7 @@ class _CacheCore:
         breaker = self.breaker
         if breaker._state != CLOSED and not breaker.allow():
             raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+        epoch = breaker.epoch  # after allow(): a trial's is its own
         try:
             # a Redis backend's own plan runs inside this one (one drive per call, its
             # I/O effects performed by the backend's runner); another backend is called
@@ -505,7 +506,7 @@ class _CacheCore:
             else:
                 result = yield (BE, name, args, kwargs)
         except BackendUnavailable as e:
-            self._failed(e)
+            self._failed(e, epoch)
             raise
         except ValueError:  # an error reply of the command (not an integer, another type): an answer
             breaker.success()
@@ -513,17 +514,18 @@ class _CacheCore:
         breaker.success()
         return result
 
-    def _failed(self, error: BackendUnavailable) -> None:
+    def _failed(self, error: BackendUnavailable, epoch: int) -> None:
         """Count the failed call *error* and tell the breaker: a failure when Redis did
         not answer (a timeout, a lost connection), a success when it answered with an
         error reply (``OOM`` with ``maxmemory``, ``BUSY``, ``CLUSTERDOWN``): failing
         the next calls at once would save no wait, and a Redis out of memory still
-        serves reads."""
+        serves reads. *epoch*: the breaker's as the call started (a call that began
+        before the breaker opened does not keep it open)."""
         self.counters.incr("errors")
         if _answered(error):
             self.breaker.success()
         else:
-            self.breaker.failure()
+            self.breaker.failure(epoch)
 
     def _read(self, name: str, default: Any, *args: Any, write: bool = False) -> Plan[Any]:
         """The backend's *name* call; when the backend is unavailable, *default*
@@ -1132,10 +1134,11 @@ class Cache(_CacheCore):
             if self.on_error == "raise":
                 raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
             return default
+        epoch = breaker.epoch
         try:
             data = backend.get(key)
         except BackendUnavailable as e:
-            self._failed(e)
+            self._failed(e, epoch)
             if self.on_error == "raise":
                 raise
             return default

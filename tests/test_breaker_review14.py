@@ -1,0 +1,117 @@
+"""Review of the circuit breaker's timing (session 14), on real servers where an outage
+is needed (a SIGSTOPped or killed Redis), the breaker's clock a list the test moves.
+
+Found by this review (each test failed before its fix):
+
+* failures of calls that began before the breaker opened (slow calls timing out one
+  after the other) each moved its open time: with many calls in flight the breaker
+  stayed open for ``breaker_reset`` after the last of them, not after it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import redis
+
+from statekit.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from statekit.cache import AsyncCache, Cache
+from statekit.embedded import RedisServer
+from statekit.errors import BackendUnavailable
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+def _clocked(threshold: int = 1) -> tuple[CircuitBreaker, list[float]]:
+    """A breaker (``reset_timeout`` 1 s) whose clock is the returned list's first item."""
+    now = [0.0]
+    return CircuitBreaker(threshold, 1.0, clock=lambda: now[0]), now
+
+
+# -- calls in flight when the breaker opened ------------------------------------------
+
+
+def test_calls_in_flight_when_the_breaker_opened_do_not_keep_it_open(private_redis: RedisServer) -> None:
+    """Four requests are waiting for a hung Redis (a long socket timeout) when a newer
+    call times out and opens the breaker. The four fail later, one after the other
+    (here: the server dies); the breaker still turns half-open ``breaker_reset`` after
+    it opened, and the first call after that closes it. Their failures used to restart
+    the open period each time."""
+    breaker, now = _clocked()
+    slow = redis.Redis(port=private_redis.port, socket_timeout=60)
+    hung = Cache(client=slow, namespace="review14")
+    quick = Cache(client=redis.Redis(port=private_redis.port, socket_timeout=0.5), namespace="review14")
+    hung.breaker = quick.breaker = breaker
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            hung.get("k")
+        except BackendUnavailable as e:
+            failed.append(e)
+
+    threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
+    try:
+        quick.set("k", "v")
+        private_redis.pause()
+        for t in threads:
+            t.start()
+        # each thread holds a connection of its own: its call is past the breaker
+        wait_for(lambda: len(slow.connection_pool._in_use_connections) == 4, what="4 calls in flight")
+        with pytest.raises(BackendUnavailable):
+            quick.get("k")  # began after them, timed out first
+        assert breaker.state == OPEN
+        now[0] = 0.5
+        private_redis.kill()  # the four fail now
+        for t in threads:
+            t.join(30)
+        assert len(failed) == 4 and breaker.state == OPEN
+        now[0] = 1.0  # breaker_reset after it opened
+        assert breaker.state == HALF_OPEN  # was: open until 1.5
+        private_redis.start()  # same port, empty
+        assert quick.get("k", "gone") == "gone"  # the trial call
+        assert breaker.state == CLOSED
+    finally:
+        private_redis.resume()
+        for t in threads:
+            t.join(30)
+        hung.close()
+        quick.close()
+
+
+def test_async_calls_in_flight_when_the_breaker_opened_do_not_keep_it_open(
+        private_redis: RedisServer) -> None:
+    """The same through :class:`AsyncCache` (tasks of one loop)."""
+    breaker, now = _clocked()
+
+    async def body() -> None:
+        hung = AsyncCache(private_redis.url, namespace="review14", timeout=60)
+        quick = AsyncCache(private_redis.url, namespace="review14", timeout=0.5)
+        hung.breaker = quick.breaker = breaker
+        try:
+            await quick.set("k", "v")
+            await hung.get("k")  # connected
+            private_redis.pause()
+            calls = [asyncio.ensure_future(hung.get("k")) for _ in range(4)]
+            await asyncio.sleep(0)  # each task ran to its first await: past the breaker
+            with pytest.raises(BackendUnavailable):
+                await quick.get("k")
+            assert breaker.state == OPEN
+            now[0] = 0.5
+            private_redis.kill()
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+            assert all(isinstance(r, BackendUnavailable) for r in results), results
+            now[0] = 1.0
+            assert breaker.state == HALF_OPEN
+            private_redis.start()
+            assert await quick.get("k", "gone") == "gone"
+            assert breaker.state == CLOSED
+        finally:
+            private_redis.resume()
+            await hung.aclose()
+            await quick.aclose()
+
+    asyncio.run(body())
