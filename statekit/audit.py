@@ -27,7 +27,10 @@ SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``h
 =======  ==========================================================================
 
 Heuristics, not proofs: a handler is a function with a route decorator
-(``@app.route``, ``@bp.post``...), a function or method taking ``request`` first, or
+(``@app.route``, ``@bp.post``, ``@app.api_route``, ``@app.middleware``...), one a
+route registers (``Route("/", home)``, ``WebSocketRoute``, ``add_route``,
+``add_api_route``, ``add_url_rule``) or a FastAPI dependency (``Depends(f)``) names,
+whatever its parameters are called, a function or method taking ``request`` first, or
 a ``get``/``post``/... method of a class; functions of the same module it calls by
 name count as part of it. Silence one line with ``# statekit: ignore`` (or
 ``# statekit: ignore[SK301]``); skip paths with a ``.statekitignore`` file (one glob
@@ -77,7 +80,13 @@ _SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "env", "node_modules", "__
 _HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options"}
 _ROUTE_DECORATORS = _HTTP_METHODS | {"route", "before_request", "after_request", "errorhandler",
                                      "api_view", "require_POST", "require_GET", "require_http_methods",
-                                     "login_required", "websocket"}
+                                     "login_required", "websocket", "api_route", "websocket_route",
+                                     "middleware"}
+#: calls that register the functions they are given as endpoints (Starlette, FastAPI, Flask)
+#: or as dependencies run for each request (FastAPI)
+_ROUTE_CALLS = {"Route", "WebSocketRoute", "add_route", "add_api_route", "add_websocket_route",
+                "add_api_websocket_route", "add_url_rule", "Depends", "Security"}
+_ROUTE_KEYWORDS = {"endpoint", "view_func", "dependency"}
 _MUTATORS = {"append", "extend", "insert", "update", "setdefault", "add", "pop", "popitem", "remove",
              "discard", "clear", "appendleft", "__setitem__"}
 _CONTAINER_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"}
@@ -179,11 +188,16 @@ class _Module:
                         elif (isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
                               and node.value.func.id in {"SimpleNamespace", *self.classes}):
                             self.objects[t.id] = node.lineno
+        defs: dict[str, list[_Func]] = {}  # every function of the module, nested ones too, by name
+        registered: list[tuple[str, str]] = []  # (function name, "endpoint" or "dependency")
         for any_node in ast.walk(tree):
             if (isinstance(any_node, ast.Assign) and isinstance(any_node.value, ast.Call)
                     and _name(any_node.value) in _THREAD_CLASSES):
                 self.thread_names.update(t.id for t in any_node.targets if isinstance(t, ast.Name))
+            if isinstance(any_node, ast.Call):
+                registered.extend(_route_registrations(any_node))
             if isinstance(any_node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defs.setdefault(any_node.name, []).append(any_node)
                 why = self._handler_reason(any_node)
                 if why:
                     self.handlers.append((any_node, why))
@@ -193,6 +207,10 @@ class _Module:
                             and item.name in _HTTP_METHODS
                             and not any(h is item for h, _ in self.handlers)):
                         self.handlers.append((item, f"view method {any_node.name}.{item.name}"))
+        for name, kind in registered:  # Route("/", home): home is an endpoint, whatever its parameters
+            for func in defs.get(name, []):
+                if not any(h is func for h, _ in self.handlers):
+                    self.handlers.append((func, f"{kind} {func.name}()"))
 
     @staticmethod
     def _is_container(value: ast.AST) -> bool:
@@ -229,6 +247,18 @@ class _Module:
                     scope[id(callee)] = (callee, f"{callee.name}() called from {func.name}()")
                     todo.append(callee)
         return scope
+
+
+def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
+    """The functions *call* registers by name: ``Route("/", home)``, ``app.add_api_route("/",
+    create)``, ``add_url_rule("/", "i", index)``, ``Depends(current_user)``."""
+    name = _name(call)
+    if name not in _ROUTE_CALLS:
+        return
+    kind = "dependency" if name in ("Depends", "Security") else "endpoint"
+    for arg in [*call.args, *(k.value for k in call.keywords if k.arg in _ROUTE_KEYWORDS)]:
+        if isinstance(arg, ast.Name):
+            yield arg.id, kind
 
 
 _VIEW_BASES = ("View", "ViewSet", "Resource", "Handler", "Endpoint", "APIView")
