@@ -20,9 +20,10 @@ SK304    a cache local to one process or machine: Django ``CACHES`` locmem/file,
          cachetools cache
 SK305    an SQLite database in one process's memory or in a file per worker (its pid, a
          fresh temporary directory)
-SK401    a timer, thread or scheduler started at import (once per worker process)
-SK402    a timer, thread or scheduler started per worker (post_fork, ready(), app factory,
-         a startup hook or lifespan)
+SK401    a timer, thread or scheduler started, or a task submitted to an executor, at
+         import (once per worker process)
+SK402    the same per worker (post_fork, ready(), app factory, a startup hook or lifespan,
+         decorated or registered: ``on_startup=``, ``lifespan=``, ``add_event_handler``)
 SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
 =======  ==========================================================================
 
@@ -70,8 +71,8 @@ RULES: dict[str, tuple[str, str]] = {
     "SK304": ("module-level-cache", "cache local to one process (Django, Flask-Caching, cachelib, "
                                     "cachetools)"),
     "SK305": ("module-level-cache", "SQLite database in one process's memory or a per-worker file"),
-    "SK401": ("per-worker-scheduled-computation", "timer started at import"),
-    "SK402": ("per-worker-scheduled-computation", "timer started per worker"),
+    "SK401": ("per-worker-scheduled-computation", "timer or executor task started at import"),
+    "SK402": ("per-worker-scheduled-computation", "timer or executor task started per worker"),
     "SK501": ("sticky-sessions", "sticky sessions"),
 }
 
@@ -94,6 +95,7 @@ _DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", 
              "scalars", "query", "raw", "cursor"}
 _THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
                    "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
+_EXECUTOR_CLASSES = {"ThreadPoolExecutor", "ProcessPoolExecutor"}
 _PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready",
                      "lifespan"}
 #: decorators of functions every worker runs once (startup hooks)
@@ -165,6 +167,8 @@ class _Module:
         self.classes: dict[str, dict[str, _Func]] = {}  # module-level class -> its methods
         self.owner: dict[int, str] = {}  # id(method) -> the name of its module-level class
         self.objects: dict[str, int] = {}  # module-level SimpleNamespace/instance of a module class -> line
+        self.executor_names: set[str] = set()  # names bound to a ThreadPoolExecutor/ProcessPoolExecutor
+        self.startup: set[int] = set()  # id() of the functions registered as startup hooks or lifespan
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
@@ -190,12 +194,16 @@ class _Module:
                             self.objects[t.id] = node.lineno
         defs: dict[str, list[_Func]] = {}  # every function of the module, nested ones too, by name
         registered: list[tuple[str, str]] = []  # (function name, "endpoint" or "dependency")
+        startup: list[str] = []
         for any_node in ast.walk(tree):
-            if (isinstance(any_node, ast.Assign) and isinstance(any_node.value, ast.Call)
-                    and _name(any_node.value) in _THREAD_CLASSES):
-                self.thread_names.update(t.id for t in any_node.targets if isinstance(t, ast.Name))
+            for bound, value in _bindings(any_node):
+                if _name(value) in _THREAD_CLASSES:
+                    self.thread_names.add(bound)
+                elif _name(value) in _EXECUTOR_CLASSES:
+                    self.executor_names.add(bound)
             if isinstance(any_node, ast.Call):
                 registered.extend(_route_registrations(any_node))
+                startup.extend(_startup_registrations(any_node))
             if isinstance(any_node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 defs.setdefault(any_node.name, []).append(any_node)
                 why = self._handler_reason(any_node)
@@ -211,6 +219,7 @@ class _Module:
             for func in defs.get(name, []):
                 if not any(h is func for h, _ in self.handlers):
                     self.handlers.append((func, f"{kind} {func.name}()"))
+        self.startup.update(id(func) for name in startup for func in defs.get(name, []))
 
     @staticmethod
     def _is_container(value: ast.AST) -> bool:
@@ -249,6 +258,16 @@ class _Module:
         return scope
 
 
+def _bindings(node: ast.AST) -> Iterator[tuple[str, ast.Call]]:
+    """``(name, call)`` for ``name = Cls(...)`` and ``with Cls(...) as name``."""
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+        yield from ((t.id, node.value) for t in node.targets if isinstance(t, ast.Name))
+    elif isinstance(node, (ast.With, ast.AsyncWith)):
+        for item in node.items:
+            if isinstance(item.context_expr, ast.Call) and isinstance(item.optional_vars, ast.Name):
+                yield item.optional_vars.id, item.context_expr
+
+
 def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
     """The functions *call* registers by name: ``Route("/", home)``, ``app.add_api_route("/",
     create)``, ``add_url_rule("/", "i", index)``, ``Depends(current_user)``."""
@@ -259,6 +278,18 @@ def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
     for arg in [*call.args, *(k.value for k in call.keywords if k.arg in _ROUTE_KEYWORDS)]:
         if isinstance(arg, ast.Name):
             yield arg.id, kind
+
+
+def _startup_registrations(call: ast.Call) -> Iterator[str]:
+    """The functions *call* registers as startup hooks: ``Starlette(on_startup=[warm],
+    lifespan=app_lifespan)``, ``app.add_event_handler("startup", warm)``."""
+    for kw in call.keywords:
+        if kw.arg in ("on_startup", "lifespan"):
+            values = kw.value.elts if isinstance(kw.value, (ast.List, ast.Tuple)) else [kw.value]
+            yield from (v.id for v in values if isinstance(v, ast.Name))
+    if (_name(call) == "add_event_handler" and len(call.args) == 2 and _const_str(call.args[0]) == "startup"
+            and isinstance(call.args[1], ast.Name)):
+        yield call.args[1].id
 
 
 _VIEW_BASES = ("View", "ViewSet", "Resource", "Handler", "Endpoint", "APIView")
@@ -455,19 +486,39 @@ def _is_cache_decorator(dec: ast.AST) -> bool:
         isinstance(target, ast.Attribute) and _name(target.value) == "cachetools"))
 
 
-def _starts_thread(call: ast.Call, mod: _Module) -> bool:
-    if _name(call) != "start" or not isinstance(call.func, ast.Attribute):
+def _starts_background(call: ast.Call, mod: _Module) -> bool:
+    """``thread.start()``, ``scheduler.start()`` or ``executor.submit(task)``."""
+    if _name(call) not in ("start", "submit") or not isinstance(call.func, ast.Attribute):
         return False
     target = call.func.value
+    if _name(call) == "submit":
+        if isinstance(target, ast.Call):
+            return _name(target) in _EXECUTOR_CLASSES
+        return isinstance(target, ast.Name) and (target.id in mod.executor_names
+                                                 or "executor" in target.id.lower())
     if isinstance(target, ast.Call):
         return _name(target) in _THREAD_CLASSES
     return isinstance(target, ast.Name) and (target.id in mod.thread_names or "sched" in target.id.lower())
 
 
+def _waited_for(stmt: ast.AST) -> set[int]:
+    """id() of the ``pool.submit(...)`` calls in ``with ThreadPoolExecutor() as pool:``
+    blocks: the block's end waits for them, they are no background work."""
+    waited: set[int] = set()
+    for node in ast.walk(stmt):
+        if isinstance(node, (ast.With, ast.AsyncWith)):
+            pools = {name for name, value in _bindings(node) if _name(value) in _EXECUTOR_CLASSES}
+            waited.update(id(n) for s in node.body for n in ast.walk(s)
+                          if isinstance(n, ast.Call) and _name(n) == "submit"
+                          and _name(getattr(n.func, "value", n)) in pools)
+    return waited
+
+
 def _thread_starts(body: Iterable[ast.AST], mod: _Module) -> Iterator[ast.Call]:
     for stmt in body:
+        waited = _waited_for(stmt)
         for n in ast.walk(stmt):
-            if isinstance(n, ast.Call) and _starts_thread(n, mod):
+            if isinstance(n, ast.Call) and _starts_background(n, mod) and id(n) not in waited:
                 yield n
             elif (isinstance(n, ast.Call) and _name(n) == "every"
                     and _name(getattr(n.func, "value", n)) == "schedule"):
@@ -480,7 +531,7 @@ def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
            and not _is_main_guard(s)]
     for call in _thread_starts(top, mod):
         out.append((call.lineno, "SK401",
-                    "background timer/thread started at import: every worker process runs its own copy "
+                    f"background {_started(call)} at import: every worker process runs its own copy "
                     "(N workers, N computations per interval)"))
     called_at_import = {
         n.func.id for s in top for n in ast.walk(s)
@@ -489,16 +540,20 @@ def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
     for name in sorted(called_at_import):
         for call in _thread_starts(mod.functions[name].body, mod):
             out.append((call.lineno, "SK401",
-                        f"background timer/thread started by {name}(), called at import: every worker "
+                        f"background {_started(call)} by {name}(), called at import: every worker "
                         "process runs its own copy"))
     for node in ast.walk(mod.tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                node.name in _PER_WORKER_FUNCS
+                node.name in _PER_WORKER_FUNCS or id(node) in mod.startup
                 or any(_name(d) in _PER_WORKER_DECORATORS for d in node.decorator_list)):
             for call in _thread_starts(node.body, mod):
                 out.append((call.lineno, "SK402",
-                            f"background timer/thread started in {node.name}(): once per worker (or per "
+                            f"background {_started(call)} in {node.name}(): once per worker (or per "
                             "app), not once per cluster"))
+
+
+def _started(call: ast.Call) -> str:
+    return "task submitted to an executor" if _name(call) == "submit" else "timer/thread started"
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:

@@ -101,3 +101,64 @@ def test_functions_passed_to_anything_but_a_route_are_not_handlers() -> None:
     tasks = BackgroundTask(handle, item)
     """
     assert codes(src) == []
+
+
+def test_executor_tasks_submitted_at_import_or_at_startup() -> None:
+    """``executor.submit(loop)`` at import (or in a function called at import) runs
+    a background task in every worker, like a thread; in a startup hook (decorated,
+    named, or registered with ``on_startup``/``lifespan``/``add_event_handler``)
+    once per worker."""
+    src = """
+    import concurrent.futures
+    from concurrent.futures import ThreadPoolExecutor
+    executor = ThreadPoolExecutor(max_workers=2)
+    executor.submit(refresh_forever)
+    ThreadPoolExecutor(1).submit(poll)
+    concurrent.futures.ThreadPoolExecutor().submit(poll)
+    def start_polling():
+        background_executor.submit(poll)
+    start_polling()
+    @app.on_event("startup")
+    def start():
+        executor.submit(refresh_forever)
+    def post_fork(server, worker):
+        pool = ThreadPoolExecutor()
+        pool.submit(refresh_forever)
+    def warm():
+        executor.submit(refresh_forever)
+    async def app_lifespan(app):
+        threading.Thread(target=refresh_forever).start()
+        yield
+    def on_boot():
+        executor.submit(poll)
+    app = Starlette(on_startup=[warm], lifespan=app_lifespan)
+    app.add_event_handler("startup", on_boot)
+    """
+    assert codes(src) == [(5, "SK401"), (6, "SK401"), (7, "SK401"), (9, "SK401"), (13, "SK402"),
+                          (16, "SK402"), (18, "SK402"), (20, "SK402"), (23, "SK402")]
+
+
+def test_executor_work_that_ends_before_import_does_or_runs_per_request() -> None:
+    """A pool used in a ``with`` block waits for its tasks before the import goes on;
+    a task submitted by a handler is that request's work; an executor created but
+    not used, or used by a function nothing calls at import, starts nothing;
+    ``submit`` of something that is not an executor is not a task."""
+    src = """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    executor = ThreadPoolExecutor(max_workers=4)
+    with ThreadPoolExecutor() as pool:
+        SIZES = list(pool.map(os.path.getsize, FILES))
+    with ThreadPoolExecutor() as executor2:
+        FIRST = executor2.submit(load).result()
+    form.submit()
+    @app.post("/resize")
+    def resize():
+        executor.submit(make_thumbnail, request.files["photo"].read())
+        return "queued"
+    def later():
+        executor.submit(refresh_forever)
+    if __name__ == "__main__":
+        executor.submit(refresh_forever)
+    """
+    assert codes(src) == []
