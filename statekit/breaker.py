@@ -4,10 +4,12 @@ While Redis is down every call would otherwise wait for a connect timeout. The
 breaker counts consecutive failures; after ``failure_threshold`` of them it *opens*
 and calls fail at once (no network I/O) for ``reset_timeout`` seconds. Then it is
 *half-open*: one trial call goes through; success closes the breaker, failure opens
-it again for another ``reset_timeout``. A trial that reports neither (its caller
-raised something else, or its thread died) is replaced by a new one after another
-``reset_timeout``, so a lost trial cannot keep the breaker half-open for good. So the
-breaker closes on its own once the backend is back, without any caller having to notice.
+it again for another ``reset_timeout``. A trial that ends without an outcome (its task
+was cancelled, it raised something that says nothing of the backend) frees its place
+at once (:meth:`CircuitBreaker.abandoned`); one that never reports (its thread died)
+is replaced by a new one after another ``reset_timeout``, so a lost trial cannot keep
+the breaker half-open for good. So the breaker closes on its own once the backend is
+back, without any caller having to notice.
 
 Each call reads :attr:`CircuitBreaker.epoch` as it starts and hands it back with its
 failure: a failure counts only in the period it began in (the epoch changes when the
@@ -148,6 +150,17 @@ class CircuitBreaker:
                 self.opened += 1
         if reopened:
             self._notify(OPEN)
+
+    def abandoned(self, epoch: int) -> None:
+        """Record a call that began in period *epoch* (:attr:`epoch` as it started) and
+        ended without an outcome: its task was cancelled, it was interrupted, it raised
+        something that says nothing of the backend. If it was the half-open trial, the
+        next call may try at once (instead of after another ``reset_timeout``)."""
+        if self._state == CLOSED:
+            return
+        with self._lock:
+            if epoch == self.epoch:  # only the trial began in the current half-open period
+                self._trial_running = False
 
     def reset(self) -> None:
         """Close the breaker and forget past failures."""

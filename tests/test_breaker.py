@@ -74,6 +74,29 @@ def test_failures_of_calls_begun_before_the_breaker_opened_do_not_extend_it() ->
     assert b.state == OPEN
 
 
+def test_an_abandoned_trial_frees_its_place_at_once() -> None:
+    """A trial that ends without an outcome (cancelled) lets the next caller try; a
+    call of an earlier period that ends so frees nothing (the trial is still out), nor
+    does a lost trial that was already replaced."""
+    now = [0.0]
+    b = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+    before = b.epoch
+    b.failure(before)
+    now[0] = 1.0
+    assert b.allow()
+    trial = b.epoch
+    b.abandoned(before)
+    assert not b.allow()
+    b.abandoned(trial)
+    assert b.allow()  # at once, not after another reset_timeout
+    lost = b.epoch
+    now[0] = 2.0
+    assert b.allow()  # the lost trial is replaced
+    b.abandoned(lost)
+    assert not b.allow()
+    assert b.state == HALF_OPEN
+
+
 @pytest.mark.redis
 def test_cache_recovers_after_a_trial_call_that_raised_a_value_error() -> None:
     """Redis comes back; the first call through the half-open breaker is an incr on

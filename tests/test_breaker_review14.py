@@ -5,12 +5,17 @@ Found by this review (each test failed before its fix):
 
 * failures of calls that began before the breaker opened (slow calls timing out one
   after the other) each moved its open time: with many calls in flight the breaker
-  stayed open for ``breaker_reset`` after the last of them, not after it opened.
+  stayed open for ``breaker_reset`` after the last of them, not after it opened;
+* a half-open trial whose task was cancelled (a client that went away), or a sync
+  one interrupted (a signal, a gevent ``Timeout``), reported neither success nor
+  failure: every other call was refused until another ``breaker_reset`` passed,
+  although nobody was trying.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 
 import pytest
@@ -115,3 +120,72 @@ def test_async_calls_in_flight_when_the_breaker_opened_do_not_keep_it_open(
             await quick.aclose()
 
     asyncio.run(body())
+
+
+# -- a cancelled trial ------------------------------------------------------------------
+
+
+def test_a_cancelled_async_trial_lets_the_next_call_try_at_once(private_redis: RedisServer) -> None:
+    """The half-open trial's task is cancelled while Redis hangs (the client went
+    away). Redis comes back at once: the next call is the new trial and succeeds. It
+    used to be refused ("circuit breaker is open") until another ``breaker_reset``."""
+    breaker, now = _clocked()
+
+    async def body() -> None:
+        cache = AsyncCache(private_redis.url, namespace="review14", timeout=0.5)
+        cache.breaker = breaker
+        try:
+            await cache.set("k", "v")
+            private_redis.pause()
+            with pytest.raises(BackendUnavailable):
+                await cache.get("k")
+            assert breaker.state == OPEN
+            now[0] = 1.0
+            trial = asyncio.ensure_future(cache.get("k"))
+            await asyncio.sleep(0)  # the trial is sent, Redis does not answer
+            assert not breaker.allow()  # one trial at a time
+            trial.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await trial
+            private_redis.resume()
+            assert await cache.get("k") == "v"  # was: BackendUnavailable, breaker open
+            assert breaker.state == CLOSED
+        finally:
+            private_redis.resume()
+            await cache.aclose()
+
+    asyncio.run(body())
+
+
+class _Interrupted(BaseException):
+    """What a signal handler raises (as ``KeyboardInterrupt`` or a gevent ``Timeout``)."""
+
+
+def test_an_interrupted_sync_trial_lets_the_next_call_try_at_once(private_redis: RedisServer) -> None:
+    """The sync trial (``get``'s own path) is interrupted while Redis hangs: the next
+    call, Redis back, is the new trial."""
+    breaker, now = _clocked()
+    cache = Cache(private_redis.url, namespace="review14", timeout=60)
+    cache.breaker = breaker
+
+    def interrupt(*_: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        cache.set("k", "v")
+        breaker.failure()  # (as a call of the current period that timed out)
+        private_redis.pause()
+        now[0] = 1.0
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(_Interrupted):
+            cache.get("k")  # the trial: waits for the hung Redis until interrupted
+        private_redis.resume()
+        assert cache.get("k") == "v"  # was: BackendUnavailable, breaker open
+        assert breaker.state == CLOSED
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        private_redis.resume()
+        cache.close()
+

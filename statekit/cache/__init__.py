@@ -511,6 +511,9 @@ class _CacheCore:
         except ValueError:  # an error reply of the command (not an integer, another type): an answer
             breaker.success()
             raise
+        except BaseException:  # cancelled, interrupted, or no word on Redis: a trial's place is free
+            breaker.abandoned(epoch)
+            raise
         breaker.success()
         return result
 
@@ -1142,6 +1145,9 @@ class Cache(_CacheCore):
             if self.on_error == "raise":
                 raise
             return default
+        except BaseException:
+            breaker.abandoned(epoch)
+            raise
         if breaker._failures:
             breaker.success()
         if data is None:
