@@ -13,8 +13,8 @@ SK202    Django ``SESSION_ENGINE`` is file-based or a cache backed by process me
 SK301    a module-level dict/list/set (or a class attribute holding one, or an attribute
          of a module-level object) is written from a request handler
 SK302    ``global`` in a request handler
-SK303    ``lru_cache``/``cache`` (or cachetools' ``cached``/``ttl_cache``...) on a function
-         that queries a database
+SK303    ``lru_cache``/``cache`` (or cachetools' ``cached``/``ttl_cache``..., async_lru's
+         ``alru_cache``) on a function that queries a database or fetches over HTTP
 SK304    a cache local to one process or machine: Django ``CACHES`` locmem/file,
          Flask-Caching ``SimpleCache``/``FileSystemCache``, a module-level cachelib or
          cachetools cache
@@ -67,7 +67,7 @@ RULES: dict[str, tuple[str, str]] = {
     "SK202": ("sessions-in-files-or-memory", "Django sessions in local files or memory"),
     "SK301": ("module-level-cache", "module-level container written from a handler"),
     "SK302": ("module-level-cache", "global in a request handler"),
-    "SK303": ("module-level-cache", "lru_cache on a database query"),
+    "SK303": ("module-level-cache", "lru_cache on a database query or HTTP fetch"),
     "SK304": ("module-level-cache", "cache local to one process (Django, Flask-Caching, cachelib, "
                                     "cachetools)"),
     "SK305": ("module-level-cache", "SQLite database in one process's memory or a per-worker file"),
@@ -96,12 +96,17 @@ _DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", 
 _THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
                    "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
 _EXECUTOR_CLASSES = {"ThreadPoolExecutor", "ProcessPoolExecutor"}
+#: modules whose functions (``requests.get``), or clients (``httpx.Client(...)``), fetch over HTTP
+_HTTP_MODULES = {"requests", "httpx", "aiohttp", "urllib3"}
+#: their clients' classes (``Client`` and ``Session`` only with the module's name: other libraries have them)
+_HTTP_CLIENTS = {"Client", "AsyncClient", "Session", "session", "ClientSession", "PoolManager"}
+_HTTP_SENDS = _HTTP_METHODS | {"request", "send", "stream", "urlopen", "urlretrieve"}
 _PER_WORKER_FUNCS = {"post_fork", "post_worker_init", "create_app", "make_app", "app_factory", "ready",
                      "lifespan"}
 #: decorators of functions every worker runs once (startup hooks)
 _PER_WORKER_DECORATORS = {"on_event", "before_first_request", "before_serving", "on_startup"}
 _CACHE_DECORATORS = {"lru_cache", "cache", "ttl_cache", "tlru_cache", "lfu_cache", "rr_cache", "fifo_cache",
-                     "mru_cache"}
+                     "mru_cache", "alru_cache"}
 #: module-level constructors of one process's cache -> their library
 _LOCAL_CACHES = {"SimpleCache": "cachelib", "FileSystemCache": "cachelib", "TTLCache": "cachetools",
                  "LRUCache": "cachetools", "LFUCache": "cachetools", "RRCache": "cachetools",
@@ -168,6 +173,7 @@ class _Module:
         self.owner: dict[int, str] = {}  # id(method) -> the name of its module-level class
         self.objects: dict[str, int] = {}  # module-level SimpleNamespace/instance of a module class -> line
         self.executor_names: set[str] = set()  # names bound to a ThreadPoolExecutor/ProcessPoolExecutor
+        self.http_clients: set[str] = set()  # names bound to an HTTP client (httpx.Client, requests.Session)
         self.startup: set[int] = set()  # id() of the functions registered as startup hooks or lifespan
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -201,6 +207,8 @@ class _Module:
                     self.thread_names.add(bound)
                 elif _name(value) in _EXECUTOR_CLASSES:
                     self.executor_names.add(bound)
+                elif _is_http_client(value):
+                    self.http_clients.add(bound)
             if isinstance(any_node, ast.Call):
                 registered.extend(_route_registrations(any_node))
                 startup.extend(_startup_registrations(any_node))
@@ -266,6 +274,14 @@ def _bindings(node: ast.AST) -> Iterator[tuple[str, ast.Call]]:
         for item in node.items:
             if isinstance(item.context_expr, ast.Call) and isinstance(item.optional_vars, ast.Name):
                 yield item.optional_vars.id, item.context_expr
+
+
+def _is_http_client(call: ast.Call) -> bool:
+    """``httpx.Client(...)``, ``requests.Session()``, ``aiohttp.ClientSession()``..."""
+    func = call.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return func.value.id in _HTTP_MODULES and func.attr in _HTTP_CLIENTS
+    return isinstance(func, ast.Name) and func.id in _HTTP_CLIENTS - {"Client", "Session", "session"}
 
 
 def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
@@ -473,6 +489,25 @@ def _check_cached_queries(mod: _Module, out: list[tuple[int, str, str]]) -> None
             out.append((decorator.lineno, "SK303",
                         f"@{_name(decorator)} on {node.name}() which queries a database: each worker "
                         "keeps its own copy and never sees changes"))
+        elif any(isinstance(n, ast.Call) and _fetches(n, mod) for n in ast.walk(node)):
+            out.append((decorator.lineno, "SK303",
+                        f"@{_name(decorator)} on {node.name}() which fetches over HTTP: each worker "
+                        "keeps its own copy of the remote data, and they age apart"))
+
+
+def _fetches(call: ast.Call, mod: _Module) -> bool:
+    """``requests.get(...)``, ``client.post(...)`` on an HTTP client, ``urlopen(...)``."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id in ("urlopen", "urlretrieve")
+    if not (isinstance(func, ast.Attribute) and func.attr in _HTTP_SENDS):
+        return False
+    target = func.value
+    if isinstance(target, ast.Call):
+        return _is_http_client(target)
+    if isinstance(target, ast.Attribute):  # urllib.request.urlopen
+        return target.attr == "request" and _name(target.value) == "urllib"
+    return isinstance(target, ast.Name) and (target.id in _HTTP_MODULES or target.id in mod.http_clients)
 
 
 def _is_cache_decorator(dec: ast.AST) -> bool:

@@ -162,3 +162,74 @@ def test_executor_work_that_ends_before_import_does_or_runs_per_request() -> Non
         executor.submit(refresh_forever)
     """
     assert codes(src) == []
+
+
+def test_memoized_http_fetches_are_per_worker_copies_of_remote_data() -> None:
+    """``lru_cache``/``cache`` (or cachetools', or async_lru's ``alru_cache``) on a
+    function fetching over HTTP (requests, httpx, urllib, aiohttp, a module-level
+    client) keeps each worker's own, aging copy of remote data."""
+    src = """
+    import functools, urllib.request
+    from urllib.request import urlopen
+    import aiohttp, cachetools.func, httpx, requests
+    from async_lru import alru_cache
+    api = httpx.Client(base_url="https://api.example.com")
+    @functools.lru_cache(maxsize=128)
+    def exchange_rate(currency):
+        return requests.get(f"https://rates.example.com/{currency}", timeout=5).json()
+    @functools.cache
+    def profile(uid):
+        return api.get(f"/users/{uid}").json()
+    @functools.cache
+    def feed():
+        with urllib.request.urlopen("https://example.com/feed") as r:
+            return r.read()
+    @functools.lru_cache
+    def jwks():
+        with httpx.Client() as client:
+            return client.get(JWKS_URL).json()
+    @functools.cache
+    def page():
+        return urlopen(URL).read()
+    @cachetools.func.ttl_cache(ttl=300)
+    def remote_config():
+        return requests.Session().post(CONFIG_URL).json()
+    @alru_cache
+    async def avatar(uid):
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://cdn.example.com/{uid}") as r:
+                return await r.read()
+    """
+    assert codes(src) == [(7, "SK303"), (10, "SK303"), (13, "SK303"), (17, "SK303"), (21, "SK303"),
+                          (24, "SK303"), (27, "SK303")]
+
+
+def test_memoized_clients_and_lookups_that_fetch_nothing() -> None:
+    """Building a client once per process, parsing a URL, reading a dict or the
+    environment, or Flask's ``request`` (not ``requests``) fetches nothing; an HTTP
+    fetch that is not memoized keeps no copy."""
+    src = """
+    import functools, os, urllib.parse
+    import httpx, requests
+    @functools.lru_cache
+    def session():
+        return requests.Session()
+    @functools.cache
+    def client():
+        return httpx.Client(base_url=os.environ.get("API_URL", ""))
+    @functools.cache
+    def host(url):
+        return urllib.parse.urlparse(url).hostname
+    @functools.cache
+    def setting(name):
+        return os.environ.get(name, CONFIG.get(name))
+    @functools.cache
+    def agent():
+        return requests.utils.default_user_agent()
+    @functools.cache
+    def arg(name):
+        return request.args.get(name)
+    def fetch(url):
+        return requests.get(url, timeout=5).json()
+    """
+    assert codes(src) == []
