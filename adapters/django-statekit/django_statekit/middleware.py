@@ -16,7 +16,8 @@ response: it carries no ``Set-Cookie``, so the browser keeps its session cookie 
 gets the same session back once Redis returns; except the new key of a rotation (a
 login) or a carry-over Redis had already made, since the data lives there only, and
 the key of a new session whose first save timed out (it may be stored: the
-browser's retry then continues it).
+browser's retry then continues it), whichever call failed (a save, or an ``incr``
+or another backend in the view: Django saves nothing on a 5xx).
 Any other outage reaching it (the cache or the blob store in a view) gets the same
 503 with a generic page.
 
@@ -101,7 +102,8 @@ def _secure() -> bool:
     return secure not in (False, "0", "false", "False", "no", "off")
 
 
-#: the request attribute that holds a BackendUnavailable raised outside the views
+#: the request attribute that holds a BackendUnavailable raised outside the views (or
+#: answered 503 by ``process_exception``)
 _RAISED = "_statekit_unavailable"
 
 
@@ -173,18 +175,13 @@ class SessionOutageMiddleware(HybridMiddleware):
         token_name = settings.SESSION_COOKIE_NAME + "_v"
         session = getattr(request, "session", None)
         if getattr(session, "outage", False):
-            outage = outage_response()
-            core = getattr(session, "_core", None)
-            if isinstance(core, Session) and not core.unavailable and (
-                    core.send_cookie and not core.new or core.maybe_stored):
-                # rotated (a login) or carried over before Redis failed: the data lives
-                # under the new key only, and the old one is a tombstone. Or a new
-                # session's create timed out: stored or not, the retry continues it
-                self._set_session_cookie(session, core, outage)
-            return outage
+            return self._outage_cookie(session, outage_response())
         raised = getattr(request, _RAISED, None)
         if raised is not None and response.status_code == 500:
-            return self._unavailable(request, raised)  # raised outside a view (see _note_raised)
+            # raised outside a view (see _note_raised)
+            return self._outage_cookie(session, self._unavailable(request, raised))
+        if raised is not None and response.status_code == 503:
+            return self._outage_cookie(session, response)  # process_exception's
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
         core = getattr(session, "_core", None)
         if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
@@ -201,6 +198,19 @@ class SessionOutageMiddleware(HybridMiddleware):
         if morsel is not None and morsel.value and not morsel["secure"] and _secure():
             morsel["secure"] = True
         self._send_version_token(session, response, morsel, token_name, sent)
+        return response
+
+    @classmethod
+    def _outage_cookie(cls, session: Any, response: HttpResponseBase) -> HttpResponseBase:
+        """*response*, an outage's 503, with the session cookie when the session needs
+        it (SessionMiddleware neither saves nor sends a cookie on a 5xx): rotated (a
+        login) or carried over before Redis failed, the data lives under the new key
+        only and the old one is a tombstone; new and its create timed out, it may be
+        stored, and the browser's retry then continues it."""
+        core = getattr(session, "_core", None)
+        if isinstance(core, Session) and not core.unavailable and not getattr(session, "superseded", False) \
+                and (core.send_cookie and not core.new or core.maybe_stored):
+            cls._set_session_cookie(session, core, response)
         return response
 
     @staticmethod
@@ -244,6 +254,7 @@ class SessionOutageMiddleware(HybridMiddleware):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, BackendUnavailable):
             return None
+        setattr(request, _RAISED, exception)  # _finish adds the cookie the session needs
         return self._unavailable(request, exception)
 
     @staticmethod

@@ -67,3 +67,40 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
             assert len(r.keys(f"{store.key_prefix}:session:*")) == 2
     finally:
         tests_django_urls.urlpatterns.pop()
+
+
+@pytest.mark.parametrize("first", ["new", "rotated"])
+def test_a_failure_inside_the_view_sends_the_cookie_its_session_needs(
+        django_settings: Any, durable_redis: RedisServer, first: str) -> None:
+    """``request.session.incr`` times out inside the view (Redis paused): the 503
+    carries the cookie the session needs, as at SessionMiddleware's save: a new
+    session's (its create, which ``incr`` makes first, may be stored), or the new key
+    of a ``cycle_key()`` made before (the data lives there only)."""
+    configure(django_settings, _fails_fast(durable_redis))
+
+    def v_count(request: HttpRequest) -> HttpResponse:
+        if first == "rotated":
+            request.session.cycle_key()
+        durable_redis.pause()
+        return HttpResponse(str(request.session.incr("n")))  # type: ignore[attr-defined]
+
+    tests_django_urls.urlpatterns.append(path("review14/count", v_count))
+    try:
+        browser = Client(raise_request_exception=False)
+        browser.get("/sessions/set/cart/apple")  # a pooled connection, and a cart to keep
+        if first == "new":
+            browser.cookies.clear()
+        try:
+            resp = browser.get("/review14/count")
+        finally:
+            durable_redis.resume()
+        morsel = browser.cookies.get("sessionid")
+        assert resp.status_code == 503 and morsel is not None and morsel.value
+        store = get_core_store()
+        sid = store.unsign(morsel.value)
+        assert sid is not None
+        wait_for(lambda: store.load(sid) is not None, timeout=30, what="the session under the cookie's key")
+        loaded = store.load(sid)
+        assert loaded is not None and loaded.get("cart") == (None if first == "new" else "apple")
+    finally:
+        tests_django_urls.urlpatterns.pop()

@@ -103,3 +103,37 @@ def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
     assert resp.status_code == 200 and resp.headers["Set-Cookie"].startswith("session=;")
     assert browser.get_cookie("session") is None
     assert store.load(sid) is None
+
+
+@pytest.mark.parametrize("first", ["new", "rotated"])
+def test_a_failure_inside_the_view_sends_the_cookie_its_session_needs(
+        durable_redis: RedisServer, first: str) -> None:
+    """``session.incr`` times out inside the view (Redis paused): the 503 carries the
+    cookie the session needs, as at the save: a new session's (its create, which
+    ``incr`` makes first, may be stored), or the new id of a ``rotate()`` made before
+    (the data lives there only)."""
+    app = make_app(_fails_fast(durable_redis))
+
+    @app.post("/count")
+    def count() -> Any:
+        if first == "rotated":
+            session.rotate()  # type: ignore[attr-defined]
+        durable_redis.pause()
+        return str(session.incr("n"))  # type: ignore[attr-defined]
+
+    browser = app.test_client()
+    browser.post("/set/cart/apple")  # a pooled connection, and a cart to keep
+    if first == "new":
+        browser.delete_cookie("session")
+    try:
+        resp = browser.post("/count")
+    finally:
+        durable_redis.resume()
+    cookie = browser.get_cookie("session")
+    assert resp.status_code == 503 and cookie is not None
+    store = get_state(app).sessions
+    sid = store.unsign(cookie.value)
+    assert sid is not None
+    wait_for(lambda: store.load(sid) is not None, timeout=30, what="the session under the cookie's id")
+    loaded = store.load(sid)
+    assert loaded is not None and loaded.get("cart") == (None if first == "new" else "apple")

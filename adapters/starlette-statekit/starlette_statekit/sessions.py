@@ -269,7 +269,7 @@ class SessionMiddleware:
             # handler, when installed, answers first)
             name = outage_name(e)
             outages.down(self.outage_name if name == "session store" else name, e)
-            await self._unavailable(scope, receive, send, [])
+            await self._unavailable(scope, receive, send, self._outage_cookies(session))
             return
         if started and not replaced and session.modified:
             await self._save_late(session)
@@ -300,6 +300,15 @@ class SessionMiddleware:
         for value in cookies:
             response.headers.append("set-cookie", value)
         await response(scope, receive, send)
+
+    def _outage_cookies(self, session: Session) -> list[str]:
+        """The ``Set-Cookie`` values of the 503 answered when the store failed while
+        *session* was in use: its cookie if it was rotated (or first stored) before
+        Redis failed, as the data lives under the new id only; or if it is new and its
+        create timed out (stored or not, the browser's retry continues it)."""
+        if session.superseded or not (session.send_cookie and not session.new or session.maybe_stored):
+            return []
+        return [self._cookie(session)]
 
     async def _commit(self, session: Session, had_data: bool, had_cookie: bool,
                       token: str | None) -> list[str]:
@@ -332,10 +341,7 @@ class SessionMiddleware:
                 await store.save(carried)
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
-            # rotated (or first stored) before Redis failed: the data lives under the new
-            # id. Or a new session's create timed out: stored or not, the retry continues it
-            resend = session.send_cookie and not session.new or session.maybe_stored
-            raise _Down([self._cookie(session)] if resend else []) from e
+            raise _Down(self._outage_cookies(session)) from e
         if logged_out:
             out = [self._deleted_cookie(self.token_name)] if token is not None else []
             if carried is not None:

@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from test_starlette_sessions import client, make_app, middleware, sync_store
 
+from starlette_statekit.sessions import incr_session, rotate_session
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 
@@ -128,3 +129,45 @@ def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
     assert left == {} and between == {}  # signed out already, the id still stored
     assert retry.status_code == 200 and retry.headers["set-cookie"].startswith("session=null;")
     assert not kept
+
+
+@pytest.mark.parametrize("first", ["new", "rotated"])
+def test_a_failure_inside_the_app_sends_the_cookie_its_session_needs(
+        durable_redis: RedisServer, first: str) -> None:
+    """``incr_session`` times out inside the app (Redis paused): the 503 the middleware
+    answers instead carries the cookie the session needs, as at the save: a new
+    session's (its create, which ``incr_session`` makes first, may be stored), or
+    the new id of a ``rotate_session`` made before (the data lives there only)."""
+    prefix = "st" + uuid.uuid4().hex[:10]
+    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+
+    async def count(request: Request) -> Response:
+        if first == "rotated":
+            await rotate_session(request)
+        durable_redis.pause()
+        return PlainTextResponse(str(await incr_session(request, "n")))
+
+    app.router.routes.append(Route("/count", count, methods=["POST"]))
+
+    async def main() -> tuple[httpx.Response, Any]:
+        async with client(app) as browser:
+            await browser.post("/set/cart/apple")  # a pooled connection, and a cart to keep
+            if first == "new":
+                browser.cookies.clear()
+            try:
+                resp = await browser.post("/count")
+            finally:
+                durable_redis.resume()
+            return resp, browser.cookies.get("session")
+
+    resp, cookie = asyncio.run(main())
+    assert resp.status_code == 503 and cookie is not None
+    store = sync_store(durable_redis.url, prefix)
+    try:
+        sid = store.unsign(cookie)
+        assert sid is not None
+        wait_for(lambda: store.load(sid) is not None, timeout=30, what="the session under the cookie's id")
+        loaded = store.load(sid)
+        assert loaded is not None and loaded.get("cart") == (None if first == "new" else "apple")
+    finally:
+        store.close()
