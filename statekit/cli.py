@@ -27,7 +27,7 @@ from urllib.parse import quote
 from .errors import StatekitError
 
 __all__ = ["COMMANDS", "COMMAND_EXTRAS", "DEV_STOP_TIMEOUT", "RUN_DIR", "PlainHelpFormatter",
-           "default_pid_file", "dev", "find_pid_file", "main", "plain"]
+           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "plain"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -84,21 +84,44 @@ def default_pid_file(bind: str) -> str:
     return os.path.join(RUN_DIR, f"serve-{name}.pid")
 
 
-def _serving(pid: int) -> bool:
-    """Whether *pid* is alive and, where ``/proc`` tells, a statekit or gunicorn
-    process (a stale pid file may name a pid the system gave to something else)."""
+def _started_after(pid: int, path: str) -> bool:
+    """Whether process *pid* started after the pid file *path* was last written (Linux;
+    False where it cannot tell). Then it is not the process that wrote its pid there but
+    one that got the pid later: the file is stale (its server died without removing it,
+    by SIGKILL, a crash or a reboot), whatever the new process's command line."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rpartition(b")")[2].split()[19])  # field 22, starttime
+        written = os.stat(path).st_mtime
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)  # the clock starttime counts in
+    except (OSError, ValueError, IndexError, AttributeError):
+        return False
+    started = ticks / os.sysconf("SC_CLK_TCK")
+    return started > written - time.time() + since_boot + 1.0  # 1 s: clock ticks, file times
+
+
+def check_pid_file(path: str, pid: int) -> None:
+    """Refuse pid file *path* (naming *pid*) when it is stale: :func:`_started_after`.
+
+    :raises ConfigError: the process *pid* started after the file was written."""
+    from .errors import ConfigError
+
+    if _started_after(pid, path):
+        raise ConfigError(f"{path} is stale: process {pid} started after the file was written, so it is "
+                          "not the server that wrote it (that one is gone). Remove the file, or give the "
+                          "master's PID")
+
+
+def _serving(pid: int, path: str) -> bool:
+    """Whether *pid*, read from pid file *path*, is alive and the process that wrote
+    it (not one that got the pid after its server died)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return True
-    return b"statekit" in cmdline or b"gunicorn" in cmdline
+        pass
+    return not _started_after(pid, path)
 
 
 def find_pid_file(run_dir: str = RUN_DIR) -> str:
@@ -118,7 +141,7 @@ def find_pid_file(run_dir: str = RUN_DIR) -> str:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
             continue
-        if pid > 1 and _serving(pid):
+        if pid > 1 and _serving(pid, path):
             live.append(path)
     if not live:
         raise ConfigError(f"no running statekit serve has a pid file under ./{run_dir}/ (start it from this "

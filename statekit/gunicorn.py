@@ -1266,8 +1266,10 @@ def serve_main(argv: Sequence[str]) -> int:
 def reload_main(argv: Sequence[str]) -> int:
     """``statekit reload [--pid FILE | PID]``: zero-downtime reload of a running
     ``statekit serve`` (sends SIGHUP to its master). Without arguments, the one
-    started from the current directory (its pid file under ``.statekit/``)."""
-    from .cli import PlainHelpFormatter, find_pid_file
+    started from the current directory (its pid file under ``.statekit/``). A pid
+    file is stale, and refused, when the process it names started after it was
+    written (its server died without removing it and the pid went to another)."""
+    from .cli import PlainHelpFormatter, check_pid_file, find_pid_file
 
     p = argparse.ArgumentParser(prog="statekit reload", description=reload_main.__doc__,
                                 formatter_class=PlainHelpFormatter)
@@ -1285,6 +1287,7 @@ def reload_main(argv: Sequence[str]) -> int:
                 pid = int(f.read().strip())
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read a pid from {opts.pidfile}: {e}") from e
+        check_pid_file(opts.pidfile, pid)
     if pid is None or pid <= 1:
         raise ConfigError(f"{pid!r} is not a master pid")
     try:

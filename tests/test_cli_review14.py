@@ -237,3 +237,112 @@ def test_ctrl_c_in_a_terminal_reaches_the_command_once(tmp_path: Path) -> None:
             proc.wait(30)
         os.close(master)
         _kill([pid] if pid else [])
+
+
+# -- statekit reload: which process a pid file names ------------------------------------
+#
+# reload trusts a pid file only for the process that wrote it: one started after the
+# file was last written got the pid later (the server that wrote it died without
+# removing it: SIGKILL, a crash, a reboot). Every launch form the docs and examples
+# give is found; a process that merely reuses the pid is refused, whatever its
+# command line.
+
+_WRAPPER = "import sys\nfrom statekit.cli import main\nsys.exit(main(['serve', *sys.argv[1:]]))\n"
+_HOOKS_CONF = "from statekit.gunicorn import *  # noqa: F403\nworker_class = 'gthread'\n"
+_WRAPPED_APP = ("from statekit.lifecycle import LifecycleMiddleware\nimport app as _a\n"
+                "app = LifecycleMiddleware(_a.app)\n")
+
+
+def _reload(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STATEKIT, "reload", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.gunicorn
+@pytest.mark.parametrize("form", ["console script", "python -m", "wrapper script", "gunicorn hooks"])
+def test_reload_finds_every_launch_form(tmp_path: Path, form: str) -> None:
+    """`statekit serve` (docs, the Dockerfile), `python -m statekit serve` (the demo,
+    phoenix), a script that calls statekit.cli.main in its own process (its command line
+    names neither statekit nor gunicorn), gunicorn with statekit's hooks in its own conf
+    file (`--pid` under .statekit/): `statekit reload` without arguments, from the
+    directory, reaches the master and its worker is replaced."""
+    from test_lifecycle_helpers import ServeProcess, request, wait_until
+
+    from statekit.embedded import free_port
+
+    work = tmp_path / "srv"
+    work.mkdir()
+    port = free_port()
+    serve = ["app:app", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--pre-stop-delay", "0"]
+    command = {
+        "console script": [STATEKIT, "serve", *serve],
+        "python -m": [sys.executable, "-m", "statekit", "serve", *serve],
+        "wrapper script": [sys.executable, "run_web.py", *serve],
+        "gunicorn hooks": [str(Path(STATEKIT).with_name("gunicorn")), "-c", "web.conf.py", "wrapped:app",
+                           "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                           "--pid", f".statekit/serve-127.0.0.1-{port}.pid"],
+    }[form]
+    (work / "run_web.py").write_text(_WRAPPER)
+    (work / "web.conf.py").write_text(_HOOKS_CONF)
+    (work / "wrapped.py").write_text(_WRAPPED_APP)
+    (work / ".statekit").mkdir()
+    srv = ServeProcess(work, command=command, port=port, env={"STATEKIT_PRE_STOP_DELAY": "0"})
+    try:
+        srv.wait_ready(1, timeout=60)
+        pid_file = work / ".statekit" / f"serve-127.0.0.1-{port}.pid"
+        assert int(pid_file.read_text()) == srv.pid
+        worker = request(port, "/")[2].split()[0]
+        done = _reload(work)
+        assert done.returncode == 0, done.stderr
+        assert f"sent SIGHUP to {srv.pid}" in done.stdout
+        wait_until(lambda: request(port, "/")[2].split()[0] != worker, 60, "the worker to be replaced")
+        given = _reload(work, "--pid", str(pid_file))
+        assert given.returncode == 0, given.stderr
+    finally:
+        srv.stop()
+
+
+def _reused_pid(tmp_path: Path, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    """A process started after a pid file naming its pid was written: what a stale pid
+    file of a server that died (SIGKILL) looks like once the system gave the pid away."""
+    pid_file = tmp_path / ".statekit" / "serve-127.0.0.1-8000.pid"
+    pid_file.parent.mkdir(parents=True)
+    written = time.time() - 5  # the dead server wrote it (its file, not yet its pid) 5 s ago
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdin=subprocess.PIPE)  # reads stdin: lives until closed
+    pid_file.write_text(f"{proc.pid}\n")
+    os.utime(pid_file, (written, written))
+    return proc, pid_file
+
+
+_SLEEPER = "import sys; sys.stdin.read()"
+
+
+@pytest.mark.parametrize("named", ["unrelated", "statekit in its path", "statekit dev"])
+def test_reload_refuses_a_process_that_reused_the_pid(tmp_path: Path, named: str) -> None:
+    """Stale pid file, pid now another process's: reload sends it nothing (SIGHUP would
+    end it), with --pid FILE or without arguments. Its command line may well contain
+    "statekit" (a program of a project checked out under ~/statekit-demo, statekit dev
+    itself)."""
+    script = tmp_path / "statekit-demo" / "worker.py"
+    script.parent.mkdir()
+    script.write_text(_SLEEPER)
+    argv = {
+        "unrelated": [sys.executable, "-c", _SLEEPER],
+        "statekit in its path": [sys.executable, str(script)],
+        "statekit dev": [STATEKIT, "dev", "--blobs-dir", str(tmp_path / "blobs")],
+    }[named]
+    proc, pid_file = _reused_pid(tmp_path, argv)
+    try:
+        found = _reload(tmp_path)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert "no running statekit serve has a pid file under ./.statekit/" in found.stderr
+        given = _reload(tmp_path, "--pid", str(pid_file))
+        assert given.returncode == 1, given.stdout + given.stderr
+        assert f"ConfigError: {pid_file} is stale: process {proc.pid} started after" in given.stderr
+        assert proc.poll() is None  # it got no SIGHUP
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        if named == "statekit dev":
+            proc.terminate()
+        proc.wait(60)

@@ -8,9 +8,9 @@ The photos are files in ``instance/blobs``, next to the demo's SQLite database
 forget them); delete ``instance/`` to start afresh. Extra arguments go to ``statekit
 serve`` (e.g. ``--bind 0.0.0.0:8000``).
 
-It *execs* ``python -m statekit serve ...`` rather than calling it: the master's command
-line then names statekit, which ``statekit reload`` (run with no arguments from this
-directory) checks before it trusts the pid file under ``.statekit/``.
+It *execs* ``python -m statekit serve ...``: the master is this process, and ``statekit
+reload`` (run with no arguments from this directory) finds its pid in the pid file under
+``.statekit/``.
 """
 
 from __future__ import annotations
