@@ -9,7 +9,10 @@ Found by this review (each test failed before its fix):
 * a half-open trial whose task was cancelled (a client that went away), or a sync
   one interrupted (a signal, a gevent ``Timeout``), reported neither success nor
   failure: every other call was refused until another ``breaker_reset`` passed,
-  although nobody was trying.
+  although nobody was trying;
+* a namespace of a cache shares its breaker but its stats said ``breaker_opened`` 0
+  (only the root counted) and its ``breaker_state`` gauge stayed 0 (closed) for the
+  metrics exporters until its ``stats()`` was called.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from statekit.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from statekit.cache import AsyncCache, Cache
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
+from statekit.metrics import snapshot
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
@@ -188,4 +192,32 @@ def test_an_interrupted_sync_trial_lets_the_next_call_try_at_once(private_redis:
         signal.signal(signal.SIGALRM, previous)
         private_redis.resume()
         cache.close()
+
+
+# -- a namespace's stats ----------------------------------------------------------------
+
+
+def test_a_namespace_reports_the_breaker_it_shares(private_redis: RedisServer) -> None:
+    """A namespace shares its root's breaker (one Redis, one breaker): its stats and
+    its exported metrics report it as the root's do, opened and state; its own
+    errors stay its own. A namespace made while the breaker is open says so."""
+    root = Cache(private_redis.url, prefix="review14ns", failure_threshold=1, timeout=0.5,
+                 on_error="miss")
+    users = root.namespace("users")
+    try:
+        assert users.set("k", 1)
+        private_redis.kill()
+        assert users.get("k", "default") == "default"  # the failure that opens the breaker
+        exported = snapshot()["cache"]
+        assert exported["review14ns:users"]["breaker_state"] == 2  # was: 0
+        assert exported["review14ns:users"]["breaker_opened"] == 1  # was: 0
+        assert exported["review14ns:default"]["breaker_opened"] == 1
+        stats = users.stats()
+        assert stats["breaker_state"] == 2 and stats["breaker_opened"] == 1  # was: 0 opened
+        assert stats["errors"] == 1 and root.stats()["errors"] == 0
+        late = root.namespace("late")
+        assert snapshot()["cache"]["review14ns:late"]["breaker_state"] == 2  # was: 0
+        assert late.stats()["breaker_opened"] == 0  # counted since it was made, as its other counters
+    finally:
+        root.close()
 

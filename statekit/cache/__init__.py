@@ -190,11 +190,24 @@ def _plain(v: Any) -> bool:
     return tv is str or tv is float or tv is bool or v is None or tv is int
 
 
-def _breaker_hook(counters: Counters) -> Callable[[str], None]:
+def _breaker_hook(root: _CacheCore) -> Callable[[str], None]:
+    """The breaker's ``on_change``: every cache of *root*'s family (its namespaces and
+    theirs share its breaker) reports the change, its ``breaker_state`` gauge and its
+    ``breaker_opened`` count (opens since that cache was made, as its other counters
+    count). Held weakly: the breaker must not keep a dropped cache alive."""
+    ref = weakref.ref(root)
+
     def changed(state: str) -> None:
-        counters.set_gauge("breaker_state", STATE_VALUES[state])
-        if state == "open":
-            counters.incr("breaker_opened")
+        cache = ref()
+        family = [cache] if cache is not None else []
+        while family:
+            cache = family.pop()
+            cache.counters.set_gauge("breaker_state", STATE_VALUES[state])
+            if state == "open":
+                cache.counters.incr("breaker_opened")
+            # valuerefs() is a copy taken in one step: a namespace another thread makes
+            # meanwhile cannot break the walk (a new one reads the state as it is made)
+            family += [c for c in (r() for r in cache._children.valuerefs()) if c is not None]
 
     return changed
 
@@ -331,8 +344,8 @@ class _CacheCore:
         self._children: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self.counters = _CacheCounters(f"{prefix or 'statekit'}:{namespace}")
         self.breaker: CircuitBreaker = (_parent.breaker if _parent is not None else CircuitBreaker(
-            failure_threshold, breaker_reset, on_change=_breaker_hook(self.counters)))
-        self.counters.set_gauge("breaker_state", 0)
+            failure_threshold, breaker_reset, on_change=_breaker_hook(self)))
+        self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -1018,7 +1031,8 @@ class _CacheCore:
     def stats(self) -> dict[str, float]:
         """Counters (hits, misses, near_hits, stale, recomputes, early_refreshes,
         lock_waits, errors, dropped_writes, breaker_opened, undecodable) and the
-        ``breaker_state`` gauge (0 closed, 1 half-open, 2 open)."""
+        ``breaker_state`` gauge (0 closed, 1 half-open, 2 open). A namespace shares its
+        root's breaker and reports it too (``breaker_opened``: since it was made)."""
         self.counters.set_gauge("breaker_state", STATE_VALUES[self.breaker.state])
         if self._near is not None:
             self.counters.set_gauge("near_size", len(self._near))
