@@ -5,6 +5,7 @@ clusters; what each test checks is in its docstring."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -150,3 +151,82 @@ def test_a_call_to_a_healthy_master_is_not_delayed_by_a_paused_one_it_never_used
     finally:
         t.close()
         t.client.close()
+
+
+# -- 2. a master whose address changes ----------------------------------------------------
+
+
+def _fail_over_to_a_new_node(cluster: RedisCluster, old: RedisServer) -> RedisServer:
+    """A replica of *old* on a new port takes over its slots (``CLUSTER FAILOVER
+    TAKEOVER``): the slots' master has a new address; *old* is its replica."""
+    new = cluster.add_node(replica_of=old)
+    with new.client() as c:
+        c.execute_command("CLUSTER FAILOVER", "TAKEOVER")
+        assert wait_for(lambda: c.info("replication")["role"] == "master", 30, "the failover")  # noqa: B023
+    cluster.wait_ok()
+    return new
+
+
+def _remove(cluster: RedisCluster, old: RedisServer) -> None:
+    """*old* leaves the cluster: killed, and forgotten by every other node."""
+    old_id = cluster.node_id(old)
+    old.kill()
+    for node in cluster.nodes:
+        if node.running:
+            with node.client() as c:
+                c.execute_command("CLUSTER FORGET", old_id)
+    cluster.wait_ok()
+
+
+def test_a_master_whose_address_changes_is_followed_and_its_old_connection_not_kept(
+        own_redis_cluster: RedisCluster) -> None:
+    """Sync and asyncio: a key's master fails over to a replica on another port, and
+    the old master leaves the cluster. Both transports' next commands on the key are
+    served by the new master (the sync direct path's connection to the old node got
+    ``MOVED``, then ``RedisCluster`` refreshed its map). When redis-py's refresh drops
+    the old node it marks that node's connections in use for reconnect
+    (``should_reconnect``), and its refresh closes them (the node is dead), which
+    clears the mark: the sync thread kept its connection to the old node (closed, in
+    the old pool) for the thread's life, as it dropped only marked ones. Now a
+    connection whose node left the topology is not kept once the thread connects
+    anew, as redis-py's own release does. The asyncio transport keeps no Cluster
+    connection between commands: redis-py's ``ClusterNode`` checks the mark at each
+    acquire."""
+    cluster = own_redis_cluster
+    old, other = cluster.nodes[0], cluster.nodes[1]
+    key, other_key = _key_on(cluster, old, "moved"), _key_on(cluster, other, "moved")
+    sync = Transport(create_client(cluster.url), what="test")
+
+    async def main(t: AsyncTransport) -> None:
+        assert await t.command(b"SET", key, "v") in (b"OK", True)
+        assert sync.command(b"GET", key) == b"v"
+        lane = next(lane for lane in sync._here().nodes.values() if lane.port == old.port)
+        old_conn = lane.conn
+        new = _fail_over_to_a_new_node(cluster, old)
+        with new.client() as r:
+            r.config_resetstat()
+        assert sync.command(b"GET", key) == b"v"  # the old node's MOVED, followed
+        assert sync.command(b"SET", key, "w") in (b"OK", True)
+        assert await t.command(b"GET", key) == b"w"
+        assert await t.command(b"SET", key, "x") in (b"OK", True)
+        assert sync.command(b"GET", key) == b"x"
+        with new.client() as r:
+            calls = redis_command_calls(r)
+        assert (calls.get("get"), calls.get("set")) == (3, 2)
+        assert lane.conn is old_conn and old_conn._sock is not None  # kept: its node is a replica now
+        _remove(cluster, old)
+        sync.client.nodes_manager.initialize()  # the refresh redis-py makes after an error
+        assert old_conn._sock is None and not old_conn.should_reconnect()  # closed by the refresh, unmarked
+        assert sync.command(b"GET", other_key) is None  # a new connection (to another master)
+        assert all(lane.port != old.port for lane in sync._here().nodes.values())
+        pool = lane.pool
+        del lane
+        # (the MOVED it got left it in a frame of a reference cycle: collected, not leaked)
+        gc.collect()
+        assert old_conn not in pool._in_use_connections
+
+    try:
+        run(lambda: _with(cluster.url, main))
+    finally:
+        sync.close()
+        sync.client.close()

@@ -596,11 +596,15 @@ class Transport:
             except (self._connection_error, _rule().redis.TimeoutError) as e:
                 _through("no connection to %s: %s: %s", node.name, type(e).__name__, e)
                 return None  # nothing sent: RedisCluster finds the node's successor
+            known = self.client.nodes_manager.nodes_cache  # (replaced whole at a refresh)
             for name, old in list(nodes.items()):  # (a new connection: the topology may have changed)
-                if old.conn is not None and old.marked():
-                    # its node left (or moved): not kept for good. Given back when the
-                    # last reference goes (_Lane.__del__): a bulk call of this thread may
-                    # hold it now, between its connections' sends and reads
+                if old.conn is not None and (old.marked() or name not in known):
+                    # its node left (or moved): not kept for good. redis-py marks the
+                    # connections of a node its refresh dropped, but a disconnect clears
+                    # the mark (its refresh closes a dead node's), hence the topology
+                    # too. Given back when the last reference goes (_Lane.__del__): a
+                    # bulk call of this thread may hold it now, between its
+                    # connections' sends and reads
                     del nodes[name]
             lane = nodes[node.name] = _Lane(self, pool, conn)
             self._await_loads(node.name, pool)
