@@ -5,6 +5,7 @@ clusters; what each test checks is in its docstring."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -230,3 +231,38 @@ def test_a_master_whose_address_changes_is_followed_and_its_old_connection_not_k
     finally:
         sync.close()
         sync.client.close()
+
+
+def test_an_async_call_to_a_healthy_master_is_not_delayed_by_a_paused_one(
+        own_redis_cluster: RedisCluster) -> None:
+    """asyncio, as the sync test above: the script is on no master and one master is
+    paused. A script call on a healthy master loads it there, runs it and returns
+    while the load on the paused master is still under way (in the background: the
+    call did not wait for it); once that master runs again the load ends and its own
+    keys' script runs there without ``NOSCRIPT``."""
+    cluster = own_redis_cluster
+    _flush_scripts(cluster)
+    healthy, paused, _ = cluster.nodes
+    key, paused_key = _key_on(cluster, healthy), _key_on(cluster, paused)
+
+    async def main(t: AsyncTransport) -> None:
+        assert await t.command(b"SET", key, "v") in (b"OK", True)
+        assert await t.command(b"SET", paused_key, "w") in (b"OK", True)
+        paused.pause()
+        try:
+            reply = await t.script(GET_SCRIPT, [key], [])
+            loading = list(t._loading.values())
+            under_way = [not task.done() for task in loading]
+        finally:
+            paused.resume()
+        assert reply == b"v"
+        assert under_way == [True]  # the other primaries' load: the paused one has not answered
+        await asyncio.gather(*loading)
+        with paused.client() as r:
+            r.config_resetstat()
+        assert await t.script(GET_SCRIPT, [paused_key], []) == b"w"
+        with paused.client() as r:
+            calls = redis_command_calls(r)
+        assert calls.get("evalsha") == 1 and "script" not in calls  # no NOSCRIPT there
+
+    run(lambda: _with(f"{cluster.url}?socket_timeout=5&retries=0", main))
