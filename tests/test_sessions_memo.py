@@ -38,8 +38,33 @@ def test_a_forged_cookie_is_refused_every_time(store: SessionStore, caplog: pyte
     with caplog.at_level(logging.WARNING, logger="statekit.security"):
         for _ in range(3):
             assert store.open(forged).new
-    assert sum("bad signature" in r.getMessage() for r in caplog.records) == 3
+    # refused (and counted) every time; logged once per kind per interval
+    assert sum("bad signature" in r.getMessage() for r in caplog.records) == 1
     assert store.counters.get("rejected_cookies") == 3
+
+
+def test_refused_cookies_are_logged_once_per_kind_per_interval(
+        store: SessionStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Another app's cookie on the same domain, sent with every request, is refused
+    every time but does not log a WARNING per request: one line per kind, then one
+    per interval saying how many were not logged. Another kind still logs at once."""
+    foreign_app = SessionStore("memory://memo-test", secret_keys=["another-apps-key"])
+    other = foreign_app.sign(foreign_app.new().sid)  # signed, but not by this app's keys
+    clock = [1000.0]
+    monkeypatch.setattr(sessions.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        for _ in range(50):
+            assert store.unsign(other) is None
+        assert store.unsign(store.sign("not-an-id")) is None  # another kind: logged at once
+        clock[0] += sessions.REJECT_LOG_INTERVAL
+        assert store.unsign(other) is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "statekit.security"]
+    assert len(lines) == 3, lines
+    assert "bad signature" in lines[0] and "not logged" not in lines[0]
+    assert "malformed id" in lines[1]
+    assert "bad signature" in lines[2]
+    assert "(49 more of this kind since the last such line, not logged)" in lines[2]
+    assert store.counters.get("rejected_cookies") == 52
 
 
 def test_signing_a_malformed_id_does_not_make_it_loadable(store: SessionStore,

@@ -187,6 +187,9 @@ __all__ = ["AsyncSessionStore", "Session", "SessionInfo", "SessionStore", "parse
 #: rejected cookies and other security events
 security_log = logging.getLogger("statekit.security")
 
+#: Seconds between two log lines of refused cookies of one kind (see ``_reject``).
+REJECT_LOG_INTERVAL = 60.0
+
 _ID_RE = re.compile(r"[0-9a-f]{4}[A-Za-z0-9_-]{43}\Z")
 #: a cookie as :meth:`_StoreCore.sign` writes it: the id, ``.``, and HMAC-SHA256's 32 bytes
 #: in unpadded URL-safe base64 (the last character's two spare bits zero). itsdangerous
@@ -356,6 +359,7 @@ class _StoreCore:
         # what signing, verifying and hashing ids gave before (the keys never change):
         # cookie -> id, id -> handle, id -> cookie (:func:`_remember`)
         self._verified: dict[str | bytes, str] = {}
+        self._reject_log: dict[str, tuple[float, int]] = {}  # kind: (next line due, not logged)
         self._handles: dict[str, str] = {}
         self._signed: dict[str, str] = {}
         # the codec's own loads (it keeps one decoder): its errors are SerializationError,
@@ -482,10 +486,24 @@ class _StoreCore:
             _remember(self._handles, sid, _handle_of(sid))
 
     def _reject(self, reason: str, context: str | Callable[[], str]) -> None:
+        """Count a refused cookie (``rejected_cookies``, every one) and log it to
+        ``statekit.security``: the first of each kind at once, then at most one line
+        per kind every :data:`REJECT_LOG_INTERVAL` seconds, saying how many were not
+        logged. A stale population of cookies (another app's on the same domain, one
+        signed with a retired key) would otherwise log a WARNING on every request."""
         self.counters.incr("rejected_cookies")
+        kind = reason.split(" (", 1)[0]
+        t = time.monotonic()
+        due, quiet = self._reject_log.get(kind, (0.0, 0))
+        if t < due:
+            self._reject_log[kind] = (due, quiet + 1)
+            return
+        self._reject_log[kind] = (t + REJECT_LOG_INTERVAL, 0)
         if callable(context):
             context = context()
-        security_log.warning("rejected session cookie: %s%s", reason, f" [{context}]" if context else "")
+        security_log.warning("rejected session cookie: %s%s%s", reason, f" [{context}]" if context else "",
+                             f" ({quiet} more of this kind since the last such line, not logged)"
+                             if quiet else "")
 
     def _encode(self, key: Any, value: Any) -> bytes:
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY_LEN:
