@@ -582,7 +582,9 @@ class Transport:
         (made on first use, from the node's pool; ``lane.conn``), or ``None`` when
         it cannot be made (nothing was sent; :func:`_through` logs why). Bulk calls
         send their pipelines on it too (:func:`statekit.cache.redis.cluster_batch`),
-        so a thread holds one connection per node."""
+        so a thread holds one connection per node: as it makes one, it lets go of those
+        to nodes redis-py marked for reconnect or dropped from the topology, and waits
+        for a script load :meth:`_load_behind` sends to *node* (after the handshake)."""
         nodes: dict[str, _Lane] = self._here().__dict__.setdefault("nodes", {})
         lane = nodes.get(node.name)
         if lane is None or lane.conn is None:
