@@ -350,20 +350,30 @@ def test_a_dropped_caches_finalizer_inside_a_near_cache_lock_does_not_deadlock(r
     near = cache._near
     listener = cache._listener
     assert near is not None and listener is not None
+    held = [cache]
+    del cache
+    free_inside_a_locked_section(held, lambda: near.lock, near, listener)  # as inside evict()
+
+
+def free_inside_a_locked_section(held: list[Any], section: Callable[[], Any], near: Any,
+                                 listener: Any) -> None:
+    """Drop *held* (the last references to a cache or session store) and collect
+    garbage on a thread inside *section* of their near cache: the finalizers (theirs,
+    and their connections', which flush) must not wait for that lock. The listener,
+    told to stop, ends on its own with the copies off. Shared with test_sessions_near."""
     done = threading.Event()
 
-    def evicting() -> None:
-        nonlocal cache
-        with near.lock:  # as inside evict()
-            del cache
+    def freeing() -> None:
+        with section():
+            held.clear()
             gc.collect()
         done.set()
 
-    t = threading.Thread(target=evicting, daemon=True)
+    t = threading.Thread(target=freeing, daemon=True)
     t.start()
     t.join(30)
     assert done.is_set(), "the finalizer deadlocked on the near cache's lock"
     thread = listener._thread
     assert thread is not None
-    thread.join(10)  # told to stop by the finalizer: it ends on its own
+    thread.join(10)
     assert not thread.is_alive() and not near.active

@@ -10,6 +10,7 @@ flushes the copies and tracking resumes after it reconnects.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+from test_cache_stale_review import free_inside_a_locked_section
 
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import run_threads, wait_for
@@ -560,30 +562,20 @@ def test_a_dropped_stores_finalizer_inside_a_near_cache_lock_does_not_deadlock(r
     cache (the listener's thread inside ``evict``); neither its finalizer (it called
     ``stop()``) nor its connections' (they flush the copies they tracked) may wait for
     that lock. The listener thread ends on its own, its copies off."""
-    import gc
-
     store = SessionStore(redis_line_url, secret_keys=["near-secret"], near_cache=100)
     _warm_new(store, {"n": 1})
     engine = _engine(store)
     near, listener = engine.near, engine.listener
     assert near is not None and listener is not None
-    done = threading.Event()
 
-    def evicting() -> None:
-        nonlocal store, engine
+    @contextlib.contextmanager
+    def locked_section() -> Iterator[None]:
         near._enter()  # inside a locked section, as evict() is
         try:
-            del store, engine
-            gc.collect()  # the store's finalizer, and its connections' (they flush)
+            yield
         finally:
             near._leave()
-        done.set()
 
-    t = threading.Thread(target=evicting, daemon=True)
-    t.start()
-    t.join(30)
-    assert done.is_set(), "the finalizer deadlocked on the near cache's lock"
-    thread = listener._thread
-    assert thread is not None
-    thread.join(10)
-    assert not thread.is_alive() and not near.active
+    held = [store, engine]
+    del store, engine
+    free_inside_a_locked_section(held, locked_section, near, listener)
