@@ -45,14 +45,22 @@ REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+c
 SCHEMES = REDIS_SCHEMES | {"memory", "s3", "file"}
 
 
+#: the longest timeout (and backoff cap) a URL may set, in seconds: one day. Longer
+#: ones are no timeout at all, and 1e300 made redis-py raise OverflowError (a time_t
+#: out of range) at the first command instead of an error at startup
+_MAX_SECONDS = 86_400
+
+
 def _positive_float(name: str) -> Callable[[str], float]:
     def conv(raw: str) -> float:
         try:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"option {name}={raw!r} is not a number") from None
-        if not value > 0 or value != value or value == float("inf"):
-            raise ConfigError(f"option {name}={raw!r} must be a positive number of seconds")
+        if not 0 < value <= _MAX_SECONDS:  # nan fails the comparison too
+            raise ConfigError(
+                f"option {name}={raw!r} must be a positive number of seconds, at most {_MAX_SECONDS}"
+            )
         return value
 
     return conv
@@ -99,6 +107,15 @@ def _text(name: str) -> Callable[[str], str]:
         return raw
 
     return conv
+
+
+def _client_name(raw: str) -> str:
+    """Redis refuses (``CLIENT SETNAME``, sent with every new connection) a name with a
+    space, a control or a non-ASCII character: every command would fail."""
+    if raw and not all("!" <= c <= "~" for c in raw):
+        raise ConfigError(f"option client_name={raw!r} must be printable ASCII without spaces "
+                          "(Redis refuses other client names)")
+    return _text("client_name")(raw)
 
 
 def _http_url(name: str) -> Callable[[str], str]:
@@ -149,7 +166,7 @@ _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_connections": _int_range("max_connections", 1, 1_000_000),
     "retries": _int_range("retries", 0, 100),
     "retry_backoff_cap": _positive_float("retry_backoff_cap"),
-    "client_name": _text("client_name"),
+    "client_name": _client_name,
     "protocol": lambda raw: int(_choice("protocol", "2", "3")(raw)),
     "ssl_cert_reqs": _choice("ssl_cert_reqs", "none", "optional", "required"),
     "ssl_ca_certs": _text("ssl_ca_certs"),
@@ -323,6 +340,35 @@ def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
     :param kinds: the backend kinds the caller accepts (``"redis"``, ``"s3"``,
         ``"file"``, ``"memory"``); another kind is a :class:`ConfigError`.
     """
+    try:
+        return _parse_url(url, kinds)
+    except ConfigError:
+        shown = _cut_in_userinfo(url)
+        if shown is None:
+            raise
+        # the URL was cut at a '?' or '#' inside its password: the error would quote
+        # the password's tail as a query string, an option or a host
+        raise ConfigError(
+            f"{shown!r} is not a valid URL: an '@' comes after a '?' or '#', which cut the URL "
+            "inside the part before the '@' (in a password write '?' as %3F, '#' as %23, "
+            "'/' as %2F)"
+        ) from None
+
+
+def _cut_in_userinfo(url: Any) -> str | None:
+    """*url* with all before its last '@' hidden, when a '?' or '#' comes before that
+    '@' and no '@' before them (a raw '?' or '#' in a password); else ``None``."""
+    if not isinstance(url, str):
+        return None
+    scheme, sep, rest = url.strip().partition("://")
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    at = rest.rfind("@")
+    if not sep or cut < 0 or at < cut or "@" in rest[:cut]:
+        return None
+    return _redact(f"{scheme}://***@{rest[at + 1:]}")
+
+
+def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("backend URL is empty")
     url = url.strip()
@@ -487,6 +533,10 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("redis_url", "cache_url", "session_url", "broadcast_url", "blobs_url"):
             value = getattr(self, name)
+            if isinstance(value, str) and value != value.strip():
+                # as parse_url reads it: the backends pick theirs by the text's scheme
+                value = value.strip()
+                object.__setattr__(self, name, value)
             if value is not None:
                 if _third_party(name, value):
                     continue  # its backend's own from_url checks it
@@ -500,22 +550,27 @@ class Settings:
                     raise ConfigError(f"{name} ({where}): {e}") from None
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,64}", self.key_prefix):
             raise ConfigError(
-                f"key prefix {self.key_prefix!r} must be 1-64 chars of letters, digits, _ . : -"
+                f"key_prefix (STATEKIT_KEY_PREFIX): key prefix {self.key_prefix!r} must be 1-64 "
+                "chars of letters, digits, _ . : -"
             )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``STATEKIT_*`` variables; unset ones keep their defaults."""
         env = os.environ if environ is None else environ
-        redis_url = env.get("STATEKIT_REDIS_URL") or None
+
+        def get(name: str) -> str | None:  # an env file's spaces and line ends are not the value
+            return (env.get(f"STATEKIT_{name}") or "").strip() or None
+
+        redis_url = get("REDIS_URL")
         return cls(
             redis_url=redis_url,
-            cache_url=env.get("STATEKIT_CACHE_URL") or redis_url,
-            session_url=env.get("STATEKIT_SESSION_URL") or redis_url,
-            broadcast_url=env.get("STATEKIT_BROADCAST_URL") or redis_url,
-            blobs_url=env.get("STATEKIT_BLOBS_URL") or None,
-            secret_keys=_env_list(env.get("STATEKIT_SECRET_KEYS")),
-            key_prefix=env.get("STATEKIT_KEY_PREFIX") or "statekit",
+            cache_url=get("CACHE_URL") or redis_url,
+            session_url=get("SESSION_URL") or redis_url,
+            broadcast_url=get("BROADCAST_URL") or redis_url,
+            blobs_url=get("BLOBS_URL"),
+            secret_keys=_env_list(get("SECRET_KEYS")),
+            key_prefix=get("KEY_PREFIX") or "statekit",
         )
 
     def require(self, name: str) -> str:

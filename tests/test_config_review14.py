@@ -1,0 +1,142 @@
+"""Configuration reviewed as a hostile user would write it (review 14): URLs pasted
+from a provider's console or an env file, each bad one a ConfigError at startup that
+names the setting and never echoes a password; each good one works on a real server."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from statekit.cache import Cache
+from statekit.config import Settings, parse_url
+from statekit.errors import ConfigError
+from statekit.redis import create_client
+
+# -- a raw '?' or '#' in a password ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pa55?w0rd@h:6379/0",
+        "redis://alice:pa55?w0rd@h/0",
+        "rediss://default:pa55?w0rd@h:6380",
+        "redis://:pa55?w0rd=x@h",  # the rest of the password reads as an option
+        "redis+sentinel://:pa55?w0rd@h1,h2/svc",
+        "unix://:pa55?w0rd@/run/redis.sock",
+        "s3://AKIA:pa55?w0rd@bucket/up",
+        "redis://:pa55#w0rd@h/0",
+    ],
+)
+def test_a_raw_question_mark_or_hash_in_a_password_is_never_echoed(url: str) -> None:
+    """The URL is cut at the first '?' (or '#'), so the password's tail landed in the
+    query: the error quoted it ('malformed query string 'w0rd@h...''). It says how to
+    write the character now, and shows no part of the password."""
+    with pytest.raises(ConfigError) as e:
+        parse_url(url)
+    text = str(e.value)
+    assert "pa55" not in text and "w0rd" not in text
+    assert "%3F" in text and "%23" in text
+
+
+def test_the_same_passwords_percent_encoded_work_on_a_real_server(redis_url: str) -> None:
+    """The form the error asks for: the server's password set to 'pa55?w0rd#1', the URL
+    with %3F and %23 authenticates (a wrong one is refused, so AUTH really ran)."""
+    admin = create_client(redis_url)
+    admin.config_set("requirepass", "pa55?w0rd#1")
+    try:
+        host = redis_url.split("://", 1)[1]
+        client = create_client(f"redis://:pa55%3Fw0rd%231@{host}")
+        client.set("k", b"v")
+        assert client.get("k") == b"v"
+        client.close()
+    finally:
+        fresh = create_client(f"redis://:pa55%3Fw0rd%231@{redis_url.split('://', 1)[1]}")
+        fresh.config_set("requirepass", "")
+        fresh.close()
+        admin.close()
+
+
+def test_an_at_sign_in_an_option_value_is_not_taken_for_a_password() -> None:
+    parsed = parse_url("redis://h?client_name=me@work")
+    assert parsed.options["client_name"] == "me@work" and parsed.password is None
+    with pytest.raises(ConfigError, match=r"port 'x' of host 'h'"):  # its own error, as before
+        parse_url("redis://h:x/0")
+
+
+# -- values that parsed but failed at the first request --------------------------------
+
+
+@pytest.mark.parametrize("option", ["socket_timeout", "socket_connect_timeout", "retry_backoff_cap"])
+def test_a_huge_timeout_is_refused_at_startup(redis_url: str, option: str) -> None:
+    """socket_timeout=1e300 parsed and then raised OverflowError ('timestamp out of
+    range for platform time_t') from inside redis-py at the first command."""
+    with pytest.raises(ConfigError, match=rf"option {option}='1e300' must be .* at most 86400"):
+        create_client(f"{redis_url}?{option}=1e300")
+
+
+@pytest.mark.parametrize("option", ["connect_timeout", "read_timeout"])
+def test_a_huge_s3_timeout_is_refused(option: str) -> None:
+    with pytest.raises(ConfigError, match=rf"option {option}='1e300' must be .* at most 86400"):
+        parse_url(f"s3://bucket?{option}=1e300")
+
+
+def test_the_largest_timeout_allowed_works_on_a_real_server(redis_url: str) -> None:
+    client = create_client(f"{redis_url}?socket_timeout=86400&socket_connect_timeout=86400"
+                           "&retry_backoff_cap=86400")
+    client.set("k", b"v")
+    assert client.get("k") == b"v"
+    client.close()
+
+
+@pytest.mark.parametrize("name", ["my%20app", "a+b", "tab%09", "caf%C3%A9", "new%0Aline"])
+def test_a_client_name_redis_refuses_is_a_config_error(redis_url: str, name: str) -> None:
+    """Redis refuses CLIENT SETNAME with a space, a control or a non-ASCII character:
+    the first command raised redis-py's ResponseError ('Client names cannot contain
+    spaces, newlines or special characters.'), every request after it too."""
+    with pytest.raises(ConfigError, match=r"option client_name=.* must be printable ASCII without spaces"):
+        create_client(f"{redis_url}?client_name={name}")
+
+
+def test_a_client_name_redis_accepts_is_set(redis_url: str) -> None:
+    client = create_client(f"{redis_url}?client_name=web-1:pod/a@b")
+    assert client.client_getname() == "web-1:pod/a@b"
+    client.close()
+
+
+# -- settings from an env file ----------------------------------------------------------
+
+
+def test_urls_from_an_env_file_with_spaces_and_newlines_work(redis_url: str, tmp_path: Path) -> None:
+    """Settings accepted ' redis://...\\n' (validated stripped) but kept it as given:
+    Cache(settings.cache_url) then said 'no cache backend for  redis:// URLs'."""
+    settings = Settings.from_env({
+        "STATEKIT_REDIS_URL": f"  {redis_url}\r\n",
+        "STATEKIT_BLOBS_URL": f"\tfile://{tmp_path}\n",
+        "STATEKIT_KEY_PREFIX": " app1\n",
+    })
+    assert settings.cache_url == redis_url and settings.blobs_url == f"file://{tmp_path}"
+    assert settings.key_prefix == "app1"
+    cache = Cache(settings.cache_url)
+    cache.set("k", "v")
+    assert cache.get("k") == "v"
+    from statekit.blobs import BlobStore
+
+    store = BlobStore(settings.blobs_url)
+    blob = store.put(io.BytesIO(b"hello"), filename="a.txt")
+    with store.open(blob.key) as f:
+        assert f.read() == b"hello"
+
+
+def test_a_url_given_in_code_with_spaces_is_kept_as_parse_url_reads_it(redis_url: str) -> None:
+    """The adapters build Settings(...) from their frameworks' settings."""
+    settings = Settings(redis_url=f" {redis_url}\n", cache_url=f"{redis_url}\n")
+    assert (settings.redis_url, settings.cache_url) == (redis_url, redis_url)
+    Cache(settings.cache_url).set("k", 1)
+
+
+def test_a_bad_key_prefix_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^key_prefix \(STATEKIT_KEY_PREFIX\): key prefix 'has space'"):
+        Settings.from_env({"STATEKIT_KEY_PREFIX": "has space"})
