@@ -176,7 +176,13 @@ _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "username": _text("username"),
     "password": _text("password"),
 }
-_SSL_ONLY = {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+#: options that only one scheme uses (the others' clients would drop them unsaid)
+_SCHEME_ONLY = {
+    **dict.fromkeys(("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"), "rediss"),
+    "sentinel_password": "redis+sentinel",
+}
+#: options a scheme's client has no use for (redis-py's cluster client: no health checks)
+_IGNORED_BY = {"health_check_interval": "redis+cluster"}
 
 _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "endpoint_url": _http_url("endpoint_url"),
@@ -328,8 +334,11 @@ def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
             raise ConfigError(f"unknown option {key!r} for {scheme}:// URLs (known: {known})")
         if key in options:
             raise ConfigError(f"option {key!r} given twice in {_redact(url)!r}")
-        if key in _SSL_ONLY and scheme != "rediss":
-            raise ConfigError(f"option {key!r} needs a rediss:// URL, not {scheme}://")
+        only = _SCHEME_ONLY.get(key)
+        if only is not None and scheme != only:
+            raise ConfigError(f"option {key!r} needs a {only}:// URL, not {scheme}://")
+        if _IGNORED_BY.get(key) == scheme:
+            raise ConfigError(f"option {key!r} does nothing for {scheme}:// URLs")
         options[key] = table[key](value)
     return options
 

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,12 +83,14 @@ def test_overrides_win_over_url_options() -> None:
     assert client.connection_pool.connection_kwargs["socket_timeout"] is None
 
 
-def test_rediss_client_uses_tls_with_url_ssl_options() -> None:
-    client = create_client("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem")
+def test_rediss_client_uses_tls_with_url_ssl_options(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"  # it must be there (test_config_review14)
+    ca.write_text("")
+    client = create_client(f"rediss://127.0.0.1:6380/0?ssl_cert_reqs=none&ssl_ca_certs={ca}")
     pool = client.connection_pool
     assert issubclass(pool.connection_class, redis.SSLConnection)  # following the retry rule
     assert pool.connection_kwargs["ssl_cert_reqs"] == "none"
-    assert pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    assert pool.connection_kwargs["ssl_ca_certs"] == str(ca)
     assert pool.connection_kwargs["socket_connect_timeout"] == DEFAULT_CONNECT_TIMEOUT
 
 

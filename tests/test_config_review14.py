@@ -140,3 +140,66 @@ def test_a_url_given_in_code_with_spaces_is_kept_as_parse_url_reads_it(redis_url
 def test_a_bad_key_prefix_names_its_variable() -> None:
     with pytest.raises(ConfigError, match=r"^key_prefix \(STATEKIT_KEY_PREFIX\): key prefix 'has space'"):
         Settings.from_env({"STATEKIT_KEY_PREFIX": "has space"})
+
+
+# -- options that do nothing for their scheme ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://h?sentinel_password=hunter2", r"'sentinel_password' needs a redis\+sentinel:// URL, not redis://"),
+        ("rediss://h?sentinel_password=hunter2", r"'sentinel_password' needs a redis\+sentinel:// URL"),
+        ("redis+cluster://h1,h2?sentinel_password=hunter2", r"'sentinel_password' needs a redis\+sentinel://"),
+        ("unix:///s.sock?sentinel_password=hunter2", r"'sentinel_password' needs a redis\+sentinel://"),
+        ("redis+cluster://h1,h2?health_check_interval=10",
+         r"'health_check_interval' does nothing for redis\+cluster:// URLs"),
+    ],
+)
+def test_an_option_its_scheme_ignores_is_refused(url: str, message: str) -> None:
+    """The client dropped them without a word (create_client popped sentinel_password
+    for every other scheme, health_check_interval for Cluster: redis-py's cluster
+    client has no health checks), as ssl_* on redis:// is refused already."""
+    with pytest.raises(ConfigError, match=message) as e:
+        parse_url(url)
+    assert "hunter2" not in str(e.value)
+
+
+def test_the_options_keep_working_where_they_apply() -> None:
+    assert parse_url("redis+sentinel://h/svc?sentinel_password=spw").options["sentinel_password"] == "spw"
+    assert parse_url("redis://h?health_check_interval=10").options["health_check_interval"] == 10
+    assert parse_url("rediss://h?health_check_interval=0").options["health_check_interval"] == 0
+
+
+# -- TLS files ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["ssl_ca_certs", "ssl_certfile", "ssl_keyfile"])
+def test_a_missing_tls_file_is_a_config_error_when_the_client_is_made(
+    redis_server: object, tmp_path: Path, option: str
+) -> None:
+    """A CA file that is not there was found at every command, as an outage:
+    BackendUnavailable 'Error 2 connecting to 127.0.0.1:port. No such file or
+    directory.', naming neither the option nor the file."""
+    from statekit.redis.aio import create_async_client
+
+    port = redis_server.port  # type: ignore[attr-defined]
+    missing = tmp_path / "missing.pem"
+    url = f"rediss://127.0.0.1:{port}/0?{option}={missing}"
+    for create in (create_client, create_async_client):
+        with pytest.raises(ConfigError, match=rf"option {option}='{missing}': no such file"):
+            create(url)
+    with pytest.raises(ConfigError, match=rf"option {option}='{tmp_path}': no such file"):
+        create_client(f"rediss://127.0.0.1:{port}/0?{option}={tmp_path}")  # a directory
+
+
+def test_a_rediss_url_with_its_ca_file_works_through_tls(redis_server: object, tmp_path: Path) -> None:
+    """The real thing: a TLS proxy with a self-signed certificate in front of the
+    server, the URL naming its CA file (and ssl_cert_reqs=required)."""
+    from test_redis_helpers import tls_url
+
+    with tls_url(redis_server, tmp_path, "ssl_cert_reqs=required") as url:  # type: ignore[arg-type]
+        client = create_client(url)
+        client.set("k", b"v")
+        assert client.get("k") == b"v"
+        client.close()

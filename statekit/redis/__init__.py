@@ -574,6 +574,11 @@ def _common_kwargs(parsed: BackendURL, overrides: dict[str, Any]) -> dict[str, A
     require("redis", feature="redis:// URLs")
     opts = dict(parsed.options)
     opts.update(overrides)
+    for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = opts.get(option)
+        # else each connect fails as an outage, naming neither the option nor the file
+        if isinstance(path, str) and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"option {option}={path!r}: no such file, or not readable")
     retries = opts.pop("retries", _RETRY_DEFAULTS[0])
     cap = opts.pop("retry_backoff_cap", _RETRY_DEFAULTS[1])
     kwargs: dict[str, Any] = {
