@@ -118,6 +118,15 @@ def _client_name(raw: str) -> str:
     return _text("client_name")(raw)
 
 
+def _region(raw: str) -> str:
+    """A region as botocore takes it (a host label, not all digits): else boto3 raised
+    its own InvalidRegionError when the store was made."""
+    if raw and not re.fullmatch(r"(?![0-9]+$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)", raw):
+        raise ConfigError(f"option region={raw!r} is not a region name (letters, digits and '-', "
+                          "such as eu-west-1)")
+    return _text("region")(raw)
+
+
 def _http_url(name: str) -> Callable[[str], str]:
     def conv(raw: str) -> str:
         try:
@@ -187,7 +196,7 @@ _IGNORED_BY = {"health_check_interval": "redis+cluster"}
 _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "endpoint_url": _http_url("endpoint_url"),
     "public_endpoint_url": _http_url("public_endpoint_url"),
-    "region": _text("region"),
+    "region": _region,
     "addressing_style": _choice("addressing_style", "auto", "path", "virtual"),
     "connect_timeout": _positive_float("connect_timeout"),
     "read_timeout": _positive_float("read_timeout"),
@@ -420,6 +429,13 @@ def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
         if not netloc:
             raise ConfigError(f"s3 URL {_redact(url)!r} names no bucket: s3://bucket/prefix")
         check_bucket_name(netloc)
+        if (username, password) != (None, None) and not (username and password):
+            # botocore signed with None: a TypeError at the first request
+            raise ConfigError(
+                f"s3 URL {_redact(url)!r} needs both the access key and the secret "
+                "(s3://KEY:SECRET@bucket, a '/' in the secret as %2F), or neither to use "
+                "the environment's credentials"
+            )
         prefix = unquote(path_part.strip("/"))
         if prefix and (any(seg in ("", ".", "..") for seg in prefix.split("/")) or "\\" in prefix):
             raise ConfigError(f"S3 prefix {prefix!r} has an empty, '.' or '..' segment")

@@ -203,3 +203,54 @@ def test_a_rediss_url_with_its_ca_file_works_through_tls(redis_server: object, t
         client.set("k", b"v")
         assert client.get("k") == b"v"
         client.close()
+
+
+# -- s3:// credentials and region ---------------------------------------------------------
+
+
+def _s3_variant(s3_url: str, userinfo: str | None = None, query: str = "") -> str:
+    """*s3_url* (moto's endpoint, a fresh bucket) with other credentials or options."""
+    head, _, opts = s3_url.partition("?")
+    if userinfo is not None:
+        head = "s3://" + userinfo + head.rpartition("@")[2]
+    return f"{head}?{opts}{query}"
+
+
+@pytest.mark.parametrize("userinfo", ["ONLYKEY@", ":hunter2@", "AKIAKEY:@", ":@"])
+def test_half_of_the_s3_credentials_is_a_config_error(s3_url: str, userinfo: str) -> None:
+    """A key without its secret (or a secret without its key) made the store, then its
+    first put raised TypeError ('sequence item 0: expected str instance, NoneType
+    found') from inside botocore; an empty secret was sent as is."""
+    from statekit.blobs import BlobStore
+
+    with pytest.raises(ConfigError, match=r"both the access key and the secret") as e:
+        BlobStore(_s3_variant(s3_url, userinfo))
+    assert "hunter2" not in str(e.value)
+
+
+def test_s3_credentials_in_the_url_work_on_moto(s3_url: str) -> None:
+    from statekit.blobs import BlobStore
+
+    store = BlobStore(s3_url)  # the fixture's URL carries its key:secret
+    assert "@" in s3_url
+    blob = store.put(io.BytesIO(b"x"), filename="a.txt")
+    with store.open(blob.key) as f:
+        assert f.read() == b"x"
+
+
+@pytest.mark.parametrize("region", ["eu%20west", "-eu-west-1", "eu_west_1", "1234", "a" * 64])
+def test_a_region_botocore_refuses_is_a_config_error(s3_url: str, region: str) -> None:
+    """BlobStore raised botocore's InvalidRegionError ('Provided region_name 'eu west'
+    doesn't match a supported format.'), not a ConfigError naming the option."""
+    from statekit.blobs import BlobStore
+
+    url = _s3_variant(s3_url.replace("&region=us-east-1", ""), query=f"&region={region}")
+    with pytest.raises(ConfigError, match=r"option region=.* is not a region name"):
+        BlobStore(url)
+
+
+def test_a_region_name_works_on_moto(s3_url: str) -> None:
+    from statekit.blobs import BlobStore
+
+    store = BlobStore(_s3_variant(s3_url.replace("&region=us-east-1", ""), query="&region=eu-west-1"))
+    assert store.put(io.BytesIO(b"x"), filename="a.txt").key
