@@ -333,14 +333,23 @@ def _parse_hosts(netloc: str, default_port: int, url: str) -> tuple[tuple[str, i
 def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
     table = _OPTION_TABLES[scheme]
     options: dict[str, Any] = {}
+    # a raw '&' in a password option split it: its tail is a pair of its own, not to be shown
+    amp = "(a '&' in a password is written %26; the rest of the query is not shown)"
+    head = _redact(url.partition("?")[0])
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
+        if re.search(r"(?:^|&)(?:sentinel_)?password=", query):
+            raise ConfigError(f"malformed query string in {head!r} {amp}") from None
         raise ConfigError(f"malformed query string {_redact(query)!r} in {_redact(url)!r}") from None
+    after_secret = False
     for key, value in pairs:
         if key not in table:
+            if after_secret:
+                raise ConfigError(f"unknown option after a password in {head!r} {amp}")
             known = ", ".join(sorted(table)) or "none"
             raise ConfigError(f"unknown option {key!r} for {scheme}:// URLs (known: {known})")
+        after_secret = key.endswith("password")
         if key in options:
             raise ConfigError(f"option {key!r} given twice in {_redact(url)!r}")
         only = _SCHEME_ONLY.get(key)
