@@ -127,11 +127,17 @@ def _region(raw: str) -> str:
     return _text("region")(raw)
 
 
+#: what no host name holds (a URL wrapped or pasted with a space inside): the resolver
+#: would fail at every call
+_NOT_IN_HOST = re.compile(r'[\s\x00-\x1f\x7f"<>\\^`{|}]')
+
+
 def _http_url(name: str) -> Callable[[str], str]:
     def conv(raw: str) -> str:
         try:
             parts = urlsplit(raw)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+                  and not _NOT_IN_HOST.search(raw))  # nor anywhere in a URL
             parts.port  # noqa: B018 - raises ValueError for a port out of range
         except ValueError:
             ok = False
@@ -320,6 +326,9 @@ def _parse_hosts(netloc: str, default_port: int, url: str) -> tuple[tuple[str, i
             host, _, port_text = part.partition(":")
         if not host:
             raise ConfigError(f"empty host in {_redact(url)!r}")
+        if _NOT_IN_HOST.search(host):
+            raise ConfigError(f"host {host!r} in {_redact(url)!r} is not a host name "
+                              "(a space, a control character or one of \"<>\\^`{|})")
         if port_text:
             if not _is_number(port_text) or not 0 < int(port_text) < 65536:
                 raise ConfigError(f"port {port_text!r} of host {host!r} is not a port number (1-65535)")

@@ -330,3 +330,27 @@ def test_rediss_with_ssl_cert_reqs_none_works_and_the_default_verifies(
         assert asyncio.run(get()) == b"v"
         with pytest.raises(BackendUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
             Cache(base).get("k")
+
+
+# -- a host no resolver can find -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1 ", "my host", "h\tx", "a\nb", "h<x>", "h\\x", "h|x"])
+def test_a_host_with_a_space_or_a_control_character_is_a_config_error(
+    redis_server: object, host: str
+) -> None:
+    """A URL wrapped or pasted with a space inside ('redis://127.0.0.1 :6379') made a
+    Cache whose every call failed (BackendUnavailable: 'Name or service not known')."""
+    port = redis_server.port  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"is not a host name") as e:
+        Cache(f"redis://:hunter2@{host}:{port}/0")
+    assert "hunter2" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"is not a host name"):
+        parse_url(f"redis+cluster://127.0.0.1:7000,{host}:7001")
+    with pytest.raises(ConfigError, match=r"endpoint_url=.* must be an http\(s\):// URL with a host"):
+        parse_url(f"s3://bucket?endpoint_url=http://{host}:9000")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "redis_1", "[::1]", "Redis-Primary.example.COM"])
+def test_host_names_resolvers_take_are_accepted(host: str) -> None:
+    assert parse_url(f"redis://{host}:6379/0").hosts[0][1] == 6379
