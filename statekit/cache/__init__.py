@@ -73,7 +73,7 @@ from ..metrics import Counters
 from ..redis import _timed_out, outcome_unknown
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
-from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, drive
+from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
 from .protocol import CacheBackend
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
@@ -89,7 +89,7 @@ _C = TypeVar("_C", bound="_CacheCore")
 
 
 _ABSENT: Any = object()
-_IO = frozenset({CMD, RUN, BATCH, GET})  # the effects of a Redis backend's plans
+_IO = frozenset({CMD, RUN, BATCH, GET, SCAN})  # the effects of a Redis backend's plans
 
 _random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
 _ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
@@ -708,6 +708,21 @@ class _CacheCore:
             remaining = _ENV.unpack_from(data, 1)[0] - _time()
             return remaining if remaining > 0 else None
         return math.inf if left is None else left / 1000.0
+
+    def _scan(self, pattern: str, state: Any, count: int) -> Plan[tuple[Any, list[str]]]:
+        """One page of the keys of this namespace (its current generation) matching the
+        glob *pattern*: ``(state, keys)``; pass *state* back for the next page, ``None``
+        once every node was walked (``SCAN``, never ``KEYS``: see
+        :meth:`statekit.cache.redis.RedisCacheBackend.plan_scan`). With
+        ``on_error="miss"`` an outage ends the walk (no keys).
+
+        :raises NotImplementedError: the backend cannot list its keys (not Redis)."""
+        backend = self._backend or self._connect()
+        if not hasattr(backend, "plan_scan"):
+            raise NotImplementedError(f"the {type(backend).__name__} cache backend cannot list its keys "
+                                      "(pattern operations need a Redis backend)")
+        page: tuple[Any, list[str]] = yield from self._read("scan", (None, []), pattern, state, count)
+        return page
 
     # -- writes -------------------------------------------------------------------------
 

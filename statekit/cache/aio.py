@@ -46,10 +46,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from ..errors import BackendUnavailable, ConfigError, LockError
-from ..redis import cluster_unapplied
+from ..redis import cluster_unapplied, translate_errors
 from . import _ABSENT, _IO, _CacheCore, _check_name
-from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SLEEP, Plan, adrive
-from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error
+from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, adrive
+from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error, scan_reply, scan_targets
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 __all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
@@ -152,6 +152,24 @@ async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]
     return out
 
 
+async def _scan_page(transport: Any, match: bytes, count: int,
+                     cursors: Mapping[str, int] | None) -> tuple[dict[str, int], list[bytes]]:
+    """:func:`statekit.cache.redis.scan_page`, awaited."""
+    out: dict[str, int] = {}
+    names: list[bytes] = []
+    if not transport.cluster:
+        start = 0 if cursors is None else cursors[""]
+        scan_reply(out, names, "", await transport.command(b"SCAN", start, b"MATCH", match, b"COUNT", count))
+        return out, names
+    client = transport.client
+    with translate_errors("a cache scan"):
+        for name, node, cursor in scan_targets(client, cursors):
+            async with _gate(transport):
+                reply = await client.scan(cursor=cursor, match=match, count=count, target_nodes=node)
+            scan_reply(out, names, name, reply)
+    return out, names
+
+
 class AsyncRedisCacheBackend(_RedisCachePlans):
     """The Redis cache backend on redis-py's asyncio client: the plans of the sync
     :class:`~statekit.cache.redis.RedisCacheBackend` (same names, generations,
@@ -182,6 +200,8 @@ class AsyncRedisCacheBackend(_RedisCachePlans):
         transport = self.transport.current()
         if kind == BATCH:
             return _batch(transport, effect[1])
+        if kind == SCAN:
+            return _scan_page(transport, *effect[1:])
         if transport.direct:  # the transport bounds the commands in flight itself
             return _one(transport, effect)
         return self._gated(transport, effect)

@@ -12,7 +12,10 @@ every line but the awaits.
 Backend effects (:mod:`statekit.cache.redis`): ``(CMD, args)`` one command,
 ``(RUN, keys, args)`` the cache script, ``(BATCH, commands, slots, read)``
 single-slot commands on a Cluster, ``(GET, key)`` one key's stored value (the async
-backend's: gets asked together go out as one ``MGET``). Façade effects (:mod:`statekit.cache`): ``(BE,
+backend's: gets asked together go out as one ``MGET``), ``(SCAN, match, count,
+cursors)`` one ``SCAN`` page on every primary (``cursors``: ``None`` to begin, else
+the node-name-to-cursor map the previous page returned; the result is ``(cursors,
+names)``, no cursors left when every primary was walked). Façade effects (:mod:`statekit.cache`): ``(BE,
 name, args, kwargs)`` a backend operation, ``(COMPUTE, fn)`` the user's function,
 ``(LOCK, key)`` the single-flight lock, ``(SLEEP, seconds)``, ``(HOLD, name,
 token)`` / ``(UNHOLD, handle)`` keep a lock extended while computing.
@@ -23,14 +26,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar, cast
 
-__all__ = ["BATCH", "BE", "CMD", "COMPUTE", "GET", "HOLD", "LOCK", "RUN", "SLEEP", "UNHOLD", "Plan",
+__all__ = ["BATCH", "BE", "CMD", "COMPUTE", "GET", "HOLD", "LOCK", "RUN", "SCAN", "SLEEP", "UNHOLD", "Plan",
            "adrive", "drive"]
 
 T = TypeVar("T")
 #: a plan whose result is a ``T``
 Plan = Generator[tuple[Any, ...], Any, T]
 
-CMD, RUN, BATCH, GET = "cmd", "run", "batch", "get"
+CMD, RUN, BATCH, GET, SCAN = "cmd", "run", "batch", "get", "scan"
 BE, COMPUTE, LOCK, SLEEP, HOLD, UNHOLD = "be", "compute", "lock", "sleep", "hold", "unhold"
 
 

@@ -99,7 +99,7 @@ from ..errors import BackendUnavailable, ConfigError, StatekitError
 from ..redis import RedisClient, cluster_unapplied, key_slot, outcome_unknown, translate_errors
 from ..redis.scripts import load
 from ..redis.transport import Transport
-from .plan import BATCH, CMD, RUN, Plan, drive
+from .plan import BATCH, CMD, RUN, SCAN, Plan, drive
 from .protocol import CacheBackend, Stored
 
 if TYPE_CHECKING:
@@ -171,7 +171,56 @@ def _step(transport: RedisTransport, effect: tuple[Any, ...]) -> Any:
         return transport.command(*effect[1])
     if kind == RUN:
         return transport.run(effect[1], effect[2])
+    if kind == SCAN:
+        return scan_page(transport, *effect[1:])
     return cluster_batch(transport, effect[1], effect[2], read=effect[3])
+
+
+def scan_targets(client: Any, cursors: Mapping[str, int] | None) -> list[tuple[str, Any, int]]:
+    """Cluster: the (node name, node, cursor) of each primary a ``SCAN`` page still
+    walks: every primary to begin (*cursors* ``None``), else the nodes of *cursors*.
+
+    :raises BackendUnavailable: a node being walked left the cluster (its cursor
+        means nothing elsewhere; the walk starts again)."""
+    if cursors is None:
+        return [(node.name, node, 0) for node in client.get_primaries()]
+    targets = []
+    for name, cursor in cursors.items():
+        node = client.get_node(node_name=name)
+        if node is None:
+            raise BackendUnavailable(f"Redis Cluster node {name} left while its keys were scanned")
+        targets.append((name, node, cursor))
+    return targets
+
+
+def scan_reply(out: dict[str, int], names: list[bytes], name: str, reply: Any) -> None:
+    """Add one node's ``SCAN`` reply (cursor, names; or redis-py cluster's
+    ``({node: cursor}, names)``) to *out* (the cursors still open) and *names*."""
+    cursor, found = reply
+    if isinstance(cursor, dict):
+        (cursor,) = cursor.values()
+    if int(cursor):
+        out[name] = int(cursor)
+    names.extend(found)
+
+
+def scan_page(transport: RedisTransport, match: bytes, count: int,
+              cursors: Mapping[str, int] | None) -> tuple[dict[str, int], list[bytes]]:
+    """One ``SCAN MATCH match COUNT count`` page on every primary still walked (see the
+    ``SCAN`` effect in :mod:`statekit.cache.plan`): standalone, one command through the
+    transport; Cluster, one per primary (a read: nothing is written)."""
+    out: dict[str, int] = {}
+    names: list[bytes] = []
+    if not transport.cluster:
+        start = 0 if cursors is None else cursors[""]
+        scan_reply(out, names, "", transport.command(b"SCAN", start, b"MATCH", match, b"COUNT", count))
+        return out, names
+    client: Any = transport.client
+    with translate_errors("a cache scan"):
+        for name, node, cursor in scan_targets(client, cursors):
+            reply = client.scan(cursor=cursor, match=match, count=count, target_nodes=node)
+            scan_reply(out, names, name, reply)
+    return out, names
 
 
 def _stored(flat: Sequence[Any]) -> Iterator[Stored]:
@@ -826,6 +875,29 @@ class _RedisCachePlans:
         generation's keys are left to expire, or to the next clear made elsewhere)."""
         if self.sweeping is not None:
             sweeper.submit(self.sweeping, below, GENERATION_TTL if self.cluster else 0.0)
+
+    def plan_scan(self, pattern: str, state: tuple[bytes, dict[str, int]] | None,
+                  count: int) -> Plan[tuple[tuple[bytes, dict[str, int]] | None, list[str]]]:
+        """One page of the keys of this namespace's current generation that match the
+        glob *pattern* (``SCAN MATCH`` on every primary, about *count* names per page
+        and node; never ``KEYS``): ``(state, keys)``, *state* to pass to the next page,
+        ``None`` when every primary was walked. The generation is the one current when
+        the walk began (*state* ``None``; on standalone read with the first page's
+        ``GET``): a walk that a clear overtook goes on listing the keys it began with,
+        as any walk of a changing key space may. A key may be listed twice (``SCAN``'s
+        guarantee), one written during the walk may or may not be."""
+        if state is None:
+            if self.cluster:
+                gen = yield from self._generation()
+            else:
+                gen = (yield (CMD, (b"GET", self._gen_key))) or b"0"
+            cursors = None
+        else:
+            gen, cursors = state
+        head = self._names(gen, ("",))[0]
+        left, found = yield (SCAN, (_glob_escape(head) + pattern).encode(), count, cursors)
+        size = len(head.encode())
+        return ((gen, left) if left else None), [n[size:].decode("utf-8", "surrogateescape") for n in found]
 
     def _lock_key(self, name: str) -> str:
         # single-flight locks spread with their keys; named locks keep their names

@@ -26,7 +26,16 @@ A value the codec cannot encode raises :class:`UnencodableValue`, both statekit'
 cache contract names; ``incr`` of a value that is not an integer raises
 ``TypeError``, as Django's own backends do.
 
-``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument.
+``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument, and
+django-redis's ``REVERSE_KEY_FUNCTION`` (see :meth:`StatekitCache.iter_keys`).
+
+**django-redis's extras**, with its semantics, so a django-redis codebase keeps
+working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
+``expire``/``pexpire``/``expire_at``/``pexpire_at``, ``persist``, ``lock`` (a
+:class:`statekit.cache.Lock` on the made key; ``timeout=None`` holds it until
+released), ``delete_pattern``/``iter_keys``/``keys`` (``SCAN`` of this cache's
+namespace on every master, never ``KEYS``), ``incr(..., ignore_key_check=True)``
+and ``set(..., nx=True)``; each with its ``a``-prefixed twin but ``lock``.
 
 **Async, natively.** Django's async cache API is a set of ``a``-prefixed methods on the
 same backend object (``await cache.aget(k)`` beside ``cache.get(k)``), so one
@@ -41,30 +50,40 @@ method runs with calls and the async one with awaits.
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
+import math
 import re
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
     BaseCache,
+    default_key_func,
+    get_key_func,
     memcached_error_chars_re,
 )
+from django.core.exceptions import ImproperlyConfigured
 
-from statekit.cache import AsyncCache, Cache
+from statekit.cache import AsyncCache, Cache, Lock
 from statekit.cache.plan import Plan, adrive, drive
+from statekit.cache.redis import _glob_escape
+from statekit.cache.tools import lock_keeper
 from statekit.errors import StatekitError, UnencodableValue
 from statekit.serializers import unencodable_as_pickle_error
 
 from .conf import get_settings
 
-__all__ = ["StatekitCache", "UnencodableValue"]
+__all__ = ["RedisStyleLock", "StatekitCache", "UnencodableValue"]
 
 T = TypeVar("T")
 AnyCache = Cache | AsyncCache
+#: names a ``SCAN`` page asks each node for, unless ``itersize`` says otherwise
+SCAN_COUNT = 1000
 
 #: Django's test for characters memcached refuses, compiled here (Django's is a lazy object)
 _unportable = re.compile(memcached_error_chars_re.pattern).search
@@ -100,6 +119,8 @@ class StatekitCache(BaseCache):
     def __init__(self, location: str | None, params: dict[str, Any]) -> None:
         super().__init__(params)
         options = dict(params.get("OPTIONS") or {})
+        reverse = options.pop("REVERSE_KEY_FUNCTION", None)
+        self._reverse_key: Callable[[str], str] | None = None if reverse is None else get_key_func(reverse)
         settings = get_settings()
         url = location or settings.cache_url
         options.setdefault("namespace", "django")
@@ -205,6 +226,78 @@ class StatekitCache(BaseCache):
         with unencodable_as_pickle_error():
             return [] if (yield from c._set_many(made, ttl)) else list(data)
 
+    def _seconds_left(self, c: AnyCache, key: str, version: int | None) -> Plan[float | None]:
+        return (yield from c._ttl(self.make_and_validate_key(key, version=version)))
+
+    def _incr_created(self, c: AnyCache, key: str, delta: int, version: int | None,
+                      ignore_key_check: bool) -> Plan[int]:
+        """``incr``; with django-redis's *ignore_key_check* a missing key starts at 0
+        (no expiry), else it raises ``ValueError`` as Django's."""
+        if not ignore_key_check:
+            return (yield from self._incr(c, key, delta, version))
+        k = self.make_and_validate_key(key, version=version)
+        try:
+            return (yield from c._incr(k, delta, None, True))
+        except ValueError as e:
+            if isinstance(e, StatekitError):
+                raise
+            raise TypeError(f"the value of key '{key}' is not an integer") from e
+
+    def _pattern(self, pattern: str, version: int | None, prefix: str | None) -> str:
+        """django-redis's ``make_pattern``: *pattern* (a glob) through the key function,
+        with the prefix and version escaped (their ``*``, ``?``, ``[`` match themselves)."""
+        return str(self.key_func(pattern, _glob_escape(self.key_prefix if prefix is None else prefix),
+                                 _glob_escape(str(self.version if version is None else version))))
+
+    def _keys_page(self, c: AnyCache, match: str, state: Any,
+                   count: int | None) -> Plan[tuple[Any, list[str]]]:
+        return (yield from c._scan(match, state, count or SCAN_COUNT))
+
+    def _delete_pattern(self, c: AnyCache, pattern: str, version: int | None, prefix: str | None,
+                        itersize: int | None) -> Plan[int]:
+        """Delete every key matching *pattern*, one ``SCAN`` page at a time (each page's
+        keys in one ``delete_many``: near copies dropped here and, by Redis'
+        invalidations, in every process); returns how many were deleted."""
+        match = self._pattern(pattern, version, prefix)
+        deleted, state = 0, None
+        while True:
+            state, made = yield from self._keys_page(c, match, state, itersize)
+            if made:
+                deleted += yield from c._delete_many(made)
+            if state is None:
+                return deleted
+
+    def _reverse(self, version: int | None) -> Callable[[str], str]:
+        """The user's key of a made key (``iter_keys``, ``keys``): ``REVERSE_KEY_FUNCTION``
+        if given; for Django's own key function, the made key less ``<prefix>:<version>:``.
+
+        :raises ImproperlyConfigured: a custom ``KEY_FUNCTION`` without a reverse."""
+        if self._reverse_key is not None:
+            return self._reverse_key
+        if self.key_func is not default_key_func:
+            raise ImproperlyConfigured(
+                "iter_keys()/keys() return the keys you gave, and this cache's KEY_FUNCTION is not "
+                "Django's: set OPTIONS['REVERSE_KEY_FUNCTION'] to the function (or its dotted path) "
+                "that turns a made key back into yours")
+        head = len(f"{self.key_prefix}:{self.version if version is None else version}:")
+        return lambda made: made[head:]
+
+    def _expiry(self, timeout: Any, unit: float = 1.0) -> Any:
+        """django-redis's *timeout* of ``expire`` (seconds, a ``timedelta``) or, with
+        *unit* ``0.001``, of ``pexpire`` (milliseconds) as Django's timeout (seconds)."""
+        if timeout is DEFAULT_TIMEOUT or timeout is None:
+            return timeout
+        if isinstance(timeout, dt.timedelta):
+            return timeout.total_seconds()
+        return timeout * unit
+
+    @staticmethod
+    def _until(when: Any, unit: float = 1.0) -> float:
+        """Seconds from now to *when* (a Unix time in seconds, or with *unit* ``0.001``
+        in milliseconds, or a ``datetime``: naive is local time, as redis-py reads it)."""
+        at = when.timestamp() if isinstance(when, dt.datetime) else when * unit
+        return float(at - time.time())
+
     # -- sync -------------------------------------------------------------------------
 
     def add(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
@@ -213,8 +306,17 @@ class StatekitCache(BaseCache):
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
         return self._cache.get(self.make_and_validate_key(key, version=version), default)
 
-    def set(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
+    def set(  # type: ignore[override]  # django-redis' nx answers whether it stored
+            self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
+            nx: bool = False, xx: bool = False) -> bool | None:
+        """Django's ``set``; django-redis's *nx* stores only a missing key (``add``,
+        returns whether it stored). *xx* (only an existing key) is not supported."""
+        if xx:
+            raise NotImplementedError("set(xx=True) is not supported by django_statekit's cache")
+        if nx:
+            return self.add(key, value, timeout, version=version)
         self._run(self._set(self._cache, key, value, timeout, version))
+        return None
 
     def touch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         return self._run(self._touch(self._cache, key, timeout, version))
@@ -237,11 +339,15 @@ class StatekitCache(BaseCache):
     def has_key(self, key: str, version: int | None = None) -> bool:
         return self._cache.has(self.make_and_validate_key(key, version=version))
 
-    def incr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        return self._run(self._incr(self._cache, key, delta, version))
+    def incr(self, key: str, delta: int = 1, version: int | None = None,
+             ignore_key_check: bool = False) -> int:
+        """Django's ``incr``; with django-redis's *ignore_key_check* a missing key is
+        created (at *delta*, no expiry) instead of raising ``ValueError``."""
+        return self._run(self._incr_created(self._cache, key, delta, version, ignore_key_check))
 
-    def decr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        return self.incr(key, -delta, version=version)
+    def decr(self, key: str, delta: int = 1, version: int | None = None,
+             ignore_key_check: bool = False) -> int:
+        return self.incr(key, -delta, version=version, ignore_key_check=ignore_key_check)
 
     def set_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
                  version: int | None = None) -> list[str]:
@@ -253,6 +359,89 @@ class StatekitCache(BaseCache):
     def clear(self) -> None:
         """Empty this cache's namespace in O(1); the rest of Redis is untouched."""
         self._cache.clear()
+
+    # -- django-redis's extras (sync) -----------------------------------------------------
+
+    def ttl(self, key: str, version: int | None = None) -> int | None:
+        """django-redis's ``ttl``: whole seconds *key* has left (rounded as Redis'
+        ``TTL``), ``None`` if it never expires, ``0`` if it is missing. For a value of
+        ``get_or_set``: until it is due to be recomputed."""
+        return _whole(self._run(self._seconds_left(self._cache, key, version)), 1.0)
+
+    def pttl(self, key: str, version: int | None = None) -> int | None:
+        """:meth:`ttl` in milliseconds."""
+        return _whole(self._run(self._seconds_left(self._cache, key, version)), 1000.0)
+
+    def expire(self, key: str, timeout: Any, version: int | None = None) -> bool:
+        """Give *key* a new lifetime of *timeout* seconds (or a ``timedelta``;
+        ``DEFAULT_TIMEOUT`` the cache's, ``None`` none); ``False`` if it is missing. A
+        *timeout* of 0 or less deletes it, as Redis' ``EXPIRE`` does."""
+        return self.touch(key, self._expiry(timeout), version=version)
+
+    def pexpire(self, key: str, timeout: Any, version: int | None = None) -> bool:
+        """:meth:`expire` with *timeout* in milliseconds."""
+        return self.touch(key, self._expiry(timeout, 0.001), version=version)
+
+    def expire_at(self, key: str, when: Any, version: int | None = None) -> bool:
+        """:meth:`expire` until *when* (a Unix time, or a ``datetime``); a time past
+        deletes *key*."""
+        return self.touch(key, self._until(when), version=version)
+
+    def pexpire_at(self, key: str, when: Any, version: int | None = None) -> bool:
+        """:meth:`expire_at` with *when* in milliseconds (or a ``datetime``)."""
+        return self.touch(key, self._until(when, 0.001), version=version)
+
+    def persist(self, key: str, version: int | None = None) -> bool:
+        """Remove *key*'s expiry; ``False`` if it is missing. Unlike Redis' ``PERSIST``
+        (django-redis), ``True`` also for a key that had none."""
+        return self.touch(key, None, version=version)
+
+    def lock(self, key: str, version: int | None = None, timeout: float | None = None, sleep: float = 0.1,
+             blocking: bool = True, blocking_timeout: float | None = None,
+             thread_local: bool = True) -> RedisStyleLock:
+        """django-redis's ``lock``: a lock named by the made key (versions and
+        ``KEY_PREFIX`` as for a value), shared by every process of this cache; a context
+        manager with ``acquire``/``release``. *timeout* (seconds) is how long it lives
+        without a ``release``; ``None`` (django-redis' default: no expiry) keeps it
+        while held: the process extends it every ``lock_ttl / 3`` seconds, so a crashed
+        holder's lock expires ``lock_ttl`` seconds later instead of never. *sleep* is
+        not used (statekit polls from 5 ms up to 100 ms).
+
+        :raises ValueError: *thread_local* false (a statekit lock is held by the thread
+            that took it)."""
+        if not thread_local:
+            raise ValueError("lock(thread_local=False) is not supported: a statekit lock is held, "
+                             "and released, by the thread that acquired it")
+        made = self._cache._check_key(self.make_and_validate_key(key, version=version))
+        return RedisStyleLock(self._cache, made, timeout, blocking, blocking_timeout)
+
+    def delete_pattern(self, pattern: str, version: int | None = None, prefix: str | None = None,
+                       itersize: int | None = None) -> int:
+        """Delete the keys of this cache matching the glob *pattern* (``"foo_*"``), in
+        this version (or *version*) and ``KEY_PREFIX`` (or *prefix*); returns how many
+        were deleted. ``SCAN`` of this cache's namespace on every master (about
+        *itersize* names per call, default 1000), never ``KEYS``; each page's keys
+        are deleted together, their near copies with them in every process. Not atomic:
+        a key written while it runs may stay."""
+        return self._run(self._delete_pattern(self._cache, pattern, version, prefix, itersize))
+
+    def iter_keys(self, search: str, itersize: int | None = None,
+                  version: int | None = None) -> Iterator[str]:
+        """The keys (as given to ``set``) matching the glob *search*, page by page
+        (``SCAN``, as :meth:`delete_pattern`); a key may come twice. With a custom
+        ``KEY_FUNCTION``, ``OPTIONS["REVERSE_KEY_FUNCTION"]`` turns made keys back."""
+        reverse = self._reverse(version)
+        match, state = self._pattern(search, version, None), None
+        while True:
+            state, made = self._run(self._keys_page(self._cache, match, state, itersize))
+            yield from map(reverse, made)
+            if state is None:
+                return
+
+    def keys(self, search: str, version: int | None = None) -> list[str]:
+        """:meth:`iter_keys`, listed once each (``SCAN``, not ``KEYS``: Redis is never
+        blocked by it)."""
+        return list(dict.fromkeys(self.iter_keys(search, version=version)))
 
     def close(self, **kwargs: Any) -> None:
         """Django calls this after every request: connections are kept (they are
@@ -267,9 +456,16 @@ class StatekitCache(BaseCache):
     async def aget(self, key: str, default: Any = None, version: int | None = None) -> Any:
         return await self._acache.get(self.make_and_validate_key(key, version=version), default)
 
-    async def aset(self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT,
-                   version: int | None = None) -> None:
+    async def aset(  # type: ignore[override]  # as set()
+            self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
+            nx: bool = False, xx: bool = False) -> bool | None:
+        """:meth:`set`, awaited."""
+        if xx:
+            raise NotImplementedError("set(xx=True) is not supported by django_statekit's cache")
+        if nx:
+            return await self.aadd(key, value, timeout, version=version)
         await self._arun(self._set(self._acache, key, value, timeout, version))
+        return None
 
     async def atouch(self, key: str, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         return await self._arun(self._touch(self._acache, key, timeout, version))
@@ -295,11 +491,13 @@ class StatekitCache(BaseCache):
     async def ahas_key(self, key: str, version: int | None = None) -> bool:
         return await self._acache.has(self.make_and_validate_key(key, version=version))
 
-    async def aincr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        return await self._arun(self._incr(self._acache, key, delta, version))
+    async def aincr(self, key: str, delta: int = 1, version: int | None = None,
+                    ignore_key_check: bool = False) -> int:
+        return await self._arun(self._incr_created(self._acache, key, delta, version, ignore_key_check))
 
-    async def adecr(self, key: str, delta: int = 1, version: int | None = None) -> int:
-        return await self.aincr(key, -delta, version=version)
+    async def adecr(self, key: str, delta: int = 1, version: int | None = None,
+                    ignore_key_check: bool = False) -> int:
+        return await self.aincr(key, -delta, version=version, ignore_key_check=ignore_key_check)
 
     async def aset_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
                         version: int | None = None) -> list[str]:
@@ -312,5 +510,96 @@ class StatekitCache(BaseCache):
         """:meth:`clear`, awaited."""
         await self._acache.clear()
 
+    # -- django-redis's extras (async) ----------------------------------------------------
+
+    async def attl(self, key: str, version: int | None = None) -> int | None:
+        """:meth:`ttl`, awaited."""
+        return _whole(await self._arun(self._seconds_left(self._acache, key, version)), 1.0)
+
+    async def apttl(self, key: str, version: int | None = None) -> int | None:
+        """:meth:`pttl`, awaited."""
+        return _whole(await self._arun(self._seconds_left(self._acache, key, version)), 1000.0)
+
+    async def aexpire(self, key: str, timeout: Any, version: int | None = None) -> bool:
+        """:meth:`expire`, awaited."""
+        return await self.atouch(key, self._expiry(timeout), version=version)
+
+    async def apexpire(self, key: str, timeout: Any, version: int | None = None) -> bool:
+        """:meth:`pexpire`, awaited."""
+        return await self.atouch(key, self._expiry(timeout, 0.001), version=version)
+
+    async def aexpire_at(self, key: str, when: Any, version: int | None = None) -> bool:
+        """:meth:`expire_at`, awaited."""
+        return await self.atouch(key, self._until(when), version=version)
+
+    async def apexpire_at(self, key: str, when: Any, version: int | None = None) -> bool:
+        """:meth:`pexpire_at`, awaited."""
+        return await self.atouch(key, self._until(when, 0.001), version=version)
+
+    async def apersist(self, key: str, version: int | None = None) -> bool:
+        """:meth:`persist`, awaited."""
+        return await self.atouch(key, None, version=version)
+
+    async def adelete_pattern(self, pattern: str, version: int | None = None, prefix: str | None = None,
+                              itersize: int | None = None) -> int:
+        """:meth:`delete_pattern`, awaited."""
+        return await self._arun(self._delete_pattern(self._acache, pattern, version, prefix, itersize))
+
+    async def aiter_keys(self, search: str, itersize: int | None = None,
+                         version: int | None = None) -> AsyncIterator[str]:
+        """:meth:`iter_keys`, an async iterator (``async for key in cache.aiter_keys("foo_*")``)."""
+        reverse = self._reverse(version)
+        match, state = self._pattern(search, version, None), None
+        while True:
+            state, made = await self._arun(self._keys_page(self._acache, match, state, itersize))
+            for k in made:
+                yield reverse(k)
+            if state is None:
+                return
+
+    async def akeys(self, search: str, version: int | None = None) -> list[str]:
+        """:meth:`keys`, awaited."""
+        return list(dict.fromkeys([k async for k in self.aiter_keys(search, version=version)]))
+
     async def aclose(self, **kwargs: Any) -> None:
         """Nothing to do, as :meth:`close`: each loop's connections are kept for reuse."""
+
+
+def _whole(left: float | None, scale: float) -> int | None:
+    """statekit's seconds left (``None`` missing, ``inf`` no expiry) as django-redis'
+    ``ttl``/``pttl``: ``0`` missing, ``None`` no expiry, else rounded as Redis rounds."""
+    if left is None:
+        return 0
+    return None if math.isinf(left) else int(left * scale + 0.5)
+
+
+class RedisStyleLock(Lock):
+    """:meth:`StatekitCache.lock`'s lock: a :class:`statekit.cache.Lock` with redis-py's
+    ``blocking`` default and ``acquire(blocking=, blocking_timeout=)``, and with
+    *timeout* ``None`` kept (extended by the process's lock keeper) while held by a
+    thread that is alive."""
+
+    def __init__(self, cache: Cache, name: str, timeout: float | None, blocking: bool,
+                 blocking_timeout: float | None) -> None:
+        super().__init__(cache, name, cache.lock_ttl if timeout is None else timeout, blocking_timeout)
+        self.blocking = blocking
+        self.kept = timeout is None
+
+    def acquire(self, blocking: bool | None = None, timeout: float | None = None, *,
+                blocking_timeout: float | None = None) -> bool:
+        """Take the lock (see :meth:`statekit.cache.Lock.acquire`); *blocking* defaults
+        to the lock's, *blocking_timeout* is redis-py's name of *timeout*."""
+        taken = super().acquire(self.blocking if blocking is None else blocking,
+                                timeout if blocking_timeout is None else blocking_timeout)
+        if taken and self.kept:
+            self._local.keeper = self.cache._keep(self.cache._be(), self.name, str(self.token),
+                                                  threading.current_thread().is_alive)
+        return taken
+
+    def release(self) -> None:
+        """Release the lock (it is no longer extended)."""
+        keeper = getattr(self._local, "keeper", None)
+        if keeper is not None:
+            self._local.keeper = None
+            lock_keeper.release(keeper)
+        super().release()
