@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -164,7 +165,8 @@ def parse_size(raw: str | int, *, name: str = "size") -> int:
     m = _SIZE_RE.match(raw)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ConfigError(f"{name}={raw!r} is not a size (examples: 1048576, 10MiB, 5MB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    # exact: a float lost digits past 2**53 and overflowed to inf (OverflowError) at 309
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 def _size(name: str) -> Callable[[str], int]:

@@ -354,3 +354,21 @@ def test_a_host_with_a_space_or_a_control_character_is_a_config_error(
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "redis_1", "[::1]", "Redis-Primary.example.COM"])
 def test_host_names_resolvers_take_are_accepted(host: str) -> None:
     assert parse_url(f"redis://{host}:6379/0").hosts[0][1] == 6379
+
+
+# -- sizes --------------------------------------------------------------------------------
+
+
+def test_a_size_too_large_for_a_float_is_exact_not_an_overflow() -> None:
+    """int(float('9' * 400)) raised OverflowError ('cannot convert float infinity to
+    integer') from parse_size, for STATEKIT_BLOBS_MAX_SIZE or ?part_size= alike, and
+    a 17-digit count lost its last digit to the float."""
+    from statekit.config import parse_size
+
+    assert parse_size("9" * 400) == int("9" * 400)
+    assert parse_size("9007199254740993") == 9007199254740993
+    assert parse_size("1.5KiB") == 1536 and parse_size("10 MB") == 10_000_000
+    assert parse_url("s3://bucket?part_size=" + "9" * 400).options["part_size"] == int("9" * 400)
+    for bad in ("1e3", "-1", "10 M B", "nan", "inf"):
+        with pytest.raises(ConfigError, match="is not a size"):
+            parse_size(bad)
