@@ -13,8 +13,15 @@ options, each checked against a typed table (the way redis-py's ``parse_url`` do
     file:///shared/volume/path[?create=1]     create=1: make the directory if missing
 
 :func:`parse_url` returns a :class:`BackendURL`; every malformed URL or option raises
-:class:`~statekit.errors.ConfigError` naming the bad part. :class:`Settings` reads the
-``STATEKIT_*`` environment variables.
+:class:`~statekit.errors.ConfigError` naming the bad part, never a password. In a
+password write ``?`` as ``%3F``, ``#`` as ``%23``, ``/`` as ``%2F`` (and ``&`` as ``%26``
+in ``?password=``). An unknown option is an error, not ignored: the table is statekit's
+own, nothing else is handed to redis-py, so a typo (``socket_timout``) or another
+library's option would otherwise be dropped without a word; so is an option the URL's
+client would drop (``sentinel_password`` outside ``redis+sentinel://``,
+``health_check_interval`` on ``redis+cluster://``). Timeouts are at most a day.
+:class:`Settings` reads the ``STATEKIT_*`` environment variables (their surrounding
+spaces and line ends, from an env file, are not part of the value).
 """
 
 from __future__ import annotations
