@@ -63,31 +63,31 @@ def test_ttl_and_pttl_as_django_redis(url: str) -> None:
     c.set("forever", 1, timeout=None)
     assert c.ttl("forever") is None and c.pttl("forever") is None
     c.set("short", 1, timeout=100)
-    assert 99 <= (c.ttl("short") or 0) <= 100
-    assert 98_000 < (c.pttl("short") or 0) <= 100_000
+    assert 90 <= (c.ttl("short") or 0) <= 100
+    assert 90_000 < (c.pttl("short") or 0) <= 100_000
     c.set("v2", 1, timeout=50, version=2)  # another version is another key
-    assert c.ttl("v2") == 0 and 49 <= (c.ttl("v2", version=2) or 0) <= 50
+    assert c.ttl("v2") == 0 and 40 <= (c.ttl("v2", version=2) or 0) <= 50
     assert c.get_or_set("computed", lambda: "x", timeout=30) == "x"
-    assert 29 <= (c.ttl("computed") or 0) <= 30  # a get_or_set value: until due, as get() sees it
+    assert 20 <= (c.ttl("computed") or 0) <= 30  # a get_or_set value: until due, as get() sees it
 
 
 def test_expire_pexpire_expire_at_persist(url: str) -> None:
     c = make(url)
     assert c.expire("missing", 10) is False and c.persist("missing") is False
     c.set("k", "v", timeout=None)
-    assert c.expire("k", 60) is True and 59 <= (c.ttl("k") or 0) <= 60
-    assert c.expire("k", dt.timedelta(minutes=2)) is True and 119 <= (c.ttl("k") or 0) <= 120
-    assert c.pexpire("k", 30_000) is True and 29_000 < (c.pttl("k") or 0) <= 30_000
-    assert c.expire_at("k", time.time() + 40) is True and 38 <= (c.ttl("k") or 0) <= 40
+    assert c.expire("k", 60) is True and 50 <= (c.ttl("k") or 0) <= 60
+    assert c.expire("k", dt.timedelta(minutes=2)) is True and 110 <= (c.ttl("k") or 0) <= 120
+    assert c.pexpire("k", 30_000) is True and 20_000 < (c.pttl("k") or 0) <= 30_000
+    assert c.expire_at("k", time.time() + 50) is True and 40 <= (c.ttl("k") or 0) <= 50
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=20)
-    assert c.pexpire_at("k", when) is True and 18_000 < (c.pttl("k") or 0) <= 20_000
-    assert c.pexpire_at("k", int((time.time() + 25) * 1000)) is True and 23 <= (c.ttl("k") or 0) <= 25
+    assert c.pexpire_at("k", when) is True and 10_000 < (c.pttl("k") or 0) <= 20_000
+    assert c.pexpire_at("k", int((time.time() + 45) * 1000)) is True and 35 <= (c.ttl("k") or 0) <= 45
     assert c.persist("k") is True and c.ttl("k") is None and c.get("k") == "v"
     assert c.expire("k", 0) is True and c.get("k") is None  # as Redis' EXPIRE: gone
     c.set("k", "v")
     assert c.expire_at("k", time.time() - 5) is True and not c.has_key("k")
     c.set("d", 1, timeout=None)
-    assert c.expire("d", c.default_timeout) is True and 299 <= (c.ttl("d") or 0) <= 300
+    assert c.expire("d", c.default_timeout) is True and 290 <= (c.ttl("d") or 0) <= 300
 
 
 def test_incr_ignore_key_check_and_set_nx(url: str) -> None:
@@ -126,11 +126,11 @@ def test_lock_on_the_made_key(url: str) -> None:
 
 def test_lock_without_timeout_is_kept_while_held(url: str) -> None:
     """django-redis' default, no expiry: kept (extended every lock_ttl/3) until released."""
-    c = make(url, OPTIONS={"lock_ttl": 0.6})
+    c = make(url, OPTIONS={"lock_ttl": 1.5})
     lock = c.lock("report")
     assert lock.acquire() is True
     lease = c.statekit.lock_ttl
-    deadline = time.monotonic() + 4 * lease  # four leases: lost three times over if not extended
+    deadline = time.monotonic() + 3 * lease  # three leases: lost twice over if not extended
     while time.monotonic() < deadline:
         assert c.lock("report", blocking=False).acquire() is False
         threading.Event().wait(lease / 4)
@@ -241,9 +241,9 @@ def test_async_twins(url: str) -> None:
         assert await c.attl("k") == 0
         await c.aset("k", "v", timeout=None)
         assert await c.attl("k") is None and await c.apttl("k") is None
-        assert await c.aexpire("k", 60) is True and 59 <= (await c.attl("k") or 0) <= 60
-        assert await c.apexpire("k", 9_000) is True and 8_000 < (await c.apttl("k") or 0) <= 9_000
-        assert await c.aexpire_at("k", time.time() + 30) is True and 28 <= (await c.attl("k") or 0) <= 30
+        assert await c.aexpire("k", 60) is True and 50 <= (await c.attl("k") or 0) <= 60
+        assert await c.apexpire("k", 15_000) is True and 5_000 < (await c.apttl("k") or 0) <= 15_000
+        assert await c.aexpire_at("k", time.time() + 30) is True and 20 <= (await c.attl("k") or 0) <= 30
         assert await c.apexpire_at("k", int(time.time() * 1000) + 20_000) is True
         assert await c.apersist("k") is True and await c.attl("k") is None
         assert await c.aset("n", 1, nx=True) is True and await c.aset("n", 2, nx=True) is False
