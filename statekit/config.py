@@ -42,6 +42,7 @@ __all__ = [
     "BackendURL",
     "Settings",
     "check_bucket_name",
+    "flag",
     "parse_size",
     "parse_url",
 ]
@@ -96,14 +97,29 @@ def _choice(name: str, *choices: str) -> Callable[[str], str]:
     return conv
 
 
-def _boolean(name: str) -> Callable[[str], bool]:
-    def conv(raw: str) -> bool:
-        low = raw.lower()
+def flag(value: Any, name: str = "a boolean setting") -> bool:
+    """A boolean setting *name*: ``True``/``False`` (``None``, ``0`` and ``1`` too),
+    or text ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` in any case,
+    spaces around ignored (as from an environment variable). Anything else is a
+    :class:`~statekit.errors.ConfigError` naming the setting: a typo such as
+    ``STATEKIT_SESSION_COOKIE_SECURE=ture`` must not switch a security option off.
+    The adapters read every boolean setting through it."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        low = value.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"option {name}={raw!r} must be true or false")
+    raise ConfigError(f"{name}={value!r} must be true or false (1, true, yes, on or 0, false, no, off)")
+
+
+def _boolean(name: str) -> Callable[[str], bool]:
+    def conv(raw: str) -> bool:
+        return flag(raw, f"option {name}")
 
     return conv
 

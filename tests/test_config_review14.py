@@ -372,3 +372,45 @@ def test_a_size_too_large_for_a_float_is_exact_not_an_overflow() -> None:
     for bad in ("1e3", "-1", "10 M B", "nan", "inf"):
         with pytest.raises(ConfigError, match="is not a size"):
             parse_size(bad)
+
+
+# --- boolean settings: one parser for statekit and the three adapters -------------
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (True, True), (False, False), (None, False), (1, True), (0, False),
+    ("1", True), (" TRUE ", True), ("Yes", True), ("on", True),
+    ("0", False), ("false", False), ("NO", False), ("off\n", False),
+])
+def test_a_boolean_setting_reads_the_usual_spellings(raw: object, expected: bool) -> None:
+    from statekit.config import flag
+
+    assert flag(raw, "STATEKIT_X") is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "ture", "", "2", 2, "enabled"])
+def test_a_boolean_setting_that_is_neither_is_an_error_naming_it(raw: object) -> None:
+    """A typo (``STATEKIT_SESSION_COOKIE_SECURE=ture``) read as false switched a
+    security option off in silence: the adapters read any other text as false."""
+    from statekit.config import flag
+
+    with pytest.raises(ConfigError, match=r"STATEKIT_SESSION_COOKIE_SECURE=.* must be true or false"):
+        flag(raw, "STATEKIT_SESSION_COOKIE_SECURE")
+
+
+def test_an_adapters_feature_switch_that_is_neither_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STATEKIT_CACHE_ENABLED=maybe`` switched the cache off (Flask, Starlette): now
+    the app refuses to start, naming the setting."""
+    from flask import Flask
+    from starlette.applications import Starlette
+
+    from flask_statekit import StateKit as FlaskStateKit
+    from starlette_statekit import StateKit as StarletteStateKit
+
+    monkeypatch.setenv("STATEKIT_CACHE_ENABLED", "maybe")
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k")
+    with pytest.raises(ConfigError, match="STATEKIT_CACHE_ENABLED='maybe' must be true or false"):
+        FlaskStateKit(app)
+    with pytest.raises(ConfigError, match="STATEKIT_CACHE_ENABLED='maybe' must be true or false"):
+        StarletteStateKit(Starlette(), secret_key="k")

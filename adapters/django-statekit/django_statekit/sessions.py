@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
-from statekit.config import parse_url
+from statekit.config import flag, parse_url
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outages
 from statekit.sessions import Session, Steps, _StoreCore
@@ -113,9 +113,9 @@ def _store_settings(near: bool = True) -> tuple[Any, ...]:
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
         get_setting("STATEKIT_SESSION_NEAR_CACHE", 0) if near else 0,
         get_setting("STATEKIT_SESSION_CARRY_OVER", None),
-        _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True)),
+        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True), "STATEKIT_SESSION_CARRY_OVER_DELETE"),
         str(get_setting("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", settings.SESSION_CACHE_ALIAS)),
-        _flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False)),
+        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False), "STATEKIT_SESSION_CARRY_OVER_PICKLE"),
     )
 
 
@@ -142,12 +142,6 @@ def _core_store(kind: type[_S], url: str, keys: tuple[str, ...], prefix: str, id
     store.carry_over = carry_over_for(carry, delete=carry_delete, cache_alias=carry_cache, lifetime=idle,
                                       plain_pickle=carry_pickle)
     return store
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class SessionStore(SessionBase):

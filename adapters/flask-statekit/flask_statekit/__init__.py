@@ -45,7 +45,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app
 
-from statekit.config import Settings
+from statekit.config import Settings, flag
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import check_extras, outages
 from statekit.lifecycle import outage_name as _outage_name
@@ -73,12 +73,14 @@ def _config(app: Flask, key: str, default: Any = None) -> Any:
     return os.environ.get(key, default)
 
 
-def _flag(value: Any) -> bool:
-    """A boolean setting: ``True``/``False``, or text such as ``1``, ``true``, ``yes``, ``on``
-    (any case) from the environment."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+#: a boolean setting (a value that is neither true nor false is a ConfigError)
+_flag = flag
+
+
+def _config_flag(app: Flask, key: str, default: bool) -> bool:
+    """The boolean setting *key* (:func:`_config`): a value that is neither true nor
+    false is a :class:`~statekit.errors.ConfigError` naming it."""
+    return flag(_config(app, key, default), key)
 
 
 class StateKitState:
@@ -174,7 +176,7 @@ class StateKit:
         if "statekit" in app.extensions:
             raise ConfigError("StateKit is already initialised for this app")
         state = StateKitState(app, settings_from_app(app))
-        enabled = [f for f in FEATURES if _flag(_config(app, f"STATEKIT_{f.upper()}_ENABLED", True))]
+        enabled = [f for f in FEATURES if _config_flag(app, f"STATEKIT_{f.upper()}_ENABLED", True)]
         _check_start(app, state.settings, enabled)
         app.extensions["statekit"] = state
         for feature in enabled:

@@ -47,7 +47,7 @@ from itsdangerous import BadSignature
 from statekit.errors import ConfigError
 from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, PreviousStore
 
-from . import _config, _flag
+from . import _config, _config_flag
 
 __all__ = ["FlaskCookieSessions", "carry_over_from_config"]
 
@@ -98,9 +98,9 @@ def carry_over_from_config(app: Flask) -> CarryOver | None:
         previous = FlaskSessionRedis(
             url or None, client=client, key_prefix=app.config.get("SESSION_KEY_PREFIX", "session:"),
             secret_keys=_secret_keys(app), use_signer=bool(app.config.get("SESSION_USE_SIGNER", False)),
-            plain_pickle=_flag(_config(app, "STATEKIT_SESSION_CARRY_OVER_PICKLE", False)))
+            plain_pickle=_config_flag(app, "STATEKIT_SESSION_CARRY_OVER_PICKLE", False))
     else:
         raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER={kind!r} must be off, 'flask-cookie' or "
                           "'flask-session'")
-    return CarryOver(previous, delete=_flag(_config(app, "STATEKIT_SESSION_CARRY_OVER_DELETE", True)),
+    return CarryOver(previous, delete=_config_flag(app, "STATEKIT_SESSION_CARRY_OVER_DELETE", True),
                      claim_ttl=max(1.0, app.permanent_session_lifetime.total_seconds()))

@@ -71,7 +71,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket, WebSocketState
 
 from statekit.broadcast import SharedValue, SharedValues
-from statekit.config import Settings
+from statekit.config import Settings, flag
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle, check_extras, outage_name, outages
 
@@ -98,12 +98,6 @@ _LIFECYCLE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "budget": ("STATEKIT_READY_BUDGET", float),
     "retry_after": ("STATEKIT_RETRY_AFTER", lambda v: int(float(v))),
 }
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 class StateKitState:
@@ -220,7 +214,8 @@ class StateKit:
         if getattr(app.state, "statekit", None) is not None:
             raise ConfigError("StateKit is already initialised for this app")
         state = StateKitState(self.settings(), self._get)
-        enabled = [f for f in FEATURES if _flag(self._get(f"STATEKIT_{f.upper()}_ENABLED", True))]
+        enabled = [f for f in FEATURES
+                   if flag(self._get(name := f"STATEKIT_{f.upper()}_ENABLED", True), name)]
         self._check_start(state.settings, enabled)
         if ("sessions" in enabled and not state.settings.secret_keys
                 and not {"secret_key", "store"} & set(self.session_options)):
