@@ -26,6 +26,7 @@ spaces and line ends, from an env file, are not part of the value).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "Settings",
     "check_bucket_name",
     "flag",
+    "number",
     "parse_size",
     "parse_url",
 ]
@@ -115,6 +117,21 @@ def flag(value: Any, name: str = "a boolean setting") -> bool:
         if low in ("0", "false", "no", "off"):
             return False
     raise ConfigError(f"{name}={value!r} must be true or false (1, true, yes, on or 0, false, no, off)")
+
+
+def number(value: Any, name: str, *, minimum: float = 0.0) -> float:
+    """A numeric setting *name* (a number, or its text as from an environment
+    variable): finite and at least *minimum*, else a
+    :class:`~statekit.errors.ConfigError` naming it (``nan``, ``inf`` and a negative
+    ``Retry-After`` got through, or failed at the first outage with ``OverflowError``).
+    The adapters read their numeric settings through it."""
+    try:
+        result = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if not (math.isfinite(result) and result >= minimum):
+        raise ConfigError(f"{name}={value!r} must be a finite number of at least {minimum:g}")
+    return result
 
 
 def _boolean(name: str) -> Callable[[str], bool]:

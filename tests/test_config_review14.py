@@ -414,3 +414,39 @@ def test_an_adapters_feature_switch_that_is_neither_is_an_error(monkeypatch: pyt
         FlaskStateKit(app)
     with pytest.raises(ConfigError, match="STATEKIT_CACHE_ENABLED='maybe' must be true or false"):
         StarletteStateKit(Starlette(), secret_key="k")
+
+
+@pytest.mark.parametrize("raw, expected", [(5, 5.0), ("0.5", 0.5), (" 10 ", 10.0), (0, 0.0)])
+def test_a_numeric_setting_reads_numbers(raw: object, expected: float) -> None:
+    from statekit.config import number
+
+    assert number(raw, "STATEKIT_RETRY_AFTER") == expected
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-1", -0.5, float("inf"), "abc", None, ""])
+def test_a_numeric_setting_that_is_not_finite_or_is_negative_is_an_error_naming_it(raw: object) -> None:
+    from statekit.config import number
+
+    with pytest.raises(ConfigError, match="STATEKIT_RETRY_AFTER="):
+        number(raw, "STATEKIT_RETRY_AFTER")
+
+
+@pytest.mark.parametrize("name, raw", [("STATEKIT_RETRY_AFTER", "inf"), ("STATEKIT_READY_BUDGET", "nan")])
+def test_the_adapters_lifecycle_numbers_are_checked_at_start(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                             raw: str) -> None:
+    """``STATEKIT_RETRY_AFTER=inf`` raised ``OverflowError`` from ``int()`` in Flask and
+    Starlette (a 500 instead of a named setting); ``nan`` budgets got through Starlette."""
+    from flask import Flask
+    from starlette.applications import Starlette
+
+    from flask_statekit import StateKit as FlaskStateKit
+    from starlette_statekit import StateKit as StarletteStateKit
+
+    monkeypatch.setenv(name, raw)
+    for feature in ("CACHE", "SESSIONS", "BROADCAST", "BLOBS"):
+        monkeypatch.setenv(f"STATEKIT_{feature}_ENABLED", "off")
+    app = Flask(__name__)
+    with pytest.raises(ConfigError, match=f"{name}='{raw}' must be a finite number"):
+        FlaskStateKit(app)
+    with pytest.raises(ConfigError, match=f"{name}='{raw}' must be a finite number"):
+        StarletteStateKit(Starlette())

@@ -40,6 +40,11 @@ def check_settings() -> None:
                 f"SESSION_ENGINE = {_SESSIONS!r} needs a Redis URL: set STATEKIT_REDIS_URL (or "
                 "STATEKIT_SESSION_URL), or keep one of Django's session engines")
         check_extras(s.session_url)
+        from .conf import get_number
+        from .middleware import _secure
+
+        _secure()  # a boolean and a number read per response: checked here, not at the first 503
+        get_number("STATEKIT_SESSION_RETRY_AFTER", 5)
     for alias, conf in (getattr(settings, "CACHES", None) or {}).items():
         if conf.get("BACKEND") != _CACHE:
             continue

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 
-from statekit.config import Settings
+from statekit.config import Settings, number
 
 __all__ = ["get_setting", "get_settings"]
 
@@ -38,6 +38,12 @@ def get_setting(name: str, default: Any = None) -> Any:
     if value is None:
         value = os.environ.get(name, default)
     return value
+
+
+def get_number(name: str, default: float) -> float:
+    """The numeric setting *name* (:func:`get_setting`): finite and not negative, else a
+    ``ConfigError`` naming it (:func:`statekit.config.number`)."""
+    return number(get_setting(name, default), name)
 
 
 def get_settings() -> Settings:

@@ -44,25 +44,16 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from statekit import asgi
-from statekit.errors import ConfigError
 from statekit.lifecycle import APP, COUNTED, REJECT, Lifecycle, LifecycleMiddleware, Reply
 
 from ._middleware import HybridMiddleware
-from .conf import get_setting, get_settings
+from .conf import get_number, get_setting, get_settings
 
 __all__ = ["DrainMiddleware", "get_asgi_application", "get_lifecycle", "get_wsgi_application",
            "lifecycle_from_settings", "wrap", "wrap_asgi"]
 
 _lifecycle: Lifecycle | None = None
 _lock = threading.Lock()
-
-
-def _number(name: str, default: float) -> float:
-    raw = get_setting(name, default)
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
 def lifecycle_from_settings() -> Lifecycle:
@@ -72,8 +63,8 @@ def lifecycle_from_settings() -> Lifecycle:
         health_path=get_setting("STATEKIT_HEALTH_PATH", "/healthz"),
         ready_path=get_setting("STATEKIT_READY_PATH", "/readyz"),
         mode=get_setting("STATEKIT_DRAIN_MODE") or None,
-        budget=_number("STATEKIT_READY_BUDGET", 0.5),
-        retry_after=int(_number("STATEKIT_RETRY_AFTER", 1)),
+        budget=get_number("STATEKIT_READY_BUDGET", 0.5),
+        retry_after=int(get_number("STATEKIT_RETRY_AFTER", 1)),
     )
 
 

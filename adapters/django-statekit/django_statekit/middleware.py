@@ -56,12 +56,13 @@ from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.http import http_date
 
+from statekit.config import flag
 from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 
 from ._middleware import HybridMiddleware
-from .conf import get_setting, get_settings
+from .conf import get_number, get_setting, get_settings
 from .sessions import get_core_store, version_token
 
 __all__ = ["OUTAGE_PAGE", "UNAVAILABLE_PAGE", "SessionOutageMiddleware", "outage_response",
@@ -84,7 +85,7 @@ UNAVAILABLE_PAGE = (
 def outage_response(page: str = OUTAGE_PAGE) -> HttpResponse:
     """The 503 page (``STATEKIT_SESSION_RETRY_AFTER`` seconds, default 5)."""
     response = HttpResponse(page, status=503, content_type="text/html; charset=utf-8")
-    response["Retry-After"] = str(int(get_setting("STATEKIT_SESSION_RETRY_AFTER", 5)))
+    response["Retry-After"] = str(int(get_number("STATEKIT_SESSION_RETRY_AFTER", 5)))
     response["Cache-Control"] = "no-store"
     # statekit.outage logs the outage once; Django would log this 503 per request
     response._has_been_logged = True  # type: ignore[attr-defined]
@@ -98,8 +99,8 @@ def unavailable_response() -> HttpResponse:
 
 def _secure() -> bool:
     """Whether statekit marks session cookies ``Secure`` (on outside ``DEBUG``)."""
-    secure = get_setting("STATEKIT_SESSION_COOKIE_SECURE", not settings.DEBUG)
-    return secure not in (False, "0", "false", "False", "no", "off")
+    name = "STATEKIT_SESSION_COOKIE_SECURE"
+    return flag(get_setting(name, not settings.DEBUG), name)
 
 
 #: the request attribute that holds a BackendUnavailable raised outside the views (or

@@ -65,14 +65,14 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase, UpdateError
 
-from statekit.config import flag, parse_url
+from statekit.config import flag, number, parse_url
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outages
 from statekit.sessions import Session, Steps, _StoreCore
 from statekit.sessions import SessionStore as CoreStore
 from statekit.sessions.aio import AsyncSessionStore
 
-from .conf import get_setting, get_settings
+from .conf import get_number, get_setting, get_settings
 
 __all__ = ["SessionStore", "get_async_core_store", "get_core_store", "version_token"]
 
@@ -105,10 +105,10 @@ def _store_settings(near: bool = True) -> tuple[Any, ...]:
     s = get_settings()
     return (
         s.require("session_url"), s.secret_keys, s.key_prefix,
-        float(settings.SESSION_COOKIE_AGE),
-        float(get_setting("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400)),
-        float(get_setting("STATEKIT_SESSION_REFRESH_INTERVAL", 60)),
-        float(get_setting("STATEKIT_SESSION_ALIAS_WINDOW", 10)),
+        number(settings.SESSION_COOKIE_AGE, "SESSION_COOKIE_AGE"),
+        get_number("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400),
+        get_number("STATEKIT_SESSION_REFRESH_INTERVAL", 60),
+        get_number("STATEKIT_SESSION_ALIAS_WINDOW", 10),
         str(get_setting("STATEKIT_SESSION_CODEC", "json")),
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
         get_setting("STATEKIT_SESSION_NEAR_CACHE", 0) if near else 0,

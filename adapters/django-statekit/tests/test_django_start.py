@@ -39,6 +39,20 @@ def test_session_engine_without_url(django_settings: Any) -> None:
     check_settings()  # Django's own sessions: nothing to check
 
 
+@pytest.mark.parametrize("setting, value, message", [
+    ("STATEKIT_SESSION_COOKIE_SECURE", "ture", "must be true or false"),
+    ("STATEKIT_SESSION_RETRY_AFTER", "inf", "must be a finite number"),
+])
+def test_session_settings_read_per_response_are_checked_at_start(
+        django_settings: Any, setting: str, value: str, message: str) -> None:
+    """A typo in the cookie's Secure flag read as on (``not in ("0", "false", ...)``), a
+    third parser; an infinite Retry-After raised ``OverflowError`` at the first 503."""
+    django_settings.set(SESSION_ENGINE="django_statekit.sessions", STATEKIT_REDIS_URL="redis://127.0.0.1:1/0",
+                        **{setting: value})
+    with pytest.raises(ConfigError, match=f"{setting}='{value}' {message}"):
+        check_settings()
+
+
 def test_cache_without_url(django_settings: Any) -> None:
     django_settings.set(CACHES={"default": {"BACKEND": "django_statekit.cache.StatekitCache"}}, **NO_URLS)
     with pytest.raises(ConfigError, match=r"CACHES\['default'\].*LOCATION.*STATEKIT_REDIS_URL"):

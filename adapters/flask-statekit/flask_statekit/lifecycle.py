@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from statekit.errors import ConfigError
+from statekit.config import number
 from statekit.lifecycle import Lifecycle, LifecycleMiddleware
 
 from . import _config
@@ -43,11 +43,7 @@ __all__ = ["init_app", "lifecycle_from_app"]
 
 
 def _number(app: Flask, key: str, default: float) -> float:
-    raw = _config(app, key, default)
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={raw!r} is not a number") from None
+    return number(_config(app, key, default), key)
 
 
 def lifecycle_from_app(app: Flask, state: StateKitState) -> Lifecycle:

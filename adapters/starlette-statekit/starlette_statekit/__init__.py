@@ -71,7 +71,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket, WebSocketState
 
 from statekit.broadcast import SharedValue, SharedValues
-from statekit.config import Settings, flag
+from statekit.config import Settings, flag, number
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle, check_extras, outage_name, outages
 
@@ -95,8 +95,8 @@ _LIFECYCLE: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "health_path": ("STATEKIT_HEALTH_PATH", str),
     "ready_path": ("STATEKIT_READY_PATH", str),
     "mode": ("STATEKIT_DRAIN_MODE", str),
-    "budget": ("STATEKIT_READY_BUDGET", float),
-    "retry_after": ("STATEKIT_RETRY_AFTER", lambda v: int(float(v))),
+    "budget": ("STATEKIT_READY_BUDGET", lambda v: number(v, "STATEKIT_READY_BUDGET")),
+    "retry_after": ("STATEKIT_RETRY_AFTER", lambda v: int(number(v, "STATEKIT_RETRY_AFTER"))),
 }
 
 
@@ -280,6 +280,8 @@ class StateKit:
             if raw not in (None, ""):
                 try:
                     options[keyword] = convert(raw)
+                except ConfigError:
+                    raise
                 except ValueError:
                     raise ConfigError(f"{name}={raw!r} is not valid") from None
         lifecycle = Lifecycle(state.settings, **options)
