@@ -14,7 +14,7 @@ import pytest
 
 from statekit import backends
 from statekit.cache import Cache
-from statekit.cache.protocol import CacheBackend, Stored
+from statekit.cache.protocol import CacheBackend, Stored, live
 from statekit.errors import ConfigError
 from statekit.testing.contracts.cache import CacheContract
 
@@ -82,6 +82,15 @@ class DictCacheBackend(CacheBackend):
             self._put(real, value, ttl_ms)
             return True
 
+    def replace(self, key: str, value: bytes, ttl_ms: int | None, now: float) -> bool:
+        with self.store.lock:
+            real = self._real(key)
+            item = self._live(real)
+            if item is None or not live(item[0], now):
+                return False
+            self._put(real, value, ttl_ms)
+            return True
+
     def delete(self, key: str) -> bool:
         with self.store.lock:
             real = self._real(key)
@@ -116,6 +125,15 @@ class DictCacheBackend(CacheBackend):
             if item is None:
                 return False
             self._put(real, item[0], ttl_ms)
+            return True
+
+    def persist(self, key: str) -> bool:
+        with self.store.lock:
+            real = self._real(key)
+            item = self._live(real)
+            if item is None or item[1] is None:
+                return False
+            self._put(real, item[0], None)
             return True
 
     def clear(self) -> None:

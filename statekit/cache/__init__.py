@@ -57,7 +57,6 @@ import logging
 import math
 import os
 import random
-import struct
 import threading
 import time
 import uuid
@@ -74,7 +73,7 @@ from ..redis import _timed_out, outcome_unknown
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
-from .protocol import CacheBackend
+from .protocol import ENVELOPE, CacheBackend
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ _ABSENT: Any = object()
 _IO = frozenset({CMD, RUN, BATCH, GET, SCAN})  # the effects of a Redis backend's plans
 
 _random = random.Random().random  # noqa: S311 - XFetch jitter; leaves the global random state alone
-_ENV = struct.Struct("<dd")  # logical expiry (epoch seconds), compute time (seconds)
+_ENV = ENVELOPE  # logical expiry (epoch seconds), compute time (seconds)
 _ENV_SIZE = 1 + _ENV.size
 _MAX_KEY = 1024
 _monotonic = time.monotonic
@@ -745,6 +744,15 @@ class _CacheCore:
         finally:
             self._forget(key)
 
+    def _replace(self, key: str, value: Any, ttl: Any) -> Plan[bool]:
+        self._backend or self._connect()
+        data = self._encode(value)
+        self._forget(self._check_key(key))
+        try:
+            return bool((yield from self._write("replace", False, key, data, self._ttl_ms(ttl), _time())))
+        finally:
+            self._forget(key)
+
     def _set_many(self, mapping: Mapping[str, Any], ttl: Any) -> Plan[bool]:
         self._backend or self._connect()
         items = {self._check_key(k): self._encode(v) for k, v in mapping.items()}
@@ -788,6 +796,13 @@ class _CacheCore:
         self._backend or self._connect()
         try:
             return bool((yield from self._write("touch", False, self._check_key(key), self._ttl_ms(ttl))))
+        finally:
+            self._forget(key)
+
+    def _persist(self, key: str) -> Plan[bool]:
+        self._backend or self._connect()
+        try:
+            return bool((yield from self._write("persist", False, self._check_key(key))))
         finally:
             self._forget(key)
 
@@ -1236,6 +1251,14 @@ class Cache(_CacheCore):
         of :meth:`get_or_set` in its stale window (past its ttl) still counts as there."""
         return drive(self._add(key, value, ttl), self._effect)
 
+    def replace(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """Store *value* only if *key* is there, as :meth:`get` sees it (a value of
+        :meth:`get_or_set` past its ttl, kept only to be served stale, is not);
+        ``True`` if stored (django-redis' ``set(xx=True)``). Atomic: the test and the
+        write are one step. ``False`` as well when dropped during an outage
+        (``"miss"``)."""
+        return drive(self._replace(key, value, ttl), self._effect)
+
     def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """Store every item with the same TTL: one round trip per 500 items
         (:data:`statekit.cache.redis.CHUNK`), each chunk atomic (all or none; as for
@@ -1278,6 +1301,13 @@ class Cache(_CacheCore):
         :meth:`get_or_set` this is how long Redis keeps it, not when it is due to be
         recomputed (fixed when it was computed)."""
         return drive(self._touch(key, ttl), self._effect)
+
+    def persist(self, key: str) -> bool:
+        """Remove *key*'s expiry; ``True`` only if it had one, as Redis' ``PERSIST``
+        (``False`` for a missing key, one with no expiry, or a call dropped during an
+        outage with ``"miss"``). A value of :meth:`get_or_set` keeps its lifetime, as
+        for :meth:`touch`."""
+        return drive(self._persist(key), self._effect)
 
     def clear(self) -> bool:
         """Empty this namespace in O(1) (a generation bump; no FLUSHDB). Other

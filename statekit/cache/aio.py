@@ -548,6 +548,10 @@ class AsyncCache(_CacheCore):
         """:meth:`Cache.add <statekit.cache.Cache.add>`, awaited."""
         return await adrive(self._add(key, value, ttl), self._effect)
 
+    async def replace(self, key: str, value: Any, ttl: TTL = DEFAULT) -> bool:
+        """:meth:`Cache.replace <statekit.cache.Cache.replace>`, awaited."""
+        return await adrive(self._replace(key, value, ttl), self._effect)
+
     async def set_many(self, mapping: Mapping[str, Any], ttl: TTL = DEFAULT) -> bool:
         """:meth:`Cache.set_many <statekit.cache.Cache.set_many>`, awaited."""
         return await adrive(self._set_many(mapping, ttl), self._effect)
@@ -572,6 +576,10 @@ class AsyncCache(_CacheCore):
     async def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
         """:meth:`Cache.touch <statekit.cache.Cache.touch>`, awaited."""
         return await adrive(self._touch(key, ttl), self._effect)
+
+    async def persist(self, key: str) -> bool:
+        """:meth:`Cache.persist <statekit.cache.Cache.persist>`, awaited."""
+        return await adrive(self._persist(key), self._effect)
 
     async def clear(self) -> bool:
         """:meth:`Cache.clear <statekit.cache.Cache.clear>`, awaited: O(1), the sync

@@ -31,17 +31,28 @@ signed 64-bit range, and changes nothing. Nothing else is raised for a well-form
 call.
 
 TTLs are integer milliseconds; ``None`` means no expiry.
+
+**Envelopes.** A value :meth:`Cache.get_or_set <statekit.cache.Cache.get_or_set>`
+stored lives in the backend past its ttl, to be served stale while one caller
+recomputes it: its bytes start with ``0x02``, then :data:`ENVELOPE` (its logical
+expiry, epoch seconds, and its compute time). :func:`live` says whether such bytes
+are a value ``get()`` finds; :meth:`CacheBackend.replace` stores only over those.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ..redis.tracking import InvalidationListener
 
-__all__ = ["CacheBackend", "Stored"]
+__all__ = ["ENVELOPE", "CacheBackend", "Stored", "live"]
+
+#: the header after a get_or_set value's ``0x02`` mark: its logical expiry (epoch
+#: seconds, little-endian double) and compute time (seconds)
+ENVELOPE = struct.Struct("<dd")
 
 
 class Stored(NamedTuple):
@@ -53,6 +64,17 @@ class Stored(NamedTuple):
 
 
 MISSING = Stored(None, None)
+
+
+def live(data: bytes, now: float) -> bool:
+    """Whether stored *data* is a value ``get()`` finds at *now* (``time.time()``):
+    not empty, and not a get_or_set envelope whose logical expiry is *now* or before
+    (nor a truncated one). Only the header is read, as ``has()`` does."""
+    if not data:
+        return False
+    if data[0] != 2:
+        return True
+    return len(data) > 1 + ENVELOPE.size and ENVELOPE.unpack_from(data, 1)[0] > now
 
 
 class CacheBackend:
@@ -93,6 +115,12 @@ class CacheBackend:
         callers exactly one succeeds."""
         raise NotImplementedError(f"{type(self).__name__} must implement add()")
 
+    def replace(self, key: str, value: bytes, ttl_ms: int | None, now: float) -> bool:
+        """Store *value* at *key* (with *ttl_ms*) only if *key* holds a value
+        ``get()`` finds at *now* (:func:`live`: a get_or_set value past its logical
+        expiry is not one); ``True`` if stored. The test and the write are one step."""
+        raise NotImplementedError(f"{type(self).__name__} must implement replace()")
+
     def delete(self, key: str) -> bool:
         """Delete *key*; ``True`` if it existed."""
         raise NotImplementedError(f"{type(self).__name__} must implement delete()")
@@ -111,6 +139,11 @@ class CacheBackend:
         """Give an existing key a new TTL (``None``: no expiry); ``False`` if it is
         missing."""
         raise NotImplementedError(f"{type(self).__name__} must implement touch()")
+
+    def persist(self, key: str) -> bool:
+        """Remove *key*'s TTL; ``True`` only if it had one (``False``: missing, or no
+        expiry), as Redis' ``PERSIST``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement persist()")
 
     def clear(self) -> None:
         """Make every key of this namespace unreachable at once (O(1), whatever the

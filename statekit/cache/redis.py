@@ -821,6 +821,15 @@ class _RedisCachePlans:
         """:meth:`add` as a plan."""
         return bool((yield from self._run(b"add", (key,), (_ttl_arg(ttl_ms), value))))
 
+    def plan_replace(self, key: str, value: bytes, ttl_ms: int | None, now: float) -> Plan[bool]:
+        """:meth:`replace` as a plan: the script's ``set`` only over a value live at
+        *now* (its ``xset``); when it stores, the key's single-flight lock goes with it
+        as in :meth:`plan_set` (not on Cluster: another slot)."""
+        args = (_ttl_arg(ttl_ms), value, repr(now))
+        if self.cluster:
+            return bool((yield from self._run(b"xset", (key,), args)))
+        return bool((yield from self._run(b"xset", (key,), args, self._lock_key("sf:" + key))))
+
     def plan_delete(self, key: str) -> Plan[bool]:
         """:meth:`delete` as a plan: the key's single-flight lock goes with it, so a
         value computed before the delete is not stored after it
@@ -850,6 +859,10 @@ class _RedisCachePlans:
     def plan_touch(self, key: str, ttl_ms: int | None) -> Plan[bool]:
         """:meth:`touch` as a plan."""
         return bool((yield from self._run(b"touch", (key,), (_ttl_arg(ttl_ms),))))
+
+    def plan_persist(self, key: str) -> Plan[bool]:
+        """:meth:`persist` as a plan (``PERSIST`` in the script)."""
+        return bool((yield from self._run(b"persist", (key,), ())))
 
     def plan_clear(self) -> Plan[None]:
         """:meth:`clear` as a plan."""
@@ -985,6 +998,9 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
     def add(self, key: str, value: bytes, ttl_ms: int | None) -> bool:
         return drive(self.plan_add(key, value, ttl_ms), self._do)
 
+    def replace(self, key: str, value: bytes, ttl_ms: int | None, now: float) -> bool:
+        return drive(self.plan_replace(key, value, ttl_ms, now), self._do)
+
     def delete(self, key: str) -> bool:
         return drive(self.plan_delete(key), self._do)
 
@@ -996,6 +1012,9 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
 
     def touch(self, key: str, ttl_ms: int | None) -> bool:
         return drive(self.plan_touch(key, ttl_ms), self._do)
+
+    def persist(self, key: str) -> bool:
+        return drive(self.plan_persist(key), self._do)
 
     def clear(self) -> None:
         """Bump the generation (O(1), one command), then let :data:`sweeper` remove

@@ -18,6 +18,26 @@ if op == 'sweep' then
   if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[2]) then return -1 end
   return redis.call('UNLINK', unpack(KEYS, 2))
 end
+-- whether the name k holds a value get() finds at the caller's clock now (epoch seconds,
+-- as text): a value, and if it is a get_or_set envelope ('\2', then its logical expiry as
+-- a little-endian IEEE double, then the compute time, then the payload) one whose expiry
+-- is after now; a value past it is only kept to be served stale. A truncated envelope,
+-- or an empty value, is a miss for get() and here. Only the header is read, as has() does
+local function live(k, now)
+  local h = redis.call('GETRANGE', k, 0, 17)
+  if h == '' then return false end
+  if string.byte(h, 1) ~= 2 then return true end
+  if #h < 18 then return false end
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(h, 2, 9)
+  local e = (b8 % 128) * 16 + math.floor(b7 / 16)
+  local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
+  local x
+  if e == 2047 then x = math.huge
+  elseif e == 0 then x = m * 2 ^ -1074
+  else x = (1 + m / 2 ^ 52) * 2 ^ (e - 1023) end
+  if b8 >= 128 then x = -x end
+  return x > tonumber(now)
+end
 local f = 1
 if ARGV[2] ~= '' then
   local g = redis.call('GET', KEYS[1]) or '0'
@@ -31,12 +51,18 @@ if op == 'gett' then
     out[#out + 1] = redis.call('PTTL', KEYS[i])
   end
   return out
-elseif op == 'set' then
+elseif op == 'set' or op == 'xset' then
   -- ARGV[4..]: the values of KEYS[f..]; the names after those are the values'
   -- single-flight locks, removed too (as 'del' does): a value computed before this
-  -- write is then not stored over it
+  -- write is then not stored over it. 'xset': only if present (django-redis'
+  -- set(xx=True)), one value ARGV[4] stored only where live(KEYS[f], ARGV[5]);
+  -- answers how many were stored
   local ttl = ARGV[3]
   local n = #ARGV - 3
+  if op == 'xset' then
+    if not live(KEYS[f], ARGV[5]) then return 0 end
+    n = 1
+  end
   for i = f, f + n - 1 do
     if ttl == '' then redis.call('SET', KEYS[i], ARGV[i - f + 4])
     else redis.call('SET', KEYS[i], ARGV[i - f + 4], 'PX', ttl) end
@@ -79,6 +105,9 @@ elseif op == 'touch' then
     return 0
   end
   return redis.call('PEXPIRE', r, ARGV[3])
+elseif op == 'persist' then
+  -- PERSIST: 1 only if an expiry was removed (0: missing, or none to remove)
+  return redis.call('PERSIST', KEYS[f])
 elseif op == 'fset' then
   -- a flight's store: 'set' of KEYS[f] only while the token ARGV[5] holds the lock
   -- KEYS[f + 1] (a leader whose lease lapsed while it computed must not write over what

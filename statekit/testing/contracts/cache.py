@@ -13,7 +13,7 @@ backend under test, with ``Cache``'s keyword arguments passed on)::
             return lambda **kw: Cache(f"sqlite://{tmp_path}/cache.db", **kw)
 
 statekit runs it on ``redis://`` for every server line, on Sentinel, Cluster and
-``memory://``. It covers get/set/add/delete, the bulk calls, incr, touch, ttl,
+``memory://``. It covers get/set/add/replace/delete, the bulk calls, incr, touch, persist, ttl,
 locks, clear, stampede protection, codecs, an undecodable entry read as a miss and
 the typed errors. Needs pytest.
 """
@@ -73,7 +73,8 @@ class CacheContract:
         c: Cache = make_unreachable(failure_threshold=100)
         calls: list[Any] = [lambda: c.get("k"), lambda: c.set("k", 1), lambda: c.get_many(["a", "b"]),
                             lambda: c.set_many({"a": 1}), lambda: c.incr("n"), lambda: c.delete("k"),
-                            lambda: c.add("k", 1), lambda: c.ttl("k"), lambda: c.clear(),
+                            lambda: c.add("k", 1), lambda: c.replace("k", 1), lambda: c.persist("k"),
+                            lambda: c.ttl("k"), lambda: c.clear(),
                             lambda: c.get_or_set("g", lambda: 1), lambda: c.lock("l").acquire(blocking=False)]
         for call in calls:
             with pytest.raises(BackendUnavailable):
@@ -231,6 +232,49 @@ class CacheContract:
         assert cache.touch("t", ttl=None) is True
         assert cache.ttl("t") == math.inf
         assert cache.touch("missing") is False
+
+    def test_replace_stores_only_over_a_value_get_finds(self, cache: Cache,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """replace() (django-redis' ``set(xx=True)``) stores only where get() finds a
+        value, with the new value's ttl, and answers whether it stored: a missing or
+        expired key, one of a cleared generation, or a get_or_set value past its ttl
+        (kept only to be served stale) is not there."""
+        import statekit.cache
+
+        assert cache.replace("r", 1) is False and cache.get("r") is None and not cache.has("r")
+        cache.set("r", 1, ttl=5)
+        assert cache.replace("r", 2, ttl=100) is True and cache.get("r") == 2
+        left = cache.ttl("r")
+        assert left is not None and 5 < left <= 100
+        assert cache.replace("r", {"x": 3}, ttl=None) is True and cache.ttl("r") == math.inf
+        assert cache.get("r") == {"x": 3}
+        cache.set("gone", 1, ttl=0.05)
+        time.sleep(0.12)
+        assert cache.replace("gone", 2) is False and cache.get("gone") is None
+        cache.set("c", 1)
+        cache.clear()
+        assert cache.replace("c", 2) is False and cache.get("c") is None
+        assert cache.get_or_set("g", lambda: "v", ttl=60, stale_ttl=30) == "v"
+        assert cache.replace("g", "w", ttl=60) is True and cache.get("g") == "w"
+        assert cache.get_or_set("s", lambda: "v", ttl=60, stale_ttl=30) == "v"
+        later = time.time() + 61
+        monkeypatch.setattr(statekit.cache, "_time", lambda: later)
+        assert cache.get("s") is None and cache.replace("s", "x") is False
+        monkeypatch.undo()
+        assert cache.get("s") == "v"  # not written: the stale copy is still the one stored
+
+    def test_persist_answers_whether_it_removed_an_expiry(self, cache: Cache) -> None:
+        """persist() as Redis' PERSIST: ``True`` only if the key had an expiry (now
+        removed); ``False`` for a missing key or one that had none."""
+        assert cache.persist("p") is False
+        cache.set("p", 1, ttl=60)
+        assert cache.persist("p") is True and cache.ttl("p") == math.inf and cache.get("p") == 1
+        assert cache.persist("p") is False and cache.get("p") == 1
+        cache.set("forever", 1, ttl=None)
+        assert cache.persist("forever") is False and cache.ttl("forever") == math.inf
+        cache.set("c", 1, ttl=60)
+        cache.clear()
+        assert cache.persist("c") is False
 
     def test_has(self, cache: Cache) -> None:
         assert not cache.has("h")

@@ -1,0 +1,54 @@
+"""Cache.replace (django-redis' set(xx=True)) and a flight: a value computed while the
+key was there, before a replace() wrote over it, is not stored over the replaced value
+(replace removes the key's single-flight lock as set() does; not on Cluster, where the
+lock lives in another slot). Driven step by step: the compute waits for an event."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from statekit.cache import Cache
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(params=["line", "memory", "sentinel"])
+def where(request: pytest.FixtureRequest, redis_line_url: str) -> str:
+    if request.param == "line":
+        return redis_line_url
+    if request.node.callspec.indices.get("redis_line_server", 0) != 0:
+        pytest.skip("memory:// and Sentinel run once, with the first server line")
+    if request.param == "memory":
+        return "memory://replace-flight"
+    return str(request.getfixturevalue("sentinel_url"))
+
+
+def test_a_refresh_computed_before_a_replace_does_not_overwrite_it(where: str) -> None:
+    cache = Cache(where, namespace="replace-flight")
+    started, go = threading.Event(), threading.Event()
+
+    def compute() -> str:
+        started.set()
+        assert go.wait(30)
+        return "computed before"
+
+    cached = cache.cached(ttl=60, key="r")(compute)
+    key = cached.key_for()
+    out: list[Any] = []
+    try:
+        cache.set(key, "there", ttl=60)
+        t = threading.Thread(target=lambda: out.append(cached.refresh()))
+        t.start()
+        try:
+            assert started.wait(30)
+            assert cache.replace(key, "replaced", ttl=60) is True
+        finally:
+            go.set()
+            t.join(30)
+        assert out == ["computed before"]
+        assert cache.get(key) == "replaced"
+    finally:
+        cache.close()
