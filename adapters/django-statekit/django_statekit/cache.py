@@ -35,7 +35,8 @@ working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
 :class:`statekit.cache.Lock` on the made key; ``timeout=None`` holds it until
 released), ``delete_pattern``/``iter_keys``/``keys`` (``SCAN`` of this cache's
 namespace on every master, never ``KEYS``), ``incr(..., ignore_key_check=True)``
-and ``set(..., nx=True)``; each with its ``a``-prefixed twin but ``lock``.
+and ``set(..., nx=True)``/``set(..., xx=True)``; each with its ``a``-prefixed twin but
+``lock``.
 
 **Async, natively.** Django's async cache API is a set of ``a``-prefixed methods on the
 same backend object (``await cache.aget(k)`` beside ``cache.get(k)``), so one
@@ -188,6 +189,16 @@ class StatekitCache(BaseCache):
             with unencodable_as_pickle_error():
                 yield from c._set(k, value, ttl)
 
+    def _replace(self, c: AnyCache, key: str, value: Any, timeout: Any, version: int | None) -> Plan[bool]:
+        """django-redis' ``set(xx=True)``: store only over a value ``get`` finds; a
+        timeout <= 0 deletes it, answering whether it was there (as django-redis)."""
+        k = self.make_and_validate_key(key, version=version)
+        ttl = self._ttl(timeout)
+        if ttl is not None and ttl <= 0:
+            return (yield from c._delete(k))
+        with unencodable_as_pickle_error():
+            return (yield from c._replace(k, value, ttl))
+
     def _touch(self, c: AnyCache, key: str, timeout: Any, version: int | None) -> Plan[bool]:
         k = self.make_and_validate_key(key, version=version)
         ttl = self._ttl(timeout)
@@ -306,15 +317,21 @@ class StatekitCache(BaseCache):
     def get(self, key: str, default: Any = None, version: int | None = None) -> Any:
         return self._cache.get(self.make_and_validate_key(key, version=version), default)
 
-    def set(  # type: ignore[override]  # django-redis' nx answers whether it stored
+    def set(  # type: ignore[override]  # django-redis' nx and xx answer whether it stored
             self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
             nx: bool = False, xx: bool = False) -> bool | None:
-        """Django's ``set``; django-redis's *nx* stores only a missing key (``add``,
-        returns whether it stored). *xx* (only an existing key) is not supported."""
-        if xx:
-            raise NotImplementedError("set(xx=True) is not supported by django_statekit's cache")
+        """Django's ``set``; django-redis's *nx* stores only a missing key (``add``),
+        its *xx* only a key ``get`` finds (:meth:`statekit.cache.Cache.replace`: a
+        ``get_or_set`` value past its timeout, kept to be served stale, is not one);
+        with either it returns whether it stored.
+
+        :raises ValueError: both *nx* and *xx*."""
+        if nx and xx:
+            raise ValueError("set(nx=True, xx=True): nx and xx exclude each other")
         if nx:
             return self.add(key, value, timeout, version=version)
+        if xx:
+            return self._run(self._replace(self._cache, key, value, timeout, version))
         self._run(self._set(self._cache, key, value, timeout, version))
         return None
 
@@ -392,9 +409,9 @@ class StatekitCache(BaseCache):
         return self.touch(key, self._until(when, 0.001), version=version)
 
     def persist(self, key: str, version: int | None = None) -> bool:
-        """Remove *key*'s expiry; ``False`` if it is missing. Unlike Redis' ``PERSIST``
-        (django-redis), ``True`` also for a key that had none."""
-        return self.touch(key, None, version=version)
+        """Remove *key*'s expiry; ``True`` only if it had one (``False`` if it is
+        missing or never expires), as Redis' ``PERSIST`` and django-redis."""
+        return self._cache.persist(self.make_and_validate_key(key, version=version))
 
     def lock(self, key: str, version: int | None = None, timeout: float | None = None, sleep: float = 0.1,
              blocking: bool = True, blocking_timeout: float | None = None,
@@ -460,10 +477,12 @@ class StatekitCache(BaseCache):
             self, key: str, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None,
             nx: bool = False, xx: bool = False) -> bool | None:
         """:meth:`set`, awaited."""
-        if xx:
-            raise NotImplementedError("set(xx=True) is not supported by django_statekit's cache")
+        if nx and xx:
+            raise ValueError("set(nx=True, xx=True): nx and xx exclude each other")
         if nx:
             return await self.aadd(key, value, timeout, version=version)
+        if xx:
+            return await self._arun(self._replace(self._acache, key, value, timeout, version))
         await self._arun(self._set(self._acache, key, value, timeout, version))
         return None
 
@@ -538,7 +557,7 @@ class StatekitCache(BaseCache):
 
     async def apersist(self, key: str, version: int | None = None) -> bool:
         """:meth:`persist`, awaited."""
-        return await self.atouch(key, None, version=version)
+        return await self._acache.persist(self.make_and_validate_key(key, version=version))
 
     async def adelete_pattern(self, pattern: str, version: int | None = None, prefix: str | None = None,
                               itersize: int | None = None) -> int:

@@ -1,6 +1,6 @@
 """django-redis's extras on ``StatekitCache`` (``ttl``, ``pttl``, ``expire``, ``persist``,
 ``lock``, ``delete_pattern``, ``iter_keys``, ``keys``, ``incr(ignore_key_check=)``,
-``set(nx=)`` and their ``a``-twins), with django-redis's semantics, on a real Redis and
+``set(nx=, xx=)`` and their ``a``-twins), with django-redis's semantics, on a real Redis and
 a real Redis Cluster: versions, ``KEY_PREFIX``, a custom ``KEY_FUNCTION``, namespaces
 and generations, and near copies dropped in every process by ``delete_pattern``."""
 
@@ -101,8 +101,55 @@ def test_incr_ignore_key_check_and_set_nx(url: str) -> None:
         c.incr("text", ignore_key_check=True)
     assert c.set("once", 1, nx=True) is True and c.set("once", 2, nx=True) is False and c.get("once") == 1
     assert c.set("once", 3, timeout=0, nx=True) is False and c.get("once") == 1  # as django-redis
-    with pytest.raises(NotImplementedError, match="xx"):
-        c.set("once", 4, xx=True)
+
+
+def test_set_xx_stores_only_over_a_value_get_finds(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """django-redis' ``set(xx=True)``: stores only an existing key (in this version and
+    generation), answers whether it stored; a ``get_or_set`` value past its timeout
+    (kept to be served stale) is not there; a timeout <= 0 deletes, as django-redis."""
+    import statekit.cache
+
+    c = make(url)
+    assert c.set("k", 1, xx=True) is False and c.get("k") is None and not c.has_key("k")
+    c.set("k", 1, timeout=None)
+    assert c.set("k", 2, timeout=100, xx=True) is True and c.get("k") == 2
+    assert 90 <= (c.ttl("k") or 0) <= 100  # the new value's timeout
+    assert c.set("k", 3, xx=True, version=2) is False and c.get("k", version=2) is None
+    c.clear()
+    assert c.set("k", 4, xx=True) is False and c.get("k") is None  # the cleared generation is not there
+    assert c.get_or_set("g", lambda: "v", timeout=60) == "v"
+    later = time.time() + 61
+    monkeypatch.setattr(statekit.cache, "_time", lambda: later)
+    assert c.get("g") is None and c.set("g", "w", xx=True) is False
+    monkeypatch.undo()
+    assert c.get("g") == "v"
+    c.set("d", 1)
+    assert c.set("d", 2, timeout=0, xx=True) is True and c.get("d") is None  # deleted, as django-redis
+    assert c.set("d", 2, timeout=0, xx=True) is False
+    with pytest.raises(ValueError, match="nx and xx"):
+        c.set("k", 5, nx=True, xx=True)
+
+
+def test_persist_is_false_without_an_expiry(url: str) -> None:
+    """django-redis' ``persist`` is Redis' ``PERSIST``: ``True`` only if an expiry was removed."""
+    c = make(url)
+    c.set("k", "v", timeout=None)
+    assert c.persist("k") is False and c.ttl("k") is None
+    c.set("k", "v", timeout=60)
+    assert c.persist("k") is True and c.ttl("k") is None and c.get("k") == "v"
+    assert c.persist("k") is False and c.persist("missing") is False
+
+
+def test_set_xx_drops_near_copies_everywhere(near_pair: tuple[StatekitCache, StatekitCache]) -> None:
+    a, b = near_pair
+    a.set("page", "one")
+    near_a, near_b = a.statekit._near, b.statekit._near
+    assert near_a is not None and near_b is not None
+    for c, near in ((a, near_a), (b, near_b)):  # each keeps a copy
+        assert _wait(lambda c=c, near=near: c.get("page") == "one" and c.make_key("page") in near.data)
+    assert a.set("page", "two", xx=True) is True
+    assert a.make_key("page") not in near_a.data and a.get("page") == "two"  # this process: at once
+    assert _wait(lambda: b.get("page") == "two")
 
 
 # -- lock -----------------------------------------------------------------------------------
@@ -247,6 +294,9 @@ def test_async_twins(url: str) -> None:
         assert await c.apexpire_at("k", int(time.time() * 1000) + 20_000) is True
         assert await c.apersist("k") is True and await c.attl("k") is None
         assert await c.aset("n", 1, nx=True) is True and await c.aset("n", 2, nx=True) is False
+        assert await c.aset("n", 3, timeout=None, xx=True) is True
+        assert await c.aset("absent", 1, xx=True) is False
+        assert await c.apersist("n") is False and await c.aget("n") == 3  # no expiry to remove
         assert await c.aincr("fresh", 3, ignore_key_check=True) == 3
         await c.aset_many({f"item_{i}": i for i in range(250)})
         assert len(await c.akeys("item_*")) == 250
