@@ -263,6 +263,24 @@ class CacheContract:
         monkeypatch.undo()
         assert cache.get("s") == "v"  # not written: the stale copy is still the one stored
 
+    def test_replace_and_get_agree_to_the_last_bit_of_the_expiry(self, cache: Cache,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """At the instant a get_or_set value's lifetime ends, get() misses and
+        replace() does not store; one step (a float's last bit) before, both see it."""
+        import statekit.cache
+        from statekit.cache.protocol import ENVELOPE
+
+        assert cache.get_or_set("e", lambda: "v", ttl=60, stale_ttl=30) == "v"
+        data = cache._be().get("e")
+        assert data is not None and data[0] == 2
+        end = ENVELOPE.unpack_from(data, 1)[0]
+        monkeypatch.setattr(statekit.cache, "_time", lambda: end)
+        assert cache.get("e") is None and cache.replace("e", "at the end") is False
+        before = math.nextafter(end, -math.inf)
+        monkeypatch.setattr(statekit.cache, "_time", lambda: before)
+        assert cache.get("e") == "v" and cache.replace("e", "just before") is True
+        assert cache.get("e") == "just before"
+
     def test_persist_answers_whether_it_removed_an_expiry(self, cache: Cache) -> None:
         """persist() as Redis' PERSIST: ``True`` only if the key had an expiry (now
         removed); ``False`` for a missing key or one that had none."""
@@ -669,3 +687,44 @@ class CacheContract:
         stats = cache.stats()
         assert stats["hits"] == 1 and stats["misses"] == 1
         assert stats["breaker_state"] == 0
+
+    def test_add_has_one_winner_among_threads(self, cache: Cache) -> None:
+        """Of threads adding one key at the same moment exactly one stores it, and
+        its value is the one kept: add() is one atomic step (a get, then a set, lets
+        several callers in, each believing it holds the key)."""
+        import threading
+
+        from ...pytest_plugin import run_threads
+
+        for round_ in range(3):
+            key, start, won = f"race{round_}", threading.Barrier(8), list[int]()
+
+            def add(i: int, key: str = key, start: threading.Barrier = start, won: list[int] = won) -> None:
+                start.wait(30)
+                if cache.add(key, i, ttl=60):
+                    won.append(i)
+
+            run_threads(add, 8)
+            assert len(won) == 1, f"add() stored {key!r} for {len(won)} callers: {won}"
+            assert cache.get(key) == won[0]
+
+    def test_incr_loses_no_update_under_threads(self, cache: Cache) -> None:
+        """Concurrent increments all count: incr() reads and writes in one step."""
+        from ...pytest_plugin import run_threads
+
+        cache.set("hits", 0, ttl=60)
+        run_threads(lambda _: [cache.incr("hits") for _ in range(20)], 4)
+        assert cache.get("hits") == 80
+
+    def test_incr_keeps_the_keys_ttl(self, cache: Cache) -> None:
+        """incr() of an existing key changes its value only: a counter set with a TTL
+        keeps it (a rate-limit window that never ends otherwise), ``ttl=`` is for a
+        missing key, and a key without expiry gets none."""
+        cache.set("window", 5, ttl=60)
+        assert cache.incr("window") == 6
+        assert cache.incr("window", ttl=600) == 7
+        left = cache.ttl("window")
+        assert left is not None and 0 < left <= 60
+        cache.set("forever", 1, ttl=None)
+        assert cache.incr("forever", ttl=60) == 2
+        assert cache.ttl("forever") == math.inf
