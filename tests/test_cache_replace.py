@@ -5,12 +5,14 @@ lock lives in another slot). Driven step by step: the compute waits for an event
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
 from typing import Any
 
 import pytest
 
-from statekit.cache import Cache
+from statekit.cache import AsyncCache, Cache
 
 pytestmark = pytest.mark.redis
 
@@ -52,3 +54,19 @@ def test_a_refresh_computed_before_a_replace_does_not_overwrite_it(where: str) -
         assert cache.get(key) == "replaced"
     finally:
         cache.close()
+
+
+def test_async_replace_and_persist(where: str) -> None:
+    """AsyncCache.replace and AsyncCache.persist: the same plans, awaited."""
+    async def body() -> None:
+        cache = AsyncCache(where, namespace="replace-async")
+        try:
+            assert await cache.replace("a", 1) is False and await cache.get("a") is None
+            await cache.set("a", 1, ttl=60)
+            assert await cache.replace("a", 2, ttl=60) is True and await cache.get("a") == 2
+            assert await cache.persist("a") is True and await cache.ttl("a") == math.inf
+            assert await cache.persist("a") is False and await cache.persist("missing") is False
+        finally:
+            await cache.aclose()
+
+    asyncio.run(body())
