@@ -17,15 +17,13 @@ from statekit.cache import AsyncCache, Cache
 pytestmark = pytest.mark.redis
 
 
-@pytest.fixture(params=["line", "memory", "sentinel"])
-def where(request: pytest.FixtureRequest, redis_line_url: str) -> str:
-    if request.param == "line":
-        return redis_line_url
-    if request.node.callspec.indices.get("redis_line_server", 0) != 0:
-        pytest.skip("memory:// and Sentinel run once, with the first server line")
+@pytest.fixture(params=["redis", "memory", "sentinel"])
+def where(request: pytest.FixtureRequest) -> str:
+    """The preferred server line (the contract runs replace/persist on every line),
+    memory:// and Sentinel."""
     if request.param == "memory":
         return "memory://replace-flight"
-    return str(request.getfixturevalue("sentinel_url"))
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "sentinel_url"))
 
 
 def test_a_refresh_computed_before_a_replace_does_not_overwrite_it(where: str) -> None:
