@@ -46,6 +46,7 @@ import concurrent.futures
 import datetime as dt
 import inspect
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -56,7 +57,7 @@ from ...errors import BackendUnavailable, SessionError
 from ...pytest_plugin import run_threads, wait_for
 from ...sessions import ENGINES, Session, SessionStore
 from ...sessions.aio import AsyncSessionStore
-from ...sessions.protocol import AsyncSessionEngine, Status
+from ...sessions.protocol import AsyncSessionEngine, IndexOp, Status
 
 __all__ = ["AsyncEngineFactory", "AsyncSessionEngineContract", "SessionEngineContract", "StoreFactory"]
 
@@ -432,6 +433,23 @@ class SessionEngineContract:
         assert store.save(inflight) is False
         assert [i.handle for i in store.list_user_sessions("alice")] == [store._handle(mine[0].sid)]
         assert store.load(other.sid) == {"i": 9}
+
+    def test_an_expired_session_is_not_listed(self, store: SessionStore) -> None:
+        """list_user gives live sessions only: a session that expired is left out
+        although its index entry lives on (an index entry lasts the absolute lifetime,
+        the session its idle timeout). An engine going by the index alone lists a
+        user's long-gone devices."""
+        live = store.create({"i": 1}, user_id="alice")
+        handle = store._handle(store.new().sid)
+        now = time.time()
+        stamp = repr(now).encode()
+        index = IndexOp(member=handle, score=now, cutoff=now - 3600, ttl_ms=3_600_000, add="alice")
+        gone = store.engine.write(handle, create=True, sets={"m:c": stamp, "m:s": stamp, "m:u": b"alice"},
+                                  dels=[], ttl_ms=100, index=index)
+        assert gone.status is Status.DONE
+        wait_for(lambda: not store.engine.load(handle), timeout=30, what="the session to expire")
+        assert [h for h, _ in store.engine.list_user("alice", 0)] == [store._handle(live.sid)]
+        assert [i.handle for i in store.list_user_sessions("alice")] == [store._handle(live.sid)]
 
     @pytest.mark.parametrize("given", ["session", "handle"])
     def test_revoke_user_keeps_the_session_its_except_session_was_rotated_to(
