@@ -304,6 +304,21 @@ class BlobStoreContract:
         store.cleanup_incomplete(older_than=0)
         assert list(store.list()) == []
 
+    def test_a_write_in_progress_is_not_listed(self, store: BlobStore) -> None:
+        """Nothing of a write shows before it commits: while its input is still read,
+        past a part (sent, spooled or buffered by then), a listing shows nothing, and
+        once committed it shows the blob alone."""
+        listed: list[list[str]] = []
+
+        def slow_client() -> Iterator[bytes]:
+            yield from gen(7 * MiB)
+            listed.append([b.key for b in store.list()])
+            yield b"end"
+
+        blob = store.put(slow_client(), content_type="application/octet-stream")
+        assert listed == [[]]
+        assert [b.key for b in store.list()] == [blob.key]
+
     def test_missing_and_invalid_keys(self, store: BlobStore) -> None:
         missing = "2020/01/01/" + "0" * 32 + ".png"
         with pytest.raises(BlobNotFound):
