@@ -232,6 +232,18 @@ class BroadcastContract:
         assert b.backend.read(["users_count", "nothing"]).keys() == {"users_count"}
         assert b.backend.versions(["users_count", "nothing"])["users_count"][1] == 2
 
+    def test_every_read_gives_the_latest_publish(self, broadcast_url: str, prefix: str) -> None:
+        """A record read once answers nothing later: each read, versions() and
+        retained() give the newest publish, whoever made it (a backend keeping what it
+        read shows a value going backwards)."""
+        reader = Broadcaster(broadcast_url, key_prefix=prefix)
+        writer = Broadcaster(broadcast_url, key_prefix=prefix)
+        for n in range(1, 4):
+            assert writer.publish("counter", n) == n
+            assert reader.retained("counter") == (n, n)
+            assert reader.backend.read(["counter"])["counter"].version == n
+            assert reader.backend.versions(["counter"])["counter"][1] == n
+
     def test_publish_reaches_every_subscriber(self, broadcast_url: str, prefix: str) -> None:
         values: list[SharedValue[Any]] = [
             SharedValue("motd", url=broadcast_url, key_prefix=prefix) for _ in range(3)
