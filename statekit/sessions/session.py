@@ -80,12 +80,13 @@ class Session(dict[str, Any]):
         #: dict value is that very bytes object has not been decoded yet. A *raw* dict
         #: is adopted as it is (the store builds a new one for each load).
         self._encoded: dict[str, bytes] = raw if type(raw) is dict else dict(raw or {})
+        # the encodings of immutable values, made at assignment or decoded from (reused
+        # by save: see _encoding_of)
+        self._fresh: dict[str, tuple[Any, bytes]] | None = None
         if raw:
             dict.update(self, self._encoded)
             for key in [k for k in self._encoded if k[0] == "_"]:
                 self._decoded(key)
-        # encodings made at assignment, for immutable values only (reused by save)
-        self._fresh: dict[str, tuple[Any, bytes]] | None = None
         # its id reached other requests before its cookie reached the browser (a
         # carry-over's claim): a save writes, to learn of a rotation by one of them
         self._shared = False
@@ -104,15 +105,15 @@ class Session(dict[str, Any]):
         """The value of *key* (present), decoded now if it was not yet."""
         value = dict.__getitem__(self, key)
         if value.__class__ is bytes and value is self._encoded.get(key):
-            value = self.store._decode(key, value)
+            raw, value = value, self.store._decode(key, value)
             dict.__setitem__(self, key, value)
+            self._encoding_of(key, value, raw)  # a full diff then compares it by identity
         return value
 
     def _decode_all(self) -> None:
         encoded = self._encoded
-        for key, value in dict.items(self):
-            if value.__class__ is bytes and value is encoded.get(key):
-                dict.__setitem__(self, key, self.store._decode(key, value))
+        for key in [k for k, v in dict.items(self) if v.__class__ is bytes and v is encoded.get(k)]:
+            self._decoded(key)
 
     def __getitem__(self, key: str) -> Any:
         return self._decoded(key)
@@ -200,7 +201,14 @@ class Session(dict[str, Any]):
         enc = self.store._encode(key, value)
         self._changing(key)
         super().__setitem__(key, value)
-        if type(value) in _IMMUTABLE:  # cannot change in place: save reuses the encoding
+        self._encoding_of(key, value, enc)
+
+    def _encoding_of(self, key: str, value: Any, enc: bytes) -> None:
+        """Remember that *enc* encodes *value* (assigned, or decoded from *enc*) if it
+        cannot change in place: a save reuses it while *key* holds that very object,
+        so the comparison after ``modified = True`` (a permanent Flask session's every
+        request) encodes again only the values that could have changed in place."""
+        if type(value) in _IMMUTABLE:
             if self._fresh is None:
                 self._fresh = {}
             self._fresh[key] = (value, enc)
