@@ -450,3 +450,23 @@ def test_the_adapters_lifecycle_numbers_are_checked_at_start(monkeypatch: pytest
         FlaskStateKit(app)
     with pytest.raises(ConfigError, match=f"{name}='{raw}' must be a finite number"):
         StarletteStateKit(Starlette())
+
+
+@pytest.mark.parametrize("name, raw, message", [
+    ("STATEKIT_SESSION_COOKIE_SECURE", "ture", "must be true or false"),
+    ("STATEKIT_SESSION_IDLE_TIMEOUT", "abc", "is not a number"),
+    ("STATEKIT_SESSION_RETRY_AFTER", "inf", "must be a finite number"),
+])
+def test_flask_session_settings_are_checked_at_start(name: str, raw: str, message: str) -> None:
+    """Flask's session settings go through the same parsers: a typo in the cookie's
+    Secure flag read as off before, an infinite Retry-After raised ``OverflowError``."""
+    from flask import Flask
+
+    from flask_statekit import StateKit
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k", STATEKIT_SESSION_URL="memory://flask-settings",
+                      STATEKIT_CACHE_ENABLED=False, STATEKIT_BROADCAST_ENABLED=False,
+                      STATEKIT_BLOBS_ENABLED=False, **{name: raw})
+    with pytest.raises(ConfigError, match=f"{name}='{raw}' {message}"):
+        StateKit(app)

@@ -45,7 +45,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app
 
-from statekit.config import Settings, flag
+from statekit.config import Settings, flag, number
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import check_extras, outages
 from statekit.lifecycle import outage_name as _outage_name
@@ -73,14 +73,16 @@ def _config(app: Flask, key: str, default: Any = None) -> Any:
     return os.environ.get(key, default)
 
 
-#: a boolean setting (a value that is neither true nor false is a ConfigError)
-_flag = flag
-
-
 def _config_flag(app: Flask, key: str, default: bool) -> bool:
     """The boolean setting *key* (:func:`_config`): a value that is neither true nor
     false is a :class:`~statekit.errors.ConfigError` naming it."""
     return flag(_config(app, key, default), key)
+
+
+def _config_number(app: Flask, key: str, default: float) -> float:
+    """The numeric setting *key* (:func:`_config`): finite and not negative, else a
+    :class:`~statekit.errors.ConfigError` naming it."""
+    return number(_config(app, key, default), key)
 
 
 class StateKitState:

@@ -31,19 +31,14 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from statekit.config import number
 from statekit.lifecycle import Lifecycle, LifecycleMiddleware
 
-from . import _config
+from . import _config, _config_number
 
 if TYPE_CHECKING:
     from . import StateKitState
 
 __all__ = ["init_app", "lifecycle_from_app"]
-
-
-def _number(app: Flask, key: str, default: float) -> float:
-    return number(_config(app, key, default), key)
 
 
 def lifecycle_from_app(app: Flask, state: StateKitState) -> Lifecycle:
@@ -53,8 +48,8 @@ def lifecycle_from_app(app: Flask, state: StateKitState) -> Lifecycle:
         health_path=_config(app, "STATEKIT_HEALTH_PATH", "/healthz"),
         ready_path=_config(app, "STATEKIT_READY_PATH", "/readyz"),
         mode=_config(app, "STATEKIT_DRAIN_MODE") or None,
-        budget=_number(app, "STATEKIT_READY_BUDGET", 0.5),
-        retry_after=int(_number(app, "STATEKIT_RETRY_AFTER", 1)),
+        budget=_config_number(app, "STATEKIT_READY_BUDGET", 0.5),
+        retry_after=int(_config_number(app, "STATEKIT_RETRY_AFTER", 1)),
     )
 
 

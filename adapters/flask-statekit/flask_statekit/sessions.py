@@ -94,12 +94,12 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Request, Response, after_this_request, session
 from flask.sessions import SessionInterface, SessionMixin
 
-from statekit.config import parse_url
-from statekit.errors import BackendUnavailable, ConfigError
+from statekit.config import flag, parse_url
+from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outages
 from statekit.sessions import Session, SessionStore
 
-from . import UNAVAILABLE_PAGE, _config, _flag
+from . import UNAVAILABLE_PAGE, _config, _config_number
 from . import _on_backend_unavailable as _generic_unavailable
 
 if TYPE_CHECKING:
@@ -434,14 +434,6 @@ def _on_backend_unavailable(error: BackendUnavailable) -> Response:
     return outage_response(iface.retry_after)
 
 
-def _num(app: Flask, key: str, default: float) -> float:
-    raw = _config(app, key, default)
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={raw!r} must be a number of seconds") from None
-
-
 def _cookie_option(app: Flask, name: str, flask_default: Any, default: Any) -> Any:
     """``STATEKIT_SESSION_COOKIE_<name>``; else Flask's ``SESSION_COOKIE_<name>`` when
     the app changed it from Flask's default; else *default* (ours, often stricter)."""
@@ -460,10 +452,10 @@ def init_app(app: Flask, state: StateKitState) -> None:
         url,
         secret_keys=state.settings.secret_keys,
         key_prefix=state.settings.key_prefix,
-        idle_timeout=_num(app, "STATEKIT_SESSION_IDLE_TIMEOUT", min(14 * 86400, flask_lifetime)),
-        absolute_lifetime=_num(app, "STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400),
-        refresh_interval=_num(app, "STATEKIT_SESSION_REFRESH_INTERVAL", 60),
-        alias_window=_num(app, "STATEKIT_SESSION_ALIAS_WINDOW", 10),
+        idle_timeout=_config_number(app, "STATEKIT_SESSION_IDLE_TIMEOUT", min(14 * 86400, flask_lifetime)),
+        absolute_lifetime=_config_number(app, "STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400),
+        refresh_interval=_config_number(app, "STATEKIT_SESSION_REFRESH_INTERVAL", 60),
+        alias_window=_config_number(app, "STATEKIT_SESSION_ALIAS_WINDOW", 10),
         codec=_config(app, "STATEKIT_SESSION_CODEC", "json"),
         outage_policy=_config(app, "STATEKIT_SESSION_OUTAGE_POLICY", "raise"),
         user_key=_config(app, "STATEKIT_SESSION_USER_KEY", "_user_id") or None,
@@ -477,11 +469,12 @@ def init_app(app: Flask, state: StateKitState) -> None:
         cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
         cookie_domain=_cookie_option(app, "DOMAIN", None, None) or None,
         cookie_path=_config(app, "STATEKIT_SESSION_COOKIE_PATH") or None,
-        secure=None if secure is None else _flag(secure),
-        httponly=_flag(_cookie_option(app, "HTTPONLY", True, True)),
+        secure=None if secure is None else flag(secure, "STATEKIT_SESSION_COOKIE_SECURE"),
+        httponly=flag(_cookie_option(app, "HTTPONLY", True, True), "STATEKIT_SESSION_COOKIE_HTTPONLY"),
         samesite=samesite or None,
-        partitioned=_flag(_cookie_option(app, "PARTITIONED", False, False)),
-        retry_after=int(_num(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
+        partitioned=flag(_cookie_option(app, "PARTITIONED", False, False),
+                         "STATEKIT_SESSION_COOKIE_PARTITIONED"),
+        retry_after=int(_config_number(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
     )
     iface.outage_name = f"session store {parse_url(url).redacted()}"
     from .carryover import carry_over_from_config
