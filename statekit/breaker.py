@@ -11,7 +11,8 @@ is replaced by a new one after another ``reset_timeout``, so a lost trial cannot
 the breaker half-open for good. So the breaker closes on its own once the backend is
 back, without any caller having to notice.
 
-Each call reads :attr:`CircuitBreaker.epoch` as it starts and hands it back with its
+Each call reads :attr:`CircuitBreaker.epoch` as it starts (before it checks the
+state: a trial again after :meth:`CircuitBreaker.allow`) and hands it back with its
 failure: a failure counts only in the period it began in (the epoch changes when the
 breaker opens, closes or lets a trial through). Calls that were already waiting when
 the breaker opened fail later, one after the other (each at its own timeout); they

@@ -506,9 +506,13 @@ class _CacheCore:
         """Backend method *name* through the breaker; raises BackendUnavailable on
         failure (counted)."""
         breaker = self.breaker
-        if breaker._state != CLOSED and not breaker.allow():
-            raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
-        epoch = breaker.epoch  # after allow(): a trial's is its own
+        # read before the check: a period that begins after it (another thread's
+        # failure opening the breaker) is not this call's; a trial's is its own
+        epoch = breaker.epoch
+        if breaker._state != CLOSED:
+            if not breaker.allow():
+                raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+            epoch = breaker.epoch
         try:
             # a Redis backend's own plan runs inside this one (one drive per call, its
             # I/O effects performed by the backend's runner); another backend is called
@@ -1177,11 +1181,13 @@ class Cache(_CacheCore):
         # the common path, inlined: one round trip, no extra calls
         backend = self._backend or self._connect()
         breaker = self.breaker
-        if breaker._state != CLOSED and not breaker.allow():
-            if self.on_error == "raise":
-                raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
-            return default
-        epoch = breaker.epoch
+        epoch = breaker.epoch  # before the check, as in _call
+        if breaker._state != CLOSED:
+            if not breaker.allow():
+                if self.on_error == "raise":
+                    raise BackendUnavailable("cache circuit breaker is open (Redis failed repeatedly)")
+                return default
+            epoch = breaker.epoch
         try:
             data = backend.get(key)
         except BackendUnavailable as e:
