@@ -435,7 +435,10 @@ def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
 
 def _cut_in_userinfo(url: Any) -> str | None:
     """*url* with all before its last '@' hidden, when a '?' or '#' comes before that
-    '@' and no '@' before them (a raw '?' or '#' in a password); else ``None``."""
+    '@' and no '@' before them (a raw '?' or '#' in a password); else ``None``. Not
+    when the '?' begins a query whose options come before the '@': that '@' is in an
+    option's value (``?password=s3cr@t``, legal in a query), whose tail must not be
+    shown nor its URL's own error hidden."""
     if not isinstance(url, str):
         return None
     scheme, sep, rest = url.strip().partition("://")
@@ -443,6 +446,11 @@ def _cut_in_userinfo(url: Any) -> str | None:
     at = rest.rfind("@")
     if not sep or cut < 0 or at < cut or "@" in rest[:cut]:
         return None
+    if rest[cut] == "?":
+        known = _OPTION_TABLES.get(scheme.lower(), {})
+        if any(piece.partition("=")[1] and piece.partition("=")[0] in known
+               for piece in rest[cut + 1:at].split("&")):
+            return None
     return _redact(f"{scheme}://***@{rest[at + 1:]}")
 
 

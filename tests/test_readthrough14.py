@@ -9,7 +9,12 @@ Found by it (each test failed before its fix):
   window is two bytecodes wide, so the test stands in for the other thread: a
   breaker whose closed-state check lets the failure that opens it happen right after
   (as a thread switch there would), on the sync fast path (``Cache.get``), the
-  façade's plans (``Cache.set``) and ``AsyncCache.get``.
+  façade's plans (``Cache.set``) and ``AsyncCache.get``;
+* a URL whose ``?password=`` (or ``sentinel_password=``, ``client_name=``) holds a raw
+  ``@`` (legal in a query) and that had any other error (``socket_timeout=abc``, an
+  unknown option) was taken for a password cut by a raw ``?`` (1b04888): the error
+  showed the password's tail after its ``@`` (``'redis://***@tPASSWORD&...'``) and
+  hid the real fault. 6abd2f0 said ``socket_timeout='abc' is not a number``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import pytest
 
 from statekit.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from statekit.cache import AsyncCache, Cache
+from statekit.config import parse_url
 from statekit.embedded import RedisServer
-from statekit.errors import BackendUnavailable
+from statekit.errors import BackendUnavailable, ConfigError
 
 pytestmark = pytest.mark.redis
 
@@ -97,3 +103,31 @@ def test_async_a_breaker_opened_after_the_closed_check_is_not_the_callers_period
             await cache.aclose()
 
     asyncio.run(body())
+
+
+# -- a raw '@' in a query option's value --------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "fault"), [
+    ("redis://h:6379/0?password=s3cr@tPASSWORD&socket_timeout=abc", "socket_timeout='abc' is not a number"),
+    ("redis://localhost:6379?password=s3cr@tPASSWORD&socket_timeout=abc", "socket_timeout='abc'"),
+    ("redis://h/0?socket_timeout=abc&password=s3cr@tPASSWORD", "socket_timeout='abc'"),
+    ("redis://h/0?password=s3cr@tPASSWORD&bogus=1", "after a password"),
+    ("redis+sentinel://h/svc?sentinel_password=s3cr@tPASSWORD&db=x", "db"),
+    ("redis://h/0?password=pa55&w0rd@tPASSWORD", "%26"),
+])
+def test_a_raw_at_in_a_password_option_is_not_a_cut_userinfo(url: str, fault: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_url(url)
+    text = str(raised.value)
+    assert "PASSWORD" not in text and "s3cr" not in text, text
+    assert fault in text and "comes after a '?'" not in text, text
+
+
+def test_a_raw_at_in_an_option_of_a_valid_url_and_a_cut_password_still_told() -> None:
+    """The valid forms parse as before, and a raw '?' in the userinfo is still told."""
+    assert parse_url("redis://h/0?password=s3cr@t").password == "s3cr@t"
+    assert parse_url("redis://h?client_name=a@b").options["client_name"] == "a@b"
+    with pytest.raises(ConfigError, match="%3F") as raised:
+        parse_url("redis://:pa55?w0rd@h:6379/0")
+    assert "w0rd" not in str(raised.value)
