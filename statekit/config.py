@@ -99,10 +99,12 @@ def _choice(name: str, *choices: str) -> Callable[[str], str]:
     return conv
 
 
-def flag(value: Any, name: str = "a boolean setting") -> bool:
+def flag(value: Any, name: str = "a boolean setting", *, default: bool | None = None) -> bool:
     """A boolean setting *name*: ``True``/``False`` (``None``, ``0`` and ``1`` too),
     or text ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` in any case,
-    spaces around ignored (as from an environment variable). Anything else is a
+    spaces around ignored (as from an environment variable); empty text is *default*
+    when one is given (``VAR=`` in an env file, or compose's ``${VAR}`` of an unset
+    variable, means "not set"). Anything else is a
     :class:`~statekit.errors.ConfigError` naming the setting: a typo such as
     ``STATEKIT_SESSION_COOKIE_SECURE=ture`` must not switch a security option off.
     The adapters read every boolean setting through it."""
@@ -112,6 +114,8 @@ def flag(value: Any, name: str = "a boolean setting") -> bool:
         return bool(value)
     if isinstance(value, str):
         low = value.strip().lower()
+        if not low and default is not None:
+            return default
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):

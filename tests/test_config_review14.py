@@ -470,3 +470,31 @@ def test_flask_session_settings_are_checked_at_start(name: str, raw: str, messag
                       STATEKIT_BLOBS_ENABLED=False, **{name: raw})
     with pytest.raises(ConfigError, match=f"{name}='{raw}' {message}"):
         StateKit(app)
+
+
+def test_an_empty_boolean_setting_is_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STATEKIT_CACHE_ENABLED=`` (an env file's empty line, compose's ``${VAR}`` of an
+    unset variable) means "not set": the default, not an error and not "off"."""
+    from flask import Flask
+    from starlette.applications import Starlette
+
+    from flask_statekit import StateKit as FlaskStateKit
+    from flask_statekit import get_state
+    from starlette_statekit import StateKit as StarletteStateKit
+    from statekit.config import flag
+
+    assert flag(" ", "X", default=True) is True and flag("", "X", default=False) is False
+    with pytest.raises(ConfigError, match="X='' must be true or false"):
+        flag("", "X")  # no default given: an error
+    for feature in ("CACHE", "SESSIONS", "BROADCAST", "BLOBS"):
+        monkeypatch.setenv(f"STATEKIT_{feature}_ENABLED", "")
+    monkeypatch.setenv("STATEKIT_REDIS_URL", "memory://empty-flags")
+    monkeypatch.setenv("STATEKIT_BLOBS_URL", "memory://empty-flags")
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="k")
+    FlaskStateKit(app)
+    assert {"cache", "sessions", "broadcast", "blobs"} <= set(get_state(app).features)
+    monkeypatch.setenv("STATEKIT_SECRET_KEYS", "k")
+    starlette_app = Starlette()
+    StarletteStateKit(starlette_app)
+    assert {"cache", "sessions", "broadcast", "blobs"} <= set(starlette_app.state.statekit.features)

@@ -100,7 +100,7 @@ def unavailable_response() -> HttpResponse:
 def _secure() -> bool:
     """Whether statekit marks session cookies ``Secure`` (on outside ``DEBUG``)."""
     name = "STATEKIT_SESSION_COOKIE_SECURE"
-    return flag(get_setting(name, not settings.DEBUG), name)
+    return flag(get_setting(name, not settings.DEBUG), name, default=not settings.DEBUG)
 
 
 #: the request attribute that holds a BackendUnavailable raised outside the views (or

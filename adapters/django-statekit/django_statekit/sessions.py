@@ -113,9 +113,11 @@ def _store_settings(near: bool = True) -> tuple[Any, ...]:
         str(get_setting("STATEKIT_SESSION_OUTAGE_POLICY", "raise")),
         get_setting("STATEKIT_SESSION_NEAR_CACHE", 0) if near else 0,
         get_setting("STATEKIT_SESSION_CARRY_OVER", None),
-        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True), "STATEKIT_SESSION_CARRY_OVER_DELETE"),
+        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_DELETE", True), "STATEKIT_SESSION_CARRY_OVER_DELETE",
+             default=True),
         str(get_setting("STATEKIT_SESSION_CARRY_OVER_CACHE_ALIAS", settings.SESSION_CACHE_ALIAS)),
-        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False), "STATEKIT_SESSION_CARRY_OVER_PICKLE"),
+        flag(get_setting("STATEKIT_SESSION_CARRY_OVER_PICKLE", False), "STATEKIT_SESSION_CARRY_OVER_PICKLE",
+             default=False),
     )
 
 

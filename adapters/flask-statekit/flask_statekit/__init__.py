@@ -76,7 +76,7 @@ def _config(app: Flask, key: str, default: Any = None) -> Any:
 def _config_flag(app: Flask, key: str, default: bool) -> bool:
     """The boolean setting *key* (:func:`_config`): a value that is neither true nor
     false is a :class:`~statekit.errors.ConfigError` naming it."""
-    return flag(_config(app, key, default), key)
+    return flag(_config(app, key, default), key, default=default)
 
 
 def _config_number(app: Flask, key: str, default: float) -> float:

@@ -469,11 +469,13 @@ def init_app(app: Flask, state: StateKitState) -> None:
         cookie_name=_config(app, "STATEKIT_SESSION_COOKIE_NAME", app.config["SESSION_COOKIE_NAME"]),
         cookie_domain=_cookie_option(app, "DOMAIN", None, None) or None,
         cookie_path=_config(app, "STATEKIT_SESSION_COOKIE_PATH") or None,
-        secure=None if secure is None else flag(secure, "STATEKIT_SESSION_COOKIE_SECURE"),
-        httponly=flag(_cookie_option(app, "HTTPONLY", True, True), "STATEKIT_SESSION_COOKIE_HTTPONLY"),
+        secure=None if secure is None else flag(secure, "STATEKIT_SESSION_COOKIE_SECURE",
+                                                default=not app.debug),
+        httponly=flag(_cookie_option(app, "HTTPONLY", True, True), "STATEKIT_SESSION_COOKIE_HTTPONLY",
+                      default=True),
         samesite=samesite or None,
         partitioned=flag(_cookie_option(app, "PARTITIONED", False, False),
-                         "STATEKIT_SESSION_COOKIE_PARTITIONED"),
+                         "STATEKIT_SESSION_COOKIE_PARTITIONED", default=False),
         retry_after=int(_config_number(app, "STATEKIT_SESSION_RETRY_AFTER", 5)),
     )
     iface.outage_name = f"session store {parse_url(url).redacted()}"

@@ -215,7 +215,7 @@ class StateKit:
             raise ConfigError("StateKit is already initialised for this app")
         state = StateKitState(self.settings(), self._get)
         enabled = [f for f in FEATURES
-                   if flag(self._get(name := f"STATEKIT_{f.upper()}_ENABLED", True), name)]
+                   if flag(self._get(name := f"STATEKIT_{f.upper()}_ENABLED", True), name, default=True)]
         self._check_start(state.settings, enabled)
         if ("sessions" in enabled and not state.settings.secret_keys
                 and not {"secret_key", "store"} & set(self.session_options)):
