@@ -162,6 +162,9 @@ def _check_start(app: Flask, settings: Settings, enabled: list[str]) -> None:
             check_extras(url)
     if settings.blobs_url and ("blobs" in enabled or "lifecycle" in enabled):
         check_extras(settings.blobs_url, blobs=True)
+    if "sessions" in enabled and not settings.secret_keys:
+        raise ConfigError("StateKit: sessions need signing keys: set the app's SECRET_KEY (or "
+                          "STATEKIT_SECRET_KEYS), or switch them off: STATEKIT_SESSIONS_ENABLED = False")
 
 
 class StateKit:

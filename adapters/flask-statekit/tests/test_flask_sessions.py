@@ -774,3 +774,14 @@ def test_no_redis_url_fails_start_and_the_switch_keeps_flask_sessions(
     client = app.test_client()
     assert client.post("/remember").status_code == 200
     assert client.get_cookie("session") is not None  # Flask's signed cookie holds the data
+
+
+def test_sessions_without_a_secret_key_refuse_to_start_naming_the_switch(redis_url: str) -> None:
+    """No SECRET_KEY: the error names the key to set and the switch that turns sessions
+    off, as Starlette's does (it said only "sessions need secret_keys")."""
+    app = Flask(__name__)
+    app.config.update(STATEKIT_SESSION_URL=redis_url, STATEKIT_CACHE_ENABLED=False,
+                      STATEKIT_BROADCAST_ENABLED=False, STATEKIT_BLOBS_ENABLED=False)
+    with pytest.raises(ConfigError, match=r"SECRET_KEY.*STATEKIT_SESSIONS_ENABLED = False"):
+        StateKit(app)
+    assert "statekit" not in app.extensions
