@@ -39,7 +39,10 @@ per line, relative to its directory, like ``.gitignore``). Paths named on the co
 line are always checked. Test files (``tests/``, ``test_*.py``, ``conftest.py``) are
 skipped unless ``--include-tests``: they record calls in module-level lists on purpose.
 
-Exit status: 0 when nothing is found, 1 when something is (for CI), 2 on usage errors.
+Exit status: 0 when nothing is found, 1 when something is (for CI) or when a file could
+not be checked (it cannot be read as UTF-8 or does not parse: what it holds is unknown,
+as ruff's and flake8's E999), 2 on usage errors (a path that does not exist, a code or
+prefix in ``--select``/``--ignore`` that names no rule).
 """
 
 from __future__ import annotations
@@ -825,8 +828,9 @@ def _walk(root: str, *, include_tests: bool = False) -> Iterator[str]:
 
 def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None,
                 include_tests: bool = False) -> list[Finding]:
-    """Findings for files and directories (recursively). Unparsable files are
-    skipped and described in *errors*."""
+    """Findings for files and directories (recursively). Files that cannot be read
+    or parsed are skipped and described in *errors* (one line each; :func:`main` fails
+    the run for them)."""
     found: list[Finding] = []
     for root in paths:
         files = [root] if os.path.isfile(root) else list(_walk(root, include_tests=include_tests))
@@ -872,8 +876,8 @@ def main(argv: Sequence[str]) -> int:
         if not os.path.exists(p):
             print(f"statekit audit: {p}: no such file or directory", file=sys.stderr)
             return 2
-    select = [c.strip() for c in opts.select.split(",") if c.strip()]
-    ignore = [c.strip() for c in opts.ignore.split(",") if c.strip()]
+    select = _codes(parser, "--select", opts.select)
+    ignore = _codes(parser, "--ignore", opts.ignore)
     errors: list[str] = []
     found = [
         f for f in audit_paths(opts.paths, errors=errors, include_tests=opts.include_tests)
@@ -888,6 +892,18 @@ def main(argv: Sequence[str]) -> int:
         for f in found:
             print(f.format())
         n = len(found)
-        print(f"{n} finding{'s' if n != 1 else ''}" + (" — see docs/migration.md" if n else ""),
+        unchecked = f", {len(errors)} file{'s' if len(errors) != 1 else ''} not checked" if errors else ""
+        print(f"{n} finding{'s' if n != 1 else ''}{unchecked}" + (" — see docs/migration.md" if n else ""),
               file=sys.stderr)
-    return 1 if found else 0
+    return 1 if found or errors else 0
+
+
+def _codes(parser: argparse.ArgumentParser, option: str, raw: str) -> list[str]:
+    """The codes or prefixes of *option* (``SK1,SK301``); one that names no rule is a
+    usage error (a typo would select nothing, or ignore nothing, in silence)."""
+    codes = [c.strip() for c in raw.split(",") if c.strip()]
+    for code in codes:
+        if not any(known.startswith(code) for known in RULES):
+            parser.error(f"{option}: unknown code {code!r} (codes: {', '.join(RULES)}; a prefix such as "
+                         "SK3 selects a group)")
+    return codes
