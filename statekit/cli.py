@@ -27,7 +27,7 @@ from urllib.parse import quote
 from .errors import StatekitError
 
 __all__ = ["COMMANDS", "COMMAND_EXTRAS", "DEV_STOP_TIMEOUT", "RUN_DIR", "PlainHelpFormatter",
-           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "plain"]
+           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "module_missing", "plain"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -155,6 +155,19 @@ def find_pid_file(run_dir: str = RUN_DIR) -> str:
 def _load(target: str) -> object:
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def module_missing(module: str, error: BaseException) -> bool:
+    """Whether *error*, raised importing *module*, says that *module* itself (or a
+    package it is in) does not exist: a usage error, told in one line. Not an import
+    that fails inside an existing module (the user's code, whose traceback they need).
+    An :exc:`ImportError` raised while handling the missing module counts (gunicorn's
+    ``Failed to find application, did you mean 'app:app'?`` for ``app.py:app``)."""
+    cause = error if isinstance(error, ModuleNotFoundError) else error.__context__
+    name = getattr(cause, "name", None) if isinstance(error, ImportError) else None
+    return isinstance(cause, ModuleNotFoundError) and bool(name) and (
+        module == name or module.startswith(f"{name}.")
+    )
 
 
 def _missing_extra(error: ModuleNotFoundError) -> str | None:

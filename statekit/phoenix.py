@@ -716,10 +716,26 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 
 def _load_scenario(spec: str) -> type[Scenario]:
+    """The scenario class *spec* names, imported from the current directory (as the
+    instances import the app) or from the installed packages.
+
+    :raises ConfigError: *spec* is not ``module:Class``, its module does not exist (an
+        import failing inside the module propagates: its traceback shows where), or it
+        names no :class:`Scenario` subclass."""
+    from .cli import module_missing
+
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ConfigError(f"--scenario {spec!r} must be module:Class")
-    cls = getattr(importlib.import_module(module), attr, None)
+    if os.getcwd() not in sys.path:  # the console script's sys.path starts with its bin directory
+        sys.path.insert(0, os.getcwd())
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as e:
+        if not module_missing(module, e):
+            raise
+        raise ConfigError(f"--scenario {spec!r}: cannot import {module!r}: {e}") from None
+    cls = getattr(imported, attr, None)
     if not (isinstance(cls, type) and issubclass(cls, Scenario)):
         raise ConfigError(f"--scenario {spec!r} is not a statekit.phoenix.Scenario subclass")
     return cls
@@ -964,6 +980,7 @@ def main(argv: Sequence[str]) -> int:
     some was (or nothing worked), 2 when the run could not start."""
     import requests  # noqa: F401 -- missing: the statekit command names the extra, before any server starts
     from rich.console import Console
+    from rich.markup import escape
 
     from .cli import PlainHelpFormatter
 
@@ -1011,7 +1028,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         report = run(opts, console)
     except ConfigError as e:
-        console.print(f"[bold red]statekit phoenix: could not run[/bold red]: {e}", markup=False)
+        console.print(f"[bold red]statekit phoenix: could not run[/bold red]: {escape(str(e))}")
         return 2
     _print_report(report, console)
     if opts.json:

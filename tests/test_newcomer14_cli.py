@@ -18,6 +18,51 @@ def _statekit(cwd: Path, *args: str, timeout: float = 120) -> subprocess.Complet
                           check=False)
 
 
+def _phoenix(cwd: Path, *args: str) -> tuple[int, str]:
+    """phoenix's exit status and its output, lines joined (rich wraps them at 80 columns)."""
+    proc = _statekit(cwd, "phoenix", "app:app", "--duration", "1", *args)
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+# -- phoenix -------------------------------------------------------------------------
+
+
+def test_phoenix_could_not_run_is_styled_not_literal_markup(tmp_path: Path) -> None:
+    status, out = _phoenix(tmp_path, "--scenario", "statekit.phoenix:Nope")
+    assert status == 2, out
+    assert "statekit phoenix: could not run: --scenario 'statekit.phoenix:Nope' is not a" in out, out
+    assert "[bold red]" not in out and "[/bold red]" not in out, out
+
+
+def test_phoenix_error_text_that_looks_like_markup_is_shown_as_written(tmp_path: Path) -> None:
+    status, out = _phoenix(tmp_path, "--env", "[bold]NOVALUE")
+    assert status == 2, out
+    assert "could not run: --env '[bold]NOVALUE' must be KEY=VALUE" in out, out
+
+
+def test_phoenix_scenario_module_missing_is_one_line_status_2(tmp_path: Path) -> None:
+    status, out = _phoenix(tmp_path, "--scenario", "no.such:Scenario")
+    assert status == 2, out
+    assert "Traceback" not in out, out
+    assert "could not run: --scenario 'no.such:Scenario': cannot import 'no.such'" in out, out
+
+
+def test_phoenix_scenario_in_the_current_directory_is_found(tmp_path: Path) -> None:
+    """The instances import the app from the current directory; the scenario comes from
+    there too (the console script's sys.path does not have it)."""
+    (tmp_path / "myscenario.py").write_text("class NotAScenario:\n    pass\n")
+    status, out = _phoenix(tmp_path, "--scenario", "myscenario:NotAScenario")
+    assert status == 2, out
+    assert "is not a statekit.phoenix.Scenario subclass" in out, out
+
+
+def test_phoenix_scenario_import_error_inside_it_keeps_its_traceback(tmp_path: Path) -> None:
+    (tmp_path / "myscenario.py").write_text("import nosuch_dependency_of_the_scenario\n")
+    status, out = _phoenix(tmp_path, "--scenario", "myscenario:Scenario")
+    assert status != 0, out
+    assert "Traceback" in out and 'myscenario.py", line 1' in out, out
+    assert "No module named 'nosuch_dependency_of_the_scenario'" in out, out
+
 
 # -- audit ---------------------------------------------------------------------------
 
