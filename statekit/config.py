@@ -284,6 +284,10 @@ _OPTION_TABLES = {
     "s3": _S3_OPTIONS, "file": _FILE_OPTIONS, "memory": _MEMORY_OPTIONS,
 }
 
+#: what a URL of each kind looks like, for the error of a text without a scheme
+_EXAMPLES = {"redis": "redis://127.0.0.1:6379/0", "file": "file:///srv/uploads", "s3": "s3://bucket/prefix",
+             "memory": "memory://"}
+
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -402,7 +406,8 @@ def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
         if key not in table:
             if after_secret:
                 raise ConfigError(f"unknown option after a password in {head!r} {amp}")
-            known = ", ".join(sorted(table)) or "none"
+            known = ", ".join(sorted(k for k in table if _SCHEME_ONLY.get(k, scheme) == scheme
+                                     and _IGNORED_BY.get(k) != scheme)) or "none"
             raise ConfigError(f"unknown option {key!r} for {scheme}:// URLs (known: {known})")
         after_secret = key.endswith("password")
         if key in options:
@@ -463,7 +468,9 @@ def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
         raise ConfigError("backend URL is empty")
     url = url.strip()
     if "://" not in url:
-        raise ConfigError(f"{_redact(url)!r} is not a URL: expected scheme://..., e.g. redis://127.0.0.1:6379/0")
+        shown = [k for k in kinds or ("redis",) if k != "memory"] or ["memory"]  # memory://: for tests
+        examples = " or ".join(_EXAMPLES[k] for k in shown if k in _EXAMPLES)
+        raise ConfigError(f"{_redact(url)!r} is not a URL: expected scheme://..., e.g. {examples}")
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise ConfigError(
