@@ -185,7 +185,8 @@ class LocalBackend(BlobBackend):
 
     The directory must exist: a missing root is a :class:`~statekit.errors.ConfigError`
     at construction (a typo, or a shared volume that is not mounted), unless
-    ``?create=1`` (or ``create=True``) asks for it to be created. A root that vanishes
+    ``?create=1`` (or ``create=True``) asks for it to be created; a root that is not a
+    directory (a regular file) is one in any case. A root that vanishes
     later is an outage (:class:`~statekit.errors.BackendUnavailable`), never recreated.
 
     Several processes and machines may share the directory (a network volume with
@@ -208,6 +209,9 @@ class LocalBackend(BlobBackend):
         self.root = os.path.realpath(os.fspath(root))
         self.fsync = fsync if fsync is not None else parsed_opts.get("fsync", True)
         self.file_mode = file_mode if file_mode is not None else parsed_opts.get("file_mode", 0o640)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise ConfigError(f"the file:// store root {self.root} is not a directory; "
+                              "point the URL at a directory")
         if create if create is not None else parsed_opts.get("create", False):
             try:
                 os.makedirs(self.root, exist_ok=True)
