@@ -328,12 +328,10 @@ def redis_check(url: str) -> Check:
     return check
 
 
-_s3_clients: dict[tuple[int, str], Any] = {}
-
-
 def s3_check(url: str) -> Check:
-    """A readiness check that sends ``HeadBucket`` for an ``s3://`` URL (or checks a
-    ``file://`` directory is writable) within the budget it is given."""
+    """A readiness check that sends ``HeadBucket`` for an ``s3://`` URL as its store
+    would (:func:`statekit.blobs.s3.readiness_check`: its credentials, profile and
+    errors), or checks a ``file://`` directory is writable, within the budget it is given."""
     parsed = parse_url(url, kinds=("s3", "file", "memory"))
 
     def check(timeout: float) -> object:
@@ -344,25 +342,10 @@ def s3_check(url: str) -> Check:
             if not os.access(parsed.path, os.W_OK | os.X_OK):
                 raise OSError(f"{parsed.path} is not a writable directory")
             return True
-        from .backends import require
+        from .blobs.s3 import readiness_check
 
-        boto3 = require("boto3", feature="s3:// URLs")
-        from botocore.config import Config
-
-        key = (os.getpid(), url)
-        client = _s3_clients.get(key)
-        if client is None:
-            opts = parsed.options
-            client = _s3_clients[key] = boto3.client(
-                "s3",
-                endpoint_url=opts.get("endpoint_url"),
-                region_name=opts.get("region"),
-                aws_access_key_id=parsed.username,
-                aws_secret_access_key=parsed.password,
-                config=Config(connect_timeout=timeout, read_timeout=timeout,
-                              retries={"max_attempts": 1}),
-            )
-        return client.head_bucket(Bucket=parsed.bucket)
+        readiness_check(url, timeout)  # the store's errors: a missing bucket, no credentials
+        return True
 
     return check
 

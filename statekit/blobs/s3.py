@@ -25,6 +25,11 @@ again, within that instant), ``request_checksum_calculation``
 and ``response_checksum_validation`` (botocore's ``when_supported`` /
 ``when_required``).
 
+Errors: no usable credentials (none in the URL, the environment or a profile; an
+unknown ``profile``) and a bucket that does not exist are a
+:class:`~statekit.errors.ConfigError` saying what to fix, for every call and the
+readiness check: configuration, not an outage (nothing was sent, or nothing stored).
+
 S3-compatible stores: boto3 1.36 and later add a CRC checksum to every upload and
 validate the ones in responses by default, which some S3-compatible stores refuse
 or answer wrongly (some MinIO versions, Backblaze B2, Google Cloud Storage's
@@ -57,7 +62,7 @@ from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, Co
 from .keys import RESERVED_PREFIX
 from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
-__all__ = ["MIN_PART_SIZE", "S3Backend", "translate_error"]
+__all__ = ["MIN_PART_SIZE", "S3Backend", "readiness_check", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10_000
@@ -65,16 +70,52 @@ MAX_PARTS = 10_000
 MAX_PRESIGN_SECONDS = 7 * 86400
 
 
-def translate_error(e: BaseException, what: str) -> StatekitError:
-    """A typed statekit error for a botocore exception raised while doing *what*."""
+#: botocore's errors of loading credentials and their configuration (the names that
+#: exist in the installed botocore): raised before a request is sent
+_CREDENTIAL_ERRORS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                      "ProfileNotFound", "ConfigNotFound", "ConfigParseError", "InvalidConfigError",
+                      "NoAuthTokenError", "TokenRetrievalError", "SSOError", "LoginError")
+_CREDENTIALS_FIX = ("put KEY:SECRET@ in the URL, add ?profile=NAME, or set them for boto3 (AWS_ACCESS_KEY_ID "
+                    "and AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role)")
+
+
+def _credential_error(e: BaseException) -> bool:
+    import botocore.exceptions
+
+    family = tuple(getattr(botocore.exceptions, name) for name in _CREDENTIAL_ERRORS
+                   if hasattr(botocore.exceptions, name))
+    return isinstance(e, family)
+
+
+def _missing_bucket(bucket: str, what: str, endpoint: str | None = None) -> ConfigError:
+    """The error of a bucket that does not exist: configuration (a typo, a bucket not
+    created yet, the wrong endpoint), not an outage nor a missing blob."""
+    at = f" at {endpoint}" if endpoint else ""
+    return ConfigError(f"S3 {what}: the bucket {bucket!r} does not exist{at}: create it, "
+                       "or correct the bucket (or endpoint_url) in the s3:// URL")
+
+
+def translate_error(e: BaseException, what: str, *, bucket: str = "",
+                    endpoint: str | None = None) -> StatekitError:
+    """A typed statekit error for a botocore exception raised while doing *what*.
+
+    Missing or unusable credentials (botocore refused to sign: nothing was sent) and a
+    missing bucket are a :class:`ConfigError` that says what to fix; *bucket* and
+    *endpoint* name the store in it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if _credential_error(e):
+        found = "none found" if type(e).__name__ == "NoCredentialsError" else f"{type(e).__name__}: {e}"
+        return ConfigError(f"S3 {what}: no usable AWS credentials ({found}): {_CREDENTIALS_FIX}; "
+                           "nothing was sent")
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         msg = f"S3 {what}: {code or status}: {err.get('Message', '')}".rstrip(": ")
-        if code in ("NoSuchKey", "NotFound", "404") or (status == 404 and code != "NoSuchBucket"):
+        if code == "NoSuchBucket":
+            return _missing_bucket(bucket or str(err.get("BucketName", "")), what, endpoint)
+        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
             return BlobNotFound(msg)
         if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
             return BlobExists(msg)
@@ -360,6 +401,24 @@ def _checksum_defaults(endpoint_url: str | None) -> dict[str, str | None]:
             for name in _CHECKSUM_SETTINGS}
 
 
+_probes: dict[tuple[int, str], S3Backend] = {}
+
+
+def readiness_check(url: str, timeout: float) -> None:
+    """The readiness check of the ``s3://`` store at *url*: :meth:`S3Backend.check_bucket`
+    with the store's credentials, profile and endpoint, one attempt within *timeout*
+    seconds (its client is kept per process). :raises ConfigError: no such bucket, no
+    credentials. :raises BackendUnavailable:"""
+    key = (os.getpid(), url)
+    probe = _probes.get(key)
+    if probe is None:
+        parsed = parse_url(url, kinds=("s3",))
+        opts = {**parsed.options, "connect_timeout": timeout, "read_timeout": timeout, "retries": 0}
+        client = S3Backend._make_client(parsed.username, parsed.password, opts)
+        probe = _probes[key] = S3Backend(client=client, bucket=parsed.bucket, prefix=parsed.prefix)
+    probe.check_bucket()
+
+
 class S3Backend(BlobBackend):
     """Blobs in an S3 bucket; see the module docstring for options and guarantees.
 
@@ -409,13 +468,13 @@ class S3Backend(BlobBackend):
         self.conditional_writes = bool(opts.get("conditional_writes", True))
         self.read_window = read_window
         self._tags_refused = False  # S3 refused GetObjectTagging (logged once)
+        self._bucket_seen = False  # HeadBucket found the bucket (see _head)
 
     @staticmethod
     def _make_client(key: str | None, secret: str | None, opts: dict[str, Any]) -> Any:
         boto3 = require("boto3", feature="s3:// URLs")
         from botocore.config import Config
 
-        session = _session(boto3, key, secret, opts)
         checksums = {name: opts.get(name, default)
                      for name, default in _checksum_defaults(opts.get("endpoint_url")).items()}
         config = Config(
@@ -427,7 +486,13 @@ class S3Backend(BlobBackend):
             s3={"addressing_style": opts.get("addressing_style", "auto")},
             max_pool_connections=max(10, 2 * opts.get("max_concurrency", 2) + 2),
         )
-        return session.client("s3", endpoint_url=opts.get("endpoint_url"), config=config)
+        try:  # an unknown ?profile=, a malformed ~/.aws/config
+            return _session(boto3, key, secret, opts).client("s3", endpoint_url=opts.get("endpoint_url"),
+                                                              config=config)
+        except Exception as e:
+            if _credential_error(e):
+                raise translate_error(e, "opening the store") from e
+            raise
 
     def describe(self) -> str:
         return self._url_text
@@ -437,15 +502,33 @@ class S3Backend(BlobBackend):
 
     def _call(self, op: str, key: str | None, **kwargs: Any) -> Any:
         fn: Callable[..., Any] = getattr(self.client, op)
-        try:
+        with self._translated(f"{op} {key!r}" if key else op):
             return fn(**kwargs)
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """botocore's and urllib3's errors inside as statekit's (:func:`translate_error`)."""
+        try:
+            yield
         except Exception as e:
             if isinstance(e, StatekitError):
                 raise
             mod = type(e).__module__
             if mod.startswith(("botocore", "urllib3")):
-                raise translate_error(e, f"{op} {key!r}" if key else op) from e
+                endpoint = self.client.meta.endpoint_url
+                raise translate_error(e, what, bucket=self.bucket, endpoint=endpoint) from e
             raise
+
+    def check_bucket(self) -> None:
+        """``HeadBucket``: the bucket exists and these credentials reach it.
+
+        :raises ConfigError: the bucket does not exist, or no credentials.
+        :raises BackendUnavailable: S3 did not answer."""
+        try:
+            self._call("head_bucket", None, Bucket=self.bucket)
+        except BlobNotFound as e:  # HEAD has no body: a 404 is the bucket's
+            raise _missing_bucket(self.bucket, "head_bucket", self.client.meta.endpoint_url) from e.__cause__
+        self._bucket_seen = True
 
     def _if_absent(self, key: str) -> dict[str, str]:
         """The arguments that make a write of *key* a create (``If-None-Match: *``), or,
@@ -467,7 +550,17 @@ class S3Backend(BlobBackend):
         return _S3Writer(self, req)
 
     def _head(self, key: str) -> dict[str, Any]:
-        resp: dict[str, Any] = self._call("head_object", key, Bucket=self.bucket, Key=self._full(key))
+        """The object's ``HEAD``. Its 404 has no body to tell a missing key from a
+        missing bucket: until the bucket was once seen, a 404 checks it (one
+        ``HeadBucket``), so a missing bucket is the :class:`ConfigError` it is, not a
+        :class:`BlobNotFound`. :raises BlobNotFound:"""
+        try:
+            resp: dict[str, Any] = self._call("head_object", key, Bucket=self.bucket, Key=self._full(key))
+        except BlobNotFound:
+            if not self._bucket_seen:
+                with contextlib.suppress(BackendUnavailable, BlobError):  # the key's 404 stands
+                    self.check_bucket()
+            raise
         return resp
 
     def open(self, key: str) -> BinaryIO:
@@ -545,7 +638,9 @@ class S3Backend(BlobBackend):
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         if disposition:
             params["ResponseContentDisposition"] = disposition
-        url: str = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        with self._translated(f"presigning {key!r}"):  # signed here: credentials are needed
+            url: str = self.presign_client.generate_presigned_url("get_object", Params=params,
+                                                                  ExpiresIn=expires)
         return url
 
     def presign_post(
@@ -555,8 +650,9 @@ class S3Backend(BlobBackend):
         conditions: list[Any] = [["content-length-range", 0, max_size],
                                  ["starts-with", "$Content-Type", type_prefix],
                                  ["starts-with", "$key", full.rsplit("/", 1)[0] + "/"]]
-        post = self.presign_client.generate_presigned_post(Bucket=self.bucket, Key=full,
-                                                   Conditions=conditions, ExpiresIn=expires)
+        with self._translated(f"presigning {key!r}"):
+            post = self.presign_client.generate_presigned_post(Bucket=self.bucket, Key=full,
+                                                               Conditions=conditions, ExpiresIn=expires)
         return str(post["url"]), {k: str(v) for k, v in post["fields"].items()}
 
     def upload_target(self, key: str) -> str:

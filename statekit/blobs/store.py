@@ -191,6 +191,8 @@ class BlobStore:
             message says the outcome is unknown: the write is never sent again, and
             what may have been stored under the (generated) key was deleted, or the
             message names the key when that delete failed too.
+        :raises ConfigError: the store cannot work as configured (S3: no usable
+            credentials, or no such bucket); nothing was sent, or nothing is stored.
 
         Memory stays bounded (a read chunk plus the backend's part buffers). Any
         exception, including one raised by *stream* itself, aborts the write.
