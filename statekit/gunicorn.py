@@ -119,7 +119,7 @@ if tuple(_gunicorn.version_info[:2]) < _GUNICORN_MIN:
 from gunicorn import sock, util  # noqa: E402
 from gunicorn.app.base import BaseApplication  # noqa: E402
 from gunicorn.arbiter import Arbiter  # noqa: E402
-from gunicorn.errors import HaltServer  # noqa: E402
+from gunicorn.errors import AppImportError, HaltServer  # noqa: E402
 from gunicorn.http import wsgi as gunicorn_wsgi  # noqa: E402
 from gunicorn.pidfile import Pidfile  # noqa: E402
 from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
@@ -290,13 +290,38 @@ def wrap_app(app: Any, interface: str | None = None) -> Any:
     return LifecycleMiddleware(app, lifecycle)
 
 
+#: bytes of an import error's message :func:`detect_interface`'s child sends (within PIPE_BUF)
+_DETECT_MESSAGE = 2048
+
+
+def import_app(app_uri: str) -> Any:
+    """The app ``MODULE:APP`` (or ``MODULE:factory()``), as gunicorn imports it.
+
+    :raises AppImportError: (gunicorn's, which it reports in one line, without a
+        traceback) the module does not exist, nor the attribute, or the factory's
+        call is wrong. An import failing inside the app's module propagates as it is:
+        its traceback is what its author needs."""
+    from .cli import module_missing
+
+    try:
+        return util.import_app(app_uri)
+    except ImportError as e:
+        module = app_uri.partition(":")[0]
+        if not module_missing(module, e):
+            raise
+        raise AppImportError(f"cannot import {module!r}: {e}") from e
+
+
 def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
     """``"asgi"`` or ``"wsgi"``: the interface of the app ``MODULE:APP`` (or
     ``MODULE:factory()``), found by importing it in a forked child. The master must
     not import the app itself: the workers it forks later would inherit the module,
-    and a reload would not see new code. An app that cannot be imported (or takes
-    longer than *timeout*) counts as WSGI: its workers then fail to boot with the
-    import's own traceback, as before."""
+    and a reload would not see new code. An app that fails to import (or takes longer
+    than *timeout*) counts as WSGI: its workers then fail to boot with the import's
+    own traceback, as before.
+
+    :raises ConfigError: the app's module or attribute does not exist (the one line
+        of :func:`import_app`'s :exc:`AppImportError`): nothing is started."""
     from .asgi import interface_of
 
     read_end, write_end = os.pipe()
@@ -305,8 +330,10 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
         answer = b"?"
         try:
             os.close(read_end)
-            answer = interface_of(util.import_app(app_uri)).encode()
-        except BaseException:  # noqa: BLE001,S110 -- any failure: the workers report it
+            answer = interface_of(import_app(app_uri)).encode()
+        except AppImportError as e:
+            answer = b"!" + str(e).encode(errors="replace")[:_DETECT_MESSAGE]
+        except BaseException:  # noqa: BLE001,S110 -- any other failure: the workers report it
             pass
         finally:
             with contextlib.suppress(OSError):
@@ -316,7 +343,7 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
     answer = b""
     try:
         if select.select([read_end], [], [], timeout)[0]:
-            answer = os.read(read_end, 8)
+            answer = os.read(read_end, _DETECT_MESSAGE + 1)  # written at once, less than PIPE_BUF
     finally:
         os.close(read_end)
         if not answer:  # hung, or died without a word
@@ -324,6 +351,8 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
                 os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     kind = answer.decode(errors="replace")
+    if kind.startswith("!"):
+        raise ConfigError(kind[1:])
     return kind if kind in ("asgi", "wsgi") else "wsgi"
 
 
@@ -1167,7 +1196,7 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, hook)
 
     def load(self) -> Any:
-        return wrap_app(util.import_app(self.app_uri), self.interface)
+        return wrap_app(import_app(self.app_uri), self.interface)
 
     def run(self) -> None:
         try:
@@ -1234,9 +1263,6 @@ def serve_main(argv: Sequence[str]) -> int:
     if recycling["max_worker_rss"] and not os.path.exists(f"/proc/{os.getpid()}/statm"):
         raise ConfigError("--max-worker-rss reads /proc (Linux): not available here")
     sys.path.insert(0, os.getcwd())
-    interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
-    if interface == "asgi":
-        importlib.import_module("statekit.gunicorn_asgi")  # a missing extra: one line, before anything starts
     broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
     if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
                                         and callable(getattr(broadcaster, "stop", None))):
@@ -1245,6 +1271,10 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.broadcaster!r} is an asyncio broadcaster: the master runs no event loop. "
                           "Give --broadcaster a statekit Broadcaster (same keys and values: the app reads "
                           "them with SharedValue.aget()), or run the AsyncBroadcaster in the app's lifespan")
+    # a missing app module or attribute: a ConfigError here, nothing started
+    interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
+    if interface == "asgi":
+        importlib.import_module("statekit.gunicorn_asgi")  # a missing extra: one line, before anything starts
     application = StatekitApplication(
         opts.app,
         {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),

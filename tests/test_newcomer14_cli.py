@@ -99,3 +99,48 @@ def test_audit_select_of_an_unknown_code_is_a_usage_error(tmp_path: Path) -> Non
         assert proc.stdout == "", proc.stdout
     proc = _statekit(tmp_path, "audit", "--select", "SK2", "app.py")  # a prefix of known codes
     assert proc.returncode == 1 and "app.py:1: SK201" in proc.stdout, proc.stdout + proc.stderr
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
+def _serve(cwd: Path, app: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _statekit(cwd, "serve", app, "--bind", "127.0.0.1:0", "--pid", "", "--workers", "1", *args)
+
+
+def test_serve_of_a_missing_module_is_one_line(tmp_path: Path) -> None:
+    proc = _serve(tmp_path, "nosuchmod:app")
+    assert proc.returncode != 0, proc.stderr
+    assert proc.stderr.strip() == ("statekit serve: ConfigError: cannot import 'nosuchmod': "
+                                   "No module named 'nosuchmod'"), proc.stderr
+    assert proc.stdout == "", proc.stdout
+
+
+def test_serve_of_a_missing_submodule_or_attribute_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "wsgi_one.py").write_text("def application(environ, start_response):\n    return []\n")
+    proc = _serve(tmp_path, "pkg.nosuch:app")
+    assert proc.returncode != 0, proc.stderr
+    assert proc.stderr.strip() == ("statekit serve: ConfigError: cannot import 'pkg.nosuch': "
+                                   "No module named 'pkg.nosuch'"), proc.stderr
+    proc = _serve(tmp_path, "wsgi_one:app")
+    assert proc.returncode != 0, proc.stderr
+    expected = "statekit serve: ConfigError: Failed to find attribute 'app' in 'wsgi_one'."
+    assert proc.stderr.strip() == expected, proc.stderr
+
+
+def test_serve_with_an_explicit_interface_names_the_missing_module_untraced(tmp_path: Path) -> None:
+    """No child imports the app first: the worker says it, in one line, and the master stops."""
+    proc = _serve(tmp_path, "nosuchmod:app", "--interface", "wsgi")
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot import 'nosuchmod': No module named 'nosuchmod'" in proc.stderr, proc.stderr
+
+
+def test_serve_keeps_the_traceback_of_an_import_error_inside_the_app(tmp_path: Path) -> None:
+    (tmp_path / "needs_dep.py").write_text("import nosuch_dependency_of_the_app\napp = None\n")
+    proc = _serve(tmp_path, "needs_dep:app")
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" in proc.stderr and 'needs_dep.py", line 1' in proc.stderr, proc.stderr
+    assert "No module named 'nosuch_dependency_of_the_app'" in proc.stderr, proc.stderr
