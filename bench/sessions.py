@@ -280,7 +280,9 @@ def _gunicorn(tmp: Path, kind: str, tree: Path, redis_url: str, threads: int = 4
         [str(Path(sys.executable).parent / "gunicorn"), "--workers", "2", "--threads", str(threads),
          "--worker-class", "gthread", "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp),
          "--log-level", "warning", "bench_sessions_app:app"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # run from tmp: gunicorn puts its working directory first on sys.path, so run
+        # from a checkout's root it imported that checkout's statekit, not the tree's
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
