@@ -28,6 +28,23 @@ pytestmark = pytest.mark.redis
 _names = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _close_made_caches() -> Iterator[None]:
+    """Each test's caches (a namespace of their own: a configuration of their own, kept
+    by ``django_statekit.cache`` for the process) are closed after it: their clients and
+    near-cache listeners would outlive the worker's servers and log redis-py's
+    "Topology refresh failed" at its exit."""
+    from django_statekit import cache as module
+
+    before = set(module._shared)
+    yield
+    for key in set(module._shared) - before:
+        sync, acache = module._shared.pop(key)
+        sync.close()
+        with contextlib.suppress(Exception):
+            asyncio.run(acache.aclose())
+
+
 @pytest.fixture(params=["standalone", "cluster"])
 def url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url" if request.param == "standalone" else "redis_cluster_url"))
