@@ -516,7 +516,16 @@ class StatekitThreadWorker(ThreadWorker):  # type: ignore[misc]
         decision waits :data:`GROUP_SIGNAL_GRACE` seconds; a SIGTERM sent to this
         worker alone (not draining) takes effect then."""
         if not hasattr(self, "wsgi") and get_drain_state().workers_stopping:
-            raise SystemExit(0)  # the master's stop while the app loads: nothing to finish
+            # the master's stop while the app loads: nothing to finish, so the process
+            # ends here. Not SystemExit: it is raised in whatever frame the signal
+            # interrupts, and where that frame swallows it (a finalizer: "Exception
+            # ignored in ... __del__"), the worker loaded, reported ready and served on
+            # until the master's SIGKILL at the graceful timeout
+            self.alive = False
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os._exit(0)
         if not self.alive or getattr(self, "_statekit_exit_pending", False):
             return
         self._statekit_exit_pending = True
