@@ -63,6 +63,10 @@ class Session(dict[str, Any]):
         self.written = False
         self.destroyed = False
         self.unavailable = False
+        #: :meth:`clear` was called: emptied, a stored session is a logout even if it
+        #: held nothing (a logout an outage cut between its save and its destroy,
+        #: retried); the adapters read it when they save
+        self.cleared = False
         #: the cookie named a session rotated to a new id moments ago (a tombstone):
         #: this is a fresh session instead, and the browser most likely holds the new
         #: cookie already, so adapters send no session cookie (kept or deleted) for it
@@ -250,6 +254,7 @@ class Session(dict[str, Any]):
         for key in list(self):
             self._changing(key)
         super().clear()
+        self.cleared = True
 
     def _sync_store(self, what: str) -> SessionStore:
         from . import SessionStore

@@ -130,9 +130,6 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
         self.drops_writes = False
         #: a write was dropped; :attr:`static`: the session of a static file
         self.dropped = self.static = False
-        #: ``clear()`` was called: emptied, a stored session is a logout even if it held
-        #: nothing (a logout cut by an outage between its save and its destroy, retried)
-        self.cleared = False
 
     @property
     def permanent(self) -> bool:
@@ -157,10 +154,6 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[misc]
             self.dropped = True
             return
         super()._changing(key)
-
-    def clear(self) -> None:
-        super().clear()
-        self.cleared = True
 
     def __getitem__(self, key: str) -> Any:
         self.accessed = True

@@ -97,7 +97,7 @@ from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
 
-__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "StarletteSession", "destroy_session",
+__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session",
            "get_session_store", "incr_session", "rotate_session"]
 
 Scope = MutableMapping[str, Any]
@@ -114,18 +114,6 @@ STORE_SCOPE_KEY = "statekit.sessions"
 NEAR_CACHE = 10_000
 #: the URL schemes whose store may keep a near cache (standalone and Sentinel Redis)
 _NEAR_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
-
-
-class StarletteSession(Session):
-    """``request.session``: a :class:`~statekit.sessions.Session` that notes a
-    ``clear()``, so that emptying a stored session is a logout even when it held
-    nothing (the retry of a logout an outage cut between its save and its destroy)."""
-
-    cleared = False
-
-    def clear(self) -> None:
-        super().clear()
-        self.cleared = True
 
 
 class _Down(Exception):
@@ -183,7 +171,6 @@ class SessionMiddleware:
             # the logged-in user's key, as in the Flask adapter (sessions are shared):
             # indexed, so revoke_user and list_user_sessions find the user's sessions
             store_options.setdefault("user_key", "_user_id")
-            store_options.setdefault("session_class", StarletteSession)
             if max_age:
                 store_options.setdefault("idle_timeout", max_age)
             if url.partition("://")[0].lower() in _NEAR_SCHEMES:
@@ -320,8 +307,7 @@ class SessionMiddleware:
             # an outage's read-only session; or the cookie named a session a login
             # rotated moments ago: the browser most likely holds the new cookie already
             return []
-        # (a ready store's session class may not note a clear())
-        emptied = not session.destroyed and (had_data or getattr(session, "cleared", False)) \
+        emptied = not session.destroyed and (had_data or session.cleared) \
             and not session and not session.new
         try:
             if emptied:
