@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import hmac
 import json
@@ -295,9 +296,18 @@ _EXT_CODES = {
     tuple: 6, set: 7, frozenset: 8, dt.timedelta: 9,
 }
 
+#: tuples, sets, frozensets and timedeltas nested in one another, at most: each is an
+#: ext value packed (and read) by a nested msgpack call with a C stack of its own
+#: (~40 KB), so 200 levels, a few hundred bytes, overflowed a thread's 8 MB stack
+#: (SIGSEGV) on reading. Deeper is refused both ways: no stored value is unreadable
+_MAX_EXT_DEPTH = 32
+_TOO_DEEP = f"tuples, sets, frozensets and timedeltas nest at most {_MAX_EXT_DEPTH} deep in this codec"
+
 
 class MsgpackSerializer:
-    """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes."""
+    """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes.
+    Tuples, sets, frozensets and timedeltas nest at most 32 deep in one another (a
+    :class:`~statekit.errors.SerializationError` beyond, writing or reading)."""
 
     name = "msgpack"
 
@@ -310,7 +320,7 @@ class MsgpackSerializer:
             ) from e
         self._msgpack = msgpack
 
-    def _default(self, value: Any) -> Any:
+    def _default(self, value: Any, depth: int = 0) -> Any:
         m = self._msgpack
         t = type(value)
         code = _EXT_CODES.get(t)
@@ -320,24 +330,30 @@ class MsgpackSerializer:
             raise SerializationError(
                 f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec"
             )
+        if depth >= _MAX_EXT_DEPTH and code in (6, 7, 8, 9):
+            raise SerializationError(
+                f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec: {_TOO_DEEP}"
+            )
         if t in (tuple, set, frozenset):
-            body = self._pack(list(value))
+            body = self._pack(list(value), depth + 1)
         elif t is uuid.UUID:
             body = value.bytes
         elif t is dt.timedelta:
-            body = self._pack([value.days, value.seconds, value.microseconds])
+            body = self._pack([value.days, value.seconds, value.microseconds], depth + 1)
         else:
             body = (str(value) if t is decimal.Decimal else _iso(value)).encode()
         return m.ExtType(code, body)
 
-    def _ext_hook(self, code: int, data: bytes) -> Any:
+    def _ext_hook(self, code: int, data: bytes, depth: int = 0) -> Any:
+        if depth >= _MAX_EXT_DEPTH and code in (6, 7, 8, 9):
+            raise SerializationError(f"the msgpack codec refused a payload: {_TOO_DEEP}")
         if code in (6, 7, 8):
-            items = self._unpack(data)
+            items = self._unpack(data, depth + 1)
             return (tuple, set, frozenset)[code - 6](items)
         if code == 5:
             return uuid.UUID(bytes=data)
         if code == 9:
-            d, s, us = self._unpack(data)
+            d, s, us = self._unpack(data, depth + 1)
             return dt.timedelta(days=d, seconds=s, microseconds=us)
         text = data.decode()
         if code == 1:
@@ -350,15 +366,17 @@ class MsgpackSerializer:
             return decimal.Decimal(text)
         raise SerializationError(f"unknown msgpack ext code {code}")
 
-    def _pack(self, value: Any) -> bytes:
+    def _pack(self, value: Any, depth: int = 0) -> bytes:
         packed: bytes = self._msgpack.packb(
-            value, default=self._default, strict_types=True, use_bin_type=True
+            value, default=self._default if not depth else functools.partial(self._default, depth=depth),
+            strict_types=True, use_bin_type=True
         )
         return packed
 
-    def _unpack(self, data: bytes) -> Any:
+    def _unpack(self, data: bytes, depth: int = 0) -> Any:
         return self._msgpack.unpackb(
-            data, ext_hook=self._ext_hook, raw=False, strict_map_key=False, use_list=True
+            data, ext_hook=self._ext_hook if not depth else functools.partial(self._ext_hook, depth=depth),
+            raw=False, strict_map_key=False, use_list=True
         )
 
     def dumps(self, value: Any) -> bytes:
