@@ -14,7 +14,7 @@ import pytest
 
 from statekit import backends
 from statekit.cache import Cache
-from statekit.cache.protocol import CacheBackend, Stored, live
+from statekit.cache.protocol import CacheBackend, Stored, live, persisted
 from statekit.errors import ConfigError
 from statekit.testing.contracts.cache import CacheContract
 
@@ -127,13 +127,16 @@ class DictCacheBackend(CacheBackend):
             self._put(real, item[0], ttl_ms)
             return True
 
-    def persist(self, key: str) -> bool:
+    def persist(self, key: str, now: float) -> bool:
         with self.store.lock:
             real = self._real(key)
             item = self._live(real)
-            if item is None or item[1] is None:
+            if item is None or not live(item[0], now):
                 return False
-            self._put(real, item[0], None)
+            value = persisted(item[0])
+            if item[1] is None and value == item[0]:
+                return False
+            self._put(real, value, None)
             return True
 
     def clear(self) -> None:

@@ -73,7 +73,7 @@ from ..redis import _timed_out, outcome_unknown
 from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_list, get_serializer
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
-from .protocol import ENVELOPE, CacheBackend
+from .protocol import ENVELOPE, CacheBackend, expiry
 from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
@@ -704,13 +704,14 @@ class _CacheCore:
         data, left = rows[0]
         if data is None:
             return None
-        if data[:1] == b"\x02":  # a get_or_set envelope: its own deadline
-            if len(data) <= _ENV_SIZE:  # truncated: get reads it as a miss, so does this
-                self._undecodable(key, SerializationError(f"cache payload of {len(data)} bytes is truncated"))
-                return None
-            remaining = _ENV.unpack_from(data, 1)[0] - _time()
-            return remaining if remaining > 0 else None
-        return math.inf if left is None else left / 1000.0
+        end = expiry(data)  # a get_or_set value's own deadline, read as live() reads it
+        if end == math.inf:  # none of its own (or persisted): how long Redis keeps it
+            return math.inf if left is None else left / 1000.0
+        if end == -math.inf:  # empty or truncated: get reads it as a miss, so does this
+            self._undecodable(key, SerializationError(f"cache payload of {len(data)} bytes is truncated"))
+            return None
+        remaining = end - _time()
+        return remaining if remaining > 0 else None
 
     def _scan(self, pattern: str, state: Any, count: int) -> Plan[tuple[Any, list[str]]]:
         """One page of the keys of this namespace (its current generation) matching the
@@ -806,7 +807,7 @@ class _CacheCore:
     def _persist(self, key: str) -> Plan[bool]:
         self._backend or self._connect()
         try:
-            return bool((yield from self._write("persist", False, self._check_key(key))))
+            return bool((yield from self._write("persist", False, self._check_key(key), _time())))
         finally:
             self._forget(key)
 
@@ -1309,10 +1310,13 @@ class Cache(_CacheCore):
         return drive(self._touch(key, ttl), self._effect)
 
     def persist(self, key: str) -> bool:
-        """Remove *key*'s expiry; ``True`` only if it had one, as Redis' ``PERSIST``
-        (``False`` for a missing key, one with no expiry, or a call dropped during an
-        outage with ``"miss"``). A value of :meth:`get_or_set` keeps its lifetime, as
-        for :meth:`touch`."""
+        """Make *key* never expire; ``True`` only if it had an expiry, as Redis'
+        ``PERSIST`` (``False`` for a missing key, one with no expiry, or a call dropped
+        during an outage with ``"miss"``). A value of :meth:`get_or_set` /
+        :meth:`cached` is made permanent too (as django-redis' ``persist``): from then
+        on it is neither stale nor recomputed, and :meth:`ttl` says ``math.inf``. One
+        past its ttl, kept only to be served stale, is not there (as for :meth:`get`):
+        ``False``, left as it is."""
         return drive(self._persist(key), self._effect)
 
     def clear(self) -> bool:

@@ -35,12 +35,15 @@ TTLs are integer milliseconds; ``None`` means no expiry.
 **Envelopes.** A value :meth:`Cache.get_or_set <statekit.cache.Cache.get_or_set>`
 stored lives in the backend past its ttl, to be served stale while one caller
 recomputes it: its bytes start with ``0x02``, then :data:`ENVELOPE` (its logical
-expiry, epoch seconds, and its compute time). :func:`live` says whether such bytes
-are a value ``get()`` finds; :meth:`CacheBackend.replace` stores only over those.
+expiry, epoch seconds, and its compute time). :func:`expiry` reads that header
+(one reading for every Python caller), :func:`live` says whether such bytes are a
+value ``get()`` finds; :meth:`CacheBackend.replace` stores only over those, and
+:meth:`CacheBackend.persist` makes such a value permanent (:func:`persisted`).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -48,7 +51,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from ..redis.tracking import InvalidationListener
 
-__all__ = ["ENVELOPE", "CacheBackend", "Stored", "live"]
+__all__ = ["ENVELOPE", "CacheBackend", "Stored", "expiry", "live", "persisted"]
 
 #: the header after a get_or_set value's ``0x02`` mark: its logical expiry (epoch
 #: seconds, little-endian double) and compute time (seconds)
@@ -66,15 +69,39 @@ class Stored(NamedTuple):
 MISSING = Stored(None, None)
 
 
+def expiry(data: bytes) -> float:
+    """When stored *data* stops being a value ``get()`` finds (epoch seconds, as
+    ``time.time()``): a get_or_set envelope's logical expiry (``math.inf`` once
+    :meth:`~CacheBackend.persist` made it permanent); ``math.inf`` for any other value;
+    ``-math.inf`` for bytes ``get()`` never finds (empty, or a truncated envelope).
+    Only the header is read, as ``has()`` does."""
+    if not data:
+        return -math.inf
+    if data[0] != 2:
+        return math.inf
+    if len(data) <= 1 + ENVELOPE.size:
+        return -math.inf
+    end: float = ENVELOPE.unpack_from(data, 1)[0]
+    return end
+
+
 def live(data: bytes, now: float) -> bool:
     """Whether stored *data* is a value ``get()`` finds at *now* (``time.time()``):
-    not empty, and not a get_or_set envelope whose logical expiry is *now* or before
-    (nor a truncated one). Only the header is read, as ``has()`` does."""
-    if not data:
-        return False
-    if data[0] != 2:
-        return True
-    return len(data) > 1 + ENVELOPE.size and ENVELOPE.unpack_from(data, 1)[0] > now
+    :func:`expiry` after *now*."""
+    return expiry(data) > now
+
+
+#: a logical expiry that never comes (what :func:`persisted` writes)
+_FOREVER = struct.pack("<d", math.inf)
+
+
+def persisted(data: bytes) -> bytes:
+    """*data* as :meth:`CacheBackend.persist` leaves it: a get_or_set envelope's logical
+    expiry made ``math.inf`` (never due, never stale, as the key it is stored at no
+    longer expires); any other value unchanged."""
+    if data[:1] != b"\x02" or len(data) <= 1 + ENVELOPE.size:
+        return data
+    return data[:1] + _FOREVER + data[1 + len(_FOREVER):]
 
 
 class CacheBackend:
@@ -140,9 +167,12 @@ class CacheBackend:
         missing."""
         raise NotImplementedError(f"{type(self).__name__} must implement touch()")
 
-    def persist(self, key: str) -> bool:
-        """Remove *key*'s TTL; ``True`` only if it had one (``False``: missing, or no
-        expiry), as Redis' ``PERSIST``."""
+    def persist(self, key: str, now: float) -> bool:
+        """Make *key* never expire, in one step, if it holds a value ``get()`` finds at
+        *now* (:func:`live`): remove its TTL, and store a get_or_set value as
+        :func:`persisted` makes it (its logical expiry removed too). ``True`` only if an
+        expiry was removed (``False``: missing, not :func:`live`, or no expiry), as
+        Redis' ``PERSIST``."""
         raise NotImplementedError(f"{type(self).__name__} must implement persist()")
 
     def clear(self) -> None:

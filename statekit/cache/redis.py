@@ -860,9 +860,10 @@ class _RedisCachePlans:
         """:meth:`touch` as a plan."""
         return bool((yield from self._run(b"touch", (key,), (_ttl_arg(ttl_ms),))))
 
-    def plan_persist(self, key: str) -> Plan[bool]:
-        """:meth:`persist` as a plan (``PERSIST`` in the script)."""
-        return bool((yield from self._run(b"persist", (key,), ())))
+    def plan_persist(self, key: str, now: float) -> Plan[bool]:
+        """:meth:`persist` as a plan (the script's ``persist``: ``PERSIST`` of a value
+        live at *now*, a get_or_set value's logical expiry removed in the same step)."""
+        return bool((yield from self._run(b"persist", (key,), (repr(now),))))
 
     def plan_clear(self) -> Plan[None]:
         """:meth:`clear` as a plan."""
@@ -1013,8 +1014,8 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
     def touch(self, key: str, ttl_ms: int | None) -> bool:
         return drive(self.plan_touch(key, ttl_ms), self._do)
 
-    def persist(self, key: str) -> bool:
-        return drive(self.plan_persist(key), self._do)
+    def persist(self, key: str, now: float) -> bool:
+        return drive(self.plan_persist(key, now), self._do)
 
     def clear(self) -> None:
         """Bump the generation (O(1), one command), then let :data:`sweeper` remove

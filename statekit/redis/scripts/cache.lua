@@ -18,16 +18,17 @@ if op == 'sweep' then
   if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[2]) then return -1 end
   return redis.call('UNLINK', unpack(KEYS, 2))
 end
--- whether the name k holds a value get() finds at the caller's clock now (epoch seconds,
--- as text): a value, and if it is a get_or_set envelope ('\2', then its logical expiry as
--- a little-endian IEEE double, then the compute time, then the payload) one whose expiry
--- is after now; a value past it is only kept to be served stale. A truncated envelope,
--- or an empty value, is a miss for get() and here. Only the header is read, as has() does
-local function live(k, now)
+-- when the value at the name k stops being one get() finds (epoch seconds), as
+-- statekit.cache.protocol.expiry: a get_or_set envelope ('\2', then its logical expiry as
+-- a little-endian IEEE double, then the compute time, then the payload) its logical
+-- expiry (a value past it is only kept to be served stale; math.huge once persisted);
+-- any other value math.huge; a missing name, an empty value or a truncated envelope
+-- -math.huge (a miss for get() too). Only the header is read, as has() does
+local function expiry(k)
   local h = redis.call('GETRANGE', k, 0, 17)
-  if h == '' then return false end
-  if string.byte(h, 1) ~= 2 then return true end
-  if #h < 18 then return false end
+  if h == '' then return -math.huge end
+  if string.byte(h, 1) ~= 2 then return math.huge end
+  if #h < 18 then return -math.huge end
   local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(h, 2, 9)
   local e = (b8 % 128) * 16 + math.floor(b7 / 16)
   local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
@@ -36,7 +37,12 @@ local function live(k, now)
   elseif e == 0 then x = m * 2 ^ -1074
   else x = (1 + m / 2 ^ 52) * 2 ^ (e - 1023) end
   if b8 >= 128 then x = -x end
-  return x > tonumber(now)
+  return x
+end
+-- whether the name k holds a value get() finds at the caller's clock now (epoch
+-- seconds, as text)
+local function live(k, now)
+  return expiry(k) > tonumber(now)
 end
 local f = 1
 if ARGV[2] ~= '' then
@@ -106,8 +112,17 @@ elseif op == 'touch' then
   end
   return redis.call('PEXPIRE', r, ARGV[3])
 elseif op == 'persist' then
-  -- PERSIST: 1 only if an expiry was removed (0: missing, or none to remove)
-  return redis.call('PERSIST', KEYS[f])
+  -- the key never expires, if it holds a value get() finds at the caller's clock
+  -- ARGV[3] (else nothing changes: 0): PERSIST, and a get_or_set envelope's logical
+  -- expiry becomes +inf (statekit.cache.protocol.persisted), so it is neither stale
+  -- nor recomputed later. 1 only if an expiry (either) was removed, as PERSIST
+  local r = KEYS[f]
+  local e = expiry(r)
+  if e <= tonumber(ARGV[3]) then return 0 end
+  local removed = redis.call('PERSIST', r)
+  if e == math.huge then return removed end
+  redis.call('SETRANGE', r, 1, '\0\0\0\0\0\0\240\127')
+  return 1
 elseif op == 'fset' then
   -- a flight's store: 'set' of KEYS[f] only while the token ARGV[5] holds the lock
   -- KEYS[f + 1] (a leader whose lease lapsed while it computed must not write over what

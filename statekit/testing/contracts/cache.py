@@ -294,6 +294,36 @@ class CacheContract:
         cache.clear()
         assert cache.persist("c") is False
 
+    def test_persist_makes_a_get_or_set_value_permanent(self, cache: Cache,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        """persist() of a value get_or_set stored means what it means for any key
+        (django-redis: the key never expires): it is never due again, neither stale nor
+        recomputed, however late it is read; a second persist has nothing to remove. A
+        value past its ttl, kept only to be served stale, is not there for persist as
+        for get(): left as it is (``False``)."""
+        import statekit.cache
+
+        calls: list[int] = []
+
+        def compute() -> str:
+            calls.append(1)
+            return "v"
+
+        assert cache.get_or_set("g", compute, ttl=60, stale_ttl=30) == "v"
+        assert cache.get_or_set("s", lambda: "old", ttl=60, stale_ttl=30) == "old"
+        assert cache.persist("g") is True and cache.ttl("g") == math.inf
+        assert cache.persist("g") is False  # nothing left to remove
+        later = time.time() + 86400
+        monkeypatch.setattr(statekit.cache, "_time", lambda: later)
+        assert cache.get("g") == "v" and cache.has("g") and cache.ttl("g") == math.inf
+        assert cache.get_many(["g"]) == {"g": "v"}
+        assert cache.get_or_set("g", compute, ttl=60) == "v" and calls == [1]
+        assert cache.get("s") is None and cache.persist("s") is False  # past its ttl: not there
+        monkeypatch.undo()
+        assert cache.get("s") == "old" and cache.ttl("s") is not None
+        stored = cache._be().get_with_ttl("s")
+        assert stored.ttl_ms is not None  # still expires: persist left it alone
+
     def test_has(self, cache: Cache) -> None:
         assert not cache.has("h")
         cache.set("h", 0)
