@@ -55,7 +55,7 @@ def _race(url: str, flush: Callable[[], object], monkeypatch: pytest.MonkeyPatch
     def after_first_call(real: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
             reply = real(*args)
-            if not done:
+            if not done and args[0] != b"SCAN":  # (the walk's pages go through the transport too)
                 done.append("flushed")
                 flush()  # the counter is gone: generation 0 is the current one again
                 new.set_many(KEYS, ttl=None)  # live values, named as the swept ones were

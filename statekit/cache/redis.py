@@ -386,7 +386,6 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
     :raises BackendUnavailable: Redis failed (what was removed stays removed).
     """
     transport = backend.transport
-    client: Any = transport.client
     removed = 0
     batch: list[str] = []
 
@@ -413,12 +412,16 @@ def sweep(backend: RedisCacheBackend, below: int) -> int:
     with translate_errors("a cache sweep"):
         for head in heads:
             size = len(head.encode())
-            for key in client.scan_iter(match=_glob_escape(head) + "[0-9]*", count=1000):
-                gen, sep, _ = key[size:].partition(b":")
-                if sep and gen.isdigit() and int(gen) < below:
-                    batch.append(key.decode("utf-8", "surrogateescape"))
-                    if len(batch) == CHUNK and not unlink():
-                        return removed
+            match = (_glob_escape(head) + "[0-9]*").encode()
+            cursors: dict[str, int] | None = None
+            while cursors != {}:  # the pattern walk's pages (every primary of a cluster)
+                cursors, names = scan_page(transport, match, 1000, cursors)
+                for key in names:
+                    gen, sep, _ = key[size:].partition(b":")
+                    if sep and gen.isdigit() and int(gen) < below:
+                        batch.append(key.decode("utf-8", "surrogateescape"))
+                        if len(batch) == CHUNK and not unlink():
+                            return removed
             if batch and not unlink():
                 return removed
     return removed
