@@ -222,6 +222,32 @@ def _problem_of(exc: BaseException) -> Problem | None:
     return None
 
 
+def _no_such_database(error: BaseException) -> bool:
+    """Whether the error reply *error* is the server's refusal of a ``SELECT`` of a
+    database it does not have (Redis and Valkey: ``ERR DB index is out of range``)."""
+    return "DB index is out of range" in str(error)
+
+
+def _missing_database(conn: Any, databases: Any) -> ConfigError:
+    """The :class:`~statekit.errors.ConfigError` for the redis-py connection *conn*
+    whose handshake's ``SELECT`` named a database its server does not have: the URL's
+    database number is wrong, which no retry or wait fixes (a
+    :class:`~statekit.errors.BackendUnavailable` would be retried, answered 503 "try
+    again" and open the circuit breaker). *databases* is the server's ``CONFIG GET
+    databases`` reply (``[b"databases", b"16"]``, a RESP3 map, or ``None`` when the
+    server refused it)."""
+    if isinstance(databases, dict):
+        databases = [item for pair in databases.items() for item in pair]
+    count = databases[1] if isinstance(databases, (list, tuple)) and len(databases) == 2 else None
+    count = count.decode() if isinstance(count, bytes) else count
+    if isinstance(count, str) and count.isascii() and count.isdigit() and int(count) > 0:
+        limit = f"it has {count}, 0 to {int(count) - 1} (its 'databases' setting)"
+    else:
+        limit = "it refused the SELECT (its 'databases' setting, 16 unless changed, is the limit)"
+    return ConfigError(f"the Redis URL names database {conn.db}, which the Redis at {conn._host_error()} "
+                       f"does not have: {limit}; fix the URL's /N or ?db=")
+
+
 def unavailable(what: str, message: str, problem: Problem | None) -> BackendUnavailable:
     """The :class:`~statekit.errors.BackendUnavailable` for a failed *what* call."""
     if problem == "authentication":
@@ -266,6 +292,27 @@ class _Rule:
             return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._statekit_setup -= 1
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+        self._statekit_setup += 1
+        try:
+            return super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except _rule().redis.ResponseError as e:
+            if not _no_such_database(e):
+                raise
+            raise _missing_database(self, self._statekit_databases()) from e
+        finally:
+            self._statekit_setup -= 1
+
+    def _statekit_databases(self) -> Any:
+        """The server's ``CONFIG GET databases`` reply on this connection, or ``None``
+        when it refuses it (a managed Redis without ``CONFIG``)."""
+        redis = _rule().redis
+        try:
+            self.send_command("CONFIG", "GET", "databases", check_health=False)  # type: ignore[attr-defined]
+            return self.read_response()  # type: ignore[attr-defined]
+        except redis.RedisError:
+            return None
 
     def disconnect(self, *args: Any, **kwargs: Any) -> Any:
         self._statekit_unread = 0
