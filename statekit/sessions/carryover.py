@@ -110,10 +110,14 @@ def _latin1(text: str, encoding: str = "latin1") -> bytes:
 
 
 def _no_size(kind: type) -> Any:
-    """*kind* (``bytes``, ``bytearray``) from a value, never from a size (``bytes(10**12)``)."""
+    """*kind* (``bytes``, ``bytearray``) from a value, never from a size (``bytes(10**12)``),
+    and from a text only in latin-1, as protocols 0-2 write them: another codec could
+    cost far more than its input (``punycode`` is quadratic: 19 s for an 83 KB pickle)."""
     def make(*args: Any) -> Any:
         if args and isinstance(args[0], int):
             raise pickle.UnpicklingError(f"refused: {kind.__name__} of a size")
+        if len(args) > 2 or len(args) == 2 and str(args[1]).lower() not in ("latin-1", "latin1"):
+            raise pickle.UnpicklingError(f"refused: {kind.__name__} through a codec other than latin-1")
         return kind(*args)
     return make
 
@@ -134,12 +138,21 @@ _REFUSED_OPS = frozenset({"BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1",
                           "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER"})
 
 
+#: opcodes that store into the memo at the index they name
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
 def _check_opcodes(data: bytes) -> None:
     """Refuse :data:`_REFUSED_OPS`, and sizes beyond *data* before the unpickler
-    allocates them (it makes the buffer a length field asks for, then reads)."""
-    for op, _arg, _pos in pickletools.genops(data):
+    allocates them: a length field (it makes the buffer the field asks for, then
+    reads), and a memo index (it grows its memo array to twice the index and clears
+    every entry: ``LONG_BINPUT 2**30``, 12 bytes, was 1 GB). A pickler numbers its
+    memo 0, 1, 2...: an index is below the count of the opcodes before it."""
+    for count, (op, arg, _pos) in enumerate(pickletools.genops(data)):
         if op.name in _REFUSED_OPS:
             raise pickle.UnpicklingError(f"refused: the pickle uses {op.name}")
+        if op.name in _MEMO_PUTS and isinstance(arg, int) and arg > count:
+            raise pickle.UnpicklingError(f"refused: a memo index ({arg}) beyond the pickle's {count} opcodes")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -261,6 +274,8 @@ class CarryOver:
         :class:`~statekit.errors.SerializationError`) gives a fresh session: the
         cookie was the old store's, so it is counted in ``carry_over_refused`` and
         logged once to ``statekit.security`` (with the reason), not as a rejected cookie.
+        So does a session it decodes whose values statekit cannot store (logged to
+        ``statekit.sessions``).
 
         :raises BackendUnavailable: statekit's Redis, or the old store while reading,
             is unreachable (an old entry that cannot be deleted is only logged: it
@@ -290,9 +305,10 @@ class CarryOver:
             for key, value in data.items():
                 session[key] = value
         except (SerializationError, TypeError, ValueError) as e:
+            # the cookie named an old session: a refusal, not a rejected cookie
             store.counters.incr("carry_over_refused")
             _log.warning("an old %s session was not carried over: %s", self.previous.name, e)
-            return None
+            return store.new()
         yield from store._save_steps(session, True)
         seen = yield call("claim", self._claim_key(store, cookie, store._secret),
                           self._seal(store, cookie, session.sid, now()), max(1, int(self.claim_ttl * 1000)))

@@ -1,0 +1,175 @@
+"""Review 15 (security): session carry-over attacked by a hostile user (the cookie) and
+a hostile co-tenant of the old Redis (the value under the old key), on real servers:
+a pickle that would run code never runs, opted in or not; the plain-data pickle
+reader allocates and computes no more than its bytes; a value statekit cannot store is
+a refusal, not a rejected cookie."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import threading
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import redis
+
+from statekit.errors import SerializationError
+from statekit.sessions import SessionStore
+from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, loads_plain_pickle
+
+SECRET = "review15-old-app-secret-0123456789"
+
+
+class _Bomb:
+    """A pickle that creates *path* when unpickled by ``pickle.loads``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.fixture
+def old(redis_url: str) -> Iterator[redis.Redis]:
+    """The old Flask-Session Redis: another database of the test server."""
+    client = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/2")
+    yield client
+    client.close()
+
+
+def _store(redis_url: str) -> SessionStore:
+    return SessionStore(redis_url, secret_keys=["k" * 32], user_key="_user_id",
+                        key_prefix=f"review15-{uuid.uuid4().hex}")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("plain_pickle", [False, True], ids=["pickle-off", "pickle-on"])
+@pytest.mark.parametrize("use_signer", [False, True], ids=["plain-id", "signed-id"])
+@pytest.mark.parametrize("where", ["top", "nested", "protocol0"])
+def test_a_pickle_bomb_under_the_old_key_never_runs(redis_url: str, old: redis.Redis, tmp_path: Path,
+                                                     use_signer: bool, plain_pickle: bool,
+                                                     where: str) -> None:
+    """The bomb (``os.system('touch ...')``) under ``session:<sid>`` and the cookie that
+    names it (signed with the old app's key when the signer was on): a fresh session,
+    counted as a refused carry-over; the file is never created, the old entry kept."""
+    marker = tmp_path / "pwned"
+    bomb: Any = {"top": _Bomb(marker), "nested": {"_user_id": "eve", "x": [_Bomb(marker)]},
+                 "protocol0": {"_user_id": "eve", "x": _Bomb(marker)}}[where]
+    sid = uuid.uuid4().hex
+    old.set("session:" + sid, pickle.dumps(bomb, 0 if where == "protocol0" else 5))
+    previous = FlaskSessionRedis(client=old, secret_keys=[SECRET], use_signer=use_signer,
+                                 plain_pickle=plain_pickle)
+    store = _store(redis_url)
+    store.carry_over = CarryOver(previous)
+    cookie = previous._signers[0].sign(sid).decode() if use_signer else sid
+    session = store.open(cookie)
+    assert session.new and dict(session) == {}
+    assert not marker.exists()
+    assert store.counters.get("carry_over_refused") == 1 and store.counters.get("carried_over") == 0
+    assert old.exists("session:" + sid)
+
+
+def test_a_memo_index_far_beyond_the_pickle_allocates_nothing() -> None:
+    """``LONG_BINPUT 2**22`` in a 12-byte pickle: the unpickler grew its memo array to
+    that index (8 bytes an entry, each one written: a 12-byte value of 2**30 took 1 GB
+    and 0.7 s); the pickler numbers its memo 0, 1, 2..., so an index beyond the
+    opcodes before it is refused before anything is unpickled."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(SerializationError, match="memo"):
+            loads_plain_pickle(b"\x80\x02}r" + struct.pack("<I", 2**22) + b".")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+@pytest.mark.parametrize("encoding", ["punycode", "idna", "utf-7", "rot13"])
+@pytest.mark.parametrize("name", [b"bytes", b"bytearray"])
+def test_bytes_through_a_codec_other_than_latin1_is_refused(name: bytes, encoding: str) -> None:
+    """``bytes(text, 'punycode')`` is quadratic in the text (an 83 KB pickle took 19 s
+    of CPU): the plain-data reader lets ``bytes`` and ``bytearray`` take a text only
+    with latin-1, the one encoding protocols 0-2 write."""
+    text = "\u0101" * 200
+    data = (b"\x80\x02c__builtin__\n" + name + b"\nX" + struct.pack("<I", len(text.encode())) + text.encode()
+            + b"X" + struct.pack("<I", len(encoding)) + encoding.encode() + b"\x86R.")
+    with pytest.raises(SerializationError, match="refused"):
+        loads_plain_pickle(data)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_bytes_and_bytearrays_of_every_protocol_still_load(protocol: int) -> None:
+    value = {"b": b"\x00\xff", "a": bytearray(b"\x00\xffz"), "e": b"", "ea": bytearray()}
+    assert loads_plain_pickle(pickle.dumps(value, protocol)) == value
+    # Python 2's bytearray: bytearray(u'...', 'latin-1')
+    assert loads_plain_pickle(b"c__builtin__\nbytearray\n(V\\u00ff\nVlatin-1\ntR.") == bytearray(b"\xff")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("value", [msgpack.packb({"_user_id": "eve", "x": msgpack.ExtType(42, b"zz")}),
+                                   b"\x82" + msgpack.packb("_user_id") + msgpack.packb("eve")
+                                   + msgpack.packb("x") + b"\x91" * 900 + b"\x90"],
+                         ids=["msgpack-ext", "msgpack-900-deep"])
+def test_a_value_statekit_cannot_store_is_a_refusal_not_a_rejected_cookie(
+        redis_url: str, old: redis.Redis, value: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A Flask-Session value that decodes but that statekit cannot store (a msgpack ext
+    type, lists nested deeper than the session codec writes): the cookie verified and
+    named an old session, so it is a refused carry-over (a fresh session, counted once),
+    not a 'rejected session cookie: bad signature' counted in ``rejected_cookies``."""
+    sid = uuid.uuid4().hex
+    old.set("session:" + sid, value)
+    store = _store(redis_url)
+    store.carry_over = CarryOver(FlaskSessionRedis(client=old))
+    with caplog.at_level(logging.WARNING):
+        session = store.open(sid)
+    assert session.new and dict(session) == {}
+    assert store.counters.get("carry_over_refused") == 1 and store.counters.get("rejected_cookies") == 0
+    assert "rejected session cookie" not in caplog.text
+    assert old.exists("session:" + sid)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("delete", [True, False], ids=["delete", "keep"])
+def test_two_tabs_carry_one_old_cookie_over_into_one_session(redis_url: str, old: redis.Redis,
+                                                             delete: bool) -> None:
+    """Two requests with the same old cookie, both past the old-store read before
+    either claims it: one statekit session (the loser's own is destroyed), counted
+    once; the old entry deleted with ``delete=True``, left to expire otherwise."""
+    sid = uuid.uuid4().hex
+    old.set("session:" + sid, msgpack.packb({"_user_id": "alice", "cart": ["apple"]}))
+    previous = FlaskSessionRedis(client=old)
+    store = _store(redis_url)
+    store.carry_over = CarryOver(previous, delete=delete)
+    both_read = threading.Barrier(2, timeout=30)
+    read = previous.read
+
+    def read_together(cookie: str) -> Any:
+        data = read(cookie)
+        both_read.wait()
+        return data
+
+    previous.read = read_together  # type: ignore[method-assign]
+    sessions: list[Any] = [None, None]
+
+    def run(i: int) -> None:
+        sessions[i] = store.open(sid)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(s is not None and dict(s) == {"_user_id": "alice", "cart": ["apple"]} for s in sessions)
+    assert sessions[0].sid == sessions[1].sid
+    assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
+    assert store.counters.get("carried_over") == 1
+    assert old.exists("session:" + sid) == (not delete)
