@@ -4,7 +4,7 @@ A backend is named by a URL; its scheme picks the backend and its query string s
 options, each checked against a typed table (the way redis-py's ``parse_url`` does)::
 
     redis://[[user]:password@]host[:port][/db][?socket_timeout=0.5&max_connections=50]
-    rediss://...                              TLS; ssl_cert_reqs, ssl_ca_certs
+    rediss://...                              TLS; ssl_cert_reqs, ssl_check_hostname, ssl_ca_certs
     unix:///run/redis.sock[?db=0]
     redis+sentinel://[:password@]h1:p1,h2:p2/service[/db]
     redis+cluster://[:password@]h1:p1,h2:p2
@@ -230,6 +230,7 @@ _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "client_name": _client_name,
     "protocol": lambda raw: int(_choice("protocol", "2", "3")(raw)),
     "ssl_cert_reqs": _choice("ssl_cert_reqs", "none", "optional", "required"),
+    "ssl_check_hostname": _boolean("ssl_check_hostname"),
     "ssl_ca_certs": _text("ssl_ca_certs"),
     "ssl_certfile": _text("ssl_certfile"),
     "ssl_keyfile": _text("ssl_keyfile"),
@@ -239,7 +240,8 @@ _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 #: options that only one scheme uses (the others' clients would drop them unsaid)
 _SCHEME_ONLY = {
-    **dict.fromkeys(("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"), "rediss"),
+    **dict.fromkeys(("ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"),
+                    "rediss"),
     "sentinel_password": "redis+sentinel",
 }
 #: options a scheme's client has no use for (redis-py's cluster client: no health checks)
@@ -579,6 +581,10 @@ def _parse_redis(
         db = int(segments[0])
     if scheme == "redis+cluster" and db:
         raise ConfigError("Redis Cluster has only database 0")
+    if options.get("ssl_check_hostname") and options.get("ssl_cert_reqs") == "none":
+        # redis-py drops the check then: no certificate is verified at all
+        raise ConfigError("option ssl_check_hostname=true checks the certificate's host name, which "
+                          "ssl_cert_reqs=none does not verify: drop one of them")
     return BackendURL(scheme, url, hosts=hosts, db=db or 0, service=service,
                       username=username, password=password, options=options)
 

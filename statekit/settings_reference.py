@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DYNAMIC", "SETTINGS", "Setting", "main", "render"]
+__all__ = ["DYNAMIC", "SETTINGS", "URL_OPTIONS", "Setting", "UrlOption", "main", "render"]
 
 #: who reads a setting
 READERS = {
@@ -229,6 +229,87 @@ DYNAMIC: dict[str, str] = {
     "AWS_": "`AWS_REQUEST_CHECKSUM_CALCULATION`, `AWS_RESPONSE_CHECKSUM_VALIDATION`",
 }
 
+
+
+@dataclass(frozen=True)
+class UrlOption:
+    """One option of a backend URL's query string (``?socket_timeout=0.5``), as
+    :mod:`statekit.config` parses it. ``urls`` says which URLs take it: ``"Redis"``
+    (every Redis scheme), or one scheme such as ``"rediss://"``."""
+
+    name: str
+    urls: str
+    type: str
+    default: str
+    doc: str
+
+
+_REDIS = "Redis"
+_BOOL = "boolean"
+
+#: every URL option :func:`statekit.config.parse_url` takes (the test checks both agree)
+URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
+    ("db", _REDIS, "0 to 1000000", "0", "the database (as the URL's `/N`; not both)"),
+    ("socket_timeout", _REDIS, "seconds (at most 86400)", "1", "wait for a reply"),
+    ("socket_connect_timeout", _REDIS, "seconds (at most 86400)", "1", "wait for a connection"),
+    ("health_check_interval", "Redis, not `redis+cluster://`", "seconds (0 to 86400)", "30",
+     "`PING` a connection idle this long before using it (0: never)"),
+    ("max_connections", _REDIS, "1 to 1000000", "redis-py's (no limit; asyncio: 72)",
+     "connections in the pool"),
+    ("retries", _REDIS, "0 to 100", "2", "new attempts of a command that was not sent (never of one "
+     "whose outcome is unknown)"),
+    ("retry_backoff_cap", _REDIS, "seconds (at most 86400)", "0.25", "longest wait between two attempts"),
+    ("client_name", _REDIS, "printable ASCII, no spaces", "none", "`CLIENT SETNAME` of every connection"),
+    ("protocol", _REDIS, "`2`, `3`", "`2`", "RESP version"),
+    ("username", _REDIS, "text", "the URL's user", "ACL user (instead of the URL's)"),
+    ("password", _REDIS, "text", "the URL's password",
+     "password (instead of the URL's; a `&` in it written `%26`)"),
+    ("ssl_cert_reqs", "`rediss://`", "`none`, `optional`, `required`", "`required`",
+     "verify the server's certificate"),
+    ("ssl_check_hostname", "`rediss://`", _BOOL, "true",
+     "the certificate must name the URL's host; `false` for a managed Redis reached by IP or "
+     "through a tunnel (the certificate is still verified; refused with `ssl_cert_reqs=none`)"),
+    ("ssl_ca_certs", "`rediss://`", "path", "the system's CAs", "CA bundle that verifies the server"),
+    ("ssl_certfile", "`rediss://`", "path", "none", "client certificate"),
+    ("ssl_keyfile", "`rediss://`", "path", "none", "client certificate's key"),
+    ("sentinel_password", "`redis+sentinel://`", "text", "none", "password of the sentinels"),
+    ("endpoint_url", "`s3://`", "http(s) URL", "AWS", "S3-compatible endpoint (MinIO, R2, ...)"),
+    ("public_endpoint_url", "`s3://`", "http(s) URL", "`endpoint_url`",
+     "the endpoint presigned download URLs name (what browsers reach)"),
+    ("region", "`s3://`", "region name", "boto3's", "the bucket's region"),
+    ("addressing_style", "`s3://`", "`auto`, `path`, `virtual`", "`auto`", "bucket in the path or the host"),
+    ("connect_timeout", "`s3://`", "seconds (at most 86400)", "5", "wait for a connection"),
+    ("read_timeout", "`s3://`", "seconds (at most 86400)", "60", "wait for a reply"),
+    ("retries", "`s3://`", "0 to 20", "3", "boto3's standard-mode retries"),
+    ("multipart_threshold", "`s3://`", "size", "`part_size`", "uploads from this size go in parts"),
+    ("part_size", "`s3://`", "size", "5MiB", "size of an upload's parts"),
+    ("max_concurrency", "`s3://`", "1 to 64", "2", "parts uploaded at once"),
+    ("profile", "`s3://`", "text", "none", "AWS profile of the credentials"),
+    ("checksum", "`s3://`", "`sha256`, `none`", "`sha256`", "checksum sent with each upload"),
+    ("conditional_writes", "`s3://`", _BOOL, "true",
+     "`If-None-Match` uploads (never overwrite); off for a store without them"),
+    ("request_checksum_calculation", "`s3://`", "`when_supported`, `when_required`",
+     "`when_required` outside AWS", "boto3's upload checksums"),
+    ("response_checksum_validation", "`s3://`", "`when_supported`, `when_required`",
+     "`when_required` outside AWS", "boto3's download checks"),
+    ("fsync", "`file://`", _BOOL, "true", "flush each blob to disk before it is visible"),
+    ("create", "`file://`", _BOOL, "false", "make the directory if missing"),
+    ("file_mode", "`file://`", "octal mode", "`0640`", "permissions of stored files"),
+))
+
+_URL_HEAD = """
+## URL options
+
+A backend URL's query string sets options (`redis://h:6379/0?socket_timeout=0.5`). An
+unknown option, or one the URL's backend would drop (`ssl_*` outside `rediss://`), is
+a `ConfigError` naming it, as is a malformed value; booleans are `1/true/yes/on` or
+`0/false/no/off`, sizes take `10MiB`-style units. In a password write `?` as `%3F`,
+`#` as `%23`, `/` as `%2F`.
+
+| option | URLs | type | default | what it does |
+|---|---|---|---|---|
+"""
+
 _HEAD = """\
 # Settings reference
 
@@ -272,6 +353,10 @@ def render() -> str:
                 env = f"`{s.env}`" if s.env else ""
                 parts.append(f"| `{s.name}` | {_cell(s.type)} | {_cell(s.default)} | {_cell(s.doc)} | "
                              f"{_cell(env)} | {', '.join(s.read_by)} |\n")
+    parts.append(_URL_HEAD)
+    for o in URL_OPTIONS:
+        cells = " | ".join(_cell(text) for text in (o.urls, o.type, o.default, o.doc))
+        parts.append(f"| `{o.name}` | {cells} |\n")
     return "".join(parts)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from statekit.cache import Cache
-from statekit.config import Settings
+from statekit.config import Settings, parse_url
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle
@@ -100,3 +101,67 @@ def test_async_a_database_the_server_does_not_have(four_dbs: RedisServer) -> Non
 
     asyncio.run(main())
 
+
+# -- ssl_check_hostname -------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_ssl_check_hostname_false_reaches_a_server_by_a_name_its_certificate_lacks(
+        server: RedisServer, tmp_path: Path) -> None:
+    """The suite's TLS Redis (a TLS proxy whose certificate names 127.0.0.1 only)
+    reached as 'localhost', as a managed Redis through a tunnel: refused with the
+    host name checked (the default), served with ?ssl_check_hostname=false, sync and
+    asyncio. The certificate is still verified: another CA's is refused."""
+    from test_redis_helpers import self_signed, tls_url
+
+    from statekit.cache.aio import AsyncCache
+
+    with tls_url(server, tmp_path) as url:
+        by_name = url.replace("://127.0.0.1:", "://localhost:") + "&ssl_cert_reqs=required"
+        with pytest.raises(BackendUnavailable, match="Hostname mismatch"):
+            Cache(by_name).get("k")
+        cache = Cache(by_name + "&ssl_check_hostname=false")
+        cache.set("tls-k", 1)
+        assert cache.get("tls-k") == 1
+
+        async def main() -> object:
+            return await AsyncCache(by_name + "&ssl_check_hostname=0").get("tls-k")
+
+        assert asyncio.run(main()) == 1
+        (tmp_path / "other").mkdir()
+        other_ca, _ = self_signed(tmp_path / "other")
+        cert = url.partition("ssl_ca_certs=")[2]
+        with pytest.raises(BackendUnavailable, match="certificate verify failed"):
+            Cache(by_name.replace(cert, other_ca) + "&ssl_check_hostname=false").get("k")
+
+
+def test_ssl_check_hostname_is_a_boolean_of_rediss_urls() -> None:
+    """Parsed as the other boolean options; refused where it does nothing (not TLS,
+    or with ssl_cert_reqs=none, which verifies nothing: redis-py drops the check)."""
+    assert parse_url("rediss://h/0?ssl_check_hostname=FALSE").options["ssl_check_hostname"] is False
+    assert parse_url("rediss://h/0?ssl_check_hostname=on").options["ssl_check_hostname"] is True
+    with pytest.raises(ConfigError, match="option ssl_check_hostname='nope' must be true or false"):
+        parse_url("rediss://h/0?ssl_check_hostname=nope")
+    with pytest.raises(ConfigError, match="'ssl_check_hostname' needs a rediss:// URL"):
+        parse_url("redis://h/0?ssl_check_hostname=false")
+    with pytest.raises(ConfigError, match="ssl_cert_reqs=none does not verify"):
+        parse_url("rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=true")
+    assert parse_url("rediss://h/0?ssl_cert_reqs=none&ssl_check_hostname=false").options == {
+        "ssl_cert_reqs": "none", "ssl_check_hostname": False}
+
+
+def test_every_url_option_is_in_the_settings_reference() -> None:
+    """docs/settings.md's URL options table (statekit.settings_reference.URL_OPTIONS)
+    lists exactly the options parse_url takes, each for the URLs that take it: an
+    option added without its line fails here (ssl_check_hostname had none anywhere)."""
+    from statekit.config import _OPTION_TABLES, _SCHEME_ONLY
+    from statekit.settings_reference import URL_OPTIONS
+
+    kinds = {"redis": "Redis", "s3": "`s3://`", "file": "`file://`"}
+    for scheme, kind in kinds.items():
+        documented = {o.name: o.urls for o in URL_OPTIONS
+                      if o.urls.startswith(kind) or (kind == "Redis" and o.urls.startswith("`red"))}
+        assert set(documented) == set(_OPTION_TABLES[scheme]), scheme
+        for name, urls in documented.items():
+            only = _SCHEME_ONLY.get(name) if scheme == "redis" else None
+            assert urls.startswith(f"`{only}://`" if only else kind), name
