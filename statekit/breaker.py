@@ -164,12 +164,16 @@ class CircuitBreaker:
                 self._trial_running = False
 
     def reset(self) -> None:
-        """Close the breaker and forget past failures."""
+        """Close the breaker and forget past failures (a transition, told to
+        ``on_change`` as any other, if it was not closed)."""
         with self._lock:
+            changed = self._state != CLOSED
             self._state = CLOSED
             self._failures = 0
             self._trial_running = False
             self.epoch += 1
+        if changed:
+            self._notify(CLOSED)
 
     def _notify(self, state: str) -> None:
         if self._on_change is not None:
