@@ -882,7 +882,10 @@ class AsyncTransport:
 
     async def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
         """Run *script* by ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed server:
-        nothing ran) load it and run it again. Errors as :meth:`command`."""
+        nothing ran) load it and run it again. Cluster: loaded on the primary of its
+        first key (keyless: a random primary) and run again there, loaded on the
+        other primaries in the background (:meth:`_load_elsewhere`). Errors as
+        :meth:`command`."""
         evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
         no_script = self._redis.exceptions.NoScriptError
         async with self._gate:
@@ -893,10 +896,12 @@ class AsyncTransport:
                     node = None
                     if self.cluster:  # the node that will run it, and every other primary
                         client = self.client
-                        node = client.get_node_from_key(keys[0]) if keys else client.get_random_node()
+                        node = client.get_node_from_key(keys[0]) if keys else client.get_random_primary_node()
                         self._load_elsewhere(script, node)
                     await self._through_client((b"SCRIPT", b"LOAD", script.source), node=node)
-                    return await self._through_client(evalsha)
+                    # keyless: redis-py sends it to a random primary, which the
+                    # background load may not have reached yet: run it where it was loaded
+                    return await self._through_client(evalsha, node=None if keys else node)
             try:
                 return await self._run(evalsha, keep=no_script)
             except no_script:
