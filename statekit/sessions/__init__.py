@@ -175,7 +175,7 @@ from ..config import Settings
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from ..metrics import Counters
 from ..serializers import Serializer, _key_list, get_serializer
-from .protocol import IndexOp, Result, SessionEngine, Status
+from .protocol import IndexOp, NotSent, Result, SessionEngine, Status
 from .session import Session, SessionInfo
 
 if TYPE_CHECKING:
@@ -680,8 +680,13 @@ class _StoreCore:
         if session.new:
             dels += [f for f in pending or () if f not in sets]  # set then, no longer held
             session._pending = {**(pending or {}), **sets}
-        result = yield from self._write_steps(session, sets, dels, max(1, int(ttl * 1000)), t, user,
-                                              self._pending_user(pending))
+        try:
+            result = yield from self._write_steps(session, sets, dels, max(1, int(ttl * 1000)), t, user,
+                                                  self._pending_user(pending))
+        except NotSent:
+            if session.new:
+                session._pending = pending  # this create reached no backend: stored as before it
+            raise
         session._pending = None
         if result.status is Status.EXISTS:
             raise SessionError("session id collision; refusing to overwrite")

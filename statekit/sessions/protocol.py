@@ -27,7 +27,11 @@ and returns :attr:`Status.GONE`; a write to an alias changes nothing and returns
 
 **Failures.** A backend that cannot be reached (or times out, or refuses service)
 raises :class:`~statekit.errors.BackendUnavailable`; a write whose outcome is
-unknown (sent, no reply) is never sent again by the engine. Bad input is a
+unknown (sent, no reply) is never sent again by the engine. A ``write`` that
+certainly reached no backend (refused before anything was sent) may raise
+:class:`NotSent`, a ``BackendUnavailable``: the store then knows a new session's
+create was not stored (any other failure of a create counts as maybe stored:
+:attr:`Session.maybe_stored <statekit.sessions.Session.maybe_stored>`). Bad input is a
 :class:`~statekit.errors.SessionError` (an increment of a value that is no integer).
 """
 
@@ -39,7 +43,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AsyncSessionEngine", "IndexOp", "Result", "SessionEngine", "Status"]
+from ..errors import BackendUnavailable
+
+__all__ = ["AsyncSessionEngine", "IndexOp", "NotSent", "Result", "SessionEngine", "Status"]
+
+
+class NotSent(BackendUnavailable):
+    """An engine call failed before anything of it reached the backend (the connection
+    refused, a pooled socket found closed and the reconnect refused): nothing was
+    applied. Raised by the Redis engines' ``write`` and ``rotate``; an engine that
+    cannot tell raises a plain :class:`~statekit.errors.BackendUnavailable` (the
+    outcome then counts as unknown)."""
 
 
 class Status(enum.Enum):

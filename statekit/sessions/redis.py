@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 from .._settle import settle
 from ..cache.near import NearCache
 from ..config import parse_url
-from ..errors import ConfigError, SessionError
+from ..errors import BackendUnavailable, ConfigError, SessionError
 from ..metrics import Counters
-from ..redis import RedisClient, get_client, memory_client, translate_errors
+from ..redis import RedisClient, get_client, memory_client, outcome_unknown, translate_errors
 from ..redis.scripts import Script, load
 from ..redis.tracking import InvalidationListener
 from ..redis.transport import RedisReplyError, Transport
-from .protocol import DONE, EXISTS, GONE, IndexOp, Result, Status
+from .protocol import DONE, EXISTS, GONE, IndexOp, NotSent, Result, Status
 
 if TYPE_CHECKING:
     from ..redis.aio import AsyncTransport
@@ -373,6 +373,16 @@ def _listing(members: Sequence[str], rows: Sequence[Any]) -> list[tuple[str, Map
             for m, row in zip(members, rows, strict=True) if row[0] is not None]
 
 
+def _unsent_async(error: BackendUnavailable) -> bool:
+    """Whether the async transport raised *error* for a command it never sent: it
+    raises that error while handling its ``_Unsent`` (a failure before sending, or a
+    reply saying nothing was applied, retried until the retries ran out); one sent
+    without a reply is raised from the redis-py error itself."""
+    from ..redis.aio import _Unsent
+
+    return isinstance(error.__context__, _Unsent)
+
+
 async def _finish(step: Coroutine[Any, Any, None]) -> None:
     """Run *step* to its end even if the caller is cancelled meanwhile (its client
     went away; :func:`statekit._settle.settle`), then raise the first cancellation:
@@ -468,7 +478,12 @@ class RedisEngine(_Layout):
         is not refused for the stored user (:meth:`_index_again`): its reply and the
         index operation it applied."""
         for tries in range(_INDEX_TRIES, 0, -1):
-            reply = self._script(script, *call(index))
+            try:
+                reply = self._script(script, *call(index))
+            except BackendUnavailable as e:
+                if outcome_unknown(e):  # the rule's mark of a command sent without a reply
+                    raise
+                raise NotSent(str(e)) from e
             again = self._index_again(index, reply, tries, changes_user)
             if again is None:
                 return reply, index
@@ -663,7 +678,12 @@ class AsyncRedisEngine(_Layout):
         Cluster makes after the script: run to its end even if this request is
         cancelled meanwhile (:func:`_finish`). The script's reply and its result."""
         for tries in range(_INDEX_TRIES, 0, -1):
-            reply = await transport.script(script, *call(index))
+            try:
+                reply = await transport.script(script, *call(index))
+            except BackendUnavailable as e:
+                if not _unsent_async(e):
+                    raise
+                raise NotSent(str(e)) from e
             again = self._index_again(index, reply, tries, changes_user)
             if again is None:
                 break

@@ -184,7 +184,9 @@ class Session(dict[str, Any]):
         :attr:`sid`. The next :meth:`SessionStore.save` sends the same create, never a
         second session; an adapter answering 503 may send the cookie anyway, so the
         browser's retry continues this session if it was stored (else that cookie
-        opens a fresh one)."""
+        opens a fresh one). A create the engine refused before sending it
+        (:class:`~statekit.sessions.protocol.NotSent`: the connection refused) is
+        certainly not stored: this stays false."""
         return self.new and self._pending is not None
 
     @property
