@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from statekit.cache.aio import AsyncCache
+from statekit.embedded import RedisCluster as RedisClusterServers
+from statekit.embedded import RedisServer
+from statekit.pytest_plugin import redis_command_calls
+from statekit.redis import create_client
 from statekit.redis.aio import AsyncTransport, create_async_client
 from statekit.redis.scripts import Script
+from statekit.testing.loop import LoopLag
 
 pytestmark = pytest.mark.redis
 
@@ -51,6 +60,522 @@ def test_cluster_keyless_script_runs_on_the_primary_it_was_just_loaded_on(redis_
         finally:
             held.set()
             await t.aclose()
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Wait (polling the loop) until *cond()*; fail naming *what* after *timeout*."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def _transport(cache: AsyncCache, connections: int = 8) -> AsyncTransport:
+    """*cache*'s transport on this loop, with *connections* connected and kept (a
+    call on a stopped server then needs no handshake: it is sent at once)."""
+    backend = cache._backend
+    assert backend is not None
+    t = backend.transport.current()
+    await asyncio.gather(*[t.command(b"PING") for _ in range(connections)])
+    assert len(t._idle) >= connections
+    return t
+
+
+def _chain(task: asyncio.Future[Any]) -> list[str]:
+    """The coroutines *task* is suspended in, outermost first."""
+    coro: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    names = []
+    while getattr(coro, "cr_code", None) is not None:
+        names.append(coro.cr_code.co_name)
+        coro = coro.cr_await
+    return names
+
+
+def _awaits(task: asyncio.Future[Any], name: str) -> bool:
+    """Whether *task* is suspended in a coroutine called *name*."""
+    return name in _chain(task)
+
+
+def _replies_awaited() -> bool:
+    """Whether every other task of the loop awaits a reply (``read_response``) or
+    tasks that do (a Cluster pipeline's ``gather`` of one task per node)."""
+    me = asyncio.current_task()
+    chains = [_chain(t) for t in asyncio.all_tasks() if t is not me]
+    return bool(chains) and all("read_response" in c or c[-1:] == ["_execute"] for c in chains)
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _all_replies_own(cache: AsyncCache, values: dict[str, str], rounds: int = 10) -> None:
+    """Many concurrent gets and get_manys on the same pool: each reply its own."""
+    names = sorted(values)
+    calls: list[Awaitable[Any]] = []
+    wanted: list[Any] = []
+    for r in range(rounds):
+        for i, name in enumerate(names):
+            calls.append(cache.get(name))
+            wanted.append(values[name])
+            if (i + r) % 3 == 0:
+                pair = [name, names[(i + r) % len(names)]]
+                calls.append(cache.get_many(pair))
+                wanted.append({k: values[k] for k in pair})
+    assert await asyncio.gather(*calls) == wanted
+
+
+class HoldingProxy:
+    """A loopback TCP proxy in front of a Redis: client to server passes freely;
+    server to client passes at most :attr:`budget` more bytes once one is set, then
+    holds (:attr:`held` set) until :meth:`release`. Every byte it holds is passed on
+    after the release, unless its client closed meanwhile."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.budget: int | None = None
+        self.held = asyncio.Event()
+        self._released = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> HoldingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def hold_after(self, count: int) -> None:
+        self.budget = count
+        self.held.clear()
+        self._released.clear()
+
+    def release(self) -> None:
+        self.budget = None
+        self._released.set()
+
+    async def _serve(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        sreader, swriter = await asyncio.open_connection("127.0.0.1", self.target)
+        for pipe in (self._pipe(creader, swriter, False), self._pipe(sreader, cwriter, True)):
+            task = asyncio.ensure_future(pipe)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limited: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                while limited and data and self.budget is not None:
+                    if self.budget == 0:
+                        self.held.set()
+                        await self._released.wait()
+                        continue
+                    part, data = data[:self.budget], data[self.budget:]
+                    self.budget -= len(part)
+                    writer.write(part)
+                if data:
+                    writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+
+# -- a call cancelled at each point, then other calls on the same pool ------------------------
+
+CALLS: dict[str, Callable[[AsyncCache], Awaitable[Any]]] = {
+    "get": lambda c: c.get("k0"),
+    "get_many": lambda c: c.get_many(["k1", "k2"]),
+    "set": lambda c: c.set("k3", "written by a cancelled set"),
+    "incr": lambda c: c.incr("n"),
+}
+
+
+def test_cache_calls_cancelled_awaiting_their_replies_leave_every_later_reply_its_own(
+        server: RedisServer) -> None:
+    """get, get_many, set and incr each sent and awaiting its reply on a stopped
+    Redis (SIGSTOP), each on its own connection, then cancelled (a client gone, a
+    timeout around the call). After the server resumes, the late replies are never
+    read as the replies of the calls that follow on the same pool: 300 of them, each
+    its own value. The cancelled writes are sent once: the set's value is the old or
+    the new one, the counter moved by the INCRBYs the server saw, at most one."""
+    values = {f"k{i}": f"value of k{i}" for i in range(10)}
+
+    async def main() -> None:
+        cache = AsyncCache(f"{server.url}?socket_timeout=30")
+        admin = server.client()
+        try:
+            await cache.set_many(values)
+            await cache.set("n", 5)
+            t = await _transport(cache)
+            admin.config_resetstat()
+            server.pause()
+            try:
+                tasks = []
+                for name, call in CALLS.items():
+                    awaited = len(t._watched)
+                    tasks.append(asyncio.ensure_future(call(cache)))
+                    await _until(lambda awaited=awaited: len(t._watched) > awaited, f"{name} sent")
+                for task in tasks:
+                    await _cancelled(task)
+                assert not t._watched  # every cancelled call's connection dropped
+            finally:
+                server.resume()
+            await _all_replies_own(cache, {k: v for k, v in values.items() if k != "k3"})
+            assert await cache.get("k3") in (values["k3"], "written by a cancelled set")
+            calls = redis_command_calls(admin)
+            assert calls.get("incrby", 0) <= 1  # never sent again
+            assert await cache.get("n") == 5 + calls.get("incrby", 0)
+        finally:
+            await cache.aclose()
+            admin.close()
+
+    asyncio.run(main())
+
+
+def test_cache_get_cancelled_half_way_through_a_large_reply(server: RedisServer) -> None:
+    """A get of a 4 MB value cancelled after 64 KB of its reply were read (a proxy
+    holds the rest): its connection is dropped, so the rest of that reply is never
+    read as a later call's: the next gets on the pool read their own values, the
+    large one too."""
+    big = "x" * (4 << 20)
+
+    async def main() -> None:
+        async with HoldingProxy(server.port) as proxy:
+            cache = AsyncCache(f"redis://127.0.0.1:{proxy.port}?socket_timeout=30")
+            try:
+                await cache.set_many({"big": big, "small": "small value"})
+                t = await _transport(cache)
+                proxy.hold_after(64 << 10)
+                task = asyncio.ensure_future(cache.get("big"))
+                await asyncio.wait_for(proxy.held.wait(), 20)
+                assert len(t._watched) == 1  # reading its reply
+                await _cancelled(task)
+                proxy.release()
+                assert await asyncio.gather(cache.get("small"), cache.get("big"), cache.get("small")) == \
+                    ["small value", big, "small value"]
+            finally:
+                await cache.aclose()
+
+    asyncio.run(main())
+
+
+def test_cache_set_cancelled_while_its_large_command_is_written_is_never_applied(server: RedisServer) -> None:
+    """A set of a 24 MB value cancelled while the socket still holds part of the
+    command (the server stopped): the connection is aborted, not closed, so the rest
+    is dropped rather than written after the caller was told it was cancelled; the
+    server never runs it once resumed. Later calls read their own replies."""
+    big = os.urandom(24 << 20)
+
+    async def main() -> None:
+        cache = AsyncCache(f"{server.url}?socket_timeout=30")
+        admin = server.client()
+        try:
+            await cache.set_many({"blob": b"old", "other": "other value"})
+            t = await _transport(cache)
+            pool = t.client.connection_pool
+            clients = len(admin.client_list())
+            server.pause()
+            try:
+                task = asyncio.ensure_future(cache.set("blob", big))
+
+                def writing() -> bool:
+                    return any(c._writer is not None and c._writer.transport.get_write_buffer_size()
+                               for c in pool._in_use_connections)
+
+                await _until(writing, "the set's write to wait for the socket")
+                await _cancelled(task)
+            finally:
+                server.resume()
+            # its connection gone from the server (a close would first flush the rest
+            # of the command, which the server would then run)
+            await _until(lambda: len(admin.client_list()) < clients, "the set's connection closed")
+            assert await asyncio.gather(cache.get("other"), cache.get("blob")) == ["other value", b"old"]
+        finally:
+            await cache.aclose()
+            admin.close()
+
+    asyncio.run(main())
+
+
+def test_cluster_cache_calls_cancelled_awaiting_their_replies(own_redis_cluster: RedisClusterServers) -> None:
+    """The same four calls through a Cluster client, every primary stopped (SIGSTOP)
+    while their replies are awaited, then cancelled: after the primaries resume, the
+    calls that follow on the same node connections read their own replies, and the
+    cancelled incr was run at most once."""
+    values = {f"k{i}": f"value of k{i}" for i in range(10)}
+    cluster = own_redis_cluster
+
+    async def main() -> None:
+        cache = AsyncCache(f"{cluster.url}?socket_timeout=30")
+        admins = [node.client() for node in cluster.nodes]
+        try:
+            await cache.set_many(values)
+            await cache.set("n", 5)
+            for _ in range(3):  # connections to every node open (a stopped node: no handshake)
+                await _all_replies_own(cache, values, rounds=1)
+                await cache.incr("n", 0)
+            for admin in admins:
+                admin.config_resetstat()
+            for node in cluster.nodes:
+                node.pause()
+            try:
+                tasks = [asyncio.ensure_future(call(cache)) for call in CALLS.values()]
+                await _until(_replies_awaited, "the calls sent")
+                for task in tasks:
+                    await _cancelled(task)
+            finally:
+                for node in cluster.nodes:
+                    node.resume()
+            await _all_replies_own(cache, {k: v for k, v in values.items() if k != "k3"})
+            assert await cache.get("k3") in (values["k3"], "written by a cancelled set")
+            incrby = sum(redis_command_calls(admin).get("incrby", 0) for admin in admins)
+            assert incrby <= 1
+            assert await cache.get("n") == 5 + incrby
+        finally:
+            await cache.aclose()
+            for admin in admins:
+                admin.close()
+
+    asyncio.run(main())
+
+
+# -- many cancellations at random points ----------------------------------------------------
+
+
+async def _cancel_at_random(cache: AsyncCache, values: dict[str, str], count: int = 200) -> LoopLag:
+    """*count* cache calls (gets, get_manys, sets, incrs), each cancelled at a random
+    point (before it is sent, awaiting a connection or the gate, while its reply is
+    read; some not at all), a third through ``asyncio.timeout``; under a loop
+    heartbeat. Returns the heartbeat."""
+    rng = random.Random(15)
+    names = sorted(values)
+    loop = asyncio.get_running_loop()
+    tasks = []
+    async with LoopLag(0.002) as lag:
+        for i in range(count):
+            name = names[i % len(names)]
+            kind = i % 4
+            if kind == 0:
+                call: Awaitable[Any] = cache.get(name)
+            elif kind == 1:
+                call = cache.get_many([name, names[(i * 7) % len(names)]])
+            elif kind == 2:
+                call = cache.set(name, values[name])  # the value it has: any outcome leaves it
+            else:
+                call = cache.incr("counter")
+            delay = rng.uniform(0, 0.06)
+            if i % 10 == 9:  # not cancelled
+                task = asyncio.ensure_future(call)
+            elif i % 3 == 0:
+                async def within(call: Awaitable[Any] = call, delay: float = delay) -> Any:
+                    async with asyncio.timeout(delay):
+                        return await call
+                task = asyncio.ensure_future(within())
+            else:
+                task = asyncio.ensure_future(call)
+                loop.call_later(delay, task.cancel)
+            tasks.append(task)
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    unexpected = [r for r in done if isinstance(r, BaseException)
+                  and not isinstance(r, asyncio.CancelledError | TimeoutError)]
+    assert not unexpected
+    cancelled = sum(isinstance(r, asyncio.CancelledError | TimeoutError) for r in done)
+    assert cancelled > 0
+    # what the calls that ran read is each its own
+    for i, r in enumerate(done):
+        if isinstance(r, BaseException):
+            continue
+        name = names[i % len(names)]
+        if i % 4 == 0:
+            assert r == values[name]
+        elif i % 4 == 1:
+            assert r == {n: values[n] for n in (name, names[(i * 7) % len(names)])}
+    # background work the cancelled calls left (batched gets) ends on its own
+    from statekit.cache import aio as cache_aio
+
+    await _until(lambda: not cache_aio._batches and not cache_aio._dropping, "background batches")
+    print(f"{count} calls, {cancelled} cancelled; loop lag worst {lag.worst * 1000:.1f} ms, "
+          f"p99 {lag.percentile(0.99) * 1000:.1f} ms over {lag.beats} beats")
+    return lag
+
+
+def test_two_hundred_calls_cancelled_at_random_points_leave_a_sound_pool(redis_url: str) -> None:
+    """200 cache calls on a pool of 8, each cancelled at a random point: afterwards
+    every connection the pool lent is kept by the transport (none leaked), at most
+    its limit, every turn of its gate given back, none with an unread reply on it
+    (each checked with a non-blocking read), the server sees no more clients than
+    that, the counter moved once per INCRBY it ran, and 300 calls after read their
+    own replies. The loop was never blocked: its heartbeat was never late by
+    anything like a socket timeout (30 s)."""
+    values = {f"key-{i}": f"value-{i}" for i in range(16)}
+
+    async def main() -> None:
+        cache = AsyncCache(f"{redis_url}?max_connections=8&socket_timeout=30")
+        admin = create_client(redis_url)
+        try:
+            await cache.set_many(values)
+            t = await _transport(cache, 4)
+            admin.config_resetstat()
+            lag = await _cancel_at_random(cache, values)
+            assert lag.beats > 0 and lag.worst < 15  # a blocked loop: a socket timeout
+            pool = t.client.connection_pool
+            assert len(pool._in_use_connections) == len(t._idle) <= t.limit
+            # every turn given back: the gate whole, no caller waiting, no connect under way
+            assert t._gate._value == t.limit and not t._waiters and t._connecting == 0 and not t._watched
+            for conn in t._idle:
+                assert conn.is_connected and not await conn.can_read()
+            clients = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+            assert len(clients) <= t.limit
+            calls = redis_command_calls(admin)
+            assert await cache.get("counter") == calls.get("incrby", 0)
+            await _all_replies_own(cache, values)
+        finally:
+            await cache.aclose()
+            admin.close()
+
+    asyncio.run(main())
+
+
+def test_two_hundred_calls_cancelled_at_random_points_on_a_cluster(redis_cluster_url: str) -> None:
+    """The same 200 cancellations through a Cluster client (redis-py's own
+    connections per node): afterwards no connection is lent out, each node's are at
+    most the transport's limit, none has an unread reply, the counter moved once per
+    INCRBY the nodes ran, and the calls after read their own replies."""
+    values = {f"key-{i}": f"value-{i}" for i in range(16)}
+
+    async def main() -> None:
+        cache = AsyncCache(f"{redis_cluster_url}&socket_timeout=30" if "?" in redis_cluster_url
+                           else f"{redis_cluster_url}?socket_timeout=30")
+        try:
+            await cache.set_many(values)
+            t = await _transport(cache, 0)
+            admins = [create_client(f"redis://{n.host}:{n.port}") for n in t.client.get_nodes()]
+            for admin in admins:
+                admin.config_resetstat()
+            lag = await _cancel_at_random(cache, values)
+            assert lag.beats > 0 and lag.worst < 15
+            from statekit.cache.aio import _gate
+
+            assert t._gate._value == _gate(t)._value == t.limit  # every turn given back
+            for node in t.client.get_nodes():
+                assert len(node._free) == len(node._connections) <= t.limit  # none lent out
+                for conn in node._connections:
+                    if conn.is_connected:
+                        assert not await conn.can_read()
+            incrby = sum(redis_command_calls(admin).get("incrby", 0) for admin in admins)
+            assert await cache.get("counter") == incrby
+            await _all_replies_own(cache, values)
+            for admin in admins:
+                admin.close()
+        finally:
+            await cache.aclose()
+
+    asyncio.run(main())
+
+
+# -- sessions and broadcast ---------------------------------------------------------------
+
+KEYS = ["review15-aio-cancel-key"]
+
+
+@pytest.mark.parametrize("near_cache", [None, 100], ids=["pooled", "key-lanes"])
+def test_session_load_and_save_cancelled_awaiting_their_replies(server: RedisServer,
+                                                                near_cache: int | None) -> None:
+    """An async session load and a save sent on a stopped Redis, then cancelled:
+    after the server resumes, the next loads on the pool (a near cache's key lanes
+    too: one connection per lane) read their own session, never the other user's;
+    the cancelled save's script ran at most once (never sent again)."""
+    from statekit.sessions import AsyncSessionStore
+
+    async def main() -> None:
+        url = f"{server.url}?socket_timeout=30"
+        writer = AsyncSessionStore(url, secret_keys=KEYS, key_prefix="r15")
+        store = AsyncSessionStore(url, secret_keys=KEYS, key_prefix="r15", near_cache=near_cache)
+        admin = server.client()
+        try:
+            alice = await writer.create({"user": "alice"})
+            bob = await writer.create({"user": "bob"})
+            t = await store.engine._transport()
+            assert (t._lanes is not None) == (near_cache is not None)
+            # each session's connection open (its key lane's, or pooled ones)
+            await asyncio.gather(*[t.command(b"EXISTS", s.key) for s in (alice, bob, alice, bob)])
+            await asyncio.gather(*[t.command(b"PING") for _ in range(4)])
+            admin.config_resetstat()
+            mine = await writer.load(alice.sid)
+            assert mine is not None
+            mine["visits"] = 1
+            server.pause()
+            try:
+                awaited = len(t._watched)
+                load = asyncio.ensure_future(store.load(alice.sid))
+                await _until(lambda: len(t._watched) > awaited, "the load sent")
+                wt = await writer.engine._transport()
+                awaited_w = len(wt._watched)
+                save = asyncio.ensure_future(writer.save(mine))
+                await _until(lambda: len(wt._watched) > awaited_w, "the save sent")
+                await _cancelled(load)
+                await _cancelled(save)
+            finally:
+                server.resume()
+            for _ in range(3):
+                loaded = await asyncio.gather(store.load(bob.sid), store.load(alice.sid))
+                assert [s["user"] if s is not None else None for s in loaded] == ["bob", "alice"]
+            assert redis_command_calls(admin).get("evalsha", 0) <= 1
+        finally:
+            await store.aclose()
+            await writer.aclose()
+            admin.close()
+
+    asyncio.run(main())
+
+
+def test_broadcast_read_cancelled_awaiting_its_reply(server: RedisServer) -> None:
+    """A broadcast read (one pipeline on the client) sent on a stopped Redis, then
+    cancelled: the next reads on the pool read their own values."""
+    from statekit.broadcast.aio import AsyncRedisBackend
+
+    async def main() -> None:
+        client = create_async_client(f"{server.url}?socket_timeout=30")
+        backend = AsyncRedisBackend(client, prefix="r15b")
+        try:
+            for name in ("a", "b"):
+                await backend.publish(name, f"payload of {name}".encode(), token=None, now_ms=1)
+            pool = client.connection_pool
+            # connections ready in the pool (a read on a stopped server needs no handshake)
+            await asyncio.gather(*[client.ping() for _ in range(4)])
+            lent = len(pool._in_use_connections)
+            server.pause()
+            try:
+                read = asyncio.ensure_future(backend.read(["a"]))
+                await _until(lambda: len(pool._in_use_connections) > lent and _awaits(read, "read_response"),
+                             "the read sent")
+                await _cancelled(read)
+            finally:
+                server.resume()
+            for _ in range(3):
+                b, a = await asyncio.gather(backend.read(["b"]), backend.read(["a"]))
+                assert (b["b"].payload, a["a"].payload) == (b"payload of b", b"payload of a")
+        finally:
+            await backend.aclose()
             await client.aclose()
 
     asyncio.run(main())
