@@ -268,8 +268,8 @@ def _unmarked() -> bool:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "host", "last", "marked", "original", "original_retry",
-                 "pack", "pool", "port", "stale", "tag", "tracking")
+    __slots__ = ("__weakref__", "bound", "conn", "db", "last", "marked", "original", "original_retry",
+                 "pack", "pool", "stale", "tag", "tracking")
 
     def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
         # not the transport itself: a dropped transport gives its connections back at
@@ -285,8 +285,6 @@ class _Lane:
         conn.retry = transport._retry
         self.bound: Any = None
         self.last = _monotonic()
-        self.host = getattr(conn, "host", None)
-        self.port = getattr(conn, "port", None)
         self.db = str(getattr(conn, "db", 0))
         #: the listener generation this connection reports to (negative: refused)
         self.tag = 0
@@ -296,6 +294,18 @@ class _Lane:
         self.marked: Callable[[], bool] = getattr(conn, "should_reconnect", _unmarked)
         if self.tracking is not None:
             conn.register_connect_callback(self.on_connect)
+
+    @property
+    def host(self) -> Any:
+        """The host the connection is (or will be) connected to, read now: a Sentinel
+        connection's is the master's at its last connect, and a maintenance
+        notification (``MOVING``) moves it (``None``: a unix socket, or released)."""
+        return getattr(self.conn, "host", None)
+
+    @property
+    def port(self) -> Any:
+        """The port of :attr:`host`, read now."""
+        return getattr(self.conn, "port", None)
 
     def on_connect(self, conn: Any) -> None:
         """After each (re)connect: ``CLIENT TRACKING on REDIRECT <listener>`` while the
@@ -705,6 +715,7 @@ class Transport:
         reply = conn.read_response()
         lane.last = end = _monotonic()
         if METRICS.on():
+            # (the address read now, as redis-py does: a failover or a MOVING moves it)
             METRICS.record(_name(args[0]), end - start, lane.host, lane.port, lane.db)
         return reply
 
