@@ -579,3 +579,131 @@ def test_broadcast_read_cancelled_awaiting_its_reply(server: RedisServer) -> Non
             await client.aclose()
 
     asyncio.run(main())
+
+
+# -- a cancellation at every step of a call --------------------------------------------------
+
+_CANCELLED = object()
+
+
+async def _cancel_after(call: Awaitable[Any], passes: int) -> Any:
+    """Run *call*, cancelled after *passes* passes of the loop (``_CANCELLED``), or
+    its result if it ended before."""
+    task = asyncio.ensure_future(call)
+    for _ in range(passes):
+        if task.done():
+            break
+        await asyncio.sleep(0)
+    task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return _CANCELLED
+
+
+def test_calls_cancelled_at_every_pass_of_the_loop_on_fresh_and_kept_connections(redis_url: str) -> None:
+    """Each of get, get_many, set, incr, a session load and a session save (on a near
+    cache's key lanes: each new connection sets up CLIENT TRACKING) cancelled after
+    0, 1, 2, ... passes of the loop until it completes, every other round with its
+    connections dropped first (the cancellation then lands in the connect and the
+    handshake too). After each, a get and a load read their own values, and at the
+    end the pool has lent out only what the transports keep and the counter moved
+    once per INCRBY the server ran."""
+    from statekit.sessions import AsyncSessionStore
+
+    async def main() -> None:
+        cache = AsyncCache(f"{redis_url}?socket_timeout=30")
+        store = AsyncSessionStore(f"{redis_url}?socket_timeout=30", secret_keys=KEYS, key_prefix="r15s",
+                                  near_cache=100)
+        admin = create_client(redis_url)
+        try:
+            await cache.set_many({"mine": "my value", "a": "a value", "b": "b value"})
+            alice = await store.create({"user": "alice"})
+            bob = await store.create({"user": "bob"})
+            t = await _transport(cache, 2)
+            st = await store.engine._transport()
+            admin.config_resetstat()
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "get": lambda: cache.get("a"),
+                "get_many": lambda: cache.get_many(["a", "b"]),
+                "set": lambda: cache.set("a", "a value"),
+                "incr": lambda: cache.incr("n"),
+                "load": lambda: store.load(alice.sid),
+                "save": lambda: store.save(alice, force=True),
+            }
+            rounds = cancelled = 0
+            for name, call in calls.items():
+                for passes in range(400):
+                    if passes % 2:
+                        for conn in list(t._idle):
+                            await conn.disconnect()
+                        for lane in st._lanes or ():
+                            if lane.conn is not None:
+                                await lane.conn.disconnect()
+                    rounds += 1
+                    result = await _cancel_after(call(), passes)
+                    if result is _CANCELLED:
+                        cancelled += 1
+                    assert await cache.get("mine") == "my value", (name, passes)
+                    loaded = await store.load(bob.sid)
+                    assert loaded is not None and loaded["user"] == "bob", (name, passes)
+                    if result is not _CANCELLED:
+                        break
+                else:
+                    raise AssertionError(f"{name} never completed in 400 passes")
+            pool = t.client.connection_pool
+            assert len(pool._in_use_connections) == len(t._idle) and t._gate._value == t.limit
+            assert st._gate._value == st.limit
+            assert await cache.get("n") == redis_command_calls(admin).get("incrby", 0)
+            print(f"{rounds} rounds, {cancelled} cancelled")
+        finally:
+            await cache.aclose()
+            await store.aclose()
+            admin.close()
+
+    asyncio.run(main())
+
+
+def test_cluster_calls_cancelled_at_every_pass_of_the_loop(redis_cluster_url: str) -> None:
+    """The cache calls of the test above through a Cluster client, every other round
+    with the nodes' connections dropped first: after each, a get reads its own value;
+    at the end no node connection is lent out and none has an unread reply."""
+
+    async def main() -> None:
+        cache = AsyncCache(redis_cluster_url)
+        try:
+            await cache.set_many({"mine": "my value", "a": "a value", "b": "b value"})
+            t = await _transport(cache, 0)
+            nodes = t.client.get_nodes()
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "get": lambda: cache.get("a"),
+                "get_many": lambda: cache.get_many(["a", "b", "mine"]),
+                "set": lambda: cache.set("a", "a value"),
+                "incr": lambda: cache.incr("n"),
+            }
+            rounds = cancelled = 0
+            for name, call in calls.items():
+                for passes in range(400):
+                    if passes % 2:
+                        for node in nodes:
+                            for conn in list(node._free):
+                                await conn.disconnect()
+                    rounds += 1
+                    result = await _cancel_after(call(), passes)
+                    cancelled += result is _CANCELLED
+                    assert await cache.get("mine") == "my value", (name, passes)
+                    assert await cache.get_many(["b", "mine"]) == {"b": "b value", "mine": "my value"}
+                    if result is not _CANCELLED:
+                        break
+                else:
+                    raise AssertionError(f"{name} never completed in 400 passes")
+            for node in nodes:
+                assert len(node._free) == len(node._connections)
+                for conn in node._connections:
+                    if conn.is_connected:
+                        assert not await conn.can_read()
+            print(f"{rounds} rounds, {cancelled} cancelled")
+        finally:
+            await cache.aclose()
+
+    asyncio.run(main())
