@@ -340,7 +340,15 @@ class BackendURL:
 
 
 def _redact(url: str) -> str:
+    if "://" not in url:  # not a URL: what comes before an '@' may be a password all the same
+        return "***" + url[url.rfind("@"):] if "@" in url else url
     url = re.sub(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*", r"\1***", url)
+    head, sep, _ = _redact_userinfo(url).partition("#")
+    # a fragment is never valid: a '#' left here was written in a password option
+    return head + (sep and "#***")
+
+
+def _redact_userinfo(url: str) -> str:
     head, sep, query = url.partition("?")
     start, at = head.find("://") + 3, head.rfind("@")
     userinfo = head[start:at]
@@ -457,12 +465,41 @@ def _cut_in_userinfo(url: Any) -> str | None:
     at = rest.rfind("@")
     if not sep or cut < 0 or at < cut or "@" in rest[:cut]:
         return None
-    if rest[cut] == "?":
-        known = _OPTION_TABLES.get(scheme.lower(), {})
-        if any(piece.partition("=")[1] and piece.partition("=")[0] in known
-               for piece in rest[cut + 1:at].split("&")):
-            return None
+    if rest[cut] == "?" and _at_in_option(scheme.lower(), rest[:cut], rest[cut + 1:at].split("&")):
+        return None
     return _redact(f"{scheme}://***@{rest[at + 1:]}")
+
+
+#: options whose values may hold an '@' (text, paths, URLs), and those that hold a
+#: password (a raw '&' in one makes its tail a pair of its own)
+_MAY_HOLD_AT = frozenset({"password", "sentinel_password", "username", "client_name", "ssl_ca_certs",
+                          "ssl_certfile", "ssl_keyfile", "profile", "endpoint_url", "public_endpoint_url"})
+_SECRETS = frozenset({"password", "sentinel_password"})
+
+
+def _at_in_option(scheme: str, before: str, pairs: list[str]) -> bool:
+    """Whether the URL's last '@', in its query after *before* (the text between
+    '://' and the '?') and the query *pairs* up to that '@', reads as part of an
+    option's value (``?password=s3cr@t``, or a password option's tail after a raw
+    '&'), not as the end of a password cut by a raw '?': the option may hold an '@'
+    and *before* is a valid host part (``:pa``, ``user:pa``, ``AK:pa`` are not)."""
+    known = _OPTION_TABLES.get(scheme, {})
+    *earlier, last = pairs
+    key, eq, _ = last.partition("=")
+    in_value = (eq and key in known and key in _MAY_HOLD_AT) or any(
+        p.partition("=")[1] and p.partition("=")[0] in _SECRETS for p in earlier)
+    if not in_value:
+        return False
+    netloc = before.partition("/")[0]
+    if scheme in ("unix", "file"):
+        return before.startswith("/") or netloc == "localhost"
+    if scheme == "s3":
+        return bool(_BUCKET_RE.match(netloc))
+    try:
+        _parse_hosts(netloc, 6379, "")
+    except ConfigError:
+        return False
+    return bool(netloc)
 
 
 def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
@@ -485,7 +522,8 @@ def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
     netloc, _, tail = rest.partition("/")
     path_part = "/" + tail
     if "#" in url:
-        raise ConfigError(f"fragments ('#...') are not allowed in {_redact(url)!r}")
+        raise ConfigError(f"fragments ('#...') are not allowed in {_redact(url)!r} (in a password "
+                          "write '#' as %23)")
     options = _parse_options(scheme, query, url)
 
     username = password = None
@@ -524,9 +562,8 @@ def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
                           password=password, options=options)
     if scheme == "file":
         if netloc and netloc != "localhost":
-            raise ConfigError(
-                f"file URL {_redact(url)!r} names host {netloc!r}; use file:///absolute/path"
-            )
+            named = "a host" if "@" in url else f"host {netloc!r}"  # else a password's head, cut by a '/'
+            raise ConfigError(f"file URL {_redact(url)!r} names {named}; use file:///absolute/path")
         path = unquote(path_part)
         if not path.startswith("/") or path == "/":
             raise ConfigError(f"file URL {_redact(url)!r} needs an absolute directory path other than /")

@@ -165,3 +165,79 @@ def test_every_url_option_is_in_the_settings_reference() -> None:
         for name, urls in documented.items():
             only = _SCHEME_ONLY.get(name) if scheme == "redis" else None
             assert urls.startswith(f"`{only}://`" if only else kind), name
+
+
+# -- no part of a password in any URL error ---------------------------------------------
+
+#: passwords as pasted, each with a character a URL cuts at ('?', '#', '/', '&') or an
+#: '@'; 'Pw15' and 'SECRET' must never be shown
+_PASSWORDS = ["Pw15?db=3SECRET", "Pw15?SECRET", "Pw15#SECRET", "Pw15/SECRET", "Pw15?socket_timeout=1SECRET",
+              "Pw15?password=xSECRET", "Pw15?db=3&x=SECRET", "Pw15@SECRET", "Pw15?x&db=1SECRET",
+              "Pw15?client_name=SECRET", "Pw15?db=3&password=SECRET", "Pw15?db=3ss"]
+#: what follows the '@': good, and each fault a Redis URL's parse reports
+_AFTER = ["h:6379/0", "h/0", "h:6379", "h/0?db=2", "h/0?socket_timeout=abc", "h/0?bogus=1", "h:99999/0",
+          "h/x", "h/0/1", "h,h2/0", "h/0#frag", "h/0?db=1&db=2", "h/0?ssl_ca_certs=/x", "h/0?a=1=2&&",
+          "h/0?health_check_interval=5", "h/9999999", ""]
+
+
+def _shown(url: str) -> list[str]:
+    """What parse_url and Settings show of *url*: their error, or the parsed URL's
+    repr and redacted form."""
+    out = []
+    for make in (lambda: parse_url(url), lambda: Settings(redis_url=url)):
+        try:
+            made = make()
+        except ConfigError as e:
+            out.append(str(e))
+        else:
+            out.append(repr(made) + (made.redacted() if hasattr(made, "redacted") else ""))
+    return out
+
+
+def _every_url() -> list[str]:
+    urls = []
+    for scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster"):
+        for pw in _PASSWORDS:
+            for after in _AFTER:
+                after = after.replace("/", "/svc/", 1) if scheme == "redis+sentinel" else after
+                urls += [f"{scheme}://:{pw}@{after}", f"{scheme}://user:{pw}@{after}"]
+                if "client_name=" not in pw and "password=" not in pw:
+                    # 'secret@host' without the ':' means a password too; but after a
+                    # raw '?' an option that may hold an '@' (client_name=a@b, password=)
+                    # reads as that option (a valid URL: tests/test_readthrough14.py)
+                    urls.append(f"{scheme}://{pw}@{after}")
+        for pw in ("Pw15&SECRET", "Pw15@SECRET", "Pw15#SECRET", "Pw15?SECRET"):
+            for extra in ("", "&socket_timeout=abc", "&bogus=1", "&db=x"):
+                urls += [f"{scheme}://h/0?password={pw}{extra}", f"{scheme}://h/0?db=x&password={pw}{extra}"]
+    for pw in _PASSWORDS:
+        urls += [f"unix://:{pw}@/run/r.sock?db=x", f"unix://:{pw}@/run/r.sock", f"s3://AK:{pw}@bucket/p",
+                 f"s3://AK:{pw}@bucket/p?region=a_b", f"redis:/:{pw}@h/0", f"redsi://:{pw}@h/0",
+                 f"file://:{pw}@localhost/srv"]
+    return urls
+
+
+def test_no_url_error_shows_any_part_of_a_password() -> None:
+    """Every URL error path (a bad option, an unknown or repeated one, a malformed
+    query, a bad host, port or database, a fragment, an unknown scheme, no '://')
+    with passwords that hold the characters a URL cuts at: no error, repr or
+    redacted form shows 'Pw15' or 'SECRET'. 'redis://:pa?db=3ss@host/0' said
+    "option db='3ss@host/0' is not a whole number"; 'redis://user:Pw15?db=3&password=
+    SECRET@h/0?bogus=1' "port 'Pw15' of host 'user'"; a '#' in ?password= showed its
+    tail; 'redis:/:Pw15@h/0' (a slash short) the whole password."""
+    leaks = [(url, text) for url in _every_url() for text in _shown(url)
+             if "Pw15" in text or "SECRET" in text]
+    assert not leaks, f"{len(leaks)} leaks, e.g. {leaks[:3]}"
+
+
+def test_a_cut_password_is_told_how_to_write_it() -> None:
+    """The brief's example: a password with a raw '?db=' gets the cut-userinfo
+    message (write '?' as %3F), not an error about option db; the valid readings of
+    an '@' in an option's value stay valid."""
+    with pytest.raises(ConfigError, match="%3F") as e:
+        parse_url("redis://:pa?db=3ss@host/0")
+    assert "3ss" not in str(e.value) and "'redis://***@host/0'" in str(e.value)
+    assert parse_url("redis://:pa%3Fdb%3D3ss@host/0").password == "pa?db=3ss"
+    assert parse_url("redis://h:6379/0?password=s3cr@t").password == "s3cr@t"
+    assert parse_url("unix:///run/r.sock?password=s3cr@t").password == "s3cr@t"
+    with pytest.raises(ConfigError, match="%23"):
+        parse_url("redis://h/0?password=pa#ss")
