@@ -1,5 +1,6 @@
 """Review 15 of the sync Redis transport (statekit/redis/transport.py), against the
-suite's real servers: where a connection's address is read."""
+suite's real servers: where a connection's address is read, and a tracked
+connection's setup interrupted."""
 
 from __future__ import annotations
 
@@ -52,3 +53,45 @@ def test_metrics_name_the_master_a_sentinel_connection_reconnected_to(redis_sent
     assert (lane.conn.host, lane.conn.port) == ("127.0.0.1", new)
     assert seen[-2:] == [("SET", "127.0.0.1", new), ("GET", "127.0.0.1", new)]
 
+
+def test_an_interrupted_tracking_setup_is_never_read_as_a_command_reply(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracking transport's connection runs ``CLIENT TRACKING on REDIRECT ...`` as it
+    connects (a connect callback, outside redis-py's handshake). An exception that
+    lands right after that command went out (KeyboardInterrupt, a gevent Timeout, a
+    signal handler's) leaves its ``+OK`` in flight: the connection must be dropped,
+    never kept with that reply for the next command to read as its own. It was kept:
+    with the listener down meanwhile (its connection dropped: the transport no longer
+    sets connections up for it) the next GET answered ``b"OK"``, and every command
+    after it the reply of the one before."""
+    import redis
+
+    from statekit.redis import _Rule
+    from statekit.redis.tracking import InvalidationListener
+
+    with redis.Redis.from_url(redis_url) as r:
+        r.set("t15:bob", b"bob's data")
+    client = create_client(f"{redis_url}?socket_timeout=2&socket_connect_timeout=1&retries=0")
+    listener = InvalidationListener(client, "t15:", bcast=False)
+    t = Transport(client, what="session", tracking=listener)
+    listener.ensure_running()
+    armed: list[BaseException] = []
+
+    def send_command(self: Any, *args: Any, **kwargs: Any) -> None:
+        redis.connection.AbstractConnection.send_command(self, *args, **kwargs)
+        if armed and args[:2] == ("CLIENT", "TRACKING"):
+            raise armed.pop()  # right after it went out, before its reply is read
+
+    try:
+        assert listener.connected.wait(10)
+        monkeypatch.setattr(_Rule, "send_command", send_command, raising=False)
+        monkeypatch.setattr(transport_module, "STALE_CHECK_AFTER", 3600.0)  # no idle check to save it
+        armed.append(KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            t.command(b"GET", "t15:bob")  # connects for the listener: setup interrupted
+        assert not armed
+    finally:
+        listener.stop()
+    assert t.command(b"GET", "t15:bob") == b"bob's data"
+    assert t.command(b"PING") == b"PONG"  # and in step afterwards
+    t.close()

@@ -320,11 +320,18 @@ class _Lane:
             return
         import redis
 
-        conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "NOLOOP")
         try:
+            conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "NOLOOP")
             conn.read_response()
         except redis.ResponseError:  # refused (an ACL, a proxy): serve untracked
             self.tag = -generation
+        except BaseException:
+            # interrupted (KeyboardInterrupt, a gevent Timeout) with its reply maybe in
+            # flight: a connect callback runs outside redis-py's handshake, which drops
+            # the connection on any error, so drop it here (else the next command read
+            # this +OK as its reply)
+            conn.disconnect()
+            raise
         else:
             self.tag = generation
 
