@@ -78,3 +78,89 @@ def test_nesting_the_codec_reads_is_the_nesting_it_writes() -> None:
     assert codec.loads(codec.dumps(value)) == value
     with pytest.raises(SerializationError, match="nest at most 32 deep"):
         codec.dumps(((value,),))
+
+
+# -- hash floods --------------------------------------------------------------------
+
+#: ints, decimals and UUIDs hash alike in every process (str and bytes are seeded per
+#: process): multiples of 2**61 - 1 all hash to 0
+_P = 2**61 - 1
+_FLOOD = 3000
+
+
+def _json(value: object) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+def _flooded_payloads() -> dict[str, tuple[str, bytes]]:
+    import decimal
+    import uuid
+
+    import msgpack
+
+    ints = [i * _P for i in range(_FLOOD)]
+    ext = msgpack.ExtType
+    return {
+        "json-set": ("json", _json({"\x00": ["s", ints]})),
+        "json-frozenset": ("json", _json({"\x00": ["fs", ints]})),
+        "json-dict-keys": ("json", _json({"\x00": ["m", [[i, 0] for i in ints]]})),
+        "json-set-of-uuids": ("json", _json({"\x00": ["s", [{"\x00": ["u", uuid.UUID(int=i).hex]}
+                                                             for i in ints]]})),
+        "msgpack-set-of-decimals": ("msgpack", msgpack.packb(ext(7, msgpack.packb(
+            [ext(4, str(decimal.Decimal(i)).encode()) for i in ints])))),
+        # map 32 of _FLOOD entries, the keys colliding UUIDs
+        "msgpack-dict-uuid-keys": ("msgpack", b"\xdf" + _FLOOD.to_bytes(4, "big") + b"".join(
+            msgpack.packb(ext(5, uuid.UUID(int=i).bytes)) + b"\x00" for i in ints)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_flooded_payloads()))
+def test_a_set_or_dict_of_values_sharing_one_hash_is_refused(case: str) -> None:
+    """A set (a dict's keys) of thousands of distinct values with one hash costs n**2/2
+    comparisons to build (1 MB of JSON, 40 000 ints: 10 s of CPU on a cache read): a
+    payload giving more than a few members one hash is refused, a SerializationError
+    (a miss for the cache), before the set or dict is built."""
+    from statekit.errors import SerializationError
+    from statekit.serializers import get_serializer
+
+    codec_name, payload = _flooded_payloads()[case]
+    with pytest.raises(SerializationError) as refused:
+        get_serializer(codec_name).loads(payload)
+    assert "share one hash" in f"{refused.value} {refused.value.__cause__}"  # the json codec's cause
+
+
+@pytest.mark.parametrize("codec_name", ["json", "msgpack", "web-json"])
+def test_large_sets_and_dicts_with_keys_of_every_kind_round_trip(codec_name: str) -> None:
+    import decimal
+    import uuid
+
+    from statekit.serializers import WebJSONSerializer, get_serializer
+
+    codec = WebJSONSerializer() if codec_name == "web-json" else get_serializer(codec_name)
+    value = {"ints": set(range(-5000, 5000)), "by_id": {i: str(i) for i in range(10000)},
+             "ids": frozenset(uuid.UUID(int=i) for i in range(2000)),
+             "d": {decimal.Decimal(i) / 7: i for i in range(2000)}, "t": {(i, -i): 1 for i in range(2000)},
+             "alike": {-1, -2, _P, 2 * _P, 1.5}}  # a few equal hashes: as any data may have
+    assert codec.loads(codec.dumps(value)) == value
+
+
+@pytest.mark.redis
+def test_a_flooded_cache_entry_is_a_miss(redis_url: str) -> None:
+    """A co-tenant's write under the default (JSON) cache's key: a miss, counted."""
+    import redis
+
+    from statekit.cache import Cache
+
+    cache = Cache(redis_url, namespace="review15-flood")
+    try:
+        cache.set("k", {1, 2})
+        with redis.Redis.from_url(redis_url) as raw:
+            names = [n for n in raw.scan_iter(match="*review15-flood*k") if not n.endswith(b"gen")]
+            assert len(names) == 1, names
+            raw.set(names[0], b"\x01" + _flooded_payloads()["json-set"][1])
+        assert cache.get("k", "default") == "default"
+        assert cache.counters.get("undecodable") == 1
+    finally:
+        cache.close()
