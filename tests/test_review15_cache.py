@@ -8,15 +8,22 @@ Found by this review (each test failed before its fix):
 * a sync half-open trial interrupted (a signal handler's exception, as
   ``KeyboardInterrupt``) on any path but ``get``'s own kept its place until the plan
   it ran in was collected: with the exception kept (a framework's error report),
-  every call was refused until another ``breaker_reset`` passed.
+  every call was refused until another ``breaker_reset`` passed;
+* the same for a compute interrupted inside get_or_set: its single-flight lock stayed
+  held (extended by the lock keeper) and the next caller waited ``lock_wait``.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
-from statekit.breaker import OPEN
+from statekit.breaker import CLOSED, OPEN, CircuitBreaker
 from statekit.cache import Cache
+from statekit.embedded import RedisServer
 from statekit.metrics import snapshot
 
 pytestmark = pytest.mark.redis
@@ -44,3 +51,87 @@ def test_reset_reports_the_closed_breaker_to_the_gauge(redis_url: str) -> None:
         assert root.set("k", 1) and users.get("k") is None
     finally:
         root.close()
+
+
+# -- an interrupted sync trial -------------------------------------------------------------
+
+
+class _Interrupted(BaseException):
+    """What a signal handler raises (as ``KeyboardInterrupt`` or a gevent ``Timeout``)."""
+
+
+#: each path that can be the half-open trial (get has its own inlined path, see
+#: test_breaker_review14), as a call on a cache holding "k" = "v"
+TRIALS: dict[str, Callable[[Cache], Any]] = {
+    "set": lambda c: c.set("x", 1),
+    "add": lambda c: c.add("x", 1),
+    "replace": lambda c: c.replace("x", "w"),
+    "delete": lambda c: c.delete("x"),
+    "incr": lambda c: c.incr("n"),
+    "touch": lambda c: c.touch("k", 60),
+    "persist": lambda c: c.persist("k"),
+    "ttl": lambda c: c.ttl("k"),
+    "has": lambda c: c.has("k"),
+    "get_many": lambda c: c.get_many(["k", "x"]),
+    "set_many": lambda c: c.set_many({"x": 1, "y": 2}),
+    "delete_many": lambda c: c.delete_many(["x", "y"]),
+    "clear": lambda c: c.namespace("other").clear(),
+    "get_or_set": lambda c: c.get_or_set("g", lambda: "computed", ttl=60),
+    "lock": lambda c: c.lock("l").acquire(blocking=False),
+}
+
+
+@pytest.mark.parametrize("path", list(TRIALS))
+def test_an_interrupted_trial_on_any_path_frees_its_place_at_once(private_redis: RedisServer,
+                                                                  path: str) -> None:
+    """The half-open trial is interrupted while Redis hangs, and the exception is kept
+    (as a framework keeps it for its error report): Redis back, the next call is the
+    new trial and closes the breaker (was: refused, "circuit breaker is open", until
+    another ``breaker_reset`` or until the kept exception was dropped)."""
+    now = [0.0]
+    breaker = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+    cache = Cache(private_redis.url, namespace="review15", timeout=60)
+    cache.breaker = breaker
+
+    def interrupt(*_: object) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        cache.set("k", "v")
+        breaker.failure()  # (as a call of the current period that timed out)
+        private_redis.pause()
+        now[0] = 1.0
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(_Interrupted) as kept:
+            TRIALS[path](cache)  # the trial: waits for the hung Redis until interrupted
+        private_redis.resume()
+        assert cache.get("k") == "v"  # was: BackendUnavailable, breaker open
+        assert breaker.state == CLOSED
+        assert kept.value is not None  # kept to here
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        private_redis.resume()
+        cache.close()
+
+
+def test_an_interrupted_compute_releases_its_single_flight_lock_at_once(redis_url: str) -> None:
+    """get_or_set's compute is interrupted (the exception kept, as above): its
+    single-flight lock is released then, not kept (and extended by the lock keeper)
+    until the plan is collected, so the next caller computes at once instead of
+    waiting ``lock_wait`` for a holder that is gone."""
+    cache = Cache(redis_url, prefix="review15sf", lock_wait=30)
+
+    def interrupted() -> str:
+        raise _Interrupted
+
+    try:
+        with pytest.raises(_Interrupted) as kept:
+            cache.get_or_set("g", interrupted, ttl=60)
+        assert cache._be().lock_holder("sf:g") is None  # was: the interrupted caller's token
+        assert cache.get_or_set("g", lambda: "v", ttl=60) == "v"
+        assert cache.stats()["lock_waits"] == 0
+        assert kept.value is not None  # kept to here
+    finally:
+        cache.close()

@@ -39,14 +39,18 @@ BE, COMPUTE, LOCK, SLEEP, HOLD, UNHOLD = "be", "compute", "lock", "sleep", "hold
 
 def drive(plan: Plan[T], do: Callable[[tuple[Any, ...]], Any]) -> T:
     """Run *plan* to its end, performing each effect with *do* (its result is sent
-    back into the plan, its exception thrown in)."""
+    back into the plan, its exception thrown in). An interruption (what a signal
+    handler raises: ``KeyboardInterrupt``, ``SystemExit``, a gevent ``Timeout``) is
+    thrown in too, as :func:`adrive` throws a cancellation: the plan's handlers run
+    then (a half-open breaker trial frees its place, a lock is released), not when the
+    suspended plan is collected, which a kept traceback can put off for good."""
     send = plan.send
     try:
         effect = send(None)
         while True:
             try:
                 value = do(effect)
-            except Exception as e:  # noqa: BLE001 - handed to the plan, which raises it or recovers
+            except BaseException as e:  # noqa: BLE001 - handed to the plan, which raises it or recovers
                 effect = plan.throw(e)
             else:
                 effect = send(value)
