@@ -1,14 +1,19 @@
 """Review 15 of the sync Redis transport (statekit/redis/transport.py), against the
-suite's real servers: where a connection's address is read, and a tracked
-connection's setup interrupted."""
+suite's real servers: where a connection's address is read, a Cluster slot moved
+under a thread's node connections, and a tracked connection's setup interrupted."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+import socket
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from statekit.embedded import RedisCluster
 from statekit.redis import create_client
 from statekit.redis import transport as transport_module
 from statekit.redis.transport import Transport
@@ -52,6 +57,67 @@ def test_metrics_name_the_master_a_sentinel_connection_reconnected_to(redis_sent
     lane = t._here().lane
     assert (lane.conn.host, lane.conn.port) == ("127.0.0.1", new)
     assert seen[-2:] == [("SET", "127.0.0.1", new), ("GET", "127.0.0.1", new)]
+
+
+def _sockets_to(port: int) -> int:
+    """How many sockets this process holds connected to loopback *port* (Linux
+    ``/proc``: the established TCP entries whose inode is one of our descriptors)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held += os.readlink(f"/proc/self/fd/{fd}") in inodes
+    return held
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="counts sockets in Linux /proc")
+def test_a_moved_slot_leaves_no_connection_for_the_garbage_collector(own_redis_cluster: RedisCluster) -> None:
+    """A key's slot moves to another master: the next command on this thread's
+    connection to the old owner is answered MOVED and followed through RedisCluster.
+    Nothing of it waits for the garbage collector: no connection, socket or node
+    connection of the transport is left in a reference cycle (collected with the
+    collector off, it would hold its socket open until the next collection), and
+    the sockets this process holds to the old owner are the same before and after a
+    collection (the thread's connection, kept: the node still serves its other slots,
+    and RedisCluster's own)."""
+    import redis
+    from redis.crc import key_slot
+
+    cluster = own_redis_cluster
+    t = Transport(create_client(cluster.url), what="test")
+    key = b"review15:{moved}"
+    slot = key_slot(key)
+    assert t.command(b"SET", key, b"v") == b"OK"
+    owner = cluster.nodes[min(slot // (16384 // 3), 2)]
+    target = next(n for n in cluster.masters() if n is not owner)
+    cluster.move_slots([slot], to=target)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        assert t.command(b"GET", key) in (b"v", "v")  # MOVED, followed by RedisCluster
+        assert t.command(b"GET", key) == b"v"  # straight to the new owner
+        held = _sockets_to(owner.port)
+        gc.collect()
+        cycled = [o for o in gc.garbage if isinstance(o, (socket.socket, redis.connection.AbstractConnection,
+                                                           transport_module._Lane))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cycled == []
+    assert _sockets_to(owner.port) == held >= 1
+    lanes = t._here().nodes
+    assert {lane.port for lane in lanes.values()} == {owner.port, target.port}
+    assert lanes[f"127.0.0.1:{owner.port}"].conn._sock is not None  # kept for the owner's other slots
+    t.close()
 
 
 def test_an_interrupted_tracking_setup_is_never_read_as_a_command_reply(
