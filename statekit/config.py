@@ -62,19 +62,9 @@ SCHEMES = REDIS_SCHEMES | {"memory", "s3", "file"}
 _MAX_SECONDS = 86_400
 
 
-def _positive_float(name: str) -> Callable[[str], float]:
-    def conv(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"option {name}={raw!r} is not a number") from None
-        if not 0 < value <= _MAX_SECONDS:  # nan fails the comparison too
-            raise ConfigError(
-                f"option {name}={raw!r} must be a positive number of seconds, at most {_MAX_SECONDS}"
-            )
-        return value
-
-    return conv
+def _seconds(name: str) -> Callable[[str], float]:
+    """A URL option's duration: more than 0 seconds, at most :data:`_MAX_SECONDS`."""
+    return lambda raw: number(raw, f"option {name}", positive=True, maximum=_MAX_SECONDS)
 
 
 def _int_range(name: str, lo: int, hi: int) -> Callable[[str], int]:
@@ -123,18 +113,23 @@ def flag(value: Any, name: str = "a boolean setting", *, default: bool | None = 
     raise ConfigError(f"{name}={value!r} must be true or false (1, true, yes, on or 0, false, no, off)")
 
 
-def number(value: Any, name: str, *, minimum: float = 0.0) -> float:
-    """A numeric setting *name* (a number, or its text as from an environment
-    variable): finite and at least *minimum*, else a
+def number(value: Any, name: str, *, minimum: float = 0.0, maximum: float = math.inf,
+           positive: bool = False) -> float:
+    """A numeric setting or URL option *name* (a number, or its text as from an
+    environment variable or a query string): finite, at least *minimum* (more than 0
+    with *positive*) and at most *maximum*, else a
     :class:`~statekit.errors.ConfigError` naming it (``nan``, ``inf`` and a negative
     ``Retry-After`` got through, or failed at the first outage with ``OverflowError``).
-    The adapters read their numeric settings through it."""
+    The adapters read their numeric settings through it, :func:`parse_url` its
+    durations."""
     try:
         result = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name}={value!r} is not a number") from None
-    if not (math.isfinite(result) and result >= minimum):
-        raise ConfigError(f"{name}={value!r} must be a finite number of at least {minimum:g}")
+    if not (math.isfinite(result) and (result > 0 if positive else result >= minimum) and result <= maximum):
+        kind = "a positive number" if positive else f"a finite number of at least {minimum:g}"
+        most = f", at most {maximum:g}" if maximum < math.inf else ""
+        raise ConfigError(f"{name}={value!r} must be {kind}{most}")
     return result
 
 
@@ -221,12 +216,12 @@ _MAX_DB = 1_000_000
 
 _REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "db": _int_range("db", 0, _MAX_DB),
-    "socket_timeout": _positive_float("socket_timeout"),
-    "socket_connect_timeout": _positive_float("socket_connect_timeout"),
+    "socket_timeout": _seconds("socket_timeout"),
+    "socket_connect_timeout": _seconds("socket_connect_timeout"),
     "health_check_interval": _int_range("health_check_interval", 0, 86_400),
     "max_connections": _int_range("max_connections", 1, 1_000_000),
     "retries": _int_range("retries", 0, 100),
-    "retry_backoff_cap": _positive_float("retry_backoff_cap"),
+    "retry_backoff_cap": _seconds("retry_backoff_cap"),
     "client_name": _client_name,
     "protocol": lambda raw: int(_choice("protocol", "2", "3")(raw)),
     "ssl_cert_reqs": _choice("ssl_cert_reqs", "none", "optional", "required"),
@@ -252,8 +247,8 @@ _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "public_endpoint_url": _http_url("public_endpoint_url"),
     "region": _region,
     "addressing_style": _choice("addressing_style", "auto", "path", "virtual"),
-    "connect_timeout": _positive_float("connect_timeout"),
-    "read_timeout": _positive_float("read_timeout"),
+    "connect_timeout": _seconds("connect_timeout"),
+    "read_timeout": _seconds("read_timeout"),
     "retries": _int_range("retries", 0, 20),
     "multipart_threshold": _size("multipart_threshold"),
     "part_size": _size("part_size"),
