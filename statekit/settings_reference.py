@@ -88,7 +88,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("STATEKIT_CACHE_NEAR_CACHE", "bool or count", "off",
        "keep decoded values in each process, kept coherent by Redis invalidations", *_F),
     _s("STATEKIT_CACHE_ON_ERROR", "`raise`, `miss`", "`raise`",
-       "on a Redis outage: raise `BackendUnavailable` (503) or answer as a miss", *_F),
+       "on a Redis outage: raise `BackendUnavailable` (503) or answer as a miss (writes dropped, "
+       "not done later: a dropped delete leaves the old value readable until its TTL)", *_F),
     _s("STATEKIT_CACHE_TIMEOUT", "seconds", "the URL's (1 s)", "socket connect and read timeout", *_F),
     _s("STATEKIT_CACHE_OPTIONS", "dict", "`{}`",
        "any other `statekit.cache.Cache` keyword arguments (`app.config` only)", *_F, env=False),

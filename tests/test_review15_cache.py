@@ -135,3 +135,27 @@ def test_an_interrupted_compute_releases_its_single_flight_lock_at_once(redis_ur
         assert kept.value is not None  # kept to here
     finally:
         cache.close()
+
+
+# -- a delete dropped in an outage (on_error="miss") ----------------------------------------
+
+
+def test_a_delete_dropped_in_an_outage_is_not_done_later(redis_url: str) -> None:
+    """What the docs say of ``on_error="miss"`` (as django-redis' IGNORE_EXCEPTIONS and
+    cashews' suppress, statekit queues nothing): a delete refused by the open breaker
+    answers ``False`` and counts as a dropped write; once Redis answers again the old
+    value is still there, until its TTL."""
+    now = [0.0]
+    cache = Cache(redis_url, prefix="review15drop", on_error="miss")
+    cache.breaker = CircuitBreaker(1, 1.0, clock=lambda: now[0])
+    try:
+        assert cache.set("k", "old", ttl=600)
+        cache.breaker.failure()  # an outage opened it: calls are refused without I/O
+        assert cache.delete("k") is False
+        assert cache.stats()["dropped_writes"] == 1
+        now[0] = 1.0  # the breaker lets a call through: Redis answers
+        assert cache.get("k") == "old" and cache.breaker.state == CLOSED
+        left = cache.ttl("k")
+        assert left is not None and 0 < left <= 600
+    finally:
+        cache.close()

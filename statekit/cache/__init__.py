@@ -31,7 +31,13 @@ compute (XFetch, Vattani et al. 2015).
 Failure policy: every call is bounded by the client's timeouts. With
 ``on_error="raise"`` (the default) an outage raises
 :class:`~statekit.errors.BackendUnavailable`; with ``on_error="miss"`` reads return
-the default and writes are dropped (both counted). After ``failure_threshold``
+the default and writes are dropped (both counted). A dropped write is not done later
+(nothing is queued to replay, as with django-redis' ``IGNORE_EXCEPTIONS``): a
+``delete`` or ``clear`` dropped during an outage leaves the old value readable once
+Redis is back, until its TTL (for ever without one). Where a change must not leave
+an old value behind, delete with ``on_error="raise"`` (another :class:`Cache` on the
+same URL, prefix and namespace shares the keys) and handle the error, or give such
+values a short TTL. After ``failure_threshold``
 consecutive failures a circuit breaker fails calls at once (:meth:`Cache.lock`'s
 acquire too), without I/O, and lets a trial call through every ``breaker_reset``
 seconds, so it closes on its own. A failure is a call Redis did not answer (a timeout,
@@ -1278,7 +1284,9 @@ class Cache(_CacheCore):
         return drive(self._set_many(mapping, ttl), self._effect)
 
     def delete(self, key: str) -> bool:
-        """Delete *key*; ``True`` if it existed. A value of *key* being computed when
+        """Delete *key*; ``True`` if it existed (``False`` as well when dropped during an
+        outage with ``on_error="miss"``: not done later, the old value stays readable
+        once Redis is back, see the module docstring). A value of *key* being computed when
         the delete runs (:meth:`get_or_set`, :meth:`cached` and its ``refresh()``) is
         returned to its caller but not stored after it: the next reader computes from
         the data the delete announced (on Redis Cluster, see
