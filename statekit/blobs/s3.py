@@ -16,7 +16,8 @@ store, when it differs from ``endpoint_url``: presigned URLs are signed for that
 e.g. ``endpoint_url=http://minio:9000&public_endpoint_url=https://files.example.com``
 under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
-``part_size`` (5 MiB, S3's minimum), ``max_concurrency`` (2), ``profile``,
+``part_size`` (5 MiB, S3's minimum; both at most 5 GiB, S3's largest part and
+``PutObject``: a :class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2), ``profile``,
 ``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
 off only for stores that reject ``If-None-Match``: every write is then a ``HEAD``
 before the ``PUT``, so two writers of one key at the same instant can both succeed,
@@ -62,9 +63,11 @@ from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, Co
 from .keys import RESERVED_PREFIX
 from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
 
-__all__ = ["MIN_PART_SIZE", "S3Backend", "readiness_check", "translate_error"]
+__all__ = ["MAX_PART_SIZE", "MIN_PART_SIZE", "S3Backend", "readiness_check", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
+#: S3's limits: a part of a multipart upload, and a single PutObject, hold at most 5 GiB
+MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
 #: the longest a SigV4 presigned URL can last
 MAX_PRESIGN_SECONDS = 7 * 86400
@@ -161,8 +164,8 @@ class _S3Writer(BlobWriter):
         self._inflight: collections.deque[Future[dict[str, Any]]] = collections.deque()
         self._pool: ThreadPoolExecutor | None = None
         self._part_size = store.part_size
-        if req.size_hint:  # keep within S3's 10,000 parts
-            self._part_size = max(self._part_size, -(-req.size_hint // (MAX_PARTS - 1)))
+        if req.size_hint:  # keep within S3's 10,000 parts (of at most 5 GiB)
+            self._part_size = min(max(self._part_size, -(-req.size_hint // (MAX_PARTS - 1))), MAX_PART_SIZE)
 
     def _common(self) -> dict[str, Any]:
         return {"ContentType": self._req.content_type, "ContentDisposition": self._req.disposition}
@@ -186,9 +189,11 @@ class _S3Writer(BlobWriter):
         part, self._buf = self._buf, bytearray()  # handed over, not copied
         number = len(self._parts) + len(self._inflight) + 1
         if number > MAX_PARTS:
-            raise BlobError(f"upload needs more than {MAX_PARTS} parts: raise part_size")
+            raise BlobError(f"upload needs more than {MAX_PARTS} parts of {self._part_size} bytes: "
+                            + ("raise part_size" if self._part_size < MAX_PART_SIZE else
+                               "larger than S3 stores (10,000 parts of at most 5 GiB)"))
         if number % 1000 == 0:  # unknown total size: grow parts so 10,000 of them reach ~5 TB
-            self._part_size *= 2
+            self._part_size = min(2 * self._part_size, MAX_PART_SIZE)
         while len(self._inflight) >= self._s.max_concurrency:
             self._parts.append(self._inflight.popleft().result())
         assert self._pool is not None
@@ -461,8 +466,12 @@ class S3Backend(BlobBackend):
         self._url_text = self._url_text or f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.part_size = part_size or opts.get("part_size", MIN_PART_SIZE)
         self.multipart_threshold = multipart_threshold or opts.get("multipart_threshold", self.part_size)
-        if self.part_size < MIN_PART_SIZE:
-            raise ConfigError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum part)")
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ConfigError(f"part_size must be between {MIN_PART_SIZE} bytes (5 MiB) and {MAX_PART_SIZE} "
+                              f"bytes (5 GiB), S3's smallest and largest part, not {self.part_size}")
+        if self.multipart_threshold > MAX_PART_SIZE:
+            raise ConfigError(f"multipart_threshold must be at most {MAX_PART_SIZE} bytes (5 GiB), the "
+                              f"largest object S3 takes in one PutObject, not {self.multipart_threshold}")
         self.max_concurrency = max_concurrency or opts.get("max_concurrency", 2)
         self.checksum = opts.get("checksum", "sha256") == "sha256"
         self.conditional_writes = bool(opts.get("conditional_writes", True))
