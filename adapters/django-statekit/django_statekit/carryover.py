@@ -35,7 +35,8 @@ function is refused, never run); the old app unpickled the same bytes with full
 pickle, so this adds no trust in the old cache. It is the one, opt-in, exception to
 "no unsigned pickle on a read path": switch it off with the carry-over.
 django-redis's JSON and msgpack serializers and its compressors are read with
-django-redis's own code, without the opt-in. Other cache backends are refused at
+django-redis's own code, without the opt-in; zlib, gzip and lzma are decompressed to
+16 MB at most (more is refused: a compressed value of 1 MB can be 1 GB). Other cache backends are refused at
 start-up (``ConfigError``): their values would go through pickle.
 
 Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), set
@@ -79,6 +80,56 @@ _CACHED_DB = "django.contrib.sessions.backends.cached_db"
 _CACHE = "django.contrib.sessions.backends.cache"
 #: the keys Django's engines make (32 of [a-z0-9]); a cookie outside this is no old key
 _KEY_RE = re.compile(r"[A-Za-z0-9]{8,128}\Z")
+
+
+#: the most an old session may decompress to (django-redis's compressors)
+_MAX_DECOMPRESSED = 16 * 2**20
+
+
+def _bounded(decompressor: Any, raw: bytes) -> bytes:
+    """*raw* through *decompressor* (a ``zlib.decompressobj`` or ``lzma.LZMADecompressor``),
+    to :data:`_MAX_DECOMPRESSED` at most; *raw* itself when it is not one whole
+    compressed value (django-redis leaves small values uncompressed)."""
+    import lzma
+    import zlib
+
+    try:
+        out: bytes = decompressor.decompress(raw, _MAX_DECOMPRESSED + 1)
+    except (zlib.error, lzma.LZMAError, EOFError):
+        return raw
+    if len(out) > _MAX_DECOMPRESSED:
+        raise SerializationError(f"the old session decompresses to over {_MAX_DECOMPRESSED >> 20} MB "
+                                 f"({len(raw)} bytes stored): refused")
+    return out if decompressor.eof else raw
+
+
+def _decompress(compressor: Any, raw: bytes) -> bytes:
+    """*raw* decompressed as django-redis's *compressor* would, to a bounded size:
+    its own ``decompress`` has no limit (a zlib bomb of 1 MB is 1 GB in memory), and
+    the key is the cookie's choice. zlib, gzip and lzma are read here within
+    :data:`_MAX_DECOMPRESSED`; another compressor (lz4, zstd, the app's own) by its own
+    ``decompress``. :raises SerializationError: it decompresses beyond the bound."""
+    import lzma
+    import zlib
+
+    from django_redis.compressors.gzip import GzipCompressor  # type: ignore[import-untyped]
+    from django_redis.compressors.identity import IdentityCompressor  # type: ignore[import-untyped]
+    from django_redis.compressors.lzma import LzmaCompressor  # type: ignore[import-untyped]
+    from django_redis.compressors.zlib import ZlibCompressor  # type: ignore[import-untyped]
+
+    method = type(compressor).decompress
+    if method is IdentityCompressor.decompress:
+        return raw
+    if method is ZlibCompressor.decompress:
+        return _bounded(zlib.decompressobj(), raw)
+    if method is GzipCompressor.decompress:
+        return _bounded(zlib.decompressobj(16 + zlib.MAX_WBITS), raw)
+    if method is LzmaCompressor.decompress:
+        return _bounded(lzma.LZMADecompressor(), raw)
+    try:
+        return compressor.decompress(raw)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - django-redis leaves small values uncompressed
+        return raw
 
 
 class DjangoSessions:
@@ -145,10 +196,7 @@ class DjangoSessions:
                 return client.get_client(write=False).get(client.make_key(name))
 
             def decode_dr(raw: bytes) -> Any:
-                try:
-                    raw = client._compressor.decompress(raw)
-                except Exception:  # noqa: BLE001, S110 - django-redis leaves small values uncompressed
-                    pass
+                raw = _decompress(client._compressor, raw)
                 if isinstance(client._serializer, PickleSerializer):
                     return self._unpickle(raw)
                 try:

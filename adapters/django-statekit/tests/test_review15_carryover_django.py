@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -112,3 +113,70 @@ def test_a_db_row_is_carried_over_under_the_key_or_a_fallback_only(django_settin
 def test_the_signed_cookie_engine_is_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="can be carried over from"):
         DjangoSessions("django.contrib.sessions.backends.signed_cookies")
+
+
+_COMPRESSORS = {"zlib": "django_redis.compressors.zlib.ZlibCompressor",
+                "gzip": "django_redis.compressors.gzip.GzipCompressor",
+                "lzma": "django_redis.compressors.lzma.LzmaCompressor"}
+
+
+def _compressed(kind: str, data: bytes) -> bytes:
+    import gzip
+    import lzma
+    import zlib
+
+    return {"zlib": zlib.compress, "gzip": gzip.compress, "lzma": lzma.compress}[kind](data)
+
+
+def _django_redis_old(django_settings: Any, redis_url: str, kind: str, *, opt_in: bool) -> redis.Redis:
+    old_url = redis_url.rsplit("/", 1)[0] + "/4"
+    django_settings.set(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+                                "old": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": old_url,
+                                        "OPTIONS": {"COMPRESSOR": _COMPRESSORS[kind]}}},
+                        SESSION_CACHE_ALIAS="old", SESSION_ENGINE="django_statekit.sessions",
+                        STATEKIT_SESSION_URL=redis_url, MIDDLEWARE=MIDDLEWARE,
+                        STATEKIT_SESSION_CARRY_OVER="django.contrib.sessions.backends.cache",
+                        STATEKIT_SESSION_CARRY_OVER_PICKLE=opt_in)
+    return redis.Redis.from_url(old_url)
+
+
+@pytest.mark.parametrize("kind", list(_COMPRESSORS))
+def test_a_decompression_bomb_under_an_old_key_is_refused_within_bounded_memory(
+        django_settings: Any, redis_url: str, kind: str) -> None:
+    """django-redis's compressors decompress without a limit: 130 KB of zlib under the
+    key an attacker's cookie names were 128 MB in memory before anything looked at
+    them (1 MB: 1 GB), on every request with that cookie, opted in to pickle or not.
+    The old session is decompressed to 16 MB at most; beyond is a refusal."""
+    cookie = "bomb" + uuid.uuid4().hex
+    key = f":1:django.contrib.sessions.cache{cookie}"
+    old = _django_redis_old(django_settings, redis_url, kind, opt_in=False)
+    try:
+        old.set(key, _compressed(kind, bytes(128 * 2**20)))
+        store = get_core_store()
+        refused = store.counters.get("carry_over_refused")
+        tracemalloc.start()
+        try:
+            assert _get(cookie) == {}
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert store.counters.get("carry_over_refused") == refused + 1
+        assert peak < 64 * 2**20, peak
+    finally:
+        old.delete(key)
+        old.close()
+
+
+@pytest.mark.parametrize("kind", list(_COMPRESSORS))
+def test_a_compressed_old_session_is_carried_over(django_settings: Any, redis_url: str, kind: str) -> None:
+    cookie = "zipped" + uuid.uuid4().hex
+    key = f":1:django.contrib.sessions.cache{cookie}"
+    old = _django_redis_old(django_settings, redis_url, kind, opt_in=True)
+    try:
+        session = {"cart": ["apple"] * 100, "_auth_user_id": "1"}  # above every min_length: compressed
+        old.set(key, _compressed(kind, pickle.dumps(session)))
+        assert _get(cookie) == session
+        assert not old.exists(key)
+    finally:
+        old.delete(key)
+        old.close()
