@@ -161,3 +161,61 @@ def test_an_interrupted_tracking_setup_is_never_read_as_a_command_reply(
     assert t.command(b"GET", "t15:bob") == b"bob's data"
     assert t.command(b"PING") == b"PONG"  # and in step afterwards
     t.close()
+
+
+GEVENT_TIMEOUT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json, sys
+import gevent
+from statekit.redis import create_client
+from statekit.redis import transport as transport_module
+from statekit.redis.transport import Transport
+from test_redis_helpers import slow_script
+
+transport_module.STALE_CHECK_AFTER = 3600.0  # no idle check to save a connection out of step
+url = sys.argv[1]
+slow = slow_script(0.3)
+plain = create_client(url)  # (redis-py's client of the URL's kind)
+plain.set("{t15}bob", b"bob's data")
+plain.script_load(slow.source)
+t = Transport(create_client(url + "?socket_timeout=2"), what="gevent")
+assert t.command(b"GET", "{t15}bob") == b"bob's data"  # connected
+out = {}
+try:
+    with gevent.Timeout(0.05):  # fires while the script's reply is awaited
+        t.script(slow, ["{t15}alice"], [b"alice's data"])
+    out["interrupted"] = False
+except gevent.Timeout:
+    out["interrupted"] = True
+out["get"] = t.command(b"GET", "{t15}bob").decode()
+out["next"] = t.command(b"GET", "{t15}nobody")  # the same connection, in step after
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_a_gevent_timeout_mid_reply_never_leaves_the_reply_for_the_next_command(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> None:
+    """Under gevent, a ``gevent.Timeout`` (a BaseException raised in the greenlet as
+    its read waits) cuts a script call while its reply is in flight: the next command
+    on the thread's connection (standalone, or the key's Cluster node) reads its own
+    reply, not the script's ``alice's data``, and stays in step after (redis-py drops a
+    connection whose read or send any exception interrupts; statekit's idle check is
+    off here, so nothing else saves it). Not a defect: passes on the transport as it
+    was."""
+    import json
+    import subprocess
+    import sys
+
+    url = request.getfixturevalue("redis_url" if kind == "standalone" else "redis_cluster_url")
+    script = tmp_path / "gevent_timeout.py"
+    script.write_text(GEVENT_TIMEOUT)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), url], capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "interrupted": True, "get": "bob's data", "next": None}
