@@ -1,5 +1,8 @@
 """Review 15 of the blob store: loose ends, each failing before its fix.
 
+* ``file://`` on a filesystem without hard links: a record left empty by a writer that
+  stopped between claiming its name and renaming its bytes over it made every delete of
+  that key wait 5 s for a writer that was gone;
 * S3 ``part_size`` had no upper bound (S3 takes parts of at most 5 GiB), nor
   ``multipart_threshold`` (one ``PutObject`` of at most 5 GiB), and the part size a
   writer grows to for a long upload could pass 5 GiB.
@@ -7,9 +10,17 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
+from test_blobs_review14 import _sleeps  # tests/ is on sys.path
 
 from statekit.blobs import BlobStore, s3
 from statekit.blobs.protocol import WriteRequest
@@ -21,6 +32,91 @@ GiB = 1024 * MiB
 
 def _bucket(s3_url: str) -> str:
     return s3_url.split("@", 1)[1].split("?", 1)[0]
+
+
+# -- file://: an empty record left on a filesystem without hard links ----------------------
+def _writer_killed_after_claiming_the_record(url: str, key: str) -> int:
+    """Write *key* in a child process on a filesystem without hard links (``os.link``
+    fails with EPERM), killed (``os._exit``) after it claimed its record's name (an
+    empty file) and before it renamed the record over it. The child's exit status."""
+    script = textwrap.dedent(f"""
+        import datetime, errno, os
+        from statekit.blobs import BlobStore
+        from statekit.blobs.protocol import WriteRequest
+
+        store = BlobStore({url!r})
+        record = store.backend._meta_path({key!r})
+        real_replace = os.replace
+
+        def no_links(src, dst):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        def replace(src, dst):
+            if dst == record:
+                os._exit(9)
+            real_replace(src, dst)
+
+        os.link, os.replace = no_links, replace
+        now = datetime.datetime.now(datetime.timezone.utc)
+        store._write(WriteRequest({key!r}, "text/plain", "attachment", {{}}, now), iter([b"never"]))
+    """)
+    return subprocess.run([sys.executable, "-c", script], timeout=60).returncode
+
+
+def test_file_delete_does_not_wait_on_an_empty_record_left_by_a_stopped_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer died between claiming its record's name and renaming its bytes over
+    it: the empty claim stays, unlocked. Each delete of the key waited 5 s for it (an
+    empty record may be a live writer's claim, which is not the delete's to remove); it
+    is never the record of a blob a delete removed (that one has its bytes before the
+    blob is linked), so a delete leaves it at once, to cleanup_partial."""
+    url = f"file://{tmp_path}/s?create=1"
+    key = "2026/01/01/" + "5" * 32
+    assert _writer_killed_after_claiming_the_record(url, key) == 9
+    store = BlobStore(url)
+    record = Path(store.backend._meta_path(key))
+    assert record.exists() and record.stat().st_size == 0
+    slept = _sleeps(monkeypatch)
+    assert store.delete(key) is False
+    assert store.delete(key) is False
+    assert not slept.is_set()
+    assert record.exists()  # not the delete's: a claim like it may be a live writer's
+    os.utime(record, (1, 1))
+    assert store.backend.cleanup_partial(3600) == 1 and not record.exists()
+    writer = store.backend.writer(WriteRequest(key, "text/plain", "attachment", {}, _now()))
+    writer.write(b"data")
+    writer.commit(hashlib.sha256(b"data").hexdigest(), 4)
+    assert store.stat(key).sha256 == hashlib.sha256(b"data").hexdigest()
+
+
+def test_file_delete_racing_a_writer_without_hard_links_keeps_the_new_blob_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same empty claim, of a live writer this time: a delete of the key arrives
+    between the claim and the rename. It neither waits nor removes the claim, and the
+    writer's blob is stored whole, with its record."""
+    store = BlobStore(f"file://{tmp_path}/s?create=1")
+    key = "2026/01/01/" + "6" * 32
+    record, real_replace, deleted = store.backend._meta_path(key), os.replace, list[bool]()
+
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def replace(src: str, dst: str) -> None:
+        if dst == record and not deleted:
+            assert os.path.getsize(record) == 0
+            deleted.append(store.delete(key))
+        real_replace(src, dst)
+
+    slept = _sleeps(monkeypatch)
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "replace", replace)
+    writer = store.backend.writer(WriteRequest(key, "text/plain", "attachment", {"owner": "w"}, _now()))
+    writer.write(b"data")
+    writer.commit(hashlib.sha256(b"data").hexdigest(), 4)
+    monkeypatch.undo()
+    assert deleted == [False] and not slept.is_set()
+    found = store.stat(key)
+    assert (found.sha256, found.metadata) == (hashlib.sha256(b"data").hexdigest(), {"owner": "w"})
 
 
 def _now() -> Any:

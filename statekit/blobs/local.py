@@ -91,6 +91,14 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+def _empty(path: str) -> bool:
+    """Whether the file *path* exists and is empty."""
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
 def _link_exclusive(src: str, dst: str) -> None:
     """Make *src* visible as *dst* unless *dst* exists (then :class:`FileExistsError`)."""
     try:
@@ -424,10 +432,15 @@ class LocalBackend(BlobBackend):
         moments after it linked its blob, so a held record is waited for, up to
         :data:`_RECORD_WAIT` seconds: then it is the new blob's record, or gone, or
         (its writer stopped on the way) an orphan for the next write of the key or
-        :meth:`cleanup_partial`."""
+        :meth:`cleanup_partial`. An empty record is not waited for: the name a writer
+        on a filesystem without hard links claims before it renames its record over it
+        (:func:`_link_exclusive`), never the record of the blob this delete removed
+        (that one had its bytes before its blob was linked): a live writer's, which
+        that writer completes, or one a stopped writer left (unlocked: it waited the
+        whole :data:`_RECORD_WAIT` on every delete of the key), for cleanup_partial."""
         deadline, pause = time.monotonic() + _RECORD_WAIT, 0.001
         while not self._remove_orphan(meta, blob) and not os.path.lexists(blob):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or _empty(meta):
                 return
             time.sleep(pause)
             pause = min(2 * pause, 0.05)
