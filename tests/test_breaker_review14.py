@@ -18,7 +18,6 @@ Found by this review (each test failed before its fix):
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 
 import pytest
@@ -161,37 +160,8 @@ def test_a_cancelled_async_trial_lets_the_next_call_try_at_once(private_redis: R
     asyncio.run(body())
 
 
-class _Interrupted(BaseException):
-    """What a signal handler raises (as ``KeyboardInterrupt`` or a gevent ``Timeout``)."""
-
-
-def test_an_interrupted_sync_trial_lets_the_next_call_try_at_once(private_redis: RedisServer) -> None:
-    """The sync trial (``get``'s own path) is interrupted while Redis hangs: the next
-    call, Redis back, is the new trial."""
-    breaker, now = _clocked()
-    cache = Cache(private_redis.url, namespace="review14", timeout=60)
-    cache.breaker = breaker
-
-    def interrupt(*_: object) -> None:
-        raise _Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        cache.set("k", "v")
-        breaker.failure()  # (as a call of the current period that timed out)
-        private_redis.pause()
-        now[0] = 1.0
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises(_Interrupted):
-            cache.get("k")  # the trial: waits for the hung Redis until interrupted
-        private_redis.resume()
-        assert cache.get("k") == "v"  # was: BackendUnavailable, breaker open
-        assert breaker.state == CLOSED
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        private_redis.resume()
-        cache.close()
+# the sync trial interrupted (get's own path and every other one): see
+# tests/test_review15_cache.py::test_an_interrupted_trial_on_any_path_frees_its_place_at_once
 
 
 # -- a namespace's stats ----------------------------------------------------------------
