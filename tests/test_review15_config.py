@@ -4,6 +4,7 @@ server does not have is configuration, not an outage."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,8 +97,11 @@ def test_async_a_database_the_server_does_not_have(four_dbs: RedisServer) -> Non
 
     async def main() -> None:
         cache = AsyncCache(f"redis://127.0.0.1:{four_dbs.port}/5")
-        with pytest.raises(ConfigError, match="database 5"):
-            await cache.get("k")
+        try:
+            with pytest.raises(ConfigError, match="database 5"):
+                await cache.get("k")
+        finally:
+            await cache.aclose()
 
     asyncio.run(main())
 
@@ -241,3 +245,43 @@ def test_a_cut_password_is_told_how_to_write_it() -> None:
     assert parse_url("unix:///run/r.sock?password=s3cr@t").password == "s3cr@t"
     with pytest.raises(ConfigError, match="%23"):
         parse_url("redis://h/0?password=pa#ss")
+
+
+# -- a URL pasted with spaces, given directly ----------------------------------------------
+
+
+_NOT_YET = pytest.mark.xfail(strict=True, reason="each capability picks its backend by the text's scheme "
+                             "before parse_url strips it (statekit/cache, sessions, blobs, broadcast: "
+                             "their owners' change; see the review 15 report)")
+
+
+@pytest.mark.redis
+@_NOT_YET
+@pytest.mark.parametrize("make", ["Cache", "SessionStore", "Broadcaster"])
+def test_a_redis_url_with_spaces_around_it_given_directly(redis_url: str, make: str) -> None:
+    """' redis://...\\n' as pasted from an env file: Settings and the adapters strip
+    it, parse_url too; given to a constructor it is 'no cache backend for   redis://
+    URLs'."""
+    url = f"  {redis_url}\n"
+    if make == "Cache":
+        cache = Cache(url)
+        cache.set("spaced", 1)
+        assert cache.get("spaced") == 1
+    elif make == "SessionStore":
+        from statekit.sessions import SessionStore
+
+        assert SessionStore(url, secret_keys=["k" * 32]).new().new
+    else:
+        from statekit.broadcast import Broadcaster
+
+        Broadcaster(url).stop()
+
+
+@_NOT_YET
+def test_a_blob_url_with_spaces_around_it_given_directly(tmp_path: Path) -> None:
+    from statekit.blobs.store import BlobStore
+
+    store = BlobStore(f" file://{tmp_path}\n")
+    blob = store.put(io.BytesIO(b"spaced"), filename="a.txt")
+    with store.open(blob.key) as f:
+        assert f.read() == b"spaced"
