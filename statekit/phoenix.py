@@ -69,6 +69,7 @@ import contextlib
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -741,6 +742,52 @@ def _load_scenario(spec: str) -> type[Scenario]:
     return cls
 
 
+def _check_app_module(app: str, path: Sequence[str]) -> None:
+    """Refuse an app whose module (``MODULE`` of ``MODULE:APP``, as gunicorn splits it)
+    does not exist, before any server starts: looked for on *path* (the instances'
+    ``PYTHONPATH``) and where the installed packages are, not imported (the app may need
+    the URLs of the servers phoenix is about to start; its code runs in the instances
+    only). A submodule of a package whose ``__init__.py`` changes its ``__path__`` (found
+    only by running it) is not refused: the instances tell.
+
+    :raises ConfigError: the module, or a package it is in, does not exist (in the
+        words of Python's :exc:`ModuleNotFoundError`)."""
+    module = app.partition(":")[0]
+    parts = module.split(".")
+    if not all(parts):
+        raise ConfigError(f"{app!r} must be MODULE:APP (a module such as myproject.wsgi)")
+    if module in sys.modules:
+        return
+    spec = (importlib.machinery.PathFinder.find_spec(parts[0], [*path, *sys.path])
+            or importlib.util.find_spec(parts[0]))  # a top-level name: nothing is imported
+    for i in range(1, len(parts)):
+        package, name = ".".join(parts[:i]), ".".join(parts[: i + 1])
+        if spec is None:
+            break
+        locations = spec.submodule_search_locations
+        if locations is None:
+            raise ConfigError(f"cannot import {module!r}: No module named {name!r}; "
+                              f"{package!r} is not a package")
+        if spec.origin and os.path.basename(spec.origin) == "__init__.py" and _extends_path(spec.origin):
+            return
+        spec = next(filter(None, (finder.find_spec(name, list(locations)) for finder in sys.meta_path
+                                  if hasattr(finder, "find_spec"))), None)
+        if spec is None:
+            raise ConfigError(f"cannot import {module!r}: No module named {name!r}")
+    if spec is None:
+        raise ConfigError(f"cannot import {module!r}: No module named {parts[0]!r}")
+
+
+def _extends_path(init: str) -> bool:
+    """Whether the package ``__init__.py`` *init* may add to its ``__path__`` when it
+    runs (``pkgutil.extend_path``; unreadable counts as may)."""
+    try:
+        with open(init, encoding="utf-8", errors="replace") as f:
+            return "__path__" in f.read()
+    except OSError:
+        return True
+
+
 #: prints the app's interface (statekit.asgi.interface_of), imported as statekit serve does
 _DETECT = ("import sys\nfrom gunicorn.util import import_app\nfrom statekit.asgi import interface_of\n"
            "print(interface_of(import_app(sys.argv[1])))\n")
@@ -880,6 +927,7 @@ def run(opts: argparse.Namespace, console: Any) -> PhoenixReport:
         if not sep or not key:
             raise ConfigError(f"--env {item!r} must be KEY=VALUE")
         env[key] = value
+    _check_app_module(opts.app, [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     stack = contextlib.ExitStack()
     tmp = tempfile.mkdtemp(prefix="statekit-phoenix-")
     stack.callback(shutil.rmtree, tmp, True)
