@@ -1,5 +1,10 @@
 """Review 15 of the blob store: loose ends, each failing before its fix.
 
+* S3 ``delete`` was a ``HEAD`` then a plain ``DELETE``: when another delete removed the
+  blob in between, both reported ``True`` for one blob (the contract's
+  ``test_delete_racing_a_put`` shows it on every store); the ``DELETE`` is now
+  conditional on the ``HEAD``'s ETag. Here: what the condition must not break (a
+  ``DELETE`` resent after a lost answer, stores without conditional requests);
 * ``file://`` on a filesystem without hard links: a record left empty by a writer that
   stopped between claiming its name and renaming its bytes over it made every delete of
   that key wait 5 s for a writer that was gone;
@@ -24,6 +29,7 @@ from test_blobs_review14 import _sleeps  # tests/ is on sys.path
 
 from statekit.blobs import BlobStore, s3
 from statekit.blobs.protocol import WriteRequest
+from statekit.embedded import S3Server
 from statekit.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -32,6 +38,73 @@ GiB = 1024 * MiB
 
 def _bucket(s3_url: str) -> str:
     return s3_url.split("@", 1)[1].split("?", 1)[0]
+
+
+# -- S3 delete: the DELETE of the version the HEAD found ------------------------------------
+@pytest.mark.s3
+def test_s3_delete_whose_answer_was_lost_reports_the_blob(s3_server: S3Server, s3_url: str) -> None:
+    """The ``DELETE`` is applied and its answer lost (a read timeout): botocore sends it
+    again and S3 answers 404 (the condition finds nothing). The first attempt removed
+    the blob: delete() says ``True``, as before the condition."""
+    from botocore.exceptions import ReadTimeoutError
+
+    store = BlobStore(s3_url + "&retries=1")
+    client = store.backend.client
+    blob = store.put(b"bye", content_type="text/plain")
+    sent: list[dict[str, str]] = []
+
+    def applied_then_lost(request: Any, **_: Any) -> Any:
+        sent.append(dict(request.headers))
+        response = client._endpoint.http_session.send(request)
+        if len(sent) == 1:
+            raise ReadTimeoutError(endpoint_url=request.url)
+        return response
+
+    client.meta.events.register("before-send.s3.DeleteObject", applied_then_lost)
+    assert store.delete(blob.key) is True
+    assert len(sent) == 2 and all("If-Match" in headers for headers in sent)
+    assert not store.exists(blob.key)
+    assert s3_server.client().list_objects_v2(Bucket=_bucket(s3_url)).get("Contents", []) == []
+
+
+@pytest.mark.s3
+def test_s3_delete_racing_a_put_keeps_the_new_blob(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract lets a delete racing a put remove the new blob or keep it; S3's
+    conditional ``DELETE`` keeps it: the delete found the old blob, another removed it
+    and a write stored a new one under the key before the ``DELETE`` went: 412, ``False``."""
+    import secrets
+
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "ef" * n)
+    store = BlobStore(s3_url + "&retries=0")
+    old = store.put(b"old", content_type="text/plain")
+    client, new = store.backend.client, []
+
+    def meanwhile(request: Any, **_: Any) -> None:
+        if not new:  # the first DELETE: another process deletes, then writes the key
+            new.append(None)
+            assert store.delete(old.key) is True
+            new[0] = store.put(b"new", content_type="text/plain")
+
+    client.meta.events.register("before-send.s3.DeleteObject", meanwhile)
+    assert store.delete(old.key) is False
+    assert new[0].key == old.key
+    with store.open(old.key) as f:
+        assert f.read() == b"new"
+
+
+@pytest.mark.s3
+def test_s3_delete_without_conditional_writes_sends_no_condition(s3_url: str) -> None:
+    """``conditional_writes=false`` is for stores that refuse conditional requests: the
+    ``DELETE`` carries no ``If-Match`` there, and deletes as before."""
+    store = BlobStore(s3_url + "&retries=0&conditional_writes=false")
+    blob = store.put(b"bye", content_type="text/plain")
+    headers: list[dict[str, str]] = []
+    store.backend.client.meta.events.register("before-send.s3.DeleteObject",
+                                              lambda request, **_: headers.append(dict(request.headers)))
+    assert store.delete(blob.key) is True
+    assert store.delete(blob.key) is False
+    assert len(headers) == 1 and "If-Match" not in headers[0]
+    assert not store.exists(blob.key)
 
 
 # -- file://: an empty record left on a filesystem without hard links ----------------------

@@ -178,7 +178,8 @@ class BlobBackend(Protocol):
     def delete(self, key: str) -> bool:
         """Delete the object and its record; ``True`` if it existed. Idempotent. A write
         of the same key committing meanwhile is deleted whole or kept whole: its
-        record is never removed from under it."""
+        record is never removed from under it. Of two deletes of one object at once,
+        one says ``True``: each object removed is reported once."""
 
     @abstractmethod
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:

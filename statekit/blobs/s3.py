@@ -19,10 +19,11 @@ under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 ``part_size`` (5 MiB, S3's minimum; both at most 5 GiB, S3's largest part and
 ``PutObject``: a :class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2), ``profile``,
 ``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
-off only for stores that reject ``If-None-Match``: every write is then a ``HEAD``
-before the ``PUT``, so two writers of one key at the same instant can both succeed,
-and a direct upload's ``confirm()`` and ``cleanup_incomplete()`` can both act on it
-again, within that instant), ``request_checksum_calculation``
+off only for stores that reject ``If-None-Match`` or a delete's ``If-Match``: every
+write is then a ``HEAD`` before the ``PUT``, so two writers of one key at the same
+instant can both succeed, and a direct upload's ``confirm()`` and
+``cleanup_incomplete()`` can both act on it again, within that instant; two deletes of
+one blob at that instant can both report it), ``request_checksum_calculation``
 and ``response_checksum_validation`` (botocore's ``when_supported`` /
 ``when_required``).
 
@@ -620,11 +621,24 @@ class S3Backend(BlobBackend):
         return found
 
     def delete(self, key: str) -> bool:
+        """A ``HEAD``, then a ``DELETE`` of the version it found (``If-Match`` its ETag):
+        ``True`` when this call removed it. If another delete removed it in between (and
+        perhaps a write of the key stored a new object), S3 answers 404 or 412: ``False``,
+        and the new object stays whole. A plain ``DELETE`` there reported ``True`` for an
+        object the other delete had removed (two ``True`` for one object), or removed the
+        new one. When botocore sent the ``DELETE`` again (its answer was lost) and the
+        retry finds the object gone, the first attempt may have removed it: ``True``.
+        With ``conditional_writes=false`` the ``DELETE`` is unconditional (racy so)."""
         try:
-            self._head(key)
+            head = self._head(key)
         except BlobNotFound:
             return False
-        self._call("delete_object", key, Bucket=self.bucket, Key=self._full(key))
+        cond = {"IfMatch": head["ETag"]} if self.conditional_writes and head.get("ETag") else {}
+        try:
+            self._call("delete_object", key, Bucket=self.bucket, Key=self._full(key), **cond)
+        except (BlobNotFound, BlobExists) as e:  # 404 / 412: not the version this call found
+            meta = getattr(e.__cause__, "response", {}).get("ResponseMetadata", {})
+            return bool(meta.get("RetryAttempts"))
         return True
 
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:

@@ -18,8 +18,9 @@ statekit runs it on ``s3://`` (moto's server over HTTP), ``file://`` and
 ``memory://``. It covers round trips of every input kind, streamed multi-part writes
 and ranged reads, no overwrite, size limits and type checks refused before anything
 is visible, an input that fails mid-stream, keys that must be refused, idempotent
-deletes, paginated listings, download URLs (the store's own presigned ones, fetched
-over HTTP, or ones the façade signs), and direct uploads from confirm to cleanup.
+deletes (and one racing another delete and a write of the key), paginated listings,
+download URLs (the store's own presigned ones, fetched over HTTP, or ones the façade
+signs), and direct uploads from confirm to cleanup.
 Needs pytest; the HTTP checks of stores that presign their own URLs need
 ``requests``, the framework-upload check werkzeug and Django (skipped without them).
 """
@@ -182,6 +183,15 @@ class _Interleaving:
 
 class BlobStoreContract:
     """The blob-store contract; a subclass provides the ``store`` fixture."""
+
+    #: the step of ``backend.delete(key)`` after it found the object and before it is
+    #: done removing it, by scheme (an :class:`_Interleaving` point and call number):
+    #: another process deletes and writes the key there. A backend whose delete is one
+    #: step has none; a subclass for another backend may name its own.
+    delete_window: dict[str, tuple[str, int]] = {
+        "s3": ("backend._call", 2),  # HEAD done, DELETE not sent
+        "file": ("backend._drop_record", 1),  # blob unlinked, record not removed
+    }
 
     @pytest.fixture
     def store(self) -> Iterator[BlobStore]:
@@ -360,6 +370,43 @@ class BlobStoreContract:
         assert store.delete(blob.key) is True
         assert store.delete(blob.key) is False
         assert not store.exists(blob.key)
+
+    @pytest.mark.parametrize("then_put", [False, True], ids=["another-delete", "another-delete-and-a-put"])
+    def test_delete_racing_a_put(self, store: BlobStore, monkeypatch: pytest.MonkeyPatch,
+                                 then_put: bool) -> None:
+        """``delete(key)`` while, between its look at the blob and its removal, another
+        process deletes that blob and (``then_put``) a write stores a new one under the
+        key: each blob removed is reported by one ``True`` and no more (S3's HEAD and
+        DELETE said ``True`` twice for one blob), and the new blob is kept whole, with
+        its record, or removed whole."""
+        monkeypatch.setattr(secrets, "token_hex", lambda n: "cd" * n)  # the put writes the same key again
+        old = store.put(b"old", content_type="text/plain")
+        window = self.delete_window.get(store.scheme)
+        new: Blob | None = None
+        with _Interleaving(monkeypatch, store) as run:
+            if window:
+                run.hold("first", *window)
+                run.start("first", lambda: store.delete(old.key))
+                assert run.reached("first", *window)
+            else:
+                run.start("first", lambda: store.delete(old.key))
+                run.outcome("first")
+            second = store.delete(old.key)
+            if then_put:
+                new = store.put(b"new", content_type="text/plain", metadata={"owner": "new"})
+                assert new.key == old.key
+            if window:
+                run.release("first", *window)
+            first = run.outcome("first")
+        assert isinstance(first, bool), first
+        kept = store.exists(old.key)
+        assert [first, second].count(True) == (2 if new is not None and not kept else 1)
+        if kept:
+            assert new is not None and read_all(store, new.key) == b"new"
+            found = store.stat(new.key)
+            assert (found.sha256, found.content_type, found.metadata) == (new.sha256, "text/plain",
+                                                                         {"owner": "new"})
+        assert [b.key for b in store.list()] == ([old.key] if kept else [])
 
     def test_list_is_paginated_and_prefixed(self, store: BlobStore) -> None:
         keys = sorted(store.put(f"n{i}".encode(), content_type="text/plain", prefix="docs").key
