@@ -15,16 +15,17 @@ from statekit.config import Settings, parse_url
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle
+from statekit.pytest_plugin import server_lines
 from statekit.redis import create_client
 
 # -- a database the server does not have ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def four_dbs() -> Iterator[RedisServer]:
+@pytest.fixture(scope="module", params=server_lines(), ids=lambda b: b.line)
+def four_dbs(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A Redis with 4 databases (0-3), and a user 'app' (password 'Pw-15-secret') that
-    may not run CONFIG, as on a managed Redis."""
-    srv = RedisServer(args=["--databases", "4"])
+    may not run CONFIG, as on a managed Redis; each server line."""
+    srv = RedisServer(request.param, args=["--databases", "4"])
     srv.start()
     with srv.client() as r:
         r.execute_command("ACL", "SETUSER", "app", "on", ">Pw-15-secret", "~*", "&*", "+@all", "-config")
@@ -33,12 +34,12 @@ def four_dbs() -> Iterator[RedisServer]:
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("where", ["/5", "?db=5"])
+@pytest.mark.parametrize("where", ["/5", "?db=5", "/5?protocol=3"])
 def test_a_database_the_server_does_not_have_is_a_config_error(four_dbs: RedisServer, where: str) -> None:
     """SELECT 5 on a server of 4 databases: the first command raises a ConfigError
     naming the database and the server's limit, again on every call, and the circuit
-    breaker stays closed (it was a BackendUnavailable 'Redis refused a cache command',
-    a 503 'try again' that opened the breaker after 5 calls). Database 3 works."""
+    breaker stays closed (it was a BackendUnavailable 'Redis refused a cache command':
+    a 503 'try again'). Database 3 works."""
     base = f"redis://127.0.0.1:{four_dbs.port}"
     cache = Cache(base + where)
     for _ in range(cache.breaker.failure_threshold + 2):
