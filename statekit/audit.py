@@ -30,7 +30,8 @@ SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``h
 Heuristics, not proofs: a handler is a function with a route decorator
 (``@app.route``, ``@bp.post``, ``@app.api_route``, ``@app.middleware``...), one a
 route registers (``Route("/", home)``, ``WebSocketRoute``, ``add_route``,
-``add_api_route``, ``add_url_rule``) or a FastAPI dependency (``Depends(f)``) names,
+``add_api_route``, ``add_url_rule``, Django's ``path``/``re_path``/``url`` in
+``urlpatterns``) or a FastAPI dependency (``Depends(f)``) names in the same module,
 whatever its parameters are called, a function or method taking ``request`` first, or
 a ``get``/``post``/... method of a class; functions of the same module it calls by
 name count as part of it. Silence one line with ``# statekit: ignore`` (or
@@ -91,6 +92,8 @@ _ROUTE_DECORATORS = _HTTP_METHODS | {"route", "before_request", "after_request",
 _ROUTE_CALLS = {"Route", "WebSocketRoute", "add_route", "add_api_route", "add_websocket_route",
                 "add_api_websocket_route", "add_url_rule", "Depends", "Security"}
 _ROUTE_KEYWORDS = {"endpoint", "view_func", "dependency"}
+#: Django's URL patterns, ``path("x/", view)`` in ``urlpatterns`` (``url`` before Django 4)
+_URL_PATTERNS = {"path", "re_path", "url"}
 _MUTATORS = {"append", "extend", "insert", "update", "setdefault", "add", "pop", "popitem", "remove",
              "discard", "clear", "appendleft", "__setitem__"}
 _CONTAINER_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"}
@@ -99,6 +102,10 @@ _DB_CALLS = {"execute", "executemany", "executescript", "fetchone", "fetchall", 
 _THREAD_CLASSES = {"Timer", "Thread", "BackgroundScheduler", "AsyncIOScheduler", "GeventScheduler",
                    "TornadoScheduler", "QtScheduler", "scheduler", "RepeatedTimer"}
 _EXECUTOR_CLASSES = {"ThreadPoolExecutor", "ProcessPoolExecutor"}
+#: calls that start asyncio (or anyio/trio) work running on by itself unless awaited: a task
+#: (``asyncio.create_task``, ``loop.create_task``, a task group's), an executor's job.
+#: (``asyncio.to_thread(f)`` runs only once awaited or made a task: the task is the start.)
+_ASYNC_STARTS = {"create_task", "ensure_future", "start_soon", "run_in_executor"}
 #: modules whose functions (``requests.get``), or clients (``httpx.Client(...)``), fetch over HTTP
 _HTTP_MODULES = {"requests", "httpx", "aiohttp", "urllib3"}
 #: their clients' classes (``Client`` and ``Session`` only with the module's name: other libraries have them)
@@ -289,8 +296,17 @@ def _is_http_client(call: ast.Call) -> bool:
 
 def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
     """The functions *call* registers by name: ``Route("/", home)``, ``app.add_api_route("/",
-    create)``, ``add_url_rule("/", "i", index)``, ``Depends(current_user)``."""
+    create)``, ``add_url_rule("/", "i", index)``, Django's ``path("x/", view)``,
+    ``Depends(current_user)``."""
     name = _name(call)
+    if name in _URL_PATTERNS:  # a route first (a string, an f-string, a gettext_lazy() call), then the view
+        route = call.args[0] if call.args else None
+        view = (call.args[1] if len(call.args) > 1
+                else next((k.value for k in call.keywords if k.arg == "view"), None))
+        if (isinstance(view, ast.Name)
+                and (_const_str(route) is not None or isinstance(route, (ast.JoinedStr, ast.Call)))):
+            yield view.id, "view"
+        return
     if name not in _ROUTE_CALLS:
         return
     kind = "dependency" if name in ("Depends", "Security") else "endpoint"
@@ -525,7 +541,10 @@ def _is_cache_decorator(dec: ast.AST) -> bool:
 
 
 def _starts_background(call: ast.Call, mod: _Module) -> bool:
-    """``thread.start()``, ``scheduler.start()`` or ``executor.submit(task)``."""
+    """``thread.start()``, ``scheduler.start()``, ``executor.submit(task)``, or one of
+    :data:`_ASYNC_STARTS` (``asyncio.create_task(poll())``: see :func:`_waited_for`)."""
+    if _name(call) in _ASYNC_STARTS:
+        return True
     if _name(call) not in ("start", "submit") or not isinstance(call.func, ast.Attribute):
         return False
     target = call.func.value
@@ -541,9 +560,14 @@ def _starts_background(call: ast.Call, mod: _Module) -> bool:
 
 def _waited_for(stmt: ast.AST) -> set[int]:
     """id() of the ``pool.submit(...)`` calls in ``with ThreadPoolExecutor() as pool:``
-    blocks: the block's end waits for them, they are no background work."""
+    blocks (the block's end waits for them) and of what an ``await`` waits for
+    (``await asyncio.to_thread(load)``, ``await asyncio.gather(...)``): no background
+    work. Also of an asyncio start inside another (``asyncio.create_task(asyncio.to_thread(f))``):
+    the outer one is the work reported."""
     waited: set[int] = set()
     for node in ast.walk(stmt):
+        if isinstance(node, ast.Await) or (isinstance(node, ast.Call) and _name(node) in _ASYNC_STARTS):
+            waited.update(id(n) for n in ast.walk(node) if n is not node)
         if isinstance(node, (ast.With, ast.AsyncWith)):
             pools = {name for name, value in _bindings(node) if _name(value) in _EXECUTOR_CLASSES}
             waited.update(id(n) for s in node.body for n in ast.walk(s)
@@ -591,7 +615,11 @@ def _check_timers(mod: _Module, out: list[tuple[int, str, str]]) -> None:
 
 
 def _started(call: ast.Call) -> str:
-    return "task submitted to an executor" if _name(call) == "submit" else "timer/thread started"
+    if _name(call) in ("submit", "run_in_executor"):
+        return "task submitted to an executor"
+    if _name(call) in ("create_task", "ensure_future", "start_soon"):
+        return "asyncio task started"
+    return "timer/thread started"
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:

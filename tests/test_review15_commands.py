@@ -6,8 +6,10 @@ work started by startup hooks, ``statekit dev`` under a job-control shell (Ctrl-
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,126 @@ def test_phoenix_finds_the_app_package_in_the_current_directory_without_importin
     assert proc.returncode == 2, out
     assert "No module named" not in out, out
     assert "private Redis and S3 endpoint started" in out, out  # it went on to run the instances
+
+
+# -- audit: Django URL patterns register views ----------------------------------------------
+
+
+def _audit(tmp_path: Path, name: str, source: str) -> list[tuple[int, str]]:
+    (tmp_path / name).write_text(textwrap.dedent(source).lstrip("\n"))
+    proc = _statekit(tmp_path, "audit", name, "--format", "json")
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return [(f["line"], f["code"]) for f in json.loads(proc.stdout)]
+
+
+def test_audit_django_views_registered_by_path_re_path_and_url(tmp_path: Path) -> None:
+    """A Django view is what ``path``/``re_path``/``url`` in ``urlpatterns`` name, its
+    request parameter called ``req``, ``_`` or ``r`` as much as ``request``
+    (``@app.route``'s and Starlette ``Route``'s endpoints were already recognised)."""
+    found = _audit(tmp_path, "urls.py", """
+        from django.conf.urls import url
+        from django.http import HttpResponse
+        from django.urls import path, re_path
+        from django.utils.translation import gettext_lazy as _
+        VISITS = {}
+        def count(req, page):
+            VISITS[page] = VISITS.get(page, 0) + 1
+            return HttpResponse(str(VISITS[page]))
+        def reset(_):
+            VISITS.clear()
+            return HttpResponse("ok")
+        def legacy(r):
+            global hits
+            hits += 1
+            return HttpResponse(str(hits))
+        def about(r):
+            VISITS.setdefault("about", 0)
+            return HttpResponse("about")
+        urlpatterns = [
+            path("count/<page>/", count, name="count"),
+            re_path(r"^reset/$", view=reset),
+            path(_("about/"), about),
+        ]
+        urlpatterns += [url(r"^legacy/$", legacy)]
+    """)
+    assert found == [(7, "SK301"), (10, "SK301"), (13, "SK302"), (17, "SK301")]
+
+
+def test_audit_path_calls_that_are_not_url_patterns_register_nothing(tmp_path: Path) -> None:
+    """Near misses: a ``path`` that is not Django's (its first argument is no route),
+    ``os.path``, ``include`` and a view from another module name no function here."""
+    found = _audit(tmp_path, "urls.py", """
+        import os
+        from django.urls import include, path
+        from . import views
+        SEEN = set()
+        def remember(name):
+            SEEN.add(name)
+            return name
+        def join(base, name):
+            return os.path.join(base, remember(name))
+        where = path(base_dir, remember)
+        urlpatterns = [path("api/", include("api.urls")), path("x/", views.remember)]
+    """)
+    assert found == []
+
+
+# -- audit: asyncio background work started by startup hooks --------------------------------
+
+
+def test_audit_asyncio_tasks_and_executor_work_started_at_startup(tmp_path: Path) -> None:
+    """``asyncio.create_task``/``ensure_future`` (of an ``asyncio.to_thread`` too),
+    ``loop.run_in_executor`` and a task group's ``start_soon``, not awaited, in a FastAPI
+    ``@app.on_event("startup")``, a ``lifespan``, a Starlette ``on_startup=`` hook: a
+    background task in every worker (SK402), as a thread or ``executor.submit`` there was.
+    (``asyncio.to_thread(f)`` alone is a coroutine that runs nothing until awaited or made
+    a task: the task is what is reported, once.)"""
+    found = _audit(tmp_path, "main.py", """
+        import asyncio
+        from contextlib import asynccontextmanager
+        import anyio
+        from fastapi import FastAPI
+        from starlette.applications import Starlette
+        @asynccontextmanager
+        async def lifespan(app):
+            task = asyncio.create_task(refresh_forever())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(poll_forever)
+                yield
+            task.cancel()
+        app = FastAPI(lifespan=lifespan)
+        @app.on_event("startup")
+        async def start_poller():
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, poll_forever)
+        async def warm():
+            asyncio.ensure_future(asyncio.to_thread(poll_forever))
+            background = asyncio.to_thread(poll_forever)
+            asyncio.get_event_loop().create_task(background)
+        star = Starlette(on_startup=[warm])
+    """)
+    assert found == [(8, "SK402"), (10, "SK402"), (17, "SK402"), (19, "SK402"), (21, "SK402")]
+
+
+def test_audit_awaited_startup_work_and_per_request_tasks_are_not_background(tmp_path: Path) -> None:
+    """Near misses: startup work the hook awaits (``await asyncio.to_thread(load)``,
+    ``await loop.run_in_executor(...)``, ``await asyncio.gather(...)``) is done when
+    the worker starts serving, as a ``with ThreadPoolExecutor()`` block's tasks; a
+    task a request handler starts is not per-worker state."""
+    found = _audit(tmp_path, "main.py", """
+        import asyncio
+        from fastapi import FastAPI
+        app = FastAPI()
+        @app.on_event("startup")
+        async def load_models():
+            await asyncio.to_thread(load_model)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, load_model)
+            await asyncio.gather(asyncio.to_thread(load_model), asyncio.create_task(warm_up()))
+            await asyncio.wait_for(asyncio.ensure_future(warm_up()), 5)
+        @app.post("/jobs")
+        async def start_job():
+            asyncio.create_task(run_job())
+            return {"started": True}
+    """)
+    assert found == []
