@@ -219,3 +219,45 @@ def test_a_gevent_timeout_mid_reply_never_leaves_the_reply_for_the_next_command(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
         "interrupted": True, "get": "bob's data", "next": None}
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+def test_each_ended_threads_connections_are_back_in_their_pools_without_a_collection(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    """``max_connections`` accounting: a thread's connection (standalone, or one per
+    Cluster node it used) goes back to its pool as the thread ends, with the garbage
+    collector off (nothing of it in a reference cycle), so ten threads one after the
+    other under ``max_connections=2`` each get one, and the pools hold none in use
+    after each."""
+    import threading
+
+    url = request.getfixturevalue("redis_url" if kind == "standalone" else "redis_cluster_url")
+    t = Transport(create_client(f"{url}?max_connections=2"), what="test")
+    keys = [f"review15:{{{i}}}".encode() for i in range(12)]  # slots on every node
+    t.command(b"SET", keys[0], b"v")  # connected, slot map read
+
+    def pools() -> list[Any]:
+        if kind == "standalone":
+            return [t.client.connection_pool]
+        return [node.redis_connection.connection_pool for node in t.client.get_primaries()]
+
+    replies: list[Any] = []
+
+    def work() -> None:
+        replies.append([t.command(b"GET", key) for key in keys])
+
+    t.close()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            th = threading.Thread(target=work)
+            th.start()
+            th.join(30)
+            assert not th.is_alive()
+            assert [len(pool._in_use_connections) for pool in pools()] == [0] * len(pools())
+    finally:
+        gc.enable()
+    assert replies == [[b"v", *[None] * 11]] * 10
+    if kind == "cluster":
+        assert len({t.client.get_node_from_key(key).name for key in keys}) == len(pools()) > 1
