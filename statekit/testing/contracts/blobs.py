@@ -445,7 +445,8 @@ class BlobStoreContract:
         with pytest.raises(ValueError):
             store.url(blob.key, expires=0)
 
-    def test_presigned_upload_confirm_and_cleanup(self, store: BlobStore) -> None:
+    def test_presigned_upload_confirm_and_cleanup(self, store: BlobStore,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
         good = store.presign_upload(max_size=10_000, content_type_prefix="image/", expires=60)
         assert good.key not in (b.key for b in store.list())
         assert direct_upload(store, good, png_bytes(), "image/png")
@@ -473,12 +474,14 @@ class BlobStoreContract:
         with pytest.raises(DisallowedContentType):
             store.confirm(wrong.key)
 
-        abandoned = store.presign_upload(max_size=10_000, expires=1)
+        # a minute: a form's expiry is counted in whole seconds, so expires=1 could end
+        # before the upload was sent (the presign late in a second: this test failed)
+        abandoned = store.presign_upload(max_size=10_000, expires=60)
         assert direct_upload(store, abandoned, b"never confirmed", "text/plain")
-        never = store.presign_upload(max_size=10_000, expires=1)
+        never = store.presign_upload(max_size=10_000, expires=60)
         with pytest.raises(BlobNotFound):
             store.confirm(never.key)
-        time.sleep(1.1)  # both forms expire
+        self._later(monkeypatch, 120)  # both forms expire
         assert store.cleanup_incomplete(older_than=0) >= 2
         assert not store.exists(abandoned.key)
         assert [b.key for b in store.list()] == [good.key]
