@@ -25,6 +25,9 @@ when an enabled capability cannot work, instead of failing at the first request:
   ``STATEKIT_BROADCAST_URL``). Switch off what you do not use:
   ``STATEKIT_SESSIONS_ENABLED = False`` keeps Flask's own cookie sessions,
   ``STATEKIT_CACHE_ENABLED = False`` and ``STATEKIT_BROADCAST_ENABLED = False`` the rest;
+* ``blobs`` switched on by name (``STATEKIT_BLOBS_ENABLED = True``) without a
+  ``STATEKIT_BLOBS_URL``. Unset, blobs are on when a store is configured and off
+  otherwise (then :func:`flask_statekit.blobs.blob_store` says what to set);
 * a configured backend whose extra is not installed (the message has the
   ``pip install 'statekit[...]'`` line; ``/readyz`` reports it too);
 * a ``file://`` blob store whose directory does not exist (add ``?create=1``).
@@ -154,6 +157,12 @@ def _check_start(app: Flask, settings: Settings, enabled: list[str]) -> None:
             f"STATEKIT_REDIS_URL, or switch off what you do not use: {switches}"
             + (" (Flask's own cookie sessions then stay in place)" if "sessions" in missing else "")
         )
+    named = _config(app, "STATEKIT_BLOBS_ENABLED") not in (None, "")  # unset: on only with a store
+    if "blobs" in enabled and named and not settings.blobs_url:
+        raise ConfigError(
+            "StateKit: blobs enabled but no blob store is configured: set STATEKIT_BLOBS_URL "
+            "(s3://bucket/prefix, file:///srv/uploads or memory://), or switch them off: "
+            "STATEKIT_BLOBS_ENABLED = False")
     checked: set[str] = set()
     for feature in enabled:
         url = getattr(settings, _REDIS_FEATURES[feature]) if feature in _REDIS_FEATURES else None

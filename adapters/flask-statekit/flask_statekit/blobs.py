@@ -39,7 +39,10 @@ the endpoint, bucket and key of the failure go to the ``statekit.outage`` log (o
 per outage), never to the visitor.
 
 A missing extra (``pip install 'statekit[blobs]'``) or a ``file://`` directory that
-does not exist (without ``?create=1``) fails ``StateKit(app)``, not the first upload.
+does not exist (without ``?create=1``) fails ``StateKit(app)``, not the first upload,
+as does ``STATEKIT_BLOBS_ENABLED = True`` without a ``STATEKIT_BLOBS_URL``. (Not set,
+that switch leaves blobs off when no store is configured: an app that stores no
+files needs neither setting.)
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ DEFAULT_FORM_OVERHEAD = 64 * 1024
 def init_app(app: Flask, state: StateKitState) -> None:
     """Open the blob store for *app* (called by ``StateKit.init_app``). Without
     ``STATEKIT_BLOBS_URL`` ``state.blobs`` is ``None`` and :func:`blob_store` says
-    what to set."""
+    what to set (``StateKit.init_app`` refused to start if blobs were switched on by
+    name)."""
     max_size = _config(app, "STATEKIT_BLOBS_MAX_SIZE")
     allowed = _config(app, "STATEKIT_BLOBS_ALLOWED_TYPES")
     if isinstance(allowed, str):
