@@ -173,3 +173,31 @@ def test_two_tabs_carry_one_old_cookie_over_into_one_session(redis_url: str, old
     assert [i.user_id for i in store.list_user_sessions("alice")] == ["alice"]
     assert store.counters.get("carried_over") == 1
     assert old.exists("session:" + sid) == (not delete)
+
+
+_P = 2**61 - 1  # ints that are multiples of it all hash to 0, in every process
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("kind", ["set", "frozenset", "dict-keys", "nested-dict-keys"])
+def test_plain_pickle_of_values_sharing_one_hash_is_refused(kind: str, protocol: int) -> None:
+    """Thousands of distinct ints with one hash as a set's members or a dict's keys:
+    building it takes n**2/2 comparisons (a pickle of 1 MB: minutes of CPU on every
+    request with the cookie). Every way a pickle has to build a dict or set (DICT,
+    SETITEM, SETITEMS, ADDITEMS, FROZENSET, set() or frozenset() by REDUCE) counts
+    the hashes of the keys it adds: more than a few shared is a refusal, before the
+    dict or set grows."""
+    ints = [i * _P for i in range(3000)]
+    value: Any = {"set": lambda: set(ints), "frozenset": lambda: frozenset(ints),
+                  "dict-keys": lambda: dict.fromkeys(ints, 0),
+                  "nested-dict-keys": lambda: {"_user_id": "eve", "x": [dict.fromkeys(ints, "v")]}}[kind]()
+    with pytest.raises(SerializationError, match="share"):
+        loads_plain_pickle(pickle.dumps(value, protocol))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_plain_pickle_of_large_sets_and_dicts_still_loads(protocol: int) -> None:
+    value = {"s": set(range(-3000, 3000)), "f": frozenset(str(i) for i in range(3000)),
+             "d": {i: [i] for i in range(3000)}, "t": {(i, -i): None for i in range(3000)},
+             "alike": {-1, -2, _P, 2 * _P}}  # a few equal hashes, as any data may have
+    assert loads_plain_pickle(pickle.dumps(value, protocol)) == value

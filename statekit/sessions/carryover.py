@@ -62,14 +62,15 @@ import logging
 import pickle
 import pickletools
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from itsdangerous import BadSignature, Signer
 
 from ..errors import BackendUnavailable, SerializationError
 from ..redis import translate_errors
+from ..serializers import _MAX_SHARED_HASH, _unflooded
 from . import Steps, call, now
 
 if TYPE_CHECKING:
@@ -122,10 +123,18 @@ def _no_size(kind: type) -> Any:
     return make
 
 
+def _counted(kind: type) -> Any:
+    """*kind* (``set``, ``frozenset``) of members whose hashes are counted first
+    (:func:`statekit.serializers._unflooded`)."""
+    def make(*args: Any) -> Any:
+        return kind(_unflooded(list(*args)))
+    return make
+
+
 #: the only names a plain-data pickle may use: how protocols 0-2 spell sets and bytes
 _PLAIN_NAMES: dict[tuple[str, str], Any] = {
     **{(m, n): c for m in ("builtins", "__builtin__")
-       for n, c in (("set", set), ("frozenset", frozenset), ("bytes", _no_size(bytes)),
+       for n, c in (("set", _counted(set)), ("frozenset", _counted(frozenset)), ("bytes", _no_size(bytes)),
                     ("bytearray", _no_size(bytearray)))},
     ("_codecs", "encode"): _latin1,
 }
@@ -155,7 +164,26 @@ def _check_opcodes(data: bytes) -> None:
             raise pickle.UnpicklingError(f"refused: a memo index ({arg}) beyond the pickle's {count} opcodes")
 
 
-class _PlainUnpickler(pickle.Unpickler):
+class _PlainUnpickler(pickle._Unpickler):
+    """Python's own unpickler, not the C one: that one builds dicts and sets where
+    nothing can look at their keys, and thousands of distinct ints (tuples...) with
+    one hash make a dict or set of them quadratic to build (minutes for a pickle of
+    1 MB). Here every dict and set is built with its keys' hashes counted first
+    (:func:`statekit.serializers._unflooded`): by ``DICT`` and ``FROZENSET`` at once,
+    by ``SETITEM(S)`` and ``ADDITEMS`` a few at a time, counted across them."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    if TYPE_CHECKING:  # pickle._Unpickler's own, not in its stub
+        stack: list[Any]
+        append: Callable[[Any], None]
+
+        def pop_mark(self) -> list[Any]: ...
+
+    def __init__(self, file: BytesIO) -> None:
+        super().__init__(file)
+        #: id -> (the dict or set being filled, its keys' hashes, how many were shared)
+        self._filling: dict[int, tuple[Any, set[int], list[int]]] = {}
+
     def find_class(self, module: str, name: str) -> Any:
         found = _PLAIN_NAMES.get((module, name))
         if found is None:
@@ -164,6 +192,53 @@ class _PlainUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refused: the pickle holds a persistent id")
+
+    def _admit(self, target: Any, keys: list[Any], kind: type) -> None:
+        """Count *keys*' hashes among those already in *target*, a *kind* being filled."""
+        if type(target) is not kind:
+            raise pickle.UnpicklingError(f"refused: items added to a {type(target).__name__}")
+        entry = self._filling.get(id(target))
+        if entry is None:
+            entry = self._filling[id(target)] = (target, set(map(hash, cast("Iterable[Any]", target))), [0])
+        _target, hashes, shared = entry
+        for key in keys:
+            h = hash(key)
+            if h in hashes:
+                shared[0] += 1
+                if shared[0] > _MAX_SHARED_HASH:
+                    raise pickle.UnpicklingError(f"refused: more than {_MAX_SHARED_HASH} keys of a "
+                                                 f"{kind.__name__} share a hash (a hash flood)")
+            hashes.add(h)
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        keys = items[::2]
+        _unflooded(keys)
+        self.append(dict(zip(keys, items[1::2], strict=True)))
+
+    def _load_setitem(self) -> None:
+        value, key = self.stack.pop(), self.stack.pop()
+        self._admit(self.stack[-1], [key], dict)
+        self.stack[-1][key] = value
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        keys = items[::2]
+        self._admit(self.stack[-1], keys, dict)
+        self.stack[-1].update(zip(keys, items[1::2], strict=True))
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        self._admit(self.stack[-1], items, set)
+        self.stack[-1].update(items)
+
+    def _load_frozenset(self) -> None:
+        items = self.pop_mark()  # first: it sets self.append to the enclosing stack's
+        self.append(frozenset(_unflooded(items)))
+
+    dispatch.update({op[0]: cast(Any, load) for op, load in (
+        (pickle.DICT, _load_dict), (pickle.SETITEM, _load_setitem), (pickle.SETITEMS, _load_setitems),
+        (pickle.ADDITEMS, _load_additems), (pickle.FROZENSET, _load_frozenset))})
 
 
 def _within(value: Any, budget: int) -> None:
@@ -195,7 +270,8 @@ def loads_plain_pickle(data: bytes) -> Any:
     spell sets and bytes (``set``, ``frozenset``, ``bytes``, ``bytearray``, and
     ``_codecs.encode`` for latin-1 only). So is data larger, as a tree, than the
     pickle itself (containers shared through its memo: what storing it would
-    encode grows exponentially with its length, or without end)."""
+    encode grows exponentially with its length, or without end), and a dict or set
+    of which many keys share one hash (quadratic to build: see :class:`_PlainUnpickler`)."""
     try:
         _check_opcodes(data)
         value = _PlainUnpickler(BytesIO(data)).load()
