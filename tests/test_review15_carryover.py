@@ -201,3 +201,50 @@ def test_plain_pickle_of_large_sets_and_dicts_still_loads(protocol: int) -> None
              "d": {i: [i] for i in range(3000)}, "t": {(i, -i): None for i in range(3000)},
              "alike": {-1, -2, _P, 2 * _P}}  # a few equal hashes, as any data may have
     assert loads_plain_pickle(pickle.dumps(value, protocol)) == value
+
+
+def _colliding_timestamps(count: int) -> list[msgpack.Timestamp]:
+    """Timestamps that all hash alike: a Timestamp hashes as ``(seconds, nanoseconds)``,
+    and the tuple hash (xxHash's round, 64-bit) is invertible: for each nanoseconds
+    the seconds giving one chosen hash are solved, kept when they are an int's hash."""
+    m = 2**64
+    p1, p2, p5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+    i1, i2 = pow(p1, -1, m), pow(p2, -1, m)
+
+    def rotr(x: int) -> int:
+        return ((x >> 31) | (x << 33)) % m
+
+    found: list[msgpack.Timestamp] = []
+    acc2 = (12345 - (2 ^ p5 ^ 3527539)) % m
+    ns = 0
+    while len(found) < count:
+        acc1 = (rotr(acc2 * i1 % m) - hash(ns) * p2) % m
+        lane = ((rotr(acc1 * i1 % m) - p5) * i2) % m
+        seconds = lane - m if lane >= 2**63 else lane
+        if -_P < seconds < _P and hash(seconds) == seconds:
+            found.append(msgpack.Timestamp(seconds, ns))
+        ns += 1
+    assert len({hash(t) for t in found}) == 1
+    return found
+
+
+@pytest.mark.redis
+def test_a_flask_session_map_keyed_by_timestamps_sharing_one_hash_is_refused(
+        redis_url: str, old: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """Flask-Session's msgpack is read with any key (a dict of ints is a session's
+    data): a map keyed by 3000 msgpack Timestamps with one hash (a co-tenant's write
+    under the old key) is refused before the dict is built, not built in quadratic
+    time (1 MB of them: about a minute, on every request with the cookie)."""
+    keys = _colliding_timestamps(3000)
+    sid = uuid.uuid4().hex
+    value = (b"\x82" + msgpack.packb("_user_id") + msgpack.packb("eve") + msgpack.packb("x")
+             + b"\xdf" + len(keys).to_bytes(4, "big") + b"".join(msgpack.packb(k) + b"\x00" for k in keys))
+    old.set("session:" + sid, value)
+    previous = FlaskSessionRedis(client=old)
+    with pytest.raises(SerializationError, match="share"):
+        previous.read(sid)
+    store = _store(redis_url)
+    store.carry_over = CarryOver(previous)
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        assert store.open(sid).new
+    assert store.counters.get("carry_over_refused") == 1 and "hash flood" in caplog.text

@@ -70,7 +70,7 @@ from itsdangerous import BadSignature, Signer
 
 from ..errors import BackendUnavailable, SerializationError
 from ..redis import translate_errors
-from ..serializers import _MAX_SHARED_HASH, _unflooded
+from ..serializers import _MAX_SHARED_HASH, _dict_of_pairs, _unflooded
 from . import Steps, call, now
 
 if TYPE_CHECKING:
@@ -474,7 +474,10 @@ class FlaskSessionRedis:
         try:
             import msgpack
 
-            value = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+            # any key (a session's data may hold a dict of ints), each map's counted
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=False, object_pairs_hook=_dict_of_pairs)
+        except SerializationError:
+            raise  # msgpack, but a hash flood
         except Exception:  # noqa: BLE001 - not msgpack: try the next format
             try:
                 value = json.loads(raw)
