@@ -36,8 +36,10 @@ pickle, so this adds no trust in the old cache. It is the one, opt-in, exception
 "no unsigned pickle on a read path": switch it off with the carry-over.
 django-redis's JSON and msgpack serializers and its compressors are read with
 django-redis's own code, without the opt-in; zlib, gzip and lzma are decompressed to
-16 MB at most (more is refused: a compressed value of 1 MB can be 1 GB). Other cache backends are refused at
-start-up (``ConfigError``): their values would go through pickle.
+16 MB at most (more is refused: a compressed value of 1 MB can be 1 GB). Another
+serializer (an app's own) is refused at start-up (``ConfigError``): it may unpickle.
+Other cache backends are refused at start-up (``ConfigError``): their values would go
+through pickle.
 
 Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), set
 ``STATEKIT_SESSION_CARRY_OVER`` back to off.
@@ -132,6 +134,18 @@ def _decompress(compressor: Any, raw: bytes) -> bytes:
         return raw
 
 
+def _django_redis_own(serializer: Any) -> bool:
+    """*serializer* reads with django-redis's JSON or msgpack code (no pickle)."""
+    from django_redis.serializers.json import JSONSerializer  # type: ignore[import-untyped]
+
+    own = [JSONSerializer.loads]
+    with contextlib.suppress(ImportError):  # msgpack is an extra of django-redis
+        from django_redis.serializers.msgpack import MSGPackSerializer  # type: ignore[import-untyped]
+
+        own.append(MSGPackSerializer.loads)
+    return type(serializer).loads in own
+
+
 class DjangoSessions:
     """A previous Django session engine, read on first contact.
 
@@ -191,6 +205,14 @@ class DjangoSessions:
         client = getattr(cache, "client", None)
         if client is not None and type(cache).__module__.startswith("django_redis"):
             from django_redis.serializers.pickle import PickleSerializer  # type: ignore[import-untyped]
+
+            serializer = client._serializer
+            if not isinstance(serializer, PickleSerializer) and not _django_redis_own(serializer):
+                kind = type(serializer)
+                raise ConfigError(f"STATEKIT_SESSION_CARRY_OVER: the cache {self.cache_alias!r} uses the "
+                                  f"serializer {kind.__module__}.{kind.__qualname__}, not django-redis's "
+                                  "pickle, JSON or msgpack one: its sessions cannot be read without "
+                                  "running it (it may unpickle)")
 
             def get_raw_dr(name: str) -> Any:
                 return client.get_client(write=False).get(client.make_key(name))

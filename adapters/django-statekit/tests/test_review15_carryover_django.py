@@ -180,3 +180,62 @@ def test_a_compressed_old_session_is_carried_over(django_settings: Any, redis_ur
     finally:
         old.delete(key)
         old.close()
+
+
+class AppPickleSerializer:
+    """An app's own django-redis serializer (``OPTIONS["SERIALIZER"]``) that pickles,
+    not django-redis's PickleSerializer: the carry-over cannot tell what it does."""
+
+    def __init__(self, options: Any) -> None:
+        pass
+
+    def dumps(self, value: Any) -> bytes:
+        return b"app" + pickle.dumps(value)
+
+    def loads(self, value: bytes) -> Any:
+        return pickle.loads(value[3:])  # noqa: S301 - the kind of serializer under test
+
+
+@pytest.mark.parametrize("serializer", [f"{__name__}.AppPickleSerializer",
+                                        "django_redis.serializers.json.JSONSerializer",
+                                        "django_redis.serializers.msgpack.MSGPackSerializer"],
+                         ids=["app-pickle", "json", "msgpack"])
+def test_only_django_redis_own_serializers_are_read(django_settings: Any, redis_url: str,
+                                                    tmp_path: Path, serializer: str) -> None:
+    """django-redis's JSON and msgpack serializers are read by their own code; a
+    serializer of another kind (here an app's own, pickling) is refused at start, as
+    an unsupported cache is: the carry-over cannot know it does not unpickle. It read
+    a bomb planted under the key the cookie names, and ran it."""
+    from django_redis.serializers.json import JSONSerializer
+
+    old_url = redis_url.rsplit("/", 1)[0] + "/4"
+    marker = tmp_path / "pwned"
+    cookie = "serialized" + uuid.uuid4().hex
+    key = f":1:django.contrib.sessions.cache{cookie}"
+    old = redis.Redis.from_url(old_url)
+    caches = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "old": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": old_url,
+                      "OPTIONS": {"SERIALIZER": serializer}}}
+    try:
+        if serializer.endswith("AppPickleSerializer"):
+            old.set(key, AppPickleSerializer(None).dumps({"x": _Bomb(marker)}))
+            django_settings.set(CACHES=caches)
+            try:
+                previous = DjangoSessions("django.contrib.sessions.backends.cache", cache_alias="old")
+            except ConfigError as e:
+                assert "AppPickleSerializer" in str(e)
+            else:
+                previous.read(cookie)
+                pytest.fail(f"not refused at start; the planted pickle ran: {marker.exists()}")
+            assert not marker.exists()
+            return
+        old.set(key, JSONSerializer(None).dumps({"cart": ["apple"]}) if serializer.endswith("JSONSerializer")
+                else __import__("msgpack").packb({"cart": ["apple"]}))
+        django_settings.set(CACHES=caches, SESSION_CACHE_ALIAS="old",
+                            SESSION_ENGINE="django_statekit.sessions",
+                            STATEKIT_SESSION_URL=redis_url, MIDDLEWARE=MIDDLEWARE,
+                            STATEKIT_SESSION_CARRY_OVER="django.contrib.sessions.backends.cache")
+        assert _get(cookie) == {"cart": ["apple"]}
+    finally:
+        old.delete(key)
+        old.close()
