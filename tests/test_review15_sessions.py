@@ -9,12 +9,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from statekit.embedded import RedisServer
+from statekit.embedded import RedisServer, free_port
 from statekit.errors import BackendUnavailable
 from statekit.pytest_plugin import wait_for
 from statekit.sessions import SessionStore
@@ -25,21 +24,6 @@ pytestmark = pytest.mark.redis
 
 FAST = "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
 _SID = "0000" + "A" * 43  # an id no session has
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.resume()
-    server.stop()
 
 
 def _first_save_fails(store: SessionStore | AsyncSessionStore, fault: Callable[[], None],
@@ -74,19 +58,22 @@ def _first_save_fails(store: SessionStore | AsyncSessionStore, fault: Callable[[
 def test_a_create_refused_before_sending_is_not_maybe_stored(store_class: type) -> None:
     """Nothing listens on the port: the create was never sent, so the session is
     certainly not stored and no cookie may name it."""
-    store = store_class(f"redis://127.0.0.1:{_free_port()}/0" + FAST, secret_keys=["k"])
+    store = store_class(f"redis://127.0.0.1:{free_port()}/0" + FAST, secret_keys=["k"])
     assert _first_save_fails(store, lambda: None) is False
 
 
 @pytest.mark.parametrize("store_class", [SessionStore, AsyncSessionStore])
-def test_a_create_sent_without_a_reply_is_maybe_stored(server: RedisServer, store_class: type) -> None:
+def test_a_create_sent_without_a_reply_is_maybe_stored(private_redis: RedisServer, store_class: type) -> None:
     """Redis paused (SIGSTOP) once the script is loaded: the create reached it and
     its reply timed out. It may be stored (and is, once Redis runs again), so the
     adapters' 503 sends its cookie."""
+    server = private_redis
     store = store_class(server.url + FAST, secret_keys=["k"])
     with server.client() as r:
         r.script_load(_WRITE.source)  # else the create is an EVALSHA that runs nothing
-    assert _first_save_fails(store, server.pause, warm=True) is True
-    server.resume()
+    try:
+        assert _first_save_fails(store, server.pause, warm=True) is True
+    finally:
+        server.resume()
     with server.client() as r:
         wait_for(lambda: len(r.keys("statekit:session:*")) == 1, timeout=30, what="the paused create to run")
