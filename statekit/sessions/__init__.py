@@ -698,6 +698,38 @@ class _StoreCore:
         self._saved(session, sets, dels, t, user, result.version)
         return True
 
+    def _commit_steps(self, session: Session, had_data: bool) -> Steps[tuple[bool, Session | None]]:
+        """The save an adapter makes at the end of a request: whether it stored (see
+        :meth:`SessionStore.save`) and, after a logout, the session that carries what
+        the request set after it (a "logged out" message), stored under a fresh id.
+
+        A logout (:meth:`Session.logging_out`: cleared, or emptied) saves the
+        session emptied (what was set after the clear held back), then destroys it:
+        the old id names nothing any more, whatever a copy of its cookie may be
+        used for. An outage between the two leaves it stored empty, and its retry
+        completes the logout. Unless a login in a parallel request rotated the
+        session since this request loaded it: the emptying save follows the alias,
+        only the keys it removed go from the new session, and what was set after the
+        clear is saved into it. A session destroyed in the view (``destroy()``) is
+        carried the same way."""
+        after: dict[str, Any] = {}
+        if session.logging_out(had_data):
+            after = session.copy()
+            for key in after:
+                dict.__delitem__(session, key)
+            yield from self._save_steps(session, True)
+            if not session.through_alias:
+                yield from self._destroy_session_steps(session)
+            else:
+                session.update(after)
+        saved = yield from self._save_steps(session, False)
+        if not session.destroyed or not (after or session):
+            return saved, None
+        carried = self.new()
+        carried.update(after or session.copy())
+        yield from self._save_steps(carried, False)
+        return saved, carried
+
     def _changes(self, session: Session, user: str | None) -> tuple[dict[str, bytes], list[str]]:
         """The fields a save of *session* sets and deletes: the data keys whose
         encoding differs from the stored one (all keys after ``modified = True`` or

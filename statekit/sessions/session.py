@@ -63,9 +63,10 @@ class Session(dict[str, Any]):
         self.written = False
         self.destroyed = False
         self.unavailable = False
-        #: :meth:`clear` was called: emptied, a stored session is a logout even if it
-        #: held nothing (a logout an outage cut between its save and its destroy,
-        #: retried); the adapters read it when they save
+        #: :meth:`clear` was called: a stored session is then logged out at the
+        #: adapter's save (:meth:`logging_out`), whatever was set after the clear, and
+        #: even if it held nothing (a logout an outage cut between its save and its
+        #: destroy, retried)
         self.cleared = False
         #: the cookie named a session rotated to a new id moments ago (a tombstone):
         #: this is a fresh session instead, and the browser most likely holds the new
@@ -257,6 +258,14 @@ class Session(dict[str, Any]):
             self._changing(key)
         super().clear()
         self.cleared = True
+
+    def logging_out(self, had_data: bool) -> bool:
+        """Whether this request's save ends this stored session (a logout): it was
+        :meth:`clear`-ed, whatever was set after (Flask's ``session.clear();
+        flash("logged out")``), or emptied key by key (*had_data*: it held data when
+        loaded). The adapters then destroy it and store what was set after the clear
+        under a fresh id (:meth:`SessionStore.save`'s ``_commit_steps``)."""
+        return not self.destroyed and not self.new and (self.cleared or had_data and not self)
 
     def _sync_store(self, what: str) -> SessionStore:
         from . import SessionStore

@@ -270,16 +270,6 @@ class StatekitSessionInterface(SessionInterface):
         response.set_cookie(self.cookie_name, self.store.sign(session.sid),
                             expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
 
-    def _carry_after_logout(self, session: FlaskSession) -> FlaskSession:
-        """What was set after ``session.destroy()`` in the same request (a "you are
-        logged out" flash message), stored under a fresh id: the old one is gone."""
-        carried = self.store.new()
-        assert isinstance(carried, FlaskSession)
-        for key, value in dict.items(session):
-            carried[key] = value
-        self.store.save(carried)
-        return carried
-
     @staticmethod
     def _outage_body(response: Response, page: str = OUTAGE_PAGE) -> None:
         """Make *response* the outage's 503 page (the caller marks it)."""
@@ -309,25 +299,18 @@ class StatekitSessionInterface(SessionInterface):
             # the cookie, so a value changed in place is kept: compare every key this
             # request read; only those that differ from what it loaded are written
             session.modified = True
-        emptied = not session.destroyed and (session.had_data or session.cleared) and not session \
-            and not session.new
+        logout = session.logging_out(session.had_data)
         try:
-            if emptied:
-                # emptied (session.clear()): a logout, unless a login rotated the session
-                # since this request loaded it; its save (a write, even of a session that
-                # was empty already) then follows the alias, and only the keys it removed
-                # go from the new session
-                self.store.save(session, force=True)
-                if not session.through_alias:
-                    self.store.destroy(session)
+            # cleared or emptied: a logout (see _commit_steps); what was set after the
+            # clear, or after a destroy() in the view, goes to a fresh id
+            store = self.store
+            saved, carried = store._run(store._commit_steps(session, session.had_data))
             logged_out = session.destroyed
-            saved = self.store.save(session)
-            carried = self._carry_after_logout(session) if logged_out and session else None
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
             # a logout Redis failed in may be half done (the session emptied, not yet
             # destroyed): no "you are still signed in"; its retry completes it
-            self._outage_body(response, UNAVAILABLE_PAGE if emptied or session.destroyed else OUTAGE_PAGE)
+            self._outage_body(response, UNAVAILABLE_PAGE if logout or session.destroyed else OUTAGE_PAGE)
             _mark_outage(response, self.retry_after)
             if session.send_cookie and not session.new or session.maybe_stored:
                 # rotated (or first stored) before Redis failed: the data lives under the
@@ -339,6 +322,7 @@ class StatekitSessionInterface(SessionInterface):
             if session.token_sent is not None:
                 response.delete_cookie(self.token_name, **self._cookie_kwargs(app))
             if carried is not None:
+                assert isinstance(carried, FlaskSession)  # (the store's session_class)
                 self._set_cookie(app, carried, response)
             else:
                 response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))

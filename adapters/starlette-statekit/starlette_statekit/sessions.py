@@ -307,24 +307,11 @@ class SessionMiddleware:
             # an outage's read-only session; or the cookie named a session a login
             # rotated moments ago: the browser most likely holds the new cookie already
             return []
-        emptied = not session.destroyed and (had_data or session.cleared) \
-            and not session and not session.new
         try:
-            if emptied:
-                # emptied (session.clear()): a logout, unless a login rotated the session
-                # since this request loaded it; its save (a write, even of a session that
-                # was empty already) then follows the alias, and only the keys it removed
-                # go from the new session
-                await store.save(session, force=True)
-                if not session.through_alias:
-                    await store.destroy(session)
+            # cleared or emptied: a logout (see _commit_steps); what was set after the
+            # clear, or after a destroy_session() in the app, goes to a fresh id
+            saved, carried = await store._run(store._commit_steps(session, had_data))
             logged_out = session.destroyed
-            saved = await store.save(session)
-            carried = None
-            if logged_out and session:  # set after the logout: a new session of its own
-                carried = store.new()
-                carried.update(dict(session.items()))
-                await store.save(carried)
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
             raise _Down(self._outage_cookies(session)) from e

@@ -26,6 +26,7 @@ from starlette_statekit.sessions import SessionMiddleware, destroy_session, incr
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.errors import BackendUnavailable, BroadcastError
 from statekit.sessions.aio import AsyncSessionStore
+from statekit.sessions.redis import AsyncRedisEngine
 
 pytestmark = [pytest.mark.redis]
 
@@ -206,20 +207,17 @@ def test_a_login_whose_save_fails_after_the_rotation_sends_the_new_cookie_with_t
     carry the new id (the old one names a tombstone now: keeping it would be a
     logout), and the data stays reachable through it when Redis is back."""
     app = make_app(redis_url, near_cache=0)
-    real_save = AsyncSessionStore.save
 
     async def main() -> tuple[int, bool, dict[str, Any]]:
         async with client(app) as c:
             await c.post("/set/cart/pear")
             old = c.cookies["session"]
 
-            async def down(self: AsyncSessionStore, session: Any) -> Any:
-                if session.rotated:
-                    raise BackendUnavailable("down after the rotation (test)")
-                return await real_save(self, session)
+            async def down(self: AsyncRedisEngine, handle: str, **kwargs: Any) -> Any:
+                raise BackendUnavailable("down after the rotation (test)")
 
             with monkeypatch.context() as m:
-                m.setattr(AsyncSessionStore, "save", down)
+                m.setattr(AsyncRedisEngine, "write", down)  # the login's only write: its save
                 answer = await c.post("/login")
             return answer.status_code, c.cookies["session"] != old, (await c.get("/get")).json()
 
