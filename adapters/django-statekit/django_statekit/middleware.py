@@ -17,7 +17,11 @@ gets the same session back once Redis returns; except the new key of a rotation 
 login) or a carry-over Redis had already made, since the data lives there only, and
 the key of a new session whose first save timed out (it may be stored: the
 browser's retry then continues it), whichever call failed (a save, or an ``incr``
-or another backend in the view: Django saves nothing on a 5xx).
+or another backend in the view: Django saves nothing on a 5xx). Any other 5xx (a
+view that fails after ``login()``) gets that cookie too: the rotation moved the
+session to its new key already, and with the old key the browser would be
+anonymous, and sent no cookie at all while its tombstone lives (a login retried
+then was lost).
 Any other outage reaching it (the cache or the blob store in a view) gets the same
 503 with a generic page.
 
@@ -39,7 +43,11 @@ write (see :mod:`django_statekit.sessions`, "Cookie refresh"), so it learns of t
 rotation. A request sent with the pre-login cookie that loads only after the
 login gets an anonymous session and, while the old id's alias lives, no session
 cookie at all (neither SessionMiddleware's deletion of an empty session nor a new
-session's cookie after a write). It also marks the session
+session's cookie after a write). SessionMiddleware's deletion is also left out for a
+cookie of the session's name that statekit cannot have signed (another app's on the
+same domain: it would be deleted on every response that reads the session), unless
+``STATEKIT_SESSION_CARRY_OVER`` is set (the previous engine's keys look the same).
+It also marks the session
 cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
 to off); set ``STATEKIT_SESSION_COOKIE_SECURE = False`` to leave the cookie as
 Django made it.
@@ -184,6 +192,16 @@ class SessionOutageMiddleware(HybridMiddleware):
         if raised is not None and response.status_code == 503:
             return self._outage_cookie(session, response)  # process_exception's
         morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
+        if morsel is None and response.status_code >= 500:
+            # SessionMiddleware saved nothing and sent no cookie: a login (cycle_key)
+            # made before the view failed moved the session to its new key, and the
+            # old one is a tombstone for which no cookie would be sent while it lives
+            morsel = self._outage_cookie(session, response).cookies.get(settings.SESSION_COOKIE_NAME)
+        if morsel is not None and not morsel.value and self._foreign(request, session):
+            # SessionMiddleware's deletion of an "empty" session, for a cookie this app
+            # cannot have signed (another app's on the same domain): left alone
+            del response.cookies[settings.SESSION_COOKIE_NAME]
+            morsel = None
         core = getattr(session, "_core", None)
         if morsel is not None and morsel.value and isinstance(core, Session) and core.through_alias:
             # an old cookie, in flight during a login: the browser holds the new one,
@@ -201,13 +219,25 @@ class SessionOutageMiddleware(HybridMiddleware):
         self._send_version_token(session, response, morsel, token_name, sent)
         return response
 
+    @staticmethod
+    def _foreign(request: HttpRequest, session: Any) -> bool:
+        """Whether the request's session cookie is none this app's statekit sessions
+        signed (with no carry-over from a previous engine, whose keys it may be)."""
+        from .sessions import SessionStore
+
+        cookie = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+        if not cookie or not isinstance(session, SessionStore):
+            return False
+        store = get_core_store()
+        return store.carry_over is None and store._verify(cookie)[0] is None
+
     @classmethod
     def _outage_cookie(cls, session: Any, response: HttpResponseBase) -> HttpResponseBase:
-        """*response*, an outage's 503, with the session cookie when the session needs
-        it (SessionMiddleware neither saves nor sends a cookie on a 5xx): rotated (a
-        login) or carried over before Redis failed, the data lives under the new key
-        only and the old one is a tombstone; new and its create timed out, it may be
-        stored, and the browser's retry then continues it."""
+        """*response*, an outage's 503 or another 5xx, with the session cookie when
+        the session needs it (SessionMiddleware neither saves nor sends a cookie on a
+        5xx): rotated (a login) or carried over before Redis (or the view) failed, the
+        data lives under the new key only and the old one is a tombstone; new and its
+        create timed out, it may be stored, and the browser's retry then continues it."""
         core = getattr(session, "_core", None)
         if isinstance(core, Session) and not core.unavailable and not getattr(session, "superseded", False) \
                 and (core.send_cookie and not core.new or core.maybe_stored):
