@@ -57,7 +57,7 @@ from ...errors import BackendUnavailable, SessionError
 from ...pytest_plugin import run_threads, wait_for
 from ...sessions import ENGINES, Session, SessionStore
 from ...sessions.aio import AsyncSessionStore
-from ...sessions.protocol import AsyncSessionEngine, IndexOp, Status
+from ...sessions.protocol import AsyncSessionEngine, IndexOp, NotSent, Status
 
 __all__ = ["AsyncEngineFactory", "AsyncSessionEngineContract", "SessionEngineContract", "StoreFactory"]
 
@@ -632,8 +632,11 @@ class SessionEngineContract:
                 store.open(cookie)
             s = store.new()
             s["a"] = 1
-            with pytest.raises(BackendUnavailable):
+            with pytest.raises(BackendUnavailable) as failed:
                 store.save(s)
+            # a create the engine tells was never sent (NotSent) is not maybe stored:
+            # the adapters' 503 then sends no cookie naming it
+            assert s.maybe_stored is not isinstance(failed.value, NotSent)
             with pytest.raises(BackendUnavailable):
                 store.revoke_user("u")
             with pytest.raises(BackendUnavailable):
