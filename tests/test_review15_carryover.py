@@ -248,3 +248,48 @@ def test_a_flask_session_map_keyed_by_timestamps_sharing_one_hash_is_refused(
     with caplog.at_level(logging.WARNING, logger="statekit.security"):
         assert store.open(sid).new
     assert store.counters.get("carry_over_refused") == 1 and "hash flood" in caplog.text
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("fmt", ["json", "msgpack", "pickle"])
+def test_an_old_session_over_the_size_read_is_refused(redis_url: str, old: redis.Redis, fmt: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """An old session of more than ``MAX_SESSION_BYTES`` (1 MB) is refused before it is
+    decoded: the worst shapes cost up to ~0.4 s a MB to decode (the plain-data pickle
+    reader; 100 MB: 40 s), on every request with a cookie naming it while it is
+    refused. One of 1 MB is carried over."""
+    from statekit.sessions import carryover
+
+    def encode(data: dict[str, Any]) -> bytes:
+        import json
+
+        return {"json": lambda: json.dumps(data).encode(), "msgpack": lambda: msgpack.packb(data),
+                "pickle": lambda: pickle.dumps(data, 2)}[fmt]()
+
+    def sized(n: int) -> bytes:
+        pad = 0
+        while len(raw := encode({"_user_id": "eve", "pad": "p" * pad})) != n:
+            pad += n - len(raw)  # the length fields grow with the pad: again, to the byte
+        return raw
+
+    big, fits = uuid.uuid4().hex, uuid.uuid4().hex
+    old.set("session:" + big, sized(carryover.MAX_SESSION_BYTES + 1))
+    old.set("session:" + fits, sized(carryover.MAX_SESSION_BYTES))
+    assert old.strlen("session:" + big) == carryover.MAX_SESSION_BYTES + 1
+    assert old.strlen("session:" + fits) == carryover.MAX_SESSION_BYTES
+    previous = FlaskSessionRedis(client=old, secret_keys=[SECRET], use_signer=True, plain_pickle=True)
+    store = _store(redis_url)
+    store.carry_over = CarryOver(previous)
+    sign = previous._signers[0].sign
+    with caplog.at_level(logging.WARNING, logger="statekit.security"):
+        assert store.open(sign(big).decode()).new
+    assert store.counters.get("carry_over_refused") == 1 and "MAX_SESSION_BYTES" in caplog.text
+    assert store.open(sign(fits).decode()).get("_user_id") == "eve"
+    assert store.counters.get("carried_over") == 1
+
+
+def test_plain_pickle_over_the_size_read_is_refused() -> None:
+    from statekit.sessions import carryover
+
+    with pytest.raises(SerializationError, match="MAX_SESSION_BYTES"):
+        loads_plain_pickle(pickle.dumps(b"x" * carryover.MAX_SESSION_BYTES, 2))

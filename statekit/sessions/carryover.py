@@ -103,6 +103,23 @@ class PreviousStore(Protocol):
     def forget(self, cookie: str) -> None: ...
 
 
+#: the largest old session read (stored, or as django-redis decompresses it): one of
+#: more is refused, a fresh session counted in ``carry_over_refused``. The worst
+#: shapes cost up to ~0.4 s a MB to decode (the plain-data pickle reader), on every
+#: request with a cookie naming it while it is refused
+MAX_SESSION_BYTES = 1 << 20
+
+
+def _size_checked(raw: bytes) -> bytes:
+    """*raw*, an old session's bytes. :raises SerializationError: more than
+    :data:`MAX_SESSION_BYTES`."""
+    if len(raw) > MAX_SESSION_BYTES:
+        raise SerializationError(f"an old session of {len(raw)} bytes: more than "
+                                 f"statekit.sessions.carryover.MAX_SESSION_BYTES ({MAX_SESSION_BYTES}) "
+                                 "are not read")
+    return raw
+
+
 def _latin1(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as pickle protocols 0-2 use it for bytes, latin-1 only."""
     if encoding != "latin1" or not isinstance(text, str):
@@ -270,10 +287,11 @@ def loads_plain_pickle(data: bytes) -> Any:
     spell sets and bytes (``set``, ``frozenset``, ``bytes``, ``bytearray``, and
     ``_codecs.encode`` for latin-1 only). So is data larger, as a tree, than the
     pickle itself (containers shared through its memo: what storing it would
-    encode grows exponentially with its length, or without end), and a dict or set
-    of which many keys share one hash (quadratic to build: see :class:`_PlainUnpickler`)."""
+    encode grows exponentially with its length, or without end), a dict or set of
+    which many keys share one hash (quadratic to build: see :class:`_PlainUnpickler`),
+    and a pickle of more than :data:`MAX_SESSION_BYTES`."""
     try:
-        _check_opcodes(data)
+        _check_opcodes(_size_checked(data))
         value = _PlainUnpickler(BytesIO(data)).load()
         _within(value, 4 * len(data) + 1024)
         return value
@@ -466,7 +484,7 @@ class FlaskSessionRedis:
             return None  # a key of another kind (without the signer the cookie names any): no session
         if raw is None:
             return None
-        return self._decode(raw)
+        return self._decode(_size_checked(raw))
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
         """The session dict in *raw*. :raises SerializationError: refused."""

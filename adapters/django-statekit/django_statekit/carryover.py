@@ -36,7 +36,8 @@ pickle, so this adds no trust in the old cache. It is the one, opt-in, exception
 "no unsigned pickle on a read path": switch it off with the carry-over.
 django-redis's JSON and msgpack serializers and its compressors are read with
 django-redis's own code, without the opt-in; zlib, gzip and lzma are decompressed to
-16 MB at most (more is refused: a compressed value of 1 MB can be 1 GB). Another
+1 MB at most (``MAX_SESSION_BYTES``, as any old session is read: more is refused; a
+compressed value of 1 MB can be 1 GB). Another
 serializer (an app's own) is refused at start-up (``ConfigError``): it may unpickle.
 Other cache backends are refused at start-up (``ConfigError``): their values would go
 through pickle.
@@ -57,6 +58,7 @@ from django.contrib.sessions.backends.base import SessionBase
 
 from statekit.errors import BackendUnavailable, ConfigError, SerializationError
 from statekit.redis import translate_errors
+from statekit.sessions import carryover as core
 from statekit.sessions.carryover import CarryOver, loads_plain_pickle
 
 __all__ = ["DjangoSessions", "carry_over_for"]
@@ -84,33 +86,27 @@ _CACHE = "django.contrib.sessions.backends.cache"
 _KEY_RE = re.compile(r"[A-Za-z0-9]{8,128}\Z")
 
 
-#: the most an old session may decompress to (django-redis's compressors)
-_MAX_DECOMPRESSED = 16 * 2**20
-
-
 def _bounded(decompressor: Any, raw: bytes) -> bytes:
     """*raw* through *decompressor* (a ``zlib.decompressobj`` or ``lzma.LZMADecompressor``),
-    to :data:`_MAX_DECOMPRESSED` at most; *raw* itself when it is not one whole
-    compressed value (django-redis leaves small values uncompressed)."""
+    to :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES` at most; *raw* itself when
+    it is not one whole compressed value (django-redis leaves small values uncompressed)."""
     import lzma
     import zlib
 
     try:
-        out: bytes = decompressor.decompress(raw, _MAX_DECOMPRESSED + 1)
+        out: bytes = decompressor.decompress(raw, core.MAX_SESSION_BYTES + 1)
     except (zlib.error, lzma.LZMAError, EOFError):
         return raw
-    if len(out) > _MAX_DECOMPRESSED:
-        raise SerializationError(f"the old session decompresses to over {_MAX_DECOMPRESSED >> 20} MB "
-                                 f"({len(raw)} bytes stored): refused")
-    return out if decompressor.eof else raw
+    return core._size_checked(out) if decompressor.eof or len(out) > core.MAX_SESSION_BYTES else raw
 
 
 def _decompress(compressor: Any, raw: bytes) -> bytes:
     """*raw* decompressed as django-redis's *compressor* would, to a bounded size:
     its own ``decompress`` has no limit (a zlib bomb of 1 MB is 1 GB in memory), and
     the key is the cookie's choice. zlib, gzip and lzma are read here within
-    :data:`_MAX_DECOMPRESSED`; another compressor (lz4, zstd, the app's own) by its own
-    ``decompress``. :raises SerializationError: it decompresses beyond the bound."""
+    :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES`; another compressor (lz4,
+    zstd, the app's own) by its own ``decompress``.
+    :raises SerializationError: it decompresses beyond the bound."""
     import lzma
     import zlib
 
@@ -239,7 +235,8 @@ class DjangoSessions:
             raw = get_raw(KEY_PREFIX + cookie)
         if raw is None:
             return None
-        return decode(raw)  # a refusal (SerializationError) is counted and logged by CarryOver
+        # a refusal (SerializationError) is counted and logged by CarryOver
+        return decode(core._size_checked(raw))
 
     def forget(self, cookie: str) -> None:
         if not _KEY_RE.match(cookie):

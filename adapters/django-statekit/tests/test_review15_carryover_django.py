@@ -146,7 +146,7 @@ def test_a_decompression_bomb_under_an_old_key_is_refused_within_bounded_memory(
     """django-redis's compressors decompress without a limit: 130 KB of zlib under the
     key an attacker's cookie names were 128 MB in memory before anything looked at
     them (1 MB: 1 GB), on every request with that cookie, opted in to pickle or not.
-    The old session is decompressed to 16 MB at most; beyond is a refusal."""
+    The old session is decompressed to MAX_SESSION_BYTES (1 MB) at most; beyond is a refusal."""
     cookie = "bomb" + uuid.uuid4().hex
     key = f":1:django.contrib.sessions.cache{cookie}"
     old = _django_redis_old(django_settings, redis_url, kind, opt_in=False)
