@@ -23,7 +23,8 @@ unless the pickle reader is switched on: ``plain_pickle=True``
 (``STATEKIT_SESSION_CARRY_OVER_PICKLE`` in the adapters, off by default). Off, a
 pickled value is refused like a value in an unknown format: the user gets a fresh
 session, counted in ``carry_over_refused`` and logged once to ``statekit.security``
-with the setting that would read it.
+with the setting that would read it. So is an old session of more than
+:data:`MAX_SESSION_BYTES` (1 MB), before it is decoded.
 
 This reader is an *opt-in* exception to "no unsigned pickle on a read path", for
 the length of the switch. Why it may be switched on: the old app itself unpickled
