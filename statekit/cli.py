@@ -282,12 +282,85 @@ def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(proc.pid, signum)
 
 
+def _stop_signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """Send stop signal *signum* to *proc*'s group, then SIGCONT: a group stopped by
+    Ctrl-Z would not act on it before it is continued (as a shell's ``kill %1``)."""
+    _signal_group(proc, signum)
+    _signal_group(proc, signal.SIGCONT)
+
+
+def _stopped(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether *proc* stopped (SIGTSTP, SIGTTIN, SIGSTOP...) since last asked."""
+    if not hasattr(os, "waitid"):  # pragma: no cover (not Linux nor macOS)
+        return False
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOHANG) is not None
+    except ChildProcessError:
+        return False
+
+
+def _terminal(fd: int | None) -> int | None:
+    """The process group in the foreground of terminal *fd*, ``None`` when *fd* is not
+    dev's controlling terminal."""
+    try:
+        return os.tcgetpgrp(fd) if fd is not None else None
+    except OSError:
+        return None
+
+
+def _give_terminal(fd: int, pgrp: int) -> None:
+    """Make *pgrp* the foreground process group of terminal *fd*, as a shell does for
+    a job, from the foreground or not: SIGTTOU (which would stop a background caller)
+    is blocked meanwhile."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, pgrp)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _dev_child(parent: int, terminal: int | None) -> None:  # runs in the child between fork and exec
+    """The command's setup: a process group of its own, in dev's session (its
+    controlling terminal is dev's); the terminal's foreground if *terminal* is given,
+    before it runs (it may read from it at once); SIGTERM when dev dies."""
+    from .embedded import _die_with_parent
+
+    _die_with_parent(parent, signal.SIGTERM)  # and its own process group
+    if terminal is not None:
+        _give_terminal(terminal, os.getpgrp())
+
+
+def _suspend(proc: subprocess.Popen[bytes], terminal: int | None) -> None:
+    """dev's command stopped (Ctrl-Z): stop as its job would, then continue it when dev
+    is continued. From a *terminal*, dev takes it back and stops its own process group
+    (the job its shell started: dev, or ``make`` and dev), as the terminal's Ctrl-Z would
+    have, so the shell has its prompt; ``fg`` gives dev the terminal and continues it:
+    dev hands the terminal on to the command and continues its group (after ``bg``:
+    without the terminal). Without a terminal dev stops itself only (someone sent it
+    SIGTSTP). A group no shell could continue (orphaned) is not stopped by the kernel:
+    the command is continued at once."""
+    if terminal is not None and _terminal(terminal) == proc.pid:
+        _give_terminal(terminal, os.getpgrp())
+    handler = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:  # returns once dev is continued
+        if terminal is not None:
+            os.killpg(os.getpgrp(), signal.SIGTSTP)
+        else:
+            os.kill(os.getpid(), signal.SIGTSTP)
+    finally:
+        signal.signal(signal.SIGTSTP, handler)
+    if terminal is not None and _terminal(terminal) == os.getpgrp():
+        _give_terminal(terminal, proc.pid)
+    _signal_group(proc, signal.SIGCONT)
+
+
 def _stop_group(proc: subprocess.Popen[bytes], asked: bool) -> None:
     """Once dev's command exited, or was forwarded a stop signal (*asked*): SIGTERM to
     what it left running (not asked), a wait of up to :data:`DEV_STOP_TIMEOUT` for every
     process of its group (a graceful stop takes its time), then SIGKILL to the group."""
     if not asked and _group_running(proc):
-        _signal_group(proc, signal.SIGTERM)
+        _stop_signal(proc, signal.SIGTERM)
     deadline = time.monotonic() + DEV_STOP_TIMEOUT
     while _group_running(proc):
         if time.monotonic() >= deadline:
@@ -303,10 +376,13 @@ def dev(argv: Sequence[str]) -> int:
     Prints their URLs and an environment block to paste, then waits for Ctrl-C,
     SIGTERM or SIGHUP and stops both. With a command after ``--``, runs it with the
     variables set and stops the servers when it exits (or on a stop signal, after
-    stopping it). The command runs in a session of its own: Ctrl-C and SIGTERM are
-    passed on to its whole process group (a shell's or launcher's children too, SIGHUP
-    as SIGTERM), which gets 30 s to exit before it is killed; processes the command
-    leaves behind when it exits get SIGTERM.
+    stopping it). The command runs in a process group of its own. Run from a terminal
+    (on stdin), it is the terminal's foreground job, as a shell makes it: it can read
+    the terminal, Ctrl-C and Ctrl-Z reach its whole group; when it stops, dev stops
+    too (the shell's prompt comes back) and ``fg`` continues both. SIGINT, SIGTERM,
+    SIGHUP (as SIGTERM) and SIGTSTP sent to dev are passed on to the command's whole
+    process group (a shell's or launcher's children too), which gets 30 s to exit
+    before it is killed; processes the command leaves behind when it exits get SIGTERM.
 
     The S3 endpoint (moto) keeps its objects in memory: they are gone when ``statekit
     dev`` stops. With ``--blobs-dir DIR`` no S3 endpoint is started and
@@ -314,7 +390,7 @@ def dev(argv: Sequence[str]) -> int:
     keeps its files across restarts: use it when your database outlives the servers
     (the demo keeps its SQLite file and its photos in ``examples/flask_app/instance``).
     """
-    from .embedded import RedisServer, S3Server, _die_with_parent
+    from .embedded import RedisServer, S3Server
 
     parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__,
                                      formatter_class=PlainHelpFormatter)
@@ -346,7 +422,11 @@ def dev(argv: Sequence[str]) -> int:
         stop.set()
         received.append((signum, bool(child)))
         for proc in child:  # not yet reaped (see _exited): the group id is still its
-            _signal_group(proc, _DEV_STOP_SIGNALS[signum])
+            _stop_signal(proc, _DEV_STOP_SIGNALS[signum])
+
+    def on_tstp(signum: int, frame: FrameType | None) -> None:  # Ctrl-Z where dev has the terminal
+        for proc in child:  # the loop below stops dev once the command has stopped
+            _signal_group(proc, signal.SIGTSTP)
 
     redis_srv = RedisServer(port=opts.redis_port)  # ConfigError if there is no server binary
     try:
@@ -377,23 +457,34 @@ def dev(argv: Sequence[str]) -> int:
         if command:
             if stop.is_set():  # stopped while the servers were starting
                 return 0
-            try:  # its own session: dev signals its whole group, the terminal signals dev only
+            # the command's own process group (dev's signals reach all of it), in dev's session;
+            # with the terminal on stdin and dev in its foreground, the terminal's foreground
+            terminal = 0 if os.isatty(0) else None
+            foreground = _terminal(terminal) == os.getpgrp()
+            old[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, on_tstp)
+            try:
                 proc = subprocess.Popen(  # noqa: S603
-                    command, env={**os.environ, **env}, start_new_session=True,
+                    command, env={**os.environ, **env},
                     preexec_fn=functools.partial(  # noqa: PLW1509 (SIGTERM when dev dies, even by SIGKILL)
-                        _die_with_parent, os.getpid(), signal.SIGTERM, own_group=False
+                        _dev_child, os.getpid(), terminal if foreground else None
                     ),
                 )
             except OSError as e:
                 print(f"statekit dev: cannot run {command[0]!r}: {e.strerror}", file=sys.stderr)
                 return 127 if isinstance(e, FileNotFoundError) else 126
             child.append(proc)
-            if received and not received[-1][1]:  # the signal came before the command existed
-                _signal_group(proc, _DEV_STOP_SIGNALS[received[-1][0]])
-            while not _exited(proc) and not stop.is_set():
-                stop.wait(0.2)
-            _stop_group(proc, asked=stop.is_set())
-            child.clear()  # reaped next: its group id is no longer dev's to signal
+            try:
+                if received and not received[-1][1]:  # the signal came before the command existed
+                    _stop_signal(proc, _DEV_STOP_SIGNALS[received[-1][0]])
+                while not _exited(proc) and not stop.is_set():
+                    stop.wait(0.2)
+                    if _stopped(proc) and not stop.is_set():
+                        _suspend(proc, terminal)
+                _stop_group(proc, asked=stop.is_set())
+            finally:
+                child.clear()  # reaped next: its group id is no longer dev's to signal
+                if terminal is not None and _terminal(terminal) == proc.pid:
+                    _give_terminal(terminal, os.getpgrp())  # the command had it: dev takes it back
             status = proc.wait()
             # a command killed by signal N exits 128 + N, as in a shell
             return 0 if stop.is_set() else status if status >= 0 else 128 - status

@@ -6,10 +6,20 @@ work started by startup hooks, ``statekit dev`` under a job-control shell (Ctrl-
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import re
+import select
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +193,171 @@ def test_audit_awaited_startup_work_and_per_request_tasks_are_not_background(tmp
             return {"started": True}
     """)
     assert found == []
+
+
+# -- dev: a foreground job under a job-control shell ----------------------------------------
+
+
+class Terminal:
+    """An interactive bash on a pseudo-terminal of its own (a session leader with job
+    control, as a user's terminal runs it); what it shows is read as it comes."""
+
+    def __init__(self, cwd: Path) -> None:
+        env = {**os.environ, "PS1": "$ ", "TERM": "dumb", "HISTFILE": os.devnull, "PROMPT_COMMAND": ""}
+        env.pop("STATEKIT_REDIS_URL", None)
+        env.pop("STATEKIT_BLOBS_URL", None)
+        bash = shutil.which("bash")
+        assert bash is not None
+        pid, self.fd = pty.fork()
+        if pid == 0:  # the child: exec at once, nothing else of pytest runs here
+            os.chdir(cwd)
+            os.execve(bash, [bash, "--norc", "--noprofile", "-i"], env)
+        self.pid = pid
+        self.output = ""
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def expect(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Read until *pattern* appears after what earlier calls consumed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = re.search(pattern, self.output)
+            if m:
+                self.output = self.output[m.end():]
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} on the terminal within {timeout} s: {self.output!r}")
+            ready, _, _ = select.select([self.fd], [], [], min(left, 1.0))
+            if ready:
+                try:
+                    self.output += os.read(self.fd, 4096).decode(errors="replace").replace("\r", "")
+                except OSError:  # EIO: the terminal's other side is closed
+                    raise AssertionError(f"terminal closed before {pattern!r}: {self.output!r}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)  # a hangup: dev (bash's job) gets SIGHUP and stops its command
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (``T``: stopped), ``-`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return "-"
+
+
+def _until(pred: object, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal(tmp_path)
+    started: list[int] = []
+    term.started = started  # type: ignore[attr-defined]
+    try:
+        term.expect(r"\$ $")
+        yield term
+    finally:
+        term.close()
+        for pid in started:  # the commands this test's dev ran, should the hangup not end them
+            with contextlib.suppress(ProcessLookupError):
+                if _state(pid) not in ("-", "Z"):
+                    os.kill(pid, signal.SIGKILL)
+
+
+#: reads a line from /dev/tty (its controlling terminal) and exits 7: an interactive
+#: command (a debugger's prompt, getpass) as a user runs it under dev
+_TTY_READER = """
+import os
+out, tty = open("/dev/tty", "w"), open("/dev/tty")
+print("CHILD", os.getpid(), "asks", file=out, flush=True)
+line = tty.readline().strip()
+print("GOT", repr(line), file=out, flush=True)
+raise SystemExit(7)
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("launcher", ["", "sh -c"], ids=["shell", "launcher"])
+def test_dev_command_is_the_terminals_foreground_job(terminal: Terminal, tmp_path: Path, launcher: str,
+                                                     ) -> None:
+    """Under dev the command has the terminal (it opens /dev/tty and reads from it); Ctrl-Z
+    stops it and gives the shell its prompt back, ``fg`` resumes it in the foreground.
+    Before, the command ran in a session of its own: /dev/tty could not be opened (ENXIO),
+    and Ctrl-Z stopped dev alone, its command running on (and holding its port). Run by
+    a launcher (``make demo``; here ``sh -c``), the launcher stops too: it is the job."""
+    (tmp_path / "reader.py").write_text(_TTY_READER)
+    line = f"{STATEKIT} dev --blobs-dir blobs -- {sys.executable} reader.py"
+    terminal.send(f"{launcher} {shlex.quote(line + '; exit $?')}\n" if launcher else f"{line}\n")
+    child = int(terminal.expect(r"CHILD (\d+) asks").group(1))
+    terminal.started.append(child)  # type: ignore[attr-defined]
+    terminal.send("\x1a")  # Ctrl-Z
+    terminal.expect(r"Stopped.*\n\$ ")
+    _until(lambda: _state(child) == "T", "the command stopped")
+    terminal.send("fg\n")
+    _until(lambda: _state(child) not in ("T", "t"), "the command resumed")
+    terminal.send("hello\n")  # read by the command: the terminal's foreground again
+    terminal.expect(r"GOT 'hello'")
+    terminal.expect(r"servers stopped\n\$ ")
+    terminal.send("echo STATUS=$?\n")
+    terminal.expect(r"\nSTATUS=7")  # its status is dev's
+    _until(lambda: _state(child) in ("-", "Z"), "the command gone")
+
+
+_WAITER = """
+import os, sys, time
+print("CHILD", os.getpid(), flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.05)
+sys.exit(5)
+"""
+
+
+@pytest.mark.redis
+def test_dev_without_the_terminal_on_stdin_passes_ctrl_z_on(terminal: Terminal, tmp_path: Path) -> None:
+    """dev's stdin redirected (no terminal to hand over): Ctrl-Z reaches dev, which
+    stops its command's process group and then itself, so the shell's job is stopped;
+    ``fg`` continues both."""
+    (tmp_path / "waiter.py").write_text(_WAITER)
+    terminal.send(f"{STATEKIT} dev --blobs-dir blobs -- {sys.executable} waiter.py </dev/null\n")
+    child = int(terminal.expect(r"CHILD (\d+)").group(1))
+    terminal.started.append(child)  # type: ignore[attr-defined]
+    terminal.send("\x1a")
+    terminal.expect(r"Stopped.*\n\$ ")
+    _until(lambda: _state(child) == "T", "the command stopped")
+    terminal.send("fg\n")
+    _until(lambda: _state(child) not in ("T", "t"), "the command resumed")
+    (tmp_path / "go").touch()
+    terminal.expect(r"servers stopped\n\$ ")
+    terminal.send("echo STATUS=$?\n")
+    terminal.expect(r"\nSTATUS=5")
+
+
+@pytest.mark.redis
+def test_dev_ctrl_c_in_the_terminal_stops_the_command(terminal: Terminal, tmp_path: Path) -> None:
+    """Ctrl-C reaches the command's process group (once: dev does not pass on a second
+    SIGINT), which exits; dev stops its servers and the shell has the terminal back."""
+    (tmp_path / "waiter.py").write_text(_WAITER)
+    terminal.send(f"{STATEKIT} dev --blobs-dir blobs -- {sys.executable} waiter.py\n")
+    child = int(terminal.expect(r"CHILD (\d+)").group(1))
+    terminal.started.append(child)  # type: ignore[attr-defined]
+    terminal.send("\x03")  # Ctrl-C
+    terminal.expect(r"KeyboardInterrupt")
+    terminal.expect(r"servers stopped\n\$ ")
+    terminal.send("echo STATUS=$?\n")
+    terminal.expect(r"\nSTATUS=130")  # killed by SIGINT, as the shell reports it
+    terminal.send("echo PROMPT-BACK\n")
+    terminal.expect(r"\nPROMPT-BACK")
