@@ -60,7 +60,11 @@ command is never sent again, except an idempotent read after a dropped connectio
 ``MASTERDOWN``, ``LOADING``) drops the connection (a Sentinel connection asks for the
 master again) and is retried like a failure before sending. A task cancelled between
 sending a command and reading its reply drops that connection: the late reply is
-never read as another caller's. redis-py's own command retry is turned off on the
+never read as another caller's. A connection dropped while its socket still holds
+part of a command (cancelled or timed out writing a large value) is aborted, not
+closed, so the rest is never written after the caller was told: on the transport's
+own connections and on every connection of the clients made here (a Cluster
+client's commands, pipelines: :class:`_Aborts`). redis-py's own command retry is turned off on the
 clients made here (``retries=0`` on their ``Retry``), so pipelines and pub/sub run by
 callers directly on the client never resend either.
 
@@ -147,6 +151,39 @@ except ImportError:  # pragma: no cover - redis not installed
     _HAS_CAN_READ = _HAS_MARKS = False
 
 
+class _Aborts:
+    """Mixed into the connection class of every client :func:`create_async_client`
+    makes (:func:`_aborting`): a connection dropped on an error or a cancellation
+    (redis-py's ``disconnect(nowait=True)``) while its socket still holds part of a
+    command is aborted, as :meth:`AsyncTransport._drain` aborts its own: closed, the
+    stream would write the rest after the caller was told the command failed or was
+    cancelled, and the server would run it then (a Cluster client's commands, every
+    client's pipelines). A connection with nothing left to write is closed as before."""
+
+    _writer: Any
+
+    async def disconnect(self, nowait: bool = False, **kwargs: Any) -> None:
+        writer = self._writer
+        if nowait and writer is not None:
+            buffered = getattr(writer.transport, "get_write_buffer_size", None)
+            if buffered is not None and buffered():
+                writer.transport.abort()
+        await super().disconnect(nowait=nowait, **kwargs)  # type: ignore[misc]
+
+
+_aborting_classes: dict[type, type] = {}
+
+
+def _aborting(connection_class: type) -> type:
+    """The subclass of redis-py's asyncio *connection_class* with :class:`_Aborts`
+    (its name keeps the base's: ``StatekitSSLConnection``)."""
+    cls = _aborting_classes.get(connection_class)
+    if cls is None:
+        cls = _aborting_classes[connection_class] = type(
+            f"Statekit{connection_class.__name__}", (_Aborts, connection_class), {})
+    return cls
+
+
 def _no_command_retry() -> Any:
     """redis-py asyncio's ``Retry`` that never resends (the transport retries what
     the rule allows itself)."""
@@ -182,6 +219,12 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         for name in ("db", "health_check_interval", "sentinel_password"):
             kwargs.pop(name, None)
         client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts], **kwargs)
+        # (RedisCluster takes no connection_class: the nodes it makes later read it
+        # from these connection_kwargs; the startup nodes have no connection yet)
+        connection_class = client.connection_kwargs["connection_class"] = \
+            _aborting(client.connection_kwargs["connection_class"])
+        for node in client.startup_nodes:
+            node.connection_class = connection_class
     elif parsed.scheme == "redis+sentinel":
         from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
@@ -191,7 +234,8 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         if sentinel_password:
             sentinel_kwargs["password"] = sentinel_password
         ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
-        kwargs["connection_class"] = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+        managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
+        kwargs["connection_class"] = _aborting(managed)
         sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
         client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class())
         client.statekit_sentinels = sentinel.sentinels
@@ -205,6 +249,8 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
             if parsed.scheme == "rediss":
                 kwargs["ssl"] = True
             client = aioredis.Redis(host=host, port=port, db=parsed.db, **kwargs)
+        pool = client.connection_pool
+        pool.connection_class = _aborting(pool.connection_class)
     client.statekit_retries = retries
     client.statekit_backoff_cap = cap
     return client
