@@ -372,16 +372,16 @@ class MsgpackSerializer:
             body = (str(value) if t is decimal.Decimal else _iso(value)).encode()
         return m.ExtType(code, body)
 
-    def _ext_hook(self, code: int, data: bytes, depth: int = 0) -> Any:
+    def _ext_hook(self, code: int, data: bytes, depth: int = 0, counted: bool = False) -> Any:
         if depth >= _MAX_EXT_DEPTH and code in (6, 7, 8, 9):
             raise SerializationError(f"the msgpack codec refused a payload: {_TOO_DEEP}")
         if code in (6, 7, 8):
-            items = self._unpack(data, depth + 1)
+            items = self._unpack(data, depth + 1, counted)
             return (tuple, set, frozenset)[code - 6](items if code == 6 else _unflooded(items))
         if code == 5:
             return uuid.UUID(bytes=data)
         if code == 9:
-            d, s, us = self._unpack(data, depth + 1)
+            d, s, us = self._unpack(data, depth + 1, counted)
             return dt.timedelta(days=d, seconds=s, microseconds=us)
         text = data.decode()
         if code == 1:
@@ -401,16 +401,16 @@ class MsgpackSerializer:
         )
         return packed
 
-    def _unpack(self, data: bytes, depth: int = 0) -> Any:
-        hook = self._ext_hook if not depth else functools.partial(self._ext_hook, depth=depth)
-        try:  # maps keyed by str or bytes (seeded hashes), as most are: msgpack builds them
-            return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=True, use_list=True)
-        except ValueError as e:
-            if "strict_map_key" not in str(e):
-                raise
-        # a map keyed by numbers, UUIDs, tuples...: read again, each map's keys counted first
-        return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True,
-                                     object_pairs_hook=_dict_of_pairs)
+    def _unpack(self, data: bytes, depth: int = 0, counted: bool = False) -> Any:
+        """*data* with maps keyed by str or bytes only (seeded hashes: msgpack builds them,
+        and raises ValueError for another key), or, *counted*, by anything, each map's
+        keys counted first (:func:`_dict_of_pairs`); the ext values inside alike."""
+        hook = (self._ext_hook if not depth and not counted
+                else functools.partial(self._ext_hook, depth=depth, counted=counted))
+        if counted:
+            return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True,
+                                         object_pairs_hook=_dict_of_pairs)
+        return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=True, use_list=True)
 
     def dumps(self, value: Any) -> bytes:
         try:
@@ -424,7 +424,14 @@ class MsgpackSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return self._unpack(data)
+            try:
+                return self._unpack(data)
+            except ValueError as e:
+                if "strict_map_key" not in str(e):
+                    raise
+            # a map keyed by numbers, UUIDs, tuples... (at any ext level): the whole payload
+            # once more, every map's keys counted
+            return self._unpack(data, counted=True)
         except SerializationError:
             raise
         except Exception as e:  # msgpack raises a family of its own errors and ValueError
