@@ -595,6 +595,67 @@ def test_broadcast_read_cancelled_awaiting_its_reply(server: RedisServer) -> Non
     asyncio.run(main())
 
 
+def test_cluster_session_load_save_and_broadcast_read_cancelled_awaiting_their_replies(
+        own_redis_cluster: RedisClusterServers) -> None:
+    """On a Cluster, every primary stopped: a session load, a session save and a
+    broadcast read (a pipeline per node) sent, then cancelled. After the primaries
+    resume, the loads and reads that follow on the same node connections read their
+    own session and value, and the cancelled save's script ran at most once."""
+    from statekit.broadcast.aio import AsyncRedisBackend
+    from statekit.sessions import AsyncSessionStore
+
+    cluster = own_redis_cluster
+
+    async def main() -> None:
+        url = f"{cluster.url}?socket_timeout=30"
+        store = AsyncSessionStore(url, secret_keys=KEYS, key_prefix="r15")
+        client = create_async_client(url)
+        backend = AsyncRedisBackend(client, prefix="r15b")
+        admins = [node.client() for node in cluster.nodes]
+        try:
+            sessions = [await store.create({"user": f"user {i}"}) for i in range(12)]
+            names = [f"value-{i}" for i in range(12)]
+            for name in names:
+                await backend.publish(name, f"payload of {name}".encode(), token=None, now_ms=1)
+
+            async def check() -> None:  # (concurrent: several connections to each node)
+                loaded = await asyncio.gather(*[store.load(s.sid) for s in sessions])
+                assert [s["user"] if s is not None else None for s in loaded] == \
+                    [f"user {i}" for i in range(12)]
+                read = await asyncio.gather(*[backend.read([name]) for name in names])
+                assert [r[name].payload for r, name in zip(read, names, strict=True)] == \
+                    [f"payload of {name}".encode() for name in names]
+
+            await check()
+            mine = await store.load(sessions[0].sid)
+            assert mine is not None
+            mine["visits"] = 1
+            for admin in admins:
+                admin.config_resetstat()
+            for node in cluster.nodes:
+                node.pause()
+            try:
+                tasks = [asyncio.ensure_future(call) for call in (
+                    store.load(sessions[1].sid), store.save(mine), backend.read(names[:6]))]
+                await _until(_replies_awaited, "the calls sent")
+                for task in tasks:
+                    await _cancelled(task)
+            finally:
+                for node in cluster.nodes:
+                    node.resume()
+            for _ in range(3):
+                await check()
+            assert sum(redis_command_calls(admin).get("evalsha", 0) for admin in admins) <= 1
+        finally:
+            await store.aclose()
+            await backend.aclose()
+            await client.aclose()
+            for admin in admins:
+                admin.close()
+
+    asyncio.run(main())
+
+
 # -- a cancellation at every step of a call --------------------------------------------------
 
 _CANCELLED = object()
