@@ -14,7 +14,7 @@ import pytest
 
 from statekit import backends
 from statekit.cache import Cache
-from statekit.cache.protocol import CacheBackend, Stored, live, persisted
+from statekit.cache.protocol import CacheBackend, Stored, live, persisted, touched
 from statekit.errors import ConfigError
 from statekit.testing.contracts.cache import CacheContract
 
@@ -118,13 +118,15 @@ class DictCacheBackend(CacheBackend):
             self.store.data[real] = (b"%d" % value, item[1])
             return value
 
-    def touch(self, key: str, ttl_ms: int | None) -> bool:
+    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
         with self.store.lock:
             real = self._real(key)
             item = self._live(real)
-            if item is None:
+            left = None if item is None or item[1] is None else int((item[1] - time.monotonic()) * 1000)
+            new = None if item is None else touched(item[0], left, ttl_ms, now)
+            if new is None:
                 return False
-            self._put(real, item[0], ttl_ms)
+            self._put(real, *new)
             return True
 
     def persist(self, key: str, now: float) -> bool:

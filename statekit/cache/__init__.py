@@ -806,7 +806,8 @@ class _CacheCore:
     def _touch(self, key: str, ttl: Any) -> Plan[bool]:
         self._backend or self._connect()
         try:
-            return bool((yield from self._write("touch", False, self._check_key(key), self._ttl_ms(ttl))))
+            return bool((yield from self._write("touch", False, self._check_key(key), self._ttl_ms(ttl),
+                                                _time())))
         finally:
             self._forget(key)
 
@@ -1312,9 +1313,12 @@ class Cache(_CacheCore):
         return self.incr(key, -delta, ttl=ttl, create=create)
 
     def touch(self, key: str, ttl: TTL = DEFAULT) -> bool:
-        """Give *key* a new TTL; ``False`` if it is missing. For a value stored by
-        :meth:`get_or_set` this is how long Redis keeps it, not when it is due to be
-        recomputed (fixed when it was computed)."""
+        """Give *key* a new lifetime of *ttl* seconds (``None``: none); ``False`` if it
+        is missing. A value of :meth:`get_or_set` / :meth:`cached` is due *ttl* seconds
+        from now (:meth:`ttl` says so; it is still served stale as long after that as
+        before), and ``ttl=None`` makes it permanent, as :meth:`persist`. One past its
+        ttl, kept only to be served stale, is not there (as for :meth:`get`):
+        ``False``, left as it is."""
         return drive(self._touch(key, ttl), self._effect)
 
     def persist(self, key: str) -> bool:
@@ -1324,7 +1328,11 @@ class Cache(_CacheCore):
         :meth:`cached` is made permanent too (as django-redis' ``persist``): from then
         on it is neither stale nor recomputed, and :meth:`ttl` says ``math.inf``. One
         past its ttl, kept only to be served stale, is not there (as for :meth:`get`):
-        ``False``, left as it is."""
+        ``False``, left as it is. It makes the value stored now permanent, not the key:
+        a later write stores with its own ttl, as a ``SET`` after ``PERSIST`` in Redis
+        (and django-redis' ``persist`` then ``set``), and so does a ``refresh()`` or a
+        :meth:`get_or_set` recompute already computing when ``persist`` runs (its new
+        value replaces the permanent one when it finishes)."""
         return drive(self._persist(key), self._effect)
 
     def clear(self) -> bool:

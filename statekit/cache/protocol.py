@@ -37,8 +37,9 @@ stored lives in the backend past its ttl, to be served stale while one caller
 recomputes it: its bytes start with ``0x02``, then :data:`ENVELOPE` (its logical
 expiry, epoch seconds, and its compute time). :func:`expiry` reads that header
 (one reading for every Python caller), :func:`live` says whether such bytes are a
-value ``get()`` finds; :meth:`CacheBackend.replace` stores only over those, and
-:meth:`CacheBackend.persist` makes such a value permanent (:func:`persisted`).
+value ``get()`` finds; :meth:`CacheBackend.replace` stores only over those,
+:meth:`CacheBackend.persist` makes such a value permanent (:func:`persisted`) and
+:meth:`CacheBackend.touch` gives it a new one (:func:`touched`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from ..redis.tracking import InvalidationListener
 
-__all__ = ["ENVELOPE", "CacheBackend", "Stored", "expiry", "live", "persisted"]
+__all__ = ["ENVELOPE", "CacheBackend", "Stored", "deadline", "expiry", "live", "persisted", "touched"]
 
 #: the header after a get_or_set value's ``0x02`` mark: its logical expiry (epoch
 #: seconds, little-endian double) and compute time (seconds)
@@ -91,8 +92,15 @@ def live(data: bytes, now: float) -> bool:
     return expiry(data) > now
 
 
+def deadline(now: float, ttl_ms: int | None) -> bytes:
+    """A get_or_set envelope's logical expiry (the first field of :data:`ENVELOPE`,
+    packed) for a lifetime of *ttl_ms* from *now*: ``math.inf`` (never due) for
+    ``None``."""
+    return struct.pack("<d", math.inf if ttl_ms is None else now + ttl_ms / 1000)
+
+
 #: a logical expiry that never comes (what :func:`persisted` writes)
-_FOREVER = struct.pack("<d", math.inf)
+_FOREVER = deadline(0.0, None)
 
 
 def persisted(data: bytes) -> bytes:
@@ -102,6 +110,26 @@ def persisted(data: bytes) -> bytes:
     if data[:1] != b"\x02" or len(data) <= 1 + ENVELOPE.size:
         return data
     return data[:1] + _FOREVER + data[1 + len(_FOREVER):]
+
+
+def touched(data: bytes, left_ms: int | None, ttl_ms: int | None,
+            now: float) -> tuple[bytes, int | None] | None:
+    """What :meth:`CacheBackend.touch` stores for *data* (stored with *left_ms* of its
+    TTL left, ``None`` for none) given a new lifetime of *ttl_ms* (``None``: none) at
+    *now*: the bytes and their TTL, or ``None`` if *data* is not :func:`live` at *now*
+    (nothing changes). A get_or_set envelope becomes due at *now* + *ttl_ms*
+    (:func:`deadline`; never for ``None``, as :func:`persisted`) and is kept as long
+    past that, to be served stale, as it was kept past its old deadline (none if it
+    had no TTL or no deadline); any other value is kept as it is, for *ttl_ms*."""
+    end = expiry(data)
+    if end <= now:
+        return None
+    if data[0] != 2:
+        return data, ttl_ms
+    stored = data[:1] + deadline(now, ttl_ms) + data[1 + len(_FOREVER):]
+    if ttl_ms is not None and left_ms is not None and end != math.inf:
+        ttl_ms += max(0, left_ms - math.floor((end - now) * 1000))  # its stale window
+    return stored, ttl_ms
 
 
 class CacheBackend:
@@ -162,9 +190,11 @@ class CacheBackend:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement incr()")
 
-    def touch(self, key: str, ttl_ms: int | None) -> bool:
-        """Give an existing key a new TTL (``None``: no expiry); ``False`` if it is
-        missing."""
+    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
+        """Give *key* a new lifetime of *ttl_ms* (``None``: none), in one step, if it
+        holds a value ``get()`` finds at *now* (:func:`live`): store it as :func:`touched`
+        says (a get_or_set value's logical expiry moves with its TTL). ``False`` if
+        it is missing or not :func:`live`."""
         raise NotImplementedError(f"{type(self).__name__} must implement touch()")
 
     def persist(self, key: str, now: float) -> bool:

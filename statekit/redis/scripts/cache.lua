@@ -23,12 +23,13 @@ end
 -- a little-endian IEEE double, then the compute time, then the payload) its logical
 -- expiry (a value past it is only kept to be served stale; math.huge once persisted);
 -- any other value math.huge; a missing name, an empty value or a truncated envelope
--- -math.huge (a miss for get() too). Only the header is read, as has() does
+-- -math.huge (a miss for get() too); then whether it is a get_or_set envelope. Only the
+-- header is read, as has() does
 local function expiry(k)
   local h = redis.call('GETRANGE', k, 0, 17)
-  if h == '' then return -math.huge end
-  if string.byte(h, 1) ~= 2 then return math.huge end
-  if #h < 18 then return -math.huge end
+  if h == '' then return -math.huge, false end
+  if string.byte(h, 1) ~= 2 then return math.huge, false end
+  if #h < 18 then return -math.huge, false end
   local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(h, 2, 9)
   local e = (b8 % 128) * 16 + math.floor(b7 / 16)
   local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
@@ -37,7 +38,7 @@ local function expiry(k)
   elseif e == 0 then x = m * 2 ^ -1074
   else x = (1 + m / 2 ^ 52) * 2 ^ (e - 1023) end
   if b8 >= 128 then x = -x end
-  return x
+  return x, true
 end
 -- whether the name k holds a value get() finds at the caller's clock now (epoch
 -- seconds, as text)
@@ -105,12 +106,27 @@ elseif op == 'incr' then
   redis.call('INCRBY', r, ARGV[3])
   return redis.call('GET', r)
 elseif op == 'touch' then
+  -- a new lifetime of ARGV[3] ms ('': none) for a value get() finds at the caller's
+  -- clock ARGV[4] (else nothing changes: 0), as statekit.cache.protocol.touched: a
+  -- get_or_set envelope's logical expiry becomes ARGV[5] (now + the lifetime, packed;
+  -- +inf for none, as persist), and it is kept as long past it, to be served stale, as
+  -- it was kept past its old one
   local r = KEYS[f]
+  local e, envelope = expiry(r)
+  local now = tonumber(ARGV[4])
+  if e <= now then return 0 end
   if ARGV[3] == '' then
-    if redis.call('EXISTS', r) == 1 then redis.call('PERSIST', r) return 1 end
-    return 0
+    redis.call('PERSIST', r)
+  elseif envelope and e ~= math.huge then
+    local left = redis.call('PTTL', r)
+    local ms = tonumber(ARGV[3])
+    if left > 0 then ms = ms + math.max(0, left - math.floor((e - now) * 1000)) end
+    redis.call('PEXPIRE', r, string.format('%.0f', ms))
+  else
+    redis.call('PEXPIRE', r, ARGV[3])
   end
-  return redis.call('PEXPIRE', r, ARGV[3])
+  if envelope then redis.call('SETRANGE', r, 1, ARGV[5]) end
+  return 1
 elseif op == 'persist' then
   -- the key never expires, if it holds a value get() finds at the caller's clock
   -- ARGV[3] (else nothing changes: 0): PERSIST, and a get_or_set envelope's logical

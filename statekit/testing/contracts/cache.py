@@ -324,6 +324,53 @@ class CacheContract:
         stored = cache._be().get_with_ttl("s")
         assert stored.ttl_ms is not None  # still expires: persist left it alone
 
+    def test_touch_moves_a_get_or_set_values_deadline(self, cache: Cache,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """touch() of a value get_or_set stored gives it a new lifetime, as for any key
+        (django-redis' ``expire``): ``touch(key, t)`` makes it due *t* seconds from now
+        (ttl() says so; it is kept to be served stale as long after that as before),
+        ``touch(key, None)`` makes it permanent as persist() does. A value past its ttl,
+        kept only to be served stale, is not there for touch as for get(): ``False``,
+        left as it is."""
+        import statekit.cache
+
+        calls: list[int] = []
+
+        def compute() -> str:
+            calls.append(1)
+            return "v"
+
+        assert cache.get_or_set("g", compute, ttl=60, stale_ttl=30) == "v"
+        assert cache.touch("g", ttl=600) is True
+        left = cache.ttl("g")
+        assert left is not None and 540 < left <= 600
+        kept = cache._be().get_with_ttl("g").ttl_ms
+        assert kept is not None and 600_000 < kept <= 630_000  # its stale window kept
+        later = time.time() + 300
+        monkeypatch.setattr(statekit.cache, "_time", lambda: later)
+        assert cache.get("g") == "v" and cache.get_or_set("g", compute, ttl=60) == "v" and calls == [1]
+        assert cache.touch("g", ttl=None) is True and cache.ttl("g") == math.inf
+        assert cache._be().get_with_ttl("g").ttl_ms is None
+        monkeypatch.setattr(statekit.cache, "_time", lambda: later + 86400)
+        assert cache.get("g") == "v" and cache.has("g") and cache.ttl("g") == math.inf
+        assert cache.get_or_set("g", compute, ttl=60) == "v" and calls == [1]
+        assert cache.persist("g") is False  # touch(None) left nothing to remove
+        assert cache.touch("g", ttl=60) is True  # a permanent one can be given a lifetime again
+        left = cache.ttl("g")
+        assert left is not None and 0 < left <= 60
+        monkeypatch.undo()
+        assert cache.get_or_set("s", lambda: "old", ttl=60, stale_ttl=30) == "old"
+        late = time.time() + 61
+        monkeypatch.setattr(statekit.cache, "_time", lambda: late)
+        assert cache.touch("s", ttl=600) is False and cache.touch("s", ttl=None) is False
+        assert cache.get("s") is None  # past its ttl: not there, not revived
+        monkeypatch.undo()
+        assert cache.get("s") == "old"
+        left = cache.ttl("s")
+        assert left is not None and left <= 60  # its deadline untouched
+        stored = cache._be().get_with_ttl("s").ttl_ms
+        assert stored is not None and stored <= 90_000  # and its TTL
+
     def test_has(self, cache: Cache) -> None:
         assert not cache.has("h")
         cache.set("h", 0)
