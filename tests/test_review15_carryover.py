@@ -293,3 +293,43 @@ def test_plain_pickle_over_the_size_read_is_refused() -> None:
 
     with pytest.raises(SerializationError, match="MAX_SESSION_BYTES"):
         loads_plain_pickle(pickle.dumps(b"x" * carryover.MAX_SESSION_BYTES, 2))
+
+
+def _shared_tuple(depth: int) -> bytes:
+    """A pickle (protocol 2) of t0 = (), t(n+1) = (tn, tn) through the memo: 6 bytes a
+    level, and hashing t(depth) hashes 2**depth tuples (a tuple's hash is not cached)."""
+    data = b"\x80\x02)q\x00"
+    for i in range(depth):
+        data += b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1])
+    return data
+
+
+@pytest.mark.parametrize("where", ["dict-key", "set-member", "frozenset-member"])
+def test_plain_pickle_refuses_keys_that_cost_more_to_hash_than_its_size(where: str) -> None:
+    """A tuple key sharing its halves through the memo, 22 levels (140 bytes): its hash
+    is 4 million tuple hashes, 40 levels a day's CPU; ``_within`` refused it only once
+    the dict was built. Every key's hash is charged as the tree it is (a shared part
+    each time): more than the pickle's size allows is refused before hashing."""
+    tail = {"dict-key": b"}h\x16K\x01s.", "set-member": b"\x8f(h\x16\x90.",
+            "frozenset-member": b"(h\x16\x91."}[where]
+    data = _shared_tuple(22) + tail
+    with pytest.raises(SerializationError, match="hash"):
+        loads_plain_pickle(data)
+
+
+def test_plain_pickle_refuses_one_big_int_hashed_as_a_key_again_and_again() -> None:
+    """An int of 100 KB (LONG4) in the memo, the key of 2000 dicts: each hash reads it
+    whole (an int's hash is not cached), 200 MB of hashing from a 110 KB pickle; in
+    1 MB, 50 000 dicts, it was a minute. Charged per use, it is refused."""
+    big = (1 << (8 * 100_000 - 2)).to_bytes(100_000, "little")
+    data = b"\x80\x02\x8b" + struct.pack("<i", len(big)) + big + b"q\x00]("
+    data += b"}h\x00K\x01s" * 2000 + b"e."
+    with pytest.raises(SerializationError, match="hash"):
+        loads_plain_pickle(data)
+
+
+def test_plain_pickle_charges_tuples_and_ints_as_data_does() -> None:
+    value = {"k": {(i, (i, str(i)), 10**40 + i): i for i in range(2000)}, "s": {(1, 2), (3, (4, 5))},
+             "f": frozenset({(1, 2)}), "big": {10**1000: 1}}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert loads_plain_pickle(pickle.dumps(value, protocol)) == value

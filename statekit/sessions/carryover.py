@@ -56,6 +56,7 @@ old cookie is an unknown cookie.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -141,18 +142,11 @@ def _no_size(kind: type) -> Any:
     return make
 
 
-def _counted(kind: type) -> Any:
-    """*kind* (``set``, ``frozenset``) of members whose hashes are counted first
-    (:func:`statekit.serializers._unflooded`)."""
-    def make(*args: Any) -> Any:
-        return kind(_unflooded(list(*args)))
-    return make
-
-
 #: the only names a plain-data pickle may use: how protocols 0-2 spell sets and bytes
+#: (``set`` and ``frozenset`` are made by :meth:`_PlainUnpickler._new_set`)
 _PLAIN_NAMES: dict[tuple[str, str], Any] = {
     **{(m, n): c for m in ("builtins", "__builtin__")
-       for n, c in (("set", _counted(set)), ("frozenset", _counted(frozenset)), ("bytes", _no_size(bytes)),
+       for n, c in (("set", set), ("frozenset", frozenset), ("bytes", _no_size(bytes)),
                     ("bytearray", _no_size(bytearray)))},
     ("_codecs", "encode"): _latin1,
 }
@@ -184,11 +178,17 @@ def _check_opcodes(data: bytes) -> None:
 
 class _PlainUnpickler(pickle._Unpickler):
     """Python's own unpickler, not the C one: that one builds dicts and sets where
-    nothing can look at their keys, and thousands of distinct ints (tuples...) with
-    one hash make a dict or set of them quadratic to build (minutes for a pickle of
-    1 MB). Here every dict and set is built with its keys' hashes counted first
-    (:func:`statekit.serializers._unflooded`): by ``DICT`` and ``FROZENSET`` at once,
-    by ``SETITEM(S)`` and ``ADDITEMS`` a few at a time, counted across them."""
+    nothing can look at their keys. Here, before a dict or set is built or grows
+    (``DICT``, ``FROZENSET``, ``set()`` and ``frozenset()`` by ``REDUCE`` at once;
+    ``SETITEM(S)`` and ``ADDITEMS`` a few at a time, counted across them):
+
+    * its keys' hashes are counted (:func:`statekit.serializers._unflooded`): thousands
+      of distinct ints (tuples...) with one hash make it quadratic to build (minutes
+      for a pickle of 1 MB);
+    * hashing them is charged against the pickle's size: a tuple's or an int's hash is
+      not cached, so a tuple sharing its halves through the memo (6 bytes a level)
+      costs 2**levels to hash, and a big int hashed as the key of many dicts costs its
+      size each time. A tuple is charged as the tree it is, an int by its size."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
     if TYPE_CHECKING:  # pickle._Unpickler's own, not in its stub
@@ -197,16 +197,45 @@ class _PlainUnpickler(pickle._Unpickler):
 
         def pop_mark(self) -> list[Any]: ...
 
-    def __init__(self, file: BytesIO) -> None:
+    def __init__(self, file: BytesIO, budget: int) -> None:
         super().__init__(file)
         #: id -> (the dict or set being filled, its keys' hashes, how many were shared)
         self._filling: dict[int, tuple[Any, set[int], list[int]]] = {}
+        #: id -> (a tuple made here, what hashing it costs)
+        self._costs: dict[int, tuple[tuple[Any, ...], int]] = {}
+        #: the hashing left to the keys
+        self._hashing = budget
 
     def find_class(self, module: str, name: str) -> Any:
         found = _PLAIN_NAMES.get((module, name))
         if found is None:
             raise pickle.UnpicklingError(f"refused: the pickle names {module}.{name}")
-        return found
+        return functools.partial(self._new_set, found) if found in (set, frozenset) else found
+
+    def _new_set(self, kind: type, *args: Any) -> Any:
+        items: list[Any] = list(*args)
+        self._charge(items)
+        return kind(_unflooded(items))
+
+    def _cost(self, value: Any) -> int:
+        """What hashing *value* costs: a tuple the tree it is, an int its size in 8 bytes
+        (neither caches its hash), anything else 1 (str, bytes, frozenset cache theirs)."""
+        t = type(value)
+        if t is tuple:
+            entry = self._costs.get(id(value))
+            return entry[1] if entry is not None and entry[0] is value else self._made(value)[1]
+        return 1 + value.bit_length() // 64 if t is int else 1
+
+    def _made(self, value: tuple[Any, ...]) -> tuple[tuple[Any, ...], int]:
+        entry = self._costs[id(value)] = (value, 1 + sum(map(self._cost, value)))
+        return entry
+
+    def _charge(self, keys: list[Any]) -> None:
+        self._hashing -= sum(map(self._cost, keys))
+        if self._hashing < 0:
+            raise pickle.UnpicklingError("refused: hashing its keys costs more than the pickle's size "
+                                         "allows (a tuple or an int shared through the memo, hashed again "
+                                         "and again)")
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refused: the pickle holds a persistent id")
@@ -215,6 +244,7 @@ class _PlainUnpickler(pickle._Unpickler):
         """Count *keys*' hashes among those already in *target*, a *kind* being filled."""
         if type(target) is not kind:
             raise pickle.UnpicklingError(f"refused: items added to a {type(target).__name__}")
+        self._charge(keys)
         entry = self._filling.get(id(target))
         if entry is None:
             entry = self._filling[id(target)] = (target, set(map(hash, cast("Iterable[Any]", target))), [0])
@@ -231,6 +261,7 @@ class _PlainUnpickler(pickle._Unpickler):
     def _load_dict(self) -> None:
         items = self.pop_mark()
         keys = items[::2]
+        self._charge(keys)
         _unflooded(keys)
         self.append(dict(zip(keys, items[1::2], strict=True)))
 
@@ -252,11 +283,25 @@ class _PlainUnpickler(pickle._Unpickler):
 
     def _load_frozenset(self) -> None:
         items = self.pop_mark()  # first: it sets self.append to the enclosing stack's
-        self.append(frozenset(_unflooded(items)))
+        self.append(self._new_set(frozenset, items))
+
+    def _load_tuple(self) -> None:
+        items = self.pop_mark()
+        self.append(self._made(tuple(items))[0])
+
+    def _load_tuple1(self) -> None:
+        self.stack[-1] = self._made((self.stack[-1],))[0]
+
+    def _load_tuple2(self) -> None:
+        self.stack[-2:] = [self._made((self.stack[-2], self.stack[-1]))[0]]
+
+    def _load_tuple3(self) -> None:
+        self.stack[-3:] = [self._made((self.stack[-3], self.stack[-2], self.stack[-1]))[0]]
 
     dispatch.update({op[0]: cast(Any, load) for op, load in (
         (pickle.DICT, _load_dict), (pickle.SETITEM, _load_setitem), (pickle.SETITEMS, _load_setitems),
-        (pickle.ADDITEMS, _load_additems), (pickle.FROZENSET, _load_frozenset))})
+        (pickle.ADDITEMS, _load_additems), (pickle.FROZENSET, _load_frozenset), (pickle.TUPLE, _load_tuple),
+        (pickle.TUPLE1, _load_tuple1), (pickle.TUPLE2, _load_tuple2), (pickle.TUPLE3, _load_tuple3))})
 
 
 def _within(value: Any, budget: int) -> None:
@@ -293,8 +338,9 @@ def loads_plain_pickle(data: bytes) -> Any:
     and a pickle of more than :data:`MAX_SESSION_BYTES`."""
     try:
         _check_opcodes(_size_checked(data))
-        value = _PlainUnpickler(BytesIO(data)).load()
-        _within(value, 4 * len(data) + 1024)
+        budget = 4 * len(data) + 1024
+        value = _PlainUnpickler(BytesIO(data), budget).load()
+        _within(value, budget)
         return value
     except Exception as e:  # noqa: BLE001 - any malformed or refused pickle is one outcome
         raise SerializationError(f"refused an old session's pickle: {e}") from e
