@@ -50,8 +50,10 @@ lifespan.
 dict, or Starlette's ``Config``), then the environment: the names and meanings of
 ``docs/settings.md``, as for the Flask and Django adapters. ``StateKit`` raises
 :class:`~statekit.errors.ConfigError` at start-up when an enabled capability cannot
-work (no Redis URL, a missing extra); switch off what you do not use with
-``STATEKIT_<FEATURE>_ENABLED=0`` (``sessions_enabled=False``).
+work (no Redis URL, blobs switched on by name with ``STATEKIT_BLOBS_ENABLED=1`` but no
+``STATEKIT_BLOBS_URL``, a missing extra); switch off what you do not use with
+``STATEKIT_<FEATURE>_ENABLED=0`` (``sessions_enabled=False``). Unset, blobs are on
+only when a store is configured.
 
 **Outages.** A :class:`~statekit.errors.BackendUnavailable` raised by a handler is
 answered ``503`` with a generic page and ``Retry-After`` (nothing about the backend:
@@ -216,7 +218,7 @@ class StateKit:
         state = StateKitState(self.settings(), self._get)
         enabled = [f for f in FEATURES
                    if flag(self._get(name := f"STATEKIT_{f.upper()}_ENABLED", True), name, default=True)]
-        self._check_start(state.settings, enabled)
+        self._check_start(state.settings, enabled, self._get("STATEKIT_BLOBS_ENABLED") not in (None, ""))
         if ("sessions" in enabled and not state.settings.secret_keys
                 and not {"secret_key", "store"} & set(self.session_options)):
             raise ConfigError("StateKit: sessions need signing keys: set STATEKIT_SECRET_KEYS (or pass "
@@ -229,7 +231,10 @@ class StateKit:
         _wrap_lifespan(app, state)
 
     @staticmethod
-    def _check_start(settings: Settings, enabled: list[str]) -> None:
+    def _check_start(settings: Settings, enabled: list[str], blobs_named: bool) -> None:
+        """Raise :class:`~statekit.errors.ConfigError` for an enabled capability that
+        cannot work. *blobs_named*: ``STATEKIT_BLOBS_ENABLED`` is set, so blobs on need
+        a store (unset, they are on only when one is configured)."""
         missing = [f for f in enabled if f in _REDIS_FEATURES and not getattr(settings, _REDIS_FEATURES[f])]
         if missing:
             raise ConfigError(
@@ -239,6 +244,11 @@ class StateKit:
             )
         for url in {getattr(settings, _REDIS_FEATURES[f]) for f in enabled if f in _REDIS_FEATURES}:
             check_extras(url)
+        if "blobs" in enabled and blobs_named and not settings.blobs_url:
+            raise ConfigError(
+                "StateKit: blobs enabled but no blob store is configured: set STATEKIT_BLOBS_URL "
+                "(s3://bucket/prefix, file:///srv/uploads or memory://), or switch them off: "
+                "STATEKIT_BLOBS_ENABLED=0")
         if settings.blobs_url and "blobs" in enabled:
             check_extras(settings.blobs_url, blobs=True)
 
