@@ -62,6 +62,18 @@ _EFD = ("env", "flask", "django")
 #: read by the three adapters
 _FDS = ("flask", "django", "starlette")
 
+
+def _switch(feature: str) -> Setting:
+    """``STATEKIT_<FEATURE>_ENABLED`` (Flask and Starlette): on unless ``False``; blobs
+    are on by default only with a store, and switched on without one refuse to start."""
+    name, off = f"STATEKIT_{feature}_ENABLED", f"`False` switches the {feature.lower()} capability off"
+    if feature == "BLOBS":
+        return _s(name, "bool", "unset: on only with `STATEKIT_BLOBS_URL`",
+                  "blobs are on only with a store: `True` without a `STATEKIT_BLOBS_URL` refuses to "
+                  "start; " + off, *_FS)
+    return _s(name, "bool", "true", off, *_FS)
+
+
 SETTINGS: tuple[Setting, ...] = (
     # backends
     _s("STATEKIT_REDIS_URL", "URL", "none",
@@ -76,9 +88,7 @@ SETTINGS: tuple[Setting, ...] = (
        "keys that sign session ids, blob URLs and signed-pickle values, newest first"),
     _s("STATEKIT_KEY_PREFIX", "text", "`statekit`", "first part of every Redis key statekit writes"),
     # Flask and Starlette switches
-    *(_s(f"STATEKIT_{feature}_ENABLED", "bool", "true",
-         f"`False` switches the {feature.lower()} capability off", *_FS)
-      for feature in ("CACHE", "SESSIONS", "BLOBS", "BROADCAST", "LIFECYCLE")),
+    *(_switch(feature) for feature in ("CACHE", "SESSIONS", "BLOBS", "BROADCAST", "LIFECYCLE")),
     # cache
     _s("STATEKIT_CACHE_DEFAULT_TTL", "seconds", "none (no expiry)",
        "how long a value lives when `set` is given no `ttl`", *_F),
