@@ -760,22 +760,44 @@ def _check_app_module(app: str, path: Sequence[str]) -> None:
         return
     spec = (importlib.machinery.PathFinder.find_spec(parts[0], [*path, *sys.path])
             or importlib.util.find_spec(parts[0]))  # a top-level name: nothing is imported
+    if spec is None:
+        raise ConfigError(f"cannot import {module!r}: No module named {parts[0]!r}")
+    locations, origin = spec.submodule_search_locations, spec.origin
     for i in range(1, len(parts)):
         package, name = ".".join(parts[:i]), ".".join(parts[: i + 1])
-        if spec is None:
-            break
-        locations = spec.submodule_search_locations
         if locations is None:
             raise ConfigError(f"cannot import {module!r}: No module named {name!r}; "
                               f"{package!r} is not a package")
-        if spec.origin and os.path.basename(spec.origin) == "__init__.py" and _extends_path(spec.origin):
+        if (origin and os.path.basename(origin) == "__init__.py" and _extends_path(origin)
+                or not all(os.path.isdir(loc) for loc in locations)):  # or in a zip file: the instances tell
             return
-        spec = next(filter(None, (finder.find_spec(name, list(locations)) for finder in sys.meta_path
-                                  if hasattr(finder, "find_spec"))), None)
-        if spec is None:
+        found = _submodule(list(locations), parts[i])
+        if found is None:
             raise ConfigError(f"cannot import {module!r}: No module named {name!r}")
-    if spec is None:
-        raise ConfigError(f"cannot import {module!r}: No module named {parts[0]!r}")
+        locations, origin = found
+
+
+def _submodule(locations: Sequence[str], name: str) -> tuple[list[str] | None, str | None] | None:
+    """Where module *name* is in the package directories *locations*, looked for as the
+    import system's path finder does: ``(its search locations, its file)``, locations
+    ``None`` for a plain module; ``None`` when it is in none of them. In each directory
+    in turn a package (``name/__init__.py``) comes before a module file, which comes
+    before a directory without ``__init__``: those merge into a namespace package."""
+    suffixes = importlib.machinery.all_suffixes()
+    portions = []
+    for loc in locations:
+        base = os.path.join(loc, name)
+        if os.path.isdir(base):
+            inits = (os.path.join(base, "__init__" + s) for s in suffixes)
+            init = next((f for f in inits if os.path.isfile(f)), None)
+            if init is not None:
+                return [base], init
+        module = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
+        if module is not None:
+            return None, module
+        if os.path.isdir(base):
+            portions.append(base)
+    return (portions, None) if portions else None
 
 
 def _extends_path(init: str) -> bool:

@@ -41,7 +41,9 @@ def _statekit(cwd: Path, *args: str, timeout: float = 120) -> subprocess.Complet
     ("app.py:app", {"app.py": "app = None\n"},
      "cannot import 'app.py': No module named 'app.py'; 'app' is not a package"),
     ("nosuchmod", {}, "cannot import 'nosuchmod': No module named 'nosuchmod'"),
-], ids=["module", "submodule", "file-name", "no-colon"])
+    ("ns.sub.nosuch:app", {"ns/sub/other.py": ""},
+     "cannot import 'ns.sub.nosuch': No module named 'ns.sub.nosuch'"),
+], ids=["module", "submodule", "file-name", "no-colon", "namespace-package"])
 def test_phoenix_of_a_missing_app_module_is_one_line_before_any_server(
     tmp_path: Path, app: str, files: dict[str, str], message: str
 ) -> None:
