@@ -48,7 +48,9 @@ an unknown id (Django's own engines do the same), whoever sends it: the browser 
 logged in, or an attacker who planted that cookie. While the alias lives the adapters
 send no cookie for it (``session.superseded``), neither a new one nor a deletion: the
 browser that logged in may have sent that request before the login answered, and
-its answer would replace the new cookie (logged out). Only requests already *in flight*
+its answer would replace the new cookie (logged out); unless that request logs in
+itself (a rotation: its cookie is the browser's newest login, sent as any login's,
+so a login retried after one that failed with a 5xx is not lost). Only requests already *in flight*
 (they loaded the session before the rotation) use the alias: their writes (a save,
 ``incr``, a logout) follow it into the new session, so none is lost and the old id
 never comes back. A rotation by such a request (two logins at once) does not take the
@@ -845,6 +847,7 @@ class _StoreCore:
                 session.new, session.loaded_user, session.user_id = True, None, None
         self.counters.incr("rotations")
         session.sid, session.handle, session.rotated = new_sid, new_handle, True
+        session.superseded = False  # a login: its cookie goes out whatever the request sent
         session.send_cookie = not session.new
         session.destroyed = False
         return session

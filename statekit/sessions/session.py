@@ -70,7 +70,8 @@ class Session(dict[str, Any]):
         self.cleared = False
         #: the cookie named a session rotated to a new id moments ago (a tombstone):
         #: this is a fresh session instead, and the browser most likely holds the new
-        #: cookie already, so adapters send no session cookie (kept or deleted) for it
+        #: cookie already, so adapters send no session cookie (kept or deleted) for it;
+        #: a rotation (a login in this request) clears it
         self.superseded = False
         self.created: float = meta.get("created", 0.0)
         self.last_seen: float = meta.get("last_seen", 0.0)

@@ -406,6 +406,7 @@ class SessionStore(SessionBase):
     def _cycle_steps(self, store: _StoreCore, data: dict[str, Any]) -> Steps[None]:
         core = self._synced(store, data)
         yield from store._rotate_steps(core)
+        self.superseded = False  # a login: its key is sent whatever cookie the request had
         self._session_key = store.sign(core.sid)
         self.modified = True
 

@@ -362,6 +362,8 @@ def _rotate_on_login(sender: Flask, **extra: Any) -> None:
     s = session._get_current_object()  # type: ignore[attr-defined]
     if isinstance(s, FlaskSession) and not (s.new or s.rotated or s.destroyed or s.unavailable):
         s.rotate()
+    elif isinstance(s, FlaskSession):
+        s.superseded = False  # a login: its cookie goes out whatever cookie the request sent
 
 
 def _connect_flask_login(app: Flask) -> None:

@@ -73,3 +73,28 @@ def test_clear_then_login_in_one_request_gets_a_fresh_id(redis_url: str) -> None
     assert browser.get("/get").json == {"_user_id": "bob"}
     assert [s.user_id for s in store.list_user_sessions("bob")] == ["bob"]
     assert store.list_user_sessions("ada") == []
+
+
+@pytest.mark.parametrize("how", ["rotate", "login_user"])
+def test_a_login_sent_with_the_cookie_of_a_session_just_rotated_logs_in(redis_url: str, how: str) -> None:
+    """A login whose answer was lost (the browser never got its new cookie) is sent
+    again with the pre-login cookie, a tombstone for the alias window: no session
+    cookie was sent for such a request, its login's neither, so the browser stayed
+    anonymous until the window passed. A login's cookie goes out now (``session.rotate()``
+    in the view, or Flask-Login's ``login_user`` on the fresh session)."""
+    from test_review13_flask_sessions import login_app
+
+    app = login_app(redis_url)
+    url = "/login/ada" if how == "rotate" else "/flask-login/ada"
+    first = app.test_client()
+    first.post("/set/cart/apple")
+    before = first.get_cookie("session").value  # type: ignore[union-attr]
+    first.post(url)  # its answer lost: the browser still holds *before*
+    browser = app.test_client()
+    browser.set_cookie("session", before)
+    resp = browser.post(url)
+    after = browser.get_cookie("session")
+    assert resp.status_code == 200 and after is not None and after.value != before
+    store = get_state(app).sessions
+    loaded = store.load(store.unsign(after.value) or "")
+    assert loaded is not None and loaded.get("_user_id") == "ada"
