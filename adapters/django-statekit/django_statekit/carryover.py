@@ -40,7 +40,8 @@ django-redis's own code, without the opt-in; zlib, gzip and lzma are decompresse
 compressed value of 1 MB can be 1 GB). Another
 serializer (an app's own) is refused at start-up (``ConfigError``): it may unpickle.
 Other cache backends are refused at start-up (``ConfigError``): their values would go
-through pickle.
+through pickle. A cached session of more than 1 MB
+(:data:`statekit.sessions.carryover.MAX_SESSION_BYTES`) is refused before it is decoded.
 
 Once the old sessions have expired (``SESSION_COOKIE_AGE`` after the switch), set
 ``STATEKIT_SESSION_CARRY_OVER`` back to off.
