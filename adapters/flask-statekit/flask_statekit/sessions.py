@@ -14,9 +14,11 @@ such a request, and its answer must not replace the new cookie),
 With Flask-Login installed, its logins rotate a stored session themselves:
 ``login_user()`` and the login from its remember-me cookie (a path no view runs, so
 an app could not call ``rotate()`` there), unless the request rotated it already.
-``session.clear()`` on a stored session also destroys it and deletes the cookie
-(unless a login in a parallel request rotated it since this request loaded it: then
-only the keys this request removed go from the new session). As
+``session.clear()`` on a stored session also destroys it and deletes the cookie,
+whatever the request sets after it: that (``flash("logged out")``) goes to a new
+session, as after ``session.destroy()``, and the old id names nothing (unless a login
+in a parallel request rotated it since this request loaded it: then only the keys
+this request removed go from the new session, and what it set after goes there). As
 with Flask, an in-place change of a mutable value (``session["cart"].append(x)``) is
 saved only after ``session.modified = True`` (or assigning the value again), except in
 a permanent session with ``SESSION_REFRESH_EACH_REQUEST`` (on by default), where

@@ -40,7 +40,8 @@ atomically; requests already in flight with the old cookie still write through i
 while a request that *loads* with the old cookie afterwards gets a fresh anonymous
 session (no fixation). :func:`destroy_session` (or ``request.session.clear()`` of a
 stored session) deletes the session and the cookie; what the same request sets
-afterwards (a "logged out" message) goes to a new session. ``clear()`` is two writes,
+afterwards (a "logged out" message; after ``clear()``, a login's keys too) goes to a
+new session, and the old id names nothing. ``clear()`` is two writes,
 the emptied session then its deletion: one an outage cuts between them (a 503, the
 session empty and its cookie kept) is completed by its retry, which finds that empty
 session and clears it again.
