@@ -238,11 +238,16 @@ class Terminal:
                 except OSError:  # EIO: the terminal's other side is closed
                     raise AssertionError(f"terminal closed before {pattern!r}: {self.output!r}") from None
 
+    def hang_up(self) -> None:
+        """Close the terminal (its window closed): bash gets SIGHUP and passes it on."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)  # a hangup: dev (bash's job) gets SIGHUP and stops its command
+        self.hang_up()  # dev (bash's job) gets SIGHUP and stops its command
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
 
@@ -363,3 +368,20 @@ def test_dev_ctrl_c_in_the_terminal_stops_the_command(terminal: Terminal, tmp_pa
     terminal.expect(r"\nSTATUS=130")  # killed by SIGINT, as the shell reports it
     terminal.send("echo PROMPT-BACK\n")
     terminal.expect(r"\nPROMPT-BACK")
+
+
+@pytest.mark.redis
+def test_dev_closing_the_terminal_ends_everything(terminal: Terminal, tmp_path: Path) -> None:
+    """The command now shares dev's terminal: when the terminal goes away, the command
+    (its foreground group: SIGHUP from the kernel, SIGTERM from dev), dev and its Redis
+    all end; nothing is left running. (It passed before too, the command in a session of
+    its own: a guard for the change.)"""
+    (tmp_path / "waiter.py").write_text(_WAITER)
+    terminal.send(f"{STATEKIT} dev --blobs-dir blobs -- {sys.executable} waiter.py\n")
+    redis_pid = int(terminal.expect(r"Redis .*pid (\d+)\)").group(1))
+    child = int(terminal.expect(r"CHILD (\d+)").group(1))
+    with open(f"/proc/{child}/stat") as f:
+        dev_pid = int(f.read().rpartition(")")[2].split()[1])
+    terminal.started += [child, redis_pid]  # type: ignore[attr-defined]
+    terminal.hang_up()
+    _until(lambda: all(_state(p) in ("-", "Z") for p in (child, redis_pid, dev_pid)), "all gone", 60)
