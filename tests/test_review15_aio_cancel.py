@@ -436,14 +436,14 @@ def test_two_hundred_calls_cancelled_at_random_points_leave_a_sound_pool(redis_u
     """200 cache calls on a pool of 8, each cancelled at a random point: afterwards
     every connection the pool lent is kept by the transport (none leaked), at most
     its limit, every turn of its gate given back, none with an unread reply on it
-    (each checked with a non-blocking read), the server soon sees no more clients
-    than that, the counter moved once per INCRBY it ran, and 300 calls after read their
-    own replies. The loop was never blocked: its heartbeat was never late by
+    (each checked with a non-blocking read), the server soon sees no more of its
+    clients than that, the counter moved once per INCRBY it ran, and 300 calls after
+    read their own replies. The loop was never blocked: its heartbeat was never late by
     anything like a socket timeout (30 s)."""
     values = {f"key-{i}": f"value-{i}" for i in range(16)}
 
     async def main() -> None:
-        cache = AsyncCache(f"{redis_url}?max_connections=8&socket_timeout=30")
+        cache = AsyncCache(f"{redis_url}?max_connections=8&socket_timeout=30&client_name=r15-random")
         admin = create_client(redis_url)
         try:
             await cache.set_many(values)
@@ -457,8 +457,11 @@ def test_two_hundred_calls_cancelled_at_random_points_leave_a_sound_pool(redis_u
             assert t._gate._value == t.limit and not t._waiters and t._connecting == 0 and not t._watched
             for conn in t._idle:
                 assert conn.is_connected and not await conn.can_read()
-            # (the server sees a dropped connection's close a moment later)
-            await _until(lambda: len(admin.client_list()) - 1 <= t.limit, "the server's clients at the limit")
+            # the cache's connections the server sees (a dropped one's close a moment later)
+            def seen() -> int:
+                return sum(c["name"] == "r15-random" for c in admin.client_list())
+
+            await _until(lambda: 0 < seen() <= t.limit, "the server's clients of the cache at its limit")
             calls = redis_command_calls(admin)
             assert await cache.get("counter") == calls.get("incrby", 0)
             await _all_replies_own(cache, values)
@@ -839,5 +842,86 @@ def test_client_pipeline_cancelled_while_its_large_write_is_written_is_never_app
             assert await client.get("blob") == b"old"
         finally:
             await client.aclose()
+
+    asyncio.run(main())
+
+
+# -- a cancellation is never lost ------------------------------------------------------------
+
+
+async def _lost_cancellations(call: Callable[[], Awaitable[Any]], before: Callable[[], Awaitable[None]],
+                              passes: int = 12, rounds: int = 12) -> list[str]:
+    """Start *call()* (after *before()*) and cancel it after 0, 1, 2, ... passes of
+    the loop, *rounds* times each: the calls whose ``cancel()`` took (the task was
+    not done) yet which returned a value, each named by the coroutines it was
+    suspended in when cancelled."""
+    lost = []
+    for n in range(passes):
+        for _ in range(rounds):
+            await before()
+            task = asyncio.ensure_future(call())
+            for _ in range(n):
+                if task.done():
+                    break
+                await asyncio.sleep(0)
+            if task.done():
+                continue
+            where = " > ".join(_chain(task))
+            assert task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                continue
+            lost.append(where)
+    return lost
+
+
+def test_cluster_calls_cancelled_as_their_command_is_written_are_cancelled(redis_cluster_url: str) -> None:
+    """A Cluster cache get cancelled at any pass of the loop raises CancelledError:
+    the cancellation is never lost. redis-py writes each command under
+    ``asyncio.wait_for`` (its socket timeout), which on Python 3.11 returns the
+    write's result to a task cancelled as the write ends: the call then read its
+    reply and returned a value, as if never cancelled (an ``asyncio.timeout`` around
+    it did not fire; a request cancelled by its server or a TaskGroup went on).
+    Before: most of the cancellations landing at the write were lost."""
+
+    async def main() -> None:
+        cache = AsyncCache(redis_cluster_url)
+        try:
+            await cache.set("k", "v")
+
+            async def nothing() -> None:
+                pass
+
+            lost = await _lost_cancellations(lambda: cache.get("k"), nothing)
+            assert not lost, f"{len(lost)} cancellations lost, in {sorted(set(lost))}"
+            assert await cache.get("k") == "v"
+        finally:
+            await cache.aclose()
+
+    asyncio.run(main())
+
+
+def test_calls_cancelled_in_a_new_connections_handshake_are_cancelled(redis_url: str) -> None:
+    """A cache get on a standalone Redis whose connections were all dropped, cancelled
+    at any pass of the loop: also in the new connection's handshake (HELLO, CLIENT
+    SETINFO, each written by redis-py under ``asyncio.wait_for``), the cancellation
+    is never lost."""
+
+    async def main() -> None:
+        cache = AsyncCache(redis_url)
+        try:
+            await cache.set("k", "v")
+            t = await _transport(cache, 1)
+
+            async def drop() -> None:
+                for conn in list(t._idle):
+                    await conn.disconnect()
+
+            lost = await _lost_cancellations(lambda: cache.get("k"), drop, passes=30)
+            assert not lost, f"{len(lost)} cancellations lost, in {sorted(set(lost))}"
+            assert await cache.get("k") == "v"
+        finally:
+            await cache.aclose()
 
     asyncio.run(main())

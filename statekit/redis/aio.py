@@ -64,9 +64,11 @@ never read as another caller's. A connection dropped while its socket still hold
 part of a command (cancelled or timed out writing a large value) is aborted, not
 closed, so the rest is never written after the caller was told: on the transport's
 own connections and on every connection of the clients made here (a Cluster
-client's commands, pipelines: :class:`_Aborts`). redis-py's own command retry is turned off on the
-clients made here (``retries=0`` on their ``Retry``), so pipelines and pub/sub run by
-callers directly on the client never resend either.
+client's commands, pipelines: :class:`_CancelSafe`). A cancellation is never lost,
+also where redis-py writes under Python 3.11's ``asyncio.wait_for`` (a Cluster
+client's commands, a new connection's handshake). redis-py's own command retry is
+turned off on the clients made here (``retries=0`` on their ``Retry``), so
+pipelines and pub/sub run by callers directly on the client never resend either.
 
 **The error map**: connection errors, timeouts, wrong-node, not-now and
 authentication replies raise ``BackendUnavailable``; other error replies raise what
@@ -151,14 +153,23 @@ except ImportError:  # pragma: no cover - redis not installed
     _HAS_CAN_READ = _HAS_MARKS = False
 
 
-class _Aborts:
+class _CancelSafe:
     """Mixed into the connection class of every client :func:`create_async_client`
-    makes (:func:`_aborting`): a connection dropped on an error or a cancellation
-    (redis-py's ``disconnect(nowait=True)``) while its socket still holds part of a
-    command is aborted, as :meth:`AsyncTransport._drain` aborts its own: closed, the
-    stream would write the rest after the caller was told the command failed or was
-    cancelled, and the server would run it then (a Cluster client's commands, every
-    client's pipelines). A connection with nothing left to write is closed as before."""
+    makes (:func:`_cancel_safe`), for what redis-py writes itself (a Cluster client's
+    commands, pipelines, a new connection's handshake):
+
+    * a connection dropped on an error or a cancellation (redis-py's
+      ``disconnect(nowait=True)``) while its socket still holds part of a command is
+      aborted, as :meth:`AsyncTransport._drain` aborts its own: closed, the stream
+      would write the rest after the caller was told the command failed or was
+      cancelled, and the server would run it then. A connection with nothing left
+      to write is closed as before.
+    * a cancellation is never lost: redis-py writes under ``asyncio.wait_for`` (its
+      socket timeout), which on Python 3.11 returns the write's result to a task
+      cancelled as the write ends; the call went on and read its reply as if never
+      cancelled (an ``asyncio.timeout`` around it did not fire). The cancellation is
+      raised when the write returns; the command was sent, so the connection is
+      dropped with its reply unread."""
 
     _writer: Any
 
@@ -170,17 +181,26 @@ class _Aborts:
                 writer.transport.abort()
         await super().disconnect(nowait=nowait, **kwargs)  # type: ignore[misc]
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # (Python 3.11+)
+        asked = cancelling() if cancelling is not None else 0
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if cancelling is not None and cancelling() > asked:  # cancelled, and wait_for returned
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
 
-_aborting_classes: dict[type, type] = {}
+
+_cancel_safe_classes: dict[type, type] = {}
 
 
-def _aborting(connection_class: type) -> type:
-    """The subclass of redis-py's asyncio *connection_class* with :class:`_Aborts`
+def _cancel_safe(connection_class: type) -> type:
+    """The subclass of redis-py's asyncio *connection_class* with :class:`_CancelSafe`
     (its name keeps the base's: ``StatekitSSLConnection``)."""
-    cls = _aborting_classes.get(connection_class)
+    cls = _cancel_safe_classes.get(connection_class)
     if cls is None:
-        cls = _aborting_classes[connection_class] = type(
-            f"Statekit{connection_class.__name__}", (_Aborts, connection_class), {})
+        cls = _cancel_safe_classes[connection_class] = type(
+            f"Statekit{connection_class.__name__}", (_CancelSafe, connection_class), {})
     return cls
 
 
@@ -222,7 +242,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         # (RedisCluster takes no connection_class: the nodes it makes later read it
         # from these connection_kwargs; the startup nodes have no connection yet)
         connection_class = client.connection_kwargs["connection_class"] = \
-            _aborting(client.connection_kwargs["connection_class"])
+            _cancel_safe(client.connection_kwargs["connection_class"])
         for node in client.startup_nodes:
             node.connection_class = connection_class
     elif parsed.scheme == "redis+sentinel":
@@ -235,7 +255,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
             sentinel_kwargs["password"] = sentinel_password
         ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
         managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
-        kwargs["connection_class"] = _aborting(managed)
+        kwargs["connection_class"] = _cancel_safe(managed)
         sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
         client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class())
         client.statekit_sentinels = sentinel.sentinels
@@ -250,7 +270,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
                 kwargs["ssl"] = True
             client = aioredis.Redis(host=host, port=port, db=parsed.db, **kwargs)
         pool = client.connection_pool
-        pool.connection_class = _aborting(pool.connection_class)
+        pool.connection_class = _cancel_safe(pool.connection_class)
     client.statekit_retries = retries
     client.statekit_backoff_cap = cap
     return client
