@@ -3,7 +3,11 @@ one error map and the one retry rule every statekit Redis path follows.
 
 Every client gets connect and socket timeouts, and clients are shared per process
 through :func:`get_client`: one connection pool per URL, which redis-py resets on its
-own in a forked child (gunicorn workers).
+own in a forked child (gunicorn workers). A URL's ``max_connections`` (a Cluster's:
+each node's) bounds its pool, and a caller past it waits for a connection another
+gives back, up to the socket timeout (a ``BlockingConnectionPool``; redis-py's plain
+pool fails at once with ``Too many connections``); the transport keeps some of it
+between calls, never all (:mod:`statekit.redis.transport`).
 
 **The retry rule** (the same for redis-py's own calls and for
 :class:`statekit.redis.transport.Transport`, on every server line; it lives here
@@ -53,6 +57,7 @@ Redis's ``Protocol error: unauthenticated multibulk length``) all become
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -650,10 +655,50 @@ def _adopt(client: redis.Redis) -> redis.Redis:
     return client
 
 
+def _blocking(client: redis.Redis, bounded: bool) -> redis.Redis:
+    """*client* (made for a URL), when the URL *bounded* its pool (``max_connections``),
+    on a ``BlockingConnectionPool`` of its own pool's settings: past
+    ``max_connections`` a caller waits for a connection another gives back, up to
+    the socket timeout (``None``: as long as it takes; then ``BackendUnavailable``),
+    instead of failing at once with ``MaxConnectionsError`` (redis-py's plain pool).
+    Else *client* as it is."""
+    if not bounded:
+        return client
+    import redis
+
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.pop("maint_notifications_pool_handler", None)  # the old pool's: the new one makes its own
+    blocking = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+        max_connections=pool.max_connections, timeout=kwargs["socket_timeout"],
+        connection_class=pool.connection_class, **kwargs)
+    return redis.Redis.from_pool(blocking)
+
+
+_blocking_sentinel_pool: Any = None
+
+
+def _blocking_sentinel() -> Any:
+    """redis-py's Sentinel master pool that waits for a connection past
+    ``max_connections``, as :func:`_blocking`'s does."""
+    global _blocking_sentinel_pool
+    if _blocking_sentinel_pool is None:
+        import redis
+        from redis.sentinel import SentinelConnectionPool
+
+        class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):  # type: ignore[misc]
+            """A Sentinel master's pool that waits for a connection when all are in use."""
+
+        _blocking_sentinel_pool = BlockingSentinelConnectionPool
+    return _blocking_sentinel_pool
+
+
 def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
     """Create a new Redis client for a ``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://`` or ``redis+cluster://`` URL, following the retry rule
-    (module docstring).
+    (module docstring). With ``max_connections`` (a Cluster's: each node's) a caller
+    past it waits for a connection, up to the socket timeout, instead of failing at
+    once (a ``BlockingConnectionPool``).
 
     :param overrides: keyword arguments for the redis-py client, applied over the
         URL's options (``socket_timeout=None`` for a blocking pub/sub reader, say).
@@ -671,6 +716,9 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         kwargs.pop("db", None)
         kwargs.pop("health_check_interval", None)
         kwargs.pop("sentinel_password", None)
+        if "max_connections" in kwargs:  # each node's pool waits for a connection (module docstring)
+            kwargs["connection_pool_class"] = functools.partial(redis.BlockingConnectionPool,
+                                                                timeout=kwargs["socket_timeout"])
         return _lazy_cluster(
             startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],  # type: ignore[no-untyped-call]
             **kwargs,
@@ -691,15 +739,20 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
-        master: redis.Redis = sentinel.master_for(parsed.service, db=parsed.db)  # type: ignore[no-untyped-call]
+        waits: dict[str, Any] = {}
+        if "max_connections" in kwargs:
+            waits = {"connection_pool_class": _blocking_sentinel(), "timeout": kwargs["socket_timeout"]}
+        master: redis.Redis = sentinel.master_for(parsed.service, db=parsed.db,  # type: ignore[no-untyped-call]
+                                                  **waits)
         return master
     kwargs.pop("sentinel_password", None)
+    bounded = "max_connections" in kwargs
     if parsed.scheme == "unix":
-        return _adopt(redis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs))
+        return _adopt(_blocking(redis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs), bounded))
     host, port = parsed.hosts[0]
     if parsed.scheme == "rediss":
         kwargs["ssl"] = True
-    return _adopt(redis.Redis(host=host, port=port, db=parsed.db, **kwargs))
+    return _adopt(_blocking(redis.Redis(host=host, port=port, db=parsed.db, **kwargs), bounded))
 
 
 _lazy_cluster_class: Any = None

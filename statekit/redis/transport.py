@@ -56,14 +56,28 @@ load of another had tracked: the near cache reloaded the session on every reques
 under concurrency). A tracked connection that closes or reconnects takes what it
 tracked with it (Redis sends no invalidation for it any more): the listener's near
 caches are flushed then, also when redis-py closed it after a timeout or an error.
-The lanes take at most :func:`pool_share` of the pool (3 of a pool of 4, 1 of 2), and a
-command waits for its lane at most the socket timeout, then raises
-``BackendUnavailable`` unsent (:func:`lane_busy`). A thread's connection goes back
-to the pool when the thread ends (or on :meth:`Transport.close`), so the pool's
-``max_connections`` bounds
-them: a thread beyond it gets ``BackendUnavailable`` (a ``BlockingConnectionPool``
-waits for a connection first). After ``fork()`` the child forgets every inherited
-connection (:func:`statekit._fork.reset_in_child`) and opens its own on first use.
+A command waits for its lane at most the socket timeout, then raises
+``BackendUnavailable`` unsent (:func:`lane_busy`).
+
+**A bounded pool** (``max_connections``). The connections kept between calls (each
+thread's, a tracking transport's lanes, a thread's Cluster node connections) are
+counted per pool, for every transport of the process on it (stores on one URL share
+its pool): at most :func:`kept_share` of it (all but a quarter, at most 8, and one
+at least: 0 of a pool of 1, 1 of 2, 3 of 4), so the client's own pipelines and
+pub/sub always find a connection. A thread past the share borrows a connection for
+each command (a pool checkout and release per command; on Cluster the command goes
+through ``RedisCluster``), a tracking transport's lane past it serves its keys
+untracked (their reads are not kept near): slower, never refused. Statekit's
+clients of a URL with ``max_connections`` wait for a connection when all are in use
+(a ``BlockingConnectionPool``, up to the socket timeout, then ``BackendUnavailable``
+unsent: :func:`pool_busy`), so every operation works with any ``max_connections``
+>= 1 and the server never sees more of the pool's connections than it (a near
+cache's invalidation listener has one of its own, outside the pool). A caller's own
+client with redis-py's plain pool refuses a checkout past it at once, as redis-py
+does. A kept connection goes back to the pool, and its place in the share, when its
+thread ends (or on :meth:`Transport.close`). After ``fork()`` the child forgets every
+inherited connection (:func:`statekit._fork.reset_in_child`) and opens its own on
+first use.
 
 **Failures.** The retry rule and the error map of :mod:`statekit.redis`, nothing
 else: connecting is retried (redis-py's ``Retry``); an idle connection the server
@@ -79,6 +93,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import zlib
@@ -149,7 +164,7 @@ METRICS = MetricsHook("redis.observability.recorder", "_")
 _log = logging.getLogger("statekit.redis")
 
 __all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "Transport", "command_key",
-           "lane_busy", "lane_index", "lane_wait", "other_primaries", "pool_share"]
+           "kept_share", "lane_busy", "lane_index", "lane_wait", "other_primaries", "pool_share"]
 
 Arg = bytes | str | int | float
 
@@ -194,6 +209,75 @@ def pool_share(size: int) -> int:
     pipelines and pub/sub, whose checkouts would fail (or wait) if the transport kept
     every connection."""
     return max(1, size - min(8, size // 4))
+
+
+def kept_share(size: int) -> int:
+    """How many connections of a pool of *size* the sync transports of a process keep
+    between calls, all of them together (threads' own, a tracking transport's shared
+    ones, Cluster node connections): :func:`pool_share`, and one at least left for
+    everything else: the client's pipelines and pub/sub, and the commands of the
+    threads past the share, which borrow a connection for each command (0 for a pool
+    of 1: every command borrows its connection)."""
+    return min(pool_share(size), size - 1)
+
+
+class _Kept:
+    """How many connections of each pool the sync transports of this process keep
+    (:func:`kept_share` at most): the count lives on the pool, with the process it
+    was made in (a forked child's pool starts empty, as redis-py resets it)."""
+
+    def __init__(self) -> None:
+        self.reset_after_fork()
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        """A new lock (a parent thread may have held the old one at fork time)."""
+        # reentrant: a lane's __del__, run by a collection while this thread holds it,
+        # gives its connection back under it (held for no I/O)
+        self.lock = threading.RLock()
+
+    def take(self, pool: Any) -> bool:
+        """Count one more kept connection of *pool*, if its share has room."""
+        size = getattr(pool, "max_connections", None)
+        pid = os.getpid()
+        with self.lock:
+            kept = getattr(pool, "_statekit_kept", None)
+            if kept is None or kept[0] != pid:
+                kept = pool._statekit_kept = [pid, 0]
+            if size and kept[1] >= kept_share(size):
+                return False
+            kept[1] += 1
+        return True
+
+    def give(self, pool: Any) -> None:
+        """Count one kept connection of *pool* less (given back, or never made)."""
+        with self.lock:
+            kept = getattr(pool, "_statekit_kept", None)
+            if kept is not None and kept[0] == os.getpid() and kept[1] > 0:
+                kept[1] -= 1
+
+
+_KEPT = _Kept()
+
+
+def pool_busy(where: str, pool: Any) -> Exception:
+    """The error of a command whose borrowed connection did not come free in time:
+    every connection of *pool* was in use (a ``BlockingConnectionPool`` waited its
+    timeout for one; redis-py's plain pool does not wait)."""
+    timeout = getattr(pool, "timeout", None)
+    waited = f"within {timeout:g} s" if timeout else "at once"
+    return unavailable(where, f"all {pool.max_connections} connections of the pool (max_connections) were "
+                       f"in use and none came free {waited} (nothing was sent)", None)
+
+
+def _exhausted(error: BaseException) -> bool:
+    """Whether *error*, raised by a pool's ``get_connection``, says every connection
+    was in use (redis-py's ``MaxConnectionsError``, or a ``BlockingConnectionPool``
+    that waited its timeout): nothing was sent, and waiting again is no retry."""
+    import redis
+
+    return isinstance(error, getattr(redis.exceptions, "MaxConnectionsError", ())) or (
+        type(error) is redis.ConnectionError and str(error) == "No connection available.")
 
 
 def lane_wait(pool: Any) -> float | None:
@@ -268,13 +352,16 @@ def _unmarked() -> bool:
 class _Lane:
     """One thread's pool connection (and what was set up on it)."""
 
-    __slots__ = ("__weakref__", "bound", "conn", "db", "last", "marked", "original", "original_retry",
-                 "pack", "pool", "stale", "tag", "tracking")
+    __slots__ = ("__weakref__", "bound", "conn", "db", "kept", "last", "marked", "original",
+                 "original_retry", "pack", "pool", "stale", "tag", "tracking")
 
-    def __init__(self, transport: Transport, pool: Any, conn: Any) -> None:
+    def __init__(self, transport: Transport, pool: Any, conn: Any, kept: bool = True) -> None:
         # not the transport itself: a dropped transport gives its connections back at
-        # once, with no reference cycle for the garbage collector to find first
-        self.tracking = transport.tracking
+        # once, with no reference cycle for the garbage collector to find first.
+        # Borrowed for one command (not *kept*): never tracked
+        self.tracking: Any = transport.tracking if kept else None
+        #: counted in the pool's kept share (:class:`_Kept`) until released
+        self.kept = kept
         self.pool = pool
         self.conn = conn
         self.pack = transport._pack if transport.direct else packer(pool)
@@ -388,10 +475,20 @@ class _Lane:
         return bound
 
     def release(self) -> None:
-        """Give the connection back to its pool (tracking turned off by closing it)."""
+        """Give the connection back to its pool (tracking turned off by closing it),
+        and its place in the pool's kept share."""
         conn, self.conn = self.conn, None
         if conn is None:
             return
+        try:
+            self._give_back(conn)
+        finally:
+            if self.kept:
+                self.kept = False
+                _KEPT.give(self.pool)
+
+    def _give_back(self, conn: Any) -> None:
+        """*conn* back to the pool as redis-py made it."""
         if self.bound is not None:
             self.bound.connection = None  # its close() must not release it again
             self.bound = None
@@ -533,12 +630,54 @@ class Transport:
             local = self._local = threading.local()
         return local
 
-    def _lane(self) -> _Lane:
+    def _lane(self) -> _Lane | None:
+        """This thread's own connection, made on first use while the pool's kept share
+        has room (:func:`kept_share`), else ``None``: the command borrows one
+        (:meth:`_send_borrowed`)."""
         lane: _Lane | None = getattr(self._here(), "lane", None)
         if lane is None or lane.conn is None:
-            pool = self._pool
-            lane = self._local.lane = _Lane(self, pool, pool.get_connection())
+            lane = self._local.lane = self._kept_lane(self._pool)
         return lane
+
+    def _kept_lane(self, pool: Any) -> _Lane | None:
+        """A connection of *pool* kept between calls, when its kept share has room
+        (else ``None``)."""
+        if not _KEPT.take(pool):
+            return None
+        try:
+            conn = self._checkout(pool)
+        except BaseException:
+            _KEPT.give(pool)
+            raise
+        return _Lane(self, pool, conn)
+
+    def _checkout(self, pool: Any) -> Any:
+        """A connection of *pool* (connected and checked by redis-py); every one in
+        use past the pool's wait raises :func:`pool_busy`, not retried: the wait
+        was the pool's."""
+        try:
+            return pool.get_connection()
+        except self._connection_error as e:
+            if _exhausted(e):
+                raise pool_busy(self._where, pool) from e
+            raise
+
+    def _send_borrowed(self, args: Sequence[Arg]) -> Any:
+        """One command on a connection of the pool checked out for it alone (the
+        pool's kept share is full): waited for as the pool waits (a
+        ``BlockingConnectionPool``, statekit's for a URL with ``max_connections``: up
+        to its timeout), given back after the reply; untracked."""
+        pool = self._pool
+        conn = self._checkout(pool)
+        lane = _Lane(self, pool, conn, kept=False)
+        try:
+            return self._send_on(args, lane)
+        except self._response_error as e:
+            if reply_problem(_message(e)) is not None:  # about the server (a replica now): not lent on
+                conn.disconnect()
+            raise
+        finally:
+            lane.release()
 
     def _lane_lock(self, i: int) -> threading.Lock:
         """The lock of shared connection *i*, made on first use: by the
@@ -554,15 +693,16 @@ class Transport:
                     lock = self._lane_locks[i] = threading.Lock()
         return lock
 
-    def _shared_lane(self, i: int) -> _Lane:
+    def _shared_lane(self, i: int) -> _Lane | None:
         """The tracking transport's shared connection *i*, made on first use (under
-        its lock: a connect that hangs holds up the commands of this lane only)."""
+        its lock: a connect that hangs holds up the commands of this lane only) while
+        the pool's kept share has room, else ``None``: the command borrows an
+        untracked one (its key's reads are not kept near)."""
         shared = self._shared
         assert shared is not None
         lane = shared[i]
         if lane is None or lane.conn is None:
-            pool = self._pool
-            lane = shared[i] = _Lane(self, pool, pool.get_connection())
+            lane = shared[i] = self._kept_lane(self._pool)
         return lane
 
     def _drop(self, shared: bool = True) -> None:
@@ -610,9 +750,15 @@ class Transport:
                 _through("redis-py has no client for %s", node.name)
                 return None
             pool = redis_conn.connection_pool
+            if not _KEPT.take(pool):  # the node's kept share is full: RedisCluster's checkout per command
+                _through("%s: the pool's kept share (max_connections) is in use", node.name)
+                return None
             try:
                 conn = pool.get_connection()
-            except (self._connection_error, _rule().redis.TimeoutError) as e:
+            except BaseException as e:
+                _KEPT.give(pool)
+                if not isinstance(e, (self._connection_error, _rule().redis.TimeoutError)):
+                    raise
                 _through("no connection to %s: %s: %s", node.name, type(e).__name__, e)
                 return None  # nothing sent: RedisCluster finds the node's successor
             known = self.client.nodes_manager.nodes_cache  # (replaced whole at a refresh)
@@ -698,6 +844,8 @@ class Transport:
                     raise lane_busy(self._where, self._lane_wait)
                 try:
                     lane = self._shared_lane(i)
+                    if lane is None:
+                        return self._send_borrowed(args)
                     try:
                         return self._send_on(args, lane)
                     except BaseException:
@@ -707,6 +855,8 @@ class Transport:
                 finally:
                     lock.release()
             lane = self._lane()
+            if lane is None:
+                return self._send_borrowed(args)
         return self._send_on(args, lane)
 
     def _send_on(self, args: Sequence[Arg], lane: _Lane) -> Any:
