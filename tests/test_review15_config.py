@@ -90,16 +90,56 @@ def test_sentinel_a_database_the_master_does_not_have(sentinel_url: str) -> None
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(strict=True, reason="statekit/redis/aio.py's asyncio connections do not run the "
-                   "check yet (its owner's change; see the review 15 report)")
 def test_async_a_database_the_server_does_not_have(four_dbs: RedisServer) -> None:
-    """The same on the asyncio side (AsyncCache): today a BackendUnavailable."""
+    """The same on the asyncio side: AsyncCache's first command and every one after
+    raise the ConfigError naming the database and the limit (a BackendUnavailable
+    before), the breaker stays closed; a user without CONFIG gets it too, without the
+    password; a raw client made by create_async_client the same; database 3 works."""
+    from statekit.cache.aio import AsyncCache
+    from statekit.redis.aio import create_async_client
+
+    base = f"redis://127.0.0.1:{four_dbs.port}"
+
+    async def main() -> None:
+        cache = AsyncCache(base + "/5")
+        try:
+            for _ in range(cache.breaker.failure_threshold + 2):
+                with pytest.raises(ConfigError) as e:
+                    await cache.get("k")
+                assert not isinstance(e.value, BackendUnavailable)
+                assert "database 5" in str(e.value) and "it has 4, 0 to 3" in str(e.value)
+            assert cache.breaker.state == "closed"
+        finally:
+            await cache.aclose()
+        client = create_async_client(f"redis://app:Pw-15-secret@127.0.0.1:{four_dbs.port}/9?protocol=3")
+        try:
+            with pytest.raises(ConfigError) as e:
+                await client.ping()
+            text = str(e.value)
+            assert "database 9" in text and "refused the SELECT" in text
+            assert "Pw-15" not in text and "secret" not in text
+        finally:
+            await client.aclose()
+        good = AsyncCache(base + "/3")
+        try:
+            await good.set("k", 1)
+            assert await good.get("k") == 1
+        finally:
+            await good.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+def test_async_sentinel_a_database_the_master_does_not_have(sentinel_url: str) -> None:
+    """redis+sentinel://.../service/99 on the asyncio side: a ConfigError too."""
     from statekit.cache.aio import AsyncCache
 
     async def main() -> None:
-        cache = AsyncCache(f"redis://127.0.0.1:{four_dbs.port}/5")
+        cache = AsyncCache(sentinel_url.rsplit("/", 1)[0] + "/99")
         try:
-            with pytest.raises(ConfigError, match="database 5"):
+            with pytest.raises(ConfigError, match=r"database 99, .* it has 16, 0 to 15"):
                 await cache.get("k")
         finally:
             await cache.aclose()

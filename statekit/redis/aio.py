@@ -94,6 +94,8 @@ from ..errors import ConfigError
 from . import (
     _RETRY_DEFAULTS,
     _common_kwargs,
+    _missing_database,
+    _no_such_database,
     _problem_of,
     _timed_out,
     cluster_client_glitch,
@@ -169,7 +171,12 @@ class _CancelSafe:
       cancelled as the write ends; the call went on and read its reply as if never
       cancelled (an ``asyncio.timeout`` around it did not fire). The cancellation is
       raised when the write returns; the command was sent, so the connection is
-      dropped with its reply unread."""
+      dropped with its reply unread.
+    * a handshake whose ``SELECT`` names a database the server does not have (the
+      URL's ``/N``) raises the :class:`~statekit.errors.ConfigError` of the sync
+      connections (:func:`statekit.redis._missing_database`: the database and the
+      server's limit), not an error reply the transport would report as a
+      ``BackendUnavailable`` (retried, a 503 "try again", the breaker opened)."""
 
     _writer: Any
 
@@ -180,6 +187,27 @@ class _CancelSafe:
             if buffered is not None and buffered():
                 writer.transport.abort()
         await super().disconnect(nowait=nowait, **kwargs)  # type: ignore[misc]
+
+    async def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except ResponseError as e:
+            if not _no_such_database(e):
+                raise
+            raise _missing_database(self, await self._statekit_databases()) from e
+
+    async def _statekit_databases(self) -> Any:
+        """The server's ``CONFIG GET databases`` reply on this connection, or ``None``
+        when it refuses it (a managed Redis without ``CONFIG``)."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.send_command("CONFIG", "GET", "databases", check_health=False)  # type: ignore[attr-defined]
+            return await self.read_response()  # type: ignore[attr-defined]
+        except RedisError:
+            return None
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         task = asyncio.current_task()
