@@ -11,25 +11,25 @@ read by an async one and back: one set of keys, scripts and codecs.
 **Connections.** A standalone or Sentinel client's commands run on connections taken
 from the client's pool and kept by the transport between calls (no pool lock and no
 readiness probe per command: a connection idle for more than
-:data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked with one non-blocking
-read before a command is sent on it). At most *limit* commands are in flight per
-transport (default: the pool's ``max_connections`` less a few kept free for the
-client's own pipelines and pub/sub, at most :data:`DEFAULT_LIMIT`);
-more callers wait their turn instead of opening more connections, so 200 concurrent
-``await cache.get()`` on one loop use a bounded number of sockets. New connections
-are opened at most :data:`CONNECTS_AT_ONCE` at a time (redis-py's handshake is CPU
-on the loop: a burst of connects at once stalled it for 10-20 ms); a caller past
-that bound gets the next connection another caller gives back. A Cluster client
-sends through redis-py's asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``),
-under the same bound (redis-py's asyncio cluster fails past a node's
-``max_connections`` instead of waiting). A script a node lacks (``NOSCRIPT``) is
-loaded on that node and run there, and loaded on every other primary in the
-background, as the sync transport does (never waited for: a paused primary delays
-nobody). A reply is awaited at most the connection's
-socket timeout, kept by one timer per transport (``_bark``: it closes the connections
-whose reply is overdue, and their reads are raised as redis-py's ``TimeoutError``)
-rather than the ``asyncio.timeout`` redis-py enters per reply (5-7 µs of the loop's
-CPU per command).
+:data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked before a command is
+sent on it, its stream and one ``poll`` of its socket, which knows of a server's close
+before the loop has read it: a command for a killed server is then never sent). At
+most *limit* commands are in flight per transport (default: the pool's
+``max_connections`` less a few kept free for the client's own pipelines and pub/sub,
+at most :data:`DEFAULT_LIMIT`); more callers wait their turn instead of opening more
+connections, so 200 concurrent ``await cache.get()`` on one loop use a bounded number
+of sockets. New connections are opened at most :data:`CONNECTS_AT_ONCE` at a time
+(redis-py's handshake is CPU on the loop: a burst of connects at once stalled it for
+10-20 ms); a caller past that bound gets the next connection another caller gives
+back. A Cluster client sends through redis-py's asyncio ``RedisCluster`` (slot
+routing, ``MOVED``/``ASK``), under the same bound (redis-py's asyncio cluster fails
+past a node's ``max_connections`` instead of waiting). A script a node lacks
+(``NOSCRIPT``) is loaded on that node and run there, and loaded on every other primary
+in the background, as the sync transport does (never waited for: a paused primary
+delays nobody). A reply is awaited at most the connection's socket timeout, kept by
+one timer per transport (``_bark``: it closes the connections whose reply is overdue,
+and their reads are raised as redis-py's ``TimeoutError``) rather than the
+``asyncio.timeout`` redis-py enters per reply (5-7 µs of the loop's CPU per command).
 
 **A tracking transport** (a session near cache's) sends each command on one of
 :data:`~statekit.redis.transport.TRACKED_LANES` connections chosen by the command's
@@ -81,6 +81,7 @@ import asyncio
 import contextlib
 import math
 import os
+import select
 import threading
 import time
 import weakref
@@ -145,6 +146,28 @@ def _host(conn: Any) -> str:
     """How redis-py names *conn*'s server in its errors."""
     name = getattr(conn, "_host_error", None)
     return str(name()) if callable(name) else "Redis"
+
+
+#: what ``poll`` reports for a socket whose peer closed it (a FIN: ``POLLRDHUP``, Linux
+#: only) or reset it
+_HUNG_UP = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR if hasattr(select, "poll") else 0
+
+
+def _hung_up(writer: Any) -> bool:
+    """Whether the server closed *writer*'s socket, as the kernel knows now: the
+    stream learns it only once the loop reads the socket, so a command written in
+    the same loop pass as the server died (a request served just after) went out
+    on a closed socket and was reported sent, outcome unknown. One ``poll`` of the
+    socket, not a read (~1 µs; the sync transport's check reads it). Without
+    ``POLLRDHUP`` (not Linux) a reset is seen, a FIN only by the stream, as before;
+    without ``poll`` (Windows) neither."""
+    sock = writer.get_extra_info("socket") if _HUNG_UP and writer is not None else None
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _HUNG_UP)
+    return bool(poller.poll(0))
+
 
 try:  # redis-py 8 renamed the non-blocking readiness probe
     from redis.asyncio.connection import AbstractConnection as _Conn
@@ -640,7 +663,8 @@ class AsyncTransport:
             return False
         if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
             try:
-                stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive())
+                stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive()) \
+                    or (not self._in_process and _hung_up(conn._writer))
             except (self._redis.ConnectionError, OSError):
                 stale = True
             except BaseException:  # cancelled while checking: neither lost nor kept
