@@ -4,6 +4,9 @@
   command is written on it, as the sync transport finds it: the command is reported
   unsent (retried under the rule, a session create ``NotSent``, so no cookie names
   a session that does not exist), not "sent, outcome unknown".
+* The asynchronous broadcaster's scheduler and ``SharedValue.changed(timeout)`` never
+  lose a cancellation that lands as they are woken (Python 3.11's ``wait_for``
+  returned the result to a task cancelled as its awaitable completed).
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from types import SimpleNamespace
 
 import pytest
 
+from statekit.broadcast import SharedValue
+from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
 from statekit.redis.aio import AsyncTransport, create_async_client
@@ -94,3 +100,73 @@ def test_a_session_create_on_a_kept_connection_to_a_killed_server_is_not_sent(
             await store.engine.aclose()
 
     assert asyncio.run(main()) == (False, True)
+
+
+# -- cancellations that land as a wait ends ---------------------------------------------------
+
+
+def test_the_async_broadcasters_scheduler_ends_when_cancelled_as_it_is_woken(redis_url: str) -> None:
+    """The scheduler waits for its next pass or a wake-up; cancelled in the loop pass
+    that wakes it (stop(), a new job), it must end (a task group, run_forever's
+    caller). On 3.11 the wait returned instead, and the scheduler ran on until
+    stop()."""
+    async def main() -> tuple[bool, int]:
+        b = AsyncBroadcaster(redis_url, key_prefix="r15f" + uuid.uuid4().hex[:8])
+        passes = 0
+        waiting = asyncio.Event()
+        again = asyncio.Event()
+        run_pending = b.run_pending
+
+        async def counted(now: float | None = None) -> float:
+            nonlocal passes
+            passes += 1
+            if passes > 1:
+                again.set()
+            next_pass = await run_pending(now)
+            waiting.set()
+            return max(next_pass, time.time() + 60)  # then a long wait
+
+        b.run_pending = counted  # type: ignore[method-assign]
+        task = b.start()
+        try:
+            await asyncio.wait_for(waiting.wait(), 30)
+            for _ in range(3):  # the wait's own task runs to its event
+                await asyncio.sleep(0)
+            assert b._wake is not None
+            b._wake.set()
+            task.cancel()  # the same pass: the wake-up completes first
+            ran_on = asyncio.ensure_future(again.wait())
+            await asyncio.wait({task, ran_on}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            ran_on.cancel()
+            return task.done() and task.cancelled(), passes
+        finally:
+            await b.stop()
+
+    assert asyncio.run(main()) == (True, 1)
+
+
+def test_a_changed_wait_cancelled_as_its_update_lands_is_cancelled(redis_url: str) -> None:
+    """``SharedValue.changed(timeout=...)`` cancelled in the loop pass its update
+    wakes it: CancelledError (a request's scope or a task group ends it), not the
+    new value as if never cancelled."""
+    from statekit.broadcast import values
+
+    sv: SharedValue[int] = SharedValue("r15f-" + uuid.uuid4().hex[:8], default=0, url=redis_url)
+
+    async def main() -> str:
+        task = asyncio.ensure_future(sv.changed(timeout=60))
+
+        async def waiting() -> None:  # registered, loaded, waiting for its update
+            while not sv._waiters or sv._value is values._UNLOADED:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(waiting(), 30)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        (_, future), = sv._waiters
+        values._wake(future)  # what the subscriber thread's call_soon_threadsafe runs
+        task.cancel()
+        await asyncio.wait({task}, timeout=30)
+        return "cancelled" if task.cancelled() else f"returned {task.result()!r}"
+
+    assert asyncio.run(main()) == "cancelled"

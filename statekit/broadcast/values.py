@@ -205,6 +205,9 @@ class SharedValue(Generic[T]):
 
         :param timeout: seconds to wait at most (``None``: no limit).
         :raises asyncio.TimeoutError: nothing was published within *timeout*.
+
+        Cancelled as an update wakes it, it raises the cancellation (Python 3.11's
+        ``wait_for`` returned the value then, as if never cancelled).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -212,7 +215,12 @@ class SharedValue(Generic[T]):
         self._waiters.append(waiter)
         try:
             await self.aget()  # registered with the hub: the subscriber delivers to it
-            await asyncio.wait_for(future, timeout)
+            if timeout is None:
+                await future
+            else:
+                from ..redis.aio import _within
+
+                await _within(future, timeout)
         finally:
             self._waiters.remove(waiter)
         return self._value  # type: ignore[no-any-return]
