@@ -8,10 +8,11 @@ Cluster script a primary lacks is run where it was just loaded, keys or none."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -113,10 +114,38 @@ def _replies_awaited() -> bool:
     return bool(chains) and all("read_response" in c or c[-1:] == ["_execute"] for c in chains)
 
 
+@contextlib.asynccontextmanager
+async def _closed_after(admin: Any, *closing: Any) -> AsyncIterator[Any]:
+    """Give *admin* (a sync client the test counts the server's commands with); at
+    the end close each of *closing* (stores, caches: ``aclose()``), then *admin*."""
+    try:
+        yield admin
+    finally:
+        for thing in closing:
+            await thing.aclose()
+        admin.close()
+
+
 async def _cancelled(task: asyncio.Future[Any]) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def _cancelled_while_stopped(servers: Sequence[Any],
+                                   calls: Callable[[], Iterable[Awaitable[Any]]]) -> None:
+    """Stop *servers* (SIGSTOP), start *calls()*, wait until each awaits its reply,
+    cancel each; the servers run again after."""
+    for server in servers:
+        server.pause()
+    try:
+        tasks = [asyncio.ensure_future(call) for call in calls()]
+        await _until(_replies_awaited, "the calls sent")
+        for task in tasks:
+            await _cancelled(task)
+    finally:
+        for server in servers:
+            server.resume()
 
 
 async def _all_replies_own(cache: AsyncCache, values: dict[str, str], rounds: int = 10) -> None:
@@ -347,16 +376,7 @@ def test_cluster_cache_calls_cancelled_awaiting_their_replies(own_redis_cluster:
                 await cache.incr("n", 0)
             for admin in admins:
                 admin.config_resetstat()
-            for node in cluster.nodes:
-                node.pause()
-            try:
-                tasks = [asyncio.ensure_future(call(cache)) for call in CALLS.values()]
-                await _until(_replies_awaited, "the calls sent")
-                for task in tasks:
-                    await _cancelled(task)
-            finally:
-                for node in cluster.nodes:
-                    node.resume()
+            await _cancelled_while_stopped(cluster.nodes, lambda: [call(cache) for call in CALLS.values()])
             await _all_replies_own(cache, {k: v for k, v in values.items() if k != "k3"})
             assert await cache.get("k3") in (values["k3"], "written by a cancelled set")
             incrby = sum(redis_command_calls(admin).get("incrby", 0) for admin in admins)
@@ -527,8 +547,7 @@ def test_session_load_and_save_cancelled_awaiting_their_replies(server: RedisSer
         url = f"{server.url}?socket_timeout=30"
         writer = AsyncSessionStore(url, secret_keys=KEYS, key_prefix="r15")
         store = AsyncSessionStore(url, secret_keys=KEYS, key_prefix="r15", near_cache=near_cache)
-        admin = server.client()
-        try:
+        async with _closed_after(server.client(), store, writer) as admin:
             alice = await writer.create({"user": "alice"})
             bob = await writer.create({"user": "bob"})
             t = await store.engine._transport()
@@ -557,10 +576,6 @@ def test_session_load_and_save_cancelled_awaiting_their_replies(server: RedisSer
                 loaded = await asyncio.gather(store.load(bob.sid), store.load(alice.sid))
                 assert [s["user"] if s is not None else None for s in loaded] == ["bob", "alice"]
             assert redis_command_calls(admin).get("evalsha", 0) <= 1
-        finally:
-            await store.aclose()
-            await writer.aclose()
-            admin.close()
 
     asyncio.run(main())
 
@@ -635,17 +650,8 @@ def test_cluster_session_load_save_and_broadcast_read_cancelled_awaiting_their_r
             mine["visits"] = 1
             for admin in admins:
                 admin.config_resetstat()
-            for node in cluster.nodes:
-                node.pause()
-            try:
-                tasks = [asyncio.ensure_future(call) for call in (
-                    store.load(sessions[1].sid), store.save(mine), backend.read(names[:6]))]
-                await _until(_replies_awaited, "the calls sent")
-                for task in tasks:
-                    await _cancelled(task)
-            finally:
-                for node in cluster.nodes:
-                    node.resume()
+            await _cancelled_while_stopped(cluster.nodes, lambda: [
+                store.load(sessions[1].sid), store.save(mine), backend.read(names[:6])])
             for _ in range(3):
                 await check()
             assert sum(redis_command_calls(admin).get("evalsha", 0) for admin in admins) <= 1
@@ -693,8 +699,7 @@ def test_calls_cancelled_at_every_pass_of_the_loop_on_fresh_and_kept_connections
         cache = AsyncCache(f"{redis_url}?socket_timeout=30")
         store = AsyncSessionStore(f"{redis_url}?socket_timeout=30", secret_keys=KEYS, key_prefix="r15s",
                                   near_cache=100)
-        admin = create_client(redis_url)
-        try:
+        async with _closed_after(create_client(redis_url), cache, store) as admin:
             await cache.set_many({"mine": "my value", "a": "a value", "b": "b value"})
             alice = await store.create({"user": "alice"})
             bob = await store.create({"user": "bob"})
@@ -734,10 +739,6 @@ def test_calls_cancelled_at_every_pass_of_the_loop_on_fresh_and_kept_connections
             assert st._gate._value == st.limit
             assert await cache.get("n") == redis_command_calls(admin).get("incrby", 0)
             print(f"{rounds} rounds, {cancelled} cancelled")
-        finally:
-            await cache.aclose()
-            await store.aclose()
-            admin.close()
 
     asyncio.run(main())
 
