@@ -47,6 +47,7 @@ __all__ = [
     "number",
     "parse_size",
     "parse_url",
+    "url_and_scheme",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 1.0
@@ -426,6 +427,20 @@ def _parse_options(scheme: str, query: str, url: str) -> dict[str, Any]:
     return options
 
 
+def url_and_scheme(url: str) -> tuple[str, str]:
+    """``(url, scheme)``: *url* without the spaces and line ends around it (as pasted
+    from an env file; :func:`parse_url` reads it so) and its scheme, the text before
+    ``://`` in lower case (``""`` without one). What each capability picks its backend
+    by, and passes on: a backend registered by another distribution gets the stripped
+    URL too. Not text: returned as it is, scheme ``""`` (:func:`parse_url` names the
+    error)."""
+    if not isinstance(url, str):
+        return url, ""
+    url = url.strip()
+    scheme, sep, _ = url.partition("://")
+    return url, scheme.lower() if sep else ""
+
+
 def parse_url(url: str, *, kinds: tuple[str, ...] | None = None) -> BackendURL:
     """Parse and validate a backend URL.
 
@@ -500,12 +515,11 @@ def _at_in_option(scheme: str, before: str, pairs: list[str]) -> bool:
 def _parse_url(url: str, kinds: tuple[str, ...] | None) -> BackendURL:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("backend URL is empty")
-    url = url.strip()
+    url, scheme = url_and_scheme(url)
     if "://" not in url:
         shown = [k for k in kinds or ("redis",) if k != "memory"] or ["memory"]  # memory://: for tests
         examples = " or ".join(_EXAMPLES[k] for k in shown if k in _EXAMPLES)
         raise ConfigError(f"{_redact(url)!r} is not a URL: expected scheme://..., e.g. {examples}")
-    scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise ConfigError(
             f"unknown URL scheme {scheme!r} in {_redact(url)!r}; known: {', '.join(sorted(SCHEMES))}"
@@ -636,7 +650,7 @@ def _third_party(name: str, url: str) -> bool:
     """Whether *url*'s scheme is not built in but a backend registered by another
     distribution serves it for the setting *name* (an entry point in
     ``statekit.<capability>``, see :func:`statekit.backends.load_backend`)."""
-    scheme = url.partition("://")[0].lower()
+    scheme = url_and_scheme(url)[1]
     if not scheme or scheme in SCHEMES:
         return False
     from .backends import _entry_points

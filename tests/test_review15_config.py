@@ -291,18 +291,12 @@ def test_a_cut_password_is_told_how_to_write_it() -> None:
 # -- a URL pasted with spaces, given directly ----------------------------------------------
 
 
-_NOT_YET = pytest.mark.xfail(strict=True, reason="each capability picks its backend by the text's scheme "
-                             "before parse_url strips it (statekit/cache, sessions, blobs, broadcast: "
-                             "their owners' change; see the review 15 report)")
-
-
 @pytest.mark.redis
-@_NOT_YET
 @pytest.mark.parametrize("make", ["Cache", "SessionStore", "Broadcaster"])
 def test_a_redis_url_with_spaces_around_it_given_directly(redis_url: str, make: str) -> None:
     """' redis://...\\n' as pasted from an env file: Settings and the adapters strip
-    it, parse_url too; given to a constructor it is 'no cache backend for   redis://
-    URLs'."""
+    it, parse_url too; given to a constructor it was 'no cache backend for   redis://
+    URLs' (the backend picked by the text's scheme): now by the stripped one."""
     url = f"  {redis_url}\n"
     if make == "Cache":
         cache = Cache(url)
@@ -318,7 +312,6 @@ def test_a_redis_url_with_spaces_around_it_given_directly(redis_url: str, make: 
         Broadcaster(url).stop()
 
 
-@_NOT_YET
 def test_a_blob_url_with_spaces_around_it_given_directly(tmp_path: Path) -> None:
     from statekit.blobs.store import BlobStore
 

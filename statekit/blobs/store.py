@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..backends import load_backend, require
-from ..config import SCHEMES, parse_url
+from ..config import SCHEMES, parse_url, url_and_scheme
 from ..errors import (
     BlobError,
     BlobExists,
@@ -98,7 +98,7 @@ def backend_class(url: str) -> type[BlobBackend]:
 
     :raises ConfigError: a malformed URL, a scheme no backend serves, or a missing
         extra (the message names the ``pip install``)."""
-    scheme = url.split("://", 1)[0].lower() if isinstance(url, str) and "://" in url else ""
+    url, scheme = url_and_scheme(url)
     if not scheme or scheme in SCHEMES:  # statekit's own grammar: its errors name the problem
         scheme = parse_url(url, kinds=tuple(BUILTIN_BACKENDS)).kind
     require_extras(scheme)
@@ -133,6 +133,7 @@ class BlobStore:
         if backend is None:
             if url is None:
                 raise ConfigError("BlobStore needs a URL (s3://, file://, memory://) or backend=")
+            url = url_and_scheme(url)[0]  # as pasted from an env file: the backend gets it stripped
             backend = backend_class(url)(url, **options)  # type: ignore[call-arg]
         elif url is not None or options:
             raise ConfigError("BlobStore takes a URL (with its options) or backend=, not both")

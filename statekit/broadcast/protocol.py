@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..backends import load_backend
-from ..config import Settings, parse_url
+from ..config import Settings, parse_url, url_and_scheme
 from ..errors import ConfigError, InvalidKey
 
 __all__ = [
@@ -237,14 +237,16 @@ def resolve_backend(url: str | None, client: Any, key_prefix: str | None) -> tup
                 "no broadcast backend: pass url= or client=, or set STATEKIT_BROADCAST_URL "
                 "(or STATEKIT_REDIS_URL)"
             )
-    if scheme_of(url) in BUILTINS or not scheme_of(url):
+    url, scheme = url_and_scheme(url)  # as pasted from an env file: passed on stripped
+    if scheme in BUILTINS or not scheme:
         parse_url(url, kinds=("redis", "memory"))
     return url, prefix
 
 
 def scheme_of(url: str) -> str:
-    """The URL's scheme in lower case (``""`` when it has none)."""
-    return url.partition("://")[0].lower() if "://" in url else ""
+    """The URL's scheme in lower case (``""`` when it has none), spaces around it
+    ignored (:func:`statekit.config.url_and_scheme`)."""
+    return url_and_scheme(url)[1]
 
 
 def open_backend(

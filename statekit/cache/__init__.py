@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ..backends import load_backend
 from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from ..config import SCHEMES, Settings, parse_url
+from ..config import SCHEMES, Settings, parse_url, url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from ..metrics import Counters
 from ..redis import _timed_out, outcome_unknown
@@ -257,7 +257,7 @@ def _backend_class(url: str) -> type[CacheBackend]:
 
     :raises ConfigError: not a URL, a bad one, or no backend has its scheme.
     """
-    scheme = url.partition("://")[0].lower() if isinstance(url, str) and "://" in url else ""
+    url, scheme = url_and_scheme(url)
     if not scheme or scheme in BACKENDS or scheme in SCHEMES:
         parse_url(url, kinds=("redis", "memory"))
     cls: type[CacheBackend] = load_backend("cache", scheme, BACKENDS)
@@ -319,6 +319,7 @@ class _CacheCore:
                 ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
             _check_number(name, number, positive)
         if url is not None:
+            url = url_and_scheme(url)[0]  # as pasted from an env file: the backends get it stripped
             _backend_class(url)
         self.url = url
         self.client = client

@@ -45,6 +45,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
+from ..config import url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, LockError
 from ..redis import cluster_unapplied, translate_errors
 from . import _ABSENT, _IO, _CacheCore, _check_name
@@ -442,8 +443,7 @@ class AsyncCache(_CacheCore):
         if self.client is not None:
             _check_name("prefix", self.prefix)
             return AsyncRedisCacheBackend(_Transports(None, self.client, {}), self.base)
-        url = self._url()
-        scheme = url.partition("://")[0].lower()
+        url, scheme = url_and_scheme(self._url())
         if scheme not in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "memory"):
             raise ConfigError(f"AsyncCache takes Redis and memory:// URLs, not {scheme}://")
         from . import _backend_class

@@ -173,7 +173,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from itsdangerous import BadSignature, Signer, want_bytes
 
 from ..backends import load_backend
-from ..config import Settings
+from ..config import Settings, url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from ..metrics import Counters
 from ..serializers import Serializer, _key_list, get_serializer
@@ -394,7 +394,7 @@ class _StoreCore:
             return
         if url is None:
             url = Settings.from_env().require("session_url")
-        self.engine = self._url_engine(url, url.partition("://")[0].lower(), options)
+        self.engine = self._url_engine(*url_and_scheme(url), options)  # stripped, as pasted from an env file
 
     def _client_engine(self, client: Any, options: dict[str, Any]) -> Any:
         """The engine for a ready client (the Redis engine of this store's kind)."""
