@@ -287,8 +287,8 @@ def test_delete_pattern_drops_near_copies_everywhere(near_pair: tuple[StatekitCa
     for c, near in ((a, near_a), (b, near_b)):  # a copy is kept by a read no invalidation overtook
         assert _wait(lambda c=c, near=near: all(c.get(k) and c.make_key(k) in near.data
                                                 for k in ("page_1", "page_2", "menu")))
-    hits = b.statekit.counters.near_hits
-    assert b.get("page_1") == "one" and b.statekit.counters.near_hits == hits + 1  # served locally
+    hits = b.statekit.counters.near_hits  # served locally, once the listener is not behind (under load)
+    assert _wait(lambda: b.get("page_1") == "one" and b.statekit.counters.near_hits > hits)
     assert a.delete_pattern("page_*") == 2
     assert a.get("page_1") is None and a.get("page_2") is None  # this process: at once
     assert _wait(lambda: made[0] not in near_b.data and made[1] not in near_b.data)  # the other: invalidated
