@@ -670,6 +670,8 @@ class Transport:
         pool = self._pool
         conn = self._checkout(pool)
         lane = _Lane(self, pool, conn, kept=False)
+        if self.tracking is not None:  # for tracked(): its key's lane may be made before it asks
+            self._here().borrowed = True
         try:
             return self._send_on(args, lane)
         except self._response_error as e:
@@ -800,13 +802,20 @@ class Transport:
     def tracked(self, key: str | bytes | None = None) -> bool:
         """Whether the connection that serves *key* (this thread's, or a tracking
         transport's shared one) reports its reads to the live listener (set up for
-        its current generation)."""
+        its current generation), asked right after this thread's read of *key*:
+        ``False`` once after a command of this thread went out on a borrowed
+        connection (the kept share full), even if another thread made the key's
+        lane since (the read was not tracked: no invalidation will come for it)."""
         listener = self.tracking
+        local = self._here()
+        if getattr(local, "borrowed", False):
+            local.borrowed = False
+            return False
         lane: _Lane | None
         if self._shared is not None:
             lane = self._shared[lane_index(key, len(self._shared))]
         else:
-            lane = getattr(self._here(), "lane", None)
+            lane = getattr(local, "lane", None)
         if listener is None or lane is None or lane.conn is None or not lane.conn._sock:
             return False
         return lane.tag > 0 and lane.tag == listener.generation
