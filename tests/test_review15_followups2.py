@@ -101,3 +101,64 @@ def test_a_spaced_memory_url_for_a_shared_value_and_a_broadcaster() -> None:
     """memory:// with spaces: the memory backend (it was 'no broadcast backend for
     memory:// URLs')."""
     _publish_and_read(" memory://review15-spaced\n", f"review15-spaced-{uuid.uuid4().hex[:8]}")
+
+
+# -- a broadcast subscriber outside the URL's pool --------------------------------------
+
+
+def _subscriber_beside_a_cache(url: str, prefix: str) -> None:
+    """A shared value's subscriber running (subscribed), then a publish it receives by
+    message and cache calls on every node of *url*'s pool: all work. *url* has a pool
+    of one connection (each Cluster node's): the subscriber held it for as long as it
+    listened, so the hub's read after it subscribed waited for it and failed (it never
+    connected), and so did the cache calls (on a Cluster, each on a node it listened
+    on)."""
+    from statekit.broadcast import Broadcaster
+    from statekit.pytest_plugin import wait_for
+
+    value: SharedValue[int] = SharedValue("x", 0, url=url, key_prefix=prefix)
+    broadcaster = Broadcaster(url, key_prefix=prefix)
+    cache = Cache(url, namespace=prefix, on_error="raise")
+    try:
+        assert value.get() == 0  # starts the subscriber
+        assert value._hub is not None
+        assert value._hub.connected.wait(30)
+        for i in range(12):  # keys in every slot range: each Cluster node
+            assert cache.set(f"k{i}", i)
+            assert cache.get(f"k{i}") == i
+        broadcaster.publish("x", 7)
+        wait_for(lambda: value.get() == 7, what="the published value, by message")
+    finally:
+        cache.close()
+        broadcaster.stop()
+        if value._hub is not None:
+            value._hub.stop(5)
+
+
+@pytest.mark.redis
+@pytest.mark.sentinel
+def test_a_broadcast_subscriber_beside_the_cache_on_a_sentinel_pool_of_one(sentinel_url: str) -> None:
+    url = f"{sentinel_url}?max_connections=1&socket_timeout=3"
+    try:
+        _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")
+    finally:
+        statekit.redis.get_client(url).connection_pool.disconnect()
+
+
+@pytest.mark.redis
+def test_a_broadcast_subscriber_beside_the_cache_on_a_pool_of_one(redis_url: str) -> None:
+    url = f"{redis_url}?max_connections=1&socket_timeout=3"
+    try:
+        _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")
+    finally:
+        statekit.redis.get_client(url).connection_pool.disconnect()
+
+
+@pytest.mark.redis
+@pytest.mark.cluster
+def test_a_broadcast_subscriber_beside_the_cache_on_cluster_node_pools_of_one(
+        redis_line_cluster_url: str) -> None:
+    """Each server line's Cluster: sharded channels (a connection to each node the
+    subscriber listens on), or Redis 6.2's pattern (one to a primary)."""
+    url = f"{redis_line_cluster_url}?max_connections=1&socket_timeout=3"
+    _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")

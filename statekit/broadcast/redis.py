@@ -21,6 +21,13 @@ subscription and ``PUBLISH``. During a rolling upgrade on such a Cluster, proces
 of the older version get the new publishes only through the hub's periodic version
 check (``CHECK_EVERY``), not by message, until they are replaced.
 
+**The subscriber's connection** is its own, outside the URL's pool (as a near
+cache's invalidation listener's): one more connection per process beside the
+URL's ``max_connections`` (on a Cluster, one to each node it listens on beside each
+node's ``max_connections``), held for as long as it listens. From the pool it held one
+of them for good, and on a small pool the cache calls beside it waited for one and
+failed.
+
 Every Redis URL form works (standalone, TLS, unix socket, Sentinel, Cluster), or a
 ready redis-py client. Errors follow the Redis layer's error map and retry rule
 (:mod:`statekit.redis`): an outage is :class:`~statekit.errors.BackendUnavailable`
@@ -37,8 +44,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from ..config import DEFAULT_SOCKET_TIMEOUT
 from ..errors import BackendUnavailable, StaleToken
-from ..redis import get_client, translate_errors
+from ..redis import get_client, is_cluster, translate_errors
 from ..redis.scripts import Script, load
 from ..redis.transport import Transport
 from .protocol import Claim, ClaimStatus, Message, Record, Subscribed
@@ -91,22 +99,98 @@ def parse_message(data: bytes) -> Record:
     return Record(epoch, int(version), int(ms), payload)
 
 
+def _redis_py(cls: type, method: str) -> Any:
+    """*method* of connection class *cls* if redis-py's own defines it: the first
+    class of its MRO, past statekit's retry rule mixin, that defines it is redis-py's
+    (not fakeredis's ``memory://`` connection); else ``None``."""
+    for base in cls.__mro__:
+        if method in vars(base) and not base.__module__.startswith("statekit."):
+            return vars(base)[method] if base.__module__.startswith("redis.") else None
+    return None
+
+
 def _timed_reads(conn: Any) -> bool:
     """Whether *conn* is a redis-py socket connection whose reads take a timeout
-    (``read_response(timeout=)``, the read redis-py's own ``get_message`` makes):
-    the first class of its MRO, past statekit's retry rule mixin, that defines
-    ``read_response`` is redis-py's and takes ``timeout`` (not fakeredis's
-    ``memory://`` connection, nor an older redis-py)."""
-    for cls in type(conn).__mro__:
-        if "read_response" in vars(cls) and not cls.__module__.startswith("statekit."):
-            return cls.__module__.startswith("redis.") and (
-                "timeout" in inspect.signature(vars(cls)["read_response"]).parameters)
-    return False
+    (``read_response(timeout=)``, the read redis-py's own ``get_message`` makes; not
+    fakeredis's ``memory://`` connection, nor an older redis-py's)."""
+    read = _redis_py(type(conn), "read_response")
+    return read is not None and "timeout" in inspect.signature(read).parameters
+
+
+class _OwnConnection:
+    """The pool a ``PubSub`` of :func:`_pubsub` takes its connection from: one
+    connection of its own, not the client's pool's, made as a near cache's
+    invalidation listener makes its (:func:`statekit.redis.tracking.endpoints_of`:
+    the server, or the master Sentinel names now; TLS, credentials and timeouts of
+    the client's connections; RESP2, no retry: a lost connection ends the
+    subscription, and the hub subscribes again). Given back (``PubSub.close``), it
+    is closed; asked again (a Cluster node's pubsub after a reset), it connects
+    again."""
+
+    def __init__(self, client: Any) -> None:
+        from ..redis.tracking import _connection, endpoints_of
+
+        self._encoder = client.connection_pool.get_encoder()
+        with translate_errors("broadcast subscribe"):  # a Sentinel is asked for its master
+            endpoint = endpoints_of(client)[0]
+        # the client's socket timeout (its writes: a PING; reads take their own)
+        self._conn = _connection(endpoint, endpoint.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
+
+    def get_encoder(self) -> Any:
+        return self._encoder
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn
+
+    def release(self, conn: Any) -> None:
+        conn.disconnect()
+
+
+_own_cluster_pubsub: Any = None
+
+
+def _pubsub(client: Any, pattern: bytes | None = None) -> Any:
+    """A redis-py ``PubSub`` of *client* that listens on connections of its own,
+    outside the client's pools (:class:`_OwnConnection`; a Cluster's: one to the
+    primary of *pattern*'s slot for a pattern, one to each node it subscribes
+    on for sharded channels). A subscriber holds its connection for as long as it
+    listens: taken from the pool, it held one of the URL's ``max_connections`` (a
+    Cluster's: each node's) for good, beside the connections the transports keep (all
+    but one), and the cache calls past those waited for the last one and failed.
+    ``memory://``'s in-process client (not redis-py's sockets) keeps its own pubsub."""
+    global _own_cluster_pubsub
+    from redis.client import PubSub
+
+    if not is_cluster(client):
+        if _redis_py(client.connection_pool.connection_class, "_connect") is None:
+            return client.pubsub()
+        return PubSub(_OwnConnection(client))
+    if _own_cluster_pubsub is None:
+        from redis.cluster import ClusterPubSub
+
+        class OwnClusterPubSub(ClusterPubSub):  # type: ignore[misc]
+            """Each node's pubsub on a connection of its own."""
+
+            def _get_node_pubsub(self, node: Any) -> Any:
+                made = node.name not in self.node_pubsub_mapping
+                pubsub = super()._get_node_pubsub(node)  # type: ignore[no-untyped-call]
+                if made:  # before its first command takes a connection
+                    pubsub.connection_pool = _OwnConnection(self.cluster.get_redis_connection(node))
+                return pubsub
+
+        _own_cluster_pubsub = OwnClusterPubSub
+    if pattern is None:
+        return _own_cluster_pubsub(client)
+    node = client.get_node_from_key(pattern)
+    pubsub = _own_cluster_pubsub(client, node=node)
+    pubsub.connection_pool = _OwnConnection(client.get_redis_connection(node))
+    return pubsub
 
 
 class RedisSubscription:
     """A redis-py ``PubSub`` pattern-subscribed to ``<prefix>:broadcast:*``
-    (see :class:`~statekit.broadcast.protocol.Subscription`).
+    (see :class:`~statekit.broadcast.protocol.Subscription`), on a connection of its
+    own (:func:`_pubsub`).
 
     :meth:`get` reads the subscription's connection with
     ``read_response(timeout=...)``, the read ``PubSub.get_message`` itself ends in,
@@ -125,8 +209,8 @@ class RedisSubscription:
 
         self._prefix = f"{prefix}:broadcast:".encode()
         self._names: dict[bytes, tuple[str, str]] = {}  # channel -> (name, channel as text)
-        self._pubsub = client.pubsub()
-        with translate_errors("broadcast subscribe"):
+        with translate_errors("broadcast subscribe"):  # a Cluster may ask for its slots first
+            self._pubsub = _pubsub(client, self._prefix + b"*")
             self._pubsub.psubscribe(self._prefix + b"*")
         self._timeout_error = redis.TimeoutError
         #: read the connection directly (see the class docstring)
@@ -188,7 +272,7 @@ class ShardedSubscription(RedisSubscription):
     def __init__(self, client: Any, prefix: str) -> None:  # nothing subscribed yet
         self._name_prefix = prefix
         self._head = f"{prefix}:broadcast:{{".encode()
-        self._pubsub = client.pubsub()
+        self._pubsub = _pubsub(client)
         self._first = True
 
     def watch(self, names: Iterable[str]) -> None:
