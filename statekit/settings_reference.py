@@ -266,7 +266,11 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
     ("health_check_interval", "Redis, not `redis+cluster://`", "seconds (0 to 86400)", "30",
      "`PING` a connection idle this long before using it (0: never)"),
     ("max_connections", _REDIS, "1 to 1000000", "redis-py's (no limit; asyncio: 72)",
-     "connections in the pool"),
+     "connections in the pool, at most (a Cluster's: each node's). A caller past it waits for one up "
+     "to `socket_timeout`, then `BackendUnavailable` naming `max_connections` (nothing sent); the "
+     "connections kept between calls leave at least one of it free. A near cache's invalidation "
+     "listener and a broadcast subscriber have connections of their own, outside it (asyncio: "
+     "commands past the limit wait their turn)"),
     ("retries", _REDIS, "0 to 100", "2", "new attempts of a command that was not sent (never of one "
      "whose outcome is unknown)"),
     ("retry_backoff_cap", _REDIS, "seconds (at most 86400)", "0.25", "longest wait between two attempts"),
