@@ -136,18 +136,12 @@ def _subscriber_beside_a_cache(url: str, prefix: str) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.sentinel
-def test_a_broadcast_subscriber_beside_the_cache_on_a_sentinel_pool_of_one(sentinel_url: str) -> None:
-    url = f"{sentinel_url}?max_connections=1&socket_timeout=3"
-    try:
-        _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")
-    finally:
-        statekit.redis.get_client(url).connection_pool.disconnect()
-
-
-@pytest.mark.redis
-def test_a_broadcast_subscriber_beside_the_cache_on_a_pool_of_one(redis_url: str) -> None:
-    url = f"{redis_url}?max_connections=1&socket_timeout=3"
+@pytest.mark.parametrize("url_fixture", [
+    "redis_url", pytest.param("sentinel_url", marks=pytest.mark.sentinel)])
+def test_a_broadcast_subscriber_beside_the_cache_on_a_pool_of_one(
+        url_fixture: str, request: pytest.FixtureRequest) -> None:
+    """Standalone, and a Sentinel master's pool."""
+    url = f"{request.getfixturevalue(url_fixture)}?max_connections=1&socket_timeout=3"
     try:
         _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")
     finally:
