@@ -16,20 +16,22 @@ sent on it, its stream and one ``poll`` of its socket, which knows of a server's
 before the loop has read it: a command for a killed server is then never sent). At
 most *limit* commands are in flight per transport (default: the pool's
 ``max_connections`` less a few kept free for the client's own pipelines and pub/sub,
-at most :data:`DEFAULT_LIMIT`); more callers wait their turn instead of opening more
-connections, so 200 concurrent ``await cache.get()`` on one loop use a bounded number
-of sockets. New connections are opened at most :data:`CONNECTS_AT_ONCE` at a time
-(redis-py's handshake is CPU on the loop: a burst of connects at once stalled it for
-10-20 ms); a caller past that bound gets the next connection another caller gives
-back. A Cluster client sends through redis-py's asyncio ``RedisCluster`` (slot
-routing, ``MOVED``/``ASK``), under the same bound (redis-py's asyncio cluster fails
-past a node's ``max_connections`` instead of waiting). A script a node lacks
-(``NOSCRIPT``) is loaded on that node and run there, and loaded on every other primary
-in the background, as the sync transport does (never waited for: a paused primary
-delays nobody). A reply is awaited at most the connection's socket timeout, kept by
-one timer per transport (``_bark``: it closes the connections whose reply is overdue,
-and their reads are raised as redis-py's ``TimeoutError``) rather than the
-``asyncio.timeout`` redis-py enters per reply (5-7 µs of the loop's CPU per command).
+one at least: :func:`~statekit.redis.transport.kept_share`, at most
+:data:`DEFAULT_LIMIT`; a pool of 1 is the transport's alone); more callers wait their
+turn instead of opening more connections, so 200 concurrent ``await cache.get()`` on
+one loop use a bounded number of sockets. New connections are opened at most
+:data:`CONNECTS_AT_ONCE` at a time (redis-py's handshake is CPU on the loop: a burst
+of connects at once stalled it for 10-20 ms); a caller past that bound gets the next
+connection another caller gives back. A Cluster client sends through redis-py's
+asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``), under the same bound
+(redis-py's asyncio cluster fails past a node's ``max_connections`` instead of
+waiting). A script a node lacks (``NOSCRIPT``) is loaded on that node and run there,
+and loaded on every other primary in the background, as the sync transport does (never
+waited for: a paused primary delays nobody). A reply is awaited at most the
+connection's socket timeout, kept by one timer per transport (``_bark``: it closes the
+connections whose reply is overdue, and their reads are raised as redis-py's
+``TimeoutError``) rather than the ``asyncio.timeout`` redis-py enters per reply (5-7 µs
+of the loop's CPU per command).
 
 **A tracking transport** (a session near cache's) sends each command on one of
 :data:`~statekit.redis.transport.TRACKED_LANES` connections chosen by the command's
@@ -115,12 +117,12 @@ from .transport import (
     _message,
     _name,
     command_key,
+    kept_share,
     lane_busy,
     lane_index,
     lane_wait,
     other_primaries,
     packer,
-    pool_share,
 )
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
@@ -542,8 +544,10 @@ class AsyncTransport:
         connection runs ``CLIENT TRACKING on REDIRECT <id> NOLOOP`` after connecting
         while the listener is up. Standalone and Sentinel only.
     :param limit: commands in flight at once (default: the pool's
-        ``max_connections``, a Cluster node's, less a quarter of it, at most 8, left
-        for the client's own pipelines and pub/sub; at most :data:`DEFAULT_LIMIT`).
+        ``max_connections``, a Cluster node's, less a quarter of it, at most 8, and
+        one at least, left for the client's own pipelines and pub/sub
+        (:func:`~statekit.redis.transport.kept_share`; a pool of 1: its one
+        connection); at most :data:`DEFAULT_LIMIT`).
 
     Use it on one event loop (the loop its connections belong to).
     """
@@ -572,7 +576,7 @@ class AsyncTransport:
             # them at once possibly on one node
             size = getattr(pool, "max_connections", None) or getattr(client, "max_connections", None) \
                 or (getattr(client, "connection_kwargs", None) or {}).get("max_connections") or DEFAULT_LIMIT
-            limit = min(pool_share(size), DEFAULT_LIMIT)
+            limit = max(1, min(kept_share(size), DEFAULT_LIMIT))  # (a pool of 1: all of it)
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
         self._idle: deque[Any] = deque()
