@@ -156,3 +156,16 @@ def test_a_broadcast_subscriber_beside_the_cache_on_cluster_node_pools_of_one(
     subscriber listens on), or Redis 6.2's pattern (one to a primary)."""
     url = f"{redis_line_cluster_url}?max_connections=1&socket_timeout=3"
     _subscriber_beside_a_cache(url, f"review15-sub-{uuid.uuid4().hex[:8]}")
+
+
+def test_get_client_of_a_spaced_url_is_the_urls_client(redis_url: str) -> None:
+    """``get_client`` and ``get_async_client`` called directly with a URL an env file
+    left spaces or a line end around share the URL's pool (they made a second one)."""
+    from statekit.redis.aio import get_async_client
+
+    assert statekit.redis.get_client(f"  {redis_url}\n") is statekit.redis.get_client(redis_url)
+
+    async def main() -> None:
+        assert get_async_client(f" {redis_url}\n") is get_async_client(redis_url)
+
+    asyncio.run(main())

@@ -842,7 +842,8 @@ def _lazy_cluster(**kwargs: Any) -> RedisClient:
 def get_client(url: str, **overrides: Any) -> RedisClient:
     """Return this process's shared client for *url* (one pool per URL and options),
     creating it on first use. Safe to call from many threads; a forked child gets
-    its own client."""
+    its own client. Surrounding white space (an env file's) is not part of the URL."""
+    url = url.strip()
     key = (os.getpid(), url, tuple(sorted(overrides.items())))
     client = _clients.get(key)
     if client is None:

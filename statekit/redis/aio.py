@@ -510,7 +510,8 @@ def get_async_client(url: str, **overrides: Any) -> Any:
     pool per URL, options and loop), created on first use, closed with its loop
     (:class:`PerLoop`). Call it on a loop; threads (each on its own loop) asking
     at once for the first time share one :class:`PerLoop`, so each loop keeps
-    exactly one client."""
+    exactly one client. Surrounding white space is not part of the URL."""
+    url = url.strip()
     key = (url, tuple(sorted(overrides.items())))
     lanes = _shared.get(key)
     if lanes is None:
