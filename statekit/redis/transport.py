@@ -204,10 +204,10 @@ def command_key(args: Sequence[Arg]) -> bytes | None:
 
 
 def pool_share(size: int) -> int:
-    """How many connections of a pool of *size* a transport keeps at most (sync and
-    asyncio): all but a quarter of them (at most 8), left for the client's own
-    pipelines and pub/sub, whose checkouts would fail (or wait) if the transport kept
-    every connection."""
+    """All but a quarter of a pool of *size* connections (at most 8 left; the whole of
+    a pool of 1 to 3), left for the client's own pipelines and pub/sub, whose checkouts
+    would fail (or wait) if the transports kept every connection: what
+    :func:`kept_share` keeps at most, one connection at least left."""
     return max(1, size - min(8, size // 4))
 
 
@@ -571,7 +571,7 @@ class Transport:
         # holds its connection for good (a pool of 4 gave all 4 to lanes: the keys of
         # the other lanes and every pipeline got none)
         size = getattr(pool, "max_connections", None)
-        lanes = max(1, min(TRACKED_LANES, pool_share(size), size - 1)) if size else TRACKED_LANES
+        lanes = max(1, min(TRACKED_LANES, kept_share(size))) if size else TRACKED_LANES
         self._shared: list[_Lane | None] | None = [None] * lanes if shared else None
         #: one lock per shared connection, held while a command (or the connect of its
         #: first one) uses it; made on first use (:meth:`_lane_lock`)
