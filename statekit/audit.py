@@ -31,10 +31,12 @@ Heuristics, not proofs: a handler is a function with a route decorator
 (``@app.route``, ``@bp.post``, ``@app.api_route``, ``@app.middleware``...), one a
 route registers (``Route("/", home)``, ``WebSocketRoute``, ``add_route``,
 ``add_api_route``, ``add_url_rule``, Django's ``path``/``re_path``/``url`` in
-``urlpatterns``) or a FastAPI dependency (``Depends(f)``) names in the same module,
-whatever its parameters are called, a function or method taking ``request`` first, or
-a ``get``/``post``/... method of a class; functions of the same module it calls by
-name count as part of it. Silence one line with ``# statekit: ignore`` (or
+``urlpatterns``, every method of a class whose ``as_view()`` they name) or a FastAPI
+dependency (``Depends(f)``) names, whatever its parameters are called: in the same module,
+or in another of the files checked, named through the registering module's imports
+(``from shop import views`` ... ``path("", views.index)``; never imported), a function or
+method taking ``request`` first, or a ``get``/``post``/... method of a class; functions
+of the same module it calls by name count as part of it. Silence one line with ``# statekit: ignore`` (or
 ``# statekit: ignore[SK301]``); skip paths with a ``.statekitignore`` file (one glob
 per line, relative to its directory, like ``.gitignore``). Paths named on the command
 line are always checked. Test files (``tests/``, ``test_*.py``, ``conftest.py``) are
@@ -89,8 +91,8 @@ _ROUTE_DECORATORS = _HTTP_METHODS | {"route", "before_request", "after_request",
                                      "middleware"}
 #: calls that register the functions they are given as endpoints (Starlette, FastAPI, Flask)
 #: or as dependencies run for each request (FastAPI)
-_ROUTE_CALLS = {"Route", "WebSocketRoute", "add_route", "add_api_route", "add_websocket_route",
-                "add_api_websocket_route", "add_url_rule", "Depends", "Security"}
+_ROUTE_CALLS = {"Route", "WebSocketRoute", "APIRoute", "APIWebSocketRoute", "add_route", "add_api_route",
+                "add_websocket_route", "add_api_websocket_route", "add_url_rule", "Depends", "Security"}
 _ROUTE_KEYWORDS = {"endpoint", "view_func", "dependency"}
 #: Django's URL patterns, ``path("x/", view)`` in ``urlpatterns`` (``url`` before Django 4)
 _URL_PATTERNS = {"path", "re_path", "url"}
@@ -185,6 +187,10 @@ class _Module:
         self.executor_names: set[str] = set()  # names bound to a ThreadPoolExecutor/ProcessPoolExecutor
         self.http_clients: set[str] = set()  # names bound to an HTTP client (httpx.Client, requests.Session)
         self.startup: set[int] = set()  # id() of the functions registered as startup hooks or lifespan
+        #: what this module's route calls register, as dotted names (``views.index``, ``views.Counter``
+        #: of ``views.Counter.as_view()``): resolved in other modules by :func:`_link`
+        self.registrations: list[tuple[list[str], str]] = []
+        self.imports: list[ast.Import | ast.ImportFrom] = []
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
@@ -209,7 +215,7 @@ class _Module:
                               and node.value.func.id in {"SimpleNamespace", *self.classes}):
                             self.objects[t.id] = node.lineno
         defs: dict[str, list[_Func]] = {}  # every function of the module, nested ones too, by name
-        registered: list[tuple[str, str]] = []  # (function name, "endpoint" or "dependency")
+        registered: list[tuple[str, str]] = []  # (function or class name, "view", "endpoint", "dependency")
         startup: list[str] = []
         for any_node in ast.walk(tree):
             for bound, value in _bindings(any_node):
@@ -220,8 +226,15 @@ class _Module:
                 elif _is_http_client(value):
                     self.http_clients.add(bound)
             if isinstance(any_node, ast.Call):
-                registered.extend(_route_registrations(any_node))
+                for target, kind in _route_registrations(any_node):
+                    dotted = _dotted(target)
+                    if len(dotted) == 1:
+                        registered.append((dotted[0], kind))
+                    if dotted:
+                        self.registrations.append((dotted, kind))
                 startup.extend(_startup_registrations(any_node))
+            elif isinstance(any_node, (ast.Import, ast.ImportFrom)):
+                self.imports.append(any_node)
             if isinstance(any_node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 defs.setdefault(any_node.name, []).append(any_node)
                 why = self._handler_reason(any_node)
@@ -234,10 +247,19 @@ class _Module:
                             and not any(h is item for h, _ in self.handlers)):
                         self.handlers.append((item, f"view method {any_node.name}.{item.name}"))
         for name, kind in registered:  # Route("/", home): home is an endpoint, whatever its parameters
-            for func in defs.get(name, []):
-                if not any(h is func for h, _ in self.handlers):
-                    self.handlers.append((func, f"{kind} {func.name}()"))
+            self.register(defs.get(name, []), name, kind)
         self.startup.update(id(func) for name in startup for func in defs.get(name, []))
+
+    def register(self, funcs: Iterable[_Func], name: str, kind: str) -> None:
+        """Make *funcs* (named *name*) handlers, or every method of class *name* when a route
+        registers its ``as_view()`` (Django makes one instance per request: all of it runs
+        for a request)."""
+        if kind == "class view":
+            funcs = self.classes.get(name, {}).values()
+        for func in funcs:
+            if not any(h is func for h, _ in self.handlers):
+                why = f"view method {name}.{func.name}" if kind == "class view" else f"{kind} {func.name}()"
+                self.handlers.append((func, why))
 
     @staticmethod
     def _is_container(value: ast.AST) -> bool:
@@ -294,25 +316,40 @@ def _is_http_client(call: ast.Call) -> bool:
     return isinstance(func, ast.Name) and func.id in _HTTP_CLIENTS - {"Client", "Session", "session"}
 
 
-def _route_registrations(call: ast.Call) -> Iterator[tuple[str, str]]:
-    """The functions *call* registers by name: ``Route("/", home)``, ``app.add_api_route("/",
-    create)``, ``add_url_rule("/", "i", index)``, Django's ``path("x/", view)``,
-    ``Depends(current_user)``."""
+def _route_registrations(call: ast.Call) -> Iterator[tuple[ast.expr, str]]:
+    """What *call* registers, a name or a dotted name (:func:`_dotted`) and its kind:
+    ``Route("/", home)``, ``app.add_api_route("/", items.create)``, ``add_url_rule("/", "i",
+    index)``, Django's ``path("x/", views.index)`` and ``path("c/", views.Counter.as_view())``
+    (the class, kind ``"class view"``), ``Depends(current_user)``."""
     name = _name(call)
     if name in _URL_PATTERNS:  # a route first (a string, an f-string, a gettext_lazy() call), then the view
         route = call.args[0] if call.args else None
         view = (call.args[1] if len(call.args) > 1
                 else next((k.value for k in call.keywords if k.arg == "view"), None))
-        if (isinstance(view, ast.Name)
-                and (_const_str(route) is not None or isinstance(route, (ast.JoinedStr, ast.Call)))):
-            yield view.id, "view"
+        routed = _const_str(route) is not None or isinstance(route, (ast.JoinedStr, ast.Call))
+        if view is not None and routed:
+            func = view.func if isinstance(view, ast.Call) else None
+            if isinstance(func, ast.Attribute) and func.attr == "as_view":
+                yield func.value, "class view"
+            else:
+                yield view, "view"
         return
     if name not in _ROUTE_CALLS:
         return
     kind = "dependency" if name in ("Depends", "Security") else "endpoint"
     for arg in [*call.args, *(k.value for k in call.keywords if k.arg in _ROUTE_KEYWORDS)]:
-        if isinstance(arg, ast.Name):
-            yield arg.id, kind
+        yield arg, kind
+
+
+def _dotted(node: ast.AST) -> list[str]:
+    """``["views", "index"]`` for ``views.index``, ``["home"]`` for ``home``; ``[]`` for
+    anything else (a call, a string, a subscript)."""
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return [*head, node.attr] if head else []
+    return []
 
 
 def _startup_registrations(call: ast.Call) -> Iterator[str]:
@@ -764,8 +801,11 @@ def audit_source(source: str, path: str = "<string>") -> list[Finding]:
 
     :raises SyntaxError: when *source* is not valid Python.
     """
-    tree = ast.parse(source, filename=path)
-    mod = _Module(tree)
+    return _findings(_Module(ast.parse(source, filename=path)), source, path)
+
+
+def _findings(mod: _Module, source: str, path: str) -> list[Finding]:
+    tree = mod.tree
     raw: list[tuple[int, str, str]] = []
     _check_handlers(mod, raw)
     _check_cached_queries(mod, raw)
@@ -860,6 +900,7 @@ def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None,
     or parsed are skipped and described in *errors* (one line each; :func:`main` fails
     the run for them)."""
     found: list[Finding] = []
+    modules: dict[str, tuple[_Module, str]] = {}  # path -> (module, source)
     for root in paths:
         files = [root] if os.path.isfile(root) else list(_walk(root, include_tests=include_tests))
         for path in files:
@@ -872,13 +913,80 @@ def audit_paths(paths: Iterable[str], *, errors: list[str] | None = None,
                 continue
             if path.endswith(".py"):
                 try:
-                    found.extend(audit_source(text, path))
+                    modules[path] = (_Module(ast.parse(text, filename=path)), text)
                 except SyntaxError as e:
                     if errors is not None:
                         errors.append(f"{path}:{e.lineno}: cannot parse: {e.msg}")
             else:
                 found.extend(audit_config(text, path))
+    _link({path: mod for path, (mod, _) in modules.items()})
+    for path, (mod, text) in modules.items():
+        found.extend(_findings(mod, text, path))
     return sorted(set(found))
+
+
+def _module_parts(path: str) -> tuple[str, ...]:
+    """A file's dotted name as the parts of its absolute path (``/app/shop/views.py`` ->
+    ``("app", "shop", "views")``, a package's ``__init__.py`` its directory): which of its
+    ends is the importable name depends on ``sys.path``, unknown here (see :func:`_link`)."""
+    parts = os.path.splitext(os.path.abspath(path))[0].split(os.sep)
+    return tuple(p for p in (parts[:-1] if parts[-1] == "__init__" else parts) if p)
+
+
+def _import_map(mod: _Module, own: tuple[str, ...], is_package: bool) -> dict[str, tuple[str, ...]]:
+    """Local name -> the dotted name it is bound to by the module's imports: relative ones
+    complete (``from . import views`` in ``/app/shop/urls.py``: ``views`` -> ``("app", "shop",
+    "views")``), absolute ones as written (``from shop.views import index``)."""
+    names: dict[str, tuple[str, ...]] = {}
+    for node in mod.imports:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    names[alias.asname] = tuple(alias.name.split("."))
+                else:
+                    head = alias.name.split(".")[0]
+                    names[head] = (head,)
+            continue
+        base: tuple[str, ...] = ()
+        if node.level:
+            package = own if is_package else own[:-1]
+            base = package[:len(package) - (node.level - 1)]
+        base += tuple(node.module.split(".")) if node.module else ()
+        for alias in node.names:
+            if alias.name != "*":
+                names[alias.asname or alias.name] = (*base, alias.name)
+    return names
+
+
+def _link(modules: dict[str, _Module]) -> None:
+    """Mark as handlers the functions (and ``as_view()`` classes) a module's routes name
+    in another of *modules*: ``path("x/", views.index)`` in ``shop/urls.py`` makes
+    ``index`` of ``shop/views.py`` a view, ``app.add_api_route("/", items.create)`` and
+    ``Depends(deps.current_user)`` likewise, read through the module's imports. An
+    absolute name (``shop.views``) is the module whose path ends so; of several, the ones
+    nearest the importing file."""
+    by_parts = {_module_parts(path): mod for path, mod in modules.items()}
+    by_last: dict[str, list[tuple[str, ...]]] = {}
+    for parts in by_parts:
+        if parts:
+            by_last.setdefault(parts[-1], []).append(parts)
+    for path, mod in modules.items():
+        if not (mod.registrations and mod.imports):  # a name of the module itself: _Module's
+            continue
+        own = _module_parts(path)
+        imports = _import_map(mod, own, os.path.basename(path) == "__init__.py")
+        for dotted, kind in mod.registrations:
+            full = (*imports.get(dotted[0], ()), *dotted[1:])
+            if dotted[0] not in imports or len(full) < 2:
+                continue
+            wanted, name = full[:-1], full[-1]
+            found = [p for p in by_last.get(wanted[-1], []) if p[-len(wanted):] == wanted]
+            if len(found) > 1:  # the nearest: most parts in common with the importing module's
+                common = {p: len(os.path.commonprefix([p, own])) for p in found}
+                found = [p for p in found if common[p] == max(common.values())]
+            for parts in found:
+                target = by_parts[parts]
+                target.register([target.functions[name]] if name in target.functions else [], name, kind)
 
 
 def main(argv: Sequence[str]) -> int:
