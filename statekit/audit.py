@@ -23,7 +23,8 @@ SK305    an SQLite database in one process's memory or in a file per worker (its
 SK401    a timer, thread or scheduler started, or a task submitted to an executor, at
          import (once per worker process)
 SK402    the same per worker (post_fork, ready(), app factory, a startup hook or lifespan,
-         decorated or registered: ``on_startup=``, ``lifespan=``, ``add_event_handler``)
+         decorated or registered: ``on_startup=``, ``lifespan=``, ``add_event_handler``),
+         not awaited there (``t = create_task(...)`` ... ``await t`` before a lifespan's yield)
 SK501    sticky sessions in a load balancer config (``ip_hash``, ``sticky``, ``hash $cookie_``)
 =======  ==========================================================================
 
@@ -613,9 +614,23 @@ def _waited_for(stmt: ast.AST) -> set[int]:
     return waited
 
 
-def _thread_starts(body: Iterable[ast.AST], mod: _Module) -> Iterator[ast.Call]:
+def _awaited_tasks(body: Sequence[ast.AST]) -> set[int]:
+    """id() of the asyncio starts bound to a name (``t = asyncio.create_task(load())``) that
+    the same body awaits before any ``yield`` (``await t``, ``await asyncio.gather(t, u)``):
+    done when the hook returns. Awaited after a lifespan's ``yield``, it runs while the
+    worker serves."""
+    nodes = [n for stmt in body for n in ast.walk(stmt)]
+    served = min((n.lineno for n in nodes if isinstance(n, (ast.Yield, ast.YieldFrom))), default=None)
+    awaited = {n.id for a in nodes if isinstance(a, ast.Await) and (served is None or a.lineno < served)
+               for n in ast.walk(a) if isinstance(n, ast.Name)}
+    return {id(value) for n in nodes for bound, value in _bindings(n)
+            if bound in awaited and _name(value) in _ASYNC_STARTS}
+
+
+def _thread_starts(body: Sequence[ast.AST], mod: _Module) -> Iterator[ast.Call]:
+    awaited = _awaited_tasks(body)
     for stmt in body:
-        waited = _waited_for(stmt)
+        waited = _waited_for(stmt) | awaited
         for n in ast.walk(stmt):
             if isinstance(n, ast.Call) and _starts_background(n, mod) and id(n) not in waited:
                 yield n

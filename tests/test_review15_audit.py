@@ -2,8 +2,9 @@
 script, in a subprocess, on a small app written to a temporary directory): a Django view
 named by ``path()`` in another module's ``urls.py`` (an ``include()``d URLconf's too, a
 class-based view's ``.as_view()``), a Starlette/FastAPI endpoint or dependency imported
-from another module. Each positive case failed before the audit resolved names across
-files; each near miss shows what it still does not take for a handler."""
+from another module, and an asyncio task a startup hook awaits before it returns. Each
+positive case failed before its fix; each near miss shows what the audit still does not
+take for a handler (or still takes for background work)."""
 
 from __future__ import annotations
 
@@ -222,3 +223,56 @@ def test_audit_starlette_names_resolve_through_the_registering_modules_imports(t
         "other/handlers.py": STARLETTE["svc/handlers.py"],
     }
     assert _audit(tmp_path, files, ".") == []
+
+
+# -- asyncio: a task a startup hook awaits ---------------------------------------------------
+
+
+def test_audit_startup_tasks_awaited_by_their_hook_are_not_background(tmp_path: Path) -> None:
+    """``t = asyncio.create_task(load())`` in a startup hook (or a lifespan before its
+    ``yield``) that then awaits ``t`` (directly, in ``gather``, under ``wait_for``) is
+    done when the worker starts serving: no SK402."""
+    assert _audit(tmp_path, {"main.py": """
+        import asyncio
+        from contextlib import asynccontextmanager
+        from fastapi import FastAPI
+        @asynccontextmanager
+        async def lifespan(app):
+            task = asyncio.create_task(load())
+            await task
+            yield
+        app = FastAPI(lifespan=lifespan)
+        @app.on_event("startup")
+        async def warm():
+            t = asyncio.create_task(load())
+            u = asyncio.ensure_future(load())
+            v = asyncio.get_running_loop().run_in_executor(None, load_sync)
+            await prepare()
+            await asyncio.gather(t, u)
+            await asyncio.wait_for(v, 30)
+    """}, "main.py") == []
+
+
+def test_audit_startup_tasks_left_running_are_still_background(tmp_path: Path) -> None:
+    """Near misses: a task kept but not awaited, one awaited only after the lifespan's
+    ``yield`` (it ran while the worker served), and of two tasks the one not awaited."""
+    assert _audit(tmp_path, {"main.py": """
+        import asyncio
+        from contextlib import asynccontextmanager
+        from starlette.applications import Starlette
+        @asynccontextmanager
+        async def lifespan(app):
+            task = asyncio.create_task(poll_forever())
+            yield
+            task.cancel()
+            await task
+        async def start(app):
+            t = asyncio.create_task(poll_forever())
+            await asyncio.sleep(0)
+            app.state.poller = t
+        async def both():
+            t = asyncio.create_task(refresh())
+            u = asyncio.create_task(refresh())
+            await u
+        app = Starlette(lifespan=lifespan, on_startup=[start, both])
+    """}, "main.py") == [("main.py", 6, "SK402"), ("main.py", 11, "SK402"), ("main.py", 15, "SK402")]
