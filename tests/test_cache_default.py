@@ -106,3 +106,23 @@ def test_one_cache_many_threads(redis_url: str) -> None:
 
     run_threads(work, 8)  # raises the first error a thread hit
     assert c.get("counter") == 800
+
+
+def test_the_default_cache_hands_on_every_public_method(fresh_default: None, redis_url: str) -> None:
+    """``statekit.cache.NAME`` reaches the default cache for every public method of
+    :class:`Cache` but its configuration and ``close`` (``persist`` and ``replace``,
+    added later, raised AttributeError: a newcomer's trial)."""
+    import math
+
+    from statekit import cache
+
+    public = {n for n in dir(Cache) if not n.startswith("_")}
+    assert public - cache_module._PROXIED == {"base", "close", "prefix"}
+    cache.configure(redis_url, namespace="default-proxy")
+    try:
+        cache.get_or_set("report", lambda: {"rows": 3}, ttl=30)
+        assert cache.persist("report") is True and cache.ttl("report") == math.inf
+        cache.set("x", 1, ttl=30)
+        assert cache.replace("x", 2) is True and cache.get("x") == 2
+    finally:
+        cache.get_default().close()

@@ -1420,9 +1420,12 @@ class Cache(_CacheCore):
 
 _default: Cache | None = None
 _default_lock = threading.Lock()
+#: what ``statekit.cache.NAME`` hands to the default cache: every public name of
+#: :class:`Cache` but its configuration (``base``, ``prefix``) and ``close``
 _PROXIED = frozenset({
     "add", "cached", "clear", "decr", "delete", "delete_many", "get", "get_many", "get_or_set",
-    "has", "incr", "lock", "namespace", "near_ready", "set", "set_many", "stats", "touch", "ttl",
+    "has", "incr", "lock", "namespace", "near_ready", "persist", "replace", "set", "set_many",
+    "stats", "touch", "ttl",
 })
 
 
