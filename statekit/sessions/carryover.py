@@ -56,6 +56,7 @@ old cookie is an unknown cookie.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -66,6 +67,7 @@ import pickletools
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from io import BytesIO
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from itsdangerous import BadSignature, Signer
@@ -470,12 +472,58 @@ class CarryOver:
         return session
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: the seconds from 1970 that msgspec reads as a datetime: years 1 to 9999
+_FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
+
+
+def _as_read(value: Any) -> Any:
+    """*value*, or a msgpack Timestamp as Flask-Session 0.8 (msgspec) reads it: an aware
+    datetime in UTC, the nanoseconds rounded to the microsecond (half up). It writes
+    aware datetimes so (naive ones, dates and times as ISO text).
+    :raises SerializationError: one msgspec refuses (seconds outside years 1-9999, or
+        rounded past 9999): Flask-Session could not read that session either."""
+    import msgpack
+
+    if type(value) is not msgpack.Timestamp:
+        return value
+    if _FIRST_SECOND <= value.seconds <= _LAST_SECOND:
+        try:
+            microseconds = (value.nanoseconds + 500) // 1000
+            return _EPOCH + dt.timedelta(seconds=value.seconds, microseconds=microseconds)
+        except OverflowError:
+            pass
+    raise SerializationError(f"a msgpack Timestamp out of datetime's range ({value.seconds} s from 1970, "
+                             f"{value.nanoseconds} ns), which Flask-Session does not read either")
+
+
+def _flask_session_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map of Flask-Session's msgpack: its keys' hashes counted as read
+    (:func:`statekit.serializers._dict_of_pairs`), then its Timestamps read as datetimes."""
+    import msgpack
+
+    value = _dict_of_pairs(pairs)
+    if pairs and msgpack.Timestamp in map(type, chain.from_iterable(pairs)):
+        value = {_as_read(k): _as_read(v) for k, v in pairs}
+    return value
+
+
+def _flask_session_list(items: list[Any]) -> list[Any]:
+    """An array of Flask-Session's msgpack, its Timestamps read as datetimes."""
+    import msgpack
+
+    return [_as_read(v) for v in items] if msgpack.Timestamp in map(type, items) else items
+
+
 class FlaskSessionRedis:
     """Flask-Session's Redis layout: the cookie holds the session id (signed with
     itsdangerous, salt ``flask-session``, when ``SESSION_USE_SIGNER`` was on), the
     value under ``<SESSION_KEY_PREFIX><id>`` is msgpack (Flask-Session 0.8), JSON, or a
     pickle (before 0.7; unsigned, as the signer covers only the id: read only with
     *plain_pickle* on and when the signer verified the cookie, and as plain data only).
+    Values come back as Flask-Session 0.8 read them: an aware datetime (a msgpack
+    Timestamp) as a datetime in UTC; naive datetimes, dates and times as the ISO text
+    it wrote.
 
     :param url: the old Redis, or *client*: a ready redis-py client.
     :param key_prefix: Flask-Session's ``SESSION_KEY_PREFIX``.
@@ -534,33 +582,52 @@ class FlaskSessionRedis:
         return self._decode(_size_checked(raw))
 
     def _decode(self, raw: bytes) -> dict[str, Any]:
-        """The session dict in *raw*. :raises SerializationError: refused."""
+        """The session dict in *raw*. :raises SerializationError: refused, saying why."""
         value: Any
         try:
             import msgpack
-
-            # any key (a session's data may hold a dict of ints), each map's counted
-            value = msgpack.unpackb(raw, raw=False, strict_map_key=False, object_pairs_hook=_dict_of_pairs)
-        except SerializationError:
-            raise  # msgpack, but a hash flood
-        except Exception:  # noqa: BLE001 - not msgpack: try the next format
+        except ImportError:  # without statekit[msgpack]: JSON or a pickle
+            value = self._json_or_pickle(raw, "JSON (Flask-Session 0.8's msgpack is read with "
+                                              "pip install 'statekit[msgpack]')")
+        else:
             try:
-                value = json.loads(raw)
-            except RecursionError as e:  # JSON nested too deep: no session statekit would store
-                raise SerializationError(f"not a session: {e}") from e
-            except ValueError:
-                value = self._unpickle(raw)
+                # any key (a session's data may hold a dict of ints), each map's counted; Timestamps
+                # read as Flask-Session read them, looked for only where one may be (its type
+                # byte is 0xff, which no UTF-8 text holds): each array and map looked at costs
+                hooks: dict[str, Any] = {"object_pairs_hook": _dict_of_pairs}
+                if b"\xff" in raw:
+                    hooks = {"object_pairs_hook": _flask_session_map, "list_hook": _flask_session_list}
+                value = msgpack.unpackb(raw, raw=False, strict_map_key=False, **hooks)
+            except SerializationError:
+                raise  # msgpack, but a hash flood or a Timestamp out of range
+            except msgpack.ExtraData:
+                # one value and more bytes: not msgpack. JSON and pickles all read so: their
+                # first byte is a whole msgpack value (ASCII an int, protocol 2's 0x80 a map)
+                value = self._json_or_pickle(raw, "msgpack or JSON")
+            except Exception as e:  # noqa: BLE001 - msgpack raises a family of errors
+                raise SerializationError(f"not a session: msgpack it cannot read ({e})") from e
         if not isinstance(value, dict):
             raise SerializationError(f"not a session dict but {type(value).__name__}")
         return value
 
-    def _unpickle(self, raw: bytes) -> Any:
+    def _json_or_pickle(self, raw: bytes, formats: str) -> Any:
+        """*raw* as JSON, else a pickle (:meth:`_unpickle`; *formats*: those tried)."""
+        try:
+            return json.loads(raw)
+        except RecursionError as e:  # JSON nested too deep: no session statekit would store
+            raise SerializationError(f"not a session: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._unpickle(raw, formats)
+        except ValueError as e:  # JSON, but a value Python's json refuses (an int of 5000 digits)
+            raise SerializationError(f"JSON it cannot read: {e}") from e
+
+    def _unpickle(self, raw: bytes, formats: str) -> Any:
         """Flask-Session before 0.7 pickled: read only under a signed id, opted in."""
         if not self.use_signer:
-            raise SerializationError("not msgpack or JSON; a pickle (Flask-Session before 0.7) is "
+            raise SerializationError(f"not {formats}; a pickle (Flask-Session before 0.7) is "
                                      "read only under a signed id (SESSION_USE_SIGNER)")
         if not self.plain_pickle:
-            raise SerializationError("not msgpack or JSON; a pickle (Flask-Session before 0.7) is read "
+            raise SerializationError(f"not {formats}; a pickle (Flask-Session before 0.7) is read "
                                      "as plain data only with STATEKIT_SESSION_CARRY_OVER_PICKLE on "
                                      "(plain_pickle=True)")
         return loads_plain_pickle(raw)
