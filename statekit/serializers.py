@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import json
 import pickle  # noqa: S403 - only behind an HMAC check, see SignedPickleSerializer
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -222,6 +223,20 @@ def _response_payload(response: Any) -> list[Any]:
     return [response.status, [[k, v] for k, v in response.headers.items()], response.get_data()]
 
 
+#: a status as servers send it: three digits, then a space and a reason of tabs, spaces
+#: and visible characters (RFC 9112 4)
+_STATUS_LINE = re.compile(r"([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+
+
+def _status_code(code: Any) -> int:
+    """*code*, a cached response's or HTTP exception's status. :raises SerializationError:
+    not one of 100-599 (RFC 9110 15): werkzeug makes a response of any int, which Flask
+    answered ('1000000000000000000000000000000 UNKNOWN') and gunicorn failed."""
+    if type(code) is not int or not 100 <= code <= 599:
+        raise SerializationError(f"not an HTTP status: {code!r:.40}")
+    return code
+
+
 def _response(payload: list[Any]) -> Any:
     from werkzeug.wrappers import Response
 
@@ -229,6 +244,10 @@ def _response(payload: list[Any]) -> Any:
     if not (isinstance(status, str) and isinstance(body, bytes)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in headers)):
         raise SerializationError("not a response payload")
+    line = _STATUS_LINE.fullmatch(status)
+    if line is None:
+        raise SerializationError(f"not an HTTP status: {status!r:.40}")
+    _status_code(int(line[1]))
     return Response(body, status=status, headers=[(k, v) for k, v in headers])
 
 
@@ -241,10 +260,11 @@ def _http_exception(payload: list[Any]) -> Any:
     from werkzeug.wrappers import Response
 
     code, description, response = payload
-    if (type(code) is not int or not isinstance(description, (str, type(None)))
-            or not (response is None or type(response) is Response)):
+    if not isinstance(description, (str, type(None))) or not (response is None or type(response) is Response):
         raise SerializationError("not an HTTP exception payload")
-    cls = default_exceptions.get(code)
+    if code is None and response is not None:  # abort(a response): it answers with that response
+        return HTTPException(description, response=response)
+    cls = default_exceptions.get(_status_code(code))
     if cls is None:
         exc = HTTPException(description, response=response)
         exc.code = code
@@ -269,7 +289,10 @@ class WebJSONSerializer(JSONSerializer):
       A streamed or passed-through response (``send_file``) is refused.
     * an ``HTTPException`` a view raised (``abort(404)``, Flask-Caching caches it):
       code, description and the response it renders; it comes back as werkzeug's
-      class for that code (a custom subclass comes back as that code's class).
+      class for that code (a custom subclass comes back as that code's class);
+      ``abort(response)``, which has no code, with its response.
+      A response or exception whose status is not one of 100-599 with a reason of
+      visible characters is refused on reading (a miss: a crafted entry).
     * ``markupsafe.Markup`` (a rendered template fragment) comes back as ``Markup``,
       so autoescaping does not escape it again.
 

@@ -3,15 +3,22 @@ the Redis wrote. Tuples, sets and frozensets are msgpack ext values holding a pa
 list, each read by a nested ``unpackb`` with a C stack of its own (~40 KB): a value
 of a few hundred bytes nesting 200 of them overflowed the thread's stack, and the
 process died of SIGSEGV on ``Cache.get``. They run in a child process: a crash must
-fail the test, not the test run."""
+fail the test, not the test run. The web codec's statuses: a crafted one beyond HTTP
+is a miss."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
+import redis
+from flask import Flask
+
+from statekit.errors import SerializationError
+from statekit.serializers import WebJSONSerializer
 
 pytest.importorskip("msgpack")
 
@@ -191,3 +198,95 @@ def test_a_second_read_for_non_str_keys_is_made_once_not_at_every_level() -> Non
     value = codec.loads(body)
     assert value[1] == {1: 0} and len(str(value)) > 20
     assert calls <= 2 * 21, calls  # each of the 21 bodies read at most twice
+
+
+_HX = '{"\\u0000":["hx",[%s,"d",null]]}'
+_RSP = '{"\\u0000":["rsp",[%s,[],{"\\u0000":["b",""]}]]}'
+
+
+@pytest.mark.parametrize("payload", [
+    _HX % 10**30, _HX % 0, _HX % -5, _HX % 99, _HX % 600, _HX % "true",
+    _RSP % '"1000000000000000000000000000000 X"', _RSP % '"0 x"', _RSP % '"abc"', _RSP % '"99 x"',
+    _RSP % '"600 x"', _RSP % '"200 OK\\r\\nX-Injected: 1"', _RSP % '"-5 x"', _RSP % '"+200 OK"'])
+def test_a_crafted_status_beyond_http_is_refused(payload: str) -> None:
+    """A cached abort() (Flask-Caching raises it on a hit) or response with a status no
+    server sends (outside 100-599, RFC 9110 15; or a reason with a line break): Flask
+    answered '1000000000000000000000000000000 UNKNOWN', werkzeug's server sent that
+    status line and gunicorn failed the request ('Invalid status'), for as long as the
+    entry lived. A SerializationError now: a miss, the view runs."""
+    with pytest.raises(SerializationError):
+        WebJSONSerializer().loads(payload.encode())
+
+
+@pytest.mark.parametrize("code", [100, 200, 302, 404, 418, 599])
+def test_statuses_within_http_still_load(code: int) -> None:
+    from werkzeug.exceptions import HTTPException
+
+    exc = WebJSONSerializer().loads((_HX % code).encode())
+    assert isinstance(exc, HTTPException) and exc.code == code
+    assert exc.get_response().status_code == code
+    response = WebJSONSerializer().loads((_RSP % f'"{code} Some\\tReason"').encode())
+    assert response.status == f"{code} Some\tReason"
+    assert WebJSONSerializer().loads((_RSP % f'"{code}"').encode()).status_code == code
+
+
+@pytest.mark.redis
+def test_a_cached_abort_with_a_crafted_code_is_a_miss_for_flask_caching(redis_url: str) -> None:
+    """Through Flask-Caching's @cached view on statekit's cachelib backend (the documented
+    configuration): an entry holding an abort() with code 10**30 (a store writer's) was
+    raised on every hit, answered with the status 10**30; now a miss: the view runs
+    and its own answer is served."""
+    from flask_caching import Cache as FlaskCache
+
+    namespace = f"review15b-{uuid.uuid4().hex}"
+    app = Flask("cached")
+    app.config.update(CACHE_TYPE="statekit.compat.cachelib.StatekitCache",
+                      CACHE_OPTIONS={"url": redis_url, "namespace": namespace})
+    fc = FlaskCache(app)
+    calls: list[str] = []
+
+    @app.get("/page")
+    @fc.cached(timeout=60)
+    def page() -> str:
+        calls.append("page")
+        return "fresh"
+
+    client = app.test_client()
+    assert client.get("/page").get_data() == b"fresh"
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        (key,) = list(admin.scan_iter(match=f"*{namespace}*"))
+        admin.set(key, b"\x01" + (_HX % 10**30).encode())
+        answer = client.get("/page")
+    finally:
+        admin.close()
+    assert answer.status_code == 200 and answer.get_data() == b"fresh" and calls == ["page", "page"]
+
+
+def test_an_abort_with_a_response_round_trips() -> None:
+    """``abort(redirect(...))`` raises an HTTPException without a code that answers with
+    its response (Flask-Caching caches it as any abort()): it was written, then refused
+    on every read (a miss and an 'undecodable' entry each time, the view run again). It
+    comes back now with its response; without one, a code is still required."""
+    from flask import abort, redirect
+    from werkzeug.exceptions import HTTPException
+
+    codec = WebJSONSerializer()
+    try:
+        abort(redirect("/elsewhere", 302))
+    except HTTPException as e:
+        data = codec.dumps(e)
+    back = codec.loads(data)
+    assert isinstance(back, HTTPException) and back.code is None
+    response = back.get_response()
+    assert response.status_code == 302 and response.headers["Location"] == "/elsewhere"
+    app = Flask("aborts")
+
+    @app.get("/")
+    def view() -> None:
+        raise back
+
+    answer = app.test_client().get("/")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/elsewhere"
+    with pytest.raises(SerializationError):
+        codec.loads(b'{"\\u0000":["hx",[null,"d",null]]}')
