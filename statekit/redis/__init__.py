@@ -655,42 +655,54 @@ def _adopt(client: redis.Redis) -> redis.Redis:
     return client
 
 
-def _blocking(client: redis.Redis, bounded: bool) -> redis.Redis:
-    """*client* (made for a URL), when the URL *bounded* its pool (``max_connections``),
-    on a ``BlockingConnectionPool`` of its own pool's settings: past
-    ``max_connections`` a caller waits for a connection another gives back, up to
-    the socket timeout (``None``: as long as it takes; then ``BackendUnavailable``),
-    instead of failing at once with ``MaxConnectionsError`` (redis-py's plain pool).
-    Else *client* as it is."""
+def _blocking(client: Any, bounded: bool) -> Any:
+    """*client* (made for a URL; sync or ``redis.asyncio``), when the URL *bounded* its
+    pool (``max_connections``), on a ``BlockingConnectionPool`` (of its side) of its
+    own pool's settings: past ``max_connections`` a caller waits for a connection
+    another gives back, up to the socket timeout (``None``: as long as it takes; then
+    ``BackendUnavailable``), instead of failing at once with ``MaxConnectionsError``
+    (redis-py's plain pool). Else *client* as it is."""
     if not bounded:
         return client
-    import redis
-
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs.pop("maint_notifications_pool_handler", None)  # the old pool's: the new one makes its own
-    blocking = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+    blocking = _side(pool).BlockingConnectionPool(
         max_connections=pool.max_connections, timeout=kwargs["socket_timeout"],
         connection_class=pool.connection_class, **kwargs)
-    return redis.Redis.from_pool(blocking)
+    return type(client).from_pool(blocking)
 
 
-_blocking_sentinel_pool: Any = None
+def _side(pool: Any) -> Any:
+    """``redis``, or ``redis.asyncio`` for an asyncio *pool*."""
+    import redis.asyncio
+
+    return redis.asyncio if isinstance(pool, redis.asyncio.ConnectionPool) else redis
 
 
-def _blocking_sentinel() -> Any:
-    """redis-py's Sentinel master pool that waits for a connection past
-    ``max_connections``, as :func:`_blocking`'s does."""
-    global _blocking_sentinel_pool
-    if _blocking_sentinel_pool is None:
-        import redis
-        from redis.sentinel import SentinelConnectionPool
+_blocking_sentinel_pools: dict[bool, Any] = {}
 
-        class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):  # type: ignore[misc]
+
+def _sentinel_waits(kwargs: dict[str, Any], *, aio: bool = False) -> dict[str, Any]:
+    """The arguments of redis-py's ``Sentinel.master_for`` (sync, or with *aio*
+    ``redis.asyncio``'s) for a master pool that waits for a connection past the
+    URL's ``max_connections``, as :func:`_blocking`'s does, if *kwargs* (the
+    client's) have one; else none."""
+    if "max_connections" not in kwargs:
+        return {}
+    pool_class = _blocking_sentinel_pools.get(aio)
+    if pool_class is None:
+        import redis.asyncio.sentinel
+        import redis.sentinel
+
+        side: Any = redis.asyncio if aio else redis
+
+        class BlockingSentinelConnectionPool(side.sentinel.SentinelConnectionPool,  # type: ignore[misc]
+                                             side.BlockingConnectionPool):  # type: ignore[misc]
             """A Sentinel master's pool that waits for a connection when all are in use."""
 
-        _blocking_sentinel_pool = BlockingSentinelConnectionPool
-    return _blocking_sentinel_pool
+        pool_class = _blocking_sentinel_pools[aio] = BlockingSentinelConnectionPool
+    return {"connection_pool_class": pool_class, "timeout": kwargs["socket_timeout"]}
 
 
 def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
@@ -739,11 +751,8 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
-        waits: dict[str, Any] = {}
-        if "max_connections" in kwargs:
-            waits = {"connection_pool_class": _blocking_sentinel(), "timeout": kwargs["socket_timeout"]}
         master: redis.Redis = sentinel.master_for(parsed.service, db=parsed.db,  # type: ignore[no-untyped-call]
-                                                  **waits)
+                                                  **_sentinel_waits(kwargs))
         return master
     kwargs.pop("sentinel_password", None)
     bounded = "max_connections" in kwargs

@@ -13,13 +13,22 @@ from the client's pool and kept by the transport between calls (no pool lock and
 readiness probe per command: a connection idle for more than
 :data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked before a command is
 sent on it, its stream and one ``poll`` of its socket, which knows of a server's close
-before the loop has read it: a command for a killed server is then never sent). At
-most *limit* commands are in flight per transport (default: the pool's
-``max_connections`` less a few kept free for the client's own pipelines and pub/sub,
-one at least: :func:`~statekit.redis.transport.kept_share`, at most
-:data:`DEFAULT_LIMIT`; a pool of 1 is the transport's alone); more callers wait their
-turn instead of opening more connections, so 200 concurrent ``await cache.get()`` on
-one loop use a bounded number of sockets. New connections are opened at most
+before the loop has read it: a command for a killed server is then never sent). The
+connections kept between calls are counted per pool, for every transport of the
+process on it (a shared client's stores), and take at most
+:func:`~statekit.redis.transport.kept_share` of it (one at least left for the
+client's own pipelines and pub/sub: none of a pool of 1); a command past it borrows
+a connection for itself, given back after its reply (a tracking transport's:
+untracked). A URL's ``max_connections`` gives its clients redis-py's asyncio
+``BlockingConnectionPool`` (standalone, TLS, unix, Sentinel's master pool, as the
+sync clients): past it a caller (a command, a pipeline) waits for a connection up to
+the socket timeout, then ``BackendUnavailable`` unsent naming ``max_connections``,
+not retried (:func:`~statekit.redis.transport.pool_busy`; a plain pool, a caller's
+own client, fails at once, as redis-py does). At most *limit* commands are in flight
+per transport (default: the pool's kept share, one at least, at most
+:data:`DEFAULT_LIMIT`); more callers wait their turn instead of opening more
+connections, so 200 concurrent ``await cache.get()`` on one loop use a bounded number
+of sockets. New connections are opened at most
 :data:`CONNECTS_AT_ONCE` at a time (redis-py's handshake is CPU on the loop: a burst
 of connects at once stalled it for 10-20 ms); a caller past that bound gets the next
 connection another caller gives back. A Cluster client sends through redis-py's
@@ -96,10 +105,12 @@ from ..config import BackendURL, parse_url
 from ..errors import ConfigError
 from . import (
     _RETRY_DEFAULTS,
+    _blocking,
     _common_kwargs,
     _missing_database,
     _no_such_database,
     _problem_of,
+    _sentinel_waits,
     _timed_out,
     cluster_client_glitch,
     is_read,
@@ -110,10 +121,12 @@ from . import (
 )
 from .scripts import Script
 from .transport import (
+    _KEPT,
     STALE_CHECK_AFTER,
     TRACKED_LANES,
     MetricsHook,
     RedisReplyError,
+    _exhausted,
     _message,
     _name,
     command_key,
@@ -123,6 +136,7 @@ from .transport import (
     lane_wait,
     other_primaries,
     packer,
+    pool_busy,
 )
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
@@ -310,10 +324,12 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
         kwargs["connection_class"] = _cancel_safe(managed)
         sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-        client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class())
+        client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class(),
+                                     **_sentinel_waits(kwargs, aio=True))
         client.statekit_sentinels = sentinel.sentinels
     else:
         kwargs.pop("sentinel_password", None)
+        bounded = "max_connections" in kwargs
         kwargs.setdefault("max_connections", DEFAULT_LIMIT + 8)  # the transport's, and 8 for pipelines
         if parsed.scheme == "unix":
             client = aioredis.Redis(unix_socket_path=parsed.path, db=parsed.db, **kwargs)
@@ -324,6 +340,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
             client = aioredis.Redis(host=host, port=port, db=parsed.db, **kwargs)
         pool = client.connection_pool
         pool.connection_class = _cancel_safe(pool.connection_class)
+        client = _blocking(client, bounded)
     client.statekit_retries = retries
     client.statekit_backoff_cap = cap
     return client
@@ -547,8 +564,8 @@ class AsyncTransport:
     :param limit: commands in flight at once (default: the pool's
         ``max_connections``, a Cluster node's, less a quarter of it, at most 8, and
         one at least, left for the client's own pipelines and pub/sub
-        (:func:`~statekit.redis.transport.kept_share`; a pool of 1: its one
-        connection); at most :data:`DEFAULT_LIMIT`).
+        (:func:`~statekit.redis.transport.kept_share`; a pool of 1: one, on a
+        borrowed connection); at most :data:`DEFAULT_LIMIT`).
 
     Use it on one event loop (the loop its connections belong to).
     """
@@ -577,7 +594,7 @@ class AsyncTransport:
             # them at once possibly on one node
             size = getattr(pool, "max_connections", None) or getattr(client, "max_connections", None) \
                 or (getattr(client, "connection_kwargs", None) or {}).get("max_connections") or DEFAULT_LIMIT
-            limit = max(1, min(kept_share(size), DEFAULT_LIMIT))  # (a pool of 1: all of it)
+            limit = max(1, min(kept_share(size), DEFAULT_LIMIT))  # (a pool of 1: one, borrowed)
         self.limit = limit
         self._gate = asyncio.Semaphore(limit)
         self._idle: deque[Any] = deque()
@@ -598,6 +615,9 @@ class AsyncTransport:
         #: a tracking transport's connections, one per key lane (module docstring)
         self._lanes: list[_KeyLane] | None = [_KeyLane() for _ in range(min(TRACKED_LANES, limit))] \
             if tracking is not None and self.direct else None
+        #: a tracking transport's tasks whose last command went out on a borrowed
+        #: connection (:meth:`tracked`)
+        self._borrowed: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         #: how long a command waits for its key lane's connection (``None``: no bound)
         self._lane_wait = lane_wait(pool) if self._lanes is not None else None
         #: connections reading a reply -> when it is overdue (loop time), and the one
@@ -630,8 +650,12 @@ class AsyncTransport:
     async def _checkout(self) -> Any:
         """A connected connection: an idle one kept from an earlier call (checked if
         idle for a while), one another caller gives back, else a new one from the
-        pool (at most :data:`CONNECTS_AT_ONCE` connecting at a time). Nothing is sent
-        here, so its failures may be retried."""
+        pool (at most :data:`CONNECTS_AT_ONCE` connecting at a time): kept between
+        calls while the pool's kept share has room (``_statekit_kept``), else
+        borrowed for one command. Nothing is sent here, so its failures may be
+        retried, but a pool whose every connection stayed in use past its wait
+        raises :func:`~statekit.redis.transport.pool_busy` (the wait was the
+        pool's: not again)."""
         idle = self._idle
         handed: Any = None
         while True:
@@ -642,19 +666,29 @@ class AsyncTransport:
             if self._connecting < CONNECTS_AT_ONCE:
                 break
             handed = await self._turn()
+        pool = self._pool
+        kept = _KEPT.take(pool)  # kept between calls, or borrowed for this command (the share full)
         self._connecting += 1
         try:
-            conn = await self._pool.get_connection()
+            conn = await pool.get_connection()
+        except BaseException as e:
+            if kept:
+                _KEPT.give(pool)
+            if isinstance(e, Exception) and _exhausted(e):  # the pool's wait was the wait: not retried
+                raise pool_busy(self._where, pool) from e
+            raise
         finally:
             self._connecting -= 1
             self._wake(None)  # a connect slot is free: the next waiter may take it
         conn._statekit_last = _monotonic()
         conn._statekit_tag = 0
-        try:
-            await self._track(conn)
-        except BaseException:
-            await self._discard(conn)
-            raise
+        conn._statekit_kept = kept
+        if kept:  # (a borrowed one serves untracked: it goes back to the pool after its command)
+            try:
+                await self._track(conn)
+            except BaseException:
+                await self._discard(conn)
+                raise
         return conn
 
     async def _usable(self, conn: Any) -> bool:
@@ -692,7 +726,7 @@ class AsyncTransport:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             elif waiter.result() is not None:
-                self._keep(waiter.result())
+                await self._put(waiter.result())
             else:
                 self._wake(None)
             raise
@@ -732,10 +766,19 @@ class AsyncTransport:
     def tracked(self, key: str | bytes | None = None) -> bool:
         """Whether the connection that serves *key* reports its reads to the live
         listener (set up for the listener's current generation; a server that
-        refused the set-up for that generation serves untracked)."""
+        refused the set-up for that generation serves untracked), asked right after
+        this task's read of *key*: ``False`` once after a command of this task went
+        out on a borrowed connection (the pool's kept share full), even if another
+        task made the key's lane since (as the sync transport's)."""
         tag = self._tag()
         if tag <= 0 or self._refused_tag == -tag:
             return False
+        borrowed = self._borrowed
+        if borrowed:
+            task = asyncio.current_task()
+            if task is not None and task in borrowed:  # its read went out on a borrowed connection
+                borrowed.discard(task)
+                return False
         lanes = self._lanes
         if lanes is None:
             return True
@@ -751,22 +794,38 @@ class AsyncTransport:
         try:
             await conn.disconnect(nowait=True)
         finally:
-            await self._pool.release(conn)
+            await self._release(conn)
 
-    def _keep(self, conn: Any, lane: _KeyLane | None = None) -> None:
+    async def _release(self, conn: Any) -> None:
+        """Give *conn* back to the pool (and its place in the kept share)."""
+        if conn._statekit_kept:
+            conn._statekit_kept = False
+            _KEPT.give(self._pool)
+        await self._pool.release(conn)
+
+    def _keep(self, conn: Any, lane: _KeyLane | None = None) -> Any:
+        """After a command: *conn* kept (idle, or its key *lane*'s), handed to a
+        waiting caller, or returned for the caller to give back to the pool
+        (:meth:`_release`: borrowed, or the transport closed)."""
         conn._statekit_last = _monotonic()
-        if lane is not None:
+        if lane is not None and conn._statekit_kept:
             if self._closed:  # aclose() emptied the lanes meanwhile: closed, not kept
                 asyncio.ensure_future(self._discard(conn))
             else:
                 lane.conn = conn
-            return
+            return None
         if self._waiters and self._wake(conn):
-            return
-        if self._closed:
-            asyncio.ensure_future(self._pool.release(conn))
-        else:
-            self._idle.append(conn)
+            return None
+        if self._closed or not conn._statekit_kept:
+            return conn
+        self._idle.append(conn)
+        return None
+
+    async def _put(self, conn: Any, lane: _KeyLane | None = None) -> None:
+        """:meth:`_keep` *conn*, or give it back to the pool."""
+        spare = self._keep(conn, lane)
+        if spare is not None:
+            await self._release(spare)
 
     async def aclose(self) -> None:
         """Give every kept connection back to the pool (the client stays open: it may
@@ -779,7 +838,7 @@ class AsyncTransport:
             self._watchdog = None
         idle, self._idle = self._idle, deque()
         for conn in idle:
-            await self._pool.release(conn)
+            await self._release(conn)
         for lane in self._lanes or ():
             async with lane.lock:
                 conn, lane.conn = lane.conn, None
@@ -818,6 +877,9 @@ class AsyncTransport:
                     conn = None
             if conn is None:
                 conn = await self._checkout()
+                task = asyncio.current_task()
+                if lane is not None and not conn._statekit_kept and task is not None:
+                    self._borrowed.add(task)  # for tracked(): this command is untracked
         except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
             raise _Unsent(e) from e
         start = _monotonic()
@@ -847,7 +909,7 @@ class AsyncTransport:
                 await self._discard(conn)
                 await self._drop_kept()
                 raise _Unsent(e) from e
-            self._keep(conn, lane)
+            await self._put(conn, lane)
             raise
         except BaseException as e:  # sent, no reply read: the connection is out of step
             overdue = reading and watched.pop(conn, None) is None
@@ -862,7 +924,7 @@ class AsyncTransport:
         if reading and watched.pop(conn, None) is None:  # the reply came as _bark closed it
             await self._discard(conn)
         else:
-            self._keep(conn, lane)
+            await self._put(conn, lane)
         if METRICS.on():
             await _record(args, start, conn)
         return reply
