@@ -238,19 +238,17 @@ def test_a_cached_abort_with_a_crafted_code_is_a_miss_for_flask_caching(redis_ur
     and its own answer is served."""
     from flask_caching import Cache as FlaskCache
 
-    namespace = f"review15b-{uuid.uuid4().hex}"
-    app = Flask("cached")
-    app.config.update(CACHE_TYPE="statekit.compat.cachelib.StatekitCache",
-                      CACHE_OPTIONS={"url": redis_url, "namespace": namespace})
-    fc = FlaskCache(app)
     calls: list[str] = []
 
-    @app.get("/page")
-    @fc.cached(timeout=60)
     def page() -> str:
         calls.append("page")
         return "fresh"
 
+    namespace = f"review15b-{uuid.uuid4().hex}"
+    app = Flask("cached")
+    fc = FlaskCache(app, config={"CACHE_TYPE": "statekit.compat.cachelib.StatekitCache",
+                                 "CACHE_OPTIONS": {"url": redis_url, "namespace": namespace}})
+    app.add_url_rule("/page", view_func=fc.cached(timeout=60)(page))
     client = app.test_client()
     assert client.get("/page").get_data() == b"fresh"
     admin = redis.Redis.from_url(redis_url)
