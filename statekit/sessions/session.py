@@ -3,6 +3,9 @@ and decodes stored values only when they are read."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,7 +15,9 @@ from ..errors import BackendUnavailable
 if TYPE_CHECKING:
     from . import SessionStore, _StoreCore
 
-__all__ = ["Session", "SessionInfo"]
+__all__ = ["Session", "SessionInfo", "warn_secure_cookie_over_http"]
+
+_log = logging.getLogger("statekit.sessions")
 
 _IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
 
@@ -299,3 +304,54 @@ class SessionInfo:
     created: float
     last_seen: float
     user_id: str | None
+
+
+#: hosts whose plain-http pages browsers still send ``Secure`` cookies to
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+#: when the next "Secure cookie over plain http" line may be logged, and how many
+#: were not logged since the last one (see :func:`warn_secure_cookie_over_http`)
+_plain_http_log: list[Any] = [0.0, 0]
+_plain_http_lock = threading.Lock()
+
+
+def _host_name(host: str) -> str:
+    """*host* (a ``Host`` header: ``name``, ``name:port``, ``[::1]:port``) without its
+    port and brackets, in lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def warn_secure_cookie_over_http(https: bool, host: str | None) -> None:
+    """Log (``statekit.sessions``, WARNING) that a session cookie marked ``Secure`` was
+    set on a request that arrived over plain http at *host*: no client sends such a
+    cookie back over http, so every request starts a new, empty session. The adapters
+    call it whenever they set a ``Secure`` session cookie, with their framework's own
+    view of the scheme (*https*: Flask's ``request.is_secure``, Django's
+    ``request.is_secure()``, the ASGI scope's scheme), so a proxy's forwarded scheme
+    the app trusts (ProxyFix, ``SECURE_PROXY_SSL_HEADER``, ``--forwarded-allow-ips``)
+    counts as https. Not logged for https, nor for localhost, 127.0.0.1 and ::1
+    (browsers send Secure cookies to their http pages). The first at once, then at
+    most one line a process every ``REJECT_LOG_INTERVAL`` seconds, saying how many
+    were not logged, as the refused-cookie log does."""
+    if https or host is None or _host_name(host) in _LOCAL_HOSTS:
+        return
+    from . import REJECT_LOG_INTERVAL
+
+    t = time.monotonic()
+    with _plain_http_lock:
+        due, quiet = _plain_http_log
+        if t < due:
+            _plain_http_log[1] = quiet + 1
+            return
+        _plain_http_log[:] = [t + REJECT_LOG_INTERVAL, 0]
+    _log.warning(
+        "session cookie marked Secure sent to a plain-http request (Host: %s): clients send it back "
+        "only over https, so every request starts a new, empty session. Serve the app over https "
+        "(behind a proxy that ends TLS, trust its forwarded scheme: Flask's ProxyFix, Django's "
+        "SECURE_PROXY_SSL_HEADER, the server's forwarded headers such as --forwarded-allow-ips), "
+        "or set STATEKIT_SESSION_COOKIE_SECURE=false for plain-http development%s", host,
+        f" ({quiet} more since the last such line, not logged)" if quiet else "")

@@ -93,13 +93,14 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, Response, after_this_request, session
+from flask import Flask, Request, Response, after_this_request, request, session
 from flask.sessions import SessionInterface, SessionMixin
 
 from statekit.config import flag, parse_url
 from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outages
 from statekit.sessions import Session, SessionStore
+from statekit.sessions.session import warn_secure_cookie_over_http
 
 from . import UNAVAILABLE_PAGE, _config, _config_number
 from . import _on_backend_unavailable as _generic_unavailable
@@ -269,8 +270,11 @@ class StatekitSessionInterface(SessionInterface):
                 "httponly": self.httponly, "samesite": self.samesite, "partitioned": self.partitioned}
 
     def _set_cookie(self, app: Flask, session: FlaskSession, response: Response) -> None:
+        kwargs = self._cookie_kwargs(app)
         response.set_cookie(self.cookie_name, self.store.sign(session.sid),
-                            expires=self.get_expiration_time(app, session), **self._cookie_kwargs(app))
+                            expires=self.get_expiration_time(app, session), **kwargs)
+        if kwargs["secure"]:
+            warn_secure_cookie_over_http(request.is_secure, request.host)
 
     @staticmethod
     def _outage_body(response: Response, page: str = OUTAGE_PAGE) -> None:
