@@ -131,6 +131,14 @@ def test_statekit_wheel_contents_and_metadata(wheel_files: dict[str, Path]) -> N
 def test_adapter_wheels_depend_on_statekit(wheel_files: dict[str, Path], package: str) -> None:
     meta = metadata(wheel_files[package])
     assert "Requires-Dist: statekit[redis]" in meta
+    # released together: the adapter names the statekit series it was built with, so
+    # an older or a next-series statekit is not installed beside it
+    from packaging.requirements import Requirement
+
+    requirement = Requirement(re.search(r"^Requires-Dist: (statekit\[redis\][^;\n]*)$", meta, re.M)[1])
+    version = re.search(r"^Version: (\S+)$", metadata(wheel_files["statekit"]), re.M)[1]
+    assert requirement.specifier.contains(version, prereleases=True)
+    assert not requirement.specifier.contains("0.0.9") and not requirement.specifier.contains("1.0")
     assert "Classifier: Typing :: Typed" in meta and "Requires-Python: >=3.10" in meta
     # every extra an adapter's extras name is one the statekit wheel provides
     provided = set(re.findall(r"^Provides-Extra: (\S+)", metadata(wheel_files["statekit"]), re.M))
@@ -147,7 +155,7 @@ def test_starlette_wheel_declares_what_it_imports(wheel_files: dict[str, Path]) 
     meta = metadata(wheel)
     requires = re.findall(r"^Requires-Dist: (.+)$", meta, re.M)
     assert {r for r in requires if "extra ==" not in r} == {
-        "statekit[redis]", "starlette>=0.40", "python-multipart>=0.0.18"}
+        "statekit[redis]<0.2,>=0.1.0.dev0", "starlette>=0.40", "python-multipart>=0.0.18"}
     assert "statekit[asgi]; extra == 'serve'" in requires
     assert "statekit[blobs]; extra == 'blobs'" in requires
     assert not any(r.lower().startswith(("fastapi", "uvicorn")) for r in requires)
@@ -263,3 +271,27 @@ def test_require_maps_every_module_to_an_existing_extra(
         require(module, feature="this feature")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f"\n{extra} = [" in pyproject  # the extra the message names exists
+
+
+def test_the_readmes_install_from_a_checkout_resolves_statekit_from_the_checkout(tmp_path: Path) -> None:
+    """The README's from-a-checkout line, as printed (``shlex``, run from the
+    repository's root): pip resolves it with the checkout's statekit, not one from an
+    index (an adapter's path alone could not find ``statekit``: a newcomer's trial)."""
+    import json
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    install = re.search(r"^## Install\n(.*?)(?=^## )", text, re.S | re.M)
+    assert install
+    (block,) = re.findall(r"^```shell\n(.*?)^```$", install[1], re.S | re.M)
+    (line,) = [shlex.split(x, comments=True) for x in block.splitlines() if x.strip()]
+    assert line[:2] == ["pip", "install"] and "." in {a.split("[")[0] for a in line[2:]}
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                    "--report", str(report), *line[2:]], cwd=ROOT, check=True, timeout=300,
+                   capture_output=True)
+    chosen = {i["metadata"]["name"]: i for i in json.loads(report.read_text())["install"]}
+    version = re.search(r'^version = "(\S+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version and chosen["statekit"]["metadata"]["version"] == version[1]
+    assert chosen["statekit"]["download_info"]["url"] == ROOT.as_uri()
+    assert "flask-statekit" in chosen
