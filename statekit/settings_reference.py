@@ -266,11 +266,13 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
     ("health_check_interval", "Redis, not `redis+cluster://`", "seconds (0 to 86400)", "30",
      "`PING` a connection idle this long before using it (0: never)"),
     ("max_connections", _REDIS, "1 to 1000000", "redis-py's (no limit; asyncio: 72)",
-     "connections in the pool, at most (a Cluster's: each node's). A caller past it waits for one up "
-     "to `socket_timeout`, then `BackendUnavailable` naming `max_connections` (nothing sent); the "
-     "connections kept between calls leave at least one of it free. A near cache's invalidation "
-     "listener and a broadcast subscriber have connections of their own, outside it (asyncio: "
-     "commands past the limit wait their turn)"),
+     "connections in the pool, at most (a Cluster's: each node's), sync and asyncio alike. A caller "
+     "past it (a command, a pipeline) waits for one up to `socket_timeout`, then `BackendUnavailable` "
+     "naming `max_connections` (nothing sent); the connections kept between calls leave at least one "
+     "of it free. asyncio on `redis+cluster://`: redis-py's node pools do not wait, a call past a "
+     "node's limit fails at once (a store's transport keeps its commands in flight within it). A "
+     "near cache's invalidation listener and a broadcast subscriber have connections of their own, "
+     "outside it"),
     ("retries", _REDIS, "0 to 100", "2", "new attempts of a command that was not sent (never of one "
      "whose outcome is unknown)"),
     ("retry_backoff_cap", _REDIS, "seconds (at most 86400)", "0.25", "longest wait between two attempts"),
@@ -302,7 +304,9 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
     ("profile", "`s3://`", "text", "none", "AWS profile of the credentials"),
     ("checksum", "`s3://`", "`sha256`, `none`", "`sha256`", "checksum sent with each upload"),
     ("conditional_writes", "`s3://`", _BOOL, "true",
-     "`If-None-Match` uploads (never overwrite); off for a store without them"),
+     "`If-None-Match` uploads (never overwrite) and `If-Match` deletes (of two deletes of one blob at "
+     "once, one says `True`; MinIO ignores `If-Match` on `DELETE`, minio/minio#21677: both may say "
+     "`True` there); off for a store that refuses either (unconditional: racy)"),
     ("request_checksum_calculation", "`s3://`", "`when_supported`, `when_required`",
      "`when_required` outside AWS", "boto3's upload checksums"),
     ("response_checksum_validation", "`s3://`", "`when_supported`, `when_required`",

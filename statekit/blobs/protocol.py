@@ -179,7 +179,9 @@ class BlobBackend(Protocol):
         """Delete the object and its record; ``True`` if it existed. Idempotent. A write
         of the same key committing meanwhile is deleted whole or kept whole: its
         record is never removed from under it. Of two deletes of one object at once,
-        one says ``True``: each object removed is reported once."""
+        one says ``True``: each object removed is reported once (S3: by the
+        ``DELETE``'s ``If-Match``; a store that ignores it, MinIO: minio/minio#21677,
+        or ``conditional_writes=false`` may say ``True`` to both)."""
 
     @abstractmethod
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
