@@ -28,7 +28,8 @@ only, and as plain data only (:func:`statekit.sessions.carryover.loads_plain_pic
 any pickle naming a class or function is refused, never run); the old app unpickled
 the same bytes with full pickle, so this adds no trust in the old store. It is the one,
 opt-in, exception to "no unsigned pickle on a read path": switch it off with the
-carry-over. Flask-Session 0.8's msgpack and JSON values need no opt-in. A stored
+carry-over. Flask-Session 0.8's msgpack and JSON values need no opt-in, and come back
+as Flask-Session gave them to the views (an aware datetime as a datetime in UTC). A stored
 session of more than 1 MB (:data:`statekit.sessions.carryover.MAX_SESSION_BYTES`) is
 refused like an unknown format, before it is decoded.
 
