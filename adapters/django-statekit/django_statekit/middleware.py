@@ -49,8 +49,12 @@ same domain: it would be deleted on every response that reads the session), unle
 ``STATEKIT_SESSION_CARRY_OVER`` is set (the previous engine's keys look the same).
 It also marks the session
 cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
-to off); set ``STATEKIT_SESSION_COOKIE_SECURE = False`` to leave the cookie as
-Django made it.
+to off), unless the project sets ``SESSION_COOKIE_SECURE`` itself (``False``: the
+cookie is left as Django made it) or ``STATEKIT_SESSION_COOKIE_SECURE`` (which wins).
+A ``Secure`` session cookie set on a plain-http request (``request.is_secure()``, so
+``SECURE_PROXY_SSL_HEADER`` counts) to a host other than localhost is logged as a
+WARNING (``statekit.sessions``, at most one line a minute a process): no client
+sends it back, and every request would start a new session.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.http import http_date
@@ -68,6 +73,7 @@ from statekit.config import flag
 from statekit.errors import BackendUnavailable
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
+from statekit.sessions.session import warn_secure_cookie_over_http
 
 from ._middleware import HybridMiddleware
 from .conf import get_number, get_setting, get_settings
@@ -106,9 +112,27 @@ def unavailable_response() -> HttpResponse:
 
 
 def _secure() -> bool:
-    """Whether statekit marks session cookies ``Secure`` (on outside ``DEBUG``)."""
+    """Whether statekit marks session cookies ``Secure``: ``STATEKIT_SESSION_COOKIE_SECURE``
+    when set; else ``SESSION_COOKIE_SECURE`` when the project sets it (an explicit
+    ``False`` is the project's word, as for Django's own engines); else on outside ``DEBUG``."""
     name = "STATEKIT_SESSION_COOKIE_SECURE"
-    return flag(get_setting(name, not settings.DEBUG), name, default=not settings.DEBUG)
+    value = get_setting(name)
+    if value is None and settings.is_overridden("SESSION_COOKIE_SECURE"):
+        return bool(settings.SESSION_COOKIE_SECURE)
+    return flag(not settings.DEBUG if value is None else value, name, default=not settings.DEBUG)
+
+
+def _warn_plain_http(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """*response*, after :func:`~statekit.sessions.session.warn_secure_cookie_over_http`
+    for its session cookie if it is set ``Secure``."""
+    morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
+    if morsel is not None and morsel.value and morsel["secure"]:
+        try:
+            host: str | None = request.get_host()
+        except DisallowedHost:
+            host = request.META.get("HTTP_HOST") or request.META.get("SERVER_NAME")
+        warn_secure_cookie_over_http(request.is_secure(), host)
+    return response
 
 
 #: the request attribute that holds a BackendUnavailable raised outside the views (or
@@ -170,12 +194,12 @@ class SessionOutageMiddleware(HybridMiddleware):
             return self.__acall__(request)
         with _Pass(request) as p:
             p.response = self.get_response(request)
-        return self._finish(request, p)
+        return _warn_plain_http(request, self._finish(request, p))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         with _Pass(request) as p:
             p.response = await self.get_response(request)
-        return self._finish(request, p)
+        return _warn_plain_http(request, self._finish(request, p))
 
     def _finish(self, request: HttpRequest, p: _Pass) -> HttpResponseBase:
         """The response to send, once the chain below answered (no I/O: it runs on the
