@@ -32,6 +32,7 @@ the same store for asyncio apps.
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .aio import AsyncBlobReader, AsyncBlobStore
 from .keys import content_disposition, generate_key, sanitize_filename, validate_key
 from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, PresignedUpload, WriteRequest
@@ -40,4 +41,15 @@ from .store import BlobStore, open_blob_store, require_extras
 
 __all__ = ["SNIFF_BYTES", "AsyncBlobReader", "AsyncBlobStore", "Blob", "BlobBackend", "BlobPage", "BlobStore",
            "BlobWriter", "PresignedUpload", "WriteRequest", "check_content_type", "content_disposition",
-           "generate_key", "open_blob_store", "require_extras", "sanitize_filename", "sniff", "validate_key"]
+           "generate_key", "no_blob_store", "open_blob_store", "require_extras", "sanitize_filename", "sniff",
+           "validate_key"]
+
+
+def no_blob_store(switch_off: str) -> ConfigError:
+    """The refusal to start of an app whose blobs are switched on by name
+    (``STATEKIT_BLOBS_ENABLED``) with no store configured: what to set, or
+    *switch_off*, the setting that turns blobs off as the framework writes it
+    (Flask's ``STATEKIT_BLOBS_ENABLED = False``, the environment's ``=0``)."""
+    return ConfigError("StateKit: blobs enabled but no blob store is configured: set STATEKIT_BLOBS_URL "
+                       "(s3://bucket/prefix, file:///srv/uploads or memory://), or switch them off: "
+                       + switch_off)

@@ -159,10 +159,9 @@ def _check_start(app: Flask, settings: Settings, enabled: list[str]) -> None:
         )
     named = _config(app, "STATEKIT_BLOBS_ENABLED") not in (None, "")  # unset: on only with a store
     if "blobs" in enabled and named and not settings.blobs_url:
-        raise ConfigError(
-            "StateKit: blobs enabled but no blob store is configured: set STATEKIT_BLOBS_URL "
-            "(s3://bucket/prefix, file:///srv/uploads or memory://), or switch them off: "
-            "STATEKIT_BLOBS_ENABLED = False")
+        from statekit.blobs import no_blob_store
+
+        raise no_blob_store("STATEKIT_BLOBS_ENABLED = False")
     checked: set[str] = set()
     for feature in enabled:
         url = getattr(settings, _REDIS_FEATURES[feature]) if feature in _REDIS_FEATURES else None

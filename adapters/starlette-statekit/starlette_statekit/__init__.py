@@ -245,10 +245,9 @@ class StateKit:
         for url in {getattr(settings, _REDIS_FEATURES[f]) for f in enabled if f in _REDIS_FEATURES}:
             check_extras(url)
         if "blobs" in enabled and blobs_named and not settings.blobs_url:
-            raise ConfigError(
-                "StateKit: blobs enabled but no blob store is configured: set STATEKIT_BLOBS_URL "
-                "(s3://bucket/prefix, file:///srv/uploads or memory://), or switch them off: "
-                "STATEKIT_BLOBS_ENABLED=0")
+            from statekit.blobs import no_blob_store
+
+            raise no_blob_store("STATEKIT_BLOBS_ENABLED=0")
         if settings.blobs_url and "blobs" in enabled:
             check_extras(settings.blobs_url, blobs=True)
 
