@@ -97,6 +97,7 @@ from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
+from statekit.sessions.session import warn_secure_cookie_over_http
 
 __all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session",
            "get_session_store", "incr_session", "rotate_session"]
@@ -141,7 +142,12 @@ class SessionMiddleware:
     :param secret_key: signing key, or keys newest first (default: the settings'
         ``STATEKIT_SECRET_KEYS``).
     :param path: the cookie's ``Path``. :param domain: its ``Domain``.
-    :param https_only: mark the cookie ``Secure``.
+    :param https_only: mark the cookie ``Secure`` (off by default, as in Starlette's
+        ``SessionMiddleware``; turn it on in production). A ``Secure`` session cookie
+        set on a plain-http request (the scope's scheme: a proxy's forwarded one counts
+        where the server trusts it, uvicorn's ``--forwarded-allow-ips``) to a host
+        other than localhost is logged (``statekit.sessions``, rate-limited): no
+        client sends it back, and every request would start a new session.
     :param same_site: ``lax``, ``strict`` or ``none``.
     :param retry_after: seconds in the 503's ``Retry-After``.
     :param store_options: more keywords for the store (``absolute_lifetime``,
@@ -189,6 +195,7 @@ class SessionMiddleware:
         self.retry_after = retry_after
         if same_site.lower() not in ("lax", "strict", "none"):
             raise ConfigError(f"same_site={same_site!r} must be lax, strict or none")
+        self.https_only = https_only
         self._flags = f"; path={path}" + (f"; domain={domain}" if domain else "") + \
             f"; httponly; samesite={same_site.lower()}" + ("; secure" if https_only else "")
 
@@ -201,6 +208,14 @@ class SessionMiddleware:
     def _deleted_cookie(self, name: str = "") -> str:
         expired = "Max-Age=0; expires=Thu, 01 Jan 1970 00:00:00 GMT"
         return f"{name or self.cookie_name}=null; {expired}{self._flags}"
+
+    def _warn_plain_http(self, scope: Scope, cookies: list[str]) -> None:
+        """:func:`~statekit.sessions.session.warn_secure_cookie_over_http` when *cookies*
+        set the session cookie ``Secure``."""
+        if self.https_only and any(c.startswith(self.cookie_name + "=")
+                                   and not c.startswith(self.cookie_name + "=null;") for c in cookies):
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+            warn_secure_cookie_over_http(scope.get("scheme") in ("https", "wss"), host)
 
     # -- the request --------------------------------------------------------------------
 
@@ -240,6 +255,7 @@ class SessionMiddleware:
                     return
                 session.modified = False  # handled (saved, carried or dropped): see _save_late
                 if cookies:
+                    self._warn_plain_http(scope, cookies)
                     # as MutableHeaders(scope=message).append would, without building one
                     headers = message["headers"] = list(message.get("headers", ()))
                     headers += [(b"set-cookie", value.encode("latin-1")) for value in cookies]
@@ -285,6 +301,7 @@ class SessionMiddleware:
         from . import unavailable_response  # a WebSocket's handshake denied with it where the server can
 
         response = unavailable_response(self.retry_after)
+        self._warn_plain_http(scope, cookies)
         for value in cookies:
             response.headers.append("set-cookie", value)
         await response(scope, receive, send)
