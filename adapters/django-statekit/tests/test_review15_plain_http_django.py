@@ -30,8 +30,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(autouse=True)
 def fresh_log_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with the warning due (it is logged once a process otherwise)."""
-    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])
+    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])  # the warning due, as in a new process
 
 
 def set_cookie(**request: Any) -> Any:
@@ -39,9 +38,6 @@ def set_cookie(**request: Any) -> Any:
     return Client().get("/sessions/set/a/1", **request).cookies["sessionid"]
 
 
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "statekit.sessions" and r.levelno == logging.WARNING and "Secure" in r.getMessage()]
 
 
 @pytest.mark.parametrize(("extra", "secure"), [
@@ -100,7 +96,7 @@ def test_secure_cookie_on_plain_http_at_a_host_name_is_warned_once(
     caplog.set_level(logging.WARNING, "statekit.sessions")
     for _ in range(3):
         assert set_cookie(HTTP_HOST="devbox.test:8015")["secure"]
-    (line,) = warnings_of(caplog)
+    (line,) = secure_warnings(caplog)
     assert "Host: devbox.test:8015" in line and "STATEKIT_SESSION_COOKIE_SECURE=false" in line
     assert "SECURE_PROXY_SSL_HEADER" in line
 
@@ -116,7 +112,7 @@ def test_no_warning_over_https_or_at_localhost(django_settings: Any, redis_url: 
     configure(django_settings, redis_url, SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https"))
     caplog.set_level(logging.WARNING, "statekit.sessions")
     assert set_cookie(**request_)["secure"]
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
 
 
 def test_explicit_secure_false_no_warning(django_settings: Any, redis_url: str,
@@ -126,4 +122,10 @@ def test_explicit_secure_false_no_warning(django_settings: Any, redis_url: str,
     c = Client(HTTP_HOST="devbox.test")
     c.get("/sessions/set/a/1")
     assert c.get("/sessions/get").json() == {"a": "1"}
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
+
+
+def secure_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines of warn_secure_cookie_over_http caught."""
+    return [m.getMessage() for m in caplog.records if m.name == "statekit.sessions"
+            and m.levelno == logging.WARNING and "cookie marked Secure" in m.getMessage()]

@@ -25,13 +25,9 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture(autouse=True)
 def fresh_log_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with the warning due (it is logged once a process otherwise)."""
-    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])
+    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])  # the warning due, as in a new process
 
 
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "statekit.sessions" and r.levelno == logging.WARNING and "Secure" in r.getMessage()]
 
 
 def writes(redis_url: str, base_url: str, times: int = 1, **options: object) -> list[str]:
@@ -54,7 +50,7 @@ def test_https_only_on_plain_http_at_a_host_name_is_warned_once(redis_url: str,
     caplog.set_level(logging.WARNING, "statekit.sessions")
     cookies = writes(redis_url, "http://devbox.test:8015", 3, https_only=True)
     assert all("; secure" in c for c in cookies)
-    (line,) = warnings_of(caplog)
+    (line,) = secure_warnings(caplog)
     assert "Host: devbox.test:8015" in line and "STATEKIT_SESSION_COOKIE_SECURE=false" in line
     assert "--forwarded-allow-ips" in line
 
@@ -65,11 +61,17 @@ def test_no_warning_over_https_or_at_localhost(redis_url: str, caplog: pytest.Lo
                                                base_url: str) -> None:
     caplog.set_level(logging.WARNING, "statekit.sessions")
     assert "; secure" in writes(redis_url, base_url, https_only=True)[0]
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
 
 
 def test_the_default_is_starlettes_no_secure_and_no_warning(redis_url: str,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "statekit.sessions")
     assert "secure" not in writes(redis_url, "http://devbox.test")[0]
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
+
+
+def secure_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines of warn_secure_cookie_over_http caught."""
+    return [m.getMessage() for m in caplog.records if m.name == "statekit.sessions"
+            and m.levelno == logging.WARNING and "cookie marked Secure" in m.getMessage()]

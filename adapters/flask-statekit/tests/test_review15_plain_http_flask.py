@@ -35,13 +35,9 @@ FIX = "STATEKIT_SESSION_COOKIE_SECURE=false"
 
 @pytest.fixture(autouse=True)
 def fresh_log_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with the warning due (it is logged once a process otherwise)."""
-    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])
+    monkeypatch.setattr(session_module, "_plain_http_log", [0.0, 0])  # the warning due, as in a new process
 
 
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == "statekit.sessions" and r.levelno == logging.WARNING and "Secure" in r.getMessage()]
 
 
 def test_secure_cookie_on_plain_http_at_a_host_name_is_warned_once(
@@ -53,13 +49,13 @@ def test_secure_cookie_on_plain_http_at_a_host_name_is_warned_once(
         r = browser.post("/set/a/1", base_url="http://devbox.test:8015/")
         assert "Secure" in r.headers["Set-Cookie"]
         browser.delete_cookie("session", domain="devbox.test")  # as a client honouring Secure drops it
-    (line,) = warnings_of(caplog)
+    (line,) = secure_warnings(caplog)
     assert "Host: devbox.test:8015" in line and FIX in line and "ProxyFix" in line
     # past the interval: one more line, counting the ones not logged
     due = session_module._plain_http_log[0]
     monkeypatch.setattr(time, "monotonic", lambda: due + 1)
     browser.post("/set/a/1", base_url="http://10.0.0.7/")
-    assert warnings_of(caplog)[1].endswith("(2 more since the last such line, not logged)")
+    assert secure_warnings(caplog)[1].endswith("(2 more since the last such line, not logged)")
 
 
 @pytest.mark.parametrize("base_url", ["https://devbox.test/", "http://localhost:5000/", "http://127.0.0.1/",
@@ -69,7 +65,7 @@ def test_no_warning_over_https_or_at_localhost(redis_url: str, caplog: pytest.Lo
     caplog.set_level(logging.WARNING, "statekit.sessions")
     r = make_app(redis_url).test_client().post("/set/a/1", base_url=base_url)
     assert "Secure" in r.headers["Set-Cookie"]
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
 
 
 def test_proxyfix_forwarded_https_counts_as_https(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -79,7 +75,7 @@ def test_proxyfix_forwarded_https_counts_as_https(redis_url: str, caplog: pytest
     r = app.test_client().post("/set/a/1", base_url="http://devbox.test/",
                                headers={"X-Forwarded-Proto": "https"})
     assert "Secure" in r.headers["Set-Cookie"]
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
 
 
 def test_no_secure_cookie_no_warning(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -89,7 +85,7 @@ def test_no_secure_cookie_no_warning(redis_url: str, caplog: pytest.LogCaptureFi
     r = browser.post("/set/a/1", base_url="http://devbox.test/")
     assert "Secure" not in r.headers["Set-Cookie"]
     assert browser.get("/get", base_url="http://devbox.test/").json == {"a": "1"}
-    assert warnings_of(caplog) == []
+    assert secure_warnings(caplog) == []
 
 
 APP = """
@@ -185,3 +181,9 @@ def test_statekit_serve_forwarded_https_and_the_switch_are_quiet(served: Any) ->
     assert s.counts(Host="devbox.test") == [1, 2, 3]
     s.stop()
     assert "session cookie marked Secure" not in s.output()
+
+
+def secure_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines of warn_secure_cookie_over_http caught."""
+    return [m.getMessage() for m in caplog.records if m.name == "statekit.sessions"
+            and m.levelno == logging.WARNING and "cookie marked Secure" in m.getMessage()]
