@@ -136,7 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Django's cache engine) as plain data only; off, such a session is refused: a fresh session", *_FD),
     _s("STATEKIT_SESSION_COOKIE_NAME", "text", "`SESSION_COOKIE_NAME`", "the session cookie's name", *_F),
     _s("STATEKIT_SESSION_COOKIE_SECURE", "bool", "on unless debug",
-       "send the session cookie with `Secure`", *_FD),
+       "send the session cookie with `Secure` (no client sends it back over plain http but "
+       "browsers on localhost: a WARNING says so; `false` for plain-http development); "
+       "Django: an explicit `SESSION_COOKIE_SECURE` when this is not set", *_FD),
     _s("STATEKIT_SESSION_COOKIE_SAMESITE", "`Lax`, `Strict`, `None`", "`Lax`",
        "the cookie's `SameSite` (Flask's `SESSION_COOKIE_SAMESITE` when it is set)", *_F),
     _s("STATEKIT_SESSION_COOKIE_HTTPONLY", "bool", "true", "the cookie's `HttpOnly`", *_F),
@@ -195,7 +197,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("SECRET_KEY_FALLBACKS", "list", "`[]`", "older signing keys, still accepted", _FD),
         ("SESSION_COOKIE_NAME", "text", "`session` / `sessionid`", "the session cookie's name", _FD),
         ("SESSION_COOKIE_DOMAIN", "text", "none", "the session cookie's `Domain`", _FD),
-        ("SESSION_COOKIE_SECURE", "bool", "false", "`Secure` when on (statekit: also outside debug)", _FD),
+        ("SESSION_COOKIE_SECURE", "bool", "false",
+         "`Secure` when on (statekit: also outside debug; Django: set explicitly, it is kept)", _FD),
         ("SESSION_COOKIE_SAMESITE", "text", "`Lax`", "the session cookie's `SameSite`", _FD),
         ("SESSION_COOKIE_HTTPONLY", "bool", "true", "the session cookie's `HttpOnly`", _F),
         ("SESSION_COOKIE_PARTITIONED", "bool", "false", "the session cookie's `Partitioned`", _F),
