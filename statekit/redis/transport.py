@@ -212,19 +212,21 @@ def pool_share(size: int) -> int:
 
 
 def kept_share(size: int) -> int:
-    """How many connections of a pool of *size* the sync transports of a process keep
-    between calls, all of them together (threads' own, a tracking transport's shared
-    ones, Cluster node connections): :func:`pool_share`, and one at least left for
-    everything else: the client's pipelines and pub/sub, and the commands of the
-    threads past the share, which borrow a connection for each command (0 for a pool
-    of 1: every command borrows its connection)."""
+    """How many connections of a pool of *size* the transports of a process keep
+    between calls, all of them together, sync and asyncio (a thread's own, a tracking
+    transport's shared ones or key lanes, Cluster node connections, an
+    :class:`~statekit.redis.aio.AsyncTransport`'s idle ones): :func:`pool_share`, and
+    one at least left for everything else: the client's pipelines and pub/sub, and
+    the commands past the share (a thread's, a task's), which borrow a connection for
+    each command (0 for a pool of 1: every command borrows its connection)."""
     return min(pool_share(size), size - 1)
 
 
 class _Kept:
-    """How many connections of each pool the sync transports of this process keep
-    (:func:`kept_share` at most): the count lives on the pool, with the process it
-    was made in (a forked child's pool starts empty, as redis-py resets it)."""
+    """How many connections of each pool the transports of this process keep, sync
+    and asyncio (:func:`kept_share` at most): the count lives on the pool, with the
+    process it was made in (a forked child's pool starts empty, as redis-py resets
+    it)."""
 
     def __init__(self) -> None:
         self.reset_after_fork()
