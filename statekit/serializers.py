@@ -40,9 +40,12 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from itertools import chain
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import ConfigError, SerializationError, SignatureError, UnencodableValue
+
+T = TypeVar("T")
 
 __all__ = [
     "JSONSerializer",
@@ -355,6 +358,26 @@ def _dict_of_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return dict(pairs)
 
 
+#: the heads a msgpack Timestamp is written with: fixext 4, fixext 8, ext 8 of 12 bytes, type -1
+_TIMESTAMP_HEADS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+def _may_hold_timestamp(data: bytes) -> bool:
+    """Whether *data* may hold a msgpack Timestamp: one of the heads it is written
+    with (its type byte 0xff looked for first: one ``memchr``; never in UTF-8 text, and
+    an int -1 or 255 or bytes holding 0xff seldom follow such a head)."""
+    return b"\xff" in data and any(head in data for head in _TIMESTAMP_HEADS)
+
+
+def _no_timestamp(stamp: type, value: T, items: Iterable[Any]) -> T:
+    """*value*, unless *items* (of *value*, as msgpack read them) hold a msgpack
+    Timestamp (*stamp*): a :class:`~statekit.errors.SerializationError`."""
+    if stamp in map(type, items):
+        raise SerializationError("the msgpack codec refused a payload: it holds a msgpack Timestamp "
+                                 "(ext -1), which statekit does not write")
+    return value
+
+
 class MsgpackSerializer:
     """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes.
     Tuples, sets, frozensets and timedeltas nest at most 32 deep in one another (a
@@ -427,13 +450,29 @@ class MsgpackSerializer:
     def _unpack(self, data: bytes, depth: int = 0, counted: bool = False) -> Any:
         """*data* with maps keyed by str or bytes only (seeded hashes: msgpack builds them,
         and raises ValueError for another key), or, *counted*, by anything, each map's
-        keys counted first (:func:`_dict_of_pairs`); the ext values inside alike."""
+        keys counted first (:func:`_dict_of_pairs`); the ext values inside alike.
+
+        A msgpack Timestamp (ext -1, which msgpack reads itself, past *ext_hook*) is
+        refused, at any depth and as a key: statekit never writes one. Looked for only
+        when *data* holds the head of one (:func:`_may_hold_timestamp`): each array
+        and map then checked as msgpack builds it."""
         hook = (self._ext_hook if not depth and not counted
                 else functools.partial(self._ext_hook, depth=depth, counted=counted))
+        stamp = self._msgpack.Timestamp if _may_hold_timestamp(data) else None
+        hooks: dict[str, Any] = {} if stamp is None else {
+            "list_hook": lambda items: _no_timestamp(stamp, items, items),
+            "object_hook": lambda d: _no_timestamp(stamp, d, d.values()),  # (keys: str or bytes)
+            "object_pairs_hook": lambda pairs: _dict_of_pairs(
+                _no_timestamp(stamp, pairs, chain.from_iterable(pairs))),
+        }
         if counted:
-            return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False, use_list=True,
-                                         object_pairs_hook=_dict_of_pairs)
-        return self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=True, use_list=True)
+            hooks.pop("object_hook", None)
+            hooks.setdefault("object_pairs_hook", _dict_of_pairs)
+        else:
+            hooks.pop("object_pairs_hook", None)
+        value = self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=not counted,
+                                      use_list=True, **hooks)
+        return value if stamp is None else _no_timestamp(stamp, value, (value,))
 
     def dumps(self, value: Any) -> bytes:
         try:

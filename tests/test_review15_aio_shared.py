@@ -1,0 +1,85 @@
+"""Review 15: one asyncio pool per URL, and loose ends.
+
+- A URL's ``AsyncCache``, ``AsyncSessionStore`` and ``AsyncBroadcaster`` on one loop
+  share that URL's client (:func:`statekit.redis.aio.get_async_client`), as the sync
+  ones share :func:`statekit.redis.get_client`'s: ``max_connections=N`` bounds the
+  process's connections to the URL to N, not N per store; closing one store leaves the
+  others' pool working.
+- A msgpack Timestamp (ext -1), which statekit never writes, read by the msgpack codec
+  is a ``SerializationError`` (a miss for the cache), not a ``msgpack.Timestamp``
+  handed to the caller.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from statekit.errors import SerializationError
+
+msgpack = pytest.importorskip("msgpack")
+
+
+# -- the msgpack codec and ext -1 ---------------------------------------------------
+
+_TS = msgpack.Timestamp(1_700_000_000, 5)
+
+
+@pytest.mark.parametrize("value", [
+    _TS, [1, _TS], {"a": {"b": [_TS]}}, {1: _TS}, {"k": 1, "t": [-1, 255, _TS]},
+], ids=["top", "list", "nested-map", "int-keyed-map", "beside-0xff-ints"])
+def test_a_msgpack_timestamp_is_refused(value: object) -> None:
+    from statekit.serializers import MsgpackSerializer
+
+    with pytest.raises(SerializationError, match="Timestamp"):
+        MsgpackSerializer().loads(msgpack.packb(value))
+
+
+def test_a_msgpack_timestamp_inside_a_tuple_or_as_a_key_is_refused() -> None:
+    from statekit.serializers import MsgpackSerializer
+
+    codec = MsgpackSerializer()
+    in_tuple = msgpack.packb([msgpack.ExtType(6, msgpack.packb([1, _TS]))])
+    as_key = msgpack.packb({_TS: 1})
+    for payload in (in_tuple, as_key):
+        with pytest.raises(SerializationError, match="Timestamp"):
+            codec.loads(payload)
+
+
+def test_values_with_0xff_bytes_still_load() -> None:
+    """Values that hold 0xff bytes (a Timestamp's type) for other reasons (-1, 255,
+    bytes), also right after a Timestamp's head (214, -1: 0xcc 0xd6 0xff), are read
+    as before."""
+    from statekit.serializers import MsgpackSerializer, _may_hold_timestamp
+
+    codec = MsgpackSerializer()
+    value = {"n": [-1, 255, -255], "b": b"\xff\x00\xff", 1: (-1, {"x": b"\xff"}), "s": {-1, 2},
+             "head": [214, -1, b"\xd7\xff"], 2: {(215, -1): b"\xc7\x0c\xff"}}
+    payload = codec.dumps(value)
+    assert _may_hold_timestamp(payload)  # the check ran
+    assert codec.loads(payload) == value
+
+
+@pytest.mark.redis
+def test_a_timestamp_cache_entry_is_a_miss(redis_url: str) -> None:
+    """A co-tenant's write of a Timestamp under a msgpack cache's key: a miss,
+    counted as undecodable, not a ``msgpack.Timestamp`` handed to the view."""
+    import redis
+
+    from statekit.cache import Cache
+
+    namespace = f"review15-ts-{uuid.uuid4().hex[:8]}"
+    cache = Cache(redis_url, namespace=namespace, serializer="msgpack")
+    try:
+        cache.set("k", [1, 2])
+        with redis.Redis.from_url(redis_url) as raw:
+            names = [n for n in raw.scan_iter(match=f"*{namespace}*k") if not n.endswith(b"gen")]
+            assert len(names) == 1, names
+            stored = raw.get(names[0])
+            assert stored is not None
+            raw.set(names[0], stored[:1] + msgpack.packb([1, _TS]))
+        assert cache.get("k", "default") == "default"
+        assert cache.counters.get("undecodable") == 1
+    finally:
+        cache.close()
