@@ -433,10 +433,20 @@ def url_and_scheme(url: str) -> tuple[str, str]:
     ``://`` in lower case (``""`` without one). What each capability picks its backend
     by, and passes on: a backend registered by another distribution gets the stripped
     URL too. Not text: returned as it is, scheme ``""`` (:func:`parse_url` names the
-    error)."""
+    error).
+
+    :raises ConfigError: the URL begins with a quote (``"redis://..."``: docker's
+        ``--env-file`` and systemd's ``EnvironmentFile`` keep the quotes of
+        ``KEY="value"`` in the value). Not stripped: no URL begins with one, but a
+        password may end with one."""
     if not isinstance(url, str):
         return url, ""
     url = url.strip()
+    if url[:1] in ('"', "'"):
+        raise ConfigError(
+            f"{_redact(url)!r} is in quotes: remove them (docker's --env-file and systemd's "
+            "EnvironmentFile keep the quotes of KEY=\"value\" as part of the value: write KEY=value)"
+        )
     scheme, sep, _ = url.partition("://")
     return url, scheme.lower() if sep else ""
 
@@ -694,10 +704,10 @@ class Settings:
                 value = value.strip()
                 object.__setattr__(self, name, value)
             if value is not None:
-                if _third_party(name, value):
-                    continue  # its backend's own from_url checks it
                 kinds = ("s3", "file", "memory") if name == "blobs_url" else ("redis", "memory")
                 try:
+                    if _third_party(name, value):  # a quoted URL: a ConfigError naming the setting
+                        continue  # its backend's own from_url checks it
                     parse_url(value, kinds=kinds)
                 except ConfigError as e:  # say which setting, not only what is wrong
                     where = f"STATEKIT_{name.upper()}"
