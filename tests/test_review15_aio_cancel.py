@@ -735,7 +735,9 @@ def test_calls_cancelled_at_every_pass_of_the_loop_on_fresh_and_kept_connections
                 else:
                     raise AssertionError(f"{name} never completed in 400 passes")
             pool = t.client.connection_pool
-            assert len(pool._in_use_connections) == len(t._idle) and t._gate._value == t.limit
+            assert st.client is t.client  # the URL's shared client: one pool for both
+            kept = len(t._idle) + sum(lane.conn is not None for lane in st._lanes or ())
+            assert len(pool._in_use_connections) == kept and t._gate._value == t.limit
             assert st._gate._value == st.limit
             assert await cache.get("n") == redis_command_calls(admin).get("incrby", 0)
             print(f"{rounds} rounds, {cancelled} cancelled")

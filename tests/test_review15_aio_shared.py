@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,53 @@ def test_a_timestamp_cache_entry_is_a_miss(redis_url: str) -> None:
         assert cache.counters.get("undecodable") == 1
     finally:
         cache.close()
+
+
+# -- one asyncio pool per URL ---------------------------------------------------------
+
+@pytest.mark.redis
+def test_a_urls_asyncio_stores_share_its_pool(redis_server: Any, redis_url: str) -> None:
+    """An ``AsyncCache``, an ``AsyncSessionStore`` and an ``AsyncBroadcaster`` made
+    from one URL with ``max_connections=2``, used by 8 tasks at once (cache calls, a
+    session with a user, a publish and its read, a pipeline of the URL's shared
+    client): the process's connections to the URL stay within 2 (``CLIENT LIST``),
+    as the sync stores' on ``get_client``'s pool. Each store built a client of its
+    own (up to 3 pools of 2). Closing the cache, then the session store, leaves the
+    others working on the pool."""
+    from test_review15_aio_pool import KEYS, TASKS, _work
+    from test_review15_pool import Peak
+
+    from statekit.broadcast.aio import AsyncBroadcaster
+    from statekit.cache.aio import AsyncCache
+    from statekit.redis.aio import get_async_client
+    from statekit.sessions.aio import AsyncSessionStore
+
+    name = f"review15-aio-shared-{uuid.uuid4().hex[:8]}"
+    url = f"{redis_url}?max_connections=2&client_name={name}&socket_timeout=10"
+
+    async def run() -> None:
+        cache = AsyncCache(url, namespace=name)
+        store = AsyncSessionStore(url, secret_keys=KEYS, key_prefix=name)
+        hub = AsyncBroadcaster(url, key_prefix=name)
+        client = get_async_client(url)
+        try:
+            with Peak(redis_server, name) as peak:
+                await asyncio.wait_for(asyncio.gather(*(_work(cache, store, hub, client, i)
+                                                        for i in range(TASKS))), 120)
+            assert 1 <= peak.most <= 2, peak.most
+            await cache.aclose()  # its connections back: the pool, the store and the hub go on
+            session = await store.create({"after": "cache"}, user_id="u")
+            assert (await store.load(session.sid) or {}).get("after") == "cache"
+            version = await hub.publish("after", 1)
+            assert await hub.retained("after") == (version, 1)
+            assert await client.ping()
+            await store.aclose()
+            assert await cache.set("k", 1)  # a closed store is made again on next use
+            assert await cache.get("k") == 1
+            assert await hub.publish("after", 2) > version
+        finally:
+            await hub.stop()
+            await store.aclose()
+            await cache.aclose()
+
+    asyncio.run(run())

@@ -60,13 +60,16 @@ T = TypeVar("T")
 
 class _Transports:
     """One :class:`~statekit.redis.aio.AsyncTransport` per running event loop
-    (:class:`~statekit.redis.aio.PerLoop`: closed with its loop): on a client of its
-    own per loop for a URL (its pool bounds this cache family's connections: caches
-    on one URL do not share a pool, so one family's ``limit`` commands in flight never
-    exhaust another's), or on the one ready client."""
+    (:class:`~statekit.redis.aio.PerLoop`: given back with its loop): on the URL's
+    shared client of that loop (:func:`~statekit.redis.aio.get_async_client`, one
+    pool for the process's caches, session stores and broadcasters of the URL, as
+    the sync ones share :func:`~statekit.redis.get_client`'s: its ``max_connections``
+    bounds them all, the transports on it keeping its kept share together), or on
+    the one ready client. :meth:`aclose` gives this cache's connections back and
+    leaves the shared client open for the others; it is closed with its loop."""
 
     def __init__(self, url: str | None, client: Any, overrides: dict[str, Any]) -> None:
-        from ..redis.aio import create_async_client, transports_per_loop
+        from ..redis.aio import get_async_client, transports_per_loop
 
         self.url = url
         self.client = client
@@ -80,18 +83,17 @@ class _Transports:
             self.cluster = url is not None and url.partition("://")[0].lower() == "redis+cluster"
 
         def make_client() -> Any:
-            made = client if client is not None else create_async_client(cast(str, url), **overrides)
+            made = client if client is not None else get_async_client(cast(str, url), **overrides)
             _check_bytes(made)
             return made
 
-        self._lanes = transports_per_loop(make_client, owned=client is None, what="cache",
-                                          reply_error=_value_error)
+        self._lanes = transports_per_loop(make_client, owned=False, what="cache", reply_error=_value_error)
         #: the running loop's transport (made on first use there)
         self.current = self._lanes.current
 
     async def aclose(self) -> None:
-        """Give the running loop's connections back (and close its client if the
-        cache made it)."""
+        """Give the running loop's connections back (the client stays open: the
+        URL's is shared, a ready one the caller's)."""
         await self._lanes.aclose()
 
 

@@ -596,9 +596,13 @@ class AsyncRedisEngine(_Layout):
     run ``CLIENT TRACKING`` to that listener. A hit costs no await at all.
 
     **Event loops.** redis-py's asyncio connections belong to one loop, so the engine
-    keeps one client and transport per running loop (made from *url* on first use
-    there); :meth:`aclose` closes the current loop's. A ready *client* is used as it
-    is, on its own loop.
+    keeps one transport per running loop (made on first use there), on *url*'s shared
+    client of that loop (:func:`~statekit.redis.aio.get_async_client`: one pool for
+    the process's caches, session stores and broadcasters of the URL, whose
+    ``max_connections`` bounds them together, as the sync engine's
+    :func:`~statekit.redis.get_client`); :meth:`aclose` gives the current loop's
+    connections back, the shared client staying open for the others (closed with its
+    loop). A ready *client* is used as it is, on its own loop.
 
     :param client: a ``redis.asyncio`` client (or ``fakeredis.FakeAsyncRedis``), or
     :param url: a Redis URL (or ``memory://name``: the sync engine's server of that name).
@@ -623,12 +627,14 @@ class AsyncRedisEngine(_Layout):
             self.cluster = isinstance(client, RedisCluster)
         else:
             self.cluster = parse_url(url or "", kinds=("redis", "memory")).scheme == "redis+cluster"
-        from ..redis.aio import create_async_client, transports_per_loop
+        from ..redis.aio import get_async_client, transports_per_loop
 
-        # one transport (and client) per running loop, closed with the loop
+        # one transport per running loop, given back with the loop, on the URL's shared
+        # client of that loop (one pool for the process's stores of the URL, as the sync
+        # engine's get_client) or on the ready one; neither is closed by the engine
         self._lanes = transports_per_loop(
-            lambda: client if client is not None else create_async_client(url or ""),
-            owned=client is None, what="session", tracking=self.listener)
+            lambda: client if client is not None else get_async_client(url or ""),
+            owned=False, what="session", tracking=self.listener)
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str, counters: Counters | None = None,
@@ -793,8 +799,9 @@ class AsyncRedisEngine(_Layout):
         return _bytes(await transport.command(b"GET", name))
 
     async def aclose(self) -> None:
-        """Release this loop's connections (and close its client, unless it was given);
-        stop the near cache's listener (later loads ask Redis)."""
+        """Release this loop's connections (the client stays open: the URL's is
+        shared, a given one the caller's); stop the near cache's listener (later loads
+        ask Redis)."""
         if self.listener is not None:
             self.listener.stop()
         await self._lanes.aclose()
