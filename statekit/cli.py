@@ -27,7 +27,8 @@ from urllib.parse import quote
 from .errors import StatekitError
 
 __all__ = ["COMMANDS", "COMMAND_EXTRAS", "DEV_STOP_TIMEOUT", "RUN_DIR", "PlainHelpFormatter",
-           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "module_missing", "plain"]
+           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "module_missing", "plain",
+           "port_number"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,6 +69,17 @@ class PlainHelpFormatter(argparse.HelpFormatter):
 
     def _expand_help(self, action: argparse.Action) -> str:
         return plain(super()._expand_help(action))
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (a usage error otherwise)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
 
 
 #: the run directory: what a command leaves for a later one (``statekit serve``'s pid
@@ -390,14 +402,14 @@ def dev(argv: Sequence[str]) -> int:
     keeps its files across restarts: use it when your database outlives the servers
     (the demo keeps its SQLite file and its photos in ``examples/flask_app/instance``).
     """
-    from .embedded import RedisServer, S3Server
+    from .embedded import RedisServer, S3Server, bind_in_use
 
     parser = argparse.ArgumentParser(prog="statekit dev", description=dev.__doc__,
                                      formatter_class=PlainHelpFormatter)
     parser.add_argument("--bucket", default="statekit", help="bucket to create (default statekit)")
-    parser.add_argument("--redis-port", type=int, default=0, metavar="PORT",
+    parser.add_argument("--redis-port", type=port_number, default=0, metavar="PORT",
                         help="loopback port for Redis (default: a free one)")
-    parser.add_argument("--s3-port", type=int, default=0, metavar="PORT",
+    parser.add_argument("--s3-port", type=port_number, default=0, metavar="PORT",
                         help="loopback port for the S3 endpoint (default: a free one)")
     parser.add_argument("--blobs-dir", metavar="DIR",
                         help="keep blobs in a file:// store in DIR (kept across restarts) instead of "
@@ -406,6 +418,12 @@ def dev(argv: Sequence[str]) -> int:
                         help="command to run with the variables set, after -- (default: wait for Ctrl-C)")
     opts = parser.parse_args(list(argv))
     command = opts.command[1:] if opts.command[:1] == ["--"] else opts.command
+    fixed = (("--redis-port", opts.redis_port), ("--s3-port", 0 if opts.blobs_dir else opts.s3_port))
+    for option, port in fixed:
+        if port and bind_in_use(f"127.0.0.1:{port}"):  # one line, not the server's startup log
+            print(f"statekit dev: 127.0.0.1:{port} is in use (another server listens there): choose "
+                  f"another {option}, or leave it out for a free one", file=sys.stderr)
+            return 2
     blobs_url = None
     if opts.blobs_dir:
         from .blobs import open_blob_store

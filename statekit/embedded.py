@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import re
@@ -49,6 +50,7 @@ __all__ = [
     "RedisSentinel",
     "RedisServer",
     "S3Server",
+    "bind_in_use",
     "find_redis_server",
     "find_redis_servers",
     "free_port",
@@ -71,6 +73,21 @@ def free_port(*, cluster: bool = False) -> int:
         if port <= 55535 and not _port_open(port + 10000):
             return port
     raise BackendUnavailable("no free loopback port pair for a cluster node")
+
+
+def bind_in_use(bind: str) -> bool:
+    """Whether another process listens on *bind* (``HOST:PORT``): for a command to say
+    so in one line, not after a server's startup log or gunicorn's five seconds of
+    'Connection in use' retries. Another error (a bad address) is ``False``: the
+    server's to report."""
+    host, _, port = bind.rpartition(":")
+    try:
+        with socket.create_server((host.strip("[]"), int(port))):
+            return False
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE
+    except ValueError:
+        return False
 
 
 def _port_open(port: int) -> bool:

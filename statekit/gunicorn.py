@@ -107,7 +107,12 @@ from .lifecycle import (
     set_drain_state,
 )
 
-_gunicorn = require("gunicorn", feature="statekit serve")
+try:
+    _gunicorn = require("gunicorn", feature="statekit serve")
+except ConfigError as e:  # the app is not read yet: name both extras (asgi has server's packages)
+    raise ConfigError("statekit serve needs gunicorn: pip install 'statekit[server]' for a WSGI app "
+                      "(Flask, Django), 'statekit[asgi]' for an ASGI app (FastAPI, Starlette, Django's "
+                      "asgi.py)") from e.__cause__
 #: the oldest gunicorn :class:`StatekitThreadWorker` works with: gthread's
 #: ``set_accept_enabled``, ``accept(listener)`` and ``finish_request(conn, fs)`` came in
 #: 24.0, ``Response._emit_body`` in 26.2 (before it the body would leave before the headers)
@@ -1215,6 +1220,34 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
             sys.exit(1)
 
 
+def _bind(text: str) -> str:
+    """An argparse type: *text* if gunicorn's parser reads it as an address with a
+    port of 0 to 65535 (``HOST:PORT``, ``[V6]:PORT``), a ``unix:PATH`` or ``fd://N``.
+    A host alone is refused, not served on gunicorn's default port 8000."""
+    from .cli import port_number
+
+    try:
+        address = util.parse_address(text, default_port="")
+    except RuntimeError as e:
+        said = "names no port" if str(e).startswith("''") else str(e).rstrip(".")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {said}; write HOST:PORT (127.0.0.1:8000), unix:PATH or fd://N") from None
+    if isinstance(address, tuple):
+        port_number(str(address[1]))
+    return text
+
+
+def _workers(text: str) -> int:
+    """An argparse type: a number of workers, 1 or more."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1 or more)")
+    return count
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``statekit serve MODULE:APP [...]``: run a WSGI or ASGI app on gunicorn with
     drain, rolling reload, worker recycling and the broadcaster. Exits when the
@@ -1229,9 +1262,10 @@ def serve_main(argv: Sequence[str]) -> int:
                    help="wsgi: gthread workers; asgi: uvicorn workers (pip install 'statekit[asgi]'); auto "
                         "(default): asgi when the app is an async callable, found by importing it once in a "
                         "short-lived child process")
-    p.add_argument("--bind", default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"), metavar="HOST:PORT",
-                   help="address to listen on (default $STATEKIT_BIND or 127.0.0.1:8000)")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")), metavar="N",
+    p.add_argument("--bind", type=_bind, default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"),
+                   metavar="HOST:PORT", help="address to listen on: HOST:PORT, unix:PATH or fd://N (default "
+                                             "$STATEKIT_BIND or 127.0.0.1:8000)")
+    p.add_argument("--workers", type=_workers, default=os.environ.get("WEB_CONCURRENCY", "2"), metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
     p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
@@ -1262,8 +1296,6 @@ def serve_main(argv: Sequence[str]) -> int:
                            opts.max_worker_rss)
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
-    if opts.workers < 1:
-        raise ConfigError("--workers must be at least 1")
     if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
         raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
     if opts.pid is None:

@@ -15,10 +15,10 @@ reload`` (run with no arguments from this directory) finds its pid in the pid fi
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 import sys
+
+from statekit.embedded import bind_in_use
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         return 2
     bind = os.environ.get("STATEKIT_BIND", "127.0.0.1:8000")
     if "--bind" not in argv:
-        if _in_use(bind):
+        if bind_in_use(bind):  # said here in one line, not after gunicorn's retries
             print(f"examples.flask_app: {bind} is in use (another server listens there); serve the "
                   "demo elsewhere with `make demo STATEKIT_BIND=127.0.0.1:8001`", file=sys.stderr)
             return 2
@@ -40,19 +40,6 @@ def main(argv: list[str]) -> int:
     if "--bind" not in argv:
         args += ["--bind", bind]
     os.execv(sys.executable, [sys.executable, "-m", "statekit", *args, *argv])  # noqa: S606
-
-
-def _in_use(bind: str) -> bool:
-    """Whether another process listens on *bind* (``HOST:PORT``): said here in one line,
-    not after gunicorn's five seconds of 'Connection in use' retries."""
-    host, _, port = bind.rpartition(":")
-    try:
-        with socket.create_server((host.strip("[]"), int(port))):
-            return False
-    except OSError as e:  # another error (a bad address) is gunicorn's to report
-        return e.errno == errno.EADDRINUSE
-    except ValueError:
-        return False
 
 
 if __name__ == "__main__":
