@@ -135,3 +135,48 @@ def test_a_urls_asyncio_stores_share_its_pool(redis_server: Any, redis_url: str)
             await cache.aclose()
 
     asyncio.run(run())
+
+
+# -- TLS on one end only ---------------------------------------------------------------
+
+def _sync_error(url: str) -> str:
+    from statekit.cache import Cache
+
+    cache = Cache(url, on_error="raise")
+    try:
+        with pytest.raises(Exception) as caught:
+            cache.get("k")
+    finally:
+        cache.close()
+    return f"{type(caught.value).__name__}: {caught.value}"
+
+
+def _async_error(url: str) -> str:
+    from statekit.cache.aio import AsyncCache
+
+    async def run() -> str:
+        cache = AsyncCache(url, on_error="raise")
+        try:
+            with pytest.raises(Exception) as caught:
+                await cache.get("k")
+        finally:
+            await cache.aclose()
+        return f"{type(caught.value).__name__}: {caught.value}"
+
+    return asyncio.run(run())
+
+
+_QUICK = "socket_connect_timeout=2&socket_timeout=2&retries=0"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("side", [_sync_error, _async_error], ids=["sync", "asyncio"])
+def test_rediss_at_a_plain_text_server_says_so(redis_url: str, side: Any) -> None:
+    """``rediss://`` at a server without TLS on that port: the TLS handshake waits for
+    a reply that never comes (redis-py: 'Timeout connecting to server'); the error
+    says what is likely and the fix (``redis://``)."""
+    url = "rediss://" + redis_url.split("://", 1)[1] + f"?ssl_cert_reqs=none&{_QUICK}"
+    message = side(url)
+    assert message.startswith("BackendUnavailable"), message
+    assert "no TLS" in message and "redis://" in message, message
+

@@ -253,6 +253,22 @@ def _missing_database(conn: Any, databases: Any) -> ConfigError:
                        f"does not have: {limit}; fix the URL's /N or ?db=")
 
 
+def _tls_unanswered(conn: Any, error: BaseException) -> None:
+    """Raise redis-py's ``TimeoutError`` *error* of a TLS connection's (a ``rediss://``
+    URL's) connect, sync or asyncio, again with what is likely: a server without TLS on
+    that port reads the TLS handshake as the start of a command and never answers it,
+    so redis-py says only 'Timeout connecting to server'. Returns for any other error
+    or a connection without TLS (the caller raises it as it is)."""
+    import redis
+    from redis.asyncio.connection import SSLConnection as AsyncSSLConnection
+
+    if not isinstance(error, redis.TimeoutError) or \
+            not isinstance(conn, (redis.connection.SSLConnection, AsyncSSLConnection)):
+        return
+    raise type(error)(f"{error} {conn._host_error()} over TLS (a rediss:// URL): a Redis with no TLS on "
+                      "that port never answers the TLS handshake; if it has none, use redis://") from error
+
+
 def unavailable(what: str, message: str, problem: Problem | None) -> BackendUnavailable:
     """The :class:`~statekit.errors.BackendUnavailable` for a failed *what* call."""
     if problem == "authentication":
@@ -295,6 +311,9 @@ class _Rule:
         self._statekit_setup += 1
         try:
             return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except Exception as e:
+            _tls_unanswered(self, e)  # raises it with a hint, if one fits
+            raise
         finally:
             self._statekit_setup -= 1
 

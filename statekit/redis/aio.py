@@ -112,6 +112,7 @@ from . import (
     _problem_of,
     _sentinel_waits,
     _timed_out,
+    _tls_unanswered,
     cluster_client_glitch,
     is_read,
     memory_server,
@@ -226,6 +227,13 @@ class _CancelSafe:
             if buffered is not None and buffered():
                 writer.transport.abort()
         await super().disconnect(nowait=nowait, **kwargs)  # type: ignore[misc]
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        except Exception as e:
+            _tls_unanswered(self, e)  # raises it with a hint, if one fits
+            raise
 
     async def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         from redis.exceptions import ResponseError
