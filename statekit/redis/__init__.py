@@ -3,7 +3,8 @@ one error map and the one retry rule every statekit Redis path follows.
 
 Every client gets connect and socket timeouts, and clients are shared per process
 through :func:`get_client`: one connection pool per URL, which redis-py resets on its
-own in a forked child (gunicorn workers). A URL's ``max_connections`` (a Cluster's:
+own in a forked child (gunicorn workers); the asyncio stores of a URL share
+:func:`statekit.redis.aio.get_async_client`'s, one per running loop. A URL's ``max_connections`` (a Cluster's:
 each node's) bounds its pool, and a caller past it waits for a connection another
 gives back, up to the socket timeout (a ``BlockingConnectionPool``; redis-py's plain
 pool fails at once with ``Too many connections``); the transport keeps some of it

@@ -58,6 +58,10 @@ timeouts, not after every command queued on its lane before it).
 :func:`get_async_client` keeps one client per URL *and running loop*, so a process
 with several loops (a test runner, ``asyncio.run`` per request in a thread) never
 shares a connection between them; a transport made for one loop is used on that loop.
+A URL's ``AsyncCache``, ``AsyncSessionStore`` and ``AsyncBroadcaster`` each keep a
+transport per loop on that loop's shared client (one pool, bounded by the URL's
+``max_connections`` for all of them, as the sync stores on :func:`statekit.redis.get_client`);
+closing one gives its connections back, the client is closed with its loop.
 A forked child (a ``--preload`` master's worker) has none of its parent's loops: what
 it inherited is dropped there, the sockets closed in the child only, and its own loops
 connect afresh, on a caller's client too (:class:`PerLoop`).
