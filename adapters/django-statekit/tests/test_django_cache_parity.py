@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_statekit.cache import StatekitCache
 from statekit.cache.redis import sweeper
+from statekit.cache.tools import lock_keeper
 from statekit.errors import LockError
 
 pytestmark = pytest.mark.redis
@@ -33,16 +34,24 @@ def _close_made_caches() -> Iterator[None]:
     """Each test's caches (a namespace of their own: a configuration of their own, kept
     by ``django_statekit.cache`` for the process) are closed after it: their clients and
     near-cache listeners would outlive the worker's servers and log redis-py's
-    "Topology refresh failed" at its exit."""
+    "Topology refresh failed" at its exit. And a test leaves no lock held in the
+    process's lock keeper: a lock taken without a timeout by a thread that lives on
+    (the test's) is extended every ``lock_ttl / 3`` for the process's life, through
+    the Cluster after the worker stopped it (that log again, every extension)."""
     from django_statekit import cache as module
 
     before = set(module._shared)
+    kept = set(lock_keeper._held)
     yield
     for key in set(module._shared) - before:
         sync, acache = module._shared.pop(key)
         sync.close()
         with contextlib.suppress(Exception):
             asyncio.run(acache.aclose())
+    left = set(lock_keeper._held) - kept
+    for hid in left:
+        lock_keeper.release(hid)
+    assert not left, "the test left a lock held: the lock keeper would extend it for good"
 
 
 @pytest.fixture(params=["standalone", "cluster"])
@@ -185,7 +194,9 @@ def test_lock_on_the_made_key(url: str) -> None:
         held = other.lock("job", version=4)  # another version, another lock
         assert held.acquire(blocking=False) is True
         held.release()
-    assert other.lock("job").acquire(blocking=False) is True  # released on the way out
+    after = other.lock("job")  # no timeout: kept (extended) until released
+    assert after.acquire(blocking=False) is True  # released on the way out
+    after.release()
 
 
 def test_lock_without_timeout_is_kept_while_held(url: str) -> None:
