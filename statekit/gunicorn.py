@@ -91,7 +91,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .backends import require
 from .errors import ConfigError, StatekitError
 from .lifecycle import (
     BOOTING,
@@ -108,11 +107,11 @@ from .lifecycle import (
 )
 
 try:
-    _gunicorn = require("gunicorn", feature="statekit serve")
-except ConfigError as e:  # the app is not read yet: name both extras (asgi has server's packages)
+    import gunicorn as _gunicorn
+except ImportError as e:  # the app is not read yet: name both extras (asgi has server's packages)
     raise ConfigError("statekit serve needs gunicorn: pip install 'statekit[server]' for a WSGI app "
                       "(Flask, Django), 'statekit[asgi]' for an ASGI app (FastAPI, Starlette, Django's "
-                      "asgi.py)") from e.__cause__
+                      "asgi.py)") from e
 #: the oldest gunicorn :class:`StatekitThreadWorker` works with: gthread's
 #: ``set_accept_enabled``, ``accept(listener)`` and ``finish_request(conn, fs)`` came in
 #: 24.0, ``Response._emit_body`` in 26.2 (before it the body would leave before the headers)
