@@ -128,13 +128,13 @@ class _OwnConnection:
     again."""
 
     def __init__(self, client: Any) -> None:
-        from ..redis.tracking import _connection, endpoints_of
+        from ..redis.tracking import endpoints_of, unpooled_connection
 
         self._encoder = client.connection_pool.get_encoder()
         with translate_errors("broadcast subscribe"):  # a Sentinel is asked for its master
             endpoint = endpoints_of(client)[0]
         # the client's socket timeout (its writes: a PING; reads take their own)
-        self._conn = _connection(endpoint, endpoint.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
+        self._conn = unpooled_connection(endpoint, endpoint.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
 
     def get_encoder(self) -> Any:
         return self._encoder

@@ -61,7 +61,7 @@ from .._fork import reset_in_child
 from ..errors import BackendUnavailable
 from . import is_cluster
 
-__all__ = ["CLUSTER_FOLLOW", "InvalidationListener", "cluster_nodes", "endpoints_of"]
+__all__ = ["CLUSTER_FOLLOW", "InvalidationListener", "cluster_nodes", "endpoints_of", "unpooled_connection"]
 
 #: seconds between two checks of a Redis Cluster's nodes by the listener (a node added,
 #: removed or failed: the listener reconnects to the new set)
@@ -116,8 +116,9 @@ def cluster_nodes(client: Any) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-def _connection(ep: dict[str, Any], timeout: float) -> Any:
-    """A redis-py connection (not pooled) for the endpoint options *ep*."""
+def unpooled_connection(ep: dict[str, Any], timeout: float) -> Any:
+    """A redis-py connection (not pooled) for the endpoint options *ep* (an
+    :func:`endpoints_of` entry): the listener's, and a broadcast subscriber's."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -424,7 +425,7 @@ class InvalidationListener:
             backoff = min(backoff * 2, 2.0)
 
     def _connect(self, ep: dict[str, Any], prefixes: tuple[str, ...]) -> Any:
-        conn = _connection(ep, self.timeout)
+        conn = unpooled_connection(ep, self.timeout)
         try:
             conn.connect()  # AUTH, SELECT, CLIENT SETNAME: redis-py's handshake
             client_id = _call(conn, "CLIENT", "ID")
