@@ -54,7 +54,7 @@ from ..cache.plan import adrive
 from ..config import parse_url
 from ..errors import BackendUnavailable
 from ..redis import translate_errors
-from ..redis.aio import AsyncTransport, PerLoop, _within, get_async_client
+from ..redis.aio import AsyncTransport, PerLoop, get_async_client, within
 from .memory import deliver
 from .protocol import BUILTINS, Claim, Record, resolve_backend, scheme_of
 from .redis import READ_FIELDS, VERSION_FIELDS, RedisOps
@@ -291,7 +291,7 @@ class AsyncBroadcaster(SchedulerBase):
                 if delay > 0:  # (not wait_for: on 3.11 it drops a cancellation landing
                     # as wake is set, and the scheduler ran on until stop())
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await _within(wake.wait(), delay)
+                        await within(wake.wait(), delay)
                 wake.clear()
         finally:
             await self._run_steps(self._release_steps())

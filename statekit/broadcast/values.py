@@ -218,9 +218,9 @@ class SharedValue(Generic[T]):
             if timeout is None:
                 await future
             else:
-                from ..redis.aio import _within
+                from ..redis.aio import within
 
-                await _within(future, timeout)
+                await within(future, timeout)
         finally:
             self._waiters.remove(waiter)
         return self._value  # type: ignore[no-any-return]

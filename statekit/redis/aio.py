@@ -145,7 +145,7 @@ from .transport import (
 )
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
-           "create_async_client", "get_async_client", "memory_async_client", "transports_per_loop"]
+           "create_async_client", "get_async_client", "memory_async_client", "transports_per_loop", "within"]
 
 T = TypeVar("T")
 
@@ -872,7 +872,7 @@ class AsyncTransport:
             await lock.acquire()  # free: taken at once (no wait_for task per command)
         else:
             try:
-                await _within(lock.acquire(), wait)
+                await within(lock.acquire(), wait)
             except asyncio.TimeoutError:
                 raise lane_busy(self._where, wait) from None
         try:
@@ -1008,7 +1008,7 @@ class AsyncTransport:
         writer = conn._writer
         timeout = None if self._in_process else conn.socket_timeout
         try:
-            await _within(writer.drain(), timeout) if timeout else await writer.drain()
+            await within(writer.drain(), timeout) if timeout else await writer.drain()
         except BaseException as e:
             writer.transport.abort()
             if isinstance(e, asyncio.TimeoutError):
@@ -1184,7 +1184,7 @@ class _Unsent(Exception):
 _timeout_scope: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
 
 
-async def _within(aw: Awaitable[T], timeout: float) -> T:
+async def within(aw: Awaitable[T], timeout: float) -> T:
     """``await aw``, at most *timeout* seconds (``asyncio.TimeoutError``). On Python
     3.11+ under ``asyncio.timeout``: 3.11's ``wait_for`` can swallow a cancellation
     that lands as *aw* completes (the caller then goes on as if not cancelled)."""
