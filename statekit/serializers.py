@@ -155,13 +155,16 @@ def _unflooded(members: Any) -> Any:
     return members
 
 
-def _pairs(payload: list[list[Any]]) -> dict[Any, Any]:
-    _unflooded([k for k, _v in payload])
-    return {k: v for k, v in payload}
+def _dict_of_pairs(pairs: list[Any]) -> dict[Any, Any]:
+    """The dict of *pairs* (the JSON codec's ``m`` tag, a msgpack map read pair by
+    pair), its keys counted first (:func:`_unflooded`)."""
+    if len(pairs) > _MAX_SHARED_HASH:
+        _unflooded([k for k, _v in pairs])
+    return dict(pairs)
 
 
 _UNTAG: dict[str, Callable[[Any], Any]] = {
-    "m": _pairs,
+    "m": _dict_of_pairs,
     "t": tuple,
     "b": lambda p: base64.b64decode(p, validate=True),
     "dt": dt.datetime.fromisoformat,
@@ -352,12 +355,6 @@ _MAX_EXT_DEPTH = 32
 _TOO_DEEP = f"tuples, sets, frozensets and timedeltas nest at most {_MAX_EXT_DEPTH} deep in this codec"
 
 
-def _dict_of_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    if len(pairs) > _MAX_SHARED_HASH:
-        _unflooded([k for k, _v in pairs])
-    return dict(pairs)
-
-
 #: the heads a msgpack Timestamp is written with: fixext 4, fixext 8, ext 8 of 12 bytes, type -1
 _TIMESTAMP_HEADS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
 
@@ -459,17 +456,14 @@ class MsgpackSerializer:
         hook = (self._ext_hook if not depth and not counted
                 else functools.partial(self._ext_hook, depth=depth, counted=counted))
         stamp = self._msgpack.Timestamp if _may_hold_timestamp(data) else None
-        hooks: dict[str, Any] = {} if stamp is None else {
-            "list_hook": lambda items: _no_timestamp(stamp, items, items),
-            "object_hook": lambda d: _no_timestamp(stamp, d, d.values()),  # (keys: str or bytes)
-            "object_pairs_hook": lambda pairs: _dict_of_pairs(
-                _no_timestamp(stamp, pairs, chain.from_iterable(pairs))),
-        }
+        hooks: dict[str, Any] = {}
+        if stamp is not None:
+            hooks["list_hook"] = lambda items: _no_timestamp(stamp, items, items)
         if counted:
-            hooks.pop("object_hook", None)
-            hooks.setdefault("object_pairs_hook", _dict_of_pairs)
-        else:
-            hooks.pop("object_pairs_hook", None)
+            hooks["object_pairs_hook"] = _dict_of_pairs if stamp is None else (
+                lambda pairs: _dict_of_pairs(_no_timestamp(stamp, pairs, chain.from_iterable(pairs))))
+        elif stamp is not None:
+            hooks["object_hook"] = lambda d: _no_timestamp(stamp, d, d.values())  # (keys: str or bytes)
         value = self._msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=not counted,
                                       use_list=True, **hooks)
         return value if stamp is None else _no_timestamp(stamp, value, (value,))
