@@ -355,15 +355,16 @@ _MAX_EXT_DEPTH = 32
 _TOO_DEEP = f"tuples, sets, frozensets and timedeltas nest at most {_MAX_EXT_DEPTH} deep in this codec"
 
 
-#: the heads a msgpack Timestamp is written with: fixext 4, fixext 8, ext 8 of 12 bytes, type -1
-_TIMESTAMP_HEADS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+#: the heads msgpack reads a Timestamp from (type -1 of 4, 8 or 12 bytes): fixext 4 and
+#: 8, the ones it writes, and ext 8, 16 and 32, which it reads as well
+_TIMESTAMP_HEAD = re.compile(rb"[\xd6\xd7]\xff|(?:\xc7|\xc8\x00|\xc9\x00\x00\x00)[\x04\x08\x0c]\xff")
 
 
 def _may_hold_timestamp(data: bytes) -> bool:
-    """Whether *data* may hold a msgpack Timestamp: one of the heads it is written
-    with (its type byte 0xff looked for first: one ``memchr``; never in UTF-8 text, and
+    """Whether *data* may hold a msgpack Timestamp: one of the heads msgpack reads it
+    from (its type byte 0xff looked for first: one ``memchr``; never in UTF-8 text, and
     an int -1 or 255 or bytes holding 0xff seldom follow such a head)."""
-    return b"\xff" in data and any(head in data for head in _TIMESTAMP_HEADS)
+    return b"\xff" in data and _TIMESTAMP_HEAD.search(data) is not None
 
 
 def _no_timestamp(stamp: type, value: T, items: Iterable[Any]) -> T:
