@@ -124,14 +124,15 @@ def _secure() -> bool:
 
 def _warn_plain_http(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
     """*response*, after :func:`~statekit.sessions.session.warn_secure_cookie_over_http`
-    for its session cookie if it is set ``Secure``."""
+    for its session cookie if it is set ``Secure`` on a plain-http request (the host,
+    validated against ``ALLOWED_HOSTS`` on each call, is looked up only then)."""
     morsel = response.cookies.get(settings.SESSION_COOKIE_NAME)
-    if morsel is not None and morsel.value and morsel["secure"]:
+    if morsel is not None and morsel.value and morsel["secure"] and not request.is_secure():
         try:
             host: str | None = request.get_host()
         except DisallowedHost:
             host = request.META.get("HTTP_HOST") or request.META.get("SERVER_NAME")
-        warn_secure_cookie_over_http(request.is_secure(), host)
+        warn_secure_cookie_over_http(False, host)
     return response
 
 
