@@ -211,11 +211,12 @@ class SessionMiddleware:
 
     def _warn_plain_http(self, scope: Scope, cookies: list[str]) -> None:
         """:func:`~statekit.sessions.session.warn_secure_cookie_over_http` when *cookies*
-        set the session cookie ``Secure``."""
-        if self.https_only and any(c.startswith(self.cookie_name + "=")
-                                   and not c.startswith(self.cookie_name + "=null;") for c in cookies):
+        set the session cookie ``Secure`` on a plain-http request (looked at only then)."""
+        if self.https_only and scope.get("scheme") not in ("https", "wss") and any(
+                c.startswith(self.cookie_name + "=") and not c.startswith(self.cookie_name + "=null;")
+                for c in cookies):
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
-            warn_secure_cookie_over_http(scope.get("scheme") in ("https", "wss"), host)
+            warn_secure_cookie_over_http(False, host)
 
     # -- the request --------------------------------------------------------------------
 
