@@ -64,7 +64,12 @@ def test_values_with_0xff_bytes_still_load() -> None:
 
 
 @pytest.mark.redis
-def test_a_timestamp_cache_entry_is_a_miss(redis_url: str) -> None:
+@pytest.mark.parametrize("planted", [
+    msgpack.packb([1, _TS]),
+    # an ext 16 of 8 bytes, type -1: msgpack reads it as a Timestamp too (never written by it)
+    b"\x92\x01\xc8\x00\x08\xff" + msgpack.packb(_TS)[2:],
+], ids=["fixext", "ext16"])
+def test_a_timestamp_cache_entry_is_a_miss(redis_url: str, planted: bytes) -> None:
     """A co-tenant's write of a Timestamp under a msgpack cache's key: a miss,
     counted as undecodable, not a ``msgpack.Timestamp`` handed to the view."""
     import redis
@@ -80,7 +85,7 @@ def test_a_timestamp_cache_entry_is_a_miss(redis_url: str) -> None:
             assert len(names) == 1, names
             stored = raw.get(names[0])
             assert stored is not None
-            raw.set(names[0], stored[:1] + msgpack.packb([1, _TS]))
+            raw.set(names[0], stored[:1] + planted)
         assert cache.get("k", "default") == "default"
         assert cache.counters.get("undecodable") == 1
     finally:

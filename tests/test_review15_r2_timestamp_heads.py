@@ -2,11 +2,10 @@
 carries it, not only the three heads msgpack writes (fixext 4, fixext 8, ext 8 of 12
 bytes): ext 8 of 4 or 8 bytes, ext 16 and ext 32 of 4, 8 or 12 bytes too. The msgpack
 codec looked for the three heads only, so those spellings of a Timestamp reached the
-caller (cf8d668 refused the three)."""
+caller (cf8d668 refused the three). An ext 16 Timestamp planted as a cache entry on
+a real Redis: tests/test_review15_aio_shared.py, test_a_timestamp_cache_entry_is_a_miss."""
 
 from __future__ import annotations
-
-import uuid
 
 import pytest
 
@@ -38,26 +37,3 @@ def test_every_spelling_of_a_timestamp_is_refused(stamp: bytes) -> None:
         with pytest.raises(SerializationError, match="Timestamp"):
             codec.loads(payload)
 
-
-@pytest.mark.redis
-def test_an_ext16_timestamp_cache_entry_is_a_miss(redis_url: str) -> None:
-    """A co-tenant's write of an ext 16 Timestamp under a msgpack cache's key: a miss,
-    counted as undecodable (the view got a ``msgpack.Timestamp`` before)."""
-    import redis
-
-    from statekit.cache import Cache
-
-    namespace = f"review15-ts16-{uuid.uuid4().hex[:8]}"
-    cache = Cache(redis_url, namespace=namespace, serializer="msgpack")
-    try:
-        cache.set("k", [1, 2])
-        with redis.Redis.from_url(redis_url) as raw:
-            names = [n for n in raw.scan_iter(match=f"*{namespace}*k") if not n.endswith(b"gen")]
-            assert len(names) == 1, names
-            stored = raw.get(names[0])
-            assert stored is not None
-            raw.set(names[0], stored[:1] + b"\x92\x01" + b"\xc8\x00\x08\xff" + _BODY[8])
-        assert cache.get("k", "default") == "default"
-        assert cache.counters.get("undecodable") == 1
-    finally:
-        cache.close()
