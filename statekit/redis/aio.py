@@ -145,7 +145,8 @@ from .transport import (
 )
 
 __all__ = ["CONNECTS_AT_ONCE", "DEFAULT_LIMIT", "AsyncTransport", "PerLoop", "abandon_sockets",
-           "create_async_client", "get_async_client", "memory_async_client", "transports_per_loop", "within"]
+           "create_async_client", "get_async_client", "memory_async_client", "never_sent",
+           "transports_per_loop", "within"]
 
 T = TypeVar("T")
 
@@ -1179,6 +1180,16 @@ class _Unsent(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+def never_sent(error: BaseException) -> bool:
+    """Whether :class:`AsyncTransport` raised *error* (its
+    :class:`~statekit.errors.BackendUnavailable`) for a command it never sent, or one
+    a reply said was not applied, retried until its retries ran out: it raises that
+    error while handling its ``_Unsent``. One sent without a reply is raised from the
+    redis-py error itself. The asyncio twin of :func:`statekit.redis.outcome_unknown`
+    (negated): the transport that chains the errors is the one that reads them."""
+    return isinstance(error.__context__, _Unsent)
 
 
 _timeout_scope: Any = getattr(asyncio, "timeout", None)  # Python 3.11+

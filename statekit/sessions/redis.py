@@ -373,16 +373,6 @@ def _listing(members: Sequence[str], rows: Sequence[Any]) -> list[tuple[str, Map
             for m, row in zip(members, rows, strict=True) if row[0] is not None]
 
 
-def _unsent_async(error: BackendUnavailable) -> bool:
-    """Whether the async transport raised *error* for a command it never sent: it
-    raises that error while handling its ``_Unsent`` (a failure before sending, or a
-    reply saying nothing was applied, retried until the retries ran out); one sent
-    without a reply is raised from the redis-py error itself."""
-    from ..redis.aio import _Unsent
-
-    return isinstance(error.__context__, _Unsent)
-
-
 async def _finish(step: Coroutine[Any, Any, None]) -> None:
     """Run *step* to its end even if the caller is cancelled meanwhile (its client
     went away; :func:`statekit._settle.settle`), then raise the first cancellation:
@@ -687,7 +677,9 @@ class AsyncRedisEngine(_Layout):
             try:
                 reply = await transport.script(script, *call(index))
             except BackendUnavailable as e:
-                if not _unsent_async(e):
+                from ..redis.aio import never_sent
+
+                if not never_sent(e):
                     raise
                 raise NotSent(str(e)) from e
             again = self._index_again(index, reply, tries, changes_user)
