@@ -513,7 +513,28 @@ def test_five_hundred_cancellations_leak_no_connection_on_cluster(redis_cluster_
 
 # -- a read timeout mid-reply, then the next command on that connection --------------
 
-HUGE = 32 << 20  # more than loopback buffers hold: the server is stopped mid-reply
+def _send_buffer_limit() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
+# More than the server's send buffer can hold once the client's receive buffer is
+# pinned small (_pin_receive_buffer): the server is stopped mid-reply. Left to
+# autotuning, a receive buffer may grow to tcp_rmem's maximum (32 MiB on the CI
+# machine) and take the whole reply before the pause lands (CI, stop 27).
+HUGE = max(32 << 20, 4 * _send_buffer_limit())
+RECEIVE_BUFFER = 64 << 10
+
+
+def _pin_receive_buffer(sock: Any) -> None:
+    """Fix the client socket's receive buffer (setting it turns autotuning off)."""
+    import socket
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 4 * RECEIVE_BUFFER
 
 
 class _PausingSocket:
@@ -552,6 +573,7 @@ def test_a_read_timed_out_mid_reply_leaves_nothing_for_the_next_command(
             try:
                 assert t.command(b"GET", "a") == b"reply-of-a"
                 conn = t._here().lane.conn
+                _pin_receive_buffer(conn._parser._sock)
                 sock = _PausingSocket(conn._parser._sock, server)
                 monkeypatch.setattr(conn._parser, "_sock", sock)
                 with pytest.raises(BackendUnavailable, match="outcome is unknown|Timeout"):
@@ -567,6 +589,7 @@ def test_a_read_timed_out_mid_reply_leaves_nothing_for_the_next_command(
 
         async def main(t: AsyncTransport) -> None:
             assert await t.command(b"GET", "a") == b"reply-of-a"
+            _pin_receive_buffer(t._idle[0]._writer.get_extra_info("socket"))
             stream = t._idle[0]._reader
             read = stream.read
             paused: list[bool] = []
