@@ -35,9 +35,9 @@ function is refused, never run); the old app unpickled the same bytes with full
 pickle, so this adds no trust in the old cache. It is the one, opt-in, exception to
 "no unsigned pickle on a read path": switch it off with the carry-over.
 django-redis's JSON and msgpack serializers and its compressors are read with
-django-redis's own code, without the opt-in; zlib, gzip and lzma are decompressed to
-1 MB at most (``MAX_SESSION_BYTES``, as any old session is read: more is refused; a
-compressed value of 1 MB can be 1 GB). Another
+django-redis's own code, without the opt-in; its zlib, gzip, lzma, lz4 and zstd
+compressors' values are decompressed to 1 MB at most (``MAX_SESSION_BYTES``, as any old
+session is read: more is refused; a compressed value of 1 MB can be 1 GB). Another
 serializer (an app's own) is refused at start-up (``ConfigError``): it may unpickle.
 Other cache backends are refused at start-up (``ConfigError``): their values would go
 through pickle. A cached session of more than 1 MB
@@ -87,26 +87,26 @@ _CACHE = "django.contrib.sessions.backends.cache"
 _KEY_RE = re.compile(r"[A-Za-z0-9]{8,128}\Z")
 
 
-def _bounded(decompressor: Any, raw: bytes) -> bytes:
-    """*raw* through *decompressor* (a ``zlib.decompressobj`` or ``lzma.LZMADecompressor``),
-    to :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES` at most; *raw* itself when
-    it is not one whole compressed value (django-redis leaves small values uncompressed)."""
-    import lzma
-    import zlib
-
+def _bounded(decompressor: Any, raw: bytes, errors: tuple[type[Exception], ...]) -> bytes:
+    """*raw* through *decompressor* (one of ``decompress(data, max_length)`` and ``eof``:
+    ``zlib.decompressobj``, ``lzma.LZMADecompressor``, ``lz4.frame.LZ4FrameDecompressor``,
+    ``pyzstd.ZstdDecompressor``), to :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES`
+    at most; *raw* itself when it is not one whole compressed value (*errors*: what the
+    decompressor raises for that; django-redis leaves small values uncompressed)."""
     try:
         out: bytes = decompressor.decompress(raw, core.MAX_SESSION_BYTES + 1)
-    except (zlib.error, lzma.LZMAError, EOFError):
+    except errors + (EOFError,):
         return raw
     return core._size_checked(out) if decompressor.eof or len(out) > core.MAX_SESSION_BYTES else raw
 
 
 def _decompress(compressor: Any, raw: bytes) -> bytes:
     """*raw* decompressed as django-redis's *compressor* would, to a bounded size:
-    its own ``decompress`` has no limit (a zlib bomb of 1 MB is 1 GB in memory), and
-    the key is the cookie's choice. zlib, gzip and lzma are read here within
-    :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES`; another compressor (lz4,
-    zstd, the app's own) by its own ``decompress``.
+    its own ``decompress`` has no limit (a zlib bomb of 1 MB is 1 GB in memory; 3 KB
+    of zstd are 100 MB), and the key is the cookie's choice. zlib, gzip, lzma, lz4
+    and zstd are read here within :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES`,
+    the first compressed stream or frame (the one django-redis writes); the app's own
+    compressor by its own ``decompress``.
     :raises SerializationError: it decompresses beyond the bound."""
     import lzma
     import zlib
@@ -120,11 +120,26 @@ def _decompress(compressor: Any, raw: bytes) -> bytes:
     if method is IdentityCompressor.decompress:
         return raw
     if method is ZlibCompressor.decompress:
-        return _bounded(zlib.decompressobj(), raw)
+        return _bounded(zlib.decompressobj(), raw, (zlib.error,))
     if method is GzipCompressor.decompress:
-        return _bounded(zlib.decompressobj(16 + zlib.MAX_WBITS), raw)
+        return _bounded(zlib.decompressobj(16 + zlib.MAX_WBITS), raw, (zlib.error,))
     if method is LzmaCompressor.decompress:
-        return _bounded(lzma.LZMADecompressor(), raw)
+        return _bounded(lzma.LZMADecompressor(), raw, (lzma.LZMAError,))
+    # lz4 and pyzstd are the app's install (django-redis's compressors import them)
+    with contextlib.suppress(ImportError):
+        from django_redis.compressors.lz4 import Lz4Compressor  # type: ignore[import-untyped]
+
+        if method is Lz4Compressor.decompress:
+            import lz4.frame  # type: ignore[import-untyped]
+
+            return _bounded(lz4.frame.LZ4FrameDecompressor(), raw, (RuntimeError,))
+    with contextlib.suppress(ImportError):
+        from django_redis.compressors.zstd import ZStdCompressor  # type: ignore[import-untyped]
+
+        if method is ZStdCompressor.decompress:
+            import pyzstd
+
+            return _bounded(pyzstd.ZstdDecompressor(), raw, (pyzstd.ZstdError,))
     try:
         return compressor.decompress(raw)  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001 - django-redis leaves small values uncompressed
