@@ -226,12 +226,15 @@ class JSONSerializer:
 def _response_payload(response: Any) -> list[Any]:
     if response.direct_passthrough or response.is_streamed and not response.implicit_sequence_conversion:
         raise SerializationError("cannot serialize a streamed or passed-through response (a file?)")
-    return [response.status, [[k, v] for k, v in response.headers.items()], response.get_data()]
+    return [_writable("a response", _status_line, response.status),
+            [[k, v] for k, v in response.headers.items()], response.get_data()]
 
 
 #: a status as servers send it: three digits, then a space and a reason of tabs, spaces
 #: and visible characters (RFC 9112 4)
 _STATUS_LINE = re.compile(r"([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+
+_NOT_HTTP = "not an HTTP status (100-599, RFC 9110 15; a reason of visible characters)"
 
 
 def _status_code(code: Any) -> int:
@@ -239,8 +242,39 @@ def _status_code(code: Any) -> int:
     not one of 100-599 (RFC 9110 15): werkzeug makes a response of any int, which Flask
     answered ('1000000000000000000000000000000 UNKNOWN') and gunicorn failed."""
     if type(code) is not int or not 100 <= code <= 599:
-        raise SerializationError(f"not an HTTP status: {code!r:.40}")
+        raise SerializationError(f"{code!r:.40} is {_NOT_HTTP}")
     return code
+
+
+def _status_line(status: Any) -> str:
+    """*status*, a cached response's status line: a :func:`_status_code` of three
+    digits, then a reason of visible characters (:data:`_STATUS_LINE`). :raises
+    SerializationError: not one."""
+    line = _STATUS_LINE.fullmatch(status) if isinstance(status, str) else None
+    if line is None:
+        raise SerializationError(f"{status!r:.40} is {_NOT_HTTP}")
+    _status_code(int(line[1]))
+    return line[0]
+
+
+def _description(text: Any) -> str | None:
+    """*text*, an HTTP exception's description: a str or ``None`` (werkzeug renders it
+    as text). :raises SerializationError: anything else (``abort(400, description={...})``,
+    say)."""
+    if not isinstance(text, (str, type(None))):
+        raise SerializationError(f"a description of type {_describe(text)!r} is not text (a str or None)")
+    return text
+
+
+def _writable(what: str, check: Callable[[Any], T], value: Any) -> T:
+    """*value* as *check* reads it back (the reader's own check), on writing: a
+    :class:`~statekit.errors.SerializationError` naming *what* is written instead, so
+    the codec never stores what it refuses to read (a miss on every read, the view run
+    again each time, for as long as the entry lives)."""
+    try:
+        return check(value)
+    except SerializationError as e:
+        raise SerializationError(f"cannot serialize {what} with the web-json codec: {e}") from None
 
 
 def _response(payload: list[Any]) -> Any:
@@ -250,15 +284,13 @@ def _response(payload: list[Any]) -> Any:
     if not (isinstance(status, str) and isinstance(body, bytes)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in headers)):
         raise SerializationError("not a response payload")
-    line = _STATUS_LINE.fullmatch(status)
-    if line is None:
-        raise SerializationError(f"not an HTTP status: {status!r:.40}")
-    _status_code(int(line[1]))
-    return Response(body, status=status, headers=[(k, v) for k, v in headers])
+    return Response(body, status=_status_line(status), headers=[(k, v) for k, v in headers])
 
 
 def _http_exception_payload(exc: Any) -> list[Any]:
-    return [exc.code, exc.description, exc.get_response()]
+    code = exc.code if exc.code is None else _writable("an HTTP exception", _status_code, exc.code)
+    return [code, _writable("an HTTP exception", _description, exc.description),
+            exc.get_response()]
 
 
 def _http_exception(payload: list[Any]) -> Any:
@@ -266,7 +298,8 @@ def _http_exception(payload: list[Any]) -> Any:
     from werkzeug.wrappers import Response
 
     code, description, response = payload
-    if not isinstance(description, (str, type(None))) or not (response is None or type(response) is Response):
+    _description(description)
+    if not (response is None or type(response) is Response):
         raise SerializationError("not an HTTP exception payload")
     if code is None and response is not None:  # abort(a response): it answers with that response
         return HTTPException(description, response=response)
@@ -298,7 +331,10 @@ class WebJSONSerializer(JSONSerializer):
       class for that code (a custom subclass comes back as that code's class);
       ``abort(response)``, which has no code, with its response.
       A response or exception whose status is not one of 100-599 with a reason of
-      visible characters is refused on reading (a miss: a crafted entry).
+      visible characters, or an exception whose description is not a str, is refused
+      on writing (a :class:`~statekit.errors.SerializationError` at the caller, before
+      any I/O: Flask-Caching logs it and serves the view's answer uncached) and on
+      reading (a miss: a crafted entry).
     * ``markupsafe.Markup`` (a rendered template fragment) comes back as ``Markup``,
       so autoescaping does not escape it again.
 
