@@ -62,6 +62,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import pickle
 import pickletools
 import struct
@@ -515,6 +516,21 @@ def _flask_session_list(items: list[Any]) -> list[Any]:
     return [_as_read(v) for v in items] if msgpack.Timestamp in map(type, items) else items
 
 
+def _not_json(name: str) -> Any:
+    """``json.loads``'s *parse_constant*: ``NaN``, ``Infinity``, ``-Infinity`` refused."""
+    raise ValueError(f"{name}, which is not JSON: Flask-Session (msgspec) never writes it and refuses it")
+
+
+def _finite(text: str) -> float:
+    """``json.loads``'s *parse_float*: a number beyond a float's range (``1e999``) refused,
+    as Flask-Session (msgspec) refuses it (Python's json reads it as an infinity)."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"a number out of a float's range ({text[:20]}{'...' if len(text) > 20 else ''}), "
+                         "which Flask-Session (msgspec) refuses")
+    return value
+
+
 class FlaskSessionRedis:
     """Flask-Session's Redis layout: the cookie holds the session id (signed with
     itsdangerous, salt ``flask-session``, when ``SESSION_USE_SIGNER`` was on), the
@@ -523,7 +539,7 @@ class FlaskSessionRedis:
     *plain_pickle* on and when the signer verified the cookie, and as plain data only).
     Values come back as Flask-Session 0.8 read them: an aware datetime (a msgpack
     Timestamp) as a datetime in UTC; naive datetimes, dates and times as the ISO text
-    it wrote.
+    it wrote. JSON it refuses (``NaN``, ``Infinity``, ``1e999``) is refused.
 
     :param url: the old Redis, or *client*: a ready redis-py client.
     :param key_prefix: Flask-Session's ``SESSION_KEY_PREFIX``.
@@ -611,9 +627,11 @@ class FlaskSessionRedis:
         return value
 
     def _json_or_pickle(self, raw: bytes, formats: str) -> Any:
-        """*raw* as JSON, else a pickle (:meth:`_unpickle`; *formats*: those tried)."""
+        """*raw* as JSON, else a pickle (:meth:`_unpickle`; *formats*: those tried). JSON
+        as Flask-Session reads it (msgspec): ``NaN``, ``Infinity`` and numbers beyond a
+        float's range refused (Python's json reads them; Flask-Session writes ``null``)."""
         try:
-            return json.loads(raw)
+            return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
         except RecursionError as e:  # JSON nested too deep: no session statekit would store
             raise SerializationError(f"not a session: {e}") from e
         except (json.JSONDecodeError, UnicodeDecodeError):
