@@ -48,7 +48,14 @@ session and clears it again.
 
 **Errors.** An exception the app does not handle (Starlette's 500) saves nothing of
 the request; a response an exception handler gives (``HTTPException``'s 400) saves
-like any other.
+like any other. When the session had a new id before the app failed (a login's
+rotation, or a new session stored by :func:`incr_session`), the 500 carries its
+cookie, as the outage's 503 does: the session (the cart) lives under the new id
+only, and after a rotation the old one is a tombstone. That 500 is answered here,
+with the page the app's ServerErrorMiddleware makes (its handler for 500 or
+``Exception``, its debug page, or "Internal Server Error"), and the exception goes on
+to it and the server as before; a handler of the app's then runs twice (the second
+answer is not sent).
 
 **Cookies** are sent when the id is new or rotated, and with each write when
 *max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
@@ -90,6 +97,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import HTTPConnection, cookie_parser
 
 from statekit.config import Settings, parse_url
@@ -257,9 +265,7 @@ class SessionMiddleware:
                 session.modified = False  # handled (saved, carried or dropped): see _save_late
                 if cookies:
                     self._warn_plain_http(scope, cookies)
-                    # as MutableHeaders(scope=message).append would, without building one
-                    headers = message["headers"] = list(message.get("headers", ()))
-                    headers += [(b"set-cookie", value.encode("latin-1")) for value in cookies]
+                    _add_cookies(message, cookies)
             elif replaced:
                 return  # the body of the response the 503 replaced
             await send(message)
@@ -276,6 +282,12 @@ class SessionMiddleware:
             outages.down(self.outage_name if name == "session store" else name, e)
             await self._unavailable(scope, receive, send, self._outage_cookies(session))
             return
+        except Exception as e:
+            needed = [] if started else self._outage_cookies(session)
+            if not needed:
+                raise
+            await self._server_error(scope, receive, send, e, needed)
+            raise
         if started and not replaced and session.modified:
             await self._save_late(session)
 
@@ -307,11 +319,43 @@ class SessionMiddleware:
             response.headers.append("set-cookie", value)
         await response(scope, receive, send)
 
+    async def _server_error(self, scope: Scope, receive: Receive, send: Send, error: Exception,
+                            cookies: list[str]) -> None:
+        """Answer the app's 500 for *error* here, with *cookies* (:meth:`_outage_cookies`):
+        Starlette's ServerErrorMiddleware answers outside this middleware, with no
+        cookie, and a rotation (a login) before the failure moved the session to its new
+        id, the old one a tombstone. The page is the one that middleware makes (the
+        app's handler for 500 or ``Exception``, its debug page, or "Internal Server
+        Error"): the app's own, which runs it, found as ``scope["app"].middleware_stack``.
+        *error* is left to re-raise (that middleware then runs its handler again, and
+        sends nothing: the response has started), its traceback as the app left it."""
+        outer = getattr(scope.get("app"), "middleware_stack", None)
+        if not isinstance(outer, ServerErrorMiddleware):  # not a Starlette app's: the plain 500
+            outer = ServerErrorMiddleware(self.app)
+
+        async def failed(scope: Scope, receive: Receive, send: Send) -> None:
+            raise error
+
+        async def send_cookies(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                _add_cookies(message, cookies)
+            await send(message)
+
+        self._warn_plain_http(scope, cookies)
+        traceback = error.__traceback__
+        try:
+            await ServerErrorMiddleware(failed, outer.handler, outer.debug)(scope, receive, send_cookies)
+        except Exception as raised:
+            if raised is not error:
+                raise  # the handler failed
+        error.__traceback__ = traceback
+
     def _outage_cookies(self, session: Session) -> list[str]:
         """The ``Set-Cookie`` values of the 503 answered when the store failed while
-        *session* was in use: its cookie if it was rotated (or first stored) before
-        Redis failed, as the data lives under the new id only; or if it is new and its
-        create timed out (stored or not, the browser's retry continues it)."""
+        *session* was in use, and of the 500 of an app that failed (:meth:`_server_error`):
+        its cookie if it was rotated (or first stored) before Redis or the app failed,
+        as the data lives under the new id only; or if it is new and its create timed
+        out (stored or not, the browser's retry continues it)."""
         if session.superseded or not (session.send_cookie and not session.new or session.maybe_stored):
             return []
         return [self._cookie(session)]
@@ -353,6 +397,13 @@ class SessionMiddleware:
             session.send_cookie = False
             out.append(self._cookie(session))
         return out
+
+
+def _add_cookies(message: Message, cookies: list[str]) -> None:
+    """*cookies* as ``Set-Cookie`` headers of the ``http.response.start`` *message*
+    (as ``MutableHeaders(scope=message).append`` would, without building one)."""
+    headers = message["headers"] = list(message.get("headers", ()))
+    headers += [(b"set-cookie", value.encode("latin-1")) for value in cookies]
 
 
 def _cookies(scope: Scope) -> dict[str, str]:
