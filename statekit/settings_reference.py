@@ -272,10 +272,10 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
      "connections in the pool, at most (a Cluster's: each node's), sync and asyncio alike. A caller "
      "past it (a command, a pipeline) waits for one up to `socket_timeout`, then `BackendUnavailable` "
      "naming `max_connections` (nothing sent); the connections kept between calls leave at least one "
-     "of it free. asyncio on `redis+cluster://`: redis-py's node pools do not wait, a call past a "
-     "node's limit fails at once (a store's transport keeps its commands in flight within it). A "
-     "near cache's invalidation listener and a broadcast subscriber have connections of their own, "
-     "outside it"),
+     "of it free. asyncio on `redis+cluster://`: at most `max_connections` commands and pipelines of "
+     "a loop's client in flight at once, every store's together (each takes one connection of a node "
+     "at most); a call past it waits its turn the same way. A near cache's invalidation listener and "
+     "a broadcast subscriber have connections of their own, outside it"),
     ("retries", _REDIS, "0 to 100", "2", "new attempts of a command that was not sent (never of one "
      "whose outcome is unknown)"),
     ("retry_backoff_cap", _REDIS, "seconds (at most 86400)", "0.25", "longest wait between two attempts"),

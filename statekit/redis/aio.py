@@ -21,22 +21,23 @@ client's own pipelines and pub/sub: none of a pool of 1); a command past it borr
 a connection for itself, given back after its reply (a tracking transport's:
 untracked). A URL's ``max_connections`` gives its clients redis-py's asyncio
 ``BlockingConnectionPool`` (standalone, TLS, unix, Sentinel's master pool, as the
-sync clients): past it a caller (a command, a pipeline) waits for a connection up to
-the socket timeout, then ``BackendUnavailable`` unsent naming ``max_connections``,
-not retried (:func:`~statekit.redis.transport.pool_busy`; a plain pool, a caller's
-own client, fails at once, as redis-py does). At most *limit* commands are in flight
-per transport (default: the pool's kept share, one at least, at most
-:data:`DEFAULT_LIMIT`); more callers wait their turn instead of opening more
-connections, so 200 concurrent ``await cache.get()`` on one loop use a bounded number
-of sockets. New connections are opened at most
+sync clients), a Cluster client a turn per command or pipeline (:class:`_ClusterGate`:
+redis-py's asyncio node pools do not wait): past it a caller (a command, a pipeline)
+waits for a connection up to the socket timeout, then ``BackendUnavailable`` unsent
+naming ``max_connections``, not retried (:func:`~statekit.redis.transport.pool_busy`;
+a plain pool, a caller's own client, fails at once, as redis-py does). At most
+*limit* commands are in flight per transport (default: the pool's kept share, one at
+least, at most :data:`DEFAULT_LIMIT`); more callers wait their turn instead of
+opening more connections, so 200 concurrent ``await cache.get()`` on one loop use a
+bounded number of sockets. New connections are opened at most
 :data:`CONNECTS_AT_ONCE` at a time (redis-py's handshake is CPU on the loop: a burst
 of connects at once stalled it for 10-20 ms); a caller past that bound gets the next
 connection another caller gives back. A Cluster client sends through redis-py's
 asyncio ``RedisCluster`` (slot routing, ``MOVED``/``ASK``), under the same bound
-(redis-py's asyncio cluster fails past a node's ``max_connections`` instead of
-waiting). A script a node lacks (``NOSCRIPT``) is loaded on that node and run there,
-and loaded on every other primary in the background, as the sync transport does (never
-waited for: a paused primary delays nobody). A reply is awaited at most the
+(and, with ``max_connections``, the client's turns). A script a node lacks
+(``NOSCRIPT``) is loaded on that node and run there, and loaded on every other
+primary in the background, as the sync transport does (never waited for: a paused
+primary delays nobody). A reply is awaited at most the
 connection's socket timeout, kept by one timer per transport (``_bark``: it closes the
 connections whose reply is overdue, and their reads are raised as redis-py's
 ``TimeoutError``) rather than the ``asyncio.timeout`` redis-py enters per reply (5-7 µs
@@ -94,6 +95,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import os
 import select
@@ -318,7 +320,11 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
 
         for name in ("db", "health_check_interval", "sentinel_password"):
             kwargs.pop(name, None)
-        client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts], **kwargs)
+        bounded = "max_connections" in kwargs
+        cluster_class = _gated_cluster_class() if bounded else RedisCluster
+        client = cluster_class(startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts], **kwargs)
+        if bounded:  # N commands and pipelines in flight, each a connection of a node at most
+            client.statekit_gate = _ClusterGate(int(kwargs["max_connections"]), kwargs["socket_timeout"])
         # (RedisCluster takes no connection_class: the nodes it makes later read it
         # from these connection_kwargs; the startup nodes have no connection yet)
         connection_class = client.connection_kwargs["connection_class"] = \
@@ -357,6 +363,95 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
     client.statekit_retries = retries
     client.statekit_backoff_cap = cap
     return client
+
+
+#: the :class:`_ClusterGate` the running task holds, if any (a pipeline's redirected
+#: commands run through the client within the pipeline's turn)
+_gate_held: contextvars.ContextVar[Any] = contextvars.ContextVar("statekit_cluster_gate", default=None)
+
+
+class _ClusterGate:
+    """The wait redis-py's asyncio ``RedisCluster`` lacks under ``max_connections``
+    (its node pools fail a checkout past it with ``MaxConnectionsError``, "Too many
+    connections", instead of waiting): at most *max_connections* commands and
+    pipelines of one client in flight, every store's on that client together (a
+    URL's shared client of a loop). Each takes one connection of a node at most (a
+    command; a multi-node command or a pipeline one per node, all at once), so no
+    node is asked for more than *max_connections* at once. A caller past it waits its
+    turn, in order, up to *timeout* (the socket timeout, as a standalone URL's
+    ``BlockingConnectionPool``; ``None``: as long as it takes), then
+    :func:`~statekit.redis.transport.pool_busy`, nothing sent. A call made within a
+    turn its task holds (a pipeline's redirected commands) runs in that turn.
+    Cancelled while waiting, a caller takes nothing (and gives back a turn handed to
+    it as it was cancelled: ``asyncio.Semaphore``)."""
+
+    __slots__ = ("max_connections", "timeout", "_turns")
+
+    def __init__(self, max_connections: int, timeout: float | None) -> None:
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self._turns = asyncio.Semaphore(max_connections)
+
+    async def enter(self) -> Any:
+        """Wait for a turn; the token for :meth:`leave` (``None``: the task had one)."""
+        if _gate_held.get() is self:
+            return None
+        turns, timeout = self._turns, self.timeout
+        if not timeout or not turns.locked():
+            await turns.acquire()  # (free: at once, no timeout scope)
+        else:
+            try:
+                await within(turns.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise pool_busy("a Redis Cluster call", self) from None
+        return _gate_held.set(self)
+
+    def leave(self, token: Any) -> None:
+        """Give back the turn :meth:`enter` took (if it took one)."""
+        if token is not None:
+            _gate_held.reset(token)
+            self._turns.release()
+
+    async def run(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await call(*args, **kwargs)`` in a turn."""
+        token = await self.enter()
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            self.leave(token)
+
+
+_gated_cluster: Any = None
+
+
+def _gated_cluster_class() -> Any:
+    """redis-py's asyncio ``RedisCluster`` whose commands and pipelines take a turn of
+    the client's :class:`_ClusterGate` (``statekit_gate``): a URL with
+    ``max_connections``'s (without it: redis-py's class, untouched)."""
+    global _gated_cluster
+    if _gated_cluster is None:
+        from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+
+        class GatedClusterPipeline(ClusterPipeline):  # type: ignore[misc]
+            __slots__ = ()
+
+            async def execute(self, *args: Any, **kwargs: Any) -> Any:
+                gate: _ClusterGate = self.cluster_client.statekit_gate  # type: ignore[attr-defined]
+                return await gate.run(super().execute, *args, **kwargs)
+
+        class GatedRedisCluster(RedisCluster):  # type: ignore[misc]
+            statekit_gate: _ClusterGate
+
+            async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+                return await self.statekit_gate.run(super().execute_command, *args, **kwargs)
+
+            def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+                if shard_hint:  # refused by redis-py
+                    return super().pipeline(transaction, shard_hint)
+                return GatedClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+        _gated_cluster = GatedRedisCluster
+    return _gated_cluster
 
 
 _sentinel_master: Any = None
