@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from statekit.cache import AsyncCache
+from statekit.cache import aio as cache_aio
 
 pytestmark = pytest.mark.redis
 
@@ -193,6 +194,18 @@ class _LateReplies:
         return self.arrived
 
 
+async def _background_releases() -> None:
+    """Wait until the lock releases the cache runs in the background after a
+    cancellation (:func:`statekit.cache.aio._drop`) have ended, 10 s at most (a lock
+    left held would be held for 30 s): each is a round trip to Redis, which a fixed
+    sleep of 0.1 s did not always cover on a loaded machine (a release 0.3 s slower
+    failed all three tests that slept)."""
+    pending = set(cache_aio._dropping)
+    if pending:
+        _done, late = await asyncio.wait(pending, timeout=10)
+        assert not late, "a background lock release did not end within 10 s"
+
+
 async def _free(cache: Any, name: str) -> bool:
     """Whether another owner can take lock *name* right now."""
     other = cache.lock(name, timeout=5)
@@ -225,7 +238,7 @@ def test_lock_acquire_cancelled_after_redis_granted_it_is_undone(redis_url: str,
                 await task
             late.on = False
             held = lock.locked()
-            await asyncio.sleep(0.1)  # the clean-up's own round trip
+            await _background_releases()  # the clean-up's own round trip
             return held, await _free(c, "job")
         finally:
             await c.aclose()
@@ -259,7 +272,7 @@ def test_lock_release_cancelled_before_it_was_sent_is_still_done(monkeypatch: py
             for task in (release, busy):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.sleep(0.1)
+            await _background_releases()
             return await _free(c, "job")
         finally:
             await c.aclose()
@@ -290,7 +303,7 @@ def test_get_or_set_cancelled_while_taking_its_lock_leaves_no_lock(redis_url: st
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             late.on = False
-            await asyncio.sleep(0.1)
+            await _background_releases()
             value = await c.get_or_set("report", compute)
             return value, c.stats()["lock_waits"]
         finally:
