@@ -614,7 +614,9 @@ class _StoreCore:
                 if carried is not None:
                     return carried
                 self._reject(reason, context)
-                return self.new()
+                fresh = self.new()
+                fresh.foreign_cookie = True
+                return fresh
             session, superseded = yield from self._load_steps(sid, parse_version_token(version_token))
         except BackendUnavailable:
             if self.outage_policy != "anonymous":

@@ -78,6 +78,11 @@ class Session(dict[str, Any]):
         #: cookie already, so adapters send no session cookie (kept or deleted) for it;
         #: a rotation (a login in this request) clears it
         self.superseded = False
+        #: the cookie named nothing this store knows: not one it signed, nor (with a
+        #: carry-over) a session of the previous store, or one carried over before the
+        #: window: another app's cookie of the same name, most likely, which adapters
+        #: leave alone (a session the previous store holds and refuses is not this)
+        self.foreign_cookie = False
         self.created: float = meta.get("created", 0.0)
         self.last_seen: float = meta.get("last_seen", 0.0)
         self.loaded_user: str | None = meta.get("user")

@@ -44,9 +44,11 @@ rotation. A request sent with the pre-login cookie that loads only after the
 login gets an anonymous session and, while the old id's alias lives, no session
 cookie at all (neither SessionMiddleware's deletion of an empty session nor a new
 session's cookie after a write). SessionMiddleware's deletion is also left out for a
-cookie of the session's name that statekit cannot have signed (another app's on the
-same domain: it would be deleted on every response that reads the session), unless
-``STATEKIT_SESSION_CARRY_OVER`` is set (the previous engine's keys look the same).
+cookie of the session's name that names nothing this app knows (another app's on the
+same domain: it would be deleted on every response that reads the session): none
+statekit signed and, with ``STATEKIT_SESSION_CARRY_OVER``, no session of the previous
+engine either (the old cookie of a session that engine holds and statekit refuses to
+read is deleted, once: each request would read and refuse it again).
 It also marks the session
 cookie ``Secure`` outside ``DEBUG`` (Django's own ``SESSION_COOKIE_SECURE`` defaults
 to off), unless the project sets ``SESSION_COOKIE_SECURE`` itself (``False``: the
@@ -246,15 +248,17 @@ class SessionOutageMiddleware(HybridMiddleware):
 
     @staticmethod
     def _foreign(request: HttpRequest, session: Any) -> bool:
-        """Whether the request's session cookie is none this app's statekit sessions
-        signed (with no carry-over from a previous engine, whose keys it may be)."""
+        """Whether the request's session cookie names nothing this app knows: none its
+        statekit sessions signed, nor, with a carry-over, a session of the previous
+        engine (:attr:`~django_statekit.sessions.SessionStore.foreign_cookie`); or a
+        key Django itself refuses (shorter than 8: ``SessionBase._validate_session_key``),
+        which no engine looks up."""
         from .sessions import SessionStore
 
         cookie = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         if not cookie or not isinstance(session, SessionStore):
             return False
-        store = get_core_store()
-        return store.carry_over is None and store._verify(cookie)[0] is None
+        return session.foreign_cookie or len(cookie) < 8
 
     @classmethod
     def _outage_cookie(cls, session: Any, response: HttpResponseBase) -> HttpResponseBase:

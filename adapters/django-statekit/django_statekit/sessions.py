@@ -163,6 +163,10 @@ class SessionStore(SessionBase):
         #: the key named a session rotated away moments ago (a login in a parallel
         #: request): the middleware keeps SessionMiddleware from deleting its cookie
         self.superseded = False
+        #: the key, loaded, named nothing statekit knows: not one it signed, nor (with
+        #: a carry-over) a session of the previous engine (another app's cookie of the
+        #: same name): the middleware keeps SessionMiddleware from deleting it
+        self.foreign_cookie = False
         super().__init__(session_key)
 
     @property
@@ -214,6 +218,7 @@ class SessionStore(SessionBase):
         # a key they do not know
         if not self.session_key or (store.carry_over is None
                                     and store.unsign(self.session_key, context="django") is None):
+            self.foreign_cookie = bool(self.session_key)
             self._session_key = None
             return {}
         try:
@@ -231,7 +236,7 @@ class SessionStore(SessionBase):
         # is in whole seconds, negative once the date has passed)
         if core.new or isinstance(expiry, str) and self.get_expiry_age(expiry=expiry) < 0:
             # missing, expired or revoked: a fresh session on its next save
-            self.superseded = core.superseded
+            self.superseded, self.foreign_cookie = core.superseded, core.foreign_cookie
             self._session_key = None
             self._core = None
             return {}
