@@ -188,3 +188,22 @@ def test_a_caller_cancelled_while_waiting_takes_no_turn(redis_cluster_url: str) 
             await cache.aclose()
 
     asyncio.run(main())
+
+
+def test_the_generation_listener_connects_under_max_connections(redis_cluster_url: str) -> None:
+    """A Cluster cache's generation listener (which keeps the namespace's generation
+    current, so a get is one round trip) connects on a URL with ``max_connections``:
+    its unpooled connection was given the pool's ``max_connections`` and failed to
+    be made (``TypeError``), every time, so every get read the generation counter too
+    (two round trips; ``AsyncCache.get`` on such a URL ~2x slower)."""
+    from statekit.cache import Cache
+
+    cache = Cache(_url(redis_cluster_url, max_connections=8), namespace="review16-cpool-gen")
+    try:
+        assert cache.set("k", 1)
+        assert cache.get("k") == 1
+        listener = cache._listener
+        assert listener is not None
+        assert listener.connected.wait(10), "the generation listener did not connect within 10 s"
+    finally:
+        cache.close()

@@ -70,7 +70,7 @@ CLUSTER_FOLLOW = 1.0
 #: connection options of the client that the listener's own connection does not take
 _NOT_FOR_LISTENER = ("connection_class", "connection_pool", "ssl", "retry", "protocol",
                      "health_check_interval", "cache", "cache_config", "maint_notifications_config",
-                     "maint_notifications_pool_handler", "event_dispatcher")
+                     "maint_notifications_pool_handler", "event_dispatcher", "max_connections")
 
 
 def endpoints_of(client: Any) -> list[dict[str, Any]]:
