@@ -118,12 +118,12 @@ class DictCacheBackend(CacheBackend):
             self.store.data[real] = (b"%d" % value, item[1])
             return value
 
-    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
+    def touch(self, key: str, ttl_ms: int | None, now: float, stale_ms: int) -> bool:
         with self.store.lock:
             real = self._real(key)
             item = self._live(real)
             left = None if item is None or item[1] is None else int((item[1] - time.monotonic()) * 1000)
-            new = None if item is None else touched(item[0], left, ttl_ms, now)
+            new = None if item is None else touched(item[0], left, ttl_ms, now, stale_ms)
             if new is None:
                 return False
             self._put(real, *new)

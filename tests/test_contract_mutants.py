@@ -124,8 +124,8 @@ class CacheClearWipesEveryNamespace(_Cache):
 
 
 class CacheTouchMissingIsTrue(_Cache):
-    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
-        super().touch(key, ttl_ms, now)
+    def touch(self, key: str, ttl_ms: int | None, now: float, stale_ms: int) -> bool:
+        super().touch(key, ttl_ms, now, stale_ms)
         return True
 
 

@@ -318,6 +318,8 @@ class _CacheCore:
                 ("lock_wait", lock_wait, False), ("stale_ttl", stale_ttl, False),
                 ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
             _check_number(name, number, positive)
+        if stale_ttl == math.inf:  # no TTL to store a get_or_set value (or touch one) with
+            raise ConfigError(f"cache setting stale_ttl must be a finite number >= 0, not {stale_ttl!r}")
         if url is not None:
             url = url_and_scheme(url)[0]  # as pasted from an env file: the backends get it stripped
             _backend_class(url)
@@ -808,7 +810,7 @@ class _CacheCore:
         self._backend or self._connect()
         try:
             return bool((yield from self._write("touch", False, self._check_key(key), self._ttl_ms(ttl),
-                                                _time())))
+                                                _time(), int(self.stale_ttl * 1000))))
         finally:
             self._forget(key)
 
@@ -1317,9 +1319,11 @@ class Cache(_CacheCore):
         """Give *key* a new lifetime of *ttl* seconds (``None``: none); ``False`` if it
         is missing. A value of :meth:`get_or_set` / :meth:`cached` is due *ttl* seconds
         from now (:meth:`ttl` says so; it is still served stale as long after that as
-        before), and ``ttl=None`` makes it permanent, as :meth:`persist`. One past its
-        ttl, kept only to be served stale, is not there (as for :meth:`get`):
-        ``False``, left as it is."""
+        before), and ``ttl=None`` makes it permanent, as :meth:`persist`. One that was
+        permanent is served stale for this cache's ``stale_ttl`` after it (the window
+        it was stored with is not kept once it is permanent). One past its ttl, kept
+        only to be served stale, is not there (as for :meth:`get`): ``False``, left as
+        it is."""
         return drive(self._touch(key, ttl), self._effect)
 
     def persist(self, key: str) -> bool:

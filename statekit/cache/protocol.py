@@ -113,22 +113,24 @@ def persisted(data: bytes) -> bytes:
 
 
 def touched(data: bytes, left_ms: int | None, ttl_ms: int | None,
-            now: float) -> tuple[bytes, int | None] | None:
+            now: float, stale_ms: int) -> tuple[bytes, int | None] | None:
     """What :meth:`CacheBackend.touch` stores for *data* (stored with *left_ms* of its
     TTL left, ``None`` for none) given a new lifetime of *ttl_ms* (``None``: none) at
     *now*: the bytes and their TTL, or ``None`` if *data* is not :func:`live` at *now*
     (nothing changes). A get_or_set envelope becomes due at *now* + *ttl_ms*
     (:func:`deadline`; never for ``None``, as :func:`persisted`) and is kept as long
-    past that, to be served stale, as it was kept past its old deadline (none if it
-    had no TTL or no deadline); any other value is kept as it is, for *ttl_ms*."""
+    past that, to be served stale, as it was kept past its old deadline; *stale_ms*
+    past it if it kept no such window (made permanent, or no TTL). Any other value is
+    kept as it is, for *ttl_ms*."""
     end = expiry(data)
     if end <= now:
         return None
     if data[0] != 2:
         return data, ttl_ms
     stored = data[:1] + deadline(now, ttl_ms) + data[1 + len(_FOREVER):]
-    if ttl_ms is not None and left_ms is not None and end != math.inf:
-        ttl_ms += max(0, left_ms - math.floor((end - now) * 1000))  # its stale window
+    if ttl_ms is not None:  # its stale window, or the caller's if it kept none
+        ttl_ms += (max(0, left_ms - math.floor((end - now) * 1000))
+                   if left_ms is not None and end != math.inf else stale_ms)
     return stored, ttl_ms
 
 
@@ -190,11 +192,12 @@ class CacheBackend:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement incr()")
 
-    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
+    def touch(self, key: str, ttl_ms: int | None, now: float, stale_ms: int) -> bool:
         """Give *key* a new lifetime of *ttl_ms* (``None``: none), in one step, if it
         holds a value ``get()`` finds at *now* (:func:`live`): store it as :func:`touched`
-        says (a get_or_set value's logical expiry moves with its TTL). ``False`` if
-        it is missing or not :func:`live`."""
+        says (a get_or_set value's logical expiry moves with its TTL, and it is kept
+        past it as long as before, or *stale_ms*, the cache's ``stale_ttl``, if it was
+        permanent). ``False`` if it is missing or not :func:`live`."""
         raise NotImplementedError(f"{type(self).__name__} must implement touch()")
 
     def persist(self, key: str, now: float) -> bool:

@@ -859,12 +859,12 @@ class _RedisCachePlans:
                                                          b"1" if create else b"0"))
         return None if result is None else int(result)
 
-    def plan_touch(self, key: str, ttl_ms: int | None, now: float) -> Plan[bool]:
+    def plan_touch(self, key: str, ttl_ms: int | None, now: float, stale_ms: int) -> Plan[bool]:
         """:meth:`touch` as a plan (the script's ``touch``: a new lifetime for a value
         live at *now*, a get_or_set value's logical expiry moved with its TTL in the
-        same step)."""
+        same step, its stale window kept or, if it kept none, *stale_ms*)."""
         return bool((yield from self._run(b"touch", (key,), (_ttl_arg(ttl_ms), repr(now),
-                                                             deadline(now, ttl_ms)))))
+                                                             deadline(now, ttl_ms), str(stale_ms)))))
 
     def plan_persist(self, key: str, now: float) -> Plan[bool]:
         """:meth:`persist` as a plan (the script's ``persist``: ``PERSIST`` of a value
@@ -1017,8 +1017,8 @@ class RedisCacheBackend(_RedisCachePlans, CacheBackend):
     def incr(self, key: str, delta: int, ttl_ms: int | None, *, create: bool) -> int | None:
         return drive(self.plan_incr(key, delta, ttl_ms, create=create), self._do)
 
-    def touch(self, key: str, ttl_ms: int | None, now: float) -> bool:
-        return drive(self.plan_touch(key, ttl_ms, now), self._do)
+    def touch(self, key: str, ttl_ms: int | None, now: float, stale_ms: int) -> bool:
+        return drive(self.plan_touch(key, ttl_ms, now, stale_ms), self._do)
 
     def persist(self, key: str, now: float) -> bool:
         return drive(self.plan_persist(key, now), self._do)

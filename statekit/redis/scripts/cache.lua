@@ -110,17 +110,19 @@ elseif op == 'touch' then
   -- clock ARGV[4] (else nothing changes: 0), as statekit.cache.protocol.touched: a
   -- get_or_set envelope's logical expiry becomes ARGV[5] (now + the lifetime, packed;
   -- +inf for none, as persist), and it is kept as long past it, to be served stale, as
-  -- it was kept past its old one
+  -- it was kept past its old one; one that kept no such window (made permanent, or a
+  -- TTL removed by hand) is kept ARGV[6] ms past it (the caller's stale_ttl)
   local r = KEYS[f]
   local e, envelope = expiry(r)
   local now = tonumber(ARGV[4])
   if e <= now then return 0 end
   if ARGV[3] == '' then
     redis.call('PERSIST', r)
-  elseif envelope and e ~= math.huge then
+  elseif envelope then
     local left = redis.call('PTTL', r)
     local ms = tonumber(ARGV[3])
-    if left > 0 then ms = ms + math.max(0, left - math.floor((e - now) * 1000)) end
+    if e ~= math.huge and left >= 0 then ms = ms + math.max(0, left - math.floor((e - now) * 1000))
+    else ms = ms + tonumber(ARGV[6]) end
     redis.call('PEXPIRE', r, string.format('%.0f', ms))
   else
     redis.call('PEXPIRE', r, ARGV[3])
