@@ -86,7 +86,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,13 +120,39 @@ if tuple(_gunicorn.version_info[:2]) < _GUNICORN_MIN:
     raise ConfigError(f"statekit serve needs gunicorn 26.2 or later, not {_gunicorn.__version__}: "
                       "pip install --upgrade 'statekit[server]'")
 
-from gunicorn import sock, util  # noqa: E402
-from gunicorn.app.base import BaseApplication  # noqa: E402
-from gunicorn.arbiter import Arbiter  # noqa: E402
-from gunicorn.errors import AppImportError, HaltServer  # noqa: E402
-from gunicorn.http import wsgi as gunicorn_wsgi  # noqa: E402
-from gunicorn.pidfile import Pidfile  # noqa: E402
-from gunicorn.workers.gthread import ThreadWorker  # noqa: E402
+
+@contextlib.contextmanager
+def _unread_web_concurrency() -> Iterator[None]:
+    """Hide ``WEB_CONCURRENCY`` from gunicorn's config module while it is imported, if
+    it is not an int: that module reads it with ``int()`` at import time (its
+    ``workers`` default), and the ValueError came before ``statekit serve`` had read
+    its options (``statekit reload`` too, which never uses it). serve reads the
+    variable itself (:func:`serve_main`: a usage error naming it, or ``--workers``
+    wins) and always gives gunicorn its number of workers."""
+    raw = os.environ.get("WEB_CONCURRENCY")
+    hide = False
+    if raw is not None and "gunicorn.config" not in sys.modules:
+        try:
+            int(raw)
+        except ValueError:
+            hide = True
+    if hide:
+        del os.environ["WEB_CONCURRENCY"]
+    try:
+        yield
+    finally:
+        if raw is not None and hide:
+            os.environ["WEB_CONCURRENCY"] = raw
+
+
+with _unread_web_concurrency():
+    from gunicorn import sock, util
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.errors import AppImportError, HaltServer
+    from gunicorn.http import wsgi as gunicorn_wsgi
+    from gunicorn.pidfile import Pidfile
+    from gunicorn.workers.gthread import ThreadWorker
 
 __all__ = [
     "DEFAULTS",
@@ -1247,6 +1273,20 @@ def _workers(text: str) -> int:
     return count
 
 
+def _or_env(parser: argparse.ArgumentParser, given: Any, option: str, variable: str, default: str,
+            check: Callable[[str], Any]) -> Any:
+    """*option*'s value: *given* on the command line, else the environment's *variable*
+    (read by *check*, the option's argparse type: a value it refuses is a usage error
+    naming the variable), else *default*."""
+    if given is not None:
+        return given
+    raw = os.environ.get(variable)
+    try:
+        return check(default if raw is None else raw)
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"argument {option}, from {variable} in the environment: {e}")
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``statekit serve MODULE:APP [...]``: run a WSGI or ASGI app on gunicorn with
     drain, rolling reload, worker recycling and the broadcaster. Exits when the
@@ -1261,10 +1301,10 @@ def serve_main(argv: Sequence[str]) -> int:
                    help="wsgi: gthread workers; asgi: uvicorn workers (pip install 'statekit[asgi]'); auto "
                         "(default): asgi when the app is an async callable, found by importing it once in a "
                         "short-lived child process")
-    p.add_argument("--bind", type=_bind, default=os.environ.get("STATEKIT_BIND", "127.0.0.1:8000"),
-                   metavar="HOST:PORT", help="address to listen on: HOST:PORT, unix:PATH or fd://N (default "
-                                             "$STATEKIT_BIND or 127.0.0.1:8000)")
-    p.add_argument("--workers", type=_workers, default=os.environ.get("WEB_CONCURRENCY", "2"), metavar="N",
+    p.add_argument("--bind", type=_bind, metavar="HOST:PORT",
+                   help="address to listen on: HOST:PORT, unix:PATH or fd://N (default $STATEKIT_BIND or "
+                        "127.0.0.1:8000)")
+    p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
     p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
@@ -1291,6 +1331,8 @@ def serve_main(argv: Sequence[str]) -> int:
                         "default 0: never)")
     p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
     opts = p.parse_args(list(argv))
+    opts.bind = _or_env(p, opts.bind, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
+    opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
     recycling = _recycling(opts.max_requests, opts.max_requests_jitter, opts.max_worker_age,
                            opts.max_worker_rss)
     if ":" not in opts.app:

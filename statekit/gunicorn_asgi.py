@@ -161,6 +161,10 @@ class StatekitUvicornWorker(UvicornWorker):  # type: ignore[misc]
     (see the module docstring): ready when its server serves, a clean exit after
     SIGTERM, no request limit of its own."""
 
+    #: one process: uvicorn's config would read ``WEB_CONCURRENCY`` for its number of
+    #: workers otherwise, with ``int()`` (``statekit serve --workers N`` may leave a
+    #: variable that is not one: see :func:`statekit.gunicorn.serve_main`)
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "workers": 1}
     #: :func:`statekit.gunicorn.post_worker_init` leaves the readiness report to us
     statekit_reports_ready = True
     statekit_slot: int
