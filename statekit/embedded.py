@@ -76,13 +76,17 @@ def free_port(*, cluster: bool = False) -> int:
 
 
 def bind_in_use(bind: str) -> bool:
-    """Whether another process listens on *bind* (``HOST:PORT``): for a command to say
-    so in one line, not after a server's startup log or gunicorn's five seconds of
-    'Connection in use' retries. Another error (a bad address) is ``False``: the
-    server's to report."""
+    """Whether another process listens on *bind* (``HOST:PORT``, ``[V6]:PORT``): for a
+    command to say so in one line, not after a server's startup log or gunicorn's five
+    seconds of 'Connection in use' retries. Another error (a bad address) is ``False``:
+    the server's to report."""
     host, _, port = bind.rpartition(":")
-    try:
-        with socket.create_server((host.strip("[]"), int(port))):
+    host = host.strip("[]")
+    try:  # bound as gunicorn binds: an IPv6 address on a socket of its family, as it comes (dual stack)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, int(port)))
+            s.listen()
             return False
     except OSError as e:
         return e.errno == errno.EADDRINUSE

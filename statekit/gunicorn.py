@@ -146,7 +146,7 @@ def _unread_web_concurrency() -> Iterator[None]:
 
 
 with _unread_web_concurrency():
-    from gunicorn import sock, util
+    from gunicorn import sock, systemd, util
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
     from gunicorn.errors import AppImportError, HaltServer
@@ -1287,6 +1287,20 @@ def _or_env(parser: argparse.ArgumentParser, given: Any, option: str, variable: 
         parser.error(f"argument {option}, from {variable} in the environment: {e}")
 
 
+def _bind_in_use(bind: str) -> bool:
+    """Whether *bind* is a TCP address another process listens on, for serve to say so
+    at once (gunicorn tries five times, a second apart, then logs it). Not asked when
+    the master is handed its listening sockets (systemd's socket activation, the
+    re-exec after USR2): it binds nothing then. A check, then a bind: a port taken in
+    between still gets gunicorn's retries and its exit status 1."""
+    from .embedded import bind_in_use
+
+    if "GUNICORN_FD" in os.environ or systemd.listen_fds(unset_environment=False):
+        return False
+    address = util.parse_address(bind)
+    return isinstance(address, tuple) and bind_in_use(f"{address[0]}:{address[1]}")
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``statekit serve MODULE:APP [...]``: run a WSGI or ASGI app on gunicorn with
     drain, rolling reload, worker recycling and the broadcaster. Exits when the
@@ -1331,6 +1345,7 @@ def serve_main(argv: Sequence[str]) -> int:
                         "default 0: never)")
     p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
     opts = p.parse_args(list(argv))
+    bind_from_env = opts.bind is None and "STATEKIT_BIND" in os.environ
     opts.bind = _or_env(p, opts.bind, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
     opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
     recycling = _recycling(opts.max_requests, opts.max_requests_jitter, opts.max_worker_age,
@@ -1339,6 +1354,11 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
         raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
+    if _bind_in_use(opts.bind):  # in one line, as statekit dev says it of its ports
+        other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"
+        print(f"statekit serve: {opts.bind} is in use (another server listens there): stop it, or choose "
+              f"{other}", file=sys.stderr)
+        return 2
     if opts.pid is None:
         opts.pid = default_pid_file(opts.bind)
         os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
