@@ -80,7 +80,7 @@ from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_li
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
 from .protocol import ENVELOPE, CacheBackend, expiry
-from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
+from .tools import DEFAULT, TTL, CachedFunction, Lock, _stale_seconds, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
     from ..redis import RedisClient
@@ -849,7 +849,7 @@ class _CacheCore:
                 return default
             return found
         secs = self.default_ttl if ttl is DEFAULT else _ttl_seconds(ttl)
-        stale = self.stale_ttl if stale_ttl is None else stale_ttl
+        stale = self.stale_ttl if stale_ttl is None else _stale_seconds(stale_ttl)
         try:
             entry = yield from self._fetch(key)
         except BackendUnavailable:
@@ -1370,7 +1370,8 @@ class Cache(_CacheCore):
         lock from it, so that caller's older value does not replace it). A value whose
         key was deleted (or the namespace cleared) while it was computed is returned
         but not stored. An expired value is served
-        for up to *stale_ttl* more seconds to callers that do not hold the lock. Before
+        for up to *stale_ttl* more seconds (finite: ``ValueError`` before anything is
+        computed otherwise) to callers that do not hold the lock. Before
         expiry a caller refreshes early with XFetch probability, so hot keys rarely
         expire at all. With ``on_error="miss"`` an outage computes without storing.
 

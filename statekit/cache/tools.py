@@ -52,6 +52,15 @@ def _ttl_seconds(ttl: Any) -> float | None:
     return float(ttl)
 
 
+def _stale_seconds(stale: Any) -> float:
+    """A get_or_set's or cached()'s *stale* (``stale_ttl``, given), checked before
+    anything is computed: a value's TTL is its ttl plus this window in whole
+    milliseconds, which ``inf`` and ``nan`` have none of (a negative one is no window)."""
+    if isinstance(stale, bool) or not isinstance(stale, (int, float)) or not math.isfinite(stale):
+        raise ValueError(f"stale_ttl must be a finite number of seconds or None (the cache's), not {stale!r}")
+    return stale
+
+
 def _lock_ms(timeout: Any) -> int:
     """*timeout* (positive seconds) in whole milliseconds, at least 1."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
@@ -182,6 +191,8 @@ class CachedFunction(Generic[T]):
                  key: str | Callable[..., str] | None, stale_ttl: float | None) -> None:
         if ttl is not DEFAULT:
             _ttl_seconds(ttl)  # fail at decoration, not at the first call
+        if stale_ttl is not None:
+            _stale_seconds(stale_ttl)
         self.cache = cache
         self.uncached = func
         self.ttl = ttl
