@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_broadcast_async import until  # tests/ is on sys.path
 
 from statekit.blobs import AsyncBlobStore, BlobStore
 from statekit.blobs.aio import QUEUE_BYTES
 from statekit.errors import BlobNotFound, BlobTooLarge, DisallowedContentType
+from statekit.pytest_plugin import wait_for
 from statekit.testing.contracts.blobs import HTML, direct_upload, png_bytes
 from statekit.testing.loop import LoopLag
 
@@ -157,8 +159,9 @@ def test_cancelled_put_leaves_no_object(url: str) -> None:
             stall = asyncio.Event()
             sent = [0]
             task = asyncio.create_task(store.put(body(11 * MiB, sent, then=stall)))
-            while sent[0] < 11 * MiB or not await asyncio.to_thread(leftovers, store.sync):
-                await asyncio.sleep(0.01)  # until the body stalls with a write under way
+            # until the body stalls with a write under way
+            await until(lambda: sent[0] >= 11 * MiB, "the whole body taken", timeout=30)
+            await asyncio.to_thread(wait_for, lambda: leftovers(store.sync), 30, "an upload under way")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -175,7 +178,7 @@ def test_cancelled_put_leaves_no_object(url: str) -> None:
 
             store.sync.put = slow_put  # type: ignore[method-assign]
             task = asyncio.create_task(store.put(b"committed, never returned", content_type="text/plain"))
-            await asyncio.to_thread(committed.wait, 10)
+            assert await asyncio.to_thread(committed.wait, 10), "the worker never committed"
             assert len(leftovers(store.sync)) == 1
             task.cancel()
             asyncio.get_running_loop().call_soon(release.set)

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from test_blobs_async import BLOCK, body, leftovers
+from test_broadcast_async import until
 
 from statekit.blobs import AsyncBlobStore, BlobStore, local
 from statekit.blobs.protocol import WriteRequest
@@ -174,12 +175,10 @@ def test_async_put_cancelled_while_waiting_for_a_worker_ends_at_once(tmp_path: P
             stall, sent = asyncio.Event(), [0]
             first = asyncio.create_task(store.put(body(2 * len(BLOCK), sent, then=stall)))
             try:
-                while sent[0] < 2 * len(BLOCK):
-                    await asyncio.sleep(0.01)
+                await until(lambda: sent[0] >= 2 * len(BLOCK), "the first body taken")
                 queued_sent = [0]
                 second = asyncio.create_task(store.put(body(4 * 2**20, queued_sent)))
-                while queued_sent[0] == 0:
-                    await asyncio.sleep(0.01)
+                await until(lambda: queued_sent[0], "the second body read")
                 second.cancel()
                 done, _ = await asyncio.wait([second], timeout=30)
                 assert second in done and second.cancelled() and not first.done()
@@ -244,7 +243,7 @@ def test_async_body_stopping_at_each_point_leaves_nothing(
         async with AsyncBlobStore(url, **options) as store:
             reached = asyncio.Event()
             task = asyncio.create_task(store.put(_broken(10 * MiB + len(BLOCK), at, reached, fail=fail)))
-            await reached.wait()
+            await until(reached.is_set, f"the body at byte {at}", timeout=30)
             if fail:
                 with pytest.raises(ConnectionResetError):
                     await task

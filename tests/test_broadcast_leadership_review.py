@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import test_broadcast  # tests/ is on sys.path
+from test_broadcast_async import until
 
 from statekit.broadcast import Broadcaster, SharedValue, state_key
 from statekit.broadcast import hub as _hub
@@ -287,11 +288,11 @@ def test_async_stop_while_a_claim_is_in_flight_leaves_no_computation_running(
 
         gate = _gate(b, "claim")
         b.start()
-        await gate.entered.wait()
+        await until(gate.entered.is_set, "the claim at its gate")
         stopping = asyncio.create_task(b.stop(timeout=0.5))
         await asyncio.sleep(0)  # stop() has begun: it waits for the scheduler task
         gate.go.set()
-        await started.wait()
+        await until(started.is_set, "the claim's computation started")
         await stopping
         left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("statekit-broadcast")]
         return left, b.counters.get("publishes")
@@ -330,7 +331,7 @@ def test_async_stop_whose_release_fails_still_ends_the_running_computations(
             return "never"
 
         b.start()
-        await started.wait()
+        await until(started.is_set, "the computation started")
         backend = b.backend
         b._backends.current = lambda: Refusing(backend, "release")  # type: ignore[method-assign]
         with pytest.raises(BroadcastError):
@@ -374,13 +375,12 @@ def test_async_scheduler_cancelled_while_a_lease_calls_reply_is_in_flight_releas
             b.every(interval, name="job", lease=lease)(_one)
         if leading:  # it already leads: its next call of *method* is cut
             task = first.start()
-            while not first.counters.get("publishes"):
-                await asyncio.sleep(0.01)
+            await until(lambda: first.counters.get("publishes"), "the first leader's publish")
             gate = _gate_applied(first, method)
         else:
             gate = _gate_applied(first, method)
             task = first.start()
-        await gate.entered.wait()
+        await until(gate.entered.is_set, f"the {method} at its gate")
         task.cancel()
         await asyncio.wait({task})
         await first.stop()

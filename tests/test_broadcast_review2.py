@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import test_broadcast  # tests/ is on sys.path
+from test_broadcast_async import until
 
 from statekit.broadcast import Broadcaster
 from statekit.broadcast.aio import AsyncBroadcaster
@@ -109,8 +110,7 @@ def test_a_release_refused_for_one_job_still_releases_the_jobs_after_it(redis_ur
             b.every(60, name="refused", lease=30)(_one)
             b.every(60, name="released", lease=30)(_one)
         first.start()
-        while first.counters.get("publishes") < 2:
-            await asyncio.sleep(0.01)
+        await until(lambda: first.counters.get("publishes") >= 2, "both jobs published")
         backend = first.backend
         first._backends.current = lambda: RefusedRelease(backend, "refused")  # type: ignore[method-assign]
         with pytest.raises(BroadcastError):

@@ -14,7 +14,8 @@ from collections.abc import Awaitable
 from typing import Any
 
 import pytest
-from test_redis_aio import _with, run  # tests/ is on sys.path
+from test_broadcast_async import until  # tests/ is on sys.path
+from test_redis_aio import _with, run
 
 from statekit.embedded import RedisCluster
 from statekit.errors import BackendUnavailable
@@ -349,8 +350,7 @@ def test_a_command_cancelled_at_each_await_point_leaves_nothing_behind(
             await _reached(hold)
             hold.reached.clear()
             blocker = asyncio.ensure_future(t.command(b"GET", "a"))  # a new connection, held too
-            while len(pool._in_use_connections) < 2:
-                await asyncio.sleep(0)
+            await until(lambda: len(pool._in_use_connections) >= 2, "the blocker's connection", interval=0)
             other = next(c for c in pool._in_use_connections if c is not conn)
             _hold_reads(monkeypatch, other, hold)
             await _reached(hold)
@@ -374,8 +374,7 @@ def test_a_command_cancelled_at_each_await_point_leaves_nothing_behind(
             blockers = [asyncio.ensure_future(t.command(b"GET", "a"))]
             await _reached(hold)
             task = asyncio.ensure_future(t.command(*command))
-            while not t._waiters:
-                await asyncio.sleep(0)
+            await until(lambda: t._waiters, "the command to wait for a connect slot", interval=0)
         elif point == "idle-check":
             monkeypatch.setattr(conn, "can_read", hold.wait)
             monkeypatch.setattr(aio, "STALE_CHECK_AFTER", -1.0)

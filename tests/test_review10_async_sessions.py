@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from test_broadcast_async import until  # tests/ is on sys.path
 
 from statekit.errors import BackendUnavailable
 from statekit.sessions.aio import AsyncSessionStore
@@ -60,7 +61,7 @@ def test_engine_errors_and_cancellation_reach_the_caller(redis_url: str) -> None
                 seen.append(str(info.value))
             faulty.mode = "hang"
             task = asyncio.ensure_future(store.open(cookie))
-            await faulty.started.wait()
+            await until(faulty.started.is_set, "the engine's load to hang")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

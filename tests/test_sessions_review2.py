@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_broadcast_async import until  # tests/ is on sys.path
 
 from statekit.errors import BackendUnavailable, SerializationError
 from statekit.sessions import SessionStore
@@ -156,7 +157,7 @@ def test_async_on_cluster_a_request_cancelled_after_its_session_script_still_ind
             engine._index_after = index_after
             try:
                 task = asyncio.ensure_future(store.save(s) if op == "save" else store.rotate(s))
-                await paused.wait()
+                await until(paused.is_set, "the index update after the save")
                 task.cancel()
                 gate.set()
                 await asyncio.gather(task, return_exceptions=True)
