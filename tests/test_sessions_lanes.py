@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 import test_redis_gevent  # tests/ is on sys.path: its paused-child runner
+from test_broadcast_async import until
 
 from statekit.embedded import RedisServer
 from statekit.errors import BackendUnavailable
@@ -318,8 +319,11 @@ def test_a_cancelled_async_save_leaves_its_lane_in_step(redis_line_url: str) -> 
     """A request cancelled between its save's send and reply (writes paused; a client
     gone, a timeout middleware): the lane's connection is dropped, so the reply that
     comes later is never read as the next command's. The next loads of sessions of
-    that lane (queued behind it, and after) get their own hashes."""
-    store = _async_store(redis_line_url)
+    that lane (queued behind it, and after) get their own hashes. The save is
+    cancelled while it waits (writes paused for 10 s, its timeout 10 s, until the
+    UNPAUSE): with the default 1 s of both, a loaded machine that took longer to
+    cancel it would see it time out instead."""
+    store = _async_store(f"{redis_line_url}?socket_timeout=10")
     admin = redis.Redis.from_url(redis_line_url)
 
     async def main() -> list[object]:
@@ -332,20 +336,22 @@ def test_a_cancelled_async_save_leaves_its_lane_in_step(redis_line_url: str) -> 
         mine = await store.load(s.sid)
         assert mine is not None
         mine["who"] = "s2"
-        admin.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
-        save = asyncio.ensure_future(store.save(mine))
-        await asyncio.sleep(0.2)  # sent, waiting for its reply
-        queued = asyncio.ensure_future(store.load(other.sid, min_version=10**6))  # behind it on the lane
-        await asyncio.sleep(0)
-        save.cancel()
-        out: list[object] = []
+        admin.execute_command("CLIENT", "PAUSE", 10000, "WRITE")
         try:
-            await save
-        except asyncio.CancelledError:
-            out.append("cancelled")
-        loaded = await queued
-        out.append(loaded["who"] if loaded else None)
-        admin.execute_command("CLIENT", "UNPAUSE")
+            save = asyncio.ensure_future(store.save(mine))
+            await asyncio.sleep(0.2)  # sent, waiting for its reply
+            queued = asyncio.ensure_future(store.load(other.sid, min_version=10**6))  # behind it on the lane
+            await asyncio.sleep(0)
+            save.cancel()
+            out: list[object] = []
+            try:
+                await save
+            except asyncio.CancelledError:
+                out.append("cancelled")
+            loaded = await queued
+            out.append(loaded["who"] if loaded else None)
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
         again = await store.load(other.sid, min_version=10**6)
         out.append(again["who"] if again else None)
         after = await store.load(s.sid, min_version=10**6)
@@ -691,7 +697,7 @@ def test_an_async_command_cancelled_while_its_lane_is_checked_gives_the_connecti
         conn.can_read = conn.can_read_destructive = slow_check
         conn._statekit_last -= 1  # idle for a while: checked before use
         task = asyncio.ensure_future(transport.command(b"HGETALL", s.key))
-        await checking.wait()
+        await until(checking.is_set, "the idle connection's check")
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
