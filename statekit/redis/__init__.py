@@ -756,7 +756,9 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
             **kwargs,
         )
     if parsed.scheme == "redis+sentinel":
-        from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+        from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+        from ._sentinel import sentinel_class
 
         sentinel_kwargs = {
             "socket_connect_timeout": kwargs["socket_connect_timeout"],
@@ -768,7 +770,7 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
         managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
         kwargs["connection_class"] = with_rule(managed)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = sentinel_class()(
             list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs
         )
         master: redis.Redis = sentinel.master_for(parsed.service, db=parsed.db,  # type: ignore[no-untyped-call]

@@ -332,7 +332,9 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         for node in client.startup_nodes:
             node.connection_class = connection_class
     elif parsed.scheme == "redis+sentinel":
-        from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+        from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+        from ._sentinel import sentinel_class
 
         sentinel_kwargs = {"socket_connect_timeout": kwargs["socket_connect_timeout"],
                            "socket_timeout": kwargs["socket_timeout"]}
@@ -342,7 +344,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
         ssl = kwargs.pop("ssl", False) in (True, "true", "1", "yes")
         managed = SentinelManagedSSLConnection if ssl else SentinelManagedConnection
         kwargs["connection_class"] = _cancel_safe(managed)
-        sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
+        sentinel = sentinel_class(aio=True)(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
         client = sentinel.master_for(parsed.service, db=parsed.db, redis_class=_sentinel_master_class(),
                                      **_sentinel_waits(kwargs, aio=True))
         client.statekit_sentinels = sentinel.sentinels
