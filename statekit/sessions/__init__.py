@@ -178,12 +178,12 @@ from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationE
 from ..metrics import Counters
 from ..serializers import Serializer, _key_list, get_serializer
 from .protocol import IndexOp, NotSent, Result, SessionEngine, Status
-from .session import Session, SessionInfo
+from .session import Committed, Session, SessionInfo
 
 if TYPE_CHECKING:
     from .carryover import CarryOver
 
-__all__ = ["AsyncSessionStore", "Session", "SessionInfo", "SessionStore", "parse_version_token",
+__all__ = ["AsyncSessionStore", "Committed", "Session", "SessionInfo", "SessionStore", "parse_version_token",
            "security_log"]
 
 #: rejected cookies and other security events
@@ -702,15 +702,11 @@ class _StoreCore:
         self._saved(session, sets, dels, t, user, result.version)
         return True
 
-    def _commit_steps(self, session: Session, had_data: bool) -> Steps[tuple[bool, Session | None]]:
-        """The save an adapter makes at the end of a request: whether it stored (see
-        :meth:`SessionStore.save`) and, after a logout, the session that carries what
-        the request set after it (a "logged out" message), stored under a fresh id.
-
-        A logout (:meth:`Session.logging_out`: cleared, or emptied) saves the
-        session emptied (what was set after the clear held back), then destroys it:
-        the old id names nothing any more, whatever a copy of its cookie may be
-        used for. An outage between the two leaves it stored empty, and its retry
+    def _commit_steps(self, session: Session, had_data: bool) -> Steps[Committed]:
+        """:meth:`SessionStore.commit`'s steps. A logout (:meth:`Session.logging_out`:
+        cleared, or emptied) saves the session emptied (what was set after the clear
+        held back), then destroys it: the old id names nothing any more, whatever a
+        copy of its cookie may be used for. An outage between the two leaves it stored empty, and its retry
         completes the logout. Unless a login in a parallel request rotated the
         session since this request loaded it: the emptying save follows the alias,
         only the keys it removed go from the new session, and what was set after the
@@ -728,11 +724,11 @@ class _StoreCore:
                 session.update(after)
         saved = yield from self._save_steps(session, False)
         if not session.destroyed or not (after or session):
-            return saved, None
+            return Committed(saved, None)
         carried = self.new()
         carried.update(after or session.copy())
         yield from self._save_steps(carried, False)
-        return saved, carried
+        return Committed(saved, carried)
 
     def _changes(self, session: Session, user: str | None) -> tuple[dict[str, bytes], list[str]]:
         """The fields a save of *session* sets and deletes: the data keys whose
@@ -1065,6 +1061,41 @@ class SessionStore(_StoreCore):
             a ``rotate`` or ``destroy`` instead deletes what that create may have stored.
         """
         return self._run(self._save_steps(session, force))
+
+    def commit(self, session: Session, *, had_data: bool) -> Committed:
+        """The save a framework adapter makes at the end of each request, instead of
+        :meth:`save`: it also ends a logout. *had_data*: whether *session* held data
+        when the request opened it (``bool(session)`` right after :meth:`open`).
+
+        A session the request cleared (:meth:`Session.clear`), or emptied key by key
+        when it had data, is a logout: it is saved empty, then destroyed, so its id
+        names nothing any more whatever a copy of its cookie is used for; what the
+        request set after the clear (a "logged out" message), or after a
+        :meth:`destroy` in the view, is stored under a new id, the returned
+        ``carried`` session. Any other session is saved as by :meth:`save`.
+
+        What the adapter's response then sets (the :class:`Committed` returned:
+        ``saved``, ``carried``): after a logout (``session.destroyed``) ``carried``'s
+        cookie, or else a deletion of the cookie; when not ``saved`` (revoked or
+        expired meanwhile) nothing; else the version token
+        (:meth:`version_token`), and the cookie if ``session.send_cookie`` (stored
+        first now, rotated, carried over) or a write refreshed the expiry
+        (``session.written``), unless the write followed a rotation
+        (``session.through_alias``: the browser holds the newer cookie). A request
+        whose cookie named a rotated-away session (``session.superseded``) or an
+        outage's read-only session (``session.unavailable``) sends no cookie.
+        statekit's Flask and Starlette adapters are worked examples.
+
+        If a login in a parallel request rotated the session since this one loaded
+        it, the emptying save follows the rotation: only the keys this request removed
+        go from the new session, which lives on, and what was set after the clear is
+        saved into it.
+
+        :raises BackendUnavailable: Redis unreachable (as :meth:`save`). A logout it
+            interrupted may have stored the session empty without destroying it; the
+            same request's retry completes the logout.
+        """
+        return self._run(self._commit_steps(session, had_data))
 
     def rotate(self, session: Session) -> Session:
         """Give *session* a new id (call it on login). Its data moves to the new id

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from ..backends import load_backend
-from . import _T, ENGINES, Call, Session, SessionInfo, Steps, _StoreCore
+from . import _T, ENGINES, Call, Committed, Session, SessionInfo, Steps, _StoreCore
 
 __all__ = ["AsyncSessionStore"]
 
@@ -147,6 +147,12 @@ class AsyncSessionStore(_StoreCore):
             calling ``save`` again is safe, as with the sync store).
         """
         return await self._run(self._save_steps(session, force))
+
+    async def commit(self, session: Session, *, had_data: bool) -> Committed:
+        """The save an adapter makes at the end of each request, a logout's destroy
+        and carried session included (:meth:`SessionStore.commit
+        <statekit.sessions.SessionStore.commit>`), awaited."""
+        return await self._run(self._commit_steps(session, had_data))
 
     async def rotate(self, session: Session) -> Session:
         """Give *session* a new id (on login); the old one becomes a tombstone alias

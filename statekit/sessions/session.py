@@ -8,14 +8,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from . import SessionStore, _StoreCore
 
-__all__ = ["Session", "SessionInfo", "warn_secure_cookie_over_http"]
+__all__ = ["Committed", "Session", "SessionInfo", "warn_secure_cookie_over_http"]
 
 _log = logging.getLogger("statekit.sessions")
 
@@ -275,7 +275,7 @@ class Session(dict[str, Any]):
         :meth:`clear`-ed, whatever was set after (Flask's ``session.clear();
         flash("logged out")``), or emptied key by key (*had_data*: it held data when
         loaded). The adapters then destroy it and store what was set after the clear
-        under a fresh id (:meth:`SessionStore.save`'s ``_commit_steps``)."""
+        under a fresh id (:meth:`SessionStore.commit`)."""
         return not self.destroyed and not self.new and (self.cleared or had_data and not self)
 
     def _sync_store(self, what: str) -> SessionStore:
@@ -309,6 +309,16 @@ class SessionInfo:
     created: float
     last_seen: float
     user_id: str | None
+
+
+class Committed(NamedTuple):
+    """What :meth:`SessionStore.commit` did: whether it stored the session (``False``:
+    it ended, or was destroyed or revoked meanwhile, and nothing of it was written) and
+    the session that carries what the request set after a logout, stored under a new
+    id (``None`` when there is none): send its cookie instead of deleting the cookie."""
+
+    saved: bool
+    carried: Session | None
 
 
 #: hosts whose plain-http pages browsers still send ``Secure`` cookies to

@@ -307,10 +307,9 @@ class StatekitSessionInterface(SessionInterface):
             session.modified = True
         logout = session.logging_out(session.had_data)
         try:
-            # cleared or emptied: a logout (see _commit_steps); what was set after the
-            # clear, or after a destroy() in the view, goes to a fresh id
-            store = self.store
-            saved, carried = store._run(store._commit_steps(session, session.had_data))
+            # cleared or emptied: a logout (see SessionStore.commit); what was set after
+            # the clear, or after a destroy() in the view, goes to a fresh id
+            saved, carried = self.store.commit(session, had_data=session.had_data)
             logged_out = session.destroyed
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)

@@ -371,9 +371,9 @@ class SessionMiddleware:
             # rotated moments ago: the browser most likely holds the new cookie already
             return []
         try:
-            # cleared or emptied: a logout (see _commit_steps); what was set after the
-            # clear, or after a destroy_session() in the app, goes to a fresh id
-            saved, carried = await store._run(store._commit_steps(session, had_data))
+            # cleared or emptied: a logout (see SessionStore.commit); what was set after
+            # the clear, or after a destroy_session() in the app, goes to a fresh id
+            saved, carried = await store.commit(session, had_data=had_data)
             logged_out = session.destroyed
         except BackendUnavailable as e:
             outages.down(self.outage_name, e)
