@@ -25,15 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _committer(url: str, mode: str) -> tuple[SessionStore, Callable[[Session, bool], Committed]]:
     """The sync store (to set up and check) and the commit under test: the sync
-    store's, or an async store's on the same keys, each call on a new loop."""
+    store's, or an async store's on the same keys, each call on a new loop. The
+    session's user is its ``_user_id``."""
     prefix = "cm" + uuid.uuid4().hex[:8]
-    sync = SessionStore(url, secret_keys=KEYS, key_prefix=prefix)
+    sync = SessionStore(url, secret_keys=KEYS, key_prefix=prefix, user_key="_user_id")
     if mode == "sync":
         return sync, lambda session, had_data: sync.commit(session, had_data=had_data)
 
     def commit(session: Session, had_data: bool) -> Committed:
         async def run() -> Committed:
-            async with AsyncSessionStore(url, secret_keys=KEYS, key_prefix=prefix) as store:
+            async with AsyncSessionStore(url, secret_keys=KEYS, key_prefix=prefix,
+                                         user_key="_user_id") as store:
                 return await store.commit(session, had_data=had_data)
 
         return asyncio.run(run())
@@ -61,13 +63,17 @@ def test_commit_saves_what_the_request_changed(redis_url: str, mode: str) -> Non
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_commit_of_a_cleared_session_logs_out_and_carries_what_was_set_after(redis_url: str,
-                                                                            mode: str) -> None:
+@pytest.mark.parametrize("revoked", [False, True], ids=["", "revoked-meanwhile"])
+def test_commit_of_a_cleared_session_logs_out_and_carries_what_was_set_after(redis_url: str, mode: str,
+                                                                            revoked: bool) -> None:
+    """Also when the user was revoked meanwhile: what was set after the clear only."""
     store, commit = _committer(redis_url, mode)
     try:
         session = store.create({"_user_id": "ada", "cart": ["apple"]})
         loaded = _opened(store, session.sid)
         had_data = bool(loaded)
+        if revoked:
+            assert store.revoke_user("ada") == 1
         loaded.clear()
         loaded["flash"] = "logged out"
         saved, carried = commit(loaded, had_data)
@@ -76,6 +82,7 @@ def test_commit_of_a_cleared_session_logs_out_and_carries_what_was_set_after(red
         assert carried is not None and carried.sid != session.sid
         assert _opened(store, carried.sid) == {"flash": "logged out"}
         assert saved is False  # the destroyed session itself is not stored again
+        assert store.list_user_sessions("ada") == []
     finally:
         store.close()
 

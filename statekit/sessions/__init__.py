@@ -706,12 +706,14 @@ class _StoreCore:
         """:meth:`SessionStore.commit`'s steps. A logout (:meth:`Session.logging_out`:
         cleared, or emptied) saves the session emptied (what was set after the clear
         held back), then destroys it: the old id names nothing any more, whatever a
-        copy of its cookie may be used for. An outage between the two leaves it stored empty, and its retry
-        completes the logout. Unless a login in a parallel request rotated the
-        session since this request loaded it: the emptying save follows the alias,
-        only the keys it removed go from the new session, and what was set after the
-        clear is saved into it. A session destroyed in the view (``destroy()``) is
-        carried the same way."""
+        copy of its cookie may be used for. An outage between the two leaves it
+        stored empty, and its retry completes the logout. Unless a login in a
+        parallel request rotated the session since this request loaded it: the
+        emptying save follows the alias, only the keys it removed go from the new
+        session, and what was set after the clear is saved into it. What was set
+        after a ``destroy()`` in the view is carried the same way. A session that
+        ended otherwise (revoked, destroyed by another request, expired: the save
+        finds it gone) carries nothing: its data, a login included, stays ended."""
         after: dict[str, Any] = {}
         if session.logging_out(had_data):
             after = session.copy()
@@ -723,7 +725,7 @@ class _StoreCore:
             else:
                 session.update(after)
         saved = yield from self._save_steps(session, False)
-        if not session.destroyed or not (after or session):
+        if not session.destroyed or not (after or session._destroyed_here and session):
             return Committed(saved, None)
         carried = self.new()
         carried.update(after or session.copy())
@@ -847,7 +849,7 @@ class _StoreCore:
         session.sid, session.handle, session.rotated = new_sid, new_handle, True
         session.superseded = False  # a login: its cookie goes out whatever the request sent
         session.send_cookie = not session.new
-        session.destroyed = False
+        session.destroyed = session._destroyed_here = False
         return session
 
     def _lives_steps(self, handle: str) -> Steps[bool]:
@@ -873,7 +875,7 @@ class _StoreCore:
         yield from self._drop_pending_steps(session)
         dict.clear(session)
         session._encoded.clear()
-        session.destroyed = True
+        session.destroyed = session._destroyed_here = True
 
     def _destroy_steps(self, handle: str, user: str | None, check_user: bool = False) -> Steps[bool]:
         """Delete session *handle*, and the one it is a rotation alias of (*user*: the
@@ -1072,7 +1074,9 @@ class SessionStore(_StoreCore):
         names nothing any more whatever a copy of its cookie is used for; what the
         request set after the clear (a "logged out" message), or after a
         :meth:`destroy` in the view, is stored under a new id, the returned
-        ``carried`` session. Any other session is saved as by :meth:`save`.
+        ``carried`` session. Any other session is saved as by :meth:`save`; one
+        revoked, destroyed by another request or expired since it was opened is not
+        stored, and nothing of it is carried (its login stays ended).
 
         What the adapter's response then sets (the :class:`Committed` returned:
         ``saved``, ``carried``): after a logout (``session.destroyed``) ``carried``'s

@@ -48,6 +48,12 @@ class Session(dict[str, Any]):
     during an outage.
     """
 
+    #: destroyed by this request (:meth:`SessionStore.destroy`, a logout), which emptied
+    #: it: what it holds since was set after, and is carried to a new id by
+    #: :meth:`SessionStore.commit`; not a session a save or ``incr`` found revoked or
+    #: ended, whose data (a login included) stays ended
+    _destroyed_here = False
+
     def __init__(self, store: _StoreCore, sid: str, data: Mapping[str, Any] | None = None, *,
                  new: bool = True, meta: Mapping[str, Any] | None = None,
                  raw: Mapping[str, bytes] | None = None, handle: str | None = None) -> None:
