@@ -8,7 +8,9 @@ own in a forked child (gunicorn workers); the asyncio stores of a URL share
 each node's) bounds its pool, and a caller past it waits for a connection another
 gives back, up to the socket timeout (a ``BlockingConnectionPool``; redis-py's plain
 pool fails at once with ``Too many connections``); the transport keeps some of it
-between calls, never all (:mod:`statekit.redis.transport`).
+between calls, never all (:mod:`statekit.redis.transport`). A Cluster client's
+commands and pipelines through redis-py take turns of the rest (:class:`ClusterGate`),
+so no pipeline waits in one node's pool holding another node's connection.
 
 **The retry rule** (the same for redis-py's own calls and for
 :class:`statekit.redis.transport.Transport`, on every server line; it lives here
@@ -748,10 +750,13 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
         kwargs.pop("db", None)
         kwargs.pop("health_check_interval", None)
         kwargs.pop("sentinel_password", None)
+        gate = None
         if "max_connections" in kwargs:  # each node's pool waits for a connection (module docstring)
             kwargs["connection_pool_class"] = functools.partial(redis.BlockingConnectionPool,
                                                                 timeout=kwargs["socket_timeout"])
+            gate = ClusterGate(int(kwargs["max_connections"]), kwargs["socket_timeout"])
         return _lazy_cluster(
+            gate,
             startup_nodes=[ClusterNode(h, p) for h, p in parsed.hosts],  # type: ignore[no-untyped-call]
             **kwargs,
         )
@@ -787,6 +792,76 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
 
 
 _lazy_cluster_class: Any = None
+_gated_cluster_class: Any = None
+
+#: guards the making of a :class:`ClusterGate`'s semaphore (held for no I/O)
+_gates_made = threading.Lock()
+
+
+class ClusterGate:
+    """The turns of a sync Redis Cluster client of a URL with ``max_connections``
+    (its ``statekit_gate``): every command through ``RedisCluster.execute_command``
+    and every pipeline (``ClusterPipeline.execute``) of the client takes one, every
+    store's on the client together. redis-py's sync pipeline takes its nodes'
+    connections one at a time and keeps those it has while it waits in the next
+    node's ``BlockingConnectionPool``: two pipelines visiting two nodes in opposite
+    orders each held one node's last connection and waited for the other's for the
+    socket timeout. A turn uses one connection of a node at most (a pipeline one of
+    each of its nodes), and there are as many turns as each node's pool has
+    connections besides those the transports keep between calls
+    (:func:`~statekit.redis.transport.kept_share`; a thread's direct commands on them
+    take no turn): so a caller in a turn never waits in a node's pool for a
+    connection another caller holds. A caller past them waits its turn up to
+    *timeout* (the socket timeout, as the node pools wait; ``None``: as long as it
+    takes), then :func:`~statekit.redis.transport.pool_busy`, nothing sent. A call
+    made in a turn its thread holds (a pipeline's redirected commands) runs in that
+    turn. The asyncio client's is :class:`statekit.redis.aio._ClusterGate`.
+
+    The semaphore and the thread-local depth are made on first use, by the
+    ``threading`` of that moment: a client made before gevent patched it (a preloaded
+    app) gets gevent's, whose wait yields to the other greenlets and whose locals
+    count each greenlet's nesting apart. A forked child starts with every turn free."""
+
+    __slots__ = ("max_connections", "timeout", "turns", "_free", "_held", "__weakref__")
+
+    def __init__(self, max_connections: int, timeout: float | None) -> None:
+        from .transport import kept_share
+
+        self.max_connections = max_connections
+        self.timeout = float(timeout) if timeout else None
+        self.turns = max_connections - kept_share(max_connections)
+        self._free: threading.BoundedSemaphore | None = None
+        self._held: threading.local | None = None
+        reset_in_child(self)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: every turn free (the parent's holders are not there)."""
+        self._free = self._held = None
+
+    def _made(self) -> tuple[threading.BoundedSemaphore, threading.local]:
+        with _gates_made:
+            if self._free is None or self._held is None:
+                self._free, self._held = threading.BoundedSemaphore(self.turns), threading.local()
+            return self._free, self._held
+
+    def __enter__(self) -> ClusterGate:
+        free, held = self._free, self._held
+        if free is None or held is None:
+            free, held = self._made()
+        depth = getattr(held, "depth", 0)
+        if not depth and not free.acquire(timeout=self.timeout):
+            from .transport import pool_busy
+
+            raise pool_busy("a Redis Cluster call", self)
+        held.depth = depth + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        free, held = self._free, self._held
+        assert free is not None and held is not None
+        held.depth -= 1
+        if not held.depth:
+            free.release()
 
 
 def _adopt_cluster(cluster: Any) -> None:
@@ -808,15 +883,17 @@ def _adopt_cluster(cluster: Any) -> None:
             pool.reset()
 
 
-def _lazy_cluster(**kwargs: Any) -> RedisClient:
+def _lazy_cluster(gate: ClusterGate | None, **kwargs: Any) -> RedisClient:
     """A ``RedisCluster`` that contacts the cluster on first use, not when created.
 
     redis-py's ``RedisCluster()`` fetches the slot map in its constructor, so an app
     created while the cluster is away would fail to start (and gunicorn would give
     up on its workers). This one is created at once; its first command connects,
     and raises :class:`~statekit.errors.BackendUnavailable` (then again on the next
-    command) until the cluster answers, like a standalone client."""
-    global _lazy_cluster_class
+    command) until the cluster answers, like a standalone client. With a *gate* (a
+    URL's ``max_connections``) its commands and pipelines take turns
+    (:class:`ClusterGate`); without, it is redis-py's class but for the lazy start."""
+    global _lazy_cluster_class, _gated_cluster_class
     if _lazy_cluster_class is None:
         from redis.cluster import RedisCluster
 
@@ -866,7 +943,50 @@ def _lazy_cluster(**kwargs: Any) -> RedisClient:
                     super().close()
 
         _lazy_cluster_class = LazyRedisCluster
-    client: RedisClient = _lazy_cluster_class(**kwargs)
+    if gate is None:
+        client: RedisClient = _lazy_cluster_class(**kwargs)
+        return client
+    if _gated_cluster_class is None:
+        from redis.cluster import ClusterPipeline
+
+        class GatedClusterPipeline(ClusterPipeline):  # type: ignore[misc]
+            """A pipeline whose ``execute`` takes a turn of its client's gate."""
+
+            _statekit_gate: ClusterGate
+
+            def execute(self, raise_on_error: bool = True) -> Any:
+                with self._statekit_gate:
+                    return super().execute(raise_on_error)
+
+        class GatedRedisCluster(_lazy_cluster_class):  # type: ignore[misc,valid-type]
+            """A lazy ``RedisCluster`` whose commands and pipelines take turns."""
+
+            @property
+            def statekit_gate(self) -> ClusterGate:
+                gate: ClusterGate = self.__dict__["_statekit_gate"]
+                return gate
+
+            def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+                pipe = super().pipeline(transaction, shard_hint)
+                pipe.__class__ = GatedClusterPipeline  # (redis-py made it; execute() takes a turn)
+                pipe._statekit_gate = self.__dict__["_statekit_gate"]
+                return pipe
+
+        # the turn is taken under execute_command (redis-py's retries within it), which
+        # OpenTelemetry's instrumentation wraps: the transport looks for its wrapper there
+        # to drive its direct commands through redis-py (module docstring of .transport)
+        name = "_internal_execute_command" if hasattr(GatedRedisCluster, "_internal_execute_command") \
+            else "execute_command"  # (older redis-py)
+        inner = getattr(GatedRedisCluster, name)
+
+        def execute_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with self.__dict__["_statekit_gate"]:
+                return inner(self, *args, **kwargs)
+
+        setattr(GatedRedisCluster, name, execute_command)
+        _gated_cluster_class = GatedRedisCluster
+    client = _gated_cluster_class(**kwargs)
+    object.__setattr__(client, "_statekit_gate", gate)
     return client
 
 
