@@ -274,7 +274,9 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
      "naming `max_connections` (nothing sent); the connections kept between calls leave at least one "
      "of it free. asyncio on `redis+cluster://`: at most `max_connections` commands and pipelines of "
      "a loop's client in flight at once, every store's together (each takes one connection of a node "
-     "at most); a call past it waits its turn the same way. A near cache's invalidation listener and "
+     "at most); a call past it waits its turn the same way. Sync on `redis+cluster://`: the commands "
+     "and pipelines through redis-py take turns of the part the kept connections leave (one of 1 to "
+     "4), so a pipeline never waits for one node holding another's. A near cache's invalidation listener and "
      "a broadcast subscriber have connections of their own, outside it"),
     ("retries", _REDIS, "0 to 100", "2", "new attempts of a command that was not sent (never of one "
      "whose outcome is unknown)"),
