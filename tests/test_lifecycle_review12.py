@@ -52,8 +52,10 @@ def test_a_successor_that_never_becomes_ready_is_ended_and_the_old_worker_serves
         hung = [int(p) for p in re.findall(r"new worker (\d+) not ready", srv.log())]
         assert len(hung) == 1, srv.log()
         wait_until(lambda: not _alive(hung[0]), 5, f"the hung worker {hung[0]} to be ended")
-        assert "rolling reload aborted" in srv.log()
-        assert set(srv.workers()) == before
+        # the master logs the abort, and reaps the worker, after the kill: waited for
+        # (the log was read before the master wrote it, 1 run of 2 under load here)
+        wait_until(lambda: "rolling reload aborted" in srv.log(), 10, "the reload's abort logged")
+        wait_until(lambda: set(srv.workers()) == before, 10, "the old worker alone")
         assert request(srv.port, "/")[0] == 200
         os.unlink(tmp_path / "hang")
 
@@ -178,10 +180,14 @@ def test_asgi_sigterm_twice_then_the_graceful_timeout_exceeded(tmp_path: Path) -
     assert len(out) == 1 and not isinstance(out[0], int), out
     assert log.count("statekit: shutdown:") == 1, log
     assert re.search(r"in_flight_at_term=1 completed=0 rejected=0 force_killed=1 lost_in_flight=1", log), log
-    # the kill is explained before gunicorn's "was sent SIGKILL! Perhaps out of memory?"
+    # the kill is explained before gunicorn's "was sent SIGKILL! Perhaps out of memory?",
+    # which comes only if the master reaps the worker before it exits (50 ms after the
+    # kill: a loaded machine's worker took longer to die, 1 run of 5 here, no line)
     killed = re.search(r"statekit: worker (\d+) still running after the graceful timeout \(2s\): SIGKILL, "
                        r"1 requests in flight lost", log)
-    assert killed and log.index(killed[0]) < log.index(f"Worker (pid:{killed[1]}) was sent SIGKILL"), log
+    assert killed, log
+    reaped = log.find(f"Worker (pid:{killed[1]}) was sent SIGKILL")
+    assert reaped == -1 or log.index(killed[0]) < reaped, log
 
 
 STREAM_WSGI = APP.replace("def app(environ, start_response):\n", '''def app(environ, start_response):
