@@ -174,6 +174,9 @@ def test_asgi_rolling_reloads_under_load_fail_nothing(tmp_path: Path) -> None:
             for k in kept:
                 k.halt.set()
                 k.join(20)
+        # "rolling reload done" is logged when the last old worker is told to stop; it
+        # may still be draining (its pre-stop delay, its in-flight requests): wait for it
+        wait_until(lambda: len(srv.workers()) == 2, 30, "the last old worker to exit")
         after = set(srv.workers())
         log = srv.log()
     kept_failures = [f for k in kept for f in k.failures]
