@@ -98,6 +98,8 @@ def test_three_rolling_reloads_under_load_fail_nothing(tmp_path: Path) -> None:
                 assert reload_main(["--pid", str(srv.pidfile)] if i % 2 else [str(srv.pid)]) == 0
                 wait_until(lambda n=i: srv.log().count("rolling reload done") == n + 1, 30, "reload")
                 time.sleep(1.5)
+        # the last old worker, told to stop at "rolling reload done", may still be draining
+        wait_until(lambda: len(srv.workers()) == 2, 30, "the last old worker to exit")
         after = set(srv.workers())
         log = srv.log()
     assert load.total > 50
