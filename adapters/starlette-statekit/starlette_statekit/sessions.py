@@ -55,7 +55,9 @@ only, and after a rotation the old one is a tombstone. That 500 is answered here
 with the page the app's ServerErrorMiddleware makes (its handler for 500 or
 ``Exception``, its debug page, or "Internal Server Error"), and the exception goes on
 to it and the server as before; a handler of the app's then runs twice (the second
-answer is not sent).
+answer is not sent), and a middleware placed outside this one that answers errors
+itself (a JSON error) finds the response started: such a request gets the app's 500
+page (the cookie cannot be added to an answer made outside this middleware).
 
 **Cookies** are sent when the id is new or rotated, and with each write when
 *max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
