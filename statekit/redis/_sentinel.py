@@ -72,18 +72,17 @@ def _discovering(sentinel: Any, service: str, not_found: type[Exception]) -> Ite
 
 
 class _AsksToldSentinels:
-    """Mixin for redis-py's ``Sentinel``: its sentinel clients are ``told_class``'s,
-    which record their answers to ``SENTINEL MASTERS``."""
+    """Mixin for redis-py's ``Sentinel``: the sentinel clients it made are
+    ``told_class``'s (a subclass adding no state), which record their answers to
+    ``SENTINEL MASTERS``."""
 
     told_class: Any
-    sentinel_kwargs: dict[str, Any]
     sentinels: list[Any]
 
-    def __init__(self, sentinels: Iterable[tuple[str, int]], *args: Any, **kwargs: Any) -> None:
-        sentinels = list(sentinels)
-        super().__init__(sentinels, *args, **kwargs)  # type: ignore[call-arg]
-        self.sentinels = [self.told_class(host=host, port=port, **self.sentinel_kwargs)
-                          for host, port in sentinels]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for client in self.sentinels:
+            client.__class__ = self.told_class
 
 
 def _address(client: Any) -> str:
