@@ -114,7 +114,7 @@ class BlobStore:
     :param backend: a ready backend instead of *url* (``S3Backend(client=...,
         bucket=...)``).
     :param max_size: the default limit of :meth:`put`.
-    :param allowed_types: the default allow-list of :meth:`put`.
+    :param allowed_types: the default allow-list of :meth:`put` and :meth:`confirm`.
     :param secret: signs URLs and upload forms of stores that do not presign their own
         (default: random per process, so links do not survive a restart).
     :param options: passed to the backend (``part_size=``, ``root=``...).
@@ -406,8 +406,10 @@ class BlobStore:
         """Check a direct upload against its policy and accept it.
 
         Reads the size (HEAD) and the first bytes (a ranged GET) only. If the object
-        is larger than the presigned ``max_size`` or its sniffed type contradicts its
-        ``Content-Type`` or the allowed prefix, it is deleted and the error raised.
+        is larger than the presigned ``max_size``, its sniffed type contradicts its
+        ``Content-Type`` or the allowed prefix, or it is not of *allowed_types* (by
+        default the store's ``allowed_types``, as for :meth:`put`), it is deleted and
+        the error raised.
         Idempotent: confirming an accepted upload returns its record. The form
         uploads to a staging key (S3's own, or :meth:`receive_upload`'s under
         ``.statekit/``) that this copies to *key* and deletes: nothing unchecked is
@@ -424,6 +426,7 @@ class BlobStore:
         :raises BlobError: another process is recording its verdict; try again.
         """
         validate_key(key)
+        allowed = allowed_types if allowed_types is not None else self.allowed_types
         backend = self.backend
         raw = self._policy(key)
         if raw is None:
@@ -441,7 +444,7 @@ class BlobStore:
             if blob.size > int(policy["max_size"]):
                 raise BlobTooLarge(f"direct upload of {blob.size} bytes exceeds {policy['max_size']}")
             head = backend.read_range(key, 0, SNIFF_BYTES)
-            check_content_type(head, blob.content_type, allowed_types)
+            check_content_type(head, blob.content_type, allowed)
             type_prefix = str(policy["content_type_prefix"])
             final = check_content_type(head, blob.content_type)
             if type_prefix and not type_allowed(final, [type_prefix + "*"]):

@@ -1,0 +1,86 @@
+"""Review 17, "a limit holds on every path": the blob store's limits.
+
+A store made with ``allowed_types=`` (``STATEKIT_BLOBS_ALLOWED_TYPES`` in the Flask
+and Starlette adapters) holds every :meth:`~statekit.blobs.BlobStore.put` to that
+allow-list, sync and async. A direct upload (:meth:`presign_upload`, the browser's
+form, :meth:`confirm`) is the other way a file gets into the store: ``confirm()``
+without ``allowed_types=`` took any type, so a PDF (or anything the sniffer accepts)
+landed in a store configured for images only. It now takes the store's allow-list
+when it is given none, as ``put`` does; an explicit list still wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statekit.blobs import AsyncBlobStore, BlobStore
+from statekit.errors import DisallowedContentType
+from statekit.testing.contracts.blobs import direct_upload, png_bytes
+
+PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
+
+
+@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "memory":
+        yield f"memory://review17-{uuid.uuid4().hex}"
+    elif request.param == "file":
+        yield f"file://{tmp_path}/blobs?create=1"
+    else:
+        yield request.getfixturevalue("s3_url")
+
+
+def test_put_holds_the_stores_allow_list(url: str) -> None:
+    """The baseline the direct upload is held to: ``put`` refuses a PDF in an image
+    store, nothing stored."""
+    store = BlobStore(url, allowed_types=["image/*"])
+    with pytest.raises(DisallowedContentType):
+        store.put(PDF, filename="doc.pdf")
+    assert list(store.list()) == []
+
+
+def test_confirm_holds_the_stores_allow_list(url: str) -> None:
+    store = BlobStore(url, allowed_types=["image/*"])
+    pdf = store.presign_upload(max_size=10_000, expires=60)
+    assert direct_upload(store, pdf, PDF, "application/pdf")
+    with pytest.raises(DisallowedContentType):
+        store.confirm(pdf.key)
+    assert not store.exists(pdf.key)
+    assert list(store.list()) == []
+
+    image = store.presign_upload(max_size=10_000, expires=60)
+    assert direct_upload(store, image, png_bytes(), "image/png")
+    assert store.confirm(image.key).content_type == "image/png"
+
+
+def test_confirm_with_its_own_allow_list_overrides_the_stores(url: str) -> None:
+    """As with ``put``: an explicit list is the one used."""
+    store = BlobStore(url, allowed_types=["image/*"])
+    pdf = store.presign_upload(max_size=10_000, expires=60)
+    assert direct_upload(store, pdf, PDF, "application/pdf")
+    assert store.confirm(pdf.key, allowed_types=["application/pdf"]).content_type == "application/pdf"
+
+    plain = BlobStore(url)  # no allow-list: any type, as before
+    other = plain.presign_upload(max_size=10_000, expires=60)
+    assert direct_upload(plain, other, PDF, "application/pdf")
+    assert plain.confirm(other.key).content_type == "application/pdf"
+
+
+def test_async_confirm_holds_the_stores_allow_list(url: str) -> None:
+    async def main() -> None:
+        async with AsyncBlobStore(url, allowed_types=["image/*"]) as store:
+            pdf = await store.presign_upload(max_size=10_000, expires=60)
+            if store.scheme == "s3":
+                assert await asyncio.to_thread(direct_upload, store.sync, pdf, PDF, "application/pdf")
+            else:
+                await store.receive_upload(pdf.fields, PDF, content_type="application/pdf")
+            with pytest.raises(DisallowedContentType):
+                await store.confirm(pdf.key)
+            assert not await store.exists(pdf.key)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
