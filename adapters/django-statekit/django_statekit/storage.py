@@ -76,8 +76,9 @@ class BlobStorage(Storage):
     """A Django storage over a statekit blob store; see the module docstring.
 
     :param url: the store URL (default ``STATEKIT_BLOBS_URL``).
-    :param max_size: largest accepted file in bytes.
-    :param allowed_types: allowed content types (``"image/*"`` patterns).
+    :param max_size: largest accepted file in bytes (default: the store's).
+    :param allowed_types: allowed content types (``"image/*"`` patterns; default: the
+        store's). Both hold for a ready *store* too.
     :param expires: lifetime of URLs from :meth:`url`, in seconds.
     :param store: a ready :class:`BlobStore` instead of *url*.
 
@@ -127,7 +128,7 @@ class BlobStorage(Storage):
             content.seek(0)  # form validation (ImageField) may have read it
         try:
             blob = self.store.put(_Chunks(content), filename=os.path.basename(str(original or base)),
-                                  prefix=directory)
+                                  prefix=directory, max_size=self.max_size, allowed_types=self.allowed_types)
         except InvalidKey as e:
             raise SuspiciousFileOperation(f"unusable upload_to directory {directory!r}: {e}") from e
         return blob.key

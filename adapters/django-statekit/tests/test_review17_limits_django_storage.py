@@ -1,0 +1,59 @@
+"""Review 17, "a limit holds on every path": ``BlobStorage``'s ``max_size`` and
+``allowed_types`` (its ``OPTIONS``) hold whichever way the storage gets its store.
+
+With ``url=`` (or ``STATEKIT_BLOBS_URL``) the storage opens a store with those limits.
+With ``store=`` (a ready :class:`~statekit.blobs.BlobStore`, shared with the rest of
+the project) it kept the store as given and put into it without them: a 500-byte file
+passed ``max_size=100`` and a PDF passed ``allowed_types=["image/*"]``. Both are now
+passed to every ``put``; a store's own limits still apply when the storage sets none.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+
+from django_statekit.storage import BlobStorage
+from statekit.blobs import BlobStore
+from statekit.errors import BlobTooLarge, DisallowedContentType
+from statekit.phoenix import make_png
+
+PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
+
+
+@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "memory":
+        return BlobStore(f"memory://review17-{uuid.uuid4().hex}")
+    if request.param == "file":
+        return BlobStore(f"file://{tmp_path}/media?create=1")
+    return BlobStore(request.getfixturevalue("s3_url"))
+
+
+def test_options_limits_hold_on_a_ready_store(django_settings: Any, store: BlobStore) -> None:
+    storage = BlobStorage(store=store, max_size=100, allowed_types=["image/*"])
+    with pytest.raises(BlobTooLarge):
+        storage.save("docs/big.bin", ContentFile(b"x" * 500))
+    with pytest.raises(DisallowedContentType):
+        storage.save("docs/doc.pdf", ContentFile(PDF))
+    assert list(store.list()) == []
+    png = make_png(random.Random(0), 1, 1)
+    assert len(png) <= 100
+    key = storage.save("docs/pixel.png", ContentFile(png))
+    assert key.startswith("docs/") and store.stat(key).content_type == "image/png"
+
+
+def test_a_ready_stores_own_limits_apply_when_the_storage_sets_none(django_settings: Any,
+                                                                     store: BlobStore) -> None:
+    store.max_size, store.allowed_types = 100, ["image/*"]
+    storage = BlobStorage(store=store)
+    with pytest.raises(BlobTooLarge):
+        storage.save("docs/big.bin", ContentFile(b"x" * 500))
+    with pytest.raises(DisallowedContentType):
+        storage.save("docs/doc.pdf", ContentFile(PDF))
+    assert list(store.list()) == []
