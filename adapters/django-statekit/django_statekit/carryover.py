@@ -37,7 +37,11 @@ pickle, so this adds no trust in the old cache. It is the one, opt-in, exception
 django-redis's JSON and msgpack serializers and its compressors are read with
 django-redis's own code, without the opt-in; its zlib, gzip, lzma, lz4 and zstd
 compressors' values are decompressed to 1 MB at most (``MAX_SESSION_BYTES``, as any old
-session is read: more is refused; a compressed value of 1 MB can be 1 GB). Another
+session is read: more is refused; a compressed value of 1 MB can be 1 GB), and a zstd
+frame declaring a window above 128 MB is refused. An app's own compressor
+(``OPTIONS["COMPRESSOR"]``) is read with its own ``decompress``, which takes no size
+limit: the memory and time it spends on a value are its own (the key is the cookie's
+choice), and what it returns is refused above 1 MB. Another
 serializer (an app's own) is refused at start-up (``ConfigError``): it may unpickle.
 Other cache backends are refused at start-up (``ConfigError``): their values would go
 through pickle. A cached session of more than 1 MB
@@ -85,6 +89,9 @@ _CACHED_DB = "django.contrib.sessions.backends.cached_db"
 _CACHE = "django.contrib.sessions.backends.cache"
 #: the keys Django's engines make (32 of [a-z0-9]); a cookie outside this is no old key
 _KEY_RE = re.compile(r"[A-Za-z0-9]{8,128}\Z")
+#: the largest zstd window read (2**27: 128 MB), libzstd's default limit, pinned: a frame's
+#: header may declare up to 2**31, allocated (as address space) before any output is made
+_ZSTD_WINDOW_LOG_MAX = 27
 
 
 def _bounded(decompressor: Any, raw: bytes, errors: tuple[type[Exception], ...]) -> bytes:
@@ -105,8 +112,11 @@ def _decompress(compressor: Any, raw: bytes) -> bytes:
     its own ``decompress`` has no limit (a zlib bomb of 1 MB is 1 GB in memory; 3 KB
     of zstd are 100 MB), and the key is the cookie's choice. zlib, gzip, lzma, lz4
     and zstd are read here within :data:`~statekit.sessions.carryover.MAX_SESSION_BYTES`,
-    the first compressed stream or frame (the one django-redis writes); the app's own
-    compressor by its own ``decompress``.
+    the first compressed stream or frame (the one django-redis writes), a zstd frame
+    declaring a window above 128 MB refused first (:data:`_ZSTD_WINDOW_LOG_MAX`). The
+    app's own compressor is read by its own ``decompress``, which takes no limit: the
+    memory and time it spends cannot be bounded from here; what it returns is refused
+    above the bound before any serializer reads it.
     :raises SerializationError: it decompresses beyond the bound."""
     import lzma
     import zlib
@@ -139,11 +149,15 @@ def _decompress(compressor: Any, raw: bytes) -> bytes:
         if method is ZStdCompressor.decompress:
             import pyzstd
 
-            return _bounded(pyzstd.ZstdDecompressor(), raw, (pyzstd.ZstdError,))
+            # a frame declares its window (up to 2 GB), allocated before any output:
+            # refused above 128 MB, libzstd's default limit, which django-redis reads with
+            limit: dict[int, int] = {pyzstd.DParameter.windowLogMax: _ZSTD_WINDOW_LOG_MAX}
+            return _bounded(pyzstd.ZstdDecompressor(option=limit), raw, (pyzstd.ZstdError,))
     try:
-        return compressor.decompress(raw)  # type: ignore[no-any-return]
+        out: bytes = compressor.decompress(raw)
     except Exception:  # noqa: BLE001 - django-redis leaves small values uncompressed
         return raw
+    return core._size_checked(out)  # after the call: its own decompress takes no limit
 
 
 def _django_redis_own(serializer: Any) -> bool:
