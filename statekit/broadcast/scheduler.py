@@ -332,6 +332,7 @@ class SchedulerBase:
         try:
             self.counters.incr("computes")
             _current.set(Run(job.name, slot, token, job.interval))
+            begun = time.monotonic()
             try:
                 value = yield "compute", (job,), {}
             except Exception:
@@ -340,9 +341,17 @@ class SchedulerBase:
                 return
             finally:
                 _current.set(None)
+            # judged here too, not only by a pass: none runs meanwhile under run_pending(),
+            # nor on a loop an async job holds, and a busy machine may run it late
+            overran = time.monotonic() - begun > job.timeout
             with self._runs_lock:
                 late = run_id in job.timed_out
-            if late:
+                if overran and not late:
+                    job.timed_out.add(run_id)  # as the pass would have: no second count
+                    self.counters.incr("timeouts")
+                    log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
+                              job.name, job.timeout)
+            if late or overran:
                 log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
                 return
             try:

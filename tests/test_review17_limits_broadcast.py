@@ -1,0 +1,100 @@
+"""Review 17, "a limit holds on every path": a broadcast job's ``timeout``.
+
+``every(..., timeout=T)``: "a late result is logged, counted and discarded, and the
+last good value stays". Only the scheduler's pass judged a run late (one due at
+``started + T``): a result that came back before that pass ran was published, however
+late. Two paths met it every time:
+
+* ``Broadcaster.run_pending()``, the documented pass for a caller that drives the
+  scheduler itself: no pass runs while the computation does;
+* an ``async def`` job on :class:`AsyncBroadcaster` that holds the loop (CPU work,
+  a blocking call): the pass cannot run until it returns, and the run publishes
+  before the loop comes back to it.
+
+(With the scheduler thread or task free, the pass due at ``started + T`` marks it; a
+loaded machine that runs that pass late published it too.) The run now measures its
+own computation and discards a result that took longer than ``timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from test_broadcast_async import until  # tests/ is on sys.path
+
+from statekit.broadcast import AsyncBroadcaster, Broadcaster
+from statekit.pytest_plugin import wait_for
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT = 0.2
+#: how long the computation takes: past TIMEOUT whatever the machine's load (a lower
+#: bound: sleep never returns early)
+TAKES = TIMEOUT + 0.5
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    return "r17" + str(abs(hash(request.node.nodeid)) % 10**8)
+
+
+def test_run_pending_discards_a_late_result(redis_url: str, prefix: str) -> None:
+    b = Broadcaster(redis_url, key_prefix=prefix)
+    b.publish("slow", "good")
+    calls: list[float] = []
+
+    @b.every(60, name="slow", timeout=TIMEOUT)
+    def slow() -> str:
+        calls.append(time.monotonic())
+        time.sleep(TAKES)
+        return "late"
+
+    try:
+        b.run_pending()  # claims the slot and starts the computation in a thread
+        wait_for(lambda: calls, timeout=10, what="the computation started")
+        wait_for(lambda: b.jobs["slow"].running == 0, timeout=30, what="the computation ended")
+        assert b.retained("slow") == (1, "good")  # the last good value stays
+        assert b.counters.get("timeouts") == 1
+        assert b.counters.get("publishes") == 1  # the test's own
+    finally:
+        b.stop(5)
+
+
+def test_async_job_that_holds_the_loop_is_discarded_when_late(redis_url: str, prefix: str) -> None:
+    async def main() -> None:
+        b = AsyncBroadcaster(redis_url, key_prefix=prefix)
+        await b.publish("busy", "good")
+        calls: list[float] = []
+
+        @b.every(60, name="busy", timeout=TIMEOUT)
+        async def busy() -> str:
+            calls.append(time.monotonic())
+            time.sleep(TAKES)  # the point: a job that holds the loop
+            return "late"
+
+        async with b:
+            await until(lambda: calls, "the computation started")
+            await until(lambda: b.jobs["busy"].running == 0, "the computation ended", timeout=30)
+            assert await b.retained("busy") == (1, "good")
+            assert b.counters.get("timeouts") == 1
+
+    asyncio.run(main())
+
+
+def test_a_run_within_its_timeout_publishes(redis_url: str, prefix: str) -> None:
+    """What the check must not discard: a computation well within its timeout."""
+    b = Broadcaster(redis_url, key_prefix=prefix)
+
+    @b.every(60, name="quick", timeout=30)
+    def quick() -> str:
+        return "fresh"
+
+    try:
+        b.run_pending()
+        wait_for(lambda: b.retained("quick") is not None, timeout=10, what="the value published")
+        assert b.retained("quick") == (1, "fresh")
+        assert b.counters.get("timeouts") == 0
+    finally:
+        b.stop(5)
