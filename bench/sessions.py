@@ -5,38 +5,52 @@ One Flask app, two routes: ``GET /read`` reads a session key, ``POST /write``
 changes one key. Each session kind is measured
 
 1. under Flask's test client, each kind in its own subprocess (its own tree on the
-   import path), driven in interleaved rounds from here: microseconds and CPU
-   microseconds (``time.process_time``) per request, Redis commands per request from
-   ``INFO commandstats`` (which also counts the commands run inside a Lua script)
-   and network round trips per request (counted in redis-py, where a script or
-   pipeline is one, and in the old hand-written client where there is one). The
-   best round and the median of the per-round ratios are reported;
+   import path), driven from here: microseconds and CPU microseconds
+   (``time.process_time``) per request, Redis commands per request from ``INFO
+   commandstats`` (which also counts the commands run inside a Lua script) and
+   network round trips per request (counted in redis-py, where a script or pipeline
+   is one, and in the old hand-written client where there is one);
 2. under gunicorn (2 workers x 4 threads, gthread) on loopback, driven by a bounded
    number of keep-alive client threads for a fixed time, each a browser with its
    own session (``--shared-session``: all with one): requests per second, and CPU
-   per request of the gunicorn processes and of Redis (from ``/proc`` and ``INFO
-   cpu``). The servers run side by side and the load alternates between them in
-   short slices; the median slice is reported, and ratios are medians of
-   neighbouring slices' ratios.
+   per request of the gunicorn master and workers (each thread's time on a CPU,
+   ``/proc/<pid>/task/<tid>/schedstat``) and of Redis (``INFO cpu``). The servers
+   run side by side, all the time.
+
+Both parts run in ``--rounds`` short rounds (default 12): each round gives every kind
+``--requests / rounds`` test-client requests, then ``--seconds / rounds`` of gunicorn
+load, per route, one kind after another, so the total time does not depend on the
+number of rounds. A now kind and its before kind run back to back, now first in even
+rounds and before first in odd ones (ABBA over two rounds: a drift of the machine's
+speed, or an advantage of going first or second, hits both alike); the other kinds
+and the pairs take turns at the front. A ratio (now / before, statekit / Flask-Session)
+is the median of the rounds' ratios, each of two figures measured moments apart, with
+an interval from the rounds' order statistics (the k-th smallest to the k-th largest
+ratio: the whole range up to 8 rounds, the 3rd to 10th of 12) that holds the median
+ratio at 95 % or more whatever the noise's shape, the range, and the number of
+rounds. The verdict on a target is ``met`` when the whole interval is on the right
+side of it, ``MISSED`` when the whole interval is beyond it, and ``within noise`` when
+it straddles it: this run cannot tell, more rounds (or a quieter machine) might.
 
 ``statekit-near`` is statekit with the session near cache on
 (``STATEKIT_SESSION_NEAR_CACHE``): an unchanged session loads without Redis.
 With ``--before REV`` (default in ``bench/run.py``: 49db0e6, main before issue 17)
 the kinds ``statekit@before`` and ``statekit-near@before`` run the same app from a
 ``git worktree`` of REV (removed afterwards; or ``--before PATH`` of a ready
-checkout), interleaved with the others against the same Redis, and the run prints
-now / before.
+checkout), paired with their now kinds against the same Redis, and the run prints
+now / before: time, req/s and CPU per request, each with its interval and verdict.
 
 Targets: test-client time <= 1.15x cookie sessions (issue 4); gunicorn req/s >=
 1.2x Flask-Session (issue 4); unmodified request = 1 Redis command, modified <= 2
 (round trips); now no more than 5 % slower than before (issue 17): time <= 1.05x,
 req/s >= 0.95x.
 
-Run: ``.venv/bin/python bench/sessions.py [--requests 2000] [--seconds 6] [--clients 8]
-[--threads 4] [--shared-session] [--no-gunicorn] [--before 49db0e6]``
+Run: ``.venv/bin/python bench/sessions.py [--requests 2000] [--seconds 6] [--rounds 12]
+[--clients 8] [--threads 4] [--shared-session] [--no-gunicorn] [--before 49db0e6]``
 (a private redis-server and the gunicorn processes are started and stopped;
-about 90 s with the defaults, twice that with ``--before``). Only the sessions
-feature of StateKit is enabled.
+about 60 s with the defaults, 90 s with ``--before``: the gunicorn part is
+``--seconds`` x 2 routes x the kinds). Only the sessions feature of StateKit is
+enabled.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import math
 import os
 import socket
 import statistics
@@ -55,7 +70,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -65,6 +80,8 @@ from statekit.embedded import RedisServer, free_port  # noqa: E402
 
 BASE_KINDS = ("cookie", "flask-session", "statekit", "statekit-near")
 BEFORE_KINDS = ("statekit@before", "statekit-near@before")
+#: the share of repeated runs whose interval may miss the median ratio (at most)
+ALPHA = 0.05
 
 APP = textwrap.dedent('''
     import os
@@ -109,6 +126,63 @@ APP = textwrap.dedent('''
 
 def _app_kind(kind: str) -> str:
     return kind.split("@", 1)[0]
+
+
+def round_order(kinds: list[str], i: int) -> list[str]:
+    """The order *kinds* run in, in round *i*: a kind with its ``@before`` kind is one
+    unit, the two back to back, now first in even rounds and before first in odd ones
+    (ABBA over two rounds); the units take turns at the front, moving every two rounds
+    (so each place in the order sees both orders of a pair)."""
+    units = [[k, f"{k}@before"] if f"{k}@before" in kinds else [k] for k in kinds if "@" not in k]
+    if i % 2:
+        units = [unit[::-1] for unit in units]
+    shift = i // 2 % len(units)
+    return [k for unit in units[shift:] + units[:shift] for k in unit]
+
+
+class Spread(NamedTuple):
+    """The median of a figure's per-round values (ratios), a distribution-free interval
+    for it (the *k*-th smallest to the *k*-th largest value), the range and the number
+    of rounds; *confidence*: the interval's coverage."""
+
+    median: float
+    low: float
+    high: float
+    least: float
+    most: float
+    rounds: int
+    k: int
+    confidence: float
+
+
+def spread(values: list[float]) -> Spread:
+    """The median of *values* with the interval from the k-th smallest to the k-th
+    largest of them, k the largest for which the chance that the true median lies
+    outside is at most ``ALPHA`` (it is outside only if k or more values fall on one
+    side of it: binomial, one half each; no assumption on the noise's shape). For up
+    to 8 values k is 1, the whole range (coverage 1 - 2 / 2**n: 97 % for 6 rounds)."""
+    xs = sorted(values)
+    n = len(xs)
+
+    def outside(k: int) -> float:  # P(the median is below the k-th smallest or above the k-th largest)
+        return 2 * sum(math.comb(n, j) for j in range(k)) / (1 << n)
+
+    k = 1
+    while k + 1 <= n // 2 and outside(k + 1) <= ALPHA:
+        k += 1
+    return Spread(statistics.median(xs), xs[k - 1], xs[n - k], xs[0], xs[-1], n, k, 1 - outside(k))
+
+
+def verdict(s: Spread, target: float, at_least: bool) -> str:
+    """``met`` when *s*'s whole interval is on the target's side, ``MISSED`` when it is
+    wholly beyond the target, ``within noise`` when it straddles it."""
+    good, bad = (s.low >= target, s.high < target) if at_least else (s.high <= target, s.low > target)
+    return "met" if good else "MISSED" if bad else "within noise"
+
+
+def ratios(rounds: dict[str, dict[str, list[float]]], kind: str, other: str, figure: str) -> list[float]:
+    """Round by round, *kind*'s *figure* over *other*'s, measured moments apart."""
+    return [a / b for a, b in zip(rounds[kind][figure], rounds[other][figure], strict=True)]
 
 
 class RoundTrips:
@@ -232,42 +306,41 @@ class Worker:
             self.proc.wait(5)
 
 
-def test_client_runs(trees: dict[str, Path], redis_url: str, n: int, rounds: int = 20
-                     ) -> tuple[dict[str, dict[str, float]], dict[tuple[str, str], list[float]]]:
-    """Every kind under the test client, interleaved in *rounds* (the machine's noise
-    then hits all kinds alike); the best round is reported (timeit's advice: the
-    other rounds measure the neighbours, not the code), and the per-round times are
-    returned for round-by-round ratios."""
+def test_client_runs(trees: dict[str, Path], redis_url: str, n: int, rounds: int,
+                     per_round: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Every kind under the test client, *n* requests per route in *rounds* rounds
+    (:func:`round_order`: a now kind and its before kind back to back). Returns the
+    best round (timeit's advice: the other rounds measure the neighbours, not the
+    code), the median CPU, commands and round trips per request; each round's time
+    and CPU per request (``<route>_us``, ``<route>_cpu``) go to *per_round*[kind]."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
     workers = {kind: Worker(kind, tree, redis_url) for kind, tree in trees.items()}
     per = max(1, n // rounds)
-    times: dict[tuple[str, str], list[float]] = {}
-    cpus: dict[tuple[str, str], list[float]] = {}
     cmds: dict[tuple[str, str], int] = {}
     trips: dict[tuple[str, str], int] = {}
     try:
         for i in range(rounds):
             for route in ("read", "write"):
-                order = list(workers)
-                for kind in order[i % len(order):] + order[:i % len(order)]:
+                for kind in round_order(list(workers), i):
                     result, commands = workers[kind].batch(route, per, r)
-                    times.setdefault((kind, route), []).append(result["us"])
-                    cpus.setdefault((kind, route), []).append(result["cpu"])
+                    per_round[kind].setdefault(f"{route}_us", []).append(result["us"])
+                    per_round[kind].setdefault(f"{route}_cpu", []).append(result["cpu"])
                     cmds[kind, route] = cmds.get((kind, route), 0) + commands
                     trips[kind, route] = trips.get((kind, route), 0) + result["trips"]
     finally:
         for w in workers.values():
             w.close()
     out: dict[str, dict[str, float]] = {k: {} for k in trees}
-    for (kind, route), ts in times.items():
-        out[kind][f"{route}_us"] = min(ts)
-        out[kind][f"{route}_us_median"] = statistics.median(ts)
-        out[kind][f"{route}_cpu"] = statistics.median(cpus[kind, route])
-        out[kind][f"{route}_cmds"] = cmds[kind, route] / (per * rounds)
+    for (kind, route), total in cmds.items():
+        times = per_round[kind][f"{route}_us"]
+        out[kind][f"{route}_us"] = min(times)
+        out[kind][f"{route}_us_median"] = statistics.median(times)
+        out[kind][f"{route}_cpu"] = statistics.median(per_round[kind][f"{route}_cpu"])
+        out[kind][f"{route}_cmds"] = total / (per * rounds)
         out[kind][f"{route}_trips"] = trips[kind, route] / (per * rounds)
-    return out, times
+    return out
 
 
 def _gunicorn(tmp: Path, kind: str, tree: Path, redis_url: str, threads: int = 4
@@ -297,22 +370,43 @@ def _gunicorn(tmp: Path, kind: str, tree: Path, redis_url: str, threads: int = 4
     raise RuntimeError(f"gunicorn ({kind}) did not start")
 
 
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process *pid* and its children."""
+def _thread_cpu(pid: int) -> dict[tuple[int, int], float]:
+    """CPU seconds each thread of process *pid* and of its descendants has run so far,
+    by (pid, tid): the first field of ``/proc/<pid>/task/<tid>/schedstat``, a thread's
+    nanoseconds on a CPU (utime + stime of its ``stat`` on a kernel without it). A
+    process's utime + stime counts clock ticks (10 ms): 3 processes' rounding was up to
+    6 % of a 0.5 s round's CPU."""
     tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
+    out: dict[tuple[int, int], float] = {}
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
             continue
-    return total
+        for task in tasks:
+            base = f"/proc/{p}/task/{task}"
+            try:
+                try:
+                    with open(f"{base}/schedstat") as f:
+                        out[p, int(task)] = int(f.read().split()[0]) / 1e9
+                except FileNotFoundError:
+                    with open(f"{base}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    out[p, int(task)] = (int(fields[11]) + int(fields[12])) / tick
+                with open(f"{base}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _cpu_since(pid: int, before: dict[tuple[int, int], float]) -> float:
+    """CPU seconds process *pid* and its descendants ran since *before*
+    (:func:`_thread_cpu`): a thread started since counts whole, one that ended since
+    is left out (gthread's threads live as long as their worker)."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in _thread_cpu(pid).items())
 
 
 def _redis_cpu(r: Any) -> float:
@@ -369,17 +463,20 @@ def _exchange(sock: socket.socket, request: bytes, buf: bytearray) -> tuple[int,
 
 
 
-def load(port: int, cookies: list[str], method: str, route: str, clients: int, seconds: float
-         ) -> tuple[int, float]:
+def load(port: int, cookies: list[str], method: str, route: str, clients: int, seconds: float,
+         tokens: list[bytes | None] | None = None) -> tuple[int, float]:
     """(requests, seconds) from *clients* keep-alive connections for *seconds*.
 
     Each client is a raw socket sending one prebuilt request at a time (a few
     microseconds of client CPU per request, where ``http.client`` takes ~100: on a
     2-core machine the load generator shares the CPUs with the servers, so a
     heavier client would hide the servers' own differences). Like a browser, a
-    client sends back the session's version token (near cache) once it got one."""
+    client sends back the session's version token (near cache) once it got one;
+    *tokens* (one per client) holds them from one call to the next."""
     counts = [0] * clients
     errors: list[str] = []
+    if tokens is None:
+        tokens = [None] * clients
     stop = time.monotonic() + seconds
 
     def build(i: int, token: bytes | None) -> bytes:
@@ -391,7 +488,7 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
-        request = build(i, None)
+        request = build(i, tokens[i])
         try:
             while time.monotonic() < stop:
                 status, token = _exchange(sock, request, buf)
@@ -399,6 +496,7 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
                     errors.append(str(status))
                     return
                 if token is not None:
+                    tokens[i] = token
                     request = build(i, token)
                 counts[i] += 1
         finally:
@@ -415,20 +513,24 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
     return sum(counts), time.monotonic() - t0
 
 
-def gunicorn_runs(tmp: Path, trees: dict[str, Path], redis_url: str, clients: int, seconds: float, *,
-                  threads: int = 4, shared: bool = False, slices: int = 12) -> dict[str, dict[str, float]]:
-    """All kinds served at once; the load alternates between them in short slices
-    (in a rotating order) and the median slice is reported, so a noisy neighbour
-    hits every kind alike. Ratios (``<route>_rps_vs_<kind>``) are the median of the
-    ratios of neighbouring slices: this VM's speed drifts by tens of percent within
-    a minute. CPU per request: the gunicorn master and workers (``/proc``) and Redis
-    (``INFO cpu``), over all slices of a kind and route.
+def gunicorn_runs(tmp: Path, trees: dict[str, Path], redis_url: str, clients: int, seconds: float,
+                  rounds: int, per_round: dict[str, dict[str, list[float]]], *,
+                  threads: int = 4, shared: bool = False) -> dict[str, dict[str, float]]:
+    """All kinds served at once; the load goes to one at a time, *seconds* / *rounds*
+    per kind and route in each of *rounds* rounds (:func:`round_order`: a now kind
+    and its before kind back to back, so a noisy neighbour or this VM's drifting
+    speed hits both alike). Returns each kind's median round (req/s) and its CPU per
+    request over all rounds: the gunicorn master and workers (:func:`_thread_cpu`)
+    and Redis (``INFO cpu``); each round's req/s and CPU µs per request
+    (``<route>_rps``, ``<route>_app_cpu``, ``<route>_redis_cpu``) go to
+    *per_round*[kind].
 
     Each client is one browser with its own session, unless *shared*: then all
     clients send one session's cookie (every write then changes the session the
-    other worker holds). Afterwards each server-side kind must read back the count
-    its write route left, so a run that lost its sessions fails instead of
-    reporting numbers for session-less requests."""
+    other worker holds), and keeps the session's version token from one round to the
+    next. Afterwards each server-side kind must read back the count its write route
+    left, so a run that lost its sessions fails instead of reporting numbers for
+    session-less requests."""
     import redis
 
     r = redis.Redis.from_url(redis_url)
@@ -438,36 +540,34 @@ def gunicorn_runs(tmp: Path, trees: dict[str, Path], redis_url: str, clients: in
             servers[kind] = _gunicorn(tmp / kind.replace("@", "-"), kind, tree, redis_url, threads)
         cookies = {kind: [_cookie(port) for _ in range(1 if shared else clients)]
                    for kind, (_, port) in servers.items()}
-        rates: dict[tuple[str, str], list[float]] = {}
+        tokens: dict[str, list[bytes | None]] = {kind: [None] * clients for kind in servers}
         work: dict[tuple[str, str], list[float]] = {}  # requests, app CPU s, Redis CPU s
         for kind, (_, port) in servers.items():
-            load(port, cookies[kind], "GET", "/read", clients, 0.3)  # warm up
-        order = list(servers)
-        for i in range(slices):
+            load(port, cookies[kind], "GET", "/read", clients, 0.3, tokens[kind])  # warm up
+        for i in range(rounds):
             for route, method in (("read", "GET"), ("write", "POST")):
-                for kind in order[i % len(order):] + order[:i % len(order)]:
+                for kind in round_order(list(servers), i):
                     proc, port = servers[kind]
-                    app0, redis0 = _tree_cpu(proc.pid), _redis_cpu(r)
-                    count, took = load(port, cookies[kind], method, f"/{route}", clients, seconds / slices)
+                    app0, redis0 = _thread_cpu(proc.pid), _redis_cpu(r)
+                    count, took = load(port, cookies[kind], method, f"/{route}", clients,
+                                       seconds / rounds, tokens[kind])
+                    app_cpu, redis_cpu = _cpu_since(proc.pid, app0), _redis_cpu(r) - redis0
                     w = work.setdefault((kind, route), [0.0, 0.0, 0.0])
                     w[0] += count
-                    w[1] += _tree_cpu(proc.pid) - app0
-                    w[2] += _redis_cpu(r) - redis0
-                    rates.setdefault((kind, route), []).append(count / took)
+                    w[1] += app_cpu
+                    w[2] += redis_cpu
+                    figures = per_round[kind]
+                    figures.setdefault(f"{route}_rps", []).append(count / took)
+                    figures.setdefault(f"{route}_app_cpu", []).append(app_cpu / max(count, 1) * 1e6)
+                    figures.setdefault(f"{route}_redis_cpu", []).append(redis_cpu / max(count, 1) * 1e6)
         for kind, (_, port) in servers.items():
             if kind != "cookie":  # a cookie session's writes go back only in the response
                 _check_written(port, cookies[kind][0], kind)
         out: dict[str, dict[str, float]] = {k: {} for k in trees}
-        for (kind, route), rs in rates.items():
-            out[kind][f"{route}_rps"] = statistics.median(rs)
-            served, app_cpu, redis_cpu = work[kind, route]
+        for (kind, route), (served, app_cpu, redis_cpu) in work.items():
+            out[kind][f"{route}_rps"] = statistics.median(per_round[kind][f"{route}_rps"])
             out[kind][f"{route}_app_cpu"] = app_cpu / served * 1e6
             out[kind][f"{route}_redis_cpu"] = redis_cpu / served * 1e6
-            for other, label in (("flask-session", "flask-session"), ("cookie", "cookie"),
-                                 (f"{kind}@before", "before")):
-                if other in trees:
-                    out[kind][f"{route}_rps_vs_{label}"] = statistics.median(
-                        a / b for a, b in zip(rs, rates[other, route], strict=True))
         return out
     finally:
         for proc, _ in servers.values():
@@ -480,11 +580,67 @@ def _fmt(v: float) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
+def _ratio(s: Spread) -> str:
+    return f"{s.median:.2f}x [{s.low:.2f}-{s.high:.2f}]"
+
+
+#: the now / before figures: (figure, label, unit, target, at least); no target: information
+PAIRED: list[tuple[str, str, str, float | None, bool]] = [
+    ("read_us", "test-client read time", "µs", 1.05, False),
+    ("read_cpu", "test-client read CPU", "µs", None, False),
+    ("write_us", "test-client write time", "µs", 1.05, False),
+    ("write_cpu", "test-client write CPU", "µs", None, False),
+    ("read_rps", "gunicorn read req/s", "req/s", 0.95, True),
+    ("read_app_cpu", "gunicorn read CPU/request, app (+ Redis)", "µs", None, False),
+    ("write_rps", "gunicorn write req/s", "req/s", 0.95, True),
+    ("write_app_cpu", "gunicorn write CPU/request, app (+ Redis)", "µs", None, False),
+]
+
+
+def print_now_before(per_round: dict[str, dict[str, list[float]]], rounds: int) -> None:
+    """The now / before table: per figure, the median of the rounds' ratios, its
+    interval (:func:`spread`), the range, the target and the verdict (:func:`verdict`),
+    and the median round of each tree. The ratio of a CPU row is the app's (the test
+    client's process, or gunicorn's master and workers); Redis's is shown beside it."""
+    shape = spread([float(i) for i in range(rounds)])
+    k = shape.k
+    nth = f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+    bounds = "the whole range" if shape.k == 1 else f"the {nth} smallest to the {nth} largest"
+    print(f"\nnow / before, {rounds} paired rounds (now and before back to back, now first in "
+          f"even rounds, before first in odd ones): the median of the rounds' ratios; interval: "
+          f"{bounds} of the rounds' ratios, which holds the median ratio {shape.confidence:.1%} of "
+          f"the time; met / MISSED when the whole interval is on the target's side / beyond it, "
+          f"within noise when it straddles it")
+    print("| kind | figure | now / before | interval | range | target | verdict | now | before |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in ("statekit", "statekit-near"):
+        for figure, label, unit, target, at_least in PAIRED:
+            if figure not in per_round[name]:
+                continue
+            s = spread(ratios(per_round, name, f"{name}@before", figure))
+            cells = []
+            for kind in (name, f"{name}@before"):
+                cell = f"{statistics.median(per_round[kind][figure]):.0f}"
+                if figure.endswith("_app_cpu"):
+                    cell += f" + {statistics.median(per_round[kind][figure.replace('_app_', '_redis_')]):.0f}"
+                cells.append(f"{cell} {unit}")
+            goal, judged = "(info)", ""
+            if target is not None:
+                goal = f"{'>=' if at_least else '<='} {target:.2f}x"
+                judged = verdict(s, target, at_least)
+                if s.confidence < 1 - ALPHA:
+                    judged = f"({judged}: too few rounds to judge, 6 or more)"
+            print(f"| {name} | {label} | {s.median:.2f}x | {s.low:.2f}-{s.high:.2f}x | "
+                  f"{s.least:.2f}-{s.most:.2f}x | {goal} | {judged} | {cells[0]} | {cells[1]} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--requests", type=int, default=2000, help="test-client requests per route")
-    ap.add_argument("--rounds", type=int, default=20, help="interleaved test-client rounds")
+    ap.add_argument("--requests", type=int, default=2000, help="test-client requests per route and kind")
     ap.add_argument("--seconds", type=float, default=6.0, help="gunicorn load per route and kind")
+    ap.add_argument("--rounds", type=int, default=12,
+                    help="rounds the requests and seconds are split into (now and before back to "
+                         "back in each, in alternating order); 6 or more")
     ap.add_argument("--clients", type=int, default=8, help="concurrent gunicorn clients")
     ap.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (gthread)")
     ap.add_argument("--shared-session", action="store_true",
@@ -498,11 +654,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.redis_url)
         return 0
+    if args.rounds < 2:
+        ap.error("--rounds: 2 or more (now first in one, before first in the next); 6 or more to judge")
 
+    started = time.monotonic()
     with contextlib.ExitStack() as stack:
         trees = dict.fromkeys(BASE_KINDS, NOW)
         before = None
-        if args.before:  # each before kind next to its now kind: neighbours in every round
+        if args.before:  # each before kind next to its now kind: back to back in every round
             before = stack.enter_context(before_tree(args.before))
             trees = {}
             for kind in BASE_KINDS:
@@ -513,14 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         print(f"{server.binary.flavor} {server.version}; now = {commit()}"
               + (f", before = {commit(before)} ({args.before})" if before else "")
-              + f"; {args.requests} test-client requests per route in {args.rounds} rounds; "
+              + f"; {args.rounds} rounds; {args.requests} test-client requests per route; "
               f"gunicorn 2 workers x {args.threads} threads, {args.clients} clients x {args.seconds:g} s "
               f"per route, {'one shared session' if args.shared_session else 'one session per client'}; "
-              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-        results, rounds = test_client_runs(trees, server.url, args.requests, args.rounds)
+              f"load average {_load()} at start on {os.cpu_count()} CPUs", flush=True)
+        per_round: dict[str, dict[str, list[float]]] = {kind: {} for kind in trees}
+        results = test_client_runs(trees, server.url, args.requests, args.rounds, per_round)
         if not args.no_gunicorn:
-            for kind, row in gunicorn_runs(tmp, trees, server.url, args.clients, args.seconds,
-                                           threads=args.threads, shared=args.shared_session).items():
+            for kind, row in gunicorn_runs(tmp, trees, server.url, args.clients, args.seconds, args.rounds,
+                                           per_round, threads=args.threads,
+                                           shared=args.shared_session).items():
                 results[kind].update(row)
 
     cols = [("read_us", "read µs"), ("read_cpu", "read CPU µs"), ("write_us", "write µs"),
@@ -547,41 +708,28 @@ def main(argv: list[str] | None = None) -> int:
         sk = results[name]
         print()
         print(f"{name} / cookie time: read {sk['read_us'] / ck['read_us']:.2f}x, "
-              f"write {sk['write_us'] / ck['write_us']:.2f}x   (target <= 1.15x)")
+              f"write {sk['write_us'] / ck['write_us']:.2f}x   (target <= 1.15x; best rounds)")
         print(f"{name} / Flask-Session time: read {sk['read_us'] / fs['read_us']:.2f}x, "
               f"write {sk['write_us'] / fs['write_us']:.2f}x")
         if not args.no_gunicorn:
-            print(f"{name} / Flask-Session req/s: read {sk['read_rps_vs_flask-session']:.2f}x, "
-                  f"write {sk['write_rps_vs_flask-session']:.2f}x   (target >= 1.2x; median of slice ratios)")
-            print(f"{name} / cookie req/s: read {sk['read_rps_vs_cookie']:.2f}x, "
-                  f"write {sk['write_rps_vs_cookie']:.2f}x")
+            def rps(other: str, route: str, name: str = name) -> str:
+                return _ratio(spread(ratios(per_round, name, other, f"{route}_rps")))
+
+            print(f"{name} / Flask-Session req/s: read {rps('flask-session', 'read')}, write "
+                  f"{rps('flask-session', 'write')}   (target >= 1.2x; median of the rounds' ratios "
+                  f"[interval])")
+            print(f"{name} / cookie req/s: read {rps('cookie', 'read')}, write {rps('cookie', 'write')}")
         print(f"{name} Redis round trips/request: read {sk['read_trips']:.2f} (target 1), "
               f"write {sk['write_trips']:.2f} (target <= 2); commandstats incl. inside Lua: "
               f"read {sk['read_cmds']:.2f}, write {sk['write_cmds']:.2f}")
     if before is not None:
-        print("\nnow / before (target: time <= 1.05x, req/s >= 0.95x; "
-              "median of per-round and per-slice ratios)")
-        for name in ("statekit", "statekit-near"):
-            now, old = results[name], results[f"{name}@before"]
-            parts = []
-            for route in ("read", "write"):
-                ratio = statistics.median(a / b for a, b in zip(
-                    rounds[name, route], rounds[f"{name}@before", route], strict=True))
-                ok = "met" if ratio <= 1.05 else "MISSED"
-                parts.append(f"test-client {route} time {ratio:.2f}x ({ok}; best rounds "
-                             f"{now[f'{route}_us']:.0f} / {old[f'{route}_us']:.0f} µs, CPU "
-                             f"{now[f'{route}_cpu']:.0f} / {old[f'{route}_cpu']:.0f} µs)")
-                if not args.no_gunicorn:
-                    rps = now[f"{route}_rps_vs_before"]
-                    ok = "met" if rps >= 0.95 else "MISSED"
-                    parts.append(f"gunicorn {route} req/s {rps:.2f}x ({ok}; "
-                                 f"{now[f'{route}_rps']:.0f} / {old[f'{route}_rps']:.0f}, CPU/req "
-                                 f"{now[f'{route}_app_cpu']:.0f}+{now[f'{route}_redis_cpu']:.0f} / "
-                                 f"{old[f'{route}_app_cpu']:.0f}+{old[f'{route}_redis_cpu']:.0f} µs)")
-            print(f"  {name}:")
-            for part in parts:
-                print(f"    {part}")
+        print_now_before(per_round, args.rounds)
+    print(f"\nload average {_load()} at end; {time.monotonic() - started:.0f} s")
     return 0
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
