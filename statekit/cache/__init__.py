@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ..backends import load_backend
 from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from ..config import SCHEMES, Settings, parse_url, url_and_scheme
+from ..config import _MAX_SECONDS, SCHEMES, Settings, parse_url, url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from ..metrics import Counters
 from ..redis import _timed_out, outcome_unknown
@@ -80,7 +80,7 @@ from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_li
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
 from .protocol import ENVELOPE, CacheBackend, expiry
-from .tools import DEFAULT, TTL, CachedFunction, Lock, _stale_seconds, _ttl_seconds, lock_keeper
+from .tools import DEFAULT, MAX_TTL, TTL, CachedFunction, Lock, _stale_seconds, _ttl_seconds, lock_keeper
 
 if TYPE_CHECKING:
     from ..redis import RedisClient
@@ -264,14 +264,16 @@ def _backend_class(url: str) -> type[CacheBackend]:
     return cls
 
 
-def _check_number(name: str, value: Any, positive: bool) -> None:
+def _check_number(name: str, value: Any, positive: bool, maximum: float = math.inf, why: str = "") -> None:
     """A numeric setting: a number, ``> 0`` and finite when *positive* (a lock's TTL,
-    the breaker's reset), else ``>= 0`` (``inf`` allowed: a wait for ever). ``nan``
-    compares false with every deadline and bound, so it is refused too."""
+    the breaker's reset), else ``>= 0`` (``inf`` allowed: a wait for ever), and at most
+    *maximum* (*why* says why). ``nan`` compares false with every deadline and bound, so
+    it is refused too."""
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
-            or (value <= 0 or math.isinf(value) if positive else value < 0)):
+            or (value <= 0 or math.isinf(value) if positive else value < 0) or value > maximum):
         bound = "a positive finite number" if positive else "a number >= 0"
-        raise ConfigError(f"cache setting {name} must be {bound}, not {value!r}")
+        most = f", at most {maximum:g} s{why}" if maximum < math.inf else ""
+        raise ConfigError(f"cache setting {name} must be {bound}{most}, not {value!r}")
 
 
 def _check_name(kind: str, value: str) -> str:
@@ -314,12 +316,18 @@ class _CacheCore:
         if on_error not in ("raise", "miss"):
             raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
         for name, number, positive in (
-                ("lock_ttl", lock_ttl, True), ("breaker_reset", breaker_reset, True),
-                ("lock_wait", lock_wait, False), ("stale_ttl", stale_ttl, False),
+                ("breaker_reset", breaker_reset, True), ("lock_wait", lock_wait, False),
                 ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
             _check_number(name, number, positive)
         if stale_ttl == math.inf:  # no TTL to store a get_or_set value (or touch one) with
             raise ConfigError(f"cache setting stale_ttl must be a finite number >= 0, not {stale_ttl!r}")
+        # durations Redis is given (in ms: see MAX_TTL), or that bound a wait: each checked
+        # here, not at the first command (an error reply, an OverflowError)
+        _check_number("stale_ttl", stale_ttl, False, MAX_TTL)
+        _check_number("lock_ttl", lock_ttl, True, threading.TIMEOUT_MAX,
+                      " (a compute's lock is extended every lock_ttl / 3 s: the longest wait of a thread)")
+        if timeout is not None:
+            _check_number("timeout", timeout, True, _MAX_SECONDS, " (as a URL's socket_timeout)")
         if url is not None:
             url = url_and_scheme(url)[0]  # as pasted from an env file: the backends get it stripped
             _backend_class(url)

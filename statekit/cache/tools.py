@@ -26,7 +26,8 @@ from .plan import BE, SLEEP, Plan, drive
 if TYPE_CHECKING:
     from . import Cache
 
-__all__ = ["DEFAULT", "TTL", "BoundCachedFunction", "CachedFunction", "Lock", "LockKeeper", "lock_keeper"]
+__all__ = ["DEFAULT", "MAX_TTL", "TTL", "BoundCachedFunction", "CachedFunction", "Lock", "LockKeeper",
+           "lock_keeper"]
 
 T = TypeVar("T")
 _monotonic = time.monotonic
@@ -42,30 +43,44 @@ DEFAULT: Any = _Default()
 TTL = float | int | dt.timedelta | None
 
 
+#: the longest duration, in seconds, a cache gives Redis: a ``ttl``, a ``stale_ttl``, a
+#: lock's ``timeout`` (1e15 s, about 31.7 million years; ``timedelta.max`` is within it).
+#: Redis refuses a deadline past a signed 64-bit count of milliseconds (``SET PX``,
+#: ``PEXPIRE``: ``2**63 - 1`` less the time now, on Redis 6.2, Valkey 8.1 and 9.1), and a
+#: get_or_set value lives its ttl and its stale window added: two of these from now stay
+#: far below it. A longer one is a ValueError before any I/O (it failed at the first
+#: command with the script's error reply)
+MAX_TTL = 1e15
+
+
 def _ttl_seconds(ttl: Any) -> float | None:
     if ttl is None:
         return None
     if isinstance(ttl, dt.timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0 or math.isinf(ttl):
-        raise ValueError(f"ttl must be a positive number of seconds or None (no expiry), not {ttl!r}")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL:
+        raise ValueError(f"ttl must be a positive number of seconds, at most {MAX_TTL:g} s, or None "
+                         f"(no expiry), not {ttl!r}")
     return float(ttl)
 
 
 def _stale_seconds(stale: Any) -> float:
     """A get_or_set's or cached()'s *stale* (``stale_ttl``, given), checked before
     anything is computed: a value's TTL is its ttl plus this window in whole
-    milliseconds, which ``inf`` and ``nan`` have none of (a negative one is no window)."""
-    if isinstance(stale, bool) or not isinstance(stale, (int, float)) or not math.isfinite(stale):
-        raise ValueError(f"stale_ttl must be a finite number of seconds or None (the cache's), not {stale!r}")
+    milliseconds, which ``inf`` and ``nan`` have none of (a negative one is no window), and
+    at most :data:`MAX_TTL`."""
+    if isinstance(stale, bool) or not isinstance(stale, (int, float)) or not -math.inf < stale <= MAX_TTL:
+        raise ValueError(f"stale_ttl must be a finite number of seconds, at most {MAX_TTL:g} s, or None "
+                         f"(the cache's), not {stale!r}")
     return stale
 
 
 def _lock_ms(timeout: Any) -> int:
-    """*timeout* (positive seconds) in whole milliseconds, at least 1."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise ValueError(f"lock timeout must be a positive number of seconds, not {timeout!r} "
-                         "(a lock without expiry would outlive a crashed holder)")
+    """*timeout* (positive seconds, at most :data:`MAX_TTL`) in whole milliseconds, at
+    least 1."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TTL:
+        raise ValueError(f"lock timeout must be a positive number of seconds, at most {MAX_TTL:g} s, not "
+                         f"{timeout!r} (a lock without expiry would outlive a crashed holder)")
     return max(1, int(timeout * 1000))
 
 
