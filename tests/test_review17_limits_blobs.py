@@ -84,3 +84,22 @@ def test_async_confirm_holds_the_stores_allow_list(url: str) -> None:
             assert not await store.exists(pdf.key)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- presign_upload's expires: checked as url() checks it --------------------------------
+@pytest.mark.parametrize("expires", [0, -60, 10**12])
+def test_presign_upload_refuses_an_expiry_url_refuses(url: str, expires: int) -> None:
+    """``url(expires=0)`` is a ValueError; ``presign_upload(expires=0)`` recorded a
+    pending upload and returned a form already expired (``file://`` and ``memory://``
+    refuse it when sent: 'upload form has expired'), and one too far off to be a date
+    recorded the upload, then failed with an OverflowError. Now a ValueError, nothing
+    recorded."""
+    store = BlobStore(url)
+    blob = store.put(png_bytes(), content_type="image/png")
+    if expires <= 0:
+        with pytest.raises(ValueError):
+            store.url(blob.key, expires=expires)
+    with pytest.raises(ValueError, match="expires"):
+        store.presign_upload(max_size=10_000, expires=expires)
+    assert store.cleanup_incomplete(older_than=0) == 0  # no pending upload was recorded
+    assert [b.key for b in store.list()] == [blob.key]

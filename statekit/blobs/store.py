@@ -362,10 +362,19 @@ class BlobStore:
 
         The key is recorded as pending; call :meth:`confirm` after the browser is done.
         Unconfirmed uploads are removed by :meth:`cleanup_incomplete`.
+
+        :raises ValueError: *expires* is not a positive number of seconds (as for
+            :meth:`url`), or too far off to be a date; nothing is recorded.
         """
         if max_size <= 0:
             raise ConfigError("max_size must be positive")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        if int(expires) <= 0:
+            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+        try:
+            expiry = now + dt.timedelta(seconds=expires)
+        except OverflowError:
+            raise ValueError(f"expires={expires!r} is too far off to be a date") from None
         key = generate_key(None, prefix=prefix, now=now)
         form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
         policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
@@ -378,8 +387,7 @@ class BlobStore:
             form = f"{self.describe()}/", fields
         marker = WriteRequest(_PENDING + key, "application/json", "attachment", {}, now)
         self._write(marker, iter([json.dumps(policy).encode()]))
-        return PresignedUpload(form[0], form[1], key, now + dt.timedelta(seconds=expires), max_size,
-                               content_type_prefix)
+        return PresignedUpload(form[0], form[1], key, expiry, max_size, content_type_prefix)
 
     def receive_upload(
         self, fields: Mapping[str, str], stream: Any, *, content_type: str | None = None
