@@ -24,17 +24,21 @@ from typing import Any
 
 import pytest
 import redis
-from test_review16_carryover_compressors import _get, _padded, _peak_rss, _peak_rss_reset
+from test_review16_carryover_compressors import (
+    _COMPRESSORS,
+    _django_redis_old,
+    _get,
+    _padded,
+    _peak_rss,
+    _peak_rss_reset,
+)
 
 from django_statekit.sessions import get_core_store
 from statekit.sessions.carryover import MAX_SESSION_BYTES
 
 pytestmark = pytest.mark.redis
 
-MIDDLEWARE = ["django_statekit.middleware.SessionOutageMiddleware",
-              "django.contrib.sessions.middleware.SessionMiddleware"]
-_SERIALIZERS = {"pickle": "django_redis.serializers.pickle.PickleSerializer",
-                "json": "django_redis.serializers.json.JSONSerializer"}
+_SERIALIZERS = ["pickle", "json"]
 
 
 class AppCompressor:
@@ -56,17 +60,11 @@ class AppCompressor:
 
 
 def _old(django_settings: Any, redis_url: str, compressor: str, serializer: str) -> redis.Redis:
-    """The previous engine: django-redis's cache sessions with *compressor* (a dotted path)."""
-    old_url = redis_url.rsplit("/", 1)[0] + "/4"
-    django_settings.set(CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-                                "old": {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": old_url,
-                                        "OPTIONS": {"COMPRESSOR": compressor,
-                                                    "SERIALIZER": _SERIALIZERS[serializer]}}},
-                        SESSION_CACHE_ALIAS="old", SESSION_ENGINE="django_statekit.sessions",
-                        STATEKIT_SESSION_URL=redis_url, MIDDLEWARE=MIDDLEWARE,
-                        STATEKIT_SESSION_CARRY_OVER="django.contrib.sessions.backends.cache",
-                        STATEKIT_SESSION_CARRY_OVER_PICKLE=serializer == "pickle")
-    return redis.Redis.from_url(old_url)
+    """The previous engine: django-redis's cache sessions with *compressor* (one of
+    review 16's, or "app": :class:`AppCompressor`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(_COMPRESSORS, "app", f"{__name__}.AppCompressor")
+        return _django_redis_old(django_settings, redis_url, compressor, serializer)
 
 
 def _refused(old: redis.Redis, key: str, value: bytes, cookie: str) -> float:
@@ -85,7 +83,7 @@ def _refused(old: redis.Redis, key: str, value: bytes, cookie: str) -> float:
 
 # -- a. zstd's window ------------------------------------------------------------------
 
-ZSTD = "django_redis.compressors.zstd.ZStdCompressor"
+ZSTD = "zstd"
 
 
 def _zstd_frame(window_log: int, blocks: int) -> bytes:
@@ -109,7 +107,7 @@ def test_the_crafted_frame_is_what_it_says() -> None:
         pyzstd.decompress(frame)
 
 
-@pytest.mark.parametrize("serializer", list(_SERIALIZERS))
+@pytest.mark.parametrize("serializer", _SERIALIZERS)
 @pytest.mark.parametrize("window_log", [27, 31])
 def test_a_zstd_frame_declaring_a_huge_window_is_refused_within_bounded_memory(
         django_settings: Any, redis_url: str, serializer: str, window_log: int) -> None:
@@ -169,7 +167,7 @@ def test_a_window_above_zstd_default_limit_is_never_allocated(window_log: int) -
     assert int(grown) < 64 * 2**20, f"the address space grew by {int(grown) >> 20} MB"
 
 
-@pytest.mark.parametrize("serializer", list(_SERIALIZERS))
+@pytest.mark.parametrize("serializer", _SERIALIZERS)
 def test_a_zstd_session_django_redis_writes_is_still_carried_over(
         django_settings: Any, redis_url: str, serializer: str) -> None:
     """django-redis's ZStdCompressor at its most (level 22: windowLog 27 for large input)."""
@@ -192,10 +190,10 @@ def test_a_zstd_session_django_redis_writes_is_still_carried_over(
 
 # -- b. an app's own compressor ----------------------------------------------------------
 
-APP_COMPRESSOR = f"{__name__}.AppCompressor"
+APP_COMPRESSOR = "app"
 
 
-@pytest.mark.parametrize("serializer", list(_SERIALIZERS))
+@pytest.mark.parametrize("serializer", _SERIALIZERS)
 def test_an_app_compressor_session_is_carried_over(django_settings: Any, redis_url: str,
                                                    serializer: str) -> None:
     """Read with the app's own decompress, as before: small, and of MAX_SESSION_BYTES."""
