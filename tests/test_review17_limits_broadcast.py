@@ -19,12 +19,14 @@ own computation and discards a result that took longer than ``timeout``.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 from test_broadcast_async import until  # tests/ is on sys.path
 
 from statekit.broadcast import AsyncBroadcaster, Broadcaster
+from statekit.errors import ConfigError
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
@@ -98,3 +100,18 @@ def test_a_run_within_its_timeout_publishes(redis_url: str, prefix: str) -> None
         assert b.counters.get("timeouts") == 0
     finally:
         b.stop(5)
+
+
+@pytest.mark.parametrize("option", ["interval", "lease", "timeout"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -1, "5"])
+def test_every_refuses_what_is_not_a_number_of_seconds(option: str, value: object) -> None:
+    """``every()``'s interval, lease and timeout are limits the scheduler computes with:
+    ``timeout=nan`` made no run late ever (every comparison false), ``lease=inf`` made
+    each pass fail (``int(inf * 1000)``), ``interval=inf`` a wait the scheduler cannot
+    make, ``"5"`` a TypeError. Each is a ConfigError naming it, at registration."""
+    b = Broadcaster("memory://review17-every")
+    kwargs: dict[str, object] = {"interval": 1.0, option: value}
+    interval = kwargs.pop("interval")
+    with pytest.raises(ConfigError, match=option):
+        b.every(interval, name="job", **kwargs)(lambda: 1)  # type: ignore[arg-type]
+    assert "job" not in b.jobs

@@ -127,6 +127,16 @@ def current_run() -> Run | None:
 _broadcasters: weakref.WeakSet[SchedulerBase] = weakref.WeakSet()
 
 
+def _seconds(name: str, value: Any) -> float:
+    """*value* of :meth:`SchedulerBase.every`'s *name* as seconds: a positive, finite
+    number (the scheduler computes slots, leases in ms and deadlines from it).
+
+    :raises ConfigError: it is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"{name}={value!r} must be a positive, finite number of seconds")
+    return float(value)
+
+
 class SchedulerBase:
     """What :class:`Broadcaster` and :class:`~statekit.broadcast.aio.AsyncBroadcaster`
     share: the jobs, the counters, the owner identity and every scheduling decision
@@ -212,22 +222,19 @@ class SchedulerBase:
             ``clamp(2 * interval, 1, 15)``.
         :param timeout: seconds a computation may take (default *interval*); a late
             result is logged, counted and discarded, and the last good value stays.
+        :raises ConfigError: *interval*, *lease* or *timeout* is not a positive, finite
+            number of seconds.
         """
-        if not interval > 0:
-            raise ConfigError(f"interval={interval!r} must be a positive number of seconds")
+        interval = _seconds("interval", interval)
+        job_timeout = _seconds("timeout", timeout) if timeout is not None else interval
+        job_lease = _seconds("lease", lease) if lease is not None else min(max(2 * interval, 1.0), 15.0)
 
         def decorator(func: F) -> F:
             job_name = check_name(name or func.__name__)
-            job_lease = lease if lease is not None else min(max(2 * interval, 1.0), 15.0)
-            if not job_lease > 0:
-                raise ConfigError(f"lease={lease!r} must be a positive number of seconds")
             with self._lock:
                 if job_name in self.jobs:
                     raise ConfigError(f"a job named {job_name!r} is already registered")
-                self.jobs[job_name] = Job(
-                    job_name, func, float(interval), float(job_lease),
-                    float(timeout if timeout is not None else interval),
-                )
+                self.jobs[job_name] = Job(job_name, func, interval, job_lease, job_timeout)
             self._poke()
             return func
 
