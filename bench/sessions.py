@@ -157,10 +157,12 @@ class Spread(NamedTuple):
 
 def spread(values: list[float]) -> Spread:
     """The median of *values* with the interval from the k-th smallest to the k-th
-    largest of them, k the largest for which the chance that the true median lies
-    outside is at most ``ALPHA`` (it is outside only if k or more values fall on one
-    side of it: binomial, one half each; no assumption on the noise's shape). For up
-    to 8 values k is 1, the whole range (coverage 1 - 2 / 2**n: 97 % for 6 rounds)."""
+    largest of them, k the largest for which the chance that the true median (of the
+    distribution the values come from) lies outside is at most ``ALPHA``: it lies
+    below the k-th smallest only if fewer than k values fell below it, each one with
+    chance one half (binomial; no assumption on the noise's shape), and likewise
+    above. For up to 8 values k is 1, the whole range (coverage 1 - 2 / 2**n: 97 % for
+    6 rounds)."""
     xs = sorted(values)
     n = len(xs)
 
@@ -608,9 +610,9 @@ def print_now_before(per_round: dict[str, dict[str, list[float]]], rounds: int) 
     bounds = "the whole range" if shape.k == 1 else f"the {nth} smallest to the {nth} largest"
     print(f"\nnow / before, {rounds} paired rounds (now and before back to back, now first in "
           f"even rounds, before first in odd ones): the median of the rounds' ratios; interval: "
-          f"{bounds} of the rounds' ratios, which holds the median ratio {shape.confidence:.1%} of "
-          f"the time; met / MISSED when the whole interval is on the target's side / beyond it, "
-          f"within noise when it straddles it")
+          f"{bounds} of the rounds' ratios, which holds the true median ratio {shape.confidence:.1%} "
+          f"of the time; met / MISSED when the whole interval is on the target's side / beyond it, "
+          f"within noise when it straddles it; now, before: the median round")
     print("| kind | figure | now / before | interval | range | target | verdict | now | before |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ("statekit", "statekit-near"):
