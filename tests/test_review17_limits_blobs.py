@@ -103,3 +103,28 @@ def test_presign_upload_refuses_an_expiry_url_refuses(url: str, expires: int) ->
         store.presign_upload(max_size=10_000, expires=expires)
     assert store.cleanup_incomplete(older_than=0) == 0  # no pending upload was recorded
     assert [b.key for b in store.list()] == [blob.key]
+
+
+# -- read_range: "up to length bytes" on every backend ------------------------------------
+def test_read_range_past_the_end_returns_the_rest(url: str) -> None:
+    """``read_range`` reads "up to *length* bytes (fewer at the end of the blob)":
+    ``memory://`` did, ``file://`` and ``s3://`` asked their buffered reader for
+    *length* bytes at once, which allocates them first: a MemoryError for a 10-byte
+    blob read with a length of 10**12."""
+    store = BlobStore(url)
+    blob = store.put(b"0123456789", content_type="application/octet-stream")
+    assert store.read_range(blob.key, 5, 10**12) == b"56789"
+    assert store.read_range(blob.key, 0, 10**12) == b"0123456789"
+    assert store.read_range(blob.key, 10**12, 10**12) == b""
+    assert store.read_range(blob.key, 3, 2) == b"34" and store.read_range(blob.key, 3, 0) == b""
+
+
+@pytest.mark.parametrize(("start", "length"), [(0, -1), (-1, 5), (-3, -1)])
+def test_read_range_refuses_a_negative_start_or_length(url: str, start: int, length: int) -> None:
+    """A negative length read the whole blob (no bound at all: a file object's
+    read(-1)); a negative start was a ValueError on ``memory://``, an OSError on
+    ``file://`` and offset 0 on ``s3://``. Both are a ValueError on every backend."""
+    store = BlobStore(url)
+    blob = store.put(b"0123456789", content_type="application/octet-stream")
+    with pytest.raises(ValueError, match="start and length"):
+        store.read_range(blob.key, start, length)

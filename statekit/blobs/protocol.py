@@ -197,10 +197,19 @@ class BlobBackend(Protocol):
         return f"{self.scheme}://"
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """Up to *length* bytes from offset *start* (fewer at the end of the object)."""
+        """Up to *length* bytes from offset *start* (fewer at the end of the object;
+        both at least 0, checked by :class:`~statekit.blobs.BlobStore`). Read a
+        megabyte at a time: a buffered reader asked for *length* bytes at once
+        allocates them first, however few the object holds."""
+        out = bytearray()
         with self.open(key) as f:
             f.seek(start)
-            return f.read(length)
+            while len(out) < length:
+                data = f.read(min(length - len(out), 1 << 20))
+                if not data:
+                    break
+                out += data
+        return bytes(out)
 
     def presign_get(self, key: str, expires: int, disposition: str | None) -> str | None:
         """A URL the store itself serves (S3's presigned GET), or ``None``: then

@@ -245,8 +245,13 @@ class BlobStore:
         return self.backend.open(validate_key(key))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        """Up to *length* bytes from offset *start* (fewer at the end of the blob)."""
-        return self.backend.read_range(validate_key(key), start, length)
+        """Up to *length* bytes from offset *start* (fewer at the end of the blob).
+
+        :raises ValueError: *start* or *length* is negative."""
+        validate_key(key)
+        if start < 0 or length < 0:
+            raise ValueError(f"start and length must not be negative (start={start!r}, length={length!r})")
+        return self.backend.read_range(key, start, length)
 
     def stat(self, key: str) -> Blob:
         """The blob's :class:`Blob` record. :raises BlobNotFound:"""
