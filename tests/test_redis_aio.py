@@ -378,19 +378,31 @@ def test_new_connections_are_opened_a_few_at_a_time(redis_url: str) -> None:
 
 
 def test_a_command_larger_than_the_socket_takes_is_drained_under_the_timeout(server: RedisServer) -> None:
-    """A 32 MiB value: what the socket does not take at once is drained, the reply
-    comes and the value reads back; with the server paused the drain times out:
-    BackendUnavailable (sent in part, outcome unknown), never sent again, and the
-    half-written command is never run (its connection is closed)."""
+    """A 33 MiB value (more than loopback's buffers hold): what the socket does not
+    take at once is drained, the reply comes and the value reads back; with the
+    server paused the drain times out: BackendUnavailable (sent in part, outcome
+    unknown), never sent again, and the half-written command is never run (its
+    connection is closed). The connection's send buffer is pinned before the pause
+    and the value sized from ``tcp_rmem`` (:func:`beyond_loopback_buffers`): 32 MiB
+    were cut only because ``tcp_wmem`` lets a send buffer grow to 4 MiB here (the
+    kernel took 4.1 MiB of a write to a paused server). With a send buffer of
+    64 MiB (SO_SNDBUFFORCE, a scratch run) the socket took the whole SET, no drain
+    ran, and the test passed on the reply's read timeout instead: it now requires
+    the write's."""
+    from test_redis_helpers import beyond_loopback_buffers, pin_send_buffer
+
     url = f"{server.url}?socket_timeout=1"
-    big = b"x" * (32 << 20)
+    size = max(32 << 20, beyond_loopback_buffers())
+    big = b"x" * size
 
     async def body(t: AsyncTransport) -> None:
         assert await t.command(b"SET", "big", big) in (b"OK", True)
-        assert await t.command(b"STRLEN", "big") == 32 << 20
+        assert await t.command(b"STRLEN", "big") == size
+        for conn in t._idle:  # (the one: commands one at a time)
+            pin_send_buffer(conn._writer.get_extra_info("socket"))
         server.pause()
         try:
-            with pytest.raises(BackendUnavailable, match="outcome is unknown"):
+            with pytest.raises(BackendUnavailable, match="writing to socket.*outcome is unknown"):
                 await t.command(b"SET", "big2", big)
         finally:
             server.resume()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from test_broadcast_async import until  # tests/ is on sys.path
 from test_redis_aio import _with, run
+from test_redis_helpers import loopback_buffer_max, pin_send_buffer
 
 from statekit.embedded import RedisCluster
 from statekit.errors import BackendUnavailable
@@ -279,13 +280,6 @@ async def _reached(hold: _Hold) -> None:
         pytest.fail("the command never reached its hold")
 
 
-def _pin_send_buffer(sock: Any) -> None:
-    """Fix the client socket's send buffer (setting it turns autotuning off)."""
-    import socket
-
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
-
-
 def _hold_reads(monkeypatch: pytest.MonkeyPatch, conn: Any, hold: _Hold, *, skip: int = 0,
                 mid_reply: bool = False) -> None:
     """Hold *conn*'s next reply read (after *skip* reads), before anything of it is
@@ -393,7 +387,7 @@ def test_a_command_cancelled_at_each_await_point_leaves_nothing_behind(
             # buffer (autotuned up to tcp_rmem's maximum, 32 MiB on CI) took the whole
             # 8 MiB in one send now and then, no drain came, and the test waited for
             # its hold until pytest-timeout's 300 s (one run in six of the file)
-            _pin_send_buffer(conn._writer.get_extra_info("socket"))
+            pin_send_buffer(conn._writer.get_extra_info("socket"))
             server.pause()
             try:
                 task, blockers = asyncio.ensure_future(t.command(*command)), []
@@ -539,19 +533,11 @@ def test_five_hundred_cancellations_leak_no_connection_on_cluster(redis_cluster_
 
 # -- a read timeout mid-reply, then the next command on that connection --------------
 
-def _send_buffer_limit() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
-            return int(f.read().split()[2])
-    except (OSError, ValueError, IndexError):
-        return 4 << 20
-
-
 # More than the server's send buffer can hold once the client's receive buffer is
 # pinned small (_pin_receive_buffer): the server is stopped mid-reply. Left to
 # autotuning, a receive buffer may grow to tcp_rmem's maximum (32 MiB on the CI
 # machine) and take the whole reply before the pause lands (CI, stop 27).
-HUGE = max(32 << 20, 4 * _send_buffer_limit())
+HUGE = max(32 << 20, 4 * loopback_buffer_max("wmem"))
 RECEIVE_BUFFER = 64 << 10
 
 

@@ -26,7 +26,8 @@ import pytest
 from statekit.embedded import RedisServer
 from statekit.redis.scripts import Script
 
-__all__ = ["Proxy", "self_signed", "tls_url"]
+__all__ = ["Proxy", "beyond_loopback_buffers", "loopback_buffer_max", "pin_send_buffer", "self_signed",
+           "tls_url"]
 
 pytestmark = pytest.mark.redis
 
@@ -190,6 +191,33 @@ until t[1] * 1000000 + t[2] - start > {int(seconds * 1_000_000)}
 return ARGV[1]
 """
     return Script("slow", source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest().encode())
+
+
+def loopback_buffer_max(kind: str) -> int:
+    """How large autotuning lets a TCP socket's receive (*kind* ``"rmem"``) or send
+    (``"wmem"``) buffer grow: the third field of ``net.ipv4.tcp_<kind>`` (32 MiB and
+    4 MiB on the CI machine; a laptop's may be larger), 4 MiB if it cannot be read."""
+    try:
+        with open(f"/proc/sys/net/ipv4/tcp_{kind}") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 << 20
+
+
+def pin_send_buffer(sock: Any) -> None:
+    """Fix a client socket's send buffer at 64 KiB (setting it turns autotuning off;
+    the kernel doubles it): what a stopped server does not take stays in the
+    client's own (asyncio: the transport's) buffer, whatever ``tcp_wmem`` allows."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+
+
+def beyond_loopback_buffers() -> int:
+    """A size of command no loopback connection takes at once from a client whose
+    send buffer is pinned (:func:`pin_send_buffer`) while its server is stopped
+    (SIGSTOP): more than the server's receive buffer grows to (``tcp_rmem``'s
+    maximum) and the pinned send buffer together. The part left over waits in the
+    client, so a write is cut in the middle for sure."""
+    return max(24 << 20, loopback_buffer_max("rmem") + (1 << 20))
 
 
 def test_an_attribute_error_inside_redis_pys_cluster_client_is_unavailable() -> None:

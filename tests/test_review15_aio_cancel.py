@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 
 import pytest
+from test_redis_helpers import beyond_loopback_buffers, pin_send_buffer  # tests/ is on sys.path
 
 from statekit.cache.aio import AsyncCache
 from statekit.embedded import RedisCluster as RedisClusterServers
@@ -167,9 +168,17 @@ async def _all_replies_own(cache: AsyncCache, values: dict[str, str], rounds: in
 async def _cancelled_mid_write(start: Callable[[], Awaitable[Any]], conns: Callable[[], Iterable[Any]],
                                servers: Sequence[RedisServer]) -> None:
     """Run *start()* with *servers* stopped (SIGSTOP), cancel it once one of
-    *conns()* holds part of its write, resume them, and wait until its connection is
-    gone from the servers (closed, not aborted, it would first write the rest of the
-    command, which the server would then run)."""
+    *conns()* (every connection it may write on) holds part of its write, resume
+    them, and wait until its connection is gone from the servers (closed, not
+    aborted, it would first write the rest of the command, which the server would
+    then run). The connections' send buffers are pinned first, and *start()*'s
+    command is to be larger than :func:`beyond_loopback_buffers`: the 24 MiB values
+    were cut only because ``tcp_wmem`` lets a send buffer grow to 4 MiB here; with
+    64 MiB (SO_SNDBUFFORCE, a scratch run) the socket took all of it and no write
+    was ever held."""
+    for conn in conns():
+        if conn._writer is not None:
+            pin_send_buffer(conn._writer.get_extra_info("socket"))
     admins = [server.client() for server in servers]
     try:
         clients = sum(len(admin.client_list()) for admin in admins)
@@ -337,18 +346,20 @@ def test_cache_get_cancelled_half_way_through_a_large_reply(server: RedisServer)
 
 
 def test_cache_set_cancelled_while_its_large_command_is_written_is_never_applied(server: RedisServer) -> None:
-    """A set of a 24 MB value cancelled while the socket still holds part of the
-    command (the server stopped): the connection is aborted, not closed, so the rest
-    is dropped rather than written after the caller was told it was cancelled; the
-    server never runs it once resumed. Later calls read their own replies."""
-    big = os.urandom(24 << 20)
+    """A set of a large value (more than loopback's buffers hold) cancelled while
+    the socket still holds part of the command (the server stopped): the connection
+    is aborted, not closed, so the rest is dropped rather than written after the
+    caller was told it was cancelled; the server never runs it once resumed. Later
+    calls read their own replies."""
+    big = os.urandom(beyond_loopback_buffers())
 
     async def main() -> None:
         cache = AsyncCache(f"{server.url}?socket_timeout=30")
         try:
             await cache.set_many({"blob": b"old", "other": "other value"})
             pool = (await _transport(cache)).client.connection_pool
-            await _cancelled_mid_write(lambda: cache.set("blob", big), lambda: pool._in_use_connections,
+            await _cancelled_mid_write(lambda: cache.set("blob", big),
+                                       lambda: [*pool._available_connections, *pool._in_use_connections],
                                        [server])
             assert await asyncio.gather(cache.get("other"), cache.get("blob")) == ["other value", b"old"]
         finally:
@@ -795,12 +806,12 @@ def test_cluster_calls_cancelled_at_every_pass_of_the_loop(redis_cluster_url: st
 
 def test_cluster_set_cancelled_while_its_large_command_is_written_is_never_applied(
         own_redis_cluster: RedisClusterServers) -> None:
-    """The 24 MB set cancelled mid-write through a Cluster client (redis-py's node
+    """The large set cancelled mid-write through a Cluster client (redis-py's node
     connections), every primary stopped: once they resume and the cancelled call's
     connection is gone, the value is the old one and later calls read their own.
     redis-py closes a connection whose write failed or was cancelled: the stream
     wrote the rest of the command later and the server ran it (failed before)."""
-    big = os.urandom(24 << 20)
+    big = os.urandom(beyond_loopback_buffers())
     cluster = own_redis_cluster
 
     async def main() -> None:
@@ -825,10 +836,10 @@ def test_client_pipeline_cancelled_while_its_large_write_is_written_is_never_app
         server: RedisServer) -> None:
     """A pipeline run on a client from create_async_client (as the broadcast reads,
     the session index updates and callers' own pipelines are), cancelled while the
-    socket still holds part of its 24 MB SET (the server stopped): the rest is
+    socket still holds part of its large SET (the server stopped): the rest is
     dropped with the connection, not written after the caller was cancelled (failed
     before, as on a Cluster)."""
-    big = os.urandom(24 << 20)
+    big = os.urandom(beyond_loopback_buffers())
 
     async def main() -> None:
         client = create_async_client(f"{server.url}?socket_timeout=30")
@@ -841,7 +852,9 @@ def test_client_pipeline_cancelled_while_its_large_write_is_written_is_never_app
                 async with client.pipeline(transaction=False) as pipe:
                     return await pipe.set("blob", big).get("blob").execute()
 
-            await _cancelled_mid_write(piped, lambda: pool._in_use_connections, [server])
+            await _cancelled_mid_write(piped,
+                                       lambda: [*pool._available_connections, *pool._in_use_connections],
+                                       [server])
             assert await client.get("blob") == b"old"
         finally:
             await client.aclose()
