@@ -50,6 +50,7 @@ __all__ = [
     "RedisSentinel",
     "RedisServer",
     "S3Server",
+    "bind_error",
     "bind_in_use",
     "find_redis_server",
     "find_redis_servers",
@@ -75,23 +76,34 @@ def free_port(*, cluster: bool = False) -> int:
     raise BackendUnavailable("no free loopback port pair for a cluster node")
 
 
-def bind_in_use(bind: str) -> bool:
-    """Whether another process listens on *bind* (``HOST:PORT``, ``[V6]:PORT``): for a
-    command to say so in one line, not after a server's startup log or gunicorn's five
-    seconds of 'Connection in use' retries. Another error (a bad address) is ``False``:
-    the server's to report."""
+def bind_error(bind: str) -> OSError | None:
+    """What listening on *bind* (``HOST:PORT``, ``[V6]:PORT``) fails with now, or ``None``
+    (it can: the socket is closed at once): the exact address bound as gunicorn binds it,
+    SO_REUSEADDR, an IPv6 address on a socket of its family as it comes (dual stack
+    ``[::]``). ``EADDRINUSE``: another process listens there; ``EADDRNOTAVAIL``: not an
+    address of this machine; a :class:`socket.gaierror`: a host name that did not
+    resolve. A port that is not a number is ``None``: the server's to report."""
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
-    try:  # bound as gunicorn binds: an IPv6 address on a socket of its family, as it comes (dual stack)
+    try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, int(port)))
             s.listen()
-            return False
     except OSError as e:
-        return e.errno == errno.EADDRINUSE
+        return e
     except ValueError:
-        return False
+        return None
+    return None
+
+
+def bind_in_use(bind: str) -> bool:
+    """Whether another process listens on *bind* (``HOST:PORT``, ``[V6]:PORT``): for a
+    command to say so in one line, not after a server's startup log or gunicorn's five
+    seconds of 'Connection in use' retries. Another error (a bad address) is ``False``:
+    the server's to report (:func:`bind_error` tells it)."""
+    error = bind_error(bind)
+    return error is not None and error.errno == errno.EADDRINUSE
 
 
 def _port_open(port: int) -> bool:

@@ -1287,18 +1287,37 @@ def _or_env(parser: argparse.ArgumentParser, given: Any, option: str, variable: 
         parser.error(f"argument {option}, from {variable} in the environment: {e}")
 
 
-def _bind_in_use(bind: str) -> bool:
-    """Whether *bind* is a TCP address another process listens on, for serve to say so
-    at once (gunicorn tries five times, a second apart, then logs it). Not asked when
-    the master is handed its listening sockets (systemd's socket activation, the
-    re-exec after USR2): it binds nothing then. A check, then a bind: a port taken in
-    between still gets gunicorn's retries and its exit status 1."""
-    from .embedded import bind_in_use
+#: what serve says of an address it cannot listen on, by errno ({other}: where to choose another)
+_BIND_REFUSALS = {
+    errno.EADDRINUSE: "is in use (another server listens there): stop it, or choose {other}",
+    errno.EADDRNOTAVAIL: "is not an address of this machine: choose {other} (one of its addresses; "
+                         "0.0.0.0 or [::] for all of them)",
+    errno.EACCES: "needs privileges (a port below 1024: root, or CAP_NET_BIND_SERVICE): run it so, "
+                  "or choose {other}",
+}
+
+
+def _bind_refusal(bind: str) -> str | None:
+    """Why *bind* cannot be listened on (one of :data:`_BIND_REFUSALS`), for serve to say
+    so at once, exit 2: the exact TCP address bound and released
+    (:func:`statekit.embedded.bind_error`); ``None`` if it can be. gunicorn tries five
+    times, a second apart, then logs it and exits 1. ``None`` too, gunicorn's handling
+    kept: a ``unix:`` or ``fd://`` bind, a host name that does not resolve (a lookup
+    may pass on a retry), another error; and when the master is handed its listening
+    sockets (systemd's socket activation, the re-exec after USR2): it binds nothing
+    then, and the address is in use by that very socket. A check, then a bind: an
+    address taken in between still gets gunicorn's retries."""
+    from .embedded import bind_error
 
     if "GUNICORN_FD" in os.environ or systemd.listen_fds(unset_environment=False):
-        return False
+        return None
     address = util.parse_address(bind)
-    return isinstance(address, tuple) and bind_in_use(f"{address[0]}:{address[1]}")
+    if not isinstance(address, tuple):
+        return None
+    error = bind_error(f"{address[0]}:{address[1]}")
+    if error is None or error.errno is None:
+        return None
+    return _BIND_REFUSALS.get(error.errno)  # a gaierror's errno is an EAI_* code: none of these
 
 
 def serve_main(argv: Sequence[str]) -> int:
@@ -1354,10 +1373,10 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
         raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
-    if _bind_in_use(opts.bind):  # in one line, as statekit dev says it of its ports
+    refusal = _bind_refusal(opts.bind)
+    if refusal is not None:  # in one line, as statekit dev says it of its ports
         other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"
-        print(f"statekit serve: {opts.bind} is in use (another server listens there): stop it, or choose "
-              f"{other}", file=sys.stderr)
+        print(f"statekit serve: {opts.bind} {refusal.format(other=other)}", file=sys.stderr)
         return 2
     if opts.pid is None:
         opts.pid = default_pid_file(opts.bind)
