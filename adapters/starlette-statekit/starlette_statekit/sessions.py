@@ -51,13 +51,16 @@ the request; a response an exception handler gives (``HTTPException``'s 400) sav
 like any other. When the session had a new id before the app failed (a login's
 rotation, or a new session stored by :func:`incr_session`), the 500 carries its
 cookie, as the outage's 503 does: the session (the cart) lives under the new id
-only, and after a rotation the old one is a tombstone. That 500 is answered here,
-with the page the app's ServerErrorMiddleware makes (its handler for 500 or
-``Exception``, its debug page, or "Internal Server Error"), and the exception goes on
-to it and the server as before; a handler of the app's then runs twice (the second
-answer is not sent), and a middleware placed outside this one that answers errors
-itself (a JSON error) finds the response started: such a request gets the app's 500
-page (the cookie cannot be added to an answer made outside this middleware).
+only, and after a rotation the old one is a tombstone. The exception goes on as
+before, and whatever answers it sends the cookie: Starlette's ServerErrorMiddleware
+(outermost: the app's handler for 500 or ``Exception``, run once; its debug page; or
+"Internal Server Error"), or a middleware outside this one that answers errors
+itself. When it first sees the app (its lifespan's start, or its first request), the
+middleware puts a thin layer around the app's ``middleware_stack``, outside
+ServerErrorMiddleware, that adds the cookie to the response starting after the
+failure. A request that comes before that (the first of an app served without its
+lifespan), or an app that is not Starlette's, gets a plain "Internal Server Error"
+500 with the cookie from here; the app's handler still runs once (its answer unsent).
 
 **Cookies** are sent when the id is new or rotated, and with each write when
 *max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
@@ -99,8 +102,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, cookie_parser
+from starlette.responses import PlainTextResponse
 
 from statekit.config import Settings, parse_url
 from statekit.errors import BackendUnavailable, ConfigError
@@ -126,6 +130,9 @@ STORE_SCOPE_KEY = "statekit.sessions"
 NEAR_CACHE = 10_000
 #: the URL schemes whose store may keep a near cache (standalone and Sentinel Redis)
 _NEAR_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+#: where :class:`_ErrorCookies` puts, in the scope, the list of cookies the response
+#: that starts after the app failed is to carry (filled by the session middleware)
+_ERROR_COOKIES = "statekit.sessions.error_cookies"
 
 
 class _Down(Exception):
@@ -231,6 +238,12 @@ class SessionMiddleware:
     # -- the request --------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope.get("app")
+        if isinstance(app, Starlette) and app.middleware_stack is not None \
+                and not isinstance(app.middleware_stack, _ErrorCookies):
+            # the app's first call through here (its lifespan, or a first request):
+            # its next requests' responses go out through _ErrorCookies
+            app.middleware_stack = _ErrorCookies(app.middleware_stack)
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -284,11 +297,10 @@ class SessionMiddleware:
             outages.down(self.outage_name if name == "session store" else name, e)
             await self._unavailable(scope, receive, send, self._outage_cookies(session))
             return
-        except Exception as e:
+        except Exception:
             needed = [] if started else self._outage_cookies(session)
-            if not needed:
-                raise
-            await self._server_error(scope, receive, send, e, needed)
+            if needed:
+                await self._server_error(scope, receive, send, needed)
             raise
         if started and not replaced and session.modified:
             await self._save_late(session)
@@ -321,40 +333,29 @@ class SessionMiddleware:
             response.headers.append("set-cookie", value)
         await response(scope, receive, send)
 
-    async def _server_error(self, scope: Scope, receive: Receive, send: Send, error: Exception,
-                            cookies: list[str]) -> None:
-        """Answer the app's 500 for *error* here, with *cookies* (:meth:`_outage_cookies`):
-        Starlette's ServerErrorMiddleware answers outside this middleware, with no
-        cookie, and a rotation (a login) before the failure moved the session to its new
-        id, the old one a tombstone. The page is the one that middleware makes (the
-        app's handler for 500 or ``Exception``, its debug page, or "Internal Server
-        Error"): the app's own, which runs it, found as ``scope["app"].middleware_stack``.
-        *error* is left to re-raise (that middleware then runs its handler again, and
-        sends nothing: the response has started), its traceback as the app left it."""
-        outer = getattr(scope.get("app"), "middleware_stack", None)
-        if not isinstance(outer, ServerErrorMiddleware):  # not a Starlette app's: the plain 500
-            outer = ServerErrorMiddleware(self.app)
-
-        async def failed(scope: Scope, receive: Receive, send: Send) -> None:
-            raise error
-
-        async def send_cookies(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _add_cookies(message, cookies)
-            await send(message)
-
+    async def _server_error(self, scope: Scope, receive: Receive, send: Send, cookies: list[str]) -> None:
+        """The app failed (the exception goes on) after its session got a new id: the
+        answer to that error, whoever gives it, carries *cookies*
+        (:meth:`_outage_cookies`): the session lives under the new id only. Starlette's
+        ServerErrorMiddleware answers outside this middleware: on a Starlette app
+        :class:`_ErrorCookies`, around it, adds them to the response that starts (the
+        app's 500 handler's, its debug page, or a middleware's of the app's that answers
+        errors itself). Without it (this app's first request, served without its
+        lifespan; an app that is not Starlette's) the 500 is answered here, Starlette's
+        plain one: ServerErrorMiddleware then runs the app's handler, its answer unsent."""
         self._warn_plain_http(scope, cookies)
-        traceback = error.__traceback__
-        try:
-            await ServerErrorMiddleware(failed, outer.handler, outer.debug)(scope, receive, send_cookies)
-        except Exception as raised:
-            if raised is not error:
-                raise  # the handler failed
-        error.__traceback__ = traceback
+        later = scope.get(_ERROR_COOKIES)
+        if later is not None:
+            later += cookies
+            return
+        response = PlainTextResponse("Internal Server Error", status_code=500)
+        for value in cookies:
+            response.headers.append("set-cookie", value)
+        await response(scope, receive, send)
 
     def _outage_cookies(self, session: Session) -> list[str]:
         """The ``Set-Cookie`` values of the 503 answered when the store failed while
-        *session* was in use, and of the 500 of an app that failed (:meth:`_server_error`):
+        *session* was in use, and of the answer to an app's failure (:meth:`_server_error`):
         its cookie if it was rotated (or first stored) before Redis or the app failed,
         as the data lives under the new id only; or if it is new and its create timed
         out (stored or not, the browser's retry continues it)."""
@@ -399,6 +400,31 @@ class SessionMiddleware:
             session.send_cookie = False
             out.append(self._cookie(session))
         return out
+
+
+class _ErrorCookies:
+    """The outermost layer of a Starlette (or FastAPI) app that has a
+    :class:`SessionMiddleware`, which puts it around the app's ``middleware_stack``
+    (ServerErrorMiddleware) when it first sees the app: the response that starts after
+    the app failed carries the cookies the session middleware left for it in the scope,
+    whichever layer answers the error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cookies: list[str] = []
+        scope[_ERROR_COOKIES] = cookies
+
+        async def send_cookies(message: Message) -> None:
+            if cookies and message["type"] == "http.response.start":
+                _add_cookies(message, cookies)
+            await send(message)
+
+        await self.app(scope, receive, send_cookies)
 
 
 def _add_cookies(message: Message, cookies: list[str]) -> None:
