@@ -128,3 +128,18 @@ def test_read_range_refuses_a_negative_start_or_length(url: str, start: int, len
     blob = store.put(b"0123456789", content_type="application/octet-stream")
     with pytest.raises(ValueError, match="start and length"):
         store.read_range(blob.key, start, length)
+
+
+# -- a download URL's expires: the same check through url() and signed_params() ------------
+@pytest.mark.parametrize("expires", [0, -60])
+def test_signed_params_refuse_an_expiry_url_refuses(url: str, expires: int) -> None:
+    """The adapters' download URLs of ``file://`` and ``memory://`` stores (Flask's and
+    Starlette's ``blob_url``, Django's ``BlobStorage.url``) are built from
+    ``signed_params``, which signed ``expires=0`` or ``-60`` into a URL already expired
+    (403 when used) where ``url()`` -- the S3 path of the same helpers -- refuses them."""
+    store = BlobStore(url)
+    blob = store.put(b"0123456789", content_type="application/octet-stream")
+    with pytest.raises(ValueError, match="expires"):
+        store.url(blob.key, expires=expires)
+    with pytest.raises(ValueError, match="expires"):
+        store.signed_params(blob.key, expires=expires)

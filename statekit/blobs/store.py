@@ -106,6 +106,15 @@ def backend_class(url: str) -> type[BlobBackend]:
     return cls
 
 
+def _seconds(expires: Any) -> int:
+    """*expires* (a URL's or an upload form's lifetime) in whole seconds.
+
+    :raises ValueError: it is not positive."""
+    if int(expires) <= 0:
+        raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+    return int(expires)
+
+
 class BlobStore:
     """Uploaded files in a store chosen by URL: ``BlobStore("s3://bucket/prefix?...")``,
     ``BlobStore("file:///srv/uploads")``, ``BlobStore("memory://")``, or a scheme
@@ -297,12 +306,11 @@ class BlobStore:
         :raises ValueError: *expires* is not positive, or (S3) longer than the 7 days
             a SigV4 presigned URL can last (S3 would refuse the link when used)."""
         validate_key(key)
-        if int(expires) <= 0:
-            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+        expires = _seconds(expires)
         disposition = content_disposition(download_name) if download_name else None
-        url = self.backend.presign_get(key, int(expires), disposition)
+        url = self.backend.presign_get(key, expires, disposition)
         if url is None:
-            params = self.signed_params(key, expires=int(expires), disposition=disposition)
+            params = self.signed_params(key, expires=expires, disposition=disposition)
             url = f"{self.describe()}/{quote(key)}?{urlencode(params)}"
         return url
 
@@ -311,14 +319,18 @@ class BlobStore:
         stores): ``expires``, ``disposition`` (default: attachment with the original
         filename) and an HMAC ``signature`` with the store's ``secret``. A web app
         serves them with a view that calls :meth:`check_params` (the Flask adapter
-        does)."""
+        does).
+
+        :raises ValueError: *expires* is not a positive number of seconds (as for
+            :meth:`url`)."""
         validate_key(key)
+        expires = _seconds(expires)
         if disposition is None:
             try:
                 disposition = content_disposition(self.stat(key).filename)
             except BlobNotFound:  # as a presigned S3 URL: made without a request, it reads as a 404
                 disposition = content_disposition(None)
-        params = {"expires": str(int(time.time()) + int(expires)), "disposition": disposition}
+        params = {"expires": str(int(time.time()) + expires), "disposition": disposition}
         params["signature"] = self._sign(key, params)
         return params
 
@@ -374,20 +386,19 @@ class BlobStore:
         if max_size <= 0:
             raise ConfigError("max_size must be positive")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        if int(expires) <= 0:
-            raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
+        expires = _seconds(expires)
         try:
             expiry = now + dt.timedelta(seconds=expires)
         except OverflowError:
             raise ValueError(f"expires={expires!r} is too far off to be a date") from None
         key = generate_key(None, prefix=prefix, now=now)
-        form = self.backend.presign_post(key, max_size, content_type_prefix, int(expires))
+        form = self.backend.presign_post(key, max_size, content_type_prefix, expires)
         policy = {"max_size": max_size, "content_type_prefix": content_type_prefix,
                   "created": now.timestamp(), "expires": now.timestamp() + expires,
                   "staged": form is None}  # received by receive_upload under _STAGED
         if form is None:
             fields = {"key": key, "Content-Type": content_type_prefix,
-                      "expires": str(int(time.time()) + int(expires)), "max_size": str(max_size)}
+                      "expires": str(int(time.time()) + expires), "max_size": str(max_size)}
             fields["signature"] = self._sign(key, fields)
             form = f"{self.describe()}/", fields
         marker = WriteRequest(_PENDING + key, "application/json", "attachment", {}, now)

@@ -57,3 +57,24 @@ def test_a_ready_stores_own_limits_apply_when_the_storage_sets_none(django_setti
     with pytest.raises(DisallowedContentType):
         storage.save("docs/doc.pdf", ContentFile(PDF))
     assert list(store.list()) == []
+
+
+@pytest.mark.parametrize("expires", [0, -60])
+def test_url_refuses_an_expiry_that_is_not_positive(django_settings: Any, store: BlobStore,
+                                                    expires: int) -> None:
+    """``BlobStorage(expires=...)``: ``url()`` went through ``BlobStore.url`` on S3 (a
+    ValueError for 0 or less) and through ``signed_params`` on ``file://`` and
+    ``memory://``, which signed a URL already expired."""
+    import tests_django_urls
+    from django.urls import clear_url_caches, path
+
+    from django_statekit.storage import serve_blob
+
+    if not any(getattr(p, "name", None) == "statekit_blob" for p in tests_django_urls.urlpatterns):
+        tests_django_urls.urlpatterns.append(path("_statekit/blobs/<path:key>", serve_blob,
+                                                  name="statekit_blob"))
+        clear_url_caches()
+    key = BlobStorage(store=store).save("docs/a.txt", ContentFile(b"hello"))
+    assert key in BlobStorage(store=store, expires=60).url(key) or store.scheme == "s3"
+    with pytest.raises(ValueError, match="expires"):
+        BlobStorage(store=store, expires=expires).url(key)
