@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from statekit.blobs import AsyncBlobStore, BlobStore
-from statekit.errors import DisallowedContentType
+from statekit.errors import ConfigError, DisallowedContentType
 from statekit.testing.contracts.blobs import direct_upload, png_bytes
 
 PDF = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
@@ -143,3 +143,33 @@ def test_signed_params_refuse_an_expiry_url_refuses(url: str, expires: int) -> N
         store.url(blob.key, expires=expires)
     with pytest.raises(ValueError, match="expires"):
         store.signed_params(blob.key, expires=expires)
+
+
+# -- S3 options given as keywords: held as the URL's -----------------------------------------
+@pytest.mark.s3
+@pytest.mark.parametrize(("option", "value"), [("max_concurrency", 0), ("max_concurrency", -1),
+                                               ("max_concurrency", 65), ("max_concurrency", 1000),
+                                               ("multipart_threshold", -1), ("part_size", -1)])
+def test_s3_keyword_options_are_held_to_the_urls_ranges(s3_url: str, option: str, value: int) -> None:
+    """``?max_concurrency=65`` is a ConfigError (1 to 64); ``max_concurrency=65`` as a
+    keyword (``BlobStore(url, max_concurrency=...)``, ``S3Backend(client=...,
+    max_concurrency=...)``) was taken as it came: 1000 part uploads in flight, -1 a
+    ValueError from the part pool at the first multipart upload, 0 the default
+    without a word. A negative ``multipart_threshold`` made every put multipart."""
+    with pytest.raises(ConfigError, match=option):
+        BlobStore(f"{s3_url}&{option}={value}")
+    with pytest.raises(ConfigError, match=option):
+        BlobStore(s3_url, **{option: value})
+
+
+@pytest.mark.s3
+def test_s3_max_concurrency_keyword_sizes_the_connection_pool(s3_url: str) -> None:
+    """The client's connection pool is sized for the parts in flight (2 per part and 2
+    more): from the URL's ``max_concurrency`` only, so ``max_concurrency=16`` as a
+    keyword sent 16 parts at once through a pool of 10 (urllib3 then opens and
+    discards a connection per request past it)."""
+    by_url = BlobStore(s3_url + "&max_concurrency=16").backend
+    by_keyword = BlobStore(s3_url, max_concurrency=16).backend
+    assert by_keyword.max_concurrency == by_url.max_concurrency == 16
+    assert by_url.client.meta.config.max_pool_connections == 34
+    assert by_keyword.client.meta.config.max_pool_connections == 34

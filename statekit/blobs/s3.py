@@ -59,6 +59,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from ..backends import require
+from ..config import _S3_OPTIONS as S3_OPTIONS
 from ..config import parse_url
 from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
 from .keys import RESERVED_PREFIX
@@ -430,6 +431,9 @@ class S3Backend(BlobBackend):
 
     :param client: a ready boto3 S3 client (then *bucket* is required and the URL's
         connection options are ignored).
+    :param part_size, multipart_threshold, max_concurrency: the URL's options of those
+        names, checked as they are (a ConfigError outside their range), and winning
+        over them.
 
     Thread-safe (boto3 clients are). Every call has the configured connect and read
     timeouts; botocore's standard retry mode retries throttling and 5xx answers.
@@ -441,11 +445,14 @@ class S3Backend(BlobBackend):
                  presign_client: Any = None, prefix: str | None = None, part_size: int | None = None,
                  multipart_threshold: int | None = None, max_concurrency: int | None = None,
                  read_window: int = 8 * 1024 * 1024) -> None:
-        opts: dict[str, Any] = {}
         self._url_text = ""
-        if url is not None:
-            parsed = parse_url(url, kinds=("s3",))
-            opts = dict(parsed.options)
+        parsed = parse_url(url, kinds=("s3",)) if url is not None else None
+        opts: dict[str, Any] = dict(parsed.options) if parsed is not None else {}
+        for name, value in (("part_size", part_size), ("multipart_threshold", multipart_threshold),
+                            ("max_concurrency", max_concurrency)):
+            if value is not None:  # a keyword is held to what the URL's option takes, and wins
+                opts[name] = S3_OPTIONS[name](str(value))
+        if parsed is not None:
             bucket = bucket or parsed.bucket
             prefix = parsed.prefix if prefix is None else prefix
             self._url_text = f"s3://{parsed.bucket}/{parsed.prefix}".rstrip("/")
@@ -465,15 +472,15 @@ class S3Backend(BlobBackend):
         self.bucket = bucket
         self.prefix = (prefix or "").strip("/")
         self._url_text = self._url_text or f"s3://{bucket}/{self.prefix}".rstrip("/")
-        self.part_size = part_size or opts.get("part_size", MIN_PART_SIZE)
-        self.multipart_threshold = multipart_threshold or opts.get("multipart_threshold", self.part_size)
+        self.part_size = opts.get("part_size", MIN_PART_SIZE)
+        self.multipart_threshold = opts.get("multipart_threshold", self.part_size)
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise ConfigError(f"part_size must be between {MIN_PART_SIZE} bytes (5 MiB) and {MAX_PART_SIZE} "
                               f"bytes (5 GiB), S3's smallest and largest part, not {self.part_size}")
         if self.multipart_threshold > MAX_PART_SIZE:
             raise ConfigError(f"multipart_threshold must be at most {MAX_PART_SIZE} bytes (5 GiB), the "
                               f"largest object S3 takes in one PutObject, not {self.multipart_threshold}")
-        self.max_concurrency = max_concurrency or opts.get("max_concurrency", 2)
+        self.max_concurrency = opts.get("max_concurrency", 2)
         self.checksum = opts.get("checksum", "sha256") == "sha256"
         self.conditional_writes = bool(opts.get("conditional_writes", True))
         self.read_window = read_window
