@@ -114,14 +114,15 @@ def _gate(transport: Any) -> asyncio.Semaphore:
 
 
 def _one(transport: Any, effect: tuple[Any, ...]) -> Awaitable[Any]:
-    """A ``CMD``, a ``RUN`` or a single ``EVALSHA`` command of a batch, unsent."""
+    """A ``CMD``, a ``RUN`` or a single ``EVALSHA`` command of a batch, unsent (the casts
+    name their type as a string: no ``Awaitable[Any]`` made per command)."""
     if effect[0] == RUN:
-        return cast(Awaitable[Any], transport.script(SCRIPT, effect[1], effect[2]))
+        return cast("Awaitable[Any]", transport.script(SCRIPT, effect[1], effect[2]))
     cmd = effect[1]
     if cmd[0] == b"EVALSHA":
         n = int(cmd[2])
-        return cast(Awaitable[Any], transport.script(SCRIPT, cmd[3:3 + n], cmd[3 + n:]))
-    return cast(Awaitable[Any], transport.command(*cmd))
+        return cast("Awaitable[Any]", transport.script(SCRIPT, cmd[3:3 + n], cmd[3 + n:]))
+    return cast("Awaitable[Any]", transport.command(*cmd))
 
 
 async def _batch(transport: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:

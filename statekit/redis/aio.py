@@ -801,16 +801,25 @@ class AsyncTransport:
                 raise
         return conn
 
-    async def _usable(self, conn: Any) -> bool:
-        """Whether a kept connection may take a command: set up for the current
-        listener connection (a refused set-up is kept negated), connected, not marked
-        for reconnect by redis-py (a server that announced a move), and not closed by
-        the server while idle (checked after a moment). Discarded if not."""
+    def _ready(self, conn: Any) -> bool | None:
+        """Whether a kept connection may take a command as it is: ``False`` if not set
+        up for the current listener connection (a refused set-up is kept negated), not
+        connected, or marked for reconnect by redis-py (a server that announced a
+        move); ``None`` once idle for a moment (:meth:`_usable` checks it), else
+        ``True``. Nothing awaited: the common case takes no coroutine."""
         if abs(conn._statekit_tag) != self._tag() or not conn.is_connected or \
                 (_HAS_MARKS and conn.should_reconnect()):
+            return False
+        return _monotonic() - conn._statekit_last <= STALE_CHECK_AFTER or None
+
+    async def _usable(self, conn: Any) -> bool:
+        """Whether a kept connection may take a command (:meth:`_ready`), one idle for a
+        moment also not closed by the server meanwhile. Discarded if not."""
+        ready = self._ready(conn)
+        if ready is False:
             await self._discard(conn)
             return False
-        if _monotonic() - conn._statekit_last > STALE_CHECK_AFTER:
+        if ready is None:
             try:
                 stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive()) \
                     or (not self._in_process and _hung_up(conn._writer))
@@ -957,14 +966,17 @@ class AsyncTransport:
 
     # -- commands ------------------------------------------------------------------
 
-    async def _once(self, args: Sequence[Arg]) -> Any:
+    def _once(self, args: Sequence[Arg]) -> Awaitable[Any]:
         """Send *args* on a kept connection (a tracking transport: its key lane's)
         and read the reply (raw). Raises ``_Unsent`` wrapping a failure before
         anything was sent."""
         lanes = self._lanes
         if lanes is None:
-            return await self._once_on(args, None)
-        lane = lanes[lane_index(command_key(args), len(lanes))]
+            return self._once_on(args, None)  # (no coroutine of its own in between)
+        return self._once_in_lane(args, lanes[lane_index(command_key(args), len(lanes))])
+
+    async def _once_in_lane(self, args: Sequence[Arg], lane: _KeyLane) -> Any:
+        """:meth:`_once` on a tracking transport: one command at a time on *lane*."""
         lock, wait = lane.lock, self._lane_wait
         if wait is None or not (lock.locked() or getattr(lock, "_waiters", None)):
             await lock.acquire()  # free: taken at once (no wait_for task per command)
@@ -979,19 +991,24 @@ class AsyncTransport:
             lock.release()
 
     async def _once_on(self, args: Sequence[Arg], lane: _KeyLane | None) -> Any:
-        try:
-            conn = None
-            if lane is not None and lane.conn is not None:
-                conn, lane.conn = lane.conn, None
-                if not await self._usable(conn):
-                    conn = None
-            if conn is None:
-                conn = await self._checkout()
-                task = asyncio.current_task()
-                if lane is not None and not conn._statekit_kept and task is not None:
-                    self._borrowed.add(task)  # for tracked(): this command is untracked
-        except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
-            raise _Unsent(e) from e
+        idle = self._idle
+        if lane is None and idle and self._ready(idle[-1]):
+            conn = idle.pop()  # the common case: :meth:`_checkout`'s first pick, no await
+        else:
+            try:
+                conn = None
+                if lane is not None and lane.conn is not None:
+                    conn, lane.conn = lane.conn, None
+                    if not await self._usable(conn):
+                        conn = None
+                if conn is None:
+                    conn = await self._checkout()
+                    if lane is not None and not conn._statekit_kept:
+                        task = asyncio.current_task()
+                        if task is not None:
+                            self._borrowed.add(task)  # for tracked(): this command is untracked
+            except (self._redis.ConnectionError, self._redis.TimeoutError, OSError) as e:
+                raise _Unsent(e) from e
         start = _monotonic()
         timeout = None if self._in_process else conn.socket_timeout
         watched = self._watched
@@ -1034,7 +1051,9 @@ class AsyncTransport:
         if reading and watched.pop(conn, None) is None:  # the reply came as _bark closed it
             await self._discard(conn)
         else:
-            await self._put(conn, lane)
+            spare = self._keep(conn, lane)  # (:meth:`_put`, awaiting only a release)
+            if spare is not None:
+                await self._release(spare)
         if METRICS.on():
             await _record(args, start, conn)
         return reply
@@ -1121,10 +1140,14 @@ class AsyncTransport:
         :raises BackendUnavailable: Redis unreachable, timed out or refusing service.
         :raises RedisReplyError: any other error reply (see :meth:`reply_error`).
         """
-        async with self._gate:
+        gate = self._gate
+        await gate.acquire()  # (what ``async with`` does, without its two coroutines a command)
+        try:
             if not self.direct:
                 return await self._through_client(args)
             return await self._run(args)
+        finally:
+            gate.release()
 
     async def _run(self, args: Sequence[Arg], keep: type[Exception] | None = None,
                    send: Callable[[Sequence[Arg]], Awaitable[Any]] | None = None) -> Any:
@@ -1134,7 +1157,7 @@ class AsyncTransport:
         direct = send is None
         send = self._once if send is None else send
         failures = 0
-        read_again = is_read(args)
+        read_again: bool | None = None  # (asked on a dropped connection only)
         glitched = False
         while True:
             try:
@@ -1149,6 +1172,8 @@ class AsyncTransport:
                     raise
                 raise self._refused(e) from e
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                if read_again is None:
+                    read_again = is_read(args)
                 if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
                     read_again = False  # an idempotent read after a dropped connection: once
                     continue
@@ -1183,7 +1208,9 @@ class AsyncTransport:
         :meth:`command`."""
         evalsha = (b"EVALSHA", script.sha, len(keys), *keys, *args)
         no_script = self._redis.exceptions.NoScriptError
-        async with self._gate:
+        gate = self._gate
+        await gate.acquire()  # (as in :meth:`command`)
+        try:
             if not self.direct:
                 try:
                     return await self._through_client(evalsha, keep=no_script)
@@ -1202,6 +1229,8 @@ class AsyncTransport:
             except no_script:
                 await self._run((b"SCRIPT", b"LOAD", script.source))
                 return await self._run(evalsha)
+        finally:
+            gate.release()
 
     async def _through_client(self, args: Sequence[Arg], keep: type[Exception] | None = None,
                               node: Any = None) -> Any:
