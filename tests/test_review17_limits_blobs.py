@@ -173,3 +173,26 @@ def test_s3_max_concurrency_keyword_sizes_the_connection_pool(s3_url: str) -> No
     assert by_keyword.max_concurrency == by_url.max_concurrency == 16
     assert by_url.client.meta.config.max_pool_connections == 34
     assert by_keyword.client.meta.config.max_pool_connections == 34
+
+
+# -- max_size itself: a whole number of bytes on every path ----------------------------------
+@pytest.mark.parametrize("bad", [-1, "10MiB", 1.5, True])
+def test_max_size_that_is_no_byte_count_is_a_config_error(url: str, bad: object) -> None:
+    """``presign_upload(max_size=-1)`` is a ConfigError; the store's ``max_size`` and
+    ``put``'s were taken as given: -1 refused every upload as too large
+    (``BlobTooLarge``: 'exceeds max_size=-1'), ``"10MiB"`` failed every put with a
+    TypeError, 1.5 and True were limits of 1 byte. Each is a ConfigError naming it,
+    when the store is made or before the put reads anything (async too)."""
+    with pytest.raises(ConfigError, match="max_size"):
+        BlobStore(url, max_size=bad)
+    store = BlobStore(url)
+    with pytest.raises(ConfigError, match="max_size"):
+        store.put(b"hello", content_type="text/plain", max_size=bad)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with AsyncBlobStore(url) as astore:
+            with pytest.raises(ConfigError, match="max_size"):
+                await astore.put(b"hello", content_type="text/plain", max_size=bad)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert list(store.list()) == []

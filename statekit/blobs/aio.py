@@ -295,8 +295,7 @@ class AsyncBlobStore:
         one chunk past it. Cancelling the calling task aborts the write (see the module
         docstring); nothing is left under any key.
         """
-        limit = options.get("max_size")
-        limit = self.sync.max_size if limit is None else limit
+        limit = self.sync.limit(options.get("max_size"))
         return await self._stream(body, limit, functools.partial(self.sync.put, **options))
 
     async def _stream(self, body: Any, limit: int | None, write: Callable[[Any], _T]) -> _T:

@@ -106,6 +106,15 @@ def backend_class(url: str) -> type[BlobBackend]:
     return cls
 
 
+def _byte_count(max_size: Any) -> int:
+    """*max_size* (a put's limit, the store's default) as a number of bytes.
+
+    :raises ConfigError: it is not a whole number of bytes, 0 or more."""
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+        raise ConfigError(f"max_size={max_size!r} must be a whole number of bytes, 0 or more")
+    return max_size
+
+
 def _seconds(expires: Any) -> int:
     """*expires* (a URL's or an upload form's lifetime) in whole seconds.
 
@@ -149,7 +158,7 @@ class BlobStore:
         else:
             require_extras(backend.scheme)
         self.backend = backend
-        self.max_size = max_size
+        self.max_size = _byte_count(max_size) if max_size is not None else None
         self.allowed_types = list(allowed_types) if allowed_types is not None else None
         self._secret = (secret.encode() if isinstance(secret, str) else secret) or secrets.token_bytes(32)
         self.counters = Counters("blobs", self.describe(), names=("puts", "aborts", "bytes_written"))
@@ -207,7 +216,7 @@ class BlobStore:
         Memory stays bounded (a read chunk plus the backend's part buffers). Any
         exception, including one raised by *stream* itself, aborts the write.
         """
-        limit = max_size if max_size is not None else self.max_size
+        limit = self.limit(max_size)
         allowed = allowed_types if allowed_types is not None else self.allowed_types
         source = Source(stream, limit)
         name = sanitize_filename(filename if filename is not None else source.filename)
@@ -225,6 +234,13 @@ class BlobStore:
         self.counters.incr("puts")
         self.counters.incr("bytes_written", size)
         return stored_blob(req.key, size, ctype, req.metadata, now, sha256=sha256)
+
+    def limit(self, max_size: int | None = None) -> int | None:
+        """The limit a :meth:`put` given *max_size* holds an upload to: *max_size*,
+        else the store's ``max_size`` (``None``: no limit).
+
+        :raises ConfigError: *max_size* is not a whole number of bytes, 0 or more."""
+        return _byte_count(max_size) if max_size is not None else self.max_size
 
     def _write(self, req: WriteRequest, chunks: Iterator[bytes]) -> tuple[str, int]:
         """Send *chunks* through one backend writer; on any exception abort it and

@@ -59,6 +59,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
+from statekit.config import parse_size
 from statekit.errors import BackendUnavailable, BlobError, BlobNotFound, ConfigError, InvalidKey
 from statekit.lifecycle import outages
 
@@ -76,7 +77,8 @@ class BlobStorage(Storage):
     """A Django storage over a statekit blob store; see the module docstring.
 
     :param url: the store URL (default ``STATEKIT_BLOBS_URL``).
-    :param max_size: largest accepted file in bytes (default: the store's).
+    :param max_size: largest accepted file, in bytes or as a size (``"10MiB"``, as
+        ``STATEKIT_BLOBS_MAX_SIZE`` takes it; default: the store's).
     :param allowed_types: allowed content types (``"image/*"`` patterns; default: the
         store's). Both hold for a ready *store* too.
     :param expires: lifetime of URLs from :meth:`url`, in seconds.
@@ -85,11 +87,12 @@ class BlobStorage(Storage):
     Thread-safe; the store is opened on first use.
     """
 
-    def __init__(self, url: str | None = None, *, max_size: int | None = None,
+    def __init__(self, url: str | None = None, *, max_size: int | str | None = None,
                  allowed_types: Sequence[str] | None = None, expires: int = 3600,
                  store: BlobStore | None = None) -> None:
         self._url = url
-        self.max_size = max_size
+        # a size as STATEKIT_BLOBS_MAX_SIZE takes it ("10MiB") or a number of bytes
+        self.max_size = parse_size(max_size, name="max_size") if max_size is not None else None
         self.allowed_types = list(allowed_types) if allowed_types is not None else None
         self.expires = expires
         self._store = store

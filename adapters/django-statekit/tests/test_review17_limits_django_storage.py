@@ -78,3 +78,16 @@ def test_url_refuses_an_expiry_that_is_not_positive(django_settings: Any, store:
     assert key in BlobStorage(store=store, expires=60).url(key) or store.scheme == "s3"
     with pytest.raises(ValueError, match="expires"):
         BlobStorage(store=store, expires=expires).url(key)
+
+
+def test_options_max_size_takes_a_size_as_the_flask_setting_does(django_settings: Any,
+                                                                   store: BlobStore) -> None:
+    """``STATEKIT_BLOBS_MAX_SIZE`` (Flask, Starlette) takes ``"10MiB"``; Django's
+    ``OPTIONS["max_size"]`` passed such a text to the store, and every save failed
+    with a TypeError (a 500)."""
+    storage = BlobStorage(store=store, max_size="1KiB")  # type: ignore[arg-type]
+    with pytest.raises(BlobTooLarge):
+        storage.save("docs/big.bin", ContentFile(b"x" * 1025))
+    key = storage.save("docs/small.bin", ContentFile(b"x" * 1024))
+    assert store.stat(key).size == 1024
+    assert BlobStorage(store=store, max_size=1024).max_size == storage.max_size == 1024

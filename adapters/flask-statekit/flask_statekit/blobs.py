@@ -121,7 +121,7 @@ def save_upload(
     memory stays bounded). Aborts with 400/413/415/503 on failure.
     """
     store = blob_store()
-    limit = max_size if max_size is not None else store.max_size
+    limit = store.limit(max_size)
     if limit is not None:
         overhead = _config(current_app, "STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD)
         ceiling = limit + int(overhead)
