@@ -25,7 +25,7 @@ import time
 import pytest
 from test_broadcast_async import until  # tests/ is on sys.path
 
-from statekit.broadcast import AsyncBroadcaster, Broadcaster
+from statekit.broadcast import AsyncBroadcaster, Broadcaster, SharedValue
 from statekit.errors import ConfigError
 from statekit.pytest_plugin import wait_for
 
@@ -115,3 +115,30 @@ def test_every_refuses_what_is_not_a_number_of_seconds(option: str, value: objec
     with pytest.raises(ConfigError, match=option):
         b.every(interval, name="job", **kwargs)(lambda: 1)  # type: ignore[arg-type]
     assert "job" not in b.jobs
+
+
+@pytest.mark.parametrize("value", [0, -5, math.nan, "30", True])
+def test_shared_values_max_age_is_checked_when_made(value: object) -> None:
+    """``SharedValue(max_age=0)`` is a ConfigError at once; ``SharedValues(max_age=0)``
+    (what the Flask, Django and Starlette adapters build from
+    ``STATEKIT_BROADCAST_MAX_AGE``) took it, and each name's first use failed instead:
+    inside a request, as a 500 or a template error. ``"30"`` failed there with a
+    TypeError, and ``True`` was a max_age of 1 s."""
+    from statekit.broadcast import SharedValues
+
+    with pytest.raises(ConfigError, match="max_age"):
+        SharedValue("x", max_age=value, url="memory://review17-max-age")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_age"):
+        SharedValues("memory://review17-max-age", max_age=value)  # type: ignore[arg-type]
+
+
+def test_flask_app_with_a_bad_broadcast_max_age_fails_at_start() -> None:
+    flask = pytest.importorskip("flask")
+    from flask_statekit import StateKit
+
+    app = flask.Flask(__name__)
+    app.config.update(STATEKIT_BROADCAST_URL="memory://review17-flask-max-age",
+                      STATEKIT_BROADCAST_MAX_AGE="0", STATEKIT_CACHE_ENABLED=False,
+                      STATEKIT_SESSIONS_ENABLED=False, SECRET_KEY="x" * 32)
+    with pytest.raises(ConfigError, match="max_age"):
+        StateKit(app)

@@ -33,6 +33,14 @@ _UNLOADED: Any = object()
 _values: weakref.WeakSet[SharedValue[Any]] = weakref.WeakSet()
 
 
+def _max_age(max_age: float | None) -> float | None:
+    """*max_age* of a shared value. :raises ConfigError: not a positive number of seconds."""
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float))
+                                or not max_age > 0):
+        raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
+    return max_age
+
+
 class SharedValue(Generic[T]):
     """A value every worker process sees, kept current by one subscriber thread.
 
@@ -82,9 +90,7 @@ class SharedValue(Generic[T]):
     ) -> None:
         self.name = check_name(name)
         self.default = default
-        if max_age is not None and not max_age > 0:
-            raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
-        self.max_age = max_age
+        self.max_age = _max_age(max_age)
         self._hub_key, self._backend, self._prefix = open_backend(url, client, key_prefix)
         self._serializer = get_serializer(serializer)
         self._callbacks: list[Callable[[T, int], None]] = []
@@ -302,7 +308,7 @@ class SharedValues:
         self._client = client
         self._key_prefix = key_prefix
         self._defaults = dict(defaults or {})
-        self._max_age = max_age
+        self._max_age = _max_age(max_age)  # refused now, not at each name's first use
         self._serializer = serializer
         self._values: dict[str, SharedValue[Any]] = {}
 
