@@ -1,6 +1,7 @@
 """The Redis transport against its floor and its anchor (issue 17, point 1 and 6).
 
-    .venv/bin/python bench/transport.py [--n 20000] [--rounds 5]
+    .venv/bin/python bench/transport.py [--n 20000] [--rounds 5] [--no-gevent]
+    .venv/bin/python bench/transport.py --before REV|PATH [--rounds 9] [--n 20000]
 
 GET of a small value on loopback, one thread, against a private server started here,
 interleaved rounds, median per call (wall and CPU time of this process):
@@ -17,6 +18,14 @@ CPU time beside wall time: a client that spins for its reply wins an idle machin
 wall clock and pays in CPU that a busy server's other workers needed.
 
 Targets: ``Cache.get`` <= 1.3x the raw socket and <= 0.7x redis-py pooled.
+
+``--before`` pairs this checkout with another commit or checkout: *rounds* runs of one
+round each per tree, each run a fresh process and server, alternated (before, now,
+now, before, ...) so a drift of the machine's load hits both alike; it prints each
+case's now/before ratio (the median of the pairs', wall and CPU) and each tree's
+``Cache.get`` ratios to the floor and the anchor (medians of each run's own ratio).
+On a shared machine prefer the CPU figures: the server's and the other processes'
+load move the wall clock.
 Then, under gevent, how long a paused Redis makes each transport path wait against
 ``socket_timeout`` (tests/test_redis_gevent.py checks the outcome; this prints the
 time).
@@ -25,6 +34,7 @@ time).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -45,7 +55,8 @@ def _time(call: Callable[[], object], n: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / n * 1e6, (time.process_time() - cpu) / n * 1e6
 
 
-def round_trips(n: int, rounds: int) -> None:
+def measure(n: int, rounds: int) -> tuple[dict[str, tuple[float, float]], str]:
+    """Median (wall, CPU) microseconds per call of each case, and a line saying what ran."""
     import redis
 
     from statekit.cache import Cache
@@ -97,23 +108,59 @@ def round_trips(n: int, rounds: int) -> None:
                 results[name].append(_time(call, n))
         med = {name: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r))
                for name, r in results.items()}
-        print(f"statekit {commit()}; {server.binary.flavor} {server.version}; load average {load0:.2f} "
-              f"at start, {os.getloadavg()[0]:.2f} at end, on {os.cpu_count()} CPUs; "
-              f"median of {rounds} x {n} calls (GET of 64 bytes)")
-        for name, (wall, cpu) in med.items():
-            print(f"  {name:<24} {wall:7.1f} us wall {cpu:7.1f} us CPU")
-        floor, anchor = med["raw socket"][0], med["redis-py pooled"][0]
-        got = med["Cache.get"][0]
-        floor_ok = "met" if got / floor <= 1.3 else "MISSED"
-        anchor_ok = "met" if got / anchor <= 0.7 else "MISSED"
-        print(f"  Cache.get = {got / floor:.2f}x raw socket (target <= 1.3: {floor_ok}), "
-              f"{got / anchor:.2f}x redis-py pooled (target <= 0.7: {anchor_ok})")
-        print(f"  Cache.get CPU = {med['Cache.get'][1] / med['raw socket'][1]:.2f}x raw socket's, "
-              f"{med['Cache.get'][1] / med['redis-py pooled'][1]:.2f}x redis-py pooled's")
-        print(f"  Transport.command = {med['Transport.command'][0] / floor:.2f}x raw socket, "
-              f"{med['Transport.command'][0] / anchor:.2f}x redis-py pooled")
+        about = (f"statekit {commit()}; {server.binary.flavor} {server.version}; load average {load0:.2f} "
+                 f"at start, {os.getloadavg()[0]:.2f} at end, on {os.cpu_count()} CPUs; "
+                 f"median of {rounds} x {n} calls (GET of 64 bytes)")
+        return med, about
     finally:
         server.stop()
+
+
+def _ratios(med: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """``Cache.get`` against the floor and the anchor, wall and CPU."""
+    got, cpu = med["Cache.get"]
+    return {"floor": got / med["raw socket"][0], "anchor": got / med["redis-py pooled"][0],
+            "cpu floor": cpu / med["raw socket"][1], "cpu anchor": cpu / med["redis-py pooled"][1],
+            "transport floor": med["Transport.command"][0] / med["raw socket"][0],
+            "transport anchor": med["Transport.command"][0] / med["redis-py pooled"][0]}
+
+
+def round_trips(n: int, rounds: int) -> None:
+    med, about = measure(n, rounds)
+    print(about)
+    for name, (wall, cpu) in med.items():
+        print(f"  {name:<24} {wall:7.1f} us wall {cpu:7.1f} us CPU")
+    r = _ratios(med)
+    floor_ok = "met" if r["floor"] <= 1.3 else "MISSED"
+    anchor_ok = "met" if r["anchor"] <= 0.7 else "MISSED"
+    print(f"  Cache.get = {r['floor']:.2f}x raw socket (target <= 1.3: {floor_ok}), "
+          f"{r['anchor']:.2f}x redis-py pooled (target <= 0.7: {anchor_ok})")
+    print(f"  Cache.get CPU = {r['cpu floor']:.2f}x raw socket's, {r['cpu anchor']:.2f}x redis-py pooled's")
+    print(f"  Transport.command = {r['transport floor']:.2f}x raw socket, "
+          f"{r['transport anchor']:.2f}x redis-py pooled")
+
+
+def paired(before: str, n: int, rounds: int) -> None:
+    """This checkout against *before*, alternated runs of one round each (see the
+    module docstring)."""
+    from _trees import NOW, alternate, before_tree, print_pairs
+
+    with before_tree(before) as old:
+        pairs = alternate(Path(__file__), old, ["--json", "--n", str(n), "--rounds", "1"], rounds)
+    print(f"now: statekit {commit()}; before: {before}; {rounds} pairs of runs x {n} calls a case; "
+          f"load average {os.getloadavg()[0]:.2f} at the end")
+    names = [k for k in pairs[0][0] if not k.startswith("ratio ")]
+    fields = []
+    for name in dict.fromkeys(k.rsplit(" ", 1)[0] for k in names):
+        fields += [(f"{name} wall", f"{name} wall", "us"), (f"{name} CPU", f"{name} CPU", "us")]
+    print_pairs(pairs, fields)
+    for label, side in (("now", 0), ("before", 1)):
+        got = {k: statistics.median(p[side][f"ratio {k}"] for p in pairs)
+               for k in ("floor", "anchor", "cpu floor", "cpu anchor", "transport floor")}
+        print(f"  {label} ({NOW if side == 0 else before}): Cache.get {got['floor']:.2f}x raw socket, "
+              f"{got['anchor']:.2f}x redis-py pooled (wall); CPU {got['cpu floor']:.2f}x raw socket's, "
+              f"{got['cpu anchor']:.2f}x pooled's; Transport.command {got['transport floor']:.2f}x "
+              "raw socket")
 
 
 def gevent_timeouts() -> None:
@@ -140,9 +187,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-gevent", action="store_true", help="skip the paused-Redis waits under gevent")
+    parser.add_argument("--before", metavar="REV|PATH", help="pair this checkout with another (see above)")
+    parser.add_argument("--json", action="store_true", help="one round's medians as JSON (for --before)")
     args = parser.parse_args()
-    round_trips(args.n, args.rounds)
-    gevent_timeouts()
+    if args.json:
+        med, about = measure(args.n, args.rounds)
+        out = {f"{name} {kind}": value for name, (wall, cpu) in med.items()
+               for kind, value in (("wall", wall), ("CPU", cpu))}
+        out.update({f"ratio {k}": v for k, v in _ratios(med).items()})
+        print(about, file=sys.stderr)
+        print(json.dumps(out))
+        return
+    if args.before:
+        paired(args.before, args.n, args.rounds)
+    else:
+        round_trips(args.n, args.rounds)
+    if not args.no_gevent and not args.before:
+        gevent_timeouts()
 
 
 if __name__ == "__main__":
