@@ -1,7 +1,7 @@
 """The users count, computed once per interval for the whole cluster by an
 :class:`~statekit.broadcast.aio.AsyncBroadcaster` that every worker's lifespan runs
 (the lease in Redis lets one of them compute each interval) and pushed to every
-worker, which reads it locally (``Depends(shared("users_count"))``).
+worker, which reads it locally (``Depends(shared_value("users_count"))`` in :mod:`examples.fastapi_app.main`).
 
 The same job as ``examples.flask_app.jobs`` (same name, same database), so a Flask
 and a FastAPI deployment of the demo may share the value, each one's broadcaster
