@@ -196,3 +196,13 @@ def test_max_size_that_is_no_byte_count_is_a_config_error(url: str, bad: object)
 
     asyncio.run(asyncio.wait_for(main(), 60))
     assert list(store.list()) == []
+
+
+@pytest.mark.parametrize("bad", [0, -1, "10MiB", 1.5, True])
+def test_presign_upload_max_size_is_checked_as_puts(url: str, bad: object) -> None:
+    """presign_upload refused 0 and -1 (ConfigError); "10MiB" was a TypeError and
+    1.5 and True were signed as limits. The same check as put's, and positive."""
+    store = BlobStore(url)
+    with pytest.raises(ConfigError, match="max_size"):
+        store.presign_upload(max_size=bad, expires=60)  # type: ignore[arg-type]
+    assert store.cleanup_incomplete(older_than=0) == 0  # nothing recorded

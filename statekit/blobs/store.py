@@ -399,7 +399,7 @@ class BlobStore:
         :raises ValueError: *expires* is not a positive number of seconds (as for
             :meth:`url`), or too far off to be a date; nothing is recorded.
         """
-        if max_size <= 0:
+        if _byte_count(max_size) == 0:
             raise ConfigError("max_size must be positive")
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         expires = _seconds(expires)
