@@ -403,8 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             print(skipped)
         out = asyncio.run(bench(url, host, int(port), args.rounds, args.scale))
         raw, sk = out["get"]["redis-py asyncio GET (+ json.loads)"], out["get"]["statekit AsyncCache.get"]
+        in_pairs, faster, cpu = paired(sk, raw)
         print(f"\ntargets: AsyncCache.get / raw redis-py asyncio GET = {sk.best / raw.best:.2f} best, "
-              f"{sk.median / raw.median:.2f} median, paired {paired(sk, raw)[0]:.2f} (target <= 1.0)")
+              f"{sk.median / raw.median:.2f} median, paired {in_pairs:.2f}, faster in {faster}/"
+              f"{len(sk.walls)} rounds (target <= 1.0); CPU per get {statistics.median(sk.cpus):.1f} / "
+              f"{statistics.median(raw.cpus):.1f} µs, paired {cpu:.2f}")
         for rival in ("cashews (redis) get", "aiocache RedisCache get"):
             theirs = out["get"][rival]
             print(f"         AsyncCache.get / {rival} = {sk.best / theirs.best:.2f} best, "
