@@ -24,7 +24,7 @@ Settings (``app.config``, then the environment):
 ``STATEKIT_BLOBS_URL``             ``s3://``, ``file://`` or ``memory://`` store
 ``STATEKIT_BLOBS_MAX_SIZE``        default limit per file (``10MiB``, bytes)
 ``STATEKIT_BLOBS_ALLOWED_TYPES``   default allow-list (``image/*,application/pdf``)
-``STATEKIT_BLOBS_FORM_OVERHEAD``   bytes allowed beyond the limit for the form (64 KiB)
+``STATEKIT_BLOBS_FORM_OVERHEAD``   size allowed beyond the limit for the form (64 KiB)
 ``STATEKIT_BLOBS_ROUTE``           URL of the download view for non-S3 stores
                                    (``/_statekit/blobs``)
 =================================  ====================================================
@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, abort, current_app, request, send_file, url_for
+from flask import Flask, Response, abort, request, send_file, url_for
 
 from statekit.blobs import Blob, BlobStore, content_disposition, open_blob_store
 from statekit.config import parse_size
@@ -88,6 +88,9 @@ def init_app(app: Flask, state: StateKitState) -> None:
     url = state.settings.blobs_url
     store: BlobStore | None = None
     limit = parse_size(max_size, name="STATEKIT_BLOBS_MAX_SIZE") if max_size not in (None, "") else None
+    # a size, as the limit is ("64KiB"), refused now rather than at each upload
+    overhead = _config(app, "STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD)
+    state.blobs_form_overhead = parse_size(overhead, name="STATEKIT_BLOBS_FORM_OVERHEAD")  # type: ignore[attr-defined]
     if url:
         keys = state.settings.secret_keys
         store = open_blob_store(url, max_size=limit, allowed_types=list(allowed) if allowed else None,
@@ -123,8 +126,7 @@ def save_upload(
     store = blob_store()
     limit = store.limit(max_size)
     if limit is not None:
-        overhead = _config(current_app, "STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD)
-        ceiling = limit + int(overhead)
+        ceiling = limit + int(getattr(get_state(), "blobs_form_overhead", DEFAULT_FORM_OVERHEAD))
         if request.content_length is not None and request.content_length > ceiling:
             abort(413, description=f"upload larger than {limit} bytes")
         current = request.max_content_length
