@@ -354,9 +354,11 @@ class _StoreCore:
                             ("refresh_interval", refresh_interval), ("alias_window", alias_window)):
             if not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
-        self.codec = get_serializer(codec)
-        if "pickle" in self.codec.name:
+        # by name, before the codec is made: its own complaint (no secret keys, unsigned
+        # pickle not offered) is not why a session store refuses it
+        if "pickle" in str(codec if isinstance(codec, str) else getattr(codec, "name", "")).lower():
             raise ConfigError("sessions never use pickle; choose the json or msgpack codec")
+        self.codec = get_serializer(codec)
         self._signer = _CookieSigner([k if isinstance(k, bytes) else k.encode() for k in keys])
         # what signing, verifying and hashing ids gave before (the keys never change):
         # cookie -> id, id -> handle, id -> cookie (:func:`_remember`)
