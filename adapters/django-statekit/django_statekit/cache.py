@@ -73,7 +73,7 @@ from django.core.exceptions import ImproperlyConfigured
 from statekit.cache import AsyncCache, Cache, Lock
 from statekit.cache.plan import Plan, adrive, drive
 from statekit.cache.redis import _glob_escape
-from statekit.cache.tools import lock_keeper
+from statekit.cache.tools import MAX_TTL, lock_keeper
 from statekit.errors import StatekitError, UnencodableValue
 from statekit.serializers import unencodable_as_pickle_error
 
@@ -119,6 +119,10 @@ class StatekitCache(BaseCache):
 
     def __init__(self, location: str | None, params: dict[str, Any]) -> None:
         super().__init__(params)
+        if self.default_timeout is not None and self.default_timeout > MAX_TTL:
+            # refused now: each set() and add() without a timeout would raise ValueError
+            raise ImproperlyConfigured(f"CACHES TIMEOUT={self.default_timeout!r} is more than a statekit "
+                                       f"cache keeps a value ({MAX_TTL:g} s); None keeps values for ever")
         options = dict(params.get("OPTIONS") or {})
         reverse = options.pop("REVERSE_KEY_FUNCTION", None)
         self._reverse_key: Callable[[str], str] | None = None if reverse is None else get_key_func(reverse)
