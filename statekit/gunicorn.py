@@ -324,6 +324,13 @@ def wrap_app(app: Any, interface: str | None = None) -> Any:
 _DETECT_MESSAGE = 2048
 
 
+class AppConfigError(ConfigError):
+    """Importing the app raised :class:`~statekit.errors.ConfigError` (its message):
+    the app refuses to start as configured (``StateKit(app)`` at module level without
+    ``STATEKIT_REDIS_URL`` or ``STATEKIT_SECRET_KEYS``), which every worker would
+    repeat. ``statekit serve`` says it in one line, exit 2, before starting gunicorn."""
+
+
 def import_app(app_uri: str) -> Any:
     """The app ``MODULE:APP`` (or ``MODULE:factory()``), as gunicorn imports it.
 
@@ -348,10 +355,12 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
     not import the app itself: the workers it forks later would inherit the module,
     and a reload would not see new code. An app that fails to import (or takes longer
     than *timeout*) counts as WSGI: its workers then fail to boot with the import's
-    own traceback, as before.
+    own traceback, which its author needs (a bug in the app's code), as before.
 
     :raises ConfigError: the app's module or attribute does not exist (the one line
-        of :func:`import_app`'s :exc:`AppImportError`): nothing is started."""
+        of :func:`import_app`'s :exc:`AppImportError`): nothing is started.
+    :raises AppConfigError: importing the app raised a ``ConfigError``: its message
+        is the whole story, and every worker would fail with it."""
     from .asgi import interface_of
 
     read_end, write_end = os.pipe()
@@ -363,6 +372,8 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
             answer = interface_of(import_app(app_uri)).encode()
         except AppImportError as e:
             answer = b"!" + str(e).encode(errors="replace")[:_DETECT_MESSAGE]
+        except ConfigError as e:
+            answer = b"C" + str(e).encode(errors="replace")[:_DETECT_MESSAGE]
         except BaseException:  # noqa: BLE001,S110 -- any other failure: the workers report it
             pass
         finally:
@@ -383,6 +394,8 @@ def detect_interface(app_uri: str, timeout: float = 60.0) -> str:
     kind = answer.decode(errors="replace")
     if kind.startswith("!"):
         raise ConfigError(kind[1:])
+    if kind.startswith("C"):
+        raise AppConfigError(kind[1:])
     return kind if kind in ("asgi", "wsgi") else "wsgi"
 
 
@@ -1393,7 +1406,11 @@ def serve_main(argv: Sequence[str]) -> int:
                           "Give --broadcaster a statekit Broadcaster (same keys and values: the app reads "
                           "them with SharedValue.aget()), or run the AsyncBroadcaster in the app's lifespan")
     # a missing app module or attribute: a ConfigError here, nothing started
-    interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
+    try:
+        interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
+    except AppConfigError as e:  # the app refuses to start as configured: one line, as for --bind
+        print(f"statekit serve: {opts.app}: ConfigError: {e}", file=sys.stderr)
+        return 2
     if interface == "asgi":
         importlib.import_module("statekit.gunicorn_asgi")  # a missing extra: one line, before anything starts
     application = StatekitApplication(
