@@ -38,7 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings, parse_url
+from .config import Settings, number, parse_url
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -529,14 +529,14 @@ class Lifecycle:
         for p in (health_path, ready_path):
             if not p.startswith("/"):
                 raise ConfigError(f"endpoint path {p!r} must start with '/'")
-        if not budget > 0:
-            raise ConfigError(f"readiness budget {budget!r} must be a positive number of seconds")
+        # finite: a probe waits up to the budget (``Future.result(timeout=inf)`` is an
+        # OverflowError, so never ready), and Retry-After is a whole number of seconds
+        self.budget = number(budget, "readiness budget", positive=True, maximum=threading.TIMEOUT_MAX)
+        self.retry_after = int(number(retry_after, "retry_after"))
+        self.cache_ttl = number(cache_ttl, "readiness cache_ttl")
         self.health_path = health_path
         self.ready_path = ready_path
         self.mode = mode
-        self.budget = budget
-        self.retry_after = int(retry_after)
-        self.cache_ttl = cache_ttl
         self.checks: dict[str, Check] = _checks_from_settings(settings) if settings else {}
         self.checks.update(checks or {})
         self._drain = drain
