@@ -112,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
        "an unchanged session's expiry is pushed back at most this often (one write)", *_FD),
     _s("STATEKIT_SESSION_ALIAS_WINDOW", "seconds", "10",
        "how long requests in flight at a rotation (login) still write through the old id", *_FD),
-    _s("STATEKIT_SESSION_CODEC", "`json`, `msgpack`, `signed-pickle`", "`json`",
+    _s("STATEKIT_SESSION_CODEC", "`json`, `msgpack`", "`json`",
        "how session values are encoded", *_FD),
     _s("STATEKIT_SESSION_OUTAGE_POLICY", "`raise`, `anonymous`", "`raise`",
        "on a Redis outage: answer 503, or run the request with an empty read-only session", *_FD),
@@ -135,10 +135,12 @@ SETTINGS: tuple[Setting, ...] = (
        "read the previous store's unsigned pickles (Flask-Session before 0.7 under a signed id, "
        "Django's cache engine) as plain data only; off, such a session is refused: a fresh session", *_FD),
     _s("STATEKIT_SESSION_COOKIE_NAME", "text", "`SESSION_COOKIE_NAME`", "the session cookie's name", *_F),
-    _s("STATEKIT_SESSION_COOKIE_SECURE", "bool", "on unless debug",
+    _s("STATEKIT_SESSION_COOKIE_SECURE", "bool", "on unless debug; Starlette: off",
        "send the session cookie with `Secure` (no client sends it back over plain http but "
        "browsers on localhost: a WARNING says so; `false` for plain-http development); "
-       "Django: an explicit `SESSION_COOKIE_SECURE` when this is not set", *_FD),
+       "Django: an explicit `SESSION_COOKIE_SECURE` when this is not set; Starlette: off when "
+       "unset, as in Starlette's `SessionMiddleware`, and an `https_only` in `session_options` "
+       "wins over it", *_FDS),
     _s("STATEKIT_SESSION_COOKIE_SAMESITE", "`Lax`, `Strict`, `None`", "`Lax`",
        "the cookie's `SameSite` (Flask's `SESSION_COOKIE_SAMESITE` when it is set)", *_F),
     _s("STATEKIT_SESSION_COOKIE_HTTPONLY", "bool", "true", "the cookie's `HttpOnly`", *_F),
@@ -206,7 +208,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("SESSION_COOKIE_AGE", "seconds", "2 weeks", "the session's idle timeout", _D),
         ("SESSION_EXPIRE_AT_BROWSER_CLOSE", "bool", "false", "the version-token cookie's lifetime", _D),
         ("SESSION_REFRESH_EACH_REQUEST", "bool", "true", "send an unchanged session's cookie again", _F),
-        ("PERMANENT_SESSION_LIFETIME", "timedelta", "31 days", "caps `STATEKIT_SESSION_IDLE_TIMEOUT`", _F),
+        ("PERMANENT_SESSION_LIFETIME", "timedelta", "31 days",
+         "the default `STATEKIT_SESSION_IDLE_TIMEOUT` when shorter than 14 days (a value set wins)", _F),
         ("SESSION_ENGINE", "dotted path", "", "start-up check: statekit's engine needs a Redis URL", _D),
         ("SESSION_REDIS", "Redis client", "none",
          "Flask-Session's: the previous store when `STATEKIT_SESSION_CARRY_OVER_URL` is not set", _F),
