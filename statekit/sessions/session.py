@@ -333,6 +333,8 @@ _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 #: were not logged since the last one (see :func:`warn_secure_cookie_over_http`)
 _plain_http_log: list[Any] = [0.0, 0]
 _plain_http_lock = threading.Lock()
+#: what the "Secure cookie over plain http" line tells to change for plain-http development
+_PLAIN_HTTP_FIX = "set STATEKIT_SESSION_COOKIE_SECURE=false"
 
 
 def _host_name(host: str) -> str:
@@ -346,7 +348,7 @@ def _host_name(host: str) -> str:
     return host.rstrip(".")
 
 
-def warn_secure_cookie_over_http(https: bool, host: str | None) -> None:
+def warn_secure_cookie_over_http(https: bool, host: str | None, fix: str = _PLAIN_HTTP_FIX) -> None:
     """Log (``statekit.sessions``, WARNING) that a session cookie marked ``Secure`` was
     set on a request that arrived over plain http at *host*: no client sends such a
     cookie back over http, so every request starts a new, empty session. The adapters
@@ -357,7 +359,8 @@ def warn_secure_cookie_over_http(https: bool, host: str | None) -> None:
     counts as https. Not logged for https, nor for localhost, 127.0.0.1 and ::1
     (browsers send Secure cookies to their http pages). The first at once, then at
     most one line a process every ``REJECT_LOG_INTERVAL`` seconds, saying how many
-    were not logged, as the refused-cookie log does."""
+    were not logged, as the refused-cookie log does. *fix*: what turns ``Secure`` off
+    where the adapter reads it (the Starlette adapter's names ``https_only`` too)."""
     if https or host is None or _host_name(host) in _LOCAL_HOSTS:
         return
     from . import REJECT_LOG_INTERVAL
@@ -374,5 +377,5 @@ def warn_secure_cookie_over_http(https: bool, host: str | None) -> None:
         "only over https, so every request starts a new, empty session. Serve the app over https "
         "(behind a proxy that ends TLS, trust its forwarded scheme: Flask's ProxyFix, Django's "
         "SECURE_PROXY_SSL_HEADER, the server's forwarded headers such as --forwarded-allow-ips), "
-        "or set STATEKIT_SESSION_COOKIE_SECURE=false for plain-http development%s", host,
+        "or %s for plain-http development%s", host, fix,
         f" ({quiet} more since the last such line, not logged)" if quiet else "")

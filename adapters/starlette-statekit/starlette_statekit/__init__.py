@@ -53,7 +53,10 @@ dict, or Starlette's ``Config``), then the environment: the names and meanings o
 work (no Redis URL, blobs switched on by name with ``STATEKIT_BLOBS_ENABLED=1`` but no
 ``STATEKIT_BLOBS_URL``, a missing extra); switch off what you do not use with
 ``STATEKIT_<FEATURE>_ENABLED=0`` (``sessions_enabled=False``). Unset, blobs are on
-only when a store is configured.
+only when a store is configured. ``STATEKIT_SESSION_COOKIE_SECURE`` marks the session
+cookie ``Secure`` as in the Flask and Django adapters, but is off when unset (as in
+Starlette's own ``SessionMiddleware``); an ``https_only`` in *session_options* wins
+over it.
 
 **Outages.** A :class:`~statekit.errors.BackendUnavailable` raised by a handler is
 answered ``503`` with a generic page and ``Retry-After`` (nothing about the backend:
@@ -261,7 +264,11 @@ class StateKit:
     def _init_sessions(self, app: Any, state: StateKitState) -> None:
         from .sessions import SessionMiddleware
 
-        app.add_middleware(SessionMiddleware, settings=state.settings, **self.session_options)
+        options = dict(self.session_options)
+        if "https_only" not in options:  # the app's own https_only wins over the setting
+            name = "STATEKIT_SESSION_COOKIE_SECURE"  # as the Flask and Django adapters read it
+            options["https_only"] = flag(self._get(name), name, default=False)  # unset: off, as Starlette's
+        app.add_middleware(SessionMiddleware, settings=state.settings, **options)
 
     def _init_blobs(self, app: Any, state: StateKitState) -> None:
         from .uploads import init_app

@@ -133,6 +133,10 @@ _NEAR_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 #: where :class:`_ErrorCookies` puts, in the scope, the list of cookies the response
 #: that starts after the app failed is to carry (filled by the session middleware)
 _ERROR_COOKIES = "statekit.sessions.error_cookies"
+#: what the plain-http warning tells to change: StateKit(app) reads the setting, and
+#: an https_only the app passes (session_options, or to this middleware) wins over it
+_PLAIN_HTTP_FIX = ("set STATEKIT_SESSION_COOKIE_SECURE=false (or https_only=False where the app passes "
+                   "https_only: StateKit's session_options, SessionMiddleware)")
 
 
 class _Down(Exception):
@@ -160,7 +164,8 @@ class SessionMiddleware:
         ``STATEKIT_SECRET_KEYS``).
     :param path: the cookie's ``Path``. :param domain: its ``Domain``.
     :param https_only: mark the cookie ``Secure`` (off by default, as in Starlette's
-        ``SessionMiddleware``; turn it on in production). A ``Secure`` session cookie
+        ``SessionMiddleware``; turn it on in production; ``StateKit(app)`` passes
+        ``STATEKIT_SESSION_COOKIE_SECURE`` unless *session_options* has it). A ``Secure`` session cookie
         set on a plain-http request (the scope's scheme: a proxy's forwarded one counts
         where the server trusts it, uvicorn's ``--forwarded-allow-ips``) to a host
         other than localhost is logged (``statekit.sessions``, rate-limited): no
@@ -233,7 +238,7 @@ class SessionMiddleware:
                 c.startswith(self.cookie_name + "=") and not c.startswith(self.cookie_name + "=null;")
                 for c in cookies):
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
-            warn_secure_cookie_over_http(False, host)
+            warn_secure_cookie_over_http(False, host, _PLAIN_HTTP_FIX)
 
     # -- the request --------------------------------------------------------------------
 
