@@ -183,8 +183,11 @@ def verdict(s: Spread, target: float, at_least: bool) -> str:
 
 
 def ratios(rounds: dict[str, dict[str, list[float]]], kind: str, other: str, figure: str) -> list[float]:
-    """Round by round, *kind*'s *figure* over *other*'s, measured moments apart."""
-    return [a / b for a, b in zip(rounds[kind][figure], rounds[other][figure], strict=True)]
+    """Round by round, *kind*'s *figure* over *other*'s, measured moments apart; a
+    round where either has none (NaN: CPU per request of a round that served nothing)
+    or both are 0 tells nothing and is left out; over 0 the ratio is infinite."""
+    return [a / b if b else math.inf for a, b in zip(rounds[kind][figure], rounds[other][figure], strict=True)
+            if not (math.isnan(a) or math.isnan(b) or a == b == 0)]
 
 
 class RoundTrips:
@@ -474,12 +477,15 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
     2-core machine the load generator shares the CPUs with the servers, so a
     heavier client would hide the servers' own differences). Like a browser, a
     client sends back the session's version token (near cache) once it got one;
-    *tokens* (one per client) holds them from one call to the next."""
+    *tokens* (one per client) holds them from one call to the next. The clock starts
+    when every client has connected: on a loaded machine starting the threads and
+    connecting took longer than a 0.5 s round (a round of no requests)."""
     counts = [0] * clients
     errors: list[str] = []
     if tokens is None:
         tokens = [None] * clients
-    stop = time.monotonic() + seconds
+    started: list[float] = []
+    ready = threading.Barrier(clients, action=lambda: started.append(time.monotonic()))
 
     def build(i: int, token: bytes | None) -> bytes:
         cookie = cookies[i % len(cookies)] + (f"; session_v={token.decode()}" if token else "")
@@ -487,15 +493,26 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
                 f"Content-Length: 0\r\n\r\n").encode()
 
     def run(i: int) -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError as exc:
+            errors.append(f"client {i} did not connect: {exc}")
+            ready.abort()
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
         request = build(i, tokens[i])
         try:
+            try:
+                ready.wait(30)
+            except threading.BrokenBarrierError:
+                errors.append("the clients did not all connect within 30 s")
+                return
+            stop = started[0] + seconds
             while time.monotonic() < stop:
                 status, token = _exchange(sock, request, buf)
                 if status != 200:
-                    errors.append(str(status))
+                    errors.append(f"HTTP {status}")
                     return
                 if token is not None:
                     tokens[i] = token
@@ -504,15 +521,16 @@ def load(port: int, cookies: list[str], method: str, route: str, clients: int, s
         finally:
             sock.close()
 
-    t0 = time.monotonic()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(seconds + 30)
+        t.join(seconds + 60)
     if errors:
-        raise RuntimeError(f"{route}: HTTP {errors[0]}")
-    return sum(counts), time.monotonic() - t0
+        raise RuntimeError(f"{route}: {errors[0]}")
+    if not started or any(t.is_alive() for t in threads):
+        raise RuntimeError(f"{route}: the clients did not finish within {seconds + 60:g} s")
+    return sum(counts), time.monotonic() - started[0]
 
 
 def gunicorn_runs(tmp: Path, trees: dict[str, Path], redis_url: str, clients: int, seconds: float,
@@ -560,16 +578,19 @@ def gunicorn_runs(tmp: Path, trees: dict[str, Path], redis_url: str, clients: in
                     w[2] += redis_cpu
                     figures = per_round[kind]
                     figures.setdefault(f"{route}_rps", []).append(count / took)
-                    figures.setdefault(f"{route}_app_cpu", []).append(app_cpu / max(count, 1) * 1e6)
-                    figures.setdefault(f"{route}_redis_cpu", []).append(redis_cpu / max(count, 1) * 1e6)
+                    # a round that served nothing (a stalled server) has no CPU per request
+                    figures.setdefault(f"{route}_app_cpu", []).append(
+                        app_cpu / count * 1e6 if count else math.nan)
+                    figures.setdefault(f"{route}_redis_cpu", []).append(
+                        redis_cpu / count * 1e6 if count else math.nan)
         for kind, (_, port) in servers.items():
             if kind != "cookie":  # a cookie session's writes go back only in the response
                 _check_written(port, cookies[kind][0], kind)
         out: dict[str, dict[str, float]] = {k: {} for k in trees}
         for (kind, route), (served, app_cpu, redis_cpu) in work.items():
             out[kind][f"{route}_rps"] = statistics.median(per_round[kind][f"{route}_rps"])
-            out[kind][f"{route}_app_cpu"] = app_cpu / served * 1e6
-            out[kind][f"{route}_redis_cpu"] = redis_cpu / served * 1e6
+            out[kind][f"{route}_app_cpu"] = app_cpu / served * 1e6 if served else math.nan
+            out[kind][f"{route}_redis_cpu"] = redis_cpu / served * 1e6 if served else math.nan
         return out
     finally:
         for proc, _ in servers.values():
@@ -612,28 +633,41 @@ def print_now_before(per_round: dict[str, dict[str, list[float]]], rounds: int) 
           f"even rounds, before first in odd ones): the median of the rounds' ratios; interval: "
           f"{bounds} of the rounds' ratios, which holds the true median ratio {shape.confidence:.1%} "
           f"of the time; met / MISSED when the whole interval is on the target's side / beyond it, "
-          f"within noise when it straddles it; now, before: the median round")
-    print("| kind | figure | now / before | interval | range | target | verdict | now | before |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"within noise when it straddles it; now, before: the median round; rounds: those "
+          f"that compare (not a round that served nothing: no CPU per request, req/s 0 on both "
+          f"sides), k from their count")
+    print("| kind | figure | now / before | interval | range | rounds | target | verdict | now | before |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("statekit", "statekit-near"):
         for figure, label, unit, target, at_least in PAIRED:
             if figure not in per_round[name]:
                 continue
-            s = spread(ratios(per_round, name, f"{name}@before", figure))
             cells = []
             for kind in (name, f"{name}@before"):
-                cell = f"{statistics.median(per_round[kind][figure]):.0f}"
+                cell = f"{_median(per_round[kind][figure]):.0f}"
                 if figure.endswith("_app_cpu"):
-                    cell += f" + {statistics.median(per_round[kind][figure.replace('_app_', '_redis_')]):.0f}"
+                    cell += f" + {_median(per_round[kind][figure.replace('_app_', '_redis_')]):.0f}"
                 cells.append(f"{cell} {unit}")
-            goal, judged = "(info)", ""
+            goal = "(info)" if target is None else f"{'>=' if at_least else '<='} {target:.2f}x"
+            paired = ratios(per_round, name, f"{name}@before", figure)
+            if not paired:
+                print(f"| {name} | {label} | - | - | - | 0 | {goal} | no round to compare | "
+                      f"{cells[0]} | {cells[1]} |")
+                continue
+            s = spread(paired)
+            judged = ""
             if target is not None:
-                goal = f"{'>=' if at_least else '<='} {target:.2f}x"
                 judged = verdict(s, target, at_least)
                 if s.confidence < 1 - ALPHA:
                     judged = f"({judged}: too few rounds to judge, 6 or more)"
             print(f"| {name} | {label} | {s.median:.2f}x | {s.low:.2f}-{s.high:.2f}x | "
-                  f"{s.least:.2f}-{s.most:.2f}x | {goal} | {judged} | {cells[0]} | {cells[1]} |")
+                  f"{s.least:.2f}-{s.most:.2f}x | {s.rounds} | {goal} | {judged} | {cells[0]} | {cells[1]} |")
+
+
+def _median(values: list[float]) -> float:
+    """The median of the rounds that have a value (NaN: a round that served nothing)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
               f"write {sk['write_us'] / fs['write_us']:.2f}x")
         if not args.no_gunicorn:
             def rps(other: str, route: str, name: str = name) -> str:
-                return _ratio(spread(ratios(per_round, name, other, f"{route}_rps")))
+                paired = ratios(per_round, name, other, f"{route}_rps")
+                return _ratio(spread(paired)) if paired else "- (no round to compare)"
 
             print(f"{name} / Flask-Session req/s: read {rps('flask-session', 'read')}, write "
                   f"{rps('flask-session', 'write')}   (target >= 1.2x; median of the rounds' ratios "

@@ -4,12 +4,16 @@ processes and threads; no timing asserted, only CPU each one was made to use).""
 
 from __future__ import annotations
 
+import http.server
 import math
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +75,54 @@ def test_the_verdict_is_within_noise_when_the_interval_straddles_the_target() ->
 def test_ratios_pair_each_round_with_the_same_round() -> None:
     rounds = {"a": {"read_rps": [100.0, 200.0, 300.0]}, "b": {"read_rps": [50.0, 400.0, 300.0]}}
     assert bench.ratios(rounds, "a", "b", "read_rps") == [2.0, 0.5, 1.0]
+
+
+def test_a_round_that_served_nothing_is_a_ratio_of_0_or_inf_or_left_out() -> None:
+    nan = math.nan
+    rounds = {"a": {"rps": [0.0, 100.0, 0.0, 100.0], "cpu": [nan, 500.0, nan, 400.0]},
+              "b": {"rps": [100.0, 0.0, 0.0, 50.0], "cpu": [400.0, nan, nan, 400.0]}}
+    assert bench.ratios(rounds, "a", "b", "rps") == [0.0, math.inf, 2.0]  # both 0: no information
+    assert bench.ratios(rounds, "a", "b", "cpu") == [1.0]
+    s = bench.spread([0.0, math.inf, 2.0, 1.0, 1.0, 1.0])
+    assert (s.median, s.low, s.high, s.rounds) == (1.0, 0.0, math.inf, 6)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_load_clock_starts_when_every_client_has_connected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that takes longer to connect than the load lasts: the clock started
+    before the threads, so a loaded machine's round could count no requests at all
+    (a ZeroDivisionError in the ratios)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    connect = socket.create_connection
+
+    def slow_connect(*args: Any, **kwargs: Any) -> socket.socket:
+        time.sleep(0.5)  # longer than the 0.2 s of load: each client connects after it would have ended
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(bench.socket, "create_connection", slow_connect)
+    try:
+        count, took = bench.load(server.server_address[1], ["session=x"], "GET", "/read", 4, 0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(10)
+    assert count > 0
+    assert took >= 0.2
 
 
 BURNER = textwrap.dedent(r"""
