@@ -269,7 +269,9 @@ def test_the_carry_over_works_on_the_async_store() -> None:
 
 @pytest.mark.redis
 def test_redis_paused_raises_backend_unavailable_and_loses_nothing(server: RedisServer) -> None:
-    url = server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+    # 2 s: the create, the load and the load after the resume are answered on a loaded
+    # machine (0.3 s could fire on a healthy server); paused, each call fails after 2 s
+    url = server.url + "?socket_timeout=2&socket_connect_timeout=2&retries=0"
     prefix = "outage" + uuid.uuid4().hex[:6]
     store = AsyncSessionStore(url, secret_keys=KEYS, key_prefix=prefix)
 

@@ -271,12 +271,15 @@ def test_revoke_user_logs_out_everywhere(engine: str, _db: None) -> None:
 # -- outages -----------------------------------------------------------------------
 
 
-def _outage_url(server: RedisServer) -> str:
-    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+def outage_url(server: RedisServer) -> str:
+    """*server*'s URL for the outage tests: no retries, 2 s timeouts: a healthy server
+    answers within them on a loaded machine (0.3 s now and then fired on one), and a
+    stopped one fails for sure (paused: after 2 s; killed: refused at once)."""
+    return server.url + "?socket_timeout=2&socket_connect_timeout=2&retries=0"
 
 
 def test_outage_503_cookie_untouched_data_intact(django_settings: Any, durable_redis: RedisServer) -> None:
-    configure(django_settings, _outage_url(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
     c = Client(raise_request_exception=False)
     c.get("/sessions/set/cart/apple")
     cookie = c.cookies["sessionid"].value
@@ -293,7 +296,7 @@ def test_outage_503_cookie_untouched_data_intact(django_settings: Any, durable_r
 
 
 def test_outage_during_save_is_503(django_settings: Any, durable_redis: RedisServer) -> None:
-    configure(django_settings, _outage_url(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
 
     def v_set_then_die(request: HttpRequest) -> HttpResponse:
         request.session["cart"] = "pear"
@@ -317,7 +320,7 @@ def test_outage_during_save_is_503(django_settings: Any, durable_redis: RedisSer
 def _anonymous_outage(django_settings: Any, durable_redis: RedisServer, first: str) -> tuple[Client, str]:
     """A client whose session *first* made, then Redis stopped (``anonymous`` policy):
     the client and its session cookie."""
-    configure(django_settings, _outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
+    configure(django_settings, outage_url(durable_redis), STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
     c = Client(raise_request_exception=False)
     c.get(first)
     cookie = c.cookies["sessionid"].value
@@ -613,7 +616,7 @@ def test_outage_is_logged_once_per_change_of_state(django_settings: Any, durable
     from statekit.lifecycle import outages
 
     outages.reset()
-    configure(django_settings, _outage_url(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
 
     def v_set_then_die(request: HttpRequest) -> HttpResponse:
         request.session["cart"] = "pear"
@@ -669,7 +672,7 @@ def test_outage_after_login_sends_the_new_cookie(django_settings: Any, durable_r
     """Redis dies between ``login()`` (the session's data moved to a new key) and
     SessionMiddleware's save: the 503 still carries the new key, since the old one is
     a tombstone now; once Redis is back the browser still has its cart."""
-    configure(django_settings, _outage_url(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
 
     def v_login_then_die(request: HttpRequest) -> HttpResponse:
         user, _ = get_user_model().objects.get_or_create(username="gina")

@@ -11,17 +11,13 @@ import tests_django_urls
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import path
-from test_django_sessions import configure
+from test_django_sessions import configure, outage_url
 
 from django_statekit.sessions import get_core_store
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
-
-
-def _fails_fast(server: RedisServer) -> str:
-    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
 
 
 @pytest.mark.parametrize("fault", ["pause", "kill"])
@@ -33,7 +29,7 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
     browser's retry continues that session (no second one); killed, none. Without it
     a stored create was orphaned under a key the browser never learned, and the cart
     was lost."""
-    configure(django_settings, _fails_fast(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
 
     def v_first_cart(request: HttpRequest) -> HttpResponse:
         request.session["cart"] = "apple"
@@ -80,7 +76,7 @@ def test_a_failure_inside_the_view_sends_the_cookie_its_session_needs(
     carries the cookie the session needs, as at SessionMiddleware's save: a new
     session's (its create, which ``incr`` makes first, may be stored), or the new key
     of a ``cycle_key()`` made before (the data lives there only)."""
-    configure(django_settings, _fails_fast(durable_redis))
+    configure(django_settings, outage_url(durable_redis))
 
     def v_count(request: HttpRequest) -> HttpResponse:
         if first == "rotated":

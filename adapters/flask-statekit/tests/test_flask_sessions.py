@@ -297,9 +297,11 @@ def test_unserializable_value_fails_at_assignment(app: Flask) -> None:
 # -- outages -----------------------------------------------------------------------
 
 
-def _fails_fast(server: RedisServer) -> str:
-    """*server*'s URL with short timeouts and no retries: an outage shows at once."""
-    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
+def outage_url(server: RedisServer) -> str:
+    """*server*'s URL for the outage tests: no retries, 2 s timeouts: a healthy server
+    answers within them on a loaded machine (0.3 s now and then fired on one), and a
+    stopped one fails for sure (paused: after 2 s; killed: refused at once)."""
+    return server.url + "?socket_timeout=2&socket_connect_timeout=2&retries=0"
 
 
 def _with_cart(app: Flask) -> tuple[FlaskClient, str | None]:
@@ -310,7 +312,7 @@ def _with_cart(app: Flask) -> tuple[FlaskClient, str | None]:
 
 
 def test_outage_answers_503_keeps_cookie_and_data(durable_redis: RedisServer) -> None:
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
     client, cookie = _with_cart(app)
     durable_redis.kill()
     for resp in (client.get("/get"), client.post("/set/cart/pear")):
@@ -324,7 +326,7 @@ def test_outage_answers_503_keeps_cookie_and_data(durable_redis: RedisServer) ->
 
 
 def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
 
     @app.post("/slow-set")
     def slow_set() -> Any:
@@ -344,7 +346,7 @@ def test_outage_during_save_answers_503(durable_redis: RedisServer) -> None:
 def test_outage_after_rotation_sends_the_new_cookie(durable_redis: RedisServer) -> None:
     """Redis dies between ``session.rotate()`` and the save: the 503 still carries the
     new id, since the data already moved there and the old id dies with its alias."""
-    app = make_app(_fails_fast(durable_redis),
+    app = make_app(outage_url(durable_redis),
                    STATEKIT_SESSION_ALIAS_WINDOW=1)
 
     @app.post("/login-then-outage")
@@ -372,7 +374,7 @@ def test_outage_during_save_drops_headers_of_the_replaced_body(durable_redis: Re
     page undecodable; a redirect's ``Location`` no longer applies)."""
     import gzip
 
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
 
     @app.post("/write-and-redirect")
     def write_and_redirect() -> Any:
@@ -401,7 +403,7 @@ def test_outage_during_save_drops_headers_of_the_replaced_body(durable_redis: Re
 
 
 def test_outage_anonymous_policy_serves_read_only(durable_redis: RedisServer) -> None:
-    app = make_app(_fails_fast(durable_redis),
+    app = make_app(outage_url(durable_redis),
                    STATEKIT_SESSION_OUTAGE_POLICY="anonymous")
     client, cookie = _with_cart(app)
     durable_redis.kill()
@@ -669,7 +671,7 @@ def test_static_files_do_not_load_the_session(durable_redis: RedisServer, tmp_pa
     """Flask's static route never uses the session: it costs no Redis call, and it
     is served while Redis is away (the default policy answers 503 elsewhere)."""
     (tmp_path / "site.css").write_text("body{}")
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
     app.static_folder = str(tmp_path)
     app.static_url_path = "/static"  # as registered (setting the folder renamed it)
     client, cookie = _with_cart(app)
@@ -721,7 +723,7 @@ def test_outage_is_logged_once_per_change_of_state(durable_redis: RedisServer,
     from statekit.lifecycle import outages
 
     outages.reset()
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
     client, _cookie = _with_cart(app)
     caplog.set_level("INFO")
     durable_redis.kill()

@@ -294,14 +294,17 @@ def test_old_store_down_at_the_delete_keeps_the_user_logged_in(redis_url: str,
     ``CLIENT PAUSE WRITE`` on a server of its own): the delete of the old entry fails,
     but the session is already carried over and claimed. The request is answered with
     it and its new cookie; a 503 would lose that cookie, and the retry, once the
-    alias window is over, would find the old cookie spent: logged out."""
+    alias window is over, would find the old cookie spent: logged out. The old store's
+    timeout is 2 s (its read must be answered on a loaded machine: 0.3 s could fire on
+    it) and the pause 30 s, ended once the request is answered: the delete's timeout
+    fires for sure."""
     from statekit.embedded import RedisServer
 
     with RedisServer() as old_server:
         url = old_server.url
         old = logged_in_before(flask_session_app(url))
         app = statekit_app(redis_url, STATEKIT_SESSION_CARRY_OVER="flask-session",
-                           STATEKIT_SESSION_CARRY_OVER_URL=url + "?socket_timeout=0.3")
+                           STATEKIT_SESSION_CARRY_OVER_URL=url + "?socket_timeout=2")
         carry = get_state(app).sessions.carry_over
         assert carry is not None
         read = carry.previous.read
@@ -309,7 +312,7 @@ def test_old_store_down_at_the_delete_keeps_the_user_logged_in(redis_url: str,
 
         def read_then_pause(cookie: str) -> Any:
             data = read(cookie)
-            admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+            admin.execute_command("CLIENT", "PAUSE", 30000, "WRITE")
             return data
 
         monkeypatch.setattr(carry.previous, "read", read_then_pause)

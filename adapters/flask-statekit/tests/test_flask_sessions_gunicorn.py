@@ -116,7 +116,9 @@ def gunicorn(request: pytest.FixtureRequest, tmp_path: Path,
     """The app under gunicorn, without and with the session near cache (there each
     client's next request, often served by the other worker, must see its last
     write: read-your-writes across processes)."""
-    g = Gunicorn(tmp_path, durable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5",
+    # 2 s: concurrent clients all answer 200 on a loaded machine (0.5 s could fire on a
+    # healthy server); the kill test's connections are refused at once
+    g = Gunicorn(tmp_path, durable_redis.url + "?socket_timeout=2&socket_connect_timeout=2",
                  STATEKIT_SESSION_ALIAS_WINDOW=str(ALIAS_WINDOW), STATEKIT_SESSION_NEAR_CACHE=request.param)
     yield g
     g.stop()

@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 from flask import Flask, session
-from test_flask_sessions import make_app
+from test_flask_sessions import make_app, outage_url
 
 from flask_statekit import UNAVAILABLE_PAGE, get_state
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
-
-
-def _fails_fast(server: RedisServer) -> str:
-    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
 
 
 def _stored_sessions(app: Flask, server: RedisServer) -> int:
@@ -36,7 +32,7 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
     that session (the cart is there, no second session); killed, none. Without the
     cookie a stored create was orphaned under an id the browser never learned, and
     the cart was lost."""
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
 
     @app.post("/first-cart")
     def first_cart() -> Any:
@@ -81,7 +77,7 @@ def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
     deleted. It answered 200 and did neither (an empty session loaded with no data
     was no logout), so the id lived on, empty, until its idle timeout; and the 503
     said "you are still signed in", which the user no longer was."""
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
     store = get_state(app).sessions
     browser = app.test_client()
     browser.post("/login/ada")
@@ -116,7 +112,7 @@ def test_a_failure_inside_the_view_sends_the_cookie_its_session_needs(
     cookie the session needs, as at the save: a new session's (its create, which
     ``incr`` makes first, may be stored), or the new id of a ``rotate()`` made before
     (the data lives there only)."""
-    app = make_app(_fails_fast(durable_redis))
+    app = make_app(outage_url(durable_redis))
 
     @app.post("/count")
     def count() -> Any:

@@ -13,17 +13,13 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from test_starlette_sessions import client, make_app, middleware, sync_store
+from test_starlette_sessions import client, make_app, middleware, outage_url, sync_store
 
 from starlette_statekit.sessions import incr_session, rotate_session
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
-
-
-def _fails_fast(server: RedisServer) -> str:
-    return server.url + "?socket_timeout=0.3&socket_connect_timeout=0.3&retries=0"
 
 
 @pytest.mark.parametrize("fault", ["pause", "kill"])
@@ -38,7 +34,7 @@ def test_a_new_sessions_first_save_timing_out_sends_its_cookie_with_the_503(
     prefix = "st" + uuid.uuid4().hex[:10]
     # near cache off: with it on, a paused Redis times the save out before the create
     # is sent (nothing stored: the kill case's answer), not after
-    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+    app = make_app(outage_url(durable_redis), prefix, near_cache=0)
 
     async def first_cart(request: Request) -> Response:
         request.session["cart"] = "apple"
@@ -95,7 +91,7 @@ def test_a_logout_cut_between_its_save_and_its_destroy_completes_on_retry(
     200 and did neither (an empty session loaded with no data was no logout), so the
     id lived on, empty, until its idle timeout."""
     prefix = "st" + uuid.uuid4().hex[:10]
-    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+    app = make_app(outage_url(durable_redis), prefix, near_cache=0)
 
     async def clear(request: Request) -> Response:
         request.session.clear()
@@ -144,7 +140,7 @@ def test_a_failure_inside_the_app_sends_the_cookie_its_session_needs(
     session's (its create, which ``incr_session`` makes first, may be stored), or
     the new id of a ``rotate_session`` made before (the data lives there only)."""
     prefix = "st" + uuid.uuid4().hex[:10]
-    app = make_app(_fails_fast(durable_redis), prefix, near_cache=0)
+    app = make_app(outage_url(durable_redis), prefix, near_cache=0)
 
     async def count(request: Request) -> Response:
         if first == "rotated":
