@@ -686,14 +686,30 @@ def test_after_a_failover_every_kept_connection_to_the_demoted_master_is_dropped
     and with more kept connections than retries the write failed. Three retries (four
     attempts, fewer than the six connections kept): with two, one run in six under
     the whole file failed here (READONLY on each attempt, the failover's replicas
-    still settling), which this test does not look at."""
+    still settling), which this test does not look at. The six connections are made
+    by six BLPOPs, each held on the master until all six are blocked there: six
+    gathered GETs kept four now and then under load (a GET done before the last one
+    started gave it its connection), and the test failed on ``kept > 4``. The socket
+    timeout is 10 s, not 2, for those BLPOPs' replies: with connects made one at a time
+    (0.2 s each and more, a scratch run) 2 s ran out before the sixth blocked."""
     setup = redis_sentinel
-    url = f"{setup.url}?socket_timeout=2&retries=3&retry_backoff_cap=0.1"
+    url = f"{setup.url}?socket_timeout=10&retries=3&retry_backoff_cap=0.1"
 
     async def main(t: AsyncTransport) -> None:
         assert await t.command(b"INCR", "n") == 1
         assert await t.command(b"WAIT", len(setup.replicas), 30000) == len(setup.replicas)
-        assert await asyncio.gather(*[t.command(b"GET", "n") for _ in range(6)]) == [b"1"] * 6
+        admin = create_client(url)
+        pops = asyncio.gather(*[t.command(b"BLPOP", "go", 30) for _ in range(6)])
+        try:
+            deadline = time.monotonic() + 10
+            while (await asyncio.to_thread(admin.info, "clients"))["blocked_clients"] < 6:
+                assert time.monotonic() < deadline, "six BLPOPs never blocked at once in 10 s"
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(admin.rpush, "go", *range(6))
+            assert len(await pops) == 6
+        finally:
+            pops.cancel()  # (a no-op once they are done)
+            admin.close()
         kept = len(t._idle)
         await asyncio.to_thread(setup.failover)
         assert await t.command(b"INCR", "n") == 2  # the first write after the failover, applied once
