@@ -152,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
        "default limit per uploaded file", *_FS),
     _s("STATEKIT_BLOBS_ALLOWED_TYPES", "comma-separated types", "any",
        "default allow-list of sniffed content types (`image/*,application/pdf`)", *_FS),
-    _s("STATEKIT_BLOBS_FORM_OVERHEAD", "bytes", "65536",
+    _s("STATEKIT_BLOBS_FORM_OVERHEAD", "size (`64KiB`, bytes)", "`64KiB`",
        "bytes a form may carry beyond the file limit (multipart framing, other fields)", *_FS),
     _s("STATEKIT_BLOBS_ROUTE", "URL path", "`/_statekit/blobs`",
        "the download view of `file://` and `memory://` stores (S3 serves presigned URLs)", *_FS),

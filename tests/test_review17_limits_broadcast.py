@@ -140,5 +140,29 @@ def test_flask_app_with_a_bad_broadcast_max_age_fails_at_start() -> None:
     app.config.update(STATEKIT_BROADCAST_URL="memory://review17-flask-max-age",
                       STATEKIT_BROADCAST_MAX_AGE="0", STATEKIT_CACHE_ENABLED=False,
                       STATEKIT_SESSIONS_ENABLED=False, SECRET_KEY="x" * 32)
-    with pytest.raises(ConfigError, match="max_age"):
+    with pytest.raises(ConfigError, match="STATEKIT_BROADCAST_MAX_AGE"):
         StateKit(app)
+
+
+@pytest.mark.parametrize("value", ["soon", "inf", "-1"])
+def test_flask_and_starlette_read_broadcast_max_age_as_a_number(value: str) -> None:
+    """The adapters read ``STATEKIT_BROADCAST_MAX_AGE`` through ``config.number`` (the
+    one numeric check of settings): ``float(value)`` made ``"soon"`` a bare ValueError
+    and ``"inf"`` a max_age no value ever reaches."""
+    flask = pytest.importorskip("flask")
+    from flask_statekit import StateKit
+
+    app = flask.Flask(__name__)
+    app.config.update(STATEKIT_BROADCAST_URL="memory://review17-flask-max-age",
+                      STATEKIT_BROADCAST_MAX_AGE=value, STATEKIT_CACHE_ENABLED=False,
+                      STATEKIT_SESSIONS_ENABLED=False, SECRET_KEY="x" * 32)
+    with pytest.raises(ConfigError, match="STATEKIT_BROADCAST_MAX_AGE"):
+        StateKit(app)
+
+    starlette = pytest.importorskip("starlette.applications")
+    from starlette_statekit import StateKit as StarletteStateKit
+
+    with pytest.raises(ConfigError, match="STATEKIT_BROADCAST_MAX_AGE"):
+        StarletteStateKit(starlette.Starlette(), cache_enabled=False, sessions_enabled=False,
+                          config={"STATEKIT_BROADCAST_URL": "memory://review17-starlette-max-age",
+                                  "STATEKIT_BROADCAST_MAX_AGE": value})

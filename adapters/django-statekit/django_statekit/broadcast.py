@@ -36,6 +36,7 @@ from typing import Any
 from django.core.signals import setting_changed
 
 from statekit.broadcast import Broadcaster, SharedValue, SharedValues, load_broadcaster
+from statekit.config import number
 from statekit.errors import ConfigError
 
 from .conf import get_setting, get_settings
@@ -59,7 +60,8 @@ def shared_values() -> SharedValues:
             settings.broadcast_url,
             key_prefix=settings.key_prefix,
             defaults=defaults,
-            max_age=float(max_age) if max_age not in (None, "") else None,
+            max_age=(number(max_age, "STATEKIT_BROADCAST_MAX_AGE", positive=True)
+                     if max_age not in (None, "") else None),
         )
     return values
 

@@ -40,6 +40,7 @@ import click
 from flask import Flask, current_app
 
 from statekit.broadcast import SharedValue, SharedValues, load_broadcaster, serve
+from statekit.config import number
 from statekit.errors import ConfigError
 
 from . import _config
@@ -60,7 +61,8 @@ def init_app(app: Flask, state: StateKitState) -> None:
         state.settings.broadcast_url,
         key_prefix=state.settings.key_prefix,
         defaults=defaults,
-        max_age=float(max_age) if max_age not in (None, "") else None,
+        max_age=(number(max_age, "STATEKIT_BROADCAST_MAX_AGE", positive=True)
+                 if max_age not in (None, "") else None),
     )
     state.broadcast = values  # type: ignore[attr-defined]
     app.jinja_env.globals["shared"] = values

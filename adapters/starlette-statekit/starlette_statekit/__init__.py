@@ -282,7 +282,8 @@ class StateKit:
         max_age = self._get("STATEKIT_BROADCAST_MAX_AGE")
         state.broadcast = SharedValues(  # type: ignore[attr-defined]
             state.settings.broadcast_url, key_prefix=state.settings.key_prefix, defaults=dict(defaults),
-            max_age=float(max_age) if max_age not in (None, "") else None,
+            max_age=(number(max_age, "STATEKIT_BROADCAST_MAX_AGE", positive=True)
+                     if max_age not in (None, "") else None),
         )
         state.preload = list(defaults)  # type: ignore[attr-defined]
         state.broadcaster = self.broadcaster  # type: ignore[attr-defined]

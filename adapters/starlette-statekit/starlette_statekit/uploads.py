@@ -73,6 +73,9 @@ def init_app(app: Any, state: StateKitState) -> None:
             allowed = [t.strip() for t in allowed.split(",") if t.strip()]
         keys = state.settings.secret_keys
         limit = parse_size(raw_size, name="STATEKIT_BLOBS_MAX_SIZE") if raw_size not in (None, "") else None
+        # a size, as the limit is ("64KiB"), refused now rather than at each upload
+        overhead = state.get("STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD)
+        state.blobs_form_overhead = parse_size(overhead, name="STATEKIT_BLOBS_FORM_OVERHEAD")  # type: ignore[attr-defined]
         state.open_blobs = functools.partial(  # type: ignore[attr-defined]
             AsyncBlobStore, url, max_size=limit, allowed_types=list(allowed) if allowed else None,
             secret=("statekit-blobs:" + keys[0]) if keys else None,
@@ -108,9 +111,9 @@ async def save_upload(
         unavailable; nothing is stored then.
     """
     store: AsyncBlobStore = blob_store(request)
-    limit = max_size if max_size is not None else store.sync.max_size
+    limit = store.sync.limit(max_size)
     if limit is not None:
-        overhead = int(request.app.state.statekit.get("STATEKIT_BLOBS_FORM_OVERHEAD", DEFAULT_FORM_OVERHEAD))
+        overhead: int = getattr(request.app.state.statekit, "blobs_form_overhead", DEFAULT_FORM_OVERHEAD)
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + overhead:
             raise HTTPException(413, f"upload larger than {limit} bytes")
