@@ -605,7 +605,8 @@ def call_with_rule(do: Any, fail: Any, retry: Any = None, *, read: bool = False,
     ``fail(error)`` drops the connection; then :class:`OutcomeUnknown` (the command
     went out) is raised, except for a *read* (an idempotent command,
     :data:`IDEMPOTENT_READS`) after a dropped connection (not a timeout), which runs
-    once more; an authentication failure is raised; anything else (nothing was
+    once more (by *retry*, so a refused reconnect is retried; a second unknown outcome
+    is not); an authentication failure is raised; anything else (nothing was
     applied: a refused connect, a wrong-node reply) is retried by *retry* (a
     :func:`retry_policy`; ``None``: not retried). Other errors propagate as raised.
     """
@@ -621,7 +622,9 @@ def call_with_rule(do: Any, fail: Any, retry: Any = None, *, read: bool = False,
     if isinstance(error, rule.OutcomeUnknown):
         if not read or _timed_out(error):
             raise error
-        return do()  # once
+        # once: sent again, its outcome unknown again, *retry* refuses it; a connect
+        # refused on the way (a restarted server) is retried as any unsent command
+        return do() if retry is None else retry.call_with_retry(do, fail)
     if retry is None or not _retryable(error):
         raise error
     return retry.call_with_retry(do, fail)

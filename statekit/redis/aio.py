@@ -13,7 +13,9 @@ from the client's pool and kept by the transport between calls (no pool lock and
 readiness probe per command: a connection idle for more than
 :data:`~statekit.redis.transport.STALE_CHECK_AFTER` is checked before a command is
 sent on it, its stream and one ``poll`` of its socket, which knows of a server's close
-before the loop has read it: a command for a killed server is then never sent). The
+before the loop has read it: a command for a killed server is then never sent; an
+idempotent read skips the check, sent once more on a checked connection if it was
+closed). The
 connections kept between calls are counted per pool, for every transport of the
 process on it (a shared client's stores), and take at most
 :func:`~statekit.redis.transport.kept_share` of it (one at least left for the
@@ -757,7 +759,7 @@ class AsyncTransport:
 
     # -- connections ---------------------------------------------------------------
 
-    async def _checkout(self) -> Any:
+    async def _checkout(self, read: bool = False) -> Any:
         """A connected connection: an idle one kept from an earlier call (checked if
         idle for a while), one another caller gives back, else a new one from the
         pool (at most :data:`CONNECTS_AT_ONCE` connecting at a time): kept between
@@ -765,13 +767,13 @@ class AsyncTransport:
         borrowed for one command. Nothing is sent here, so its failures may be
         retried, but a pool whose every connection stayed in use past its wait
         raises :func:`~statekit.redis.transport.pool_busy` (the wait was the
-        pool's: not again)."""
+        pool's: not again). For a *read* an idle one is not checked (:meth:`_usable`)."""
         idle = self._idle
         handed: Any = None
         while True:
             while handed is not None or idle:
                 conn, handed = (handed if handed is not None else idle.pop()), None
-                if await self._usable(conn):
+                if await self._usable(conn, read):
                     return conn
             if self._connecting < CONNECTS_AT_ONCE:
                 break
@@ -812,14 +814,16 @@ class AsyncTransport:
             return False
         return _monotonic() - conn._statekit_last <= STALE_CHECK_AFTER or None
 
-    async def _usable(self, conn: Any) -> bool:
+    async def _usable(self, conn: Any, read: bool = False) -> bool:
         """Whether a kept connection may take a command (:meth:`_ready`), one idle for a
-        moment also not closed by the server meanwhile. Discarded if not."""
+        moment also not closed by the server meanwhile, unless the command is a *read*
+        (an idempotent one: on a closed connection it fails as dropped and is sent once
+        more, checked: :meth:`_run`). Discarded if not."""
         ready = self._ready(conn)
         if ready is False:
             await self._discard(conn)
             return False
-        if ready is None:
+        if ready is None and not read:
             try:
                 stale = await (conn.can_read() if _HAS_CAN_READ else conn.can_read_destructive()) \
                     or (not self._in_process and _hung_up(conn._writer))
@@ -966,16 +970,23 @@ class AsyncTransport:
 
     # -- commands ------------------------------------------------------------------
 
-    def _once(self, args: Sequence[Arg]) -> Awaitable[Any]:
+    def _once(self, args: Sequence[Arg], checked: bool = False) -> Awaitable[Any]:
         """Send *args* on a kept connection (a tracking transport: its key lane's)
         and read the reply (raw). Raises ``_Unsent`` wrapping a failure before
-        anything was sent."""
+        anything was sent. A connection idle for a moment is checked first
+        (:meth:`_usable`) unless *args* is an idempotent read not sent before
+        (*checked* false)."""
         lanes = self._lanes
         if lanes is None:
-            return self._once_on(args, None)  # (no coroutine of its own in between)
-        return self._once_in_lane(args, lanes[lane_index(command_key(args), len(lanes))])
+            return self._once_on(args, None, checked)  # (no coroutine of its own in between)
+        return self._once_in_lane(args, lanes[lane_index(command_key(args), len(lanes))], checked)
 
-    async def _once_in_lane(self, args: Sequence[Arg], lane: _KeyLane) -> Any:
+    def _resend(self, args: Sequence[Arg]) -> Awaitable[Any]:
+        """:meth:`_once` for a read sent again after a dropped connection: on a checked
+        connection (another idle one may be closed too: a restarted server)."""
+        return self._once(args, True)
+
+    async def _once_in_lane(self, args: Sequence[Arg], lane: _KeyLane, checked: bool = False) -> Any:
         """:meth:`_once` on a tracking transport: one command at a time on *lane*."""
         lock, wait = lane.lock, self._lane_wait
         if wait is None or not (lock.locked() or getattr(lock, "_waiters", None)):
@@ -986,23 +997,27 @@ class AsyncTransport:
             except asyncio.TimeoutError:
                 raise lane_busy(self._where, wait) from None
         try:
-            return await self._once_on(args, lane)
+            return await self._once_on(args, lane, checked)
         finally:
             lock.release()
 
-    async def _once_on(self, args: Sequence[Arg], lane: _KeyLane | None) -> Any:
+    async def _once_on(self, args: Sequence[Arg], lane: _KeyLane | None, checked: bool = False) -> Any:
         idle = self._idle
-        if lane is None and idle and self._ready(idle[-1]):
-            conn = idle.pop()  # the common case: :meth:`_checkout`'s first pick, no await
+        # the common case: :meth:`_checkout`'s first pick, no await (idle for a moment:
+        # only a read not sent before skips the check)
+        if lane is None and idle and ((ready := self._ready(idle[-1]))
+                                      or (ready is None and not checked and is_read(args))):
+            conn = idle.pop()
         else:
             try:
                 conn = None
+                read = not checked and is_read(args)
                 if lane is not None and lane.conn is not None:
                     conn, lane.conn = lane.conn, None
-                    if not await self._usable(conn):
+                    if not await self._usable(conn, read):
                         conn = None
                 if conn is None:
-                    conn = await self._checkout()
+                    conn = await self._checkout(read)
                     if lane is not None and not conn._statekit_kept:
                         task = asyncio.current_task()
                         if task is not None:
@@ -1175,7 +1190,9 @@ class AsyncTransport:
                 if read_again is None:
                     read_again = is_read(args)
                 if read_again and not _timed_out(e) and not isinstance(e, TimeoutError):
-                    read_again = False  # an idempotent read after a dropped connection: once
+                    read_again = False  # an idempotent read after a dropped connection: once,
+                    if direct:  # on a checked connection (the first may have been one
+                        send = self._resend  # closed while idle, unchecked: a read)
                     continue
                 if direct:
                     raise unavailable(self._where, f"{e} (the command was sent: its outcome is unknown)",

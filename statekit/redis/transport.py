@@ -424,21 +424,26 @@ class _Lane:
         else:
             self.tag = generation
 
-    def freshen(self) -> None:
+    def freshen(self, args: Sequence[Arg] | None = None) -> None:
         """Before commands are sent on the connection: drop it (it reconnects on send)
         when the last call was cut between send and reply (its reply may still come,
         and must not be read as another's), redis-py marked it for reconnect (a
         server that announced a move, a Cluster node that left the topology: "closed
         once its current command completes"), it was set up for an earlier listener
         connection, or the server closed it while idle (found before anything is
-        sent, so the command is not one whose outcome is unknown)."""
+        sent, so the command is not one whose outcome is unknown). That last check
+        (a ``poll``) is skipped for the one command *args* when it is an idempotent
+        read (:func:`~statekit.redis.is_read`): on a closed connection it fails as
+        dropped and the retry rule sends it once more, on a new connection; a write
+        is never resent, so it is checked."""
         conn = self.conn
         listener = self.tracking
         if conn._statekit_unread or self.stale or self.marked():
             self.disconnect()
         elif listener is not None and abs(self.tag) != listener.generation and listener.connected.is_set():
             self.disconnect()
-        elif conn._sock is not None and _monotonic() - self.last > STALE_CHECK_AFTER:
+        elif conn._sock is not None and _monotonic() - self.last > STALE_CHECK_AFTER \
+                and (args is None or not is_read(args)):
             try:
                 stale = conn.can_read(timeout=0)
             except _rule().redis.ConnectionError:
@@ -872,7 +877,7 @@ class Transport:
 
     def _send_on(self, args: Sequence[Arg], lane: _Lane) -> Any:
         conn = lane.conn
-        lane.freshen()
+        lane.freshen(args)
         if getattr(self._client_type.execute_command, "__wrapped__", None) is not None:
             reply = lane.client().execute_command(_name(args[0]), *args[1:])
             lane.last = _monotonic()
