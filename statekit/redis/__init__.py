@@ -369,13 +369,18 @@ class _Rule:
             self.connect()  # type: ignore[attr-defined]
         if check_health:
             self.check_health()
-        first = command[0] if isinstance(command, list) and command else command
-        multi = rule.multi
-        head = first[: len(multi)]
-        self._statekit_atomic = (head if type(head) is bytes else bytes(head)).upper() == multi
+        batch = self._statekit_batch
+        if batch:  # several commands (pack_commands, cluster_batch): a transaction if MULTI first
+            self._statekit_batch = 0
+            self._statekit_unread = batch
+            first = command[0] if isinstance(command, list) and command else command
+            multi = rule.multi
+            head = first[: len(multi)]
+            self._statekit_atomic = (head if type(head) is bytes else bytes(head)).upper() == multi
+        else:  # one command: a refusal is its first reply (_statekit_refused reads no flag)
+            self._statekit_unread = 1
+            self._statekit_atomic = False
         self._statekit_replies = 0
-        self._statekit_unread = self._statekit_batch or 1
-        self._statekit_batch = 0
         try:
             super().send_packed_command(command, check_health=False)  # type: ignore[misc]
         except (rule.redis.ConnectionError, rule.redis.TimeoutError) as e:
