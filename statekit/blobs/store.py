@@ -118,10 +118,15 @@ def _byte_count(max_size: Any) -> int:
 def _seconds(expires: Any) -> int:
     """*expires* (a URL's or an upload form's lifetime) in whole seconds.
 
-    :raises ValueError: it is not positive."""
-    if int(expires) <= 0:
+    :raises ValueError: it is not a positive number of seconds (``inf``, ``nan``, a
+        word, ``None``: what ``int()`` refuses is refused so too)."""
+    try:
+        seconds = int(expires)
+    except (TypeError, ValueError, OverflowError):
+        seconds = 0
+    if seconds <= 0:
         raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
-    return int(expires)
+    return seconds
 
 
 class BlobStore:
