@@ -81,12 +81,13 @@ first use.
 
 **Failures.** The retry rule and the error map of :mod:`statekit.redis`, nothing
 else: connecting is retried (redis-py's ``Retry``); an idle connection the server
-closed (a restart, an idle timeout) is found before anything is sent on it and
-replaced; once a command went out, a timeout or a dropped connection raises
-:class:`~statekit.errors.BackendUnavailable` and the command is never sent again,
-except an idempotent read after a dropped connection (once). Wrong-node, not-now and
-authentication replies raise ``BackendUnavailable``; other error replies raise what
-*reply_error* returns (:class:`RedisReplyError` by default).
+closed (a restart, an idle timeout) is found before a write or a script is sent on it,
+and replaced (an idempotent read goes without that check: on such a connection it fails
+as dropped and is sent once more, as below); once a command went out, a timeout or a
+dropped connection raises :class:`~statekit.errors.BackendUnavailable` and the command
+is never sent again, except an idempotent read after a dropped connection (once).
+Wrong-node, not-now and authentication replies raise ``BackendUnavailable``; other
+error replies raise what *reply_error* returns (:class:`RedisReplyError` by default).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ __all__ = ["KEY_AT", "STALE_CHECK_AFTER", "TRACKED_LANES", "RedisReplyError", "T
 Arg = bytes | str | int | float
 
 #: a connection idle for longer is checked (one non-blocking read) before a command
-#: is sent on it
+#: other than an idempotent read (:func:`~statekit.redis.is_read`) is sent on it
 STALE_CHECK_AFTER = 0.001
 
 _monotonic = time.monotonic
