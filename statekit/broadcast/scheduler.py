@@ -265,11 +265,8 @@ class SchedulerBase:
         with self._runs_lock:
             busy = job.running > len(job.timed_out)  # the latest run is still within its timeout
             if busy and now - job.started_at > job.timeout:
-                job.timed_out.add(job.run_id)
+                self._time_out(job, job.run_id)
                 busy = False
-                self.counters.incr("timeouts")
-                log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
-                          job.name, job.timeout)
             elif busy:
                 wake = min(wake, job.started_at + job.timeout + 0.001)
             if job.running >= MAX_ABANDONED + 1:
@@ -328,6 +325,15 @@ class SchedulerBase:
         job.unsure = False
         return claim
 
+    def _time_out(self, job: Job, run_id: int) -> None:
+        """Judge *job*'s run *run_id* late, its result to be discarded: counted and
+        logged once, by a pass (:meth:`_tick`) or by the run itself, whichever sees it
+        first (the caller holds ``_runs_lock``)."""
+        job.timed_out.add(run_id)
+        self.counters.incr("timeouts")
+        log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
+                  job.name, job.timeout)
+
     def _lost(self, job: Job) -> None:
         if job.token is not None:
             self.counters.incr("leader_lost")
@@ -354,10 +360,7 @@ class SchedulerBase:
             with self._runs_lock:
                 late = run_id in job.timed_out
                 if overran and not late:
-                    job.timed_out.add(run_id)  # as the pass would have: no second count
-                    self.counters.incr("timeouts")
-                    log.error("broadcast job %r: computation exceeded %.3gs; its result will be discarded",
-                              job.name, job.timeout)
+                    self._time_out(job, run_id)  # as the pass would have: no second count
             if late or overran:
                 log.warning("broadcast job %r: late result of slot %d discarded", job.name, slot)
                 return
