@@ -213,11 +213,18 @@ class JSONSerializer:
                 f"cannot serialize a value of type {_describe(value)!r} with the json codec: {e}"
             ) from e
 
+    def _json_decoder(self) -> json.JSONDecoder:
+        """The codec's decoder (its tag hook), one per codec: ``json.loads`` with a hook
+        builds one per call. The cache runs its C scanner itself (``_CacheCore._loads``:
+        no copy of the payload, no whitespace checks)."""
+        decoder = self.__dict__.get("_decoder")
+        if decoder is None:
+            decoder = self.__dict__["_decoder"] = json.JSONDecoder(object_hook=self._hook)
+        return decoder
+
     def loads(self, data: bytes) -> Any:
         try:
-            decoder = self.__dict__.get("_decoder")
-            if decoder is None:  # one decoder per codec: json.loads with a hook builds one per call
-                decoder = self.__dict__["_decoder"] = json.JSONDecoder(object_hook=self._hook)
+            decoder = self.__dict__.get("_decoder") or self._json_decoder()
             return decoder.decode(data if isinstance(data, str) else str(data, "utf-8"))
         except Exception as e:  # a crafted tag payload can raise Overflow/Attribute/RecursionError
             raise SerializationError(f"the {self.name} codec refused a payload of {_length(data)}") from e

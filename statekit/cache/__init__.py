@@ -341,10 +341,10 @@ class _CacheCore:
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
                                    else get_serializer(serializer, secret_keys=self.secret_keys))
         self._plain_json = type(self._codec) in (JSONSerializer, WebJSONSerializer)  # same untagged JSON
-        #: the C scanner with the JSON codec's tag hook: what its loads() runs, minus the
-        #: whitespace checks and the copy (~1 us of a bytes value's 2)
+        #: the C scanner of the JSON codec's decoder (its tag hook): what its loads() runs,
+        #: minus the whitespace checks and the copy (~1 us of a bytes value's 2)
         self._tagged_scan: Callable[[str, int], tuple[Any, int]] | None = (
-            json.JSONDecoder(object_hook=self._codec._hook).scan_once  # type: ignore[attr-defined]
+            self._codec._json_decoder().scan_once  # type: ignore[attr-defined]
             if self._plain_json else None)
         self.near_size = 10_000 if near_cache is True else int(near_cache or 0)
         self.near_max_age = near_max_age
