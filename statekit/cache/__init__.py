@@ -319,10 +319,9 @@ class _CacheCore:
                 ("breaker_reset", breaker_reset, True), ("lock_wait", lock_wait, False),
                 ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
             _check_number(name, number, positive)
-        if stale_ttl == math.inf:  # no TTL to store a get_or_set value (or touch one) with
-            raise ConfigError(f"cache setting stale_ttl must be a finite number >= 0, not {stale_ttl!r}")
-        # durations Redis is given (in ms: see MAX_TTL), or that bound a wait: each checked
-        # here, not at the first command (an error reply, an OverflowError)
+        # durations Redis is given (in ms: see MAX_TTL; inf is no TTL to store a get_or_set
+        # value with), or that bound a wait: each checked here, not at the first command
+        # (an error reply, an OverflowError)
         _check_number("stale_ttl", stale_ttl, False, MAX_TTL)
         _check_number("lock_ttl", lock_ttl, True, threading.TIMEOUT_MAX,
                       " (a compute's lock is extended every lock_ttl / 3 s: the longest wait of a thread)")
@@ -335,7 +334,10 @@ class _CacheCore:
         self.client = client
         self._prefix = prefix
         self.namespace_name = _check_name("namespace", namespace)
-        self.default_ttl = _ttl_seconds(default_ttl)
+        try:  # a call's ttl check, as a setting
+            self.default_ttl = _ttl_seconds(default_ttl)
+        except ValueError as e:
+            raise ConfigError(f"cache setting default_ttl: {e}") from None
         self.serializer = serializer
         self.secret_keys = tuple(_key_list(secret_keys or ()))  # a lone str is one key
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")
