@@ -115,22 +115,37 @@ def flag(value: Any, name: str = "a boolean setting", *, default: bool | None = 
 
 
 def number(value: Any, name: str, *, minimum: float = 0.0, maximum: float = math.inf,
-           positive: bool = False) -> float:
-    """A numeric setting or URL option *name* (a number, or its text as from an
-    environment variable or a query string): finite, at least *minimum* (more than 0
-    with *positive*) and at most *maximum*, else a
-    :class:`~statekit.errors.ConfigError` naming it (``nan``, ``inf`` and a negative
-    ``Retry-After`` got through, or failed at the first outage with ``OverflowError``).
-    The adapters read their numeric settings through it, :func:`parse_url` its
-    durations."""
+           positive: bool = False, text: bool = True, finite: bool = True, unit: str = "",
+           why: str = "", error: type[Exception] = ConfigError) -> float:
+    """A numeric setting, URL option or argument *name*: a number, or with *text* its
+    text as from an environment variable or a query string (without it a ``str`` or a
+    ``bool`` is refused: a per-call argument); finite (``inf`` allowed without
+    *finite*: a wait for ever), at least *minimum* (more than 0 with *positive*) and at
+    most *maximum*, else *error* naming it and the bounds (*unit*: ``"seconds"``, *why*:
+    a reason added). ``nan`` compares false with every bound: refused (``nan``, ``inf``
+    and a negative ``Retry-After`` got through, or failed at the first outage with
+    ``OverflowError``). The one check of a duration or a count in seconds: the adapters'
+    settings, :func:`parse_url`'s options, the cache's ttls, the scheduler's intervals,
+    blobs' ``expires``, sessions' timeouts."""
+    unread = ""
     try:
-        result = float(value.strip() if isinstance(value, str) else value)
+        if not text and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
+            result = math.nan  # no number: refused below, saying what is wanted
+        else:
+            result = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a number") from None
-    if not (math.isfinite(result) and (result > 0 if positive else result >= minimum) and result <= maximum):
-        kind = "a positive number" if positive else f"a finite number of at least {minimum:g}"
-        most = f", at most {maximum:g}" if maximum < math.inf else ""
-        raise ConfigError(f"{name}={value!r} must be {kind}{most}")
+        result, unread = math.nan, "is not a number: it "
+    except OverflowError:  # an int past a float's range
+        result = math.inf
+    if not ((math.isfinite(result) or (not finite and result == math.inf))
+            and (result > 0 if positive else result >= minimum) and result <= maximum):
+        kind = "positive" if positive else "finite" if finite else ""
+        bounds = [f"a {kind}{' ' if kind else ''}number{f' of {unit}' if unit else ''}"]
+        if not positive and minimum > -math.inf:
+            bounds.append(f"at least {minimum:g}")
+        if maximum < math.inf:
+            bounds.append(f"at most {maximum:g}")
+        raise error(f"{name}={value!r} {unread}must be {', '.join(bounds)}{why}")
     return result
 
 

@@ -242,7 +242,7 @@ def test_url_expiry_is_checked_up_front(scheme: str, request: pytest.FixtureRequ
     store = BlobStore("memory://url-expiry" if scheme == "memory" else request.getfixturevalue("s3_url"))
     blob = store.put(b"x", content_type="text/plain")
     for bad in (0, -5):
-        with pytest.raises(ValueError, match="positive"):
+        with pytest.raises(ValueError, match=r"expires=-?\d+ must be a finite number of seconds, at least 1"):
             store.url(blob.key, expires=bad)
     if scheme == "s3":
         with pytest.raises(ValueError, match="7 days"):

@@ -148,7 +148,7 @@ def test_an_infinite_stale_ttl_is_refused_at_once() -> None:
     """``stale_ttl=inf`` was accepted, then every get_or_set computed its value and
     failed to store it with an OverflowError (its TTL, ttl + stale_ttl, in ms), and
     touch of a permanent value would have too: a ConfigError when the cache is made."""
-    with pytest.raises(ConfigError, match="stale_ttl must be a finite number"):
+    with pytest.raises(ConfigError, match="stale_ttl=inf must be a finite number"):
         Cache("memory://review16-inf", stale_ttl=math.inf)
     cache = Cache("memory://review16-inf", stale_ttl=0)
     try:

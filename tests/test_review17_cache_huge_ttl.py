@@ -78,7 +78,7 @@ def test_each_call_refuses_a_huge_duration_before_any_io(dead_url: str, huge: An
     cache = Cache(dead_url, namespace="review17-huge")
     computed: list[int] = []
     for name, call in _calls(cache, huge, computed).items():
-        with pytest.raises(ValueError, match=r"at most 1e\+15 s") as caught:
+        with pytest.raises(ValueError, match=r"at most 1e\+15") as caught:
             call()
         assert caught.value.__cause__ is None, name
     assert computed == []
@@ -130,12 +130,12 @@ def test_async_calls_refuse_a_huge_duration_before_any_io(dead_url: str) -> None
                 "get_or_set stale_ttl": lambda: cache.get_or_set("g", compute, ttl=60, stale_ttl=1e300),
             }
             for name, call in calls.items():
-                with pytest.raises(ValueError, match=r"at most 1e\+15 s") as caught:
+                with pytest.raises(ValueError, match=r"at most 1e\+15") as caught:
                     await call()
                 assert caught.value.__cause__ is None, name
-            with pytest.raises(ValueError, match=r"at most 1e\+15 s"):
+            with pytest.raises(ValueError, match=r"at most 1e\+15"):
                 cache.cached(ttl=1e300)(compute)
-            with pytest.raises(ValueError, match=r"at most 1e\+15 s"):
+            with pytest.raises(ValueError, match=r"at most 1e\+15"):
                 cache.lock("L", timeout=1e300)
             assert computed == [] and cache.stats()["errors"] == 0
         finally:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..backends import load_backend, require
-from ..config import SCHEMES, parse_url, url_and_scheme
+from ..config import SCHEMES, number, parse_url, url_and_scheme
 from ..errors import (
     BlobError,
     BlobExists,
@@ -118,15 +118,9 @@ def _byte_count(max_size: Any) -> int:
 def _seconds(expires: Any) -> int:
     """*expires* (a URL's or an upload form's lifetime) in whole seconds.
 
-    :raises ValueError: it is not a positive number of seconds (``inf``, ``nan``, a
-        word, ``None``: what ``int()`` refuses is refused so too)."""
-    try:
-        seconds = int(expires)
-    except (TypeError, ValueError, OverflowError):
-        seconds = 0
-    if seconds <= 0:
-        raise ValueError(f"expires must be a positive number of seconds, not {expires!r}")
-    return seconds
+    :raises ValueError: it is no finite number (or its text) of at least 1 s (``inf``,
+        ``nan``, a word, ``None``, ``0.5``: 0 whole seconds)."""
+    return int(number(expires, "expires", minimum=1, unit="seconds", error=ValueError))
 
 
 class BlobStore:

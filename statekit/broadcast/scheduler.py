@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 from ..cache.plan import Plan, drive
+from ..config import number
 from ..errors import BackendUnavailable, BroadcastError, ConfigError, StaleToken
 from ..metrics import Counters
 from ..serializers import Serializer, get_serializer
@@ -126,15 +127,9 @@ def current_run() -> Run | None:
 
 _broadcasters: weakref.WeakSet[SchedulerBase] = weakref.WeakSet()
 
-
-def _seconds(name: str, value: Any) -> float:
-    """*value* of :meth:`SchedulerBase.every`'s *name* as seconds: a positive, finite
-    number (the scheduler computes slots, leases in ms and deadlines from it).
-
-    :raises ConfigError: it is not."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"{name}={value!r} must be a positive, finite number of seconds")
-    return float(value)
+#: :meth:`SchedulerBase.every`'s durations: positive, finite numbers of seconds (the
+#: scheduler computes slots, leases in ms and deadlines from them), a ConfigError else
+_SECONDS: dict[str, Any] = {"positive": True, "text": False, "unit": "seconds"}
 
 
 class SchedulerBase:
@@ -225,9 +220,10 @@ class SchedulerBase:
         :raises ConfigError: *interval*, *lease* or *timeout* is not a positive, finite
             number of seconds.
         """
-        interval = _seconds("interval", interval)
-        job_timeout = _seconds("timeout", timeout) if timeout is not None else interval
-        job_lease = _seconds("lease", lease) if lease is not None else min(max(2 * interval, 1.0), 15.0)
+        interval = number(interval, "interval", **_SECONDS)
+        job_timeout = number(timeout, "timeout", **_SECONDS) if timeout is not None else interval
+        job_lease = (number(lease, "lease", **_SECONDS) if lease is not None
+                     else min(max(2 * interval, 1.0), 15.0))
 
         def decorator(func: F) -> F:
             job_name = check_name(name or func.__name__)

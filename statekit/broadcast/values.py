@@ -17,7 +17,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from ..errors import BackendUnavailable, ConfigError, InvalidKey
+from ..config import number
+from ..errors import BackendUnavailable, InvalidKey
 from ..serializers import Serializer, get_serializer
 from .hub import Hub, get_hub, tick
 from .protocol import Record, check_name, open_backend
@@ -34,11 +35,11 @@ _values: weakref.WeakSet[SharedValue[Any]] = weakref.WeakSet()
 
 
 def _max_age(max_age: float | None) -> float | None:
-    """*max_age* of a shared value. :raises ConfigError: not a positive number of seconds."""
-    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, (int, float))
-                                or not max_age > 0):
-        raise ConfigError(f"max_age={max_age!r} must be a positive number of seconds")
-    return max_age
+    """*max_age* of a shared value: ``None`` (never stale) or a positive, finite number
+    of seconds (``inf`` too is refused, as ``STATEKIT_BROADCAST_MAX_AGE=inf`` is).
+
+    :raises ConfigError: it is not."""
+    return None if max_age is None else number(max_age, "max_age", positive=True, text=False, unit="seconds")
 
 
 class SharedValue(Generic[T]):

@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from ..backends import load_backend
 from ..breaker import CLOSED, STATE_VALUES, CircuitBreaker
-from ..config import _MAX_SECONDS, SCHEMES, Settings, parse_url, url_and_scheme
+from ..config import _MAX_SECONDS, SCHEMES, Settings, number, parse_url, url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError
 from ..metrics import Counters
 from ..redis import _timed_out, outcome_unknown
@@ -264,18 +264,6 @@ def _backend_class(url: str) -> type[CacheBackend]:
     return cls
 
 
-def _check_number(name: str, value: Any, positive: bool, maximum: float = math.inf, why: str = "") -> None:
-    """A numeric setting: a number, ``> 0`` and finite when *positive* (a lock's TTL,
-    the breaker's reset), else ``>= 0`` (``inf`` allowed: a wait for ever), and at most
-    *maximum* (*why* says why). ``nan`` compares false with every deadline and bound, so
-    it is refused too."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
-            or (value <= 0 or math.isinf(value) if positive else value < 0) or value > maximum):
-        bound = "a positive finite number" if positive else "a number >= 0"
-        most = f", at most {maximum:g} s{why}" if maximum < math.inf else ""
-        raise ConfigError(f"cache setting {name} must be {bound}{most}, not {value!r}")
-
-
 def _check_name(kind: str, value: str) -> str:
     if not value or any(c in value for c in "{}") or any(ord(c) < 33 for c in value) or len(value) > 128:
         raise ConfigError(
@@ -315,18 +303,22 @@ class _CacheCore:
     ) -> None:
         if on_error not in ("raise", "miss"):
             raise ConfigError(f"on_error must be 'raise' or 'miss', not {on_error!r}")
-        for name, number, positive in (
+        # numbers, not text; > 0 and finite when positive (the breaker's reset), else >= 0
+        # (inf allowed: a wait for ever)
+        for name, value, positive in (
                 ("breaker_reset", breaker_reset, True), ("lock_wait", lock_wait, False),
                 ("xfetch_beta", xfetch_beta, False), ("near_max_age", near_max_age, False)):
-            _check_number(name, number, positive)
+            number(value, f"cache setting {name}", positive=positive, finite=positive, text=False)
         # durations Redis is given (in ms: see MAX_TTL; inf is no TTL to store a get_or_set
         # value with), or that bound a wait: each checked here, not at the first command
         # (an error reply, an OverflowError)
-        _check_number("stale_ttl", stale_ttl, False, MAX_TTL)
-        _check_number("lock_ttl", lock_ttl, True, threading.TIMEOUT_MAX,
-                      " (a compute's lock is extended every lock_ttl / 3 s: the longest wait of a thread)")
+        number(stale_ttl, "cache setting stale_ttl", maximum=MAX_TTL, text=False, unit="seconds")
+        number(lock_ttl, "cache setting lock_ttl", positive=True, maximum=threading.TIMEOUT_MAX, text=False,
+               unit="seconds",
+               why=" (a compute's lock is extended every lock_ttl / 3 s: the longest wait of a thread)")
         if timeout is not None:
-            _check_number("timeout", timeout, True, _MAX_SECONDS, " (as a URL's socket_timeout)")
+            number(timeout, "cache setting timeout", positive=True, maximum=_MAX_SECONDS, text=False,
+                   unit="seconds", why=" (as a URL's socket_timeout)")
         if url is not None:
             url = url_and_scheme(url)[0]  # as pasted from an env file: the backends get it stripped
             _backend_class(url)
@@ -334,10 +326,7 @@ class _CacheCore:
         self.client = client
         self._prefix = prefix
         self.namespace_name = _check_name("namespace", namespace)
-        try:  # a call's ttl check, as a setting
-            self.default_ttl = _ttl_seconds(default_ttl)
-        except ValueError as e:
-            raise ConfigError(f"cache setting default_ttl: {e}") from None
+        self.default_ttl = _ttl_seconds(default_ttl, "cache setting default_ttl", ConfigError)
         self.serializer = serializer
         self.secret_keys = tuple(_key_list(secret_keys or ()))  # a lone str is one key
         self._codec: Serializer = (JSONSerializer() if serializer in (None, "json")

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .._fork import reset_in_child
+from ..config import number
 from ..errors import InvalidKey, LockError, SerializationError
 from ..serializers import _TAG, _tag
 from .plan import BE, SLEEP, Plan, drive
@@ -53,15 +54,15 @@ TTL = float | int | dt.timedelta | None
 MAX_TTL = 1e15
 
 
-def _ttl_seconds(ttl: Any) -> float | None:
+def _ttl_seconds(ttl: Any, name: str = "ttl", error: type[Exception] = ValueError) -> float | None:
+    """*ttl* (a call's, or the cache's *name* setting with a ConfigError): ``None`` (no
+    expiry), a timedelta, or a positive number of seconds, at most :data:`MAX_TTL`."""
     if ttl is None:
         return None
     if isinstance(ttl, dt.timedelta):
         ttl = ttl.total_seconds()
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL:
-        raise ValueError(f"ttl must be a positive number of seconds, at most {MAX_TTL:g} s, or None "
-                         f"(no expiry), not {ttl!r}")
-    return float(ttl)
+    return number(ttl, name, positive=True, maximum=MAX_TTL, text=False, unit="seconds",
+                  why=", or None (no expiry)", error=error)
 
 
 def _stale_seconds(stale: Any) -> float:
@@ -69,19 +70,16 @@ def _stale_seconds(stale: Any) -> float:
     anything is computed: a value's TTL is its ttl plus this window in whole
     milliseconds, which ``inf`` and ``nan`` have none of (a negative one is no window), and
     at most :data:`MAX_TTL`."""
-    if isinstance(stale, bool) or not isinstance(stale, (int, float)) or not -math.inf < stale <= MAX_TTL:
-        raise ValueError(f"stale_ttl must be a finite number of seconds, at most {MAX_TTL:g} s, or None "
-                         f"(the cache's), not {stale!r}")
-    return stale
+    return number(stale, "stale_ttl", minimum=-math.inf, maximum=MAX_TTL, text=False, unit="seconds",
+                  why=", or None (the cache's)", error=ValueError)
 
 
 def _lock_ms(timeout: Any) -> int:
     """*timeout* (positive seconds, at most :data:`MAX_TTL`) in whole milliseconds, at
     least 1."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TTL:
-        raise ValueError(f"lock timeout must be a positive number of seconds, at most {MAX_TTL:g} s, not "
-                         f"{timeout!r} (a lock without expiry would outlive a crashed holder)")
-    return max(1, int(timeout * 1000))
+    seconds = number(timeout, "lock timeout", positive=True, maximum=MAX_TTL, text=False, unit="seconds",
+                     why=" (a lock without expiry would outlive a crashed holder)", error=ValueError)
+    return max(1, int(seconds * 1000))
 
 
 def _wait_seconds(wait: Any) -> float | None:

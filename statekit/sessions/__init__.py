@@ -173,7 +173,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from itsdangerous import BadSignature, Signer, want_bytes
 
 from ..backends import load_backend
-from ..config import Settings, url_and_scheme
+from ..config import Settings, number, url_and_scheme
 from ..errors import BackendUnavailable, ConfigError, InvalidKey, SerializationError, SessionError
 from ..metrics import Counters
 from ..serializers import Serializer, _key_list, get_serializer
@@ -352,8 +352,7 @@ class _StoreCore:
             raise ConfigError(f"outage_policy={outage_policy!r} must be 'raise' or 'anonymous'")
         for name, value in (("idle_timeout", idle_timeout), ("absolute_lifetime", absolute_lifetime),
                             ("refresh_interval", refresh_interval), ("alias_window", alias_window)):
-            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-                raise ConfigError(f"{name}={value!r} must be a positive number of seconds")
+            number(value, name, positive=True, text=False, unit="seconds")
         # by name, before the codec is made: its own complaint (no secret keys, unsigned
         # pickle not offered) is not why a session store refuses it
         if "pickle" in str(codec if isinstance(codec, str) else getattr(codec, "name", "")).lower():
