@@ -22,6 +22,7 @@ Load average and CPU time of this process are printed for each part.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import multiprocessing as mp
 import os
@@ -209,6 +210,8 @@ def _section(title: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print(f"statekit {commit()}; {os.cpu_count()} CPUs")
     _section("1. invalidation routing")
     costs = invalidation_costs((1, 100, 1_000, 10_000))

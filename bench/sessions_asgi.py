@@ -66,7 +66,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _trees import NOW, before_tree, commit, env_for  # noqa: E402
 from run import stop  # noqa: E402
-from sessions import _check_written, _commands, _cookie, _exchange, _redis_cpu, _tree_cpu, load  # noqa: E402
+from sessions import (  # noqa: E402
+    _check_written,
+    _commands,
+    _cookie,
+    _cpu_since,
+    _exchange,
+    _redis_cpu,
+    _thread_cpu,
+    load,
+)
 
 from statekit.embedded import RedisServer, free_port  # noqa: E402
 
@@ -171,7 +180,7 @@ def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) ->
             _, token = _exchange(sock, request, buf)
             if token is not None:
                 request = build(token)
-        cpu0 = _tree_cpu(pid)
+        cpu0 = _thread_cpu(pid)
         for _ in range(n):
             t0 = time.perf_counter()
             status, token = _exchange(sock, request, buf)
@@ -180,7 +189,7 @@ def serial(pid: int, port: int, method: str, route: str, cookie: str, n: int) ->
                 raise RuntimeError(f"{route}: HTTP {status}")
             if token is not None:
                 request = build(token)
-        cpu = (_tree_cpu(pid) - cpu0) / n
+        cpu = _cpu_since(pid, cpu0) / n
     finally:
         sock.close()
     return out, cpu
@@ -238,13 +247,13 @@ def run_concurrent(servers: dict[str, tuple[int, int]], cookies: dict[str, list[
         for method, route in routes:
             for kind in order[i % len(order):] + order[:i % len(order)]:
                 pid, port = servers[kind]
-                app0, redis0 = _tree_cpu(pid), _redis_cpu(r)
+                app0, redis0 = _thread_cpu(pid), _redis_cpu(r)
                 count, took = load(port, cookies[kind], method, route, clients, seconds / slices)
                 row = out[kind]
                 row.setdefault(f"{route}_rps", []).append(count / took)
                 w = row.setdefault(f"{route}_work", [0.0, 0.0, 0.0])
                 w[0] += count
-                w[1] += _tree_cpu(pid) - app0
+                w[1] += _cpu_since(pid, app0)
                 w[2] += _redis_cpu(r) - redis0
     return out
 
