@@ -211,8 +211,15 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
                "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4}
 
 
-def parse_size(raw: str | int, *, name: str = "size") -> int:
-    """Parse ``"10MiB"``, ``"5 MB"``, ``"1048576"`` or an int into a byte count."""
+def parse_size(raw: str | int, *, name: str = "size", text: bool = True) -> int:
+    """Parse ``"10MiB"``, ``"5 MB"``, ``"1048576"`` or an int into a byte count; without
+    *text* only an int (a per-call argument, as ``put(max_size=)``). The one check of a
+    byte count: the adapters' size settings, the URL's size options, blob limits.
+
+    :raises ConfigError: not a size, or a negative one (a bool, a float: no byte count)."""
+    if isinstance(raw, bool) or not isinstance(raw, int) and (not text or not isinstance(raw, str)):
+        raise ConfigError(f"{name}={raw!r} must be a whole number of bytes, 0 or more"
+                          + (" (or a size as text: 10MiB)" if text else ""))
     if isinstance(raw, int):
         if raw < 0:
             raise ConfigError(f"{name}={raw!r} must not be negative")

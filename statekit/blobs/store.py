@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from ..backends import load_backend, require
-from ..config import SCHEMES, number, parse_url, url_and_scheme
+from ..config import SCHEMES, number, parse_size, parse_url, url_and_scheme
 from ..errors import (
     BlobError,
     BlobExists,
@@ -110,9 +110,7 @@ def _byte_count(max_size: Any) -> int:
     """*max_size* (a put's limit, the store's default) as a number of bytes.
 
     :raises ConfigError: it is not a whole number of bytes, 0 or more."""
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
-        raise ConfigError(f"max_size={max_size!r} must be a whole number of bytes, 0 or more")
-    return max_size
+    return parse_size(max_size, name="max_size", text=False)
 
 
 def _seconds(expires: Any) -> int:
