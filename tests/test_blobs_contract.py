@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import io
 import threading
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
@@ -19,7 +18,15 @@ from statekit import backends
 from statekit.blobs import BlobStore, open_blob_store
 from statekit.blobs.local import LocalBackend
 from statekit.blobs.memory import MemoryBackend
-from statekit.blobs.protocol import Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
+from statekit.blobs.protocol import (
+    Blob,
+    BlobBackend,
+    BlobPage,
+    BlobWriter,
+    BytesReader,
+    WriteRequest,
+    stored_blob,
+)
 from statekit.blobs.s3 import S3Backend
 from statekit.errors import BlobExists, BlobNotFound, ConfigError
 from statekit.testing.contracts.blobs import HTML, BlobStoreContract, png_bytes
@@ -95,7 +102,7 @@ class DictBackend(BlobBackend):
             raise BlobNotFound(key) from None
 
     def open(self, key: str) -> BinaryIO:
-        return io.BytesIO(self._get(key)[0])
+        return BytesReader(self._get(key)[0])
 
     def stat(self, key: str) -> Blob:
         data, ctype, meta = self._get(key)

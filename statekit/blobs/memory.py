@@ -8,13 +8,12 @@ overwrite, typed errors -- is the same as on S3 and disk.
 from __future__ import annotations
 
 import bisect
-import io
 from typing import BinaryIO
 
 from ..backends.memory import MemoryStore, get_store
 from ..config import parse_url
 from ..errors import BlobExists, BlobNotFound
-from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
+from .protocol import Blob, BlobBackend, BlobPage, BlobWriter, BytesReader, WriteRequest, stored_blob
 
 __all__ = ["MemoryBackend"]
 
@@ -60,7 +59,7 @@ class MemoryBackend(BlobBackend):
         return obj  # type: ignore[no-any-return]
 
     def open(self, key: str) -> BinaryIO:
-        return io.BytesIO(self._get(key)[0])
+        return BytesReader(self._get(key)[0])
 
     def stat(self, key: str) -> Blob:
         data, req, sha256 = self._get(key)

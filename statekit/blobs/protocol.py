@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import io
 import re
 from abc import abstractmethod
 from collections.abc import Mapping
@@ -44,7 +46,7 @@ from urllib.parse import quote, unquote
 from ..errors import BlobError
 
 __all__ = ["META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend", "BlobPage", "BlobWriter",
-           "PresignedUpload", "WriteRequest", "encode_meta", "stored_blob"]
+           "BytesReader", "PresignedUpload", "WriteRequest", "encode_meta", "seek_position", "stored_blob"]
 
 #: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
 META_FILENAME = "statekit-filename"
@@ -128,6 +130,33 @@ def stored_blob(key: str, size: int, content_type: str | None, metadata: Mapping
                 {k: v for k, v in meta.items() if not k.startswith("statekit-")})
 
 
+def seek_position(offset: int, whence: int, position: int, size: int) -> int:
+    """Where a seek of *offset* from *whence* moves a stream at *position* of *size*
+    bytes, as a file's seek does: past the end is taken, before byte 0 is refused.
+
+    :raises OSError: (``EINVAL``, what ``lseek`` answers) the position would be
+        before byte 0; the stream does not move.
+    :raises ValueError: *whence* is not ``SEEK_SET``, ``SEEK_CUR`` or ``SEEK_END``."""
+    if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+        raise ValueError(f"invalid whence ({whence!r}, should be 0, 1 or 2)")
+    base = (0, position, size)[whence]
+    target = base + offset
+    if target < 0:
+        raise OSError(errno.EINVAL, f"seek to {target} (offset {offset} from {base}): before byte 0")
+    return target
+
+
+class BytesReader(io.BytesIO):
+    """An object's bytes as an opened blob (:meth:`BlobBackend.open` of a backend that
+    holds them): an :class:`io.BytesIO` whose seeks follow :func:`seek_position`, as a
+    file's and every built-in backend's do (a plain ``BytesIO`` refuses a negative
+    absolute position with a ``ValueError`` and moves a relative one to byte 0)."""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        size = self.getbuffer().nbytes
+        return super().seek(seek_position(offset, whence, self.tell(), size))
+
+
 class BlobWriter(Protocol):
     """One write in progress, made by :meth:`BlobBackend.writer`.
 
@@ -168,7 +197,9 @@ class BlobBackend(Protocol):
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A read-only, seekable binary stream of the object; fetched in ranges or
-        streamed, never loaded whole when large. :raises BlobNotFound:"""
+        streamed, never loaded whole when large. A seek before byte 0 raises the
+        ``OSError`` a file's raises (:func:`seek_position`; :class:`BytesReader` for
+        bytes in memory). :raises BlobNotFound:"""
 
     @abstractmethod
     def stat(self, key: str) -> Blob:

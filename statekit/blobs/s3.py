@@ -63,7 +63,16 @@ from ..config import _S3_OPTIONS as S3_OPTIONS
 from ..config import parse_url
 from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
 from .keys import RESERVED_PREFIX
-from .protocol import META_SHA256, Blob, BlobBackend, BlobPage, BlobWriter, WriteRequest, stored_blob
+from .protocol import (
+    META_SHA256,
+    Blob,
+    BlobBackend,
+    BlobPage,
+    BlobWriter,
+    WriteRequest,
+    seek_position,
+    stored_blob,
+)
 
 __all__ = ["MAX_PART_SIZE", "MIN_PART_SIZE", "S3Backend", "readiness_check", "translate_error"]
 
@@ -311,8 +320,7 @@ class _RangeReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        new = max(0, base + offset)
+        new = seek_position(offset, whence, self._pos, self._size)
         if new != self._pos:
             self._drop()
             self._pos = new

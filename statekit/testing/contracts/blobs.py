@@ -28,6 +28,7 @@ Needs pytest; the HTTP checks of stores that presign their own URLs need
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import io
 import re
@@ -267,6 +268,25 @@ class BlobStoreContract:
             while chunk := f.read(MiB):
                 digest.update(chunk)
         assert digest.hexdigest() == blob.sha256
+
+    def test_a_seek_before_the_start_is_refused_as_for_a_file(self, store: BlobStore) -> None:
+        """A seek to a position before byte 0, from any *whence*, raises the
+        ``OSError`` (``EINVAL``) a file's seek raises, and the position stays where
+        it was; a seek to byte 0 exactly, or past the end, is taken."""
+        data = expected(1000, seed=3)
+        key = store.put(data, content_type="application/octet-stream").key
+        with store.open(key) as f:
+            assert f.seek(400) == 400
+            for offset, whence in ((-1, io.SEEK_SET), (-401, io.SEEK_CUR), (-1001, io.SEEK_END)):
+                with pytest.raises(OSError) as refused:
+                    f.seek(offset, whence)
+                assert refused.value.errno == errno.EINVAL, (offset, whence, refused.value)
+                assert f.tell() == 400, (offset, whence)
+                assert f.read(5) == data[400:405]
+                f.seek(400)
+            assert f.seek(-400, io.SEEK_CUR) == 0
+            assert f.seek(-1000, io.SEEK_END) == 0 and f.read(3) == data[:3]
+            assert f.seek(5000) == 5000 and f.read() == b""
 
     @pytest.mark.parametrize("size", [100, 6 * MiB])
     def test_never_overwrites(self, store: BlobStore, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
