@@ -46,10 +46,13 @@ the emptied session then its deletion: one an outage cuts between them (a 503, t
 session empty and its cookie kept) is completed by its retry, which finds that empty
 session and clears it again.
 
-**Errors.** An exception the app does not handle (Starlette's 500) saves nothing of
-the request; a response an exception handler gives (``HTTPException``'s 400) saves
-like any other. When the session had a new id before the app failed (a login's
-rotation, or a new session stored by :func:`incr_session`), the 500 carries its
+**Errors.** A request answered with a 5xx saves none of its session changes (as
+Django's SessionMiddleware), whoever answers it: an exception the app does not handle
+(Starlette's 500, from a route, a middleware or a mounted app's own
+ServerErrorMiddleware), a 500 a handler or a middleware returns, an
+``HTTPException(503)``; a 4xx (``HTTPException``'s 400) saves like any other
+response. When the session had a new id before the app failed (a login's
+rotation, or a new session stored by :func:`incr_session`), the 5xx carries its
 cookie, as the outage's 503 does: the session (the cart) lives under the new id
 only, and after a rotation the old one is a tombstone. The exception goes on as
 before, and whatever answers it sends the cookie: Starlette's ServerErrorMiddleware
@@ -270,18 +273,25 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         had_data, had_cookie = bool(session), cookie is not None
-        replaced = started = False
+        replaced = started = failed = False
 
         async def send_saving(message: Message) -> None:
-            nonlocal replaced, started
+            nonlocal replaced, started, failed
             if message["type"] == "http.response.start":
                 started = True
-                try:
-                    cookies = await self._commit(session, had_data, had_cookie, token)
-                except _Down as down:
-                    replaced = True
-                    await self._unavailable(scope, receive, send, down.cookies)
-                    return
+                failed = message["status"] >= 500
+                if failed:
+                    # a failure, whoever answers it (a mounted app's ServerErrorMiddleware,
+                    # a handler's or a middleware's 500, an HTTPException(503)): nothing of
+                    # the request is saved, as when the app raises through here
+                    cookies = self._outage_cookies(session)
+                else:
+                    try:
+                        cookies = await self._commit(session, had_data, had_cookie, token)
+                    except _Down as down:
+                        replaced = True
+                        await self._unavailable(scope, receive, send, down.cookies)
+                        return
                 session.modified = False  # handled (saved, carried or dropped): see _save_late
                 if cookies:
                     self._warn_plain_http(scope, cookies)
@@ -307,7 +317,7 @@ class SessionMiddleware:
             if needed:
                 await self._server_error(scope, receive, send, needed)
             raise
-        if started and not replaced and session.modified:
+        if started and not (replaced or failed) and session.modified:
             await self._save_late(session)
 
     async def _save_late(self, session: Session) -> None:
