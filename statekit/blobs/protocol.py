@@ -45,13 +45,19 @@ from urllib.parse import quote, unquote
 
 from ..errors import BlobError
 
-__all__ = ["META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend", "BlobPage", "BlobWriter",
-           "BytesReader", "PresignedUpload", "WriteRequest", "encode_meta", "seek_position", "stored_blob"]
+__all__ = ["MAX_METADATA_BYTES", "META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend",
+           "BlobPage", "BlobWriter", "BytesReader", "PresignedUpload", "WriteRequest", "encode_meta",
+           "seek_position", "stored_blob"]
 
 #: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
 META_FILENAME = "statekit-filename"
 META_SHA256 = "statekit-sha256"
 META_CREATED = "statekit-created"
+#: S3's limit of an object's user metadata: the UTF-8 bytes of every key and value
+#: (``x-amz-meta-`` left out), held by every backend so a put does not depend on the store
+MAX_METADATA_BYTES = 2048
+#: what the commit adds (:data:`META_SHA256` and 64 hex digits), counted up front
+_SHA256_BYTES = len(META_SHA256) + 64
 
 
 @dataclass(frozen=True)
@@ -109,12 +115,19 @@ class WriteRequest:
 def encode_meta(meta: Mapping[str, str]) -> dict[str, str]:
     """Metadata values percent-encoded to printable ASCII (what S3 headers allow).
 
-    :raises BlobError: a key is not 1-64 lowercase letters, digits and ``-``."""
+    :raises BlobError: a key is not 1-64 lowercase letters, digits and ``-``, or the
+        whole is more than :data:`MAX_METADATA_BYTES` as sent (its keys and encoded
+        values, with the SHA-256 entry a commit adds): refused before a write begins."""
     out = {}
     for k, v in meta.items():
         if not re.fullmatch(r"[a-z0-9][a-z0-9\-]{0,63}", k):
             raise BlobError(f"metadata key {k!r} must be 1-64 chars of lowercase letters, digits and -")
         out[k] = quote(str(v), safe=" !#$&'()*+,-./:;=?@[]^_`{|}~")
+    size = sum(len(k) + len(v) for k, v in out.items() if k != META_SHA256) + _SHA256_BYTES
+    if size > MAX_METADATA_BYTES:
+        raise BlobError(f"metadata of {size} bytes (keys and percent-encoded values, statekit's own "
+                        f"{', '.join(sorted(k for k in out if k.startswith('statekit-')) + [META_SHA256])} "
+                        f"included) is more than the {MAX_METADATA_BYTES} bytes S3 stores with an object")
     return out
 
 

@@ -198,10 +198,14 @@ class BlobStore:
         :param max_size: refuse more than this many bytes (checked before reading
             when the size is known, else while reading: at most one chunk past it).
         :param allowed_types: allowed types, ``"image/*"`` patterns accepted.
-        :param metadata: extra string metadata (keys: lowercase letters, digits, ``-``).
+        :param metadata: extra string metadata (keys: lowercase letters, digits, ``-``;
+            at most 2 KB with the filename, as S3 stores:
+            :data:`~statekit.blobs.protocol.MAX_METADATA_BYTES`).
         :param prefix: a key prefix (``"avatars"``) placed before the date.
         :raises BlobTooLarge, ContentTypeMismatch, DisallowedContentType: the upload was
             refused; nothing is stored.
+        :raises BlobError: *metadata* has a key that is not allowed, or is more than
+            S3 stores (2 KB, the filename included): refused before the body is read.
         :raises BackendUnavailable: the backend failed; nothing is stored. When the
             final write's reply was lost (S3: the commit may have been applied), the
             message says the outcome is unknown: the write is never sent again, and
@@ -217,16 +221,17 @@ class BlobStore:
         allowed = allowed_types if allowed_types is not None else self.allowed_types
         source = Source(stream, limit)
         name = sanitize_filename(filename if filename is not None else source.filename)
-        head = source.head(SNIFF_BYTES)
-        ctype = upload_type(head[:SNIFF_BYTES], content_type or source.content_type,
-                            explicit=content_type is not None, filename=name, allowed=allowed)
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         meta = {k: v for k, v in (metadata or {}).items() if k not in (META_FILENAME, META_SHA256)}
         if name:
             meta[META_FILENAME] = name
         meta[META_CREATED] = now.isoformat()
+        encoded = encode_meta(meta)  # checked before the body is read
+        head = source.head(SNIFF_BYTES)
+        ctype = upload_type(head[:SNIFF_BYTES], content_type or source.content_type,
+                            explicit=content_type is not None, filename=name, allowed=allowed)
         req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, content_disposition(name),
-                           encode_meta(meta), now, source.size_hint)
+                           encoded, now, source.size_hint)
         sha256, size = self._write(req, iter(source))
         self.counters.incr("puts")
         self.counters.incr("bytes_written", size)
