@@ -108,6 +108,13 @@ class BlobStorage(Storage):
                                           secret=("statekit-blobs:" + keys[0]) if keys else None)
         return self._store
 
+    @property
+    def limit(self) -> int | None:
+        """The size of the largest file :meth:`save` accepts (``max_size``, else the
+        store's; ``None``: no limit), which
+        :class:`~django_statekit.uploads.BlobUploadLimitMiddleware` holds uploads to."""
+        return self.max_size if self.max_size is not None else self.store.max_size
+
     # -- Django's Storage API --------------------------------------------------------
     def _open(self, name: str, mode: str = "rb") -> File[Any]:
         return _BlobFile(self, self._key(name), mode)
