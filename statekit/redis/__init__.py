@@ -800,6 +800,8 @@ def create_client(url: str | BackendURL, **overrides: Any) -> RedisClient:
 
 
 _lazy_cluster_class: Any = None
+#: ``WATCH`` as a pipeline's ``execute_command`` may be given it
+_WATCH = frozenset({"WATCH", "watch", b"WATCH", b"watch"})
 _gated_cluster_class: Any = None
 
 #: guards the making of a :class:`ClusterGate`'s semaphore (held for no I/O)
@@ -808,10 +810,12 @@ _gates_made = threading.Lock()
 
 class ClusterGate:
     """The turns of a sync Redis Cluster client of a URL with ``max_connections``
-    (its ``statekit_gate``): every command through ``RedisCluster.execute_command``
-    and every pipeline (``ClusterPipeline.execute``) of the client takes one, every
-    store's on the client together. redis-py's sync pipeline takes its nodes'
-    connections one at a time and keeps those it has while it waits in the next
+    (its ``statekit_gate``): every command through ``RedisCluster.execute_command``,
+    every pipeline (``ClusterPipeline.execute``; a transaction's from its ``WATCH``,
+    which holds a node's connection, to its reset: :meth:`hold`) of the client and
+    the transport's background script loads take one, every store's on the client
+    together. redis-py's sync pipeline takes its nodes' connections one at a time and
+    keeps those it has while it waits in the next
     node's ``BlockingConnectionPool``: two pipelines visiting two nodes in opposite
     orders each held one node's last connection and waited for the other's for the
     socket timeout. A turn uses one connection of a node at most (a pipeline one of
@@ -870,6 +874,33 @@ class ClusterGate:
         held.depth -= 1
         if not held.depth:
             free.release()
+
+    def hold(self) -> tuple[int, bool]:
+        """Take a turn, as ``with gate:`` does, for a caller that keeps a node's
+        connection past the call that took it (a transaction's pipeline from its
+        ``WATCH`` until its ``reset()``): the token for :meth:`give_back` (this
+        thread, and whether a turn was taken: not within one this thread holds)."""
+        held = self._held
+        taken = held is None or self._free is None or not getattr(held, "depth", 0)
+        self.__enter__()
+        return threading.get_ident(), taken
+
+    def give_back(self, token: tuple[int, bool]) -> None:
+        """Give back the turn :meth:`hold` took. From another thread (a pipeline the
+        garbage collector resets there) the turn is freed; the holding thread's count
+        of nested turns is out of reach there and stays (its later calls take none)."""
+        owner, taken = token
+        if owner == threading.get_ident():
+            self.__exit__()
+        elif taken and self._free is not None:
+            self._free.release()
+
+
+def cluster_gate(client: Any) -> ClusterGate | None:
+    """The :class:`ClusterGate` of *client*, statekit's sync Cluster client of a URL
+    with ``max_connections``, else ``None`` (asked without connecting it)."""
+    gate: ClusterGate | None = getattr(client, "__dict__", {}).get("_statekit_gate")
+    return gate
 
 
 def _adopt_cluster(cluster: Any) -> None:
@@ -958,13 +989,51 @@ def _lazy_cluster(gate: ClusterGate | None, **kwargs: Any) -> RedisClient:
         from redis.cluster import ClusterPipeline
 
         class GatedClusterPipeline(ClusterPipeline):  # type: ignore[misc]
-            """A pipeline whose ``execute`` takes a turn of its client's gate."""
+            """A pipeline whose ``execute`` takes a turn of its client's gate. A
+            transaction's ``WATCH`` runs at once, on a connection of its node the
+            pipeline keeps until its ``reset()`` (``execute()`` ends in one): it takes
+            a turn kept as long. Taken at ``execute()`` only, it let a pipeline hold
+            that connection while it waited for a turn, and a caller in a turn wait in
+            that node's pool for it."""
 
             _statekit_gate: ClusterGate
+            _statekit_watch: tuple[int, bool] | None = None  # the turn a WATCH took
 
             def execute(self, raise_on_error: bool = True) -> Any:
                 with self._statekit_gate:
                     return super().execute(raise_on_error)
+
+            def watch(self, *names: Any) -> Any:
+                return self._statekit_watching(super().watch, *names)
+
+            def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+                if args and args[0] in _WATCH:  # (a WATCH sent by name, not by watch())
+                    return self._statekit_watching(super().execute_command, *args, **kwargs)
+                return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+            def _statekit_watching(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+                """*call* (a ``WATCH``) in the turn the pipeline keeps until its reset;
+                given back at once if it failed holding no connection (not a
+                transaction's pipeline, or its node unreachable)."""
+                if self._statekit_watch is None:
+                    self._statekit_watch = self._statekit_gate.hold()
+                try:
+                    return call(*args, **kwargs)
+                except BaseException:
+                    if getattr(self._execution_strategy, "_transaction_connection", None) is None:
+                        self._statekit_let_go()
+                    raise
+
+            def _statekit_let_go(self) -> None:
+                token, self._statekit_watch = self._statekit_watch, None
+                if token is not None:
+                    self._statekit_gate.give_back(token)
+
+            def reset(self) -> None:  # type: ignore[override]
+                try:
+                    super().reset()  # type: ignore[no-untyped-call]
+                finally:
+                    self._statekit_let_go()
 
         class GatedRedisCluster(_lazy_cluster_class):  # type: ignore[misc,valid-type]
             """A lazy ``RedisCluster`` whose commands and pipelines take turns."""

@@ -333,6 +333,7 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
             _cancel_safe(client.connection_kwargs["connection_class"])
         for node in client.startup_nodes:
             node.connection_class = connection_class
+        client.nodes_manager.__class__ = _seeds_closed_class(type(client.nodes_manager))
     elif parsed.scheme == "redis+sentinel":
         from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 
@@ -367,6 +368,37 @@ def create_async_client(url: str | BackendURL, **overrides: Any) -> Any:
     client.statekit_retries = retries
     client.statekit_backoff_cap = cap
     return client
+
+
+_seeds_closed: dict[type, type] = {}
+
+
+def _seeds_closed_class(nodes_manager_class: type) -> type:
+    """redis-py's asyncio ``NodesManager`` (*nodes_manager_class*) whose topology
+    queries close the connections they opened to the startup nodes once they end.
+    redis-py asks a startup node for ``CLUSTER SLOTS`` on a ``ClusterNode`` of its
+    own, apart from the node of the same address it then routes commands to, and
+    kept that connection open for the client's life, outside the node's
+    ``max_connections``: one connection more on each startup node it asked (on a
+    pool of 1, two connections to that node; the sync client closes them, and its
+    later queries use the node's pool). Closed, it reconnects at the next topology
+    query, one connection at a time (queries run under the client's lock)."""
+    cls = _seeds_closed.get(nodes_manager_class)
+    if cls is None:
+        class SeedsClosedNodesManager(nodes_manager_class):  # type: ignore[misc,valid-type]
+            __slots__ = ()
+
+            async def initialize(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    await super().initialize(*args, **kwargs)
+                finally:
+                    cache = self.nodes_cache
+                    await asyncio.gather(*(  # (a node the query made a routed one is kept)
+                        node.disconnect() for node in list(self.startup_nodes.values())
+                        if cache.get(node.name) is not node and node._connections), return_exceptions=True)
+
+        cls = _seeds_closed[nodes_manager_class] = SeedsClosedNodesManager
+    return cls
 
 
 #: the :class:`_ClusterGate` the running task holds, if any (a pipeline's redirected

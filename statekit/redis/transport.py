@@ -109,6 +109,7 @@ from . import (
     _timed_out,
     call_with_rule,
     cluster_client_glitch,
+    cluster_gate,
     cluster_unapplied,
     is_cluster,
     is_read,
@@ -1018,8 +1019,12 @@ class Transport:
         from a thread of its own through the node's client (redis-py's, as
         ``RedisCluster`` runs it): connecting waits for the node's handshake, a paused
         one's up to the socket timeout, which a call to another node must not wait
-        for. One load per node and script at a time; its failures are dropped (the
-        node loads the script at its own ``NOSCRIPT``). A thread's first connection to
+        for. With a URL's ``max_connections`` it takes a turn of the client's gate
+        (:class:`~statekit.redis.ClusterGate`), as ``RedisCluster``'s commands do: a
+        connection taken outside one made a caller in a turn wait in the node's pool.
+        One load per node and script at a time; its failures (every turn busy past the
+        socket timeout too) are dropped (the node loads the script at its own
+        ``NOSCRIPT``). A thread's first connection to
         *node* waits for the load to end (:meth:`_await_loads`), so its first bulk
         call's pipeline there finds the script as one sent on a connection it had."""
         key = (node.name, load[-1])
@@ -1028,9 +1033,12 @@ class Transport:
                 return
             done = self._loads[key] = threading.Event()
 
+        turn = cluster_gate(self.client) or contextlib.nullcontext()
+
         def run() -> None:
             try:
-                self.client.get_redis_connection(node).execute_command(*load)
+                with turn:  # a connection of the node's pool, as RedisCluster's commands take it
+                    self.client.get_redis_connection(node).execute_command(*load)
             except Exception as e:  # noqa: BLE001 - best effort (the docstring)
                 _log.debug("Cluster: a script load on %s failed: %s: %s", node.name, type(e).__name__, e)
             finally:
