@@ -188,9 +188,30 @@ def cluster_client_glitch(exc: BaseException) -> bool:
     """Whether *exc* is an ``AttributeError`` raised inside redis-py's cluster client
     while its topology changes (a node whose connection it dropped during a reshard:
     ``'NoneType' object has no attribute 'redis_connection'``), before the command was
-    sent: a moment of unavailability, not a bug of the caller's."""
-    if not isinstance(exc, AttributeError):
-        return False
+    sent: a moment of unavailability, not a bug of the caller's. One raised while
+    redis-py handled a failure after sending (:func:`_sent_before`) is not: the
+    command may have been applied."""
+    return isinstance(exc, AttributeError) and _in_cluster_client(exc) and _sent_before(exc) is None
+
+
+def _sent_before(exc: BaseException,
+                 kinds: tuple[type[BaseException], ...] | None = None) -> BaseException | None:
+    """The error of one of *kinds* (default :class:`OutcomeUnknown`: a command sent,
+    its reply lost) that *exc* was raised while handling, if any."""
+    if kinds is None:
+        if _rules is None:
+            return None
+        kinds = (_rules.OutcomeUnknown,)
+    seen = exc.__context__
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+def _in_cluster_client(exc: BaseException) -> bool:
+    """Whether *exc* was raised in redis-py's cluster client's code."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -1154,7 +1175,11 @@ class translate_errors:
             return False
         import redis
 
-        if cluster_client_glitch(exc):
+        if isinstance(exc, AttributeError) and _in_cluster_client(exc):
+            sent = _sent_before(exc)
+            if sent is not None:  # raised by redis-py's handling of a failure after sending
+                raise unavailable(self.what, f"{sent}; then redis-py's cluster client failed: {exc}",
+                                  None) from sent
             raise unavailable(self.what, f"{exc} (redis-py's cluster client, while the cluster's "
                               "topology changed; nothing sent)", "not now") from exc
         problem = _problem_of(exc)

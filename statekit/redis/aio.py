@@ -115,9 +115,11 @@ from . import (
     _RETRY_DEFAULTS,
     _blocking,
     _common_kwargs,
+    _in_cluster_client,
     _missing_database,
     _no_such_database,
     _problem_of,
+    _sent_before,
     _sentinel_waits,
     _timed_out,
     _tls_unanswered,
@@ -1235,6 +1237,11 @@ class AsyncTransport:
                 # reachable, a slot not covered): nothing is sent again
                 raise self._unavailable(e) from e
             except AttributeError as e:  # the cluster client mid-reshard: nothing sent
+                failed = _sent_before(e, (redis.ConnectionError, redis.TimeoutError, OSError))
+                if failed is not None and _in_cluster_client(e):
+                    # raised by redis-py's handling of a failure that may have come
+                    # after sending (this layer cannot tell): not sent again
+                    raise self._unavailable(failed) from failed
                 if not cluster_client_glitch(e):
                     raise
                 if glitched:
