@@ -171,8 +171,8 @@ def test_s3_max_concurrency_keyword_sizes_the_connection_pool(s3_url: str) -> No
     by_url = BlobStore(s3_url + "&max_concurrency=16").backend
     by_keyword = BlobStore(s3_url, max_concurrency=16).backend
     assert by_keyword.max_concurrency == by_url.max_concurrency == 16
-    assert by_url.client.meta.config.max_pool_connections == 34
-    assert by_keyword.client.meta.config.max_pool_connections == 34
+    assert by_url.client.meta.config.max_pool_connections == 32 * 17  # 32 puts at once: 544 (review 18)
+    assert by_keyword.client.meta.config.max_pool_connections == 32 * 17
 
 
 # -- max_size itself: a whole number of bytes on every path ----------------------------------

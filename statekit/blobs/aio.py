@@ -62,9 +62,10 @@ from typing import Any, BinaryIO, TypeVar, cast
 from .._fork import reset_in_child
 from .._settle import settle
 from ..errors import BlobError, ConfigError
-from .protocol import Blob, BlobPage, PresignedUpload
+from .protocol import CONCURRENT_PUTS, Blob, BlobPage, PresignedUpload
+from .s3 import S3Backend
 from .source import INTERRUPT, READ_CHUNK, read_size
-from .store import BlobStore
+from .store import BlobStore, backend_class
 
 __all__ = ["QUEUE_BYTES", "AsyncBlobReader", "AsyncBlobStore"]
 
@@ -243,7 +244,9 @@ class AsyncBlobStore:
         instead of *url*; :attr:`sync` is the one in use either way.
     :param upload_threads: puts writing at once; more wait (their bodies held back
         by the bounded queue) until a worker is free. A put holds its worker while
-        its client sends, so size this to the uploads you expect at once.
+        its client sends, so size this to the uploads you expect at once. An S3
+        store made here sizes its connection pool for them (``concurrent_puts``);
+        a ready *store* keeps its own.
 
     Safe to share between tasks and event loops of one process; a forked child (a
     ``--preload`` master's worker) gets an upload pool of its own. Failures raise what
@@ -251,13 +254,15 @@ class AsyncBlobStore:
     """
 
     def __init__(self, url: str | None = None, *, store: BlobStore | None = None,
-                 upload_threads: int = 32, **options: Any) -> None:
+                 upload_threads: int = CONCURRENT_PUTS, **options: Any) -> None:
+        if upload_threads < 1:
+            raise ConfigError("upload_threads must be at least 1")
         if store is None:
+            if url is not None and issubclass(backend_class(url), S3Backend):
+                options.setdefault("concurrent_puts", upload_threads)  # its connection pool
             store = BlobStore(url, **options)
         elif url is not None or options:
             raise ConfigError("AsyncBlobStore takes a URL (with its options) or store=, not both")
-        if upload_threads < 1:
-            raise ConfigError("upload_threads must be at least 1")
         #: the sync store this one runs (the same objects, counters and secret)
         self.sync = store
         self._upload_threads = upload_threads

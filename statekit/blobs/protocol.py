@@ -45,14 +45,18 @@ from urllib.parse import quote, unquote
 
 from ..errors import BlobError
 
-__all__ = ["MAX_METADATA_BYTES", "META_CREATED", "META_FILENAME", "META_SHA256", "Blob", "BlobBackend",
-           "BlobPage", "BlobWriter", "BytesReader", "PresignedUpload", "WriteRequest", "encode_meta",
-           "seek_position", "stored_blob"]
+__all__ = ["CONCURRENT_PUTS", "MAX_METADATA_BYTES", "META_CREATED", "META_FILENAME", "META_SHA256", "Blob",
+           "BlobBackend", "BlobPage", "BlobWriter", "BytesReader", "PresignedUpload", "WriteRequest",
+           "encode_meta", "seek_position", "stored_blob"]
 
 #: metadata keys statekit sets itself (prefixed to keep them apart from the caller's)
 META_FILENAME = "statekit-filename"
 META_SHA256 = "statekit-sha256"
 META_CREATED = "statekit-created"
+#: the puts a store is sized to run at once (an S3 store's connection pool): an
+#: :class:`~statekit.blobs.AsyncBlobStore`'s upload threads by default, a threaded
+#: server's threads for a sync store
+CONCURRENT_PUTS = 32
 #: S3's limit of an object's user metadata: the UTF-8 bytes of every key and value
 #: (``x-amz-meta-`` left out), held by every backend so a put does not depend on the store
 MAX_METADATA_BYTES = 2048

@@ -17,7 +17,8 @@ e.g. ``endpoint_url=http://minio:9000&public_endpoint_url=https://files.example.
 under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
 (default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
 ``part_size`` (5 MiB, S3's minimum; both at most 5 GiB, S3's largest part and
-``PutObject``: a :class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2), ``profile``,
+``PutObject``: a :class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2: the
+parts of one put in flight), ``profile``,
 ``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
 off only for stores that reject ``If-None-Match`` or a delete's ``If-Match``: every
 write is then a ``HEAD`` before the ``PUT``, so two writers of one key at the same
@@ -26,6 +27,14 @@ instant can both succeed, and a direct upload's ``confirm()`` and
 one blob at that instant can both report it), ``request_checksum_calculation``
 and ``response_checksum_validation`` (botocore's ``when_supported`` /
 ``when_required``).
+
+Connections: the client's pool keeps ``concurrent_puts * (max_concurrency + 1)``
+connections (a keyword, default :data:`~statekit.blobs.protocol.CONCURRENT_PUTS`, 32:
+an :class:`~statekit.blobs.AsyncBlobStore` passes its ``upload_threads``): each put's
+parts in flight, and one more per put thread for its reads, stats and commits. A
+smaller pool discards the connections past it (urllib3's "Connection pool is full"
+warning) and opens them again for the next request. Connections are opened as they
+are needed: an idle store holds none.
 
 Errors: no usable credentials (none in the URL, the environment or a profile; an
 unknown ``profile``) and a bucket that does not exist are a
@@ -64,6 +73,7 @@ from ..config import parse_url
 from ..errors import BackendUnavailable, BlobError, BlobExists, BlobNotFound, ConfigError, StatekitError
 from .keys import RESERVED_PREFIX
 from .protocol import (
+    CONCURRENT_PUTS,
     META_SHA256,
     Blob,
     BlobBackend,
@@ -442,6 +452,9 @@ class S3Backend(BlobBackend):
     :param part_size, multipart_threshold, max_concurrency: the URL's options of those
         names, checked as they are (a ConfigError outside their range), and winning
         over them.
+    :param concurrent_puts: the puts this store runs at once, which size the client's
+        connection pool (see the module docstring; not for a given *client*, whose
+        pool is its own).
 
     Thread-safe (boto3 clients are). Every call has the configured connect and read
     timeouts; botocore's standard retry mode retries throttling and 5xx answers.
@@ -452,7 +465,7 @@ class S3Backend(BlobBackend):
     def __init__(self, url: str | None = None, *, client: Any = None, bucket: str | None = None,
                  presign_client: Any = None, prefix: str | None = None, part_size: int | None = None,
                  multipart_threshold: int | None = None, max_concurrency: int | None = None,
-                 read_window: int = 8 * 1024 * 1024) -> None:
+                 concurrent_puts: int | None = None, read_window: int = 8 * 1024 * 1024) -> None:
         self._url_text = ""
         parsed = parse_url(url, kinds=("s3",)) if url is not None else None
         opts: dict[str, Any] = dict(parsed.options) if parsed is not None else {}
@@ -460,6 +473,10 @@ class S3Backend(BlobBackend):
                             ("max_concurrency", max_concurrency)):
             if value is not None:  # a keyword is held to what the URL's option takes, and wins
                 opts[name] = S3_OPTIONS[name](str(value))
+        if concurrent_puts is not None:
+            if type(concurrent_puts) is not int or concurrent_puts < 1:
+                raise ConfigError(f"concurrent_puts must be a whole number, at least 1: {concurrent_puts!r}")
+            opts["concurrent_puts"] = concurrent_puts
         if parsed is not None:
             bucket = bucket or parsed.bucket
             prefix = parsed.prefix if prefix is None else prefix
@@ -509,7 +526,9 @@ class S3Backend(BlobBackend):
             # botocore's "max_attempts" counts retries only; the total is what retries + 1 means
             retries={"total_max_attempts": opts.get("retries", 3) + 1, "mode": "standard"},
             s3={"addressing_style": opts.get("addressing_style", "auto")},
-            max_pool_connections=max(10, 2 * opts.get("max_concurrency", 2) + 2),
+            # each put's parts in flight, and a read, stat or commit per put thread
+            max_pool_connections=max(10, opts.get("concurrent_puts", CONCURRENT_PUTS)
+                                     * (opts.get("max_concurrency", 2) + 1)),
         )
         try:  # an unknown ?profile=, a malformed ~/.aws/config
             return _session(boto3, key, secret, opts).client("s3", endpoint_url=opts.get("endpoint_url"),
