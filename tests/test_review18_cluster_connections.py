@@ -16,15 +16,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import uuid
 from typing import Any
 
 import pytest
-from test_review16_sync_cluster_gate import _key_on, _url  # (tests/ is on sys.path; sync or asyncio client)
+from test_review16_sync_cluster_gate import (  # (tests/ is on sys.path; sync or asyncio client)
+    _key_on,
+    _most_per_node,
+    _run_threads,
+    _url,
+)
 
 from statekit.embedded import RedisCluster
-from statekit.redis import create_client
+from statekit.redis import create_client, get_client
 from statekit.redis.aio import create_async_client
 from statekit.redis.scripts import Script
 from statekit.redis.transport import Transport
@@ -166,6 +172,69 @@ def test_a_watch_that_fails_or_a_reset_in_another_thread_gives_the_turn_back(red
         client.close()
 
 
+def _script(tag: str) -> Script:
+    """A script no node has yet (``return 7``)."""
+    source = f"return 7 -- review18 {tag} {uuid.uuid4().hex}"
+    return Script("review18", source, hashlib.sha1(source.encode()).hexdigest().encode())
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_threads_on_every_path_stay_within_max_connections(redis_cluster_url: str,
+                                                           redis_cluster: RedisCluster, n: int) -> None:
+    """Six threads, 8 rounds each, on one URL's client of ``max_connections=N``: the
+    transport's commands (this thread's node connections, within the kept share; a
+    cache's would add its generation listener's connections, outside the pools), a
+    transaction watching a key of its own
+    (``client.transaction``), a script no node has (``NOSCRIPT``: loaded there and,
+    in the background, on the other primaries) and a pipeline over every primary,
+    half the threads in reverse node order. Every call succeeds within the socket
+    timeout (10 s), no node's pool ever made more than N connections, and no node
+    sees more than N of the client's (``CLIENT LIST``)."""
+    name = f"review18-{uuid.uuid4().hex[:12]}"
+    url = _url(redis_cluster_url, max_connections=n, socket_timeout=10, client_name=name)
+    client: Any = get_client(url)
+    transport = Transport(client, what="review18")
+    primaries = client.get_primaries()
+    most_seen: dict[str, int] = {}
+
+    def worker(w: int) -> Any:
+        nodes = primaries if w % 2 else primaries[::-1]
+        raw = [_key_on(client, node, f"paths-{n}-{w}-{j}") for j, node in enumerate(nodes)]
+        watched = _key_on(client, nodes[0], f"paths-{n}-{w}-watched")
+        plain = _key_on(client, nodes[-1], f"paths-{n}-{w}-plain")
+
+        def run() -> None:
+            for r in range(8):
+                assert transport.command(b"SET", plain, r) in (b"OK", True)
+                assert transport.command(b"GET", plain) == str(r).encode()
+
+                def add(pipe: Any) -> None:
+                    value = int(pipe.get(watched) or 0)
+                    pipe.multi()
+                    pipe.set(watched, value + 1)
+
+                client.transaction(add, watched)
+                assert transport.script(_script(f"{w}-{r}"), [raw[r % len(raw)]], []) == 7
+                pipe = client.pipeline(transaction=False)
+                for key in raw:
+                    pipe.incr(key)
+                assert pipe.execute() == [r + 1] * len(raw)
+                for node, count in _server_counts(redis_cluster, name).items():
+                    most_seen[node] = max(most_seen.get(node, 0), count)
+            assert client.get(watched) == b"8"
+
+        return run
+
+    try:
+        errors = _run_threads([worker(w) for w in range(6)])
+        assert not errors, errors[:3]
+        most = _most_per_node(client)
+        assert all(count <= n for count in most.values()), most
+        assert most_seen and all(count <= n for count in most_seen.values()), most_seen
+    finally:
+        transport.close()
+
+
 def test_a_background_script_load_takes_a_turn(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
     """The loads a ``NOSCRIPT`` sends to the primaries this thread has no connection
     to run in turns, as ``RedisCluster``'s commands: while every turn is held they
@@ -197,17 +266,11 @@ def test_a_background_script_load_takes_a_turn(redis_cluster_url: str, redis_clu
                     out[f"127.0.0.1:{node.port}"] = bool(c.script_exists(script.sha.decode())[0])
             return out
 
-        def script() -> Script:
-            import hashlib
-
-            source = f"return 7 -- review18 {uuid.uuid4().hex}"
-            return Script("review18", source, hashlib.sha1(source.encode()).hexdigest().encode())
-
-        held = script()
+        held = _script("held")
         with client.statekit_gate:  # every turn (one) held by this thread
             assert run_script(held) == 7
             assert loaded(held) == {n.name: n.name == home.name for n in primaries}
-        free = script()
+        free = _script("free")
         assert run_script(free) == 7
         assert loaded(free) == {n.name: True for n in primaries}
     finally:
