@@ -12,11 +12,10 @@ the SHA-256 sent with the commit) count with the caller's."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from test_review17_limits_blobs import url  # noqa: F401 -- memory://, file://, s3:// (tests/ is on sys.path)
 
 from statekit.blobs import AsyncBlobStore, BlobStore
 from statekit.blobs.protocol import MAX_METADATA_BYTES
@@ -28,14 +27,8 @@ from statekit.testing.contracts.blobs import expected
 OWN = len("statekit-created") + 25 + len("statekit-sha256") + 64
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    if request.param == "memory":
-        url = f"memory://review18-{uuid.uuid4().hex}"
-    elif request.param == "file":
-        url = f"file://{tmp_path}/blobs?create=1"
-    else:
-        url = request.getfixturevalue("s3_url")
+@pytest.fixture
+def store(url: str) -> Iterator[BlobStore]:  # noqa: F811 - the fixture
     with BlobStore(url) as s:
         yield s
 

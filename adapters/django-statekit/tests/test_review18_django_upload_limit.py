@@ -15,8 +15,6 @@ stream that counts what Django takes from it (never built in memory)."""
 from __future__ import annotations
 
 import io
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
+from test_review17_limits_django_storage import store  # noqa: F401 -- memory://, file://, s3://
 
 from django_statekit.uploads import BlobUploadLimitMiddleware, UploadTooLarge
 from statekit.blobs import BlobStore
@@ -84,20 +83,8 @@ _MIDDLEWARE = ["django_statekit.uploads.BlobUploadLimitMiddleware",
                "django.contrib.auth.middleware.AuthenticationMiddleware"]
 
 
-@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    if request.param == "memory":
-        url = f"memory://review18-{uuid.uuid4().hex}"
-    elif request.param == "file":
-        url = f"file://{tmp_path}/media?create=1"
-    else:
-        url = request.getfixturevalue("s3_url")
-    with BlobStore(url) as s:
-        yield s
-
-
 @pytest.fixture
-def spool(django_settings: Any, store: BlobStore, tmp_path: Path) -> Path:
+def spool(django_settings: Any, store: BlobStore, tmp_path: Path) -> Path:  # noqa: F811 - the fixture
     """Django set up with a BlobStorage of *store* limited to :data:`LIMIT`, and the
     directory its upload handlers spool to (empty)."""
     spool = tmp_path / "spool"
@@ -127,7 +114,8 @@ def _spooled(spool: Path) -> list[str]:
     return [p.name for p in spool.iterdir()]
 
 
-def test_a_body_past_the_limit_is_413_before_a_byte_is_read(spool: Path, store: BlobStore) -> None:
+def test_a_body_past_the_limit_is_413_before_a_byte_is_read(
+        spool: Path, store: BlobStore) -> None:  # noqa: F811 - the fixture
     body = _Body(48 * MiB)
     status, content = _post(body)
     assert status == 413, content
@@ -150,7 +138,7 @@ class CountingHandler(MemoryFileUploadHandler):
 
 
 def test_a_file_past_the_limit_in_a_small_enough_body_stops_at_the_limit(
-        spool: Path, store: BlobStore, django_settings: Any) -> None:
+        spool: Path, store: BlobStore, django_settings: Any) -> None:  # noqa: F811 - the fixture
     """Within the form overhead (64 KiB) the body may be read (Django's parser reads
     ahead), but the file part stops at the limit: the handlers after the limit's get
     at most the limit, and nothing is stored."""
@@ -163,7 +151,7 @@ def test_a_file_past_the_limit_in_a_small_enough_body_stops_at_the_limit(
     assert list(store.list()) == []
 
 
-def test_a_file_within_the_limit_is_stored(spool: Path, store: BlobStore) -> None:
+def test_a_file_within_the_limit_is_stored(spool: Path, store: BlobStore) -> None:  # noqa: F811 - the fixture
     body = _Body(LIMIT)
     status, content = _post(body)
     assert status == 200, content
@@ -172,7 +160,7 @@ def test_a_file_within_the_limit_is_stored(spool: Path, store: BlobStore) -> Non
 
 
 def test_the_handler_alone_is_a_400_not_a_spooled_file(spool: Path, django_settings: Any,
-                                                       store: BlobStore) -> None:
+                                                       store: BlobStore) -> None:  # noqa: F811 - the fixture
     """``BlobUploadHandler`` in ``FILE_UPLOAD_HANDLERS`` without the middleware still
     stops reading; Django answers its ``MultiPartParserError`` 400 (the middleware
     is what makes it 413); the error is a ``BlobTooLarge`` too, for a view's own
