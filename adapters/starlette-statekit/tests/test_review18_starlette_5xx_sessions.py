@@ -13,7 +13,16 @@ returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +34,7 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from test_starlette_sessions import KEY
+from test_starlette_sessions import KEY, sync_store
 
 from starlette_statekit.sessions import SessionMiddleware, incr_session, rotate_session
 
@@ -214,3 +223,75 @@ def test_a_session_first_stored_by_incr_session_gets_its_cookie_with_the_500(red
     assert failed.status_code == 500
     assert failed.headers["set-cookie"].startswith(f"session={after};")
     assert data == {"n": 1}  # the increment, not the note
+
+
+# -- the first request of an app served without its lifespan, under uvicorn -------------
+
+
+def served() -> Starlette:
+    """The site uvicorn serves in :func:`test_the_first_requests_without_lifespan_under_uvicorn`."""
+    return make_site(os.environ["R18_URL"], os.environ["R18_PREFIX"])
+
+
+@contextlib.contextmanager
+def uvicorn_without_lifespan(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``uvicorn --factory`` :func:`served` with ``--lifespan off``, in a process of its
+    own, until the block ends; its log in *log*."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"{Path(__file__).stem}:served", "--app-dir",
+               str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"uvicorn exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"uvicorn did not listen within 30 s: {log.read_text()}"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(20)
+            raise AssertionError("uvicorn did not stop within 20 s of SIGINT") from None
+
+
+@pytest.mark.parametrize("first", ["route", "mount"])
+def test_the_first_request_without_lifespan_under_uvicorn(redis_url: str, prefix: str, tmp_path: Path,
+                                                          first: str) -> None:
+    """uvicorn ``--lifespan off``: the app's very first call is a failing login, in a
+    route or in the mounted app. The rule holds on it as on any request: nothing of it
+    saved, the rotated cookie sent, the handler of the app it failed in run once. (The
+    route's 500 is Starlette's plain one: no layer can be put outside the app's
+    ServerErrorMiddleware before its first call; a mounted app's is its own page.)"""
+    with contextlib.closing(sync_store(redis_url, prefix)) as store:
+        cookie = store.sign(store.create({"cart": "apple"}).sid)
+    log = tmp_path / "uvicorn.log"
+    with uvicorn_without_lifespan({"R18_URL": redis_url, "R18_PREFIX": prefix}, log) as base:
+        # a connection each: uvicorn closes the one an exception came through
+        with httpx.Client(base_url=base, timeout=20, headers={"connection": "close"}) as c:
+            failed = c.post(WHERE[first] + "/login-fails", headers={"cookie": f"session={cookie}"})
+            after = c.cookies["session"]
+            data = c.get("/get").json()
+            calls = c.get("/calls").json()
+            # a later one, the layer in place: a mounted app's failure saves nothing either
+            again = c.post("/shop/fails")
+            data_again = c.get("/get").json()
+    assert failed.status_code == 500
+    if first == "mount":
+        assert failed.json() == {"error": "shop"}
+    else:
+        assert failed.text == "Internal Server Error"
+    assert after != cookie and failed.headers["set-cookie"].startswith(f"session={after};")
+    assert data == {"cart": "apple"}
+    assert calls.count(f"{'shop' if first == 'mount' else 'site'}: {FAILURE}") == 1, calls
+    assert (again.status_code, again.json(), "set-cookie" in again.headers) == (500, {"error": "shop"}, False)
+    assert data_again == {"cart": "apple"}
