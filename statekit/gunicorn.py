@@ -3,7 +3,8 @@
 ``statekit serve MODULE:APP`` runs the app on gunicorn (not a new server) with the
 behaviour below, the same for a WSGI app (gthread workers) and an ASGI app (uvicorn
 workers, :mod:`statekit.gunicorn_asgi`; told apart by importing the app once in a
-short-lived child, or by ``--interface``):
+short-lived child, or given by ``--interface``; that import, made either way, refuses
+an app that cannot start, in one line, before any worker):
 
 * **SIGTERM**: drain (readiness 503, ``Connection: close`` on every response, new
   requests rejected in mode ``reject``), wait ``--pre-stop-delay`` so load balancers
@@ -1345,8 +1346,9 @@ def serve_main(argv: Sequence[str]) -> int:
                    help="WSGI or ASGI app, or an app factory: MODULE:create_app()")
     p.add_argument("--interface", choices=INTERFACES, default="auto",
                    help="wsgi: gthread workers; asgi: uvicorn workers (pip install 'statekit[asgi]'); auto "
-                        "(default): asgi when the app is an async callable, found by importing it once in a "
-                        "short-lived child process")
+                        "(default): asgi when the app is an async callable. Either way the app is imported "
+                        "once in a short-lived child process first: a missing module, or a ConfigError of "
+                        "the app's, is one line before anything starts")
     p.add_argument("--bind", type=_bind, metavar="HOST:PORT",
                    help="address to listen on: HOST:PORT, unix:PATH or fd://N (default $STATEKIT_BIND or "
                         "127.0.0.1:8000)")
@@ -1405,14 +1407,21 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.broadcaster!r} is an asyncio broadcaster: the master runs no event loop. "
                           "Give --broadcaster a statekit Broadcaster (same keys and values: the app reads "
                           "them with SharedValue.aget()), or run the AsyncBroadcaster in the app's lifespan")
-    # a missing app module or attribute: a ConfigError here, nothing started
+    interface = opts.interface
+    if interface == "asgi":  # a missing extra: one line, before anything starts (the app's check too)
+        importlib.import_module("statekit.gunicorn_asgi")
+    # the app imported once, in a short-lived child, whatever --interface says (which
+    # wins over what it finds): a missing app module or attribute is a ConfigError here,
+    # nothing started
     try:
-        interface = detect_interface(opts.app) if opts.interface == "auto" else opts.interface
+        found = detect_interface(opts.app)
     except AppConfigError as e:  # the app refuses to start as configured: one line, as for --bind
         print(f"statekit serve: {opts.app}: ConfigError: {e}", file=sys.stderr)
         return 2
-    if interface == "asgi":
-        importlib.import_module("statekit.gunicorn_asgi")  # a missing extra: one line, before anything starts
+    if interface == "auto":
+        interface = found
+        if interface == "asgi":
+            importlib.import_module("statekit.gunicorn_asgi")
     application = StatekitApplication(
         opts.app,
         {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
