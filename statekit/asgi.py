@@ -11,13 +11,20 @@ runs. Readiness checks that have to run (Redis ``PING``, S3 ``HeadBucket``) run 
 worker thread, never on the event loop; a cached result or a draining answer is
 given on the loop.
 
-``lifespan`` scopes pass through untouched. A WebSocket handshake passes through
-too, except while the process drains in mode ``reject``: it is denied as a request
-would be, with ``503`` and ``Retry-After`` where the server supports denial responses
-(the ``websocket.http.response`` extension: uvicorn with ``websockets``), else closed
-before the accept with code 1013 (try again later; the client sees the handshake
-refused), so a client reconnects to a worker that stays rather than to one about to
-stop. A WebSocket already open is left alone: it ends when the worker stops.
+A ``lifespan`` scope passes through to the app; as it starts, the readiness checks
+run once (:meth:`~statekit.lifecycle.Lifecycle.warm`, in a worker thread, beside the
+app's own startup; ``lifespan.startup.complete`` waits for them, up to
+:data:`~statekit.lifecycle.WARM_TIMEOUT`), so their clients exist before the first
+probe and that probe answers within the budget; a backend that is down does not fail
+the start, readiness says 503 with the reason.
+
+A WebSocket handshake passes through, except while the process drains in mode
+``reject``: it is denied as a request would be, with ``503`` and ``Retry-After`` where
+the server supports denial responses (the ``websocket.http.response`` extension:
+uvicorn with ``websockets``), else closed before the accept with code 1013 (try again
+later; the client sees the handshake refused), so a client reconnects to a worker that
+stays rather than to one about to stop. A WebSocket already open is left alone: it
+ends when the worker stops.
 
     from statekit.asgi import LifecycleMiddleware
     app = LifecycleMiddleware(app)  # or Lifecycle(Settings.from_env()) as second argument
@@ -28,6 +35,7 @@ stop. A WebSocket already open is left alone: it ends when the worker stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -84,6 +92,9 @@ class LifecycleMiddleware:
         self.lifecycle = lifecycle or Lifecycle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
         if scope["type"] not in ("http", "websocket") or scope.get(COUNTED):
             await self.app(scope, receive, send)
             return
@@ -123,6 +134,27 @@ class LifecycleMiddleware:
             await self.app(scope, receive, drain_aware_send)
         finally:
             state.request_finished()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's lifespan, with the checks' first run (the module docstring)."""
+        async def warm() -> None:
+            with contextlib.suppress(Exception):  # never fails the start (warm() does not raise)
+                await asyncio.to_thread(self.lifecycle.warm)
+
+        warming = asyncio.ensure_future(warm())
+
+        async def send_when_warm(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await warming
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_when_warm)
+        except Exception:
+            # an app without lifespan support (Django's handler raises): the server
+            # starts serving once this is raised, so after the warm-up
+            await warming
+            raise
 
     async def _deny_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a WebSocket handshake while draining (the module docstring)."""

@@ -20,7 +20,9 @@ lets in-flight requests finish, and exits.
   one of them asks :meth:`Lifecycle.admit` what to do with a request and answers
   with :meth:`Lifecycle.reply`, so the decisions and the answers are made here once.
 
-Nothing here connects to anything at import or construction time.
+Nothing here connects to anything at import or construction time; :meth:`Lifecycle.warm`
+runs the readiness checks once when a worker starts (an ASGI app's lifespan startup:
+:mod:`statekit.asgi`), so the first probe does not build their clients.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "REJECT",
     "Reply",
     "SlotInfo",
+    "WARM_TIMEOUT",
     "check_extras",
     "get_drain_state",
     "outage_name",
@@ -464,6 +467,8 @@ def _checks_from_settings(settings: Settings) -> dict[str, Check]:
 #: what :meth:`Lifecycle.admit` decides for a request: answer liveness, answer
 #: readiness, refuse it (draining), or run the app
 HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
+#: seconds :meth:`Lifecycle.warm` waits at most for the checks' first run at start
+WARM_TIMEOUT = 10.0
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
 
@@ -568,6 +573,19 @@ class Lifecycle:
         or the error)``. Results are cached for :attr:`cache_ttl` seconds. Blocks up to
         the budget: an event loop calls it in a worker thread (:meth:`reply_now` says
         when it need not)."""
+        return self._run_checks(self.budget)
+
+    def warm(self, timeout: float = WARM_TIMEOUT) -> tuple[bool, dict[str, str]]:
+        """Run the checks once as the process starts, so the first probe costs what
+        every probe costs: a check's first run builds its client (boto3's first S3
+        client takes most of a second on a loaded machine, more than the default
+        budget) and opens its connection. Waits up to *timeout* seconds (at least the
+        budget), never raises: a backend that is down, or slower than that, is a failed
+        check, cached as a probe's result is (readiness 503 with the reason). Blocks:
+        the ASGI middleware runs it in a worker thread during the lifespan startup."""
+        return self._run_checks(max(timeout, self.budget))
+
+    def _run_checks(self, wait: float) -> tuple[bool, dict[str, str]]:
         fresh = self._fresh()
         if fresh is not None:
             return fresh
@@ -577,14 +595,14 @@ class Lifecycle:
             if fresh is not None:
                 return fresh
             futures = {name: self._pool().submit(check, self.budget) for name, check in self.checks.items()}
-            deadline = time.monotonic() + self.budget
+            deadline = time.monotonic() + wait
             results: dict[str, str] = {}
             for name, fut in futures.items():
                 try:
                     fut.result(timeout=max(deadline - time.monotonic(), 0.0))
                     results[name] = "ok"
                 except FutureTimeout:
-                    results[name] = f"no answer within {self.budget:g}s"
+                    results[name] = f"no answer within {wait:g}s"
                 except Exception as e:
                     results[name] = f"{type(e).__name__}: {e}"[:200]
             ok = all(v == "ok" for v in results.values())
