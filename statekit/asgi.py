@@ -11,12 +11,20 @@ runs. Readiness checks that have to run (Redis ``PING``, S3 ``HeadBucket``) run 
 worker thread, never on the event loop; a cached result or a draining answer is
 given on the loop.
 
-A ``lifespan`` scope passes through to the app; as it starts, the readiness checks
-run once (:meth:`~statekit.lifecycle.Lifecycle.warm`, in a worker thread, beside the
-app's own startup; ``lifespan.startup.complete`` waits for them, up to
-:data:`~statekit.lifecycle.WARM_TIMEOUT`), so their clients exist before the first
-probe and that probe answers within the budget; a backend that is down does not fail
-the start, readiness says 503 with the reason.
+A ``lifespan`` scope passes through to the app, with two additions made as it
+starts. The readiness checks run once (:meth:`~statekit.lifecycle.Lifecycle.warm`, in
+a worker thread, beside the app's own startup; ``lifespan.startup.complete`` waits for
+them, up to :data:`~statekit.lifecycle.WARM_TIMEOUT`), so their clients exist before
+the first probe and that probe answers within the budget; a backend that is down does
+not fail the start, readiness says 503 with the reason. And under plain uvicorn
+(``uvicorn app:app``, no ``statekit serve``), SIGTERM drains as under ``statekit
+serve``: the drain starts at once (readiness 503, ``Connection: close``, new requests
+refused in mode ``reject``), uvicorn is told to stop after ``STATEKIT_PRE_STOP_DELAY``
+seconds (2; 0 stops at once): it then closes its listener and lets the requests in
+flight finish. A second SIGTERM, and SIGINT (Ctrl+C), stop at once; ``uvicorn
+--reload`` is left as it is. Under ``statekit serve`` the master drains and nothing
+is added; under another server, or uvicorn with ``--lifespan off``, SIGTERM is the
+server's.
 
 A WebSocket handshake passes through, except while the process drains in mode
 ``reject``: it is denied as a request would be, with ``503`` and ``Retry-After`` where
@@ -37,7 +45,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import signal
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
+from types import FrameType
 from typing import Any
 
 from .lifecycle import APP, COUNTED, REJECT, Lifecycle
@@ -136,7 +148,10 @@ class LifecycleMiddleware:
             state.request_finished()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app's lifespan, with the checks' first run (the module docstring)."""
+        """The app's lifespan, with the checks' first run and plain uvicorn's drain on
+        SIGTERM (the module docstring)."""
+        self._drain_on_sigterm()
+
         async def warm() -> None:
             with contextlib.suppress(Exception):  # never fails the start (warm() does not raise)
                 await asyncio.to_thread(self.lifecycle.warm)
@@ -155,6 +170,47 @@ class LifecycleMiddleware:
             # starts serving once this is raised, so after the warm-up
             await warming
             raise
+
+    def _drain_on_sigterm(self) -> None:
+        """Under plain uvicorn, make its SIGTERM handler start the drain and stop the
+        server only after the pre-stop delay (the module docstring). Runs on the
+        server's loop as the lifespan starts: uvicorn's handlers are set by then."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # no signal handler of ours (a server run in a thread, a test)
+        previous = signal.getsignal(signal.SIGTERM)
+        server = getattr(previous, "__self__", None)
+        try:
+            from uvicorn.server import Server
+        except ImportError:  # pragma: no cover - not served by uvicorn
+            return
+        if (not isinstance(server, Server) or getattr(server, "statekit_drains", False)
+                or getattr(server.config, "reload", False) or self.lifecycle.pre_stop_delay <= 0):
+            return  # another server, statekit serve's worker (its master drains), a dev reload
+        handle_exit: Callable[[int, FrameType | None], Any] = previous  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        state = self.lifecycle.drain
+        delay = self.lifecycle.pre_stop_delay
+
+        def stop(sig: int, frame: FrameType | None) -> None:
+            if not server.should_exit:  # not stopping already (a Ctrl+C during the delay)
+                handle_exit(sig, frame)
+
+        def drain_then_stop(sig: int, frame: FrameType | None) -> None:
+            if state.draining:  # a second SIGTERM: stop now
+                stop(sig, frame)
+                return
+            state.start_drain(serve_for=delay)
+            logging.getLogger("uvicorn.error").info(
+                "statekit: draining (mode %s): readiness 503, Connection: close; stopping to accept in "
+                "%gs (STATEKIT_PRE_STOP_DELAY)", self.lifecycle.mode or state.mode, delay)
+            loop.call_later(delay, stop, sig, frame)
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            # on the loop, not in the handler: the drain state's lock may be held by
+            # the code the signal interrupted
+            loop.call_soon_threadsafe(drain_then_stop, sig, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     async def _deny_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a WebSocket handshake while draining (the module docstring)."""

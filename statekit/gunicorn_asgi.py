@@ -85,6 +85,8 @@ class _Server(Server):
     _loop: asyncio.AbstractEventLoop | None = None
     _term_pending = False
     _reported = False
+    #: the master drains on SIGTERM: the ASGI lifecycle middleware leaves our handler alone
+    statekit_drains = True
 
     def _report_if_ready(self) -> None:
         """Report ready once started, unless told to stop meanwhile (a SIGTERM during

@@ -469,6 +469,7 @@ def _checks_from_settings(settings: Settings) -> dict[str, Check]:
 HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
 #: seconds :meth:`Lifecycle.warm` waits at most for the checks' first run at start
 WARM_TIMEOUT = 10.0
+_PRE_STOP = "STATEKIT_PRE_STOP_DELAY"
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
 
@@ -510,6 +511,10 @@ class Lifecycle:
     :param cache_ttl: readiness results are reused this long, so probes from many
         load balancers do not multiply the load on Redis.
     :param drain: the drain state; default: :func:`get_drain_state` at request time.
+    :param pre_stop_delay: seconds an ASGI app served by plain uvicorn keeps serving
+        the drain after SIGTERM before uvicorn stops (:mod:`statekit.asgi`); ``None``:
+        ``STATEKIT_PRE_STOP_DELAY`` from the environment, as ``statekit serve`` reads
+        it, else 2.
 
     Readiness is 503 while draining (without running checks) or when any check
     fails; liveness is 200 whenever the process can answer, draining or not, so an
@@ -528,6 +533,7 @@ class Lifecycle:
         retry_after: int = 1,
         cache_ttl: float = 1.0,
         drain: DrainState | None = None,
+        pre_stop_delay: float | None = None,
     ) -> None:
         if mode is not None and mode not in DRAIN_MODES:
             raise ConfigError(f"drain mode {mode!r} must be one of {', '.join(DRAIN_MODES)}")
@@ -539,6 +545,10 @@ class Lifecycle:
         self.budget = number(budget, "readiness budget", positive=True, maximum=threading.TIMEOUT_MAX)
         self.retry_after = int(number(retry_after, "retry_after"))
         self.cache_ttl = number(cache_ttl, "readiness cache_ttl")
+        if pre_stop_delay is None:
+            self.pre_stop_delay = number(os.environ.get(_PRE_STOP, "2"), _PRE_STOP, unit="seconds")
+        else:
+            self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, unit="seconds")
         self.health_path = health_path
         self.ready_path = ready_path
         self.mode = mode

@@ -33,15 +33,20 @@ capability that is enabled:
   many workers run it);
 * **lifecycle**: :class:`statekit.asgi.LifecycleMiddleware`, outermost: ``/healthz``,
   ``/readyz`` and the drain on SIGTERM (readiness 503, ``Connection: close``,
-  in-flight requests finish) before anything else runs.
+  in-flight requests finish) before anything else runs, under ``statekit serve`` and
+  under plain ``uvicorn app:app`` alike (there the drain lasts
+  ``STATEKIT_PRE_STOP_DELAY`` seconds, 2, before uvicorn stops accepting); as the
+  lifespan starts it runs the readiness checks once, so the first probe finds their
+  clients built.
 
 and a lifespan (wrapped around the app's own) that loads the shared values named in
 ``STATEKIT_BROADCAST_DEFAULTS`` without blocking the loop, starts the broadcaster, and
 on shutdown stops it (releasing its leases) and gives back the connections and
-threads of the cache and blob store. Nothing connects before the first use, so an app
-served without its lifespan (``httpx.ASGITransport`` in tests) works too, but its
-broadcaster does not run. Starlette runs the lifespan of the outermost app only: for
-a sub-app (``Mount("/api", app=sub)``) set up with ``StateKit(sub)``, call ``await
+threads of the cache and blob store. Apart from the readiness checks' first run,
+nothing connects before the first use, so an app served without its lifespan
+(``httpx.ASGITransport`` in tests) works too, but its broadcaster does not run.
+Starlette runs the lifespan of the outermost app only: for a sub-app
+(``Mount("/api", app=sub)``) set up with ``StateKit(sub)``, call ``await
 get_state(sub).startup()`` and ``await get_state(sub).shutdown()`` from the parent's
 lifespan.
 
