@@ -43,7 +43,9 @@ object, so the rule is carried by the connections: statekit's clients use
 subclasses of redis-py's connection classes (:func:`with_rule`) that raise
 :class:`OutcomeUnknown` for a failure after sending (which the ``Retry`` built by
 :func:`retry_policy` refuses, and which RedisCluster's own retry loop, matching
-exact types, does not retry either) and :class:`NotApplied` for a wrong-node reply.
+exact types, does not retry either; its pipelines, which match by ``isinstance``, count
+it among the errors they raise at once, ``NOT_NODE_FAILURE_ERRORS``) and
+:class:`NotApplied` for a wrong-node reply.
 Pub/sub reads keep redis-py's own handling (a partial message is resumed; a lost
 connection is reconnected and re-subscribed: reading again resends nothing); a
 failed pub/sub send makes the broadcast subscriber reconnect and re-read what it
@@ -543,6 +545,17 @@ class _RuleClasses:
                 except Exception:  # noqa: S110 - the refused error is the one to raise
                     pass
                 raise error
+
+        from redis.cluster import AbstractRedisCluster
+
+        # redis-py's cluster pipelines give every command of a node whose replies they
+        # could not read that error, then send each again alone and, out of that, the
+        # whole pipeline again while their retry allows, matching the error by
+        # isinstance (a ConnectionError): an OutcomeUnknown is one of the errors its
+        # cluster clients raise at once, without a retry (their "not a node failure")
+        kept = getattr(AbstractRedisCluster, "NOT_NODE_FAILURE_ERRORS", None)
+        if kept is not None and OutcomeUnknown not in kept:
+            AbstractRedisCluster.NOT_NODE_FAILURE_ERRORS = (*kept, OutcomeUnknown)
 
         #: ``MULTI`` as redis-py packs it (how a transaction's packed commands begin)
         self.multi = b"".join(redis.Connection().pack_command("MULTI"))  # type: ignore[no-untyped-call]
