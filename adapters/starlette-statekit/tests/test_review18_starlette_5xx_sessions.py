@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +33,11 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from test_starlette_sessions import KEY, sync_store
+from test_starlette_sessions import KEY, sync_store, v_get, v_set
 
 from starlette_statekit.sessions import SessionMiddleware, incr_session, rotate_session
+from statekit.embedded import free_port
+from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -46,15 +47,6 @@ FAILURE = "the app fails"
 @pytest.fixture
 def prefix() -> str:
     return "st" + uuid.uuid4().hex[:10]
-
-
-async def v_get(request: Request) -> Response:
-    return JSONResponse(dict(request.session.items()))
-
-
-async def v_set(request: Request) -> Response:
-    request.session[request.path_params["key"]] = request.path_params["value"]
-    return PlainTextResponse("ok")
 
 
 async def v_fails(request: Request) -> Response:
@@ -236,23 +228,20 @@ def served() -> Starlette:
 @contextlib.contextmanager
 def uvicorn_without_lifespan(env: dict[str, str], log: Path) -> Iterator[str]:
     """``uvicorn --factory`` :func:`served` with ``--lifespan off``, in a process of its
-    own, until the block ends; its log in *log*."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    own, until the block ends (SIGINT, then SIGKILL after 20 s); its log in *log*."""
+    port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{Path(__file__).stem}:served", "--app-dir",
                str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+    def listening() -> bool:
+        assert proc.poll() is None, f"uvicorn exited: {log.read_text()}"
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"uvicorn exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"uvicorn did not listen within 30 s: {log.read_text()}"
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_for(listening, 30, "uvicorn listening")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGINT)
