@@ -38,6 +38,18 @@ opened. ``--before`` measures another tree in the same runs (interleaved). The
 interpreter's full (generation 2) collections stall a loop too, whatever the client:
 each run lists their pauses beside the worst lag of each batch.
 
+``--set-paths``: the standalone set's one round trip written three ways on one
+redis-py asyncio connection (hiredis), on every server line found: the cache script's
+``EVALSHA`` (op ``set``: generation check, ``SET``, the key's single-flight lock
+``DEL``; what ``AsyncCache.set`` sends), ``MULTI`` [``SET``, ``DEL`` lock, ``GET``
+counter] ``EXEC`` (the transaction that could replace it: the lock removed atomically
+with the write, the counter read in the same step), and a plain ``SET`` (what
+django-vcache sends; no lock, no generation), each read through redis-py's
+``Connection.read_response`` per reply and straight from its parser (the least a
+transport could spend): wall and client CPU per call (rounds alternated, paired to the
+script's), server time per call (``INFO commandstats``: ``EVALSHA``, ``MULTI`` +
+``EXEC``, ``SET``).
+
 Targets (issue 18): ``AsyncCache.get`` no slower than a raw redis-py asyncio ``GET``
 and ahead of cashews, aiocache and django-vcache on the same work; ``AsyncCache.set`` ahead of
 cashews and aiocache, as close to raw as it gets; 200 concurrent gets never block
@@ -346,6 +358,64 @@ def lag_runs(url: str, runs: int, before: str | None) -> None:
               f"{med['connections']:.0f} connections")
 
 
+async def set_paths(binary: Any, rounds: int, n: int) -> None:
+    """``--set-paths`` on one server line (see the module docstring)."""
+    import redis.asyncio as aioredis
+    from hiredis import pack_command as pack
+
+    from statekit.cache.redis import SCRIPT
+    from statekit.embedded import RedisServer
+
+    server = RedisServer(binary)
+    server.start()
+    try:
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.script_load(SCRIPT.source)
+        gen, counter, name, lock = b"7", b"b:{ns}:gen", b"b:{ns}:7:k", b"b:{ns}:lock:sf:k"
+        await admin.set(counter, gen)
+        conn = aioredis.Connection(host="127.0.0.1", port=server.port)
+        await conn.connect()
+        write, parser = conn._writer.write, conn._parser
+        value = json.dumps(VALUE).encode()
+        script = pack((b"EVALSHA", SCRIPT.sha, 3, counter, name, lock, b"set", gen, b"300000", value))
+        transaction = b"".join(pack(c) for c in ((b"MULTI",), (b"SET", name, value, b"PX", b"300000"),
+                                                  (b"DEL", lock), (b"GET", counter), (b"EXEC",)))
+        plain = pack((b"SET", name, value, b"PX", b"300000"))
+
+        def one(packed: bytes, replies: int, read: Callable[[], Awaitable[Any]]) -> Op:
+            async def op() -> Any:
+                write(packed)
+                for _ in range(replies - 1):
+                    await read()
+                return await read()
+            return op
+
+        paths: dict[str, Op] = {}
+        for how, read in (("read_response", conn.read_response), ("parser", parser.read_response)):
+            paths[f"EVALSHA cache script set ({how})"] = one(script, 1, read)
+            paths[f"MULTI SET DEL GET EXEC ({how})"] = one(transaction, 5, read)
+            paths[f"plain SET ({how})"] = one(plain, 1, read)
+        assert await paths["EVALSHA cache script set (parser)"]() == 1
+        assert (await paths["MULTI SET DEL GET EXEC (parser)"]())[2] == gen
+        print(f"\n{server.binary.line} ({server.binary.source}); load {os.getloadavg()[0]:.2f}")
+        rows = await run_group("set paths, one task (µs per set)", paths, n, rounds)
+        base = rows["EVALSHA cache script set (parser)"]
+        print("  paired to the script's set (parser), wall and client CPU; server time per call:")
+        for path, op in paths.items():
+            await admin.config_resetstat()
+            for _ in range(n):
+                await op()
+            stats = await admin.info("commandstats")
+            kinds = ("evalsha",) if "EVALSHA" in path else ("multi", "exec") if "MULTI" in path else ("set",)
+            server_us = sum(stats.get(f"cmdstat_{k}", {}).get("usec", 0) for k in kinds) / n
+            wall, _, cpu = paired(rows[path], base)
+            print(f"  {path:<42} wall {wall:5.2f}, CPU {cpu:5.2f}, server {server_us:5.2f} µs")
+        await conn.disconnect()
+        await admin.aclose()
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def _no_tree() -> Iterator[None]:
     yield None
@@ -358,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lag", type=int, metavar="RUNS", help="loop lag under 200 concurrent gets, RUNS runs")
     ap.add_argument("--before", help="with --lag: also measure this commit or checkout")
     ap.add_argument("--lag-one", nargs=2, metavar=("URL", "CONTESTANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--set-paths", action="store_true",
+                    help="the standalone set as the cache script, a MULTI/EXEC and a plain SET")
     ap.add_argument("--python", metavar="PATH",
                     help="run this benchmark under PATH (a Python >= 3.12 with django-vcache)")
     args = ap.parse_args(argv)
@@ -365,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         return _vcache.rerun(args.python, __file__, sys.argv[1:] if argv is None else argv)
     if args.lag_one:
         print(json.dumps(asyncio.run(lag_one(*args.lag_one))))
+        return 0
+    if args.set_paths:
+        from statekit.embedded import find_redis_servers
+
+        for binary in find_redis_servers():
+            asyncio.run(set_paths(binary, args.rounds, int(3000 * args.scale)))
         return 0
 
     import django
