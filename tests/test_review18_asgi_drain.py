@@ -37,7 +37,7 @@ pytestmark = pytest.mark.gunicorn
 #: loaded machine (a few loopback requests), short enough for the suite
 DELAY = 8.0
 
-#: the app: /hold answers once the file ``release`` exists (30 s at most), after
+#: the app: /hold answers once the file ``release`` exists (60 s at most), after
 #: writing ``held`` (the app has the request); anything else answers its pid
 APP = textwrap.dedent(
     """
@@ -50,7 +50,7 @@ APP = textwrap.dedent(
 
     async def hold(request):
         Path("held").write_text(str(os.getpid()))
-        for _ in range(600):
+        for _ in range(1200):
             if Path("release").exists():
                 return PlainTextResponse("released")
             await asyncio.sleep(0.05)
@@ -79,7 +79,7 @@ def refused(port: int) -> bool:
 
 def held_request(port: int, out: list[Any]) -> threading.Thread:
     def run() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=90)
         try:
             conn.request("GET", "/hold")
             resp = conn.getresponse()
