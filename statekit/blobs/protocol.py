@@ -45,7 +45,8 @@ from urllib.parse import quote, unquote
 
 from ..errors import BlobError
 
-__all__ = ["CONCURRENT_PUTS", "MAX_METADATA_BYTES", "META_CREATED", "META_FILENAME", "META_SHA256", "Blob",
+__all__ = ["CONCURRENT_PUTS", "FORM_OVERHEAD", "MAX_METADATA_BYTES", "META_CREATED", "META_FILENAME",
+           "META_SHA256", "Blob",
            "BlobBackend", "BlobPage", "BlobWriter", "BytesReader", "PresignedUpload", "WriteRequest",
            "encode_meta", "seek_position", "stored_blob"]
 
@@ -60,6 +61,10 @@ CONCURRENT_PUTS = 32
 #: S3's limit of an object's user metadata: the UTF-8 bytes of every key and value
 #: (``x-amz-meta-`` left out), held by every backend so a put does not depend on the store
 MAX_METADATA_BYTES = 2048
+#: what a form upload may carry beyond a store's ``max_size`` (the multipart framing, the
+#: other fields) before the web adapters answer 413 unread: the default of their
+#: ``STATEKIT_BLOBS_FORM_OVERHEAD`` (Flask, Django, Starlette alike)
+FORM_OVERHEAD = 64 * 1024
 #: what the commit adds (:data:`META_SHA256` and 64 hex digits), counted up front
 _SHA256_BYTES = len(META_SHA256) + 64
 

@@ -46,6 +46,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.utils.module_loading import import_string
 
+from statekit.blobs.protocol import FORM_OVERHEAD
 from statekit.config import parse_size
 from statekit.errors import BlobTooLarge
 
@@ -55,7 +56,7 @@ __all__ = ["DEFAULT_FORM_OVERHEAD", "BlobUploadHandler", "BlobUploadLimitMiddlew
            "upload_limit"]
 
 #: bytes a request may hold beyond the file limit (the multipart framing, other fields)
-DEFAULT_FORM_OVERHEAD = 64 * 1024
+DEFAULT_FORM_OVERHEAD = FORM_OVERHEAD  # one default for the three adapters
 
 
 class UploadTooLarge(BlobTooLarge, MultiPartParserError):

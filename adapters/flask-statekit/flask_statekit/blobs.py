@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, abort, request, send_file, url_for
 
 from statekit.blobs import Blob, BlobStore, content_disposition, open_blob_store
+from statekit.blobs.protocol import FORM_OVERHEAD
 from statekit.config import parse_size
 from statekit.errors import (
     BackendUnavailable,
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
 
 __all__ = ["blob_store", "blob_url", "init_app", "save_upload", "serve_blob"]
 
-DEFAULT_FORM_OVERHEAD = 64 * 1024
+DEFAULT_FORM_OVERHEAD = FORM_OVERHEAD  # one default for the three adapters
 
 
 def init_app(app: Flask, state: StateKitState) -> None:

@@ -46,6 +46,7 @@ from starlette.responses import Response, StreamingResponse
 
 from statekit import errors
 from statekit.blobs import AsyncBlobStore, Blob, content_disposition
+from statekit.blobs.protocol import FORM_OVERHEAD
 from statekit.config import parse_size
 from statekit.errors import BackendUnavailable, BlobError
 from statekit.lifecycle import outages
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_FORM_OVERHEAD", "blob_url", "init_app", "save_upload", "serve_blob"]
 
-DEFAULT_FORM_OVERHEAD = 64 * 1024
+DEFAULT_FORM_OVERHEAD = FORM_OVERHEAD  # one default for the three adapters
 
 
 def init_app(app: Any, state: StateKitState) -> None:
