@@ -1079,11 +1079,28 @@ def post_worker_init(worker: Any) -> None:
     if getattr(worker, "statekit_reports_ready", False):
         return
     if interface_of(worker.wsgi) == "wsgi":
+        lifecycle = _lifecycle_of(worker.wsgi)
+        if lifecycle is not None:
+            # the readiness checks run once before the worker reports ready, as an ASGI
+            # worker's do in its lifespan startup: the first probe finds the clients built
+            lifecycle.warm()
         worker.wsgi = _close_when_draining(worker.wsgi)
     if getattr(worker, "alive", True) and not getattr(worker, "_statekit_exit_pending", False):
         # not when told to stop while loading the app: a reload would stop the old
         # worker for one about to exit
         report_ready(worker)
+
+
+def _lifecycle_of(app: Any) -> Lifecycle | None:
+    """The :class:`~statekit.lifecycle.Lifecycle` of a WSGI *app* wrapped in its
+    middleware: Django's ``get_wsgi_application()`` is the middleware, a Flask app's
+    ``wsgi_app`` is (``StateKit(app)``); ``None`` for any other app."""
+    from .lifecycle import LifecycleMiddleware
+
+    for candidate in (app, getattr(app, "wsgi_app", None)):
+        if isinstance(candidate, LifecycleMiddleware):
+            return candidate.lifecycle
+    return None
 
 
 def report_ready(worker: Any) -> None:
