@@ -1045,6 +1045,28 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return conv
 
 
+def _seconds(option: str) -> Callable[[str], float]:
+    """An argparse type: *option*'s number of seconds, finite, 0 or more (at most a
+    wait's longest): ``inf`` ran for ever and ``nan`` was a start timeout that had
+    passed before it began."""
+    from .config import number
+
+    def conv(raw: str) -> float:
+        return number(raw, option, maximum=threading.TIMEOUT_MAX, unit="seconds",
+                      error=argparse.ArgumentTypeError)
+
+    return conv
+
+
+def _writable_file(path: str) -> str:
+    """*path* when its directory exists (``-``: stdout): checked before the run, whose
+    report would be lost at the end."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if path != "-" and not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"cannot write {path}: no such directory {folder}")
+    return path
+
+
 def main(argv: Sequence[str]) -> int:
     """``statekit phoenix MODULE:APP [options]``: exit 0 when no state was lost, 1 when
     some was (or nothing worked), 2 when the run could not start."""
@@ -1063,7 +1085,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--interface", choices=("auto", "asgi", "wsgi"), default="auto",
                         help="as for statekit serve: auto (default) imports the app once in a child process "
                              "to tell; asgi runs uvicorn workers (with --server gunicorn: uvicorn-worker's)")
-    parser.add_argument("--duration", type=_positive(float), default=20.0, metavar="S",
+    parser.add_argument("--duration", type=_seconds("--duration"), default=20.0, metavar="S",
                         help="seconds of load (default 20)")
     parser.add_argument("--workers", type=_positive(int), default=2, metavar="N",
                         help="workers per instance (default 2)")
@@ -1071,9 +1093,9 @@ def main(argv: Sequence[str]) -> int:
                         help="app instances, each in its own working directory (default 2)")
     parser.add_argument("--users", type=_positive(int), default=8, metavar="N",
                         help="simulated users (default 8)")
-    parser.add_argument("--kill-every", type=_positive(float), default=2.0, metavar="S",
+    parser.add_argument("--kill-every", type=_seconds("--kill-every"), default=2.0, metavar="S",
                         help="SIGKILL a random worker every S seconds (0: never; default 2)")
-    parser.add_argument("--reload-every", type=_positive(float), default=7.0, metavar="S",
+    parser.add_argument("--reload-every", type=_seconds("--reload-every"), default=7.0, metavar="S",
                         help="reload a random instance every S seconds (0: never; default 7)")
     parser.add_argument("--scenario", default="statekit.phoenix:DefaultScenario", metavar="MODULE:CLASS",
                         help="a statekit.phoenix.Scenario subclass (default: the demo route contract)")
@@ -1084,28 +1106,47 @@ def main(argv: Sequence[str]) -> int:
                         help="extra environment for the app (repeatable)")
     parser.add_argument("--health-path", default="/healthz", metavar="PATH",
                         help="polled until 200 before the load starts (default /healthz)")
-    parser.add_argument("--start-timeout", type=_positive(float), default=60.0, metavar="S",
+    parser.add_argument("--start-timeout", type=_seconds("--start-timeout"), default=60.0, metavar="S",
                         help="seconds the instances get to become ready (default 60)")
-    parser.add_argument("--shared-grace", type=_positive(float), default=1.0, metavar="S",
+    parser.add_argument("--shared-grace", type=_seconds("--shared-grace"), default=1.0, metavar="S",
                         help="how far behind the newest shared value a worker may lag (default 1 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the users' and faults' choices")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
+    parser.add_argument("--json", type=_writable_file, metavar="FILE",
+                        help="also write the report as JSON to FILE ('-': stdout)")
     opts = parser.parse_args(list(argv))
     if opts.instances < 1 or opts.users < 1 or opts.workers < 1:
         parser.error("--instances, --users and --workers must be at least 1")
 
     console = Console(stderr=opts.json == "-")
+    # SIGTERM (a CI job's timeout, kill) and SIGHUP (the terminal closed) stop the run as
+    # Ctrl-C does: the instances, each in a session of its own, and the private servers
+    # are stopped on the way out, not left serving
+    main_thread = threading.current_thread() is threading.main_thread()
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, signal.default_int_handler) for s in stops} if main_thread else {}
     try:
         report = run(opts, console)
     except ConfigError as e:
         console.print(f"[bold red]statekit phoenix: could not run[/bold red]: {escape(str(e))}")
         return 2
+    except KeyboardInterrupt:
+        print("statekit phoenix: interrupted: the instances and servers it started are stopped",
+              file=sys.stderr)
+        return 130
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
     _print_report(report, console)
     if opts.json:
         text = json.dumps(report.as_dict(), indent=2)
         if opts.json == "-":
             print(text)
         else:
-            with open(opts.json, "w") as f:
-                f.write(text + "\n")
+            try:
+                with open(opts.json, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                print(f"statekit phoenix: cannot write --json {opts.json}: {e.strerror or e}",
+                      file=sys.stderr)
+                return 2
     return 0 if report.passed else 1

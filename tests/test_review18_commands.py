@@ -1,0 +1,153 @@
+"""A newcomer runs every ``statekit`` command from the built wheels (review 18).
+
+Each command runs as a user runs it: the ``statekit`` of the README's fresh venv
+(test_user_path's ``venv``, built from the wheels), a subprocess in a temporary
+directory, against the suite's private Redis and moto S3. What the walk found:
+
+a. ``statekit phoenix`` stopped by SIGTERM (a CI job's timeout, ``kill``) died at once
+   and left its app instances (each a ``statekit serve`` in a session of its own)
+   serving for ever; Ctrl-C stopped them. SIGTERM now stops the run as Ctrl-C does.
+b. ``statekit phoenix --json DIR/x.json`` with no such DIR ran the whole load, printed
+   the report, then ended in a FileNotFoundError traceback. It is a usage error now,
+   before anything starts.
+c. ``statekit phoenix --duration inf`` ran for ever, ``--start-timeout nan`` failed
+   every instance as "not ready after nan s", ``--kill-every nan`` was taken: every
+   number of seconds is a finite one (config.number), or a usage error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import test_user_path
+from test_user_path import Venv
+
+#: the README's venv, built from the wheels, and the user's shell with our servers' URLs
+venv = test_user_path.venv
+user_env = test_user_path.user_env
+
+pytestmark = [pytest.mark.userpath, pytest.mark.redis, pytest.mark.s3, pytest.mark.gunicorn]
+
+#: a WSGI app with /healthz only: phoenix runs it, with every check "not checked"
+TINY_APP = '''
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+'''
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], status: int, *needles: str) -> str:
+    """*result* exited *status* with no traceback, its error a line naming *needles*."""
+    out = result.stdout + result.stderr
+    assert result.returncode == status, out
+    assert "Traceback" not in out, out
+    lines = [line for line in result.stderr.splitlines() if all(n in line for n in needles)]
+    assert lines, out
+    return lines[0]
+
+
+# -- a. phoenix stopped by SIGTERM -----------------------------------------------------------
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_on(port: int) -> list[int]:
+    """PIDs whose command line binds 127.0.0.1:*port* (the instances phoenix started)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"127.0.0.1:{port}".encode() in cmdline and b"serve" in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def _wait_for(check, what: str, timeout: float, out: Path):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} after {timeout:.0f} s; output:\n{out.read_text(errors='replace')}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_phoenix_stopped_by_a_signal_stops_its_instances(venv: Venv, user_env: dict[str, str],
+                                                           tmp_path: Path, signum: int) -> None:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    out = tmp_path / "phoenix.out"
+    env = {**user_env, "COLUMNS": "300"}  # the URLs on one line
+    with open(out, "w") as f:
+        proc = subprocess.Popen(
+            [str(venv.bin / "statekit"), "phoenix", "tinyapp:app", "--duration", "600", "--instances", "1",
+             "--workers", "1", "--users", "1", "--kill-every", "0", "--reload-every", "0"],
+            cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        )
+    port = 0
+    try:
+        def ready() -> int:
+            assert proc.poll() is None, out.read_text()
+            m = re.search(r"ready on\s+http://127\.0\.0\.1:(\d+)", out.read_text())
+            return int(m.group(1)) if m else 0
+
+        port = _wait_for(ready, "ready", 120, out)
+        assert _listening(port)
+        proc.send_signal(signum)
+        try:
+            status = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"phoenix still running 60 s after the signal:\n{out.read_text()}") from None
+        text = out.read_text()
+        assert status == 130, text
+        assert "Traceback" not in text, text
+        assert "statekit phoenix: interrupted" in text, text
+        assert not _processes_on(port), f"instance processes left: {_processes_on(port)}\n{text}"
+        assert not _listening(port), text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        for pid in _processes_on(port) if port else []:  # the instances this test started
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- b, c. phoenix's options ----------------------------------------------------------------
+
+
+def test_b_phoenix_json_into_a_missing_directory_is_refused_before_the_run(
+        venv: Venv, user_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    target = tmp_path / "no-such-dir" / "report.json"
+    result = venv.run(["statekit", "phoenix", "tinyapp:app", "--duration", "1", "--instances", "1",
+                       "--workers", "1", "--users", "1", "--json", str(target)], tmp_path, user_env)
+    line = _one_line_error(result, 2, "--json", str(target))
+    assert "no such directory" in line, line
+    assert "ready on" not in result.stdout + result.stderr  # nothing started
+
+
+@pytest.mark.parametrize(("option", "value"), [("--duration", "inf"), ("--start-timeout", "nan"),
+                                               ("--kill-every", "nan"), ("--reload-every", "inf"),
+                                               ("--shared-grace", "-1"), ("--duration", "soon")])
+def test_c_phoenix_refuses_seconds_that_are_no_finite_number(venv: Venv, user_env: dict[str, str],
+                                                             tmp_path: Path, option: str, value: str) -> None:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    result = venv.run(["statekit", "phoenix", "tinyapp:app", option, value], tmp_path, user_env, timeout=60)
+    line = _one_line_error(result, 2, f"argument {option}")
+    assert "finite number of seconds" in line, line
+    assert "ready on" not in result.stdout + result.stderr
