@@ -13,6 +13,12 @@ b. ``statekit phoenix --json DIR/x.json`` with no such DIR ran the whole load, p
 c. ``statekit phoenix --duration inf`` ran for ever, ``--start-timeout nan`` failed
    every instance as "not ready after nan s", ``--kill-every nan`` was taken: every
    number of seconds is a finite one (config.number), or a usage error naming it.
+d. ``statekit broadcast --log-level LOUD`` was a ValueError traceback from
+   ``logging.basicConfig``; a usage error naming the levels now. A SIGTERM just after
+   start (once it logged "running jobs") was lost in 5 runs of 6: run_forever cleared
+   the stop its handler had made, and the broadcaster ran on; one during a log line was
+   a logging traceback ('reentrant call'). The handler now only ends the main thread's
+   wait, which logs and stops the scheduler.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +39,7 @@ from test_user_path import Venv
 #: the README's venv, built from the wheels, and the user's shell with our servers' URLs
 venv = test_user_path.venv
 user_env = test_user_path.user_env
+JOBS = "from statekit.broadcast import Broadcaster\nbroadcaster = Broadcaster()\n"
 
 pytestmark = [pytest.mark.userpath, pytest.mark.redis, pytest.mark.s3, pytest.mark.gunicorn]
 
@@ -151,3 +159,44 @@ def test_c_phoenix_refuses_seconds_that_are_no_finite_number(venv: Venv, user_en
     line = _one_line_error(result, 2, f"argument {option}")
     assert "finite number of seconds" in line, line
     assert "ready on" not in result.stdout + result.stderr
+
+
+# -- d. broadcast's log level ---------------------------------------------------------------
+
+
+def test_d_broadcast_refuses_an_unknown_log_level(venv: Venv, user_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    (tmp_path / "jobs.py").write_text(JOBS)
+    result = venv.run(["statekit", "broadcast", "--log-level", "LOUD", "jobs:broadcaster"],
+                      tmp_path, user_env)
+    line = _one_line_error(result, 2, "--log-level", "LOUD")
+    assert "DEBUG" in line and "WARNING" in line, line
+
+
+def test_d_broadcast_takes_a_level_in_any_case(venv: Venv, user_env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    """The check refuses only what logging does not know: ``info`` runs, logs at INFO,
+    and a SIGTERM stops it (exit 0)."""
+    (tmp_path / "jobs.py").write_text(JOBS)
+    proc = subprocess.Popen(
+        [str(venv.bin / "statekit"), "broadcast", "--log-level", "info", "jobs:broadcaster"],
+        cwd=tmp_path, env=user_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    watchdog = threading.Timer(60, proc.kill)  # a hang fails the test below instead of blocking it
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        seen = []
+        while (line := proc.stderr.readline()) and "running jobs" not in line:
+            seen.append(line)
+        assert line, f"exited {proc.wait()} before running its jobs: {''.join(seen)}"
+        proc.send_signal(signal.SIGTERM)  # its handler is installed before it logs "running jobs"
+        _, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0, err
+    assert "broadcaster stopping (signal 15)" in err, err
+    assert "Traceback" not in err, err
