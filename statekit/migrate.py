@@ -72,6 +72,8 @@ DEFAULT_OUTPUT_DIR = os.path.join(".statekit", "migrate-uploads")
 #: warnings and failures printed in full before the summary says "and N more"
 SHOWN = 5
 _MAP_EVERY = 2.0  # seconds between rewrites of the mapping during a run
+#: seconds the destination's check (an ``s3://`` bucket's HeadBucket) gets before the copy
+CHECK_TIMEOUT = 10.0
 
 
 @dataclass
@@ -405,6 +407,12 @@ def main(argv: Sequence[str]) -> int:
     manifest = opts.manifest or os.path.join(opts.output_dir, "manifest.jsonl")
     mapping = opts.mapping or os.path.join(opts.output_dir, "map.json")
     store = open_blob_store(opts.dest)
+    if store.scheme == "s3":
+        # one HeadBucket first (the readiness check's): a bucket that does not exist or an
+        # endpoint that does not answer is one line, not a failure per file
+        from .blobs.s3 import readiness_check
+
+        readiness_check(opts.dest, CHECK_TIMEOUT)
     show = opts.progress == "on" or (opts.progress == "auto" and sys.stderr.isatty())
     first = migrate(opts.src, store, manifest=manifest, dry_run=True, prefix=opts.prefix)
     if opts.dry_run:

@@ -390,7 +390,10 @@ def render() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m statekit.settings_reference [--check] [PATH]``: write (or check) the
     settings reference, ``docs/settings.md`` by default."""
-    parser = argparse.ArgumentParser(prog="python -m statekit.settings_reference", description=main.__doc__)
+    from .cli import PlainHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="python -m statekit.settings_reference", description=main.__doc__,
+                                     formatter_class=PlainHelpFormatter)
     parser.add_argument("path", nargs="?", default="docs/settings.md", help="file to write ('-': stdout)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file differs; write nothing")
     opts = parser.parse_args(argv)
@@ -407,8 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not same:
             print(f"{opts.path} is out of date: run python -m statekit.settings_reference", file=sys.stderr)
         return 0 if same else 1
-    with open(opts.path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        with open(opts.path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:  # run outside a checkout: no docs/ here
+        print(f"python -m statekit.settings_reference: cannot write {opts.path}: {e.strerror or e} "
+              "(give a PATH, or '-' for stdout)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,6 +19,12 @@ d. ``statekit broadcast --log-level LOUD`` was a ValueError traceback from
    the stop its handler had made, and the broadcaster ran on; one during a log line was
    a logging traceback ('reentrant call'). The handler now only ends the main thread's
    wait, which logs and stops the scheduler.
+e. ``statekit migrate-uploads DIR s3://...`` to a bucket that does not exist, or to an
+   endpoint nothing listens on, tried every file (one failure each, "... and N more
+   failures"): it asks the bucket once first (HeadBucket, the readiness check's), one
+   line and exit 1, nothing copied or written.
+f. ``python -m statekit.settings_reference`` outside a checkout (no ``docs/``) was a
+   FileNotFoundError traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import test_user_path
-from test_user_path import Venv
+from test_user_path import Venv, free_port
 
 #: the README's venv, built from the wheels, and the user's shell with our servers' URLs
 venv = test_user_path.venv
@@ -200,3 +206,68 @@ def test_d_broadcast_takes_a_level_in_any_case(venv: Venv, user_env: dict[str, s
     assert proc.returncode == 0, err
     assert "broadcaster stopping (signal 15)" in err, err
     assert "Traceback" not in err, err
+
+
+# -- e. migrate-uploads to a wrong bucket or endpoint ---------------------------------------
+
+
+def _uploads(tmp_path: Path, n: int = 30) -> Path:
+    src = tmp_path / "uploads"
+    src.mkdir()
+    for i in range(n):
+        (src / f"f{i:02d}.txt").write_text(f"file {i}\n")
+    return src
+
+
+def test_e_migrate_uploads_to_a_missing_bucket_is_one_line(venv: Venv, user_env: dict[str, str],
+                                                           s3_url: str, tmp_path: Path) -> None:
+    src = _uploads(tmp_path)
+    m = re.match(r"s3://([^@]*@)?([^/?]+)", s3_url)
+    assert m, s3_url
+    dest = s3_url.replace(f"{m.group(1) or ''}{m.group(2)}", f"{m.group(1) or ''}no-such-bucket-h5", 1)
+    for extra in ([], ["--dry-run"]):
+        result = venv.run(["statekit", "migrate-uploads", str(src), dest, "--output-dir", "out", *extra],
+                          tmp_path, user_env)
+        line = _one_line_error(result, 1, "statekit migrate-uploads: ConfigError", "'no-such-bucket-h5'",
+                               "does not exist")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "FAILED" not in result.stdout + result.stderr and "more failures" not in result.stderr, line
+        assert result.stdout == "", result.stdout
+        assert not (tmp_path / "out").exists()  # no manifest, no mapping
+
+
+def test_e_migrate_uploads_to_an_endpoint_nothing_listens_on_is_one_line(
+        venv: Venv, user_env: dict[str, str], tmp_path: Path) -> None:
+    src = _uploads(tmp_path)
+    port = free_port()
+    dest = f"s3://key:secret@bucket?endpoint_url=http://127.0.0.1:{port}&region=us-east-1"
+    started = time.monotonic()
+    result = venv.run(["statekit", "migrate-uploads", str(src), dest, "--output-dir", "out"],
+                      tmp_path, user_env)
+    line = _one_line_error(result, 1, "statekit migrate-uploads: BackendUnavailable", f"127.0.0.1:{port}")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "FAILED" not in result.stdout + result.stderr, line
+    assert not (tmp_path / "out").exists()
+    assert time.monotonic() - started < 60  # one attempt, not one per file
+
+
+def test_e_migrate_uploads_still_copies_to_the_right_bucket(venv: Venv, user_env: dict[str, str],
+                                                            s3_url: str, tmp_path: Path) -> None:
+    src = _uploads(tmp_path, 3)
+    result = venv.run(["statekit", "migrate-uploads", str(src), s3_url, "--output-dir", "out"],
+                      tmp_path, user_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "copied 3" in result.stdout and "verified 3" in result.stdout, result.stdout
+    assert (tmp_path / "out" / "map.json").exists()
+
+
+# -- f. the settings reference outside a checkout -------------------------------------------
+
+
+def test_f_settings_reference_without_docs_is_one_line(venv: Venv, user_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    result = venv.run([str(venv.python), "-m", "statekit.settings_reference"], tmp_path, user_env)
+    line = _one_line_error(result, 1, "docs/settings.md")
+    assert "cannot write" in line, line
+    assert "``" not in venv.run([str(venv.python), "-m", "statekit.settings_reference", "--help"],
+                                tmp_path, user_env).stdout  # plain text, not reST
