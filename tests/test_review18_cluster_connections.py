@@ -235,45 +235,103 @@ def test_threads_on_every_path_stay_within_max_connections(redis_cluster_url: st
         transport.close()
 
 
-def test_a_background_script_load_takes_a_turn(redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
+def _loaded(cluster: RedisCluster, script: Script) -> dict[str, bool]:
+    """Which of *cluster*'s nodes have *script*."""
+    out = {}
+    for node in cluster.nodes:
+        with node.client() as c:
+            out[f"127.0.0.1:{node.port}"] = bool(c.script_exists(script.sha.decode())[0])
+    return out
+
+
+def _loads_of(transport: Transport) -> list[threading.Event]:
+    """The background loads of *transport* under way (their ``done`` events)."""
+    with transport._loads_lock:
+        return list(transport._loads.values())
+
+
+def test_a_background_script_load_takes_a_place_of_its_nodes_kept_share(
+        redis_cluster_url: str, redis_cluster: RedisCluster) -> None:
     """The loads a ``NOSCRIPT`` sends to the primaries this thread has no connection
-    to run in turns, as ``RedisCluster``'s commands: while every turn is held they
-    wait (and give up after the socket timeout: best effort, the node loads the
-    script at its own ``NOSCRIPT``); with a turn free they load it. Before, they took
-    a connection of the node's pool outside any turn."""
-    client = create_client(_url(redis_cluster_url, max_connections=2, socket_timeout=2))
+    to take a place of the node's kept share, as a connection a thread keeps there
+    would: while other threads keep all of it, the load is not sent (best effort, the
+    node loads the script at its own ``NOSCRIPT``); with room, it is. Before, it
+    took a connection of the node's pool outside the share and the turns, which a
+    caller in a turn counts on finding free."""
+    client = create_client(_url(redis_cluster_url, max_connections=2, socket_timeout=10))
     try:
         client.ping()  # the slot map read
         primaries = client.get_primaries()
-        home = primaries[0]
+        home, others = primaries[0], primaries[1:]
         key = _key_on(client, home, "script")
 
         def run_script(script: Script) -> Any:
             transport = Transport(client, what="review18")
             try:
-                thread, out = _in_thread(lambda: transport.script(script, [key], []))
-                result = _joined(thread, out)
-                for done in list(transport._loads.values()):
+                result = _joined(*_in_thread(lambda: transport.script(script, [key], [])))
+                for done in _loads_of(transport):
                     assert done.wait(WAIT), f"a background load still runs after {WAIT:g} s"
                 return result
             finally:
                 transport.close()
 
-        def loaded(script: Script) -> dict[str, bool]:
-            out = {}
-            for node in redis_cluster.nodes:
-                with node.client() as c:
-                    out[f"127.0.0.1:{node.port}"] = bool(c.script_exists(script.sha.decode())[0])
-            return out
+        keeper = Transport(client, what="review18 keeper")
+        kept, release = threading.Event(), threading.Event()
 
-        held = _script("held")
-        with client.statekit_gate:  # every turn (one) held by this thread
-            assert run_script(held) == 7
-            assert loaded(held) == {n.name: n.name == home.name for n in primaries}
+        def keep() -> None:  # this thread keeps a connection to each other primary (the share: 1)
+            try:
+                for node in others:
+                    keeper.command(b"GET", _key_on(client, node, "kept"))
+                kept.set()
+                assert release.wait(WAIT)
+            finally:
+                keeper.close()
+
+        thread, out = _in_thread(keep)
+        assert kept.wait(WAIT), f"the keeper did not connect in {WAIT:g} s"
+        shared = _script("shared")
+        try:
+            assert run_script(shared) == 7
+        finally:
+            release.set()
+            _joined(thread, out)
+        assert _loaded(redis_cluster, shared) == {n.name: n.name == home.name for n in primaries}
         free = _script("free")
         assert run_script(free) == 7
-        assert loaded(free) == {n.name: True for n in primaries}
+        assert _loaded(redis_cluster, free) == {n.name: True for n in primaries}
     finally:
+        client.close()
+
+
+def test_a_load_to_a_paused_primary_keeps_no_caller_waiting(own_redis_cluster: RedisCluster) -> None:
+    """While a background load waits for a paused primary's handshake, a call of the
+    client through ``RedisCluster`` (a turn of its gate: the only one of a pool of 2)
+    to a healthy primary runs at once: the load holds a place of the paused node's
+    kept share, not a turn."""
+    cluster = own_redis_cluster
+    client = create_client(_url(cluster.url, max_connections=2, socket_timeout=10))
+    transport = Transport(client, what="review18")
+    try:
+        client.ping()
+        home, paused = client.get_primaries()[:2]
+        key = _key_on(client, home, "script")
+        server = next(s for s in cluster.nodes if f"127.0.0.1:{s.port}" == paused.name)
+        for node in cluster.nodes:  # the paused master is not failed over meanwhile (2 s)
+            with node.client() as c:
+                c.config_set("cluster-node-timeout", 600000)
+        server.pause()
+        try:
+            assert _joined(*_in_thread(lambda: transport.script(_script("paused"), [key], []))) == 7
+            loads = _loads_of(transport)
+            assert loads, "no background load under way"
+            assert client.set(_key_on(client, home, "healthy"), 1) is True
+            assert not all(done.is_set() for done in loads), "the call waited for the paused primary's load"
+        finally:
+            server.resume()
+        for done in loads:
+            assert done.wait(WAIT), f"a background load still runs after {WAIT:g} s"
+    finally:
+        transport.close()
         client.close()
 
 

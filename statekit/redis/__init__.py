@@ -846,13 +846,13 @@ class ClusterGate:
     """The turns of a sync Redis Cluster client of a URL with ``max_connections``
     (its ``statekit_gate``): every command through ``RedisCluster.execute_command``,
     every pipeline (``ClusterPipeline.execute``; a transaction's from its ``WATCH``,
-    which holds a node's connection, to its reset: :meth:`hold`) of the client and
-    the transport's background script loads take one, every store's on the client
-    together. redis-py's sync pipeline takes its nodes' connections one at a time and
-    keeps those it has while it waits in the next
-    node's ``BlockingConnectionPool``: two pipelines visiting two nodes in opposite
-    orders each held one node's last connection and waited for the other's for the
-    socket timeout. A turn uses one connection of a node at most (a pipeline one of
+    which holds a node's connection, to its reset: :meth:`hold`) of the client takes
+    one, every store's on the client together (the transport's background script
+    loads take a place of their node's kept share instead). redis-py's sync
+    pipeline takes its nodes' connections one at a time and keeps those it has while
+    it waits in the next node's ``BlockingConnectionPool``: two pipelines visiting two
+    nodes in opposite orders each held one node's last connection and waited for the
+    other's for the socket timeout. A turn uses one connection of a node at most (a pipeline one of
     each of its nodes), and there are as many turns as each node's pool has
     connections besides those the transports keep between calls
     (:func:`~statekit.redis.transport.kept_share`; a thread's direct commands on them
@@ -928,13 +928,6 @@ class ClusterGate:
             self.__exit__()
         elif taken and self._free is not None:
             self._free.release()
-
-
-def cluster_gate(client: Any) -> ClusterGate | None:
-    """The :class:`ClusterGate` of *client*, statekit's sync Cluster client of a URL
-    with ``max_connections``, else ``None`` (asked without connecting it)."""
-    gate: ClusterGate | None = getattr(client, "__dict__", {}).get("_statekit_gate")
-    return gate
 
 
 def _adopt_cluster(cluster: Any) -> None:

@@ -109,7 +109,6 @@ from . import (
     _timed_out,
     call_with_rule,
     cluster_client_glitch,
-    cluster_gate,
     cluster_unapplied,
     is_cluster,
     is_read,
@@ -1019,12 +1018,15 @@ class Transport:
         from a thread of its own through the node's client (redis-py's, as
         ``RedisCluster`` runs it): connecting waits for the node's handshake, a paused
         one's up to the socket timeout, which a call to another node must not wait
-        for. With a URL's ``max_connections`` it takes a turn of the client's gate
-        (:class:`~statekit.redis.ClusterGate`), as ``RedisCluster``'s commands do: a
-        connection taken outside one made a caller in a turn wait in the node's pool.
-        One load per node and script at a time; its failures (every turn busy past the
-        socket timeout too) are dropped (the node loads the script at its own
-        ``NOSCRIPT``). A thread's first connection to
+        for. Its connection takes a place of the node's kept share
+        (:func:`kept_share`), as the connection a thread keeps there would, or the
+        load is not sent: the connections outside that share are the turns of the
+        client's gate (:class:`~statekit.redis.ClusterGate`), which a caller in a turn
+        counts on finding free (taken outside one, it waited in the node's pool for
+        the load's); a turn held by the load instead would keep every caller of the
+        client waiting while a paused primary's handshake hangs. One load per node and
+        script at a time; its failures are dropped (the node loads the script at its
+        own ``NOSCRIPT``). A thread's first connection to
         *node* waits for the load to end (:meth:`_await_loads`), so its first bulk
         call's pipeline there finds the script as one sent on a connection it had."""
         key = (node.name, load[-1])
@@ -1033,12 +1035,18 @@ class Transport:
                 return
             done = self._loads[key] = threading.Event()
 
-        turn = cluster_gate(self.client) or contextlib.nullcontext()
-
         def run() -> None:
+            redis_node = self.client.get_redis_connection(node)
+            pool = redis_node.connection_pool
             try:
-                with turn:  # a connection of the node's pool, as RedisCluster's commands take it
-                    self.client.get_redis_connection(node).execute_command(*load)
+                if not _KEPT.take(pool):
+                    _log.debug("Cluster: a script load on %s not sent: its pool's kept share is in use",
+                               node.name)
+                    return
+                try:
+                    redis_node.execute_command(*load)
+                finally:
+                    _KEPT.give(pool)
             except Exception as e:  # noqa: BLE001 - best effort (the docstring)
                 _log.debug("Cluster: a script load on %s failed: %s: %s", node.name, type(e).__name__, e)
             finally:
