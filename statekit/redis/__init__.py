@@ -852,9 +852,9 @@ class ClusterGate:
     pipeline takes its nodes' connections one at a time and keeps those it has while
     it waits in the next node's ``BlockingConnectionPool``: two pipelines visiting two
     nodes in opposite orders each held one node's last connection and waited for the
-    other's for the socket timeout. A turn uses one connection of a node at most (a pipeline one of
-    each of its nodes), and there are as many turns as each node's pool has
-    connections besides those the transports keep between calls
+    other's for the socket timeout. A turn uses one connection of a node at most (a
+    pipeline one of each of its nodes), and there are as many turns as each node's
+    pool has connections besides those the transports keep between calls
     (:func:`~statekit.redis.transport.kept_share`; a thread's direct commands on them
     take no turn): so a caller in a turn never waits in a node's pool for a
     connection another caller holds. A caller past them waits its turn up to

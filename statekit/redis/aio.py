@@ -394,10 +394,10 @@ def _seeds_closed_class(nodes_manager_class: type) -> type:
                 try:
                     await super().initialize(*args, **kwargs)
                 finally:
-                    cache = self.nodes_cache
-                    await asyncio.gather(*(  # (a node the query made a routed one is kept)
-                        node.disconnect() for node in list(self.startup_nodes.values())
-                        if cache.get(node.name) is not node and node._connections), return_exceptions=True)
+                    cache = self.nodes_cache  # (a startup node that is a routed one stays)
+                    seeds = [node for node in list(self.startup_nodes.values())
+                             if cache.get(node.name) is not node and node._connections]
+                    await asyncio.gather(*(node.disconnect() for node in seeds), return_exceptions=True)
 
         cls = _seeds_closed[nodes_manager_class] = SeedsClosedNodesManager
     return cls

@@ -1036,9 +1036,9 @@ class Transport:
             done = self._loads[key] = threading.Event()
 
         def run() -> None:
-            redis_node = self.client.get_redis_connection(node)
-            pool = redis_node.connection_pool
             try:
+                redis_node = self.client.get_redis_connection(node)
+                pool = redis_node.connection_pool
                 if not _KEPT.take(pool):
                     _log.debug("Cluster: a script load on %s not sent: its pool's kept share is in use",
                                node.name)
