@@ -371,3 +371,51 @@ def test_the_async_client_keeps_no_connection_beside_its_node_pools(
         assert server == pools
         if max_connections:
             assert max(server.values()) <= max_connections, server
+
+
+def test_an_asyncio_watching_transaction_holds_its_turn_while_it_holds_its_connection(
+        redis_cluster_url: str) -> None:
+    """The asyncio client's turns (one connection a node, one turn): a transaction's
+    ``WATCH`` holds the node's connection and a turn until its reset (a refused one
+    gives it back at once); a command for that node from another task waits for the
+    turn and runs after ``execute()``.
+    Before, it took the turn and the node's pool, whose one connection the pipeline
+    held, refused it at once ("Too many connections")."""
+
+    async def main() -> tuple[Any, Any, Any]:
+        client = create_async_client(_url(redis_cluster_url, max_connections=1, socket_timeout=10))
+        try:
+            await client.initialize()
+            node = client.get_primaries()[0]
+            watched, other = _key_on(client, node, "awatched"), _key_on(client, node, "aother")
+            go, waiting = asyncio.Event(), asyncio.Event()
+            turns = client.statekit_gate._turns
+            with pytest.raises(Exception, match="(?i)watch"):  # no transaction: refused, holding nothing
+                await client.pipeline(transaction=False).watch(watched)
+            assert not turns.locked()  # its turn given back
+
+            async def command() -> Any:
+                await go.wait()
+                if turns.locked():
+                    waiting.set()  # (asyncio: nothing runs between this and the wait)
+                try:
+                    return await client.set(other, "b")
+                finally:
+                    waiting.set()
+
+            task = asyncio.ensure_future(command())  # (started before the WATCH: not in its turn)
+            async with client.pipeline(transaction=True) as pipe:
+                await pipe.watch(watched)
+                go.set()
+                await asyncio.wait_for(waiting.wait(), WAIT)
+                pipe.multi()
+                pipe.set(watched, "a")
+                executed = await pipe.execute()
+            done = await asyncio.wait_for(task, WAIT)
+            return executed, done, [await client.get(watched), await client.get(other)]
+        finally:
+            await client.aclose()
+
+    executed, done, values = asyncio.run(main())
+    assert executed in ([True], [b"OK"])
+    assert done is True and values == [b"a", b"b"]

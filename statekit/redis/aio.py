@@ -445,9 +445,14 @@ class _ClusterGate:
         return _gate_held.set(self)
 
     def leave(self, token: Any) -> None:
-        """Give back the turn :meth:`enter` took (if it took one)."""
+        """Give back the turn :meth:`enter` took (if it took one). From another task
+        (a watching pipeline reset there) the turn is freed; the task that took it
+        keeps its mark (its later calls take no turn)."""
         if token is not None:
-            _gate_held.reset(token)
+            try:
+                _gate_held.reset(token)
+            except ValueError:  # (a token of another context)
+                pass
             self._turns.release()
 
     async def run(self, call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -471,11 +476,41 @@ def _gated_cluster_class() -> Any:
         from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
         class GatedClusterPipeline(ClusterPipeline):  # type: ignore[misc]
-            __slots__ = ()
+            """A pipeline whose ``execute`` takes a turn; a transaction's ``WATCH``,
+            which holds its node's connection until the pipeline's reset, takes one
+            kept as long (as the sync client's: :class:`statekit.redis.ClusterGate`),
+            which the task's calls meanwhile run in (and a task it starts meanwhile,
+            as a pipeline's own tasks do)."""
+
+            __slots__ = ("_statekit_watch",)
+            _statekit_watch: tuple[Any] | None  # the token of the turn a WATCH took
 
             async def execute(self, *args: Any, **kwargs: Any) -> Any:
                 gate: _ClusterGate = self.cluster_client.statekit_gate  # type: ignore[attr-defined]
                 return await gate.run(super().execute, *args, **kwargs)
+
+            async def watch(self, *names: Any) -> Any:  # type: ignore[override]
+                if getattr(self, "_statekit_watch", None) is None:
+                    gate: _ClusterGate = self.cluster_client.statekit_gate  # type: ignore[attr-defined]
+                    self._statekit_watch = (await gate.enter(),)
+                try:
+                    return await super().watch(*names)  # type: ignore[no-untyped-call]
+                except BaseException:
+                    if getattr(self._execution_strategy, "_transaction_connection", None) is None:
+                        self._statekit_let_go()  # (failed holding no connection)
+                    raise
+
+            async def reset(self) -> None:  # type: ignore[override]
+                try:
+                    await super().reset()  # type: ignore[no-untyped-call]
+                finally:
+                    self._statekit_let_go()
+
+            def _statekit_let_go(self) -> None:
+                held = getattr(self, "_statekit_watch", None)
+                self._statekit_watch = None
+                if held is not None:
+                    self.cluster_client.statekit_gate.leave(held[0])  # type: ignore[attr-defined]
 
         class GatedRedisCluster(RedisCluster):  # type: ignore[misc]
             statekit_gate: _ClusterGate
