@@ -124,6 +124,35 @@ def check_pid_file(path: str, pid: int) -> None:
                           "master's PID")
 
 
+def _catches(pid: int, signum: int) -> bool | None:
+    """Whether process *pid* has a handler for *signum* (Linux ``/proc``: ``SigCgt``),
+    or ``None`` where that cannot be read (no such process, no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_serve_master(pid: int) -> None:
+    """Refuse to send SIGHUP to *pid* when it has no handler for it (Linux; where that
+    cannot be read, nothing is refused). A ``statekit serve`` master reloads on SIGHUP,
+    however it was started (the script, ``python -m``, a wrapper, gunicorn with the
+    hooks); most other processes end on it: a shell, one of the server's workers,
+    whatever a mistyped pid names.
+
+    :raises ConfigError: *pid* does not handle SIGHUP."""
+    from .errors import ConfigError
+
+    if _catches(pid, signal.SIGHUP) is False:
+        raise ConfigError(f"process {pid} does not handle SIGHUP, which would end it: it is not a statekit "
+                          "serve master (a worker of one, a shell, another program); give the master's pid, "
+                          "or --pid FILE")
+
+
 def _serving(pid: int, path: str) -> bool:
     """Whether *pid*, read from pid file *path*, is alive and the process that wrote
     it (not one that got the pid after its server died)."""

@@ -1463,7 +1463,7 @@ def reload_main(argv: Sequence[str]) -> int:
     started from the current directory (its pid file under ``.statekit/``). A pid
     file is stale, and refused, when the process it names started after it was
     written (its server died without removing it and the pid went to another)."""
-    from .cli import PlainHelpFormatter, check_pid_file, find_pid_file
+    from .cli import PlainHelpFormatter, check_pid_file, check_serve_master, find_pid_file
 
     p = argparse.ArgumentParser(prog="statekit reload", description=reload_main.__doc__,
                                 formatter_class=PlainHelpFormatter)
@@ -1484,6 +1484,7 @@ def reload_main(argv: Sequence[str]) -> int:
         check_pid_file(opts.pidfile, pid)
     if pid is None or pid <= 1:
         raise ConfigError(f"{pid!r} is not a master pid")
+    check_serve_master(pid)
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as e:

@@ -25,6 +25,10 @@ e. ``statekit migrate-uploads DIR s3://...`` to a bucket that does not exist, or
    line and exit 1, nothing copied or written.
 f. ``python -m statekit.settings_reference`` outside a checkout (no ``docs/``) was a
    FileNotFoundError traceback.
+g. ``statekit reload PID`` sent SIGHUP to whatever PID named: a mistyped pid ended a
+   shell (the walk's own), a worker's pid ended that worker. A process that has no
+   SIGHUP handler (Linux: ``SigCgt``) is refused now, naming why; a master, however it
+   was started, has one.
 """
 
 from __future__ import annotations
@@ -271,3 +275,50 @@ def test_f_settings_reference_without_docs_is_one_line(venv: Venv, user_env: dic
     assert "cannot write" in line, line
     assert "``" not in venv.run([str(venv.python), "-m", "statekit.settings_reference", "--help"],
                                 tmp_path, user_env).stdout  # plain text, not reST
+
+
+# -- g. reload of a process that SIGHUP would end ------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    pids: list[int] = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return pids
+
+
+def test_g_reload_refuses_a_process_without_a_sighup_handler(venv: Venv, user_env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    sleeper = subprocess.Popen(["sleep", "300"])
+    with open(log, "w") as f:
+        server = subprocess.Popen(
+            [str(venv.bin / "statekit"), "serve", "tinyapp:app", "--bind", f"127.0.0.1:{port}",
+             "--workers", "1", "--pid", "", "--pre-stop-delay", "0"],
+            cwd=tmp_path, env=user_env, stdout=f, stderr=subprocess.STDOUT,
+        )
+    try:
+        def ready() -> bool:
+            assert server.poll() is None, log.read_text()
+            return test_user_path.http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+
+        _wait_for(lambda: _listening(port) and ready(), "ready", 120, log)  # its worker serves: set up
+        (worker,) = _children(server.pid)
+        for pid in (sleeper.pid, worker):
+            result = venv.run(["statekit", "reload", str(pid)], tmp_path, user_env)
+            _one_line_error(result, 1, f"process {pid} does not handle SIGHUP", "--pid FILE")
+        assert sleeper.poll() is None
+        os.kill(worker, 0)  # still there
+        done = venv.run(["statekit", "reload", str(server.pid)], tmp_path, user_env)
+        assert done.returncode == 0 and f"sent SIGHUP to {server.pid}" in done.stdout, done.stderr
+    finally:
+        for proc in (sleeper, server):
+            proc.terminate()
+        for proc in (sleeper, server):
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
