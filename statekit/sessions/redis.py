@@ -290,6 +290,8 @@ class _Layout:
         for f, v in sets.items():
             args += [f, v]
         args += [len(dels), *dels, "" if create else _loaded_user(index, "m:u" in sets or "m:u" in dels)]
+        if index is None:  # (a session with no user, before and after: the usual save)
+            return [key], args
         index_keys, index_args = self._index(index)
         return [key, *index_keys], args + index_args
 
@@ -303,21 +305,20 @@ class _Layout:
 
     @staticmethod
     def _index_again(index: IndexOp | None, reply: Sequence[Any], tries: int,
-                     changes_user: bool) -> IndexOp | None:
-        """After a write or rotate script's *reply*: ``None`` if it is final, else the
-        index operation to call it again with. The scripts refuse (``{3, user}``) when
-        the session's stored user is not the one the request loaded (another request
-        changed it since): indexed for the loaded user, a rotated session escaped a
-        ``revoke_user`` of the stored one, and a save put the session back in the
-        index of a user it no longer belongs to (who then listed and revoked it).
+                     changes_user: bool) -> IndexOp:
+        """After a write or rotate script's refusal *reply* (``{3, user}``: its callers
+        look at the reply's code first), the index operation to call it again with.
+        The scripts refuse when the session's stored user is not the one the request
+        loaded (another request changed it since): indexed for the loaded user, a
+        rotated session escaped a ``revoke_user`` of the stored one, and a save put
+        the session back in the index of a user it no longer belongs to (who then
+        listed and revoked it).
         The new operation is :meth:`IndexOp.for_stored
         <statekit.sessions.protocol.IndexOp.for_stored>` of that user.
 
         :param changes_user: the write sets or deletes ``m:u`` (the user this request
             gives the session: the index it adds to stays).
         :raises SessionError: the user changed under every one of *tries* calls."""
-        if reply[0] != 3:
-            return None
         if tries <= 1 or index is None:
             raise SessionError("the session's user kept changing under this write; nothing was written")
         return index.for_stored(_text(reply[1]), changes_user)
@@ -474,10 +475,9 @@ class RedisEngine(_Layout):
                 if outcome_unknown(e):  # the rule's mark of a command sent without a reply
                     raise
                 raise NotSent(str(e)) from e
-            again = self._index_again(index, reply, tries, changes_user)
-            if again is None:
+            if reply[0] != 3:
                 return reply, index
-            index = again
+            index = self._index_again(index, reply, tries, changes_user)
         raise AssertionError("unreachable: _index_again raises on the last try")
 
     def _write(self, key: str, create: bool, sets: Mapping[str, bytes], dels: Sequence[str],
@@ -486,7 +486,7 @@ class RedisEngine(_Layout):
             _WRITE, lambda op: self._write_call(key, create, sets, dels, ttl_ms, op, seq >= 0, base),
             index, "m:u" in sets or "m:u" in dels)
         result = _result(reply)
-        if result.status is Status.DONE:
+        if self.cluster and result.status is Status.DONE:
             self._index_after(index, "session save")
         if seq >= 0:
             self._near_settle(key, result, reply, seq, self._tracked(key), base, sets, dels)
@@ -682,10 +682,9 @@ class AsyncRedisEngine(_Layout):
                 if not never_sent(e):
                     raise
                 raise NotSent(str(e)) from e
-            again = self._index_again(index, reply, tries, changes_user)
-            if again is None:
+            if reply[0] != 3:
                 break
-            index = again
+            index = self._index_again(index, reply, tries, changes_user)
         result = _result(reply)
         if result.status is Status.DONE and self._indexed_apart(index):
             await _finish(self._index_after(transport, index, what))

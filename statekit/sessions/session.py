@@ -141,7 +141,9 @@ class Session(dict[str, Any]):
         return self._decoded(key)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self._decoded(key) if key in self else default
+        # dict's own test: a subclass's __contains__ (Flask's marks the session accessed,
+        # as its get already did) is a second Python call per get
+        return self._decoded(key) if dict.__contains__(self, key) else default
 
     def __iter__(self) -> Any:
         # defined here so that dict(session) and {**session} read values through
