@@ -6,7 +6,9 @@ nothing to do on the usual path: the index arguments of a session with no user
 the Cluster-only index update on a standalone Redis (``_index_after``,
 ``_indexed_apart``); and ``Session.get`` tested membership through the subclass's
 ``__contains__`` (Flask's: a second Python call per get, marking the session
-accessed, which its ``get`` had just done). Each is a Python call per save or get;
+accessed, which its ``get`` had just done); the asyncio engine's save entered the
+near cache's ``_changing`` block with no near cache (the sync engine skips it).
+Each is a Python call (or several) per save or get;
 behaviour is unchanged (the refusal, Cluster's index update and ``accessed`` are
 tested where they happen: test_sessions_review, test_sessions_cluster,
 test_flask_sessions).
@@ -74,9 +76,13 @@ def test_a_plain_save_calls_no_idle_helper(redis_url: str, user: str | None) -> 
         store.close()
 
 
-def test_a_plain_async_save_calls_no_idle_helper(redis_url: str) -> None:
+@pytest.mark.parametrize("near", [0, 1000])
+def test_a_plain_async_save_calls_no_idle_helper(redis_url: str, near: int) -> None:
+    """Nor, without a near cache, the near cache's ``_changing`` block around the
+    script (a context manager's generator: as the sync engine, which never had it)."""
     async def main() -> list[str]:
-        async with AsyncSessionStore(redis_url, secret_keys=KEYS, key_prefix="r18c") as store:
+        async with AsyncSessionStore(redis_url, secret_keys=KEYS, key_prefix="r18c",
+                                     near_cache=near) as store:
             s = await store.create({"n": 0}, user_id="bob")
             loaded = await store.load(s.sid)
             assert loaded is not None
@@ -90,6 +96,7 @@ def test_a_plain_async_save_calls_no_idle_helper(redis_url: str) -> None:
     names = asyncio.run(main())
     assert "_write_call" in names
     assert "_index_again" not in names, names
+    assert ("_changing" in names) == bool(near), names
 
 
 def test_a_refused_save_still_follows_the_stored_user(redis_url: str) -> None:

@@ -694,15 +694,22 @@ class AsyncRedisEngine(_Layout):
                     ttl_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
         key = self._session_prefix + handle
+        if self.near is None:  # the usual path: nothing to keep coherent (no _changing block)
+            return await self._write(transport, key, create, sets, dels, ttl_ms, index, -1, None)
         base = self._near_base(key, create)
         with self._changing(key, stores=True, barrier=False) as seq:
-            reply, result = await self._as_stored(
-                transport, _WRITE,
-                lambda op: self._write_call(key, create, sets, dels, ttl_ms, op, seq >= 0, base),
-                index, "m:u" in sets or "m:u" in dels, "session save")
-            if seq >= 0:
-                self._near_settle(key, result, reply, seq, transport.tracked(key), base, sets, dels)
-            return result
+            return await self._write(transport, key, create, sets, dels, ttl_ms, index, seq, base)
+
+    async def _write(self, transport: AsyncTransport, key: str, create: bool, sets: Mapping[str, bytes],
+                     dels: Sequence[str], ttl_ms: int, index: IndexOp | None, seq: int,
+                     base: Mapping[str, bytes] | None) -> Result:
+        reply, result = await self._as_stored(
+            transport, _WRITE,
+            lambda op: self._write_call(key, create, sets, dels, ttl_ms, op, seq >= 0, base),
+            index, "m:u" in sets or "m:u" in dels, "session save")
+        if seq >= 0:
+            self._near_settle(key, result, reply, seq, transport.tracked(key), base, sets, dels)
+        return result
 
     async def rotate(self, old: str, new: str, alias_ms: int, index: IndexOp | None) -> Result:
         transport = await self._transport()
