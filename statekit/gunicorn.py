@@ -272,6 +272,10 @@ def _recycling(max_requests: str | None, jitter: str | None, age: str | None, rs
     return out
 
 
+#: the levels gunicorn knows (it took any other word as info, in silence)
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _seconds(raw: str, name: str) -> float:
     try:
         value = float(raw)
@@ -1372,9 +1376,9 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
-    p.add_argument("--graceful-timeout", type=float, default=DEFAULTS["graceful_timeout"], metavar="S",
+    p.add_argument("--graceful-timeout", default=str(DEFAULTS["graceful_timeout"]), metavar="S",
                    help="seconds in-flight requests get after accepting stops (default 25)")
-    p.add_argument("--pre-stop-delay", type=float, default=2.0, metavar="S",
+    p.add_argument("--pre-stop-delay", default="2", metavar="S",
                    help="seconds to drain before accepting stops (default 2)")
     p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject",
                    help="while draining: reject new requests with 503 at once (default; a proxy retries "
@@ -1394,7 +1398,8 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--max-worker-rss", metavar="MIB",
                    help="recycle a worker whose resident memory reaches MIB mebibytes (Linux; "
                         "default 0: never)")
-    p.add_argument("--log-level", default="info", metavar="L", help="gunicorn's log level (default info)")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info", metavar="L",
+                   help=f"gunicorn's log level: {', '.join(LOG_LEVELS)} (default info)")
     opts = p.parse_args(list(argv))
     bind_from_env = opts.bind is None and "STATEKIT_BIND" in os.environ
     opts.bind = _or_env(p, opts.bind, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
@@ -1403,8 +1408,9 @@ def serve_main(argv: Sequence[str]) -> int:
                            opts.max_worker_rss)
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
-    if opts.graceful_timeout < 0 or opts.pre_stop_delay < 0:
-        raise ConfigError("--graceful-timeout and --pre-stop-delay must not be negative")
+    # finite: inf was an OverflowError traceback, nan a delay that never ended
+    opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
+    opts.pre_stop_delay = _seconds(opts.pre_stop_delay, "--pre-stop-delay")
     refusal = _bind_refusal(opts.bind)
     if refusal is not None:  # in one line, as statekit dev says it of its ports
         other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"

@@ -25,6 +25,10 @@ e. ``statekit migrate-uploads DIR s3://...`` to a bucket that does not exist, or
    line and exit 1, nothing copied or written.
 f. ``python -m statekit.settings_reference`` outside a checkout (no ``docs/``) was a
    FileNotFoundError traceback.
+h. ``statekit serve --graceful-timeout inf`` was an OverflowError traceback,
+   ``--pre-stop-delay nan`` served (its drain would never end), ``--log-level LOUD``
+   served at gunicorn's info in silence: a number of seconds is checked as the
+   environment's are (0 to 86400), a level is one gunicorn knows.
 g. ``statekit reload PID`` sent SIGHUP to whatever PID named: a mistyped pid ended a
    shell (the walk's own), a worker's pid ended that worker. A process that has no
    SIGHUP handler (Linux: ``SigCgt``) is refused now, naming why; a master, however it
@@ -322,3 +326,23 @@ def test_g_reload_refuses_a_process_without_a_sighup_handler(venv: Venv, user_en
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(30)
+
+
+# -- h. serve's seconds and log level -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "status", "says"), [
+    ("--graceful-timeout", "inf", 1, "--graceful-timeout='inf' must be between 0 and 86400 seconds"),
+    ("--pre-stop-delay", "nan", 1, "--pre-stop-delay='nan' must be between 0 and 86400 seconds"),
+    ("--graceful-timeout", "-1", 1, "--graceful-timeout='-1' must be between 0 and 86400 seconds"),
+    ("--pre-stop-delay", "soon", 1, "--pre-stop-delay='soon' is not a number of seconds"),
+    ("--log-level", "LOUD", 2, "argument --log-level: invalid choice: 'loud'"),
+])
+def test_h_serve_refuses_bad_seconds_and_log_levels(venv: Venv, user_env: dict[str, str], tmp_path: Path,
+                                                    option: str, value: str, status: int, says: str) -> None:
+    (tmp_path / "tinyapp.py").write_text(TINY_APP)
+    port = free_port()
+    result = venv.run(["statekit", "serve", "tinyapp:app", "--bind", f"127.0.0.1:{port}", "--pid", "",
+                       option, value], tmp_path, user_env, timeout=60)  # one that serves: TimeoutExpired
+    _one_line_error(result, status, says)
+    assert "Starting gunicorn" not in result.stderr
