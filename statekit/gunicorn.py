@@ -267,11 +267,14 @@ def _recycling(max_requests: str | None, jitter: str | None, age: str | None, rs
             raise ConfigError(f"{name}={raw!r} is not a {'number' if kind is float else 'count'}") from None
         if value < 0:
             raise ConfigError(f"{name}={raw!r} must not be negative")
+        if not math.isfinite(value):  # nan and inf were taken in silence ("never" is 0)
+            raise ConfigError(f"{name}={raw!r} must be a finite number (0: never)")
         out[key] = value
     out["max_worker_rss"] = int(out["max_worker_rss"] * 2**20)
     return out
 
 
+_PRE_STOP = "STATEKIT_PRE_STOP_DELAY"
 #: the levels gunicorn knows (it took any other word as info, in silence)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -1378,8 +1381,8 @@ def serve_main(argv: Sequence[str]) -> int:
                         "(default $WEB_CONCURRENCY or 2)")
     p.add_argument("--graceful-timeout", default=str(DEFAULTS["graceful_timeout"]), metavar="S",
                    help="seconds in-flight requests get after accepting stops (default 25)")
-    p.add_argument("--pre-stop-delay", default="2", metavar="S",
-                   help="seconds to drain before accepting stops (default 2)")
+    p.add_argument("--pre-stop-delay", metavar="S",
+                   help="seconds to drain before accepting stops (default $STATEKIT_PRE_STOP_DELAY or 2)")
     p.add_argument("--drain-mode", choices=DRAIN_MODES, default="reject",
                    help="while draining: reject new requests with 503 at once (default; a proxy retries "
                         "them elsewhere) or serve them until the pre-stop delay ends")
@@ -1410,7 +1413,10 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     # finite: inf was an OverflowError traceback, nan a delay that never ended
     opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
-    opts.pre_stop_delay = _seconds(opts.pre_stop_delay, "--pre-stop-delay")
+    if opts.pre_stop_delay is None:  # the variable the workers' lifecycle reads too: checked here, once
+        opts.pre_stop_delay = _seconds(os.environ.get(_PRE_STOP, "2"), _PRE_STOP)
+    else:
+        opts.pre_stop_delay = _seconds(opts.pre_stop_delay, "--pre-stop-delay")
     refusal = _bind_refusal(opts.bind)
     if refusal is not None:  # in one line, as statekit dev says it of its ports
         other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"

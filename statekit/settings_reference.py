@@ -153,7 +153,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("STATEKIT_BLOBS_ALLOWED_TYPES", "comma-separated types", "any",
        "default allow-list of sniffed content types (`image/*,application/pdf`)", *_FS),
     _s("STATEKIT_BLOBS_FORM_OVERHEAD", "size (`64KiB`, bytes)", "`64KiB`",
-       "bytes a form may carry beyond the file limit (multipart framing, other fields)", *_FS),
+       "bytes a form may carry beyond the file limit (multipart framing, other fields); Django: "
+       "`django_statekit.uploads.BlobUploadLimitMiddleware`", *_FDS),
     _s("STATEKIT_BLOBS_ROUTE", "URL path", "`/_statekit/blobs`",
        "the download view of `file://` and `memory://` stores (S3 serves presigned URLs)", *_FS),
     # broadcast
@@ -172,7 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("STATEKIT_READY_BUDGET", "seconds", "0.5", "time all readiness checks together may take", *_FDS),
     _s("STATEKIT_RETRY_AFTER", "seconds", "1", "`Retry-After` of the drain 503", *_FDS),
     _s("STATEKIT_PRE_STOP_DELAY", "seconds", "2",
-       "gunicorn hooks: seconds to drain before the listeners close", "env"),
+       "seconds to drain before the listeners close: `statekit serve --pre-stop-delay`'s default, the "
+       "gunicorn hooks, an ASGI app's SIGTERM under plain uvicorn", "env"),
     _s("STATEKIT_READY_TIMEOUT", "seconds", "30",
        "`statekit serve` and the gunicorn hooks: how long a new worker may take to be ready", "env"),
     _s("STATEKIT_BIND", "`HOST:PORT`", "`127.0.0.1:8000`", "`statekit serve --bind`'s default", "env"),
