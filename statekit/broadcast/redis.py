@@ -117,74 +117,41 @@ def _timed_reads(conn: Any) -> bool:
     return read is not None and "timeout" in inspect.signature(read).parameters
 
 
-class _OwnConnection:
-    """The pool a ``PubSub`` of :func:`_pubsub` takes its connection from: one
-    connection of its own, not the client's pool's, made as a near cache's
-    invalidation listener makes its (:func:`statekit.redis.tracking.endpoints_of`:
-    the server, or the master Sentinel names now; TLS, credentials and timeouts of
-    the client's connections; RESP2, no retry: a lost connection ends the
-    subscription, and the hub subscribes again). Given back (``PubSub.close``), it
-    is closed; asked again (a Cluster node's pubsub after a reset), it connects
-    again."""
+def _listening(client: Any) -> Any:
+    """A connection of its own for a subscriber of *client* (a server's, or a Cluster
+    node's, ``redis.Redis``), made as a near cache's invalidation listener makes its
+    (:func:`statekit.redis.tracking.endpoints_of`: the server, or the master Sentinel
+    names now; TLS, credentials and timeouts of the client's connections; RESP2, no
+    retry: a lost connection ends the subscription, and the hub subscribes again)."""
+    from ..redis.tracking import endpoints_of, unpooled_connection
 
-    def __init__(self, client: Any) -> None:
-        from ..redis.tracking import endpoints_of, unpooled_connection
-
-        self._encoder = client.connection_pool.get_encoder()
-        with translate_errors("broadcast subscribe"):  # a Sentinel is asked for its master
-            endpoint = endpoints_of(client)[0]
-        # the client's socket timeout (its writes: a PING; reads take their own)
-        self._conn = unpooled_connection(endpoint, endpoint.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
-
-    def get_encoder(self) -> Any:
-        return self._encoder
-
-    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        return self._conn
-
-    def release(self, conn: Any) -> None:
-        conn.disconnect()
-
-
-_own_cluster_pubsub: Any = None
+    with translate_errors("broadcast subscribe"):  # a Sentinel is asked for its master
+        endpoint = endpoints_of(client)[0]
+    # the client's socket timeout (its writes: a PING; reads take their own)
+    return unpooled_connection(endpoint, endpoint.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
 
 
 def _pubsub(client: Any, pattern: bytes | None = None) -> Any:
-    """A redis-py ``PubSub`` of *client* that listens on connections of its own,
-    outside the client's pools (:class:`_OwnConnection`; a Cluster's: one to the
-    primary of *pattern*'s slot for a pattern, one to each node it subscribes
-    on for sharded channels). A subscriber holds its connection for as long as it
-    listens: taken from the pool, it held one of the URL's ``max_connections`` (a
-    Cluster's: each node's) for good, beside the connections the transports keep (all
-    but one), and the cache calls past those waited for the last one and failed.
-    ``memory://``'s in-process client (not redis-py's sockets) keeps its own pubsub."""
-    global _own_cluster_pubsub
+    """A redis-py ``PubSub`` of *client* that listens on connections of its own
+    (:func:`_listening`), outside the client's pools (:mod:`statekit.redis.pubsub`;
+    a Cluster's: one to the primary of *pattern*'s slot for a pattern, one to each
+    node it subscribes on for sharded channels). A subscriber holds its connection
+    for as long as it listens: taken from the pool, it held one of the URL's
+    ``max_connections`` (a Cluster's: each node's) for good, beside the connections
+    the transports keep (all but one), and the cache calls past those waited for the
+    last one and failed. ``memory://``'s in-process client (not redis-py's sockets)
+    keeps its own pubsub."""
     from redis.client import PubSub
+
+    from ..redis.pubsub import OwnConnection, cluster_pubsub
 
     if not is_cluster(client):
         if _redis_py(client.connection_pool.connection_class, "_connect") is None:
             return client.pubsub()
-        return PubSub(_OwnConnection(client))
-    if _own_cluster_pubsub is None:
-        from redis.cluster import ClusterPubSub
-
-        class OwnClusterPubSub(ClusterPubSub):  # type: ignore[misc]
-            """Each node's pubsub on a connection of its own."""
-
-            def _get_node_pubsub(self, node: Any) -> Any:
-                made = node.name not in self.node_pubsub_mapping
-                pubsub = super()._get_node_pubsub(node)  # type: ignore[no-untyped-call]
-                if made:  # before its first command takes a connection
-                    pubsub.connection_pool = _OwnConnection(self.cluster.get_redis_connection(node))
-                return pubsub
-
-        _own_cluster_pubsub = OwnClusterPubSub
+        return PubSub(OwnConnection(client.connection_pool.get_encoder(), _listening(client)))
     if pattern is None:
-        return _own_cluster_pubsub(client)
-    node = client.get_node_from_key(pattern)
-    pubsub = _own_cluster_pubsub(client, node=node)
-    pubsub.connection_pool = _OwnConnection(client.get_redis_connection(node))
-    return pubsub
+        return cluster_pubsub(client, _listening)
+    return cluster_pubsub(client, _listening, node=client.get_node_from_key(pattern))
 
 
 class RedisSubscription:

@@ -1076,6 +1076,16 @@ def _lazy_cluster(gate: ClusterGate | None, **kwargs: Any) -> RedisClient:
                 pipe._statekit_gate = self.__dict__["_statekit_gate"]
                 return pipe
 
+            def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+                """redis-py's ``ClusterPubSub``, listening on connections of its own (as its
+                node's pool makes them), beside each node's ``max_connections``
+                (:mod:`statekit.redis.pubsub`): from the pool, one held it as long as it
+                listened, outside the turns, and a command for that node waited for it."""
+                from .pubsub import cluster_pubsub, pool_like
+
+                return cluster_pubsub(self, lambda of: pool_like(of.connection_pool),
+                                      node=node, host=host, port=port, **kwargs)
+
         # the turn is taken under execute_command (redis-py's retries within it), which
         # OpenTelemetry's instrumentation wraps: the transport looks for its wrapper there
         # to drive its direct commands through redis-py (module docstring of .transport)

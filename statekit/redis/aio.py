@@ -523,6 +523,16 @@ def _gated_cluster_class() -> Any:
                     return super().pipeline(transaction, shard_hint)
                 return GatedClusterPipeline(self, transaction)  # type: ignore[abstract]
 
+            def pubsub(self, node: Any = None, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+                """redis-py's ``ClusterPubSub``, listening on connections of its own (as its
+                node makes them), beside each node's ``max_connections``
+                (:mod:`statekit.redis.pubsub`): from the node, one held a connection of
+                its ``max_connections`` as long as it listened, outside the turns, and
+                the node refused a command past it."""
+                from .pubsub import async_cluster_pubsub, pool_like
+
+                return async_cluster_pubsub(self, pool_like, node=node, host=host, port=port, **kwargs)
+
         _gated_cluster = GatedRedisCluster
     return _gated_cluster
 
