@@ -1393,22 +1393,30 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--broadcaster", metavar="MODULE:OBJ", help="a statekit Broadcaster to run in the master")
     p.add_argument("--max-requests", metavar="N",
                    help="recycle a worker after N requests: its successor starts first, one worker at a time "
-                        "(default 0: never)")
+                        "(default $STATEKIT_MAX_REQUESTS or 0: never)")
     p.add_argument("--max-requests-jitter", metavar="N",
-                   help="add 0 to N requests to each worker's limit, so workers come due apart (default 0)")
+                   help="add 0 to N requests to each worker's limit, so workers come due apart "
+                        "(default $STATEKIT_MAX_REQUESTS_JITTER or 0)")
     p.add_argument("--max-worker-age", metavar="S",
-                   help="recycle a worker S seconds after it became ready (default 0: never)")
+                   help="recycle a worker S seconds after it became ready (default $STATEKIT_MAX_WORKER_AGE "
+                        "or 0: never)")
     p.add_argument("--max-worker-rss", metavar="MIB",
                    help="recycle a worker whose resident memory reaches MIB mebibytes (Linux; "
-                        "default 0: never)")
+                        "default $STATEKIT_MAX_WORKER_RSS or 0: never)")
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info", metavar="L",
                    help=f"gunicorn's log level: {', '.join(LOG_LEVELS)} (default info)")
     opts = p.parse_args(list(argv))
     bind_from_env = opts.bind is None and "STATEKIT_BIND" in os.environ
     opts.bind = _or_env(p, opts.bind, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
     opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
-    recycling = _recycling(opts.max_requests, opts.max_requests_jitter, opts.max_worker_age,
-                           opts.max_worker_rss)
+    # each option's default is its variable (as the gunicorn hooks read them): serve ignored
+    # STATEKIT_MAX_REQUESTS & co. in silence
+    given = {"max_requests": opts.max_requests, "max_requests_jitter": opts.max_requests_jitter,
+             "max_worker_age": opts.max_worker_age, "max_worker_rss": opts.max_worker_rss}
+    from_env = _recycling(*(os.environ.get(f"STATEKIT_{key.upper()}") if raw is None else None
+                            for key, raw in given.items()), env=True)
+    from_cli = _recycling(*given.values())
+    recycling = {key: from_env[key] if raw is None else from_cli[key] for key, raw in given.items()}
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     # finite: inf was an OverflowError traceback, nan a delay that never ended

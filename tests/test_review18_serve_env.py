@@ -75,3 +75,36 @@ def test_a_worker_age_is_a_finite_number(value: str) -> None:
     with pytest.raises(ConfigError, match=f"STATEKIT_MAX_WORKER_AGE='{value}' must be a finite number"):
         _recycling(None, None, value, None, env=True)
     assert _recycling(None, None, "604800", None)["max_worker_age"] == 604800.0  # a week: no upper bound
+
+
+def test_the_recycling_variables_are_serve_s_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STATEKIT_MAX_REQUESTS`` & co. (the gunicorn hooks' settings, which the settings
+    reference gives as ``statekit serve --max-requests``'s) were ignored by serve in
+    silence, ``lots`` included; an option given wins over its variable."""
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self: object) -> None:
+        seen.update(vars(self.statekit_options))  # type: ignore[attr-defined]
+        raise Stop
+
+    monkeypatch.setattr("statekit.gunicorn.StatekitApplication.run", capture)
+    monkeypatch.setattr("statekit.gunicorn.detect_interface", lambda app: "wsgi")
+    for name, value in (("MAX_REQUESTS", "500"), ("MAX_REQUESTS_JITTER", "50"), ("MAX_WORKER_AGE", "3600"),
+                        ("MAX_WORKER_RSS", "512")):
+        monkeypatch.setenv(f"STATEKIT_{name}", value)
+    argv = ["tinyapp:app", "--bind", f"127.0.0.1:{free_port()}", "--pid", ""]
+    with pytest.raises(Stop):
+        serve_main(argv)
+    keys = ("max_requests", "max_requests_jitter", "max_worker_age", "max_worker_rss")
+    assert tuple(seen[k] for k in keys) == (500, 50, 3600.0, 512 * 2**20)
+    with pytest.raises(Stop):
+        serve_main([*argv, "--max-requests", "7", "--max-worker-rss", "0"])
+    assert (seen["max_requests"], seen["max_requests_jitter"], seen["max_worker_rss"]) == (7, 50, 0)
+    monkeypatch.setenv("STATEKIT_MAX_REQUESTS", "lots")
+    with pytest.raises(ConfigError, match="STATEKIT_MAX_REQUESTS='lots' is not a count"):
+        serve_main(argv)
+    with pytest.raises(Stop):  # the option given: the variable is not read
+        serve_main([*argv, "--max-requests", "7"])
