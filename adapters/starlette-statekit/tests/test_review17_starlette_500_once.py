@@ -269,12 +269,14 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _uvicorn(env: dict[str, str], log: Path) -> Iterator[str]:
-    """``uvicorn --factory`` :func:`served` in a process of its own (lifespan on, as
-    by default), until the block ends; its log in *log*."""
+def _uvicorn(env: dict[str, str], log: Path, module: str = Path(__file__).stem,
+             lifespan: str = "on") -> Iterator[str]:
+    """``uvicorn --factory`` *module*'s ``served`` (of this directory; default this
+    module's :func:`served`) in a process of its own (lifespan on, as by default), until
+    the block ends (SIGINT, then SIGKILL after 20 s); its log in *log*."""
     port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", f"{Path(__file__).stem}:served", "--app-dir",
-               str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port), "--lifespan", "on"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"{module}:served", "--app-dir",
+               str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port), "--lifespan", lifespan]
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -15,12 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +28,10 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from test_review17_starlette_500_once import _uvicorn
 from test_starlette_sessions import KEY, sync_store, v_get, v_set
 
 from starlette_statekit.sessions import SessionMiddleware, incr_session, rotate_session
-from statekit.embedded import free_port
-from statekit.pytest_plugin import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -225,34 +219,6 @@ def served() -> Starlette:
     return make_site(os.environ["R18_URL"], os.environ["R18_PREFIX"])
 
 
-@contextlib.contextmanager
-def uvicorn_without_lifespan(env: dict[str, str], log: Path) -> Iterator[str]:
-    """``uvicorn --factory`` :func:`served` with ``--lifespan off``, in a process of its
-    own, until the block ends (SIGINT, then SIGKILL after 20 s); its log in *log*."""
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", f"{Path(__file__).stem}:served", "--app-dir",
-               str(Path(__file__).parent), "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-
-    def listening() -> bool:
-        assert proc.poll() is None, f"uvicorn exited: {log.read_text()}"
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    try:
-        wait_for(listening, 30, "uvicorn listening")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-            raise AssertionError("uvicorn did not stop within 20 s of SIGINT") from None
-
-
 @pytest.mark.parametrize("first", ["route", "mount"])
 def test_the_first_request_without_lifespan_under_uvicorn(redis_url: str, prefix: str, tmp_path: Path,
                                                           first: str) -> None:
@@ -264,7 +230,7 @@ def test_the_first_request_without_lifespan_under_uvicorn(redis_url: str, prefix
     with contextlib.closing(sync_store(redis_url, prefix)) as store:
         cookie = store.sign(store.create({"cart": "apple"}).sid)
     log = tmp_path / "uvicorn.log"
-    with uvicorn_without_lifespan({"R18_URL": redis_url, "R18_PREFIX": prefix}, log) as base:
+    with _uvicorn({"R18_URL": redis_url, "R18_PREFIX": prefix}, log, Path(__file__).stem, "off") as base:
         # a connection each: uvicorn closes the one an exception came through
         with httpx.Client(base_url=base, timeout=20, headers={"connection": "close"}) as c:
             failed = c.post(WHERE[first] + "/login-fails", headers={"cookie": f"session={cookie}"})
