@@ -43,7 +43,10 @@ primary delays nobody). A reply is awaited at most the
 connection's socket timeout, kept by one timer per transport (``_bark``: it closes the
 connections whose reply is overdue, and their reads are raised as redis-py's
 ``TimeoutError``) rather than the ``asyncio.timeout`` redis-py enters per reply (5-7 µs
-of the loop's CPU per command).
+of the loop's CPU per command), and read from the connection's parser (hiredis, else
+redis-py's own) as redis-py's ``read_response`` reads it, without its wrapper
+(:func:`_read_reply`; a Sentinel connection, and any whose ``read_response`` is wrapped,
+through it).
 
 **A tracking transport** (a session near cache's) sends each command on one of
 :data:`~statekit.redis.transport.TRACKED_LANES` connections chosen by the command's
@@ -197,13 +200,65 @@ def _hung_up(writer: Any) -> bool:
     return bool(poller.poll(0))
 
 
+#: the names redis-py's ``AbstractConnection.read_response`` uses, in the version whose
+#: read :func:`_read_reply` was checked against (redis-py 8.2): another version's may do
+#: more, and its connections are read through it (tests/test_review18_aio_reply_read.py)
+_READ_RESPONSE_NAMES = frozenset((
+    "math", "inf", "socket_timeout", "_host_error", "async_timeout", "_active_read_timeout",
+    "_read_response_from_parser", "asyncio", "TimeoutError", "is_os_level_timeout",
+    "add_debug_log_for_connection_failure", "disconnect", "ConnectionError", "args", "OSError",
+    "UNRECOVERABLE_PARSE_ERRORS", "BaseException", "health_check_interval", "get_running_loop", "time",
+    "next_health_check", "isinstance", "ResponseError"))
+
 try:  # redis-py 8 renamed the non-blocking readiness probe
+    from redis import exceptions as _exceptions
+    from redis.asyncio import connection as _connection
     from redis.asyncio.connection import AbstractConnection as _Conn
 
     _HAS_CAN_READ = hasattr(_Conn, "can_read")
     _HAS_MARKS = hasattr(_Conn, "should_reconnect")  # redis-py 6.4+
+    #: redis-py's ``read_response`` if it is the one checked, else ``None``
+    _CHECKED_READ: Any = _Conn.read_response \
+        if frozenset(_Conn.read_response.__code__.co_names) == _READ_RESPONSE_NAMES else None
 except ImportError:  # pragma: no cover - redis not installed
     _HAS_CAN_READ = _HAS_MARKS = False
+    _CHECKED_READ = None
+
+
+def _reads_parser(conn: Any) -> bool:
+    """Whether :func:`_read_reply` reads *conn*'s replies from its parser: its
+    ``read_response`` is redis-py's own (not a Sentinel connection's, which turns
+    ``READONLY`` into a reconnect, nor fakeredis's, nor one wrapped on the class or the
+    connection by instrumentation or a test) and the one checked
+    (:data:`_READ_RESPONSE_NAMES`)."""
+    return getattr(getattr(conn, "read_response", None), "__func__", None) is _CHECKED_READ is not None
+
+
+async def _read_reply(conn: Any) -> Any:
+    """The next reply on *conn*, as redis-py's ``conn.read_response(timeout=math.inf)``
+    gives it (the timeout is the transport's: :meth:`AsyncTransport._bark`), read from
+    the connection's parser (hiredis, or redis-py's RESP2/RESP3 parser) without that
+    wrapper's Python (a host string, a coroutine and a protocol check per reply: ~5k
+    instructions of an ``AsyncCache.get``'s 160k). The rest of it is kept: an error
+    reply raised (redis-py's exception types: the parser's error map), a socket error
+    as its ``ConnectionError``, a failure logged as its debug log has it, the next
+    health check put off; the connection is not closed here (every failure discards
+    it: :meth:`AsyncTransport._once_on`). A connection :func:`_reads_parser` does not
+    know is read through ``read_response``."""
+    if not _reads_parser(conn):
+        return await conn.read_response(timeout=math.inf)
+    try:
+        reply = await conn._parser.read_response()
+    except BaseException as e:
+        _connection.add_debug_log_for_connection_failure(conn, e, "reading response")
+        if isinstance(e, OSError):  # a reset, an OS-level timeout: as redis-py words it
+            raise _exceptions.ConnectionError(f"Error while reading from {_host(conn)} : {e.args}") from e
+        raise
+    if conn.health_check_interval:
+        conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
+    if isinstance(reply, _exceptions.ResponseError):
+        raise reply
+    return reply
 
 
 class _CancelSafe:
@@ -1121,7 +1176,7 @@ class AsyncTransport:
                 watched[conn] = deadline = loop.time() + timeout
                 if self._watchdog is None:
                     self._watchdog = loop.call_at(deadline, self._bark)
-                reply = await conn.read_response(timeout=math.inf)
+                reply = await _read_reply(conn)
         except self._redis.ResponseError as e:
             if reading and watched.pop(conn, None) is None:  # closed by _bark as the reply came
                 await self._discard(conn)
