@@ -276,6 +276,7 @@ _S3_OPTIONS: dict[str, Callable[[str], Any]] = {
     "multipart_threshold": _size("multipart_threshold"),
     "part_size": _size("part_size"),
     "max_concurrency": _int_range("max_concurrency", 1, 64),
+    "concurrent_puts": _int_range("concurrent_puts", 1, 1024),
     "profile": _text("profile"),
     "checksum": _choice("checksum", "sha256", "none"),
     "conditional_writes": _boolean("conditional_writes"),

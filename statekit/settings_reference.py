@@ -313,6 +313,8 @@ URL_OPTIONS: tuple[UrlOption, ...] = tuple(UrlOption(*row) for row in (
     ("multipart_threshold", "`s3://`", "size", "`part_size`", "uploads from this size go in parts"),
     ("part_size", "`s3://`", "size", "5MiB", "size of an upload's parts"),
     ("max_concurrency", "`s3://`", "1 to 64", "2", "parts uploaded at once"),
+    ("concurrent_puts", "`s3://`", "1 to 1024", "32 (an `AsyncBlobStore`: its upload threads)",
+     "puts the store runs at once: its connection pool keeps `concurrent_puts * (max_concurrency + 1)`"),
     ("profile", "`s3://`", "text", "none", "AWS profile of the credentials"),
     ("checksum", "`s3://`", "`sha256`, `none`", "`sha256`", "checksum sent with each upload"),
     ("conditional_writes", "`s3://`", _BOOL, "true",

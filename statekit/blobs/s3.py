@@ -473,10 +473,10 @@ class S3Backend(BlobBackend):
                             ("max_concurrency", max_concurrency)):
             if value is not None:  # a keyword is held to what the URL's option takes, and wins
                 opts[name] = S3_OPTIONS[name](str(value))
-        if concurrent_puts is not None:
-            if type(concurrent_puts) is not int or concurrent_puts < 1:
+        if concurrent_puts is not None:  # a count, not its text (the URL's ?concurrent_puts= is)
+            if type(concurrent_puts) is not int:
                 raise ConfigError(f"concurrent_puts must be a whole number, at least 1: {concurrent_puts!r}")
-            opts["concurrent_puts"] = concurrent_puts
+            opts["concurrent_puts"] = S3_OPTIONS["concurrent_puts"](str(concurrent_puts))
         if parsed is not None:
             bucket = bucket or parsed.bucket
             prefix = parsed.prefix if prefix is None else prefix
