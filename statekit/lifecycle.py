@@ -470,6 +470,7 @@ HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
 #: seconds :meth:`Lifecycle.warm` waits at most for the checks' first run at start
 WARM_TIMEOUT = 10.0
 _PRE_STOP = "STATEKIT_PRE_STOP_DELAY"
+_MAX_PRE_STOP = 86400.0  # (statekit.gunicorn._seconds: 0 to 86400)
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
 
@@ -514,7 +515,7 @@ class Lifecycle:
     :param pre_stop_delay: seconds an ASGI app served by plain uvicorn keeps serving
         the drain after SIGTERM before uvicorn stops (:mod:`statekit.asgi`); ``None``:
         ``STATEKIT_PRE_STOP_DELAY`` from the environment, as ``statekit serve`` reads
-        it, else 2.
+        it, else 2; at most 86400 (a ConfigError past it).
 
     Readiness is 503 while draining (without running checks) or when any check
     fails; liveness is 200 whenever the process can answer, draining or not, so an
@@ -545,10 +546,13 @@ class Lifecycle:
         self.budget = number(budget, "readiness budget", positive=True, maximum=threading.TIMEOUT_MAX)
         self.retry_after = int(number(retry_after, "retry_after"))
         self.cache_ttl = number(cache_ttl, "readiness cache_ttl")
+        # at most a day, as statekit serve and the gunicorn hooks hold the variable
         if pre_stop_delay is None:
-            self.pre_stop_delay = number(os.environ.get(_PRE_STOP, "2"), _PRE_STOP, unit="seconds")
+            self.pre_stop_delay = number(os.environ.get(_PRE_STOP, "2"), _PRE_STOP, maximum=_MAX_PRE_STOP,
+                                         unit="seconds")
         else:
-            self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, unit="seconds")
+            self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, maximum=_MAX_PRE_STOP,
+                                         unit="seconds")
         self.health_path = health_path
         self.ready_path = ready_path
         self.mode = mode
