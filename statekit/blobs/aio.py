@@ -61,6 +61,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 from .._fork import reset_in_child
 from .._settle import settle
+from ..config import parse_url
 from ..errors import BlobError, ConfigError
 from .protocol import CONCURRENT_PUTS, Blob, BlobPage, PresignedUpload
 from .s3 import S3Backend
@@ -245,8 +246,9 @@ class AsyncBlobStore:
     :param upload_threads: puts writing at once; more wait (their bodies held back
         by the bounded queue) until a worker is free. A put holds its worker while
         its client sends, so size this to the uploads you expect at once. An S3
-        store made here sizes its connection pool for them (``concurrent_puts``);
-        a ready *store* keeps its own.
+        store made here sizes its connection pool for them (``concurrent_puts``,
+        unless its URL's ``?concurrent_puts=`` or a keyword says otherwise); a ready
+        *store* keeps its own.
 
     Safe to share between tasks and event loops of one process; a forked child (a
     ``--preload`` master's worker) gets an upload pool of its own. Failures raise what
@@ -258,7 +260,8 @@ class AsyncBlobStore:
         if upload_threads < 1:
             raise ConfigError("upload_threads must be at least 1")
         if store is None:
-            if url is not None and issubclass(backend_class(url), S3Backend):
+            if url is not None and issubclass(backend_class(url), S3Backend) \
+                    and "concurrent_puts" not in parse_url(url).options:  # (the URL's wins)
                 options.setdefault("concurrent_puts", upload_threads)  # its connection pool
             store = BlobStore(url, **options)
         elif url is not None or options:
