@@ -22,9 +22,10 @@ serve``: the drain starts at once (readiness 503, ``Connection: close``, new req
 refused in mode ``reject``), uvicorn is told to stop after ``STATEKIT_PRE_STOP_DELAY``
 seconds (2; 0 stops at once): it then closes its listener and lets the requests in
 flight finish. A second SIGTERM, and SIGINT (Ctrl+C), stop at once; ``uvicorn
---reload`` is left as it is. Under ``statekit serve`` the master drains and nothing
-is added; under another server, or uvicorn with ``--lifespan off``, SIGTERM is the
-server's.
+--reload`` and ``uvicorn --workers N`` (whose supervisor also stops one worker with
+SIGTERM to replace it while the others serve) are left as they are. Under
+``statekit serve`` the master drains and nothing is added; under another server, or
+uvicorn with ``--lifespan off``, SIGTERM is the server's.
 
 A WebSocket handshake passes through, except while the process drains in mode
 ``reject``: it is denied as a request would be, with ``503`` and ``Retry-After`` where
@@ -184,8 +185,12 @@ class LifecycleMiddleware:
         except ImportError:  # pragma: no cover - not served by uvicorn
             return
         if (not isinstance(server, Server) or getattr(server, "statekit_drains", False)
-                or getattr(server.config, "reload", False) or self.lifecycle.pre_stop_delay <= 0):
-            return  # another server, statekit serve's worker (its master drains), a dev reload
+                or getattr(server.config, "reload", False) or getattr(server.config, "workers", 1) > 1
+                or self.lifecycle.pre_stop_delay <= 0):
+            # another server, statekit serve's worker (its master drains), a dev reload; a
+            # worker of uvicorn --workers N, whose supervisor also replaces one with SIGTERM
+            # while the others serve (SIGHUP, SIGTTOU): drained, it answered 503 meanwhile
+            return
         handle_exit: Callable[[int, FrameType | None], Any] = previous  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
         state = self.lifecycle.drain
