@@ -98,6 +98,7 @@ from .lifecycle import (
     DRAIN_MODES,
     EXITED,
     FREE,
+    PRE_STOP_VARIABLE,
     READY,
     STARTING,
     DrainState,
@@ -221,7 +222,7 @@ class _Options:
     def from_env(cls) -> _Options:
         env = os.environ
         opts = cls(
-            pre_stop_delay=_seconds(env.get("STATEKIT_PRE_STOP_DELAY", "2"), "STATEKIT_PRE_STOP_DELAY"),
+            pre_stop_delay=_pre_stop_from_env(),
             drain_mode=env.get("STATEKIT_DRAIN_MODE", "reject"),
             ready_timeout=_seconds(env.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
             **_recycling(env.get("STATEKIT_MAX_REQUESTS"), env.get("STATEKIT_MAX_REQUESTS_JITTER"),
@@ -274,9 +275,14 @@ def _recycling(max_requests: str | None, jitter: str | None, age: str | None, rs
     return out
 
 
-_PRE_STOP = "STATEKIT_PRE_STOP_DELAY"
 #: the levels gunicorn knows (it took any other word as info, in silence)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _pre_stop_from_env() -> float:
+    """``STATEKIT_PRE_STOP_DELAY`` (default 2 s), checked: the hooks' setting and
+    ``statekit serve --pre-stop-delay``'s default (the workers' lifecycle reads it too)."""
+    return _seconds(os.environ.get(PRE_STOP_VARIABLE, "2"), PRE_STOP_VARIABLE)
 
 
 def _seconds(raw: str, name: str) -> float:
@@ -1102,8 +1108,6 @@ def _lifecycle_of(app: Any) -> Lifecycle | None:
     """The :class:`~statekit.lifecycle.Lifecycle` of a WSGI *app* wrapped in its
     middleware: Django's ``get_wsgi_application()`` is the middleware, a Flask app's
     ``wsgi_app`` is (``StateKit(app)``); ``None`` for any other app."""
-    from .lifecycle import LifecycleMiddleware
-
     for candidate in (app, getattr(app, "wsgi_app", None)):
         if isinstance(candidate, LifecycleMiddleware):
             return candidate.lifecycle
@@ -1421,10 +1425,8 @@ def serve_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
     # finite: inf was an OverflowError traceback, nan a delay that never ended
     opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
-    if opts.pre_stop_delay is None:  # the variable the workers' lifecycle reads too: checked here, once
-        opts.pre_stop_delay = _seconds(os.environ.get(_PRE_STOP, "2"), _PRE_STOP)
-    else:
-        opts.pre_stop_delay = _seconds(opts.pre_stop_delay, "--pre-stop-delay")
+    opts.pre_stop_delay = (_pre_stop_from_env() if opts.pre_stop_delay is None
+                           else _seconds(opts.pre_stop_delay, "--pre-stop-delay"))
     refusal = _bind_refusal(opts.bind)
     if refusal is not None:  # in one line, as statekit dev says it of its ports
         other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"

@@ -59,6 +59,7 @@ __all__ = [
     "REJECT",
     "Reply",
     "SlotInfo",
+    "PRE_STOP_VARIABLE",
     "WARM_TIMEOUT",
     "check_extras",
     "get_drain_state",
@@ -469,7 +470,9 @@ def _checks_from_settings(settings: Settings) -> dict[str, Check]:
 HEALTH, READINESS, REJECT, APP = "health", "ready", "reject", "app"
 #: seconds :meth:`Lifecycle.warm` waits at most for the checks' first run at start
 WARM_TIMEOUT = 10.0
-_PRE_STOP = "STATEKIT_PRE_STOP_DELAY"
+#: the variable of the drain's pre-stop delay (``statekit serve``, the gunicorn hooks,
+#: plain uvicorn)
+PRE_STOP_VARIABLE = "STATEKIT_PRE_STOP_DELAY"
 _MAX_PRE_STOP = 86400.0  # (statekit.gunicorn._seconds: 0 to 86400)
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
@@ -548,8 +551,8 @@ class Lifecycle:
         self.cache_ttl = number(cache_ttl, "readiness cache_ttl")
         # at most a day, as statekit serve and the gunicorn hooks hold the variable
         if pre_stop_delay is None:
-            self.pre_stop_delay = number(os.environ.get(_PRE_STOP, "2"), _PRE_STOP, maximum=_MAX_PRE_STOP,
-                                         unit="seconds")
+            self.pre_stop_delay = number(os.environ.get(PRE_STOP_VARIABLE, "2"), PRE_STOP_VARIABLE,
+                                         maximum=_MAX_PRE_STOP, unit="seconds")
         else:
             self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, maximum=_MAX_PRE_STOP,
                                          unit="seconds")
