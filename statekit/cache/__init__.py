@@ -882,7 +882,13 @@ class _CacheCore:
                     self.counters.incr("hits")
                     return value
                 self.counters.incr("early_refreshes")
-                return (yield from self._compute_locked(key, default, secs, stale, expires_at))
+                try:
+                    return (yield from self._compute_locked(key, default, secs, stale, expires_at))
+                except Exception as e:  # noqa: BLE001 - the value read is fresh: its caller gets it
+                    _log.warning("early refresh of cache key %r failed (%s: %s): its fresh value was "
+                                 "served; a later caller tries again", key, type(e).__name__, e)
+                    self.counters.incr("hits")
+                    return value
             if (yield (LOCK, key)):
                 return (yield from self._compute_locked(key, default, secs, stale, expires_at))
             self.counters.incr("stale")
@@ -1385,7 +1391,9 @@ class Cache(_CacheCore):
         for up to *stale_ttl* more seconds (finite: ``ValueError`` before anything is
         computed otherwise) to callers that do not hold the lock. Before
         expiry a caller refreshes early with XFetch probability, so hot keys rarely
-        expire at all. With ``on_error="miss"`` an outage computes without storing.
+        expire at all; an early refresh that raises an ``Exception`` is logged (WARNING)
+        and its caller gets the value it read, still fresh. With ``on_error="miss"`` an
+        outage computes without storing.
 
         A non-callable *default* costs nothing to compute, so it is simply added
         (atomically, first writer wins) and the stored value returned, as Django
