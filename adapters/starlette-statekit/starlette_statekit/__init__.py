@@ -46,9 +46,10 @@ threads of the cache and blob store. Apart from the readiness checks' first run,
 nothing connects before the first use, so an app served without its lifespan
 (``httpx.ASGITransport`` in tests) works too, but its broadcaster does not run.
 Starlette runs the lifespan of the outermost app only: for a sub-app
-(``Mount("/api", app=sub)``) set up with ``StateKit(sub)``, call ``await
-get_state(sub).startup()`` and ``await get_state(sub).shutdown()`` from the parent's
-lifespan.
+(``app.mount("/api", sub)``) set up with ``StateKit(sub)``, enter
+:func:`mounted_lifespan` in the parent's lifespan (``async with mounted_lifespan(sub)
+as state: yield state``): the sub-app's whole lifespan, readiness warm-up and plain
+uvicorn's drain on SIGTERM included.
 
 **Settings.** Each ``STATEKIT_*`` setting comes from, in order: a keyword of
 ``StateKit`` (``redis_url=`` sets ``STATEKIT_REDIS_URL``), the *config* mapping (a
@@ -71,6 +72,7 @@ with 1013, "try again later".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -86,7 +88,8 @@ from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import Lifecycle, check_extras, outage_name, outages
 
 __all__ = ["FEATURES", "UNAVAILABLE_PAGE", "StateKit", "StateKitState", "blob_store", "blobs", "cache",
-           "get_state", "shared", "shared_value", "shared_values", "unavailable_response"]
+           "get_state", "mounted_lifespan", "shared", "shared_value", "shared_values",
+           "unavailable_response"]
 
 #: capabilities, in the order they are wired (the last added middleware is outermost)
 FEATURES = ("cache", "sessions", "blobs", "broadcast", "lifecycle")
@@ -326,6 +329,55 @@ def _wrap_lifespan(app: Any, state: StateKitState) -> None:
             await state.shutdown()
 
     app.router.lifespan_context = lifespan
+
+
+@contextlib.asynccontextmanager
+async def mounted_lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
+    """Run the lifespan of *app*, a sub-app mounted in another (``app.mount("/api",
+    sub)``), as a server runs the outermost app's: Starlette runs that one only. Enter
+    it in the parent's lifespan; it yields the sub-app's lifespan state (yield it on
+    for the requests to see it)::
+
+        @contextlib.asynccontextmanager
+        async def lifespan(parent):
+            async with mounted_lifespan(sub) as state:
+                yield state
+
+    The whole lifespan runs, through the sub-app's middlewares: with ``StateKit(sub)``,
+    the readiness checks' first run and plain uvicorn's drain on SIGTERM
+    (:class:`statekit.asgi.LifecycleMiddleware`), the shared values' preload and the
+    broadcaster (:meth:`StateKitState.startup`, :meth:`~StateKitState.shutdown`), and
+    the sub-app's own lifespan. A startup or shutdown that fails raises its error here.
+    """
+    state: dict[str, Any] = {}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": state}
+    to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    running = asyncio.ensure_future(app(scope, to_app.get, from_app.put))
+
+    async def step(name: str) -> None:
+        await to_app.put({"type": f"lifespan.{name}"})
+        answer = asyncio.ensure_future(from_app.get())
+        await asyncio.wait((answer, running), return_when=asyncio.FIRST_COMPLETED)
+        if answer.done() and answer.result()["type"] == f"lifespan.{name}.complete":
+            return
+        answer.cancel()
+        # failed (Starlette raises its error right after saying so), or returned unanswered
+        await asyncio.wait((running,), timeout=10)
+        if running.done():
+            running.result()  # the app's error, raised
+        message = answer.result().get("message", "") if answer.done() and not answer.cancelled() else ""
+        raise RuntimeError(f"the mounted app's lifespan {name} failed {message}".rstrip())
+
+    try:
+        await step("startup")
+        try:
+            yield state
+        finally:
+            await step("shutdown")
+        await running
+    finally:
+        running.cancel()  # done by now, unless a step failed
 
 
 def unavailable_response(retry_after: int = 5) -> Response:

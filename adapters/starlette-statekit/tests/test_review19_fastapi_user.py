@@ -1,0 +1,174 @@
+"""A FastAPI user's habits with ``starlette_statekit``, against the suite's Redis and
+moto S3 (review 19): a sub-app mounted in a parent app, served by plain uvicorn.
+
+Every process started here is stopped here, by pid; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from starlette_statekit import StateKit, get_state, mounted_lifespan
+from statekit.broadcast.aio import AsyncBroadcaster
+from statekit.embedded import free_port
+
+pytestmark = [pytest.mark.redis]
+
+#: a FastAPI parent without statekit that mounts a sub-app set up with StateKit(sub)
+MOUNTED = textwrap.dedent(
+    """
+    import contextlib
+    from fastapi import FastAPI
+    from starlette_statekit import StateKit, mounted_lifespan
+
+    sub = FastAPI()
+    StateKit(sub, sessions_enabled=False, broadcast_enabled=False, blobs_enabled=False)
+
+    @sub.get("/hello")
+    async def hello():
+        return {"hello": "sub"}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        async with mounted_lifespan(sub) as state:
+            yield state
+
+    app = FastAPI(lifespan=lifespan)
+    app.mount("/sub", sub)
+    """
+)
+
+
+def _get(port: int, path: str) -> int | None:
+    """The status of GET *path* on a new connection, ``None`` when refused."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except ConnectionRefusedError:
+        return None
+    finally:
+        conn.close()
+
+
+def _until(condition: object, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"no {what} within {seconds:g} s"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _plain_uvicorn(tmp_path: Path, source: str,
+                   env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``uvicorn app:app`` (*source* in *tmp_path*) in a process of ours, until the block
+    ends (then SIGKILL if it still runs)."""
+    (tmp_path / "app.py").write_text(source)
+    port = free_port()
+    log = tmp_path / "uvicorn.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1",
+                                 "--port", str(port), "--app-dir", str(tmp_path)],
+                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: proc.poll() is not None or _get(port, "/sub/healthz") == 200, 30, "uvicorn listening")
+        assert proc.poll() is None, log.read_text()
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(20)
+
+
+def test_a_mounted_sub_app_drains_on_sigterm_under_plain_uvicorn(tmp_path: Path, redis_url: str) -> None:
+    env = {"STATEKIT_REDIS_URL": redis_url, "STATEKIT_PRE_STOP_DELAY": "30"}
+    with _plain_uvicorn(tmp_path, MOUNTED, env) as (proc, port):
+        assert _get(port, "/sub/readyz") == 200
+        proc.send_signal(signal.SIGTERM)
+        # the drain: readiness 503 while uvicorn keeps accepting for the pre-stop delay
+        _until(lambda: _get(port, "/sub/readyz") != 200, 20, "readiness change after SIGTERM")
+        assert _get(port, "/sub/readyz") == 503, (tmp_path / "uvicorn.log").read_text()
+        proc.send_signal(signal.SIGTERM)  # a second one stops at once
+        proc.wait(20)
+
+
+def _sub_app(redis_url: str, own: Any) -> tuple[FastAPI, AsyncBroadcaster]:
+    """A FastAPI sub-app with a lifespan of its own (*own*) and ``StateKit(sub)`` with a
+    broadcaster; sessions and blobs off."""
+    broadcaster = AsyncBroadcaster(redis_url)
+    sub = FastAPI(lifespan=own)
+    StateKit(sub, redis_url=redis_url, broadcaster=broadcaster, sessions_enabled=False, blobs_enabled=False)
+    return sub, broadcaster
+
+
+def _parent(sub: FastAPI) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with mounted_lifespan(sub) as state:
+            yield state
+
+    parent = FastAPI(lifespan=lifespan)
+    parent.mount("/sub", sub)
+    return parent
+
+
+def test_the_mounted_apps_lifespan_runs_whole(redis_url: str) -> None:
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def own(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        seen.append("sub started")
+        yield {"db": "sub's pool"}
+        seen.append("sub stopped")
+
+    sub, broadcaster = _sub_app(redis_url, own)
+    parent = _parent(sub)
+    lifecycle = get_state(sub).lifecycle
+
+    async def main() -> None:
+        async with parent.router.lifespan_context(parent) as state:
+            assert state == {"db": "sub's pool"}  # on to the requests, through the parent's
+            assert seen == ["sub started"] and broadcaster.running
+            # the checks ran as the lifespan started: the first probe's answer is ready
+            assert lifecycle.reply_now(lifecycle.admit(lifecycle.ready_path)) is not None
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=parent),
+                                         base_url="http://test") as client:
+                assert (await client.get("/sub/readyz")).status_code == 200
+        assert seen == ["sub started", "sub stopped"] and not broadcaster.running
+
+    asyncio.run(main())
+
+
+def test_a_mounted_app_whose_startup_fails_raises_its_error(redis_url: str) -> None:
+    @contextlib.asynccontextmanager
+    async def own(app: FastAPI) -> AsyncIterator[None]:
+        raise LookupError("no database")
+        yield
+
+    sub, broadcaster = _sub_app(redis_url, own)
+    parent = _parent(sub)
+
+    async def main() -> None:
+        with pytest.raises(LookupError, match="no database"):
+            async with parent.router.lifespan_context(parent):
+                raise AssertionError("started")  # pragma: no cover
+        assert not broadcaster.running  # StateKit's startup ran, then its shutdown
+
+    asyncio.run(asyncio.wait_for(main(), 60))
