@@ -1,0 +1,151 @@
+"""Review 19: statekit on a managed Redis or Valkey, whose ACL user is not ``default``
+and may run only some commands.
+
+* The ACL docs/backends.md lists (its ``sh`` block, built as printed) lets every
+  capability work on every server line: cache, near cache, asyncio cache, sessions
+  (with their near cache), broadcast (publish, subscribe, lease, fencing clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statekit.broadcast import Broadcaster, SharedValue
+from statekit.broadcast.redis import RedisBackend
+from statekit.cache import Cache
+from statekit.cache.aio import AsyncCache
+from statekit.embedded import RedisServer
+from statekit.pytest_plugin import wait_for
+from statekit.sessions import SessionStore
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
+PASSWORD = "s3cret-rotated-1"
+
+
+def documented_acl() -> list[str]:
+    """The arguments of the ``ACL SETUSER`` docs/backends.md prints, after the user
+    name, its password placeholder replaced."""
+    text = GUIDE.read_text()
+    section = text[text.index("## The Redis ACL statekit's own backends need"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, "no sh block in the ACL section"
+    words = shlex.split(block.group(1).replace("\\\n", " "))
+    at = [w.upper() for w in words].index("SETUSER")
+    user, *rules = words[at + 1:]
+    assert user == "app" and ">change-me" in rules, rules
+    return [f">{PASSWORD}" if r == ">change-me" else r for r in rules]
+
+
+def _acl_url(server: RedisServer, *rules: str, user: str = "app") -> str:
+    with server.client() as admin:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.execute_command("ACL", "SETUSER", user, *rules)
+    return f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture
+def acl_server(redis_line_server: RedisServer, redis_line_url: str) -> Iterator[RedisServer]:
+    """The line's shared server, flushed; the test's ACL user deleted after it."""
+    yield redis_line_server
+    with redis_line_server.client() as admin:
+        admin.execute_command("ACL", "DELUSER", "app")
+
+
+def _exercise_cache(url: str) -> None:
+    cache = Cache(url, namespace=f"n{uuid.uuid4().hex[:8]}")
+    assert cache.set("a", 1) and cache.get("a") == 1
+    assert cache.set_many({"b": 2, "c": 3}) and cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 2, "c": 3}
+    assert cache.add("d", 4) and not cache.add("d", 5)
+    assert cache.incr("n") == 1 and cache.incr("n", 2) == 3
+    assert cache.touch("a", 60) and 0 < (cache.ttl("a") or 0) <= 60
+    assert cache.get_or_set("g", lambda: 7) == 7
+    with cache.lock("L", timeout=5):
+        pass
+    assert cache.delete("b") and cache.delete_many(["c", "d"]) == 2
+    assert cache.clear() and cache.get("a") is None
+
+
+def _exercise_near_cache(url: str) -> None:
+    near = Cache(url, namespace=f"near{uuid.uuid4().hex[:8]}", near_cache=100)
+    other = Cache(url, namespace=near.namespace_name)
+    assert near.set("k", 1)
+    assert near.near_ready(10), "the near cache's listener did not connect with the documented ACL"
+    assert near.get("k") == 1 and near.get("k") == 1
+    assert near.stats()["near_hits"] >= 1
+    other.set("k", 2)  # another process's write: invalidated here
+    wait_for(lambda: near.get("k") == 2, 10, "the near copy invalidated")
+
+
+async def _exercise_async_cache(url: str) -> None:
+    cache = AsyncCache(url, namespace=f"a{uuid.uuid4().hex[:8]}")
+    near = AsyncCache(url, namespace=f"an{uuid.uuid4().hex[:8]}", near_cache=100)
+    try:
+        assert await cache.set("a", 1) and await cache.get("a") == 1
+        assert await cache.incr("n") == 1
+        async with cache.lock("L", timeout=5):
+            pass
+        assert await cache.clear() and await cache.get("a") is None
+        assert await near.set("k", 1) and await near.get("k") == 1 and await near.get("k") == 1
+    finally:
+        await cache.aclose()
+        await near.aclose()
+
+
+def _exercise_sessions(url: str, near: int) -> None:
+    store = SessionStore(url, secret_keys=["k"], near_cache=near)
+    try:
+        session = store.create({"a": 1}, user_id="alice")
+        loaded = store.load(session.sid)
+        assert loaded is not None and loaded["a"] == 1
+        loaded["b"] = 2
+        assert store.save(loaded)
+        assert store.incr(loaded, "count", 3) == 3
+        rotated = store.rotate(loaded)
+        again = store.load(rotated.sid)
+        assert again is not None and dict(again) == {"a": 1, "b": 2, "count": 3}
+        [info] = store.list_user_sessions("alice")
+        assert store.revoke_session(info.handle, "alice")
+        store.create({"x": 1}, user_id="bob")
+        store.create({"y": 1}, user_id="bob")
+        assert store.revoke_user("bob") == 2
+        gone = store.create({"z": 1})
+        store.destroy(gone)
+        assert store.load(gone.sid) is None
+    finally:
+        store.close()
+
+
+def _exercise_broadcast(url: str) -> None:
+    name = f"v{uuid.uuid4().hex[:8]}"
+    value = SharedValue(name, default="none", url=url)
+    assert value.get() == "none"
+    hub = value._hub
+    assert hub is not None
+    wait_for(hub.connected.is_set, 10, "the broadcast subscriber to subscribe with the documented ACL")
+    Broadcaster(url).publish(name, "hello")
+    wait_for(lambda: value.get() == "hello", 10, "the published value to arrive by message")
+    backend = RedisBackend.from_url(url, prefix="statekit")
+    try:  # a job's lease: claim (the fencing clock: TIME), renew, release
+        claim = backend.claim(f"job{name}", "me", 5000, 1)
+        assert claim.token > 0
+        assert backend.renew(f"job{name}", "me", claim.token, 5000)
+        assert backend.release(f"job{name}", "me", claim.token)
+    finally:
+        backend.close()
+
+
+def test_the_documented_acl_lets_every_capability_work(acl_server: RedisServer) -> None:
+    url = _acl_url(acl_server, *documented_acl())
+    _exercise_cache(url)
+    _exercise_near_cache(url)
+    asyncio.run(_exercise_async_cache(url))
+    _exercise_sessions(url, near=0)
+    _exercise_sessions(url, near=100)
+    _exercise_broadcast(url)
