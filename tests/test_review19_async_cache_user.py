@@ -116,3 +116,92 @@ def test_a_failed_early_refresh_of_a_cached_function_and_the_sync_cache(
         assert sync.get_or_set("k", flaky, ttl=60) == "kept" and len(calls) == 2
     finally:
         sync.close()
+
+
+def test_a_key_template_naming_a_parameter_is_refused_at_decoration(redis_url: str) -> None:
+    """cashews' ``key="user:{user_id}"`` is a template; ``cached(key=...)`` takes a
+    prefix (the arguments' hash is added), so that string was kept as it is: every
+    user's entry under ``user:{user_id}:<hash>``, and the cashews habit of
+    invalidating with ``delete("user:42")`` deleted nothing, in silence. A prefix
+    whose braces name a parameter is now a ValueError at decoration that says what
+    to write instead (``key=`` as a function); braces naming no parameter (a Redis
+    hash tag) are a prefix as before. Sync and async: one CachedFunction."""
+
+    async def body(c: AsyncCache) -> None:
+        template = r"key='user:\{user_id\}'\) is a prefix.*not a template: \{user_id\} names a parameter"
+        with pytest.raises(ValueError, match=template):
+            @c.cached(ttl=60, key="user:{user_id}")
+            async def user(user_id: int) -> dict[str, int]:
+                return {"id": user_id}
+
+        with pytest.raises(ValueError, match=r"key=lambda user_id: f'user:\{user_id\}'"):
+            c.cached(key="user:{user_id}")(_profile_by_id)
+        with pytest.raises(ValueError, match=r"\{user\.id\}, \{other\} name parameters of _profile"):
+            c.cached(key="u:{user.id}:{other}")(_profile)
+
+        @c.cached(ttl=60, key=lambda user_id: f"user:{user_id}")
+        async def by_id(user_id: int) -> dict[str, int]:
+            return {"id": user_id}
+
+        assert await by_id(42) == {"id": 42}
+        assert await c.get("user:42") == {"id": 42}
+        assert await c.delete("user:42") is True  # the cashews habit works with a key function
+
+        @c.cached(ttl=60, key="{tenant-a}:report")  # no parameter of that name: a prefix
+        async def report(day: str) -> str:
+            return day
+
+        assert await report("mon") == "mon" and report.key_for("mon").startswith("{tenant-a}:report:")
+
+    asyncio.run(_closing(AsyncCache(redis_url, namespace="key-template"), body))
+    sync = Cache(redis_url, namespace="key-template")
+    try:
+        with pytest.raises(ValueError, match="prefix"):
+            sync.cached(key="item:{item_id}:{lang}")(lambda item_id, lang="en": (item_id, lang))
+    finally:
+        sync.close()
+
+
+async def _profile(user: Any, other: int = 0) -> Any:
+    return user
+
+
+async def _profile_by_id(user_id: int) -> int:
+    return user_id
+
+
+def test_a_static_method_is_cached_by_the_async_cache_as_by_the_sync_one(redis_url: str) -> None:
+    """``@cache.cached()`` above ``@staticmethod`` works for ``Cache``; for
+    ``AsyncCache`` it raised TypeError saying the ``async def`` was not one ('wraps
+    async functions; A.total is not'). It caches as the sync one does: called on the
+    class or on an instance, no instance in the key. And ``Cache.cached`` took a
+    static ``async def`` (it would cache the coroutine object): refused, as a bare
+    one is."""
+    calls: list[int] = []
+
+    async def body(c: AsyncCache) -> None:
+        class Prices:
+            @c.cached(ttl=60)
+            @staticmethod
+            async def total(n: int) -> str:
+                calls.append(n)
+                return f"{n * 3} EUR"
+
+        assert await Prices.total(2) == "6 EUR"
+        assert await Prices().total(2) == "6 EUR" and await Prices().total(n=2) == "6 EUR"
+        assert calls == [2]
+        assert await Prices.total.invalidate(2) is True
+        with pytest.raises(TypeError, match="async functions; .*plain is not"):
+            class Wrong:
+                @c.cached(ttl=60)
+                @staticmethod
+                def plain(n: int) -> int:
+                    return n
+
+    asyncio.run(_closing(AsyncCache(redis_url, namespace="static"), body))
+    sync = Cache(redis_url, namespace="static")
+    try:
+        with pytest.raises(TypeError, match="cannot wrap the async function"):
+            sync.cached(ttl=60)(staticmethod(_profile))
+    finally:
+        sync.close()

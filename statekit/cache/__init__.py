@@ -80,7 +80,17 @@ from ..serializers import JSONSerializer, Serializer, WebJSONSerializer, _key_li
 from .near import Entry, InvalidationListener, NearCache
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, drive
 from .protocol import ENVELOPE, CacheBackend, expiry
-from .tools import DEFAULT, MAX_TTL, TTL, CachedFunction, Lock, _stale_seconds, _ttl_seconds, lock_keeper
+from .tools import (
+    DEFAULT,
+    MAX_TTL,
+    TTL,
+    CachedFunction,
+    Lock,
+    _function_of,
+    _stale_seconds,
+    _ttl_seconds,
+    lock_keeper,
+)
 
 if TYPE_CHECKING:
     from ..redis import RedisClient
@@ -1412,7 +1422,9 @@ class Cache(_CacheCore):
         arguments, of dict items and of set elements does not change it (the same in
         every process). Arguments must be values the JSON codec can encode; pass
         ``key=`` for others. On a method the instance is the first argument, like
-        the others (so usually ``key=lambda self, ...: ...``). A bad *ttl* raises
+        the others (so usually ``key=lambda self, ...: ...``). A bad *ttl*, and a
+        prefix written as a template (braces naming a parameter, cashews'
+        ``"user:{user_id}"``: pass ``key=lambda user_id: f"user:{user_id}"``), raise
         ``ValueError`` at decoration.
 
         The wrapper has ``.invalidate(*args, **kwargs)``, ``.refresh(*args,
@@ -1420,7 +1432,7 @@ class Cache(_CacheCore):
         bypass the cache) and ``.key_for(*args, **kwargs)``."""
 
         def decorate(func: Callable[..., T]) -> CachedFunction[T]:
-            if inspect.iscoroutinefunction(func):
+            if inspect.iscoroutinefunction(_function_of(func)):  # a staticmethod's too
                 raise TypeError(f"cached() cannot wrap the async function {func.__qualname__}: "
                                 "it would cache the coroutine object, not its result")
             return CachedFunction(self, func, ttl, key, stale_ttl)

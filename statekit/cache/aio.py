@@ -51,7 +51,7 @@ from ..redis import cluster_unapplied, translate_errors
 from . import _ABSENT, _IO, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, adrive
 from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error, scan_reply, scan_targets
-from .tools import DEFAULT, TTL, CachedFunction, Lock, _ttl_seconds, lock_keeper
+from .tools import DEFAULT, TTL, CachedFunction, Lock, _function_of, _ttl_seconds, lock_keeper
 
 __all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
 
@@ -610,7 +610,7 @@ class AsyncCache(_CacheCore):
         awaited."""
 
         def decorate(func: Callable[..., Awaitable[T]]) -> AsyncCachedFunction[T]:
-            if not inspect.iscoroutinefunction(func):
+            if not inspect.iscoroutinefunction(_function_of(func)):  # a staticmethod's too
                 raise TypeError(f"AsyncCache.cached() wraps async functions; {func.__qualname__} is not "
                                 "(use Cache.cached)")
             return AsyncCachedFunction(cast(Any, self), func, ttl, key, stale_ttl)

@@ -12,6 +12,8 @@ import itertools
 import json
 import math
 import os
+import re
+import string
 import threading
 import time
 import uuid
@@ -216,6 +218,8 @@ class CachedFunction(Generic[T]):
             self._sig: inspect.Signature | None = inspect.signature(func)
         except (TypeError, ValueError):  # pragma: no cover - builtins
             self._sig = None
+        if isinstance(key, str) and self._sig is not None:
+            _check_prefix(key, self._sig, func.__qualname__)
         functools.update_wrapper(self, func)
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
@@ -262,6 +266,32 @@ class CachedFunction(Generic[T]):
         stale = self.cache.stale_ttl if self.stale_ttl is None else self.stale_ttl
         self.cache._backend or self.cache._connect()
         return self.cache._compute_and_store(key, lambda: self.uncached(*args, **kwargs), secs, stale)
+
+
+def _check_prefix(key: str, sig: inspect.Signature, name: str) -> None:
+    """Refuse a ``cached(key=...)`` prefix written as a key template (cashews'
+    ``"user:{user_id}"``): braces naming a parameter of the function, which a prefix
+    keeps as they are (every call's key starts with them, and ``delete("user:42")``
+    finds nothing)."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(key) if field]
+    except ValueError:  # unbalanced braces: no template
+        return
+    named = [f"{{{field}}}" for field in fields if re.split(r"[.\[]", field, maxsplit=1)[0] in sig.parameters]
+    if named:
+        bare = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                           return_annotation=sig.empty)
+        raise ValueError(
+            f"cached(key={key!r}) is a prefix (the arguments' hash is added to it), not a template: "
+            f"{', '.join(named)} {'names a parameter' if len(named) == 1 else 'name parameters'} of "
+            f"{name}; for that key pass a function of the arguments: key=lambda {str(bare)[1:-1]}: "
+            f"f{key!r}")
+
+
+def _function_of(func: Any) -> Any:
+    """The function a ``staticmethod`` wraps (what ``cached`` checks is or is not an
+    ``async def``), else *func*."""
+    return func.__func__ if isinstance(func, staticmethod) else func
 
 
 class BoundCachedFunction(Generic[T]):
