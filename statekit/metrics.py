@@ -242,17 +242,21 @@ class _Exporter:
             self._exited = True  # the daemon thread's next flush must not open them again
 
     def flush(self) -> None:
-        path = multiprocess_dir()
-        if path is None:
+        if multiprocess_dir() is None:
             return
-        folder = os.path.join(path, _SUBDIR)
         with self._lock:
-            if self._exited:
+            # again under the lock: :func:`_remove_private_dir` unsets the variable under
+            # it, then removes the directory; a flush that found it before must not make
+            # it again while it is removed (the master's thread left it on the disk so)
+            path = multiprocess_dir()
+            if path is None or self._exited:
                 return
+            folder = os.path.join(path, _SUBDIR)
             if self._pid != os.getpid() or not os.path.isdir(folder):  # a new directory: new files
                 self._close_files()  # (a forked child closes its copies of the parent's)
                 self._pid = os.getpid()
-                os.makedirs(folder, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(folder)  # not the directory itself: one removed stays removed
             for (component, instance), (counts, gauges) in _merged().items():
                 for name, value in counts.items():
                     self._write(folder, "counter", self._key(component, name, instance, True), value)
@@ -308,10 +312,15 @@ def _private_dir() -> str | None:
 
 
 def _remove_private_dir(path: str | None) -> None:
+    """Remove the master's private directory *path* (``on_exit``): the variable is
+    unset and this process's files closed first, under the exporter's lock, so its
+    thread's next flush writes nothing, and one under way ends before the removal."""
     if path:
+        with _exporter._lock:
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == path:
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            _exporter._close_files()
         shutil.rmtree(path, ignore_errors=True)
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == path:
-            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 class _Collector:
