@@ -67,6 +67,8 @@ lifespan), or an app that is not Starlette's, gets a plain "Internal Server Erro
 
 **Cookies** are sent when the id is new or rotated, and with each write when
 *max_age* is set (a sliding ``Max-Age`` that follows the server-side expiry). A
+response to a request that read ``request.session`` carries ``Vary: Cookie``, as
+Starlette's own middleware's does, so a shared cache never serves it to another user. A
 request that writes nothing sends no cookie: one in flight during a login would
 otherwise put the pre-login cookie back in the browser. A tampered, truncated or
 foreign cookie gives a fresh session without a Redis call (logged to
@@ -207,10 +209,13 @@ class SessionMiddleware:
                 store_options.setdefault("idle_timeout", max_age)
             if url.partition("://")[0].lower() in _NEAR_SCHEMES:
                 store_options.setdefault("near_cache", NEAR_CACHE)
+            store_options.setdefault("session_class", _Session)
             store = AsyncSessionStore(url, secret_keys=keys or settings.secret_keys, **store_options)
             self.outage_name = f"session store {parse_url(url).redacted()}"
         else:
             self.outage_name = "session store"
+            if store.session_class is Session:  # its sessions say when the app read them
+                store.session_class = _Session
         self.store = store
         self.cookie_name = session_cookie or cookie_name
         #: the version-token cookie, read only with the near cache (see :mod:`statekit.sessions`)
@@ -296,6 +301,8 @@ class SessionMiddleware:
                 if cookies:
                     self._warn_plain_http(scope, cookies)
                     _add_cookies(message, cookies)
+                if getattr(session, "accessed", False):  # request.session was read
+                    _vary_cookie(message)
             elif replaced:
                 return  # the body of the response the 503 replaced
             await send(message)
@@ -440,6 +447,32 @@ class _ErrorCookies:
             await send(message)
 
         await self.app(scope, receive, send_cookies)
+
+
+class _Session(Session):
+    """The session the middleware hands out: :class:`~statekit.sessions.Session`,
+    marked *accessed* when the app reads ``request.session`` (Starlette's property calls
+    :meth:`mark_accessed`, as for its own sessions), so its response varies on the
+    cookie."""
+
+    accessed = False
+
+    def mark_accessed(self) -> None:
+        self.accessed = True
+
+
+def _vary_cookie(message: Message) -> None:
+    """``Vary: Cookie`` on the ``http.response.start`` *message* (added to a ``Vary``
+    it has, unless that names ``Cookie`` or ``*``), as Starlette's own
+    ``SessionMiddleware`` does for a request that used its session: a shared cache (a
+    CDN, a proxy) then never gives one user's page to another."""
+    headers = message["headers"] = list(message.get("headers", ()))
+    for i, (name, value) in enumerate(headers):
+        if name.lower() == b"vary":
+            if not {b"cookie", b"*"} & {v.strip().lower() for v in value.split(b",")}:
+                headers[i] = (name, value + b", Cookie")
+            return
+    headers.append((b"vary", b"Cookie"))
 
 
 def _add_cookies(message: Message, cookies: list[str]) -> None:

@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
+from starlette.responses import JSONResponse, Response
 
 from starlette_statekit import StateKit, get_state, mounted_lifespan
 from statekit.broadcast.aio import AsyncBroadcaster
@@ -172,3 +174,60 @@ def test_a_mounted_app_whose_startup_fails_raises_its_error(redis_url: str) -> N
         assert not broadcaster.running  # StateKit's startup ran, then its shutdown
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- Vary: Cookie, as Starlette's own SessionMiddleware sends it ---------------------------
+
+
+def _session_app(kind: str, redis_url: str) -> FastAPI:
+    """*kind* ``"starlette"``: Starlette's cookie SessionMiddleware; ``"statekit"``:
+    ``StateKit(app)``'s (the migration's before and after)."""
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(request: Request) -> dict[str, Any]:
+        return {"user": request.session.get("user")}
+
+    @app.post("/login")
+    async def login(request: Request) -> dict[str, Any]:
+        request.session["user"] = "ada"
+        return {"ok": True}
+
+    @app.get("/plain")
+    async def plain() -> Response:
+        return JSONResponse({"public": True}, headers={"Vary": "Accept-Encoding",
+                                                       "Cache-Control": "public, max-age=60"})
+
+    @app.get("/greeting")
+    async def greeting(request: Request) -> Response:
+        user = request.session.get("user")
+        return JSONResponse({"hello": user}, headers={"Vary": "Accept-Encoding",
+                                                      "Cache-Control": "public, max-age=60"})
+
+    if kind == "starlette":
+        app.add_middleware(StarletteSessionMiddleware, secret_key="old-secret")
+    else:
+        StateKit(app, redis_url=redis_url, secret_keys=["k"], key_prefix="r19vary", cache_enabled=False,
+                 broadcast_enabled=False, blobs_enabled=False, lifecycle_enabled=False)
+    return app
+
+
+@pytest.mark.parametrize("kind", ["starlette", "statekit"])
+def test_a_response_that_read_the_session_varies_on_the_cookie(kind: str, redis_url: str) -> None:
+    """A shared cache (a CDN, a proxy) must not give one user's page to another."""
+    app = _session_app(kind, redis_url)
+
+    async def main() -> dict[str, str | None]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            anonymous = await c.get("/me")
+            logged_in = await c.post("/login")
+            me = await c.get("/me")
+            greeting = await c.get("/greeting")
+            plain = await c.get("/plain")
+            assert me.json() == {"user": "ada"} and greeting.json() == {"hello": "ada"}
+            return {"anonymous": anonymous.headers.get("vary"), "login": logged_in.headers.get("vary"),
+                    "me": me.headers.get("vary"), "greeting": greeting.headers.get("vary"),
+                    "plain": plain.headers.get("vary")}
+
+    assert asyncio.run(main()) == {"anonymous": "Cookie", "login": "Cookie", "me": "Cookie",
+                                   "greeting": "Accept-Encoding, Cookie", "plain": "Accept-Encoding"}
