@@ -205,3 +205,30 @@ def test_a_static_method_is_cached_by_the_async_cache_as_by_the_sync_one(redis_u
             sync.cached(ttl=60)(staticmethod(_profile))
     finally:
         sync.close()
+
+
+def test_get_or_set_given_a_coroutine_object_is_a_type_error_on_a_hit_too(redis_url: str) -> None:
+    """``await cache.get_or_set("k", fetch())`` (the coroutine, not the function):
+    on a hit it returned the stored value and left ``fetch()`` never awaited (a
+    RuntimeWarning at garbage collection); on a miss it raised SerializationError
+    ('cannot serialize a value of type coroutine'): a mistake that passes while the
+    key is cached and fails in production on the first miss. A TypeError on every
+    call now, saying what to pass, and the coroutine is closed (nothing warns)."""
+
+    async def fetch() -> int:
+        return 5
+
+    async def body(c: AsyncCache) -> None:
+        assert await c.get_or_set("k", fetch, ttl=60) == 5
+        for key in ("k", "missing"):  # a hit, a miss
+            coro = fetch()
+            with pytest.raises(TypeError, match=r"not an awaitable \(coroutine\): pass fetch, not fetch\(\)"):
+                await c.get_or_set(key, coro, ttl=60)
+            assert coro.cr_frame is None  # closed: never run, no 'never awaited' warning
+        future = asyncio.get_running_loop().create_future()
+        with pytest.raises(TypeError, match="Future"):
+            await c.get_or_set("missing", future)
+        assert await c.get("missing", "absent") == "absent"
+        assert await c.get_or_set("missing", lambda: fetch(), ttl=60) == 5  # a function returning one
+
+    asyncio.run(_closing(AsyncCache(redis_url, namespace="coroutine-default"), body))

@@ -598,7 +598,15 @@ class AsyncCache(_CacheCore):
         across processes computes it while the others wait or get the stale value. A
         plain function runs on the loop's thread; its lock is extended all the same,
         from the process's lock keeper thread (not for a cache made with ``client=``:
-        there a compute must not block the loop for ``lock_ttl``)."""
+        there a compute must not block the loop for ``lock_ttl``). An awaitable
+        (``fetch()`` for ``fetch``) is a ``TypeError``: it was a value to store, a
+        ``SerializationError`` on a miss only, and never awaited."""
+        if inspect.iscoroutine(default) or isinstance(default, asyncio.Future):
+            if inspect.iscoroutine(default):
+                default.close()  # never awaited: no RuntimeWarning for it
+            raise TypeError(f"AsyncCache.get_or_set({key!r}, ...) takes a value, a function or an async "
+                            f"function to call on a miss, not an awaitable ({type(default).__name__}): "
+                            "pass fetch, not fetch()")
         return await adrive(self._get_or_set(key, default, ttl, stale_ttl), self._effect)
 
     def cached(self, ttl: TTL = DEFAULT, *, key: str | Callable[..., str] | None = None,
