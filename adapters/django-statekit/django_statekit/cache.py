@@ -24,10 +24,16 @@ own backends treat a missing key: ``get()`` returns the default and
 A value the codec cannot encode raises :class:`UnencodableValue`, both statekit's
 :class:`~statekit.errors.SerializationError` and the ``pickle.PickleError`` Django's
 cache contract names; ``incr`` of a value that is not an integer raises
-``TypeError``, as Django's own backends do.
+``TypeError``, as Django's own backends do, and one whose result leaves Redis'
+signed 64-bit integers ``OverflowError`` (the value unchanged). ``incr_version``
+keeps the time the value had left, as django-redis's does.
 
 ``OPTIONS`` takes any :class:`statekit.cache.Cache` keyword argument, and
-django-redis's ``REVERSE_KEY_FUNCTION`` (see :meth:`StatekitCache.iter_keys`).
+django-redis's ``REVERSE_KEY_FUNCTION`` (see :meth:`StatekitCache.iter_keys`); any
+other key (django-redis's ``CLIENT_CLASS``, ``PASSWORD``, ``SOCKET_TIMEOUT`` ...,
+Django's ``MAX_ENTRIES``) is an ``ImproperlyConfigured`` naming it and what statekit
+takes instead. ``LOCATION`` is one URL (a list of one is taken); several servers
+(django-redis's replicas) are refused: replicas come through ``redis+sentinel://``.
 
 **django-redis's extras**, with its semantics, so a django-redis codebase keeps
 working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
@@ -90,6 +96,45 @@ SCAN_COUNT = 1000
 _unportable = re.compile(memcached_error_chars_re.pattern).search
 _validate_key = BaseCache.validate_key
 
+#: what ``OPTIONS`` takes: :class:`statekit.cache.Cache`'s keyword arguments
+_CACHE_OPTIONS = frozenset(inspect.signature(Cache).parameters) - {"url", "_parent"}
+_OPTIONS_TAKEN = ("OPTIONS takes statekit.cache.Cache's keyword arguments "
+                  f"({', '.join(sorted(_CACHE_OPTIONS))}) and REVERSE_KEY_FUNCTION")
+_NOT_CULLED = ("nothing is culled: Redis bounds its memory itself (maxmemory and maxmemory-policy "
+               "allkeys-lru on the server)")
+#: django-redis's ``OPTIONS`` (and Django's culling ones), with what statekit takes instead
+_FOREIGN_OPTIONS = {
+    "CLIENT_CLASS": "Sentinel and Cluster come from LOCATION's scheme (redis+sentinel://, redis+cluster://)",
+    "PASSWORD": "put it in LOCATION: redis://:password@host:6379/0",
+    "SOCKET_TIMEOUT": "a LOCATION option: ?socket_timeout=0.5 (or OPTIONS['timeout'])",
+    "SOCKET_CONNECT_TIMEOUT": "a LOCATION option: ?socket_connect_timeout=0.5",
+    "CONNECTION_POOL_KWARGS": "LOCATION options, such as ?max_connections=50",
+    "IGNORE_EXCEPTIONS": "OPTIONS['on_error'] = 'miss'",
+    "SERIALIZER": "OPTIONS['serializer']: 'signed-pickle' (the default), 'json' or 'msgpack'",
+    "COMPRESSOR": "values are not compressed (compress large values yourself)",
+    "MAX_ENTRIES": _NOT_CULLED,
+    "CULL_FREQUENCY": _NOT_CULLED,
+}
+#: where a ``LOCATION`` string names a second server (Django's ``RedisCache`` splits on
+#: ``,`` and ``;``): before a scheme, not between a sentinel URL's hosts
+_NEXT_SERVER = re.compile(r"[;,](?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def _one_url(location: Any) -> str | None:
+    """``LOCATION``'s one URL: django-redis and Django take a list (or a ``,``/``;``
+    separated string) of servers, primary first; statekit talks to one.
+
+    :raises ImproperlyConfigured: more than one server."""
+    servers = list(location) if isinstance(location, list | tuple) else (
+        _NEXT_SERVER.split(location) if isinstance(location, str) else [location])
+    if len(servers) > 1:
+        raise ImproperlyConfigured(
+            f"CACHES LOCATION names {len(servers)} servers; a StatekitCache takes one Redis URL: for a "
+            "primary with replicas, redis+sentinel://sentinel-host:26379/service; for a cluster, "
+            "redis+cluster://host:port")
+    return servers[0] if servers else None
+
+
 _shared: dict[str, tuple[Cache, AsyncCache]] = {}
 _shared_lock = threading.Lock()
 
@@ -126,8 +171,12 @@ class StatekitCache(BaseCache):
         options = dict(params.get("OPTIONS") or {})
         reverse = options.pop("REVERSE_KEY_FUNCTION", None)
         self._reverse_key: Callable[[str], str] | None = None if reverse is None else get_key_func(reverse)
+        for name in options:
+            if name not in _CACHE_OPTIONS:
+                raise ImproperlyConfigured(f"CACHES OPTIONS[{name!r}] is not a StatekitCache option: "
+                                           + _FOREIGN_OPTIONS.get(name, _OPTIONS_TAKEN))
         settings = get_settings()
-        url = location or settings.cache_url
+        url = _one_url(location) or settings.cache_url
         options.setdefault("namespace", "django")
         options.setdefault("prefix", settings.key_prefix)
         if "serializer" not in options:
@@ -222,16 +271,26 @@ class StatekitCache(BaseCache):
         made = {self.make_and_validate_key(k, version=version): k for k in keys}
         return {made[k]: v for k, v in (yield from c._get_many(list(made))).items()}
 
-    def _incr(self, c: AnyCache, key: str, delta: int, version: int | None) -> Plan[int]:
+    def _incr(self, c: AnyCache, key: str, delta: int, version: int | None, create: bool) -> Plan[int]:
+        """``incr``; with django-redis's *create* (``ignore_key_check``) a missing key
+        starts at 0 (no expiry), else it raises ``ValueError`` as Django's. A value that
+        is not an integer is ``TypeError``; an integer whose sum leaves Redis' signed
+        64 bits (or that is outside them) is ``OverflowError``, the value unchanged."""
         k = self.make_and_validate_key(key, version=version)
         try:
-            return (yield from c._incr(k, delta, None, False))
+            return (yield from c._incr(k, delta, None, create))
         except KeyError:
             raise ValueError(f"Key '{key}' not found") from None
         except ValueError as e:
             if isinstance(e, StatekitError):
                 raise
-            raise TypeError(f"the value of key '{key}' is not an integer") from e
+            refused = e
+        value = yield from c._get(k, None)  # Redis' one reply covers both cases: tell them apart
+        if type(value) is int:
+            raise OverflowError(f"incr of key '{key}' by {delta}: Redis counts in signed 64-bit "
+                                f"integers (-2**63 to 2**63 - 1) and {value} {'-' if delta < 0 else '+'} "
+                                f"{abs(delta)} is outside them; the value is unchanged") from refused
+        raise TypeError(f"the value of key '{key}' is not an integer") from refused
 
     def _set_many(self, c: AnyCache, data: dict[str, Any], timeout: Any,
                   version: int | None) -> Plan[list[str]]:
@@ -246,19 +305,24 @@ class StatekitCache(BaseCache):
     def _seconds_left(self, c: AnyCache, key: str, version: int | None) -> Plan[float | None]:
         return (yield from c._ttl(self.make_and_validate_key(key, version=version)))
 
-    def _incr_created(self, c: AnyCache, key: str, delta: int, version: int | None,
-                      ignore_key_check: bool) -> Plan[int]:
-        """``incr``; with django-redis's *ignore_key_check* a missing key starts at 0
-        (no expiry), else it raises ``ValueError`` as Django's."""
-        if not ignore_key_check:
-            return (yield from self._incr(c, key, delta, version))
-        k = self.make_and_validate_key(key, version=version)
-        try:
-            return (yield from c._incr(k, delta, None, True))
-        except ValueError as e:
-            if isinstance(e, StatekitError):
-                raise
-            raise TypeError(f"the value of key '{key}' is not an integer") from e
+    def _incr_version(self, c: AnyCache, key: str, delta: int, version: int | None) -> Plan[int]:
+        """``incr_version`` as django-redis': the value moves to ``version + delta``
+        with the time it had left (Django's own gives it the default ``TIMEOUT``, so a
+        value that never expired did 300 s later). Not atomic, as either: a ``get``
+        and ``ttl``, a ``set``, a ``delete``."""
+        if version is None:
+            version = self.version
+        old = self.make_and_validate_key(key, version=version)
+        left = yield from c._ttl(old)
+        value = yield from c._get(old, self._missing_key)
+        if left is None or value is self._missing_key:
+            raise ValueError(f"Key '{key}' not found")
+        new = self.make_and_validate_key(key, version=version + delta)
+        with unencodable_as_pickle_error():
+            stored = yield from c._set(new, value, None if math.isinf(left) else left)
+        if stored:  # not when on_error="miss" dropped the set: the value stays where it was
+            yield from c._delete(old)
+        return version + delta
 
     def _pattern(self, pattern: str, version: int | None, prefix: str | None) -> str:
         """django-redis's ``make_pattern``: *pattern* (a glob) through the key function,
@@ -366,11 +430,16 @@ class StatekitCache(BaseCache):
              ignore_key_check: bool = False) -> int:
         """Django's ``incr``; with django-redis's *ignore_key_check* a missing key is
         created (at *delta*, no expiry) instead of raising ``ValueError``."""
-        return self._run(self._incr_created(self._cache, key, delta, version, ignore_key_check))
+        return self._run(self._incr(self._cache, key, delta, version, ignore_key_check))
 
     def decr(self, key: str, delta: int = 1, version: int | None = None,
              ignore_key_check: bool = False) -> int:
         return self.incr(key, -delta, version=version, ignore_key_check=ignore_key_check)
+
+    def incr_version(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        """Django's ``incr_version`` (and so ``decr_version``), keeping the time the
+        value had left as django-redis does (Django's gives it the default timeout)."""
+        return self._run(self._incr_version(self._cache, key, delta, version))
 
     def set_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
                  version: int | None = None) -> list[str]:
@@ -518,11 +587,15 @@ class StatekitCache(BaseCache):
 
     async def aincr(self, key: str, delta: int = 1, version: int | None = None,
                     ignore_key_check: bool = False) -> int:
-        return await self._arun(self._incr_created(self._acache, key, delta, version, ignore_key_check))
+        return await self._arun(self._incr(self._acache, key, delta, version, ignore_key_check))
 
     async def adecr(self, key: str, delta: int = 1, version: int | None = None,
                     ignore_key_check: bool = False) -> int:
         return await self.aincr(key, -delta, version=version, ignore_key_check=ignore_key_check)
+
+    async def aincr_version(self, key: str, delta: int = 1, version: int | None = None) -> int:
+        """:meth:`incr_version`, awaited (and so ``adecr_version``)."""
+        return await self._arun(self._incr_version(self._acache, key, delta, version))
 
     async def aset_many(self, data: dict[str, Any], timeout: Any = DEFAULT_TIMEOUT,
                         version: int | None = None) -> list[str]:
