@@ -4,11 +4,18 @@ and may run only some commands.
 * The ACL docs/backends.md lists (its ``sh`` block, built as printed) lets every
   capability work on every server line: cache, near cache, asyncio cache, sessions
   (with their near cache), broadcast (publish, subscribe, lease, fencing clock).
+* A command the ACL refuses is a :class:`~statekit.redis.PermissionRefused` (a
+  ``BackendUnavailable``) naming the command, the user and the list to grant, on the
+  cache's, the sessions' and the redis-py paths alike.
+* A refused broadcast subscription or near-cache listener says so once (no traceback
+  per retry), naming the command, the user and what to grant; shared values still
+  follow the publishes (re-read), and near caches serve from Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shlex
 import uuid
@@ -18,11 +25,13 @@ from pathlib import Path
 import pytest
 
 from statekit.broadcast import Broadcaster, SharedValue
+from statekit.broadcast import hub as hub_module
 from statekit.broadcast.redis import RedisBackend
 from statekit.cache import Cache
 from statekit.cache.aio import AsyncCache
 from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
+from statekit.redis import PermissionRefused
 from statekit.sessions import SessionStore
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
@@ -52,10 +61,10 @@ def _acl_url(server: RedisServer, *rules: str, user: str = "app") -> str:
 
 @pytest.fixture
 def acl_server(redis_line_server: RedisServer, redis_line_url: str) -> Iterator[RedisServer]:
-    """The line's shared server, flushed; the test's ACL user deleted after it."""
+    """The line's shared server, flushed; the tests' ACL users deleted after each."""
     yield redis_line_server
     with redis_line_server.client() as admin:
-        admin.execute_command("ACL", "DELUSER", "app")
+        admin.execute_command("ACL", "DELUSER", "app", "sub", "near")
 
 
 def _exercise_cache(url: str) -> None:
@@ -149,3 +158,66 @@ def test_the_documented_acl_lets_every_capability_work(acl_server: RedisServer) 
     _exercise_sessions(url, near=0)
     _exercise_sessions(url, near=100)
     _exercise_broadcast(url)
+
+
+ALL_BUT = ("on", f">{PASSWORD}", "~*", "&*", "+@all")
+
+
+def test_a_refused_command_names_itself_the_user_and_the_list(acl_server: RedisServer) -> None:
+    url = _acl_url(acl_server, *ALL_BUT, "-evalsha", "-zrangebyscore")
+    with pytest.raises(PermissionRefused) as refused:
+        Cache(url).set("a", 1)
+    message = str(refused.value)
+    assert "'app'" in message and "evalsha" in message and "docs/backends.md" in message, message
+    store = SessionStore(url, secret_keys=["k"])
+    try:  # through redis-py's client (a pipeline, not the transport): was its bare NoPermissionError
+        with pytest.raises(PermissionRefused, match="zrangebyscore") as refused:
+            store.list_user_sessions("alice")
+        assert "docs/backends.md" in str(refused.value)
+    finally:
+        store.close()
+
+
+def _records(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger and text in r.getMessage()]
+
+
+def test_a_refused_broadcast_subscription_is_said_once_and_values_still_follow(
+        acl_server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a traceback (``broadcast subscriber failed``) every 2 s, and the shared
+    value never left its first read."""
+    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.1)  # the refused thread's pace, for the test
+    caplog.set_level(logging.INFO, logger="statekit.broadcast")
+    url = _acl_url(acl_server, *ALL_BUT, "-psubscribe", user="sub")
+    name = f"v{uuid.uuid4().hex[:8]}"
+    value = SharedValue(name, default="none", url=url)
+    assert value.get() == "none"
+    hub = value._hub
+    assert hub is not None
+    Broadcaster(f"redis://127.0.0.1:{acl_server.port}/0").publish(name, "hello")
+    wait_for(lambda: value.get() == "hello", 10, "the publish re-read while the subscription is refused")
+    start = hub.counters.get("errors")
+    wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+    said = _records(caplog, "statekit.broadcast", "refused")
+    assert len(said) == 1, [r.getMessage() for r in said]
+    message = said[0].getMessage()
+    assert said[0].levelno == logging.ERROR and "psubscribe" in message and "'sub'" in message \
+        and "docs/backends.md" in message, message
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_a_refused_near_cache_listener_is_said_once_and_reads_go_to_redis(
+        acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Before: nothing said; the near cache stayed off in silence."""
+    caplog.set_level(logging.INFO, logger="statekit.redis")
+    url = _acl_url(acl_server, *ALL_BUT, "-client", user="near")
+    near = Cache(url, namespace=f"near{uuid.uuid4().hex[:8]}", near_cache=100)
+    assert near.set("k", 1) and near.get("k") == 1
+    listener = near._listener
+    assert listener is not None
+    wait_for(lambda: listener.reconnects >= 3, 10, "the listener asking three times")
+    assert not listener.connected.is_set() and near.get("k") == 1 and near.stats()["near_hits"] == 0
+    said = _records(caplog, "statekit.redis", "near cache off")
+    assert len(said) == 1, [r.getMessage() for r in said]
+    message = said[0].getMessage()
+    assert "CLIENT" in message and "'near'" in message and "docs/backends.md" in message, message

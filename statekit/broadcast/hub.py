@@ -17,7 +17,11 @@ a safety net for messages lost without a disconnect (a Sentinel failover), the
 thread also compares the retained versions with its local copies every
 ``CHECK_EVERY`` seconds (one small read) and fetches what differs. The thread never
 dies on an error; it logs, counts and retries, and it ends when every value it held
-is gone.
+is gone. A subscription the backend refuses (a Redis ACL without ``PSUBSCRIBE`` or
+the broadcast channels: :class:`~statekit.redis.PermissionRefused`) is logged once,
+as an error naming what to grant, and while it stays refused the thread re-reads the
+retained versions every ``BACKOFF_MAX`` seconds instead (:meth:`Hub.check`): shared
+values follow the publishes, late by up to that, instead of never.
 
 A :attr:`~statekit.broadcast.protocol.BroadcastBackend.synchronous` backend
 (``memory://``) gets no thread: the publish drains the hub's subscription in the
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 
 from ..errors import BackendUnavailable
 from ..metrics import Counters
+from ..redis import PermissionRefused
 from .protocol import BroadcastBackend, Message, Record, Subscription
 
 __all__ = ["CHECK_EVERY", "Hub", "LocalCopy", "get_hub", "tick"]
@@ -113,6 +118,7 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._sync: Subscription | None = None  # a synchronous backend's subscription
         self._renamed = False  # names were added since the thread last told its subscription
+        self._refusal = ""  # the subscription refusal logged last (said once until subscribed)
 
     # -- registration and reads -------------------------------------------------
     def register(self, value: LocalCopy) -> None:
@@ -262,6 +268,9 @@ class Hub:
         else:  # (re)subscribed: whatever was published meanwhile is retained
             self.resync()
             self.connected.set()
+            if self._refusal:
+                log.warning("broadcast subscriber subscribed: shared values are pushed again")
+                self._refusal = ""
 
     def _watch(self, watch: Callable[[list[str]], object], watched: set[str]) -> set[str]:
         """Tell a subscription that names its channels (sharded pub/sub) about the
@@ -304,6 +313,12 @@ class Hub:
                         self._handle(event)
                         if not isinstance(event, Message):
                             backoff = BACKOFF_MIN
+            except PermissionRefused as e:  # an operator's grant fixes it, no retry does
+                self.connected.clear()
+                self.counters.incr("errors")
+                if self._retire_if_idle():
+                    return
+                self._refused(e)
             except (BackendUnavailable, OSError) as e:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
@@ -323,6 +338,20 @@ class Hub:
             finally:
                 if subscription is not None:
                     subscription.close()
+
+
+    def _refused(self, error: PermissionRefused) -> None:
+        """The subscription was refused: say so once (per refusal), re-read the
+        retained versions instead, and wait ``BACKOFF_MAX`` before asking again."""
+        if str(error) != self._refusal:
+            self._refusal = str(error)
+            log.error("broadcast subscriber refused: %s; until it is granted, shared values are re-read "
+                      "every %.0f s instead of pushed", error, BACKOFF_MAX)
+        try:
+            self.check()
+        except (BackendUnavailable, OSError) as e:
+            log.debug("broadcast: retained versions not readable (%s)", e)
+        self._stop.wait(BACKOFF_MAX)
 
 
 _hubs: dict[tuple[str, Any], Hub] = {}

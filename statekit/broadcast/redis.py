@@ -176,7 +176,8 @@ class RedisSubscription:
 
         self._prefix = f"{prefix}:broadcast:".encode()
         self._names: dict[bytes, tuple[str, str]] = {}  # channel -> (name, channel as text)
-        with translate_errors("broadcast subscribe"):  # a Cluster may ask for its slots first
+        self._client = client  # whose ACL user a refusal names
+        with translate_errors("broadcast subscribe", client):  # a Cluster may ask for its slots first
             self._pubsub = _pubsub(client, self._prefix + b"*")
             self._pubsub.psubscribe(self._prefix + b"*")
         self._timeout_error = redis.TimeoutError
@@ -196,7 +197,8 @@ class RedisSubscription:
             return None
 
     def get(self, timeout: float) -> Message | Subscribed | None:
-        with translate_errors("broadcast subscriber"):
+        # the PSUBSCRIBE's confirmation, or its refusal (an ACL), is read here
+        with translate_errors("broadcast subscriber", self._client):
             reply = self._read(timeout)
             now = time.monotonic()
             if reply is None:
@@ -238,13 +240,14 @@ class ShardedSubscription(RedisSubscription):
 
     def __init__(self, client: Any, prefix: str) -> None:  # nothing subscribed yet
         self._name_prefix = prefix
+        self._client = client
         self._head = f"{prefix}:broadcast:{{".encode()
         self._pubsub = _pubsub(client)
         self._first = True
 
     def watch(self, names: Iterable[str]) -> None:
         """Subscribe to the sharded channels of *names* (the hub's thread calls it)."""
-        with translate_errors("broadcast subscribe"):
+        with translate_errors("broadcast subscribe", self._client):
             self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
 
     def get(self, timeout: float) -> Message | Subscribed | None:
@@ -254,7 +257,7 @@ class ShardedSubscription(RedisSubscription):
         if not self._pubsub.shard_channels:
             time.sleep(timeout)
             return None
-        with translate_errors("broadcast subscriber"):
+        with translate_errors("broadcast subscriber", self._client):
             msg = self._pubsub.get_sharded_message(timeout=timeout)
         if msg is None:
             return None

@@ -57,7 +57,11 @@ transport): connection errors, timeouts, wrong-node and not-now replies
 (``CLUSTERDOWN``, ``TRYAGAIN``) and authentication failures (``NOAUTH``,
 ``WRONGPASS``, ``HELLO must be called with the client already authenticated``,
 Redis's ``Protocol error: unauthenticated multibulk length``) all become
-``BackendUnavailable``; the message of an authentication failure says so.
+``BackendUnavailable``; the message of an authentication failure says so. A command
+the user's ACL refuses (``NOPERM``, a channel or key it may not use, a command a
+script runs that it may not) is :class:`PermissionRefused`, a ``BackendUnavailable``
+whose message names the user and the list to grant (docs/backends.md): nothing
+applied, but no retry fixes it (the same command is refused again).
 """
 
 from __future__ import annotations
@@ -84,8 +88,11 @@ else:
     RedisClient = Any
 
 __all__ = [
+    "ACL_GUIDE",
     "IDEMPOTENT_READS",
+    "PermissionRefused",
     "RedisClient",
+    "acl_user",
     "call_with_rule",
     "cluster_unapplied",
     "create_client",
@@ -121,13 +128,21 @@ IDEMPOTENT_READS = frozenset({
 _CODE = re.compile(r"(?:^|: -)(READONLY|MASTERDOWN|LOADING|CLUSTERDOWN|TRYAGAIN|OOM|BUSY|NOAUTH|WRONGPASS)\b")
 _AUTH_TEXT = ("unauthenticated multibulk", "unauthenticated bulk", "invalid password",
               "invalid username-password", "must be called with the client already authenticated")
+#: how Redis and Valkey word an ACL refusal: ``NOPERM ...`` (redis-py strips the code:
+#: "this user has no permissions to run the 'x' command", "User u has no permissions
+#: to ...", "No permissions to access a channel"), and inside a script Redis 6.2's
+#: "The user executing the script can't run this command" or 7+'s "ACL failure in script"
+_ACL_TEXT = ("has no permissions to", "no permissions to access", "the user executing the script can't",
+             "acl failure in script")
+#: where the commands, keys and channels statekit needs are listed
+ACL_GUIDE = "docs/backends.md, 'The Redis ACL statekit's own backends need'"
 _WRONG_NODE = frozenset({"READONLY", "MASTERDOWN"})
 #: nothing applied, the server cannot serve it now: loading, a cluster without all its
 #: slots, a resharding slot, out of memory (``maxmemory`` with ``noeviction``), a
 #: script running past ``busy-reply-threshold``
 _NOT_NOW = frozenset({"LOADING", "CLUSTERDOWN", "TRYAGAIN", "OOM", "BUSY"})
 
-Problem = Literal["wrong node", "not now", "authentication"]
+Problem = Literal["wrong node", "not now", "authentication", "permission"]
 
 
 def reply_problem(message: str) -> Problem | None:
@@ -135,8 +150,9 @@ def reply_problem(message: str) -> Problem | None:
     about the server rather than the command: ``"wrong node"`` (a replica or a
     demoted master: ask for the master again; nothing was applied), ``"not now"``
     (loading, cluster down, out of memory, busy with a script: nothing was
-    applied), ``"authentication"`` (missing or wrong credentials), or ``None`` (an
-    error of the command itself)."""
+    applied), ``"authentication"`` (missing or wrong credentials), ``"permission"``
+    (the user's ACL refuses a command, key or channel: :data:`_ACL_TEXT`), or ``None``
+    (an error of the command itself)."""
     m = _CODE.search(message)
     if m is not None:
         code = m.group(1)
@@ -148,6 +164,8 @@ def reply_problem(message: str) -> Problem | None:
     low = message.lower()
     if any(text in low for text in _AUTH_TEXT):
         return "authentication"
+    if low.startswith("noperm") or any(text in low for text in _ACL_TEXT):
+        return "permission"
     return None
 
 
@@ -295,8 +313,32 @@ def _tls_unanswered(conn: Any, error: BaseException) -> None:
                       "that port never answers the TLS handshake; if it has none, use redis://") from error
 
 
-def unavailable(what: str, message: str, problem: Problem | None) -> BackendUnavailable:
-    """The :class:`~statekit.errors.BackendUnavailable` for a failed *what* call."""
+class PermissionRefused(BackendUnavailable):
+    """The Redis user's ACL refused a command, key or channel (``NOPERM``): an
+    operator's grant fixes it (the list: :data:`ACL_GUIDE`), no retry does. Nothing of
+    that command was applied (a script's commands before the refused one were)."""
+
+
+def acl_user(client: Any) -> str | None:
+    """The ACL user the redis-py client *client* (any kind) authenticates as: its
+    URL's, ``"default"`` without one, ``None`` when a credential provider says."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if kwargs is None:  # a Cluster client
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or kwargs.get("credential_provider") is not None:
+        return None
+    return str(kwargs.get("username") or "default")
+
+
+def unavailable(what: str, message: str, problem: Problem | None,
+                user: str | None = None) -> BackendUnavailable:
+    """The :class:`~statekit.errors.BackendUnavailable` for a failed *what* call
+    (*user*: the client's ACL user, named by a permission refusal)."""
+    if problem == "permission":
+        who = f"Redis user {user!r}" if user else "the Redis URL's user"
+        return PermissionRefused(f"the ACL of {who} refused {what}: {message}; grant it what "
+                                 f"{ACL_GUIDE} lists")
     if problem == "authentication":
         return BackendUnavailable(
             f"Redis refused authentication during {what} (check the username and password "
@@ -1175,13 +1217,15 @@ class translate_errors:
     :class:`~statekit.errors.BackendUnavailable` (keeping the original as the
     cause); other errors pass through.
 
-    Usage: ``with translate_errors("cache get"): client.get(key)``.
+    Usage: ``with translate_errors("cache get"): client.get(key)``; *client*, if
+    given, is the redis-py client whose ACL user a permission refusal names.
     """
 
-    __slots__ = ("what",)
+    __slots__ = ("client", "what")
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, client: Any = None) -> None:
         self.what = what
+        self.client = client
 
     def __enter__(self) -> None:
         return None
@@ -1210,5 +1254,6 @@ class translate_errors:
         ):
             if problem is None and isinstance(exc.__cause__, Exception):
                 problem = _problem_of(exc.__cause__)  # a NotApplied of a READONLY reply
-            raise unavailable(self.what, str(exc), problem) from exc
+            user = acl_user(self.client) if problem == "permission" and self.client is not None else None
+            raise unavailable(self.what, str(exc), problem, user) from exc
         return False

@@ -126,6 +126,7 @@ from . import (
     _sentinel_waits,
     _timed_out,
     _tls_unanswered,
+    acl_user,
     cluster_client_glitch,
     is_read,
     memory_server,
@@ -1354,7 +1355,8 @@ class AsyncTransport:
         problem = reply_problem(message)
         if problem is None:
             return self.reply_error(message)
-        return unavailable(self._where, message, problem)
+        user = acl_user(self.client) if problem == "permission" else None
+        return unavailable(self._where, message, problem, user)
 
     async def script(self, script: Script, keys: Sequence[str | bytes], args: Sequence[Arg]) -> Any:
         """Run *script* by ``EVALSHA``; on ``NOSCRIPT`` (a restarted or flushed server:

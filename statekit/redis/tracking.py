@@ -10,6 +10,13 @@ then ``SUBSCRIBE __redis__:invalidate``. From then on every write, delete, expir
 eviction of a tracked key, by any client anywhere, sends the key name here, and the
 entry is dropped from the near cache registered for its namespace.
 
+**Refused set-up.** A server whose ACL refuses the listener (``CLIENT ID``, ``CLIENT
+TRACKING``, ``SUBSCRIBE`` or the channel ``__redis__:invalidate``: Redis 7 and
+Valkey give a new user no channel) leaves the near caches off, their reads going to
+Redis; the thread logs it once (a warning naming the user and what to grant, a
+:class:`~statekit.redis.PermissionRefused`) and keeps asking, as after a drop, so a
+grant turns them on.
+
 **Routing is a lookup, not a scan.** A cache namespace's keys start with its base
 ``<prefix>:{<namespace>}:``; an invalidated key is cut after its first ``}:`` and the
 base looked up in a dict: one lookup whatever the number of namespaces. Bases of
@@ -49,6 +56,7 @@ ACL/credential providers and timeouts from the client's own connection settings.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import threading
@@ -59,9 +67,11 @@ from typing import Any
 
 from .._fork import reset_in_child
 from ..errors import BackendUnavailable
-from . import is_cluster
+from . import PermissionRefused, is_cluster, reply_problem, unavailable
 
 __all__ = ["CLUSTER_FOLLOW", "InvalidationListener", "cluster_nodes", "endpoints_of", "unpooled_connection"]
+
+_log = logging.getLogger("statekit.redis")
 
 #: seconds between two checks of a Redis Cluster's nodes by the listener (a node added,
 #: removed or failed: the listener reconnects to the new set)
@@ -144,6 +154,10 @@ def _call(conn: Any, *args: Any) -> Any:
         import redis
 
         if isinstance(e, redis.ResponseError):
+            if reply_problem(str(e)) == "permission":
+                user = conn.username or "default" if conn.credential_provider is None else None
+                raise unavailable(f"the near cache's invalidation listener ({' '.join(map(str, args[:2]))})",
+                                  str(e), "permission", user) from e
             raise BackendUnavailable(f"invalidation connection setup refused: {e}") from e
         raise
 
@@ -233,6 +247,7 @@ class InvalidationListener:
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.reconnects = 0
+        self._refusal = ""  # the set-up refusal logged last (said once until connected)
         self.messages = 0
         #: dict lookups made to route invalidated keys (see the module docstring)
         self.visits = 0
@@ -410,7 +425,14 @@ class InvalidationListener:
                 self.generation += 1  # after client_id: readers pair an id with its generation
                 self._set_active(True)
                 backoff = 0.05
+                if self._refusal:
+                    _log.warning("near cache invalidation listener set up: near caches are on")
+                    self._refusal = ""
                 self._listen(conns, eps)
+            except PermissionRefused as e:  # the ACL's: said once, asked again as after a drop
+                if str(e) != self._refusal:
+                    self._refusal = str(e)
+                    _log.warning("near cache off: %s; until it is granted, reads go to Redis", e)
             except Exception:  # noqa: BLE001,S110 - any failure: flush, bypass, reconnect
                 pass
             finally:

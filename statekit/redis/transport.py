@@ -107,6 +107,7 @@ from . import (
     RedisClient,
     _rule,
     _timed_out,
+    acl_user,
     call_with_rule,
     cluster_client_glitch,
     cluster_unapplied,
@@ -603,6 +604,8 @@ class Transport:
         problem = reply_problem(message)
         if problem is None:
             return self.reply_error(message)
+        if problem == "permission":  # the ACL's: the connection is fine
+            return unavailable(self._where, message, problem, acl_user(self.client))
         if problem != "not now":
             self._drop()
         return unavailable(self._where, message, problem)
