@@ -61,7 +61,8 @@ costs one Redis call. That write is also how a request learns that the session w
 rotated meanwhile (a login in a parallel request); it then sends no cookie at all, so a
 read-only request in flight at a login (an XHR poll, an asset served by the app) never
 puts the pre-login cookie back in the browser: no logout. A new or rotated id, and a
-change of ``session.permanent``, are sent at once as before.
+change of ``session.permanent``, are sent at once as before. ``Vary: Cookie`` is
+added when the request used the session.
 
 Flask's static files (``app.static_url_path``) are served without loading the
 session: no Redis round trip, and no 503 while Redis is away.
@@ -192,6 +193,11 @@ def _mark_outage(response: Response, retry_after: int) -> None:
     response.headers["Cache-Control"] = "no-store"
 
 
+#: the WSGI environ key under which ``open_session`` leaves a session that could not be
+#: loaded (an outage's, the ``anonymous`` policy's) for :func:`_guard`
+_UNAVAILABLE = "statekit.session_unavailable"
+
+
 def _vary_cookie(response: Response) -> None:
     """``response.vary.add("Cookie")`` without building a header set when the
     response has no ``Vary`` yet (the usual case)."""
@@ -254,6 +260,10 @@ class StatekitSessionInterface(SessionInterface):
                 outages.up(self.outage_name)
         assert isinstance(s, FlaskSession)
         s.token_sent = token
+        if s.unavailable:
+            request.environ[_UNAVAILABLE] = s
+        else:  # (an environ served twice: a retrying WSGI middleware)
+            request.environ.pop(_UNAVAILABLE, None)
         return s
 
     def _read_only(self) -> FlaskSession:
@@ -385,8 +395,10 @@ def _guard() -> Response | None:
     before any view (or later hook) runs."""
     from flask import current_app
 
-    s = session._get_current_object()  # type: ignore[attr-defined]
-    if not isinstance(s, FlaskSession) or not s.unavailable:
+    # not through the ``session`` proxy: using it marks the session accessed (Flask
+    # 3.1), which would add ``Vary: Cookie`` to every response
+    s = request.environ.get(_UNAVAILABLE)
+    if not isinstance(s, FlaskSession):
         return None
     if s.outage:
         iface = current_app.session_interface
