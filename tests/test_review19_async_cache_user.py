@@ -232,3 +232,36 @@ def test_get_or_set_given_a_coroutine_object_is_a_type_error_on_a_hit_too(redis_
         assert await c.get_or_set("missing", lambda: fetch(), ttl=60) == 5  # a function returning one
 
     asyncio.run(_closing(AsyncCache(redis_url, namespace="coroutine-default"), body))
+
+
+def test_get_many_and_delete_many_given_one_str_are_a_type_error(redis_url: str) -> None:
+    """``get_many("user")`` / ``delete_many("user")`` (one key where the keys go, as
+    cashews' ``get_many(*keys)`` / ``delete_many(*keys)`` are called): a str is an
+    iterable of its characters, so get_many read the keys 'u', 's', 'e', 'r' and
+    returned another key's value, and delete_many deleted key 'u' and left 'user'.
+    A TypeError now (sync and async, one plan), nothing read or deleted."""
+
+    async def body(c: AsyncCache) -> None:
+        await c.set_many({"user": "ann", "u": "another key"})
+        one = r"get_many\(\) takes an iterable of keys, not one str.*: pass \['user'\]"
+        with pytest.raises(TypeError, match=one):
+            await c.get_many("user")
+        with pytest.raises(TypeError, match=r"delete_many\(\) takes an iterable of keys, not one str"):
+            await c.delete_many("user")
+        with pytest.raises(TypeError, match="not one bytes"):
+            await c.get_many(b"user")  # type: ignore[arg-type]
+        assert await c.get_many(["user", "u"]) == {"user": "ann", "u": "another key"}  # both kept
+        assert await c.get_many(k for k in ("user",)) == {"user": "ann"}  # any other iterable
+        assert await c.delete_many(("user",)) == 1
+
+    asyncio.run(_closing(AsyncCache(redis_url, namespace="str-keys"), body))
+    sync = Cache(redis_url, namespace="str-keys")
+    try:
+        sync.set("u", 1)
+        with pytest.raises(TypeError, match="get_many"):
+            sync.get_many("u1")
+        with pytest.raises(TypeError, match="delete_many"):
+            sync.delete_many("u1")
+        assert sync.get("u") == 1
+    finally:
+        sync.close()

@@ -262,6 +262,15 @@ def _answered(error: BaseException) -> bool:
     return isinstance(cause, redis.ResponseError) and not isinstance(cause, redis.ConnectionError)
 
 
+def _key_sequence(keys: Iterable[str], method: str) -> list[str]:
+    """*keys* as a list; one str (or bytes) is a TypeError: iterated, its characters
+    would be the keys (``delete_many("user")`` deleted key ``"u"``)."""
+    if isinstance(keys, (str, bytes)):
+        raise TypeError(f"{method}() takes an iterable of keys, not one {type(keys).__name__} (its "
+                        f"characters would be the keys): pass [{keys!r}]")
+    return list(keys)
+
+
 def _backend_class(url: str) -> type[CacheBackend]:
     """The backend class for *url*'s scheme; a built-in scheme's URL is validated too.
 
@@ -674,7 +683,7 @@ class _CacheCore:
         return found[0]
 
     def _get_many(self, keys: Iterable[str]) -> Plan[dict[str, Any]]:
-        keys = list(keys)
+        keys = _key_sequence(keys, "get_many")
         for k in keys:
             if type(k) is not str or not k or len(k) > _MAX_KEY:
                 self._check_key(k)
@@ -808,7 +817,7 @@ class _CacheCore:
 
     def _delete_many(self, keys: Iterable[str]) -> Plan[int]:
         self._backend or self._connect()
-        keys = [self._check_key(k) for k in keys]
+        keys = [self._check_key(k) for k in _key_sequence(keys, "delete_many")]
         self._forget_many(keys)
         try:
             return int((yield from self._write("delete_many", 0, keys))) if keys else 0
