@@ -61,8 +61,10 @@ costs one Redis call. That write is also how a request learns that the session w
 rotated meanwhile (a login in a parallel request); it then sends no cookie at all, so a
 read-only request in flight at a login (an XHR poll, an asset served by the app) never
 puts the pre-login cookie back in the browser: no logout. A new or rotated id, and a
-change of ``session.permanent``, are sent at once as before. ``Vary: Cookie`` is
-added when the request used the session.
+change of ``session.permanent``, are sent at once as before. A new session holding
+nothing but ``session.permanent`` (a ``before_request`` hook sets it for every
+visitor: crawlers, probes) is neither stored nor sent a cookie, as with Flask-Session.
+``Vary: Cookie`` is added when the request used the session.
 
 Flask's static files (``app.static_url_path``) are served without loading the
 session: no Redis round trip, and no 503 while Redis is away.
@@ -197,6 +199,11 @@ def _mark_outage(response: Response, retry_after: int) -> None:
 #: loaded (an outage's, the ``anonymous`` policy's) for :func:`_guard`
 _UNAVAILABLE = "statekit.session_unavailable"
 
+#: the keys of a session that holds nothing to store: a new one holding only these is
+#: neither stored nor sent a cookie (Flask-Session's rule: ``session.permanent = True``
+#: in a ``before_request`` hook runs for every visitor, crawlers and probes included)
+_FLAGS_ONLY = frozenset({"_permanent"})
+
 
 def _vary_cookie(response: Response) -> None:
     """``response.vary.add("Cookie")`` without building a header set when the
@@ -306,6 +313,8 @@ class StatekitSessionInterface(SessionInterface):
             return
         if session.accessed:
             _vary_cookie(response)
+        if session.new and dict.keys(session) <= _FLAGS_ONLY and not session.maybe_stored:
+            return  # nothing to store (at most the permanence a hook sets on every request)
         if session.superseded:
             # its cookie named a session a login rotated moments ago: the browser most
             # likely holds the new cookie, which any cookie sent now would replace
