@@ -97,16 +97,23 @@ makes one. The middleware then sends the version-token cookie (``<cookie_name>_v
 that orders a browser's reads after its own writes. What it costs and what may be
 stale, for how long: docs/starlette.md, "Near cache".
 
+**Switching from Starlette's cookie sessions** without logging users out:
+``carry_over=StarletteCookieSessions(old_secret_key)`` carries each user's session
+over on their first request (docs/starlette.md).
+
 **WebSockets** get ``websocket.session`` loaded; it is not saved by the middleware
 (``await get_session_store(websocket).save(websocket.session)`` does).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from base64 import b64decode
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from itsdangerous import BadSignature, TimestampSigner
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, cookie_parser
 from starlette.responses import PlainTextResponse
@@ -116,9 +123,10 @@ from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
+from statekit.sessions.carryover import CarryOver, PreviousStore
 from statekit.sessions.session import warn_secure_cookie_over_http
 
-__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "destroy_session",
+__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "StarletteCookieSessions", "destroy_session",
            "get_session_store", "incr_session", "rotate_session"]
 
 Scope = MutableMapping[str, Any]
@@ -177,6 +185,10 @@ class SessionMiddleware:
         client sends it back, and every request would start a new session.
     :param same_site: ``lax``, ``strict`` or ``none``.
     :param retry_after: seconds in the 503's ``Retry-After``.
+    :param carry_over: the previous session store, read once per browser on its first
+        request (:mod:`statekit.sessions.carryover`): :class:`StarletteCookieSessions`
+        for Starlette's own cookie sessions, so a user logged in before the switch stays
+        logged in; or a ready :class:`~statekit.sessions.carryover.CarryOver`.
     :param store_options: more keywords for the store (``absolute_lifetime``,
         ``alias_window``, ``codec``, ``key_prefix``, ``near_cache``: :data:`NEAR_CACHE`
         unless given, where the URL allows it, ``0`` turns it off...); ``user_key``, the session key
@@ -192,7 +204,8 @@ class SessionMiddleware:
                  session_cookie: str | None = None, max_age: int | None = 14 * 86400,
                  secret_key: str | bytes | Iterable[str | bytes] | None = None, path: str = "/",
                  domain: str | None = None, https_only: bool = False, same_site: str = "lax",
-                 retry_after: int = 5, **store_options: Any) -> None:
+                 retry_after: int = 5, carry_over: PreviousStore | CarryOver | None = None,
+                 **store_options: Any) -> None:
         self.app = app
         if store is None:
             settings = settings or Settings.from_env()
@@ -216,6 +229,11 @@ class SessionMiddleware:
             self.outage_name = "session store"
             if store.session_class is Session:  # its sessions say when the app read them
                 store.session_class = _Session
+        if carry_over is not None:
+            if not isinstance(carry_over, CarryOver):  # claimed for the old store's lifetime (or 14 days)
+                lifetime = getattr(carry_over, "max_age", None) or 14 * 86400
+                carry_over = CarryOver(carry_over, claim_ttl=lifetime)
+            store.carry_over = carry_over
         self.store = store
         self.cookie_name = session_cookie or cookie_name
         #: the version-token cookie, read only with the near cache (see :mod:`statekit.sessions`)
@@ -447,6 +465,32 @@ class _ErrorCookies:
             await send(message)
 
         await self.app(scope, receive, send_cookies)
+
+
+class StarletteCookieSessions:
+    """Starlette's own ``SessionMiddleware`` as the previous store of a carry-over
+    (``carry_over=`` of :class:`SessionMiddleware`): its cookie holds the session itself,
+    JSON signed with itsdangerous' ``TimestampSigner``. A cookie it verifies with
+    *secret_key* (Starlette's ``secret_key``) within *max_age* (its ``max_age``; ``None``:
+    no limit) is carried over; a tampered, expired or foreign one gives a fresh session,
+    as before. Nothing is stored on the server: the statekit cookie replaces the old one
+    (keep Starlette's cookie name, ``session`` unless you set ``session_cookie``)."""
+
+    name = "Starlette cookie sessions"
+
+    def __init__(self, secret_key: str | Any, *, max_age: int | None = 14 * 86400) -> None:
+        self.signer = TimestampSigner(str(secret_key))  # str(): Starlette's Secret too
+        self.max_age = max_age
+
+    def read(self, cookie: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(b64decode(self.signer.unsign(cookie.encode("utf-8"), max_age=self.max_age)))
+        except (BadSignature, ValueError):  # binascii.Error and JSON's errors are ValueErrors
+            return None
+        return data if isinstance(data, dict) and data else None
+
+    def forget(self, cookie: str) -> None:
+        """Nothing is stored on the server: the new cookie replaces this one."""
 
 
 class _Session(Session):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from starlette.middleware.sessions import SessionMiddleware as StarletteSessionM
 from starlette.responses import JSONResponse, Response
 
 from starlette_statekit import StateKit, get_state, mounted_lifespan
+from starlette_statekit.sessions import StarletteCookieSessions
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.embedded import free_port
 
@@ -231,3 +233,37 @@ def test_a_response_that_read_the_session_varies_on_the_cookie(kind: str, redis_
 
     assert asyncio.run(main()) == {"anonymous": "Cookie", "login": "Cookie", "me": "Cookie",
                                    "greeting": "Accept-Encoding, Cookie", "plain": "Accept-Encoding"}
+
+
+# -- the migration: a user logged in with Starlette's cookie sessions stays logged in ------
+
+
+def test_a_user_logged_in_with_starlettes_cookie_sessions_stays_logged_in(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    before = _session_app("starlette", redis_url)
+    after = FastAPI()
+    after.router.routes.extend(before.router.routes)  # the same routes, statekit's sessions
+    StateKit(after, redis_url=redis_url, secret_keys=["new-key"], key_prefix="r19carry", cache_enabled=False,
+             broadcast_enabled=False, blobs_enabled=False, lifecycle_enabled=False,
+             session_options={"carry_over": StarletteCookieSessions("old-secret")})
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=before), base_url="http://test") as c:
+            assert (await c.post("/login")).status_code == 200
+            old = c.cookies["session"]
+        forged = old[:-2] + ("AA" if not old.endswith("AA") else "BB")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=after), base_url="http://test") as c:
+            first = await c.get("/me", headers={"cookie": f"session={old}"})
+            assert first.json() == {"user": "ada"}  # still logged in
+            new = first.cookies["session"]
+            assert new != old
+            again = await c.get("/me", headers={"cookie": f"session={new}"})
+            assert again.json() == {"user": "ada"}  # now a statekit session
+            # a browser's parallel first requests: the same session (claimed once)
+            assert (await c.get("/me", headers={"cookie": f"session={old}"})).cookies["session"] == new
+            forged_reply = await c.get("/me", headers={"cookie": f"session={forged}"})
+            assert forged_reply.json() == {"user": None}  # a forged cookie carries nothing over
+
+    with caplog.at_level(logging.WARNING, "statekit.security"):
+        asyncio.run(main())
+    assert "rejected" in caplog.text.lower() and caplog.text.lower().count("rejected") == 1, caplog.text
