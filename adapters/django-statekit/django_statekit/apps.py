@@ -5,8 +5,9 @@ needs, without the extra its backend needs, or with a ``file://`` store whose
 directory does not exist, fails at start (``django.setup()``, so ``runserver``, any
 management command and every WSGI worker) with a :class:`~statekit.errors.ConfigError`
 naming the setting or the ``pip install`` line, instead of answering 500 at the
-first request that uses it. To keep Django's own sessions, leave ``SESSION_ENGINE``
-at Django's (``db``, ``cache``, ``signed_cookies``).
+first request that uses it; so does ``STORAGES["staticfiles"]`` on ``BlobStorage``,
+an upload store ``collectstatic`` cannot use. To keep Django's own sessions, leave
+``SESSION_ENGINE`` at Django's (``db``, ``cache``, ``signed_cookies``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def check_settings() -> None:
     for alias, conf in (getattr(settings, "STORAGES", None) or {}).items():
         if conf.get("BACKEND") != _STORAGE:
             continue
+        if alias == "staticfiles":
+            raise ConfigError(
+                f"STORAGES['staticfiles'] uses {_STORAGE}, an upload store: its names are generated "
+                "keys, so collectstatic would store each file where {% static %} never looks (and it "
+                "refuses scripts it cannot sniff); keep Django's StaticFilesStorage (or "
+                "ManifestStaticFilesStorage, WhiteNoise, django-storages' S3StaticStorage) for static files")
         url = (conf.get("OPTIONS") or {}).get("url") or s.blobs_url
         if not url:
             raise ConfigError(f"STORAGES[{alias!r}] uses {_STORAGE} without a URL: set "

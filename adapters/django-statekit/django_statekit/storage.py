@@ -10,6 +10,9 @@
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
 
+(An upload store, not a static files one: ``STORAGES["staticfiles"]`` on it fails
+Django's start, see :mod:`django_statekit.apps`.)
+
 ``FileField`` save/open/url/delete/exists/size work as usual, with statekit's rules:
 the stored name is a generated key (``<upload_to>/YYYY/MM/DD/<random>.<ext>``, about
 50 characters plus ``upload_to``), never the uploaded filename, so nothing is ever
@@ -31,8 +34,9 @@ is unreachable, ``save()`` raises :class:`~statekit.errors.BackendUnavailable`, 
 (the endpoint, bucket and key go to the ``statekit.outage`` log only), as
 :func:`serve_blob` does.
 
-``url()`` is a presigned GET on S3. For ``file://`` and ``memory://`` stores it is a
-signed, expiring URL of :func:`serve_blob`, which you add to your URLconf::
+``url()`` is a presigned GET on S3, valid for ``OPTIONS["expires"]`` seconds or, as in
+django-storages, ``url(name, expire=60)``'s. For ``file://`` and ``memory://`` stores
+it is a signed, expiring URL of :func:`serve_blob`, which you add to your URLconf::
 
     from django_statekit.storage import serve_blob
     urlpatterns += [path("_statekit/blobs/<path:key>", serve_blob, name="statekit_blob")]
@@ -183,19 +187,24 @@ class BlobStorage(Storage):
     def size(self, name: _Name) -> int:
         return self._stat(name).size
 
-    def url(self, name: _Name | None) -> str:
+    def url(self, name: _Name | None, expire: int | None = None) -> str:
+        """A link that reads *name* for *expire* seconds (default: ``expires``, as
+        django-storages' ``url(name, expire=...)``): a presigned GET on S3, else a
+        signed link to :func:`serve_blob`. :raises ValueError: *expire* is not a
+        positive number of seconds (S3: at most 7 days)."""
         if not name:
             raise ValueError("the name must be given to url()")
         key = self._key(name)
+        expires = self.expires if expire is None else expire
         if self.store.scheme == "s3":
-            return self.store.url(key, expires=self.expires)
+            return self.store.url(key, expires=expires)
         try:
             view = reverse("statekit_blob", kwargs={"key": key})
         except NoReverseMatch:
             raise ConfigError(
                 "BlobStorage.url() for a file:// or memory:// store needs the serve_blob view: "
                 "path('_statekit/blobs/<path:key>', serve_blob, name='statekit_blob')") from None
-        return f"{view}?{urlencode(self.store.signed_params(key, expires=self.expires))}"
+        return f"{view}?{urlencode(self.store.signed_params(key, expires=expires))}"
 
     def get_accessed_time(self, name: _Name) -> dt.datetime:
         return self.get_modified_time(name)

@@ -1,0 +1,124 @@
+"""Review 19: a django-storages (``S3Storage``) user moves to ``BlobStorage``.
+
+What they relied on and statekit did not give them:
+
+* ``storage.url(name, expire=60)``, django-storages' per-call lifetime of a link (a
+  short one for a download button, the storage's default elsewhere), was a
+  ``TypeError`` (a 500 where the template or view asked for it); it is honoured, on
+  S3 and on the ``serve_blob`` links of ``file://``.
+* ``STORAGES["staticfiles"]`` pointing at ``BlobStorage`` started, and
+  ``collectstatic`` then failed on the first script (``ContentTypeMismatch``: an
+  upload store refuses active content it cannot sniff) or stored each file under a
+  generated key that ``{% static %}`` never asks for. It now fails Django's start,
+  saying what to use instead.
+
+Against a real moto S3 server (``s3_url``) and a ``file://`` directory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import tests_django_urls
+from django.core.files.base import ContentFile
+from django.test import Client
+from django.urls import clear_url_caches, path
+
+from django_statekit.apps import check_settings
+from django_statekit.storage import BlobStorage, serve_blob
+from statekit.errors import ConfigError
+
+if not any(getattr(p, "name", None) == "statekit_blob" for p in tests_django_urls.urlpatterns):
+    tests_django_urls.urlpatterns.append(path("_statekit/blobs/<path:key>", serve_blob, name="statekit_blob"))
+    clear_url_caches()
+
+
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request: pytest.FixtureRequest, django_settings: Any, tmp_path: Path) -> Iterator[BlobStorage]:
+    """``STORAGES["default"]``: a BlobStorage (links of 600 s, as ``OPTIONS["expires"]``)
+    on S3 or on a directory."""
+    url = request.getfixturevalue("s3_url") if request.param == "s3" else f"file://{tmp_path}/media?create=1"
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage",
+                    "OPTIONS": {"url": url, "expires": 600}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
+    from django.core.files.storage import storages
+
+    s = storages["default"]
+    assert isinstance(s, BlobStorage)
+    yield s
+
+
+def _lifetime(url: str) -> int:
+    """The seconds a link made now lasts: SigV4's ``X-Amz-Expires``, or the timestamp
+    of SigV2's ``Expires`` (botocore's choice for this endpoint) or of the ``expires``
+    ``serve_blob`` checks, less now."""
+    query = parse_qs(urlsplit(url).query)
+    if "X-Amz-Expires" in query:
+        return int(query["X-Amz-Expires"][0])
+    return int((query.get("Expires") or query["expires"])[0]) - int(time.time())
+
+
+def _get(storage: BlobStorage, url: str) -> bytes:
+    if storage.store.scheme == "s3":
+        response = requests.get(url, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.content
+    answered = Client().get(url)
+    assert answered.status_code == 200, answered
+    return b"".join(answered.streaming_content)  # type: ignore[attr-defined]
+
+
+def test_url_takes_a_lifetime_per_call(storage: BlobStorage) -> None:
+    """``url(name, expire=60)``: failed before (``TypeError: unexpected keyword argument
+    'expire'``)."""
+    name = storage.save("docs/report.txt", ContentFile(b"quarterly"))
+    assert 500 <= _lifetime(storage.url(name)) <= 600  # OPTIONS["expires"]; a loaded machine's seconds
+    short = storage.url(name, expire=60)
+    assert 0 < _lifetime(short) <= 60
+    assert _get(storage, short) == b"quarterly"
+    assert 500 <= _lifetime(storage.url(name, expire=None)) <= 600  # django-storages' default
+
+
+@pytest.mark.parametrize("expire", [0, -1, "soon"])
+def test_url_refuses_a_lifetime_that_is_no_positive_number(storage: BlobStorage, expire: Any) -> None:
+    name = storage.save("docs/report.txt", ContentFile(b"quarterly"))
+    with pytest.raises(ValueError, match="expires"):
+        storage.url(name, expire=expire)
+
+
+def test_blob_storage_as_the_staticfiles_storage_fails_start(django_settings: Any, tmp_path: Path) -> None:
+    """Failed before: started; ``collectstatic`` then stopped at the first ``.js``
+    (``ContentTypeMismatch``) or stored files where ``{% static %}`` does not look."""
+    url = f"file://{tmp_path}/static?create=1"
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django.core.files.storage.InMemoryStorage"},
+        "staticfiles": {"BACKEND": "django_statekit.storage.BlobStorage", "OPTIONS": {"url": url}}})
+    with pytest.raises(ConfigError, match=r"STORAGES\['staticfiles'\].*BlobStorage.*generated.*collectst"):
+        check_settings()
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage", "OPTIONS": {"url": url}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
+    check_settings()  # uploads in BlobStorage, static files beside it: as documented
+
+
+def test_a_download_named_as_uploaded(storage: BlobStorage) -> None:
+    """docs/differences.md's recipe: ``FileResponse`` names a download after the file's
+    ``name``, the key; the stored filename names it as uploaded, as does ``url()``."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.http import FileResponse
+
+    name = storage.save("docs/x", SimpleUploadedFile("Q3 report.txt", b"quarterly", "text/plain"))
+    with storage.open(name) as f:
+        assert FileResponse(f, as_attachment=True)["Content-Disposition"] == \
+            f'attachment; filename="{name.rsplit("/", 1)[1]}"'
+    with storage.open(name) as f:
+        response = FileResponse(f, as_attachment=True, filename=storage.store.stat(name).filename)
+        assert response["Content-Disposition"] == 'attachment; filename="Q3 report.txt"'
+        assert response["Content-Length"] == "9" and response["Content-Type"].startswith("text/plain")
