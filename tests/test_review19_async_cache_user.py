@@ -265,3 +265,52 @@ def test_get_many_and_delete_many_given_one_str_are_a_type_error(redis_url: str)
         assert sync.get("u") == 1
     finally:
         sync.close()
+
+
+def test_a_cached_method_on_an_instance_is_a_fastapi_dependency_and_endpoint(redis_url: str) -> None:
+    """``Depends(service.products)`` and ``app.get(...)(service.products)`` for a cached
+    ``async def`` method: FastAPI reads a callable's signature and whether it is a
+    coroutine function. The bound method (``BoundCachedFunction``) showed
+    ``(*args, **kwargs)`` and a plain ``__call__``: FastAPI asked for query
+    parameters 'args' and 'kwargs' (422) and would have run it in a thread, getting
+    a coroutine back. It now has the method's signature without ``self`` and an
+    ``async`` ``__call__`` (a plain bound ``async def`` method, as cashews' wrapper
+    gives), and caches: the second request computes nothing."""
+    import inspect
+
+    import httpx
+    from fastapi import Depends, FastAPI
+
+    c = AsyncCache(redis_url, namespace="bound-method")
+    calls: list[str] = []
+
+    class Products:
+        shop = "main"
+
+        @c.cached(ttl=60, key=lambda self, category="all": f"products:{self.shop}:{category}")
+        async def products(self, category: str = "all") -> list[str]:
+            calls.append(category)
+            return [self.shop, category]
+
+    service = Products()
+    assert str(inspect.signature(service.products)) == "(category: 'str' = 'all') -> 'list[str]'"
+    assert inspect.iscoroutinefunction(type(service.products).__call__)
+    app = FastAPI()
+
+    @app.get("/dep")
+    async def dep(items: list[str] = Depends(service.products)) -> list[str]:  # noqa: B008
+        return items
+
+    app.get("/direct")(service.products)
+
+    async def requests(c: AsyncCache) -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(2):
+                got = await client.get("/dep", params={"category": "books"})
+                assert got.json() == ["main", "books"], got.text
+                got = await client.get("/direct", params={"category": "toys"})
+                assert got.json() == ["main", "toys"], got.text
+
+    asyncio.run(_closing(c, requests))
+    assert calls == ["books", "toys"]

@@ -51,9 +51,19 @@ from ..redis import cluster_unapplied, translate_errors
 from . import _ABSENT, _IO, _CacheCore, _check_name
 from .plan import BATCH, BE, CMD, COMPUTE, GET, HOLD, LOCK, RUN, SCAN, SLEEP, Plan, adrive
 from .redis import SCRIPT, RedisCacheBackend, _RedisCachePlans, _value_error, scan_reply, scan_targets
-from .tools import DEFAULT, TTL, CachedFunction, Lock, _function_of, _ttl_seconds, lock_keeper
+from .tools import (
+    DEFAULT,
+    TTL,
+    BoundCachedFunction,
+    CachedFunction,
+    Lock,
+    _function_of,
+    _ttl_seconds,
+    lock_keeper,
+)
 
-__all__ = ["AsyncCache", "AsyncCachedFunction", "AsyncLock", "AsyncRedisCacheBackend"]
+__all__ = ["AsyncBoundCachedFunction", "AsyncCache", "AsyncCachedFunction", "AsyncLock",
+           "AsyncRedisCacheBackend"]
 
 T = TypeVar("T")
 
@@ -409,6 +419,9 @@ class AsyncCachedFunction(CachedFunction[Awaitable[T]]):
                                               lambda: self.uncached(*args, **kwargs), self.ttl,
                                               stale_ttl=self.stale_ttl))
 
+    def _bound(self, obj: Any) -> AsyncBoundCachedFunction[T]:
+        return AsyncBoundCachedFunction(self, obj)
+
     async def invalidate(self, *args: Any, **kwargs: Any) -> bool:  # type: ignore[override]
         """Drop the cached result of a call with these arguments."""
         return await cast(AsyncCache, self.cache).delete(self.key_for(*args, **kwargs))
@@ -423,6 +436,15 @@ class AsyncCachedFunction(CachedFunction[Awaitable[T]]):
         plan = cache._refresh(self.key_for(*args, **kwargs), lambda: self.uncached(*args, **kwargs),
                               secs, stale)
         return cast(T, await adrive(plan, cache._effect))
+
+
+class AsyncBoundCachedFunction(BoundCachedFunction[Awaitable[T]]):
+    """An :class:`AsyncCachedFunction` method looked up on an instance: a coroutine
+    function to the frameworks that ask (its ``__call__`` is an ``async def``: FastAPI
+    awaits it as a dependency or an endpoint instead of running it in a thread)."""
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> T:  # type: ignore[override]
+        return await self.__func__(self.__self__, *args, **kwargs)
 
 
 class AsyncCache(_CacheCore):

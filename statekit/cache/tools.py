@@ -245,7 +245,22 @@ class CachedFunction(Generic[T]):
         part of the key like any other, so it must be encodable, or pass ``key=``)."""
         if obj is None or isinstance(self.uncached, staticmethod):
             return self
+        return self._bound(obj)
+
+    def _bound(self, obj: Any) -> BoundCachedFunction[T]:
+        """This function looked up on the instance *obj*."""
         return BoundCachedFunction(self, obj)
+
+    @functools.cached_property
+    def _method_signature(self) -> inspect.Signature | None:
+        """The signature of this function looked up on an instance: without its first
+        parameter (what ``inspect.signature`` gives for a bound method)."""
+        if self._sig is None:
+            return None
+        params = list(self._sig.parameters.values())
+        if params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+            params = params[1:]
+        return self._sig.replace(parameters=params)
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         compute: Callable[[], T] = lambda: self.uncached(*args, **kwargs)  # noqa: E731
@@ -295,12 +310,20 @@ def _function_of(func: Any) -> Any:
 
 
 class BoundCachedFunction(Generic[T]):
-    """A :class:`CachedFunction` method looked up on an instance (``obj.method``)."""
+    """A :class:`CachedFunction` method looked up on an instance (``obj.method``):
+    named and signed as a bound method (no ``self``), so frameworks that read a
+    callable's signature (FastAPI's ``Depends``, a route) see its parameters."""
 
     def __init__(self, func: CachedFunction[T], obj: Any) -> None:
         self.__func__ = func
         self.__self__ = obj
         self.uncached: Callable[..., T] = functools.partial(func.uncached, obj)
+        self.__name__ = func.__name__
+        self.__qualname__ = func.__qualname__
+        self.__doc__ = func.__doc__
+        signature = func._method_signature
+        if signature is not None:
+            self.__signature__ = signature
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         return self.__func__(self.__self__, *args, **kwargs)
