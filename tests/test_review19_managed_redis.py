@@ -221,3 +221,62 @@ def test_a_refused_near_cache_listener_is_said_once_and_reads_go_to_redis(
     assert len(said) == 1, [r.getMessage() for r in said]
     message = said[0].getMessage()
     assert "CLIENT" in message and "'near'" in message and "docs/backends.md" in message, message
+
+
+#: what managed services rename away or disable (rename-command NAME "")
+RENAMED = ("CLIENT", "PSUBSCRIBE", "CONFIG", "KEYS", "FLUSHDB", "FLUSHALL", "MONITOR", "INFO")
+
+
+@pytest.fixture(scope="module")
+def renamed_server() -> Iterator[RedisServer]:
+    """A Redis (the preferred server) without the commands of :data:`RENAMED`."""
+    server = RedisServer(args=[arg for name in RENAMED for arg in ("--rename-command", name, "")])
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_renamed_commands_are_said_once_and_every_capability_still_works(
+        renamed_server: RedisServer, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without CLIENT the near cache is off, said once (before: silent); without
+    PSUBSCRIBE broadcast's subscription is refused, said once, and shared values are
+    re-read (before: a traceback every 2 s, values never updated). The rest (database
+    1: a SELECT without CONFIG) works."""
+    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.1)
+    caplog.set_level(logging.INFO, logger="statekit")
+    url = f"redis://127.0.0.1:{renamed_server.port}/1"
+    _exercise_cache(url)
+    asyncio.run(_exercise_async_cache(url))
+    _exercise_sessions(url, near=100)
+    near = Cache(url, namespace=f"near{uuid.uuid4().hex[:8]}", near_cache=100)
+    assert near.set("k", 1) and near.get("k") == 1
+    listener = near._listener
+    assert listener is not None
+    wait_for(lambda: listener.reconnects >= 3, 10, "the listener asking three times")
+    name = f"v{uuid.uuid4().hex[:8]}"
+    value = SharedValue(name, default="none", url=url)
+    assert value.get() == "none" and value._hub is not None
+    hub = value._hub
+    Broadcaster(url).publish(name, "hello")
+    wait_for(lambda: value.get() == "hello", 10, "the publish re-read while PSUBSCRIBE is refused")
+    start = hub.counters.get("errors")
+    wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+    thread = listener._thread
+    assert thread is not None
+
+    def near_said() -> list[logging.LogRecord]:  # each store's listener says it once; by this one's
+        # thread (an ended listener's thread may have had the same ident: those said it before)
+        return [r for r in _records(caplog, "statekit.redis", "near cache off") if r.thread == thread.ident]
+
+    wait_for(near_said, 10, "the listener's refusal logged")
+    said_first = near_said()
+    asked = listener.reconnects
+    wait_for(lambda: listener.reconnects >= asked + 3, 10, "the listener asking three more times")
+    assert near_said() == said_first, "said again at a retry"
+    assert not listener.connected.is_set() and near.stats()["near_hits"] == 0
+    message = said_first[-1].getMessage()
+    assert "CLIENT ID" in message and "renamed or disabled" in message, message
+    said = _records(caplog, "statekit.broadcast", "refused")
+    assert len(said) == 1 and "PSUBSCRIBE" in said[0].getMessage(), [r.getMessage() for r in said]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

@@ -18,7 +18,8 @@ thread also compares the retained versions with its local copies every
 ``CHECK_EVERY`` seconds (one small read) and fetches what differs. The thread never
 dies on an error; it logs, counts and retries, and it ends when every value it held
 is gone. A subscription the backend refuses (a Redis ACL without ``PSUBSCRIBE`` or
-the broadcast channels: :class:`~statekit.redis.PermissionRefused`) is logged once,
+the broadcast channels, the command renamed away: a
+:class:`~statekit.broadcast.protocol.SubscriptionRefused`) is logged once,
 as an error naming what to grant, and while it stays refused the thread re-reads the
 retained versions every ``BACKOFF_MAX`` seconds instead (:meth:`Hub.check`): shared
 values follow the publishes, late by up to that, instead of never.
@@ -45,8 +46,7 @@ from typing import Any, Protocol
 
 from ..errors import BackendUnavailable
 from ..metrics import Counters
-from ..redis import PermissionRefused
-from .protocol import BroadcastBackend, Message, Record, Subscription
+from .protocol import BroadcastBackend, Message, Record, Subscription, SubscriptionRefused
 
 __all__ = ["CHECK_EVERY", "Hub", "LocalCopy", "get_hub", "tick"]
 
@@ -313,7 +313,7 @@ class Hub:
                         self._handle(event)
                         if not isinstance(event, Message):
                             backoff = BACKOFF_MIN
-            except PermissionRefused as e:  # an operator's grant fixes it, no retry does
+            except SubscriptionRefused as e:  # an operator's change fixes it, no retry does
                 self.connected.clear()
                 self.counters.incr("errors")
                 if self._retire_if_idle():
@@ -340,13 +340,13 @@ class Hub:
                     subscription.close()
 
 
-    def _refused(self, error: PermissionRefused) -> None:
+    def _refused(self, error: SubscriptionRefused) -> None:
         """The subscription was refused: say so once (per refusal), re-read the
         retained versions instead, and wait ``BACKOFF_MAX`` before asking again."""
         if str(error) != self._refusal:
             self._refusal = str(error)
-            log.error("broadcast subscriber refused: %s; until it is granted, shared values are re-read "
-                      "every %.0f s instead of pushed", error, BACKOFF_MAX)
+            log.error("broadcast subscriber refused: %s; until that changes, shared values are re-read "
+                      "every %g s instead of pushed", error, BACKOFF_MAX)
         try:
             self.check()
         except (BackendUnavailable, OSError) as e:

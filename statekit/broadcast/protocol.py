@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from ..backends import load_backend
 from ..config import Settings, parse_url, url_and_scheme
-from ..errors import ConfigError, InvalidKey
+from ..errors import BackendUnavailable, ConfigError, InvalidKey
 
 __all__ = [
     "BUILTINS",
@@ -35,6 +35,7 @@ __all__ = [
     "Record",
     "Subscribed",
     "Subscription",
+    "SubscriptionRefused",
     "check_name",
     "open_backend",
     "resolve_backend",
@@ -110,6 +111,13 @@ class Subscribed(NamedTuple):
     point may have been missed, and only the retained records have them."""
 
 
+class SubscriptionRefused(BackendUnavailable):
+    """The backend refuses the subscription itself: a Redis ACL without the command
+    or the channels, a command renamed or disabled. A change of its configuration
+    fixes it, no reconnect does: the hub says so once and, until it is fixed,
+    re-reads the retained versions instead."""
+
+
 class Subscription(Protocol):
     """One subscription to every channel of a backend and prefix.
 
@@ -129,7 +137,8 @@ class Subscription(Protocol):
 
         :raises BackendUnavailable: the connection was lost or stopped answering
             (a redis-py ``ConnectionError`` / ``TimeoutError`` or an ``OSError`` is
-            accepted too)."""
+            accepted too); :class:`SubscriptionRefused` when the backend refuses
+            the subscription."""
         ...
 
     def close(self) -> None:

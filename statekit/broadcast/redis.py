@@ -46,10 +46,10 @@ from typing import Any, ClassVar
 
 from ..config import DEFAULT_SOCKET_TIMEOUT
 from ..errors import BackendUnavailable, StaleToken
-from ..redis import get_client, is_cluster, translate_errors
+from ..redis import PermissionRefused, get_client, is_cluster, translate_errors
 from ..redis.scripts import Script, load
 from ..redis.transport import Transport
-from .protocol import Claim, ClaimStatus, Message, Record, Subscribed
+from .protocol import Claim, ClaimStatus, Message, Record, Subscribed, SubscriptionRefused
 
 __all__ = ["PING_EVERY", "PING_TIMEOUT", "RedisBackend", "RedisOps", "RedisSubscription", "ScriptCall",
            "ShardedSubscription", "channel", "parse_message", "shard_channel", "state_key"]
@@ -154,6 +154,15 @@ def _pubsub(client: Any, pattern: bytes | None = None) -> Any:
     return cluster_pubsub(client, _listening, node=client.get_node_from_key(pattern))
 
 
+def _refused(what: str, error: Exception) -> SubscriptionRefused:
+    """The :class:`SubscriptionRefused` for the error reply (or the ACL refusal)
+    *error* to a subscription's command."""
+    if isinstance(error, PermissionRefused):
+        return SubscriptionRefused(str(error))
+    return SubscriptionRefused(f"Redis refused {what}: {error} (renamed or disabled? broadcast subscribes "
+                               "with PSUBSCRIBE, on a Cluster with sharded pub/sub with SSUBSCRIBE)")
+
+
 class RedisSubscription:
     """A redis-py ``PubSub`` pattern-subscribed to ``<prefix>:broadcast:*``
     (see :class:`~statekit.broadcast.protocol.Subscription`), on a connection of its
@@ -177,9 +186,13 @@ class RedisSubscription:
         self._prefix = f"{prefix}:broadcast:".encode()
         self._names: dict[bytes, tuple[str, str]] = {}  # channel -> (name, channel as text)
         self._client = client  # whose ACL user a refusal names
-        with translate_errors("broadcast subscribe", client):  # a Cluster may ask for its slots first
-            self._pubsub = _pubsub(client, self._prefix + b"*")
-            self._pubsub.psubscribe(self._prefix + b"*")
+        self._response_error = redis.ResponseError
+        try:
+            with translate_errors("broadcast subscribe", client):  # a Cluster may ask for its slots first
+                self._pubsub = _pubsub(client, self._prefix + b"*")
+                self._pubsub.psubscribe(self._prefix + b"*")
+        except (PermissionRefused, redis.ResponseError) as e:
+            raise _refused("broadcast subscribe", e) from e
         self._timeout_error = redis.TimeoutError
         #: read the connection directly (see the class docstring)
         self.timed_reads = _timed_reads(self._pubsub.connection)
@@ -197,17 +210,19 @@ class RedisSubscription:
             return None
 
     def get(self, timeout: float) -> Message | Subscribed | None:
-        # the PSUBSCRIBE's confirmation, or its refusal (an ACL), is read here
-        with translate_errors("broadcast subscriber", self._client):
-            reply = self._read(timeout)
-            now = time.monotonic()
-            if reply is None:
-                if self._pinged and now - self._last_ping > PING_TIMEOUT:
-                    raise BackendUnavailable("broadcast subscriber: Redis did not answer a PING")
-                if not self._pinged and now - self._last_rx > PING_EVERY:
-                    self._pubsub.ping()
-                    self._last_ping, self._pinged = now, True
-                return None
+        try:  # the PSUBSCRIBE's confirmation, or its refusal (an ACL, a renamed command), is read here
+            with translate_errors("broadcast subscriber", self._client):
+                reply = self._read(timeout)
+                now = time.monotonic()
+                if reply is None:
+                    if self._pinged and now - self._last_ping > PING_TIMEOUT:
+                        raise BackendUnavailable("broadcast subscriber: Redis did not answer a PING")
+                    if not self._pinged and now - self._last_rx > PING_EVERY:
+                        self._pubsub.ping()
+                        self._last_ping, self._pinged = now, True
+                    return None
+        except (PermissionRefused, self._response_error) as e:
+            raise _refused("broadcast subscriber", e) from e
         self._last_rx, self._pinged = now, False
         # [b"pmessage", pattern, channel, data]; [b"psubscribe", pattern, count];
         # a PONG ([b"pong", b""], or b"PONG" on RESP3)
@@ -239,16 +254,22 @@ class ShardedSubscription(RedisSubscription):
     :class:`Subscribed` too, so the hub re-reads every retained value."""
 
     def __init__(self, client: Any, prefix: str) -> None:  # nothing subscribed yet
+        import redis
+
         self._name_prefix = prefix
         self._client = client
+        self._response_error = redis.ResponseError
         self._head = f"{prefix}:broadcast:{{".encode()
         self._pubsub = _pubsub(client)
         self._first = True
 
     def watch(self, names: Iterable[str]) -> None:
         """Subscribe to the sharded channels of *names* (the hub's thread calls it)."""
-        with translate_errors("broadcast subscribe", self._client):
-            self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
+        try:
+            with translate_errors("broadcast subscribe", self._client):
+                self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
+        except (PermissionRefused, self._response_error) as e:
+            raise _refused("broadcast subscribe", e) from e
 
     def get(self, timeout: float) -> Message | Subscribed | None:
         if self._first:
@@ -257,8 +278,11 @@ class ShardedSubscription(RedisSubscription):
         if not self._pubsub.shard_channels:
             time.sleep(timeout)
             return None
-        with translate_errors("broadcast subscriber", self._client):
-            msg = self._pubsub.get_sharded_message(timeout=timeout)
+        try:
+            with translate_errors("broadcast subscriber", self._client):
+                msg = self._pubsub.get_sharded_message(timeout=timeout)
+        except (PermissionRefused, self._response_error) as e:
+            raise _refused("broadcast subscriber", e) from e
         if msg is None:
             return None
         kind = msg["type"]

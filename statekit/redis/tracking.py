@@ -10,12 +10,12 @@ then ``SUBSCRIBE __redis__:invalidate``. From then on every write, delete, expir
 eviction of a tracked key, by any client anywhere, sends the key name here, and the
 entry is dropped from the near cache registered for its namespace.
 
-**Refused set-up.** A server whose ACL refuses the listener (``CLIENT ID``, ``CLIENT
-TRACKING``, ``SUBSCRIBE`` or the channel ``__redis__:invalidate``: Redis 7 and
-Valkey give a new user no channel) leaves the near caches off, their reads going to
-Redis; the thread logs it once (a warning naming the user and what to grant, a
-:class:`~statekit.redis.PermissionRefused`) and keeps asking, as after a drop, so a
-grant turns them on.
+**Refused set-up.** A server that refuses the listener (its ACL: ``CLIENT ID``,
+``CLIENT TRACKING``, ``SUBSCRIBE`` or the channel ``__redis__:invalidate``, as Redis
+7 and Valkey give a new user no channel; or the command renamed or disabled) leaves
+the near caches off, their reads going to Redis; the thread logs it once (a warning
+naming the command, and for an ACL the user and what to grant) and keeps asking, as
+after a drop, so a grant turns them on.
 
 **Routing is a lookup, not a scan.** A cache namespace's keys start with its base
 ``<prefix>:{<namespace>}:``; an invalidated key is cut after its first ``}:`` and the
@@ -146,6 +146,10 @@ def unpooled_connection(ep: dict[str, Any], timeout: float) -> Any:
     return cls(**kw)
 
 
+class _SetupRefused(BackendUnavailable):
+    """The server answered a listener set-up command with an error reply."""
+
+
 def _call(conn: Any, *args: Any) -> Any:
     conn.send_command(*args)
     try:
@@ -154,11 +158,12 @@ def _call(conn: Any, *args: Any) -> Any:
         import redis
 
         if isinstance(e, redis.ResponseError):
+            what = f"the near cache's invalidation listener ({' '.join(map(str, args[:2]))})"
             if reply_problem(str(e)) == "permission":
                 user = conn.username or "default" if conn.credential_provider is None else None
-                raise unavailable(f"the near cache's invalidation listener ({' '.join(map(str, args[:2]))})",
-                                  str(e), "permission", user) from e
-            raise BackendUnavailable(f"invalidation connection setup refused: {e}") from e
+                raise unavailable(what, str(e), "permission", user) from e
+            raise _SetupRefused(f"Redis refused {what}: {e} (renamed or disabled? a near cache needs "
+                                "CLIENT ID, CLIENT TRACKING and SUBSCRIBE)") from e
         raise
 
 
@@ -429,10 +434,10 @@ class InvalidationListener:
                     _log.warning("near cache invalidation listener set up: near caches are on")
                     self._refusal = ""
                 self._listen(conns, eps)
-            except PermissionRefused as e:  # the ACL's: said once, asked again as after a drop
+            except (PermissionRefused, _SetupRefused) as e:  # said once, asked again as after a drop
                 if str(e) != self._refusal:
                     self._refusal = str(e)
-                    _log.warning("near cache off: %s; until it is granted, reads go to Redis", e)
+                    _log.warning("near cache off: %s; until that changes, reads go to Redis", e)
             except Exception:  # noqa: BLE001,S110 - any failure: flush, bypass, reconnect
                 pass
             finally:
