@@ -38,9 +38,10 @@ takes instead. ``LOCATION`` is one URL (a list of one is taken); several servers
 **django-redis's extras**, with its semantics, so a django-redis codebase keeps
 working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
 ``expire``/``pexpire``/``expire_at``/``pexpire_at``, ``persist``, ``lock`` (a
-:class:`statekit.cache.Lock` on the made key; ``timeout=None`` holds it until
-released), ``delete_pattern``/``iter_keys``/``keys`` (``SCAN`` of this cache's
-namespace on every master, never ``KEYS``), ``incr(..., ignore_key_check=True)``
+:class:`statekit.cache.Lock` on the made key with redis-py's ``locked``/``owned`` and
+errors, see :class:`RedisStyleLock`; ``timeout=None`` holds it until released),
+``delete_pattern``/``iter_keys``/``keys`` (``SCAN`` of this cache's namespace on every
+master, never ``KEYS``), ``incr(..., ignore_key_check=True)``
 and ``set(..., nx=True)``/``set(..., xx=True)``; each with its ``a``-prefixed twin but
 ``lock``.
 
@@ -57,6 +58,7 @@ method runs with calls and the async one with awaits.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import inspect
 import math
@@ -66,6 +68,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+import redis.exceptions
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
@@ -77,15 +80,15 @@ from django.core.cache.backends.base import (
 from django.core.exceptions import ImproperlyConfigured
 
 from statekit.cache import AsyncCache, Cache, Lock
-from statekit.cache.plan import Plan, adrive, drive
+from statekit.cache.plan import BE, Plan, adrive, drive
 from statekit.cache.redis import _glob_escape
 from statekit.cache.tools import MAX_TTL, lock_keeper
-from statekit.errors import StatekitError, UnencodableValue
+from statekit.errors import LockError, StatekitError, UnencodableValue
 from statekit.serializers import unencodable_as_pickle_error
 
 from .conf import get_settings
 
-__all__ = ["RedisStyleLock", "StatekitCache", "UnencodableValue"]
+__all__ = ["LockNotAcquired", "LockNotOwned", "RedisStyleLock", "StatekitCache", "UnencodableValue"]
 
 T = TypeVar("T")
 AnyCache = Cache | AsyncCache
@@ -671,11 +674,25 @@ def _whole(left: float | None, scale: float) -> int | None:
     return None if math.isinf(left) else int(left * scale + 0.5)
 
 
+class LockNotAcquired(LockError, redis.exceptions.LockError):
+    """``with cache.lock(...)`` did not get the lock in time: statekit's
+    :class:`~statekit.errors.LockError`, and redis-py's, which django-redis code catches."""
+
+
+class LockNotOwned(LockError, redis.exceptions.LockNotOwnedError):
+    """``release()``/``extend()`` of a lock this thread does not hold (never taken, or its
+    lease lapsed): statekit's :class:`~statekit.errors.LockError`, and redis-py's
+    ``LockNotOwnedError``."""
+
+
 class RedisStyleLock(Lock):
     """:meth:`StatekitCache.lock`'s lock: a :class:`statekit.cache.Lock` with redis-py's
-    ``blocking`` default and ``acquire(blocking=, blocking_timeout=)``, and with
-    *timeout* ``None`` kept (extended by the process's lock keeper) while held by a
-    thread that is alive."""
+    ``blocking`` default, ``acquire(blocking=, blocking_timeout=)``, ``locked()`` (held
+    by anyone) and ``owned()`` (held by this thread), and its errors
+    (:class:`LockNotAcquired`, :class:`LockNotOwned`), and with *timeout* ``None`` kept
+    (extended by the process's lock keeper) while held by a thread that is alive.
+    ``extend(timeout)`` is statekit's: the lock lives *timeout* seconds from now (redis-py
+    adds *additional_time* to what is left)."""
 
     def __init__(self, cache: Cache, name: str, timeout: float | None, blocking: bool,
                  blocking_timeout: float | None) -> None:
@@ -694,10 +711,50 @@ class RedisStyleLock(Lock):
                                                   threading.current_thread().is_alive)
         return taken
 
+    def __enter__(self) -> RedisStyleLock:
+        if not self.acquire():
+            raise LockNotAcquired(f"could not acquire lock {self.name[2:]!r} in time")
+        return self
+
     def release(self) -> None:
-        """Release the lock (it is no longer extended)."""
+        """Release the lock (it is no longer extended).
+
+        :raises LockNotOwned: this thread does not hold it."""
         keeper = getattr(self._local, "keeper", None)
         if keeper is not None:
             self._local.keeper = None
             lock_keeper.release(keeper)
-        super().release()
+        with _not_owned():
+            super().release()
+
+    def extend(self, timeout: float | None = None) -> None:
+        """Have the lock live *timeout* seconds from now (default: its timeout).
+
+        :raises LockNotOwned: this thread no longer holds it."""
+        with _not_owned():
+            super().extend(timeout)
+
+    def locked(self) -> bool:
+        """redis-py's ``locked()``: whether any process holds the lock (asked of Redis)."""
+        return self._holder() is not None
+
+    def owned(self) -> bool:
+        """redis-py's ``owned()``: whether this thread holds the lock, as Redis says (a
+        lapsed lease is not held)."""
+        token = self.token
+        return token is not None and self._holder() == token
+
+    def _holder(self) -> str | None:
+        holder: str | None = self.cache._effect((BE, "lock_holder", (self.name,), {}))
+        return holder
+
+
+@contextlib.contextmanager
+def _not_owned() -> Iterator[None]:
+    """statekit's "not held by this owner" :class:`~statekit.errors.LockError` as :class:`LockNotOwned`."""
+    try:
+        yield
+    except LockError as e:
+        if isinstance(e, LockNotOwned):
+            raise
+        raise LockNotOwned(str(e)) from e

@@ -158,3 +158,55 @@ def test_a_sentinel_host_list_is_still_one_url() -> None:
     check runs: no sentinel here, so only the parse is asked for)."""
     cache = StatekitCache("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster", {})
     assert cache.statekit is not None
+
+
+# -- cache.lock() as redis-py's Lock ------------------------------------------------------------
+
+
+def test_a_lock_not_acquired_in_time_is_redis_pys_lock_error(redis_url: str) -> None:
+    """django-redis code catches ``redis.exceptions.LockError`` around ``with
+    cache.lock(...)``; statekit's ``LockError`` still catches it too."""
+    import redis.exceptions
+
+    from statekit.errors import LockError
+
+    cache = _cache(redis_url)
+    holder = cache.lock("job", timeout=30)
+    assert holder.acquire(blocking=False)
+    try:
+        with pytest.raises(redis.exceptions.LockError) as raised, cache.lock("job", blocking_timeout=0.05):
+            pytest.fail("the lock was taken twice")
+        assert isinstance(raised.value, LockError)
+    finally:
+        holder.release()
+
+
+def test_locked_says_whether_anyone_holds_it_and_owned_whether_this_one_does(redis_url: str) -> None:
+    """redis-py's ``locked()`` asks Redis whether any process holds the lock; ``owned()``
+    whether this lock object (this thread) does."""
+    cache = _cache(redis_url)
+    holder, other = cache.lock("report", timeout=30), cache.lock("report", timeout=30)
+    assert (holder.locked(), other.locked(), holder.owned()) == (False, False, False)
+    assert holder.acquire(blocking=False)
+    try:
+        assert (holder.locked(), holder.owned()) == (True, True)
+        assert (other.locked(), other.owned()) == (True, False)  # was False: another's hold unseen
+    finally:
+        holder.release()
+    assert (holder.locked(), other.locked(), holder.owned()) == (False, False, False)
+
+
+def test_releasing_a_lock_not_owned_is_redis_pys_not_owned_error(redis_url: str) -> None:
+    import redis.exceptions
+
+    from statekit.errors import LockError
+
+    cache = _cache(redis_url)
+    lock = cache.lock("once", timeout=30)
+    with pytest.raises(redis.exceptions.LockNotOwnedError) as raised:
+        lock.release()
+    assert isinstance(raised.value, LockError)
+    with lock:
+        pass
+    with pytest.raises(redis.exceptions.LockNotOwnedError):
+        lock.release()
