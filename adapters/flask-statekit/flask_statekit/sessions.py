@@ -61,10 +61,14 @@ costs one Redis call. That write is also how a request learns that the session w
 rotated meanwhile (a login in a parallel request); it then sends no cookie at all, so a
 read-only request in flight at a login (an XHR poll, an asset served by the app) never
 puts the pre-login cookie back in the browser: no logout. A new or rotated id, and a
-change of ``session.permanent``, are sent at once as before. A new session holding
-nothing but ``session.permanent`` (a ``before_request`` hook sets it for every
-visitor: crawlers, probes) is neither stored nor sent a cookie, as with Flask-Session.
-``Vary: Cookie`` is added when the request used the session.
+change of ``session.permanent``, are sent at once as before. With
+``SESSION_REFRESH_EACH_REQUEST = False`` a permanent session's cookie goes out when the
+request modified the session, as Flask sends it. A cookie signed with a key of
+``SECRET_KEY_FALLBACKS`` is signed with ``SECRET_KEY`` and sent by the next request
+that writes (a change, or the refresh): its user stays signed in once the old key is
+removed. A new session holding nothing but ``session.permanent`` (a ``before_request``
+hook sets it for every visitor: crawlers, probes) is neither stored nor sent a cookie,
+as with Flask-Session. ``Vary: Cookie`` is added when the request used the session.
 
 Flask's static files (``app.static_url_path``) are served without loading the
 session: no Redis round trip, and no 503 while Redis is away.
@@ -324,6 +328,7 @@ class StatekitSessionInterface(SessionInterface):
             # the cookie, so a value changed in place is kept: compare every key this
             # request read; only those that differ from what it loaded are written
             session.modified = True
+        changed = session.modified  # Flask's test for sending the cookie
         logout = session.logging_out(session.had_data)
         try:
             # cleared or emptied: a logout (see SessionStore.commit); what was set after
@@ -364,10 +369,14 @@ class StatekitSessionInterface(SessionInterface):
             return
         outages.up(self.outage_name)
         permanent = session.permanent
-        # the refresh cookie of an unchanged permanent session goes out only with the
-        # server's TTL refresh (a write, which learns of a rotation by another request):
-        # a read-only request in flight at a login would otherwise send the old cookie
-        refresh = permanent and session.written and app.config["SESSION_REFRESH_EACH_REQUEST"]
+        # the cookie of a kept id goes out again only with a write (a change, or the
+        # server's TTL refresh), which learns of a rotation by another request: a
+        # read-only request in flight at a login would otherwise send the old cookie.
+        # Then as Flask sends it: a permanent session's (a new Expires) when modified,
+        # which SESSION_REFRESH_EACH_REQUEST (above) makes every request; and one
+        # signed with a fallback key (SECRET_KEY_FALLBACKS), signed again now
+        refresh = session.written and (
+            permanent and changed or request.cookies.get(self.cookie_name) != self.store.sign(session.sid))
         if not (session.send_cookie or permanent != session.loaded_permanent or refresh):
             return
         if session.through_alias:

@@ -640,7 +640,8 @@ def test_permanent_change_resends_cookie_without_refresh_each_request(redis_url:
     assert "Expires" not in client.post("/set/a/1").headers["Set-Cookie"]
     resp = client.post("/permanent/1")
     assert "Expires=" in resp.headers["Set-Cookie"] and client.get_cookie("session").expires  # type: ignore[union-attr]
-    assert "Set-Cookie" not in client.post("/set/a/2").headers  # unchanged flag, no refresh
+    assert "Set-Cookie" not in client.get("/get").headers  # unchanged, no refresh
+    assert "Expires=" in client.post("/set/a/2").headers["Set-Cookie"]  # changed: sent, as Flask sends it
     resp = client.post("/permanent/0")
     assert "Expires" not in resp.headers["Set-Cookie"] and client.get_cookie("session").expires is None  # type: ignore[union-attr]
     assert client.get("/get").json == {"_permanent": False, "a": "2"}

@@ -5,12 +5,16 @@ flask_session/base.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import redis
 from flask import Flask, jsonify, session
+from flask.testing import FlaskClient
 from test_flask_sessions import SECRET, make_app
+
+from flask_statekit import get_state
 
 pytestmark = pytest.mark.redis
 
@@ -90,3 +94,77 @@ def test_vary_cookie_only_when_the_session_is_used(redis_url: str, with_cookie: 
         assert peek.status_code == 200
         assert "Vary" not in peek.headers, f"{app.name}: {peek.headers.get('Vary')}"
         assert "Cookie" in client.get("/get").headers["Vary"], app.name
+
+
+def _age_session(r: redis.Redis, client: FlaskClient, app: Flask, seconds: float) -> str:
+    """Make the stored session look last seen *seconds* ago: its next request
+    writes the TTL refresh (no waiting for ``STATEKIT_SESSION_REFRESH_INTERVAL``).
+    Returns its Redis key."""
+    store = get_state(app).sessions
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    sid = store.unsign(cookie.value)
+    assert sid is not None
+    key = store._key(sid)
+    assert r.hset(key, "m:s", repr(time.time() - seconds)) == 0  # m:s existed
+    return key
+
+
+def test_refresh_each_request_off_sends_the_cookie_of_a_changed_permanent_session(redis_url: str) -> None:
+    """``SESSION_REFRESH_EACH_REQUEST = False``: Flask and Flask-Session send a
+    permanent session's cookie (a new ``Expires``) when the request changed the
+    session, and only then. Without it the cookie of an active user still expires
+    ``PERMANENT_SESSION_LIFETIME`` after it was first set."""
+    r = redis.Redis.from_url(redis_url)
+    app = make_app(redis_url, SESSION_REFRESH_EACH_REQUEST=False, PERMANENT_SESSION_LIFETIME=3600)
+
+    @app.post("/remember-me")
+    def remember_me() -> Any:
+        session.permanent = True
+        session["n"] = "1"
+        return "ok"
+
+    client = app.test_client()
+    assert "Expires=" in client.post("/remember-me").headers["Set-Cookie"]
+    changed = client.post("/set/n/2")
+    assert "Expires=" in changed.headers.get("Set-Cookie", ""), "a changed permanent session: no cookie"
+    assert "Set-Cookie" not in client.get("/get").headers  # unchanged: none
+    key = _age_session(r, client, app, 120)
+    refreshed = client.get("/get")  # the server's TTL refresh alone is no change
+    assert float(r.hget(key, "m:s") or 0) > time.time() - 60  # it was written
+    assert refreshed.get_json() == {"_permanent": True, "n": "2"} and "Set-Cookie" not in refreshed.headers
+
+
+OLD_KEY = "flask-sessions-old-key-0123456789abcdef"
+
+
+def test_a_cookie_signed_with_a_fallback_key_is_signed_again(redis_url: str) -> None:
+    """``SECRET_KEY_FALLBACKS`` (Flask 3.1): after ``SECRET_KEY`` changes, a cookie
+    signed with the old key still verifies, and Flask's own interface signs it again
+    with the new key whenever it sends the cookie (a changed session). A statekit
+    cookie is sent again only with a write, so such a write must carry it, or the
+    user is signed out when the old key is removed from the fallbacks."""
+    old = make_app(redis_url, SECRET_KEY=OLD_KEY).test_client()
+    old.post("/set/_user_id/ada")
+    old_cookie = old.get_cookie("session")
+    assert old_cookie is not None
+
+    app = make_app(redis_url, SECRET_KEY_FALLBACKS=[OLD_KEY])  # SECRET_KEY: the new one
+    reader = app.test_client()
+    reader.set_cookie("session", old_cookie.value)
+    read = reader.get("/get")
+    assert read.get_json() == {"_user_id": "ada"} and "Set-Cookie" not in read.headers  # no write
+    _age_session(redis.Redis.from_url(redis_url), reader, app, 120)
+    assert "Set-Cookie" in reader.get("/get").headers  # the TTL refresh writes: signed again
+    resigned = reader.get_cookie("session")
+    assert resigned is not None and resigned.value != old_cookie.value
+
+    client = app.test_client()
+    client.set_cookie("session", old_cookie.value)
+    client.post("/set/cart/apple")
+    cookie = client.get_cookie("session")
+    assert cookie is not None and cookie.value == resigned.value, "still the old key's signature"
+
+    without_old_key = make_app(redis_url).test_client()  # the fallback removed
+    without_old_key.set_cookie("session", cookie.value)
+    assert without_old_key.get("/get").get_json() == {"_user_id": "ada", "cart": "apple"}
