@@ -10,7 +10,8 @@ session fixation, as a request that loads with the old cookie afterwards gets a
 fresh, anonymous session, which for ``STATEKIT_SESSION_ALIAS_WINDOW`` seconds is
 neither stored nor sent as a cookie: the browser that logged in may still have sent
 such a request, and its answer must not replace the new cookie),
-``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout).
+``session.incr(key)`` (an atomic counter) and ``session.destroy()`` (logout);
+Flask-Session's ``app.session_interface.regenerate(session)`` is ``session.rotate()``.
 With Flask-Login installed, its logins rotate a stored session themselves:
 ``login_user()`` and the login from its remember-me cookie (a path no view runs, so
 an app could not call ``rotate()`` there), unless the request rotated it already.
@@ -384,6 +385,13 @@ class StatekitSessionInterface(SessionInterface):
         session.loaded_permanent = permanent
         session.send_cookie = False
         self._set_cookie(app, session, response)
+
+    def regenerate(self, session: SessionMixin) -> None:
+        """Flask-Session's login call, ``app.session_interface.regenerate(session)``:
+        ``session.rotate()`` (a new id, no session fixation). A session not stored yet
+        already has an id made in this request, and keeps it."""
+        if isinstance(session, FlaskSession) and not session.new:
+            session.rotate()
 
 
 def _rotate_on_login(sender: Flask, **extra: Any) -> None:

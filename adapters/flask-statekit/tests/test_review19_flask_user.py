@@ -168,3 +168,31 @@ def test_a_cookie_signed_with_a_fallback_key_is_signed_again(redis_url: str) -> 
     without_old_key = make_app(redis_url).test_client()  # the fallback removed
     without_old_key.set_cookie("session", cookie.value)
     assert without_old_key.get("/get").get_json() == {"_user_id": "ada", "cart": "apple"}
+
+
+def test_flask_session_regenerate_rotates_the_id(redis_url: str) -> None:
+    """Flask-Session 0.8's login call, ``app.session_interface.regenerate(session)``,
+    keeps working after the switch: a new id with the data, the old one names
+    nothing (no session fixation)."""
+    app = make_app(redis_url)
+
+    @app.post("/regenerate")
+    def regenerate() -> Any:
+        app.session_interface.regenerate(session)  # type: ignore[attr-defined]
+        session["_user_id"] = "ada"
+        return "ok"
+
+    client = app.test_client()
+    client.post("/set/cart/apple")
+    before = client.get_cookie("session")
+    assert before is not None
+    assert client.post("/regenerate").status_code == 200
+    after = client.get_cookie("session")
+    assert after is not None and after.value != before.value
+    assert client.get("/get").get_json() == {"cart": "apple", "_user_id": "ada"}
+    planted = app.test_client()
+    planted.set_cookie("session", before.value)
+    assert planted.get("/get").get_json() == {}
+    fresh = app.test_client()  # a session not stored yet has no id to rotate away
+    assert fresh.post("/regenerate").status_code == 200
+    assert fresh.get("/get").get_json() == {"_user_id": "ada"}
