@@ -314,3 +314,33 @@ def test_a_cached_method_on_an_instance_is_a_fastapi_dependency_and_endpoint(red
 
     asyncio.run(_closing(c, requests))
     assert calls == ["books", "toys"]
+
+
+def test_cached_without_parentheses_is_a_type_error_at_decoration(redis_url: str) -> None:
+    """``@cache.cached`` (no parentheses, as ``functools.cache`` is written) gave the
+    function to ``cached()`` as its ttl and returned the inner decorator, in silence:
+    the first call then failed with ``AttributeError: 'int' object has no attribute
+    '__qualname__'`` (AsyncCache), ``ValueError: ttl=<function ...>`` or ``decorate()
+    missing 1 required positional argument`` (Cache), far from the mistake. A
+    TypeError at decoration (import) now, saying to add the parentheses."""
+    c = AsyncCache(redis_url, namespace="bare")
+    sync = Cache(redis_url, namespace="bare")
+    try:
+        bare = r"AsyncCache.cached\(\) was given the function .*answer as its ttl: write @cache.cached\(\)"
+        with pytest.raises(TypeError, match=bare):
+            @c.cached  # type: ignore[arg-type]
+            async def answer(x: int) -> int:
+                return x
+
+        with pytest.raises(TypeError, match=r"with the parentheses"):
+            @sync.cached  # type: ignore[arg-type]
+            def report() -> str:
+                return "r"
+
+        @c.cached()  # with them: as before
+        async def fine(x: int) -> int:
+            return x
+
+        assert asyncio.run(_closing(c, lambda _: fine(3))) == 3
+    finally:
+        sync.close()

@@ -86,6 +86,7 @@ from .tools import (
     TTL,
     CachedFunction,
     Lock,
+    _check_options,
     _function_of,
     _stale_seconds,
     _ttl_seconds,
@@ -1438,7 +1439,9 @@ class Cache(_CacheCore):
 
         The wrapper has ``.invalidate(*args, **kwargs)``, ``.refresh(*args,
         **kwargs)`` (recompute and store), ``.uncached`` (the bare function, to
-        bypass the cache) and ``.key_for(*args, **kwargs)``."""
+        bypass the cache) and ``.key_for(*args, **kwargs)``. Written without its
+        parentheses (``@cache.cached``) it raises ``TypeError`` at decoration."""
+        _check_options(ttl, "Cache.cached")
 
         def decorate(func: Callable[..., T]) -> CachedFunction[T]:
             if inspect.iscoroutinefunction(_function_of(func)):  # a staticmethod's too

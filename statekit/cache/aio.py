@@ -57,6 +57,7 @@ from .tools import (
     BoundCachedFunction,
     CachedFunction,
     Lock,
+    _check_options,
     _function_of,
     _ttl_seconds,
     lock_keeper,
@@ -638,6 +639,7 @@ class AsyncCache(_CacheCore):
         <statekit.cache.Cache.cached>` (same keys, so a sync and an async function
         with the same ``key=`` share entries); ``.invalidate`` and ``.refresh`` are
         awaited."""
+        _check_options(ttl, "AsyncCache.cached")
 
         def decorate(func: Callable[..., Awaitable[T]]) -> AsyncCachedFunction[T]:
             if not inspect.iscoroutinefunction(_function_of(func)):  # a staticmethod's too

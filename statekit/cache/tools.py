@@ -283,6 +283,15 @@ class CachedFunction(Generic[T]):
         return self.cache._compute_and_store(key, lambda: self.uncached(*args, **kwargs), secs, stale)
 
 
+def _check_options(ttl: Any, method: str) -> None:
+    """Refuse ``@cache.cached`` written without parentheses at decoration: *ttl* is
+    then the decorated function (no TTL is callable), and the function became the
+    inner decorator, failing at its first call."""
+    if callable(ttl):
+        raise TypeError(f"{method}() was given the function {getattr(ttl, '__qualname__', ttl)} as its ttl: "
+                        "write @cache.cached() or @cache.cached(ttl=60), with the parentheses")
+
+
 def _check_prefix(key: str, sig: inspect.Signature, name: str) -> None:
     """Refuse a ``cached(key=...)`` prefix written as a key template (cashews'
     ``"user:{user_id}"``): braces naming a parameter of the function, which a prefix
