@@ -16,7 +16,11 @@ A request whose ``Content-Length`` already exceeds the limit (plus
 its body is read; one without ``Content-Length`` (chunked) as soon as the body read
 passes that size. Starlette's form parser spools a file part to a temporary file, and
 the part is held to the exact limit while it streams to the store (no more than one
-chunk past it is read from the spool). Errors become HTTP errors: too large 413,
+chunk past it is read from the spool). FastAPI reads the whole form of a route with
+an ``UploadFile`` parameter before the handler runs, so ``save_upload(request,
+upload=...)`` refuses a file past the limit only once it was read and spooled: add
+:class:`UploadLimitMiddleware`, which holds every multipart request to the limit
+before the app reads it. Errors become HTTP errors: too large 413,
 wrong or disallowed type 415, missing field 400, store unavailable 503 (a generic
 page; the details go to the ``statekit.outage`` log) -- and nothing is stored.
 
@@ -56,7 +60,8 @@ from . import blob_store
 if TYPE_CHECKING:
     from . import StateKitState
 
-__all__ = ["DEFAULT_FORM_OVERHEAD", "blob_url", "init_app", "save_upload", "serve_blob"]
+__all__ = ["DEFAULT_FORM_OVERHEAD", "UploadLimitMiddleware", "blob_url", "init_app", "save_upload",
+           "serve_blob"]
 
 DEFAULT_FORM_OVERHEAD = FORM_OVERHEAD  # one default for the three adapters
 
@@ -117,7 +122,7 @@ async def save_upload(
         overhead: int = getattr(request.app.state.statekit, "blobs_form_overhead", DEFAULT_FORM_OVERHEAD)
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + overhead:
-            raise HTTPException(413, f"upload larger than {limit} bytes")
+            raise _too_large(limit)
         if upload is None and getattr(request, "_form", None) is None:
             # a body without Content-Length (chunked) is counted as the form parser
             # reads it (the form stays the request's own): it would otherwise spool a
@@ -146,16 +151,62 @@ async def save_upload(
     return blob
 
 
-def _bounded(receive: Any, limit: int, most: int) -> Any:
-    """*receive*, answering 413 once the request body passes *most* bytes."""
+class UploadLimitMiddleware:
+    """Hold every multipart request to the blob store's limit before the app reads it:
+    FastAPI parses the form of a route with an ``UploadFile`` (or ``Form``) parameter
+    before the handler runs, spooling a file part of any size to disk, so
+    :func:`save_upload`'s ``upload=`` refuses it (413) only after the whole body was read.
+    Add it after ``StateKit(app)``: ``app.add_middleware(UploadLimitMiddleware)``.
+
+    A ``multipart/form-data`` request whose ``Content-Length`` passes the limit plus
+    ``STATEKIT_BLOBS_FORM_OVERHEAD`` is answered 413 when the app first reads its body,
+    before a byte of it is read; one without ``Content-Length`` (chunked) as soon as the
+    body read passes that size. The 413 is the app's ``HTTPException`` (FastAPI's
+    ``{"detail": ...}``), through its exception handlers. Other bodies, and a route that
+    never reads the body, are left alone.
+
+    :param max_size: the limit (bytes, or a size: ``"8MiB"``); default: the app's blob
+        store's ``max_size`` (``STATEKIT_BLOBS_MAX_SIZE``). No limit: nothing is held.
+    """
+
+    def __init__(self, app: Any, max_size: int | str | None = None) -> None:
+        self.app = app
+        self.max_size = parse_size(max_size, name="max_size") if max_size not in (None, "") else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])  # the first of each (latin-1 names, lower case)
+            if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
+                state = getattr(scope["app"].state, "statekit", None)  # StateKit(app)'s, if any
+                store: AsyncBlobStore | None = getattr(state, "blobs", None)
+                limit = self.max_size
+                if limit is None and store is not None:
+                    limit = store.sync.limit()
+                if limit is not None:
+                    overhead: int = getattr(state, "blobs_form_overhead", DEFAULT_FORM_OVERHEAD)
+                    length = headers.get(b"content-length", b"")
+                    declared = int(length) if length.isdigit() else 0
+                    receive = _bounded(receive, limit, limit + overhead, declared)
+        await self.app(scope, receive, send)
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"upload larger than {limit} bytes")
+
+
+def _bounded(receive: Any, limit: int, most: int, declared: int = 0) -> Any:
+    """*receive*, answering 413 once the request body passes *most* bytes, or before
+    reading any when its *declared* length (``Content-Length``) does."""
     seen = 0
 
     async def bounded() -> Any:
         nonlocal seen
+        if declared > most:
+            raise _too_large(limit)
         message = await receive()
         seen += len(message.get("body", b""))
         if seen > most:
-            raise HTTPException(413, f"upload larger than {limit} bytes")
+            raise _too_large(limit)
         return message
 
     return bounded

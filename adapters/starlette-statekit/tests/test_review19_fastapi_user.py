@@ -22,12 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, UploadFile
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 from starlette.responses import JSONResponse, Response
 
 from starlette_statekit import StateKit, get_state, mounted_lifespan
 from starlette_statekit.sessions import StarletteCookieSessions
+from starlette_statekit.uploads import UploadLimitMiddleware, save_upload
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.embedded import free_port
 
@@ -267,3 +268,79 @@ def test_a_user_logged_in_with_starlettes_cookie_sessions_stays_logged_in(
     with caplog.at_level(logging.WARNING, "statekit.security"):
         asyncio.run(main())
     assert "rejected" in caplog.text.lower() and caplog.text.lower().count("rejected") == 1, caplog.text
+
+
+# -- FastAPI's UploadFile: the body is read before the handler -----------------------------
+
+LIMIT = 2**20
+BOUNDARY = "r19boundary"
+
+
+def _multipart(size: int) -> bytes:
+    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="photo"; filename="big.bin"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + b"a" * size + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def _upload_app(s3_url: str, redis_url: str, limited: bool) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/photo")
+    async def photo(request: Request, photo: UploadFile) -> dict[str, Any]:  # FastAPI parses the form first
+        return {"size": (await save_upload(request, upload=photo)).size}
+
+    @app.post("/json")
+    async def json_body(request: Request) -> dict[str, Any]:
+        return {"size": len(await request.body())}
+
+    StateKit(app, redis_url=redis_url, blobs_url=s3_url, blobs_max_size="1MiB", secret_keys=["k"],
+             sessions_enabled=False, broadcast_enabled=False)
+    if limited:
+        app.add_middleware(UploadLimitMiddleware)
+    return app
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["fastapi-alone", "UploadLimitMiddleware"])
+def test_an_uploadfile_past_the_limit_is_refused_before_its_body_is_read(
+        s3_url: str, redis_url: str, limited: bool) -> None:
+    app = _upload_app(s3_url, redis_url, limited)
+    read = [0]
+
+    async def counting(scope: Any, receive: Any, send: Any) -> None:
+        async def counted() -> Any:
+            message = await receive()
+            read[0] += len(message.get("body", b""))
+            return message
+
+        await app(scope, counted, send)
+
+    big = _multipart(8 * LIMIT)
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length
+        for i in range(0, len(big), 2**16):
+            yield big[i:i + 2**16]
+
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+        transport = httpx.ASGITransport(app=counting)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            read[0] = 0
+            reply = await c.post("/photo", content=big, headers=headers)
+            seen["declared"] = (reply.status_code, read[0])
+            read[0] = 0
+            reply = await c.post("/photo", content=chunked(), headers=headers)
+            seen["chunked"] = (reply.status_code, read[0] <= LIMIT + 2**16 + 2**16)  # + overhead, one chunk
+            seen["chunked detail"] = reply.json()
+            small = await c.post("/photo", content=_multipart(LIMIT // 2), headers=headers)
+            seen["small"] = (small.status_code, small.json())
+            seen["json"] = (await c.post("/json", content=b"x" * (2 * LIMIT))).json()
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), 120))
+    if not limited:  # FastAPI read (and spooled) all of it before save_upload refused it
+        assert seen["declared"] == (413, len(big)) and seen["chunked"] == (413, False)
+        return
+    assert seen == {"declared": (413, 0), "chunked": (413, True),
+                    "chunked detail": {"detail": f"upload larger than {LIMIT} bytes"},
+                    "small": (200, {"size": LIMIT // 2}), "json": {"size": 2 * LIMIT}}
