@@ -40,7 +40,9 @@ an app that cannot start, in one line, before any worker):
 
 Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, graceful
 timeout 25 s (+ pre-stop 2 s: inside the usual 30 s an orchestrator waits before
-SIGKILL), gunicorn's control socket off. No ``gunicorn.conf.py`` is read. The app is
+SIGKILL), gunicorn's control socket off. No ``gunicorn.conf.py`` is read, nor
+``GUNICORN_CMD_ARGS`` (serve says so when it is set); ``PORT`` and
+``FORWARDED_ALLOW_IPS`` are read as gunicorn reads them. The app is
 wrapped in :class:`~statekit.lifecycle.LifecycleMiddleware` (an ASGI app in
 :class:`statekit.asgi.LifecycleMiddleware`) unless it already is (``StateKit(app)``,
 ``django_statekit.lifecycle.get_wsgi_application()``).
@@ -148,6 +150,7 @@ def _unread_web_concurrency() -> Iterator[None]:
 
 
 with _unread_web_concurrency():
+    from gunicorn import config as gunicorn_config
     from gunicorn import sock, systemd, util
     from gunicorn.app.base import BaseApplication
     from gunicorn.arbiter import Arbiter
@@ -1304,6 +1307,33 @@ def _bind(text: str) -> str:
     return text
 
 
+def _binds(parser: argparse.ArgumentParser, given: list[str] | None) -> tuple[list[str], str | None]:
+    """The addresses serve listens on, and the variable they came from (``None``: the
+    command line or the default). Every ``--bind`` given (gunicorn listens on each;
+    serve kept the last one alone, in silence); else ``STATEKIT_BIND``; else
+    ``0.0.0.0:$PORT`` when ``PORT`` is set, gunicorn's default, which platforms that
+    give the app its port rely on (Heroku, Cloud Run, Render: serve listened on
+    127.0.0.1:8000 there, out of their reach); else ``127.0.0.1:8000``."""
+    from .cli import port_number
+
+    if given:
+        return given, None
+    if "STATEKIT_BIND" in os.environ or os.environ.get("PORT") is None:
+        bind = _or_env(parser, None, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
+        return [bind], "STATEKIT_BIND" if "STATEKIT_BIND" in os.environ else None
+    return [_or_env(parser, None, "--bind", "PORT", "", lambda raw: f"0.0.0.0:{port_number(raw)}")], "PORT"
+
+
+def _forwarded_allow_ips(text: str) -> str:
+    """An argparse type: *text* if gunicorn's setting takes it (addresses and networks,
+    comma-separated, or ``*``); gunicorn said it as ``Error:`` after loading its config."""
+    try:
+        gunicorn_config.validate_string_to_addr_list(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+    return text
+
+
 def _workers(text: str) -> int:
     """An argparse type: a number of workers, 1 or more."""
     try:
@@ -1377,9 +1407,14 @@ def serve_main(argv: Sequence[str]) -> int:
                         "(default): asgi when the app is an async callable. Either way the app is imported "
                         "once in a short-lived child process first: a missing module, or a ConfigError of "
                         "the app's, is one line before anything starts")
-    p.add_argument("--bind", type=_bind, metavar="HOST:PORT",
-                   help="address to listen on: HOST:PORT, unix:PATH or fd://N (default $STATEKIT_BIND or "
-                        "127.0.0.1:8000)")
+    p.add_argument("--bind", type=_bind, action="append", metavar="HOST:PORT",
+                   help="address to listen on: HOST:PORT, unix:PATH or fd://N; repeat it to listen on "
+                        "several (default $STATEKIT_BIND, else 0.0.0.0:$PORT when PORT is set, as gunicorn "
+                        "does, else 127.0.0.1:8000)")
+    p.add_argument("--forwarded-allow-ips", type=_forwarded_allow_ips, metavar="IPS",
+                   help="the proxies trusted for X-Forwarded-Proto (the scheme the app sees; under ASGI "
+                        "X-Forwarded-For too): addresses or networks, comma-separated, or '*' for any, as "
+                        "gunicorn's and uvicorn's option (default $FORWARDED_ALLOW_IPS or 127.0.0.1,::1)")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
@@ -1410,9 +1445,12 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info", metavar="L",
                    help=f"gunicorn's log level: {', '.join(LOG_LEVELS)} (default info)")
     opts = p.parse_args(list(argv))
-    bind_from_env = opts.bind is None and "STATEKIT_BIND" in os.environ
-    opts.bind = _or_env(p, opts.bind, "--bind", "STATEKIT_BIND", "127.0.0.1:8000", _bind)
+    binds, bind_variable = _binds(p, opts.bind)
     opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
+    if opts.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS") is not None:
+        # gunicorn's own default reads it too, unchecked: a wrong one was its "Error:" line
+        opts.forwarded_allow_ips = _or_env(p, None, "--forwarded-allow-ips", "FORWARDED_ALLOW_IPS", "",
+                                           _forwarded_allow_ips)
     # each option's default is its variable (as the gunicorn hooks read them): serve ignored
     # STATEKIT_MAX_REQUESTS & co. in silence
     given = {"max_requests": opts.max_requests, "max_requests_jitter": opts.max_requests_jitter,
@@ -1423,17 +1461,23 @@ def serve_main(argv: Sequence[str]) -> int:
     recycling = {key: from_env[key] if raw is None else from_cli[key] for key, raw in given.items()}
     if ":" not in opts.app:
         raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
+    if os.environ.get("GUNICORN_CMD_ARGS", "").strip():
+        # gunicorn's command reads it, a BaseApplication does not: ignored in silence, a
+        # --bind or --workers there too (no gunicorn.conf.py is read either)
+        print(f"statekit serve: GUNICORN_CMD_ARGS is not read ({os.environ['GUNICORN_CMD_ARGS']!r}): give "
+              "statekit serve's own options (statekit serve --help)", file=sys.stderr)
     # finite: inf was an OverflowError traceback, nan a delay that never ended
     opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
     opts.pre_stop_delay = (_pre_stop_from_env() if opts.pre_stop_delay is None
                            else _seconds(opts.pre_stop_delay, "--pre-stop-delay"))
-    refusal = _bind_refusal(opts.bind)
-    if refusal is not None:  # in one line, as statekit dev says it of its ports
-        other = "another with --bind or STATEKIT_BIND" if bind_from_env else "another --bind"
-        print(f"statekit serve: {opts.bind} {refusal.format(other=other)}", file=sys.stderr)
-        return 2
+    for bind in binds:
+        refusal = _bind_refusal(bind)
+        if refusal is not None:  # in one line, as statekit dev says it of its ports
+            other = f"another with --bind or {bind_variable}" if bind_variable else "another --bind"
+            print(f"statekit serve: {bind} {refusal.format(other=other)}", file=sys.stderr)
+            return 2
     if opts.pid is None:
-        opts.pid = default_pid_file(opts.bind)
+        opts.pid = default_pid_file(binds[0])
         os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
     if recycling["max_worker_rss"] and not os.path.exists(f"/proc/{os.getpid()}/statm"):
         raise ConfigError("--max-worker-rss reads /proc (Linux): not available here")
@@ -1463,8 +1507,9 @@ def serve_main(argv: Sequence[str]) -> int:
             importlib.import_module("statekit.gunicorn_asgi")
     application = StatekitApplication(
         opts.app,
-        {"bind": opts.bind, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
-         "pidfile": opts.pid or None, "loglevel": opts.log_level},
+        {"bind": binds, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
+         "pidfile": opts.pid or None, "loglevel": opts.log_level,
+         "forwarded_allow_ips": opts.forwarded_allow_ips},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,

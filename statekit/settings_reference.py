@@ -177,7 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
        "gunicorn hooks, an ASGI app's SIGTERM under plain uvicorn", "env"),
     _s("STATEKIT_READY_TIMEOUT", "seconds", "30",
        "`statekit serve` and the gunicorn hooks: how long a new worker may take to be ready", "env"),
-    _s("STATEKIT_BIND", "`HOST:PORT`", "`127.0.0.1:8000`", "`statekit serve --bind`'s default", "env"),
+    _s("STATEKIT_BIND", "`HOST:PORT`", "`127.0.0.1:8000`",
+       "`statekit serve --bind`'s default (before `PORT`)", "env"),
     _s("STATEKIT_MAX_REQUESTS", "count", "0 (never)",
        "`statekit serve --max-requests`'s default and the gunicorn hooks: recycle a worker after this "
        "many requests, its successor ready first, one worker at a time", "env"),
@@ -230,6 +231,11 @@ SETTINGS: tuple[Setting, ...] = (
     # other environment variables
     *(Setting(name, type_, default, doc, name, ("env",), "other") for name, type_, default, doc in (
         ("WEB_CONCURRENCY", "count", "2", "`statekit serve --workers`'s default"),
+        ("PORT", "port", "", "`statekit serve` listens on `0.0.0.0:$PORT` when neither `--bind` nor "
+         "`STATEKIT_BIND` is given (gunicorn's default)"),
+        ("FORWARDED_ALLOW_IPS", "addresses, networks or `*`", "`127.0.0.1,::1`",
+         "`statekit serve --forwarded-allow-ips`'s default (gunicorn's)"),
+        ("GUNICORN_CMD_ARGS", "text", "", "not read by `statekit serve`, which says so when it is set"),
         ("PROMETHEUS_MULTIPROC_DIR", "path", "a temporary directory",
          "prometheus_client's multi-process directory; `statekit serve` makes one when unset"),
         ("AWS_REQUEST_CHECKSUM_CALCULATION", "`when_supported`, `when_required`",
