@@ -41,7 +41,8 @@ working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
 :class:`statekit.cache.Lock` on the made key with redis-py's ``locked``/``owned`` and
 errors, see :class:`RedisStyleLock`; ``timeout=None`` holds it until released),
 ``delete_pattern``/``iter_keys``/``keys`` (``SCAN`` of this cache's namespace on every
-master, never ``KEYS``), ``incr(..., ignore_key_check=True)``
+master, never ``KEYS``), ``delete_many`` answering how many it deleted,
+``incr(..., ignore_key_check=True)``
 and ``set(..., nx=True)``/``set(..., xx=True)``; each with its ``a``-prefixed twin but
 ``lock``.
 
@@ -448,8 +449,12 @@ class StatekitCache(BaseCache):
                  version: int | None = None) -> list[str]:
         return self._run(self._set_many(self._cache, data, timeout, version))
 
-    def delete_many(self, keys: Iterable[str], version: int | None = None) -> None:
-        self._cache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
+    def delete_many(  # type: ignore[override]  # django-redis' answers the count
+            self, keys: Iterable[str], version: int | None = None) -> int | None:
+        """Django's ``delete_many``, answering as django-redis' does: how many of *keys*
+        existed (``None`` for no keys)."""
+        made = [self.make_and_validate_key(k, version=version) for k in keys]
+        return self._cache.delete_many(made) if made else None
 
     def clear(self) -> None:
         """Empty this cache's namespace in O(1); the rest of Redis is untouched."""
@@ -604,8 +609,11 @@ class StatekitCache(BaseCache):
                         version: int | None = None) -> list[str]:
         return await self._arun(self._set_many(self._acache, data, timeout, version))
 
-    async def adelete_many(self, keys: Iterable[str], version: int | None = None) -> None:
-        await self._acache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
+    async def adelete_many(  # type: ignore[override]  # as delete_many()
+            self, keys: Iterable[str], version: int | None = None) -> int | None:
+        """:meth:`delete_many`, awaited."""
+        made = [self.make_and_validate_key(k, version=version) for k in keys]
+        return (await self._acache.delete_many(made)) if made else None
 
     async def aclear(self) -> None:
         """:meth:`clear`, awaited."""

@@ -312,7 +312,7 @@ async def _parity(c: StatekitCache) -> list[tuple[str, Any, Any]]:
     await both("decr_version", ("s:add",), ("a:add",), version=2)
     await both("delete", ("s:add",), ("a:add",))
     await both("delete", ("s:add",), ("a:add",))
-    await both("delete_many", (["s:m1", "s:m2"],), (["s:m1", "s:m2"],))
+    await both("delete_many", (["s:m1", "s:gos"],), (["s:m2", "a:gos"],))  # 2 each (the count)
     await both("clear", (), ())
     await both("get", ("s:set",), ("a:set",))
     await both("close", (), ())

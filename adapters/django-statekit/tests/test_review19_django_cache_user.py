@@ -210,3 +210,17 @@ def test_releasing_a_lock_not_owned_is_redis_pys_not_owned_error(redis_url: str)
         pass
     with pytest.raises(redis.exceptions.LockNotOwnedError):
         lock.release()
+
+
+# -- delete_many's count ------------------------------------------------------------------------
+
+
+def test_delete_many_answers_how_many_it_deleted_as_django_redis(redis_url: str) -> None:
+    """django-redis returns Redis' ``DEL`` count (``None`` for no keys, as Django's test
+    of ``delete_many([])`` wants); it returned ``None`` always."""
+    cache = _cache(redis_url)
+    cache.set_many({"a": 1, "b": 2, "c": 3})
+    assert cache.delete_many(["a", "b", "missing"]) == 2
+    assert asyncio.run(cache.adelete_many(["c", "missing"])) == 1
+    assert cache.delete_many([]) is None and asyncio.run(cache.adelete_many([])) is None
+    assert cache.get_many(["a", "b", "c"]) == {}
