@@ -241,7 +241,9 @@ def test_a_refused_tracking_set_up_keeps_its_connection_and_reads_untracked(redi
 
     connected = threading.Event()
     connected.set()
-    listener = SimpleNamespace(client_id=2**40, generation=1, connected=connected)
+    refused: list[Exception] = []  # the listener is told (it logs the refusal once)
+    listener = SimpleNamespace(client_id=2**40, generation=1, connected=connected,
+                               tracking_refused=lambda conn, error: refused.append(error))
 
     async def body(t: AsyncTransport) -> None:
         for _ in range(5):
@@ -251,6 +253,7 @@ def test_a_refused_tracking_set_up_keeps_its_connection_and_reads_untracked(redi
         assert len(pool._in_use_connections) + len(pool._available_connections) == 1
 
     run(lambda: _with(redis_url, body, tracking=listener))
+    assert len(refused) == 1 and "does not exist" in str(refused[0]), refused
 
 
 def test_shared_client_first_use_from_two_threads(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

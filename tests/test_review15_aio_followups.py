@@ -64,7 +64,8 @@ def test_a_write_to_a_killed_server_on_a_kept_connection_is_unsent(
         # the transport still sends each key's commands on its lane's connection
         connected = threading.Event()
         connected.set()
-        listener = SimpleNamespace(client_id=2**40, generation=1, connected=connected) if tracking else None
+        listener = SimpleNamespace(client_id=2**40, generation=1, connected=connected,
+                                   tracking_refused=lambda conn, error: None) if tracking else None
         t = AsyncTransport(client, what="test", tracking=listener)
         try:
             await t.command("GET", "k")  # kept (a tracking transport: on its key lane)

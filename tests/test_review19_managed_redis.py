@@ -33,6 +33,7 @@ from statekit.embedded import RedisServer
 from statekit.pytest_plugin import wait_for
 from statekit.redis import PermissionRefused
 from statekit.sessions import SessionStore
+from statekit.sessions.aio import AsyncSessionStore
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "backends.md"
 PASSWORD = "s3cret-rotated-1"
@@ -64,7 +65,7 @@ def acl_server(redis_line_server: RedisServer, redis_line_url: str) -> Iterator[
     """The line's shared server, flushed; the tests' ACL users deleted after each."""
     yield redis_line_server
     with redis_line_server.client() as admin:
-        admin.execute_command("ACL", "DELUSER", "app", "sub", "near")
+        admin.execute_command("ACL", "DELUSER", "app", "sub", "near", "track", "atrack")
 
 
 def _exercise_cache(url: str) -> None:
@@ -221,6 +222,61 @@ def test_a_refused_near_cache_listener_is_said_once_and_reads_go_to_redis(
     assert len(said) == 1, [r.getMessage() for r in said]
     message = said[0].getMessage()
     assert "CLIENT" in message and "'near'" in message and "docs/backends.md" in message, message
+
+
+def test_a_refused_session_tracking_is_said_once_and_loads_go_to_redis(
+        acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """CLIENT ID allowed, CLIENT TRACKING not: the session near cache's listener
+    connects, each data connection's CLIENT TRACKING is refused and serves untracked.
+    Before: silent."""
+    caplog.set_level(logging.INFO, logger="statekit.redis")
+    url = _acl_url(acl_server, *ALL_BUT, "-client", "+client|id", user="track")
+    store = SessionStore(url, secret_keys=["k"], near_cache=100)
+    try:
+        session = store.create({"a": 1})
+
+        def said() -> list[logging.LogRecord]:
+            loaded = store.load(session.sid)
+            assert loaded is not None and dict(loaded) == {"a": 1}
+            return _records(caplog, "statekit.redis", "CLIENT TRACKING on its data connections")
+
+        wait_for(said, 10, "the refused CLIENT TRACKING logged")
+        for _ in range(16):  # sessions on the other connections (each refused too)
+            other = store.create({"b": 1})
+            assert store.load(other.sid) is not None
+        [record] = said()
+        message = record.getMessage()
+        assert "'track'" in message and "client" in message and "docs/backends.md" in message, message
+        assert store.engine.counters.get("near_hits") == 0
+    finally:
+        store.close()
+
+
+def test_a_refused_session_tracking_is_said_once_on_asyncio_too(
+        acl_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="statekit.redis")
+    url = _acl_url(acl_server, *ALL_BUT, "-client", "+client|id", user="atrack")
+
+    async def run() -> None:
+        store = AsyncSessionStore(url, secret_keys=["k"], near_cache=100)
+        try:
+            session = await store.create({"a": 1})
+            for _ in range(200):  # until the listener is up and a connection was refused (bounded)
+                loaded = await store.load(session.sid)
+                assert loaded is not None and dict(loaded) == {"a": 1}
+                if _records(caplog, "statekit.redis", "CLIENT TRACKING on its data connections"):
+                    break
+                other = await store.create({"b": 1})  # and another connection
+                await asyncio.sleep(0.05)
+            for _ in range(16):
+                other = await store.create({"b": 1})
+                assert await store.load(other.sid) is not None
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+    said = _records(caplog, "statekit.redis", "CLIENT TRACKING on its data connections")
+    assert len(said) == 1 and "'atrack'" in said[0].getMessage(), [r.getMessage() for r in said]
 
 
 #: what managed services rename away or disable (rename-command NAME "")

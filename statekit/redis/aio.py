@@ -1016,8 +1016,9 @@ class AsyncTransport:
         await conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", listener.client_id, "NOLOOP")
         try:
             await conn.read_response()
-        except self._redis.ResponseError:
+        except self._redis.ResponseError as e:
             conn._statekit_tag = self._refused_tag = -tag
+            listener.tracking_refused(conn, e)
         else:
             conn._statekit_tag = tag
 

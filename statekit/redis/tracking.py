@@ -150,6 +150,18 @@ class _SetupRefused(BackendUnavailable):
     """The server answered a listener set-up command with an error reply."""
 
 
+def _refusal(conn: Any, what: str, error: Exception) -> BackendUnavailable:
+    """The error for the error reply *error* to a tracking set-up command (*what*)
+    on the redis-py connection *conn*: the ACL's (naming its user), or a command
+    renamed or disabled."""
+    if reply_problem(str(error)) == "permission":
+        user = (getattr(conn, "username", None) or "default") if getattr(conn, "credential_provider", None) \
+            is None else None
+        return unavailable(what, str(error), "permission", user)
+    return _SetupRefused(f"Redis refused {what}: {error} (renamed or disabled? a near cache needs "
+                         "CLIENT ID, CLIENT TRACKING and SUBSCRIBE)")
+
+
 def _call(conn: Any, *args: Any) -> Any:
     conn.send_command(*args)
     try:
@@ -159,11 +171,7 @@ def _call(conn: Any, *args: Any) -> Any:
 
         if isinstance(e, redis.ResponseError):
             what = f"the near cache's invalidation listener ({' '.join(map(str, args[:2]))})"
-            if reply_problem(str(e)) == "permission":
-                user = conn.username or "default" if conn.credential_provider is None else None
-                raise unavailable(what, str(e), "permission", user) from e
-            raise _SetupRefused(f"Redis refused {what}: {e} (renamed or disabled? a near cache needs "
-                                "CLIENT ID, CLIENT TRACKING and SUBSCRIBE)") from e
+            raise _refusal(conn, what, e) from e
         raise
 
 
@@ -253,6 +261,7 @@ class InvalidationListener:
         self.connected = threading.Event()
         self.reconnects = 0
         self._refusal = ""  # the set-up refusal logged last (said once until connected)
+        self._tracking_refused = False  # a data connection's CLIENT TRACKING refusal was logged
         self.messages = 0
         #: dict lookups made to route invalidated keys (see the module docstring)
         self.visits = 0
@@ -398,6 +407,16 @@ class InvalidationListener:
             return
         for near in self._nears():
             near.flush()
+
+    def tracking_refused(self, conn: Any, error: Exception) -> None:
+        """A data connection's ``CLIENT TRACKING on REDIRECT`` (``bcast=False``) was
+        answered *error* (an ACL without ``client|tracking``, the command renamed or
+        disabled): that connection serves untracked, from Redis. Logged once per
+        listener (every connection would say the same)."""
+        if not self._tracking_refused:
+            self._tracking_refused = True
+            _log.warning("near cache off: %s; until that changes, reads go to Redis",
+                         _refusal(conn, "the near cache's CLIENT TRACKING on its data connections", error))
 
     def _set_active(self, active: bool) -> None:
         # under the lock :meth:`register` checks ``connected`` and activates under:

@@ -414,8 +414,9 @@ class _Lane:
         try:
             conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "NOLOOP")
             conn.read_response()
-        except redis.ResponseError:  # refused (an ACL, a proxy): serve untracked
+        except redis.ResponseError as e:  # refused (an ACL, a proxy): serve untracked
             self.tag = -generation
+            listener.tracking_refused(conn, e)
         except BaseException:
             # interrupted (KeyboardInterrupt, a gevent Timeout) with its reply maybe in
             # flight: a connect callback runs outside redis-py's handshake, which drops
