@@ -28,7 +28,9 @@ the request read is compared with what it loaded, and the ones that differ are s
 
 Settings (``app.config``, then the environment). Flask's ``SESSION_COOKIE_DOMAIN``,
 ``_SAMESITE``, ``_SECURE`` (when on), ``_HTTPONLY`` and ``_PARTITIONED`` apply where the
-``STATEKIT_`` setting is not given:
+``STATEKIT_`` setting is not given; Flask's hooks on the interface
+(``app.session_interface.get_cookie_name(app)``, ``get_cookie_domain``...) answer with
+the cookie sent, which a subclass overriding one changes:
 
 ===================================  ==================================================
 ``STATEKIT_SESSION_COOKIE_NAME``     default ``SESSION_COOKIE_NAME`` (``"session"``)
@@ -259,7 +261,7 @@ class StatekitSessionInterface(SessionInterface):
             detached.drops_writes = detached.static = True
             return detached
         cookies = request.cookies
-        cookie = cookies.get(self.cookie_name)
+        cookie = cookies.get(self.get_cookie_name(app))
         token = cookies.get(self.token_name) if self._near else None
         try:
             s = self.store.open(cookie, context=lambda: f"client {request.remote_addr}", version_token=token)
@@ -286,14 +288,38 @@ class StatekitSessionInterface(SessionInterface):
         s.unavailable = True
         return s
 
+    # Flask's cookie hooks answer with the cookie this interface sends (the settings
+    # resolved by init_app), and are what it sends: a subclass may override one
+
+    def get_cookie_name(self, app: Flask) -> str:
+        return self.cookie_name
+
+    def get_cookie_domain(self, app: Flask) -> str | None:
+        return self.cookie_domain
+
+    def get_cookie_path(self, app: Flask) -> str:
+        return self.cookie_path or super().get_cookie_path(app)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return not app.debug if self.secure is None else self.secure
+
+    def get_cookie_httponly(self, app: Flask) -> bool:
+        return self.httponly
+
+    def get_cookie_samesite(self, app: Flask) -> str | None:
+        return self.samesite
+
+    def get_cookie_partitioned(self, app: Flask) -> bool:
+        return self.partitioned
+
     def _cookie_kwargs(self, app: Flask) -> dict[str, Any]:
-        return {"domain": self.cookie_domain, "path": self.cookie_path or self.get_cookie_path(app),
-                "secure": not app.debug if self.secure is None else self.secure,
-                "httponly": self.httponly, "samesite": self.samesite, "partitioned": self.partitioned}
+        return {"domain": self.get_cookie_domain(app), "path": self.get_cookie_path(app),
+                "secure": self.get_cookie_secure(app), "httponly": self.get_cookie_httponly(app),
+                "samesite": self.get_cookie_samesite(app), "partitioned": self.get_cookie_partitioned(app)}
 
     def _set_cookie(self, app: Flask, session: FlaskSession, response: Response) -> None:
         kwargs = self._cookie_kwargs(app)
-        response.set_cookie(self.cookie_name, self.store.sign(session.sid),
+        response.set_cookie(self.get_cookie_name(app), self.store.sign(session.sid),
                             expires=self.get_expiration_time(app, session), **kwargs)
         if kwargs["secure"]:
             warn_secure_cookie_over_http(request.is_secure, request.host)
@@ -355,7 +381,7 @@ class StatekitSessionInterface(SessionInterface):
                 assert isinstance(carried, FlaskSession)  # (the store's session_class)
                 self._set_cookie(app, carried, response)
             else:
-                response.delete_cookie(self.cookie_name, **self._cookie_kwargs(app))
+                response.delete_cookie(self.get_cookie_name(app), **self._cookie_kwargs(app))
             return
         token = self.store.version_token(session, session.token_sent)
         if token is not None and saved and not session.new:
@@ -376,8 +402,8 @@ class StatekitSessionInterface(SessionInterface):
         # Then as Flask sends it: a permanent session's (a new Expires) when modified,
         # which SESSION_REFRESH_EACH_REQUEST (above) makes every request; and one
         # signed with a fallback key (SECRET_KEY_FALLBACKS), signed again now
-        refresh = session.written and (
-            permanent and changed or request.cookies.get(self.cookie_name) != self.store.sign(session.sid))
+        refresh = session.written and (permanent and changed or request.cookies.get(
+            self.get_cookie_name(app)) != self.store.sign(session.sid))
         if not (session.send_cookie or permanent != session.loaded_permanent or refresh):
             return
         if session.through_alias:

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, jsonify, session
+from flask import Flask, jsonify, request, session
 from flask.testing import FlaskClient
 from test_flask_sessions import SECRET, make_app
 
 from flask_statekit import get_state
+from flask_statekit.sessions import StatekitSessionInterface
 
 pytestmark = pytest.mark.redis
 
@@ -117,15 +118,12 @@ def test_refresh_each_request_off_sends_the_cookie_of_a_changed_permanent_sessio
     ``PERMANENT_SESSION_LIFETIME`` after it was first set."""
     r = redis.Redis.from_url(redis_url)
     app = make_app(redis_url, SESSION_REFRESH_EACH_REQUEST=False, PERMANENT_SESSION_LIFETIME=3600)
-
-    @app.post("/remember-me")
-    def remember_me() -> Any:
-        session.permanent = True
-        session["n"] = "1"
-        return "ok"
-
     client = app.test_client()
-    assert "Expires=" in client.post("/remember-me").headers["Set-Cookie"]
+    with client.session_transaction() as remembered:  # a "remember me" login
+        remembered.permanent = True
+        remembered["n"] = "1"
+    first = client.get_cookie("session")
+    assert first is not None and first.expires is not None
     changed = client.post("/set/n/2")
     assert "Expires=" in changed.headers.get("Set-Cookie", ""), "a changed permanent session: no cookie"
     assert "Set-Cookie" not in client.get("/get").headers  # unchanged: none
@@ -196,3 +194,36 @@ def test_flask_session_regenerate_rotates_the_id(redis_url: str) -> None:
     fresh = app.test_client()  # a session not stored yet has no id to rotate away
     assert fresh.post("/regenerate").status_code == 200
     assert fresh.get("/get").get_json() == {"_user_id": "ada"}
+
+
+def test_flask_cookie_hooks_answer_with_the_cookie_sent(redis_url: str) -> None:
+    """Flask's ``get_cookie_*`` hooks on the installed interface give the attributes
+    of the cookie it sends (an app deleting or reading the session cookie itself
+    asks them), and a subclass overriding one (a domain per tenant, a stricter
+    SameSite) changes the cookie, as it does Flask's and Flask-Session's."""
+    app = make_app(redis_url, STATEKIT_SESSION_COOKIE_NAME="sid", STATEKIT_SESSION_COOKIE_PATH="/app",
+                   STATEKIT_SESSION_COOKIE_DOMAIN="example.test", STATEKIT_SESSION_COOKIE_PARTITIONED=True)
+    iface = app.session_interface
+    assert isinstance(iface, StatekitSessionInterface)
+    sent = app.test_client().post("/set/a/b").headers["Set-Cookie"]
+    assert sent.startswith("sid=")
+    assert {"Domain=example.test", "Path=/app", "Secure", "HttpOnly", "SameSite=Lax", "Partitioned"} <= {
+        part.strip() for part in sent.split(";")}
+    hooks = (iface.get_cookie_name(app), iface.get_cookie_domain(app), iface.get_cookie_path(app),
+             iface.get_cookie_secure(app), iface.get_cookie_httponly(app), iface.get_cookie_samesite(app),
+             iface.get_cookie_partitioned(app))
+    assert hooks == ("sid", "example.test", "/app", True, True, "Lax", True)
+
+    class PerTenant(StatekitSessionInterface):
+        def get_cookie_domain(self, app: Flask) -> str | None:
+            return request.host.partition(":")[0]
+
+        def get_cookie_samesite(self, app: Flask) -> str | None:
+            return "Strict"
+
+    app.session_interface = PerTenant(iface.store)
+    client = app.test_client()
+    sent = client.post("/set/a/b", base_url="https://shop.example.test").headers["Set-Cookie"]
+    assert "Domain=shop.example.test" in sent and "SameSite=Strict" in sent
+    gone = client.post("/logout", base_url="https://shop.example.test").headers["Set-Cookie"]
+    assert "Max-Age=0" in gone and "Domain=shop.example.test" in gone and "SameSite=Strict" in gone
