@@ -11,22 +11,28 @@ replaced. On any error the multipart upload is aborted; if the endpoint is gone 
 the abort fails too, :meth:`~statekit.blobs.BlobStore.cleanup_incomplete` aborts it
 later -- the parts were never visible as an object.
 
+Presigned links (:meth:`~statekit.blobs.BlobStore.url`) and upload forms are signed
+with Signature Version 4 (``X-Amz-*``; at most 7 days), in every region: botocore
+would presign with SigV2 where S3 still takes it, which it refuses for buckets made
+since June 2020.
+
 URL options: ``endpoint_url``, ``public_endpoint_url`` (where browsers reach the
 store, when it differs from ``endpoint_url``: presigned URLs are signed for that host,
 e.g. ``endpoint_url=http://minio:9000&public_endpoint_url=https://files.example.com``
-under Docker Compose), ``region``, ``addressing_style``, ``connect_timeout``
-(default 5 s), ``read_timeout`` (60 s), ``retries`` (3), ``multipart_threshold`` and
-``part_size`` (5 MiB, S3's minimum; both at most 5 GiB, S3's largest part and
-``PutObject``: a :class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2: the
-parts of one put in flight), ``profile``,
-``checksum`` (``sha256``/``none``), ``conditional_writes`` (default true; turn it
-off only for stores that reject ``If-None-Match`` or a delete's ``If-Match``: every
-write is then a ``HEAD`` before the ``PUT``, so two writers of one key at the same
-instant can both succeed, and a direct upload's ``confirm()`` and
-``cleanup_incomplete()`` can both act on it again, within that instant; two deletes of
-one blob at that instant can both report it), ``request_checksum_calculation``
-and ``response_checksum_validation`` (botocore's ``when_supported`` /
-``when_required``).
+under Docker Compose; a proxy there passes the path and ``Host`` on unchanged, which
+the signature covers: a CDN origin that rewrites them fails it), ``region``,
+``addressing_style``, ``connect_timeout`` (default 5 s), ``read_timeout`` (60 s),
+``retries`` (3), ``multipart_threshold`` and ``part_size`` (5 MiB, S3's minimum; both
+at most 5 GiB, S3's largest part and ``PutObject``: a
+:class:`~statekit.errors.ConfigError` otherwise), ``max_concurrency`` (2: the parts of
+one put in flight), ``profile``, ``checksum`` (``sha256``/``none``),
+``conditional_writes`` (default true; turn it off only for stores that reject
+``If-None-Match`` or a delete's ``If-Match``: every write is then a ``HEAD`` before
+the ``PUT``, so two writers of one key at the same instant can both succeed, and a
+direct upload's ``confirm()`` and ``cleanup_incomplete()`` can both act on it again,
+within that instant; two deletes of one blob at that instant can both report it),
+``request_checksum_calculation`` and ``response_checksum_validation`` (botocore's
+``when_supported`` / ``when_required``).
 
 Connections: the client's pool keeps ``concurrent_puts * (max_concurrency + 1)``
 connections (a keyword, default :data:`~statekit.blobs.protocol.CONCURRENT_PUTS`, 32:
@@ -521,6 +527,10 @@ class S3Backend(BlobBackend):
                      for name, default in _checksum_defaults(opts.get("endpoint_url")).items()}
         config = Config(
             **{name: value for name, value in checksums.items() if value is not None},
+            # SigV4 for the links and forms it presigns too: botocore presigns with SigV2 unless
+            # told, in every region that still takes it, and S3 refuses SigV2 for buckets made
+            # since June 2020 (requests are SigV4 either way; MAX_PRESIGN_SECONDS is SigV4's)
+            signature_version="s3v4",
             connect_timeout=opts.get("connect_timeout", 5.0),
             read_timeout=opts.get("read_timeout", 60.0),
             # botocore's "max_attempts" counts retries only; the total is what retries + 1 means

@@ -122,3 +122,30 @@ def test_a_download_named_as_uploaded(storage: BlobStorage) -> None:
         response = FileResponse(f, as_attachment=True, filename=storage.store.stat(name).filename)
         assert response["Content-Disposition"] == 'attachment; filename="Q3 report.txt"'
         assert response["Content-Length"] == "9" and response["Content-Type"].startswith("text/plain")
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "eu-central-1"])
+def test_s3_links_and_upload_forms_are_signed_with_sigv4(s3_url: str, region: str) -> None:
+    """S3 refuses Signature Version 2 for buckets created since June 2020, and django-storages
+    users set ``AWS_S3_SIGNATURE_VERSION = "s3v4"``; botocore presigns with SigV2 unless
+    told (``_default_s3_presign_to_sigv2``) in every region that still takes it. Failed
+    before: ``url()`` was ``?AWSAccessKeyId=...&Signature=...&Expires=...`` and the upload
+    form's fields ``AWSAccessKeyId``/``signature`` in us-east-1 and eu-west-1; the 7-day
+    limit statekit holds links to is SigV4's. Both work against the server."""
+    from statekit.blobs import BlobStore
+    from statekit.testing.contracts.blobs import direct_upload
+
+    assert "region=us-east-1" in s3_url
+    storage = BlobStorage(store=BlobStore(s3_url.replace("region=us-east-1", f"region={region}")))
+    name = storage.save("docs/report.txt", ContentFile(b"quarterly"))
+    url = storage.url(name, expire=60)
+    query = parse_qs(urlsplit(url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert f"/{region}/s3/" in query["X-Amz-Credential"][0]
+    assert "AWSAccessKeyId" not in query and query["X-Amz-Expires"] == ["60"]
+    assert requests.get(url, timeout=30).content == b"quarterly"
+    up = storage.store.presign_upload(max_size=100, content_type_prefix="text/", expires=60)
+    assert up.fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and "AWSAccessKeyId" not in up.fields
+    assert direct_upload(storage.store, up, b"direct", "text/plain")
+    assert storage.store.confirm(up.key).size == 6
