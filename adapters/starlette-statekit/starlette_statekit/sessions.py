@@ -97,9 +97,10 @@ makes one. The middleware then sends the version-token cookie (``<cookie_name>_v
 that orders a browser's reads after its own writes. What it costs and what may be
 stale, for how long: docs/starlette.md, "Near cache".
 
-**Switching from Starlette's cookie sessions** without logging users out:
-``carry_over=StarletteCookieSessions(old_secret_key)`` carries each user's session
-over on their first request (docs/starlette.md).
+**Switching from Starlette's cookie sessions** (or starsessions on Redis) without
+logging users out: ``carry_over=StarletteCookieSessions(old_secret_key)`` (or
+``StarsessionsRedis(old_redis_url)``) carries each user's session over on their first
+request (docs/starlette.md).
 
 **WebSockets** get ``websocket.session`` loaded; it is not saved by the middleware
 (``await get_session_store(websocket).save(websocket.session)`` does).
@@ -123,11 +124,11 @@ from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outage_name, outages
 from statekit.sessions import Session
 from statekit.sessions.aio import AsyncSessionStore
-from statekit.sessions.carryover import CarryOver, PreviousStore
+from statekit.sessions.carryover import CarryOver, FlaskSessionRedis, PreviousStore
 from statekit.sessions.session import warn_secure_cookie_over_http
 
-__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "StarletteCookieSessions", "destroy_session",
-           "get_session_store", "incr_session", "rotate_session"]
+__all__ = ["NEAR_CACHE", "STORE_SCOPE_KEY", "SessionMiddleware", "StarletteCookieSessions",
+           "StarsessionsRedis", "destroy_session", "get_session_store", "incr_session", "rotate_session"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -187,8 +188,9 @@ class SessionMiddleware:
     :param retry_after: seconds in the 503's ``Retry-After``.
     :param carry_over: the previous session store, read once per browser on its first
         request (:mod:`statekit.sessions.carryover`): :class:`StarletteCookieSessions`
-        for Starlette's own cookie sessions, so a user logged in before the switch stays
-        logged in; or a ready :class:`~statekit.sessions.carryover.CarryOver`.
+        for Starlette's own cookie sessions, :class:`StarsessionsRedis` for starsessions
+        on Redis, so a user logged in before the switch stays logged in; or a ready
+        :class:`~statekit.sessions.carryover.CarryOver`.
     :param store_options: more keywords for the store (``absolute_lifetime``,
         ``alias_window``, ``codec``, ``key_prefix``, ``near_cache``: :data:`NEAR_CACHE`
         unless given, where the URL allows it, ``0`` turns it off...); ``user_key``, the session key
@@ -491,6 +493,23 @@ class StarletteCookieSessions:
 
     def forget(self, cookie: str) -> None:
         """Nothing is stored on the server: the new cookie replaces this one."""
+
+
+class StarsessionsRedis(FlaskSessionRedis):
+    """starsessions' ``RedisStore`` (with its default ``JsonSerializer``) as the
+    previous store of a carry-over: the cookie holds the session id as it is, the
+    session is JSON under ``<prefix><id>`` (starsessions' *prefix*, ``starsessions.``
+    by default). Read as :class:`~statekit.sessions.carryover.FlaskSessionRedis` reads
+    Flask-Session's unsigned layout, the same one; the old entry is deleted once carried
+    over.
+
+    :param url: the old Redis, or *client*: a ready (sync) redis-py client.
+    """
+
+    name = "starsessions (Redis)"
+
+    def __init__(self, url: str | None = None, *, client: Any = None, prefix: str = "starsessions.") -> None:
+        super().__init__(url, client=client, key_prefix=prefix)
 
 
 class _Session(Session):

@@ -22,12 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi import FastAPI, Request, UploadFile
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 from starlette.responses import JSONResponse, Response
 
 from starlette_statekit import StateKit, get_state, mounted_lifespan
-from starlette_statekit.sessions import StarletteCookieSessions
+from starlette_statekit.sessions import StarletteCookieSessions, StarsessionsRedis
 from starlette_statekit.uploads import UploadLimitMiddleware, save_upload
 from statekit.broadcast.aio import AsyncBroadcaster
 from statekit.embedded import free_port
@@ -184,7 +185,7 @@ def test_a_mounted_app_whose_startup_fails_raises_its_error(redis_url: str) -> N
 
 def _session_app(kind: str, redis_url: str) -> FastAPI:
     """*kind* ``"starlette"``: Starlette's cookie SessionMiddleware; ``"statekit"``:
-    ``StateKit(app)``'s (the migration's before and after)."""
+    ``StateKit(app)``'s (the migration's before and after); else the caller's."""
     app = FastAPI()
 
     @app.get("/me")
@@ -209,7 +210,7 @@ def _session_app(kind: str, redis_url: str) -> FastAPI:
 
     if kind == "starlette":
         app.add_middleware(StarletteSessionMiddleware, secret_key="old-secret")
-    else:
+    elif kind == "statekit":
         StateKit(app, redis_url=redis_url, secret_keys=["k"], key_prefix="r19vary", cache_enabled=False,
                  broadcast_enabled=False, blobs_enabled=False, lifecycle_enabled=False)
     return app
@@ -344,3 +345,41 @@ def test_an_uploadfile_past_the_limit_is_refused_before_its_body_is_read(
     assert seen == {"declared": (413, 0), "chunked": (413, True),
                     "chunked detail": {"detail": f"upload larger than {LIMIT} bytes"},
                     "small": (200, {"size": LIMIT // 2}), "json": {"size": 2 * LIMIT}}
+
+
+def test_a_user_logged_in_with_starsessions_on_redis_stays_logged_in(redis_url: str) -> None:
+    from redis.asyncio import Redis as AsyncRedis
+    from starsessions import SessionAutoloadMiddleware
+    from starsessions import SessionMiddleware as StarsessionsMiddleware
+    from starsessions.stores.redis import RedisStore
+
+    before = _session_app("statekit-less", redis_url)
+    before.add_middleware(SessionAutoloadMiddleware)
+    old_redis = AsyncRedis.from_url(redis_url)
+    before.add_middleware(StarsessionsMiddleware, store=RedisStore(connection=old_redis, prefix="r19star."),
+                          cookie_https_only=False, lifetime=3600)
+    after = FastAPI()
+    after.router.routes.extend(before.router.routes)
+    previous = redis.Redis.from_url(redis_url)  # the old Redis: closed at the end (the url= one is never)
+    StateKit(after, redis_url=redis_url, secret_keys=["new-key"], key_prefix="r19star", cache_enabled=False,
+             broadcast_enabled=False, blobs_enabled=False, lifecycle_enabled=False,
+             session_options={"carry_over": StarsessionsRedis(client=previous, prefix="r19star.")})
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=before), base_url="http://test") as c:
+            assert (await c.post("/login")).status_code == 200
+            old = c.cookies["session"]
+            assert (await c.get("/me")).json() == {"user": "ada"}
+        await old_redis.aclose()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=after), base_url="http://test") as c:
+            first = await c.get("/me", headers={"cookie": f"session={old}"})
+            assert first.json() == {"user": "ada"}  # still logged in
+            new = first.cookies["session"]
+            again = await c.get("/me", headers={"cookie": f"session={new}"})
+            assert new != old and again.json() == {"user": "ada"}
+            unknown = await c.get("/me", headers={"cookie": "session=0123456789abcdef"})
+            assert unknown.json() == {"user": None}
+        assert previous.get(f"r19star.{old}") is None  # the old entry deleted once carried over
+
+    with contextlib.closing(previous):
+        asyncio.run(asyncio.wait_for(main(), 60))
