@@ -112,7 +112,7 @@ _FOREIGN_OPTIONS = {
     "PASSWORD": "put it in LOCATION: redis://:password@host:6379/0",
     "SOCKET_TIMEOUT": "a LOCATION option: ?socket_timeout=0.5 (or OPTIONS['timeout'])",
     "SOCKET_CONNECT_TIMEOUT": "a LOCATION option: ?socket_connect_timeout=0.5",
-    "CONNECTION_POOL_KWARGS": "LOCATION options, such as ?max_connections=50",
+    "CONNECTION_POOL_KWARGS": "LOCATION options: ?max_connections=50, rediss://...?ssl_cert_reqs=none",
     "IGNORE_EXCEPTIONS": "OPTIONS['on_error'] = 'miss'",
     "SERIALIZER": "OPTIONS['serializer']: 'signed-pickle' (the default), 'json' or 'msgpack'",
     "COMPRESSOR": "values are not compressed (compress large values yourself)",

@@ -224,3 +224,23 @@ def test_delete_many_answers_how_many_it_deleted_as_django_redis(redis_url: str)
     assert asyncio.run(cache.adelete_many(["c", "missing"])) == 1
     assert cache.delete_many([]) is None and asyncio.run(cache.adelete_many([])) is None
     assert cache.get_many(["a", "b", "c"]) == {}
+
+
+def test_on_error_miss_still_raises_for_a_counter_and_a_lock() -> None:
+    """The row of docs/differences.md: with on_error="miss" (django-redis'
+    IGNORE_EXCEPTIONS) a read misses and a write is dropped in an outage, but incr and a
+    lock's acquire raise (django-redis' incr answers None). A port nothing listens on."""
+    import socket
+
+    from statekit.errors import BackendUnavailable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache = _cache(f"redis://127.0.0.1:{port}/0?socket_connect_timeout=1&socket_timeout=1&retries=0",
+                   OPTIONS={"on_error": "miss", "failure_threshold": 100, "namespace": "review19-dead"})
+    assert cache.get("k", "default") == "default" and cache.set("k", 1) is None
+    with pytest.raises(BackendUnavailable):
+        cache.incr("k", ignore_key_check=True)
+    with pytest.raises(BackendUnavailable):
+        cache.lock("job", blocking=False).acquire()
