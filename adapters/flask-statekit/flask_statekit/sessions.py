@@ -71,7 +71,8 @@ request modified the session, as Flask sends it. A cookie signed with a key of
 that writes (a change, or the refresh): its user stays signed in once the old key is
 removed. A new session holding nothing but ``session.permanent`` (a ``before_request``
 hook sets it for every visitor: crawlers, probes) is neither stored nor sent a cookie,
-as with Flask-Session. ``Vary: Cookie`` is added when the request used the session.
+as with Flask-Session. ``Vary: Cookie`` is added when the request used the session,
+or sets or deletes its cookie, as Flask adds it.
 
 Flask's static files (``app.static_url_path``) are served without loading the
 session: no Redis round trip, and no 503 while Redis is away.
@@ -321,6 +322,7 @@ class StatekitSessionInterface(SessionInterface):
         kwargs = self._cookie_kwargs(app)
         response.set_cookie(self.get_cookie_name(app), self.store.sign(session.sid),
                             expires=self.get_expiration_time(app, session), **kwargs)
+        _vary_cookie(response)  # as Flask: whether or not the view used the session
         if kwargs["secure"]:
             warn_secure_cookie_over_http(request.is_secure, request.host)
 
@@ -375,6 +377,7 @@ class StatekitSessionInterface(SessionInterface):
                 self._set_cookie(app, session, response)
             return
         if logged_out:
+            _vary_cookie(response)  # the cookie is replaced or deleted
             if session.token_sent is not None:
                 response.delete_cookie(self.token_name, **self._cookie_kwargs(app))
             if carried is not None:

@@ -227,3 +227,19 @@ def test_flask_cookie_hooks_answer_with_the_cookie_sent(redis_url: str) -> None:
     assert "Domain=shop.example.test" in sent and "SameSite=Strict" in sent
     gone = client.post("/logout", base_url="https://shop.example.test").headers["Set-Cookie"]
     assert "Max-Age=0" in gone and "Domain=shop.example.test" in gone and "SameSite=Strict" in gone
+
+
+def test_a_response_setting_the_cookie_varies_on_it(redis_url: str) -> None:
+    """Flask adds ``Vary: Cookie`` to every response that sets or deletes the session
+    cookie, used or not: a permanent session's refreshed cookie on a page that never
+    touched the session must not be cached and served to other browsers."""
+    r = redis.Redis.from_url(redis_url)
+    app = make_app(redis_url)
+    client = app.test_client()
+    with client.session_transaction() as remembered:
+        remembered.permanent = True
+        remembered["cart"] = "apple"
+    _age_session(r, client, app, 120)
+    refreshed = client.get("/peek")  # the TTL refresh is due: the cookie goes out again
+    assert "Expires=" in refreshed.headers.get("Set-Cookie", "")
+    assert "Cookie" in refreshed.headers.get("Vary", ""), "a Set-Cookie without Vary: Cookie"
