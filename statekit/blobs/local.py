@@ -471,6 +471,23 @@ class LocalBackend(BlobBackend):
         more = len(keys) > page_size
         return BlobPage(items, keys[page_size - 1] if more else None)
 
+    def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
+        """One level, as the directory holds it (``os.scandir``); an empty directory
+        a delete left is listed, as Django's ``FileSystemStorage`` lists it."""
+        self._check_root()  # an unmounted volume lists as an outage, not as empty
+        top = self.root
+        if prefix:
+            top = self._check_inside(os.path.join(self.root, *prefix.rstrip("/").split("/")))
+        try:
+            with os.scandir(top) as entries:
+                found = [(entry.name, entry.is_dir()) for entry in entries]
+        except (FileNotFoundError, NotADirectoryError):
+            return [], []
+        except OSError as e:
+            raise _oserror(e, f"listing {prefix!r}") from e
+        return (sorted(name for name, is_dir in found if is_dir),
+                sorted(name for name, is_dir in found if not is_dir))
+
     def cleanup_partial(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         removed = 0

@@ -249,6 +249,27 @@ class BlobBackend(Protocol):
         URLs :meth:`BlobStore.url` signs)."""
         return f"{self.scheme}://"
 
+    def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
+        """The names one level below *prefix* (``""``, or a validated prefix ending in
+        ``/``): the next segments of deeper keys (the "directories") and the objects
+        there, each sorted. The default reads every key below *prefix*
+        (:meth:`list_page`); a store that lists one level (S3's ``Delimiter``, a
+        directory) reads only that level."""
+        dirs: set[str] = set()
+        files: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = self.list_page(prefix, cursor, 1000)
+            for blob in page.items:
+                head, sep, _tail = blob.key[len(prefix):].partition("/")
+                if sep:
+                    dirs.add(head)
+                else:
+                    files.append(head)
+            if page.cursor is None:
+                return sorted(dirs), sorted(files)
+            cursor = page.cursor
+
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """Up to *length* bytes from offset *start* (fewer at the end of the object;
         both at least 0, checked by :class:`~statekit.blobs.BlobStore`). Read a

@@ -697,6 +697,20 @@ class S3Backend(BlobBackend):
             items.append(Blob(obj["Key"][cut:], int(obj["Size"]), created=obj.get("LastModified")))
         return BlobPage(items, resp.get("NextContinuationToken") if resp.get("IsTruncated") else None)
 
+    def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
+        """One level, as S3 lists it (``Delimiter="/"``): its common prefixes and objects."""
+        base = self._full(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
+        dirs: list[str] = []
+        files: list[str] = []
+        while True:
+            resp = self._call("list_objects_v2", None, **kwargs)
+            dirs += [p["Prefix"][len(base):].rstrip("/") for p in resp.get("CommonPrefixes", [])]
+            files += [obj["Key"][len(base):] for obj in resp.get("Contents", [])]
+            if not resp.get("IsTruncated"):
+                return sorted(dirs), sorted(files)
+            kwargs["ContinuationToken"] = resp["NextContinuationToken"]
+
     # -- URLs and direct uploads ---------------------------------------------------------
     def presign_get(self, key: str, expires: int, disposition: str | None) -> str:
         if expires > MAX_PRESIGN_SECONDS:

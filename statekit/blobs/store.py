@@ -309,6 +309,16 @@ class BlobStore:
         visible = [b for b in page.items if not b.key.startswith(".") and "/." not in b.key]
         return BlobPage(visible, page.cursor)
 
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        """One level below the "directory" *prefix* (``"avatars"``; ``""``: the top):
+        the names of its subdirectories (the next segment of deeper keys) and of the
+        blobs directly in it, each sorted -- Django's ``Storage.listdir``. Reads that
+        level only where the backend can (S3, ``file://``), not every key below it.
+        statekit's own objects are left out."""
+        dirs, files = self.backend.list_dir(validate_prefix(prefix))
+        return ([d for d in dirs if d and not d.startswith(".")],
+                [f for f in files if f and not f.startswith(".")])
+
     def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[Blob]:
         """Every blob under *prefix*, fetched a page at a time."""
         return _pages(lambda cursor: self.list_page(prefix, cursor=cursor, page_size=page_size))

@@ -171,18 +171,10 @@ class BlobStorage(Storage):
             return False
 
     def listdir(self, path: _Name) -> tuple[list[str], list[str]]:
+        """The subdirectories and files directly in *path*, each sorted; S3 and
+        ``file://`` read that level only (:meth:`BlobStore.list_dir`)."""
         prefix = _clean(path)
-        prefix = f"{self._key(prefix)}/" if prefix else ""
-        dirs: set[str] = set()
-        files: list[str] = []
-        for blob in self.store.list(prefix):
-            rest = blob.key[len(prefix):]
-            head, sep, _tail = rest.partition("/")
-            if sep:
-                dirs.add(head)
-            else:
-                files.append(rest)
-        return sorted(dirs), files
+        return self.store.list_dir(self._key(prefix) if prefix else "")
 
     def size(self, name: _Name) -> int:
         return self._stat(name).size

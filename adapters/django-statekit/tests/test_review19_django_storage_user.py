@@ -11,6 +11,11 @@ What they relied on and statekit did not give them:
   upload store refuses active content it cannot sniff) or stored each file under a
   generated key that ``{% static %}`` never asks for. It now fails Django's start,
   saying what to use instead.
+* Links and upload forms signed with SigV4 (``AWS_S3_SIGNATURE_VERSION = "s3v4"``):
+  botocore presigned with SigV2 in us-east-1 and the other regions that still take
+  it, which S3 refuses for buckets made since June 2020.
+* ``listdir()`` reading one level, as django-storages' ``Delimiter="/"`` listing: it
+  listed every object of the store to find the names of the top level.
 
 Against a real moto S3 server (``s3_url``) and a ``file://`` directory.
 """
@@ -149,3 +154,54 @@ def test_s3_links_and_upload_forms_are_signed_with_sigv4(s3_url: str, region: st
     assert up.fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256" and "AWSAccessKeyId" not in up.fields
     assert direct_upload(storage.store, up, b"direct", "text/plain")
     assert storage.store.confirm(up.key).size == 6
+
+
+def _fill(storage: BlobStorage) -> list[str]:
+    """``top.txt`` (no ``upload_to``: a date path) and 12 files under ``a/`` and ``b/c/``,
+    as ``upload_to`` prefixes and date paths make them; their keys."""
+    keys = [storage.save(where, ContentFile(b"%d" % i))
+            for i in range(6) for where in ("a/x.txt", "b/c/x.txt")]
+    return [*keys, storage.store.put(b"top", filename="top.txt", content_type="text/plain").key]
+
+
+@pytest.fixture(params=["memory", "file", pytest.param("s3", marks=pytest.mark.s3)])
+def tree(request: pytest.FixtureRequest, django_settings: Any,
+         tmp_path: Path) -> tuple[BlobStorage, list[str]]:
+    """A storage on each backend, :func:`_fill`ed: (storage, keys)."""
+    from statekit.blobs import BlobStore
+
+    url = {"memory": f"memory://review19-{tmp_path.name}", "file": f"file://{tmp_path}/media?create=1"}.get(
+        request.param) or request.getfixturevalue("s3_url")
+    storage = BlobStorage(store=BlobStore(url))
+    return storage, _fill(storage)
+
+
+def test_listdir_lists_one_level(tree: tuple[BlobStorage, list[str]]) -> None:
+    """As Django's storages answer: the subdirectories and the files directly below,
+    statekit's own ``.statekit/`` left out."""
+    storage, keys = tree
+    assert storage.listdir("") == (sorted(["a", "b", keys[-1].split("/")[0]]), [])
+    assert storage.listdir("b") == (["c"], []) and storage.listdir("b/") == (["c"], [])
+    day = keys[0].rsplit("/", 1)[0]  # a/YYYY/MM/DD: 6 files, fewer if the day turned meanwhile
+    assert storage.listdir(day) == ([], sorted(k.rsplit("/", 1)[1] for k in keys if k.startswith(day + "/")))
+    assert storage.listdir("nothing") == ([], [])
+
+
+@pytest.mark.s3
+def test_listdir_on_s3_reads_one_level(s3_url: str) -> None:
+    """``listdir("")`` listed every object of the store (a page of 1000 per request:
+    a bucket of a million uploads was a thousand requests) to find a few names;
+    django-storages asks S3 for one level (``Delimiter="/"``). Failed before: the
+    listing returned all 13 objects."""
+    from statekit.blobs import BlobStore
+
+    storage = BlobStorage(store=BlobStore(s3_url))
+    keys = _fill(storage)
+    returned: list[int] = []
+
+    def count(parsed: dict[str, Any], **_: Any) -> None:
+        returned.append(len(parsed.get("Contents", [])) + len(parsed.get("CommonPrefixes", [])))
+
+    storage.store.client.meta.events.register("after-call.s3.ListObjectsV2", count)
+    assert storage.listdir("")[0] == sorted(["a", "b", keys[-1].split("/")[0]])
+    assert returned == [3], returned
