@@ -151,6 +151,10 @@ async def save_upload(
     return blob
 
 
+#: the methods whose requests :class:`UploadLimitMiddleware` looks at (a form is sent with them)
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 class UploadLimitMiddleware:
     """Hold every multipart request to the blob store's limit before the app reads it:
     FastAPI parses the form of a route with an ``UploadFile`` (or ``Form``) parameter
@@ -158,10 +162,10 @@ class UploadLimitMiddleware:
     :func:`save_upload`'s ``upload=`` refuses it (413) only after the whole body was read.
     Add it after ``StateKit(app)``: ``app.add_middleware(UploadLimitMiddleware)``.
 
-    A ``multipart/form-data`` request whose ``Content-Length`` passes the limit plus
-    ``STATEKIT_BLOBS_FORM_OVERHEAD`` is answered 413 when the app first reads its body,
-    before a byte of it is read; one without ``Content-Length`` (chunked) as soon as the
-    body read passes that size. The 413 is the app's ``HTTPException`` (FastAPI's
+    A ``multipart/form-data`` ``POST``, ``PUT`` or ``PATCH`` whose ``Content-Length``
+    passes the limit plus ``STATEKIT_BLOBS_FORM_OVERHEAD`` is answered 413 when the app
+    first reads its body, before a byte of it is read; one without ``Content-Length``
+    (chunked) as soon as the body read passes that size. The 413 is the app's ``HTTPException`` (FastAPI's
     ``{"detail": ...}``), through its exception handlers. Other bodies, and a route that
     never reads the body, are left alone.
 
@@ -174,10 +178,11 @@ class UploadLimitMiddleware:
         self.max_size = parse_size(max_size, name="max_size") if max_size not in (None, "") else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])  # the first of each (latin-1 names, lower case)
+        if scope["type"] == "http" and scope.get("method") in _BODY_METHODS:
+            headers = dict(scope["headers"])  # names in lower case
             if headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data"):
-                state = getattr(scope["app"].state, "statekit", None)  # StateKit(app)'s, if any
+                app = scope.get("app")  # Starlette's: StateKit(app)'s state, if any
+                state = getattr(getattr(app, "state", None), "statekit", None)
                 store: AsyncBlobStore | None = getattr(state, "blobs", None)
                 limit = self.max_size
                 if limit is None and store is not None:
