@@ -27,8 +27,8 @@ from urllib.parse import quote
 from .errors import StatekitError
 
 __all__ = ["COMMANDS", "COMMAND_EXTRAS", "DEV_STOP_TIMEOUT", "RUN_DIR", "PlainHelpFormatter",
-           "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main", "module_missing", "plain",
-           "port_number"]
+           "bounded_int", "check_pid_file", "default_pid_file", "dev", "find_pid_file", "main",
+           "module_missing", "plain", "port_number"]
 
 #: command -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -71,15 +71,21 @@ class PlainHelpFormatter(argparse.HelpFormatter):
         return plain(super()._expand_help(action))
 
 
+def bounded_int(text: str, low: int, high: int, what: str) -> int:
+    """For an argparse type: *text* as a whole number from *low* to *high*, else a
+    usage error saying it is not *what*."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 0 to 65535 (a usage error otherwise)."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
-    return port
+    return bounded_int(text, 0, 65535, "a port number (0 to 65535)")
 
 
 #: the run directory: what a command leaves for a later one (``statekit serve``'s pid

@@ -1334,6 +1334,14 @@ def _forwarded_allow_ips(text: str) -> str:
     return text
 
 
+def _keep_alive(text: str) -> int:
+    """An argparse type: whole seconds, 0 (no keep-alive) to 86400, as gunicorn's and
+    uvicorn's keep-alive timeouts take them."""
+    from .cli import bounded_int
+
+    return bounded_int(text, 0, 86400, "a number of seconds (a whole number, 0 to 86400)")
+
+
 def _workers(text: str) -> int:
     """An argparse type: a number of workers, 1 or more."""
     try:
@@ -1415,6 +1423,13 @@ def serve_main(argv: Sequence[str]) -> int:
                    help="the proxies trusted for X-Forwarded-Proto (the scheme the app sees; under ASGI "
                         "X-Forwarded-For too): addresses or networks, comma-separated, or '*' for any, as "
                         "gunicorn's and uvicorn's option (default $FORWARDED_ALLOW_IPS or 127.0.0.1,::1)")
+    p.add_argument("--keep-alive", type=_keep_alive, default=DEFAULTS["keepalive"], metavar="S",
+                   help="seconds an idle keep-alive connection is kept open (default 5); behind a load "
+                        "balancer, longer than its idle timeout (AWS ALB: 60), so it never sends a request "
+                        "on a connection the server is closing")
+    p.add_argument("--access-logfile", metavar="FILE",
+                   help="write an access log line per request to FILE ('-': standard output), as gunicorn's "
+                        "option (default: none)")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
@@ -1509,7 +1524,8 @@ def serve_main(argv: Sequence[str]) -> int:
         opts.app,
         {"bind": binds, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
          "pidfile": opts.pid or None, "loglevel": opts.log_level,
-         "forwarded_allow_ips": opts.forwarded_allow_ips},
+         "forwarded_allow_ips": opts.forwarded_allow_ips, "keepalive": opts.keep_alive,
+         "accesslog": opts.access_logfile},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,

@@ -11,6 +11,11 @@
   server's ``--forwarded-allow-ips``", gunicorn's and uvicorn's option; serve had none
   (a usage error), so a proxy not on loopback could be trusted only through gunicorn's
   ``FORWARDED_ALLOW_IPS`` variable, said nowhere. It reaches both worker kinds.
+- ``--keep-alive`` and ``--access-logfile``, gunicorn's options (uvicorn's
+  ``--timeout-keep-alive`` and access log): serve had neither, so behind a load
+  balancer whose idle timeout is longer than serve's 5 s (AWS ALB: 60 s) nothing could
+  keep the server from closing a connection the balancer may be reusing, and there was
+  no access log at all. Both reach both worker kinds.
 - ``GUNICORN_CMD_ARGS``: gunicorn's command reads it, serve (a gunicorn
   ``BaseApplication``) ignored it in silence, a ``--bind`` or ``--workers`` in it too;
   serve now says it does not read it.
@@ -163,6 +168,31 @@ def test_forwarded_allow_ips_reaches_the_workers(tmp_path: Path, interface: str)
         assert _scheme(srv.port, "127.0.0.1") == "http", srv.log()
 
 
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_keep_alive_and_access_log_reach_the_workers(tmp_path: Path, interface: str) -> None:
+    """With --keep-alive 1 an idle connection is closed within 4 s of its response (the
+    default, 5 s, keeps it open then); the request is in the access log."""
+    if interface == "asgi":
+        pytest.importorskip("uvicorn_worker")
+    app = textwrap.dedent(_SCHEME_APPS[interface])
+    with ServeProcess(tmp_path, "--keep-alive", "1", "--access-logfile", "-", *_FAST, app_source=app) as srv:
+        srv.wait_ready(1)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        try:
+            conn.request("GET", "/kept")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == b"http"
+            assert conn.sock is not None, "the server closed the connection at once: no keep-alive"
+            conn.sock.settimeout(4)
+            try:
+                assert conn.sock.recv(1) == b""  # closed by the server
+            except TimeoutError:
+                pytest.fail(f"the connection is open 4 s after its response (--keep-alive 1):\n{srv.log()}")
+        finally:
+            conn.close()
+        wait_until(lambda: '"GET /kept HTTP/1.1" 200' in srv.log(), 10, "the access log line")
+
+
 @pytest.mark.parametrize(("args", "env", "said"), [
     (["--forwarded-allow-ips", "10.0.0.300"], {}, "argument --forwarded-allow-ips: '10.0.0.300'"),
     ([], {"FORWARDED_ALLOW_IPS": "proxy.local"},
@@ -194,3 +224,13 @@ def test_gunicorn_cmd_args_is_said_to_be_ignored(monkeypatch: pytest.MonkeyPatch
                         "--graceful-timeout", "inf"])
         err = capsys.readouterr().err
         assert said in err if said else err == "", err
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "soon", "86401"])
+def test_a_keep_alive_that_is_not_whole_seconds_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                                 value: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(["app:app", "--bind", f"127.0.0.1:{free_port()}", "--pid", "", "--keep-alive", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --keep-alive: {value!r} is not a number of seconds" in err, err
