@@ -244,3 +244,20 @@ def test_on_error_miss_still_raises_for_a_counter_and_a_lock() -> None:
         cache.incr("k", ignore_key_check=True)
     with pytest.raises(BackendUnavailable):
         cache.lock("job", blocking=False).acquire()
+
+
+def test_a_made_key_past_1024_characters_is_refused(redis_url: str) -> None:
+    """The row of docs/differences.md: Django's RedisCache and django-redis take a key of
+    any length; statekit refuses a made key (``KEY_PREFIX:VERSION:key``) past 1024
+    characters with InvalidKey, a ValueError, before anything is sent."""
+    import warnings
+
+    from statekit.errors import InvalidKey
+
+    cache = _cache(redis_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Django's memcached-portability warning past 250
+        cache.set("k" * (1024 - len(":1:")), 1)
+        assert cache.get("k" * (1024 - len(":1:"))) == 1
+        with pytest.raises(InvalidKey, match="1-1024 characters"):
+            cache.set("k" * (1025 - len(":1:")), 1)
