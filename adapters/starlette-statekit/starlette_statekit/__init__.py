@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -444,7 +445,19 @@ def shared_values(conn: HTTPConnection) -> SharedValues:
 def shared(name: str, default: Any = None) -> Callable[[HTTPConnection], Awaitable[Any]]:
     """A dependency giving the current value of the shared value *name* (a memory
     read; *default* while nothing was published; the first use in a process loads it
-    in a worker thread): ``n: Annotated[int, Depends(shared("users_count", 0))]``."""
+    in a worker thread): ``n: Annotated[int, Depends(shared("users_count", 0))]``.
+
+    The same *name* and *default* give the same dependency, so a test overrides it as
+    written in the route: ``app.dependency_overrides[shared("users_count", 0)] = lambda: 3``
+    (an unhashable *default*, a list, gives a new one each time)."""
+    try:
+        return _shared(name, default)
+    except TypeError:  # an unhashable default
+        return _shared.__wrapped__(name, default)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _shared(name: str, default: Any) -> Callable[[HTTPConnection], Awaitable[Any]]:
     async def dependency(request: HTTPConnection) -> Any:
         values = shared_values(request)
         await values.value(name).aget()
@@ -456,7 +469,13 @@ def shared(name: str, default: Any = None) -> Callable[[HTTPConnection], Awaitab
 
 def shared_value(name: str) -> Callable[[HTTPConnection], Awaitable[SharedValue[Any]]]:
     """A dependency giving the :class:`~statekit.broadcast.SharedValue` *name* itself
-    (``.version``, ``.age``, ``.is_stale``, ``await .changed()``), loaded."""
+    (``.version``, ``.age``, ``.is_stale``, ``await .changed()``), loaded. The same
+    *name* gives the same dependency (``app.dependency_overrides[shared_value(name)]``)."""
+    return _shared_value(name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shared_value(name: str) -> Callable[[HTTPConnection], Awaitable[SharedValue[Any]]]:
     async def dependency(request: HTTPConnection) -> SharedValue[Any]:
         value = shared_values(request).value(name)
         await value.aget()

@@ -18,16 +18,16 @@ import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 import redis
-from fastapi import FastAPI, Request, UploadFile
+from fastapi import Depends, FastAPI, Request, UploadFile
 from starlette.middleware.sessions import SessionMiddleware as StarletteSessionMiddleware
 from starlette.responses import JSONResponse, Response
 
-from starlette_statekit import StateKit, get_state, mounted_lifespan
+from starlette_statekit import StateKit, cache, get_state, mounted_lifespan, shared, shared_value
 from starlette_statekit.sessions import StarletteCookieSessions, StarsessionsRedis
 from starlette_statekit.uploads import UploadLimitMiddleware, save_upload
 from statekit.broadcast.aio import AsyncBroadcaster
@@ -383,3 +383,32 @@ def test_a_user_logged_in_with_starsessions_on_redis_stays_logged_in(redis_url: 
 
     with contextlib.closing(previous):
         asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- dependency_overrides in tests ------------------------------------------------------------
+
+
+def test_a_shared_value_dependency_can_be_overridden_in_tests(redis_url: str) -> None:
+    """FastAPI finds an override by the dependency itself: ``shared("n", 0)`` written
+    twice (the route, the test) must be one dependency."""
+    app = FastAPI()
+    StateKit(app, redis_url=redis_url, secret_keys=["k"], key_prefix="r19override", sessions_enabled=False,
+             blobs_enabled=False, lifecycle_enabled=False)
+
+    @app.get("/n")
+    async def n(count: Annotated[int, Depends(shared("users_count", 0))],
+                value: Annotated[Any, Depends(shared_value("users_count"))],
+                c: Annotated[Any, Depends(cache)]) -> dict[str, Any]:
+        return {"count": count, "value": value, "cache": c}
+
+    app.dependency_overrides[shared("users_count", 0)] = lambda: 41
+    app.dependency_overrides[shared_value("users_count")] = lambda: "a SharedValue"
+    app.dependency_overrides[cache] = lambda: "a fake cache"
+
+    async def main() -> Any:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return (await c.get("/n")).json()
+
+    assert asyncio.run(main()) == {"count": 41, "value": "a SharedValue", "cache": "a fake cache"}
+    assert shared("users_count", 0) is not shared("users_count", False)  # another default
+    assert shared("cart", []) is not shared("cart", [])  # an unhashable default: one each time
