@@ -1,5 +1,11 @@
 """A FastAPI user's habits with ``starlette_statekit``, against the suite's Redis and
-moto S3 (review 19): a sub-app mounted in a parent app, served by plain uvicorn.
+moto S3 (review 19): a sub-app mounted in a parent app (its lifespan, its drain under
+plain uvicorn: :func:`~starlette_statekit.mounted_lifespan`); ``Vary: Cookie`` on a
+response that read the session, as Starlette's own middleware sends it; users logged
+in with Starlette's cookie sessions or starsessions on Redis kept logged in across the
+switch (``carry_over=``); FastAPI's ``UploadFile``, whose body FastAPI reads before the
+handler (:class:`~starlette_statekit.uploads.UploadLimitMiddleware`); and
+``dependency_overrides`` of the shared-value dependencies.
 
 Every process started here is stopped here, by pid; every wait is bounded.
 """
