@@ -369,3 +369,56 @@ def test_renamed_commands_are_said_once_and_every_capability_still_works(
     said = _records(caplog, "statekit.broadcast", "refused")
     assert len(said) == 1 and "PSUBSCRIBE" in said[0].getMessage(), [r.getMessage() for r in said]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_over_tls_the_documented_user_works_and_a_password_rotation_is_clear_and_cool(
+        redis_server: RedisServer, redis_url: str, tmp_path: Path) -> None:
+    """``rediss://`` (a TLS-terminating loopback proxy: no embedded server has TLS)
+    with the documented user: every capability, the near cache's listener and the
+    broadcast subscriber included. Then the password changes under the running app
+    (``resetpass`` and its connections killed): a call is ``BackendUnavailable``
+    naming authentication; the background connections back off (a hot loop would
+    open hundreds of connections while the listener asks four times); the old
+    password given back, everything serves again without a restart."""
+    from test_redis_helpers import Proxy, self_signed  # tests/ is on sys.path
+
+    from statekit.errors import BackendUnavailable
+
+    cert, key = self_signed(tmp_path)
+    proxy = Proxy(redis_server.port, tls=(cert, key))
+    admin = redis_server.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "tls", *documented_acl())
+        url = f"rediss://tls:{PASSWORD}@127.0.0.1:{proxy.port}/0?ssl_ca_certs={cert}"
+        _exercise_cache(url)
+        _exercise_near_cache(url)
+        _exercise_sessions(url, near=100)
+        _exercise_broadcast(url)
+
+        near = Cache(url, namespace=f"rot{uuid.uuid4().hex[:8]}", near_cache=100)
+        assert near.set("k", 1) and near.near_ready(10)
+        listener = near._listener
+        assert listener is not None
+        value = SharedValue(f"rot{uuid.uuid4().hex[:8]}", default=0, url=url)
+        assert value.get() == 0 and value._hub is not None
+        hub = value._hub
+        wait_for(hub.connected.is_set, 10, "the subscriber over TLS")
+
+        admin.execute_command("ACL", "SETUSER", "tls", "resetpass", ">rotated-2")
+        admin.execute_command("CLIENT", "KILL", "USER", "tls")
+        before = int(admin.info("stats")["total_connections_received"])
+        asked = listener.reconnects
+        with pytest.raises(BackendUnavailable, match="refused authentication"):
+            near.get("k")
+        wait_for(lambda: listener.reconnects >= asked + 4, 15, "the listener asking four times")
+        opened = int(admin.info("stats")["total_connections_received"]) - before
+        assert opened < 60, f"{opened} connections while the listener asked four times: a hot loop"
+
+        admin.execute_command("ACL", "SETUSER", "tls", f">{PASSWORD}")  # the old one back
+        wait_for(lambda: near.near_ready(0.1), 15, "the near cache on again")
+        assert near.get("k") == 1
+        wait_for(hub.connected.is_set, 15, "the subscriber subscribed again")
+    finally:
+        admin.execute_command("ACL", "DELUSER", "tls")
+        admin.close()
+        proxy.close()
