@@ -90,7 +90,8 @@ from .protocol import (
     stored_blob,
 )
 
-__all__ = ["MAX_PART_SIZE", "MIN_PART_SIZE", "S3Backend", "readiness_check", "translate_error"]
+__all__ = ["MAX_PART_SIZE", "MIN_PART_SIZE", "MAX_PRESIGN_SECONDS", "S3Backend", "presign_seconds",
+           "readiness_check", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 #: S3's limits: a part of a multipart upload, and a single PutObject, hold at most 5 GiB
@@ -174,6 +175,17 @@ def _no_resend(caught_exception: BaseException | None = None, response: Any = No
         if status >= 500 and status != 503:
             err = response[1].get("Error", {}) if isinstance(response[1], dict) else {}
             raise BackendUnavailable(f"S3 commit: {err.get('Code') or status}: {err.get('Message', '')}")
+
+
+def presign_seconds(expires: int) -> int:
+    """*expires* (whole seconds, at least 1), which a presigned link may last.
+
+    :raises ValueError: it is more than the 7 days of a SigV4 presigned URL
+        (:data:`MAX_PRESIGN_SECONDS`): S3 would refuse the link when it is used."""
+    if expires > MAX_PRESIGN_SECONDS:
+        raise ValueError(f"S3 presigned URLs last at most 7 days ({MAX_PRESIGN_SECONDS} s), "
+                         f"not {expires} s: S3 would refuse the link when it is used")
+    return expires
 
 
 def _b64(digest: bytes) -> str:
@@ -713,9 +725,7 @@ class S3Backend(BlobBackend):
 
     # -- URLs and direct uploads ---------------------------------------------------------
     def presign_get(self, key: str, expires: int, disposition: str | None) -> str:
-        if expires > MAX_PRESIGN_SECONDS:
-            raise ValueError(f"S3 presigned URLs last at most 7 days ({MAX_PRESIGN_SECONDS} s), "
-                             f"not {expires} s: S3 would refuse the link when it is used")
+        presign_seconds(expires)
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
         if disposition:
             params["ResponseContentDisposition"] = disposition

@@ -69,6 +69,28 @@ def check_settings() -> None:
                               "OPTIONS['url'] or STATEKIT_BLOBS_URL")
         check_extras(url, blobs=True)
         _check_file_root(url)
+        _check_storage_options(alias, conf.get("OPTIONS") or {}, url)
+
+
+def _check_storage_options(alias: str, options: dict[str, object], url: str) -> None:
+    """``BlobStorage``'s *options* as its constructor takes them (``max_size``,
+    ``expires``: nothing is opened), and on S3 an ``expires`` its links may last (a
+    longer one made every ``url()`` a ValueError)."""
+    from statekit.blobs.s3 import presign_seconds
+    from statekit.config import parse_url
+    from statekit.errors import ConfigError
+
+    from .storage import BlobStorage
+
+    try:
+        storage = BlobStorage(**options)  # type: ignore[arg-type]
+        if parse_url(url).kind == "s3":
+            try:
+                presign_seconds(storage.expires)
+            except ValueError as e:
+                raise ConfigError(f"expires={storage.expires}: {e}") from None
+    except ValueError as e:  # ConfigError included
+        raise ConfigError(f"STORAGES[{alias!r}] OPTIONS: {e}") from None
 
 
 def _check_file_root(url: str) -> None:

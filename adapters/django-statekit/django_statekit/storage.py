@@ -63,7 +63,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.deconstruct import deconstructible
 
 from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
-from statekit.config import parse_size
+from statekit.config import number, parse_size
 from statekit.errors import BackendUnavailable, BlobError, BlobNotFound, ConfigError, InvalidKey
 from statekit.lifecycle import outages
 
@@ -85,7 +85,8 @@ class BlobStorage(Storage):
         ``STATEKIT_BLOBS_MAX_SIZE`` takes it; default: the store's).
     :param allowed_types: allowed content types (``"image/*"`` patterns; default: the
         store's). Both hold for a ready *store* too.
-    :param expires: lifetime of URLs from :meth:`url`, in seconds.
+    :param expires: lifetime of URLs from :meth:`url`, in seconds (at least 1; at most 7
+        days on S3, checked at Django's start).
     :param store: a ready :class:`BlobStore` instead of *url*.
 
     Thread-safe; the store is opened on first use.
@@ -98,7 +99,8 @@ class BlobStorage(Storage):
         # a size as STATEKIT_BLOBS_MAX_SIZE takes it ("10MiB") or a number of bytes
         self.max_size = parse_size(max_size, name="max_size") if max_size is not None else None
         self.allowed_types = list(allowed_types) if allowed_types is not None else None
-        self.expires = expires
+        # whole seconds, at least 1, as every link takes them (S3's 7 days: at use, and at start)
+        self.expires = int(number(expires, "expires", minimum=1, unit="seconds"))
         self._store = store
 
     @property

@@ -205,3 +205,23 @@ def test_listdir_on_s3_reads_one_level(s3_url: str) -> None:
     storage.store.client.meta.events.register("after-call.s3.ListObjectsV2", count)
     assert storage.listdir("")[0] == sorted(["a", "b", keys[-1].split("/")[0]])
     assert returned == [3], returned
+
+
+@pytest.mark.parametrize("url, options, message", [
+    ("s3://bucket/media?region=eu-west-1", {"expires": 30 * 86400}, r"expires.*7 days"),
+    ("file://{tmp}?create=1", {"expires": 0}, r"expires.*at least 1"),
+    ("file://{tmp}?create=1", {"expires": "a week"}, r"expires.*not a number"),
+    ("file://{tmp}?create=1", {"max_size": "lots"}, r"max_size"),
+])
+def test_storage_options_that_every_link_or_save_would_refuse_fail_start(
+        django_settings: Any, tmp_path: Path, url: str, options: dict[str, Any], message: str) -> None:
+    """django-storages takes ``AWS_QUERYSTRING_EXPIRE`` of 30 days (S3 then refuses the
+    links); ``OPTIONS["expires"]`` of 30 days on S3 made every ``url()`` a ValueError,
+    a 500 on every page showing a file, and a ``max_size`` that is no size failed at
+    the first use. Failed before: Django started."""
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage",
+                    "OPTIONS": {"url": url.format(tmp=tmp_path), **options}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
+    with pytest.raises(ConfigError, match=r"STORAGES\['default'\].*" + message):
+        check_settings()
