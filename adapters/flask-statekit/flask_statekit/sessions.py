@@ -71,7 +71,9 @@ request modified the session, as Flask sends it. A cookie signed with a key of
 that writes (a change, or the refresh): its user stays signed in once the old key is
 removed. A new session holding nothing but ``session.permanent`` (a ``before_request``
 hook sets it for every visitor: crawlers, probes) is neither stored nor sent a cookie,
-as with Flask-Session. ``Vary: Cookie`` is added when the request used the session,
+and a request that leaves a stored one holding nothing else (a flash message shown,
+Flask-Login's ``logout_user()``) ends it as ``session.clear()`` does, as Flask-Session
+does with both. ``Vary: Cookie`` is added when the request used the session,
 or sets or deletes its cookie, as Flask adds it.
 
 Flask's static files (``app.static_url_path``) are served without loading the
@@ -352,6 +354,10 @@ class StatekitSessionInterface(SessionInterface):
             # its cookie named a session a login rotated moments ago: the browser most
             # likely holds the new cookie, which any cookie sent now would replace
             return
+        if session.modified and not session.new and dict.keys(session) <= _FLAGS_ONLY:
+            # emptied but for its permanence (a flash message shown, Flask-Login's
+            # logout_user()): a logout, as Flask-Session ends an empty modified session
+            session.clear()
         if session.permanent and app.config["SESSION_REFRESH_EACH_REQUEST"]:
             # Flask (and Flask-Session) store the whole session whenever they refresh
             # the cookie, so a value changed in place is kept: compare every key this

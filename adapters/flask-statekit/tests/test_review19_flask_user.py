@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import redis
-from flask import Flask, jsonify, request, session
+from flask import Flask, flash, get_flashed_messages, jsonify, request, session
 from flask.testing import FlaskClient
 from test_flask_sessions import SECRET, make_app
+from test_review13_flask_sessions import login_app
 
 from flask_statekit import get_state
 from flask_statekit.sessions import StatekitSessionInterface
@@ -243,3 +244,57 @@ def test_a_response_setting_the_cookie_varies_on_it(redis_url: str) -> None:
     refreshed = client.get("/peek")  # the TTL refresh is due: the cookie goes out again
     assert "Expires=" in refreshed.headers.get("Set-Cookie", "")
     assert "Cookie" in refreshed.headers.get("Vary", ""), "a Set-Cookie without Vary: Cookie"
+
+
+def _with_flash_views(app: Flask) -> Flask:
+    """A message shown once: stored by one request, taken by the next."""
+
+    @app.post("/thanks")
+    def thanks() -> Any:
+        flash("thanks")
+        return "ok"
+
+    app.add_url_rule("/shown", "shown", lambda: jsonify(get_flashed_messages()))
+    return app
+
+
+def test_a_session_emptied_but_for_its_permanence_ends(redis_url: str) -> None:
+    """An anonymous visitor's flash message, once shown, leaves the session holding
+    only the permanence the hook sets: Flask-Session then deletes the session and
+    its cookie (empty and modified), where it would otherwise stay stored, loaded by
+    each of the visitor's requests for the idle timeout."""
+    r = redis.Redis.from_url(redis_url)
+    for app in (_with_flash_views(_flask_session_app(redis_url)),
+                _with_flash_views(_permanent(make_app(redis_url)))):
+        client = app.test_client()
+        assert client.post("/thanks").status_code == 200 and r.dbsize() == 1, app.name
+        shown = client.get("/shown")
+        assert shown.get_json() == ["thanks"], app.name
+        assert "Max-Age=0" in shown.headers.get("Set-Cookie", ""), f"{app.name}: cookie kept"
+        assert r.dbsize() == 0, f"{app.name}: {r.keys('*')}"
+        assert client.get_cookie("session") is None and client.get("/shown").get_json() == []
+
+
+def test_flask_login_logout_ends_the_permanent_session(redis_url: str) -> None:
+    """Flask-Login's ``logout_user()`` takes its keys out: with the permanence hook
+    the session then holds nothing else, and ends (its id names nothing), as
+    Flask-Session deleted it, instead of living on under the same id."""
+    flask_login = pytest.importorskip("flask_login")
+    app = _permanent(login_app(redis_url))
+
+    @app.post("/logout-user")
+    def logout_user() -> Any:
+        flask_login.logout_user()
+        return "ok"
+
+    r = redis.Redis.from_url(redis_url)
+    client = app.test_client()
+    client.post("/flask-login/7")
+    signed_in = client.get_cookie("session")
+    assert signed_in is not None and client.get("/who").text == "7"
+    out = client.post("/logout-user")
+    assert any(c.startswith("session=;") for c in out.headers.getlist("Set-Cookie")), out.headers
+    assert r.keys("statekit:session:*") == []
+    replayed = app.test_client()
+    replayed.set_cookie("session", signed_in.value)
+    assert replayed.get("/who").text == "None"
