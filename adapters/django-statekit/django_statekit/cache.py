@@ -281,6 +281,8 @@ class StatekitCache(BaseCache):
         is not an integer is ``TypeError``; an integer whose sum leaves Redis' signed
         64 bits (or that is outside them) is ``OverflowError``, the value unchanged."""
         k = self.make_and_validate_key(key, version=version)
+        if type(delta) is int and delta not in _INT64:  # no value could take it
+            raise _overflow(key, delta, str(delta))
         try:
             return (yield from c._incr(k, delta, None, create))
         except KeyError:
@@ -291,9 +293,7 @@ class StatekitCache(BaseCache):
             refused = e
         value = yield from c._get(k, None)  # Redis' one reply covers both cases: tell them apart
         if type(value) is int:
-            raise OverflowError(f"incr of key '{key}' by {delta}: Redis counts in signed 64-bit "
-                                f"integers (-2**63 to 2**63 - 1) and {value} {'-' if delta < 0 else '+'} "
-                                f"{abs(delta)} is outside them; the value is unchanged") from refused
+            raise _overflow(key, delta, f"{value} {'-' if delta < 0 else '+'} {abs(delta)}") from refused
         raise TypeError(f"the value of key '{key}' is not an integer") from refused
 
     def _set_many(self, c: AnyCache, data: dict[str, Any], timeout: Any,
@@ -672,6 +672,15 @@ class StatekitCache(BaseCache):
 
     async def aclose(self, **kwargs: Any) -> None:
         """Nothing to do, as :meth:`close`: each loop's connections are kept for reuse."""
+
+
+#: the integers Redis counts in (``INCRBY``: signed 64 bits)
+_INT64 = range(-(2**63), 2**63)
+
+
+def _overflow(key: str, delta: int, what: str) -> OverflowError:
+    return OverflowError(f"incr of key '{key}' by {delta}: Redis counts in signed 64-bit integers "
+                         f"(-2**63 to 2**63 - 1) and {what} is outside them; the value is unchanged")
 
 
 def _whole(left: float | None, scale: float) -> int | None:

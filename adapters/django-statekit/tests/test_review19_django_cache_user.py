@@ -261,3 +261,17 @@ def test_a_made_key_past_1024_characters_is_refused(redis_url: str) -> None:
         assert cache.get("k" * (1024 - len(":1:"))) == 1
         with pytest.raises(InvalidKey, match="1-1024 characters"):
             cache.set("k" * (1025 - len(":1:")), 1)
+
+
+def test_incr_by_a_delta_outside_64_bits_is_an_overflow(redis_url: str) -> None:
+    """Was TypeError "the value of key 'missing' is not an integer" for a missing key
+    with ignore_key_check (Redis refuses the increment itself)."""
+    cache = _cache(redis_url)
+    cache.set("one", 1)
+    for key, create in (("missing", True), ("missing", False), ("one", False)):
+        with pytest.raises(OverflowError, match="64-bit"):
+            cache.incr(key, 2**64, ignore_key_check=create)
+        with pytest.raises(OverflowError, match="64-bit"):
+            asyncio.run(cache.adecr(key, 2**63 + 1, ignore_key_check=create))
+    assert cache.get("one") == 1 and cache.has_key("missing") is False
+    assert cache.incr("one", I64_MAX - 1) == I64_MAX  # the largest delta that fits still counts
