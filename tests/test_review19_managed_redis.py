@@ -422,3 +422,41 @@ def test_over_tls_the_documented_user_works_and_a_password_rotation_is_clear_and
         admin.execute_command("ACL", "DELUSER", "tls")
         admin.close()
         proxy.close()
+
+
+def test_out_of_memory_writes_are_typed_and_lose_nothing(acl_server: RedisServer) -> None:
+    """``maxmemory`` reached with ``noeviction``: a cache write is
+    ``BackendUnavailable`` naming OOM (a miss-mode cache answers ``False``, its reads
+    still served), a session save is ``NotSent`` (a 503, never a logout: the stored
+    session keeps its data), a publish ``BackendUnavailable``. No defect: this pins it."""
+    from statekit.errors import BackendUnavailable
+    from statekit.sessions.protocol import NotSent
+
+    url = _acl_url(acl_server, *documented_acl())
+    cache = Cache(url, namespace="oom")
+    missing = Cache(url, namespace="oom", on_error="miss")
+    store = SessionStore(url, secret_keys=["k"])
+    assert cache.set("a", 1)
+    session = store.create({"cart": ["apple"]}, user_id="alice")
+    admin = acl_server.client()
+    policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", str(max(1, int(admin.info("memory")["used_memory"]) // 2)))
+        with pytest.raises(BackendUnavailable, match="OOM"):
+            cache.set("b", 2)
+        assert missing.set("b", 2) is False and missing.get("a") == 1 and cache.get("a") == 1
+        loaded = store.load(session.sid)
+        assert loaded is not None
+        loaded["cart"] = ["apple", "pear"]
+        with pytest.raises(NotSent, match="OOM"):
+            store.save(loaded)
+        with pytest.raises(BackendUnavailable, match="OOM"):
+            Broadcaster(url).publish("motd", "hello")
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.config_set("maxmemory-policy", policy)
+        admin.close()
+    again = store.load(session.sid)
+    assert again is not None and again["cart"] == ["apple"] and again.user_id == "alice"
+    store.close()
