@@ -62,7 +62,7 @@ from django.http.response import HttpResponseBase
 from django.urls import NoReverseMatch, reverse
 from django.utils.deconstruct import deconstructible
 
-from statekit.blobs import Blob, BlobStore, open_blob_store, validate_key
+from statekit.blobs import Blob, BlobStore, generate_key, open_blob_store, validate_key
 from statekit.config import number, parse_size
 from statekit.errors import BackendUnavailable, BlobError, BlobNotFound, ConfigError, InvalidKey
 from statekit.lifecycle import outages
@@ -138,7 +138,7 @@ class BlobStorage(Storage):
         return key
 
     def _save(self, name: str, content: Any) -> str:
-        directory, base = posixpath.split(str(name).replace("\\", "/"))
+        directory, base = _split(name)
         original = getattr(content, "name", None) if hasattr(content, "content_type") else None
         if getattr(content, "seekable", lambda: False)():
             content.seek(0)  # form validation (ImageField) may have read it
@@ -153,7 +153,21 @@ class BlobStorage(Storage):
         return name  # only used as the blob's display filename, sanitized by statekit
 
     def get_available_name(self, name: str, max_length: int | None = None) -> str:
-        return name  # keys are generated: every save gets a new one
+        """*name*: keys are generated, every save gets a new one. :raises
+        SuspiciousFileOperation: a key under *name*'s directory (``upload_to``) is
+        longer than *max_length* whatever the file (before it is read; the
+        extension, known once it is sniffed, is checked by :meth:`save`)."""
+        directory = _split(name)[0]
+        if max_length is not None:
+            try:
+                shortest = generate_key(None, prefix=directory)  # no extension: as short as they get
+            except InvalidKey:
+                return name  # refused by _save, with the reason
+            if len(shortest) > max_length:
+                raise SuspiciousFileOperation(
+                    f"keys under {directory!r} are at least {len(shortest)} characters, more than the "
+                    f"field's max_length={max_length}; raise max_length or shorten upload_to")
+        return name
 
     def path(self, name: str) -> str:
         raise NotImplementedError("BlobStorage files have no local path; use open()")
@@ -234,6 +248,11 @@ class BlobStorage(Storage):
             return self.store.stat(self._key(name))
         except BlobNotFound as e:
             raise FileNotFoundError(str(e)) from None
+
+
+def _split(name: str) -> tuple[str, str]:
+    """*name*'s directory (the key prefix, ``upload_to``) and base name."""
+    return posixpath.split(str(name).replace("\\", "/"))
 
 
 def _clean(name: _Name) -> str:

@@ -16,6 +16,10 @@ What they relied on and statekit did not give them:
   it, which S3 refuses for buckets made since June 2020.
 * ``listdir()`` reading one level, as django-storages' ``Delimiter="/"`` listing: it
   listed every object of the store to find the names of the top level.
+* Options every link or save would refuse (``expires`` of 30 days on S3, 0, a
+  ``max_size`` that is no size) failing Django's start, not each request.
+* An ``upload_to`` too long for ``max_length`` refused before the upload is read (it
+  was stored whole, then deleted).
 
 Against a real moto S3 server (``s3_url``) and a ``file://`` directory.
 """
@@ -225,3 +229,30 @@ def test_storage_options_that_every_link_or_save_would_refuse_fail_start(
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
     with pytest.raises(ConfigError, match=r"STORAGES\['default'\].*" + message):
         check_settings()
+
+
+class _Counted(ContentFile):  # type: ignore[type-arg]
+    """Content that counts the chunks a save reads."""
+
+    chunks_read = 0
+
+    def chunks(self, chunk_size: int | None = None) -> Any:
+        for chunk in super().chunks(chunk_size):
+            type(self).chunks_read += 1
+            yield chunk
+
+
+def test_an_upload_to_too_long_for_max_length_is_refused_before_the_upload(storage: BlobStorage) -> None:
+    """A callable ``upload_to`` of django-storages days (``tenants/<uuid>/documents/<uuid>/``)
+    makes keys past ``FileField``'s ``max_length=100`` whatever the file: the save read
+    and stored the whole upload, then deleted it and refused. Failed before: the
+    content was read. The refusal now comes from ``get_available_name``, before."""
+    from django.core.exceptions import SuspiciousFileOperation
+
+    upload_to = "tenants/" + "t" * 36 + "/documents/" + "d" * 36
+    _Counted.chunks_read = 0
+    with pytest.raises(SuspiciousFileOperation, match=r"max_length=100.*upload_to"):
+        storage.save(f"{upload_to}/report.txt", _Counted(b"x" * 4096), max_length=100)
+    assert _Counted.chunks_read == 0 and list(storage.store.list()) == []
+    name = storage.save("docs/report.txt", _Counted(b"x" * 4096), max_length=100)  # fits: stored
+    assert _Counted.chunks_read > 0 and storage.size(name) == 4096
