@@ -21,6 +21,7 @@ import shlex
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -310,6 +311,27 @@ def test_a_refused_session_tracking_is_said_once_on_asyncio_too(
     asyncio.run(run())
     said = _records(caplog, "statekit.redis", "CLIENT TRACKING on its data connections")
     assert len(said) == 1 and "'atrack'" in said[0].getMessage(), [r.getMessage() for r in said]
+
+
+def test_a_redirect_to_a_replaced_listener_connection_is_not_said_to_be_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The listener's logic only (no server): a data connection's REDIRECT that names
+    a listener connection replaced meanwhile is a moment's race, not the server's
+    set-up: nothing logged; an ACL's refusal after it still is, once."""
+    import redis
+
+    from statekit.redis.tracking import InvalidationListener
+
+    caplog.set_level(logging.INFO, logger="statekit.redis")
+    listener = InvalidationListener(lambda: [], "statekit:", bcast=False)
+    conn = SimpleNamespace(username="app", credential_provider=None)
+    listener.tracking_refused(conn, redis.ResponseError("The client ID you want redirect to does not exist"))
+    assert not _records(caplog, "statekit.redis", "near cache off")
+    for _ in range(2):
+        listener.tracking_refused(conn, redis.exceptions.NoPermissionError(
+            "User app has no permissions to run the 'client|tracking' command"))
+    [said] = _records(caplog, "statekit.redis", "near cache off")
+    assert "'app'" in said.getMessage() and "client|tracking" in said.getMessage()
 
 
 #: what managed services rename away or disable (rename-command NAME "")

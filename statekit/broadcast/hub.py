@@ -269,7 +269,7 @@ class Hub:
             self.resync()
             self.connected.set()
             if self._refusal:
-                log.warning("broadcast subscriber subscribed: shared values are pushed again")
+                log.info("broadcast subscriber subscribed: shared values are pushed again")
                 self._refusal = ""
 
     def _watch(self, watch: Callable[[list[str]], object], watched: set[str]) -> set[str]:
@@ -338,7 +338,6 @@ class Hub:
             finally:
                 if subscription is not None:
                     subscription.close()
-
 
     def _refused(self, error: SubscriptionRefused) -> None:
         """The subscription was refused: say so once (per refusal), re-read the

@@ -412,11 +412,18 @@ class InvalidationListener:
         """A data connection's ``CLIENT TRACKING on REDIRECT`` (``bcast=False``) was
         answered *error* (an ACL without ``client|tracking``, the command renamed or
         disabled): that connection serves untracked, from Redis. Logged once per
-        listener (every connection would say the same)."""
-        if not self._tracking_refused:
-            self._tracking_refused = True
-            _log.warning("near cache off: %s; until that changes, reads go to Redis",
-                         _refusal(conn, "the near cache's CLIENT TRACKING on its data connections", error))
+        listener (every connection would say the same); a REDIRECT to a listener
+        connection replaced meanwhile (``The client ID you want redirect to does not
+        exist``) is not a refusal and is not logged."""
+        if self._tracking_refused:
+            return
+        message = str(error).lower()
+        if reply_problem(str(error)) != "permission" and "unknown command" not in message \
+                and "unknown subcommand" not in message:
+            return  # not the server's set-up: a REDIRECT to a listener connection just replaced
+        self._tracking_refused = True
+        _log.warning("near cache off: %s; until that changes, reads go to Redis",
+                     _refusal(conn, "the near cache's CLIENT TRACKING on its data connections", error))
 
     def _set_active(self, active: bool) -> None:
         # under the lock :meth:`register` checks ``connected`` and activates under:
@@ -450,7 +457,7 @@ class InvalidationListener:
                 self._set_active(True)
                 backoff = 0.05
                 if self._refusal:
-                    _log.warning("near cache invalidation listener set up: near caches are on")
+                    _log.info("near cache invalidation listener set up: near caches are on")
                     self._refusal = ""
                 self._listen(conns, eps)
             except (PermissionRefused, _SetupRefused) as e:  # said once, asked again as after a drop
