@@ -90,7 +90,7 @@ from .protocol import (
     stored_blob,
 )
 
-__all__ = ["MAX_PART_SIZE", "MIN_PART_SIZE", "MAX_PRESIGN_SECONDS", "S3Backend", "presign_seconds",
+__all__ = ["MAX_PART_SIZE", "MAX_PRESIGN_SECONDS", "MIN_PART_SIZE", "S3Backend", "presign_seconds",
            "readiness_check", "translate_error"]
 
 MIN_PART_SIZE = 5 * 1024 * 1024
