@@ -244,6 +244,12 @@ class BlobBackend(Protocol):
         objects (pending direct uploads) under ``.statekit/`` through the same methods;
         a backend may leave them out of a listing whose *prefix* is not below it."""
 
+    def head(self, key: str) -> Blob:
+        """The object's record, its ``sha256`` ``None`` where reading it costs another
+        request (S3: a multipart object's tag): for a size, a type or a date. The
+        default is :meth:`stat`. :raises BlobNotFound:"""
+        return self.stat(key)
+
     def describe(self) -> str:
         """A short, password-free name of the store (for counters, errors and the
         URLs :meth:`BlobStore.url` signs)."""

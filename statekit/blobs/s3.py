@@ -645,12 +645,20 @@ class S3Backend(BlobBackend):
         :class:`BlobNotFound` for an object deleted meanwhile.
         """
         head = self._head(key)
-        meta = head.get("Metadata", {})
         sha = None
-        if META_SHA256 not in meta and "-" in str(head.get("ETag", "")):  # multipart: the tag holds it
-            sha = self._tagged_sha256(key)
-        return stored_blob(key, int(head["ContentLength"]), head.get("ContentType"), meta,
-                           head.get("LastModified"), sha256=sha)
+        if META_SHA256 not in head.get("Metadata", {}) and "-" in str(head.get("ETag", "")):
+            sha = self._tagged_sha256(key)  # multipart: the tag holds it
+        return self._record(key, head, sha)
+
+    def head(self, key: str) -> Blob:
+        """The object's record from its ``HEAD`` alone: a multipart object's tag is not
+        read (``sha256`` ``None``)."""
+        return self._record(key, self._head(key), None)
+
+    @staticmethod
+    def _record(key: str, head: dict[str, Any], sha256: str | None) -> Blob:
+        return stored_blob(key, int(head["ContentLength"]), head.get("ContentType"), head.get("Metadata", {}),
+                           head.get("LastModified"), sha256=sha256)
 
     def _tagged_sha256(self, key: str) -> str | None:
         """The SHA-256 tag of the multipart object *key*; ``None`` without one, or when

@@ -280,13 +280,16 @@ class BlobStore:
             raise ValueError(f"start and length must not be negative (start={start!r}, length={length!r})")
         return self.backend.read_range(key, start, length)
 
-    def stat(self, key: str) -> Blob:
-        """The blob's :class:`Blob` record. :raises BlobNotFound:"""
-        return self.backend.stat(validate_key(key))
+    def stat(self, key: str, *, sha256: bool = True) -> Blob:
+        """The blob's :class:`Blob` record. Without *sha256* its ``sha256`` may be
+        ``None`` where reading it costs another request (S3: a multipart blob's tag),
+        for a caller that wants the size, the type or a date. :raises BlobNotFound:"""
+        validate_key(key)
+        return self.backend.stat(key) if sha256 else self.backend.head(key)
 
     def exists(self, key: str) -> bool:
         try:
-            self.stat(key)
+            self.stat(key, sha256=False)
         except BlobNotFound:
             return False
         return True

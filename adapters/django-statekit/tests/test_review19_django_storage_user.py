@@ -20,6 +20,8 @@ What they relied on and statekit did not give them:
   ``max_size`` that is no size) failing Django's start, not each request.
 * An ``upload_to`` too long for ``max_length`` refused before the upload is read (it
   was stored whole, then deleted).
+* ``size()``, ``exists()``, ``get_modified_time()``: one ``HEAD`` each on S3, as in
+  django-storages (a large file's SHA-256 tag was read too).
 
 Against a real moto S3 server (``s3_url``) and a ``file://`` directory.
 """
@@ -256,3 +258,21 @@ def test_an_upload_to_too_long_for_max_length_is_refused_before_the_upload(stora
     assert _Counted.chunks_read == 0 and list(storage.store.list()) == []
     name = storage.save("docs/report.txt", _Counted(b"x" * 4096), max_length=100)  # fits: stored
     assert _Counted.chunks_read > 0 and storage.size(name) == 4096
+
+
+@pytest.mark.s3
+def test_size_exists_and_times_of_a_large_file_are_one_request(s3_url: str) -> None:
+    """``size()``, ``exists()`` and ``get_modified_time()`` are one ``HEAD`` each, as in
+    django-storages. For a multipart object (past 5 MiB) each also read its SHA-256
+    tag (``GetObjectTagging``), which none of them uses: a page showing the sizes of
+    50 videos was 100 requests. Failed before: 2 requests each."""
+    from statekit.blobs import BlobStore
+
+    storage = BlobStorage(store=BlobStore(s3_url))
+    name = storage.save("videos/clip.bin", ContentFile(b"\0" * (6 * 2**20)))
+    assert storage.store.stat(name).sha256 is not None  # the record still has it
+    calls: list[str] = []
+    storage.store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    assert storage.size(name) == 6 * 2**20
+    assert storage.exists(name) and storage.get_modified_time(name).tzinfo is not None
+    assert calls == ["HeadObject"] * 3, calls
