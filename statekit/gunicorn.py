@@ -254,6 +254,8 @@ class _Runtime:
     reported: bool = False
     force_killing: bool = False
     recycle_after: float = 0.0  # monotonic time before which no worker is recycled
+    #: pid -> monotonic time by which a worker stopped during its lifespan startup is SIGKILLed
+    kill_after: dict[int, float] = field(default_factory=dict)
 
 
 def _recycling(max_requests: str | None, jitter: str | None, age: str | None, rss_mib: str | None, *,
@@ -718,6 +720,7 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
 
     def manage_workers(self) -> None:
         rt = self.statekit
+        self._kill_hung_startups()
         active = sorted(
             ((pid, w) for pid, w in self.WORKERS.items() if pid not in rt.stopping), key=lambda x: x[1].age
         )
@@ -781,6 +784,22 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
             self.statekit.stopping.add(pid)
             self.kill_worker(pid, signal.SIGTERM)
         return True
+
+    def _kill_hung_startups(self) -> None:
+        """SIGKILL the workers stopped during their lifespan startup
+        (:meth:`_spawn_and_wait_ready`) that are still there after the graceful timeout:
+        the startup hangs (they hold no request). They stayed until the master stopped."""
+        rt = self.statekit
+        now = time.monotonic()
+        for pid, deadline in list(rt.kill_after.items()):
+            if pid not in self.WORKERS:
+                del rt.kill_after[pid]
+            elif now >= deadline:
+                del rt.kill_after[pid]
+                # gunicorn then logs "was sent SIGKILL! Perhaps out of memory?": say why
+                self.log.warning("statekit: worker %s still in its lifespan startup %ss after SIGTERM: "
+                                 "SIGKILL (no request lost)", pid, self.cfg.graceful_timeout)
+                self.kill_worker(pid, signal.SIGKILL)
 
     def _stop_broadcaster(self) -> None:
         rt = self.statekit
@@ -893,10 +912,13 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
         rt.stopping.add(pid)
         if info.pid == pid and info.state == STARTING:
             # the app loaded, its lifespan startup still runs: told to stop, it ends the
-            # startup, never reports ready and runs its shutdown (gunicorn's worker
-            # timeout ends it if the startup hangs for good)
+            # startup, never reports ready and runs its shutdown; a startup that hangs for
+            # good never ends, and gunicorn's worker timeout does not end it either (it
+            # counts from the worker's first heartbeat, which comes once it serves):
+            # SIGKILLed after the graceful timeout (_kill_hung_startups)
             self.log.error("statekit: new worker %s not ready within %gs (lifespan startup): stopped",
                            pid, rt.options.ready_timeout)
+            rt.kill_after[pid] = time.monotonic() + self.cfg.graceful_timeout
             self.kill_worker(pid, signal.SIGTERM)
             return False
         self.log.error("statekit: new worker %s not ready within %gs: killed", pid, rt.options.ready_timeout)

@@ -16,6 +16,12 @@
   balancer whose idle timeout is longer than serve's 5 s (AWS ALB: 60 s) nothing could
   keep the server from closing a connection the balancer may be reusing, and there was
   no access log at all. Both reach both worker kinds.
+- A worker whose lifespan startup hangs, stopped by a reload (not ready within
+  ``STATEKIT_READY_TIMEOUT``): serve counted on gunicorn's worker timeout to end it,
+  which counts from a worker's first heartbeat, sent once it serves (gunicorn 27: the
+  file's first time is the wall clock's, compared with the monotonic one): it stayed
+  until the master stopped, one more per reload. It is SIGKILLed after the graceful
+  timeout.
 - ``GUNICORN_CMD_ARGS``: gunicorn's command reads it, serve (a gunicorn
   ``BaseApplication``) ignored it in silence, a ``--bind`` or ``--workers`` in it too;
   serve now says it does not read it.
@@ -31,13 +37,14 @@ import argparse
 import http.client
 import os
 import re
+import signal
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_lifecycle_helpers import ServeProcess, request, wait_until
+from test_lifecycle_helpers import ServeProcess, children, request, wait_until
 
 from statekit.embedded import free_port
 from statekit.errors import ConfigError
@@ -191,6 +198,45 @@ def test_keep_alive_and_access_log_reach_the_workers(tmp_path: Path, interface: 
         finally:
             conn.close()
         wait_until(lambda: '"GET /kept HTTP/1.1" 200' in srv.log(), 10, "the access log line")
+
+
+#: an ASGI app whose lifespan startup never ends once the file "hang" exists beside it
+_HANGING_STARTUP_APP = """
+import asyncio, os
+
+_HANG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hang")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        if os.path.exists(_HANG):
+            await asyncio.Event().wait()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_a_worker_whose_lifespan_startup_hangs_does_not_stay(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvicorn_worker")
+    monkeypatch.setenv("STATEKIT_READY_TIMEOUT", "1")
+    with ServeProcess(tmp_path, "--graceful-timeout", "1", *_FAST, app_source=_HANGING_STARTUP_APP) as srv:
+        srv.wait_ready(1)
+        (tmp_path / "hang").touch()
+        srv.signal(signal.SIGHUP)  # the new worker's startup hangs: the reload is aborted
+        stopped = re.compile(r"new worker (\d+) not ready within 1s \(lifespan startup\): stopped")
+        wait_until(lambda: stopped.search(srv.log()) is not None, 20, "the reload giving up on the worker")
+        found = stopped.search(srv.log())
+        assert found is not None
+        hung = int(found.group(1))
+        wait_until(lambda: hung not in children(srv.pid), 15, f"worker {hung} gone (graceful timeout 1 s)")
+        assert request(srv.port, "/")[0] == 200  # the old worker serves on
+        assert "still in its lifespan startup 1s after SIGTERM: SIGKILL" in srv.log()
 
 
 @pytest.mark.parametrize(("args", "env", "said"), [
