@@ -200,7 +200,7 @@ class BlobUploadLimitMiddleware:
         if hasattr(request, "_files"):
             return None
         if _exempt(view_func):
-            if installed is not None:
+            if installed is not None and installed in request.upload_handlers:  # a middleware may set it anew
                 request.upload_handlers.remove(installed)
             return None
         handler = installed or self._handler(request)

@@ -189,3 +189,26 @@ def test_the_middleware_called_directly_holds_the_view_to_the_limit(csrf_spool: 
         upload = SimpleUploadedFile("a.bin", b"x" * size, "application/octet-stream")
         response = limited(RequestFactory().post("/review19/limited", {"file": upload}))
         assert response.status_code == status, response.content
+
+
+class ReplacesHandlers:
+    """A middleware after the limit's that sets the request's upload handlers anew
+    (Django allows it until the form is parsed)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        from django.core.files.uploadhandler import MemoryFileUploadHandler
+
+        request.upload_handlers = [MemoryFileUploadHandler(request)]
+        return self.get_response(request)
+
+
+def test_an_exempt_view_behind_a_middleware_that_replaced_the_handlers(csrf_spool: Path,
+                                                                       django_settings: Any) -> None:
+    """The limit's handler is gone from the list when ``process_view`` leaves the view
+    out: nothing to remove (a ``ValueError`` from ``list.remove``, a 500)."""
+    django_settings.set(MIDDLEWARE=[_MIDDLEWARE[0], f"{__name__}.ReplacesHandlers", *_MIDDLEWARE[1:]])
+    body = _Body(1000)
+    assert _post(body, "raw") == (200, f"{body.total} --".encode())
