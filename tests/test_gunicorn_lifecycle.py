@@ -74,10 +74,15 @@ def note(what):
         f.write(f"{os.getpid()}\\n")
 
 def slow_backend(timeout):
+    if not os.path.exists("hold"):  # the warm-up before the worker reports ready: at once
+        note("warm-ups")
+        return
     note("checks")
     deadline = time.monotonic() + 20
     while not os.path.exists("release") and time.monotonic() < deadline:
         time.sleep(0.01)
+    # cached from now on: the probes that waited for this check take its result
+    LIFECYCLE.cache_ttl = 60
 
 def inner(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -92,17 +97,26 @@ class Probed:
             note("probes")
         return self.wsgi_app(environ, start_response)
 
-app = Probed(LifecycleMiddleware(inner, Lifecycle(checks={"backend": slow_backend}, budget=30, cache_ttl=60)))
+# nothing cached until the probes' check (the warm-up's result must not answer them)
+LIFECYCLE = Lifecycle(checks={"backend": slow_backend}, budget=30, cache_ttl=0)
+app = Probed(LifecycleMiddleware(inner, LIFECYCLE))
 '''
 
 
 def test_concurrent_readiness_probes_share_one_check(tmp_path: Path) -> None:
     """Probes that arrive while a readiness check runs wait for its result: one
     check per cache period, however many load balancers probe at once (and, with
-    a backend that hangs, no probe waits for a queue of checks, one budget each)."""
+    a backend that hangs, no probe waits for a queue of checks, one budget each).
+
+    The worker's warm-up (the checks run once before it reports ready, 9456db2) runs
+    the check at once: it ran the held check before, so the worker was ready after the
+    check's own 20 s deadline and the four probes took the warm-up's cached result
+    before "release" was written (no probe waited for a check in flight)."""
     srv = ServeProcess(tmp_path, "--workers", "1", app_source=READINESS_APP)
     with srv:
         wait_for(lambda: "ready" in srv.log() and _get(srv.port, "/healthz") == 200, 30, "the worker")
+        assert _lines(tmp_path / "warm-ups") == 1 and _lines(tmp_path / "checks") == 0
+        (tmp_path / "hold").write_text("")
         results: list[int | Exception] = []
 
         def probe() -> None:
@@ -115,6 +129,7 @@ def test_concurrent_readiness_probes_share_one_check(tmp_path: Path) -> None:
         for t in threads:
             t.start()
         wait_for(lambda: _lines(tmp_path / "probes") == 4, 20, "four probes in the worker")
+        assert results == [], "a probe was answered before the check in flight ended"
         (tmp_path / "release").write_text("")
         for t in threads:
             t.join(30)
