@@ -84,13 +84,17 @@ def _check_storage_options(alias: str, options: dict[str, object], url: str) -> 
 
     try:
         storage = BlobStorage(**options)  # type: ignore[arg-type]
-        if parse_url(url).kind == "s3":
-            try:
-                presign_seconds(storage.expires)
-            except ValueError as e:
-                raise ConfigError(f"expires={storage.expires}: {e}") from None
+    except TypeError as e:  # an option it does not take: django-storages' location, bucket_name...
+        raise ConfigError(f"STORAGES[{alias!r}] OPTIONS: {e} (BlobStorage takes url, max_size, "
+                          "allowed_types, expires, store; django-storages' options map to the "
+                          "s3:// URL: docs/migration.md, django-storages)") from None
     except ValueError as e:  # ConfigError included
         raise ConfigError(f"STORAGES[{alias!r}] OPTIONS: {e}") from None
+    if parse_url(url).kind == "s3":
+        try:
+            presign_seconds(storage.expires)
+        except ValueError as e:
+            raise ConfigError(f"STORAGES[{alias!r}] OPTIONS: expires={storage.expires}: {e}") from None
 
 
 def _check_file_root(url: str) -> None:

@@ -218,6 +218,8 @@ def test_listdir_on_s3_reads_one_level(s3_url: str) -> None:
     ("file://{tmp}?create=1", {"expires": 0}, r"expires.*at least 1"),
     ("file://{tmp}?create=1", {"expires": "a week"}, r"expires.*not a number"),
     ("file://{tmp}?create=1", {"max_size": "lots"}, r"max_size"),
+    ("file://{tmp}?create=1", {"location": "media", "file_overwrite": False},
+     r"unexpected keyword argument 'location'.*django-storages"),
 ])
 def test_storage_options_that_every_link_or_save_would_refuse_fail_start(
         django_settings: Any, tmp_path: Path, url: str, options: dict[str, Any], message: str) -> None:
