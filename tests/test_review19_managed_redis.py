@@ -195,6 +195,34 @@ def test_the_documented_cluster_acl_lets_every_capability_work(redis_line_cluste
                 admin.execute_command("ACL", "DELUSER", "app")
 
 
+def test_a_cluster_listener_refused_cluster_nodes_is_said_once(
+        redis_line_cluster: RedisCluster, redis_line_cluster_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The documented user without ``cluster|nodes``: the near cache's listener cannot
+    list the nodes to listen to. Before: silent, the near cache off."""
+    caplog.set_level(logging.INFO, logger="statekit.redis")
+    user, cluster_rules, _sharded = _documented_setusers()
+    try:
+        for node in redis_line_cluster.nodes:
+            with node.client() as admin:
+                admin.execute_command("ACL", "SETUSER", "app", *user,
+                                      *[r for r in cluster_rules if r != "+cluster|nodes"])
+        url = redis_line_cluster_url.replace("redis+cluster://", f"redis+cluster://app:{PASSWORD}@")
+        near = Cache(url, namespace=f"near{uuid.uuid4().hex[:8]}", near_cache=100)
+        assert near.set("k", 1) and near.get("k") == 1
+        listener = near._listener
+        assert listener is not None
+        wait_for(lambda: listener.reconnects >= 3, 10, "the listener asking three times")
+        assert not listener.connected.is_set() and near.get("k") == 1
+        said = _records(caplog, "statekit.redis", "near cache off")
+        assert len(said) == 1, [r.getMessage() for r in said]
+        assert "CLUSTER NODES" in said[0].getMessage() and "docs/backends.md" in said[0].getMessage()
+    finally:
+        for node in redis_line_cluster.nodes:
+            with node.client() as admin:
+                admin.execute_command("ACL", "DELUSER", "app")
+
+
 ALL_BUT = ("on", f">{PASSWORD}", "~*", "&*", "+@all")
 
 

@@ -152,11 +152,12 @@ class _SetupRefused(BackendUnavailable):
 
 def _refusal(conn: Any, what: str, error: Exception) -> BackendUnavailable:
     """The error for the error reply *error* to a tracking set-up command (*what*)
-    on the redis-py connection *conn*: the ACL's (naming its user), or a command
-    renamed or disabled."""
+    on the redis-py connection *conn* (``None``: through a client): the ACL's (naming
+    its user), or a command renamed or disabled."""
     if reply_problem(str(error)) == "permission":
-        user = (getattr(conn, "username", None) or "default") if getattr(conn, "credential_provider", None) \
-            is None else None
+        user = None  # unknown without a connection (the message names it on Redis 7+ and Valkey)
+        if conn is not None and getattr(conn, "credential_provider", None) is None:
+            user = getattr(conn, "username", None) or "default"
         return unavailable(what, str(error), "permission", user)
     return _SetupRefused(f"Redis refused {what}: {error} (renamed or disabled? a near cache needs "
                          "CLIENT ID, CLIENT TRACKING and SUBSCRIBE)")
@@ -447,7 +448,7 @@ class InvalidationListener:
             try:
                 self._restart = False
                 prefixes = self.prefixes
-                eps = self.endpoints()
+                eps = self._endpoints()
                 for ep in eps:
                     conns.append(self._connect(ep, prefixes))
                 self.current = [(ep.get("host"), ep.get("port"), ep.get("path")) for ep in eps]
@@ -476,6 +477,16 @@ class InvalidationListener:
                 return
             self.reconnects += 1
             backoff = min(backoff * 2, 2.0)
+
+    def _endpoints(self) -> list[dict[str, Any]]:
+        """:attr:`endpoints`, an error reply to what it asks (a Cluster's ``CLUSTER
+        NODES`` the ACL refuses) raised as a set-up refusal."""
+        import redis
+
+        try:
+            return self.endpoints()
+        except redis.ResponseError as e:
+            raise _refusal(None, "the near cache's invalidation listener (CLUSTER NODES)", e) from e
 
     def _connect(self, ep: dict[str, Any], prefixes: tuple[str, ...]) -> Any:
         conn = unpooled_connection(ep, self.timeout)
