@@ -176,6 +176,7 @@ def test_make_wsgi_app_single_process() -> None:
 
 _SERVE_APP = """
 import os
+import time
 
 from statekit.cache import Cache
 from statekit.metrics import make_wsgi_app
@@ -192,6 +193,8 @@ def app(environ, start_response):
         body = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").encode()
     else:
         cache.get("k")  # a miss, counted by the worker that served it
+        if environ.get("QUERY_STRING") == "hold":
+            time.sleep(0.05)  # holds a thread: a worker with all 4 busy accepts nothing
         body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -199,8 +202,11 @@ def app(environ, start_response):
 
 
 def _spread(port: int, workers: set[int], per_thread: int = 10) -> int:
-    """Requests from 4 threads (a connection each) until every worker served some;
-    how many were sent."""
+    """Requests from 8 threads (a connection each) until every worker served some;
+    how many were sent. Each request holds its server thread 50 ms, so 8 at once
+    are more than one worker's 4 threads, and StatekitThreadWorker accepts only while
+    a thread is free: the others go to another worker whatever the scheduler favours
+    (with 4 quick requests one worker served 800 of them on a loaded machine)."""
     from test_lifecycle_helpers import request
 
     seen: set[int] = set()
@@ -210,14 +216,14 @@ def _spread(port: int, workers: set[int], per_thread: int = 10) -> int:
     def client() -> None:
         nonlocal sent
         for _ in range(per_thread):
-            status, _, body = request(port, "/page")
+            status, _, body = request(port, "/page?hold")
             assert status == 200
             with lock:
                 sent += 1
                 seen.add(int(body))
 
     for _ in range(20):
-        threads = [threading.Thread(target=client) for _ in range(4)]
+        threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
