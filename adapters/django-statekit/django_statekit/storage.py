@@ -57,6 +57,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files import File
 from django.core.files.storage import Storage, storages
+from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponseForbidden, HttpResponseNotAllowed
 from django.http.response import HttpResponseBase
 from django.urls import NoReverseMatch, reverse
@@ -139,7 +140,7 @@ class BlobStorage(Storage):
 
     def _save(self, name: str, content: Any) -> str:
         directory, base = _split(name)
-        original = getattr(content, "name", None) if hasattr(content, "content_type") else None
+        original = _filename(content)
         if getattr(content, "seekable", lambda: False)():
             content.seek(0)  # form validation (ImageField) may have read it
         try:
@@ -250,6 +251,17 @@ class BlobStorage(Storage):
             raise FileNotFoundError(str(e)) from None
 
 
+def _filename(content: Any) -> str | None:
+    """The filename *content* brings: an upload's (the client's), or a stored blob's
+    that is saved again (a ``FieldFile`` of a ``BlobStorage`` or an opened blob, as a
+    "duplicate" copies one); else ``None`` (the saved name's is used)."""
+    if hasattr(content, "content_type"):
+        return getattr(content, "name", None)
+    if isinstance(content, FieldFile) and isinstance(content.storage, BlobStorage):
+        content = content.file
+    return content.stored_filename() if isinstance(content, _BlobFile) else None
+
+
 def _split(name: str) -> tuple[str, str]:
     """*name*'s directory (the key prefix, ``upload_to``) and base name."""
     return posixpath.split(str(name).replace("\\", "/"))
@@ -291,6 +303,13 @@ class _BlobFile(File):  # type: ignore[type-arg]
         except BlobNotFound as e:
             raise FileNotFoundError(str(e)) from None
         return stream if "b" in mode else io.TextIOWrapper(stream, encoding="utf-8")
+
+    def stored_filename(self) -> str | None:
+        """The filename the blob was uploaded with (``None``: none kept, or deleted)."""
+        try:
+            return self._storage.store.stat(self._key, sha256=False).filename
+        except BlobNotFound:
+            return None
 
     def open(self, mode: str | None = None, *args: Any, **kwargs: Any) -> _BlobFile:
         mode = _read_only(mode or self.mode)

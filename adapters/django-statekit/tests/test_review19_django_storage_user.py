@@ -22,6 +22,8 @@ What they relied on and statekit did not give them:
   was stored whole, then deleted).
 * ``size()``, ``exists()``, ``get_modified_time()``: one ``HEAD`` each on S3, as in
   django-storages (a large file's SHA-256 tag was read too).
+* A stored file saved again (``twin.file.save(doc.file.name, doc.file)``) keeping its
+  uploaded filename (it took the source key's).
 
 Against a real moto S3 server (``s3_url``) and a ``file://`` directory.
 """
@@ -38,6 +40,7 @@ import pytest
 import requests
 import tests_django_urls
 from django.core.files.base import ContentFile
+from django.db import models
 from django.test import Client
 from django.urls import clear_url_caches, path
 
@@ -278,3 +281,33 @@ def test_size_exists_and_times_of_a_large_file_are_one_request(s3_url: str) -> N
     assert storage.size(name) == 6 * 2**20
     assert storage.exists(name) and storage.get_modified_time(name).tzinfo is not None
     assert calls == ["HeadObject"] * 3, calls
+
+
+class Review19Document(models.Model):
+    file = models.FileField(upload_to="docs/", storage=BlobStorage("memory://review19-documents"))
+
+    class Meta:
+        app_label = "django_statekit"
+
+
+def test_a_file_saved_from_another_stored_file_keeps_its_filename(storage: BlobStorage) -> None:
+    """``copy.file.save(doc.file.name, doc.file)`` (a "duplicate" button): the copy was
+    named after the source's key (``9f0c...e1.txt``), its uploaded filename lost, so
+    its link downloaded under that. Failed before: the key's name."""
+    from django.core.files import File
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    name = storage.save("docs/x", SimpleUploadedFile("Q3 report.txt", b"quarterly", "text/plain"))
+    with storage.open(name) as source:
+        copy = storage.save(name, source)
+    assert copy != name and storage.store.stat(copy).filename == "Q3 report.txt"
+    doc, twin = Review19Document(), Review19Document()
+    Review19Document._meta.get_field("file").storage = storage  # type: ignore[attr-defined]
+    doc.file.save("Q3 report.txt", SimpleUploadedFile("Q3 report.txt", b"quarterly", "text/plain"),
+                  save=False)
+    twin.file.save(doc.file.name, doc.file, save=False)  # type: ignore[arg-type]
+    doc.file.close()  # read by the copy, as Django leaves it
+    assert storage.store.stat(twin.file.name).filename == "Q3 report.txt"  # type: ignore[arg-type]
+    with storage.open(name) as source:  # another File around it: the name given is the filename
+        again = storage.save("docs/renamed.txt", File(source, name="other.txt"))
+    assert storage.store.stat(again).filename == "renamed.txt"
