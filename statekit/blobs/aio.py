@@ -368,9 +368,10 @@ class AsyncBlobStore:
         """Up to *length* bytes from offset *start* (fewer at the end of the blob)."""
         return await asyncio.to_thread(self.sync.read_range, key, start, length)
 
-    async def stat(self, key: str) -> Blob:
-        """The blob's :class:`Blob` record. :raises BlobNotFound:"""
-        return await asyncio.to_thread(self.sync.stat, key)
+    async def stat(self, key: str, *, sha256: bool = True) -> Blob:
+        """The blob's :class:`Blob` record; without *sha256*, one request on S3
+        (:meth:`BlobStore.stat`). :raises BlobNotFound:"""
+        return await asyncio.to_thread(self.sync.stat, key, sha256=sha256)
 
     async def exists(self, key: str) -> bool:
         """Whether a blob is stored under *key*."""
@@ -384,6 +385,10 @@ class AsyncBlobStore:
                         page_size: int = 1000) -> BlobPage:
         """One page of blobs under *prefix* (:meth:`BlobStore.list_page`)."""
         return await asyncio.to_thread(self.sync.list_page, prefix, cursor=cursor, page_size=page_size)
+
+    async def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        """One level below *prefix*: subdirectory and blob names (:meth:`BlobStore.list_dir`)."""
+        return await asyncio.to_thread(self.sync.list_dir, prefix)
 
     async def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[Blob]:
         """Every blob under *prefix*, fetched a page at a time: ``async for blob in
