@@ -223,6 +223,39 @@ def test_a_cluster_listener_refused_cluster_nodes_is_said_once(
                 admin.execute_command("ACL", "DELUSER", "app")
 
 
+def test_a_refused_sharded_subscription_is_said_once(
+        redis_line_cluster: RedisCluster, redis_line_cluster_url: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cluster with sharded pub/sub, the user without ``ssubscribe``: said once, the
+    publish re-read. Before: the sharded subscription's first Subscribed (its own,
+    before any SSUBSCRIBE) read as the refusal's end, so it was said every 2 s."""
+    if int(redis_line_cluster.binary.version.split(".")[0]) < 7:
+        pytest.skip("Redis 6.2: no sharded pub/sub")
+    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.1)
+    caplog.set_level(logging.INFO, logger="statekit.broadcast")
+    user, cluster_rules, _sharded = _documented_setusers()
+    try:
+        for node in redis_line_cluster.nodes:
+            with node.client() as admin:
+                admin.execute_command("ACL", "SETUSER", "app", *user, *cluster_rules, "+spublish")
+        url = redis_line_cluster_url.replace("redis+cluster://", f"redis+cluster://app:{PASSWORD}@")
+        name = f"v{uuid.uuid4().hex[:8]}"
+        value = SharedValue(name, default="none", url=url)
+        assert value.get() == "none" and value._hub is not None
+        hub = value._hub
+        Broadcaster(redis_line_cluster_url).publish(name, "hello")
+        wait_for(lambda: value.get() == "hello", 10, "the publish re-read while SSUBSCRIBE is refused")
+        start = hub.counters.get("errors")
+        wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+        said = _records(caplog, "statekit.broadcast", "refused")
+        assert len(said) == 1 and "ssubscribe" in said[0].getMessage(), [r.getMessage() for r in said]
+        assert not _records(caplog, "statekit.broadcast", "pushed again")
+    finally:
+        for node in redis_line_cluster.nodes:
+            with node.client() as admin:
+                admin.execute_command("ACL", "DELUSER", "app")
+
+
 ALL_BUT = ("on", f">{PASSWORD}", "~*", "&*", "+@all")
 
 

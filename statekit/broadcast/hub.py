@@ -268,9 +268,6 @@ class Hub:
         else:  # (re)subscribed: whatever was published meanwhile is retained
             self.resync()
             self.connected.set()
-            if self._refusal:
-                log.info("broadcast subscriber subscribed: shared values are pushed again")
-                self._refusal = ""
 
     def _watch(self, watch: Callable[[list[str]], object], watched: set[str]) -> set[str]:
         """Tell a subscription that names its channels (sharded pub/sub) about the
@@ -313,6 +310,10 @@ class Hub:
                         self._handle(event)
                         if not isinstance(event, Message):
                             backoff = BACKOFF_MIN
+                        # the backend took the subscription: its confirmation, or a
+                        # message (a sharded one's first Subscribed is its own)
+                        if self._refusal and (watch is None or isinstance(event, Message)):
+                            self._subscribed()
             except SubscriptionRefused as e:  # an operator's change fixes it, no retry does
                 self.connected.clear()
                 self.counters.incr("errors")
@@ -338,6 +339,12 @@ class Hub:
             finally:
                 if subscription is not None:
                     subscription.close()
+
+    def _subscribed(self) -> None:
+        """The backend took the subscription: a refusal said before is over."""
+        if self._refusal:
+            log.info("broadcast subscriber subscribed: shared values are pushed again")
+            self._refusal = ""
 
     def _refused(self, error: SubscriptionRefused) -> None:
         """The subscription was refused: say so once (per refusal), re-read the
