@@ -480,13 +480,14 @@ class InvalidationListener:
 
     def _endpoints(self) -> list[dict[str, Any]]:
         """:attr:`endpoints`, an error reply to what it asks (a Cluster's ``CLUSTER
-        NODES`` the ACL refuses) raised as a set-up refusal."""
+        NODES`` the ACL refuses, a Sentinel's refusal) raised as a set-up refusal."""
         import redis
 
         try:
             return self.endpoints()
         except redis.ResponseError as e:
-            raise _refusal(None, "the near cache's invalidation listener (CLUSTER NODES)", e) from e
+            raise _refusal(None, "the near cache's invalidation listener asking where the servers are "
+                                 "(CLUSTER NODES on a Cluster)", e) from e
 
     def _connect(self, ep: dict[str, Any], prefixes: tuple[str, ...]) -> Any:
         conn = unpooled_connection(ep, self.timeout)
