@@ -38,12 +38,15 @@ an app that cannot start, in one line, before any worker):
   so a SIGKILLed worker loses only the requests it was executing, and the master
   logs how many (``worker N died with M requests in flight``).
 
-Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, graceful
-timeout 25 s (+ pre-stop 2 s: inside the usual 30 s an orchestrator waits before
-SIGKILL), gunicorn's control socket off. No ``gunicorn.conf.py`` is read, nor
-``GUNICORN_CMD_ARGS`` (serve says so when it is set); ``PORT`` and
-``FORWARDED_ALLOW_IPS`` are read as gunicorn reads them. The app is
-wrapped in :class:`~statekit.lifecycle.LifecycleMiddleware` (an ASGI app in
+Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, worker
+timeout 30 s (``--timeout``: gunicorn's, a worker whose main loop is silent that long
+is aborted; a long request is not silence), graceful timeout 25 s (+ pre-stop 2 s:
+inside the usual 30 s an orchestrator waits before SIGKILL), gunicorn's control
+socket off. No ``gunicorn.conf.py`` is read, nor ``GUNICORN_CMD_ARGS`` (serve says
+so when it is set); ``PORT`` and ``FORWARDED_ALLOW_IPS`` are read as gunicorn reads
+them. ``--root-path`` is uvicorn's (the prefix a proxy strips): ``scope["root_path"]``
+for an ASGI app, ``SCRIPT_NAME`` for a WSGI app. The app is wrapped in
+:class:`~statekit.lifecycle.LifecycleMiddleware` (an ASGI app in
 :class:`statekit.asgi.LifecycleMiddleware`) unless it already is (``StateKit(app)``,
 ``django_statekit.lifecycle.get_wsgi_application()``).
 
@@ -216,6 +219,8 @@ class _Options:
     max_requests_jitter: int = 0
     max_worker_age: float = 0.0
     max_worker_rss: int = 0  # bytes
+    #: ``statekit serve --root-path``: the prefix a proxy serves the app under and strips
+    root_path: str = ""
 
     @property
     def recycling(self) -> bool:
@@ -1099,11 +1104,14 @@ def post_fork(server: Any, worker: Any) -> None:
     worker.statekit_held = rt.held
     rt.options.broadcaster = None
     rt.broadcaster_started = False
+    worker.statekit_root_path = rt.options.root_path
     # the master recycles (one worker at a time): no worker stops itself at a request count
     worker.max_requests = sys.maxsize
     config = getattr(worker, "config", None)  # uvicorn-worker's uvicorn Config
     if config is not None and hasattr(config, "limit_max_requests"):
         config.limit_max_requests = None
+        if rt.options.root_path:  # uvicorn's --root-path: scope["root_path"]
+            config.root_path = rt.options.root_path
 
 
 def post_worker_init(worker: Any) -> None:
@@ -1122,7 +1130,7 @@ def post_worker_init(worker: Any) -> None:
             # the readiness checks run once before the worker reports ready, as an ASGI
             # worker's do in its lifespan startup: the first probe finds the clients built
             lifecycle.warm()
-        worker.wsgi = _close_when_draining(worker.wsgi)
+        worker.wsgi = _close_when_draining(worker.wsgi, getattr(worker, "statekit_root_path", ""))
     if getattr(worker, "alive", True) and not getattr(worker, "_statekit_exit_pending", False):
         # not when told to stop while loading the app: a reload would stop the old
         # worker for one about to exit
@@ -1161,13 +1169,19 @@ def group_sigterm(log: Any) -> bool:
     return False
 
 
-def _close_when_draining(app: Any) -> Any:
+def _close_when_draining(app: Any, root_path: str = "") -> Any:
     """Wrap the worker's WSGI callable: a response that starts while draining closes
     its connection, also for a request that began before the drain (``pre_request``
     only sees requests that begin during it). gunicorn drops the ``Connection``
-    header the lifecycle middleware sets and decides on its own response object."""
+    header the lifecycle middleware sets and decides on its own response object.
+
+    A *root_path* (``statekit serve --root-path``: the prefix a proxy serves the app
+    under and strips) goes before ``SCRIPT_NAME``; ``PATH_INFO`` is the path received,
+    as uvicorn's ``root_path`` is for an ASGI app."""
 
     def wsgi(environ: Any, start_response: Any) -> Any:
+        if root_path:
+            environ["SCRIPT_NAME"] = root_path + environ.get("SCRIPT_NAME", "")
         def start(status: str, headers: Any, exc_info: Any = None) -> Any:
             if get_drain_state().draining:
                 force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
@@ -1282,7 +1296,7 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
                  pre_stop_delay: float = 2.0, drain_mode: str = "reject",
                  broadcaster: Any = None, ready_timeout: float = 30.0, interface: str = "wsgi",
                  max_requests: int = 0, max_requests_jitter: int = 0, max_worker_age: float = 0.0,
-                 max_worker_rss: int = 0) -> None:
+                 max_worker_rss: int = 0, root_path: str = "") -> None:
         if drain_mode not in DRAIN_MODES:
             raise ConfigError(f"drain mode {drain_mode!r} must be one of {', '.join(DRAIN_MODES)}")
         if interface not in WORKER_CLASSES:
@@ -1291,7 +1305,8 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
         self.interface = interface
         self.options = {**DEFAULTS, "worker_class": WORKER_CLASSES[interface], **(options or {})}
         self.statekit_options = _Options(pre_stop_delay, drain_mode, broadcaster, ready_timeout,
-                                         max_requests, max_requests_jitter, max_worker_age, max_worker_rss)
+                                         max_requests, max_requests_jitter, max_worker_age, max_worker_rss,
+                                         root_path)
         super().__init__(prog="statekit serve")
 
     def load_config(self) -> None:
@@ -1362,6 +1377,23 @@ def _keep_alive(text: str) -> int:
     from .cli import bounded_int
 
     return bounded_int(text, 0, 86400, "a number of seconds (a whole number, 0 to 86400)")
+
+
+def _timeout(text: str) -> int:
+    """An argparse type: gunicorn's worker timeout, whole seconds, 0 (none) to 86400."""
+    from .cli import bounded_int
+
+    return bounded_int(text, 0, 86400, "a number of seconds (a whole number, 0 to 86400; 0: no timeout)")
+
+
+def _root_path(text: str) -> str:
+    """An argparse type: a path prefix, ``""`` or ``/`` then ASCII, no ``/`` at the end
+    (uvicorn puts it before each request's path as it is)."""
+    if text and not (text.startswith("/") and not text.endswith("/") and text.isascii()
+                     and text.isprintable() and " " not in text and "?" not in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a path prefix: '/' then ASCII, no '/' at the end (for example /api)")
+    return text
 
 
 def _workers(text: str) -> int:
@@ -1452,6 +1484,15 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--access-logfile", metavar="FILE",
                    help="write an access log line per request to FILE ('-': standard output), as gunicorn's "
                         "option (default: none)")
+    p.add_argument("--timeout", type=_timeout, default=DEFAULTS["timeout"], metavar="S",
+                   help="gunicorn's worker timeout: a worker silent for S seconds (hung: no heartbeat "
+                        "from its main loop) is aborted and replaced; a long request is not silence, its "
+                        "worker's main loop beats on (default 30; 0: none)")
+    p.add_argument("--root-path", type=_root_path, default="", metavar="PATH",
+                   help="the prefix a proxy serves the app under and strips before passing requests on "
+                        "(uvicorn's option): ASGI apps get it as scope['root_path'] (FastAPI's url_for and "
+                        "docs use it), WSGI apps as SCRIPT_NAME, PATH_INFO being the path received "
+                        "(default none)")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
@@ -1547,12 +1588,13 @@ def serve_main(argv: Sequence[str]) -> int:
         {"bind": binds, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
          "pidfile": opts.pid or None, "loglevel": opts.log_level,
          "forwarded_allow_ips": opts.forwarded_allow_ips, "keepalive": opts.keep_alive,
-         "accesslog": opts.access_logfile},
+         "accesslog": opts.access_logfile, "timeout": opts.timeout},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,
         ready_timeout=_seconds(os.environ.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
         interface=interface,
+        root_path=opts.root_path,
         **recycling,
     )
     try:
