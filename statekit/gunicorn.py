@@ -69,8 +69,9 @@ the listeners immediately.
 
 Limits: the master imports ``--broadcaster``'s module, so workers forked later
 inherit it — a reload does not pick up changes to that module (restart for those);
-keep the broadcaster out of the app's own module. ``preload_app`` defeats reloads of
-the app's code, as in gunicorn.
+keep the broadcaster out of the app's own module. ``preload_app`` (``--preload``)
+defeats reloads of the app's code, as in gunicorn: serve refuses a reload then (the log
+says why), where gunicorn's HUP forks new workers from the old code.
 """
 
 from __future__ import annotations
@@ -838,7 +839,15 @@ class StatekitArbiter(Arbiter):  # type: ignore[misc]
 
     def reload(self) -> None:
         """Reload the configuration like gunicorn, then replace the workers one at a
-        time, each old one stopped only once its replacement is ready."""
+        time, each old one stopped only once its replacement is ready. Refused, in the
+        log, when the app was imported in the master (``preload_app``, ``statekit serve
+        --preload``): the new workers would be forks of the old code (gunicorn's HUP
+        keeps it too)."""
+        if self.cfg.preload_app:
+            self.log.error("statekit: reload refused: the app was imported once in the master (--preload), "
+                           "so new workers would run the code loaded at start; restart statekit serve to "
+                           "run new code (or serve without --preload to reload it)")
+            return
         self._stats["reloads"] += 1
         old_address = self.cfg.address
         for k in self.cfg.env:
@@ -1493,6 +1502,11 @@ def serve_main(argv: Sequence[str]) -> int:
                         "(uvicorn's option): ASGI apps get it as scope['root_path'] (FastAPI's url_for and "
                         "docs use it), WSGI apps as SCRIPT_NAME, PATH_INFO being the path received "
                         "(default none)")
+    p.add_argument("--preload", action="store_true",
+                   help="import the app once in the master, then fork the workers (gunicorn's preload_app): "
+                        "statekit's caches, session stores and blob stores built at import open their own "
+                        "connections in each worker. A reload (SIGHUP, statekit reload) is then refused, "
+                        "in the log: the workers would run the code loaded at start; restart to deploy")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
@@ -1588,7 +1602,8 @@ def serve_main(argv: Sequence[str]) -> int:
         {"bind": binds, "workers": opts.workers, "graceful_timeout": math.ceil(opts.graceful_timeout),
          "pidfile": opts.pid or None, "loglevel": opts.log_level,
          "forwarded_allow_ips": opts.forwarded_allow_ips, "keepalive": opts.keep_alive,
-         "accesslog": opts.access_logfile, "timeout": opts.timeout},
+         "accesslog": opts.access_logfile, "timeout": opts.timeout,
+         "preload_app": opts.preload},
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,

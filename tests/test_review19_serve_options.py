@@ -9,6 +9,13 @@
   strips (``scope["root_path"]``, what FastAPI's ``url_for`` and docs use). For a
   WSGI app serve gives it as ``SCRIPT_NAME`` with ``PATH_INFO`` as received (the same
   proxy, the same meaning).
+- ``--preload``: gunicorn's ``preload_app`` (the app imported once in the master, then
+  forked). A Cache built at import in the master is used by every worker over
+  connections of its own: the server lists one per worker held by that worker alone
+  (its file descriptors); the master's connection, whose file descriptor the workers
+  inherit (statekit's reset after the fork leaves it open, unused: closing it is not
+  this file's subject), still has the master's last command. A reload would fork new workers
+  from the code loaded at start (gunicorn's HUP does): serve refuses it, in the log.
 
 Servers: ``statekit serve`` on free loopback ports, one worker, no pre-stop delay,
 stopped by their pid.
@@ -20,12 +27,15 @@ import json
 import os
 import signal
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
+import redis
 from test_lifecycle_helpers import ServeProcess, request, wait_until
 from test_review19_serve_user import _SCHEME_APPS
 
+from statekit import Cache
 from statekit.embedded import free_port
 from statekit.gunicorn import serve_main
 
@@ -98,3 +108,100 @@ def test_a_value_the_option_does_not_take_is_a_usage_error(capsys: pytest.Captur
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}: {value!r} {said}" in err, err
+
+
+#: a WSGI app with a Cache built at import: /hold waits (at most 20 s) for the file "release"
+_PRELOADED_APP = """
+import os, time
+from statekit import Cache
+
+cache = Cache(os.environ["STATEKIT_REDIS_URL"])
+cache.set("imported-in", os.getpid())  # the master's own connection, opened before the fork
+cache.get("imported-in")  # its last command (MGET): a worker's is the set (EVALSHA) after its get
+_RELEASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "release")
+
+
+def app(environ, start_response):
+    imported_in = cache.get("imported-in")
+    cache.set(f"served-by:{os.getpid()}", 1)
+    deadline = time.monotonic() + 20
+    while environ["PATH_INFO"] == "/hold" and not os.path.exists(_RELEASE) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    body = f"{os.getpid()} {imported_in}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _inode_of_local_port(port: int) -> str:
+    """The inode of the loopback TCP socket whose local port is *port* (/proc/net/tcp)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return fields[9]
+    raise AssertionError(f"no socket with local port {port}")
+
+
+def test_preload_gives_each_worker_its_own_connections_and_refuses_a_reload(tmp_path: Path,
+                                                                            redis_url: str) -> None:
+    with ServeProcess(tmp_path, "--preload", "--workers", "2", "--pre-stop-delay", "0",
+                      env={"STATEKIT_REDIS_URL": redis_url}, app_source=_PRELOADED_APP) as srv:
+        srv.wait_ready(2)
+        workers = sorted(srv.workers())
+        assert len(workers) == 2, srv.log()
+        # 5 held requests: a worker takes 4 at most (one a thread), so both serve
+        answers: list[bytes] = []
+        holders = [threading.Thread(target=lambda: answers.append(request(srv.port, "/hold", timeout=30)[2]))
+                   for _ in range(5)]
+        for t in holders:
+            t.start()
+        check = Cache(redis_url)
+        try:
+            wait_until(lambda: all(check.get(f"served-by:{pid}") for pid in workers), 20,
+                       f"both workers {workers} serving a request with the master's Cache")
+            server = redis.Redis.from_url(redis_url)
+            try:
+                owners: dict[str, list[int]] = {}
+                for pid in (srv.pid, *workers):
+                    for inode in _socket_inodes(pid):
+                        owners.setdefault(inode, []).append(pid)
+                own: dict[int, int] = {}
+                inherited = []
+                for client in server.client_list():
+                    local = int(client["addr"].rsplit(":", 1)[1])
+                    held_by = owners.get(_inode_of_local_port(local), [])
+                    if len(held_by) == 1:
+                        own[held_by[0]] = own.get(held_by[0], 0) + 1
+                    elif held_by:  # the master's, inherited by the workers: still its last command
+                        assert srv.pid in held_by and client["cmd"] == "mget", (client, held_by)
+                        inherited.append(client)
+            finally:
+                server.close()
+            assert len(inherited) + own.get(srv.pid, 0) >= 1, "the master's import-time connection is gone"
+            assert all(own.get(pid, 0) >= 1 for pid in workers), f"a worker without its own connection: {own}"
+        finally:
+            (tmp_path / "release").touch()
+            for t in holders:
+                t.join(30)
+            check.close()
+        assert len(answers) == 5 and {a.split()[1] for a in answers} == {str(srv.pid).encode()}, answers
+        assert {int(a.split()[0]) for a in answers} == set(workers)
+        srv.signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused: the app was imported once in the master (--preload)" in srv.log(),
+                   10, "the reload refused")
+        assert sorted(srv.workers()) == workers
+        assert request(srv.port, "/")[0] == 200
