@@ -257,7 +257,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(func(args[1:]) or 0)  # type: ignore[operator]
     except StatekitError as e:
         print(f"statekit {args[0]}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_status", 1))  # the command's own, if it gives one (serve's)
     except ModuleNotFoundError as e:
         extra = _missing_extra(e)
         if extra is None:  # not one of ours (the user's own module): the traceback helps

@@ -353,7 +353,7 @@ class AppConfigError(ConfigError):
     """Importing the app raised :class:`~statekit.errors.ConfigError` (its message):
     the app refuses to start as configured (``StateKit(app)`` at module level without
     ``STATEKIT_REDIS_URL`` or ``STATEKIT_SECRET_KEYS``), which every worker would
-    repeat. ``statekit serve`` says it in one line, exit 2, before starting gunicorn."""
+    repeat. ``statekit serve`` says it in one line, exit 4, before starting gunicorn."""
 
 
 def import_app(app_uri: str) -> Any:
@@ -1463,10 +1463,26 @@ def _bind_refusal(bind: str) -> str | None:
     return _BIND_REFUSALS.get(error.errno)  # a gaierror's errno is an EAI_* code: none of these
 
 
+#: ``statekit serve``'s exit status when an option or an environment variable is refused
+#: (argparse's); when the app cannot be loaded, gunicorn's ``Arbiter.APP_LOAD_ERROR`` (4);
+#: gunicorn's master exits ``Arbiter.WORKER_BOOT_ERROR`` (3) when a worker fails to boot.
+#: A ``ConfigError`` serve raises carries its status as ``exit_status`` (statekit.cli.main)
+_USAGE_ERROR = 2
+
+
 def serve_main(argv: Sequence[str]) -> int:
     """``statekit serve MODULE:APP [...]``: run a WSGI or ASGI app on gunicorn with
     drain, rolling reload, worker recycling and the broadcaster. Exits when the
-    master stops."""
+    master stops.
+
+    Exit status: 0 stopped (SIGTERM, SIGINT); 2 a usage error (an option or an
+    environment variable refused, an address it cannot listen on), nothing started;
+    4 the app cannot be loaded (its module or attribute does not exist, or importing
+    it raised ConfigError: one line), nothing started, as gunicorn's "App failed to
+    load"; 3 a worker failed to boot (the app's import raised its own error, whose
+    traceback the worker logs; an ASGI lifespan startup failed), as gunicorn's; 1
+    anything else (a missing extra, an address gunicorn could not bind after its
+    retries)."""
     from .cli import PlainHelpFormatter, default_pid_file
 
     p = argparse.ArgumentParser(prog="statekit serve", description=serve_main.__doc__,
@@ -1504,9 +1520,10 @@ def serve_main(argv: Sequence[str]) -> int:
                         "(default none)")
     p.add_argument("--preload", action="store_true",
                    help="import the app once in the master, then fork the workers (gunicorn's preload_app): "
-                        "statekit's caches, session stores and blob stores built at import open their own "
-                        "connections in each worker. A reload (SIGHUP, statekit reload) is then refused, "
-                        "in the log: the workers would run the code loaded at start; restart to deploy")
+                        "statekit's clients built at import (a Cache, a session store) start afresh in "
+                        "each worker, with connections of their own. A reload (SIGHUP, statekit reload) is "
+                        "then refused, in the log: the workers would run the code loaded at start; restart "
+                        "to deploy")
     p.add_argument("--workers", type=_workers, metavar="N",
                    help="worker processes, 4 threads each for WSGI, one event loop each for ASGI "
                         "(default $WEB_CONCURRENCY or 2)")
@@ -1537,62 +1554,70 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info", metavar="L",
                    help=f"gunicorn's log level: {', '.join(LOG_LEVELS)} (default info)")
     opts = p.parse_args(list(argv))
-    binds, bind_variable = _binds(p, opts.bind)
-    opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
-    if opts.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS") is not None:
-        # gunicorn's own default reads it too, unchecked: a wrong one was its "Error:" line
-        opts.forwarded_allow_ips = _or_env(p, None, "--forwarded-allow-ips", "FORWARDED_ALLOW_IPS", "",
-                                           _forwarded_allow_ips)
-    # each option's default is its variable (as the gunicorn hooks read them): serve ignored
-    # STATEKIT_MAX_REQUESTS & co. in silence
-    given = {"max_requests": opts.max_requests, "max_requests_jitter": opts.max_requests_jitter,
-             "max_worker_age": opts.max_worker_age, "max_worker_rss": opts.max_worker_rss}
-    from_env = _recycling(*(os.environ.get(f"STATEKIT_{key.upper()}") if raw is None else None
-                            for key, raw in given.items()), env=True)
-    from_cli = _recycling(*given.values())
-    recycling = {key: from_env[key] if raw is None else from_cli[key] for key, raw in given.items()}
-    if ":" not in opts.app:
-        raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
-    if os.environ.get("GUNICORN_CMD_ARGS", "").strip():
-        # gunicorn's command reads it, a BaseApplication does not: ignored in silence, a
-        # --bind or --workers there too (no gunicorn.conf.py is read either)
-        print(f"statekit serve: GUNICORN_CMD_ARGS is not read ({os.environ['GUNICORN_CMD_ARGS']!r}): give "
-              "statekit serve's own options (statekit serve --help)", file=sys.stderr)
-    # finite: inf was an OverflowError traceback, nan a delay that never ended
-    opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
-    opts.pre_stop_delay = (_pre_stop_from_env() if opts.pre_stop_delay is None
-                           else _seconds(opts.pre_stop_delay, "--pre-stop-delay"))
-    for bind in binds:
-        refusal = _bind_refusal(bind)
-        if refusal is not None:  # in one line, as statekit dev says it of its ports
-            other = f"another with --bind or {bind_variable}" if bind_variable else "another --bind"
-            print(f"statekit serve: {bind} {refusal.format(other=other)}", file=sys.stderr)
-            return 2
-    if opts.pid is None:
-        opts.pid = default_pid_file(binds[0])
-        os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
-    if recycling["max_worker_rss"] and not os.path.exists(f"/proc/{os.getpid()}/statm"):
-        raise ConfigError("--max-worker-rss reads /proc (Linux): not available here")
-    sys.path.insert(0, os.getcwd())
-    broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
-    if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
-                                        and callable(getattr(broadcaster, "stop", None))):
-        raise ConfigError(f"{opts.broadcaster!r} has no start() and stop(timeout) methods")
-    if broadcaster is not None and inspect.iscoroutinefunction(broadcaster.stop):
-        raise ConfigError(f"{opts.broadcaster!r} is an asyncio broadcaster: the master runs no event loop. "
-                          "Give --broadcaster a statekit Broadcaster (same keys and values: the app reads "
-                          "them with SharedValue.aget()), or run the AsyncBroadcaster in the app's lifespan")
+    try:  # what the command line and the environment say: a ConfigError is a usage error
+        binds, bind_variable = _binds(p, opts.bind)
+        opts.workers = _or_env(p, opts.workers, "--workers", "WEB_CONCURRENCY", "2", _workers)
+        if opts.forwarded_allow_ips is None and os.environ.get("FORWARDED_ALLOW_IPS") is not None:
+            # gunicorn's own default reads it too, unchecked: a wrong one was its "Error:" line
+            opts.forwarded_allow_ips = _or_env(p, None, "--forwarded-allow-ips", "FORWARDED_ALLOW_IPS", "",
+                                               _forwarded_allow_ips)
+        # each option's default is its variable (as the gunicorn hooks read them): serve ignored
+        # STATEKIT_MAX_REQUESTS & co. in silence
+        given = {"max_requests": opts.max_requests, "max_requests_jitter": opts.max_requests_jitter,
+                 "max_worker_age": opts.max_worker_age, "max_worker_rss": opts.max_worker_rss}
+        from_env = _recycling(*(os.environ.get(f"STATEKIT_{key.upper()}") if raw is None else None
+                                for key, raw in given.items()), env=True)
+        from_cli = _recycling(*given.values())
+        recycling = {key: from_env[key] if raw is None else from_cli[key] for key, raw in given.items()}
+        if ":" not in opts.app:
+            raise ConfigError(f"{opts.app!r} must be MODULE:APP (for example myproject.wsgi:application)")
+        if os.environ.get("GUNICORN_CMD_ARGS", "").strip():
+            # gunicorn's command reads it, a BaseApplication does not: ignored in silence, a
+            # --bind or --workers there too (no gunicorn.conf.py is read either)
+            print(f"statekit serve: GUNICORN_CMD_ARGS is not read ({os.environ['GUNICORN_CMD_ARGS']!r}): "
+                  "give statekit serve's own options (statekit serve --help)", file=sys.stderr)
+        # finite: inf was an OverflowError traceback, nan a delay that never ended
+        opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
+        opts.pre_stop_delay = (_pre_stop_from_env() if opts.pre_stop_delay is None
+                               else _seconds(opts.pre_stop_delay, "--pre-stop-delay"))
+        for bind in binds:
+            refusal = _bind_refusal(bind)
+            if refusal is not None:  # in one line, as statekit dev says it of its ports
+                other = f"another with --bind or {bind_variable}" if bind_variable else "another --bind"
+                print(f"statekit serve: {bind} {refusal.format(other=other)}", file=sys.stderr)
+                return _USAGE_ERROR
+        if opts.pid is None:
+            opts.pid = default_pid_file(binds[0])
+            os.makedirs(os.path.dirname(opts.pid), exist_ok=True)
+        if recycling["max_worker_rss"] and not os.path.exists(f"/proc/{os.getpid()}/statm"):
+            raise ConfigError("--max-worker-rss reads /proc (Linux): not available here")
+        sys.path.insert(0, os.getcwd())
+        broadcaster = load_object(opts.broadcaster) if opts.broadcaster else None
+        if broadcaster is not None and not (callable(getattr(broadcaster, "start", None))
+                                            and callable(getattr(broadcaster, "stop", None))):
+            raise ConfigError(f"{opts.broadcaster!r} has no start() and stop(timeout) methods")
+        if broadcaster is not None and inspect.iscoroutinefunction(broadcaster.stop):
+            raise ConfigError(f"{opts.broadcaster!r} is an asyncio broadcaster: the master runs no event "
+                              "loop. Give --broadcaster a statekit Broadcaster (same keys and values: the "
+                              "app reads them with SharedValue.aget()), or run the AsyncBroadcaster in the "
+                              "app's lifespan")
+    except ConfigError as e:
+        e.exit_status = _USAGE_ERROR  # type: ignore[attr-defined]  # for statekit.cli.main
+        raise
     interface = opts.interface
     if interface == "asgi":  # a missing extra: one line, before anything starts (the app's check too)
         importlib.import_module("statekit.gunicorn_asgi")
     # the app imported once, in a short-lived child, whatever --interface says (which
-    # wins over what it finds): a missing app module or attribute is a ConfigError here,
-    # nothing started
+    # wins over what it finds): a missing app module or attribute, or the app's own
+    # ConfigError, is one line here, nothing started, exit 4 (gunicorn's APP_LOAD_ERROR)
     try:
         found = detect_interface(opts.app)
-    except AppConfigError as e:  # the app refuses to start as configured: one line, as for --bind
+    except AppConfigError as e:  # the app refuses to start as configured
         print(f"statekit serve: {opts.app}: ConfigError: {e}", file=sys.stderr)
-        return 2
+        return int(Arbiter.APP_LOAD_ERROR)
+    except ConfigError as e:  # no such module or attribute
+        e.exit_status = Arbiter.APP_LOAD_ERROR  # type: ignore[attr-defined]  # for statekit.cli.main
+        raise
     if interface == "auto":
         interface = found
         if interface == "asgi":

@@ -5,9 +5,10 @@ The usual cause: ``StateKit(app)`` at module level refusing to start (no
 the short-lived child that tells WSGI from ASGI caught it and answered "wsgi", so a
 FastAPI app was run on gthread workers, each of which failed to boot with two
 tracebacks and the message twice, then "Worker failed to boot", exit 3. Now the
-error's own message in one line, exit 2, before any worker starts, for WSGI and
-ASGI apps alike. An app failing with any other error still goes to its workers,
-whose traceback is what its author needs (``test_asgi_serve``'s detect test).
+error's own message in one line, exit 2 (4 since review 19: gunicorn's "App failed
+to load"), before any worker starts, for WSGI and ASGI apps alike. An app failing
+with any other error still goes to its workers, whose traceback is what its author
+needs (``test_asgi_serve``'s detect test).
 
 Each command is a ``statekit`` subprocess in a session of its own, bounded in time;
 on a timeout its process group (only what it started) is killed.
@@ -84,14 +85,14 @@ def test_a_config_error_importing_the_app_is_one_line_before_any_worker(
         tmp_path: Path, source: str, env: dict[str, str], message: str) -> None:
     status, out, _ = serve(tmp_path, source, env=env)
     assert (status, out.strip().splitlines()) == (
-        2, [f"statekit serve: quick:app: ConfigError: {message}"]), out[-3000:]
+        4, [f"statekit serve: quick:app: ConfigError: {message}"]), out[-3000:]  # 2 before review 19
 
 
 def test_the_refusal_comes_before_gunicorn_starts(tmp_path: Path) -> None:
     """Nothing of gunicorn's start is printed: no arbiter, no worker booted (before:
     'Using worker: StatekitThreadWorker', then each worker's traceback)."""
     status, out, took = serve(tmp_path, FASTAPI)
-    assert status == 2, out
+    assert status == 4, out  # gunicorn's APP_LOAD_ERROR (2 before review 19)
     for word in ("Starting gunicorn", "Booting worker", "Traceback", "Worker failed to boot"):
         assert word not in out, out
     assert took < BOUND

@@ -332,10 +332,10 @@ def test_g_reload_refuses_a_process_without_a_sighup_handler(venv: Venv, user_en
 
 
 @pytest.mark.parametrize(("option", "value", "status", "says"), [
-    ("--graceful-timeout", "inf", 1, "--graceful-timeout='inf' must be between 0 and 86400 seconds"),
-    ("--pre-stop-delay", "nan", 1, "--pre-stop-delay='nan' must be between 0 and 86400 seconds"),
-    ("--graceful-timeout", "-1", 1, "--graceful-timeout='-1' must be between 0 and 86400 seconds"),
-    ("--pre-stop-delay", "soon", 1, "--pre-stop-delay='soon' is not a number of seconds"),
+    ("--graceful-timeout", "inf", 2, "--graceful-timeout='inf' must be between 0 and 86400 seconds"),
+    ("--pre-stop-delay", "nan", 2, "--pre-stop-delay='nan' must be between 0 and 86400 seconds"),
+    ("--graceful-timeout", "-1", 2, "--graceful-timeout='-1' must be between 0 and 86400 seconds"),
+    ("--pre-stop-delay", "soon", 2, "--pre-stop-delay='soon' is not a number of seconds"),
     ("--log-level", "LOUD", 2, "argument --log-level: invalid choice: 'loud'"),
 ])
 def test_h_serve_refuses_bad_seconds_and_log_levels(venv: Venv, user_env: dict[str, str], tmp_path: Path,

@@ -10,7 +10,9 @@ gunicorn's "App failed to load", exit 4. Now every way of naming the app (with o
 without ``--interface``, an attribute or a factory) gives the same one line before
 anything starts: exit 2 for the app's ConfigError, exit 1 for a missing module or
 attribute (``statekit serve: ConfigError: cannot import ...``), as without
-``--interface``. An app failing with any other error still goes to its workers.
+``--interface``; since review 19 both exit 4, gunicorn's "App failed to load" (the
+rule in ``statekit serve --help``). An app failing with any other error still goes to
+its workers.
 
 Each command is a ``statekit serve`` subprocess (``test_newcomer14_cli._serve``: one
 worker, port 0, bounded in time).
@@ -61,12 +63,12 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, app: str
     (PLAIN_WSGI, "quick:app", {}, "set MY_SETTING first"),
     (FACTORY, "quick:create()", {}, "set MY_FACTORY_SETTING first"),
 ], ids=["fastapi-no-redis", "fastapi-no-keys", "flask-no-redis", "module-raises", "factory-raises"])
-def test_a_config_error_of_the_app_is_one_line_exit_2_whatever_the_interface(
+def test_a_config_error_of_the_app_is_one_line_exit_4_whatever_the_interface(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interface: str, source: str, app: str,
         env: dict[str, str], message: str) -> None:
     status, out, err = serve(tmp_path, monkeypatch, source, app, "--interface", interface, env=env)
     assert (status, out, err.strip().splitlines()) == (
-        2, "", [f"statekit serve: {app}: ConfigError: {message}"]), err[-3000:]
+        4, "", [f"statekit serve: {app}: ConfigError: {message}"]), err[-3000:]  # 2 before review 19
 
 
 @pytest.mark.parametrize("interface", ["wsgi", "asgi"])
@@ -78,7 +80,7 @@ def test_a_missing_module_or_attribute_is_the_same_line_as_without_interface(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interface: str, app: str, message: str) -> None:
     status, out, err = serve(tmp_path, monkeypatch, WSGI, app, "--interface", interface)
     plain = serve(tmp_path, monkeypatch, WSGI, app)
-    expected = (1, "", f"statekit serve: ConfigError: {message}\n")
+    expected = (4, "", f"statekit serve: ConfigError: {message}\n")  # 1 before review 19
     assert (status, out, err) == expected, err[-3000:]
     assert plain == expected, plain
     for word in GUNICORN:

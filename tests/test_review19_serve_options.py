@@ -16,6 +16,10 @@
   inherit (statekit's reset after the fork leaves it open, unused: closing it is not
   this file's subject), still has the master's last command. A reload would fork new workers
   from the code loaded at start (gunicorn's HUP does): serve refuses it, in the log.
+- Exit status, one rule a process manager can use (serve's --help says it): 2 a usage
+  error (was 1 for an option or variable refused by a ConfigError), 4 the app cannot
+  be loaded, as gunicorn's APP_LOAD_ERROR (was 1 for a missing module or attribute, 2
+  for the app's ConfigError), 3 a worker failed to boot (gunicorn's, unchanged).
 
 Servers: ``statekit serve`` on free loopback ports, one worker, no pre-stop delay,
 stopped by their pid.
@@ -26,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -205,3 +211,24 @@ def test_preload_gives_each_worker_its_own_connections_and_refuses_a_reload(tmp_
                    10, "the reload refused")
         assert sorted(srv.workers()) == workers
         assert request(srv.port, "/")[0] == 200
+
+
+@pytest.mark.parametrize(("source", "args", "env", "status", "said"), [
+    ("", ["app:app", "--graceful-timeout", "inf"], {}, 2, "statekit serve: ConfigError: --graceful-timeout="),
+    ("", ["app:app"], {"STATEKIT_PRE_STOP_DELAY": "soon"}, 2,
+     "statekit serve: ConfigError: STATEKIT_PRE_STOP_DELAY='soon'"),
+    ("", ["app:app", "--timeout", "soon"], {}, 2, "argument --timeout: 'soon' is not"),
+    ("", ["nosuchmod:app"], {}, 4, "statekit serve: ConfigError: cannot import 'nosuchmod'"),
+    ("", ["app:nosuch"], {}, 4, "statekit serve: ConfigError: Failed to find attribute 'nosuch'"),
+    ("from statekit.errors import ConfigError\nraise ConfigError('set MY_SETTING first')\n", ["app:app"], {},
+     4, "statekit serve: app:app: ConfigError: set MY_SETTING first"),
+    ("raise RuntimeError('a bug in the app')\n", ["app:app"], {}, 3, "RuntimeError: a bug in the app"),
+], ids=["option", "variable", "argparse", "module", "attribute", "app-config-error", "app-bug"])
+def test_exit_status_says_what_failed(tmp_path: Path, source: str, args: list[str], env: dict[str, str],
+                                      status: int, said: str) -> None:
+    (tmp_path / "app.py").write_text(source)
+    command = [sys.executable, "-m", "statekit", "serve", *args, "--bind", f"127.0.0.1:{free_port()}",
+               "--pid", "", "--workers", "1"]
+    out = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path), **env},
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, said in out.stderr) == (status, True), out.stderr[-3000:]
