@@ -38,7 +38,9 @@ counts the applied invalidations of cache generation counters (keys ending in
 that count and :attr:`InvalidationListener.generation` are unchanged.
 
 Coherence: near caches are active only while the listener is connected; a drop, a
-fork or :meth:`InvalidationListener.stop` flushes and deactivates them. On Sentinel
+fork or :meth:`InvalidationListener.stop` flushes and deactivates them
+(:meth:`InvalidationListener.ensure_running` after a stop starts a new thread: a
+closed cache used again gets its near cache back, flushed, once it is connected). On Sentinel
 the listener follows the master (the address is re-checked every *follow*
 seconds). On Cluster it keeps one connection per node, replicas included
 (:func:`cluster_nodes`: a replica sends the invalidations of the writes it
@@ -338,12 +340,21 @@ class InvalidationListener:
     # -- life cycle ------------------------------------------------------------------
 
     def ensure_running(self) -> None:
-        """Start the thread in this process if it is not running (cheap to call)."""
-        if self._pid == os.getpid() and self._thread is not None:
+        """Start the thread in this process if it is not running (cheap to call): also
+        after :meth:`stop` (a closed cache or session store used again reopens its
+        near cache, as its connections). The stopped thread is waited for first (it
+        ends within about a second): one thread at a time applies invalidations and
+        switches the near caches; they come back on, flushed, once the new one is
+        connected, so no copy kept while nothing listened is served."""
+        if self._pid == os.getpid() and self._thread is not None and not self._stop.is_set():
             return
+        old = self._thread if self._pid == os.getpid() else None
+        if old is not None and old is not threading.current_thread():
+            old.join(2 * self.timeout + 1.0)  # not under the lock: the ending thread takes it
         with self._lock:
-            if self._pid == os.getpid() and self._thread is not None:
-                return
+            if self._pid == os.getpid() and self._thread is not None and (
+                    not self._stop.is_set() or self._thread.is_alive()):
+                return  # running, or still ending (a connect in flight): the next call starts it
             self._pid = os.getpid()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="statekit-near-cache", daemon=True)
