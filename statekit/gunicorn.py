@@ -92,6 +92,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1326,7 +1327,18 @@ class StatekitApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, hook)
 
     def load(self) -> Any:
-        return wrap_app(import_app(self.app_uri), self.interface)
+        try:
+            return wrap_app(import_app(self.app_uri), self.interface)
+        except Exception as e:
+            if not self.cfg.preload_app:  # in a worker: gunicorn reports it (exit 3, or 4)
+                raise
+            # in the master (--preload): as a worker's failure would be (gunicorn: the
+            # message alone, "Error: ...", exit 1)
+            if isinstance(e, AppImportError):
+                print(f"statekit serve: {e}", file=sys.stderr)
+                sys.exit(Arbiter.APP_LOAD_ERROR)
+            traceback.print_exc()
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
     def run(self) -> None:
         try:
@@ -1480,7 +1492,8 @@ def serve_main(argv: Sequence[str]) -> int:
     4 the app cannot be loaded (its module or attribute does not exist, or importing
     it raised ConfigError: one line), nothing started, as gunicorn's "App failed to
     load"; 3 a worker failed to boot (the app's import raised its own error, whose
-    traceback the worker logs; an ASGI lifespan startup failed), as gunicorn's; 1
+    traceback the worker logs, or the master's with --preload; an ASGI lifespan startup
+    failed), as gunicorn's; 1
     anything else (a missing extra, an address gunicorn could not bind after its
     retries)."""
     from .cli import PlainHelpFormatter, default_pid_file

@@ -223,7 +223,11 @@ def test_preload_gives_each_worker_its_own_connections_and_refuses_a_reload(tmp_
     ("from statekit.errors import ConfigError\nraise ConfigError('set MY_SETTING first')\n", ["app:app"], {},
      4, "statekit serve: app:app: ConfigError: set MY_SETTING first"),
     ("raise RuntimeError('a bug in the app')\n", ["app:app"], {}, 3, "RuntimeError: a bug in the app"),
-], ids=["option", "variable", "argparse", "module", "attribute", "app-config-error", "app-bug"])
+    # the master imports it: its traceback, and the same status (was 1, 'Error: a bug in the app' alone)
+    ("raise RuntimeError('a bug in the app')\n", ["app:app", "--preload"], {}, 3,
+     "RuntimeError: a bug in the app"),
+], ids=["option", "variable", "argparse", "module", "attribute", "app-config-error", "app-bug",
+        "preload-app-bug"])
 def test_exit_status_says_what_failed(tmp_path: Path, source: str, args: list[str], env: dict[str, str],
                                       status: int, said: str) -> None:
     (tmp_path / "app.py").write_text(source)
