@@ -40,7 +40,7 @@ an app that cannot start, in one line, before any worker):
 
 Defaults (:data:`DEFAULTS`): gthread workers with 4 threads, keep-alive 5 s, worker
 timeout 30 s (``--timeout``: gunicorn's, a worker whose main loop is silent that long
-is aborted; a long request is not silence), graceful timeout 25 s (+ pre-stop 2 s:
+is aborted; a long WSGI request is not silence), graceful timeout 25 s (+ pre-stop 2 s:
 inside the usual 30 s an orchestrator waits before SIGKILL), gunicorn's control
 socket off. No ``gunicorn.conf.py`` is read, nor ``GUNICORN_CMD_ARGS`` (serve says
 so when it is set); ``PORT`` and ``FORWARDED_ALLOW_IPS`` are read as gunicorn reads
@@ -1524,8 +1524,9 @@ def serve_main(argv: Sequence[str]) -> int:
                         "option (default: none)")
     p.add_argument("--timeout", type=_timeout, default=DEFAULTS["timeout"], metavar="S",
                    help="gunicorn's worker timeout: a worker silent for S seconds (hung: no heartbeat "
-                        "from its main loop) is aborted and replaced; a long request is not silence, its "
-                        "worker's main loop beats on (default 30; 0: none)")
+                        "from its main loop) is aborted and replaced. A long WSGI request is not silence "
+                        "(the worker's main thread beats on), an ASGI app blocking its event loop is "
+                        "(default 30; 0: none)")
     p.add_argument("--root-path", type=_root_path, default="", metavar="PATH",
                    help="the prefix a proxy serves the app under and strips before passing requests on "
                         "(uvicorn's option): ASGI apps get it as scope['root_path'] (FastAPI's url_for and "
