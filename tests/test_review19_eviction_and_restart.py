@@ -7,6 +7,7 @@ Redis does to it under ``allkeys-lru``/``allkeys-random``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -95,11 +96,19 @@ def test_a_closed_session_store_reopens_its_near_cache(redis_url: str) -> None:
 # -- 2. bookkeeping keys lost to eviction ------------------------------------------------
 
 
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client of the test's server, to delete what an eviction would."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
 @pytest.mark.xfail(strict=True, reason="a missing generation counter reads as 0: an evicted one makes "
                    "generation 0's unswept values reachable again (docs/backends.md, Eviction)")
-def test_an_evicted_generation_counter_does_not_bring_cleared_values_back(redis_url: str) -> None:
+def test_an_evicted_generation_counter_does_not_bring_cleared_values_back(
+        redis_url: str, raw: redis.Redis) -> None:
     cache = Cache(redis_url, prefix="r19gen")
-    raw = redis.Redis.from_url(redis_url)
     try:
         cache.set("k", "before the clear")
         old_names = [n for n in raw.keys("r19gen:*") if not n.endswith(b":gen")]
@@ -115,14 +124,12 @@ def test_an_evicted_generation_counter_does_not_bring_cleared_values_back(redis_
         assert cache.get("k") is None, "a value cleared before the eviction is served again"
     finally:
         cache.close()
-        raw.close()
 
 
 @pytest.mark.xfail(strict=True, reason="revoke_user finds the sessions through the user's index only: an "
                    "evicted index leaves them alive (docs/backends.md, Eviction)")
-def test_revoke_user_after_the_users_index_was_evicted(redis_url: str) -> None:
+def test_revoke_user_after_the_users_index_was_evicted(redis_url: str, raw: redis.Redis) -> None:
     store = SessionStore(redis_url, secret_keys=["r19-secret"])
-    raw = redis.Redis.from_url(redis_url)
     try:
         session = store.create({"n": 1}, user_id="alice")
         assert [i.handle for i in store.list_user_sessions("alice")]
@@ -131,12 +138,11 @@ def test_revoke_user_after_the_users_index_was_evicted(redis_url: str) -> None:
         assert store.load(session.sid) is None, "the session survived revoke_user"
     finally:
         store.close()
-        raw.close()
 
 
-def test_an_evicted_rotation_tombstone_does_not_give_the_old_id_the_session(redis_url: str) -> None:
+def test_an_evicted_rotation_tombstone_does_not_give_the_old_id_the_session(
+        redis_url: str, raw: redis.Redis) -> None:
     store = SessionStore(redis_url, secret_keys=["r19-secret"])
-    raw = redis.Redis.from_url(redis_url)
     try:
         session = store.create({"secret": "x"}, user_id="bob")
         old_sid = session.sid
@@ -156,4 +162,3 @@ def test_an_evicted_rotation_tombstone_does_not_give_the_old_id_the_session(redi
         assert len(store.list_user_sessions("bob")) == 1
     finally:
         store.close()
-        raw.close()
