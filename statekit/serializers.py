@@ -2,7 +2,10 @@
 
 * :class:`JSONSerializer` (the default) — JSON with tagged types, so ``bytes``,
   ``datetime``/``date``/``time``/``timedelta``, ``Decimal``, ``UUID``, ``tuple``,
-  ``set``, ``frozenset`` and dicts with non-string keys come back as they went in.
+  ``set``, ``frozenset``, ``markupsafe.Markup`` (Flask's ``flash(Markup(...))``, as
+  Flask's cookie sessions keep it) and dicts with non-string keys come back as they
+  went in. markupsafe is imported only to read a stored ``Markup`` (a process without
+  it gets a :class:`~statekit.errors.SerializationError` naming it).
 * :class:`MsgpackSerializer` — the same types through msgpack ext codes; smaller and
   faster for binary-heavy values (``pip install 'statekit[msgpack]'``).
 * :class:`WebJSONSerializer` — JSON plus a safe representation of what web caches
@@ -37,6 +40,7 @@ import hmac
 import json
 import pickle  # noqa: S403 - only behind an HMAC check, see SignedPickleSerializer
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -118,10 +122,31 @@ def _tag(value: Any, ext: _Extensions = ()) -> Any:
         return {_TAG: ["s", [_tag(v, ext) for v in value]]}
     if t is frozenset:
         return {_TAG: ["fs", [_tag(v, ext) for v in value]]}
+    if _is_markup(value):
+        return {_TAG: ["mk", str(value)]}
     for cls, tag, payload in ext:
         if isinstance(value, cls):
             return {_TAG: [tag, _tag(payload(value), ext)]}
     raise SerializationError(f"cannot serialize a value of type {_describe(value)!r} with the json codec")
+
+
+def _is_markup(value: Any) -> bool:
+    """Whether *value* is a ``markupsafe.Markup``, without importing markupsafe (there
+    is no Markup unless something imported it)."""
+    markupsafe = sys.modules.get("markupsafe")
+    return markupsafe is not None and isinstance(value, markupsafe.Markup)
+
+
+def _markup(payload: Any) -> Any:
+    """The ``Markup`` of a stored ``mk`` payload (the JSON tag, msgpack's ext code 10)."""
+    try:
+        from markupsafe import Markup
+    except ImportError as e:
+        raise SerializationError("a stored markupsafe.Markup (Flask's flash(Markup(...)), a rendered "
+                                 "fragment) cannot be read without markupsafe: pip install markupsafe") from e
+    if type(payload) is not str:
+        raise SerializationError("not a markup payload")
+    return Markup(payload)  # noqa: S704 - a fragment its writer marked safe
 
 
 def _iso(value: dt.datetime | dt.time | dt.date) -> str:
@@ -174,6 +199,7 @@ _UNTAG: dict[str, Callable[[Any], Any]] = {
     "u": uuid.UUID,
     "s": lambda p: set(_unflooded(p)),
     "fs": lambda p: frozenset(_unflooded(p)),
+    "mk": _markup,
 }
 
 
@@ -317,14 +343,6 @@ def _http_exception(payload: list[Any]) -> Any:
     return cls(description=description, response=response)
 
 
-def _markup(payload: str) -> Any:
-    from markupsafe import Markup
-
-    if type(payload) is not str:
-        raise SerializationError("not a markup payload")
-    return Markup(payload)  # noqa: S704 - a fragment rendered before, see WebJSONSerializer
-
-
 class WebJSONSerializer(JSONSerializer):
     """:class:`JSONSerializer` plus a safe representation of what web framework caches
     store, so they need no pickle:
@@ -342,10 +360,11 @@ class WebJSONSerializer(JSONSerializer):
       any I/O: Flask-Caching logs it and serves the view's answer uncached) and on
       reading (a miss: a crafted entry).
     * ``markupsafe.Markup`` (a rendered template fragment) comes back as ``Markup``,
-      so autoescaping does not escape it again.
+      so autoescaping does not escape it again (a tag of :class:`JSONSerializer`'s
+      own, the same for sessions).
 
     Everything else is :class:`JSONSerializer`'s format: either codec reads what the
-    other wrote, except that the plain JSON codec refuses these three tags. Nothing
+    other wrote, except that the plain JSON codec refuses the first two tags. Nothing
     is executed on reading, but whoever can write to the store can change what a
     cached page or fragment shows, as with any cached HTML; where that must be ruled
     out, use :class:`SignedPickleSerializer`, whose payloads cannot be forged.
@@ -362,12 +381,6 @@ class WebJSONSerializer(JSONSerializer):
             pass
         else:
             ext += [(Response, "rsp", _response_payload), (HTTPException, "hx", _http_exception_payload)]
-        try:
-            from markupsafe import Markup
-        except ImportError:
-            pass
-        else:
-            ext.append((Markup, "mk", str))
         self._ext = tuple(ext)
 
     def _hook(self, obj: dict[str, Any]) -> Any:
@@ -379,7 +392,7 @@ class WebJSONSerializer(JSONSerializer):
         return _untag_hook(obj)
 
 
-_WEB_UNTAG: dict[str, Callable[[Any], Any]] = {"rsp": _response, "hx": _http_exception, "mk": _markup}
+_WEB_UNTAG: dict[str, Callable[[Any], Any]] = {"rsp": _response, "hx": _http_exception}
 
 
 # -- msgpack ------------------------------------------------------------------------
@@ -419,7 +432,8 @@ def _no_timestamp(stamp: type, value: T, items: Iterable[Any]) -> T:
 
 
 class MsgpackSerializer:
-    """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes.
+    """msgpack with the same tagged types as :class:`JSONSerializer`, as ext codes
+    (``Markup`` is code 10).
     Tuples, sets, frozensets and timedeltas nest at most 32 deep in one another (a
     :class:`~statekit.errors.SerializationError` beyond, writing or reading)."""
 
@@ -441,6 +455,8 @@ class MsgpackSerializer:
         if code is None:
             if t is bytearray:
                 return bytes(value)
+            if _is_markup(value):
+                return m.ExtType(10, str(value).encode())
             raise SerializationError(
                 f"cannot serialize a value of type {_describe(value)!r} with the msgpack codec"
             )
@@ -478,6 +494,8 @@ class MsgpackSerializer:
             return dt.time.fromisoformat(text)
         if code == 4:
             return decimal.Decimal(text)
+        if code == 10:
+            return _markup(text)
         raise SerializationError(f"unknown msgpack ext code {code}")
 
     def _pack(self, value: Any, depth: int = 0) -> bytes:
