@@ -40,7 +40,7 @@ _MEM = "file_storage.test_inmemory_storage.MemoryStorageIOTests."
 
 #: test id -> the row of docs/differences.md ("Django file storage") that explains it
 DESELECTED: dict[str, str] = {
-    # Generated keys: save() returns <upload_to>/YYYY/MM/DD/<random>.<ext>, never the
+    # Generated keys: save() returns <upload_to>/<random>.<ext>, never the
     # name asked for, so a test that reads, lists or compares the name it saved fails
     # (the race tests patch os.makedirs/os.remove for the names they saved).
     **{_FS + t: "generated keys" for t in (
@@ -52,7 +52,7 @@ DESELECTED: dict[str, str] = {
         "test_files", "test_file_truncation", "test_empty_upload_to", "test_pathlib_upload_to",
         "test_random_upload_to", "test_custom_valid_name_callable_upload_to", "test_filefield_pickling",
         "test_stringio", "test_filefield_default", "test_filefield_db_default",
-        # the name of a saved file saved again under upload_to: two date paths, past max_length
+        # the copy of a saved file is read back from Django's default storage, not this one
         "test_create_file_field_from_another_file_field_in_memory_storage",
     )},
     # Content is checked against its name: "x.tar.gz" holding text is refused.

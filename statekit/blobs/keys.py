@@ -136,13 +136,17 @@ def _extension(content_type: str) -> str:
     return ext if re.fullmatch(r"\.[a-z0-9]{1,10}", ext) else ""
 
 
-def generate_key(content_type: str | None = None, *, prefix: str = "", now: dt.datetime | None = None) -> str:
+def generate_key(content_type: str | None = None, *, prefix: str = "", now: dt.datetime | None = None,
+                 date_path: bool = True) -> str:
     """``[prefix/]YYYY/MM/DD/<32 hex chars>[.ext]``: a date prefix (cheap listing and
     lifecycle rules), a 128-bit random id and an extension derived from the *type*.
+    Without *date_path*, ``[prefix/]<32 hex chars>[.ext]``: the caller's *prefix* is
+    the whole directory (Django's ``upload_to``, whose ``%Y/%m/%d`` it formats itself).
 
     :raises InvalidKey: *prefix* is not a valid key prefix, or makes the key longer
         than :data:`MAX_KEY_BYTES`."""
     now = now or dt.datetime.now(dt.timezone.utc)
     ext = _extension(content_type) if content_type else ""
     # validated whole: a long prefix must not make a key no method could read back
-    return validate_key(f"{validate_prefix(prefix)}{now:%Y/%m/%d}/{secrets.token_hex(16)}{ext}")
+    day = f"{now:%Y/%m/%d}/" if date_path else ""
+    return validate_key(f"{validate_prefix(prefix)}{day}{secrets.token_hex(16)}{ext}")

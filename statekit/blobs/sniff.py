@@ -153,7 +153,9 @@ def check_content_type(head: bytes, declared: str | None, allowed: Sequence[str]
     * a textual declared type (``text/csv``) is kept for text that is not active
       content (HTML, SVG, XML);
     * anything else -- a PNG declared ``text/html``, HTML named ``photo.png``, text
-      declared as a format with a known signature -- is a :class:`ContentTypeMismatch`.
+      declared as a format with a known signature -- is a :class:`ContentTypeMismatch`;
+      so is text declared as an active type no signature in it confirms (a script:
+      ``text/javascript`` never is), which the message says is refused for uploads.
 
     The result must match *allowed* (``["image/*", "application/pdf"]``) when given,
     else :class:`DisallowedContentType`.
@@ -172,6 +174,11 @@ def check_content_type(head: bytes, declared: str | None, allowed: Sequence[str]
     elif (not candidates and not textual and not _is_textual_type(want)
           and want not in _known_signature_types()):
         final = want  # a format puremagic cannot judge: trust the declaration
+    elif want in ACTIVE_TYPES and textual and not candidates:
+        raise ContentTypeMismatch(
+            f"declared type {want!r} is refused for uploads: it is active content (a browser runs it) and "
+            "no signature in the content confirms it, so an upload store does not serve it; store scripts "
+            "and other build assets with your static files (STORAGES['staticfiles']), not as uploads")
     else:
         seen = ", ".join(candidates[:3]) or ("text" if textual else "unrecognised binary data")
         raise ContentTypeMismatch(f"declared type {want!r} but the content looks like {seen}")

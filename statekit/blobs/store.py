@@ -185,6 +185,7 @@ class BlobStore:
         allowed_types: Sequence[str] | None = None,
         metadata: Mapping[str, str] | None = None,
         prefix: str = "",
+        date_path: bool = True,
     ) -> Blob:
         """Store *stream* under a new generated key and return its :class:`Blob`.
 
@@ -202,6 +203,8 @@ class BlobStore:
             at most 2 KB with the filename, as S3 stores:
             :data:`~statekit.blobs.protocol.MAX_METADATA_BYTES`).
         :param prefix: a key prefix (``"avatars"``) placed before the date.
+        :param date_path: ``False``: no ``YYYY/MM/DD/`` after *prefix*, which is then the
+            key's whole directory (Django's ``BlobStorage``: ``upload_to`` lays keys out).
         :raises BlobTooLarge, ContentTypeMismatch, DisallowedContentType: the upload was
             refused; nothing is stored.
         :raises BlobError: *metadata* has a key that is not allowed, or is more than
@@ -230,8 +233,8 @@ class BlobStore:
         head = source.head(SNIFF_BYTES)
         ctype = upload_type(head[:SNIFF_BYTES], content_type or source.content_type,
                             explicit=content_type is not None, filename=name, allowed=allowed)
-        req = WriteRequest(generate_key(ctype, prefix=prefix, now=now), ctype, content_disposition(name),
-                           encoded, now, source.size_hint)
+        req = WriteRequest(generate_key(ctype, prefix=prefix, now=now, date_path=date_path), ctype,
+                           content_disposition(name), encoded, now, source.size_hint)
         sha256, size = self._write(req, iter(source))
         self.counters.incr("puts")
         self.counters.incr("bytes_written", size)

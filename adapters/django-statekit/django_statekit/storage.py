@@ -14,9 +14,11 @@
 Django's start, see :mod:`django_statekit.apps`.)
 
 ``FileField`` save/open/url/delete/exists/size work as usual, with statekit's rules:
-the stored name is a generated key (``<upload_to>/YYYY/MM/DD/<random>.<ext>``, about
-50 characters plus ``upload_to``), never the uploaded filename, so nothing is ever
-overwritten (saving the same name twice gives two keys); the upload is streamed with
+the stored name is a generated key in the directory Django gives, as
+``FileSystemStorage`` would place the file (``upload_to``, its ``%Y/%m/%d`` formatted:
+``photos/2026/12/08/<random>.<ext>``, about 40 characters plus ``upload_to``), never
+the uploaded filename, so nothing is ever overwritten (saving the same name twice
+gives two keys); the upload is streamed with
 bounded memory, its type sniffed and checked, and its size limited. Refusals raise
 :class:`~statekit.errors.BlobTooLarge`, :class:`~statekit.errors.ContentTypeMismatch`
 or :class:`~statekit.errors.DisallowedContentType` from ``save()``, and nothing is
@@ -145,7 +147,8 @@ class BlobStorage(Storage):
             content.seek(0)  # form validation (ImageField) may have read it
         try:
             blob = self.store.put(_Chunks(content), filename=os.path.basename(str(original or base)),
-                                  prefix=directory, max_size=self.max_size, allowed_types=self.allowed_types)
+                                  prefix=directory, date_path=False, max_size=self.max_size,
+                                  allowed_types=self.allowed_types)
         except InvalidKey as e:
             raise SuspiciousFileOperation(f"unusable upload_to directory {directory!r}: {e}") from e
         return blob.key
@@ -161,7 +164,7 @@ class BlobStorage(Storage):
         directory = _split(name)[0]
         if max_length is not None:
             try:
-                shortest = generate_key(None, prefix=directory)  # no extension: as short as they get
+                shortest = generate_key(None, prefix=directory, date_path=False)  # no extension: shortest
             except InvalidKey:
                 return name  # refused by _save, with the reason
             if len(shortest) > max_length:

@@ -70,7 +70,7 @@ def test_storage_api(storage: BlobStorage) -> None:
         assert f.read() == png()
     assert storage.store.stat(key).filename == "My Photo.png"
     assert storage.url(key)
-    assert storage.listdir("avatars")[0] == [key.split("/")[1]]
+    assert storage.listdir("avatars") == ([], [key.split("/")[1]])  # upload_to is the directory
     assert storage.get_modified_time(key) is not None
     storage.delete(key)
     assert not storage.exists(key)
@@ -266,7 +266,7 @@ def test_path_objects_and_relative_names(storage: BlobStorage) -> None:
     raised AttributeError; ``listdir("./docs")`` was an InvalidKey."""
     from pathlib import PurePosixPath
 
-    key = storage.save("docs/p.png", ContentFile(png()))
+    key = storage.save("docs/inner/p.png", ContentFile(png()))  # upload_to: the key's directory
     directory, base = key.rsplit("/", 1)
     assert storage.exists(PurePosixPath(key)) and storage.exists(f"./{key}")
     assert storage.size(PurePosixPath(key)) == len(png())

@@ -1,0 +1,112 @@
+"""Review 19 follow-ups on ``BlobStorage`` and blob errors, on ``file://`` and moto S3.
+
+* ``FileField(upload_to="photos/%Y/%m/%d/")``, Django's strftime form: the key was
+  ``photos/2026/12/08/2026/12/08/<random>.jpg`` (statekit's own date path after the one
+  Django formatted). The key is now the directory Django gives (``FileSystemStorage``'s)
+  and statekit's generated name.
+* An upload declared as a script (``text/javascript``) was refused saying "the content
+  looks like text"; the message now says the type is refused for uploads and what to do.
+* ``ImageField`` on S3: the object is read once by the save (dimensions from the upload).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, models
+
+from django_statekit.storage import BlobStorage
+from statekit.errors import ContentTypeMismatch
+
+_HEX = r"[0-9a-f]{32}"
+
+
+class Review19Photo(models.Model):
+    photo = models.FileField(upload_to="photos/%Y/%m/%d/")
+    doc = models.FileField(upload_to="docs/", blank=True)
+
+    class Meta:
+        app_label = "django_statekit"
+
+
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request: pytest.FixtureRequest, django_settings: Any, tmp_path: Path) -> Iterator[BlobStorage]:
+    """``STORAGES["default"]``, a BlobStorage on S3 or on a directory, with the photo
+    table created in the test database."""
+    url = request.getfixturevalue("s3_url") if request.param == "s3" else f"file://{tmp_path}/media?create=1"
+    django_settings.set(STORAGES={
+        "default": {"BACKEND": "django_statekit.storage.BlobStorage", "OPTIONS": {"url": url}},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}})
+    from django.core.files.storage import storages
+
+    s = storages["default"]
+    assert isinstance(s, BlobStorage)
+    for field in ("photo", "doc"):
+        Review19Photo._meta.get_field(field).storage = s  # type: ignore[attr-defined]
+    with connection.schema_editor() as editor:
+        editor.create_model(Review19Photo)
+    try:
+        yield s
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Review19Photo)
+
+
+def test_a_strftime_upload_to_gives_one_date_path(storage: BlobStorage) -> None:
+    """Failed before: ``photos/2026/12/08/2026/12/08/<random>.txt``. The directory is the
+    one Django formats (local time, as ``FileSystemStorage`` uses it), once."""
+    before = dt.datetime.now()
+    obj = Review19Photo.objects.create(photo=SimpleUploadedFile("a.txt", b"hello", "text/plain"),
+                                       doc=ContentFile(b"text", name="notes.txt"))
+    days = {f"photos/{d:%Y/%m/%d}" for d in (before, dt.datetime.now())}  # the day may turn meanwhile
+    directory, name = obj.photo.name.rsplit("/", 1)
+    assert directory in days and re.fullmatch(_HEX + r"\.txt", name), obj.photo.name
+    assert re.fullmatch(rf"docs/{_HEX}\.txt", obj.doc.name), obj.doc.name  # upload_to as given
+    assert storage.store.stat(obj.photo.name).filename == "a.txt"
+    again = Review19Photo.objects.get(pk=obj.pk)
+    assert again.photo.read() == b"hello"
+    # a stored file saved again lands in the directory Django gives, not one date path deeper
+    twin = Review19Photo.objects.create(photo=again.photo.file)
+    assert twin.photo.name.rsplit("/", 1)[0] in {f"{d}/{again.photo.name.rsplit('/', 1)[0]}" for d in days}
+    again.photo.close()
+    with storage.open(twin.photo.name) as f:
+        assert f.read() == b"hello"
+
+
+def test_max_length_check_measures_the_key_save_makes(storage: BlobStorage) -> None:
+    """``get_available_name`` measures keys without statekit's date path too: an
+    ``upload_to`` whose keys fit is not refused for 11 characters it no longer adds."""
+    upload_to = "u" * 62  # 62 + 1 + 32 + ".txt" = 99 characters
+    name = storage.save(f"{upload_to}/report.txt", ContentFile(b"x"), max_length=100)
+    assert len(name) == 99 and name.startswith(upload_to + "/")
+
+
+@pytest.mark.parametrize("filename, declared", [
+    ("app.js", "text/javascript"), ("app.js", "application/javascript"), ("app.js", None),
+    ("page.xhtml", "application/xhtml+xml"), ("frag.html", "text/html"),
+])
+def test_an_active_type_refused_for_uploads_says_so(storage: BlobStorage, filename: str,
+                                                   declared: str | None) -> None:
+    """Failed before: "declared type 'text/javascript' but the content looks like text"."""
+    content = (SimpleUploadedFile(filename, b"console.log('<p>hi</p>');\n", declared) if declared
+               else ContentFile(b"console.log(1);\n", name=filename))
+    with pytest.raises(ContentTypeMismatch) as refused:
+        storage.save(f"assets/{filename}", content)
+    message = str(refused.value)
+    assert "refused for uploads" in message and "active content" in message, message
+    assert "static files" in message and "looks like" not in message, message
+    assert list(storage.store.list()) == []
+
+
+def test_an_active_type_contradicted_by_a_signature_still_names_it(storage: BlobStorage) -> None:
+    """A PNG declared ``text/html`` is a plain mismatch: the message names what it is."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    with pytest.raises(ContentTypeMismatch, match=r"'text/html' but the content looks like image/png"):
+        storage.save("x/page.html", SimpleUploadedFile("page.html", png, "text/html"))
