@@ -6,12 +6,15 @@
   and statekit's generated name.
 * An upload declared as a script (``text/javascript``) was refused saying "the content
   looks like text"; the message now says the type is refused for uploads and what to do.
-* ``ImageField`` on S3: the object is read once by the save (dimensions from the upload).
+* ``ImageField`` on S3 (Pillow): dimension fields are read from the upload at save
+  time (no GET), ``width``/``height`` from the stored object in one GET: no second
+  download, nothing to fix.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +113,50 @@ def test_an_active_type_contradicted_by_a_signature_still_names_it(storage: Blob
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
     with pytest.raises(ContentTypeMismatch, match=r"'text/html' but the content looks like image/png"):
         storage.save("x/page.html", SimpleUploadedFile("page.html", png, "text/html"))
+
+
+class Review19Image(models.Model):
+    image = models.ImageField(upload_to="images/", width_field="w", height_field="h")
+    w = models.IntegerField(null=True)
+    h = models.IntegerField(null=True)
+    plain = models.ImageField(upload_to="images/", blank=True)
+
+    class Meta:
+        app_label = "django_statekit"
+
+
+@pytest.mark.s3
+def test_an_image_field_on_s3_reads_the_object_at_most_once(django_settings: Any, s3_url: str) -> None:
+    """Saving an ``ImageField`` with dimension fields reads them from the upload: no
+    GET. Without them, ``width``/``height`` read the stored image (Django reopens it by
+    name after a save, from any storage): one GET for both, after the save as for a
+    loaded row."""
+    pil = pytest.importorskip("PIL.Image")
+    from statekit.blobs import BlobStore
+
+    storage = BlobStorage(store=BlobStore(s3_url))
+    for field in ("image", "plain"):
+        Review19Image._meta.get_field(field).storage = storage  # type: ignore[attr-defined]
+    buffer = io.BytesIO()
+    pil.new("RGB", (37, 23), "red").save(buffer, "PNG")
+    png = buffer.getvalue()
+    calls: list[str] = []
+    storage.store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    with connection.schema_editor() as editor:
+        editor.create_model(Review19Image)
+    try:
+        obj = Review19Image.objects.create(image=SimpleUploadedFile("a.png", png, "image/png"),
+                                           plain=SimpleUploadedFile("b.png", png, "image/png"))
+        assert (obj.w, obj.h) == (37, 23) and calls == ["PutObject", "PutObject"], calls
+        assert (obj.plain.width, obj.plain.height) == (37, 23)
+        assert calls.count("GetObject") == 1, calls
+        obj.plain.close()
+        loaded = Review19Image.objects.get(pk=obj.pk)
+        calls.clear()
+        assert (loaded.w, loaded.h) == (37, 23) and calls == []
+        assert (loaded.plain.width, loaded.plain.height) == (37, 23)
+        assert calls == ["HeadObject", "GetObject"], calls
+        loaded.plain.close()
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Review19Image)
