@@ -1014,8 +1014,13 @@ class SessionStore(_StoreCore):
         raise RuntimeError("a sync session engine returned an awaitable")
 
     def close(self) -> None:
-        """Release the engine's connections and threads."""
-        self.engine.close()
+        """Release the engine's connections and threads, and the :attr:`carry_over`'s
+        old store (:meth:`~statekit.sessions.carryover.CarryOver.close`)."""
+        try:
+            self.engine.close()
+        finally:
+            if self.carry_over is not None:
+                self.carry_over.close()
 
     def create(self, data: Mapping[str, Any] | None = None, *, user_id: str | None = None) -> Session:
         """A new session with *data*, stored now."""

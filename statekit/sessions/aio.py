@@ -107,11 +107,16 @@ class AsyncSessionStore(_StoreCore):
         return self._drive(steps)
 
     async def aclose(self) -> None:
-        """Release the engine's connections on this event loop."""
-        if self.threaded:
-            await asyncio.to_thread(self.engine.close)
-        else:
-            await self.engine.aclose()
+        """Release the engine's connections on this event loop, and the
+        :attr:`carry_over`'s old store (a sync client: closed in a worker thread)."""
+        try:
+            if self.threaded:
+                await asyncio.to_thread(self.engine.close)
+            else:
+                await self.engine.aclose()
+        finally:
+            if self.carry_over is not None:
+                await asyncio.to_thread(self.carry_over.close)
 
     async def __aenter__(self) -> AsyncSessionStore:
         return self

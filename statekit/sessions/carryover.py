@@ -364,6 +364,13 @@ class CarryOver:
         self.delete = delete
         self.claim_ttl = float(claim_ttl)
 
+    def close(self) -> None:
+        """Close the old store, if it has a ``close()`` (:class:`FlaskSessionRedis`
+        closes the client it built): the session store's ``close``/``aclose`` calls this."""
+        close = getattr(self.previous, "close", None)
+        if callable(close):
+            close()
+
     @staticmethod
     def _mac(secret: bytes, purpose: bytes, cookie: str) -> bytes:
         return hmac.new(secret, purpose + b"\0" + cookie.encode("utf-8", "replace"), hashlib.sha512).digest()
@@ -562,6 +569,9 @@ class FlaskSessionRedis:
             import redis
 
             client = redis.Redis.from_url(url)
+            self._owned: Any = client  # built here: closed by close(); a client given stays open
+        else:
+            self._owned = None
         self.client = client
         self.key_prefix = key_prefix
         self.use_signer = use_signer
@@ -579,6 +589,13 @@ class FlaskSessionRedis:
             except (BadSignature, UnicodeDecodeError):
                 continue
         return None
+
+    def close(self) -> None:
+        """Close the client built from *url* (the session store's close calls this
+        through :meth:`CarryOver.close`); a *client* given is the caller's to close."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            owned.close()
 
     def read(self, cookie: str) -> Mapping[str, Any] | None:
         import redis

@@ -125,6 +125,8 @@ class StateKitState:
         #: reads a ``STATEKIT_*`` setting (keyword, config, then environment)
         self.get = get
         self.features: list[str] = []
+        #: session stores the session middleware opened (from a URL): closed by shutdown
+        self.session_stores: list[Any] = []
 
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(
@@ -144,11 +146,14 @@ class StateKitState:
             broadcaster.start()
 
     async def shutdown(self) -> None:
-        """Stop the broadcaster (its leases released) and close the cache and blob
+        """Stop the broadcaster (its leases released) and close the cache, the session
+        store the session middleware opened (and its carry-over's old store) and blob
         store (a closed blob store is replaced by a new one, unopened, so a later
         lifespan of the same app, as in tests, finds one). Run by the lifespan; each
         step runs even if one before it raised (raised once all ran)."""
         async with contextlib.AsyncExitStack() as steps:  # run last-pushed first
+            for sessions in self.session_stores:  # kept: the middleware holds them for a later lifespan
+                steps.push_async_callback(sessions.aclose)
             store = self.__dict__.get("blobs")
             if store is not None:
                 self.blobs = self.open_blobs()
@@ -277,7 +282,8 @@ class StateKit:
         if "https_only" not in options:  # the app's own https_only wins over the setting
             name = "STATEKIT_SESSION_COOKIE_SECURE"  # as the Flask and Django adapters read it
             options["https_only"] = flag(self._get(name), name, default=False)  # unset: off, as Starlette's
-        app.add_middleware(SessionMiddleware, settings=state.settings, **options)
+        app.add_middleware(SessionMiddleware, settings=state.settings, on_open=state.session_stores.append,
+                           **options)
 
     def _init_blobs(self, app: Any, state: StateKitState) -> None:
         from .uploads import init_app

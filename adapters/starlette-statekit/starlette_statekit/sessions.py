@@ -190,7 +190,10 @@ class SessionMiddleware:
         request (:mod:`statekit.sessions.carryover`): :class:`StarletteCookieSessions`
         for Starlette's own cookie sessions, :class:`StarsessionsRedis` for starsessions
         on Redis, so a user logged in before the switch stays logged in; or a ready
-        :class:`~statekit.sessions.carryover.CarryOver`.
+        :class:`~statekit.sessions.carryover.CarryOver`. The store's ``aclose()`` closes
+        it (the client :class:`StarsessionsRedis` built from a URL).
+    :param on_open: called with the store opened from a URL (not a *store* given):
+        :class:`~starlette_statekit.StateKit` closes it at the lifespan's shutdown.
     :param store_options: more keywords for the store (``absolute_lifetime``,
         ``alias_window``, ``codec``, ``key_prefix``, ``near_cache``: :data:`NEAR_CACHE`
         unless given, where the URL allows it, ``0`` turns it off...); ``user_key``, the session key
@@ -207,6 +210,7 @@ class SessionMiddleware:
                  secret_key: str | bytes | Iterable[str | bytes] | None = None, path: str = "/",
                  domain: str | None = None, https_only: bool = False, same_site: str = "lax",
                  retry_after: int = 5, carry_over: PreviousStore | CarryOver | None = None,
+                 on_open: Callable[[AsyncSessionStore], object] | None = None,
                  **store_options: Any) -> None:
         self.app = app
         if store is None:
@@ -226,6 +230,8 @@ class SessionMiddleware:
                 store_options.setdefault("near_cache", NEAR_CACHE)
             store_options.setdefault("session_class", _Session)
             store = AsyncSessionStore(url, secret_keys=keys or settings.secret_keys, **store_options)
+            if on_open is not None:  # StateKit's: its shutdown closes the store
+                on_open(store)
             self.outage_name = f"session store {parse_url(url).redacted()}"
         else:
             self.outage_name = "session store"
