@@ -20,7 +20,8 @@ lock is free was left by a writer that died between the two (the kernel released
 lock), and the next write of that key, or :meth:`LocalBackend.cleanup_partial`, removes
 it instead of refusing the key until the record is a day old. A delete unlinks the
 blob, then removes its record the same way, as an orphan: a write of the same key
-committing meanwhile keeps its record (see :meth:`LocalBackend.delete`). (A network volume
+committing meanwhile keeps its record (see :meth:`LocalBackend.delete`); then the
+directories it emptied go, as S3 keeps none (a write makes its directory again). (A network volume
 needs working ``flock``: NFS's, which Linux maps to byte-range locks, is. Those are
 the process's, not the open file's, so the records this process's threads are
 writing are also kept in a set that is checked first.)
@@ -74,6 +75,8 @@ _INTERNAL = ".statekit"
 #: the longest a delete waits for the writer of its key's record (see LocalBackend._drop_record)
 _RECORD_WAIT = 5.0
 _PENDING = _INTERNAL + "/pending/"  # the façade's markers of pending direct uploads
+#: how often a write makes its directory again when deletes keep removing it (_mkstemp)
+_MKSTEMP_TRIES = 10
 
 
 def _oserror(e: OSError, what: str) -> BackendUnavailable:
@@ -127,10 +130,8 @@ class _LocalWriter(BlobWriter):
         self._final = store._path(req.key)
         self._meta_final: str | None = None
         self._meta_lock: int | None = None  # an fd holding the flock on our record
-        directory = os.path.dirname(self._final)
         try:
-            store._makedirs(directory)
-            fd, self._tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
+            fd, self._tmp = store._mkstemp(os.path.dirname(self._final))
         except OSError as e:
             raise _oserror(e, f"creating a file for {req.key!r}") from e
         try:
@@ -280,6 +281,32 @@ class LocalBackend(BlobBackend):
         os.makedirs(directory, exist_ok=True)
         self._check_inside(directory)
 
+    def _mkstemp(self, directory: str) -> tuple[int, str]:
+        """A new temporary file in *directory*, made (:meth:`_makedirs`) if missing:
+        ``mkstemp``'s ``(fd, path)``. A delete removes the directories it empties
+        (:meth:`_prune`), so one may go between the two steps: it is made again."""
+        for _ in range(_MKSTEMP_TRIES - 1):
+            self._makedirs(directory)
+            try:
+                return tempfile.mkstemp(prefix=_TMP, dir=directory)
+            except FileNotFoundError:
+                continue  # emptied and removed by a delete meanwhile
+        self._makedirs(directory)
+        return tempfile.mkstemp(prefix=_TMP, dir=directory)
+
+    def _prune(self, directory: str, top: str) -> None:
+        """Remove *directory* and its parents below *top* while they are empty, as S3
+        has no directory once its last key is gone (``list_dir`` lists none).
+        ``os.rmdir`` removes only an empty directory: a write into one holds its
+        temporary file there from before its blob is linked, and makes the
+        directory again if it went before that (:meth:`_mkstemp`)."""
+        while directory.startswith(top + os.sep) and directory != os.path.join(self.root, _INTERNAL):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return  # not empty (or gone, or not ours to remove): its parents are not empty either
+            directory = os.path.dirname(directory)
+
     def _path(self, key: str) -> str:
         path = os.path.join(self.root, *key.split("/"))
         self._check_inside(os.path.dirname(path))
@@ -294,9 +321,7 @@ class LocalBackend(BlobBackend):
         (:meth:`_remove_orphan`). Returns an fd holding an exclusive ``flock`` on it,
         taken before it became visible: close it once the blob is linked (or the
         record removed)."""
-        directory = os.path.dirname(path)
-        self._makedirs(directory)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP, dir=directory)
+        fd, tmp = self._mkstemp(os.path.dirname(path))
         lock = -1
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -421,7 +446,11 @@ class LocalBackend(BlobBackend):
             return False
         except OSError as e:
             raise _oserror(e, f"deleting {key!r}") from e
-        self._drop_record(self._meta_path(key), path)
+        meta = self._meta_path(key)
+        self._drop_record(meta, path)
+        if existed:
+            self._prune(os.path.dirname(path), self.root)
+            self._prune(os.path.dirname(meta), os.path.join(self.root, _INTERNAL, "meta"))
         return existed
 
     def _drop_record(self, meta: str, blob: str) -> None:
@@ -472,8 +501,8 @@ class LocalBackend(BlobBackend):
         return BlobPage(items, keys[page_size - 1] if more else None)
 
     def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
-        """One level, as the directory holds it (``os.scandir``); an empty directory
-        a delete left is listed, as Django's ``FileSystemStorage`` lists it."""
+        """One level, as the directory holds it (``os.scandir``); a delete leaves no
+        empty directory (:meth:`_prune`), as S3 has none."""
         self._check_root()  # an unmounted volume lists as an outage, not as empty
         top = self.root
         if prefix:

@@ -9,12 +9,15 @@
 * ``ImageField`` on S3 (Pillow): dimension fields are read from the upload at save
   time (no GET), ``width``/``height`` from the stored object in one GET: no second
   download, nothing to fix.
+* ``file://``: a delete removes the directories it empties, as S3 keeps none; a write
+  whose directory such a delete removes meanwhile makes it again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +163,56 @@ def test_an_image_field_on_s3_reads_the_object_at_most_once(django_settings: Any
     finally:
         with connection.schema_editor() as editor:
             editor.delete_model(Review19Image)
+
+
+def _file_storage(tmp_path: Path) -> BlobStorage:
+    from statekit.blobs import BlobStore
+
+    return BlobStorage(store=BlobStore(f"file://{tmp_path}/media?create=1"))
+
+
+def test_a_delete_on_file_removes_the_directories_it_empties(tmp_path: Path) -> None:
+    """As on S3, where a directory is gone with its last key. Failed before:
+    ``listdir("photos")`` still listed ``2026``, and the records' directories stayed."""
+    storage = _file_storage(tmp_path)
+    first, second = (storage.save("photos/2026/x.txt", ContentFile(b"x")) for _ in range(2))
+    other = storage.save("photos/other/x.txt", ContentFile(b"y"))
+    storage.delete(first)
+    assert storage.listdir("photos/2026") == ([], [second.rsplit("/", 1)[1]])  # not empty: kept
+    storage.delete(second)
+    assert storage.listdir("photos") == (["other"], [])
+    storage.delete(other)
+    assert storage.listdir("") == ([], [])
+    root = tmp_path / "media"
+    assert root.is_dir() and sorted(p.name for p in root.iterdir()) == [".statekit"]
+    assert list((root / ".statekit" / "meta").iterdir()) == []  # the records' directories too
+
+
+@pytest.mark.parametrize("where", ["blob", "record"])
+def test_a_put_into_a_directory_a_delete_empties_meanwhile_is_stored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The one window a delete can remove a write's directory in: after the write made
+    it, before its temporary file is there. The delete of the directory's last blob is
+    run in that window (the real backend's step, called from a wrapper); the write makes
+    the directory again and is stored. Without that, ``mkstemp``'s FileNotFoundError was
+    a BackendUnavailable."""
+    storage = _file_storage(tmp_path)
+    backend: Any = storage.store.backend
+    old = storage.save("docs/a.txt", ContentFile(b"old"))
+    target = os.path.dirname(backend._path(old) if where == "blob" else backend._meta_path(old))
+    made = backend._makedirs
+    deleted: list[str] = []
+
+    def makedirs_then_delete(directory: str) -> None:
+        made(directory)
+        if directory == target and not deleted:
+            deleted.append(old)
+            storage.delete(old)
+            assert not os.path.isdir(target)  # the delete emptied and removed it
+
+    monkeypatch.setattr(backend, "_makedirs", makedirs_then_delete)
+    new = storage.save("docs/b.txt", ContentFile(b"new"))
+    assert deleted == [old] and not storage.exists(old)
+    with storage.open(new) as f:
+        assert f.read() == b"new"
+    assert storage.store.stat(new).filename == "b.txt"  # its record is there
