@@ -34,6 +34,10 @@ other key (django-redis's ``CLIENT_CLASS``, ``PASSWORD``, ``SOCKET_TIMEOUT`` ...
 Django's ``MAX_ENTRIES``) is an ``ImproperlyConfigured`` naming it and what statekit
 takes instead. ``LOCATION`` is one URL (a list of one is taken); several servers
 (django-redis's replicas) are refused: replicas come through ``redis+sentinel://``.
+With no ``LOCATION`` and no ``STATEKIT_CACHE_URL``/``STATEKIT_REDIS_URL``, the backend
+is refused at its creation (``ImproperlyConfigured`` naming ``LOCATION``).
+django-redis's ``DJANGO_REDIS_IGNORE_EXCEPTIONS = True`` is not read: a warning, once
+per configuration at creation, names ``OPTIONS["on_error"] = "miss"`` (unless set).
 
 **django-redis's extras**, with its semantics, so a django-redis codebase keeps
 working: ``ttl``/``pttl`` (``None`` for no expiry, ``0`` for a missing key),
@@ -66,6 +70,7 @@ import math
 import re
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -78,6 +83,7 @@ from django.core.cache.backends.base import (
     get_key_func,
     memcached_error_chars_re,
 )
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from statekit.cache import AsyncCache, Cache, Lock
@@ -139,6 +145,26 @@ def _one_url(location: Any) -> str | None:
     return servers[0] if servers else None
 
 
+#: the configurations already warned about DJANGO_REDIS_IGNORE_EXCEPTIONS (once each)
+_warned_ignore_exceptions: set[str] = set()
+
+
+def _warn_ignore_exceptions(options: dict[str, Any]) -> None:
+    """One warning per configuration when django-redis's ``DJANGO_REDIS_IGNORE_EXCEPTIONS``
+    is true and ``on_error`` is not ``"miss"``: StatekitCache does not read it (other
+    django-redis caches may: a warning, not a refusal)."""
+    if not getattr(django_settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False) or options.get("on_error") == "miss":
+        return
+    key = repr(sorted(options.items()))
+    with _shared_lock:
+        if key in _warned_ignore_exceptions:
+            return
+        _warned_ignore_exceptions.add(key)
+    warnings.warn("DJANGO_REDIS_IGNORE_EXCEPTIONS = True is django-redis's and a StatekitCache does not "
+                  "read it (an outage raises): set OPTIONS['on_error'] = 'miss' in its CACHES entry for "
+                  "django-redis's misses", UserWarning, stacklevel=3)
+
+
 _shared: dict[str, tuple[Cache, AsyncCache]] = {}
 _shared_lock = threading.Lock()
 
@@ -181,6 +207,10 @@ class StatekitCache(BaseCache):
                                            + _FOREIGN_OPTIONS.get(name, _OPTIONS_TAKEN))
         settings = get_settings()
         url = _one_url(location) or settings.cache_url
+        if not url:  # refused now, not at the first use (where Cache says "pass Cache(url=...)")
+            raise ImproperlyConfigured("a StatekitCache needs a Redis URL: set CACHES[alias]['LOCATION'] "
+                                       "(or STATEKIT_CACHE_URL / STATEKIT_REDIS_URL)")
+        _warn_ignore_exceptions(options)
         options.setdefault("namespace", "django")
         options.setdefault("prefix", settings.key_prefix)
         if "serializer" not in options:
