@@ -75,6 +75,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, TypeVar
 
 import redis.exceptions
+from django.conf import settings as django_settings
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     MEMCACHE_MAX_KEY_LENGTH,
@@ -83,7 +84,6 @@ from django.core.cache.backends.base import (
     get_key_func,
     memcached_error_chars_re,
 )
-from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 
 from statekit.cache import AsyncCache, Cache, Lock
@@ -153,7 +153,8 @@ def _warn_ignore_exceptions(options: dict[str, Any]) -> None:
     """One warning per configuration when django-redis's ``DJANGO_REDIS_IGNORE_EXCEPTIONS``
     is true and ``on_error`` is not ``"miss"``: StatekitCache does not read it (other
     django-redis caches may: a warning, not a refusal)."""
-    if not getattr(django_settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False) or options.get("on_error") == "miss":
+    ignored = getattr(django_settings, "DJANGO_REDIS_IGNORE_EXCEPTIONS", False)
+    if not ignored or options.get("on_error") == "miss":
         return
     key = repr(sorted(options.items()))
     with _shared_lock:

@@ -25,7 +25,8 @@ def test_django_redis_ignore_exceptions_left_in_settings_warns_once(redis_url: s
     outage; StatekitCache does not read it: one warning at creation naming
     ``OPTIONS['on_error'] = 'miss'``, none with it, none again."""
     with override_settings(DJANGO_REDIS_IGNORE_EXCEPTIONS=True):
-        with pytest.warns(UserWarning, match=r"DJANGO_REDIS_IGNORE_EXCEPTIONS.*OPTIONS\['on_error'\] = 'miss'"):
+        named = r"DJANGO_REDIS_IGNORE_EXCEPTIONS.*OPTIONS\['on_error'\] = 'miss'"
+        with pytest.warns(UserWarning, match=named):
             cache = StatekitCache(redis_url, {"OPTIONS": {"namespace": "r19fu"}})
         with warnings.catch_warnings():
             warnings.simplefilter("error")
