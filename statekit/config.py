@@ -26,6 +26,7 @@ spaces and line ends, from an env file, are not part of the value).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -126,8 +127,12 @@ def number(value: Any, name: str, *, minimum: float = 0.0, maximum: float = math
     and a negative ``Retry-After`` got through, or failed at the first outage with
     ``OverflowError``). The one check of a duration or a count in seconds: the adapters'
     settings, :func:`parse_url`'s options, the cache's ttls, the scheduler's intervals,
-    blobs' ``expires``, sessions' timeouts."""
+    blobs' ``expires``, sessions' timeouts. With *unit* ``"seconds"`` a ``timedelta``
+    is taken too (its seconds, then checked alike), as a cache's ``ttl`` is: Flask's
+    ``PERMANENT_SESSION_LIFETIME = timedelta(days=14)`` habit, Django's settings."""
     unread = ""
+    if unit == "seconds" and isinstance(value, dt.timedelta):
+        value = value.total_seconds()
     try:
         if not text and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
             result = math.nan  # no number: refused below, saying what is wanted

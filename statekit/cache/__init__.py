@@ -56,6 +56,7 @@ recompute the value and overwrite it, so the cache heals on its own.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import inspect
 import json
@@ -313,8 +314,8 @@ class _CacheCore:
         on_error: Literal["raise", "miss"] = "raise",
         failure_threshold: int = 5,
         breaker_reset: float = 2.0,
-        stale_ttl: float = 30.0,
-        lock_ttl: float = 10.0,
+        stale_ttl: float | dt.timedelta = 30.0,
+        lock_ttl: float | dt.timedelta = 10.0,
         lock_wait: float = 5.0,
         xfetch_beta: float = 1.0,
         timeout: float | None = None,
@@ -332,10 +333,11 @@ class _CacheCore:
         # durations Redis is given (in ms: see MAX_TTL; inf is no TTL to store a get_or_set
         # value with), or that bound a wait: each checked here, not at the first command
         # (an error reply, an OverflowError)
-        number(stale_ttl, "cache setting stale_ttl", maximum=MAX_TTL, text=False, unit="seconds")
-        number(lock_ttl, "cache setting lock_ttl", positive=True, maximum=threading.TIMEOUT_MAX, text=False,
-               unit="seconds",
-               why=" (a compute's lock is extended every lock_ttl / 3 s: the longest wait of a thread)")
+        stale_ttl = number(stale_ttl, "cache setting stale_ttl", maximum=MAX_TTL, text=False, unit="seconds")
+        lock_ttl = number(lock_ttl, "cache setting lock_ttl", positive=True, maximum=threading.TIMEOUT_MAX,
+                          text=False, unit="seconds",
+                          why=" (a compute's lock is extended every lock_ttl / 3 s: "
+                              "the longest wait of a thread)")
         if timeout is not None:
             number(timeout, "cache setting timeout", positive=True, maximum=_MAX_SECONDS, text=False,
                    unit="seconds", why=" (as a URL's socket_timeout)")
@@ -1451,7 +1453,8 @@ class Cache(_CacheCore):
 
         return decorate
 
-    def lock(self, name: str, timeout: float = 10.0, *, blocking_timeout: float | None = None) -> Lock:
+    def lock(self, name: str, timeout: float | dt.timedelta = 10.0, *,
+             blocking_timeout: float | None = None) -> Lock:
         """A distributed lock called *name* (see :class:`Lock`)."""
         self._check_key(name)
         return Lock(self, name, timeout, blocking_timeout)

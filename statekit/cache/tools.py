@@ -61,8 +61,6 @@ def _ttl_seconds(ttl: Any, name: str = "ttl", error: type[Exception] = ValueErro
     expiry), a timedelta, or a positive number of seconds, at most :data:`MAX_TTL`."""
     if ttl is None:
         return None
-    if isinstance(ttl, dt.timedelta):
-        ttl = ttl.total_seconds()
     return number(ttl, name, positive=True, maximum=MAX_TTL, text=False, unit="seconds",
                   why=", or None (no expiry)", error=error)
 
@@ -112,11 +110,12 @@ class Lock:
     that is not a number of seconds (``nan``) raises ``ValueError``.
     """
 
-    def __init__(self, cache: Cache, name: str, timeout: float, blocking_timeout: float | None) -> None:
+    def __init__(self, cache: Cache, name: str, timeout: float | dt.timedelta,
+                 blocking_timeout: float | None) -> None:
         self._ms = _lock_ms(timeout)
         self.cache = cache
         self.name = "u:" + name
-        self.timeout = timeout
+        self.timeout = self._ms / 1000  # seconds, whether given as a number or a timedelta
         self.blocking_timeout = _wait_seconds(blocking_timeout)
         self._local = threading.local()
 

@@ -161,6 +161,7 @@ on an in-process fakeredis, running the same Lua scripts).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 import math
@@ -339,7 +340,8 @@ class _StoreCore:
 
     def __init__(self, url: str | None = None, *, client: Any = None,
                  secret_keys: Iterable[str | bytes] = (), key_prefix: str = "statekit",
-                 idle_timeout: float = 14 * 86400, absolute_lifetime: float = 30 * 86400,
+                 idle_timeout: float | dt.timedelta = 14 * 86400,
+                 absolute_lifetime: float | dt.timedelta = 30 * 86400,
                  refresh_interval: float = 60.0, alias_window: float = 10.0,
                  codec: str | Serializer = "json", outage_policy: str = "raise",
                  user_key: str | None = None, max_cookie_size: int = 256,
@@ -350,9 +352,11 @@ class _StoreCore:
             raise ConfigError("sessions need secret_keys (STATEKIT_SECRET_KEYS or the app's SECRET_KEY)")
         if outage_policy not in ("raise", "anonymous"):
             raise ConfigError(f"outage_policy={outage_policy!r} must be 'raise' or 'anonymous'")
-        for name, value in (("idle_timeout", idle_timeout), ("absolute_lifetime", absolute_lifetime),
-                            ("refresh_interval", refresh_interval), ("alias_window", alias_window)):
+        # seconds, or a timedelta (config.number, as a cache's ttl)
+        idle_timeout, absolute_lifetime, refresh_interval, alias_window = (
             number(value, name, positive=True, text=False, unit="seconds")
+            for name, value in (("idle_timeout", idle_timeout), ("absolute_lifetime", absolute_lifetime),
+                                ("refresh_interval", refresh_interval), ("alias_window", alias_window)))
         # by name, before the codec is made: its own complaint (no secret keys, unsigned
         # pickle not offered) is not why a session store refuses it
         if "pickle" in str(codec if isinstance(codec, str) else getattr(codec, "name", "")).lower():

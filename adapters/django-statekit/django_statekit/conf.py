@@ -41,9 +41,9 @@ def get_setting(name: str, default: Any = None) -> Any:
 
 
 def get_number(name: str, default: float) -> float:
-    """The numeric setting *name* (:func:`get_setting`): finite and not negative, else a
-    ``ConfigError`` naming it (:func:`statekit.config.number`)."""
-    return number(get_setting(name, default), name)
+    """The setting *name* (:func:`get_setting`) in seconds: finite and not negative, or
+    a ``timedelta``, else a ``ConfigError`` naming it (:func:`statekit.config.number`)."""
+    return number(get_setting(name, default), name, unit="seconds")
 
 
 def get_settings() -> Settings:

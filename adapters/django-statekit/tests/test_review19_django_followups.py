@@ -3,6 +3,7 @@ cache with no server named (real Redis)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 
 import pytest
@@ -45,3 +46,11 @@ def test_no_location_and_no_url_is_refused_at_creation_naming_location(
     with override_settings(STATEKIT_CACHE_URL=None, STATEKIT_REDIS_URL=None):
         with pytest.raises(ImproperlyConfigured, match=r"CACHES\[alias\]\['LOCATION'\]"):
             StatekitCache(None, {})
+
+
+def test_session_seconds_settings_take_a_timedelta() -> None:
+    """As a cache's ttl: ``STATEKIT_SESSION_ABSOLUTE_LIFETIME = timedelta(days=7)``."""
+    from django_statekit.conf import get_number
+
+    with override_settings(STATEKIT_SESSION_ABSOLUTE_LIFETIME=dt.timedelta(days=7)):
+        assert get_number("STATEKIT_SESSION_ABSOLUTE_LIFETIME", 30 * 86400) == 7 * 86400.0

@@ -83,9 +83,10 @@ def _config_flag(app: Flask, key: str, default: bool) -> bool:
 
 
 def _config_number(app: Flask, key: str, default: float) -> float:
-    """The numeric setting *key* (:func:`_config`): finite and not negative, else a
+    """The setting *key* (:func:`_config`) in seconds: a finite number, not negative, or
+    a ``timedelta`` (as Flask's ``PERMANENT_SESSION_LIFETIME``), else a
     :class:`~statekit.errors.ConfigError` naming it."""
-    return number(_config(app, key, default), key)
+    return number(_config(app, key, default), key, unit="seconds")
 
 
 class StateKitState:

@@ -110,7 +110,7 @@ from flask import Flask, Request, Response, after_this_request, request, session
 from flask.sessions import SessionInterface, SessionMixin
 
 from statekit.config import flag, parse_url
-from statekit.errors import BackendUnavailable
+from statekit.errors import BackendUnavailable, ConfigError
 from statekit.lifecycle import outages
 from statekit.sessions import Session, SessionStore
 from statekit.sessions.session import warn_secure_cookie_over_http
@@ -505,6 +505,10 @@ def init_app(app: Flask, state: StateKitState) -> None:
     url = state.settings.require("session_url")
     # a migrating app keeps its Flask session settings where ours are not given
     flask_lifetime = app.permanent_session_lifetime.total_seconds()
+    if flask_lifetime <= 0 and _config(app, "STATEKIT_SESSION_IDLE_TIMEOUT") is None:
+        raise ConfigError(f"PERMANENT_SESSION_LIFETIME = {app.config.get('PERMANENT_SESSION_LIFETIME')!r}: "
+                          "statekit sessions need a positive lifetime (it bounds the idle timeout in Redis), "
+                          "or set STATEKIT_SESSION_IDLE_TIMEOUT")
     store = SessionStore(
         url,
         secret_keys=state.settings.secret_keys,
