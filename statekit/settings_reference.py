@@ -222,6 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
         ("SESSION_USE_SIGNER", "bool", "false", "Flask-Session's signed ids, for the carry-over", _F),
         ("SESSION_CACHE_ALIAS", "text", "`default`",
          "the previous cache engine's cache, for the carry-over", _D),
+        ("DJANGO_REDIS_IGNORE_EXCEPTIONS", "bool", "false",
+         "django-redis's: when true, a warning at `StatekitCache`'s creation naming "
+         "`OPTIONS[\"on_error\"] = \"miss\"` (not read otherwise)", _D),
         ("CACHES", "dict", "", "start-up check of statekit's cache backends", _D),
         ("STORAGES", "dict", "", "start-up check of statekit's storages", _D),
         ("MIDDLEWARE", "list", "", "checks `SessionOutageMiddleware` is installed where needed", _D),
