@@ -147,15 +147,16 @@ def test_adapter_wheels_depend_on_statekit(wheel_files: dict[str, Path], package
 
 
 def test_starlette_wheel_declares_what_it_imports(wheel_files: dict[str, Path]) -> None:
-    """starlette-statekit: Starlette and python-multipart (form uploads) are
-    dependencies, uvicorn comes with its ``serve`` extra (``statekit[asgi]``), S3 with
-    ``blobs``; FastAPI is not required. Every third-party module the wheel's code
-    imports is declared."""
+    """starlette-statekit: Starlette, python-multipart (form uploads) and itsdangerous
+    (the carry-over of Starlette's cookie sessions) are dependencies, uvicorn comes
+    with its ``serve`` extra (``statekit[asgi]``), S3 with ``blobs``; FastAPI is not
+    required. Every third-party module the wheel's code imports is declared."""
     wheel = wheel_files["starlette_statekit"]
     meta = metadata(wheel)
     requires = re.findall(r"^Requires-Dist: (.+)$", meta, re.M)
     assert {r for r in requires if "extra ==" not in r} == {
-        "statekit[redis]<0.2,>=0.1.0.dev0", "starlette>=0.40", "python-multipart>=0.0.18"}
+        "statekit[redis]<0.2,>=0.1.0.dev0", "starlette>=0.40", "python-multipart>=0.0.18",
+        "itsdangerous>=2.1"}
     assert "statekit[asgi]; extra == 'serve'" in requires
     assert "statekit[blobs]; extra == 'blobs'" in requires
     assert not any(r.lower().startswith(("fastapi", "uvicorn")) for r in requires)
