@@ -239,14 +239,7 @@ def test_a_refused_sharded_subscription_is_said_once(
             with node.client() as admin:
                 admin.execute_command("ACL", "SETUSER", "app", *user, *cluster_rules, "+spublish")
         url = redis_line_cluster_url.replace("redis+cluster://", f"redis+cluster://app:{PASSWORD}@")
-        name = f"v{uuid.uuid4().hex[:8]}"
-        value = SharedValue(name, default="none", url=url)
-        assert value.get() == "none" and value._hub is not None
-        hub = value._hub
-        Broadcaster(redis_line_cluster_url).publish(name, "hello")
-        wait_for(lambda: value.get() == "hello", 10, "the publish re-read while SSUBSCRIBE is refused")
-        start = hub.counters.get("errors")
-        wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+        _reread_while_refused(url, redis_line_cluster_url, "SSUBSCRIBE")
         said = _records(caplog, "statekit.broadcast", "refused")
         assert len(said) == 1 and "ssubscribe" in said[0].getMessage(), [r.getMessage() for r in said]
         assert not _records(caplog, "statekit.broadcast", "pushed again")
@@ -274,6 +267,21 @@ def test_a_refused_command_names_itself_the_user_and_the_list(acl_server: RedisS
         store.close()
 
 
+def _reread_while_refused(url: str, publish_url: str, command: str) -> None:
+    """A shared value on *url*, whose subscription the server refuses: a publish (to
+    *publish_url*) is read all the same, and the subscriber goes on asking (three more
+    refusals counted)."""
+    name = f"v{uuid.uuid4().hex[:8]}"
+    value = SharedValue(name, default="none", url=url)
+    assert value.get() == "none"
+    hub = value._hub
+    assert hub is not None
+    Broadcaster(publish_url).publish(name, "hello")
+    wait_for(lambda: value.get() == "hello", 10, f"the publish re-read while {command} is refused")
+    start = hub.counters.get("errors")
+    wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+
+
 def _records(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == logger and text in r.getMessage()]
 
@@ -285,15 +293,7 @@ def test_a_refused_broadcast_subscription_is_said_once_and_values_still_follow(
     monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.1)  # the refused thread's pace, for the test
     caplog.set_level(logging.INFO, logger="statekit.broadcast")
     url = _acl_url(acl_server, *ALL_BUT, "-psubscribe", user="sub")
-    name = f"v{uuid.uuid4().hex[:8]}"
-    value = SharedValue(name, default="none", url=url)
-    assert value.get() == "none"
-    hub = value._hub
-    assert hub is not None
-    Broadcaster(f"redis://127.0.0.1:{acl_server.port}/0").publish(name, "hello")
-    wait_for(lambda: value.get() == "hello", 10, "the publish re-read while the subscription is refused")
-    start = hub.counters.get("errors")
-    wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+    _reread_while_refused(url, f"redis://127.0.0.1:{acl_server.port}/0", "PSUBSCRIBE")
     said = _records(caplog, "statekit.broadcast", "refused")
     assert len(said) == 1, [r.getMessage() for r in said]
     message = said[0].getMessage()
@@ -426,14 +426,7 @@ def test_renamed_commands_are_said_once_and_every_capability_still_works(
     listener = near._listener
     assert listener is not None
     wait_for(lambda: listener.reconnects >= 3, 10, "the listener asking three times")
-    name = f"v{uuid.uuid4().hex[:8]}"
-    value = SharedValue(name, default="none", url=url)
-    assert value.get() == "none" and value._hub is not None
-    hub = value._hub
-    Broadcaster(url).publish(name, "hello")
-    wait_for(lambda: value.get() == "hello", 10, "the publish re-read while PSUBSCRIBE is refused")
-    start = hub.counters.get("errors")
-    wait_for(lambda: hub.counters.get("errors") >= start + 3, 10, "three more refused subscriptions")
+    _reread_while_refused(url, url, "PSUBSCRIBE")
     thread = listener._thread
     assert thread is not None
 
