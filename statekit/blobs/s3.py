@@ -706,8 +706,7 @@ class S3Backend(BlobBackend):
         return True
 
     def list_page(self, prefix: str, cursor: str | None, page_size: int) -> BlobPage:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix) if prefix else
-                                  (self.prefix + "/" if self.prefix else ""), "MaxKeys": page_size}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix), "MaxKeys": page_size}
         if cursor:
             kwargs["ContinuationToken"] = cursor
         resp = self._call("list_objects_v2", None, **kwargs)
@@ -719,7 +718,7 @@ class S3Backend(BlobBackend):
 
     def list_dir(self, prefix: str) -> tuple[list[str], list[str]]:
         """One level, as S3 lists it (``Delimiter="/"``): its common prefixes and objects."""
-        base = self._full(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        base = self._full(prefix)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base, "Delimiter": "/"}
         dirs: list[str] = []
         files: list[str] = []

@@ -1254,6 +1254,6 @@ class translate_errors:
         ):
             if problem is None and isinstance(exc.__cause__, Exception):
                 problem = _problem_of(exc.__cause__)  # a NotApplied of a READONLY reply
-            user = acl_user(self.client) if problem == "permission" and self.client is not None else None
+            user = acl_user(self.client) if problem == "permission" else None
             raise unavailable(self.what, str(exc), problem, user) from exc
         return False
