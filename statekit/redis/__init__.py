@@ -320,12 +320,16 @@ class PermissionRefused(BackendUnavailable):
 
 
 def acl_user(client: Any) -> str | None:
-    """The ACL user the redis-py client *client* (any kind) authenticates as: its
-    URL's, ``"default"`` without one, ``None`` when a credential provider says."""
+    """The ACL user the redis-py client *client* (any kind, or one of its
+    connections) authenticates as: its URL's, ``"default"`` without one, ``None`` when
+    a credential provider says."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
     if kwargs is None:  # a Cluster client
         kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    if kwargs is None and hasattr(client, "credential_provider"):  # a connection
+        kwargs = {"username": getattr(client, "username", None),
+                  "credential_provider": client.credential_provider}
     if not isinstance(kwargs, dict) or kwargs.get("credential_provider") is not None:
         return None
     return str(kwargs.get("username") or "default")

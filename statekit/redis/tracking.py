@@ -69,7 +69,7 @@ from typing import Any
 
 from .._fork import reset_in_child
 from ..errors import BackendUnavailable
-from . import PermissionRefused, is_cluster, reply_problem, unavailable
+from . import PermissionRefused, acl_user, is_cluster, reply_problem, unavailable
 
 __all__ = ["CLUSTER_FOLLOW", "InvalidationListener", "cluster_nodes", "endpoints_of", "unpooled_connection"]
 
@@ -157,10 +157,8 @@ def _refusal(conn: Any, what: str, error: Exception) -> BackendUnavailable:
     on the redis-py connection *conn* (``None``: through a client): the ACL's (naming
     its user), or a command renamed or disabled."""
     if reply_problem(str(error)) == "permission":
-        user = None  # unknown without a connection (the message names it on Redis 7+ and Valkey)
-        if conn is not None and getattr(conn, "credential_provider", None) is None:
-            user = getattr(conn, "username", None) or "default"
-        return unavailable(what, str(error), "permission", user)
+        # (no connection: the user is unknown; the message names it on Redis 7+ and Valkey)
+        return unavailable(what, str(error), "permission", acl_user(conn))
     return _SetupRefused(f"Redis refused {what}: {error} (renamed or disabled? a near cache needs "
                          "CLIENT ID, CLIENT TRACKING and SUBSCRIBE)")
 
