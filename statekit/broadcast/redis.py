@@ -41,7 +41,7 @@ import inspect
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from ..config import DEFAULT_SOCKET_TIMEOUT
@@ -163,6 +163,21 @@ def _refused(what: str, error: Exception) -> SubscriptionRefused:
                                "with PSUBSCRIBE, on a Cluster with sharded pub/sub with SSUBSCRIBE)")
 
 
+@contextlib.contextmanager
+def _subscribing(what: str, client: Any) -> Iterator[None]:
+    """The error map (:func:`~statekit.redis.translate_errors`) around a
+    subscription's command, its error replies (an ACL's, a renamed command's) raised
+    as :func:`_refused`. (:meth:`RedisSubscription.get`, run for every message, spells
+    it out rather than make a generator per read.)"""
+    import redis
+
+    try:
+        with translate_errors(what, client):
+            yield
+    except (PermissionRefused, redis.ResponseError) as e:
+        raise _refused(what, e) from e
+
+
 class RedisSubscription:
     """A redis-py ``PubSub`` pattern-subscribed to ``<prefix>:broadcast:*``
     (see :class:`~statekit.broadcast.protocol.Subscription`), on a connection of its
@@ -187,12 +202,9 @@ class RedisSubscription:
         self._names: dict[bytes, tuple[str, str]] = {}  # channel -> (name, channel as text)
         self._client = client  # whose ACL user a refusal names
         self._response_error = redis.ResponseError
-        try:
-            with translate_errors("broadcast subscribe", client):  # a Cluster may ask for its slots first
-                self._pubsub = _pubsub(client, self._prefix + b"*")
-                self._pubsub.psubscribe(self._prefix + b"*")
-        except (PermissionRefused, redis.ResponseError) as e:
-            raise _refused("broadcast subscribe", e) from e
+        with _subscribing("broadcast subscribe", client):  # a Cluster may ask for its slots first
+            self._pubsub = _pubsub(client, self._prefix + b"*")
+            self._pubsub.psubscribe(self._prefix + b"*")
         self._timeout_error = redis.TimeoutError
         #: read the connection directly (see the class docstring)
         self.timed_reads = _timed_reads(self._pubsub.connection)
@@ -254,22 +266,16 @@ class ShardedSubscription(RedisSubscription):
     :class:`Subscribed` too, so the hub re-reads every retained value."""
 
     def __init__(self, client: Any, prefix: str) -> None:  # nothing subscribed yet
-        import redis
-
         self._name_prefix = prefix
         self._client = client
-        self._response_error = redis.ResponseError
         self._head = f"{prefix}:broadcast:{{".encode()
         self._pubsub = _pubsub(client)
         self._first = True
 
     def watch(self, names: Iterable[str]) -> None:
         """Subscribe to the sharded channels of *names* (the hub's thread calls it)."""
-        try:
-            with translate_errors("broadcast subscribe", self._client):
-                self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
-        except (PermissionRefused, self._response_error) as e:
-            raise _refused("broadcast subscribe", e) from e
+        with _subscribing("broadcast subscribe", self._client):
+            self._pubsub.ssubscribe(*[shard_channel(self._name_prefix, n) for n in names])
 
     def get(self, timeout: float) -> Message | Subscribed | None:
         if self._first:
@@ -278,11 +284,8 @@ class ShardedSubscription(RedisSubscription):
         if not self._pubsub.shard_channels:
             time.sleep(timeout)
             return None
-        try:
-            with translate_errors("broadcast subscriber", self._client):
-                msg = self._pubsub.get_sharded_message(timeout=timeout)
-        except (PermissionRefused, self._response_error) as e:
-            raise _refused("broadcast subscriber", e) from e
+        with _subscribing("broadcast subscriber", self._client):
+            msg = self._pubsub.get_sharded_message(timeout=timeout)
         if msg is None:
             return None
         kind = msg["type"]
