@@ -49,7 +49,9 @@ def check_settings() -> None:
     for alias, conf in (getattr(settings, "CACHES", None) or {}).items():
         if conf.get("BACKEND") != _CACHE:
             continue
-        url = conf.get("LOCATION") or s.cache_url
+        from .cache import _one_url  # LOCATION read as the cache reads it (a list, several servers)
+
+        url = _one_url(conf.get("LOCATION")) or s.cache_url
         if not url:
             raise ConfigError(f"CACHES[{alias!r}] uses {_CACHE} without a URL: set its LOCATION, "
                               "or STATEKIT_REDIS_URL (or STATEKIT_CACHE_URL)")
