@@ -99,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
+from .config import _MAX_SECONDS
 from .errors import ConfigError, StatekitError
 from .lifecycle import (
     BOOTING,
@@ -234,7 +235,7 @@ class _Options:
         opts = cls(
             pre_stop_delay=_pre_stop_from_env(),
             drain_mode=env.get("STATEKIT_DRAIN_MODE", "reject"),
-            ready_timeout=_seconds(env.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+            ready_timeout=_ready_timeout_from_env(),
             **_recycling(env.get("STATEKIT_MAX_REQUESTS"), env.get("STATEKIT_MAX_REQUESTS_JITTER"),
                          env.get("STATEKIT_MAX_WORKER_AGE"), env.get("STATEKIT_MAX_WORKER_RSS"), env=True),
         )
@@ -295,6 +296,12 @@ def _pre_stop_from_env() -> float:
     """``STATEKIT_PRE_STOP_DELAY`` (default 2 s), checked: the hooks' setting and
     ``statekit serve --pre-stop-delay``'s default (the workers' lifecycle reads it too)."""
     return _seconds(os.environ.get(PRE_STOP_VARIABLE, "2"), PRE_STOP_VARIABLE)
+
+
+def _ready_timeout_from_env() -> float:
+    """``STATEKIT_READY_TIMEOUT`` (default 30 s), checked: the hooks' setting and
+    ``statekit serve``'s."""
+    return _seconds(os.environ.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT")
 
 
 def _seconds(raw: str, name: str) -> float:
@@ -1397,14 +1404,15 @@ def _keep_alive(text: str) -> int:
     uvicorn's keep-alive timeouts take them."""
     from .cli import bounded_int
 
-    return bounded_int(text, 0, 86400, "a number of seconds (a whole number, 0 to 86400)")
+    return bounded_int(text, 0, _MAX_SECONDS, "a number of seconds (a whole number, 0 to 86400)")
 
 
 def _timeout(text: str) -> int:
     """An argparse type: gunicorn's worker timeout, whole seconds, 0 (none) to 86400."""
     from .cli import bounded_int
 
-    return bounded_int(text, 0, 86400, "a number of seconds (a whole number, 0 to 86400; 0: no timeout)")
+    return bounded_int(text, 0, _MAX_SECONDS,
+                       "a number of seconds (a whole number, 0 to 86400; 0: no timeout)")
 
 
 def _root_path(text: str) -> str:
@@ -1594,6 +1602,7 @@ def serve_main(argv: Sequence[str]) -> int:
         opts.graceful_timeout = _seconds(opts.graceful_timeout, "--graceful-timeout")
         opts.pre_stop_delay = (_pre_stop_from_env() if opts.pre_stop_delay is None
                                else _seconds(opts.pre_stop_delay, "--pre-stop-delay"))
+        ready_timeout = _ready_timeout_from_env()
         for bind in binds:
             refusal = _bind_refusal(bind)
             if refusal is not None:  # in one line, as statekit dev says it of its ports
@@ -1646,7 +1655,7 @@ def serve_main(argv: Sequence[str]) -> int:
         pre_stop_delay=opts.pre_stop_delay,
         drain_mode=opts.drain_mode,
         broadcaster=broadcaster,
-        ready_timeout=_seconds(os.environ.get("STATEKIT_READY_TIMEOUT", "30"), "STATEKIT_READY_TIMEOUT"),
+        ready_timeout=ready_timeout,
         interface=interface,
         root_path=opts.root_path,
         **recycling,

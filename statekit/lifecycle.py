@@ -40,7 +40,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings, number, parse_url
+from .config import _MAX_SECONDS, Settings, number, parse_url
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -473,7 +473,6 @@ WARM_TIMEOUT = 10.0
 #: the variable of the drain's pre-stop delay (``statekit serve``, the gunicorn hooks,
 #: plain uvicorn)
 PRE_STOP_VARIABLE = "STATEKIT_PRE_STOP_DELAY"
-_MAX_PRE_STOP = 86400.0  # (statekit.gunicorn._seconds: 0 to 86400)
 _REASONS = {200: "OK", 503: "Service Unavailable"}
 
 
@@ -552,9 +551,9 @@ class Lifecycle:
         # at most a day, as statekit serve and the gunicorn hooks hold the variable
         if pre_stop_delay is None:
             self.pre_stop_delay = number(os.environ.get(PRE_STOP_VARIABLE, "2"), PRE_STOP_VARIABLE,
-                                         maximum=_MAX_PRE_STOP, unit="seconds")
+                                         maximum=_MAX_SECONDS, unit="seconds")
         else:
-            self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, maximum=_MAX_PRE_STOP,
+            self.pre_stop_delay = number(pre_stop_delay, "pre_stop_delay", text=False, maximum=_MAX_SECONDS,
                                          unit="seconds")
         self.health_path = health_path
         self.ready_path = ready_path
